@@ -1,0 +1,241 @@
+"""Loading SqueezeTime weights from official (mmaction2) files, bare state dicts and safetensors.
+
+Unlike the official loader (which copies only named parameters, so BN running statistics are dropped
+and a prefixed file silently matches nothing), every tensor is accounted for: missing, unexpected or
+shape-mismatched keys are an error that names them. Files are read without executing pickled code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import torch
+
+from .config import CONFIGS, SqueezeTimeConfig, get_config
+from .errors import SqueezeError
+from .model import SqueezeTime
+
+BACKBONE_PREFIX = "backbone.net."
+HEAD_PREFIX = "cls_head.fc_cls."
+# Counters that do not affect inference (BN uses running stats in eval); tolerated when absent.
+_OPTIONAL_SUFFIX = ".num_batches_tracked"
+_BACKBONE_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+
+
+@dataclass
+class LoadReport:
+    path: str
+    tensors: int
+    num_classes: Optional[int]
+    missing_optional: List[str] = field(default_factory=list)
+    missing_head: bool = False
+    renamed_prefixes: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.tensors} tensors from {self.path}"]
+        if self.renamed_prefixes:
+            parts.append(f"stripped/mapped prefixes: {', '.join(self.renamed_prefixes)}")
+        if self.missing_head:
+            parts.append("classifier head missing: left randomly initialised (allow_missing_head)")
+        if self.missing_optional:
+            parts.append(f"{len(self.missing_optional)} BN num_batches_tracked counters absent (no effect on inference)")
+        return "; ".join(parts)
+
+
+def _short_list(keys, limit=4) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def read_state_dict(path) -> Dict[str, torch.Tensor]:
+    """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code) or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SqueezeError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SqueezeError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((l for l in first if "Unsupported global" in l or "GLOBAL" in l), first[0] if first else "")
+        raise SqueezeError(
+            f"checkpoint {path} needs unpickling of arbitrary Python objects, which squeeze-mobile refuses "
+            f"for safety ({detail.strip()[:160]}); re-save it as a plain state dict or safetensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for nest in ("state_dict", "model", "module"):
+            if nest in obj and isinstance(obj[nest], Mapping):
+                obj = obj[nest]
+                break
+    if not isinstance(obj, Mapping):
+        raise SqueezeError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        raise SqueezeError(f"checkpoint {path} has non-tensor entries in its state dict: {_short_list(others)}")
+    if not tensors:
+        raise SqueezeError(f"checkpoint {path} contains no tensors")
+    return tensors
+
+
+def canonical_keys(state: Mapping[str, torch.Tensor]):
+    """Map the key layouts seen in the wild onto the official ``backbone.net.``/``cls_head.fc_cls.`` names.
+
+    Handles DataParallel ``module.`` prefixes, bare backbone dicts (``conv1.weight``...), ``net.``-rooted
+    backbone dicts and mmaction files. Returns (new_state, list of rewrites applied).
+    """
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    applied = set()
+    for key, value in state.items():
+        k = key
+        while k.startswith("module."):
+            k = k[len("module."):]
+            applied.add("module.")
+        if k.startswith(("backbone.net.", "cls_head.fc_cls.")):
+            pass
+        elif k.startswith("backbone.") and k[len("backbone."):].startswith(_BACKBONE_ROOTS):
+            k = "backbone.net." + k[len("backbone."):]
+            applied.add("backbone. -> backbone.net.")
+        elif k.startswith("net.") and k[4:].startswith(_BACKBONE_ROOTS):
+            k = "backbone." + k
+            applied.add("net. -> backbone.net.")
+        elif k.startswith(_BACKBONE_ROOTS):
+            k = BACKBONE_PREFIX + k
+            applied.add("(bare) -> backbone.net.")
+        elif k.startswith("fc_cls."):
+            k = "cls_head." + k
+            applied.add("fc_cls. -> cls_head.fc_cls.")
+        if k in out:
+            raise SqueezeError(f"checkpoint has two tensors that both map to {k}")
+        out[k] = value
+    return out, sorted(applied)
+
+
+def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeConfig:
+    """Derive num_classes, frames, width and pos_dim from the tensors; start from ``config`` (or by class count)."""
+    overrides = {}
+    head = state.get(HEAD_PREFIX + "weight")
+    num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    if config is None:
+        by_classes = {c.num_classes: name for name, c in CONFIGS.items()}
+        config = by_classes.get(num_classes, "k400")
+    base = get_config(config)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    stem = state.get(BACKBONE_PREFIX + "conv1.weight")
+    if stem is not None and stem.ndim == 4:
+        if stem.shape[1] % 3 == 0:
+            overrides["frames"] = int(stem.shape[1]) // 3
+        overrides["width"] = stem.shape[0] / 64.0
+    pos = []
+    for i in range(1, 5):
+        pe = state.get(f"{BACKBONE_PREFIX}layer{i}.0.conv2.spatial_conv.pos_embed")
+        pos.append(int(pe.shape[-1]) if pe is not None and pe.ndim == 4 else base.pos_dim[i - 1])
+    overrides["pos_dim"] = tuple(pos)
+    blocks = []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in state for m in [re.match(rf"{re.escape(BACKBONE_PREFIX)}layer{i}\.(\d+)\.", k)] if m}
+        blocks.append(max(idx) + 1 if idx else None)
+    from .config import BLOCKS_PER_DEPTH
+
+    for depth, counts in BLOCKS_PER_DEPTH.items():
+        if tuple(blocks) == counts:
+            overrides["depth"] = depth
+    return get_config(base, **overrides)
+
+
+def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow_missing_head=False, path="<memory>") -> LoadReport:
+    """Strictly copy ``state`` (already canonical keys) into ``model``; raise SqueezeError on any mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    optional = [k for k in missing if k.endswith(_OPTIONAL_SUFFIX)]
+    head_missing = [k for k in missing if k.startswith("cls_head.")]
+    hard_missing = [k for k in missing if k not in optional and (k not in head_missing or not allow_missing_head)]
+    if unexpected:
+        raise SqueezeError(f"checkpoint {path} has {len(unexpected)} unexpected key(s): {_short_list(unexpected)}")
+    if mismatched:
+        raise SqueezeError(f"checkpoint {path} has {len(mismatched)} shape mismatch(es): {_short_list(mismatched, 3)}")
+    if hard_missing:
+        hint = " (pass allow_missing_head=True / --allow-missing-head to fine-tune a new head)" if all(
+            k.startswith("cls_head.") for k in hard_missing
+        ) else ""
+        raise SqueezeError(f"checkpoint {path} is missing {len(hard_missing)} key(s): {_short_list(hard_missing)}{hint}")
+    with torch.no_grad():
+        for k, v in state.items():
+            target = expected[k]
+            if v.dtype != target.dtype and not (v.is_floating_point() and target.is_floating_point()):
+                raise SqueezeError(f"checkpoint {path}: {k} has dtype {v.dtype}, expected {target.dtype}")
+            target.copy_(v.to(target.dtype))
+    return LoadReport(
+        path=str(path),
+        tensors=len(state),
+        num_classes=model.config.num_classes,
+        missing_optional=optional,
+        missing_head=bool(head_missing),
+    )
+
+
+def load_checkpoint(path, config=None, allow_missing_head: bool = False) -> SqueezeTime:
+    """Load a SqueezeTime checkpoint into a freshly built model, in eval mode.
+
+    ``config`` names the base config (k400/k600/hmdb51); by default it is picked from the number of
+    classes in the head. Frames, width, pos_dim and depth are read from the tensor shapes. The returned
+    model carries ``load_report`` (a :class:`LoadReport`).
+    """
+    raw = read_state_dict(path)
+    state, renamed = canonical_keys(raw)
+    cfg = infer_config(state, config)
+    model = SqueezeTime(cfg)
+    report = load_state_into(model, state, allow_missing_head=allow_missing_head, path=path)
+    report.renamed_prefixes = renamed
+    model.load_report = report
+    return model.eval()
+
+
+def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
+    """Write ``model`` in one of the layouts we read: mmaction (default), bare backbone, or safetensors.
+
+    Written atomically (temporary file, then rename) so a failure never leaves a partial file.
+    """
+    from ._atomic import atomic_path
+
+    state = model.state_dict()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if layout == "safetensors" or path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"config": model.config.name})
+        elif layout == "mmaction":
+            torch.save({"meta": {"config": model.config.name}, "state_dict": OrderedDict(state)}, str(tmp))
+        elif layout == "backbone":
+            bare = OrderedDict((k[len(BACKBONE_PREFIX):], v) for k, v in state.items() if k.startswith(BACKBONE_PREFIX))
+            torch.save(bare, str(tmp))
+        else:
+            raise SqueezeError(f"unknown checkpoint layout {layout!r}; use mmaction, backbone or safetensors")
