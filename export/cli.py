@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:  # a real missing dependency inside that module: surface it
+            if not exc.name or not module.startswith(exc.name):  # a missing dependency inside it: surface it
                 raise
             continue
         mod.add_subcommands(sub)

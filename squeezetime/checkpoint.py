@@ -54,8 +54,13 @@ def _short_list(keys, limit=4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def read_state_dict(path) -> Dict[str, torch.Tensor]:
-    """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code) or .safetensors file."""
+def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch.Tensor]:
+    """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code) or .safetensors file.
+
+    Files whose pickle references arbitrary Python objects (e.g. mmengine training state next to the
+    weights) are refused unless ``skip_unsafe_metadata``: then those objects become inert placeholders
+    (nothing is imported or called) and only the tensors are used.
+    """
     path = Path(path)
     if not path.is_file():
         raise SqueezeError(f"checkpoint {path} does not exist or is not a file")
@@ -70,15 +75,59 @@ def read_state_dict(path) -> Dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((l for l in first if "Unsupported global" in l or "GLOBAL" in l), first[0] if first else "")
-        raise SqueezeError(
-            f"checkpoint {path} needs unpickling of arbitrary Python objects, which squeeze-mobile refuses "
-            f"for safety ({detail.strip()[:160]}); re-save it as a plain state dict or safetensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
+            raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data)") from None
+        if not skip_unsafe_metadata:
+            found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+            raise SqueezeError(
+                f"checkpoint {path} needs unpickling of arbitrary Python objects ({', '.join(found) or 'unknown'}), "
+                "which squeeze-mobile refuses; pass skip_unsafe_metadata=True (--skip-unsafe-metadata) to load only "
+                "its tensors with those objects replaced by inert placeholders, or re-save it as safetensors"
+            ) from None
+        obj = _load_with_inert_objects(path)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError, AssertionError) as exc:
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
     return _unwrap(obj, path)
+
+
+class _InertObject:
+    """Stands in for a pickled object of a class we refuse to import; records its arguments, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+_TENSOR_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("torch.nn.parameter", "Parameter"),
+}
+
+
+def _load_with_inert_objects(path):
+    import types
+
+    stubs = {}
+
+    class InertUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _TENSOR_GLOBALS or (module == "torch._utils" and name.startswith("_rebuild_")):
+                return super().find_class(module, name)
+            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
+            key = f"{module}.{name}"
+            if key not in stubs:
+                stubs[key] = type(name, (_InertObject,), {"__module__": "inert." + module})
+            return stubs[key]
+
+    inert_pickle = types.SimpleNamespace(Unpickler=InertUnpickler, load=None, __name__="inert_pickle")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=inert_pickle)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
+        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({str(exc)[:120]})") from None
 
 
 def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
@@ -91,6 +140,8 @@ def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
         raise SqueezeError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if any(isinstance(v, _InertObject) for v in obj.values()):
+        raise SqueezeError(f"checkpoint {path} stores arbitrary Python objects inside its state dict: {_short_list(others)}")
     if others:
         raise SqueezeError(f"checkpoint {path} has non-tensor entries in its state dict: {_short_list(others)}")
     if not tensors:
@@ -201,14 +252,14 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
     )
 
 
-def load_checkpoint(path, config=None, allow_missing_head: bool = False) -> SqueezeTime:
+def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_unsafe_metadata: bool = False) -> SqueezeTime:
     """Load a SqueezeTime checkpoint into a freshly built model, in eval mode.
 
     ``config`` names the base config (k400/k600/hmdb51); by default it is picked from the number of
     classes in the head. Frames, width, pos_dim and depth are read from the tensor shapes. The returned
     model carries ``load_report`` (a :class:`LoadReport`).
     """
-    raw = read_state_dict(path)
+    raw = read_state_dict(path, skip_unsafe_metadata=skip_unsafe_metadata)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
     model = SqueezeTime(cfg)

