@@ -26,7 +26,8 @@ def _model_from_args(args, frames: Optional[int] = None):
     import squeezetime
 
     if args.checkpoint:
-        model = squeezetime.load_checkpoint(args.checkpoint, config=args.config, allow_missing_head=False)
+        model = squeezetime.load_checkpoint(args.checkpoint, config=args.config, allow_missing_head=False,
+                                           skip_unsafe_metadata=getattr(args, "skip_unsafe_metadata", False))
         if frames and frames != model.config.frames:
             raise SqueezeError(f"--frames {frames} does not match the checkpoint, which was trained with {model.config.frames} frames")
         _note(model.load_report.summary())

@@ -21,7 +21,8 @@ def atomic_path(dest):
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=str(dest.parent))
+    # keep the real suffix last: some writers (coremltools) insist on it
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.partial-", suffix=dest.suffix, dir=str(dest.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # the body creates it (as a file or as a directory)

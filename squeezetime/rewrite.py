@@ -223,7 +223,9 @@ class ExportReadySqueezeTime(nn.Module):
         x = self.squeeze_input(x)
         x = self.maxpool(torch.relu(self.stem(x)))
         x = self.blocks(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        # keepdim pooling then a reshape: the 4-D mean-over-H,W form every delegate (XNNPACK included) takes
+        x = x.mean(dim=(2, 3), keepdim=True).reshape(self.spec.batch, -1)
+        return self.fc(x)
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:

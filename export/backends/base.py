@@ -1,0 +1,119 @@
+"""The small interface every export format implements, and the registry that finds them.
+
+A backend turns an export-ready ``torch.nn.Module`` plus example input into one artifact (a file, or a
+directory for .mlpackage), and loads an artifact into a :class:`Runner` that executes it on numpy
+input. The same runner serves verification, benchmarking and prediction: there is exactly one
+"load and run" per runtime. Adding a format means adding one module under ``export/backends/`` that
+defines a Backend subclass decorated with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from squeezetime.errors import SqueezeError
+from squeezetime.rewrite import InputSpec
+
+REGISTRY: Dict[str, "Backend"] = {}
+
+
+def register(cls):
+    inst = cls()
+    REGISTRY[cls.name] = inst
+    return cls
+
+
+@dataclass
+class ExportOptions:
+    spec: InputSpec
+    precision: str = "fp32"
+    pte_backend: str = "xnnpack"
+    coreml_legacy: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: List[int]
+    dtype: str
+    layout: str = ""
+
+    def to_dict(self):
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "layout": self.layout}
+
+
+class Runner(ABC):
+    """A loaded artifact, ready to run: ``runner(x) -> logits`` on numpy arrays."""
+
+    runtime: str = ""
+
+    @abstractmethod
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None:  # runtimes that hold native resources release them here
+        pass
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    suffix: ClassVar[str]  # '.onnx', '.tflite', '.pte', '.mlpackage'
+    runtime: ClassVar[str]  # human-readable runtime used by the runner
+    precisions: ClassVar[tuple] = ("fp32",)
+    default_precision: ClassVar[str] = "fp32"
+    deterministic: ClassVar[bool] = True
+
+    def artifact_name(self, stem: str, opts: ExportOptions) -> str:
+        return stem + self.suffix
+
+    @abstractmethod
+    def export(self, module: torch.nn.Module, example: torch.Tensor, dest: Path, opts: ExportOptions) -> Dict[str, Any]:
+        """Write the artifact to ``dest`` (a temporary path the caller renames). Returns manifest extras."""
+
+    @abstractmethod
+    def load(self, path: Path, threads: Optional[int] = None) -> Runner: ...
+
+    def cannot_run_here(self, extras: Optional[Dict[str, Any]] = None) -> Optional[str]:
+        """None if this machine can execute the artifact (described by its manifest ``extras``), else why not."""
+        return None
+
+    def structural_check(self, path: Path, opts: ExportOptions) -> Optional[Dict[str, Any]]:
+        """Checks that do not need the runtime (CoreML on Linux). None when not applicable."""
+        return None
+
+    def tool_versions(self) -> Dict[str, str]:
+        return {}
+
+
+def conversion_error(backend: str, exc: BaseException, log: str = "") -> SqueezeError:
+    """One line that names the backend and, when we can find it, the operator that failed."""
+    text = f"{exc} {log}"
+    op = None
+    for pattern in (r"(aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?)", r"[Oo]p(?:erator)? ['\"`]?([A-Za-z0-9_:.]+)['\"`]? (?:is )?not (?:supported|implemented)",
+                    r"unsupported op(?:erator)?[: ]+['\"`]?([A-Za-z0-9_:.]+)"):
+        m = re.search(pattern, text)
+        if m:
+            op = m.group(1)
+            break
+    first = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+    where = f" (op {op})" if op else ""
+    return SqueezeError(f"{backend} cannot convert this model{where}: {type(exc).__name__}: {first[:200]}")
+
+
+def versions_of(*dists: str) -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for d in dists:
+        try:
+            out[d] = version(d)
+        except PackageNotFoundError:
+            out[d] = "not installed"
+    return out

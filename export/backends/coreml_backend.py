@@ -1,0 +1,214 @@
+"""Core ML: an ML program (.mlpackage, iOS 17+, fp16 by default) and, where coremltools can produce it,
+the legacy neural-network .mlmodel (iOS 14+). Both convert on Linux; prediction needs macOS, so on Linux
+the artifacts are verified structurally and their numeric status says so.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from squeezetime.errors import SqueezeError
+
+from .base import Backend, ExportOptions, Runner, TensorInfo, register, versions_of
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MLPROGRAM_TARGET = "iOS17"
+LEGACY_TARGET = "iOS14"
+
+
+class CoreMLRunner(Runner):
+    runtime = "Core ML (macOS)"
+
+    def __init__(self, path: Path, threads: Optional[int] = None, compute_units: str = "ALL"):
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        self.input_dtype = np.float32
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict({INPUT_NAME: x.astype(np.float32)})[OUTPUT_NAME])
+
+
+def _mil_ops(spec) -> List[dict]:
+    """Operations of the ML program's main function: type, input names, output names."""
+    fn = spec.mlProgram.functions["main"]
+    block = fn.block_specializations[fn.opset]
+    ops = []
+
+    def walk(b):
+        for op in b.operations:
+            ins = [a.name for arg in op.inputs.values() for a in arg.arguments if a.WhichOneof("binding") == "name"]
+            outs = [o.name for o in op.outputs]
+            dtype = op.attributes["dtype"].immediateValue.tensor.strings.values[0] if op.type == "cast" and "dtype" in op.attributes else None
+            ops.append({"type": op.type, "inputs": ins, "outputs": outs, "dtype": dtype})
+            for nested in op.blocks:
+                walk(nested)
+
+    walk(block)
+    return ops
+
+
+def _io(spec) -> Dict[str, List[TensorInfo]]:
+    from coremltools.proto import FeatureTypes_pb2 as ft
+
+    def info(desc):
+        arr = desc.type.multiArrayType
+        dtype = ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()
+        return TensorInfo(desc.name, [int(d) for d in arr.shape], dtype)
+
+    return {"inputs": [info(d) for d in spec.description.input], "outputs": [info(d) for d in spec.description.output]}
+
+
+def structural_report(path: Path, expect_input: TensorInfo, expect_classes: int, precision: str, allowed_batch_norms: int = 0) -> dict:
+    """Check a Core ML artifact without running it; raises SqueezeError listing every problem found."""
+    import coremltools as ct
+    from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
+
+    try:
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        spec = model.get_spec()
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a broken artifact
+        raise SqueezeError(f"coreml artifact {path.name} does not load: {str(exc).splitlines()[0][:160]}") from None
+    problems = []
+    io = _io(spec)
+    ins, outs = io["inputs"], io["outputs"]
+    if [i.name for i in ins] != [INPUT_NAME] or [o.name for o in outs] != [OUTPUT_NAME]:
+        problems.append(f"I/O names {[i.name for i in ins]} -> {[o.name for o in outs]}, expected ['input'] -> ['logits']")
+    elif ins[0].shape != list(expect_input.shape):
+        problems.append(f"input shape {ins[0].shape}, expected {list(expect_input.shape)}")
+    elif ins[0].dtype != "float32":
+        problems.append(f"input dtype {ins[0].dtype}, expected float32")
+    if outs and outs[0].shape and outs[0].shape[-1] != expect_classes:
+        problems.append(f"output shape {outs[0].shape}, expected [..., {expect_classes}]")
+    kind = spec.WhichOneof("Type")
+    report = {"spec_version": spec.specificationVersion, "model_type": kind,
+              "inputs": [i.to_dict() for i in ins], "outputs": [o.to_dict() for o in outs]}
+    if kind == "mlProgram":
+        target = getattr(ct.target, MLPROGRAM_TARGET)
+        ops = _mil_ops(spec)
+        unavailable = sorted({o["type"] for o in ops if not any(v <= target for v in SSAOpRegistry.core_ops.get(o["type"], {}))})
+        if unavailable:
+            problems.append(f"MIL ops not available at {MLPROGRAM_TARGET}: {', '.join(unavailable)}")
+        fn_inputs = {i.name for i in spec.mlProgram.functions["main"].inputs}
+        fn = spec.mlProgram.functions["main"]
+        fn_outputs = set(fn.block_specializations[fn.opset].outputs)
+        # casts are expected only at the boundary: fp32 input -> fp16 compute -> fp32 output
+        boundary = [o for o in ops if o["type"] == "cast" and (set(o["inputs"]) & fn_inputs or set(o["outputs"]) & fn_outputs)]
+        inner = [o for o in ops if o["type"] == "cast" and o not in boundary]
+        if inner:
+            problems.append(f"{len(inner)} unexpected cast op(s) inside the graph (e.g. {inner[0]['outputs'][0]})")
+        if precision == "fp32" and boundary:
+            problems.append(f"fp32 program has {len(boundary)} boundary cast(s)")
+        if precision == "fp16" and len(boundary) != 2:
+            problems.append(f"fp16 program should cast exactly at input and output, found {len(boundary)} boundary cast(s)")
+        hist: Dict[str, int] = {}
+        for o in ops:
+            hist[o["type"]] = hist.get(o["type"], 0) + 1
+        report.update({"deployment_target": MLPROGRAM_TARGET, "mil_ops": dict(sorted(hist.items())),
+                       "casts": {"boundary": len(boundary), "inner": len(inner)}})
+        # coremltools fuses the in-graph input normalisation (mul + add) into one batch_norm; any other is a
+        # BN the rewrite failed to fold
+        if hist.get("batch_norm", 0) > allowed_batch_norms:
+            problems.append(f"{hist['batch_norm']} batch_norm op(s) left (BN folding failed)")
+    elif kind == "neuralNetwork":
+        layers: Dict[str, int] = {}
+        for layer in spec.neuralNetwork.layers:
+            t = layer.WhichOneof("layer")
+            layers[t] = layers.get(t, 0) + 1
+        report.update({"deployment_target": LEGACY_TARGET, "nn_layers": dict(sorted(layers.items()))})
+        if not layers:
+            problems.append("neural network has no layers")
+    else:
+        problems.append(f"unexpected Core ML model type {kind}")
+    if problems:
+        raise SqueezeError(f"coreml structural check failed for {path.name}: " + "; ".join(problems))
+    report["status"] = "pass"
+    return report
+
+
+def _float_example(example):
+    # Core ML has no uint8 multi-array input: frames_uint8 graphs take float32 0..255 (the cast is a no-op)
+    return example.float() if not example.is_floating_point() else example
+
+
+@register
+class CoreMLBackend(Backend):
+    name = "coreml"
+    suffix = ".mlpackage"
+    runtime = CoreMLRunner.runtime
+    precisions = ("fp16", "fp32")
+    default_precision = "fp16"
+    deterministic = False  # the package manifest carries random item identifiers
+
+    def artifact_name(self, stem, opts):
+        return f"{stem}_{opts.precision}.mlpackage"
+
+    def export(self, module, example, dest: Path, opts: ExportOptions):
+        import coremltools as ct
+        import torch
+
+        example = _float_example(example)
+        ep = torch.export.export(module, (example,), strict=False).run_decompositions({})
+        precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
+        mlmodel = ct.convert(
+            ep,
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, MLPROGRAM_TARGET),
+            compute_precision=precision,
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)],
+            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            skip_model_load=True,
+        )
+        mlmodel.short_description = "SqueezeTime video action recognition (squeeze-mobile)"
+        mlmodel.save(str(dest))
+        return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32"}
+
+    def export_legacy(self, module, example, dest: Path, opts: ExportOptions):
+        """Neural-network .mlmodel for older iOS via TorchScript tracing; raises SqueezeError if impossible."""
+        import coremltools as ct
+        import torch
+
+        example = _float_example(example)
+        try:
+            traced = torch.jit.trace(module.eval(), example, check_trace=False)
+            mlmodel = ct.convert(
+                traced,
+                convert_to="neuralnetwork",
+                minimum_deployment_target=getattr(ct.target, LEGACY_TARGET),
+                inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape))],
+                outputs=[ct.TensorType(name=OUTPUT_NAME)],
+                skip_model_load=True,
+            )
+            if opts.precision == "fp16":
+                from coremltools.models.neural_network import quantization_utils
+
+                mlmodel = quantization_utils.quantize_weights(mlmodel, nbits=16)
+        except SqueezeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report the converter's reason in one line
+            first = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
+            raise SqueezeError(f"coremltools cannot produce a legacy .mlmodel for this graph: {first[:200]}") from None
+        mlmodel.save(str(dest))
+        return {"deployment_target": LEGACY_TARGET}
+
+    def load(self, path, threads=None):
+        return CoreMLRunner(path, threads)
+
+    def cannot_run_here(self, extras=None):
+        if platform.system() != "Darwin":
+            return "not run (needs macOS)"
+        return None
+
+    def structural_check(self, path: Path, opts: ExportOptions, num_classes: int = None):
+        spec = opts.spec
+        expect = TensorInfo(INPUT_NAME, list(spec.shape), "float32")
+        return structural_report(path, expect, num_classes, opts.precision if path.suffix == ".mlpackage" else "fp32",
+                                 allowed_batch_norms=1 if spec.input_format == "frames_uint8" else 0)
+
+    def tool_versions(self):
+        return versions_of("torch", "coremltools")

