@@ -55,7 +55,13 @@ class OnnxBackend(Backend):
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             # fp16 weights and activations inside; the graph keeps fp32/uint8 I/O for the app
+            import onnx_ir
+
             model = convert_float_to_float16(model, keep_io_types=True)
+            # the converter appends the input cast nodes at the end of the graph: restore topological order
+            ir_model = onnx_ir.serde.deserialize_model(model)
+            ir_model.graph.sort()
+            model = onnx_ir.serde.serialize_model(ir_model)
         model.producer_version = torch.__version__.split("+")[0]
         onnx.checker.check_model(model)
         with open(dest, "wb") as fh:
