@@ -1,0 +1,72 @@
+"""`squeeze bench`: host latency of every artifact in an export directory; Android (adb) and GPU modes."""
+
+from __future__ import annotations
+
+import sys
+
+from squeezetime.errors import SqueezeError
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency/throughput of exported artifacts on this machine, an Android phone (adb) or a CUDA GPU",
+        description="Host mode (default): every artifact in DIR/manifest.json runs in its own runtime (onnxruntime, "
+        "LiteRT/XNNPACK, ExecuTorch/XNNPACK) plus PyTorch eager as the reference, each in its own process, at each "
+        "thread count. Reports load time, p50/p90/p99/min latency, clips/s, peak RSS, size, achieved GFLOP/s and "
+        "its share of this machine's fp32 matmul rate measured in the same run. Writes report.json, report.md "
+        "and report.png (default DIR/bench/).",
+    )
+    p.add_argument("dir", nargs="?", help="export directory (with manifest.json)")
+    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
+    p.add_argument("--out", help="report directory (default DIR/bench)")
+    p.add_argument("--no-eager", dest="eager", action="store_false", help="skip the PyTorch eager reference")
+    p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
+                   help="benchmark on an Android phone over adb (optionally the device serial)")
+    p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone (android_arm64)")
+    p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone (built with XNNPACK)")
+    p.add_argument("--cpu-mask", default=None, help="taskset mask for big-core pinning on the phone, e.g. f0")
+    p.add_argument("--gpu", action="store_true", help="clips/s of SqueezeTime and peers on a CUDA GPU")
+    p.set_defaults(func=cmd_bench)
+
+
+def _console(stderr=True):
+    from export.cli_export import _console as console
+
+    return console(stderr)
+
+
+def cmd_bench(args) -> int:
+    from export.cli_export import _progress
+
+    from .host import parse_threads
+
+    threads = parse_threads(args.threads)
+    console = _console()
+    if args.gpu:
+        from .gpu import run_gpu_benchmark
+
+        report = run_gpu_benchmark(out_dir=args.out or "bench_out/gpu", progress=_progress(console))
+        _console(False).print(report["markdown"])
+        return 0
+    if not args.dir:
+        raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")
+    if args.adb is not None:
+        from .android import run_android_benchmark
+
+        report = run_android_benchmark(args.dir, serial=args.adb or None, tflite_benchmark=args.tflite_benchmark,
+                                       pte_runner=args.pte_runner, threads=threads, runs=args.runs,
+                                       warmup=args.warmup, cpu_mask=args.cpu_mask, out_dir=args.out,
+                                       progress=_progress(console))
+    else:
+        from .host import run_host_benchmark
+
+        report = run_host_benchmark(args.dir, threads=threads, runs=args.runs, warmup=args.warmup, out_dir=args.out,
+                                    include_eager=args.eager, progress=_progress(console))
+    from .report import markdown
+
+    _console(False).print(markdown(report), markup=False)
+    print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
+    return 0

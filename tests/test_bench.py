@@ -1,0 +1,174 @@
+"""bench/: statistics, the host report on a tiny real artifact, Android command construction and output
+parsers (on recorded tool output), missing-tool errors, and GPU mode without CUDA."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bench import android
+from bench.stats import summarize
+from export.cli import main
+from squeezetime import SqueezeError
+
+DATA = Path(__file__).with_name("data") / "android"
+
+
+def test_summarize_percentiles():
+    s = summarize([0.010, 0.012, 0.011, 0.050, 0.013], batch=2)
+    assert s["runs"] == 5 and s["min_ms"] == pytest.approx(10.0) and s["max_ms"] == pytest.approx(50.0)
+    assert s["p50_ms"] == pytest.approx(12.0)
+    assert s["p90_ms"] == pytest.approx(35.2)  # numpy linear interpolation between 13 and 50
+    assert s["clips_per_s"] == pytest.approx(2 * 1000 / 12.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["export", "squeezetime", "--config", "hmdb51", "--frames", "4", "--size", "64",
+                 "--formats", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def test_host_report_on_tiny_artifact(tiny_export, tmp_path):
+    from bench.host import run_host_benchmark
+
+    report = run_host_benchmark(tiny_export, threads=(1,), runs=4, warmup=1, out_dir=tmp_path)
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == {"pytorch-eager", "pytorch-eager-rewritten", "onnx"}
+    for r in rows.values():
+        assert r["status"] == "ok", r
+        assert r["runs"] == 4 and r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert r["load_s"] > 0 and r["peak_rss_mb"] > r["rss_before_load_mb"] > 50
+        assert r["achieved_gflops"] == pytest.approx(report["model"]["gflop_per_clip"] / (r["p50_ms"] / 1e3))
+        assert r["pct_of_matmul"] == pytest.approx(100 * r["achieved_gflops"] / report["matmul_gflops"]["1"])
+    assert rows["pytorch-eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert rows["onnx"]["speedup_vs_eager"] == pytest.approx(rows["pytorch-eager"]["p50_ms"] / rows["onnx"]["p50_ms"])
+    assert rows["onnx"]["bytes"] == (tiny_export / rows["onnx"]["file"]).stat().st_size
+    # width-1.0 HMDB51 network at 4 x 64 x 64: FLOPs counted from the module
+    assert 0.5 < report["model"]["gflop_per_clip"] < 1.5
+    assert report["matmul_gflops"]["1"] > 1
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "report.md").read_text()
+    assert "| onnxruntime (CPU) |" in md and "% matmul" in md
+
+
+def test_bench_cli_errors(tmp_path, capsys):
+    assert main(["bench", str(tmp_path)]) == 1
+    assert "has no manifest.json" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path), "--threads", "two"]) == 1
+    assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_parse_benchmark_model_fixture():
+    r = android.parse_benchmark_model((DATA / "benchmark_model_pixel.txt").read_text())
+    assert r["runs"] == 20  # the measured runs, not the 3 warm-up runs
+    assert r["avg_ms"] == pytest.approx(140.611) and r["min_ms"] == pytest.approx(137.215)
+    assert r["p50_ms"] == pytest.approx(139.964) and r["max_ms"] == pytest.approx(149.320)
+    assert r["load_s"] == pytest.approx(0.212874) and r["peak_rss_mb"] == pytest.approx(171.254)
+    with pytest.raises(SqueezeError, match="no timing line"):
+        android.parse_benchmark_model("INFO: STARTING!\nSegmentation fault\n")
+
+
+def test_parse_executor_runner_fixture():
+    r = android.parse_executor_runner((DATA / "executor_runner_pixel.txt").read_text())
+    assert r["runs"] == 20 and r["avg_ms"] == pytest.approx(135.2562)
+    with pytest.raises(SqueezeError, match="did not report a successful run"):
+        android.parse_executor_runner("E 00:00:00.1 executorch:executor_runner.cpp:99] Loading of program failed")
+
+
+def test_command_construction():
+    cmd = android.benchmark_model_command("/data/local/tmp/squeeze/benchmark_model", "/d/m.tflite", 4, 20, 3, "f0")
+    assert cmd == ("taskset f0 /data/local/tmp/squeeze/benchmark_model --graph=/d/m.tflite --num_threads=4 "
+                   "--num_runs=20 --warmup_runs=3 --min_secs=0 --warmup_min_secs=0 --use_xnnpack=true "
+                   "--report_peak_memory_footprint=true")
+    cmd = android.executor_runner_command("/d/executor_runner", "/d/m.pte", 2, 10, None)
+    assert cmd == "/d/executor_runner --model_path=/d/m.pte --num_executions=10 --cpu_threads=2"
+
+
+def _fake_adb(tmp_path, devices="emulator-5554\tdevice\n"):
+    """An adb stand-in that records its arguments and answers like a phone with the recorded tool output."""
+    log = tmp_path / "adb.log"
+    script = tmp_path / "adb"
+    script.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+case "$*" in
+  devices*) printf 'List of devices attached\\n{devices}' ;;
+  *getprop*) echo "Pixel 8" ;;
+  *benchmark_model*) cat {DATA / 'benchmark_model_pixel.txt'} ;;
+  *executor_runner*) cat {DATA / 'executor_runner_pixel.txt'} ;;
+esac
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return script, log
+
+
+def test_android_end_to_end_with_recorded_phone(tmp_path, monkeypatch):
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "m.tflite").write_bytes(b"tfl3")
+    (art / "m.pte").write_bytes(b"pte")
+    manifest = {"schema": "squeeze-mobile/manifest/1", "model": {"config": {"name": "k400"}},
+                "input": {"format": "clip", "shape": [1, 3, 16, 224, 224]},
+                "artifacts": [{"format": "tflite", "file": "m.tflite", "bytes": 4, "precision": "fp32"},
+                              {"format": "pte", "file": "m.pte", "bytes": 3, "precision": "fp32"}]}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    bins = tmp_path / "bins"
+    bins.mkdir()
+    (bins / "benchmark_model").write_bytes(b"\x7fELF")
+    (bins / "executor_runner").write_bytes(b"\x7fELF")
+    adb, log = _fake_adb(tmp_path)
+    monkeypatch.setenv("ADB", str(adb))
+    report = android.run_android_benchmark(art, tflite_benchmark=str(bins / "benchmark_model"),
+                                           pte_runner=str(bins / "executor_runner"), threads=(4,), runs=20,
+                                           warmup=3, cpu_mask="f0", out_dir=tmp_path / "rep")
+    calls = log.read_text().splitlines()
+    assert "-s emulator-5554 push " + str(bins / "benchmark_model") + " /data/local/tmp/squeeze/benchmark_model" in calls
+    assert any(c.endswith("shell taskset f0 /data/local/tmp/squeeze/executor_runner "
+                          "--model_path=/data/local/tmp/squeeze/m.pte --num_executions=20 --cpu_threads=4") for c in calls)
+    rows = {r["format"]: r for r in report["rows"]}
+    assert rows["tflite"]["p50_ms"] == pytest.approx(139.964) and not rows["tflite"]["p50_is_average"]
+    assert rows["pte"]["p50_ms"] == pytest.approx(135.2562) and rows["pte"]["p50_is_average"]
+    assert report["machine"]["device"] == "Pixel 8"
+    assert "135.3*" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_android_missing_pieces(tmp_path, monkeypatch):
+    art = tmp_path / "art"
+    art.mkdir()
+    manifest = {"schema": "squeeze-mobile/manifest/1", "model": {"config": {"name": "k400"}},
+                "input": {"format": "clip", "shape": [1, 3, 16, 224, 224]},
+                "artifacts": [{"format": "tflite", "file": "m.tflite", "bytes": 4, "precision": "fp32"}]}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF")
+    with pytest.raises(SqueezeError, match="need --tflite-benchmark PATH"):
+        android.run_android_benchmark(art)
+    with pytest.raises(SqueezeError, match="--tflite-benchmark /nope does not exist"):
+        android.run_android_benchmark(art, tflite_benchmark="/nope")
+    monkeypatch.delenv("ADB", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(SqueezeError, match="adb not found"):
+        android.run_android_benchmark(art, tflite_benchmark=str(binary))
+    adb, _ = _fake_adb(tmp_path, devices="")
+    monkeypatch.setenv("ADB", str(adb))
+    with pytest.raises(SqueezeError, match="no Android device attached"):
+        android.run_android_benchmark(art, tflite_benchmark=str(binary))
+    with pytest.raises(SqueezeError, match="device ZX1 is not attached"):
+        android.run_android_benchmark(art, serial="ZX1", tflite_benchmark=str(binary))
+
+
+def test_gpu_mode_skips_without_cuda(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test is about machines without CUDA")
+    assert main(["bench", "--gpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "skipped: no CUDA device" in out.out + out.err
+    report = json.loads((tmp_path / "gpu_report.json").read_text())
+    assert report["status"] == "skipped"
