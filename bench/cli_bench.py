@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from squeezetime.errors import SqueezeError
 
@@ -29,6 +30,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone (built with XNNPACK)")
     p.add_argument("--cpu-mask", default=None, help="taskset mask for big-core pinning on the phone, e.g. f0")
     p.add_argument("--gpu", action="store_true", help="clips/s of SqueezeTime and peers on a CUDA GPU")
+    p.add_argument("--peers", action="store_true",
+                   help="SqueezeTime vs X3D-XS, R(2+1)D-18, TSM-R18 (and more) exported through the same pipeline "
+                   "and run in the same runtimes: the paper-style table (default out: bench_out/peers)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -50,6 +54,14 @@ def cmd_bench(args) -> int:
 
         report = run_gpu_benchmark(out_dir=args.out or "bench_out/gpu", progress=_progress(console))
         _console(False).print(report["markdown"])
+        return 0
+    if args.peers:
+        from .peers import run_peers_benchmark
+
+        report = run_peers_benchmark(args.out or "bench_out/peers", threads=tuple(threads), runs=args.runs,
+                                     warmup=args.warmup, progress=_progress(console))
+        md = report.get("markdown") or Path(report["files"]["markdown"]).read_text()
+        _console(False).print(md, markup=False)
         return 0
     if not args.dir:
         raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")

@@ -22,6 +22,7 @@ from .stats import summarize
 
 Progress = Callable[[str, str], None]
 WORKER_TIMEOUT_S = 900
+COREML_COMPUTE_UNITS = ("CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE", "ALL")
 
 
 def run_worker(job: Dict, timeout: int = WORKER_TIMEOUT_S) -> Dict:
@@ -109,7 +110,13 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
         for art in manifest["artifacts"]:
             if not art.get("file"):
                 continue
-            jobs.append((art["format"], art, {"kind": "artifact", "dir": str(art_dir), "file": art["file"], "format": art["format"]}))
+            job = {"kind": "artifact", "dir": str(art_dir), "file": art["file"], "format": art["format"]}
+            if art["format"] == "coreml" and platform.system() == "Darwin":
+                # Core ML picks the hardware per compute-unit setting: time each one
+                for cu in COREML_COMPUTE_UNITS:
+                    jobs.append((f"coreml-{cu}", art, {**job, "compute_units": cu}))
+            else:
+                jobs.append((art["format"], art, job))
         for name, art, job in jobs:
             row = {"name": name, "threads": t, "file": art["file"] if art else None,
                    "format": art["format"] if art else "pytorch", "bytes": art["bytes"] if art else None,

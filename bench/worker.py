@@ -76,13 +76,19 @@ def measure(job: dict) -> dict:
         from export.quiet import quiet
 
         backend = get_backend(job["format"])
+        path = os.path.join(job["dir"], job["file"])
         with quiet():
-            runner = backend.load(os.path.join(job["dir"], job["file"]), threads=threads)
+            if job.get("compute_units"):  # Core ML on macOS, one compute-unit setting per job
+                from export.backends.coreml_backend import CoreMLRunner
+
+                runner = CoreMLRunner(path, compute_units=job["compute_units"])
+            else:
+                runner = backend.load(path, threads=threads)
         arr = x.numpy() if job["format"] != "coreml" else x.float().numpy()
 
         def call():
             return runner(arr)
-        runtime = backend.runtime
+        runtime = backend.runtime + (f" {job['compute_units']}" if job.get("compute_units") else "")
     else:
         raise ValueError(f"unknown job kind {kind}")
     call()  # first call: some runtimes finish initialisation lazily; count it as load
