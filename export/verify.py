@@ -42,10 +42,13 @@ class VerificationSet:
     video_sha256: Optional[str]
 
     def inputs_for(self, spec: InputSpec) -> List[np.ndarray]:
+        """The inputs in ``spec``'s format, grouped into batches of spec.batch (the last one padded by wrapping)."""
+        n, b = len(self.names), spec.batch
+        order = [i % n for i in range(-(-n // b) * b)]
         out = []
-        for i in range(len(self.names)):
-            x = spec.from_clip(self.clips[i:i + 1], self.frames_uint8[i:i + 1])
-            out.append(x.numpy())
+        for start in range(0, len(order), b):
+            idx = order[start:start + b]
+            out.append(spec.from_clip(self.clips[idx], self.frames_uint8[idx]).numpy())
         return out
 
 
@@ -124,8 +127,10 @@ def compare(reference: np.ndarray, outputs: np.ndarray, names: List[str], precis
     }
 
 
-def run_artifact(runner, inputs: List[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(runner(x)).reshape(1, -1) for x in inputs])
+def run_artifact(runner, inputs: List[np.ndarray], count: int) -> np.ndarray:
+    """Run every batch and return the first ``count`` rows of logits (dropping wrap-around padding)."""
+    outs = [np.asarray(runner(x)) for x in inputs]
+    return np.concatenate([o.reshape(o.shape[0] if o.ndim > 1 else 1, -1) for o in outs])[:count]
 
 
 def verify_artifact(backend, path: Path, vset: VerificationSet, spec: InputSpec, precision: str, extras=None) -> Dict:
@@ -138,7 +143,7 @@ def verify_artifact(backend, path: Path, vset: VerificationSet, spec: InputSpec,
         with quiet():  # runtimes log delegate creation and CPU probing to fd 2
             runner = backend.load(path)
             try:
-                outputs = run_artifact(runner, vset.inputs_for(spec))
+                outputs = run_artifact(runner, vset.inputs_for(spec), len(vset.names))
             finally:
                 runner.close()
     except Exception as exc:  # noqa: BLE001 - a runtime failure is a verification failure, named

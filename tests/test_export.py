@@ -113,12 +113,12 @@ def test_verify_directory_and_tampering(all_formats, capsys):
     assert "sha256 differs from the manifest" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fmt,formats", [("frames_uint8", "onnx,pte,coreml"), ("squeezed", "onnx,tflite")])
-def test_input_formats(tmp_path, small_checkpoint, fmt, formats):
+@pytest.mark.parametrize("fmt,formats,batch", [("frames_uint8", "onnx,pte,coreml", 1), ("squeezed", "onnx,tflite", 3)])
+def test_input_formats(tmp_path, small_checkpoint, fmt, formats, batch):
     assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--input", fmt,
-                 "--formats", formats, "--no-mlmodel"]) == 0
+                 "--formats", formats, "--no-mlmodel", "--batch", str(batch)]) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    shape = {"frames_uint8": [1, 4, 64, 64, 3], "squeezed": [1, 12, 64, 64]}[fmt]
+    shape = {"frames_uint8": [1, 4, 64, 64, 3], "squeezed": [3, 12, 64, 64]}[fmt]
     assert manifest["input"]["shape"] == shape
     for a in manifest["artifacts"]:
         assert a["inputs"][0]["shape"] == shape
@@ -128,6 +128,7 @@ def test_input_formats(tmp_path, small_checkpoint, fmt, formats):
         else:
             assert a["inputs"][0]["dtype"] == ("uint8" if fmt == "frames_uint8" else "float32")
             assert a["verification"]["status"] == "pass" and a["verification"]["psnr_db"] >= 60
+            assert a["verification"]["inputs"] == 8 and a["outputs"][0]["shape"] == [batch, 51]
 
 
 def test_exports_are_byte_identical(all_formats, tmp_path, small_checkpoint):

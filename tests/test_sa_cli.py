@@ -1,0 +1,64 @@
+"""`squeeze context build` and `squeeze generate` end to end through the project's CLI entry point."""
+
+import json
+
+import pytest
+
+from squeezed_attention.testing import passkey_case
+
+cli = pytest.importorskip("export.cli")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    case, text = passkey_case()
+    (d / "ctx.txt").write_text(text)
+    rc = cli.main(["context", "build", "--context", str(d / "ctx.txt"), "--out", str(d / "ctx.pack"), "--hierarchical"])
+    assert rc == 0
+    return d, case
+
+
+def test_build_then_generate_json_finds_the_pass_key(built, capsys):
+    d, case = built
+    capsys.readouterr()
+    rc = cli.main(["generate", "--context-pack", str(d / "ctx.pack"), "--prompt", case.question,
+                   "--max-new-tokens", "12", "--json", "--context", str(d / "ctx.txt")])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and case.answer in out["text"]
+    assert out["attention"] == "budget keep 0.1" and abs(out["kept_fraction"] - 0.1) < 0.01
+    assert out["context_tokens"] > 400 and out["prefill_seconds"] > 0
+
+
+def test_generate_streams_text_then_timings(built, capsys):
+    d, case = built
+    rc = cli.main(["generate", "--context-pack", str(d / "ctx.pack"), "--prompt", case.question,
+                   "--max-new-tokens", "12", "--hierarchical", "--lookup", "numpy"])
+    captured = capsys.readouterr()
+    assert rc == 0 and case.answer in captured.out
+    assert "tokens/s" in captured.err and "centroids scored" in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--context-pack", "{d}/missing.pack", "--prompt", "x"], "not found"),
+    (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--budget", "100000"], "larger than"),
+    (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--raw"], "framing"),
+    (["context", "build", "--context", "{d}/empty.txt", "--out", "{d}/empty.pack"], "empty"),
+    (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--model", "{d}/nope.gguf"], "not found"),
+])
+def test_user_errors_exit_1_with_one_line(built, capsys, argv, message):
+    d, _ = built
+    (d / "empty.txt").write_text("")
+    rc = cli.main([a.format(d=d) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (d / "empty.pack").exists()
+    assert not list(d.glob("*.partial"))
+
+
+def test_help_reads_like_documentation(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--context-pack", "--full", "--keep", "--budget", "--max-new-tokens", "--raw", "--json", "--hierarchical"):
+        assert flag in text

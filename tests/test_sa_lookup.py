@@ -1,0 +1,167 @@
+"""Centroid lookup on a real context pack: stable scores, torch == numpy fallback, hierarchical lookup,
+GQA granularity, and squeezed attention with everything kept == full attention."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from squeezed_attention.context_attention import DenseContext, SqueezedContext
+from squeezed_attention.generation import AttentionChoice, make_context
+from squeezed_attention.lookup import LookupTables, SelectionSpec, cluster_scores, select_keys
+from squeezed_attention.lookup_numpy import NumpyTables
+from squeezed_attention.lookup_numpy import select_keys as select_keys_numpy
+from squeezed_attention.pack import calibrate_thresholds
+from squeezed_attention.testing import passkey_case, real_model, small_generator, small_pack
+
+
+def user_queries(gen, prompt="What is the pass key? Answer with the number only."):
+    """Real post-RoPE queries of a user prompt, per layer ([L][Hq, T, D]), with full attention."""
+    sink = []
+    ids = torch.tensor(gen.prompt_ids(prompt))
+    gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens,
+                   context=gen.context(AttentionChoice("full")), query_sink=sink)
+    return sink
+
+
+def test_scores_are_stable_with_adversarially_large_key_norms():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 64, generator=g, dtype=torch.float64) * 30
+    c = torch.randn(3, 50, 64, generator=g, dtype=torch.float64) * 1e4  # q.c ~ 1e6: exp() overflows
+    counts = torch.randint(0, 20, (3, 50), generator=g)
+    counts[:, 0] = 0  # an empty cluster too
+    log_counts = counts.double().log()
+    naive = torch.exp(q @ c.transpose(-1, -2))
+    assert not torch.isfinite(naive).all()  # what the official code does
+    scores, log_den = cluster_scores(q, c, log_counts)
+    assert torch.isfinite(scores).all() and torch.isfinite(log_den).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    # Normalization: sum_j N_j S_ij = 1 per query, so the count-weighted mean over queries is 1 too.
+    assert torch.allclose((scores * counts).sum(-1), torch.ones(3, dtype=torch.float64))
+    # Thresholds calibrated on such keys stay finite and ordered.
+    order = torch.sort(torch.randint(0, 50, (1, 3, 400), generator=g), -1).values
+    tables = LookupTables.build(c.unsqueeze(0), torch.bincount(order[0, 0], minlength=50).expand(1, 3, 50).contiguous(),
+                                order, group_size=1)
+    th = calibrate_thresholds(tables, q.unsqueeze(0).float(), per_query_head=False)
+    assert torch.isfinite(th).all() and (th[:-1] >= th[1:]).all()
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+@pytest.mark.parametrize("per_query_head", [False, True])
+@pytest.mark.parametrize("mode", ["budget", "threshold"])
+def test_torch_lookup_equals_numpy_fallback(mode, per_query_head, hierarchical):
+    gen = small_generator()
+    pack, tables = gen.pack, gen.tables
+    np_tables = NumpyTables.from_torch(tables)
+    queries = user_queries(gen)
+    ctx = make_context(pack, AttentionChoice(mode, keep=0.1, per_query_head=per_query_head, hierarchical=hierarchical), tables)
+    spec = ctx.spec
+    for layer in range(0, pack.config.num_layers, 3):
+        for q in (queries[layer], queries[layer][:, -1:]):  # prefill (mean over queries) and one decode token
+            sel = select_keys(tables, layer, q, spec)
+            idx, valid, scored = select_keys_numpy(np_tables, layer, q.numpy(), spec)
+            assert np.array_equal(sel.indices.numpy(), idx)
+            assert (sel.valid is None and valid is None) or np.array_equal(sel.valid.numpy(), valid)
+            if not hierarchical:
+                assert sel.centroids_scored == scored == pack.num_clusters
+
+
+def test_budget_selection_is_exact_and_within_the_clustered_range():
+    gen = small_generator()
+    pack, tables = gen.pack, gen.tables
+    q = user_queries(gen)[5]
+    first, nc = pack.settings.sink_tokens, pack.num_clustered
+    for budget in (1, 17, nc // 3, nc):
+        sel = select_keys(tables, 5, q, SelectionSpec("budget", budget_keys=budget))
+        assert sel.indices.shape == (3, budget) and sel.valid is None
+        for row in sel.indices:
+            assert len(set(row.tolist())) == budget  # no key twice
+        assert int(sel.indices.min()) >= first and int(sel.indices.max()) < first + nc
+    everything = select_keys(tables, 5, q, SelectionSpec("budget", budget_keys=nc)).indices
+    assert torch.equal(everything, torch.arange(first, first + nc).expand(3, -1))
+
+
+def test_keep_everything_equals_full_attention_exactly():
+    gen = small_generator()
+    prompt = "What is the pass key? Answer with the number only."
+    ids = torch.tensor(gen.prompt_ids(prompt))
+    outs = []
+    for choice in (AttentionChoice("full"), AttentionChoice("budget", budget=gen.pack.num_clustered)):
+        cache = gen.model.new_cache(len(ids) + 1)
+        first = gen.model.step(ids, cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
+        nxt = gen.model.step(first.argmax().view(1), cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
+        outs.append((first, nxt))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+def test_full_attention_over_a_pack_matches_plain_decoding():
+    """The context-partial + dynamic-partial merge reproduces one causal pass over context + prompt."""
+    gen = small_generator()
+    model = real_model()
+    prompt_ids = gen.prompt_ids("What is the pass key?")
+    all_ids = torch.cat([gen.pack.token_ids, torch.tensor(prompt_ids)])
+    plain = model.step(all_ids, model.new_cache(len(all_ids)), logits="all")[-len(prompt_ids):]
+    # Same context KV as the pack, but kept in fp32 (the pack stores fp16).
+    cache = model.new_cache(len(gen.pack.token_ids))
+    model.step(gen.pack.token_ids, cache, logits="none")
+    dense = DenseContext(cache.keys, cache.values)
+    merged = model.step(torch.tensor(prompt_ids), model.new_cache(len(prompt_ids)),
+                        position_offset=gen.pack.num_tokens, context=dense, logits="all")
+    assert (merged - plain).abs().max().item() < 1e-3
+
+
+def test_hierarchical_lookup_scores_fewer_centroids_and_matches_flat():
+    gen = small_generator()
+    pack, tables = gen.pack, gen.tables
+    queries = user_queries(gen)
+    keep = 0.1
+    flat = make_context(pack, AttentionChoice("budget", keep=keep), tables)
+    hier = make_context(pack, AttentionChoice("budget", keep=keep, hierarchical=True), tables)
+    overlaps = []
+    for layer in range(pack.config.num_layers):
+        q = queries[layer][:, -1:]
+        a = select_keys(tables, layer, q, flat.spec)
+        b = select_keys(tables, layer, q, hier.spec)
+        assert b.centroids_scored < a.centroids_scored == pack.num_clusters
+        for ra, rb in zip(a.indices.tolist(), b.indices.tolist()):
+            overlaps.append(len(set(ra) & set(rb)) / len(ra))
+    # Stated tolerance: on average >= 70% of the keys a flat lookup keeps are also kept hierarchically.
+    assert np.mean(overlaps) >= 0.7, np.mean(overlaps)
+    # And the next-token distribution stays close to the flat lookup's.
+    ids = torch.tensor(gen.prompt_ids("What is the pass key? Answer with the number only."))
+    logits = [gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=pack.num_tokens, context=c)
+              for c in (flat, hier)]
+    p, q = torch.log_softmax(logits[0].double(), -1), torch.log_softmax(logits[1].double(), -1)
+    assert float((p.exp() * (p - q)).sum()) < 0.05
+    assert int(logits[0].argmax()) == int(logits[1].argmax())
+
+
+def test_gqa_per_query_head_selection_differs_within_a_group():
+    gen = small_generator()
+    q = user_queries(gen)[10][:, -1:]
+    sel = select_keys(gen.tables, 10, q, SelectionSpec("budget", budget_keys=40, per_query_head=True))
+    assert sel.indices.shape == (9, 40)
+    groups = sel.indices.reshape(3, 3, 40)
+    assert any(not torch.equal(g[0], g[1]) or not torch.equal(g[0], g[2]) for g in groups)
+
+
+def test_threshold_mode_keeps_about_the_calibrated_fraction():
+    gen = small_generator()
+    ctx = make_context(gen.pack, AttentionChoice("threshold", keep=0.2), gen.tables)
+    ids = torch.tensor(gen.prompt_ids("What is the pass key?"))
+    gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
+    kept = ctx.stats.mean_kept() / gen.pack.num_clustered
+    assert ctx.stats.calls == 30 and 0.02 < kept < 0.6, kept
+    assert math.isfinite(kept)
+
+
+def test_real_passkey_passes_with_the_default_budget():
+    from squeezed_attention.cli import DEFAULT_KEEP
+
+    gen = small_generator(hierarchical=False)
+    case, _ = passkey_case()
+    for choice in (AttentionChoice("full"), AttentionChoice("budget", keep=DEFAULT_KEEP),
+                   AttentionChoice("budget", keep=DEFAULT_KEEP, hierarchical=False, backend="numpy")):
+        result = gen.generate(case.question, choice, max_new_tokens=12)
+        assert case.answer in result.text, (choice, result.text)
