@@ -42,7 +42,7 @@ def _throughput(model, frames, size, dtype, compiled, runs, warmup, say, name) -
     model = model.to(memory_format=torch.channels_last)  # 4-D conv weights NHWC (5-D inputs stay NCDHW)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    fn = torch.compile(model, mode="max-autotune-no-cudagraphs") if compiled else model
+    fn = torch.compile(model) if compiled else model
     tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     last_error = None
     for batch in BATCHES:
