@@ -42,7 +42,7 @@ def add_subcommands(sub) -> None:
                    "(they become inert placeholders; nothing is executed)")
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="named config (default: from the checkpoint, else k400)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip T (default: the model's, 16)")
-    p.add_argument("--size", type=int, default=224, help="input height = width (multiple of 32; default 224)")
+    p.add_argument("--size", type=int, default=224, help="input height = width in pixels (default 224; e.g. 256, or 286 for the HMDB51 test crop)")
     p.add_argument("--input", dest="input_format", choices=INPUT_FORMATS, default="clip",
                    help="clip: N x 3 x T x H x W float (official); squeezed: N x 3T x H x W float; "
                    "frames_uint8: N x T x H x W x 3 uint8 RGB camera frames, normalised inside the graph")

@@ -41,8 +41,8 @@ class InputSpec:
     def __post_init__(self):
         if self.input_format not in INPUT_FORMATS:
             raise SqueezeError(f"unknown input format {self.input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
-        if self.size < 32 or self.size % 32:
-            raise SqueezeError(f"input size {self.size} must be a multiple of 32 (the network downsamples 32x)")
+        if self.size < 32:
+            raise SqueezeError(f"input size {self.size} is too small; use at least 32 (the network downsamples 32x)")
         if self.batch < 1 or self.frames < 1:
             raise SqueezeError("batch and frames must be >= 1")
 

@@ -168,8 +168,9 @@ def test_bad_options_fail_cleanly(tmp_path):
     blocker.write_text("x")
     (err,) = _one_error_line(_cli(["export", "squeezetime", *SMALL, "--formats", "onnx", "--out", str(blocker / "sub")]))
     assert "is not writable" in err
-    (err,) = _one_error_line(_cli(["export", "squeezetime", *SMALL, "--formats", "onnx", "--size", "100", "--out", str(out)]))
-    assert "multiple of 32" in err
+    (err,) = _one_error_line(_cli(["export", "squeezetime", "--config", "hmdb51", "--frames", "4", "--formats", "onnx",
+                                   "--size", "16", "--out", str(out)]))
+    assert "too small" in err
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     (err,) = _one_error_line(_cli(["export", "squeezetime", "--checkpoint", str(bad), "--formats", "onnx", "--out", str(out)]))
