@@ -13,7 +13,8 @@ from squeezed_attention.lookup import LookupTables, SelectionSpec, cluster_score
 from squeezed_attention.lookup_numpy import NumpyTables
 from squeezed_attention.lookup_numpy import select_keys as select_keys_numpy
 from squeezed_attention.pack import calibrate_thresholds
-from squeezed_attention.testing import passkey_case, real_model, small_generator, small_pack
+from squeezed_attention.generation import Generator
+from squeezed_attention.testing import passkey_case, real_checkpoint, real_model, small_generator, small_pack
 
 
 def user_queries(gen, prompt="What is the pass key? Answer with the number only."):
@@ -112,7 +113,9 @@ def test_full_attention_over_a_pack_matches_plain_decoding():
 
 
 def test_hierarchical_lookup_scores_fewer_centroids_and_matches_flat():
-    gen = small_generator()
+    # ~1500 tokens: 70 level-2 and 14 level-1 clusters per head (on tiny contexts the level-1 overhead
+    # and the 4x level-1 keep factor leave nothing to save).
+    gen = Generator(real_model(), real_checkpoint().tokenizer, small_pack(True, "chat", 1500))
     pack, tables = gen.pack, gen.tables
     queries = user_queries(gen)
     keep = 0.1

@@ -1,0 +1,170 @@
+"""Speed of Squeezed Attention vs full attention on the real SmolLM2-135M decoder (PyTorch eager, fp32).
+
+Same code path for every configuration: the decoder's context partial is either DenseContext (full
+attention over the fixed context) or SqueezedContext (centroid lookup + attention over the kept keys).
+Measures, in ONE run so the ratios compare like with like:
+  * offline build of the context pack (prefill + K-means + calibration) and the pack size,
+  * prefill of a user input (default 128 tokens) after the fixed context: median over repeats,
+  * decode tokens/s (teacher-forced, so every configuration does the same steps): median step time.
+Configurations are interleaved within each repeat, so load drift on a shared machine hits all alike.
+
+    python bench/squeezed_attention_bench.py --context-tokens 8000 --threads 2 --out bench_out/sa
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from squeezed_attention.corpus import prose_of_tokens
+from squeezed_attention.generation import AttentionChoice, Generator, keep_for_budget
+from squeezed_attention.model import LlamaForCausalLM
+from squeezed_attention.pack import BuildSettings, build_context_pack
+from squeezed_attention.weights import load_checkpoint
+
+
+def configurations(kv_budget: float, centroid_fraction: float):
+    keep = keep_for_budget(kv_budget, centroid_fraction)
+    return [
+        ("full", AttentionChoice("full")),
+        ("budget flat", AttentionChoice("budget", keep=keep)),
+        ("budget hierarchical", AttentionChoice("budget", keep=keep, hierarchical=True)),
+        ("threshold flat", AttentionChoice("threshold", keep=keep)),
+        ("budget flat, numpy lookup", AttentionChoice("budget", keep=keep, backend="numpy")),
+    ]
+
+
+@torch.no_grad()
+def time_prefill(gen: Generator, choice, prompt_ids):
+    context = gen.context(choice)
+    cache = gen.model.new_cache(len(prompt_ids))
+    t = time.perf_counter()
+    gen.model.step(torch.tensor(prompt_ids), cache, position_offset=gen.pack.num_tokens, context=context)
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def time_decode(gen: Generator, choice, prompt_ids, decode_ids):
+    """Per-step seconds of single-token decode steps after a prefill of ``prompt_ids``."""
+    context = gen.context(choice)
+    cache = gen.model.new_cache(len(prompt_ids) + len(decode_ids))
+    gen.model.step(torch.tensor(prompt_ids), cache, position_offset=gen.pack.num_tokens, context=context)
+    steps = []
+    for token in decode_ids:
+        t = time.perf_counter()
+        gen.model.step(torch.tensor([token]), cache, position_offset=gen.pack.num_tokens, context=context)
+        steps.append(time.perf_counter() - t)
+    return steps
+
+
+def run(args):
+    torch.set_num_threads(args.threads)
+    checkpoint = load_checkpoint(args.model)
+    model = LlamaForCausalLM.from_checkpoint(checkpoint)
+    tok = checkpoint.tokenizer
+    ids = tok.encode("\n\n".join(prose_of_tokens(tok, args.context_tokens + args.prompt_tokens + args.decode_tokens + 64)))
+    context_text = tok.decode(ids[:args.context_tokens])
+    follow = tok.encode(tok.decode(ids[args.context_tokens:]))
+    prompt_ids, decode_ids = follow[:args.prompt_tokens], follow[args.prompt_tokens:args.prompt_tokens + args.decode_tokens]
+
+    print(f"building a {args.context_tokens}-token context pack (threads={args.threads}) ...", file=sys.stderr)
+    t = time.perf_counter()
+    pack = build_context_pack(model, checkpoint, context_text, BuildSettings(
+        hierarchical=True, framing="raw", centroid_fraction=args.centroids))
+    build_seconds = time.perf_counter() - t
+    gen = Generator(model, tok, pack)
+    configs = configurations(args.kv_budget, args.centroids)
+    prefill = {name: [] for name, _ in configs}
+    decode = {name: [] for name, _ in configs}
+    kept = {}
+    for name, choice in configs:  # warm-up (first-call allocations, lookup tables)
+        time_prefill(gen, choice, prompt_ids[:8])
+    for r in range(args.repeats):
+        for name, choice in configs:
+            prefill[name].append(time_prefill(gen, choice, prompt_ids))
+            decode[name] += time_decode(gen, choice, prompt_ids, decode_ids)
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
+            f"{n}: prefill {1000 * statistics.median(prefill[n]):.0f} ms, decode {1000 * statistics.median(decode[n]):.1f} ms/token"
+            for n, _ in configs), file=sys.stderr)
+    for name, choice in configs:  # lookup statistics of one prefill + one decode step (untimed)
+        if choice.mode != "full":
+            ctx = gen.context(choice)
+            cache = model.new_cache(len(prompt_ids) + 1)
+            model.step(torch.tensor(prompt_ids), cache, position_offset=pack.num_tokens, context=ctx)
+            model.step(torch.tensor(decode_ids[:1]), cache, position_offset=pack.num_tokens, context=ctx)
+            kept[name] = {"kept_fraction_of_clustered": ctx.stats.mean_kept() / pack.num_clustered,
+                          "centroids_scored_per_head": ctx.stats.mean_scored()}
+    full_prefill = statistics.median(prefill["full"])
+    full_decode = statistics.median(decode["full"])
+    rows = []
+    for name, choice in configs:
+        p, d = statistics.median(prefill[name]), statistics.median(decode[name])
+        rows.append({"config": name, "prefill_ms_median": 1000 * p, "decode_ms_per_token_median": 1000 * d,
+                     "decode_tokens_per_second": 1.0 / d, "prefill_speedup_vs_full": full_prefill / p,
+                     "decode_speedup_vs_full": full_decode / d, **kept.get(name, {})})
+    size = pack.size_report()
+    return {
+        "context_tokens": pack.num_tokens, "prompt_tokens": len(prompt_ids), "decode_tokens": len(decode_ids),
+        "repeats": args.repeats, "threads": args.threads, "kv_budget": args.kv_budget,
+        "keep_fraction": keep_for_budget(args.kv_budget, args.centroids), "centroid_fraction": args.centroids,
+        "pack_build_seconds": build_seconds, "pack_size": size,
+        "level1_clusters": int(pack.l1_centroids.shape[2]), "rows": rows,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+    }
+
+
+def markdown(result) -> str:
+    s = result["pack_size"]
+    lines = [
+        f"Context {result['context_tokens']} tokens, user input {result['prompt_tokens']} tokens, "
+        f"{result['decode_tokens']} decode steps x {result['repeats']} repeats, {result['threads']} threads, "
+        f"KV budget {result['kv_budget']} (keep {result['keep_fraction']:.3f} of clustered keys + centroids/2).",
+        "",
+        f"Pack build: {result['pack_build_seconds']:.1f} s. Pack size per context token: KV cache "
+        f"{s['kv_bytes_per_token']:.0f} B, lookup metadata {s['metadata_bytes_per_token']:.0f} B "
+        f"({s['metadata_bytes_per_layer_head_token']:.2f} B per (layer, KV head, token), with the hierarchical level).",
+        "",
+        "| attention | prefill (median) | prefill speed-up | decode ms/token (median) | decode tokens/s | decode speed-up | keys kept | centroids scored/head |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        kept = r.get("kept_fraction_of_clustered")
+        lines.append(f"| {r['config']} | {r['prefill_ms_median']:.0f} ms | {r['prefill_speedup_vs_full']:.2f}x "
+                     f"| {r['decode_ms_per_token_median']:.1f} | {r['decode_tokens_per_second']:.1f} "
+                     f"| {r['decode_speedup_vs_full']:.2f}x | {'-' if kept is None else f'{100 * kept:.1f}%'} "
+                     f"| {r.get('centroids_scored_per_head', '-') if kept is None else round(r['centroids_scored_per_head'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--context-tokens", type=int, default=8000, help="fixed-context length (default 8000)")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="user-input length for the prefill timing")
+    p.add_argument("--decode-tokens", type=int, default=32, help="decode steps per repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kv-budget", type=float, default=0.125, help="paper accounting (keep + centroids/2)")
+    p.add_argument("--centroids", type=float, default=0.05)
+    p.add_argument("--model", default=None, help=".gguf or HF folder (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--out", default="bench_out/squeezed_attention", help="folder for bench.json and bench.md")
+    args = p.parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from squeezed_attention.atomic import write_text_atomic
+
+    write_text_atomic(out / "squeezed_attention_bench.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "squeezed_attention_bench.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

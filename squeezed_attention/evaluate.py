@@ -1,0 +1,246 @@
+"""Accuracy of Squeezed Attention against full attention on the real model.
+
+* Passkey / needle retrieval: a fact hidden at several depths in real prose of ~2k/4k/8k tokens; the
+  instruct model is asked for it (chat framing, greedy); correct = the answer contains the fact.
+* Continuations: teacher-forced real prose after the fixed context, decoded token by token (per-token
+  lookup, as in generation); top-1 agreement and KL(full || squeezed) of the next-token distributions.
+Configurations: full attention, then for each KV budget (paper accounting: kept keys + centroids/2) the
+budget mode with flat and hierarchical lookup, the paper's threshold mode, and per-query-head selection.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_file, write_text_atomic
+from .generation import AttentionChoice, Generator, keep_for_budget
+from .pack import BuildSettings, build_context_pack
+from .corpus import prose_of_tokens
+
+NEEDLES = [
+    ("The secret name of the lighthouse keeper's cat is Marmalade.", "What is the secret name of the lighthouse keeper's cat?", "Marmalade"),
+    ("The password for the old archive room is Heliotrope.", "What is the password for the old archive room?", "Heliotrope"),
+    ("The special ingredient in grandmother's soup is cardamom.", "What is the special ingredient in grandmother's soup?", "cardamom"),
+]
+PASSKEY_QUESTION = "What is the pass key? Answer with the number only."
+
+
+@dataclass
+class EvalCase:
+    kind: str          # "passkey" | "needle"
+    length: int        # target context tokens
+    depth: float       # where the fact sits (0 = start, 1 = end)
+    fact: str
+    question: str
+    answer: str
+
+
+def make_case(tokenizer, kind: str, length: int, depth: float, seed: int, rotate: int):
+    rng = random.Random(seed)
+    if kind == "passkey":
+        key = str(rng.randint(10000, 99999))
+        fact, question, answer = f"The pass key is {key}. Remember it. {key} is the pass key.", PASSKEY_QUESTION, key
+    else:
+        fact, question, answer = NEEDLES[rng.randrange(len(NEEDLES))]
+    paras = prose_of_tokens(tokenizer, length, rotate)
+    at = min(len(paras), max(0, round(depth * len(paras))))
+    text = "\n\n".join(paras[:at] + [fact] + paras[at:])
+    return EvalCase(kind, length, depth, fact, question, answer), text
+
+
+def choices_for_budgets(budgets, centroid_fraction: float, variants: bool = True):
+    """Full attention, then per KV budget: budget mode flat + hierarchical; with ``variants`` also the
+    paper's threshold mode and per-query-head (GQA) selection."""
+    out = [("full", None, AttentionChoice("full"))]
+    for b in budgets:
+        keep = keep_for_budget(b, centroid_fraction)
+        out += [
+            ("budget flat", b, AttentionChoice("budget", keep=keep)),
+            ("budget hierarchical", b, AttentionChoice("budget", keep=keep, hierarchical=True)),
+        ]
+        if variants:
+            out += [
+                ("threshold flat", b, AttentionChoice("threshold", keep=keep)),
+                ("budget flat per-query-head", b, AttentionChoice("budget", keep=keep, per_query_head=True)),
+            ]
+    return out
+
+
+def _fit_length(tokenizer, length, model_window, reserve=96):
+    return min(length, model_window - reserve)
+
+
+@torch.no_grad()
+def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_ids, reference=None):
+    """Teacher-forced next-token log-probs [T-1, V] over ``continuation_ids`` (one step per token)."""
+    context = gen.context(choice)
+    cache = gen.model.new_cache(len(continuation_ids))
+    logps = []
+    for token in continuation_ids[:-1]:
+        logits = gen.model.step(torch.tensor([token]), cache, position_offset=gen.pack.num_tokens, context=context)
+        logps.append(torch.log_softmax(logits.double(), -1))
+    logps = torch.stack(logps)
+    if reference is None:
+        return logps, {}
+    p_ref = reference.exp()
+    kl = (p_ref * (reference - logps)).sum(-1)
+    top1 = (reference.argmax(-1) == logps.argmax(-1)).double()
+    return logps, {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "top1_agreement": float(top1.mean()),
+                   "scored_tokens": int(top1.numel())}
+
+
+def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8192), depths=(0.1, 0.5, 0.9), budgets=(0.325, 0.225, 0.125),
+                   kinds=("passkey", "needle"), continuation_tokens=64, centroid_fraction=0.05, out_dir=None,
+                   log=print, max_new_tokens=16, needle_depths=(0.5,), retrieval_variants=False):
+    """Retrieval (passkey at ``depths``, needle at ``needle_depths``) and continuation metrics per length.
+
+    Retrieval runs full + budget flat/hierarchical (``retrieval_variants`` adds threshold and per-query-head);
+    continuations always run every variant (they are what the GQA/threshold comparison is measured on).
+    """
+    tok = checkpoint.tokenizer
+    window = model.config.max_positions
+    configs = choices_for_budgets(budgets, centroid_fraction)
+    retrieval_configs = choices_for_budgets(budgets, centroid_fraction, variants=retrieval_variants)
+    retrieval, continuation = [], []
+    started = time.perf_counter()
+    for li, length in enumerate(lengths):
+        target = _fit_length(tok, length, window)
+        # Retrieval cases (chat framing: the context opens the user's turn, the question closes it).
+        for ki, kind in enumerate(kinds):
+            for di, depth in enumerate(depths if kind == "passkey" else needle_depths):
+                case, text = make_case(tok, kind, target - 120, depth, seed=1000 * li + 10 * ki + di, rotate=li + ki)
+                pack = build_context_pack(model, checkpoint, text, BuildSettings(
+                    centroid_fraction=centroid_fraction, hierarchical=True, framing="chat"))
+                gen = Generator(model, tok, pack)
+                for name, budget, choice in retrieval_configs:
+                    r = gen.generate(case.question, choice, max_new_tokens=max_new_tokens,
+                                     stop_when=lambda text, a=case.answer.lower(): a in text.lower())
+                    ok = case.answer.lower() in r.text.lower()
+                    retrieval.append({**asdict(case), "tokens": pack.num_tokens, "config": name, "kv_budget": budget,
+                                      "correct": ok, "answer_text": r.text, "kept_fraction": r.kept_fraction})
+                log(f"[{time.perf_counter() - started:6.0f}s] {kind} {pack.num_tokens} tokens depth {depth}: "
+                    + " ".join(f"{'Y' if row['correct'] else '.'}" for row in retrieval[-len(retrieval_configs):]))
+        # Continuation case (raw framing: plain prose, the next tokens are the prose that follows).
+        paras = prose_of_tokens(tok, target + continuation_tokens + 64, rotate=li + 3)
+        ids = tok.encode("\n\n".join(paras))
+        ctx_ids_len = target - continuation_tokens
+        context_text = tok.decode(ids[:ctx_ids_len], skip_special=False)
+        pack = build_context_pack(model, checkpoint, context_text, BuildSettings(
+            centroid_fraction=centroid_fraction, hierarchical=True, framing="raw"))
+        cont = tok.encode(tok.decode(ids[ctx_ids_len:ctx_ids_len + continuation_tokens + 8]))[:continuation_tokens]
+        gen = Generator(model, tok, pack)
+        reference, _ = continuation_metrics(gen, AttentionChoice("full"), cont)
+        for name, budget, choice in configs[1:]:
+            _, m = continuation_metrics(gen, choice, cont, reference)
+            continuation.append({"length": length, "tokens": pack.num_tokens, "config": name, "kv_budget": budget, **m})
+        if out_dir is not None:  # partial results survive an interrupted long run
+            partial = {"retrieval": retrieval, "continuation": continuation, "budgets": list(budgets),
+                       "lengths": list(lengths[:li + 1]), "depths": list(depths), "model": checkpoint.source,
+                       "seconds": time.perf_counter() - started, "centroid_fraction": centroid_fraction}
+            partial["summary"] = summarize(partial)
+            save_results(partial, out_dir)
+        log(f"[{time.perf_counter() - started:6.0f}s] continuation {pack.num_tokens} tokens: "
+            + " ".join(f"{row['config']}@{row['kv_budget']}: top1 {row['top1_agreement']:.3f} KL {row['kl_mean']:.4f}"
+                       for row in continuation[-(len(configs) - 1):] if row["config"] == "budget flat"))
+    results = {"retrieval": retrieval, "continuation": continuation, "budgets": list(budgets),
+               "lengths": list(lengths), "depths": list(depths), "seconds": time.perf_counter() - started,
+               "model": checkpoint.source, "centroid_fraction": centroid_fraction}
+    results["summary"] = summarize(results)
+    if out_dir is not None:
+        save_results(results, out_dir)
+    return results
+
+
+def summarize(results):
+    """Per (config, budget): retrieval accuracy, accuracy on cases full attention solves, top-1, KL."""
+    full_ok = {(r["kind"], r["tokens"], r["depth"]) for r in results["retrieval"] if r["config"] == "full" and r["correct"]}
+    rows = {}
+    for r in results["retrieval"]:
+        key = (r["config"], r["kv_budget"])
+        row = rows.setdefault(key, {"config": r["config"], "kv_budget": r["kv_budget"], "cases": 0, "correct": 0,
+                                    "full_solved": 0, "solved_of_full": 0})
+        row["cases"] += 1
+        row["correct"] += int(r["correct"])
+        if (r["kind"], r["tokens"], r["depth"]) in full_ok:
+            row["full_solved"] += 1
+            row["solved_of_full"] += int(r["correct"])
+    for r in results["continuation"]:
+        row = rows.setdefault((r["config"], r["kv_budget"]), {"config": r["config"], "kv_budget": r["kv_budget"],
+                                                               "cases": 0, "correct": 0, "full_solved": 0,
+                                                               "solved_of_full": 0})
+        row.setdefault("_top1", []).append(r["top1_agreement"])
+        row.setdefault("_kl", []).append(r["kl_mean"])
+    out = []
+    for row in rows.values():
+        top1, kl = row.pop("_top1", None), row.pop("_kl", None)
+        row["top1_agreement"] = None if not top1 else sum(top1) / len(top1)
+        row["kl_mean"] = None if not kl else sum(kl) / len(kl)
+        out.append(row)
+    return out
+
+
+def markdown_table(results) -> str:
+    lines = ["| attention | KV budget | retrieval correct | solved of full's | top-1 agreement | mean KL |",
+             "|---|---|---|---|---|---|"]
+    for r in results["summary"]:
+        budget = "1.0" if r["kv_budget"] is None else f"{r['kv_budget']:.3f}"
+        top1 = "-" if r["top1_agreement"] is None else f"{100 * r['top1_agreement']:.1f}%"
+        kl = "-" if r["kl_mean"] is None else f"{r['kl_mean']:.4f}"
+        solved = f"{r['correct']}/{r['cases']}" if r["cases"] else "-"
+        of_full = f"{r['solved_of_full']}/{r['full_solved']}" if r["cases"] else "-"
+        lines.append(f"| {r['config']} | {budget} | {solved} | {of_full} "
+                     f"| {top1} | {kl} |")
+    per_len = ["", "| context tokens | config | KV budget | top-1 | mean KL | max KL |", "|---|---|---|---|---|---|"]
+    for r in results["continuation"]:
+        per_len.append(f"| {r['tokens']} | {r['config']} | {r['kv_budget']:.3f} | {100 * r['top1_agreement']:.1f}% "
+                       f"| {r['kl_mean']:.4f} | {r['kl_max']:.3f} |")
+    return "\n".join(lines + per_len) + "\n"
+
+
+def save_results(results, out_dir):
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / "context_eval.json", json.dumps(results, indent=2))
+    write_text_atomic(out_dir / "context_eval.md", markdown_table(results))
+    plot_results(results, out_dir / "context_eval.png")
+
+
+def plot_results(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    configs = sorted({r["config"] for r in results["continuation"]})
+    for name in configs:
+        rows = [r for r in results["summary"] if r["config"] == name and r["kv_budget"] is not None]
+        rows.sort(key=lambda r: r["kv_budget"])
+        xs = [r["kv_budget"] for r in rows]
+        if all(r["cases"] for r in rows):
+            axes[0].plot(xs, [r["correct"] / r["cases"] for r in rows], marker="o", label=name)
+        if all(r["top1_agreement"] is not None for r in rows):
+            axes[1].plot(xs, [100 * r["top1_agreement"] for r in rows], marker="o", label=name)
+            axes[2].plot(xs, [r["kl_mean"] for r in rows], marker="o", label=name)
+    full = [r for r in results["summary"] if r["config"] == "full"]
+    if full:
+        axes[0].axhline(full[0]["correct"] / full[0]["cases"], color="k", ls="--", label="full attention")
+    axes[0].set_title("retrieval accuracy (passkey + needle)")
+    axes[1].set_title("top-1 agreement with full attention (%)")
+    axes[2].set_title("mean KL(full || squeezed)")
+    for ax in axes:
+        ax.set_xlabel("KV budget (kept keys + centroids/2)")
+        ax.grid(alpha=0.3)
+    axes[1].axhline(95, color="r", ls=":")
+    axes[2].axhline(0.05, color="r", ls=":")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,176 @@
+"""Centroid lookup: which fixed-context keys each head attends to, in-graph PyTorch version.
+
+Cluster scores follow the paper, computed stably in log space (the official code's plain exp() overflows):
+    A_ij = q_i . c_j / sqrt(d)
+    log S_ij = A_ij - logsumexp_l(A_il + log N_l)        (N_l = keys in cluster l; empty: log 0 = -inf)
+    S_j = mean_i exp(log S_ij)                           (mean over the current queries: one selection
+                                                          for a prefill chunk, per token in decode)
+Selection turns cluster scores into key indices with STATIC shapes: clusters are ranked by score (ties
+broken by cluster index) and keys are taken cluster by cluster in that order (keys of one cluster in
+position order) until ``length`` keys are taken. ``budget`` mode takes a fixed number of keys;
+``threshold`` mode takes every key whose cluster score passes the calibrated threshold, padded to the
+largest head and masked. The same algorithm in numpy lives in lookup_numpy.py (tests prove they agree).
+
+Scoring runs in float64 (tiny: a few hundred centroids per head) so the torch and numpy versions rank
+clusters identically instead of flipping near-ties on float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LookupTables:
+    """Per-pack lookup metadata in the form the online lookup wants (built once at pack load)."""
+
+    centroids: torch.Tensor        # [L, Hkv, K, D] float64 (raw-key means)
+    log_counts: torch.Tensor       # [L, Hkv, K] float64, -inf for empty clusters
+    counts: torch.Tensor           # [L, Hkv, K] int64
+    order_by_cluster: torch.Tensor  # [L, Hkv, Nc] int64: context positions grouped by cluster, ascending
+    cluster_start: torch.Tensor    # [L, Hkv, K] int64: where each cluster starts in order_by_cluster
+    group_size: int                # query heads per KV head
+    first_position: int = 0        # context position of the first clustered key (after the sink tokens)
+    # Hierarchical level (None when the pack has none). Level-2 clusters are numbered parent by parent.
+    l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] float64
+    l1_log_counts: torch.Tensor | None = None  # [L, Hkv, K1]
+    children: torch.Tensor | None = None       # [L, Hkv, K1, Cmax] int64, padded with K (a dummy cluster)
+
+    @property
+    def num_clusters(self) -> int:
+        return int(self.centroids.shape[2])
+
+    @property
+    def num_clustered(self) -> int:
+        return int(self.order_by_cluster.shape[2])
+
+    @classmethod
+    def build(cls, centroids, counts, labels, group_size, l1_centroids=None, l1_counts=None, child_offsets=None,
+              first_position: int = 0):
+        counts = counts.to(torch.int64)
+        labels = labels.to(torch.int64)
+        order = torch.sort(labels, dim=-1, stable=True).indices + first_position
+        start = torch.cumsum(counts, -1) - counts
+        children = None
+        if l1_centroids is not None:
+            children = children_table(child_offsets.to(torch.int64), int(centroids.shape[2]))
+        return cls(
+            centroids=centroids.double(), log_counts=counts.double().log(), counts=counts,
+            order_by_cluster=order, cluster_start=start, group_size=group_size, first_position=first_position,
+            l1_centroids=None if l1_centroids is None else l1_centroids.double(),
+            l1_log_counts=None if l1_counts is None else l1_counts.double().log(),
+            children=children)
+
+
+def children_table(child_offsets, num_clusters: int):
+    """[..., K1+1] offsets of contiguous children -> [..., K1, Cmax] child ids padded with num_clusters."""
+    sizes = child_offsets[..., 1:] - child_offsets[..., :-1]
+    cmax = max(int(sizes.max()), 1)
+    slot = torch.arange(cmax)
+    ids = child_offsets[..., :-1, None] + slot
+    return torch.where(slot < sizes[..., None], ids, torch.full_like(ids, num_clusters))
+
+
+@dataclass
+class SelectionSpec:
+    """How many fixed-context keys to keep and how to choose them."""
+
+    mode: str = "budget"            # "budget" (fixed count, static shapes) or "threshold" (paper)
+    budget_keys: int = 0            # budget mode: keys kept per head
+    threshold: float = 0.0          # threshold mode: calibrated cluster-score threshold (not log)
+    per_query_head: bool = False    # GQA: one selection per query head (True) or per KV group (False)
+    hierarchical: bool = False      # score level-1 centroids first, then only the kept ones' children
+    level1_keep: int = 0            # hierarchical: level-1 clusters kept (static)
+
+
+@dataclass
+class Selection:
+    indices: torch.Tensor      # [Hs, B] int64 key positions (ascending; valid ones first)
+    valid: torch.Tensor | None  # [Hs, B] bool, None when every entry is valid
+    centroids_scored: float    # centroids scored per selecting head (mean over heads): the lookup's work
+
+
+def _expand_heads(t, per_query_head: bool, group_size: int):
+    """Per-KV-head tables -> per selecting head (query heads share their KV head's tables)."""
+    return t.repeat_interleave(group_size, dim=0) if per_query_head else t
+
+
+def grouped_queries(queries, num_kv_heads: int, per_query_head: bool):
+    """[Hq, T, D] -> [Hs, Q, D]: per query head, or the G heads of a KV group pooled as G*T queries."""
+    if per_query_head:
+        return queries
+    Hq, T, D = queries.shape
+    return queries.reshape(num_kv_heads, (Hq // num_kv_heads) * T, D)
+
+
+def cluster_scores(queries, centroids, log_counts):
+    """Mean over queries of the normalized cluster score S: queries [Hs,Q,D] (already scaled), centroids
+    [Hs,K,D], log_counts [Hs,K] -> ([Hs,K] scores in [0,1], [Hs,Q,1] log-denominators)."""
+    logits = torch.matmul(queries, centroids.transpose(-1, -2))
+    log_denominator = torch.logsumexp(logits + log_counts.unsqueeze(1), dim=-1, keepdim=True)
+    return torch.exp(logits - log_denominator).mean(1), log_denominator
+
+
+def score_layer(tables: LookupTables, layer: int, queries, spec: SelectionSpec):
+    """Cluster scores [Hs, K] for one layer (flat or hierarchical) and the number of centroids scored."""
+    num_kv = tables.centroids.shape[1]
+    q = grouped_queries(queries.double(), num_kv, spec.per_query_head) / math.sqrt(queries.shape[-1])
+    G = tables.group_size
+    if not spec.hierarchical:
+        centroids = _expand_heads(tables.centroids[layer], spec.per_query_head, G)
+        log_counts = _expand_heads(tables.log_counts[layer], spec.per_query_head, G)
+        scores, _ = cluster_scores(q, centroids, log_counts)
+        return scores, int(centroids.shape[1])
+    l1_centroids = _expand_heads(tables.l1_centroids[layer], spec.per_query_head, G)
+    l1_log_counts = _expand_heads(tables.l1_log_counts[layer], spec.per_query_head, G)
+    children = _expand_heads(tables.children[layer], spec.per_query_head, G)  # [Hs, K1, Cmax]
+    l1_scores, log_denominator = cluster_scores(q, l1_centroids, l1_log_counts)
+    kept_parents = torch.sort(l1_scores, dim=-1, descending=True, stable=True).indices[:, :spec.level1_keep]
+    candidates = children.gather(1, kept_parents.unsqueeze(-1).expand(-1, -1, children.shape[-1]))
+    candidates = candidates.flatten(1)  # [Hs, M1*Cmax], padding = K
+    K = tables.num_clusters
+    centroids = _expand_heads(tables.centroids[layer], spec.per_query_head, G)
+    padded = torch.cat([centroids, centroids.new_zeros(centroids.shape[0], 1, centroids.shape[2])], 1)
+    cand_centroids = padded.gather(1, candidates.unsqueeze(-1).expand(-1, -1, padded.shape[-1]))
+    # Level-2 scores reuse the level-1 denominator: it sums the same keys through their parents' centroids.
+    cand_scores = torch.exp(torch.matmul(q, cand_centroids.transpose(-1, -2)) - log_denominator).mean(1)
+    scores = torch.full((q.shape[0], K + 1), -1.0, dtype=cand_scores.dtype)  # unscored clusters rank last
+    scores.scatter_(1, candidates, cand_scores)
+    scored = int(l1_centroids.shape[1]) + float((candidates < K).sum(-1).double().mean())
+    return scores[:, :K], scored
+
+
+def ranked_fill(scores, counts, order_by_cluster, cluster_start, length: int):
+    """Take ``length`` keys per head, cluster by cluster in descending score order. Returns [Hs, length]."""
+    rank = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranked_counts = counts.gather(1, rank)
+    cumulative = torch.cumsum(ranked_counts, -1)
+    slots = torch.arange(length).expand(scores.shape[0], length).contiguous()
+    which = torch.searchsorted(cumulative, slots, right=True)  # ranked cluster holding each slot
+    cluster = rank.gather(1, which)
+    within = slots - (cumulative.gather(1, which) - ranked_counts.gather(1, which))
+    return order_by_cluster.gather(1, cluster_start.gather(1, cluster) + within)
+
+
+def select_keys(tables: LookupTables, layer: int, queries, spec: SelectionSpec) -> Selection:
+    """Pick the fixed-context keys to attend for one layer. queries: post-RoPE [Hq, T, D]."""
+    scores, scored = score_layer(tables, layer, queries, spec)
+    G = tables.group_size
+    counts = _expand_heads(tables.counts[layer], spec.per_query_head, G)
+    order = _expand_heads(tables.order_by_cluster[layer], spec.per_query_head, G)
+    start = _expand_heads(tables.cluster_start[layer], spec.per_query_head, G)
+    if spec.mode == "budget":
+        indices = ranked_fill(scores, counts, order, start, spec.budget_keys)
+        return Selection(torch.sort(indices, dim=-1).values, None, scored)
+    kept = torch.where(scores >= spec.threshold, counts, torch.zeros_like(counts)).sum(-1)  # keys per head
+    length = int(kept.max())  # data-dependent width: threshold mode is for eager runs; phones use budget
+    indices = ranked_fill(scores, counts, order, start, length)
+    valid = torch.arange(length) < kept.unsqueeze(-1)
+    # Ascending positions, valid keys first (so `valid` stays a prefix mask).
+    end = tables.first_position + tables.num_clustered
+    sort_key = indices + end * (~valid).to(indices.dtype)
+    indices = indices.gather(1, torch.sort(sort_key, dim=-1).indices)
+    return Selection(indices, valid, scored)

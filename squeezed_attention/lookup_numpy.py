@@ -1,0 +1,116 @@
+"""CPU fallback of the centroid lookup in numpy: runs outside the model graph and hands back indices.
+
+Same algorithm and float64 scoring as lookup.py (see there for the formulas), so a runtime without the
+lookup in its graph (e.g. an exported decoder that takes indices as input) selects the same keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .lookup import LookupTables, SelectionSpec
+
+
+@dataclass
+class NumpyTables:
+    centroids: np.ndarray
+    log_counts: np.ndarray
+    counts: np.ndarray
+    order_by_cluster: np.ndarray
+    cluster_start: np.ndarray
+    group_size: int
+    first_position: int = 0
+    l1_centroids: np.ndarray | None = None
+    l1_log_counts: np.ndarray | None = None
+    children: np.ndarray | None = None
+
+    @classmethod
+    def from_torch(cls, t: LookupTables) -> "NumpyTables":
+        conv = lambda x: None if x is None else x.numpy()  # noqa: E731
+        return cls(conv(t.centroids), conv(t.log_counts), conv(t.counts), conv(t.order_by_cluster),
+                   conv(t.cluster_start), t.group_size, t.first_position, conv(t.l1_centroids), conv(t.l1_log_counts),
+                   conv(t.children))
+
+
+def _expand(a, per_query_head, g):
+    return np.repeat(a, g, axis=0) if per_query_head else a
+
+
+def _logsumexp(x, axis):
+    peak = x.max(axis=axis, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore"):
+        return peak + np.log(np.exp(x - peak).sum(axis=axis, keepdims=True))
+
+
+def _scores(q, centroids, log_counts):
+    logits = q @ np.swapaxes(centroids, -1, -2)
+    log_denominator = _logsumexp(logits + log_counts[:, None, :], -1)
+    return np.exp(logits - log_denominator).mean(1), log_denominator
+
+
+def _stable_descending(scores):
+    return np.argsort(-scores, axis=-1, kind="stable")
+
+
+def score_layer(t: NumpyTables, layer: int, queries: np.ndarray, spec: SelectionSpec):
+    Hq, T, D = queries.shape
+    num_kv = t.centroids.shape[1]
+    q = queries.astype(np.float64)
+    if not spec.per_query_head:
+        q = q.reshape(num_kv, (Hq // num_kv) * T, D)
+    q = q / math.sqrt(D)
+    g = t.group_size
+    if not spec.hierarchical:
+        centroids = _expand(t.centroids[layer], spec.per_query_head, g)
+        scores, _ = _scores(q, centroids, _expand(t.log_counts[layer], spec.per_query_head, g))
+        return scores, centroids.shape[1]
+    l1_scores, log_den = _scores(q, _expand(t.l1_centroids[layer], spec.per_query_head, g),
+                                 _expand(t.l1_log_counts[layer], spec.per_query_head, g))
+    children = _expand(t.children[layer], spec.per_query_head, g)
+    centroids = _expand(t.centroids[layer], spec.per_query_head, g)
+    K = centroids.shape[1]
+    kept_parents = _stable_descending(l1_scores)[:, :spec.level1_keep]
+    scores = np.full((q.shape[0], K), -1.0)
+    scored_children = 0
+    for h in range(q.shape[0]):
+        cand = children[h, kept_parents[h]].reshape(-1)
+        cand = cand[cand < K]  # only real children are scored (no padding work on the CPU path)
+        scores[h, cand] = np.exp(q[h] @ centroids[h, cand].T - log_den[h]).mean(0)
+        scored_children += cand.size
+    return scores, t.l1_centroids.shape[2] + scored_children / q.shape[0]
+
+
+def ranked_fill(scores, counts, order, start, length):
+    rank = _stable_descending(scores)
+    out = np.empty((scores.shape[0], length), dtype=np.int64)
+    slots = np.arange(length)
+    for h in range(scores.shape[0]):
+        ranked_counts = counts[h, rank[h]]
+        cumulative = np.cumsum(ranked_counts)
+        which = np.searchsorted(cumulative, slots, side="right")
+        cluster = rank[h, which]
+        within = slots - (cumulative[which] - ranked_counts[which])
+        out[h] = order[h, start[h, cluster] + within]
+    return out
+
+
+def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: SelectionSpec):
+    """Returns (indices [Hs, B] int64, valid [Hs, B] bool or None, centroids scored)."""
+    scores, scored = score_layer(t, layer, queries, spec)
+    g = t.group_size
+    counts = _expand(t.counts[layer], spec.per_query_head, g)
+    order = _expand(t.order_by_cluster[layer], spec.per_query_head, g)
+    start = _expand(t.cluster_start[layer], spec.per_query_head, g)
+    if spec.mode == "budget":
+        return np.sort(ranked_fill(scores, counts, order, start, spec.budget_keys), axis=-1), None, scored
+    kept = np.where(scores >= spec.threshold, counts, 0).sum(-1)
+    length = int(kept.max())
+    indices = ranked_fill(scores, counts, order, start, length)
+    valid = np.arange(length)[None, :] < kept[:, None]
+    sort_key = indices + (t.first_position + order.shape[-1]) * (~valid)
+    indices = np.take_along_axis(indices, np.argsort(sort_key, axis=-1, kind="stable"), -1)
+    return indices, valid, scored

@@ -1,0 +1,230 @@
+"""A Llama-family decoder in plain PyTorch with a static, preallocated KV cache.
+
+Module names mirror transformers' LlamaForCausalLM state-dict keys, so checkpoints load strictly.
+Attention is split in two partial attentions merged with log-sum-exp:
+  * the FIXED CONTEXT part (dense, or only the keys a Squeezed Attention lookup kept), supplied by a
+    ``ContextAttention`` object (see squeezed_attention.context_attention), and
+  * the DYNAMIC part: the user input and generated tokens in this decoder's own KV cache.
+With no context attached, only the dynamic part runs (plain causal decoding, used to prefill contexts).
+Shapes are fixed per step and there is no Python branching on tensor values, so torch.export can capture a
+step with a given (input length, cache capacity).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LlamaConfig
+from .errors import SqueezeError
+
+NEG_INF = float("-inf")
+
+
+# ------------------------------------------------------------------------------------------ attention math
+def attention_with_lse(q, k, v, scale: float, mask=None):
+    """Softmax attention that also returns the log-sum-exp of the scores (for merging partials).
+
+    q [H, Tq, D], k/v [H, N, D], optional additive float mask broadcastable to [H, Tq, N].
+    Returns out [H, Tq, D] and lse [H, Tq]. Uses the fused CPU flash kernel (it already computes the
+    log-sum-exp; calling it saves materialising the [Tq, N] score matrix on long contexts).
+    """
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], k.shape[1]).unsqueeze(0)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), 0.0, False, attn_mask=mask, scale=scale)[:2]
+    return out[0], lse[0]
+
+
+def merge_partials(out_a, lse_a, out_b, lse_b):
+    """Exact softmax attention over the union of two disjoint key sets, from their partial results."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    # A key set with no valid key has lse = -inf: its weight exp(-inf) = 0, and nan from 0*garbage is avoided.
+    w_a = torch.exp(lse_a - lse).nan_to_num(0.0).unsqueeze(-1)
+    w_b = torch.exp(lse_b - lse).nan_to_num(0.0).unsqueeze(-1)
+    return out_a.nan_to_num(0.0) * w_a + out_b.nan_to_num(0.0) * w_b, lse
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys/values for all layers: [layers, kv_heads, capacity, head_dim]."""
+
+    def __init__(self, config: LlamaConfig, capacity: int, dtype=torch.float32):
+        shape = (config.num_layers, config.num_kv_heads, capacity, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype)
+        self.values = torch.zeros(shape, dtype=dtype)
+        self.capacity = capacity
+        self.length = 0  # tokens written so far (host-side bookkeeping, not part of any graph)
+
+    def reset(self):
+        self.length = 0
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_index: int):
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.group = config.group_size
+        self.scale = 1.0 / math.sqrt(config.head_dim)
+        self.q_proj = nn.Linear(config.hidden_size, config.num_heads * config.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_kv_heads * config.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, cache: KVCache, slot: int, causal_mask, context=None, query_sink=None):
+        T = x.shape[0]
+        H, Hkv, D, G = self.num_heads, self.num_kv_heads, self.head_dim, self.group
+        q = self.q_proj(x).view(T, H, D).transpose(0, 1)  # [H, T, D]
+        k = self.k_proj(x).view(T, Hkv, D).transpose(0, 1)
+        v = self.v_proj(x).view(T, Hkv, D).transpose(0, 1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if query_sink is not None:  # calibration wants the post-RoPE queries of the observation window
+            query_sink.append(q)
+        layer = self.layer_index
+        cache.keys[layer, :, slot:slot + T] = k
+        cache.values[layer, :, slot:slot + T] = v
+        keys = cache.keys[layer, :, :slot + T]
+        values = cache.values[layer, :, :slot + T]
+        # GQA without copying K/V: the G query heads of a KV head become G*T query rows of that head.
+        q_grouped = q.reshape(Hkv, G * T, D)
+        out, lse = attention_with_lse(q_grouped, keys, values, self.scale, causal_mask)
+        out, lse = out.reshape(H, T, D), lse.reshape(H, T)
+        if context is not None:
+            ctx_out, ctx_lse = context.attend(layer, q)
+            out, lse = merge_partials(ctx_out, ctx_lse, out, lse)
+        return self.o_proj(out.transpose(0, 1).reshape(T, H * D))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_index: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_index)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache, slot, causal_mask, context=None, query_sink=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, slot, causal_mask, context, query_sink)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder. ``step`` runs T new tokens through all layers, writing their K/V into ``cache``."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_dim, 2, dtype=torch.int64).float() / config.head_dim))
+        freqs = torch.outer(torch.arange(config.max_positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+
+    # ---------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_checkpoint(cls, checkpoint) -> "LlamaForCausalLM":
+        model = cls(checkpoint.config)
+        state = dict(checkpoint.state_dict)
+        if checkpoint.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not (m == "lm_head.weight" and checkpoint.config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise SqueezeError(f"checkpoint {checkpoint.source} does not match a Llama decoder "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); use a Llama-family model")
+        return model.eval()
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.config, capacity)
+
+    # ------------------------------------------------------------------------------------------- steps
+    @torch.no_grad()
+    def step(self, input_ids, cache: KVCache, position_offset: int = 0, context=None, logits: str = "last",
+             query_sink=None):
+        """Run ``input_ids`` [T] as the next T tokens.
+
+        position_offset: RoPE position of dynamic slot 0 (= the fixed-context length when one is attached).
+        context: a ContextAttention over a fixed context that precedes the dynamic tokens, or None.
+        logits: "last" (next-token logits [vocab]), "all" ([T, vocab]) or "none" (prefill only).
+        query_sink: a list that receives every layer's post-RoPE queries [H, T, D] (for calibration).
+        """
+        T = int(input_ids.shape[0])
+        slot = cache.length
+        if slot + T > cache.capacity:
+            raise SqueezeError(f"{slot + T} tokens do not fit the KV cache ({cache.capacity}); use fewer tokens "
+                               "(shorter prompt or --max-new-tokens)")
+        if position_offset + slot + T > self.config.max_positions:
+            raise SqueezeError(f"{position_offset + slot + T} tokens exceed the model window of "
+                               f"{self.config.max_positions}; shorten the context or the prompt")
+        positions = slice(position_offset + slot, position_offset + slot + T)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        causal_mask = None
+        if T > 1:  # query t (slot+t) sees dynamic keys 0..slot+t; repeated over the G heads of each group
+            allowed = torch.arange(slot + T)[None, :] <= (slot + torch.arange(T))[:, None]
+            mask = torch.zeros(T, slot + T).masked_fill_(~allowed, NEG_INF)
+            causal_mask = mask.repeat(self.config.group_size, 1)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, slot, causal_mask, context, query_sink)
+        cache.length = slot + T
+        if logits == "none":
+            return None
+        x = x[-1:] if logits == "last" else x
+        out = self.lm_head(self.model.norm(x))
+        return out[0] if logits == "last" else out
+
+    @torch.no_grad()
+    def prefill_chunked(self, input_ids, cache: KVCache, chunk: int = 1024, progress=None):
+        """Prefill a long token sequence in chunks (bounded memory); returns the last token's logits."""
+        logits = None
+        for start in range(0, int(input_ids.shape[0]), chunk):
+            piece = input_ids[start:start + chunk]
+            is_last = start + chunk >= input_ids.shape[0]
+            logits = self.step(piece, cache, logits="last" if is_last else "none")
+            if progress is not None:
+                progress(int(piece.shape[0]))
+        return logits

@@ -1,0 +1,103 @@
+"""Byte-level BPE tokenizer and chat template, built from GGUF metadata or a HF tokenizer.json.
+
+The GGUF stores the vocabulary, merges and token types; we rebuild a `tokenizers` BPE from them (the same
+engine transformers uses), so no hub download is needed. The chat template is a Jinja2 string from the
+model file, rendered in a sandbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .errors import SqueezeError
+
+# llama.cpp pre-tokenizer names that use the GPT-2 byte-level split plus single-digit splitting.
+_DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
+CONTROL_TOKEN_TYPE = 3
+USER_DEFINED_TOKEN_TYPE = 4
+
+
+@dataclass
+class ChatTokenizer:
+    backend: "object"  # tokenizers.Tokenizer
+    chat_template: str | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    special_ids: set = field(default_factory=set)
+
+    # ---------------------------------------------------------------------------------------------- build
+    @classmethod
+    def from_gguf_fields(cls, tokens, merges, token_types, pre: str, bos, eos, chat_template):
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        merge_pairs = [tuple(m.split(" ", 1)) for m in merges]
+        bpe = models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False)
+        backend = Tokenizer(bpe)
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre in _DIGIT_SPLIT_PRE:
+            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        else:
+            backend.pre_tokenizer = byte_level
+        backend.decoder = decoders.ByteLevel()
+        special = [i for i, t in enumerate(token_types) if t in (CONTROL_TOKEN_TYPE, USER_DEFINED_TOKEN_TYPE)]
+        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
+        return cls(backend, chat_template, bos, eos, set(special))
+
+    @classmethod
+    def from_hf_directory(cls, directory):
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        directory = Path(directory)
+        tok_file = directory / "tokenizer.json"
+        if not tok_file.exists():
+            raise SqueezeError(f"{directory} has no tokenizer.json; pass a Hugging Face model folder with its tokenizer files")
+        backend = Tokenizer.from_file(str(tok_file))
+        template, bos, eos = None, None, None
+        cfg_file = directory / "tokenizer_config.json"
+        if cfg_file.exists():
+            cfg = json.loads(cfg_file.read_text())
+            template = cfg.get("chat_template")
+            bos = backend.token_to_id(cfg["bos_token"]) if isinstance(cfg.get("bos_token"), str) else None
+            eos = backend.token_to_id(cfg["eos_token"]) if isinstance(cfg.get("eos_token"), str) else None
+        special = {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        return cls(backend, template, bos, eos, special)
+
+    # ------------------------------------------------------------------------------------------------ use
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
+        if not self.chat_template:
+            raise SqueezeError("this model has no chat template; use --raw for plain continuation")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+
+    def chat_frame(self) -> tuple[str, str]:
+        """(prefix, suffix) such that prefix + context + prompt + suffix is one user turn + assistant cue.
+
+        Found by rendering the template around a marker, so it follows whatever template the model ships.
+        """
+        marker = "\ue000SQUEEZE_MARKER\ue000"
+        text = self.render_chat([{"role": "user", "content": marker}], add_generation_prompt=True)
+        if text.count(marker) != 1:
+            raise SqueezeError("the model's chat template does not place the user message once; use --raw")
+        prefix, suffix = text.split(marker)
+        return prefix, suffix
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that changes token ids: the full tokenizer JSON and the chat template."""
+        h = hashlib.sha256()
+        h.update(self.backend.to_str().encode())
+        h.update(b"\0")
+        h.update((self.chat_template or "").encode())
+        return h.hexdigest()
