@@ -21,6 +21,15 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would carry over the parent's high-water mark across
+    # fork+exec and report the parent's footprint instead of ours.
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
