@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -576,6 +577,21 @@ def _child_export_check(job: Dict) -> None:
     _emit("RUN", run)
 
 
+def eager_noise_floor(module: nn.Module, spec) -> float:
+    """Max-abs difference of PyTorch eager with and without oneDNN on the agreement inputs: how far two correct fp32
+    implementations of this network drift apart (deep, multiplicatively gated networks drift more)."""
+    out = 0.0
+    with torch.no_grad():
+        for x in agreement_inputs(spec).values():
+            a = module(x)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a TF32-on-Intel-GPU notice, irrelevant on CPU
+                with torch.backends.mkldnn.flags(enabled=False):
+                    b = module(x)
+            out = max(out, float((a - b).abs().max()))
+    return out
+
+
 def agreement_inputs(spec) -> Dict[str, torch.Tensor]:
     """A real clip (bikes.mp4, sampled to the model's frames x crop, K400 normalisation) when the sample video is
     installed, and a seeded random clip: random noise alone exercises little of a network."""
@@ -717,8 +733,10 @@ def markdown(report: Dict) -> str:
             elif not run.get("ok"):
                 cells.append(f"exported ({ex['bytes'] / 1e6:.1f} MB), does not run: {run.get('error', '?')}")
             else:
-                cells.append(f"ok ({ex['bytes'] / 1e6:.1f} MB), max-abs {run['max_abs']:.1e} (rel {run['rel']:.0e}) on "
-                             f"{' + '.join(run.get('inputs', ['random']))}"
+                floor = r.get("eager_noise_floor")
+                cells.append(f"ok ({ex['bytes'] / 1e6:.1f} MB), max-abs {run['max_abs']:.1e} (rel {run['rel']:.0e}"
+                             + (f"; eager vs eager without oneDNN {floor:.1e}" if floor is not None else "")
+                             + f") on {' + '.join(run.get('inputs', ['random']))}"
                              + (f" - WARNING: outputs for {' and '.join(run.get('inputs', []))} differ by only "
                                 f"{run['output_spread']:.0e} of their scale: a weak check"
                                 if run.get("output_spread", 1.0) < 1e-2 else ""))
@@ -898,6 +916,7 @@ def run_peers_benchmark(out_dir, formats: Sequence[str] = ("onnx", "tflite", "pt
     the report (with its Markdown under "markdown")."""
     from export.backends import get_backend
     from squeezetime._atomic import atomic_path
+    from squeezetime.rewrite import InputSpec
 
     from .host import machine_info, parse_threads, run_worker
     from .stats import summarize
@@ -931,7 +950,7 @@ def run_peers_benchmark(out_dir, formats: Sequence[str] = ("onnx", "tflite", "pt
                          "exported as the export-ready rewrite",
                "setting_from": "paper / configs/recognition/SqueezeTime/SqueezeTime_K400.py: 16 frames, 224",
                **count_params(original), "gmacs": count_gmacs(ready, x), "gmacs_paper_setting": None,
-               "weights_sha256": weights_fingerprint(ready)}
+               "weights_sha256": weights_fingerprint(ready), "eager_noise_floor": eager_noise_floor(ready, spec)}
         models.append((row, {"model": SQUEEZETIME_KEY, "frames": frames, "size": size}))
     for name in names:
         info, frames, size = parse_peer_name(name)
@@ -942,7 +961,8 @@ def run_peers_benchmark(out_dir, formats: Sequence[str] = ("onnx", "tflite", "pt
                "paper_frames": info.paper_frames, "paper_size": info.paper_size, "paper": asdict(info.paper),
                "conv3d": info.conv3d, "source": info.source, "setting_from": info.setting_from,
                **count_params(model), "gmacs": count_gmacs(model, x), "gmacs_paper_setting": None,
-               "gmacs_note": _GMACS_NOTES.get(info.key), "weights_sha256": weights_fingerprint(model)}
+               "gmacs_note": _GMACS_NOTES.get(info.key), "weights_sha256": weights_fingerprint(model),
+               "eager_noise_floor": eager_noise_floor(model, InputSpec(frames=frames, size=size))}
         if (frames, size) != (info.paper_frames, info.paper_size) and "@" not in name:
             row["gmacs_paper_setting"] = count_gmacs(info.build(info.paper_frames, info.paper_size).eval(),
                                                      torch.randn(1, 3, info.paper_frames, info.paper_size, info.paper_size))

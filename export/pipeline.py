@@ -108,6 +108,46 @@ def _io_record(backend_name: str, spec: InputSpec, num_classes: int):
     return inputs, outputs
 
 
+class _DeferredInterrupt:
+    """Ctrl-C during a conversion is held until the conversion returns to Python.
+
+    A KeyboardInterrupt raised inside a converter's C++ callbacks can abort the whole process (SIGABRT, seen
+    with ExecuTorch), which would skip every cleanup and leave temporary files behind. The first Ctrl-C
+    therefore only sets a flag that the pipeline checks between steps (inside the atomic write, so the
+    half-finished artifact is discarded); a second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.requested = True
+        print("note: interrupt received; stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _write_manifest(out_dir: Path, manifest: Dict) -> None:
     with atomic_path(out_dir / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -165,14 +205,23 @@ def export_squeezetime(
     _write_manifest(out_dir, manifest)
     result = ExportResult(out_dir, manifest)
 
+    with _DeferredInterrupt() as interrupt:
+        _export_formats(formats, precision, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
+                        cfg.num_classes, say, quiet_tools, manifest, result, interrupt)
+    return result
+
+
+def _export_formats(formats, precision, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
+                    num_classes, say, quiet_tools, manifest, result, interrupt):
     for fmt in formats:
+        interrupt.check()
         backend = get_backend(fmt)
         prec = precision or backend.default_precision
         opts = ExportOptions(spec=spec, precision=prec, pte_backend=pte_backend, coreml_legacy=coreml_legacy)
         try:
             if prec not in backend.precisions:
                 raise SqueezeError(f"{fmt} does not offer {prec} export here; supported: {', '.join(backend.precisions)}")
-            records = _export_one(backend, ready, example, out_dir, stem, opts, vset, cfg.num_classes, say, quiet_tools)
+            records = _export_one(backend, ready, example, out_dir, stem, opts, vset, num_classes, say, quiet_tools, interrupt)
         except SqueezeError as exc:
             failure = {"format": fmt, "error": str(exc)}
             manifest["failures"].append(failure)
@@ -181,10 +230,10 @@ def export_squeezetime(
         else:
             manifest["artifacts"].extend(records)
         _write_manifest(out_dir, manifest)
-    return result
 
 
-def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportOptions, vset, num_classes, say, quiet_tools):
+def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportOptions, vset, num_classes, say, quiet_tools,
+                interrupt=None):
     """Convert, write atomically, verify; returns manifest records (Core ML can give two artifacts)."""
     targets = [("main", backend.artifact_name(stem, opts), backend.export)]
     if backend.name == "coreml" and opts.coreml_legacy:
@@ -202,6 +251,8 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                     raise
                 except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
                     raise conversion_error(backend.name, exc) from None
+                if interrupt is not None:
+                    interrupt.check()  # inside the atomic write: an interrupted artifact is discarded
         except SqueezeError as exc:
             if role == "legacy":  # the old format is best effort: say so plainly, do not fail the run
                 records.append({"format": backend.name, "container": "mlmodel", "file": None,
