@@ -17,9 +17,10 @@ Where the peers come from
   per-frame classifier averaged over frames), ``C2D`` depth 34 (2-D ResNet per frame, max-pool over
   frame pairs after the first stage, I3D head).
 
-Models are randomly initialised (seeded). Their BatchNorm statistics are calibrated on one seeded random
-clip so activations stay in a trained network's range, which keeps export agreement numbers meaningful.
-Latency does not depend on the weights.
+Models are randomly initialised (seeded); latency does not depend on the weights. Training-time inits that
+switch whole residual branches off (zero BN scales, ReZero alphas) get trained-like values, and BatchNorm
+statistics are calibrated on the real sample clip plus a random one, so that no branch is constant (converters
+would fold it away) and the agreement check on a real clip and a random clip means something.
 
 ``build_peer(name)`` also accepts ``name@TxS`` (e.g. ``tsm_r18@4x64``) for a reduced input, so tests can
 push tiny peers through the same worker processes.
@@ -816,6 +817,13 @@ def ordering_notes(report: Dict) -> List[str]:
             notes.append(f"{r['title']}: {r['params_m']:.2f} M parameters counted ({r['params_without_classifier_m']:.2f} M "
                          f"without the classifier) vs the paper's {r['paper']['params_m']} M"
                          + (f": {_PARAMS_NOTES[r['key']]}." if r["key"] in _PARAMS_NOTES else "."))
+    everywhere = [r["title"] for r in rows if r["formats"] and all((f.get("run") or {}).get("ok") for f in r["formats"].values())]
+    if len(everywhere) < len(rows):
+        others = [r for r in rows if r["title"] not in everywhere]
+        notes.append("Exported and verified in every format here: " + (", ".join(everywhere) or "none") + "; not the others ("
+                     + ", ".join(r["title"] for r in others) + ")"
+                     + (", all 3-D convolution networks" if all(r.get("conv3d") for r in others) else "")
+                     + " (details below).")
     fails = [(r["title"], fmt, f) for r in rows for fmt, f in r["formats"].items()
              if not f["export"].get("ok") or not (f.get("run") or {}).get("ok")]
     for title, fmt, f in fails:
