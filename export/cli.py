@@ -68,7 +68,8 @@ def cmd_predict(args) -> int:
 
     import squeezetime
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, _ = _model_from_args(args)
     preds = squeezetime.predict_video(model, args.video, top=args.top, views=args.views)
     if args.json:

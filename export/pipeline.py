@@ -188,7 +188,8 @@ def export_squeezetime(
     vset: VerificationSet = build_verification_set(model, spec, verify_video)
 
     labels_file = "labels.txt"
-    shutil.copyfile(label_path(cfg.labels), out_dir / labels_file) if label_path(cfg.labels).is_file() else None
+    if label_path(cfg.labels).is_file():
+        shutil.copyfile(label_path(cfg.labels), out_dir / labels_file)
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
