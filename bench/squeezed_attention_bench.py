@@ -34,37 +34,49 @@ def configurations(kv_budget: float, centroid_fraction: float):
     keep = keep_for_budget(kv_budget, centroid_fraction)
     return [
         ("full", AttentionChoice("full")),
-        ("budget flat", AttentionChoice("budget", keep=keep)),
-        ("budget hierarchical", AttentionChoice("budget", keep=keep, hierarchical=True)),
-        ("threshold flat", AttentionChoice("threshold", keep=keep)),
+        ("budget flat, fused kernel", AttentionChoice("budget", keep=keep, backend="native")),
+        ("budget flat, torch lookup", AttentionChoice("budget", keep=keep, backend="torch")),
         ("budget flat, numpy lookup", AttentionChoice("budget", keep=keep, backend="numpy")),
+        ("budget hierarchical (torch)", AttentionChoice("budget", keep=keep, hierarchical=True, backend="torch")),
+        ("threshold flat (torch)", AttentionChoice("threshold", keep=keep, backend="torch")),
     ]
 
 
 @torch.no_grad()
-def time_prefill(gen: Generator, choice, prompt_ids):
-    context = gen.context(choice)
-    cache = gen.model.new_cache(len(prompt_ids))
-    t = time.perf_counter()
-    gen.model.step(torch.tensor(prompt_ids), cache, position_offset=gen.pack.num_tokens, context=context)
-    return time.perf_counter() - t
-
-
-@torch.no_grad()
-def time_decode(gen: Generator, choice, prompt_ids, decode_ids):
-    """Per-step seconds of single-token decode steps after a prefill of ``prompt_ids``."""
-    context = gen.context(choice)
-    cache = gen.model.new_cache(len(prompt_ids) + len(decode_ids))
-    gen.model.step(torch.tensor(prompt_ids), cache, position_offset=gen.pack.num_tokens, context=context)
-    steps = []
-    for token in decode_ids:
+def time_repeat(gen: Generator, contexts: dict, prompt_ids, decode_ids):
+    """One repeat for every configuration, INTERLEAVED: each prefill, then decode step i of every
+    configuration before step i+1 (teacher-forced, so all do the same work). Drift on a shared machine
+    then hits all configurations alike. Returns {name: (prefill seconds, [decode step seconds])}."""
+    offset = gen.pack.num_tokens
+    caches, out = {}, {}
+    for name, context in contexts.items():
+        caches[name] = gen.model.new_cache(len(prompt_ids) + len(decode_ids))
         t = time.perf_counter()
-        gen.model.step(torch.tensor([token]), cache, position_offset=gen.pack.num_tokens, context=context)
-        steps.append(time.perf_counter() - t)
-    return steps
+        gen.model.step(torch.tensor(prompt_ids), caches[name], position_offset=offset, context=context)
+        out[name] = (time.perf_counter() - t, [])
+    for token in decode_ids:
+        for name, context in contexts.items():
+            t = time.perf_counter()
+            gen.model.step(torch.tensor([token]), caches[name], position_offset=offset, context=context)
+            out[name][1].append(time.perf_counter() - t)
+    return out
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul rate: evidence of how many cores were really free during the run."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def run(args):
+    machine_before = {f"matmul_gflops_{t}_threads": matmul_gflops(t) for t in (1, args.threads)}
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(args.model)
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
@@ -90,12 +102,12 @@ def run(args):
     prefill = {name: [] for name, _ in configs}
     decode = {name: [] for name, _ in configs}
     kept = {}
-    for name, choice in configs:  # warm-up (first-call allocations, lookup tables)
-        time_prefill(gen, choice, prompt_ids[:8])
+    contexts = {name: gen.context(choice) for name, choice in configs}  # built once (KV reordering etc.)
+    time_repeat(gen, contexts, prompt_ids[:8], decode_ids[:2])  # warm-up: first-call allocations, kernel build
     for r in range(args.repeats):
-        for name, choice in configs:
-            prefill[name].append(time_prefill(gen, choice, prompt_ids))
-            decode[name] += time_decode(gen, choice, prompt_ids, decode_ids)
+        for name, (p, steps) in time_repeat(gen, contexts, prompt_ids, decode_ids).items():
+            prefill[name].append(p)
+            decode[name] += steps
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(
             f"{n}: prefill {1000 * statistics.median(prefill[n]):.0f} ms, decode {1000 * statistics.median(decode[n]):.1f} ms/token"
             for n, _ in configs), file=sys.stderr)
@@ -116,13 +128,15 @@ def run(args):
                      "decode_tokens_per_second": 1.0 / d, "prefill_speedup_vs_full": full_prefill / p,
                      "decode_speedup_vs_full": full_decode / d, **kept.get(name, {})})
     size = pack.size_report()
+    machine_after = {f"matmul_gflops_{t}_threads": matmul_gflops(t) for t in (1, args.threads)}
     return {
         "context_tokens": pack.num_tokens, "prompt_tokens": len(prompt_ids), "decode_tokens": len(decode_ids),
         "repeats": args.repeats, "threads": args.threads, "kv_budget": args.kv_budget,
         "keep_fraction": keep_for_budget(args.kv_budget, args.centroids), "centroid_fraction": args.centroids,
         "pack_build_seconds": build_seconds, "pack_size": size,
         "level1_clusters": int(pack.l1_centroids.shape[2]), "rows": rows,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                    "before": machine_before, "after": machine_after},
     }
 
 
@@ -131,11 +145,15 @@ def markdown(result) -> str:
     lines = [
         f"Context {result['context_tokens']} tokens, user input {result['prompt_tokens']} tokens, "
         f"{result['decode_tokens']} decode steps x {result['repeats']} repeats, {result['threads']} threads, "
-        f"KV budget {result['kv_budget']} (keep {result['keep_fraction']:.3f} of clustered keys + centroids/2).",
+        f"KV budget {result['kv_budget']} (keep {result['keep_fraction']:.3f} of clustered keys + centroid bytes / KV bytes).",
         "",
         f"Pack build: {result['pack_build_seconds']:.1f} s. Pack size per context token: KV cache "
         f"{s['kv_bytes_per_token']:.0f} B, lookup metadata {s['metadata_bytes_per_token']:.0f} B "
         f"({s['metadata_bytes_per_layer_head_token']:.2f} B per (layer, KV head, token), with the hierarchical level).",
+        "",
+        "fp32 matmul GFLOP/s before / after the run: " + ", ".join(
+            f"{k.split('_')[2]} thread(s) {result['machine']['before'][k]:.0f} / {result['machine']['after'][k]:.0f}"
+            for k in result["machine"]["before"]) + ".",
         "",
         "| attention | prefill (median) | prefill speed-up | decode ms/token (median) | decode tokens/s | decode speed-up | keys kept | centroids scored/head |",
         "|---|---|---|---|---|---|---|---|",
@@ -156,8 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--decode-tokens", type=int, default=32, help="decode steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--kv-budget", type=float, default=0.125, help="paper accounting (keep + centroids/2)")
-    p.add_argument("--centroids", type=float, default=0.05)
+    p.add_argument("--kv-budget", type=float, default=0.125, help="paper accounting (keep + centroid bytes / KV bytes)")
+    p.add_argument("--centroids", type=float, default=0.10)
     p.add_argument("--model", default=None, help=".gguf or HF folder (default: SmolLM2-135M-Instruct GGUF)")
     p.add_argument("--out", default="bench_out/squeezed_attention", help="folder for bench.json and bench.md")
     p.add_argument("--pack", default=None, help="reuse this context pack if it exists (built for the same "

@@ -170,8 +170,8 @@ def add_subcommands(subparsers) -> None:
         "example:\n  squeeze context build --context manual.txt --out manual.pack.safetensors --hierarchical")
     b.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the fixed context")
     b.add_argument("--out", required=True, metavar="PACK", help="where to write the pack (.safetensors)")
-    b.add_argument("--centroids", type=float, default=0.05, metavar="FRACTION",
-                   help="clusters per clustered key (default 0.05, as in the paper)")
+    b.add_argument("--centroids", type=float, default=0.10, metavar="FRACTION",
+                   help="clusters per clustered key (default 0.10 int8 centroids: the bytes of the paper's 0.05 fp16)")
     b.add_argument("--hierarchical", action="store_true",
                    help="also cluster the centroids (level 1, see --level1) for sub-linear lookup")
     b.add_argument("--level1", type=float, default=0.01, metavar="FRACTION",
@@ -197,7 +197,7 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--retrieval-variants", action="store_true",
                    help="also run threshold mode and per-query-head selection on retrieval (slower)")
     e.add_argument("--budgets", default="0.325,0.225,0.125",
-                   help="KV budgets in the paper's accounting (kept keys + centroids/2)")
+                   help="KV budgets in the paper's accounting (kept keys + centroid bytes / KV bytes)")
     e.add_argument("--kinds", default="passkey,needle", help="retrieval tasks: passkey, needle")
     e.add_argument("--continuation-tokens", type=int, default=64, help="teacher-forced tokens per continuation")
     e.add_argument("--out", default="context_eval", metavar="DIR", help="output folder for .json/.md/.png")
@@ -224,8 +224,10 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--hierarchical", action="store_true", help="two-level lookup (pack built with --hierarchical)")
     g.add_argument("--per-query-head", action="store_true",
                    help="one key selection per query head instead of one per KV group (grouped-query attention)")
-    g.add_argument("--lookup", choices=["torch", "numpy"], default="torch",
-                   help="centroid lookup in the PyTorch graph (default) or the numpy CPU fallback")
+    g.add_argument("--lookup", choices=["auto", "torch", "numpy", "native"], default="auto",
+                   help="centroid lookup: 'native' = fused C++ decode kernel (compiled on first use), 'torch' = "
+                        "in-graph PyTorch ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = "
+                        "native where it builds, else torch")
     g.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "
                    "(the pack must be built with --raw)")

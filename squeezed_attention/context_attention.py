@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import native
+from .errors import SqueezeError
 from .lookup import LookupTables, SelectionSpec, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
@@ -49,27 +51,57 @@ class LookupStats:
         return self.centroids_scored / max(self.calls, 1)
 
 
-class SqueezedContext(DenseContext):
-    """Sparse attention over the fixed context: centroid lookup, then exact attention on the kept keys."""
+NATIVE_MAX_ROWS = 32  # query rows per selecting head up to which the fused kernel beats gather + flash attention
 
-    def __init__(self, keys, values, tables: LookupTables, spec: SelectionSpec, backend: str = "torch"):
-        super().__init__(keys, values)
-        self.tables, self.spec, self.backend = tables, spec, backend
+LOOKUP_BACKENDS = ("auto", "torch", "numpy", "native")
+
+
+class SqueezedContext:
+    """Sparse attention over the fixed context: centroid lookup, then exact attention on the kept keys.
+
+    backend: "torch" (in-graph lookup, what export captures), "numpy" (CPU fallback handing back indices),
+    "native" (fused C++ kernel for decode-sized steps of flat budget lookups; other steps use "torch"), or
+    "auto" (= "native" where it can be built, else "torch").
+
+    Storage: every context row holds [key | value] (2*D floats, read together), and the clustered rows are
+    kept CLUSTER BY CLUSTER (slot i = context position order_by_cluster[i]), so a kept cluster is one
+    contiguous run in memory; the attention sinks and the observation window stay in position order.
+    Same bytes as one dense fp32 copy of K and V.
+    """
+
+    def __init__(self, keys, values, tables: LookupTables, spec: SelectionSpec, backend: str = "auto"):
+        if backend not in LOOKUP_BACKENDS:
+            raise SqueezeError(f"unknown lookup backend '{backend}'; use one of {', '.join(LOOKUP_BACKENDS)}")
+        if backend == "native":
+            native.require()
+        self.tables, self.spec = tables, spec
+        self.fused = backend in ("native", "auto") and spec.mode == "budget" and not spec.hierarchical \
+            and tables.centroid_codes is not None and native.available()
+        self.backend = ("native" if self.fused else "torch") if backend == "auto" else backend
         self.numpy_tables = NumpyTables.from_torch(tables) if backend == "numpy" else None
+        L, Hkv, N, D = keys.shape
+        self.num_kv_heads, self.length, self.head_dim = Hkv, N, D
+        self.scale = 1.0 / math.sqrt(D)
         self.num_clustered = tables.num_clustered
-        G = tables.group_size
-        heads = self.num_kv_heads * G if spec.per_query_head else self.num_kv_heads
-        kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
-        self.row_offset = (kv_of_head * self.length).unsqueeze(-1)  # into keys[layer] flattened over heads
-        # Always attended: the attention-sink tokens before the clustered range and the observation window.
         first, end = tables.first_position, tables.first_position + self.num_clustered
-        # Kept in position order (sinks, selected, window) so keeping everything is bit-identical to dense.
-        self.sink_positions = torch.arange(first).expand(heads, -1)
-        self.window_positions = torch.arange(end, self.length).expand(heads, -1)
+        self.first_position = first
+        slots = (tables.order_by_cluster - first).unsqueeze(-1).expand(-1, -1, -1, 2 * D)
+        rows = torch.cat([keys.float(), values.float()], dim=-1)  # [L, Hkv, N, 2D]
+        self.sink_kv = rows[:, :, :first].contiguous()
+        self.clustered_kv = rows[:, :, first:end].gather(2, slots)
+        self.window_kv = rows[:, :, end:].contiguous()
+        del rows
+        # position -> slot, to gather the torch/numpy selections (positions) from the cluster-ordered storage
+        rel = tables.order_by_cluster - first
+        self.slot_of_position = torch.empty_like(rel).scatter_(2, rel, torch.arange(rel.shape[2]).expand_as(rel))
+        G = tables.group_size
+        heads = Hkv * G if spec.per_query_head else Hkv
+        self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
+        self.row_offset = (self.kv_of_head * self.num_clustered).unsqueeze(-1)  # into clustered[layer] flattened
         self.stats = LookupStats()
 
     def select(self, layer: int, queries):
-        """(indices [Hs, B], valid [Hs, B] or None) of the clustered keys this layer attends to."""
+        """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
         if self.backend == "numpy":
             idx, valid, scored = select_keys_numpy(self.numpy_tables, layer, queries.numpy(), self.spec)
             idx = torch.from_numpy(idx)
@@ -83,17 +115,40 @@ class SqueezedContext(DenseContext):
         self.stats.centroids_scored += scored
         return idx, valid
 
+    def _attend_fused(self, layer: int, queries):
+        Hq, T, D = queries.shape
+        t = self.tables
+        q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
+        out, lse, _ = native.context_decode(
+            q, t.centroid_codes[layer], t.centroid_scales[layer], t.log_counts[layer], t.counts[layer], t.order_by_cluster[layer],
+            t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
+            self.spec.budget_keys, self.scale)
+        self.stats.calls += 1
+        self.stats.kept_keys += self.spec.budget_keys
+        self.stats.centroids_scored += t.num_clusters
+        return out.reshape(Hq, T, D), lse.reshape(Hq, T)
+
     def attend(self, layer: int, queries):
         Hq, T, D = queries.shape
+        rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
+        if self.fused and rows <= NATIVE_MAX_ROWS:
+            return self._attend_fused(layer, queries)
         idx, valid = self.select(layer, queries)
-        positions = torch.cat([self.sink_positions, idx, self.window_positions], dim=1)
-        flat = (positions + self.row_offset).reshape(-1)
-        keys = self.keys[layer].reshape(-1, D).index_select(0, flat).reshape(positions.shape[0], -1, D)
-        values = self.values[layer].reshape(-1, D).index_select(0, flat).reshape(positions.shape[0], -1, D)
+        Hs, B = idx.shape
+        slots = self.slot_of_position[layer].index_select(0, self.kv_of_head).gather(1, idx - self.first_position)
+        flat = (slots + self.row_offset).reshape(-1)
+        # Sinks, selected keys (ascending positions), window: the dense order, so keeping everything is
+        # bit-identical to full attention.
+        heads = self.kv_of_head
+        rows = torch.cat([self.sink_kv[layer].index_select(0, heads),
+                          self.clustered_kv[layer].reshape(-1, 2 * D).index_select(0, flat).reshape(Hs, B, 2 * D),
+                          self.window_kv[layer].index_select(0, heads)], dim=1)
+        keys, values = rows[..., :D], rows[..., D:]
         mask = None
         if valid is not None:
-            keep = torch.cat([torch.ones_like(self.sink_positions, dtype=torch.bool), valid,
-                              torch.ones_like(self.window_positions, dtype=torch.bool)], dim=1)
+            n_sink, n_window = self.sink_kv.shape[2], self.window_kv.shape[2]
+            keep = torch.cat([torch.ones(Hs, n_sink, dtype=torch.bool), valid,
+                              torch.ones(Hs, n_window, dtype=torch.bool)], dim=1)
             mask = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).unsqueeze(1)
         q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
         out, lse = attention_with_lse(q, keys, values, self.scale, mask)

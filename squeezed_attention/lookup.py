@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .centroid_codes import exact_codes
+
 
 @dataclass
 class LookupTables:
@@ -38,6 +40,9 @@ class LookupTables:
     l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] float64
     l1_log_counts: torch.Tensor | None = None  # [L, Hkv, K1]
     children: torch.Tensor | None = None       # [L, Hkv, K1, Cmax] int64, padded with K (a dummy cluster)
+    centroid_codes: torch.Tensor | None = None   # [L, Hkv, K, D] int8 and
+    centroid_scales: torch.Tensor | None = None  # [L, Hkv, K] float32: codes x scales == centroids exactly
+                                                 # (set when the centroids are int8-quantized, as packs store them)
 
     @property
     def num_clusters(self) -> int:
@@ -58,11 +63,17 @@ class LookupTables:
         if l1_centroids is not None:
             children = children_table(child_offsets.to(torch.int64), int(centroids.shape[2]))
         return cls(
-            centroids=centroids.double(), log_counts=counts.double().log(), counts=counts,
+            centroids=centroids.double(), **_codes_fields(centroids),
+            log_counts=counts.double().log(), counts=counts,
             order_by_cluster=order, cluster_start=start, group_size=group_size, first_position=first_position,
             l1_centroids=None if l1_centroids is None else l1_centroids.double(),
             l1_log_counts=None if l1_counts is None else l1_counts.double().log(),
             children=children)
+
+
+def _codes_fields(centroids) -> dict:
+    codes = exact_codes(centroids)
+    return {} if codes is None else {"centroid_codes": codes[0], "centroid_scales": codes[1]}
 
 
 def children_table(child_offsets, num_clusters: int):

@@ -1,7 +1,7 @@
 """Context packs: the offline Squeezed Attention stage for one fixed context, saved as safetensors.
 
-A pack holds the fixed context's KV cache (fp16), its clustering (fp16 raw-mean centroids, uint16 labels,
-int32 counts, optional level-1 clusters), calibrated thresholds, the build settings, and sha256 hashes of
+A pack holds the fixed context's KV cache (fp16), its clustering (raw-mean centroids stored as int8 with
+one fp16 scale per centroid, uint16 labels, int32 counts, optional level-1 clusters), calibrated thresholds, the build settings, and sha256 hashes of
 the model weights, the tokenizer and the context text. A content hash over all tensors and metadata
 detects any modification; a pack built with another model or tokenizer is refused.
 """
@@ -19,19 +19,22 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file
+from .centroid_codes import dequantize_centroids, quantize_centroids, roundtrip_centroids
 from .config import LlamaConfig
 from .errors import SqueezeError
 from .kmeans import cluster_sums, kmeans
 from .lookup import LookupTables, SelectionSpec, score_layer
 
-PACK_FORMAT = "squeeze-context-pack/1"
+PACK_FORMAT = "squeeze-context-pack/2"
 KEEP_FRACTION_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 MIN_CLUSTERED_TOKENS = 16
 
 
 @dataclass
 class BuildSettings:
-    centroid_fraction: float = 0.05      # level-2 clusters per clustered key (paper: 5%)
+    # Level-2 clusters per clustered key. The paper uses 5% fp16 centroids; 10% int8 centroids cost the same
+    # bytes and, on SmolLM2-135M, kept pass keys that 5% lost at 4k tokens (squeezed_attention/RESULTS.md).
+    centroid_fraction: float = 0.10
     hierarchical: bool = False
     level1_fraction: float = 0.01        # level-1 clusters per clustered key (paper: 1%)
     observation_window: int = 100        # last tokens: never clustered, always attended, used to calibrate
@@ -52,13 +55,13 @@ class ContextPack:
     token_ids: torch.Tensor          # [N] int64
     keys: torch.Tensor               # [L, Hkv, N, D] fp16 (post-RoPE)
     values: torch.Tensor             # [L, Hkv, N, D] fp16
-    centroids: torch.Tensor          # [L, Hkv, K, D] fp16
+    centroids: torch.Tensor          # [L, Hkv, K, D] float32: int8 codes x fp16 scales, as stored
     counts: torch.Tensor             # [L, Hkv, K] int32
     labels: torch.Tensor             # [L, Hkv, Nc] uint16
     keep_fractions: torch.Tensor     # [F] float64
     thresholds_group: torch.Tensor   # [F] float64 cluster-score thresholds, one selection per KV group
     thresholds_head: torch.Tensor    # [F] float64 ... one selection per query head
-    l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] fp16
+    l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] float32, int8-quantized like `centroids`
     l1_counts: torch.Tensor | None = None      # [L, Hkv, K1] int32
     child_offsets: torch.Tensor | None = None  # [L, Hkv, K1+1] int32 (level-2 ids are grouped by parent)
     hashes: dict = field(default_factory=dict)  # weights_sha256, tokenizer_sha256, context_sha256
@@ -88,8 +91,7 @@ class ContextPack:
         L, H = self.config.num_layers, self.config.num_kv_heads
         nbytes = lambda t: 0 if t is None else t.numel() * t.element_size()  # noqa: E731
         kv = nbytes(self.keys) + nbytes(self.values)
-        meta = sum(nbytes(t) for t in (self.centroids, self.counts, self.labels, self.l1_centroids,
-                                       self.l1_counts, self.child_offsets))
+        meta = sum(nbytes(t) for t in self.stored_lookup_tensors().values())
         n = self.num_tokens
         return {
             "tokens": n, "clustered_tokens": self.num_clustered, "clusters": self.num_clusters,
@@ -97,6 +99,17 @@ class ContextPack:
             "kv_bytes_per_token": kv / n, "metadata_bytes_per_token": meta / n,
             "metadata_bytes_per_layer_head_token": meta / (L * H * self.num_clustered),
         }
+
+    def stored_lookup_tensors(self) -> dict:
+        """The lookup metadata exactly as saved (int8 centroid codes + fp16 scales, labels, counts, ...)."""
+        codes, scales = quantize_centroids(self.centroids)
+        out = {"lookup.centroid_codes": codes, "lookup.centroid_scales": scales, "lookup.counts": self.counts,
+               "lookup.labels": self.labels}
+        if self.l1_centroids is not None:
+            codes1, scales1 = quantize_centroids(self.l1_centroids)
+            out.update({"lookup.level1_centroid_codes": codes1, "lookup.level1_centroid_scales": scales1,
+                        "lookup.level1_counts": self.l1_counts, "lookup.level1_child_offsets": self.child_offsets})
+        return out
 
     def threshold_for(self, keep_fraction: float, per_query_head: bool) -> float:
         """Calibrated cluster-score threshold for a keep fraction (log-linear between grid points)."""
@@ -131,7 +144,7 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
     if not text or not text.strip():
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
     if not 0.0 < settings.centroid_fraction <= 0.5:
-        raise SqueezeError("--centroids must be in (0, 0.5]; the paper uses 0.05")
+        raise SqueezeError("--centroids must be in (0, 0.5]; the default is 0.10")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
     if n >= config.max_positions:
@@ -187,7 +200,7 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
         l1_centroids = weighted / l1_counts.clamp_min(1).unsqueeze(-1).to(weighted.dtype)
         children_per_parent = torch.zeros(L * Hkv, k1, dtype=torch.int64).scatter_add_(1, parents, torch.ones_like(parents))
         child_offsets = torch.cat([torch.zeros(L * Hkv, 1, dtype=torch.int64), children_per_parent.cumsum(-1)], 1)
-        l1_centroids = l1_centroids.reshape(L, Hkv, k1, D).half()
+        l1_centroids = roundtrip_centroids(l1_centroids.reshape(L, Hkv, k1, D))
         l1_counts = l1_counts.reshape(L, Hkv, k1).int()
         child_offsets = child_offsets.reshape(L, Hkv, k1 + 1).int()
     report("cluster", 1, 1)
@@ -195,7 +208,7 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
     pack = ContextPack(
         config=config, settings=settings, token_ids=token_ids,
         keys=keys.half(), values=values.half(),
-        centroids=centroids.reshape(L, Hkv, k2, D).half(), counts=counts.reshape(L, Hkv, k2).int(),
+        centroids=roundtrip_centroids(centroids.reshape(L, Hkv, k2, D)), counts=counts.reshape(L, Hkv, k2).int(),
         labels=labels.reshape(L, Hkv, nc).int().to(torch.uint16) if k2 <= 65535 else labels.reshape(L, Hkv, nc).int(),
         keep_fractions=torch.tensor(KEEP_FRACTION_GRID, dtype=torch.float64),
         thresholds_group=torch.zeros(0), thresholds_head=torch.zeros(0),
@@ -203,7 +216,7 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
         hashes={"weights_sha256": checkpoint.weights_sha256, "tokenizer_sha256": checkpoint.tokenizer.fingerprint(),
                 "context_sha256": text_sha256(text)},
     )
-    # 3) Calibrate on the stored (fp16-rounded) centroids, exactly what the online lookup will see.
+    # 3) Calibrate on the stored (int8-quantized) centroids, exactly what the online lookup will see.
     report("calibrate", 0, 1)
     tables = pack.lookup_tables()
     queries = torch.stack(obs_queries)  # [L, Hq, W, D]
@@ -252,14 +265,11 @@ def save_context_pack(pack: ContextPack, path) -> Path:
     tensors = {
         "context.token_ids": pack.token_ids.int(),
         "kv.keys": pack.keys, "kv.values": pack.values,
-        "lookup.centroids": pack.centroids, "lookup.counts": pack.counts, "lookup.labels": pack.labels,
+        **pack.stored_lookup_tensors(),
         "calibration.keep_fractions": pack.keep_fractions,
         "calibration.thresholds_group": pack.thresholds_group,
         "calibration.thresholds_head": pack.thresholds_head,
     }
-    if pack.l1_centroids is not None:
-        tensors.update({"lookup.level1_centroids": pack.l1_centroids, "lookup.level1_counts": pack.l1_counts,
-                        "lookup.level1_child_offsets": pack.child_offsets})
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     metadata = {"format": PACK_FORMAT, "model_config": pack.config.to_json(),
                 "build_settings": json.dumps(pack.settings.to_dict(), sort_keys=True),
@@ -299,15 +309,18 @@ def load_context_pack(path, checkpoint=None, context_text: str | None = None) ->
     if context_text is not None and metadata.get("context_sha256") != text_sha256(context_text):
         raise SqueezeError(f"{path} was built from a different context text; rebuild it from this file")
     get = tensors.get
+    l1 = None
+    if "lookup.level1_centroid_codes" in tensors:
+        l1 = dequantize_centroids(tensors["lookup.level1_centroid_codes"], tensors["lookup.level1_centroid_scales"])
     return ContextPack(
         config=LlamaConfig.from_json(metadata["model_config"]),
         settings=BuildSettings(**json.loads(metadata["build_settings"])),
         token_ids=tensors["context.token_ids"].long(), keys=tensors["kv.keys"], values=tensors["kv.values"],
-        centroids=tensors["lookup.centroids"], counts=tensors["lookup.counts"], labels=tensors["lookup.labels"],
+        centroids=dequantize_centroids(tensors["lookup.centroid_codes"], tensors["lookup.centroid_scales"]),
+        counts=tensors["lookup.counts"], labels=tensors["lookup.labels"],
         keep_fractions=tensors["calibration.keep_fractions"],
         thresholds_group=tensors["calibration.thresholds_group"],
         thresholds_head=tensors["calibration.thresholds_head"],
-        l1_centroids=get("lookup.level1_centroids"), l1_counts=get("lookup.level1_counts"),
-        child_offsets=get("lookup.level1_child_offsets"),
+        l1_centroids=l1, l1_counts=get("lookup.level1_counts"), child_offsets=get("lookup.level1_child_offsets"),
         hashes={k: metadata[k] for k in ("weights_sha256", "tokenizer_sha256", "context_sha256")},
         build_seconds=float(metadata.get("build_seconds", 0)), path=str(path))

@@ -10,7 +10,7 @@ from .model import LlamaForCausalLM
 from .pack import BuildSettings, build_context_pack
 from .weights import load_checkpoint
 
-SMALL_CONTEXT_TOKENS = 500
+SMALL_CONTEXT_TOKENS = 600
 
 
 @functools.lru_cache(maxsize=1)

@@ -88,12 +88,56 @@ def test_keep_everything_equals_full_attention_exactly():
     prompt = "What is the pass key? Answer with the number only."
     ids = torch.tensor(gen.prompt_ids(prompt))
     outs = []
-    for choice in (AttentionChoice("full"), AttentionChoice("budget", budget=gen.pack.num_clustered)):
+    # The in-graph torch path (the fused decode kernel sums in another order: tested separately below).
+    for choice in (AttentionChoice("full"), AttentionChoice("budget", budget=gen.pack.num_clustered, backend="torch")):
         cache = gen.model.new_cache(len(ids) + 1)
         first = gen.model.step(ids, cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
         nxt = gen.model.step(first.argmax().view(1), cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
         outs.append((first, nxt))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+native = pytest.importorskip("squeezed_attention.native")
+
+
+@pytest.mark.parametrize("per_query_head", [False, True])
+def test_fused_decode_kernel_selects_the_same_keys_and_matches_the_torch_path(per_query_head):
+    if not native.available():
+        pytest.fail(f"the fused kernel did not build: {native.unavailable_reason()}")
+    gen = small_generator()
+    pack, tables = gen.pack, gen.tables
+    queries = user_queries(gen)
+    for budget in (1, pack.num_clustered // 10, pack.num_clustered // 3, pack.num_clustered):
+        choice = AttentionChoice("budget", budget=budget, per_query_head=per_query_head, backend="torch")
+        ref = make_context(pack, choice, tables)
+        fused = make_context(pack, AttentionChoice("budget", budget=budget, per_query_head=per_query_head,
+                                                   backend="native"), tables)
+        assert fused.fused and not ref.fused
+        for layer in range(0, pack.config.num_layers, 4):
+            q = queries[layer][:, -1:].contiguous()  # one decode token [Hq, 1, D]
+            idx, _ = ref.select(layer, q)
+            t = tables
+            grouped = q if per_query_head else q.reshape(fused.num_kv_heads, -1, q.shape[-1])
+            out, lse, kept = native.context_decode(
+                grouped, t.centroid_codes[layer], t.centroid_scales[layer], t.log_counts[layer], t.counts[layer], t.order_by_cluster[layer],
+                t.cluster_start[layer], fused.sink_kv[layer], fused.clustered_kv[layer], fused.window_kv[layer],
+                budget, fused.scale, return_positions=True)
+            assert torch.equal(kept, idx)  # identical key selection (same ranking, same partial cluster)
+            ref_out, ref_lse = ref.attend(layer, q)
+            new_out, new_lse = fused.attend(layer, q)
+            assert (new_out - ref_out).abs().max() < 1e-5 and (new_lse - ref_lse).abs().max() < 1e-5
+
+
+def test_fused_kernel_is_used_for_decode_only_and_keeps_generation_identical():
+    gen = small_generator()
+    if not native.available():
+        pytest.fail(f"the fused kernel did not build: {native.unavailable_reason()}")
+    a = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="torch"), max_new_tokens=8)
+    b = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="native"), max_new_tokens=8)
+    assert a.token_ids == b.token_ids and a.kept_fraction == pytest.approx(b.kept_fraction)
+    # threshold and hierarchical lookups are not fused: "auto" falls back to the torch path for them
+    for choice in (AttentionChoice("threshold", keep=0.2), AttentionChoice("budget", keep=0.2, hierarchical=True)):
+        assert not make_context(gen.pack, choice, gen.tables).fused
 
 
 def test_full_attention_over_a_pack_matches_plain_decoding():

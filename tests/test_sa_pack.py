@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from squeezed_attention import centroid_codes
 from squeezed_attention import pack as pack_module
 from squeezed_attention.errors import SqueezeError
 from squeezed_attention.generation import AttentionChoice, make_context
@@ -25,21 +26,28 @@ def test_pack_contents_dtypes_and_shapes():
     c = p.config
     n, nc, k = p.num_tokens, p.num_clustered, p.num_clusters
     assert nc == n - p.settings.observation_window - p.settings.sink_tokens
-    assert k == round(0.05 * nc)
+    assert k == round(0.10 * nc)
     assert p.keys.dtype == p.values.dtype == torch.float16 and p.keys.shape == (c.num_layers, c.num_kv_heads, n, c.head_dim)
-    assert p.centroids.dtype == torch.float16 and p.centroids.shape == (30, 3, k, 64)
+    assert p.centroids.dtype == torch.float32 and p.centroids.shape == (30, 3, k, 64)
+    stored = p.stored_lookup_tensors()
+    assert stored["lookup.centroid_codes"].dtype == torch.int8 and stored["lookup.centroid_scales"].dtype == torch.float16
+    # in memory = exactly the stored int8 codes x fp16 scales
+    assert torch.equal(centroid_codes.dequantize_centroids(stored["lookup.centroid_codes"], stored["lookup.centroid_scales"]),
+                       p.centroids)
     assert p.labels.dtype == torch.uint16 and p.labels.shape == (30, 3, nc)
     assert p.counts.dtype == torch.int32
     labels = p.labels.to(torch.int64)
     # counts are the label histogram of every (layer, head); every key has exactly one cluster
     hist = torch.zeros(30, 3, k, dtype=torch.int64).scatter_add_(2, labels, torch.ones_like(labels))
     assert torch.equal(hist, p.counts.long())
-    # stored centroid = mean of the RAW keys of its cluster (fp16-rounded)
+    # stored centroid = mean of the RAW keys of its cluster, within int8 rounding (half a step of max|c|/127)
     keys = p.keys[:, :, p.settings.sink_tokens:p.settings.sink_tokens + nc].float()
     for layer, head, j in [(0, 0, 0), (12, 1, 3), (29, 2, k - 1)]:
         members = keys[layer, head][labels[layer, head] == j]
         if len(members):
-            assert torch.allclose(members.mean(0), p.centroids[layer, head, j].float(), atol=2e-2, rtol=1e-2)
+            mean = members.mean(0)
+            step = mean.abs().max() / 127
+            assert (mean - p.centroids[layer, head, j]).abs().max() <= 0.51 * step + 2e-2
     # hierarchical level: 1% clusters, children contiguous and covering all level-2 clusters
     k1 = p.l1_centroids.shape[2]
     assert k1 == max(1, round(0.01 * nc))
@@ -48,6 +56,18 @@ def test_pack_contents_dtypes_and_shapes():
     # thresholds: finite, non-increasing with the keep fraction
     for th in (p.thresholds_group, p.thresholds_head):
         assert torch.isfinite(th).all() and (th[:-1] >= th[1:]).all() and (th > 0).all()
+
+
+def test_centroid_quantization_roundtrip_and_zero_clusters():
+    c = torch.randn(5, 7, 64) * torch.logspace(-3, 3, 7).view(1, 7, 1)
+    c[0, 0] = 0  # an empty cluster's centroid
+    codes, scales = centroid_codes.quantize_centroids(c)
+    d = centroid_codes.dequantize_centroids(codes, scales)
+    assert codes.dtype == torch.int8 and codes.abs().max() == 127 and torch.equal(d[0, 0], torch.zeros(64))
+    rel = ((d - c).abs().amax(-1) / c.abs().amax(-1).clamp_min(1e-30))[c.abs().amax(-1) > 0]
+    assert rel.max() < 0.005  # half a step of 1/127 plus fp16 scale rounding
+    codes2, scales2 = centroid_codes.quantize_centroids(d)  # idempotent: saving a loaded pack changes nothing
+    assert torch.equal(codes2, codes) and torch.equal(scales2, scales)
 
 
 def test_metadata_is_at_most_10_bytes_per_layer_head_token():

@@ -1,0 +1,86 @@
+"""The fused CPU decode kernel (csrc/context_decode.cpp), compiled once on first use.
+
+PyTorch's own extension builder compiles it (g++ and ninja; `pip install -r requirements.txt` brings ninja)
+into a per-user cache keyed by the source, the torch version and the CPU, then registers
+``torch.ops.squeeze_mobile.context_decode``. Where it cannot be built (no compiler), ``available()`` is
+False, the reason is kept in ``unavailable_reason()``, and callers use the in-graph PyTorch lookup (same
+selection, more small ops per step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from .errors import SqueezeError
+
+SOURCE = Path(__file__).with_name("csrc") / "context_decode.cpp"
+_lock = threading.Lock()
+_state: dict = {"loaded": False, "error": None}
+
+
+def _cpu_signature() -> str:
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags  # -march=native code must not run on another CPU
+
+
+def build_directory() -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_signature().encode()).hexdigest()[:16]
+    root = Path(os.environ.get("SQUEEZE_NATIVE_CACHE", Path.home() / ".cache" / "squeeze-mobile" / "native"))
+    return root / key
+
+
+def load() -> bool:
+    """Compile (first time) and register the kernel; False (reason kept) when it cannot be built."""
+    with _lock:
+        if _state["loaded"] or _state["error"] is not None:
+            return _state["loaded"]
+        try:
+            from torch.utils.cpp_extension import load as load_extension
+
+            directory = build_directory()
+            if not any(directory.glob("*.so")):
+                print("compiling the fused Squeezed Attention decode kernel (once, about a minute) ...", file=sys.stderr)
+            directory.mkdir(parents=True, exist_ok=True)
+            load_extension(name="squeeze_mobile_native", sources=[str(SOURCE)], build_directory=str(directory),
+                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], is_python_module=False,
+                           verbose=False)
+            _state["loaded"] = True
+        except Exception as exc:  # no compiler, no ninja, read-only home: the PyTorch path still works
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _state["error"] = f"{type(exc).__name__}: {first_line[:200]}"
+        return _state["loaded"]
+
+
+def available() -> bool:
+    return load()
+
+
+def unavailable_reason() -> str | None:
+    load()
+    return _state["error"]
+
+
+def require() -> None:
+    if not load():
+        raise SqueezeError(f"the fused decode kernel could not be built ({_state['error']}); install g++ and "
+                           "ninja, or use --lookup torch")
+
+
+def context_decode(queries, centroid_codes, centroid_scales, log_counts, counts, order, start, sink_kv, clustered_kv,
+                   window_kv, budget: int, scale: float, return_positions: bool = False):
+    """One layer's context partial for a decode step; see csrc/context_decode.cpp. *_kv rows are
+    [key | value]. Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, empty
+    unless ``return_positions``)."""
+    return torch.ops.squeeze_mobile.context_decode(
+        queries.contiguous(), centroid_codes, centroid_scales, log_counts, counts, order, start, sink_kv,
+        clustered_kv, window_kv, int(budget), float(scale), bool(return_positions))
