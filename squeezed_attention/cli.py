@@ -123,6 +123,12 @@ def cmd_generate(args) -> int:
     if result.kept_fraction is not None:
         rows.append(("context keys attended", f"{100 * result.kept_fraction:.1f}% of clustered keys (+ sinks, window)"))
         rows.append(("centroids scored / head", f"{result.centroids_scored:.0f}"))
+        lookup = result.lookup
+        if lookup == "torch" and choice.backend == "auto" and choice.mode == "budget" and not choice.hierarchical:
+            from . import native
+
+            lookup += f" (fused kernel unavailable: {native.unavailable_reason()})"
+        rows.append(("lookup", lookup))
     _print_table(rows, file=sys.stderr)
     return 0
 

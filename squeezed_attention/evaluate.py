@@ -224,15 +224,16 @@ def plot_results(results, path):
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     configs = sorted({r["config"] for r in results["continuation"]})
-    for name in configs:
+    for i, name in enumerate(configs):
+        color = f"C{i}"  # one colour per configuration across the three panels
         rows = [r for r in results["summary"] if r["config"] == name and r["kv_budget"] is not None]
         rows.sort(key=lambda r: r["kv_budget"])
         xs = [r["kv_budget"] for r in rows]
         if all(r["cases"] for r in rows):
-            axes[0].plot(xs, [r["correct"] / r["cases"] for r in rows], marker="o", label=name)
+            axes[0].plot(xs, [r["correct"] / r["cases"] for r in rows], marker="o", label=name, color=color)
         if all(r["top1_agreement"] is not None for r in rows):
-            axes[1].plot(xs, [100 * r["top1_agreement"] for r in rows], marker="o", label=name)
-            axes[2].plot(xs, [r["kl_mean"] for r in rows], marker="o", label=name)
+            axes[1].plot(xs, [100 * r["top1_agreement"] for r in rows], marker="o", label=name, color=color)
+            axes[2].plot(xs, [r["kl_mean"] for r in rows], marker="o", label=name, color=color)
     full = [r for r in results["summary"] if r["config"] == "full"]
     if full:
         axes[0].axhline(full[0]["correct"] / full[0]["cases"], color="k", ls="--", label="full attention")
@@ -245,6 +246,7 @@ def plot_results(results, path):
     axes[1].axhline(95, color="r", ls=":")
     axes[2].axhline(0.05, color="r", ls=":")
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -105,6 +105,7 @@ class GenerationResult:
     attention: str
     kept_fraction: float | None = None      # mean fraction of clustered keys attended (lookup stats)
     centroids_scored: float | None = None
+    lookup: str | None = None                # lookup backend that ran ("native", "torch", "numpy"), None = full
     extra: dict = field(default_factory=dict)
 
     @property
@@ -189,4 +190,4 @@ class Generator:
             prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, decode_tokens=decode_steps,
             attention=choice.label(),
             kept_fraction=None if stats is None else stats.mean_kept() / self.pack.num_clustered,
-            centroids_scored=None if stats is None else stats.mean_scored())
+            centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None))
