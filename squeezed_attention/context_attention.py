@@ -120,7 +120,7 @@ class SqueezedContext:
         t = self.tables
         q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
         out, lse, _ = native.context_decode(
-            q, t.centroid_codes[layer], t.centroid_scales[layer], t.log_counts[layer], t.counts[layer], t.order_by_cluster[layer],
+            q, t.centroid_codes[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
             self.spec.budget_keys, self.scale)
         self.stats.calls += 1

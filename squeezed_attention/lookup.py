@@ -30,7 +30,6 @@ class LookupTables:
     """Per-pack lookup metadata in the form the online lookup wants (built once at pack load)."""
 
     centroids: torch.Tensor        # [L, Hkv, K, D] float64 (raw-key means)
-    log_counts: torch.Tensor       # [L, Hkv, K] float64, -inf for empty clusters
     counts: torch.Tensor           # [L, Hkv, K] int64
     order_by_cluster: torch.Tensor  # [L, Hkv, Nc] int64: context positions grouped by cluster, ascending
     cluster_start: torch.Tensor    # [L, Hkv, K] int64: where each cluster starts in order_by_cluster
@@ -38,7 +37,7 @@ class LookupTables:
     first_position: int = 0        # context position of the first clustered key (after the sink tokens)
     # Hierarchical level (None when the pack has none). Level-2 clusters are numbered parent by parent.
     l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] float64
-    l1_log_counts: torch.Tensor | None = None  # [L, Hkv, K1]
+    l1_counts: torch.Tensor | None = None      # [L, Hkv, K1] int64
     children: torch.Tensor | None = None       # [L, Hkv, K1, Cmax] int64, padded with K (a dummy cluster)
     centroid_codes: torch.Tensor | None = None   # [L, Hkv, K, D] int8 and
     centroid_scales: torch.Tensor | None = None  # [L, Hkv, K] float32: codes x scales == centroids exactly
@@ -64,10 +63,10 @@ class LookupTables:
             children = children_table(child_offsets.to(torch.int64), int(centroids.shape[2]))
         return cls(
             centroids=centroids.double(), **_codes_fields(centroids),
-            log_counts=counts.double().log(), counts=counts,
+            counts=counts,
             order_by_cluster=order, cluster_start=start, group_size=group_size, first_position=first_position,
             l1_centroids=None if l1_centroids is None else l1_centroids.double(),
-            l1_log_counts=None if l1_counts is None else l1_counts.double().log(),
+            l1_counts=None if l1_counts is None else l1_counts.to(torch.int64),
             children=children)
 
 
@@ -117,12 +116,22 @@ def grouped_queries(queries, num_kv_heads: int, per_query_head: bool):
     return queries.reshape(num_kv_heads, (Hq // num_kv_heads) * T, D)
 
 
-def cluster_scores(queries, centroids, log_counts):
+def cluster_scores(queries, centroids, counts):
     """Mean over queries of the normalized cluster score S: queries [Hs,Q,D] (already scaled), centroids
-    [Hs,K,D], log_counts [Hs,K] -> ([Hs,K] scores in [0,1], [Hs,Q,1] log-denominators)."""
+    [Hs,K,D], counts [Hs,K] -> ([Hs,K] scores in [0,1], [Hs,Q,1] log-denominators).
+
+    S_ik = exp(A_ik) / sum_l N_l exp(A_il), computed with ONE exp per (query, cluster): E = exp(A - peak) with
+    the peak over non-empty clusters (so E <= 1, no overflow), Z = sum_l N_l E_il, S = E / Z. Empty clusters
+    get S = 0. (A log-space logsumexp followed by exp(A - lse) costs two exps; scoring is most of a
+    prefill lookup.)
+    """
     logits = torch.matmul(queries, centroids.transpose(-1, -2))
-    log_denominator = torch.logsumexp(logits + log_counts.unsqueeze(1), dim=-1, keepdim=True)
-    return torch.exp(logits - log_denominator).mean(1), log_denominator
+    counts = counts.to(logits.dtype).unsqueeze(1)
+    masked = torch.where(counts > 0, logits, torch.full_like(logits, float("-inf")))
+    peak = masked.amax(-1, keepdim=True)
+    weights = torch.exp(masked - peak)
+    total = (weights * counts).sum(-1, keepdim=True)
+    return (weights / total).mean(1), peak + torch.log(total)
 
 
 def score_layer(tables: LookupTables, layer: int, queries, spec: SelectionSpec):
@@ -132,13 +141,13 @@ def score_layer(tables: LookupTables, layer: int, queries, spec: SelectionSpec):
     G = tables.group_size
     if not spec.hierarchical:
         centroids = _expand_heads(tables.centroids[layer], spec.per_query_head, G)
-        log_counts = _expand_heads(tables.log_counts[layer], spec.per_query_head, G)
-        scores, _ = cluster_scores(q, centroids, log_counts)
+        counts = _expand_heads(tables.counts[layer], spec.per_query_head, G)
+        scores, _ = cluster_scores(q, centroids, counts)
         return scores, int(centroids.shape[1])
     l1_centroids = _expand_heads(tables.l1_centroids[layer], spec.per_query_head, G)
-    l1_log_counts = _expand_heads(tables.l1_log_counts[layer], spec.per_query_head, G)
+    l1_counts = _expand_heads(tables.l1_counts[layer], spec.per_query_head, G)
     children = _expand_heads(tables.children[layer], spec.per_query_head, G)  # [Hs, K1, Cmax]
-    l1_scores, log_denominator = cluster_scores(q, l1_centroids, l1_log_counts)
+    l1_scores, log_denominator = cluster_scores(q, l1_centroids, l1_counts)
     kept_parents = torch.sort(l1_scores, dim=-1, descending=True, stable=True).indices[:, :spec.level1_keep]
     candidates = children.gather(1, kept_parents.unsqueeze(-1).expand(-1, -1, children.shape[-1]))
     candidates = candidates.flatten(1)  # [Hs, M1*Cmax], padding = K

@@ -17,39 +17,35 @@ from .lookup import LookupTables, SelectionSpec
 @dataclass
 class NumpyTables:
     centroids: np.ndarray
-    log_counts: np.ndarray
     counts: np.ndarray
     order_by_cluster: np.ndarray
     cluster_start: np.ndarray
     group_size: int
     first_position: int = 0
     l1_centroids: np.ndarray | None = None
-    l1_log_counts: np.ndarray | None = None
+    l1_counts: np.ndarray | None = None
     children: np.ndarray | None = None
 
     @classmethod
     def from_torch(cls, t: LookupTables) -> "NumpyTables":
         conv = lambda x: None if x is None else x.numpy()  # noqa: E731
-        return cls(conv(t.centroids), conv(t.log_counts), conv(t.counts), conv(t.order_by_cluster),
-                   conv(t.cluster_start), t.group_size, t.first_position, conv(t.l1_centroids), conv(t.l1_log_counts),
-                   conv(t.children))
+        return cls(conv(t.centroids), conv(t.counts), conv(t.order_by_cluster), conv(t.cluster_start),
+                   t.group_size, t.first_position, conv(t.l1_centroids), conv(t.l1_counts), conv(t.children))
 
 
 def _expand(a, per_query_head, g):
     return np.repeat(a, g, axis=0) if per_query_head else a
 
 
-def _logsumexp(x, axis):
-    peak = x.max(axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    with np.errstate(divide="ignore"):
-        return peak + np.log(np.exp(x - peak).sum(axis=axis, keepdims=True))
-
-
-def _scores(q, centroids, log_counts):
+def _scores(q, centroids, counts):
+    """lookup.cluster_scores in numpy: one exp per (query, cluster), peak over non-empty clusters."""
     logits = q @ np.swapaxes(centroids, -1, -2)
-    log_denominator = _logsumexp(logits + log_counts[:, None, :], -1)
-    return np.exp(logits - log_denominator).mean(1), log_denominator
+    counts = counts.astype(logits.dtype)[:, None, :]
+    masked = np.where(counts > 0, logits, -np.inf)
+    peak = masked.max(-1, keepdims=True)
+    weights = np.exp(masked - peak)
+    total = (weights * counts).sum(-1, keepdims=True)
+    return (weights / total).mean(1), peak + np.log(total)
 
 
 def _stable_descending(scores):
@@ -66,10 +62,10 @@ def score_layer(t: NumpyTables, layer: int, queries: np.ndarray, spec: Selection
     g = t.group_size
     if not spec.hierarchical:
         centroids = _expand(t.centroids[layer], spec.per_query_head, g)
-        scores, _ = _scores(q, centroids, _expand(t.log_counts[layer], spec.per_query_head, g))
+        scores, _ = _scores(q, centroids, _expand(t.counts[layer], spec.per_query_head, g))
         return scores, centroids.shape[1]
     l1_scores, log_den = _scores(q, _expand(t.l1_centroids[layer], spec.per_query_head, g),
-                                 _expand(t.l1_log_counts[layer], spec.per_query_head, g))
+                                 _expand(t.l1_counts[layer], spec.per_query_head, g))
     children = _expand(t.children[layer], spec.per_query_head, g)
     centroids = _expand(t.centroids[layer], spec.per_query_head, g)
     K = centroids.shape[1]

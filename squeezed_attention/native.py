@@ -76,11 +76,11 @@ def require() -> None:
                            "ninja, or use --lookup torch")
 
 
-def context_decode(queries, centroid_codes, centroid_scales, log_counts, counts, order, start, sink_kv, clustered_kv,
+def context_decode(queries, centroid_codes, centroid_scales, counts, order, start, sink_kv, clustered_kv,
                    window_kv, budget: int, scale: float, return_positions: bool = False):
     """One layer's context partial for a decode step; see csrc/context_decode.cpp. *_kv rows are
     [key | value]. Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, empty
     unless ``return_positions``)."""
     return torch.ops.squeeze_mobile.context_decode(
-        queries.contiguous(), centroid_codes, centroid_scales, log_counts, counts, order, start, sink_kv,
+        queries.contiguous(), centroid_codes, centroid_scales, counts, order, start, sink_kv,
         clustered_kv, window_kv, int(budget), float(scale), bool(return_positions))

@@ -34,12 +34,15 @@ def test_scores_are_stable_with_adversarially_large_key_norms():
     c = torch.randn(3, 50, 64, generator=g, dtype=torch.float64) * 1e4  # q.c ~ 1e6: exp() overflows
     counts = torch.randint(0, 20, (3, 50), generator=g)
     counts[:, 0] = 0  # an empty cluster too
-    log_counts = counts.double().log()
     naive = torch.exp(q @ c.transpose(-1, -2))
     assert not torch.isfinite(naive).all()  # what the official code does
-    scores, log_den = cluster_scores(q, c, log_counts)
+    scores, log_den = cluster_scores(q, c, counts)
     assert torch.isfinite(scores).all() and torch.isfinite(log_den).all()
-    assert ((scores >= 0) & (scores <= 1)).all()
+    assert ((scores >= 0) & (scores <= 1)).all() and (scores[:, 0] == 0).all()  # empty cluster: 0
+    # Same values as the two-exp log-space formula S = exp(A - logsumexp(A + log N)) where that one is finite.
+    logits = q @ c.transpose(-1, -2)
+    reference = torch.exp(logits - torch.logsumexp(logits + counts.double().log().unsqueeze(1), -1, keepdim=True)).mean(1)
+    assert torch.allclose(scores[:, 1:], reference[:, 1:], rtol=1e-9, atol=1e-300)
     # Normalization: sum_j N_j S_ij = 1 per query, so the count-weighted mean over queries is 1 too.
     assert torch.allclose((scores * counts).sum(-1), torch.ones(3, dtype=torch.float64))
     # Thresholds calibrated on such keys stay finite and ordered.
@@ -128,7 +131,7 @@ def test_fused_decode_kernel_selects_the_same_keys_and_matches_the_torch_path(pe
             t = tables
             grouped = q if per_query_head else q.reshape(fused.num_kv_heads, -1, q.shape[-1])
             out, lse, kept = native.context_decode(
-                grouped, t.centroid_codes[layer], t.centroid_scales[layer], t.log_counts[layer], t.counts[layer], t.order_by_cluster[layer],
+                grouped, t.centroid_codes[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
                 t.cluster_start[layer], fused.sink_kv[layer], fused.clustered_kv[layer], fused.window_kv[layer],
                 budget, fused.scale, return_positions=True)
             assert torch.equal(kept, idx)  # identical key selection (same ranking, same partial cluster)

@@ -66,13 +66,12 @@ inline double dot(const double* a, const double* b, int64_t n) {
 struct HeadTables {
   const int8_t* codes;      // [K, D] int8 centroid codes
   const float* scales;      // [K] (fp16 values)
-  const double* log_counts; // [K]
   const int64_t* counts;    // [K]
   const int64_t* order;     // [Nc] context positions grouped by cluster
   const int64_t* start;     // [K]
 };
 
-// Cluster scores S_k = mean_r exp(A_rk - logsumexp_l(A_rl + log N_l)), A = q . c / sqrt(D), in float64.
+// Cluster scores S_k = mean_r exp(A_rk) / sum_l N_l exp(A_rl), A = q . c / sqrt(D), in float64.
 // Centroids arrive as int8 codes x one fp16 scale per centroid (as packs store them); code * scale is exact
 // in float64, so this is the PyTorch path's float64 arithmetic while streaming 1 byte per element, not 8.
 void cluster_scores(const float* q, int64_t R, int64_t D, const HeadTables& t, int64_t K,
@@ -91,22 +90,19 @@ void cluster_scores(const float* q, int64_t R, int64_t D, const HeadTables& t, i
     for (int64_t d = 0; d < D; ++d) c[d] = static_cast<double>(code[d]) * scale;
     for (int64_t r = 0; r < R; ++r) logits[r * K + k] = dot(qd.data() + r * D, c, D);
   }
+  // One exp per (row, cluster), as lookup.cluster_scores: E = exp(A - peak) over non-empty clusters,
+  // Z = sum_k N_k E_k, S_k += E_k / Z; empty clusters score 0.
   scores.assign(K, 0.0);
   for (int64_t r = 0; r < R; ++r) {
     const double* a = logits.data() + r * K;
-    double mx = kNegInf;
-    for (int64_t k = 0; k < K; ++k) {
-      e[k] = a[k] + t.log_counts[k];
-      mx = std::max(mx, e[k]);
-    }
-    for (int64_t k = 0; k < K; ++k) e[k] -= mx;
+    double peak = kNegInf;
+    for (int64_t k = 0; k < K; ++k)
+      if (t.counts[k] > 0) peak = std::max(peak, a[k]);
+    for (int64_t k = 0; k < K; ++k) e[k] = t.counts[k] > 0 ? a[k] - peak : kNegInf;
     exp_inplace(e, K);
-    double sum = 0.0;
-    for (int64_t k = 0; k < K; ++k) sum += e[k];
-    const double log_denominator = mx + std::log(sum);
-    for (int64_t k = 0; k < K; ++k) e[k] = a[k] - log_denominator;
-    exp_inplace(e, K);
-    for (int64_t k = 0; k < K; ++k) scores[k] += e[k];
+    double total = 0.0;
+    for (int64_t k = 0; k < K; ++k) total += e[k] * static_cast<double>(t.counts[k]);
+    for (int64_t k = 0; k < K; ++k) scores[k] += e[k] / total;
   }
   for (int64_t k = 0; k < K; ++k) scores[k] /= static_cast<double>(R);
 }
@@ -228,7 +224,7 @@ void check_float3(const at::Tensor& t, const char* what) {
 // [Hs, 0] unless return_positions).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
     const at::Tensor& q, const at::Tensor& centroid_codes, const at::Tensor& centroid_scales,
-    const at::Tensor& log_counts, const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start,
+    const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start,
     const at::Tensor& sink_kv, const at::Tensor& clustered_kv, const at::Tensor& window_kv, int64_t budget,
     double scale, bool return_positions) {
   check_float3(q, "queries");
@@ -239,7 +235,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
               && centroid_scales.numel() == centroid_codes.size(0) * centroid_codes.size(1),
               "centroid scales: float32 [Hkv, K]");
   const at::Tensor& centroids = centroid_codes;
-  TORCH_CHECK(log_counts.scalar_type() == at::kDouble && log_counts.is_contiguous(), "log_counts: float64 [Hkv, K]");
   TORCH_CHECK(counts.scalar_type() == at::kLong && start.scalar_type() == at::kLong && order.scalar_type() == at::kLong
               && counts.is_contiguous() && start.is_contiguous() && order.is_contiguous(), "tables: int64, contiguous");
   const int64_t Hs = q.size(0), R = q.size(1), D = q.size(2);
@@ -267,7 +262,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
     for (int64_t h = begin; h < end; ++h) {
       const int64_t kv = h / heads_per_kv;
       const HeadTables t{centroid_codes.data_ptr<int8_t>() + kv * K * D, centroid_scales.data_ptr<float>() + kv * K,
-                         log_counts.data_ptr<double>() + kv * K,
                          counts.data_ptr<int64_t>() + kv * K, order.data_ptr<int64_t>() + kv * Nc,
                          start.data_ptr<int64_t>() + kv * K};
       const float* qh = qp + h * R * D;
@@ -291,7 +285,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
 }  // namespace
 
 TORCH_LIBRARY(squeeze_mobile, m) {
-  m.def("context_decode(Tensor q, Tensor centroid_codes, Tensor centroid_scales, Tensor log_counts, Tensor counts, Tensor order, Tensor start, "
+  m.def("context_decode(Tensor q, Tensor centroid_codes, Tensor centroid_scales, Tensor counts, Tensor order, Tensor start, "
         "Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
         "bool return_positions=False) -> (Tensor, Tensor, Tensor)");
 }
