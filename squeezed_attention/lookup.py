@@ -125,13 +125,16 @@ def cluster_scores(queries, centroids, counts):
     get S = 0. (A log-space logsumexp followed by exp(A - lse) costs two exps; scoring is most of a
     prefill lookup.)
     """
-    logits = torch.matmul(queries, centroids.transpose(-1, -2))
-    counts = counts.to(logits.dtype).unsqueeze(1)
-    masked = torch.where(counts > 0, logits, torch.full_like(logits, float("-inf")))
-    peak = masked.amax(-1, keepdim=True)
-    weights = torch.exp(masked - peak)
-    total = (weights * counts).sum(-1, keepdim=True)
-    return (weights / total).mean(1), peak + torch.log(total)
+    logits = torch.matmul(queries, centroids.transpose(-1, -2))  # [Hs, Q, K]
+    counts = counts.to(logits.dtype)
+    empty = torch.zeros_like(counts).masked_fill_(counts == 0, float("-inf")).unsqueeze(1)  # [Hs, 1, K]
+    weights = logits.add_(empty)  # in place: few passes over the [Hs, Q, K] block (this is the prefill cost)
+    peak = weights.amax(-1, keepdim=True)
+    weights = weights.sub_(peak).exp_()
+    total = torch.matmul(weights, counts.unsqueeze(-1))  # [Hs, Q, 1] = sum_k N_k E_qk
+    log_denominator = peak + torch.log(total)
+    scores = weights.mul_(total.reciprocal_()).sum(1) / weights.shape[1]
+    return scores, log_denominator
 
 
 def score_layer(tables: LookupTables, layer: int, queries, spec: SelectionSpec):

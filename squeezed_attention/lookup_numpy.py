@@ -40,12 +40,14 @@ def _expand(a, per_query_head, g):
 def _scores(q, centroids, counts):
     """lookup.cluster_scores in numpy: one exp per (query, cluster), peak over non-empty clusters."""
     logits = q @ np.swapaxes(centroids, -1, -2)
-    counts = counts.astype(logits.dtype)[:, None, :]
-    masked = np.where(counts > 0, logits, -np.inf)
-    peak = masked.max(-1, keepdims=True)
-    weights = np.exp(masked - peak)
-    total = (weights * counts).sum(-1, keepdims=True)
-    return (weights / total).mean(1), peak + np.log(total)
+    counts = counts.astype(logits.dtype)
+    weights = logits + np.where(counts == 0, -np.inf, 0.0)[:, None, :]
+    peak = weights.max(-1, keepdims=True)
+    weights = np.exp(weights - peak)
+    total = weights @ counts[:, :, None]
+    log_denominator = peak + np.log(total)
+    scores = (weights * (1.0 / total)).sum(1) / weights.shape[1]
+    return scores, log_denominator
 
 
 def _stable_descending(scores):
