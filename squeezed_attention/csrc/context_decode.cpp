@@ -273,7 +273,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
         const float* base = kv_rows.data_ptr<float>() + kv * n_rows * 2 * D;
         for (int64_t i = begin_row; i < end_row; ++i) rows.push_back(base + i * 2 * D);
       };
-      add(sink_kv, first, 0, first);  // sinks, kept clusters (best first), observation window
+      // Visit the kept runs in memory order (attention does not depend on the order): the reads then move
+      // forward through the cluster-ordered rows, which the prefetchers follow better than rank order.
+      std::sort(runs.begin(), runs.end());
+      add(sink_kv, first, 0, first);  // sinks, kept clusters, observation window
       for (const auto& run : runs) add(clustered_kv, Nc, run.first, run.second);
       add(window_kv, W, 0, W);
       attend(qh, R, D, rows, static_cast<float>(scale), s, op + h * R * D, lp + h * R);
