@@ -77,7 +77,8 @@ class SqueezedContext:
         self.tables, self.spec = tables, spec
         self.fused = backend in ("native", "auto") and spec.mode == "budget" and not spec.hierarchical \
             and tables.centroid_codes is not None and native.available()
-        self.backend = ("native" if self.fused else "torch") if backend == "auto" else backend
+        # What actually runs decode steps ("native" requested for a threshold/hierarchical lookup runs torch).
+        self.backend = "native" if self.fused else ("numpy" if backend == "numpy" else "torch")
         self.numpy_tables = NumpyTables.from_torch(tables) if backend == "numpy" else None
         L, Hkv, N, D = keys.shape
         self.num_kv_heads, self.length, self.head_dim = Hkv, N, D
