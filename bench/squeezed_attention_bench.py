@@ -62,17 +62,11 @@ def time_repeat(gen: Generator, contexts: dict, prompt_ids, decode_ids):
     return out
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """fp32 matmul rate: evidence of how many cores were really free during the run."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+def matmul_gflops(threads: int) -> float:
+    """fp32 matmul rate (the host benchmark's probe, bench.worker): evidence of how many cores were free."""
+    from bench.worker import measure
+
+    return statistics.median(measure({"kind": "matmul", "threads": threads, "runs": 5, "warmup": 1, "n": 2048})["gflops"])
 
 
 def run(args):

@@ -56,6 +56,31 @@ NATIVE_MAX_ROWS = 32  # query rows per selecting head up to which the fused kern
 LOOKUP_BACKENDS = ("auto", "torch", "numpy", "native")
 
 
+@dataclass
+class ContextRows:
+    """The fixed context's K/V laid out for Squeezed Attention, built once per pack and shared by every
+    SqueezedContext over it: rows hold [key | value] (2*D floats, read together); the clustered rows are kept
+    CLUSTER BY CLUSTER (slot i = context position order_by_cluster[i]), so a kept cluster is one contiguous
+    run in memory; the attention sinks and the observation window stay in position order. Same bytes as one
+    dense fp32 copy of K and V."""
+
+    sink_kv: torch.Tensor           # [L, Hkv, first, 2D]
+    clustered_kv: torch.Tensor      # [L, Hkv, Nc, 2D] cluster order
+    window_kv: torch.Tensor         # [L, Hkv, W, 2D]
+    slot_of_position: torch.Tensor  # [L, Hkv, Nc] context position - first -> slot in clustered_kv
+
+    @classmethod
+    def build(cls, keys, values, tables: LookupTables) -> "ContextRows":
+        D = keys.shape[-1]
+        first, end = tables.first_position, tables.first_position + tables.num_clustered
+        rel = tables.order_by_cluster - first
+        rows = torch.cat([keys.float(), values.float()], dim=-1)  # [L, Hkv, N, 2D]
+        return cls(sink_kv=rows[:, :, :first].contiguous(),
+                   clustered_kv=rows[:, :, first:end].gather(2, rel.unsqueeze(-1).expand(-1, -1, -1, 2 * D)),
+                   window_kv=rows[:, :, end:].contiguous(),
+                   slot_of_position=torch.empty_like(rel).scatter_(2, rel, torch.arange(rel.shape[2]).expand_as(rel)))
+
+
 class SqueezedContext:
     """Sparse attention over the fixed context: centroid lookup, then exact attention on the kept keys.
 
@@ -63,13 +88,11 @@ class SqueezedContext:
     "native" (fused C++ kernel for decode-sized steps of flat budget lookups; other steps use "torch"), or
     "auto" (= "native" where it can be built, else "torch").
 
-    Storage: every context row holds [key | value] (2*D floats, read together), and the clustered rows are
-    kept CLUSTER BY CLUSTER (slot i = context position order_by_cluster[i]), so a kept cluster is one
-    contiguous run in memory; the attention sinks and the observation window stay in position order.
-    Same bytes as one dense fp32 copy of K and V.
+    rows: the pack's ContextRows (built here if not given; pass a cached one to avoid re-laying out K/V).
     """
 
-    def __init__(self, keys, values, tables: LookupTables, spec: SelectionSpec, backend: str = "auto"):
+    def __init__(self, keys, values, tables: LookupTables, spec: SelectionSpec, backend: str = "auto",
+                 rows: ContextRows | None = None):
         if backend not in LOOKUP_BACKENDS:
             raise SqueezeError(f"unknown lookup backend '{backend}'; use one of {', '.join(LOOKUP_BACKENDS)}")
         if backend == "native":
@@ -84,17 +107,10 @@ class SqueezedContext:
         self.num_kv_heads, self.length, self.head_dim = Hkv, N, D
         self.scale = 1.0 / math.sqrt(D)
         self.num_clustered = tables.num_clustered
-        first, end = tables.first_position, tables.first_position + self.num_clustered
-        self.first_position = first
-        slots = (tables.order_by_cluster - first).unsqueeze(-1).expand(-1, -1, -1, 2 * D)
-        rows = torch.cat([keys.float(), values.float()], dim=-1)  # [L, Hkv, N, 2D]
-        self.sink_kv = rows[:, :, :first].contiguous()
-        self.clustered_kv = rows[:, :, first:end].gather(2, slots)
-        self.window_kv = rows[:, :, end:].contiguous()
-        del rows
-        # position -> slot, to gather the torch/numpy selections (positions) from the cluster-ordered storage
-        rel = tables.order_by_cluster - first
-        self.slot_of_position = torch.empty_like(rel).scatter_(2, rel, torch.arange(rel.shape[2]).expand_as(rel))
+        self.first_position = tables.first_position
+        rows = rows if rows is not None else ContextRows.build(keys, values, tables)
+        self.sink_kv, self.clustered_kv, self.window_kv = rows.sink_kv, rows.clustered_kv, rows.window_kv
+        self.slot_of_position = rows.slot_of_position
         G = tables.group_size
         heads = Hkv * G if spec.per_query_head else Hkv
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .context_attention import DenseContext, SqueezedContext
+from .context_attention import ContextRows, DenseContext, SqueezedContext
 from .errors import SqueezeError
 from .lookup import SelectionSpec
 from .model import LlamaForCausalLM
@@ -41,13 +41,12 @@ class AttentionChoice:
         return f"{self.mode} {what}{' hier' if self.hierarchical else ''}{' per-head' if self.per_query_head else ''}"
 
 
-CENTROID_BYTES_PER_DIM = 1 + 2 / 64  # int8 codes + one fp16 scale per 64-dim centroid
-KV_BYTES_PER_DIM = 2 * 2              # fp16 key + fp16 value
+KV_BYTES_PER_DIM = 2 * 2  # fp16 key + fp16 value
 
 
 def centroid_cost(centroid_fraction: float, head_dim: int = 64) -> float:
     """Centroid storage as a fraction of the KV cache, the paper's accounting done in bytes: 5% fp16
-    centroids (keys only) = 0.025; our default 10% int8 centroids + scales = 0.0258."""
+    centroids (keys only) = 0.025; our default 10% int8 centroids (head_dim bytes + a 2-byte scale) = 0.0258."""
     return centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
 
 
@@ -60,8 +59,9 @@ def keep_for_budget(kv_budget: float, centroid_fraction: float) -> float:
     return kv_budget - centroid_cost(centroid_fraction)
 
 
-def make_context(pack: ContextPack, choice: AttentionChoice, tables=None):
-    """The context-attention object for ``choice`` (tables: a cached pack.lookup_tables())."""
+def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
+    """The context-attention object for ``choice`` (tables / rows: cached pack.lookup_tables() and
+    ContextRows, so repeated calls do not rebuild them)."""
     if choice.mode == "full":
         return DenseContext(pack.keys, pack.values)
     if choice.hierarchical and pack.l1_centroids is None:
@@ -89,8 +89,8 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None):
         # (a pass key): keeping 2x the wanted fraction at level 1 lost pass keys at keep 0.1, 4x did not.
         spec.hierarchical = True
         spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
-    return SqueezedContext(pack.keys, pack.values, tables if tables is not None else pack.lookup_tables(),
-                           spec, choice.backend)
+    tables = tables if tables is not None else pack.lookup_tables()
+    return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)
 
 
 @dataclass
@@ -119,6 +119,7 @@ class Generator:
     def __init__(self, model: LlamaForCausalLM, tokenizer, pack: ContextPack):
         self.model, self.tokenizer, self.pack = model, tokenizer, pack
         self._tables = None
+        self._rows = None
         self.stop_ids = {i for i in (tokenizer.eos_token_id, 0) if i is not None}
 
     @classmethod
@@ -133,6 +134,13 @@ class Generator:
             self._tables = self.pack.lookup_tables()
         return self._tables
 
+    @property
+    def rows(self) -> ContextRows:
+        """The pack's K/V in the Squeezed Attention layout, built once (it is a full fp32 copy of the cache)."""
+        if self._rows is None:
+            self._rows = ContextRows.build(self.pack.keys, self.pack.values, self.tables)
+        return self._rows
+
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
         framing = self.pack.settings.framing
         raw = framing == "raw" if raw is None else raw
@@ -145,7 +153,9 @@ class Generator:
         return self.tokenizer.encode(CHAT_JOIN + prompt + suffix)
 
     def context(self, choice: AttentionChoice):
-        return make_context(self.pack, choice, None if choice.mode == "full" else self.tables)
+        if choice.mode == "full":
+            return make_context(self.pack, choice)
+        return make_context(self.pack, choice, self.tables, self.rows)
 
     @torch.no_grad()
     def generate(self, prompt: str, choice: AttentionChoice, max_new_tokens: int = 64, raw: bool | None = None,

@@ -1,9 +1,10 @@
 """Context packs: the offline Squeezed Attention stage for one fixed context, saved as safetensors.
 
 A pack holds the fixed context's KV cache (fp16), its clustering (raw-mean centroids stored as int8 with
-one fp16 scale per centroid, uint16 labels, int32 counts, optional level-1 clusters), calibrated thresholds, the build settings, and sha256 hashes of
-the model weights, the tokenizer and the context text. A content hash over all tensors and metadata
-detects any modification; a pack built with another model or tokenizer is refused.
+one fp16 scale per centroid, uint16 labels, int32 counts, optional level-1 clusters), calibrated
+thresholds, the build settings, and sha256 hashes of the model weights, the tokenizer and the context
+text. A content hash over all tensors and metadata detects any modification; a pack built with another
+model or tokenizer is refused.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MIN_CLUSTERED_TOKENS = 16
 @dataclass
 class BuildSettings:
     # Level-2 clusters per clustered key. The paper uses 5% fp16 centroids; 10% int8 centroids cost the same
-    # bytes and, on SmolLM2-135M, kept pass keys that 5% lost at 4k tokens (squeezed_attention/RESULTS.md).
+    # bytes and, on SmolLM2-135M, kept pass keys that 5% lost at 4k and 8k tokens (squeezed_attention/RESULTS.md).
     centroid_fraction: float = 0.10
     hierarchical: bool = False
     level1_fraction: float = 0.01        # level-1 clusters per clustered key (paper: 1%)

@@ -146,6 +146,9 @@ def test_fused_kernel_is_used_for_decode_only_and_keeps_generation_identical():
     a = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="torch"), max_new_tokens=8)
     b = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="native"), max_new_tokens=8)
     assert a.token_ids == b.token_ids and a.kept_fraction == pytest.approx(b.kept_fraction)
+    # the K/V layout is built once per pack and shared by every context the generator makes
+    choice = AttentionChoice("budget", keep=0.2)
+    assert gen.context(choice).clustered_kv is gen.context(choice).clustered_kv
     # threshold and hierarchical lookups are not fused: "auto" falls back to the torch path for them
     for choice in (AttentionChoice("threshold", keep=0.2), AttentionChoice("budget", keep=0.2, hierarchical=True)):
         assert not make_context(gen.pack, choice, gen.tables).fused
