@@ -61,8 +61,9 @@ class ContextRows:
     """The fixed context's K/V laid out for Squeezed Attention, built once per pack and shared by every
     SqueezedContext over it: rows hold [key | value] (2*D floats, read together); the clustered rows are kept
     CLUSTER BY CLUSTER (slot i = context position order_by_cluster[i]), so a kept cluster is one contiguous
-    run in memory; the attention sinks and the observation window stay in position order. Same bytes as one
-    dense fp32 copy of K and V."""
+    run in memory; the attention sinks and the observation window stay in position order. Kept in the pack's
+    precision (fp16): the fused kernel widens rows to fp32 as it reads them (exact), the PyTorch path widens
+    the rows it gathered, so the numbers are those of an fp32 copy at half the bytes streamed per step."""
 
     sink_kv: torch.Tensor           # [L, Hkv, first, 2D]
     clustered_kv: torch.Tensor      # [L, Hkv, Nc, 2D] cluster order
@@ -74,7 +75,7 @@ class ContextRows:
         D = keys.shape[-1]
         first, end = tables.first_position, tables.first_position + tables.num_clustered
         rel = tables.order_by_cluster - first
-        rows = torch.cat([keys.float(), values.float()], dim=-1)  # [L, Hkv, N, 2D]
+        rows = torch.cat([keys, values.to(keys.dtype)], dim=-1)  # [L, Hkv, N, 2D]
         return cls(sink_kv=rows[:, :, :first].contiguous(),
                    clustered_kv=rows[:, :, first:end].gather(2, rel.unsqueeze(-1).expand(-1, -1, -1, 2 * D)),
                    window_kv=rows[:, :, end:].contiguous(),
@@ -85,8 +86,9 @@ class SqueezedContext:
     """Sparse attention over the fixed context: centroid lookup, then exact attention on the kept keys.
 
     backend: "torch" (in-graph lookup, what export captures), "numpy" (CPU fallback handing back indices),
-    "native" (fused C++ kernel for decode-sized steps of flat budget lookups; other steps use "torch"), or
-    "auto" (= "native" where it can be built, else "torch").
+    "native" (fused C++ kernels for flat budget lookups: selection + attention in one call for decode-sized
+    steps, selection for prefill chunks; threshold and hierarchical lookups use "torch"), or "auto"
+    (= "native" where it can be built, else "torch").
 
     rows: the pack's ContextRows (built here if not given; pass a cached one to avoid re-laying out K/V).
     """
@@ -119,6 +121,14 @@ class SqueezedContext:
 
     def select(self, layer: int, queries):
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
+        if self.fused:
+            t = self.tables
+            q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, queries.shape[-1])
+            idx = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
+                                        t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
+                                        self.spec.budget_keys)
+            self._count(idx.shape[1], t.num_clusters)
+            return idx, None
         if self.backend == "numpy":
             idx, valid, scored = select_keys_numpy(self.numpy_tables, layer, queries.numpy(), self.spec)
             idx = torch.from_numpy(idx)
@@ -126,23 +136,23 @@ class SqueezedContext:
         else:
             sel = select_keys(self.tables, layer, queries, self.spec)
             idx, valid, scored = sel.indices, sel.valid, sel.centroids_scored
-        kept = idx.shape[1] if valid is None else float(valid.sum(-1).double().mean())
+        self._count(idx.shape[1] if valid is None else float(valid.sum(-1).double().mean()), scored)
+        return idx, valid
+
+    def _count(self, kept: float, scored: float):
         self.stats.calls += 1
         self.stats.kept_keys += kept
         self.stats.centroids_scored += scored
-        return idx, valid
 
     def _attend_fused(self, layer: int, queries):
         Hq, T, D = queries.shape
         t = self.tables
         q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
         out, lse, _ = native.context_decode(
-            q, t.centroid_codes[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
+            q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
             self.spec.budget_keys, self.scale)
-        self.stats.calls += 1
-        self.stats.kept_keys += self.spec.budget_keys
-        self.stats.centroids_scored += t.num_clusters
+        self._count(self.spec.budget_keys, t.num_clusters)
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def attend(self, layer: int, queries):
@@ -159,7 +169,7 @@ class SqueezedContext:
         heads = self.kv_of_head
         rows = torch.cat([self.sink_kv[layer].index_select(0, heads),
                           self.clustered_kv[layer].reshape(-1, 2 * D).index_select(0, flat).reshape(Hs, B, 2 * D),
-                          self.window_kv[layer].index_select(0, heads)], dim=1)
+                          self.window_kv[layer].index_select(0, heads)], dim=1).float()
         keys, values = rows[..., :D], rows[..., D:]
         mask = None
         if valid is not None:

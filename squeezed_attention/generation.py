@@ -136,7 +136,7 @@ class Generator:
 
     @property
     def rows(self) -> ContextRows:
-        """The pack's K/V in the Squeezed Attention layout, built once (it is a full fp32 copy of the cache)."""
+        """The pack's K/V in the Squeezed Attention layout, built once (a copy of the cache in its fp16)."""
         if self._rows is None:
             self._rows = ContextRows.build(self.pack.keys, self.pack.values, self.tables)
         return self._rows

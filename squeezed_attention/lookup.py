@@ -42,6 +42,9 @@ class LookupTables:
     centroid_codes: torch.Tensor | None = None   # [L, Hkv, K, D] int8 and
     centroid_scales: torch.Tensor | None = None  # [L, Hkv, K] float32: codes x scales == centroids exactly
                                                  # (set when the centroids are int8-quantized, as packs store them)
+    centroid_codes_t: torch.Tensor | None = None  # [L, Hkv, Kp/16, D, 16]: the codes in blocks of 16 centroids,
+                                                  # each block dimension-major, K zero-padded (the fused kernel's
+                                                  # layout: a block is 1 KB read front to back)
 
     @property
     def num_clusters(self) -> int:
@@ -72,7 +75,12 @@ class LookupTables:
 
 def _codes_fields(centroids) -> dict:
     codes = exact_codes(centroids)
-    return {} if codes is None else {"centroid_codes": codes[0], "centroid_scales": codes[1]}
+    if codes is None:
+        return {}
+    K = codes[0].shape[-2]
+    padded = torch.nn.functional.pad(codes[0], (0, 0, 0, -K % 16))  # [..., Kp, D]
+    blocked = padded.unflatten(-2, (-1, 16)).transpose(-1, -2)       # [..., Kp/16, D, 16]
+    return {"centroid_codes": codes[0], "centroid_scales": codes[1], "centroid_codes_t": blocked.contiguous()}
 
 
 def children_table(child_offsets, num_clusters: int):

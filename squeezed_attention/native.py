@@ -1,10 +1,11 @@
-"""The fused CPU decode kernel (csrc/context_decode.cpp), compiled once on first use.
+"""The fused CPU kernels (csrc/: Squeezed Attention selection + attention, the decode GEMV), compiled once
+on first use.
 
-PyTorch's own extension builder compiles it (g++ and ninja; `pip install -r requirements.txt` brings ninja)
-into a per-user cache keyed by the source, the torch version and the CPU, then registers
-``torch.ops.squeeze_mobile.context_decode``. Where it cannot be built (no compiler), ``available()`` is
-False, the reason is kept in ``unavailable_reason()``, and callers use the in-graph PyTorch lookup (same
-selection, more small ops per step).
+PyTorch's own extension builder compiles them (g++ and ninja; `pip install -r requirements.txt` brings
+ninja) into a per-user cache keyed by the sources, flags, torch version and CPU, then registers
+``torch.ops.squeeze_mobile.{context_select, context_decode, decode_gemv}``. Where they cannot be built (no
+compiler), ``available()`` is False, the reason is kept in ``unavailable_reason()``, and callers use plain
+PyTorch (the in-graph lookup: same selection, more small ops per step; F.linear for decode projections).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from .errors import SqueezeError
 
-SOURCE = Path(__file__).with_name("csrc") / "context_decode.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("context_decode.cpp", "decode_gemv.cpp")]
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None}
 
@@ -33,8 +34,14 @@ def _cpu_signature() -> str:
     return platform.machine() + flags  # -march=native code must not run on another CPU
 
 
+# -fopenmp: at::parallel_for is a header template; without OpenMP it silently runs serially.
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+
+
 def build_directory() -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + _cpu_signature().encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + torch.__version__.encode() + _cpu_signature().encode()
+                         + " ".join(CFLAGS + LDFLAGS).encode()).hexdigest()[:16]
     root = Path(os.environ.get("SQUEEZE_NATIVE_CACHE", Path.home() / ".cache" / "squeeze-mobile" / "native"))
     return root / key
 
@@ -51,8 +58,8 @@ def load() -> bool:
             if not any(directory.glob("*.so")):
                 print("compiling the fused Squeezed Attention decode kernel (once, about a minute) ...", file=sys.stderr)
             directory.mkdir(parents=True, exist_ok=True)
-            load_extension(name="squeeze_mobile_native", sources=[str(SOURCE)], build_directory=str(directory),
-                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], is_python_module=False,
+            load_extension(name="squeeze_mobile_native", sources=[str(source) for source in SOURCES], build_directory=str(directory),
+                           extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, is_python_module=False,
                            verbose=False)
             _state["loaded"] = True
         except Exception as exc:  # no compiler, no ninja, read-only home: the PyTorch path still works
@@ -76,11 +83,24 @@ def require() -> None:
                            "ninja, or use --lookup torch")
 
 
-def context_decode(queries, centroid_codes, centroid_scales, counts, order, start, sink_kv, clustered_kv,
+def context_select(queries, centroid_codes_t, centroid_scales, counts, order, start, first: int, budget: int):
+    """Kept context positions [Hs, budget] (ascending) for any number of query rows [Hs, R, D]; the
+    selection of lookup.select_keys in budget mode, flat. See csrc/context_decode.cpp."""
+    return torch.ops.squeeze_mobile.context_select(queries.contiguous(), centroid_codes_t, centroid_scales, counts,
+                                                   order, start, int(first), int(budget))
+
+
+def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, start, sink_kv, clustered_kv,
                    window_kv, budget: int, scale: float, return_positions: bool = False):
     """One layer's context partial for a decode step; see csrc/context_decode.cpp. *_kv rows are
-    [key | value]. Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, empty
-    unless ``return_positions``)."""
+    [key | value] (float32 or float16). Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget]
+    ascending, empty unless ``return_positions``)."""
     return torch.ops.squeeze_mobile.context_decode(
-        queries.contiguous(), centroid_codes, centroid_scales, counts, order, start, sink_kv,
+        queries.contiguous(), centroid_codes_t, centroid_scales, counts, order, start, sink_kv,
         clustered_kv, window_kv, int(budget), float(scale), bool(return_positions))
+
+
+def decode_gemv(x, weight):
+    """x [T, in] @ weight[out, in]^T for decode-sized T, split over the intra-op threads (see
+    csrc/decode_gemv.cpp). weight must be contiguous (row-major)."""
+    return torch.ops.squeeze_mobile.decode_gemv(x.contiguous(), weight)

@@ -131,13 +131,87 @@ def test_fused_decode_kernel_selects_the_same_keys_and_matches_the_torch_path(pe
             t = tables
             grouped = q if per_query_head else q.reshape(fused.num_kv_heads, -1, q.shape[-1])
             out, lse, kept = native.context_decode(
-                grouped, t.centroid_codes[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
+                grouped, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
                 t.cluster_start[layer], fused.sink_kv[layer], fused.clustered_kv[layer], fused.window_kv[layer],
                 budget, fused.scale, return_positions=True)
             assert torch.equal(kept, idx)  # identical key selection (same ranking, same partial cluster)
             ref_out, ref_lse = ref.attend(layer, q)
             new_out, new_lse = fused.attend(layer, q)
             assert (new_out - ref_out).abs().max() < 1e-5 and (new_lse - ref_lse).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("per_query_head", [False, True])
+def test_native_prefill_selection_equals_the_torch_lookup_at_any_thread_count(per_query_head):
+    """context_select (prefill chunks: all prompt tokens' queries pooled) picks exactly the torch lookup's keys,
+    and the kernel's fixed work split gives bit-identical results at 1 and 2 threads."""
+    require_fused_kernel()
+    gen = small_generator()
+    pack, t = gen.pack, gen.tables
+    queries = user_queries(gen, " ".join(["Which number was given as the pass key, and where in the text?"] * 6))
+    threads = torch.get_num_threads()
+    try:
+        for budget in (1, pack.num_clustered // 8, pack.num_clustered // 2):
+            ref = make_context(pack, AttentionChoice("budget", budget=budget, per_query_head=per_query_head,
+                                                     backend="torch"), t)
+            for layer in range(0, pack.config.num_layers, 5):
+                q = queries[layer]  # [Hq, T, D], T = prompt tokens
+                idx, _ = ref.select(layer, q)
+                grouped = q if per_query_head else q.reshape(ref.num_kv_heads, -1, q.shape[-1])
+                assert grouped.shape[1] > 64  # more rows than one work item of the kernel
+                picks = []
+                for n in (1, 2):
+                    torch.set_num_threads(n)
+                    picks.append(native.context_select(grouped, t.centroid_codes_t[layer], t.centroid_scales[layer],
+                                                       t.counts[layer], t.order_by_cluster[layer],
+                                                       t.cluster_start[layer], t.first_position, budget))
+                assert torch.equal(picks[0], idx) and torch.equal(picks[1], idx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_fused_decode_reads_fp16_rows_exactly_and_splits_work_independently_of_threads():
+    require_fused_kernel()
+    gen = small_generator()
+    pack, t = gen.pack, gen.tables
+    ctx = make_context(pack, AttentionChoice("budget", budget=pack.num_clustered // 5, backend="native"), t, gen.rows)
+    assert ctx.clustered_kv.dtype == torch.float16  # the pack's precision, half the bytes of an fp32 copy
+    queries = user_queries(gen)
+    threads = torch.get_num_threads()
+    try:
+        for layer in (0, pack.config.num_layers - 1):
+            q = queries[layer][:, -1:].reshape(ctx.num_kv_heads, -1, queries[layer].shape[-1]).contiguous()
+            args = (q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
+                    t.cluster_start[layer])
+            results = []
+            for rows, n in ((torch.float16, 1), (torch.float16, 2), (torch.float32, 2)):
+                torch.set_num_threads(n)
+                kv = [x[layer].to(rows) for x in (ctx.sink_kv, ctx.clustered_kv, ctx.window_kv)]
+                results.append(native.context_decode(*args, *kv, ctx.spec.budget_keys, ctx.scale, return_positions=True))
+            for other in results[1:]:  # fp16 -> fp32 is exact: the same numbers, bit for bit
+                assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_native_decode_gemv_matches_linear_for_both_weight_layouts():
+    require_fused_kernel()
+    from squeezed_attention.model import Linear
+
+    g = torch.Generator().manual_seed(0)
+    for out_features, in_features in ((1536, 576), (576, 1536), (200, 72)):  # 72: a non-multiple of 16
+        weight = torch.randn(out_features, in_features, generator=g)
+        x = torch.randn(3, in_features, generator=g)
+        ref = torch.nn.functional.linear(x, weight)
+        for w in (weight, weight.t().contiguous().t()):  # row-major, column-major storage
+            y = native.decode_gemv(x, w)
+            assert y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-5, atol=1e-4)
+    layer = Linear(576, 1536, bias=False)
+    layer.native_gemv = True
+    x = torch.randn(1, 576, generator=g)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), rtol=1e-5, atol=1e-4)
+    # the model built from a checkpoint routes its decode projections through the kernel
+    assert all(m.native_gemv for m in real_model().modules() if isinstance(m, Linear))
 
 
 def test_fused_kernel_is_used_for_decode_only_and_keeps_generation_identical():

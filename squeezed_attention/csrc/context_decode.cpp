@@ -1,15 +1,20 @@
-// Fused CPU kernel for the decode step of Squeezed Attention over a fixed context.
+// Fused CPU kernels for Squeezed Attention over a fixed context.
 //
-// One call per layer does what the in-graph PyTorch path (lookup.py + context_attention.py) does with
-// ~25 small ops: score the level-2 centroids with the step's queries (float64, log-space, as the paper's
-// S formula), rank the clusters, take `budget` keys cluster by cluster, and run exact attention over
-// sinks + kept keys + observation window, returning the partial output and its log-sum-exp for the merge
-// with the dynamic (user / generated) keys. The clustered keys/values are stored CLUSTER BY CLUSTER
-// (slot i holds context position order[i]), so the keys of a kept cluster are one contiguous run that the
-// hardware prefetcher streams; gathering scattered positions instead made the kernel memory-latency bound.
+// context_select (any number of query rows, used for prefill): score the level-2 centroids with the
+//   queries (float64, as the paper's S formula), rank the clusters, take `budget` keys cluster by cluster
+//   and return the kept context positions in ascending order. The PyTorch path does the same with a float64
+//   batched matmul plus ~10 passes over a [rows, clusters] block; here each block of rows is scored in
+//   registers/L1 and never written out.
+// context_decode (decode-sized steps): the same selection, then exact attention over sinks + kept keys +
+//   observation window, returning the partial output and its log-sum-exp for the merge with the dynamic
+//   (user / generated) keys. The clustered keys/values are stored CLUSTER BY CLUSTER (slot i holds context
+//   position order[i]) as [key | value] rows, so the keys of a kept cluster are one contiguous run; rows
+//   may be float32 or float16 (the pack's own precision; fp16 -> fp32 is exact, so both give the same
+//   numbers, fp16 streams half the bytes).
 //
-// Selection is the same algorithm as lookup.ranked_fill (ties broken by cluster index, keys of a cluster
-// in position order); tests check that both pick identical keys. Registered as torch.ops.squeeze_mobile.*.
+// Selection is the algorithm of lookup.ranked_fill (ties broken by cluster index, keys of a cluster in
+// position order); tests check that both pick identical keys. Work is split into fixed chunks (not per
+// thread), so results do not depend on the thread count. Registered as torch.ops.squeeze_mobile.*.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,22 +22,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 // SLEEF's vectorised exp, exported by libtorch_cpu (PyTorch's own vectorised math uses it).
 extern "C" __m256d Sleef_expd4_u10(__m256d);
 extern "C" __m256 Sleef_expf8_u10(__m256);
 #endif
+#if defined(__AVX512F__)
+extern "C" __m512d Sleef_expd8_u10(__m512d);
+extern "C" __m512 Sleef_expf16_u10(__m512);
+#endif
 
 namespace {
+
+// ------------------------------------------------------------------------------------------ vector helpers
+typedef double v8d __attribute__((vector_size(64)));  // 8 doubles: one AVX-512 register, two AVX2 ones
+
+inline v8d load8(const double* p) {
+  v8d v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store8(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
 
 // x[i] = exp(x[i]) for a run of values (vectorised where the CPU allows; exp(-inf) = 0).
 inline void exp_inplace(double* x, int64_t n) {
   int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 8 <= n; i += 8) _mm512_storeu_pd(x + i, Sleef_expd8_u10(_mm512_loadu_pd(x + i)));
+#endif
 #if defined(__AVX2__)
   for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, Sleef_expd4_u10(_mm256_loadu_pd(x + i)));
 #endif
@@ -41,98 +65,230 @@ inline void exp_inplace(double* x, int64_t n) {
 
 inline void exp_inplace(float* x, int64_t n) {
   int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, Sleef_expf16_u10(_mm512_loadu_ps(x + i)));
+#endif
 #if defined(__AVX2__)
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
 #endif
   for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
+// Rows of fp16 storage -> float32 (exact).
+inline void to_float(const at::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
-inline double dot(const double* a, const double* b, int64_t n) {
-  double acc = 0.0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
-
+// --------------------------------------------------------------------------------------------- scoring
+// One selecting head's centroid tables. codes_t holds the int8 codes in blocks of 16 centroids, each block
+// dimension-major ([Kp/16, D, 16], Kp = K rounded up to a multiple of 16, zero padded): a block is scored
+// from one contiguous 16*D-byte run, and a vector of consecutive centroids is one load.
 struct HeadTables {
-  const int8_t* codes;      // [K, D] int8 centroid codes
+  const int8_t* codes_t;    // [Kp/16, D, 16]
   const float* scales;      // [K] (fp16 values)
   const int64_t* counts;    // [K]
   const int64_t* order;     // [Nc] context positions grouped by cluster
   const int64_t* start;     // [K]
 };
 
-// Cluster scores S_k = mean_r exp(A_rk) / sum_l N_l exp(A_rl), A = q . c / sqrt(D), in float64.
-// Centroids arrive as int8 codes x one fp16 scale per centroid (as packs store them); code * scale is exact
-// in float64, so this is the PyTorch path's float64 arithmetic while streaming 1 byte per element, not 8.
-void cluster_scores(const float* q, int64_t R, int64_t D, const HeadTables& t, int64_t K,
-                    std::vector<double>& qd, std::vector<double>& logits, std::vector<double>& scores) {
-  const double sqrt_d = std::sqrt(static_cast<double>(D));  // divide, as the PyTorch path does (same rounding)
-  qd.resize(R * D + D);
-  for (int64_t i = 0; i < R * D; ++i) qd[i] = static_cast<double>(q[i]) / sqrt_d;
-  double* c = qd.data() + R * D;  // one decoded centroid (code x scale, exact in float64)
-  logits.resize((R + 1) * K);
-  double* e = logits.data() + R * K;  // scratch for the exponentials
-  // A[r][k] = q_r . c_k: decode each centroid once and use it for all R query rows.
-  for (int64_t k = 0; k < K; ++k) {
-    const int8_t* code = t.codes + k * D;
-    const double scale = static_cast<double>(t.scales[k]);
-#pragma omp simd
-    for (int64_t d = 0; d < D; ++d) c[d] = static_cast<double>(code[d]) * scale;
-    for (int64_t r = 0; r < R; ++r) logits[r * K + k] = dot(qd.data() + r * D, c, D);
-  }
-  // One exp per (row, cluster), as lookup.cluster_scores: E = exp(A - peak) over non-empty clusters,
-  // Z = sum_k N_k E_k, S_k += E_k / Z; empty clusters score 0.
-  scores.assign(K, 0.0);
-  for (int64_t r = 0; r < R; ++r) {
-    const double* a = logits.data() + r * K;
-    double peak = kNegInf;
-    for (int64_t k = 0; k < K; ++k)
-      if (t.counts[k] > 0) peak = std::max(peak, a[k]);
-    for (int64_t k = 0; k < K; ++k) e[k] = t.counts[k] > 0 ? a[k] - peak : kNegInf;
-    exp_inplace(e, K);
-    double total = 0.0;
-    for (int64_t k = 0; k < K; ++k) total += e[k] * static_cast<double>(t.counts[k]);
-    for (int64_t k = 0; k < K; ++k) scores[k] += e[k] / total;
-  }
-  for (int64_t k = 0; k < K; ++k) scores[k] /= static_cast<double>(R);
+constexpr int64_t kKVec = 16;     // centroids per register block (two 8-double vectors)
+constexpr int64_t kRowBlock = 8;  // query rows per register block
+constexpr int64_t kScoreChunk = 64;  // query rows per work item when scoring many rows (prefill)
+
+// 8 int8 codes widened to doubles (sign-extend + convert: two instructions on AVX-512).
+inline v8d load_codes(const int8_t* p) {
+  v8d v;
+#if defined(__AVX512F__)
+  const __m512d x = _mm512_cvtepi32_pd(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  std::memcpy(&v, &x, sizeof v);
+#elif defined(__AVX2__)
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m256d lo = _mm256_cvtepi32_pd(_mm_cvtepi8_epi32(bytes));
+  const __m256d hi = _mm256_cvtepi32_pd(_mm_cvtepi8_epi32(_mm_srli_si128(bytes, 4)));
+  std::memcpy(&v, &lo, sizeof lo);
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof lo, &hi, sizeof hi);
+#else
+  for (int i = 0; i < 8; ++i) v[i] = static_cast<double>(p[i]);
+#endif
+  return v;
 }
 
+// A[r][k] = scale_k * (q_r . code_k) for RB rows and all Kp centroids, straight from the int8 codes: per
+// block of 16 centroids, RB x 2 vector accumulators stay in registers while d runs (a broadcast query value
+// times 8 widened codes). code x query is exact in float64, and so is the centroid code x scale the PyTorch
+// path multiplies with; the two differ only in where the one rounding of the scale happens.
+template <int RB>
+void logits_block(const double* q, int64_t D, const int8_t* codes_t, const double* scale, int64_t k_begin,
+                  int64_t k_end, int64_t Kp, double* a) {
+  for (int64_t k = k_begin; k < k_end; k += kKVec) {
+    v8d acc[RB][2] = {};
+    const int8_t* block = codes_t + k * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const v8d c0 = load_codes(block + d * kKVec), c1 = load_codes(block + d * kKVec + 8);
+      for (int r = 0; r < RB; ++r) {
+        const double x = q[r * D + d];
+        acc[r][0] += c0 * x;
+        acc[r][1] += c1 * x;
+      }
+    }
+    const v8d s0 = load8(scale + k), s1 = load8(scale + k + 8);
+    for (int r = 0; r < RB; ++r) {
+      store8(a + r * Kp + k, acc[r][0] * s0);
+      store8(a + r * Kp + k + 8, acc[r][1] * s1);
+    }
+  }
+}
+
+// Per-head constants of the scoring, zero/-inf padded to Kp so that every loop runs whole vectors: centroid
+// scales, 0/-inf for non-empty/empty (and padding) clusters, counts.
+struct HeadScoring {
+  const int8_t* codes_t = nullptr;
+  std::vector<double> scale, empty_mask, count;
+
+  void prepare(const HeadTables& t, int64_t K, int64_t Kp) {
+    codes_t = t.codes_t;
+    scale.assign(Kp, 0.0);
+    empty_mask.assign(Kp, kNegInf);
+    count.assign(Kp, 0.0);
+    for (int64_t k = 0; k < K; ++k) {
+      scale[k] = static_cast<double>(t.scales[k]);
+      count[k] = static_cast<double>(t.counts[k]);
+      if (t.counts[k] > 0) empty_mask[k] = 0.0;
+    }
+  }
+};
+
+inline v8d exp8(v8d x) {
+#if defined(__AVX512F__)
+  __m512d v;
+  std::memcpy(&v, &x, sizeof v);
+  v = Sleef_expd8_u10(v);
+  std::memcpy(&x, &v, sizeof v);
+#elif defined(__AVX2__)
+  __m256d lo, hi;
+  std::memcpy(&lo, &x, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
+  lo = Sleef_expd4_u10(lo);
+  hi = Sleef_expd4_u10(hi);
+  std::memcpy(&x, &lo, sizeof lo);
+  std::memcpy(reinterpret_cast<char*>(&x) + sizeof lo, &hi, sizeof hi);
+#else
+  for (int i = 0; i < 8; ++i) x[i] = std::exp(x[i]);
+#endif
+  return x;
+}
+
+// A[r][k] for rows [0, n) of q (already divided by sqrt(D)) and centroids [k_begin, k_end) (multiples of
+// 16, or Kp), into a[r * Kp + k].
+void logits_rows(const double* q, int64_t n, int64_t D, const HeadScoring& h, int64_t k_begin, int64_t k_end,
+                 int64_t Kp, double* a) {
+  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+    const int64_t rb = std::min(kRowBlock, n - r0);
+    const double* qr = q + r0 * D;
+    double* ar = a + r0 * Kp;
+    switch (rb) {
+      case 8: logits_block<8>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 7: logits_block<7>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 6: logits_block<6>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 5: logits_block<5>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 4: logits_block<4>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 3: logits_block<3>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      case 2: logits_block<2>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+      default: logits_block<1>(qr, D, h.codes_t, h.scale.data(), k_begin, k_end, Kp, ar); break;
+    }
+  }
+}
+
+// One row of logits [Kp] -> S_k = E_k / Z in place: E = exp(A - peak) with the peak over non-empty clusters
+// (empty and padding ones: E = 0), Z = sum_k N_k E_k (one exp per (row, cluster), as lookup.cluster_scores).
+void row_scores(double* e, int64_t Kp, const HeadScoring& h) {
+  v8d peak = {} ;
+  peak += kNegInf;
+  for (int64_t k = 0; k < Kp; k += 8) {
+    const v8d v = load8(e + k) + load8(h.empty_mask.data() + k);
+    store8(e + k, v);
+    peak = v > peak ? v : peak;
+  }
+  double top = kNegInf;
+  for (int i = 0; i < 8; ++i) top = std::max(top, peak[i]);
+  v8d total = {};
+  for (int64_t k = 0; k < Kp; k += 8) {
+    const v8d x = exp8(load8(e + k) - top);
+    store8(e + k, x);
+    total += x * load8(h.count.data() + k);
+  }
+  double z = 0.0;
+  for (int i = 0; i < 8; ++i) z += total[i];
+  const double inv = 1.0 / z;
+  for (int64_t k = 0; k < Kp; k += 8) store8(e + k, load8(e + k) * inv);
+}
+
+// Adds sum over rows of S_rk to `scores` for rows [0, n) of q, a block of rows at a time (L1-resident).
+void accumulate_scores(const double* q, int64_t n, int64_t D, const HeadScoring& h, int64_t K, int64_t Kp,
+                       std::vector<double>& a, double* scores) {
+  a.resize(kRowBlock * Kp);
+  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
+    const int64_t rb = std::min(kRowBlock, n - r0);
+    logits_rows(q + r0 * D, rb, D, h, 0, Kp, Kp, a.data());
+    for (int64_t r = 0; r < rb; ++r) {
+      double* e = a.data() + r * Kp;
+      row_scores(e, Kp, h);
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) scores[k] += e[k];
+    }
+  }
+}
+
+// Queries of rows [r0, r0 + n) in float64, divided by sqrt(D) (as the PyTorch path divides: same rounding).
+void scaled_queries(const float* q, int64_t n, int64_t D, std::vector<double>& qd) {
+  const double sqrt_d = std::sqrt(static_cast<double>(D));
+  qd.resize(n * D);
+  for (int64_t i = 0; i < n * D; ++i) qd[i] = static_cast<double>(q[i]) / sqrt_d;
+}
+
+// ------------------------------------------------------------------------------------------- selection
 // Clusters in descending score (stable: ties by index), keys taken cluster by cluster until `budget`
 // (the first keys of a cluster in position order when only part of it fits). Appends the kept slot runs
 // [begin, end) of the cluster-ordered storage; with `out`, also writes the kept context positions in
-// ascending order (for tests and inspection; the attention itself only needs the runs).
-void ranked_fill(const std::vector<double>& scores, const HeadTables& t, int64_t K, int64_t Nc, int64_t first,
-                 int64_t budget, std::vector<std::pair<double, int64_t>>& rank, std::vector<uint8_t>& mark,
+// ascending order.
+void ranked_fill(const double* scores, const HeadTables& t, int64_t K, int64_t Nc, int64_t first, int64_t budget,
                  std::vector<std::pair<int64_t, int64_t>>& runs, int64_t* out) {
-  // Rank by (-score, index): descending score, ties by lower index (= a stable descending sort). Only the
-  // leading clusters are needed, so sort a prefix first and the rest only if the budget is not filled.
-  rank.resize(K);
-  for (int64_t k = 0; k < K; ++k) rank[k] = {-scores[k], k};
-  int64_t sorted = std::min<int64_t>(K, 64);
-  std::partial_sort(rank.begin(), rank.begin() + sorted, rank.end());
+  // Only the leading clusters are needed: rank the clusters scoring at least the `lead`-th largest score
+  // (an O(K) selection on plain doubles), and all of them only if those do not fill the budget.
+  thread_local std::vector<double> pick;
+  thread_local std::vector<std::pair<double, int64_t>> rank;
+  const int64_t lead = std::min<int64_t>(K, 128);
+  double floor = -std::numeric_limits<double>::infinity();
+  if (lead < K) {
+    pick.assign(scores, scores + K);
+    std::nth_element(pick.begin(), pick.begin() + (lead - 1), pick.end(), std::greater<double>());
+    floor = pick[lead - 1];
+  }
   int64_t remaining = budget;
-  for (int64_t i = 0; i < K && remaining > 0; ++i) {
-    if (i == sorted) {
-      std::sort(rank.begin() + sorted, rank.end());
-      sorted = K;
+  for (int pass = 0; pass < 2 && remaining > 0; ++pass) {
+    rank.clear();
+    for (int64_t k = 0; k < K; ++k)  // (-score, index): descending score, ties by lower index
+      if (pass == 0 ? scores[k] >= floor : scores[k] < floor) rank.emplace_back(-scores[k], k);
+    std::sort(rank.begin(), rank.end());
+    for (const auto& [neg_score, c] : rank) {
+      const int64_t take = std::min(t.counts[c], remaining);
+      if (take > 0) runs.emplace_back(t.start[c], t.start[c] + take);
+      remaining -= take;
+      if (remaining == 0) break;
     }
-    const int64_t c = rank[i].second;
-    const int64_t take = std::min(t.counts[c], remaining);
-    if (take == 0) continue;
-    runs.emplace_back(t.start[c], t.start[c] + take);
-    remaining -= take;
   }
   if (out == nullptr) return;
+  thread_local std::vector<uint8_t> mark;
   mark.assign(Nc, 0);
   for (const auto& run : runs)
     for (int64_t i = run.first; i < run.second; ++i) mark[t.order[i] - first] = 1;
@@ -141,156 +297,381 @@ void ranked_fill(const std::vector<double>& scores, const HeadTables& t, int64_t
     if (mark[p]) out[n++] = p + first;
 }
 
-// Rows are read this far ahead with software prefetch: kept clusters are short runs, too short for the
-// hardware prefetcher to ramp up on.
-constexpr int64_t kPrefetchRows = 8;
-constexpr int64_t kBlock = 32;  // keys per online-softmax block
+// ------------------------------------------------------------------------------------------- attention
+constexpr int64_t kBlock = 32;       // keys per online-softmax block; the next block's rows are prefetched
+                                     // (kept clusters are short runs, too short for the hardware prefetcher)
+constexpr int64_t kAttendChunk = 256;  // keys per work item (partials merged afterwards)
 
-inline void prefetch_row(const float* row, int64_t n) {
-  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 0, 3);
+template <typename T>
+inline void prefetch_row(const T* row, int64_t n) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t i = 0; i < n * static_cast<int64_t>(sizeof(T)); i += 64) __builtin_prefetch(p + i, 0, 3);
 }
 
-// s_r = scale * q_r . k for all R rows at once: the key is loaded once and the R sums are independent
-// chains (one dot at a time is bound by the latency of its single accumulator).
-template <int RR>
-inline void row_dots(const float* q, const float* k, int64_t D, float scale, float* s, int64_t stride) {
-  float acc[RR] = {};
-#pragma omp simd reduction(+ : acc[:RR])
-  for (int64_t i = 0; i < D; ++i) {
-    const float kv = k[i];
-    for (int r = 0; r < RR; ++r) acc[r] += q[r * D + i] * kv;
+// Partial attention state of R query rows: out (unnormalised), running max m and sum l.
+struct Partial {
+  std::vector<float> out, m, l;
+  void reset(int64_t R, int64_t D) {
+    out.assign(R * D, 0.f);
+    m.assign(R, -std::numeric_limits<float>::infinity());
+    l.assign(R, 0.f);
   }
-  for (int r = 0; r < RR; ++r) s[r * stride] = acc[r] * scale;
+};
+
+typedef float v16f __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX2 ones
+
+inline v16f load16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-inline void all_row_dots(const float* q, int64_t R, const float* k, int64_t D, float scale, float* s, int64_t stride) {
+inline float hsum(v16f v) {
+#if defined(__AVX512F__)
+  __m512 x;
+  std::memcpy(&x, &v, sizeof x);
+  return _mm512_reduce_add_ps(x);
+#else
+  float s = 0.f;
+  for (int i = 0; i < 16; ++i) s += v[i];
+  return s;
+#endif
+}
+
+// Online-softmax update of RG query rows (head_dim = 16 * DV) with one block of n <= kBlock [key | value]
+// rows. Queries and the output accumulators live in registers for the whole block: per key, DV vector
+// loads and RG * DV FMAs for the scores, the same again for the values.
+template <int RG, int DV>
+void block_rows(const float* q, const float* const* kv, int64_t n, float scale, float* m, float* l, float* out) {
+  constexpr int D = 16 * DV;
+  v16f qv[RG][DV];
+  for (int r = 0; r < RG; ++r)
+    for (int d = 0; d < DV; ++d) qv[r][d] = load16(q + r * D + 16 * d);
+  float s[RG][kBlock];
+  for (int64_t j = 0; j < n; ++j) {
+    v16f k[DV];
+    for (int d = 0; d < DV; ++d) k[d] = load16(kv[j] + 16 * d);
+    for (int r = 0; r < RG; ++r) {
+      v16f acc = qv[r][0] * k[0];
+      for (int d = 1; d < DV; ++d) acc += qv[r][d] * k[d];
+      s[r][j] = hsum(acc) * scale;
+    }
+  }
+  float factor[RG];
+  for (int r = 0; r < RG; ++r) {
+    float mx = m[r];
+    for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[r][j]);
+    factor[r] = mx > m[r] ? std::exp(m[r] - mx) : 1.f;  // rescale what was accumulated under the old max
+    m[r] = mx;
+    for (int64_t j = 0; j < n; ++j) s[r][j] -= mx;
+    exp_inplace(s[r], n);
+    float sum = 0.f;
+    for (int64_t j = 0; j < n; ++j) sum += s[r][j];
+    l[r] = l[r] * factor[r] + sum;
+  }
+  v16f o[RG][DV];
+  for (int r = 0; r < RG; ++r)
+    for (int d = 0; d < DV; ++d) o[r][d] = load16(out + r * D + 16 * d) * factor[r];
+  for (int64_t j = 0; j < n; ++j) {
+    v16f v[DV];
+    for (int d = 0; d < DV; ++d) v[d] = load16(kv[j] + D + 16 * d);
+    for (int r = 0; r < RG; ++r) {
+      const float w = s[r][j];
+      for (int d = 0; d < DV; ++d) o[r][d] += v[d] * w;
+    }
+  }
+  for (int r = 0; r < RG; ++r)
+    for (int d = 0; d < DV; ++d) std::memcpy(out + r * D + 16 * d, &o[r][d], sizeof(v16f));
+}
+
+template <int DV>
+void block_all_rows(const float* q, int64_t R, const float* const* kv, int64_t n, float scale, Partial& p) {
+  constexpr int D = 16 * DV;
   int64_t r = 0;
-  for (; r + 3 <= R; r += 3) row_dots<3>(q + r * D, k, D, scale, s + r * stride, stride);
-  for (; r < R; ++r) row_dots<1>(q + r * D, k, D, scale, s + r * stride, stride);
+  for (; r + 3 <= R; r += 3) block_rows<3, DV>(q + r * D, kv, n, scale, &p.m[r], &p.l[r], &p.out[r * D]);
+  for (; r < R; ++r) block_rows<1, DV>(q + r * D, kv, n, scale, &p.m[r], &p.l[r], &p.out[r * D]);
 }
 
-// Exact attention of R query rows over the listed [key | value] rows (2*D floats each), in one pass with
+// Any head_dim: the same update with plain loops.
+void block_generic(const float* q, int64_t R, int64_t D, const float* const* kv, int64_t n, float scale, Partial& p) {
+  float s[kBlock];
+  for (int64_t r = 0; r < R; ++r) {
+    float mx = p.m[r];
+    for (int64_t j = 0; j < n; ++j) {
+      float acc = 0.f;
+      for (int64_t d = 0; d < D; ++d) acc += q[r * D + d] * kv[j][d];
+      s[j] = acc * scale;
+      mx = std::max(mx, s[j]);
+    }
+    const float factor = mx > p.m[r] ? std::exp(p.m[r] - mx) : 1.f;
+    p.m[r] = mx;
+    float* o = p.out.data() + r * D;
+    for (int64_t d = 0; d < D; ++d) o[d] *= factor;
+    p.l[r] *= factor;
+    for (int64_t j = 0; j < n; ++j) {
+      const float w = std::exp(s[j] - mx);
+      p.l[r] += w;
+      for (int64_t d = 0; d < D; ++d) o[d] += w * kv[j][D + d];
+    }
+  }
+}
+
+// Exact attention of R query rows over the listed [key | value] rows (2*D elements each), in one pass with
 // a blockwise online softmax (flash-attention style): each row is read once, key and value together.
-void attend(const float* q, int64_t R, int64_t D, const std::vector<const float*>& rows, float scale,
-            std::vector<float>& s, float* out, float* lse) {
-  const int64_t L = static_cast<int64_t>(rows.size());
-  s.resize(R * kBlock);
-  std::vector<float> m(R, -std::numeric_limits<float>::infinity()), l(R, 0.f);
-  std::fill(out, out + R * D, 0.f);
+template <typename T>
+void attend(const float* q, int64_t R, int64_t D, const T* const* rows, int64_t L, float scale,
+            std::vector<float>& block, Partial& p) {
   for (int64_t b = 0; b < L; b += kBlock) {
     const int64_t n = std::min(kBlock, L - b);
-    for (int64_t j = 0; j < n; ++j) {
-      if (b + j + kPrefetchRows < L) prefetch_row(rows[b + j + kPrefetchRows], 2 * D);
-      all_row_dots(q, R, rows[b + j], D, scale, s.data() + j, kBlock);
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      float* sr = s.data() + r * kBlock;
-      float mx = m[r];
-      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, sr[j]);
-      if (mx > m[r]) {  // rescale what was accumulated under the old maximum
-        const float factor = std::exp(m[r] - mx);
-        l[r] *= factor;
-        for (int64_t d = 0; d < D; ++d) out[r * D + d] *= factor;
-        m[r] = mx;
+    const float* kv[kBlock];
+    if (b == 0)
+      for (int64_t j = 0; j < n; ++j) prefetch_row(rows[j], 2 * D);
+    for (int64_t j = b + kBlock; j < std::min(L, b + 2 * kBlock); ++j) prefetch_row(rows[j], 2 * D);  // next block
+    if constexpr (std::is_same_v<T, float>) {
+      for (int64_t j = 0; j < n; ++j) kv[j] = rows[b + j];
+    } else {  // fp16 storage: widen the block's rows into an L1-resident float buffer
+      block.resize(kBlock * 2 * D);
+      for (int64_t j = 0; j < n; ++j) {
+        to_float(rows[b + j], block.data() + j * 2 * D, 2 * D);
+        kv[j] = block.data() + j * 2 * D;
       }
-      for (int64_t j = 0; j < n; ++j) sr[j] -= mx;
-      exp_inplace(sr, n);
-      for (int64_t j = 0; j < n; ++j) l[r] += sr[j];
     }
-    for (int64_t j = 0; j < n; ++j) {
-      const float* v = rows[b + j] + D;
-      for (int64_t r = 0; r < R; ++r) {
-        const float w = s[r * kBlock + j];
-        float* o = out + r * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] += w * v[d];
-      }
+    switch (D) {
+      case 32: block_all_rows<2>(q, R, kv, n, scale, p); break;
+      case 64: block_all_rows<4>(q, R, kv, n, scale, p); break;
+      case 128: block_all_rows<8>(q, R, kv, n, scale, p); break;
+      default: block_generic(q, R, D, kv, n, scale, p); break;
     }
   }
+}
+
+// Folds partial b into a (same rows), as two disjoint key sets of one softmax.
+void merge_into(Partial& a, const Partial& b, int64_t R, int64_t D) {
   for (int64_t r = 0; r < R; ++r) {
-    const float inv = 1.f / l[r];
-    for (int64_t d = 0; d < D; ++d) out[r * D + d] *= inv;
-    lse[r] = m[r] + std::log(l[r]);
+    if (b.l[r] == 0.f) continue;
+    const float m = std::max(a.m[r], b.m[r]);
+    const float fa = a.l[r] == 0.f ? 0.f : std::exp(a.m[r] - m), fb = std::exp(b.m[r] - m);
+    for (int64_t d = 0; d < D; ++d) a.out[r * D + d] = a.out[r * D + d] * fa + b.out[r * D + d] * fb;
+    a.l[r] = a.l[r] * fa + b.l[r] * fb;
+    a.m[r] = m;
   }
 }
 
-void check_float3(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.dim() == 3 && t.scalar_type() == at::kFloat && t.is_contiguous(), what, ": contiguous float32 [H, n, D]");
+// ------------------------------------------------------------------------------------------- checks
+struct Tables {
+  const int8_t* codes_t;
+  const float* scales;
+  const int64_t* counts;
+  const int64_t* order;
+  const int64_t* start;
+  int64_t Hkv, K, Kp, D, Nc;
+
+  HeadTables head(int64_t kv) const {
+    return {codes_t + kv * D * Kp, scales + kv * K, counts + kv * K, order + kv * Nc, start + kv * K};
+  }
+};
+
+Tables check_tables(const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales, const at::Tensor& counts,
+                    const at::Tensor& order, const at::Tensor& start) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "queries: contiguous float32 [H, n, D]");
+  TORCH_CHECK(codes_t.dim() == 4 && codes_t.size(3) == kKVec && codes_t.scalar_type() == at::kChar
+              && codes_t.is_contiguous(), "centroid codes: int8 [Hkv, Kp/16, D, 16] (blocked, padded)");
+  TORCH_CHECK(counts.dim() == 2 && counts.scalar_type() == at::kLong && start.scalar_type() == at::kLong
+              && order.scalar_type() == at::kLong && counts.is_contiguous() && start.is_contiguous()
+              && order.is_contiguous(), "tables: int64, contiguous");
+  Tables t{codes_t.data_ptr<int8_t>(), scales.data_ptr<float>(), counts.data_ptr<int64_t>(),
+           order.data_ptr<int64_t>(), start.data_ptr<int64_t>(), codes_t.size(0), counts.size(1),
+           codes_t.size(1) * kKVec, codes_t.size(2), order.size(1)};
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == t.Hkv * t.K,
+              "centroid scales: float32 [Hkv, K]");
+  TORCH_CHECK(t.Kp % kKVec == 0 && t.Kp >= t.K && counts.size(0) == t.Hkv && start.size(0) == t.Hkv
+              && start.size(1) == t.K && order.size(0) == t.Hkv && q.size(2) == t.D, "centroid tables disagree");
+  TORCH_CHECK(q.size(0) % t.Hkv == 0, "selecting heads must be a multiple of KV heads");
+  return t;
 }
 
+// Cluster scores [Hs, K] (mean over each head's rows), computed in fixed chunks of rows in parallel and
+// summed in chunk order (the same result at any thread count).
+std::vector<double> all_scores(const at::Tensor& q, const Tables& t) {
+  const int64_t Hs = q.size(0), R = q.size(1), D = t.D, K = t.K, Kp = t.Kp;
+  const int64_t heads_per_kv = Hs / t.Hkv;
+  const int64_t chunks = std::max<int64_t>(1, (R + kScoreChunk - 1) / kScoreChunk);
+  std::vector<HeadScoring> prep(t.Hkv);
+  for (int64_t kv = 0; kv < t.Hkv; ++kv) prep[kv].prepare(t.head(kv), K, Kp);
+  std::vector<double> partial(Hs * chunks * K, 0.0);
+  const float* qp = q.data_ptr<float>();
+  at::parallel_for(0, Hs * chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<double> qd, a;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t h = item / chunks, chunk = item % chunks;
+      const int64_t r0 = chunk * kScoreChunk, n = std::min(kScoreChunk, R - r0);
+      if (n <= 0) continue;
+      const HeadScoring& hs = prep[h / heads_per_kv];
+      scaled_queries(qp + (h * R + r0) * D, n, D, qd);
+      accumulate_scores(qd.data(), n, D, hs, K, Kp, a, partial.data() + item * K);
+    }
+  });
+  std::vector<double> scores(Hs * K, 0.0);
+  for (int64_t h = 0; h < Hs; ++h)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk)
+      for (int64_t k = 0; k < K; ++k) scores[h * K + k] += partial[(h * chunks + chunk) * K + k];
+  for (auto& s : scores) s /= static_cast<double>(R);
+  return scores;
+}
+
+// ------------------------------------------------------------------------------------------------ ops
 // q [Hs, R, D]: Hs = KV heads (one selection per KV group, the group's query rows pooled) or query heads.
-// Context rows hold [key | value] (2*D floats): sink_kv [Hkv, first, 2D], clustered_kv [Hkv, Nc, 2D] in
-// cluster order (slot i = position order[i]), window_kv [Hkv, W, 2D]. Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, or
-// [Hs, 0] unless return_positions).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
-    const at::Tensor& q, const at::Tensor& centroid_codes, const at::Tensor& centroid_scales,
-    const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start,
-    const at::Tensor& sink_kv, const at::Tensor& clustered_kv, const at::Tensor& window_kv, int64_t budget,
-    double scale, bool return_positions) {
-  check_float3(q, "queries");
-  for (auto* t : {&sink_kv, &clustered_kv, &window_kv}) check_float3(*t, "context [key | value] rows");
-  TORCH_CHECK(centroid_codes.dim() == 3 && centroid_codes.scalar_type() == at::kChar && centroid_codes.is_contiguous(),
-              "centroid codes: int8 [Hkv, K, D]");
-  TORCH_CHECK(centroid_scales.scalar_type() == at::kFloat && centroid_scales.is_contiguous()
-              && centroid_scales.numel() == centroid_codes.size(0) * centroid_codes.size(1),
-              "centroid scales: float32 [Hkv, K]");
-  const at::Tensor& centroids = centroid_codes;
-  TORCH_CHECK(counts.scalar_type() == at::kLong && start.scalar_type() == at::kLong && order.scalar_type() == at::kLong
-              && counts.is_contiguous() && start.is_contiguous() && order.is_contiguous(), "tables: int64, contiguous");
-  const int64_t Hs = q.size(0), R = q.size(1), D = q.size(2);
-  const int64_t Hkv = clustered_kv.size(0), K = centroids.size(1), Nc = order.size(1);
+// Returns the kept context positions [Hs, budget], ascending.
+at::Tensor context_select(const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales,
+                          const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start, int64_t first,
+                          int64_t budget) {
+  const Tables t = check_tables(q, codes_t, scales, counts, order, start);
+  TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
+  const int64_t Hs = q.size(0), heads_per_kv = Hs / t.Hkv;
+  const std::vector<double> scores = all_scores(q, t);
+  auto kept = at::empty({Hs, budget}, counts.options());
+  int64_t* keptp = kept.data_ptr<int64_t>();
+  at::parallel_for(0, Hs, 1, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<int64_t, int64_t>> runs;
+    for (int64_t h = b; h < e; ++h) {
+      runs.clear();
+      ranked_fill(scores.data() + h * t.K, t.head(h / heads_per_kv), t.K, t.Nc, first, budget, runs,
+                  keptp + h * budget);
+    }
+  });
+  return kept;
+}
+
+constexpr int64_t kScorePart = 256;  // about this many centroids per scoring work item in decode steps
+
+// The decode step, in one parallel region of five work-shared phases (barriers between them): centroid
+// logits per (head, centroid range), S per (head, query row), cluster ranking + kept runs per head,
+// attention per (head, chunk of rows), the chunk merge per head. Decode has 3 KV heads and 2 cores here:
+// splitting every phase finer than a head keeps both busy.
+template <typename T>
+void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
+                 const at::Tensor& window_kv, int64_t budget, float scale, float* op, float* lp, int64_t* keptp) {
+  const int64_t Hs = q.size(0), R = q.size(1), D = t.D, K = t.K, Kp = t.Kp, Nc = t.Nc, heads_per_kv = Hs / t.Hkv;
   const int64_t first = sink_kv.size(1), W = window_kv.size(1);
-  TORCH_CHECK(Hs % Hkv == 0, "selecting heads must be a multiple of KV heads");
-  TORCH_CHECK(clustered_kv.size(1) == Nc && centroids.size(2) == D && clustered_kv.size(2) == 2 * D
-              && sink_kv.size(2) == 2 * D && window_kv.size(2) == 2 * D, "tables and key/value rows disagree");
-  TORCH_CHECK(budget >= 0 && budget <= Nc, "budget must be in [0, clustered keys]");
-  const int64_t heads_per_kv = Hs / Hkv;
+  // Equal-sized work items (a fixed count per head, not per thread: results do not depend on the thread count).
+  const int64_t L = first + budget + W, chunks = std::max<int64_t>(1, (L + kAttendChunk - 1) / kAttendChunk);
+  const int64_t chunk_rows = (L + chunks - 1) / chunks;
+  const int64_t blocks = Kp / kKVec, parts = std::max<int64_t>(1, (Kp + kScorePart - 1) / kScorePart);
+  auto part_begin = [&](int64_t part) { return (blocks * part / parts) * kKVec; };
+  std::vector<HeadScoring> prep(t.Hkv);
+  for (int64_t kv = 0; kv < t.Hkv; ++kv) prep[kv].prepare(t.head(kv), K, Kp);
+  std::vector<double> qd;
+  scaled_queries(q.data_ptr<float>(), Hs * R, D, qd);
+  std::vector<double> logits(Hs * R * Kp);
+  std::vector<std::vector<const T*>> rows(Hs);
+  std::vector<Partial> partials(Hs * chunks);
+  const float* qp = q.data_ptr<float>();
+  auto phases = [&]() {
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < Hs * parts; ++item) {
+      const int64_t h = item / parts, part = item % parts;
+      logits_rows(qd.data() + h * R * D, R, D, prep[h / heads_per_kv], part_begin(part), part_begin(part + 1), Kp,
+                  logits.data() + h * R * Kp);
+    }
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < Hs * R; ++item)
+      row_scores(logits.data() + item * Kp, Kp, prep[item / R / heads_per_kv]);
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < Hs; ++h) {
+      thread_local std::vector<double> scores;
+      thread_local std::vector<std::pair<int64_t, int64_t>> runs;
+      scores.assign(K, 0.0);
+      for (int64_t r = 0; r < R; ++r) {
+        const double* e = logits.data() + (h * R + r) * Kp;
+        for (int64_t k = 0; k < K; ++k) scores[k] += e[k];
+      }
+      for (auto& x : scores) x /= static_cast<double>(R);
+      const int64_t kv = h / heads_per_kv;
+      runs.clear();
+      ranked_fill(scores.data(), t.head(kv), K, Nc, first, budget, runs, keptp ? keptp + h * budget : nullptr);
+      // Sinks, kept clusters in memory order (reads then move forward through the cluster-ordered storage),
+      // observation window.
+      std::sort(runs.begin(), runs.end());
+      auto& list = rows[h];
+      list.clear();
+      list.reserve(L);
+      auto add = [&](const at::Tensor& kv_rows, int64_t n_rows, int64_t begin_row, int64_t end_row) {
+        const T* base = kv_rows.data_ptr<T>() + kv * n_rows * 2 * D;
+        for (int64_t i = begin_row; i < end_row; ++i) list.push_back(base + i * 2 * D);
+      };
+      add(sink_kv, first, 0, first);
+      for (const auto& run : runs) add(clustered_kv, Nc, run.first, run.second);
+      add(window_kv, W, 0, W);
+    }
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < Hs * chunks; ++item) {
+      thread_local std::vector<float> block;
+      const int64_t h = item / chunks, begin = (item % chunks) * chunk_rows;
+      const int64_t n = std::min(chunk_rows, L - begin);
+      partials[item].reset(R, D);
+      if (n > 0) attend<T>(qp + h * R * D, R, D, rows[h].data() + begin, n, scale, block, partials[item]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < Hs; ++h) {  // fold each head's chunks in order, normalise
+      Partial& total = partials[h * chunks];
+      for (int64_t c = 1; c < chunks; ++c) merge_into(total, partials[h * chunks + c], R, D);
+      for (int64_t r = 0; r < R; ++r) {
+        const float inv = total.l[r] > 0.f ? 1.f / total.l[r] : 0.f;  // no rows: output 0, lse -inf
+        for (int64_t d = 0; d < D; ++d) op[(h * R + r) * D + d] = total.out[r * D + d] * inv;
+        lp[h * R + r] = total.m[r] + std::log(total.l[r]);
+      }
+    }
+  };
+  const int threads = at::get_num_threads();
+  if (threads > 1 && !at::in_parallel_region()) {
+#pragma omp parallel num_threads(threads)
+    phases();
+  } else {
+    phases();  // the work-sharing loops run whole on this thread
+  }
+}
+
+// Context rows hold [key | value] (2*D elements, float32 or float16): sink_kv [Hkv, first, 2D],
+// clustered_kv [Hkv, Nc, 2D] in cluster order (slot i = position order[i]), window_kv [Hkv, W, 2D].
+// Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, or [Hs, 0] unless
+// return_positions).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
+    const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales, const at::Tensor& counts,
+    const at::Tensor& order, const at::Tensor& start, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
+    const at::Tensor& window_kv, int64_t budget, double scale, bool return_positions) {
+  const Tables t = check_tables(q, codes_t, scales, counts, order, start);
+  const auto dtype = clustered_kv.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf, "context rows: float32 or float16");
+  for (auto* kv : {&sink_kv, &clustered_kv, &window_kv})
+    TORCH_CHECK(kv->dim() == 3 && kv->scalar_type() == dtype && kv->is_contiguous() && kv->size(0) == t.Hkv
+                && kv->size(2) == 2 * t.D, "context [key | value] rows: contiguous [Hkv, n, 2D], one dtype");
+  TORCH_CHECK(clustered_kv.size(1) == t.Nc, "clustered rows and cluster tables disagree");
+  TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
+  const int64_t Hs = q.size(0), R = q.size(1), D = t.D;
   auto out = at::empty({Hs, R, D}, q.options());
   auto lse = at::empty({Hs, R}, q.options());
   auto kept = at::empty({Hs, return_positions ? budget : 0}, counts.options());
-  const float* qp = q.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  float* lp = lse.data_ptr<float>();
-  int64_t* keptp = kept.data_ptr<int64_t>();
-  at::parallel_for(0, Hs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> qd, logits, scores;
-    std::vector<std::pair<double, int64_t>> rank;
-    std::vector<uint8_t> mark;
-    std::vector<float> s;
-    std::vector<std::pair<int64_t, int64_t>> runs;
-    std::vector<const float*> rows;
-    for (int64_t h = begin; h < end; ++h) {
-      const int64_t kv = h / heads_per_kv;
-      const HeadTables t{centroid_codes.data_ptr<int8_t>() + kv * K * D, centroid_scales.data_ptr<float>() + kv * K,
-                         counts.data_ptr<int64_t>() + kv * K, order.data_ptr<int64_t>() + kv * Nc,
-                         start.data_ptr<int64_t>() + kv * K};
-      const float* qh = qp + h * R * D;
-      cluster_scores(qh, R, D, t, K, qd, logits, scores);
-      runs.clear();
-      ranked_fill(scores, t, K, Nc, first, budget, rank, mark, runs, return_positions ? keptp + h * budget : nullptr);
-      rows.clear();
-      auto add = [&](const at::Tensor& kv_rows, int64_t n_rows, int64_t begin_row, int64_t end_row) {
-        const float* base = kv_rows.data_ptr<float>() + kv * n_rows * 2 * D;
-        for (int64_t i = begin_row; i < end_row; ++i) rows.push_back(base + i * 2 * D);
-      };
-      // Visit the kept runs in memory order (attention does not depend on the order): the reads then move
-      // forward through the cluster-ordered rows, which the prefetchers follow better than rank order.
-      std::sort(runs.begin(), runs.end());
-      add(sink_kv, first, 0, first);  // sinks, kept clusters, observation window
-      for (const auto& run : runs) add(clustered_kv, Nc, run.first, run.second);
-      add(window_kv, W, 0, W);
-      attend(qh, R, D, rows, static_cast<float>(scale), s, op + h * R * D, lp + h * R);
-    }
-  });
+  int64_t* keptp = return_positions ? kept.data_ptr<int64_t>() : nullptr;
+  if (dtype == at::kFloat)
+    decode_step<float>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
+                       out.data_ptr<float>(), lse.data_ptr<float>(), keptp);
+  else
+    decode_step<at::Half>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
+                          out.data_ptr<float>(), lse.data_ptr<float>(), keptp);
   return {out, lse, kept};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(squeeze_mobile, m) {
-  m.def("context_decode(Tensor q, Tensor centroid_codes, Tensor centroid_scales, Tensor counts, Tensor order, Tensor start, "
-        "Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
+  m.def("context_select(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, Tensor order, "
+        "Tensor start, int first, int budget) -> Tensor");
+  m.def("context_decode(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, Tensor order, "
+        "Tensor start, Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
         "bool return_positions=False) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(squeeze_mobile, CPU, m) { m.impl("context_decode", &context_decode); }
+TORCH_LIBRARY_IMPL(squeeze_mobile, CPU, m) {
+  m.impl("context_select", &context_select);
+  m.impl("context_decode", &context_decode);
+}
