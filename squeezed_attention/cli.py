@@ -231,9 +231,10 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--per-query-head", action="store_true",
                    help="one key selection per query head instead of one per KV group (grouped-query attention)")
     g.add_argument("--lookup", choices=["auto", "torch", "numpy", "native"], default="auto",
-                   help="centroid lookup: 'native' = fused C++ decode kernel (compiled on first use), 'torch' = "
-                        "in-graph PyTorch ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = "
-                        "native where it builds, else torch")
+                   help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
+                        "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "
+                        "ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = native where it "
+                        "builds, else torch")
     g.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "
                    "(the pack must be built with --raw)")

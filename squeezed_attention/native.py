@@ -21,7 +21,9 @@ import torch
 
 from .errors import SqueezeError
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("context_decode.cpp", "decode_gemv.cpp")]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("context_decode.cpp", "decode_gemv.cpp")]
+HEADERS = [CSRC / "simd.h"]
 _lock = threading.Lock()
 _state: dict = {"loaded": False, "error": None}
 
@@ -40,7 +42,7 @@ LDFLAGS = ["-fopenmp"]
 
 
 def build_directory() -> Path:
-    key = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES) + torch.__version__.encode() + _cpu_signature().encode()
+    key = hashlib.sha256(b"".join(path.read_bytes() for path in SOURCES + HEADERS) + torch.__version__.encode() + _cpu_signature().encode()
                          + " ".join(CFLAGS + LDFLAGS).encode()).hexdigest()[:16]
     root = Path(os.environ.get("SQUEEZE_NATIVE_CACHE", Path.home() / ".cache" / "squeeze-mobile" / "native"))
     return root / key
@@ -56,7 +58,7 @@ def load() -> bool:
 
             directory = build_directory()
             if not any(directory.glob("*.so")):
-                print("compiling the fused Squeezed Attention decode kernel (once, about a minute) ...", file=sys.stderr)
+                print("compiling the native CPU kernels (Squeezed Attention lookup + attention, decode GEMV; once, about a minute) ...", file=sys.stderr)
             directory.mkdir(parents=True, exist_ok=True)
             load_extension(name="squeeze_mobile_native", sources=[str(source) for source in SOURCES], build_directory=str(directory),
                            extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, is_python_module=False,

@@ -27,52 +27,11 @@
 #include <numeric>
 #include <vector>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-// SLEEF's vectorised exp, exported by libtorch_cpu (PyTorch's own vectorised math uses it).
-extern "C" __m256d Sleef_expd4_u10(__m256d);
-extern "C" __m256 Sleef_expf8_u10(__m256);
-#endif
-#if defined(__AVX512F__)
-extern "C" __m512d Sleef_expd8_u10(__m512d);
-extern "C" __m512 Sleef_expf16_u10(__m512);
-#endif
+#include "simd.h"
 
 namespace {
 
-// ------------------------------------------------------------------------------------------ vector helpers
-typedef double v8d __attribute__((vector_size(64)));  // 8 doubles: one AVX-512 register, two AVX2 ones
-
-inline v8d load8(const double* p) {
-  v8d v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store8(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
-
-// x[i] = exp(x[i]) for a run of values (vectorised where the CPU allows; exp(-inf) = 0).
-inline void exp_inplace(double* x, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  for (; i + 8 <= n; i += 8) _mm512_storeu_pd(x + i, Sleef_expd8_u10(_mm512_loadu_pd(x + i)));
-#endif
-#if defined(__AVX2__)
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(x + i, Sleef_expd4_u10(_mm256_loadu_pd(x + i)));
-#endif
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-inline void exp_inplace(float* x, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, Sleef_expf16_u10(_mm512_loadu_ps(x + i)));
-#endif
-#if defined(__AVX2__)
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
-#endif
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
-}
+using namespace squeeze_simd;
 
 // Rows of fp16 storage -> float32 (exact).
 inline void to_float(const at::Half* src, float* dst, int64_t n) {
@@ -123,10 +82,10 @@ inline v8d load_codes(const int8_t* p) {
   return v;
 }
 
-// A[r][k] = scale_k * (q_r . code_k) for RB rows and all Kp centroids, straight from the int8 codes: per
-// block of 16 centroids, RB x 2 vector accumulators stay in registers while d runs (a broadcast query value
-// times 8 widened codes). code x query is exact in float64, and so is the centroid code x scale the PyTorch
-// path multiplies with; the two differ only in where the one rounding of the scale happens.
+// A[r][k] = scale_k * (q_r . code_k) for RB rows and centroids [k_begin, k_end), straight from the int8
+// codes: per block of 16 centroids, RB x 2 vector accumulators stay in registers while d runs (a broadcast
+// query value times 8 widened codes). Float64 like the PyTorch path (which multiplies by code x scale, exact
+// in float64); the two differ only in rounding order.
 template <int RB>
 void logits_block(const double* q, int64_t D, const int8_t* codes_t, const double* scale, int64_t k_begin,
                   int64_t k_end, int64_t Kp, double* a) {
@@ -167,26 +126,6 @@ struct HeadScoring {
     }
   }
 };
-
-inline v8d exp8(v8d x) {
-#if defined(__AVX512F__)
-  __m512d v;
-  std::memcpy(&v, &x, sizeof v);
-  v = Sleef_expd8_u10(v);
-  std::memcpy(&x, &v, sizeof v);
-#elif defined(__AVX2__)
-  __m256d lo, hi;
-  std::memcpy(&lo, &x, sizeof lo);
-  std::memcpy(&hi, reinterpret_cast<const char*>(&x) + sizeof lo, sizeof hi);
-  lo = Sleef_expd4_u10(lo);
-  hi = Sleef_expd4_u10(hi);
-  std::memcpy(&x, &lo, sizeof lo);
-  std::memcpy(reinterpret_cast<char*>(&x) + sizeof lo, &hi, sizeof hi);
-#else
-  for (int i = 0; i < 8; ++i) x[i] = std::exp(x[i]);
-#endif
-  return x;
-}
 
 // A[r][k] for rows [0, n) of q (already divided by sqrt(D)) and centroids [k_begin, k_end) (multiples of
 // 16, or Kp), into a[r * Kp + k].
@@ -317,26 +256,6 @@ struct Partial {
     l.assign(R, 0.f);
   }
 };
-
-typedef float v16f __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX2 ones
-
-inline v16f load16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline float hsum(v16f v) {
-#if defined(__AVX512F__)
-  __m512 x;
-  std::memcpy(&x, &v, sizeof x);
-  return _mm512_reduce_add_ps(x);
-#else
-  float s = 0.f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-#endif
-}
 
 // Online-softmax update of RG query rows (head_dim = 16 * DV) with one block of n <= kBlock [key | value]
 // rows. Queries and the output accumulators live in registers for the whole block: per key, DV vector

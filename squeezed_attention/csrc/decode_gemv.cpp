@@ -12,33 +12,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace {
 
-typedef float v16f __attribute__((vector_size(64)));
-
-inline v16f load16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline float hsum(v16f v) {
-#if defined(__AVX512F__)
-  __m512 x;
-  std::memcpy(&x, &v, sizeof x);
-  return _mm512_reduce_add_ps(x);
-#else
-  float s = 0.f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-#endif
-}
+using namespace squeeze_simd;
 
 // y[o] = w[o, :] . x for RB consecutive rows.
 template <int RB>
