@@ -12,7 +12,8 @@ position order) until ``length`` keys are taken. ``budget`` mode takes a fixed n
 largest head and masked. The same algorithm in numpy lives in lookup_numpy.py (tests prove they agree).
 
 Scoring runs in float64 (tiny: a few hundred centroids per head) so the torch and numpy versions rank
-clusters identically instead of flipping near-ties on float32 rounding.
+clusters identically instead of flipping near-ties on float32 rounding. (The native kernels in csrc/ score
+decode steps in float64 too, and prefill blocks in float32 for speed: see context_decode.cpp.)
 """
 
 from __future__ import annotations
