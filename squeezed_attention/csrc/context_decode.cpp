@@ -111,24 +111,28 @@ void logits_block(const double* q, int64_t D, const int8_t* codes_t, const doubl
   }
 }
 
-// Per-head constants of the scoring, zero/-inf padded to Kp so that every loop runs whole vectors: centroid
-// scales, 0/-inf for non-empty/empty (and padding) clusters, counts.
-struct HeadScoring {
+// Per-head constants of the scoring (F = double for decode steps, float for prefill blocks), zero/-inf padded
+// to Kp so that every loop runs whole vectors: centroid scales, 0/-inf for non-empty/empty (and padding)
+// clusters, counts.
+template <typename F>
+struct HeadScoringT {
   const int8_t* codes_t = nullptr;
-  std::vector<double> scale, empty_mask, count;
+  std::vector<F> scale, empty_mask, count;
 
   void prepare(const HeadTables& t, int64_t K, int64_t Kp) {
     codes_t = t.codes_t;
-    scale.assign(Kp, 0.0);
-    empty_mask.assign(Kp, kNegInf);
-    count.assign(Kp, 0.0);
+    scale.assign(Kp, F(0));
+    empty_mask.assign(Kp, -std::numeric_limits<F>::infinity());
+    count.assign(Kp, F(0));
     for (int64_t k = 0; k < K; ++k) {
-      scale[k] = static_cast<double>(t.scales[k]);
-      count[k] = static_cast<double>(t.counts[k]);
-      if (t.counts[k] > 0) empty_mask[k] = 0.0;
+      scale[k] = static_cast<F>(t.scales[k]);
+      count[k] = static_cast<F>(t.counts[k]);
+      if (t.counts[k] > 0) empty_mask[k] = F(0);
     }
   }
 };
+using HeadScoring = HeadScoringT<double>;
+using HeadScoringF32 = HeadScoringT<float>;
 
 // A[r][k] for rows [0, n) of q (already divided by sqrt(D)) and centroids [k_begin, k_end) (multiples of
 // 16, or Kp), into a[r * Kp + k].
@@ -175,22 +179,6 @@ void row_scores(double* e, int64_t Kp, const HeadScoring& h) {
   for (int64_t k = 0; k < Kp; k += 8) store8(e + k, load8(e + k) * inv);
 }
 
-// Adds sum over rows of S_rk to `scores` for rows [0, n) of q, a block of rows at a time (L1-resident).
-void accumulate_scores(const double* q, int64_t n, int64_t D, const HeadScoring& h, int64_t K, int64_t Kp,
-                       std::vector<double>& a, double* scores) {
-  a.resize(kRowBlock * Kp);
-  for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
-    const int64_t rb = std::min(kRowBlock, n - r0);
-    logits_rows(q + r0 * D, rb, D, h, 0, Kp, Kp, a.data());
-    for (int64_t r = 0; r < rb; ++r) {
-      double* e = a.data() + r * Kp;
-      row_scores(e, Kp, h);
-#pragma omp simd
-      for (int64_t k = 0; k < K; ++k) scores[k] += e[k];
-    }
-  }
-}
-
 // ---- float32 scoring, for prefill-sized blocks of queries (context_select) ----
 // Half the vector work and half the exp cost of float64 per (query, centroid); the selection it gives can
 // differ from the float64 PyTorch path only where two clusters' scores agree to ~1e-6 at the budget's edge.
@@ -219,30 +207,12 @@ void logits_block_f32(const float* q, int64_t D, const int8_t* codes_t, const fl
       for (int r = 0; r < RB; ++r) acc[r] += c * q[r * D + d];
     }
     const v16f s = load16(scale + k);
-    for (int r = 0; r < RB; ++r) std::memcpy(a + r * Kp + k, &acc[r], sizeof(v16f));
     for (int r = 0; r < RB; ++r) {
-      v16f x = load16(a + r * Kp + k) * s;
+      const v16f x = acc[r] * s;
       std::memcpy(a + r * Kp + k, &x, sizeof x);
     }
   }
 }
-
-struct HeadScoringF32 {
-  const int8_t* codes_t = nullptr;
-  std::vector<float> scale, empty_mask, count;
-
-  void prepare(const HeadTables& t, int64_t K, int64_t Kp) {
-    codes_t = t.codes_t;
-    scale.assign(Kp, 0.f);
-    empty_mask.assign(Kp, -std::numeric_limits<float>::infinity());
-    count.assign(Kp, 0.f);
-    for (int64_t k = 0; k < K; ++k) {
-      scale[k] = t.scales[k];
-      count[k] = static_cast<float>(t.counts[k]);
-      if (t.counts[k] > 0) empty_mask[k] = 0.f;
-    }
-  }
-};
 
 // Adds sum over rows of S_rk (computed in float32, summed in float64) to `scores`.
 void accumulate_scores_f32(const float* q, int64_t n, int64_t D, const HeadScoringF32& h, int64_t K, int64_t Kp,
@@ -333,7 +303,7 @@ void ranked_fill(const double* scores, const HeadTables& t, int64_t K, int64_t N
 // ------------------------------------------------------------------------------------------- attention
 constexpr int64_t kBlock = 32;       // keys per online-softmax block; the next block's rows are prefetched
                                      // (kept clusters are short runs, too short for the hardware prefetcher)
-constexpr int64_t kAttendChunk = 256;  // keys per work item (partials merged afterwards)
+constexpr int64_t kAttendChunk = 256;  // at most this many keys per work item (partials merged afterwards)
 
 template <typename T>
 inline void prefetch_row(const T* row, int64_t n) {
