@@ -14,7 +14,7 @@ import torch
 
 from . import native
 from .errors import SqueezeError
-from .lookup import LookupTables, SelectionSpec, select_keys
+from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse
@@ -123,7 +123,7 @@ class SqueezedContext:
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
         if self.fused:
             t = self.tables
-            q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, queries.shape[-1])
+            q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
             idx = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
                                         t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
                                         self.spec.budget_keys)
@@ -147,7 +147,7 @@ class SqueezedContext:
     def _attend_fused(self, layer: int, queries):
         Hq, T, D = queries.shape
         t = self.tables
-        q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
+        q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
         out, lse, _ = native.context_decode(
             q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
@@ -157,8 +157,8 @@ class SqueezedContext:
 
     def attend(self, layer: int, queries):
         Hq, T, D = queries.shape
-        rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
-        if self.fused and rows <= NATIVE_MAX_ROWS:
+        query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
+        if self.fused and query_rows <= NATIVE_MAX_ROWS:
             return self._attend_fused(layer, queries)
         idx, valid = self.select(layer, queries)
         Hs, B = idx.shape
@@ -177,6 +177,6 @@ class SqueezedContext:
             keep = torch.cat([torch.ones(Hs, n_sink, dtype=torch.bool), valid,
                               torch.ones(Hs, n_window, dtype=torch.bool)], dim=1)
             mask = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).unsqueeze(1)
-        q = queries if self.spec.per_query_head else queries.reshape(self.num_kv_heads, -1, D)
+        q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
         out, lse = attention_with_lse(q, keys, values, self.scale, mask)
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)

@@ -32,7 +32,7 @@ class AttentionChoice:
     budget: int | None = None        # keys kept per head (budget mode)
     per_query_head: bool = False     # GQA selection granularity
     hierarchical: bool = False
-    backend: str = "auto"            # "auto" | "torch" (in-graph) | "numpy" (CPU fallback) | "native" (fused decode kernel)
+    backend: str = "auto"            # "auto" | "torch" (in-graph) | "numpy" (CPU fallback) | "native" (C++ kernels)
 
     def label(self) -> str:
         if self.mode == "full":

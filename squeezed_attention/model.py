@@ -111,12 +111,11 @@ class LlamaAttention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache, slot: int, causal_mask, context=None, query_sink=None):
         T = x.shape[0]
         H, Hkv, D, G = self.num_heads, self.num_kv_heads, self.head_dim, self.group
-        # RoPE on queries and keys together, token-major (contiguous head_dim rows): one pass of ~6 small ops
-        # instead of two over transposed views.
-        qk = torch.cat([self.q_proj(x).view(T, H, D), self.k_proj(x).view(T, Hkv, D)], dim=1)  # [T, H+Hkv, D]
-        qk = qk * cos.unsqueeze(1) + rotate_half(qk) * sin.unsqueeze(1)
-        q, k = qk[:, :H].transpose(0, 1), qk[:, H:].transpose(0, 1)  # [H, T, D], [Hkv, T, D]
+        q = self.q_proj(x).view(T, H, D).transpose(0, 1)  # [H, T, D]
+        k = self.k_proj(x).view(T, Hkv, D).transpose(0, 1)
         v = self.v_proj(x).view(T, Hkv, D).transpose(0, 1)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
         if query_sink is not None:  # calibration wants the post-RoPE queries of the observation window
             query_sink.append(q)
         layer = self.layer_index

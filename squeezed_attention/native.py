@@ -1,4 +1,4 @@
-"""The fused CPU kernels (csrc/: Squeezed Attention selection + attention, the decode GEMV), compiled once
+"""The native CPU kernels (csrc/: Squeezed Attention selection + attention, the decode GEMV), compiled once
 on first use.
 
 PyTorch's own extension builder compiles them (g++ and ninja; `pip install -r requirements.txt` brings
@@ -81,7 +81,7 @@ def unavailable_reason() -> str | None:
 
 def require() -> None:
     if not load():
-        raise SqueezeError(f"the fused decode kernel could not be built ({_state['error']}); install g++ and "
+        raise SqueezeError(f"the native Squeezed Attention kernels could not be built ({_state['error']}); install g++ and "
                            "ninja, or use --lookup torch")
 
 
@@ -104,5 +104,5 @@ def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, st
 
 def decode_gemv(x, weight):
     """x [T, in] @ weight[out, in]^T for decode-sized T, split over the intra-op threads (see
-    csrc/decode_gemv.cpp). weight must be contiguous (row-major)."""
+    csrc/decode_gemv.cpp). weight: row-major or column-major (weight.t() contiguous) storage."""
     return torch.ops.squeeze_mobile.decode_gemv(x.contiguous(), weight)

@@ -29,7 +29,7 @@ def test_build_then_generate_json_finds_the_pass_key(built, capsys):
     assert out["attention"] == "budget keep 0.1" and abs(out["kept_fraction"] - 0.1) < 0.01
     from squeezed_attention import native
 
-    # the fused decode kernel ran for decode steps (prefill used the torch lookup), or the fallback is named
+    # the native kernels ran (prompt selection, decode steps), or the fallback is named
     assert out["lookup"] == ("native" if native.available() else "torch")
     assert out["context_tokens"] > 400 and out["prefill_seconds"] > 0
 
