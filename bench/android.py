@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 DEVICE_DIR = "/data/local/tmp/squeeze"
 Progress = Callable[[str, str], None]

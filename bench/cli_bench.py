@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 
 def add_subcommands(sub) -> None:

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from squeezetime._atomic import atomic_path
+from squeeze_mobile.atomic import atomic_path
 
 Progress = Callable[[str, str], None]
 BATCHES = (256, 128, 64, 32, 16, 8)

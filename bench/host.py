@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 from .stats import summarize
 
@@ -45,7 +45,7 @@ def flops_per_clip(manifest: Dict) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from export.cli import seeded_model
+    from squeezetime.model import seeded_model
     from squeezetime.rewrite import InputSpec, export_ready
 
     cfg = manifest["model"]["config"]

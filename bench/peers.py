@@ -50,7 +50,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 NUM_CLASSES = 400
 RUNTIMES = ("pytorch", "onnx", "tflite", "pte")  # report columns: PyTorch eager + one per export format
@@ -452,7 +452,7 @@ def count_gmacs(model: nn.Module, example: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------------------ model refs
 def _squeezetime_modules(frames: int, size: int):
     """(original SqueezeTime, its export-ready rewrite, InputSpec) for the K400 network at frames x size."""
-    from export.cli import seeded_model
+    from squeezetime.model import seeded_model
     from squeezetime.rewrite import InputSpec, export_ready
 
     spec = InputSpec(frames=frames, size=size, input_format="clip")
@@ -518,7 +518,7 @@ def _child_export_check(job: Dict) -> None:
     eager. Prints one @@EXPORT@@ line, then one @@RUN@@ line (a crash between them shows what got done)."""
     from export.backends import ExportOptions, conversion_error, get_backend
     from export.quiet import quiet
-    from squeezetime._atomic import atomic_path
+    from squeeze_mobile.atomic import atomic_path
 
     import faulthandler
 
@@ -883,7 +883,7 @@ def plot(report: Dict, path: Path) -> None:
 
 
 def write_reports(report: Dict, out_dir: Path) -> Dict[str, str]:
-    from squeezetime._atomic import atomic_path
+    from squeeze_mobile.atomic import atomic_path
 
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "png": str(out_dir / "report.png")}
     with atomic_path(out_dir / "report.md") as tmp:
@@ -923,7 +923,7 @@ def run_peers_benchmark(out_dir, formats: Sequence[str] = ("onnx", "tflite", "pt
     Writes report.json, report.md and report.png (and the artifacts under artifacts/) to ``out_dir``; returns
     the report (with its Markdown under "markdown")."""
     from export.backends import get_backend
-    from squeezetime._atomic import atomic_path
+    from squeeze_mobile.atomic import atomic_path
     from squeezetime.rewrite import InputSpec
 
     from .host import machine_info, parse_threads, run_worker

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from squeezetime._atomic import atomic_path
+from squeeze_mobile.atomic import atomic_path
 
 
 def _fmt(v, spec="{:.1f}", dash="-"):

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import List, Optional
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 
 def _csv(text: Optional[str]) -> Optional[List[str]]:

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -33,29 +33,11 @@ def _model_from_args(args, frames: Optional[int] = None):
         _note(model.load_report.summary())
         return model, False
     overrides = {"frames": frames} if frames else {}
+    from squeezetime.model import seeded_model
+
     model = seeded_model(args.config or "k400", **overrides)
     _note(f"no --checkpoint given: using a randomly initialised (seeded) {model.config.name} model; predictions are meaningless")
     return model, True
-
-
-def seeded_model(config="k400", seed: int = 0, **overrides):
-    """A deterministic random SqueezeTime with non-trivial BN statistics (for demos, exports and tests)."""
-    import torch
-
-    import squeezetime
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = squeezetime.build_model(config, **overrides)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.3, 0.3)
-                    m.running_var.uniform_(0.6, 1.6)
-                    m.weight.uniform_(0.6, 1.4)
-                    m.bias.uniform_(-0.2, 0.2)
-                    m.num_batches_tracked.fill_(1000)
-    return model.eval()
 
 
 def _note(message: str) -> None:

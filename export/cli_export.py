@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 EPILOG = """examples:
   squeeze export squeezetime --formats onnx,tflite,pte,coreml --out artifacts

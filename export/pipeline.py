@@ -24,8 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from squeezetime._atomic import atomic_path, remove
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.atomic import atomic_path, remove
+from squeeze_mobile.errors import SqueezeError
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import InputSpec, export_ready
 from squeezetime.video import label_path
@@ -335,7 +335,7 @@ def model_from_source(source: Dict, config: Dict) -> SqueezeTime:
             raise SqueezeError(f"checkpoint {path} changed since the export (sha256 differs)")
         return squeezetime.load_checkpoint(path, config=config.get("name"), skip_unsafe_metadata=source.get("skip_unsafe_metadata", False))
     if kind == "seeded":
-        from .cli import seeded_model
+        from squeezetime.model import seeded_model
 
         overrides = {k: config[k] for k in ("frames", "width", "num_classes", "depth", "pos_dim") if k in config}
         return seeded_model(config.get("name", "k400"), seed=source.get("seed", 0), **overrides)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from squeezetime import video
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import InputSpec
 

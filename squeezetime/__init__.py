@@ -12,7 +12,7 @@ from . import video, rewrite  # noqa: F401  (public submodules)
 from .checkpoint import LoadReport, load_checkpoint, read_state_dict, save_checkpoint
 from .config import CONFIGS, SqueezeTimeConfig, get_config
 from .errors import SqueezeError
-from .model import SqueezeTime, build_model
+from .model import SqueezeTime, build_model, seeded_model
 from .predict import predict_video
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "read_state_dict",
     "rewrite",
     "save_checkpoint",
+    "seeded_model",
     "video",
 ]

@@ -274,7 +274,7 @@ def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
 
     Written atomically (temporary file, then rename) so a failure never leaves a partial file.
     """
-    from ._atomic import atomic_path
+    from squeeze_mobile.atomic import atomic_path
 
     state = model.state_dict()
     path = Path(path)

@@ -1,14 +1,5 @@
-"""The one exception type users of squeeze-mobile see.
+"""Re-export of the project's single user-facing exception (defined in squeeze_mobile.errors)."""
 
-Every failure a user can cause (bad file, bad shape, unknown option, a backend that cannot convert)
-raises :class:`SqueezeError` with a one-line message that says what to do. The CLI prints the message
-without a traceback and exits non-zero.
-"""
+from squeeze_mobile.errors import SqueezeError
 
-
-class SqueezeError(Exception):
-    """A user-facing error with a one-line, actionable message."""
-
-    def __init__(self, message: str):
-        # Keep it on one line whatever the caller formatted.
-        super().__init__(" ".join(str(message).split()))
+__all__ = ["SqueezeError"]

@@ -196,3 +196,23 @@ def build_model(config="k400", **overrides) -> SqueezeTime:
     Example: ``build_model("k400", frames=8, width=0.5, num_classes=10)``.
     """
     return SqueezeTime(get_config(config, **overrides))
+
+
+def seeded_model(config="k400", seed: int = 0, **overrides) -> SqueezeTime:
+    """A deterministic random SqueezeTime with non-trivial BN statistics (for demos, exports and tests).
+
+    Without a checkpoint the commands export this model and say so; ``seed`` is recorded in the manifest so
+    ``squeeze verify`` can rebuild exactly the same weights.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(config, **overrides)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.6, 1.6)
+                    m.weight.uniform_(0.6, 1.4)
+                    m.bias.uniform_(-0.2, 0.2)
+                    m.num_batches_tracked.fill_(1000)
+    return model.eval()

@@ -13,7 +13,7 @@ FORMATS = tuple(REGISTRY)
 
 
 def get_backend(name: str) -> Backend:
-    from squeezetime.errors import SqueezeError
+    from squeeze_mobile.errors import SqueezeError
 
     if name not in REGISTRY:
         raise SqueezeError(f"unknown format {name!r}; choose from {', '.join(sorted(REGISTRY))}")

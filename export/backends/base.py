@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 import numpy as np
 import torch
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 from squeezetime.rewrite import InputSpec
 
 REGISTRY: Dict[str, "Backend"] = {}

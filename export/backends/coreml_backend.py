@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 from .base import Backend, ExportOptions, Runner, TensorInfo, register, versions_of
 

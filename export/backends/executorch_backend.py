@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from squeezetime.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError
 
 from .base import Backend, ExportOptions, Runner, register, versions_of
 

@@ -1,0 +1,148 @@
+"""Atomic writes: build under a temporary name next to the destination, rename into place on success.
+
+Rules every writer in the project follows through this module:
+- a failure, Ctrl-C or SIGTERM at any point leaves the destination untouched and removes the temporary;
+- nothing the project did not write is ever deleted: a directory at a file's destination is refused, and a
+  directory artifact (e.g. a .mlpackage) replaces an existing directory only when the caller's ``replaceable``
+  check recognises it as one of ours;
+- temporaries carry the writer's pid (``.NAME.partial-PID-XXXX.SUFFIX``), so a later write into the same folder
+  removes the leftovers of a process that was killed outright (SIGKILL, power loss) and only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import SqueezeError
+
+PARTIAL_MARK = ".partial-"
+_PARTIAL_RE = re.compile(r"^\..+\.partial-(\d+)-[^/]*$")
+
+Replaceable = Callable[[Path], bool]
+
+
+def check_destination(dest, kind: str = "file", replaceable: Optional[Replaceable] = None) -> Path:
+    """Refuse, before any work is done, a destination that cannot or must not be written.
+
+    ``kind`` is what will be written there ('file' or 'dir'). Creates missing parent folders. Returns the path.
+    """
+    dest = Path(dest)
+    if dest.is_dir() and not dest.is_symlink():
+        if kind == "file":
+            raise SqueezeError(f"{dest} is a directory; give the path of a file to write (nothing was changed)")
+        if not (replaceable and replaceable(dest)):
+            raise SqueezeError(f"{dest} already exists and was not written by squeeze-mobile; "
+                               "remove it yourself or choose another path (nothing was changed)")
+    elif dest.exists() and kind == "dir" and not dest.is_symlink():
+        raise SqueezeError(f"{dest} exists and is not a directory; remove it or choose another path")
+    ensure_writable_dir(dest.parent)
+    return dest
+
+
+def ensure_writable_dir(folder) -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it; one-line error otherwise."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise SqueezeError(f"cannot write into {folder}: {parent} is a file, not a directory")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(folder))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SqueezeError(f"cannot write into {folder} ({exc.strerror or exc}); choose a writable location") from None
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_partials(folder) -> int:
+    """Remove temporaries of our own naming left in ``folder`` by processes that no longer run; returns the count."""
+    removed = 0
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _PARTIAL_RE.match(entry.name)
+        if m and not _pid_alive(int(m.group(1))):
+            remove(entry)
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_path(dest, replaceable: Optional[Replaceable] = None):
+    """Yield a temporary path next to ``dest`` (same filesystem); rename it onto ``dest`` on success.
+
+    Works for files and for directory artifacts: whatever the body creates at the temporary path (a file or a
+    folder) is moved into place. An existing directory at ``dest`` is replaced only if ``replaceable(dest)``.
+    """
+    dest = Path(dest)
+    ensure_writable_dir(dest.parent)
+    if dest.is_dir() and not dest.is_symlink() and not (replaceable and replaceable(dest)):
+        # refused before the body runs: nothing of the user's is touched, no work is wasted
+        check_destination(dest, "dir", replaceable)
+    sweep_partials(dest.parent)
+    # keep the real suffix last: some writers (coremltools) insist on it
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}{PARTIAL_MARK}{os.getpid()}-", suffix=dest.suffix,
+                                    dir=str(dest.parent))
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()  # the body creates it (as a file or as a directory)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to {tmp}")
+        if dest.is_dir() and not dest.is_symlink():
+            if not (replaceable and replaceable(dest)):  # appeared while we worked: still not ours to delete
+                raise SqueezeError(f"{dest} appeared as a directory while writing; it was left alone and nothing was written")
+            shutil.rmtree(dest)
+        elif tmp.is_dir() and (dest.exists() or dest.is_symlink()):
+            dest.unlink()  # a file (or link) at a folder artifact's name: os.replace cannot swap kinds
+        os.replace(tmp, dest)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def write_bytes_atomic(dest, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def remove(path) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+__all__ = ["atomic_path", "check_destination", "ensure_writable_dir", "remove", "sweep_partials",
+           "write_bytes_atomic", "write_text_atomic"]

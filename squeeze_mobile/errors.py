@@ -1,0 +1,14 @@
+"""The one exception type users of squeeze-mobile see.
+
+Every failure a user can cause (bad file, bad shape, unknown option, a backend that cannot convert)
+raises :class:`SqueezeError` with a one-line message that says what to do. The CLI prints the message
+without a traceback and exits non-zero.
+"""
+
+
+class SqueezeError(Exception):
+    """A user-facing error with a one-line, actionable message."""
+
+    def __init__(self, message: str):
+        # Keep it on one line whatever the caller formatted.
+        super().__init__(" ".join(str(message).split()))
