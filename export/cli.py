@@ -104,9 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_squeeze_warnings() -> None:
+    """Show the API's SqueezeWarnings as one `warning:` line each (other warnings keep Python's format)."""
+    import warnings
+
+    from squeeze_mobile.errors import SqueezeWarning
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SqueezeWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.simplefilter("default", SqueezeWarning)  # each distinct message once
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _print_squeeze_warnings()
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_ERROR

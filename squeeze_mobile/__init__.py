@@ -4,6 +4,6 @@ Every package (squeezetime, squeezed_attention, export, bench) imports these fro
 the video model package to report an error or write an artifact.
 """
 
-from .errors import SqueezeError
+from .errors import SqueezeError, SqueezeWarning
 
-__all__ = ["SqueezeError"]
+__all__ = ["SqueezeError", "SqueezeWarning"]

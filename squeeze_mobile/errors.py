@@ -12,3 +12,11 @@ class SqueezeError(Exception):
     def __init__(self, message: str):
         # Keep it on one line whatever the caller formatted.
         super().__init__(" ".join(str(message).split()))
+
+
+class SqueezeWarning(UserWarning):
+    """Something a user should know that does not stop the work (e.g. a video whose container declares more
+    frames than decode). Raised with ``warnings.warn``; the CLI prints each as one ``warning:`` line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
