@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
 
 
@@ -18,21 +19,26 @@ def add_subcommands(sub) -> None:
         "its share of this machine's fp32 matmul rate measured in the same run. Writes report.json, report.md "
         "and report.png (default DIR/bench/).",
     )
-    p.add_argument("dir", nargs="?", help="export directory (with manifest.json)")
-    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (default 1,2)")
-    p.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
-    p.add_argument("--out", help="report directory (default DIR/bench)")
-    p.add_argument("--no-eager", dest="eager", action="store_false", help="skip the PyTorch eager reference")
+    p.add_argument("dir", nargs="?", help="export directory (with manifest.json); not used with --gpu or --peers")
+    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, each >= 1 (default 1,2)")
+    p.add_argument("--runs", type=cli_types.positive_int, default=20, help="timed runs per measurement, >= 1 (default 20)")
+    p.add_argument("--warmup", type=cli_types.nonnegative_int, default=3, help="untimed warm-up runs, >= 0 (default 3)")
+    p.add_argument("--out", help="report directory (default DIR/bench; bench_out/gpu with --gpu, bench_out/peers with --peers)")
+    p.add_argument("--no-eager", dest="eager", action="store_false",
+                   help="skip the PyTorch eager reference (default: include it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
-                   help="benchmark on an Android phone over adb (optionally the device serial)")
-    p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone (android_arm64)")
-    p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone (built with XNNPACK)")
-    p.add_argument("--cpu-mask", default=None, help="taskset mask for big-core pinning on the phone, e.g. f0")
-    p.add_argument("--gpu", action="store_true", help="clips/s of SqueezeTime and peers on a CUDA GPU")
+                   help="benchmark on an Android phone over adb, optionally the device serial (default: this machine)")
+    p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone (android_arm64) "
+                   "(default: none; needed for .tflite artifacts with --adb)")
+    p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone, built with XNNPACK "
+                   "(default: none; needed for .pte artifacts with --adb)")
+    p.add_argument("--cpu-mask", default=None,
+                   help="taskset mask for big-core pinning on the phone, e.g. f0 (default: no pinning)")
+    p.add_argument("--gpu", action="store_true",
+                   help="clips/s of SqueezeTime and peers on a CUDA GPU (default: off; needs CUDA)")
     p.add_argument("--peers", action="store_true",
                    help="SqueezeTime vs X3D-XS, R(2+1)D-18, TSM-R18 (and more) exported through the same pipeline "
-                   "and run in the same runtimes: the paper-style table (default out: bench_out/peers)")
+                   "and run in the same runtimes: the paper-style table (default: off; out: bench_out/peers)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -47,24 +53,41 @@ def cmd_bench(args) -> int:
 
     from .host import parse_threads
 
+    from .report import check_report_dir
+
     threads = parse_threads(args.threads)
     console = _console()
+    if args.gpu and args.peers:
+        raise SqueezeError("--gpu and --peers are separate benchmarks; run them one at a time")
+    if (args.gpu or args.peers) and (args.dir or args.adb is not None):
+        mode = "--gpu" if args.gpu else "--peers"
+        raise SqueezeError(f"{mode} benchmarks the PyTorch models it builds itself and reads no export directory or "
+                           f"phone; drop {'DIR' if args.dir else '--adb'}, or drop {mode} to benchmark DIR")
     if args.gpu:
-        from .gpu import run_gpu_benchmark
+        import torch
 
-        report = run_gpu_benchmark(out_dir=args.out or "bench_out/gpu", progress=_progress(console))
-        _console(False).print(report["markdown"])
-        return 0
+        from .gpu import GPU_REPORT_FILES, run_gpu_benchmark
+
+        if not torch.cuda.is_available():
+            raise SqueezeError("--gpu needs a CUDA GPU, and none is available to PyTorch here "
+                               "(torch.cuda.is_available() is False); run it on a machine with one")
+        out_dir = args.out or "bench_out/gpu"
+        check_report_dir(out_dir, GPU_REPORT_FILES)
+        report = run_gpu_benchmark(out_dir=out_dir, progress=_progress(console))
+        _console(False).print(report["markdown"].rstrip("\n"), markup=False)
+        return _fail_on_error_rows(report["rows"], lambda r: r.get("error"), lambda r: f"{r['model']} {r['dtype']}")
     if args.peers:
         from .peers import run_peers_benchmark
 
         report = run_peers_benchmark(args.out or "bench_out/peers", threads=tuple(threads), runs=args.runs,
                                      warmup=args.warmup, progress=_progress(console))
         md = report.get("markdown") or Path(report["files"]["markdown"]).read_text()
-        _console(False).print(md, markup=False)
+        _console(False).print(md.rstrip("\n"), markup=False)
         return 0
     if not args.dir:
         raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")
+    # the report location is checked before anything runs: results are never lost to an unwritable --out
+    check_report_dir(args.out or Path(args.dir) / "bench")
     if args.adb is not None:
         from .android import run_android_benchmark
 
@@ -79,6 +102,18 @@ def cmd_bench(args) -> int:
                                     include_eager=args.eager, progress=_progress(console))
     from .report import markdown
 
-    _console(False).print(markdown(report), markup=False)
+    _console(False).print(markdown(report).rstrip("\n"), markup=False)
     print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
-    return 0
+    return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
+                               lambda r: f"{r.get('name', r.get('format'))} at {r.get('threads')} thread(s)")
+
+
+def _fail_on_error_rows(rows, error_of, name_of) -> int:
+    """Exit status 1 with one `error:` line when any measurement failed (the table shows each reason)."""
+    failed = [r for r in rows if error_of(r)]
+    if not failed:
+        return 0
+    first = " ".join(str(error_of(failed[0])).split())[:200]
+    print(f"error: {len(failed)} of {len(rows)} benchmark row(s) failed (first: {name_of(failed[0])}: {first}); "
+          "see the table", file=sys.stderr)
+    return 1

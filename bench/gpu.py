@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional
 from squeeze_mobile.atomic import atomic_path
 
 Progress = Callable[[str, str], None]
+GPU_REPORT_FILES = ("gpu_report.json", "gpu_report.md")
 BATCHES = (256, 128, 64, 32, 16, 8)
 
 
@@ -74,9 +75,10 @@ def run_gpu_benchmark(out_dir="bench_out/gpu", runs: int = 20, warmup: int = 5, 
                       compile_modes=(False, True), progress: Optional[Progress] = None) -> Dict:
     import torch
 
+    from .report import check_report_dir, one_line
+
     say = progress or (lambda a, b: None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_report_dir(out_dir, GPU_REPORT_FILES)
     report: Dict = {"schema": "squeeze-mobile/bench-gpu/1", "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if not torch.cuda.is_available():
         report.update({"status": "skipped", "reason": "no CUDA device", "rows": []})
@@ -116,7 +118,9 @@ def gpu_markdown(report: Dict) -> str:
     for r in report["rows"]:
         mode = "torch.compile" if r["compiled"] else "eager"
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['frames']}x{r['size']} | {r['dtype']} | {mode} | - | error: {r['error']} | | |")
+            from .report import one_line
+
+            lines.append(f"| {r['model']} | {r['frames']}x{r['size']} | {r['dtype']} | {mode} | - | error: {one_line(r['error'])} | | |")
             continue
         paper = f"{r['paper_v100_clips_s']:.0f}" if r.get("paper_v100_clips_s") else "-"
         lines.append(f"| {r['model']} | {r['frames']}x{r['size']} | {r['dtype']} | {mode} | {r['batch']} | "

@@ -37,7 +37,10 @@ def run_worker(job: Dict, timeout: int = WORKER_TIMEOUT_S) -> Dict:
     if marker < 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"ok": False, "error": f"worker exited {proc.returncode}: {tail[0][:300]}"}
-    return json.loads(proc.stdout[marker + len("@@RESULT@@"):].strip().splitlines()[0])
+    result = json.loads(proc.stdout[marker + len("@@RESULT@@"):].strip().splitlines()[0])
+    if not result.get("ok"):  # shown in a table cell: one line
+        result["error"] = " ".join(str(result.get("error")).split())
+    return result
 
 
 def flops_per_clip(manifest: Dict) -> float:
@@ -48,9 +51,10 @@ def flops_per_clip(manifest: Dict) -> float:
     from squeezetime.model import seeded_model
     from squeezetime.rewrite import InputSpec, export_ready
 
+    from export.pipeline import config_overrides
+
     cfg = manifest["model"]["config"]
-    overrides = {k: cfg[k] for k in ("frames", "width", "num_classes", "depth", "pos_dim")}
-    model = seeded_model(cfg["name"], **overrides)
+    model = seeded_model(cfg["name"], **config_overrides(cfg))
     spec = spec_from_manifest(manifest)
     ready = export_ready(model, InputSpec(frames=spec["frames"], size=spec["size"], input_format=spec["input_format"]))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -59,10 +63,15 @@ def flops_per_clip(manifest: Dict) -> float:
 
 
 def spec_from_manifest(manifest: Dict) -> Dict:
+    from export.pipeline import config_overrides
+    from squeezetime.config import get_config
+
     inp = manifest["input"]
     shape = inp["shape"]
     size = shape[2] if inp["format"] == "frames_uint8" else shape[-1]
-    return {"frames": manifest["model"]["config"]["frames"], "size": size, "input_format": inp["format"], "batch": inp.get("batch", 1)}
+    cfg = manifest["model"]["config"]
+    frames = get_config(cfg["name"], **config_overrides(cfg)).frames
+    return {"frames": frames, "size": size, "input_format": inp["format"], "batch": inp.get("batch", 1)}
 
 
 def parse_threads(text) -> List[int]:
@@ -84,10 +93,14 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
     from export.pipeline import read_manifest
 
     say = progress or (lambda a, b: None)
+    from .report import check_report_dir
+
     if runs < 1 or warmup < 0:
         raise SqueezeError("--runs must be >= 1 and --warmup >= 0")
-    art_dir = Path(art_dir)
+    # absolute: every runtime row runs in a worker process with another working directory
+    art_dir = Path(art_dir).resolve()
     manifest = read_manifest(art_dir)
+    out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench")  # before any measurement
     spec = spec_from_manifest(manifest)
     flops = flops_per_clip(manifest)
     base = {"spec": spec, "runs": runs, "warmup": warmup}
@@ -110,7 +123,7 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
 
         jobs = []
         if include_eager:
-            src = manifest["model"]["source"]
+            src = manifest["model"].get("source") or {"kind": "unspecified"}
             jobs.append(("pytorch-eager", None, {"kind": "eager", "source": src, "config": manifest["model"]["config"]}))
             jobs.append(("pytorch-eager-rewritten", None, {"kind": "eager", "rewritten": True, "source": src,
                                                             "config": manifest["model"]["config"]}))
@@ -169,7 +182,6 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
         "warmup": warmup,
         "rows": rows,
     }
-    out_dir = Path(out_dir) if out_dir else art_dir / "bench"
     from .report import write_reports
 
     report["files"] = write_reports(report, out_dir)

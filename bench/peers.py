@@ -538,7 +538,7 @@ def _child_export_check(job: Dict) -> None:
     t0 = time.perf_counter()
     with quiet() as cap:
         try:
-            with atomic_path(dest) as tmp:
+            with atomic_path(dest, replaceable=backend.replaceable) as tmp:
                 backend.export(module, example, tmp, ExportOptions(spec=spec))
             result = {"ok": True, "seconds": time.perf_counter() - t0, "bytes": dest.stat().st_size, "file": dest.name}
         except Exception as exc:  # noqa: BLE001 - a converter refusing a peer is a result, not a crash

@@ -6,7 +6,23 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from squeeze_mobile.atomic import atomic_path
+from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir
+
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
+def check_report_dir(out_dir, names=REPORT_FILES) -> Path:
+    """Refuse, before a benchmark runs, a report location that cannot take the report files."""
+    out_dir = Path(out_dir)
+    ensure_writable_dir(out_dir)
+    for name in names:
+        check_destination(out_dir / name, "file")
+    return out_dir
+
+
+def one_line(text) -> str:
+    """A table cell: one line, no Markdown column separators."""
+    return " ".join(str(text).split()).replace("|", "/")
 
 
 def _fmt(v, spec="{:.1f}", dash="-"):
@@ -28,7 +44,8 @@ def markdown(report: Dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r.get('file') or '-'} | {r['threads']} | {r['status']}: {r.get('detail', '')} |||||||||||")
+            lines.append(f"| {r['name']} | {r.get('file') or '-'} | {r['threads']} | "
+                         f"{one_line(r['status'])}: {one_line(r.get('detail', ''))} |||||||||||")
             continue
         star = "*" if r.get("p50_is_average") else ""
         lines.append(
@@ -41,6 +58,15 @@ def markdown(report: Dict) -> str:
 
 
 def plot(report: Dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def figure(report: Dict):
+    """The latency chart of report.png (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,16 +87,16 @@ def plot(report: Dict, path: Path) -> None:
     ax.set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("p50 latency per clip (ms)")
-    ax.set_title("SqueezeTime latency by runtime (dashed: compute bound at the measured matmul rate)", fontsize=9)
+    # two short lines: one long line is cut off at the figure's edge when there are few runtimes
+    ax.set_title("SqueezeTime p50 latency by runtime\n(dashed: compute bound at the measured matmul rate)", fontsize=9)
     ax.legend(fontsize=8)
+    ax.margins(y=0.12)  # room for the bar labels under the frame
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def write_reports(report: Dict, out_dir: Path) -> Dict[str, str]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_report_dir(out_dir)
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "png": str(out_dir / "report.png")}
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")

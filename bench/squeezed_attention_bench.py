@@ -33,14 +33,13 @@ from squeezed_attention.weights import load_checkpoint
 
 
 def configurations(kv_budget: float, centroid_fraction: float):
-    keep = keep_for_budget(kv_budget, centroid_fraction)
     return [
         ("full", AttentionChoice("full")),
-        ("budget flat, native kernels", AttentionChoice("budget", keep=keep, backend="native")),
-        ("budget flat, torch lookup", AttentionChoice("budget", keep=keep, backend="torch")),
-        ("budget flat, numpy lookup", AttentionChoice("budget", keep=keep, backend="numpy")),
-        ("budget hierarchical (torch)", AttentionChoice("budget", keep=keep, hierarchical=True, backend="torch")),
-        ("threshold flat (torch)", AttentionChoice("threshold", keep=keep, backend="torch")),
+        ("top-k flat, native kernels", AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
+        ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),
+        ("top-k flat, numpy lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="numpy")),
+        ("top-k hierarchical (torch)", AttentionChoice("top-k", kv_budget=kv_budget, hierarchical=True, backend="torch")),
+        ("threshold flat (torch)", AttentionChoice("threshold", kv_budget=kv_budget, backend="torch")),
     ]
 
 

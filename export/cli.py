@@ -15,10 +15,13 @@ import os
 import sys
 from typing import List, Optional
 
+from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.signals import EXIT_SIGINT, exit_code, signal_name, sigterm_raises
 
 EXIT_ERROR = 1
-EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = EXIT_SIGINT  # 130; SIGTERM exits 143
 
 
 def _model_from_args(args, frames: Optional[int] = None):
@@ -28,11 +31,11 @@ def _model_from_args(args, frames: Optional[int] = None):
     if args.checkpoint:
         model = squeezetime.load_checkpoint(args.checkpoint, config=args.config, allow_missing_head=False,
                                            skip_unsafe_metadata=getattr(args, "skip_unsafe_metadata", False))
-        if frames and frames != model.config.frames:
+        if frames is not None and frames != model.config.frames:
             raise SqueezeError(f"--frames {frames} does not match the checkpoint, which was trained with {model.config.frames} frames")
         _note(model.load_report.summary())
         return model, False
-    overrides = {"frames": frames} if frames else {}
+    overrides = {"frames": frames} if frames is not None else {}
     from squeezetime.model import seeded_model
 
     model = seeded_model(args.config or "k400", **overrides)
@@ -48,15 +51,16 @@ def _note(message: str) -> None:
 def cmd_predict(args) -> int:
     import torch
 
-    import squeezetime
+    from squeezetime.predict import classify_video
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model, _ = _model_from_args(args)
-    preds = squeezetime.predict_video(model, args.video, top=args.top, views=args.views)
+    result = classify_video(model, args.video, top=args.top, views=args.views)
+    preds = result.top
     if args.json:
         print(json.dumps({"video": str(args.video), "config": model.config.name, "views": args.views,
-                          "top": [p.__dict__ for p in preds]}, indent=2))
+                          "video_frames": result.video.frame_counts(), "top": [p.__dict__ for p in preds]}, indent=2))
     else:
         width = max(len(p.label) for p in preds)
         for rank, p in enumerate(preds, 1):
@@ -68,26 +72,31 @@ def cmd_predict(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from squeezetime.config import CONFIGS
 
-    parser = argparse.ArgumentParser(
+    parser = SqueezeArgumentParser(
         prog="squeeze",
         description="squeeze-mobile: put SqueezeTime (and Squeezed Attention) on phones. "
         "Export to ONNX, TFLite/LiteRT, ExecuTorch and Core ML, verified on real video.",
     )
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("predict", help="top-k action labels for a video file",
                        description="Decode VIDEO with the official test pipeline (16 frames, interval 4, short side "
                        "256, centre crop 224; or 10 clips x 3 crops with --views multi) and print the top-k labels.")
     p.add_argument("video", help="path to a video file (anything FFmpeg decodes)")
-    p.add_argument("--checkpoint", help="SqueezeTime weights: official mmaction2 .pth, bare state dict or .safetensors")
+    p.add_argument("--checkpoint", help="SqueezeTime weights: official mmaction2 .pth, bare state dict or .safetensors "
+                   "(default: none, a seeded random model whose predictions are meaningless, and the command says so)")
+    p.add_argument("--skip-unsafe-metadata", action="store_true",
+                   help="load only the tensors of a checkpoint whose pickle references other Python objects "
+                   "(they become inert placeholders; nothing is executed) (default: off, such files are refused)")
     p.add_argument("--config", choices=sorted(CONFIGS), default=None,
                    help="named config (default: picked from the checkpoint's number of classes, else k400)")
-    p.add_argument("--top", type=int, default=5, help="how many labels to print (default 5)")
+    p.add_argument("--top", type=cli_types.positive_int, default=5, help="how many labels to print, >= 1 (default 5)")
     p.add_argument("--views", choices=["single", "multi"], default="single",
                    help="single centre clip (default) or the multi-clip x three-crop protocol")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--threads", type=cli_types.threads, default=None,
+                   help=f"PyTorch CPU threads, 1..{cli_types.MAX_THREADS} (default: PyTorch's choice)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a table)")
     p.set_defaults(func=cmd_predict)
 
     # Each part of the product registers its own subcommands (export/verify, bench, context/generate).
@@ -101,7 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         mod.add_subcommands(sub)
+    _add_debug_everywhere(parser)
     return parser
+
+
+DEBUG_HELP = "show Python tracebacks for errors (default: off; accepted before or after the subcommand)"
+
+
+class SqueezeArgumentParser(argparse.ArgumentParser):
+    """argparse with the house error format: one ``error:`` line (no usage block), exit status 2."""
+
+    def error(self, message):  # noqa: D102 - argparse API
+        message = " ".join(str(message).split())
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after the subcommand too (`squeeze export ... --debug`), for every subcommand at every depth."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in set(action.choices.values()):
+                if "--debug" not in subparser._option_string_actions:
+                    # SUPPRESS: absent after the subcommand, the value given (or not) before it stands
+                    subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+                _add_debug_everywhere(subparser)
 
 
 def _print_squeeze_warnings() -> None:
@@ -124,23 +156,29 @@ def _print_squeeze_warnings() -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, one `error:` line already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _print_squeeze_warnings()
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_ERROR
+    debug = bool(getattr(args, "debug", False))
     try:
-        return int(args.func(args) or 0)
+        # SIGTERM (kill, a CI timeout, a container stop) unwinds like Ctrl-C: temporaries are removed
+        with sigterm_raises():
+            return int(args.func(args) or 0)
     except SqueezeError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        if args.debug:
+    except KeyboardInterrupt as exc:
+        if debug:
             raise
-        print("error: interrupted; no partial artifacts were left behind", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"error: interrupted; no partial artifacts were left behind ({signal_name(exc)})", file=sys.stderr)
+        return exit_code(exc)
     except BrokenPipeError:  # e.g. `squeeze predict ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

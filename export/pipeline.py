@@ -5,6 +5,12 @@ Stages per format: rewrite (once) -> convert (to a temporary path, renamed on su
 record in the manifest (rewritten atomically after every format, so an interrupted run leaves a
 manifest that describes exactly the complete artifacts on disk).
 
+Every output path is checked before any work: a directory of the user's where an artifact, manifest.json
+or labels.txt would go is refused (only a .mlpackage that squeeze-mobile wrote may be replaced). Exporting
+again into a directory whose manifest describes the same model, input and verification video merges: new
+artifacts replace the records of the same files, other formats' records stay; a directory made for another
+model or input is refused, so no artifact on disk is ever left undescribed.
+
 A format that fails is recorded with its one-line error; the others still run; the result reports
 failure so the CLI exits non-zero.
 """
@@ -12,10 +18,8 @@ failure so the CLI exits non-zero.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,19 +28,22 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from squeeze_mobile.atomic import atomic_path, remove
+from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir
 from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.file_kinds import describe
+from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
-from squeezetime.rewrite import InputSpec, export_ready
+from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
 from squeezetime.video import label_path
 
 from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend
 from .quiet import quiet
-from .verify import VerificationSet, build_verification_set, sha256_file, verify_artifact
+from .verify import THRESHOLDS, VerificationSet, build_verification_set, sha256_file, verify_artifact
 
 MANIFEST = "manifest.json"
+LABELS = "labels.txt"
 SCHEMA = "squeeze-mobile/manifest/1"
-DEFAULT_FORMATS = ("onnx", "tflite", "pte", "coreml")
+from .backends import DEFAULT_FORMATS  # noqa: E402,F401  (SqueezeTime exports these by default)
 
 Progress = Callable[[str, str], None]  # (format, message)
 
@@ -47,9 +54,11 @@ class ExportResult:
     manifest: Dict
     failures: List[Dict] = field(default_factory=list)
 
+    records: List[Dict] = field(default_factory=list)  # this run's artifact records (the manifest may keep older ones)
+
     @property
     def ok(self) -> bool:
-        return not self.failures and all(a["verification"]["status"] != "fail" for a in self.manifest["artifacts"])
+        return not self.failures and all(a.get("verification", {}).get("status") != "fail" for a in self.records)
 
 
 def parse_formats(formats) -> List[str]:
@@ -65,13 +74,105 @@ def parse_formats(formats) -> List[str]:
 
 
 def check_writable(out_dir: Path) -> None:
+    """The output directory exists (created if missing) and takes new files; one-line error otherwise."""
+    ensure_writable_dir(out_dir)
+
+
+def planned_outputs(formats: Sequence[str], stem: str, spec: InputSpec, precision: Optional[str], pte_backend: str,
+                    coreml_legacy: bool) -> List[Dict]:
+    """The artifact files an export will write: [{format, file, directory artifact?, replaceable check}]."""
+    out = []
+    for fmt in formats:
+        backend = get_backend(fmt)
+        opts = ExportOptions(spec=spec, precision=precision or backend.default_precision, pte_backend=pte_backend,
+                             coreml_legacy=coreml_legacy)
+        name = backend.artifact_name(stem, opts)
+        out.append({"format": fmt, "file": name, "dir": name.endswith(".mlpackage"), "replaceable": backend.replaceable})
+        if fmt == "coreml" and coreml_legacy:
+            out.append({"format": fmt, "file": name.replace(".mlpackage", ".mlmodel"), "dir": False,
+                        "replaceable": None})
+    return out
+
+
+def check_outputs(out_dir: Path, planned: List[Dict]) -> None:
+    """Refuse, before any work, an output path where a directory of the user's sits (never deleted)."""
+    for name in (MANIFEST, LABELS):
+        _check_output(out_dir / name, "file", None)
+    for item in planned:
+        _check_output(out_dir / item["file"], "dir" if item["dir"] else "file", item["replaceable"])
+
+
+def _check_output(dest: Path, kind: str, replaceable) -> None:
+    if dest.is_dir() and not dest.is_symlink() and not (kind == "dir" and replaceable and replaceable(dest)):
+        raise SqueezeError(f"{dest} is a directory that squeeze-mobile did not write, where the export would write "
+                           f"{'an artifact' if dest.name not in (MANIFEST, LABELS) else dest.name}; it was left alone: "
+                           "remove or rename it, or choose another --out (nothing was changed)")
+    check_destination(dest, kind, replaceable)
+
+
+# What must agree for a new export to join the artifacts of an existing manifest in the same directory.
+def _identity(manifest: Dict) -> Dict:
+    src = manifest["model"].get("source") or {}
+    source = {k: src.get(k) for k in ("kind", "sha256", "seed", "skip_unsafe_metadata") if k in src}
+    inp = manifest["input"]
+    return json.loads(json.dumps({"config": manifest["model"]["config"], "source": source,
+                                  "input": {k: inp.get(k) for k in ("format", "shape", "batch", "dtype", "layout")}}))
+
+
+def _describe_identity(ident: Dict) -> str:
+    src = ident["source"]
+    what = (f"checkpoint sha256 {str(src.get('sha256'))[:12]}" if src.get("kind") == "checkpoint"
+            else f"{src.get('kind')} model" + (f" (seed {src['seed']})" if "seed" in src else ""))
+    return f"{ident['config'].get('name')} {what}, {ident['input'].get('format')} input {ident['input'].get('shape')}"
+
+
+def existing_manifest(out_dir: Path, new_manifest: Dict) -> Optional[Dict]:
+    """The manifest already in ``out_dir`` when a new export may merge into it; None when there is none.
+
+    Refuses (SqueezeError) a manifest for another model/input, or one that cannot be read: its artifacts are
+    on disk and would otherwise end up undescribed.
+    """
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SqueezeError(f"output directory {out_dir} is not writable ({exc.strerror or exc})") from None
+        old = read_manifest(out_dir)
+    except SqueezeError as exc:
+        raise SqueezeError(f"{out_dir} already holds a {MANIFEST} that cannot be merged with ({exc}); export into a "
+                           f"fresh directory, or remove the old export first (nothing was changed)") from None
+    mine, theirs = _identity(new_manifest), _identity(old)
+    if mine != theirs:
+        raise SqueezeError(f"{out_dir} holds an export of another model or input ({_describe_identity(theirs)}; this "
+                           f"export: {_describe_identity(mine)}); export into a fresh directory, or remove the old "
+                           "export first (nothing was changed)")
+    return old
+
+
+def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: Sequence[str]) -> None:
+    """Start ``manifest`` from ``old``'s records that describe artifacts still on disk (same verification video
+    required); the formats of this run drop their old failures, and new records replace old ones per file."""
+    if old is None:
+        return
+    old_video = (old.get("verification_inputs") or {}).get("video_sha256")
+    new_video = manifest["verification_inputs"].get("video_sha256")
+    kept = [a for a in old["artifacts"] if not a.get("file") and a.get("format") not in formats
+            or a.get("file") and (out_dir / a["file"]).exists()]
+    if old_video != new_video and any(a.get("file") for a in kept):
+        raise SqueezeError(f"{out_dir} holds artifacts verified on another video (sha256 {str(old_video)[:12]}); "
+                           "export with the same --verify-video, or into a fresh directory (nothing was changed)")
+    manifest["artifacts"] = kept
+    manifest["failures"] = [f for f in old.get("failures", []) if isinstance(f, dict) and f.get("format") not in formats]
+    manifest["tools"] = dict(sorted({**(old.get("tools") or {}), **manifest["tools"]}.items()))
+
+
+def _add_record(manifest: Dict, record: Dict) -> None:
+    """Append ``record``, replacing an older record of the same file (or, for a file-less record, format+container)."""
+    def same(a):
+        if record.get("file"):
+            return a.get("file") == record["file"]
+        return not a.get("file") and (a.get("format"), a.get("container")) == (record["format"], record.get("container"))
+
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if not same(a)] + [record]
 
 
 def preprocessing_record(model: SqueezeTime, spec: InputSpec) -> Dict:
@@ -108,44 +209,17 @@ def _io_record(backend_name: str, spec: InputSpec, num_classes: int):
     return inputs, outputs
 
 
-class _DeferredInterrupt:
-    """Ctrl-C during a conversion is held until the conversion returns to Python.
+class _DeferredInterrupt(DeferredSignals):
+    """Ctrl-C or SIGTERM during a conversion is held until the conversion returns to Python.
 
     A KeyboardInterrupt raised inside a converter's C++ callbacks can abort the whole process (SIGABRT, seen
-    with ExecuTorch), which would skip every cleanup and leave temporary files behind. The first Ctrl-C
+    with ExecuTorch), which would skip every cleanup and leave temporary files behind. The first signal
     therefore only sets a flag that the pipeline checks between steps (inside the atomic write, so the
-    half-finished artifact is discarded); a second Ctrl-C interrupts at once.
+    half-finished artifact is discarded); a second one interrupts at once.
     """
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        import signal
-
-        self.requested = True
-        print("note: interrupt received; stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+        super().__init__("stopping after the current step (send it again to stop at once)")
 
 
 def _write_manifest(out_dir: Path, manifest: Dict) -> None:
@@ -180,6 +254,12 @@ def export_squeezetime(
     check_writable(out_dir)
     cfg = model.config
     stem = f"squeezetime_{cfg.name}_{spec.frames}x{spec.size}_{spec.input_format}"
+    # every output path and the existing manifest are checked before any work is done
+    check_outputs(out_dir, planned_outputs(formats, stem, spec, precision, pte_backend, coreml_legacy))
+    model_record = {"name": "squeezetime", "config": cfg.to_dict(), "source": source or {"kind": "unspecified"}}
+    input_record = {"format": spec.input_format, "shape": list(spec.shape), "batch": spec.batch,
+                    "dtype": str(spec.dtype).replace("torch.", ""), "layout": spec.layout}
+    old = existing_manifest(out_dir, {"model": model_record, "input": input_record})
 
     say("rewrite", "folding BN, baking pos_embed, building the export-ready graph")
     ready = export_ready(model, spec)
@@ -187,22 +267,26 @@ def export_squeezetime(
     say("verify", "decoding verification clips and computing PyTorch reference logits")
     vset: VerificationSet = build_verification_set(model, spec, verify_video)
 
-    labels_file = "labels.txt"
-    if label_path(cfg.labels).is_file():
-        shutil.copyfile(label_path(cfg.labels), out_dir / labels_file)
+    labels_file = LABELS
+    labels_src = label_path(cfg.labels)
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {"name": "squeezetime", "config": cfg.to_dict(), "source": source or {"kind": "unspecified"}},
-        "input": {"format": spec.input_format, "shape": list(spec.shape), "batch": spec.batch,
-                  "dtype": str(spec.dtype).replace("torch.", ""), "layout": spec.layout},
+        "model": model_record,
+        "input": input_record,
         "preprocessing": preprocessing_record(model, spec),
-        "labels": labels_file if (out_dir / labels_file).exists() else None,
-        "verification_inputs": {"video": vset.video, "video_sha256": vset.video_sha256, "inputs": vset.names},
+        "labels": labels_file if labels_src.is_file() else None,
+        "verification_inputs": {"video": vset.video, "video_sha256": vset.video_sha256,
+                                "video_frames": vset.video_frames, "inputs": vset.names},
         "tools": tool_versions(formats),
         "artifacts": [],
         "failures": [],
     }
+    merge_manifest(old, manifest, out_dir, formats)
+
+    if labels_src.is_file():
+        with atomic_path(out_dir / LABELS) as tmp:
+            shutil.copyfile(labels_src, tmp)
     _write_manifest(out_dir, manifest)
     result = ExportResult(out_dir, manifest)
 
@@ -228,8 +312,10 @@ def _export_formats(formats, precision, spec, pte_backend, coreml_legacy, ready,
             manifest["failures"].append(failure)
             result.failures.append(failure)
             say(fmt, f"FAILED: {exc}")
-        else:
-            manifest["artifacts"].extend(records)
+            records = getattr(exc, "records", [])  # artifacts of this format that did complete
+        for record in records:
+            _add_record(manifest, record)
+            result.records.append(record)
         _write_manifest(out_dir, manifest)
 
 
@@ -245,7 +331,7 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         say(backend.name, f"converting -> {fname}")
         t0 = time.perf_counter()
         try:
-            with quiet(quiet_tools) as captured, atomic_path(dest) as tmp:
+            with quiet(quiet_tools) as captured, atomic_path(dest, replaceable=backend.replaceable) as tmp:
                 try:
                     extras = convert(ready, example, tmp, opts) or {}
                 except SqueezeError:
@@ -287,7 +373,9 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         except SqueezeError as exc:
             record["verification"] = {"status": "fail", "failures": [str(exc)]}
             records.append(record)
-            raise SqueezeError(f"{backend.name}: verification of {fname} failed: {exc}") from None
+            error = SqueezeError(f"{backend.name}: verification of {fname} failed: {exc}")
+            error.records = records  # the artifact is on disk: the manifest must still describe it
+            raise error from None
         if structural:
             numeric["structural"] = structural
         record["verification"] = numeric
@@ -309,23 +397,177 @@ def _size(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------- re-verify
+MAX_MANIFEST_BYTES = 64 << 20
+_HEX = set("0123456789abcdef")
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def manifest_path(target) -> Path:
+    """The manifest.json of an export directory (``target`` may also be the manifest file itself)."""
+    target = Path(target)
+    if target.is_dir():
+        path = target / MANIFEST
+        if not path.is_file():
+            if path.is_dir():
+                raise SqueezeError(f"{path} is a directory, not the manifest an export writes; re-run `squeeze export`")
+            raise SqueezeError(f"{target} has no {MANIFEST}; run `squeeze export` first")
+        return path
+    if not target.exists():
+        raise SqueezeError(f"{target} does not exist; give the directory that `squeeze export --out` wrote")
+    kind = describe(target)
+    if target.name == MANIFEST or kind == "a JSON file":
+        return target
+    raise SqueezeError(f"{target} is {kind or 'a file of unknown kind'}, not an export directory; give the directory "
+                       f"that holds {MANIFEST} (written by `squeeze export --out`)")
+
+
 def read_manifest(out_dir) -> Dict:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise SqueezeError(f"{out_dir} has no {MANIFEST}; run `squeeze export` first")
+    """Read and check the structure of an export's manifest.json; any problem is a one-line SqueezeError."""
+    path = manifest_path(out_dir)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise SqueezeError(f"{path} is {path.stat().st_size / 2**20:.0f} MB, far too large for an export manifest")
+        text = path.read_bytes().decode("utf-8")
+        manifest = json.loads(text)
+    except OSError as exc:
+        raise SqueezeError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise SqueezeError(f"{path} is not a text file (not UTF-8); it is not an export manifest") from None
     except json.JSONDecodeError as exc:
-        raise SqueezeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise SqueezeError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); re-run `squeeze export`") from None
+    except RecursionError:
+        raise SqueezeError(f"{path} is not an export manifest (JSON nested too deeply)") from None
+    return validate_manifest(manifest, path)
+
+
+def _bad(path, what: str):
+    raise SqueezeError(f"{path} is not a valid export manifest: {what}; re-run `squeeze export`")
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _safe_file_name(name) -> bool:
+    """An artifact name inside the export directory: no path separators, no '..', nothing hidden."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and "/" not in name and "\\" not in name
+            and "\x00" not in name and not name.startswith("."))
+
+
+def validate_manifest(manifest, path) -> Dict:
+    """The structure every reader (verify, bench, merge) relies on; raises SqueezeError naming the first problem."""
+    if not isinstance(manifest, dict):
+        _bad(path, f"the top level is {_json_kind(manifest)}, not an object")
     if manifest.get("schema") != SCHEMA:
-        raise SqueezeError(f"{path} has schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
+        raise SqueezeError(f"{path} has schema {str(manifest.get('schema'))[:60]!r}, expected {SCHEMA!r}; "
+                           "it was not written by `squeeze export`")
+    model = manifest.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
+        _bad(path, "'model' must be an object with a 'config' object")
+    if not isinstance(model["config"].get("name"), str):
+        _bad(path, "'model.config.name' must be a string")
+    if "source" in model and not isinstance(model["source"], dict):
+        _bad(path, "'model.source' must be an object")
+    inp = manifest.get("input")
+    if not isinstance(inp, dict):
+        _bad(path, "'input' must be an object")
+    if inp.get("format") not in INPUT_FORMATS:
+        _bad(path, f"'input.format' must be one of {', '.join(INPUT_FORMATS)}")
+    shape = inp.get("shape")
+    rank = 4 if inp["format"] == "squeezed" else 5
+    if not isinstance(shape, list) or len(shape) != rank or not all(_positive_int(d) for d in shape):
+        _bad(path, f"'input.shape' must be {rank} positive integers for {inp['format']} input")
+    if "batch" in inp and not _positive_int(inp["batch"]):
+        _bad(path, "'input.batch' must be a positive integer")
+    arts = manifest.get("artifacts")
+    if not isinstance(arts, list):
+        _bad(path, "no 'artifacts' list" if arts is None else f"'artifacts' is {_json_kind(arts)}, not a list")
+    for i, a in enumerate(arts):
+        if not isinstance(a, dict):
+            _bad(path, f"artifact #{i + 1} is {_json_kind(a)}, not an object")
+        if not isinstance(a.get("format"), str):
+            _bad(path, f"artifact #{i + 1} has no 'format' string")
+        if a.get("file") is not None and not _safe_file_name(a["file"]):
+            _bad(path, f"artifact #{i + 1} 'file' must be a plain file name inside the export directory")
+        for key in ("bytes",):
+            if key in a and a[key] is not None and not (isinstance(a[key], int) and not isinstance(a[key], bool) and a[key] >= 0):
+                _bad(path, f"artifact #{i + 1} '{key}' must be a non-negative integer")
+        for key in ("precision", "container", "sha256"):
+            if key in a and not isinstance(a[key], str):
+                _bad(path, f"artifact #{i + 1} '{key}' must be a string")
+        if "verification" in a and not isinstance(a["verification"], dict):
+            _bad(path, f"artifact #{i + 1} 'verification' must be an object")
+    if "failures" in manifest and not isinstance(manifest["failures"], list):
+        _bad(path, "'failures' must be a list")
+    if "tools" in manifest and not isinstance(manifest["tools"], dict):
+        _bad(path, "'tools' must be an object")
+    if "verification_inputs" in manifest and not isinstance(manifest["verification_inputs"], dict):
+        _bad(path, "'verification_inputs' must be an object")
     return manifest
+
+
+_CONFIG_OVERRIDES = ("frames", "width", "num_classes", "depth", "pos_dim")
+
+
+def config_overrides(config: Dict, path="manifest") -> Dict:
+    """The architecture fields of a recorded config, type- and range-checked (a manifest is untrusted input)."""
+    from squeezetime.config import CONFIGS, get_config
+
+    if config.get("name") not in CONFIGS:
+        _bad(path, f"'model.config.name' must be one of {', '.join(CONFIGS)}")
+    out = {}
+    for key in _CONFIG_OVERRIDES:
+        if key not in config:
+            continue
+        v = config[key]
+        if key == "width":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 4
+        elif key == "pos_dim":
+            ok = isinstance(v, list) and len(v) == 4 and all(_positive_int(d) and d <= 1024 for d in v)
+        elif key == "num_classes":
+            ok = _positive_int(v) and v <= 100_000
+        else:
+            ok = _positive_int(v) and v <= 1024
+        if not ok:
+            _bad(path, f"'model.config.{key}' has an impossible value {str(v)[:40]}")
+        out[key] = v
+    get_config(config["name"], **out)  # SqueezeError for unsupported combinations (frames, depth, ...)
+    return out
+
+
+def check_source(source, path="manifest") -> Dict:
+    if not isinstance(source, dict):
+        _bad(path, "'model.source' must be an object")
+    kind = source.get("kind")
+    if kind == "checkpoint":
+        if not isinstance(source.get("path"), str) or not source["path"] or "\x00" in source["path"]:
+            _bad(path, "'model.source.path' must be the checkpoint path")
+        if not _is_sha256(source.get("sha256")):
+            _bad(path, "'model.source.sha256' must be a sha256 hex digest")
+    elif kind == "seeded":
+        if "seed" in source and not (isinstance(source["seed"], int) and not isinstance(source["seed"], bool)
+                                     and 0 <= source["seed"] < 2**63):
+            _bad(path, "'model.source.seed' must be a non-negative integer")
+    else:
+        raise SqueezeError(f"{path} records model source {str(kind)[:40]!r}; re-verification needs a checkpoint or "
+                           "seeded source")
+    return source
+
+
+def _is_sha256(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
 
 
 def model_from_source(source: Dict, config: Dict) -> SqueezeTime:
     """Rebuild the PyTorch model an export came from, as recorded in its manifest."""
     import squeezetime
 
+    check_source(source)
+    overrides = config_overrides(config)
     kind = source.get("kind")
     if kind == "checkpoint":
         path = Path(source["path"])
@@ -333,37 +575,102 @@ def model_from_source(source: Dict, config: Dict) -> SqueezeTime:
             raise SqueezeError(f"the checkpoint this export came from is gone: {path}")
         if sha256_file(path) != source.get("sha256"):
             raise SqueezeError(f"checkpoint {path} changed since the export (sha256 differs)")
-        return squeezetime.load_checkpoint(path, config=config.get("name"), skip_unsafe_metadata=source.get("skip_unsafe_metadata", False))
-    if kind == "seeded":
-        from squeezetime.model import seeded_model
+        return squeezetime.load_checkpoint(path, config=config.get("name"),
+                                           skip_unsafe_metadata=bool(source.get("skip_unsafe_metadata", False)))
+    from squeezetime.model import seeded_model
 
-        overrides = {k: config[k] for k in ("frames", "width", "num_classes", "depth", "pos_dim") if k in config}
-        return seeded_model(config.get("name", "k400"), seed=source.get("seed", 0), **overrides)
-    raise SqueezeError(f"manifest records model source {kind!r}; re-verification needs a checkpoint or seeded source")
+    return seeded_model(config.get("name", "k400"), seed=source.get("seed", 0), **overrides)
 
 
-def verify_directory(out_dir, progress: Optional[Progress] = None) -> Dict:
-    """Re-run the verification recorded in ``out_dir/manifest.json``; returns {file: verification}."""
-    say = progress or (lambda fmt, msg: None)
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    model = model_from_source(manifest["model"]["source"], manifest["model"]["config"])
+@dataclass
+class VerificationPlan:
+    """What `squeeze verify` will check, worked out from the manifest before any model is built."""
+
+    out_dir: Path
+    manifest: Dict
+    spec: InputSpec
+    video: Path
+    artifacts: List[Dict]  # [{record, path, failure or None}]
+
+
+def find_verification_video(vinfo: Dict, manifest_dir: Path, verify_video=None, path="manifest") -> Path:
+    """The video the export was verified on: ``verify_video`` if given, else the recorded path (absolute, or
+    relative to the working or the export directory). Its sha256 must match the manifest's."""
+    if not isinstance(vinfo, dict):
+        _bad(path, "no 'verification_inputs' object")
+    recorded, digest = vinfo.get("video"), vinfo.get("video_sha256")
+    if not _is_sha256(digest):
+        _bad(path, "'verification_inputs.video_sha256' must be a sha256 hex digest")
+    if recorded is not None and (not isinstance(recorded, str) or "\x00" in recorded):
+        _bad(path, "'verification_inputs.video' must be a path")
+    if verify_video is not None:
+        video = Path(verify_video)
+        if not video.is_file():
+            raise SqueezeError(f"--verify-video {video} does not exist or is not a file")
+        if sha256_file(video) != digest:
+            raise SqueezeError(f"--verify-video {video} is not the video this export was verified on (its sha256 "
+                               f"differs from the manifest's {digest[:12]}...); give the original video")
+        return video
+    candidates = []
+    if recorded:
+        candidates = [Path(recorded)] if Path(recorded).is_absolute() else [Path(recorded), manifest_dir / recorded]
+    video = next((c for c in candidates if c.is_file()), None)
+    if video is None:
+        raise SqueezeError(f"the verification video {recorded} is not there (moved, or the export came from another "
+                           "machine); pass --verify-video PATH to the same video (its sha256 is checked)")
+    if sha256_file(video) != digest:
+        raise SqueezeError(f"verification video {video} changed since the export (sha256 differs); pass "
+                           "--verify-video PATH to the original video")
+    return video
+
+
+def plan_verification(out_dir, verify_video=None) -> VerificationPlan:
+    """Read and check everything `verify_directory` needs from the manifest, without building a model."""
+    mpath = manifest_path(out_dir)
+    manifest = read_manifest(mpath)
+    out_dir = mpath.parent
+    config = manifest["model"]["config"]
+    check_source(manifest["model"].get("source"), mpath)
+    overrides = config_overrides(config, mpath)
+    from squeezetime.config import get_config
+
+    frames = get_config(config["name"], **overrides).frames
     inp = manifest["input"]
     shape = inp["shape"]
     size = shape[-1] if inp["format"] != "frames_uint8" else shape[2]
-    spec = InputSpec(frames=model.config.frames, size=size, input_format=inp["format"], batch=inp.get("batch", 1))
-    vinfo = manifest["verification_inputs"]
-    video_path = Path(vinfo["video"])
-    if not video_path.is_file():
-        raise SqueezeError(f"the verification video {video_path} is gone")
-    if sha256_file(video_path) != vinfo["video_sha256"]:
-        raise SqueezeError(f"verification video {video_path} changed since the export (sha256 differs)")
-    vset = build_verification_set(model, spec, video_path)
-    results = {}
+    spec = InputSpec(frames=frames, size=size, input_format=inp["format"], batch=inp.get("batch", 1))
+    if list(spec.shape) != shape:
+        _bad(mpath, f"'input.shape' {shape} does not match the model's {frames} frames ({list(spec.shape)} expected)")
+    artifacts = []
     for art in manifest["artifacts"]:
         if not art.get("file"):
             continue
-        path = out_dir / art["file"]
+        get_backend(art["format"])  # an unknown format is a one-line error
+        if not _is_sha256(art.get("sha256")):
+            _bad(mpath, f"artifact {art['file']} has no sha256")
+        if art.get("precision") not in THRESHOLDS:
+            _bad(mpath, f"artifact {art['file']} 'precision' must be one of {', '.join(THRESHOLDS)}")
+        artifacts.append({"record": art, "path": out_dir / art["file"]})
+    if not artifacts:
+        raise SqueezeError(f"{mpath} lists no artifacts to verify")
+    video = find_verification_video(manifest.get("verification_inputs"), out_dir, verify_video, mpath)
+    return VerificationPlan(out_dir, manifest, spec, video, artifacts)
+
+
+def verify_directory(out_dir, progress: Optional[Progress] = None, verify_video=None) -> Dict:
+    """Re-run the verification recorded in ``out_dir/manifest.json``; returns {file: verification}.
+
+    ``verify_video``: where the verification video is now, if it moved (its sha256 must match the manifest).
+    """
+    say = progress or (lambda fmt, msg: None)
+    plan = plan_verification(out_dir, verify_video)
+    manifest = plan.manifest
+    model = model_from_source(manifest["model"]["source"], manifest["model"]["config"])
+    spec = plan.spec
+    vset = build_verification_set(model, spec, plan.video)
+    results = {}
+    for item in plan.artifacts:
+        art, path = item["record"], item["path"]
         backend = get_backend(art["format"])
         if not path.exists():
             results[art["file"]] = {"status": "fail", "failures": ["artifact missing"]}

@@ -38,8 +38,9 @@ class VerificationSet:
     clips: torch.Tensor  # V x 3 x T x H x W normalised float
     frames_uint8: torch.Tensor  # V x T x H x W x 3 uint8
     reference: np.ndarray  # V x classes, from the original (not rewritten) PyTorch model
-    video: Optional[str]
+    video: Optional[str]  # absolute path of the real video the clips come from
     video_sha256: Optional[str]
+    video_frames: Optional[Dict[str, Optional[int]]] = None  # declared / packets / decoded frame counts
 
     def inputs_for(self, spec: InputSpec) -> List[np.ndarray]:
         """The inputs in ``spec``'s format, grouped into batches of spec.batch (the last one padded by wrapping)."""
@@ -72,15 +73,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 @torch.no_grad()
 def build_verification_set(model: SqueezeTime, spec: InputSpec, video_path=None, seed: int = 0) -> VerificationSet:
     cfg = model.config
-    path = Path(video_path) if video_path else video.sample_video_path()
-    real = video.read_clips_uint8(path, cfg, frames=spec.frames, size=spec.size, views="multi", num_clips=REAL_CLIPS)
+    path = (Path(video_path) if video_path else video.sample_video_path()).resolve()  # absolute: verify runs elsewhere
+    read = video.read_video_clips(path, cfg, frames=spec.frames, size=spec.size, views="multi", num_clips=REAL_CLIPS)
+    real = read.clips
     g = torch.Generator().manual_seed(seed)
     rand = torch.randint(0, 256, (RANDOM_CLIPS, spec.frames, spec.size, spec.size, 3), generator=g, dtype=torch.uint8)
     u8 = torch.cat([real, rand])
     clips = video.normalize(u8, cfg.mean, cfg.std)
     names = [f"{path.name}#clip{i // 3}-crop{i % 3}" for i in range(len(real))] + [f"random#{i}" for i in range(RANDOM_CLIPS)]
     reference = torch.cat([model.eval()(clips[i:i + 1]) for i in range(len(names))]).numpy()
-    return VerificationSet(names, clips, u8, reference, str(path), sha256_file(path))
+    return VerificationSet(names, clips, u8, reference, str(path), sha256_file(path), read.info.frame_counts())
 
 
 def compare(reference: np.ndarray, outputs: np.ndarray, names: List[str], precision: str) -> Dict:

@@ -22,7 +22,9 @@ from typing import Callable, Optional
 from .errors import SqueezeError
 
 PARTIAL_MARK = ".partial-"
-_PARTIAL_RE = re.compile(r"^\..+\.partial-(\d+)-[^/]*$")
+# ".NAME.partial-PID-XXXXXXXX[.SUFFIX]": XXXXXXXX is tempfile's 8-character random part. Only names of exactly
+# this shape are ever swept, so a user's file that merely contains ".partial-" is left alone.
+_PARTIAL_RE = re.compile(r"^\.[^/]*\.partial-(\d+)-[a-z0-9_]{8}(\.[^/]*)?$")
 
 Replaceable = Callable[[Path], bool]
 
@@ -51,7 +53,9 @@ def ensure_writable_dir(folder) -> Path:
     for parent in (folder, *folder.parents):
         if parent.exists():
             if not parent.is_dir():
-                raise SqueezeError(f"cannot write into {folder}: {parent} is a file, not a directory")
+                if parent == folder:
+                    raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
+                raise SqueezeError(f"{folder} is not writable: {parent} is a file, not a directory")
             break
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +63,7 @@ def ensure_writable_dir(folder) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise SqueezeError(f"cannot write into {folder} ({exc.strerror or exc}); choose a writable location") from None
+        raise SqueezeError(f"{folder} is not writable ({exc.strerror or exc}); choose a writable location") from None
     return folder
 
 
@@ -71,6 +75,8 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        return True
+    except (OverflowError, ValueError):  # no process can have this id: not a name we wrote, leave it alone
         return True
     return True
 
@@ -85,9 +91,19 @@ def sweep_partials(folder) -> int:
     for entry in entries:
         m = _PARTIAL_RE.match(entry.name)
         if m and not _pid_alive(int(m.group(1))):
-            remove(entry)
+            try:
+                _remove_strict(entry)
+            except OSError:  # another user's leftover, or gone meanwhile: not ours to fight over
+                continue
             removed += 1
     return removed
+
+
+def _remove_strict(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 @contextlib.contextmanager
@@ -101,7 +117,8 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
     ensure_writable_dir(dest.parent)
     if dest.is_dir() and not dest.is_symlink() and not (replaceable and replaceable(dest)):
         # refused before the body runs: nothing of the user's is touched, no work is wasted
-        check_destination(dest, "dir", replaceable)
+        raise SqueezeError(f"{dest} is a directory that squeeze-mobile did not write; it was left alone: "
+                           "remove it yourself or choose another path")
     sweep_partials(dest.parent)
     # keep the real suffix last: some writers (coremltools) insist on it
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}{PARTIAL_MARK}{os.getpid()}-", suffix=dest.suffix,
@@ -109,6 +126,7 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # the body creates it (as a file or as a directory)
+    old = None
     try:
         yield tmp
         if not tmp.exists():
@@ -116,13 +134,27 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
         if dest.is_dir() and not dest.is_symlink():
             if not (replaceable and replaceable(dest)):  # appeared while we worked: still not ours to delete
                 raise SqueezeError(f"{dest} appeared as a directory while writing; it was left alone and nothing was written")
-            shutil.rmtree(dest)
+            # move our old artifact aside under a partial name (swept if we die now), then swap in the new one
+            old = _free_partial_name(dest)
+            os.replace(dest, old)
         elif tmp.is_dir() and (dest.exists() or dest.is_symlink()):
             dest.unlink()  # a file (or link) at a folder artifact's name: os.replace cannot swap kinds
         os.replace(tmp, dest)
+        if old is not None:
+            remove(old)
     except BaseException:
+        if old is not None and old.exists() and not (dest.exists() or dest.is_symlink()):
+            os.replace(old, dest)  # interrupted between the two renames: put our old artifact back
         remove(tmp)
         raise
+
+
+def _free_partial_name(dest: Path) -> Path:
+    """An unused name of our partial shape next to ``dest`` (nothing is created there)."""
+    fd, name = tempfile.mkstemp(prefix=f".{dest.stem}{PARTIAL_MARK}{os.getpid()}-", suffix=dest.suffix, dir=str(dest.parent))
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
 
 
 def write_bytes_atomic(dest, data: bytes) -> None:

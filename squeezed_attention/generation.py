@@ -1,7 +1,7 @@
 """Online stage: answer prompts against a context pack with full or squeezed attention.
 
     gen = Generator.from_pack("ctx.safetensors")                 # loads the model the pack was built for
-    result = gen.generate("What is the pass key?", AttentionChoice("budget", keep=0.1))
+    result = gen.generate("What is the pass key?", AttentionChoice("top-k", kv_budget=0.125))
 """
 
 from __future__ import annotations
@@ -16,29 +16,64 @@ from .context_attention import ContextRows, DenseContext, SqueezedContext
 from .errors import SqueezeError
 from .lookup import SelectionSpec
 from .model import LlamaForCausalLM
-from .pack import ContextPack, load_context_pack
+from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
+from .settings import DEFAULT_KV_BUDGET, MODES  # noqa: F401  (re-exported)
+
+
 @dataclass
 class AttentionChoice:
-    """Full attention, or Squeezed Attention with a keep fraction (threshold) or a key budget."""
+    """Full attention, or Squeezed Attention with one selection mode and one size, each in its own unit.
 
-    mode: str = "full"               # "full" | "threshold" | "budget"
-    keep: float | None = None        # fraction of clustered keys to keep (threshold mode; budget mode if no budget)
-    budget: int | None = None        # keys kept per head (budget mode)
+    Modes: "top-k" takes a fixed number of keys per head, best clusters first (static shapes); "threshold"
+    (the paper) takes every key whose cluster score passes a threshold calibrated on the context.
+    Sizes (give exactly one for top-k/threshold):
+      kv_budget      the paper's KV budget: kept keys + centroid bytes, as a fraction of the KV cache bytes
+      keep_keys      top-k only: exactly this many clustered keys per head
+      keep_fraction  this fraction of the clustered keys (threshold mode: the calibrated target)
+    """
+
+    mode: str = "full"
+    kv_budget: float | None = None
+    keep_keys: int | None = None
+    keep_fraction: float | None = None
     per_query_head: bool = False     # GQA selection granularity
     hierarchical: bool = False
     backend: str = "auto"            # "auto" | "torch" (in-graph) | "numpy" (CPU fallback) | "native" (C++ kernels)
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
+        sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
+        if self.mode == "full":
+            if sizes:
+                raise SqueezeError(f"full attention keeps every key; drop {sizes[0]}")
+            return
+        if len(sizes) != 1:
+            raise SqueezeError(f"{self.mode} mode needs exactly one of kv_budget, keep_keys, keep_fraction; "
+                               f"got {', '.join(sizes) or 'none'}")
+        if self.keep_keys is not None and (self.mode != "top-k" or type(self.keep_keys) is not int
+                                           or self.keep_keys < 1):
+            raise SqueezeError(f"--keep-keys (keep_keys) must be a whole number of keys >= 1, in top-k mode; "
+                               f"got {self.keep_keys!r}")
+        for name in ("kv_budget", "keep_fraction"):
+            value = getattr(self, name)
+            if value is not None and (type(value) not in (int, float) or not 0 < value <= 1):
+                raise SqueezeError(f"{name} must be a fraction in (0, 1]; got {value!r}")
+
     def label(self) -> str:
         if self.mode == "full":
             return "full"
-        what = f"keep {self.keep:g}" if self.budget is None else f"budget {self.budget}"
-        return f"{self.mode} {what}{' hier' if self.hierarchical else ''}{' per-head' if self.per_query_head else ''}"
+        size = (f"KV budget {self.kv_budget:g}" if self.kv_budget is not None else
+                f"{self.keep_keys} keys per head" if self.keep_keys is not None else
+                f"keep fraction {self.keep_fraction:g}")
+        return (f"{self.mode}, {size}{', hierarchical' if self.hierarchical else ''}"
+                f"{', per query head' if self.per_query_head else ''}")
 
 
 KV_BYTES_PER_DIM = 2 * 2  # fp16 key + fp16 value
@@ -50,13 +85,64 @@ def centroid_cost(centroid_fraction: float, head_dim: int = 64) -> float:
     return centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
 
 
-def paper_kv_budget(keep_fraction: float, centroid_fraction: float) -> float:
+def paper_kv_budget(keep_fraction: float, centroid_fraction: float, head_dim: int = 64) -> float:
     """KV budget as the paper counts it: kept keys + centroid storage relative to the KV cache."""
-    return keep_fraction + centroid_cost(centroid_fraction)
+    return keep_fraction + centroid_cost(centroid_fraction, head_dim)
 
 
-def keep_for_budget(kv_budget: float, centroid_fraction: float) -> float:
-    return kv_budget - centroid_cost(centroid_fraction)
+def keep_for_budget(kv_budget: float, centroid_fraction: float, head_dim: int = 64) -> float:
+    """Fraction of clustered keys a KV budget (paper accounting) leaves after paying for the centroids."""
+    return kv_budget - centroid_cost(centroid_fraction, head_dim)
+
+
+def keep_fraction_for(pack: ContextPack, choice: AttentionChoice) -> float | None:
+    """The fraction of clustered keys ``choice`` asks for on ``pack`` (None for full attention)."""
+    if choice.mode == "full":
+        return None
+    if choice.keep_keys is not None:
+        return choice.keep_keys / pack.num_clustered
+    if choice.keep_fraction is not None:
+        return choice.keep_fraction
+    return min(1.0, keep_for_budget(choice.kv_budget, pack.settings.centroid_fraction, pack.config.head_dim))
+
+
+def check_choice(pack: ContextPack, choice: AttentionChoice) -> None:
+    """Refuse a choice this pack cannot serve, before any model work (messages name the CLI flags)."""
+    if choice.mode == "full":
+        return
+    if choice.hierarchical and pack.l1_centroids is None:
+        raise SqueezeError("this pack has no hierarchical level; rebuild it with `squeeze context build --hierarchical`")
+    fraction = keep_fraction_for(pack, choice)
+    nc = pack.num_clustered
+    cost = centroid_cost(pack.settings.centroid_fraction, pack.config.head_dim)
+    if choice.mode == "top-k":
+        keys = choice.keep_keys if choice.keep_keys is not None else round(fraction * nc)
+        if keys > nc:
+            raise SqueezeError(f"--keep-keys {keys} is larger than the {nc} clustered context keys; "
+                               f"use at most {nc} or --full")
+        if keys < 1:
+            what = f"--kv-budget {choice.kv_budget:g}" if choice.kv_budget is not None else f"keep fraction {fraction:g}"
+            raise SqueezeError(f"{what} keeps no key of this pack's {nc} clustered keys (its centroids alone take "
+                               f"{cost:.3f} of the KV cache); use a KV budget in [{cost + 0.5 / nc:.3f}, 1]")
+    else:
+        lo, hi = THRESHOLD_KEEP_RANGE
+        if not lo <= fraction <= hi:
+            if choice.kv_budget is None:
+                raise SqueezeError(f"--threshold-keep {fraction:g} is outside the calibrated range [{lo:.2f}, {hi:.2f}] "
+                                   "of threshold mode; use --full to keep everything")
+            raise SqueezeError(f"KV budget {choice.kv_budget:g} leaves a keep fraction of {fraction:.3f} after the "
+                               f"centroids ({cost:.3f}), outside threshold mode's calibrated range [{lo:.2f}, {hi:.2f}]; "
+                               f"use a KV budget in [{lo + cost:.3f}, {min(1.0, hi + cost):.3f}]")
+
+
+def check_framing(pack: ContextPack, raw: bool | None) -> bool:
+    """Whether prompts continue ``pack`` as plain text; refuses a framing the pack was not built with."""
+    framing = pack.settings.framing
+    raw = framing == "raw" if raw is None else raw
+    if raw != (framing == "raw"):
+        raise SqueezeError(f"this pack was built with {framing} framing; "
+                           + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
+    return raw
 
 
 def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
@@ -64,25 +150,15 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
     ContextRows, so repeated calls do not rebuild them)."""
     if choice.mode == "full":
         return DenseContext(pack.keys, pack.values)
-    if choice.hierarchical and pack.l1_centroids is None:
-        raise SqueezeError("this pack has no hierarchical level; rebuild it with `squeeze context build --hierarchical`")
-    nc = pack.num_clustered
-    if choice.mode == "budget":
-        keys = choice.budget if choice.budget is not None else round((choice.keep or 0) * nc)
-        if keys > nc:
-            raise SqueezeError(f"--budget {keys} is larger than the {nc} clustered context keys; use at most {nc} or --full")
-        if keys < 0:
-            raise SqueezeError("--budget must be positive")
-        fraction = keys / nc
+    check_choice(pack, choice)
+    fraction = keep_fraction_for(pack, choice)
+    if choice.mode == "top-k":
+        keys = choice.keep_keys if choice.keep_keys is not None else round(fraction * pack.num_clustered)
+        fraction = keys / pack.num_clustered
         spec = SelectionSpec(mode="budget", budget_keys=int(keys), per_query_head=choice.per_query_head)
-    elif choice.mode == "threshold":
-        if choice.keep is None or not 0 < choice.keep <= 1:
-            raise SqueezeError("--keep must be a fraction in (0, 1]")
-        fraction = choice.keep
-        spec = SelectionSpec(mode="threshold", threshold=pack.threshold_for(choice.keep, choice.per_query_head),
-                             per_query_head=choice.per_query_head)
     else:
-        raise SqueezeError(f"unknown attention mode '{choice.mode}'; use full, threshold or budget")
+        spec = SelectionSpec(mode="threshold", threshold=pack.threshold_for(fraction, choice.per_query_head),
+                             per_query_head=choice.per_query_head)
     if choice.hierarchical:
         k1 = int(pack.l1_centroids.shape[2])
         # Level-1 centroids average ~5 children, which dilutes the score of a small distinctive cluster
@@ -91,6 +167,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)
+
 
 
 @dataclass
@@ -104,6 +181,7 @@ class GenerationResult:
     decode_tokens: int
     attention: str
     kept_fraction: float | None = None      # mean fraction of clustered keys attended (lookup stats)
+    kv_budget: float | None = None          # the same in the paper's accounting (+ centroid bytes / KV bytes)
     centroids_scored: float | None = None
     lookup: str | None = None                # lookup backend that ran ("native", "torch", "numpy"), None = full
     extra: dict = field(default_factory=dict)
@@ -124,8 +202,9 @@ class Generator:
 
     @classmethod
     def from_pack(cls, pack_path, model_path=None, context_text: str | None = None) -> "Generator":
+        pack = load_context_pack(pack_path, context_text=context_text)  # a bad pack fails before the slow load
         checkpoint = load_checkpoint(model_path)
-        pack = load_context_pack(pack_path, checkpoint, context_text)
+        pack.check_model(checkpoint)
         return cls(LlamaForCausalLM.from_checkpoint(checkpoint), checkpoint.tokenizer, pack)
 
     @property
@@ -142,11 +221,7 @@ class Generator:
         return self._rows
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
-        framing = self.pack.settings.framing
-        raw = framing == "raw" if raw is None else raw
-        if raw != (framing == "raw"):
-            raise SqueezeError(f"this pack was built with {framing} framing; "
-                               + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
+        raw = check_framing(self.pack, raw)
         if raw:
             return self.tokenizer.encode(prompt)
         _, suffix = self.tokenizer.chat_frame()
@@ -159,9 +234,13 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompt: str, choice: AttentionChoice, max_new_tokens: int = 64, raw: bool | None = None,
-                 on_text=None, stop_at_eos: bool = True, stop_when=None) -> GenerationResult:
+                 on_text=None, stop_at_eos: bool = True, stop_when=None, progress=None) -> GenerationResult:
         """Greedy decoding. ``on_text(str)`` receives the text as it is produced (streaming);
-        ``stop_when(text)`` returning True ends generation early (evaluations stop once the answer is out)."""
+        ``stop_when(text)`` returning True ends generation early (evaluations stop once the answer is out);
+        ``progress(stage, done, total)`` hears about the prompt's prefill (per layer) and each decoded token."""
+        if type(max_new_tokens) is not int or max_new_tokens < 1:
+            raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+        report = progress or (lambda *a: None)
         ids = self.prompt_ids(prompt, raw)
         if not ids:
             raise SqueezeError("the prompt is empty; pass --prompt TEXT")
@@ -169,11 +248,15 @@ class Generator:
         window = self.model.config.max_positions
         if n_ctx + len(ids) + max_new_tokens > window:
             raise SqueezeError(f"context {n_ctx} + prompt {len(ids)} + {max_new_tokens} new tokens exceed the model "
-                               f"window of {window}; use a shorter prompt or fewer --max-new-tokens")
+                               f"window of {window}; use a shorter prompt or --max-new-tokens of at most "
+                               f"{max(1, window - n_ctx - len(ids))}")
         context = self.context(choice)
         cache = self.model.new_cache(len(ids) + max_new_tokens)
+        layers = self.model.config.num_layers
         t0 = time.perf_counter()
-        logits = self.model.step(torch.tensor(ids), cache, position_offset=n_ctx, context=context)
+        report("prefill", 0, layers)
+        logits = self.model.step(torch.tensor(ids), cache, position_offset=n_ctx, context=context,
+                                 on_layer=lambda i: report("prefill", i, layers))
         prefill_seconds = time.perf_counter() - t0
         out: list[int] = []
         printed = ""
@@ -193,11 +276,15 @@ class Generator:
                 break
             logits = self.model.step(torch.tensor([token]), cache, position_offset=n_ctx, context=context)
             decode_steps += 1
+            report("decode", len(out), max_new_tokens)
         decode_seconds = time.perf_counter() - t1
         stats = getattr(context, "stats", None)
+        kept = None if stats is None else stats.mean_kept() / self.pack.num_clustered
         return GenerationResult(
             text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), context_tokens=n_ctx,
             prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, decode_tokens=decode_steps,
             attention=choice.label(),
-            kept_fraction=None if stats is None else stats.mean_kept() / self.pack.num_clustered,
+            kept_fraction=kept,
+            kv_budget=None if kept is None else paper_kv_budget(kept, self.pack.settings.centroid_fraction,
+                                                                self.pack.config.head_dim),
             centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None))

@@ -188,7 +188,12 @@ class LlamaForCausalLM(nn.Module):
         state = dict(checkpoint.state_dict)
         if checkpoint.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            first = str(exc).split("size mismatch for ")[-1].split(":")[0] if "size mismatch" in str(exc) else "a tensor"
+            raise SqueezeError(f"checkpoint {checkpoint.source} does not match its config ({first} has the wrong "
+                               "shape); use an intact Llama-family model") from None
         missing = [m for m in missing if not (m == "lm_head.weight" and checkpoint.config.tie_word_embeddings)]
         if missing or unexpected:
             raise SqueezeError(f"checkpoint {checkpoint.source} does not match a Llama decoder "
@@ -219,13 +224,14 @@ class LlamaForCausalLM(nn.Module):
     # ------------------------------------------------------------------------------------------- steps
     @torch.no_grad()
     def step(self, input_ids, cache: KVCache, position_offset: int = 0, context=None, logits: str = "last",
-             query_sink=None):
+             query_sink=None, on_layer=None):
         """Run ``input_ids`` [T] as the next T tokens.
 
         position_offset: RoPE position of dynamic slot 0 (= the fixed-context length when one is attached).
         context: a ContextAttention over a fixed context that precedes the dynamic tokens, or None.
         logits: "last" (next-token logits [vocab]), "all" ([T, vocab]) or "none" (prefill only).
         query_sink: a list that receives every layer's post-RoPE queries [H, T, D] (for calibration).
+        on_layer: called with the number of layers done after each layer (progress of a long prefill).
         """
         T = int(input_ids.shape[0])
         slot = cache.length
@@ -243,8 +249,10 @@ class LlamaForCausalLM(nn.Module):
             mask = torch.zeros(T, slot + T).masked_fill_(~allowed, NEG_INF)
             causal_mask = mask.repeat(self.config.group_size, 1)
         x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, cache, slot, causal_mask, context, query_sink)
+            if on_layer is not None:
+                on_layer(i + 1)
         cache.length = slot + T
         if logits == "none":
             return None

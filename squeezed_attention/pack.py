@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,34 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from squeeze_mobile.atomic import check_destination
+
 from .atomic import atomic_file
 from .centroid_codes import dequantize_centroids, quantize_centroids, roundtrip_centroids
 from .config import LlamaConfig
 from .errors import SqueezeError
+from .file_kinds import kind_of, open_for_reading
 from .kmeans import cluster_sums, kmeans
+from .pack_arrays import content_sha256
 from .lookup import LookupTables, SelectionSpec, score_layer
 
-PACK_FORMAT = "squeeze-context-pack/2"
-KEEP_FRACTION_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
-MIN_CLUSTERED_TOKENS = 16
-
-
-@dataclass
-class BuildSettings:
-    # Level-2 clusters per clustered key. The paper uses 5% fp16 centroids; 10% int8 centroids cost the same
-    # bytes and, on SmolLM2-135M, kept pass keys that 5% lost at 4k and 8k tokens (squeezed_attention/RESULTS.md).
-    centroid_fraction: float = 0.10
-    hierarchical: bool = False
-    level1_fraction: float = 0.01        # level-1 clusters per clustered key (paper: 1%)
-    observation_window: int = 100        # last tokens: never clustered, always attended, used to calibrate
-    sink_tokens: int = 4                 # first tokens: never clustered, always attended (attention sinks)
-    seed: int = 0
-    kmeans_iterations: int = 12
-    framing: str = "chat"                # "chat": context is the start of one user turn; "raw": plain text
-    prefill_chunk: int = 1024
-
-    def to_dict(self):
-        return dict(self.__dict__)
+from .settings import (KEEP_FRACTION_GRID, MIN_CLUSTERED_TOKENS, PACK_FORMAT, THRESHOLD_KEEP_RANGE,  # noqa: F401
+                       BuildSettings, _is_number)
 
 
 @dataclass
@@ -112,11 +98,26 @@ class ContextPack:
                         "lookup.level1_counts": self.l1_counts, "lookup.level1_child_offsets": self.child_offsets})
         return out
 
+    def check_model(self, checkpoint) -> None:
+        """Refuse a pack built for other model weights or another tokenizer."""
+        where = self.path or "this context pack"
+        if self.hashes.get("weights_sha256") != checkpoint.weights_sha256:
+            raise SqueezeError(f"{where} was built for other model weights (sha256 {self.hashes.get('weights_sha256', '?')[:12]}, "
+                               f"this model {checkpoint.weights_sha256[:12]}); rebuild it with this --model")
+        if self.hashes.get("tokenizer_sha256") != checkpoint.tokenizer.fingerprint():
+            raise SqueezeError(f"{where} was built with a different tokenizer; rebuild it with this --model")
+
+    def check_context(self, context_text: str) -> None:
+        """Refuse a pack built from another context text."""
+        if self.hashes.get("context_sha256") != text_sha256(context_text):
+            raise SqueezeError(f"{self.path or 'this context pack'} was built from a different context text; "
+                               "rebuild it from this file")
+
     def threshold_for(self, keep_fraction: float, per_query_head: bool) -> float:
         """Calibrated cluster-score threshold for a keep fraction (log-linear between grid points)."""
         grid = self.keep_fractions.numpy()
         if not grid[0] <= keep_fraction <= grid[-1]:
-            raise SqueezeError(f"--keep {keep_fraction} is outside the calibrated range "
+            raise SqueezeError(f"--threshold-keep {keep_fraction:g} is outside the calibrated range "
                                f"[{grid[0]:.2f}, {grid[-1]:.2f}]; use --full to keep everything")
         table = (self.thresholds_head if per_query_head else self.thresholds_group).numpy()
         return float(np.exp(np.interp(keep_fraction, grid, np.log(np.maximum(table, 1e-300)))))
@@ -144,13 +145,12 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
     started = time.perf_counter()
     if not text or not text.strip():
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
-    if not 0.0 < settings.centroid_fraction <= 0.5:
-        raise SqueezeError("--centroids must be in (0, 0.5]; the default is 0.10")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
     if n >= config.max_positions:
+        room = min(256, config.max_positions // 4)
         raise SqueezeError(f"the context is {n} tokens but the model window is {config.max_positions}; "
-                           f"shorten it below {config.max_positions - 256} tokens to leave room for the prompt")
+                           f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
     window, sinks = settings.observation_window, settings.sink_tokens
     if n - window - sinks < MIN_CLUSTERED_TOKENS:
         raise SqueezeError(f"the context is only {n} tokens; Squeezed Attention needs at least "
@@ -162,14 +162,15 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
     token_ids = torch.tensor(ids, dtype=torch.int64)
     cache = model.new_cache(n)
     done = 0
+    layers = config.num_layers
     for start in range(0, n - window, settings.prefill_chunk):
         piece = token_ids[start:min(start + settings.prefill_chunk, n - window)]
-        model.step(piece, cache, logits="none")
+        model.step(piece, cache, logits="none",
+                   on_layer=lambda i, d=done, t=len(piece): report("prefill", d + t * i // layers, n))
         done += len(piece)
-        report("prefill", done, n)
     obs_queries: list = []
-    model.step(token_ids[n - window:], cache, logits="none", query_sink=obs_queries)
-    report("prefill", n, n)
+    model.step(token_ids[n - window:], cache, logits="none", query_sink=obs_queries,
+               on_layer=lambda i: report("prefill", done + window * i // layers, n))
     keys, values = cache.keys, cache.values  # [L, Hkv, N, D] fp32
     L, Hkv, _, D = keys.shape
     nc = n - window - sinks
@@ -250,19 +251,30 @@ def calibrate_thresholds(tables: LookupTables, queries, per_query_head: bool):
 
 # ------------------------------------------------------------------------------------------- save / load
 def _content_sha256(tensors: dict, metadata: dict) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in metadata.items() if k != "content_sha256"}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """The pack's content hash (one definition, shared with the torch-free reader in pack_arrays)."""
+    return content_sha256(tensors, metadata)
+
+
+def check_pack_destination(path, protect=()) -> Path:
+    """Refuse, before any work, a pack destination that cannot be written or holds something that is not a
+    context pack (a directory, the context text itself, any other file: only an older pack is replaced)."""
+    path = check_destination(path, "file")
+    if path.is_file():
+        same = [p for p in protect if Path(p).exists() and path.samefile(p)]
+        if same:
+            raise SqueezeError(f"--out {path} is the context file itself; choose another path for the pack "
+                               "(nothing was changed)")
+        kind = kind_of(path)
+        if kind != "a Squeezed Attention context pack":
+            raise SqueezeError(f"{path} already exists and is {kind}, not a context pack; remove it yourself or "
+                               "choose another path (nothing was changed)")
+    return path
 
 
 def save_context_pack(pack: ContextPack, path) -> Path:
     from safetensors.torch import save_file
 
-    path = Path(path)
+    path = check_pack_destination(path)
     tensors = {
         "context.token_ids": pack.token_ids.int(),
         "kv.keys": pack.keys, "kv.values": pack.values,
@@ -278,50 +290,158 @@ def save_context_pack(pack: ContextPack, path) -> Path:
     metadata["content_sha256"] = _content_sha256(tensors, metadata)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a pack is shared data, like any file we write
     pack.path = str(path)
     return path
 
 
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0666 minus the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+PACK_HINT = "build one with `squeeze context build`"
+_HASH_KEYS = ("weights_sha256", "tokenizer_sha256", "context_sha256")
+
+
 def load_context_pack(path, checkpoint=None, context_text: str | None = None) -> ContextPack:
     """Load and verify a pack. With ``checkpoint``, refuse a pack built for other weights or tokenizer;
-    with ``context_text``, refuse a pack built from a different context file."""
-    from safetensors import safe_open
+    with ``context_text``, refuse a pack built from a different context file. Every problem with the file
+    (missing, unreadable, not a pack, truncated, modified, inconsistent) is a one-line SqueezeError."""
+    pack = read_context_pack(path)
+    if checkpoint is not None:
+        pack.check_model(checkpoint)
+    if context_text is not None:
+        pack.check_context(context_text)
+    return pack
+
+
+def read_context_pack(path) -> ContextPack:
+    """Read and check a pack file on its own (format, content hash, every tensor's dtype/shape/range)."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise SqueezeError(f"context pack not found: {path}; build one with `squeeze context build`")
+    with open_for_reading(path, "context pack", PACK_HINT):
+        pass
+    kind = kind_of(path)
+    if kind not in ("a safetensors file", "a Squeezed Attention context pack"):
+        extra = " (pass models as --model)" if kind == "a GGUF model file" else ""
+        raise SqueezeError(f"{path} is {kind}{extra}, not a context pack; {PACK_HINT}")
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise SqueezeError(f"{path} is not a readable context pack ({type(exc).__name__}); "
-                           "rebuild it with `squeeze context build`") from None
-    if metadata.get("format") != PACK_FORMAT:
-        raise SqueezeError(f"{path} is not a {PACK_FORMAT} file; rebuild it with `squeeze context build`")
-    if _content_sha256(tensors, metadata) != metadata.get("content_sha256"):
+    except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+        reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+        raise SqueezeError(f"{path} is a damaged or truncated context pack ({reason}); rebuild it "
+                           "with `squeeze context build`") from None
+    fmt = metadata.get("format")
+    if fmt != PACK_FORMAT:
+        if fmt and fmt.startswith("squeeze-context-pack/"):
+            raise SqueezeError(f"{path} is a context pack of another format version ({fmt[:40]!r}, this version reads "
+                               f"{PACK_FORMAT}); rebuild it with `squeeze context build`")
+        raise SqueezeError(f"{path} is a safetensors file but not a context pack (no {PACK_FORMAT} tag); {PACK_HINT}")
+    try:
+        content = _content_sha256(tensors, metadata)
+    except (RuntimeError, TypeError, ValueError):  # a dtype the hash cannot view as bytes: not ours
+        content = None
+    if content is None or content != metadata.get("content_sha256"):
         raise SqueezeError(f"{path} was modified after it was built (content hash mismatch); rebuild it")
-    if checkpoint is not None:
-        if metadata.get("weights_sha256") != checkpoint.weights_sha256:
-            raise SqueezeError(f"{path} was built for other model weights (sha256 {metadata.get('weights_sha256', '?')[:12]}, "
-                               f"this model {checkpoint.weights_sha256[:12]}); rebuild it with this --model")
-        if metadata.get("tokenizer_sha256") != checkpoint.tokenizer.fingerprint():
-            raise SqueezeError(f"{path} was built with a different tokenizer; rebuild it with this --model")
-    if context_text is not None and metadata.get("context_sha256") != text_sha256(context_text):
-        raise SqueezeError(f"{path} was built from a different context text; rebuild it from this file")
-    get = tensors.get
-    l1 = None
-    if "lookup.level1_centroid_codes" in tensors:
-        l1 = dequantize_centroids(tensors["lookup.level1_centroid_codes"], tensors["lookup.level1_centroid_scales"])
+    try:
+        return _pack_from_stored(path, tensors, metadata)
+    except _Inconsistent as exc:
+        raise SqueezeError(f"{path} is an inconsistent context pack ({exc}); rebuild it with "
+                           "`squeeze context build`") from None
+
+
+class _Inconsistent(Exception):
+    pass
+
+
+def _pack_from_stored(path, tensors: dict, metadata: dict) -> ContextPack:
+    """Check everything the online lookup relies on (dtypes, shapes, index ranges), then build the pack."""
+    def need(cond, what):
+        if not cond:
+            raise _Inconsistent(what)
+
+    try:
+        config = LlamaConfig.from_json(metadata.get("model_config", "")).validate()
+    except (TypeError, ValueError, AttributeError):
+        raise _Inconsistent("its model_config is not a valid Llama config") from None
+    try:
+        raw_settings = json.loads(metadata.get("build_settings", ""))
+        need(isinstance(raw_settings, dict), "build_settings is not an object")
+        settings = BuildSettings(**raw_settings)
+    except (TypeError, ValueError):
+        raise _Inconsistent("its build_settings are not valid") from None
+    except SqueezeError as exc:
+        raise _Inconsistent(f"build settings: {exc}") from None
+    for key in _HASH_KEYS:
+        value = metadata.get(key)
+        need(isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value),
+             f"{key} is not a sha256")
+    try:
+        build_seconds = float(metadata.get("build_seconds", "0"))
+    except ValueError:
+        raise _Inconsistent("build_seconds is not a number") from None
+
+    def tensor(name, dtypes, shape, optional=False):
+        t = tensors.get(name)
+        if t is None:
+            need(optional, f"tensor {name} is missing")
+            return None
+        need(t.dtype in dtypes, f"tensor {name} has dtype {t.dtype}")
+        need(len(t.shape) == len(shape) and all(e is None or e == int(a) for a, e in zip(t.shape, shape)),
+             f"tensor {name} has shape {list(t.shape)}")
+        return t
+
+    L, H, D = config.num_layers, config.num_kv_heads, config.head_dim
+    ids = tensor("context.token_ids", (torch.int32,), (None,))
+    n = int(ids.shape[0])
+    need(0 < n < config.max_positions, f"{n} context tokens for a model window of {config.max_positions}")
+    need(bool(((ids >= 0) & (ids < config.vocab_size)).all()), "token ids outside the vocabulary")
+    nc = n - settings.observation_window - settings.sink_tokens
+    need(nc >= 1, "no clustered tokens")
+    keys = tensor("kv.keys", (torch.float16,), (L, H, n, D))
+    values = tensor("kv.values", (torch.float16,), (L, H, n, D))
+    codes = tensor("lookup.centroid_codes", (torch.int8,), (L, H, None, D))
+    k = int(codes.shape[2])
+    need(1 <= k <= nc, f"{k} clusters for {nc} clustered keys")
+    scales = tensor("lookup.centroid_scales", (torch.float16,), (L, H, k))
+    counts = tensor("lookup.counts", (torch.int32,), (L, H, k))
+    labels = tensor("lookup.labels", (torch.uint16, torch.int32), (L, H, nc))
+    label_ids = labels.to(torch.int64)
+    need(bool(((label_ids >= 0) & (label_ids < k)).all()), "cluster labels out of range")
+    histogram = torch.zeros(L, H, k, dtype=torch.int64).scatter_add_(2, label_ids, torch.ones_like(label_ids))
+    need(torch.equal(histogram, counts.to(torch.int64)), "cluster counts do not match the labels")
+    grid = tensor("calibration.keep_fractions", (torch.float64,), (len(KEEP_FRACTION_GRID),))
+    need(grid.tolist() == list(KEEP_FRACTION_GRID), "the calibration grid is not the keep-fraction grid")
+    thresholds = [tensor(f"calibration.thresholds_{w}", (torch.float64,), (len(KEEP_FRACTION_GRID),))
+                  for w in ("group", "head")]
+    for t in (keys, values, scales, *thresholds):
+        need(bool(torch.isfinite(t).all()), "non-finite values")
+    level1 = [tensors.get(f"lookup.level1_{x}") for x in ("centroid_codes", "centroid_scales", "counts", "child_offsets")]
+    need(all(t is None for t in level1) or all(t is not None for t in level1), "an incomplete hierarchical level")
+    l1 = l1_counts = offsets = None
+    if level1[0] is not None:
+        codes1 = tensor("lookup.level1_centroid_codes", (torch.int8,), (L, H, None, D))
+        k1 = int(codes1.shape[2])
+        need(1 <= k1 <= k, f"{k1} level-1 clusters for {k} clusters")
+        scales1 = tensor("lookup.level1_centroid_scales", (torch.float16,), (L, H, k1))
+        l1_counts = tensor("lookup.level1_counts", (torch.int32,), (L, H, k1))
+        offsets = tensor("lookup.level1_child_offsets", (torch.int32,), (L, H, k1 + 1))
+        steps = offsets[..., 1:] - offsets[..., :-1]
+        need(bool((offsets[..., 0] == 0).all() and (offsets[..., -1] == k).all() and (steps >= 0).all()),
+             "level-1 child offsets are not a partition of the clusters")
+        need(bool(torch.isfinite(scales1).all()), "non-finite values")
+        need(bool((l1_counts >= 0).all()), "negative level-1 counts")
+        l1 = dequantize_centroids(codes1, scales1)
+    need(len(tensors) == 10 + (4 if l1 is not None else 0), "unexpected extra tensors")
     return ContextPack(
-        config=LlamaConfig.from_json(metadata["model_config"]),
-        settings=BuildSettings(**json.loads(metadata["build_settings"])),
-        token_ids=tensors["context.token_ids"].long(), keys=tensors["kv.keys"], values=tensors["kv.values"],
-        centroids=dequantize_centroids(tensors["lookup.centroid_codes"], tensors["lookup.centroid_scales"]),
-        counts=tensors["lookup.counts"], labels=tensors["lookup.labels"],
-        keep_fractions=tensors["calibration.keep_fractions"],
-        thresholds_group=tensors["calibration.thresholds_group"],
-        thresholds_head=tensors["calibration.thresholds_head"],
-        l1_centroids=l1, l1_counts=get("lookup.level1_counts"), child_offsets=get("lookup.level1_child_offsets"),
-        hashes={k: metadata[k] for k in ("weights_sha256", "tokenizer_sha256", "context_sha256")},
-        build_seconds=float(metadata.get("build_seconds", 0)), path=str(path))
+        config=config, settings=settings, token_ids=ids.long(), keys=keys, values=values,
+        centroids=dequantize_centroids(codes, scales), counts=counts, labels=labels,
+        keep_fractions=grid, thresholds_group=thresholds[0], thresholds_head=thresholds[1],
+        l1_centroids=l1, l1_counts=l1_counts, child_offsets=offsets,
+        hashes={key: metadata[key] for key in _HASH_KEYS}, build_seconds=build_seconds, path=str(path))

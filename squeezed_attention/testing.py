@@ -38,3 +38,66 @@ def small_pack(hierarchical: bool = True, framing: str = "chat", tokens: int = S
 
 def small_generator(hierarchical: bool = True) -> Generator:
     return Generator(real_model(), real_checkpoint().tokenizer, small_pack(hierarchical))
+
+
+# A tiny but complete Llama GGUF (real file format, real gguf writer): fuzzing seed and fast loader tests.
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_tiny_llama_gguf(path, layers: int = 1, seed: int = 0, quantized: bool = True):
+    """Write a 1-layer Llama (hidden 32, 4 heads, 2 KV heads, 40-token byte-level vocab) as GGUF; returns path."""
+    import gguf
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    hidden, heads, kv, head_dim, inter = 32, 4, 2, 8, 32
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "Ċ", "Ġ"] + list("abcdefghijklmnopqrstuvwxyz0123") \
+        + ["Ġa", "ab", "Ġab", "ss", "an"]
+    merges = ["Ġ a", "a b", "Ġ ab", "s s", "a n"]
+    token_types = [3, 3, 3] + [1] * (len(tokens) - 3)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_block_count(layers)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types(token_types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(TINY_CHAT_TEMPLATE)
+
+    def add(name, *shape):
+        data = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        if quantized and len(shape) == 2:
+            w.add_tensor(name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(name, data if len(shape) == 2 else np.abs(data) + 1.0)
+
+    add("token_embd.weight", len(tokens), hidden)
+    add("output_norm.weight", hidden)
+    for i in range(layers):
+        add(f"blk.{i}.attn_norm.weight", hidden)
+        add(f"blk.{i}.ffn_norm.weight", hidden)
+        add(f"blk.{i}.attn_q.weight", heads * head_dim, hidden)
+        add(f"blk.{i}.attn_k.weight", kv * head_dim, hidden)
+        add(f"blk.{i}.attn_v.weight", kv * head_dim, hidden)
+        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim)
+        add(f"blk.{i}.ffn_gate.weight", inter, hidden)
+        add(f"blk.{i}.ffn_up.weight", inter, hidden)
+        add(f"blk.{i}.ffn_down.weight", hidden, inter)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -29,21 +29,25 @@ class ChatTokenizer:
 
     # ---------------------------------------------------------------------------------------------- build
     @classmethod
-    def from_gguf_fields(cls, tokens, merges, token_types, pre: str, bos, eos, chat_template):
+    def from_gguf_fields(cls, tokens, merges, token_types, pre: str, bos, eos, chat_template, source: str = "the model"):
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-        vocab = {tok: i for i, tok in enumerate(tokens)}
-        merge_pairs = [tuple(m.split(" ", 1)) for m in merges]
-        bpe = models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False)
-        backend = Tokenizer(bpe)
-        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        if pre in _DIGIT_SPLIT_PRE:
-            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-        else:
-            backend.pre_tokenizer = byte_level
-        backend.decoder = decoders.ByteLevel()
-        special = [i for i, t in enumerate(token_types) if t in (CONTROL_TOKEN_TYPE, USER_DEFINED_TOKEN_TYPE)]
-        backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
+        try:
+            vocab = {tok: i for i, tok in enumerate(tokens)}
+            merge_pairs = [tuple(m.split(" ", 1)) for m in merges]
+            bpe = models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False)
+            backend = Tokenizer(bpe)
+            byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+            if pre in _DIGIT_SPLIT_PRE:
+                backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+            else:
+                backend.pre_tokenizer = byte_level
+            backend.decoder = decoders.ByteLevel()
+            special = [i for i, t in enumerate(token_types) if t in (CONTROL_TOKEN_TYPE, USER_DEFINED_TOKEN_TYPE)]
+            backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
+        except Exception as exc:  # the Rust tokenizers library raises plain Exception on inconsistent data
+            reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+            raise SqueezeError(f"the tokenizer stored in {source} is invalid ({reason}); pass an intact model file") from None
         return cls(backend, chat_template, bos, eos, set(special))
 
     @classmethod
@@ -56,11 +60,20 @@ class ChatTokenizer:
         tok_file = directory / "tokenizer.json"
         if not tok_file.exists():
             raise SqueezeError(f"{directory} has no tokenizer.json; pass a Hugging Face model folder with its tokenizer files")
-        backend = Tokenizer.from_file(str(tok_file))
+        try:
+            backend = Tokenizer.from_file(str(tok_file))
+        except Exception as exc:  # tokenizers raises plain Exception on a bad file
+            raise SqueezeError(f"{tok_file} is not a readable tokenizer ({type(exc).__name__}); "
+                               "pass a Hugging Face model folder with intact tokenizer files") from None
         template, bos, eos = None, None, None
         cfg_file = directory / "tokenizer_config.json"
         if cfg_file.exists():
-            cfg = json.loads(cfg_file.read_text())
+            try:
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                raise SqueezeError(f"{cfg_file} is not readable JSON; fix or remove it") from None
+            if not isinstance(cfg, dict):
+                raise SqueezeError(f"{cfg_file} is not a JSON object; fix or remove it")
             template = cfg.get("chat_template")
             bos = backend.token_to_id(cfg["bos_token"]) if isinstance(cfg.get("bos_token"), str) else None
             eos = backend.token_to_id(cfg["eos_token"]) if isinstance(cfg.get("eos_token"), str) else None
@@ -79,8 +92,15 @@ class ChatTokenizer:
             raise SqueezeError("this model has no chat template; use --raw for plain continuation")
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        from jinja2 import TemplateError
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=add_generation_prompt)
+        try:
+            return env.from_string(self.chat_template).render(messages=messages,
+                                                              add_generation_prompt=add_generation_prompt)
+        except (TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError, RecursionError) as exc:
+            raise SqueezeError(f"the model's chat template cannot be rendered ({type(exc).__name__}); "
+                               "use --raw for plain continuation") from None
 
     def chat_frame(self) -> tuple[str, str]:
         """(prefix, suffix) such that prefix + context + prompt + suffix is one user turn + assistant cue.

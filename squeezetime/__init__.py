@@ -8,12 +8,28 @@ export-ready rewrites.
     >>> ready = squeezetime.rewrite.export_ready(model, input_format="frames_uint8")
 """
 
-from . import video, rewrite  # noqa: F401  (public submodules)
-from .checkpoint import LoadReport, load_checkpoint, read_state_dict, save_checkpoint
-from .config import CONFIGS, SqueezeTimeConfig, get_config
-from .errors import SqueezeError
-from .model import SqueezeTime, build_model, seeded_model
-from .predict import predict_video
+# Names load on first use (PEP 562), so the `squeeze` command's start-up (and the torch-free answer path of an
+# exported decoder) can read configs without importing PyTorch.
+_EXPORTS = {
+    "checkpoint": ["LoadReport", "load_checkpoint", "read_state_dict", "save_checkpoint"],
+    "config": ["CONFIGS", "SqueezeTimeConfig", "get_config"],
+    "errors": ["SqueezeError"],
+    "model": ["SqueezeTime", "build_model", "seeded_model"],
+    "predict": ["predict_video", "classify_video"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+_SUBMODULES = ("video", "rewrite")
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIGS",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ HEAD_PREFIX = "cls_head.fc_cls."
 # Counters that do not affect inference (BN uses running stats in eval); tolerated when absent.
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
 _BACKBONE_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+MAX_WIDTH, MAX_CLASSES, MAX_POS_DIM = 4.0, 100_000, 1024
 
 
 @dataclass
@@ -62,32 +62,69 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     (nothing is imported or called) and only the tensors are used.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SqueezeError(f"checkpoint {path} is a directory; give the checkpoint file (.pth or .safetensors)")
     if not path.is_file():
         raise SqueezeError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SqueezeError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise SqueezeError(f"checkpoint {path} is empty (0 bytes); download or save it again")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return dict(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise SqueezeError(f"checkpoint {path} is not a readable safetensors file ({exc})") from None
+            return _check_keys(dict(load_file(str(path))), path)
+        except SqueezeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes means "not readable"
+            raise SqueezeError(f"checkpoint {path} is not a readable safetensors file ({_first_line(exc)})"
+                               f"{_what_it_is(path)}") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
-            raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data)") from None
+            raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data){_what_it_is(path)}") from None
         if not skip_unsafe_metadata:
             found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
             raise SqueezeError(
-                f"checkpoint {path} needs unpickling of arbitrary Python objects ({', '.join(found) or 'unknown'}), "
+                f"checkpoint {path} needs unpickling of arbitrary Python objects ({', '.join(found[:4]) or 'unknown'}), "
                 "which squeeze-mobile refuses; pass skip_unsafe_metadata=True (--skip-unsafe-metadata) to load only "
                 "its tensors with those objects replaced by inert placeholders, or re-save it as safetensors"
             ) from None
         obj = _load_with_inert_objects(path)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError, AssertionError) as exc:
-        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
+    except (MemoryError, RecursionError) as exc:
+        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__} while parsing)") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises anything on malformed bytes; all mean "not readable"
+        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_first_line(exc)}){_what_it_is(path)}") from None
     return _unwrap(obj, path)
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first non-empty line of an exception's message, or its type name (some carry no message)."""
+    line = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+    if len(line) < 16:  # "124", "'data'", "": the type says more than the message
+        line = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line[:limit]
+
+
+def _what_it_is(path) -> str:
+    """'; it is an MP4/MOV video, not a checkpoint' when the file is recognisably something else."""
+    from squeeze_mobile.file_kinds import describe
+
+    kind = describe(path)
+    if kind is None or kind.startswith(("a zip archive", "a pickle", "a safetensors")):
+        return ""
+    return f"; it is {kind}, not a checkpoint"
+
+
+def _check_keys(tensors: Dict, path) -> Dict[str, torch.Tensor]:
+    bad = [k for k in tensors if not isinstance(k, str)]
+    if bad:
+        raise SqueezeError(f"checkpoint {path} has non-text keys in its state dict (e.g. {str(bad[0])[:40]!r})")
+    return tensors
 
 
 class _InertObject:
@@ -112,7 +149,9 @@ def _load_with_inert_objects(path):
 
     stubs = {}
 
-    class InertUnpickler(pickle.Unpickler):
+    # the pure-Python unpickler: its memo is a dict, where the C one grows an array to whatever index a
+    # (corrupt) LONG_BINPUT names -- one flipped byte asked for 6+ GB
+    class InertUnpickler(pickle._Unpickler):
         def find_class(self, module, name):
             if (module, name) in _TENSOR_GLOBALS or (module == "torch._utils" and name.startswith("_rebuild_")):
                 return super().find_class(module, name)
@@ -127,7 +166,7 @@ def _load_with_inert_objects(path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=inert_pickle)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
-        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({str(exc)[:120]})") from None
+        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
 
 
 def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
@@ -138,6 +177,7 @@ def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping):
         raise SqueezeError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    _check_keys(obj, path)
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     others = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if any(isinstance(v, _InertObject) for v in obj.values()):
@@ -212,6 +252,12 @@ def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeC
     for depth, counts in BLOCKS_PER_DEPTH.items():
         if tuple(blocks) == counts:
             overrides["depth"] = depth
+    # tensor shapes are untrusted (a stride-0 tensor can claim any size): refuse networks no checkpoint describes
+    if not 0 < overrides.get("width", base.width) <= MAX_WIDTH or overrides.get("num_classes", 1) > MAX_CLASSES \
+            or not all(1 <= p <= MAX_POS_DIM for p in overrides["pos_dim"]):
+        raise SqueezeError(f"checkpoint tensor shapes describe an implausible SqueezeTime (width "
+                           f"{overrides.get('width', base.width):g}, {overrides.get('num_classes', '?')} classes, pos_dim "
+                           f"{overrides['pos_dim']}); is this a SqueezeTime checkpoint?")
     return get_config(base, **overrides)
 
 
@@ -237,6 +283,14 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
             k.startswith("cls_head.") for k in hard_missing
         ) else ""
         raise SqueezeError(f"checkpoint {path} is missing {len(hard_missing)} key(s): {_short_list(hard_missing)}{hint}")
+    odd = [f"{k} ({'a ' + v.device.type if v.device.type != 'cpu' else v.layout} tensor)" for k, v in state.items()
+           if v.layout != torch.strided or v.device.type != "cpu"]
+    if odd:  # meta tensors carry no data; sparse/quantized layouts are not what a SqueezeTime checkpoint holds
+        raise SqueezeError(f"checkpoint {path} has tensors that are not dense CPU tensors: {_short_list(odd, 2)}")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise SqueezeError(f"checkpoint {path} has NaN or infinite values in {len(non_finite)} tensor(s) "
+                           f"({_short_list(non_finite, 2)}); the file is corrupt or its training diverged")
     with torch.no_grad():
         for k, v in state.items():
             target = expected[k]
@@ -262,7 +316,10 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
     raw = read_state_dict(path, skip_unsafe_metadata=skip_unsafe_metadata)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
-    model = SqueezeTime(cfg)
+    try:
+        model = SqueezeTime(cfg)
+    except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # shapes describing no buildable network
+        raise SqueezeError(f"checkpoint {path} describes a SqueezeTime that cannot be built ({_first_line(exc)})") from None
     report = load_state_into(model, state, allow_missing_head=allow_missing_head, path=path)
     report.renamed_prefixes = renamed
     model.load_report = report

@@ -12,6 +12,9 @@ from typing import Tuple
 
 from .errors import SqueezeError
 
+# How an exported graph takes its input (see squeezetime.rewrite.InputSpec)
+INPUT_FORMATS = ("clip", "squeezed", "frames_uint8")
+
 # Official normalisation (RGB, 0..255 input), from the mmaction2 data preprocessor of the release.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STD_RGB = (58.395, 57.12, 57.375)

@@ -9,7 +9,7 @@ import torch
 
 from .config import SqueezeTimeConfig
 from .model import SqueezeTime
-from .video import load_clip, load_labels
+from .video import VideoInfo, load_labels, normalize, read_video_clips
 
 
 @dataclass
@@ -28,15 +28,29 @@ def top_k(probs: torch.Tensor, labels: Optional[List[str]], k: int) -> List[Pred
     ]
 
 
+@dataclass
+class VideoPrediction:
+    """The top classes of a video and what the video held (declared / decoded frame counts)."""
+
+    top: List[Prediction]
+    video: VideoInfo
+
+
 @torch.no_grad()
-def predict_video(model: SqueezeTime, path, top: int = 5, views: str = "single") -> List[Prediction]:
-    """Decode ``path`` with the official test pipeline and return the top-``top`` classes.
+def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single") -> VideoPrediction:
+    """Decode ``path`` with the official test pipeline; the top-``top`` classes and the video's VideoInfo.
 
     With several views (``views='multi'``) softmax scores are averaged, as mmaction's
     ``average_clips='prob'`` does.
     """
     cfg: SqueezeTimeConfig = model.config
-    clips = load_clip(path, cfg, views=views)
+    read = read_video_clips(path, cfg, views=views)
+    clips = normalize(read.clips, cfg.mean, cfg.std)
     probs = torch.softmax(model.eval()(clips), dim=1).mean(dim=0)
-    labels = load_labels(cfg.labels) if len(load_labels(cfg.labels)) == cfg.num_classes else None
-    return top_k(probs, labels, top)
+    labels = load_labels(cfg.labels)
+    return VideoPrediction(top_k(probs, labels if len(labels) == cfg.num_classes else None, top), read.info)
+
+
+def predict_video(model: SqueezeTime, path, top: int = 5, views: str = "single") -> List[Prediction]:
+    """Decode ``path`` with the official test pipeline and return the top-``top`` classes."""
+    return classify_video(model, path, top, views).top

@@ -26,7 +26,7 @@ from torch import nn
 from .errors import SqueezeError
 from .model import Bottleneck, SqueezeTime
 
-INPUT_FORMATS = ("clip", "squeezed", "frames_uint8")
+from .config import INPUT_FORMATS  # noqa: E402  (defined beside the configs: importable without torch)
 
 
 @dataclass(frozen=True)

@@ -5,33 +5,92 @@ then either the single-clip val pipeline (short side 256, centre crop) or the mu
 (N clips x ThreeCrop after short side 224; 10 clips for Kinetics, 2 x ThreeCrop at 286 for HMDB51).
 Videos shorter than T*interval frames loop (indices taken modulo the frame count), as mmaction does.
 
-Only the sampled frames are kept in memory: a first pass counts packets, a second decodes and keeps
-the frames it needs, and checks that every packet decoded (so truncated/corrupt files are reported).
+Input policy: a video is used as far as it decodes. Refused (SqueezeError) are only files that cannot be
+opened, have no video stream, yield no frame, or make FFmpeg raise while demuxing or decoding (corrupt
+data). When the file claims more frames than decode cleanly -- an edit list that hides a B-frame, a
+truncated file, an index longer than the data -- sampling runs on the frames that do decode and one
+SqueezeWarning says so. The claim is the container's frame count and its packet count; containers without
+a count (Matroska/WebM) are held to their declared duration. Packets the demuxer itself flags as corrupt
+(the cut-off last packet of a truncated file) are not sent to the decoder: they count as frames that did
+not decode. Decoding uses slice threads only: FFmpeg's frame threads drop errors near the end of a stream,
+which would make the verdict depend on the machine's core count.
+
+Only sampled frames are held in memory (O(T)). A demux pass counts packets (cheap, no decoding); one
+decode pass then keeps the frames that the official sampling picks for every frame count in a small
+window below the packet count, so the usual shortfall (0-2 frames) costs no second decode. Only when the
+decoded count falls outside that window does a second decode pass fetch the frames for the real count.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from squeeze_mobile.errors import SqueezeWarning
+
 from .config import SqueezeTimeConfig, get_config
 from .errors import SqueezeError
+
+# Frame counts below the packet count whose sampled frames the decode pass keeps (see the module docstring).
+SHORTFALL_WINDOW = 2
+# Without a frame count, warn when the decoded frames cover less than this share of the declared duration
+# (less one frame): frame rates of such files are averages, so an exact count cannot be expected.
+DURATION_COVERAGE = 0.9
+# Frames longer than this many times their short side are refused: resizing the short side would explode.
+MAX_ASPECT = 16
 
 
 @dataclass
 class VideoInfo:
     path: str
-    frames: int  # decodable frames (packets with payload in the video stream)
+    frames: int  # usable frames: those that decode cleanly (what sampling runs on)
     width: int
     height: int
     fps: float
     codec: str
+    declared_frames: Optional[int] = None  # the container's frame count (None where the container has none)
+    packets: Optional[int] = None  # video packets with payload found by demuxing
+    decoded_frames: Optional[int] = None  # frames FFmpeg decoded without error
+    duration: Optional[float] = None  # seconds, as the container declares them
+
+    @property
+    def complete(self) -> bool:
+        """True when every declared frame and every packet decoded (or, without a count, the declared duration)."""
+        return not self._shortfall()
+
+    def frame_counts(self) -> Dict[str, Optional[int]]:
+        """Declared / packet / decoded counts, as written to --json output and manifests."""
+        return {"declared": self.declared_frames, "packets": self.packets, "decoded": self.decoded_frames}
+
+    def _shortfall(self) -> Optional[str]:
+        """What the file claims that did not decode, or None."""
+        decoded = self.decoded_frames or 0
+        declared, packets = self.declared_frames or 0, self.packets or 0
+        if declared > decoded and declared >= packets:
+            return f"the container declares {declared} frames"
+        if packets > decoded:
+            return f"the container holds {packets} video packets"
+        if not self.declared_frames and self.duration and self.fps:
+            expected = self.duration * self.fps
+            if decoded < DURATION_COVERAGE * expected - 1:
+                return f"the container declares {self.duration:.2f} s (about {round(expected)} frames at {self.fps:.3g} fps)"
+        return None
+
+    def shortfall_message(self) -> Optional[str]:
+        """The one-line warning for an incomplete video (None when complete)."""
+        claim = self._shortfall()
+        if claim is None:
+            return None
+        n = self.decoded_frames
+        return (f"video {self.path}: {claim} but only {n} decode cleanly; sampling uses the decoded frames "
+                f"(the file may be truncated, or its index lists frames it does not show)")
 
 
 def _open(path):
@@ -43,22 +102,38 @@ def _open(path):
     if path.stat().st_size == 0:
         raise SqueezeError(f"video {path} is empty (0 bytes)")
     try:
-        container = av.open(str(path))
-    except av.error.FFmpegError as exc:
-        raise SqueezeError(f"video {path} cannot be opened: not a video or truncated ({_reason(exc)})") from None
+        # An absolute path, so FFmpeg never reads "12:30.mp4" as a protocol; local files only (a playlist
+        # must not reach the network); undecodable metadata text must not refuse a playable video.
+        container = av.open(str(path.resolve()), metadata_errors="replace", container_options={"protocol_whitelist": "file"})
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise SqueezeError(f"video {path} cannot be opened: not a video or truncated ({_reason(exc)}); "
+                           f"check that the file plays, or re-encode it") from None
     if not container.streams.video:
         container.close()
-        raise SqueezeError(f"video {path} has no video stream")
+        raise SqueezeError(f"video {path} has no video stream; pass a file with video")
     return container
 
 
 def _reason(exc) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(str(text).split())[:120]
 
 
-def probe(path) -> VideoInfo:
-    """Count the frames of the first video stream by demuxing (no decoding)."""
+def _corrupt(path, what: str, exc) -> SqueezeError:
+    return SqueezeError(f"video {path} is corrupt: {what} ({_reason(exc)}); re-encode it or use another file")
+
+
+@dataclass
+class _Container:
+    packets: int
+    declared: Optional[int]
+    fps: float
+    codec: str
+    duration: Optional[float]
+
+
+def _count_packets(path) -> _Container:
+    """Demux (no decoding): video packets with payload, and what the container declares."""
     import av
 
     container = _open(path)
@@ -70,46 +145,117 @@ def probe(path) -> VideoInfo:
                 if packet.size:
                     packets += 1
         except av.error.FFmpegError as exc:
-            raise SqueezeError(f"video {path} is corrupt or truncated: demuxing failed after {packets} frames ({_reason(exc)})") from None
-        declared = stream.frames or 0
-        if declared and packets < declared:
-            raise SqueezeError(f"video {path} is truncated: the container declares {declared} frames but only {packets} are present")
-        if packets == 0:
-            raise SqueezeError(f"video {path} contains no video frames")
+            raise _corrupt(path, f"demuxing failed after {packets} packets", exc) from None
+        declared = int(stream.frames or 0)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
-        return VideoInfo(str(path), packets, stream.codec_context.width, stream.codec_context.height, rate, stream.codec_context.name)
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        else:
+            duration = container.duration / 1e6 if container.duration and container.duration > 0 else None
+        codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
+        return _Container(packets, declared if declared > 0 else None, rate, codec, duration)
     finally:
         container.close()
 
 
-def decode_frames(path, indices: Sequence[int], num_frames: Optional[int] = None) -> np.ndarray:
-    """Decode the frames at ``indices`` (any order, repeats allowed) as RGB uint8, shape len(indices) x H x W x 3."""
+def _decode(path, wanted) -> Tuple[Dict[int, np.ndarray], int, int, int]:
+    """One decode pass: RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
+
+    Returns (frames by index, decoded count, width, height). Frames are converted to the size of the first
+    decoded frame (a stream that changes resolution mid-way still stacks). FFmpeg raising -> SqueezeError.
+    """
     import av
 
-    if num_frames is None:
-        num_frames = probe(path).frames
-    wanted = sorted(set(int(i) for i in indices))
-    if wanted and (wanted[0] < 0 or wanted[-1] >= num_frames):
-        raise SqueezeError(f"frame index out of range for {path} ({num_frames} frames)")
-    wanted_set = set(wanted)
-    keep = {}
+    keep: Dict[int, np.ndarray] = {}
+    decoded, width, height = 0, 0, 0
     container = _open(path)
-    decoded = 0
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "SLICE"  # not FRAME: see the module docstring
         try:
-            for frame in container.decode(stream):
-                if decoded in wanted_set:
-                    keep[decoded] = frame.to_ndarray(format="rgb24")
-                decoded += 1
+            for packet in container.demux(stream):
+                if packet.is_corrupt and packet.size:  # a cut-off packet: known not to decode, do not try
+                    continue
+                for frame in packet.decode():
+                    if decoded == 0:
+                        width, height = frame.width, frame.height
+                        if width <= 0 or height <= 0:
+                            raise SqueezeError(f"video {path} has frames of {width}x{height} pixels; re-encode it")
+                        if max(width, height) > MAX_ASPECT * min(width, height):
+                            raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
+                                               f"crop it to a usual aspect ratio")
+                    if decoded in wanted:
+                        try:
+                            keep[decoded] = frame.to_ndarray(width=width, height=height, format="rgb24")
+                        except (av.error.FFmpegError, ValueError) as exc:
+                            raise SqueezeError(f"video {path}: frame {decoded} ({frame.format.name}, {frame.width}x{frame.height}) "
+                                               f"cannot be converted to RGB ({_reason(exc)}); re-encode it") from None
+                    decoded += 1
         except av.error.FFmpegError as exc:
-            raise SqueezeError(f"video {path} is corrupt: decoding failed at frame {decoded} of {num_frames} ({_reason(exc)})") from None
+            raise _corrupt(path, f"decoding failed at frame {decoded}", exc) from None
     finally:
         container.close()
-    if decoded < num_frames:
-        raise SqueezeError(f"video {path} is corrupt or truncated: decoded {decoded} of {num_frames} frames")
+    if decoded == 0:
+        raise SqueezeError(f"video {path} contains no decodable video frames; check that the file plays, or use another file")
+    return keep, decoded, width, height
+
+
+def _info(path, c: _Container, decoded: int, width: int, height: int) -> VideoInfo:
+    return VideoInfo(str(path), decoded, width, height, c.fps, c.codec, c.declared, c.packets, decoded, c.duration)
+
+
+def probe(path) -> VideoInfo:
+    """Describe the first video stream: declared frames, packets (demuxed) and frames that decode cleanly.
+
+    Decodes the whole stream (without converting pixels) to count what decodes; raises SqueezeError for files
+    that cannot be used (see the module docstring). Does not warn: ``info.complete`` says whether frames are
+    missing; the functions that read frames for sampling warn when they use fewer frames than the file claims.
+    """
+    c = _count_packets(path)
+    _, decoded, width, height = _decode(path, ())
+    return _info(path, c, decoded, width, height)
+
+
+def decode_frames(path, indices: Sequence[int]) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed) as RGB uint8, shape len(indices) x H x W x 3.
+
+    Indices count the frames that decode (0 = the first one); an index beyond them is a SqueezeError.
+    """
+    wanted = set(int(i) for i in indices)
+    if not wanted:
+        raise SqueezeError("no frame indices given")
+    if min(wanted) < 0:
+        raise SqueezeError(f"negative frame index {min(wanted)} for {path}")
+    keep, decoded, _, _ = _decode(path, wanted)
+    if max(wanted) >= decoded:
+        raise SqueezeError(f"frame index {max(wanted)} out of range for {path} ({decoded} frames decode)")
     return np.stack([keep[int(i)] for i in indices])
+
+
+def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1) -> Tuple[np.ndarray, np.ndarray, VideoInfo]:
+    """The frames official test-mode sampling picks on the frames that actually decode.
+
+    Returns (frames: num_clips*clip_len x H x W x 3 uint8 RGB in sampling order, indices: num_clips x clip_len,
+    info). Emits one SqueezeWarning when fewer frames decode than the file claims.
+    """
+    c = _count_packets(path)
+    candidates = [n for n in range(c.packets, c.packets - SHORTFALL_WINDOW - 1, -1) if n > 0]
+    wanted = set()
+    for n in candidates:
+        wanted.update(sample_indices(n, clip_len, interval, num_clips).reshape(-1).tolist())
+    keep, decoded, width, height = _decode(path, wanted)
+    inds = sample_indices(decoded, clip_len, interval, num_clips)
+    if decoded not in candidates:  # rare: far fewer (or more) frames decode than packets exist
+        keep, again, width, height = _decode(path, set(inds.reshape(-1).tolist()))
+        if again != decoded:
+            raise SqueezeError(f"video {path} decodes {decoded} frames on one pass and {again} on the next; re-encode it")
+    frames = np.stack([keep[int(i)] for i in inds.reshape(-1)])
+    del keep
+    info = _info(path, c, decoded, width, height)
+    message = info.shortfall_message()
+    if message:
+        warnings.warn(SqueezeWarning(message), stacklevel=2)
+    return frames, inds, info
 
 
 def sample_indices(num_frames: int, clip_len: int, interval: int, num_clips: int = 1) -> np.ndarray:
@@ -166,7 +312,15 @@ def normalize(clips_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     return x.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def read_clips_uint8(
+@dataclass
+class VideoClips:
+    """Views ready for normalisation, and what the video held (declared / decoded frame counts)."""
+
+    clips: torch.Tensor  # V x T x size x size x 3 uint8 RGB
+    info: VideoInfo
+
+
+def read_video_clips(
     path,
     config="k400",
     frames: Optional[int] = None,
@@ -175,8 +329,8 @@ def read_clips_uint8(
     interval: Optional[int] = None,
     num_clips: Optional[int] = None,
     resize: Optional[int] = None,
-) -> torch.Tensor:
-    """Decode, sample, resize and crop; returns V x T x size x size x 3 uint8 RGB (V views).
+) -> VideoClips:
+    """Decode, sample, resize and crop; clips are V x T x size x size x 3 uint8 RGB (V views), with the VideoInfo.
 
     ``views='single'``: one centre clip, short side 256 (the official val pipeline) scaled with ``size``.
     ``views='multi'``: config.multiview_clips clips x ThreeCrop after short side 224 (286 for HMDB51).
@@ -193,15 +347,18 @@ def read_clips_uint8(
         short = resize or round(cfg.multiview_resize_short * size / cfg.input_size)
     else:
         raise SqueezeError(f"unknown views {views!r}; use single or multi")
-    info = probe(path)
-    inds = sample_indices(info.frames, t, interval, clips)
-    decoded = torch.from_numpy(decode_frames(path, inds.reshape(-1), info.frames))
-    decoded = resize_short_side(decoded, short)
+    sampled, _, info = read_sampled_frames(path, t, interval, clips)
+    decoded = resize_short_side(torch.from_numpy(sampled), short)
     h, w = decoded.shape[1:3]
     decoded = decoded.reshape(clips, t, h, w, 3)
     out = [decoded[:, :, y:y + size, x:x + size] for (y, x) in crop_offsets(h, w, size, mode)]
     # view order: clip-major, crop-minor (as mmaction stacks them)
-    return torch.stack(out, dim=1).reshape(-1, t, size, size, 3).contiguous()
+    return VideoClips(torch.stack(out, dim=1).reshape(-1, t, size, size, 3).contiguous(), info)
+
+
+def read_clips_uint8(path, config="k400", **kwargs) -> torch.Tensor:
+    """:func:`read_video_clips` without the VideoInfo: V x T x size x size x 3 uint8 RGB."""
+    return read_video_clips(path, config, **kwargs).clips
 
 
 def load_clip(path, config="k400", **kwargs) -> torch.Tensor:
@@ -234,9 +391,12 @@ def label_path(name: str) -> Path:
 
 
 __all__ = [
+    "VideoClips",
     "VideoInfo",
     "probe",
     "decode_frames",
+    "read_sampled_frames",
+    "read_video_clips",
     "sample_indices",
     "resize_short_side",
     "crop_offsets",

@@ -96,3 +96,80 @@ def small_model():
 
     torch.manual_seed(0)
     return randomize_bn(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10)).eval()
+
+
+# ------------------------------------------------------------------------------------ codecs and containers
+# Real footage (the first frames of bikes.mp4, resized) re-encoded with the encoders the PyAV wheel ships:
+# name -> (encoder, container format, width, height, pixel format, encoder options). Sizes that are not
+# multiples of 16, and odd sizes (4:2:0 needs even sizes: x264 takes odd ones only in yuv444p; mjpeg and
+# mpeg4 take them as they are).
+CODEC_CLIPS = {
+    "h264_bframes.mp4": ("libx264", "mp4", 320, 136, "yuv420p", {"preset": "veryfast", "bf": "2", "g": "12"}),
+    "hevc.mkv": ("libx265", "matroska", 320, 136, "yuv420p", {"preset": "ultrafast", "x265-params": "log-level=error"}),
+    "vp9.webm": ("libvpx-vp9", "webm", 320, 136, "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "30", "b": "0"}),
+    "mpeg4.avi": ("mpeg4", "avi", 638, 478, "yuv420p", {"qscale": "3"}),
+    "mjpeg.mov": ("mjpeg", "mov", 639, 479, "yuvj420p", {"qscale": "3"}),
+    "h264_444_odd.mov": ("libx264", "mov", 321, 137, "yuv444p", {"preset": "veryfast"}),
+}
+CODEC_CLIP_FRAMES = 24
+CODEC_CLIP_FPS = 25
+
+
+def source_frames(video_path, count: int, width: int, height: int):
+    """The first ``count`` frames of a real video as RGB uint8 arrays of width x height."""
+    import av
+
+    out = []
+    with av.open(str(video_path)) as src:
+        for frame in src.decode(video=0):
+            if len(out) == count:
+                break
+            out.append(frame.to_ndarray(width=width, height=height, format="rgb24"))
+    return out
+
+
+def encode_clip(path, frames_rgb, encoder: str, container: str, pix_fmt: str, options) -> None:
+    """Encode RGB frames with one of PyAV's encoders at CODEC_CLIP_FPS."""
+    import av
+
+    height, width = frames_rgb[0].shape[:2]
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=CODEC_CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = dict(options)
+        for i, rgb in enumerate(frames_rgb):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def remux_shifted(src_path, dst_path) -> None:
+    """Copy an mp4's packets with timestamps one frame earlier: the first frame then lies before time 0 and
+    the muxer writes an edit list that hides it. The container declares N frames and holds N packets, N-1
+    decode -- what OpenCV's box.mp4 does (there the edit list hides the last B-frame)."""
+    import av
+
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w") as out:
+        stream = src.streams.video[0]
+        ostream = out.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            step = packet.duration
+            packet.pts -= step
+            packet.dts -= step
+            packet.stream = ostream
+            out.mux(packet)
+
+
+@pytest.fixture(scope="session")
+def codec_dir(tmp_path_factory, real_video) -> Path:
+    """CODEC_CLIPS encoded from real footage, plus h264_editlist.mp4 (box.mp4's shape: one frame hidden)."""
+    d = tmp_path_factory.mktemp("codecs")
+    for name, (encoder, container, width, height, pix_fmt, options) in CODEC_CLIPS.items():
+        encode_clip(d / name, source_frames(real_video, CODEC_CLIP_FRAMES, width, height), encoder, container, pix_fmt, options)
+    remux_shifted(d / "h264_bframes.mp4", d / "h264_editlist.mp4")
+    return d

@@ -165,10 +165,63 @@ def test_android_missing_pieces(tmp_path, monkeypatch):
 def test_gpu_mode_skips_without_cuda(tmp_path, capsys):
     import torch
 
+    from bench.gpu import run_gpu_benchmark
+
     if torch.cuda.is_available():
         pytest.skip("this test is about machines without CUDA")
-    assert main(["bench", "--gpu", "--out", str(tmp_path)]) == 0
+    # the Python API stays safe to call anywhere: it writes a "skipped" report ...
+    run_gpu_benchmark(out_dir=tmp_path, progress=lambda stage, message: print(message))
     out = capsys.readouterr()
     assert "skipped: no CUDA device" in out.out + out.err
     report = json.loads((tmp_path / "gpu_report.json").read_text())
     assert report["status"] == "skipped"
+    # ... while `squeeze bench --gpu` asked for a GPU benchmark: without CUDA that is an error (issue 10)
+    assert main(["bench", "--gpu", "--out", str(tmp_path / "cli")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpu needs a CUDA GPU") and len(err.splitlines()) == 1
+    assert not (tmp_path / "cli").exists()
+
+
+def test_relative_dir_and_failing_rows(tiny_export, tmp_path, monkeypatch, capsys):
+    """A relative DIR works (the workers run elsewhere); a failing row makes the exit status 1; one-line cells."""
+    import shutil
+
+    d = tmp_path / "art"
+    shutil.copytree(tiny_export, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    (d / "broken.tflite").write_bytes(b"not a flatbuffer\nat all")
+    manifest["artifacts"].append({"format": "tflite", "file": "broken.tflite", "bytes": 24, "precision": "fp32"})
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.chdir(tmp_path)
+    code = main(["bench", "art", "--threads", "1", "--runs", "2", "--warmup", "0", "--no-eager"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = {r["name"]: r for r in json.loads((d / "bench" / "report.json").read_text())["rows"]}
+    assert rows["onnx"]["status"] == "ok" and rows["tflite"]["status"] == "error"
+    assert "\n" not in rows["tflite"]["detail"]
+    table = [l for l in out.splitlines() if l.startswith("| ")]
+    assert len(table) == 3 and all(l.endswith("|") for l in table)  # header + 2 rows, each on one line
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "1 of 2 benchmark row(s) failed (first: tflite at 1 thread(s)" in errors[0]
+    assert not out.startswith("\n")
+
+
+def test_markdown_cells_stay_on_one_line():
+    from bench.report import markdown
+
+    report = {"model": {"config": "k400", "input": {"format": "clip", "shape": [1]}}, "machine": {"cpu": "x"},
+              "runs": 1, "warmup": 0, "rows": [{"name": "onnx", "file": "m.onnx", "threads": 1, "status": "error",
+                                                "detail": "RuntimeError: first line\nsecond | line"}]}
+    rows = [l for l in markdown(report).splitlines() if l.startswith("| onnx")]
+    assert rows == ["| onnx | m.onnx | 1 | error: RuntimeError: first line second / line |||||||||||"]
+
+
+def test_report_title_fits_the_figure():
+    from bench.report import figure
+
+    report = {"model": {"gflop_per_clip": 1.0}, "matmul_gflops": {"1": 50.0},
+              "rows": [{"status": "ok", "runtime": "onnxruntime (CPU)", "threads": 1, "p50_ms": 20.0}]}
+    fig = figure(report)
+    fig.canvas.draw()
+    title = fig.axes[0].title.get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height

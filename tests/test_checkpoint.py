@@ -158,3 +158,60 @@ def test_truncated_checkpoint_file(tmp_path, small_model):
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(SqueezeError, match="not a readable PyTorch file"):
         squeezetime.load_checkpoint(tmp_path / "cut.pth")
+
+
+# ----------------------------------------------------------------------------- fuzzing regressions (bench/fuzz)
+FUZZ_INPUTS = sorted((__import__("pathlib").Path(__file__).with_name("data") / "fuzz" / "checkpoint").iterdir())
+
+
+@pytest.mark.parametrize("path", FUZZ_INPUTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("skip_unsafe_metadata", [False, True])
+def test_fuzz_found_inputs_raise_squeeze_error(path, skip_unsafe_metadata):
+    # huge_memo_index.pth: one corrupt LONG_BINPUT opcode made the C unpickler of the --skip-unsafe-metadata path
+    # allocate a memo array for index 0x7ffffff0 (6+ GB, killed for memory); the pure-Python unpickler keeps a dict
+    with pytest.raises(SqueezeError):
+        squeezetime.load_checkpoint(path, skip_unsafe_metadata=skip_unsafe_metadata)
+
+
+def _tiny_state():
+    model = squeezetime.build_model("hmdb51", frames=4, width=1 / 64, num_classes=3, pos_dim=(1, 1, 1, 1))
+    return OrderedDict(model.state_dict())
+
+
+@pytest.mark.parametrize("case, message", [
+    ("meta", "not dense CPU tensors"),
+    ("sparse", "not dense CPU tensors"),
+    ("nan", "NaN or infinite values"),
+    ("stride0_huge", "implausible SqueezeTime"),
+    ("int_keys", "non-text keys"),
+])
+def test_odd_tensors_are_refused(tmp_path, case, message):
+    sd = _tiny_state()
+    if case == "meta":
+        sd = OrderedDict((k, torch.empty(v.shape, dtype=v.dtype, device="meta")) for k, v in sd.items())
+    elif case == "sparse":
+        sd["backbone.net.bn1.weight"] = sd["backbone.net.bn1.weight"].to_sparse()
+    elif case == "nan":
+        sd["backbone.net.bn1.running_var"][0] = float("nan")
+    elif case == "stride0_huge":  # a stride-0 view claims a million output channels in a few bytes
+        sd[BACKBONE_PREFIX + "conv1.weight"] = torch.zeros(1).expand(10**6, 12, 3, 3)
+    elif case == "int_keys":
+        sd = {1: torch.zeros(1)}
+    path = tmp_path / f"{case}.pth"
+    torch.save({"state_dict": sd}, path)
+    with pytest.raises(SqueezeError, match=message):
+        squeezetime.load_checkpoint(path)
+
+
+def test_wrong_files_say_what_they_are(tmp_path, real_video):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(SqueezeError, match=r"is empty \(0 bytes\)"):
+        squeezetime.load_checkpoint(tmp_path / "empty.pth")
+    (tmp_path / "clip.pth").write_bytes(real_video.read_bytes()[:65536])
+    with pytest.raises(SqueezeError, match="it is an MP4/MOV video, not a checkpoint"):
+        squeezetime.load_checkpoint(tmp_path / "clip.pth")
+    (tmp_path / "clip.safetensors").write_bytes(real_video.read_bytes()[:65536])
+    with pytest.raises(SqueezeError, match="not a readable safetensors file .* it is an MP4/MOV video"):
+        squeezetime.load_checkpoint(tmp_path / "clip.safetensors")
+    with pytest.raises(SqueezeError, match="is a directory"):
+        squeezetime.load_checkpoint(tmp_path)

@@ -260,3 +260,115 @@ def test_coreml_structural_check_catches_broken_specs(all_formats, tmp_path):
     (tmp_path / "garbage.mlpackage").mkdir()
     with pytest.raises(SqueezeError, match="does not load"):
         structural_report(tmp_path / "garbage.mlpackage", expect, 51, "fp16")
+
+
+def _signal_during(args, wait_for, sig, cwd=None, settle=3.0):
+    """Start `squeeze ARGS`, wait for a stderr line containing WAIT_FOR, send SIG; returns (returncode, stderr)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "export.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=cwd or Path(__file__).resolve().parents[1])
+    deadline = time.time() + 300
+    seen = ""
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        seen += line
+        if wait_for in line or not line:
+            break
+    time.sleep(settle)
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=180)
+    return proc.returncode, seen + rest
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_during_conversion_leave_nothing_behind(tmp_path, small_checkpoint, sig, code):
+    code_seen, err = _signal_during(["export", "squeezetime", *SMALL, "--checkpoint", str(small_checkpoint),
+                                     "--out", str(tmp_path), "--formats", "onnx,pte"], "converting -> ", sig)
+    name = "SIGTERM" if sig == signal.SIGTERM else "SIGINT"
+    assert code_seen == code, err
+    errors = [l for l in err.splitlines() if l.startswith("error:")]
+    assert errors == [f"error: interrupted; no partial artifacts were left behind ({name})"], err
+    assert "Traceback" not in err
+    assert not _partials(tmp_path) and not list(tmp_path.glob("*.pte"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    # the manifest describes exactly the complete artifacts on disk (onnx, if it finished before the signal)
+    on_disk = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".onnx", ".pte"))
+    assert on_disk == sorted(a["file"] for a in manifest["artifacts"])
+
+
+def test_stale_partials_of_a_killed_export_are_swept(tmp_path, small_checkpoint):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".squeezetime_hmdb51_4x64_clip_fp32.partial-{dead.pid}-abcdefgh.onnx"
+    stale.write_bytes(b"\0" * 1000)
+    keep = tmp_path / "notes.partial-1.txt"
+    keep.write_text("mine")
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    assert not stale.exists() and keep.exists() and _partials(tmp_path) == [keep]
+
+
+def test_second_export_merges_into_the_manifest(tmp_path, small_checkpoint, capsys):
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    first = json.loads((tmp_path / "manifest.json").read_text())
+    (onnx,) = first["artifacts"]
+    # tflite is added; onnx is exported again and its record replaced (same file), not duplicated
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "tflite,onnx"]) == 0
+    merged = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(a["container"] for a in merged["artifacts"]) == ["onnx", "tflite"]
+    new_onnx = next(a for a in merged["artifacts"] if a["container"] == "onnx")
+    assert new_onnx["sha256"] == onnx["sha256"] == _sha(tmp_path / onnx["file"])  # deterministic export
+    on_disk = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".onnx", ".tflite"))
+    assert on_disk == sorted(a["file"] for a in merged["artifacts"])
+    assert {"onnxruntime", "litert-torch"} <= set(merged["tools"])
+    # a third export of one format keeps the other's record
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(a["container"] for a in again["artifacts"]) == ["onnx", "tflite"]
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("pass") == 2
+
+
+def test_mlpackage_from_a_previous_export_is_replaced(all_formats, tmp_path, small_checkpoint):
+    from export.backends.coreml_backend import DEBUG_HANDLE_MAP, is_mlpackage
+
+    _, out, manifest = all_formats
+    pkg_name = next(a["file"] for a in manifest["artifacts"] if a["container"] == "mlpackage")
+    # no ExecuTorch debug-handle map (240 KB at full size) inside the package the app ships
+    assert not (out / pkg_name / DEBUG_HANDLE_MAP).exists() and is_mlpackage(out / pkg_name)
+    copy = tmp_path / "again"
+    import shutil
+
+    shutil.copytree(out, copy)
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(copy), "--formats", "coreml", "--no-mlmodel"]) == 0
+    merged = json.loads((copy / "manifest.json").read_text())
+    assert sorted(a["container"] for a in merged["artifacts"]) == sorted(a["container"] for a in manifest["artifacts"])
+    pkg = next(a for a in merged["artifacts"] if a["container"] == "mlpackage")
+    assert pkg["sha256"] == sha256_dir(copy / pkg_name) and not (copy / pkg_name / DEBUG_HANDLE_MAP).exists()
+    assert not _partials(copy)
+
+
+def sha256_dir(path):
+    from export.verify import sha256_file
+
+    return sha256_file(path)
+
+
+def test_verify_after_the_video_moved(all_formats, tmp_path, real_video, capsys):
+    import shutil
+
+    _, out, _ = all_formats
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    assert Path(manifest["verification_inputs"]["video"]).is_absolute()
+    manifest["verification_inputs"]["video"] = str(tmp_path / "gone" / "bikes.mp4")
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["container"] == "onnx"]
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(moved)]) == 1
+    err = capsys.readouterr().err
+    assert "is not there" in err and "--verify-video PATH" in err
+    video = tmp_path / "elsewhere.mp4"
+    shutil.copyfile(real_video, video)
+    assert main(["verify", str(moved), "--verify-video", str(video)]) == 0
+    assert "pass" in capsys.readouterr().out

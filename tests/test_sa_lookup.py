@@ -55,13 +55,13 @@ def test_scores_are_stable_with_adversarially_large_key_norms():
 
 @pytest.mark.parametrize("hierarchical", [False, True])
 @pytest.mark.parametrize("per_query_head", [False, True])
-@pytest.mark.parametrize("mode", ["budget", "threshold"])
+@pytest.mark.parametrize("mode", ["top-k", "threshold"])
 def test_torch_lookup_equals_numpy_fallback(mode, per_query_head, hierarchical):
     gen = small_generator()
     pack, tables = gen.pack, gen.tables
     np_tables = NumpyTables.from_torch(tables)
     queries = user_queries(gen)
-    ctx = make_context(pack, AttentionChoice(mode, keep=0.1, per_query_head=per_query_head, hierarchical=hierarchical), tables)
+    ctx = make_context(pack, AttentionChoice(mode, keep_fraction=0.1, per_query_head=per_query_head, hierarchical=hierarchical), tables)
     spec = ctx.spec
     for layer in range(0, pack.config.num_layers, 3):
         for q in (queries[layer], queries[layer][:, -1:]):  # prefill (mean over queries) and one decode token
@@ -94,7 +94,7 @@ def test_keep_everything_equals_full_attention_exactly():
     ids = torch.tensor(gen.prompt_ids(prompt))
     outs = []
     # The in-graph torch path (the fused decode kernel sums in another order: tested separately below).
-    for choice in (AttentionChoice("full"), AttentionChoice("budget", budget=gen.pack.num_clustered, backend="torch")):
+    for choice in (AttentionChoice("full"), AttentionChoice("top-k", keep_keys=gen.pack.num_clustered, backend="torch")):
         cache = gen.model.new_cache(len(ids) + 1)
         first = gen.model.step(ids, cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
         nxt = gen.model.step(first.argmax().view(1), cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
@@ -120,9 +120,9 @@ def test_fused_decode_kernel_selects_the_same_keys_and_matches_the_torch_path(pe
     pack, tables = gen.pack, gen.tables
     queries = user_queries(gen)
     for budget in (1, pack.num_clustered // 10, pack.num_clustered // 3, pack.num_clustered):
-        choice = AttentionChoice("budget", budget=budget, per_query_head=per_query_head, backend="torch")
+        choice = AttentionChoice("top-k", keep_keys=budget, per_query_head=per_query_head, backend="torch")
         ref = make_context(pack, choice, tables)
-        fused = make_context(pack, AttentionChoice("budget", budget=budget, per_query_head=per_query_head,
+        fused = make_context(pack, AttentionChoice("top-k", keep_keys=budget, per_query_head=per_query_head,
                                                    backend="native"), tables)
         assert fused.fused and not ref.fused
         for layer in range(0, pack.config.num_layers, 4):
@@ -172,7 +172,7 @@ def test_native_prefill_selection_equals_the_torch_lookup_at_any_thread_count(pe
     threads = torch.get_num_threads()
     try:
         for budget in (1, pack.num_clustered // 8, pack.num_clustered // 2):
-            ref = make_context(pack, AttentionChoice("budget", budget=budget, per_query_head=per_query_head,
+            ref = make_context(pack, AttentionChoice("top-k", keep_keys=budget, per_query_head=per_query_head,
                                                      backend="torch"), t)
             for layer in range(0, pack.config.num_layers, 5):
                 q = queries[layer]  # [Hq, T, D], T = prompt tokens
@@ -203,7 +203,7 @@ def test_fused_decode_reads_fp16_rows_exactly_and_splits_work_independently_of_t
     require_fused_kernel()
     gen = small_generator()
     pack, t = gen.pack, gen.tables
-    ctx = make_context(pack, AttentionChoice("budget", budget=pack.num_clustered // 5, backend="native"), t, gen.rows)
+    ctx = make_context(pack, AttentionChoice("top-k", keep_keys=pack.num_clustered // 5, backend="native"), t, gen.rows)
     assert ctx.clustered_kv.dtype == torch.float16  # the pack's precision, half the bytes of an fp32 copy
     queries = user_queries(gen)
     threads = torch.get_num_threads()
@@ -247,14 +247,14 @@ def test_native_decode_gemv_matches_linear_for_both_weight_layouts():
 def test_fused_kernel_is_used_for_decode_only_and_keeps_generation_identical():
     require_fused_kernel()
     gen = small_generator()
-    a = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="torch"), max_new_tokens=8)
-    b = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("budget", keep=0.2, backend="native"), max_new_tokens=8)
+    a = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("top-k", keep_fraction=0.2, backend="torch"), max_new_tokens=8)
+    b = gen.generate("What is the pass key? Answer with the number only.", AttentionChoice("top-k", keep_fraction=0.2, backend="native"), max_new_tokens=8)
     assert a.token_ids == b.token_ids and a.kept_fraction == pytest.approx(b.kept_fraction)
     # the K/V layout is built once per pack and shared by every context the generator makes
-    choice = AttentionChoice("budget", keep=0.2)
+    choice = AttentionChoice("top-k", keep_fraction=0.2)
     assert gen.context(choice).clustered_kv is gen.context(choice).clustered_kv
     # threshold and hierarchical lookups are not fused: "auto" falls back to the torch path for them
-    for choice in (AttentionChoice("threshold", keep=0.2), AttentionChoice("budget", keep=0.2, hierarchical=True)):
+    for choice in (AttentionChoice("threshold", keep_fraction=0.2), AttentionChoice("top-k", keep_fraction=0.2, hierarchical=True)):
         assert not make_context(gen.pack, choice, gen.tables).fused
 
 
@@ -281,8 +281,8 @@ def test_hierarchical_lookup_scores_fewer_centroids_and_matches_flat():
     pack, tables = gen.pack, gen.tables
     queries = user_queries(gen)
     keep = 0.1
-    flat = make_context(pack, AttentionChoice("budget", keep=keep), tables)
-    hier = make_context(pack, AttentionChoice("budget", keep=keep, hierarchical=True), tables)
+    flat = make_context(pack, AttentionChoice("top-k", keep_fraction=keep), tables)
+    hier = make_context(pack, AttentionChoice("top-k", keep_fraction=keep, hierarchical=True), tables)
     overlaps = []
     for layer in range(pack.config.num_layers):
         q = queries[layer][:, -1:]
@@ -313,7 +313,7 @@ def test_gqa_per_query_head_selection_differs_within_a_group():
 
 def test_threshold_mode_keeps_about_the_calibrated_fraction():
     gen = small_generator()
-    ctx = make_context(gen.pack, AttentionChoice("threshold", keep=0.2), gen.tables)
+    ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=0.2), gen.tables)
     ids = torch.tensor(gen.prompt_ids("What is the pass key?"))
     gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
     kept = ctx.stats.mean_kept() / gen.pack.num_clustered
@@ -322,12 +322,12 @@ def test_threshold_mode_keeps_about_the_calibrated_fraction():
 
 
 def test_real_passkey_passes_with_the_default_budget():
-    from squeezed_attention.cli import DEFAULT_KEEP
+    from squeezed_attention.generation import DEFAULT_KV_BUDGET
 
     gen = small_generator(hierarchical=False)
     case, _ = passkey_case()
-    for choice in (AttentionChoice("full"), AttentionChoice("budget", keep=DEFAULT_KEEP),
-                   AttentionChoice("budget", keep=DEFAULT_KEEP, hierarchical=False, backend="numpy")):
+    for choice in (AttentionChoice("full"), AttentionChoice("top-k", kv_budget=DEFAULT_KV_BUDGET),
+                   AttentionChoice("top-k", kv_budget=DEFAULT_KV_BUDGET, hierarchical=False, backend="numpy")):
         result = gen.generate(case.question, choice, max_new_tokens=12)
         assert case.answer in result.text, (choice, result.text)
 
@@ -338,7 +338,7 @@ def test_without_the_kernel_auto_falls_back_to_torch_and_native_is_refused(monke
     monkeypatch.setitem(native._state, "loaded", False)
     monkeypatch.setitem(native._state, "error", "CalledProcessError: g++ not found")
     gen = small_generator()
-    ctx = make_context(gen.pack, AttentionChoice("budget", keep=0.2), gen.tables)
+    ctx = make_context(gen.pack, AttentionChoice("top-k", keep_fraction=0.2), gen.tables)
     assert not ctx.fused and ctx.backend == "torch"
     with pytest.raises(SqueezeError, match="could not be built .*g\\+\\+ not found.*--lookup torch"):
-        make_context(gen.pack, AttentionChoice("budget", keep=0.2, backend="native"), gen.tables)
+        make_context(gen.pack, AttentionChoice("top-k", keep_fraction=0.2, backend="native"), gen.tables)

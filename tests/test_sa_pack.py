@@ -100,7 +100,7 @@ def test_tampered_pack_is_refused(saved_pack, tmp_path):
             load_context_pack(bad)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(bytes(data[: len(data) // 3]))
-    with pytest.raises(SqueezeError, match="not a readable context pack"):
+    with pytest.raises(SqueezeError, match="damaged or truncated context pack"):
         load_context_pack(truncated)
 
 
@@ -125,11 +125,11 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path):
         build_context_pack(model, ck, long_text)
     p = small_pack(True)
     with pytest.raises(SqueezeError, match="larger than"):
-        make_context(p, AttentionChoice("budget", budget=p.num_clustered + 1))
+        make_context(p, AttentionChoice("top-k", keep_keys=p.num_clustered + 1))
     with pytest.raises(SqueezeError, match="hierarchical"):
-        make_context(small_pack(False), AttentionChoice("budget", keep=0.1, hierarchical=True))
+        make_context(small_pack(False), AttentionChoice("top-k", keep_fraction=0.1, hierarchical=True))
     with pytest.raises(SqueezeError, match="calibrated range"):
-        make_context(p, AttentionChoice("threshold", keep=0.001))
+        make_context(p, AttentionChoice("threshold", keep_fraction=0.001))
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 FORMATS = tuple(REGISTRY)
+DEFAULT_FORMATS = ("onnx", "tflite", "pte", "coreml")  # what `squeeze export squeezetime` writes by default
 
 
 def get_backend(name: str) -> Backend:

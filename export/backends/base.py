@@ -13,14 +13,18 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from squeeze_mobile.errors import SqueezeError
-from squeezetime.rewrite import InputSpec
 
+if TYPE_CHECKING:  # annotations only
+    import torch
+
+    from squeezetime.rewrite import InputSpec
+
+# No torch / squeezetime imports at run time here: the ONNX answer path of an exported decoder loads backends without PyTorch.
 REGISTRY: Dict[str, "Backend"] = {}
 
 
@@ -32,7 +36,7 @@ def register(cls):
 
 @dataclass
 class ExportOptions:
-    spec: InputSpec
+    spec: "InputSpec"  # squeezetime.rewrite.InputSpec (None for models without one, e.g. the decoder)
     precision: str = "fp32"
     pte_backend: str = "xnnpack"
     coreml_legacy: bool = True
@@ -58,6 +62,13 @@ class Runner(ABC):
     @abstractmethod
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
+    def run(self, method: str, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run a named method on named inputs; returns named outputs (state stays in the runtime where it holds
+        it). Single-method artifacts (SqueezeTime) also answer ``forward`` with ``{"input": x} -> {"logits": y}``."""
+        if method != "forward" or set(feed) != {"input"}:
+            raise SqueezeError(f"the {self.runtime} runner of this artifact has only method 'forward' (input 'input')")
+        return {"logits": self(feed["input"])}
+
     def close(self) -> None:  # runtimes that hold native resources release them here
         pass
 
@@ -79,6 +90,22 @@ class Backend(ABC):
 
     @abstractmethod
     def load(self, path: Path, threads: Optional[int] = None) -> Runner: ...
+
+    def export_program(self, program, dest: Path, opts: ExportOptions) -> Dict[str, Any]:
+        """Write a program of named methods (export.program.Program) to ``dest``; returns manifest extras.
+        Formats that can hold several methods or named inputs override this."""
+        raise SqueezeError(f"{self.name} cannot export multi-method programs yet (methods: {', '.join(program.names)}); "
+                           "use --formats pte or onnx")
+
+    def load_program(self, path: Path, methods: Dict[str, Dict], threads: Optional[int] = None) -> Runner:
+        """Load an artifact written by export_program; ``methods`` is the manifest's method table
+        ({name: {"graph", "inputs": [{"name", ...}], "outputs": [...]}}) so the runner can order inputs by name."""
+        raise SqueezeError(f"{self.name} cannot run multi-method programs here")
+
+    def replaceable(self, path: Path) -> bool:
+        """Whether an existing *directory* at ``path`` is an artifact of this format that a new export may
+        replace. File formats never replace a directory (a user's folder named like an artifact is left alone)."""
+        return False
 
     def cannot_run_here(self, extras: Optional[Dict[str, Any]] = None) -> Optional[str]:
         """None if this machine can execute the artifact (described by its manifest ``extras``), else why not."""

@@ -18,6 +18,7 @@ from .base import Backend, ExportOptions, Runner, TensorInfo, register, versions
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MLPROGRAM_TARGET = "iOS17"
+DEBUG_HANDLE_MAP = "executorch_debug_handle_mapping.json"
 LEGACY_TARGET = "iOS14"
 
 
@@ -131,6 +132,18 @@ def structural_report(path: Path, expect_input: TensorInfo, expect_classes: int,
     return report
 
 
+def is_mlpackage(path: Path) -> bool:
+    """A Core ML package as coremltools writes it (so a re-export may replace it): Manifest.json and
+    Data/com.apple.CoreML/, nothing else at the top level. Any other directory is not ours to delete."""
+    path = Path(path)
+    try:
+        top = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return (path.suffix == ".mlpackage" and (path / "Manifest.json").is_file()
+            and (path / "Data" / "com.apple.CoreML").is_dir() and top <= {"Manifest.json", "Data", DEBUG_HANDLE_MAP})
+
+
 def _float_example(example):
     # Core ML has no uint8 multi-array input: frames_uint8 graphs take float32 0..255 (the cast is a no-op)
     return example.float() if not example.is_floating_point() else example
@@ -166,6 +179,9 @@ class CoreMLBackend(Backend):
         )
         mlmodel.short_description = "SqueezeTime video action recognition (squeeze-mobile)"
         mlmodel.save(str(dest))
+        # coremltools writes ExecuTorch's debug-handle map (node id -> MIL ops, ~240 KB) into every package
+        # converted from a torch.export program; it is for ExecuTorch's devtools, not for the app: drop it
+        (Path(dest) / DEBUG_HANDLE_MAP).unlink(missing_ok=True)
         return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32"}
 
     def export_legacy(self, module, example, dest: Path, opts: ExportOptions):
@@ -198,6 +214,9 @@ class CoreMLBackend(Backend):
 
     def load(self, path, threads=None):
         return CoreMLRunner(path, threads)
+
+    def replaceable(self, path: Path) -> bool:
+        return is_mlpackage(path)
 
     def cannot_run_here(self, extras=None):
         if platform.system() != "Darwin":

@@ -46,6 +46,52 @@ class ExecuTorchRunner(Runner):
         return out[0].numpy()
 
 
+class ExecuTorchProgramRunner(Runner):
+    """Named methods of one program; mutable state (e.g. a KV cache) stays in the runtime between calls.
+    torch is used only for its tensor type, the container ExecuTorch's Python binding takes."""
+
+    runtime = "ExecuTorch (XNNPACK)"
+
+    def __init__(self, path: Path, methods, threads: Optional[int]):
+        import torch
+        from executorch.runtime import Runtime
+
+        set_threads(threads)
+        self._torch = torch
+        self.table = methods
+        self.program = Runtime.get().load_program(str(path))
+        self._loaded = {}
+
+    def __call__(self, x):
+        return self.run("forward", {"input": x})["logits"]
+
+    def run(self, method, feed):
+        if method not in self.table:
+            raise SqueezeError(f"this program has no method {method!r}; it has {', '.join(self.table)}")
+        if method not in self._loaded:
+            self._loaded[method] = self.program.load_method(method)
+        spec = self.table[method]
+        names = [i["name"] for i in spec["inputs"]]
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise SqueezeError(f"method {method!r} needs inputs {', '.join(missing)}")
+        args = [self._torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names]
+        outs = self._loaded[method].execute(args)
+        return {name: o.numpy() for name, o in zip(spec["outputs"], outs)}
+
+
+def _delegation_summary(info) -> dict:
+    by_op = {op: {"delegated": b.delegated, "portable": b.non_delegated}
+             for op, b in sorted(info.delegation_by_operator.items())}
+    return {
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "portable_nodes": info.num_non_delegated_nodes,
+        "portable_ops": sorted(op for op, b in by_op.items() if b["portable"]),
+        "by_operator": by_op,
+    }
+
+
 @register
 class ExecuTorchBackend(Backend):
     name = "pte"
@@ -60,40 +106,56 @@ class ExecuTorchBackend(Backend):
         from executorch.devtools.backend_debug import get_delegation_info
         from executorch.exir import to_edge_transform_and_lower
 
-        if opts.pte_backend not in PTE_BACKENDS:
-            raise SqueezeError(f"unknown --pte-backend {opts.pte_backend!r}; use one of {', '.join(PTE_BACKENDS)}")
-        if opts.pte_backend == "xnnpack":
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-
-            partitioner = XnnpackPartitioner()
-        else:
-            from executorch.backends.apple.coreml.partition import CoreMLPartitioner
-
-            partitioner = CoreMLPartitioner()
+        partitioner = self._partitioner(opts)
         ep = torch.export.export(module, (example,), strict=False)
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
         info = get_delegation_info(edge.exported_program().graph_module)
         program = edge.to_executorch()
         with open(dest, "wb") as fh:
             program.write_to_file(fh)
-        by_op = {
-            op: {"delegated": b.delegated, "portable": b.non_delegated}
-            for op, b in sorted(info.delegation_by_operator.items())
-        }
-        portable_ops = sorted(op for op, b in by_op.items() if b["portable"])
-        return {
-            "pte_backend": opts.pte_backend,
-            "delegation": {
-                "delegated_subgraphs": info.num_delegated_subgraphs,
-                "delegated_nodes": info.num_delegated_nodes,
-                "portable_nodes": info.num_non_delegated_nodes,
-                "portable_ops": portable_ops,
-                "by_operator": by_op,
-            },
-        }
+        return {"pte_backend": opts.pte_backend, "delegation": _delegation_summary(info)}
 
     def load(self, path, threads=None):
         return ExecuTorchRunner(path, threads)
+
+    def load_program(self, path, methods, threads=None):
+        return ExecuTorchProgramRunner(path, methods, threads)
+
+    def export_program(self, program, dest: Path, opts: ExportOptions):
+        """Every method into one program (weights shared), mutable buffers shared between methods, inputs not
+        memory-planned (the app's arrays, e.g. a context pack, are read in place instead of copied per call)."""
+        import torch
+        from executorch.devtools.backend_debug import get_delegation_info
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes import MemoryPlanningPass
+
+        partitioner = self._partitioner(opts)
+        with torch.no_grad():  # in-place state updates (KV cache buffers) cannot be traced with autograd on
+            exported = {m.name: torch.export.export(m.module, (), kwargs=dict(m.inputs), strict=False)
+                        for m in program.methods}
+        edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
+        delegation = {name: _delegation_summary(get_delegation_info(edge.exported_program(name).graph_module))
+                      for name in exported}
+        config = ExecutorchBackendConfig(
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=bool(program.state)),
+            emit_mutable_buffer_names=True)
+        out = edge.to_executorch(config)
+        with open(dest, "wb") as fh:
+            out.write_to_file(fh)
+        return {"pte_backend": opts.pte_backend, "delegation": delegation, "state": list(program.state),
+                "methods": {m.name: {"graph": m.name, **m.signature()} for m in program.methods}}
+
+    @staticmethod
+    def _partitioner(opts):
+        if opts.pte_backend not in PTE_BACKENDS:
+            raise SqueezeError(f"unknown --pte-backend {opts.pte_backend!r}; use one of {', '.join(PTE_BACKENDS)}")
+        if opts.pte_backend == "xnnpack":
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+            return XnnpackPartitioner()
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        return CoreMLPartitioner()
 
     def cannot_run_here(self, extras=None):
         import platform

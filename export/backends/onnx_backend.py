@@ -7,6 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from squeeze_mobile.errors import SqueezeError
+
 from .base import Backend, ExportOptions, Runner, register, versions_of
 
 OPSET = 18
@@ -30,6 +32,15 @@ class OnnxRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
+
+    def run(self, method, feed):
+        # one graph serves every method (the methods differ in a dynamic axis); feed it what it declares
+        names = [i.name for i in self.session.get_inputs()]
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise SqueezeError(f"method {method!r} needs inputs {', '.join(missing)}")
+        outs = self.session.run(None, {n: feed[n] for n in names})
+        return dict(zip((o.name for o in self.session.get_outputs()), outs))
 
 
 @register
@@ -70,6 +81,37 @@ class OnnxBackend(Backend):
 
     def load(self, path, threads=None):
         return OnnxRunner(path, threads)
+
+    def load_program(self, path, methods, threads=None):
+        return OnnxRunner(path, threads)
+
+    def export_program(self, program, dest: Path, opts: ExportOptions):
+        """One ONNX graph for all methods: the widest method with its dynamic axes symbolic (the decoder's
+        prefill and decode are the same graph at T = max_prompt and T = 1)."""
+        import onnx
+        import torch
+
+        from squeeze_mobile.errors import SqueezeError
+
+        graph = program.one_graph()
+        if graph is None:
+            raise SqueezeError(f"onnx holds one graph per file; methods {', '.join(program.names)} differ in more than "
+                               "a dynamic axis")
+        dims = {n: {axis: torch.export.Dim(sym, min=lo, max=hi) for axis, (sym, lo, hi) in axes.items()}
+                for n, axes in graph.dynamic.items()}
+        with torch.no_grad():
+            exported = torch.onnx.export(
+                graph.module, (), kwargs=dict(graph.inputs), dynamo=True, opset_version=OPSET,
+                input_names=list(graph.inputs), output_names=list(graph.outputs), external_data=False, verbose=False,
+                dynamic_shapes={n: dims.get(n) for n in graph.inputs} if dims else None,
+            )
+        model = exported.model_proto
+        model.producer_version = torch.__version__.split("+")[0]
+        onnx.checker.check_model(model)
+        with open(dest, "wb") as fh:
+            fh.write(model.SerializeToString(deterministic=True))
+        return {"opset": OPSET, "nodes": len(model.graph.node),
+                "methods": {m.name: {"graph": "main", **m.signature()} for m in program.methods}}
 
     def tool_versions(self):
         return versions_of("torch", "onnx", "onnxscript", "onnxruntime")

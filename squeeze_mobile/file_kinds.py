@@ -1,0 +1,88 @@
+"""Name what a file is from its first bytes, so an error can say "X is a video, not a checkpoint".
+
+Only cheap, certain signatures; ``describe`` returns None when it does not recognise the file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Optional
+
+
+def _safetensors_metadata(head: bytes, path: Path) -> Optional[dict]:
+    if len(head) < 10:
+        return None
+    (n,) = struct.unpack("<Q", head[:8])
+    if not 2 <= n <= 100_000_000 or head[8:9] != b"{":
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(8)
+            header = json.loads(fh.read(min(n, 1 << 20)).decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def describe(path) -> Optional[str]:
+    """A short noun phrase for the kind of ``path`` ("a directory", "an MP4/MOV video", ...), or None."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            if path.suffix == ".mlpackage":
+                return "a Core ML package (.mlpackage directory)"
+            if (path / "manifest.json").is_file():
+                return "an export directory"
+            return "a directory"
+        if not path.exists():
+            return None
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file (0 bytes)"
+    meta = _safetensors_metadata(head, path)
+    if meta is not None:
+        fmt = str(meta.get("format", ""))
+        if fmt.startswith("squeeze-context-pack"):
+            return "a Squeezed Attention context pack"
+        return "a safetensors file"
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "a Matroska/WebM video"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "an AVI video"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "a WAV audio file"
+    if head[:4] == b"GGUF":
+        return "a GGUF model file"
+    if head[4:8] == b"TFL3":
+        return "a TFLite model"
+    if head[4:6] == b"ET" and head[6:8].isdigit():
+        return "an ExecuTorch program (.pte)"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (e.g. a PyTorch checkpoint)"
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "a pickle file (e.g. a legacy PyTorch checkpoint)"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip file"
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "a JSON file"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "a PNG image"
+    if head[:3] == b"\xff\xd8\xff":
+        return "a JPEG image"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return None
+
+
+__all__ = ["describe"]

@@ -1,0 +1,408 @@
+"""Export the Squeezed Attention decoder to mobile artifacts (.pte, .onnx), verify them on the real model, write
+the runtime contract (manifest.json + tokenizer.json) an app needs.
+
+    result = export_decoder("decoder_out", formats=("pte", "onnx"), max_context=8192, kv_budget=0.125)
+
+One artifact per (format, attention): methods ``prefill`` (max_prompt tokens, padded) and ``decode`` (one
+token) over a context pack given as inputs (so one artifact serves every pack of its model; see
+squeezed_attention.exportable for the graph and squeezed_attention.pack_arrays for the pack layout). The same
+backends as SqueezeTime write them (export.backends: ``export_program`` / ``load_program``).
+
+Verification, per artifact, on a real context pack built from real prose (a pass key hidden in licence text):
+for each of 3 prompts (the pass-key question among them), greedy tokens of the artifact must equal those of
+the PyTorch decoder (squeezed_attention.generation, same attention mode and kept-key count) for
+``verify_tokens`` tokens, and the per-step logits must match the PyTorch version of the exported graph
+(PSNR >= 60 dB, fp32). ``squeeze verify DIR`` re-runs it from the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
+
+from .errors import SqueezeError
+from .exportable import ATTENTIONS, DecoderShapes, ExportableDecoder, pack_as_arrays
+from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
+
+SCHEMA = "squeeze-mobile/decoder-manifest/1"
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+FORMATS = ("pte", "onnx")
+PSNR_MIN_DB = 60.0
+VERIFY_PROMPTS = ("Summarise the text above in one sentence.", "What is the first thing the text talks about?")
+
+
+@dataclass
+class DecoderExportResult:
+    out_dir: Path
+    manifest: dict
+    failures: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(a["verification"]["status"] == "pass" for a in self.manifest["artifacts"])
+
+
+def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_budget: float,
+                   centroid_fraction: float = 0.10, sink_tokens: int = 4, window: int = 100) -> DecoderShapes:
+    """The artifact's static shapes: the largest pack it takes and the kept keys its KV budget allows there."""
+    for name, value, low in (("--max-context", max_context, sink_tokens + window + 16), ("--max-prompt", max_prompt, 1),
+                             ("--max-new", max_new, 1)):
+        if type(value) is not int or value < low:
+            raise SqueezeError(f"{name} must be a whole number >= {low}; got {value!r}")
+    if not (isinstance(kv_budget, (int, float)) and 0 < kv_budget <= 1):
+        raise SqueezeError(f"--kv-budget must be a fraction in (0, 1]; got {kv_budget!r}")
+    if max_context + max_prompt + max_new > config.max_positions:
+        raise SqueezeError(f"--max-context {max_context} + --max-prompt {max_prompt} + --max-new {max_new} exceed the "
+                           f"model window of {config.max_positions} tokens; lower one of them")
+    clustered = max_context - sink_tokens - window
+    keep = keep_fraction_for_kv_budget(kv_budget, centroid_fraction, config.head_dim)
+    return DecoderShapes(max_context=max_context, max_prompt=max_prompt, max_new=max_new, sink_tokens=sink_tokens,
+                         window=window, max_clusters=max(1, round(centroid_fraction * clustered)),
+                         max_keep=max(1, min(clustered, math.ceil(keep * clustered))))
+
+
+def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str):
+    """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
+    takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic)."""
+    from export.program import Method, Program
+
+    state = "buffer" if fmt == "pte" else "io"
+    module = ExportableDecoder(model, shapes, attention, state=state).eval()
+    dynamic = {} if fmt == "pte" else {"tokens": {0: ("T", 1, shapes.max_prompt)}}
+    methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic)
+               for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
+    return Program(methods, state=["cache_keys", "cache_values"] if state == "buffer" else []), module
+
+
+class EagerRunner:
+    """The exported graph run by PyTorch itself (the reference for per-step logits); same run() contract."""
+
+    runtime = "PyTorch eager (exported graph)"
+
+    def __init__(self, module):
+        self.module = module
+
+    @torch.no_grad()
+    def run(self, method, feed):
+        names = self.module.input_names()
+        out = self.module(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names})
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(self.module.output_names(), out)}
+
+    def close(self):
+        pass
+
+
+def chat_section(tokenizer) -> dict:
+    from .generation import CHAT_JOIN
+
+    prefix, suffix = tokenizer.chat_frame() if tokenizer.chat_template else ("", "")
+    return {"prefix": prefix, "join": CHAT_JOIN, "suffix": suffix}
+
+
+def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict) -> dict:
+    state = "buffer" if fmt == "pte" else "io"
+    how = ("mutable buffers inside the program (cache_keys, cache_values), shared by prefill and decode"
+           if state == "buffer" else
+           "explicit: past_keys/past_values in; new_keys/new_values (this step's rows) out; the app writes them "
+           "at cache_len")
+    return {
+        "attention": attention, "state": state, "kv_budget": kv_budget if attention == "squeezed" else None,
+        "shapes": shapes.to_dict(), "methods": methods,
+        "call_sequence": [
+            "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
+            "context inputs (squeezed_attention.pack_arrays.decoder_context_inputs; the sample apps port it)",
+            "prefill: tokens = question ids padded to shapes.max_prompt, n_tokens = real length, cache_len = 0",
+            "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
+            "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
+        ],
+        "state_handling": how,
+        "reset": "a new question starts at cache_len = 0; cache entries at or past cache_len are masked",
+        "pack_inputs": {
+            "context_len": "pack tokens",
+            "keep_keys": "round(keep_fraction * clustered keys of the pack), keep_fraction = kv_budget - centroid "
+                         "bytes / KV bytes (pack_arrays.keep_fraction_for_kv_budget), at most shapes.max_keep",
+            **({"context_keys/context_values": "kv.keys / kv.values as float32, padded to max_context"}
+               if attention == "full" else
+               {"sink_kv / window_kv": "[key|value] rows of the first sink_tokens / last window tokens",
+                "clustered_kv": "[key|value] rows of the clustered tokens, cluster by cluster (stable), padded",
+                "centroids": "int8 codes x fp16 scales, padded with empty clusters",
+                "counts / cluster_start": "keys per cluster and where each starts in clustered_kv"}),
+        },
+    }
+
+
+def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
+                   max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", verify: bool = True,
+                   verify_context_tokens: int = 2048, verify_tokens: int = 32, verify_text=None,
+                   progress=None) -> DecoderExportResult:
+    """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
+
+    Verification builds a pack from real prose with a pass key hidden in it (``verify_context_tokens`` long), or
+    from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
+    recorded so ``squeeze verify`` can rebuild the same pack)."""
+    from export.backends import ExportOptions, conversion_error, get_backend
+
+    from .model import LlamaForCausalLM
+    from .weights import load_checkpoint
+
+    say = progress or (lambda stage, msg: None)
+    formats = [formats] if isinstance(formats, str) else list(formats)
+    formats = list(dict.fromkeys("pte" if f == "executorch" else f for f in formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise SqueezeError(f"the decoder exports to {', '.join(FORMATS)}; got {', '.join(bad) or 'none'} "
+                           "(LiteRT and Core ML decoders come with the split lookup plan)")
+    attentions = [attention] if isinstance(attention, str) else list(attention)
+    if not attentions or any(a not in ATTENTIONS for a in attentions):
+        raise SqueezeError(f"--attention must be squeezed, full or both; got {attention!r}")
+    text_file = None
+    if verify_text is not None:
+        text_file = Path(verify_text).resolve()
+        try:
+            verify_text = text_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SqueezeError(f"--verify-text {text_file} cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+    out_dir = ensure_writable_dir(out_dir)
+    say("model", "loading the model")
+    checkpoint = load_checkpoint(model_path)
+    model = LlamaForCausalLM.from_checkpoint(checkpoint)
+    shapes = decoder_shapes(model.config, max_context, max_prompt, max_new, kv_budget)
+    tokenizer = checkpoint.tokenizer
+    write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.backend.to_str())
+    manifest = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"kind": "decoder", "name": model.config.name, "source": str(checkpoint.source),
+                  "weights_sha256": checkpoint.weights_sha256, "tokenizer_sha256": tokenizer.fingerprint(),
+                  "config": json.loads(model.config.to_json())},
+        "tokenizer": {"file": TOKENIZER_FILE, "chat": chat_section(tokenizer),
+                      "stop_token_ids": sorted(i for i in (tokenizer.eos_token_id, 0) if i is not None)},
+        "precision": "fp32",
+        "tools": {"python": platform.python_version(),
+                  **{k: v for f in formats for k, v in get_backend(f).tool_versions().items()}},
+        "artifacts": [], "failures": [],
+    }
+    verification = None
+    if verify:
+        say("verify", f"building the verification pack from {text_file}" if text_file else
+            f"building a {verify_context_tokens}-token verification pack from real prose")
+        verification = VerificationData.build(model, checkpoint, min(verify_context_tokens, shapes.max_context),
+                                              verify_tokens, verify_text)
+        manifest["verification_inputs"] = verification.describe()
+        if text_file is not None:
+            manifest["verification_inputs"]["text_file"] = str(text_file)
+    result = DecoderExportResult(out_dir, manifest)
+    for att in attentions:
+        for fmt in formats:
+            backend = get_backend(fmt)
+            name = f"decoder_{att}_{shapes.max_context // 1024}k_fp32.{fmt}" if shapes.max_context % 1024 == 0 \
+                else f"decoder_{att}_{shapes.max_context}_fp32.{fmt}"
+            program, module = decoder_program(model, shapes, att, fmt)
+            say(fmt, f"converting {att} attention -> {name}")
+            t0 = time.perf_counter()
+            try:
+                with atomic_path(out_dir / name) as tmp:
+                    try:
+                        extras = backend.export_program(program, tmp, ExportOptions(spec=None))
+                    except SqueezeError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
+                        raise conversion_error(backend.name, exc) from None
+            except SqueezeError as exc:
+                manifest["failures"].append({"format": fmt, "attention": att, "error": str(exc)})
+                result.failures.append(manifest["failures"][-1])
+                say(fmt, f"FAILED: {exc}")
+                continue
+            from export.verify import sha256_file
+
+            record = {"format": fmt, "file": name, "bytes": (out_dir / name).stat().st_size,
+                      "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
+                      "export_seconds": round(time.perf_counter() - t0, 2),
+                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods")), **extras}
+            if verification is not None:
+                say(fmt, f"verifying {name} on {len(verification.prompts)} prompts x {verify_tokens} tokens")
+                try:
+                    record["verification"] = verify_decoder_artifact(out_dir / name, record, model, verification)
+                except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
+                    record["verification"] = {"status": "fail", "failures": [str(exc)]}
+                v = record["verification"]
+                say(fmt, f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
+                         f"logits PSNR {v['psnr_db']:.1f} dB" if "prompts" in v else f"FAILED: {v['failures'][0]}")
+            else:
+                record["verification"] = {"status": "not run"}
+            manifest["artifacts"].append(record)
+            write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return result
+
+
+@dataclass
+class VerificationData:
+    """A real pack (pass key in licence prose), the prompts, and the PyTorch decoder's greedy tokens per mode."""
+
+    pack: object
+    prompts: list
+    tokens: int
+    case: object
+    tokenizer: object
+    requested_tokens: int = 0
+    reference: dict = field(default_factory=dict)   # (attention, keep_keys) -> [token ids per prompt]
+
+    @classmethod
+    def build(cls, model, checkpoint, context_tokens: int, tokens: int, text: str | None = None) -> "VerificationData":
+        from .evaluate import PASSKEY_QUESTION, make_case
+        from .pack import BuildSettings, build_context_pack
+
+        case = None
+        if text is None:
+            case, text = make_case(checkpoint.tokenizer, "passkey", context_tokens, 0.4, seed=11, rotate=1)
+        pack = build_context_pack(model, checkpoint, text, BuildSettings())
+        return cls(pack, [case.question if case else PASSKEY_QUESTION, *VERIFY_PROMPTS], tokens, case,
+                   checkpoint.tokenizer, context_tokens)
+
+    def describe(self) -> dict:
+        return {"context": "pass key in real prose (squeezed_attention.evaluate.make_case, seed 11, depth 0.4)"
+                if self.case else "text given by the caller",
+                "context_tokens": self.pack.num_tokens, "requested_tokens": self.requested_tokens,
+                "context_sha256": self.pack.hashes.get("context_sha256"),
+                "prompts": list(self.prompts), "tokens_per_prompt": self.tokens,
+                "pass_key": self.case.answer if self.case else None}
+
+    def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None) -> list:
+        from .generation import AttentionChoice, Generator
+
+        key = (attention, keep_keys)
+        if key not in self.reference:
+            gen = Generator(model, tokenizer, self.pack)
+            choice = AttentionChoice("full") if attention == "full" else \
+                AttentionChoice("top-k", keep_keys=keep_keys, backend="torch")
+            self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
+                                   for p in self.prompts]
+        return self.reference[key]
+
+
+def verify_decoder_artifact(path: Path, record: dict, model, data: VerificationData) -> dict:
+    """Greedy tokens vs the PyTorch decoder and per-step logits vs the PyTorch exported graph (see module doc)."""
+    from export.backends import get_backend
+
+    from .decoder_session import GenerationLoop
+
+    contract = record["decoder"]
+    shapes = DecoderShapes(**contract["shapes"])
+    attention = contract["attention"]
+    tokenizer = data.tokenizer
+    arrays = pack_as_arrays(data.pack)
+    context = decoder_context_inputs(arrays, shapes.to_dict(), attention)
+    backend = get_backend(record["format"])
+    try:
+        runner = backend.load_program(path, contract["methods"])
+    except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact fails verification, named
+        return {"status": "fail", "failures": [f"{backend.runtime} cannot load {path.name}: {str(exc).splitlines()[0][:200]}"]}
+    eager = EagerRunner(ExportableDecoder(model, shapes, attention, state=contract["state"]).eval())
+    loop_art = GenerationLoop(runner, contract, arrays, context)
+    loop_ref = GenerationLoop(eager, contract, arrays, context)
+    keep_keys = loop_art.keep_keys
+    reference = data.reference_tokens(model, tokenizer, attention, keep_keys)
+    identical, per_prompt, sq_err, peak = 0, [], 0.0, 0.0
+    steps = 0
+    for prompt, ref_tokens in zip(data.prompts, reference):
+        ids = tokenizer.encode(data_prompt_text(prompt, tokenizer))
+        room = shapes.max_prompt + shapes.max_new - len(ids)   # greedy tokens are a prefix: compare what fits
+        ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
+        art_tokens, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=None)
+        _, eager_logits = loop_ref.greedy(ids, len(art_tokens), forced=art_tokens)
+        same = art_tokens == ref_tokens
+        identical += same
+        first_diff = next((i for i, (a, b) in enumerate(zip(art_tokens, ref_tokens)) if a != b), None)
+        diff = np.abs(np.stack(art_logits).astype(np.float64) - np.stack(eager_logits).astype(np.float64))
+        sq_err += float((diff ** 2).sum())
+        steps += diff.size
+        peak = max(peak, float(np.abs(np.stack(eager_logits)).max()))
+        per_prompt.append({"prompt": prompt, "identical": same, "first_difference": first_diff,
+                           "text": tokenizer.decode(art_tokens), "max_abs_logit_error": float(diff.max())})
+    runner.close()
+    mse = sq_err / max(steps, 1)
+    psnr = 999.0 if mse == 0 else 10 * math.log10(peak ** 2 / mse)
+    failures = []
+    if identical < len(data.prompts):
+        failures.append(f"greedy tokens differ from PyTorch on {len(data.prompts) - identical} of {len(data.prompts)} prompts")
+    if psnr < PSNR_MIN_DB:
+        failures.append(f"logits PSNR {psnr:.1f} dB < {PSNR_MIN_DB:.0f} dB")
+    return {"status": "fail" if failures else "pass", "failures": failures, "prompts": len(data.prompts),
+            "prompts_identical": identical, "tokens_per_prompt": data.tokens, "keep_keys": keep_keys,
+            "psnr_db": round(psnr, 2), "max_abs_logit_error": max(p["max_abs_logit_error"] for p in per_prompt),
+            "per_prompt": per_prompt, "runtime": backend.runtime}
+
+
+def data_prompt_text(prompt: str, tokenizer) -> str:
+    from .generation import CHAT_JOIN
+
+    _, suffix = tokenizer.chat_frame()
+    return CHAT_JOIN + prompt + suffix
+
+
+__all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_shapes", "export_decoder",
+           "verify_decoder_artifact"]
+
+
+def is_decoder_manifest(directory) -> bool:
+    try:
+        return json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def verify_decoder_directory(directory, progress=None) -> dict:
+    """Re-run an exported decoder's verification from its manifest: sha256 of every artifact, the model it came
+    from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}."""
+    from export.verify import sha256_file
+
+    from .decoder_session import read_decoder_manifest
+    from .model import LlamaForCausalLM
+    from .weights import load_checkpoint
+
+    say = progress or (lambda stage, msg: None)
+    directory = Path(directory)
+    manifest = read_decoder_manifest(directory)
+    info = manifest.get("verification_inputs")
+    if not info:
+        raise SqueezeError(f"{directory} was exported with --no-verify; there is no verification to re-run")
+    checkpoint = load_checkpoint(manifest["model"]["source"])
+    if checkpoint.weights_sha256 != manifest["model"]["weights_sha256"]:
+        raise SqueezeError(f"the model {manifest['model']['source']} changed since the export (weights sha256 differs)")
+    model = LlamaForCausalLM.from_checkpoint(checkpoint)
+    say("verify", "rebuilding the verification pack")
+    text = None
+    if info.get("text_file"):
+        try:
+            text = Path(info["text_file"]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise SqueezeError(f"the verification text {info['text_file']} is gone or unreadable") from None
+    data = VerificationData.build(model, checkpoint, int(info["requested_tokens"]), int(info["tokens_per_prompt"]), text)
+    if data.pack.hashes.get("context_sha256") != info.get("context_sha256"):
+        raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the prose "
+                           "shipped with this machine changed); re-export to verify here")
+    results = {}
+    for record in manifest["artifacts"]:
+        path = directory / record["file"]
+        if not path.exists():
+            results[record["file"]] = {"status": "fail", "failures": ["artifact missing"]}
+            continue
+        if sha256_file(path) != record["sha256"]:
+            results[record["file"]] = {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+            continue
+        say(record["format"], f"verifying {record['file']}")
+        results[record["file"]] = verify_decoder_artifact(path, record, model, data)
+    return results

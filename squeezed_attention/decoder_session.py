@@ -1,0 +1,230 @@
+"""Answer questions with an EXPORTED decoder, exactly as an app does: runtime + numpy + tokenizer, no PyTorch.
+
+    session = DecoderSession("decoder_artifacts", fmt="onnx")      # manifest.json, the artifact, tokenizer.json
+    session.attach("manual.pack")                                  # a context pack built for the same model
+    result = session.generate("What does section 4 require?")     # greedy, streams with on_text=
+
+The call sequence is the one the manifest documents: ``prefill`` once with the question (padded to the
+artifact's max_prompt, n_tokens = its real length, cache_len = 0), then ``decode`` one token at a time
+(cache_len = tokens so far). With explicit cache I/O (ONNX) this loop writes each step's ``new_keys`` /
+``new_values`` into its cache at cache_len; with state held in the runtime (.pte mutable buffers) the runtime
+does. A new question starts again at cache_len = 0 (entries past it are masked, nothing needs clearing).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SqueezeError
+from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget, read_pack_arrays
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ArtifactGeneration:
+    """What one question produced; the same fields as ``squeeze generate --json`` on the PyTorch path."""
+
+    text: str
+    token_ids: list
+    prompt_tokens: int
+    context_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    decode_tokens: int
+    attention: str
+    runtime: str
+    kept_fraction: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out["decode_tokens_per_second"] = self.decode_tokens_per_second
+        return out
+
+
+def read_decoder_manifest(directory) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise SqueezeError(f"{directory} has no {MANIFEST}; export a decoder with `squeeze export decoder --out DIR`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SqueezeError(f"{path} is not valid JSON ({exc}); re-export the decoder") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict) \
+            or manifest["model"].get("kind") != "decoder" \
+            or not isinstance(manifest.get("artifacts"), list):
+        raise SqueezeError(f"{path} does not describe an exported decoder; export one with `squeeze export decoder`")
+    return manifest
+
+
+def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory) -> dict:
+    usable = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a]
+    if fmt:
+        usable = [a for a in usable if a.get("format") == fmt]
+    if attention:
+        usable = [a for a in usable if a["decoder"].get("attention") == attention]
+    if not usable:
+        have = sorted({a.get("format") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file")})
+        raise SqueezeError(f"{directory} holds no {fmt or ''} {attention or ''} decoder artifact (it has: {', '.join(have) or 'none'}); "
+                           "pass --format with one of those or export it")
+    return usable[0]
+
+
+class GenerationLoop:
+    """The call sequence of the runtime contract over any runner with ``run(method, feed)``: the exported
+    artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
+
+    def __init__(self, runner, contract: dict, pack, context_inputs: dict):
+        self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
+        self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
+        self.keep_keys = None
+        if self.attention == "squeezed":
+            nc = int(pack.arrays["lookup.labels"].shape[-1])
+            fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
+                                                   int(pack.arrays["kv.keys"].shape[-1]))
+            self.keep_keys = max(1, min(int(round(fraction * nc)), self.shapes["max_keep"]))
+            self.kept_fraction = self.keep_keys / nc
+
+    def new_cache(self):
+        if self.state != "io":
+            return None
+        L, H, _, D = self.pack.arrays["kv.keys"].shape
+        shape = (L, H, self.shapes["max_prompt"] + self.shapes["max_new"], D)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def step(self, method: str, tokens: list, cache_len: int, cache):
+        width = self.shapes["max_prompt"] if method == "prefill" else 1
+        feed = {"tokens": np.zeros(width, dtype=np.int64), "n_tokens": np.array([len(tokens)], dtype=np.int64),
+                "cache_len": np.array([cache_len], dtype=np.int64),
+                "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
+        feed["tokens"][:len(tokens)] = tokens
+        if self.attention == "squeezed":
+            feed["keep_keys"] = np.array([self.keep_keys], dtype=np.int64)
+        if self.state == "io":
+            feed["past_keys"], feed["past_values"] = cache
+        feed.update(self.context)
+        out = self.runner.run(method, feed)
+        if self.state == "io":
+            n = len(tokens)
+            cache[0][:, :, cache_len:cache_len + n] = out["new_keys"][:, :, :n]
+            cache[1][:, :, cache_len:cache_len + n] = out["new_values"][:, :, :n]
+        return np.asarray(out["logits"]).reshape(-1)
+
+    def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        s = self.shapes
+        if not prompt_tokens:
+            raise SqueezeError("the prompt is empty; pass --prompt TEXT")
+        if prompt_tokens > s["max_prompt"]:
+            raise SqueezeError(f"the prompt is {prompt_tokens} tokens but this decoder was exported for at most "
+                               f"{s['max_prompt']}; shorten it or re-export with --max-prompt {prompt_tokens}")
+        room = s["max_prompt"] + s["max_new"] - prompt_tokens
+        if not 1 <= max_new_tokens <= room:
+            raise SqueezeError(f"--max-new-tokens must be between 1 and {room} for this prompt (the exported decoder's "
+                               f"cache holds {s['max_prompt'] + s['max_new']} tokens)")
+
+    def greedy(self, ids: list, max_new_tokens: int, forced: list | None = None, stop_ids=(), on_token=None):
+        """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
+        self.check_lengths(len(ids), max_new_tokens)
+        cache = self.new_cache()
+        t0 = time.perf_counter()
+        logits = self.step("prefill", list(ids), 0, cache)
+        self.prefill_seconds = time.perf_counter() - t0
+        tokens, all_logits = [], []
+        t1 = time.perf_counter()
+        self.decode_steps = 0
+        for i in range(max_new_tokens):
+            all_logits.append(logits)
+            token = int(np.argmax(logits)) if forced is None else int(forced[i])
+            if token in stop_ids:
+                break
+            tokens.append(token)
+            if on_token is not None:
+                on_token(tokens)
+            if len(tokens) == max_new_tokens or (forced is not None and len(tokens) == len(forced)):
+                break
+            logits = self.step("decode", [token], len(ids) + len(tokens) - 1, cache)
+            self.decode_steps += 1
+        self.decode_seconds = time.perf_counter() - t1
+        return tokens, all_logits
+
+
+class DecoderSession:
+    """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
+
+    def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None):
+        from tokenizers import Tokenizer
+
+        from export.backends import get_backend
+
+        self.directory = Path(directory)
+        self.manifest = read_decoder_manifest(self.directory)
+        self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory)
+        self.contract = self.artifact["decoder"]
+        tok_path = self.directory / self.manifest["tokenizer"]["file"]
+        if not tok_path.is_file():
+            raise SqueezeError(f"the tokenizer {tok_path} is missing; re-export the decoder")
+        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        self.chat = self.manifest["tokenizer"]["chat"]
+        self.stop_ids = set(self.manifest["tokenizer"]["stop_token_ids"])
+        path = self.directory / self.artifact["file"]
+        if not path.exists():
+            raise SqueezeError(f"the artifact {path} is missing; re-export the decoder")
+        self.backend = get_backend(self.artifact["format"])
+        self.runner = self.backend.load_program(path, self.contract["methods"], threads)
+        self.loop = None
+
+    def attach(self, pack_path) -> None:
+        """Load a context pack for the next questions (checked against the artifact's model and shapes)."""
+        pack = read_pack_arrays(pack_path)
+        model = self.manifest["model"]
+        pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
+        context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
+        self.loop = GenerationLoop(self.runner, self.contract, pack, context)
+
+    def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
+        framing = self.loop.pack.settings.get("framing", "chat")
+        raw = framing == "raw" if raw is None else raw
+        if raw != (framing == "raw"):
+            raise SqueezeError(f"this pack was built with {framing} framing; "
+                               + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
+        text = prompt if raw else self.chat["join"] + prompt + self.chat["suffix"]
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
+                 stop_at_eos: bool = True) -> ArtifactGeneration:
+        if self.loop is None:
+            raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
+        ids = self.prompt_ids(prompt, raw)
+        printed = [""]
+
+        def stream(tokens):
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                on_text(text[len(printed[0]):])
+                printed[0] = text
+
+        tokens, _ = self.loop.greedy(ids, max_new_tokens, stop_ids=self.stop_ids if stop_at_eos else (),
+                                     on_token=stream if on_text else None)
+        loop = self.loop
+        label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}"
+        return ArtifactGeneration(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens, prompt_tokens=len(ids),
+            context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
+            decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
+            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None))
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+__all__ = ["ArtifactGeneration", "DecoderSession", "GenerationLoop", "read_decoder_manifest"]

@@ -1,0 +1,276 @@
+"""The decoder as an exportable graph: static shapes, the context pack as run-time inputs, the lookup in-graph.
+
+One module serves both methods of an exported decoder: ``prefill`` (T = max_prompt tokens, padded, with a
+valid-length input) and ``decode`` (T = 1). It reuses the weights of a :class:`LlamaForCausalLM` and
+re-states its math without Python-side state, so ``torch.export`` captures a step once per (T, shapes):
+
+- The fixed context is DATA, not constants: the app loads a context pack and hands its tensors to every
+  call (``context_inputs``), so one artifact serves every pack built for the model.
+- Squeezed attention (plan "in-graph"): centroid scores as matrix products, clusters ranked with ``topk``, and
+  the ranked fill of the host lookup (take keys cluster by cluster, best cluster first, until ``keep_keys``
+  are taken) restated without searchsorted or sort (neither is an ExecuTorch portable kernel): the output slot
+  where each ranked cluster starts is marked with a scatter-add, a cumsum turns marks into the ranked cluster
+  of every slot. The clustered K/V rows arrive cluster by cluster, so a kept key is one gathered row. The
+  number of gathered rows is a constant of the artifact (``max_keep``); ``keep_keys`` (an input) masks the
+  rest, so a smaller pack keeps exactly the host's fraction of its own keys.
+- Full attention (``attention='full'``): the whole padded context, masked to ``context_len``.
+- The dynamic KV cache (prompt and generated tokens): ``state='io'`` takes ``past_keys/past_values`` and returns
+  only this step's ``new_keys/new_values`` (the runner writes them at ``cache_len``; ONNX); ``state='buffer'``
+  keeps it in mutable buffers updated in place (ExecuTorch). Entries at or past ``cache_len + n_tokens`` are
+  masked, so a new question simply starts again at ``cache_len = 0``.
+
+Positions: fixed context 0..context_len-1, then the dynamic tokens at context_len + cache_len + t (RoPE
+computed in-graph from the positions, as the host model's table is: float32 outer product, then cos/sin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import SqueezeError
+from .model import LlamaForCausalLM, rotate_half
+
+ATTENTIONS = ("squeezed", "full")
+STATES = ("io", "buffer")
+
+
+@dataclass(frozen=True)
+class DecoderShapes:
+    """The static shapes of an exported decoder (constants of the artifact, recorded in its manifest)."""
+
+    max_context: int        # context tokens the artifact accepts (packs longer than this are refused)
+    max_prompt: int         # prefill width (a question is padded to it)
+    max_new: int            # generated tokens per question
+    sink_tokens: int = 4    # always-attended first context tokens (pack build setting)
+    window: int = 100       # always-attended last context tokens (the pack's observation window)
+    max_clusters: int = 0   # centroids per (layer, KV head) the artifact takes (squeezed)
+    max_keep: int = 0       # clustered keys gathered per KV head (squeezed); keep_keys <= max_keep are used
+
+    @property
+    def max_clustered(self) -> int:
+        return self.max_context - self.sink_tokens - self.window
+
+    @property
+    def cache_capacity(self) -> int:
+        return self.max_prompt + self.max_new
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ExportableDecoder(nn.Module):
+    """prefill/decode over a fixed context given as inputs (see the module docstring)."""
+
+    def __init__(self, model: LlamaForCausalLM, shapes: DecoderShapes, attention: str = "squeezed",
+                 state: str = "io"):
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise SqueezeError(f"unknown attention {attention!r}; use squeezed or full")
+        if state not in STATES:
+            raise SqueezeError(f"unknown state handling {state!r}; use io or buffer")
+        cfg = model.config
+        if shapes.max_context + shapes.cache_capacity > cfg.max_positions:
+            raise SqueezeError(f"max context {shapes.max_context} + prompt {shapes.max_prompt} + new tokens "
+                               f"{shapes.max_new} exceed the model window of {cfg.max_positions} tokens")
+        if attention == "squeezed" and (shapes.max_clusters < 1 or shapes.max_keep < 1):
+            raise SqueezeError("a squeezed decoder needs max_clusters >= 1 and max_keep >= 1")
+        self.config, self.shapes, self.attention, self.state = cfg, shapes, attention, state
+        self.model = model
+        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        # RMSNorm's mean over the hidden size as a product with this constant (a delegate takes it as a linear)
+        self.register_buffer("mean_weight", torch.full((1, cfg.hidden_size), 1.0 / cfg.hidden_size), persistent=False)
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if state == "buffer":
+            shape = (cfg.num_layers, cfg.num_kv_heads, shapes.cache_capacity, cfg.head_dim)
+            self.register_buffer("cache_keys", torch.zeros(shape), persistent=False)
+            self.register_buffer("cache_values", torch.zeros(shape), persistent=False)
+
+    # ------------------------------------------------------------------------------------------ contract
+    def context_input_names(self):
+        if self.attention == "full":
+            return ["context_keys", "context_values"]
+        return ["sink_kv", "window_kv", "clustered_kv", "centroids", "counts", "cluster_start"]
+
+    def input_names(self):
+        names = ["tokens", "n_tokens", "cache_len", "context_len"]
+        if self.attention == "squeezed":
+            names.append("keep_keys")
+        if self.state == "io":
+            names += ["past_keys", "past_values"]
+        return names + self.context_input_names()
+
+    def output_names(self):
+        return ["logits"] + (["new_keys", "new_values"] if self.state == "io" else [])
+
+    def example_inputs(self, tokens: int):
+        """Zero-filled example inputs of the artifact's shapes for a step of ``tokens`` tokens (dict, in order)."""
+        cfg, s = self.config, self.shapes
+        L, H, D = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+        one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+        x = {"tokens": torch.zeros(tokens, dtype=torch.int64), "n_tokens": one(tokens), "cache_len": one(0),
+             "context_len": one(s.max_context)}
+        if self.attention == "squeezed":
+            x["keep_keys"] = one(s.max_keep)
+        if self.state == "io":
+            x["past_keys"] = torch.zeros(L, H, s.cache_capacity, D)
+            x["past_values"] = torch.zeros(L, H, s.cache_capacity, D)
+        if self.attention == "full":
+            x["context_keys"] = torch.zeros(L, H, s.max_context, D)
+            x["context_values"] = torch.zeros(L, H, s.max_context, D)
+        else:
+            x["sink_kv"] = torch.zeros(L, H, s.sink_tokens, 2 * D)
+            x["window_kv"] = torch.zeros(L, H, s.window, 2 * D)
+            x["clustered_kv"] = torch.zeros(L, H, s.max_clustered, 2 * D)
+            x["centroids"] = torch.zeros(L, H, s.max_clusters, D)
+            x["counts"] = torch.zeros(L, H, s.max_clusters, dtype=torch.int64)
+            x["cluster_start"] = torch.zeros(L, H, s.max_clusters, dtype=torch.int64)
+        return x
+
+    # ------------------------------------------------------------------------------------------- forward
+    # Written so that a delegate (XNNPACK) gets one island per layer: every mask is an additive float bias
+    # built once per step up front, RMSNorm's mean is a product with a constant vector, the cluster scores are
+    # matrix products and a softmax, and the cache update is a side branch the attention does not wait for
+    # (attention reads [context | past cache, masked at cache_len | this step's keys]). What stays on the CPU
+    # per layer is the lookup's integer work (topk, ranked fill, gather) and, with state in buffers, the write.
+    def forward(self, tokens, n_tokens, cache_len, context_len, keep_keys=None, past_keys=None, past_values=None,
+                context_keys=None, context_values=None, sink_kv=None, window_kv=None, clustered_kv=None,
+                centroids=None, counts=None, cluster_start=None):
+        """Inputs by name (ExportableDecoder.input_names() says which this artifact takes, in order)."""
+        local = locals()
+        inputs = {name: local[name] for name in self.input_names()[4:]}
+        cfg, s = self.config, self.shapes
+        T = tokens.shape[0]
+        H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
+        S = s.cache_capacity
+        neg = torch.tensor(float("-inf"))
+        zero = torch.tensor(0.0)
+        steps = torch.arange(T)
+        positions = context_len + cache_len + steps                                  # [T]
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
+        past_bias = torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S)
+        new_bias = torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)      # causal
+        if self.attention == "full":
+            ctx_bias = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
+        else:
+            row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
+            row_weights = (row_valid / row_valid.sum())[None, None, :]                        # mean over valid rows
+            counts_all = inputs["counts"]
+            log_counts = torch.where(counts_all > 0, torch.log(counts_all.clamp(min=1).to(torch.float32)), neg)
+            inv_counts = 1.0 / counts_all.clamp(min=1).to(torch.float32)
+        last = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]    # [1, 1, T] one-hot
+
+        def rms_norm(x, norm):
+            variance = F.linear(x * x, self.mean_weight)                                        # [T, 1]
+            return x * torch.rsqrt(variance + norm.eps) * norm.weight
+
+        x = self.model.model.embed_tokens(tokens)
+        new_keys, new_values = [], []
+        for li, layer in enumerate(self.model.model.layers):
+            attn = layer.self_attn
+            h = rms_norm(x, layer.input_layernorm)
+            # plain F.linear: the host model may route one-token products to its native GEMV, export must not
+            q = F.linear(h, attn.q_proj.weight).view(T, H, D).transpose(0, 1)
+            k = F.linear(h, attn.k_proj.weight).view(T, Hkv, D).transpose(0, 1)
+            v = F.linear(h, attn.v_proj.weight).view(T, Hkv, D).transpose(0, 1)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            qg = q.reshape(Hkv, G * T, D)                                           # GQA: G*T rows per KV head
+            if self.state == "io":
+                past_k, past_v = inputs["past_keys"][li], inputs["past_values"][li]
+                new_keys.append(k)
+                new_values.append(v)
+            else:
+                past_k, past_v = self.cache_keys[li], self.cache_values[li]
+            if self.attention == "full":
+                ctx_k, ctx_v, bias = inputs["context_keys"][li], inputs["context_values"][li], ctx_bias
+            else:
+                ctx_k, ctx_v, bias = self._squeezed_rows(li, qg, inputs, row_weights, log_counts[li], inv_counts[li])
+            keys = torch.cat([ctx_k, past_k, k], dim=1)                              # [Hkv, Nk + S + T, D]
+            values = torch.cat([ctx_v, past_v, v], dim=1)
+            scores = torch.matmul(qg, keys.transpose(1, 2)) * self.scale
+            if bias.dim() == 3:  # squeezed: a context bias per KV head
+                scores = scores + torch.cat([bias, past_bias.expand(Hkv, -1, -1), new_bias.expand(Hkv, -1, -1)], -1)
+            else:
+                scores = scores + torch.cat([bias, past_bias, new_bias], dim=-1)
+            out = torch.matmul(torch.softmax(scores, dim=-1), values)               # [Hkv, G*T, D]
+            out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)
+            x = x + F.linear(out, attn.o_proj.weight)
+            mlp, h = layer.mlp, rms_norm(x, layer.post_attention_layernorm)
+            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
+                             mlp.down_proj.weight)
+            if self.state == "buffer":  # a side branch: nothing above waits for the write
+                write_at = torch.clamp(cache_len + steps, max=S - 1)
+                heads = torch.arange(Hkv)[:, None]
+                self.cache_keys[li].index_put_((heads, write_at[None, :]), k)
+                self.cache_values[li].index_put_((heads, write_at[None, :]), v)
+        x_last = torch.matmul(last, x[None])[0]                                      # the last valid token
+        logits = F.linear(rms_norm(x_last, self.model.model.norm), self.model.lm_head.weight)[0]
+        if self.state == "io":
+            return logits, torch.stack(new_keys), torch.stack(new_values)
+        return logits
+
+    def _squeezed_rows(self, layer, qg, inputs, row_weights, log_counts, inv_counts):
+        """The kept fixed-context rows for one layer: (keys [Hkv, Nk, D], values, bias [Hkv or 1, G*T, Nk])."""
+        D = self.config.head_dim
+        s = self.shapes
+        sink, window = inputs["sink_kv"][layer], inputs["window_kv"][layer]       # [Hkv, *, 2D]
+        clustered = inputs["clustered_kv"][layer]                                 # [Hkv, Nc, 2D] cluster order
+        centroids, counts = inputs["centroids"][layer], inputs["counts"][layer]    # [Hkv, K, D], [Hkv, K]
+        start = inputs["cluster_start"][layer]                                    # [Hkv, K]
+        Hkv = qg.shape[0]
+        # Cluster scores (lookup.cluster_scores in float32): S_qk = exp(A_qk) / sum_l N_l exp(A_ql)
+        # = softmax_k(A_qk + log N_k) / N_k (empty clusters: log 0 = -inf, weight 0), averaged over valid rows.
+        logits = torch.matmul(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
+        per_row = torch.softmax(logits, dim=-1) * inv_counts[:, None, :]           # [Hkv, Q, K]
+        scores = torch.matmul(row_weights.expand(Hkv, 1, -1), per_row)[:, 0]        # [Hkv, K]
+        # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
+        rank = torch.topk(scores, s.max_clusters, dim=-1).indices                # [Hkv, K] best first
+        ranked_counts = counts.gather(1, rank)
+        out_start = torch.cumsum(ranked_counts, -1) - ranked_counts              # [Hkv, K]
+        marks = torch.zeros(Hkv, s.max_keep + 1, dtype=torch.int64)
+        marks = marks.scatter_add(1, torch.clamp(out_start, max=s.max_keep), torch.ones_like(out_start))
+        which = torch.cumsum(marks[:, :s.max_keep], -1) - 1                      # ranked cluster of each slot
+        cluster = rank.gather(1, which)
+        slot = torch.arange(s.max_keep)[None, :]
+        rows = start.gather(1, cluster) + slot - out_start.gather(1, which)      # [Hkv, B] into clustered
+        slot_ok = slot < torch.minimum(inputs["keep_keys"], counts.sum(-1, keepdim=True))
+        rows = torch.where(slot_ok, rows, torch.zeros_like(rows))
+        kept = clustered.gather(1, rows.unsqueeze(-1).expand(Hkv, s.max_keep, 2 * D))
+        kv = torch.cat([sink, kept, window], dim=1)                              # [Hkv, Nk, 2D]
+        slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
+        bias = torch.cat([torch.zeros(Hkv, s.sink_tokens), slot_bias, torch.zeros(Hkv, s.window)], dim=1)
+        return kv[..., :D], kv[..., D:], bias[:, None, :].expand(Hkv, qg.shape[1], -1)
+
+
+def pack_as_arrays(pack):
+    """An in-memory ContextPack as the PackArrays an app reads from its file (same tensors, same layout)."""
+    import json as _json
+
+    from .pack_arrays import PackArrays
+
+    arrays = {"context.token_ids": pack.token_ids.int().numpy(), "kv.keys": pack.keys.numpy(),
+              "kv.values": pack.values.numpy(),
+              **{k: v.numpy() for k, v in pack.stored_lookup_tensors().items()}}
+    metadata = {"build_settings": _json.dumps(pack.settings.to_dict(), sort_keys=True),
+                "model_config": pack.config.to_json(), **pack.hashes}
+    return PackArrays(pack.path or "<in memory>", metadata, arrays)
+
+
+def context_inputs(pack, shapes: DecoderShapes, attention: str) -> dict:
+    """A ContextPack's tensors as the decoder's context inputs (torch tensors; the numpy layout of pack_arrays)."""
+    from .pack_arrays import decoder_context_inputs
+
+    arrays = decoder_context_inputs(pack_as_arrays(pack), shapes.to_dict(), attention)
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+__all__ = ["ATTENTIONS", "DecoderShapes", "ExportableDecoder", "STATES", "context_inputs", "pack_as_arrays"]

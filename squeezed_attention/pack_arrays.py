@@ -1,0 +1,214 @@
+"""Context packs read without PyTorch: numpy arrays, integrity checks, and the exported decoder's input layout.
+
+This is what an app does with a pack (and what the torch-free `squeeze generate --artifacts` loop runs): read
+the safetensors file, check its format and content hash, check it was built for the artifact's model and
+tokenizer, and lay its tensors out as the exported decoder's context inputs (fixed-size, padded, float32).
+The PyTorch side (squeezed_attention.pack) shares the content hash and the layout from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SqueezeError
+
+from .settings import PACK_FORMAT
+
+
+def content_sha256(arrays: dict, metadata: dict) -> str:
+    """The pack's content hash over its metadata (minus the hash itself) and every tensor's name, dtype, shape
+    and bytes. Tensors may be numpy arrays or torch tensors (dtype names are spelled as torch spells them)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in metadata.items() if k != "content_sha256"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        a = arrays[name]
+        if not isinstance(a, np.ndarray):  # a torch tensor: hash the same bytes
+            a = a.contiguous().view(__import__("torch").uint8).numpy().view(_numpy_dtype(a.dtype)).reshape(tuple(a.shape))
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|torch.{a.dtype.name}|{tuple(a.shape)}|".encode())
+        h.update(a.tobytes() if a.size else b"")
+    return h.hexdigest()
+
+
+def _numpy_dtype(torch_dtype):
+    return np.dtype(str(torch_dtype).replace("torch.", ""))
+
+
+@dataclass
+class PackArrays:
+    """A context pack as numpy arrays plus its metadata (format, model config, build settings, hashes)."""
+
+    path: str
+    metadata: dict
+    arrays: dict
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.metadata["build_settings"])
+
+    @property
+    def model_config(self) -> dict:
+        return json.loads(self.metadata["model_config"])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.arrays["context.token_ids"].shape[0])
+
+    @property
+    def hashes(self) -> dict:
+        return {k: self.metadata.get(k) for k in ("weights_sha256", "tokenizer_sha256", "context_sha256")}
+
+    def check_model(self, weights_sha256: str | None, tokenizer_sha256: str | None) -> None:
+        """Refuse a pack built for other weights or another tokenizer than the artifact's."""
+        if weights_sha256 and self.metadata.get("weights_sha256") != weights_sha256:
+            raise SqueezeError(f"{self.path} was built for other model weights than this decoder was exported from "
+                               "(weights sha256 differs); rebuild the pack with the artifact's model")
+        if tokenizer_sha256 and self.metadata.get("tokenizer_sha256") != tokenizer_sha256:
+            raise SqueezeError(f"{self.path} was built with a different tokenizer than this decoder's; "
+                               "rebuild the pack with the artifact's model")
+
+
+def read_pack_arrays(path) -> PackArrays:
+    """Read and verify a pack with safetensors' numpy API (no PyTorch)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SqueezeError(f"context pack not found: {path}; build one with `squeeze context build`")
+    try:
+        with safe_open(str(path), "np") as f:
+            metadata = dict(f.metadata() or {})
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except PermissionError:
+        raise SqueezeError(f"{path} cannot be read (permission denied)") from None
+    except Exception as exc:  # noqa: BLE001 - anything the safetensors reader raises means "not a pack"
+        raise SqueezeError(f"{path} is not a readable context pack ({type(exc).__name__}); "
+                           "rebuild it with `squeeze context build`") from None
+    if metadata.get("format") != PACK_FORMAT:
+        raise SqueezeError(f"{path} is not a {PACK_FORMAT} file; rebuild it with `squeeze context build`")
+    try:
+        intact = content_sha256(arrays, metadata) == metadata.get("content_sha256")
+    except Exception:  # noqa: BLE001 - malformed metadata is tampering too
+        intact = False
+    if not intact:
+        raise SqueezeError(f"{path} was modified after it was built (content hash mismatch); rebuild it")
+    problem = _inconsistency(arrays, metadata)
+    if problem:
+        raise SqueezeError(f"{path} is an inconsistent context pack ({problem}); rebuild it with `squeeze context build`")
+    return PackArrays(str(path), metadata, arrays)
+
+
+def _inconsistency(a: dict, metadata: dict) -> str | None:
+    """What the decoder inputs rely on (shapes agree, labels and counts describe the clustered keys), or None."""
+    needed = ("context.token_ids", "kv.keys", "kv.values", "lookup.centroid_codes", "lookup.centroid_scales",
+              "lookup.counts", "lookup.labels")
+    missing = [k for k in needed if k not in a]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    try:
+        settings = json.loads(metadata["build_settings"])
+        sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
+        float(settings["centroid_fraction"])
+        json.loads(metadata["model_config"])
+    except (KeyError, TypeError, ValueError):
+        return "its settings are not readable"
+    keys, values, labels, counts = a["kv.keys"], a["kv.values"], a["lookup.labels"], a["lookup.counts"]
+    codes, scales = a["lookup.centroid_codes"], a["lookup.centroid_scales"]
+    n = a["context.token_ids"].shape[0] if a["context.token_ids"].ndim == 1 else -1
+    if keys.ndim != 4 or keys.shape != values.shape or keys.shape[2] != n or keys.dtype != np.float16:
+        return "its key/value tensors do not match its tokens"
+    L, H, _, D = keys.shape
+    nc = n - sinks - window
+    if nc < 1 or labels.shape != (L, H, nc) or codes.ndim != 4 or codes.shape[:2] != (L, H) or codes.shape[3] != D:
+        return "its lookup tensors do not match its key/value tensors"
+    K = codes.shape[2]
+    if counts.shape != (L, H, K) or scales.shape != (L, H, K) or codes.dtype != np.int8:
+        return "its centroid tensors disagree"
+    if labels.size and (labels.astype(np.int64).min() < 0 or labels.astype(np.int64).max() >= K):
+        return "cluster labels out of range"
+    per_cluster = np.zeros((L * H, K), np.int64)
+    np.add.at(per_cluster, (np.repeat(np.arange(L * H), nc), labels.reshape(-1).astype(np.int64)), 1)
+    if not np.array_equal(per_cluster.reshape(L, H, K), counts.astype(np.int64)):
+        return "cluster counts do not match the labels"
+    return None
+
+
+def dequantized_centroids(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """int8 codes x fp16 scales -> float32 (exact; the same numbers the PyTorch lookup scores with)."""
+    return codes.astype(np.float32) * scales.astype(np.float32)[..., None]
+
+
+def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:
+    """The pack's tensors in the exported decoder's input layout (names as ExportableDecoder.context_input_names).
+
+    ``shapes``: the artifact's DecoderShapes as a dict (max_context, sink_tokens, window, max_clusters, ...).
+    Squeezed: sinks and window rows in position order, clustered rows CLUSTER BY CLUSTER (stable within a
+    cluster), rows as [key | value], then zero padding; centroids/counts/cluster starts padded with empty clusters.
+    """
+    a = pack.arrays
+    n = pack.num_tokens
+    if n > shapes["max_context"]:
+        raise SqueezeError(f"the context pack has {n} tokens but the exported decoder takes at most "
+                           f"{shapes['max_context']}; re-export with --max-context {n} or more")
+    keys, values = a["kv.keys"], a["kv.values"]                                   # [L, H, N, D] fp16
+    if attention == "full":
+        pad = ((0, 0), (0, 0), (0, shapes["max_context"] - n), (0, 0))
+        return {"context_keys": np.pad(keys.astype(np.float32), pad),
+                "context_values": np.pad(values.astype(np.float32), pad)}
+    settings = pack.settings
+    sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
+    if (sinks, window) != (shapes["sink_tokens"], shapes["window"]):
+        raise SqueezeError(f"the context pack keeps {sinks} sink and {window} window tokens but the decoder was "
+                           f"exported for {shapes['sink_tokens']} and {shapes['window']}; rebuild the pack with those")
+    counts = a["lookup.counts"].astype(np.int64)                                  # [L, H, K]
+    K = counts.shape[-1]
+    if K > shapes["max_clusters"]:
+        raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "
+                           f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
+    labels = a["lookup.labels"].astype(np.int64)                                  # [L, H, Nc]
+    nc = labels.shape[-1]
+    rows = np.concatenate([keys, values.astype(keys.dtype)], axis=-1)             # [L, H, N, 2D]
+    order = np.argsort(labels, axis=-1, kind="stable")                            # cluster by cluster
+    clustered = np.take_along_axis(rows[:, :, sinks:sinks + nc], order[..., None], axis=2)
+    centroids = dequantized_centroids(a["lookup.centroid_codes"], a["lookup.centroid_scales"])
+    pad_k = ((0, 0), (0, 0), (0, shapes["max_clusters"] - K))
+    return {
+        "sink_kv": rows[:, :, :sinks].astype(np.float32),
+        "window_kv": rows[:, :, sinks + nc:].astype(np.float32),
+        "clustered_kv": np.pad(clustered.astype(np.float32),
+                               ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))),
+        "centroids": np.pad(centroids, pad_k + ((0, 0),)),
+        "counts": np.pad(counts, pad_k),
+        "cluster_start": np.pad(np.cumsum(counts, -1) - counts, pad_k),
+    }
+
+
+KV_BYTES_PER_DIM = 2 * 2  # fp16 key + fp16 value per head dimension
+
+
+def centroid_cost(centroid_fraction: float, head_dim: int = 64) -> float:
+    """Centroid storage as a fraction of the KV cache, the paper's accounting done in bytes: 5% fp16
+    centroids (keys only) = 0.025; the default 10% int8 centroids (head_dim bytes + a 2-byte scale) = 0.0258."""
+    return centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
+
+
+def keep_fraction_for_kv_budget(kv_budget: float, centroid_fraction: float, head_dim: int = 64) -> float:
+    """The fraction of clustered keys a KV budget (kept keys + centroid bytes, over the KV cache) leaves to keep."""
+    keep = kv_budget - centroid_cost(centroid_fraction, head_dim)
+    if keep <= 0:
+        raise SqueezeError(f"a KV budget of {kv_budget:g} does not even cover the centroids "
+                           f"({centroid_cost(centroid_fraction, head_dim):.4f} of the KV cache); use a larger --kv-budget")
+    return keep
+
+
+def n_clustered_max(shapes: dict) -> int:
+    return shapes["max_context"] - shapes["sink_tokens"] - shapes["window"]
+
+
+__all__ = ["PACK_FORMAT", "PackArrays", "centroid_cost", "content_sha256", "keep_fraction_for_kv_budget", "decoder_context_inputs", "dequantized_centroids",
+           "read_pack_arrays"]

@@ -1,0 +1,65 @@
+"""Settings and constants of context packs and attention choices, importable without PyTorch (the CLI's parser
+and the torch-free answer path read them)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import SqueezeError
+
+DEFAULT_KV_BUDGET = 0.125  # the paper's accounting; with 10% int8 centroids it keeps 0.099 of the clustered keys
+MODES = ("full", "top-k", "threshold")
+
+PACK_FORMAT = "squeeze-context-pack/2"
+KEEP_FRACTION_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
+THRESHOLD_KEEP_RANGE = (KEEP_FRACTION_GRID[0], KEEP_FRACTION_GRID[-1])  # what threshold mode is calibrated for
+MIN_CLUSTERED_TOKENS = 16
+
+
+@dataclass
+class BuildSettings:
+    # Level-2 clusters per clustered key. The paper uses 5% fp16 centroids; 10% int8 centroids cost the same
+    # bytes and, on SmolLM2-135M, kept pass keys that 5% lost at 4k and 8k tokens (squeezed_attention/RESULTS.md).
+    centroid_fraction: float = 0.10
+    hierarchical: bool = False
+    level1_fraction: float = 0.01        # level-1 clusters per clustered key (paper: 1%)
+    observation_window: int = 100        # last tokens: never clustered, always attended, used to calibrate
+    sink_tokens: int = 4                 # first tokens: never clustered, always attended (attention sinks)
+    seed: int = 0
+    kmeans_iterations: int = 12
+    framing: str = "chat"                # "chat": context is the start of one user turn; "raw": plain text
+    prefill_chunk: int = 1024
+
+    # field -> (CLI flag or None, lowest, highest): the accepted ranges, checked on construction
+    INT_RANGES = {"observation_window": ("--observation-window", 1, 8192), "sink_tokens": (None, 0, 1024),
+                  "seed": ("--seed", 0, 2**32 - 2), "kmeans_iterations": (None, 1, 1000),
+                  "prefill_chunk": (None, 1, 1 << 16)}
+    MAX_CENTROID_FRACTION = 0.5
+
+    def __post_init__(self):
+        def name(field, flag):
+            return f"{flag} ({field})" if flag else field
+
+        for field, (flag, lo, hi) in self.INT_RANGES.items():
+            value = getattr(self, field)
+            if type(value) is not int or not lo <= value <= hi:
+                raise SqueezeError(f"{name(field, flag)} must be an integer in [{lo}, {hi}]; got {value!r}")
+        c, l1 = self.centroid_fraction, self.level1_fraction
+        if not _is_number(c) or not 0 < c <= self.MAX_CENTROID_FRACTION:
+            raise SqueezeError(f"--centroids (centroid_fraction) must be a fraction in (0, {self.MAX_CENTROID_FRACTION}] "
+                               f"of the clustered keys; got {c!r} (default 0.10)")
+        if not _is_number(l1) or not 0 < l1 <= (c if self.hierarchical is True else self.MAX_CENTROID_FRACTION):
+            raise SqueezeError(f"--level1 (level1_fraction) must be a fraction in (0, {c:g}] (at most --centroids); "
+                               f"got {l1!r} (default 0.01)")
+        if type(self.hierarchical) is not bool:
+            raise SqueezeError(f"hierarchical must be true or false; got {self.hierarchical!r}")
+        if self.framing not in ("chat", "raw"):
+            raise SqueezeError(f"unknown framing {self.framing!r}; use 'chat' or 'raw'")
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+def _is_number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)

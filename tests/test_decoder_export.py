@@ -1,0 +1,235 @@
+"""The exported decoder (issue: decoder export 1/2) on a tiny real GGUF: .onnx and .pte artifacts, the runtime
+contract, the torch-free answer loop, and pack/artifact mismatch errors. (The real SmolLM2 export is in
+test_decoder_export_real.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from squeeze_mobile.errors import SqueezeError
+from squeezed_attention import testing
+from squeezed_attention.decoder_export import EagerRunner, decoder_program, decoder_shapes, export_decoder
+from squeezed_attention.exportable import DecoderShapes, ExportableDecoder, context_inputs
+
+SHAPES = dict(max_context=160, max_prompt=64, max_new=16)
+TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)  # the tiny model's 40-token vocabulary
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_decoder")
+    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    return d, gguf
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    d, gguf = tiny
+    out = d / "artifacts"
+    (d / "doc.txt").write_text(TINY_TEXT)
+    result = export_decoder(out, formats=("onnx", "pte"), model_path=gguf, attention=["squeezed", "full"],
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tiny, tmp_path_factory):
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.pack import BuildSettings, build_context_pack, save_context_pack
+    from squeezed_attention.weights import load_checkpoint
+
+    _, gguf = tiny
+    ck = load_checkpoint(gguf)
+    model = LlamaForCausalLM.from_checkpoint(ck)
+    pack = build_context_pack(model, ck, TINY_TEXT, BuildSettings())
+    path = tmp_path_factory.mktemp("tiny_pack") / "tiny.pack"
+    save_context_pack(pack, path)
+    return path, pack, model, ck
+
+
+def test_every_artifact_is_verified_and_documented(exported):
+    out, result = exported
+    assert result.ok, result.manifest["failures"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["schema"] == "squeeze-mobile/decoder-manifest/1"
+    arts = {(a["format"], a["decoder"]["attention"]): a for a in manifest["artifacts"]}
+    assert set(arts) == {(f, a) for f in ("onnx", "pte") for a in ("squeezed", "full")}
+    for (fmt, att), a in arts.items():
+        v = a["verification"]
+        assert v["status"] == "pass" and v["prompts"] == 3 and v["prompts_identical"] == 3, v
+        assert v["psnr_db"] >= 60
+        assert (out / a["file"]).stat().st_size == a["bytes"] > 0
+        methods = a["decoder"]["methods"]
+        assert set(methods) == {"prefill", "decode"}
+        names = [i["name"] for i in methods["prefill"]["inputs"]]
+        assert names[:4] == ["tokens", "n_tokens", "cache_len", "context_len"]
+        assert ("past_keys" in names) == (fmt == "onnx")        # explicit cache I/O in ONNX, state in .pte
+        assert ("keep_keys" in names) == (att == "squeezed")
+        assert methods["prefill"]["inputs"][0]["shape"] == [SHAPES["max_prompt"]]
+        assert methods["decode"]["inputs"][0]["shape"] == [1]
+        if fmt == "pte":
+            assert a["state"] == ["cache_keys", "cache_values"]
+            assert a["delegation"]["decode"]["delegated_nodes"] > 0
+    assert manifest["tokenizer"]["file"] == "tokenizer.json" and (out / "tokenizer.json").is_file()
+    assert manifest["tokenizer"]["chat"]["suffix"].startswith("<|im_end|>")
+
+
+@pytest.mark.parametrize("attention", ["squeezed", "full"])
+def test_exported_graph_in_pytorch_matches_the_decoder(tiny_pack, attention):
+    """The graph that is exported (static shapes, pack as inputs, in-graph lookup) gives the PyTorch decoder's
+    greedy tokens for the same attention mode and kept-key count."""
+    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.exportable import pack_as_arrays
+    from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.pack_arrays import decoder_context_inputs
+
+    _, pack, model, ck = tiny_pack
+    shapes = decoder_shapes(model.config, kv_budget=0.3, **SHAPES)
+    module = ExportableDecoder(model, shapes, attention, state="io").eval()
+    arrays = pack_as_arrays(pack)
+    contract = {"shapes": shapes.to_dict(), "attention": attention, "state": "io", "kv_budget": 0.3}
+    loop = GenerationLoop(EagerRunner(module), contract, arrays,
+                          decoder_context_inputs(arrays, shapes.to_dict(), attention))
+    ids = ck.tokenizer.encode("\n\nab nan<|im_end|>\n<|im_start|>assistant\n")
+    tokens, _ = loop.greedy(ids, 12)
+    choice = AttentionChoice("full") if attention == "full" else \
+        AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch")
+    ref = Generator(model, ck.tokenizer, pack).generate("ab nan", choice, max_new_tokens=12, stop_at_eos=False)
+    assert tokens == ref.token_ids
+    if attention == "squeezed":
+        assert 0 < loop.keep_keys < pack.num_clustered
+
+
+def test_lookup_keeps_exactly_the_host_keys():
+    """The in-graph ranked fill (topk + scatter-add + cumsum, no sort/searchsorted) selects the same keys as the
+    host lookup's searchsorted version, padding clusters and a keep count smaller than the capacity included."""
+    from squeezed_attention.lookup import ranked_fill
+
+    g = torch.Generator().manual_seed(3)
+    H, K, B = 3, 20, 40
+    counts = torch.randint(0, 6, (H, K), generator=g)
+    counts[:, -4:] = 0
+    start = torch.cumsum(counts, -1) - counts
+    scores = torch.rand(H, K, generator=g)
+    rank = torch.topk(scores, K).indices
+    ranked_counts = counts.gather(1, rank)
+    out_start = torch.cumsum(ranked_counts, -1) - ranked_counts
+    marks = torch.zeros(H, B + 1, dtype=torch.int64).scatter_add(1, out_start.clamp(max=B), torch.ones_like(out_start))
+    which = torch.cumsum(marks[:, :B], -1) - 1
+    rows = start.gather(1, rank.gather(1, which)) + torch.arange(B) - out_start.gather(1, which)
+    keep = 25
+    order = torch.arange(int(counts.sum(-1).max())).expand(H, -1)  # identity: rows are cluster-ordered already
+    host = ranked_fill(scores.double(), counts, order.contiguous(), start, keep)
+    assert torch.equal(rows[:, :keep], host)
+
+
+def test_torch_free_generate_from_the_onnx_artifact(exported, tiny_pack):
+    """`squeeze generate --artifacts DIR --format onnx` answers through onnxruntime + numpy + tokenizers, and
+    PyTorch is never imported, the command's own start-up included."""
+    out, _ = exported
+    pack_path, *_ = tiny_pack
+    code = (
+        "import sys, json\n"
+        "from export.cli import main\n"
+        f"rc = main(['generate', '--artifacts', {str(out)!r}, '--format', 'onnx', '--context-pack', {str(pack_path)!r},"
+        " '--prompt', 'ab nan', '--max-new-tokens', '6', '--json'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["context_tokens"] > 100 and 1 <= len(result["token_ids"]) <= 6
+    assert set(result) >= {"text", "token_ids", "prefill_seconds", "decode_tokens_per_second", "attention"}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt):
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    out, _ = exported
+    pack_path, pack, model, ck = tiny_pack
+    session = DecoderSession(out, fmt=fmt, attention="squeezed")
+    session.attach(pack_path)
+    got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+    ref = Generator(model, ck.tokenizer, pack).generate(
+        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch"), max_new_tokens=10,
+        stop_at_eos=False)
+    session.close()
+    assert got.token_ids == ref.token_ids
+
+
+def test_pack_mismatches_are_one_line_errors(exported, tiny_pack, tmp_path):
+    from squeezed_attention.decoder_session import DecoderSession
+
+    out, _ = exported
+    pack_path, *_ = tiny_pack
+    session = DecoderSession(out, fmt="onnx", attention="squeezed")
+    # tampered pack: one byte flipped inside a tensor
+    data = bytearray(Path(pack_path).read_bytes())
+    data[-100] ^= 0x55
+    (tmp_path / "tampered.pack").write_bytes(bytes(data))
+    with pytest.raises(SqueezeError, match="modified after it was built"):
+        session.attach(tmp_path / "tampered.pack")
+    # a pack built for other weights (the manifest names the artifact's weights)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"]["weights_sha256"] = "0" * 64
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in out.iterdir():
+        (other / f.name).symlink_to(f)
+    (other / "manifest.json").unlink()
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SqueezeError, match="other model weights"):
+        DecoderSession(other, fmt="onnx", attention="squeezed").attach(pack_path)
+    # a pack longer than the artifact's max context
+    small = DecoderShapes(max_context=120, max_prompt=4, max_new=4, max_clusters=8, max_keep=8)
+    from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
+
+    with pytest.raises(SqueezeError, match="takes at most 120"):
+        decoder_context_inputs(read_pack_arrays(pack_path), small.to_dict(), "squeezed")
+    with pytest.raises(SqueezeError, match="no context pack attached"):
+        session.generate("ab")
+    session.attach(pack_path)
+    with pytest.raises(SqueezeError, match="at most 64"):
+        session.generate("ab " * 80)
+
+
+def test_bad_export_options_fail_before_any_work(tiny, tmp_path):
+    _, gguf = tiny
+    with pytest.raises(SqueezeError, match="exports to pte, onnx"):
+        export_decoder(tmp_path / "x", formats=("tflite",), model_path=gguf)
+    with pytest.raises(SqueezeError, match="exceed the model window of 256"):
+        export_decoder(tmp_path / "y", formats=("onnx",), model_path=gguf, max_context=200, max_prompt=64, max_new=16)
+    assert not (tmp_path / "y" / "manifest.json").exists()
+
+
+def test_cli_export_decoder_and_verify(tiny, tmp_path, capsys):
+    """`squeeze export decoder` writes the artifact + contract; `squeeze verify DIR` re-runs its verification."""
+    from export.cli import main
+
+    _, gguf = tiny
+    out = tmp_path / "cli_out"
+    (tmp_path / "doc.txt").write_text(TINY_TEXT)
+    rc = main(["export", "decoder", "--verify-text", str(tmp_path / "doc.txt"), "--formats", "onnx", "--attention", "squeezed", "--model", str(gguf),
+               "--max-context", "160", "--max-prompt", "64", "--max-new", "16", "--kv-budget", "0.3", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    (art,) = manifest["artifacts"]
+    assert art["verification"]["status"] == "pass" and art["decoder"]["kv_budget"] == 0.3
+    assert manifest["verification_inputs"]["text_file"] == str(tmp_path / "doc.txt")
+    rc = main(["verify", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0 and f"{art['file']}: pass" in captured.out, captured.err[-2000:]
+    (out / art["file"]).write_bytes((out / art["file"]).read_bytes()[:-10] + b"0123456789")
+    assert main(["verify", str(out)]) == 1
+    assert "sha256 differs" in capsys.readouterr().out
