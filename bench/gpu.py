@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import statistics
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from squeeze_mobile.atomic import atomic_path
@@ -75,7 +74,7 @@ def run_gpu_benchmark(out_dir="bench_out/gpu", runs: int = 20, warmup: int = 5, 
                       compile_modes=(False, True), progress: Optional[Progress] = None) -> Dict:
     import torch
 
-    from .report import check_report_dir, one_line
+    from .report import check_report_dir
 
     say = progress or (lambda a, b: None)
     out_dir = check_report_dir(out_dir, GPU_REPORT_FILES)

@@ -34,7 +34,6 @@ def _peak_mb() -> float:
 
 
 def measure(job: dict) -> dict:
-    import numpy as np
     import torch
 
     from bench.stats import time_calls

@@ -26,7 +26,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
 
 from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir
 from squeeze_mobile.errors import SqueezeError
@@ -331,7 +330,7 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         say(backend.name, f"converting -> {fname}")
         t0 = time.perf_counter()
         try:
-            with quiet(quiet_tools) as captured, atomic_path(dest, replaceable=backend.replaceable) as tmp:
+            with quiet(quiet_tools), atomic_path(dest, replaceable=backend.replaceable) as tmp:
                 try:
                     extras = convert(ready, example, tmp, opts) or {}
                 except SqueezeError:

@@ -7,7 +7,7 @@ what a user needs to feed the network (frames, sampling interval, crop size, mea
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Tuple
 
 from .errors import SqueezeError

@@ -2,7 +2,6 @@
 parsers (on recorded tool output), missing-tool errors, and GPU mode without CUDA."""
 
 import json
-import os
 import stat
 from pathlib import Path
 

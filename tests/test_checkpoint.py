@@ -1,6 +1,5 @@
 """Checkpoint loading: official mmaction2 layout and its variants reproduce logits; every failure is an error."""
 
-import pickle
 from collections import OrderedDict
 
 import pytest

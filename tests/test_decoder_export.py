@@ -9,14 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from squeeze_mobile.errors import SqueezeError
 from squeezed_attention import testing
-from squeezed_attention.decoder_export import EagerRunner, decoder_program, decoder_shapes, export_decoder
-from squeezed_attention.exportable import DecoderShapes, ExportableDecoder, context_inputs
+from squeezed_attention.decoder_export import EagerRunner, decoder_shapes, export_decoder
+from squeezed_attention.exportable import DecoderShapes, ExportableDecoder
 
 SHAPES = dict(max_context=160, max_prompt=64, max_new=16)
 TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)  # the tiny model's 40-token vocabulary

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from squeezed_attention.context_attention import DenseContext, SqueezedContext
+from squeezed_attention.context_attention import DenseContext
 from squeezed_attention.generation import AttentionChoice, make_context
 from squeezed_attention.lookup import LookupTables, SelectionSpec, cluster_scores, score_layer, select_keys
 from squeezed_attention.lookup_numpy import NumpyTables

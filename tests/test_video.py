@@ -1,6 +1,5 @@
 """Real video input: decoding, official sampling, loop policy, crops, and clean failures on broken files."""
 
-import numpy as np
 import pytest
 import torch
 

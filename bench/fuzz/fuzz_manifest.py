@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-from pathlib import Path
 
 from bench.fuzz import harness
 
