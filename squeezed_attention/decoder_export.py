@@ -315,10 +315,13 @@ def verify_decoder_artifact(path: Path, record: dict, model, data: VerificationD
     loop_ref = GenerationLoop(eager, contract, arrays, context)
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys)
+    from .generation import Generator
+
+    framing = Generator(model, tokenizer, data.pack)
     identical, per_prompt, sq_err, peak = 0, [], 0.0, 0.0
     steps = 0
     for prompt, ref_tokens in zip(data.prompts, reference):
-        ids = tokenizer.encode(data_prompt_text(prompt, tokenizer))
+        ids = framing.prompt_ids(prompt)  # the PyTorch decoder's own chat framing of the question
         room = shapes.max_prompt + shapes.max_new - len(ids)   # greedy tokens are a prefix: compare what fits
         ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
         art_tokens, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=None)
@@ -344,13 +347,6 @@ def verify_decoder_artifact(path: Path, record: dict, model, data: VerificationD
             "prompts_identical": identical, "tokens_per_prompt": data.tokens, "keep_keys": keep_keys,
             "psnr_db": round(psnr, 2), "max_abs_logit_error": max(p["max_abs_logit_error"] for p in per_prompt),
             "per_prompt": per_prompt, "runtime": backend.runtime}
-
-
-def data_prompt_text(prompt: str, tokenizer) -> str:
-    from .generation import CHAT_JOIN
-
-    _, suffix = tokenizer.chat_frame()
-    return CHAT_JOIN + prompt + suffix
 
 
 __all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_shapes", "export_decoder",
