@@ -20,12 +20,28 @@ def add_subcommands(sub) -> None:
         "and report.png (default DIR/bench/).",
     )
     p.add_argument("dir", nargs="?", help="export directory (with manifest.json); not used with --gpu or --peers")
-    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts, each >= 1 (default 1,2)")
-    p.add_argument("--runs", type=cli_types.positive_int, default=20, help="timed runs per measurement, >= 1 (default 20)")
-    p.add_argument("--warmup", type=cli_types.nonnegative_int, default=3, help="untimed warm-up runs, >= 0 (default 3)")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated CPU thread counts, each >= 1 (default 1,2; 2 for a decoder directory)")
+    p.add_argument("--runs", type=cli_types.positive_int, default=None,
+                   help="timed runs per measurement, >= 1 (default 20; 3 prefills per round for a decoder directory)")
+    p.add_argument("--warmup", type=cli_types.nonnegative_int, default=None,
+                   help="untimed warm-up runs, >= 0 (default 3; 1 per worker for a decoder directory)")
     p.add_argument("--out", help="report directory (default DIR/bench; bench_out/gpu with --gpu, bench_out/peers with --peers)")
     p.add_argument("--no-eager", dest="eager", action="store_false",
                    help="skip the PyTorch eager reference (default: include it)")
+    d = p.add_argument_group("decoder directories (squeeze export decoder): prefill ms and decode tok/s, squeezed vs "
+                             "full attention, per runtime, over real-prose packs built with the decoder's model")
+    d.add_argument("--contexts", default="2048,4096,8192",
+                   help="context lengths in tokens, comma-separated, each >= 512 and capped at the artifact's "
+                   "--max-context (default 2048,4096,8192)")
+    d.add_argument("--context-pack", action="append", default=None, metavar="PACK",
+                   help="benchmark over this context pack instead of building packs (repeatable; default: build)")
+    d.add_argument("--decode-tokens", type=cli_types.positive_int, default=32,
+                   help="greedy decode steps timed per run, >= 1 (default 32)")
+    d.add_argument("--rounds", type=cli_types.positive_int, default=2,
+                   help="interleaved rounds over every (context, format, attention), >= 1 (default 2)")
+    d.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
                    help="benchmark on an Android phone over adb, optionally the device serial (default: this machine)")
     p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone (android_arm64) "
@@ -55,8 +71,15 @@ def cmd_bench(args) -> int:
 
     from .report import check_report_dir
 
-    threads = parse_threads(args.threads)
     console = _console()
+    from squeezed_attention.decoder_export import is_decoder_manifest
+
+    decoder = bool(args.dir) and not (args.gpu or args.peers) and is_decoder_manifest(args.dir)
+    threads = parse_threads(args.threads or ("2" if decoder else "1,2"))
+    if args.runs is None:
+        args.runs = 3 if decoder else 20
+    if args.warmup is None:
+        args.warmup = 1 if decoder else 3
     if args.gpu and args.peers:
         raise SqueezeError("--gpu and --peers are separate benchmarks; run them one at a time")
     if (args.gpu or args.peers) and (args.dir or args.adb is not None):
@@ -88,6 +111,20 @@ def cmd_bench(args) -> int:
         raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")
     # the report location is checked before anything runs: results are never lost to an unwritable --out
     check_report_dir(args.out or Path(args.dir) / "bench")
+    if decoder:
+        if args.adb is not None:
+            raise SqueezeError("--adb benchmarks SqueezeTime artifacts; decoder directories run on this machine")
+        from .decoder import decoder_markdown, run_decoder_benchmark
+        from .host import parse_threads as parse_ints
+
+        contexts = parse_ints(args.contexts)
+        report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
+                                       rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
+                                       profile=args.profile, out_dir=args.out, progress=_progress(console))
+        _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False)
+        print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
+        return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
+                                   lambda r: f"{r['format']} {r['attention']} at {r['context_tokens']} tokens")
     if args.adb is not None:
         from .android import run_android_benchmark
 

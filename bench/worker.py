@@ -115,7 +115,12 @@ def measure(job: dict) -> dict:
 def main() -> int:
     job = json.loads(sys.argv[1])
     try:
-        result = measure(job)
+        if job["kind"] == "decoder":  # torch-free for .onnx, as an app runs it
+            from bench.decoder import measure_decoder
+
+            result = measure_decoder(job)
+        else:
+            result = measure(job)
         result["ok"] = True
     except Exception as exc:  # noqa: BLE001 - reported to the parent as data, one line
         result = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}

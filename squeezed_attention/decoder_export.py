@@ -50,7 +50,7 @@ class DecoderExportResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failures and all(a["verification"]["status"] == "pass" for a in self.manifest["artifacts"])
+        return not self.failures and all(a["verification"]["status"] in ("pass", "not run") for a in self.manifest["artifacts"])
 
 
 def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_budget: float,
@@ -180,7 +180,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     shapes = decoder_shapes(model.config, max_context, max_prompt, max_new, kv_budget)
     tokenizer = checkpoint.tokenizer
-    write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.backend.to_str())
+    old = existing_decoder_manifest(out_dir, checkpoint.weights_sha256)  # before anything is written
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -203,6 +203,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         manifest["verification_inputs"] = verification.describe()
         if text_file is not None:
             manifest["verification_inputs"]["text_file"] = str(text_file)
+    merge_decoder_manifest(old, out_dir, manifest)
+    write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.backend.to_str())
     result = DecoderExportResult(out_dir, manifest)
     for att in attentions:
         for fmt in formats:
@@ -242,10 +244,51 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                          f"logits PSNR {v['psnr_db']:.1f} dB" if "prompts" in v else f"FAILED: {v['failures'][0]}")
             else:
                 record["verification"] = {"status": "not run"}
-            manifest["artifacts"].append(record)
+            manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("file") != name] + [record]
             write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return result
+
+
+def existing_decoder_manifest(out_dir: Path, weights_sha256: str) -> dict | None:
+    """The decoder manifest already in ``out_dir`` that a new export of the same weights merges into (None when
+    there is none); anything else there (another kind of export, another model, an unreadable manifest) is
+    refused with nothing written."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SqueezeError(f"{path} cannot be read ({exc.__class__.__name__}); export into a fresh directory or "
+                           "remove the old export first (nothing was changed)") from None
+    if not isinstance(old, dict) or old.get("schema") != SCHEMA or not isinstance(old.get("artifacts"), list):
+        raise SqueezeError(f"{out_dir} holds another kind of export ({MANIFEST} is not a decoder manifest); export "
+                           "into a fresh directory (nothing was changed)")
+    theirs = (old.get("model") or {}).get("weights_sha256")
+    if theirs != weights_sha256:
+        raise SqueezeError(f"{out_dir} holds a decoder exported from other weights (sha256 {str(theirs)[:12]}); export "
+                           "into a fresh directory, or remove the old export first (nothing was changed)")
+    return old
+
+
+def merge_decoder_manifest(old: dict | None, out_dir: Path, manifest: dict) -> None:
+    """Exporting again into a decoder directory of the same model keeps the records of the artifacts still on
+    disk (a new record replaces the one of the same file), so formats and attention modes can be exported in
+    separate runs. Artifacts verified on other inputs than this run's are refused (nothing is written)."""
+    if old is None:
+        return
+    kept = [a for a in old["artifacts"] if isinstance(a, dict) and a.get("file") and (out_dir / a["file"]).exists()]
+    old_inputs, new_inputs = old.get("verification_inputs"), manifest.get("verification_inputs")
+    verified = [a for a in kept if (a.get("verification") or {}).get("status") not in (None, "not run")]
+    if verified and new_inputs is not None and old_inputs != new_inputs:
+        raise SqueezeError(f"{out_dir} holds artifacts verified on other inputs (context sha256 "
+                           f"{str((old_inputs or {}).get('context_sha256'))[:12]}); export with the same verification "
+                           "settings, --no-verify, or into a fresh directory (nothing was changed)")
+    if new_inputs is None and old_inputs is not None:
+        manifest["verification_inputs"] = old_inputs
+    manifest["artifacts"] = kept
+    manifest["tools"] = dict(sorted({**(old.get("tools") or {}), **manifest["tools"]}.items()))
 
 
 @dataclass

@@ -232,3 +232,53 @@ def test_cli_export_decoder_and_verify(tiny, tmp_path, capsys):
     (out / art["file"]).write_bytes((out / art["file"]).read_bytes()[:-10] + b"0123456789")
     assert main(["verify", str(out)]) == 1
     assert "sha256 differs" in capsys.readouterr().out
+
+
+def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
+    """`squeeze bench DIR` on a decoder directory: one row per (format, attention, context), ratios against the
+    full-attention artifact of the same format, the lookup's share from each runtime's profiler, reports
+    written; a second run reuses the cached pack."""
+    out, _ = exported
+    report_dir = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "export.cli", "bench", str(out), "--out", str(report_dir), "--contexts", "2048",
+           "--runs", "1", "--warmup", "0", "--rounds", "1", "--decode-tokens", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["schema"] == "squeeze-mobile/bench-decoder/1"
+    rows = {(r["format"], r["attention"]): r for r in report["rows"]}
+    assert set(rows) == {(f, a) for f in ("onnx", "pte") for a in ("squeezed", "full")}
+    max_context = SHAPES["max_context"]
+    for (fmt, att), r in rows.items():
+        assert r["status"] == "ok" and r["context_tokens"] == max_context  # 2048 capped at the artifact's
+        assert r["samples"] == {"prefill": 1, "decode_steps": 3} and r["prefill_ms"] > 0 and r["peak_rss_mb"] > 0
+        if att == "squeezed":
+            full = rows[(fmt, "full")]
+            assert r["decode_speedup_vs_full"] == pytest.approx(full["decode_ms_per_token"] / r["decode_ms_per_token"])
+    shares = {e["format"]: e for e in report["lookup_share"]}
+    assert set(shares) == {"onnx", "pte"}
+    for e in shares.values():
+        assert e["status"] == "ok" and 0 < e["share"] < 1 and e["lookup_ms"] > 0
+    assert (report_dir / "report.png").stat().st_size > 1000 and "| onnx | squeezed" in (report_dir / "report.md").read_text()
+    pack = Path(report["packs"][0]["path"])
+    assert pack.is_file() and pack.parent == report_dir / "packs"
+    mtime = pack.stat().st_mtime_ns
+    proc = subprocess.run(cmd + ["--no-profile"], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and pack.stat().st_mtime_ns == mtime, proc.stderr[-2000:]
+
+
+def test_second_export_merges_and_other_weights_are_refused(tiny, tmp_path):
+    _, gguf = tiny
+    out = tmp_path / "merged"
+    for att in ("full", "squeezed"):
+        result = export_decoder(out, formats=("onnx",), model_path=gguf, attention=att, kv_budget=0.3, verify=False,
+                                **SHAPES)
+        assert result.ok, result.manifest["failures"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(a["decoder"]["attention"] for a in manifest["artifacts"]) == ["full", "squeezed"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = testing.write_tiny_llama_gguf(tmp_path / "other.gguf", layers=2, seed=5, quantized=False)
+    with pytest.raises(SqueezeError, match="other weights"):
+        export_decoder(out, formats=("onnx",), model_path=other, verify=False, **SHAPES)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -69,6 +69,12 @@ class Runner(ABC):
             raise SqueezeError(f"the {self.runtime} runner of this artifact has only method 'forward' (input 'input')")
         return {"logits": self(feed["input"])}
 
+    def operator_profile(self) -> List[Dict[str, Any]]:
+        """Per-operator times of the calls made since the runner was loaded with ``profile=True``, from the
+        runtime's own profiler: ``[{"op": kernel or op type, "node": graph node name or "", "us": microseconds,
+        "top_level": whether it counts toward the step's total (nested delegate internals do not)}]``."""
+        raise SqueezeError(f"the {self.runtime} runner has no operator profiler")
+
     def close(self) -> None:  # runtimes that hold native resources release them here
         pass
 
@@ -97,7 +103,8 @@ class Backend(ABC):
         raise SqueezeError(f"{self.name} cannot export multi-method programs yet (methods: {', '.join(program.names)}); "
                            "use --formats pte or onnx")
 
-    def load_program(self, path: Path, methods: Dict[str, Dict], threads: Optional[int] = None) -> Runner:
+    def load_program(self, path: Path, methods: Dict[str, Dict], threads: Optional[int] = None,
+                     profile: bool = False) -> Runner:
         """Load an artifact written by export_program; ``methods`` is the manifest's method table
         ({name: {"graph", "inputs": [{"name", ...}], "outputs": [...]}}) so the runner can order inputs by name."""
         raise SqueezeError(f"{self.name} cannot run multi-method programs here")

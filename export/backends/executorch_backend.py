@@ -52,15 +52,47 @@ class ExecuTorchProgramRunner(Runner):
 
     runtime = "ExecuTorch (XNNPACK)"
 
-    def __init__(self, path: Path, methods, threads: Optional[int]):
+    def __init__(self, path: Path, methods, threads: Optional[int], profile: bool = False):
         import torch
         from executorch.runtime import Runtime
 
         set_threads(threads)
         self._torch = torch
         self.table = methods
-        self.program = Runtime.get().load_program(str(path))
+        self.profile = profile
+        self.program = Runtime.get().load_program(str(path), enable_etdump=profile)
         self._loaded = {}
+
+    def operator_profile(self):
+        """ExecuTorch's ETDump: portable kernels (``native_call_<op>`` inside an OPERATOR_CALL) and delegate
+        calls; the delegate's own ops are nested inside DELEGATE_CALL and do not count toward the total."""
+        import tempfile
+
+        if not self.profile:
+            return super().operator_profile()
+        from executorch.devtools import Inspector
+
+        from export.quiet import quiet
+
+        with tempfile.TemporaryDirectory(prefix="etdump_") as tmp:
+            path = str(Path(tmp) / "run.etdp")
+            self.program.write_etdump_result_to_file(path, str(Path(tmp) / "debug.bin"))
+            with quiet():
+                inspector = Inspector(etdump_path=path)
+        out = []
+        for block in inspector.event_blocks:
+            if block.name == "Default":  # load/init events, not execution
+                continue
+            for event in block.events:
+                if event.perf_data is None:
+                    continue
+                name = event.name
+                top = name in ("OPERATOR_CALL", "DELEGATE_CALL")
+                op = name[len("native_call_"):].split(".")[0] if name.startswith("native_call_") else name
+                for ms in event.perf_data.raw:
+                    out.append({"op": op, "node": "", "us": float(ms) * 1e3, "top_level": top,
+                                "delegated": bool(event.is_delegated_op)})
+        return out
 
     def __call__(self, x):
         return self.run("forward", {"input": x})["logits"]
@@ -118,8 +150,8 @@ class ExecuTorchBackend(Backend):
     def load(self, path, threads=None):
         return ExecuTorchRunner(path, threads)
 
-    def load_program(self, path, methods, threads=None):
-        return ExecuTorchProgramRunner(path, methods, threads)
+    def load_program(self, path, methods, threads=None, profile=False):
+        return ExecuTorchProgramRunner(path, methods, threads, profile)
 
     def export_program(self, program, dest: Path, opts: ExportOptions):
         """Every method into one program (weights shared), mutable buffers shared between methods, inputs not

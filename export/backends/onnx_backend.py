@@ -19,7 +19,7 @@ OUTPUT_NAME = "logits"
 class OnnxRunner(Runner):
     runtime = "onnxruntime (CPU)"
 
-    def __init__(self, path: Path, threads: Optional[int]):
+    def __init__(self, path: Path, threads: Optional[int], profile: bool = False):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -27,8 +27,33 @@ class OnnxRunner(Runner):
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._profile_dir = None
+        if profile:
+            import tempfile
+
+            self._profile_dir = tempfile.mkdtemp(prefix="ort_profile_")
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(self._profile_dir) / "ort")
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+
+    def operator_profile(self):
+        """onnxruntime's profiler: one event per node execution (``<node>_kernel_time``)."""
+        import json
+        import shutil
+
+        if self._profile_dir is None:
+            return super().operator_profile()
+        path = self.session.end_profiling()
+        try:
+            events = json.loads(Path(path).read_text(encoding="utf-8"))
+        finally:
+            shutil.rmtree(self._profile_dir, ignore_errors=True)
+            self._profile_dir = None
+        suffix = "_kernel_time"
+        return [{"op": e.get("args", {}).get("op_name", ""), "node": e["name"][:-len(suffix)], "us": float(e["dur"]),
+                 "top_level": True}
+                for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith(suffix)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -82,8 +107,8 @@ class OnnxBackend(Backend):
     def load(self, path, threads=None):
         return OnnxRunner(path, threads)
 
-    def load_program(self, path, methods, threads=None):
-        return OnnxRunner(path, threads)
+    def load_program(self, path, methods, threads=None, profile=False):
+        return OnnxRunner(path, threads, profile)
 
     def export_program(self, program, dest: Path, opts: ExportOptions):
         """One ONNX graph for all methods: the widest method with its dynamic axes symbolic (the decoder's

@@ -1,0 +1,395 @@
+"""Host benchmark of exported decoders: prefill ms and decode tok/s, squeezed vs full attention, per runtime.
+
+    squeeze bench DECODER_DIR [--contexts 2048,4096,8192] [--threads 2] [--runs 3]
+
+For every context length, a real-prose context pack with a pass key in it is built once with the decoder's
+own model (or taken from ``--context-pack``) and cached under the report directory. Every artifact in the
+manifest (each format x attention mode) then answers the pass-key question over that pack in its own runtime,
+in its own process (load time and peak RSS belong to it): the prefill of the question (the artifact's
+``max_prompt`` tokens: static shapes, so a shorter question costs the same), then ``decode_tokens`` greedy
+steps, each timed. Rows are interleaved (context -> format -> attention, repeated ``rounds`` times) so a
+load drift on a shared machine hits squeezed and full alike; medians over all samples. Ratios compare the
+squeezed and the full artifact of the same format at the same context and thread count, measured in the same
+run. A profiling pass per squeezed artifact reports the share of decode time spent in the lookup, from the
+runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from squeeze_mobile.atomic import atomic_path
+from squeeze_mobile.errors import SqueezeError
+
+from .host import machine_info, run_worker
+from .report import check_report_dir, one_line
+
+Progress = Callable[[str, str], None]
+DEFAULT_CONTEXTS = (2048, 4096, 8192)
+REPORT_FILES = ("report.json", "report.md", "report.png")
+# ExecuTorch portable kernels that only the in-graph lookup uses (its centroid products and softmax run inside
+# XNNPACK islands together with the attention and cannot be told apart in ETDump without an ETRecord)
+PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "cumsum", "minimum")
+# onnxruntime nodes of the lookup: the exporter records the call site of every node; these come from
+# ExportableDecoder._squeezed_rows (centroid scores, top-k, ranked fill, gather)
+ONNX_LOOKUP_CALL = "_squeezed_rows("
+
+
+def context_label(tokens: int) -> str:
+    return f"{tokens / 1024:.1f}k".replace(".0k", "k")
+
+
+def _pack_text(tokenizer, tokens: int, seed: int):
+    """Real prose with a pass key at about half depth whose chat-framed context is ``tokens`` long (whole
+    paragraphs overshoot; the tail is cut at a token boundary)."""
+    from squeezed_attention.evaluate import make_case
+    from squeezed_attention.pack import frame_context
+
+    case, text = make_case(tokenizer, "passkey", 2 * tokens, 0.25, seed=seed, rotate=2)
+    ids = tokenizer.encode(text)
+    cut = len(ids) - (len(frame_context(tokenizer, text, "chat")) - tokens)
+    while cut > 0:
+        text = tokenizer.decode(ids[:cut])
+        over = len(frame_context(tokenizer, text, "chat")) - tokens
+        if over <= 0:
+            break
+        cut -= over
+    return case, text
+
+
+def bench_packs(manifest: Dict, contexts: Sequence[int], pack_dir: Path, say: Progress) -> List[Dict]:
+    """One real-prose pack per context length (pass key at half depth), built with the decoder's own model and
+    reused on the next run when the cached file still belongs to that model."""
+    from squeezed_attention.pack_arrays import read_pack_arrays
+
+    model_info = manifest["model"]
+    max_context = min(a["decoder"]["shapes"]["max_context"] for a in manifest["artifacts"] if a.get("file"))
+    wanted = sorted({min(int(c), max_context) for c in contexts})
+    out, missing = [], []
+    for n in wanted:
+        path = pack_dir / f"prose_{n}.pack"
+        meta = path.with_suffix(".json")
+        if path.is_file() and meta.is_file():
+            try:
+                pack = read_pack_arrays(path)
+                pack.check_model(model_info.get("weights_sha256"), model_info.get("tokenizer_sha256"))
+                out.append({"path": str(path), "requested": n, **json.loads(meta.read_text(encoding="utf-8"))})
+                continue
+            except (SqueezeError, ValueError, OSError):
+                pass  # stale or foreign: rebuilt below
+        missing.append((n, path, meta))
+    if missing:
+        from squeezed_attention.model import LlamaForCausalLM
+        from squeezed_attention.pack import BuildSettings, build_context_pack, save_context_pack
+        from squeezed_attention.weights import load_checkpoint
+
+        source = model_info.get("source")
+        if not source or not Path(source).exists():
+            raise SqueezeError(f"the decoder's model {source} is not on this machine to build benchmark packs; "
+                               "pass packs built for it with --context-pack")
+        say("packs", f"loading {Path(source).name} to build {len(missing)} context pack(s)")
+        checkpoint = load_checkpoint(source)
+        if checkpoint.weights_sha256 != model_info.get("weights_sha256"):
+            raise SqueezeError(f"{source} is not the model these artifacts were exported from (weights differ); "
+                               "pass packs built for the exported model with --context-pack")
+        model = LlamaForCausalLM.from_checkpoint(checkpoint)
+        pack_dir.mkdir(parents=True, exist_ok=True)
+        for n, path, meta in missing:
+            case, text = _pack_text(checkpoint.tokenizer, n, seed=n)
+            say("packs", f"building a {context_label(n)}-token pack from real prose")
+            pack = build_context_pack(model, checkpoint, text, BuildSettings())
+            save_context_pack(pack, path)
+            info = {"context_tokens": pack.num_tokens, "question": case.question, "answer": case.answer}
+            with atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
+            out.append({"path": str(path), "requested": n, **info})
+    return sorted(out, key=lambda p: p["requested"])
+
+
+def user_packs(paths: Sequence[str], question: str) -> List[Dict]:
+    from squeezed_attention.pack_arrays import read_pack_arrays
+
+    out = []
+    for p in paths:
+        pack = read_pack_arrays(p)
+        out.append({"path": str(Path(p).resolve()), "requested": pack.num_tokens, "context_tokens": pack.num_tokens,
+                    "question": question, "answer": None})
+    return sorted(out, key=lambda p: p["context_tokens"])
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, threads: Sequence[int] = (2,),
+                          runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: int = 32,
+                          packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
+                          profile: bool = True, out_dir=None, progress: Optional[Progress] = None) -> Dict:
+    from squeezed_attention.decoder_session import read_decoder_manifest
+
+    say = progress or (lambda a, b: None)
+    if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
+        raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
+    art_dir = Path(art_dir).resolve()
+    manifest = read_decoder_manifest(art_dir)
+    out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench", REPORT_FILES)
+    artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
+    if not artifacts:
+        raise SqueezeError(f"{art_dir} holds no decoder artifact; export one with `squeeze export decoder`")
+    for a in artifacts:
+        if not (art_dir / a["file"]).exists():
+            raise SqueezeError(f"the artifact {art_dir / a['file']} is missing; re-export the decoder")
+        room = a["decoder"]["shapes"]["max_new"]
+        if decode_tokens > room:
+            raise SqueezeError(f"--decode-tokens must be at most {room} (the exported decoder's --max-new)")
+    if packs:
+        from squeezed_attention.evaluate import PASSKEY_QUESTION
+
+        pack_rows = user_packs(packs, question or PASSKEY_QUESTION)
+    else:
+        if any(c < 512 for c in contexts):
+            raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")
+        pack_rows = bench_packs(manifest, contexts, out_dir / "packs", say)
+    rows: Dict[tuple, Dict] = {}
+    order = [(p, a, t) for t in threads for p in pack_rows for a in sorted(artifacts, key=lambda a: (
+        a["format"], a["decoder"]["attention"] != "squeezed"))]
+    for r in range(rounds):
+        for pack, art, t in order:
+            key = (pack["path"], art["file"], t)
+            row = rows.setdefault(key, {
+                "format": art["format"], "file": art["file"], "runtime": art.get("runtime"),
+                "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
+                "threads": t, "context_tokens": pack["context_tokens"], "pack": pack["path"],
+                "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
+                "prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [], "status": "ok"})
+            if row["status"] != "ok":
+                continue
+            say(art["format"], f"{art['decoder']['attention']} at {context_label(pack['context_tokens'])} context, "
+                f"{t} thread(s), round {r + 1}/{rounds}")
+            res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
+                              "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
+                              "decode_tokens": decode_tokens})
+            if not res.get("ok"):
+                row.update({"status": "error", "detail": res.get("error")})
+                say(art["format"], f"error: {res.get('error')}")
+                continue
+            row["prefill_s"] += res["prefill_s"]
+            row["decode_step_s"] += res["decode_step_s"]
+            row["load_s"].append(res["load_s"])
+            row["peak_rss_mb"].append(res["peak_rss_mb"])
+            row["answer_text"] = res["text"]
+            row["answered"] = (pack["answer"] in res["text"]) if pack.get("answer") else None
+    out_rows = []
+    for row in rows.values():
+        if row["status"] == "ok":
+            prefill, step = _median(row["prefill_s"]), _median(row["decode_step_s"])
+            row.update({"prefill_ms": prefill * 1e3, "decode_ms_per_token": step * 1e3,
+                        "decode_tokens_per_s": 1.0 / step, "load_s": _median(row["load_s"]),
+                        "peak_rss_mb": max(row["peak_rss_mb"]),
+                        "samples": {"prefill": len(row["prefill_s"]), "decode_steps": len(row["decode_step_s"])}})
+        out_rows.append(row)
+    for row in out_rows:  # squeezed over full: same format, context and threads, same run
+        full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
+                     and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
+                     and r["status"] == "ok"), None)
+        if row["attention"] == "squeezed" and row["status"] == "ok" and full:
+            row["prefill_speedup_vs_full"] = full["prefill_ms"] / row["prefill_ms"]
+            row["decode_speedup_vs_full"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
+    lookup = []
+    if profile:
+        largest = pack_rows[-1]
+        for art in artifacts:
+            if art["decoder"]["attention"] != "squeezed":
+                continue
+            say(art["format"], f"profiling decode at {context_label(largest['context_tokens'])} context for the "
+                "lookup's share")
+            res = run_worker({"kind": "decoder", "profile": True, "dir": str(art_dir), "file": art["file"],
+                              "pack": largest["path"], "question": largest["question"], "threads": threads[-1],
+                              "runs": 1, "warmup": 0, "decode_tokens": min(decode_tokens, 8)})
+            entry = {"format": art["format"], "file": art["file"], "context_tokens": largest["context_tokens"],
+                     "threads": threads[-1]}
+            entry.update(res.get("lookup") or {"status": "error", "detail": res.get("error")})
+            lookup.append(entry)
+    report = {
+        "schema": "squeeze-mobile/bench-decoder/1",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "artifacts_dir": str(art_dir), "machine": machine_info(),
+        "model": manifest["model"]["name"], "precision": manifest.get("precision"),
+        "settings": {"runs": runs, "warmup": warmup, "rounds": rounds, "decode_tokens": decode_tokens,
+                     "threads": list(threads)},
+        "packs": pack_rows, "rows": out_rows, "lookup_share": lookup,
+    }
+    report["files"] = write_decoder_reports(report, out_dir)
+    return report
+
+
+def _fmt(v, spec="{:.1f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def decoder_markdown(report: Dict) -> str:
+    s = report["settings"]
+    lines = [f"# Decoder benchmark: {report['model']} ({report.get('precision') or 'fp32'})", "",
+             f"{report['machine'].get('cpu', 'this machine')}; medians of {s['rounds']} interleaved rounds x "
+             f"{s['runs']} runs (prefill) and x {s['decode_tokens']} steps (decode); each artifact in its own "
+             "process. Prefill is one call of the artifact's max_prompt-token graph (static shapes). "
+             "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run.", "",
+             "| format | attention | context | threads | prefill ms | decode ms/token | decode tok/s | "
+             "prefill speed-up | decode speed-up | peak RSS MB | load s | pass key |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(report["rows"], key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
+        if r["status"] != "ok":
+            lines.append(f"| {r['format']} | {r['attention']} | {r['context_tokens']} | {r['threads']} | "
+                         f"error: {one_line(r.get('detail'))[:120]} |||||||||")
+            continue
+        att = r["attention"] + (f" (KV budget {r['kv_budget']:g})" if r["attention"] == "squeezed" else "")
+        answered = {True: "yes", False: "no", None: "-"}[r.get("answered")]
+        lines.append(f"| {r['format']} | {att} | {r['context_tokens']} | {r['threads']} | {r['prefill_ms']:.0f} | "
+                     f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | "
+                     f"{_fmt(r.get('prefill_speedup_vs_full'), '{:.2f}x')} | "
+                     f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['load_s']:.1f} | {answered} |")
+    if report["lookup_share"]:
+        lines += ["", "## Share of decode time in the lookup (runtime profiler)", "",
+                  "| format | context | lookup ms/token | decode ms/token (profiled) | share | what counts |",
+                  "|---|---|---|---|---|---|"]
+        for e in report["lookup_share"]:
+            if e.get("status") == "error":
+                lines.append(f"| {e['format']} | {e['context_tokens']} | error: {one_line(e.get('detail'))[:120]} |||")
+                continue
+            lines.append(f"| {e['format']} | {e['context_tokens']} | {e['lookup_ms']:.2f} | {e['total_ms']:.1f} | "
+                         f"{100 * e['share']:.1f}% | {one_line(e['counted'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def decoder_figure(report: Dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r["status"] == "ok"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for (fmt, att, t) in sorted({(r["format"], r["attention"], r["threads"]) for r in rows}):
+        sel = sorted((r for r in rows if (r["format"], r["attention"], r["threads"]) == (fmt, att, t)),
+                     key=lambda r: r["context_tokens"])
+        xs = [r["context_tokens"] for r in sel]
+        style = "-" if att == "squeezed" else "--"
+        label = f"{fmt} {att} ({t} thr)"
+        axes[0].plot(xs, [r["prefill_ms"] for r in sel], style, marker="o", label=label)
+        axes[1].plot(xs, [r["decode_tokens_per_s"] for r in sel], style, marker="o", label=label)
+    axes[0].set(xlabel="context tokens", ylabel="prefill ms (lower is better)", title="prefill")
+    axes[1].set(xlabel="context tokens", ylabel="decode tokens/s (higher is better)", title="decode")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_decoder_reports(report: Dict, out_dir: Path) -> Dict[str, str]:
+    files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"),
+             "png": str(out_dir / "report.png")}
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(decoder_markdown(report), encoding="utf-8")
+    with atomic_path(out_dir / "report.png") as tmp:
+        fig = decoder_figure(report)
+        fig.savefig(tmp, dpi=120, format="png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps({**report, "files": files}, indent=2) + "\n", encoding="utf-8")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+def lookup_share(fmt: str, path: Path, events: List[Dict], steps: int) -> Dict:
+    """The lookup's share of the profiled decode steps (see PTE_LOOKUP_KERNELS / ONNX_LOOKUP_CALL)."""
+    total = sum(e["us"] for e in events if e["top_level"])
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        lookup_nodes = {n.name for n in model.graph.node
+                        if any(p.key == "pkg.torch.onnx.stack_trace" and ONNX_LOOKUP_CALL in p.value
+                               for p in n.metadata_props)}
+        lookup = sum(e["us"] for e in events if e["node"] in lookup_nodes)
+        counted = ("nodes exported from ExportableDecoder._squeezed_rows: centroid scores, softmax, top-k, "
+                   "ranked fill, gather (nodes onnxruntime fused with others are not counted)")
+    else:
+        lookup = sum(e["us"] for e in events if not e.get("delegated") and not e["top_level"]
+                     and e["op"] in PTE_LOOKUP_KERNELS)
+        counted = (f"portable kernels {', '.join(PTE_LOOKUP_KERNELS)} (top-k, ranked fill, gather); the centroid "
+                   "products and softmax run inside XNNPACK islands and are not separated")
+    return {"status": "ok", "lookup_ms": lookup / 1e3 / steps, "total_ms": total / 1e3 / steps,
+            "share": lookup / total if total else float("nan"), "counted": counted, "steps": steps}
+
+
+def measure_decoder(job: Dict) -> Dict:
+    """One artifact over one pack (bench.worker): prefill + greedy decode steps, or a profiled decode pass."""
+    import time
+
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from bench.worker import _peak_mb, _rss_mb
+    from export.backends import get_backend
+    from export.quiet import quiet
+    from squeezed_attention.decoder_session import GenerationLoop, read_decoder_manifest
+    from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
+
+    directory = Path(job["dir"])
+    manifest = read_decoder_manifest(directory)
+    art = next(a for a in manifest["artifacts"] if a.get("file") == job["file"])
+    contract = art["decoder"]
+    threads = int(job.get("threads") or 1)
+    backend = get_backend(art["format"])
+    with quiet():  # the runtime's Python module is imported before the clock starts: load time is the artifact's
+        if art["format"] == "pte":
+            import executorch.runtime  # noqa: F401
+        else:
+            import onnxruntime  # noqa: F401
+    rss_before = _rss_mb()
+    t0 = time.perf_counter()
+    with quiet():
+        runner = backend.load_program(directory / art["file"], contract["methods"], threads,
+                                      profile=bool(job.get("profile")))
+    load_s = time.perf_counter() - t0
+    pack = read_pack_arrays(job["pack"])
+    context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
+    loop = GenerationLoop(runner, contract, pack, context)
+    tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer"]["file"]))
+    chat = manifest["tokenizer"]["chat"]
+    text = job["question"] if pack.settings.get("framing") == "raw" else chat["join"] + job["question"] + chat["suffix"]
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    n_decode = int(job["decode_tokens"])
+    loop.check_lengths(len(ids), n_decode + 1)
+    if job.get("profile"):
+        cache = loop.new_cache()  # decode cost does not depend on the cache's contents, only on the shapes
+        for i in range(n_decode):
+            loop.step("decode", [ids[-1]], len(ids) + i, cache)
+        return {"lookup": lookup_share(art["format"], directory / art["file"], runner.operator_profile(), n_decode)}
+    prefill, steps, tokens = [], [], []
+    for r in range(int(job["warmup"]) + int(job["runs"])):
+        cache = loop.new_cache()
+        t = time.perf_counter()
+        logits = loop.step("prefill", ids, 0, cache)
+        p = time.perf_counter() - t
+        tokens, times = [int(np.argmax(logits))], []
+        for i in range(n_decode):
+            t = time.perf_counter()
+            logits = loop.step("decode", [tokens[-1]], len(ids) + i, cache)
+            times.append(time.perf_counter() - t)
+            tokens.append(int(np.argmax(logits)))
+        if r >= int(job["warmup"]):
+            prefill.append(p)
+            steps += times
+    runner.close()
+    return {"runtime": backend.runtime, "load_s": load_s, "prefill_s": prefill, "decode_step_s": steps,
+            "rss_before_mb": rss_before, "peak_rss_mb": _peak_mb(),
+            "text": tokenizer.decode(tokens, skip_special_tokens=True)}
