@@ -36,6 +36,9 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
+    g.add_argument("--verify-context", default="2048,8192", metavar="N,N",
+                   help="decoder: context lengths of the real-prose verification packs, comma-separated, each capped "
+                        "at --max-context (default 2048,8192)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="decoder: skip the verification on a real pack (default: verify; the manifest then says 'not run')")
 
@@ -57,7 +60,8 @@ def cmd_export_decoder(args) -> int:
     result = export_decoder(args.out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                             model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
-                            verify=args.verify, verify_text=args.verify_text, progress=_progress(_console()))
+                            verify=args.verify, verify_text=args.verify_text,
+                            verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:
         print(f"error: {failure['format']} ({failure['attention']}): {failure['error']}", file=sys.stderr)
@@ -65,6 +69,19 @@ def cmd_export_decoder(args) -> int:
     if bad:
         print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
     return 0 if result.ok or (not args.verify and not result.failures) else 1
+
+
+def _lengths(text: str) -> list:
+    from squeeze_mobile.errors import SqueezeError
+
+    try:
+        values = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 120 or v > 1 << 20 for v in values):
+        raise SqueezeError(f"--verify-context takes comma-separated token counts in [120, 1048576], e.g. 2048,8192; "
+                           f"got {text!r}")
+    return values
 
 
 def print_decoder_summary(manifest, seconds: float) -> None:

@@ -145,11 +145,12 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
 
 def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", verify: bool = True,
-                   verify_context_tokens: int = 2048, verify_tokens: int = 32, verify_text=None,
+                   verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
-    Verification builds a pack from real prose with a pass key hidden in it (``verify_context_tokens`` long), or
+    Verification builds a pack from real prose with a pass key hidden in it per length in
+    ``verify_context_tokens`` (an int or several; each capped at the artifact's max context), or
     from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
     recorded so ``squeeze verify`` can rebuild the same pack)."""
     from export.backends import ExportOptions, conversion_error, get_backend
@@ -194,13 +195,19 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                   **{k: v for f in formats for k, v in get_backend(f).tool_versions().items()}},
         "artifacts": [], "failures": [],
     }
-    verification = None
+    verification = []
     if verify:
-        say("verify", f"building the verification pack from {text_file}" if text_file else
-            f"building a {verify_context_tokens}-token verification pack from real prose")
-        verification = VerificationData.build(model, checkpoint, min(verify_context_tokens, shapes.max_context),
-                                              verify_tokens, verify_text)
-        manifest["verification_inputs"] = verification.describe()
+        lengths = [verify_context_tokens] if isinstance(verify_context_tokens, int) else list(verify_context_tokens)
+        if not lengths or any(type(n) is not int or n < 120 for n in lengths):
+            raise SqueezeError(f"verification context lengths must be whole numbers >= 120; got {verify_context_tokens!r}")
+        # (the chat prefix the pack adds must fit too: 64 tokens of room below the artifact's max context)
+        lengths = [None] if text_file is not None else sorted({min(n, shapes.max_context - 64) for n in lengths})
+        for n in lengths:
+            say("verify", f"building the verification pack from {text_file}" if text_file else
+                f"building a {n}-token verification pack from real prose")
+            verification.append(VerificationData.build(model, checkpoint, n or shapes.max_context, verify_tokens,
+                                                       verify_text))
+        manifest["verification_inputs"] = {"packs": [v.describe() for v in verification]}
         if text_file is not None:
             manifest["verification_inputs"]["text_file"] = str(text_file)
     merge_decoder_manifest(old, out_dir, manifest)
@@ -233,8 +240,9 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods")), **extras}
-            if verification is not None:
-                say(fmt, f"verifying {name} on {len(verification.prompts)} prompts x {verify_tokens} tokens")
+            if verification:
+                say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
+                         f"{verify_tokens} tokens")
                 try:
                     record["verification"] = verify_decoder_artifact(out_dir / name, record, model, verification)
                 except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
@@ -336,8 +344,26 @@ class VerificationData:
         return self.reference[key]
 
 
-def verify_decoder_artifact(path: Path, record: dict, model, data: VerificationData) -> dict:
-    """Greedy tokens vs the PyTorch decoder and per-step logits vs the PyTorch exported graph (see module doc)."""
+def verify_decoder_artifact(path: Path, record: dict, model, data) -> dict:
+    """Greedy tokens vs the PyTorch decoder and per-step logits vs the PyTorch exported graph (see module doc), on
+    one VerificationData or several (then one result per pack under ``per_pack``, combined at the top)."""
+    if not isinstance(data, VerificationData):
+        results = [verify_decoder_artifact(path, record, model, d) for d in data]
+        if any("prompts" not in r for r in results):
+            return next(r for r in results if "prompts" not in r)
+        return {"status": "fail" if any(r["status"] == "fail" for r in results) else "pass",
+                "failures": [f"{d.pack.num_tokens}-token pack: {f}" for d, r in zip(data, results) for f in r["failures"]],
+                "prompts": sum(r["prompts"] for r in results),
+                "prompts_identical": sum(r["prompts_identical"] for r in results),
+                "tokens_per_prompt": results[0]["tokens_per_prompt"],
+                "psnr_db": min(r["psnr_db"] for r in results),
+                "max_abs_logit_error": max(r["max_abs_logit_error"] for r in results),
+                "runtime": results[0]["runtime"],
+                "per_pack": [{"context_tokens": d.pack.num_tokens, **r} for d, r in zip(data, results)]}
+    return _verify_on_pack(path, record, model, data)
+
+
+def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> dict:
     from export.backends import get_backend
 
     from .decoder_session import GenerationLoop
@@ -429,10 +455,15 @@ def verify_decoder_directory(directory, progress=None) -> dict:
             text = Path(info["text_file"]).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             raise SqueezeError(f"the verification text {info['text_file']} is gone or unreadable") from None
-    data = VerificationData.build(model, checkpoint, int(info["requested_tokens"]), int(info["tokens_per_prompt"]), text)
-    if data.pack.hashes.get("context_sha256") != info.get("context_sha256"):
-        raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the prose "
-                           "shipped with this machine changed); re-export to verify here")
+    packs = info.get("packs") if isinstance(info.get("packs"), list) else [info]  # (one-pack manifests: the dict)
+    data = []
+    for entry in packs:
+        d = VerificationData.build(model, checkpoint, int(entry["requested_tokens"]), int(entry["tokens_per_prompt"]),
+                                   text)
+        if d.pack.hashes.get("context_sha256") != entry.get("context_sha256"):
+            raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
+                               "prose shipped with this machine changed); re-export to verify here")
+        data.append(d)
     results = {}
     for record in manifest["artifacts"]:
         path = directory / record["file"]

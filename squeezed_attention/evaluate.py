@@ -10,6 +10,7 @@ top-k selection with flat and hierarchical lookup, the paper's threshold mode, a
 
 from __future__ import annotations
 
+import math
 import json
 import random
 import time
@@ -320,3 +321,48 @@ def plot_results(results, path):
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+@torch.no_grad()
+def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
+    """How much of full attention's weight the kept keys carry, on the question tokens (one prefill).
+
+    For every layer and KV head, over the question's query rows: ``context`` = the share of full attention's
+    softmax weight over the fixed context that falls on the keys a configuration attends (sinks + selected +
+    window), ``clustered`` = the same share restricted to the clustered keys (selected / all clustered: the
+    part the lookup decides). The selection is the configuration's own (``SqueezedContext.select`` on the
+    question's queries, as its prefill does). Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv]}}.
+    """
+    from .context_attention import DenseContext
+
+    pack = gen.pack
+    cfg = gen.model.config
+    queries: list = []
+    cache = gen.model.new_cache(len(prompt_ids))
+    gen.model.step(torch.tensor(prompt_ids), cache, position_offset=pack.num_tokens,
+                   context=DenseContext(pack.keys, pack.values), logits="none", query_sink=queries)
+    contexts = {name: gen.context(choice) for name, choice in choices.items()}
+    Hkv, N, D = cfg.num_kv_heads, pack.num_tokens, cfg.head_dim
+    first, Nc = pack.settings.sink_tokens, pack.num_clustered
+    out = {name: {"context": [], "clustered": []} for name in choices}
+    for layer, q in enumerate(queries):
+        q = q.float()
+        rows = q.reshape(Hkv, -1, D)
+        probs = torch.softmax(torch.matmul(rows, pack.keys[layer].float().transpose(1, 2)) / math.sqrt(D), -1)
+        clustered_mass = probs[..., first:first + Nc].sum(-1)                       # [Hkv, R]
+        for name, ctx in contexts.items():
+            idx, valid = ctx.select(layer, q)                                       # [Hs, B] context positions
+            Hs = idx.shape[0]
+            keep = torch.zeros(Hs, N, dtype=torch.bool)
+            keep[:, :first] = True
+            keep[:, first + Nc:] = True
+            sel = idx if valid is None else torch.where(valid, idx, torch.zeros_like(idx))
+            keep.scatter_(1, sel, True if valid is None else valid)
+            if valid is not None:
+                keep[:, :first] = True  # position 0 (a padding target) is a sink anyway
+            p = probs.reshape(Hs, -1, N)                                            # rows of each selecting head
+            kept = (p * keep[:, None, :]).sum(-1).reshape(Hkv, -1)                  # [Hkv, R]
+            kept_clustered = (p[..., first:first + Nc] * keep[:, None, first:first + Nc]).sum(-1).reshape(Hkv, -1)
+            out[name]["context"].append(kept.mean(-1).tolist())
+            out[name]["clustered"].append((kept_clustered / clustered_mass.clamp(min=1e-30)).mean(-1).tolist())
+    return out

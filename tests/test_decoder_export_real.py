@@ -28,7 +28,8 @@ def test_real_decoder_onnx_matches_pytorch(real_onnx):
     v = art["verification"]
     assert result.ok, v
     assert v["prompts_identical"] == v["prompts"] == 3 and v["psnr_db"] >= 60
-    assert manifest["verification_inputs"]["pass_key"] in v["per_prompt"][0]["text"]   # it answers the pass key
+    (pack,) = v["per_pack"]
+    assert manifest["verification_inputs"]["packs"][0]["pass_key"] in pack["per_prompt"][0]["text"]  # answered
     assert manifest["model"]["weights_sha256"] == testing.real_checkpoint().weights_sha256
 
 

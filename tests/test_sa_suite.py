@@ -1,0 +1,99 @@
+"""The evaluation suite (case generation, splits) and the attention-mass recall measurement."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from squeezed_attention import suite, testing
+from squeezed_attention.evaluate import attention_recall, make_case
+from squeezed_attention.generation import AttentionChoice, Generator
+
+
+def test_splits_share_no_document_or_wording():
+    docs = suite.documents()
+    dev, held = (set(suite.split_items(sorted(docs), s)) for s in suite.SPLITS)
+    assert dev and held and not dev & held and dev | held == set(docs)
+    assert any(d.startswith("license:") for d in docs) and any(d.startswith("pydoc:") for d in docs)
+    for kind, templates in suite.FACTS.items():
+        d, h = (suite.split_items(templates, s, key=lambda t: t[0]) for s in suite.SPLITS)
+        assert d and h and not {t[0] for t in d} & {t[0] for t in h}, kind
+
+
+def test_cases_hold_their_facts_at_their_lengths():
+    tok = testing.real_checkpoint().tokenizer
+    cases = suite.suite_cases(tok, "heldout", [1024], cases_per_length=len(suite.KINDS), seed=3)
+    assert [c.kind for c in cases] == list(suite.KINDS)
+    docs = suite.documents()
+    for c in cases:
+        assert c.split == "heldout" and all(suite._split_of(s) == "heldout" for s in c.sources)
+        assert 700 < len(tok.encode(c.text)) <= 1024
+        assert all(f in c.text for f in c.facts) and all(a in " ".join(c.facts) for a in c.answers)
+        assert all(0.05 <= d <= 0.95 for d in c.depths) and c.framing in ("chat", "raw")
+        assert not c.correct("I do not know") and c.correct(" and ".join(c.answers).upper())
+        assert set(c.sources) <= set(docs)
+    again = suite.suite_cases(tok, "heldout", [1024], cases_per_length=len(suite.KINDS), seed=3)
+    assert [c.text for c in again] == [c.text for c in cases]  # reproducible from the seed
+    other = suite.suite_cases(tok, "heldout", [1024], cases_per_length=len(suite.KINDS), seed=4)
+    assert [c.text for c in other] != [c.text for c in cases]
+
+
+def _brute_recall(gen, ids, choice, layer):
+    """Reference: full attention weights of every question query over the context, summed over the kept keys
+    one head and one row at a time."""
+    pack, cfg = gen.pack, gen.model.config
+    queries = []
+    cache = gen.model.new_cache(len(ids))
+    from squeezed_attention.context_attention import DenseContext
+
+    gen.model.step(torch.tensor(ids), cache, position_offset=pack.num_tokens,
+                   context=DenseContext(pack.keys, pack.values), logits="none", query_sink=queries)
+    q = queries[layer].float()
+    ctx = gen.context(choice)
+    idx, valid = ctx.select(layer, q)
+    first, nc, G = pack.settings.sink_tokens, pack.num_clustered, cfg.group_size
+    out = []
+    for h in range(cfg.num_kv_heads):
+        chosen = {int(i) for j, i in enumerate(idx[h]) if valid is None or bool(valid[h, j])}
+        values = []
+        for g in range(G):
+            for t in range(q.shape[1]):
+                logits = [float(q[h * G + g, t] @ pack.keys[layer, h, n].float()) / math.sqrt(cfg.head_dim)
+                          for n in range(pack.num_tokens)]
+                top = max(logits)
+                w = [math.exp(x - top) for x in logits]
+                clustered = sum(w[first:first + nc])
+                values.append(sum(w[n] for n in chosen) / clustered)
+        out.append(sum(values) / len(values))
+    return out
+
+
+def test_recall_matches_a_brute_force_reference():
+    gen = testing.small_generator(hierarchical=False)
+    ids = gen.prompt_ids("What is the pass key?")
+    choice = AttentionChoice("top-k", keep_keys=40, backend="torch")
+    rec = attention_recall(gen, ids, {"k": choice, "all": AttentionChoice("top-k", keep_keys=gen.pack.num_clustered,
+                                                                          backend="torch")})
+    layer = 7
+    assert rec["k"]["clustered"][layer] == pytest.approx(_brute_recall(gen, ids, choice, layer), abs=1e-4)
+    assert all(x == pytest.approx(1.0) for row in rec["all"]["clustered"] for x in row)
+    assert all(x == pytest.approx(1.0, abs=1e-5) for row in rec["all"]["context"] for x in row)
+    # more kept keys never carry less weight (the ranked fill keeps a prefix of one ranking)
+    small = attention_recall(gen, ids, {"k": AttentionChoice("top-k", keep_keys=10, backend="torch")})
+    assert all(a <= b + 1e-6 for ra, rb in zip(small["k"]["clustered"], rec["k"]["clustered"]) for a, b in zip(ra, rb))
+
+
+def test_shallow_pass_key_is_answered_at_the_default_budget():
+    """A pass key in the first 10% of a ~2k-token real-prose context, default KV budget."""
+    from squeezed_attention.pack import BuildSettings, build_context_pack
+
+    ck = testing.real_checkpoint()
+    case, text = make_case(ck.tokenizer, "passkey", 2000, 0.06, seed=23, rotate=3)
+    pack = build_context_pack(testing.real_model(), ck, text, BuildSettings())
+    gen = Generator(testing.real_model(), ck.tokenizer, pack)
+    full = gen.generate(case.question, AttentionChoice("full"), max_new_tokens=12)
+    squeezed = gen.generate(case.question, AttentionChoice("top-k"), max_new_tokens=12)
+    assert case.answer in full.text
+    assert case.answer in squeezed.text, squeezed.text
