@@ -12,7 +12,7 @@ The same names travel to the runners: ``Runner.run(method, {name: array}) -> {na
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 @dataclass
@@ -23,6 +23,12 @@ class Method:
     outputs: List[str]
     # input name -> {axis: (symbol, min, max)}: axes a one-graph format may leave symbolic
     dynamic: Dict[str, Dict[int, Tuple[str, int, int]]] = field(default_factory=dict)
+    # {input name: value} -> the module's keyword arguments (e.g. per-layer inputs gathered into one list
+    # argument); None: the names are the keywords. Applied to example tensors and to dynamic-shape specs alike.
+    arrange: Optional[Callable[[Dict], Dict]] = None
+
+    def call_kwargs(self, values: Dict) -> Dict:
+        return self.arrange(values) if self.arrange is not None else dict(values)
 
     def signature(self) -> Dict:
         """Names, shapes and dtypes of the inputs (for the manifest and the runners)."""

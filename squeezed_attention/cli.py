@@ -399,7 +399,7 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--kv-budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    default=(0.325, 0.225, 0.125), metavar="B,B,...",
                    help="KV budgets in the paper's accounting (kept keys + centroid bytes, as a fraction of the KV "
-                   "cache), comma-separated, each in [0.036, 1] with the default centroids (default 0.325,0.225,0.125)")
+                   "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125)")
     e.add_argument("--budgets", dest="kv_budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    help=argparse.SUPPRESS)  # the old name, same unit
     e.add_argument("--kinds", type=_list_of(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),

@@ -14,10 +14,10 @@ import torch
 
 from . import native
 from .errors import SqueezeError
-from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
+from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys, selection_queries
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
-from .model import attention_with_lse
+from .model import attention_with_lse, merge_partials
 
 
 class DenseContext:
@@ -113,6 +113,7 @@ class SqueezedContext:
         rows = rows if rows is not None else ContextRows.build(keys, values, tables)
         self.sink_kv, self.clustered_kv, self.window_kv = rows.sink_kv, rows.clustered_kv, rows.window_kv
         self.slot_of_position = rows.slot_of_position
+        self.key_centroids = tables.centroids.float()
         G = tables.group_size
         heads = Hkv * G if spec.per_query_head else Hkv
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
@@ -123,7 +124,7 @@ class SqueezedContext:
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
         if self.fused:
             t = self.tables
-            q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
+            q = grouped_queries(selection_queries(queries), self.num_kv_heads, self.spec.per_query_head)
             idx = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
                                         t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
                                         self.spec.budget_keys)
@@ -144,21 +145,42 @@ class SqueezedContext:
         self.stats.kept_keys += kept
         self.stats.centroids_scored += scored
 
+    def _summaries(self, layer: int, q, kept_positions, valid):
+        """The clusters the selection did not keep, each as one summary entry (key = its centroid, value = its mean
+        value, logit + log N): exp(q.c) N v_mean stands in for the sum over its keys, so the attention keeps (an
+        estimate of) the weight and the direction of what was dropped instead of renormalising it onto the kept
+        keys. q: grouped [Hs, R, D]; returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp. A cluster any
+        of whose keys was kept (the ranked fill's last one may be partial) has no summary."""
+        t = self.tables
+        heads = self.kv_of_head
+        counts = t.counts[layer].index_select(0, heads)                                   # [Hs, K]
+        labels = t.labels[layer].index_select(0, heads)                                   # [Hs, Nc]
+        kept = labels.gather(1, kept_positions - self.first_position)                     # [Hs, B] clusters
+        hit = torch.ones(kept.shape, dtype=torch.int64) if valid is None else valid.to(torch.int64)
+        taken = torch.zeros(counts.shape, dtype=torch.int64).scatter_reduce_(1, kept, hit, "amax").bool()
+        bias = torch.where(taken | (counts == 0), torch.tensor(float("-inf")), counts.clamp(min=1).float().log())
+        logits = torch.matmul(q.float(), self.key_centroids[layer].index_select(0, heads).transpose(1, 2)) \
+            * self.scale + bias[:, None, :]
+        lse = torch.logsumexp(logits, -1)
+        weights = torch.softmax(logits, -1).nan_to_num_(0.0)                             # all taken: lse -inf, out 0
+        return torch.matmul(weights, t.value_centroids[layer].index_select(0, heads)), lse
+
     def _attend_fused(self, layer: int, queries):
         Hq, T, D = queries.shape
         t = self.tables
         q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
-        out, lse, _ = native.context_decode(
+        out, lse, positions = native.context_decode(
             q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
-            self.spec.budget_keys, self.scale)
+            self.spec.budget_keys, self.scale, return_positions=True)
         self._count(self.spec.budget_keys, t.num_clusters)
+        out, lse = merge_partials(out, lse, *self._summaries(layer, q, positions, None))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def attend(self, layer: int, queries):
         Hq, T, D = queries.shape
         query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
-        if self.fused and query_rows <= NATIVE_MAX_ROWS:
+        if self.fused and T == 1 and query_rows <= NATIVE_MAX_ROWS:  # (its selection scores the rows it attends)
             return self._attend_fused(layer, queries)
         idx, valid = self.select(layer, queries)
         Hs, B = idx.shape
@@ -179,4 +201,5 @@ class SqueezedContext:
             mask = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).unsqueeze(1)
         q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
         out, lse = attention_with_lse(q, keys, values, self.scale, mask)
+        out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)

@@ -80,7 +80,7 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str):
     state = "buffer" if fmt == "pte" else "io"
     module = ExportableDecoder(model, shapes, attention, state=state).eval()
     dynamic = {} if fmt == "pte" else {"tokens": {0: ("T", 1, shapes.max_prompt)}}
-    methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic)
+    methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic, module.arrange)
                for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
     return Program(methods, state=["cache_keys", "cache_values"] if state == "buffer" else []), module
 
@@ -96,7 +96,7 @@ class EagerRunner:
     @torch.no_grad()
     def run(self, method, feed):
         names = self.module.input_names()
-        out = self.module(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names})
+        out = self.module(**self.module.arrange({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}))
         out = out if isinstance(out, tuple) else (out,)
         return {n: o.numpy() for n, o in zip(self.module.output_names(), out)}
 
@@ -115,7 +115,8 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     state = "buffer" if fmt == "pte" else "io"
     how = ("mutable buffers inside the program (cache_keys, cache_values), shared by prefill and decode"
            if state == "buffer" else
-           "explicit: past_keys/past_values in; new_keys/new_values (this step's rows) out; the app writes them "
+           "explicit: past_keys_<layer>/past_values_<layer> in (one per layer, views of one cache); new_keys/"
+           "new_values [layers, kv heads, tokens, head dim] (this step's rows) out; the app writes them "
            "at cache_len")
     return {
         "attention": attention, "state": state, "kv_budget": kv_budget if attention == "squeezed" else None,
@@ -129,6 +130,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         ],
         "state_handling": how,
         "reset": "a new question starts at cache_len = 0; cache entries at or past cache_len are masked",
+        "per_layer_inputs": "every per-layer tensor is one input per layer named <name>_<layer> (0-based)",
         "pack_inputs": {
             "context_len": "pack tokens",
             "keep_keys": "round(keep_fraction * clustered keys of the pack), keep_fraction = kv_budget - centroid "

@@ -111,7 +111,8 @@ class GenerationLoop:
         if self.attention == "squeezed":
             feed["keep_keys"] = np.array([self.keep_keys], dtype=np.int64)
         if self.state == "io":
-            feed["past_keys"], feed["past_values"] = cache
+            for li in range(cache[0].shape[0]):  # one input per layer: views of the loop's [L, ...] cache
+                feed[f"past_keys_{li}"], feed[f"past_values_{li}"] = cache[0][li], cache[1][li]
         feed.update(self.context)
         out = self.runner.run(method, feed)
         if self.state == "io":

@@ -92,18 +92,33 @@ class ExportableDecoder(nn.Module):
             self.register_buffer("cache_values", torch.zeros(shape), persistent=False)
 
     # ------------------------------------------------------------------------------------------ contract
-    def context_input_names(self):
+    # Tensors that hold something per layer are one input PER LAYER (``<name>_<layer>``): a runtime copies a
+    # slice it takes out of one [L, ...] input (onnxruntime's Split, ExecuTorch's select_copy), and for the
+    # fixed context that was most of a decode step (a 7.8k-token pack: ~700 MB copied per token).
+    def per_layer_names(self):
+        names = ["past_keys", "past_values"] if self.state == "io" else []
         if self.attention == "full":
-            return ["context_keys", "context_values"]
-        return ["sink_kv", "window_kv", "clustered_kv", "centroids", "counts", "cluster_start"]
+            return names + ["context_keys", "context_values"]
+        return names + ["sink_kv", "window_kv", "clustered_kv", "centroids", "value_centroids", "counts", "cluster_start"]
+
+    def context_input_names(self):
+        L = self.config.num_layers
+        return [f"{n}_{li}" for li in range(L) for n in self.per_layer_names() if not n.startswith("past_")]
 
     def input_names(self):
         names = ["tokens", "n_tokens", "cache_len", "context_len"]
         if self.attention == "squeezed":
             names.append("keep_keys")
-        if self.state == "io":
-            names += ["past_keys", "past_values"]
-        return names + self.context_input_names()
+        L = self.config.num_layers
+        return names + [f"{n}_{li}" for li in range(L) for n in self.per_layer_names()]
+
+    def arrange(self, values: dict) -> dict:
+        """{input name: value} -> forward's keyword arguments: the per-layer inputs as one list, in input order
+        (export.program.Method.arrange; also used for dynamic-shape specs)."""
+        head = ["tokens", "n_tokens", "cache_len", "context_len"] + (["keep_keys"] if self.attention == "squeezed" else [])
+        out = {n: values[n] for n in head}
+        out["layer_inputs"] = [values[n] for n in self.input_names()[len(head):]]
+        return out
 
     def output_names(self):
         return ["logits"] + (["new_keys", "new_values"] if self.state == "io" else [])
@@ -111,39 +126,36 @@ class ExportableDecoder(nn.Module):
     def example_inputs(self, tokens: int):
         """Zero-filled example inputs of the artifact's shapes for a step of ``tokens`` tokens (dict, in order)."""
         cfg, s = self.config, self.shapes
-        L, H, D = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+        H, D = cfg.num_kv_heads, cfg.head_dim
         one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
         x = {"tokens": torch.zeros(tokens, dtype=torch.int64), "n_tokens": one(tokens), "cache_len": one(0),
              "context_len": one(s.max_context)}
         if self.attention == "squeezed":
             x["keep_keys"] = one(s.max_keep)
-        if self.state == "io":
-            x["past_keys"] = torch.zeros(L, H, s.cache_capacity, D)
-            x["past_values"] = torch.zeros(L, H, s.cache_capacity, D)
-        if self.attention == "full":
-            x["context_keys"] = torch.zeros(L, H, s.max_context, D)
-            x["context_values"] = torch.zeros(L, H, s.max_context, D)
-        else:
-            x["sink_kv"] = torch.zeros(L, H, s.sink_tokens, 2 * D)
-            x["window_kv"] = torch.zeros(L, H, s.window, 2 * D)
-            x["clustered_kv"] = torch.zeros(L, H, s.max_clustered, 2 * D)
-            x["centroids"] = torch.zeros(L, H, s.max_clusters, D)
-            x["counts"] = torch.zeros(L, H, s.max_clusters, dtype=torch.int64)
-            x["cluster_start"] = torch.zeros(L, H, s.max_clusters, dtype=torch.int64)
+        shape = {"past_keys": (H, s.cache_capacity, D), "past_values": (H, s.cache_capacity, D),
+                 "context_keys": (H, s.max_context, D), "context_values": (H, s.max_context, D),
+                 "sink_kv": (H, s.sink_tokens, 2 * D), "window_kv": (H, s.window, 2 * D),
+                 "clustered_kv": (H, s.max_clustered, 2 * D), "centroids": (H, s.max_clusters, D),
+                 "value_centroids": (H, s.max_clusters, D),
+                 "counts": (H, s.max_clusters), "cluster_start": (H, s.max_clusters)}
+        for li in range(cfg.num_layers):
+            for n in self.per_layer_names():
+                dtype = torch.int64 if n in ("counts", "cluster_start") else torch.float32
+                x[f"{n}_{li}"] = torch.zeros(shape[n], dtype=dtype)
         return x
 
     # ------------------------------------------------------------------------------------------- forward
-    # Written so that a delegate (XNNPACK) gets one island per layer: every mask is an additive float bias
+    # Written so that a delegate (XNNPACK) gets few islands per layer: every mask is an additive float bias
     # built once per step up front, RMSNorm's mean is a product with a constant vector, the cluster scores are
-    # matrix products and a softmax, and the cache update is a side branch the attention does not wait for
-    # (attention reads [context | past cache, masked at cache_len | this step's keys]). What stays on the CPU
-    # per layer is the lookup's integer work (topk, ranked fill, gather) and, with state in buffers, the write.
-    def forward(self, tokens, n_tokens, cache_len, context_len, keep_keys=None, past_keys=None, past_values=None,
-                context_keys=None, context_values=None, sink_kv=None, window_kv=None, clustered_kv=None,
-                centroids=None, counts=None, cluster_start=None):
-        """Inputs by name (ExportableDecoder.input_names() says which this artifact takes, in order)."""
-        local = locals()
-        inputs = {name: local[name] for name in self.input_names()[4:]}
+    # matrix products and a softmax, and the cache update is a side branch the attention does not wait for.
+    # Attention never concatenates the fixed context's keys or values (a 7.8k context would be copied per layer
+    # and step); only the small dynamic part (past cache masked at cache_len + this step's keys) is.
+    # What stays on the CPU per layer is the lookup's integer work (topk, ranked fill, gather) and, with state in
+    # buffers, the write.
+    def forward(self, tokens, n_tokens, cache_len, context_len, keep_keys=None, layer_inputs=()):
+        """Inputs as ExportableDecoder.input_names() lists them; the per-layer ones as one list (see arrange)."""
+        head = 5 if self.attention == "squeezed" else 4
+        layer_inputs = dict(zip(self.input_names()[head:], layer_inputs))
         cfg, s = self.config, self.shapes
         T = tokens.shape[0]
         H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
@@ -158,14 +170,15 @@ class ExportableDecoder(nn.Module):
         # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
         past_bias = torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S)
         new_bias = torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)      # causal
+        row_weights = None
         if self.attention == "full":
             ctx_bias = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
         else:
+            # lookup.selection_queries: 1/2 the mean over the valid rows + 1/2 the mean over the last token's rows
+            # (a one-token step: both halves are the same rows, i.e. the plain mean)
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
-            row_weights = (row_valid / row_valid.sum())[None, None, :]                        # mean over valid rows
-            counts_all = inputs["counts"]
-            log_counts = torch.where(counts_all > 0, torch.log(counts_all.clamp(min=1).to(torch.float32)), neg)
-            inv_counts = 1.0 / counts_all.clamp(min=1).to(torch.float32)
+            row_last = (steps == n_tokens - 1).to(torch.float32).repeat(G)
+            row_weights = (0.5 * row_valid / row_valid.sum() + 0.5 * row_last / G)[None, None, :]
         last = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]    # [1, 1, T] one-hot
 
         def rms_norm(x, norm):
@@ -176,6 +189,7 @@ class ExportableDecoder(nn.Module):
         new_keys, new_values = [], []
         for li, layer in enumerate(self.model.model.layers):
             attn = layer.self_attn
+            mine = {n: layer_inputs.get(f"{n}_{li}") for n in self.per_layer_names()}
             h = rms_norm(x, layer.input_layernorm)
             # plain F.linear: the host model may route one-token products to its native GEMV, export must not
             q = F.linear(h, attn.q_proj.weight).view(T, H, D).transpose(0, 1)
@@ -185,24 +199,26 @@ class ExportableDecoder(nn.Module):
             k = k * cos + rotate_half(k) * sin
             qg = q.reshape(Hkv, G * T, D)                                           # GQA: G*T rows per KV head
             if self.state == "io":
-                past_k, past_v = inputs["past_keys"][li], inputs["past_values"][li]
+                past_k, past_v = mine["past_keys"], mine["past_values"]
                 new_keys.append(k)
                 new_values.append(v)
             else:
                 past_k, past_v = self.cache_keys[li], self.cache_values[li]
             if self.attention == "full":
-                ctx_k, ctx_v, bias = inputs["context_keys"][li], inputs["context_values"][li], ctx_bias
+                ctx_k, ctx_v, bias = mine["context_keys"], mine["context_values"], ctx_bias
             else:
-                ctx_k, ctx_v, bias = self._squeezed_rows(li, qg, inputs, row_weights, log_counts[li], inv_counts[li])
-            keys = torch.cat([ctx_k, past_k, k], dim=1)                              # [Hkv, Nk + S + T, D]
-            values = torch.cat([ctx_v, past_v, v], dim=1)
-            scores = torch.matmul(qg, keys.transpose(1, 2)) * self.scale
-            if bias.dim() == 3:  # squeezed: a context bias per KV head
-                scores = scores + torch.cat([bias, past_bias.expand(Hkv, -1, -1), new_bias.expand(Hkv, -1, -1)], -1)
-            else:
-                scores = scores + torch.cat([bias, past_bias, new_bias], dim=-1)
-            out = torch.matmul(torch.softmax(scores, dim=-1), values)               # [Hkv, G*T, D]
-            out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)
+                ctx_k, ctx_v, bias = self._squeezed_rows(qg, mine, keep_keys, row_weights)
+            # One softmax over the fixed context and the dynamic part (past cache masked at cache_len + this step's
+            # keys: small, concatenated) that never concatenates the context: a shared max and normaliser.
+            dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
+            s_ctx = torch.matmul(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
+            s_dyn = torch.matmul(qg, dyn_k.transpose(1, 2)) * self.scale + torch.cat([past_bias, new_bias], -1)
+            peak = torch.maximum(s_ctx.amax(-1, keepdim=True), s_dyn.amax(-1, keepdim=True))
+            e_ctx, e_dyn = torch.exp(s_ctx - peak), torch.exp(s_dyn - peak)
+            inv_total = 1.0 / (e_ctx.sum(-1, keepdim=True) + e_dyn.sum(-1, keepdim=True))
+            out = torch.matmul(e_ctx * inv_total, ctx_v) + torch.matmul(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
+            out = out.reshape(H, T, D)
+            out = out.transpose(0, 1).reshape(T, H * D)
             x = x + F.linear(out, attn.o_proj.weight)
             mlp, h = layer.mlp, rms_norm(x, layer.post_attention_layernorm)
             x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
@@ -218,17 +234,18 @@ class ExportableDecoder(nn.Module):
             return logits, torch.stack(new_keys), torch.stack(new_values)
         return logits
 
-    def _squeezed_rows(self, layer, qg, inputs, row_weights, log_counts, inv_counts):
-        """The kept fixed-context rows for one layer: (keys [Hkv, Nk, D], values, bias [Hkv or 1, G*T, Nk])."""
+    def _squeezed_rows(self, qg, mine, keep_keys, row_weights):
+        """The kept fixed-context rows plus the summaries of the other clusters for one layer: (keys [Hkv, Nk, D],
+        values, additive bias [Hkv, 1, Nk] added to the scaled scores)."""
         D = self.config.head_dim
         s = self.shapes
-        sink, window = inputs["sink_kv"][layer], inputs["window_kv"][layer]       # [Hkv, *, 2D]
-        clustered = inputs["clustered_kv"][layer]                                 # [Hkv, Nc, 2D] cluster order
-        centroids, counts = inputs["centroids"][layer], inputs["counts"][layer]    # [Hkv, K, D], [Hkv, K]
-        start = inputs["cluster_start"][layer]                                    # [Hkv, K]
+        sink, window, clustered = mine["sink_kv"], mine["window_kv"], mine["clustered_kv"]   # [Hkv, *, 2D]
+        centroids, counts, start = mine["centroids"], mine["counts"], mine["cluster_start"]  # [Hkv, K, D], [Hkv, K]
         Hkv = qg.shape[0]
         # Cluster scores (lookup.cluster_scores in float32): S_qk = exp(A_qk) / sum_l N_l exp(A_ql)
-        # = softmax_k(A_qk + log N_k) / N_k (empty clusters: log 0 = -inf, weight 0), averaged over valid rows.
+        # = softmax_k(A_qk + log N_k) / N_k (empty clusters: log 0 = -inf, weight 0), averaged over the rows.
+        log_counts = torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
+        inv_counts = 1.0 / counts.clamp(min=1).to(torch.float32)
         logits = torch.matmul(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
         per_row = torch.softmax(logits, dim=-1) * inv_counts[:, None, :]           # [Hkv, Q, K]
         scores = torch.matmul(row_weights.expand(Hkv, 1, -1), per_row)[:, 0]        # [Hkv, K]
@@ -242,13 +259,24 @@ class ExportableDecoder(nn.Module):
         cluster = rank.gather(1, which)
         slot = torch.arange(s.max_keep)[None, :]
         rows = start.gather(1, cluster) + slot - out_start.gather(1, which)      # [Hkv, B] into clustered
-        slot_ok = slot < torch.minimum(inputs["keep_keys"], counts.sum(-1, keepdim=True))
+        slot_ok = slot < torch.minimum(keep_keys, counts.sum(-1, keepdim=True))
         rows = torch.where(slot_ok, rows, torch.zeros_like(rows))
-        kept = clustered.gather(1, rows.unsqueeze(-1).expand(Hkv, s.max_keep, 2 * D))
+        # one row copy per kept key: rows of all heads index the flattened [Hkv * Nc, 2D] table (a plain Gather /
+        # index_select; torch.gather would need an index expanded to every element)
+        flat_rows = (rows + torch.arange(Hkv)[:, None] * s.max_clustered).reshape(-1)
+        kept = torch.index_select(clustered.reshape(Hkv * s.max_clustered, 2 * D), 0, flat_rows)
+        kept = kept.reshape(Hkv, s.max_keep, 2 * D)
         kv = torch.cat([sink, kept, window], dim=1)                              # [Hkv, Nk, 2D]
         slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
-        bias = torch.cat([torch.zeros(Hkv, s.sink_tokens), slot_bias, torch.zeros(Hkv, s.window)], dim=1)
-        return kv[..., :D], kv[..., D:], bias[:, None, :].expand(Hkv, qg.shape[1], -1)
+        # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
+        # value = mean value, logit + log N. Kept clusters are the ranked ones up to the last slot filled.
+        last_used = torch.where(slot_ok, which, torch.full_like(which, -1)).amax(-1, keepdim=True)   # [Hkv, 1]
+        position = torch.zeros_like(rank).scatter(1, rank, torch.arange(s.max_clusters).expand(Hkv, -1))
+        summary_bias = torch.where(position > last_used, log_counts, torch.tensor(float("-inf")))
+        keys = torch.cat([kv[..., :D], centroids], dim=1)
+        values = torch.cat([kv[..., D:], mine["value_centroids"]], dim=1)
+        bias = torch.cat([torch.zeros(Hkv, s.sink_tokens), slot_bias, torch.zeros(Hkv, s.window), summary_bias], dim=1)
+        return keys, values, bias[:, None, :]
 
 
 def pack_as_arrays(pack):

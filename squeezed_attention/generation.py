@@ -76,13 +76,7 @@ class AttentionChoice:
                 f"{', per query head' if self.per_query_head else ''}")
 
 
-KV_BYTES_PER_DIM = 2 * 2  # fp16 key + fp16 value
-
-
-def centroid_cost(centroid_fraction: float, head_dim: int = 64) -> float:
-    """Centroid storage as a fraction of the KV cache, the paper's accounting done in bytes: 5% fp16
-    centroids (keys only) = 0.025; our default 10% int8 centroids (head_dim bytes + a 2-byte scale) = 0.0258."""
-    return centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
+from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
 
 
 def paper_kv_budget(keep_fraction: float, centroid_fraction: float, head_dim: int = 64) -> float:

@@ -43,6 +43,9 @@ class LookupTables:
     centroid_codes: torch.Tensor | None = None   # [L, Hkv, K, D] int8 and
     centroid_scales: torch.Tensor | None = None  # [L, Hkv, K] float32: codes x scales == centroids exactly
                                                  # (set when the centroids are int8-quantized, as packs store them)
+    value_centroids: torch.Tensor | None = None   # [L, Hkv, K, D] float32: mean value per cluster (int8-coded),
+                                                  # the summaries of the clusters a selection does not keep
+    labels: torch.Tensor | None = None            # [L, Hkv, Nc] int64: cluster of every clustered position
     centroid_codes_t: torch.Tensor | None = None  # [L, Hkv, Kp/16, D, 16]: the codes in blocks of 16 centroids,
                                                   # each block dimension-major, K zero-padded (the fused kernel's
                                                   # layout: a block is 1 KB read front to back)
@@ -57,7 +60,7 @@ class LookupTables:
 
     @classmethod
     def build(cls, centroids, counts, labels, group_size, l1_centroids=None, l1_counts=None, child_offsets=None,
-              first_position: int = 0):
+              first_position: int = 0, value_centroids=None):
         counts = counts.to(torch.int64)
         labels = labels.to(torch.int64)
         order = torch.sort(labels, dim=-1, stable=True).indices + first_position
@@ -69,6 +72,7 @@ class LookupTables:
             centroids=centroids.double(), **_codes_fields(centroids),
             counts=counts,
             order_by_cluster=order, cluster_start=start, group_size=group_size, first_position=first_position,
+            value_centroids=value_centroids, labels=labels,
             l1_centroids=None if l1_centroids is None else l1_centroids.double(),
             l1_counts=None if l1_counts is None else l1_counts.to(torch.int64),
             children=children)
@@ -187,8 +191,20 @@ def ranked_fill(scores, counts, order_by_cluster, cluster_start, length: int):
     return order_by_cluster.gather(1, cluster_start.gather(1, cluster) + within)
 
 
+def selection_queries(queries):
+    """The query rows a selection is scored over: a chunk of T > 1 tokens (a prefill) shares one selection, and
+    its LAST token predicts the next token (a question's answer starts there), so that token's rows are counted
+    T more times: the cluster scores become 1/2 the mean over all rows + 1/2 the mean over the last token's rows.
+    A decode step (T = 1) is unchanged. [Hq, T, D] -> [Hq, T or 2T, D]; every backend scores these rows."""
+    T = queries.shape[1]
+    if T == 1:
+        return queries
+    return torch.cat([queries, queries[:, -1:].expand(-1, T, -1)], dim=1)
+
+
 def select_keys(tables: LookupTables, layer: int, queries, spec: SelectionSpec) -> Selection:
     """Pick the fixed-context keys to attend for one layer. queries: post-RoPE [Hq, T, D]."""
+    queries = selection_queries(queries)
     scores, scored = score_layer(tables, layer, queries, spec)
     G = tables.group_size
     counts = _expand_heads(tables.counts[layer], spec.per_query_head, G)

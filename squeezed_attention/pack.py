@@ -69,9 +69,12 @@ class ContextPack:
         return int(self.centroids.shape[2])
 
     def lookup_tables(self) -> LookupTables:
+        from .pack_arrays import value_centroids
+
+        vbar = value_centroids(self.values.numpy(), self.labels.numpy(), self.counts.numpy(), self.settings.sink_tokens)
         return LookupTables.build(self.centroids, self.counts, self.labels, self.config.group_size,
                                   self.l1_centroids, self.l1_counts, self.child_offsets,
-                                  first_position=self.settings.sink_tokens)
+                                  first_position=self.settings.sink_tokens, value_centroids=torch.from_numpy(vbar))
 
     def size_report(self) -> dict:
         """Bytes per context token, split into the KV cache and the lookup metadata."""

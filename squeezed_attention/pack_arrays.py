@@ -143,8 +143,37 @@ def dequantized_centroids(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) * scales.astype(np.float32)[..., None]
 
 
+def quantized_like_centroids(x: np.ndarray) -> np.ndarray:
+    """int8 codes x one fp16 scale per vector, dequantized to float32 (centroid_codes.quantize_centroids in numpy:
+    the same rounding, so both sides see the same numbers)."""
+    scales = (np.abs(x.astype(np.float32)).max(-1) / np.float32(127.0)).astype(np.float16)
+    safe = np.where(scales > 0, scales.astype(np.float32), np.float32(1.0))
+    codes = np.clip(np.round(x.astype(np.float32) / safe[..., None]), -127, 127).astype(np.int8)
+    return codes.astype(np.float32) * scales.astype(np.float32)[..., None]
+
+
+def value_centroids(values: np.ndarray, labels: np.ndarray, counts: np.ndarray, sinks: int) -> np.ndarray:
+    """The mean value of every cluster ([L, H, K, D] float32, int8-coded like the key centroids; 0 for empty
+    clusters): what a cluster's summary contributes for the keys the lookup did not keep. Computed from the
+    pack's own fp16 values when it is loaded (not stored: the pack stays within its metadata bytes)."""
+    L, H, nc = labels.shape
+    K, D = counts.shape[-1], values.shape[-1]
+    counts = counts.astype(np.int64)
+    out = np.zeros((L, H, K, D), dtype=np.float64)
+    order = np.argsort(labels, axis=-1, kind="stable")                            # cluster by cluster
+    starts = np.cumsum(counts, -1) - counts
+    for li in range(L):
+        for h in range(H):
+            rows = values[li, h, sinks:sinks + nc][order[li, h]].astype(np.float64)
+            filled = counts[li, h] > 0
+            out[li, h, filled] = np.add.reduceat(rows, starts[li, h, filled], axis=0)
+    out /= np.maximum(counts, 1)[..., None]
+    return quantized_like_centroids(out)
+
+
 def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:
-    """The pack's tensors in the exported decoder's input layout (names as ExportableDecoder.context_input_names).
+    """The pack's tensors in the exported decoder's input layout (names as ExportableDecoder.context_input_names):
+    one input per tensor and layer, ``<name>_<layer>`` (views of one [L, ...] array per tensor: no copies).
 
     ``shapes``: the artifact's DecoderShapes as a dict (max_context, sink_tokens, window, max_clusters, ...).
     Squeezed: sinks and window rows in position order, clustered rows CLUSTER BY CLUSTER (stable within a
@@ -158,8 +187,8 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     keys, values = a["kv.keys"], a["kv.values"]                                   # [L, H, N, D] fp16
     if attention == "full":
         pad = ((0, 0), (0, 0), (0, shapes["max_context"] - n), (0, 0))
-        return {"context_keys": np.pad(keys.astype(np.float32), pad),
-                "context_values": np.pad(values.astype(np.float32), pad)}
+        return per_layer({"context_keys": np.pad(keys.astype(np.float32), pad),
+                          "context_values": np.pad(values.astype(np.float32), pad)})
     settings = pack.settings
     sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
     if (sinks, window) != (shapes["sink_tokens"], shapes["window"]):
@@ -177,24 +206,34 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     clustered = np.take_along_axis(rows[:, :, sinks:sinks + nc], order[..., None], axis=2)
     centroids = dequantized_centroids(a["lookup.centroid_codes"], a["lookup.centroid_scales"])
     pad_k = ((0, 0), (0, 0), (0, shapes["max_clusters"] - K))
-    return {
+    return per_layer({
         "sink_kv": rows[:, :, :sinks].astype(np.float32),
         "window_kv": rows[:, :, sinks + nc:].astype(np.float32),
         "clustered_kv": np.pad(clustered.astype(np.float32),
                                ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))),
         "centroids": np.pad(centroids, pad_k + ((0, 0),)),
+        "value_centroids": np.pad(value_centroids(values, labels, counts, sinks), pad_k + ((0, 0),)),
         "counts": np.pad(counts, pad_k),
         "cluster_start": np.pad(np.cumsum(counts, -1) - counts, pad_k),
-    }
+    })
+
+
+def per_layer(arrays: dict) -> dict:
+    """{name: [L, ...]} -> {name_<layer>: [...]} (contiguous views, layer by layer in the artifact's input order)."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    L = next(iter(arrays.values())).shape[0]
+    return {f"{k}_{li}": v[li] for li in range(L) for k, v in arrays.items()}
 
 
 KV_BYTES_PER_DIM = 2 * 2  # fp16 key + fp16 value per head dimension
 
 
 def centroid_cost(centroid_fraction: float, head_dim: int = 64) -> float:
-    """Centroid storage as a fraction of the KV cache, the paper's accounting done in bytes: 5% fp16
-    centroids (keys only) = 0.025; the default 10% int8 centroids (head_dim bytes + a 2-byte scale) = 0.0258."""
-    return centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
+    """What the lookup reads besides the kept keys, as a fraction of the KV cache (the paper's accounting done in
+    bytes): the key centroids the lookup scores AND the value centroids the summaries of the clusters it did not
+    keep add (both int8, head_dim bytes + a 2-byte scale each): 2 x 0.10 x 66 / 256 = 0.0516 at the default 10%
+    (the paper counts 5% fp16 key centroids, 0.025, and drops what it does not keep)."""
+    return 2 * centroid_fraction * (head_dim + 2) / (KV_BYTES_PER_DIM * head_dim)
 
 
 def keep_fraction_for_kv_budget(kv_budget: float, centroid_fraction: float, head_dim: int = 64) -> float:

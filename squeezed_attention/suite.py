@@ -300,7 +300,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
         prompt = ("\n\nQuestion: " + case.question + "\nAnswer:") if raw else case.question
         answers = {}
         for name, choice in choices.items():
-            r = gen.generate(prompt, choice, max_new_tokens=24 if len(case.answers) == 1 else 64, raw=raw,
+            r = gen.generate(prompt, choice, max_new_tokens=48 if len(case.answers) == 1 else 64, raw=raw,
                              stop_when=lambda text, c=case: c.correct(text))
             answers[name] = r.text
             rows.append({**case.describe(), "tokens": pack.num_tokens, "config": name, "correct": case.correct(r.text),

@@ -69,7 +69,9 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert set(methods) == {"prefill", "decode"}
         names = [i["name"] for i in methods["prefill"]["inputs"]]
         assert names[:4] == ["tokens", "n_tokens", "cache_len", "context_len"]
-        assert ("past_keys" in names) == (fmt == "onnx")        # explicit cache I/O in ONNX, state in .pte
+        assert ("past_keys_0" in names) == (fmt == "onnx")      # explicit cache I/O in ONNX, state in .pte
+        layers = 2
+        assert sum(n.startswith(("context_keys_", "clustered_kv_")) for n in names) == layers  # one per layer
         assert ("keep_keys" in names) == (att == "squeezed")
         assert methods["prefill"]["inputs"][0]["shape"] == [SHAPES["max_prompt"]]
         assert methods["decode"]["inputs"][0]["shape"] == [1]

@@ -156,7 +156,7 @@ def test_out_of_range_options_are_usage_errors(scratch, capsys, argv, fragment):
     (BUILD + ["--hierarchical", "--level1", "0.2"], "(0, 0.1]"),
     (EVAL + ["--lengths", "100000"], "[256, 8096]"),
     (EVAL + ["--lengths", "2048,100"], "[256, 8096]"),
-    (EVAL + ["--kv-budgets", "0.225,0.02"], "[0.036, 1.0]"),
+    (EVAL + ["--kv-budgets", "0.225,0.02"], "[0.062, 1.0]"),
     (EVAL + ["--lengths", "2048", "--continuation-tokens", "2000"], "[2, 1888]"),
     (EVAL + ["--kinds", "passkey,needle", "--lengths", "1024"], None),  # valid: only --out decides below
 ])
@@ -361,7 +361,7 @@ def test_sizes_the_pack_cannot_serve_are_refused_before_the_model_loads(tiny, ca
 
 def test_kv_budget_message_gives_the_accepted_range(tiny, capsys):
     rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--kv-budget", "0.03"], capsys)
-    assert_one_error(rc, err, 1, "centroids alone take 0.031 of the KV cache", "use a KV budget in [0.0")
+    assert_one_error(rc, err, 1, "centroids alone take 0.062 of the KV cache", "use a KV budget in [0.0")
 
 
 def test_threshold_mode_range_agrees_between_check_and_message(tiny):

@@ -10,6 +10,7 @@ import torch
 from squeezed_attention import suite, testing
 from squeezed_attention.evaluate import attention_recall, make_case
 from squeezed_attention.generation import AttentionChoice, Generator
+from squeezed_attention.settings import DEFAULT_KV_BUDGET
 
 
 def test_splits_share_no_document_or_wording():
@@ -94,6 +95,6 @@ def test_shallow_pass_key_is_answered_at_the_default_budget():
     pack = build_context_pack(testing.real_model(), ck, text, BuildSettings())
     gen = Generator(testing.real_model(), ck.tokenizer, pack)
     full = gen.generate(case.question, AttentionChoice("full"), max_new_tokens=12)
-    squeezed = gen.generate(case.question, AttentionChoice("top-k"), max_new_tokens=12)
+    squeezed = gen.generate(case.question, AttentionChoice("top-k", kv_budget=DEFAULT_KV_BUDGET), max_new_tokens=12)
     assert case.answer in full.text
     assert case.answer in squeezed.text, squeezed.text

@@ -163,7 +163,7 @@ class ExecuTorchBackend(Backend):
 
         partitioner = self._partitioner(opts)
         with torch.no_grad():  # in-place state updates (KV cache buffers) cannot be traced with autograd on
-            exported = {m.name: torch.export.export(m.module, (), kwargs=dict(m.inputs), strict=False)
+            exported = {m.name: torch.export.export(m.module, (), kwargs=m.call_kwargs(m.inputs), strict=False)
                         for m in program.methods}
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         delegation = {name: _delegation_summary(get_delegation_info(edge.exported_program(name).graph_module))

@@ -126,9 +126,9 @@ class OnnxBackend(Backend):
                 for n, axes in graph.dynamic.items()}
         with torch.no_grad():
             exported = torch.onnx.export(
-                graph.module, (), kwargs=dict(graph.inputs), dynamo=True, opset_version=OPSET,
+                graph.module, (), kwargs=graph.call_kwargs(graph.inputs), dynamo=True, opset_version=OPSET,
                 input_names=list(graph.inputs), output_names=list(graph.outputs), external_data=False, verbose=False,
-                dynamic_shapes={n: dims.get(n) for n in graph.inputs} if dims else None,
+                dynamic_shapes=graph.call_kwargs({n: dims.get(n) for n in graph.inputs}) if dims else None,
             )
         model = exported.model_proto
         model.producer_version = torch.__version__.split("+")[0]
