@@ -253,8 +253,7 @@ def cmd_generate(args) -> int:
         result = gen.generate(args.prompt, choice, max_new_tokens=args.max_new_tokens,
                               raw=True if args.raw else None, on_text=None if args.json else stream, progress=report)
     if args.json:
-        out = {k: v for k, v in result.__dict__.items() if k != "extra"}
-        out["decode_tokens_per_second"] = result.decode_tokens_per_second
+        out = result.to_dict()
         out["selection"] = {k: v for k, v in choice.__dict__.items()}
         print(json.dumps(out, indent=2))
         return 0

@@ -15,41 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import SqueezeError
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget, read_pack_arrays
+from .settings import GenerationResult
 
 MANIFEST = "manifest.json"
-
-
-@dataclass
-class ArtifactGeneration:
-    """What one question produced; the same fields as ``squeeze generate --json`` on the PyTorch path."""
-
-    text: str
-    token_ids: list
-    prompt_tokens: int
-    context_tokens: int
-    prefill_seconds: float
-    decode_seconds: float
-    decode_tokens: int
-    attention: str
-    runtime: str
-    kept_fraction: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
-
-    def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out["decode_tokens_per_second"] = self.decode_tokens_per_second
-        return out
 
 
 def read_decoder_manifest(directory) -> dict:
@@ -202,7 +176,7 @@ class DecoderSession:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
-                 stop_at_eos: bool = True) -> ArtifactGeneration:
+                 stop_at_eos: bool = True) -> GenerationResult:
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         ids = self.prompt_ids(prompt, raw)
@@ -218,14 +192,15 @@ class DecoderSession:
                                      on_token=stream if on_text else None)
         loop = self.loop
         label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}"
-        return ArtifactGeneration(
+        return GenerationResult(
             text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens, prompt_tokens=len(ids),
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
-            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None))
+            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),
+            kv_budget=self.contract.get("kv_budget"), lookup="in-graph" if loop.attention == "squeezed" else None)
 
     def close(self) -> None:
         self.runner.close()
 
 
-__all__ = ["ArtifactGeneration", "DecoderSession", "GenerationLoop", "read_decoder_manifest"]
+__all__ = ["DecoderSession", "GenerationLoop", "read_decoder_manifest"]

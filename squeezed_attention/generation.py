@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -23,7 +23,7 @@ CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the o
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
-from .settings import DEFAULT_KV_BUDGET, MODES  # noqa: F401  (re-exported)
+from .settings import DEFAULT_KV_BUDGET, MODES, GenerationResult  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -162,27 +162,6 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)
 
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list
-    prompt_tokens: int
-    context_tokens: int
-    prefill_seconds: float
-    decode_seconds: float
-    decode_tokens: int
-    attention: str
-    kept_fraction: float | None = None      # mean fraction of clustered keys attended (lookup stats)
-    kv_budget: float | None = None          # the same in the paper's accounting (+ centroid bytes / KV bytes)
-    centroids_scored: float | None = None
-    lookup: str | None = None                # lookup backend that ran ("native", "torch", "numpy"), None = full
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def decode_tokens_per_second(self) -> float:
-        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
 
 
 class Generator:

@@ -4,11 +4,11 @@ and the torch-free answer path read them)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import SqueezeError
 
-DEFAULT_KV_BUDGET = 0.125  # the paper's accounting; with 10% int8 centroids it keeps 0.099 of the clustered keys
+DEFAULT_KV_BUDGET = 0.125  # the paper's accounting; with 10% int8 key + value centroids it keeps 0.073 of the keys
 MODES = ("full", "top-k", "threshold")
 
 PACK_FORMAT = "squeeze-context-pack/2"
@@ -63,3 +63,33 @@ class BuildSettings:
 
 def _is_number(value) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
+
+
+@dataclass
+class GenerationResult:
+    """What one question produced, on the PyTorch path (``Generator.generate``) and through an exported artifact
+    (``DecoderSession.generate``): the fields of ``squeeze generate --json``."""
+
+    text: str
+    token_ids: list
+    prompt_tokens: int
+    context_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    decode_tokens: int
+    attention: str
+    kept_fraction: float | None = None      # mean fraction of clustered keys attended (lookup stats)
+    kv_budget: float | None = None          # the same in the paper's accounting (+ centroid bytes / KV bytes)
+    centroids_scored: float | None = None
+    lookup: str | None = None                # lookup backend that ran ("native", "torch", "numpy"), None = full
+    runtime: str | None = None               # the runtime of an exported artifact (None: PyTorch)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out["decode_tokens_per_second"] = self.decode_tokens_per_second
+        return out
