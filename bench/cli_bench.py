@@ -40,6 +40,8 @@ def add_subcommands(sub) -> None:
                    help="greedy decode steps timed per run, >= 1 (default 32)")
     d.add_argument("--rounds", type=cli_types.positive_int, default=2,
                    help="interleaved rounds over every (context, format, attention), >= 1 (default 2)")
+    d.add_argument("--formats", default=None, metavar="F,F",
+                   help="benchmark only these formats' artifacts, e.g. pte (default: every artifact in DIR)")
     d.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
@@ -120,7 +122,9 @@ def cmd_bench(args) -> int:
         contexts = parse_ints(args.contexts)
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
-                                       profile=args.profile, out_dir=args.out, progress=_progress(console))
+                                       profile=args.profile, out_dir=args.out, progress=_progress(console),
+                                       formats=[f.strip() for f in args.formats.split(",") if f.strip()]
+                                       if args.formats else None)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
         return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,

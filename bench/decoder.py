@@ -128,7 +128,8 @@ def _median(xs):
 def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, threads: Sequence[int] = (2,),
                           runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: int = 32,
                           packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
-                          profile: bool = True, out_dir=None, progress: Optional[Progress] = None) -> Dict:
+                          profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
+                          progress: Optional[Progress] = None) -> Dict:
     from squeezed_attention.decoder_session import read_decoder_manifest
 
     say = progress or (lambda a, b: None)
@@ -138,6 +139,12 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     manifest = read_decoder_manifest(art_dir)
     out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench", REPORT_FILES)
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
+    if formats:
+        have = sorted({a["format"] for a in artifacts})
+        artifacts = [a for a in artifacts if a["format"] in formats]
+        if not artifacts:
+            raise SqueezeError(f"{art_dir} holds no {', '.join(formats)} decoder artifact (it has: "
+                               f"{', '.join(have) or 'none'}); pass --formats with one of those")
     if not artifacts:
         raise SqueezeError(f"{art_dir} holds no decoder artifact; export one with `squeeze export decoder`")
     for a in artifacts:

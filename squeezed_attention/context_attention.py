@@ -14,7 +14,7 @@ import torch
 
 from . import native
 from .errors import SqueezeError
-from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys, selection_queries
+from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse, merge_partials
@@ -113,7 +113,15 @@ class SqueezedContext:
         rows = rows if rows is not None else ContextRows.build(keys, values, tables)
         self.sink_kv, self.clustered_kv, self.window_kv = rows.sink_kv, rows.clustered_kv, rows.window_kv
         self.slot_of_position = rows.slot_of_position
-        self.key_centroids = tables.centroids.float()
+        # Summaries of the clusters a selection does not keep, per selecting head (built once per context)
+        per_head = (lambda x: x.index_select(1, torch.arange(Hkv).repeat_interleave(tables.group_size))) \
+            if spec.per_query_head else (lambda x: x)
+        counts = per_head(tables.counts)
+        self.summary_log_counts = torch.where(counts > 0, counts.clamp(min=1).float().log(),
+                                              torch.tensor(float("-inf")))               # [L, Hs, K]
+        self.summary_keys = per_head(tables.centroids.float()).contiguous()               # [L, Hs, K, D]
+        self.summary_values = per_head(tables.value_centroids).contiguous()
+        self.cluster_of = per_head(tables.labels).contiguous()                             # [L, Hs, Nc]
         G = tables.group_size
         heads = Hkv * G if spec.per_query_head else Hkv
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
@@ -124,7 +132,7 @@ class SqueezedContext:
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
         if self.fused:
             t = self.tables
-            q = grouped_queries(selection_queries(queries), self.num_kv_heads, self.spec.per_query_head)
+            q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
             idx = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
                                         t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
                                         self.spec.budget_keys)
@@ -151,19 +159,16 @@ class SqueezedContext:
         estimate of) the weight and the direction of what was dropped instead of renormalising it onto the kept
         keys. q: grouped [Hs, R, D]; returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp. A cluster any
         of whose keys was kept (the ranked fill's last one may be partial) has no summary."""
-        t = self.tables
-        heads = self.kv_of_head
-        counts = t.counts[layer].index_select(0, heads)                                   # [Hs, K]
-        labels = t.labels[layer].index_select(0, heads)                                   # [Hs, Nc]
-        kept = labels.gather(1, kept_positions - self.first_position)                     # [Hs, B] clusters
-        hit = torch.ones(kept.shape, dtype=torch.int64) if valid is None else valid.to(torch.int64)
-        taken = torch.zeros(counts.shape, dtype=torch.int64).scatter_reduce_(1, kept, hit, "amax").bool()
-        bias = torch.where(taken | (counts == 0), torch.tensor(float("-inf")), counts.clamp(min=1).float().log())
-        logits = torch.matmul(q.float(), self.key_centroids[layer].index_select(0, heads).transpose(1, 2)) \
-            * self.scale + bias[:, None, :]
+        kept = self.cluster_of[layer].gather(1, kept_positions - self.first_position)    # [Hs, B] clusters
+        bias = self.summary_log_counts[layer].clone()                                    # [Hs, K]
+        masked = torch.full(kept.shape, float("-inf"))
+        if valid is not None:  # padding entries write back what is there
+            masked = torch.where(valid, masked, bias.gather(1, kept))
+        bias.scatter_(1, kept, masked)
+        logits = torch.baddbmm(bias[:, None, :], q.float(), self.summary_keys[layer].transpose(1, 2), alpha=self.scale)
         lse = torch.logsumexp(logits, -1)
-        weights = torch.softmax(logits, -1).nan_to_num_(0.0)                             # all taken: lse -inf, out 0
-        return torch.matmul(weights, t.value_centroids[layer].index_select(0, heads)), lse
+        weights = torch.exp(logits - lse[..., None]).nan_to_num_(0.0)                     # all kept: lse -inf, out 0
+        return torch.bmm(weights, self.summary_values[layer]), lse
 
     def _attend_fused(self, layer: int, queries):
         Hq, T, D = queries.shape
@@ -180,7 +185,7 @@ class SqueezedContext:
     def attend(self, layer: int, queries):
         Hq, T, D = queries.shape
         query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
-        if self.fused and T == 1 and query_rows <= NATIVE_MAX_ROWS:  # (its selection scores the rows it attends)
+        if self.fused and query_rows <= NATIVE_MAX_ROWS:
             return self._attend_fused(layer, queries)
         idx, valid = self.select(layer, queries)
         Hs, B = idx.shape

@@ -174,11 +174,8 @@ class ExportableDecoder(nn.Module):
         if self.attention == "full":
             ctx_bias = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
         else:
-            # lookup.selection_queries: 1/2 the mean over the valid rows + 1/2 the mean over the last token's rows
-            # (a one-token step: both halves are the same rows, i.e. the plain mean)
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
-            row_last = (steps == n_tokens - 1).to(torch.float32).repeat(G)
-            row_weights = (0.5 * row_valid / row_valid.sum() + 0.5 * row_last / G)[None, None, :]
+            row_weights = (row_valid / row_valid.sum())[None, None, :]                        # mean over valid rows
         last = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]    # [1, 1, T] one-hot
 
         def rms_norm(x, norm):

@@ -191,20 +191,8 @@ def ranked_fill(scores, counts, order_by_cluster, cluster_start, length: int):
     return order_by_cluster.gather(1, cluster_start.gather(1, cluster) + within)
 
 
-def selection_queries(queries):
-    """The query rows a selection is scored over: a chunk of T > 1 tokens (a prefill) shares one selection, and
-    its LAST token predicts the next token (a question's answer starts there), so that token's rows are counted
-    T more times: the cluster scores become 1/2 the mean over all rows + 1/2 the mean over the last token's rows.
-    A decode step (T = 1) is unchanged. [Hq, T, D] -> [Hq, T or 2T, D]; every backend scores these rows."""
-    T = queries.shape[1]
-    if T == 1:
-        return queries
-    return torch.cat([queries, queries[:, -1:].expand(-1, T, -1)], dim=1)
-
-
 def select_keys(tables: LookupTables, layer: int, queries, spec: SelectionSpec) -> Selection:
     """Pick the fixed-context keys to attend for one layer. queries: post-RoPE [Hq, T, D]."""
-    queries = selection_queries(queries)
     scores, scored = score_layer(tables, layer, queries, spec)
     G = tables.group_size
     counts = _expand_heads(tables.counts[layer], spec.per_query_head, G)

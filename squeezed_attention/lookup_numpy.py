@@ -96,17 +96,8 @@ def ranked_fill(scores, counts, order, start, length):
     return out
 
 
-def selection_queries(queries: np.ndarray) -> np.ndarray:
-    """lookup.selection_queries: a chunk's last token counted T more times (T = 1 unchanged)."""
-    T = queries.shape[1]
-    if T == 1:
-        return queries
-    return np.concatenate([queries, np.repeat(queries[:, -1:], T, axis=1)], axis=1)
-
-
 def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: SelectionSpec):
     """Returns (indices [Hs, B] int64, valid [Hs, B] bool or None, centroids scored)."""
-    queries = selection_queries(queries)
     scores, scored = score_layer(t, layer, queries, spec)
     g = t.group_size
     counts = _expand(t.counts[layer], spec.per_query_head, g)

@@ -244,6 +244,10 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     report_dir = tmp_path / "bench"
     cmd = [sys.executable, "-m", "export.cli", "bench", str(out), "--out", str(report_dir), "--contexts", "2048",
            "--runs", "1", "--warmup", "0", "--rounds", "1", "--decode-tokens", "3"]
+    bad = subprocess.run(cmd + ["--formats", "tflite"], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 1 and "holds no tflite decoder artifact" in bad.stderr
+    assert not (report_dir / "report.json").exists()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((report_dir / "report.json").read_text())
@@ -265,9 +269,11 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     pack = Path(report["packs"][0]["path"])
     assert pack.is_file() and pack.parent == report_dir / "packs"
     mtime = pack.stat().st_mtime_ns
-    proc = subprocess.run(cmd + ["--no-profile"], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx"], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and pack.stat().st_mtime_ns == mtime, proc.stderr[-2000:]
+    again = json.loads((report_dir / "report.json").read_text())
+    assert {r["format"] for r in again["rows"]} == {"onnx"} and again["lookup_share"] == []
 
 
 def test_second_export_merges_and_other_weights_are_refused(tiny, tmp_path):

@@ -11,8 +11,7 @@ import torch
 
 from squeezed_attention.context_attention import DenseContext
 from squeezed_attention.generation import AttentionChoice, make_context
-from squeezed_attention.lookup import (LookupTables, SelectionSpec, cluster_scores, score_layer, select_keys,
-                                       selection_queries)
+from squeezed_attention.lookup import LookupTables, SelectionSpec, cluster_scores, score_layer, select_keys
 from squeezed_attention.lookup_numpy import NumpyTables
 from squeezed_attention.lookup_numpy import select_keys as select_keys_numpy
 from squeezed_attention.pack import calibrate_thresholds
@@ -178,8 +177,7 @@ def test_native_prefill_selection_equals_the_torch_lookup_at_any_thread_count(pe
             for layer in range(0, pack.config.num_layers, 5):
                 q = queries[layer]  # [Hq, T, D], T = prompt tokens
                 idx, _ = ref.select(layer, q)
-                rows = selection_queries(q)  # the rows every backend scores (the chunk's last token weighted)
-                grouped = rows if per_query_head else rows.reshape(ref.num_kv_heads, -1, q.shape[-1])
+                grouped = q if per_query_head else q.reshape(ref.num_kv_heads, -1, q.shape[-1])
                 assert grouped.shape[1] > 64  # more rows than one work item of the kernel
                 picks = []
                 for n in (1, 2):
@@ -188,15 +186,15 @@ def test_native_prefill_selection_equals_the_torch_lookup_at_any_thread_count(pe
                                                        t.counts[layer], t.order_by_cluster[layer],
                                                        t.cluster_start[layer], t.first_position, budget))
                 assert torch.equal(picks[0], picks[1])
-                assert_same_selection_up_to_float32_ties(picks[0], idx, t, layer, rows, ref.spec)
+                assert_same_selection_up_to_float32_ties(picks[0], idx, t, layer, q, ref.spec)
         # The tie allowance is no blank cheque: a key from the lowest-scoring cluster instead is caught.
-        scores, _ = score_layer(t, 0, selection_queries(queries[0]), ref.spec)
+        scores, _ = score_layer(t, 0, queries[0], ref.spec)
         worst = int(torch.where(t.counts[0, 0] > 0, scores[0], torch.inf).argmin())
         good = ref.select(0, queries[0])[0]
         bad = good.clone()
         bad[0, 0] = t.order_by_cluster[0, 0, t.cluster_start[0, 0, worst]]
         with pytest.raises(AssertionError):
-            assert_same_selection_up_to_float32_ties(bad, good, t, 0, selection_queries(queries[0]), ref.spec)
+            assert_same_selection_up_to_float32_ties(bad, good, t, 0, queries[0], ref.spec)
     finally:
         torch.set_num_threads(threads)
 
