@@ -316,7 +316,7 @@ def test_signal_during_context_build(tmp_path, sig, code, name):
 
     from squeezed_attention.testing import passkey_case
 
-    _, text = passkey_case(2000)
+    _, text = passkey_case(6000)  # long enough that the build (about a minute) is still running at the signal
     (tmp_path / "ctx.txt").write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "export.cli", "context", "build", "--context",
                              str(tmp_path / "ctx.txt"), "--out", str(tmp_path / "ctx.pack")],
