@@ -22,11 +22,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import random
-import re
 import sysconfig
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .corpus import _paragraphs as corpus_paragraphs
 from .errors import SqueezeError
 
 SPLITS = ("dev", "heldout")
@@ -89,12 +89,8 @@ def _split_of(name: str) -> str:
 
 
 def _paragraphs(text: str) -> list:
-    out = []
-    for block in re.split(r"\n\s*\n", text):
-        para = " ".join(block.split())
-        if len(para) > 40:
-            out.append(para)
-    return out
+    """corpus's paragraphs (runs of spaces collapsed) longer than a heading or a code fragment."""
+    return [p for p in corpus_paragraphs(text) if len(p) > 40]
 
 
 def _docstrings(path: Path) -> list:
