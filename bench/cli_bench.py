@@ -117,9 +117,13 @@ def cmd_bench(args) -> int:
         if args.adb is not None:
             raise SqueezeError("--adb benchmarks SqueezeTime artifacts; decoder directories run on this machine")
         from .decoder import decoder_markdown, run_decoder_benchmark
-        from .host import parse_threads as parse_ints
 
-        contexts = parse_ints(args.contexts)
+        try:
+            contexts = [int(t) for t in str(args.contexts).split(",") if t.strip()]
+        except ValueError:
+            contexts = []
+        if not contexts:
+            raise SqueezeError(f"--contexts takes comma-separated token counts, e.g. 2048,4096,8192; got {args.contexts!r}")
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),

@@ -26,7 +26,7 @@ from squeeze_mobile.atomic import atomic_path
 from squeeze_mobile.errors import SqueezeError
 
 from .host import machine_info, run_worker
-from .report import check_report_dir, one_line
+from .report import _fmt, check_report_dir, one_line, write_reports
 
 Progress = Callable[[str, str], None]
 DEFAULT_CONTEXTS = (2048, 4096, 8192)
@@ -230,12 +230,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                      "threads": list(threads)},
         "packs": pack_rows, "rows": out_rows, "lookup_share": lookup,
     }
-    report["files"] = write_decoder_reports(report, out_dir)
+    report["files"] = write_reports(report, out_dir, decoder_markdown, decoder_figure)
     return report
-
-
-def _fmt(v, spec="{:.1f}"):
-    return "-" if v is None else spec.format(v)
 
 
 def decoder_markdown(report: Dict) -> str:
@@ -296,22 +292,6 @@ def decoder_figure(report: Dict):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def write_decoder_reports(report: Dict, out_dir: Path) -> Dict[str, str]:
-    files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"),
-             "png": str(out_dir / "report.png")}
-    with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(decoder_markdown(report), encoding="utf-8")
-    with atomic_path(out_dir / "report.png") as tmp:
-        fig = decoder_figure(report)
-        fig.savefig(tmp, dpi=120, format="png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps({**report, "files": files}, indent=2) + "\n", encoding="utf-8")
-    return files
 
 
 # ------------------------------------------------------------------------------------------------ worker side

@@ -57,14 +57,6 @@ def markdown(report: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: Dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = figure(report)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def figure(report: Dict):
     """The latency chart of report.png (a matplotlib Figure)."""
     import matplotlib
@@ -95,13 +87,19 @@ def figure(report: Dict):
     return fig
 
 
-def write_reports(report: Dict, out_dir: Path) -> Dict[str, str]:
+def write_reports(report: Dict, out_dir: Path, to_markdown=None, to_figure=None) -> Dict[str, str]:
+    """report.md / report.png / report.json, each written atomically (``to_markdown`` / ``to_figure``: another
+    report kind's renderers; default: the SqueezeTime host report's)."""
+    import matplotlib.pyplot as plt
+
     out_dir = check_report_dir(out_dir)
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "png": str(out_dir / "report.png")}
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown(report), encoding="utf-8")
+        tmp.write_text((to_markdown or markdown)(report), encoding="utf-8")
     with atomic_path(out_dir / "report.png") as tmp:
-        plot(report, tmp)
+        fig = (to_figure or figure)(report)
+        fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
     with atomic_path(out_dir / "report.json") as tmp:
         tmp.write_text(json.dumps({**report, "files": files}, indent=2) + "\n", encoding="utf-8")
     return files

@@ -245,11 +245,9 @@ def suite_cases(tokenizer, split: str, lengths, cases_per_length: int, seed: int
 
 
 def _median(xs):
-    xs = sorted(xs)
-    if not xs:
-        return None
-    m = len(xs) // 2
-    return xs[m] if len(xs) % 2 else 0.5 * (xs[m - 1] + xs[m])
+    import statistics
+
+    return statistics.median(xs) if xs else None
 
 
 def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000), cases_per_length: int = 6,
