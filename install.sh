@@ -15,5 +15,7 @@ for part in llm peers fuzz; do
   if [ -f "requirements-$part-nodeps.txt" ]; then .venv/bin/python -m pip install --quiet --no-deps -r "requirements-$part-nodeps.txt"; fi
 done
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# the sample apps' platform-free cores are compiled and unit-tested here (Kotlin on the JVM: kotlinc + JUnit 5)
+bash android_demo/install_toolchain.sh
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "squeeze-mobile installed in $(pwd)/.venv"
