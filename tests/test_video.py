@@ -24,6 +24,22 @@ def test_sampling_matches_mmaction_test_mode():
     assert short.tolist() == [(4 * i) % 30 for i in range(16)]
 
 
+def test_resize_gives_the_same_bytes_on_any_thread_count(real_video):
+    # PyTorch has a separate one-thread bilinear kernel that rounds differently on this clip (3 bytes at 73 px)
+    frames = torch.from_numpy(video.decode_frames(real_video, [117, 121, 125, 129]))
+    before = torch.get_num_threads()
+    try:
+        out = {}
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out[threads] = [video.resize_short_side(frames, s) for s in (73, 256)]
+            assert torch.get_num_threads() == threads  # the caller's setting is left as it was
+    finally:
+        torch.set_num_threads(before)
+    for threads in (1, 3):
+        assert all(torch.equal(a, b) for a, b in zip(out[threads], out[2]))
+
+
 def test_single_clip_shape_and_statistics(real_video):
     u8 = video.read_clips_uint8(real_video, "k400")
     assert u8.shape == (1, 16, 224, 224, 3) and u8.dtype == torch.uint8
