@@ -331,7 +331,10 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     softmax weight over the fixed context that falls on the keys a configuration attends (sinks + selected +
     window), ``clustered`` = the same share restricted to the clustered keys (selected / all clustered: the
     part the lookup decides). The selection is the configuration's own (``SqueezedContext.select`` on the
-    question's queries, as its prefill does). Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv]}}.
+    question's queries, as its prefill does). ``ceiling`` = the clustered share the best possible set of as many
+    clustered keys would carry (the keys with the largest mean share over the rows, per selecting head): what
+    any selection rule could reach at this budget, so a low ``clustered`` with a low ``ceiling`` means diffuse
+    attention, not a bad rule. Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv], "ceiling": [L][Hkv]}}.
     """
     from .context_attention import DenseContext
 
@@ -344,7 +347,7 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     contexts = {name: gen.context(choice) for name, choice in choices.items()}
     Hkv, N, D = cfg.num_kv_heads, pack.num_tokens, cfg.head_dim
     first, Nc = pack.settings.sink_tokens, pack.num_clustered
-    out = {name: {"context": [], "clustered": []} for name in choices}
+    out = {name: {"context": [], "clustered": [], "ceiling": []} for name in choices}
     for layer, q in enumerate(queries):
         q = q.float()
         rows = q.reshape(Hkv, -1, D)
@@ -365,4 +368,9 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
             kept_clustered = (p[..., first:first + Nc] * keep[:, None, first:first + Nc]).sum(-1).reshape(Hkv, -1)
             out[name]["context"].append(kept.mean(-1).tolist())
             out[name]["clustered"].append((kept_clustered / clustered_mass.clamp(min=1e-30)).mean(-1).tolist())
+            share = p[..., first:first + Nc] / clustered_mass.reshape(Hs, -1, 1).clamp(min=1e-30)  # [Hs, R, Nc]
+            count = keep[:, first:first + Nc].sum(-1)                                  # clustered keys kept per head
+            ranked = torch.sort(share.mean(1), dim=-1, descending=True).values.cumsum(-1)  # best k keys' mean share
+            best = ranked.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0] * (count > 0)
+            out[name]["ceiling"].append(best.reshape(Hkv, -1).mean(-1).tolist())
     return out

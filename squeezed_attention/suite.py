@@ -305,6 +305,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
         log(f"[{time.perf_counter() - started:6.0f}s] {case.case_id} ({case.framing}, depths {case.depths}): "
             + " ".join(f"{n}={'Y' if case.correct(a) else '.'}" for n, a in answers.items())
             + " recall " + " ".join(f"{n}={_median([x for row in r['clustered'] for x in row]):.2f}"
+                                    f" (best {_median([x for row in r['ceiling'] for x in row]):.2f})"
                                     for n, r in rec.items()))
         save()
     for li, length in enumerate(lengths):
@@ -351,8 +352,10 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
             d[1] += 1
         rec = [x for r in recalls if r["config"] == name for row in r["clustered"] for x in row]
         ctx = [x for r in recalls if r["config"] == name for row in r["context"] for x in row]
+        ceil = [x for r in recalls if r["config"] == name for row in r.get("ceiling", []) for x in row]
         entry["recall_clustered_median"] = _median(rec)
         entry["recall_context_median"] = _median(ctx)
+        entry["recall_ceiling_median"] = _median(ceil) if ceil else None
         cont = [r for r in continuation if r["config"] == name]
         entry["top1_agreement"] = sum(r["top1_agreement"] for r in cont) / len(cont) if cont else None
         entry["kl_mean"] = sum(r["kl_mean"] for r in cont) / len(cont) if cont else None
@@ -363,8 +366,9 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
 def suite_markdown(result) -> str:
     lines = [f"# Evaluation suite: split {result['split']} (seed {result['seed']}, lengths "
              f"{', '.join(map(str, result['lengths']))})", "",
-             "| attention | answered | answered of full's | recall (clustered, median) | recall (context, median) | "
-             "top-1 agreement | mean KL | of full's by kind | of full's by depth |", "|---|---|---|---|---|---|---|---|---|"]
+             "| attention | answered | answered of full's | recall (clustered, median) | best possible (same key count) "
+             "| recall (context, median) | top-1 agreement | mean KL | of full's by kind | of full's by depth |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for e in result["summary"]:
         kinds = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_kind"].items()))
@@ -372,7 +376,8 @@ def suite_markdown(result) -> str:
         top1 = "-" if e["top1_agreement"] is None else f"{100 * e['top1_agreement']:.1f}%"
         kl = "-" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
         lines.append(f"| {e['config']} | {e['correct']}/{e['cases']} | {e['solved_of_full']}/{e['full_solved']} | "
-                     f"{pct(e['recall_clustered_median'])} | {pct(e['recall_context_median'])} | {top1} | "
+                     f"{pct(e['recall_clustered_median'])} | {pct(e.get('recall_ceiling_median'))} | "
+                     f"{pct(e['recall_context_median'])} | {top1} | "
                      f"{kl} | "
                      f"{kinds or '-'} | {depths or '-'} |")
     return "\n".join(lines) + "\n"

@@ -55,10 +55,10 @@ def _brute_recall(gen, ids, choice, layer):
     ctx = gen.context(choice)
     idx, valid = ctx.select(layer, q)
     first, nc, G = pack.settings.sink_tokens, pack.num_clustered, cfg.group_size
-    out = []
+    out, ceiling = [], []
     for h in range(cfg.num_kv_heads):
         chosen = {int(i) for j, i in enumerate(idx[h]) if valid is None or bool(valid[h, j])}
-        values = []
+        values, shares = [], [0.0] * nc
         for g in range(G):
             for t in range(q.shape[1]):
                 logits = [float(q[h * G + g, t] @ pack.keys[layer, h, n].float()) / math.sqrt(cfg.head_dim)
@@ -67,8 +67,11 @@ def _brute_recall(gen, ids, choice, layer):
                 w = [math.exp(x - top) for x in logits]
                 clustered = sum(w[first:first + nc])
                 values.append(sum(w[n] for n in chosen) / clustered)
+                shares = [a + w[first + i] / clustered for i, a in enumerate(shares)]
         out.append(sum(values) / len(values))
-    return out
+        # the best len(chosen) clustered keys for these rows: the largest summed shares
+        ceiling.append(sum(sorted(shares, reverse=True)[:len(chosen)]) / len(values))
+    return out, ceiling
 
 
 def test_recall_matches_a_brute_force_reference():
@@ -78,7 +81,13 @@ def test_recall_matches_a_brute_force_reference():
     rec = attention_recall(gen, ids, {"k": choice, "all": AttentionChoice("top-k", keep_keys=gen.pack.num_clustered,
                                                                           backend="torch")})
     layer = 7
-    assert rec["k"]["clustered"][layer] == pytest.approx(_brute_recall(gen, ids, choice, layer), abs=1e-4)
+    brute, brute_ceiling = _brute_recall(gen, ids, choice, layer)
+    assert rec["k"]["clustered"][layer] == pytest.approx(brute, abs=1e-4)
+    assert rec["k"]["ceiling"][layer] == pytest.approx(brute_ceiling, abs=1e-4)
+    # no selection of as many keys carries more than the ceiling; keeping everything reaches 1
+    assert all(r <= c + 1e-6 for rr, cc in zip(rec["k"]["clustered"], rec["k"]["ceiling"]) for r, c in zip(rr, cc))
+    assert any(r < c - 1e-3 for rr, cc in zip(rec["k"]["clustered"], rec["k"]["ceiling"]) for r, c in zip(rr, cc))
+    assert all(x == pytest.approx(1.0) for row in rec["all"]["ceiling"] for x in row)
     assert all(x == pytest.approx(1.0) for row in rec["all"]["clustered"] for x in row)
     assert all(x == pytest.approx(1.0, abs=1e-5) for row in rec["all"]["context"] for x in row)
     # more kept keys never carry less weight (the ranked fill keeps a prefix of one ranking)
