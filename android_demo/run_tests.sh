@@ -46,7 +46,10 @@ if [ ! -f "$STAMP" ] || [ -n "$(find "${SOURCES[@]}" -name '*.kt' -newer "$STAMP
 fi
 
 REPORT="$BUILD/junit.txt"
-java -jar "$CONSOLE" \
+# The real model's tokenizer.json (1.5 MB, not committed): tools/make_golden.py writes it here
+# (`make_golden.py --tokenizer-only`); the tokenizer tests fail with that hint when it is missing.
+QA_TOKENIZER="${SQUEEZE_QA_TOKENIZER:-$HERE/build/qa/tokenizer.json}"
+java -Dsqueeze.qa.tokenizer="$QA_TOKENIZER" -jar "$CONSOLE" \
     -cp "$CLASSES:$HERE/core/src/test/resources:$KOTLIN_HOME/lib/kotlin-stdlib.jar" \
     --scan-classpath "$CLASSES" --fail-if-no-tests \
     --disable-banner --disable-ansi-colors --details=tree --details-theme=ascii "$@" 2>&1 | tee "$REPORT"

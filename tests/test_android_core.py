@@ -1,10 +1,12 @@
 """The Kotlin core of android_demo/ (frame sampling, preprocessing, manifest reading, softmax/top-k, latency
-statistics), compiled for the JVM and run with JUnit 5 against golden files the Python pipeline writes.
+statistics; for document Q&A the tokenizer, context-pack reader, CPU lookup and generation loop), compiled for the
+JVM and run with JUnit 5 against golden files the Python pipeline writes.
 
 Each Kotlin @Test is one pytest test here (collected from the Kotlin sources, results read from JUnit's XML
 report), so pytest counts them. A missing toolchain FAILS these tests (never skips): run
-android_demo/install_toolchain.sh. A second test rebuilds the video golden files from the Python pipeline and
-compares them byte for byte, so the Kotlin tests can never pass against stale goldens.
+android_demo/install_toolchain.sh. Two more tests rebuild the video and the Q&A golden files from the Python pipeline
+and compare them, so the Kotlin tests can never pass against stale goldens. The real model's tokenizer.json
+(not committed) is written to android_demo/build/qa/ before the Kotlin tests run when it is missing.
 Cold run: ~15-50 s (kotlinc); later runs reuse the compiled classes when no .kt file changed (a few seconds).
 """
 
@@ -41,12 +43,22 @@ def _kotlin_tests():
 KOTLIN_TESTS = _kotlin_tests()
 
 
+def _make_golden():
+    spec = importlib.util.spec_from_file_location("android_make_golden", DEMO / "tools" / "make_golden.py")
+    make_golden = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_golden)
+    return make_golden
+
+
 @pytest.fixture(scope="module")
 def junit_results(tmp_path_factory):
     """Run android_demo/run_tests.sh once; {(class, method): failure text or None}."""
     missing = [str(p) for p in (KOTLINC, JUNIT) if not p.exists()]
     if missing:
         pytest.fail(INSTALL_HINT.format(", ".join(missing)), pytrace=False)
+    make_golden = _make_golden()
+    if not make_golden.TOKENIZER_JSON.is_file():  # the Kotlin tokenizer tests read it (run_tests.sh passes its path)
+        make_golden.write_tokenizer_json()
     reports = tmp_path_factory.mktemp("junit")
     proc = subprocess.run([str(DEMO / "run_tests.sh"), f"--reports-dir={reports}"], capture_output=True, text=True,
                           timeout=600)
@@ -95,9 +107,7 @@ def test_junit_totals(junit_results):
 
 def test_golden_files_match_the_python_pipeline():
     """Rebuild the video golden files (decode, sample, resize, crop, normalise: ~4 s) and compare bytes."""
-    spec = importlib.util.spec_from_file_location("android_make_golden", DEMO / "tools" / "make_golden.py")
-    make_golden = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_golden)
+    make_golden = _make_golden()
     fresh = make_golden.video_goldens()
     golden = make_golden.GOLDEN
     stale = [name for name, data in fresh.items() if not (golden / name).is_file() or (golden / name).read_bytes() != data]
@@ -107,3 +117,17 @@ def test_golden_files_match_the_python_pipeline():
         assert (golden / name).is_file(), name
     total = sum(p.stat().st_size for p in golden.iterdir())
     assert total < 2_000_000, f"golden files take {total} bytes"
+
+
+def test_qa_golden_files_match_the_python_pipeline():
+    """Rebuild the document Q&A goldens (the real tokenizer's ids on real texts; the tiny model's pack, lookup
+    indices, context inputs and generation calls: ~25 s) and compare them."""
+    make_golden = _make_golden()
+    fresh = make_golden.tokenizer_goldens(make_golden.write_tokenizer_json())
+    fresh.update(make_golden.qa_goldens())
+    golden = make_golden.GOLDEN
+    stale = [name for name, data in fresh.items() if not make_golden.same_golden(golden / name, data)]
+    assert stale == [], f"Q&A golden files differ from the Python pipeline: {stale}; run android_demo/tools/make_golden.py"
+    assert (golden / "qa_decoder_manifest.json").is_file()  # written by the full run (a real decoder export)
+    qa = sum(p.stat().st_size for p in golden.glob("qa_*"))
+    assert qa < 1_000_000, f"Q&A golden files take {qa} bytes"

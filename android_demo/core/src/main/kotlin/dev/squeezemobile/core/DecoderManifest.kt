@@ -1,0 +1,86 @@
+package dev.squeezemobile.core
+
+/**
+ * manifest.json of a `squeeze export decoder` directory (decoder_session.read_decoder_manifest / pick_artifact):
+ * the model's hashes (a pack must match them), the tokenizer section (file, chat framing, stop tokens) and the
+ * artifacts with their runtime contract and the named inputs/outputs of each method. Missing or mistyped keys
+ * the app relies on raise [DecoderException] with one line naming the key.
+ */
+class DecoderMethod(val name: String, val inputs: List<TensorInfo>, val outputs: List<String>)
+
+class DecoderArtifact(
+    val format: String,
+    val file: String,
+    val sha256: String?,
+    val bytes: Long?,
+    val runtime: String?,
+    val contract: DecoderContract,
+    val methods: Map<String, DecoderMethod>,
+    /** "pass", "fail", "not run", ... as verification.status says; null if absent */
+    val verificationStatus: String?,
+)
+
+class DecoderManifest(
+    val schema: String,
+    val modelName: String?,
+    val weightsSha256: String?,
+    val tokenizerSha256: String?,
+    val numLayers: Int,
+    val numKvHeads: Int,
+    val headDim: Int,
+    val tokenizer: DecoderTokenizerInfo,
+    val artifacts: List<DecoderArtifact>,
+) {
+    /** The first artifact of [format] ("onnx", "pte", ...) and [attention] ("squeezed", "full"), null = any. */
+    fun pick(format: String? = null, attention: String? = null): DecoderArtifact {
+        val usable = artifacts.filter { (format == null || it.format == format) && (attention == null || it.contract.attention == attention) }
+        if (usable.isEmpty()) {
+            val have = artifacts.map { it.format }.distinct().sorted().joinToString(", ").ifEmpty { "none" }
+            throw DecoderException("the export holds no ${format ?: ""} ${attention ?: ""} decoder artifact (it has: $have); " +
+                "pick one of those or export it")
+        }
+        return usable[0]
+    }
+
+    companion object {
+        const val SCHEMA_PREFIX = "squeeze-mobile/decoder-manifest/"
+
+        fun parse(text: String): DecoderManifest = wrap { fromJson(JsonPath.of(Json.parse(text), "manifest")) }
+
+        fun parse(bytes: ByteArray): DecoderManifest = wrap { fromJson(JsonPath.of(Json.parse(bytes), "manifest")) }
+
+        private inline fun <T> wrap(block: () -> T): T = try {
+            block()
+        } catch (e: JsonException) {
+            throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
+        }
+
+        private fun fromJson(root: JsonPath): DecoderManifest {
+            val model = root["model"]
+            if (model.opt("kind")?.stringOrNull() != "decoder" || root.opt("artifacts")?.value !is List<*>) {
+                throw DecoderException("the manifest does not describe an exported decoder; export one with `squeeze export decoder`")
+            }
+            val schema = root["schema"].string()
+            if (!schema.startsWith(SCHEMA_PREFIX)) throw DecoderException("manifest.schema: $schema is not a decoder manifest")
+            val config = model["config"]
+            val artifacts = root["artifacts"].list()
+                // records of formats that were not produced have no file (and no decoder section)
+                .filter { it.value is Map<*, *> && it.opt("file")?.stringOrNull() != null && it.has("decoder") }
+                .map { a ->
+                    val d = a["decoder"]
+                    val methods = d["methods"].obj().keys.associateWith { name ->
+                        val m = d["methods"][name]
+                        DecoderMethod(name,
+                            m["inputs"].list().map { TensorInfo(it["name"].string(), it["shape"].intArray(), it["dtype"].string(), null) },
+                            m["outputs"].list().map { it.string() })
+                    }
+                    DecoderArtifact(a["format"].string(), a["file"].string(), a.opt("sha256")?.stringOrNull(),
+                        a.opt("bytes")?.let { if (it.isNull) null else it.long() }, a.opt("runtime")?.stringOrNull(),
+                        DecoderContract.parse(d), methods, a.opt("verification")?.opt("status")?.stringOrNull())
+                }
+            return DecoderManifest(schema, model.opt("name")?.stringOrNull(), model.opt("weights_sha256")?.stringOrNull(),
+                model.opt("tokenizer_sha256")?.stringOrNull(), config["num_layers"].int(), config["num_kv_heads"].int(),
+                config["head_dim"].int(), DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts)
+        }
+    }
+}

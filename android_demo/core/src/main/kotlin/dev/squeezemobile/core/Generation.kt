@@ -1,0 +1,256 @@
+package dev.squeezemobile.core
+
+/**
+ * Document Q&A over an exported decoder (squeezed_attention/decoder_session.py), runtime-free: the app gives a
+ * [DecoderRuntime] (ONNX Runtime, ExecuTorch, ... in app/), this file runs the call sequence the decoder manifest
+ * documents: `prefill` once with the question (padded to max_prompt, n_tokens = its length, cache_len = 0), then
+ * `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens.
+ * With explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values
+ * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does.
+ */
+class DecoderException(message: String) : IllegalArgumentException(message)
+
+/** The exported decoder in its runtime: named inputs in, named outputs out (logits, and new_keys/new_values). */
+interface DecoderRuntime : AutoCloseable {
+    /** Shown on screen, e.g. "ONNX Runtime (CPU)". */
+    val name: String
+
+    fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor>
+
+    override fun close() {}
+}
+
+/** The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget. */
+class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes) {
+    init {
+        if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
+        if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
+        if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
+    }
+
+    companion object {
+        fun parse(j: JsonPath) = try {
+            DecoderContract(j["attention"].string(), j["state"].string(),
+                j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]))
+        } catch (e: JsonException) {
+            throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
+        }
+    }
+}
+
+/** The manifest's "tokenizer" section: the tokenizer file, the chat framing and the stop tokens. */
+class DecoderTokenizerInfo(val file: String, val prefix: String, val join: String, val suffix: String, val stopTokenIds: Set<Int>) {
+    companion object {
+        fun parse(j: JsonPath): DecoderTokenizerInfo = try {
+            val chat = j["chat"]
+            DecoderTokenizerInfo(j["file"].string(), chat["prefix"].string(), chat["join"].string(), chat["suffix"].string(),
+                j["stop_token_ids"].intArray().toSet())
+        } catch (e: JsonException) {
+            throw DecoderException("the decoder manifest's tokenizer section is not usable (${e.message}); re-export the decoder")
+        }
+    }
+}
+
+/** What the lookup keeps of a pack's clustered keys for a KV budget (pack_arrays.keep_fraction_for_kv_budget). */
+object KvBudget {
+    /** The key centroids and value centroids the lookup reads, as a fraction of the KV cache. */
+    fun centroidCost(centroidFraction: Double, headDim: Int): Double = 2 * centroidFraction * (headDim + 2) / (4.0 * headDim)
+
+    fun keepFraction(kvBudget: Double, centroidFraction: Double, headDim: Int): Double {
+        val keep = kvBudget - centroidCost(centroidFraction, headDim)
+        if (keep <= 0) {
+            throw DecoderException("a KV budget of $kvBudget does not even cover the centroids " +
+                "(%.4f of the KV cache); use a larger --kv-budget".format(centroidCost(centroidFraction, headDim)))
+        }
+        return keep
+    }
+}
+
+/** Tokens of one answer, the logits they were chosen from, and how long prefill and decode took. */
+class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val prefillNanos: Long, val decodeNanos: Long, val decodeSteps: Int) {
+    val decodeTokensPerSecond: Double get() = if (decodeNanos > 0) decodeSteps / (decodeNanos / 1e9) else 0.0
+}
+
+/** The call sequence of the runtime contract over a [DecoderRuntime] (GenerationLoop). One thread. */
+class GenerationLoop(
+    val runtime: DecoderRuntime,
+    val contract: DecoderContract,
+    val pack: ContextPack,
+    val contextInputs: Map<String, DecoderTensor>,
+    private val clockNanos: () -> Long = System::nanoTime,
+) {
+    val shapes = contract.shapes
+
+    /** Clustered keys the in-graph lookup keeps (squeezed attention; null for full). */
+    val keepKeys: Int? = if (contract.attention != "squeezed") null else {
+        val nc = pack.numClustered
+        val fraction = KvBudget.keepFraction(contract.kvBudget!!, pack.centroidFraction, pack.headDim)
+        maxOf(1, minOf(Math.rint(fraction * nc).toInt(), shapes.maxKeep)) // Python's round(): half to even
+    }
+
+    /** The explicit cache (state "io"): keys and values [L, H, max_prompt + max_new, D]; null when the runtime holds it. */
+    class Cache(val keys: FloatArray, val values: FloatArray, val layers: Int, val heads: Int, val capacity: Int, val headDim: Int)
+
+    fun newCache(): Cache? {
+        if (contract.state != "io") return null
+        val cap = shapes.maxPrompt + shapes.maxNew
+        val size = pack.layers * pack.kvHeads * cap * pack.headDim
+        return Cache(FloatArray(size), FloatArray(size), pack.layers, pack.kvHeads, cap, pack.headDim)
+    }
+
+    /** One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into [cache]. */
+    fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
+        val width = if (method == "prefill") shapes.maxPrompt else 1
+        val feed = LinkedHashMap<String, DecoderTensor>()
+        feed["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < tokens.size) tokens[it].toLong() else 0L }, intArrayOf(width))
+        feed["n_tokens"] = scalar(tokens.size.toLong())
+        feed["cache_len"] = scalar(cacheLen.toLong())
+        feed["context_len"] = scalar(pack.numTokens.toLong())
+        if (keepKeys != null) feed["keep_keys"] = scalar(keepKeys.toLong())
+        if (cache != null) {
+            val per = cache.heads * cache.capacity * cache.headDim
+            val shape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
+            for (l in 0 until cache.layers) {
+                feed["past_keys_$l"] = DecoderTensor.Float32(cache.keys.copyOfRange(l * per, (l + 1) * per), shape)
+                feed["past_values_$l"] = DecoderTensor.Float32(cache.values.copyOfRange(l * per, (l + 1) * per), shape)
+            }
+        }
+        feed.putAll(contextInputs)
+        val out = runtime.run(method, feed)
+        if (cache != null) {
+            writeCache(cache, out, "new_keys", cache.keys, cacheLen, tokens.size)
+            writeCache(cache, out, "new_values", cache.values, cacheLen, tokens.size)
+        }
+        val logits = out["logits"] as? DecoderTensor.Float32
+            ?: throw DecoderException("the runtime returned no float32 \"logits\" output for $method")
+        return logits.data
+    }
+
+    private fun writeCache(cache: Cache, out: Map<String, DecoderTensor>, name: String, dst: FloatArray, at: Int, n: Int) {
+        val t = out[name] as? DecoderTensor.Float32 ?: throw DecoderException("the runtime returned no float32 \"$name\" output")
+        val s = t.shape // [L, H, T, D]
+        if (s.size != 4 || s[0] != cache.layers || s[1] != cache.heads || s[2] < n || s[3] != cache.headDim) {
+            throw DecoderException("$name has shape ${s.contentToString()}, expected [${cache.layers}, ${cache.heads}, >= $n, ${cache.headDim}]")
+        }
+        for (l in 0 until cache.layers) for (h in 0 until cache.heads) {
+            val src = ((l * s[1] + h) * s[2]) * s[3]
+            val to = ((l * cache.heads + h) * cache.capacity + at) * cache.headDim
+            System.arraycopy(t.data, src, dst, to, n * cache.headDim)
+        }
+    }
+
+    fun checkLengths(promptTokens: Int, maxNewTokens: Int) {
+        if (promptTokens == 0) throw DecoderException("the prompt is empty; pass --prompt TEXT")
+        if (promptTokens > shapes.maxPrompt) {
+            throw DecoderException("the prompt is $promptTokens tokens but this decoder was exported for at most " +
+                "${shapes.maxPrompt}; shorten it or re-export with --max-prompt $promptTokens")
+        }
+        val room = shapes.maxPrompt + shapes.maxNew - promptTokens
+        if (maxNewTokens < 1 || maxNewTokens > room) {
+            throw DecoderException("--max-new-tokens must be between 1 and $room for this prompt (the exported decoder's " +
+                "cache holds ${shapes.maxPrompt + shapes.maxNew} tokens)")
+        }
+    }
+
+    /**
+     * Prefill [ids] then decode greedily (or along [forced] tokens: teacher forcing, for checks). A stop token ends
+     * the answer without being part of it. [onToken] sees the answer so far after every token.
+     */
+    fun greedy(ids: IntArray, maxNewTokens: Int, forced: IntArray? = null, stopIds: Set<Int> = emptySet(),
+               onToken: ((IntArray) -> Unit)? = null): GenerationOutput {
+        checkLengths(ids.size, maxNewTokens)
+        val cache = newCache()
+        val t0 = clockNanos()
+        var logits = step("prefill", ids, 0, cache)
+        val prefillNanos = clockNanos() - t0
+        val tokens = IntArrayList()
+        val allLogits = ArrayList<FloatArray>()
+        val t1 = clockNanos()
+        var steps = 0
+        for (i in 0 until maxNewTokens) {
+            allLogits.add(logits)
+            val token = if (forced == null) argmax(logits) else forced[i]
+            if (token in stopIds) break
+            tokens.add(token)
+            onToken?.invoke(tokens.toArray())
+            if (tokens.size == maxNewTokens || (forced != null && tokens.size == forced.size)) break
+            logits = step("decode", intArrayOf(token), ids.size + tokens.size - 1, cache)
+            steps++
+        }
+        return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps)
+    }
+
+    companion object {
+        private fun scalar(v: Long) = DecoderTensor.Int64(longArrayOf(v), intArrayOf(1))
+
+        /** numpy's argmax: the first largest value; a NaN wins (the first NaN). */
+        fun argmax(x: FloatArray): Int {
+            var best = 0
+            for (i in x.indices) {
+                if (x[i].isNaN()) return i
+                if (x[i] > x[best]) best = i
+            }
+            return best
+        }
+    }
+}
+
+/** One answer: its text and ids, and the numbers the Q&A screen shows. */
+class Answer(val text: String, val tokenIds: IntArray, val promptTokens: Int, val contextTokens: Int,
+             val prefillMs: Double, val decodeMs: Double, val decodeTokens: Int, val runtime: String) {
+    val decodeTokensPerSecond: Double get() = if (decodeMs > 0) decodeTokens / (decodeMs / 1e3) else 0.0
+}
+
+/**
+ * A decoder runtime + its tokenizer + one attached pack (DecoderSession): frames the question as the pack was
+ * built (chat: join + question + suffix; raw: the question), generates, and streams text without splitting a
+ * multi-byte character.
+ */
+class DocumentQa(
+    val runtime: DecoderRuntime,
+    val contract: DecoderContract,
+    val tokenizer: ByteLevelBpeTokenizer,
+    val tokenizerInfo: DecoderTokenizerInfo,
+    pack: ContextPack,
+    clockNanos: () -> Long = System::nanoTime,
+) {
+    val loop = GenerationLoop(runtime, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention), clockNanos)
+
+    companion object {
+        /**
+         * DecoderSession + attach: the [artifact] of [manifest] the [runtime] loaded, with a pack checked against the
+         * manifest's model (weights and tokenizer hashes) and laid out for the artifact's shapes.
+         */
+        fun attach(manifest: DecoderManifest, artifact: DecoderArtifact, runtime: DecoderRuntime, tokenizer: ByteLevelBpeTokenizer,
+                   pack: ContextPack, clockNanos: () -> Long = System::nanoTime): DocumentQa {
+            pack.checkModel(manifest.weightsSha256, manifest.tokenizerSha256)
+            return DocumentQa(runtime, artifact.contract, tokenizer, manifest.tokenizer, pack, clockNanos)
+        }
+    }
+
+    fun promptIds(prompt: String, raw: Boolean? = null): IntArray {
+        val framing = loop.pack.framing
+        val isRaw = raw ?: (framing == "raw")
+        if (isRaw != (framing == "raw")) {
+            throw DecoderException("this pack was built with $framing framing; " + (if (isRaw) "drop --raw" else "pass --raw") +
+                " or rebuild the pack")
+        }
+        return tokenizer.encode(if (isRaw) prompt else tokenizerInfo.join + prompt + tokenizerInfo.suffix)
+    }
+
+    fun generate(prompt: String, maxNewTokens: Int = 64, raw: Boolean? = null, stopAtEos: Boolean = true,
+                 onText: ((String) -> Unit)? = null): Answer {
+        val ids = promptIds(prompt, raw)
+        var printed = ""
+        val stream: ((IntArray) -> Unit)? = if (onText == null) null else { tokens ->
+            val text = tokenizer.decode(tokens)
+            if (!text.endsWith("\uFFFD")) { // wait for the rest of a multi-byte character
+                onText(text.substring(printed.length))
+                printed = text
+            }
+        }
+        val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream)
+        return Answer(tokenizer.decode(out.tokens), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
+            out.decodeNanos / 1e6, out.decodeSteps, runtime.name)
+    }
+}

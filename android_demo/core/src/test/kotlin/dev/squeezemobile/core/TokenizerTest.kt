@@ -1,0 +1,96 @@
+package dev.squeezemobile.core
+
+import org.junit.jupiter.api.Assertions.assertArrayEquals
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Test
+import java.io.File
+import java.security.MessageDigest
+
+/**
+ * The real model's byte-level BPE (SmolLM2-135M-Instruct's tokenizer.json, the file the decoder export ships)
+ * against Python's `tokenizers` on real texts: licence texts, many scripts, emoji with joiners, whitespace runs,
+ * digits, chat special tokens. Ids and decoded text must be identical.
+ */
+class TokenizerTest {
+    private val golden = Golden.json("qa_tokenizer.json.gz")
+
+    private val realTokenizer get() = shared
+
+    @Test
+    fun realTextsGiveThePythonIds() {
+        val tok = realTokenizer
+        assertEquals(golden["vocab_size"].int(), tok.vocabSize)
+        var tokens = 0
+        for (case in golden["cases"].list()) {
+            val text = case["text"].string()
+            val expected = case["ids"].intArray()
+            val ids = tok.encode(text)
+            assertArrayEquals(expected, ids, "ids of ${text.take(60)}")
+            tokens += ids.size
+        }
+        assertTrue(tokens > 4000, "only $tokens tokens compared")
+    }
+
+    @Test
+    fun decodingGivesThePythonText() {
+        val tok = realTokenizer
+        for (case in golden["cases"].list() + golden["decodes"].list()) {
+            val ids = case["ids"].intArray()
+            assertEquals(case["decoded"].string(), tok.decode(ids), "decode of ${ids.take(12)}")
+            assertEquals(case["decoded_with_special"].string(), tok.decode(ids, skipSpecial = false), "decode of ${ids.take(12)}")
+        }
+    }
+
+    @Test
+    fun specialTokensOfTheChatFrame() {
+        val tok = realTokenizer
+        assertEquals(1, tok.tokenToId("<|im_start|>"))
+        assertEquals(2, tok.tokenToId("<|im_end|>"))
+        assertTrue(0 in tok.specialIds && 2 in tok.specialIds)
+        assertArrayEquals(intArrayOf(1, 2), tok.encode("<|im_start|><|im_end|>"))
+        assertEquals("<|im_end|>", tok.idToToken(2))
+    }
+
+    @Test
+    fun tinyModelTokenizerWithItsOwnMerges() {
+        // the tiny test model's tokenizer.json (40 tokens, 5 merges): the one the generation goldens use
+        val tok = ByteLevelBpeTokenizer.parse(Golden.bytes("qa_tokenizer_tiny.json"))
+        val gen = Golden.json("qa_generation.json.gz")
+        val chat = gen["tokenizer"]["chat"]
+        val prompt = chat["join"].string() + gen["prompt"].string() + chat["suffix"].string()
+        assertArrayEquals(gen["prompt_ids"].intArray(), tok.encode(prompt))
+        for (run in gen["runs"].list()) {
+            assertEquals(run["text"].string(), tok.decode(run["tokens"].intArray()))
+        }
+    }
+
+    @Test
+    fun unsupportedTokenizersAreRefusedInOneLine() {
+        val text = String(Golden.bytes("qa_tokenizer_tiny.json"), Charsets.UTF_8)
+        val wordPiece = text.replaceFirst("\"type\":\"BPE\"", "\"type\":\"WordPiece\"")
+        val e = assertThrows(TokenizerException::class.java) { ByteLevelBpeTokenizer.parse(wordPiece.toByteArray()) }
+        assertTrue(e.message!!.contains("WordPiece") && !e.message!!.contains("\n"), e.message)
+        assertThrows(TokenizerException::class.java) { ByteLevelBpeTokenizer.parse("{not json".toByteArray()) }
+        assertThrows(TokenizerException::class.java) { ByteLevelBpeTokenizer.fromFile(File("/nonexistent/tokenizer.json")) }
+    }
+
+    companion object {
+        /** Parsed once for the class (1.5 MB of JSON). */
+        val shared: ByteLevelBpeTokenizer by lazy {
+            val path = System.getProperty("squeeze.qa.tokenizer")
+                ?: throw AssertionError("system property squeeze.qa.tokenizer is not set; run android_demo/run_tests.sh")
+            val file = File(path)
+            if (!file.isFile) {
+                throw AssertionError("$path is missing; run .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only")
+            }
+            val bytes = file.readBytes()
+            val sha = MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+            if (sha != Golden.json("qa_tokenizer.json.gz")["tokenizer_sha256"].string()) {
+                throw AssertionError("$path is not the tokenizer the goldens were made with; run android_demo/tools/make_golden.py")
+            }
+            ByteLevelBpeTokenizer.parse(bytes, file.name)
+        }
+    }
+}
