@@ -141,7 +141,7 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
             row = {"name": name, "threads": t, "file": art["file"] if art else None,
                    "format": art["format"] if art else "pytorch", "bytes": art["bytes"] if art else None,
                    "precision": art["precision"] if art else "fp32"}
-            reason = get_backend(art["format"]).cannot_run_here(art) if art else None
+            reason = get_backend(art["format"]).cannot_time_here(art) if art else None
             if reason:
                 row.update({"status": "not available on this OS", "detail": reason})
                 rows.append(row)

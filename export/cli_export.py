@@ -222,6 +222,8 @@ def print_summary(console, manifest) -> None:
         structural = v.get("structural") if isinstance(v.get("structural"), dict) else {}
         if a.get("format") == "coreml" and structural.get("status") == "pass" and not numeric:
             status = "structure ok; " + status
+        elif numeric and v.get("evaluator"):  # say which runtime gave the numbers (the MIL evaluator, not Apple's)
+            status = f"{status}: {v.get('runtime')}"
         size = a.get("bytes")
         table.add_row(
             _cell(a.get("format")), _cell(a["file"]), _num(size / 1e6 if _is_num(size) else None, "{:.1f} MB"),
@@ -264,7 +266,9 @@ def cmd_verify(args) -> int:
         numeric = v.get("numeric")
         table.add_row(_cell(name), f"{v['psnr_db']:.1f}" if numeric else "-", f"{v['max_abs_error']:.1e}" if numeric else "-",
                       f"{v['top1_agreement']:.0%}" if numeric else "-", f"{v['top5_agreement']:.0%}" if numeric else "-",
-                      _cell(v["status"] + ("" if not v.get("failures") else ": " + "; ".join(v["failures"]))))
+                      _cell(v["status"] + ("" if not v.get("failures") else ": " + "; ".join(v["failures"]))
+                            + (("; " if v.get("failures") else ": ") + str(v.get("runtime"))
+                               if numeric and v.get("evaluator") else "")))
         if v["status"] == "fail":
             bad.append(name)
     out.print(table)

@@ -1,7 +1,8 @@
 """Export SqueezeTime to every requested format, verify each artifact, write manifest.json.
 
 Stages per format: rewrite (once) -> convert (to a temporary path, renamed on success) -> verify
-(numerically on this machine's runtime, or structurally where the runtime needs another OS) ->
+(numerically on this machine's runtime; a Core ML .mlpackage off macOS by evaluating its saved MIL program;
+structurally where nothing can run it here, the legacy .mlmodel off macOS) ->
 record in the manifest (rewritten atomically after every format, so an interrupted run leaves a
 manifest that describes exactly the complete artifacts on disk).
 
@@ -377,13 +378,20 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
             raise error from None
         if structural:
             numeric["structural"] = structural
+        if backend.name == "coreml" and numeric.get("numeric"):
+            cross = backend.mil_cross_check(dest, vset, opts.spec, opts.precision)  # macOS: Apple's runtime vs MIL
+            if cross:
+                numeric["mil_evaluation"] = cross
         record["verification"] = numeric
         records.append(record)
         if numeric["status"] == "fail":
             say(backend.name, f"verification FAILED: {'; '.join(numeric['failures'])}")
         elif numeric.get("numeric"):
+            bracket = numeric.get("accumulation_bracket")
             say(backend.name, f"ok: PSNR {numeric['psnr_db']:.1f} dB, max-abs {numeric['max_abs_error']:.2e}, "
-                              f"top-5 {numeric['top5_agreement']:.0%} ({seconds:.1f}s)")
+                              f"top-5 {numeric['top5_agreement']:.0%} ({seconds:.1f}s)"
+                              + (f"; {numeric['runtime']}" if numeric.get("evaluator") else "")
+                              + (f"; with fp16 accumulation PSNR {bracket['fp16']['psnr_db']:.1f} dB" if bracket else ""))
         else:
             say(backend.name, f"ok: structure verified; numeric {numeric['status']} ({seconds:.1f}s)")
     return records
@@ -683,6 +691,9 @@ def verify_directory(out_dir, progress: Optional[Progress] = None, verify_video=
             res = verify_artifact(backend, path, vset, spec, art["precision"], art)
             if art["format"] == "coreml":
                 res["structural"] = backend.structural_check(path, opts, model.config.num_classes)
+                cross = backend.mil_cross_check(path, vset, spec, art["precision"]) if res.get("numeric") else None
+                if cross:  # macOS: Apple's runtime gave the numbers; the MIL evaluation beside them
+                    res["mil_evaluation"] = cross
         except SqueezeError as exc:
             res = {"status": "fail", "failures": [str(exc)]}
         results[art["file"]] = res

@@ -118,6 +118,10 @@ class Backend(ABC):
         """None if this machine can execute the artifact (described by its manifest ``extras``), else why not."""
         return None
 
+    def cannot_time_here(self, extras: Optional[Dict[str, Any]] = None) -> Optional[str]:
+        """None if timing the artifact here measures its runtime (what `squeeze bench` reports), else why not."""
+        return self.cannot_run_here(extras)
+
     def structural_check(self, path: Path, opts: ExportOptions) -> Optional[Dict[str, Any]]:
         """Checks that do not need the runtime (CoreML on Linux). None when not applicable."""
         return None

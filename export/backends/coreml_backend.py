@@ -1,10 +1,13 @@
 """Core ML: an ML program (.mlpackage, iOS 17+, fp16 by default) and, where coremltools can produce it,
-the legacy neural-network .mlmodel (iOS 14+). Both convert on Linux; prediction needs macOS, so on Linux
-the artifacts are verified structurally and their numeric status says so.
+the legacy neural-network .mlmodel (iOS 14+). Both convert on Linux. Apple's runtime runs only on macOS;
+elsewhere an .mlpackage is verified numerically by evaluating the saved MIL program op by op
+(:mod:`export.backends.coreml_mil`; "MIL program evaluated on Linux (semantics of the saved file), not
+Apple's runtime"), and the legacy .mlmodel, which cannot be read back as MIL, is checked structurally only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -13,13 +16,17 @@ import numpy as np
 
 from squeeze_mobile.errors import SqueezeError
 
+from . import coreml_mil
 from .base import Backend, ExportOptions, Runner, TensorInfo, register, versions_of
+from .coreml_mil import EVALUATOR
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MLPROGRAM_TARGET = "iOS17"
 DEBUG_HANDLE_MAP = "executorch_debug_handle_mapping.json"
 LEGACY_TARGET = "iOS14"
+ON_MACOS = platform.system() == "Darwin"
+LEGACY_NOT_RUN = "not run (needs macOS; a legacy .mlmodel cannot be evaluated as a MIL program)"
 
 
 class CoreMLRunner(Runner):
@@ -33,6 +40,52 @@ class CoreMLRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict({INPUT_NAME: x.astype(np.float32)})[OUTPUT_NAME])
+
+
+def _blas_threads(threads: int):
+    """Limit numpy's BLAS threads while evaluating: the evaluator's matmuls are small, and spinning BLAS
+    threads on a busy machine cost more than they give (3x slower seen on 2 shared cores)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it numpy keeps its default threads
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+class CoreMLMILRunner(Runner):
+    """The saved ML program read back and evaluated op by op with numpy (any OS): the semantics of the file,
+    every op's output rounded to its declared dtype. Not Apple's runtime (see coreml_mil).
+
+    ``accumulation`` ('fp32' or 'fp16') is how conv / linear / matmul sum their products; ``accumulations``
+    lists the modes that differ for this program (fp16 only for programs that compute in fp16).
+    """
+
+    runtime = EVALUATOR
+
+    def __init__(self, path: Path, threads: int | None = None, accumulation: str = "fp32"):
+        self.program = coreml_mil.MILProgram(path)
+        if len(self.program.input_names) != 1 or len(self.program.output_names) != 1:
+            raise SqueezeError(f"{Path(path).name}: the runner takes one input and one output; the ML program has "
+                               f"inputs {self.program.input_names} and outputs {self.program.output_names}")
+        self.accumulation = accumulation
+        self.accumulations = ("fp32", "fp16") if self.program.computes_in_fp16 else ("fp32",)
+        self.fp16_block = coreml_mil.FP16_BLOCK
+        self.quantized = self.program.quantized
+        self.threads = threads or 1
+        self.evaluator = {
+            "name": "squeeze-mobile MIL evaluator (numpy)",
+            "semantics": "the ML program read back from the saved .mlpackage, op by op; every op's output rounded "
+                         "to its declared dtype",
+            "not": "Apple's Core ML runtime (macOS only)",
+            "accumulation": "fp32" + (" (fp16 in accumulation_bracket)" if self.program.computes_in_fp16 else ""),
+            "quantized": self.quantized,
+            "mil_ops": dict(sorted(self.program.op_counts.items())),
+        }
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with _blas_threads(self.threads):
+            out = self.program.run({self.program.input_names[0]: np.asarray(x, dtype=np.float32)}, self.accumulation)
+        return out[self.program.output_names[0]]
 
 
 def _mil_ops(spec) -> List[dict]:
@@ -153,7 +206,7 @@ def _float_example(example):
 class CoreMLBackend(Backend):
     name = "coreml"
     suffix = ".mlpackage"
-    runtime = CoreMLRunner.runtime
+    runtime = CoreMLRunner.runtime if ON_MACOS else CoreMLMILRunner.runtime
     precisions = ("fp16", "fp32")
     default_precision = "fp16"
     deterministic = False  # the package manifest carries random item identifiers
@@ -210,18 +263,36 @@ class CoreMLBackend(Backend):
             first = next((l.strip() for l in str(exc).splitlines() if l.strip()), type(exc).__name__)
             raise SqueezeError(f"coremltools cannot produce a legacy .mlmodel for this graph: {first[:200]}") from None
         mlmodel.save(str(dest))
-        return {"deployment_target": LEGACY_TARGET}
+        # the legacy format is not a MIL program: only Apple's runtime runs it, whatever this OS is
+        return {"deployment_target": LEGACY_TARGET, "runtime": CoreMLRunner.runtime}
 
     def load(self, path, threads=None):
-        return CoreMLRunner(path, threads)
+        """Apple's runtime on macOS; elsewhere the MIL evaluator (an .mlpackage only)."""
+        if ON_MACOS:
+            return CoreMLRunner(path, threads)
+        return CoreMLMILRunner(path, threads)
 
     def replaceable(self, path: Path) -> bool:
         return is_mlpackage(path)
 
     def cannot_run_here(self, extras=None):
-        if platform.system() != "Darwin":
-            return "not run (needs macOS)"
-        return None
+        if ON_MACOS or not _is_legacy(extras):
+            return None
+        return LEGACY_NOT_RUN
+
+    def cannot_time_here(self, extras=None):
+        if ON_MACOS:
+            return None
+        return ("not timed off macOS: the MIL evaluator checks the saved program's numerics in numpy; its speed says "
+                "nothing about Apple's runtime")
+
+    def mil_cross_check(self, path: Path, vset, spec, precision: str) -> dict | None:
+        """On macOS, where verification ran Apple's runtime, the same verification with the MIL evaluator, so
+        that the two can be compared in the manifest; None elsewhere (the MIL evaluator already gave the numbers)
+        and for a legacy .mlmodel."""
+        if not ON_MACOS or Path(path).suffix != ".mlpackage":
+            return None
+        return evaluate_mil(path, vset, spec, precision)
 
     def structural_check(self, path: Path, opts: ExportOptions, num_classes: int = None):
         spec = opts.spec
@@ -230,4 +301,31 @@ class CoreMLBackend(Backend):
                                  allowed_batch_norms=1 if spec.input_format == "frames_uint8" else 0)
 
     def tool_versions(self):
-        return versions_of("torch", "coremltools")
+        return versions_of("torch", "coremltools", "numpy")  # numpy: the MIL evaluator off macOS
+
+
+def _is_legacy(extras) -> bool:
+    """Whether a manifest record / export extras describe the neural-network .mlmodel."""
+    extras = extras or {}
+    return (extras.get("container") == "mlmodel" or str(extras.get("file") or "").endswith(".mlmodel")
+            or extras.get("deployment_target") == LEGACY_TARGET)
+
+
+class _MILBackend:
+    """CoreMLBackend with the MIL evaluator as its runner on every OS (for the macOS cross-check)."""
+
+    name = "coreml"
+    runtime = CoreMLMILRunner.runtime
+
+    def cannot_run_here(self, extras=None):
+        return None
+
+    def load(self, path, threads=None):
+        return CoreMLMILRunner(path, threads)
+
+
+def evaluate_mil(path: Path, vset, spec, precision: str) -> dict:
+    """Verify an .mlpackage with the MIL evaluator regardless of OS (verification metrics + bracket)."""
+    from export.verify import verify_artifact
+
+    return verify_artifact(_MILBackend(), Path(path), vset, spec, precision)
