@@ -45,11 +45,55 @@ if [ ! -f "$STAMP" ] || [ -n "$(find "${SOURCES[@]}" -name '*.kt' -newer "$STAMP
     touch "$STAMP"
 fi
 
+# The ONNX Runtime JNI bridge (jni/ort_bridge.c) for the end-to-end tests (OrtJniRuntimeTest): built against the
+# onnxruntime PyPI wheel's libonnxruntime.so (linked as libonnxruntime.so.1 from build/ort/lib, found by rpath) and
+# the C header install_toolchain.sh unpacked; rebuilt only when the source, header or library changes. When it
+# cannot be built the other tests still run and the ORT tests fail with the reason (never skip).
+ORT_BUILD="$HERE/build/ort"
+ORT_BRIDGE="$ORT_BUILD/libort_bridge.so"
+ORT_HEADER_DIR="$HERE/.toolchain/onnxruntime/include"
+ORT_MODEL="${SQUEEZE_ORT_MODEL:-$ORT_BUILD/squeezetime_hmdb51_4x64_frames_uint8_fp32.onnx}"
+ORT_ERROR=""
+build_bridge() {
+    local py="$HERE/../.venv/bin/python" pkg lib javac jni cmd stamp
+    command -v gcc >/dev/null 2>&1 || { ORT_ERROR="gcc missing; run android_demo/install_toolchain.sh"; return 1; }
+    [ -f "$ORT_HEADER_DIR/onnxruntime_c_api.h" ] \
+        || { ORT_ERROR="ONNX Runtime C header missing ($ORT_HEADER_DIR); run android_demo/install_toolchain.sh"; return 1; }
+    javac="$(command -v javac 2>/dev/null)" && jni="$(dirname "$(dirname "$(readlink -f "$javac")")")/include"
+    [ -f "${jni:-/nonexistent}/jni.h" ] || jni="$(dirname "$(ls /usr/lib/jvm/*/include/jni.h 2>/dev/null | head -1)")"
+    [ -f "$jni/jni.h" ] || { ORT_ERROR="no JDK jni.h; run android_demo/install_toolchain.sh"; return 1; }
+    pkg="$("$py" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))' 2>/dev/null)" \
+        || { ORT_ERROR="no onnxruntime in $py (the project's venv)"; return 1; }
+    lib="$(ls "$pkg"/capi/libonnxruntime.so.* 2>/dev/null | head -1)"
+    [ -n "$lib" ] || { ORT_ERROR="no libonnxruntime.so.* in $pkg/capi"; return 1; }
+    mkdir -p "$ORT_BUILD/lib"
+    [ "$(readlink "$ORT_BUILD/lib/libonnxruntime.so.1")" = "$lib" ] || ln -sfn "$lib" "$ORT_BUILD/lib/libonnxruntime.so.1"
+    cmd=(gcc -shared -fPIC -O2 -Wall -Werror -std=c11 -I"$jni" -I"$jni/linux" -I"$ORT_HEADER_DIR" -o "$ORT_BRIDGE"
+         "$HERE/jni/ort_bridge.c" "$ORT_BUILD/lib/libonnxruntime.so.1" -Wl,-rpath,"$ORT_BUILD/lib")
+    # the stamp: the command line plus size.mtime of the library, the source and the header
+    stamp="${cmd[*]} $(stat -c %s.%Y "$lib" "$HERE/jni/ort_bridge.c" "$ORT_HEADER_DIR/onnxruntime_c_api.h" | tr '\n' ' ')"
+    if [ -f "$ORT_BRIDGE" ] && [ "$stamp" = "$(cat "$ORT_BUILD/.bridge" 2>/dev/null)" ]; then
+        return 0
+    fi
+    echo "building the ONNX Runtime JNI bridge against $(basename "$lib")"
+    rm -f "$ORT_BRIDGE" "$ORT_BUILD/.bridge"
+    if ! "${cmd[@]}" > "$ORT_BUILD/gcc.txt" 2>&1; then
+        cat "$ORT_BUILD/gcc.txt" >&2
+        ORT_ERROR="building jni/ort_bridge.c failed: $(head -c 1500 "$ORT_BUILD/gcc.txt")"
+        return 1
+    fi
+    echo "$stamp" > "$ORT_BUILD/.bridge"
+}
+if ! build_bridge; then
+    echo "error: the ONNX Runtime JNI bridge is not available: $ORT_ERROR (the OrtJniRuntime tests will fail)" >&2
+fi
+
 REPORT="$BUILD/junit.txt"
 # The real model's tokenizer.json (1.5 MB, not committed): tools/make_golden.py writes it here
 # (`make_golden.py --tokenizer-only`); the tokenizer tests fail with that hint when it is missing.
 QA_TOKENIZER="${SQUEEZE_QA_TOKENIZER:-$HERE/build/qa/tokenizer.json}"
-java -Dsqueeze.qa.tokenizer="$QA_TOKENIZER" -jar "$CONSOLE" \
+java -Dsqueeze.qa.tokenizer="$QA_TOKENIZER" -Dsqueeze.ort.bridge="$ORT_BRIDGE" -Dsqueeze.ort.model="$ORT_MODEL" \
+    -Dsqueeze.ort.error="$ORT_ERROR" -jar "$CONSOLE" \
     -cp "$CLASSES:$HERE/core/src/test/resources:$KOTLIN_HOME/lib/kotlin-stdlib.jar" \
     --scan-classpath "$CLASSES" --fail-if-no-tests \
     --disable-banner --disable-ansi-colors --details=tree --details-theme=ascii "$@" 2>&1 | tee "$REPORT"

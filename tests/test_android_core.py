@@ -6,7 +6,9 @@ Each Kotlin @Test is one pytest test here (collected from the Kotlin sources, re
 report), so pytest counts them. A missing toolchain FAILS these tests (never skips): run
 android_demo/install_toolchain.sh. Two more tests rebuild the video and the Q&A golden files from the Python pipeline
 and compare them, so the Kotlin tests can never pass against stale goldens. The real model's tokenizer.json
-(not committed) is written to android_demo/build/qa/ before the Kotlin tests run when it is missing.
+(not committed) is written to android_demo/build/qa/ before the Kotlin tests run when it is missing, and so is the
+reduced SqueezeTime .onnx (android_demo/build/ort/, make_golden.py --model-only) that OrtJniRuntimeTest runs through
+ONNX Runtime's C library (the onnxruntime wheel's libonnxruntime.so) via the JNI bridge android_demo/jni/ort_bridge.c.
 Cold run: ~15-50 s (kotlinc); later runs reuse the compiled classes when no .kt file changed (a few seconds).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -25,6 +28,7 @@ DEMO = ROOT / "android_demo"
 CORE = DEMO / "core" / "src"
 KOTLINC = DEMO / ".toolchain" / "node_modules" / "kotlin-compiler" / "bin" / "kotlinc"
 JUNIT = Path("/usr/share/java/junit-platform-console-standalone.jar")
+ORT_HEADER = DEMO / ".toolchain" / "onnxruntime" / "include" / "onnxruntime_c_api.h"  # for the JNI bridge
 INSTALL_HINT = "the Kotlin toolchain is missing ({}); run android_demo/install_toolchain.sh (as root), then re-run"
 
 
@@ -53,12 +57,16 @@ def _make_golden():
 @pytest.fixture(scope="module")
 def junit_results(tmp_path_factory):
     """Run android_demo/run_tests.sh once; {(class, method): failure text or None}."""
-    missing = [str(p) for p in (KOTLINC, JUNIT) if not p.exists()]
+    missing = [str(p) for p in (KOTLINC, JUNIT, ORT_HEADER) if not p.exists()]
+    missing += ["gcc"] if shutil.which("gcc") is None else []
+    missing += [] if list(Path("/usr/lib/jvm").glob("*/include/jni.h")) else ["a JDK's jni.h (/usr/lib/jvm/*/include)"]
     if missing:
         pytest.fail(INSTALL_HINT.format(", ".join(missing)), pytrace=False)
     make_golden = _make_golden()
     if not make_golden.TOKENIZER_JSON.is_file():  # the Kotlin tokenizer tests read it (run_tests.sh passes its path)
         make_golden.write_tokenizer_json()
+    if not make_golden.model_onnx_path().is_file():  # the ONNX Runtime end-to-end tests run it (~50 s to export)
+        make_golden.write_model_onnx()
     reports = tmp_path_factory.mktemp("junit")
     proc = subprocess.run([str(DEMO / "run_tests.sh"), f"--reports-dir={reports}"], capture_output=True, text=True,
                           timeout=600)

@@ -18,6 +18,7 @@ Usage (from the repository root):
     .venv/bin/python android_demo/tools/make_golden.py                   # (re)write every golden file
     .venv/bin/python android_demo/tools/make_golden.py --check           # rebuild video + Q&A goldens, compare
     .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only  # only android_demo/build/qa/tokenizer.json
+    .venv/bin/python android_demo/tools/make_golden.py --model-only      # only the reduced .onnx, android_demo/build/ort/
 
 ``--check`` skips the exports (the manifest, labels and logits; the decoder manifest): it re-runs decoding and preprocessing and the Q&A
 goldens (~25 s, most of it loading the real model for its tokenizer) and exits 1 naming the files that differ.
@@ -170,10 +171,8 @@ def _video_goldens() -> Dict[str, bytes]:
     return out
 
 
-def export_goldens(frames_uint8: bytes) -> Dict[str, bytes]:
-    """A real reduced export (ONNX, frames_uint8): its manifest, labels, and the logits it gives on the clip."""
-    import onnxruntime as ort
-
+def _reduced_export(d: Path) -> dict:
+    """Runs the reduced export (ONNX, frames_uint8, seeded weights) into directory ``d``; returns its manifest."""
     import squeezetime
     from export.pipeline import export_squeezetime
     from squeezetime.rewrite import InputSpec
@@ -191,26 +190,86 @@ def export_goldens(frames_uint8: bytes) -> Dict[str, bytes]:
                 m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
     spec = InputSpec(frames=FRAMES, size=SIZE, input_format="frames_uint8")
+    result = export_squeezetime(model, d, formats="onnx", spec=spec, verify_video=sample_video_path("bikes.mp4"),
+                                source={"kind": "seeded", "seed": SEED})
+    if result.failures:
+        raise SystemExit(f"export failed: {result.failures}")
+    return json.loads((d / "manifest.json").read_text())
+
+
+def export_goldens(frames_uint8: bytes) -> Dict[str, bytes]:
+    """A real reduced export (ONNX, frames_uint8): its manifest, labels, and the logits it gives on the clip."""
+    import onnxruntime as ort
+
     out: Dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "export"
-        result = export_squeezetime(model, d, formats="onnx", spec=spec, verify_video=sample_video_path("bikes.mp4"),
-                                    source={"kind": "seeded", "seed": SEED})
-        if result.failures:
-            raise SystemExit(f"export failed: {result.failures}")
-        manifest = json.loads((d / "manifest.json").read_text())
+        manifest = _reduced_export(d)
         out["manifest.json"] = (d / "manifest.json").read_bytes()
         out[manifest["labels"]] = (d / manifest["labels"]).read_bytes()
         onnx = next(a for a in manifest["artifacts"] if a["container"] == "onnx")
         sess = ort.InferenceSession(str(d / onnx["file"]), providers=["CPUExecutionProvider"])
         x = np.frombuffer(frames_uint8, dtype=np.uint8).reshape(manifest["input"]["shape"])
         logits = sess.run(None, {onnx["inputs"][0]["name"]: x})[0][0].astype(np.float64)
+        _install_model(d / onnx["file"])
     p = np.exp(logits - logits.max())
     p /= p.sum()
     top = np.argsort(-p, kind="stable")[:5]
     out["logits.json"] = (json.dumps({"artifact": onnx["file"], "logits": logits.tolist(), "softmax": p.tolist(),
                                       "top5": top.tolist()}, indent=1) + "\n").encode()
     return out
+
+
+# The reduced export's .onnx itself (~1 MB) is not committed either: the Kotlin end-to-end test (OrtJniRuntimeTest)
+# runs it through ONNX Runtime's C library from android_demo/build/ort/ (run_tests.sh passes its path). The committed
+# manifest.json records its sha256 and logits.json what Python onnxruntime gives on frames_uint8.bin.
+ORT_BUILD = ROOT / "android_demo" / "build" / "ort"
+
+
+def _install_model(src: Path) -> Path:
+    ORT_BUILD.mkdir(parents=True, exist_ok=True)
+    dst = ORT_BUILD / src.name
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    return dst
+
+
+def model_onnx_path() -> Path:
+    """Where the reduced export's .onnx lives for the Kotlin tests (named as in the golden manifest)."""
+    manifest = json.loads((GOLDEN / "manifest.json").read_text())
+    onnx = next(a for a in manifest["artifacts"] if a["container"] == "onnx")
+    return ORT_BUILD / onnx["file"]
+
+
+def write_model_onnx() -> Path:
+    """Re-runs the reduced export (~15 s) and puts its .onnx at model_onnx_path(); refuses (SystemExit) when it is not
+    the model the goldens were written from (sha256 in manifest.json) or Python onnxruntime's logits on
+    frames_uint8.bin differ from logits.json: then the goldens are stale (run make_golden.py)."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    golden_manifest = json.loads((GOLDEN / "manifest.json").read_text())
+    golden_onnx = next(a for a in golden_manifest["artifacts"] if a["container"] == "onnx")
+    golden_logits = json.loads((GOLDEN / "logits.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "export"
+        manifest = _reduced_export(d)
+        onnx = next(a for a in manifest["artifacts"] if a["container"] == "onnx")
+        model = d / onnx["file"]
+        sha = hashlib.sha256(model.read_bytes()).hexdigest()
+        if onnx["file"] != golden_onnx["file"] or sha != golden_onnx.get("sha256"):
+            raise SystemExit(f"the reduced export ({onnx['file']}, sha256 {sha}) is not the model of the goldens "
+                             f"({golden_onnx['file']}, sha256 {golden_onnx.get('sha256')}); run android_demo/tools/make_golden.py")
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        x = np.frombuffer((GOLDEN / "frames_uint8.bin").read_bytes(), dtype=np.uint8).reshape(manifest["input"]["shape"])
+        logits = sess.run(None, {onnx["inputs"][0]["name"]: x})[0][0].astype(np.float64)
+        diff = float(np.max(np.abs(logits - np.asarray(golden_logits["logits"]))))
+        if diff > 1e-6:
+            raise SystemExit(f"Python onnxruntime {ort.__version__} now gives logits {diff:.3g} away from logits.json; "
+                             "run android_demo/tools/make_golden.py")
+        return _install_model(model)
 
 
 # ------------------------------------------------------------------------------------------- document Q&A
@@ -502,9 +561,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="rebuild the video goldens and compare (no export, no writes)")
     ap.add_argument("--out", type=Path, default=GOLDEN, help=f"golden directory (default {GOLDEN.relative_to(ROOT)})")
+    ap.add_argument("--model-only", action="store_true",
+                    help=f"only write the reduced export's .onnx to {ORT_BUILD.relative_to(ROOT)} (no goldens)")
     ap.add_argument("--tokenizer-only", action="store_true",
                     help=f"only write the real model's tokenizer.json to {TOKENIZER_JSON.relative_to(ROOT)} (no goldens)")
     args = ap.parse_args(argv)
+    if args.model_only:
+        print(f"wrote {write_model_onnx()}")
+        return 0
     if args.tokenizer_only:
         print(f"wrote {write_tokenizer_json()}")
         return 0
