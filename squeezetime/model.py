@@ -216,3 +216,19 @@ def seeded_model(config="k400", seed: int = 0, **overrides) -> SqueezeTime:
                     m.bias.uniform_(-0.2, 0.2)
                     m.num_batches_tracked.fill_(1000)
     return model.eval()
+
+
+def randomize_bn_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm2d non-trivial statistics and affine parameters (seeded), so that a loader or converter
+    that drops or misplaces them changes the logits (used by the tests and the sample apps' golden files)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.num_batches_tracked.fill_(1234)
+    return model

@@ -76,17 +76,9 @@ def video_dir(tmp_path_factory, real_video) -> Path:
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BN non-trivial statistics so that a loader dropping them would change the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-                m.num_batches_tracked.fill_(1234)
-    return model
+    from squeezetime.model import randomize_bn_statistics
+
+    return randomize_bn_statistics(model, seed)
 
 
 @pytest.fixture

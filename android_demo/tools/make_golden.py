@@ -175,20 +175,13 @@ def _reduced_export(d: Path) -> dict:
     """Runs the reduced export (ONNX, frames_uint8, seeded weights) into directory ``d``; returns its manifest."""
     import squeezetime
     from export.pipeline import export_squeezetime
+    from squeezetime.model import randomize_bn_statistics
     from squeezetime.rewrite import InputSpec
     from squeezetime.video import sample_video_path
 
     torch.manual_seed(SEED)
     model = squeezetime.build_model(CONFIG, frames=FRAMES, width=WIDTH).eval()
-    g = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():  # non-trivial BN statistics, as the tests' randomize_bn does
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    randomize_bn_statistics(model, SEED)  # non-trivial BN statistics, as the tests' models have
     spec = InputSpec(frames=FRAMES, size=SIZE, input_format="frames_uint8")
     result = export_squeezetime(model, d, formats="onnx", spec=spec, verify_video=sample_video_path("bikes.mp4"),
                                 source={"kind": "seeded", "seed": SEED})

@@ -421,17 +421,22 @@ def _matmul(a, acc):
     return dot(x, y, acc)
 
 
+def _scale_shift(out, a, shape):
+    """The optional per-channel gamma (scale) and beta (shift) of the norm ops, broadcast as ``shape``."""
+    if a.has("gamma"):
+        out = out * _f(a["gamma"]).reshape(shape)
+    if a.has("beta"):
+        out = out + _f(a["beta"]).reshape(shape)
+    return out
+
+
 @_op("batch_norm")
 def _batch_norm(a, acc):
     x = _f(a["x"])
     shape = [1, x.shape[1]] + [1] * (x.ndim - 2)
     scale = 1.0 / np.sqrt(_f(a["variance"]).reshape(shape) + a.py("epsilon", 1e-5))
     out = (x - _f(a["mean"]).reshape(shape)) * scale
-    if a.has("gamma"):
-        out = out * _f(a["gamma"]).reshape(shape)
-    if a.has("beta"):
-        out = out + _f(a["beta"]).reshape(shape)
-    return out
+    return _scale_shift(out, a, shape)
 
 
 @_op("instance_norm")
@@ -440,11 +445,7 @@ def _instance_norm(a, acc):
     axes = tuple(range(2, x.ndim))
     shape = [1, x.shape[1]] + [1] * (x.ndim - 2)
     out = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + a.py("epsilon", 1e-5))
-    if a.has("gamma"):
-        out = out * _f(a["gamma"]).reshape(shape)
-    if a.has("beta"):
-        out = out + _f(a["beta"]).reshape(shape)
-    return out
+    return _scale_shift(out, a, shape)
 
 
 @_op("layer_norm")
@@ -454,11 +455,7 @@ def _layer_norm(a, acc):
     axes = tuple(range(x.ndim)) if axes is None else tuple(int(i) % x.ndim for i in np.atleast_1d(axes))
     out = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + a.py("epsilon", 1e-5))
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]  # gamma/beta have the shape x.shape[axes]
-    if a.has("gamma"):
-        out = out * _f(a["gamma"]).reshape(shape)
-    if a.has("beta"):
-        out = out + _f(a["beta"]).reshape(shape)
-    return out
+    return _scale_shift(out, a, shape)
 
 
 @_op("softmax")
