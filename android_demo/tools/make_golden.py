@@ -239,8 +239,6 @@ def write_model_onnx() -> Path:
     """Re-runs the reduced export (~15 s) and puts its .onnx at model_onnx_path(); refuses (SystemExit) when it is not
     the model the goldens were written from (sha256 in manifest.json) or Python onnxruntime's logits on
     frames_uint8.bin differ from logits.json: then the goldens are stale (run make_golden.py)."""
-    import hashlib
-
     import onnxruntime as ort
 
     golden_manifest = json.loads((GOLDEN / "manifest.json").read_text())
@@ -251,10 +249,11 @@ def write_model_onnx() -> Path:
         manifest = _reduced_export(d)
         onnx = next(a for a in manifest["artifacts"] if a["container"] == "onnx")
         model = d / onnx["file"]
-        sha = hashlib.sha256(model.read_bytes()).hexdigest()
-        if onnx["file"] != golden_onnx["file"] or sha != golden_onnx.get("sha256"):
-            raise SystemExit(f"the reduced export ({onnx['file']}, sha256 {sha}) is not the model of the goldens "
-                             f"({golden_onnx['file']}, sha256 {golden_onnx.get('sha256')}); run android_demo/tools/make_golden.py")
+        # Not a sha256 comparison: the exporter writes source paths into the graph's stack-trace metadata, so the
+        # bytes depend on where the checkout lives; the model is identified by its name and its logits below.
+        if onnx["file"] != golden_onnx["file"]:
+            raise SystemExit(f"the reduced export ({onnx['file']}) is not the model of the goldens "
+                             f"({golden_onnx['file']}); run android_demo/tools/make_golden.py")
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         x = np.frombuffer((GOLDEN / "frames_uint8.bin").read_bytes(), dtype=np.uint8).reshape(manifest["input"]["shape"])
         logits = sess.run(None, {onnx["inputs"][0]["name"]: x})[0][0].astype(np.float64)

