@@ -35,13 +35,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 GOLDEN = ROOT / "android_demo" / "core" / "src" / "test" / "resources" / "golden"
 
@@ -78,7 +77,7 @@ def _gz(data: bytes) -> bytes:
 GOLDEN_THREADS = 2
 
 
-def video_goldens() -> Dict[str, bytes]:
+def video_goldens() -> dict[str, bytes]:
     """Every golden file that depends only on the video and the preprocessing code (cheap, deterministic)."""
     threads = torch.get_num_threads()
     try:
@@ -100,15 +99,22 @@ def _interpolated(frames_uint8, height: int, width: int) -> torch.Tensor:
     return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).contiguous()
 
 
-def _video_goldens() -> Dict[str, bytes]:
+def _video_goldens() -> dict[str, bytes]:
     from bench.stats import summarize
     from squeezetime.config import get_config
-    from squeezetime.video import (crop_offsets, normalize, read_sampled_frames, read_video_clips, resize_short_side,
-                                   sample_indices, sample_video_path)
+    from squeezetime.video import (
+        crop_offsets,
+        normalize,
+        read_sampled_frames,
+        read_video_clips,
+        resize_short_side,
+        sample_indices,
+        sample_video_path,
+    )
 
     cfg = get_config(CONFIG, frames=FRAMES, width=WIDTH)
     video = sample_video_path("bikes.mp4")
-    out: Dict[str, bytes] = {}
+    out: dict[str, bytes] = {}
 
     sampled, inds, info = read_sampled_frames(video, FRAMES, cfg.frame_interval, 1)
     short = round(cfg.resize_short * SIZE / cfg.input_size)
@@ -190,11 +196,11 @@ def _reduced_export(d: Path) -> dict:
     return json.loads((d / "manifest.json").read_text())
 
 
-def export_goldens(frames_uint8: bytes) -> Dict[str, bytes]:
+def export_goldens(frames_uint8: bytes) -> dict[str, bytes]:
     """A real reduced export (ONNX, frames_uint8): its manifest, labels, and the logits it gives on the clip."""
     import onnxruntime as ort
 
-    out: Dict[str, bytes] = {}
+    out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "export"
         manifest = _reduced_export(d)
@@ -329,7 +335,7 @@ def write_tokenizer_json() -> Path:
     return TOKENIZER_JSON
 
 
-def tokenizer_goldens(path: Path) -> Dict[str, bytes]:
+def tokenizer_goldens(path: Path) -> dict[str, bytes]:
     """Token ids (and decoded text) of real texts from Python's `tokenizers` on the shipped tokenizer.json."""
     import hashlib
 
@@ -391,21 +397,30 @@ class _RecordingRunner:
         return out
 
 
-def qa_goldens() -> Dict[str, bytes]:
+def qa_goldens() -> dict[str, bytes]:
     """The tiny model's pack file, the numpy lookup's indices on its real queries, the decoder context inputs
     and the generation loop's calls (logits recorded from the exported graph run in PyTorch)."""
     from squeezed_attention import testing
-    from squeezed_attention.decoder_export import EagerRunner, chat_section, decoder_shapes
+    from squeezed_attention.decoder_export import (
+        EagerRunner,
+        chat_section,
+        decoder_shapes,
+    )
     from squeezed_attention.decoder_session import GenerationLoop
     from squeezed_attention.exportable import ExportableDecoder
     from squeezed_attention.lookup import SelectionSpec
     from squeezed_attention.lookup_numpy import NumpyTables, score_layer, select_keys
     from squeezed_attention.model import LlamaForCausalLM
-    from squeezed_attention.pack import BuildSettings, build_context_pack, load_context_pack, save_context_pack
+    from squeezed_attention.pack import (
+        BuildSettings,
+        build_context_pack,
+        load_context_pack,
+        save_context_pack,
+    )
     from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
     from squeezed_attention.weights import load_checkpoint
 
-    out: Dict[str, bytes] = {}
+    out: dict[str, bytes] = {}
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -514,7 +529,7 @@ def qa_goldens() -> Dict[str, bytes]:
     return out
 
 
-def decoder_manifest_golden() -> Dict[str, bytes]:
+def decoder_manifest_golden() -> dict[str, bytes]:
     """The manifest.json of a real decoder export of the tiny model (ONNX, squeezed + full, the shapes above):
     what the Kotlin DecoderManifest reads and what the generation golden's contract must agree with (~40 s)."""
     from squeezed_attention import testing
