@@ -39,6 +39,11 @@ PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "cumsum", "minimum")
 ONNX_LOOKUP_CALL = "_squeezed_rows("
 
 
+def mode_label(d: Dict) -> str:
+    """'squeezed', 'squeezed (split)' or 'full' for a decoder contract or a bench row."""
+    return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "")
+
+
 def context_label(tokens: int) -> str:
     return f"{tokens / 1024:.1f}k".replace(".0k", "k")
 
@@ -170,12 +175,12 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row = rows.setdefault(key, {
                 "format": art["format"], "file": art["file"], "runtime": art.get("runtime"),
                 "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
-                "threads": t, "context_tokens": pack["context_tokens"], "pack": pack["path"],
+                "lookup_plan": art["decoder"].get("lookup_plan"), "threads": t, "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
                 "prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [], "status": "ok"})
             if row["status"] != "ok":
                 continue
-            say(art["format"], f"{art['decoder']['attention']} at {context_label(pack['context_tokens'])} context, "
+            say(art["format"], f"{mode_label(art['decoder'])} at {context_label(pack['context_tokens'])} context, "
                 f"{t} thread(s), round {r + 1}/{rounds}")
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
@@ -249,7 +254,7 @@ def decoder_markdown(report: Dict) -> str:
             lines.append(f"| {r['format']} | {r['attention']} | {r['context_tokens']} | {r['threads']} | "
                          f"error: {one_line(r.get('detail'))[:120]} |||||||||")
             continue
-        att = r["attention"] + (f" (KV budget {r['kv_budget']:g})" if r["attention"] == "squeezed" else "")
+        att = mode_label(r) + (f" (KV budget {r['kv_budget']:g})" if r["attention"] == "squeezed" else "")
         answered = {True: "yes", False: "no", None: "-"}[r.get("answered")]
         lines.append(f"| {r['format']} | {att} | {r['context_tokens']} | {r['threads']} | {r['prefill_ms']:.0f} | "
                      f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | "
@@ -264,8 +269,16 @@ def decoder_markdown(report: Dict) -> str:
             if e.get("status") == "error":
                 lines.append(f"| {e['format']} | {e['context_tokens']} | error: {one_line(e.get('detail'))[:120]} |||")
                 continue
-            lines.append(f"| {e['format']} | {e['context_tokens']} | {e['lookup_ms']:.2f} | {e['total_ms']:.1f} | "
-                         f"{100 * e['share']:.1f}% | {one_line(e['counted'])} |")
+            lines.append(f"| {e['format']}{' (split)' if 'graph_calls_per_step' in e else ''} | {e['context_tokens']} "
+                         f"| {e['lookup_ms']:.2f} | {e['total_ms']:.1f} | {100 * e['share']:.1f}% | "
+                         f"{one_line(e['counted'])} |")
+        split = [e for e in report["lookup_share"] if "graph_calls_per_step" in e]
+        if split:
+            lines += ["", "Split plan, one decode step by wall clock:", "",
+                      "| format | context | graph calls | in graphs ms | CPU lookup ms | loop glue ms | total ms |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {e['format']} | {e['context_tokens']} | {e['graph_calls_per_step']:.0f} | {e['graph_ms']:.1f} "
+                      f"| {e['lookup_ms']:.1f} | {e['glue_ms']:.1f} | {e['total_ms']:.1f} |" for e in split]
     return "\n".join(lines) + "\n"
 
 
@@ -277,11 +290,11 @@ def decoder_figure(report: Dict):
 
     rows = [r for r in report["rows"] if r["status"] == "ok"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for (fmt, att, t) in sorted({(r["format"], r["attention"], r["threads"]) for r in rows}):
-        sel = sorted((r for r in rows if (r["format"], r["attention"], r["threads"]) == (fmt, att, t)),
+    for (fmt, att, t) in sorted({(r["format"], mode_label(r), r["threads"]) for r in rows}):
+        sel = sorted((r for r in rows if (r["format"], mode_label(r), r["threads"]) == (fmt, att, t)),
                      key=lambda r: r["context_tokens"])
         xs = [r["context_tokens"] for r in sel]
-        style = "-" if att == "squeezed" else "--"
+        style = "--" if att == "full" else "-"
         label = f"{fmt} {att} ({t} thr)"
         axes[0].plot(xs, [r["prefill_ms"] for r in sel], style, marker="o", label=label)
         axes[1].plot(xs, [r["decode_tokens_per_s"] for r in sel], style, marker="o", label=label)
@@ -317,6 +330,42 @@ def lookup_share(fmt: str, path: Path, events: List[Dict], steps: int) -> Dict:
             "share": lookup / total if total else float("nan"), "counted": counted, "steps": steps}
 
 
+def split_lookup_share(loop, ids, n_decode: int) -> Dict:
+    """The split plan's decode step taken apart by wall clock: graph calls (the runtime), the CPU lookup
+    (lookup_numpy.kept_rows), and the loop's own glue (cache writes, feeds)."""
+    import time
+
+    calls = {"n": 0, "s": 0.0}
+    runner = loop.runner
+
+    class Timed:
+        def run(self, method, feed):
+            t = time.perf_counter()
+            try:
+                return runner.run(method, feed)
+            finally:
+                calls["n"] += 1
+                calls["s"] += time.perf_counter() - t
+
+    loop.runner = Timed()
+    try:
+        cache = loop.new_cache()
+        loop.lookup_seconds = 0.0
+        t0 = time.perf_counter()
+        for i in range(n_decode):
+            loop.step("decode", [ids[-1]], len(ids) + i, cache)
+        total = time.perf_counter() - t0
+    finally:
+        loop.runner = runner
+    lookup = loop.lookup_seconds
+    return {"status": "ok", "lookup_ms": lookup * 1e3 / n_decode, "total_ms": total * 1e3 / n_decode,
+            "share": lookup / total if total else float("nan"), "steps": n_decode,
+            "graph_calls_per_step": calls["n"] / n_decode, "graph_ms": calls["s"] * 1e3 / n_decode,
+            "glue_ms": (total - lookup - calls["s"]) * 1e3 / n_decode,
+            "counted": "split plan, wall clock: the CPU lookup (lookup_numpy.kept_rows, numpy) between the "
+                       f"{calls['n'] // max(n_decode, 1)} graph calls of a step"}
+
+
 def measure_decoder(job: Dict) -> Dict:
     """One artifact over one pack (bench.worker): prefill + greedy decode steps, or a profiled decode pass."""
     import time
@@ -339,6 +388,8 @@ def measure_decoder(job: Dict) -> Dict:
     with quiet():  # the runtime's Python module is imported before the clock starts: load time is the artifact's
         if art["format"] == "pte":
             import executorch.runtime  # noqa: F401
+        elif art["format"] == "tflite":
+            import ai_edge_litert.interpreter  # noqa: F401
         else:
             import onnxruntime  # noqa: F401
     rss_before = _rss_mb()
@@ -356,6 +407,8 @@ def measure_decoder(job: Dict) -> Dict:
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     n_decode = int(job["decode_tokens"])
     loop.check_lengths(len(ids), n_decode + 1)
+    if job.get("profile") and loop.split:
+        return {"lookup": split_lookup_share(loop, ids, n_decode)}
     if job.get("profile"):
         cache = loop.new_cache()  # decode cost does not depend on the cache's contents, only on the shapes
         for i in range(n_decode):

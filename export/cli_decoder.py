@@ -10,6 +10,7 @@ import sys
 DECODER_EPILOG = """decoder examples:
   squeeze export decoder --formats pte,onnx --out decoder_out                     # squeezed + full, 8k context
   squeeze export decoder --formats onnx --max-context 4096 --kv-budget 0.225 --attention squeezed --out d
+  squeeze export decoder --formats tflite,pte --lookup-plan split --attention squeezed --out d   # CPU lookup
   squeeze generate --artifacts decoder_out --format onnx --context-pack doc.pack --prompt "..."
 """
 
@@ -33,6 +34,10 @@ def add_decoder_arguments(p) -> None:
                         "of the KV cache (default 0.125)")
     g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
                    help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
+    g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,
+                   help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
+                        "static graphs per layer with the lookup on the CPU between them, for delegates without "
+                        "top-k/gather (default: split for tflite, in-graph for pte and onnx)")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
@@ -60,6 +65,7 @@ def cmd_export_decoder(args) -> int:
     result = export_decoder(args.out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                             model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
+                            lookup_plan=args.lookup_plan,
                             verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
@@ -90,12 +96,13 @@ def print_decoder_summary(manifest, seconds: float) -> None:
     from .cli_export import _console
 
     table = Table(title=f"squeeze export decoder ({seconds:.0f} s)", title_justify="left")
-    for col in ("file", "attention", "size", "export s", "tokens identical", "logits PSNR", "status"):
+    for col in ("file", "attention", "lookup", "size", "export s", "tokens identical", "logits PSNR", "status"):
         table.add_column(col)
     for a in manifest["artifacts"]:
         v = a["verification"]
         ok = v.get("status") == "pass"
-        table.add_row(a["file"], a["decoder"]["attention"], f"{a['bytes'] / 1e6:.0f} MB", f"{a['export_seconds']:.0f}",
+        table.add_row(a["file"], a["decoder"]["attention"], a["decoder"].get("lookup_plan") or "-",
+                      f"{a['bytes'] / 1e6:.0f} MB", f"{a['export_seconds']:.0f}",
                       f"{v['prompts_identical']}/{v['prompts']}" if "prompts" in v else "-",
                       f"{v['psnr_db']:.1f} dB" if "psnr_db" in v else "-",
                       f"[{'green' if ok else 'red' if v.get('status') == 'fail' else 'yellow'}]{v.get('status')}[/]")
@@ -107,7 +114,7 @@ def cmd_generate_artifacts(args) -> int:
     from squeezed_attention.decoder_session import DecoderSession
 
     session = DecoderSession(args.artifacts, fmt=args.format, threads=args.threads,
-                             attention=getattr(args, "artifact_attention", None))
+                             attention=getattr(args, "artifact_attention", None), plan=getattr(args, "artifact_plan", None))
     session.attach(args.context_pack)
     stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,

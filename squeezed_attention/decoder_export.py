@@ -31,13 +31,27 @@ import torch
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 
 from .errors import SqueezeError
-from .exportable import ATTENTIONS, DecoderShapes, ExportableDecoder, pack_as_arrays
+from .exportable import ATTENTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
 
 SCHEMA = "squeeze-mobile/decoder-manifest/1"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-FORMATS = ("pte", "onnx")
+FORMATS = ("pte", "onnx", "tflite")
+LOOKUP_PLANS = ("in-graph", "split")
+# formats whose in-graph plan would keep the lookup inside an accelerator's graph: LiteRT's GPU delegate keeps
+# one partition and has no TOPK_V2 (the split plan is their only plan); ONNX Runtime and ExecuTorch fall back
+# to CPU kernels inside one graph / program themselves
+SPLIT_ONLY = ("tflite",)
+NO_SPLIT = ("onnx",)
+
+
+def state_of(fmt: str, plan: str) -> str:
+    return "buffer" if fmt == "pte" and plan == "in-graph" else "io"
+
+
+def default_plan(fmt: str) -> str:
+    return "split" if fmt in SPLIT_ONLY else "in-graph"
 PSNR_MIN_DB = 60.0
 VERIFY_PROMPTS = ("Summarise the text above in one sentence.", "What is the first thing the text talks about?")
 
@@ -72,13 +86,23 @@ def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_b
                          max_keep=max(1, min(clustered, math.ceil(keep * clustered))))
 
 
-def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str):
+def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph"):
     """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
-    takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic)."""
+    takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic).
+
+    Plan "split": methods ``prefill_<s>`` / ``decode_<s>`` for the stages s = 0..L (exportable.DecoderStage),
+    static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop)."""
     from export.program import Method, Program
 
-    state = "buffer" if fmt == "pte" else "io"
+    state = state_of(fmt, plan)
     module = ExportableDecoder(model, shapes, attention, state=state).eval()
+    if plan == "split":
+        methods = []
+        for name, width in (("prefill", shapes.max_prompt), ("decode", 1)):
+            for stage in range(model.config.num_layers + 1):
+                graph = DecoderStage(module, stage).eval()
+                methods.append(Method(f"{name}_{stage}", graph, graph.example_inputs(width), graph.output_names()))
+        return Program(methods), module
     dynamic = {} if fmt == "pte" else {"tokens": {0: ("T", 1, shapes.max_prompt)}}
     methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic, module.arrange)
                for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
@@ -111,15 +135,19 @@ def chat_section(tokenizer) -> dict:
     return {"prefix": prefix, "join": CHAT_JOIN, "suffix": suffix}
 
 
-def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict) -> dict:
-    state = "buffer" if fmt == "pte" else "io"
+def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
+                     plan: str = "in-graph") -> dict:
+    state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys, cache_values), shared by prefill and decode"
            if state == "buffer" else
            "explicit: past_keys_<layer>/past_values_<layer> in (one per layer, views of one cache); new_keys/"
            "new_values [layers, kv heads, tokens, head dim] (this step's rows) out; the app writes them "
            "at cache_len")
+    if plan == "split":
+        return split_contract(shapes, kv_budget, methods)
     return {
-        "attention": attention, "state": state, "kv_budget": kv_budget if attention == "squeezed" else None,
+        "attention": attention, "lookup_plan": plan if attention == "squeezed" else None, "state": state,
+        "kv_budget": kv_budget if attention == "squeezed" else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
@@ -145,8 +173,40 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     }
 
 
+def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict) -> dict:
+    """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
+    layers = (len(methods) // 2) - 1
+    return {
+        "attention": "squeezed", "lookup_plan": "split", "state": "io", "kv_budget": kv_budget,
+        "shapes": shapes.to_dict(), "methods": methods, "stages": layers + 1,
+        "call_sequence": [
+            "attach a pack as for the in-graph plan (same per-layer context inputs <name>_<layer>)",
+            (f"a step (prefill: tokens padded to shapes.max_prompt; decode: one token) is the graphs <step>_0 .. "
+             f"<step>_{layers} in order, every one with n_tokens, cache_len, context_len"),
+            "<step>_0: tokens, next_centroids = centroids_0, next_counts = counts_0 -> hidden, query, key, value, scores",
+            ("between stage s-1 and s (layer l = s-1), on the CPU: kept_kv, kept_bias = lookup(scores, counts_l, "
+             "cluster_start_l, clustered_kv_l, keep_keys, shapes.max_keep) (squeezed_attention.lookup_numpy.kept_rows: "
+             "rank clusters by score, stable; fill max_keep slots cluster by cluster up to min(keep_keys, keys); "
+             "bias 0/-inf per slot, then 0/-inf per cluster none of whose keys was kept); write key/value into the "
+             "cache of layer l at cache_len"),
+            ("<step>_s (1..L): the previous stage's hidden/query/key/value, past_keys/past_values = cache of layer l, "
+             "sink_kv_l, window_kv_l, kept_kv, kept_bias, centroids_l, value_centroids_l, counts_l, and (s < L) "
+             "next_centroids/next_counts of layer s; the last stage returns logits"),
+            "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
+        ],
+        "state_handling": "explicit: the app keeps a [layers, kv heads, max_prompt + max_new, head dim] cache pair; "
+                          "stage s takes layer s-1's as past_keys/past_values and stage s-1 returns that layer's "
+                          "rows of this step as key/value, which the app writes at cache_len",
+        "reset": "a new question starts at cache_len = 0; cache entries at or past cache_len are masked",
+        "per_layer_inputs": "pack tensors: one per layer named <name>_<layer> (0-based); stage inputs carry no suffix",
+        "pack_inputs": {"keep_keys": "round(keep_fraction * clustered keys of the pack), at most shapes.max_keep; "
+                                     "the CPU lookup's argument (not a graph input)"},
+    }
+
+
 def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
-                   max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", verify: bool = True,
+                   max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
+                   verify: bool = True,
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
@@ -166,7 +226,17 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise SqueezeError(f"the decoder exports to {', '.join(FORMATS)}; got {', '.join(bad) or 'none'} "
-                           "(LiteRT and Core ML decoders come with the split lookup plan)")
+                           "(a Core ML decoder is not built yet)")
+    if lookup_plan is not None and lookup_plan not in LOOKUP_PLANS:
+        raise SqueezeError(f"--lookup-plan must be one of {', '.join(LOOKUP_PLANS)}; got {lookup_plan!r}")
+    for fmt in formats:
+        plan = lookup_plan or default_plan(fmt)
+        if plan == "in-graph" and fmt in SPLIT_ONLY:
+            raise SqueezeError(f"{fmt} takes the split lookup plan only (its GPU delegate has no top-k and keeps one "
+                               "delegated partition); drop --lookup-plan or pass --lookup-plan split")
+        if plan == "split" and fmt in NO_SPLIT:
+            raise SqueezeError(f"{fmt} takes the in-graph lookup plan only (ONNX Runtime places the lookup's nodes on "
+                               "its CPU provider itself); drop --lookup-plan or pass --lookup-plan in-graph")
     attentions = [attention] if isinstance(attention, str) else list(attention)
     if not attentions or any(a not in ATTENTIONS for a in attentions):
         raise SqueezeError(f"--attention must be squeezed, full or both; got {attention!r}")
@@ -218,10 +288,12 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     for att in attentions:
         for fmt in formats:
             backend = get_backend(fmt)
-            name = f"decoder_{att}_{shapes.max_context // 1024}k_fp32.{fmt}" if shapes.max_context % 1024 == 0 \
-                else f"decoder_{att}_{shapes.max_context}_fp32.{fmt}"
-            program, module = decoder_program(model, shapes, att, fmt)
-            say(fmt, f"converting {att} attention -> {name}")
+            plan = (lookup_plan or default_plan(fmt)) if att == "squeezed" else "in-graph"
+            stem = f"decoder_{att}" + ("_split" if plan == "split" else "")
+            name = f"{stem}_{shapes.max_context // 1024}k_fp32.{fmt}" if shapes.max_context % 1024 == 0 \
+                else f"{stem}_{shapes.max_context}_fp32.{fmt}"
+            program, module = decoder_program(model, shapes, att, fmt, plan)
+            say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
                 with atomic_path(out_dir / name) as tmp:
@@ -241,7 +313,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             record = {"format": fmt, "file": name, "bytes": (out_dir / name).stat().st_size,
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
-                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods")), **extras}
+                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan), **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")
@@ -383,7 +455,7 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
         return {"status": "fail", "failures": [f"{backend.runtime} cannot load {path.name}: {str(exc).splitlines()[0][:200]}"]}
     eager = EagerRunner(ExportableDecoder(model, shapes, attention, state=contract["state"]).eval())
     loop_art = GenerationLoop(runner, contract, arrays, context)
-    loop_ref = GenerationLoop(eager, contract, arrays, context)
+    loop_ref = GenerationLoop(eager, {**contract, "lookup_plan": "in-graph"}, arrays, context)  # same math, one graph
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys)
     from .generation import Generator

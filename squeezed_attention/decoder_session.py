@@ -41,15 +41,18 @@ def read_decoder_manifest(directory) -> dict:
     return manifest
 
 
-def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory) -> dict:
+def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None) -> dict:
     usable = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a]
     if fmt:
         usable = [a for a in usable if a.get("format") == fmt]
     if attention:
         usable = [a for a in usable if a["decoder"].get("attention") == attention]
+    if plan:
+        usable = [a for a in usable if a["decoder"].get("lookup_plan", "in-graph") == plan]
     if not usable:
         have = sorted({a.get("format") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file")})
-        raise SqueezeError(f"{directory} holds no {fmt or ''} {attention or ''} decoder artifact (it has: {', '.join(have) or 'none'}); "
+        what = " ".join(w for w in (fmt, attention, plan and f"{plan}-plan") if w)
+        raise SqueezeError(f"{directory} holds no {what + ' ' if what else ''}decoder artifact (it has: {', '.join(have) or 'none'}); "
                            "pass --format with one of those or export it")
     return usable[0]
 
@@ -76,7 +79,13 @@ class GenerationLoop:
         shape = (L, H, self.shapes["max_prompt"] + self.shapes["max_new"], D)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
+    @property
+    def split(self) -> bool:
+        return self.contract.get("lookup_plan") == "split"
+
     def step(self, method: str, tokens: list, cache_len: int, cache):
+        if self.split:
+            return self._split_step(method, tokens, cache_len, cache)
         width = self.shapes["max_prompt"] if method == "prefill" else 1
         feed = {"tokens": np.zeros(width, dtype=np.int64), "n_tokens": np.array([len(tokens)], dtype=np.int64),
                 "cache_len": np.array([cache_len], dtype=np.int64),
@@ -95,6 +104,38 @@ class GenerationLoop:
             cache[1][:, :, cache_len:cache_len + n] = out["new_values"][:, :, :n]
         return np.asarray(out["logits"]).reshape(-1)
 
+    def _split_step(self, method: str, tokens: list, cache_len: int, cache):
+        """The split plan: graphs ``<method>_0 .. <method>_L`` with the CPU lookup (lookup_numpy.kept_rows)
+        between them; each stage's new keys/values are written into the cache at cache_len."""
+        from .lookup_numpy import kept_rows
+
+        width = self.shapes["max_prompt"] if method == "prefill" else 1
+        n = len(tokens)
+        padded = np.zeros(width, dtype=np.int64)
+        padded[:n] = tokens
+        base = {"n_tokens": np.array([n], dtype=np.int64), "cache_len": np.array([cache_len], dtype=np.int64),
+                "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
+        ctx, layers = self.context, cache[0].shape[0]
+        out = self.runner.run(f"{method}_0", {**base, "tokens": padded, "next_centroids": ctx["centroids_0"],
+                                              "next_counts": ctx["counts_0"]})
+        for stage in range(1, layers + 1):
+            li = stage - 1
+            t0 = time.perf_counter()
+            kept_kv, kept_bias = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
+                                           ctx[f"clustered_kv_{li}"], self.keep_keys, self.shapes["max_keep"])
+            self.lookup_seconds += time.perf_counter() - t0
+            cache[0][li, :, cache_len:cache_len + n] = out["key"][:, :n]
+            cache[1][li, :, cache_len:cache_len + n] = out["value"][:, :n]
+            feed = {**base, "hidden": out["hidden"], "query": out["query"], "key": out["key"], "value": out["value"],
+                    "past_keys": cache[0][li], "past_values": cache[1][li], "sink_kv": ctx[f"sink_kv_{li}"],
+                    "window_kv": ctx[f"window_kv_{li}"], "kept_kv": kept_kv, "kept_bias": kept_bias,
+                    "centroids": ctx[f"centroids_{li}"], "value_centroids": ctx[f"value_centroids_{li}"],
+                    "counts": ctx[f"counts_{li}"]}
+            if stage < layers:
+                feed["next_centroids"], feed["next_counts"] = ctx[f"centroids_{stage}"], ctx[f"counts_{stage}"]
+            out = self.runner.run(f"{method}_{stage}", feed)
+        return np.asarray(out["logits"]).reshape(-1)
+
     def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:
         s = self.shapes
         if not prompt_tokens:
@@ -111,6 +152,7 @@ class GenerationLoop:
         """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
+        self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         t0 = time.perf_counter()
         logits = self.step("prefill", list(ids), 0, cache)
         self.prefill_seconds = time.perf_counter() - t0
@@ -136,14 +178,15 @@ class GenerationLoop:
 class DecoderSession:
     """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
 
-    def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None):
+    def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
+                 plan: str | None = None):
         from tokenizers import Tokenizer
 
         from export.backends import get_backend
 
         self.directory = Path(directory)
         self.manifest = read_decoder_manifest(self.directory)
-        self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory)
+        self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan)
         self.contract = self.artifact["decoder"]
         tok_path = self.directory / self.manifest["tokenizer"]["file"]
         if not tok_path.is_file():
@@ -197,7 +240,8 @@ class DecoderSession:
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
             runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),
-            kv_budget=self.contract.get("kv_budget"), lookup="in-graph" if loop.attention == "squeezed" else None)
+            kv_budget=self.contract.get("kv_budget"), lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
+                                                                 if loop.attention == "squeezed" else None))
 
     def close(self) -> None:
         self.runner.close()

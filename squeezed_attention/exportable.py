@@ -156,45 +156,14 @@ class ExportableDecoder(nn.Module):
         """Inputs as ExportableDecoder.input_names() lists them; the per-layer ones as one list (see arrange)."""
         head = 5 if self.attention == "squeezed" else 4
         layer_inputs = dict(zip(self.input_names()[head:], layer_inputs))
-        cfg, s = self.config, self.shapes
+        S = self.shapes.cache_capacity
         T = tokens.shape[0]
-        H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
-        S = s.cache_capacity
-        neg = torch.tensor(float("-inf"))
-        zero = torch.tensor(0.0)
-        steps = torch.arange(T)
-        positions = context_len + cache_len + steps                                  # [T]
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos(), angles.sin()
-        # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
-        past_bias = torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S)
-        new_bias = torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)      # causal
-        row_weights = None
-        if self.attention == "full":
-            ctx_bias = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
-        else:
-            row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
-            row_weights = (row_valid / row_valid.sum())[None, None, :]                        # mean over valid rows
-        last = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]    # [1, 1, T] one-hot
-
-        def rms_norm(x, norm):
-            variance = F.linear(x * x, self.mean_weight)                                        # [T, 1]
-            return x * torch.rsqrt(variance + norm.eps) * norm.weight
-
+        st = self.step_tensors(T, n_tokens, cache_len, context_len)
         x = self.model.model.embed_tokens(tokens)
         new_keys, new_values = [], []
-        for li, layer in enumerate(self.model.model.layers):
-            attn = layer.self_attn
+        for li in range(self.config.num_layers):
             mine = {n: layer_inputs.get(f"{n}_{li}") for n in self.per_layer_names()}
-            h = rms_norm(x, layer.input_layernorm)
-            # plain F.linear: the host model may route one-token products to its native GEMV, export must not
-            q = F.linear(h, attn.q_proj.weight).view(T, H, D).transpose(0, 1)
-            k = F.linear(h, attn.k_proj.weight).view(T, Hkv, D).transpose(0, 1)
-            v = F.linear(h, attn.v_proj.weight).view(T, Hkv, D).transpose(0, 1)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            qg = q.reshape(Hkv, G * T, D)                                           # GQA: G*T rows per KV head
+            qg, k, v = self.layer_qkv(li, x, st)
             if self.state == "io":
                 past_k, past_v = mine["past_keys"], mine["past_values"]
                 new_keys.append(k)
@@ -202,50 +171,123 @@ class ExportableDecoder(nn.Module):
             else:
                 past_k, past_v = self.cache_keys[li], self.cache_values[li]
             if self.attention == "full":
-                ctx_k, ctx_v, bias = mine["context_keys"], mine["context_values"], ctx_bias
+                ctx_k, ctx_v, bias = mine["context_keys"], mine["context_values"], st["ctx_bias"]
             else:
-                ctx_k, ctx_v, bias = self._squeezed_rows(qg, mine, keep_keys, row_weights)
-            # One softmax over the fixed context and the dynamic part (past cache masked at cache_len + this step's
-            # keys: small, concatenated) that never concatenates the context: a shared max and normaliser.
-            dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
-            s_ctx = torch.matmul(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
-            s_dyn = torch.matmul(qg, dyn_k.transpose(1, 2)) * self.scale + torch.cat([past_bias, new_bias], -1)
-            peak = torch.maximum(s_ctx.amax(-1, keepdim=True), s_dyn.amax(-1, keepdim=True))
-            e_ctx, e_dyn = torch.exp(s_ctx - peak), torch.exp(s_dyn - peak)
-            inv_total = 1.0 / (e_ctx.sum(-1, keepdim=True) + e_dyn.sum(-1, keepdim=True))
-            out = torch.matmul(e_ctx * inv_total, ctx_v) + torch.matmul(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
-            out = out.reshape(H, T, D)
-            out = out.transpose(0, 1).reshape(T, H * D)
-            x = x + F.linear(out, attn.o_proj.weight)
-            mlp, h = layer.mlp, rms_norm(x, layer.post_attention_layernorm)
-            x = x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                             mlp.down_proj.weight)
+                ctx_k, ctx_v, bias = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"])
+            x = self.layer_attend(li, x, qg, k, v, past_k, past_v, ctx_k, ctx_v, bias, st)
             if self.state == "buffer":  # a side branch: nothing above waits for the write
-                write_at = torch.clamp(cache_len + steps, max=S - 1)
-                heads = torch.arange(Hkv)[:, None]
+                write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
+                heads = torch.arange(self.config.num_kv_heads)[:, None]
                 self.cache_keys[li].index_put_((heads, write_at[None, :]), k)
                 self.cache_values[li].index_put_((heads, write_at[None, :]), v)
-        x_last = torch.matmul(last, x[None])[0]                                      # the last valid token
-        logits = F.linear(rms_norm(x_last, self.model.model.norm), self.model.lm_head.weight)[0]
+        logits = self.head(x, st)
         if self.state == "io":
             return logits, torch.stack(new_keys), torch.stack(new_values)
         return logits
 
-    def _squeezed_rows(self, qg, mine, keep_keys, row_weights):
-        """The kept fixed-context rows plus the summaries of the other clusters for one layer: (keys [Hkv, Nk, D],
-        values, additive bias [Hkv, 1, Nk] added to the scaled scores)."""
-        D = self.config.head_dim
-        s = self.shapes
-        sink, window, clustered = mine["sink_kv"], mine["window_kv"], mine["clustered_kv"]   # [Hkv, *, 2D]
-        centroids, counts, start = mine["centroids"], mine["counts"], mine["cluster_start"]  # [Hkv, K, D], [Hkv, K]
-        Hkv = qg.shape[0]
-        # Cluster scores (lookup.cluster_scores in float32): S_qk = exp(A_qk) / sum_l N_l exp(A_ql)
-        # = softmax_k(A_qk + log N_k) / N_k (empty clusters: log 0 = -inf, weight 0), averaged over the rows.
-        log_counts = torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
+    # The pieces of a step, shared by the one-graph forward above and the split plan's stages (DecoderStage).
+    def step_tensors(self, T: int, n_tokens, cache_len, context_len) -> dict:
+        """What every layer of a step of T tokens uses: RoPE tables, additive masks, the query rows' weights."""
+        s, G = self.shapes, self.config.group_size
+        S = s.cache_capacity
+        neg = torch.tensor(float("-inf"))
+        zero = torch.tensor(0.0)
+        steps = torch.arange(T)
+        positions = context_len + cache_len + steps                                  # [T]
+        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        st = {"steps": steps, "cos": angles.cos(), "sin": angles.sin()}
+        # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
+        st["dyn_bias"] = torch.cat([torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S),
+                                    torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)], -1)
+        if self.attention == "full":
+            st["ctx_bias"] = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
+        else:
+            row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
+            st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
+        st["last"] = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]   # [1, 1, T]
+        return st
+
+    def rms_norm(self, x, norm):
+        variance = F.linear(x * x, self.mean_weight)                                            # [T, 1]
+        return x * torch.rsqrt(variance + norm.eps) * norm.weight
+
+    def layer_qkv(self, li: int, x, st):
+        """Layer li's queries (grouped per KV head: [Hkv, G*T, D]), keys and values ([Hkv, T, D]), RoPE applied."""
+        cfg = self.config
+        T = x.shape[0]
+        H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
+        attn = self.model.model.layers[li].self_attn
+        h = self.rms_norm(x, self.model.model.layers[li].input_layernorm)
+        # plain F.linear: the host model may route one-token products to its native GEMV, export must not
+        q = F.linear(h, attn.q_proj.weight).view(T, H, D).transpose(0, 1)
+        k = F.linear(h, attn.k_proj.weight).view(T, Hkv, D).transpose(0, 1)
+        v = F.linear(h, attn.v_proj.weight).view(T, Hkv, D).transpose(0, 1)
+        q = q * st["cos"] + rotate_half(q) * st["sin"]
+        k = k * st["cos"] + rotate_half(k) * st["sin"]
+        return q.reshape(Hkv, G * T, D), k, v
+
+    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, ctx_k, ctx_v, bias, st):
+        """Attention of layer li over the fixed-context rows (ctx_k/ctx_v + additive bias) and the dynamic part,
+        then o_proj and the MLP: the residual stream after layer li."""
+        cfg = self.config
+        T = x.shape[0]
+        H, D = cfg.num_heads, cfg.head_dim
+        layer = self.model.model.layers[li]
+        # One softmax over the fixed context and the dynamic part (past cache masked at cache_len + this step's
+        # keys: small, concatenated) that never concatenates the context: a shared max and normaliser.
+        dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
+        s_ctx = torch.matmul(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
+        s_dyn = torch.matmul(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
+        peak = torch.maximum(s_ctx.amax(-1, keepdim=True), s_dyn.amax(-1, keepdim=True))
+        e_ctx, e_dyn = torch.exp(s_ctx - peak), torch.exp(s_dyn - peak)
+        inv_total = 1.0 / (e_ctx.sum(-1, keepdim=True) + e_dyn.sum(-1, keepdim=True))
+        out = torch.matmul(e_ctx * inv_total, ctx_v) + torch.matmul(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
+        out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)
+        x = x + F.linear(out, layer.self_attn.o_proj.weight)
+        mlp, h = layer.mlp, self.rms_norm(x, layer.post_attention_layernorm)
+        return x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
+                            mlp.down_proj.weight)
+
+    def head(self, x, st):
+        x_last = torch.matmul(st["last"], x[None])[0]                                # the last valid token
+        return F.linear(self.rms_norm(x_last, self.model.model.norm), self.model.lm_head.weight)[0]
+
+    def cluster_scores(self, qg, centroids, counts, row_weights):
+        """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
+        (empty clusters: log 0 = -inf, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N)."""
+        log_counts = self.log_counts(counts)
         inv_counts = 1.0 / counts.clamp(min=1).to(torch.float32)
         logits = torch.matmul(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
         per_row = torch.softmax(logits, dim=-1) * inv_counts[:, None, :]           # [Hkv, Q, K]
-        scores = torch.matmul(row_weights.expand(Hkv, 1, -1), per_row)[:, 0]        # [Hkv, K]
+        return torch.matmul(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts
+
+    @staticmethod
+    def log_counts(counts):
+        """log N per cluster (float32; -inf for an empty cluster): the summaries' logit offset."""
+        return torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
+
+    def context_rows(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias):
+        """The fixed-context rows attention runs over: sinks, the kept keys, the window, then every cluster's
+        summary (key = centroid, value = mean value); bias [Hkv, 1, N] masks unused slots and weights summaries."""
+        D = self.config.head_dim
+        Hkv = kept.shape[0]
+        kv = torch.cat([sink, kept, window], dim=1)                              # [Hkv, Nk, 2D]
+        keys = torch.cat([kv[..., :D], centroids], dim=1)
+        values = torch.cat([kv[..., D:], value_centroids], dim=1)
+        bias = torch.cat([torch.zeros(Hkv, sink.shape[1]), slot_bias, torch.zeros(Hkv, window.shape[1]), summary_bias],
+                         dim=1)
+        return keys, values, bias[:, None, :]
+
+    def _squeezed_rows(self, qg, mine, keep_keys, row_weights):
+        """The in-graph lookup of one layer: the kept fixed-context rows plus the summaries of the other clusters
+        (keys [Hkv, Nk, D], values, additive bias [Hkv, 1, Nk] added to the scaled scores). The split plan runs the
+        part after the scores on the CPU instead (lookup_numpy.kept_rows: the same rule)."""
+        D = self.config.head_dim
+        s = self.shapes
+        clustered, counts, start = mine["clustered_kv"], mine["counts"], mine["cluster_start"]
+        Hkv = qg.shape[0]
+        scores, log_counts = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
         rank = torch.topk(scores, s.max_clusters, dim=-1).indices                # [Hkv, K] best first
         ranked_counts = counts.gather(1, rank)
@@ -263,17 +305,109 @@ class ExportableDecoder(nn.Module):
         flat_rows = (rows + torch.arange(Hkv)[:, None] * s.max_clustered).reshape(-1)
         kept = torch.index_select(clustered.reshape(Hkv * s.max_clustered, 2 * D), 0, flat_rows)
         kept = kept.reshape(Hkv, s.max_keep, 2 * D)
-        kv = torch.cat([sink, kept, window], dim=1)                              # [Hkv, Nk, 2D]
         slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
         # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
         # value = mean value, logit + log N. Kept clusters are the ranked ones up to the last slot filled.
         last_used = torch.where(slot_ok, which, torch.full_like(which, -1)).amax(-1, keepdim=True)   # [Hkv, 1]
         position = torch.zeros_like(rank).scatter(1, rank, torch.arange(s.max_clusters).expand(Hkv, -1))
         summary_bias = torch.where(position > last_used, log_counts, torch.tensor(float("-inf")))
-        keys = torch.cat([kv[..., :D], centroids], dim=1)
-        values = torch.cat([kv[..., D:], mine["value_centroids"]], dim=1)
-        bias = torch.cat([torch.zeros(Hkv, s.sink_tokens), slot_bias, torch.zeros(Hkv, s.window), summary_bias], dim=1)
-        return keys, values, bias[:, None, :]
+        return self.context_rows(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
+                                 slot_bias, summary_bias)
+
+
+STAGE_INPUTS = ("tokens", "hidden", "query", "key", "value", "past_keys", "past_values", "sink_kv", "window_kv",
+                "kept_kv", "kept_bias", "centroids", "value_centroids", "counts", "next_centroids", "next_counts")
+STAGE_OUTPUTS = ("hidden", "query", "key", "value", "scores")
+
+
+class DecoderStage(nn.Module):
+    """Stage ``s`` of the split lookup plan: the graph between two CPU lookups.
+
+    A delegate that cannot run top-k or a data-dependent gather (LiteRT GPU, Core ML on the Neural Engine) gets
+    every step as L + 1 graphs with static shapes, and the lookup runs on the CPU between them
+    (lookup_numpy.kept_rows):
+
+    - stage 0: embedding, then layer 0's queries/keys/values and its cluster scores;
+    - stage s (1..L-1): layer s-1's attention over the rows the CPU gathered (``kept_kv``, ``kept_bias``) plus the
+      pack's sinks, window and cluster summaries and the dynamic cache, its MLP, then layer s's q/k/v and scores;
+    - stage L: layer L-1's attention and MLP, the final norm and the logits.
+
+    One cut per layer is the fewest the math allows for per-step selection: layer s's queries depend on layer
+    s-1's attention output. Inputs have the same names in every stage (the loop maps the pack's per-layer
+    tensors onto them); the dynamic cache is explicit I/O (``past_keys`` in, ``key``/``value`` out)."""
+
+    def __init__(self, decoder: ExportableDecoder, stage: int):
+        super().__init__()
+        if decoder.attention != "squeezed" or decoder.state != "io":
+            raise SqueezeError("the split lookup plan is a squeezed decoder with explicit cache I/O")
+        if not 0 <= stage <= decoder.config.num_layers:
+            raise SqueezeError(f"stage {stage} is outside 0..{decoder.config.num_layers}")
+        self.decoder, self.stage = decoder, stage
+
+    @property
+    def last(self) -> bool:
+        return self.stage == self.decoder.config.num_layers
+
+    def input_names(self):
+        names = ["n_tokens", "cache_len", "context_len"]
+        if self.stage == 0:
+            names.append("tokens")
+        else:
+            names += [n for n in STAGE_INPUTS[1:] if not n.startswith("next_")]
+        if not self.last:
+            names += ["next_centroids", "next_counts"]
+        return [n for n in ("n_tokens", "cache_len", "context_len") + STAGE_INPUTS if n in names]
+
+    def output_names(self):
+        return ["logits"] if self.last else list(STAGE_OUTPUTS)
+
+    def example_inputs(self, tokens: int) -> dict:
+        """Zero-filled inputs for a step of ``tokens`` tokens, in the forward's argument order."""
+        d = self.decoder
+        cfg, s = d.config, d.shapes
+        Hkv, D, G = cfg.num_kv_heads, cfg.head_dim, cfg.group_size
+        one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+        shape = {"hidden": (tokens, cfg.hidden_size), "query": (Hkv, G * tokens, D), "key": (Hkv, tokens, D),
+                 "value": (Hkv, tokens, D), "past_keys": (Hkv, s.cache_capacity, D),
+                 "past_values": (Hkv, s.cache_capacity, D), "sink_kv": (Hkv, s.sink_tokens, 2 * D),
+                 "window_kv": (Hkv, s.window, 2 * D), "kept_kv": (Hkv, s.max_keep, 2 * D),
+                 "kept_bias": (Hkv, s.max_keep + s.max_clusters), "centroids": (Hkv, s.max_clusters, D),
+                 "value_centroids": (Hkv, s.max_clusters, D), "next_centroids": (Hkv, s.max_clusters, D)}
+        out = {}
+        for n in self.input_names():
+            if n in ("n_tokens",):
+                out[n] = one(tokens)
+            elif n == "cache_len":
+                out[n] = one(0)
+            elif n == "context_len":
+                out[n] = one(s.max_context)
+            elif n == "tokens":
+                out[n] = torch.zeros(tokens, dtype=torch.int64)
+            elif n in ("counts", "next_counts"):
+                out[n] = torch.ones(Hkv, s.max_clusters, dtype=torch.int64)
+            else:
+                out[n] = torch.zeros(shape[n])
+        return out
+
+    def forward(self, n_tokens, cache_len, context_len, tokens=None, hidden=None, query=None, key=None, value=None,
+                past_keys=None, past_values=None, sink_kv=None, window_kv=None, kept_kv=None, kept_bias=None,
+                centroids=None, value_centroids=None, counts=None, next_centroids=None, next_counts=None):
+        d, s = self.decoder, self.stage
+        T = tokens.shape[0] if s == 0 else hidden.shape[0]
+        st = d.step_tensors(T, n_tokens, cache_len, context_len)
+        if s == 0:
+            x = d.model.model.embed_tokens(tokens)
+        else:
+            B = kept_kv.shape[1]
+            # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
+            ctx_k, ctx_v, bias = d.context_rows(sink_kv, kept_kv, window_kv, centroids, value_centroids,
+                                                kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
+            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, ctx_k, ctx_v, bias, st)
+        if self.last:
+            return d.head(x, st)
+        qg, k, v = d.layer_qkv(s, x, st)
+        scores, _ = d.cluster_scores(qg, next_centroids, next_counts, st["row_weights"])
+        return x, qg, k, v, scores
 
 
 def pack_as_arrays(pack):
@@ -298,4 +432,5 @@ def context_inputs(pack, shapes: DecoderShapes, attention: str) -> dict:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
-__all__ = ["ATTENTIONS", "DecoderShapes", "ExportableDecoder", "STATES", "context_inputs", "pack_as_arrays"]
+__all__ = ["ATTENTIONS", "STAGE_INPUTS", "STATES", "DecoderShapes", "DecoderStage", "ExportableDecoder", "context_inputs",
+           "pack_as_arrays"]

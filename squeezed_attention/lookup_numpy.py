@@ -112,3 +112,41 @@ def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: Selection
     sort_key = indices + (t.first_position + order.shape[-1]) * (~valid)
     indices = np.take_along_axis(indices, np.argsort(sort_key, axis=-1, kind="stable"), -1)
     return indices, valid, scored
+
+
+def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_keep: int):
+    """The split plan's CPU lookup for one layer of an exported decoder: what its in-graph plan computes after
+    the cluster scores (ExportableDecoder._squeezed_rows), in numpy, for every KV head at once.
+
+    scores [Hkv, K] (the stage graph's output), counts / cluster_start [Hkv, K] (the pack's, padded with empty
+    clusters), clustered_kv [Hkv, Nc, 2D] (rows cluster by cluster: pack_arrays.decoder_context_inputs).
+    Clusters are ranked best first (stable on ties) and filled key by key into ``max_keep`` slots until
+    min(keep_keys, keys) are taken. Returns ``kept_kv`` [Hkv, max_keep, 2D] float32 (unused slots: row 0, masked)
+    and ``kept_bias`` [Hkv, max_keep + K] float32: 0 / -inf per slot (used / unused), then 0 / -inf per cluster
+    (summarised: none of its keys kept, / not); the stage graph adds log N to the second part."""
+    counts = np.asarray(counts, dtype=np.int64)
+    Hkv, K = scores.shape
+    heads = np.arange(Hkv)[:, None]
+    rank = np.argsort(-np.asarray(scores), axis=-1, kind="stable")               # best first, stable on ties
+    ranked_counts = counts[heads, rank]
+    out_start = np.cumsum(ranked_counts, -1) - ranked_counts                     # [Hkv, K], non-decreasing
+    slots = np.arange(max_keep)
+    # the ranked cluster filling each slot = clusters starting at or before it, minus one: one searchsorted over
+    # all heads, each head's values lifted above the previous head's
+    lift = heads * (int(out_start[:, -1].max()) + max_keep + 1)
+    which = np.searchsorted((out_start + lift).ravel(), (slots + lift).ravel(), side="right").reshape(Hkv, max_keep)
+    which -= 1 + heads * K
+    slot_ok = slots < np.minimum(keep_keys, counts.sum(-1))[:, None]
+    rows = np.asarray(cluster_start, dtype=np.int64)[heads, rank[heads, which]] + slots - out_start[heads, which]
+    # one row copy per kept key out of the [Hkv * Nc, 2D] table (np.take on axis 0; take_along_axis over the
+    # row axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
+    nc = clustered_kv.shape[1]
+    kept = np.take(clustered_kv.reshape(Hkv * nc, -1), (np.where(slot_ok, rows, 0) + heads * nc).ravel(), axis=0)
+    kept = kept.reshape(Hkv, max_keep, -1)
+    last_used = np.where(slot_ok, which, -1).max(-1, keepdims=True)               # [Hkv, 1]
+    position = np.empty_like(rank)
+    position[heads, rank] = np.arange(K)
+    bias = np.empty((Hkv, max_keep + K), np.float32)
+    bias[:, :max_keep] = np.where(slot_ok, 0.0, -np.inf)
+    bias[:, max_keep:] = np.where(position > last_used, 0.0, -np.inf)
+    return kept.astype(np.float32, copy=False), bias

@@ -11,7 +11,8 @@ only, ``frames_uint8`` input (the app's default).
 Document Q&A (qa_* files): token ids of real texts from the real model's tokenizer.json (SmolLM2-135M-Instruct;
 the 1.5 MB file itself is written to android_demo/build/qa/tokenizer.json, not committed, and run_tests.sh hands
 its path to the Kotlin tests), and from a tiny real-format Llama GGUF: a context pack file, the numpy CPU lookup's
-indices on the model's real queries, the decoder context inputs (sha256 per input) and the generation loop's
+indices on the model's real queries, the split plan's kept rows (lookup_numpy.kept_rows on random tables and
+the tiny model's stage scores), the decoder context inputs (sha256 per input) and the generation loop's
 calls with the logits the exported graph (run by PyTorch) returned.
 
 Usage (from the repository root):
@@ -526,7 +527,147 @@ def qa_goldens() -> dict[str, bytes]:
                       "tokenizer_sha256": ck.tokenizer.fingerprint()},
             "context_sha256": pack.hashes["context_sha256"], "num_tokens": n,
             "runs": runs}).encode())
+        # the split lookup plan's CPU lookup: random tables around its edges, then the real lookups of the tiny
+        # model's split stages (prefill and one decode step, both layers)
+        squeezed = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), "squeezed", state="io").eval()
+        real = _split_lookups(squeezed, arrays, shapes, decoder_context_inputs(arrays, shapes, "squeezed"), prompt_ids)
+        out.update(kept_rows_goldens(real))
     return out
+
+
+# kept_rows golden: random [Hkv, K] score tables with ties (scores drawn from a few values; padding clusters score
+# 0 as the stage graph gives them), empty and padding clusters (counts 0, cluster_start 0 as the pack pads them),
+# keep_keys from 0 to above every head's keys and above max_keep, special scores (+-0, +-inf, NaN, subnormal),
+# a head without keys, a layout whose clusters are not in index order, and one continuous-score table. Table values
+# are multiples of 1/8 in [-8, 8) (every row of a head still tells itself apart; the file stays ~10x smaller).
+KEPT_ROWS_SEED = 20250
+# (name, kv heads, clusters, padding clusters, rows per head, row width 2D, max count, max_keep, keep_keys values)
+KEPT_ROWS_TABLES = [
+    ("ties-padding", 3, 24, 5, 110, 8, 6, 40, [0, 1, 7, 30, 40, 1000]),
+    ("short-pack", 2, 10, 2, 48, 6, 4, 64, [5, 25, 64, 100]),
+    ("sweep", 2, 6, 1, 24, 4, 5, 16, list(range(0, 22))),
+    ("one-cluster", 1, 1, 0, 9, 4, 7, 4, [3, 7, 10]),
+    ("wide", 4, 64, 8, 240, 8, 6, 96, [80]),
+]
+
+
+def _kept_rows_table(rng, H: int, nc: int, width: int):
+    return (rng.integers(-64, 64, (H, nc, width)) / 8).astype(np.float32)
+
+
+def _kept_rows_random_cases(rng) -> list:
+    """(name, scores, counts, cluster_start, clustered_kv, keep_keys, max_keep) of the random tables."""
+    cases = []
+    for name, H, K, pad, nc, width, most, max_keep, keeps in KEPT_ROWS_TABLES:
+        counts = rng.integers(0, most + 1, (H, K)).astype(np.int64)
+        counts[:, K - pad:] = 0                                      # padding clusters of a smaller pack
+        if K > 3:
+            counts[min(1, H - 1), 2] = 0                             # an empty cluster among real ones
+        start = np.where(counts > 0, np.cumsum(counts, -1) - counts, 0)
+        assert counts.sum(-1).max() <= nc
+        table = _kept_rows_table(rng, H, nc, width)
+        if name == "wide":
+            scores = rng.random((H, K)).astype(np.float32)
+        else:
+            scores = (rng.integers(0, 4, (H, K)) / 4).astype(np.float32)  # ties
+        scores[counts == 0] = 0.0                                    # what the stage graph gives empty clusters
+        cases += [(f"{name}, keep {k}", scores, counts, start, table, k, max_keep) for k in keeps]
+    # special scores: signed zeros tie, infinities, NaN (numpy ranks it last), a subnormal, repeated values
+    H, K, nc, width = 2, 12, 60, 6
+    counts = rng.integers(1, 5, (H, K)).astype(np.int64)
+    start = np.cumsum(counts, -1) - counts
+    scores = np.array([[0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 0.5, -0.0, 0.5, np.nan, -np.inf, 0.0],
+                       [np.nan, 0.25, -0.0, 0.0, np.inf, np.inf, -1e-45, 0.25, -np.inf, 0.0, np.nan, 3.0]], np.float32)
+    table = _kept_rows_table(rng, H, nc, width)
+    cases += [(f"special scores, keep {k}", scores, counts, start, table, k, 20) for k in (13, 17)]
+    # a head without keys (all its clusters empty) beside heads with keys
+    H, K, nc, width = 3, 8, 30, 4
+    counts = rng.integers(0, 4, (H, K)).astype(np.int64)
+    counts[1] = 0
+    start = np.where(counts > 0, np.cumsum(counts, -1) - counts, 0)
+    scores = (rng.integers(0, 3, (H, K)) / 2).astype(np.float32)
+    table = _kept_rows_table(rng, H, nc, width)
+    cases += [(f"empty head, keep {k}", scores, counts, start, table, k, 8) for k in (5, 30)]
+    # clusters laid out in the table in another order than their index (cluster_start not increasing)
+    H, K, nc, width = 2, 9, 40, 4
+    counts = rng.integers(0, 6, (H, K)).astype(np.int64)
+    start = np.zeros_like(counts)
+    for h in range(H):
+        order = rng.permutation(K)
+        start[h, order] = np.cumsum(counts[h, order]) - counts[h, order]
+    scores = (rng.integers(0, 5, (H, K)) / 4).astype(np.float32)
+    table = _kept_rows_table(rng, H, nc, width)
+    cases += [(f"permuted layout, keep {k}", scores, counts, start, table, k, 24) for k in (11, 24)]
+    return cases
+
+
+def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list) -> list:
+    """The tiny model's split plan (its stages run by PyTorch, decoder_session's loop between them): the CPU
+    lookup's inputs and outputs of the prefill and the first decode step, both layers."""
+    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.exportable import DecoderStage
+    from squeezed_attention.lookup_numpy import kept_rows
+
+    stages = [DecoderStage(module, s).eval() for s in range(module.config.num_layers + 1)]
+    calls = []
+
+    class Stages:
+        @torch.no_grad()
+        def run(self, method, feed):
+            stage = stages[int(method.rsplit("_", 1)[1])]
+            out = stage(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in stage.input_names()})
+            out = {n: o.numpy() for n, o in zip(stage.output_names(), out if isinstance(out, tuple) else (out,))}
+            calls.append((method, feed, out))
+            return out
+
+    contract = {"shapes": shapes, "attention": "squeezed", "state": "io", "kv_budget": QA_SHAPES["kv_budget"],
+                "lookup_plan": "split"}
+    loop = GenerationLoop(Stages(), contract, arrays, context)
+    loop.greedy(prompt_ids, 2)
+    cases = []
+    for (_, _, before), (method, feed, _) in zip(calls, calls[1:]):
+        step, stage = method.rsplit("_", 1)
+        if stage == "0":
+            continue
+        layer = int(stage) - 1
+        args = (before["scores"], context[f"counts_{layer}"], context[f"cluster_start_{layer}"],
+                context[f"clustered_kv_{layer}"], loop.keep_keys, shapes["max_keep"])
+        kept, bias = kept_rows(*args)
+        assert np.array_equal(kept, feed["kept_kv"]) and np.array_equal(bias, feed["kept_bias"])  # what was fed
+        cases.append((f"tiny model, {step}, layer {layer}",) + args)
+    assert len(cases) == 2 * module.config.num_layers, [c[0] for c in cases]
+    return cases
+
+
+def kept_rows_goldens(real: list) -> dict[str, bytes]:
+    """qa_kept_rows.json.gz (cases: shapes, keep_keys, max_keep, counts and cluster_start flat) and
+    qa_kept_rows_f32le.bin.gz (scores, clustered_kv, kept_kv, kept_bias of every case; equal blobs stored once)."""
+    from squeezed_attention.lookup_numpy import kept_rows
+
+    blobs, at, offset = [], {}, 0
+
+    def put(a) -> dict:
+        nonlocal offset
+        data = _le(np.asarray(a, np.float32))
+        if data not in at:
+            at[data] = offset
+            blobs.append(data)
+            offset += len(data) // 4
+        return {"offset": at[data], "count": len(data) // 4}
+
+    cases = []
+    for name, scores, counts, start, table, keep, max_keep in _kept_rows_random_cases(np.random.default_rng(KEPT_ROWS_SEED)) + real:
+        kept, bias = kept_rows(scores, counts, start, table, keep, max_keep)
+        H, K = scores.shape
+        cases.append({"name": name, "kv_heads": H, "clusters": K, "clustered_rows": table.shape[1],
+                      "row_width": table.shape[2], "keep_keys": int(keep), "max_keep": int(max_keep),
+                      "counts": np.asarray(counts).ravel().tolist(), "cluster_start": np.asarray(start).ravel().tolist(),
+                      "scores": put(scores), "clustered_kv": put(table), "kept_kv": put(kept), "kept_bias": put(bias)})
+    meta = {"function": "squeezed_attention.lookup_numpy.kept_rows", "real_cases": len(real), "cases": cases,
+            "files": {"qa_kept_rows_f32le.bin.gz": "float32 little-endian blobs; each case's scores [Hkv, K], "
+                      "clustered_kv [Hkv, Nc, 2D], kept_kv [Hkv, max_keep, 2D], kept_bias [Hkv, max_keep + K] at "
+                      "offset (in floats)"}}
+    return {"qa_kept_rows.json.gz": _gz(json.dumps(meta).encode()), "qa_kept_rows_f32le.bin.gz": _gz(b"".join(blobs))}
 
 
 def decoder_manifest_golden() -> dict[str, bytes]:

@@ -1,0 +1,211 @@
+"""The split lookup plan (issue: decoder export 2/2, part 1): static graphs per layer with the centroid lookup on
+the CPU between them, for delegates without top-k/gather (LiteRT GPU, Core ML). Exported to .tflite (its only
+plan) and .pte on a tiny real GGUF; tokens identical to the in-graph plan and to PyTorch; the CPU lookup is
+the in-graph rule (compared on random tables with ties, empty clusters and short packs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from squeeze_mobile.errors import SqueezeError
+from squeezed_attention import testing
+from squeezed_attention.decoder_export import (
+    EagerRunner,
+    contract_section,
+    decoder_program,
+    decoder_shapes,
+    export_decoder,
+)
+from squeezed_attention.exportable import (
+    DecoderShapes,
+    ExportableDecoder,
+    pack_as_arrays,
+)
+from squeezed_attention.lookup_numpy import kept_rows
+
+SHAPES = dict(max_context=160, max_prompt=64, max_new=16)
+TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.pack import (
+        BuildSettings,
+        build_context_pack,
+        save_context_pack,
+    )
+    from squeezed_attention.weights import load_checkpoint
+
+    d = tmp_path_factory.mktemp("tiny_split")
+    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    ck = load_checkpoint(gguf)
+    model = LlamaForCausalLM.from_checkpoint(ck)
+    pack = build_context_pack(model, ck, TINY_TEXT, BuildSettings())
+    save_context_pack(pack, d / "tiny.pack")
+    (d / "doc.txt").write_text(TINY_TEXT)
+    return d, gguf, model, ck, pack
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    d, gguf, *_ = tiny
+    out = d / "artifacts"
+    result = export_decoder(out, formats=("tflite", "pte"), model_path=gguf, attention="squeezed", lookup_plan="split",
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    return out, result
+
+
+def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
+    """The in-graph plan's selection (ExportableDecoder._squeezed_rows after the scores) on given scores."""
+    H, K = scores.shape
+    D = clustered.shape[-1] // 2
+    shapes = DecoderShapes(max_context=clustered.shape[1] + 4 + 100, max_prompt=1, max_new=1, max_clusters=K,
+                           max_keep=max_keep)
+    module = ExportableDecoder.__new__(ExportableDecoder)
+    torch.nn.Module.__init__(module)
+    module.shapes = shapes
+    module.config = type("C", (), {"head_dim": D})()
+    captured = {}
+    module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)))
+    module.context_rows = lambda sink, kept, window, c, vc, slot_bias, summary_bias: captured.update(
+        kept=kept, slot_bias=slot_bias, summary_bias=summary_bias)
+    mine = {"clustered_kv": torch.from_numpy(clustered), "counts": torch.from_numpy(counts),
+            "cluster_start": torch.from_numpy(start), "centroids": None, "value_centroids": None, "sink_kv": None,
+            "window_kv": None}
+    module._squeezed_rows(torch.zeros(H, 1, D), mine, torch.tensor([keep_keys]), None)
+    return captured
+
+
+@pytest.mark.parametrize("seed,keep_keys", [(0, 30), (1, 7), (2, 1000), (3, 1)])
+def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys):
+    """kept_rows (numpy, between the split plan's graphs) keeps the rows, masks and summaries the in-graph plan
+    does: padding clusters, empty clusters, a keep count above the pack's keys, a short pack."""
+    rng = np.random.default_rng(seed)
+    H, K, Nc, D, B = 3, 24, 90, 4, 40
+    counts = rng.integers(0, 7, (H, K)).astype(np.int64)
+    counts[:, -5:] = 0                                     # padding clusters of a smaller pack
+    counts[1, 3] = 0                                       # an empty cluster among real ones
+    start = np.cumsum(counts, -1) - counts
+    clustered = rng.standard_normal((H, Nc, 2 * D)).astype(np.float32)
+    scores = rng.random((H, K)).astype(np.float32) * (counts > 0)
+    ref = _in_graph_rows(scores, counts, start, clustered, keep_keys, B)
+    kept, bias = kept_rows(scores, counts, start, clustered, keep_keys, B)
+    used = np.isfinite(bias[:, :B])
+    np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
+    np.testing.assert_array_equal(kept[used], ref["kept"].numpy()[used])
+    summarised = np.isfinite(bias[:, B:])
+    np.testing.assert_array_equal(summarised & (counts > 0), np.isfinite(ref["summary_bias"].numpy()))
+    assert used.sum(-1).tolist() == np.minimum(min(keep_keys, B), counts.sum(-1)).tolist()
+
+
+def test_split_stages_give_the_in_graph_logits_bit_for_bit(tiny):
+    """The split plan's stages in PyTorch with the numpy lookup between them == the one-graph decoder."""
+    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.pack_arrays import decoder_context_inputs
+
+    _, _, model, ck, pack = tiny
+    shapes = decoder_shapes(model.config, kv_budget=0.3, **SHAPES)
+    program, _ = decoder_program(model, shapes, "squeezed", "tflite", "split")
+    assert program.names == [f"{m}_{s}" for m in ("prefill", "decode") for s in range(3)]
+
+    class Stages:
+        @torch.no_grad()
+        def run(self, method, feed):
+            m = program.method(method)
+            out = m.module(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in m.inputs})
+            return {n: o.numpy() for n, o in zip(m.outputs, out if isinstance(out, tuple) else (out,))}
+
+    arrays = pack_as_arrays(pack)
+    context = decoder_context_inputs(arrays, shapes.to_dict(), "squeezed")
+    contract = contract_section(shapes, "squeezed", "tflite", 0.3, {m.name: m.signature() for m in program.methods},
+                                "split")
+    split = GenerationLoop(Stages(), contract, arrays, context)
+    one = GenerationLoop(EagerRunner(ExportableDecoder(model, shapes, "squeezed", "io").eval()),
+                         {**contract, "lookup_plan": "in-graph"}, arrays, context)
+    ids = ck.tokenizer.encode("\n\nab nan<|im_end|>\n<|im_start|>assistant\n")
+    t1, l1 = split.greedy(ids, 10)
+    t2, l2 = one.greedy(ids, 10)
+    assert t1 == t2
+    assert all(np.array_equal(a, b) for a, b in zip(l1, l2))
+    assert split.lookup_seconds > 0
+
+
+def test_split_artifacts_verified_and_gpu_compatible(exported):
+    out, result = exported
+    assert result.ok, result.manifest["failures"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    arts = {a["format"]: a for a in manifest["artifacts"]}
+    assert set(arts) == {"tflite", "pte"}
+    for fmt, a in arts.items():
+        assert "_split_" in a["file"]
+        c = a["decoder"]
+        assert c["lookup_plan"] == "split" and c["state"] == "io" and c["stages"] == 3
+        assert set(c["methods"]) == {f"{m}_{s}" for m in ("prefill", "decode") for s in range(3)}
+        assert [i["name"] for i in c["methods"]["decode_1"]["inputs"]][:4] == ["n_tokens", "cache_len", "context_len",
+                                                                              "hidden"]
+        assert c["methods"]["decode_2"]["outputs"] == ["logits"]
+        v = a["verification"]
+        assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] == 3 and v["psnr_db"] >= 60, v
+    # the LiteRT GPU delegate takes every stage graph: no TOPK_V2 / GATHER left in them (TensorFlow's analyzer)
+    gpu = arts["tflite"]["gpu_delegate"]
+    assert gpu["android_gpu_delegate"] == "compatible", gpu
+    assert not {"TOPK_V2", "GATHER", "GATHER_ND"} & set(gpu["ops"])
+    tfl_inputs = {i["name"]: i["dtype"] for i in arts["tflite"]["decoder"]["methods"]["prefill_0"]["inputs"]}
+    assert tfl_inputs["tokens"] == "int32"   # what the file declares, not what PyTorch traced
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    out, _ = exported
+    d, _, model, ck, pack = tiny
+    session = DecoderSession(out, fmt=fmt, plan="split")
+    session.attach(d / "tiny.pack")
+    got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+    ref = Generator(model, ck.tokenizer, pack).generate(
+        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch"), max_new_tokens=10,
+        stop_at_eos=False)
+    session.close()
+    assert got.token_ids == ref.token_ids
+    assert got.lookup.startswith("split")
+
+
+def test_plan_format_mismatches_are_refused(tiny, tmp_path):
+    _, gguf, *_ = tiny
+    with pytest.raises(SqueezeError, match="tflite takes the split lookup plan only"):
+        export_decoder(tmp_path / "a", formats="tflite", model_path=gguf, lookup_plan="in-graph", verify=False, **SHAPES)
+    with pytest.raises(SqueezeError, match="onnx takes the in-graph lookup plan only"):
+        export_decoder(tmp_path / "b", formats="onnx", model_path=gguf, lookup_plan="split", verify=False, **SHAPES)
+    with pytest.raises(SqueezeError, match="--lookup-plan must be one of"):
+        export_decoder(tmp_path / "c", formats="pte", model_path=gguf, lookup_plan="cpu", verify=False, **SHAPES)
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+
+
+def test_bench_takes_the_split_step_apart(exported, tmp_path):
+    """`squeeze bench` on split artifacts: one row each, and the decode step split by wall clock into graph calls
+    (L + 1 per step), the CPU lookup and the loop's glue."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = exported
+    report_dir = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "export.cli", "bench", str(out), "--out", str(report_dir), "--contexts", "2048",
+           "--runs", "1", "--warmup", "0", "--rounds", "1", "--decode-tokens", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((report_dir / "report.json").read_text())
+    rows = {r["format"]: r for r in report["rows"]}
+    assert set(rows) == {"tflite", "pte"} and all(r["status"] == "ok" and r["lookup_plan"] == "split"
+                                                  for r in rows.values())
+    for e in report["lookup_share"]:
+        assert e["status"] == "ok" and e["graph_calls_per_step"] == 3 and 0 < e["share"] < 1
+        assert e["graph_ms"] > 0 and e["lookup_ms"] > 0
+    assert "| tflite | squeezed (split)" in (report_dir / "report.md").read_text()
