@@ -34,6 +34,10 @@ def add_decoder_arguments(p) -> None:
                         "of the KV cache (default 0.125)")
     g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
                    help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
+    g.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
+                   help="decoder: weight precision; int8/int4 = onnxruntime's MatMulNBits (blocks of 32, symmetric; int4 "
+                        "also quantizes the embedding), .onnx only so far, verified by next-token agreement with fp32 "
+                        "(default fp32)")
     g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,
                    help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
                         "static graphs per layer with the lookup on the CPU between them, for delegates without "
@@ -65,7 +69,7 @@ def cmd_export_decoder(args) -> int:
     result = export_decoder(args.out, formats=[f.strip() for f in formats.split(",") if f.strip()],
                             model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
-                            lookup_plan=args.lookup_plan,
+                            lookup_plan=args.lookup_plan, weights=args.weights,
                             verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
@@ -96,7 +100,7 @@ def print_decoder_summary(manifest, seconds: float) -> None:
     from .cli_export import _console
 
     table = Table(title=f"squeeze export decoder ({seconds:.0f} s)", title_justify="left")
-    for col in ("file", "attention", "lookup", "size", "export s", "tokens identical", "logits PSNR", "status"):
+    for col in ("file", "attention", "lookup", "size", "export s", "tokens identical", "logits vs reference", "status"):
         table.add_column(col)
     for a in manifest["artifacts"]:
         v = a["verification"]
@@ -104,7 +108,8 @@ def print_decoder_summary(manifest, seconds: float) -> None:
         table.add_row(a["file"], a["decoder"]["attention"], a["decoder"].get("lookup_plan") or "-",
                       f"{a['bytes'] / 1e6:.0f} MB", f"{a['export_seconds']:.0f}",
                       f"{v['prompts_identical']}/{v['prompts']}" if "prompts" in v else "-",
-                      f"{v['psnr_db']:.1f} dB" if "psnr_db" in v else "-",
+                      f"{v['psnr_db']:.1f} dB" if "psnr_db" in v else
+                      f"top-1 {100 * v['top1_agreement']:.0f}%" if "top1_agreement" in v else "-",
                       f"[{'green' if ok else 'red' if v.get('status') == 'fail' else 'yellow'}]{v.get('status')}[/]")
     _console(stderr=False).print(table)
 

@@ -39,6 +39,11 @@ MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 FORMATS = ("pte", "onnx", "tflite")
 LOOKUP_PLANS = ("in-graph", "split")
+WEIGHTS = ("fp32", "int8", "int4")
+QUANTIZED_FORMATS = ("onnx",)
+# quantized weights: greedy tokens cannot be identical; judged teacher-forced along the fp32 PyTorch tokens
+QUANTIZED_TOP1_MIN = {"int8": 0.90, "int4": 0.75}
+QUANTIZED_KL_MAX = {"int8": 0.05, "int4": 0.30}
 # formats whose in-graph plan would keep the lookup inside an accelerator's graph: LiteRT's GPU delegate keeps
 # one partition and has no TOPK_V2 (the split plan is their only plan); ONNX Runtime and ExecuTorch fall back
 # to CPU kernels inside one graph / program themselves
@@ -206,7 +211,7 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict) -> di
 
 def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
-                   verify: bool = True,
+                   weights: str = "fp32", verify: bool = True,
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
@@ -227,6 +232,12 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     if bad or not formats:
         raise SqueezeError(f"the decoder exports to {', '.join(FORMATS)}; got {', '.join(bad) or 'none'} "
                            "(a Core ML decoder is not built yet)")
+    if weights not in WEIGHTS:
+        raise SqueezeError(f"--weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
+    if weights != "fp32" and any(f not in QUANTIZED_FORMATS for f in formats):
+        raise SqueezeError(f"--weights {weights} is built for {', '.join(QUANTIZED_FORMATS)} so far (onnxruntime's "
+                           f"MatMulNBits); export {', '.join(f for f in formats if f not in QUANTIZED_FORMATS)} "
+                           "with --weights fp32")
     if lookup_plan is not None and lookup_plan not in LOOKUP_PLANS:
         raise SqueezeError(f"--lookup-plan must be one of {', '.join(LOOKUP_PLANS)}; got {lookup_plan!r}")
     for fmt in formats:
@@ -290,15 +301,15 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             backend = get_backend(fmt)
             plan = (lookup_plan or default_plan(fmt)) if att == "squeezed" else "in-graph"
             stem = f"decoder_{att}" + ("_split" if plan == "split" else "")
-            name = f"{stem}_{shapes.max_context // 1024}k_fp32.{fmt}" if shapes.max_context % 1024 == 0 \
-                else f"{stem}_{shapes.max_context}_fp32.{fmt}"
+            name = f"{stem}_{shapes.max_context // 1024}k_{weights}.{fmt}" if shapes.max_context % 1024 == 0 \
+                else f"{stem}_{shapes.max_context}_{weights}.{fmt}"
             program, module = decoder_program(model, shapes, att, fmt, plan)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
                 with atomic_path(out_dir / name) as tmp:
                     try:
-                        extras = backend.export_program(program, tmp, ExportOptions(spec=None))
+                        extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights))
                     except SqueezeError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
@@ -310,7 +321,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 continue
             from export.verify import sha256_file
 
-            record = {"format": fmt, "file": name, "bytes": (out_dir / name).stat().st_size,
+            record = {"format": fmt, "file": name, "weights": weights, "bytes": (out_dir / name).stat().st_size,
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan), **extras}
@@ -322,8 +333,12 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
                     record["verification"] = {"status": "fail", "failures": [str(exc)]}
                 v = record["verification"]
-                say(fmt, f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
-                         f"logits PSNR {v['psnr_db']:.1f} dB" if "prompts" in v else f"FAILED: {v['failures'][0]}")
+                say(fmt, f"FAILED: {v['failures'][0]}" if "prompts" not in v else
+                    f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
+                    f"logits PSNR {v['psnr_db']:.1f} dB" if "psnr_db" in v else
+                    f"{v['status']}: next-token top-1 agreement {100 * v['top1_agreement']:.1f}%, mean KL "
+                    f"{v['mean_kl']:.4f} vs fp32 (teacher-forced); greedy identical on {v['prompts_identical']}/"
+                    f"{v['prompts']} prompts")
             else:
                 record["verification"] = {"status": "not run"}
             manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("file") != name] + [record]
@@ -430,8 +445,11 @@ def verify_decoder_artifact(path: Path, record: dict, model, data) -> dict:
                 "prompts": sum(r["prompts"] for r in results),
                 "prompts_identical": sum(r["prompts_identical"] for r in results),
                 "tokens_per_prompt": results[0]["tokens_per_prompt"],
-                "psnr_db": min(r["psnr_db"] for r in results),
-                "max_abs_logit_error": max(r["max_abs_logit_error"] for r in results),
+                **({"psnr_db": min(r["psnr_db"] for r in results),
+                    "max_abs_logit_error": max(r["max_abs_logit_error"] for r in results)} if "psnr_db" in results[0] else
+                   {"weights": results[0]["weights"], "top1_agreement": min(r["top1_agreement"] for r in results),
+                    "mean_kl": max(r["mean_kl"] for r in results), "thresholds": results[0]["thresholds"],
+                    "judged": results[0]["judged"]}),
                 "runtime": results[0]["runtime"],
                 "per_pack": [{"context_tokens": d.pack.num_tokens, **r} for d, r in zip(data, results)]}
     return _verify_on_pack(path, record, model, data)
@@ -461,6 +479,11 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)
+    weights = record.get("weights", "fp32")
+    if weights != "fp32":
+        result = _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weights, tokenizer)
+        runner.close()
+        return {**result, "keep_keys": keep_keys, "runtime": backend.runtime}
     identical, per_prompt, sq_err, peak = 0, [], 0.0, 0.0
     steps = 0
     for prompt, ref_tokens in zip(data.prompts, reference):
@@ -490,6 +513,50 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
             "prompts_identical": identical, "tokens_per_prompt": data.tokens, "keep_keys": keep_keys,
             "psnr_db": round(psnr, 2), "max_abs_logit_error": max(p["max_abs_logit_error"] for p in per_prompt),
             "per_prompt": per_prompt, "runtime": backend.runtime}
+
+
+def _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weights: str, tokenizer) -> dict:
+    """Quantized weights: both graphs teacher-forced along the fp32 PyTorch decoder's greedy tokens; the
+    artifact's next-token top-1 must agree with the fp32 exported graph's on QUANTIZED_TOP1_MIN of the steps and
+    the mean KL(fp32 || quantized) of the next-token distributions stay under QUANTIZED_KL_MAX. Free-running
+    greedy tokens are recorded (identical prefix length, text), not judged."""
+    agree = steps = 0
+    kl_sum = 0.0
+    per_prompt = []
+    for prompt, ref_tokens in zip(data.prompts, reference):
+        ids = framing.prompt_ids(prompt)
+        room = shapes.max_prompt + shapes.max_new - len(ids)
+        ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
+        _, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=ref_tokens)
+        _, ref_logits = loop_ref.greedy(ids, len(ref_tokens), forced=ref_tokens)
+        a, r = np.stack(art_logits).astype(np.float64), np.stack(ref_logits).astype(np.float64)
+        log_p = r - r.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        log_q = a - a.max(-1, keepdims=True)
+        log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+        kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+        same = a.argmax(-1) == r.argmax(-1)
+        agree += int(same.sum())
+        steps += len(same)
+        kl_sum += float(kl.sum())
+        free, _ = loop_art.greedy(ids, len(ref_tokens))
+        prefix = next((i for i, (x, y) in enumerate(zip(free, ref_tokens)) if x != y), len(free))
+        per_prompt.append({"prompt": prompt, "top1_agreement": float(same.mean()), "mean_kl": float(kl.mean()),
+                           "greedy_identical_prefix": prefix, "text": tokenizer.decode(free)})
+    top1, kl_mean = agree / max(steps, 1), kl_sum / max(steps, 1)
+    failures = []
+    if top1 < QUANTIZED_TOP1_MIN[weights]:
+        failures.append(f"{weights} weights: next-token top-1 agrees with fp32 on {100 * top1:.1f}% of steps "
+                        f"(< {100 * QUANTIZED_TOP1_MIN[weights]:.0f}%)")
+    if kl_mean > QUANTIZED_KL_MAX[weights]:
+        failures.append(f"{weights} weights: mean KL to fp32 {kl_mean:.4f} > {QUANTIZED_KL_MAX[weights]}")
+    return {"status": "fail" if failures else "pass", "failures": failures, "prompts": len(data.prompts),
+            "prompts_identical": sum(p["greedy_identical_prefix"] == len(r) for p, r in zip(per_prompt, reference)),
+            "tokens_per_prompt": data.tokens, "weights": weights, "top1_agreement": round(top1, 4),
+            "mean_kl": round(kl_mean, 5), "thresholds": {"top1_min": QUANTIZED_TOP1_MIN[weights],
+                                                         "kl_max": QUANTIZED_KL_MAX[weights]},
+            "judged": "teacher-forced along the fp32 PyTorch greedy tokens, against the fp32 exported graph",
+            "per_prompt": per_prompt}
 
 
 __all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_shapes", "export_decoder",

@@ -65,6 +65,7 @@ class GenerationLoop:
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.keep_keys = None
+        self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         if self.attention == "squeezed":
             nc = int(pack.arrays["lookup.labels"].shape[-1])
             fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
@@ -152,7 +153,7 @@ class GenerationLoop:
         """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
-        self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
+        self.lookup_seconds = 0.0
         t0 = time.perf_counter()
         logits = self.step("prefill", list(ids), 0, cache)
         self.prefill_seconds = time.perf_counter() - t0

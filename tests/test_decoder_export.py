@@ -290,3 +290,27 @@ def test_second_export_merges_and_other_weights_are_refused(tiny, tmp_path):
     with pytest.raises(SqueezeError, match="other weights"):
         export_decoder(out, formats=("onnx",), model_path=other, verify=False, **SHAPES)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
+    """--weights int8 (onnxruntime MatMulNBits): every linear becomes MatMulNBits, the file records the quantizer
+    and its settings, and verification judges next-token agreement with fp32 (teacher-forced), not identity."""
+    import onnx
+
+    d, gguf = tiny
+    (d / "doc.txt").write_text(TINY_TEXT)
+    result = export_decoder(tmp_path / "q", formats="onnx", model_path=gguf, attention="squeezed", weights="int8",
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    assert art["file"].endswith("_int8.onnx") and art["weights"] == "int8"
+    q = art["weight_quantization"]
+    assert q["bits"] == 8 and q["block_size"] == 32 and q["matmul_nbits"] == 2 * 7 + 1   # 7 linears/layer + head
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / art["file"])).graph.node}
+    assert "MatMulNBits" in ops and "Gemm" not in ops
+    v = art["verification"]
+    assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] <= 0.05, v
+    with pytest.raises(SqueezeError, match="--weights int8 is built for onnx"):
+        export_decoder(tmp_path / "p", formats="pte", model_path=gguf, weights="int8", verify=False, **SHAPES)
+    with pytest.raises(SqueezeError, match="--weights must be one of"):
+        export_decoder(tmp_path / "p", formats="onnx", model_path=gguf, weights="int2", verify=False, **SHAPES)

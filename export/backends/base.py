@@ -40,6 +40,7 @@ class ExportOptions:
     precision: str = "fp32"
     pte_backend: str = "xnnpack"
     coreml_legacy: bool = True
+    weights: str = "fp32"   # program exports: 'int8' / 'int4' weight-only quantization where the backend has it
     extra: Dict[str, Any] = field(default_factory=dict)
 
 

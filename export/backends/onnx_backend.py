@@ -68,6 +68,85 @@ class OnnxRunner(Runner):
         return dict(zip((o.name for o in self.session.get_outputs()), outs))
 
 
+WEIGHT_BITS = {"int8": 8, "int4": 4}
+WEIGHT_BLOCK = 32
+
+
+def quantize_weights(model, weights: str):
+    """Weight-only quantization with onnxruntime's own tool (MatMulNBits, symmetric, blocks of 32 along the input
+    dimension, accuracy_level 4: int8 products on CPUs with dot-product instructions) for every matrix product
+    with a constant weight, and GatherBlockQuantized for the embedding table. The exporter writes 2-D linears as
+    Gemm(transB=1), which the quantizer does not take: those become MatMul with the weight stored transposed."""
+    import collections
+
+    import logging
+
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    # (the module calls logging.basicConfig(level=INFO) on import: the root logger is put back as it was)
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    root.handlers[:] = handlers
+    root.setLevel(root_level)
+
+    from squeeze_mobile.errors import SqueezeError
+
+    if weights not in WEIGHT_BITS:
+        raise SqueezeError(f"--weights must be fp32, {', '.join(WEIGHT_BITS)} for onnx; got {weights!r}")
+    inits = {i.name: i for i in model.graph.initializer}
+    rewritten = 0
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or len(node.input) != 2 or node.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0:
+            continue
+        name = node.input[1] + ("__t" if attrs.get("transB", 0) else "")
+        if name not in inits:
+            w = numpy_helper.to_array(inits[node.input[1]])
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB", 0) else w), name)
+            model.graph.initializer.append(inits[name])
+        node.op_type = "MatMul"
+        del node.attribute[:]
+        node.input[1] = name
+        rewritten += 1
+    # (onnxruntime quantizes an embedding table, Gather -> GatherBlockQuantized, in 4 bits only)
+    ops_to_quantize = ("MatMul", "Gather") if weights == "int4" else ("MatMul",)
+    config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4,
+                                          bits=WEIGHT_BITS[weights], op_types_to_quantize=ops_to_quantize,
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")   # one INFO line per node otherwise
+    level, log.level = log.level, logging.CRITICAL
+    try:
+        # not quantized: gathers from a computed tensor, and products with a thin constant (RMSNorm's mean as a
+        # product with a [hidden, 1] vector of 1/hidden: its int8 activations would round the variance)
+        exclude = [n.name for n in model.graph.node
+                   if (n.op_type == "Gather" and n.input[0] not in inits)
+                   or (n.op_type == "MatMul" and n.input[1] in inits and min(inits[n.input[1]].dims) == 1)]
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=exclude)
+        quantizer.process()
+    finally:
+        log.level = level
+    model = quantizer.model.model
+    used = {i for n in model.graph.node for i in n.input}
+    kept = [i for i in model.graph.initializer if i.name in used]   # the float originals of quantized weights
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    if not ops.get("MatMulNBits"):
+        raise SqueezeError("onnxruntime's weight quantizer found no matrix product with a constant weight")
+    float_weights = sum(int(np.prod(i.dims)) for i in kept if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                        and min(i.dims) >= WEIGHT_BLOCK)
+    return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer", "weights": weights,
+                   "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": True, "accuracy_level": 4,
+                   "matmul_nbits": ops["MatMulNBits"], "gather_block_quantized": ops.get("GatherBlockQuantized", 0),
+                   "gemm_rewritten": rewritten, "float_matrix_elements_left": float_weights}
+
+
 @register
 class OnnxBackend(Backend):
     name = "onnx"
@@ -132,10 +211,14 @@ class OnnxBackend(Backend):
             )
         model = exported.model_proto
         model.producer_version = torch.__version__.split("+")[0]
+        quantized = None
+        if opts.weights != "fp32":
+            model, quantized = quantize_weights(model, opts.weights)
         onnx.checker.check_model(model)
         with open(dest, "wb") as fh:
             fh.write(model.SerializeToString(deterministic=True))
         return {"opset": OPSET, "nodes": len(model.graph.node),
+                **({"weight_quantization": quantized} if quantized else {}),
                 "methods": {m.name: {"graph": "main", **m.signature()} for m in program.methods}}
 
     def tool_versions(self):
