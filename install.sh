@@ -17,5 +17,7 @@ done
 .venv/bin/python -m pip install --quiet --no-deps -e .
 # the sample apps' platform-free cores are compiled and unit-tested here (Kotlin on the JVM: kotlinc + JUnit 5)
 bash android_demo/install_toolchain.sh
+# ... and in Swift (ios_demo/SqueezeCore, XCTest): Swift is not in bookworm, so a Debian trixie chroot with swiftlang
+bash ios_demo/install_toolchain.sh
 .venv/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 echo "squeeze-mobile installed in $(pwd)/.venv"

@@ -209,3 +209,20 @@ def test_bench_takes_the_split_step_apart(exported, tmp_path):
         assert e["status"] == "ok" and e["graph_calls_per_step"] == 3 and 0 < e["share"] < 1
         assert e["graph_ms"] > 0 and e["lookup_ms"] > 0
     assert "| tflite | squeezed (split)" in (report_dir / "report.md").read_text()
+
+
+def test_tflite_int8_weights_with_the_litert_quantizer(tiny, tmp_path):
+    """--weights int8 on .tflite: the LiteRT quantizer's dynamic-range recipe on the split artifact, still one
+    signature per stage, verified against fp32 by next-token agreement (teacher-forced)."""
+    d, gguf, *_ = tiny
+    result = export_decoder(tmp_path / "q", formats="tflite", model_path=gguf, attention="squeezed", weights="int8",
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    assert art["file"] == "decoder_squeezed_split_160_int8.tflite"
+    assert art["weight_quantization"]["recipe"] == "dynamic_wi8_afp32"
+    v = art["verification"]
+    assert v["status"] == "pass" and v["top1_agreement"] >= 0.9, v
+    fp32 = (d / "artifacts" / "decoder_squeezed_split_160_fp32.tflite")
+    if fp32.exists():   # (the module's fp32 export) weights shrink about 4x; the graph's other constants do not
+        assert art["bytes"] < fp32.stat().st_size

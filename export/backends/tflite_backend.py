@@ -70,6 +70,28 @@ class LiteRTProgramRunner(Runner):
         return self.run("forward", {"input": x})["logits"]
 
 
+WEIGHT_RECIPES = {"int8": "dynamic_wi8_afp32", "int4": "dynamic_wi4b32_afp32"}
+
+
+def quantize_weights(path: Path, weights: str) -> dict:
+    """Weight quantization of a converted .tflite in place with the LiteRT quantizer (ai-edge-quantizer): int8 =
+    per-channel int8 weights, int4 = blocks of 32; activations stay float (dynamic range: the CPU kernels
+    quantize them on the fly, the GPU delegate dequantizes the weights)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    from export.quiet import quiet
+    from squeeze_mobile.errors import SqueezeError
+
+    if weights not in WEIGHT_RECIPES:
+        raise SqueezeError(f"--weights must be fp32, {', '.join(WEIGHT_RECIPES)} for tflite; got {weights!r}")
+    name = WEIGHT_RECIPES[weights]
+    with quiet():
+        q = quantizer.Quantizer(str(path))
+        q.load_quantization_recipe(getattr(recipe, name)())
+        q.quantize().export_model(str(path), overwrite=True)
+    return {"tool": "ai-edge-quantizer", "recipe": name, "weights": weights}
+
+
 def signatures_of(path: Path, program) -> dict:
     """The methods' signatures with the dtypes the .tflite file declares (int64 inputs become int32)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -159,7 +181,9 @@ class LiteRTBackend(Backend):
                              else converter.signature(m.name, m.module, sample_kwargs=kwargs))
             edge_model = converter.convert()
         edge_model.export(str(dest))
-        return {"gpu_delegate": gpu_compatibility(dest), "methods": signatures_of(dest, program)}
+        quantized = quantize_weights(dest, opts.weights) if opts.weights != "fp32" else None
+        return {"gpu_delegate": gpu_compatibility(dest), **({"weight_quantization": quantized} if quantized else {}),
+                "methods": signatures_of(dest, program)}
 
     def load_program(self, path, methods, threads=None, profile=False):
         return LiteRTProgramRunner(path, methods, threads)

@@ -1,0 +1,162 @@
+import Foundation
+import XCTest
+@testable import SqueezeCore
+
+/// The real model's byte-level BPE (SmolLM2-135M-Instruct's tokenizer.json, the file the decoder export ships) against
+/// Python's `tokenizers` on real texts: licence texts, many scripts, emoji with joiners, whitespace runs, digits, chat
+/// special tokens. Ids and decoded text must be identical (the goldens the Kotlin TokenizerTest reads).
+final class TokenizerTests: XCTestCase {
+    /// Parsed once for the class (1.5 MB of JSON); the path comes from SQUEEZE_QA_TOKENIZER (run_tests.sh sets it).
+    private static var shared: Result<ByteLevelBpeTokenizer, Error>?
+
+    private func realTokenizer() throws -> ByteLevelBpeTokenizer {
+        if let r = TokenizerTests.shared { return try r.get() }
+        let r = Result { () throws -> ByteLevelBpeTokenizer in
+            guard let path = ProcessInfo.processInfo.environment["SQUEEZE_QA_TOKENIZER"], !path.isEmpty else {
+                throw GoldenMissing(message: "SQUEEZE_QA_TOKENIZER is not set; run ios_demo/run_tests.sh")
+            }
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw GoldenMissing(message: "\(path) is missing; run .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only")
+            }
+            let bytes = [UInt8](data)
+            if try Golden.json("qa_tokenizer.json.gz")["tokenizer_sha256"].string() != sha256Hex(bytes) {
+                throw GoldenMissing(message: "\(path) is not the tokenizer the goldens were made with; run android_demo/tools/make_golden.py")
+            }
+            return try ByteLevelBpeTokenizer.parse(bytes, source: "tokenizer.json")
+        }
+        TokenizerTests.shared = r
+        return try r.get()
+    }
+
+    func testRealTextsGiveThePythonIds() throws {
+        let tok = try realTokenizer()
+        let golden = try Golden.json("qa_tokenizer.json.gz")
+        XCTAssertEqual(tok.vocabSize, try golden["vocab_size"].int())
+        var tokens = 0
+        for c in try golden["cases"].list() {
+            let text = try c["text"].string()
+            let expected = try c["ids"].intArray()
+            let ids = try tok.encode(text)
+            if ids != expected {
+                let first = zip(ids, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(ids.count, expected.count)
+                XCTFail("ids of \(String(text.prefix(60)).debugDescription): \(ids.count) vs \(expected.count) ids, first difference at \(first): " +
+                        "got \(Array(ids[first..<min(first + 6, ids.count)])), expected \(Array(expected[first..<min(first + 6, expected.count)]))" +
+                        " (text there: \(tok.decode(Array(expected[max(0, first - 2)..<min(first + 3, expected.count)]), skipSpecial: false).debugDescription))")
+            }
+            tokens += ids.count
+        }
+        XCTAssertGreaterThan(tokens, 4000, "only \(tokens) tokens compared")
+    }
+
+    func testDecodingGivesThePythonText() throws {
+        let tok = try realTokenizer()
+        let golden = try Golden.json("qa_tokenizer.json.gz")
+        for c in try golden["cases"].list() + golden["decodes"].list() {
+            let ids = try c["ids"].intArray()
+            XCTAssertEqual(tok.decode(ids), try c["decoded"].string(), "decode of \(ids.prefix(12))")
+            XCTAssertEqual(tok.decode(ids, skipSpecial: false), try c["decoded_with_special"].string(), "decode of \(ids.prefix(12))")
+        }
+    }
+
+    func testSpecialTokensOfTheChatFrame() throws {
+        let tok = try realTokenizer()
+        XCTAssertEqual(tok.tokenToId("<|im_start|>"), 1)
+        XCTAssertEqual(tok.tokenToId("<|im_end|>"), 2)
+        XCTAssertTrue(tok.specialIds.contains(0) && tok.specialIds.contains(2))
+        XCTAssertEqual(try tok.encode("<|im_start|><|im_end|>"), [1, 2])
+        XCTAssertEqual(tok.idToToken(2), "<|im_end|>")
+    }
+
+    func testTinyModelTokenizerWithItsOwnMerges() throws {
+        // the tiny test model's tokenizer.json (40 tokens, 5 merges): the one the generation goldens use
+        let tok = try ByteLevelBpeTokenizer.parse(try Golden.bytes("qa_tokenizer_tiny.json"))
+        let gen = try Golden.json("qa_generation.json.gz")
+        let chat = try gen["tokenizer"]["chat"]
+        let prompt = try chat["join"].string() + gen["prompt"].string() + chat["suffix"].string()
+        XCTAssertEqual(try tok.encode(prompt), try gen["prompt_ids"].intArray())
+        for run in try gen["runs"].list() {
+            XCTAssertEqual(tok.decode(try run["tokens"].intArray()), try run["text"].string())
+        }
+    }
+
+    func testUnsupportedTokenizersAreRefusedInOneLine() throws {
+        let text = try Golden.text("qa_tokenizer_tiny.json")
+        let wordPiece = text.replacingOccurrences(of: "\"type\":\"BPE\"", with: "\"type\":\"WordPiece\"")
+        XCTAssertNotEqual(wordPiece, text)
+        let message = thrownMessage(TokenizerError.self) { try ByteLevelBpeTokenizer.parse(Array(wordPiece.utf8)) }
+        XCTAssertTrue(message.contains("WordPiece") && !message.contains("\n"), message)
+        XCTAssertThrowsError(try ByteLevelBpeTokenizer.parse(Array("{not json".utf8)))
+        XCTAssertThrowsError(try ByteLevelBpeTokenizer.fromFile("/nonexistent/tokenizer.json"))
+    }
+
+    /// The GPT-2 split written out by hand, on the cases that decide between its alternatives (expected pieces checked
+    /// with Python tokenizers' ByteLevel(add_prefix_space=False).pre_tokenize_str).
+    func testGpt2SplitAlternatives() throws {
+        func split(_ text: String) -> [String] {
+            let s = Array(text.unicodeScalars)
+            var out: [String] = []
+            var i = 0
+            while i < s.count {
+                let end = ByteLevelBpeTokenizer.gpt2Match(s[...], at: i)
+                out.append(String(String.UnicodeScalarView(s[i..<end])))
+                i = end
+            }
+            return out
+        }
+        XCTAssertEqual(split("I'm  here, it's 42!"), ["I", "'m", " ", " here", ",", " it", "'s", " 42", "!"])
+        XCTAssertEqual(split("a   \n"), ["a", "   \n"])
+        XCTAssertEqual(split("x\u{85}\u{A0}y"), ["x", "\u{85}", "\u{A0}", "y"]) // NBSP is no " " prefix
+        XCTAssertEqual(split("'re'RE"), ["'re", "'", "RE"])
+    }
+}
+
+/// SHA-256 (FIPS 180-4) without CryptoKit (not on Linux).
+func sha256Hex(_ message: [UInt8]) -> String {
+    let k: [UInt32] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
+        0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
+        0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
+        0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
+        0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
+        0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    ]
+    var h: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
+    var data = message
+    let bitLength = UInt64(message.count) * 8
+    data.append(0x80)
+    while data.count % 64 != 56 { data.append(0) }
+    for i in (0..<8).reversed() { data.append(UInt8(truncatingIfNeeded: bitLength >> (UInt64(i) * 8))) }
+    func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
+    var w = [UInt32](repeating: 0, count: 64)
+    for chunk in stride(from: 0, to: data.count, by: 64) {
+        for t in 0..<16 {
+            var v = UInt32(data[chunk + 4 * t]) << 24
+            v |= UInt32(data[chunk + 4 * t + 1]) << 16
+            v |= UInt32(data[chunk + 4 * t + 2]) << 8
+            v |= UInt32(data[chunk + 4 * t + 3])
+            w[t] = v
+        }
+        for t in 16..<64 {
+            let s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3)
+            let s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10)
+            w[t] = w[t - 16] &+ s0 &+ w[t - 7] &+ s1
+        }
+        var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7]
+        for t in 0..<64 {
+            let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
+            let ch = (e & f) ^ (~e & g)
+            let t1 = hh &+ s1 &+ ch &+ k[t] &+ w[t]
+            let s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
+            let maj = (a & b) ^ (a & c) ^ (b & c)
+            let t2 = s0 &+ maj
+            hh = g; g = f; f = e; e = d &+ t1; d = c; c = b; b = a; a = t1 &+ t2
+        }
+        h[0] = h[0] &+ a; h[1] = h[1] &+ b; h[2] = h[2] &+ c; h[3] = h[3] &+ d
+        h[4] = h[4] &+ e; h[5] = h[5] &+ f; h[6] = h[6] &+ g; h[7] = h[7] &+ hh
+    }
+    return h.map { v in
+        let s = String(v, radix: 16)
+        return String(repeating: "0", count: 8 - s.count) + s
+    }.joined()
+}
