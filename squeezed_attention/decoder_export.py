@@ -520,6 +520,8 @@ def _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weig
     artifact's next-token top-1 must agree with the fp32 exported graph's on QUANTIZED_TOP1_MIN of the steps and
     the mean KL(fp32 || quantized) of the next-token distributions stay under QUANTIZED_KL_MAX. Free-running
     greedy tokens are recorded (identical prefix length, text), not judged."""
+    from .metrics import log_softmax, next_token_agreement
+
     agree = steps = 0
     kl_sum = 0.0
     per_prompt = []
@@ -529,13 +531,8 @@ def _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weig
         ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
         _, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=ref_tokens)
         _, ref_logits = loop_ref.greedy(ids, len(ref_tokens), forced=ref_tokens)
-        a, r = np.stack(art_logits).astype(np.float64), np.stack(ref_logits).astype(np.float64)
-        log_p = r - r.max(-1, keepdims=True)
-        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
-        log_q = a - a.max(-1, keepdims=True)
-        log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
-        kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
-        same = a.argmax(-1) == r.argmax(-1)
+        m = next_token_agreement(log_softmax(np.stack(ref_logits)), log_softmax(np.stack(art_logits)))
+        kl, same = m["kl"], m["top1"]
         agree += int(same.sum())
         steps += len(same)
         kl_sum += float(kl.sum())

@@ -157,11 +157,10 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     logps = torch.stack(logps)
     if reference is None:
         return logps, {}
-    p_ref = reference.exp()
-    kl = (p_ref * (reference - logps)).sum(-1)
-    top1 = (reference.argmax(-1) == logps.argmax(-1)).double()
-    return logps, {"kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "top1_agreement": float(top1.mean()),
-                   "scored_tokens": int(top1.numel())}
+    from .metrics import next_token_agreement
+
+    m = next_token_agreement(reference.numpy(), logps.numpy())
+    return logps, {k: m[k] for k in ("kl_mean", "kl_max", "top1_agreement", "scored_tokens")}
 
 
 def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8096), depths=(0.1, 0.5, 0.9),
