@@ -15,9 +15,12 @@ def add_subcommands(sub) -> None:
         help="latency/throughput of exported artifacts on this machine, an Android phone (adb) or a CUDA GPU",
         description="Host mode (default): every artifact in DIR/manifest.json runs in its own runtime (onnxruntime, "
         "LiteRT/XNNPACK, ExecuTorch/XNNPACK) plus PyTorch eager as the reference, each in its own process, at each "
-        "thread count. Reports load time, p50/p90/p99/min latency, clips/s, peak RSS, size, achieved GFLOP/s and "
-        "its share of this machine's fp32 matmul rate measured in the same run. Writes report.json, report.md "
-        "and report.png (default DIR/bench/).",
+        "thread count; every precision in the manifest (fp32, fp16, int8) in the same run, a format's precisions "
+        "back to back. Reports load time, p50/p90/p99/min latency, clips/s, peak RSS, size, achieved GOP/s and its "
+        "share of this machine's peak for the artifact's precision (fp32 FMA peak for fp32/fp16, int8 dot-product "
+        "peak for int8; a small native probe, compiled on first use with the system C compiler, measures both in "
+        "the same run), and the int8/fp32 latency ratio per runtime. Writes report.json, report.md and report.png "
+        "(default DIR/bench/).",
     )
     p.add_argument("dir", nargs="?", help="export directory (with manifest.json); not used with --gpu or --peers")
     p.add_argument("--threads", default=None,
@@ -99,7 +102,7 @@ def cmd_bench(args) -> int:
         out_dir = args.out or "bench_out/gpu"
         check_report_dir(out_dir, GPU_REPORT_FILES)
         report = run_gpu_benchmark(out_dir=out_dir, progress=_progress(console))
-        _console(False).print(report["markdown"].rstrip("\n"), markup=False)
+        _console(False).print(report["markdown"].rstrip("\n"), markup=False, soft_wrap=True)
         return _fail_on_error_rows(report["rows"], lambda r: r.get("error"), lambda r: f"{r['model']} {r['dtype']}")
     if args.peers:
         from .peers import run_peers_benchmark
@@ -107,7 +110,7 @@ def cmd_bench(args) -> int:
         report = run_peers_benchmark(args.out or "bench_out/peers", threads=tuple(threads), runs=args.runs,
                                      warmup=args.warmup, progress=_progress(console))
         md = report.get("markdown") or Path(report["files"]["markdown"]).read_text()
-        _console(False).print(md.rstrip("\n"), markup=False)
+        _console(False).print(md.rstrip("\n"), markup=False, soft_wrap=True)
         return 0
     if not args.dir:
         raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")
@@ -129,7 +132,7 @@ def cmd_bench(args) -> int:
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
                                        formats=[f.strip() for f in args.formats.split(",") if f.strip()]
                                        if args.formats else None)
-        _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False)
+        _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
         return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
                                    lambda r: f"{r['format']} {r['attention']} at {r['context_tokens']} tokens")
@@ -147,7 +150,8 @@ def cmd_bench(args) -> int:
                                     include_eager=args.eager, progress=_progress(console))
     from .report import markdown
 
-    _console(False).print(markdown(report).rstrip("\n"), markup=False)
+    # soft_wrap: a Markdown row stays one line however wide the table (a wrapped row is no longer a table row)
+    _console(False).print(markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
     print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
     return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
                                lambda r: f"{r.get('name', r.get('format'))} at {r.get('threads')} thread(s)")

@@ -1,8 +1,10 @@
 """Host (this machine) benchmark of every artifact in an export manifest, each runtime in its own process.
 
-For each artifact and thread count: load time, p50/p90/p99/min latency, clips/s, peak resident memory,
-model size, achieved GFLOP/s and its share of this machine's fp32 matmul rate measured in the same run,
-and the speed-up over PyTorch eager (the original model, same thread count, same run).
+For each artifact (every precision of every format) and thread count: load time, p50/p90/p99/min latency, clips/s,
+peak resident memory, model size, achieved GFLOP/s and its share of this machine's peak for the artifact's
+precision (fp32 FMA peak for fp32/fp16, int8 dot-product peak for int8; bench/peak_probe.py measures both in the
+same run), the speed-up over PyTorch eager (the original model, same thread count, same run) and, where a runtime
+has both, the int8/fp32 latency ratio.
 """
 
 from __future__ import annotations
@@ -74,6 +76,79 @@ def spec_from_manifest(manifest: Dict) -> Dict:
     return {"frames": frames, "size": size, "input_format": inp["format"], "batch": inp.get("batch", 1)}
 
 
+PRECISION_ORDER = {"fp32": 0, "fp16": 1, "int8": 2}
+
+
+def row_name(art: Dict) -> str:
+    """The row's name: the format, with the precision when it is not fp32 (onnx, onnx-int8, onnx-fp16)."""
+    precision = art.get("precision", "fp32")
+    return art["format"] if precision == "fp32" else f"{art['format']}-{precision}"
+
+
+def artifact_jobs(manifest: Dict, art_dir: Path, include_eager: bool) -> List[tuple]:
+    """(name, artifact, worker job) for PyTorch eager and every artifact of the manifest. A format's precisions run
+    back to back (fp32, fp16, int8), so the int8/fp32 ratio compares processes timed minutes apart at most."""
+    jobs = []
+    if include_eager:
+        src = manifest["model"].get("source") or {"kind": "unspecified"}
+        jobs.append(("pytorch-eager", None, {"kind": "eager", "source": src, "config": manifest["model"]["config"]}))
+        jobs.append(("pytorch-eager-rewritten", None, {"kind": "eager", "rewritten": True, "source": src,
+                                                        "config": manifest["model"]["config"]}))
+    arts = [a for a in manifest["artifacts"] if a.get("file")]
+    first_seen = {}
+    for i, art in enumerate(arts):
+        first_seen.setdefault(art["format"], i)
+    arts.sort(key=lambda a: (first_seen[a["format"]], PRECISION_ORDER.get(a.get("precision"), 9)))  # stable
+    for art in arts:
+        job = {"kind": "artifact", "dir": str(art_dir), "file": art["file"], "format": art["format"]}
+        if art["format"] == "coreml" and platform.system() == "Darwin":
+            # Core ML picks the hardware per compute-unit setting: time each one
+            for cu in COREML_COMPUTE_UNITS:
+                jobs.append((f"{row_name(art)}-{cu}", art, {**job, "compute_units": cu}))
+        else:
+            jobs.append((row_name(art), art, job))
+    return jobs
+
+
+def add_peak_shares(rows: List[Dict], peaks: Dict) -> None:
+    """Each ok row's achieved rate as a share of the peak that matches its precision at its thread count."""
+    from .peak_probe import KINDS, reference_kind
+
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        kind = reference_kind(row.get("precision"))
+        peak = ((peaks.get(kind) or {}).get("gops") or {}).get(str(row["threads"]))
+        row["peak_reference"] = KINDS[kind]
+        if peak:
+            row["peak_gops"] = peak
+            row["pct_of_peak"] = 100.0 * row["achieved_gflops"] / peak
+
+
+def precision_pairs(rows: List[Dict]) -> List[Dict]:
+    """int8 vs fp32 of the same runtime at the same thread count, same run: the ratio of p50 latencies (medians).
+    Sets ``int8_fp32_latency_ratio`` on the int8 row; returns one record per pair."""
+    pairs = []
+    ok = [r for r in rows if r.get("status") == "ok"]
+    for row in ok:
+        if row.get("precision") != "int8":
+            continue
+        partners = [r for r in ok if r.get("precision") == "fp32" and r["format"] == row["format"]
+                    and r["runtime"] == row["runtime"] and r["threads"] == row["threads"]]
+        if len(partners) > 1:  # e.g. two fp32 .pte files: the one named like the int8 file
+            partners = [r for r in partners if r["file"] == (row["file"] or "").replace("int8", "fp32")]
+        if len(partners) != 1:
+            continue
+        fp32 = partners[0]
+        ratio = row["p50_ms"] / fp32["p50_ms"]
+        row["int8_fp32_latency_ratio"] = ratio
+        pairs.append({"runtime": row["runtime"], "format": row["format"], "threads": row["threads"],
+                      "fp32_file": fp32["file"], "int8_file": row["file"], "fp32_p50_ms": fp32["p50_ms"],
+                      "int8_p50_ms": row["p50_ms"], "int8_fp32_latency_ratio": ratio,
+                      "int8_speedup": 1.0 / ratio})
+    return pairs
+
+
 def parse_threads(text) -> List[int]:
     if isinstance(text, (list, tuple)):
         values = list(text)
@@ -88,13 +163,17 @@ def parse_threads(text) -> List[int]:
 
 
 def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20, warmup: int = 3,
-                       out_dir=None, include_eager: bool = True, progress: Optional[Progress] = None) -> Dict:
+                       out_dir=None, include_eager: bool = True, progress: Optional[Progress] = None,
+                       probe_seconds: float = 0.1) -> Dict:
+    """Time every artifact of ``art_dir``'s manifest (every precision: fp32, fp16, int8 side by side) and PyTorch
+    eager at each thread count, each in its own process; ``probe_seconds``: one timed pass of the peak probe."""
     from export.backends import get_backend
     from export.pipeline import read_manifest
 
-    say = progress or (lambda a, b: None)
+    from . import peak_probe
     from .report import check_report_dir
 
+    say = progress or (lambda a, b: None)
     if runs < 1 or warmup < 0:
         raise SqueezeError("--runs must be >= 1 and --warmup >= 0")
     # absolute: every runtime row runs in a worker process with another working directory
@@ -105,42 +184,30 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
     flops = flops_per_clip(manifest)
     base = {"spec": spec, "runs": runs, "warmup": warmup}
     rows: List[Dict] = []
-    matmul: Dict[int, float] = {}
-    probes: Dict[int, List[float]] = {}
-    def probe_matmul(t: int) -> float:
-        res = run_worker({"kind": "matmul", "threads": t, "runs": max(5, runs // 2), "warmup": 2})
-        if not res.get("ok"):
-            raise SqueezeError(f"matmul probe failed: {res.get('error')}")
-        gf = sorted(res["gflops"])
-        return gf[len(gf) // 2]
+    probe_threads = sorted({1, *threads})  # 1 thread: the per-core peak, reported even when not benchmarked
+    probes: List[Dict] = []
+    probe_note: Optional[str] = None
 
+    def probe_peaks(when: str) -> None:
+        nonlocal probe_note
+        if probe_note:
+            return
+        say("peaks", f"fp32 FMA and int8 dot-product peaks at {', '.join(map(str, probe_threads))} thread(s) ({when})")
+        try:
+            probes.append(peak_probe.run(probe_threads, seconds=probe_seconds, reps=5))
+        except peak_probe.ProbeUnavailable as exc:
+            probe_note = str(exc)
+            say("peaks", f"not measured: {probe_note}")
+
+    # probed before and after the runtimes; the better rate per thread count is the machine's (a probe that
+    # coincided with other load would understate it and flatter every percentage)
+    probe_peaks("before the runtimes")
+    jobs = artifact_jobs(manifest, art_dir, include_eager)
     for t in threads:
-        say("matmul", f"fp32 4096^3 matmul rate at {t} thread(s)")
-        # probed before and after the runtimes of this thread count; the better median is the machine's rate
-        # (a probe that coincided with other load would understate it and flatter every percentage)
-        matmul_probes = [probe_matmul(t)]
-        matmul[t] = matmul_probes[0]
-
-        jobs = []
-        if include_eager:
-            src = manifest["model"].get("source") or {"kind": "unspecified"}
-            jobs.append(("pytorch-eager", None, {"kind": "eager", "source": src, "config": manifest["model"]["config"]}))
-            jobs.append(("pytorch-eager-rewritten", None, {"kind": "eager", "rewritten": True, "source": src,
-                                                            "config": manifest["model"]["config"]}))
-        for art in manifest["artifacts"]:
-            if not art.get("file"):
-                continue
-            job = {"kind": "artifact", "dir": str(art_dir), "file": art["file"], "format": art["format"]}
-            if art["format"] == "coreml" and platform.system() == "Darwin":
-                # Core ML picks the hardware per compute-unit setting: time each one
-                for cu in COREML_COMPUTE_UNITS:
-                    jobs.append((f"coreml-{cu}", art, {**job, "compute_units": cu}))
-            else:
-                jobs.append((art["format"], art, job))
         for name, art, job in jobs:
             row = {"name": name, "threads": t, "file": art["file"] if art else None,
                    "format": art["format"] if art else "pytorch", "bytes": art["bytes"] if art else None,
-                   "precision": art["precision"] if art else "fp32"}
+                   "precision": art.get("precision", "fp32") if art else "fp32"}
             reason = get_backend(art["format"]).cannot_time_here(art) if art else None
             if reason:
                 row.update({"status": "not available on this OS", "detail": reason})
@@ -160,24 +227,21 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
                         "achieved_gflops": gflops})
             rows.append(row)
             say(name, f"p50 {stats['p50_ms']:.1f} ms, {gflops:.0f} GFLOP/s")
-        matmul_probes.append(probe_matmul(t))
-        matmul[t] = max(matmul_probes)
-        probes[t] = matmul_probes
-        for row in rows:
-            if row["threads"] == t and row.get("status") == "ok":
-                row["pct_of_matmul"] = 100.0 * row["achieved_gflops"] / matmul[t]
+    probe_peaks("after the runtimes")
+    peaks = peak_probe.machine_peaks(probe_threads, probes) if probes else peak_probe.unavailable(probe_note)
+    add_peak_shares(rows, peaks)
     for row in rows:  # speed-up over the original PyTorch model, same run, same threads
         eager = next((r for r in rows if r["name"] == "pytorch-eager" and r["threads"] == row["threads"] and r["status"] == "ok"), None)
         if eager and row.get("status") == "ok":
             row["speedup_vs_eager"] = eager["p50_ms"] / row["p50_ms"]
+    pairs = precision_pairs(rows)
     report = {
-        "schema": "squeeze-mobile/bench-host/1",
+        "schema": "squeeze-mobile/bench-host/2",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "artifacts_dir": str(art_dir),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "peaks": peaks},
         "model": {"config": manifest["model"]["config"]["name"], "input": manifest["input"], "gflop_per_clip": flops / 1e9},
-        "matmul_gflops": {str(k): v for k, v in matmul.items()},
-        "matmul_probes_gflops": {str(k): v for k, v in probes.items()},
+        "int8_vs_fp32": pairs,
         "runs": runs,
         "warmup": warmup,
         "rows": rows,

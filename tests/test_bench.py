@@ -1,5 +1,6 @@
-"""bench/: statistics, the host report on a tiny real artifact, Android command construction and output
-parsers (on recorded tool output), missing-tool errors, and GPU mode without CUDA."""
+"""bench/: statistics, the host report on a tiny real artifact (fp32, and fp32 next to a real int8 quantization of
+it), Android command construction and output parsers (on recorded tool output), missing-tool errors, and GPU mode
+without CUDA. The machine-peak probe has its own tests (test_peak_probe.py)."""
 
 import json
 import stat
@@ -34,26 +35,126 @@ def tiny_export(tmp_path_factory):
 def test_host_report_on_tiny_artifact(tiny_export, tmp_path):
     from bench.host import run_host_benchmark
 
-    report = run_host_benchmark(tiny_export, threads=(1,), runs=4, warmup=1, out_dir=tmp_path)
+    report = run_host_benchmark(tiny_export, threads=(1,), runs=4, warmup=1, out_dir=tmp_path, probe_seconds=0.01)
     rows = {r["name"]: r for r in report["rows"]}
     assert set(rows) == {"pytorch-eager", "pytorch-eager-rewritten", "onnx"}
+    # the machine reference is the native probe's fp32 FMA peak (1 thread and every benchmarked count), not sgemm
+    peaks = report["machine"]["peaks"]
+    assert peaks["status"] == "ok", peaks
+    assert "matmul_gflops" not in report and all("pct_of_matmul" not in r for r in rows.values())
+    fma = peaks["fp32"]["gops"]["1"]
+    assert fma == max(peaks["fp32"]["runs_gops"]["1"]) and len(peaks["fp32"]["runs_gops"]["1"]) == 2  # before + after
     for r in rows.values():
         assert r["status"] == "ok", r
         assert r["runs"] == 4 and r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
         assert r["load_s"] > 0 and r["peak_rss_mb"] > r["rss_before_load_mb"] > 50
         assert r["achieved_gflops"] == pytest.approx(report["model"]["gflop_per_clip"] / (r["p50_ms"] / 1e3))
-        assert r["pct_of_matmul"] == pytest.approx(100 * r["achieved_gflops"] / report["matmul_gflops"]["1"])
+        assert r["precision"] == "fp32" and r["peak_reference"] == "fp32 FMA" and r["peak_gops"] == fma
+        assert r["pct_of_peak"] == pytest.approx(100 * r["achieved_gflops"] / fma)
     assert rows["pytorch-eager"]["speedup_vs_eager"] == pytest.approx(1.0)
     assert rows["onnx"]["speedup_vs_eager"] == pytest.approx(rows["pytorch-eager"]["p50_ms"] / rows["onnx"]["p50_ms"])
     assert rows["onnx"]["bytes"] == (tiny_export / rows["onnx"]["file"]).stat().st_size
+    assert report["int8_vs_fp32"] == []  # an fp32-only export has no pairs
     # width-1.0 HMDB51 network at 4 x 64 x 64: FLOPs counted from the module
     assert 0.5 < report["model"]["gflop_per_clip"] < 1.5
-    assert report["matmul_gflops"]["1"] > 1
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert saved["machine"]["peaks"] == json.loads(json.dumps(peaks))
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "report.md").read_text()
-    assert "| onnxruntime (CPU) |" in md and "% matmul" in md
+    assert "| onnxruntime (CPU) | fp32 |" in md and "% of peak" in md and "matmul" not in md
+    assert f"- fp32 FMA peak ({peaks['fp32']['isa']}, 12 independent chains): 1 thread {fma:.0f}" in md
+    onnx_line = next(l for l in md.splitlines() if l.startswith("| onnxruntime (CPU) |"))
+    assert f"| {rows['onnx']['pct_of_peak']:.0f}% |" in onnx_line
+
+
+def _int8_copy(tiny_export, dest):
+    """The tiny export plus a real int8 ONNX of the same model (onnxruntime's dynamic quantization: ConvInteger),
+    described by a manifest entry like the int8 export writes, listed first so the bench must reorder."""
+    import hashlib
+    import os
+    import shutil
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # the 115 MB model as a hard link (read only here); everything else, the manifest above all, as a copy
+    shutil.copytree(tiny_export, dest, copy_function=lambda src, dst: (os.link if src.endswith(".onnx") else
+                                                                       shutil.copy2)(src, dst))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    fp32 = manifest["artifacts"][0]
+    model = onnx.load(str(dest / fp32["file"]))
+    # the dynamo exporter's value_info trips the quantizer's shape inference ("2048 vs 51" at fc.weight)
+    del model.graph.value_info[:]
+    plain = dest / "plain.onnx"
+    onnx.save(model, str(plain))
+    int8_file = fp32["file"].replace("_fp32.onnx", "_int8.onnx")
+    quantize_dynamic(str(plain), str(dest / int8_file), weight_type=QuantType.QUInt8)
+    plain.unlink()
+    data = (dest / int8_file).read_bytes()
+    int8 = {**{k: v for k, v in fp32.items() if k != "verification"}, "file": int8_file, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "precision": "int8"}
+    manifest["artifacts"] = [int8, fp32]
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return fp32["file"], int8_file
+
+
+def test_int8_next_to_fp32_in_one_run(tiny_export, tmp_path):
+    """Two artifacts of one runtime, fp32 and a real int8 quantization: both timed in the same run, back to back,
+    each against its own peak, and the int8/fp32 p50 ratio reported in the rows, the pairs and the table."""
+    from bench.host import run_host_benchmark
+
+    fp32_file, int8_file = _int8_copy(tiny_export, tmp_path / "art")
+    report = run_host_benchmark(tmp_path / "art", threads=(1,), runs=3, warmup=1, out_dir=tmp_path / "rep",
+                                include_eager=False, probe_seconds=0.01)
+    assert [(r["name"], r["file"], r["precision"]) for r in report["rows"]] == [
+        ("onnx", fp32_file, "fp32"), ("onnx-int8", int8_file, "int8")]  # fp32 first, int8 right after
+    fp32, int8 = report["rows"]
+    assert fp32["status"] == int8["status"] == "ok" and fp32["runtime"] == int8["runtime"] == "onnxruntime (CPU)"
+    assert int8["bytes"] < fp32["bytes"] / 3  # int8 weights: ~4x smaller
+    peaks = report["machine"]["peaks"]
+    assert peaks["int8"]["gops"]["1"] > peaks["fp32"]["gops"]["1"] > 0
+    assert fp32["peak_reference"] == "fp32 FMA" and int8["peak_reference"] == "int8 dot product"
+    assert fp32["pct_of_peak"] == pytest.approx(100 * fp32["achieved_gflops"] / peaks["fp32"]["gops"]["1"])
+    assert int8["pct_of_peak"] == pytest.approx(100 * int8["achieved_gflops"] / peaks["int8"]["gops"]["1"])
+    ratio = int8["p50_ms"] / fp32["p50_ms"]
+    assert int8["int8_fp32_latency_ratio"] == pytest.approx(ratio) and "int8_fp32_latency_ratio" not in fp32
+    assert report["int8_vs_fp32"] == [{
+        "runtime": "onnxruntime (CPU)", "format": "onnx", "threads": 1, "fp32_file": fp32_file, "int8_file": int8_file,
+        "fp32_p50_ms": fp32["p50_ms"], "int8_p50_ms": int8["p50_ms"], "int8_fp32_latency_ratio": pytest.approx(ratio),
+        "int8_speedup": pytest.approx(1 / ratio)}]
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert saved["int8_vs_fp32"] == json.loads(json.dumps(report["int8_vs_fp32"]))
+    md = (tmp_path / "rep" / "report.md").read_text()
+    int8_row = next(l for l in md.splitlines() if l.startswith("| onnxruntime (CPU) | int8 |"))
+    assert int8_row.endswith(f"| {int8['pct_of_peak']:.0f}% | - | {ratio:.2f} |")
+    assert (f"| onnxruntime (CPU) | 1 | {fp32['p50_ms']:.1f} | {int8['p50_ms']:.1f} | {ratio:.2f} | {1 / ratio:.2f}x |"
+            in md)
+    assert f"- int8 dot-product peak ({peaks['int8']['isa']}" in md
+
+
+def test_int8_pairs_match_runtime_threads_and_file():
+    """Pairing rules on fabricated rows: same format, runtime and thread count; among several fp32 files of one
+    runtime the one named like the int8 file; failed rows and unmatched precisions get no ratio."""
+    from bench.host import precision_pairs
+
+    def row(fmt, precision, file, threads, p50, status="ok", runtime=None):
+        return {"name": fmt, "format": fmt, "precision": precision, "file": file, "threads": threads, "status": status,
+                "p50_ms": p50, "runtime": runtime or {"pte": "ExecuTorch (XNNPACK)", "onnx": "onnxruntime (CPU)",
+                                                       "tflite": "LiteRT interpreter (XNNPACK)"}[fmt]}
+
+    rows = [row("pte", "fp32", "m_fp32_xnnpack.pte", 2, 100.0), row("pte", "fp32", "m_fp32_coreml.pte", 2, 80.0),
+            row("pte", "int8", "m_int8_xnnpack.pte", 2, 40.0), row("pte", "int8", "m_int8_xnnpack.pte", 1, 70.0),
+            row("pte", "fp32", "m_fp32_xnnpack.pte", 1, 140.0),
+            row("onnx", "fp32", "m_fp32.onnx", 2, 50.0), row("onnx", "fp16", "m_fp16.onnx", 2, 60.0),
+            row("tflite", "fp32", "m_fp32.tflite", 2, 0, status="error"), row("tflite", "int8", "m_int8.tflite", 2, 30.0)]
+    pairs = precision_pairs(rows)
+    assert [(p["format"], p["threads"], p["fp32_file"], p["int8_file"], p["int8_fp32_latency_ratio"]) for p in pairs] == [
+        ("pte", 2, "m_fp32_xnnpack.pte", "m_int8_xnnpack.pte", pytest.approx(0.4)),
+        ("pte", 1, "m_fp32_xnnpack.pte", "m_int8_xnnpack.pte", pytest.approx(0.5))]
+    assert rows[2]["int8_fp32_latency_ratio"] == pytest.approx(0.4)
+    assert "int8_fp32_latency_ratio" not in rows[8]  # its fp32 partner failed
+    assert all("int8_fp32_latency_ratio" not in r for r in rows if r["precision"] != "int8")
 
 
 def test_bench_cli_errors(tmp_path, capsys):
@@ -212,15 +313,24 @@ def test_markdown_cells_stay_on_one_line():
               "runs": 1, "warmup": 0, "rows": [{"name": "onnx", "file": "m.onnx", "threads": 1, "status": "error",
                                                 "detail": "RuntimeError: first line\nsecond | line"}]}
     rows = [l for l in markdown(report).splitlines() if l.startswith("| onnx")]
-    assert rows == ["| onnx | m.onnx | 1 | error: RuntimeError: first line second / line |||||||||||"]
+    assert rows == ["| onnx | - | m.onnx | 1 | error: RuntimeError: first line second / line ||||||||||||"]
+    header = next(l for l in markdown(report).splitlines() if l.startswith("| runtime"))
+    assert header.count("|") == rows[0].count("|")  # the error row spans exactly the table's columns
 
 
 def test_report_title_fits_the_figure():
     from bench.report import figure
 
-    report = {"model": {"gflop_per_clip": 1.0}, "matmul_gflops": {"1": 50.0},
-              "rows": [{"status": "ok", "runtime": "onnxruntime (CPU)", "threads": 1, "p50_ms": 20.0}]}
-    fig = figure(report)
-    fig.canvas.draw()
-    title = fig.axes[0].title.get_window_extent()
-    assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+    peaks = {"status": "ok", "fp32": {"gops": {"1": 50.0}}, "int8": {"gops": {"1": 200.0}}}
+    for rows in ([{"status": "ok", "runtime": "onnxruntime (CPU)", "threads": 1, "p50_ms": 20.0, "precision": "fp32"}],
+                 [{"status": "ok", "runtime": "onnxruntime (CPU)", "threads": 1, "p50_ms": 20.0, "precision": "fp32"},
+                  {"status": "ok", "runtime": "onnxruntime (CPU)", "threads": 1, "p50_ms": 9.0, "precision": "int8"}]):
+        fig = figure({"model": {"gflop_per_clip": 1.0}, "machine": {"peaks": peaks}, "rows": rows})
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        title = ax.title.get_window_extent()
+        assert 0 <= title.x0 and title.x1 <= fig.bbox.width and title.y1 <= fig.bbox.height
+        assert [t.get_text() for t in ax.get_xticklabels()] == [
+            "onnxruntime (CPU)", "onnxruntime (CPU) int8"][:len(rows)]  # one bar per runtime and precision
+        # the compute bounds: 1 GFLOP at 50 GFLOP/s (fp32) and, with an int8 row, at 200 GOP/s (int8)
+        assert sorted(line.get_ydata()[0] for line in ax.get_lines()) == pytest.approx([5.0, 20.0][2 - len(rows):])
