@@ -7,6 +7,8 @@
 #     PyPI wheel's libonnxruntime.so): gcc, a JDK's jni.h (openjdk-17-jdk-headless when missing) and ONNX Runtime's
 #     C header from Debian trixie's libonnxruntime-dev (downloaded with apt-get download through a temporary,
 #     private apt configuration, unpacked with dpkg-deb -x into android_demo/.toolchain/onnxruntime/, not installed)
+#   - for the app check (android_demo/check_app.sh): Debian's aapt and android-framework-res (the platform's
+#     framework-res.apk, Android 10 / API 29), which stand in for the Android SDK's build tools and android.jar
 # Idempotent: anything already present is left alone. apt-get needs root (it is run as root on CI).
 set -euo pipefail
 
@@ -106,6 +108,30 @@ else
     rm -rf "$tmp"
     trap - EXIT
 fi
+# --- app check: aapt + the platform's framework resources (Debian; no Android SDK or Google Maven here)
+FRAMEWORK_RES=/usr/share/android-framework-res/framework-res.apk
+if ! command -v aapt >/dev/null 2>&1 || [ ! -f "$FRAMEWORK_RES" ]; then
+    say "installing aapt and android-framework-res (Debian) for check_app.sh"
+    if [ "$(id -u)" -ne 0 ]; then
+        say "error: aapt or $FRAMEWORK_RES missing and not root; run: sudo apt-get install -y aapt android-framework-res" >&2
+        exit 1
+    fi
+    if [ -z "${_APT_UPDATED:-}" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq || { say "error: apt-get update failed" >&2; exit 1; }
+        _APT_UPDATED=1
+    fi
+    for pkg in aapt android-framework-res; do
+        candidate="$(apt-cache policy "$pkg" 2>/dev/null | sed -n 's/^ *Candidate: *//p')"
+        if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+            say "error: the Debian package $pkg is not available from this machine's apt sources; the app check" \
+                "(check_app.sh) needs aapt and android-framework-res (both in Debian bookworm main)" >&2
+            exit 1
+        fi
+    done
+    apt_install aapt android-framework-res
+    [ -f "$FRAMEWORK_RES" ] || { say "error: android-framework-res installed no $FRAMEWORK_RES" >&2; exit 1; }
+fi
+
 ORT_API="$(sed -n 's/^#define ORT_API_VERSION \([0-9]*\).*/\1/p' "$ORT_DEV/include/onnxruntime_c_api.h")"
 
 # The header's C API version must be one the onnxruntime wheel's library serves (the C API is backward compatible:
@@ -132,4 +158,4 @@ if [ -x "$PY" ] && ORT_PKG="$("$PY" -c 'import onnxruntime, os; print(os.path.di
 else
     say "note: no onnxruntime in $PY yet; run_tests.sh checks the C API version when it builds the bridge"
 fi
-say "ok: $("$KOTLINC" -version 2>&1 | tail -1); junit $(dpkg-query -W -f='${Version}' junit5); jni.h in $JNI_INCLUDE; ONNX Runtime header C API $ORT_API"
+say "ok: $("$KOTLINC" -version 2>&1 | tail -1); junit $(dpkg-query -W -f='${Version}' junit5); jni.h in $JNI_INCLUDE; ONNX Runtime header C API $ORT_API; aapt $(dpkg-query -W -f='${Version}' aapt) + $FRAMEWORK_RES"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Compile the pure-Kotlin core (android_demo/core: main + test sources) for the JVM and run its JUnit 5 tests.
-# Prints a closing "N passed, N failed" line; exits non-zero when a test fails, nothing compiles, or the
-# toolchain is missing (then it says to run android_demo/install_toolchain.sh).
+# Compile the pure-Kotlin core (android_demo/core: main + test sources) for the JVM and run its JUnit 5 tests, and
+# check the app's manifest and resources with aapt (check_app.sh: counted as one more test).
+# Prints a closing "N passed, N failed" line; exits non-zero when a test or the app check fails, nothing compiles,
+# or the toolchain is missing (then it says to run android_demo/install_toolchain.sh).
 # Compiling without android.jar is deliberate: an android.* import in core/ fails the build here.
 set -uo pipefail
 
@@ -88,6 +89,9 @@ if ! build_bridge; then
     echo "error: the ONNX Runtime JNI bridge is not available: $ORT_ERROR (the OrtJniRuntime tests will fail)" >&2
 fi
 
+# The app: manifest + resources through aapt against the platform's framework resources (no Android SDK here).
+if bash "$HERE/check_app.sh"; then app_ok=1; else app_ok=0; fi
+
 REPORT="$BUILD/junit.txt"
 # The real model's tokenizer.json (1.5 MB, not committed): tools/make_golden.py writes it here
 # (`make_golden.py --tokenizer-only`); the tokenizer tests fail with that hint when it is missing.
@@ -104,5 +108,6 @@ failed=$(sed -n 's/.*\[ *\([0-9]*\) tests failed *\].*/\1/p' "$REPORT" | tail -1
 passed=${passed:-0}
 failed=${failed:-0}
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi  # e.g. no tests found, or the launcher failed
+if [ "$app_ok" -eq 1 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); status=1; fi
 echo "$passed passed, $failed failed"
 exit "$status"

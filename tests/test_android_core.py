@@ -10,6 +10,12 @@ and compare them, so the Kotlin tests can never pass against stale goldens. The 
 reduced SqueezeTime .onnx (android_demo/build/ort/, make_golden.py --model-only) that OrtJniRuntimeTest runs through
 ONNX Runtime's C library (the onnxruntime wheel's libonnxruntime.so) via the JNI bridge android_demo/jni/ort_bridge.c.
 Cold run: ~15-50 s (kotlinc); later runs reuse the compiled classes when no .kt file changed (a few seconds).
+
+The Android app itself (android_demo/app) cannot be built here (no Android Gradle plugin, SDK or Google Maven):
+android_demo/check_app.sh compiles its manifest and resources with Debian's aapt against the platform's framework
+resources and checks the R references and manifest components of its Kotlin (run_tests.sh counts it as one test;
+the tests below also prove it rejects broken copies), and the Gradle version catalog is checked against the build
+scripts that use it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+import tomllib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,6 +36,8 @@ CORE = DEMO / "core" / "src"
 KOTLINC = DEMO / ".toolchain" / "node_modules" / "kotlin-compiler" / "bin" / "kotlinc"
 JUNIT = Path("/usr/share/java/junit-platform-console-standalone.jar")
 ORT_HEADER = DEMO / ".toolchain" / "onnxruntime" / "include" / "onnxruntime_c_api.h"  # for the JNI bridge
+FRAMEWORK_RES = Path("/usr/share/android-framework-res/framework-res.apk")  # aapt's platform resources (check_app.sh)
+APP_MAIN = DEMO / "app" / "src" / "main"
 INSTALL_HINT = "the Kotlin toolchain is missing ({}); run android_demo/install_toolchain.sh (as root), then re-run"
 
 
@@ -57,8 +66,8 @@ def _make_golden():
 @pytest.fixture(scope="module")
 def junit_results(tmp_path_factory):
     """Run android_demo/run_tests.sh once; {(class, method): failure text or None}."""
-    missing = [str(p) for p in (KOTLINC, JUNIT, ORT_HEADER) if not p.exists()]
-    missing += ["gcc"] if shutil.which("gcc") is None else []
+    missing = [str(p) for p in (KOTLINC, JUNIT, ORT_HEADER, FRAMEWORK_RES) if not p.exists()]
+    missing += [tool for tool in ("gcc", "aapt") if shutil.which(tool) is None]
     missing += [] if list(Path("/usr/lib/jvm").glob("*/include/jni.h")) else ["a JDK's jni.h (/usr/lib/jvm/*/include)"]
     if missing:
         pytest.fail(INSTALL_HINT.format(", ".join(missing)), pytrace=False)
@@ -109,8 +118,80 @@ def test_kotlin(junit_results, cls, method):
 
 def test_junit_totals(junit_results):
     passed = sum(1 for k, v in junit_results.items() if isinstance(k, tuple) and v is None)
-    assert junit_results["__closing__"] == f"{len(KOTLIN_TESTS)} passed, 0 failed"
+    # run_tests.sh counts the app check (check_app.sh) as one more test
+    assert junit_results["__closing__"] == f"{len(KOTLIN_TESTS) + 1} passed, 0 failed"
     assert junit_results["__rc__"] == 0 and passed == len(KOTLIN_TESTS)
+
+
+def _check_app(*args) -> subprocess.CompletedProcess:
+    if shutil.which("aapt") is None or not FRAMEWORK_RES.is_file():
+        pytest.fail(INSTALL_HINT.format(f"aapt, {FRAMEWORK_RES}"), pytrace=False)
+    return subprocess.run(["bash", str(DEMO / "check_app.sh"), *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_app_manifest_and_resources_pass_aapt():
+    proc = _check_app()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("app check: ok") and "API 29" in line, line
+    # both screens are declared and every R reference of the app's Kotlin resolved
+    assert "the manifest's 2 components have classes" in line, line
+    refs = set(re.findall(r"(?<![.\w])R\.\w+\.\w+", "\n".join(p.read_text() for p in APP_MAIN.rglob("*.kt"))))
+    assert {"R.layout.activity_qa", "R.id.answer", "R.id.open_qa"} <= refs
+    assert f"{len(refs)} R references resolve" in line, line
+
+
+# (what breaks, file under app/src/main, old text, new text, what the error must name)
+BROKEN_APP = [
+    ("unknown string in the manifest", "AndroidManifest.xml", "@string/qa_title", "@string/qa_titel", "qa_titel"),
+    ("library attribute in a layout", "res/layout/activity_qa.xml", 'android:fitsSystemWindows="true">',
+     'android:fitsSystemWindows="true" xmlns:app="http://schemas.android.com/apk/res-auto" '
+     'app:layout_constraintTop_toTopOf="parent">', "layout_constraintTop_toTopOf"),
+    ("malformed layout XML", "res/layout/activity_main.xml", "</FrameLayout>", "</FrameLayot>", "activity_main.xml"),
+    ("bad attribute value", "res/layout/activity_qa.xml", 'android:inputType="number"', 'android:inputType="numbr"',
+     "numbr"),
+    ("R reference without a resource", "kotlin/dev/squeezemobile/demo/QaActivity.kt", "R.id.answer_scroll",
+     "R.id.answer_scrol", "R.id.answer_scrol is used in"),
+    ("manifest activity without a class", "AndroidManifest.xml", '".QaActivity"', '".GhostActivity"',
+     "dev.squeezemobile.demo.GhostActivity"),
+]
+
+
+@pytest.mark.parametrize("what,path,old,new,named", BROKEN_APP, ids=[b[0] for b in BROKEN_APP])
+def test_app_check_rejects_a_broken_copy(tmp_path, what, path, old, new, named):
+    copy = tmp_path / "main"
+    shutil.copytree(APP_MAIN, copy)
+    target = copy / path
+    text = target.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} is no longer in {path}: update this case"
+    target.write_text(text.replace(old, new, 1), encoding="utf-8")
+    proc = _check_app("--manifest", copy / "AndroidManifest.xml", "--res", copy / "res", "--sources", copy / "kotlin")
+    assert proc.returncode == 1, f"{what}: accepted\n{proc.stdout}{proc.stderr}"
+    assert proc.stdout.strip().splitlines()[-1] == "app check: FAILED"
+    assert named in proc.stderr, proc.stderr
+    # the unbroken copy passes (the case tests the edit, not the copy)
+    target.write_text(text, encoding="utf-8")
+    again = _check_app("--manifest", copy / "AndroidManifest.xml", "--res", copy / "res", "--sources", copy / "kotlin")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_gradle_version_catalog_matches_the_build_scripts():
+    """Every libs.* accessor the Gradle Kotlin DSL uses is in gradle/libs.versions.toml, every catalog entry is used,
+    and every version.ref names a version (Gradle resolves none of this here)."""
+    catalog = tomllib.loads((DEMO / "gradle" / "libs.versions.toml").read_text(encoding="utf-8"))
+    libraries = {k.replace("-", ".") for k in catalog["libraries"]}
+    plugins = {k.replace("-", ".") for k in catalog["plugins"]}
+    scripts = "".join(p.read_text(encoding="utf-8") for p in DEMO.rglob("*.gradle.kts") if ".toolchain" not in p.parts)
+    used_plugins = set(re.findall(r"libs\.plugins\.([\w.]+?)\)", scripts))
+    used_libraries = set(re.findall(r"libs\.(?!plugins\.)([\w.]+?)\)", scripts))
+    assert used_plugins == plugins, (used_plugins, plugins)
+    assert used_libraries == libraries, (used_libraries ^ libraries)
+    # (tomllib reads `version.ref = "x"` as {"version": {"ref": "x"}})
+    refs = [e["version"]["ref"] for e in list(catalog["libraries"].values()) + list(catalog["plugins"].values())
+            if isinstance(e.get("version"), dict)]
+    assert refs and set(refs) <= set(catalog["versions"]), set(refs) - set(catalog["versions"])
+    assert set(catalog["versions"]) <= set(refs), set(catalog["versions"]) - set(refs)  # no stale versions
 
 
 def test_golden_files_match_the_python_pipeline():

@@ -37,12 +37,13 @@ android {
 dependencies {
     implementation(project(":core"))
     implementation(libs.androidx.core.ktx)
-    implementation(libs.androidx.appcompat)
-    implementation(libs.androidx.constraintlayout)
+    implementation(libs.androidx.activity.ktx)
     implementation(libs.camerax.core)
     implementation(libs.camerax.camera2)
     implementation(libs.camerax.lifecycle)
     implementation(libs.camerax.view)
+    // one runtime per artifact format, for the camera screen (runtime/*Model.kt) and the Q&A screen
+    // (runtime/*Decoder.kt): .onnx, .tflite (the split plan's multi-signature file), .pte
     implementation(libs.onnxruntime.android)
     implementation(libs.litert)
     implementation(libs.executorch.android)

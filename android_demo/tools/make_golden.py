@@ -13,7 +13,8 @@ the 1.5 MB file itself is written to android_demo/build/qa/tokenizer.json, not c
 its path to the Kotlin tests), and from a tiny real-format Llama GGUF: a context pack file, the numpy CPU lookup's
 indices on the model's real queries, the split plan's kept rows (lookup_numpy.kept_rows on random tables and
 the tiny model's stage scores), the decoder context inputs (sha256 per input) and the generation loop's
-calls with the logits the exported graph (run by PyTorch) returned.
+calls with the logits the exported graph (run by PyTorch) returned, for the in-graph plan and for the split plan
+(its stage graphs with the CPU lookup between them).
 
 Usage (from the repository root):
     .venv/bin/python android_demo/tools/make_golden.py                   # (re)write every golden file
@@ -530,8 +531,11 @@ def qa_goldens() -> dict[str, bytes]:
         # the split lookup plan's CPU lookup: random tables around its edges, then the real lookups of the tiny
         # model's split stages (prefill and one decode step, both layers)
         squeezed = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), "squeezed", state="io").eval()
-        real = _split_lookups(squeezed, arrays, shapes, decoder_context_inputs(arrays, shapes, "squeezed"), prompt_ids)
+        split_run: dict = {}
+        real = _split_lookups(squeezed, arrays, shapes, decoder_context_inputs(arrays, shapes, "squeezed"), prompt_ids,
+                              record=split_run)
         out.update(kept_rows_goldens(real))
+        out.update(split_generation_goldens(split_run, prompt_ids))
     return out
 
 
@@ -601,15 +605,16 @@ def _kept_rows_random_cases(rng) -> list:
     return cases
 
 
-def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list) -> list:
+def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list, record: dict | None = None) -> list:
     """The tiny model's split plan (its stages run by PyTorch, decoder_session's loop between them): the CPU
-    lookup's inputs and outputs of the prefill and the first decode step, both layers."""
+    lookup's inputs and outputs of the prefill and the first decode step, both layers. ``record`` (a dict) gets
+    the run itself: every call (method, the graph's declared inputs, the feed, the outputs), the tokens, keep_keys."""
     from squeezed_attention.decoder_session import GenerationLoop
     from squeezed_attention.exportable import DecoderStage
     from squeezed_attention.lookup_numpy import kept_rows
 
     stages = [DecoderStage(module, s).eval() for s in range(module.config.num_layers + 1)]
-    calls = []
+    calls, declared, fed = [], [], []
 
     class Stages:
         @torch.no_grad()
@@ -618,12 +623,18 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
             out = stage(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in stage.input_names()})
             out = {n: o.numpy() for n, o in zip(stage.output_names(), out if isinstance(out, tuple) else (out,))}
             calls.append((method, feed, out))
+            declared.append(stage.input_names())
+            # hashed now: past_keys / past_values are views of the loop's cache, which later steps write into
+            fed.append({k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v)), "sha256": _sha(v)}
+                        for k, v in feed.items()})
             return out
 
     contract = {"shapes": shapes, "attention": "squeezed", "state": "io", "kv_budget": QA_SHAPES["kv_budget"],
                 "lookup_plan": "split"}
     loop = GenerationLoop(Stages(), contract, arrays, context)
-    loop.greedy(prompt_ids, 2)
+    tokens, _ = loop.greedy(prompt_ids, 2)
+    if record is not None:
+        record.update(calls=calls, declared=declared, fed=fed, tokens=tokens, keep_keys=loop.keep_keys, contract=contract)
     cases = []
     for (_, _, before), (method, feed, _) in zip(calls, calls[1:]):
         step, stage = method.rsplit("_", 1)
@@ -637,6 +648,34 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
         cases.append((f"tiny model, {step}, layer {layer}",) + args)
     assert len(cases) == 2 * module.config.num_layers, [c[0] for c in cases]
     return cases
+
+
+# stage outputs the app's loop only hands on to the next stage: the golden keeps their hashes, not their values
+SPLIT_FORWARDED = ("hidden", "query")
+
+
+def split_generation_goldens(run: dict, prompt_ids: list) -> dict[str, bytes]:
+    """qa_split_generation.json.gz: the split plan's call sequence of the tiny model (prefill + one decode step;
+    its stage graphs run by PyTorch, decoder_session's loop and CPU lookup between them): per call the method, the
+    stage graph's declared inputs, every fed input (dtype, shape, sha256) and the outputs; qa_split_outputs_f32le.bin.gz
+    holds the outputs the app's loop reads (scores, key, value, logits); hidden and query, which it only hands on,
+    are kept as hashes (the Kotlin replay checks it hands on exactly what it got)."""
+    blobs, offset, calls = [], 0, []
+    for (method, _, out), declared, fed in zip(run["calls"], run["declared"], run["fed"]):
+        outs = {}
+        for name, value in out.items():
+            value = np.asarray(value, np.float32)
+            entry = {"shape": list(value.shape), "sha256": _sha(value)}
+            if name not in SPLIT_FORWARDED:
+                blobs.append(_le(value))
+                entry.update(offset=offset, count=int(value.size))
+                offset += int(value.size)
+            outs[name] = entry
+        calls.append({"method": method, "declared": list(declared), "inputs": fed, "outputs": outs})
+    meta = {"prompt_ids": list(prompt_ids), "max_new_tokens": 2, "tokens": list(run["tokens"]),
+            "keep_keys": run["keep_keys"], "contract": run["contract"], "forwarded": list(SPLIT_FORWARDED), "calls": calls}
+    return {"qa_split_generation.json.gz": _gz(json.dumps(meta).encode()),
+            "qa_split_outputs_f32le.bin.gz": _gz(b"".join(blobs))}
 
 
 def kept_rows_goldens(real: list) -> dict[str, bytes]:

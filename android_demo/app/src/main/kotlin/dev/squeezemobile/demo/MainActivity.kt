@@ -1,15 +1,17 @@
 package dev.squeezemobile.demo
 
 import android.Manifest
+import android.content.Intent
 import android.content.pm.PackageManager
 import android.os.Bundle
 import android.view.View
 import android.widget.AdapterView
 import android.widget.ArrayAdapter
+import android.widget.Button
 import android.widget.Spinner
 import android.widget.TextView
+import androidx.activity.ComponentActivity
 import androidx.activity.result.contract.ActivityResultContracts
-import androidx.appcompat.app.AppCompatActivity
 import androidx.camera.core.CameraSelector
 import androidx.camera.core.ImageAnalysis
 import androidx.camera.core.Preview
@@ -25,8 +27,11 @@ import dev.squeezemobile.demo.runtime.ModelDirectory
 import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
 
-/** Camera preview, top-5 actions, inference ms (p50/p90 of the last 100), camera FPS and the backend in use. */
-class MainActivity : AppCompatActivity() {
+/**
+ * Camera preview, top-5 actions, inference ms (p50/p90 of the last 100), camera FPS and the backend in use; a button
+ * opens the document Q&A screen (QaActivity).
+ */
+class MainActivity : ComponentActivity() {
     private lateinit var models: ModelDirectory
     private lateinit var results: TextView
     private lateinit var stats: TextView
@@ -44,6 +49,7 @@ class MainActivity : AppCompatActivity() {
         setContentView(R.layout.activity_main)
         results = findViewById(R.id.results)
         stats = findViewById(R.id.stats)
+        findViewById<Button>(R.id.open_qa).setOnClickListener { startActivity(Intent(this, QaActivity::class.java)) }
         models = try {
             ModelDirectory(this)
         } catch (e: java.io.IOException) {

@@ -6,7 +6,29 @@ package dev.squeezemobile.core
  * artifacts with their runtime contract and the named inputs/outputs of each method. Missing or mistyped keys
  * the app relies on raise [DecoderException] with one line naming the key.
  */
-class DecoderMethod(val name: String, val inputs: List<TensorInfo>, val outputs: List<String>)
+class DecoderMethod(
+    val name: String,
+    val inputs: List<TensorInfo>,
+    val outputs: List<String>,
+    /** input name -> the runtime's own name for it where they differ (a .tflite signature's input key) */
+    val tensorNames: Map<String, String> = emptyMap(),
+) {
+    /** The runtime's name of input [input] (the manifest's `tensor`, else the input name itself). */
+    fun tensorName(input: String): String = tensorNames[input] ?: input
+
+    /**
+     * This method's outputs keyed by the runtime's output names (export/backends/tflite_backend.py): a .tflite
+     * signature names its outputs output_0, output_1, ...; in the order of their number they are [outputs].
+     */
+    fun outputsByRuntimeName(runtimeNames: Collection<String>): Map<String, String> {
+        if (runtimeNames.size != outputs.size) {
+            throw DecoderException("method $name returns ${runtimeNames.size} outputs (${runtimeNames.joinToString()}) but the manifest " +
+                "lists ${outputs.size} (${outputs.joinToString()}); re-export the decoder")
+        }
+        val ordered = runtimeNames.sortedBy { Regex("(\\d+)$").find(it)?.groupValues?.get(1)?.toInt() ?: 0 }
+        return ordered.zip(outputs).toMap(LinkedHashMap())
+    }
+}
 
 class DecoderArtifact(
     val format: String,
@@ -31,12 +53,19 @@ class DecoderManifest(
     val tokenizer: DecoderTokenizerInfo,
     val artifacts: List<DecoderArtifact>,
 ) {
-    /** The first artifact of [format] ("onnx", "pte", ...) and [attention] ("squeezed", "full"), null = any. */
-    fun pick(format: String? = null, attention: String? = null): DecoderArtifact {
-        val usable = artifacts.filter { (format == null || it.format == format) && (attention == null || it.contract.attention == attention) }
+    /**
+     * The first artifact of [format] ("onnx", "pte", "tflite"), [attention] ("squeezed", "full") and lookup [plan]
+     * ("in-graph", "split"); null = any.
+     */
+    fun pick(format: String? = null, attention: String? = null, plan: String? = null): DecoderArtifact {
+        val usable = artifacts.filter {
+            (format == null || it.format == format) && (attention == null || it.contract.attention == attention) &&
+                (plan == null || it.contract.lookupPlan == plan)
+        }
         if (usable.isEmpty()) {
             val have = artifacts.map { it.format }.distinct().sorted().joinToString(", ").ifEmpty { "none" }
-            throw DecoderException("the export holds no ${format ?: ""} ${attention ?: ""} decoder artifact (it has: $have); " +
+            val what = listOfNotNull(format, attention, plan?.let { "$it-plan" }).joinToString(" ")
+            throw DecoderException("the export holds no ${if (what.isEmpty()) "" else "$what "}decoder artifact (it has: $have); " +
                 "pick one of those or export it")
         }
         return usable[0]
@@ -70,9 +99,11 @@ class DecoderManifest(
                     val d = a["decoder"]
                     val methods = d["methods"].obj().keys.associateWith { name ->
                         val m = d["methods"][name]
+                        val inputs = m["inputs"].list()
                         DecoderMethod(name,
-                            m["inputs"].list().map { TensorInfo(it["name"].string(), it["shape"].intArray(), it["dtype"].string(), null) },
-                            m["outputs"].list().map { it.string() })
+                            inputs.map { TensorInfo(it["name"].string(), it["shape"].intArray(), it["dtype"].string(), null) },
+                            m["outputs"].list().map { it.string() },
+                            inputs.mapNotNull { i -> i.opt("tensor")?.stringOrNull()?.let { i["name"].string() to it } }.toMap())
                     }
                     DecoderArtifact(a["format"].string(), a["file"].string(), a.opt("sha256")?.stringOrNull(),
                         a.opt("bytes")?.let { if (it.isNull) null else it.long() }, a.opt("runtime")?.stringOrNull(),

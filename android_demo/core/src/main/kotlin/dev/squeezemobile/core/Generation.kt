@@ -2,11 +2,13 @@ package dev.squeezemobile.core
 
 /**
  * Document Q&A over an exported decoder (squeezed_attention/decoder_session.py), runtime-free: the app gives a
- * [DecoderRuntime] (ONNX Runtime, ExecuTorch, ... in app/), this file runs the call sequence the decoder manifest
+ * [DecoderRuntime] (ONNX Runtime, LiteRT, ExecuTorch in app/), this file runs the call sequence the decoder manifest
  * documents: `prefill` once with the question (padded to max_prompt, n_tokens = its length, cache_len = 0), then
  * `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens.
  * With explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values
  * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does.
+ * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
+ * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them.
  */
 class DecoderException(message: String) : IllegalArgumentException(message)
 
@@ -20,18 +22,32 @@ interface DecoderRuntime : AutoCloseable {
     override fun close() {}
 }
 
-/** The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget. */
-class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes) {
+/**
+ * The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, and the
+ * lookup plan ("in-graph": one graph per step; "split": stage graphs with the CPU lookup between them).
+ */
+class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
+                      val lookupPlan: String = IN_GRAPH) {
     init {
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
         if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
+        if (lookupPlan != IN_GRAPH && lookupPlan != SPLIT) throw DecoderException("decoder.lookup_plan: expected in-graph or split, found $lookupPlan")
+        if (lookupPlan == SPLIT && (attention != "squeezed" || state != "io")) {
+            throw DecoderException("decoder.lookup_plan: the split plan is squeezed attention with state io, found $attention / $state")
+        }
     }
 
+    val split: Boolean get() = lookupPlan == SPLIT
+
     companion object {
+        const val IN_GRAPH = "in-graph"
+        const val SPLIT = "split"
+
         fun parse(j: JsonPath) = try {
             DecoderContract(j["attention"].string(), j["state"].string(),
-                j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]))
+                j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
+                j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH) // null for full attention, absent in older manifests
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -66,8 +82,12 @@ object KvBudget {
     }
 }
 
-/** Tokens of one answer, the logits they were chosen from, and how long prefill and decode took. */
-class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val prefillNanos: Long, val decodeNanos: Long, val decodeSteps: Int) {
+/**
+ * Tokens of one answer, the logits they were chosen from, how long prefill and decode took (the split plan's CPU
+ * lookup included; [lookupNanos] is its share), and whether the caller stopped it early.
+ */
+class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val prefillNanos: Long, val decodeNanos: Long,
+                       val decodeSteps: Int, val lookupNanos: Long = 0L, val cancelled: Boolean = false) {
     val decodeTokensPerSecond: Double get() = if (decodeNanos > 0) decodeSteps / (decodeNanos / 1e9) else 0.0
 }
 
@@ -98,8 +118,13 @@ class GenerationLoop(
         return Cache(FloatArray(size), FloatArray(size), pack.layers, pack.kvHeads, cap, pack.headDim)
     }
 
+    /** Time spent in the split plan's CPU lookup since the last [greedy] started. */
+    var lookupNanos = 0L
+        private set
+
     /** One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into [cache]. */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
+        if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
         val width = if (method == "prefill") shapes.maxPrompt else 1
         val feed = LinkedHashMap<String, DecoderTensor>()
         feed["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < tokens.size) tokens[it].toLong() else 0L }, intArrayOf(width))
@@ -124,6 +149,70 @@ class GenerationLoop(
         val logits = out["logits"] as? DecoderTensor.Float32
             ?: throw DecoderException("the runtime returned no float32 \"logits\" output for $method")
         return logits.data
+    }
+
+    /**
+     * The split plan (GenerationLoop._split_step): graphs `<method>_0 .. <method>_L`; between stage s-1 and s the CPU
+     * lookup turns stage s-1's cluster scores into layer l = s-1's kept rows ([KeptRows]), and stage s-1's key/value
+     * (layer l's rows of this step) go into the cache at cacheLen before stage s reads that layer's cache.
+     */
+    private fun splitStep(method: String, tokens: IntArray, cacheLen: Int, cache: Cache): FloatArray {
+        val width = if (method == "prefill") shapes.maxPrompt else 1
+        val n = tokens.size
+        val base = linkedMapOf<String, DecoderTensor>(
+            "n_tokens" to scalar(n.toLong()), "cache_len" to scalar(cacheLen.toLong()), "context_len" to scalar(pack.numTokens.toLong()))
+        fun ctx(name: String) = contextInputs[name] ?: throw DecoderException("the context inputs have no $name (split plan)")
+        val first = LinkedHashMap(base)
+        first["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < n) tokens[it].toLong() else 0L }, intArrayOf(width))
+        first["next_centroids"] = ctx("centroids_0")
+        first["next_counts"] = ctx("counts_0")
+        var out = runtime.run("${method}_0", first)
+        val per = cache.heads * cache.capacity * cache.headDim
+        val cacheShape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
+        for (stage in 1..cache.layers) {
+            val l = stage - 1
+            val t0 = clockNanos()
+            val kept = KeptRows.compute(output(out, "scores", method, stage - 1), ctx("counts_$l") as DecoderTensor.Int64,
+                ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_kv_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
+            lookupNanos += clockNanos() - t0
+            val key = output(out, "key", method, stage - 1)
+            val value = output(out, "value", method, stage - 1)
+            writeLayer(cache, key, cache.keys, l, cacheLen, n)
+            writeLayer(cache, value, cache.values, l, cacheLen, n)
+            val feed = LinkedHashMap(base)
+            feed["hidden"] = output(out, "hidden", method, stage - 1)
+            feed["query"] = output(out, "query", method, stage - 1)
+            feed["key"] = key
+            feed["value"] = value
+            feed["past_keys"] = DecoderTensor.Float32(cache.keys.copyOfRange(l * per, (l + 1) * per), cacheShape)
+            feed["past_values"] = DecoderTensor.Float32(cache.values.copyOfRange(l * per, (l + 1) * per), cacheShape)
+            feed["sink_kv"] = ctx("sink_kv_$l")
+            feed["window_kv"] = ctx("window_kv_$l")
+            feed.putAll(kept.inputs())
+            feed["centroids"] = ctx("centroids_$l")
+            feed["value_centroids"] = ctx("value_centroids_$l")
+            feed["counts"] = ctx("counts_$l")
+            if (stage < cache.layers) {
+                feed["next_centroids"] = ctx("centroids_$stage")
+                feed["next_counts"] = ctx("counts_$stage")
+            }
+            out = runtime.run("${method}_$stage", feed)
+        }
+        return output(out, "logits", method, cache.layers).data
+    }
+
+    private fun output(out: Map<String, DecoderTensor>, name: String, method: String, stage: Int): DecoderTensor.Float32 =
+        out[name] as? DecoderTensor.Float32 ?: throw DecoderException("the runtime returned no float32 \"$name\" output for ${method}_$stage")
+
+    /** Stage key/value [H, T, D]: its first n rows per head into layer l of the cache at [at]. */
+    private fun writeLayer(cache: Cache, t: DecoderTensor.Float32, dst: FloatArray, l: Int, at: Int, n: Int) {
+        val s = t.shape
+        if (s.size != 3 || s[0] != cache.heads || s[1] < n || s[2] != cache.headDim) {
+            throw DecoderException("a stage's key/value has shape ${s.contentToString()}, expected [${cache.heads}, >= $n, ${cache.headDim}]")
+        }
+        for (h in 0 until cache.heads) {
+            System.arraycopy(t.data, h * s[1] * s[2], dst, ((l * cache.heads + h) * cache.capacity + at) * cache.headDim, n * cache.headDim)
+        }
     }
 
     private fun writeCache(cache: Cache, out: Map<String, DecoderTensor>, name: String, dst: FloatArray, at: Int, n: Int) {
@@ -154,11 +243,13 @@ class GenerationLoop(
 
     /**
      * Prefill [ids] then decode greedily (or along [forced] tokens: teacher forcing, for checks). A stop token ends
-     * the answer without being part of it. [onToken] sees the answer so far after every token.
+     * the answer without being part of it. [onToken] sees the answer so far after every token; when [cancelled]
+     * turns true (checked after each token, e.g. the app's Stop button) no further step runs.
      */
     fun greedy(ids: IntArray, maxNewTokens: Int, forced: IntArray? = null, stopIds: Set<Int> = emptySet(),
-               onToken: ((IntArray) -> Unit)? = null): GenerationOutput {
+               onToken: ((IntArray) -> Unit)? = null, cancelled: () -> Boolean = { false }): GenerationOutput {
         checkLengths(ids.size, maxNewTokens)
+        lookupNanos = 0L
         val cache = newCache()
         val t0 = clockNanos()
         var logits = step("prefill", ids, 0, cache)
@@ -167,6 +258,7 @@ class GenerationLoop(
         val allLogits = ArrayList<FloatArray>()
         val t1 = clockNanos()
         var steps = 0
+        var stopped = false
         for (i in 0 until maxNewTokens) {
             allLogits.add(logits)
             val token = if (forced == null) argmax(logits) else forced[i]
@@ -174,10 +266,14 @@ class GenerationLoop(
             tokens.add(token)
             onToken?.invoke(tokens.toArray())
             if (tokens.size == maxNewTokens || (forced != null && tokens.size == forced.size)) break
+            if (cancelled()) {
+                stopped = true
+                break
+            }
             logits = step("decode", intArrayOf(token), ids.size + tokens.size - 1, cache)
             steps++
         }
-        return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps)
+        return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps, lookupNanos, stopped)
     }
 
     companion object {
@@ -195,9 +291,10 @@ class GenerationLoop(
     }
 }
 
-/** One answer: its text and ids, and the numbers the Q&A screen shows. */
+/** One answer: its text and ids, and the numbers the Q&A screen shows (lookupMs: the split plan's CPU lookup). */
 class Answer(val text: String, val tokenIds: IntArray, val promptTokens: Int, val contextTokens: Int,
-             val prefillMs: Double, val decodeMs: Double, val decodeTokens: Int, val runtime: String) {
+             val prefillMs: Double, val decodeMs: Double, val decodeTokens: Int, val runtime: String,
+             val lookupMs: Double = 0.0, val cancelled: Boolean = false) {
     val decodeTokensPerSecond: Double get() = if (decodeMs > 0) decodeTokens / (decodeMs / 1e3) else 0.0
 }
 
@@ -239,7 +336,7 @@ class DocumentQa(
     }
 
     fun generate(prompt: String, maxNewTokens: Int = 64, raw: Boolean? = null, stopAtEos: Boolean = true,
-                 onText: ((String) -> Unit)? = null): Answer {
+                 cancelled: () -> Boolean = { false }, onText: ((String) -> Unit)? = null): Answer {
         val ids = promptIds(prompt, raw)
         var printed = ""
         val stream: ((IntArray) -> Unit)? = if (onText == null) null else { tokens ->
@@ -249,8 +346,9 @@ class DocumentQa(
                 printed = text
             }
         }
-        val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream)
+        val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream,
+            cancelled = cancelled)
         return Answer(tokenizer.decode(out.tokens), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
-            out.decodeNanos / 1e6, out.decodeSteps, runtime.name)
+            out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled)
     }
 }

@@ -1,0 +1,52 @@
+package dev.squeezemobile.demo.runtime
+
+import dev.squeezemobile.core.DecoderArtifact
+import dev.squeezemobile.core.DecoderException
+import dev.squeezemobile.core.DecoderRuntime
+import dev.squeezemobile.core.DecoderTensor
+import dev.squeezemobile.core.NativeTensorCache
+import org.pytorch.executorch.EValue
+import org.pytorch.executorch.Module
+import org.pytorch.executorch.Tensor
+import java.io.File
+
+/**
+ * The exported decoder's .pte in ExecuTorch (org.pytorch:executorch-android, XNNPACK delegate): each method
+ * ("prefill", "decode", or the split plan's stage graphs) run with Module.execute by name, inputs in the order the
+ * manifest lists them, outputs in its order. In-graph .pte exports keep the KV cache in mutable buffers inside the
+ * program (state "buffer"): the core's loop then feeds no cache.
+ */
+class ExecuTorchDecoder(file: File, private val artifact: DecoderArtifact) : DecoderRuntime {
+    override val name = "ExecuTorch (XNNPACK)"
+    private val module = Module.load(file.absolutePath)
+    private val tensors = NativeTensorCache<Tensor>()
+
+    override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+        val spec = artifact.methods[method] ?: throw DecoderException("${artifact.file} has no method $method")
+        val args = spec.inputs.map { info ->
+            val t = inputs[info.name] ?: throw DecoderException("method $method needs input ${info.name}, which the loop did not feed")
+            EValue.from(tensors.get(info.name, t, ::etTensor))
+        }
+        val out = module.execute(method, *args.toTypedArray())
+        if (out.size != spec.outputs.size) {
+            throw DecoderException("method $method returned ${out.size} outputs, the manifest lists ${spec.outputs.size}; re-export")
+        }
+        return spec.outputs.zip(out).associate { (name, value) ->
+            val t = value.toTensor()
+            name to DecoderTensor.Float32(t.dataAsFloatArray, t.shape().map { it.toInt() }.toIntArray())
+        }
+    }
+
+    private fun etTensor(t: DecoderTensor): Tensor {
+        val shape = t.shape.map { it.toLong() }.toLongArray()
+        return when (t) {
+            is DecoderTensor.Float32 -> Tensor.fromBlob(t.data, shape)
+            is DecoderTensor.Int64 -> Tensor.fromBlob(t.data, shape)
+        }
+    }
+
+    override fun close() {
+        tensors.close()
+        module.destroy()
+    }
+}

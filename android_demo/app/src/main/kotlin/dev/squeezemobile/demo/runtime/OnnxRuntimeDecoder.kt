@@ -1,0 +1,58 @@
+package dev.squeezemobile.demo.runtime
+
+import ai.onnxruntime.OnnxTensor
+import ai.onnxruntime.OrtEnvironment
+import ai.onnxruntime.OrtSession
+import dev.squeezemobile.core.DecoderArtifact
+import dev.squeezemobile.core.DecoderException
+import dev.squeezemobile.core.DecoderRuntime
+import dev.squeezemobile.core.DecoderTensor
+import dev.squeezemobile.core.NativeTensorCache
+import dev.squeezemobile.core.TensorBytes
+import java.io.File
+
+/**
+ * The exported decoder's .onnx in ONNX Runtime (onnxruntime-android), CPU execution provider: one graph serves
+ * "prefill" and "decode" (the token axis is dynamic); inputs and outputs by name. The cache is explicit I/O: the
+ * core's GenerationLoop keeps it and writes new_keys/new_values.
+ */
+class OnnxRuntimeDecoder(file: File, private val artifact: DecoderArtifact, threads: Int) : DecoderRuntime {
+    override val name = "ONNX Runtime (CPU)"
+    private val env = OrtEnvironment.getEnvironment()
+    private val session = env.createSession(file.absolutePath, OrtSession.SessionOptions().apply {
+        setIntraOpNumThreads(threads)
+    })
+    private val graphInputs = session.inputNames.toList()
+    private val tensors = NativeTensorCache<OnnxTensor> { it.close() }
+
+    override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+        val spec = artifact.methods[method] ?: throw DecoderException("${artifact.file} has no method $method")
+        val feed = graphInputs.associateWith { name ->
+            val t = inputs[name] ?: throw DecoderException("the graph needs input $name, which the loop did not feed for $method")
+            tensors.get(name, t, ::onnxTensor)
+        }
+        session.run(feed, spec.outputs.toSet()).use { result ->
+            return spec.outputs.associateWith { name ->
+                val value = result.get(name).orElse(null) as? OnnxTensor
+                    ?: throw DecoderException("ONNX Runtime returned no tensor $name for $method")
+                val buffer = value.floatBuffer
+                val data = FloatArray(buffer.remaining()).also { buffer.get(it) }
+                DecoderTensor.Float32(data, value.info.shape.map { it.toInt() }.toIntArray())
+            }
+        }
+    }
+
+    private fun onnxTensor(t: DecoderTensor): OnnxTensor {
+        val shape = t.shape.map { it.toLong() }.toLongArray()
+        val bytes = TensorBytes.pack(t, if (t is DecoderTensor.Int64) "int64" else "float32")
+        return when (t) {
+            is DecoderTensor.Float32 -> OnnxTensor.createTensor(env, bytes.asFloatBuffer(), shape)
+            is DecoderTensor.Int64 -> OnnxTensor.createTensor(env, bytes.asLongBuffer(), shape)
+        }
+    }
+
+    override fun close() {
+        tensors.close()
+        session.close()
+    }
+}
