@@ -15,6 +15,16 @@ for part in llm peers fuzz; do
   if [ -f "requirements-$part-nodeps.txt" ]; then .venv/bin/python -m pip install --quiet --no-deps -r "requirements-$part-nodeps.txt"; fi
 done
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# real photographs for the camera-motion task (squeezetime/motion_task.py): Debian wallpaper packages, read in place
+PHOTO_DEBS="mate-backgrounds lomiri-wallpapers-16.04"
+if ! dpkg -s $PHOTO_DEBS >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PHOTO_DEBS
+  else
+    echo "warning: the camera-motion photographs need: sudo apt-get install $PHOTO_DEBS" >&2
+  fi
+fi
 # the sample apps' platform-free cores are compiled and unit-tested here (Kotlin on the JVM: kotlinc + JUnit 5)
 bash android_demo/install_toolchain.sh
 # ... and in Swift (ios_demo/SqueezeCore, XCTest): Swift is not in bookworm, so a Debian trixie chroot with swiftlang

@@ -306,6 +306,27 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
     )
 
 
+def _metadata_label_file(path, num_classes: int) -> Optional[str]:
+    """The label file a .safetensors checkpoint names in its metadata (``label_file``: a stem under
+    squeezetime/labels/, as the project's own trained checkpoints write it), if that file exists and has one line
+    per class; otherwise None (the base config's labels)."""
+    from .video import label_path
+
+    if Path(path).suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            name = (f.metadata() or {}).get("label_file")
+    except Exception:  # noqa: BLE001 - read_state_dict already accepted the file; metadata is optional
+        return None
+    if not name or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not label_path(name).is_file():
+        return None
+    lines = label_path(name).read_text(encoding="utf-8").splitlines()
+    return name if len(lines) == num_classes else None
+
+
 def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_unsafe_metadata: bool = False) -> SqueezeTime:
     """Load a SqueezeTime checkpoint into a freshly built model, in eval mode.
 
@@ -316,6 +337,9 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
     raw = read_state_dict(path, skip_unsafe_metadata=skip_unsafe_metadata)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
+    labels = _metadata_label_file(path, cfg.num_classes)
+    if labels:
+        cfg = get_config(cfg, labels=labels)
     try:
         model = SqueezeTime(cfg)
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # shapes describing no buildable network

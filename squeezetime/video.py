@@ -389,10 +389,10 @@ def sample_video_path(name: str = "bikes.mp4") -> Path:
 
 
 def load_labels(name: str) -> List[str]:
-    """Class names (index order of the official checkpoints) for 'kinetics400', 'kinetics600' or 'hmdb51'."""
+    """Class names, in head order, from a label file under squeezetime/labels/ (kinetics400, kinetics600, hmdb51, camera_motion)."""
     path = Path(__file__).with_name("labels") / f"{name}.txt"
     if not path.is_file():
-        raise SqueezeError(f"no label file named {name!r}; available: kinetics400, kinetics600, hmdb51")
+        raise SqueezeError(f"no label file named {name!r}; available: kinetics400, kinetics600, hmdb51, camera_motion")
     return path.read_text(encoding="utf-8").splitlines()
 
 
