@@ -6,6 +6,10 @@
 # unmounts it on any exit, runs `swift test --disable-swift-testing` (XCTest; without the flag swift-testing's
 # runner prints "0 tests"), and exits with its status. Build products stay in the chroot (/work/build, i.e.
 # ios_demo/.toolchain/trixie/work/build). Extra arguments go to swift test (e.g. --filter JsonTests).
+# The package's SqueezeDemoKit target (the app's screens, camera, Core ML runtime; Apple-only code behind
+# `#if canImport(...)`) is built with it; the Xcode app's own sources (ios_demo/SqueezeDemo/*.swift) are then
+# type-checked against the built modules (`swiftc -typecheck`: inactive `#if` blocks are parsed, so syntax errors in
+# Apple-only code fail here too), closing with one "app sources: ..." line. Exit status: swift test's, else the check's.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +30,9 @@ mkdir -p "$WORK/SqueezeCore" "$WORK/golden" "$WORK/build"
 rm -rf "$WORK/SqueezeCore"
 cp -a "$HERE/SqueezeCore" "$WORK/SqueezeCore"
 rm -rf "$WORK/SqueezeCore/.build"
+rm -rf "$WORK/SqueezeDemo"
+mkdir -p "$WORK/SqueezeDemo"
+cp -p "$HERE"/SqueezeDemo/*.swift "$WORK/SqueezeDemo/"
 
 # the golden files, decompressed (Foundation on Linux reads no gzip); rewritten every run (2 MB, well under a second)
 rm -rf "$WORK/golden" && mkdir -p "$WORK/golden"
@@ -57,4 +64,16 @@ chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 TERM=d
     SQUEEZE_GOLDEN_DIR=/work/golden SQUEEZE_QA_TOKENIZER=/work/tokenizer.json \
     /bin/sh -c 'cd /work/SqueezeCore && exec swift test --disable-swift-testing --scratch-path /work/build "$@"' swift-test "$@" 2>&1
 status=$?
-exit "$status"
+
+# the Xcode app's own sources against the modules swift test just built (a few seconds)
+app_files=$(cd "$WORK" && ls SqueezeDemo/*.swift | wc -l)
+chroot "$ROOT" /usr/bin/env -i PATH=/usr/bin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
+    /bin/sh -c 'cd /work && exec swiftc -typecheck -I /work/build/debug/Modules SqueezeDemo/*.swift' 2>&1
+check=$?
+if [ "$check" -eq 0 ]; then
+    echo "app sources: $app_files files in ios_demo/SqueezeDemo type-checked on Linux: ok"
+else
+    echo "app sources: $app_files files in ios_demo/SqueezeDemo type-checked on Linux: FAILED (exit $check)"
+fi
+[ "$status" -ne 0 ] && exit "$status"
+exit "$check"

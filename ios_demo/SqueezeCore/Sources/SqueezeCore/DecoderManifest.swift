@@ -1,0 +1,194 @@
+// manifest.json of a `squeeze export decoder` directory (decoder_session.read_decoder_manifest / pick_artifact): the
+// model's hashes (a pack must match them), the tokenizer section (file, chat framing, stop tokens) and the artifacts
+// with their runtime contract (attention, state, shapes, KV budget) and the named inputs/outputs of each method.
+// Missing or mistyped keys the app relies on throw DecoderError with one line naming the key. Port of
+// DecoderManifest.kt (and of DecoderShapes, DecoderContract, DecoderTokenizerInfo, which Kotlin keeps in
+// ContextPack.kt and Generation.kt).
+
+public struct DecoderError: SqueezeError {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+}
+
+/// The exported decoder's static shapes (the manifest's decoder.shapes).
+public struct DecoderShapes: Equatable {
+    public var maxContext: Int
+    public var maxPrompt: Int
+    public var maxNew: Int
+    public var sinkTokens: Int
+    public var window: Int
+    public var maxClusters: Int
+    public var maxKeep: Int
+
+    public init(maxContext: Int, maxPrompt: Int, maxNew: Int, sinkTokens: Int, window: Int, maxClusters: Int, maxKeep: Int) {
+        self.maxContext = maxContext
+        self.maxPrompt = maxPrompt
+        self.maxNew = maxNew
+        self.sinkTokens = sinkTokens
+        self.window = window
+        self.maxClusters = maxClusters
+        self.maxKeep = maxKeep
+    }
+
+    public var maxClustered: Int { maxContext - sinkTokens - window }
+
+    public static func parse(_ j: JSONPath) throws -> DecoderShapes {
+        DecoderShapes(maxContext: try j["max_context"].int(), maxPrompt: try j["max_prompt"].int(), maxNew: try j["max_new"].int(),
+                      sinkTokens: try j["sink_tokens"].int(), window: try j["window"].int(),
+                      maxClusters: try j["max_clusters"].int(), maxKeep: try j["max_keep"].int())
+    }
+}
+
+/// The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget.
+public struct DecoderContract: Equatable {
+    /// "squeezed" or "full"
+    public let attention: String
+    /// "io" (the app keeps the KV cache: past_keys/past_values in, new_keys/new_values out) or "buffer" (the runtime does)
+    public let state: String
+    public let kvBudget: Double?
+    public let shapes: DecoderShapes
+
+    public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes) throws {
+        if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
+        if state != "io" && state != "buffer" { throw DecoderError("decoder.state: expected io or buffer, found \(state)") }
+        if attention == "squeezed" && kvBudget == nil { throw DecoderError("decoder.kv_budget: missing for squeezed attention") }
+        self.attention = attention
+        self.state = state
+        self.kvBudget = kvBudget
+        self.shapes = shapes
+    }
+
+    public static func parse(_ j: JSONPath) throws -> DecoderContract {
+        do {
+            return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
+                                       kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
+                                       shapes: try DecoderShapes.parse(j["shapes"]))
+        } catch let e as JSONError {
+            throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
+        }
+    }
+}
+
+/// The manifest's "tokenizer" section: the tokenizer file, the chat framing and the stop tokens.
+public struct DecoderTokenizerInfo: Equatable {
+    public let file: String
+    public let prefix: String
+    public let join: String
+    public let suffix: String
+    public let stopTokenIds: Set<Int>
+
+    public init(file: String, prefix: String, join: String, suffix: String, stopTokenIds: Set<Int>) {
+        self.file = file
+        self.prefix = prefix
+        self.join = join
+        self.suffix = suffix
+        self.stopTokenIds = stopTokenIds
+    }
+
+    public static func parse(_ j: JSONPath) throws -> DecoderTokenizerInfo {
+        do {
+            let chat = try j["chat"]
+            return DecoderTokenizerInfo(file: try j["file"].string(), prefix: try chat["prefix"].string(), join: try chat["join"].string(),
+                                        suffix: try chat["suffix"].string(), stopTokenIds: Set(try j["stop_token_ids"].intArray()))
+        } catch let e as JSONError {
+            throw DecoderError("the decoder manifest's tokenizer section is not usable (\(e.message)); re-export the decoder")
+        }
+    }
+}
+
+/// One exported method ("prefill", "decode", ...): its inputs in the order the program takes them, its outputs' names.
+public struct DecoderMethod: Equatable {
+    public let name: String
+    public let inputs: [TensorInfo]
+    public let outputs: [String]
+}
+
+public struct DecoderArtifact {
+    public let format: String
+    public let file: String
+    public let sha256: String?
+    public let bytes: Int64?
+    public let runtime: String?
+    public let contract: DecoderContract
+    /// methods by name; methodNames keeps the manifest's order
+    public let methods: [String: DecoderMethod]
+    public let methodNames: [String]
+    /// "pass", "fail", "not run", ... as verification.status says; nil if absent
+    public let verificationStatus: String?
+}
+
+public struct DecoderManifest {
+    public static let schemaPrefix = "squeeze-mobile/decoder-manifest/"
+
+    public let schema: String
+    public let modelName: String?
+    public let weightsSha256: String?
+    public let tokenizerSha256: String?
+    public let numLayers: Int
+    public let numKvHeads: Int
+    public let headDim: Int
+    public let tokenizer: DecoderTokenizerInfo
+    public let artifacts: [DecoderArtifact]
+
+    /// The first artifact of format ("onnx", "pte", ...) and attention ("squeezed", "full"), nil = any.
+    public func pick(format: String? = nil, attention: String? = nil) throws -> DecoderArtifact {
+        let usable = artifacts.filter { (format == nil || $0.format == format) && (attention == nil || $0.contract.attention == attention) }
+        guard let first = usable.first else {
+            let formats = Array(Set(artifacts.map(\.format))).sorted().joined(separator: ", ")
+            throw DecoderError("the export holds no \(format ?? "") \(attention ?? "") decoder artifact (it has: " +
+                "\(formats.isEmpty ? "none" : formats)); pick one of those or export it")
+        }
+        return first
+    }
+
+    public static func parse(_ text: String) throws -> DecoderManifest { try parse(Array(text.utf8)) }
+
+    public static func parse(_ bytes: [UInt8]) throws -> DecoderManifest {
+        do {
+            return try fromJson(JSONPath(try Json.parse(bytes), path: "manifest"))
+        } catch let e as JSONError {
+            throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
+        }
+    }
+
+    private static func fromJson(_ root: JSONPath) throws -> DecoderManifest {
+        let model = try root["model"]
+        var isList = false
+        if case .array? = try root.opt("artifacts")?.value { isList = true }
+        if try model.opt("kind")?.stringOrNull() != "decoder" || !isList {
+            throw DecoderError("the manifest does not describe an exported decoder; export one with `squeeze export decoder`")
+        }
+        let schema = try root["schema"].string()
+        if !schema.hasPrefix(schemaPrefix) { throw DecoderError("manifest.schema: \(schema) is not a decoder manifest") }
+        let config = try model["config"]
+        // records of artifacts that were not produced have no file (and no decoder section)
+        let records = try root["artifacts"].list().filter { a in
+            guard case .object = a.value, let file = try a.opt("file"), !file.isNull, case .string = file.value else { return false }
+            return try a.has("decoder")
+        }
+        let artifacts = try records.map { a -> DecoderArtifact in
+            let d = try a["decoder"]
+            let methodsJson = try d["methods"]
+            var methods: [String: DecoderMethod] = [:]
+            let names = try methodsJson.obj().keys
+            for name in names {
+                let m = try methodsJson[name]
+                methods[name] = DecoderMethod(
+                    name: name,
+                    inputs: try m["inputs"].list().map { TensorInfo(name: try $0["name"].string(), shape: try $0["shape"].intArray(),
+                                                                    dtype: try $0["dtype"].string(), layout: nil) },
+                    outputs: try m["outputs"].list().map { try $0.string() })
+            }
+            return DecoderArtifact(
+                format: try a["format"].string(), file: try a["file"].string(), sha256: try a.opt("sha256")?.stringOrNull(),
+                bytes: try a.opt("bytes").flatMap { $0.isNull ? nil : try $0.long() }, runtime: try a.opt("runtime")?.stringOrNull(),
+                contract: try DecoderContract.parse(d), methods: methods, methodNames: names,
+                verificationStatus: try a.opt("verification").flatMap { $0.isNull ? nil : try $0.opt("status")?.stringOrNull() })
+        }
+        return DecoderManifest(
+            schema: schema, modelName: try model.opt("name")?.stringOrNull(), weightsSha256: try model.opt("weights_sha256")?.stringOrNull(),
+            tokenizerSha256: try model.opt("tokenizer_sha256")?.stringOrNull(), numLayers: try config["num_layers"].int(),
+            numKvHeads: try config["num_kv_heads"].int(), headDim: try config["head_dim"].int(),
+            tokenizer: try DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts: artifacts)
+    }
+}

@@ -1,0 +1,82 @@
+// Document Q&A (squeezed_attention/decoder_session.py DecoderSession): a decoder runtime + its tokenizer + one
+// attached context pack. Frames the question as the pack was built (chat: join + question + suffix; raw: the
+// question), runs the GenerationLoop and streams text without splitting a multi-byte character. Port of DocumentQa /
+// Answer in Generation.kt.
+
+/// One answer: its text and ids, and the numbers the Q&A screen shows.
+public struct Answer {
+    public let text: String
+    public let tokenIds: [Int]
+    public let promptTokens: Int
+    public let contextTokens: Int
+    public let prefillMs: Double
+    public let decodeMs: Double
+    public let decodeTokens: Int
+    public let runtime: String
+
+    public var decodeTokensPerSecond: Double { decodeMs > 0 ? Double(decodeTokens) / (decodeMs / 1e3) : 0 }
+}
+
+public final class DocumentQa {
+    public let runtime: DecoderRuntime
+    public let contract: DecoderContract
+    public let tokenizer: ByteLevelBpeTokenizer
+    public let tokenizerInfo: DecoderTokenizerInfo
+    public let loop: GenerationLoop
+
+    public init(runtime: DecoderRuntime, contract: DecoderContract, tokenizer: ByteLevelBpeTokenizer,
+                tokenizerInfo: DecoderTokenizerInfo, pack: ContextPack,
+                clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
+        self.runtime = runtime
+        self.contract = contract
+        self.tokenizer = tokenizer
+        self.tokenizerInfo = tokenizerInfo
+        let inputs = try PackLayout.decoderContextInputs(pack, shapes: contract.shapes, attention: contract.attention)
+        loop = try GenerationLoop(runtime: runtime, contract: contract, pack: pack, contextInputs: inputs, clockNanos: clockNanos)
+    }
+
+    /// DecoderSession + attach: the artifact of manifest the runtime loaded, with a pack checked against the manifest's
+    /// model (weights and tokenizer hashes) and laid out for the artifact's shapes.
+    public static func attach(manifest: DecoderManifest, artifact: DecoderArtifact, runtime: DecoderRuntime,
+                              tokenizer: ByteLevelBpeTokenizer, pack: ContextPack,
+                              clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws -> DocumentQa {
+        try pack.checkModel(weightsSha256: manifest.weightsSha256, tokenizerSha256: manifest.tokenizerSha256)
+        return try DocumentQa(runtime: runtime, contract: artifact.contract, tokenizer: tokenizer,
+                              tokenizerInfo: manifest.tokenizer, pack: pack, clockNanos: clockNanos)
+    }
+
+    /// The question's token ids, framed as the pack was built (raw: nil = as the pack says).
+    public func promptIds(_ prompt: String, raw: Bool? = nil) throws -> [Int] {
+        let framing = loop.pack.framing
+        let isRaw = raw ?? (framing == "raw")
+        if isRaw != (framing == "raw") {
+            throw DecoderError("this pack was built with \(framing) framing; " + (isRaw ? "drop --raw" : "pass --raw") +
+                " or rebuild the pack")
+        }
+        return try tokenizer.encode(isRaw ? prompt : tokenizerInfo.join + prompt + tokenizerInfo.suffix)
+    }
+
+    /// Answer prompt greedily; onText gets each new piece of text as soon as it is whole UTF-8.
+    public func generate(_ prompt: String, maxNewTokens: Int = 64, raw: Bool? = nil, stopAtEos: Bool = true,
+                         onText: ((String) -> Void)? = nil) throws -> Answer {
+        let ids = try promptIds(prompt, raw: raw)
+        var printed = 0 // Unicode scalars already streamed
+        var stream: (([Int]) -> Void)? = nil
+        if let onText = onText {
+            stream = { [tokenizer] tokens in
+                let scalars = tokenizer.decode(tokens).unicodeScalars
+                if scalars.last != "\u{FFFD}" { // wait for the rest of a multi-byte character
+                    var piece = String.UnicodeScalarView()
+                    piece.append(contentsOf: scalars.dropFirst(printed))
+                    onText(String(piece))
+                    printed = scalars.count
+                }
+            }
+        }
+        let out = try loop.greedy(ids, maxNewTokens: maxNewTokens, stopIds: stopAtEos ? tokenizerInfo.stopTokenIds : [],
+                                  onToken: stream)
+        return Answer(text: tokenizer.decode(out.tokens), tokenIds: out.tokens, promptTokens: ids.count,
+                      contextTokens: loop.pack.numTokens, prefillMs: Double(out.prefillNanos) / 1e6,
+                      decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name)
+    }
+}

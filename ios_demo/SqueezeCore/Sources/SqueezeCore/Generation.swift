@@ -1,0 +1,211 @@
+// The generation loop over an exported decoder (squeezed_attention/decoder_session.py GenerationLoop), runtime-free:
+// the app gives a DecoderRuntime (ExecuTorch, ... in the app), this file runs the call sequence the decoder manifest
+// documents: `prefill` once with the question (padded to max_prompt, n_tokens = its length, cache_len = 0), then
+// `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. With
+// explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
+// cache_len; with state held in the runtime ("buffer", .pte) the runtime does. Port of Generation.kt (DocumentQa,
+// the question/answer layer on top, is DocumentQa.swift).
+import Foundation
+
+/// The exported decoder in its runtime: named inputs in, named outputs out (logits, and new_keys/new_values).
+public protocol DecoderRuntime: AnyObject {
+    /// Shown on screen, e.g. "ExecuTorch (XNNPACK)".
+    var name: String { get }
+    func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor]
+}
+
+/// What the lookup keeps of a pack's clustered keys for a KV budget (pack_arrays.keep_fraction_for_kv_budget).
+public enum KvBudget {
+    /// The key centroids and value centroids the lookup reads, as a fraction of the KV cache.
+    public static func centroidCost(centroidFraction: Double, headDim: Int) -> Double {
+        2 * centroidFraction * Double(headDim + 2) / (4.0 * Double(headDim))
+    }
+
+    public static func keepFraction(kvBudget: Double, centroidFraction: Double, headDim: Int) throws -> Double {
+        let cost = centroidCost(centroidFraction: centroidFraction, headDim: headDim)
+        let keep = kvBudget - cost
+        if keep <= 0 {
+            throw DecoderError("a KV budget of \(kvBudget) does not even cover the centroids (\(String(format: "%.4f", cost)) " +
+                "of the KV cache); use a larger --kv-budget")
+        }
+        return keep
+    }
+}
+
+/// Tokens of one answer, the logits they were chosen from, and how long prefill and decode took.
+public struct GenerationOutput {
+    public let tokens: [Int]
+    public let logits: [[Float]]
+    public let prefillNanos: Int64
+    public let decodeNanos: Int64
+    public let decodeSteps: Int
+
+    public var decodeTokensPerSecond: Double { decodeNanos > 0 ? Double(decodeSteps) / (Double(decodeNanos) / 1e9) : 0 }
+}
+
+/// The call sequence of the runtime contract over a DecoderRuntime (GenerationLoop). One thread.
+public final class GenerationLoop {
+    public let runtime: DecoderRuntime
+    public let contract: DecoderContract
+    public let pack: ContextPack
+    public let contextInputs: NamedTensors
+    public let shapes: DecoderShapes
+    /// Clustered keys the in-graph lookup keeps (squeezed attention; nil for full).
+    public let keepKeys: Int?
+    private let clockNanos: () -> Int64
+
+    public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
+                clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
+        self.runtime = runtime
+        self.contract = contract
+        self.pack = pack
+        self.contextInputs = contextInputs
+        self.clockNanos = clockNanos
+        shapes = contract.shapes
+        if contract.attention == "squeezed", let budget = contract.kvBudget {
+            let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
+            // Python's round(): half to even
+            keepKeys = max(1, min(Int((fraction * Double(pack.numClustered)).rounded(.toNearestOrEven)), contract.shapes.maxKeep))
+        } else {
+            keepKeys = nil
+        }
+    }
+
+    public static func monotonicNanos() -> Int64 { Int64(bitPattern: DispatchTime.now().uptimeNanoseconds) }
+
+    /// The explicit cache (state "io"): keys and values [L, H, max_prompt + max_new, D].
+    public final class Cache {
+        public var keys: [Float]
+        public var values: [Float]
+        public let layers: Int
+        public let heads: Int
+        public let capacity: Int
+        public let headDim: Int
+
+        init(layers: Int, heads: Int, capacity: Int, headDim: Int) {
+            self.layers = layers
+            self.heads = heads
+            self.capacity = capacity
+            self.headDim = headDim
+            keys = [Float](repeating: 0, count: layers * heads * capacity * headDim)
+            values = keys
+        }
+    }
+
+    /// A new cache for state "io"; nil when the runtime holds it.
+    public func newCache() -> Cache? {
+        if contract.state != "io" { return nil }
+        return Cache(layers: pack.layers, heads: pack.kvHeads, capacity: shapes.maxPrompt + shapes.maxNew, headDim: pack.headDim)
+    }
+
+    /// One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into cache.
+    public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
+        let width = method == "prefill" ? shapes.maxPrompt : 1
+        var feed: [String: DecoderTensor] = [:]
+        feed["tokens"] = .int64(try Int64Tensor((0..<width).map { $0 < tokens.count ? Int64(tokens[$0]) : 0 }, shape: [width]))
+        feed["n_tokens"] = try GenerationLoop.scalar(Int64(tokens.count))
+        feed["cache_len"] = try GenerationLoop.scalar(Int64(cacheLen))
+        feed["context_len"] = try GenerationLoop.scalar(Int64(pack.numTokens))
+        if let keep = keepKeys { feed["keep_keys"] = try GenerationLoop.scalar(Int64(keep)) }
+        if let cache = cache {
+            let per = cache.heads * cache.capacity * cache.headDim
+            let shape = [cache.heads, cache.capacity, cache.headDim]
+            for l in 0..<cache.layers {
+                feed["past_keys_\(l)"] = .float32(try Float32Tensor(Array(cache.keys[(l * per)..<((l + 1) * per)]), shape: shape))
+                feed["past_values_\(l)"] = .float32(try Float32Tensor(Array(cache.values[(l * per)..<((l + 1) * per)]), shape: shape))
+            }
+        }
+        for (name, tensor) in contextInputs { feed[name] = tensor }
+        let out = try runtime.run(method: method, inputs: feed)
+        if let cache = cache {
+            try GenerationLoop.writeCache(cache, out, "new_keys", at: cacheLen, count: tokens.count)
+            try GenerationLoop.writeCache(cache, out, "new_values", at: cacheLen, count: tokens.count)
+        }
+        guard case .float32(let logits)? = out["logits"] else {
+            throw DecoderError("the runtime returned no float32 \"logits\" output for \(method)")
+        }
+        return logits.data
+    }
+
+    /// This step's rows of output name ("new_keys" or "new_values", [L, H, >= n, D]) into the cache at position at.
+    private static func writeCache(_ cache: Cache, _ out: [String: DecoderTensor], _ name: String, at: Int, count n: Int) throws {
+        guard case .float32(let t)? = out[name] else { throw DecoderError("the runtime returned no float32 \"\(name)\" output") }
+        let s = t.shape // [L, H, T, D]
+        if s.count != 4 || s[0] != cache.layers || s[1] != cache.heads || s[2] < n || s[3] != cache.headDim {
+            throw DecoderError("\(name) has shape \(s), expected [\(cache.layers), \(cache.heads), >= \(n), \(cache.headDim)]")
+        }
+        if at < 0 || at + n > cache.capacity {
+            throw DecoderError("\(name): \(n) rows at \(at) do not fit the cache of \(cache.capacity) tokens")
+        }
+        for l in 0..<cache.layers {
+            for h in 0..<cache.heads {
+                let src = ((l * s[1] + h) * s[2]) * s[3]
+                let to = ((l * cache.heads + h) * cache.capacity + at) * cache.headDim
+                let rows = t.data[src..<(src + n * cache.headDim)]
+                if name == "new_keys" {
+                    cache.keys.replaceSubrange(to..<(to + n * cache.headDim), with: rows)
+                } else {
+                    cache.values.replaceSubrange(to..<(to + n * cache.headDim), with: rows)
+                }
+            }
+        }
+    }
+
+    public func checkLengths(promptTokens: Int, maxNewTokens: Int) throws {
+        if promptTokens == 0 { throw DecoderError("the prompt is empty; pass --prompt TEXT") }
+        if promptTokens > shapes.maxPrompt {
+            throw DecoderError("the prompt is \(promptTokens) tokens but this decoder was exported for at most " +
+                "\(shapes.maxPrompt); shorten it or re-export with --max-prompt \(promptTokens)")
+        }
+        let room = shapes.maxPrompt + shapes.maxNew - promptTokens
+        if maxNewTokens < 1 || maxNewTokens > room {
+            throw DecoderError("--max-new-tokens must be between 1 and \(room) for this prompt (the exported decoder's " +
+                "cache holds \(shapes.maxPrompt + shapes.maxNew) tokens)")
+        }
+    }
+
+    /// Prefill ids then decode greedily (or along forced tokens: teacher forcing, for checks). A stop token ends the
+    /// answer without being part of it. onToken sees the answer so far after every token.
+    public func greedy(_ ids: [Int], maxNewTokens: Int, forced: [Int]? = nil, stopIds: Set<Int> = [],
+                       onToken: (([Int]) -> Void)? = nil) throws -> GenerationOutput {
+        try checkLengths(promptTokens: ids.count, maxNewTokens: maxNewTokens)
+        let cache = newCache()
+        let t0 = clockNanos()
+        var logits = try step(method: "prefill", tokens: ids, cacheLen: 0, cache: cache)
+        let prefillNanos = clockNanos() - t0
+        var tokens: [Int] = []
+        var allLogits: [[Float]] = []
+        let t1 = clockNanos()
+        var steps = 0
+        for i in 0..<maxNewTokens {
+            allLogits.append(logits)
+            let token: Int
+            if let forced = forced {
+                guard i < forced.count else { break }
+                token = forced[i]
+            } else {
+                token = GenerationLoop.argmax(logits)
+            }
+            if stopIds.contains(token) { break }
+            tokens.append(token)
+            onToken?(tokens)
+            if tokens.count == maxNewTokens || (forced != nil && tokens.count == forced!.count) { break }
+            logits = try step(method: "decode", tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
+            steps += 1
+        }
+        return GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos, decodeNanos: clockNanos() - t1,
+                                decodeSteps: steps)
+    }
+
+    private static func scalar(_ v: Int64) throws -> DecoderTensor { .int64(try Int64Tensor([v], shape: [1])) }
+
+    /// numpy's argmax: the first largest value; a NaN wins (the first NaN).
+    public static func argmax(_ x: [Float]) -> Int {
+        var best = 0
+        for i in x.indices {
+            if x[i].isNaN { return i }
+            if x[i] > x[best] { best = i }
+        }
+        return best
+    }
+}

@@ -1,0 +1,150 @@
+// A context pack's tensors laid out as the exported decoder's context inputs (pack_arrays.decoder_context_inputs),
+// byte-identical to Python's. Port of PackLayout in ContextPack.kt.
+import Foundation
+
+/// Named decoder inputs or outputs in a fixed order (the order Python lays them out; an ExecuTorch program takes
+/// its inputs by position, in the order the decoder manifest lists them).
+public typealias NamedTensors = [(name: String, tensor: DecoderTensor)]
+
+public enum PackLayout {
+    /// The pack's tensors as the exported decoder's context inputs: one input per tensor and layer, "<name>_<layer>",
+    /// layer by layer. Full attention: context_keys / context_values zero-padded to max_context. Squeezed: sink_kv and
+    /// window_kv rows in position order, clustered_kv rows cluster by cluster (stable within a cluster), rows as
+    /// [key | value], zero padding; centroids, value_centroids, counts and cluster_start padded with empty clusters.
+    public static func decoderContextInputs(_ pack: ContextPack, shapes: DecoderShapes, attention: String) throws -> NamedTensors {
+        let n = pack.numTokens
+        if n > shapes.maxContext {
+            throw PackError("the context pack has \(n) tokens but the exported decoder takes at most \(shapes.maxContext); " +
+                "re-export with --max-context \(n) or more")
+        }
+        let keys = try pack["kv.keys"].floats()
+        let values = try pack["kv.values"].floats()
+        let l = pack.layers, h = pack.kvHeads, d = pack.headDim
+        var out: NamedTensors = []
+        if attention == "full" {
+            for layer in 0..<l {
+                for (name, src) in [("context_keys", keys), ("context_values", values)] {
+                    var t = [Float](repeating: 0, count: h * shapes.maxContext * d)
+                    for head in 0..<h {
+                        let from = ((layer * h + head) * n) * d, to = head * shapes.maxContext * d
+                        t.replaceSubrange(to..<(to + n * d), with: src[from..<(from + n * d)])
+                    }
+                    out.append(("\(name)_\(layer)", .float32(try Float32Tensor(t, shape: [h, shapes.maxContext, d]))))
+                }
+            }
+            return out
+        }
+        if attention != "squeezed" { throw PackError("unknown attention \"\(attention)\" (expected squeezed or full)") }
+        let sinks = pack.sinkTokens, window = pack.observationWindow
+        if sinks != shapes.sinkTokens || window != shapes.window {
+            throw PackError("the context pack keeps \(sinks) sink and \(window) window tokens but the decoder was " +
+                "exported for \(shapes.sinkTokens) and \(shapes.window); rebuild the pack with those")
+        }
+        let counts = try pack["lookup.counts"].longs()
+        let k = pack.numClusters
+        if k > shapes.maxClusters {
+            throw PackError("the context pack has \(k) clusters per head but the decoder takes at most " +
+                "\(shapes.maxClusters); rebuild it with a smaller --centroids or re-export")
+        }
+        let labels = try pack["lookup.labels"].longs()
+        let nc = pack.numClustered
+        let order = clusterOrder(labels, groups: l * h, nc: nc, offset: 0)
+        let centroids = try pack.centroids()
+        let valueCentroids = valueCentroids(values: values, labels: labels, counts: counts, order: order, layers: l, heads: h,
+                                            tokens: n, clustered: nc, clusters: k, headDim: d, sinks: sinks)
+        let maxK = shapes.maxClusters, ncMax = shapes.maxClustered, w2 = 2 * d
+        // one [key | value] row of head (layer, head) at position p, written at dst[at]
+        func row(_ layer: Int, _ head: Int, _ p: Int, _ dst: inout [Float], _ at: Int) {
+            let src = ((layer * h + head) * n + p) * d
+            dst.replaceSubrange(at..<(at + d), with: keys[src..<(src + d)])
+            dst.replaceSubrange((at + d)..<(at + w2), with: values[src..<(src + d)])
+        }
+        for layer in 0..<l {
+            var sink = [Float](repeating: 0, count: h * sinks * w2)
+            var win = [Float](repeating: 0, count: h * window * w2)
+            var clustered = [Float](repeating: 0, count: h * ncMax * w2)
+            var cent = [Float](repeating: 0, count: h * maxK * d)
+            var vcent = [Float](repeating: 0, count: h * maxK * d)
+            var cnt = [Int64](repeating: 0, count: h * maxK)
+            var start = [Int64](repeating: 0, count: h * maxK)
+            for head in 0..<h {
+                let g = layer * h + head
+                for p in 0..<sinks { row(layer, head, p, &sink, (head * sinks + p) * w2) }
+                for p in 0..<window { row(layer, head, sinks + nc + p, &win, (head * window + p) * w2) }
+                for j in 0..<nc { row(layer, head, sinks + Int(order[g * nc + j]), &clustered, (head * ncMax + j) * w2) }
+                cent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: centroids[(g * k * d)..<((g + 1) * k * d)])
+                vcent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: valueCentroids[(g * k * d)..<((g + 1) * k * d)])
+                var total: Int64 = 0
+                for c in 0..<k {
+                    cnt[head * maxK + c] = counts[g * k + c]
+                    start[head * maxK + c] = total
+                    total += counts[g * k + c]
+                }
+            }
+            out.append(("sink_kv_\(layer)", .float32(try Float32Tensor(sink, shape: [h, sinks, w2]))))
+            out.append(("window_kv_\(layer)", .float32(try Float32Tensor(win, shape: [h, window, w2]))))
+            out.append(("clustered_kv_\(layer)", .float32(try Float32Tensor(clustered, shape: [h, ncMax, w2]))))
+            out.append(("centroids_\(layer)", .float32(try Float32Tensor(cent, shape: [h, maxK, d]))))
+            out.append(("value_centroids_\(layer)", .float32(try Float32Tensor(vcent, shape: [h, maxK, d]))))
+            out.append(("counts_\(layer)", .int64(try Int64Tensor(cnt, shape: [h, maxK]))))
+            out.append(("cluster_start_\(layer)", .int64(try Int64Tensor(start, shape: [h, maxK]))))
+        }
+        return out
+    }
+
+    /// Per group of nc labels: the positions 0..<nc sorted by label, stable (np.argsort kind="stable"), + offset.
+    public static func clusterOrder(_ labels: [Int64], groups: Int, nc: Int, offset: Int) -> [Int64] {
+        var out = [Int64](repeating: 0, count: groups * nc)
+        for g in 0..<groups {
+            // ties by position: stable whatever the sort algorithm
+            let idx = (0..<nc).sorted { a, b in
+                let la = labels[g * nc + a], lb = labels[g * nc + b]
+                return la != lb ? la < lb : a < b
+            }
+            for j in 0..<nc { out[g * nc + j] = Int64(idx[j] + offset) }
+        }
+        return out
+    }
+
+    /// Mean fp16 value of every cluster in float64 (empty clusters 0), int8-coded with one fp16 scale per vector like
+    /// the key centroids (value_centroids + quantized_like_centroids): [L, H, K, D] float32.
+    public static func valueCentroids(values: [Float], labels: [Int64], counts: [Int64], order: [Int64], layers: Int,
+                                      heads: Int, tokens n: Int, clustered nc: Int, clusters k: Int, headDim d: Int,
+                                      sinks: Int) -> [Float] {
+        var mean = [Double](repeating: 0, count: layers * heads * k * d)
+        for g in 0..<(layers * heads) {
+            var j = 0
+            for c in 0..<k {
+                let cnt = Int(counts[g * k + c])
+                let base = (g * k + c) * d
+                for r in 0..<cnt {
+                    let p = sinks + Int(order[g * nc + j + r])
+                    let src = (g * n + p) * d
+                    for i in 0..<d { mean[base + i] += Double(values[src + i]) }
+                }
+                j += cnt
+                let div = Double(max(cnt, 1))
+                for i in 0..<d { mean[base + i] /= div }
+            }
+        }
+        return quantizedLikeCentroids(mean, headDim: d)
+    }
+
+    /// quantized_like_centroids: float32, scale = fp16(max|x| / 127), codes = clip(rint(x / scale)), codes x scale.
+    public static func quantizedLikeCentroids(_ x: [Double], headDim d: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: x.count)
+        for v in 0..<(x.count / d) {
+            var peak: Float = 0
+            for i in 0..<d { peak = max(peak, abs(Float(x[v * d + i]))) }
+            let scale = Half.toFloat(Half.fromFloat(peak / 127))
+            let safe: Float = scale > 0 ? scale : 1
+            for i in 0..<d {
+                // through an integer code, as the int8 codes: -0.0 comes back as +0.0
+                let q = Double(Float(x[v * d + i]) / safe).rounded(.toNearestOrEven)
+                let code = q.isNaN ? 0 : Int(min(max(q, -127), 127))
+                out[v * d + i] = Float(code) * scale
+            }
+        }
+        return out
+    }
+}

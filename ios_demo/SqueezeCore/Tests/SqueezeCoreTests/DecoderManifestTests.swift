@@ -1,0 +1,42 @@
+import Foundation
+import XCTest
+@testable import SqueezeCore
+
+/// manifest.json of a real tiny decoder export (ONNX, squeezed + full; the golden GenerationTest.kt reads) against
+/// read_decoder_manifest / pick_artifact, and the one-line errors for manifests that are not a decoder's.
+final class DecoderManifestTests: XCTestCase {
+    func testDecoderManifestOfARealExport() throws {
+        let gen = try Golden.json("qa_generation.json.gz")
+        let manifest = try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json"))
+        let pack = try ContextPack.read(try Golden.bytes("qa_pack.safetensors"), source: "qa_pack.safetensors")
+        let shapes = try DecoderShapes.parse(gen["shapes"])
+        XCTAssertEqual(manifest.weightsSha256, try gen["model"]["weights_sha256"].string())
+        XCTAssertEqual(manifest.tokenizerSha256, try gen["model"]["tokenizer_sha256"].string())
+        try pack.checkModel(weightsSha256: manifest.weightsSha256, tokenizerSha256: manifest.tokenizerSha256)
+        XCTAssertEqual(manifest.artifacts.map(\.contract.attention), ["squeezed", "full"])
+        let squeezed = try manifest.pick(format: "onnx", attention: "squeezed")
+        XCTAssertEqual(squeezed.contract.shapes, shapes)
+        XCTAssertEqual(squeezed.contract.state, "io")
+        XCTAssertEqual(squeezed.contract.kvBudget, 0.3)
+        XCTAssertNil(try manifest.pick(attention: "full").contract.kvBudget)
+        XCTAssertEqual(Set(squeezed.methods.keys), ["prefill", "decode"])
+        XCTAssertEqual(squeezed.methodNames, ["prefill", "decode"])
+        XCTAssertEqual(squeezed.methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
+        XCTAssertEqual(squeezed.methods["prefill"]?.inputs[0].shape[0], shapes.maxPrompt)
+        XCTAssertEqual(squeezed.verificationStatus, manifest.artifacts[0].verificationStatus)
+        let info = manifest.tokenizer
+        XCTAssertEqual(info.file, "tokenizer.json")
+        XCTAssertEqual(info.suffix, try gen["tokenizer"]["chat"]["suffix"].string())
+        XCTAssertEqual(info.stopTokenIds, Set(try gen["tokenizer"]["stop_token_ids"].intArray()))
+        XCTAssertEqual(manifest.numLayers, pack.layers)
+        XCTAssertEqual(manifest.numKvHeads, pack.kvHeads)
+        XCTAssertEqual(manifest.headDim, pack.headDim)
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try manifest.pick(format: "pte") }.contains("it has: onnx"))
+        let video = try Golden.text("manifest.json")
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try DecoderManifest.parse(video) }.contains("not describe an exported decoder"))
+        let broken = try Golden.text("qa_decoder_manifest.json").replacingOccurrences(of: "\"max_keep\"", with: "\"max_kept\"")
+        let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(broken) }
+        XCTAssertTrue(m.contains("max_keep") && !m.contains("\n"), m)
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try DecoderManifest.parse("{\"model\": ") }.contains("not usable"))
+    }
+}

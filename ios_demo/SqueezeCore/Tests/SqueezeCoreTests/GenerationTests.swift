@@ -1,0 +1,172 @@
+import XCTest
+@testable import SqueezeCore
+
+/// The generation loop against Python's GenerationLoop (the goldens GenerationTest.kt reads): a fake runtime replays,
+/// call by call, the outputs the exported decoder graph (run by PyTorch, tiny real-format Llama, real pack) gave
+/// Python, and checks that every input the Swift loop feeds is byte-identical to Python's (sha256 of tokens, lengths,
+/// keep_keys and the cache written from earlier steps). Tokens, call count and stop handling must be exact.
+final class GenerationTests: XCTestCase {
+    private var gen: JSONPath!
+    private var outputs: [Float] = []
+    private var pack: ContextPack!
+    private var shapes: DecoderShapes!
+    private var manifest: DecoderManifest!
+
+    override func setUpWithError() throws {
+        gen = try Golden.json("qa_generation.json.gz")
+        outputs = try Golden.floatsLE("qa_outputs_f32le.bin.gz")
+        pack = try ContextPack.read(try Golden.bytes("qa_pack.safetensors"), source: "qa_pack.safetensors")
+        shapes = try DecoderShapes.parse(gen["shapes"])
+        manifest = try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json"))
+    }
+
+    /// Replays one recorded run; fails on any input that differs from what Python fed at that call.
+    final class ReplayRuntime: DecoderRuntime {
+        let name = "replay (PyTorch outputs)"
+        var calls = 0
+        private let run: JSONPath
+        private let outputs: [Float]
+        private let artifact: DecoderArtifact
+        private let checkInputs: Bool
+
+        init(_ run: JSONPath, manifest: DecoderManifest, outputs: [Float], checkInputs: Bool = true) throws {
+            self.run = run
+            self.outputs = outputs
+            self.checkInputs = checkInputs
+            artifact = try manifest.pick(format: "onnx", attention: run["attention"].string())
+        }
+
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            let recorded = try run["calls"].list()
+            guard calls < recorded.count else {
+                XCTFail("call \(calls + 1) was not made by Python")
+                throw DecoderError("call \(calls + 1) was not made by Python")
+            }
+            let call = recorded[calls]
+            calls += 1
+            XCTAssertEqual(method, try call["method"].string(), "call \(calls)")
+            // exactly the inputs the exported method declares (names, shapes, dtypes), as the manifest lists them
+            let declared = try XCTUnwrap(artifact.methods[method]).inputs
+            XCTAssertEqual(Set(inputs.keys), Set(declared.map(\.name)), "call \(calls): input names")
+            for d in declared {
+                guard let t = inputs[d.name] else { continue }
+                XCTAssertEqual(t.shape, d.shape, "call \(calls): \(d.name)")
+                XCTAssertEqual(ContextPackTests.dtypeOf(t), d.dtype, "call \(calls): \(d.name)")
+            }
+            if checkInputs {
+                let expected = try call["inputs"].obj()
+                for name in expected.keys {
+                    guard let t = inputs[name] else {
+                        XCTFail("call \(calls): input \(name) missing")
+                        continue
+                    }
+                    let e = JSONPath(expected[name]!, path: name)
+                    XCTAssertEqual(t.shape, try e["shape"].intArray(), "call \(calls): \(name)")
+                    XCTAssertEqual(ContextPackTests.dtypeOf(t), try e["dtype"].string(), "call \(calls): \(name)")
+                    XCTAssertEqual(ContextPackTests.sha256(t), try e["sha256"].string(), "call \(calls) (\(method)): input \(name)")
+                }
+                XCTAssertEqual(inputs.count, expected.count + (try run["context_inputs"].obj().count), "call \(calls): inputs")
+            }
+            var out: [String: DecoderTensor] = [:]
+            let recordedOut = try call["outputs"].obj()
+            for name in recordedOut.keys {
+                let o = JSONPath(recordedOut[name]!, path: name)
+                let at = try o["offset"].int(), count = try o["count"].int()
+                out[name] = .float32(try Float32Tensor(Array(outputs[at..<(at + count)]), shape: try o["shape"].intArray()))
+            }
+            return out
+        }
+    }
+
+    /// The runtime contract of the real export's ONNX artifact for the run's attention.
+    private func contract(_ run: JSONPath) throws -> DecoderContract {
+        try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
+    }
+
+    private func recordedRun(kind: String, attention: String) throws -> JSONPath {
+        try XCTUnwrap(try gen["runs"].list().first { try $0["kind"].string() == kind && $0["attention"].string() == attention })
+    }
+
+    func testGreedyAndForcedRunsGiveThePythonTokens() throws {
+        let promptIds = try gen["prompt_ids"].intArray()
+        let runs = try gen["runs"].list()
+        XCTAssertEqual(runs.count, 4)
+        for run in runs {
+            let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs)
+            let c = try contract(run)
+            let loop = try GenerationLoop(runtime: runtime, contract: c, pack: pack,
+                                          contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: c.attention))
+            if try !run["keep_keys"].isNull { XCTAssertEqual(loop.keepKeys, try run["keep_keys"].int()) } else { XCTAssertNil(loop.keepKeys) }
+            let forced = try run["forced"].isNull ? nil : try run["forced"].intArray()
+            let out = try loop.greedy(promptIds, maxNewTokens: try gen["max_new_tokens"].int(), forced: forced,
+                                      stopIds: Set(try run["stop_ids"].intArray()))
+            let what = "\(try run["attention"].string()) \(try run["kind"].string())"
+            XCTAssertEqual(out.tokens, try run["tokens"].intArray(), what)
+            XCTAssertEqual(runtime.calls, try run["calls"].list().count, what)
+            XCTAssertEqual(out.decodeSteps, runtime.calls - 1, what)
+        }
+        // the forced run met the end-of-turn token: it stopped there, without emitting it
+        let forcedRun = try XCTUnwrap(try runs.first { try $0["kind"].string() == "forced" })
+        let stop = Set(try gen["tokenizer"]["stop_token_ids"].intArray())
+        let forced = try forcedRun["forced"].intArray()
+        let tokens = try forcedRun["tokens"].intArray()
+        XCTAssertTrue(tokens.count < forced.count && stop.contains(forced[tokens.count]) && !tokens.contains(where: stop.contains))
+    }
+
+    func testAStopTokenFromTheFirstLogitsEndsAfterPrefill() throws {
+        let run = try recordedRun(kind: "greedy", attention: "squeezed")
+        let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs)
+        let loop = try GenerationLoop(runtime: runtime, contract: contract(run), pack: pack,
+                                      contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
+        let first = try run["tokens"].intArray()[0]
+        let out = try loop.greedy(try gen["prompt_ids"].intArray(), maxNewTokens: 12, stopIds: [first])
+        XCTAssertEqual(out.tokens, [])
+        XCTAssertEqual(runtime.calls, 1)
+        XCTAssertEqual(out.logits.count, 1)
+        XCTAssertEqual(GenerationLoop.argmax(out.logits[0]), first)
+    }
+
+    func testDocumentQaFramesTheQuestionStreamsTextAndTimesTheSteps() throws {
+        let run = try recordedRun(kind: "greedy", attention: "full")
+        let tokenizer = try ByteLevelBpeTokenizer.parse(try Golden.bytes("qa_tokenizer_tiny.json"))
+        var now: Int64 = 0
+        let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs)
+        let qa = try DocumentQa.attach(manifest: manifest, artifact: try manifest.pick(format: "onnx", attention: "full"),
+                                       runtime: runtime, tokenizer: tokenizer, pack: pack,
+                                       clockNanos: { defer { now += 2_000_000 }; return now })
+        let prompt = try gen["prompt"].string()
+        XCTAssertEqual(try qa.promptIds(prompt), try gen["prompt_ids"].intArray())
+        var streamed = ""
+        var pieces = 0
+        let answer = try qa.generate(prompt, maxNewTokens: 12) { streamed += $0; pieces += 1 }
+        XCTAssertEqual(answer.tokenIds, try run["tokens"].intArray())
+        XCTAssertEqual(answer.text, try run["text"].string())
+        XCTAssertEqual(streamed, answer.text)
+        XCTAssertEqual(pieces, answer.tokenIds.count)
+        XCTAssertEqual(answer.contextTokens, pack.numTokens)
+        XCTAssertEqual(answer.promptTokens, try gen["prompt_ids"].intArray().count)
+        XCTAssertEqual(answer.prefillMs, 2.0, accuracy: 1e-9)
+        XCTAssertEqual(answer.decodeTokens, 11)
+        XCTAssertEqual(answer.runtime, "replay (PyTorch outputs)")
+        XCTAssertGreaterThan(answer.decodeTokensPerSecond, 0)
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try qa.promptIds("x", raw: true) }.contains("drop --raw"))
+    }
+
+    func testLengthsOutsideTheArtifactAreRefused() throws {
+        let run = try gen["runs"].list()[0]
+        let loop = try GenerationLoop(runtime: ReplayRuntime(run, manifest: manifest, outputs: outputs), contract: contract(run),
+                                      pack: pack, contextInputs: [])
+        let s = shapes!
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try loop.checkLengths(promptTokens: s.maxPrompt + 1, maxNewTokens: 1) }
+            .contains("--max-prompt \(s.maxPrompt + 1)"))
+        XCTAssertThrowsError(try loop.checkLengths(promptTokens: 0, maxNewTokens: 1))
+        XCTAssertThrowsError(try loop.checkLengths(promptTokens: 10, maxNewTokens: s.maxPrompt + s.maxNew - 9))
+        XCTAssertNoThrow(try loop.checkLengths(promptTokens: 10, maxNewTokens: s.maxPrompt + s.maxNew - 10))
+        XCTAssertEqual(GenerationLoop.argmax([1, 2, 3, -.infinity]), 2)
+        XCTAssertEqual(GenerationLoop.argmax([1, 3, 3]), 1)
+        XCTAssertEqual(GenerationLoop.argmax([1, .nan, 5]), 1)
+        XCTAssertTrue(thrownMessage(DecoderError.self) {
+            try KvBudget.keepFraction(kvBudget: 0.01, centroidFraction: 0.05, headDim: 8)
+        }.contains("--kv-budget"))
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+import XCTest
+@testable import SqueezeCore
+@testable import SqueezeDemoKit
+
+/// The Q&A screen's pipeline without the screen: a decoder export directory laid out as the app finds it (the real
+/// tiny export's manifest.json, its tokenizer.json and a .pack beside them), a runtime replaying the exported graph's
+/// outputs (GenerationTests.ReplayRuntime, which also checks every input against Python's), the pack attached and a
+/// question answered on the session's queue: the streamed text and the answer are Python's.
+final class QaSessionTests: XCTestCase {
+    private var root: URL!
+    private var gen: JSONPath!
+    private var manifest: DecoderManifest!
+
+    override func setUpWithError() throws {
+        root = FileManager.default.temporaryDirectory.appendingPathComponent("squeeze-qa-\(UUID().uuidString)")
+        let dir = root.appendingPathComponent("decoder")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try Data(try Golden.bytes("qa_decoder_manifest.json")).write(to: dir.appendingPathComponent("manifest.json"))
+        try Data(try Golden.bytes("qa_tokenizer_tiny.json")).write(to: dir.appendingPathComponent("tokenizer.json"))
+        try Data(try Golden.bytes("qa_pack.safetensors")).write(to: dir.appendingPathComponent("manual.pack"))
+        try Data(try Golden.bytes("qa_pack.safetensors")).write(to: dir.appendingPathComponent("faq.pack.safetensors"))
+        try Data("{}".utf8).write(to: dir.appendingPathComponent("notes.safetensors")) // not named as a pack
+        gen = try Golden.json("qa_generation.json.gz")
+        manifest = try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json"))
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    func testAttachAskAndStreamAsTheScreenDoes() throws {
+        let dirURL = try XCTUnwrap(ModelLocations.scan([root]).decoder.first)
+        let directory = try DecoderModelDirectory.load(dirURL)
+        XCTAssertEqual(directory.packs().map(\.lastPathComponent), ["faq.pack.safetensors", "manual.pack"])
+        let run = try XCTUnwrap(try gen["runs"].list().first { try $0["kind"].string() == "greedy" && $0["attention"].string() == "full" })
+        let artifact = try directory.manifest.pick(format: "onnx", attention: "full")
+        let runtime = try GenerationTests.ReplayRuntime(run, manifest: manifest, outputs: try Golden.floatsLE("qa_outputs_f32le.bin.gz"))
+        var now: Int64 = 0
+        let session = try QaSession(directory: directory, artifact: artifact, runtime: runtime,
+                                    clockNanos: { defer { now += 1_000_000 }; return now })
+
+        var early: Result<Answer, Error>?
+        session.ask("too early", onText: { _ in }, completion: { early = $0 })
+        session.waitUntilIdle()
+        XCTAssertTrue("\(try XCTUnwrap(early))".contains("attach a context pack first"))
+
+        var attached: Result<AttachedPack, Error>?
+        session.attach(pack: directory.packs()[1]) { attached = $0 }
+        session.waitUntilIdle()
+        let info = try XCTUnwrap(attached).get()
+        XCTAssertEqual(info.name, "manual.pack")
+        XCTAssertEqual(info.contextTokens, try gen["num_tokens"].int())
+        XCTAssertEqual(info.attention, "full")
+        XCTAssertNil(info.keepKeys)
+
+        var streamed = ""
+        var answered: Result<Answer, Error>?
+        session.ask(try gen["prompt"].string(), maxNewTokens: 12, onText: { streamed += $0 }, completion: { answered = $0 })
+        session.waitUntilIdle()
+        let answer = try XCTUnwrap(answered).get()
+        XCTAssertEqual(answer.tokenIds, try run["tokens"].intArray())
+        XCTAssertEqual(answer.text, try run["text"].string())
+        XCTAssertEqual(streamed, answer.text)
+        XCTAssertEqual(answer.prefillMs, 1.0, accuracy: 1e-9)
+        XCTAssertEqual(answer.runtime, "replay (PyTorch outputs)")
+        XCTAssertEqual(runtime.calls, try run["calls"].list().count)
+
+        // a damaged pack is refused with the core's one-line message
+        var foreign = try Golden.bytes("qa_pack.safetensors")
+        foreign[foreign.count - 3] &+= 1
+        let damaged = dirURL.appendingPathComponent("damaged.pack")
+        try Data(foreign).write(to: damaged)
+        var refused: Result<AttachedPack, Error>?
+        session.attach(pack: damaged) { refused = $0 }
+        session.waitUntilIdle()
+        guard case .failure(let error)? = refused else { return XCTFail("a damaged pack was attached") }
+        XCTAssertTrue("\(error)".contains("modified after it was built"), "\(error)")
+    }
+}
