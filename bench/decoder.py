@@ -150,8 +150,18 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if not artifacts:
             raise SqueezeError(f"{art_dir} holds no {', '.join(formats)} decoder artifact (it has: "
                                f"{', '.join(have) or 'none'}); pass --formats with one of those")
+    from export.backends import get_backend
+
+    not_timed = []  # e.g. Core ML off macOS: the MIL evaluator checks numerics; its speed says nothing of a device
+    for a in list(artifacts):
+        why = get_backend(a["format"]).cannot_time_here(a)
+        if why:
+            not_timed.append({"format": a["format"], "file": a["file"], "reason": why})
+            artifacts.remove(a)
+            say(a["format"], f"{a['file']}: {why}")
     if not artifacts:
-        raise SqueezeError(f"{art_dir} holds no decoder artifact; export one with `squeeze export decoder`")
+        raise SqueezeError(f"{art_dir} holds no decoder artifact that can be timed here"
+                           + (f" ({not_timed[0]['reason']})" if not_timed else "; export one with `squeeze export decoder`"))
     for a in artifacts:
         if not (art_dir / a["file"]).exists():
             raise SqueezeError(f"the artifact {art_dir / a['file']} is missing; re-export the decoder")
@@ -233,7 +243,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         "model": manifest["model"]["name"], "precision": manifest.get("precision"),
         "settings": {"runs": runs, "warmup": warmup, "rounds": rounds, "decode_tokens": decode_tokens,
                      "threads": list(threads)},
-        "packs": pack_rows, "rows": out_rows, "lookup_share": lookup,
+        "packs": pack_rows, "rows": out_rows, "lookup_share": lookup, "not_timed": not_timed,
     }
     report["files"] = write_reports(report, out_dir, decoder_markdown, decoder_figure)
     return report
@@ -279,6 +289,8 @@ def decoder_markdown(report: Dict) -> str:
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {e['format']} | {e['context_tokens']} | {e['graph_calls_per_step']:.0f} | {e['graph_ms']:.1f} "
                       f"| {e['lookup_ms']:.1f} | {e['glue_ms']:.1f} | {e['total_ms']:.1f} |" for e in split]
+    for n in report.get("not_timed") or []:
+        lines += ["", f"Not timed: {n['file']} ({n['format']}): {n['reason']}."]
     return "\n".join(lines) + "\n"
 
 

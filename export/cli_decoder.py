@@ -35,13 +35,13 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
                    help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
     g.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
-                   help="decoder: weight precision; int8/int4 = onnxruntime's MatMulNBits (blocks of 32, symmetric; int4 "
-                        "also quantizes the embedding), .onnx only so far, verified by next-token agreement with fp32 "
-                        "(default fp32)")
+                   help="decoder: weight precision; int8/int4 = onnxruntime's MatMulNBits for .onnx (blocks of 32, "
+                        "symmetric; int4 also quantizes the embedding) and the LiteRT quantizer's dynamic-range recipes "
+                        "for .tflite, verified by next-token agreement with fp32 (default fp32)")
     g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,
                    help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
                         "static graphs per layer with the lookup on the CPU between them, for delegates without "
-                        "top-k/gather (default: split for tflite, in-graph for pte and onnx)")
+                        "top-k/gather (default: split for tflite and coreml, in-graph for pte and onnx)")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")

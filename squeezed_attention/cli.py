@@ -473,8 +473,9 @@ def add_subcommands(subparsers) -> None:
     art.add_argument("--artifacts", metavar="DIR", default=None,
                      help="a folder from `squeeze export decoder`: answer with its artifact instead of PyTorch "
                           "(default: PyTorch)")
-    art.add_argument("--format", choices=["pte", "onnx", "tflite"], default=None,
-                     help="which artifact of --artifacts to run (default: the first in its manifest)")
+    art.add_argument("--format", choices=["pte", "onnx", "tflite", "coreml"], default=None,
+                     help="which artifact of --artifacts to run (default: the first in its manifest; coreml off "
+                          "macOS runs the MIL evaluator: the saved program's numerics in numpy, slow)")
     art.add_argument("--artifact-attention", choices=["squeezed", "full"], default=None,
                      help="squeezed or full-attention artifact of --artifacts (default: the first in its manifest)")
     art.add_argument("--lookup-plan", dest="artifact_plan", choices=["in-graph", "split"], default=None,

@@ -37,7 +37,7 @@ from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
 SCHEMA = "squeeze-mobile/decoder-manifest/1"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
-FORMATS = ("pte", "onnx", "tflite")
+FORMATS = ("pte", "onnx", "tflite", "coreml")
 LOOKUP_PLANS = ("in-graph", "split")
 WEIGHTS = ("fp32", "int8", "int4")
 QUANTIZED_FORMATS = ("onnx", "tflite")
@@ -47,8 +47,15 @@ QUANTIZED_KL_MAX = {"int8": 0.05, "int4": 0.30}
 # formats whose in-graph plan would keep the lookup inside an accelerator's graph: LiteRT's GPU delegate keeps
 # one partition and has no TOPK_V2 (the split plan is their only plan); ONNX Runtime and ExecuTorch fall back
 # to CPU kernels inside one graph / program themselves
-SPLIT_ONLY = ("tflite",)
+SPLIT_ONLY = ("tflite", "coreml")   # Core ML places top-k / gather on the CPU and splits the graph itself
 NO_SPLIT = ("onnx",)
+
+
+def artifact_bytes(path: Path) -> int:
+    """Size of a file artifact, or of every file of a directory artifact (.mlpackage)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def state_of(fmt: str, plan: str) -> str:
@@ -111,7 +118,7 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     dynamic = {} if fmt == "pte" else {"tokens": {0: ("T", 1, shapes.max_prompt)}}
     methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic, module.arrange)
                for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
-    return Program(methods, state=["cache_keys", "cache_values"] if state == "buffer" else []), module
+    return Program(methods, state=module.state_names()), module
 
 
 class EagerRunner:
@@ -143,7 +150,8 @@ def chat_section(tokenizer) -> dict:
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph") -> dict:
     state = state_of(fmt, plan)
-    how = ("mutable buffers inside the program (cache_keys, cache_values), shared by prefill and decode"
+    how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
+           "decode"
            if state == "buffer" else
            "explicit: past_keys_<layer>/past_values_<layer> in (one per layer, views of one cache); new_keys/"
            "new_values [layers, kv heads, tokens, head dim] (this step's rows) out; the app writes them "
@@ -301,13 +309,13 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             backend = get_backend(fmt)
             plan = (lookup_plan or default_plan(fmt)) if att == "squeezed" else "in-graph"
             stem = f"decoder_{att}" + ("_split" if plan == "split" else "")
-            name = f"{stem}_{shapes.max_context // 1024}k_{weights}.{fmt}" if shapes.max_context % 1024 == 0 \
-                else f"{stem}_{shapes.max_context}_{weights}.{fmt}"
+            name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
+                else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
             program, module = decoder_program(model, shapes, att, fmt, plan)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
-                with atomic_path(out_dir / name) as tmp:
+                with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
                     try:
                         extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights))
                     except SqueezeError:
@@ -321,7 +329,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 continue
             from export.verify import sha256_file
 
-            record = {"format": fmt, "file": name, "weights": weights, "bytes": (out_dir / name).stat().st_size,
+            record = {"format": fmt, "file": name, "weights": weights, "bytes": artifact_bytes(out_dir / name),
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan), **extras}

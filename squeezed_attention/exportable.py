@@ -87,9 +87,18 @@ class ExportableDecoder(nn.Module):
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if state == "buffer":
-            shape = (cfg.num_layers, cfg.num_kv_heads, shapes.cache_capacity, cfg.head_dim)
-            self.register_buffer("cache_keys", torch.zeros(shape), persistent=False)
-            self.register_buffer("cache_values", torch.zeros(shape), persistent=False)
+            # One buffer per layer: a write into one layer's slice of a single [L, ...] buffer is functionalised
+            # into an update of the whole buffer (ExecuTorch ran it as per-layer portable `where` kernels over
+            # all layers' caches: half of a 7.6k decode step).
+            shape = (cfg.num_kv_heads, shapes.cache_capacity, cfg.head_dim)
+            for name in self.state_names():
+                self.register_buffer(name, torch.zeros(shape), persistent=False)
+
+    def state_names(self):
+        """The mutable buffers of state='buffer' (the dynamic KV cache), in program order."""
+        if self.state != "buffer":
+            return []
+        return [f"cache_{kind}_{li}" for li in range(self.config.num_layers) for kind in ("keys", "values")]
 
     # ------------------------------------------------------------------------------------------ contract
     # Tensors that hold something per layer are one input PER LAYER (``<name>_<layer>``): a runtime copies a
@@ -169,7 +178,7 @@ class ExportableDecoder(nn.Module):
                 new_keys.append(k)
                 new_values.append(v)
             else:
-                past_k, past_v = self.cache_keys[li], self.cache_values[li]
+                past_k, past_v = getattr(self, f"cache_keys_{li}"), getattr(self, f"cache_values_{li}")
             if self.attention == "full":
                 ctx_k, ctx_v, bias = mine["context_keys"], mine["context_values"], st["ctx_bias"]
             else:
@@ -178,8 +187,8 @@ class ExportableDecoder(nn.Module):
             if self.state == "buffer":  # a side branch: nothing above waits for the write
                 write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
                 heads = torch.arange(self.config.num_kv_heads)[:, None]
-                self.cache_keys[li].index_put_((heads, write_at[None, :]), k)
-                self.cache_values[li].index_put_((heads, write_at[None, :]), v)
+                past_k.index_put_((heads, write_at[None, :]), k)
+                past_v.index_put_((heads, write_at[None, :]), v)
         logits = self.head(x, st)
         if self.state == "io":
             return logits, torch.stack(new_keys), torch.stack(new_values)
@@ -237,12 +246,13 @@ class ExportableDecoder(nn.Module):
         # One softmax over the fixed context and the dynamic part (past cache masked at cache_len + this step's
         # keys: small, concatenated) that never concatenates the context: a shared max and normaliser.
         dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
-        s_ctx = torch.matmul(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
-        s_dyn = torch.matmul(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
+        # bmm, not matmul: matmul's decomposition copies its operands (expand_copy of the context per layer)
+        s_ctx = torch.bmm(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
+        s_dyn = torch.bmm(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
         peak = torch.maximum(s_ctx.amax(-1, keepdim=True), s_dyn.amax(-1, keepdim=True))
         e_ctx, e_dyn = torch.exp(s_ctx - peak), torch.exp(s_dyn - peak)
         inv_total = 1.0 / (e_ctx.sum(-1, keepdim=True) + e_dyn.sum(-1, keepdim=True))
-        out = torch.matmul(e_ctx * inv_total, ctx_v) + torch.matmul(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
+        out = torch.bmm(e_ctx * inv_total, ctx_v) + torch.bmm(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
         out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)
         x = x + F.linear(out, layer.self_attn.o_proj.weight)
         mlp, h = layer.mlp, self.rms_norm(x, layer.post_attention_layernorm)
@@ -250,7 +260,7 @@ class ExportableDecoder(nn.Module):
                             mlp.down_proj.weight)
 
     def head(self, x, st):
-        x_last = torch.matmul(st["last"], x[None])[0]                                # the last valid token
+        x_last = torch.bmm(st["last"], x[None])[0]                                # the last valid token
         return F.linear(self.rms_norm(x_last, self.model.model.norm), self.model.lm_head.weight)[0]
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
@@ -258,9 +268,9 @@ class ExportableDecoder(nn.Module):
         (empty clusters: log 0 = -inf, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N)."""
         log_counts = self.log_counts(counts)
         inv_counts = 1.0 / counts.clamp(min=1).to(torch.float32)
-        logits = torch.matmul(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
+        logits = torch.bmm(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
         per_row = torch.softmax(logits, dim=-1) * inv_counts[:, None, :]           # [Hkv, Q, K]
-        return torch.matmul(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts
+        return torch.bmm(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts
 
     @staticmethod
     def log_counts(counts):

@@ -76,8 +76,15 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert methods["prefill"]["inputs"][0]["shape"] == [SHAPES["max_prompt"]]
         assert methods["decode"]["inputs"][0]["shape"] == [1]
         if fmt == "pte":
-            assert a["state"] == ["cache_keys", "cache_values"]
+            # one cache buffer per layer (a write into a slice of one [L, ...] buffer updates the whole buffer)
+            assert a["state"] == ["cache_keys_0", "cache_values_0", "cache_keys_1", "cache_values_1"]
             assert a["delegation"]["decode"]["delegated_nodes"] > 0
+            # The cache write is one index_put per layer and K/V buffer; no whole-cache `where` update per layer
+            # and no copies of matmul operands (bmm): in the full decoder those ops only build the step's masks.
+            by_op = a["delegation"]["decode"]["by_operator"]
+            assert by_op["aten_index_put_default"]["portable"] == 2 * layers
+            if att == "full":
+                assert by_op["aten_where_self"]["portable"] <= 3 and by_op["aten_expand_copy_default"]["portable"] <= 2
     assert manifest["tokenizer"]["file"] == "tokenizer.json" and (out / "tokenizer.json").is_file()
     assert manifest["tokenizer"]["chat"]["suffix"].startswith("<|im_end|>")
 

@@ -275,6 +275,23 @@ class CoreMLBackend(Backend):
     def replaceable(self, path: Path) -> bool:
         return is_mlpackage(path)
 
+    def export_program(self, program, dest: Path, opts: ExportOptions):
+        """Several methods (the decoder's split-plan stages) as functions of one .mlpackage (coreml_program)."""
+        from . import coreml_program
+
+        if opts.weights != "fp32":
+            raise SqueezeError(f"--weights {opts.weights} is not built for Core ML decoders yet; use --weights fp32")
+        methods = coreml_program.export_program(program, dest, "fp32")
+        return {"methods": methods, "deployment_target": coreml_program.DEPLOYMENT_TARGET,
+                "functions": len(methods), "evaluated_by": None if ON_MACOS else coreml_mil.EVALUATOR}
+
+    def load_program(self, path, methods, threads=None, profile=False):
+        from .coreml_program import CoreMLProgramRunner
+
+        if profile:
+            raise SqueezeError("the Core ML runner has no operator profiler here (use Xcode's performance report)")
+        return CoreMLProgramRunner(path, methods, threads)
+
     def cannot_run_here(self, extras=None):
         if ON_MACOS or not _is_legacy(extras):
             return None

@@ -571,6 +571,12 @@ def _gather(a, acc):
     return np.take(x, idx, axis=axis)
 
 
+@_op("select")
+def _select(a, acc):
+    # elementwise choice with broadcasting (torch.where): a is taken where cond is true, b elsewhere
+    return np.where(np.asarray(a["cond"]).astype(bool), _f(a["a"]), _f(a["b"]))
+
+
 @_op("tile")
 def _tile(a, acc):
     return np.tile(a["x"], [int(r) for r in np.asarray(a["reps"]).reshape(-1)])
@@ -663,9 +669,9 @@ class MILProgram:
     declared dtype and checked against its declared shape (a mismatch is an evaluator or file error, named).
     """
 
-    def __init__(self, path: Path, function: str | None = None):
+    def __init__(self, path: Path, function: str | None = None, program=None):
         self.path = Path(path)
-        prog = load_program(self.path)
+        prog = program if program is not None else load_program(self.path)  # (one read for many functions)
         name = function or ("main" if "main" in prog.functions else next(iter(prog.functions)))
         fn = prog.functions[name]
         self.input_names = list(fn.inputs)

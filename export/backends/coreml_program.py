@@ -1,0 +1,143 @@
+"""Multi-method programs (the decoder's split-plan stage graphs) as ONE Core ML ML program with several functions.
+
+Each method is converted on its own (torch.export -> coremltools, iOS 18 ML program, fp32 compute, static
+shapes), then the converted programs are merged into one .mlpackage whose functions carry the method names
+(coremltools' MultiFunctionDescriptor: weights that are identical across functions, e.g. a layer's weights in
+its ``prefill_<s>`` and ``decode_<s>`` stage, are stored once). An app loads it with
+``MLModelConfiguration.functionName = "<method>"`` (iOS 18 / macOS 15).
+
+Names: inputs keep the method's names. Core ML refuses a name that is both an input and an output of one
+function (a stage takes ``hidden`` and returns the next ``hidden``), so every output is written as
+``out_<name>``; the manifest's method table records that tensor name and the runner maps it back. Integer
+inputs (token ids, lengths, counts) are int32 in the file (Core ML has no int64 inputs); the manifest records
+the file's dtypes and the runner casts.
+
+Runs here: Apple's runtime on macOS; elsewhere the MIL evaluator (export.backends.coreml_mil), which reads the
+saved program back and evaluates the function op by op (the semantics of the file, not Apple's runtime).
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from squeeze_mobile.errors import SqueezeError
+
+from .base import Runner
+
+ON_MACOS = platform.system() == "Darwin"
+OUTPUT_PREFIX = "out_"
+DEPLOYMENT_TARGET = "iOS18"   # multifunction ML programs and the int4 per-block palettes need iOS 18 / macOS 15
+# coremltools' linear+bias fusion indexes the bias's last dimension and fails on the 0-d constants our masks add
+# (IndexError in fuse_linear_bias); nothing in these graphs needs it (their linears have no bias)
+SKIPPED_PASSES = ("common::fuse_linear_bias",)
+
+
+def _file_dtype(dtype) -> str:
+    name = str(dtype).replace("torch.", "")
+    return {"int64": "int32", "float64": "float32", "bool": "int32"}.get(name, name)
+
+
+def convert_method(method, dest: Path, precision: str = "fp32") -> None:
+    """One method -> a single-function .mlpackage at ``dest`` (inputs by name, outputs ``out_<name>``)."""
+    import coremltools as ct
+    import torch
+
+    kwargs = method.call_kwargs(method.inputs)
+    with torch.no_grad():
+        exported = torch.export.export(method.module, (), kwargs, strict=False).run_decompositions({})
+    inputs = [ct.TensorType(name=n, shape=tuple(t.shape), dtype=np.dtype(_file_dtype(t.dtype)).type)
+              for n, t in method.inputs.items()]
+    outputs = [ct.TensorType(name=OUTPUT_PREFIX + n) for n in method.outputs]
+    pipeline = ct.PassPipeline.DEFAULT
+    pipeline.remove_passes(list(SKIPPED_PASSES))
+    model = ct.convert(exported, inputs=inputs, outputs=outputs, convert_to="mlprogram",
+                       minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
+                       compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                       pass_pipeline=pipeline)
+    model.save(str(dest))
+
+
+def export_program(program, dest: Path, precision: str = "fp32", progress=None) -> Dict:
+    """Every method of ``program`` as a function of one .mlpackage at ``dest``; returns the method table."""
+    import coremltools as ct
+
+    if program.state:
+        raise SqueezeError("Core ML programs take the cache as explicit inputs here (the split plan); a program with "
+                           "mutable buffers is not converted")
+    work = Path(tempfile.mkdtemp(prefix="squeeze-coreml-"))
+    try:
+        desc = ct.utils.MultiFunctionDescriptor()
+        for i, m in enumerate(program.methods):
+            if progress:
+                progress(f"Core ML: converting {m.name} ({i + 1}/{len(program.methods)})")
+            part = work / f"{m.name}.mlpackage"
+            convert_method(m, part, precision)
+            desc.add_function(str(part), src_function_name="main", target_function_name=m.name)
+        desc.default_function_name = program.methods[0].name
+        ct.utils.save_multifunction(desc, str(dest))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = {}
+    for m in program.methods:
+        sig = m.signature()
+        for entry in sig["inputs"]:
+            entry["dtype"] = _file_dtype(entry["dtype"])
+        sig["output_tensors"] = [OUTPUT_PREFIX + n for n in m.outputs]
+        table[m.name] = {"graph": m.name, **sig}
+    return table
+
+
+class CoreMLProgramRunner(Runner):
+    """The functions of a multifunction .mlpackage by method name: Apple's runtime on macOS (one MLModel per
+    function), the MIL evaluator elsewhere (the saved program read once, each function prepared on first use)."""
+
+    def __init__(self, path: Path, methods: Dict[str, Dict], threads: Optional[int] = None):
+        from .coreml_mil import EVALUATOR, load_program
+
+        self.path, self.table, self.threads = Path(path), methods, threads or 1
+        self.runtime = "Core ML (Apple runtime)" if ON_MACOS else EVALUATOR
+        self._program = None if ON_MACOS else load_program(self.path)
+        self._functions = {}
+
+    def _function(self, method):
+        if method not in self._functions:
+            if ON_MACOS:
+                import coremltools as ct
+
+                self._functions[method] = ct.models.MLModel(str(self.path), function_name=method)
+            else:
+                from .coreml_mil import MILProgram
+
+                if method not in self._program.functions:
+                    raise SqueezeError(f"{self.path.name} has no function {method!r}; it has "
+                                       f"{', '.join(self._program.functions)}")
+                self._functions[method] = MILProgram(self.path, function=method, program=self._program)
+        return self._functions[method]
+
+    def run(self, method, feed):
+        if method not in self.table:
+            raise SqueezeError(f"this model has no function {method!r}; it has {', '.join(self.table)}")
+        spec = self.table[method]
+        missing = [i["name"] for i in spec["inputs"] if i["name"] not in feed]
+        if missing:
+            raise SqueezeError(f"method {method!r} needs inputs {', '.join(missing)}")
+        args = {i["name"]: np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]) for i in spec["inputs"]}
+        fn = self._function(method)
+        if ON_MACOS:
+            out = fn.predict(args)
+        else:
+            from .coreml_backend import _blas_threads
+
+            with _blas_threads(self.threads):
+                out = fn.run(args, "fp32")
+        tensors = spec.get("output_tensors") or [OUTPUT_PREFIX + n for n in spec["outputs"]]
+        return {name: np.asarray(out[t]) for name, t in zip(spec["outputs"], tensors)}
+
+    def __call__(self, x):
+        return self.run("forward", {"input": x})["logits"]

@@ -1,0 +1,96 @@
+"""The decoder as a Core ML ML program (issue: decoder export 2/2): the split plan's stage graphs as the functions
+of one iOS 18 multifunction .mlpackage, verified token for token against PyTorch through the MIL evaluator
+(the saved program's semantics in numpy; Apple's runtime needs macOS), on a one-layer tiny GGUF."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from squeeze_mobile.errors import SqueezeError
+from squeezed_attention import testing
+from squeezed_attention.decoder_export import export_decoder
+
+SHAPES = dict(max_context=160, max_prompt=64, max_new=16)
+TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_coreml")
+    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=1, quantized=False)
+    (d / "doc.txt").write_text(TINY_TEXT)
+    result = export_decoder(d / "artifacts", formats=("coreml",), model_path=gguf, attention="squeezed", kv_budget=0.3,
+                            verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    return d, gguf, result
+
+
+def test_coreml_decoder_is_one_multifunction_program_verified_against_pytorch(exported):
+    from export.backends.coreml_mil import load_program
+
+    d, _, result = exported
+    out = d / "artifacts"
+    assert result.ok, result.manifest["failures"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    (a,) = manifest["artifacts"]
+    assert a["format"] == "coreml" and a["file"].endswith(".mlpackage") and (out / a["file"]).is_dir()
+    assert a["decoder"]["lookup_plan"] == "split" and a["deployment_target"] == "iOS18"
+    v = a["verification"]
+    assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] == 3 and v["psnr_db"] >= 60, v
+    methods = a["decoder"]["methods"]
+    assert set(methods) == {"prefill_0", "prefill_1", "decode_0", "decode_1"} and a["functions"] == 4
+    # integer inputs are int32 in the file; outputs are stored as out_<name> (a stage's input and output share names)
+    inputs = {i["name"]: i for i in methods["decode_1"]["inputs"]}
+    assert inputs["cache_len"]["dtype"] == "int32" and inputs["hidden"]["dtype"] == "float32"
+    assert methods["decode_0"]["output_tensors"] == ["out_" + n for n in methods["decode_0"]["outputs"]]
+    program = load_program(out / a["file"])
+    assert set(program.functions) == set(methods)
+    for name, fn in program.functions.items():
+        ops = {op.op_type for op in fn.operations}
+        # the split plan's point: no top-k in any function (the CPU lookup runs between them)
+        assert "topk" not in ops, (name, sorted(ops))
+        assert [v.name for v in fn.outputs] == methods[name]["output_tensors"]
+
+
+def test_coreml_artifact_answers_through_the_session_like_pytorch(exported):
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.pack import BuildSettings, build_context_pack, save_context_pack
+    from squeezed_attention.weights import load_checkpoint
+
+    d, gguf, _ = exported
+    ck = load_checkpoint(gguf)
+    model = LlamaForCausalLM.from_checkpoint(ck)
+    pack = build_context_pack(model, ck, TINY_TEXT, BuildSettings())
+    path = save_context_pack(pack, d / "tiny.pack")
+    session = DecoderSession(d / "artifacts", fmt="coreml")
+    session.attach(path)
+    got = session.generate("ab an", max_new_tokens=6, stop_at_eos=False)
+    ref = Generator(model, ck.tokenizer, pack).generate(
+        "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch"), max_new_tokens=6,
+        stop_at_eos=False)
+    session.close()
+    assert got.token_ids == ref.token_ids and len(got.token_ids) == 6
+    assert got.lookup.startswith("split") and np.isfinite(got.prefill_seconds)
+
+
+def test_coreml_decoder_refusals(exported, tmp_path):
+    _, gguf, _ = exported
+    with pytest.raises(SqueezeError, match="split lookup plan only"):
+        export_decoder(tmp_path / "a", formats="coreml", model_path=gguf, lookup_plan="in-graph", verify=False, **SHAPES)
+    with pytest.raises(SqueezeError, match="weights"):
+        export_decoder(tmp_path / "b", formats="coreml", model_path=gguf, weights="int8", verify=False, **SHAPES)
+
+
+def test_bench_lists_the_coreml_decoder_as_not_timed_off_macos(exported, tmp_path):
+    from bench.decoder import run_decoder_benchmark
+    from export.backends.coreml_backend import ON_MACOS
+
+    if ON_MACOS:
+        pytest.skip("on macOS the Core ML decoder is timed with Apple's runtime")
+    d, _, _ = exported
+    with pytest.raises(SqueezeError, match="not timed off macOS"):
+        run_decoder_benchmark(d / "artifacts", out_dir=tmp_path / "b", contexts=(512,))
