@@ -54,6 +54,8 @@ ORT_BUILD="$HERE/build/ort"
 ORT_BRIDGE="$ORT_BUILD/libort_bridge.so"
 ORT_HEADER_DIR="$HERE/.toolchain/onnxruntime/include"
 ORT_MODEL="${SQUEEZE_ORT_MODEL:-$ORT_BUILD/squeezetime_hmdb51_4x64_frames_uint8_fp32.onnx}"
+# the tiny decoder export + Python's reference tokens for OrtJniDecoderTest (make_golden.py --decoder-only)
+ORT_DECODER="${SQUEEZE_ORT_DECODER:-$HERE/build/qa_decoder}"
 ORT_ERROR=""
 build_bridge() {
     local py="$HERE/../.venv/bin/python" pkg lib javac jni cmd stamp
@@ -97,6 +99,7 @@ REPORT="$BUILD/junit.txt"
 # (`make_golden.py --tokenizer-only`); the tokenizer tests fail with that hint when it is missing.
 QA_TOKENIZER="${SQUEEZE_QA_TOKENIZER:-$HERE/build/qa/tokenizer.json}"
 java -Dsqueeze.qa.tokenizer="$QA_TOKENIZER" -Dsqueeze.ort.bridge="$ORT_BRIDGE" -Dsqueeze.ort.model="$ORT_MODEL" \
+    -Dsqueeze.ort.decoder="$ORT_DECODER" \
     -Dsqueeze.ort.error="$ORT_ERROR" -jar "$CONSOLE" \
     -cp "$CLASSES:$HERE/core/src/test/resources:$KOTLIN_HOME/lib/kotlin-stdlib.jar" \
     --scan-classpath "$CLASSES" --fail-if-no-tests \

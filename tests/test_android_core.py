@@ -8,7 +8,10 @@ android_demo/install_toolchain.sh. Two more tests rebuild the video and the Q&A 
 and compare them, so the Kotlin tests can never pass against stale goldens. The real model's tokenizer.json
 (not committed) is written to android_demo/build/qa/ before the Kotlin tests run when it is missing, and so is the
 reduced SqueezeTime .onnx (android_demo/build/ort/, make_golden.py --model-only) that OrtJniRuntimeTest runs through
-ONNX Runtime's C library (the onnxruntime wheel's libonnxruntime.so) via the JNI bridge android_demo/jni/ort_bridge.c.
+ONNX Runtime's C library (the onnxruntime wheel's libonnxruntime.so) via the JNI bridge android_demo/jni/ort_bridge.c,
+and the tiny decoder's .onnx with Python DecoderSession's tokens on the qa_pack golden (android_demo/build/qa_decoder/,
+make_golden.py --decoder-only; rewritten when the pack golden changed) that OrtJniDecoderTest runs in the core's
+generation loop (run_tests.sh passes -Dsqueeze.ort.decoder; missing files fail there, never skip).
 Cold run: ~15-50 s (kotlinc); later runs reuse the compiled classes when no .kt file changed (a few seconds).
 
 The Android app itself (android_demo/app) cannot be built here (no Android Gradle plugin, SDK or Google Maven):
@@ -76,6 +79,8 @@ def junit_results(tmp_path_factory):
         make_golden.write_tokenizer_json()
     if not make_golden.model_onnx_path().is_file():  # the ONNX Runtime end-to-end tests run it (~50 s to export)
         make_golden.write_model_onnx()
+    if not make_golden.decoder_onnx_current():  # OrtJniDecoderTest runs it (tiny decoder .onnx + Python's tokens, ~1 min)
+        make_golden.write_decoder_onnx()
     reports = tmp_path_factory.mktemp("junit")
     proc = subprocess.run([str(DEMO / "run_tests.sh"), f"--reports-dir={reports}"], capture_output=True, text=True,
                           timeout=600)

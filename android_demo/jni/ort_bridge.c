@@ -4,10 +4,13 @@
  *
  *   create(modelPath, intraOpThreads) -> handle      one session (CPU execution provider, sequential executor)
  *   inputNames(handle) / outputNames(handle)         the graph's tensor names
- *   run(handle, inputName, float[] | byte[], shape, outputName) -> Object[] { float[] values, long[] shape }
+ *   run(handle, inputName, array, shape, outputName) -> Object[] { values, long[] shape }
+ *   runNamed(handle, String[] inputNames, Object[] arrays, long[][] shapes, String[] outputNames)
+ *       -> Object[] { values of each output.., long[] shape of each output.. }
  *   release(handle)
  *
- * byte[] inputs are uint8 tensors, float[] inputs float32; the output must be float32. Every OrtStatus error becomes a
+ * Input arrays: float[] float32, long[] int64, int[] int32, byte[] uint8 tensors; outputs come back as float[] (float32),
+ * long[] (int64) or int[] (int32), any other output type is an error. Every OrtStatus error becomes a
  * dev.squeezemobile.core.OrtException with ONNX Runtime's message. Built by android_demo/run_tests.sh:
  *   gcc -shared -fPIC -I<jni.h dirs> -I<onnxruntime headers> ort_bridge.c -L<lib dir> -l:libonnxruntime.so.1 -Wl,-rpath,<lib dir>
  * The header's ORT_API_VERSION must be one the library supports (the C API is backward compatible: an older
@@ -43,6 +46,13 @@ static int failed(JNIEnv *jni, const OrtApi *api, OrtStatus *status, const char 
     char detail[1536];
     snprintf(detail, sizeof detail, "%s (ORT error code %d)", api->GetErrorMessage(status), (int)api->GetErrorCode(status));
     api->ReleaseStatus(status);
+    /* one line: ORT's multi-line messages (e.g. invalid dimensions) with their line breaks and indents as one space */
+    size_t w = 0;
+    for (size_t r = 0; detail[r] != '\0'; r++) {
+        char c = (detail[r] == '\n' || detail[r] == '\r' || detail[r] == '\t') ? ' ' : detail[r];
+        if (c != ' ' || (w > 0 && detail[w - 1] != ' ')) detail[w++] = c;
+    }
+    detail[w] = '\0';
     throw_msg(jni, what, detail);
     return 1;
 }
@@ -136,91 +146,165 @@ JNIEXPORT jobjectArray JNICALL Java_dev_squeezemobile_core_OrtNative_outputNames
     return names(jni, handle, 1);
 }
 
-JNIEXPORT jobjectArray JNICALL Java_dev_squeezemobile_core_OrtNative_run(JNIEnv *jni, jclass cls, jlong handle, jstring jin,
-                                                                          jobject data, jlongArray jshape, jstring jout) {
-    (void)cls;
-    Bridge *b = handle_of(jni, handle);
-    if (b == NULL) return NULL;
+/* A Java array (float[] float32, long[] int64, int[] int32, byte[] uint8) of shape jshape as a new tensor in *out. */
+static int make_input(JNIEnv *jni, Bridge *b, const char *name, jobject data, jlongArray jshape, OrtValue **out) {
     const OrtApi *api = b->api;
-    int is_float = (*jni)->IsInstanceOf(jni, data, (*jni)->FindClass(jni, "[F"));
-    int is_byte = (*jni)->IsInstanceOf(jni, data, (*jni)->FindClass(jni, "[B"));
-    if (!is_float && !is_byte) { throw_msg(jni, "the input must be a float[] (float32) or a byte[] (uint8)", NULL); return NULL; }
+    static const char *const classes[4] = {"[F", "[J", "[I", "[B"};
+    static const ONNXTensorElementDataType types[4] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64,
+                                                       ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8};
+    int kind = -1;
+    for (int k = 0; k < 4 && kind < 0 && data != NULL; k++)
+        if ((*jni)->IsInstanceOf(jni, data, (*jni)->FindClass(jni, classes[k]))) kind = k;
+    if (kind < 0) { throw_msg(jni, "an input must be a float[] (float32), long[] (int64), int[] (int32) or byte[] (uint8)", name); return 1; }
+    if (jshape == NULL) { throw_msg(jni, "no shape for input", name); return 1; }
     jsize rank = (*jni)->GetArrayLength(jni, jshape);
-    if (rank > 16) { throw_msg(jni, "input rank above 16", NULL); return NULL; }
+    if (rank > 16) { throw_msg(jni, "input rank above 16", name); return 1; }
     int64_t shape[16];
     jlong js[16];
     (*jni)->GetLongArrayRegion(jni, jshape, 0, rank, js);
     long long count = 1;
     for (jsize i = 0; i < rank; i++) {
-        if (js[i] < 0) { throw_msg(jni, "negative dimension in the input shape", NULL); return NULL; }
+        if (js[i] < 0) { throw_msg(jni, "negative dimension in the input shape", name); return 1; }
         shape[i] = js[i];
         count *= js[i];
     }
     jsize length = (*jni)->GetArrayLength(jni, (jarray)data);
     if (count != (long long)length) {
-        char detail[160];
-        snprintf(detail, sizeof detail, "the shape holds %lld elements, the array %d", count, (int)length);
+        char detail[400];
+        snprintf(detail, sizeof detail, "input '%s': the shape holds %lld elements, the array %d", name, count, (int)length);
         throw_msg(jni, "input size does not match its shape", detail);
+        return 1;
+    }
+    void *dst = NULL;
+    if (failed(jni, api, api->CreateTensorAsOrtValue(b->allocator, shape, (size_t)rank, types[kind], out), "cannot allocate an input tensor")
+        || failed(jni, api, api->GetTensorMutableData(*out, &dst), "cannot access an input tensor")) return 1;
+    if (kind == 0) (*jni)->GetFloatArrayRegion(jni, (jfloatArray)data, 0, length, (jfloat *)dst);
+    else if (kind == 1) (*jni)->GetLongArrayRegion(jni, (jlongArray)data, 0, length, (jlong *)dst);
+    else if (kind == 2) (*jni)->GetIntArrayRegion(jni, (jintArray)data, 0, length, (jint *)dst);
+    else (*jni)->GetByteArrayRegion(jni, (jbyteArray)data, 0, length, (jbyte *)dst);
+    return 0;
+}
+
+/* An output tensor (float32 / int64 / int32) as result[i] = float[] / long[] / int[] values, result[n + i] = long[] shape. */
+static int put_output(JNIEnv *jni, Bridge *b, const char *name, OrtValue *value, jobjectArray result, jsize i, jsize n) {
+    const OrtApi *api = b->api;
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    ONNXTensorElementDataType type;
+    size_t rank = 0, count = 0;
+    int64_t dims[16];
+    void *src = NULL;
+    int bad = failed(jni, api, api->GetTensorTypeAndShape(value, &info), "cannot read an output's type")
+        || failed(jni, api, api->GetTensorElementType(info, &type), "cannot read an output's element type")
+        || failed(jni, api, api->GetDimensionsCount(info, &rank), "cannot read an output's rank")
+        || failed(jni, api, api->GetTensorShapeElementCount(info, &count), "cannot read an output's size");
+    if (!bad && rank > 16) { throw_msg(jni, "output rank above 16", name); bad = 1; }
+    bad = bad || failed(jni, api, api->GetDimensions(info, dims, rank), "cannot read an output's shape")
+              || failed(jni, api, api->GetTensorMutableData(value, &src), "cannot access an output tensor");
+    if (info) api->ReleaseTensorTypeAndShapeInfo(info);
+    if (bad) return 1;
+    jarray values = NULL;
+    jsize len = (jsize)count;
+    if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+        if ((values = (*jni)->NewFloatArray(jni, len))) (*jni)->SetFloatArrayRegion(jni, (jfloatArray)values, 0, len, (const jfloat *)src);
+    } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64) {
+        if ((values = (*jni)->NewLongArray(jni, len))) (*jni)->SetLongArrayRegion(jni, (jlongArray)values, 0, len, (const jlong *)src);
+    } else if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+        if ((values = (*jni)->NewIntArray(jni, len))) (*jni)->SetIntArrayRegion(jni, (jintArray)values, 0, len, (const jint *)src);
+    } else {
+        char detail[400];
+        snprintf(detail, sizeof detail, "output '%s' has ONNX element type %d", name, (int)type);
+        throw_msg(jni, "the output is not float32, int64 or int32", detail);
+        return 1;
+    }
+    jlongArray jdims = (*jni)->NewLongArray(jni, (jsize)rank);
+    if (values == NULL || jdims == NULL) return 1;
+    jlong jd[16];
+    for (size_t k = 0; k < rank; k++) jd[k] = dims[k];
+    (*jni)->SetLongArrayRegion(jni, jdims, 0, (jsize)rank, jd);
+    (*jni)->SetObjectArrayElement(jni, result, i, values);
+    (*jni)->SetObjectArrayElement(jni, result, n + i, jdims);
+    (*jni)->DeleteLocalRef(jni, values);
+    (*jni)->DeleteLocalRef(jni, jdims);
+    return 0;
+}
+
+#define MAX_TENSORS 256
+
+/* One Run with named inputs and outputs; returns Object[2 * outputs]: the values of each output, then their shapes. */
+static jobjectArray run_named(JNIEnv *jni, jlong handle, jobjectArray jin, jobjectArray jdata, jobjectArray jshapes,
+                              jobjectArray jout, int single) {
+    Bridge *b = handle_of(jni, handle);
+    if (b == NULL) return NULL;
+    const OrtApi *api = b->api;
+    jsize n_in = (*jni)->GetArrayLength(jni, jin), n_out = (*jni)->GetArrayLength(jni, jout);
+    if (n_in > MAX_TENSORS || n_out > MAX_TENSORS) { throw_msg(jni, "more than 256 inputs or outputs", NULL); return NULL; }
+    if ((*jni)->GetArrayLength(jni, jdata) != n_in || (*jni)->GetArrayLength(jni, jshapes) != n_in) {
+        throw_msg(jni, "input names, arrays and shapes differ in number", NULL);
         return NULL;
     }
-
-    OrtValue *input = NULL, *output = NULL;
-    OrtTensorTypeAndShapeInfo *info = NULL;
+    if ((*jni)->EnsureLocalCapacity(jni, n_in + n_out + 16) != 0) return NULL; /* the names' local references */
+    jstring in_str[MAX_TENSORS] = {0}, out_str[MAX_TENSORS] = {0};
+    const char *in_names[MAX_TENSORS] = {0}, *out_names[MAX_TENSORS] = {0};
+    OrtValue *inputs[MAX_TENSORS] = {0}, *outputs[MAX_TENSORS] = {0};
     jobjectArray result = NULL;
-    const char *in_name = (*jni)->GetStringUTFChars(jni, jin, NULL);
-    const char *out_name = (*jni)->GetStringUTFChars(jni, jout, NULL);
-    if (in_name == NULL || out_name == NULL) goto done;
-    ONNXTensorElementDataType type = is_float ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-    if (failed(jni, api, api->CreateTensorAsOrtValue(b->allocator, shape, (size_t)rank, type, &input), "cannot allocate the input tensor"))
+    int bad = 0;
+    for (jsize i = 0; !bad && i < n_out; i++) {
+        out_str[i] = (jstring)(*jni)->GetObjectArrayElement(jni, jout, i);
+        bad = out_str[i] == NULL || (out_names[i] = (*jni)->GetStringUTFChars(jni, out_str[i], NULL)) == NULL;
+    }
+    for (jsize i = 0; !bad && i < n_in; i++) {
+        in_str[i] = (jstring)(*jni)->GetObjectArrayElement(jni, jin, i);
+        bad = in_str[i] == NULL || (in_names[i] = (*jni)->GetStringUTFChars(jni, in_str[i], NULL)) == NULL;
+        if (!bad) {
+            jobject data = (*jni)->GetObjectArrayElement(jni, jdata, i);
+            jlongArray shape = (jlongArray)(*jni)->GetObjectArrayElement(jni, jshapes, i);
+            bad = make_input(jni, b, in_names[i], data, shape, &inputs[i]);
+            (*jni)->DeleteLocalRef(jni, data);
+            (*jni)->DeleteLocalRef(jni, shape);
+        }
+    }
+    if (bad) {
+        if (!(*jni)->ExceptionCheck(jni)) throw_msg(jni, "a tensor name is null", NULL);
         goto done;
-    void *dst = NULL;
-    if (failed(jni, api, api->GetTensorMutableData(input, &dst), "cannot access the input tensor")) goto done;
-    if (is_float) (*jni)->GetFloatArrayRegion(jni, (jfloatArray)data, 0, length, (jfloat *)dst);
-    else (*jni)->GetByteArrayRegion(jni, (jbyteArray)data, 0, length, (jbyte *)dst);
-
+    }
     char what[600];
-    snprintf(what, sizeof what, "ONNX Runtime run failed (input '%s', output '%s')", in_name, out_name);
-    const OrtValue *inputs[1] = {input};
-    if (failed(jni, api, api->Run(b->session, NULL, &in_name, inputs, 1, &out_name, 1, &output), what)) goto done;
-
-    if (failed(jni, api, api->GetTensorTypeAndShape(output, &info), "cannot read the output's type")) goto done;
-    ONNXTensorElementDataType out_type;
-    size_t out_rank = 0, n = 0;
-    if (failed(jni, api, api->GetTensorElementType(info, &out_type), "cannot read the output's element type")
-        || failed(jni, api, api->GetDimensionsCount(info, &out_rank), "cannot read the output's rank")
-        || failed(jni, api, api->GetTensorShapeElementCount(info, &n), "cannot read the output's size")) goto done;
-    if (out_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-        char detail[64];
-        snprintf(detail, sizeof detail, "ONNX element type %d", (int)out_type);
-        throw_msg(jni, "the output is not float32", detail);
-        goto done;
-    }
-    if (out_rank > 16) { throw_msg(jni, "output rank above 16", NULL); goto done; }
-    int64_t dims[16];
-    if (failed(jni, api, api->GetDimensions(info, dims, out_rank), "cannot read the output's shape")) goto done;
-    float *values = NULL;
-    if (failed(jni, api, api->GetTensorMutableData(output, (void **)&values), "cannot access the output tensor")) goto done;
-
-    jfloatArray jvalues = (*jni)->NewFloatArray(jni, (jsize)n);
-    jlongArray jdims = (*jni)->NewLongArray(jni, (jsize)out_rank);
-    if (jvalues == NULL || jdims == NULL) goto done;
-    (*jni)->SetFloatArrayRegion(jni, jvalues, 0, (jsize)n, values);
-    jlong jd[16];
-    for (size_t i = 0; i < out_rank; i++) jd[i] = dims[i];
-    (*jni)->SetLongArrayRegion(jni, jdims, 0, (jsize)out_rank, jd);
-    result = (*jni)->NewObjectArray(jni, 2, (*jni)->FindClass(jni, "java/lang/Object"), NULL);
-    if (result != NULL) {
-        (*jni)->SetObjectArrayElement(jni, result, 0, jvalues);
-        (*jni)->SetObjectArrayElement(jni, result, 1, jdims);
-    }
+    if (single) snprintf(what, sizeof what, "ONNX Runtime run failed (input '%s', output '%s')", in_names[0], out_names[0]);
+    else snprintf(what, sizeof what, "ONNX Runtime run failed (%d inputs, %d outputs)", (int)n_in, (int)n_out);
+    if (failed(jni, api, api->Run(b->session, NULL, in_names, (const OrtValue *const *)inputs, (size_t)n_in, out_names,
+                                  (size_t)n_out, outputs), what)) goto done;
+    result = (*jni)->NewObjectArray(jni, 2 * n_out, (*jni)->FindClass(jni, "java/lang/Object"), NULL);
+    for (jsize i = 0; result != NULL && i < n_out; i++)
+        if (put_output(jni, b, out_names[i], outputs[i], result, i, n_out)) result = NULL;
 
 done:
-    if (info) api->ReleaseTensorTypeAndShapeInfo(info);
-    if (output) api->ReleaseValue(output);
-    if (input) api->ReleaseValue(input);
-    if (in_name) (*jni)->ReleaseStringUTFChars(jni, jin, in_name);
-    if (out_name) (*jni)->ReleaseStringUTFChars(jni, jout, out_name);
+    for (jsize i = 0; i < n_out; i++) {
+        if (outputs[i]) api->ReleaseValue(outputs[i]);
+        if (out_names[i]) (*jni)->ReleaseStringUTFChars(jni, out_str[i], out_names[i]);
+        if (out_str[i]) (*jni)->DeleteLocalRef(jni, out_str[i]);
+    }
+    for (jsize i = 0; i < n_in; i++) {
+        if (inputs[i]) api->ReleaseValue(inputs[i]);
+        if (in_names[i]) (*jni)->ReleaseStringUTFChars(jni, in_str[i], in_names[i]);
+        if (in_str[i]) (*jni)->DeleteLocalRef(jni, in_str[i]);
+    }
     return result;
+}
+
+JNIEXPORT jobjectArray JNICALL Java_dev_squeezemobile_core_OrtNative_run(JNIEnv *jni, jclass cls, jlong handle, jstring jin,
+                                                                          jobject data, jlongArray jshape, jstring jout) {
+    (void)cls;
+    jclass str = (*jni)->FindClass(jni, "java/lang/String"), obj = (*jni)->FindClass(jni, "java/lang/Object");
+    jobjectArray ins = (*jni)->NewObjectArray(jni, 1, str, jin), outs = (*jni)->NewObjectArray(jni, 1, str, jout);
+    jobjectArray datas = (*jni)->NewObjectArray(jni, 1, obj, data), shapes = (*jni)->NewObjectArray(jni, 1, obj, jshape);
+    if (ins == NULL || outs == NULL || datas == NULL || shapes == NULL) return NULL;
+    return run_named(jni, handle, ins, datas, shapes, outs, 1);
+}
+
+JNIEXPORT jobjectArray JNICALL Java_dev_squeezemobile_core_OrtNative_runNamed(JNIEnv *jni, jclass cls, jlong handle,
+                                                                               jobjectArray jin, jobjectArray jdata,
+                                                                               jobjectArray jshapes, jobjectArray jout) {
+    (void)cls;
+    return run_named(jni, handle, jin, jdata, jshapes, jout, 0);
 }
 
 JNIEXPORT void JNICALL Java_dev_squeezemobile_core_OrtNative_release(JNIEnv *jni, jclass cls, jlong handle) {

@@ -21,6 +21,7 @@ Usage (from the repository root):
     .venv/bin/python android_demo/tools/make_golden.py --check           # rebuild video + Q&A goldens, compare
     .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only  # only android_demo/build/qa/tokenizer.json
     .venv/bin/python android_demo/tools/make_golden.py --model-only      # only the reduced .onnx, android_demo/build/ort/
+    .venv/bin/python android_demo/tools/make_golden.py --decoder-only    # only the tiny decoder .onnx, build/qa_decoder/
 
 ``--check`` skips the exports (the manifest, labels and logits; the decoder manifest): it re-runs decoding and preprocessing and the Q&A
 goldens (~25 s, most of it loading the real model for its tokenizer) and exits 1 naming the files that differ.
@@ -725,6 +726,77 @@ def decoder_manifest_golden() -> dict[str, bytes]:
         return {"qa_decoder_manifest.json": (Path(tmp) / "decoder" / "manifest.json").read_bytes()}
 
 
+# The tiny decoder's .onnx for the end-to-end Kotlin test (OrtJniDecoderTest): the in-graph plan exported as
+# decoder_manifest_golden() does (squeezed only), not committed: written to android_demo/build/qa_decoder/ with the
+# reference Python's DecoderSession (onnxruntime, 1 intra-op thread) gives on the qa_pack golden (reference.json).
+DECODER_BUILD = ROOT / "android_demo" / "build" / "qa_decoder"
+DECODER_REFERENCE = "reference.json"
+
+
+def _pack_sha256() -> str:
+    import hashlib
+
+    return hashlib.sha256((GOLDEN / "qa_pack.safetensors").read_bytes()).hexdigest()
+
+
+def decoder_onnx_current() -> bool:
+    """Whether DECODER_BUILD holds an export and a reference written for the qa_pack golden as it is now."""
+    try:
+        ref = json.loads((DECODER_BUILD / DECODER_REFERENCE).read_text())
+        return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def write_decoder_onnx() -> Path:
+    """Export the tiny decoder (ONNX, squeezed, QA_SHAPES; ~20 s), run Python's DecoderSession on it with the qa_pack
+    golden (greedy without stop tokens, and a teacher-forced run that meets the end-of-turn token) and install the
+    export + reference.json under DECODER_BUILD (swapped in whole)."""
+    from squeezed_attention import testing
+    from squeezed_attention.decoder_export import export_decoder
+    from squeezed_attention.decoder_session import DecoderSession
+
+    shapes = {k: v for k, v in QA_SHAPES.items() if k != "kv_budget"}
+    DECODER_BUILD.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = testing.write_tiny_llama_gguf(Path(tmp) / "tiny.gguf", layers=2, quantized=False)
+        out = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.partial-{os.getpid()}")
+        shutil.rmtree(out, ignore_errors=True)
+        result = export_decoder(out, formats=("onnx",), model_path=gguf, attention="squeezed",
+                                kv_budget=QA_SHAPES["kv_budget"], verify=False, **shapes)
+        if result.failures:
+            raise SystemExit(f"decoder export failed: {result.failures}")
+    try:
+        session = DecoderSession(out, fmt="onnx", attention="squeezed", threads=1)
+        session.attach(GOLDEN / "qa_pack.safetensors")
+        ids = session.prompt_ids(QA_PROMPT)
+        greedy, greedy_logits = session.loop.greedy(ids, QA_MAX_NEW)
+        forced = session.tokenizer.encode("nan sass abba<|im_end|>ab", add_special_tokens=False).ids
+        stops = sorted(session.stop_ids)
+        forced_tokens, forced_logits = session.loop.greedy(ids, QA_MAX_NEW, forced=forced, stop_ids=set(stops))
+        answer = session.generate(QA_PROMPT, max_new_tokens=QA_MAX_NEW, stop_at_eos=False)
+        session.close()
+        if answer.token_ids != greedy:
+            raise SystemExit(f"DecoderSession.generate gave {answer.token_ids}, its loop {greedy}")
+        ref = {"artifact": session.artifact["file"], "pack": "qa_pack.safetensors", "pack_sha256": _pack_sha256(),
+               "prompt": QA_PROMPT,
+               "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
+               "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
+               "greedy": {"tokens": greedy, "text": answer.text,
+                          "logits": [np.asarray(x, np.float32).tolist() for x in greedy_logits]},
+               "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens,
+                          "logits": [np.asarray(x, np.float32).tolist() for x in forced_logits]}}
+        (out / DECODER_REFERENCE).write_text(json.dumps(ref))
+        old = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.old.partial-{os.getpid()}")
+        if DECODER_BUILD.exists():
+            DECODER_BUILD.rename(old)
+        out.rename(DECODER_BUILD)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return DECODER_BUILD
+
+
 def same_golden(path: Path, data: bytes) -> bool:
     """Whether the golden file holds ``data``; a context pack compares by content (its metadata's key order in the
     safetensors header varies from run to run, its tensors and metadata values do not)."""
@@ -752,7 +824,12 @@ def main(argv=None) -> int:
                     help=f"only write the reduced export's .onnx to {ORT_BUILD.relative_to(ROOT)} (no goldens)")
     ap.add_argument("--tokenizer-only", action="store_true",
                     help=f"only write the real model's tokenizer.json to {TOKENIZER_JSON.relative_to(ROOT)} (no goldens)")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help=f"only write the tiny decoder's .onnx + reference.json to {DECODER_BUILD.relative_to(ROOT)}")
     args = ap.parse_args(argv)
+    if args.decoder_only:
+        print(f"wrote {write_decoder_onnx()}")
+        return 0
     if args.model_only:
         print(f"wrote {write_model_onnx()}")
         return 0

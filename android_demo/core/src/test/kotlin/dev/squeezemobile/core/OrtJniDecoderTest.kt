@@ -1,0 +1,181 @@
+package dev.squeezemobile.core
+
+import org.junit.jupiter.api.Assertions.assertArrayEquals
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
+import org.junit.jupiter.api.Assumptions.assumeTrue
+import org.junit.jupiter.api.Test
+import java.io.File
+
+/**
+ * End to end: the tiny decoder's exported .onnx (in-graph plan, squeezed attention, the tiny 2-layer GGUF, the
+ * qa_pack golden's model) run from Kotlin through ONNX Runtime's C library (JNI bridge, [OrtJniDecoder]) inside the
+ * core's generation loop ([DocumentQa] / [GenerationLoop]) gives Python's DecoderSession tokens on the same artifact
+ * and pack (reference.json, written beside the .onnx by make_golden.py --decoder-only; the pytest wrapper does so
+ * when it is missing). run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
+ * only a run without the property (outside run_tests.sh) skips.
+ */
+class OrtJniDecoderTest {
+    companion object {
+        /** Max abs difference to Python onnxruntime's logits (same library and graph, 1 thread each; measured 0 here). */
+        const val LOGIT_TOL = 1e-4
+
+        private val dir: File? by lazy {
+            val path = System.getProperty("squeeze.ort.decoder")
+            if (path == null) null else {
+                val error = System.getProperty("squeeze.ort.error").orEmpty()
+                if (error.isNotEmpty()) throw AssertionError("the ONNX Runtime JNI bridge was not built: $error")
+                val bridge = System.getProperty("squeeze.ort.bridge")
+                    ?: throw AssertionError("no -Dsqueeze.ort.bridge; run the tests with android_demo/run_tests.sh")
+                val d = File(path)
+                for (name in listOf("manifest.json", "tokenizer.json", "reference.json")) {
+                    if (!File(d, name).isFile) throw AssertionError("the tiny decoder export $d has no $name; write it with " +
+                        ".venv/bin/python android_demo/tools/make_golden.py --decoder-only (the pytest wrapper does this)")
+                }
+                OrtNative.load(bridge)
+                d
+            }
+        }
+    }
+
+    private fun export(): File {
+        val d = dir
+        assumeTrue(d != null, "no -Dsqueeze.ort.decoder (run android_demo/run_tests.sh or the pytest wrapper)")
+        return d!!
+    }
+
+    private val pack = ContextPack.read(Golden.bytes("qa_pack.safetensors"), "qa_pack.safetensors")
+
+    private class Setup(val manifest: DecoderManifest, val artifact: DecoderArtifact, val tokenizer: ByteLevelBpeTokenizer,
+                        val ref: JsonPath)
+
+    private fun setup(d: File): Setup {
+        val manifest = DecoderManifest.parse(File(d, "manifest.json").readBytes())
+        val artifact = manifest.pick("onnx", "squeezed", DecoderContract.IN_GRAPH)
+        val ref = JsonPath.of(Json.parse(File(d, "reference.json").readBytes()), "reference.json")
+        assertEquals(ref["artifact"].string(), artifact.file)
+        assertTrue(File(d, artifact.file).isFile, "the artifact ${artifact.file} is missing in $d")
+        return Setup(manifest, artifact, ByteLevelBpeTokenizer.fromFile(File(d, manifest.tokenizer.file)), ref)
+    }
+
+    private fun maxAbs(kotlin: List<FloatArray>, python: JsonPath): Double {
+        val steps = python.list()
+        assertEquals(steps.size, kotlin.size, "logit steps")
+        var m = 0.0
+        for ((i, p) in steps.withIndex()) {
+            val e = p.doubleArray()
+            assertEquals(e.size, kotlin[i].size)
+            for (j in e.indices) m = maxOf(m, Math.abs(kotlin[i][j] - e[j]))
+            assertEquals(GenerationLoop.argmax(e.map { it.toFloat() }.toFloatArray()), GenerationLoop.argmax(kotlin[i]), "step $i argmax")
+        }
+        return m
+    }
+
+    @Test
+    fun greedyAnswerThroughOnnxRuntimeIsPythons() {
+        val d = export()
+        val s = setup(d)
+        OrtJniDecoder.open(d, s.artifact).use { rt ->
+            assertTrue(rt.name.startsWith("ONNX Runtime 1."), rt.name)
+            val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
+            assertEquals(s.ref["keep_keys"].int(), qa.loop.keepKeys)
+            val prompt = s.ref["prompt"].string()
+            val ids = qa.promptIds(prompt)
+            assertArrayEquals(s.ref["prompt_ids"].intArray(), ids)
+            val maxNew = s.ref["max_new_tokens"].int()
+            val greedy = s.ref["greedy"]
+            val streamed = StringBuilder()
+            val answer = qa.generate(prompt, maxNewTokens = maxNew, stopAtEos = false) { streamed.append(it) }
+            assertArrayEquals(greedy["tokens"].intArray(), answer.tokenIds)
+            assertEquals(greedy["text"].string(), answer.text)
+            assertEquals(answer.text, streamed.toString())
+            val out = qa.loop.greedy(ids, maxNew)
+            assertArrayEquals(greedy["tokens"].intArray(), out.tokens)
+            val diff = maxAbs(out.logits, greedy["logits"])
+            println("OrtJniDecoder (${rt.name}): ${out.tokens.size} tokens = Python's; max |logit - Python| = $diff")
+            assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
+        }
+    }
+
+    @Test
+    fun forcedRunGivesPythonsLogitsAndStopsAtTheEndOfTurn() {
+        val d = export()
+        val s = setup(d)
+        OrtJniDecoder.open(d, s.artifact, intraOpThreads = 2).use { rt ->
+            val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
+            val forced = s.ref["forced"]
+            val out = qa.loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int(), forced = forced["forced"].intArray(),
+                stopIds = forced["stop_ids"].intArray().toSet())
+            assertArrayEquals(forced["tokens"].intArray(), out.tokens)
+            assertTrue(out.tokens.size < forced["forced"].intArray().size, "the forced run must stop at the end-of-turn token")
+            val diff = maxAbs(out.logits, forced["logits"])
+            println("OrtJniDecoder forced run (2 threads): max |logit - Python| = $diff")
+            assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
+        }
+    }
+
+    @Test
+    fun namedInputsAndOutputsAndTheirErrors() {
+        val d = export()
+        val s = setup(d)
+        val contract = s.artifact.contract
+        val loop = GenerationLoop(object : DecoderRuntime {
+            override val name = "unused"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>) = throw AssertionError("unused")
+        }, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention))
+        OrtJniSession.open(File(d, s.artifact.file)).use { session ->
+            val declared = s.artifact.methods.getValue("decode").inputs
+            assertEquals(declared.map { it.name }.toSet(), session.inputNames.toSet())
+            assertEquals(listOf("logits", "new_keys", "new_values"), session.outputNames)
+            // a decode step's feed as the loop builds it (cache of zeros), by name
+            val cache = loop.newCache()!!
+            val feed = LinkedHashMap<String, OrtTensor>()
+            for (info in declared) {
+                val shape = LongArray(info.shape.size) { info.shape[it].toLong() }
+                val n = info.shape.fold(1) { a, b -> a * b }
+                feed[info.name] = loop.contextInputs[info.name]?.let {
+                    when (it) {
+                        is DecoderTensor.Float32 -> OrtTensor(it.data, shape)
+                        is DecoderTensor.Int64 -> OrtTensor(it.data, shape)
+                    }
+                } ?: when (info.dtype) {
+                    "float32" -> OrtTensor(FloatArray(n), shape)
+                    else -> OrtTensor(LongArray(n) { if (info.name == "context_len") pack.numTokens.toLong() else 1L }, shape)
+                }
+            }
+            assertEquals(2, cache.layers)
+            // only the outputs asked for, by name, with ONNX Runtime's shapes
+            val out = session.run(feed, listOf("new_values", "logits"))
+            assertEquals(listOf("new_values", "logits"), out.keys.toList())
+            assertArrayEquals(longArrayOf(2, pack.kvHeads.toLong(), 1, pack.headDim.toLong()), out.getValue("new_values").shape)
+            assertEquals((out.getValue("logits").data as FloatArray).size.toLong(), out.getValue("logits").shape.fold(1L) { a, b -> a * b })
+
+            val missing = assertThrows(OrtException::class.java) { session.run(feed - "keep_keys") }
+            assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (22 inputs, 3 outputs)") &&
+                missing.message!!.contains("ORT error code"), missing.message)
+            val wrongType = assertThrows(OrtException::class.java) {
+                session.run(feed + ("tokens" to OrtTensor(IntArray(1), longArrayOf(1))))
+            }
+            assertTrue(wrongType.message!!.contains("tokens") || wrongType.message!!.contains("type"), wrongType.message)
+            // a size that does not match its shape (OrtTensor checks before the bridge, which checks again)
+            val bad = assertThrows(OrtException::class.java) { OrtTensor(LongArray(1), longArrayOf(3)) }
+            assertTrue(bad.message!!.contains("holds 3 elements, the array 1"), bad.message)
+            val unknown = assertThrows(OrtException::class.java) { session.run(feed, listOf("no_such_output")) }
+            assertTrue(unknown.message!!.contains("ORT error code"), unknown.message)
+            for (e in listOf(missing, wrongType, bad, unknown)) {
+                println("OrtException: ${e.message}")
+                assertTrue('\n' !in e.message!!, "one line: ${e.message}")
+            }
+            // still usable after errors, same bits
+            assertArrayEquals(out.getValue("logits").data as FloatArray, session.run(feed).getValue("logits").data as FloatArray)
+            session.close()
+            assertEquals("the ONNX Runtime session is closed", assertThrows(OrtException::class.java) { session.run(feed) }.message)
+        }
+        // the decoder runtime names what the loop did not feed
+        OrtJniDecoder.open(d, s.artifact).use { rt ->
+            val e = assertThrows(DecoderException::class.java) { rt.run("decode", loop.contextInputs) }
+            assertTrue(e.message!!.startsWith("the graph needs input tokens"), e.message)
+        }
+    }
+}
