@@ -239,7 +239,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise SqueezeError(f"the decoder exports to {', '.join(FORMATS)}; got {', '.join(bad) or 'none'} "
-                           "(a Core ML decoder is not built yet)")
+                           "(Core ML: --formats coreml writes an .mlpackage)")
     if weights not in WEIGHTS:
         raise SqueezeError(f"--weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     if weights != "fp32" and any(f not in QUANTIZED_FORMATS for f in formats):

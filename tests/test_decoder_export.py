@@ -213,8 +213,8 @@ def test_pack_mismatches_are_one_line_errors(exported, tiny_pack, tmp_path):
 
 def test_bad_export_options_fail_before_any_work(tiny, tmp_path):
     _, gguf = tiny
-    with pytest.raises(SqueezeError, match="exports to pte, onnx, tflite"):
-        export_decoder(tmp_path / "x", formats=("coreml",), model_path=gguf)
+    with pytest.raises(SqueezeError, match="exports to pte, onnx, tflite, coreml; got mlmodel"):
+        export_decoder(tmp_path / "x", formats=("mlmodel",), model_path=gguf)
     with pytest.raises(SqueezeError, match="exceed the model window of 256"):
         export_decoder(tmp_path / "y", formats=("onnx",), model_path=gguf, max_context=200, max_prompt=64, max_new=16)
     assert not (tmp_path / "y" / "manifest.json").exists()
