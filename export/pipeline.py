@@ -18,6 +18,7 @@ failure so the CLI exits non-zero.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -38,6 +39,9 @@ from squeezetime.video import label_path
 
 from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend
 from .quiet import quiet
+from .calibration import DEFAULT_VIEWS as DEFAULT_CALIBRATION_VIEWS
+from .calibration import CalibrationSet, build_calibration_set, check_separation
+from .quantize import DEFAULT_OBSERVER, OBSERVERS
 from .verify import THRESHOLDS, VerificationSet, build_verification_set, sha256_file, verify_artifact
 
 MANIFEST = "manifest.json"
@@ -78,19 +82,40 @@ def check_writable(out_dir: Path) -> None:
     ensure_writable_dir(out_dir)
 
 
-def planned_outputs(formats: Sequence[str], stem: str, spec: InputSpec, precision: Optional[str], pte_backend: str,
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def parse_precisions(precision) -> List[Optional[str]]:
+    """``precision``: None (each format's default), one name, or several ('fp32,int8' or a list) -> a list."""
+    if precision is None:
+        return [None]
+    if isinstance(precision, str):
+        precision = [p.strip() for p in precision.split(",") if p.strip()]
+    out = list(dict.fromkeys(precision))
+    if not out:
+        raise SqueezeError("no precision given; use e.g. --precision fp32 or --precision fp32,int8")
+    unknown = [p for p in out if p not in PRECISIONS]
+    if unknown:
+        raise SqueezeError(f"unknown precision {', '.join(map(repr, unknown))}; use {', '.join(PRECISIONS)} (or several, "
+                           "comma-separated)")
+    return out
+
+
+def planned_outputs(formats: Sequence[str], stem: str, spec: InputSpec, precision, pte_backend: str,
                     coreml_legacy: bool) -> List[Dict]:
     """The artifact files an export will write: [{format, file, directory artifact?, replaceable check}]."""
     out = []
     for fmt in formats:
         backend = get_backend(fmt)
-        opts = ExportOptions(spec=spec, precision=precision or backend.default_precision, pte_backend=pte_backend,
-                             coreml_legacy=coreml_legacy)
-        name = backend.artifact_name(stem, opts)
-        out.append({"format": fmt, "file": name, "dir": name.endswith(".mlpackage"), "replaceable": backend.replaceable})
-        if fmt == "coreml" and coreml_legacy:
-            out.append({"format": fmt, "file": name.replace(".mlpackage", ".mlmodel"), "dir": False,
-                        "replaceable": None})
+        for prec in parse_precisions(precision):
+            opts = ExportOptions(spec=spec, precision=prec or backend.default_precision, pte_backend=pte_backend,
+                                 coreml_legacy=coreml_legacy)
+            if opts.precision not in backend.precisions:
+                continue  # refused with a one-line failure when the format comes up; nothing is written for it
+            for target in backend.targets(stem, opts):
+                name = target["file"]
+                out.append({"format": fmt, "file": name, "dir": name.endswith(".mlpackage"),
+                            "replaceable": backend.replaceable if name.endswith(".mlpackage") else None})
     return out
 
 
@@ -239,17 +264,27 @@ def export_squeezetime(
     source: Optional[Dict] = None,
     progress: Optional[Progress] = None,
     quiet_tools: bool = True,
+    calibration=None,
+    calibration_views: int = DEFAULT_CALIBRATION_VIEWS,
+    observer: str = DEFAULT_OBSERVER,
 ) -> ExportResult:
     """Export ``model`` to ``formats`` under ``out_dir`` with verification and a manifest.
 
-    ``precision``: None = each format's default (fp32; Core ML fp16), or 'fp32' / 'fp16' for all.
+    ``precision``: None = each format's default (fp32; Core ML fp16), 'fp32' / 'fp16' / 'int8' for all, or several
+    ('fp32,int8' or a list: every format in each precision; file names carry the precision).
+    int8 is static post-training quantization with each format's own quantizer, calibrated on ``calibration``:
+    video files or folders (default: the shipped verification video, on frames no verification view uses), or a
+    ready :class:`export.calibration.CalibrationSet`; ``calibration_views`` views; ``observer`` picks the
+    activation-range observer (minmax or histogram). An int8 artifact that misses the int8 thresholds on the
+    held-out views is not written: the format fails with one line.
     ``source`` describes where the weights came from (recorded so ``squeeze verify`` can rebuild it).
     """
     say = progress or (lambda fmt, msg: None)
     formats = parse_formats(formats)
     spec = spec or InputSpec(frames=model.config.frames, size=model.config.input_size)
-    if precision not in (None, "fp32", "fp16"):
-        raise SqueezeError(f"unknown precision {precision!r}; use fp32 or fp16")
+    precisions = parse_precisions(precision)
+    if observer not in OBSERVERS:
+        raise SqueezeError(f"unknown activation observer {observer!r}; use one of {', '.join(OBSERVERS)}")
     out_dir = Path(out_dir)
     check_writable(out_dir)
     cfg = model.config
@@ -266,6 +301,16 @@ def export_squeezetime(
     example = spec.example(seed=0)
     say("verify", "decoding verification clips and computing PyTorch reference logits")
     vset: VerificationSet = build_verification_set(model, spec, verify_video)
+    calib = None
+    if "int8" in precisions:
+        if isinstance(calibration, CalibrationSet):
+            calib = calibration
+            check_separation(calib.record(), vset)
+        else:
+            say("calibrate", "decoding calibration views (official preprocessing) on frames no verification view uses")
+            calib = build_calibration_set(cfg, spec, calibration, calibration_views, vset)
+        say("calibrate", f"{len(calib)} calibration views from {calib.source}; none shares a frame with the "
+                         f"{sum(vset.real)} verification views")
 
     labels_file = LABELS
     labels_src = label_path(cfg.labels)
@@ -290,46 +335,60 @@ def export_squeezetime(
     _write_manifest(out_dir, manifest)
     result = ExportResult(out_dir, manifest)
 
+    quant = {"calibration": calib, "observer": observer}
     with _DeferredInterrupt() as interrupt:
-        _export_formats(formats, precision, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
-                        cfg.num_classes, say, quiet_tools, manifest, result, interrupt)
+        _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
+                        cfg.num_classes, say, quiet_tools, manifest, result, interrupt, quant)
     return result
 
 
-def _export_formats(formats, precision, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
-                    num_classes, say, quiet_tools, manifest, result, interrupt):
+def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
+                    num_classes, say, quiet_tools, manifest, result, interrupt, quant=None):
+    quant = quant or {}
     for fmt in formats:
-        interrupt.check()
         backend = get_backend(fmt)
-        prec = precision or backend.default_precision
-        opts = ExportOptions(spec=spec, precision=prec, pte_backend=pte_backend, coreml_legacy=coreml_legacy)
-        try:
-            if prec not in backend.precisions:
-                raise SqueezeError(f"{fmt} does not offer {prec} export here; supported: {', '.join(backend.precisions)}")
-            records = _export_one(backend, ready, example, out_dir, stem, opts, vset, num_classes, say, quiet_tools, interrupt)
-        except SqueezeError as exc:
-            failure = {"format": fmt, "error": str(exc)}
-            manifest["failures"].append(failure)
-            result.failures.append(failure)
-            say(fmt, f"FAILED: {exc}")
-            records = getattr(exc, "records", [])  # artifacts of this format that did complete
-        for record in records:
-            _add_record(manifest, record)
-            result.records.append(record)
-        _write_manifest(out_dir, manifest)
+        for precision in precisions:
+            interrupt.check()
+            prec = precision or backend.default_precision
+            opts = ExportOptions(spec=spec, precision=prec, pte_backend=pte_backend, coreml_legacy=coreml_legacy)
+            if prec == "int8":
+                calib = quant["calibration"]
+                opts.extra.update({"calibration": calib.tensors_for(spec), "observer": quant.get("observer",
+                                   DEFAULT_OBSERVER), "reference": vset, "calibration_record": calib.record()})
+            try:
+                if prec not in backend.precisions:
+                    raise SqueezeError(f"{fmt} does not offer {prec} export here; supported: {', '.join(backend.precisions)}")
+                records = _export_one(backend, ready, example, out_dir, stem, opts, vset, num_classes, say, quiet_tools,
+                                      interrupt)
+            except SqueezeError as exc:
+                failure = {"format": fmt, "error": str(exc)}
+                if len(precisions) > 1 or prec == "int8":
+                    failure["precision"] = prec
+                manifest["failures"].append(failure)
+                result.failures.append(failure)
+                say(fmt, f"FAILED: {exc}")
+                records = getattr(exc, "records", [])  # artifacts of this format that did complete
+            for record in records:
+                _add_record(manifest, record)
+                result.records.append(record)
+            _write_manifest(out_dir, manifest)
 
 
 def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportOptions, vset, num_classes, say, quiet_tools,
                 interrupt=None):
-    """Convert, write atomically, verify; returns manifest records (Core ML can give two artifacts)."""
-    targets = [("main", backend.artifact_name(stem, opts), backend.export)]
-    if backend.name == "coreml" and opts.coreml_legacy:
-        targets.append(("legacy", backend.artifact_name(stem, opts).replace(".mlpackage", ".mlmodel"), backend.export_legacy))
-    records = []
-    for role, fname, convert in targets:
+    """Convert, write atomically, verify; returns manifest records (Core ML can give two artifacts).
+
+    int8 artifacts are verified on the temporary file, before it is renamed into place: one that misses the int8
+    thresholds is never written (the format fails with one line naming the metric)."""
+    records, errors = [], []
+    base_opts = opts
+    for target in backend.targets(stem, base_opts):
+        role, fname, convert = target["role"], target["file"], target["convert"]
+        opts = dataclasses.replace(base_opts, extra={**base_opts.extra, **target.get("options", {})})
         dest = out_dir / fname
-        say(backend.name, f"converting -> {fname}")
+        say(backend.name, f"{'quantizing (int8) ' if opts.precision == 'int8' else ''}converting -> {fname}")
         t0 = time.perf_counter()
+        early = None
         try:
             with quiet(quiet_tools), atomic_path(dest, replaceable=backend.replaceable) as tmp:
                 try:
@@ -340,13 +399,22 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                     raise conversion_error(backend.name, exc) from None
                 if interrupt is not None:
                     interrupt.check()  # inside the atomic write: an interrupted artifact is discarded
+                if opts.precision == "int8":
+                    early = _verify_int8(backend, tmp, fname, vset, opts, extras, num_classes)
         except SqueezeError as exc:
-            if role == "legacy":  # the old format is best effort: say so plainly, do not fail the run
+            if target.get("best_effort"):  # the old format is best effort: say so plainly, do not fail the run
                 records.append({"format": backend.name, "container": "mlmodel", "file": None,
                                 "status": "not produced", "reason": str(exc)})
                 say(backend.name, f"legacy .mlmodel not produced: {exc}")
                 continue
-            raise
+            if role == "main":
+                if records:
+                    exc.records = records  # artifacts of this format that did complete
+                raise
+            # one of several int8 variants (Core ML W8A8 / weight-only): the others are still tried
+            say(backend.name, f"FAILED: {exc}")
+            errors.append(str(exc))
+            continue
         seconds = time.perf_counter() - t0
         inputs, outputs = _io_record(backend.name, opts.spec, num_classes)
         record = {
@@ -365,27 +433,34 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         }
         if not backend.deterministic:
             record["nondeterminism"] = "the .mlpackage Manifest.json carries random item identifiers"
-        say(backend.name, f"verifying {fname}")
-        structural = None
-        try:
-            structural = backend.structural_check(dest, opts, num_classes) if backend.name == "coreml" else None
-            numeric = verify_artifact(backend, dest, vset, opts.spec, opts.precision, extras)
-        except SqueezeError as exc:
-            record["verification"] = {"status": "fail", "failures": [str(exc)]}
-            records.append(record)
-            error = SqueezeError(f"{backend.name}: verification of {fname} failed: {exc}")
-            error.records = records  # the artifact is on disk: the manifest must still describe it
-            raise error from None
-        if structural:
-            numeric["structural"] = structural
-        if backend.name == "coreml" and numeric.get("numeric"):
-            cross = backend.mil_cross_check(dest, vset, opts.spec, opts.precision)  # macOS: Apple's runtime vs MIL
-            if cross:
-                numeric["mil_evaluation"] = cross
+        if early is not None:
+            numeric = early
+        else:
+            say(backend.name, f"verifying {fname}")
+            structural = None
+            try:
+                structural = backend.structural_check(dest, opts, num_classes) if backend.name == "coreml" else None
+                numeric = verify_artifact(backend, dest, vset, opts.spec, opts.precision, extras)
+            except SqueezeError as exc:
+                record["verification"] = {"status": "fail", "failures": [str(exc)]}
+                records.append(record)
+                error = SqueezeError(f"{backend.name}: verification of {fname} failed: {exc}")
+                error.records = records  # the artifact is on disk: the manifest must still describe it
+                raise error from None
+            if structural:
+                numeric["structural"] = structural
+            if backend.name == "coreml" and numeric.get("numeric"):
+                cross = backend.mil_cross_check(dest, vset, opts.spec, opts.precision)  # macOS: Apple's runtime vs MIL
+                if cross:
+                    numeric["mil_evaluation"] = cross
         record["verification"] = numeric
         records.append(record)
         if numeric["status"] == "fail":
             say(backend.name, f"verification FAILED: {'; '.join(numeric['failures'])}")
+        elif numeric.get("numeric") and opts.precision == "int8":
+            say(backend.name, f"ok: logits SQNR {numeric['sqnr_db']:.1f} dB, top-1 {numeric['top1_agreement']:.0%}, "
+                              f"KL {numeric['softmax_kl']:.2e} on {numeric.get('judged_inputs', numeric['inputs'])} "
+                              f"held-out views ({seconds:.1f}s)" + (f"; {numeric['runtime']}" if numeric.get("evaluator") else ""))
         elif numeric.get("numeric"):
             bracket = numeric.get("accumulation_bracket")
             say(backend.name, f"ok: PSNR {numeric['psnr_db']:.1f} dB, max-abs {numeric['max_abs_error']:.2e}, "
@@ -394,7 +469,37 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                               + (f"; with fp16 accumulation PSNR {bracket['fp16']['psnr_db']:.1f} dB" if bracket else ""))
         else:
             say(backend.name, f"ok: structure verified; numeric {numeric['status']} ({seconds:.1f}s)")
+    if errors:
+        error = SqueezeError("; ".join(errors))
+        error.records = records  # the variants that did pass are on disk and described
+        raise error
     return records
+
+
+def _verify_int8(backend, path: Path, fname: str, vset, opts: ExportOptions, extras: Dict, num_classes) -> Dict:
+    """Verify an int8 artifact at its temporary path; SqueezeError (nothing written) when it misses a threshold."""
+    quantization = extras.setdefault("quantization", {})
+    record = opts.extra.get("calibration_record")
+    if record is not None and quantization.get("calibration_batches", 1):  # weight-only int8 calibrates nothing
+        quantization["calibration"] = record
+        quantization["held_out"] = check_separation(record, vset)
+    structural = backend.structural_check(path, opts, num_classes) if backend.name == "coreml" else None
+    try:
+        numeric = verify_artifact(backend, path, vset, opts.spec, opts.precision, extras)
+    except SqueezeError as exc:
+        raise SqueezeError(f"{backend.name}: int8 {fname} failed to run: {exc}") from None
+    if structural:
+        numeric["structural"] = structural
+    if numeric["status"] == "fail":
+        decisive = numeric.get("top1_agreement_decisive")
+        raise SqueezeError(f"{backend.name}: int8 quantization of {fname} is too far from fp32 on "
+                           f"{numeric.get('judged_inputs', numeric['inputs'])} held-out real views "
+                           f"({'; '.join(numeric['failures'])}; measured: logits SQNR {numeric['sqnr_db']:.1f} dB, top-1 "
+                           f"{'-' if decisive is None else format(decisive, '.0%')} on {numeric.get('decisive_views', 0)} "
+                           f"decisive views; thresholds: SQNR >= {THRESHOLDS['int8']['sqnr_db']:.0f} dB, top-1 >= "
+                           f"{THRESHOLDS['int8']['top1']:.0%}); nothing was written: check the calibration videos "
+                           "(--calibration, --calibration-views) or try --observer histogram")
+    return numeric
 
 
 def _size(path: Path) -> int:
@@ -686,9 +791,19 @@ def verify_directory(out_dir, progress: Optional[Progress] = None, verify_video=
             results[art["file"]] = {"status": "fail", "failures": ["sha256 differs from the manifest"]}
             continue
         say(art["format"], f"verifying {art['file']}")
-        opts = ExportOptions(spec=spec, precision=art["precision"], pte_backend=art.get("pte_backend", "xnnpack"))
+        quantization = art.get("quantization") if isinstance(art.get("quantization"), dict) else {}
+        opts = ExportOptions(spec=spec, precision=art["precision"], pte_backend=art.get("pte_backend", "xnnpack"),
+                             extra={"int8_scheme": quantization.get("int8_scheme", "w8a8")})
         try:
+            held_out = None
+            if art["precision"] == "int8" and quantization.get("calibration_batches", 1):
+                # calibrated on views that the verification views do not share a frame with
+                if not isinstance(quantization.get("calibration"), dict):
+                    raise SqueezeError(f"{art['file']}: the manifest does not record its calibration views")
+                held_out = check_separation(quantization["calibration"], vset)
             res = verify_artifact(backend, path, vset, spec, art["precision"], art)
+            if held_out:
+                res["held_out"] = held_out
             if art["format"] == "coreml":
                 res["structural"] = backend.structural_check(path, opts, model.config.num_classes)
                 cross = backend.mil_cross_check(path, vset, spec, art["precision"]) if res.get("numeric") else None

@@ -91,6 +91,12 @@ class Backend(ABC):
     def artifact_name(self, stem: str, opts: ExportOptions) -> str:
         return stem + self.suffix
 
+    def targets(self, stem: str, opts: ExportOptions) -> List[Dict[str, Any]]:
+        """The artifacts one export of this format writes, in order: [{role, file, convert, best_effort}].
+        ``convert(module, example, dest, opts)`` writes one of them; a best-effort artifact that fails is recorded
+        as not produced instead of failing the format. Most formats write one file."""
+        return [{"role": "main", "file": self.artifact_name(stem, opts), "convert": self.export, "best_effort": False}]
+
     @abstractmethod
     def export(self, module: torch.nn.Module, example: torch.Tensor, dest: Path, opts: ExportOptions) -> Dict[str, Any]:
         """Write the artifact to ``dest`` (a temporary path the caller renames). Returns manifest extras."""

@@ -112,6 +112,9 @@ class ExecuTorchProgramRunner(Runner):
         return {name: o.numpy() for name, o in zip(spec["outputs"], outs)}
 
 
+DATA_MOVEMENT = ("_to_copy", "view_copy", "permute_copy", "clone", "expand_copy", "squeeze_copy", "unsqueeze_copy")
+
+
 def _delegation_summary(info) -> dict:
     by_op = {op: {"delegated": b.delegated, "portable": b.non_delegated}
              for op, b in sorted(info.delegation_by_operator.items())}
@@ -133,19 +136,63 @@ class ExecuTorchBackend(Backend):
     def artifact_name(self, stem, opts):
         return f"{stem}_{opts.precision}_{opts.pte_backend}.pte"
 
+    precisions = ("fp32", "int8")
+
     def export(self, module, example, dest: Path, opts: ExportOptions):
         import torch
         from executorch.devtools.backend_debug import get_delegation_info
         from executorch.exir import to_edge_transform_and_lower
 
         partitioner = self._partitioner(opts)
+        quantization = None
+        if opts.precision == "int8":
+            module, quantization = self._quantize(module, example, opts)
         ep = torch.export.export(module, (example,), strict=False)
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner])
         info = get_delegation_info(edge.exported_program().graph_module)
         program = edge.to_executorch()
         with open(dest, "wb") as fh:
             program.write_to_file(fh)
-        return {"pte_backend": opts.pte_backend, "delegation": _delegation_summary(info)}
+        delegation = _delegation_summary(info)
+        extras = {"pte_backend": opts.pte_backend, "delegation": delegation}
+        if quantization is not None:
+            # the delegate returns its outputs through getitem nodes, and a uint8 camera-frame input may be cast and
+            # laid out before it: those move data; anything else left outside would compute in portable fp32
+            outside = [op for op in delegation["portable_ops"] if op != "getitem"]
+            computing = [op for op in outside if not any(k in op for k in DATA_MOVEMENT)]
+            quantization["fully_delegated"] = delegation["delegated_subgraphs"] == 1 and not outside
+            quantization["outside_delegate"] = outside
+            if opts.pte_backend == "xnnpack" and computing:
+                raise SqueezeError(f"pte int8: ops left outside the XNNPACK delegate ({', '.join(computing[:6])}); the "
+                                   "int8 program would run them in portable fp32 kernels")
+            extras["quantization"] = quantization
+        return extras
+
+    @staticmethod
+    def _quantize(module, example, opts):
+        """PT2E with the quantizer of the delegate it will run on (XNNPACK; Core ML for --pte-backend coreml)."""
+        from export import quantize as q
+
+        observer = opts.extra.get("observer", q.DEFAULT_OBSERVER)
+        if opts.pte_backend == "xnnpack":
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+
+            quantizer = XNNPACKQuantizer().set_global(
+                q.with_observer(get_symmetric_quantization_config(is_per_channel=True), observer))
+            tool = "torchao PT2E + executorch XNNPACKQuantizer (symmetric, per-channel)"
+        else:
+            from .coreml_backend import coreml_pt2e_quantizer
+
+            quantizer, tool = coreml_pt2e_quantizer(observer)
+        calibration = q.calibration_tensors(opts)
+        graph = q.pt2e_quantize(module, example, quantizer, calibration)
+        record = {"tool": tool, **q.settings(opts, **({} if opts.pte_backend == "xnnpack" else {
+            "weights": "int8 per-channel affine", "activations": "uint8 per-tensor affine"}))}
+        simulated = q.simulate(graph, opts)
+        if simulated:
+            record["pytorch_simulation"] = simulated
+        return graph, record
 
     def load(self, path, threads=None):
         return ExecuTorchRunner(path, threads)

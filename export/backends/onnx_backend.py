@@ -147,12 +147,137 @@ def quantize_weights(model, weights: str):
                    "gemm_rewritten": rewritten, "float_matrix_elements_left": float_weights}
 
 
+# onnxruntime's calibration method for each activation observer (export.quantize.OBSERVERS)
+ORT_CALIBRATION = {"minmax": "MinMax", "histogram": "Entropy"}
+FLOAT_CONV_OPS = ("Conv", "FusedConv", "NchwcConv")
+
+
+def _quiet_ort_logging():
+    """onnxruntime.quantization calls logging.basicConfig on import: put the root logger back afterwards."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def guard():
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            yield
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
+
+    return guard()
+
+
+def preprocess_for_quantization(model, folder: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference + the graph optimizations it expects) on the float
+    model; returns the path of the pre-processed float model (what the int8 model's tensor names refer to)."""
+    import onnx
+
+    with _quiet_ort_logging():
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, pre = folder / "float.onnx", folder / "float_pre.onnx"
+    onnx.save(model, str(src))
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader over a list of input arrays."""
+
+    def __init__(self, arrays):
+        self._it = iter([{INPUT_NAME: np.ascontiguousarray(a)} for a in arrays])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def __iter__(self):  # qdq_loss_debug.collect_activations iterates the reader
+        return iter(self.get_next, None)
+
+    def rewind(self):  # pragma: no cover - not used by MinMax/Entropy calibration
+        pass
+
+
+def int8_kernel_check(path: Path) -> dict:
+    """What onnxruntime (CPU EP, all optimizations) turns the QDQ graph into on THIS machine: convolutions must
+    become QLinearConv; a Conv left in float (DQ -> Conv -> Q, seen with int8 activations on x86) would run fp32."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ort_opt_") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        so.log_severity_level = 3  # the NCHWc warning about hardware-specific saved graphs
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    float_convs = sum(ops.get(o, 0) for o in FLOAT_CONV_OPS)
+    return {"checked_on": "onnxruntime CPUExecutionProvider, ORT_ENABLE_ALL, this machine",
+            "int8_conv": ops.get("QLinearConv", 0), "float_conv": float_convs,
+            "int8_matmul": ops.get("QGemm", 0) + ops.get("QLinearMatMul", 0) + ops.get("MatMulInteger", 0),
+            "float_ops_left": {o: n for o, n in sorted(ops.items()) if o in ("ReduceMean", "Conv", "FusedConv",
+                                                                             "NchwcConv", "Gemm", "MatMul")},
+            "ops": dict(sorted(ops.items()))}
+
+
+def quantize_static_qdq(model, dest: Path, opts: ExportOptions) -> dict:
+    """Static int8 with onnxruntime's own tool: quant_pre_process, then quantize_static in QDQ format, weights int8
+    per-channel symmetric, activations uint8 (asymmetric) -- on x86 onnxruntime fuses U8S8 QDQ convolutions into
+    QLinearConv, while int8 (S8S8) activations left several convolutions in fp32 (checked on the optimized graph:
+    int8_kernel_check)."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    from export import quantize as q
+
+    with _quiet_ort_logging():
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    observer = opts.extra.get("observer", q.DEFAULT_OBSERVER)
+    method = ORT_CALIBRATION.get(observer)
+    if method is None:
+        raise SqueezeError(f"unknown activation observer {observer!r}; use one of {', '.join(ORT_CALIBRATION)}")
+    calibration = [np.asarray(x) for x in q.calibration_tensors(opts)]
+    with tempfile.TemporaryDirectory(prefix="ort_quant_") as tmp:
+        pre = preprocess_for_quantization(model, Path(tmp))
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+        qmodel = onnx.load(str(out))
+    qmodel.producer_version = torch.__version__.split("+")[0]
+    onnx.checker.check_model(qmodel)
+    with open(dest, "wb") as fh:
+        fh.write(qmodel.SerializeToString(deterministic=True))
+    kernels = int8_kernel_check(dest)
+    if kernels["float_conv"]:
+        raise SqueezeError(f"onnx int8: {kernels['float_conv']} convolution(s) stay fp32 in onnxruntime's optimized graph "
+                           f"on this machine (only {kernels['int8_conv']} became QLinearConv)")
+    import collections
+
+    ops = collections.Counter(n.op_type for n in qmodel.graph.node)
+    return {"opset": OPSET, "nodes": len(qmodel.graph.node),
+            "quantization": {"tool": "onnxruntime.quantization (quant_pre_process + quantize_static, QDQ)",
+                             **q.settings(opts, activations="uint8 per-tensor asymmetric (U8S8)",
+                                          ort_calibrate_method=method),
+                             "qdq_nodes": {"QuantizeLinear": ops.get("QuantizeLinear", 0),
+                                           "DequantizeLinear": ops.get("DequantizeLinear", 0)},
+                             "int8_kernels": kernels}}
+
+
 @register
 class OnnxBackend(Backend):
     name = "onnx"
     suffix = ".onnx"
     runtime = OnnxRunner.runtime
-    precisions = ("fp32", "fp16")
+    precisions = ("fp32", "fp16", "int8")
 
     def artifact_name(self, stem, opts):
         return f"{stem}_{opts.precision}.onnx"
@@ -166,6 +291,8 @@ class OnnxBackend(Backend):
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False,
         )
         model = program.model_proto
+        if opts.precision == "int8":
+            return quantize_static_qdq(model, dest, opts)
         if opts.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 

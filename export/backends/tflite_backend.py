@@ -149,11 +149,147 @@ def gpu_compatibility(path: Path) -> dict:
     }
 
 
+def float_io(model_bytes: bytes) -> bytes:
+    """A fully quantized .tflite whose int8 graph inputs/outputs become float32: a QUANTIZE op after each int8 input
+    and a DEQUANTIZE op before each int8 output (with the tensors' own scales), signatures re-pointed, so the app
+    feeds and reads floats like the fp32 model's."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+
+    def opcode(builtin: int) -> int:
+        for i, code in enumerate(model.operatorCodes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+                return i
+        code = schema.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
+        model.operatorCodes.append(code)
+        return len(model.operatorCodes) - 1
+
+    sub = model.subgraphs[0]
+    empty = len(model.buffers)
+    model.buffers.append(schema.BufferT())
+    remap = {}
+
+    def float_twin(index: int, suffix: str) -> int:
+        src = sub.tensors[index]
+        t = schema.TensorT()
+        t.shape, t.type, t.buffer = list(src.shape), schema.TensorType.FLOAT32, empty
+        t.name = (src.name.decode() if isinstance(src.name, bytes) else str(src.name)) + suffix
+        if src.shapeSignature is not None:
+            t.shapeSignature = list(src.shapeSignature)
+        sub.tensors.append(t)
+        return len(sub.tensors) - 1
+
+    head, tail = [], []
+    for k, idx in enumerate(list(sub.inputs)):
+        if sub.tensors[idx].type in (schema.TensorType.INT8, schema.TensorType.UINT8):
+            new = float_twin(idx, "_float")
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.QUANTIZE), [new], [idx]
+            head.append(op)
+            sub.inputs[k] = remap[idx] = new
+    for k, idx in enumerate(list(sub.outputs)):
+        if sub.tensors[idx].type in (schema.TensorType.INT8, schema.TensorType.UINT8):
+            new = float_twin(idx, "_float")
+            op = schema.OperatorT()
+            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.DEQUANTIZE), [idx], [new]
+            tail.append(op)
+            sub.outputs[k] = remap[idx] = new
+    sub.operators = head + list(sub.operators) + tail
+    for sig in model.signatureDefs or []:
+        for tm in list(sig.inputs or []) + list(sig.outputs or []):
+            tm.tensorIndex = remap.get(tm.tensorIndex, tm.tensorIndex)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _io_types(path_or_bytes) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = (Interpreter(model_content=path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray))
+          else Interpreter(model_path=str(path_or_bytes)))
+    return {"input": np.dtype(it.get_input_details()[0]["dtype"]).name,
+            "output": np.dtype(it.get_output_details()[0]["dtype"]).name}
+
+
+def _run_bytes(model_bytes: bytes, inputs, reference_kernels: bool = False) -> np.ndarray:
+    """Logits of a .tflite (bytes) on float inputs, with XNNPACK (default) or LiteRT's reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kw = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference_kernels else {}
+    it = Interpreter(model_content=model_bytes, num_threads=2, **kw)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    outs = []
+    for x in inputs:
+        it.set_tensor(i, np.ascontiguousarray(x))
+        it.invoke()
+        outs.append(it.get_tensor(o).copy())
+    return np.concatenate(outs)
+
+
+def _sqnr_db(ref, out) -> float:
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64).reshape(np.shape(ref))
+    noise = float(np.sum((out - ref) ** 2))
+    return 999.0 if noise == 0 else 10 * float(np.log10(max(float(np.sum(ref ** 2)), 1e-300) / noise))
+
+
+def quantize_litert(float_bytes: bytes, calibration, observer: str) -> tuple:
+    """The LiteRT quantizer (ai-edge-quantizer) on the float model: static_wi8_ai8 (int8 per-channel symmetric
+    weights, int8 activations), the graph's input and output left float (QUANTIZE / DEQUANTIZE inside)."""
+    import os
+
+    from ai_edge_quantizer import quantizer, recipe
+
+    q = quantizer.Quantizer(bytearray(float_bytes))
+    rules = list(recipe.static_wi8_ai8())
+    rules += [{"regex": ".*", "operation": op, "algorithm_key": "no_quantize"} for op in ("INPUT", "OUTPUT")]
+    q.load_quantization_recipe(rules)
+    from ai_edge_litert.interpreter import Interpreter
+
+    sigs = Interpreter(model_content=bytes(float_bytes)).get_signature_list()
+    key = next(iter(sigs))
+    name = sigs[key]["inputs"][0]
+    result = q.calibrate({key: [{name: np.asarray(x)} for x in calibration]}, num_threads=os.cpu_count() or 1)
+    out = bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+    settings = {"tool": "ai-edge-quantizer (LiteRT quantizer), recipe static_wi8_ai8 + float INPUT/OUTPUT",
+                "activation_observer": "min_max (the LiteRT quantizer's own calibration)" if observer == "histogram"
+                else "min_max"}
+    return out, settings
+
+
+def quantize_pt2e(module, example, calibration, observer: str) -> tuple:
+    """litert-torch's PT2E quantizer (per-channel symmetric weights, int8 activations; the fixed 1/256 output scale
+    LiteRT's kernels want for sigmoid), converted by litert-torch; int8 I/O made float with float_io."""
+    import litert_torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from export import quantize as qz
+
+    quantizer = PT2EQuantizer().set_global(qz.with_observer(get_symmetric_quantization_config(is_per_channel=True),
+                                                            observer))
+    # fold_quantize=False: litert-torch converts the explicit quantize ops (folded ones fail in its lowering)
+    graph = qz.pt2e_quantize(module, example, quantizer, calibration, fold_quantize=False)
+    edge = litert_torch.convert(graph, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="litert_pt2e_") as tmp:
+        path = Path(tmp) / "pt2e.tflite"
+        edge.export(str(path))
+        raw = path.read_bytes()
+    settings = {"tool": "torchao PT2E + litert-torch PT2EQuantizer (symmetric, per-channel), litert-torch convert",
+                "activation_observer": observer}
+    return float_io(raw), settings, graph
+
+
 @register
 class LiteRTBackend(Backend):
     name = "tflite"
     suffix = ".tflite"
     runtime = LiteRTRunner.runtime
+    precisions = ("fp32", "int8")
 
     def artifact_name(self, stem, opts):
         return f"{stem}_{opts.precision}.tflite"
@@ -163,7 +299,69 @@ class LiteRTBackend(Backend):
 
         edge_model = litert_torch.convert(module, (example,))
         edge_model.export(str(dest))
+        if opts.precision == "int8":
+            return self._export_int8(module, example, dest, opts)
         return {"gpu_delegate": gpu_compatibility(dest)}
+
+    def _export_int8(self, module, example, dest: Path, opts: ExportOptions):
+        """Both quantizers on the same calibration views; the one whose logits are closer to the fp32 .tflite on
+        those views (SQNR; the held-out verification views stay unseen) is kept. Both must load and run in LiteRT's
+        reference kernels as well as with XNNPACK."""
+        from export import quantize as qz
+        from squeeze_mobile.errors import SqueezeError
+
+        observer = opts.extra.get("observer", qz.DEFAULT_OBSERVER)
+        calibration = [np.asarray(x) for x in qz.calibration_tensors(opts)]
+        float_bytes = Path(dest).read_bytes()
+        float_out = _run_bytes(float_bytes, calibration)
+        candidates, graph = {}, None
+        for name in ("litert_quantizer", "litert_torch_pt2e"):
+            try:
+                if name == "litert_quantizer":
+                    data, settings = quantize_litert(float_bytes, calibration, observer)
+                else:
+                    data, settings, graph = quantize_pt2e(module, example, qz.calibration_tensors(opts), observer)
+                xnn = _run_bytes(data, calibration)
+                ref = _run_bytes(data, calibration[:1], reference_kernels=True)
+                candidates[name] = {"bytes": data, "settings": settings, "io": _io_types(data),
+                                    "calibration_sqnr_db": _sqnr_db(float_out, xnn),
+                                    "reference_kernels": {"runs": True,
+                                                          "sqnr_db_vs_xnnpack": _sqnr_db(xnn[:len(ref)], ref)}}
+            except Exception as exc:  # noqa: BLE001 - a candidate that fails is recorded, the other may still win
+                candidates[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        ok = {k: c for k, c in candidates.items() if "bytes" in c and c["io"] == {"input": "float32", "output": "float32"}}
+        if not ok:
+            raise SqueezeError("tflite int8: neither quantizer produced a float-I/O model that runs in LiteRT's reference "
+                               "kernels and XNNPACK (" + "; ".join(f"{k}: {c.get('error', c.get('io'))}"
+                                                                  for k, c in candidates.items()) + ")")
+        best = max(ok, key=lambda k: ok[k]["calibration_sqnr_db"])
+        Path(dest).write_bytes(ok[best]["bytes"])
+        vset = opts.extra.get("reference")
+        reference_kernels = None
+        if vset is not None:  # the kept model on the held-out views in LiteRT's reference kernels (XNNPACK: verify)
+            from export.verify import compare
+
+            out = _run_bytes(ok[best]["bytes"], vset.inputs_for(opts.spec), reference_kernels=True)[:len(vset.names)]
+            res = compare(vset.reference, out, vset.names, "int8")
+            reference_kernels = {"runtime": "LiteRT interpreter, reference kernels (BUILTIN_REF)",
+                                 **{k: res[k] for k in ("status", "failures", "sqnr_db", "top1_agreement",
+                                                        "softmax_kl", "max_abs_error")}}
+            if res["status"] != "pass":
+                raise SqueezeError(f"tflite int8 ({best}) misses the int8 thresholds in LiteRT's reference kernels: "
+                                   + "; ".join(res["failures"]))
+        record = {**qz.settings(opts), **ok[best]["settings"], "chosen": best,
+                  "selection": "higher logits SQNR against the fp32 .tflite on the calibration views",
+                  "candidates": {k: {kk: vv for kk, vv in c.items() if kk not in ("bytes", "settings")}
+                                 | ({"tool": c["settings"]["tool"]} if "settings" in c else {})
+                                 for k, c in candidates.items()},
+                  "io": ok[best]["io"]}
+        if reference_kernels:
+            record["reference_kernels"] = reference_kernels
+        if best == "litert_torch_pt2e" and graph is not None:
+            simulated = qz.simulate(graph, opts)
+            if simulated:
+                record["pytorch_simulation"] = simulated
+        return {"gpu_delegate": gpu_compatibility(dest), "quantization": record}
 
     def load(self, path, threads=None):
         return LiteRTRunner(path, threads)
