@@ -325,7 +325,7 @@ def test_signal_during_context_build(tmp_path, sig, code, name):
     time.sleep(15)  # imports, model loading, and into the build (which takes minutes on 2 cores)
     assert proc.poll() is None, "the build finished before the signal; make the context longer"
     proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=400)  # unwinding waits for the running step (minutes on a loaded machine)
     assert proc.returncode == code, err
     assert [l for l in err.splitlines() if l.startswith("error:")] == [
         f"error: interrupted; no partial artifacts were left behind ({name})"], err

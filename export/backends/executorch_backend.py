@@ -10,6 +10,8 @@ import numpy as np
 
 from squeeze_mobile.errors import SqueezeError
 
+from export.quantize import load_quantized_kernels
+
 from .base import Backend, ExportOptions, Runner, register, versions_of
 
 PTE_BACKENDS = ("xnnpack", "coreml")
@@ -37,6 +39,7 @@ class ExecuTorchRunner(Runner):
         from executorch.runtime import Runtime
 
         set_threads(threads)
+        load_quantized_kernels()
         self._torch = torch
         self.program = Runtime.get().load_program(str(path))
         self.method = self.program.load_method("forward")
@@ -60,6 +63,7 @@ class ExecuTorchProgramRunner(Runner):
         self._torch = torch
         self.table = methods
         self.profile = profile
+        load_quantized_kernels()  # int8 embedding tables of quantized-weight programs
         self.program = Runtime.get().load_program(str(path), enable_etdump=profile)
         self._loaded = {}
 
@@ -209,8 +213,16 @@ class ExecuTorchBackend(Backend):
         from executorch.exir.passes import MemoryPlanningPass
 
         partitioner = self._partitioner(opts)
+        modules, quantization = {m.name: m.module for m in program.methods}, None
+        if opts.weights != "fp32":
+            from export.quantize import quantize_program_weights
+
+            if opts.pte_backend != "xnnpack":
+                raise SqueezeError(f"--weights {opts.weights} for .pte is built for the XNNPACK delegate; export "
+                                   f"--pte-backend {opts.pte_backend} with --weights fp32")
+            modules, quantization = quantize_program_weights(modules, opts.weights)
         with torch.no_grad():  # in-place state updates (KV cache buffers) cannot be traced with autograd on
-            exported = {m.name: torch.export.export(m.module, (), kwargs=m.call_kwargs(m.inputs), strict=False)
+            exported = {m.name: torch.export.export(modules[m.name], (), kwargs=m.call_kwargs(m.inputs), strict=False)
                         for m in program.methods}
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         delegation = {name: _delegation_summary(get_delegation_info(edge.exported_program(name).graph_module))
@@ -221,8 +233,11 @@ class ExecuTorchBackend(Backend):
         out = edge.to_executorch(config)
         with open(dest, "wb") as fh:
             out.write_to_file(fh)
-        return {"pte_backend": opts.pte_backend, "delegation": delegation, "state": list(program.state),
-                "methods": {m.name: {"graph": m.name, **m.signature()} for m in program.methods}}
+        extras = {"pte_backend": opts.pte_backend, "delegation": delegation, "state": list(program.state),
+                  "methods": {m.name: {"graph": m.name, **m.signature()} for m in program.methods}}
+        if quantization is not None:
+            extras["weight_quantization"] = quantization
+        return extras
 
     @staticmethod
     def _partitioner(opts):
