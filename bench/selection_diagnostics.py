@@ -15,6 +15,11 @@ any selection can do). Clusterings: the product's (k-means on normalised keys, 1
 normalised at 20% (finer: costs twice the centroid bytes).
 
     python -m bench.selection_diagnostics --split dev --lengths 2048 --cases 4 --out DIR
+
+``--answers`` instead generates the answers (full attention, then top-k at each of ``--kv-budgets`` with each
+``--prefill-rows`` setting, only on the cases full attention answers) and counts the squeezed answers:
+
+    python -m bench.selection_diagnostics --answers --split dev --lengths 2048 --cases 12 --prefill-rows 0,8,1 --out DIR
 """
 
 from __future__ import annotations
@@ -131,6 +136,92 @@ def diagnose_case(model, checkpoint, case, kv_budget: float, rng_seed: int = 0) 
             "recall": [{"rows": k[0], "rule": k[1], "clustering": k[2], "values": v} for k, v in out.items()]}
 
 
+def _case_pack(model, checkpoint, case, cache_dir):
+    """The case's context pack, built once and kept in ``cache_dir`` (None: not kept)."""
+    from squeezed_attention.pack import BuildSettings, build_context_pack, read_context_pack, save_context_pack
+
+    path = None if cache_dir is None else Path(cache_dir) / f"{case.case_id}.pack"
+    if path is not None and path.exists():
+        return read_context_pack(path)
+    pack = build_context_pack(model, checkpoint, case.text, BuildSettings(framing=case.framing))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_context_pack(pack, path)
+    return pack
+
+
+@torch.no_grad()
+def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None) -> dict:
+    """Does the squeezed decoder answer the case, per KV budget and prompt tokens per prefill selection
+    (``prefill_rows``: 0 = one selection for the whole prompt, the product's default)? Squeezed runs only where
+    full attention answers."""
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    pack = _case_pack(model, checkpoint, case, cache_dir)
+    gen = Generator(model, checkpoint.tokenizer, pack)
+    raw = case.framing == "raw"
+    prompt = ("\n\nQuestion: " + case.question + "\nAnswer:") if raw else case.question
+    new = 48 if len(case.answers) == 1 else 64
+    stop = case.correct
+    full = gen.generate(prompt, AttentionChoice("full"), max_new_tokens=new, raw=raw, stop_when=stop)
+    out = {"case_id": case.case_id, "kind": case.kind, "depths": case.depths, "framing": case.framing,
+           "tokens": pack.num_tokens, "prompt_tokens": len(gen.prompt_ids(prompt, raw)),
+           "full": case.correct(full.text), "full_text": full.text, "squeezed": []}
+    base_context = gen.context
+    for budget in (kv_budgets if out["full"] else ()):  # only the cases full attention answers are compared
+        for rows in prefill_rows:
+            def context(choice, rows=rows):
+                ctx = base_context(choice)
+                if hasattr(ctx, "spec"):
+                    ctx.spec.prefill_rows = rows
+                return ctx
+            gen.context = context
+            r = gen.generate(prompt, AttentionChoice("top-k", kv_budget=budget), max_new_tokens=new, raw=raw,
+                             stop_when=stop)
+            out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "correct": case.correct(r.text),
+                                    "text": r.text, "prefill_seconds": r.prefill_seconds})
+    gen.context = base_context
+    return out
+
+
+def summarize_answers(cases) -> list:
+    """Per (KV budget, prefill rows): squeezed answers among the cases full attention answers."""
+    rows = {}
+    for c in cases:
+        for s in c["squeezed"]:
+            r = rows.setdefault((s["kv_budget"], s["prefill_rows"]), {"answered": 0, "of_full": 0, "any": 0})
+            r["any"] += s["correct"]
+            if c["full"]:
+                r["of_full"] += 1
+                r["answered"] += s["correct"]
+    return [{"kv_budget": k[0], "prefill_rows": k[1], **v} for k, v in sorted(rows.items())]
+
+
+def answers_main(args, model, checkpoint, cases) -> int:
+    budgets = [float(x) for x in args.kv_budgets.split(",")]
+    rows = [int(x) for x in args.prefill_rows.split(",")]
+    results, t0 = [], time.perf_counter()
+    for case in cases:
+        results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache))
+        r = results[-1]
+        print(f"[{time.perf_counter() - t0:5.0f}s] {case.case_id} ({r['kind']}, {r['framing']}, depths {r['depths']}, "
+              f"prompt {r['prompt_tokens']} tokens): full={'Y' if r['full'] else '.'} " + " ".join(
+                  f"{s['kv_budget']:g}/{s['prefill_rows']}={'Y' if s['correct'] else '.'}" for s in r["squeezed"]),
+              flush=True)
+        summary = summarize_answers(results)
+        lines = [f"# Answers by prefill selection chunk: split {args.split}, lengths {args.lengths}, {len(results)} cases", "",
+                 "prefill rows = prompt tokens per selection (0: one selection for the whole prompt).", "",
+                 "| KV budget | prefill rows | answered of full's | answered (all cases) |", "|---|---|---|---|"]
+        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['answered']}/{s['of_full']} | {s['any']}/{len(results)} |"
+                  for s in summary]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "answers.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out), "pack_cache": str(args.pack_cache)},
+                                                           "cases": results, "summary": summary}, indent=1))
+        (args.out / "answers.md").write_text("\n".join(lines) + "\n")
+    print((args.out / "answers.md").read_text())
+    return 0
+
+
 def summarize(cases) -> list:
     pooled: dict = {}
     for c in cases:
@@ -152,11 +243,20 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-budget", type=float, default=0.125)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--answers", action="store_true", help="generate answers instead of measuring recall: per KV budget "
+                    "(--kv-budgets) and prompt tokens per prefill selection (--prefill-rows)")
+    ap.add_argument("--kv-budgets", default="0.125,0.225")
+    ap.add_argument("--prefill-rows", default="0,16,8")
+    ap.add_argument("--first-case", type=int, default=0, help="skip the first cases of each run")
+    ap.add_argument("--pack-cache", type=Path, default=None, help="keep the cases' packs here (re-runs skip the build)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     checkpoint = load_checkpoint(None)
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     cases = suite_cases(checkpoint.tokenizer, args.split, [int(x) for x in args.lengths.split(",")], args.cases, 0)
+    cases = cases[args.first_case:]
+    if args.answers:
+        return answers_main(args, model, checkpoint, cases)
     args.out.mkdir(parents=True, exist_ok=True)
     results, t0 = [], time.perf_counter()
     for case in cases:

@@ -188,7 +188,8 @@ def cmd_context_build(args) -> int:
 def _choice_from_args(args):
     from .generation import AttentionChoice
 
-    common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup)
+    common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup,
+                  prefill_rows=args.prefill_rows)
     if args.full:
         return AttentionChoice("full")
     if args.keep_keys is not None:
@@ -207,7 +208,8 @@ def cmd_generate(args) -> int:
                                              ("--keep-keys", args.keep_keys is not None),
                                              ("--threshold-keep", args.threshold_keep is not None),
                                              ("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
-                                             ("--lookup", args.lookup != "auto"), ("--model", args.model is not None),
+                                             ("--lookup", args.lookup != "auto"), ("--prefill-rows", args.prefill_rows != 0),
+                                             ("--model", args.model is not None),
                                              ("--context", args.context is not None)) if on]
         if unsupported:
             raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
@@ -321,6 +323,7 @@ def _suite_eval(args, config) -> int:
         checkpoint, model = _load_model(args.model, progress.report)
     result = run_suite(model, checkpoint, split=args.suite, lengths=lengths, cases_per_length=args.cases_per_length,
                        kv_budgets=budgets, seed=args.seed, continuation_tokens=args.continuation_tokens, out_dir=out,
+                       prefill_rows=args.prefill_rows,
                        log=lambda m: print(m, file=sys.stderr))
     print(suite_markdown(result), end="")
     print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}", file=sys.stderr)
@@ -414,6 +417,9 @@ def add_subcommands(subparsers) -> None:
                    "'heldout' (other documents, other wordings) to report. Also reports the attention-mass recall "
                    "per KV budget. Defaults with --suite: lengths 2048,4096,8000, KV budgets 0.225,0.125 "
                    "(default: off, the classic pass-key/needle evaluation)")
+    e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=0, metavar="N",
+                   help="suite: the squeezed configurations select once per N prompt tokens in the prompt's prefill "
+                   "(as squeeze generate --prefill-rows; default 0: one selection for the whole prompt)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
                    help="suite cases per context length, kinds in rotation (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",
@@ -458,6 +464,10 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--per-query-head", action="store_true",
                    help="one key selection per query head instead of one per KV group (grouped-query attention; "
                    "default: per KV group)")
+    g.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=0, metavar="N",
+                   help="select the kept keys once per N prompt tokens in the prompt's prefill (chunks cut from the end, "
+                   "so the tokens that start the answer select together; 1 = per token, as decode steps do); 0 = one "
+                   "selection for the whole prompt (default, what exported decoders implement)")
     g.add_argument("--lookup", choices=["auto", "torch", "numpy", "native"], default="auto",
                    help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
                         "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "

@@ -20,6 +20,13 @@ from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse, merge_partials
 
 
+def prefill_chunks(tokens: int, rows: int) -> list:
+    """[(start, end)] of the prompt's selection chunks: ``rows`` tokens each, cut from the end (the first may be
+    shorter), so the tokens that produce the answer share one selection."""
+    ends = list(range(tokens, 0, -rows))[::-1]
+    return [(max(0, e - rows), e) for e in ends]
+
+
 class DenseContext:
     """Full attention over the fixed context's KV cache ([L, Hkv, N, D])."""
 
@@ -182,7 +189,52 @@ class SqueezedContext:
         out, lse = merge_partials(out, lse, *self._summaries(layer, q, positions, None))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
+    def _attend_per_token_fused(self, layer: int, queries):
+        """--prefill-rows 1 in ONE native call per layer: every prompt token is a selecting head of its own (the
+        kernel maps head h to KV head h // (heads per KV head)), so each token's rows select and attend exactly as
+        a decode step of that token would (the same kernel, the same keys as the per-chunk loop), and the
+        summaries of every token's dropped clusters are one batched product."""
+        Hq, T, D = queries.shape
+        t = self.tables
+        q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)      # [Hs, R*T, D], row r*T + t
+        Hs, R = q.shape[0], q.shape[1] // T
+        q_tok = q.reshape(Hs, R, T, D).transpose(1, 2).reshape(Hs * T, R, D)         # head h*T + t: token t's rows
+        out, lse, positions = native.context_decode(
+            q_tok, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
+            t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
+            self.spec.budget_keys, self.scale, return_positions=True)
+        self._count(self.spec.budget_keys, t.num_clusters)
+        # summaries (as _summaries, batched over the tokens): the clusters none of whose keys a token kept
+        Nc, B = self.num_clustered, positions.shape[1]
+        head = torch.arange(Hs).repeat_interleave(T)                                   # [Hs*T] selecting head
+        kept = self.cluster_of[layer].reshape(-1).index_select(
+            0, ((positions - self.first_position) + (head * Nc)[:, None]).reshape(-1)).reshape(Hs * T, B)
+        bias = self.summary_log_counts[layer].index_select(0, head)                    # [Hs*T, K]
+        bias.scatter_(1, kept, float("-inf"))
+        K = bias.shape[1]
+        bias = bias.reshape(Hs, T, 1, K).expand(Hs, T, R, K).reshape(Hs, T * R, K)
+        logits = torch.baddbmm(bias, q.reshape(Hs, R, T, D).transpose(1, 2).reshape(Hs, T * R, D),
+                               self.summary_keys[layer].transpose(1, 2), alpha=self.scale).reshape(Hs * T, R, K)
+        s_lse = torch.logsumexp(logits, -1)
+        weights = torch.exp(logits - s_lse[..., None]).nan_to_num_(0.0)
+        s_out = torch.bmm(weights.reshape(Hs, T * R, K), self.summary_values[layer]).reshape(Hs * T, R, D)
+        out, lse = merge_partials(out, lse, s_out, s_lse)
+        out = out.reshape(Hs, T, R, D).transpose(1, 2).reshape(Hq, T, D)
+        return out, lse.reshape(Hs, T, R).transpose(1, 2).reshape(Hq, T)
+
     def attend(self, layer: int, queries):
+        """Context partial (out [Hq, T, D], lse [Hq, T]) of the query rows [Hq, T, D]: one selection for all T
+        tokens, or one per chunk of ``spec.prefill_rows`` tokens (cut from the end) when the prompt is longer."""
+        T = queries.shape[1]
+        rows = self.spec.prefill_rows
+        if rows == 1 and T > 1 and self.fused:
+            return self._attend_per_token_fused(layer, queries)
+        if 0 < rows < T:
+            parts = [self._attend_chunk(layer, queries[:, a:b]) for a, b in prefill_chunks(T, rows)]
+            return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        return self._attend_chunk(layer, queries)
+
+    def _attend_chunk(self, layer: int, queries):
         Hq, T, D = queries.shape
         query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
         if self.fused and query_rows <= NATIVE_MAX_ROWS:

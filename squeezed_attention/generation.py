@@ -45,6 +45,8 @@ class AttentionChoice:
     per_query_head: bool = False     # GQA selection granularity
     hierarchical: bool = False
     backend: str = "auto"            # "auto" | "torch" (in-graph) | "numpy" (CPU fallback) | "native" (C++ kernels)
+    prefill_rows: int = 0            # prompt tokens per selection in the prompt's prefill (0: one selection for the
+                                     # whole prompt, as the exported decoders do; see SelectionSpec.prefill_rows)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -54,6 +56,8 @@ class AttentionChoice:
             if sizes:
                 raise SqueezeError(f"full attention keeps every key; drop {sizes[0]}")
             return
+        if type(self.prefill_rows) is not int or self.prefill_rows < 0:
+            raise SqueezeError(f"--prefill-rows (prefill_rows) must be a whole number of tokens >= 0; got {self.prefill_rows!r}")
         if len(sizes) != 1:
             raise SqueezeError(f"{self.mode} mode needs exactly one of kv_budget, keep_keys, keep_fraction; "
                                f"got {', '.join(sizes) or 'none'}")
@@ -73,7 +77,8 @@ class AttentionChoice:
                 f"{self.keep_keys} keys per head" if self.keep_keys is not None else
                 f"keep fraction {self.keep_fraction:g}")
         return (f"{self.mode}, {size}{', hierarchical' if self.hierarchical else ''}"
-                f"{', per query head' if self.per_query_head else ''}")
+                f"{', per query head' if self.per_query_head else ''}"
+                f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
@@ -159,6 +164,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         # (a pass key): keeping 2x the wanted fraction at level 1 lost pass keys at keep 0.1, 4x did not.
         spec.hierarchical = True
         spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
+    spec.prefill_rows = choice.prefill_rows
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)
 

@@ -107,6 +107,8 @@ class SelectionSpec:
     per_query_head: bool = False    # GQA: one selection per query head (True) or per KV group (False)
     hierarchical: bool = False      # score level-1 centroids first, then only the kept ones' children
     level1_keep: int = 0            # hierarchical: level-1 clusters kept (static)
+    prefill_rows: int = 0           # prompt tokens per selection in a prefill (0: one selection for the whole
+                                    # prompt); chunks are cut from the END, so the last tokens select together
 
 
 @dataclass

@@ -258,6 +258,59 @@ def test_fused_kernel_is_used_for_decode_only_and_keeps_generation_identical():
         assert not make_context(gen.pack, choice, gen.tables).fused
 
 
+def test_prefill_chunks_are_cut_from_the_end():
+    from squeezed_attention.context_attention import prefill_chunks
+
+    assert prefill_chunks(37, 16) == [(0, 5), (5, 21), (21, 37)]
+    assert prefill_chunks(16, 16) == [(0, 16)]
+    assert prefill_chunks(3, 1) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(Exception, match="prefill-rows"):
+        AttentionChoice("top-k", kv_budget=0.125, prefill_rows=-1)
+
+
+def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
+    """--prefill-rows N: every chunk of N prompt tokens (cut from the end) selects its own keys, and the torch lookup,
+    the numpy fallback and the native kernels pick the same keys for each chunk; a chunk as long as the prompt is the
+    single selection exactly, and each chunk's context partial is that of the chunk alone."""
+    gen = small_generator(hierarchical=False)
+    prompt = "What is the pass key mentioned in the text above? Answer with the number only, please."
+    ids = torch.tensor(gen.prompt_ids(prompt))
+    T = len(ids)
+    has_native = shutil.which(os.environ.get("CXX", "g++")) is not None and native.available()
+    backends = ("torch", "numpy") + (("native",) if has_native else ())
+
+    def run(rows, backend):
+        choice = AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_rows=rows)
+        logits = gen.model.step(ids, gen.model.new_cache(T), position_offset=gen.pack.num_tokens,
+                                context=gen.context(choice), logits="all")
+        return logits, gen.generate(prompt, choice, max_new_tokens=6, stop_at_eos=False).token_ids
+
+    one, one_tokens = run(0, "torch")
+    assert torch.equal(run(T, "torch")[0], one)                      # one chunk = one selection, bit for bit
+    chunked, chunked_tokens = run(4, "torch")
+    assert not torch.equal(chunked, one)                             # the chunks do select differently
+    for backend in backends[1:]:
+        logits, tokens = run(4, backend)
+        assert tokens == chunked_tokens, backend
+        assert (logits - chunked).abs().max().item() < 1e-3, backend
+    # --prefill-rows 1 (every token selects, as a decode step does): the native kernels do it in one call per layer
+    per_token, per_token_tokens = run(1, "torch")
+    for backend in backends[1:]:
+        logits, tokens = run(1, backend)
+        assert tokens == per_token_tokens, backend
+        assert (logits - per_token).abs().max().item() < 1e-2, backend
+    # per chunk: the context partial of rows [a, b) is the chunk's own selection over those rows only
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4))
+    q = user_queries(gen, prompt)[12]
+    out, lse = ctx.attend(12, q)
+    ctx.spec.prefill_rows = 0
+    from squeezed_attention.context_attention import prefill_chunks
+
+    for a, b in prefill_chunks(T, 4):
+        ref_out, ref_lse = ctx.attend(12, q[:, a:b])
+        assert torch.equal(out[:, a:b], ref_out) and torch.equal(lse[:, a:b], ref_lse)
+
+
 def test_full_attention_over_a_pack_matches_plain_decoding():
     """The context-partial + dynamic-partial merge reproduces one causal pass over context + prompt."""
     gen = small_generator()
@@ -319,6 +372,32 @@ def test_threshold_mode_keeps_about_the_calibrated_fraction():
     kept = ctx.stats.mean_kept() / gen.pack.num_clustered
     assert ctx.stats.calls == 30 and 0.02 < kept < 0.6, kept
     assert math.isfinite(kept)
+
+
+@pytest.mark.parametrize("per_query_head", [False, True])
+def test_threshold_mode_is_monotonic_in_the_keep_fraction(per_query_head):
+    """A larger --threshold-keep never keeps fewer keys: the calibrated thresholds fall as the keep fraction grows
+    (also between grid points), and the keys each head keeps at one fraction are a subset of those it keeps at any
+    larger one (torch lookup and numpy fallback alike)."""
+    gen = small_generator(hierarchical=False)
+    pack, tables = gen.pack, gen.tables
+    fractions = [0.01, 0.05, 0.1, 0.125, 0.2, 0.225, 0.3, 0.33, 0.5, 0.75, 0.99]
+    thresholds = [pack.threshold_for(f, per_query_head) for f in fractions]
+    assert all(a >= b for a, b in zip(thresholds, thresholds[1:])), thresholds
+    queries = user_queries(gen)
+    np_tables = NumpyTables.from_torch(tables)
+    for layer in (0, 7, 15, 29):
+        previous = None
+        for f, thr in zip(fractions, thresholds):
+            spec = SelectionSpec("threshold", threshold=thr, per_query_head=per_query_head)
+            sel = select_keys(tables, layer, queries[layer], spec)
+            kept = [set(i[v].tolist()) for i, v in zip(sel.indices, sel.valid)]
+            idx, valid, _ = select_keys_numpy(np_tables, layer, queries[layer].numpy(), spec)
+            assert kept == [set(i[v].tolist()) for i, v in zip(idx, valid)]
+            if previous is not None:
+                assert all(a <= b for a, b in zip(previous, kept)), (layer, f)
+            previous = kept
+        assert sum(map(len, previous)) > 0
 
 
 def test_real_passkey_passes_with_the_default_budget():
