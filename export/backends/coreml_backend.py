@@ -383,6 +383,8 @@ class CoreMLBackend(Backend):
     def _save(mlmodel, dest):
         mlmodel.short_description = "SqueezeTime video action recognition (squeeze-mobile)"
         mlmodel.save(str(dest))
+        # coremltools writes ExecuTorch's debug-handle map (node id -> MIL ops, ~240 KB) into every package
+        # converted from a torch.export program; it is for ExecuTorch's devtools, not for the app: drop it
         (Path(dest) / DEBUG_HANDLE_MAP).unlink(missing_ok=True)
 
     def _convert(self, module, example, dest, ct_precision: str):
@@ -396,27 +398,7 @@ class CoreMLBackend(Backend):
         return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32"}
 
     def export(self, module, example, dest: Path, opts: ExportOptions):
-        import coremltools as ct
-        import torch
-
-        example = _float_example(example)
-        ep = torch.export.export(module, (example,), strict=False).run_decompositions({})
-        precision = ct.precision.FLOAT16 if opts.precision == "fp16" else ct.precision.FLOAT32
-        mlmodel = ct.convert(
-            ep,
-            convert_to="mlprogram",
-            minimum_deployment_target=getattr(ct.target, MLPROGRAM_TARGET),
-            compute_precision=precision,
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(example.shape), dtype=np.float32)],
-            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
-            skip_model_load=True,
-        )
-        mlmodel.short_description = "SqueezeTime video action recognition (squeeze-mobile)"
-        mlmodel.save(str(dest))
-        # coremltools writes ExecuTorch's debug-handle map (node id -> MIL ops, ~240 KB) into every package
-        # converted from a torch.export program; it is for ExecuTorch's devtools, not for the app: drop it
-        (Path(dest) / DEBUG_HANDLE_MAP).unlink(missing_ok=True)
-        return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32"}
+        return self._convert(module, example, dest, opts.precision)
 
     def export_legacy(self, module, example, dest: Path, opts: ExportOptions):
         """Neural-network .mlmodel for older iOS via TorchScript tracing; raises SqueezeError if impossible."""
