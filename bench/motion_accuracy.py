@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.metrics import sqnr_db
 
 REPORT_FILES = ("motion_accuracy.json", "motion_accuracy.md")
 CHUNK = 16  # clips normalised and fed at a time (inputs of every batch are built per chunk, not all at once)
@@ -66,12 +67,6 @@ def score(logits: np.ndarray, labels: np.ndarray) -> Dict[str, np.ndarray]:
 
 def _per_class(pred: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> Dict[str, float]:
     return {n: float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan") for c, n in enumerate(names)}
-
-
-def _sqnr_db(reference: np.ndarray, outputs: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    err = float(((outputs.astype(np.float64) - ref) ** 2).sum())
-    return 999.0 if err == 0 else 10.0 * math.log10(float((ref ** 2).sum()) / err)
 
 
 def _run_runner(runner, clips, spec, reference: np.ndarray) -> np.ndarray:
@@ -182,7 +177,7 @@ def evaluate_export(export_dir, clips_per_photo: int = 4, threads: int = 2, form
             "agreement_with_fp32": float((got["pred"] == ref["pred"]).mean()),
             "mean_nll": float(got["nll"].mean()),
             "nll_minus_fp32": paired_bootstrap(got["nll"], ref["nll"], resamples, seed),
-            "logits_sqnr_db": _sqnr_db(reference, logits),
+            "logits_sqnr_db": min(sqnr_db(reference, logits), 999.0),
             "per_class_top1": _per_class(got["pred"], labels, names),
             "wrong_clips": [clips.names[i] for i in np.flatnonzero(got["correct"] == 0)][:50],
         })

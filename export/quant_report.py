@@ -33,19 +33,11 @@ import numpy as np
 
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir
 from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.metrics import sqnr_db
 
 REPORT = "quant_report"
 WORST_SHOWN = 20
 Progress = Callable[[str, str], None]
-
-
-def sqnr_db(ref, out) -> float:
-    ref = np.asarray(ref, np.float64).ravel()
-    out = np.asarray(out, np.float64).ravel()
-    noise = float(np.sum((out - ref) ** 2))
-    if noise == 0:
-        return math.inf
-    return 10.0 * math.log10(max(float(np.sum(ref ** 2)), 1e-300) / noise)
 
 
 def _finite(v: float) -> Optional[float]:

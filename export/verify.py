@@ -27,6 +27,7 @@ import torch
 
 from squeezetime import video
 from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.metrics import softmax_kl, sqnr_db
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import InputSpec
 
@@ -108,21 +109,6 @@ def build_verification_set(model: SqueezeTime, spec: InputSpec, video_path=None,
     return VerificationSet(names, clips, u8, reference, str(path), sha256_file(path), read.info.frame_counts(), per_view)
 
 
-def _sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    noise = float(np.sum((out - ref) ** 2))
-    return 999.0 if noise == 0 else 10.0 * math.log10(max(float(np.sum(ref ** 2)), 1e-300) / noise)
-
-
-def _softmax_kl(ref: np.ndarray, out: np.ndarray) -> float:
-    """Mean over rows of KL(softmax(ref) || softmax(out)), nats."""
-    def log_softmax(z):
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(out)
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
-
-
 def compare(reference: np.ndarray, outputs: np.ndarray, names: List[str], precision: str) -> Dict:
     """Metrics and pass/fail of ``outputs`` against ``reference`` (both V x classes).
 
@@ -153,7 +139,7 @@ def compare(reference: np.ndarray, outputs: np.ndarray, names: List[str], precis
         peak = float(np.max(np.abs(r)))
         psnr = math.inf if mse == 0 else 10.0 * math.log10(max(peak, 1e-300) ** 2 / mse)
         return {"max_abs_error": float(e.max()), "psnr_db": psnr if math.isfinite(psnr) else 999.0,
-                "sqnr_db": _sqnr_db(r, o), "softmax_kl": _softmax_kl(r, o),
+                "sqnr_db": min(sqnr_db(r, o), 999.0), "softmax_kl": softmax_kl(r, o),
                 "top1_agreement": float(np.mean(ref_top[rows, 0] == out_top[rows, 0])),
                 "top5_agreement": float(np.mean(np.all(ref_top[rows] == out_top[rows], axis=1))),
                 "max_abs_logit": peak}

@@ -528,7 +528,7 @@ def _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weig
     artifact's next-token top-1 must agree with the fp32 exported graph's on QUANTIZED_TOP1_MIN of the steps and
     the mean KL(fp32 || quantized) of the next-token distributions stay under QUANTIZED_KL_MAX. Free-running
     greedy tokens are recorded (identical prefix length, text), not judged."""
-    from .metrics import log_softmax, next_token_agreement
+    from squeeze_mobile.metrics import log_softmax, next_token_agreement
 
     agree = steps = 0
     kl_sum = 0.0

@@ -157,7 +157,7 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     logps = torch.stack(logps)
     if reference is None:
         return logps, {}
-    from .metrics import next_token_agreement
+    from squeeze_mobile.metrics import next_token_agreement
 
     m = next_token_agreement(reference.numpy(), logps.numpy())
     return logps, {k: m[k] for k in ("kl_mean", "kl_max", "top1_agreement", "scored_tokens")}

@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from squeeze_mobile.metrics import sqnr_db
+
 from .base import Backend, ExportOptions, Runner, register, versions_of
 
 
@@ -182,21 +184,21 @@ def float_io(model_bytes: bytes) -> bytes:
         sub.tensors.append(t)
         return len(sub.tensors) - 1
 
-    head, tail = [], []
-    for k, idx in enumerate(list(sub.inputs)):
-        if sub.tensors[idx].type in (schema.TensorType.INT8, schema.TensorType.UINT8):
-            new = float_twin(idx, "_float")
-            op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.QUANTIZE), [new], [idx]
-            head.append(op)
-            sub.inputs[k] = remap[idx] = new
-    for k, idx in enumerate(list(sub.outputs)):
-        if sub.tensors[idx].type in (schema.TensorType.INT8, schema.TensorType.UINT8):
-            new = float_twin(idx, "_float")
-            op = schema.OperatorT()
-            op.opcodeIndex, op.inputs, op.outputs = opcode(schema.BuiltinOperator.DEQUANTIZE), [idx], [new]
-            tail.append(op)
-            sub.outputs[k] = remap[idx] = new
+    def wrap(ends, builtin, float_side_is_input: bool):
+        """Give each int8/uint8 graph input (output) a float32 twin and a QUANTIZE (DEQUANTIZE) op between them."""
+        ops = []
+        for k, idx in enumerate(list(ends)):
+            if sub.tensors[idx].type in (schema.TensorType.INT8, schema.TensorType.UINT8):
+                new = float_twin(idx, "_float")
+                op = schema.OperatorT()
+                op.opcodeIndex = opcode(builtin)
+                op.inputs, op.outputs = ([new], [idx]) if float_side_is_input else ([idx], [new])
+                ops.append(op)
+                ends[k] = remap[idx] = new
+        return ops
+
+    head = wrap(sub.inputs, schema.BuiltinOperator.QUANTIZE, True)
+    tail = wrap(sub.outputs, schema.BuiltinOperator.DEQUANTIZE, False)
     sub.operators = head + list(sub.operators) + tail
     for sig in model.signatureDefs or []:
         for tm in list(sig.inputs or []) + list(sig.outputs or []):
@@ -227,12 +229,6 @@ def _run_bytes(model_bytes: bytes, inputs, reference_kernels: bool = False) -> n
         it.invoke()
         outs.append(it.get_tensor(o).copy())
     return np.concatenate(outs)
-
-
-def _sqnr_db(ref, out) -> float:
-    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64).reshape(np.shape(ref))
-    noise = float(np.sum((out - ref) ** 2))
-    return 999.0 if noise == 0 else 10 * float(np.log10(max(float(np.sum(ref ** 2)), 1e-300) / noise))
 
 
 def quantize_litert(float_bytes: bytes, calibration, observer: str) -> tuple:
@@ -324,9 +320,9 @@ class LiteRTBackend(Backend):
                 xnn = _run_bytes(data, calibration)
                 ref = _run_bytes(data, calibration[:1], reference_kernels=True)
                 candidates[name] = {"bytes": data, "settings": settings, "io": _io_types(data),
-                                    "calibration_sqnr_db": _sqnr_db(float_out, xnn),
+                                    "calibration_sqnr_db": min(sqnr_db(float_out, xnn), 999.0),
                                     "reference_kernels": {"runs": True,
-                                                          "sqnr_db_vs_xnnpack": _sqnr_db(xnn[:len(ref)], ref)}}
+                                                          "sqnr_db_vs_xnnpack": min(sqnr_db(xnn[:len(ref)], ref), 999.0)}}
             except Exception as exc:  # noqa: BLE001 - a candidate that fails is recorded, the other may still win
                 candidates[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
         ok = {k: c for k, c in candidates.items() if "bytes" in c and c["io"] == {"input": "float32", "output": "float32"}}
