@@ -179,7 +179,8 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
             **({"context_keys/context_values": "kv.keys / kv.values as float32, padded to max_context"}
                if attention == "full" else
                {"sink_kv / window_kv": "[key|value] rows of the first sink_tokens / last window tokens",
-                "clustered_kv": "[key|value] rows of the clustered tokens, cluster by cluster (stable), padded",
+                "clustered_kv": "[key|value] rows of the clustered tokens, cluster by cluster (stable), padded to "
+                                "max_clustered per KV head, flat: [Hkv * max_clustered, 2D], head by head",
                 "centroids": "int8 codes x fp16 scales, padded with empty clusters",
                 "counts / cluster_start": "keys per cluster and where each starts in clustered_kv"}),
         },

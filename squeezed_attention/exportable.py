@@ -144,7 +144,7 @@ class ExportableDecoder(nn.Module):
         shape = {"past_keys": (H, s.cache_capacity, D), "past_values": (H, s.cache_capacity, D),
                  "context_keys": (H, s.max_context, D), "context_values": (H, s.max_context, D),
                  "sink_kv": (H, s.sink_tokens, 2 * D), "window_kv": (H, s.window, 2 * D),
-                 "clustered_kv": (H, s.max_clustered, 2 * D), "centroids": (H, s.max_clusters, D),
+                 "clustered_kv": (H * s.max_clustered, 2 * D), "centroids": (H, s.max_clusters, D),
                  "value_centroids": (H, s.max_clusters, D),
                  "counts": (H, s.max_clusters), "cluster_start": (H, s.max_clusters)}
         for li in range(cfg.num_layers):
@@ -180,10 +180,10 @@ class ExportableDecoder(nn.Module):
             else:
                 past_k, past_v = getattr(self, f"cache_keys_{li}"), getattr(self, f"cache_values_{li}")
             if self.attention == "full":
-                ctx_k, ctx_v, bias = mine["context_keys"], mine["context_values"], st["ctx_bias"]
+                parts = [(mine["context_keys"], mine["context_values"], st["ctx_bias"])]
             else:
-                ctx_k, ctx_v, bias = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"])
-            x = self.layer_attend(li, x, qg, k, v, past_k, past_v, ctx_k, ctx_v, bias, st)
+                parts = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"])
+            x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
             if self.state == "buffer":  # a side branch: nothing above waits for the write
                 write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
                 heads = torch.arange(self.config.num_kv_heads)[:, None]
@@ -210,7 +210,7 @@ class ExportableDecoder(nn.Module):
         st["dyn_bias"] = torch.cat([torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S),
                                     torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)], -1)
         if self.attention == "full":
-            st["ctx_bias"] = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, :].expand(G * T, -1)
+            st["ctx_bias"] = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, None, :]
         else:
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
             st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
@@ -236,24 +236,46 @@ class ExportableDecoder(nn.Module):
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
 
-    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, ctx_k, ctx_v, bias, st):
-        """Attention of layer li over the fixed-context rows (ctx_k/ctx_v + additive bias) and the dynamic part,
-        then o_proj and the MLP: the residual stream after layer li."""
+    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st):
+        """Attention of layer li over the fixed-context ``parts`` and the dynamic part, then o_proj and the MLP: the
+        residual stream after layer li.
+
+        ``parts``: (keys, values, bias) triples; ``values=None`` marks a table of [key | value] rows (the pack's
+        sink, window and clustered rows), scored with the query padded by zeros (no slice of the table) and read
+        whole (the value half is taken once, from the small output). ``bias`` (masks, summaries' log N) is added to
+        the scaled scores, broadcast to [Hkv, G*T, n]. One softmax runs over the concatenated SCORES of every part
+        and the dynamic part (past cache masked at cache_len + this step's keys): keys and values are never
+        concatenated (a 7.8k context would be copied per layer and step), only the scores are."""
         cfg = self.config
         T = x.shape[0]
-        H, D = cfg.num_heads, cfg.head_dim
+        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         layer = self.model.model.layers[li]
-        # One softmax over the fixed context and the dynamic part (past cache masked at cache_len + this step's
-        # keys: small, concatenated) that never concatenates the context: a shared max and normaliser.
         dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
+        q_wide = torch.cat([qg, torch.zeros_like(qg)], dim=-1) if any(p[1] is None for p in parts) else None
         # bmm, not matmul: matmul's decomposition copies its operands (expand_copy of the context per layer)
-        s_ctx = torch.bmm(qg, ctx_k.transpose(1, 2)) * self.scale + bias     # (bias: masks, summaries' log N)
-        s_dyn = torch.bmm(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
-        peak = torch.maximum(s_ctx.amax(-1, keepdim=True), s_dyn.amax(-1, keepdim=True))
-        e_ctx, e_dyn = torch.exp(s_ctx - peak), torch.exp(s_dyn - peak)
-        inv_total = 1.0 / (e_ctx.sum(-1, keepdim=True) + e_dyn.sum(-1, keepdim=True))
-        out = torch.bmm(e_ctx * inv_total, ctx_v) + torch.bmm(e_dyn * inv_total, dyn_v)  # [Hkv, G*T, D]
-        out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)
+        scores = [torch.bmm(qg if values is not None else q_wide, keys.transpose(1, 2)) for keys, values, _ in parts]
+        sizes = [sc.shape[-1] for sc in scores]
+        # the fixed parts' biases are per KV head and key ([Hkv, 1, n], or [1, 1, n] for one part): concatenated
+        # small, broadcast over the query rows by the add
+        if len(parts) == 1:
+            fixed = scores[0] * self.scale + parts[0][2]
+        else:
+            fixed = torch.cat(scores, dim=-1) * self.scale + torch.cat([b for _, _, b in parts], dim=-1)
+        dynamic = torch.bmm(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
+        probs = torch.softmax(torch.cat([fixed, dynamic], dim=-1), dim=-1)
+        parts = list(parts) + [(dyn_k, dyn_v, None)]
+        sizes.append(dyn_k.shape[1])
+        out, wide, start = None, None, 0
+        for (keys, values, _), n in zip(parts, sizes):
+            p = probs[..., start:start + n]
+            start += n
+            if values is None:
+                wide = torch.bmm(p, keys) if wide is None else wide + torch.bmm(p, keys)
+            else:
+                out = torch.bmm(p, values) if out is None else out + torch.bmm(p, values)
+        if wide is not None:
+            out = out + wide[..., D:]
+        out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)                 # [Hkv, G*T, D] -> [T, H*D]
         x = x + F.linear(out, layer.self_attn.o_proj.weight)
         mlp, h = layer.mlp, self.rms_norm(x, layer.post_attention_layernorm)
         return x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
@@ -277,21 +299,18 @@ class ExportableDecoder(nn.Module):
         """log N per cluster (float32; -inf for an empty cluster): the summaries' logit offset."""
         return torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
 
-    def context_rows(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias):
-        """The fixed-context rows attention runs over: sinks, the kept keys, the window, then every cluster's
-        summary (key = centroid, value = mean value); bias [Hkv, 1, N] masks unused slots and weights summaries."""
-        D = self.config.head_dim
+    def context_parts(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias):
+        """The fixed-context parts attention runs over (layer_attend): sinks, the kept keys and the window as
+        [key | value] rows, then every cluster's summary (key = centroid, value = mean value); ``slot_bias``
+        [Hkv, B] masks unused kept slots, ``summary_bias`` [Hkv, K] weights summaries (log N) or masks them."""
         Hkv = kept.shape[0]
-        kv = torch.cat([sink, kept, window], dim=1)                              # [Hkv, Nk, 2D]
-        keys = torch.cat([kv[..., :D], centroids], dim=1)
-        values = torch.cat([kv[..., D:], value_centroids], dim=1)
-        bias = torch.cat([torch.zeros(Hkv, sink.shape[1]), slot_bias, torch.zeros(Hkv, window.shape[1]), summary_bias],
-                         dim=1)
-        return keys, values, bias[:, None, :]
+        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (kept, None, slot_bias[:, None, :]),
+                (window, None, torch.zeros(Hkv, 1, window.shape[1])),
+                (centroids, value_centroids, summary_bias[:, None, :])]
 
     def _squeezed_rows(self, qg, mine, keep_keys, row_weights):
-        """The in-graph lookup of one layer: the kept fixed-context rows plus the summaries of the other clusters
-        (keys [Hkv, Nk, D], values, additive bias [Hkv, 1, Nk] added to the scaled scores). The split plan runs the
+        """The in-graph lookup of one layer: the kept fixed-context rows plus the summaries of the other clusters, as
+        layer_attend's parts (context_parts). The split plan runs the
         part after the scores on the CPU instead (lookup_numpy.kept_rows: the same rule)."""
         D = self.config.head_dim
         s = self.shapes
@@ -299,29 +318,30 @@ class ExportableDecoder(nn.Module):
         Hkv = qg.shape[0]
         scores, log_counts = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
+        B, Nc = s.max_keep, s.max_clustered
         rank = torch.topk(scores, s.max_clusters, dim=-1).indices                # [Hkv, K] best first
         ranked_counts = counts.gather(1, rank)
         out_start = torch.cumsum(ranked_counts, -1) - ranked_counts              # [Hkv, K]
-        marks = torch.zeros(Hkv, s.max_keep + 1, dtype=torch.int64)
-        marks = marks.scatter_add(1, torch.clamp(out_start, max=s.max_keep), torch.ones_like(out_start))
-        which = torch.cumsum(marks[:, :s.max_keep], -1) - 1                      # ranked cluster of each slot
-        cluster = rank.gather(1, which)
-        slot = torch.arange(s.max_keep)[None, :]
-        rows = start.gather(1, cluster) + slot - out_start.gather(1, which)      # [Hkv, B] into clustered
-        slot_ok = slot < torch.minimum(keep_keys, counts.sum(-1, keepdim=True))
-        rows = torch.where(slot_ok, rows, torch.zeros_like(rows))
-        # one row copy per kept key: rows of all heads index the flattened [Hkv * Nc, 2D] table (a plain Gather /
-        # index_select; torch.gather would need an index expanded to every element)
-        flat_rows = (rows + torch.arange(Hkv)[:, None] * s.max_clustered).reshape(-1)
-        kept = torch.index_select(clustered.reshape(Hkv * s.max_clustered, 2 * D), 0, flat_rows)
-        kept = kept.reshape(Hkv, s.max_keep, 2 * D)
+        n_keep = torch.clamp(torch.minimum(keep_keys, counts.sum(-1, keepdim=True)), max=B)   # [Hkv, 1] used slots
+        marks = torch.zeros(Hkv, B, dtype=torch.int64).scatter_add(              # (clusters past the last slot: 0)
+            1, torch.clamp(out_start, max=B - 1), (out_start < B).to(torch.int64))
+        which = torch.cumsum(marks, -1) - 1                                      # ranked cluster of each slot
+        # The table arrives flat, [Hkv * Nc, 2D] head by head, so every head's rows index it with one plain
+        # Gather / index_select (a reshape of a [Hkv, Nc, 2D] table is a full copy in XNNPACK, torch.gather needs
+        # an index per element, advanced indexing is a slow portable kernel). Row of slot j in ranked cluster r:
+        # head offset + cluster start + (j - the cluster's first slot).
+        first_row = start.gather(1, rank) - out_start + torch.arange(Hkv)[:, None] * Nc       # [Hkv, K]
+        slot = torch.arange(B)[None, :]
+        slot_ok = slot < n_keep
+        rows = torch.where(slot_ok, first_row.gather(1, which) + slot, torch.zeros_like(slot))
+        kept = torch.index_select(clustered, 0, rows.reshape(-1)).reshape(Hkv, B, 2 * D)   # one copy per kept key
         slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
         # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
-        # value = mean value, logit + log N. Kept clusters are the ranked ones up to the last slot filled.
-        last_used = torch.where(slot_ok, which, torch.full_like(which, -1)).amax(-1, keepdim=True)   # [Hkv, 1]
-        position = torch.zeros_like(rank).scatter(1, rank, torch.arange(s.max_clusters).expand(Hkv, -1))
-        summary_bias = torch.where(position > last_used, log_counts, torch.tensor(float("-inf")))
-        return self.context_rows(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
+        # value = mean value, logit + log N. A ranked cluster is kept iff its first slot is below n_keep (an empty
+        # one then precedes a kept one); the flags go back to cluster order with one scatter.
+        kept_cluster = torch.zeros(Hkv, s.max_clusters).scatter(1, rank, (out_start < n_keep).to(torch.float32))
+        summary_bias = torch.where(kept_cluster > 0, torch.tensor(float("-inf")), log_counts)
+        return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
                                  slot_bias, summary_bias)
 
 
@@ -410,9 +430,9 @@ class DecoderStage(nn.Module):
         else:
             B = kept_kv.shape[1]
             # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
-            ctx_k, ctx_v, bias = d.context_rows(sink_kv, kept_kv, window_kv, centroids, value_centroids,
-                                                kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
-            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, ctx_k, ctx_v, bias, st)
+            parts = d.context_parts(sink_kv, kept_kv, window_kv, centroids, value_centroids,
+                                    kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
+            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st)
         if self.last:
             return d.head(x, st)
         qg, k, v = d.layer_qkv(s, x, st)

@@ -119,7 +119,8 @@ def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_k
     the cluster scores (ExportableDecoder._squeezed_rows), in numpy, for every KV head at once.
 
     scores [Hkv, K] (the stage graph's output), counts / cluster_start [Hkv, K] (the pack's, padded with empty
-    clusters), clustered_kv [Hkv, Nc, 2D] (rows cluster by cluster: pack_arrays.decoder_context_inputs).
+    clusters), clustered_kv [Hkv * Nc, 2D] (rows cluster by cluster, head by head: the pack's context input
+    clustered_kv_l, pack_arrays.decoder_context_inputs; a [Hkv, Nc, 2D] view of it is taken too).
     Clusters are ranked best first (stable on ties) and filled key by key into ``max_keep`` slots until
     min(keep_keys, keys) are taken. Returns ``kept_kv`` [Hkv, max_keep, 2D] float32 (unused slots: row 0, masked)
     and ``kept_bias`` [Hkv, max_keep + K] float32: 0 / -inf per slot (used / unused), then 0 / -inf per cluster
@@ -140,7 +141,7 @@ def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_k
     rows = np.asarray(cluster_start, dtype=np.int64)[heads, rank[heads, which]] + slots - out_start[heads, which]
     # one row copy per kept key out of the [Hkv * Nc, 2D] table (np.take on axis 0; take_along_axis over the
     # row axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
-    nc = clustered_kv.shape[1]
+    nc = clustered_kv.shape[1] if clustered_kv.ndim == 3 else clustered_kv.shape[0] // Hkv
     kept = np.take(clustered_kv.reshape(Hkv * nc, -1), (np.where(slot_ok, rows, 0) + heads * nc).ravel(), axis=0)
     kept = kept.reshape(Hkv, max_keep, -1)
     last_used = np.where(slot_ok, which, -1).max(-1, keepdims=True)               # [Hkv, 1]

@@ -177,7 +177,8 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
 
     ``shapes``: the artifact's DecoderShapes as a dict (max_context, sink_tokens, window, max_clusters, ...).
     Squeezed: sinks and window rows in position order, clustered rows CLUSTER BY CLUSTER (stable within a
-    cluster), rows as [key | value], then zero padding; centroids/counts/cluster starts padded with empty clusters.
+    cluster), rows as [key | value], then zero padding, flat per layer ([Hkv * max_clustered, 2D], head by head);
+    centroids/counts/cluster starts padded with empty clusters.
     """
     a = pack.arrays
     n = pack.num_tokens
@@ -209,8 +210,10 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     return per_layer({
         "sink_kv": rows[:, :, :sinks].astype(np.float32),
         "window_kv": rows[:, :, sinks + nc:].astype(np.float32),
+        # flat per layer, [Hkv * Nc, 2D] head by head: the graph's lookup gathers rows of every head in one go
         "clustered_kv": np.pad(clustered.astype(np.float32),
-                               ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))),
+                               ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))).reshape(
+                                   keys.shape[0], -1, rows.shape[-1]),
         "centroids": np.pad(centroids, pad_k + ((0, 0),)),
         "value_centroids": np.pad(value_centroids(values, labels, counts, sinks), pad_k + ((0, 0),)),
         "counts": np.pad(counts, pad_k),

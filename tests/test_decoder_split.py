@@ -72,9 +72,10 @@ def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
     module.config = type("C", (), {"head_dim": D})()
     captured = {}
     module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)))
-    module.context_rows = lambda sink, kept, window, c, vc, slot_bias, summary_bias: captured.update(
+    module.context_parts = lambda sink, kept, window, c, vc, slot_bias, summary_bias: captured.update(
         kept=kept, slot_bias=slot_bias, summary_bias=summary_bias)
-    mine = {"clustered_kv": torch.from_numpy(clustered), "counts": torch.from_numpy(counts),
+    mine = {"clustered_kv": torch.from_numpy(clustered.reshape(H * clustered.shape[1], 2 * D)),  # flat, as the pack
+            "counts": torch.from_numpy(counts),
             "cluster_start": torch.from_numpy(start), "centroids": None, "value_centroids": None, "sink_kv": None,
             "window_kv": None}
     module._squeezed_rows(torch.zeros(H, 1, D), mine, torch.tensor([keep_keys]), None)
@@ -94,7 +95,10 @@ def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys):
     clustered = rng.standard_normal((H, Nc, 2 * D)).astype(np.float32)
     scores = rng.random((H, K)).astype(np.float32) * (counts > 0)
     ref = _in_graph_rows(scores, counts, start, clustered, keep_keys, B)
-    kept, bias = kept_rows(scores, counts, start, clustered, keep_keys, B)
+    kept, bias = kept_rows(scores, counts, start, clustered.reshape(H * Nc, 2 * D), keep_keys, B)  # the input layout
+    kept_3d, bias_3d = kept_rows(scores, counts, start, clustered, keep_keys, B)                  # a [H, Nc, 2D] view
+    np.testing.assert_array_equal(kept, kept_3d)
+    np.testing.assert_array_equal(bias, bias_3d)
     used = np.isfinite(bias[:, :B])
     np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
     np.testing.assert_array_equal(kept[used], ref["kept"].numpy()[used])

@@ -699,13 +699,15 @@ def kept_rows_goldens(real: list) -> dict[str, bytes]:
     for name, scores, counts, start, table, keep, max_keep in _kept_rows_random_cases(np.random.default_rng(KEPT_ROWS_SEED)) + real:
         kept, bias = kept_rows(scores, counts, start, table, keep, max_keep)
         H, K = scores.shape
-        cases.append({"name": name, "kv_heads": H, "clusters": K, "clustered_rows": table.shape[1],
-                      "row_width": table.shape[2], "keep_keys": int(keep), "max_keep": int(max_keep),
+        # the tiny model's tables are the pack's context inputs, flat [Hkv * Nc, 2D]; the random ones [Hkv, Nc, 2D]
+        nc = table.shape[1] if table.ndim == 3 else table.shape[0] // H
+        cases.append({"name": name, "kv_heads": H, "clusters": K, "clustered_rows": nc,
+                      "row_width": table.shape[-1], "keep_keys": int(keep), "max_keep": int(max_keep),
                       "counts": np.asarray(counts).ravel().tolist(), "cluster_start": np.asarray(start).ravel().tolist(),
                       "scores": put(scores), "clustered_kv": put(table), "kept_kv": put(kept), "kept_bias": put(bias)})
     meta = {"function": "squeezed_attention.lookup_numpy.kept_rows", "real_cases": len(real), "cases": cases,
             "files": {"qa_kept_rows_f32le.bin.gz": "float32 little-endian blobs; each case's scores [Hkv, K], "
-                      "clustered_kv [Hkv, Nc, 2D], kept_kv [Hkv, max_keep, 2D], kept_bias [Hkv, max_keep + K] at "
+                      "clustered_kv [Hkv * Nc, 2D] (head by head, Nc = clustered_rows), kept_kv [Hkv, max_keep, 2D], kept_bias [Hkv, max_keep + K] at "
                       "offset (in floats)"}}
     return {"qa_kept_rows.json.gz": _gz(json.dumps(meta).encode()), "qa_kept_rows_f32le.bin.gz": _gz(b"".join(blobs))}
 

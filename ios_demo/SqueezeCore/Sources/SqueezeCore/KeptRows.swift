@@ -26,8 +26,8 @@ public struct KeptRows {
     }
 
     /// scores [Hkv, K] (the previous stage's output), counts / clusterStart [Hkv, K] (the pack's context inputs
-    /// counts_l / cluster_start_l, padded with empty clusters), clusteredKv [Hkv, Nc, 2D] (clustered_kv_l: rows
-    /// cluster by cluster), all flat; numClustered = Nc, the rows per head.
+    /// counts_l / cluster_start_l, padded with empty clusters), clusteredKv [Hkv * Nc, 2D] (clustered_kv_l: rows
+    /// cluster by cluster, head by head), all flat; numClustered = Nc, the rows per head.
     public static func compute(scores: [Float], counts: [Int64], clusterStart: [Int64], clusteredKv: [Float],
                                kvHeads: Int, numClustered: Int, keepKeys: Int, maxKeep: Int) throws -> KeptRows {
         try require(kvHeads > 0 && numClustered > 0 && maxKeep >= 0,
@@ -38,7 +38,7 @@ public struct KeptRows {
                     "counts (\(counts.count)) and clusterStart (\(clusterStart.count)) must be [\(kvHeads), \(k)] like the scores")
         let w = clusteredKv.count / (kvHeads * numClustered)
         try require(w > 0 && clusteredKv.count == kvHeads * numClustered * w,
-                    "\(clusteredKv.count) floats are not a [\(kvHeads), \(numClustered), 2D] clustered_kv table")
+                    "\(clusteredKv.count) floats are not a [\(kvHeads) * \(numClustered), 2D] clustered_kv table")
         var kv = [Float](repeating: 0, count: kvHeads * maxKeep * w)
         var bias = [Float](repeating: 0, count: kvHeads * (maxKeep + k))
         for h in 0..<kvHeads {
@@ -76,15 +76,30 @@ public struct KeptRows {
         return KeptRows(kv: kv, bias: bias, kvHeads: kvHeads, maxKeep: maxKeep, numClusters: k, rowWidth: w)
     }
 
-    /// The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, clustered_kv_l [Hkv, Nc, 2D].
+    /// The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, and clustered_kv_l as the pack's
+    /// context input lays it out, flat [Hkv * Nc, 2D] (head by head, Nc rows per head; a [Hkv, Nc, 2D] view of the
+    /// same rows is taken too).
     public static func compute(scores: Float32Tensor, counts: Int64Tensor, clusterStart: Int64Tensor,
                                clusteredKv: Float32Tensor, keepKeys: Int, maxKeep: Int) throws -> KeptRows {
-        try require(scores.shape.count == 2 && clusteredKv.shape.count == 3 && clusteredKv.shape[0] == scores.shape[0],
-                    "scores \(scores.shape) must be [Hkv, K] and clustered_kv \(clusteredKv.shape) [Hkv, Nc, 2D]")
+        try require(scores.shape.count == 2 && scores.shape[0] > 0, "scores \(scores.shape) must be [Hkv, K]")
+        let kvHeads = scores.shape[0]
+        let cs = clusteredKv.shape
+        let numClustered: Int
+        switch cs.count {
+        case 2:
+            try require(cs[0] > 0 && cs[0] % kvHeads == 0,
+                        "clustered_kv \(cs) must be [Hkv * Nc, 2D]: its \(cs[0]) rows do not divide into the scores' \(kvHeads) KV heads")
+            numClustered = cs[0] / kvHeads
+        case 3:
+            try require(cs[0] == kvHeads, "clustered_kv \(cs) must be [Hkv, Nc, 2D] with the scores' \(kvHeads) KV heads")
+            numClustered = cs[1]
+        default:
+            throw InvalidArgument("clustered_kv \(cs) must be [Hkv * Nc, 2D] (or [Hkv, Nc, 2D])")
+        }
         try require(counts.shape == scores.shape && clusterStart.shape == scores.shape,
                     "counts \(counts.shape) and cluster_start \(clusterStart.shape) must have the scores' shape \(scores.shape)")
         return try compute(scores: scores.data, counts: counts.data, clusterStart: clusterStart.data,
-                           clusteredKv: clusteredKv.data, kvHeads: scores.shape[0], numClustered: clusteredKv.shape[1],
+                           clusteredKv: clusteredKv.data, kvHeads: kvHeads, numClustered: numClustered,
                            keepKeys: keepKeys, maxKeep: maxKeep)
     }
 

@@ -10,7 +10,8 @@ public enum PackLayout {
     /// The pack's tensors as the exported decoder's context inputs: one input per tensor and layer, "<name>_<layer>",
     /// layer by layer. Full attention: context_keys / context_values zero-padded to max_context. Squeezed: sink_kv and
     /// window_kv rows in position order, clustered_kv rows cluster by cluster (stable within a cluster), rows as
-    /// [key | value], zero padding; centroids, value_centroids, counts and cluster_start padded with empty clusters.
+    /// [key | value], zero padding, flat per layer ([Hkv * max_clustered, 2D], head by head); centroids,
+    /// value_centroids, counts and cluster_start padded with empty clusters.
     public static func decoderContextInputs(_ pack: ContextPack, shapes: DecoderShapes, attention: String) throws -> NamedTensors {
         let n = pack.numTokens
         if n > shapes.maxContext {
@@ -83,7 +84,7 @@ public enum PackLayout {
             }
             out.append(("sink_kv_\(layer)", .float32(try Float32Tensor(sink, shape: [h, sinks, w2]))))
             out.append(("window_kv_\(layer)", .float32(try Float32Tensor(win, shape: [h, window, w2]))))
-            out.append(("clustered_kv_\(layer)", .float32(try Float32Tensor(clustered, shape: [h, ncMax, w2]))))
+            out.append(("clustered_kv_\(layer)", .float32(try Float32Tensor(clustered, shape: [h * ncMax, w2])))) // flat, head by head
             out.append(("centroids_\(layer)", .float32(try Float32Tensor(cent, shape: [h, maxK, d]))))
             out.append(("value_centroids_\(layer)", .float32(try Float32Tensor(vcent, shape: [h, maxK, d]))))
             out.append(("counts_\(layer)", .int64(try Int64Tensor(cnt, shape: [h, maxK]))))

@@ -57,19 +57,42 @@ final class KeptRowsTests: XCTestCase {
         let c = try XCTUnwrap(try golden["cases"].list().first { try $0["name"].string().hasPrefix("tiny model") })
         let h = try c["kv_heads"].int(), k = try c["clusters"].int(), nc = try c["clustered_rows"].int(), w = try c["row_width"].int()
         let maxKeep = try c["max_keep"].int()
-        let r = try KeptRows.compute(
-            scores: Float32Tensor(floats(c["scores"]), shape: [h, k]),
-            counts: Int64Tensor(c["counts"].longArray(), shape: [h, k]),
-            clusterStart: Int64Tensor(c["cluster_start"].longArray(), shape: [h, k]),
-            clusteredKv: Float32Tensor(floats(c["clustered_kv"]), shape: [h, nc, w]),
-            keepKeys: c["keep_keys"].int(), maxKeep: maxKeep)
-        let inputs = try r.inputs()
-        XCTAssertEqual(inputs.map(\.name), ["kept_kv", "kept_bias"])
-        XCTAssertEqual(inputs[0].tensor.shape, [h, maxKeep, w])
-        XCTAssertEqual(inputs[1].tensor.shape, [h, maxKeep + k])
-        guard case .float32(let kv) = inputs[0].tensor, case .float32(let bias) = inputs[1].tensor else { return XCTFail("not float32") }
-        assertBits(try floats(c["kept_kv"]), kv.data, "kept_kv")
-        assertBits(try floats(c["kept_bias"]), bias.data, "kept_bias")
+        // the pack's context input is flat, [Hkv * Nc, 2D] head by head; a [Hkv, Nc, 2D] view of it gives the same
+        for shape in [[h * nc, w], [h, nc, w]] {
+            let what = "\(shape)"
+            let r = try KeptRows.compute(
+                scores: Float32Tensor(floats(c["scores"]), shape: [h, k]),
+                counts: Int64Tensor(c["counts"].longArray(), shape: [h, k]),
+                clusterStart: Int64Tensor(c["cluster_start"].longArray(), shape: [h, k]),
+                clusteredKv: Float32Tensor(floats(c["clustered_kv"]), shape: shape),
+                keepKeys: c["keep_keys"].int(), maxKeep: maxKeep)
+            let inputs = try r.inputs()
+            XCTAssertEqual(inputs.map(\.name), ["kept_kv", "kept_bias"])
+            XCTAssertEqual(inputs[0].tensor.shape, [h, maxKeep, w], what)
+            XCTAssertEqual(inputs[1].tensor.shape, [h, maxKeep + k], what)
+            guard case .float32(let kv) = inputs[0].tensor, case .float32(let bias) = inputs[1].tensor else { return XCTFail("not float32") }
+            assertBits(try floats(c["kept_kv"]), kv.data, "\(what): kept_kv")
+            assertBits(try floats(c["kept_bias"]), bias.data, "\(what): kept_bias")
+        }
+    }
+
+    func testClusteredTablesOfTheWrongShapeAreRefused() throws {
+        let scores = try Float32Tensor([1, 0, 0, 1], shape: [2, 2])
+        let counts = try Int64Tensor([1, 1, 1, 1], shape: [2, 2]), start = try Int64Tensor([0, 1, 0, 1], shape: [2, 2])
+        func compute(_ data: [Float], _ shape: [Int]) throws -> KeptRows {
+            try KeptRows.compute(scores: scores, counts: counts, clusterStart: start,
+                                 clusteredKv: Float32Tensor(data, shape: shape), keepKeys: 2, maxKeep: 2)
+        }
+        // [Hkv * Nc, 2D] with 4 rows over 2 heads, and its [Hkv, Nc, 2D] view: the same rows
+        let rows = (0..<8).map(Float.init)
+        let flat = try compute(rows, [4, 2]), view = try compute(rows, [2, 2, 2])
+        XCTAssertEqual(flat.kv, [0, 1, 2, 3, 6, 7, 4, 5])
+        XCTAssertEqual(flat.kv, view.kv)
+        XCTAssertEqual(flat.bias, view.bias)
+        let message = thrownMessage(InvalidArgument.self) { try compute([Float](repeating: 0, count: 10), [5, 2]) } // 5 rows, 2 heads
+        XCTAssertTrue(message.contains("[Hkv * Nc, 2D]") && message.contains("2 KV heads"), message)
+        XCTAssertThrowsError(try compute([Float](repeating: 0, count: 8), [1, 4, 2])) // a 3-D table, another head count
+        XCTAssertThrowsError(try compute([Float](repeating: 0, count: 8), [8])) // neither 2-D nor 3-D
     }
 
     func testASmallCaseByHand() throws {

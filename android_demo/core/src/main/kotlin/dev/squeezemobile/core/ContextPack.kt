@@ -355,8 +355,8 @@ object PackLayout {
      * The pack's tensors as the exported decoder's context inputs (decoder_context_inputs): one input per tensor
      * and layer, "<name>_<layer>", layer by layer. Full attention: context_keys / context_values zero-padded to
      * max_context. Squeezed: sink_kv and window_kv rows in position order, clustered_kv rows cluster by cluster
-     * (stable within a cluster), rows as [key | value], zero padding; centroids, value_centroids, counts and
-     * cluster_start padded with empty clusters.
+     * (stable within a cluster), rows as [key | value], zero padding, flat per layer ([Hkv * max_clustered, 2D],
+     * head by head); centroids, value_centroids, counts and cluster_start padded with empty clusters.
      */
     fun decoderContextInputs(pack: ContextPack, shapes: DecoderShapes, attention: String): LinkedHashMap<String, DecoderTensor> {
         val n = pack.numTokens
@@ -431,7 +431,7 @@ object PackLayout {
             }
             out["sink_kv_$l"] = DecoderTensor.Float32(sink, intArrayOf(H, sinks, w2))
             out["window_kv_$l"] = DecoderTensor.Float32(win, intArrayOf(H, window, w2))
-            out["clustered_kv_$l"] = DecoderTensor.Float32(clustered, intArrayOf(H, ncMax, w2))
+            out["clustered_kv_$l"] = DecoderTensor.Float32(clustered, intArrayOf(H * ncMax, w2)) // flat, head by head
             out["centroids_$l"] = DecoderTensor.Float32(cent, intArrayOf(H, maxK, D))
             out["value_centroids_$l"] = DecoderTensor.Float32(vcent, intArrayOf(H, maxK, D))
             out["counts_$l"] = DecoderTensor.Int64(cnt, intArrayOf(H, maxK))

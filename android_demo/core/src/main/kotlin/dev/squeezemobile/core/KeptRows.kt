@@ -31,8 +31,8 @@ class KeptRows(
     companion object {
         /**
          * scores [Hkv, K] (the previous stage's output), counts / clusterStart [Hkv, K] (the pack's context inputs
-         * counts_l / cluster_start_l, padded with empty clusters), clusteredKv [Hkv, Nc, 2D] (clustered_kv_l: rows
-         * cluster by cluster), all flat; [numClustered] = Nc, the rows per head.
+         * counts_l / cluster_start_l, padded with empty clusters), clusteredKv [Hkv * Nc, 2D] (clustered_kv_l: rows
+         * cluster by cluster, head by head), all flat; [numClustered] = Nc, the rows per head.
          */
         fun compute(
             scores: FloatArray, counts: LongArray, clusterStart: LongArray, clusteredKv: FloatArray,
@@ -48,7 +48,7 @@ class KeptRows(
             }
             val w = clusteredKv.size / (kvHeads * numClustered)
             require(w > 0 && clusteredKv.size == kvHeads * numClustered * w) {
-                "${clusteredKv.size} floats are not a [$kvHeads, $numClustered, 2D] clustered_kv table"
+                "${clusteredKv.size} floats are not a [$kvHeads * $numClustered, 2D] clustered_kv table"
             }
             val kv = FloatArray(kvHeads * maxKeep * w)
             val bias = FloatArray(kvHeads * (maxKeep + k))
@@ -87,21 +87,43 @@ class KeptRows(
             return KeptRows(kv, bias, kvHeads, maxKeep, k, w)
         }
 
-        /** The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, clustered_kv_l [Hkv, Nc, 2D]. */
+        /**
+         * The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, and clustered_kv_l as the pack's
+         * context input lays it out, flat [Hkv * Nc, 2D] (head by head, Nc rows per head; a [Hkv, Nc, 2D] view of
+         * the same rows is taken too).
+         */
         fun compute(
             scores: DecoderTensor.Float32, counts: DecoderTensor.Int64, clusterStart: DecoderTensor.Int64,
             clusteredKv: DecoderTensor.Float32, keepKeys: Int, maxKeep: Int,
         ): KeptRows {
-            require(scores.shape.size == 2 && clusteredKv.shape.size == 3 && clusteredKv.shape[0] == scores.shape[0]) {
-                "scores ${scores.shape.contentToString()} must be [Hkv, K] and clustered_kv " +
-                    "${clusteredKv.shape.contentToString()} [Hkv, Nc, 2D]"
+            require(scores.shape.size == 2 && scores.shape[0] > 0) {
+                "scores ${scores.shape.contentToString()} must be [Hkv, K]"
+            }
+            val kvHeads = scores.shape[0]
+            val cs = clusteredKv.shape
+            val numClustered = when (cs.size) {
+                2 -> {
+                    require(cs[0] > 0 && cs[0] % kvHeads == 0) {
+                        "clustered_kv ${cs.contentToString()} must be [Hkv * Nc, 2D]: its ${cs[0]} rows do not divide " +
+                            "into the scores' $kvHeads KV heads"
+                    }
+                    cs[0] / kvHeads
+                }
+                3 -> {
+                    require(cs[0] == kvHeads) {
+                        "clustered_kv ${cs.contentToString()} must be [Hkv, Nc, 2D] with the scores' $kvHeads KV heads"
+                    }
+                    cs[1]
+                }
+                else -> throw IllegalArgumentException(
+                    "clustered_kv ${cs.contentToString()} must be [Hkv * Nc, 2D] (or [Hkv, Nc, 2D])")
             }
             require(counts.shape.contentEquals(scores.shape) && clusterStart.shape.contentEquals(scores.shape)) {
                 "counts ${counts.shape.contentToString()} and cluster_start ${clusterStart.shape.contentToString()} " +
                     "must have the scores' shape ${scores.shape.contentToString()}"
             }
-            return compute(scores.data, counts.data, clusterStart.data, clusteredKv.data, scores.shape[0],
-                clusteredKv.shape[1], keepKeys, maxKeep)
+            return compute(scores.data, counts.data, clusterStart.data, clusteredKv.data, kvHeads, numClustered,
+                keepKeys, maxKeep)
         }
 
         /**

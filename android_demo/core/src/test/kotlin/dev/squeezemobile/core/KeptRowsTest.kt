@@ -58,19 +58,47 @@ class KeptRowsTest {
         val case = golden["cases"].list().first { it["name"].string().startsWith("tiny model") }
         val (h, k, nc, w) = listOf("kv_heads", "clusters", "clustered_rows", "row_width").map { case[it].int() }
         val maxKeep = case["max_keep"].int()
-        val r = KeptRows.compute(
-            DecoderTensor.Float32(floats(case["scores"]), intArrayOf(h, k)),
-            DecoderTensor.Int64(longs(case["counts"]), intArrayOf(h, k)),
-            DecoderTensor.Int64(longs(case["cluster_start"]), intArrayOf(h, k)),
-            DecoderTensor.Float32(floats(case["clustered_kv"]), intArrayOf(h, nc, w)),
-            case["keep_keys"].int(), maxKeep,
-        )
-        val inputs = r.inputs()
-        assertEquals(listOf("kept_kv", "kept_bias"), inputs.keys.toList())
-        assertArrayEquals(intArrayOf(h, maxKeep, w), inputs.getValue("kept_kv").shape)
-        assertArrayEquals(intArrayOf(h, maxKeep + k), inputs.getValue("kept_bias").shape)
-        assertBits(floats(case["kept_kv"]), (inputs.getValue("kept_kv") as DecoderTensor.Float32).data, "kept_kv")
-        assertBits(floats(case["kept_bias"]), (inputs.getValue("kept_bias") as DecoderTensor.Float32).data, "kept_bias")
+        // the pack's context input is flat, [Hkv * Nc, 2D] head by head; a [Hkv, Nc, 2D] view of it gives the same
+        for (shape in listOf(intArrayOf(h * nc, w), intArrayOf(h, nc, w))) {
+            val what = shape.contentToString()
+            val r = KeptRows.compute(
+                DecoderTensor.Float32(floats(case["scores"]), intArrayOf(h, k)),
+                DecoderTensor.Int64(longs(case["counts"]), intArrayOf(h, k)),
+                DecoderTensor.Int64(longs(case["cluster_start"]), intArrayOf(h, k)),
+                DecoderTensor.Float32(floats(case["clustered_kv"]), shape),
+                case["keep_keys"].int(), maxKeep,
+            )
+            val inputs = r.inputs()
+            assertEquals(listOf("kept_kv", "kept_bias"), inputs.keys.toList())
+            assertArrayEquals(intArrayOf(h, maxKeep, w), inputs.getValue("kept_kv").shape, what)
+            assertArrayEquals(intArrayOf(h, maxKeep + k), inputs.getValue("kept_bias").shape, what)
+            assertBits(floats(case["kept_kv"]), (inputs.getValue("kept_kv") as DecoderTensor.Float32).data, "$what: kept_kv")
+            assertBits(floats(case["kept_bias"]), (inputs.getValue("kept_bias") as DecoderTensor.Float32).data, "$what: kept_bias")
+        }
+    }
+
+    @Test
+    fun clusteredTablesOfTheWrongShapeAreRefused() {
+        val scores = DecoderTensor.Float32(floatArrayOf(1f, 0f, 0f, 1f), intArrayOf(2, 2))
+        val counts = DecoderTensor.Int64(longArrayOf(1, 1, 1, 1), intArrayOf(2, 2))
+        val start = DecoderTensor.Int64(longArrayOf(0, 1, 0, 1), intArrayOf(2, 2))
+        fun compute(table: DecoderTensor.Float32) = KeptRows.compute(scores, counts, start, table, 2, 2)
+        // [Hkv * Nc, 2D] with 4 rows over 2 heads, and its [Hkv, Nc, 2D] view: the same rows
+        val flat = compute(DecoderTensor.Float32(FloatArray(8) { it.toFloat() }, intArrayOf(4, 2)))
+        val view = compute(DecoderTensor.Float32(FloatArray(8) { it.toFloat() }, intArrayOf(2, 2, 2)))
+        assertArrayEquals(floatArrayOf(0f, 1f, 2f, 3f, 6f, 7f, 4f, 5f), flat.kv)
+        assertArrayEquals(flat.kv, view.kv)
+        assertArrayEquals(flat.bias, view.bias)
+        val rows = assertThrows(IllegalArgumentException::class.java) { // 5 rows do not divide into 2 heads
+            compute(DecoderTensor.Float32(FloatArray(10), intArrayOf(5, 2)))
+        }
+        assertTrue(rows.message!!.contains("[Hkv * Nc, 2D]") && rows.message!!.contains("2 KV heads"), rows.message)
+        assertThrows(IllegalArgumentException::class.java) { // a 3-D table with another head count
+            compute(DecoderTensor.Float32(FloatArray(8), intArrayOf(1, 4, 2)))
+        }
+        assertThrows(IllegalArgumentException::class.java) { // neither 2-D nor 3-D
+            compute(DecoderTensor.Float32(FloatArray(8), intArrayOf(8)))
+        }
     }
 
     @Test
