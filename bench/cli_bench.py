@@ -45,6 +45,9 @@ def add_subcommands(sub) -> None:
                    help="interleaved rounds over every (context, format, attention), >= 1 (default 2)")
     d.add_argument("--formats", default=None, metavar="F,F",
                    help="benchmark only these formats' artifacts, e.g. pte (default: every artifact in DIR)")
+    d.add_argument("--llama-cpp", action="store_true",
+                   help="also time the llama.cpp peer (same GGUF, the context's state saved and restored, same packs "
+                   "and question; needs pip install -r requirements-llamacpp.txt) (default: off)")
     d.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
@@ -130,6 +133,7 @@ def cmd_bench(args) -> int:
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
+                                       llama_cpp=args.llama_cpp,
                                        formats=[f.strip() for f in args.formats.split(",") if f.strip()]
                                        if args.formats else None)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)

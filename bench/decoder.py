@@ -134,7 +134,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: int = 32,
                           packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
-                          progress: Optional[Progress] = None) -> Dict:
+                          progress: Optional[Progress] = None, llama_cpp: bool = False) -> Dict:
     from squeezed_attention.decoder_session import read_decoder_manifest
 
     say = progress or (lambda a, b: None)
@@ -221,6 +221,11 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if row["attention"] == "squeezed" and row["status"] == "ok" and full:
             row["prefill_speedup_vs_full"] = full["prefill_ms"] / row["prefill_ms"]
             row["decode_speedup_vs_full"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
+    if llama_cpp:  # the peer (bench.llama_cpp_peer): same GGUF, same packs and question, after the artifacts
+        from .llama_cpp_peer import peer_rows
+
+        out_rows += peer_rows(pack_rows, threads=threads, decode_tokens=decode_tokens, rounds=rounds, warmup=warmup,
+                              model=manifest["model"].get("source"), progress=say)
     lookup = []
     if profile:
         largest = pack_rows[-1]

@@ -119,6 +119,10 @@ def main() -> int:
             from bench.decoder import measure_decoder
 
             result = measure_decoder(job)
+        elif job["kind"] == "llama_cpp":  # the llama.cpp peer (bench.llama_cpp_peer), one (context, threads) row
+            from bench.llama_cpp_peer import measure_job
+
+            result = measure_job(job)
         else:
             result = measure(job)
         result["ok"] = True
