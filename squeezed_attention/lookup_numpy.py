@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import SqueezeError
 from .lookup import LookupTables, SelectionSpec
 
 
@@ -141,6 +142,9 @@ def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_k
     rows = np.asarray(cluster_start, dtype=np.int64)[heads, rank[heads, which]] + slots - out_start[heads, which]
     # one row copy per kept key out of the [Hkv * Nc, 2D] table (np.take on axis 0; take_along_axis over the
     # row axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
+    if clustered_kv.ndim == 2 and clustered_kv.shape[0] % Hkv:
+        raise SqueezeError(f"clustered_kv {tuple(clustered_kv.shape)} must be [Hkv * Nc, 2D]: its rows do not divide "
+                           f"into the scores' {Hkv} KV heads")
     nc = clustered_kv.shape[1] if clustered_kv.ndim == 3 else clustered_kv.shape[0] // Hkv
     kept = np.take(clustered_kv.reshape(Hkv * nc, -1), (np.where(slot_ok, rows, 0) + heads * nc).ravel(), axis=0)
     kept = kept.reshape(Hkv, max_keep, -1)

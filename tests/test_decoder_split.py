@@ -99,6 +99,8 @@ def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys):
     kept_3d, bias_3d = kept_rows(scores, counts, start, clustered, keep_keys, B)                  # a [H, Nc, 2D] view
     np.testing.assert_array_equal(kept, kept_3d)
     np.testing.assert_array_equal(bias, bias_3d)
+    with pytest.raises(SqueezeError, match="do not divide"):
+        kept_rows(scores, counts, start, clustered.reshape(H * Nc, 2 * D)[1:], keep_keys, B)
     used = np.isfinite(bias[:, :B])
     np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
     np.testing.assert_array_equal(kept[used], ref["kept"].numpy()[used])

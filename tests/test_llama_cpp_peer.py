@@ -87,3 +87,14 @@ def test_steps_aside_in_one_line_without_llama_cpp(monkeypatch, capsys):
     assert peer.peer_rows([{"context_tokens": 2048, "context_ids": [1], "question": "?"}],
                           progress=lambda a, b: said.append(b)) == []
     assert len(said) == 1 and peer.INSTALL_HINT in said[0]
+
+
+def test_a_model_that_is_not_gguf_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
+    pytest.importorskip("llama_cpp", reason=f"llama-cpp-python is not installed (optional: {peer.INSTALL_HINT})")
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"not a gguf")
+    out = tmp_path / "report"
+    assert peer.main(["--model", str(model), "--contexts", "512", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a .gguf file" in err[0]
+    assert not out.exists()
