@@ -151,7 +151,7 @@ def _case_pack(model, checkpoint, case, cache_dir):
 
 
 @torch.no_grad()
-def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None) -> dict:
+def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None, selections=("step",)) -> dict:
     """Does the squeezed decoder answer the case, per KV budget and prompt tokens per prefill selection
     (``prefill_rows``: 0 = one selection for the whole prompt, the product's default)? Squeezed runs only where
     full attention answers."""
@@ -170,16 +170,18 @@ def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=Non
     base_context = gen.context
     for budget in (kv_budgets if out["full"] else ()):  # only the cases full attention answers are compared
         for rows in prefill_rows:
-            def context(choice, rows=rows):
-                ctx = base_context(choice)
-                if hasattr(ctx, "spec"):
-                    ctx.spec.prefill_rows = rows
-                return ctx
-            gen.context = context
-            r = gen.generate(prompt, AttentionChoice("top-k", kv_budget=budget), max_new_tokens=new, raw=raw,
-                             stop_when=stop)
-            out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "correct": case.correct(r.text),
-                                    "text": r.text, "prefill_seconds": r.prefill_seconds})
+            for selection in selections:
+                def context(choice, rows=rows):
+                    ctx = base_context(choice)
+                    if hasattr(ctx, "spec"):
+                        ctx.spec.prefill_rows = rows
+                    return ctx
+                gen.context = context
+                r = gen.generate(prompt, AttentionChoice("top-k", kv_budget=budget, decode_selection=selection),
+                                 max_new_tokens=new, raw=raw, stop_when=stop)
+                out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "decode_selection": selection,
+                                        "correct": case.correct(r.text), "text": r.text,
+                                        "prefill_seconds": r.prefill_seconds})
     gen.context = base_context
     return out
 
@@ -189,31 +191,36 @@ def summarize_answers(cases) -> list:
     rows = {}
     for c in cases:
         for s in c["squeezed"]:
-            r = rows.setdefault((s["kv_budget"], s["prefill_rows"]), {"answered": 0, "of_full": 0, "any": 0})
+            r = rows.setdefault((s["kv_budget"], s["prefill_rows"], s.get("decode_selection", "step")),
+                                {"answered": 0, "of_full": 0, "any": 0})
             r["any"] += s["correct"]
             if c["full"]:
                 r["of_full"] += 1
                 r["answered"] += s["correct"]
-    return [{"kv_budget": k[0], "prefill_rows": k[1], **v} for k, v in sorted(rows.items())]
+    return [{"kv_budget": k[0], "prefill_rows": k[1], "decode_selection": k[2], **v} for k, v in sorted(rows.items())]
 
 
 def answers_main(args, model, checkpoint, cases) -> int:
     budgets = [float(x) for x in args.kv_budgets.split(",")]
     rows = [int(x) for x in args.prefill_rows.split(",")]
+    selections = [x.strip() for x in args.decode_selections.split(",") if x.strip()]
     results, t0 = [], time.perf_counter()
     for case in cases:
-        results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache))
+        results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache, selections))
         r = results[-1]
         print(f"[{time.perf_counter() - t0:5.0f}s] {case.case_id} ({r['kind']}, {r['framing']}, depths {r['depths']}, "
               f"prompt {r['prompt_tokens']} tokens): full={'Y' if r['full'] else '.'} " + " ".join(
-                  f"{s['kv_budget']:g}/{s['prefill_rows']}={'Y' if s['correct'] else '.'}" for s in r["squeezed"]),
+                  f"{s['kv_budget']:g}/{s['prefill_rows']}/{s['decode_selection']}={'Y' if s['correct'] else '.'}"
+                  for s in r["squeezed"]),
               flush=True)
         summary = summarize_answers(results)
         lines = [f"# Answers by prefill selection chunk: split {args.split}, lengths {args.lengths}, {len(results)} cases", "",
-                 "prefill rows = prompt tokens per selection (0: one selection for the whole prompt).", "",
-                 "| KV budget | prefill rows | answered of full's | answered (all cases) |", "|---|---|---|---|"]
-        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['answered']}/{s['of_full']} | {s['any']}/{len(results)} |"
-                  for s in summary]
+                 "prefill rows = prompt tokens per selection (0: one selection for the whole prompt); decode selection"
+                 " = per step, or the prompt's selection held for the whole answer (question).", "",
+                 "| KV budget | prefill rows | decode selection | answered of full's | answered (all cases) |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['decode_selection']} | {s['answered']}/{s['of_full']} "
+                  f"| {s['any']}/{len(results)} |" for s in summary]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "answers.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out), "pack_cache": str(args.pack_cache)},
                                                            "cases": results, "summary": summary}, indent=1))
@@ -247,6 +254,7 @@ def main(argv=None) -> int:
                     "(--kv-budgets) and prompt tokens per prefill selection (--prefill-rows)")
     ap.add_argument("--kv-budgets", default="0.125,0.225")
     ap.add_argument("--prefill-rows", default="0,16,8")
+    ap.add_argument("--decode-selections", default="step", help="comma-separated: step, question")
     ap.add_argument("--first-case", type=int, default=0, help="skip the first cases of each run")
     ap.add_argument("--pack-cache", type=Path, default=None, help="keep the cases' packs here (re-runs skip the build)")
     args = ap.parse_args(argv)

@@ -42,6 +42,10 @@ def add_decoder_arguments(p) -> None:
                    help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
                         "static graphs per layer with the lookup on the CPU between them, for delegates without "
                         "top-k/gather (default: split for tflite and coreml, in-graph for pte and onnx)")
+    g.add_argument("--decode-selection", choices=["step", "question"], default="step",
+                   help="decoder: 'step' selects the kept keys in every decode step; 'question' selects once in the "
+                        "question's prefill and every decode step of that answer attends over that selection (decode "
+                        "runs no lookup: a separate graph over the held rows; .pte, in-graph plan) (default step)")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
@@ -70,7 +74,7 @@ def cmd_export_decoder(args) -> int:
                             model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
                             lookup_plan=args.lookup_plan, weights=args.weights,
-                            verify=args.verify, verify_text=args.verify_text,
+                            decode_selection=args.decode_selection, verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:

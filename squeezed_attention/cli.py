@@ -189,7 +189,7 @@ def _choice_from_args(args):
     from .generation import AttentionChoice
 
     common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup,
-                  prefill_rows=args.prefill_rows)
+                  prefill_rows=args.prefill_rows, decode_selection=args.decode_selection)
     if args.full:
         return AttentionChoice("full")
     if args.keep_keys is not None:
@@ -209,6 +209,7 @@ def cmd_generate(args) -> int:
                                              ("--threshold-keep", args.threshold_keep is not None),
                                              ("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
                                              ("--lookup", args.lookup != "auto"), ("--prefill-rows", args.prefill_rows != 0),
+                                             ("--decode-selection", args.decode_selection != "step"),
                                              ("--model", args.model is not None),
                                              ("--context", args.context is not None)) if on]
         if unsupported:
@@ -323,7 +324,7 @@ def _suite_eval(args, config) -> int:
         checkpoint, model = _load_model(args.model, progress.report)
     result = run_suite(model, checkpoint, split=args.suite, lengths=lengths, cases_per_length=args.cases_per_length,
                        kv_budgets=budgets, seed=args.seed, continuation_tokens=args.continuation_tokens, out_dir=out,
-                       prefill_rows=args.prefill_rows,
+                       prefill_rows=args.prefill_rows, decode_selection=args.decode_selection,
                        log=lambda m: print(m, file=sys.stderr))
     print(suite_markdown(result), end="")
     print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}", file=sys.stderr)
@@ -420,6 +421,9 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=0, metavar="N",
                    help="suite: the squeezed configurations select once per N prompt tokens in the prompt's prefill "
                    "(as squeeze generate --prefill-rows; default 0: one selection for the whole prompt)")
+    e.add_argument("--decode-selection", choices=["step", "question"], default="step",
+                   help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
+                   "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
                    help="suite cases per context length, kinds in rotation (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",
@@ -468,6 +472,10 @@ def add_subcommands(subparsers) -> None:
                    help="select the kept keys once per N prompt tokens in the prompt's prefill (chunks cut from the end, "
                    "so the tokens that start the answer select together; 1 = per token, as decode steps do); 0 = one "
                    "selection for the whole prompt (default, what exported decoders implement)")
+    g.add_argument("--decode-selection", choices=["step", "question"], default="step",
+                   help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
+                   "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "
+                   "decoders with --decode-selection question do)")
     g.add_argument("--lookup", choices=["auto", "torch", "numpy", "native"], default="auto",
                    help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
                         "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "

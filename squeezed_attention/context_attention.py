@@ -134,6 +134,10 @@ class SqueezedContext:
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
         self.row_offset = (self.kv_of_head * self.num_clustered).unsqueeze(-1)  # into clustered[layer] flattened
         self.stats = LookupStats()
+        # decode_selection="question": per layer, the prompt's last selection (idx, valid) as made, then the rows and
+        # summary bias it selects, reused by every later call (one context object per question: Generator.generate)
+        self._last_selection = {}
+        self._held = {}
 
     def select(self, layer: int, queries):
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
@@ -160,18 +164,23 @@ class SqueezedContext:
         self.stats.kept_keys += kept
         self.stats.centroids_scored += scored
 
-    def _summaries(self, layer: int, q, kept_positions, valid):
-        """The clusters the selection did not keep, each as one summary entry (key = its centroid, value = its mean
-        value, logit + log N): exp(q.c) N v_mean stands in for the sum over its keys, so the attention keeps (an
-        estimate of) the weight and the direction of what was dropped instead of renormalising it onto the kept
-        keys. q: grouped [Hs, R, D]; returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp. A cluster any
-        of whose keys was kept (the ranked fill's last one may be partial) has no summary."""
+    def _summary_bias(self, layer: int, kept_positions, valid):
+        """[Hs, K] logit offsets of the summaries: log N for a cluster none of whose keys was kept, else -inf."""
         kept = self.cluster_of[layer].gather(1, kept_positions - self.first_position)    # [Hs, B] clusters
         bias = self.summary_log_counts[layer].clone()                                    # [Hs, K]
         masked = torch.full(kept.shape, float("-inf"))
         if valid is not None:  # padding entries write back what is there
             masked = torch.where(valid, masked, bias.gather(1, kept))
-        bias.scatter_(1, kept, masked)
+        return bias.scatter_(1, kept, masked)
+
+    def _summaries(self, layer: int, q, kept_positions, valid, bias=None):
+        """The clusters the selection did not keep, each as one summary entry (key = its centroid, value = its mean
+        value, logit + log N): exp(q.c) N v_mean stands in for the sum over its keys, so the attention keeps (an
+        estimate of) the weight and the direction of what was dropped instead of renormalising it onto the kept
+        keys. q: grouped [Hs, R, D]; returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp. A cluster any
+        of whose keys was kept (the ranked fill's last one may be partial) has no summary. ``bias``: a held
+        _summary_bias (then the positions are not read)."""
+        bias = self._summary_bias(layer, kept_positions, valid) if bias is None else bias
         logits = torch.baddbmm(bias[:, None, :], q.float(), self.summary_keys[layer].transpose(1, 2), alpha=self.scale)
         lse = torch.logsumexp(logits, -1)
         weights = torch.exp(logits - lse[..., None]).nan_to_num_(0.0)                     # all kept: lse -inf, out 0
@@ -186,6 +195,7 @@ class SqueezedContext:
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
             self.spec.budget_keys, self.scale, return_positions=True)
         self._count(self.spec.budget_keys, t.num_clusters)
+        self._last_selection[layer] = (positions, None)
         out, lse = merge_partials(out, lse, *self._summaries(layer, q, positions, None))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
@@ -204,6 +214,8 @@ class SqueezedContext:
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
             self.spec.budget_keys, self.scale, return_positions=True)
         self._count(self.spec.budget_keys, t.num_clusters)
+        Hs_ = q.shape[0]
+        self._last_selection[layer] = (positions.reshape(Hs_, T, -1)[:, -1], None)   # the last token's selection
         # summaries (as _summaries, batched over the tokens): the clusters none of whose keys a token kept
         Nc, B = self.num_clustered, positions.shape[1]
         head = torch.arange(Hs).repeat_interleave(T)                                   # [Hs*T] selecting head
@@ -224,7 +236,18 @@ class SqueezedContext:
 
     def attend(self, layer: int, queries):
         """Context partial (out [Hq, T, D], lse [Hq, T]) of the query rows [Hq, T, D]: one selection for all T
-        tokens, or one per chunk of ``spec.prefill_rows`` tokens (cut from the end) when the prompt is longer."""
+        tokens, or one per chunk of ``spec.prefill_rows`` tokens (cut from the end) when the prompt is longer.
+        With ``spec.decode_selection == "question"`` the first call per layer (the prompt's prefill) selects and
+        its last selection is held: every later call attends over the same rows and summaries."""
+        question = getattr(self.spec, "decode_selection", "step") == "question"
+        if question and layer in self._held:
+            return self._attend_held(layer, queries)
+        out = self._attend_selecting(layer, queries)
+        if question:
+            self._hold(layer, *self._last_selection[layer])
+        return out
+
+    def _attend_selecting(self, layer: int, queries):
         T = queries.shape[1]
         rows = self.spec.prefill_rows
         if rows == 1 and T > 1 and self.fused:
@@ -234,28 +257,46 @@ class SqueezedContext:
             return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
         return self._attend_chunk(layer, queries)
 
-    def _attend_chunk(self, layer: int, queries):
-        Hq, T, D = queries.shape
-        query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
-        if self.fused and query_rows <= NATIVE_MAX_ROWS:
-            return self._attend_fused(layer, queries)
-        idx, valid = self.select(layer, queries)
+    def _selected_rows(self, layer: int, idx, valid):
+        """(keys [Hs, R, D], values [Hs, R, D] float32, mask [Hs, 1, R] or None) of sinks + selected keys + window."""
         Hs, B = idx.shape
+        D = self.head_dim
         slots = self.slot_of_position[layer].index_select(0, self.kv_of_head).gather(1, idx - self.first_position)
         flat = (slots + self.row_offset).reshape(-1)
-        # Sinks, selected keys (ascending positions), window: the dense order, so keeping everything is
-        # bit-identical to full attention.
         heads = self.kv_of_head
         rows = torch.cat([self.sink_kv[layer].index_select(0, heads),
                           self.clustered_kv[layer].reshape(-1, 2 * D).index_select(0, flat).reshape(Hs, B, 2 * D),
                           self.window_kv[layer].index_select(0, heads)], dim=1).float()
-        keys, values = rows[..., :D], rows[..., D:]
         mask = None
         if valid is not None:
             n_sink, n_window = self.sink_kv.shape[2], self.window_kv.shape[2]
             keep = torch.cat([torch.ones(Hs, n_sink, dtype=torch.bool), valid,
                               torch.ones(Hs, n_window, dtype=torch.bool)], dim=1)
             mask = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).unsqueeze(1)
+        return rows[..., :D], rows[..., D:], mask
+
+    def _hold(self, layer: int, idx, valid):
+        keys, values, mask = self._selected_rows(layer, idx, valid)
+        self._held[layer] = (keys.contiguous(), values.contiguous(), mask, self._summary_bias(layer, idx, valid))
+
+    def _attend_held(self, layer: int, queries):
+        Hq, T, D = queries.shape
+        keys, values, mask, bias = self._held[layer]
+        q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
+        out, lse = attention_with_lse(q, keys, values, self.scale, mask)
+        out, lse = merge_partials(out, lse, *self._summaries(layer, q, None, None, bias))
+        return out.reshape(Hq, T, D), lse.reshape(Hq, T)
+
+    def _attend_chunk(self, layer: int, queries):
+        Hq, T, D = queries.shape
+        query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
+        if self.fused and query_rows <= NATIVE_MAX_ROWS:
+            return self._attend_fused(layer, queries)
+        idx, valid = self.select(layer, queries)
+        self._last_selection[layer] = (idx, valid)
+        # Sinks, selected keys (ascending positions), window: the dense order, so keeping everything is
+        # bit-identical to full attention.
+        keys, values, mask = self._selected_rows(layer, idx, valid)
         q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
         out, lse = attention_with_lse(q, keys, values, self.scale, mask)
         out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid))

@@ -31,7 +31,7 @@ import torch
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 
 from .errors import SqueezeError
-from .exportable import ATTENTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
+from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
 
 SCHEMA = "squeeze-mobile/decoder-manifest/1"
@@ -49,6 +49,7 @@ QUANTIZED_KL_MAX = {"int8": 0.05, "int4": 0.30}
 # to CPU kernels inside one graph / program themselves
 SPLIT_ONLY = ("tflite", "coreml")   # Core ML places top-k / gather on the CPU and splits the graph itself
 NO_SPLIT = ("onnx",)
+QUESTION_FORMATS = ("pte",)          # question-level selection: two graphs (prefill, decode) over one cache
 
 
 def artifact_bytes(path: Path) -> int:
@@ -98,15 +99,36 @@ def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_b
                          max_keep=max(1, min(clustered, math.ceil(keep * clustered))))
 
 
-def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph"):
+def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, selection: str = "step") -> dict:
+    """{method: module} of the in-graph plan: one module for prefill and decode, or, with question-level selection,
+    the prefill (returns its selection) and a decode over the held selection (same weights, same buffer names)."""
+    module = ExportableDecoder(model, shapes, attention, state=state, selection=selection).eval()
+    if selection != "question":
+        return {"prefill": module, "decode": module}
+    decode = ExportableDecoder(model, shapes, attention, state=state, selection=selection, held=True).eval()
+    for name in module.state_names():  # one KV cache for both methods (eager reference; exported: same buffer names)
+        setattr(decode, name, getattr(module, name))
+    return {"prefill": module, "decode": decode}
+
+
+def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph",
+                    selection: str = "step"):
     """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
     takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic).
 
     Plan "split": methods ``prefill_<s>`` / ``decode_<s>`` for the stages s = 0..L (exportable.DecoderStage),
-    static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop)."""
+    static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop).
+    ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection."""
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
+    if selection == "question":
+        if plan == "split" or attention != "squeezed":
+            raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
+        modules = decoder_modules(model, shapes, attention, state, selection)
+        methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(),
+                          {}, modules[name].arrange) for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
+        return Program(methods, state=modules["prefill"].state_names()), modules["prefill"]
     module = ExportableDecoder(model, shapes, attention, state=state).eval()
     if plan == "split":
         methods = []
@@ -122,19 +144,22 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
 
 
 class EagerRunner:
-    """The exported graph run by PyTorch itself (the reference for per-step logits); same run() contract."""
+    """The exported graph run by PyTorch itself (the reference for per-step logits); same run() contract.
+    ``modules``: one module for every method, or {method: module} (decoder_modules)."""
 
     runtime = "PyTorch eager (exported graph)"
 
-    def __init__(self, module):
-        self.module = module
+    def __init__(self, modules):
+        self.modules = modules if isinstance(modules, dict) else None
+        self.module = modules if self.modules is None else None
 
     @torch.no_grad()
     def run(self, method, feed):
-        names = self.module.input_names()
-        out = self.module(**self.module.arrange({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}))
+        module = self.module if self.modules is None else self.modules[method]
+        names = module.input_names()
+        out = module(**module.arrange({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}))
         out = out if isinstance(out, tuple) else (out,)
-        return {n: o.numpy() for n, o in zip(self.module.output_names(), out)}
+        return {n: o.numpy() for n, o in zip(module.output_names(), out)}
 
     def close(self):
         pass
@@ -148,7 +173,7 @@ def chat_section(tokenizer) -> dict:
 
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
-                     plan: str = "in-graph") -> dict:
+                     plan: str = "in-graph", selection: str = "step") -> dict:
     state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
            "decode"
@@ -158,15 +183,27 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
            "at cache_len")
     if plan == "split":
         return split_contract(shapes, kv_budget, methods)
+    question = attention == "squeezed" and selection == "question"
+    decode_steps = [
+        "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
+    ] if not question else [
+        ("after prefill, once per question: held inputs from its selection_rows [layers, kv heads, max_keep] and "
+         "selection_bias [layers, kv heads, max_keep + max_clusters] (squeezed_attention.pack_arrays.held_inputs): per "
+         "layer held_keys/held_values = [sink rows | clustered_kv rows at selection_rows | window rows | centroids / "
+         "value_centroids] split into keys and values, held_bias = [0 | slot bias | 0 | summary bias]"),
+        "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache, plus the held inputs "
+        "(no pack tables, no lookup: every step of the question attends over the prefill's selection)",
+    ]
     return {
         "attention": attention, "lookup_plan": plan if attention == "squeezed" else None, "state": state,
         "kv_budget": kv_budget if attention == "squeezed" else None,
+        "decode_selection": selection if attention == "squeezed" else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
             "context inputs (squeezed_attention.pack_arrays.decoder_context_inputs; the sample apps port it)",
             "prefill: tokens = question ids padded to shapes.max_prompt, n_tokens = real length, cache_len = 0",
-            "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
+            *decode_steps,
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
         "state_handling": how,
@@ -220,7 +257,7 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict) -> di
 
 def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
-                   weights: str = "fp32", verify: bool = True,
+                   weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
@@ -257,6 +294,14 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         if plan == "split" and fmt in NO_SPLIT:
             raise SqueezeError(f"{fmt} takes the in-graph lookup plan only (ONNX Runtime places the lookup's nodes on "
                                "its CPU provider itself); drop --lookup-plan or pass --lookup-plan in-graph")
+    if decode_selection not in SELECTIONS:
+        raise SqueezeError(f"--decode-selection must be one of {', '.join(SELECTIONS)}; got {decode_selection!r}")
+    if decode_selection == "question":
+        other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f)) != "in-graph"]
+        if other:
+            raise SqueezeError(f"--decode-selection question is built for {', '.join(QUESTION_FORMATS)} with the in-graph "
+                               f"lookup plan so far (prefill and decode are two graphs over one cache); export "
+                               f"{', '.join(other)} with --decode-selection step")
     attentions = [attention] if isinstance(attention, str) else list(attention)
     if not attentions or any(a not in ATTENTIONS for a in attentions):
         raise SqueezeError(f"--attention must be squeezed, full or both; got {attention!r}")
@@ -309,10 +354,11 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         for fmt in formats:
             backend = get_backend(fmt)
             plan = (lookup_plan or default_plan(fmt)) if att == "squeezed" else "in-graph"
-            stem = f"decoder_{att}" + ("_split" if plan == "split" else "")
+            selection = decode_selection if att == "squeezed" else "step"
+            stem = f"decoder_{att}" + ("_split" if plan == "split" else "") + ("_question" if selection == "question" else "")
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
-            program, module = decoder_program(model, shapes, att, fmt, plan)
+            program, module = decoder_program(model, shapes, att, fmt, plan, selection)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
@@ -333,7 +379,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             record = {"format": fmt, "file": name, "weights": weights, "bytes": artifact_bytes(out_dir / name),
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
-                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan), **extras}
+                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
+                                                   selection), **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")
@@ -407,7 +454,7 @@ class VerificationData:
     case: object
     tokenizer: object
     requested_tokens: int = 0
-    reference: dict = field(default_factory=dict)   # (attention, keep_keys) -> [token ids per prompt]
+    reference: dict = field(default_factory=dict)   # (attention, keep_keys, decode selection) -> [token ids per prompt]
 
     @classmethod
     def build(cls, model, checkpoint, context_tokens: int, tokens: int, text: str | None = None) -> "VerificationData":
@@ -429,14 +476,15 @@ class VerificationData:
                 "prompts": list(self.prompts), "tokens_per_prompt": self.tokens,
                 "pass_key": self.case.answer if self.case else None}
 
-    def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None) -> list:
+    def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
+                         decode_selection: str = "step") -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys)
+        key = (attention, keep_keys, decode_selection)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
-                AttentionChoice("top-k", keep_keys=keep_keys, backend="torch")
+                AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -480,11 +528,12 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
         runner = backend.load_program(path, contract["methods"])
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact fails verification, named
         return {"status": "fail", "failures": [f"{backend.runtime} cannot load {path.name}: {str(exc).splitlines()[0][:200]}"]}
-    eager = EagerRunner(ExportableDecoder(model, shapes, attention, state=contract["state"]).eval())
+    eager = EagerRunner(decoder_modules(model, shapes, attention, contract["state"],
+                                        contract.get("decode_selection") or "step"))
     loop_art = GenerationLoop(runner, contract, arrays, context)
     loop_ref = GenerationLoop(eager, {**contract, "lookup_plan": "in-graph"}, arrays, context)  # same math, one graph
     keep_keys = loop_art.keep_keys
-    reference = data.reference_tokens(model, tokenizer, attention, keep_keys)
+    reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step")
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SqueezeError
-from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget, read_pack_arrays
+from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult
 
 MANIFEST = "manifest.json"
@@ -66,6 +66,10 @@ class GenerationLoop:
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
+        # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
+        self.question = contract.get("decode_selection") == "question"
+        self.held = None
+        self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
         if self.attention == "squeezed":
             nc = int(pack.arrays["lookup.labels"].shape[-1])
             fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
@@ -97,8 +101,17 @@ class GenerationLoop:
         if self.state == "io":
             for li in range(cache[0].shape[0]):  # one input per layer: views of the loop's [L, ...] cache
                 feed[f"past_keys_{li}"], feed[f"past_values_{li}"] = cache[0][li], cache[1][li]
-        feed.update(self.context)
+        if self.question and method == "decode":
+            if self.held is None:
+                raise SqueezeError("a question-level decoder decodes after its prefill (the prefill selects the rows)")
+            feed.update(self.held)
+        else:
+            feed.update(self.context)
         out = self.runner.run(method, feed)
+        if self.question and method == "prefill":
+            t0 = time.perf_counter()
+            self.held = held_inputs(out["selection_rows"], out["selection_bias"], self.context, self.shapes)
+            self.hold_seconds = time.perf_counter() - t0
         if self.state == "io":
             n = len(tokens)
             cache[0][:, :, cache_len:cache_len + n] = out["new_keys"][:, :, :n]

@@ -37,6 +37,7 @@ from .model import LlamaForCausalLM, rotate_half
 
 ATTENTIONS = ("squeezed", "full")
 STATES = ("io", "buffer")
+SELECTIONS = ("step", "question")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class DecoderShapes:
     def cache_capacity(self) -> int:
         return self.max_prompt + self.max_new
 
+    @property
+    def held_rows(self) -> int:
+        """Rows a decode step over a held selection attends in the fixed context: sinks, kept keys, window, and
+        one summary per cluster."""
+        return self.sink_tokens + self.max_keep + self.window + self.max_clusters
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -67,12 +74,18 @@ class ExportableDecoder(nn.Module):
     """prefill/decode over a fixed context given as inputs (see the module docstring)."""
 
     def __init__(self, model: LlamaForCausalLM, shapes: DecoderShapes, attention: str = "squeezed",
-                 state: str = "io"):
+                 state: str = "io", selection: str = "step", held: bool = False):
         super().__init__()
         if attention not in ATTENTIONS:
             raise SqueezeError(f"unknown attention {attention!r}; use squeezed or full")
         if state not in STATES:
             raise SqueezeError(f"unknown state handling {state!r}; use io or buffer")
+        if selection not in SELECTIONS:
+            raise SqueezeError(f"unknown decode selection {selection!r}; use step or question")
+        if (selection == "question" or held) and attention != "squeezed":
+            raise SqueezeError("--decode-selection question is a squeezed-attention setting; full attention selects nothing")
+        if held and selection != "question":
+            raise SqueezeError("a decode over a held selection needs selection='question'")
         cfg = model.config
         if shapes.max_context + shapes.cache_capacity > cfg.max_positions:
             raise SqueezeError(f"max context {shapes.max_context} + prompt {shapes.max_prompt} + new tokens "
@@ -80,6 +93,10 @@ class ExportableDecoder(nn.Module):
         if attention == "squeezed" and (shapes.max_clusters < 1 or shapes.max_keep < 1):
             raise SqueezeError("a squeezed decoder needs max_clusters >= 1 and max_keep >= 1")
         self.config, self.shapes, self.attention, self.state = cfg, shapes, attention, state
+        # selection='question': the prompt's prefill selects once per layer and returns that selection
+        # (selection_rows, selection_bias); decode steps (held=True, a second module over the same weights and
+        # buffers) attend over the rows the app gathered with it (held_keys/held_values/held_bias): no lookup per step.
+        self.selection, self.held = selection, held
         self.model = model
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         # RMSNorm's mean over the hidden size as a product with this constant (a delegate takes it as a linear)
@@ -106,6 +123,8 @@ class ExportableDecoder(nn.Module):
     # fixed context that was most of a decode step (a 7.8k-token pack: ~700 MB copied per token).
     def per_layer_names(self):
         names = ["past_keys", "past_values"] if self.state == "io" else []
+        if self.held:
+            return names + ["held_keys", "held_values", "held_bias"]
         if self.attention == "full":
             return names + ["context_keys", "context_values"]
         return names + ["sink_kv", "window_kv", "clustered_kv", "centroids", "value_centroids", "counts", "cluster_start"]
@@ -114,23 +133,28 @@ class ExportableDecoder(nn.Module):
         L = self.config.num_layers
         return [f"{n}_{li}" for li in range(L) for n in self.per_layer_names() if not n.startswith("past_")]
 
+    def head_names(self):
+        """The inputs that are not per layer."""
+        uses_keep = self.attention == "squeezed" and not self.held
+        return ["tokens", "n_tokens", "cache_len", "context_len"] + (["keep_keys"] if uses_keep else [])
+
     def input_names(self):
-        names = ["tokens", "n_tokens", "cache_len", "context_len"]
-        if self.attention == "squeezed":
-            names.append("keep_keys")
         L = self.config.num_layers
-        return names + [f"{n}_{li}" for li in range(L) for n in self.per_layer_names()]
+        return self.head_names() + [f"{n}_{li}" for li in range(L) for n in self.per_layer_names()]
 
     def arrange(self, values: dict) -> dict:
         """{input name: value} -> forward's keyword arguments: the per-layer inputs as one list, in input order
         (export.program.Method.arrange; also used for dynamic-shape specs)."""
-        head = ["tokens", "n_tokens", "cache_len", "context_len"] + (["keep_keys"] if self.attention == "squeezed" else [])
+        head = self.head_names()
         out = {n: values[n] for n in head}
         out["layer_inputs"] = [values[n] for n in self.input_names()[len(head):]]
         return out
 
     def output_names(self):
-        return ["logits"] + (["new_keys", "new_values"] if self.state == "io" else [])
+        names = ["logits"] + (["new_keys", "new_values"] if self.state == "io" else [])
+        if self.selection == "question" and not self.held:
+            names += ["selection_rows", "selection_bias"]
+        return names
 
     def example_inputs(self, tokens: int):
         """Zero-filled example inputs of the artifact's shapes for a step of ``tokens`` tokens (dict, in order)."""
@@ -139,9 +163,10 @@ class ExportableDecoder(nn.Module):
         one = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
         x = {"tokens": torch.zeros(tokens, dtype=torch.int64), "n_tokens": one(tokens), "cache_len": one(0),
              "context_len": one(s.max_context)}
-        if self.attention == "squeezed":
+        if "keep_keys" in self.head_names():
             x["keep_keys"] = one(s.max_keep)
-        shape = {"past_keys": (H, s.cache_capacity, D), "past_values": (H, s.cache_capacity, D),
+        shape = {"held_keys": (H, s.held_rows, D), "held_values": (H, s.held_rows, D), "held_bias": (H, 1, s.held_rows),
+                 "past_keys": (H, s.cache_capacity, D), "past_values": (H, s.cache_capacity, D),
                  "context_keys": (H, s.max_context, D), "context_values": (H, s.max_context, D),
                  "sink_kv": (H, s.sink_tokens, 2 * D), "window_kv": (H, s.window, 2 * D),
                  "clustered_kv": (H * s.max_clustered, 2 * D), "centroids": (H, s.max_clusters, D),
@@ -163,13 +188,13 @@ class ExportableDecoder(nn.Module):
     # buffers, the write.
     def forward(self, tokens, n_tokens, cache_len, context_len, keep_keys=None, layer_inputs=()):
         """Inputs as ExportableDecoder.input_names() lists them; the per-layer ones as one list (see arrange)."""
-        head = 5 if self.attention == "squeezed" else 4
-        layer_inputs = dict(zip(self.input_names()[head:], layer_inputs))
+        layer_inputs = dict(zip(self.input_names()[len(self.head_names()):], layer_inputs))
         S = self.shapes.cache_capacity
         T = tokens.shape[0]
         st = self.step_tensors(T, n_tokens, cache_len, context_len)
         x = self.model.model.embed_tokens(tokens)
         new_keys, new_values = [], []
+        held = [] if self.selection == "question" and not self.held else None   # (rows, bias) per layer, returned
         for li in range(self.config.num_layers):
             mine = {n: layer_inputs.get(f"{n}_{li}") for n in self.per_layer_names()}
             qg, k, v = self.layer_qkv(li, x, st)
@@ -179,20 +204,24 @@ class ExportableDecoder(nn.Module):
                 new_values.append(v)
             else:
                 past_k, past_v = getattr(self, f"cache_keys_{li}"), getattr(self, f"cache_values_{li}")
-            if self.attention == "full":
+            if self.held:
+                parts = [(mine["held_keys"], mine["held_values"], mine["held_bias"])]
+            elif self.attention == "full":
                 parts = [(mine["context_keys"], mine["context_values"], st["ctx_bias"])]
             else:
-                parts = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"])
+                parts = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"], held)
             x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
             if self.state == "buffer":  # a side branch: nothing above waits for the write
                 write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
                 heads = torch.arange(self.config.num_kv_heads)[:, None]
                 past_k.index_put_((heads, write_at[None, :]), k)
                 past_v.index_put_((heads, write_at[None, :]), v)
-        logits = self.head(x, st)
+        out = (self.head(x, st),)
         if self.state == "io":
-            return logits, torch.stack(new_keys), torch.stack(new_values)
-        return logits
+            out += (torch.stack(new_keys), torch.stack(new_values))
+        if held is not None:
+            out += (torch.stack([r for r, _ in held]), torch.stack([b for _, b in held]))
+        return out if len(out) > 1 else out[0]
 
     # The pieces of a step, shared by the one-graph forward above and the split plan's stages (DecoderStage).
     def step_tensors(self, T: int, n_tokens, cache_len, context_len) -> dict:
@@ -211,7 +240,7 @@ class ExportableDecoder(nn.Module):
                                     torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)], -1)
         if self.attention == "full":
             st["ctx_bias"] = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, None, :]
-        else:
+        elif not self.held:
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
             st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
         st["last"] = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]   # [1, 1, T]
@@ -253,20 +282,22 @@ class ExportableDecoder(nn.Module):
         dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
         q_wide = torch.cat([qg, torch.zeros_like(qg)], dim=-1) if any(p[1] is None for p in parts) else None
         # bmm, not matmul: matmul's decomposition copies its operands (expand_copy of the context per layer)
-        scores = [torch.bmm(qg if values is not None else q_wide, keys.transpose(1, 2)) for keys, values, _ in parts]
+        # a part may bring its query-key products already made (the summaries: the lookup's centroid scores)
+        scores = [p[3] if len(p) > 3 else torch.bmm(qg if p[1] is not None else q_wide, p[0].transpose(1, 2))
+                  for p in parts]
         sizes = [sc.shape[-1] for sc in scores]
         # the fixed parts' biases are per KV head and key ([Hkv, 1, n], or [1, 1, n] for one part): concatenated
         # small, broadcast over the query rows by the add
         if len(parts) == 1:
             fixed = scores[0] * self.scale + parts[0][2]
         else:
-            fixed = torch.cat(scores, dim=-1) * self.scale + torch.cat([b for _, _, b in parts], dim=-1)
+            fixed = torch.cat(scores, dim=-1) * self.scale + torch.cat([p[2] for p in parts], dim=-1)
         dynamic = torch.bmm(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
         probs = torch.softmax(torch.cat([fixed, dynamic], dim=-1), dim=-1)
-        parts = list(parts) + [(dyn_k, dyn_v, None)]
+        parts = [p[:2] for p in parts] + [(dyn_k, dyn_v)]
         sizes.append(dyn_k.shape[1])
         out, wide, start = None, None, 0
-        for (keys, values, _), n in zip(parts, sizes):
+        for (keys, values), n in zip(parts, sizes):
             p = probs[..., start:start + n]
             start += n
             if values is None:
@@ -287,36 +318,41 @@ class ExportableDecoder(nn.Module):
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
         """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
-        (empty clusters: log 0 = -inf, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N)."""
+        (empty clusters: log 0 = -inf, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N, the
+        unscaled query-centroid products [Hkv, Q, K], which the summaries' scores reuse)."""
         log_counts = self.log_counts(counts)
         inv_counts = 1.0 / counts.clamp(min=1).to(torch.float32)
-        logits = torch.bmm(qg * self.scale, centroids.transpose(1, 2)) + log_counts[:, None, :]
-        per_row = torch.softmax(logits, dim=-1) * inv_counts[:, None, :]           # [Hkv, Q, K]
-        return torch.bmm(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts
+        qk = torch.bmm(qg, centroids.transpose(1, 2))                              # [Hkv, Q, K], reused by summaries
+        per_row = torch.softmax(qk * self.scale + log_counts[:, None, :], dim=-1) * inv_counts[:, None, :]
+        return torch.bmm(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts, qk
 
     @staticmethod
     def log_counts(counts):
         """log N per cluster (float32; -inf for an empty cluster): the summaries' logit offset."""
         return torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
 
-    def context_parts(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias):
+    def context_parts(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias, summary_qk=None):
         """The fixed-context parts attention runs over (layer_attend): sinks, the kept keys and the window as
         [key | value] rows, then every cluster's summary (key = centroid, value = mean value); ``slot_bias``
-        [Hkv, B] masks unused kept slots, ``summary_bias`` [Hkv, K] weights summaries (log N) or masks them."""
+        [Hkv, B] masks unused kept slots, ``summary_bias`` [Hkv, K] weights summaries (log N) or masks them;
+        ``summary_qk``: the query-centroid products when the lookup already made them."""
         Hkv = kept.shape[0]
+        summaries = (centroids, value_centroids, summary_bias[:, None, :])
         return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (kept, None, slot_bias[:, None, :]),
                 (window, None, torch.zeros(Hkv, 1, window.shape[1])),
-                (centroids, value_centroids, summary_bias[:, None, :])]
+                summaries if summary_qk is None else summaries + (summary_qk,)]
 
-    def _squeezed_rows(self, qg, mine, keep_keys, row_weights):
+    def _squeezed_rows(self, qg, mine, keep_keys, row_weights, held=None):
         """The in-graph lookup of one layer: the kept fixed-context rows plus the summaries of the other clusters, as
         layer_attend's parts (context_parts). The split plan runs the
-        part after the scores on the CPU instead (lookup_numpy.kept_rows: the same rule)."""
+        part after the scores on the CPU instead (lookup_numpy.kept_rows: the same rule). ``held`` (a list): the
+        selection is appended to it as (rows [Hkv, B] into the flat clustered table, bias [Hkv, B + K] = slot mask
+        | summary bias), what a question-level decode attends over (lookup_numpy.held_inputs)."""
         D = self.config.head_dim
         s = self.shapes
         clustered, counts, start = mine["clustered_kv"], mine["counts"], mine["cluster_start"]
         Hkv = qg.shape[0]
-        scores, log_counts = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
+        scores, log_counts, qk = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
         B, Nc = s.max_keep, s.max_clustered
         rank = torch.topk(scores, s.max_clusters, dim=-1).indices                # [Hkv, K] best first
@@ -333,7 +369,8 @@ class ExportableDecoder(nn.Module):
         first_row = start.gather(1, rank) - out_start + torch.arange(Hkv)[:, None] * Nc       # [Hkv, K]
         slot = torch.arange(B)[None, :]
         slot_ok = slot < n_keep
-        rows = torch.where(slot_ok, first_row.gather(1, which) + slot, torch.zeros_like(slot))
+        # unused slots (masked below) read some row of the table: clamped into it, no select
+        rows = torch.clamp(first_row.gather(1, which) + slot, max=Hkv * Nc - 1)
         kept = torch.index_select(clustered, 0, rows.reshape(-1)).reshape(Hkv, B, 2 * D)   # one copy per kept key
         slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
         # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
@@ -341,8 +378,10 @@ class ExportableDecoder(nn.Module):
         # one then precedes a kept one); the flags go back to cluster order with one scatter.
         kept_cluster = torch.zeros(Hkv, s.max_clusters).scatter(1, rank, (out_start < n_keep).to(torch.float32))
         summary_bias = torch.where(kept_cluster > 0, torch.tensor(float("-inf")), log_counts)
+        if held is not None:
+            held.append((rows, torch.cat([slot_bias, summary_bias], dim=-1)))
         return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
-                                 slot_bias, summary_bias)
+                                  slot_bias, summary_bias, qk)
 
 
 STAGE_INPUTS = ("tokens", "hidden", "query", "key", "value", "past_keys", "past_values", "sink_kv", "window_kv",
@@ -436,7 +475,7 @@ class DecoderStage(nn.Module):
         if self.last:
             return d.head(x, st)
         qg, k, v = d.layer_qkv(s, x, st)
-        scores, _ = d.cluster_scores(qg, next_centroids, next_counts, st["row_weights"])
+        scores, _, _ = d.cluster_scores(qg, next_centroids, next_counts, st["row_weights"])
         return x, qg, k, v, scores
 
 
@@ -462,5 +501,5 @@ def context_inputs(pack, shapes: DecoderShapes, attention: str) -> dict:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
-__all__ = ["ATTENTIONS", "STAGE_INPUTS", "STATES", "DecoderShapes", "DecoderStage", "ExportableDecoder", "context_inputs",
+__all__ = ["ATTENTIONS", "SELECTIONS", "STAGE_INPUTS", "STATES", "DecoderShapes", "DecoderStage", "ExportableDecoder", "context_inputs",
            "pack_as_arrays"]

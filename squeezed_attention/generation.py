@@ -14,7 +14,7 @@ import torch
 
 from .context_attention import ContextRows, DenseContext, SqueezedContext
 from .errors import SqueezeError
-from .lookup import SelectionSpec
+from .lookup import DECODE_SELECTIONS, SelectionSpec
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
@@ -47,6 +47,8 @@ class AttentionChoice:
     backend: str = "auto"            # "auto" | "torch" (in-graph) | "numpy" (CPU fallback) | "native" (C++ kernels)
     prefill_rows: int = 0            # prompt tokens per selection in the prompt's prefill (0: one selection for the
                                      # whole prompt, as the exported decoders do; see SelectionSpec.prefill_rows)
+    decode_selection: str = "step"   # "step": every decode step selects; "question": decode steps reuse the
+                                     # selection the prompt's prefill made (see SelectionSpec.decode_selection)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -56,6 +58,9 @@ class AttentionChoice:
             if sizes:
                 raise SqueezeError(f"full attention keeps every key; drop {sizes[0]}")
             return
+        if self.decode_selection not in DECODE_SELECTIONS:
+            raise SqueezeError(f"--decode-selection must be one of {', '.join(DECODE_SELECTIONS)}; "
+                               f"got {self.decode_selection!r}")
         if type(self.prefill_rows) is not int or self.prefill_rows < 0:
             raise SqueezeError(f"--prefill-rows (prefill_rows) must be a whole number of tokens >= 0; got {self.prefill_rows!r}")
         if len(sizes) != 1:
@@ -78,7 +83,8 @@ class AttentionChoice:
                 f"keep fraction {self.keep_fraction:g}")
         return (f"{self.mode}, {size}{', hierarchical' if self.hierarchical else ''}"
                 f"{', per query head' if self.per_query_head else ''}"
-                f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}")
+                f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}"
+                f"{', selection held for the question' if self.decode_selection == 'question' else ''}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
@@ -165,6 +171,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         spec.hierarchical = True
         spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
     spec.prefill_rows = choice.prefill_rows
+    spec.decode_selection = choice.decode_selection
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)
 

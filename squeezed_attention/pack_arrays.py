@@ -252,5 +252,43 @@ def n_clustered_max(shapes: dict) -> int:
     return shapes["max_context"] - shapes["sink_tokens"] - shapes["window"]
 
 
-__all__ = ["PACK_FORMAT", "PackArrays", "centroid_cost", "content_sha256", "keep_fraction_for_kv_budget", "decoder_context_inputs", "dequantized_centroids",
+
+
+def held_inputs(selection_rows, selection_bias, context: dict, shapes: dict) -> dict:
+    """A question-level decoder's decode inputs (ExportableDecoder with held=True), built ONCE per question from
+    what its prefill returned: for every layer l, the fixed-context rows a decode step attends over, as plain
+    key and value tables plus one additive bias, in this order: the sinks, the ``max_keep`` kept rows, the window,
+    then one summary per cluster (key = centroid, value = mean value).
+
+    selection_rows [L, Hkv, B] (int, rows of the flat table clustered_kv_l; unused slots point at any row and are
+    masked), selection_bias [L, Hkv, B + K] (0 / -inf per slot, then log N / -inf per cluster: summarised or
+    not), ``context``: the pack's decoder inputs (pack_arrays.decoder_context_inputs). Returns
+    ``held_keys_l`` / ``held_values_l`` [Hkv, R, D] and ``held_bias_l`` [Hkv, 1, R] float32, R = sinks + B + window + K."""
+    rows = np.asarray(selection_rows, dtype=np.int64)
+    bias = np.asarray(selection_bias, dtype=np.float32)
+    L, Hkv, B = rows.shape
+    K, S, W = int(shapes["max_clusters"]), int(shapes["sink_tokens"]), int(shapes["window"])
+    if bias.shape != (L, Hkv, B + K):
+        raise SqueezeError(f"selection_bias {tuple(bias.shape)} does not match selection_rows {tuple(rows.shape)} "
+                           f"and {K} clusters: expected {(L, Hkv, B + K)}")
+    out = {}
+    for li in range(L):
+        table = context[f"clustered_kv_{li}"]
+        table = table.reshape(-1, table.shape[-1])
+        D = table.shape[-1] // 2
+        if rows[li].max(initial=0) >= table.shape[0] or rows[li].min(initial=0) < 0:
+            raise SqueezeError(f"selection_rows of layer {li} point outside clustered_kv_{li} ({table.shape[0]} rows)")
+        kept = np.take(table, rows[li].ravel(), axis=0).reshape(Hkv, B, 2 * D)
+        fixed = np.concatenate([context[f"sink_kv_{li}"], kept, context[f"window_kv_{li}"]], axis=1)
+        out[f"held_keys_{li}"] = np.concatenate([fixed[..., :D], context[f"centroids_{li}"]], axis=1).astype(np.float32)
+        out[f"held_values_{li}"] = np.concatenate([fixed[..., D:], context[f"value_centroids_{li}"]],
+                                                  axis=1).astype(np.float32)
+        held_bias = np.zeros((Hkv, 1, S + B + W + K), np.float32)
+        held_bias[:, 0, S:S + B] = bias[li, :, :B]
+        held_bias[:, 0, S + B + W:] = bias[li, :, B:]
+        out[f"held_bias_{li}"] = held_bias
+    return out
+
+
+__all__ = ["PACK_FORMAT", "PackArrays", "centroid_cost", "content_sha256", "keep_fraction_for_kv_budget", "decoder_context_inputs", "held_inputs", "dequantized_centroids",
            "read_pack_arrays"]

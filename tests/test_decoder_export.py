@@ -351,3 +351,39 @@ def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, ti
     got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
     session.close()
     assert len(got.token_ids) == 6
+
+
+def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack, tmp_path):
+    """--decode-selection question: the prefill returns its selection, decode is a second graph (same weights and
+    cache buffers) over the rows the loop gathered once (pack_arrays.held_inputs): no top-k or gather per step,
+    tokens identical to the PyTorch decoder holding the same selection; other formats are refused in one line."""
+    from squeezed_attention.decoder_session import DecoderSession
+
+    d, gguf = tiny
+    (d / "doc.txt").write_text(TINY_TEXT)
+    with pytest.raises(SqueezeError, match="--decode-selection question is built for pte"):
+        export_decoder(tmp_path / "no", formats=("onnx",), model_path=gguf, decode_selection="question", **SHAPES)
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "question"
+    result = export_decoder(out, formats="pte", model_path=gguf, attention="squeezed", kv_budget=0.3,
+                            decode_selection="question", verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    assert "question" in art["file"] and art["decoder"]["decode_selection"] == "question"
+    v = art["verification"]
+    assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] and v["psnr_db"] >= 60, v
+    decode_ops = art["delegation"]["decode"]["portable_ops"]
+    assert not [op for op in decode_ops if "topk" in op or "gather" in op or "index_select" in op], decode_ops
+    assert "aten_topk_default" in art["delegation"]["prefill"]["portable_ops"]
+    methods = art["decoder"]["methods"]
+    assert methods["prefill"]["outputs"][-2:] == ["selection_rows", "selection_bias"]
+    decode_inputs = {i["name"] for i in methods["decode"]["inputs"]}
+    assert {"held_keys_0", "held_values_0", "held_bias_0"} <= decode_inputs and "clustered_kv_0" not in decode_inputs
+    pack_path, *_ = tiny_pack
+    session = DecoderSession(out, fmt="pte", attention="squeezed")
+    session.attach(pack_path)
+    with pytest.raises(SqueezeError, match="decodes after its prefill"):
+        session.loop.step("decode", [3], 0, session.loop.new_cache())
+    got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
+    session.close()
+    assert len(got.token_ids) == 6

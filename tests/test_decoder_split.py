@@ -71,8 +71,8 @@ def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
     module.shapes = shapes
     module.config = type("C", (), {"head_dim": D})()
     captured = {}
-    module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)))
-    module.context_parts = lambda sink, kept, window, c, vc, slot_bias, summary_bias: captured.update(
+    module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)), None)
+    module.context_parts = lambda sink, kept, window, c, vc, slot_bias, summary_bias, qk=None: captured.update(
         kept=kept, slot_bias=slot_bias, summary_bias=summary_bias)
     mine = {"clustered_kv": torch.from_numpy(clustered.reshape(H * clustered.shape[1], 2 * D)),  # flat, as the pack
             "counts": torch.from_numpy(counts),

@@ -421,3 +421,37 @@ def test_without_the_kernel_auto_falls_back_to_torch_and_native_is_refused(monke
     assert not ctx.fused and ctx.backend == "torch"
     with pytest.raises(SqueezeError, match="could not be built .*g\\+\\+ not found.*--lookup torch"):
         make_context(gen.pack, AttentionChoice("top-k", keep_fraction=0.2, backend="native"), gen.tables)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy", "native"])
+def test_question_level_selection_holds_the_prompts_selection(backend):
+    """decode_selection="question": the first call per layer (the prompt's prefill) selects, later calls (decode
+    steps) attend over exactly those keys and summaries without selecting again; the same in every lookup path;
+    per-step selection (the default) selects in every call."""
+    if backend == "native":
+        require_fused_kernel()
+    gen = small_generator(hierarchical=False)
+    q = user_queries(gen, "What is the pass key? Answer with the number only.")
+    layer = 12
+    held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, decode_selection="question"))
+    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend))
+    held.attend(layer, q[layer])
+    calls = held.stats.calls
+    one = q[layer][:, -1:] * 1.7 + 0.3          # a decode-step query unlike the prompt's
+    out, lse = held.attend(layer, one)
+    assert held.stats.calls == calls             # no new selection
+    # the reference: the prompt's selection made explicitly, applied to the new query
+    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch"))
+    idx, valid = ref.select(layer, q[layer])
+    keys, values, mask = ref._selected_rows(layer, idx, valid)
+    from squeezed_attention.context_attention import attention_with_lse, grouped_queries, merge_partials
+
+    g = grouped_queries(one, ref.num_kv_heads, ref.spec.per_query_head)
+    r_out, r_lse = merge_partials(*attention_with_lse(g, keys, values, ref.scale, mask), *ref._summaries(layer, g, idx, valid))
+    assert (out - r_out.reshape(out.shape)).abs().max().item() < 1e-4
+    step.attend(layer, q[layer])
+    before = step.stats.calls
+    s_out, _ = step.attend(layer, one)
+    assert step.stats.calls == before + 1 and not torch.allclose(s_out, out)   # per step: a new selection
+    with pytest.raises(Exception, match="decode-selection"):
+        AttentionChoice("top-k", kv_budget=0.125, decode_selection="sometimes")
