@@ -17,6 +17,7 @@ runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,8 +41,9 @@ ONNX_LOOKUP_CALL = "_squeezed_rows("
 
 
 def mode_label(d: Dict) -> str:
-    """'squeezed', 'squeezed (split)' or 'full' for a decoder contract or a bench row."""
-    return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "")
+    """'squeezed', 'squeezed (split)', 'squeezed (question)' or 'full' for a decoder contract or a bench row."""
+    return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "") + \
+        (" (question)" if d.get("decode_selection") == "question" else "")
 
 
 def context_label(tokens: int) -> str:
@@ -185,9 +187,12 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row = rows.setdefault(key, {
                 "format": art["format"], "file": art["file"], "runtime": art.get("runtime"),
                 "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
-                "lookup_plan": art["decoder"].get("lookup_plan"), "threads": t, "context_tokens": pack["context_tokens"], "pack": pack["path"],
+                "lookup_plan": art["decoder"].get("lookup_plan"),
+                "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
+                "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
-                "prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [], "status": "ok"})
+                "prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [], "load_average": [],
+                "status": "ok"})
             if row["status"] != "ok":
                 continue
             say(art["format"], f"{mode_label(art['decoder'])} at {context_label(pack['context_tokens'])} context, "
@@ -195,6 +200,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
                               "decode_tokens": decode_tokens})
+            row["load_average"].append(round(os.getloadavg()[0], 2))  # the 1-minute load the run just lived through
             if not res.get("ok"):
                 row.update({"status": "error", "detail": res.get("error")})
                 say(art["format"], f"error: {res.get('error')}")
@@ -256,11 +262,16 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
 
 def decoder_markdown(report: Dict) -> str:
     s = report["settings"]
+    loads = [x for r in report["rows"] for x in r.get("load_average") or []]
+    busy = max(loads, default=0.0) > max(s["threads"]) + 0.75
     lines = [f"# Decoder benchmark: {report['model']} ({report.get('precision') or 'fp32'})", "",
              f"{report['machine'].get('cpu', 'this machine')}; medians of {s['rounds']} interleaved rounds x "
              f"{s['runs']} runs (prefill) and x {s['decode_tokens']} steps (decode); each artifact in its own "
              "process. Prefill is one call of the artifact's max_prompt-token graph (static shapes). "
-             "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run.", "",
+             "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run."
+             + (f" 1-minute load average after each measurement: {min(loads):.2f}-{max(loads):.2f}" if loads else "")
+             + (" (**the machine was busy: other processes shared the cores, absolute times and ratios are "
+                "unreliable; re-run on an idle machine**)." if busy else "."), "",
              "| format | attention | context | threads | prefill ms | decode ms/token | decode tok/s | "
              "prefill speed-up | decode speed-up | peak RSS MB | load s | pass key |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

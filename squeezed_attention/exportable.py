@@ -106,8 +106,11 @@ class ExportableDecoder(nn.Module):
         if state == "buffer":
             # One buffer per layer: a write into one layer's slice of a single [L, ...] buffer is functionalised
             # into an update of the whole buffer (ExecuTorch ran it as per-layer portable `where` kernels over
-            # all layers' caches: half of a 7.6k decode step).
-            shape = (cfg.num_kv_heads, shapes.cache_capacity, cfg.head_dim)
+            # all layers' caches: half of a 7.6k decode step). Token-major, [S, Hkv, D]: a step's rows are written
+            # with ONE index over the first axis, which ExecuTorch's reinplace pass turns into an in-place index_put_
+            # (the [Hkv, S, D] layout needs a second index: the write then copied the whole buffer and ran a portable
+            # kernel ~30x slower for a 128-token prefill).
+            shape = (shapes.cache_capacity, cfg.num_kv_heads, cfg.head_dim)
             for name in self.state_names():
                 self.register_buffer(name, torch.zeros(shape), persistent=False)
 
@@ -202,8 +205,9 @@ class ExportableDecoder(nn.Module):
                 past_k, past_v = mine["past_keys"], mine["past_values"]
                 new_keys.append(k)
                 new_values.append(v)
-            else:
-                past_k, past_v = getattr(self, f"cache_keys_{li}"), getattr(self, f"cache_values_{li}")
+            else:  # the buffers are [S, Hkv, D] (see __init__); attention reads them as [Hkv, S, D]
+                past_k = getattr(self, f"cache_keys_{li}").transpose(0, 1)
+                past_v = getattr(self, f"cache_values_{li}").transpose(0, 1)
             if self.held:
                 parts = [(mine["held_keys"], mine["held_values"], mine["held_bias"])]
             elif self.attention == "full":
@@ -213,9 +217,8 @@ class ExportableDecoder(nn.Module):
             x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
             if self.state == "buffer":  # a side branch: nothing above waits for the write
                 write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
-                heads = torch.arange(self.config.num_kv_heads)[:, None]
-                past_k.index_put_((heads, write_at[None, :]), k)
-                past_v.index_put_((heads, write_at[None, :]), v)
+                getattr(self, f"cache_keys_{li}").index_put_((write_at,), k.transpose(0, 1))
+                getattr(self, f"cache_values_{li}").index_put_((write_at,), v.transpose(0, 1))
         out = (self.head(x, st),)
         if self.state == "io":
             out += (torch.stack(new_keys), torch.stack(new_values))

@@ -229,7 +229,9 @@ class ExecuTorchBackend(Backend):
                       for name in exported}
         config = ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=bool(program.state)),
-            emit_mutable_buffer_names=True)
+            emit_mutable_buffer_names=True,
+            # state writes (index_put into a mutable buffer) in place instead of copy + write + copy back
+            run_reinplace_pass=bool(program.state))
         out = edge.to_executorch(config)
         with open(dest, "wb") as fh:
             out.write_to_file(fh)
