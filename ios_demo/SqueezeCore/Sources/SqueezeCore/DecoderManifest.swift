@@ -39,30 +39,48 @@ public struct DecoderShapes: Equatable {
     }
 }
 
-/// The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget.
+/// The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, and the
+/// decode selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected
+/// as held inputs, is not run by this app and is refused).
 public struct DecoderContract: Equatable {
+    public static let step = "step"
+    public static let question = "question"
+
     /// "squeezed" or "full"
     public let attention: String
     /// "io" (the app keeps the KV cache: past_keys/past_values in, new_keys/new_values out) or "buffer" (the runtime does)
     public let state: String
     public let kvBudget: Double?
     public let shapes: DecoderShapes
+    /// "step" (null for full attention and absent in older manifests mean "step"); "question" is refused
+    public let decodeSelection: String
 
-    public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes) throws {
+    public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
+                decodeSelection: String = DecoderContract.step) throws {
         if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
         if state != "io" && state != "buffer" { throw DecoderError("decoder.state: expected io or buffer, found \(state)") }
         if attention == "squeezed" && kvBudget == nil { throw DecoderError("decoder.kv_budget: missing for squeezed attention") }
+        if decodeSelection == DecoderContract.question {
+            throw DecoderError("decoder.decode_selection: this app runs per-step selection only, found question; " +
+                               "export the decoder with --decode-selection step")
+        }
+        if decodeSelection != DecoderContract.step {
+            throw DecoderError("decoder.decode_selection: expected step or question, found \(decodeSelection)")
+        }
         self.attention = attention
         self.state = state
         self.kvBudget = kvBudget
         self.shapes = shapes
+        self.decodeSelection = decodeSelection
     }
 
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
         do {
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
                                        kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
-                                       shapes: try DecoderShapes.parse(j["shapes"]))
+                                       shapes: try DecoderShapes.parse(j["shapes"]),
+                                       // null for full attention, absent in older manifests
+                                       decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step)
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

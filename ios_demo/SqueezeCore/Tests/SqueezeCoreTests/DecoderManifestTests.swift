@@ -39,4 +39,27 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertTrue(m.contains("max_keep") && !m.contains("\n"), m)
         XCTAssertTrue(thrownMessage(DecoderError.self) { try DecoderManifest.parse("{\"model\": ") }.contains("not usable"))
     }
+
+    func testAQuestionDecodeSelectionIsRefusedInOneLine() throws {
+        let text = try Golden.text("qa_decoder_manifest.json")
+        // the first artifact (squeezed) with decode_selection set to a JSON value
+        func withSelection(_ value: String) -> String {
+            guard let r = text.range(of: "\"state\": \"io\",") else { return text }
+            return text.replacingCharacters(in: r, with: "\"state\": \"io\", \"decode_selection\": \(value),")
+        }
+        // absent (an export written before decode selections existed), "step" and null (full attention): per-step
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.decodeSelection), ["step", "step"])
+        XCTAssertEqual(try DecoderManifest.parse(withSelection("\"step\"")).artifacts[0].contract.decodeSelection, "step")
+        XCTAssertEqual(try DecoderManifest.parse(withSelection("null")).artifacts[0].contract.decodeSelection, "step")
+        // "question": its decode takes held inputs this app does not build
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withSelection("\"question\"")) },
+                       "decoder.decode_selection: this app runs per-step selection only, found question; " +
+                       "export the decoder with --decode-selection step")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withSelection("\"sometimes\"")) },
+                       "decoder.decode_selection: expected step or question, found sometimes")
+        let shapes = try DecoderManifest.parse(text).artifacts[0].contract.shapes
+        XCTAssertTrue(thrownMessage(DecoderError.self) {
+            try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, decodeSelection: "question")
+        }.contains("--decode-selection step"))
+    }
 }

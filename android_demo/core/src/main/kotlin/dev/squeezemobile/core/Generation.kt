@@ -23,11 +23,13 @@ interface DecoderRuntime : AutoCloseable {
 }
 
 /**
- * The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, and the
- * lookup plan ("in-graph": one graph per step; "split": stage graphs with the CPU lookup between them).
+ * The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, the
+ * lookup plan ("in-graph": one graph per step; "split": stage graphs with the CPU lookup between them), and the decode
+ * selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected as held
+ * inputs, is not run by this app and is refused).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
-                      val lookupPlan: String = IN_GRAPH) {
+                      val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP) {
     init {
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
@@ -36,6 +38,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         if (lookupPlan == SPLIT && (attention != "squeezed" || state != "io")) {
             throw DecoderException("decoder.lookup_plan: the split plan is squeezed attention with state io, found $attention / $state")
         }
+        if (decodeSelection == QUESTION) {
+            throw DecoderException("decoder.decode_selection: this app runs per-step selection only, found question; " +
+                "export the decoder with --decode-selection step")
+        }
+        if (decodeSelection != STEP) throw DecoderException("decoder.decode_selection: expected step or question, found $decodeSelection")
     }
 
     val split: Boolean get() = lookupPlan == SPLIT
@@ -43,11 +50,14 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     companion object {
         const val IN_GRAPH = "in-graph"
         const val SPLIT = "split"
+        const val STEP = "step"
+        const val QUESTION = "question"
 
         fun parse(j: JsonPath) = try {
             DecoderContract(j["attention"].string(), j["state"].string(),
                 j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
-                j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH) // null for full attention, absent in older manifests
+                j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH, // null for full attention, absent in older manifests
+                j.opt("decode_selection")?.stringOrNull() ?: STEP) // likewise
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }

@@ -142,5 +142,23 @@ class SplitGenerationTest {
             .message!!.contains("returns 1 outputs"))
     }
 
+    @Test
+    fun aQuestionDecodeSelectionIsRefusedInOneLine() {
+        val text = Golden.text("qa_decoder_manifest.json")
+        fun withSelection(value: String) = text.replaceFirst("\"state\": \"io\",", "\"state\": \"io\", \"decode_selection\": $value,")
+        // absent (an export written before decode selections existed), "step" and null (full attention): per-step
+        assertEquals(listOf("step", "step"), DecoderManifest.parse(text).artifacts.map { it.contract.decodeSelection })
+        assertEquals("step", DecoderManifest.parse(withSelection("\"step\"")).artifacts[0].contract.decodeSelection)
+        assertEquals("step", DecoderManifest.parse(withSelection("null")).artifacts[0].contract.decodeSelection)
+        // "question": its decode takes held inputs this app does not build
+        val question = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withSelection("\"question\"")) }
+        assertEquals("decoder.decode_selection: this app runs per-step selection only, found question; " +
+            "export the decoder with --decode-selection step", question.message)
+        val other = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withSelection("\"sometimes\"")) }
+        assertEquals("decoder.decode_selection: expected step or question, found sometimes", other.message)
+        assertTrue(assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, contract.shapes, "split", "question") }
+            .message!!.contains("--decode-selection step"))
+    }
+
     private fun DecoderMethod.copyWithOutputs(n: Int) = DecoderMethod(name, inputs, List(n) { "o$it" }, tensorNames)
 }
