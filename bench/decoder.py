@@ -34,7 +34,7 @@ DEFAULT_CONTEXTS = (2048, 4096, 8192)
 REPORT_FILES = ("report.json", "report.md", "report.png")
 # ExecuTorch portable kernels that only the in-graph lookup uses (its centroid products and softmax run inside
 # XNNPACK islands together with the attention and cannot be told apart in ETDump without an ETRecord)
-PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "cumsum", "minimum")
+PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "scatter", "cumsum", "minimum", "index_select")
 # onnxruntime nodes of the lookup: the exporter records the call site of every node; these come from
 # ExportableDecoder._squeezed_rows (centroid scores, top-k, ranked fill, gather)
 ONNX_LOOKUP_CALL = "_squeezed_rows("
@@ -238,6 +238,18 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         for art in artifacts:
             if art["decoder"]["attention"] != "squeezed":
                 continue
+            ops = (art.get("delegation") or {}).get("decode", {}).get("portable_ops") or []
+            if art["decoder"].get("decode_selection") == "question" and not [
+                    op for op in ops if any(op.startswith(f"aten_{k}_") for k in PTE_LOOKUP_KERNELS)]:
+                # nothing to profile: the decode graph runs no lookup
+                timed = [r for r in out_rows if r.get("file") == art["file"] and r["status"] == "ok"
+                         and r["context_tokens"] == largest["context_tokens"]]
+                lookup.append({"format": art["format"], "file": art["file"], "context_tokens": largest["context_tokens"],
+                               "threads": threads[-1], "status": "ok", "lookup_ms": 0.0,
+                               "total_ms": timed[0]["decode_ms_per_token"] if timed else float("nan"), "share": 0.0,
+                               "counted": "question-level selection: the decode graph has no lookup kernel (its "
+                                          "delegation summary); the prefill selects once per question"})
+                continue
             say(art["format"], f"profiling decode at {context_label(largest['context_tokens'])} context for the "
                 "lookup's share")
             res = run_worker({"kind": "decoder", "profile": True, "dir": str(art_dir), "file": art["file"],
@@ -263,7 +275,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
 def decoder_markdown(report: Dict) -> str:
     s = report["settings"]
     loads = [x for r in report["rows"] for x in r.get("load_average") or []]
-    busy = max(loads, default=0.0) > max(s["threads"]) + 0.75
+    threads = s.get("threads") or [r.get("threads") or 1 for r in report["rows"]] or [1]
+    busy = max(loads, default=0.0) > max(threads) + 0.75
     lines = [f"# Decoder benchmark: {report['model']} ({report.get('precision') or 'fp32'})", "",
              f"{report['machine'].get('cpu', 'this machine')}; medians of {s['rounds']} interleaved rounds x "
              f"{s['runs']} runs (prefill) and x {s['decode_tokens']} steps (decode); each artifact in its own "

@@ -42,13 +42,18 @@ final class DecoderManifestTests: XCTestCase {
 
     func testAQuestionDecodeSelectionIsRefusedInOneLine() throws {
         let text = try Golden.text("qa_decoder_manifest.json")
-        // the first artifact (squeezed) with decode_selection set to a JSON value
-        func withSelection(_ value: String) -> String {
-            guard let r = text.range(of: "\"state\": \"io\",") else { return text }
-            return text.replacingCharacters(in: r, with: "\"state\": \"io\", \"decode_selection\": \(value),")
+        // the first artifact (squeezed, exported with "decode_selection": "step") with another JSON value
+        let exported = "\"decode_selection\": \"step\","
+        XCTAssertNotNil(text.range(of: exported))
+        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+            guard let r = s.range(of: what) else { return s }
+            return s.replacingCharacters(in: r, with: with)
         }
-        // absent (an export written before decode selections existed), "step" and null (full attention): per-step
+        func withSelection(_ value: String) -> String { replacingFirst(text, exported, "\"decode_selection\": \(value),") }
+        // as exported ("step"; null for full attention), and absent (an export written before decode selections)
         XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.decodeSelection), ["step", "step"])
+        let absent = replacingFirst(replacingFirst(text, exported, ""), "\"decode_selection\": null,", "")
+        XCTAssertEqual(try DecoderManifest.parse(absent).artifacts.map(\.contract.decodeSelection), ["step", "step"])
         XCTAssertEqual(try DecoderManifest.parse(withSelection("\"step\"")).artifacts[0].contract.decodeSelection, "step")
         XCTAssertEqual(try DecoderManifest.parse(withSelection("null")).artifacts[0].contract.decodeSelection, "step")
         // "question": its decode takes held inputs this app does not build

@@ -145,9 +145,14 @@ class SplitGenerationTest {
     @Test
     fun aQuestionDecodeSelectionIsRefusedInOneLine() {
         val text = Golden.text("qa_decoder_manifest.json")
-        fun withSelection(value: String) = text.replaceFirst("\"state\": \"io\",", "\"state\": \"io\", \"decode_selection\": $value,")
-        // absent (an export written before decode selections existed), "step" and null (full attention): per-step
+        // the first artifact (squeezed, exported with "decode_selection": "step") with another JSON value
+        val exported = "\"decode_selection\": \"step\","
+        assertTrue(text.contains(exported))
+        fun withSelection(value: String) = text.replaceFirst(exported, "\"decode_selection\": $value,")
+        // as exported ("step"; null for full attention), and absent (an export written before decode selections)
         assertEquals(listOf("step", "step"), DecoderManifest.parse(text).artifacts.map { it.contract.decodeSelection })
+        val absent = text.replaceFirst(exported, "").replaceFirst("\"decode_selection\": null,", "")
+        assertEquals(listOf("step", "step"), DecoderManifest.parse(absent).artifacts.map { it.contract.decodeSelection })
         assertEquals("step", DecoderManifest.parse(withSelection("\"step\"")).artifacts[0].contract.decodeSelection)
         assertEquals("step", DecoderManifest.parse(withSelection("null")).artifacts[0].contract.decodeSelection)
         // "question": its decode takes held inputs this app does not build
