@@ -14,9 +14,13 @@ re-states its math without Python-side state, so ``torch.export`` captures a ste
   number of gathered rows is a constant of the artifact (``max_keep``); ``keep_keys`` (an input) masks the
   rest, so a smaller pack keeps exactly the host's fraction of its own keys.
 - Full attention (``attention='full'``): the whole padded context, masked to ``context_len``.
+- Question-level selection (``selection='question'``, opt-in): the prefill also returns its selection per layer
+  (``selection_rows``, ``selection_bias``); the app gathers those rows once per question
+  (pack_arrays.held_inputs) and ``decode`` is a second module (``held=True``, same weights and buffers) that
+  attends over them with no lookup per step.
 - The dynamic KV cache (prompt and generated tokens): ``state='io'`` takes ``past_keys/past_values`` and returns
   only this step's ``new_keys/new_values`` (the runner writes them at ``cache_len``; ONNX); ``state='buffer'``
-  keeps it in mutable buffers updated in place (ExecuTorch). Entries at or past ``cache_len + n_tokens`` are
+  keeps it in mutable buffers updated in place (ExecuTorch; token-major, one index per write). Entries at or past ``cache_len + n_tokens`` are
   masked, so a new question simply starts again at ``cache_len = 0``.
 
 Positions: fixed context 0..context_len-1, then the dynamic tokens at context_len + cache_len + t (RoPE
