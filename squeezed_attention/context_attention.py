@@ -214,8 +214,7 @@ class SqueezedContext:
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
             self.spec.budget_keys, self.scale, return_positions=True)
         self._count(self.spec.budget_keys, t.num_clusters)
-        Hs_ = q.shape[0]
-        self._last_selection[layer] = (positions.reshape(Hs_, T, -1)[:, -1], None)   # the last token's selection
+        self._last_selection[layer] = (positions.reshape(Hs, T, -1)[:, -1], None)    # the last token's selection
         # summaries (as _summaries, batched over the tokens): the clusters none of whose keys a token kept
         Nc, B = self.num_clustered, positions.shape[1]
         head = torch.arange(Hs).repeat_interleave(T)                                   # [Hs*T] selecting head
@@ -239,7 +238,7 @@ class SqueezedContext:
         tokens, or one per chunk of ``spec.prefill_rows`` tokens (cut from the end) when the prompt is longer.
         With ``spec.decode_selection == "question"`` the first call per layer (the prompt's prefill) selects and
         its last selection is held: every later call attends over the same rows and summaries."""
-        question = getattr(self.spec, "decode_selection", "step") == "question"
+        question = self.spec.decode_selection == "question"
         if question and layer in self._held:
             return self._attend_held(layer, queries)
         out = self._attend_selecting(layer, queries)

@@ -122,14 +122,10 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
-    if selection == "question":
-        if plan == "split" or attention != "squeezed":
-            raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
-        modules = decoder_modules(model, shapes, attention, state, selection)
-        methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(),
-                          {}, modules[name].arrange) for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
-        return Program(methods, state=modules["prefill"].state_names()), modules["prefill"]
-    module = ExportableDecoder(model, shapes, attention, state=state).eval()
+    if selection == "question" and plan == "split":
+        raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
+    modules = decoder_modules(model, shapes, attention, state, selection)
+    module = modules["prefill"]
     if plan == "split":
         methods = []
         for name, width in (("prefill", shapes.max_prompt), ("decode", 1)):
@@ -137,9 +133,12 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
                 graph = DecoderStage(module, stage).eval()
                 methods.append(Method(f"{name}_{stage}", graph, graph.example_inputs(width), graph.output_names()))
         return Program(methods), module
-    dynamic = {} if fmt == "pte" else {"tokens": {0: ("T", 1, shapes.max_prompt)}}
-    methods = [Method(name, module, module.example_inputs(width), module.output_names(), dynamic, module.arrange)
-               for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
+    # one graph for both methods where the format allows a symbolic token axis (ONNX); two modules (question-level
+    # selection) differ in more than that axis
+    one_graph = fmt != "pte" and modules["prefill"] is modules["decode"]
+    dynamic = {"tokens": {0: ("T", 1, shapes.max_prompt)}} if one_graph else {}
+    methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(), dynamic,
+                      modules[name].arrange) for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
     return Program(methods, state=module.state_names()), module
 
 

@@ -155,4 +155,3 @@ def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_k
     bias[:, :max_keep] = np.where(slot_ok, 0.0, -np.inf)
     bias[:, max_keep:] = np.where(position > last_used, 0.0, -np.inf)
     return kept.astype(np.float32, copy=False), bias
-

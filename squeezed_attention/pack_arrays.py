@@ -252,8 +252,6 @@ def n_clustered_max(shapes: dict) -> int:
     return shapes["max_context"] - shapes["sink_tokens"] - shapes["window"]
 
 
-
-
 def held_inputs(selection_rows, selection_bias, context: dict, shapes: dict) -> dict:
     """A question-level decoder's decode inputs (ExportableDecoder with held=True), built ONCE per question from
     what its prefill returned: for every layer l, the fixed-context rows a decode step attends over, as plain
