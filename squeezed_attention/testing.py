@@ -45,8 +45,10 @@ TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m[
                       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def write_tiny_llama_gguf(path, layers: int = 1, seed: int = 0, quantized: bool = True):
-    """Write a 1-layer Llama (hidden 32, 4 heads, 2 KV heads, 40-token byte-level vocab) as GGUF; returns path."""
+def write_tiny_llama_gguf(path, layers: int = 1, seed: int = 0, quantized=True):
+    """Write a 1-layer Llama (hidden 32, 4 heads, 2 KV heads, 40-token byte-level vocab) as GGUF; returns path.
+    ``quantized``: True stores every matrix as Q8_0, "Q4_1" the layout of the shipped SmolLM2 file (the layers'
+    matrices Q4_1, the embedding table Q8_0), False float32."""
     import gguf
     import numpy as np
 
@@ -79,8 +81,10 @@ def write_tiny_llama_gguf(path, layers: int = 1, seed: int = 0, quantized: bool 
     def add(name, *shape):
         data = (rng.standard_normal(shape) * 0.1).astype(np.float32)
         if quantized and len(shape) == 2:
-            w.add_tensor(name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            kind = gguf.GGMLQuantizationType.Q8_0
+            if quantized == "Q4_1" and name.startswith("blk."):
+                kind = gguf.GGMLQuantizationType.Q4_1
+            w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
         else:
             w.add_tensor(name, data if len(shape) == 2 else np.abs(data) + 1.0)
 

@@ -323,6 +323,30 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
         export_decoder(tmp_path / "p", formats="onnx", model_path=gguf, weights="int2", verify=False, **SHAPES)
 
 
+def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
+    """--weights int4 for .onnx on a model loaded from a Q4_1/Q8_0 GGUF (the shipped SmolLM2's layout): the layers'
+    linears as 4-bit asymmetric blocks with float zero points, the head and the embedding as 8-bit blocks, so the
+    stored weights ARE the file's values (read back from the written tensors) and the artifact agrees with fp32."""
+    import onnx
+
+    gguf = testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=2, quantized="Q4_1")
+    (tmp_path / "doc.txt").write_text(TINY_TEXT)
+    result = export_decoder(tmp_path / "q", formats="onnx", model_path=gguf, attention="squeezed", weights="int4",
+                            kv_budget=0.3, verify_text=tmp_path / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    q = art["weight_quantization"]
+    assert q["matmul_nbits"] == 2 * 7 + 1 and q["gather_block_quantized"] == 1 and q["float_matrix_elements_left"] == 0
+    errors = q["max_abs_weight_error"]
+    assert set(errors) == {"MatMulNBits/4", "MatMulNBits/8", "GatherBlockQuantized/8"}, errors
+    assert max(errors.values()) < 1e-5, errors
+    graph = onnx.load(str(tmp_path / "q" / art["file"])).graph
+    bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits")
+    assert bits == [4] * 14 + [8]
+    v = art["verification"]
+    assert v["status"] == "pass" and v["top1_agreement"] == 1.0 and v["mean_kl"] < 1e-4, v
+
+
 def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, tiny_pack, tmp_path):
     """--weights int4 for .pte (ExecuTorch's LLM recipe): every linear as XNNPACK's dynamically quantized fully
     connected (int8 activations x 4-bit weights in groups of 32), the embedding table as int8 rows read by

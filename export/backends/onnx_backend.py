@@ -72,31 +72,27 @@ WEIGHT_BITS = {"int8": 8, "int4": 4}
 WEIGHT_BLOCK = 32
 
 
-def quantize_weights(model, weights: str):
-    """Weight-only quantization with onnxruntime's own tool (MatMulNBits, symmetric, blocks of 32 along the input
-    dimension, accuracy_level 4: int8 products on CPUs with dot-product instructions) for every matrix product
-    with a constant weight, and GatherBlockQuantized for the embedding table. The exporter writes 2-D linears as
-    Gemm(transB=1), which the quantizer does not take: those become MatMul with the weight stored transposed."""
-    import collections
-
+def _quiet_nbits_quantizer():
+    """onnxruntime's weight-only quantizer module, imported with the root logger put back as it was (the module
+    calls logging.basicConfig(level=INFO) on import) and its per-node INFO lines silenced."""
     import logging
-
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
 
     root = logging.getLogger()
     handlers, root_level = list(root.handlers), root.level
-    # (the module calls logging.basicConfig(level=INFO) on import: the root logger is put back as it was)
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
     root.handlers[:] = handlers
     root.setLevel(root_level)
+    logging.getLogger(mnq.__name__).setLevel(logging.CRITICAL)
+    return mnq
 
-    from squeeze_mobile.errors import SqueezeError
 
-    if weights not in WEIGHT_BITS:
-        raise SqueezeError(f"--weights must be fp32, {', '.join(WEIGHT_BITS)} for onnx; got {weights!r}")
+def _gemm_to_matmul(model) -> int:
+    """The exporter writes 2-D linears as Gemm(transB=1), which the quantizer does not take: those become MatMul
+    with the weight stored transposed. Returns how many were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
     inits = {i.name: i for i in model.graph.initializer}
     rewritten = 0
     for node in model.graph.node:
@@ -114,26 +110,194 @@ def quantize_weights(model, weights: str):
         del node.attribute[:]
         node.input[1] = name
         rewritten += 1
-    # (onnxruntime quantizes an embedding table, Gather -> GatherBlockQuantized, in 4 bits only)
-    ops_to_quantize = ("MatMul", "Gather") if weights == "int4" else ("MatMul",)
-    config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4,
-                                          bits=WEIGHT_BITS[weights], op_types_to_quantize=ops_to_quantize,
-                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
-    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")   # one INFO line per node otherwise
-    level, log.level = log.level, logging.CRITICAL
-    try:
-        # not quantized: gathers from a computed tensor, and products with a thin constant (RMSNorm's mean as a
-        # product with a [hidden, 1] vector of 1/hidden: its int8 activations would round the variance)
-        exclude = [n.name for n in model.graph.node
-                   if (n.op_type == "Gather" and n.input[0] not in inits)
-                   or (n.op_type == "MatMul" and n.input[1] in inits and min(inits[n.input[1]].dims) == 1)]
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=exclude)
+    return rewritten
+
+
+def _blocks_8bit(rows):
+    """[R, C] float rows as 8-bit symmetric blocks of WEIGHT_BLOCK along C with scale = max|x| / 127 (llama.cpp
+    Q8_0's grid; onnxruntime's own symmetric quantizer divides by 128, a different grid): (uint8 codes stored with
+    zero point 128 [R, C / block, block], float32 scales [R, C / block])."""
+    import numpy as np
+
+    blocks = rows.astype(np.float32).reshape(rows.shape[0], -1, WEIGHT_BLOCK)
+    scale = (np.abs(blocks).max(-1) / 127.0).astype(np.float32)
+    safe = np.where(scale == 0, 1.0, scale)
+    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8), scale
+
+
+def _head_to_8bit(model, names) -> int:
+    """The MatMuls named in ``names`` (constant [K, N] weights) become MatMulNBits in 8-bit symmetric blocks of
+    WEIGHT_BLOCK along K (_blocks_8bit), accuracy_level 4. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        if node.name not in names:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])          # [K, N]
+        q, scale = _blocks_8bit(w.T)
+        base = node.input[1] + "_Q8"
+        model.graph.initializer.extend([numpy_helper.from_array(q, base),
+                                        numpy_helper.from_array(scale.reshape(-1), base + "_scales")])
+        model.graph.node[i].CopyFrom(helper.make_node(
+            "MatMulNBits", [node.input[0], base, base + "_scales"], list(node.output), name=node.name,
+            domain="com.microsoft", K=w.shape[0], N=w.shape[1], bits=8, block_size=WEIGHT_BLOCK, accuracy_level=4))
+        count += 1
+    return count
+
+
+def _embedding_to_8bit(model, tables) -> int:
+    """Every Gather from a constant table in ``tables`` becomes GatherBlockQuantized over int8 rows, symmetric
+    blocks of WEIGHT_BLOCK along the row (_blocks_8bit; onnxruntime's own quantizer writes this op in 4 bits only).
+    Returns how many gathers were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done = {}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Gather" or node.input[0] not in tables:
+            continue
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        if axis != 0 or table.ndim != 2 or table.shape[1] % WEIGHT_BLOCK:
+            continue
+        if node.input[0] not in done:
+            q, scale = _blocks_8bit(table)
+            base = node.input[0] + "_Q8"
+            model.graph.initializer.extend([
+                numpy_helper.from_array(q.reshape(table.shape), base), numpy_helper.from_array(scale, base + "_scales"),
+                numpy_helper.from_array(np.full(scale.shape, 128, np.uint8), base + "_zero_points")])
+            done[node.input[0]] = base
+        base = done[node.input[0]]
+        model.graph.node[i].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [base, node.input[1], base + "_scales", base + "_zero_points"], list(node.output),
+            name=node.name, domain="com.microsoft", bits=8, block_size=WEIGHT_BLOCK, gather_axis=0, quantize_axis=1))
+        count += 1
+    return count
+
+
+def dequantized_error(model, originals: dict) -> dict:
+    """The largest |dequantized - original| over the weights each quantized operator stores (MatMulNBits,
+    GatherBlockQuantized), read back from the written tensors: {op type/bits: max abs error}. ``originals``: the
+    float weights by the operator's output name, rows as the operator stores them ([N, K] / the table)."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    worst = {}
+    for node in model.graph.node:
+        out = node.output[0].removesuffix("_pre_reshape")
+        if out not in originals or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits, block = attrs["bits"], attrs["block_size"]
+        if node.op_type == "MatMulNBits":
+            data, scale_name = node.input[1], node.input[2]
+            zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        else:
+            data, scale_name = node.input[0], node.input[2]
+            zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        raw = numpy_helper.to_array(inits[data]).astype(np.uint8)
+        ref = originals[out]
+        rows = ref.shape[0]
+        if bits == 4:
+            raw = np.stack([raw & 15, raw >> 4], -1)
+        q = raw.reshape(rows, -1).astype(np.float32)
+        scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32).reshape(rows, -1)
+        if zp_name is None:
+            zp = np.full(scale.shape, 2 ** (bits - 1), np.float32)
+        else:
+            zp = numpy_helper.to_array(inits[zp_name])
+            if zp.dtype == np.uint8 and bits == 4 and node.op_type == "MatMulNBits":
+                zp = np.stack([zp & 15, zp >> 4], -1).reshape(rows, -1)[:, :scale.shape[1]]
+            zp = zp.astype(np.float32).reshape(rows, -1)
+        n_blocks = scale.shape[1]
+        q = q[:, :n_blocks * block].reshape(rows, n_blocks, block)
+        deq = ((q - zp[..., None]) * scale[..., None]).reshape(rows, -1)
+        deq = deq[:, :ref.shape[1]]
+        worst[node.op_type + f"/{bits}"] = max(worst.get(node.op_type + f"/{bits}", 0.0),
+                                               float(np.abs(deq - ref).max()))
+    return worst
+
+
+def quantize_weights(model, weights: str):
+    """Weight-only quantization with onnxruntime's own quantizer (MatMulNBits) for every matrix product with a
+    constant weight (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1]
+    vector, whose int8 activations would round the variance).
+
+    - int8: symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8 products on CPUs with
+      dot-product instructions); the embedding table stays float.
+    - int4: the decoder layers' linears in 4-bit ASYMMETRIC blocks of 32 whose zero point is a float (the block's
+      minimum: value = scale * q + min, onnxruntime's HQQ node format with HQQ's iterative refinement and zero-point
+      rounding off), the output head (a product over the vocabulary: its weight is the embedding table's shape)
+      and the embedding table in 8-bit symmetric blocks of 32. That is the layout of llama.cpp's Q4_1 / Q8_0
+      files, so a model loaded from such a GGUF (the default SmolLM2) is stored exactly, with no second rounding;
+      symmetric 4-bit blocks re-round those values and lose next-token agreement (RESULTS.md).
+    Returns (model, record); the record has the largest |dequantized - float| weight error per operator, read back
+    from the written tensors."""
+    import collections
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from squeeze_mobile.errors import SqueezeError
+
+    if weights not in WEIGHT_BITS:
+        raise SqueezeError(f"--weights must be fp32, {', '.join(WEIGHT_BITS)} for onnx; got {weights!r}")
+    mnq = _quiet_nbits_quantizer()
+    rewritten = _gemm_to_matmul(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
+              and len(inits[n.input[0]].dims) == 2}
+    vocab = {inits[t].dims[0] for t in tables}
+    products = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                and len(inits[n.input[1]].dims) == 2 and min(inits[n.input[1]].dims) > 1
+                and inits[n.input[1]].dims[0] % WEIGHT_BLOCK == 0]
+    originals = {n.output[0]: numpy_helper.to_array(inits[n.input[1]]).T.astype(np.float32) for n in products}
+    heads = [n.name for n in products if weights == "int4" and inits[n.input[1]].dims[1] in vocab]
+    layers = [n.name for n in products if n.name not in heads]
+    everything_else = [n.name for n in model.graph.node if n.name not in set(layers)]
+
+    def run(config, include, node_quantizer=None):
+        if not include:
+            return
+        quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=config, nodes_to_include=include,
+                                             nodes_to_exclude=[n for n in everything_else if n not in include])
+        if node_quantizer is not None:
+            quantizer.node_quantizer = node_quantizer(config)
         quantizer.process()
-    finally:
-        log.level = level
-    model = quantizer.model.model
+        return quantizer.model.model
+
+    if weights == "int8":
+        eight = mnq.DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
+                                                 op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+        model = run(eight, layers) or model
+    else:
+        class MinMaxBlocks(mnq.HQQWeightOnlyQuantizer):
+            """HQQ's node format (float scale and zero point per block) with its plain min/max start: no zero-point
+            rounding, no iterative refinement (both move a block off a grid its values already lie on)."""
+
+            def quantize_internal(self, tensor, bits=4, channel_wise=True, group_size=64, optimize=True,
+                                  round_zero=True, axis=1):
+                return super().quantize_internal(tensor, bits, channel_wise, group_size, optimize=False,
+                                                 round_zero=False, axis=axis)
+
+        four = mnq.HQQWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, bits=4, op_types_to_quantize=("MatMul",),
+                                            quant_axes=(("MatMul", 0),))
+        model = run(four, layers, MinMaxBlocks) or model
+        _head_to_8bit(model, set(heads))
+        inits = {i.name: i for i in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Gather" and n.input[0] in tables:
+                originals[n.output[0]] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
+        _embedding_to_8bit(model, tables)
     used = {i for n in model.graph.node for i in n.input}
-    kept = [i for i in model.graph.initializer if i.name in used]   # the float originals of quantized weights
+    kept = [i for i in model.graph.initializer if i.name in used]   # drop the float originals of quantized weights
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     ops = collections.Counter(n.op_type for n in model.graph.node)
@@ -141,10 +305,20 @@ def quantize_weights(model, weights: str):
         raise SqueezeError("onnxruntime's weight quantizer found no matrix product with a constant weight")
     float_weights = sum(int(np.prod(i.dims)) for i in kept if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
                         and min(i.dims) >= WEIGHT_BLOCK)
+    if weights == "int8":
+        scheme = {"layers": "8-bit symmetric blocks of 32, accuracy_level 4", "head": "as the layers",
+                  "embedding": "float"}
+    else:
+        scheme = {"layers": "4-bit asymmetric blocks of 32, float scale and zero point (min/max; llama.cpp Q4_1's "
+                            "layout); with float zero points onnxruntime multiplies in float",
+                  "head": "8-bit symmetric blocks of 32, accuracy_level 4 (llama.cpp Q8_0's layout)",
+                  "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized"}
     return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer", "weights": weights,
-                   "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": True, "accuracy_level": 4,
-                   "matmul_nbits": ops["MatMulNBits"], "gather_block_quantized": ops.get("GatherBlockQuantized", 0),
-                   "gemm_rewritten": rewritten, "float_matrix_elements_left": float_weights}
+                   "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
+                   "accuracy_level": 4 if weights == "int8" else "4 (head), 0 (layers)", "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
+                   "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
+                   "float_matrix_elements_left": float_weights,
+                   "max_abs_weight_error": dequantized_error(model, originals)}
 
 
 # onnxruntime's calibration method for each activation observer (export.quantize.OBSERVERS)
