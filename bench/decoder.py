@@ -186,6 +186,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             key = (pack["path"], art["file"], t)
             row = rows.setdefault(key, {
                 "format": art["format"], "file": art["file"], "runtime": art.get("runtime"),
+                "weights": art.get("weights", "fp32"),
                 "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
                 "lookup_plan": art["decoder"].get("lookup_plan"),
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
@@ -277,7 +278,9 @@ def decoder_markdown(report: Dict) -> str:
     loads = [x for r in report["rows"] for x in r.get("load_average") or []]
     threads = s.get("threads") or [r.get("threads") or 1 for r in report["rows"]] or [1]
     busy = max(loads, default=0.0) > max(threads) + 0.75
-    lines = [f"# Decoder benchmark: {report['model']} ({report.get('precision') or 'fp32'})", "",
+    weights = sorted({r.get("weights") or "fp32" for r in report["rows"] if r.get("format") != "llama.cpp"}) or ["fp32"]
+    lines = [f"# Decoder benchmark: {report['model']} ({' / '.join(weights)} weights, "
+             f"{report.get('precision') or 'fp32'} activations)", "",
              f"{report['machine'].get('cpu', 'this machine')}; medians of {s['rounds']} interleaved rounds x "
              f"{s['runs']} runs (prefill) and x {s['decode_tokens']} steps (decode); each artifact in its own "
              "process. Prefill is one call of the artifact's max_prompt-token graph (static shapes). "

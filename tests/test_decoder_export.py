@@ -325,8 +325,9 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
 
 def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     """--weights int4 for .onnx on a model loaded from a Q4_1/Q8_0 GGUF (the shipped SmolLM2's layout): the layers'
-    linears as 4-bit asymmetric blocks with float zero points, the head and the embedding as 8-bit blocks, so the
-    stored weights ARE the file's values (read back from the written tensors) and the artifact agrees with fp32."""
+    linears as 4-bit asymmetric blocks (symmetric MatMulNBits + block offsets), the head and the embedding as 8-bit
+    blocks, so the stored weights ARE the file's values (read back from the written tensors), no float zero point
+    (onnxruntime's slow path), and the artifact agrees with fp32."""
     import onnx
 
     gguf = testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=2, quantized="Q4_1")
@@ -343,8 +344,10 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     graph = onnx.load(str(tmp_path / "q" / art["file"])).graph
     bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits")
     assert bits == [4] * 14 + [8]
+    assert not [n for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3]   # no zero-point input
     v = art["verification"]
-    assert v["status"] == "pass" and v["top1_agreement"] == 1.0 and v["mean_kl"] < 1e-4, v
+    # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
+    assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] < 1e-3, v
 
 
 def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, tiny_pack, tmp_path):

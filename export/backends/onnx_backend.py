@@ -148,6 +148,54 @@ def _head_to_8bit(model, names) -> int:
     return count
 
 
+def _layers_to_4bit(model, names, accuracy_level: int) -> int:
+    """The MatMuls named in ``names`` (constant [K, N] weights) in 4-bit asymmetric blocks of WEIGHT_BLOCK along K
+    (min/max: w = d * q + lo, q in 0..15; llama.cpp Q4_1's grid, so a Q4_1 model is stored exactly), written as
+    onnxruntime's fast symmetric MatMulNBits plus the block offsets: w = d * (q - 8) + c with c = lo + 8 d, so
+    A @ W = MatMulNBits(A; q, d) + (A @ S) @ C, S [K, K/B] summing A over each block, C [K/B, N] the offsets
+    (two small float products, 1/B of the weight). MatMulNBits with float zero points (onnxruntime's HQQ format)
+    stores the same values but runs ~10x slower on CPU. Returns how many products were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    sums = {}
+    count = 0
+    nodes = []
+    for node in model.graph.node:
+        if node.name not in names:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)       # [K, N]
+        K, N = w.shape
+        blocks = w.T.reshape(N, K // WEIGHT_BLOCK, WEIGHT_BLOCK)
+        lo, hi = blocks.min(-1), blocks.max(-1)
+        d = np.where(hi > lo, (hi - lo) / 15, 1.0).astype(np.float32)
+        q = np.clip(np.rint((blocks - lo[..., None]) / d[..., None]), 0, 15).astype(np.uint8)
+        packed = q[..., 0::2] | (q[..., 1::2] << 4)                                 # [N, K/B, B/2], low nibble first
+        offsets = (lo + 8 * d).astype(np.float32)                                   # [N, K/B]
+        base = node.input[1] + "_Q4"
+        if K not in sums:
+            s_mat = np.kron(np.eye(K // WEIGHT_BLOCK, dtype=np.float32), np.ones((WEIGHT_BLOCK, 1), np.float32))
+            sums[K] = f"block_sum_{K}"
+            model.graph.initializer.append(numpy_helper.from_array(s_mat, sums[K]))
+        model.graph.initializer.extend([numpy_helper.from_array(packed, base),
+                                        numpy_helper.from_array(d.reshape(-1), base + "_scales"),
+                                        numpy_helper.from_array(np.ascontiguousarray(offsets.T), base + "_offsets")])
+        a, y = node.input[0], node.output[0]
+        nodes += [helper.make_node("MatMulNBits", [a, base, base + "_scales"], [y + "_q4"], name=node.name,
+                                   domain="com.microsoft", K=K, N=N, bits=4, block_size=WEIGHT_BLOCK,
+                                   accuracy_level=accuracy_level),
+                  helper.make_node("MatMul", [a, sums[K]], [y + "_block_sums"], name=node.name + "_block_sums"),
+                  helper.make_node("MatMul", [y + "_block_sums", base + "_offsets"], [y + "_offsets"],
+                                   name=node.name + "_offsets"),
+                  helper.make_node("Add", [y + "_q4", y + "_offsets"], [y], name=node.name + "_add_offsets")]
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return count
+
+
 def _embedding_to_8bit(model, tables) -> int:
     """Every Gather from a constant table in ``tables`` becomes GatherBlockQuantized over int8 rows, symmetric
     blocks of WEIGHT_BLOCK along the row (_blocks_8bit; onnxruntime's own quantizer writes this op in 4 bits only).
@@ -190,7 +238,7 @@ def dequantized_error(model, originals: dict) -> dict:
     inits = {i.name: i for i in model.graph.initializer}
     worst = {}
     for node in model.graph.node:
-        out = node.output[0].removesuffix("_pre_reshape")
+        out = node.output[0].removesuffix("_pre_reshape").removesuffix("_q4")
         if out not in originals or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -217,7 +265,10 @@ def dequantized_error(model, originals: dict) -> dict:
             zp = zp.astype(np.float32).reshape(rows, -1)
         n_blocks = scale.shape[1]
         q = q[:, :n_blocks * block].reshape(rows, n_blocks, block)
-        deq = ((q - zp[..., None]) * scale[..., None]).reshape(rows, -1)
+        deq = (q - zp[..., None]) * scale[..., None]
+        if node.op_type == "MatMulNBits" and data + "_offsets" in inits:     # _layers_to_4bit's block offsets
+            deq = deq + numpy_helper.to_array(inits[data + "_offsets"]).T[..., None]
+        deq = deq.reshape(rows, -1)
         deq = deq[:, :ref.shape[1]]
         worst[node.op_type + f"/{bits}"] = max(worst.get(node.op_type + f"/{bits}", 0.0),
                                                float(np.abs(deq - ref).max()))
@@ -225,18 +276,17 @@ def dequantized_error(model, originals: dict) -> dict:
 
 
 def quantize_weights(model, weights: str):
-    """Weight-only quantization with onnxruntime's own quantizer (MatMulNBits) for every matrix product with a
-    constant weight (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1]
+    """Weight-only quantization into onnxruntime's MatMulNBits for every matrix product with a constant weight (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1]
     vector, whose int8 activations would round the variance).
 
-    - int8: symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8 products on CPUs with
+    - int8 (onnxruntime's own quantizer): symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8 products on CPUs with
       dot-product instructions); the embedding table stays float.
-    - int4: the decoder layers' linears in 4-bit ASYMMETRIC blocks of 32 whose zero point is a float (the block's
-      minimum: value = scale * q + min, onnxruntime's HQQ node format with HQQ's iterative refinement and zero-point
-      rounding off), the output head (a product over the vocabulary: its weight is the embedding table's shape)
-      and the embedding table in 8-bit symmetric blocks of 32. That is the layout of llama.cpp's Q4_1 / Q8_0
-      files, so a model loaded from such a GGUF (the default SmolLM2) is stored exactly, with no second rounding;
-      symmetric 4-bit blocks re-round those values and lose next-token agreement (RESULTS.md).
+    - int4: the decoder layers' linears in 4-bit ASYMMETRIC blocks of 32 (min/max: value = scale * q + min; run
+      as symmetric MatMulNBits plus the blocks' offsets, _layers_to_4bit), the output head (a product over the
+      vocabulary: its weight is the embedding table's shape) and the embedding table in 8-bit symmetric blocks of
+      32 with scale max/127. That is the layout of llama.cpp's Q4_1 / Q8_0 files, so a model loaded from such a
+      GGUF (the default SmolLM2) is stored exactly, with no second rounding; symmetric 4-bit blocks re-round those
+      values and lose next-token agreement (bench/weight_schemes.py). Products run at accuracy_level 4.
     Returns (model, record); the record has the largest |dequantized - float| weight error per operator, read back
     from the written tensors."""
     import collections
@@ -261,35 +311,17 @@ def quantize_weights(model, weights: str):
     originals = {n.output[0]: numpy_helper.to_array(inits[n.input[1]]).T.astype(np.float32) for n in products}
     heads = [n.name for n in products if weights == "int4" and inits[n.input[1]].dims[1] in vocab]
     layers = [n.name for n in products if n.name not in heads]
-    everything_else = [n.name for n in model.graph.node if n.name not in set(layers)]
-
-    def run(config, include, node_quantizer=None):
-        if not include:
-            return
-        quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=config, nodes_to_include=include,
-                                             nodes_to_exclude=[n for n in everything_else if n not in include])
-        if node_quantizer is not None:
-            quantizer.node_quantizer = node_quantizer(config)
-        quantizer.process()
-        return quantizer.model.model
-
-    if weights == "int8":
+    if weights == "int8":   # onnxruntime's own quantizer on exactly these products
         eight = mnq.DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
                                                  op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
-        model = run(eight, layers) or model
+        quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=eight, nodes_to_include=layers,
+                                             nodes_to_exclude=[n.name for n in model.graph.node if n.name not in set(layers)])
+        quantizer.process()
+        model = quantizer.model.model
     else:
-        class MinMaxBlocks(mnq.HQQWeightOnlyQuantizer):
-            """HQQ's node format (float scale and zero point per block) with its plain min/max start: no zero-point
-            rounding, no iterative refinement (both move a block off a grid its values already lie on)."""
-
-            def quantize_internal(self, tensor, bits=4, channel_wise=True, group_size=64, optimize=True,
-                                  round_zero=True, axis=1):
-                return super().quantize_internal(tensor, bits, channel_wise, group_size, optimize=False,
-                                                 round_zero=False, axis=axis)
-
-        four = mnq.HQQWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, bits=4, op_types_to_quantize=("MatMul",),
-                                            quant_axes=(("MatMul", 0),))
-        model = run(four, layers, MinMaxBlocks) or model
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        _layers_to_4bit(model, set(layers), accuracy_level=4)
         _head_to_8bit(model, set(heads))
         inits = {i.name: i for i in model.graph.initializer}
         for n in model.graph.node:
@@ -309,13 +341,13 @@ def quantize_weights(model, weights: str):
         scheme = {"layers": "8-bit symmetric blocks of 32, accuracy_level 4", "head": "as the layers",
                   "embedding": "float"}
     else:
-        scheme = {"layers": "4-bit asymmetric blocks of 32, float scale and zero point (min/max; llama.cpp Q4_1's "
-                            "layout); with float zero points onnxruntime multiplies in float",
+        scheme = {"layers": "4-bit asymmetric blocks of 32 (min/max; llama.cpp Q4_1's grid) as symmetric MatMulNBits "
+                            "+ per-block offsets, accuracy_level 4",
                   "head": "8-bit symmetric blocks of 32, accuracy_level 4 (llama.cpp Q8_0's layout)",
                   "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized"}
     return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer", "weights": weights,
                    "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
-                   "accuracy_level": 4 if weights == "int8" else "4 (head), 0 (layers)", "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
+                   "accuracy_level": 4, "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
                    "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
                    "float_matrix_elements_left": float_weights,
                    "max_abs_weight_error": dequantized_error(model, originals)}

@@ -1,0 +1,167 @@
+"""Which low-bit weight scheme keeps the decoder? Next-token agreement with fp32 on real prose, per scheme.
+
+Each scheme is applied to the PyTorch model (no export), the model runs teacher-forced over real text, and its
+next-token predictions are compared with the fp32 model's: top-1 agreement and mean KL(fp32 || scheme) per
+token. The ExecuTorch schemes are the export's own recipe (export.quantize.quantize_program_weights: torchao's
+dynamically quantized int8 activations x int8 per-channel / 4-bit group weights, the int8 embedding); the
+onnxruntime schemes are simulated on the weights only (their blockwise int8 activations are left out), with the
+same block rules the .onnx export writes (export/backends/onnx_backend.py). The largest weight change of each
+scheme is reported too: 0 means the scheme stores the model's values exactly (the shipped SmolLM2 GGUF is Q4_1 /
+Q8_0, so a scheme with those grids loses nothing).
+
+    python -m bench.weight_schemes [--model GGUF_OR_DIR] [--docs 6] [--tokens 384] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 32
+
+
+def _asym4_min_max(w):
+    """4-bit asymmetric blocks of BLOCK along the input, w = scale * q + min (min/max): the .onnx int4 layers."""
+    b = w.reshape(w.shape[0], -1, BLOCK)
+    lo, hi = b.amin(-1, keepdim=True), b.amax(-1, keepdim=True)
+    scale = torch.where(hi > lo, (hi - lo) / 15, torch.ones_like(hi))
+    return (torch.round((b - lo) / scale).clamp(0, 15) * scale + lo).reshape(w.shape)
+
+
+def _sym_blocks(w, bits: int):
+    """Symmetric blocks of BLOCK with scale max|x| / (2^(bits-1) - 1) (llama.cpp Q8_0's grid for 8 bits)."""
+    b = w.reshape(w.shape[0], -1, BLOCK)
+    top = 2 ** (bits - 1) - 1
+    scale = b.abs().amax(-1, keepdim=True) / top
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.round(b / scale).clamp(-top, top) * scale).reshape(w.shape)
+
+
+def _ort_sym_blocks(w, bits: int):
+    """onnxruntime's symmetric blocks: the largest-magnitude value maps to -2^(bits-1) (a signed scale), the
+    rest round to the 2^bits levels of that grid."""
+    b = w.reshape(w.shape[0], -1, BLOCK)
+    idx = b.abs().argmax(-1, keepdim=True)
+    scale = -b.gather(-1, idx) / 2 ** (bits - 1)
+    scale = torch.where(scale != 0, scale, torch.ones_like(scale))
+    return (torch.round(b / scale).clamp(-2 ** (bits - 1), 2 ** (bits - 1) - 1) * scale).reshape(w.shape)
+
+
+def _rewrite(model, layers, head=None, embedding=None):
+    """A copy of ``model`` with its layers' linears, output head and embedding table replaced by fake-quantized
+    values (``None``: kept in float). Returns (copy, largest weight change)."""
+    m = copy.deepcopy(model)
+    worst = 0.0
+    with torch.no_grad():
+        table = m.model.embed_tokens.weight.detach().clone()
+        for mod in m.model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                new = layers(mod.weight)
+                worst = max(worst, float((new - mod.weight).abs().max()))
+                mod.weight.copy_(new)
+        head_w = head(table) if head else table.clone()
+        emb_w = embedding(table) if embedding else table.clone()
+        worst = max(worst, float((head_w - table).abs().max()), float((emb_w - table).abs().max()))
+        m.lm_head.weight = torch.nn.Parameter(head_w, requires_grad=False)
+        m.model.embed_tokens.weight = torch.nn.Parameter(emb_w, requires_grad=False)
+    return m, worst
+
+
+def _pte(model, weights: str):
+    from export.quantize import quantize_program_weights
+
+    modules, _ = quantize_program_weights({"model": model}, weights)
+    return modules["model"], None
+
+
+SCHEMES = {
+    "pte int8 (XNNPACK 8da8w: int8 activations per token x int8 per-channel weights, int8 embedding)":
+        lambda m: _pte(m, "int8"),
+    "pte int4 (XNNPACK 8da4w: int8 activations x 4-bit symmetric groups of 32, int8 embedding)":
+        lambda m: _pte(m, "int4"),
+    "onnx int8 (onnxruntime's 8-bit symmetric blocks of 32; embedding float), weights only":
+        lambda m: _rewrite(m, lambda w: _ort_sym_blocks(w, 8), head=lambda w: _ort_sym_blocks(w, 8)),
+    "onnxruntime's 4-bit symmetric blocks of 32 everywhere (the .onnx int4 before 2026-12-03), weights only":
+        lambda m: _rewrite(m, lambda w: _ort_sym_blocks(w, 4), head=lambda w: _ort_sym_blocks(w, 4),
+                           embedding=lambda w: _ort_sym_blocks(w, 4)),
+    "onnx int4 (layers 4-bit asymmetric min/max blocks of 32; head + embedding 8-bit, scale max/127), weights only":
+        lambda m: _rewrite(m, _asym4_min_max, head=lambda w: _sym_blocks(w, 8), embedding=lambda w: _sym_blocks(w, 8)),
+}
+
+
+def real_prose(tokenizer, docs: int, tokens: int):
+    """Token ids of real prose: the licence texts that ship with the OS (each its first ``tokens`` tokens)."""
+    paths = sorted(p for p in glob.glob("/usr/share/common-licenses/*") if Path(p).is_file())
+    out = []
+    for p in paths:
+        ids = tokenizer.encode(Path(p).read_text(encoding="utf-8", errors="ignore")[:20000])
+        if len(ids) >= tokens:
+            out.append(torch.tensor(ids[:tokens]))
+        if len(out) == docs:
+            break
+    if not out:
+        raise SystemExit("weight_schemes: no licence text of enough tokens under /usr/share/common-licenses")
+    return out
+
+
+def all_logits(model, docs):
+    with torch.no_grad():
+        return [model.step(x, model.new_cache(len(x)), logits="all") for x in docs]
+
+
+def main(argv=None) -> int:
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.weights import load_checkpoint
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="GGUF file or HF folder (default: the shipped SmolLM2 GGUF)")
+    ap.add_argument("--docs", type=int, default=6, help="real-prose documents (default 6)")
+    ap.add_argument("--tokens", type=int, default=384, help="tokens per document (default 384)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="bench/results/weight_schemes")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    checkpoint = load_checkpoint(a.model)
+    model = LlamaForCausalLM.from_checkpoint(checkpoint).eval()
+    docs = real_prose(checkpoint.tokenizer, a.docs, a.tokens)
+    reference = all_logits(model, docs)
+    rows = []
+    for name, make in SCHEMES.items():
+        t0 = time.perf_counter()
+        quantized, weight_change = make(model)
+        agree = total = 0
+        kl = 0.0
+        for ref, got in zip(reference, all_logits(quantized, docs)):
+            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+            total += ref.shape[0]
+            kl += float(F.kl_div(F.log_softmax(got, -1), F.log_softmax(ref, -1), log_target=True, reduction="sum"))
+        rows.append({"scheme": name, "top1_agreement": agree / total, "mean_kl": kl / total,
+                     "max_weight_change": weight_change, "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"{agree / total:7.2%}  KL {kl / total:.4f}  max weight change "
+              f"{'n/a' if weight_change is None else f'{weight_change:.2e}'}  {name}", flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"model": checkpoint.source, "docs": len(docs), "tokens_per_doc": a.tokens,
+              "command": "python -m bench.weight_schemes " + " ".join(sys.argv[1:] if argv is None else argv),
+              "rows": rows}
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    lines = [f"# Weight schemes vs fp32 ({Path(str(checkpoint.source)).name}, {len(docs)} x {a.tokens} tokens of real prose, "
+             "teacher-forced)", "", "| scheme | top-1 agreement | mean KL | max weight change |", "|---|---|---|---|"]
+    for r in rows:
+        change = "-" if r["max_weight_change"] is None else f"{r['max_weight_change']:.1e}"
+        lines.append(f"| {r['scheme']} | {r['top1_agreement']:.1%} | {r['mean_kl']:.4f} | {change} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
