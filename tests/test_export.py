@@ -5,6 +5,7 @@ converter failure, Ctrl-C, broken Core ML spec)."""
 import hashlib
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -389,3 +390,33 @@ def test_verify_after_the_video_moved(all_formats, tmp_path, real_video, capsys)
     shutil.copyfile(real_video, video)
     assert main(["verify", str(moved), "--verify-video", str(video)]) == 0
     assert "pass" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+                    reason="flush-to-zero on the calling thread is set through glibc's x86-64 environment")
+def test_onnx_runner_flushes_denormals_only_during_a_run():
+    """The onnxruntime runner sets flush-to-zero / denormals-are-zero on the calling thread for a run (masked
+    softmax rows produce denormals, ~5x slower without it) and puts the caller's environment back afterwards."""
+    import numpy as np
+
+    from export.backends.onnx_backend import _FlushDenormals
+
+    import ctypes
+
+    libm = ctypes.CDLL("libm.so.6")
+    before = ctypes.create_string_buffer(32)
+    assert libm.fegetenv(before) == 0
+    cleared = ctypes.create_string_buffer(before.raw, 32)          # this thread with denormals ON, whatever ran before
+    mxcsr = ctypes.c_uint32.from_buffer(cleared, _FlushDenormals.MXCSR_OFFSET)
+    mxcsr.value &= ~_FlushDenormals.FTZ_DAZ
+    del mxcsr
+    tiny = np.array([1e-38], np.float32)
+    half = np.float32(0.5)
+    try:
+        assert libm.fesetenv(cleared) == 0
+        assert (tiny * half)[0] > 0                  # a denormal result
+        with _FlushDenormals():
+            assert (tiny * half)[0] == 0             # flushed inside a run
+        assert (tiny * half)[0] > 0                  # the caller's environment is back
+    finally:
+        libm.fesetenv(before)
