@@ -106,6 +106,8 @@ JNIEXPORT jlong JNICALL Java_dev_squeezemobile_core_OrtNative_create(JNIEnv *jni
         || failed(jni, api, api->SetIntraOpNumThreads(opts, threads), "bad intra-op thread count")
         || failed(jni, api, api->SetInterOpNumThreads(opts, 1), "bad inter-op thread count")
         || failed(jni, api, api->SetSessionExecutionMode(opts, ORT_SEQUENTIAL), "cannot set the execution mode")
+        /* denormals flushed on the pool threads: masked softmax rows end in denormals (slow on x86 hosts) */
+        || failed(jni, api, api->AddSessionConfigEntry(opts, "session.set_denormal_as_zero", "1"), "cannot set denormal flushing")
         || failed(jni, api, api->CreateSession(b->env, path, opts, &b->session), what)
         || failed(jni, api, api->GetAllocatorWithDefaultOptions(&b->allocator), "no default allocator");
     (*jni)->ReleaseStringUTFChars(jni, jpath, path);

@@ -21,6 +21,7 @@ class OnnxRuntimeDecoder(file: File, private val artifact: DecoderArtifact, thre
     private val env = OrtEnvironment.getEnvironment()
     private val session = env.createSession(file.absolutePath, OrtSession.SessionOptions().apply {
         setIntraOpNumThreads(threads)
+        addConfigEntry("session.set_denormal_as_zero", "1")   // masked softmax rows end in denormals
     })
     private val graphInputs = session.inputNames.toList()
     private val tensors = NativeTensorCache<OnnxTensor> { it.close() }
