@@ -35,9 +35,12 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
                    help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
     g.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
-                   help="decoder: weight precision; int8/int4 = onnxruntime's MatMulNBits for .onnx (blocks of 32, "
-                        "symmetric; int4 also quantizes the embedding) and the LiteRT quantizer's dynamic-range recipes "
-                        "for .tflite, verified by next-token agreement with fp32 (default fp32)")
+                   help="decoder: weight precision, verified by next-token agreement with fp32 (default fp32). "
+                        ".onnx: onnxruntime's MatMulNBits, int8 = symmetric blocks of 32, int4 = 4-bit asymmetric "
+                        "blocks of 32 for the layers and 8-bit blocks for the head and embedding (llama.cpp Q4_1 / "
+                        "Q8_0's grids: a model from such a GGUF is stored exactly); .pte: XNNPACK's int8 activations x "
+                        "int8 per-channel / 4-bit symmetric group weights; .tflite: the LiteRT quantizer's "
+                        "dynamic-range recipes")
     g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,
                    help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
                         "static graphs per layer with the lookup on the CPU between them, for delegates without "
