@@ -414,3 +414,18 @@ def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack
     got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
     session.close()
     assert len(got.token_ids) == 6
+
+
+def test_weight_schemes_bench_finds_the_q4_1_grid_exact(tmp_path):
+    """bench.weight_schemes on a Q4_1/Q8_0 GGUF: the .onnx int4 layout changes no weight and agrees with fp32 on
+    every token; onnxruntime's symmetric 4-bit blocks change weights; the report files are written."""
+    from bench import weight_schemes
+
+    gguf = testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=2, quantized="Q4_1")
+    assert weight_schemes.main(["--model", str(gguf), "--docs", "2", "--tokens", "64", "--threads", "1",
+                                "--out", str(tmp_path / "ws")]) == 0
+    rows = {r["scheme"].split(" (")[0]: r for r in json.loads((tmp_path / "ws" / "report.json").read_text())["rows"]}
+    exact = rows["onnx int4"]
+    assert exact["max_weight_change"] < 1e-6 and exact["top1_agreement"] == 1.0 and exact["mean_kl"] < 1e-8
+    assert rows["onnxruntime's 4-bit symmetric blocks of 32 everywhere"]["max_weight_change"] > 1e-3
+    assert "| onnx int4" in (tmp_path / "ws" / "report.md").read_text()
