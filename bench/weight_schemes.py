@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
 import sys
 import time
@@ -98,18 +97,12 @@ SCHEMES = {
 
 
 def real_prose(tokenizer, docs: int, tokens: int):
-    """Token ids of real prose: the licence texts that ship with the OS (each its first ``tokens`` tokens)."""
-    paths = sorted(p for p in glob.glob("/usr/share/common-licenses/*") if Path(p).is_file())
-    out = []
-    for p in paths:
-        ids = tokenizer.encode(Path(p).read_text(encoding="utf-8", errors="ignore")[:20000])
-        if len(ids) >= tokens:
-            out.append(torch.tensor(ids[:tokens]))
-        if len(out) == docs:
-            break
-    if not out:
-        raise SystemExit("weight_schemes: no licence text of enough tokens under /usr/share/common-licenses")
-    return out
+    """Token ids of real prose (squeezed_attention.corpus: Python's and the OS's licence texts), ``docs`` documents
+    of ``tokens`` tokens, each starting at a different source."""
+    from squeezed_attention.corpus import prose_of_tokens
+
+    return [torch.tensor(tokenizer.encode("\n\n".join(prose_of_tokens(tokenizer, tokens, rotate=i)))[:tokens])
+            for i in range(docs)]
 
 
 def all_logits(model, docs):
@@ -163,5 +156,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def _cli() -> int:
+    from squeeze_mobile.errors import SqueezeError
+
+    try:
+        return main()
+    except SqueezeError as exc:      # a bad --model, or more prose than ships with the machine
+        print(f"weight_schemes: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli())

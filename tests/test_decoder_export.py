@@ -313,6 +313,8 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
     assert art["file"].endswith("_int8.onnx") and art["weights"] == "int8"
     q = art["weight_quantization"]
     assert q["bits"] == 8 and q["block_size"] == 32 and q["matmul_nbits"] == 2 * 7 + 1   # 7 linears/layer + head
+    # read back from the written tensors: within half a quantization step of the float weights (|w| < ~0.5 here)
+    assert 0 < q["max_abs_weight_error"]["MatMulNBits/8"] < 0.5 / 127, q["max_abs_weight_error"]
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / art["file"])).graph.node}
     assert "MatMulNBits" in ops and "Gemm" not in ops
     v = art["verification"]

@@ -201,7 +201,8 @@ def _layers_to_4bit(model, names, accuracy_level: int) -> int:
     onnxruntime's fast symmetric MatMulNBits plus the block offsets: w = d * (q - 8) + c with c = lo + 8 d, so
     A @ W = MatMulNBits(A; q, d) + (A @ S) @ C, S [K, K/B] summing A over each block, C [K/B, N] the offsets
     (two small float products, 1/B of the weight). MatMulNBits with float zero points (onnxruntime's HQQ format)
-    stores the same values but runs ~10x slower on CPU. Returns how many products were rewritten."""
+    stores the same values but ran 20-40x slower per one-token product in a micro-benchmark. Returns how many products
+    were rewritten."""
     import numpy as np
     from onnx import helper, numpy_helper
 
@@ -285,31 +286,23 @@ def dequantized_error(model, originals: dict) -> dict:
     inits = {i.name: i for i in model.graph.initializer}
     worst = {}
     for node in model.graph.node:
-        out = node.output[0].removesuffix("_pre_reshape").removesuffix("_q4")
+        out = node.output[0].removesuffix("_q4")                              # _layers_to_4bit's product
         if out not in originals or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         bits, block = attrs["bits"], attrs["block_size"]
-        if node.op_type == "MatMulNBits":
-            data, scale_name = node.input[1], node.input[2]
-            zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
-        else:
-            data, scale_name = node.input[0], node.input[2]
-            zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
+        data = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+        zp_name = node.input[3] if len(node.input) > 3 and node.input[3] else None
         raw = numpy_helper.to_array(inits[data]).astype(np.uint8)
         ref = originals[out]
         rows = ref.shape[0]
         if bits == 4:
             raw = np.stack([raw & 15, raw >> 4], -1)
         q = raw.reshape(rows, -1).astype(np.float32)
-        scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32).reshape(rows, -1)
-        if zp_name is None:
-            zp = np.full(scale.shape, 2 ** (bits - 1), np.float32)
-        else:
-            zp = numpy_helper.to_array(inits[zp_name])
-            if zp.dtype == np.uint8 and bits == 4 and node.op_type == "MatMulNBits":
-                zp = np.stack([zp & 15, zp >> 4], -1).reshape(rows, -1)[:, :scale.shape[1]]
-            zp = zp.astype(np.float32).reshape(rows, -1)
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(rows, -1)
+        # no zero-point input: the op's default 2^(bits-1); the 8-bit tables store theirs one per block
+        zp = (np.full(scale.shape, 2 ** (bits - 1), np.float32) if zp_name is None
+              else numpy_helper.to_array(inits[zp_name]).astype(np.float32).reshape(rows, -1))
         n_blocks = scale.shape[1]
         q = q[:, :n_blocks * block].reshape(rows, n_blocks, block)
         deq = (q - zp[..., None]) * scale[..., None]
@@ -323,11 +316,12 @@ def dequantized_error(model, originals: dict) -> dict:
 
 
 def quantize_weights(model, weights: str):
-    """Weight-only quantization into onnxruntime's MatMulNBits for every matrix product with a constant weight (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1]
-    vector, whose int8 activations would round the variance).
+    """Weight-only quantization into onnxruntime's MatMulNBits for every matrix product with a constant weight
+    (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1] vector, whose int8
+    activations would round the variance).
 
-    - int8 (onnxruntime's own quantizer): symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8 products on CPUs with
-      dot-product instructions); the embedding table stays float.
+    - int8 (onnxruntime's own quantizer): symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8
+      products on CPUs with dot-product instructions); the embedding table stays float.
     - int4: the decoder layers' linears in 4-bit ASYMMETRIC blocks of 32 (min/max: value = scale * q + min; run
       as symmetric MatMulNBits plus the blocks' offsets, _layers_to_4bit), the output head (a product over the
       vocabulary: its weight is the embedding table's shape) and the embedding table in 8-bit symmetric blocks of
@@ -346,7 +340,6 @@ def quantize_weights(model, weights: str):
 
     if weights not in WEIGHT_BITS:
         raise SqueezeError(f"--weights must be fp32, {', '.join(WEIGHT_BITS)} for onnx; got {weights!r}")
-    mnq = _quiet_nbits_quantizer()
     rewritten = _gemm_to_matmul(model)
     inits = {i.name: i for i in model.graph.initializer}
     tables = {n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits
@@ -359,6 +352,7 @@ def quantize_weights(model, weights: str):
     heads = [n.name for n in products if weights == "int4" and inits[n.input[1]].dims[1] in vocab]
     layers = [n.name for n in products if n.name not in heads]
     if weights == "int8":   # onnxruntime's own quantizer on exactly these products
+        mnq = _quiet_nbits_quantizer()
         eight = mnq.DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
                                                  op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
         quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=eight, nodes_to_include=layers,
@@ -382,8 +376,10 @@ def quantize_weights(model, weights: str):
     ops = collections.Counter(n.op_type for n in model.graph.node)
     if not ops.get("MatMulNBits"):
         raise SqueezeError("onnxruntime's weight quantizer found no matrix product with a constant weight")
+    # (_layers_to_4bit's block sums and offsets are float by design, 1/32 of their weights: not counted)
     float_weights = sum(int(np.prod(i.dims)) for i in kept if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
-                        and min(i.dims) >= WEIGHT_BLOCK)
+                        and min(i.dims) >= WEIGHT_BLOCK and not i.name.endswith("_offsets")
+                        and not i.name.startswith("block_sum_"))
     if weights == "int8":
         scheme = {"layers": "8-bit symmetric blocks of 32, accuracy_level 4", "head": "as the layers",
                   "embedding": "float"}
@@ -392,7 +388,9 @@ def quantize_weights(model, weights: str):
                             "+ per-block offsets, accuracy_level 4",
                   "head": "8-bit symmetric blocks of 32, accuracy_level 4 (llama.cpp Q8_0's layout)",
                   "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized"}
-    return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer", "weights": weights,
+    tool = ("onnxruntime.quantization.matmul_nbits_quantizer" if weights == "int8" else
+            "squeeze-mobile's block writer for onnxruntime's MatMulNBits / GatherBlockQuantized")
+    return model, {"tool": tool, "weights": weights,
                    "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
                    "accuracy_level": 4, "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
                    "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
