@@ -394,14 +394,24 @@ def test_verify_after_the_video_moved(all_formats, tmp_path, real_video, capsys)
 
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
                     reason="flush-to-zero on the calling thread is set through glibc's x86-64 environment")
-def test_onnx_runner_flushes_denormals_only_during_a_run():
+def test_onnx_runner_flushes_denormals_only_during_a_run(tmp_path):
     """The onnxruntime runner sets flush-to-zero / denormals-are-zero on the calling thread for a run (masked
-    softmax rows produce denormals, ~5x slower without it) and puts the caller's environment back afterwards."""
+    softmax rows produce denormals, ~5x slower without it) and puts the caller's environment back afterwards;
+    creating a runner leaves the thread's environment as it was."""
     import numpy as np
 
-    from export.backends.onnx_backend import _FlushDenormals
-
     import ctypes
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.backends.onnx_backend import OnnxRunner, _FlushDenormals
+
+    relu = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), relu)
 
     libm = ctypes.CDLL("libm.so.6")
     before = ctypes.create_string_buffer(32)
@@ -418,5 +428,12 @@ def test_onnx_runner_flushes_denormals_only_during_a_run():
         with _FlushDenormals():
             assert (tiny * half)[0] == 0             # flushed inside a run
         assert (tiny * half)[0] > 0                  # the caller's environment is back
+        with _FlushDenormals().preserved():
+            assert libm.fesetenv(before) == 0        # whatever happens inside is undone
+        assert (tiny * half)[0] > 0
+        runner = OnnxRunner(relu, threads=1)         # onnxruntime's session creation with set_denormal_as_zero turns
+        assert (tiny * half)[0] > 0                  # FTZ on for good on the creating thread: not through our runner
+        assert runner(np.zeros(1, np.float32)).shape == (1,)
+        assert (tiny * half)[0] > 0
     finally:
         libm.fesetenv(before)

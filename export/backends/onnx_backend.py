@@ -19,18 +19,23 @@ OUTPUT_NAME = "logits"
 class _FlushDenormals:
     """Flush-to-zero / denormals-are-zero on the CALLING thread for the duration of a run (x86-64 glibc: the MXCSR
     field of fegetenv's environment with FTZ and DAZ set, restored afterwards; a no-op elsewhere). onnxruntime's
-    ``session.set_denormal_as_zero`` sets the flags on its pool threads only, and the caller runs a share of every
+    ``session.set_denormal_as_zero`` sets the flags on its pool threads, and the caller runs a share of every
     operator: a softmax over masked scores (exp of very negative inputs ends in denormals) ran ~5x slower there,
-    0.8 s of a 2.4 s full-attention prefill over a 2k pack."""
+    0.8 s of a 2.4 s full-attention prefill over a 2k pack.
+
+    The same option also turns the flags on for good on the thread that CREATES the session; that leaked into every
+    later float32 computation of the process (numpy lookups gave other kept rows), so session creation runs inside
+    ``preserved()``, which puts the thread's environment back as it found it."""
 
     MXCSR_OFFSET = 28          # glibc x86-64 fenv_t: the x87 environment (28 bytes), then unsigned int __mxcsr
     FTZ_DAZ = 0x8040
 
-    def __init__(self):
+    def __init__(self, flags: int = FTZ_DAZ):
         import ctypes
         import platform
         import sys
 
+        self._flags = flags
         self._libm = None
         if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
             try:
@@ -38,19 +43,26 @@ class _FlushDenormals:
             except OSError:  # pragma: no cover - not glibc
                 self._libm = None
         self._saved = ctypes.create_string_buffer(32)
-        self._flushed = ctypes.create_string_buffer(32)
+        self._changed = ctypes.create_string_buffer(32)
         self._set = False
+
+    def preserved(self) -> "_FlushDenormals":
+        """A context that changes nothing on entry and restores the calling thread's environment on exit."""
+        return _FlushDenormals(flags=0)
 
     def __enter__(self):
         import ctypes
 
         self._set = False
         if self._libm is not None and self._libm.fegetenv(self._saved) == 0:
-            ctypes.memmove(self._flushed, self._saved, 32)
-            mxcsr = ctypes.c_uint32.from_buffer(self._flushed, self.MXCSR_OFFSET)
-            mxcsr.value |= self.FTZ_DAZ
+            if not self._flags:
+                self._set = True
+                return self
+            ctypes.memmove(self._changed, self._saved, 32)
+            mxcsr = ctypes.c_uint32.from_buffer(self._changed, self.MXCSR_OFFSET)
+            mxcsr.value |= self._flags
             del mxcsr
-            self._set = self._libm.fesetenv(self._flushed) == 0
+            self._set = self._libm.fesetenv(self._changed) == 0
         return self
 
     def __exit__(self, *exc):
@@ -79,7 +91,8 @@ class OnnxRunner(Runner):
             self._profile_dir = tempfile.mkdtemp(prefix="ort_profile_")
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(self._profile_dir) / "ort")
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        with self._denormals.preserved():
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def operator_profile(self):
