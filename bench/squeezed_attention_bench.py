@@ -32,15 +32,22 @@ from squeezed_attention.pack import BuildSettings, build_context_pack, load_cont
 from squeezed_attention.weights import load_checkpoint
 
 
-def configurations(kv_budget: float, centroid_fraction: float):
-    return [
-        ("full", AttentionChoice("full")),
-        ("top-k flat, native kernels", AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
-        ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),
-        ("top-k flat, numpy lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="numpy")),
-        ("top-k hierarchical (torch)", AttentionChoice("top-k", kv_budget=kv_budget, hierarchical=True, backend="torch")),
-        ("threshold flat (torch)", AttentionChoice("threshold", kv_budget=kv_budget, backend="torch")),
-    ]
+CONFIG_KEYS = ("full", "native", "native-per-token", "torch", "numpy", "hierarchical", "threshold")
+
+
+def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS):
+    table = {
+        "full": ("full", AttentionChoice("full")),
+        "native": ("top-k flat, native kernels", AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
+        "native-per-token": ("top-k flat, native kernels, per-token prefill selection",
+                             AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_rows=1)),
+        "torch": ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),
+        "numpy": ("top-k flat, numpy lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="numpy")),
+        "hierarchical": ("top-k hierarchical (torch)",
+                         AttentionChoice("top-k", kv_budget=kv_budget, hierarchical=True, backend="torch")),
+        "threshold": ("threshold flat (torch)", AttentionChoice("threshold", kv_budget=kv_budget, backend="torch")),
+    }
+    return [table[k] for k in CONFIG_KEYS if k in keys or k == "full"]   # full attention: the ratios' baseline
 
 
 @torch.no_grad()
@@ -93,7 +100,7 @@ def run(args):
         if args.pack:
             save_context_pack(pack, args.pack)
     gen = Generator(model, tok, pack)
-    configs = configurations(args.kv_budget, args.centroids)
+    configs = configurations(args.kv_budget, args.centroids, args.configs)
     prefill = {name: [] for name, _ in configs}
     decode = {name: [] for name, _ in configs}
     kept = {}
@@ -162,6 +169,14 @@ def markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _config_keys(text: str):
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in CONFIG_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown configuration(s) {unknown}; choose from {','.join(CONFIG_KEYS)}")
+    return keys
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--context-tokens", type=int, default=8000, help="fixed-context length (default 8000)")
@@ -172,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--kv-budget", type=float, default=0.125, help="paper accounting (keep + centroid bytes / KV bytes)")
     p.add_argument("--centroids", type=float, default=0.10)
     p.add_argument("--model", default=None, help=".gguf or HF folder (default: SmolLM2-135M-Instruct GGUF)")
+    p.add_argument("--configs", default=",".join(CONFIG_KEYS), type=_config_keys,
+                   help=f"comma-separated configurations to time (default all: {','.join(CONFIG_KEYS)}; full always runs)")
     p.add_argument("--out", default="bench_out/squeezed_attention", help="folder for bench.json and bench.md")
     p.add_argument("--pack", default=None, help="reuse this context pack if it exists (built for the same "
                    "context), else build it and save it here; the reported build time is the pack's own")

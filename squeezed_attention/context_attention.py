@@ -128,6 +128,7 @@ class SqueezedContext:
                                               torch.tensor(float("-inf")))               # [L, Hs, K]
         self.summary_keys = per_head(tables.centroids.float()).contiguous()               # [L, Hs, K, D]
         self.summary_values = per_head(tables.value_centroids).contiguous()
+        self.kernel_summary_values = tables.value_centroids.float().contiguous()          # [L, Hkv, K, D]
         self.cluster_of = per_head(tables.labels).contiguous()                             # [L, Hs, Nc]
         G = tables.group_size
         heads = Hkv * G if spec.per_query_head else Hkv
@@ -181,6 +182,10 @@ class SqueezedContext:
         of whose keys was kept (the ranked fill's last one may be partial) has no summary. ``bias``: a held
         _summary_bias (then the positions are not read)."""
         bias = self._summary_bias(layer, kept_positions, valid) if bias is None else bias
+        if self.fused:  # the native kernels: the same softmax, logits from the int8 codes, no [rows, K] tensors
+            t = self.tables
+            return native.context_summaries(q.float(), t.centroid_codes_t[layer], t.centroid_scales[layer], bias,
+                                            self.kernel_summary_values[layer])
         logits = torch.baddbmm(bias[:, None, :], q.float(), self.summary_keys[layer].transpose(1, 2), alpha=self.scale)
         lse = torch.logsumexp(logits, -1)
         weights = torch.exp(logits - lse[..., None]).nan_to_num_(0.0)                     # all kept: lse -inf, out 0
@@ -193,17 +198,16 @@ class SqueezedContext:
         out, lse, positions = native.context_decode(
             q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
-            self.spec.budget_keys, self.scale, return_positions=True)
+            self.spec.budget_keys, self.scale, return_positions=True,
+            summary_values=self.kernel_summary_values[layer])                             # summaries in the kernel
         self._count(self.spec.budget_keys, t.num_clusters)
         self._last_selection[layer] = (positions, None)
-        out, lse = merge_partials(out, lse, *self._summaries(layer, q, positions, None))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def _attend_per_token_fused(self, layer: int, queries):
         """--prefill-rows 1 in ONE native call per layer: every prompt token is a selecting head of its own (the
         kernel maps head h to KV head h // (heads per KV head)), so each token's rows select and attend exactly as
-        a decode step of that token would (the same kernel, the same keys as the per-chunk loop), and the
-        summaries of every token's dropped clusters are one batched product."""
+        a decode step of that token would (the same kernel, the same keys and summaries as the per-chunk loop)."""
         Hq, T, D = queries.shape
         t = self.tables
         q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)      # [Hs, R*T, D], row r*T + t
@@ -212,24 +216,10 @@ class SqueezedContext:
         out, lse, positions = native.context_decode(
             q_tok, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
-            self.spec.budget_keys, self.scale, return_positions=True)
+            self.spec.budget_keys, self.scale, return_positions=True,
+            summary_values=self.kernel_summary_values[layer])
         self._count(self.spec.budget_keys, t.num_clusters)
         self._last_selection[layer] = (positions.reshape(Hs, T, -1)[:, -1], None)    # the last token's selection
-        # summaries (as _summaries, batched over the tokens): the clusters none of whose keys a token kept
-        Nc, B = self.num_clustered, positions.shape[1]
-        head = torch.arange(Hs).repeat_interleave(T)                                   # [Hs*T] selecting head
-        kept = self.cluster_of[layer].reshape(-1).index_select(
-            0, ((positions - self.first_position) + (head * Nc)[:, None]).reshape(-1)).reshape(Hs * T, B)
-        bias = self.summary_log_counts[layer].index_select(0, head)                    # [Hs*T, K]
-        bias.scatter_(1, kept, float("-inf"))
-        K = bias.shape[1]
-        bias = bias.reshape(Hs, T, 1, K).expand(Hs, T, R, K).reshape(Hs, T * R, K)
-        logits = torch.baddbmm(bias, q.reshape(Hs, R, T, D).transpose(1, 2).reshape(Hs, T * R, D),
-                               self.summary_keys[layer].transpose(1, 2), alpha=self.scale).reshape(Hs * T, R, K)
-        s_lse = torch.logsumexp(logits, -1)
-        weights = torch.exp(logits - s_lse[..., None]).nan_to_num_(0.0)
-        s_out = torch.bmm(weights.reshape(Hs, T * R, K), self.summary_values[layer]).reshape(Hs * T, R, D)
-        out, lse = merge_partials(out, lse, s_out, s_lse)
         out = out.reshape(Hs, T, R, D).transpose(1, 2).reshape(Hq, T, D)
         return out, lse.reshape(Hs, T, R).transpose(1, 2).reshape(Hq, T)
 

@@ -3,7 +3,7 @@ on first use.
 
 PyTorch's own extension builder compiles them (g++ and ninja; `pip install -r requirements.txt` brings
 ninja) into a per-user cache keyed by the sources, flags, torch version and CPU, then registers
-``torch.ops.squeeze_mobile.{context_select, context_decode, decode_gemv}``. Where they cannot be built (no
+``torch.ops.squeeze_mobile.{context_select, context_decode, context_summaries, decode_gemv}``. Where they cannot be built (no
 compiler), ``available()`` is False, the reason is kept in ``unavailable_reason()``, and callers use plain
 PyTorch (the in-graph lookup: same selection, more small ops per step; F.linear for decode projections).
 """
@@ -93,13 +93,23 @@ def context_select(queries, centroid_codes_t, centroid_scales, counts, order, st
 
 
 def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, start, sink_kv, clustered_kv,
-                   window_kv, budget: int, scale: float, return_positions: bool = False):
+                   window_kv, budget: int, scale: float, return_positions: bool = False, summary_values=None):
     """One layer's context partial for a decode step; see csrc/context_decode.cpp. *_kv rows are
-    [key | value] (float32 or float16). Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget]
-    ascending, empty unless ``return_positions``)."""
+    [key | value] (float32 or float16). ``summary_values`` [Hkv, K, D] float32: the clusters' mean values; given,
+    every cluster the selection drops joins the softmax as one summary entry (centroid logit + log N, mean
+    value), as SqueezedContext._summaries adds them on the other paths. Returns (out [Hs, R, D], lse [Hs, R],
+    kept positions [Hs, budget] ascending, empty unless ``return_positions``)."""
     return torch.ops.squeeze_mobile.context_decode(
         queries.contiguous(), centroid_codes_t, centroid_scales, counts, order, start, sink_kv,
-        clustered_kv, window_kv, int(budget), float(scale), bool(return_positions))
+        clustered_kv, window_kv, int(budget), float(scale), bool(return_positions), summary_values)
+
+
+def context_summaries(queries, centroid_codes_t, centroid_scales, bias, summary_values):
+    """Summaries of the clusters one selection dropped, for any number of query rows [Hs, R, D] (prefill chunks):
+    bias [Hs, K] float32 = log N for a dropped non-empty cluster, -inf otherwise; summary_values [Hkv, K, D].
+    Returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp, as SqueezedContext._summaries."""
+    return torch.ops.squeeze_mobile.context_summaries(queries.contiguous(), centroid_codes_t, centroid_scales,
+                                                      bias.float().contiguous(), summary_values)
 
 
 def decode_gemv(x, weight):

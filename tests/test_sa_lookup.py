@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from squeezed_attention.context_attention import DenseContext
+from squeezed_attention.context_attention import DenseContext, grouped_queries
 from squeezed_attention.generation import AttentionChoice, make_context
 from squeezed_attention.lookup import LookupTables, SelectionSpec, cluster_scores, score_layer, select_keys
 from squeezed_attention.lookup_numpy import NumpyTables
@@ -138,6 +138,34 @@ def test_fused_decode_kernel_selects_the_same_keys_and_matches_the_torch_path(pe
             ref_out, ref_lse = ref.attend(layer, q)
             new_out, new_lse = fused.attend(layer, q)
             assert (new_out - ref_out).abs().max() < 1e-5 and (new_lse - ref_lse).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("per_query_head", [False, True])
+def test_native_summaries_of_prefill_rows_match_the_torch_path(per_query_head):
+    """The dropped clusters' summaries for many query rows (a prompt's prefill): the native kernel's softmax over
+    the int8-coded centroids equals the torch path's baddbmm / logsumexp / bmm, for one kept key, a tenth and
+    everything (no summaries: output 0, lse -inf)."""
+    require_fused_kernel()
+    gen = small_generator()
+    pack, tables = gen.pack, gen.tables
+    queries = user_queries(gen)
+    for budget in (1, pack.num_clustered // 10, pack.num_clustered):
+        ref = make_context(pack, AttentionChoice("top-k", keep_keys=budget, per_query_head=per_query_head,
+                                                 backend="torch"), tables)
+        fused = make_context(pack, AttentionChoice("top-k", keep_keys=budget, per_query_head=per_query_head,
+                                                   backend="native"), tables)
+        for layer in range(0, pack.config.num_layers, 3):
+            q = grouped_queries(queries[layer], ref.num_kv_heads, per_query_head)
+            idx, valid = ref.select(layer, queries[layer])
+            ref_out, ref_lse = ref._summaries(layer, q, idx, valid)
+            out, lse = fused._summaries(layer, q, idx, valid)
+            assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
+            finite = torch.isfinite(ref_lse)
+            assert torch.equal(finite, torch.isfinite(lse))
+            assert (budget == pack.num_clustered) == (not finite.any())
+            assert (out - ref_out).abs().max() < 1e-5
+            if finite.any():
+                assert (lse[finite] - ref_lse[finite]).abs().max() < 1e-5
 
 
 def assert_same_selection_up_to_float32_ties(native_idx, torch_idx, tables, layer, queries, spec):

@@ -265,7 +265,9 @@ void scaled_queries(const float* q, int64_t n, int64_t D, std::vector<double>& q
 // [begin, end) of the cluster-ordered storage; with `out`, also writes the kept context positions in
 // ascending order.
 void ranked_fill(const double* scores, const HeadTables& t, int64_t K, int64_t Nc, int64_t first, int64_t budget,
-                 std::vector<std::pair<int64_t, int64_t>>& runs, int64_t* out) {
+                 std::vector<std::pair<int64_t, int64_t>>& runs, int64_t* out,
+                 std::vector<uint8_t>* kept_cluster = nullptr) {
+  if (kept_cluster != nullptr) kept_cluster->assign(K, 0);
   // Only the leading clusters are needed: rank the clusters scoring at least the `lead`-th largest score
   // (an O(K) selection on plain doubles), and all of them only if those do not fill the budget.
   thread_local std::vector<double> pick;
@@ -285,7 +287,10 @@ void ranked_fill(const double* scores, const HeadTables& t, int64_t K, int64_t N
     std::sort(rank.begin(), rank.end());
     for (const auto& [neg_score, c] : rank) {
       const int64_t take = std::min(t.counts[c], remaining);
-      if (take > 0) runs.emplace_back(t.start[c], t.start[c] + take);
+      if (take > 0) {
+        runs.emplace_back(t.start[c], t.start[c] + take);
+        if (kept_cluster != nullptr) (*kept_cluster)[c] = 1;
+      }
       remaining -= take;
       if (remaining == 0) break;
     }
@@ -440,6 +445,87 @@ void merge_into(Partial& a, const Partial& b, int64_t R, int64_t D) {
   }
 }
 
+// Summaries of the clusters a selection did not keep: each dropped non-empty cluster is one entry of the
+// softmax with logit A_rk + log N_k (A: the centroid logit, q.c / sqrt(D)) and value vbar_k (the cluster's mean
+// value), so exp(q.c) N vbar stands in for the sum over its keys (SqueezedContext._summaries on the torch path).
+// x: n rows of Kp logits with that bias added (-inf: no summary), overwritten with the weights. Writes the
+// normalised output rows out [n, D] and lse [n] (a row without summaries: 0 and -inf).
+void summary_rows(float* x, int64_t n, int64_t Kp, int64_t K, int64_t D, const float* vbar, float* out, float* lse) {
+  constexpr float kNone = -std::numeric_limits<float>::infinity();
+  for (int64_t r = 0; r < n; ++r) {
+    float* e = x + r * Kp;
+    v16f peak = {};
+    peak += kNone;
+    for (int64_t k = 0; k < Kp; k += 16) {
+      const v16f v = load16(e + k);
+      peak = v > peak ? v : peak;
+    }
+    float m = kNone;
+    for (int i = 0; i < 16; ++i) m = std::max(m, peak[i]);
+    if (m == kNone) {
+      std::fill(e, e + Kp, 0.f);
+      lse[r] = kNone;
+      continue;
+    }
+    for (int64_t k = 0; k < Kp; ++k) e[k] -= m;
+    exp_inplace(e, Kp);
+    v16f total = {};
+    for (int64_t k = 0; k < Kp; k += 16) total += load16(e + k);
+    const float l = hsum(total), inv = 1.f / l;
+    for (int64_t k = 0; k < Kp; ++k) e[k] *= inv;
+    lse[r] = m + std::log(l);
+  }
+  // out[r] = sum_k w_rk vbar_k: 4 rows x 64 dimensions of accumulators in registers while k runs
+  std::fill(out, out + n * D, 0.f);
+  if (D % 64 == 0) {
+    for (int64_t r0 = 0; r0 < n; r0 += 4) {
+      const int rb = static_cast<int>(std::min<int64_t>(4, n - r0));
+      for (int64_t d0 = 0; d0 < D; d0 += 64) {
+        v16f acc[4][4] = {};
+        for (int64_t k = 0; k < K; ++k) {
+          const float* v = vbar + k * D + d0;
+          const v16f v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+          for (int r = 0; r < rb; ++r) {
+            const float w = x[(r0 + r) * Kp + k];
+            acc[r][0] += v0 * w;
+            acc[r][1] += v1 * w;
+            acc[r][2] += v2 * w;
+            acc[r][3] += v3 * w;
+          }
+        }
+        for (int r = 0; r < rb; ++r)
+          for (int j = 0; j < 4; ++j) std::memcpy(out + (r0 + r) * D + d0 + 16 * j, &acc[r][j], sizeof(v16f));
+      }
+    }
+  } else {
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t k = 0; k < K; ++k) {
+        const float w = x[r * Kp + k];
+        for (int64_t d = 0; d < D; ++d) out[r * D + d] += w * vbar[k * D + d];
+      }
+  }
+}
+
+// One decode head's summaries as a Partial to merge: a: [R, Kp] float64 logits of this head's rows (before
+// row_scores), log_counts: log N_k of its KV head (-inf for an empty cluster), kept: the clusters the ranked
+// fill took keys from, vbar: [K, D] of its KV head.
+void summary_partial(const double* a, int64_t R, int64_t Kp, int64_t K, int64_t D, const double* log_counts,
+                     const std::vector<uint8_t>& kept, const float* vbar, Partial& p) {
+  thread_local std::vector<float> x, lse;
+  x.assign(R * Kp, -std::numeric_limits<float>::infinity());
+  lse.resize(R);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < K; ++k)
+      if (!kept[k]) x[r * Kp + k] = static_cast<float>(a[r * Kp + k] + log_counts[k]);  // empty: -inf
+  p.reset(R, D);
+  summary_rows(x.data(), R, Kp, K, D, vbar, p.out.data(), lse.data());
+  for (int64_t r = 0; r < R; ++r)
+    if (lse[r] != -std::numeric_limits<float>::infinity()) {  // normalised: m = lse, l = 1 (none: l = 0, skipped)
+      p.m[r] = lse[r];
+      p.l[r] = 1.f;
+    }
+}
+
 // ------------------------------------------------------------------------------------------- checks
 struct Tables {
   const int8_t* codes_t;
@@ -526,6 +612,72 @@ at::Tensor context_select(const at::Tensor& q, const at::Tensor& codes_t, const 
   return kept;
 }
 
+// Summaries of many query rows (prefill chunks): the dropped clusters of one selection as summary entries
+// (summary_partial's softmax in float32: logits A_rk from the int8 codes as context_select scores them, plus
+// bias_k = log N_k for a dropped non-empty cluster, -inf otherwise), normalised. q [Hs, R, D]; bias [Hs, K];
+// summary_values [Hkv, K, D]. Returns (out [Hs, R, D], lse [Hs, R]; a row with no summaries: 0, -inf).
+std::tuple<at::Tensor, at::Tensor> context_summaries(const at::Tensor& q, const at::Tensor& codes_t,
+                                                     const at::Tensor& scales, const at::Tensor& bias,
+                                                     const at::Tensor& summary_values) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "queries: contiguous float32 [H, n, D]");
+  TORCH_CHECK(codes_t.dim() == 4 && codes_t.size(3) == kKVec && codes_t.scalar_type() == at::kChar
+              && codes_t.is_contiguous(), "centroid codes: int8 [Hkv, Kp/16, D, 16] (blocked, padded)");
+  const int64_t Hs = q.size(0), R = q.size(1), D = q.size(2), Hkv = codes_t.size(0), Kp = codes_t.size(1) * kKVec;
+  TORCH_CHECK(codes_t.size(2) == D && Hs % Hkv == 0, "queries and centroid codes disagree");
+  TORCH_CHECK(bias.dim() == 2 && bias.size(0) == Hs && bias.scalar_type() == at::kFloat && bias.is_contiguous(),
+              "summary bias: contiguous float32 [Hs, K]");
+  const int64_t K = bias.size(1), heads_per_kv = Hs / Hkv;
+  TORCH_CHECK(K <= Kp && scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == Hkv * K,
+              "centroid scales: float32 [Hkv, K]");
+  TORCH_CHECK(summary_values.dim() == 3 && summary_values.scalar_type() == at::kFloat && summary_values.is_contiguous()
+              && summary_values.size(0) == Hkv && summary_values.size(1) == K && summary_values.size(2) == D,
+              "summary values: contiguous float32 [Hkv, K, D]");
+  auto out = at::empty({Hs, R, D}, q.options());
+  auto lse = at::empty({Hs, R}, q.options());
+  const float *qp = q.data_ptr<float>(), *bp = bias.data_ptr<float>(), *vp = summary_values.data_ptr<float>();
+  const float* sp = scales.data_ptr<float>();
+  const int8_t* cp = codes_t.data_ptr<int8_t>();
+  float *op = out.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  const int64_t chunks = std::max<int64_t>(1, (R + kScoreChunk - 1) / kScoreChunk);
+  const float inv_sqrt_d = 1.f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, Hs * chunks, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> qf, a, scale, pad_bias;
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t h = item / chunks, kv = h / heads_per_kv, r0 = (item % chunks) * kScoreChunk;
+      const int64_t n = std::min(kScoreChunk, R - r0);
+      if (n <= 0) continue;
+      scale.assign(Kp, 0.f);
+      pad_bias.assign(Kp, -std::numeric_limits<float>::infinity());
+      std::copy(sp + kv * K, sp + (kv + 1) * K, scale.begin());
+      std::copy(bp + h * K, bp + (h + 1) * K, pad_bias.begin());
+      qf.assign(qp + (h * R + r0) * D, qp + (h * R + r0 + n) * D);
+      for (auto& x : qf) x *= inv_sqrt_d;
+      a.resize(kRowBlock * Kp);
+      const int8_t* codes = cp + kv * D * Kp;
+      const float* vbar = vp + kv * K * D;
+      for (int64_t rb0 = 0; rb0 < n; rb0 += kRowBlock) {
+        const int64_t rb = std::min(kRowBlock, n - rb0);
+        const float* qr = qf.data() + rb0 * D;
+        switch (rb) {
+          case 8: logits_block_f32<8>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 7: logits_block_f32<7>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 6: logits_block_f32<6>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 5: logits_block_f32<5>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 4: logits_block_f32<4>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 3: logits_block_f32<3>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          case 2: logits_block_f32<2>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          default: logits_block_f32<1>(qr, D, codes, scale.data(), Kp, a.data()); break;
+        }
+        for (int64_t r = 0; r < rb; ++r)
+          for (int64_t k = 0; k < Kp; ++k) a[r * Kp + k] += pad_bias[k];
+        const int64_t row = h * R + r0 + rb0;
+        summary_rows(a.data(), rb, Kp, K, D, vbar, op + row * D, lp + row);
+      }
+    }
+  });
+  return {out, lse};
+}
+
 constexpr int64_t kScorePart = 256;  // about this many centroids per scoring work item in decode steps
 
 // The decode step, in one parallel region of five work-shared phases (barriers between them): centroid
@@ -534,7 +686,8 @@ constexpr int64_t kScorePart = 256;  // about this many centroids per scoring wo
 // splitting every phase finer than a head keeps both busy.
 template <typename T>
 void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
-                 const at::Tensor& window_kv, int64_t budget, float scale, float* op, float* lp, int64_t* keptp) {
+                 const at::Tensor& window_kv, int64_t budget, float scale, float* op, float* lp, int64_t* keptp,
+                 const float* vbar) {
   const int64_t Hs = q.size(0), R = q.size(1), D = t.D, K = t.K, Kp = t.Kp, Nc = t.Nc, heads_per_kv = Hs / t.Hkv;
   const int64_t first = sink_kv.size(1), W = window_kv.size(1);
   // Equal-sized work items (a fixed count per head, not per thread: results do not depend on the thread count).
@@ -547,8 +700,13 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
   std::vector<double> qd;
   scaled_queries(q.data_ptr<float>(), Hs * R, D, qd);
   std::vector<double> logits(Hs * R * Kp);
+  std::vector<double> summary_logits(vbar != nullptr ? Hs * R * Kp : 0);  // logits before row_scores, for summaries
+  std::vector<std::vector<uint8_t>> kept_cluster(Hs);
+  std::vector<double> log_counts(vbar != nullptr ? t.Hkv * K : 0);
+  for (int64_t i = 0; i < static_cast<int64_t>(log_counts.size()); ++i)
+    log_counts[i] = t.counts[i] > 0 ? std::log(static_cast<double>(t.counts[i])) : -std::numeric_limits<double>::infinity();
   std::vector<std::vector<const T*>> rows(Hs);
-  std::vector<Partial> partials(Hs * chunks);
+  std::vector<Partial> partials(Hs * chunks), summaries(vbar != nullptr ? Hs : 0);
   const float* qp = q.data_ptr<float>();
   auto phases = [&]() {
 #pragma omp for schedule(static)
@@ -558,8 +716,11 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
                   logits.data() + h * R * Kp);
     }
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < Hs * R; ++item)
+    for (int64_t item = 0; item < Hs * R; ++item) {
+      if (vbar != nullptr)
+        std::copy(logits.data() + item * Kp, logits.data() + (item + 1) * Kp, summary_logits.data() + item * Kp);
       row_scores(logits.data() + item * Kp, Kp, prep[item / R / heads_per_kv]);
+    }
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < Hs; ++h) {
       thread_local std::vector<double> scores;
@@ -572,7 +733,8 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
       for (auto& x : scores) x /= static_cast<double>(R);
       const int64_t kv = h / heads_per_kv;
       runs.clear();
-      ranked_fill(scores.data(), t.head(kv), K, Nc, first, budget, runs, keptp ? keptp + h * budget : nullptr);
+      ranked_fill(scores.data(), t.head(kv), K, Nc, first, budget, runs, keptp ? keptp + h * budget : nullptr,
+                  vbar != nullptr ? &kept_cluster[h] : nullptr);
       // Sinks, kept clusters in memory order (reads then move forward through the cluster-ordered storage),
       // observation window.
       std::sort(runs.begin(), runs.end());
@@ -588,8 +750,14 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
       add(window_kv, W, 0, W);
     }
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < Hs * chunks; ++item) {
+    for (int64_t item = 0; item < Hs * chunks + static_cast<int64_t>(summaries.size()); ++item) {
       thread_local std::vector<float> block;
+      if (item >= Hs * chunks) {  // one head's summaries
+        const int64_t h = item - Hs * chunks, kv = h / heads_per_kv;
+        summary_partial(summary_logits.data() + h * R * Kp, R, Kp, K, D, log_counts.data() + kv * K, kept_cluster[h],
+                        vbar + kv * K * D, summaries[h]);
+        continue;
+      }
       const int64_t h = item / chunks, begin = (item % chunks) * chunk_rows;
       const int64_t n = std::min(chunk_rows, L - begin);
       partials[item].reset(R, D);
@@ -599,6 +767,7 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
     for (int64_t h = 0; h < Hs; ++h) {  // fold each head's chunks in order, normalise
       Partial& total = partials[h * chunks];
       for (int64_t c = 1; c < chunks; ++c) merge_into(total, partials[h * chunks + c], R, D);
+      if (!summaries.empty()) merge_into(total, summaries[h], R, D);
       for (int64_t r = 0; r < R; ++r) {
         const float inv = total.l[r] > 0.f ? 1.f / total.l[r] : 0.f;  // no rows: output 0, lse -inf
         for (int64_t d = 0; d < D; ++d) op[(h * R + r) * D + d] = total.out[r * D + d] * inv;
@@ -617,12 +786,14 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
 
 // Context rows hold [key | value] (2*D elements, float32 or float16): sink_kv [Hkv, first, 2D],
 // clustered_kv [Hkv, Nc, 2D] in cluster order (slot i = position order[i]), window_kv [Hkv, W, 2D].
-// Returns (out [Hs, R, D], lse [Hs, R], kept positions [Hs, budget] ascending, or [Hs, 0] unless
-// return_positions).
+// summary_values [Hkv, K, D] float32 (optional): the clusters' mean values; given, the dropped clusters join
+// the softmax as summaries (summary_partial). Returns (out [Hs, R, D], lse [Hs, R], kept positions
+// [Hs, budget] ascending, or [Hs, 0] unless return_positions).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
     const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales, const at::Tensor& counts,
     const at::Tensor& order, const at::Tensor& start, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
-    const at::Tensor& window_kv, int64_t budget, double scale, bool return_positions) {
+    const at::Tensor& window_kv, int64_t budget, double scale, bool return_positions,
+    const c10::optional<at::Tensor>& summary_values) {
   const Tables t = check_tables(q, codes_t, scales, counts, order, start);
   const auto dtype = clustered_kv.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf, "context rows: float32 or float16");
@@ -632,16 +803,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
   TORCH_CHECK(clustered_kv.size(1) == t.Nc, "clustered rows and cluster tables disagree");
   TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
   const int64_t Hs = q.size(0), R = q.size(1), D = t.D;
+  const float* vbar = nullptr;
+  if (summary_values.has_value() && summary_values->defined()) {
+    const at::Tensor& v = *summary_values;
+    TORCH_CHECK(v.dim() == 3 && v.scalar_type() == at::kFloat && v.is_contiguous() && v.size(0) == t.Hkv
+                && v.size(1) == t.K && v.size(2) == D, "summary values: contiguous float32 [Hkv, K, D]");
+    vbar = v.data_ptr<float>();
+  }
   auto out = at::empty({Hs, R, D}, q.options());
   auto lse = at::empty({Hs, R}, q.options());
   auto kept = at::empty({Hs, return_positions ? budget : 0}, counts.options());
   int64_t* keptp = return_positions ? kept.data_ptr<int64_t>() : nullptr;
   if (dtype == at::kFloat)
     decode_step<float>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
-                       out.data_ptr<float>(), lse.data_ptr<float>(), keptp);
+                       out.data_ptr<float>(), lse.data_ptr<float>(), keptp, vbar);
   else
     decode_step<at::Half>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
-                          out.data_ptr<float>(), lse.data_ptr<float>(), keptp);
+                          out.data_ptr<float>(), lse.data_ptr<float>(), keptp, vbar);
   return {out, lse, kept};
 }
 
@@ -652,10 +830,13 @@ TORCH_LIBRARY(squeeze_mobile, m) {
         "Tensor start, int first, int budget) -> Tensor");
   m.def("context_decode(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, Tensor order, "
         "Tensor start, Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
-        "bool return_positions=False) -> (Tensor, Tensor, Tensor)");
+        "bool return_positions=False, Tensor? summary_values=None) -> (Tensor, Tensor, Tensor)");
+  m.def("context_summaries(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor bias, "
+        "Tensor summary_values) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(squeeze_mobile, CPU, m) {
   m.impl("context_select", &context_select);
   m.impl("context_decode", &context_decode);
+  m.impl("context_summaries", &context_summaries);
 }
