@@ -142,14 +142,20 @@ class SqueezedContext:
 
     def select(self, layer: int, queries):
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
+        return self._select(layer, queries)[:2]
+
+    def _select(self, layer: int, queries, with_logits: bool = False):
+        """select(), plus the native kernels' centroid logits of the query rows when asked (None otherwise), which
+        the native summaries then reuse instead of scoring the rows again."""
         if self.fused:
             t = self.tables
             q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
-            idx = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
-                                        t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
-                                        self.spec.budget_keys)
+            picked = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
+                                           t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
+                                           self.spec.budget_keys, return_logits=with_logits)
+            idx, logits = picked if with_logits else (picked, None)
             self._count(idx.shape[1], t.num_clusters)
-            return idx, None
+            return idx, None, logits
         if self.backend == "numpy":
             idx, valid, scored = select_keys_numpy(self.numpy_tables, layer, queries.numpy(), self.spec)
             idx = torch.from_numpy(idx)
@@ -158,7 +164,7 @@ class SqueezedContext:
             sel = select_keys(self.tables, layer, queries, self.spec)
             idx, valid, scored = sel.indices, sel.valid, sel.centroids_scored
         self._count(idx.shape[1] if valid is None else float(valid.sum(-1).double().mean()), scored)
-        return idx, valid
+        return idx, valid, None
 
     def _count(self, kept: float, scored: float):
         self.stats.calls += 1
@@ -174,18 +180,19 @@ class SqueezedContext:
             masked = torch.where(valid, masked, bias.gather(1, kept))
         return bias.scatter_(1, kept, masked)
 
-    def _summaries(self, layer: int, q, kept_positions, valid, bias=None):
+    def _summaries(self, layer: int, q, kept_positions, valid, bias=None, logits=None):
         """The clusters the selection did not keep, each as one summary entry (key = its centroid, value = its mean
         value, logit + log N): exp(q.c) N v_mean stands in for the sum over its keys, so the attention keeps (an
         estimate of) the weight and the direction of what was dropped instead of renormalising it onto the kept
         keys. q: grouped [Hs, R, D]; returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp. A cluster any
         of whose keys was kept (the ranked fill's last one may be partial) has no summary. ``bias``: a held
-        _summary_bias (then the positions are not read)."""
+        _summary_bias (then the positions are not read). ``logits``: the native selection's centroid logits of
+        these rows (_select), reused by the native summaries."""
         bias = self._summary_bias(layer, kept_positions, valid) if bias is None else bias
         if self.fused:  # the native kernels: the same softmax, logits from the int8 codes, no [rows, K] tensors
             t = self.tables
             return native.context_summaries(q.float(), t.centroid_codes_t[layer], t.centroid_scales[layer], bias,
-                                            self.kernel_summary_values[layer])
+                                            self.kernel_summary_values[layer], logits)
         logits = torch.baddbmm(bias[:, None, :], q.float(), self.summary_keys[layer].transpose(1, 2), alpha=self.scale)
         lse = torch.logsumexp(logits, -1)
         weights = torch.exp(logits - lse[..., None]).nan_to_num_(0.0)                     # all kept: lse -inf, out 0
@@ -281,12 +288,12 @@ class SqueezedContext:
         query_rows = T if self.spec.per_query_head else T * (Hq // self.num_kv_heads)
         if self.fused and query_rows <= NATIVE_MAX_ROWS:
             return self._attend_fused(layer, queries)
-        idx, valid = self.select(layer, queries)
+        idx, valid, logits = self._select(layer, queries, with_logits=True)
         self._last_selection[layer] = (idx, valid)
         # Sinks, selected keys (ascending positions), window: the dense order, so keeping everything is
         # bit-identical to full attention.
         keys, values, mask = self._selected_rows(layer, idx, valid)
         q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
         out, lse = attention_with_lse(q, keys, values, self.scale, mask)
-        out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid))
+        out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid, logits=logits))
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)

@@ -85,11 +85,13 @@ def require() -> None:
                            "ninja, or use --lookup torch")
 
 
-def context_select(queries, centroid_codes_t, centroid_scales, counts, order, start, first: int, budget: int):
+def context_select(queries, centroid_codes_t, centroid_scales, counts, order, start, first: int, budget: int,
+                   return_logits: bool = False):
     """Kept context positions [Hs, budget] (ascending) for any number of query rows [Hs, R, D]; the
-    selection of lookup.select_keys in budget mode, flat. See csrc/context_decode.cpp."""
-    return torch.ops.squeeze_mobile.context_select(queries.contiguous(), centroid_codes_t, centroid_scales, counts,
-                                                   order, start, int(first), int(budget))
+    selection of lookup.select_keys in budget mode, flat. See csrc/context_decode.cpp. ``return_logits``:
+    (positions, the rows' centroid logits [Hs, R, Kp] as scored), for context_summaries."""
+    op = torch.ops.squeeze_mobile.context_select_logits if return_logits else torch.ops.squeeze_mobile.context_select
+    return op(queries.contiguous(), centroid_codes_t, centroid_scales, counts, order, start, int(first), int(budget))
 
 
 def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, start, sink_kv, clustered_kv,
@@ -104,12 +106,13 @@ def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, st
         clustered_kv, window_kv, int(budget), float(scale), bool(return_positions), summary_values)
 
 
-def context_summaries(queries, centroid_codes_t, centroid_scales, bias, summary_values):
+def context_summaries(queries, centroid_codes_t, centroid_scales, bias, summary_values, logits=None):
     """Summaries of the clusters one selection dropped, for any number of query rows [Hs, R, D] (prefill chunks):
-    bias [Hs, K] float32 = log N for a dropped non-empty cluster, -inf otherwise; summary_values [Hkv, K, D].
+    bias [Hs, K] float32 = log N for a dropped non-empty cluster, -inf otherwise; summary_values [Hkv, K, D];
+    ``logits``: the same rows' centroid logits from context_select(return_logits=True) (not scored again).
     Returns (out [Hs, R, D], lse [Hs, R]) to merge by log-sum-exp, as SqueezedContext._summaries."""
     return torch.ops.squeeze_mobile.context_summaries(queries.contiguous(), centroid_codes_t, centroid_scales,
-                                                      bias.float().contiguous(), summary_values)
+                                                      bias.float().contiguous(), summary_values, logits)
 
 
 def decode_gemv(x, weight):

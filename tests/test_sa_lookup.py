@@ -166,6 +166,12 @@ def test_native_summaries_of_prefill_rows_match_the_torch_path(per_query_head):
             assert (out - ref_out).abs().max() < 1e-5
             if finite.any():
                 assert (lse[finite] - ref_lse[finite]).abs().max() < 1e-5
+            # the selection's own logits, handed to the summaries, give the same numbers as scoring again
+            n_idx, n_valid, logits = fused._select(layer, queries[layer], with_logits=True)
+            assert logits.shape[:2] == q.shape[:2] and logits.shape[2] % 16 == 0
+            again = fused._summaries(layer, q, n_idx, n_valid)
+            reused = fused._summaries(layer, q, n_idx, n_valid, logits=logits)
+            assert torch.equal(again[0], reused[0]) and torch.equal(again[1], reused[1])
 
 
 def assert_same_selection_up_to_float32_ties(native_idx, torch_idx, tables, layer, queries, spec):

@@ -214,9 +214,10 @@ void logits_block_f32(const float* q, int64_t D, const int8_t* codes_t, const fl
   }
 }
 
-// Adds sum over rows of S_rk (computed in float32, summed in float64) to `scores`.
+// Adds sum over rows of S_rk (computed in float32, summed in float64) to `scores`; with `logits`, also writes
+// the rows' logits A [n, Kp] there (what context_summaries would compute again).
 void accumulate_scores_f32(const float* q, int64_t n, int64_t D, const HeadScoringF32& h, int64_t K, int64_t Kp,
-                           std::vector<float>& a, double* scores) {
+                           std::vector<float>& a, double* scores, float* logits = nullptr) {
   a.resize(kRowBlock * Kp);
   for (int64_t r0 = 0; r0 < n; r0 += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, n - r0);
@@ -231,6 +232,7 @@ void accumulate_scores_f32(const float* q, int64_t n, int64_t D, const HeadScori
       case 2: logits_block_f32<2>(qr, D, h.codes_t, h.scale.data(), Kp, a.data()); break;
       default: logits_block_f32<1>(qr, D, h.codes_t, h.scale.data(), Kp, a.data()); break;
     }
+    if (logits != nullptr) std::copy(a.data(), a.data() + rb * Kp, logits + r0 * Kp);
     for (int64_t r = 0; r < rb; ++r) {
       float* e = a.data() + r * Kp;
       v16f peak = {};
@@ -561,7 +563,7 @@ Tables check_tables(const at::Tensor& q, const at::Tensor& codes_t, const at::Te
 
 // Cluster scores [Hs, K] (mean over each head's rows), computed in fixed chunks of rows in parallel and
 // summed in chunk order (the same result at any thread count).
-std::vector<double> all_scores(const at::Tensor& q, const Tables& t) {
+std::vector<double> all_scores(const at::Tensor& q, const Tables& t, float* logits = nullptr) {
   const int64_t Hs = q.size(0), R = q.size(1), D = t.D, K = t.K, Kp = t.Kp;
   const int64_t heads_per_kv = Hs / t.Hkv;
   const int64_t chunks = std::max<int64_t>(1, (R + kScoreChunk - 1) / kScoreChunk);
@@ -578,7 +580,8 @@ std::vector<double> all_scores(const at::Tensor& q, const Tables& t) {
       if (n <= 0) continue;
       qf.assign(qp + (h * R + r0) * D, qp + (h * R + r0 + n) * D);
       for (auto& x : qf) x *= inv_sqrt_d;
-      accumulate_scores_f32(qf.data(), n, D, prep[h / heads_per_kv], K, Kp, a, partial.data() + item * K);
+      accumulate_scores_f32(qf.data(), n, D, prep[h / heads_per_kv], K, Kp, a, partial.data() + item * K,
+                            logits != nullptr ? logits + (h * R + r0) * Kp : nullptr);
     }
   });
   std::vector<double> scores(Hs * K, 0.0);
@@ -592,13 +595,13 @@ std::vector<double> all_scores(const at::Tensor& q, const Tables& t) {
 // ------------------------------------------------------------------------------------------------ ops
 // q [Hs, R, D]: Hs = KV heads (one selection per KV group, the group's query rows pooled) or query heads.
 // Returns the kept context positions [Hs, budget], ascending.
-at::Tensor context_select(const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales,
-                          const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start, int64_t first,
-                          int64_t budget) {
+at::Tensor select_into(const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales,
+                       const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start, int64_t first,
+                       int64_t budget, float* logits) {
   const Tables t = check_tables(q, codes_t, scales, counts, order, start);
   TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
   const int64_t Hs = q.size(0), heads_per_kv = Hs / t.Hkv;
-  const std::vector<double> scores = all_scores(q, t);
+  const std::vector<double> scores = all_scores(q, t, logits);
   auto kept = at::empty({Hs, budget}, counts.options());
   int64_t* keptp = kept.data_ptr<int64_t>();
   at::parallel_for(0, Hs, 1, [&](int64_t b, int64_t e) {
@@ -612,13 +615,31 @@ at::Tensor context_select(const at::Tensor& q, const at::Tensor& codes_t, const 
   return kept;
 }
 
+at::Tensor context_select(const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales,
+                          const at::Tensor& counts, const at::Tensor& order, const at::Tensor& start, int64_t first,
+                          int64_t budget) {
+  return select_into(q, codes_t, scales, counts, order, start, first, budget, nullptr);
+}
+
+// context_select that also returns the rows' centroid logits [Hs, R, Kp] (float32, as scored), which
+// context_summaries then takes instead of scoring the rows again.
+std::tuple<at::Tensor, at::Tensor> context_select_logits(const at::Tensor& q, const at::Tensor& codes_t,
+                                                         const at::Tensor& scales, const at::Tensor& counts,
+                                                         const at::Tensor& order, const at::Tensor& start,
+                                                         int64_t first, int64_t budget) {
+  auto logits = at::empty({q.size(0), q.size(1), codes_t.size(1) * kKVec}, q.options());
+  auto kept = select_into(q, codes_t, scales, counts, order, start, first, budget, logits.data_ptr<float>());
+  return {kept, logits};
+}
+
 // Summaries of many query rows (prefill chunks): the dropped clusters of one selection as summary entries
 // (summary_partial's softmax in float32: logits A_rk from the int8 codes as context_select scores them, plus
 // bias_k = log N_k for a dropped non-empty cluster, -inf otherwise), normalised. q [Hs, R, D]; bias [Hs, K];
 // summary_values [Hkv, K, D]. Returns (out [Hs, R, D], lse [Hs, R]; a row with no summaries: 0, -inf).
 std::tuple<at::Tensor, at::Tensor> context_summaries(const at::Tensor& q, const at::Tensor& codes_t,
                                                      const at::Tensor& scales, const at::Tensor& bias,
-                                                     const at::Tensor& summary_values) {
+                                                     const at::Tensor& summary_values,
+                                                     const c10::optional<at::Tensor>& logits) {
   TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(), "queries: contiguous float32 [H, n, D]");
   TORCH_CHECK(codes_t.dim() == 4 && codes_t.size(3) == kKVec && codes_t.scalar_type() == at::kChar
               && codes_t.is_contiguous(), "centroid codes: int8 [Hkv, Kp/16, D, 16] (blocked, padded)");
@@ -627,6 +648,12 @@ std::tuple<at::Tensor, at::Tensor> context_summaries(const at::Tensor& q, const 
   TORCH_CHECK(bias.dim() == 2 && bias.size(0) == Hs && bias.scalar_type() == at::kFloat && bias.is_contiguous(),
               "summary bias: contiguous float32 [Hs, K]");
   const int64_t K = bias.size(1), heads_per_kv = Hs / Hkv;
+  const float* given = nullptr;  // the rows' logits from context_select_logits: no second scoring
+  if (logits.has_value() && logits->defined()) {
+    TORCH_CHECK(logits->dim() == 3 && logits->size(0) == Hs && logits->size(1) == R && logits->size(2) == Kp
+                && logits->scalar_type() == at::kFloat && logits->is_contiguous(), "logits: contiguous float32 [Hs, R, Kp]");
+    given = logits->data_ptr<float>();
+  }
   TORCH_CHECK(K <= Kp && scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == Hkv * K,
               "centroid scales: float32 [Hkv, K]");
   TORCH_CHECK(summary_values.dim() == 3 && summary_values.scalar_type() == at::kFloat && summary_values.is_contiguous()
@@ -650,23 +677,30 @@ std::tuple<at::Tensor, at::Tensor> context_summaries(const at::Tensor& q, const 
       pad_bias.assign(Kp, -std::numeric_limits<float>::infinity());
       std::copy(sp + kv * K, sp + (kv + 1) * K, scale.begin());
       std::copy(bp + h * K, bp + (h + 1) * K, pad_bias.begin());
-      qf.assign(qp + (h * R + r0) * D, qp + (h * R + r0 + n) * D);
-      for (auto& x : qf) x *= inv_sqrt_d;
+      if (given == nullptr) {
+        qf.assign(qp + (h * R + r0) * D, qp + (h * R + r0 + n) * D);
+        for (auto& x : qf) x *= inv_sqrt_d;
+      }
       a.resize(kRowBlock * Kp);
       const int8_t* codes = cp + kv * D * Kp;
       const float* vbar = vp + kv * K * D;
       for (int64_t rb0 = 0; rb0 < n; rb0 += kRowBlock) {
         const int64_t rb = std::min(kRowBlock, n - rb0);
         const float* qr = qf.data() + rb0 * D;
-        switch (rb) {
-          case 8: logits_block_f32<8>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 7: logits_block_f32<7>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 6: logits_block_f32<6>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 5: logits_block_f32<5>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 4: logits_block_f32<4>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 3: logits_block_f32<3>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          case 2: logits_block_f32<2>(qr, D, codes, scale.data(), Kp, a.data()); break;
-          default: logits_block_f32<1>(qr, D, codes, scale.data(), Kp, a.data()); break;
+        if (given != nullptr) {
+          const float* g = given + (h * R + r0 + rb0) * Kp;
+          std::copy(g, g + rb * Kp, a.begin());
+        } else {
+          switch (rb) {
+            case 8: logits_block_f32<8>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 7: logits_block_f32<7>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 6: logits_block_f32<6>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 5: logits_block_f32<5>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 4: logits_block_f32<4>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 3: logits_block_f32<3>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            case 2: logits_block_f32<2>(qr, D, codes, scale.data(), Kp, a.data()); break;
+            default: logits_block_f32<1>(qr, D, codes, scale.data(), Kp, a.data()); break;
+          }
         }
         for (int64_t r = 0; r < rb; ++r)
           for (int64_t k = 0; k < Kp; ++k) a[r * Kp + k] += pad_bias[k];
@@ -831,12 +865,15 @@ TORCH_LIBRARY(squeeze_mobile, m) {
   m.def("context_decode(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, Tensor order, "
         "Tensor start, Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
         "bool return_positions=False, Tensor? summary_values=None) -> (Tensor, Tensor, Tensor)");
+  m.def("context_select_logits(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, "
+        "Tensor order, Tensor start, int first, int budget) -> (Tensor, Tensor)");
   m.def("context_summaries(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor bias, "
-        "Tensor summary_values) -> (Tensor, Tensor)");
+        "Tensor summary_values, Tensor? logits=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(squeeze_mobile, CPU, m) {
   m.impl("context_select", &context_select);
   m.impl("context_decode", &context_decode);
+  m.impl("context_select_logits", &context_select_logits);
   m.impl("context_summaries", &context_summaries);
 }
