@@ -40,7 +40,6 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMATS = ("pte", "onnx", "tflite", "coreml")
 LOOKUP_PLANS = ("in-graph", "split")
 WEIGHTS = ("fp32", "int8", "int4")
-QUANTIZED_FORMATS = ("onnx", "tflite", "pte")
 # quantized weights: greedy tokens cannot be identical; judged teacher-forced along the fp32 PyTorch tokens
 QUANTIZED_TOP1_MIN = {"int8": 0.90, "int4": 0.75}
 QUANTIZED_KL_MAX = {"int8": 0.05, "int4": 0.30}
@@ -279,10 +278,6 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                            "(Core ML: --formats coreml writes an .mlpackage)")
     if weights not in WEIGHTS:
         raise SqueezeError(f"--weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
-    if weights != "fp32" and any(f not in QUANTIZED_FORMATS for f in formats):
-        raise SqueezeError(f"--weights {weights} is built for {', '.join(QUANTIZED_FORMATS)} so far (onnxruntime's "
-                           "MatMulNBits, the LiteRT quantizer, ExecuTorch XNNPACK dynamic int8 x int8/int4); export "
-                           f"{', '.join(f for f in formats if f not in QUANTIZED_FORMATS)} with --weights fp32")
     if lookup_plan is not None and lookup_plan not in LOOKUP_PLANS:
         raise SqueezeError(f"--lookup-plan must be one of {', '.join(LOOKUP_PLANS)}; got {lookup_plan!r}")
     for fmt in formats:

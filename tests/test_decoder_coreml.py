@@ -81,8 +81,36 @@ def test_coreml_decoder_refusals(exported, tmp_path):
     _, gguf, _ = exported
     with pytest.raises(SqueezeError, match="split lookup plan only"):
         export_decoder(tmp_path / "a", formats="coreml", model_path=gguf, lookup_plan="in-graph", verify=False, **SHAPES)
-    with pytest.raises(SqueezeError, match="weights"):
-        export_decoder(tmp_path / "b", formats="coreml", model_path=gguf, weights="int8", verify=False, **SHAPES)
+    with pytest.raises(SqueezeError, match="--weights must be one of"):
+        export_decoder(tmp_path / "b", formats="coreml", model_path=gguf, weights="int2", verify=False, **SHAPES)
+
+
+@pytest.mark.parametrize("weights, constexpr_op", [("int8", "constexpr_blockwise_shift_scale"),
+                                                   ("int4", "constexpr_blockwise_shift_scale")])
+def test_coreml_decoder_weights_are_compressed_and_judged_against_fp32(exported, tmp_path, weights, constexpr_op):
+    """--weights int8|int4 for Core ML: every weight matrix of every function (projections, MLP, head, embedding)
+    is stored compressed (constexpr ops, decompressed at load), the graph's own tables (RoPE, masks) and the norm
+    vectors stay float, and the artifact is judged teacher-forced against fp32 by the MIL evaluator."""
+    import coremltools as ct
+
+    d, gguf, _ = exported
+    export_decoder(tmp_path / "q", formats=("coreml",), model_path=gguf, attention="squeezed", kv_budget=0.3,
+                   verify_text=d / "doc.txt", verify_tokens=8, weights=weights, **SHAPES)
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    art = manifest["artifacts"][0]
+    assert art["weights"] == weights and art["file"].endswith(".mlpackage")
+    q = art["quantization"]
+    assert q["compressed_weight_fraction"] == 1.0 and set(q["functions"]) == set(art["decoder"]["methods"])
+    assert all(f["compressed_elements"] == f["weight_elements"] > 0 for f in q["functions"].values())
+    v = art["verification"]
+    assert v["status"] == "pass" and v["weights"] == weights, v
+    spec = ct.models.MLModel(str(tmp_path / "q" / art["file"]), skip_model_load=True).get_spec()
+    for fn in spec.mlProgram.functions.values():
+        ops = fn.block_specializations[fn.opset].operations
+        assert any(op.type == constexpr_op for op in ops)
+        for op in ops:                                   # nothing but parameter matrices was compressed
+            if op.type.startswith("constexpr_"):
+                assert op.outputs[0].name.startswith("p_"), op.outputs[0].name
 
 
 def test_bench_lists_the_coreml_decoder_as_not_timed_off_macos(exported, tmp_path):

@@ -234,6 +234,41 @@ def coreml_pt2e_quantizer(observer: str):
     return PatternsPresent(config), "torchao PT2E + executorch CoreMLQuantizer (affine, per-channel weights)"
 
 
+WEIGHT_SCHEMES = {
+    "int8": "int8 per-channel symmetric",
+    "int4": "4-bit per-block (32 along the input dimension) with per-block offsets (iOS 18 blockwise)",
+}
+
+
+def quantize_weights(mlmodel, weights: str, threshold: int = WEIGHT_THRESHOLD):
+    """Weight-only compression of an ML program with coremltools.optimize.coreml.linear_quantize_weights
+    (weight_config's scheme)."""
+    from coremltools.optimize.coreml import linear_quantize_weights
+
+    return linear_quantize_weights(mlmodel, weight_config(weights, threshold))
+
+
+def weight_config(weights: str, threshold: int = WEIGHT_THRESHOLD, names=None):
+    """coremltools' OptimizationConfig for int8 per-channel symmetric weights (SqueezeTime's weight-only int8,
+    decoders' int8) or 4-bit blocks of 32 with an offset per block (asymmetric min/max, the layout of llama.cpp's
+    Q4_1; iOS 18 constexpr_blockwise_shift_scale). Weights of at most ``threshold`` elements stay in float;
+    ``names``: only these constants (by name), whatever their size."""
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig
+
+    threshold = 0 if names is not None else threshold
+    if weights == "int8":
+        op = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                     weight_threshold=threshold)
+    elif weights == "int4":
+        op = OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_block", block_size=32,
+                                     weight_threshold=threshold)
+    else:
+        raise SqueezeError(f"Core ML weights must be int8 or int4; got {weights!r}")
+    if names is not None:
+        return OptimizationConfig(op_name_configs={name: op for name in names})
+    return OptimizationConfig(global_config=op)
+
+
 def quantization_structure(path: Path, scheme: str) -> dict:
     """What a quantized ML program holds, read from the saved spec: constexpr (int8) weights, activation
     quantize/dequantize ops, and the share of conv/linear weight elements stored in int8. Raises SqueezeError when
@@ -349,16 +384,13 @@ class CoreMLBackend(Backend):
         on the fp16 ML program; weight_threshold 0 so that no conv weight is skipped for being small (coremltools'
         default 2048 leaves the small convs of reduced widths in fp16), 1-D tensors (biases) stay fp16."""
         import coremltools as ct
-        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
         import torch
 
         example = _float_example(example)
         ep = torch.export.export(module, (example,), strict=False).run_decompositions({})
         mlmodel = self._ct_convert(ep, example, ct.precision.FLOAT16)
-        config = OptimizationConfig(global_config=OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
-        mlmodel = linear_quantize_weights(mlmodel, config)
+        mlmodel = quantize_weights(mlmodel, "int8")
         self._save(mlmodel, dest)
         return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32",
                 "quantization": {"tool": "coremltools.optimize.coreml.linear_quantize_weights", "scheme": "weight-only",
@@ -442,11 +474,14 @@ class CoreMLBackend(Backend):
         """Several methods (the decoder's split-plan stages) as functions of one .mlpackage (coreml_program)."""
         from . import coreml_program
 
+        methods = coreml_program.export_program(program, dest, "fp32", weights=opts.weights)
+        extras = {"methods": methods, "deployment_target": coreml_program.DEPLOYMENT_TARGET,
+                  "functions": len(methods), "evaluated_by": None if ON_MACOS else coreml_mil.EVALUATOR}
         if opts.weights != "fp32":
-            raise SqueezeError(f"--weights {opts.weights} is not built for Core ML decoders yet; use --weights fp32")
-        methods = coreml_program.export_program(program, dest, "fp32")
-        return {"methods": methods, "deployment_target": coreml_program.DEPLOYMENT_TARGET,
-                "functions": len(methods), "evaluated_by": None if ON_MACOS else coreml_mil.EVALUATOR}
+            extras["quantization"] = {"tool": "coremltools.optimize.coreml.linear_quantize_weights",
+                                      "weights": WEIGHT_SCHEMES[opts.weights], "activations": "fp32 (not quantized)",
+                                      **coreml_program.compressed_weights(dest)}
+        return extras
 
     def load_program(self, path, methods, threads=None, profile=False):
         from .coreml_program import CoreMLProgramRunner

@@ -49,7 +49,10 @@ class CannotEvaluate(SqueezeError):
 
 _DTYPES = {"fp16": np.float16, "fp32": np.float32, "fp64": np.float64, "int8": np.int8, "uint8": np.uint8,
            "int16": np.int16, "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "int64": np.int64,
-           "bool": np.bool_}
+           "bool": np.bool_,
+           # sub-byte constants (4-bit blockwise weights, palette indices): held one value per byte
+           "int4": np.int8, "uint4": np.uint8, "uint1": np.uint8, "uint2": np.uint8, "uint3": np.uint8,
+           "uint6": np.uint8}
 
 
 def _dtype_name(var) -> str:

@@ -43,8 +43,9 @@ def _file_dtype(dtype) -> str:
     return {"int64": "int32", "float64": "float32", "bool": "int32"}.get(name, name)
 
 
-def convert_method(method, dest: Path, precision: str = "fp32") -> None:
-    """One method -> a single-function .mlpackage at ``dest`` (inputs by name, outputs ``out_<name>``)."""
+def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "fp32") -> None:
+    """One method -> a single-function .mlpackage at ``dest`` (inputs by name, outputs ``out_<name>``); ``weights``
+    int8 / int4: its weight matrices compressed (coreml_backend.quantize_weights)."""
     import coremltools as ct
     import torch
 
@@ -56,6 +57,14 @@ def convert_method(method, dest: Path, precision: str = "fp32") -> None:
     outputs = [ct.TensorType(name=OUTPUT_PREFIX + n) for n in method.outputs]
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(list(SKIPPED_PASSES))
+    if weights != "fp32":
+        # compressed in the conversion's own pipeline (linear_quantize_weights on the saved model would run the
+        # default pipeline again, fuse_linear_bias included)
+        from .coreml_backend import weight_config
+
+        pipeline.append_pass("compression::linear_quantize_weights")
+        pipeline.set_options("compression::linear_quantize_weights",
+                             {"config": weight_config(weights, names=weight_matrices(exported))})
     model = ct.convert(exported, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                        minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
                        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
@@ -63,7 +72,56 @@ def convert_method(method, dest: Path, precision: str = "fp32") -> None:
     model.save(str(dest))
 
 
-def export_program(program, dest: Path, precision: str = "fp32", progress=None) -> Dict:
+def weight_matrices(exported) -> list:
+    """Names of the model's weight matrices in a converted program (torch.export's parameter placeholders, which
+    coremltools keeps as the const names): projections, MLP, head, embedding. Norm vectors and the graph's own
+    tables (RoPE, masks: buffers and lifted constants) are not model weights and stay in float."""
+    return [name for name, fqn in exported.graph_signature.inputs_to_parameters.items()
+            if exported.state_dict[fqn].dim() == 2]
+
+
+def compressed_weights(path: Path) -> Dict:
+    """What the saved program stores compressed: per function, the constexpr (decompress-at-load) ops and the share
+    of the linear / matmul / gather constant-weight elements that come from one."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    out = {"functions": {}}
+    total_all = quantized_all = 0
+    for name, fn in spec.mlProgram.functions.items():
+        block = fn.block_specializations[fn.opset]
+        producer, numel = {}, {}
+        for op in block.operations:
+            for o in op.outputs:
+                producer[o.name] = op
+                dims = [d.constant.size for d in o.type.tensorType.dimensions]
+                numel[o.name] = int(np.prod(dims)) if dims else 1
+        total = quantized = constexpr = 0
+        for op in block.operations:
+            constexpr += op.type.startswith("constexpr_")
+            slots = {"linear": ("weight",), "matmul": ("x", "y"), "gather": ("x",)}.get(op.type, ())
+            for slot in slots:
+                if slot not in op.inputs or not op.inputs[slot].arguments:
+                    continue
+                var = op.inputs[slot].arguments[0].name
+                src = producer.get(var)
+                if src is None or not (src.type == "const" or src.type.startswith("constexpr_")) \
+                        or not var.startswith("p_"):
+                    continue                                    # an activation or a graph table, not a weight
+                n = numel.get(var, 0)
+                total += n
+                quantized += n if src.type.startswith("constexpr_") else 0
+        out["functions"][name] = {"constexpr_ops": constexpr, "weight_elements": total, "compressed_elements": quantized}
+        total_all += total
+        quantized_all += quantized
+    out["compressed_weight_fraction"] = round(quantized_all / total_all, 4) if total_all else 0.0
+    if total_all and quantized_all < total_all:
+        raise SqueezeError(f"{Path(path).name}: only {quantized_all / total_all:.0%} of the weight matrices are "
+                           "compressed")
+    return out
+
+
+def export_program(program, dest: Path, precision: str = "fp32", progress=None, weights: str = "fp32") -> Dict:
     """Every method of ``program`` as a function of one .mlpackage at ``dest``; returns the method table."""
     import coremltools as ct
 
@@ -77,7 +135,7 @@ def export_program(program, dest: Path, precision: str = "fp32", progress=None) 
             if progress:
                 progress(f"Core ML: converting {m.name} ({i + 1}/{len(program.methods)})")
             part = work / f"{m.name}.mlpackage"
-            convert_method(m, part, precision)
+            convert_method(m, part, precision, weights)
             desc.add_function(str(part), src_function_name="main", target_function_name=m.name)
         desc.default_function_name = program.methods[0].name
         ct.utils.save_multifunction(desc, str(dest))
