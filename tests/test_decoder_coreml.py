@@ -122,3 +122,33 @@ def test_bench_lists_the_coreml_decoder_as_not_timed_off_macos(exported, tmp_pat
     d, _, _ = exported
     with pytest.raises(SqueezeError, match="not timed off macOS"):
         run_decoder_benchmark(d / "artifacts", out_dir=tmp_path / "b", contexts=(512,))
+
+
+def test_coreml_int4_stores_a_q4_1_model_on_its_own_grid(tmp_path):
+    """A decoder read from a Q4_1 / Q8_0 GGUF exported with --weights int4: the weights the saved program
+    decompresses (the MIL evaluator's materialised constants) equal the model's own weights, layer matrices (4-bit
+    blocks with float offsets) and embedding/head (8-bit blocks) alike."""
+    from export.backends.coreml_mil import MILProgram, load_program
+    from squeezed_attention.weights import load_checkpoint
+
+    gguf = testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=1, quantized="Q4_1")
+    export_decoder(tmp_path / "a", formats=("coreml",), model_path=gguf, attention="squeezed", weights="int4",
+                   verify=False, **SHAPES)
+    art = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"][0]
+    state = {"p_decoder_model_" + k.replace(".", "_") + "_grid": v.float().numpy()
+             for k, v in load_checkpoint(str(gguf)).state_dict.items()}
+    state.setdefault("p_decoder_model_lm_head_weight_grid", state["p_decoder_model_model_embed_tokens_weight_grid"])  # tied
+    path = tmp_path / "a" / art["file"]
+    prog = load_program(path)
+    matched = set()
+    for function in prog.functions:
+        for name, value in MILProgram(path, function, program=prog).constants.items():
+            if name.endswith("_grid"):
+                assert name in state, name
+                ref = state[name]
+                got = np.asarray(value, np.float32)
+                got = got if got.shape == ref.shape else got.T
+                assert np.abs(got - ref).max() < 1e-5, name
+                matched.add(name.split("_layers_0_")[-1])
+    assert {"mlp_gate_proj_weight_grid", "self_attn_o_proj_weight_grid"} <= matched, matched
+    assert any("lm_head" in n or "embed_tokens" in n for n in matched), matched

@@ -236,7 +236,9 @@ def coreml_pt2e_quantizer(observer: str):
 
 WEIGHT_SCHEMES = {
     "int8": "int8 per-channel symmetric",
-    "int4": "4-bit per-block (32 along the input dimension) with per-block offsets (iOS 18 blockwise)",
+    "int4": "layers: 4-bit blocks of 32 along the input dimension, w = d * (q - offset) with a float offset per block "
+            "(llama.cpp Q4_1's grid, exact for a Q4_1 model); embedding and head: 8-bit symmetric blocks of 32, "
+            "scale max/127 (Q8_0's grid); iOS 18 constexpr_blockwise_shift_scale",
 }
 
 
@@ -250,8 +252,8 @@ def quantize_weights(mlmodel, weights: str, threshold: int = WEIGHT_THRESHOLD):
 
 def weight_config(weights: str, threshold: int = WEIGHT_THRESHOLD, names=None):
     """coremltools' OptimizationConfig for int8 per-channel symmetric weights (SqueezeTime's weight-only int8,
-    decoders' int8) or 4-bit blocks of 32 with an offset per block (asymmetric min/max, the layout of llama.cpp's
-    Q4_1; iOS 18 constexpr_blockwise_shift_scale). Weights of at most ``threshold`` elements stay in float;
+    decoders' int8) or 4-bit blocks of 32 with an integer offset per block (coremltools' asymmetric int4; decoders
+    use coreml_program's exact llama.cpp grids instead). Weights of at most ``threshold`` elements stay in float;
     ``names``: only these constants (by name), whatever their size."""
     from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig
 
@@ -269,6 +271,17 @@ def weight_config(weights: str, threshold: int = WEIGHT_THRESHOLD, names=None):
     return OptimizationConfig(global_config=op)
 
 
+def block_producers(block):
+    """({var name: the op producing it}, {var name: element count}) of an ML program block (a saved spec's)."""
+    producer, numel = {}, {}
+    for op in block.operations:
+        for o in op.outputs:
+            producer[o.name] = op
+            dims = [d.constant.size for d in o.type.tensorType.dimensions]
+            numel[o.name] = int(np.prod(dims)) if dims else 1
+    return producer, numel
+
+
 def quantization_structure(path: Path, scheme: str) -> dict:
     """What a quantized ML program holds, read from the saved spec: constexpr (int8) weights, activation
     quantize/dequantize ops, and the share of conv/linear weight elements stored in int8. Raises SqueezeError when
@@ -278,12 +291,7 @@ def quantization_structure(path: Path, scheme: str) -> dict:
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     fn = spec.mlProgram.functions["main"]
     block = fn.block_specializations[fn.opset]
-    producer, numel = {}, {}
-    for op in block.operations:
-        for o in op.outputs:
-            producer[o.name] = op
-            dims = [d.constant.size for d in o.type.tensorType.dimensions]
-            numel[o.name] = int(np.prod(dims)) if dims else 1
+    producer, numel = block_producers(block)
     counts: Dict[str, int] = {}
     quantized = total = 0
     for op in block.operations:

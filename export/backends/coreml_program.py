@@ -57,14 +57,20 @@ def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "
     outputs = [ct.TensorType(name=OUTPUT_PREFIX + n) for n in method.outputs]
     pipeline = ct.PassPipeline.DEFAULT
     pipeline.remove_passes(list(SKIPPED_PASSES))
-    if weights != "fp32":
-        # compressed in the conversion's own pipeline (linear_quantize_weights on the saved model would run the
-        # default pipeline again, fuse_linear_bias included)
+    # weights are compressed in the conversion's own pipeline (linear_quantize_weights on the saved model would run
+    # the default pipeline again, fuse_linear_bias included)
+    if weights == "int8":
         from .coreml_backend import weight_config
 
         pipeline.append_pass("compression::linear_quantize_weights")
         pipeline.set_options("compression::linear_quantize_weights",
-                             {"config": weight_config(weights, names=weight_matrices(exported))})
+                             {"config": weight_config(weights, names=list(weight_matrices(exported)))})
+    elif weights == "int4":
+        matrices = weight_matrices(exported)
+        _register_grid_pass()
+        pipeline.append_pass(GRID_PASS)
+        pipeline.set_options(GRID_PASS, {"four_bit": [n for n, fqn in matrices.items() if not _is_table(fqn)],
+                                         "eight_bit": [n for n, fqn in matrices.items() if _is_table(fqn)]})
     model = ct.convert(exported, inputs=inputs, outputs=outputs, convert_to="mlprogram",
                        minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
                        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
@@ -72,12 +78,73 @@ def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "
     model.save(str(dest))
 
 
-def weight_matrices(exported) -> list:
-    """Names of the model's weight matrices in a converted program (torch.export's parameter placeholders, which
-    coremltools keeps as the const names): projections, MLP, head, embedding. Norm vectors and the graph's own
-    tables (RoPE, masks: buffers and lifted constants) are not model weights and stay in float."""
-    return [name for name, fqn in exported.graph_signature.inputs_to_parameters.items()
-            if exported.state_dict[fqn].dim() == 2]
+GRID_PASS = "squeeze::gguf_grid_weights"
+GRID_BLOCK = 32
+
+
+def _register_grid_pass() -> None:
+    """Registers (once) the MIL pass that stores weight matrices on llama.cpp's grids as iOS 18
+    constexpr_blockwise_shift_scale constants, w = scale * (data - offset): ``four_bit`` ones as uint4 codes in
+    blocks of 32 along the input dimension with scale d and a FLOAT offset -lo/d (Q4_1: w = d q + lo, exact;
+    coremltools' own asymmetric int4 rounds the offset to an integer, up to half a step off for every weight of a
+    block: 80% next-token agreement on SmolLM2), ``eight_bit`` ones (the embedding and output head, Q8_0 in the
+    GGUF) as int8 symmetric blocks of 32 with scale max/127."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+    from coremltools.converters.mil.mil.passes.helper import block_context_manager
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY, register_pass
+
+    from .weight_grids import asymmetric_4bit, symmetric_8bit
+
+    if GRID_PASS in PASS_REGISTRY:
+        return
+
+    class gguf_grid_weights(AbstractGraphPass):
+        def __init__(self):
+            self.four_bit, self.eight_bit = (), ()
+
+        def apply(self, prog):
+            for f in prog.functions.values():
+                self._block(f)
+
+        @block_context_manager
+        def _block(self, block):
+            wanted = set(self.four_bit) | set(self.eight_bit)
+            for op in list(block.operations):
+                if op.op_type != "const" or op.name not in wanted:
+                    continue
+                w = np.asarray(op.outputs[0].val, dtype=np.float32)
+                if w.ndim != 2 or w.shape[1] % GRID_BLOCK:
+                    raise SqueezeError(f"{op.name}: weight {list(w.shape)} is not a matrix of whole {GRID_BLOCK}-"
+                                       "blocks; export it with --weights int8")
+                rows, blocks = w.shape[0], w.shape[1] // GRID_BLOCK
+                if op.name in self.four_bit:
+                    q, d, lo = asymmetric_4bit(w, GRID_BLOCK)
+                    data = q.reshape(w.shape).astype(types.nptype_from_builtin(types.uint4))
+                    extra = {"offset": (-lo / d).astype(np.float32)}
+                else:
+                    q, d = symmetric_8bit(w, GRID_BLOCK)
+                    data, extra = q.reshape(w.shape), {}
+                new = mb.constexpr_blockwise_shift_scale(data=data, scale=d.reshape(rows, blocks), before_op=op,
+                                                         name=op.name + "_grid", **extra)
+                op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new)
+                block.remove_ops([op])
+
+    register_pass(namespace="squeeze")(gguf_grid_weights)
+
+
+def weight_matrices(exported) -> dict:
+    """{const name: parameter name} of the model's weight matrices in a converted program (torch.export's parameter
+    placeholders, which coremltools keeps as the const names): projections, MLP, head, embedding. Norm vectors and
+    the graph's own tables (RoPE, masks: buffers and lifted constants) are not model weights and stay in float."""
+    return {name: fqn for name, fqn in exported.graph_signature.inputs_to_parameters.items()
+            if exported.state_dict[fqn].dim() == 2}
+
+
+def _is_table(fqn: str) -> bool:
+    """The token embedding and the output head (vocabulary-sized tables)."""
+    return "embed_tokens" in fqn or "lm_head" in fqn
 
 
 def compressed_weights(path: Path) -> Dict:
@@ -85,17 +152,14 @@ def compressed_weights(path: Path) -> Dict:
     of the linear / matmul / gather constant-weight elements that come from one."""
     import coremltools as ct
 
+    from .coreml_backend import block_producers
+
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     out = {"functions": {}}
     total_all = quantized_all = 0
     for name, fn in spec.mlProgram.functions.items():
         block = fn.block_specializations[fn.opset]
-        producer, numel = {}, {}
-        for op in block.operations:
-            for o in op.outputs:
-                producer[o.name] = op
-                dims = [d.constant.size for d in o.type.tensorType.dimensions]
-                numel[o.name] = int(np.prod(dims)) if dims else 1
+        producer, numel = block_producers(block)
         total = quantized = constexpr = 0
         for op in block.operations:
             constexpr += op.type.startswith("constexpr_")

@@ -179,11 +179,10 @@ def _blocks_8bit(rows):
     zero point 128 [R, C / block, block], float32 scales [R, C / block])."""
     import numpy as np
 
-    blocks = rows.astype(np.float32).reshape(rows.shape[0], -1, WEIGHT_BLOCK)
-    scale = (np.abs(blocks).max(-1) / 127.0).astype(np.float32)
-    safe = np.where(scale == 0, 1.0, scale)
-    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int16) + 128
-    return q.astype(np.uint8), scale
+    from .weight_grids import symmetric_8bit
+
+    q, scale = symmetric_8bit(rows, WEIGHT_BLOCK)
+    return (q.astype(np.int16) + 128).astype(np.uint8), scale
 
 
 def _head_to_8bit(model, names) -> int:
@@ -219,6 +218,8 @@ def _layers_to_4bit(model, names, accuracy_level: int) -> int:
     import numpy as np
     from onnx import helper, numpy_helper
 
+    from .weight_grids import asymmetric_4bit
+
     inits = {i.name: i for i in model.graph.initializer}
     sums = {}
     count = 0
@@ -229,10 +230,7 @@ def _layers_to_4bit(model, names, accuracy_level: int) -> int:
             continue
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)       # [K, N]
         K, N = w.shape
-        blocks = w.T.reshape(N, K // WEIGHT_BLOCK, WEIGHT_BLOCK)
-        lo, hi = blocks.min(-1), blocks.max(-1)
-        d = np.where(hi > lo, (hi - lo) / 15, 1.0).astype(np.float32)
-        q = np.clip(np.rint((blocks - lo[..., None]) / d[..., None]), 0, 15).astype(np.uint8)
+        q, d, lo = asymmetric_4bit(w.T, WEIGHT_BLOCK)                              # [N, K/B, B], [N, K/B] x 2
         packed = q[..., 0::2] | (q[..., 1::2] << 4)                                 # [N, K/B, B/2], low nibble first
         offsets = (lo + 8 * d).astype(np.float32)                                   # [N, K/B]
         base = node.input[1] + "_Q4"
