@@ -40,8 +40,8 @@ def add_decoder_arguments(p) -> None:
                         "blocks of 32 for the layers and 8-bit blocks for the head and embedding (llama.cpp Q4_1 / "
                         "Q8_0's grids: a model from such a GGUF is stored exactly); .pte: XNNPACK's int8 activations x "
                         "int8 per-channel / 4-bit symmetric group weights; .tflite: the LiteRT quantizer's "
-                        "dynamic-range recipes; Core ML: coremltools' int8 per-channel / 4-bit blocks of 32 with "
-                        "per-block offsets (iOS 18)")
+                        "dynamic-range recipes; Core ML (iOS 18): int8 = coremltools' per-channel symmetric, int4 = "
+                        "the same Q4_1 / Q8_0 grids as .onnx, as blockwise constants with float offsets")
     g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,
                    help="decoder: where the centroid lookup of a squeezed artifact runs: in its graph, or 'split': "
                         "static graphs per layer with the lookup on the CPU between them, for delegates without "

@@ -242,30 +242,13 @@ WEIGHT_SCHEMES = {
 }
 
 
-def quantize_weights(mlmodel, weights: str, threshold: int = WEIGHT_THRESHOLD):
-    """Weight-only compression of an ML program with coremltools.optimize.coreml.linear_quantize_weights
-    (weight_config's scheme)."""
-    from coremltools.optimize.coreml import linear_quantize_weights
-
-    return linear_quantize_weights(mlmodel, weight_config(weights, threshold))
-
-
-def weight_config(weights: str, threshold: int = WEIGHT_THRESHOLD, names=None):
-    """coremltools' OptimizationConfig for int8 per-channel symmetric weights (SqueezeTime's weight-only int8,
-    decoders' int8) or 4-bit blocks of 32 with an integer offset per block (coremltools' asymmetric int4; decoders
-    use coreml_program's exact llama.cpp grids instead). Weights of at most ``threshold`` elements stay in float;
-    ``names``: only these constants (by name), whatever their size."""
+def int8_weight_config(names=None):
+    """coremltools' OptimizationConfig for int8 per-channel symmetric weights (SqueezeTime's weight-only int8 and
+    the decoders' int8): every weight above WEIGHT_THRESHOLD elements, or only the constants in ``names``."""
     from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig
 
-    threshold = 0 if names is not None else threshold
-    if weights == "int8":
-        op = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
-                                     weight_threshold=threshold)
-    elif weights == "int4":
-        op = OpLinearQuantizerConfig(mode="linear", dtype="int4", granularity="per_block", block_size=32,
-                                     weight_threshold=threshold)
-    else:
-        raise SqueezeError(f"Core ML weights must be int8 or int4; got {weights!r}")
+    op = OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                 weight_threshold=0 if names is not None else WEIGHT_THRESHOLD)
     if names is not None:
         return OptimizationConfig(op_name_configs={name: op for name in names})
     return OptimizationConfig(global_config=op)
@@ -392,13 +375,14 @@ class CoreMLBackend(Backend):
         on the fp16 ML program; weight_threshold 0 so that no conv weight is skipped for being small (coremltools'
         default 2048 leaves the small convs of reduced widths in fp16), 1-D tensors (biases) stay fp16."""
         import coremltools as ct
+        from coremltools.optimize.coreml import linear_quantize_weights
 
         import torch
 
         example = _float_example(example)
         ep = torch.export.export(module, (example,), strict=False).run_decompositions({})
         mlmodel = self._ct_convert(ep, example, ct.precision.FLOAT16)
-        mlmodel = quantize_weights(mlmodel, "int8")
+        mlmodel = linear_quantize_weights(mlmodel, int8_weight_config())
         self._save(mlmodel, dest)
         return {"deployment_target": MLPROGRAM_TARGET, "coreml_input_dtype": "float32",
                 "quantization": {"tool": "coremltools.optimize.coreml.linear_quantize_weights", "scheme": "weight-only",
@@ -486,7 +470,7 @@ class CoreMLBackend(Backend):
         extras = {"methods": methods, "deployment_target": coreml_program.DEPLOYMENT_TARGET,
                   "functions": len(methods), "evaluated_by": None if ON_MACOS else coreml_mil.EVALUATOR}
         if opts.weights != "fp32":
-            extras["quantization"] = {"tool": "coremltools.optimize.coreml.linear_quantize_weights",
+            extras["quantization"] = {"tool": coreml_program.WEIGHT_TOOLS[opts.weights],
                                       "weights": WEIGHT_SCHEMES[opts.weights], "activations": "fp32 (not quantized)",
                                       **coreml_program.compressed_weights(dest)}
         return extras

@@ -45,7 +45,7 @@ def _file_dtype(dtype) -> str:
 
 def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "fp32") -> None:
     """One method -> a single-function .mlpackage at ``dest`` (inputs by name, outputs ``out_<name>``); ``weights``
-    int8 / int4: its weight matrices compressed (coreml_backend.quantize_weights)."""
+    int8 / int4: its weight matrices compressed during the conversion (WEIGHT_TOOLS)."""
     import coremltools as ct
     import torch
 
@@ -60,13 +60,17 @@ def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "
     # weights are compressed in the conversion's own pipeline (linear_quantize_weights on the saved model would run
     # the default pipeline again, fuse_linear_bias included)
     if weights == "int8":
-        from .coreml_backend import weight_config
+        from .coreml_backend import int8_weight_config
 
         pipeline.append_pass("compression::linear_quantize_weights")
         pipeline.set_options("compression::linear_quantize_weights",
-                             {"config": weight_config(weights, names=list(weight_matrices(exported)))})
+                             {"config": int8_weight_config(names=list(weight_matrices(exported)))})
     elif weights == "int4":
         matrices = weight_matrices(exported)
+        ragged = [fqn for fqn in matrices.values() if exported.state_dict[fqn].shape[1] % GRID_BLOCK]
+        if ragged:
+            raise SqueezeError(f"Core ML int4 stores weights in blocks of {GRID_BLOCK} along the input dimension; "
+                               f"{ragged[0]} is {list(exported.state_dict[ragged[0]].shape)}: use --weights int8")
         _register_grid_pass()
         pipeline.append_pass(GRID_PASS)
         pipeline.set_options(GRID_PASS, {"four_bit": [n for n, fqn in matrices.items() if not _is_table(fqn)],
@@ -80,6 +84,8 @@ def convert_method(method, dest: Path, precision: str = "fp32", weights: str = "
 
 GRID_PASS = "squeeze::gguf_grid_weights"
 GRID_BLOCK = 32
+WEIGHT_TOOLS = {"int8": "coremltools.optimize.coreml linear_quantize_weights pass (per-channel symmetric)",
+                "int4": f"squeeze-mobile MIL pass {GRID_PASS} (llama.cpp Q4_1 / Q8_0 grids)"}
 
 
 def _register_grid_pass() -> None:
@@ -114,10 +120,7 @@ def _register_grid_pass() -> None:
             for op in list(block.operations):
                 if op.op_type != "const" or op.name not in wanted:
                     continue
-                w = np.asarray(op.outputs[0].val, dtype=np.float32)
-                if w.ndim != 2 or w.shape[1] % GRID_BLOCK:
-                    raise SqueezeError(f"{op.name}: weight {list(w.shape)} is not a matrix of whole {GRID_BLOCK}-"
-                                       "blocks; export it with --weights int8")
+                w = np.asarray(op.outputs[0].val, dtype=np.float32)    # [out, in], in a multiple of GRID_BLOCK
                 rows, blocks = w.shape[0], w.shape[1] // GRID_BLOCK
                 if op.name in self.four_bit:
                     q, d, lo = asymmetric_4bit(w, GRID_BLOCK)
@@ -179,7 +182,10 @@ def compressed_weights(path: Path) -> Dict:
         total_all += total
         quantized_all += quantized
     out["compressed_weight_fraction"] = round(quantized_all / total_all, 4) if total_all else 0.0
-    if total_all and quantized_all < total_all:
+    if not total_all:
+        raise SqueezeError(f"{Path(path).name}: no model weight matrix found in the saved program to check for "
+                           "compression")
+    if quantized_all < total_all:
         raise SqueezeError(f"{Path(path).name}: only {quantized_all / total_all:.0%} of the weight matrices are "
                            "compressed")
     return out
