@@ -101,7 +101,12 @@ class ExportableDecoder(nn.Module):
         # (selection_rows, selection_bias); decode steps (held=True, a second module over the same weights and
         # buffers) attend over the rows the app gathered with it (held_keys/held_values/held_bias): no lookup per step.
         self.selection, self.held = selection, held
-        self.model = model
+        # The graph's weights, not the host model (whose unused per-projection weights an exported program would
+        # carry): the projections that read the same input are fused into one product (q|k|v, gate|up), 4 matrix
+        # products per layer instead of 7 (a decode step is many small runtime calls; the weight grids are per
+        # output row, so a fused matrix quantizes to exactly the values of its parts).
+        self.embed_tokens, self.norm, self.lm_head = model.model.embed_tokens, model.model.norm, model.lm_head
+        self.layers = nn.ModuleList(FusedLayer(layer) for layer in model.model.layers)
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         # RMSNorm's mean over the hidden size as a product with this constant (a delegate takes it as a linear)
         self.register_buffer("mean_weight", torch.full((1, cfg.hidden_size), 1.0 / cfg.hidden_size), persistent=False)
@@ -199,7 +204,7 @@ class ExportableDecoder(nn.Module):
         S = self.shapes.cache_capacity
         T = tokens.shape[0]
         st = self.step_tensors(T, n_tokens, cache_len, context_len)
-        x = self.model.model.embed_tokens(tokens)
+        x = self.embed_tokens(tokens)
         new_keys, new_values = [], []
         held = [] if self.selection == "question" and not self.held else None   # (rows, bias) per layer, returned
         for li in range(self.config.num_layers):
@@ -262,12 +267,13 @@ class ExportableDecoder(nn.Module):
         cfg = self.config
         T = x.shape[0]
         H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
-        attn = self.model.model.layers[li].self_attn
-        h = self.rms_norm(x, self.model.model.layers[li].input_layernorm)
+        layer = self.layers[li]
+        h = self.rms_norm(x, layer.input_layernorm)
         # plain F.linear: the host model may route one-token products to its native GEMV, export must not
-        q = F.linear(h, attn.q_proj.weight).view(T, H, D).transpose(0, 1)
-        k = F.linear(h, attn.k_proj.weight).view(T, Hkv, D).transpose(0, 1)
-        v = F.linear(h, attn.v_proj.weight).view(T, Hkv, D).transpose(0, 1)
+        q, k, v = F.linear(h, layer.qkv.weight).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = q.reshape(T, H, D).transpose(0, 1)
+        k = k.reshape(T, Hkv, D).transpose(0, 1)
+        v = v.reshape(T, Hkv, D).transpose(0, 1)
         q = q * st["cos"] + rotate_half(q) * st["sin"]
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
@@ -285,7 +291,7 @@ class ExportableDecoder(nn.Module):
         cfg = self.config
         T = x.shape[0]
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        layer = self.model.model.layers[li]
+        layer = self.layers[li]
         dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
         q_wide = torch.cat([qg, torch.zeros_like(qg)], dim=-1) if any(p[1] is None for p in parts) else None
         # bmm, not matmul: matmul's decomposition copies its operands (expand_copy of the context per layer)
@@ -314,14 +320,13 @@ class ExportableDecoder(nn.Module):
         if wide is not None:
             out = out + wide[..., D:]
         out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)                 # [Hkv, G*T, D] -> [T, H*D]
-        x = x + F.linear(out, layer.self_attn.o_proj.weight)
-        mlp, h = layer.mlp, self.rms_norm(x, layer.post_attention_layernorm)
-        return x + F.linear(F.silu(F.linear(h, mlp.gate_proj.weight)) * F.linear(h, mlp.up_proj.weight),
-                            mlp.down_proj.weight)
+        x = x + F.linear(out, layer.o_proj.weight)
+        gate, up = F.linear(self.rms_norm(x, layer.post_attention_layernorm), layer.gate_up.weight).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, layer.down_proj.weight)
 
     def head(self, x, st):
         x_last = torch.bmm(st["last"], x[None])[0]                                # the last valid token
-        return F.linear(self.rms_norm(x_last, self.model.model.norm), self.model.lm_head.weight)[0]
+        return F.linear(self.rms_norm(x_last, self.norm), self.lm_head.weight)[0]
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
         """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
@@ -389,6 +394,27 @@ class ExportableDecoder(nn.Module):
             held.append((rows, torch.cat([slot_bias, summary_bias], dim=-1)))
         return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
                                   slot_bias, summary_bias, qk)
+
+
+def _fused_linear(*parts: nn.Module) -> nn.Linear:
+    """One bias-free nn.Linear whose output is the concatenation of ``parts``' outputs (a copy of their weights)."""
+    weight = torch.cat([p.weight.detach() for p in parts], dim=0)
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
+
+
+class FusedLayer(nn.Module):
+    """A decoder layer's weights as the exported graph reads them: norms, o_proj and down_proj as they are (the
+    host model's modules), q|k|v and gate|up each as one matrix."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.input_layernorm, self.post_attention_layernorm = layer.input_layernorm, layer.post_attention_layernorm
+        self.qkv = _fused_linear(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
+        self.gate_up = _fused_linear(mlp.gate_proj, mlp.up_proj)
 
 
 STAGE_INPUTS = ("tokens", "hidden", "query", "key", "value", "past_keys", "past_values", "sink_kv", "window_kv",
@@ -472,7 +498,7 @@ class DecoderStage(nn.Module):
         T = tokens.shape[0] if s == 0 else hidden.shape[0]
         st = d.step_tensors(T, n_tokens, cache_len, context_len)
         if s == 0:
-            x = d.model.model.embed_tokens(tokens)
+            x = d.embed_tokens(tokens)
         else:
             B = kept_kv.shape[1]
             # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph

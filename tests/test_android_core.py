@@ -225,3 +225,37 @@ def test_qa_golden_files_match_the_python_pipeline():
     assert (golden / "qa_decoder_manifest.json").is_file()  # written by the full run (a real decoder export)
     qa = sum(p.stat().st_size for p in golden.glob("qa_*"))
     assert qa < 1_000_000, f"Q&A golden files take {qa} bytes"
+
+
+def test_golden_comparison_tolerates_float_rounding_only(tmp_path):
+    """Goldens rebuilt on another CPU differ in the last bits of their floats and are still current; a value moved
+    beyond rounding, an integer, a string or a shape is a changed golden."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save
+
+    make_golden = _make_golden()
+    gz = make_golden._gz
+    blob = np.linspace(-3, 3, 50, dtype=np.float32)
+    path = tmp_path / "x_f32le.bin.gz"
+    path.write_bytes(gz(blob.astype("<f4").tobytes()))
+    assert make_golden.same_golden(path, gz(np.nextafter(blob, np.float32(9)).astype("<f4").tobytes()))
+    assert not make_golden.same_golden(path, gz((blob * 1.01).astype("<f4").tobytes()))
+    assert not make_golden.same_golden(path, gz(blob[:-1].astype("<f4").tobytes()))
+    meta = {"tokens": [1, 2, 3], "scale": 0.125, "text": "ab", "context_sha256": "aa"}
+    path = tmp_path / "x.json.gz"
+    path.write_bytes(gz(json.dumps(meta).encode()))
+    assert make_golden.same_golden(path, gz(json.dumps({**meta, "scale": 0.125000001, "context_sha256": "bb"}).encode()))
+    for changed in ({"tokens": [1, 2, 4]}, {"scale": 0.13}, {"text": "ac"}, {"extra": 1}):
+        assert not make_golden.same_golden(path, gz(json.dumps({**meta, **changed}).encode())), changed
+    keys = np.linspace(-8, 8, 64, dtype=np.float16).reshape(8, 8)
+    labels = np.arange(8, dtype=np.int32)
+    path = tmp_path / "pack.safetensors"
+    path.write_bytes(save({"keys": keys, "labels": labels}, metadata={"n": "8"}))
+    near = keys.copy()
+    near[0, 0] = np.nextafter(near[0, 0], np.float16(9))
+    assert make_golden.same_golden(path, save({"labels": labels, "keys": near}, metadata={"n": "8"}))
+    assert not make_golden.same_golden(path, save({"keys": keys, "labels": labels[::-1].copy()}, metadata={"n": "8"}))
+    assert not make_golden.same_golden(path, save({"keys": keys + 1, "labels": labels}, metadata={"n": "8"}))
+    assert not make_golden.same_golden(path, save({"keys": keys, "labels": labels}, metadata={"n": "9"}))

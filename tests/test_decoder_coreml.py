@@ -135,9 +135,17 @@ def test_coreml_int4_stores_a_q4_1_model_on_its_own_grid(tmp_path):
     export_decoder(tmp_path / "a", formats=("coreml",), model_path=gguf, attention="squeezed", weights="int4",
                    verify=False, **SHAPES)
     art = json.loads((tmp_path / "a" / "manifest.json").read_text())["artifacts"][0]
-    state = {"p_decoder_model_" + k.replace(".", "_") + "_grid": v.float().numpy()
-             for k, v in load_checkpoint(str(gguf)).state_dict.items()}
-    state.setdefault("p_decoder_model_lm_head_weight_grid", state["p_decoder_model_model_embed_tokens_weight_grid"])  # tied
+    sd = {k: v.float().numpy() for k, v in load_checkpoint(str(gguf)).state_dict.items()}
+    # the exported graph's weights (exportable.FusedLayer): q|k|v and gate|up as one matrix each
+    state = {"p_decoder_embed_tokens_weight_grid": sd["model.embed_tokens.weight"],
+             "p_decoder_lm_head_weight_grid": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}   # tied
+    layer = "model.layers.0."
+    state["p_decoder_layers_0_qkv_weight_grid"] = np.concatenate(
+        [sd[layer + f"self_attn.{p}_proj.weight"] for p in "qkv"])
+    state["p_decoder_layers_0_gate_up_weight_grid"] = np.concatenate(
+        [sd[layer + f"mlp.{p}_proj.weight"] for p in ("gate", "up")])
+    state["p_decoder_layers_0_o_proj_weight_grid"] = sd[layer + "self_attn.o_proj.weight"]
+    state["p_decoder_layers_0_down_proj_weight_grid"] = sd[layer + "mlp.down_proj.weight"]
     path = tmp_path / "a" / art["file"]
     prog = load_program(path)
     matched = set()
@@ -150,5 +158,5 @@ def test_coreml_int4_stores_a_q4_1_model_on_its_own_grid(tmp_path):
                 got = got if got.shape == ref.shape else got.T
                 assert np.abs(got - ref).max() < 1e-5, name
                 matched.add(name.split("_layers_0_")[-1])
-    assert {"mlp_gate_proj_weight_grid", "self_attn_o_proj_weight_grid"} <= matched, matched
+    assert {"qkv_weight_grid", "gate_up_weight_grid", "o_proj_weight_grid", "down_proj_weight_grid"} <= matched, matched
     assert any("lm_head" in n or "embed_tokens" in n for n in matched), matched

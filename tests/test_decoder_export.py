@@ -312,7 +312,7 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
     (art,) = result.manifest["artifacts"]
     assert art["file"].endswith("_int8.onnx") and art["weights"] == "int8"
     q = art["weight_quantization"]
-    assert q["bits"] == 8 and q["block_size"] == 32 and q["matmul_nbits"] == 2 * 7 + 1   # 7 linears/layer + head
+    assert q["bits"] == 8 and q["block_size"] == 32 and q["matmul_nbits"] == 2 * 4 + 1   # q|k|v, o, gate|up, down per layer + head
     # read back from the written tensors: within half a quantization step of the float weights (|w| < ~0.5 here)
     assert 0 < q["max_abs_weight_error"]["MatMulNBits/8"] < 0.5 / 127, q["max_abs_weight_error"]
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / art["file"])).graph.node}
@@ -337,13 +337,13 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     assert result.ok, result.manifest["failures"]
     (art,) = result.manifest["artifacts"]
     q = art["weight_quantization"]
-    assert q["matmul_nbits"] == 2 * 7 + 1 and q["gather_block_quantized"] == 1 and q["float_matrix_elements_left"] == 0
+    assert q["matmul_nbits"] == 2 * 4 + 1 and q["gather_block_quantized"] == 1 and q["float_matrix_elements_left"] == 0
     errors = q["max_abs_weight_error"]
     assert set(errors) == {"MatMulNBits/4", "MatMulNBits/8", "GatherBlockQuantized/8"}, errors
     assert max(errors.values()) < 1e-5, errors
     graph = onnx.load(str(tmp_path / "q" / art["file"])).graph
     bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits")
-    assert bits == [4] * 14 + [8]
+    assert bits == [4] * 8 + [8]   # 2 layers x (q|k|v, o, gate|up, down), the head
     assert not [n for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3]   # no zero-point input
     v = art["verification"]
     # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
@@ -365,7 +365,7 @@ def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, ti
     (art,) = result.manifest["artifacts"]
     assert art["file"].endswith("_int4.pte") and art["weights"] == "int4"
     q = art["weight_quantization"]
-    assert q["linear"]["count"] == 2 * 7 + 1 and "int4" in q["linear"]["weights"] and q["embedding"]["count"] == 1
+    assert q["linear"]["count"] == 2 * 4 + 1 and "int4" in q["linear"]["weights"] and q["embedding"]["count"] == 1
     for method in ("prefill", "decode"):
         portable = art["delegation"][method]["portable_ops"]
         assert "quantized_decomposed_embedding_byte_default" in portable

@@ -799,23 +799,72 @@ def write_decoder_onnx() -> Path:
     return DECODER_BUILD
 
 
+# Goldens are rebuilt on whatever CPU runs the tests; float kernels (MKL/oneDNN paths chosen per instruction set)
+# round differently on another CPU, so a rebuilt golden may differ from the committed one in the last bits of its
+# floats (seen: 2 of 6,688 fp16 keys one ulp apart between a Xeon and an EPYC). Those are the same golden; a
+# changed pipeline moves values far more, or changes integers, shapes, names or text, which are compared exactly.
+GOLDEN_RTOL, GOLDEN_ATOL = 2e-3, 1e-4   # 2 fp16 ulps relative; absolute slack near zero
+
+
+def _close(a, b) -> bool:
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind not in "fc":
+        return bool(np.array_equal(a, b))
+    return bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=GOLDEN_RTOL, atol=GOLDEN_ATOL,
+                            equal_nan=True))
+
+
+def _same_json(a, b) -> bool:
+    """JSON values equal up to float rounding; hashes of float data (keys naming a sha256) are not compared (the
+    data they hash is compared in its own golden file)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all("sha256" in k or _same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and _close(float(a), float(b))
+    return a == b
+
+
+def _same_safetensors(old: bytes, new: bytes) -> bool:
+    from safetensors.numpy import load
+
+    def header(b: bytes):
+        n = int.from_bytes(b[:8], "little")
+        return json.loads(b[8:8 + n]).get("__metadata__", {})
+
+    a, b = load(old), load(new)
+    return _same_json(header(old), header(new)) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+
+
 def same_golden(path: Path, data: bytes) -> bool:
-    """Whether the golden file holds ``data``; a context pack compares by content (its metadata's key order in the
-    safetensors header varies from run to run, its tensors and metadata values do not)."""
+    """Whether the golden file holds ``data``: byte for byte, or the same content up to float rounding (see
+    GOLDEN_RTOL): a context pack by its tensors and metadata (its header's key order varies from run to run),
+    float32 blobs element by element, JSON value by value."""
     if not path.is_file():
         return False
     old = path.read_bytes()
-    if old == data or not path.name.endswith(".safetensors"):
-        return old == data
+    if old == data:
+        return True
+    import numpy as np
 
-    def parts(b: bytes):
-        n = int.from_bytes(b[:8], "little")
-        return json.loads(b[8:8 + n]), b[8 + n:]
-
+    name = path.name
     try:
-        return parts(old) == parts(data)
-    except ValueError:
+        if name.endswith(".safetensors"):
+            return _same_safetensors(old, data)
+        if name.endswith(".gz"):
+            old, data, name = gzip.decompress(old), gzip.decompress(data), name[:-3]
+        if name.endswith("_f32le.bin"):
+            return _close(np.frombuffer(old, "<f4"), np.frombuffer(data, "<f4"))
+        if name.endswith(".json"):
+            return _same_json(json.loads(old), json.loads(data))
+    except (ValueError, OSError, KeyError):
         return False
+    return old == data
 
 
 def main(argv=None) -> int:
