@@ -243,11 +243,14 @@ def test_golden_comparison_tolerates_float_rounding_only(tmp_path):
     assert make_golden.same_golden(path, gz(np.nextafter(blob, np.float32(9)).astype("<f4").tobytes()))
     assert not make_golden.same_golden(path, gz((blob * 1.01).astype("<f4").tobytes()))
     assert not make_golden.same_golden(path, gz(blob[:-1].astype("<f4").tobytes()))
-    meta = {"tokens": [1, 2, 3], "scale": 0.125, "text": "ab", "context_sha256": "aa"}
+    meta = {"tokens": [1, 2, 3], "scale": 0.125, "text": "ab", "context_sha256": "aa", "weights_sha256": "cc",
+            "logits": {"dtype": "float32", "sha256": "dd"}, "ids": {"dtype": "int64", "sha256": "ee"}}
     path = tmp_path / "x.json.gz"
     path.write_bytes(gz(json.dumps(meta).encode()))
-    assert make_golden.same_golden(path, gz(json.dumps({**meta, "scale": 0.125000001, "context_sha256": "bb"}).encode()))
-    for changed in ({"tokens": [1, 2, 4]}, {"scale": 0.13}, {"text": "ac"}, {"extra": 1}):
+    near = {**meta, "scale": 0.125000001, "context_sha256": "bb", "logits": {"dtype": "float32", "sha256": "ff"}}
+    assert make_golden.same_golden(path, gz(json.dumps(near).encode()))
+    for changed in ({"tokens": [1, 2, 4]}, {"scale": 0.13}, {"text": "ac"}, {"extra": 1}, {"weights_sha256": "cd"},
+                    {"ids": {"dtype": "int64", "sha256": "ef"}}):
         assert not make_golden.same_golden(path, gz(json.dumps({**meta, **changed}).encode())), changed
     keys = np.linspace(-8, 8, 64, dtype=np.float16).reshape(8, 8)
     labels = np.arange(8, dtype=np.int32)
