@@ -462,7 +462,7 @@ def measure_decoder(job: Dict) -> Dict:
     for r in range(int(job["warmup"]) + int(job["runs"])):
         cache = loop.new_cache()
         t = time.perf_counter()
-        logits = loop.step("prefill", ids, 0, cache)
+        logits = loop.prompt(ids, cache)
         p = time.perf_counter() - t
         tokens, times = [int(np.argmax(logits))], []
         for i in range(n_decode):

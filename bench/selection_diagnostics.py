@@ -17,9 +17,11 @@ normalised at 20% (finer: costs twice the centroid bytes).
     python -m bench.selection_diagnostics --split dev --lengths 2048 --cases 4 --out DIR
 
 ``--answers`` instead generates the answers (full attention, then top-k at each of ``--kv-budgets`` with each
-``--prefill-rows`` setting, only on the cases full attention answers) and counts the squeezed answers:
+``--prefill-rows`` x ``--prefill-tails`` setting, only on the cases full attention answers) and counts the squeezed
+answers:
 
-    python -m bench.selection_diagnostics --answers --split dev --lengths 2048 --cases 12 --prefill-rows 0,8,1 --out DIR
+    python -m bench.selection_diagnostics --answers --split dev --lengths 2048 --cases 12 --prefill-rows 0 \
+        --prefill-tails 0,16 --out DIR
 """
 
 from __future__ import annotations
@@ -151,7 +153,8 @@ def _case_pack(model, checkpoint, case, cache_dir):
 
 
 @torch.no_grad()
-def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None, selections=("step",)) -> dict:
+def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None, selections=("step",),
+                prefill_tails=(0,)) -> dict:
     """Does the squeezed decoder answer the case, per KV budget and prompt tokens per prefill selection
     (``prefill_rows``: 0 = one selection for the whole prompt, the product's default)? Squeezed runs only where
     full attention answers."""
@@ -169,17 +172,18 @@ def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=Non
            "full": case.correct(full.text), "full_text": full.text, "squeezed": []}
     base_context = gen.context
     for budget in (kv_budgets if out["full"] else ()):  # only the cases full attention answers are compared
-        for rows in prefill_rows:
+        for rows, tail in [(r, t) for r in prefill_rows for t in prefill_tails]:
             for selection in selections:
-                def context(choice, rows=rows):
+                def context(choice, rows=rows, tail=tail):
                     ctx = base_context(choice)
                     if hasattr(ctx, "spec"):
-                        ctx.spec.prefill_rows = rows
+                        ctx.spec.prefill_rows, ctx.spec.prefill_tail = rows, tail
                     return ctx
                 gen.context = context
                 r = gen.generate(prompt, AttentionChoice("top-k", kv_budget=budget, decode_selection=selection),
                                  max_new_tokens=new, raw=raw, stop_when=stop)
-                out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "decode_selection": selection,
+                out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "prefill_tail": tail,
+                                        "decode_selection": selection,
                                         "correct": case.correct(r.text), "text": r.text,
                                         "prefill_seconds": r.prefill_seconds})
     gen.context = base_context
@@ -191,13 +195,14 @@ def summarize_answers(cases) -> list:
     rows = {}
     for c in cases:
         for s in c["squeezed"]:
-            r = rows.setdefault((s["kv_budget"], s["prefill_rows"], s.get("decode_selection", "step")),
+            r = rows.setdefault((s["kv_budget"], s["prefill_rows"], s.get("prefill_tail", 0), s.get("decode_selection", "step")),
                                 {"answered": 0, "of_full": 0, "any": 0})
             r["any"] += s["correct"]
             if c["full"]:
                 r["of_full"] += 1
                 r["answered"] += s["correct"]
-    return [{"kv_budget": k[0], "prefill_rows": k[1], "decode_selection": k[2], **v} for k, v in sorted(rows.items())]
+    return [{"kv_budget": k[0], "prefill_rows": k[1], "prefill_tail": k[2], "decode_selection": k[3], **v}
+            for k, v in sorted(rows.items())]
 
 
 def answers_main(args, model, checkpoint, cases) -> int:
@@ -206,20 +211,24 @@ def answers_main(args, model, checkpoint, cases) -> int:
     selections = [x.strip() for x in args.decode_selections.split(",") if x.strip()]
     results, t0 = [], time.perf_counter()
     for case in cases:
-        results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache, selections))
+        results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache, selections,
+                                   [int(x) for x in args.prefill_tails.split(",")]))
         r = results[-1]
         print(f"[{time.perf_counter() - t0:5.0f}s] {case.case_id} ({r['kind']}, {r['framing']}, depths {r['depths']}, "
               f"prompt {r['prompt_tokens']} tokens): full={'Y' if r['full'] else '.'} " + " ".join(
-                  f"{s['kv_budget']:g}/{s['prefill_rows']}/{s['decode_selection']}={'Y' if s['correct'] else '.'}"
+                  f"{s['kv_budget']:g}/{s['prefill_rows']}/{s['prefill_tail']}/{s['decode_selection']}="
+                  f"{'Y' if s['correct'] else '.'}"
                   for s in r["squeezed"]),
               flush=True)
         summary = summarize_answers(results)
         lines = [f"# Answers by prefill selection chunk: split {args.split}, lengths {args.lengths}, {len(results)} cases", "",
-                 "prefill rows = prompt tokens per selection (0: one selection for the whole prompt); decode selection"
-                 " = per step, or the prompt's selection held for the whole answer (question).", "",
-                 "| KV budget | prefill rows | decode selection | answered of full's | answered (all cases) |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['decode_selection']} | {s['answered']}/{s['of_full']} "
+                 "prefill rows = prompt tokens per selection before the tail (0: one selection); prefill tail = the "
+                 "prompt's last tokens that select per token; decode selection = per step, or the prompt's selection "
+                 "held for the whole answer (question).", "",
+                 "| KV budget | prefill rows | prefill tail | decode selection | answered of full's | answered (all cases) |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['prefill_tail']} | {s['decode_selection']} | "
+                  f"{s['answered']}/{s['of_full']} "
                   f"| {s['any']}/{len(results)} |" for s in summary]
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "answers.json").write_text(json.dumps({"args": vars(args) | {"out": str(args.out), "pack_cache": str(args.pack_cache)},
@@ -253,7 +262,8 @@ def main(argv=None) -> int:
     ap.add_argument("--answers", action="store_true", help="generate answers instead of measuring recall: per KV budget "
                     "(--kv-budgets) and prompt tokens per prefill selection (--prefill-rows)")
     ap.add_argument("--kv-budgets", default="0.125,0.225")
-    ap.add_argument("--prefill-rows", default="0,16,8")
+    ap.add_argument("--prefill-rows", default="0")
+    ap.add_argument("--prefill-tails", default="0,16", help="comma-separated: the prompt's last tokens that select per token")
     ap.add_argument("--decode-selections", default="step", help="comma-separated: step, question")
     ap.add_argument("--first-case", type=int, default=0, help="skip the first cases of each run")
     ap.add_argument("--pack-cache", type=Path, default=None, help="keep the cases' packs here (re-runs skip the build)")

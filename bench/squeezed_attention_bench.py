@@ -32,13 +32,16 @@ from squeezed_attention.pack import BuildSettings, build_context_pack, load_cont
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-per-token", "torch", "numpy", "hierarchical", "threshold")
+CONFIG_KEYS = ("full", "native", "native-one-selection", "native-per-token", "torch", "numpy", "hierarchical", "threshold")
 
 
 def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS):
     table = {
         "full": ("full", AttentionChoice("full")),
-        "native": ("top-k flat, native kernels", AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
+        "native": ("top-k flat, native kernels (default: the prompt's last 16 tokens select per token)",
+                   AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
+        "native-one-selection": ("top-k flat, native kernels, one prefill selection per prompt (no per-token tail)",
+                                 AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=0)),
         "native-per-token": ("top-k flat, native kernels, per-token prefill selection",
                              AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_rows=1)),
         "torch": ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),

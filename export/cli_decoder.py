@@ -50,6 +50,15 @@ def add_decoder_arguments(p) -> None:
                    help="decoder: 'step' selects the kept keys in every decode step; 'question' selects once in the "
                         "question's prefill and every decode step of that answer attends over that selection (decode "
                         "runs no lookup: a separate graph over the held rows; .pte, in-graph plan) (default step)")
+    g.add_argument("--prefill-rows", type=int_range(0, 1 << 16), default=0, metavar="N",
+                   help="decoder: the question's key selection in the artifact's default call sequence (recorded in the "
+                        "manifest; `squeeze generate --artifacts --prefill-rows/--prefill-tail` override it per run): "
+                        "one prefill call per N prompt tokens (default 0: one call, one selection for the whole "
+                        "question, the fastest)")
+    g.add_argument("--prefill-tail", type=int_range(0, 1 << 16), default=0, metavar="N",
+                   help="decoder: the question's last N tokens select their keys one token at a time, each a decode "
+                        "step (the host's `squeeze generate` default is 16: more pass keys answered, one decode step "
+                        "per tail token; default 0)")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
@@ -78,7 +87,8 @@ def cmd_export_decoder(args) -> int:
                             model_path=args.decoder_model, max_context=args.max_context, max_prompt=args.max_prompt,
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
                             lookup_plan=args.lookup_plan, weights=args.weights,
-                            decode_selection=args.decode_selection, verify=args.verify, verify_text=args.verify_text,
+                            decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
+                            verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:
@@ -127,7 +137,9 @@ def cmd_generate_artifacts(args) -> int:
     from squeezed_attention.decoder_session import DecoderSession
 
     session = DecoderSession(args.artifacts, fmt=args.format, threads=args.threads,
-                             attention=getattr(args, "artifact_attention", None), plan=getattr(args, "artifact_plan", None))
+                             attention=getattr(args, "artifact_attention", None), plan=getattr(args, "artifact_plan", None),
+                             prefill_rows=getattr(args, "prefill_rows", None),
+                             prefill_tail=getattr(args, "prefill_tail", None))
     session.attach(args.context_pack)
     stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,

@@ -20,7 +20,7 @@ from pathlib import Path
 from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
 
 from .errors import SqueezeError
-from .settings import DEFAULT_KV_BUDGET, THRESHOLD_KEEP_RANGE, BuildSettings
+from .settings import DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 
 # ------------------------------------------------------------------------------------ argparse value types
 def _int_in(lo: int, hi: int):
@@ -189,7 +189,9 @@ def _choice_from_args(args):
     from .generation import AttentionChoice
 
     common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup,
-                  prefill_rows=args.prefill_rows, decode_selection=args.decode_selection)
+                  prefill_rows=DEFAULT_PREFILL_ROWS if args.prefill_rows is None else args.prefill_rows,
+                  prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
+                  decode_selection=args.decode_selection)
     if args.full:
         return AttentionChoice("full")
     if args.keep_keys is not None:
@@ -208,7 +210,7 @@ def cmd_generate(args) -> int:
                                              ("--keep-keys", args.keep_keys is not None),
                                              ("--threshold-keep", args.threshold_keep is not None),
                                              ("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
-                                             ("--lookup", args.lookup != "auto"), ("--prefill-rows", args.prefill_rows != 0),
+                                             ("--lookup", args.lookup != "auto"),
                                              ("--decode-selection", args.decode_selection != "step"),
                                              ("--model", args.model is not None),
                                              ("--context", args.context is not None)) if on]
@@ -324,7 +326,8 @@ def _suite_eval(args, config) -> int:
         checkpoint, model = _load_model(args.model, progress.report)
     result = run_suite(model, checkpoint, split=args.suite, lengths=lengths, cases_per_length=args.cases_per_length,
                        kv_budgets=budgets, seed=args.seed, continuation_tokens=args.continuation_tokens, out_dir=out,
-                       prefill_rows=args.prefill_rows, decode_selection=args.decode_selection,
+                       prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
+                       decode_selection=args.decode_selection,
                        log=lambda m: print(m, file=sys.stderr))
     print(suite_markdown(result), end="")
     print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}", file=sys.stderr)
@@ -418,9 +421,12 @@ def add_subcommands(subparsers) -> None:
                    "'heldout' (other documents, other wordings) to report. Also reports the attention-mass recall "
                    "per KV budget. Defaults with --suite: lengths 2048,4096,8000, KV budgets 0.225,0.125 "
                    "(default: off, the classic pass-key/needle evaluation)")
-    e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=0, metavar="N",
-                   help="suite: the squeezed configurations select once per N prompt tokens in the prompt's prefill "
-                   "(as squeeze generate --prefill-rows; default 0: one selection for the whole prompt)")
+    e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_ROWS, metavar="N",
+                   help="suite: the squeezed configurations select once per N prompt tokens before the tail in the "
+                   f"prompt's prefill (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
+    e.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_TAIL, metavar="N",
+                   help="suite: the prompt's last N tokens select per token (as squeeze generate --prefill-tail; "
+                   f"default {DEFAULT_PREFILL_TAIL})")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
@@ -468,10 +474,15 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--per-query-head", action="store_true",
                    help="one key selection per query head instead of one per KV group (grouped-query attention; "
                    "default: per KV group)")
-    g.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=0, metavar="N",
-                   help="select the kept keys once per N prompt tokens in the prompt's prefill (chunks cut from the end, "
-                   "so the tokens that start the answer select together; 1 = per token, as decode steps do); 0 = one "
-                   "selection for the whole prompt (default, what exported decoders implement)")
+    g.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="the question's prefill selects its kept keys once per N prompt tokens before the tail (chunks "
+                   f"cut from the end; 1 = every token selects, as decode steps do; default {DEFAULT_PREFILL_ROWS}: one "
+                   "selection for them all). With --artifacts: default = the artifact's manifest")
+    g.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="the question's last N tokens select their kept keys one token at a time, as decode steps do "
+                   f"(default {DEFAULT_PREFILL_TAIL}: answered twice as many dev-split pass-key cases at KV budget 0.125 as "
+                   "one selection for the whole prompt, for ~5 ms per tail token at 8k with the native kernels; 0 = off). "
+                   "With --artifacts: default = the artifact's manifest; a tail token costs one decode step there")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

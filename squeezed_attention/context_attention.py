@@ -18,13 +18,7 @@ from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse, merge_partials
-
-
-def prefill_chunks(tokens: int, rows: int) -> list:
-    """[(start, end)] of the prompt's selection chunks: ``rows`` tokens each, cut from the end (the first may be
-    shorter), so the tokens that produce the answer share one selection."""
-    ends = list(range(tokens, 0, -rows))[::-1]
-    return [(max(0, e - rows), e) for e in ends]
+from .settings import prefill_chunks
 
 
 class DenseContext:
@@ -245,13 +239,18 @@ class SqueezedContext:
 
     def _attend_selecting(self, layer: int, queries):
         T = queries.shape[1]
-        rows = self.spec.prefill_rows
-        if rows == 1 and T > 1 and self.fused:
-            return self._attend_per_token_fused(layer, queries)
-        if 0 < rows < T:
-            parts = [self._attend_chunk(layer, queries[:, a:b]) for a, b in prefill_chunks(T, rows)]
-            return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
-        return self._attend_chunk(layer, queries)
+        chunks = prefill_chunks(T, self.spec.prefill_rows, self.spec.prefill_tail)
+        if len(chunks) == 1:
+            return self._attend_chunk(layer, queries)
+        runs = []  # the chunks, with runs of 1-token chunks merged: the native kernels do such a run in one call
+        for a, b in chunks:
+            if runs and b - a == 1 and runs[-1][2] and self.fused:
+                runs[-1][1] = b
+            else:
+                runs.append([a, b, b - a == 1])
+        parts = [self._attend_per_token_fused(layer, queries[:, a:b]) if single and b - a > 1 else
+                 self._attend_chunk(layer, queries[:, a:b]) for a, b, single in runs]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
 
     def _selected_rows(self, layer: int, idx, valid):
         """(keys [Hs, R, D], values [Hs, R, D] float32, mask [Hs, 1, R] or None) of sinks + selected keys + window."""

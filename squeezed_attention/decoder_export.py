@@ -171,7 +171,8 @@ def chat_section(tokenizer) -> dict:
 
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
-                     plan: str = "in-graph", selection: str = "step") -> dict:
+                     plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
+                     prefill_tail: int = 0) -> dict:
     state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
            "decode"
@@ -179,9 +180,21 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
            "explicit: past_keys_<layer>/past_values_<layer> in (one per layer, views of one cache); new_keys/"
            "new_values [layers, kv heads, tokens, head dim] (this step's rows) out; the app writes them "
            "at cache_len")
+    squeezed = attention == "squeezed"
+    rows, tail = (prefill_rows, prefill_tail) if squeezed else (0, 0)
+    prompt_step = (
+        "prompt: prefill once: tokens = question ids padded to shapes.max_prompt, n_tokens = real length, "
+        "cache_len = 0" + (" (one key selection for the whole question)" if squeezed else "")
+        if rows == 0 and tail == 0 else
+        f"prompt (prefill_rows = {rows}, prefill_tail = {tail}): the question's last {tail} tokens select one token "
+        f"at a time, the tokens before them {'in chunks of %d tokens cut from the end' % rows if rows else 'together'} "
+        "(squeezed_attention.settings.prefill_chunks); per chunk in order: a chunk of several tokens = prefill with its "
+        "tokens padded to shapes.max_prompt, n_tokens = chunk length, cache_len = tokens before it; a 1-token chunk = "
+        "decode at cache_len = its index" + (" (question-level: prefill, so the last call returns the selection to "
+                                             "hold)" if selection == "question" else ""))
     if plan == "split":
-        return split_contract(shapes, kv_budget, methods)
-    question = attention == "squeezed" and selection == "question"
+        return {**split_contract(shapes, kv_budget, methods, prompt_step), "prefill_rows": rows, "prefill_tail": tail}
+    question = squeezed and selection == "question"
     decode_steps = [
         "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
     ] if not question else [
@@ -196,11 +209,12 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "attention": attention, "lookup_plan": plan if attention == "squeezed" else None, "state": state,
         "kv_budget": kv_budget if attention == "squeezed" else None,
         "decode_selection": selection if attention == "squeezed" else None,
+        "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
             "context inputs (squeezed_attention.pack_arrays.decoder_context_inputs; the sample apps port it)",
-            "prefill: tokens = question ids padded to shapes.max_prompt, n_tokens = real length, cache_len = 0",
+            prompt_step,
             *decode_steps,
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
@@ -222,7 +236,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     }
 
 
-def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict) -> dict:
+def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "") -> dict:
     """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
     layers = (len(methods) // 2) - 1
     return {
@@ -230,6 +244,7 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict) -> di
         "shapes": shapes.to_dict(), "methods": methods, "stages": layers + 1,
         "call_sequence": [
             "attach a pack as for the in-graph plan (same per-layer context inputs <name>_<layer>)",
+            *([prompt_step] if prompt_step else []),
             (f"a step (prefill: tokens padded to shapes.max_prompt; decode: one token) is the graphs <step>_0 .. "
              f"<step>_{layers} in order, every one with n_tokens, cache_len, context_len"),
             "<step>_0: tokens, next_centroids = centroids_0, next_counts = counts_0 -> hidden, query, key, value, scores",
@@ -257,7 +272,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
-                   progress=None) -> DecoderExportResult:
+                   progress=None, prefill_rows: int = 0, prefill_tail: int = 0) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -290,6 +305,10 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                                "its CPU provider itself); drop --lookup-plan or pass --lookup-plan in-graph")
     if decode_selection not in SELECTIONS:
         raise SqueezeError(f"--decode-selection must be one of {', '.join(SELECTIONS)}; got {decode_selection!r}")
+    for flag, value in (("--prefill-rows", prefill_rows), ("--prefill-tail", prefill_tail)):
+        if type(value) is not int or not 0 <= value <= max_prompt:
+            raise SqueezeError(f"{flag} must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
+                               f"got {value!r}")
     if decode_selection == "question":
         other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f)) != "in-graph"]
         if other:
@@ -374,7 +393,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection), **extras}
+                                                   selection, prefill_rows, prefill_tail), **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")
@@ -448,7 +467,7 @@ class VerificationData:
     case: object
     tokenizer: object
     requested_tokens: int = 0
-    reference: dict = field(default_factory=dict)   # (attention, keep_keys, decode selection) -> [token ids per prompt]
+    reference: dict = field(default_factory=dict)   # (attention, keep_keys, decode selection, prefill rows, prefill tail) -> [token ids]
 
     @classmethod
     def build(cls, model, checkpoint, context_tokens: int, tokens: int, text: str | None = None) -> "VerificationData":
@@ -471,14 +490,15 @@ class VerificationData:
                 "pass_key": self.case.answer if self.case else None}
 
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
-                         decode_selection: str = "step") -> list:
+                         decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0) -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys, decode_selection)
+        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
-                AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection)
+                AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
+                                prefill_rows=prefill_rows, prefill_tail=prefill_tail)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -527,7 +547,8 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     loop_art = GenerationLoop(runner, contract, arrays, context)
     loop_ref = GenerationLoop(eager, {**contract, "lookup_plan": "in-graph"}, arrays, context)  # same math, one graph
     keep_keys = loop_art.keep_keys
-    reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step")
+    reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
+                                      loop_art.prefill_rows, loop_art.prefill_tail)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

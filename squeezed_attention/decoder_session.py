@@ -4,9 +4,13 @@
     session.attach("manual.pack")                                  # a context pack built for the same model
     result = session.generate("What does section 4 require?")     # greedy, streams with on_text=
 
-The call sequence is the one the manifest documents: ``prefill`` once with the question (padded to the
-artifact's max_prompt, n_tokens = its real length, cache_len = 0), then ``decode`` one token at a time
-(cache_len = tokens so far). With explicit cache I/O (ONNX) this loop writes each step's ``new_keys`` /
+The call sequence is the one the manifest documents: the question's prompt, then ``decode`` one token at a time
+(cache_len = tokens so far). The prompt goes in as the contract's ``prefill_rows`` / ``prefill_tail`` say (the same rule as the
+host's ``squeeze generate --prefill-rows/--prefill-tail``, settings.prefill_chunks): by default ``prefill`` once
+with the whole question (padded to the artifact's max_prompt, n_tokens = its real length, cache_len = 0: one key
+selection for the question); a chunk of several tokens is one ``prefill`` call at cache_len = tokens before it, and
+a token that selects on its own (the tail, or prefill_rows = 1) is one ``decode`` step (costs a decode step per
+such token). With explicit cache I/O (ONNX) this loop writes each step's ``new_keys`` /
 ``new_values`` into its cache at cache_len; with state held in the runtime (.pte mutable buffers) the runtime
 does. A new question starts again at cache_len = 0 (entries past it are masked, nothing needs clearing).
 """
@@ -21,9 +25,20 @@ import numpy as np
 
 from .errors import SqueezeError
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
-from .settings import GenerationResult
+from .settings import GenerationResult, prefill_chunks
 
 MANIFEST = "manifest.json"
+
+
+def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_tail: int | None = None) -> tuple:
+    """(prefill_rows, prefill_tail) of a loop over this artifact: the caller's choice, else the contract's (exports
+    before these fields: (0, 0), one selection per prompt). Full attention selects nothing: (0, 0)."""
+    rows = contract.get("prefill_rows") or 0 if prefill_rows is None else prefill_rows
+    tail = contract.get("prefill_tail") or 0 if prefill_tail is None else prefill_tail
+    for flag, value in (("--prefill-rows", rows), ("--prefill-tail", tail)):
+        if type(value) is not int or value < 0:
+            raise SqueezeError(f"{flag} must be a whole number of tokens >= 0; got {value!r}")
+    return (rows, tail) if contract.get("attention") == "squeezed" else (0, 0)
 
 
 def read_decoder_manifest(directory) -> dict:
@@ -61,9 +76,11 @@ class GenerationLoop:
     """The call sequence of the runtime contract over any runner with ``run(method, feed)``: the exported
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
 
-    def __init__(self, runner, contract: dict, pack, context_inputs: dict):
+    def __init__(self, runner, contract: dict, pack, context_inputs: dict, prefill_rows: int | None = None,
+                 prefill_tail: int | None = None):
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
+        self.prefill_rows, self.prefill_tail = prompt_selection(contract, prefill_rows, prefill_tail)
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
@@ -150,6 +167,19 @@ class GenerationLoop:
             out = self.runner.run(f"{method}_{stage}", feed)
         return np.asarray(out["logits"]).reshape(-1)
 
+    def prompt(self, ids: list, cache):
+        """Run the question's tokens (cache_len 0) with the contract's prompt selection; the last token's logits."""
+        chunks = prefill_chunks(len(ids), self.prefill_rows, self.prefill_tail)
+        if len(chunks) == 1:
+            return self.step("prefill", ids, 0, cache)
+        logits = None
+        for start, end in chunks:
+            # a 1-token chunk is a decode step (its one selection is that token's), except where decode needs
+            # the prefill's held selection (question-level)
+            method = "decode" if end - start == 1 and not self.question else "prefill"
+            logits = self.step(method, ids[start:end], start, cache)
+        return logits
+
     def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:
         s = self.shapes
         if not prompt_tokens:
@@ -168,7 +198,7 @@ class GenerationLoop:
         cache = self.new_cache()
         self.lookup_seconds = 0.0
         t0 = time.perf_counter()
-        logits = self.step("prefill", list(ids), 0, cache)
+        logits = self.prompt(list(ids), cache)
         self.prefill_seconds = time.perf_counter() - t0
         tokens, all_logits = [], []
         t1 = time.perf_counter()
@@ -193,7 +223,7 @@ class DecoderSession:
     """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
 
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
-                 plan: str | None = None):
+                 plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None):
         from tokenizers import Tokenizer
 
         from export.backends import get_backend
@@ -213,6 +243,7 @@ class DecoderSession:
             raise SqueezeError(f"the artifact {path} is missing; re-export the decoder")
         self.backend = get_backend(self.artifact["format"])
         self.runner = self.backend.load_program(path, self.contract["methods"], threads)
+        self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.loop = None
 
     def attach(self, pack_path) -> None:
@@ -221,7 +252,7 @@ class DecoderSession:
         model = self.manifest["model"]
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
-        self.loop = GenerationLoop(self.runner, self.contract, pack, context)
+        self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         framing = self.loop.pack.settings.get("framing", "chat")

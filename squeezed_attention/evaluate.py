@@ -324,7 +324,8 @@ def plot_results(results, path):
 
 @torch.no_grad()
 def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
-    """How much of full attention's weight the kept keys carry, on the question tokens (one prefill).
+    """How much of full attention's weight the kept keys carry, on the question tokens (one prefill; each selection
+    chunk of the configuration's prompt, settings.prefill_chunks, measured over its own rows, weighted by them).
 
     For every layer and KV head, over the question's query rows: ``context`` = the share of full attention's
     softmax weight over the fixed context that falls on the keys a configuration attends (sinks + selected +
@@ -336,6 +337,7 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     attention, not a bad rule. Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv], "ceiling": [L][Hkv]}}.
     """
     from .context_attention import DenseContext
+    from .settings import prefill_chunks
 
     pack = gen.pack
     cfg = gen.model.config
@@ -347,29 +349,38 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     Hkv, N, D = cfg.num_kv_heads, pack.num_tokens, cfg.head_dim
     first, Nc = pack.settings.sink_tokens, pack.num_clustered
     out = {name: {"context": [], "clustered": [], "ceiling": []} for name in choices}
-    for layer, q in enumerate(queries):
-        q = q.float()
-        rows = q.reshape(Hkv, -1, D)
-        probs = torch.softmax(torch.matmul(rows, pack.keys[layer].float().transpose(1, 2)) / math.sqrt(D), -1)
-        clustered_mass = probs[..., first:first + Nc].sum(-1)                       # [Hkv, R]
+    for layer, q_all in enumerate(queries):
+        q_all = q_all.float()
+        sums = {name: {"context": 0.0, "clustered": 0.0, "ceiling": 0.0} for name in choices}
         for name, ctx in contexts.items():
-            idx, valid = ctx.select(layer, q)                                       # [Hs, B] context positions
-            Hs = idx.shape[0]
-            keep = torch.zeros(Hs, N, dtype=torch.bool)
-            keep[:, :first] = True
-            keep[:, first + Nc:] = True
-            sel = idx if valid is None else torch.where(valid, idx, torch.zeros_like(idx))
-            keep.scatter_(1, sel, True if valid is None else valid)
-            if valid is not None:
-                keep[:, :first] = True  # position 0 (a padding target) is a sink anyway
-            p = probs.reshape(Hs, -1, N)                                            # rows of each selecting head
-            kept = (p * keep[:, None, :]).sum(-1).reshape(Hkv, -1)                  # [Hkv, R]
-            kept_clustered = (p[..., first:first + Nc] * keep[:, None, first:first + Nc]).sum(-1).reshape(Hkv, -1)
-            out[name]["context"].append(kept.mean(-1).tolist())
-            out[name]["clustered"].append((kept_clustered / clustered_mass.clamp(min=1e-30)).mean(-1).tolist())
-            share = p[..., first:first + Nc] / clustered_mass.reshape(Hs, -1, 1).clamp(min=1e-30)  # [Hs, R, Nc]
-            count = keep[:, first:first + Nc].sum(-1)                                  # clustered keys kept per head
-            ranked = torch.sort(share.mean(1), dim=-1, descending=True).values.cumsum(-1)  # best k keys' mean share
-            best = ranked.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0] * (count > 0)
-            out[name]["ceiling"].append(best.reshape(Hkv, -1).mean(-1).tolist())
+            # the configuration's own selection chunks (settings.prefill_chunks): each selects for its own rows
+            spec = getattr(ctx, "spec", None)
+            chunks = prefill_chunks(q_all.shape[1], spec.prefill_rows, spec.prefill_tail) if spec else [(0, q_all.shape[1])]
+            for a, b in chunks:
+                q = q_all[:, a:b]
+                rows = q.reshape(Hkv, -1, D)
+                probs = torch.softmax(torch.matmul(rows, pack.keys[layer].float().transpose(1, 2)) / math.sqrt(D), -1)
+                clustered_mass = probs[..., first:first + Nc].sum(-1)                       # [Hkv, R]
+                idx, valid = ctx.select(layer, q)                                       # [Hs, B] context positions
+                Hs = idx.shape[0]
+                keep = torch.zeros(Hs, N, dtype=torch.bool)
+                keep[:, :first] = True
+                keep[:, first + Nc:] = True
+                sel = idx if valid is None else torch.where(valid, idx, torch.zeros_like(idx))
+                keep.scatter_(1, sel, True if valid is None else valid)
+                if valid is not None:
+                    keep[:, :first] = True  # position 0 (a padding target) is a sink anyway
+                p = probs.reshape(Hs, -1, N)                                            # rows of each selecting head
+                kept = (p * keep[:, None, :]).sum(-1).reshape(Hkv, -1)                  # [Hkv, R]
+                kept_clustered = (p[..., first:first + Nc] * keep[:, None, first:first + Nc]).sum(-1).reshape(Hkv, -1)
+                share = p[..., first:first + Nc] / clustered_mass.reshape(Hs, -1, 1).clamp(min=1e-30)  # [Hs, R, Nc]
+                count = keep[:, first:first + Nc].sum(-1)                                  # clustered keys kept per head
+                ranked = torch.sort(share.mean(1), dim=-1, descending=True).values.cumsum(-1)  # best k keys' mean share
+                best = ranked.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0] * (count > 0)
+                weight = (b - a) / q_all.shape[1]                                          # the chunk's share of the rows
+                sums[name]["context"] += kept.mean(-1) * weight
+                sums[name]["clustered"] += (kept_clustered / clustered_mass.clamp(min=1e-30)).mean(-1) * weight
+                sums[name]["ceiling"] += best.reshape(Hkv, -1).mean(-1) * weight
+            for key, value in sums[name].items():
+                out[name][key].append(value.tolist())
     return out

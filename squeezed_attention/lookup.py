@@ -109,6 +109,8 @@ class SelectionSpec:
     level1_keep: int = 0            # hierarchical: level-1 clusters kept (static)
     prefill_rows: int = 0           # prompt tokens per selection in a prefill (0: one selection for the whole
                                     # prompt); chunks are cut from the END, so the last tokens select together
+    prefill_tail: int = 0           # the prompt's last tokens that select one token at a time (as decode steps);
+                                    # prefill_rows chunks the tokens before them (settings.prefill_chunks)
     decode_selection: str = "step"  # "step": every decode step selects its keys; "question": the prompt's
                                     # (last) selection per layer is held and every decode step attends over it
 

@@ -10,6 +10,27 @@ from .errors import SqueezeError
 
 DEFAULT_KV_BUDGET = 0.125  # the paper's accounting; with 10% int8 key + value centroids it keeps 0.073 of the keys
 MODES = ("full", "top-k", "threshold")
+# How a question's prompt selects its fixed-context keys in the prefill (squeezed_attention/RESULTS.md 3e): its
+# last DEFAULT_PREFILL_TAIL tokens select one token at a time, as decode steps do; the tokens before them share one
+# selection (prefill_rows = 0) or one per chunk of prefill_rows tokens. On the dev split (13 pass-key cases full
+# attention answers at 2k) one selection for the whole prompt answered 4 at KV budget 0.125, per-token selection of the
+# last 16 tokens 8 (the same as every token selecting; the last 4 or 8 alone: 5); a tail bounds the per-token cost
+# (about 5 ms per token with the native kernels at 8k, 2 threads) for long prompts.
+DEFAULT_PREFILL_ROWS = 0
+DEFAULT_PREFILL_TAIL = 16
+
+
+def prefill_chunks(tokens: int, rows: int, tail: int = 0) -> list:
+    """[(start, end)] of the prompt's selection chunks: the last ``tail`` tokens one chunk each (they select per
+    token), the tokens before them in chunks of ``rows`` cut from the end (the first may be shorter; 0 = one chunk),
+    so the tokens that produce the answer select on their own or together."""
+    head = max(0, tokens - tail)
+    if rows <= 0:
+        chunks = [(0, head)] if head else []
+    else:
+        ends = list(range(head, 0, -rows))[::-1]
+        chunks = [(max(0, e - rows), e) for e in ends]
+    return chunks + [(i, i + 1) for i in range(head, tokens)]
 
 PACK_FORMAT = "squeeze-context-pack/2"
 KEEP_FRACTION_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))

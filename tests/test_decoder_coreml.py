@@ -70,7 +70,7 @@ def test_coreml_artifact_answers_through_the_session_like_pytorch(exported):
     session.attach(path)
     got = session.generate("ab an", max_new_tokens=6, stop_at_eos=False)
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch"), max_new_tokens=6,
+        "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows), max_new_tokens=6,
         stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids and len(got.token_ids) == 6

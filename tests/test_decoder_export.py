@@ -108,7 +108,7 @@ def test_exported_graph_in_pytorch_matches_the_decoder(tiny_pack, attention):
     ids = ck.tokenizer.encode("\n\nab nan<|im_end|>\n<|im_start|>assistant\n")
     tokens, _ = loop.greedy(ids, 12)
     choice = AttentionChoice("full") if attention == "full" else \
-        AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch")
+        AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch", prefill_rows=loop.prefill_rows)
     ref = Generator(model, ck.tokenizer, pack).generate("ab nan", choice, max_new_tokens=12, stop_at_eos=False)
     assert tokens == ref.token_ids
     if attention == "squeezed":
@@ -159,18 +159,32 @@ def test_torch_free_generate_from_the_onnx_artifact(exported, tiny_pack):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pte"])
-def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt):
+@pytest.mark.parametrize("rows,tail", [(None, None), (1, None), (3, None), (None, 4)])
+def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt, rows, tail):
+    """The artifact answers as the PyTorch decoder with the same prompt selection: the manifest's (one selection per
+    question), per token (the prompt runs through decode), per 3 tokens (prefill per chunk at cache_len > 0), or the
+    last 4 tokens per token (decode steps after one prefill: the host's default shape)."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.settings import prefill_chunks
 
     out, _ = exported
     pack_path, pack, model, ck = tiny_pack
-    session = DecoderSession(out, fmt=fmt, attention="squeezed")
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail)
+    assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
+    calls = []
+    run = session.runner.run
+    session.runner.run = lambda method, feed: (calls.append(method), run(method, feed))[1]
     got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+    chunks = prefill_chunks(len(session.prompt_ids("ab nan")), rows or 0, tail or 0)
+    assert len(chunks) > 3 or rows is None and tail is None
+    assert calls[:len(chunks)] == ["prefill" if b - a > 1 or len(chunks) == 1 else "decode" for a, b in chunks]
+    assert calls[len(chunks):] == ["decode"] * 9                    # 10 tokens: 9 decode steps
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch"), max_new_tokens=10,
-        stop_at_eos=False)
+        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
+                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail),
+        max_new_tokens=10, stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids
 

@@ -93,8 +93,10 @@ def test_keep_everything_equals_full_attention_exactly():
     prompt = "What is the pass key? Answer with the number only."
     ids = torch.tensor(gen.prompt_ids(prompt))
     outs = []
-    # The in-graph torch path (the fused decode kernel sums in another order: tested separately below).
-    for choice in (AttentionChoice("full"), AttentionChoice("top-k", keep_keys=gen.pack.num_clustered, backend="torch")):
+    # The in-graph torch path (the fused decode kernel sums in another order: tested separately below), one selection
+    # for the prompt (a per-token tail attends chunk by chunk: the same sums in other shapes, equal to rounding)
+    for choice in (AttentionChoice("full"), AttentionChoice("top-k", keep_keys=gen.pack.num_clustered, backend="torch",
+                                                            prefill_tail=0)):
         cache = gen.model.new_cache(len(ids) + 1)
         first = gen.model.step(ids, cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
         nxt = gen.model.step(first.argmax().view(1), cache, position_offset=gen.pack.num_tokens, context=gen.context(choice))
@@ -298,6 +300,12 @@ def test_prefill_chunks_are_cut_from_the_end():
     assert prefill_chunks(37, 16) == [(0, 5), (5, 21), (21, 37)]
     assert prefill_chunks(16, 16) == [(0, 16)]
     assert prefill_chunks(3, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert prefill_chunks(5, 0, 2) == [(0, 3), (3, 4), (4, 5)]          # the tail selects per token, the rest together
+    assert prefill_chunks(3, 0, 16) == [(0, 1), (1, 2), (2, 3)]         # a tail longer than the prompt: every token
+    assert prefill_chunks(10, 3, 4) == [(0, 3), (3, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
+    assert prefill_chunks(4, 0, 0) == [(0, 4)]
+    with pytest.raises(Exception, match="prefill-tail"):
+        AttentionChoice("top-k", kv_budget=0.125, prefill_tail=-1)
     with pytest.raises(Exception, match="prefill-rows"):
         AttentionChoice("top-k", kv_budget=0.125, prefill_rows=-1)
 
@@ -313,8 +321,8 @@ def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
     has_native = shutil.which(os.environ.get("CXX", "g++")) is not None and native.available()
     backends = ("torch", "numpy") + (("native",) if has_native else ())
 
-    def run(rows, backend):
-        choice = AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_rows=rows)
+    def run(rows, backend, tail=0):
+        choice = AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_rows=rows, prefill_tail=tail)
         logits = gen.model.step(ids, gen.model.new_cache(T), position_offset=gen.pack.num_tokens,
                                 context=gen.context(choice), logits="all")
         return logits, gen.generate(prompt, choice, max_new_tokens=6, stop_at_eos=False).token_ids
@@ -333,8 +341,17 @@ def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
         logits, tokens = run(1, backend)
         assert tokens == per_token_tokens, backend
         assert (logits - per_token).abs().max().item() < 1e-2, backend
+    # --prefill-tail 5 (the default's shape: the last tokens per token, the rest one selection): one rule everywhere,
+    # and a tail as long as the prompt is --prefill-rows 1
+    tail, tail_tokens = run(0, "torch", 5)
+    assert not torch.equal(tail, one) and not torch.equal(tail, per_token)
+    for backend in backends[1:]:
+        logits, tokens = run(0, backend, 5)
+        assert tokens == tail_tokens, backend
+        assert (logits - tail).abs().max().item() < 1e-2, backend
+    assert torch.equal(run(0, "torch", T)[0], per_token)
     # per chunk: the context partial of rows [a, b) is the chunk's own selection over those rows only
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4))
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4, prefill_tail=0))
     q = user_queries(gen, prompt)[12]
     out, lse = ctx.attend(12, q)
     ctx.spec.prefill_rows = 0
@@ -400,7 +417,7 @@ def test_gqa_per_query_head_selection_differs_within_a_group():
 
 def test_threshold_mode_keeps_about_the_calibrated_fraction():
     gen = small_generator()
-    ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=0.2), gen.tables)
+    ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=0.2, prefill_tail=0), gen.tables)
     ids = torch.tensor(gen.prompt_ids("What is the pass key?"))
     gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
     kept = ctx.stats.mean_kept() / gen.pack.num_clustered
@@ -467,15 +484,16 @@ def test_question_level_selection_holds_the_prompts_selection(backend):
     gen = small_generator(hierarchical=False)
     q = user_queries(gen, "What is the pass key? Answer with the number only.")
     layer = 12
-    held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, decode_selection="question"))
-    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend))
+    held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, decode_selection="question",
+                                       prefill_tail=0))
+    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_tail=0))
     held.attend(layer, q[layer])
     calls = held.stats.calls
     one = q[layer][:, -1:] * 1.7 + 0.3          # a decode-step query unlike the prompt's
     out, lse = held.attend(layer, one)
     assert held.stats.calls == calls             # no new selection
     # the reference: the prompt's selection made explicitly, applied to the new query
-    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch"))
+    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_tail=0))
     idx, valid = ref.select(layer, q[layer])
     keys, values, mask = ref._selected_rows(layer, idx, valid)
     from squeezed_attention.context_attention import attention_with_lse, grouped_queries, merge_partials
