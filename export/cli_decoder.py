@@ -88,6 +88,7 @@ def cmd_export_decoder(args) -> int:
                             max_new=args.max_new, kv_budget=args.kv_budget, attention=attention,
                             lookup_plan=args.lookup_plan, weights=args.weights,
                             decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
+                            pte_backend=args.pte_backend,
                             verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)

@@ -62,8 +62,10 @@ def state_of(fmt: str, plan: str) -> str:
     return "buffer" if fmt == "pte" and plan == "in-graph" else "io"
 
 
-def default_plan(fmt: str) -> str:
-    return "split" if fmt in SPLIT_ONLY else "in-graph"
+def default_plan(fmt: str, pte_backend: str = "xnnpack") -> str:
+    # ExecuTorch's Core ML delegate, like Core ML itself, takes the split plan's stage graphs whole; coremltools 9
+    # cannot convert the in-graph lookup
+    return "split" if fmt in SPLIT_ONLY or (fmt == "pte" and pte_backend == "coreml") else "in-graph"
 PSNR_MIN_DB = 60.0
 VERIFY_PROMPTS = ("Summarise the text above in one sentence.", "What is the first thing the text talks about?")
 
@@ -272,7 +274,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
-                   progress=None, prefill_rows: int = 0, prefill_tail: int = 0) -> DecoderExportResult:
+                   progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
+                   pte_backend: str = "xnnpack") -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -295,8 +298,19 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         raise SqueezeError(f"--weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
     if lookup_plan is not None and lookup_plan not in LOOKUP_PLANS:
         raise SqueezeError(f"--lookup-plan must be one of {', '.join(LOOKUP_PLANS)}; got {lookup_plan!r}")
+    from export.backends.executorch_backend import PTE_BACKENDS
+
+    if pte_backend not in PTE_BACKENDS:
+        raise SqueezeError(f"--pte-backend must be one of {', '.join(PTE_BACKENDS)}; got {pte_backend!r}")
+    if pte_backend == "coreml" and "pte" in formats:
+        if weights != "fp32":
+            raise SqueezeError(f"--weights {weights} for .pte is built for the XNNPACK delegate; export --pte-backend "
+                               "coreml with --weights fp32 (or --formats coreml for Core ML's own int8/int4 weights)")
+        if lookup_plan == "in-graph" and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
+            raise SqueezeError("--pte-backend coreml takes the split lookup plan for squeezed attention (coremltools "
+                               "cannot convert the in-graph lookup); drop --lookup-plan or pass --lookup-plan split")
     for fmt in formats:
-        plan = lookup_plan or default_plan(fmt)
+        plan = lookup_plan or default_plan(fmt, pte_backend)
         if plan == "in-graph" and fmt in SPLIT_ONLY:
             raise SqueezeError(f"{fmt} takes the split lookup plan only (its GPU delegate has no top-k and keeps one "
                                "delegated partition); drop --lookup-plan or pass --lookup-plan split")
@@ -310,7 +324,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             raise SqueezeError(f"{flag} must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
                                f"got {value!r}")
     if decode_selection == "question":
-        other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f)) != "in-graph"]
+        other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
         if other:
             raise SqueezeError(f"--decode-selection question is built for {', '.join(QUESTION_FORMATS)} with the in-graph "
                                f"lookup plan so far (prefill and decode are two graphs over one cache); export "
@@ -366,9 +380,11 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     for att in attentions:
         for fmt in formats:
             backend = get_backend(fmt)
-            plan = (lookup_plan or default_plan(fmt)) if att == "squeezed" else "in-graph"
+            delegate = pte_backend if fmt == "pte" else "xnnpack"
+            plan = (lookup_plan or default_plan(fmt, delegate)) if att == "squeezed" else "in-graph"
             selection = decode_selection if att == "squeezed" else "step"
-            stem = f"decoder_{att}" + ("_split" if plan == "split" else "") + ("_question" if selection == "question" else "")
+            stem = f"decoder_{att}" + ("_split" if plan == "split" else "") + ("_question" if selection == "question" else "") \
+                + ("_coreml" if delegate == "coreml" else "")
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
             program, module = decoder_program(model, shapes, att, fmt, plan, selection)
@@ -377,7 +393,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             try:
                 with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
                     try:
-                        extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights))
+                        extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights,
+                                                                                    pte_backend=delegate))
                     except SqueezeError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
@@ -402,7 +419,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
                     record["verification"] = {"status": "fail", "failures": [str(exc)]}
                 v = record["verification"]
-                say(fmt, f"FAILED: {v['failures'][0]}" if "prompts" not in v else
+                say(fmt, f"not run: {v['reason']}" if v["status"] == "not run" else
+                    f"FAILED: {v['failures'][0]}" if "prompts" not in v else
                     f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
                     f"logits PSNR {v['psnr_db']:.1f} dB" if "psnr_db" in v else
                     f"{v['status']}: next-token top-1 agreement {100 * v['top1_agreement']:.1f}%, mean KL "
@@ -507,6 +525,11 @@ class VerificationData:
 def verify_decoder_artifact(path: Path, record: dict, model, data) -> dict:
     """Greedy tokens vs the PyTorch decoder and per-step logits vs the PyTorch exported graph (see module doc), on
     one VerificationData or several (then one result per pack under ``per_pack``, combined at the top)."""
+    from export.backends import get_backend
+
+    reason = get_backend(record["format"]).cannot_run_here(record)
+    if reason:  # e.g. a .pte for the Core ML delegate off Apple platforms: recorded, not failed
+        return {"status": "not run", "reason": reason}
     if not isinstance(data, VerificationData):
         results = [verify_decoder_artifact(path, record, model, d) for d in data]
         if any("prompts" not in r for r in results):

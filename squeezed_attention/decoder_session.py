@@ -18,6 +18,7 @@ does. A new question starts again at cache_len = 0 (entries past it are masked, 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, direct
         usable = [a for a in usable if a["decoder"].get("attention") == attention]
     if plan:
         usable = [a for a in usable if a["decoder"].get("lookup_plan", "in-graph") == plan]
+    # artifacts this machine's runtime runs first (a .pte for the Core ML delegate runs on Apple platforms only)
+    usable.sort(key=lambda a: a.get("pte_backend") == "coreml" and sys.platform != "darwin")
     if not usable:
         have = sorted({a.get("format") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file")})
         what = " ".join(w for w in (fmt, attention, plan and f"{plan}-plan") if w)
@@ -242,6 +245,9 @@ class DecoderSession:
         if not path.exists():
             raise SqueezeError(f"the artifact {path} is missing; re-export the decoder")
         self.backend = get_backend(self.artifact["format"])
+        reason = self.backend.cannot_run_here(self.artifact)
+        if reason:
+            raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
         self.runner = self.backend.load_program(path, self.contract["methods"], threads)
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.loop = None

@@ -70,7 +70,8 @@ def test_coreml_artifact_answers_through_the_session_like_pytorch(exported):
     session.attach(path)
     got = session.generate("ab an", max_new_tokens=6, stop_at_eos=False)
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows), max_new_tokens=6,
+        "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
+                                  prefill_tail=session.loop.prefill_tail), max_new_tokens=6,
         stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids and len(got.token_ids) == 6
@@ -160,3 +161,39 @@ def test_coreml_int4_stores_a_q4_1_model_on_its_own_grid(tmp_path):
                 matched.add(name.split("_layers_0_")[-1])
     assert {"qkv_weight_grid", "gate_up_weight_grid", "o_proj_weight_grid", "down_proj_weight_grid"} <= matched, matched
     assert any("lm_head" in n or "embed_tokens" in n for n in matched), matched
+
+
+def test_pte_for_the_core_ml_delegate(exported, tmp_path):
+    """`squeeze export decoder --formats pte --pte-backend coreml`: the full-attention program's graph goes to Core ML
+    whole with the KV cache as iOS 18 state (only the cache writes stay on ExecuTorch's CPU kernels), squeezed attention
+    takes the split plan (every stage graph one Core ML partition, the lookup on the CPU between them); verification
+    and the answer loop say why they cannot run off Apple platforms; options the delegate does not take fail first."""
+    import sys
+
+    from squeezed_attention.decoder_session import DecoderSession
+
+    d, gguf, _ = exported
+    out = tmp_path / "coreml_pte"
+    for bad, match in ((dict(weights="int8"), "built for the XNNPACK delegate"),
+                       (dict(lookup_plan="in-graph"), "takes the split lookup plan")):
+        with pytest.raises(SqueezeError, match=match):
+            export_decoder(out, formats="pte", model_path=gguf, attention="squeezed", pte_backend="coreml", **bad, **SHAPES)
+    assert not out.exists()
+    result = export_decoder(out, formats="pte", model_path=gguf, attention=["squeezed", "full"], kv_budget=0.3,
+                            pte_backend="coreml", verify_text=d / "doc.txt", verify_tokens=4, **SHAPES)
+    assert not result.failures, result.failures
+    arts = {a["decoder"]["attention"]: a for a in result.manifest["artifacts"]}
+    sq, full = arts["squeezed"], arts["full"]
+    assert sq["pte_backend"] == full["pte_backend"] == "coreml" and "_coreml" in sq["file"] and "_coreml" in full["file"]
+    assert sq["decoder"]["lookup_plan"] == "split" and full["decoder"]["state"] == "buffer"
+    for stage, info in sq["delegation"].items():       # each stage graph: one Core ML partition, nothing on the CPU
+        assert info["delegated_subgraphs"] == 1 and set(info["portable_ops"]) <= {"getitem"}, (stage, info)
+    for method in ("prefill", "decode"):                # the whole step, the cache writes excepted
+        info = full["delegation"][method]
+        assert info["delegated_subgraphs"] == 1 and set(info["portable_ops"]) <= {"getitem", "aten_index_put_default"}
+        assert info["by_operator"]["aten_index_put_default"]["portable"] == 2   # K and V of the one layer
+    if sys.platform != "darwin":
+        assert sq["verification"]["status"] == full["verification"]["status"] == "not run"
+        assert "macOS" in sq["verification"]["reason"]
+        with pytest.raises(SqueezeError, match="cannot run here"):
+            DecoderSession(out, fmt="pte", attention="squeezed")

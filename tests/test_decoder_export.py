@@ -108,7 +108,7 @@ def test_exported_graph_in_pytorch_matches_the_decoder(tiny_pack, attention):
     ids = ck.tokenizer.encode("\n\nab nan<|im_end|>\n<|im_start|>assistant\n")
     tokens, _ = loop.greedy(ids, 12)
     choice = AttentionChoice("full") if attention == "full" else \
-        AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch", prefill_rows=loop.prefill_rows)
+        AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch", prefill_rows=loop.prefill_rows, prefill_tail=loop.prefill_tail)
     ref = Generator(model, ck.tokenizer, pack).generate("ab nan", choice, max_new_tokens=12, stop_at_eos=False)
     assert tokens == ref.token_ids
     if attention == "squeezed":

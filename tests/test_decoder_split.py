@@ -176,7 +176,8 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
     session.attach(d / "tiny.pack")
     got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows), max_new_tokens=10,
+        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
+                                  prefill_tail=session.loop.prefill_tail), max_new_tokens=10,
         stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids

@@ -15,6 +15,9 @@ from export.quantize import load_quantized_kernels
 from .base import Backend, ExportOptions, Runner, register, versions_of
 
 PTE_BACKENDS = ("xnnpack", "coreml")
+# ops a stateful (decoder) program keeps on ExecuTorch's portable CPU kernels under the Core ML delegate: coremltools
+# 9 cannot convert them as the decoder uses them (float-typed index tensors, integer scatter_add updates)
+COREML_CPU_OPS = ["aten.index.Tensor", "aten.index_put.default", "aten.scatter_add.default"]
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -212,7 +215,7 @@ class ExecuTorchBackend(Backend):
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
         from executorch.exir.passes import MemoryPlanningPass
 
-        partitioner = self._partitioner(opts)
+        partitioner = self._partitioner(opts, program=True, stateful=bool(program.state))
         modules, quantization = {m.name: m.module for m in program.methods}, None
         if opts.weights != "fp32":
             from export.quantize import quantize_program_weights
@@ -242,7 +245,7 @@ class ExecuTorchBackend(Backend):
         return extras
 
     @staticmethod
-    def _partitioner(opts):
+    def _partitioner(opts, program: bool = False, stateful: bool = False):
         if opts.pte_backend not in PTE_BACKENDS:
             raise SqueezeError(f"unknown --pte-backend {opts.pte_backend!r}; use one of {', '.join(PTE_BACKENDS)}")
         if opts.pte_backend == "xnnpack":
@@ -251,7 +254,20 @@ class ExecuTorchBackend(Backend):
             return XnnpackPartitioner()
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-        return CoreMLPartitioner()
+        if not program:
+            return CoreMLPartitioner()
+        # Multi-method programs (the decoder): iOS 18, where mutable buffers (the KV cache) become Core ML state, and
+        # the conversion pipeline without the linear+bias fusion that fails on the graphs' 0-d mask constants
+        # (coreml_program.SKIPPED_PASSES, as for the .mlpackage)
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+
+        from .coreml_program import SKIPPED_PASSES
+
+        passes = [name for name in ct.PassPipeline.DEFAULT.passes if name not in SKIPPED_PASSES]
+        specs = CoreMLBackend.generate_compile_specs(minimum_deployment_target=ct.target.iOS18, pass_names=passes)
+        return CoreMLPartitioner(compile_specs=specs, take_over_mutable_buffer=stateful,
+                                 skip_ops_for_coreml_delegation=COREML_CPU_OPS)
 
     def cannot_run_here(self, extras=None):
         import platform

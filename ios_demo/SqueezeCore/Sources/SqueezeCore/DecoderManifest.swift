@@ -54,9 +54,16 @@ public struct DecoderContract: Equatable {
     public let shapes: DecoderShapes
     /// "step" (null for full attention and absent in older manifests mean "step"); "question" is refused
     public let decodeSelection: String
+    /// The question's key selection (squeezed attention): prompt tokens per selection chunk before the tail
+    /// (0 = one chunk) and the last tokens that select one at a time, as decode steps (absent or null: 0)
+    public let prefillRows: Int
+    public let prefillTail: Int
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
-                decodeSelection: String = DecoderContract.step) throws {
+                decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0) throws {
+        if prefillRows < 0 || prefillTail < 0 {
+            throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
+        }
         if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
         if state != "io" && state != "buffer" { throw DecoderError("decoder.state: expected io or buffer, found \(state)") }
         if attention == "squeezed" && kvBudget == nil { throw DecoderError("decoder.kv_budget: missing for squeezed attention") }
@@ -72,6 +79,8 @@ public struct DecoderContract: Equatable {
         self.kvBudget = kvBudget
         self.shapes = shapes
         self.decodeSelection = decodeSelection
+        self.prefillRows = prefillRows
+        self.prefillTail = prefillTail
     }
 
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
@@ -80,7 +89,9 @@ public struct DecoderContract: Equatable {
                                        kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
                                        shapes: try DecoderShapes.parse(j["shapes"]),
                                        // null for full attention, absent in older manifests
-                                       decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step)
+                                       decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step,
+                                       prefillRows: try j.opt("prefill_rows").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
+                                       prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0)
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

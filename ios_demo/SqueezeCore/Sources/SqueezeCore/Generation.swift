@@ -171,7 +171,7 @@ public final class GenerationLoop {
         try checkLengths(promptTokens: ids.count, maxNewTokens: maxNewTokens)
         let cache = newCache()
         let t0 = clockNanos()
-        var logits = try step(method: "prefill", tokens: ids, cacheLen: 0, cache: cache)
+        var logits = try prompt(ids, cache: cache)
         let prefillNanos = clockNanos() - t0
         var tokens: [Int] = []
         var allLogits: [[Float]] = []
@@ -195,6 +195,39 @@ public final class GenerationLoop {
         }
         return GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos, decodeNanos: clockNanos() - t1,
                                 decodeSteps: steps)
+    }
+
+    /// The question's tokens with the contract's key selection (Python: GenerationLoop.prompt): one prefill call when
+    /// the question is one selection chunk, else per chunk in order a prefill call (several tokens, cache_len = tokens
+    /// before it) or a decode step (a token that selects on its own: the tail).
+    public func prompt(_ ids: [Int], cache: Cache?) throws -> [Float] {
+        let squeezed = contract.attention == "squeezed"
+        let chunks = GenerationLoop.prefillChunks(tokens: ids.count, rows: squeezed ? contract.prefillRows : 0,
+                                                  tail: squeezed ? contract.prefillTail : 0)
+        if chunks.count == 1 { return try step(method: "prefill", tokens: ids, cacheLen: 0, cache: cache) }
+        var logits: [Float] = []
+        for (start, end) in chunks {
+            logits = try step(method: end - start == 1 ? "decode" : "prefill", tokens: Array(ids[start..<end]),
+                              cacheLen: start, cache: cache)
+        }
+        return logits
+    }
+
+    /// (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last `tail`
+    /// tokens one chunk each, the tokens before them in chunks of `rows` cut from the end (0 = one chunk).
+    public static func prefillChunks(tokens: Int, rows: Int, tail: Int) -> [(Int, Int)] {
+        let head = max(0, tokens - tail)
+        var chunks: [(Int, Int)] = []
+        if rows <= 0 {
+            if head > 0 { chunks.append((0, head)) }
+        } else {
+            var ends: [Int] = []
+            var end = head
+            while end > 0 { ends.append(end); end -= rows }
+            for e in ends.reversed() { chunks.append((max(0, e - rows), e)) }
+        }
+        for i in head..<max(head, tokens) { chunks.append((i, i + 1)) }
+        return chunks
     }
 
     private static func scalar(_ v: Int64) throws -> DecoderTensor { .int64(try Int64Tensor([v], shape: [1])) }

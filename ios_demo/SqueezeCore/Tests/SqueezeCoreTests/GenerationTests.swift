@@ -87,6 +87,49 @@ final class GenerationTests: XCTestCase {
         try XCTUnwrap(try gen["runs"].list().first { try $0["kind"].string() == kind && $0["attention"].string() == attention })
     }
 
+    func testPromptChunksAreCutAsPythonCutsThem() {
+        func chunks(_ n: Int, _ rows: Int, _ tail: Int) -> [[Int]] {
+            GenerationLoop.prefillChunks(tokens: n, rows: rows, tail: tail).map { [$0.0, $0.1] }
+        }
+        // the values test_sa_lookup.py asserts for squeezed_attention.settings.prefill_chunks
+        XCTAssertEqual(chunks(37, 16, 0), [[0, 5], [5, 21], [21, 37]])
+        XCTAssertEqual(chunks(16, 16, 0), [[0, 16]])
+        XCTAssertEqual(chunks(3, 1, 0), [[0, 1], [1, 2], [2, 3]])
+        XCTAssertEqual(chunks(5, 0, 2), [[0, 3], [3, 4], [4, 5]])
+        XCTAssertEqual(chunks(3, 0, 16), [[0, 1], [1, 2], [2, 3]])
+        XCTAssertEqual(chunks(10, 3, 4), [[0, 3], [3, 6], [6, 7], [7, 8], [8, 9], [9, 10]])
+        XCTAssertEqual(chunks(4, 0, 0), [[0, 4]])
+    }
+
+    /// Records "method:n_tokens@cache_len" per call; answers with one-hot logits.
+    final class Recorder: DecoderRuntime {
+        let name = "recorder"
+        var calls: [String] = []
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            guard case .int64(let n)? = inputs["n_tokens"], case .int64(let at)? = inputs["cache_len"] else {
+                throw DecoderError("no n_tokens / cache_len")
+            }
+            calls.append("\(method):\(n.data[0])@\(at.data[0])")
+            var logits = [Float](repeating: 0, count: 8)
+            logits[calls.count % 8] = 1
+            return ["logits": .float32(try Float32Tensor(logits, shape: [8]))]
+        }
+    }
+
+    func testAPromptTailRunsAsDecodeStepsAfterOnePrefill() throws {
+        // the manifest's prefill_tail: the head of the question is one prefill call, each tail token a decode step
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let recorder = Recorder()
+        let tail = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: 4)
+        _ = try GenerationLoop(runtime: recorder, contract: tail, pack: pack, contextInputs: context).prompt(Array(1...10), cache: nil)
+        XCTAssertEqual(recorder.calls, ["prefill:6@0", "decode:1@6", "decode:1@7", "decode:1@8", "decode:1@9"])
+        recorder.calls = []
+        let one = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes)
+        _ = try GenerationLoop(runtime: recorder, contract: one, pack: pack, contextInputs: context).prompt(Array(1...10), cache: nil)
+        XCTAssertEqual(recorder.calls, ["prefill:10@0"])  // no tail (the export's default): one selection, one call
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: -1))
+    }
+
     func testGreedyAndForcedRunsGiveThePythonTokens() throws {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()

@@ -29,8 +29,12 @@ interface DecoderRuntime : AutoCloseable {
  * inputs, is not run by this app and is refused).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
-                      val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP) {
+                      val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
+                      val prefillRows: Int = 0, val prefillTail: Int = 0) {
     init {
+        if (prefillRows < 0 || prefillTail < 0) {
+            throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
+        }
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
         if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
@@ -57,7 +61,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
             DecoderContract(j["attention"].string(), j["state"].string(),
                 j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
                 j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH, // null for full attention, absent in older manifests
-                j.opt("decode_selection")?.stringOrNull() ?: STEP) // likewise
+                j.opt("decode_selection")?.stringOrNull() ?: STEP, // likewise
+                j.opt("prefill_rows")?.let { if (it.isNull) 0 else it.int() } ?: 0, // likewise
+                j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0)
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -262,7 +268,7 @@ class GenerationLoop(
         lookupNanos = 0L
         val cache = newCache()
         val t0 = clockNanos()
-        var logits = step("prefill", ids, 0, cache)
+        var logits = prompt(ids, cache)
         val prefillNanos = clockNanos() - t0
         val tokens = IntArrayList()
         val allLogits = ArrayList<FloatArray>()
@@ -286,7 +292,43 @@ class GenerationLoop(
         return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps, lookupNanos, stopped)
     }
 
+    /**
+     * The question's tokens with the contract's key selection (Python: GenerationLoop.prompt): one prefill call when
+     * the question is one selection chunk, else per chunk in order a prefill call (several tokens, cache_len = tokens
+     * before it) or a decode step (a token that selects on its own: the tail).
+     */
+    fun prompt(ids: IntArray, cache: Cache?): FloatArray {
+        val rows = if (contract.attention == "squeezed") contract.prefillRows else 0
+        val tail = if (contract.attention == "squeezed") contract.prefillTail else 0
+        val chunks = prefillChunks(ids.size, rows, tail)
+        if (chunks.size == 1) return step("prefill", ids, 0, cache)
+        var logits = FloatArray(0)
+        for ((start, end) in chunks) {
+            logits = step(if (end - start == 1) "decode" else "prefill", ids.copyOfRange(start, end), start, cache)
+        }
+        return logits
+    }
+
     companion object {
+        /**
+         * (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last
+         * [tail] tokens one chunk each, the tokens before them in chunks of [rows] cut from the end (0 = one chunk).
+         */
+        fun prefillChunks(tokens: Int, rows: Int, tail: Int): List<Pair<Int, Int>> {
+            val head = maxOf(0, tokens - tail)
+            val chunks = ArrayList<Pair<Int, Int>>()
+            if (rows <= 0) {
+                if (head > 0) chunks.add(0 to head)
+            } else {
+                var end = head
+                val ends = ArrayList<Int>()
+                while (end > 0) { ends.add(end); end -= rows }
+                for (e in ends.reversed()) chunks.add(maxOf(0, e - rows) to e)
+            }
+            for (i in head until tokens) chunks.add(i to i + 1)
+            return chunks
+        }
+
         private fun scalar(v: Long) = DecoderTensor.Int64(longArrayOf(v), intArrayOf(1))
 
         /** numpy's argmax: the first largest value; a NaN wins (the first NaN). */

@@ -59,6 +59,43 @@ class GenerationTest {
     private fun contract(run: JsonPath) = manifest.pick("onnx", run["attention"].string()).contract
 
     @Test
+    fun promptChunksAreCutAsPythonCutsThem() {
+        fun chunks(tokens: Int, rows: Int, tail: Int) = GenerationLoop.prefillChunks(tokens, rows, tail).map { listOf(it.first, it.second) }
+        // the values test_sa_lookup.py asserts for squeezed_attention.settings.prefill_chunks
+        assertEquals(listOf(listOf(0, 5), listOf(5, 21), listOf(21, 37)), chunks(37, 16, 0))
+        assertEquals(listOf(listOf(0, 16)), chunks(16, 16, 0))
+        assertEquals(listOf(listOf(0, 1), listOf(1, 2), listOf(2, 3)), chunks(3, 1, 0))
+        assertEquals(listOf(listOf(0, 3), listOf(3, 4), listOf(4, 5)), chunks(5, 0, 2))
+        assertEquals(listOf(listOf(0, 1), listOf(1, 2), listOf(2, 3)), chunks(3, 0, 16))
+        assertEquals(listOf(listOf(0, 3), listOf(3, 6), listOf(6, 7), listOf(7, 8), listOf(8, 9), listOf(9, 10)), chunks(10, 3, 4))
+        assertEquals(listOf(listOf(0, 4)), chunks(4, 0, 0))
+    }
+
+    @Test
+    fun aPromptTailRunsAsDecodeStepsAfterOnePrefill() {
+        // the manifest's prefill_tail: the head of the question is one prefill call, each tail token a decode step
+        val calls = ArrayList<String>()
+        val recorder = object : DecoderRuntime {
+            override val name = "recorder"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+                val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0]
+                val at = (inputs.getValue("cache_len") as DecoderTensor.Int64).data[0]
+                calls.add("$method:$n@$at")
+                return mapOf("logits" to DecoderTensor.Float32(FloatArray(8) { if (it == calls.size % 8) 1f else 0f }, intArrayOf(8)))
+            }
+        }
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, prefillTail = 4)
+        val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        loop.prompt(IntArray(10) { it + 1 }, null)
+        assertEquals(listOf("prefill:6@0", "decode:1@6", "decode:1@7", "decode:1@8", "decode:1@9"), calls)
+        calls.clear()
+        GenerationLoop(recorder, DecoderContract("squeezed", "buffer", 0.3, shapes), pack,
+            PackLayout.decoderContextInputs(pack, shapes, "squeezed")).prompt(IntArray(10) { it + 1 }, null)
+        assertEquals(listOf("prefill:10@0"), calls)  // no tail (the export's default): one selection, one call
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "buffer", 0.3, shapes, prefillTail = -1) }
+    }
+
+    @Test
     fun decoderManifestOfARealExport() {
         assertEquals(gen["model"]["weights_sha256"].string(), manifest.weightsSha256)
         assertEquals(gen["model"]["tokenizer_sha256"].string(), manifest.tokenizerSha256)
