@@ -283,6 +283,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
     recorded so ``squeeze verify`` can rebuild the same pack)."""
     from export.backends import ExportOptions, conversion_error, get_backend
+    from export.quiet import quiet
 
     from .model import LlamaForCausalLM
     from .weights import load_checkpoint
@@ -393,8 +394,9 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             try:
                 with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
                     try:
-                        extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights,
-                                                                                    pte_backend=delegate))
+                        with quiet():  # converters print warnings and C++ logs by the hundred
+                            extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights,
+                                                                                        pte_backend=delegate))
                     except SqueezeError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
