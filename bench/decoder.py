@@ -5,9 +5,10 @@
 For every context length, a real-prose context pack with a pass key in it is built once with the decoder's
 own model (or taken from ``--context-pack``) and cached under the report directory. Every artifact in the
 manifest (each format x attention mode) then answers the pass-key question over that pack in its own runtime,
-in its own process (load time and peak RSS belong to it): the prefill of the question (the artifact's
-``max_prompt`` tokens: static shapes, so a shorter question costs the same), then ``decode_tokens`` greedy
-steps, each timed. Rows are interleaved (context -> format -> attention, repeated ``rounds`` times) so a
+in its own process (load time and peak RSS belong to it): the prefill of the question as the manifest says to
+feed it (its own length where the prefill graph's token axis is dynamic -- .onnx, .pte for XNNPACK -- else padded to
+``max_prompt``), the prefill of a prompt of exactly ``max_prompt`` tokens (prose + the question: the longest
+question, what the llama.cpp peer also times), then ``decode_tokens`` greedy steps, each timed. Rows are interleaved (context -> format -> attention, repeated ``rounds`` times) so a
 load drift on a shared machine hits squeezed and full alike; medians over all samples. Ratios compare the
 squeezed and the full artifact of the same format at the same context and thread count, measured in the same
 run. A profiling pass per squeezed artifact reports the share of decode time spent in the lookup, from the
@@ -192,8 +193,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
-                "prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [], "load_average": [],
-                "status": "ok"})
+                "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [],
+                "load_average": [], "status": "ok"})
             if row["status"] != "ok":
                 continue
             say(art["format"], f"{mode_label(art['decoder'])} at {context_label(pack['context_tokens'])} context, "
@@ -207,6 +208,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 say(art["format"], f"error: {res.get('error')}")
                 continue
             row["prefill_s"] += res["prefill_s"]
+            row["prompt_prefill_s"] += res["prompt_prefill_s"]
+            row["question_tokens"], row["prompt_tokens"] = res["question_tokens"], res["prompt_tokens"]
             row["decode_step_s"] += res["decode_step_s"]
             row["load_s"].append(res["load_s"])
             row["peak_rss_mb"].append(res["peak_rss_mb"])
@@ -216,7 +219,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     for row in rows.values():
         if row["status"] == "ok":
             prefill, step = _median(row["prefill_s"]), _median(row["decode_step_s"])
-            row.update({"prefill_ms": prefill * 1e3, "decode_ms_per_token": step * 1e3,
+            row.update({"prefill_ms": prefill * 1e3, "prompt_prefill_ms": _median(row["prompt_prefill_s"]) * 1e3,
+                        "decode_ms_per_token": step * 1e3,
                         "decode_tokens_per_s": 1.0 / step, "load_s": _median(row["load_s"]),
                         "peak_rss_mb": max(row["peak_rss_mb"]),
                         "samples": {"prefill": len(row["prefill_s"]), "decode_steps": len(row["decode_step_s"])}})
@@ -227,6 +231,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                      and r["status"] == "ok"), None)
         if row["attention"] == "squeezed" and row["status"] == "ok" and full:
             row["prefill_speedup_vs_full"] = full["prefill_ms"] / row["prefill_ms"]
+            row["prompt_prefill_speedup_vs_full"] = full["prompt_prefill_ms"] / row["prompt_prefill_ms"]
             row["decode_speedup_vs_full"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
     if llama_cpp:  # the peer (bench.llama_cpp_peer): same GGUF, same packs and question, after the artifacts
         from .llama_cpp_peer import peer_rows
@@ -283,24 +288,32 @@ def decoder_markdown(report: Dict) -> str:
              f"{report.get('precision') or 'fp32'} activations)", "",
              f"{report['machine'].get('cpu', 'this machine')}; medians of {s['rounds']} interleaved rounds x "
              f"{s['runs']} runs (prefill) and x {s['decode_tokens']} steps (decode); each artifact in its own "
-             "process. Prefill is one call of the artifact's max_prompt-token graph (static shapes). "
+             "process. Question prefill: the pass-key question (its token count in brackets), run as the manifest "
+             "says (padded to max_prompt where the prefill graph has static shapes); max-prompt prefill: a prompt of "
+             "exactly max_prompt tokens (prose + the question), the longest the artifact takes. "
              "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run."
              + (f" 1-minute load average after each measurement: {min(loads):.2f}-{max(loads):.2f}" if loads else "")
              + (" (**the machine was busy: other processes shared the cores, absolute times and ratios are "
                 "unreliable; re-run on an idle machine**)." if busy else "."), "",
-             "| format | attention | context | threads | prefill ms | decode ms/token | decode tok/s | "
-             "prefill speed-up | decode speed-up | peak RSS MB | load s | pass key |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| format | attention | context | threads | question prefill ms | max-prompt prefill ms | decode ms/token | "
+             "decode tok/s | prefill speed-up (question / max-prompt) | decode speed-up | peak RSS MB | load s | "
+             "pass key |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(report["rows"], key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
         if r["status"] != "ok":
             lines.append(f"| {r['format']} | {r['attention']} | {r['context_tokens']} | {r['threads']} | "
-                         f"error: {one_line(r.get('detail'))[:120]} |||||||||")
+                         f"error: {one_line(r.get('detail'))[:120]} ||||||||||")
             continue
         att = mode_label(r) + (f" (KV budget {r['kv_budget']:g})" if r["attention"] == "squeezed" else "")
         answered = {True: "yes", False: "no", None: "-"}[r.get("answered")]
-        lines.append(f"| {r['format']} | {att} | {r['context_tokens']} | {r['threads']} | {r['prefill_ms']:.0f} | "
-                     f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | "
-                     f"{_fmt(r.get('prefill_speedup_vs_full'), '{:.2f}x')} | "
+        question = f" ({r['question_tokens']})" if r.get("question_tokens") else ""
+        prompt = f" ({r['prompt_tokens']})" if r.get("prompt_tokens") else ""
+        speedup = (f"{_fmt(r.get('prefill_speedup_vs_full'), '{:.2f}x')} / "
+                   f"{_fmt(r.get('prompt_prefill_speedup_vs_full'), '{:.2f}x')}"
+                   if r.get("prefill_speedup_vs_full") else "-")
+        lines.append(f"| {r['format']} | {att} | {r['context_tokens']} | {r['threads']} | {r['prefill_ms']:.0f}{question} | "
+                     f"{_fmt(r.get('prompt_prefill_ms'), '{:.0f}')}{prompt} | "
+                     f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | {speedup} | "
                      f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} | {r['peak_rss_mb']:.0f} | "
                      f"{r['load_s']:.1f} | {answered} |")
     if report["lookup_share"]:
@@ -458,8 +471,21 @@ def measure_decoder(job: Dict) -> Dict:
         for i in range(n_decode):
             loop.step("decode", [ids[-1]], len(ids) + i, cache)
         return {"lookup": lookup_share(art["format"], directory / art["file"], runner.operator_profile(), n_decode)}
-    prefill, steps, tokens = [], [], []
+    # a prompt of exactly max_prompt tokens (prose + the question, as the llama.cpp peer times it): the longest
+    # question the artifact takes; where its prefill graph has a dynamic token axis the question itself costs less
+    from .llama_cpp_peer import padded_prompt_ids
+
+    class _Ids:
+        def encode(self, text):
+            return tokenizer.encode(text, add_special_tokens=False).ids
+
+    long_ids = padded_prompt_ids(_Ids(), ids, contract["shapes"]["max_prompt"])
+    prefill, prompt_prefill, steps, tokens = [], [], [], []
     for r in range(int(job["warmup"]) + int(job["runs"])):
+        cache = loop.new_cache()
+        t = time.perf_counter()
+        loop.prompt(long_ids, cache)
+        pp = time.perf_counter() - t
         cache = loop.new_cache()
         t = time.perf_counter()
         logits = loop.prompt(ids, cache)
@@ -472,8 +498,10 @@ def measure_decoder(job: Dict) -> Dict:
             tokens.append(int(np.argmax(logits)))
         if r >= int(job["warmup"]):
             prefill.append(p)
+            prompt_prefill.append(pp)
             steps += times
     runner.close()
     return {"runtime": backend.runtime, "load_s": load_s, "prefill_s": prefill, "decode_step_s": steps,
+            "prompt_prefill_s": prompt_prefill, "question_tokens": len(ids), "prompt_tokens": len(long_ids),
             "rss_before_mb": rss_before, "peak_rss_mb": _peak_mb(),
             "text": tokenizer.decode(tokens, skip_special_tokens=True)}

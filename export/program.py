@@ -21,7 +21,9 @@ class Method:
     module: "object"               # torch.nn.Module whose forward takes the inputs by name
     inputs: Dict[str, "object"]    # name -> example tensor, in call order
     outputs: List[str]
-    # input name -> {axis: (symbol, min, max)}: axes a one-graph format may leave symbolic
+    # input name -> {axis: (symbol, min, max)}: axes a format may leave symbolic (a one-graph format: its one graph
+    # serves every method; a format with dynamic shapes: this method takes any size in the range). The backend says
+    # which it did: signature(dynamic=True) records the ranges in the manifest, where the runtime loops read them.
     dynamic: Dict[str, Dict[int, Tuple[str, int, int]]] = field(default_factory=dict)
     # {input name: value} -> the module's keyword arguments (e.g. per-layer inputs gathered into one list
     # argument); None: the names are the keywords. Applied to example tensors and to dynamic-shape specs alike.
@@ -30,11 +32,26 @@ class Method:
     def call_kwargs(self, values: Dict) -> Dict:
         return self.arrange(values) if self.arrange is not None else dict(values)
 
-    def signature(self) -> Dict:
-        """Names, shapes and dtypes of the inputs (for the manifest and the runners)."""
-        return {"inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
-                           for n, t in self.inputs.items()],
-                "outputs": list(self.outputs)}
+    def dynamic_shapes(self) -> Optional[Dict]:
+        """torch.export's ``dynamic_shapes`` for the keyword arguments (None without dynamic axes)."""
+        if not self.dynamic:
+            return None
+        import torch
+
+        dims = {n: {axis: torch.export.Dim(sym, min=lo, max=hi) for axis, (sym, lo, hi) in axes.items()}
+                for n, axes in self.dynamic.items()}
+        return self.call_kwargs({n: dims.get(n) for n in self.inputs})
+
+    def signature(self, dynamic: bool = False) -> Dict:
+        """Names, shapes and dtypes of the inputs (for the manifest and the runners); with ``dynamic``, an input
+        with symbolic axes also lists them: ``"dynamic": {axis: [min, max]}`` (its shape is the example's)."""
+        inputs = []
+        for n, t in self.inputs.items():
+            entry = {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+            if dynamic and self.dynamic.get(n):
+                entry["dynamic"] = {str(axis): [lo, hi] for axis, (_, lo, hi) in self.dynamic[n].items()}
+            inputs.append(entry)
+        return {"inputs": inputs, "outputs": list(self.outputs)}
 
 
 @dataclass

@@ -134,12 +134,14 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
                 graph = DecoderStage(module, stage).eval()
                 methods.append(Method(f"{name}_{stage}", graph, graph.example_inputs(width), graph.output_names()))
         return Program(methods), module
-    # one graph for both methods where the format allows a symbolic token axis (ONNX); two modules (question-level
-    # selection) differ in more than that axis
+    # the prefill's token axis is symbolic (1..max_prompt) where the format allows it: a question costs its own
+    # length, not max_prompt's (the manifest records it per method; static formats pad). One graph for both methods
+    # where the format holds one graph per file (ONNX); two modules (question-level selection) differ in more.
     one_graph = fmt != "pte" and modules["prefill"] is modules["decode"]
-    dynamic = {"tokens": {0: ("T", 1, shapes.max_prompt)}} if one_graph else {}
-    methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(), dynamic,
-                      modules[name].arrange) for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
+    tokens = {"tokens": {0: ("T", 1, shapes.max_prompt)}}
+    methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(),
+                      tokens if name == "prefill" or one_graph else {}, modules[name].arrange)
+               for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
     return Program(methods, state=module.state_names()), module
 
 
@@ -184,14 +186,16 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
            "at cache_len")
     squeezed = attention == "squeezed"
     rows, tail = (prefill_rows, prefill_tail) if squeezed else (0, 0)
+    pad = ("padded to shapes.max_prompt, unless the method's tokens input lists a dynamic axis [min, max]: then the "
+           "ids themselves (padded to min)")
     prompt_step = (
-        "prompt: prefill once: tokens = question ids padded to shapes.max_prompt, n_tokens = real length, "
+        f"prompt: prefill once: tokens = question ids {pad}, n_tokens = real length, "
         "cache_len = 0" + (" (one key selection for the whole question)" if squeezed else "")
         if rows == 0 and tail == 0 else
         f"prompt (prefill_rows = {rows}, prefill_tail = {tail}): the question's last {tail} tokens select one token "
         f"at a time, the tokens before them {'in chunks of %d tokens cut from the end' % rows if rows else 'together'} "
         "(squeezed_attention.settings.prefill_chunks); per chunk in order: a chunk of several tokens = prefill with its "
-        "tokens padded to shapes.max_prompt, n_tokens = chunk length, cache_len = tokens before it; a 1-token chunk = "
+        f"tokens {pad}, n_tokens = chunk length, cache_len = tokens before it; a 1-token chunk = "
         "decode at cache_len = its index" + (" (question-level: prefill, so the last call returns the selection to "
                                              "hold)" if selection == "question" else ""))
     if plan == "split":

@@ -7,8 +7,9 @@
 The call sequence is the one the manifest documents: the question's prompt, then ``decode`` one token at a time
 (cache_len = tokens so far). The prompt goes in as the contract's ``prefill_rows`` / ``prefill_tail`` say (the same rule as the
 host's ``squeeze generate --prefill-rows/--prefill-tail``, settings.prefill_chunks): by default ``prefill`` once
-with the whole question (padded to the artifact's max_prompt, n_tokens = its real length, cache_len = 0: one key
-selection for the question); a chunk of several tokens is one ``prefill`` call at cache_len = tokens before it, and
+with the whole question (n_tokens = its real length, cache_len = 0: one key selection for the question; its tokens
+input is the question's length where the manifest gives it a dynamic axis, else padded to the artifact's
+max_prompt); a chunk of several tokens is one ``prefill`` call at cache_len = tokens before it, and
 a token that selects on its own (the tail, or prefill_rows = 1) is one ``decode`` step (costs a decode step per
 such token). With explicit cache I/O (ONNX) this loop writes each step's ``new_keys`` /
 ``new_values`` into its cache at cache_len; with state held in the runtime (.pte mutable buffers) the runtime
@@ -40,6 +41,14 @@ def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_ta
         if type(value) is not int or value < 0:
             raise SqueezeError(f"{flag} must be a whole number of tokens >= 0; got {value!r}")
     return (rows, tail) if contract.get("attention") == "squeezed" else (0, 0)
+
+
+def token_width(methods: dict, method: str, n: int, static: int) -> int:
+    """How many token slots a call of ``method`` with ``n`` real tokens feeds: n where the manifest gives the
+    method's ``tokens`` input a dynamic axis (raised to its minimum), else the static width (the rest padded)."""
+    entry = next((i for i in (methods.get(method) or {}).get("inputs", ()) if i["name"] == "tokens"), None)
+    lo_hi = (entry or {}).get("dynamic", {}).get("0")
+    return max(n, int(lo_hi[0])) if lo_hi and n <= int(lo_hi[1]) else static
 
 
 def read_decoder_manifest(directory) -> dict:
@@ -111,7 +120,8 @@ class GenerationLoop:
     def step(self, method: str, tokens: list, cache_len: int, cache):
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
-        width = self.shapes["max_prompt"] if method == "prefill" else 1
+        width = token_width(self.contract.get("methods") or {}, method, len(tokens),
+                            self.shapes["max_prompt"] if method == "prefill" else 1)
         feed = {"tokens": np.zeros(width, dtype=np.int64), "n_tokens": np.array([len(tokens)], dtype=np.int64),
                 "cache_len": np.array([cache_len], dtype=np.int64),
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}

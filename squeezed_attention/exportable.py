@@ -270,7 +270,10 @@ class ExportableDecoder(nn.Module):
         layer = self.layers[li]
         h = self.rms_norm(x, layer.input_layernorm)
         # plain F.linear: the host model may route one-token products to its native GEMV, export must not
-        q, k, v = F.linear(h, layer.qkv.weight).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        # slices, not split(): ExecuTorch's IR check evaluates split_with_sizes' sizes and would pin a symbolic
+        # token axis (the dynamic prefill) to its example size
+        qkv = F.linear(h, layer.qkv.weight)
+        q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + Hkv) * D], qkv[..., (H + Hkv) * D:]
         q = q.reshape(T, H, D).transpose(0, 1)
         k = k.reshape(T, Hkv, D).transpose(0, 1)
         v = v.reshape(T, Hkv, D).transpose(0, 1)
@@ -319,9 +322,12 @@ class ExportableDecoder(nn.Module):
                 out = torch.bmm(p, values) if out is None else out + torch.bmm(p, values)
         if wide is not None:
             out = out + wide[..., D:]
-        out = out.reshape(H, T, D).transpose(0, 1).reshape(T, H * D)                 # [Hkv, G*T, D] -> [T, H*D]
+        # [Hkv, G*T, D] -> [T, H*D] (unflatten/flatten: a reshape of the token axis would guard on its size)
+        out = out.unflatten(1, (H // Hkv, T)).flatten(0, 1).transpose(0, 1).flatten(1)
         x = x + F.linear(out, layer.o_proj.weight)
-        gate, up = F.linear(self.rms_norm(x, layer.post_attention_layernorm), layer.gate_up.weight).chunk(2, dim=-1)
+        gate_up = F.linear(self.rms_norm(x, layer.post_attention_layernorm), layer.gate_up.weight)
+        half = gate_up.shape[-1] // 2
+        gate, up = gate_up[..., :half], gate_up[..., half:]
         return x + F.linear(F.silu(gate) * up, layer.down_proj.weight)
 
     def head(self, x, st):

@@ -173,13 +173,18 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail)
     assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
-    calls = []
+    calls, widths = [], []
     run = session.runner.run
-    session.runner.run = lambda method, feed: (calls.append(method), run(method, feed))[1]
+    session.runner.run = lambda method, feed: (calls.append(method), widths.append(len(feed["tokens"])),
+                                               run(method, feed))[2]
     got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
     chunks = prefill_chunks(len(session.prompt_ids("ab nan")), rows or 0, tail or 0)
     assert len(chunks) > 3 or rows is None and tail is None
     assert calls[:len(chunks)] == ["prefill" if b - a > 1 or len(chunks) == 1 else "decode" for a, b in chunks]
+    # the prefill's token axis is dynamic in both formats: each call feeds its chunk's tokens, no padding
+    assert widths[:len(chunks)] == [b - a for a, b in chunks]
+    prefill = session.contract["methods"]["prefill"]["inputs"][0]
+    assert prefill["name"] == "tokens" and prefill["dynamic"] == {"0": [1, SHAPES["max_prompt"]]}
     assert calls[len(chunks):] == ["decode"] * 9                    # 10 tokens: 9 decode steps
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
@@ -279,6 +284,8 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     for (fmt, att), r in rows.items():
         assert r["status"] == "ok" and r["context_tokens"] == max_context  # 2048 capped at the artifact's
         assert r["samples"] == {"prefill": 1, "decode_steps": 3} and r["prefill_ms"] > 0 and r["peak_rss_mb"] > 0
+        # the question at its own length (dynamic prefill) and a prompt of exactly max_prompt tokens
+        assert r["question_tokens"] < r["prompt_tokens"] == SHAPES["max_prompt"] and r["prompt_prefill_ms"] > 0
         if att == "squeezed":
             full = rows[(fmt, "full")]
             assert r["decode_speedup_vs_full"] == pytest.approx(full["decode_ms_per_token"] / r["decode_ms_per_token"])

@@ -407,6 +407,7 @@ def qa_goldens() -> dict[str, bytes]:
     from squeezed_attention.decoder_export import (
         EagerRunner,
         chat_section,
+        decoder_program,
         decoder_shapes,
     )
     from squeezed_attention.decoder_session import GenerationLoop
@@ -498,10 +499,12 @@ def qa_goldens() -> dict[str, bytes]:
         blobs = []
         offset = 0
         for attention in ("squeezed", "full"):
+            # the contract of the .onnx export (its methods' signatures: the prefill's token axis is dynamic)
+            program, module = decoder_program(model, decoder_shapes(model.config, **QA_SHAPES), attention, "onnx")
             contract = {"shapes": shapes, "attention": attention, "state": "io",
-                        "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None}
+                        "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None,
+                        "methods": {m.name: m.signature(dynamic=True) for m in program.methods}}
             context = decoder_context_inputs(arrays, shapes, attention)
-            module = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), attention, state="io").eval()
             for kind, force, stops in (("greedy", None, []), ("forced", forced, stop_ids)):
                 recorder = _RecordingRunner(EagerRunner(module))
                 loop = GenerationLoop(recorder, contract, arrays, context)

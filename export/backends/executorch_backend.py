@@ -214,6 +214,7 @@ class ExecuTorchBackend(Backend):
         from executorch.devtools.backend_debug import get_delegation_info
         from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
         from executorch.exir.passes import MemoryPlanningPass
+        from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
         partitioner = self._partitioner(opts, program=True, stateful=bool(program.state))
         modules, quantization = {m.name: m.module for m in program.methods}, None
@@ -224,14 +225,20 @@ class ExecuTorchBackend(Backend):
                 raise SqueezeError(f"--weights {opts.weights} for .pte is built for the XNNPACK delegate; export "
                                    f"--pte-backend {opts.pte_backend} with --weights fp32")
             modules, quantization = quantize_program_weights(modules, opts.weights)
+        # a method's dynamic axes (the decoder's prefill: any question length up to max_prompt) stay symbolic under
+        # XNNPACK, which plans for the upper bound and resizes per call; the Core ML delegate gets static shapes
+        dynamic = opts.pte_backend == "xnnpack"
         with torch.no_grad():  # in-place state updates (KV cache buffers) cannot be traced with autograd on
-            exported = {m.name: torch.export.export(modules[m.name], (), kwargs=m.call_kwargs(m.inputs), strict=False)
+            exported = {m.name: torch.export.export(modules[m.name], (), kwargs=m.call_kwargs(m.inputs), strict=False,
+                                                    dynamic_shapes=m.dynamic_shapes() if dynamic else None)
                         for m in program.methods}
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         delegation = {name: _delegation_summary(get_delegation_info(edge.exported_program(name).graph_module))
                       for name in exported}
         config = ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=bool(program.state)),
+            # symbolic sizes planned at their upper bound (the example's size would make them static)
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
             emit_mutable_buffer_names=True,
             # state writes (index_put into a mutable buffer) in place instead of copy + write + copy back
             run_reinplace_pass=bool(program.state))
@@ -239,7 +246,7 @@ class ExecuTorchBackend(Backend):
         with open(dest, "wb") as fh:
             out.write_to_file(fh)
         extras = {"pte_backend": opts.pte_backend, "delegation": delegation, "state": list(program.state),
-                  "methods": {m.name: {"graph": m.name, **m.signature()} for m in program.methods}}
+                  "methods": {m.name: {"graph": m.name, **m.signature(dynamic)} for m in program.methods}}
         if quantization is not None:
             extras["weight_quantization"] = quantization
         return extras

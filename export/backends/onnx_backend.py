@@ -590,13 +590,11 @@ class OnnxBackend(Backend):
         if graph is None:
             raise SqueezeError(f"onnx holds one graph per file; methods {', '.join(program.names)} differ in more than "
                                "a dynamic axis")
-        dims = {n: {axis: torch.export.Dim(sym, min=lo, max=hi) for axis, (sym, lo, hi) in axes.items()}
-                for n, axes in graph.dynamic.items()}
         with torch.no_grad():
             exported = torch.onnx.export(
                 graph.module, (), kwargs=graph.call_kwargs(graph.inputs), dynamo=True, opset_version=OPSET,
                 input_names=list(graph.inputs), output_names=list(graph.outputs), external_data=False, verbose=False,
-                dynamic_shapes=graph.call_kwargs({n: dims.get(n) for n in graph.inputs}) if dims else None,
+                dynamic_shapes=graph.dynamic_shapes(),
             )
         model = exported.model_proto
         model.producer_version = torch.__version__.split("+")[0]
@@ -608,7 +606,7 @@ class OnnxBackend(Backend):
             fh.write(model.SerializeToString(deterministic=True))
         return {"opset": OPSET, "nodes": len(model.graph.node),
                 **({"weight_quantization": quantized} if quantized else {}),
-                "methods": {m.name: {"graph": "main", **m.signature()} for m in program.methods}}
+                "methods": {m.name: {"graph": "main", **m.signature(dynamic=True)} for m in program.methods}}
 
     def tool_versions(self):
         return versions_of("torch", "onnx", "onnxscript", "onnxruntime")

@@ -58,9 +58,12 @@ public struct DecoderContract: Equatable {
     /// (0 = one chunk) and the last tokens that select one at a time, as decode steps (absent or null: 0)
     public let prefillRows: Int
     public let prefillTail: Int
+    /// method -> the token counts its `tokens` input takes as they are (a dynamic axis in the manifest)
+    public let tokenRanges: [String: ClosedRange<Int>]
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
-                decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0) throws {
+                decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
+                tokenRanges: [String: ClosedRange<Int>] = [:]) throws {
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
@@ -81,6 +84,27 @@ public struct DecoderContract: Equatable {
         self.decodeSelection = decodeSelection
         self.prefillRows = prefillRows
         self.prefillTail = prefillTail
+        self.tokenRanges = tokenRanges
+    }
+
+    /// Token slots a call of `method` with `n` real tokens feeds (decoder_session.token_width): n (raised to the
+    /// range's minimum) where the manifest gives the method's tokens a dynamic axis, else `fixed` (the rest padded).
+    public func tokenWidth(method: String, n: Int, fixed: Int) -> Int {
+        guard let range = tokenRanges[method], n <= range.upperBound else { return fixed }
+        return max(n, range.lowerBound)
+    }
+
+    /// methods.<m>.inputs[tokens].dynamic["0"] = [min, max] (absent: static shapes, older manifests)
+    static func tokenRanges(_ j: JSONPath) throws -> [String: ClosedRange<Int>] {
+        guard let methods = try j.opt("methods") else { return [:] }
+        var ranges: [String: ClosedRange<Int>] = [:]
+        for name in try methods.obj().keys {
+            let tokens = try methods[name]["inputs"].list().first { (try? $0["name"].string()) == "tokens" }
+            if let bounds = try tokens?.opt("dynamic")?.opt("0")?.intArray(), bounds.count == 2, bounds[0] <= bounds[1] {
+                ranges[name] = bounds[0]...bounds[1]
+            }
+        }
+        return ranges
     }
 
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
@@ -91,7 +115,8 @@ public struct DecoderContract: Equatable {
                                        // null for full attention, absent in older manifests
                                        decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step,
                                        prefillRows: try j.opt("prefill_rows").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0)
+                                       prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
+                                       tokenRanges: try tokenRanges(j))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

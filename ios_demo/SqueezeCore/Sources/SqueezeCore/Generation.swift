@@ -1,6 +1,7 @@
 // The generation loop over an exported decoder (squeezed_attention/decoder_session.py GenerationLoop), runtime-free:
 // the app gives a DecoderRuntime (ExecuTorch, ... in the app), this file runs the call sequence the decoder manifest
-// documents: `prefill` once with the question (padded to max_prompt, n_tokens = its length, cache_len = 0), then
+// documents: `prefill` once with the question (n_tokens = its length, cache_len = 0; padded to max_prompt unless the
+// method's tokens input has a dynamic axis: then the question's ids as they are), then
 // `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. Port of Generation.kt (DocumentQa,
@@ -100,7 +101,7 @@ public final class GenerationLoop {
 
     /// One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into cache.
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
-        let width = method == "prefill" ? shapes.maxPrompt : 1
+        let width = contract.tokenWidth(method: method, n: tokens.count, fixed: method == "prefill" ? shapes.maxPrompt : 1)
         var feed: [String: DecoderTensor] = [:]
         feed["tokens"] = .int64(try Int64Tensor((0..<width).map { $0 < tokens.count ? Int64(tokens[$0]) : 0 }, shape: [width]))
         feed["n_tokens"] = try GenerationLoop.scalar(Int64(tokens.count))

@@ -23,6 +23,13 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(squeezed.methodNames, ["prefill", "decode"])
         XCTAssertEqual(squeezed.methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
         XCTAssertEqual(squeezed.methods["prefill"]?.inputs[0].shape[0], shapes.maxPrompt)
+        // the .onnx graph's token axis is dynamic: a question is fed at its own length, not padded to max_prompt
+        XCTAssertEqual(squeezed.contract.tokenRanges["prefill"], 1...shapes.maxPrompt)
+        XCTAssertEqual(squeezed.contract.tokenWidth(method: "prefill", n: 17, fixed: shapes.maxPrompt), 17)
+        XCTAssertEqual(squeezed.contract.tokenWidth(method: "decode", n: 1, fixed: 1), 1)
+        // a contract without dynamic axes (static shapes, older manifests): padded to the method's width
+        XCTAssertEqual(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes)
+            .tokenWidth(method: "prefill", n: 17, fixed: shapes.maxPrompt), shapes.maxPrompt)
         XCTAssertEqual(squeezed.verificationStatus, manifest.artifacts[0].verificationStatus)
         let info = manifest.tokenizer
         XCTAssertEqual(info.file, "tokenizer.json")

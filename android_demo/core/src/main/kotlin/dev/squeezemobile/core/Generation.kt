@@ -3,7 +3,8 @@ package dev.squeezemobile.core
 /**
  * Document Q&A over an exported decoder (squeezed_attention/decoder_session.py), runtime-free: the app gives a
  * [DecoderRuntime] (ONNX Runtime, LiteRT, ExecuTorch in app/), this file runs the call sequence the decoder manifest
- * documents: `prefill` once with the question (padded to max_prompt, n_tokens = its length, cache_len = 0), then
+ * documents: `prefill` once with the question (n_tokens = its length, cache_len = 0; padded to max_prompt unless the
+ * method's tokens input has a dynamic axis: then the question's ids as they are), then
  * `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens.
  * With explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values
  * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does.
@@ -30,7 +31,9 @@ interface DecoderRuntime : AutoCloseable {
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
-                      val prefillRows: Int = 0, val prefillTail: Int = 0) {
+                      val prefillRows: Int = 0, val prefillTail: Int = 0,
+                      /** method -> the token counts its `tokens` input takes as is (a dynamic axis in the manifest). */
+                      val tokenRanges: Map<String, IntRange> = emptyMap()) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -51,6 +54,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
 
     val split: Boolean get() = lookupPlan == SPLIT
 
+    /**
+     * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
+     * range's minimum) where the manifest gives the method's tokens a dynamic axis, else [static] (the rest padded).
+     */
+    fun tokenWidth(method: String, n: Int, static: Int): Int =
+        tokenRanges[method]?.let { if (n <= it.last) maxOf(n, it.first) else null } ?: static
+
     companion object {
         const val IN_GRAPH = "in-graph"
         const val SPLIT = "split"
@@ -63,9 +73,19 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH, // null for full attention, absent in older manifests
                 j.opt("decode_selection")?.stringOrNull() ?: STEP, // likewise
                 j.opt("prefill_rows")?.let { if (it.isNull) 0 else it.int() } ?: 0, // likewise
-                j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0)
+                j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0,
+                tokenRanges(j))
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
+        }
+
+        /** methods.<m>.inputs[tokens].dynamic["0"] = [min, max] (absent: static shapes, older manifests). */
+        private fun tokenRanges(j: JsonPath): Map<String, IntRange> {
+            val methods = j.opt("methods") ?: return emptyMap()
+            return methods.obj().keys.mapNotNull { name ->
+                val tokens = methods[name]["inputs"].list().firstOrNull { it["name"].string() == "tokens" }
+                tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { name to (it[0]..it[1]) }
+            }.toMap()
         }
     }
 }
@@ -141,7 +161,7 @@ class GenerationLoop(
     /** One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into [cache]. */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
-        val width = if (method == "prefill") shapes.maxPrompt else 1
+        val width = contract.tokenWidth(method, tokens.size, if (method == "prefill") shapes.maxPrompt else 1)
         val feed = LinkedHashMap<String, DecoderTensor>()
         feed["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < tokens.size) tokens[it].toLong() else 0L }, intArrayOf(width))
         feed["n_tokens"] = scalar(tokens.size.toLong())
