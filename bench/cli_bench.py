@@ -48,6 +48,10 @@ def add_subcommands(sub) -> None:
     d.add_argument("--llama-cpp", action="store_true",
                    help="also time the llama.cpp peer (same GGUF, the context's state saved and restored, same packs "
                    "and question; needs pip install -r requirements-llamacpp.txt) (default: off)")
+    d.add_argument("--prefill-tail", default=None, metavar="N[,N]",
+                   help="squeezed artifacts: the question's last N tokens select their keys one at a time (decode "
+                   "steps; squeeze generate --prefill-tail); several values give one row each, in the same "
+                   "interleaved run (default: the manifest's prefill_tail)")
     d.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
@@ -130,10 +134,18 @@ def cmd_bench(args) -> int:
             contexts = []
         if not contexts:
             raise SqueezeError(f"--contexts takes comma-separated token counts, e.g. 2048,4096,8192; got {args.contexts!r}")
+        tails = None
+        if args.prefill_tail is not None:
+            try:
+                tails = [int(t) for t in str(args.prefill_tail).split(",") if t.strip()]
+            except ValueError:
+                tails = []
+            if not tails or min(tails) < 0:
+                raise SqueezeError(f"--prefill-tail takes token counts >= 0, e.g. 0,16; got {args.prefill_tail!r}")
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
-                                       llama_cpp=args.llama_cpp,
+                                       llama_cpp=args.llama_cpp, prefill_tails=tails,
                                        formats=[f.strip() for f in args.formats.split(",") if f.strip()]
                                        if args.formats else None)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)

@@ -42,9 +42,11 @@ ONNX_LOOKUP_CALL = "_squeezed_rows("
 
 
 def mode_label(d: Dict) -> str:
-    """'squeezed', 'squeezed (split)', 'squeezed (question)' or 'full' for a decoder contract or a bench row."""
+    """'squeezed', 'squeezed (split)', 'squeezed (question)', 'squeezed (tail 16)' or 'full' for a decoder contract
+    or a bench row."""
     return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "") + \
-        (" (question)" if d.get("decode_selection") == "question" else "")
+        (" (question)" if d.get("decode_selection") == "question" else "") + \
+        (f" (tail {d['prefill_tail']})" if d["attention"] == "squeezed" and d.get("prefill_tail") else "")
 
 
 def context_label(tokens: int) -> str:
@@ -137,7 +139,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: int = 32,
                           packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
-                          progress: Optional[Progress] = None, llama_cpp: bool = False) -> Dict:
+                          progress: Optional[Progress] = None, llama_cpp: bool = False,
+                          prefill_tails: Optional[Sequence[int]] = None) -> Dict:
     from squeezed_attention.decoder_session import read_decoder_manifest
 
     say = progress or (lambda a, b: None)
@@ -180,17 +183,22 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")
         pack_rows = bench_packs(manifest, contexts, out_dir / "packs", say)
     rows: Dict[tuple, Dict] = {}
-    order = [(p, a, t) for t in threads for p in pack_rows for a in sorted(artifacts, key=lambda a: (
-        a["format"], a["decoder"]["attention"] != "squeezed"))]
+
+    def tails_of(art):  # None: the manifest's prompt selection; full attention selects nothing
+        return list(prefill_tails) if prefill_tails and art["decoder"]["attention"] == "squeezed" else [None]
+
+    order = [(p, a, t, tail) for t in threads for p in pack_rows for a in sorted(artifacts, key=lambda a: (
+        a["format"], a["decoder"]["attention"] != "squeezed")) for tail in tails_of(a)]
     for r in range(rounds):
-        for pack, art, t in order:
-            key = (pack["path"], art["file"], t)
+        for pack, art, t, tail in order:
+            key = (pack["path"], art["file"], t, tail)
             row = rows.setdefault(key, {
                 "format": art["format"], "file": art["file"], "runtime": art.get("runtime"),
                 "weights": art.get("weights", "fp32"),
                 "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
                 "lookup_plan": art["decoder"].get("lookup_plan"),
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
+                "prefill_tail": art["decoder"].get("prefill_tail") if tail is None else tail,
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
                 "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [],
@@ -201,7 +209,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 f"{t} thread(s), round {r + 1}/{rounds}")
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
-                              "decode_tokens": decode_tokens})
+                              "decode_tokens": decode_tokens, "prefill_tail": tail})
             row["load_average"].append(round(os.getloadavg()[0], 2))  # the 1-minute load the run just lived through
             if not res.get("ok"):
                 row.update({"status": "error", "detail": res.get("error")})
@@ -457,7 +465,7 @@ def measure_decoder(job: Dict) -> Dict:
     load_s = time.perf_counter() - t0
     pack = read_pack_arrays(job["pack"])
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
-    loop = GenerationLoop(runner, contract, pack, context)
+    loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"))
     tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer"]["file"]))
     chat = manifest["tokenizer"]["chat"]
     text = job["question"] if pack.settings.get("framing") == "raw" else chat["join"] + job["question"] + chat["suffix"]

@@ -297,11 +297,18 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     pack = Path(report["packs"][0]["path"])
     assert pack.is_file() and pack.parent == report_dir / "packs"
     mtime = pack.stat().st_mtime_ns
-    proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx"], capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx", "--prefill-tail", "0,4"], capture_output=True,
+                          text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and pack.stat().st_mtime_ns == mtime, proc.stderr[-2000:]
     again = json.loads((report_dir / "report.json").read_text())
     assert {r["format"] for r in again["rows"]} == {"onnx"} and again["lookup_share"] == []
+    # one squeezed row per prompt tail (the full artifact selects nothing: one row), labelled apart
+    assert sorted((r["attention"], r["prefill_tail"] or 0) for r in again["rows"]) == [
+        ("full", 0), ("squeezed", 0), ("squeezed", 4)]
+    assert "| onnx | squeezed (tail 4) (KV budget" in (report_dir / "report.md").read_text()
+    bad = subprocess.run(cmd + ["--formats", "onnx", "--prefill-tail", "-1"], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 1 and "--prefill-tail takes token counts" in bad.stderr
 
 
 def test_second_export_merges_and_other_weights_are_refused(tiny, tmp_path):
