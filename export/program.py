@@ -75,7 +75,8 @@ class Program:
         if len(self.methods) == 1:
             return self.methods[0]
         widest = max(self.methods, key=lambda m: sum(int(t.numel()) for t in m.inputs.values()))
-        return widest if widest.dynamic else None
+        same = all(m.module is widest.module for m in self.methods)
+        return widest if widest.dynamic and same else None
 
 
 __all__ = ["Method", "Program"]

@@ -437,3 +437,28 @@ def test_onnx_runner_flushes_denormals_only_during_a_run(tmp_path):
         assert (tiny * half)[0] > 0
     finally:
         libm.fesetenv(before)
+
+
+def test_program_methods_declare_their_dynamic_axes():
+    """export.program: a method's dynamic axes become torch.export Dims and, when the backend keeps them, a
+    ``dynamic`` entry of the input in the manifest signature; one graph serves several methods only when they are
+    one module differing in those axes."""
+    import torch
+
+    from export.program import Method, Program
+
+    module, other = torch.nn.Identity(), torch.nn.Identity()
+    tokens = {"tokens": {0: ("T", 1, 8)}}
+    prefill = Method("prefill", module, {"tokens": torch.zeros(8, dtype=torch.int64), "n": torch.zeros(1)}, ["y"],
+                     tokens)
+    decode = Method("decode", module, {"tokens": torch.zeros(1, dtype=torch.int64), "n": torch.zeros(1)}, ["y"])
+    sig = prefill.signature(dynamic=True)
+    assert sig["inputs"][0] == {"name": "tokens", "shape": [8], "dtype": "int64", "dynamic": {"0": [1, 8]}}
+    assert "dynamic" not in sig["inputs"][1] and "dynamic" not in prefill.signature()["inputs"][0]
+    dims = prefill.dynamic_shapes()
+    assert dims["n"] is None and (dims["tokens"][0].min, dims["tokens"][0].max) == (1, 8)
+    assert decode.dynamic_shapes() is None
+    assert Program([prefill, decode]).one_graph() is prefill
+    other_decode = Method("decode", other, decode.inputs, ["y"])
+    assert Program([prefill, other_decode]).one_graph() is None   # two modules: no single graph for both
+    assert Program([decode]).one_graph() is decode
