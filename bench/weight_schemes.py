@@ -77,14 +77,15 @@ def _rewrite(model, layers, head=None, embedding=None):
 def _pte(model, weights: str):
     from export.quantize import quantize_program_weights
 
-    modules, _ = quantize_program_weights({"model": model}, weights)
-    return modules["model"], None
+    modules, record = quantize_program_weights({"model": model}, weights)
+    return modules["model"], max(record["max_abs_weight_error"].values())
 
 
 SCHEMES = {
     "pte int8 (XNNPACK 8da8w: int8 activations per token x int8 per-channel weights, int8 embedding)":
         lambda m: _pte(m, "int8"),
-    "pte int4 (XNNPACK 8da4w: int8 activations x 4-bit symmetric groups of 32, int8 embedding)":
+    "pte int4 (XNNPACK: int8 activations per token x Q4_1's grid as 4-bit symmetric groups of 32 + block offsets; "
+    "head int8 per channel; embedding Q8_0's blocks)":
         lambda m: _pte(m, "int4"),
     "onnx int8 (onnxruntime's 8-bit symmetric blocks of 32; embedding float), weights only":
         lambda m: _rewrite(m, lambda w: _ort_sym_blocks(w, 8), head=lambda w: _ort_sym_blocks(w, 8)),
@@ -119,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", type=int, default=6, help="real-prose documents (default 6)")
     ap.add_argument("--tokens", type=int, default=384, help="tokens per document (default 384)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="run only the schemes whose name contains this text (e.g. 'pte')")
     ap.add_argument("--out", default="bench/results/weight_schemes")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
     reference = all_logits(model, docs)
     rows = []
     for name, make in SCHEMES.items():
+        if a.only not in name:
+            continue
         t0 = time.perf_counter()
         quantized, weight_change = make(model)
         agree = total = 0

@@ -39,7 +39,8 @@ def add_decoder_arguments(p) -> None:
                         ".onnx: onnxruntime's MatMulNBits, int8 = symmetric blocks of 32, int4 = 4-bit asymmetric "
                         "blocks of 32 for the layers and 8-bit blocks for the head and embedding (llama.cpp Q4_1 / "
                         "Q8_0's grids: a model from such a GGUF is stored exactly); .pte: XNNPACK's int8 activations x "
-                        "int8 per-channel / 4-bit symmetric group weights; .tflite: the LiteRT quantizer's "
+                        "int8 per-channel weights / int4 = the same Q4_1 grid as 4-bit groups plus block offsets, "
+                        "head int8, embedding Q8_0 blocks; .tflite: the LiteRT quantizer's "
                         "dynamic-range recipes; Core ML (iOS 18): int8 = coremltools' per-channel symmetric, int4 = "
                         "the same Q4_1 / Q8_0 grids as .onnx, as blockwise constants with float offsets")
     g.add_argument("--lookup-plan", choices=["in-graph", "split"], default=None,

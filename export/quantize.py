@@ -110,8 +110,19 @@ def settings(opts, **extra) -> Dict:
 # ExecuTorch's LLM recipe: linears as dynamically quantized int8 activations x int8 / 4-bit grouped weights
 # (torchao quantize_; XNNPACK runs them as its dynamically quantized fully-connected kernels) and the embedding
 # table as int8 rows read by ExecuTorch's quantized embedding kernel.
+#
+# int4 stores llama.cpp's grids, so a model read from a Q4_1 / Q8_0 GGUF (the shipped SmolLM2) keeps its own values
+# instead of being rounded a second time (re-rounding Q4_1 onto symmetric 4-bit groups lost a third of the next-token
+# agreement with fp32): the layers' linears as 4-bit ASYMMETRIC blocks of 32 (w = d q + lo, q in 0..15), run as
+# XNNPACK's symmetric 4-bit groups (codes q - 8, scale d; XNNPACK stores the scale as bf16) plus the blocks'
+# offsets lo + 8 d applied to the input's block sums (two small float products per linear: x -> block sums ->
+# offsets); the output head int8 per channel (XNNPACK's grouped kernels are 4-bit only); the embedding table as
+# 8-bit symmetric blocks of 32 with scale max/127 (Q8_0's grid, exact), read by the quantized embedding kernel.
+PTE_BLOCK = 32
 PTE_WEIGHT_SCHEMES = {"int8": {"bits": 8, "granularity": "per output channel"},
-                      "int4": {"bits": 4, "granularity": "groups of 32 along the input", "group_size": 32}}
+                      "int4": {"bits": 4, "granularity": "asymmetric blocks of 32 along the input (llama.cpp Q4_1's "
+                                                        "grid) as symmetric 4-bit groups plus block offsets",
+                               "group_size": PTE_BLOCK}}
 
 
 def _embedding_byte_op():
@@ -135,73 +146,173 @@ def _quantized_embedding_cls():
     import torch
 
     class QuantizedEmbedding(torch.nn.Module):
-        """An nn.Embedding stored as int8 rows with one fp32 scale per row (symmetric)."""
+        """An nn.Embedding stored as int8 codes with fp32 symmetric scales (max|x| / 127): one per row, or one per
+        block of ``block`` along the row (llama.cpp Q8_0's grid; ExecuTorch's embedding_byte takes [rows, blocks]
+        scales)."""
 
-        def __init__(self, weight: "torch.Tensor"):
+        def __init__(self, weight: "torch.Tensor", block: int = 0):
             super().__init__()
-            w = weight.detach().float()
-            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=2 ** -24)
-            self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-            self.register_buffer("scales", scale)
+            from export.backends.weight_grids import symmetric_8bit
+
+            w = weight.detach().float().numpy()
+            codes, scales = symmetric_8bit(w, block or w.shape[1])
+            self.register_buffer("qweight", torch.from_numpy(codes.reshape(w.shape)))
+            self.register_buffer("scales", torch.from_numpy(scales if block else scales[:, 0]))
             self._op = _embedding_byte_op()
 
         def forward(self, indices):
             return self._op(self.qweight, self.scales, None, -128, 127, indices)
 
+        def dequantized(self):
+            scales = self.scales if self.scales.dim() == 2 else self.scales[:, None]
+            return self.qweight.float() * scales.repeat_interleave(self.qweight.shape[1] // scales.shape[1], dim=1)
+
     return QuantizedEmbedding
 
 
+def _block_offset_linear_cls():
+    import torch
+
+    class BlockOffsetLinear(torch.nn.Module):
+        """A linear whose weight is d (q - 8) + offset per block of ``block`` inputs: the symmetric part is the
+        wrapped (quantized) linear, the offsets come back as (block sums of x) @ offsets^T, two small float
+        products (a 0/1 block-sum matrix, then the [out, blocks] offsets) that XNNPACK runs as fully connected."""
+
+        def __init__(self, inner: "torch.nn.Linear", offsets: "torch.Tensor", block: int):
+            super().__init__()
+            self.inner = inner
+            blocks = offsets.shape[1]
+            self.register_buffer("block_sum", torch.eye(blocks).repeat_interleave(block, dim=1))   # [blocks, in]
+            self.register_buffer("offsets", offsets.float().contiguous())                          # [out, blocks]
+
+        def forward(self, x):
+            sums = torch.nn.functional.linear(x, self.block_sum)
+            # the wrapped module's weight as plain aten.linear (a host Linear may route to a native GEMV)
+            return (torch.nn.functional.linear(x, self.inner.weight, self.inner.bias)
+                    + torch.nn.functional.linear(sums, self.offsets))
+
+    return BlockOffsetLinear
+
+
+def _bf16(t: "torch.Tensor") -> "torch.Tensor":
+    import torch
+
+    return t.to(torch.bfloat16).float()
+
+
 def quantize_program_weights(modules: Dict[str, "torch.nn.Module"], weights: str):
-    """A copy of ``modules`` (one copy for all: methods keep sharing their weights) with every nn.Linear quantized
-    for XNNPACK (dynamic int8 activations x int8 per-channel / int4 grouped weights) and every nn.Embedding as
-    int8 rows. A tied output head gets its own quantized copy of the table. Returns (modules, record)."""
+    """A copy of ``modules`` (one copy for all: methods keep sharing their weights) quantized for XNNPACK: every
+    nn.Linear as dynamic int8 activations x int8 per-channel (``int8``) or, for ``int4``, the layers' linears on
+    llama.cpp's Q4_1 grid (symmetric 4-bit groups + block offsets) and the output head int8 per channel; every
+    nn.Embedding as int8 codes (per row for ``int8``, Q8_0's blocks of 32 for ``int4``). A tied output head gets
+    its own quantized copy of the table. Returns (modules, record); the record carries the largest difference
+    between a stored weight (as the kernels read it: XNNPACK's bf16 group scales) and the float weight, per kind."""
     import copy
 
+    import numpy as np
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
+
+    from export.backends.weight_grids import asymmetric_4bit
 
     if weights not in PTE_WEIGHT_SCHEMES:
         raise SqueezeError(f"--weights {weights!r} has no ExecuTorch scheme; use one of {', '.join(PTE_WEIGHT_SCHEMES)}")
     scheme = PTE_WEIGHT_SCHEMES[weights]
     names = list(modules)
     copies = copy.deepcopy([modules[n] for n in names])  # one deepcopy: shared submodules stay shared
-    linear = embedding = 0
-    linear_params = embedding_params = 0
-    seen = set()
+    tables = {(m.num_embeddings, m.embedding_dim) for root in copies for m in root.modules()
+              if isinstance(m, torch.nn.Embedding)}
+    layers, heads, seen = [], [], set()
     for root in copies:
         for m in root.modules():
             if isinstance(m, torch.nn.Linear) and id(m) not in seen:
                 seen.add(id(m))
-                if m.weight.shape[1] % scheme.get("group_size", 1):
+                is_head = weights == "int4" and (m.out_features, m.in_features) in tables
+                if not is_head and m.weight.shape[1] % scheme.get("group_size", 1):
                     raise SqueezeError(f"--weights {weights}: a linear's input size {m.weight.shape[1]} is not a "
                                        f"multiple of the group size {scheme['group_size']}")
                 m.weight = torch.nn.Parameter(m.weight.detach().clone(), requires_grad=False)  # untie from the table
-                linear += 1
-                linear_params += m.weight.numel()
-    granularity = PerAxis(0) if weights == "int8" else PerGroup(scheme["group_size"])
-    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8 if weights == "int8" else torch.int4,
-                                                   weight_granularity=granularity)
-    done = set()
-    for root in copies:
-        quantize_(root, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and id(m) not in done
-                  and not done.add(id(m)))
+                (heads if is_head else layers).append(m)
+    errors = {}
+    floats = {id(m): m.weight.detach().clone() for m in layers + heads}
+    int8_config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    if weights == "int8":
+        _quantize_linears(copies, set(map(id, layers)), int8_config, quantize_)
+    else:
+        grids = {}
+        for m in layers:
+            q, d, lo = asymmetric_4bit(m.weight.numpy(), PTE_BLOCK)
+            grids[id(m)] = (torch.from_numpy(q.astype(np.int8) - 8).reshape(m.weight.shape), torch.from_numpy(d),
+                            torch.from_numpy(lo + 8 * d), m.weight.detach().clone())
+        _quantize_linears(copies, set(grids), Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(PTE_BLOCK)), quantize_)
+        _quantize_linears(copies, set(map(id, heads)), int8_config, quantize_)
+        BlockOffsetLinear = _block_offset_linear_cls()
+        worst = 0.0
+        wrapped = {}
+        for root in copies:
+            for parent in list(root.modules()):
+                if isinstance(parent, BlockOffsetLinear):   # already wrapped (a module shared by another method)
+                    continue
+                for child_name, child in list(parent.named_children()):
+                    if id(child) in grids:
+                        if id(child) not in wrapped:
+                            codes, d, offsets, w = grids[id(child)]
+                            qw = child.weight   # torchao's IntxUnpackedToInt8Tensor: set the grid's own codes
+                            qw.qdata.copy_(codes)
+                            qw.scale.copy_(d)
+                            qw.zero_point.zero_()
+                            stored = (codes.float().unflatten(1, (-1, PTE_BLOCK)) * _bf16(d)[..., None]
+                                      + offsets[..., None]).flatten(1)
+                            worst = max(worst, float((stored - w).abs().max()))
+                            wrapped[id(child)] = BlockOffsetLinear(child, offsets, PTE_BLOCK)
+                        setattr(parent, child_name, wrapped[id(child)])
+        errors["linear_int4"] = worst
+    for m in heads + (layers if weights == "int8" else []):
+        w = m.weight
+        stored = w.qdata.float() * w.scale.reshape(w.qdata.shape[0], -1).repeat_interleave(
+            w.qdata.shape[1] // w.scale.reshape(w.qdata.shape[0], -1).shape[1], dim=1)
+        key = "head_int8" if m in heads else "linear_int8"
+        errors[key] = max(errors.get(key, 0.0), float((stored - floats[id(m)]).abs().max()))
     QuantizedEmbedding = _quantized_embedding_cls()
     replaced = {}
+    embedding_params = 0
     for root in copies:
         for parent in list(root.modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.Embedding):
                     if id(child) not in replaced:
-                        replaced[id(child)] = QuantizedEmbedding(child.weight)
-                        embedding += 1
+                        replaced[id(child)] = QuantizedEmbedding(child.weight, PTE_BLOCK if weights == "int4" else 0)
                         embedding_params += child.weight.numel()
+                        errors["embedding_int8"] = max(errors.get("embedding_int8", 0.0), float(
+                            (replaced[id(child)].dequantized() - child.weight.detach().float()).abs().max()))
                     setattr(parent, child_name, replaced[id(child)])
+    linear_params = sum(m.weight.numel() for m in layers)
     record = {"tool": "torchao quantize_ (Int8DynamicActivationIntxWeightConfig) + ExecuTorch quantized embedding",
-              "linear": {"count": linear, "weights": f"int{scheme['bits']} symmetric, {scheme['granularity']}",
+              "linear": {"count": len(layers), "weights": f"int{scheme['bits']} {'symmetric, ' if weights == 'int8' else ''}"
+                                                          f"{scheme['granularity']}",
                          "activations": "int8 per token, quantized dynamically at run time", "parameters": linear_params,
                          "kernel": "XNNPACK dynamically quantized fully connected"},
-              "embedding": {"count": embedding, "weights": "int8 symmetric, one scale per row",
+              "embedding": {"count": len(replaced),
+                            "weights": "int8 symmetric, " + ("blocks of 32 along the row, scale max/127 (llama.cpp "
+                                                             "Q8_0's grid)" if weights == "int4" else "one scale per row"),
                             "parameters": embedding_params,
-                            "kernel": "quantized_decomposed::embedding_byte (ExecuTorch quantized kernel library)"}}
+                            "kernel": "quantized_decomposed::embedding_byte (ExecuTorch quantized kernel library)"},
+              "max_abs_weight_error": {k: round(v, 8) for k, v in errors.items()}}
+    if heads:
+        record["head"] = {"count": len(heads), "weights": "int8 symmetric, per output channel",
+                          "parameters": sum(m.weight.numel() for m in heads),
+                          "kernel": "XNNPACK dynamically quantized fully connected"}
     return dict(zip(names, copies)), record
+
+
+def _quantize_linears(copies, ids, config, quantize_):
+    """torchao quantize_ on the linears whose id is in ``ids``, each once however many modules share it."""
+    import torch
+
+    done = set()
+    for root in copies:
+        quantize_(root, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and id(m) in ids
+                  and id(m) not in done and not done.add(id(m)))
+

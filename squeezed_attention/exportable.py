@@ -269,10 +269,9 @@ class ExportableDecoder(nn.Module):
         H, Hkv, D, G = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.group_size
         layer = self.layers[li]
         h = self.rms_norm(x, layer.input_layernorm)
-        # plain F.linear: the host model may route one-token products to its native GEMV, export must not
         # slices, not split(): ExecuTorch's IR check evaluates split_with_sizes' sizes and would pin a symbolic
         # token axis (the dynamic prefill) to its example size
-        qkv = F.linear(h, layer.qkv.weight)
+        qkv = _project(layer.qkv, h)
         q, k, v = qkv[..., :H * D], qkv[..., H * D:(H + Hkv) * D], qkv[..., (H + Hkv) * D:]
         q = q.reshape(T, H, D).transpose(0, 1)
         k = k.reshape(T, Hkv, D).transpose(0, 1)
@@ -324,15 +323,15 @@ class ExportableDecoder(nn.Module):
             out = out + wide[..., D:]
         # [Hkv, G*T, D] -> [T, H*D] (unflatten/flatten: a reshape of the token axis would guard on its size)
         out = out.unflatten(1, (H // Hkv, T)).flatten(0, 1).transpose(0, 1).flatten(1)
-        x = x + F.linear(out, layer.o_proj.weight)
-        gate_up = F.linear(self.rms_norm(x, layer.post_attention_layernorm), layer.gate_up.weight)
+        x = x + _project(layer.o_proj, out)
+        gate_up = _project(layer.gate_up, self.rms_norm(x, layer.post_attention_layernorm))
         half = gate_up.shape[-1] // 2
         gate, up = gate_up[..., :half], gate_up[..., half:]
-        return x + F.linear(F.silu(gate) * up, layer.down_proj.weight)
+        return x + _project(layer.down_proj, F.silu(gate) * up)
 
     def head(self, x, st):
         x_last = torch.bmm(st["last"], x[None])[0]                                # the last valid token
-        return F.linear(self.rms_norm(x_last, self.norm), self.lm_head.weight)[0]
+        return _project(self.lm_head, self.rms_norm(x_last, self.norm))[0]
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
         """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
@@ -400,6 +399,13 @@ class ExportableDecoder(nn.Module):
             held.append((rows, torch.cat([slot_bias, summary_bias], dim=-1)))
         return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
                                   slot_bias, summary_bias, qk)
+
+
+def _project(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m`` applied to ``x``, an nn.Linear as plain aten.linear (the host model's Linear may route one-token
+    products to its native GEMV; export must not); a weight-quantization wrapper (export.quantize) runs its own
+    forward."""
+    return nn.Linear.forward(m, x) if isinstance(m, nn.Linear) else m(x)
 
 
 def _fused_linear(*parts: nn.Module) -> nn.Linear:

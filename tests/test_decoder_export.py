@@ -393,7 +393,10 @@ def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, ti
     (art,) = result.manifest["artifacts"]
     assert art["file"].endswith("_int4.pte") and art["weights"] == "int4"
     q = art["weight_quantization"]
-    assert q["linear"]["count"] == 2 * 4 + 1 and "int4" in q["linear"]["weights"] and q["embedding"]["count"] == 1
+    assert q["linear"]["count"] == 2 * 4 and "int4" in q["linear"]["weights"] and q["embedding"]["count"] == 1
+    assert q["head"]["count"] == 1 and "per output channel" in q["head"]["weights"]
+    # a float model rounds onto the 4-bit grid: within half a step (|w| < ~0.5 here, 15 steps per block)
+    assert 0 < q["max_abs_weight_error"]["linear_int4"] < 0.5, q["max_abs_weight_error"]
     for method in ("prefill", "decode"):
         portable = art["delegation"][method]["portable_ops"]
         assert "quantized_decomposed_embedding_byte_default" in portable
@@ -406,6 +409,33 @@ def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, ti
     got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
     session.close()
     assert len(got.token_ids) == 6
+
+
+def test_pte_int4_stores_a_q4_1_model_on_its_own_grid(tmp_path):
+    """--weights int4 for .pte on a model read from a Q4_1 / Q8_0 GGUF (the shipped SmolLM2's layout): the layers'
+    linears keep the file's 4-bit values (XNNPACK's symmetric groups hold q - 8 with the block's step, the block
+    offsets add the rest; only the bf16 group scales round), the embedding keeps Q8_0's blocks exactly, and the
+    quantized model (eager, the kernels' arithmetic simulated) predicts what the float model predicts."""
+    from export.quantize import quantize_program_weights
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.weights import load_checkpoint
+
+    model = LlamaForCausalLM.from_checkpoint(load_checkpoint(
+        testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=2, quantized="Q4_1")))
+    modules, record = quantize_program_weights({"model": model}, "int4")
+    errors = record["max_abs_weight_error"]
+    assert set(errors) == {"linear_int4", "head_int8", "embedding_int8"}, errors
+    steps = max(float((m.weight.detach().unflatten(1, (-1, 32)).amax(-1) - m.weight.detach().unflatten(1, (-1, 32))
+                       .amin(-1)).max()) / 15 for m in model.modules() if isinstance(m, torch.nn.Linear)
+                if m.out_features != 40)
+    assert errors["linear_int4"] <= steps * 8 * 2 ** -8, (errors, steps)   # bf16 scales only, not a re-rounding
+    assert errors["embedding_int8"] < 1e-6, errors
+    assert record["linear"]["count"] == 2 * 7 and record["head"]["count"] == 1
+    tokens = torch.tensor(list(range(5, 40)) * 2)
+    with torch.no_grad():
+        ref = model.step(tokens, model.new_cache(len(tokens)), logits="all")
+        got = modules["model"].step(tokens, modules["model"].new_cache(len(tokens)), logits="all")
+    assert (ref.argmax(-1) == got.argmax(-1)).float().mean() >= 0.9
 
 
 def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack, tmp_path):
