@@ -68,7 +68,9 @@ class ExecuTorchProgramRunner(Runner):
         self.profile = profile
         load_quantized_kernels()  # int8 embedding tables of quantized-weight programs
         self.program = Runtime.get().load_program(str(path), enable_etdump=profile)
-        self._loaded = {}
+        # every method loaded now, as an app does at start-up: loading a method initialises its delegates (XNNPACK
+        # packs the weights, hundreds of ms), which a lazy load would charge to the first prefill / decode step
+        self._loaded = {m: self.program.load_method(m) for m in methods if m in self.program.method_names}
 
     def operator_profile(self):
         """ExecuTorch's ETDump: portable kernels (``native_call_<op>`` inside an OPERATOR_CALL) and delegate
