@@ -211,7 +211,7 @@ def quantize_program_weights(modules: Dict[str, "torch.nn.Module"], weights: str
 
     import numpy as np
     import torch
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     from export.backends.weight_grids import asymmetric_4bit
@@ -238,16 +238,16 @@ def quantize_program_weights(modules: Dict[str, "torch.nn.Module"], weights: str
     floats = {id(m): m.weight.detach().clone() for m in layers + heads}
     int8_config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     if weights == "int8":
-        _quantize_linears(copies, set(map(id, layers)), int8_config, quantize_)
+        _quantize_linears(copies, set(map(id, layers)), int8_config)
     else:
         grids = {}
         for m in layers:
             q, d, lo = asymmetric_4bit(m.weight.numpy(), PTE_BLOCK)
             grids[id(m)] = (torch.from_numpy(q.astype(np.int8) - 8).reshape(m.weight.shape), torch.from_numpy(d),
-                            torch.from_numpy(lo + 8 * d), m.weight.detach().clone())
+                            torch.from_numpy(lo + 8 * d))
         _quantize_linears(copies, set(grids), Int8DynamicActivationIntxWeightConfig(
-            weight_dtype=torch.int4, weight_granularity=PerGroup(PTE_BLOCK)), quantize_)
-        _quantize_linears(copies, set(map(id, heads)), int8_config, quantize_)
+            weight_dtype=torch.int4, weight_granularity=PerGroup(PTE_BLOCK)))
+        _quantize_linears(copies, set(map(id, heads)), int8_config)
         BlockOffsetLinear = _block_offset_linear_cls()
         worst = 0.0
         wrapped = {}
@@ -258,21 +258,19 @@ def quantize_program_weights(modules: Dict[str, "torch.nn.Module"], weights: str
                 for child_name, child in list(parent.named_children()):
                     if id(child) in grids:
                         if id(child) not in wrapped:
-                            codes, d, offsets, w = grids[id(child)]
+                            codes, d, offsets = grids[id(child)]
                             qw = child.weight   # torchao's IntxUnpackedToInt8Tensor: set the grid's own codes
                             qw.qdata.copy_(codes)
                             qw.scale.copy_(d)
                             qw.zero_point.zero_()
                             stored = (codes.float().unflatten(1, (-1, PTE_BLOCK)) * _bf16(d)[..., None]
                                       + offsets[..., None]).flatten(1)
-                            worst = max(worst, float((stored - w).abs().max()))
+                            worst = max(worst, float((stored - floats[id(child)]).abs().max()))
                             wrapped[id(child)] = BlockOffsetLinear(child, offsets, PTE_BLOCK)
                         setattr(parent, child_name, wrapped[id(child)])
         errors["linear_int4"] = worst
     for m in heads + (layers if weights == "int8" else []):
-        w = m.weight
-        stored = w.qdata.float() * w.scale.reshape(w.qdata.shape[0], -1).repeat_interleave(
-            w.qdata.shape[1] // w.scale.reshape(w.qdata.shape[0], -1).shape[1], dim=1)
+        stored = m.weight.dequantize()   # per-channel int8: fp32 scales, as XNNPACK reads them
         key = "head_int8" if m in heads else "linear_int8"
         errors[key] = max(errors.get(key, 0.0), float((stored - floats[id(m)]).abs().max()))
     QuantizedEmbedding = _quantized_embedding_cls()
@@ -307,12 +305,12 @@ def quantize_program_weights(modules: Dict[str, "torch.nn.Module"], weights: str
     return dict(zip(names, copies)), record
 
 
-def _quantize_linears(copies, ids, config, quantize_):
+def _quantize_linears(copies, ids, config):
     """torchao quantize_ on the linears whose id is in ``ids``, each once however many modules share it."""
     import torch
+    from torchao.quantization import quantize_
 
     done = set()
     for root in copies:
         quantize_(root, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and id(m) in ids
                   and id(m) not in done and not done.add(id(m)))
-
