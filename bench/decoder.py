@@ -35,7 +35,9 @@ DEFAULT_CONTEXTS = (2048, 4096, 8192)
 REPORT_FILES = ("report.json", "report.md", "report.png")
 # ExecuTorch portable kernels that only the in-graph lookup uses (its centroid products and softmax run inside
 # XNNPACK islands together with the attention and cannot be told apart in ETDump without an ETRecord)
-PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "scatter", "cumsum", "minimum", "index_select")
+# (embedding: the kept rows' gather since 2026-12-04, and the token lookup of an fp32 program, one small call a
+# step; index_select: the kept rows' gather in earlier artifacts)
+PTE_LOOKUP_KERNELS = ("topk", "gather", "scatter_add", "scatter", "cumsum", "minimum", "embedding", "index_select")
 # onnxruntime nodes of the lookup: the exporter records the call site of every node; these come from
 # ExportableDecoder._squeezed_rows (centroid scores, top-k, ranked fill, gather)
 ONNX_LOOKUP_CALL = "_squeezed_rows("
@@ -254,7 +256,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 continue
             ops = (art.get("delegation") or {}).get("decode", {}).get("portable_ops") or []
             if art["decoder"].get("decode_selection") == "question" and not [
-                    op for op in ops if any(op.startswith(f"aten_{k}_") for k in PTE_LOOKUP_KERNELS)]:
+                    op for op in ops if op.startswith("aten_topk_")]:
                 # nothing to profile: the decode graph runs no lookup
                 timed = [r for r in out_rows if r.get("file") == art["file"] and r["status"] == "ok"
                          and r["context_tokens"] == largest["context_tokens"]]

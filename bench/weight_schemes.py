@@ -54,6 +54,20 @@ def _ort_sym_blocks(w, bits: int):
     return (torch.round(b / scale).clamp(-2 ** (bits - 1), 2 ** (bits - 1) - 1) * scale).reshape(w.shape)
 
 
+def _per_channel8(w):
+    """Symmetric int8 per output row, scale max|w| / 127 (XNNPACK's QC8W head of the .pte int4)."""
+    scale = w.abs().amax(-1, keepdim=True) / 127
+    return torch.round(w / torch.where(scale > 0, scale, torch.ones_like(scale))).clamp(-127, 127) * scale
+
+
+def _sym4_groups(w):
+    """torchao's symmetric 4-bit groups of BLOCK (codes -8..7, scale max|w| / 7.5): XNNPACK's only grouped kernels."""
+    b = w.reshape(w.shape[0], -1, BLOCK)
+    scale = b.abs().amax(-1, keepdim=True) / 7.5
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (torch.round(b / scale).clamp(-8, 7) * scale).reshape(w.shape)
+
+
 def _rewrite(model, layers, head=None, embedding=None):
     """A copy of ``model`` with its layers' linears, output head and embedding table replaced by fake-quantized
     values (``None``: kept in float). Returns (copy, largest weight change)."""
@@ -94,6 +108,15 @@ SCHEMES = {
                            embedding=lambda w: _ort_sym_blocks(w, 4)),
     "onnx int4 (layers 4-bit asymmetric min/max blocks of 32; head + embedding 8-bit, scale max/127), weights only":
         lambda m: _rewrite(m, _asym4_min_max, head=lambda w: _sym_blocks(w, 8), embedding=lambda w: _sym_blocks(w, 8)),
+    # Where the .pte int4's bytes could still go (it is 135 MB; the tied 49152 x 576 table is stored twice, 28 MB
+    # as the int8 head, 28 MB as the Q8_0 embedding): the layers as they are (the GGUF's values), only the table's
+    # two copies re-rounded, weights only.
+    "table probe: head int8 per channel, embedding Q8_0 blocks (the .pte int4 today), layers as stored":
+        lambda m: _rewrite(m, lambda w: w, head=_per_channel8, embedding=lambda w: _sym_blocks(w, 8)),
+    "table probe: head int8 per channel, embedding 4-bit asymmetric groups of 32 (-14 MB), layers as stored":
+        lambda m: _rewrite(m, lambda w: w, head=_per_channel8, embedding=_asym4_min_max),
+    "table probe: head 4-bit symmetric groups of 32 (-13 MB), embedding Q8_0 blocks, layers as stored":
+        lambda m: _rewrite(m, lambda w: w, head=_sym4_groups, embedding=lambda w: _sym_blocks(w, 8)),
 }
 
 

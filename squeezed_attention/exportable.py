@@ -110,6 +110,7 @@ class ExportableDecoder(nn.Module):
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
         # RMSNorm's mean over the hidden size as a product with this constant (a delegate takes it as a linear)
         self.register_buffer("mean_weight", torch.full((1, cfg.hidden_size), 1.0 / cfg.hidden_size), persistent=False)
+        self.register_lookup_constants(cfg.num_kv_heads)
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if state == "buffer":
@@ -122,6 +123,18 @@ class ExportableDecoder(nn.Module):
             shape = (shapes.cache_capacity, cfg.num_kv_heads, cfg.head_dim)
             for name in self.state_names():
                 self.register_buffer(name, torch.zeros(shape), persistent=False)
+
+    def register_lookup_constants(self, num_kv_heads: int):
+        """The in-graph lookup's constants, made once instead of per layer and step: 1 (1 / N as a division), the kept
+        slots' indices (int and float), and where each KV head's rows start in the flat clustered table."""
+        s = self.shapes
+        slots = torch.arange(max(s.max_keep, 1))
+        self.register_buffer("one", torch.ones(1), persistent=False)
+        self.register_buffer("slot_index", slots[None, :], persistent=False)
+        self.register_buffer("slot_index_f", slots.to(torch.float32)[None, :], persistent=False)
+        self.register_buffer("ones_rank", torch.ones(num_kv_heads, max(min(s.max_clusters, s.max_keep), 1),
+                                                     dtype=torch.int64), persistent=False)
+        self.register_buffer("head_rows", torch.arange(num_kv_heads)[:, None] * max(s.max_clustered, 1), persistent=False)
 
     def state_names(self):
         """The mutable buffers of state='buffer' (the dynamic KV cache), in program order."""
@@ -248,8 +261,8 @@ class ExportableDecoder(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         st = {"steps": steps, "cos": angles.cos(), "sin": angles.sin()}
         # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
-        st["dyn_bias"] = torch.cat([torch.where(torch.arange(S)[None, :] < cache_len, zero, neg).expand(G * T, S),
-                                    torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)], -1)
+        st["past_bias"] = torch.where(torch.arange(S)[None, :] < cache_len, zero, neg)         # [1, S]
+        st["new_bias"] = torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)  # [G*T, T] causal
         if self.attention == "full":
             st["ctx_bias"] = torch.where(torch.arange(s.max_context) < context_len, zero, neg)[None, None, :]
         elif not self.held:
@@ -294,7 +307,6 @@ class ExportableDecoder(nn.Module):
         T = x.shape[0]
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         layer = self.layers[li]
-        dyn_k, dyn_v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)   # [Hkv, S + T, D]
         q_wide = torch.cat([qg, torch.zeros_like(qg)], dim=-1) if any(p[1] is None for p in parts) else None
         # bmm, not matmul: matmul's decomposition copies its operands (expand_copy of the context per layer)
         # a part may bring its query-key products already made (the summaries: the lookup's centroid scores)
@@ -307,10 +319,13 @@ class ExportableDecoder(nn.Module):
             fixed = scores[0] * self.scale + parts[0][2]
         else:
             fixed = torch.cat(scores, dim=-1) * self.scale + torch.cat([p[2] for p in parts], dim=-1)
-        dynamic = torch.bmm(qg, dyn_k.transpose(1, 2)) * self.scale + st["dyn_bias"]
-        probs = torch.softmax(torch.cat([fixed, dynamic], dim=-1), dim=-1)
-        parts = [p[:2] for p in parts] + [(dyn_k, dyn_v)]
-        sizes.append(dyn_k.shape[1])
+        # the dynamic part: the past cache (masked at cache_len) and this step's own keys, scored apart (the cache
+        # is never concatenated with the new keys: that copied it per layer and step)
+        past = torch.bmm(qg, past_k.transpose(1, 2)) * self.scale + st["past_bias"]
+        new = torch.bmm(qg, k.transpose(1, 2)) * self.scale + st["new_bias"]
+        probs = torch.softmax(torch.cat([fixed, past, new], dim=-1), dim=-1)
+        parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
+        sizes += [past_k.shape[1], k.shape[1]]
         out, wide, start = None, None, 0
         for (keys, values), n in zip(parts, sizes):
             p = probs[..., start:start + n]
@@ -335,18 +350,22 @@ class ExportableDecoder(nn.Module):
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
         """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
-        (empty clusters: log 0 = -inf, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N, the
+        (empty clusters: log N = -MASKED, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N, the
         unscaled query-centroid products [Hkv, Q, K], which the summaries' scores reuse)."""
-        log_counts = self.log_counts(counts)
-        inv_counts = 1.0 / counts.clamp(min=1).to(torch.float32)
+        counts_f = counts.to(torch.float32)
+        log_counts = self.log_counts(counts_f)
+        inv_counts = self.one / counts_f.clamp(min=1)
         qk = torch.bmm(qg, centroids.transpose(1, 2))                              # [Hkv, Q, K], reused by summaries
         per_row = torch.softmax(qk * self.scale + log_counts[:, None, :], dim=-1) * inv_counts[:, None, :]
         return torch.bmm(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts, qk
 
     @staticmethod
     def log_counts(counts):
-        """log N per cluster (float32; -inf for an empty cluster): the summaries' logit offset."""
-        return torch.where(counts > 0, torch.log(counts.clamp(min=1).to(torch.float32)), torch.tensor(float("-inf")))
+        """log N per cluster (float32; -MASKED for an empty cluster): the summaries' logit offset. Float arithmetic
+        only (a delegate runs it; a where/compare would be a CPU kernel per layer and step): log max(N, 1) plus
+        (min(N, 1) - 1) MASKED."""
+        counts = counts.to(torch.float32)
+        return counts.clamp(min=1).log() + (counts.clamp(max=1) - 1) * MASKED
 
     def context_parts(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias, summary_qk=None):
         """The fixed-context parts attention runs over (layer_attend): sinks, the kept keys and the window as
@@ -372,33 +391,44 @@ class ExportableDecoder(nn.Module):
         scores, log_counts, qk = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
         B, Nc = s.max_keep, s.max_clustered
-        rank = torch.topk(scores, s.max_clusters, dim=-1).indices                # [Hkv, K] best first
+        # Only the best min(K, B) clusters can own a slot (a non-empty cluster has a key, an empty one scores 0 and
+        # ranks after them), so top-k stops there: the same slots and kept clusters as ranking all K, less sorting.
+        R = min(s.max_clusters, B)
+        rank = torch.topk(scores, R, dim=-1).indices                             # [Hkv, R] best first
         ranked_counts = counts.gather(1, rank)
-        out_start = torch.cumsum(ranked_counts, -1) - ranked_counts              # [Hkv, K]
+        out_start = torch.cumsum(ranked_counts, -1) - ranked_counts              # [Hkv, R]
         n_keep = torch.clamp(torch.minimum(keep_keys, counts.sum(-1, keepdim=True)), max=B)   # [Hkv, 1] used slots
-        marks = torch.zeros(Hkv, B, dtype=torch.int64).scatter_add(              # (clusters past the last slot: 0)
-            1, torch.clamp(out_start, max=B - 1), (out_start < B).to(torch.int64))
+        # one mark per ranked cluster at its first slot; clusters starting past the last slot land in an extra
+        # column that is dropped (no compare, no dtype copy)
+        marks = torch.zeros(Hkv, B + 1, dtype=torch.int64).scatter_add(
+            1, torch.clamp(out_start, max=B), self.ones_rank)[:, :B]
         which = torch.cumsum(marks, -1) - 1                                      # ranked cluster of each slot
         # The table arrives flat, [Hkv * Nc, 2D] head by head, so every head's rows index it with one plain
-        # Gather / index_select (a reshape of a [Hkv, Nc, 2D] table is a full copy in XNNPACK, torch.gather needs
-        # an index per element, advanced indexing is a slow portable kernel). Row of slot j in ranked cluster r:
+        # Gather, an embedding lookup with [Hkv, B] row ids (a reshape of a [Hkv, Nc, 2D] table, or of a flat
+        # index_select's result, is a full copy in XNNPACK; torch.gather needs an index per element; advanced
+        # indexing is a slow portable kernel). Row of slot j in ranked cluster r:
         # head offset + cluster start + (j - the cluster's first slot).
-        first_row = start.gather(1, rank) - out_start + torch.arange(Hkv)[:, None] * Nc       # [Hkv, K]
-        slot = torch.arange(B)[None, :]
-        slot_ok = slot < n_keep
+        first_row = start.gather(1, rank) - out_start + self.head_rows                         # [Hkv, K]
+        slot = self.slot_index
         # unused slots (masked below) read some row of the table: clamped into it, no select
         rows = torch.clamp(first_row.gather(1, which) + slot, max=Hkv * Nc - 1)
-        kept = torch.index_select(clustered, 0, rows.reshape(-1)).reshape(Hkv, B, 2 * D)   # one copy per kept key
-        slot_bias = torch.where(slot_ok, torch.tensor(0.0), torch.tensor(float("-inf")))
+        kept = F.embedding(rows, clustered)                                      # [Hkv, B, 2D]: one copy per kept key
+        # 0 for a used slot, <= -MASKED past n_keep (float arithmetic: the delegate runs it)
+        slot_bias = ((n_keep.to(torch.float32) - 1 - self.slot_index_f) * MASKED).clamp(max=0)
         # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
         # value = mean value, logit + log N. A ranked cluster is kept iff its first slot is below n_keep (an empty
         # one then precedes a kept one); the flags go back to cluster order with one scatter.
         kept_cluster = torch.zeros(Hkv, s.max_clusters).scatter(1, rank, (out_start < n_keep).to(torch.float32))
-        summary_bias = torch.where(kept_cluster > 0, torch.tensor(float("-inf")), log_counts)
+        summary_bias = log_counts - kept_cluster * MASKED
         if held is not None:
             held.append((rows, torch.cat([slot_bias, summary_bias], dim=-1)))
         return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
                                   slot_bias, summary_bias, qk)
+
+
+# Subtracted from a masked logit: exp() of it underflows to exactly 0 as for -inf, but it is reached with float
+# arithmetic a delegate runs (no where/compare) and stays finite in fp16 (0 x MASKED is 0, never 0 x inf = NaN).
+MASKED = 3.0e4
 
 
 def _project(m: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -80,11 +80,12 @@ def test_every_artifact_is_verified_and_documented(exported):
             assert a["state"] == ["cache_keys_0", "cache_values_0", "cache_keys_1", "cache_values_1"]
             assert a["delegation"]["decode"]["delegated_nodes"] > 0
             # The cache write is one index_put per layer and K/V buffer; no whole-cache `where` update per layer
-            # and no copies of matmul operands (bmm): in the full decoder those ops only build the step's masks.
+            # and no copies of matmul operands (bmm): `where` only builds the step's masks, once per step, in both
+            # decoders (the squeezed lookup's masks are float arithmetic inside the delegate).
             by_op = a["delegation"]["decode"]["by_operator"]
-            assert by_op["aten_index_put_default"]["portable"] == 2 * layers
-            if att == "full":
-                assert by_op["aten_where_self"]["portable"] <= 3 and by_op["aten_expand_copy_default"]["portable"] <= 2
+            portable = lambda op: by_op.get(op, {}).get("portable", 0)  # noqa: E731
+            assert portable("aten_index_put_default") == 2 * layers
+            assert portable("aten_where_self") <= 3 and portable("aten_expand_copy_default") <= 2
     assert manifest["tokenizer"]["file"] == "tokenizer.json" and (out / "tokenizer.json").is_file()
     assert manifest["tokenizer"]["chat"]["suffix"].startswith("<|im_end|>")
 

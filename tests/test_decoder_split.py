@@ -23,6 +23,7 @@ from squeezed_attention.decoder_export import (
 from squeezed_attention.exportable import (
     DecoderShapes,
     ExportableDecoder,
+    MASKED,
     pack_as_arrays,
 )
 from squeezed_attention.lookup_numpy import kept_rows
@@ -70,6 +71,7 @@ def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
     torch.nn.Module.__init__(module)
     module.shapes = shapes
     module.config = type("C", (), {"head_dim": D})()
+    module.register_lookup_constants(H)
     captured = {}
     module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)), None)
     module.context_parts = lambda sink, kept, window, c, vc, slot_bias, summary_bias, qk=None: captured.update(
@@ -82,12 +84,14 @@ def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
     return captured
 
 
-@pytest.mark.parametrize("seed,keep_keys", [(0, 30), (1, 7), (2, 1000), (3, 1)])
-def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys):
+@pytest.mark.parametrize("seed,keep_keys,B", [(0, 30, 40), (1, 7, 40), (2, 1000, 40), (3, 1, 40), (4, 9, 10),
+                                              (5, 30, 12)])
+def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys, B):
     """kept_rows (numpy, between the split plan's graphs) keeps the rows, masks and summaries the in-graph plan
-    does: padding clusters, empty clusters, a keep count above the pack's keys, a short pack."""
+    does: padding clusters, empty clusters, a keep count above the pack's keys, a short pack, fewer slots than
+    clusters (the graph ranks only the best B)."""
     rng = np.random.default_rng(seed)
-    H, K, Nc, D, B = 3, 24, 90, 4, 40
+    H, K, Nc, D = 3, 24, 90, 4
     counts = rng.integers(0, 7, (H, K)).astype(np.int64)
     counts[:, -5:] = 0                                     # padding clusters of a smaller pack
     counts[1, 3] = 0                                       # an empty cluster among real ones
@@ -105,7 +109,9 @@ def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys):
     np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
     np.testing.assert_array_equal(kept[used], ref["kept"].numpy()[used])
     summarised = np.isfinite(bias[:, B:])
-    np.testing.assert_array_equal(summarised & (counts > 0), np.isfinite(ref["summary_bias"].numpy()))
+    # the graph masks with -MASKED (float arithmetic a delegate runs), the CPU lookup with -inf: the same weights (0)
+    np.testing.assert_array_equal(summarised & (counts > 0), ref["summary_bias"].numpy() > -MASKED / 2)
+    assert (ref["slot_bias"].numpy()[~used] <= -MASKED).all()
     assert used.sum(-1).tolist() == np.minimum(min(keep_keys, B), counts.sum(-1)).tolist()
 
 
