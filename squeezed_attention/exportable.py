@@ -391,8 +391,10 @@ class ExportableDecoder(nn.Module):
         scores, log_counts, qk = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
         B, Nc = s.max_keep, s.max_clustered
-        # Only the best min(K, B) clusters can own a slot (a non-empty cluster has a key, an empty one scores 0 and
-        # ranks after them), so top-k stops there: the same slots and kept clusters as ranking all K, less sorting.
+        # Only the best min(K, B) clusters can own a slot: every cluster with a positive score holds at least one key
+        # and empty (padding) clusters score exactly 0, so ranking stops there with the same slots and kept clusters
+        # as ranking all K. (Clusters whose score underflows to 0 tie with the empty ones either way: their order
+        # was top-k's tie order before too.)
         R = min(s.max_clusters, B)
         rank = torch.topk(scores, R, dim=-1).indices                             # [Hkv, R] best first
         ranked_counts = counts.gather(1, rank)
@@ -408,7 +410,7 @@ class ExportableDecoder(nn.Module):
         # index_select's result, is a full copy in XNNPACK; torch.gather needs an index per element; advanced
         # indexing is a slow portable kernel). Row of slot j in ranked cluster r:
         # head offset + cluster start + (j - the cluster's first slot).
-        first_row = start.gather(1, rank) - out_start + self.head_rows                         # [Hkv, K]
+        first_row = start.gather(1, rank) - out_start + self.head_rows                         # [Hkv, R]
         slot = self.slot_index
         # unused slots (masked below) read some row of the table: clamped into it, no select
         rows = torch.clamp(first_row.gather(1, which) + slot, max=Hkv * Nc - 1)
