@@ -20,7 +20,7 @@ from pathlib import Path
 from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
 
 from .errors import SqueezeError
-from .settings import DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
+from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 
 # ------------------------------------------------------------------------------------ argparse value types
 def _int_in(lo: int, hi: int):
@@ -191,6 +191,7 @@ def _choice_from_args(args):
     common = dict(per_query_head=args.per_query_head, hierarchical=args.hierarchical, backend=args.lookup,
                   prefill_rows=DEFAULT_PREFILL_ROWS if args.prefill_rows is None else args.prefill_rows,
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
+                  exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection)
     if args.full:
         return AttentionChoice("full")
@@ -327,7 +328,7 @@ def _suite_eval(args, config) -> int:
     result = run_suite(model, checkpoint, split=args.suite, lengths=lengths, cases_per_length=args.cases_per_length,
                        kv_budgets=budgets, seed=args.seed, continuation_tokens=args.continuation_tokens, out_dir=out,
                        prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
-                       decode_selection=args.decode_selection,
+                       exact_tail=args.exact_tail, decode_selection=args.decode_selection,
                        log=lambda m: print(m, file=sys.stderr))
     print(suite_markdown(result), end="")
     print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}", file=sys.stderr)
@@ -425,8 +426,11 @@ def add_subcommands(subparsers) -> None:
                    help="suite: the squeezed configurations select once per N prompt tokens before the tail in the "
                    f"prompt's prefill (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
     e.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_TAIL, metavar="N",
-                   help="suite: the prompt's last N tokens select per token (as squeeze generate --prefill-tail; "
-                   f"default {DEFAULT_PREFILL_TAIL})")
+                   help="suite: the last N prompt tokens before the exact tail select per token (as squeeze generate "
+                   f"--prefill-tail; default {DEFAULT_PREFILL_TAIL})")
+    e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
+                   help="suite: the prompt's last N tokens attend every context key (as squeeze generate --exact-tail; "
+                   f"default {DEFAULT_EXACT_TAIL})")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
@@ -479,10 +483,15 @@ def add_subcommands(subparsers) -> None:
                    f"cut from the end; 1 = every token selects, as decode steps do; default {DEFAULT_PREFILL_ROWS}: one "
                    "selection for them all). With --artifacts: default = the artifact's manifest")
     g.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the question's last N tokens select their kept keys one token at a time, as decode steps do "
-                   f"(default {DEFAULT_PREFILL_TAIL}: answered twice as many dev-split pass-key cases at KV budget 0.125 as "
-                   "one selection for the whole prompt, for ~5 ms per tail token at 8k with the native kernels; 0 = off). "
-                   "With --artifacts: default = the artifact's manifest; a tail token costs one decode step there")
+                   help="the last N prompt tokens before the exact tail select their kept keys one token at a time, as "
+                   f"decode steps do (default {DEFAULT_PREFILL_TAIL}). With --artifacts: default = the artifact's "
+                   "manifest; a tail token costs one decode step there")
+    g.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="the question's last N tokens attend EVERY fixed-context key in the prefill, no lookup (the "
+                   f"question's own words; default {DEFAULT_EXACT_TAIL}: on the held-out split at 2k it answered 10 of "
+                   "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
+                   "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
+                   "steps always select. With --artifacts: default = the artifact's manifest")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

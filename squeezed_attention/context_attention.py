@@ -18,7 +18,7 @@ from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse, merge_partials
-from .settings import prefill_chunks
+from .settings import exact_start, prefill_chunks
 
 
 class DenseContext:
@@ -112,6 +112,7 @@ class SqueezedContext:
         self.num_clustered = tables.num_clustered
         self.first_position = tables.first_position
         rows = rows if rows is not None else ContextRows.build(keys, values, tables)
+        self.keys, self.values = keys, values   # the prompt's exact tail attends them all (position order)
         self.sink_kv, self.clustered_kv, self.window_kv = rows.sink_kv, rows.clustered_kv, rows.window_kv
         self.slot_of_position = rows.slot_of_position
         # Summaries of the clusters a selection does not keep, per selecting head (built once per context)
@@ -133,6 +134,7 @@ class SqueezedContext:
         # summary bias it selects, reused by every later call (one context object per question: Generator.generate)
         self._last_selection = {}
         self._held = {}
+        self._prompted = set()  # layers whose first call (the prompt's prefill) has run
 
     def select(self, layer: int, queries):
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
@@ -225,17 +227,40 @@ class SqueezedContext:
         return out, lse.reshape(Hs, T, R).transpose(1, 2).reshape(Hq, T)
 
     def attend(self, layer: int, queries):
-        """Context partial (out [Hq, T, D], lse [Hq, T]) of the query rows [Hq, T, D]: one selection for all T
-        tokens, or one per chunk of ``spec.prefill_rows`` tokens (cut from the end) when the prompt is longer.
-        With ``spec.decode_selection == "question"`` the first call per layer (the prompt's prefill) selects and
-        its last selection is held: every later call attends over the same rows and summaries."""
+        """Context partial (out [Hq, T, D], lse [Hq, T]) of the query rows [Hq, T, D]. The first call per layer is
+        the prompt's prefill (one context object per question: Generator.generate): its last ``spec.exact_tail``
+        rows attend every context key (no lookup), the rows before them select, once or per chunk of
+        ``spec.prefill_rows`` tokens (cut from the end), the last ``spec.prefill_tail`` of them per token. Later calls
+        (decode steps) select. With ``spec.decode_selection == "question"`` the prompt's last selection (its last
+        token's, where that token attends exactly) is held: every later call attends over the same rows and
+        summaries."""
         question = self.spec.decode_selection == "question"
         if question and layer in self._held:
             return self._attend_held(layer, queries)
-        out = self._attend_selecting(layer, queries)
+        T = queries.shape[1]
+        start = T
+        if layer not in self._prompted:
+            self._prompted.add(layer)
+            start = exact_start(T, self.spec.exact_tail)
+        parts = []
+        if start:
+            parts.append(self._attend_selecting(layer, queries[:, :start]))
+        if start < T:
+            parts.append(self._attend_exact(layer, queries[:, start:]))
+            if question:
+                self._last_selection[layer] = self.select(layer, queries[:, -1:])
         if question:
             self._hold(layer, *self._last_selection[layer])
-        return out
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+    def _attend_exact(self, layer: int, queries):
+        """Every context key, in position order (DenseContext's attention): the prompt's exact tail."""
+        Hq, T, D = queries.shape
+        out, lse = attention_with_lse(queries.reshape(self.num_kv_heads, -1, D), self.keys[layer].float(),
+                                      self.values[layer].float(), self.scale)
+        return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def _attend_selecting(self, layer: int, queries):
         T = queries.shape[1]

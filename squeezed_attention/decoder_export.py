@@ -100,32 +100,41 @@ def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_b
                          max_keep=max(1, min(clustered, math.ceil(keep * clustered))))
 
 
-def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, selection: str = "step") -> dict:
+def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, selection: str = "step",
+                    exact_tail: int = 0) -> dict:
     """{method: module} of the in-graph plan: one module for prefill and decode, or, with question-level selection,
-    the prefill (returns its selection) and a decode over the held selection (same weights, same buffer names)."""
+    the prefill (returns its selection) and a decode over the held selection; with an exact prompt tail
+    (``exact_tail`` > 0, squeezed) also ``prefill_exact``, the tail's prefill over every fixed-context row. The
+    modules share weights and KV-cache buffer names (the eager reference shares the buffers themselves)."""
     module = ExportableDecoder(model, shapes, attention, state=state, selection=selection).eval()
-    if selection != "question":
-        return {"prefill": module, "decode": module}
-    decode = ExportableDecoder(model, shapes, attention, state=state, selection=selection, held=True).eval()
-    for name in module.state_names():  # one KV cache for both methods (eager reference; exported: same buffer names)
-        setattr(decode, name, getattr(module, name))
-    return {"prefill": module, "decode": decode}
+    modules = {"prefill": module, "decode": module}
+    if selection == "question":
+        modules["decode"] = ExportableDecoder(model, shapes, attention, state=state, selection=selection, held=True).eval()
+    if exact_tail and attention == "squeezed":
+        modules["prefill_exact"] = ExportableDecoder(model, shapes, attention, state=state, exact=True).eval()
+    for other in modules.values():
+        for name in module.state_names():
+            setattr(other, name, getattr(module, name))
+    return modules
 
 
 def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph",
-                    selection: str = "step"):
+                    selection: str = "step", exact_tail: int = 0):
     """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
     takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic).
 
     Plan "split": methods ``prefill_<s>`` / ``decode_<s>`` for the stages s = 0..L (exportable.DecoderStage),
     static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop).
-    ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection."""
+    ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection.
+    ``exact_tail`` > 0 (squeezed, in-graph plan, .pte): a third method ``prefill_exact`` (up to exact_tail tokens)
+    runs the prompt's last tokens over every fixed-context row."""
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
     if selection == "question" and plan == "split":
         raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
-    modules = decoder_modules(model, shapes, attention, state, selection)
+    check_exact_tail(exact_tail, attention, fmt, plan, selection)
+    modules = decoder_modules(model, shapes, attention, state, selection, exact_tail)
     module = modules["prefill"]
     if plan == "split":
         methods = []
@@ -138,11 +147,24 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     # length, not max_prompt's (the manifest records it per method; static formats pad). One graph for both methods
     # where the format holds one graph per file (ONNX); two modules (question-level selection) differ in more.
     one_graph = fmt != "pte" and modules["prefill"] is modules["decode"]
-    tokens = {"tokens": {0: ("T", 1, shapes.max_prompt)}}
-    methods = [Method(name, modules[name], modules[name].example_inputs(width), modules[name].output_names(),
-                      tokens if name == "prefill" or one_graph else {}, modules[name].arrange)
-               for name, width in (("prefill", shapes.max_prompt), ("decode", 1))]
+    widths = {"prefill": shapes.max_prompt, "decode": 1, "prefill_exact": exact_tail}
+    methods = [Method(name, modules[name], modules[name].example_inputs(widths[name]), modules[name].output_names(),
+                      {"tokens": {0: ("T" if name == "prefill" else "E", 1, widths[name])}}
+                      if name != "decode" or one_graph else {}, modules[name].arrange)
+               for name in modules]
     return Program(methods, state=module.state_names()), module
+
+
+def check_exact_tail(exact_tail: int, attention: str, fmt: str, plan: str, selection: str) -> None:
+    """An exact prompt tail is a third method of a squeezed .pte program (in-graph plan, per-step selection); ONNX
+    holds one graph per file and the split plan's stages have no such method yet."""
+    if type(exact_tail) is not int or exact_tail < 0:
+        raise SqueezeError(f"--exact-tail must be a whole number of tokens >= 0; got {exact_tail!r}")
+    if not exact_tail or attention != "squeezed":
+        return
+    if fmt != "pte" or plan != "in-graph" or selection != "step":
+        raise SqueezeError(f"--exact-tail {exact_tail} is exported for .pte with the in-graph plan and per-step decode "
+                           f"selection only (here: {fmt}, plan {plan}, decode selection {selection}); pass --exact-tail 0")
 
 
 class EagerRunner:
@@ -176,7 +198,7 @@ def chat_section(tokenizer) -> dict:
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
-                     prefill_tail: int = 0) -> dict:
+                     prefill_tail: int = 0, exact_tail: int = 0) -> dict:
     state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
            "decode"
@@ -198,6 +220,13 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         f"tokens {pad}, n_tokens = chunk length, cache_len = tokens before it; a 1-token chunk = "
         "decode at cache_len = its index" + (" (question-level: prefill, so the last call returns the selection to "
                                              "hold)" if selection == "question" else ""))
+    exact = exact_tail if squeezed else 0
+    if exact:
+        prompt_step = (f"prompt (exact_tail = {exact}): the question's last {exact} tokens (all of a shorter question) "
+                       "run LAST as one prefill_exact call (tokens = those ids, padded to exact_tail unless the method "
+                       "lists a dynamic axis; n_tokens = their count, cache_len = tokens before them; no keep_keys: every "
+                       "fixed-context row of the pack layout, padding masked); the tokens before them (if any) first, "
+                       "as follows: " + prompt_step)
     if plan == "split":
         return {**split_contract(shapes, kv_budget, methods, prompt_step), "prefill_rows": rows, "prefill_tail": tail}
     question = squeezed and selection == "question"
@@ -216,6 +245,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "kv_budget": kv_budget if attention == "squeezed" else None,
         "decode_selection": selection if attention == "squeezed" else None,
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
+        "exact_tail": exact if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
@@ -279,7 +309,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
-                   pte_backend: str = "xnnpack") -> DecoderExportResult:
+                   pte_backend: str = "xnnpack", exact_tail: int = 0) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -328,6 +358,12 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         if type(value) is not int or not 0 <= value <= max_prompt:
             raise SqueezeError(f"{flag} must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
                                f"got {value!r}")
+    if type(exact_tail) is not int or not 0 <= exact_tail <= max_prompt:
+        raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
+                           f"got {exact_tail!r}")
+    if "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
+        for fmt in formats:
+            check_exact_tail(exact_tail, "squeezed", fmt, lookup_plan or default_plan(fmt, pte_backend), decode_selection)
     if decode_selection == "question":
         other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
         if other:
@@ -392,7 +428,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 + ("_coreml" if delegate == "coreml" else "")
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
-            program, module = decoder_program(model, shapes, att, fmt, plan, selection)
+            program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact_tail)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
@@ -416,7 +452,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection, prefill_rows, prefill_tail), **extras}
+                                                   selection, prefill_rows, prefill_tail, exact_tail), **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")
@@ -514,15 +550,16 @@ class VerificationData:
                 "pass_key": self.case.answer if self.case else None}
 
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
-                         decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0) -> list:
+                         decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0,
+                         exact_tail: int = 0) -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail)
+        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
                 AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
-                                prefill_rows=prefill_rows, prefill_tail=prefill_tail)
+                                prefill_rows=prefill_rows, prefill_tail=prefill_tail, exact_tail=exact_tail)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -572,12 +609,12 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact fails verification, named
         return {"status": "fail", "failures": [f"{backend.runtime} cannot load {path.name}: {str(exc).splitlines()[0][:200]}"]}
     eager = EagerRunner(decoder_modules(model, shapes, attention, contract["state"],
-                                        contract.get("decode_selection") or "step"))
+                                        contract.get("decode_selection") or "step", contract.get("exact_tail") or 0))
     loop_art = GenerationLoop(runner, contract, arrays, context)
     loop_ref = GenerationLoop(eager, {**contract, "lookup_plan": "in-graph"}, arrays, context)  # same math, one graph
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
-                                      loop_art.prefill_rows, loop_art.prefill_tail)
+                                      loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import SqueezeError
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
-from .settings import GenerationResult, prefill_chunks
+from .settings import GenerationResult, exact_start, prefill_chunks
 
 MANIFEST = "manifest.json"
 
@@ -41,6 +41,18 @@ def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_ta
         if type(value) is not int or value < 0:
             raise SqueezeError(f"{flag} must be a whole number of tokens >= 0; got {value!r}")
     return (rows, tail) if contract.get("attention") == "squeezed" else (0, 0)
+
+
+def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
+    """The prompt tokens that run through ``prefill_exact`` (every fixed-context row): the caller's choice, at most
+    the artifact's (its method's width), else the contract's (artifacts without the method: 0)."""
+    have = contract.get("exact_tail") or 0
+    if exact_tail is None:
+        return have
+    if type(exact_tail) is not int or not 0 <= exact_tail <= have:
+        raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to {have} for this artifact (its "
+                           f"prefill_exact method's width; re-export with --exact-tail N for more); got {exact_tail!r}")
+    return exact_tail
 
 
 def token_width(methods: dict, method: str, n: int, static: int) -> int:
@@ -89,10 +101,11 @@ class GenerationLoop:
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
 
     def __init__(self, runner, contract: dict, pack, context_inputs: dict, prefill_rows: int | None = None,
-                 prefill_tail: int | None = None):
+                 prefill_tail: int | None = None, exact_tail: int | None = None):
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.prefill_rows, self.prefill_tail = prompt_selection(contract, prefill_rows, prefill_tail)
+        self.exact_tail = exact_tail_of(contract, exact_tail)
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
@@ -120,8 +133,8 @@ class GenerationLoop:
     def step(self, method: str, tokens: list, cache_len: int, cache):
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
-        width = token_width(self.contract.get("methods") or {}, method, len(tokens),
-                            self.shapes["max_prompt"] if method == "prefill" else 1)
+        static = {"prefill": self.shapes["max_prompt"], "prefill_exact": self.contract.get("exact_tail") or 0}
+        width = token_width(self.contract.get("methods") or {}, method, len(tokens), static.get(method, 1))
         feed = {"tokens": np.zeros(width, dtype=np.int64), "n_tokens": np.array([len(tokens)], dtype=np.int64),
                 "cache_len": np.array([cache_len], dtype=np.int64),
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
@@ -181,16 +194,18 @@ class GenerationLoop:
         return np.asarray(out["logits"]).reshape(-1)
 
     def prompt(self, ids: list, cache):
-        """Run the question's tokens (cache_len 0) with the contract's prompt selection; the last token's logits."""
-        chunks = prefill_chunks(len(ids), self.prefill_rows, self.prefill_tail)
-        if len(chunks) == 1:
-            return self.step("prefill", ids, 0, cache)
+        """Run the question's tokens (cache_len 0) with the contract's prompt selection; the last token's logits. The
+        last ``exact_tail`` tokens are one ``prefill_exact`` call (every fixed-context row), after the others."""
+        start = exact_start(len(ids), self.exact_tail)
+        chunks = prefill_chunks(start, self.prefill_rows, self.prefill_tail)
         logits = None
-        for start, end in chunks:
+        for a, b in chunks:
             # a 1-token chunk is a decode step (its one selection is that token's), except where decode needs
             # the prefill's held selection (question-level)
-            method = "decode" if end - start == 1 and not self.question else "prefill"
-            logits = self.step(method, ids[start:end], start, cache)
+            method = "decode" if b - a == 1 and len(chunks) > 1 and not self.question else "prefill"
+            logits = self.step(method, ids[a:b], a, cache)
+        if start < len(ids):
+            logits = self.step("prefill_exact", ids[start:], start, cache)
         return logits
 
     def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -236,7 +251,8 @@ class DecoderSession:
     """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
 
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
-                 plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None):
+                 plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
+                 exact_tail: int | None = None):
         from tokenizers import Tokenizer
 
         from export.backends import get_backend
@@ -260,6 +276,7 @@ class DecoderSession:
             raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
         self.runner = self.backend.load_program(path, self.contract["methods"], threads)
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
+        self.exact_tail = exact_tail_of(self.contract, exact_tail)
         self.loop = None
 
     def attach(self, pack_path) -> None:
@@ -268,7 +285,8 @@ class DecoderSession:
         model = self.manifest["model"]
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
-        self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail)
+        self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail,
+                                   self.exact_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         framing = self.loop.pack.settings.get("framing", "chat")

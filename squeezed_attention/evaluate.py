@@ -334,7 +334,9 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     question's queries, as its prefill does). ``ceiling`` = the clustered share the best possible set of as many
     clustered keys would carry (the keys with the largest mean share over the rows, per selecting head): what
     any selection rule could reach at this budget, so a low ``clustered`` with a low ``ceiling`` means diffuse
-    attention, not a bad rule. Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv], "ceiling": [L][Hkv]}}.
+    attention, not a bad rule. This measures the SELECTION RULE: every question token is measured as selecting,
+    including the prompt's exact tail (``exact_tail``), which in generation attends every key (recall 1 by
+    construction there); decode steps select as measured here. Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv], "ceiling": [L][Hkv]}}.
     """
     from .context_attention import DenseContext
     from .settings import prefill_chunks

@@ -78,7 +78,7 @@ class ExportableDecoder(nn.Module):
     """prefill/decode over a fixed context given as inputs (see the module docstring)."""
 
     def __init__(self, model: LlamaForCausalLM, shapes: DecoderShapes, attention: str = "squeezed",
-                 state: str = "io", selection: str = "step", held: bool = False):
+                 state: str = "io", selection: str = "step", held: bool = False, exact: bool = False):
         super().__init__()
         if attention not in ATTENTIONS:
             raise SqueezeError(f"unknown attention {attention!r}; use squeezed or full")
@@ -90,6 +90,9 @@ class ExportableDecoder(nn.Module):
             raise SqueezeError("--decode-selection question is a squeezed-attention setting; full attention selects nothing")
         if held and selection != "question":
             raise SqueezeError("a decode over a held selection needs selection='question'")
+        if exact and (attention != "squeezed" or held or selection != "step"):
+            raise SqueezeError("an exact prompt tail (--exact-tail) is a squeezed-attention prefill with per-step decode "
+                               "selection")
         cfg = model.config
         if shapes.max_context + shapes.cache_capacity > cfg.max_positions:
             raise SqueezeError(f"max context {shapes.max_context} + prompt {shapes.max_prompt} + new tokens "
@@ -101,6 +104,9 @@ class ExportableDecoder(nn.Module):
         # (selection_rows, selection_bias); decode steps (held=True, a second module over the same weights and
         # buffers) attend over the rows the app gathered with it (held_keys/held_values/held_bias): no lookup per step.
         self.selection, self.held = selection, held
+        # exact=True: the prompt's exact tail (method prefill_exact): every fixed-context row of the squeezed layout
+        # (sinks, every clustered row, window; padding rows masked), no lookup, no summaries
+        self.exact = exact
         # The graph's weights, not the host model (whose unused per-projection weights an exported program would
         # carry): the projections that read the same input are fused into one product (q|k|v, gate|up), 4 matrix
         # products per layer instead of 7 (a decode step is many small runtime calls; the weight grids are per
@@ -135,6 +141,8 @@ class ExportableDecoder(nn.Module):
         self.register_buffer("ones_rank", torch.ones(num_kv_heads, max(min(s.max_clusters, s.max_keep), 1),
                                                      dtype=torch.int64), persistent=False)
         self.register_buffer("head_rows", torch.arange(num_kv_heads)[:, None] * max(s.max_clustered, 1), persistent=False)
+        self.register_buffer("clustered_index_f", torch.arange(max(s.max_clustered, 1), dtype=torch.float32)[None, :],
+                             persistent=False)
 
     def state_names(self):
         """The mutable buffers of state='buffer' (the dynamic KV cache), in program order."""
@@ -152,6 +160,8 @@ class ExportableDecoder(nn.Module):
             return names + ["held_keys", "held_values", "held_bias"]
         if self.attention == "full":
             return names + ["context_keys", "context_values"]
+        if self.exact:
+            return names + ["sink_kv", "window_kv", "clustered_kv", "counts"]
         return names + ["sink_kv", "window_kv", "clustered_kv", "centroids", "value_centroids", "counts", "cluster_start"]
 
     def context_input_names(self):
@@ -160,7 +170,7 @@ class ExportableDecoder(nn.Module):
 
     def head_names(self):
         """The inputs that are not per layer."""
-        uses_keep = self.attention == "squeezed" and not self.held
+        uses_keep = self.attention == "squeezed" and not self.held and not self.exact
         return ["tokens", "n_tokens", "cache_len", "context_len"] + (["keep_keys"] if uses_keep else [])
 
     def input_names(self):
@@ -234,6 +244,8 @@ class ExportableDecoder(nn.Module):
                 parts = [(mine["held_keys"], mine["held_values"], mine["held_bias"])]
             elif self.attention == "full":
                 parts = [(mine["context_keys"], mine["context_values"], st["ctx_bias"])]
+            elif self.exact:
+                parts = self._exact_rows(mine)
             else:
                 parts = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"], held)
             x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
@@ -377,6 +389,19 @@ class ExportableDecoder(nn.Module):
         return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (kept, None, slot_bias[:, None, :]),
                 (window, None, torch.zeros(Hkv, 1, window.shape[1])),
                 summaries if summary_qk is None else summaries + (summary_qk,)]
+
+    def _exact_rows(self, mine):
+        """Every fixed-context row of the squeezed layout as layer_attend's parts: sinks, the clustered table (read
+        per KV head as [Hkv, max_clustered, 2D]; a head's rows past its pack's clustered keys are padding, masked by
+        float arithmetic as the kept slots are) and the window. The prompt's exact tail: the same attention as full
+        attention's, in cluster order instead of position order."""
+        Hkv, D2 = self.config.num_kv_heads, 2 * self.config.head_dim
+        table = mine["clustered_kv"].reshape(Hkv, self.shapes.max_clustered, D2)
+        n = mine["counts"].sum(-1, keepdim=True).to(torch.float32)                               # [Hkv, 1]
+        bias = ((n - 1 - self.clustered_index_f) * MASKED).clamp(max=0)                           # [Hkv, Nc]
+        sink, window = mine["sink_kv"], mine["window_kv"]
+        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (table, None, bias[:, None, :]),
+                (window, None, torch.zeros(Hkv, 1, window.shape[1]))]
 
     def _squeezed_rows(self, qg, mine, keep_keys, row_weights, held=None):
         """The in-graph lookup of one layer: the kept fixed-context rows plus the summaries of the other clusters, as

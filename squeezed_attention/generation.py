@@ -23,7 +23,7 @@ CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the o
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
-from .settings import DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult  # noqa: F401  (re-exported)
+from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -48,7 +48,9 @@ class AttentionChoice:
     prefill_rows: int = DEFAULT_PREFILL_ROWS  # prompt tokens per key selection in the prompt's prefill before its
                                      # tail (0: one selection; 1: every token selects, as decode steps do)
     prefill_tail: int = DEFAULT_PREFILL_TAIL  # the prompt's last tokens that select one token at a time
-                                     # (settings.prefill_chunks; RESULTS.md 3e)
+                                     # (settings.prefill_chunks; RESULTS.md 3e), before the exact tail
+    exact_tail: int = DEFAULT_EXACT_TAIL  # the prompt's last tokens that attend every context key (no lookup;
+                                     # RESULTS.md 3h); decode steps always select
     decode_selection: str = "step"   # "step": every decode step selects; "question": decode steps reuse the
                                      # selection the prompt's prefill made (see SelectionSpec.decode_selection)
 
@@ -67,6 +69,8 @@ class AttentionChoice:
             raise SqueezeError(f"--prefill-rows (prefill_rows) must be a whole number of tokens >= 0; got {self.prefill_rows!r}")
         if type(self.prefill_tail) is not int or self.prefill_tail < 0:
             raise SqueezeError(f"--prefill-tail (prefill_tail) must be a whole number of tokens >= 0; got {self.prefill_tail!r}")
+        if type(self.exact_tail) is not int or self.exact_tail < 0:
+            raise SqueezeError(f"--exact-tail (exact_tail) must be a whole number of tokens >= 0; got {self.exact_tail!r}")
         if len(sizes) != 1:
             raise SqueezeError(f"{self.mode} mode needs exactly one of kv_budget, keep_keys, keep_fraction; "
                                f"got {', '.join(sizes) or 'none'}")
@@ -89,6 +93,7 @@ class AttentionChoice:
                 f"{', per query head' if self.per_query_head else ''}"
                 f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}"
                 f"{'' if self.prefill_tail == DEFAULT_PREFILL_TAIL else f', per-token prefill tail {self.prefill_tail}'}"
+                f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}")
 
 
@@ -177,6 +182,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
     spec.prefill_rows = choice.prefill_rows
     spec.prefill_tail = choice.prefill_tail
+    spec.exact_tail = choice.exact_tail
     spec.decode_selection = choice.decode_selection
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)

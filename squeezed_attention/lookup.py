@@ -111,6 +111,8 @@ class SelectionSpec:
                                     # prompt); chunks are cut from the END, so the last tokens select together
     prefill_tail: int = 0           # the prompt's last tokens that select one token at a time (as decode steps);
                                     # prefill_rows chunks the tokens before them (settings.prefill_chunks)
+    exact_tail: int = 0             # the prompt's last tokens that attend every context key (no lookup); the
+                                    # tokens before them select as above (settings.exact_start)
     decode_selection: str = "step"  # "step": every decode step selects its keys; "question": the prompt's
                                     # (last) selection per layer is held and every decode step attends over it
 

@@ -10,14 +10,22 @@ from .errors import SqueezeError
 
 DEFAULT_KV_BUDGET = 0.125  # the paper's accounting; with 10% int8 key + value centroids it keeps 0.073 of the keys
 MODES = ("full", "top-k", "threshold")
-# How a question's prompt selects its fixed-context keys in the prefill (squeezed_attention/RESULTS.md 3e): its
-# last DEFAULT_PREFILL_TAIL tokens select one token at a time, as decode steps do; the tokens before them share one
-# selection (prefill_rows = 0) or one per chunk of prefill_rows tokens. On the dev split (13 pass-key cases full
-# attention answers at 2k) one selection for the whole prompt answered 4 at KV budget 0.125, per-token selection of the
-# last 16 tokens 8 (the same as every token selecting; the last 4 or 8 alone: 5); a tail bounds the per-token cost
-# (about 5 ms per token with the native kernels at 8k, 2 threads) for long prompts.
+# How a question's prompt attends the fixed context in its prefill (squeezed_attention/RESULTS.md 3h): its last
+# DEFAULT_EXACT_TAIL tokens attend EVERY context key (no lookup: the question's own words, whose keys and values every
+# later layer and every answer token read); the tokens before them select their keys, in one selection
+# (prefill_rows = 0) or one per chunk of prefill_rows tokens, the last prefill_tail of them one token at a time.
+# Held-out split at 2k, KV budget 0.125 (13 pass-key cases full attention answers): the previous default (the last
+# 16 tokens selecting per token) answered 7, an exact tail of 16 answered 9, 32 answered 10 (as many as a fully exact
+# prefill); decode steps always select. The exact rows cost a full-attention prefill's per-token attention (about
+# 5 ms per token at 8k with 2 threads on the host), so the tail is bounded for long prompts.
 DEFAULT_PREFILL_ROWS = 0
-DEFAULT_PREFILL_TAIL = 16
+DEFAULT_PREFILL_TAIL = 0
+DEFAULT_EXACT_TAIL = 32
+
+
+def exact_start(tokens: int, exact_tail: int) -> int:
+    """Where the prompt's exactly attending tail starts (tokens before it select their keys)."""
+    return max(0, tokens - exact_tail)
 
 
 def prefill_chunks(tokens: int, rows: int, tail: int = 0) -> list:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .corpus import _paragraphs as corpus_paragraphs
 from .errors import SqueezeError
-from .settings import DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL
+from .settings import DEFAULT_EXACT_TAIL, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL
 
 SPLITS = ("dev", "heldout")
 KINDS = ("number", "word", "uuid", "multikey", "multivalue", "multiquestion")
@@ -254,7 +254,8 @@ def _median(xs):
 def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000), cases_per_length: int = 6,
               kv_budgets=(0.225, 0.125), seed: int = 0, continuation_tokens: int = 64, out_dir=None, log=print,
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
-              prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step") -> dict:
+              prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
+              exact_tail: int = DEFAULT_EXACT_TAIL) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length one
     continuation case (teacher-forced prose from the split) for top-1 agreement and KL. Results are saved
@@ -271,7 +272,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     cases = suite_cases(tok, split, lengths, cases_per_length, seed, kinds)
     choices = {"full": AttentionChoice("full")}
     choices.update({f"top-k@{b:g}": AttentionChoice("top-k", kv_budget=b, prefill_rows=prefill_rows,
-                                                          prefill_tail=prefill_tail,
+                                                          prefill_tail=prefill_tail, exact_tail=exact_tail,
                                                           decode_selection=decode_selection) for b in kv_budgets})
     squeezed = {k: v for k, v in choices.items() if k != "full"}
     rows, recalls, continuation = [], [], []
@@ -282,7 +283,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
         if out_dir is None:
             return
         result = {"split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
-                  "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "decode_selection": decode_selection, "cases": rows, "recall": recalls, "continuation": continuation,
+                  "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
+                  "decode_selection": decode_selection, "cases": rows, "recall": recalls, "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),
                   "seconds": time.perf_counter() - started}
         out = Path(out_dir)

@@ -71,7 +71,8 @@ def test_coreml_artifact_answers_through_the_session_like_pytorch(exported):
     got = session.generate("ab an", max_new_tokens=6, stop_at_eos=False)
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab an", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
-                                  prefill_tail=session.loop.prefill_tail), max_new_tokens=6,
+                                  prefill_tail=session.loop.prefill_tail,
+                                  exact_tail=session.loop.exact_tail), max_new_tokens=6,
         stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids and len(got.token_ids) == 6

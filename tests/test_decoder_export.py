@@ -189,7 +189,7 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     assert calls[len(chunks):] == ["decode"] * 9                    # 10 tokens: 9 decode steps
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
-                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail),
+                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0),
         max_new_tokens=10, stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids
@@ -473,6 +473,52 @@ def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack
     got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
     session.close()
     assert len(got.token_ids) == 6
+
+
+def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path):
+    """--exact-tail N (.pte): a method prefill_exact runs the question's last N tokens over every fixed-context row
+    (no lookup) after a selecting prefill of the tokens before them; the artifact passes verification against the
+    PyTorch decoder with the same exact tail, answers like it at the artifact's tail and at 0 (no exact call), and
+    formats without the method are refused in one line before anything is written."""
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    d, gguf = tiny
+    (d / "doc.txt").write_text(TINY_TEXT)
+    with pytest.raises(SqueezeError, match="--exact-tail 4 is exported for .pte"):
+        export_decoder(tmp_path / "no", formats=("onnx",), model_path=gguf, exact_tail=4, **SHAPES)
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "exact"
+    result = export_decoder(out, formats="pte", model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,
+                            verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    contract = art["decoder"]
+    assert contract["exact_tail"] == 4 and "prefill_exact" in contract["methods"]
+    exact_inputs = {i["name"] for i in contract["methods"]["prefill_exact"]["inputs"]}
+    assert "clustered_kv_0" in exact_inputs and "keep_keys" not in exact_inputs and "centroids_0" not in exact_inputs
+    assert not [op for op in art["delegation"]["prefill_exact"]["portable_ops"] if "topk" in op], art["delegation"]
+    v = art["verification"]
+    assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] and v["psnr_db"] >= 60, v
+    pack_path, pack, model, ck = tiny_pack
+    for tail in (None, 0, 2):
+        session = DecoderSession(out, fmt="pte", attention="squeezed", exact_tail=tail)
+        session.attach(pack_path)
+        calls = []
+        run = session.runner.run
+        session.runner.run = lambda method, feed: (calls.append((method, len(feed["tokens"]))), run(method, feed))[1]
+        got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
+        n = len(session.prompt_ids("ab nan"))
+        want = 4 if tail is None else tail
+        assert calls[:2] == ([("prefill", n - want), ("prefill_exact", want)] if want else [("prefill", n)]
+                             + [("decode", 1)])
+        ref = Generator(model, ck.tokenizer, pack).generate(
+            "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=want),
+            max_new_tokens=6, stop_at_eos=False)
+        session.close()
+        assert got.token_ids == ref.token_ids, tail
+    with pytest.raises(SqueezeError, match="--exact-tail must be a whole number of tokens from 0 to 4"):
+        DecoderSession(out, fmt="pte", exact_tail=5)
 
 
 def test_weight_schemes_bench_finds_the_q4_1_grid_exact(tmp_path):

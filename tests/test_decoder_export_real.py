@@ -47,7 +47,8 @@ def test_real_pack_answered_through_the_runtime(real_onnx, tmp_path):
     got = session.generate(case.question, max_new_tokens=16)
     ref = Generator(testing.real_model(), testing.real_checkpoint().tokenizer, pack).generate(
         case.question, AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
-                                  prefill_tail=session.loop.prefill_tail), max_new_tokens=16)
+                                  prefill_tail=session.loop.prefill_tail,
+                                  exact_tail=session.loop.exact_tail), max_new_tokens=16)
     session.close()
     assert got.token_ids == ref.token_ids
     assert case.answer in got.text

@@ -183,7 +183,8 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
     got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
-                                  prefill_tail=session.loop.prefill_tail), max_new_tokens=10,
+                                  prefill_tail=session.loop.prefill_tail,
+                                  exact_tail=session.loop.exact_tail), max_new_tokens=10,
         stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids
