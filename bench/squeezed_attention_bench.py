@@ -28,22 +28,29 @@ from squeezed_attention import native
 from squeezed_attention.corpus import prose_of_tokens
 from squeezed_attention.generation import AttentionChoice, Generator, keep_for_budget
 from squeezed_attention.model import LlamaForCausalLM
+from squeezed_attention.settings import DEFAULT_EXACT_TAIL
 from squeezed_attention.pack import BuildSettings, build_context_pack, load_context_pack, save_context_pack
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-one-selection", "native-per-token", "torch", "numpy", "hierarchical", "threshold")
+CONFIG_KEYS = ("full", "native", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
+               "hierarchical", "threshold")
 
 
 def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS):
     table = {
         "full": ("full", AttentionChoice("full")),
-        "native": ("top-k flat, native kernels (default: the prompt's last 16 tokens select per token)",
+        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens attend exactly)",
                    AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
-        "native-one-selection": ("top-k flat, native kernels, one prefill selection per prompt (no per-token tail)",
-                                 AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=0)),
+        "native-select-tail": ("top-k flat, native kernels, the last 16 prompt tokens select per token (no exact tail)",
+                               AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=16,
+                                               exact_tail=0)),
+        "native-one-selection": ("top-k flat, native kernels, one prefill selection per prompt (no tail)",
+                                 AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=0,
+                                                 exact_tail=0)),
         "native-per-token": ("top-k flat, native kernels, per-token prefill selection",
-                             AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_rows=1)),
+                             AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_rows=1,
+                                             exact_tail=0)),
         "torch": ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),
         "numpy": ("top-k flat, numpy lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="numpy")),
         "hierarchical": ("top-k hierarchical (torch)",

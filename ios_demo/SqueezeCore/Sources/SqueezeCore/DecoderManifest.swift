@@ -39,12 +39,17 @@ public struct DecoderShapes: Equatable {
     }
 }
 
-/// The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, and the
-/// decode selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected
-/// as held inputs, is not run by this app and is refused).
+/// The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, the lookup
+/// plan ("in-graph": one graph per step; "split": stage graphs with a CPU lookup between them, which GenerationLoop
+/// does not run), the decode selection ("step": every decode step selects; "question", whose decode takes the rows the
+/// prefill selected as held inputs, is not run by this app and is refused), the prompt's selection chunks
+/// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
+/// call over every fixed-context row; absent or null in older manifests: 0, no such method; refused with the split plan).
 public struct DecoderContract: Equatable {
     public static let step = "step"
     public static let question = "question"
+    public static let inGraph = "in-graph"
+    public static let split = "split"
 
     /// "squeezed" or "full"
     public let attention: String
@@ -52,6 +57,8 @@ public struct DecoderContract: Equatable {
     public let state: String
     public let kvBudget: Double?
     public let shapes: DecoderShapes
+    /// "in-graph" (null for full attention and absent in older manifests mean "in-graph") or "split"
+    public let lookupPlan: String
     /// "step" (null for full attention and absent in older manifests mean "step"); "question" is refused
     public let decodeSelection: String
     /// The question's key selection (squeezed attention): prompt tokens per selection chunk before the tail
@@ -60,16 +67,30 @@ public struct DecoderContract: Equatable {
     public let prefillTail: Int
     /// method -> the token counts its `tokens` input takes as they are (a dynamic axis in the manifest)
     public let tokenRanges: [String: ClosedRange<Int>]
+    /// Prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method (absent or null: 0)
+    public let exactTail: Int
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
+                lookupPlan: String = DecoderContract.inGraph,
                 decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
-                tokenRanges: [String: ClosedRange<Int>] = [:]) throws {
+                tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0) throws {
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
+        if exactTail < 0 { throw DecoderError("decoder.exact_tail: expected a whole number of tokens >= 0, found \(exactTail)") }
         if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
         if state != "io" && state != "buffer" { throw DecoderError("decoder.state: expected io or buffer, found \(state)") }
         if attention == "squeezed" && kvBudget == nil { throw DecoderError("decoder.kv_budget: missing for squeezed attention") }
+        if lookupPlan != DecoderContract.inGraph && lookupPlan != DecoderContract.split {
+            throw DecoderError("decoder.lookup_plan: expected in-graph or split, found \(lookupPlan)")
+        }
+        if lookupPlan == DecoderContract.split && (attention != "squeezed" || state != "io") {
+            throw DecoderError("decoder.lookup_plan: the split plan is squeezed attention with state io, found \(attention) / \(state)")
+        }
+        if lookupPlan == DecoderContract.split && exactTail > 0 {
+            throw DecoderError("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail \(exactTail); " +
+                               "export the exact tail with the in-graph plan or pass --exact-tail 0")
+        }
         if decodeSelection == DecoderContract.question {
             throw DecoderError("decoder.decode_selection: this app runs per-step selection only, found question; " +
                                "export the decoder with --decode-selection step")
@@ -81,11 +102,15 @@ public struct DecoderContract: Equatable {
         self.state = state
         self.kvBudget = kvBudget
         self.shapes = shapes
+        self.lookupPlan = lookupPlan
         self.decodeSelection = decodeSelection
         self.prefillRows = prefillRows
         self.prefillTail = prefillTail
         self.tokenRanges = tokenRanges
+        self.exactTail = exactTail
     }
+
+    public var split: Bool { lookupPlan == DecoderContract.split }
 
     /// Token slots a call of `method` with `n` real tokens feeds (decoder_session.token_width): n (raised to the
     /// range's minimum) where the manifest gives the method's tokens a dynamic axis, else `fixed` (the rest padded).
@@ -112,11 +137,13 @@ public struct DecoderContract: Equatable {
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
                                        kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
                                        shapes: try DecoderShapes.parse(j["shapes"]),
-                                       // null for full attention, absent in older manifests
+                                       // null for full attention, absent in older manifests (also below)
+                                       lookupPlan: try j.opt("lookup_plan")?.stringOrNull() ?? DecoderContract.inGraph,
                                        decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step,
                                        prefillRows: try j.opt("prefill_rows").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
                                        prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       tokenRanges: try tokenRanges(j))
+                                       tokenRanges: try tokenRanges(j),
+                                       exactTail: try j.opt("exact_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0)
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

@@ -2,7 +2,10 @@
 // the app gives a DecoderRuntime (ExecuTorch, ... in the app), this file runs the call sequence the decoder manifest
 // documents: `prefill` once with the question (n_tokens = its length, cache_len = 0; padded to max_prompt unless the
 // method's tokens input has a dynamic axis: then the question's ids as they are), then
-// `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. With
+// `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. A contract
+// with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row) runs the
+// question's last exact_tail tokens as one `prefill_exact` call after the tokens before them (GenerationLoop.prompt).
+// The split lookup plan (stage graphs with a CPU lookup between them) is not run here: refused. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. Port of Generation.kt (DocumentQa,
 // the question/answer layer on top, is DocumentQa.swift).
@@ -63,6 +66,10 @@ public final class GenerationLoop {
         self.contextInputs = contextInputs
         self.clockNanos = clockNanos
         shapes = contract.shapes
+        if contract.split {
+            throw DecoderError("decoder.lookup_plan: this app runs the in-graph plan only, found split; " +
+                               "pick an artifact exported with --lookup-plan in-graph")
+        }
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
             // Python's round(): half to even
@@ -99,9 +106,19 @@ public final class GenerationLoop {
         return Cache(layers: pack.layers, heads: pack.kvHeads, capacity: shapes.maxPrompt + shapes.maxNew, headDim: pack.headDim)
     }
 
-    /// One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into cache.
+    /// One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values into
+    /// cache. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact: exact_tail, decode:
+    /// 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed (as Python's
+    /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so prefill_exact, which
+    /// declares no keep_keys and per layer only sink_kv, window_kv, clustered_kv and counts, takes just those).
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
-        let width = contract.tokenWidth(method: method, n: tokens.count, fixed: method == "prefill" ? shapes.maxPrompt : 1)
+        let fixed: Int
+        switch method {
+        case "prefill": fixed = shapes.maxPrompt
+        case GenerationLoop.prefillExact: fixed = contract.exactTail
+        default: fixed = 1
+        }
+        let width = contract.tokenWidth(method: method, n: tokens.count, fixed: fixed)
         var feed: [String: DecoderTensor] = [:]
         feed["tokens"] = .int64(try Int64Tensor((0..<width).map { $0 < tokens.count ? Int64(tokens[$0]) : 0 }, shape: [width]))
         feed["n_tokens"] = try GenerationLoop.scalar(Int64(tokens.count))
@@ -198,21 +215,36 @@ public final class GenerationLoop {
                                 decodeSteps: steps)
     }
 
-    /// The question's tokens with the contract's key selection (Python: GenerationLoop.prompt): one prefill call when
-    /// the question is one selection chunk, else per chunk in order a prefill call (several tokens, cache_len = tokens
-    /// before it) or a decode step (a token that selects on its own: the tail).
+    /// The question's tokens with the contract's key selection (Python: squeezed_attention/decoder_session.py,
+    /// GenerationLoop.prompt); the last call's logits. The last exact_tail tokens (all of a shorter question) run LAST as
+    /// one `prefill_exact` call (cache_len = tokens before them, start = exactStart). The tokens before them are cut into
+    /// selection chunks (prefillChunks of start tokens with prefill_rows / prefill_tail; none for full attention) and run
+    /// first, in order: one chunk is one prefill call (whatever its length), several chunks are per chunk a prefill call
+    /// (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a token that selects on its own,
+    /// the tail). With exact_tail 0 (older manifests) that is the whole question.
     public func prompt(_ ids: [Int], cache: Cache?) throws -> [Float] {
         let squeezed = contract.attention == "squeezed"
-        let chunks = GenerationLoop.prefillChunks(tokens: ids.count, rows: squeezed ? contract.prefillRows : 0,
+        let start = GenerationLoop.exactStart(tokens: ids.count, exactTail: contract.exactTail)
+        let chunks = GenerationLoop.prefillChunks(tokens: start, rows: squeezed ? contract.prefillRows : 0,
                                                   tail: squeezed ? contract.prefillTail : 0)
-        if chunks.count == 1 { return try step(method: "prefill", tokens: ids, cacheLen: 0, cache: cache) }
         var logits: [Float] = []
-        for (start, end) in chunks {
-            logits = try step(method: end - start == 1 ? "decode" : "prefill", tokens: Array(ids[start..<end]),
-                              cacheLen: start, cache: cache)
+        for (a, b) in chunks {
+            // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
+            let method = b - a == 1 && chunks.count > 1 ? "decode" : "prefill"
+            logits = try step(method: method, tokens: Array(ids[a..<b]), cacheLen: a, cache: cache)
+        }
+        if start < ids.count {
+            logits = try step(method: GenerationLoop.prefillExact, tokens: Array(ids[start...]), cacheLen: start, cache: cache)
         }
         return logits
     }
+
+    /// The method that runs the prompt's exact tail (over every fixed-context row, no lookup).
+    public static let prefillExact = "prefill_exact"
+
+    /// Where the prompt's exactly attending tail starts (Python: squeezed_attention.settings.exact_start): the tokens
+    /// before it select their keys.
+    public static func exactStart(tokens: Int, exactTail: Int) -> Int { max(0, tokens - exactTail) }
 
     /// (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last `tail`
     /// tokens one chunk each, the tokens before them in chunks of `rows` cut from the end (0 = one chunk).

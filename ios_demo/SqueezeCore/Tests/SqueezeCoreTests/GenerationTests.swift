@@ -134,6 +134,166 @@ final class GenerationTests: XCTestCase {
         XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: -1))
     }
 
+    /// Records each call as "method:ids@cache_len/width" (the ids fed before the padding; the tests' ids are 1..n, never
+    /// 0) and answers with logits whose argmax is the call's number (mod 8): the prompt returns the last call's logits.
+    final class CallRecorder: DecoderRuntime {
+        let name = "recorder"
+        var calls: [String] = []
+        var feeds: [[String: DecoderTensor]] = []
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            guard case .int64(let tokens)? = inputs["tokens"], case .int64(let n)? = inputs["n_tokens"],
+                  case .int64(let at)? = inputs["cache_len"] else {
+                throw DecoderError("no tokens / n_tokens / cache_len")
+            }
+            let count = Int(n.data[0])
+            XCTAssertEqual(tokens.shape, [tokens.data.count])
+            XCTAssertTrue(tokens.data.dropFirst(count).allSatisfy { $0 == 0 }, "\(method): padded with 0")
+            calls.append("\(method):\(tokens.data.prefix(count).map(String.init).joined(separator: ","))@\(at.data[0])/\(tokens.data.count)")
+            feeds.append(inputs)
+            var logits = [Float](repeating: 0, count: 8)
+            logits[calls.count % 8] = 1
+            return ["logits": .float32(try Float32Tensor(logits, shape: [8]))]
+        }
+    }
+
+    /// The calls GenerationLoop.prompt makes for a question of ids 1...n under a squeezed "buffer" contract.
+    private func promptCalls(_ n: Int, rows: Int = 0, tail: Int = 0, exact: Int = 0,
+                             ranges: [String: ClosedRange<Int>] = [:]) throws -> [String] {
+        let recorder = CallRecorder()
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillRows: rows,
+                                           prefillTail: tail, tokenRanges: ranges, exactTail: exact)
+        let logits = try GenerationLoop(runtime: recorder, contract: contract, pack: pack,
+                                        contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
+            .prompt(Array(1...n), cache: nil)
+        XCTAssertEqual(GenerationLoop.argmax(logits), recorder.calls.count % 8, "the last call's logits")
+        return recorder.calls
+    }
+
+    func testAnExactTailRunsLastAsOnePrefillExactCall() throws {
+        // the sequences Python's GenerationLoop.prompt makes (exact_start, prefill_chunks, token_width)
+        let p = shapes.maxPrompt
+        // exact_tail 0 (manifests before it): as before, selection chunks over the whole question
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2), ["prefill:1,2,3,4@0/\(p)", "prefill:5,6,7,8@4/\(p)", "decode:9@8/1", "decode:10@9/1"])
+        XCTAssertEqual(try promptCalls(10), ["prefill:1,2,3,4,5,6,7,8,9,10@0/\(p)"])
+        // E < the question: its tokens before the tail in selection chunks, then the tail (padded to exact_tail)
+        XCTAssertEqual(try promptCalls(10, exact: 3), ["prefill:1,2,3,4,5,6,7@0/\(p)", "prefill_exact:8,9,10@7/3"])
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2, exact: 3),
+                       ["decode:1@0/1", "prefill:2,3,4,5@1/\(p)", "decode:6@5/1", "decode:7@6/1", "prefill_exact:8,9,10@7/3"])
+        XCTAssertEqual(try promptCalls(10, rows: 3, exact: 4), ["prefill:1,2,3@0/\(p)", "prefill:4,5,6@3/\(p)", "prefill_exact:7,8,9,10@6/4"])
+        XCTAssertEqual(try promptCalls(5, tail: 2, exact: 3), ["decode:1@0/1", "decode:2@1/1", "prefill_exact:3,4,5@2/3"])
+        // one 1-token chunk before the tail is a prefill call (a decode step only among several chunks)
+        XCTAssertEqual(try promptCalls(4, exact: 3), ["prefill:1@0/\(p)", "prefill_exact:2,3,4@1/3"])
+        XCTAssertEqual(try promptCalls(4, tail: 1, exact: 3), ["prefill:1@0/\(p)", "prefill_exact:2,3,4@1/3"])
+        XCTAssertEqual(try promptCalls(4, rows: 1, exact: 3), ["prefill:1@0/\(p)", "prefill_exact:2,3,4@1/3"])
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2, exact: 9), ["prefill:1@0/\(p)", "prefill_exact:2,3,4,5,6,7,8,9,10@1/9"])
+        // E >= the question: the whole question is one prefill_exact call at cache_len 0
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2, exact: 16), ["prefill_exact:1,2,3,4,5,6,7,8,9,10@0/16"])
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2, exact: 10), ["prefill_exact:1,2,3,4,5,6,7,8,9,10@0/10"])
+        // dynamic token axes in the manifest: the ids at their own length (raised to the range's minimum)
+        let dynamic = ["prefill": 1...p, "prefill_exact": 1...8]
+        XCTAssertEqual(try promptCalls(10, exact: 8, ranges: dynamic), ["prefill:1,2@0/2", "prefill_exact:3,4,5,6,7,8,9,10@2/8"])
+        XCTAssertEqual(try promptCalls(5, exact: 8, ranges: dynamic), ["prefill_exact:1,2,3,4,5@0/5"])
+        XCTAssertEqual(try promptCalls(7, exact: 1, ranges: ["prefill_exact": 2...4]), ["prefill:1,2,3,4,5,6@0/\(p)", "prefill_exact:7@6/2"])
+    }
+
+    func testPrefillExactGetsEveryInputItsMethodDeclaresAndWritesTheCacheAtItsStart() throws {
+        // the exported prefill_exact's inputs (exportable.ExportableDecoder, exact=True): no keep_keys; per layer the
+        // fixed context's rows only (runtimes pass on the declared inputs of a method, so the rest of the feed is unused)
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let recorder = CallRecorder()
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3)
+        _ = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context).prompt(Array(1...10), cache: nil)
+        let declared = ["tokens", "n_tokens", "cache_len", "context_len"] +
+            (0..<pack.layers).flatMap { l in ["sink_kv_\(l)", "window_kv_\(l)", "clustered_kv_\(l)", "counts_\(l)"] }
+        XCTAssertEqual(recorder.calls.map { String($0.prefix { $0 != ":" }) }, ["prefill", "prefill_exact"])
+        let feed = recorder.feeds[1]
+        XCTAssertTrue(Set(declared).isSubset(of: Set(feed.keys)), "prefill_exact feed: \(feed.keys.sorted())")
+        guard case .int64(let contextLen)? = feed["context_len"] else { return XCTFail("no context_len") }
+        XCTAssertEqual(contextLen.data, [Int64(pack.numTokens)])
+        // state "io": the loop writes prefill_exact's new keys/values at its cache_len (the tokens before the tail)
+        final class IoRuntime: DecoderRuntime {
+            let name = "io"
+            var calls = 0
+            let kv: (Int, Int, Int)
+            init(layers: Int, heads: Int, headDim: Int) { kv = (layers, heads, headDim) }
+            func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+                calls += 1
+                guard case .int64(let n)? = inputs["n_tokens"] else { throw DecoderError("no n_tokens") }
+                let shape = [kv.0, kv.1, Int(n.data[0]), kv.2]
+                let count = shape.reduce(1, *)
+                return ["logits": .float32(try Float32Tensor([Float](repeating: 0, count: 4), shape: [4])),
+                        "new_keys": .float32(try Float32Tensor([Float](repeating: Float(calls), count: count), shape: shape)),
+                        "new_values": .float32(try Float32Tensor([Float](repeating: -Float(calls), count: count), shape: shape))]
+            }
+        }
+        let io = IoRuntime(layers: pack.layers, heads: pack.kvHeads, headDim: pack.headDim)
+        let loop = try GenerationLoop(runtime: io, contract: try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3,
+                                                                                 shapes: shapes, exactTail: 3),
+                                      pack: pack, contextInputs: context)
+        let cache = try XCTUnwrap(loop.newCache())
+        _ = try loop.prompt(Array(1...10), cache: cache)
+        XCTAssertEqual(io.calls, 2)
+        for l in 0..<cache.layers {
+            for h in 0..<cache.heads {
+                for t in 0..<cache.capacity {
+                    let expected: Float = t < 7 ? 1 : t < 10 ? 2 : 0
+                    let at = ((l * cache.heads + h) * cache.capacity + t) * cache.headDim
+                    XCTAssertEqual(cache.keys[at], expected, "keys layer \(l) head \(h) token \(t)")
+                    XCTAssertEqual(cache.values[at], -expected, "values layer \(l) head \(h) token \(t)")
+                }
+            }
+        }
+    }
+
+    func testExactTailIsReadFromTheContract() throws {
+        let text = try Golden.text("qa_decoder_manifest.json")
+        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+            guard let r = s.range(of: what) else { return s }
+            return s.replacingCharacters(in: r, with: with)
+        }
+        // the first artifact (squeezed, exported before exact tails) with an "exact_tail" key
+        let exported = "\"prefill_tail\": 0,"
+        XCTAssertNotNil(text.range(of: exported))
+        func withExact(_ value: String) -> String { replacingFirst(text, exported, "\(exported) \"exact_tail\": \(value),") }
+        func exactTail(_ manifest: String) throws -> Int { try DecoderManifest.parse(manifest).artifacts[0].contract.exactTail }
+        // absent (older manifests) and null (full attention): 0
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactTail), [0, 0])
+        XCTAssertEqual(try exactTail(withExact("null")), 0)
+        XCTAssertEqual(try exactTail(withExact("0")), 0)
+        XCTAssertEqual(try exactTail(withExact("16")), 16)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withExact("-1")) },
+                       "decoder.exact_tail: expected a whole number of tokens >= 0, found -1")
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: -2))
+        for bad in ["\"4\"", "2.5", "true"] {
+            let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(withExact(bad)) }
+            XCTAssertTrue(m.contains("exact_tail: expected an integer"), m)
+        }
+        // the prefill_exact method's token axis [1, E]: the tail at its own length
+        let method = "\"prefill_exact\": {\"inputs\": [{\"name\": \"tokens\", \"shape\": [16], \"dtype\": \"int64\", " +
+            "\"dynamic\": {\"0\": [1, 16]}}], \"outputs\": [\"logits\"]},"
+        let artifact = try DecoderManifest.parse(replacingFirst(withExact("16"), "\"methods\": {", "\"methods\": {\(method)")).artifacts[0]
+        XCTAssertNotNil(artifact.methods["prefill_exact"])
+        XCTAssertEqual(artifact.contract.tokenRanges["prefill_exact"], 1...16)
+        XCTAssertEqual(artifact.contract.tokenWidth(method: "prefill_exact", n: 5, fixed: artifact.contract.exactTail), 5)
+        // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract,
+        // which this app's loop does not run)
+        let split = replacingFirst(withExact("4"), "\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"split\",")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(split) },
+                       "decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail 4; " +
+                       "export the exact tail with the in-graph plan or pass --exact-tail 0")
+        let splitContract = try DecoderManifest.parse(replacingFirst(split, "\"exact_tail\": 4,", "\"exact_tail\": 0,")).artifacts[0].contract
+        XCTAssertEqual(splitContract.lookupPlan, "split")
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.lookupPlan), ["in-graph", "in-graph"])
+        XCTAssertTrue(thrownMessage(DecoderError.self) {
+            try GenerationLoop(runtime: CallRecorder(), contract: splitContract, pack: pack, contextInputs: [])
+        }.contains("in-graph plan only"))
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes,
+                                                 lookupPlan: "split", exactTail: 1))
+        XCTAssertTrue(thrownMessage(DecoderError.self) {
+            try DecoderManifest.parse(replacingFirst(text, "\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"sideways\","))
+        }.contains("lookup_plan"))
+    }
+
     func testGreedyAndForcedRunsGiveThePythonTokens() throws {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()

@@ -6,6 +6,8 @@ package dev.squeezemobile.core
  * documents: `prefill` once with the question (n_tokens = its length, cache_len = 0; padded to max_prompt unless the
  * method's tokens input has a dynamic axis: then the question's ids as they are), then
  * `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens.
+ * A contract with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row)
+ * runs the question's last exact_tail tokens as one `prefill_exact` call after the tokens before them ([GenerationLoop.prompt]).
  * With explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values
  * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does.
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
@@ -25,25 +27,34 @@ interface DecoderRuntime : AutoCloseable {
 
 /**
  * The artifact's runtime contract (manifest artifacts[].decoder): attention, state handling, shapes, budget, the
- * lookup plan ("in-graph": one graph per step; "split": stage graphs with the CPU lookup between them), and the decode
+ * lookup plan ("in-graph": one graph per step; "split": stage graphs with the CPU lookup between them), the decode
  * selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected as held
- * inputs, is not run by this app and is refused).
+ * inputs, is not run by this app and is refused), the prompt's selection chunks (prefill_rows, prefill_tail) and its
+ * exact tail (exact_tail: the last tokens of a question, run as one `prefill_exact` call over every fixed-context row;
+ * absent or null in older manifests: 0, no such method; the split plan has none and is refused with one).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
                       val prefillRows: Int = 0, val prefillTail: Int = 0,
                       /** method -> the token counts its `tokens` input takes as is (a dynamic axis in the manifest). */
-                      val tokenRanges: Map<String, IntRange> = emptyMap()) {
+                      val tokenRanges: Map<String, IntRange> = emptyMap(),
+                      /** prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method */
+                      val exactTail: Int = 0) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
         }
+        if (exactTail < 0) throw DecoderException("decoder.exact_tail: expected a whole number of tokens >= 0, found $exactTail")
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
         if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
         if (lookupPlan != IN_GRAPH && lookupPlan != SPLIT) throw DecoderException("decoder.lookup_plan: expected in-graph or split, found $lookupPlan")
         if (lookupPlan == SPLIT && (attention != "squeezed" || state != "io")) {
             throw DecoderException("decoder.lookup_plan: the split plan is squeezed attention with state io, found $attention / $state")
+        }
+        if (lookupPlan == SPLIT && exactTail > 0) {
+            throw DecoderException("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail $exactTail; " +
+                "export the exact tail with the in-graph plan or pass --exact-tail 0")
         }
         if (decodeSelection == QUESTION) {
             throw DecoderException("decoder.decode_selection: this app runs per-step selection only, found question; " +
@@ -74,7 +85,8 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 j.opt("decode_selection")?.stringOrNull() ?: STEP, // likewise
                 j.opt("prefill_rows")?.let { if (it.isNull) 0 else it.int() } ?: 0, // likewise
                 j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0,
-                tokenRanges(j))
+                tokenRanges(j),
+                j.opt("exact_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0) // null for full attention, absent before it
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -158,10 +170,22 @@ class GenerationLoop(
     var lookupNanos = 0L
         private set
 
-    /** One prefill or decode call; returns the logits (flattened) and writes this step's keys/values into [cache]. */
+    /**
+     * One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values
+     * into [cache]. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact:
+     * exact_tail, decode: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
+     * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so
+     * prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_kv and counts,
+     * takes just those).
+     */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
-        val width = contract.tokenWidth(method, tokens.size, if (method == "prefill") shapes.maxPrompt else 1)
+        val static = when (method) {
+            "prefill" -> shapes.maxPrompt
+            PREFILL_EXACT -> contract.exactTail
+            else -> 1
+        }
+        val width = contract.tokenWidth(method, tokens.size, static)
         val feed = LinkedHashMap<String, DecoderTensor>()
         feed["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < tokens.size) tokens[it].toLong() else 0L }, intArrayOf(width))
         feed["n_tokens"] = scalar(tokens.size.toLong())
@@ -313,23 +337,39 @@ class GenerationLoop(
     }
 
     /**
-     * The question's tokens with the contract's key selection (Python: GenerationLoop.prompt): one prefill call when
-     * the question is one selection chunk, else per chunk in order a prefill call (several tokens, cache_len = tokens
-     * before it) or a decode step (a token that selects on its own: the tail).
+     * The question's tokens with the contract's key selection (Python: squeezed_attention/decoder_session.py,
+     * GenerationLoop.prompt); the last call's logits. The last exact_tail tokens (all of a shorter question) run LAST
+     * as one `prefill_exact` call (cache_len = tokens before them, start = [exactStart]). The tokens before them are
+     * cut into selection chunks ([prefillChunks] of start tokens with prefill_rows / prefill_tail; none for full
+     * attention) and run first, in order: one chunk is one prefill call (whatever its length), several chunks are
+     * per chunk a prefill call (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a
+     * token that selects on its own, the tail). With exact_tail 0 (older manifests) that is the whole question.
      */
     fun prompt(ids: IntArray, cache: Cache?): FloatArray {
         val rows = if (contract.attention == "squeezed") contract.prefillRows else 0
         val tail = if (contract.attention == "squeezed") contract.prefillTail else 0
-        val chunks = prefillChunks(ids.size, rows, tail)
-        if (chunks.size == 1) return step("prefill", ids, 0, cache)
+        val start = exactStart(ids.size, contract.exactTail)
+        val chunks = prefillChunks(start, rows, tail)
         var logits = FloatArray(0)
-        for ((start, end) in chunks) {
-            logits = step(if (end - start == 1) "decode" else "prefill", ids.copyOfRange(start, end), start, cache)
+        for ((a, b) in chunks) {
+            // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
+            val method = if (b - a == 1 && chunks.size > 1) "decode" else "prefill"
+            logits = step(method, ids.copyOfRange(a, b), a, cache)
         }
+        if (start < ids.size) logits = step(PREFILL_EXACT, ids.copyOfRange(start, ids.size), start, cache)
         return logits
     }
 
     companion object {
+        /** The method that runs the prompt's exact tail (over every fixed-context row, no lookup). */
+        const val PREFILL_EXACT = "prefill_exact"
+
+        /**
+         * Where the prompt's exactly attending tail starts (Python: squeezed_attention.settings.exact_start): the tokens
+         * before it select their keys.
+         */
+        fun exactStart(tokens: Int, exactTail: Int): Int = maxOf(0, tokens - exactTail)
+
         /**
          * (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last
          * [tail] tokens one chunk each, the tokens before them in chunks of [rows] cut from the end (0 = one chunk).

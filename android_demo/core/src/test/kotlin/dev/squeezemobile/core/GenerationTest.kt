@@ -98,6 +98,144 @@ class GenerationTest {
         assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "buffer", 0.3, shapes, prefillTail = -1) }
     }
 
+    /**
+     * Records each call as "method:ids@cache_len/width" (the ids fed before the padding; the tests' ids are 1..n, never
+     * 0) and returns logits whose argmax is the call's number (mod 8): the prompt returns the last call's logits.
+     */
+    private class CallRecorder : DecoderRuntime {
+        override val name = "recorder"
+        val calls = ArrayList<String>()
+        val feeds = ArrayList<Map<String, DecoderTensor>>()
+
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            val tokens = inputs.getValue("tokens") as DecoderTensor.Int64
+            val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0].toInt()
+            val at = (inputs.getValue("cache_len") as DecoderTensor.Int64).data[0]
+            assertArrayEquals(intArrayOf(tokens.data.size), tokens.shape)
+            assertTrue(tokens.data.drop(n).all { it == 0L }, "$method: padded with 0")
+            calls.add("$method:${tokens.data.take(n).joinToString(",")}@$at/${tokens.data.size}")
+            feeds.add(inputs)
+            return mapOf("logits" to DecoderTensor.Float32(FloatArray(8) { if (it == calls.size % 8) 1f else 0f }, intArrayOf(8)))
+        }
+    }
+
+    /** The calls GenerationLoop.prompt makes for a question of ids 1..[n] under a squeezed "buffer" contract. */
+    private fun promptCalls(n: Int, rows: Int = 0, tail: Int = 0, exact: Int = 0,
+                            ranges: Map<String, IntRange> = emptyMap()): List<String> {
+        val recorder = CallRecorder()
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, prefillRows = rows, prefillTail = tail,
+            tokenRanges = ranges, exactTail = exact)
+        val logits = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+            .prompt(IntArray(n) { it + 1 }, null)
+        assertEquals(recorder.calls.size % 8, GenerationLoop.argmax(logits), "the last call's logits")
+        return recorder.calls
+    }
+
+    @Test
+    fun anExactTailRunsLastAsOnePrefillExactCall() {
+        // the sequences Python's GenerationLoop.prompt makes (exact_start, prefill_chunks, token_width)
+        val p = shapes.maxPrompt
+        // exact_tail 0 (manifests before it): as before, selection chunks over the whole question
+        assertEquals(listOf("prefill:1,2,3,4@0/$p", "prefill:5,6,7,8@4/$p", "decode:9@8/1", "decode:10@9/1"),
+            promptCalls(10, rows = 4, tail = 2))
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7,8,9,10@0/$p"), promptCalls(10))
+        // E < the question: its tokens before the tail in selection chunks, then the tail (padded to exact_tail)
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7@0/$p", "prefill_exact:8,9,10@7/3"), promptCalls(10, exact = 3))
+        assertEquals(listOf("decode:1@0/1", "prefill:2,3,4,5@1/$p", "decode:6@5/1", "decode:7@6/1", "prefill_exact:8,9,10@7/3"),
+            promptCalls(10, rows = 4, tail = 2, exact = 3))
+        assertEquals(listOf("prefill:1,2,3@0/$p", "prefill:4,5,6@3/$p", "prefill_exact:7,8,9,10@6/4"),
+            promptCalls(10, rows = 3, exact = 4))
+        assertEquals(listOf("decode:1@0/1", "decode:2@1/1", "prefill_exact:3,4,5@2/3"), promptCalls(5, tail = 2, exact = 3))
+        // one 1-token chunk before the tail is a prefill call (a decode step only among several chunks)
+        assertEquals(listOf("prefill:1@0/$p", "prefill_exact:2,3,4@1/3"), promptCalls(4, exact = 3))
+        assertEquals(listOf("prefill:1@0/$p", "prefill_exact:2,3,4@1/3"), promptCalls(4, tail = 1, exact = 3))
+        assertEquals(listOf("prefill:1@0/$p", "prefill_exact:2,3,4@1/3"), promptCalls(4, rows = 1, exact = 3))
+        assertEquals(listOf("prefill:1@0/$p", "prefill_exact:2,3,4,5,6,7,8,9,10@1/9"), promptCalls(10, rows = 4, tail = 2, exact = 9))
+        // E >= the question: the whole question is one prefill_exact call at cache_len 0
+        assertEquals(listOf("prefill_exact:1,2,3,4,5,6,7,8,9,10@0/16"), promptCalls(10, rows = 4, tail = 2, exact = 16))
+        assertEquals(listOf("prefill_exact:1,2,3,4,5,6,7,8,9,10@0/10"), promptCalls(10, rows = 4, tail = 2, exact = 10))
+        // dynamic token axes in the manifest: the ids at their own length (raised to the range's minimum)
+        val dynamic = mapOf("prefill" to 1..p, "prefill_exact" to 1..8)
+        assertEquals(listOf("prefill:1,2@0/2", "prefill_exact:3,4,5,6,7,8,9,10@2/8"), promptCalls(10, exact = 8, ranges = dynamic))
+        assertEquals(listOf("prefill_exact:1,2,3,4,5@0/5"), promptCalls(5, exact = 8, ranges = dynamic))
+        assertEquals(listOf("prefill:1,2,3,4,5,6@0/$p", "prefill_exact:7@6/2"), promptCalls(7, exact = 1, ranges = mapOf("prefill_exact" to 2..4)))
+    }
+
+    @Test
+    fun prefillExactGetsEveryInputItsMethodDeclaresAndWritesTheCacheAtItsStart() {
+        // the exported prefill_exact's inputs (exportable.ExportableDecoder, exact=True): no keep_keys; per layer the
+        // fixed context's rows only (runtimes pass on the declared inputs of a method, so the rest of the feed is unused)
+        val recorder = CallRecorder()
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3)
+        GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed")).prompt(IntArray(10) { it + 1 }, null)
+        val declared = listOf("tokens", "n_tokens", "cache_len", "context_len") +
+            (0 until pack.layers).flatMap { l -> listOf("sink_kv_$l", "window_kv_$l", "clustered_kv_$l", "counts_$l") }
+        assertEquals(listOf("prefill", "prefill_exact"), recorder.calls.map { it.substringBefore(':') })
+        val feed = recorder.feeds[1]
+        assertTrue(feed.keys.containsAll(declared), "prefill_exact feed: ${feed.keys}")
+        assertEquals(pack.numTokens.toLong(), (feed.getValue("context_len") as DecoderTensor.Int64).data[0])
+        // state "io": the loop writes prefill_exact's new keys/values at its cache_len (the tokens before the tail)
+        val io = object : DecoderRuntime {
+            override val name = "io"
+            var calls = 0
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+                calls++
+                val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0].toInt()
+                val kv = intArrayOf(pack.layers, pack.kvHeads, n, pack.headDim)
+                return mapOf("logits" to DecoderTensor.Float32(FloatArray(4), intArrayOf(4)),
+                    "new_keys" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)) { calls.toFloat() }, kv),
+                    "new_values" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)) { -calls.toFloat() }, kv))
+            }
+        }
+        val loop = GenerationLoop(io, DecoderContract("squeezed", "io", 0.3, shapes, exactTail = 3), pack,
+            PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        val cache = loop.newCache()!!
+        loop.prompt(IntArray(10) { it + 1 }, cache)
+        assertEquals(2, io.calls)
+        for (l in 0 until cache.layers) for (h in 0 until cache.heads) for (t in 0 until cache.capacity) {
+            val expected = when { t < 7 -> 1f; t < 10 -> 2f; else -> 0f }
+            val at = ((l * cache.heads + h) * cache.capacity + t) * cache.headDim
+            assertEquals(expected, cache.keys[at], "keys layer $l head $h token $t")
+            assertEquals(-expected + 0f, cache.values[at] + 0f, "values layer $l head $h token $t")
+        }
+    }
+
+    @Test
+    fun exactTailIsReadFromTheContract() {
+        val text = Golden.text("qa_decoder_manifest.json")
+        // the first artifact (squeezed, exported before exact tails) with an "exact_tail" key
+        val exported = "\"prefill_tail\": 0,"
+        assertTrue(text.contains(exported))
+        fun withExact(value: String) = text.replaceFirst(exported, "$exported \"exact_tail\": $value,")
+        fun exactTail(manifest: String) = DecoderManifest.parse(manifest).artifacts[0].contract.exactTail
+        // absent (older manifests) and null (full attention): 0
+        assertEquals(listOf(0, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactTail })
+        assertEquals(0, exactTail(withExact("null")))
+        assertEquals(0, exactTail(withExact("0")))
+        assertEquals(16, exactTail(withExact("16")))
+        val negative = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withExact("-1")) }
+        assertEquals("decoder.exact_tail: expected a whole number of tokens >= 0, found -1", negative.message)
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = -2) }
+        for (bad in listOf("\"4\"", "2.5", "true")) {
+            val e = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withExact(bad)) }
+            assertTrue(e.message!!.contains("exact_tail: expected an integer"), e.message)
+        }
+        // the prefill_exact method's token axis [1, E]: the tail at its own length
+        val method = "\"prefill_exact\": {\"inputs\": [{\"name\": \"tokens\", \"shape\": [16], \"dtype\": \"int64\", " +
+            "\"dynamic\": {\"0\": [1, 16]}}], \"outputs\": [\"logits\"]},"
+        val artifact = DecoderManifest.parse(withExact("16").replaceFirst("\"methods\": {", "\"methods\": {$method")).artifacts[0]
+        assertTrue("prefill_exact" in artifact.methods)
+        assertEquals(1..16, artifact.contract.tokenRanges["prefill_exact"])
+        assertEquals(5, artifact.contract.tokenWidth("prefill_exact", 5, artifact.contract.exactTail))
+        // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract)
+        val split = withExact("4").replaceFirst("\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"split\",")
+        val e = assertThrows(DecoderException::class.java) { DecoderManifest.parse(split) }
+        assertEquals("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail 4; " +
+            "export the exact tail with the in-graph plan or pass --exact-tail 0", e.message)
+        assertEquals("split", DecoderManifest.parse(split.replaceFirst("\"exact_tail\": 4,", "\"exact_tail\": 0,")).artifacts[0].contract.lookupPlan)
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes, "split", exactTail = 1) }
+    }
+
     @Test
     fun decoderManifestOfARealExport() {
         assertEquals(gen["model"]["weights_sha256"].string(), manifest.weightsSha256)
