@@ -44,11 +44,12 @@ ONNX_LOOKUP_CALL = "_squeezed_rows("
 
 
 def mode_label(d: Dict) -> str:
-    """'squeezed', 'squeezed (split)', 'squeezed (question)', 'squeezed (tail 16)' or 'full' for a decoder contract
-    or a bench row."""
+    """'squeezed', 'squeezed (split)', 'squeezed (question)', 'squeezed (tail 16)', 'squeezed (exact 32)' or 'full'
+    for a decoder contract or a bench row."""
     return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "") + \
         (" (question)" if d.get("decode_selection") == "question" else "") + \
-        (f" (tail {d['prefill_tail']})" if d["attention"] == "squeezed" and d.get("prefill_tail") else "")
+        (f" (tail {d['prefill_tail']})" if d["attention"] == "squeezed" and d.get("prefill_tail") else "") + \
+        (f" (exact {d['exact_tail']})" if d["attention"] == "squeezed" and d.get("exact_tail") else "")
 
 
 def context_label(tokens: int) -> str:
@@ -201,6 +202,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "lookup_plan": art["decoder"].get("lookup_plan"),
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
                 "prefill_tail": art["decoder"].get("prefill_tail") if tail is None else tail,
+                "exact_tail": art["decoder"].get("exact_tail"),
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
                 "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [],

@@ -17,7 +17,7 @@ normalised at 20% (finer: costs twice the centroid bytes).
     python -m bench.selection_diagnostics --split dev --lengths 2048 --cases 4 --out DIR
 
 ``--answers`` instead generates the answers (full attention, then top-k at each of ``--kv-budgets`` with each
-``--prefill-rows`` x ``--prefill-tails`` setting, only on the cases full attention answers) and counts the squeezed
+``--prefill-rows`` x ``--prefill-tails`` x ``--exact-tails`` setting, only on the cases full attention answers) and counts the squeezed
 answers:
 
     python -m bench.selection_diagnostics --answers --split dev --lengths 2048 --cases 12 --prefill-rows 0 \
@@ -154,7 +154,7 @@ def _case_pack(model, checkpoint, case, cache_dir):
 
 @torch.no_grad()
 def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=None, selections=("step",),
-                prefill_tails=(0,)) -> dict:
+                prefill_tails=(0,), exact_tails=(0,)) -> dict:
     """Does the squeezed decoder answer the case, per KV budget and prompt tokens per prefill selection
     (``prefill_rows``: 0 = one selection for the whole prompt, the product's default)? Squeezed runs only where
     full attention answers."""
@@ -172,18 +172,18 @@ def answer_case(model, checkpoint, case, kv_budgets, prefill_rows, cache_dir=Non
            "full": case.correct(full.text), "full_text": full.text, "squeezed": []}
     base_context = gen.context
     for budget in (kv_budgets if out["full"] else ()):  # only the cases full attention answers are compared
-        for rows, tail in [(r, t) for r in prefill_rows for t in prefill_tails]:
+        for rows, tail, exact in [(r, t, e) for r in prefill_rows for t in prefill_tails for e in exact_tails]:
             for selection in selections:
-                def context(choice, rows=rows, tail=tail):
+                def context(choice, rows=rows, tail=tail, exact=exact):
                     ctx = base_context(choice)
                     if hasattr(ctx, "spec"):
-                        ctx.spec.prefill_rows, ctx.spec.prefill_tail = rows, tail
+                        ctx.spec.prefill_rows, ctx.spec.prefill_tail, ctx.spec.exact_tail = rows, tail, exact
                     return ctx
                 gen.context = context
                 r = gen.generate(prompt, AttentionChoice("top-k", kv_budget=budget, decode_selection=selection),
                                  max_new_tokens=new, raw=raw, stop_when=stop)
                 out["squeezed"].append({"kv_budget": budget, "prefill_rows": rows, "prefill_tail": tail,
-                                        "decode_selection": selection,
+                                        "exact_tail": exact, "decode_selection": selection,
                                         "correct": case.correct(r.text), "text": r.text,
                                         "prefill_seconds": r.prefill_seconds})
     gen.context = base_context
@@ -195,13 +195,13 @@ def summarize_answers(cases) -> list:
     rows = {}
     for c in cases:
         for s in c["squeezed"]:
-            r = rows.setdefault((s["kv_budget"], s["prefill_rows"], s.get("prefill_tail", 0), s.get("decode_selection", "step")),
-                                {"answered": 0, "of_full": 0, "any": 0})
+            r = rows.setdefault((s["kv_budget"], s["prefill_rows"], s.get("prefill_tail", 0), s.get("exact_tail", 0),
+                                 s.get("decode_selection", "step")), {"answered": 0, "of_full": 0, "any": 0})
             r["any"] += s["correct"]
             if c["full"]:
                 r["of_full"] += 1
                 r["answered"] += s["correct"]
-    return [{"kv_budget": k[0], "prefill_rows": k[1], "prefill_tail": k[2], "decode_selection": k[3], **v}
+    return [{"kv_budget": k[0], "prefill_rows": k[1], "prefill_tail": k[2], "exact_tail": k[3], "decode_selection": k[4], **v}
             for k, v in sorted(rows.items())]
 
 
@@ -212,22 +212,24 @@ def answers_main(args, model, checkpoint, cases) -> int:
     results, t0 = [], time.perf_counter()
     for case in cases:
         results.append(answer_case(model, checkpoint, case, budgets, rows, args.pack_cache, selections,
-                                   [int(x) for x in args.prefill_tails.split(",")]))
+                                   [int(x) for x in args.prefill_tails.split(",")],
+                                   [int(x) for x in args.exact_tails.split(",")]))
         r = results[-1]
         print(f"[{time.perf_counter() - t0:5.0f}s] {case.case_id} ({r['kind']}, {r['framing']}, depths {r['depths']}, "
               f"prompt {r['prompt_tokens']} tokens): full={'Y' if r['full'] else '.'} " + " ".join(
-                  f"{s['kv_budget']:g}/{s['prefill_rows']}/{s['prefill_tail']}/{s['decode_selection']}="
+                  f"{s['kv_budget']:g}/{s['prefill_rows']}/{s['prefill_tail']}/{s['exact_tail']}/{s['decode_selection']}="
                   f"{'Y' if s['correct'] else '.'}"
                   for s in r["squeezed"]),
               flush=True)
         summary = summarize_answers(results)
         lines = [f"# Answers by prefill selection chunk: split {args.split}, lengths {args.lengths}, {len(results)} cases", "",
                  "prefill rows = prompt tokens per selection before the tail (0: one selection); prefill tail = the "
-                 "prompt's last tokens that select per token; decode selection = per step, or the prompt's selection "
+                 "prompt's last tokens (before the exact tail) that select per token; exact tail = the prompt's last "
+                 "tokens that attend every context key; decode selection = per step, or the prompt's selection "
                  "held for the whole answer (question).", "",
-                 "| KV budget | prefill rows | prefill tail | decode selection | answered of full's | answered (all cases) |",
-                 "|---|---|---|---|---|---|"]
-        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['prefill_tail']} | {s['decode_selection']} | "
+                 "| KV budget | prefill rows | prefill tail | exact tail | decode selection | answered of full's | answered (all cases) |",
+                 "|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['kv_budget']:g} | {s['prefill_rows']} | {s['prefill_tail']} | {s['exact_tail']} | {s['decode_selection']} | "
                   f"{s['answered']}/{s['of_full']} "
                   f"| {s['any']}/{len(results)} |" for s in summary]
         args.out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +266,8 @@ def main(argv=None) -> int:
     ap.add_argument("--kv-budgets", default="0.125,0.225")
     ap.add_argument("--prefill-rows", default="0")
     ap.add_argument("--prefill-tails", default="0,16", help="comma-separated: the prompt's last tokens that select per token")
+    ap.add_argument("--exact-tails", default="0", help="comma-separated: the prompt's last tokens that attend every "
+                    "context key (the product's default is 32)")
     ap.add_argument("--decode-selections", default="step", help="comma-separated: step, question")
     ap.add_argument("--first-case", type=int, default=0, help="skip the first cases of each run")
     ap.add_argument("--pack-cache", type=Path, default=None, help="keep the cases' packs here (re-runs skip the build)")

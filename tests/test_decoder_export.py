@@ -66,7 +66,10 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert v["psnr_db"] >= 60
         assert (out / a["file"]).stat().st_size == a["bytes"] > 0
         methods = a["decoder"]["methods"]
-        assert set(methods) == {"prefill", "decode"}
+        # the exact prompt tail: by default a third method of the squeezed .pte (the host's default), none elsewhere
+        exact = fmt == "pte" and att == "squeezed"
+        assert set(methods) == {"prefill", "decode"} | ({"prefill_exact"} if exact else set())
+        assert a["decoder"]["exact_tail"] == (32 if exact else 0 if att == "squeezed" else None)
         names = [i["name"] for i in methods["prefill"]["inputs"]]
         assert names[:4] == ["tokens", "n_tokens", "cache_len", "context_len"]
         assert ("past_keys_0" in names) == (fmt == "onnx")      # explicit cache I/O in ONNX, state in .pte
@@ -171,7 +174,7 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
 
     out, _ = exported
     pack_path, pack, model, ck = tiny_pack
-    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail)
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0)
     assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
     calls, widths = [], []
