@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A suite started in the background by a script (`pytest ... &`) inherits SIGINT ignored, and so would every
+# `squeeze` child the signal tests start (Python keeps an ignored SIGINT ignored): their Ctrl-C would be lost.
+# A handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
