@@ -30,11 +30,11 @@ import torch
 
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 
+from .decoder_session import SCHEMA, SCHEMA_PREFIX
 from .errors import SqueezeError
 from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
 
-SCHEMA = "squeeze-mobile/decoder-manifest/1"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 FORMATS = ("pte", "onnx", "tflite", "coreml")
@@ -236,8 +236,8 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     ] if not question else [
         ("after prefill, once per question: held inputs from its selection_rows [layers, kv heads, max_keep] and "
          "selection_bias [layers, kv heads, max_keep + max_clusters] (squeezed_attention.pack_arrays.held_inputs): per "
-         "layer held_keys/held_values = [sink rows | clustered_kv rows at selection_rows | window rows | centroids / "
-         "value_centroids] split into keys and values, held_bias = [0 | slot bias | 0 | summary bias]"),
+         "layer held_keys/held_values = [sink keys/values | clustered_keys/clustered_values rows at selection_rows | "
+         "window keys/values | centroids / value_centroids], held_bias = [0 | slot bias | 0 | summary bias]"),
         "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache, plus the held inputs "
         "(no pack tables, no lookup: every step of the question attends over the prefill's selection)",
     ]
@@ -265,10 +265,13 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
             **({"context_keys/context_values": "kv.keys / kv.values as float32, padded to max_context"}
                if attention == "full" else
                {"sink_kv / window_kv": "[key|value] rows of the first sink_tokens / last window tokens",
-                "clustered_kv": "[key|value] rows of the clustered tokens, cluster by cluster (stable), padded to "
-                                "max_clustered per KV head, flat: [Hkv * max_clustered, 2D], head by head",
+                "clustered_keys / clustered_values": "keys / values of the clustered tokens, cluster by cluster "
+                                                     "(stable), padded to max_clustered per KV head, flat: "
+                                                     "[Hkv * max_clustered, D], head by head; a method that lists "
+                                                     "them as [Hkv, max_clustered, D] (prefill_exact) takes a view "
+                                                     "of the same rows",
                 "centroids": "int8 codes x fp16 scales, padded with empty clusters",
-                "counts / cluster_start": "keys per cluster and where each starts in clustered_kv"}),
+                "counts / cluster_start": "keys per cluster and where each starts in a head's clustered rows"}),
         },
     }
 
@@ -285,13 +288,14 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
             (f"a step (prefill: tokens padded to shapes.max_prompt; decode: one token) is the graphs <step>_0 .. "
              f"<step>_{layers} in order, every one with n_tokens, cache_len, context_len"),
             "<step>_0: tokens, next_centroids = centroids_0, next_counts = counts_0 -> hidden, query, key, value, scores",
-            ("between stage s-1 and s (layer l = s-1), on the CPU: kept_kv, kept_bias = lookup(scores, counts_l, "
-             "cluster_start_l, clustered_kv_l, keep_keys, shapes.max_keep) (squeezed_attention.lookup_numpy.kept_rows: "
+            ("between stage s-1 and s (layer l = s-1), on the CPU: kept_keys, kept_values, kept_bias = lookup(scores, counts_l, "
+             "cluster_start_l, clustered_keys_l, clustered_values_l, keep_keys, shapes.max_keep) (squeezed_attention.lookup_numpy.kept_rows: "
              "rank clusters by score, stable; fill max_keep slots cluster by cluster up to min(keep_keys, keys); "
+             ""
              "bias 0/-inf per slot, then 0/-inf per cluster none of whose keys was kept); write key/value into the "
              "cache of layer l at cache_len"),
             ("<step>_s (1..L): the previous stage's hidden/query/key/value, past_keys/past_values = cache of layer l, "
-             "sink_kv_l, window_kv_l, kept_kv, kept_bias, centroids_l, value_centroids_l, counts_l, and (s < L) "
+             "sink_kv_l, window_kv_l, kept_keys, kept_values, kept_bias, centroids_l, value_centroids_l, counts_l, and (s < L) "
              "next_centroids/next_counts of layer s; the last stage returns logits"),
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
@@ -703,7 +707,8 @@ __all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_sha
 
 def is_decoder_manifest(directory) -> bool:
     try:
-        return json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema") == SCHEMA
+        return str(json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
+            SCHEMA_PREFIX)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 

@@ -29,6 +29,11 @@ from .errors import SqueezeError
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
 
+# The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
+# clustered_values_l (1: one clustered_kv_l of [key | value] rows)
+SCHEMA = "squeeze-mobile/decoder-manifest/2"
+SCHEMA_PREFIX = "squeeze-mobile/decoder-manifest/"
+
 MANIFEST = "manifest.json"
 
 
@@ -75,6 +80,9 @@ def read_decoder_manifest(directory) -> dict:
             or manifest["model"].get("kind") != "decoder" \
             or not isinstance(manifest.get("artifacts"), list):
         raise SqueezeError(f"{path} does not describe an exported decoder; export one with `squeeze export decoder`")
+    if manifest.get("schema") != SCHEMA:
+        raise SqueezeError(f"{path} was written by another version of squeeze-mobile (schema {manifest.get('schema')!r}, "
+                           f"this version reads {SCHEMA!r}); re-export the decoder into a fresh directory")
     return manifest
 
 
@@ -112,6 +120,7 @@ class GenerationLoop:
         self.question = contract.get("decode_selection") == "question"
         self.held = None
         self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
+        self._reshape = {}          # per method: context inputs it declares in another shape (views: _shaped)
         if self.attention == "squeezed":
             nc = int(pack.arrays["lookup.labels"].shape[-1])
             fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
@@ -150,7 +159,7 @@ class GenerationLoop:
             feed.update(self.held)
         else:
             feed.update(self.context)
-        out = self.runner.run(method, feed)
+        out = self.runner.run(method, self._shaped(method, feed))
         if self.question and method == "prefill":
             t0 = time.perf_counter()
             self.held = held_inputs(out["selection_rows"], out["selection_bias"], self.context, self.shapes)
@@ -160,6 +169,22 @@ class GenerationLoop:
             cache[0][:, :, cache_len:cache_len + n] = out["new_keys"][:, :, :n]
             cache[1][:, :, cache_len:cache_len + n] = out["new_values"][:, :, :n]
         return np.asarray(out["logits"]).reshape(-1)
+
+    def _shaped(self, method: str, feed: dict) -> dict:
+        """The feed with every input a method declares in another shape of the same size given as a view in that
+        shape (prefill_exact reads the flat clustered tables per KV head: [Hkv, Nc, D] views of the same rows)."""
+        if method not in self._reshape:
+            declared = (self.contract.get("methods") or {}).get(method, {}).get("inputs", ())
+            self._reshape[method] = {i["name"]: tuple(i["shape"]) for i in declared
+                                     if isinstance(i, dict) and "dynamic" not in i and i.get("name") in self.context
+                                     and tuple(i.get("shape", ())) != np.shape(self.context[i["name"]])}
+        for name, shape in self._reshape[method].items():
+            value = feed[name]
+            if int(np.prod(shape)) != int(np.size(value)):
+                raise SqueezeError(f"the pack's {name} has shape {tuple(np.shape(value))} but method {method} takes "
+                                   f"{list(shape)}; re-export the decoder with this project's version")
+            feed[name] = value.reshape(shape)
+        return feed
 
     def _split_step(self, method: str, tokens: list, cache_len: int, cache):
         """The split plan: graphs ``<method>_0 .. <method>_L`` with the CPU lookup (lookup_numpy.kept_rows)
@@ -178,14 +203,16 @@ class GenerationLoop:
         for stage in range(1, layers + 1):
             li = stage - 1
             t0 = time.perf_counter()
-            kept_kv, kept_bias = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
-                                           ctx[f"clustered_kv_{li}"], self.keep_keys, self.shapes["max_keep"])
+            kept_keys, kept_values, kept_bias = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
+                                           ctx[f"clustered_keys_{li}"], ctx[f"clustered_values_{li}"],
+                                           self.keep_keys, self.shapes["max_keep"])
             self.lookup_seconds += time.perf_counter() - t0
             cache[0][li, :, cache_len:cache_len + n] = out["key"][:, :n]
             cache[1][li, :, cache_len:cache_len + n] = out["value"][:, :n]
             feed = {**base, "hidden": out["hidden"], "query": out["query"], "key": out["key"], "value": out["value"],
                     "past_keys": cache[0][li], "past_values": cache[1][li], "sink_kv": ctx[f"sink_kv_{li}"],
-                    "window_kv": ctx[f"window_kv_{li}"], "kept_kv": kept_kv, "kept_bias": kept_bias,
+                    "window_kv": ctx[f"window_kv_{li}"], "kept_keys": kept_keys, "kept_values": kept_values,
+                    "kept_bias": kept_bias,
                     "centroids": ctx[f"centroids_{li}"], "value_centroids": ctx[f"value_centroids_{li}"],
                     "counts": ctx[f"counts_{li}"]}
             if stage < layers:

@@ -161,8 +161,9 @@ class ExportableDecoder(nn.Module):
         if self.attention == "full":
             return names + ["context_keys", "context_values"]
         if self.exact:
-            return names + ["sink_kv", "window_kv", "clustered_kv", "counts"]
-        return names + ["sink_kv", "window_kv", "clustered_kv", "centroids", "value_centroids", "counts", "cluster_start"]
+            return names + ["sink_kv", "window_kv", "clustered_keys", "clustered_values", "counts"]
+        return names + ["sink_kv", "window_kv", "clustered_keys", "clustered_values", "centroids", "value_centroids",
+                        "counts", "cluster_start"]
 
     def context_input_names(self):
         L = self.config.num_layers
@@ -204,7 +205,11 @@ class ExportableDecoder(nn.Module):
                  "past_keys": (H, s.cache_capacity, D), "past_values": (H, s.cache_capacity, D),
                  "context_keys": (H, s.max_context, D), "context_values": (H, s.max_context, D),
                  "sink_kv": (H, s.sink_tokens, 2 * D), "window_kv": (H, s.window, 2 * D),
-                 "clustered_kv": (H * s.max_clustered, 2 * D), "centroids": (H, s.max_clusters, D),
+                 # the clustered tables: flat [Hkv * Nc, D] where the lookup gathers rows of every head in one go;
+                 # prefill_exact reads them whole per KV head, [Hkv, Nc, D] (the app passes a view of the same rows)
+                 "clustered_keys": (H, s.max_clustered, D) if self.exact else (H * s.max_clustered, D),
+                 "clustered_values": (H, s.max_clustered, D) if self.exact else (H * s.max_clustered, D),
+                 "centroids": (H, s.max_clusters, D),
                  "value_centroids": (H, s.max_clusters, D),
                  "counts": (H, s.max_clusters), "cluster_start": (H, s.max_clusters)}
         for li in range(cfg.num_layers):
@@ -380,27 +385,28 @@ class ExportableDecoder(nn.Module):
         return counts.clamp(min=1).log() + (counts.clamp(max=1) - 1) * MASKED
 
     def context_parts(self, sink, kept, window, centroids, value_centroids, slot_bias, summary_bias, summary_qk=None):
-        """The fixed-context parts attention runs over (layer_attend): sinks, the kept keys and the window as
-        [key | value] rows, then every cluster's summary (key = centroid, value = mean value); ``slot_bias``
-        [Hkv, B] masks unused kept slots, ``summary_bias`` [Hkv, K] weights summaries (log N) or masks them;
-        ``summary_qk``: the query-centroid products when the lookup already made them."""
-        Hkv = kept.shape[0]
+        """The fixed-context parts attention runs over (layer_attend): sinks and the window as [key | value] rows, the
+        kept keys (``kept``: a (keys, values) pair; or one table of [key | value] rows), then every cluster's summary (key = centroid, value = mean value); ``slot_bias`` [Hkv, B]
+        masks unused kept slots, ``summary_bias`` [Hkv, K] weights summaries (log N) or masks them; ``summary_qk``:
+        the query-centroid products when the lookup already made them."""
+        Hkv = sink.shape[0]
+        kept_keys, kept_values = kept if isinstance(kept, tuple) else (kept, None)
         summaries = (centroids, value_centroids, summary_bias[:, None, :])
-        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (kept, None, slot_bias[:, None, :]),
+        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (kept_keys, kept_values, slot_bias[:, None, :]),
                 (window, None, torch.zeros(Hkv, 1, window.shape[1])),
                 summaries if summary_qk is None else summaries + (summary_qk,)]
 
     def _exact_rows(self, mine):
-        """Every fixed-context row of the squeezed layout as layer_attend's parts: sinks, the clustered table (read
-        per KV head as [Hkv, max_clustered, 2D]; a head's rows past its pack's clustered keys are padding, masked by
-        float arithmetic as the kept slots are) and the window. The prompt's exact tail: the same attention as full
-        attention's, in cluster order instead of position order."""
-        Hkv, D2 = self.config.num_kv_heads, 2 * self.config.head_dim
-        table = mine["clustered_kv"].reshape(Hkv, self.shapes.max_clustered, D2)
+        """Every fixed-context row of the squeezed layout as layer_attend's parts: sinks, the clustered keys and values
+        (inputs of [Hkv, max_clustered, D]: plain products, as full attention's; a head's rows past its pack's
+        clustered keys are padding, masked by float arithmetic as the kept slots are) and the window. The prompt's
+        exact tail: the same attention as full attention's, in cluster order instead of position order."""
+        Hkv = self.config.num_kv_heads
         n = mine["counts"].sum(-1, keepdim=True).to(torch.float32)                               # [Hkv, 1]
         bias = ((n - 1 - self.clustered_index_f) * MASKED).clamp(max=0)                           # [Hkv, Nc]
         sink, window = mine["sink_kv"], mine["window_kv"]
-        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])), (table, None, bias[:, None, :]),
+        return [(sink, None, torch.zeros(Hkv, 1, sink.shape[1])),
+                (mine["clustered_keys"], mine["clustered_values"], bias[:, None, :]),
                 (window, None, torch.zeros(Hkv, 1, window.shape[1]))]
 
     def _squeezed_rows(self, qg, mine, keep_keys, row_weights, held=None):
@@ -411,7 +417,7 @@ class ExportableDecoder(nn.Module):
         | summary bias), what a question-level decode attends over (lookup_numpy.held_inputs)."""
         D = self.config.head_dim
         s = self.shapes
-        clustered, counts, start = mine["clustered_kv"], mine["counts"], mine["cluster_start"]
+        counts, start = mine["counts"], mine["cluster_start"]
         Hkv = qg.shape[0]
         scores, log_counts, qk = self.cluster_scores(qg, mine["centroids"], counts, row_weights)
         # Ranked fill without searchsorted: mark where each ranked cluster's keys start in the output slots.
@@ -430,8 +436,8 @@ class ExportableDecoder(nn.Module):
         marks = torch.zeros(Hkv, B + 1, dtype=torch.int64).scatter_add(
             1, torch.clamp(out_start, max=B), self.ones_rank)[:, :B]
         which = torch.cumsum(marks, -1) - 1                                      # ranked cluster of each slot
-        # The table arrives flat, [Hkv * Nc, 2D] head by head, so every head's rows index it with one plain
-        # Gather, an embedding lookup with [Hkv, B] row ids (a reshape of a [Hkv, Nc, 2D] table, or of a flat
+        # The tables arrive flat, [Hkv * Nc, D] head by head, so every head's rows index them with one plain
+        # Gather each, an embedding lookup with [Hkv, B] row ids (a reshape of a [Hkv, Nc, D] table, or of a flat
         # index_select's result, is a full copy in XNNPACK; torch.gather needs an index per element; advanced
         # indexing is a slow portable kernel). Row of slot j in ranked cluster r:
         # head offset + cluster start + (j - the cluster's first slot).
@@ -439,7 +445,7 @@ class ExportableDecoder(nn.Module):
         slot = self.slot_index
         # unused slots (masked below) read some row of the table: clamped into it, no select
         rows = torch.clamp(first_row.gather(1, which) + slot, max=Hkv * Nc - 1)
-        kept = F.embedding(rows, clustered)                                      # [Hkv, B, 2D]: one copy per kept key
+        kept = (F.embedding(rows, mine["clustered_keys"]), F.embedding(rows, mine["clustered_values"]))  # [Hkv, B, D]
         # 0 for a used slot, <= -MASKED past n_keep (float arithmetic: the delegate runs it)
         slot_bias = ((n_keep.to(torch.float32) - 1 - self.slot_index_f) * MASKED).clamp(max=0)
         # Summaries (SqueezedContext._summaries): every cluster none of whose keys was kept, as key = centroid,
@@ -487,7 +493,7 @@ class FusedLayer(nn.Module):
 
 
 STAGE_INPUTS = ("tokens", "hidden", "query", "key", "value", "past_keys", "past_values", "sink_kv", "window_kv",
-                "kept_kv", "kept_bias", "centroids", "value_centroids", "counts", "next_centroids", "next_counts")
+                "kept_keys", "kept_values", "kept_bias", "centroids", "value_centroids", "counts", "next_centroids", "next_counts")
 STAGE_OUTPUTS = ("hidden", "query", "key", "value", "scores")
 
 
@@ -499,7 +505,8 @@ class DecoderStage(nn.Module):
     (lookup_numpy.kept_rows):
 
     - stage 0: embedding, then layer 0's queries/keys/values and its cluster scores;
-    - stage s (1..L-1): layer s-1's attention over the rows the CPU gathered (``kept_kv``, ``kept_bias``) plus the
+    - stage s (1..L-1): layer s-1's attention over the rows the CPU gathered (``kept_keys``, ``kept_values``,
+      ``kept_bias``) plus the
       pack's sinks, window and cluster summaries and the dynamic cache, its MLP, then layer s's q/k/v and scores;
     - stage L: layer L-1's attention and MLP, the final norm and the logits.
 
@@ -541,7 +548,8 @@ class DecoderStage(nn.Module):
         shape = {"hidden": (tokens, cfg.hidden_size), "query": (Hkv, G * tokens, D), "key": (Hkv, tokens, D),
                  "value": (Hkv, tokens, D), "past_keys": (Hkv, s.cache_capacity, D),
                  "past_values": (Hkv, s.cache_capacity, D), "sink_kv": (Hkv, s.sink_tokens, 2 * D),
-                 "window_kv": (Hkv, s.window, 2 * D), "kept_kv": (Hkv, s.max_keep, 2 * D),
+                 "window_kv": (Hkv, s.window, 2 * D), "kept_keys": (Hkv, s.max_keep, D),
+                 "kept_values": (Hkv, s.max_keep, D),
                  "kept_bias": (Hkv, s.max_keep + s.max_clusters), "centroids": (Hkv, s.max_clusters, D),
                  "value_centroids": (Hkv, s.max_clusters, D), "next_centroids": (Hkv, s.max_clusters, D)}
         out = {}
@@ -561,7 +569,8 @@ class DecoderStage(nn.Module):
         return out
 
     def forward(self, n_tokens, cache_len, context_len, tokens=None, hidden=None, query=None, key=None, value=None,
-                past_keys=None, past_values=None, sink_kv=None, window_kv=None, kept_kv=None, kept_bias=None,
+                past_keys=None, past_values=None, sink_kv=None, window_kv=None, kept_keys=None, kept_values=None,
+                kept_bias=None,
                 centroids=None, value_centroids=None, counts=None, next_centroids=None, next_counts=None):
         d, s = self.decoder, self.stage
         T = tokens.shape[0] if s == 0 else hidden.shape[0]
@@ -569,9 +578,9 @@ class DecoderStage(nn.Module):
         if s == 0:
             x = d.embed_tokens(tokens)
         else:
-            B = kept_kv.shape[1]
+            B = kept_keys.shape[1]
             # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
-            parts = d.context_parts(sink_kv, kept_kv, window_kv, centroids, value_centroids,
+            parts = d.context_parts(sink_kv, (kept_keys, kept_values), window_kv, centroids, value_centroids,
                                     kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
             x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st)
         if self.last:

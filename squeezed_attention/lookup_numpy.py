@@ -115,15 +115,17 @@ def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: Selection
     return indices, valid, scored
 
 
-def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_keep: int):
+def kept_rows(scores, counts, cluster_start, clustered_keys, clustered_values, keep_keys: int, max_keep: int):
     """The split plan's CPU lookup for one layer of an exported decoder: what its in-graph plan computes after
     the cluster scores (ExportableDecoder._squeezed_rows), in numpy, for every KV head at once.
 
     scores [Hkv, K] (the stage graph's output), counts / cluster_start [Hkv, K] (the pack's, padded with empty
-    clusters), clustered_kv [Hkv * Nc, 2D] (rows cluster by cluster, head by head: the pack's context input
-    clustered_kv_l, pack_arrays.decoder_context_inputs; a [Hkv, Nc, 2D] view of it is taken too).
+    clusters), clustered_keys / clustered_values [Hkv * Nc, D] (rows cluster by cluster, head by head: the pack's
+    context inputs clustered_keys_l / clustered_values_l, pack_arrays.decoder_context_inputs; [Hkv, Nc, D] views
+    of them are taken too).
     Clusters are ranked best first (stable on ties) and filled key by key into ``max_keep`` slots until
-    min(keep_keys, keys) are taken. Returns ``kept_kv`` [Hkv, max_keep, 2D] float32 (unused slots: row 0, masked)
+    min(keep_keys, keys) are taken. Returns ``kept_keys``, ``kept_values`` [Hkv, max_keep, D] float32 (unused
+    slots: row 0, masked)
     and ``kept_bias`` [Hkv, max_keep + K] float32: 0 / -inf per slot (used / unused), then 0 / -inf per cluster
     (summarised: none of its keys kept, / not); the stage graph adds log N to the second part."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -140,18 +142,21 @@ def kept_rows(scores, counts, cluster_start, clustered_kv, keep_keys: int, max_k
     which -= 1 + heads * K
     slot_ok = slots < np.minimum(keep_keys, counts.sum(-1))[:, None]
     rows = np.asarray(cluster_start, dtype=np.int64)[heads, rank[heads, which]] + slots - out_start[heads, which]
-    # one row copy per kept key out of the [Hkv * Nc, 2D] table (np.take on axis 0; take_along_axis over the
-    # row axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
-    if clustered_kv.ndim == 2 and clustered_kv.shape[0] % Hkv:
-        raise SqueezeError(f"clustered_kv {tuple(clustered_kv.shape)} must be [Hkv * Nc, 2D]: its rows do not divide "
-                           f"into the scores' {Hkv} KV heads")
-    nc = clustered_kv.shape[1] if clustered_kv.ndim == 3 else clustered_kv.shape[0] // Hkv
-    kept = np.take(clustered_kv.reshape(Hkv * nc, -1), (np.where(slot_ok, rows, 0) + heads * nc).ravel(), axis=0)
-    kept = kept.reshape(Hkv, max_keep, -1)
+    # one row copy per kept key out of the [Hkv * Nc, D] tables (np.take on axis 0; take_along_axis over the row
+    # axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
+    if clustered_keys.shape != clustered_values.shape or (clustered_keys.ndim == 2 and clustered_keys.shape[0] % Hkv):
+        raise SqueezeError(f"clustered_keys {tuple(clustered_keys.shape)} / clustered_values "
+                           f"{tuple(clustered_values.shape)} must both be [Hkv * Nc, D] with rows for the scores' {Hkv} "
+                           "KV heads")
+    nc = clustered_keys.shape[1] if clustered_keys.ndim == 3 else clustered_keys.shape[0] // Hkv
+    D = clustered_keys.shape[-1]
+    at = (np.where(slot_ok, rows, 0) + heads * nc).ravel()
+    kept = [np.take(t.reshape(Hkv * nc, D), at, axis=0).astype(np.float32, copy=False).reshape(Hkv, max_keep, D)
+            for t in (clustered_keys, clustered_values)]
     last_used = np.where(slot_ok, which, -1).max(-1, keepdims=True)               # [Hkv, 1]
     position = np.empty_like(rank)
     position[heads, rank] = np.arange(K)
     bias = np.empty((Hkv, max_keep + K), np.float32)
     bias[:, :max_keep] = np.where(slot_ok, 0.0, -np.inf)
     bias[:, max_keep:] = np.where(position > last_used, 0.0, -np.inf)
-    return kept.astype(np.float32, copy=False), bias
+    return kept[0], kept[1], bias

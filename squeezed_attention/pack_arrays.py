@@ -176,9 +176,10 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     one input per tensor and layer, ``<name>_<layer>`` (views of one [L, ...] array per tensor: no copies).
 
     ``shapes``: the artifact's DecoderShapes as a dict (max_context, sink_tokens, window, max_clusters, ...).
-    Squeezed: sinks and window rows in position order, clustered rows CLUSTER BY CLUSTER (stable within a
-    cluster), rows as [key | value], then zero padding, flat per layer ([Hkv * max_clustered, 2D], head by head);
-    centroids/counts/cluster starts padded with empty clusters.
+    Squeezed: sinks and window rows in position order as [key | value] rows; the clustered keys and values
+    CLUSTER BY CLUSTER (stable within a cluster), then zero padding, flat per layer (``clustered_keys_l``,
+    ``clustered_values_l``: [Hkv * max_clustered, D], head by head; a method that declares them [Hkv,
+    max_clustered, D] gets a view: method_feed); centroids/counts/cluster starts padded with empty clusters.
     """
     a = pack.arrays
     n = pack.num_tokens
@@ -202,18 +203,24 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
                            f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
     labels = a["lookup.labels"].astype(np.int64)                                  # [L, H, Nc]
     nc = labels.shape[-1]
-    rows = np.concatenate([keys, values.astype(keys.dtype)], axis=-1)             # [L, H, N, 2D]
-    order = np.argsort(labels, axis=-1, kind="stable")                            # cluster by cluster
-    clustered = np.take_along_axis(rows[:, :, sinks:sinks + nc], order[..., None], axis=2)
+    kv = lambda a, b: np.concatenate([keys[:, :, a:b], values[:, :, a:b]], axis=-1).astype(np.float32)  # noqa: E731
+    order = np.argsort(labels, axis=-1, kind="stable")[..., None]                 # cluster by cluster
+    L, H = keys.shape[:2]
+    pad_c = ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))
+
+    def clustered(x):  # [L, H, N, D] -> cluster order, padded, flat per layer: [L, H * max_clustered, D]
+        x = np.take_along_axis(x[:, :, sinks:sinks + nc], order, axis=2).astype(np.float32)
+        return np.pad(x, pad_c).reshape(L, -1, x.shape[-1])
+
     centroids = dequantized_centroids(a["lookup.centroid_codes"], a["lookup.centroid_scales"])
     pad_k = ((0, 0), (0, 0), (0, shapes["max_clusters"] - K))
     return per_layer({
-        "sink_kv": rows[:, :, :sinks].astype(np.float32),
-        "window_kv": rows[:, :, sinks + nc:].astype(np.float32),
-        # flat per layer, [Hkv * Nc, 2D] head by head: the graph's lookup gathers rows of every head in one go
-        "clustered_kv": np.pad(clustered.astype(np.float32),
-                               ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))).reshape(
-                                   keys.shape[0], -1, rows.shape[-1]),
+        "sink_kv": kv(0, sinks),                                                  # [key | value] rows
+        "window_kv": kv(sinks + nc, n),
+        # flat per layer, [Hkv * Nc, D] head by head: the graph's lookup gathers rows of every head in one go
+        # (keys and values apart: prefill_exact reads them whole, as [Hkv, Nc, D] views, with plain products)
+        "clustered_keys": clustered(keys),
+        "clustered_values": clustered(values),
         "centroids": np.pad(centroids, pad_k + ((0, 0),)),
         "value_centroids": np.pad(value_centroids(values, labels, counts, sinks), pad_k + ((0, 0),)),
         "counts": np.pad(counts, pad_k),
@@ -258,7 +265,8 @@ def held_inputs(selection_rows, selection_bias, context: dict, shapes: dict) -> 
     key and value tables plus one additive bias, in this order: the sinks, the ``max_keep`` kept rows, the window,
     then one summary per cluster (key = centroid, value = mean value).
 
-    selection_rows [L, Hkv, B] (int, rows of the flat table clustered_kv_l; unused slots point at any row and are
+    selection_rows [L, Hkv, B] (int, rows of the flat tables clustered_keys_l / clustered_values_l; unused slots
+    point at any row and are
     masked), selection_bias [L, Hkv, B + K] (0 / -inf per slot, then log N / -inf per cluster: summarised or
     not), ``context``: the pack's decoder inputs (pack_arrays.decoder_context_inputs). Returns
     ``held_keys_l`` / ``held_values_l`` [Hkv, R, D] and ``held_bias_l`` [Hkv, 1, R] float32, R = sinks + B + window + K."""
@@ -271,16 +279,18 @@ def held_inputs(selection_rows, selection_bias, context: dict, shapes: dict) -> 
                            f"and {K} clusters: expected {(L, Hkv, B + K)}")
     out = {}
     for li in range(L):
-        table = context[f"clustered_kv_{li}"]
-        table = table.reshape(-1, table.shape[-1])
-        D = table.shape[-1] // 2
-        if rows[li].max(initial=0) >= table.shape[0] or rows[li].min(initial=0) < 0:
-            raise SqueezeError(f"selection_rows of layer {li} point outside clustered_kv_{li} ({table.shape[0]} rows)")
-        kept = np.take(table, rows[li].ravel(), axis=0).reshape(Hkv, B, 2 * D)
-        fixed = np.concatenate([context[f"sink_kv_{li}"], kept, context[f"window_kv_{li}"]], axis=1)
-        out[f"held_keys_{li}"] = np.concatenate([fixed[..., :D], context[f"centroids_{li}"]], axis=1).astype(np.float32)
-        out[f"held_values_{li}"] = np.concatenate([fixed[..., D:], context[f"value_centroids_{li}"]],
-                                                  axis=1).astype(np.float32)
+        tables = [context[f"clustered_{kind}_{li}"] for kind in ("keys", "values")]
+        tables = [t.reshape(-1, t.shape[-1]) for t in tables]
+        D = tables[0].shape[-1]
+        if rows[li].max(initial=0) >= tables[0].shape[0] or rows[li].min(initial=0) < 0:
+            raise SqueezeError(f"selection_rows of layer {li} point outside clustered_keys_{li} "
+                               f"({tables[0].shape[0]} rows)")
+        sink, window = context[f"sink_kv_{li}"], context[f"window_kv_{li}"]
+        for kind, t, half, summary in (("keys", tables[0], slice(0, D), "centroids"),
+                                       ("values", tables[1], slice(D, 2 * D), "value_centroids")):
+            kept = np.take(t, rows[li].ravel(), axis=0).reshape(Hkv, B, D)
+            out[f"held_{kind}_{li}"] = np.concatenate([sink[..., half], kept, window[..., half],
+                                                       context[f"{summary}_{li}"]], axis=1).astype(np.float32)
         held_bias = np.zeros((Hkv, 1, S + B + W + K), np.float32)
         held_bias[:, 0, S:S + B] = bias[li, :, :B]
         held_bias[:, 0, S + B + W:] = bias[li, :, B:]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,7 +58,7 @@ def test_every_artifact_is_verified_and_documented(exported):
     out, result = exported
     assert result.ok, result.manifest["failures"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["schema"] == "squeeze-mobile/decoder-manifest/1"
+    assert manifest["schema"] == "squeeze-mobile/decoder-manifest/2"
     arts = {(a["format"], a["decoder"]["attention"]): a for a in manifest["artifacts"]}
     assert set(arts) == {(f, a) for f in ("onnx", "pte") for a in ("squeezed", "full")}
     for (fmt, att), a in arts.items():
@@ -73,7 +74,7 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert names[:4] == ["tokens", "n_tokens", "cache_len", "context_len"]
         assert ("past_keys_0" in names) == (fmt == "onnx")      # explicit cache I/O in ONNX, state in .pte
         layers = 2
-        assert sum(n.startswith(("context_keys_", "clustered_kv_")) for n in names) == layers  # one per layer
+        assert sum(n.startswith(("context_keys_", "clustered_keys_")) for n in names) == layers  # one per layer
         assert ("keep_keys" in names) == (att == "squeezed")
         assert methods["prefill"]["inputs"][0]["shape"] == [SHAPES["max_prompt"]]
         assert methods["decode"]["inputs"][0]["shape"] == [1]
@@ -466,7 +467,7 @@ def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack
     methods = art["decoder"]["methods"]
     assert methods["prefill"]["outputs"][-2:] == ["selection_rows", "selection_bias"]
     decode_inputs = {i["name"] for i in methods["decode"]["inputs"]}
-    assert {"held_keys_0", "held_values_0", "held_bias_0"} <= decode_inputs and "clustered_kv_0" not in decode_inputs
+    assert {"held_keys_0", "held_values_0", "held_bias_0"} <= decode_inputs and "clustered_keys_0" not in decode_inputs
     pack_path, *_ = tiny_pack
     session = DecoderSession(out, fmt="pte", attention="squeezed")
     session.attach(pack_path)
@@ -497,8 +498,13 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
     (art,) = result.manifest["artifacts"]
     contract = art["decoder"]
     assert contract["exact_tail"] == 4 and "prefill_exact" in contract["methods"]
-    exact_inputs = {i["name"] for i in contract["methods"]["prefill_exact"]["inputs"]}
-    assert "clustered_kv_0" in exact_inputs and "keep_keys" not in exact_inputs and "centroids_0" not in exact_inputs
+    exact_inputs = {i["name"]: i["shape"] for i in contract["methods"]["prefill_exact"]["inputs"]}
+    assert "keep_keys" not in exact_inputs and "centroids_0" not in exact_inputs
+    # the clustered rows per KV head, [Hkv, Nc, D]: the same rows as the lookup's flat [Hkv * Nc, D] tables
+    flat = {i["name"]: i["shape"] for i in contract["methods"]["decode"]["inputs"]}
+    for name in ("clustered_keys_0", "clustered_values_0"):
+        hkv, nc, dim = exact_inputs[name]
+        assert flat[name] == [hkv * nc, dim]
     assert not [op for op in art["delegation"]["prefill_exact"]["portable_ops"] if "topk" in op], art["delegation"]
     v = art["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] and v["psnr_db"] >= 60, v
@@ -536,3 +542,36 @@ def test_weight_schemes_bench_finds_the_q4_1_grid_exact(tmp_path):
     assert exact["max_weight_change"] < 1e-6 and exact["top1_agreement"] == 1.0 and exact["mean_kl"] < 1e-8
     assert rows["onnxruntime's 4-bit symmetric blocks of 32 everywhere"]["max_weight_change"] > 1e-3
     assert "| onnx int4" in (tmp_path / "ws" / "report.md").read_text()
+
+
+def test_manifest_of_another_schema_is_refused_in_one_line(tmp_path):
+    """An export whose contract differs (schema 1: one clustered_kv table per layer) is refused before any call."""
+    from squeezed_attention.decoder_session import SCHEMA, read_decoder_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "squeeze-mobile/decoder-manifest/1",
+                                                        "model": {"kind": "decoder"}, "artifacts": []}))
+    with pytest.raises(SqueezeError, match="another version of squeeze-mobile .*re-export the decoder"):
+        read_decoder_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": SCHEMA, "model": {"kind": "decoder"},
+                                                        "artifacts": []}))
+    assert read_decoder_manifest(tmp_path)["schema"] == SCHEMA
+
+
+def test_each_method_gets_the_clustered_rows_in_its_declared_shape():
+    """prefill_exact declares the flat [Hkv * Nc, D] tables as [Hkv, Nc, D]: the loop feeds views of the same rows
+    (no copy), other methods get them as laid out, and a size the method does not take is refused in one line."""
+    from squeezed_attention.decoder_session import GenerationLoop
+
+    table = np.arange(3 * 5 * 4, dtype=np.float32).reshape(15, 4)
+    declared = lambda shape: {"inputs": [{"name": "tokens", "shape": [8], "dynamic": {"0": [1, 8]}},  # noqa: E731
+                                         {"name": "clustered_keys_0", "shape": shape}]}
+    loop = GenerationLoop.__new__(GenerationLoop)
+    loop.contract = {"methods": {"decode": declared([15, 4]), "prefill_exact": declared([3, 5, 4]),
+                                 "odd": declared([2, 5, 4])}}
+    loop.context, loop._reshape = {"clustered_keys_0": table}, {}
+    exact = loop._shaped("prefill_exact", {"clustered_keys_0": table, "tokens": np.zeros(3)})
+    assert exact["clustered_keys_0"].shape == (3, 5, 4) and np.shares_memory(exact["clustered_keys_0"], table)
+    assert exact["tokens"].shape == (3,)
+    assert loop._shaped("decode", {"clustered_keys_0": table})["clustered_keys_0"] is table
+    with pytest.raises(SqueezeError, match=r"clustered_keys_0 has shape \(15, 4\) but method odd takes \[2, 5, 4\]"):
+        loop._shaped("odd", {"clustered_keys_0": table})

@@ -76,7 +76,8 @@ def _in_graph_rows(scores, counts, start, clustered, keep_keys, max_keep):
     module.cluster_scores = lambda *a: (torch.from_numpy(scores), module.log_counts(torch.from_numpy(counts)), None)
     module.context_parts = lambda sink, kept, window, c, vc, slot_bias, summary_bias, qk=None: captured.update(
         kept=kept, slot_bias=slot_bias, summary_bias=summary_bias)
-    mine = {"clustered_kv": torch.from_numpy(clustered.reshape(H * clustered.shape[1], 2 * D)),  # flat, as the pack
+    flat = clustered.reshape(H * clustered.shape[1], 2 * D)                     # flat, as the pack's inputs
+    mine = {"clustered_keys": torch.from_numpy(flat[:, :D].copy()), "clustered_values": torch.from_numpy(flat[:, D:].copy()),
             "counts": torch.from_numpy(counts),
             "cluster_start": torch.from_numpy(start), "centroids": None, "value_centroids": None, "sink_kv": None,
             "window_kv": None}
@@ -99,15 +100,18 @@ def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys, B):
     clustered = rng.standard_normal((H, Nc, 2 * D)).astype(np.float32)
     scores = rng.random((H, K)).astype(np.float32) * (counts > 0)
     ref = _in_graph_rows(scores, counts, start, clustered, keep_keys, B)
-    kept, bias = kept_rows(scores, counts, start, clustered.reshape(H * Nc, 2 * D), keep_keys, B)  # the input layout
-    kept_3d, bias_3d = kept_rows(scores, counts, start, clustered, keep_keys, B)                  # a [H, Nc, 2D] view
+    keys, values = (np.ascontiguousarray(clustered[..., :D]), np.ascontiguousarray(clustered[..., D:]))
+    flat = lambda x: x.reshape(H * Nc, D)  # noqa: E731  (the input layout)
+    *kept, bias = kept_rows(scores, counts, start, flat(keys), flat(values), keep_keys, B)
+    *kept_3d, bias_3d = kept_rows(scores, counts, start, keys, values, keep_keys, B)           # [H, Nc, D] views
+    kept, kept_3d = np.concatenate(kept, -1), np.concatenate(kept_3d, -1)
     np.testing.assert_array_equal(kept, kept_3d)
     np.testing.assert_array_equal(bias, bias_3d)
-    with pytest.raises(SqueezeError, match="do not divide"):
-        kept_rows(scores, counts, start, clustered.reshape(H * Nc, 2 * D)[1:], keep_keys, B)
+    with pytest.raises(SqueezeError, match="must both be"):
+        kept_rows(scores, counts, start, flat(keys)[1:], flat(values)[1:], keep_keys, B)
     used = np.isfinite(bias[:, :B])
     np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
-    np.testing.assert_array_equal(kept[used], ref["kept"].numpy()[used])
+    np.testing.assert_array_equal(kept[used], torch.cat(ref["kept"], -1).numpy()[used])  # graph: (keys, values)
     summarised = np.isfinite(bias[:, B:])
     # the graph masks with -MASKED (float arithmetic a delegate runs), the CPU lookup with -inf: the same weights (0)
     np.testing.assert_array_equal(summarised & (counts > 0), ref["summary_bias"].numpy() > -MASKED / 2)

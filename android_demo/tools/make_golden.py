@@ -549,22 +549,26 @@ def qa_goldens() -> dict[str, bytes]:
 # a head without keys, a layout whose clusters are not in index order, and one continuous-score table. Table values
 # are multiples of 1/8 in [-8, 8) (every row of a head still tells itself apart; the file stays ~10x smaller).
 KEPT_ROWS_SEED = 20250
-# (name, kv heads, clusters, padding clusters, rows per head, row width 2D, max count, max_keep, keep_keys values)
+# (name, kv heads, clusters, padding clusters, rows per head, head dim D, max count, max_keep, keep_keys values)
 KEPT_ROWS_TABLES = [
-    ("ties-padding", 3, 24, 5, 110, 8, 6, 40, [0, 1, 7, 30, 40, 1000]),
-    ("short-pack", 2, 10, 2, 48, 6, 4, 64, [5, 25, 64, 100]),
-    ("sweep", 2, 6, 1, 24, 4, 5, 16, list(range(0, 22))),
-    ("one-cluster", 1, 1, 0, 9, 4, 7, 4, [3, 7, 10]),
-    ("wide", 4, 64, 8, 240, 8, 6, 96, [80]),
+    ("ties-padding", 3, 24, 5, 110, 4, 6, 40, [0, 1, 7, 30, 40, 1000]),
+    ("short-pack", 2, 10, 2, 48, 3, 4, 64, [5, 25, 64, 100]),
+    ("sweep", 2, 6, 1, 24, 2, 5, 16, list(range(0, 22))),
+    ("one-cluster", 1, 1, 0, 9, 2, 7, 4, [3, 7, 10]),
+    ("wide", 4, 64, 8, 240, 4, 6, 96, [80]),
 ]
 
 
 def _kept_rows_table(rng, H: int, nc: int, width: int):
-    return (rng.integers(-64, 64, (H, nc, width)) / 8).astype(np.float32)
+    """The clustered keys and values of one random case, [Hkv, Nc, D] each (lookup_numpy.kept_rows takes that view
+    of the pack's flat [Hkv * Nc, D] tables too)."""
+    table = (rng.integers(-64, 64, (H, nc, 2 * width)) / 8).astype(np.float32)
+    return np.ascontiguousarray(table[..., :width]), np.ascontiguousarray(table[..., width:])
 
 
 def _kept_rows_random_cases(rng) -> list:
-    """(name, scores, counts, cluster_start, clustered_kv, keep_keys, max_keep) of the random tables."""
+    """(name, scores, counts, cluster_start, clustered_keys, clustered_values, keep_keys, max_keep) of the random
+    tables."""
     cases = []
     for name, H, K, pad, nc, width, most, max_keep, keeps in KEPT_ROWS_TABLES:
         counts = rng.integers(0, most + 1, (H, K)).astype(np.int64)
@@ -579,25 +583,25 @@ def _kept_rows_random_cases(rng) -> list:
         else:
             scores = (rng.integers(0, 4, (H, K)) / 4).astype(np.float32)  # ties
         scores[counts == 0] = 0.0                                    # what the stage graph gives empty clusters
-        cases += [(f"{name}, keep {k}", scores, counts, start, table, k, max_keep) for k in keeps]
+        cases += [(f"{name}, keep {k}", scores, counts, start, *table, k, max_keep) for k in keeps]
     # special scores: signed zeros tie, infinities, NaN (numpy ranks it last), a subnormal, repeated values
-    H, K, nc, width = 2, 12, 60, 6
+    H, K, nc, width = 2, 12, 60, 3
     counts = rng.integers(1, 5, (H, K)).astype(np.int64)
     start = np.cumsum(counts, -1) - counts
     scores = np.array([[0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 0.5, -0.0, 0.5, np.nan, -np.inf, 0.0],
                        [np.nan, 0.25, -0.0, 0.0, np.inf, np.inf, -1e-45, 0.25, -np.inf, 0.0, np.nan, 3.0]], np.float32)
     table = _kept_rows_table(rng, H, nc, width)
-    cases += [(f"special scores, keep {k}", scores, counts, start, table, k, 20) for k in (13, 17)]
+    cases += [(f"special scores, keep {k}", scores, counts, start, *table, k, 20) for k in (13, 17)]
     # a head without keys (all its clusters empty) beside heads with keys
-    H, K, nc, width = 3, 8, 30, 4
+    H, K, nc, width = 3, 8, 30, 2
     counts = rng.integers(0, 4, (H, K)).astype(np.int64)
     counts[1] = 0
     start = np.where(counts > 0, np.cumsum(counts, -1) - counts, 0)
     scores = (rng.integers(0, 3, (H, K)) / 2).astype(np.float32)
     table = _kept_rows_table(rng, H, nc, width)
-    cases += [(f"empty head, keep {k}", scores, counts, start, table, k, 8) for k in (5, 30)]
+    cases += [(f"empty head, keep {k}", scores, counts, start, *table, k, 8) for k in (5, 30)]
     # clusters laid out in the table in another order than their index (cluster_start not increasing)
-    H, K, nc, width = 2, 9, 40, 4
+    H, K, nc, width = 2, 9, 40, 2
     counts = rng.integers(0, 6, (H, K)).astype(np.int64)
     start = np.zeros_like(counts)
     for h in range(H):
@@ -605,7 +609,7 @@ def _kept_rows_random_cases(rng) -> list:
         start[h, order] = np.cumsum(counts[h, order]) - counts[h, order]
     scores = (rng.integers(0, 5, (H, K)) / 4).astype(np.float32)
     table = _kept_rows_table(rng, H, nc, width)
-    cases += [(f"permuted layout, keep {k}", scores, counts, start, table, k, 24) for k in (11, 24)]
+    cases += [(f"permuted layout, keep {k}", scores, counts, start, *table, k, 24) for k in (11, 24)]
     return cases
 
 
@@ -646,9 +650,11 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
             continue
         layer = int(stage) - 1
         args = (before["scores"], context[f"counts_{layer}"], context[f"cluster_start_{layer}"],
-                context[f"clustered_kv_{layer}"], loop.keep_keys, shapes["max_keep"])
-        kept, bias = kept_rows(*args)
-        assert np.array_equal(kept, feed["kept_kv"]) and np.array_equal(bias, feed["kept_bias"])  # what was fed
+                context[f"clustered_keys_{layer}"], context[f"clustered_values_{layer}"], loop.keep_keys,
+                shapes["max_keep"])
+        kept_keys, kept_values, bias = kept_rows(*args)
+        assert (np.array_equal(kept_keys, feed["kept_keys"]) and np.array_equal(kept_values, feed["kept_values"])
+                and np.array_equal(bias, feed["kept_bias"]))  # what was fed
         cases.append((f"tiny model, {step}, layer {layer}",) + args)
     assert len(cases) == 2 * module.config.num_layers, [c[0] for c in cases]
     return cases
@@ -684,7 +690,8 @@ def split_generation_goldens(run: dict, prompt_ids: list) -> dict[str, bytes]:
 
 def kept_rows_goldens(real: list) -> dict[str, bytes]:
     """qa_kept_rows.json.gz (cases: shapes, keep_keys, max_keep, counts and cluster_start flat) and
-    qa_kept_rows_f32le.bin.gz (scores, clustered_kv, kept_kv, kept_bias of every case; equal blobs stored once)."""
+    qa_kept_rows_f32le.bin.gz (scores, clustered_keys, clustered_values, kept_keys, kept_values, kept_bias of every
+    case; equal blobs stored once)."""
     from squeezed_attention.lookup_numpy import kept_rows
 
     blobs, at, offset = [], {}, 0
@@ -699,19 +706,21 @@ def kept_rows_goldens(real: list) -> dict[str, bytes]:
         return {"offset": at[data], "count": len(data) // 4}
 
     cases = []
-    for name, scores, counts, start, table, keep, max_keep in _kept_rows_random_cases(np.random.default_rng(KEPT_ROWS_SEED)) + real:
-        kept, bias = kept_rows(scores, counts, start, table, keep, max_keep)
+    random = _kept_rows_random_cases(np.random.default_rng(KEPT_ROWS_SEED))
+    for name, scores, counts, start, keys, values, keep, max_keep in random + real:
+        kept_keys, kept_values, bias = kept_rows(scores, counts, start, keys, values, keep, max_keep)
         H, K = scores.shape
-        # the tiny model's tables are the pack's context inputs, flat [Hkv * Nc, 2D]; the random ones [Hkv, Nc, 2D]
-        nc = table.shape[1] if table.ndim == 3 else table.shape[0] // H
+        # the tiny model's tables are the pack's context inputs, flat [Hkv * Nc, D]; the random ones [Hkv, Nc, D]
+        nc = keys.shape[1] if keys.ndim == 3 else keys.shape[0] // H
         cases.append({"name": name, "kv_heads": H, "clusters": K, "clustered_rows": nc,
-                      "row_width": table.shape[-1], "keep_keys": int(keep), "max_keep": int(max_keep),
+                      "head_dim": keys.shape[-1], "keep_keys": int(keep), "max_keep": int(max_keep),
                       "counts": np.asarray(counts).ravel().tolist(), "cluster_start": np.asarray(start).ravel().tolist(),
-                      "scores": put(scores), "clustered_kv": put(table), "kept_kv": put(kept), "kept_bias": put(bias)})
+                      "scores": put(scores), "clustered_keys": put(keys), "clustered_values": put(values),
+                      "kept_keys": put(kept_keys), "kept_values": put(kept_values), "kept_bias": put(bias)})
     meta = {"function": "squeezed_attention.lookup_numpy.kept_rows", "real_cases": len(real), "cases": cases,
             "files": {"qa_kept_rows_f32le.bin.gz": "float32 little-endian blobs; each case's scores [Hkv, K], "
-                      "clustered_kv [Hkv * Nc, 2D] (head by head, Nc = clustered_rows), kept_kv [Hkv, max_keep, 2D], kept_bias [Hkv, max_keep + K] at "
-                      "offset (in floats)"}}
+                      "clustered_keys / clustered_values [Hkv * Nc, D] (head by head, Nc = clustered_rows, D = head_dim), "
+                      "kept_keys / kept_values [Hkv, max_keep, D], kept_bias [Hkv, max_keep + K] at offset (in floats)"}}
     return {"qa_kept_rows.json.gz": _gz(json.dumps(meta).encode()), "qa_kept_rows_f32le.bin.gz": _gz(b"".join(blobs))}
 
 
@@ -745,11 +754,16 @@ def _pack_sha256() -> str:
 
 
 def decoder_onnx_current() -> bool:
-    """Whether DECODER_BUILD holds an export and a reference written for the qa_pack golden as it is now."""
+    """Whether DECODER_BUILD holds an export of this version's decoder manifest schema and a reference written for the
+    qa_pack golden as it is now."""
+    from squeezed_attention.decoder_session import SCHEMA
+
     try:
         ref = json.loads((DECODER_BUILD / DECODER_REFERENCE).read_text())
-        return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256()
-    except (OSError, ValueError, KeyError):
+        schema = json.loads((DECODER_BUILD / "manifest.json").read_text()).get("schema")
+        return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256() \
+            and schema == SCHEMA
+    except (OSError, ValueError, KeyError, AttributeError):
         return False
 
 

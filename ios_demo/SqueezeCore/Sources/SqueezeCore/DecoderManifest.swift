@@ -44,7 +44,9 @@ public struct DecoderShapes: Equatable {
 /// does not run), the decode selection ("step": every decode step selects; "question", whose decode takes the rows the
 /// prefill selected as held inputs, is not run by this app and is refused), the prompt's selection chunks
 /// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
-/// call over every fixed-context row; absent or null in older manifests: 0, no such method; refused with the split plan).
+/// call over every fixed-context row; absent or null in older manifests: 0, no such method; refused with the split plan),
+/// and the static shape every method declares for each of its inputs (a method may take a context input in another
+/// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs).
 public struct DecoderContract: Equatable {
     public static let step = "step"
     public static let question = "question"
@@ -69,11 +71,14 @@ public struct DecoderContract: Equatable {
     public let tokenRanges: [String: ClosedRange<Int>]
     /// Prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method (absent or null: 0)
     public let exactTail: Int
+    /// method -> input name -> the shape the method declares (inputs without a dynamic axis)
+    public let inputShapes: [String: [String: [Int]]]
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
                 lookupPlan: String = DecoderContract.inGraph,
                 decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
-                tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0) throws {
+                tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
+                inputShapes: [String: [String: [Int]]] = [:]) throws {
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
@@ -108,6 +113,7 @@ public struct DecoderContract: Equatable {
         self.prefillTail = prefillTail
         self.tokenRanges = tokenRanges
         self.exactTail = exactTail
+        self.inputShapes = inputShapes
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -132,6 +138,20 @@ public struct DecoderContract: Equatable {
         return ranges
     }
 
+    /// methods.<m>.inputs[].shape of the inputs without a dynamic axis (absent methods: none)
+    static func inputShapes(_ j: JSONPath) throws -> [String: [String: [Int]]] {
+        guard let methods = try j.opt("methods") else { return [:] }
+        var shapes: [String: [String: [Int]]] = [:]
+        for name in try methods.obj().keys {
+            var declared: [String: [Int]] = [:]
+            for input in try methods[name]["inputs"].list() where try input.opt("dynamic") == nil {
+                declared[try input["name"].string()] = try input["shape"].intArray()
+            }
+            shapes[name] = declared
+        }
+        return shapes
+    }
+
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
         do {
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
@@ -143,7 +163,8 @@ public struct DecoderContract: Equatable {
                                        prefillRows: try j.opt("prefill_rows").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
                                        prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
                                        tokenRanges: try tokenRanges(j),
-                                       exactTail: try j.opt("exact_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0)
+                                       exactTail: try j.opt("exact_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
+                                       inputShapes: try inputShapes(j))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }
@@ -199,6 +220,10 @@ public struct DecoderArtifact {
 }
 
 public struct DecoderManifest {
+    /// The decoder manifest's schema this version reads (decoder_session.SCHEMA). 2: the clustered context rows are two
+    /// inputs per layer, clustered_keys_l / clustered_values_l (1: one clustered_kv_l of [key | value] rows).
+    public static let schema = "squeeze-mobile/decoder-manifest/2"
+    /// Any version's decoder manifest (telling an export directory's kind; `schema` is the one this reads).
     public static let schemaPrefix = "squeeze-mobile/decoder-manifest/"
 
     public let schema: String
@@ -239,8 +264,20 @@ public struct DecoderManifest {
         if try model.opt("kind")?.stringOrNull() != "decoder" || !isList {
             throw DecoderError("the manifest does not describe an exported decoder; export one with `squeeze export decoder`")
         }
-        let schema = try root["schema"].string()
-        if !schema.hasPrefix(schemaPrefix) { throw DecoderError("manifest.schema: \(schema) is not a decoder manifest") }
+        let schema = try root.opt("schema")?.value
+        if schema != .string(DecoderManifest.schema) {
+            let found: String // as Python's repr
+            switch schema {
+            case .string(let s)?: found = "'\(s)'"
+            case .int(let v)?: found = "\(v)"
+            case .double(let v)?: found = "\(v)"
+            case .bool(let v)?: found = v ? "True" : "False"
+            case nil, .null?: found = "None"
+            default: found = "an array or object"
+            }
+            throw DecoderError("the manifest was written by another version of squeeze-mobile (schema \(found), this " +
+                               "version reads '\(DecoderManifest.schema)'); re-export the decoder into a fresh directory")
+        }
         let config = try model["config"]
         // records of artifacts that were not produced have no file (and no decoder section)
         let records = try root["artifacts"].list().filter { a in
@@ -267,7 +304,7 @@ public struct DecoderManifest {
                 verificationStatus: try a.opt("verification").flatMap { $0.isNull ? nil : try $0.opt("status")?.stringOrNull() })
         }
         return DecoderManifest(
-            schema: schema, modelName: try model.opt("name")?.stringOrNull(), weightsSha256: try model.opt("weights_sha256")?.stringOrNull(),
+            schema: DecoderManifest.schema, modelName: try model.opt("name")?.stringOrNull(), weightsSha256: try model.opt("weights_sha256")?.stringOrNull(),
             tokenizerSha256: try model.opt("tokenizer_sha256")?.stringOrNull(), numLayers: try config["num_layers"].int(),
             numKvHeads: try config["num_kv_heads"].int(), headDim: try config["head_dim"].int(),
             tokenizer: try DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts: artifacts)

@@ -57,6 +57,8 @@ public final class GenerationLoop {
     /// Clustered keys the in-graph lookup keeps (squeezed attention; nil for full).
     public let keepKeys: Int?
     private let clockNanos: () -> Int64
+    /// Per method: the context inputs as it declares them (methodInputs)
+    private var methodContext: [String: NamedTensors] = [:]
 
     public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
@@ -110,7 +112,9 @@ public final class GenerationLoop {
     /// cache. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact: exact_tail, decode:
     /// 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed (as Python's
     /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so prefill_exact, which
-    /// declares no keep_keys and per layer only sink_kv, window_kv, clustered_kv and counts, takes just those).
+    /// declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values and counts, takes
+    /// just those), each context input in the shape the method declares it (methodInputs: prefill_exact's clustered
+    /// tables as [Hkv, Nc, D] views of the same rows).
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
         let fixed: Int
         switch method {
@@ -133,7 +137,7 @@ public final class GenerationLoop {
                 feed["past_values_\(l)"] = .float32(try Float32Tensor(Array(cache.values[(l * per)..<((l + 1) * per)]), shape: shape))
             }
         }
-        for (name, tensor) in contextInputs { feed[name] = tensor }
+        for (name, tensor) in try methodInputs(method) { feed[name] = tensor }
         let out = try runtime.run(method: method, inputs: feed)
         if let cache = cache {
             try GenerationLoop.writeCache(cache, out, "new_keys", at: cacheLen, count: tokens.count)
@@ -143,6 +147,29 @@ public final class GenerationLoop {
             throw DecoderError("the runtime returned no float32 \"logits\" output for \(method)")
         }
         return logits.data
+    }
+
+    /// The context inputs as `method` declares them in the manifest (GenerationLoop._shaped): an input the method declares
+    /// in another shape of the same size is given as a view of the same data in that shape (prefill_exact reads the flat
+    /// [Hkv * Nc, D] clustered tables per KV head: [Hkv, Nc, D]; the arrays are shared, not copied); a different size is
+    /// refused (the export and this version's pack layout disagree). Made once per method.
+    public func methodInputs(_ method: String) throws -> NamedTensors {
+        if let made = methodContext[method] { return made }
+        let declared = contract.inputShapes[method] ?? [:]
+        var out = contextInputs
+        for (i, (name, tensor)) in contextInputs.enumerated() {
+            guard let shape = declared[name], shape != tensor.shape else { continue }
+            if shape.reduce(1, *) != tensor.elementCount {
+                throw DecoderError("the pack's \(name) has shape \(tensor.shape) but method \(method) takes \(shape); " +
+                                   "re-export the decoder with this project's version")
+            }
+            switch tensor {
+            case .float32(let t): out[i] = (name, .float32(try Float32Tensor(t.data, shape: shape)))
+            case .int64(let t): out[i] = (name, .int64(try Int64Tensor(t.data, shape: shape)))
+            }
+        }
+        methodContext[method] = out
+        return out
     }
 
     /// This step's rows of output name ("new_keys" or "new_values", [L, H, >= n, D]) into the cache at position at.

@@ -1,45 +1,52 @@
 // The split lookup plan's CPU lookup (squeezed_attention/lookup_numpy.py `kept_rows`): the app's side of the decoder
 // manifest's call_sequence for lookup_plan "split". Between stage graphs <step>_{s-1} and <step>_s it turns the
-// scores of layer l = s - 1 into that stage's kept_kv and kept_bias inputs, for every KV head. Port of KeptRows.kt.
+// scores of layer l = s - 1 into that stage's kept_keys, kept_values and kept_bias inputs, for every KV head. Port of
+// KeptRows.kt.
 //
 // Per head: clusters are ranked by score, best first, stable on ties (lower cluster index first; -0.0 ties 0.0, NaN
 // ranks last, as numpy's argsort); their rows fill the maxKeep slots cluster by cluster (a cluster's rows in table
 // order) until min(keepKeys, keys of the head) are taken.
 //
-// kv: [Hkv, maxKeep, 2D] the kept [key | value] rows; unused slots hold the head's row 0 (masked).
+// keys / values: [Hkv, maxKeep, D] the kept keys and values; unused slots hold the head's row 0 (masked).
 // bias: [Hkv, maxKeep + K]: per slot 0 (used) / -inf (unused), then per cluster 0 when it is summarised (ranked after
 // the last cluster that filled a used slot) / -inf; the next stage graph adds log N to the second part.
 
 public struct KeptRows {
-    public let kv: [Float]
+    public let keys: [Float]
+    public let values: [Float]
     public let bias: [Float]
     public let kvHeads: Int
     public let maxKeep: Int
     public let numClusters: Int
-    /// 2 * head dim: one [key | value] row
-    public let rowWidth: Int
+    /// the head dim D: one key (or value) row
+    public let headDim: Int
 
-    /// The stage graph's inputs "kept_kv" and "kept_bias", in that order.
+    /// The stage graph's inputs "kept_keys", "kept_values" and "kept_bias", in that order.
     public func inputs() throws -> [(name: String, tensor: DecoderTensor)] {
-        [("kept_kv", .float32(try Float32Tensor(kv, shape: [kvHeads, maxKeep, rowWidth]))),
+        [("kept_keys", .float32(try Float32Tensor(keys, shape: [kvHeads, maxKeep, headDim]))),
+         ("kept_values", .float32(try Float32Tensor(values, shape: [kvHeads, maxKeep, headDim]))),
          ("kept_bias", .float32(try Float32Tensor(bias, shape: [kvHeads, maxKeep + numClusters])))]
     }
 
     /// scores [Hkv, K] (the previous stage's output), counts / clusterStart [Hkv, K] (the pack's context inputs
-    /// counts_l / cluster_start_l, padded with empty clusters), clusteredKv [Hkv * Nc, 2D] (clustered_kv_l: rows
-    /// cluster by cluster, head by head), all flat; numClustered = Nc, the rows per head.
-    public static func compute(scores: [Float], counts: [Int64], clusterStart: [Int64], clusteredKv: [Float],
-                               kvHeads: Int, numClustered: Int, keepKeys: Int, maxKeep: Int) throws -> KeptRows {
+    /// counts_l / cluster_start_l, padded with empty clusters), clusteredKeys / clusteredValues [Hkv * Nc, D]
+    /// (clustered_keys_l / clustered_values_l: rows cluster by cluster, head by head), all flat; numClustered = Nc, the
+    /// rows per head.
+    public static func compute(scores: [Float], counts: [Int64], clusterStart: [Int64], clusteredKeys: [Float],
+                               clusteredValues: [Float], kvHeads: Int, numClustered: Int, keepKeys: Int,
+                               maxKeep: Int) throws -> KeptRows {
         try require(kvHeads > 0 && numClustered > 0 && maxKeep >= 0,
                     "kvHeads (\(kvHeads)) and numClustered (\(numClustered)) must be positive, maxKeep (\(maxKeep)) not negative")
         let k = scores.count / kvHeads
         try require(k > 0 && scores.count == kvHeads * k, "\(scores.count) scores for \(kvHeads) KV heads")
         try require(counts.count == kvHeads * k && clusterStart.count == kvHeads * k,
                     "counts (\(counts.count)) and clusterStart (\(clusterStart.count)) must be [\(kvHeads), \(k)] like the scores")
-        let w = clusteredKv.count / (kvHeads * numClustered)
-        try require(w > 0 && clusteredKv.count == kvHeads * numClustered * w,
-                    "\(clusteredKv.count) floats are not a [\(kvHeads) * \(numClustered), 2D] clustered_kv table")
-        var kv = [Float](repeating: 0, count: kvHeads * maxKeep * w)
+        let w = clusteredKeys.count / (kvHeads * numClustered)
+        try require(w > 0 && clusteredKeys.count == kvHeads * numClustered * w && clusteredValues.count == clusteredKeys.count,
+                    "\(clusteredKeys.count) / \(clusteredValues.count) floats are not [\(kvHeads) * \(numClustered), D] " +
+                    "clustered_keys / clustered_values tables")
+        var keptKeys = [Float](repeating: 0, count: kvHeads * maxKeep * w)
+        var keptValues = keptKeys
         var bias = [Float](repeating: 0, count: kvHeads * (maxKeep + k))
         for h in 0..<kvHeads {
             let rank = rankClusters(scores[(h * k)..<(h * k + k)])
@@ -62,45 +69,48 @@ public struct KeptRows {
                 try require(first >= 0 && first + Int64(take) <= Int64(numClustered),
                             "cluster \(c) of head \(h) starts at row \(first) with \(counts[h * k + c]) keys, outside its \(numClustered) rows")
                 let src = table + Int(first) * w
-                kv.replaceSubrange((out + slot * w)..<(out + (slot + take) * w), with: clusteredKv[src..<(src + take * w)])
+                let dst = (out + slot * w)..<(out + (slot + take) * w)
+                keptKeys.replaceSubrange(dst, with: clusteredKeys[src..<(src + take * w)])
+                keptValues.replaceSubrange(dst, with: clusteredValues[src..<(src + take * w)])
                 slot += take
                 lastUsed = p
             }
             for s in used..<max(used, maxKeep) { // row 0, masked
-                kv.replaceSubrange((out + s * w)..<(out + (s + 1) * w), with: clusteredKv[table..<(table + w)])
+                keptKeys.replaceSubrange((out + s * w)..<(out + (s + 1) * w), with: clusteredKeys[table..<(table + w)])
+                keptValues.replaceSubrange((out + s * w)..<(out + (s + 1) * w), with: clusteredValues[table..<(table + w)])
             }
             let b = h * (maxKeep + k)
             for s in used..<max(used, maxKeep) { bias[b + s] = -.infinity }
             for p in 0..<k { bias[b + maxKeep + rank[p]] = p > lastUsed ? 0 : -.infinity }
         }
-        return KeptRows(kv: kv, bias: bias, kvHeads: kvHeads, maxKeep: maxKeep, numClusters: k, rowWidth: w)
+        return KeptRows(keys: keptKeys, values: keptValues, bias: bias, kvHeads: kvHeads, maxKeep: maxKeep, numClusters: k,
+                        headDim: w)
     }
 
-    /// The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, and clustered_kv_l as the pack's
-    /// context input lays it out, flat [Hkv * Nc, 2D] (head by head, Nc rows per head; a [Hkv, Nc, 2D] view of the
-    /// same rows is taken too).
+    /// The same on the loop's tensors: scores [Hkv, K], counts_l, cluster_start_l, and clustered_keys_l /
+    /// clustered_values_l as the pack's context inputs lay them out, flat [Hkv * Nc, D] (head by head, Nc rows per head;
+    /// [Hkv, Nc, D] views of the same rows are taken too).
     public static func compute(scores: Float32Tensor, counts: Int64Tensor, clusterStart: Int64Tensor,
-                               clusteredKv: Float32Tensor, keepKeys: Int, maxKeep: Int) throws -> KeptRows {
+                               clusteredKeys: Float32Tensor, clusteredValues: Float32Tensor, keepKeys: Int,
+                               maxKeep: Int) throws -> KeptRows {
         try require(scores.shape.count == 2 && scores.shape[0] > 0, "scores \(scores.shape) must be [Hkv, K]")
         let kvHeads = scores.shape[0]
-        let cs = clusteredKv.shape
-        let numClustered: Int
+        let cs = clusteredKeys.shape
+        let fits: Bool
         switch cs.count {
-        case 2:
-            try require(cs[0] > 0 && cs[0] % kvHeads == 0,
-                        "clustered_kv \(cs) must be [Hkv * Nc, 2D]: its \(cs[0]) rows do not divide into the scores' \(kvHeads) KV heads")
-            numClustered = cs[0] / kvHeads
-        case 3:
-            try require(cs[0] == kvHeads, "clustered_kv \(cs) must be [Hkv, Nc, 2D] with the scores' \(kvHeads) KV heads")
-            numClustered = cs[1]
-        default:
-            throw InvalidArgument("clustered_kv \(cs) must be [Hkv * Nc, 2D] (or [Hkv, Nc, 2D])")
+        case 2: fits = cs[0] > 0 && cs[0] % kvHeads == 0
+        case 3: fits = cs[0] == kvHeads && cs[1] > 0
+        default: fits = false
         }
+        try require(fits && clusteredValues.shape == cs,
+                    "clustered_keys \(cs) / clustered_values \(clusteredValues.shape) must both be [Hkv * Nc, D] with rows " +
+                    "for the scores' \(kvHeads) KV heads")
+        let numClustered = cs.count == 3 ? cs[1] : cs[0] / kvHeads
         try require(counts.shape == scores.shape && clusterStart.shape == scores.shape,
                     "counts \(counts.shape) and cluster_start \(clusterStart.shape) must have the scores' shape \(scores.shape)")
         return try compute(scores: scores.data, counts: counts.data, clusterStart: clusterStart.data,
-                           clusteredKv: clusteredKv.data, kvHeads: kvHeads, numClustered: numClustered,
-                           keepKeys: keepKeys, maxKeep: maxKeep)
+                           clusteredKeys: clusteredKeys.data, clusteredValues: clusteredValues.data, kvHeads: kvHeads,
+                           numClustered: numClustered, keepKeys: keepKeys, maxKeep: maxKeep)
     }
 
     /// The clusters of one head's scores, best first (np.argsort(-scores, kind="stable")): one sort of

@@ -9,9 +9,10 @@ public typealias NamedTensors = [(name: String, tensor: DecoderTensor)]
 public enum PackLayout {
     /// The pack's tensors as the exported decoder's context inputs: one input per tensor and layer, "<name>_<layer>",
     /// layer by layer. Full attention: context_keys / context_values zero-padded to max_context. Squeezed: sink_kv and
-    /// window_kv rows in position order, clustered_kv rows cluster by cluster (stable within a cluster), rows as
-    /// [key | value], zero padding, flat per layer ([Hkv * max_clustered, 2D], head by head); centroids,
-    /// value_centroids, counts and cluster_start padded with empty clusters.
+    /// window_kv rows in position order as [key | value] rows; clustered_keys and clustered_values cluster by cluster
+    /// (stable within a cluster), zero padding, flat per layer ([Hkv * max_clustered, D], head by head; a method that
+    /// declares them [Hkv, max_clustered, D] gets a view: GenerationLoop.methodInputs); centroids, value_centroids,
+    /// counts and cluster_start padded with empty clusters.
     public static func decoderContextInputs(_ pack: ContextPack, shapes: DecoderShapes, attention: String) throws -> NamedTensors {
         let n = pack.numTokens
         if n > shapes.maxContext {
@@ -63,7 +64,8 @@ public enum PackLayout {
         for layer in 0..<l {
             var sink = [Float](repeating: 0, count: h * sinks * w2)
             var win = [Float](repeating: 0, count: h * window * w2)
-            var clustered = [Float](repeating: 0, count: h * ncMax * w2)
+            var clusteredKeys = [Float](repeating: 0, count: h * ncMax * d)
+            var clusteredValues = clusteredKeys
             var cent = [Float](repeating: 0, count: h * maxK * d)
             var vcent = [Float](repeating: 0, count: h * maxK * d)
             var cnt = [Int64](repeating: 0, count: h * maxK)
@@ -72,7 +74,11 @@ public enum PackLayout {
                 let g = layer * h + head
                 for p in 0..<sinks { row(layer, head, p, &sink, (head * sinks + p) * w2) }
                 for p in 0..<window { row(layer, head, sinks + nc + p, &win, (head * window + p) * w2) }
-                for j in 0..<nc { row(layer, head, sinks + Int(order[g * nc + j]), &clustered, (head * ncMax + j) * w2) }
+                for j in 0..<nc {
+                    let src = ((layer * h + head) * n + sinks + Int(order[g * nc + j])) * d, at = (head * ncMax + j) * d
+                    clusteredKeys.replaceSubrange(at..<(at + d), with: keys[src..<(src + d)])
+                    clusteredValues.replaceSubrange(at..<(at + d), with: values[src..<(src + d)])
+                }
                 cent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: centroids[(g * k * d)..<((g + 1) * k * d)])
                 vcent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: valueCentroids[(g * k * d)..<((g + 1) * k * d)])
                 var total: Int64 = 0
@@ -84,7 +90,9 @@ public enum PackLayout {
             }
             out.append(("sink_kv_\(layer)", .float32(try Float32Tensor(sink, shape: [h, sinks, w2]))))
             out.append(("window_kv_\(layer)", .float32(try Float32Tensor(win, shape: [h, window, w2]))))
-            out.append(("clustered_kv_\(layer)", .float32(try Float32Tensor(clustered, shape: [h * ncMax, w2])))) // flat, head by head
+            // flat, head by head: the lookup gathers rows of every head in one go
+            out.append(("clustered_keys_\(layer)", .float32(try Float32Tensor(clusteredKeys, shape: [h * ncMax, d]))))
+            out.append(("clustered_values_\(layer)", .float32(try Float32Tensor(clusteredValues, shape: [h * ncMax, d]))))
             out.append(("centroids_\(layer)", .float32(try Float32Tensor(cent, shape: [h, maxK, d]))))
             out.append(("value_centroids_\(layer)", .float32(try Float32Tensor(vcent, shape: [h, maxK, d]))))
             out.append(("counts_\(layer)", .int64(try Int64Tensor(cnt, shape: [h, maxK]))))

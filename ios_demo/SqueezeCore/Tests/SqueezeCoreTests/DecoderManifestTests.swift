@@ -19,7 +19,15 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(squeezed.contract.state, "io")
         XCTAssertEqual(squeezed.contract.kvBudget, 0.3)
         XCTAssertNil(try manifest.pick(attention: "full").contract.kvBudget)
+        XCTAssertEqual(manifest.schema, DecoderManifest.schema)
         XCTAssertEqual(Set(squeezed.methods.keys), ["prefill", "decode"])
+        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D]
+        let declared = try XCTUnwrap(squeezed.contract.inputShapes["decode"])
+        for name in ["clustered_keys_0", "clustered_values_1"] {
+            XCTAssertEqual(declared[name], [manifest.numKvHeads * shapes.maxClustered, manifest.headDim], name)
+        }
+        XCTAssertNil(squeezed.contract.inputShapes["prefill"]?["tokens"])
+        XCTAssertFalse(declared.keys.contains { $0.hasPrefix("clustered_kv") })
         XCTAssertEqual(squeezed.methodNames, ["prefill", "decode"])
         XCTAssertEqual(squeezed.methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
         XCTAssertEqual(squeezed.methods["prefill"]?.inputs[0].shape[0], shapes.maxPrompt)
@@ -45,6 +53,26 @@ final class DecoderManifestTests: XCTestCase {
         let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(broken) }
         XCTAssertTrue(m.contains("max_keep") && !m.contains("\n"), m)
         XCTAssertTrue(thrownMessage(DecoderError.self) { try DecoderManifest.parse("{\"model\": ") }.contains("not usable"))
+    }
+
+    func testAManifestOfAnotherSchemaIsRefusedInOneLine() throws {
+        // decoder_session.read_decoder_manifest: exactly this version's schema (1: one clustered_kv_l per layer)
+        let text = try Golden.text("qa_decoder_manifest.json")
+        let current = "\"schema\": \"\(DecoderManifest.schema)\""
+        XCTAssertNotNil(text.range(of: current))
+        func refused(_ replacement: String) -> String {
+            let r = text.range(of: current)!
+            return thrownMessage(DecoderError.self) { try DecoderManifest.parse(text.replacingCharacters(in: r, with: replacement)) }
+        }
+        XCTAssertEqual(refused("\"schema\": \"squeeze-mobile/decoder-manifest/1\""),
+                       "the manifest was written by another version of squeeze-mobile (schema 'squeeze-mobile/decoder-manifest/1', " +
+                       "this version reads 'squeeze-mobile/decoder-manifest/2'); re-export the decoder into a fresh directory")
+        let newer = refused("\"schema\": \"squeeze-mobile/decoder-manifest/3\"")
+        XCTAssertTrue(newer.contains("(schema 'squeeze-mobile/decoder-manifest/3', this version reads"), newer)
+        let absent = refused("\"no_schema\": 0")
+        XCTAssertTrue(absent.contains("(schema None, this version reads"), absent)
+        let number = refused("\"schema\": 2")
+        XCTAssertTrue(number.contains("(schema 2, this version reads"), number)
     }
 
     func testAQuestionDecodeSelectionIsRefusedInOneLine() throws {

@@ -204,7 +204,7 @@ final class GenerationTests: XCTestCase {
         let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3)
         _ = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context).prompt(Array(1...10), cache: nil)
         let declared = ["tokens", "n_tokens", "cache_len", "context_len"] +
-            (0..<pack.layers).flatMap { l in ["sink_kv_\(l)", "window_kv_\(l)", "clustered_kv_\(l)", "counts_\(l)"] }
+            (0..<pack.layers).flatMap { l in ["sink_kv_\(l)", "window_kv_\(l)", "clustered_keys_\(l)", "clustered_values_\(l)", "counts_\(l)"] }
         XCTAssertEqual(recorder.calls.map { String($0.prefix { $0 != ":" }) }, ["prefill", "prefill_exact"])
         let feed = recorder.feeds[1]
         XCTAssertTrue(Set(declared).isSubset(of: Set(feed.keys)), "prefill_exact feed: \(feed.keys.sorted())")
@@ -245,19 +245,57 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    func testEachMethodGetsTheContextInputsInTheShapesItDeclares() throws {
+        // prefill_exact declares the clustered tables per KV head, [Hkv, Nc, D] (exportable.ExportableDecoder, exact),
+        // prefill and decode the flat [Hkv * Nc, D] tables: the loop feeds views of the same rows (GenerationLoop._shaped)
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let h = pack.kvHeads, nc = shapes.maxClustered, d = pack.headDim
+        let names = (0..<pack.layers).flatMap { l in ["clustered_keys_\(l)", "clustered_values_\(l)"] }
+        let perHead = Dictionary(uniqueKeysWithValues: names.map { ($0, [h, nc, d]) })
+        let flat = perHead.mapValues { _ in [h * nc, d] }
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3,
+                                           inputShapes: ["prefill": flat, "decode": flat, "prefill_exact": perHead])
+        let recorder = CallRecorder()
+        let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context)
+        _ = try loop.greedy(Array(1...10), maxNewTokens: 2)
+        let methods = recorder.calls.map { String($0.prefix { $0 != ":" }) }
+        XCTAssertEqual(methods, ["prefill", "prefill_exact", "decode"])
+        func storage(_ t: Float32Tensor) -> UnsafePointer<Float>? { t.data.withUnsafeBufferPointer { $0.baseAddress } }
+        for (method, feed) in zip(methods, recorder.feeds) {
+            for name in names {
+                guard case .float32(let t)? = feed[name], case .float32(let source)? = context.first(where: { $0.name == name })?.tensor else {
+                    return XCTFail("\(method): no float32 \(name)")
+                }
+                XCTAssertEqual(t.shape, method == "prefill_exact" ? [h, nc, d] : [h * nc, d], "\(method): \(name)")
+                XCTAssertEqual(storage(t), storage(source), "\(method): \(name) is a view of the pack's rows")
+            }
+            XCTAssertEqual(feed["sink_kv_0"]?.shape, context.first { $0.name == "sink_kv_0" }?.tensor.shape, method)
+        }
+        XCTAssertEqual(try loop.methodInputs("decode").map(\.name), context.map(\.name))
+        XCTAssertEqual(try loop.methodInputs("prefill_exact").map(\.name), context.map(\.name))
+        // another size: the export and this version's pack layout disagree
+        let bad = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3,
+                                      inputShapes: ["prefill_exact": ["clustered_keys_0": [h, nc, 2 * d]]])
+        XCTAssertEqual(thrownMessage(DecoderError.self) {
+            try GenerationLoop(runtime: CallRecorder(), contract: bad, pack: self.pack, contextInputs: context).prompt(Array(1...10), cache: nil)
+        }, "the pack's clustered_keys_0 has shape [\(h * nc), \(d)] but method prefill_exact takes [\(h), \(nc), \(2 * d)]; " +
+           "re-export the decoder with this project's version")
+    }
+
     func testExactTailIsReadFromTheContract() throws {
         let text = try Golden.text("qa_decoder_manifest.json")
         func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
             guard let r = s.range(of: what) else { return s }
             return s.replacingCharacters(in: r, with: with)
         }
-        // the first artifact (squeezed, exported before exact tails) with an "exact_tail" key
-        let exported = "\"prefill_tail\": 0,"
+        // the first artifact (squeezed, exported with exact_tail 0) with another "exact_tail"
+        let exported = "\"exact_tail\": 0,"
         XCTAssertNotNil(text.range(of: exported))
-        func withExact(_ value: String) -> String { replacingFirst(text, exported, "\(exported) \"exact_tail\": \(value),") }
+        func withExact(_ value: String) -> String { replacingFirst(text, exported, "\"exact_tail\": \(value),") }
         func exactTail(_ manifest: String) throws -> Int { try DecoderManifest.parse(manifest).artifacts[0].contract.exactTail }
-        // absent (older manifests) and null (full attention): 0
+        // 0, null (full attention) and absent (older manifests): 0
         XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactTail), [0, 0])
+        XCTAssertEqual(try exactTail(replacingFirst(text, exported, "")), 0)
         XCTAssertEqual(try exactTail(withExact("null")), 0)
         XCTAssertEqual(try exactTail(withExact("0")), 0)
         XCTAssertEqual(try exactTail(withExact("16")), 16)

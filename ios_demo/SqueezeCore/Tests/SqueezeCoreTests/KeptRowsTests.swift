@@ -3,7 +3,7 @@ import XCTest
 
 /// The split plan's CPU lookup against lookup_numpy.kept_rows (the goldens KeptRowsTest.kt reads): random tables (ties,
 /// empty and padding clusters, keep_keys from 0 to above every head's keys and above max_keep, +-0 / +-inf / NaN
-/// scores) and the tiny model's real lookups. kept_bias and kept_kv must be bit-identical.
+/// scores) and the tiny model's real lookups. kept_keys, kept_values and kept_bias must be bit-identical.
 final class KeptRowsTests: XCTestCase {
     private var golden: JSONPath!
     private var blob: [Float] = []
@@ -36,14 +36,15 @@ final class KeptRowsTests: XCTestCase {
             let what = try c["name"].string()
             let h = try c["kv_heads"].int(), k = try c["clusters"].int(), maxKeep = try c["max_keep"].int()
             let r = try KeptRows.compute(scores: floats(c["scores"]), counts: c["counts"].longArray(),
-                                         clusterStart: c["cluster_start"].longArray(), clusteredKv: floats(c["clustered_kv"]),
-                                         kvHeads: h, numClustered: c["clustered_rows"].int(), keepKeys: c["keep_keys"].int(),
-                                         maxKeep: maxKeep)
-            XCTAssertEqual(r.rowWidth, try c["row_width"].int(), what)
+                                         clusterStart: c["cluster_start"].longArray(), clusteredKeys: floats(c["clustered_keys"]),
+                                         clusteredValues: floats(c["clustered_values"]), kvHeads: h,
+                                         numClustered: c["clustered_rows"].int(), keepKeys: c["keep_keys"].int(), maxKeep: maxKeep)
+            XCTAssertEqual(r.headDim, try c["head_dim"].int(), what)
             XCTAssertEqual(r.numClusters, k, what)
             let bias = try floats(c["kept_bias"])
             assertBits(bias, r.bias, "\(what): kept_bias")
-            assertBits(try floats(c["kept_kv"]), r.kv, "\(what): kept_kv")
+            assertBits(try floats(c["kept_keys"]), r.keys, "\(what): kept_keys")
+            assertBits(try floats(c["kept_values"]), r.values, "\(what): kept_values")
             for i in 0..<h {
                 for s in 0..<maxKeep {
                     if bias[i * (maxKeep + k) + s] == 0 { usedSlots += 1 } else { unusedSlots += 1 }
@@ -55,68 +56,82 @@ final class KeptRowsTests: XCTestCase {
 
     func testTensorsOfTheLoopGiveTheStageInputs() throws {
         let c = try XCTUnwrap(try golden["cases"].list().first { try $0["name"].string().hasPrefix("tiny model") })
-        let h = try c["kv_heads"].int(), k = try c["clusters"].int(), nc = try c["clustered_rows"].int(), w = try c["row_width"].int()
+        let h = try c["kv_heads"].int(), k = try c["clusters"].int(), nc = try c["clustered_rows"].int(), d = try c["head_dim"].int()
         let maxKeep = try c["max_keep"].int()
-        // the pack's context input is flat, [Hkv * Nc, 2D] head by head; a [Hkv, Nc, 2D] view of it gives the same
-        for shape in [[h * nc, w], [h, nc, w]] {
+        // the pack's context inputs are flat, [Hkv * Nc, D] head by head; [Hkv, Nc, D] views of them give the same
+        for shape in [[h * nc, d], [h, nc, d]] {
             let what = "\(shape)"
             let r = try KeptRows.compute(
                 scores: Float32Tensor(floats(c["scores"]), shape: [h, k]),
                 counts: Int64Tensor(c["counts"].longArray(), shape: [h, k]),
                 clusterStart: Int64Tensor(c["cluster_start"].longArray(), shape: [h, k]),
-                clusteredKv: Float32Tensor(floats(c["clustered_kv"]), shape: shape),
+                clusteredKeys: Float32Tensor(floats(c["clustered_keys"]), shape: shape),
+                clusteredValues: Float32Tensor(floats(c["clustered_values"]), shape: shape),
                 keepKeys: c["keep_keys"].int(), maxKeep: maxKeep)
             let inputs = try r.inputs()
-            XCTAssertEqual(inputs.map(\.name), ["kept_kv", "kept_bias"])
-            XCTAssertEqual(inputs[0].tensor.shape, [h, maxKeep, w], what)
-            XCTAssertEqual(inputs[1].tensor.shape, [h, maxKeep + k], what)
-            guard case .float32(let kv) = inputs[0].tensor, case .float32(let bias) = inputs[1].tensor else { return XCTFail("not float32") }
-            assertBits(try floats(c["kept_kv"]), kv.data, "\(what): kept_kv")
-            assertBits(try floats(c["kept_bias"]), bias.data, "\(what): kept_bias")
+            XCTAssertEqual(inputs.map(\.name), ["kept_keys", "kept_values", "kept_bias"])
+            for (name, tensor) in inputs {
+                XCTAssertEqual(tensor.shape, name == "kept_bias" ? [h, maxKeep + k] : [h, maxKeep, d], "\(what): \(name)")
+                guard case .float32(let t) = tensor else { return XCTFail("\(name) is not float32") }
+                assertBits(try floats(c[name]), t.data, "\(what): \(name)")
+            }
         }
     }
 
     func testClusteredTablesOfTheWrongShapeAreRefused() throws {
         let scores = try Float32Tensor([1, 0, 0, 1], shape: [2, 2])
         let counts = try Int64Tensor([1, 1, 1, 1], shape: [2, 2]), start = try Int64Tensor([0, 1, 0, 1], shape: [2, 2])
-        func compute(_ data: [Float], _ shape: [Int]) throws -> KeptRows {
+        // values: the keys negated, of the same shape unless valueShape says otherwise
+        func compute(_ data: [Float], _ shape: [Int], valueShape: [Int]? = nil) throws -> KeptRows {
             try KeptRows.compute(scores: scores, counts: counts, clusterStart: start,
-                                 clusteredKv: Float32Tensor(data, shape: shape), keepKeys: 2, maxKeep: 2)
+                                 clusteredKeys: Float32Tensor(data, shape: shape),
+                                 clusteredValues: Float32Tensor(data.map { -$0 }, shape: valueShape ?? shape), keepKeys: 2, maxKeep: 2)
         }
-        // [Hkv * Nc, 2D] with 4 rows over 2 heads, and its [Hkv, Nc, 2D] view: the same rows
+        // [Hkv * Nc, D] with 4 rows over 2 heads, and their [Hkv, Nc, D] views: the same rows
         let rows = (0..<8).map(Float.init)
         let flat = try compute(rows, [4, 2]), view = try compute(rows, [2, 2, 2])
-        XCTAssertEqual(flat.kv, [0, 1, 2, 3, 6, 7, 4, 5])
-        XCTAssertEqual(flat.kv, view.kv)
+        XCTAssertEqual(flat.keys, [0, 1, 2, 3, 6, 7, 4, 5])
+        assertBits([-0.0, -1, -2, -3, -6, -7, -4, -5], flat.values, "values")
+        XCTAssertEqual(flat.keys, view.keys)
+        XCTAssertEqual(flat.values, view.values)
         XCTAssertEqual(flat.bias, view.bias)
         let message = thrownMessage(InvalidArgument.self) { try compute([Float](repeating: 0, count: 10), [5, 2]) } // 5 rows, 2 heads
-        XCTAssertTrue(message.contains("[Hkv * Nc, 2D]") && message.contains("2 KV heads"), message)
+        XCTAssertEqual(message, "clustered_keys [5, 2] / clustered_values [5, 2] must both be [Hkv * Nc, D] with rows for the " +
+                       "scores' 2 KV heads")
+        let apart = thrownMessage(InvalidArgument.self) { try compute(rows, [4, 2], valueShape: [2, 2, 2]) } // keys and values apart
+        XCTAssertTrue(apart.contains("must both be [Hkv * Nc, D]"), apart)
         XCTAssertThrowsError(try compute([Float](repeating: 0, count: 8), [1, 4, 2])) // a 3-D table, another head count
         XCTAssertThrowsError(try compute([Float](repeating: 0, count: 8), [8])) // neither 2-D nor 3-D
     }
 
     func testASmallCaseByHand() throws {
-        // one head, clusters 0..3 with 2, 0, 3, 1 keys (rows laid out cluster by cluster), rows [r, -r]
-        let table = (0..<12).map { i -> Float in i % 2 == 0 ? Float(i / 2) : -Float(i / 2) }
+        // one head, clusters 0..3 with 2, 0, 3, 1 keys (rows laid out cluster by cluster), D = 1: key r, value -r
+        let keys = (0..<6).map(Float.init), values = keys.map { -$0 }
         let counts: [Int64] = [2, 0, 3, 1], start: [Int64] = [0, 2, 2, 5]
         // ranking: cluster 2 (0.9), then 0 and 1 tied at 0.5 (index order), then 3
-        let r = try KeptRows.compute(scores: [0.5, 0.5, 0.9, 0.1], counts: counts, clusterStart: start, clusteredKv: table,
-                                     kvHeads: 1, numClustered: 6, keepKeys: 4, maxKeep: 5)
+        let r = try KeptRows.compute(scores: [0.5, 0.5, 0.9, 0.1], counts: counts, clusterStart: start, clusteredKeys: keys,
+                                     clusteredValues: values, kvHeads: 1, numClustered: 6, keepKeys: 4, maxKeep: 5)
         let inf = -Float.infinity
-        assertBits([2, -2, 3, -3, 4, -4, 0, -0.0, 0, -0.0], r.kv, "kv") // 3 of cluster 2, 1 of 0, row 0
+        assertBits([2, 3, 4, 0, 0], r.keys, "keys") // 3 of cluster 2, 1 of 0, row 0
+        assertBits([-2, -3, -4, -0.0, -0.0], r.values, "values")
         // slots: 4 used, 1 unused; clusters: 2 and 0 kept (-inf), 1 (empty, ranked after 0) and 3 summarised (0)
         assertBits([0, 0, 0, 0, inf, inf, 0, inf, 0], r.bias, "bias")
         // keep nothing: every slot unused, every cluster a summary
-        let none = try KeptRows.compute(scores: [0.5, 0.5, 0.9, 0.1], counts: counts, clusterStart: start, clusteredKv: table,
-                                        kvHeads: 1, numClustered: 6, keepKeys: 0, maxKeep: 2)
+        let none = try KeptRows.compute(scores: [0.5, 0.5, 0.9, 0.1], counts: counts, clusterStart: start, clusteredKeys: keys,
+                                        clusteredValues: values, kvHeads: 1, numClustered: 6, keepKeys: 0, maxKeep: 2)
         assertBits([inf, inf, 0, 0, 0, 0], none.bias, "bias (keep nothing)")
     }
 
     func testInconsistentTablesAreRefused() {
         let table = [Float](repeating: 0, count: 8)
-        XCTAssertThrowsError(try KeptRows.compute(scores: [1, 0], counts: [3, 2], clusterStart: [0, 3], clusteredKv: table,
-                                                  kvHeads: 1, numClustered: 4, keepKeys: 5, maxKeep: 5)) // cluster rows past the table
-        XCTAssertThrowsError(try KeptRows.compute(scores: [1, 0], counts: [3], clusterStart: [0], clusteredKv: table,
-                                                  kvHeads: 1, numClustered: 4, keepKeys: 5, maxKeep: 5)) // counts not [Hkv, K]
+        XCTAssertThrowsError(try KeptRows.compute(scores: [1, 0], counts: [3, 2], clusterStart: [0, 3], clusteredKeys: table,
+                                                  clusteredValues: table, kvHeads: 1, numClustered: 4, keepKeys: 5,
+                                                  maxKeep: 5)) // cluster rows past the table
+        XCTAssertThrowsError(try KeptRows.compute(scores: [1, 0], counts: [3], clusterStart: [0], clusteredKeys: table,
+                                                  clusteredValues: table, kvHeads: 1, numClustered: 4, keepKeys: 5,
+                                                  maxKeep: 5)) // counts not [Hkv, K]
+        XCTAssertThrowsError(try KeptRows.compute(scores: [1, 0], counts: [2, 2], clusterStart: [0, 2], clusteredKeys: table,
+                                                  clusteredValues: Array(table[..<4]), kvHeads: 1, numClustered: 4, keepKeys: 5,
+                                                  maxKeep: 5)) // values not the keys' size
     }
 }

@@ -354,9 +354,10 @@ object PackLayout {
     /**
      * The pack's tensors as the exported decoder's context inputs (decoder_context_inputs): one input per tensor
      * and layer, "<name>_<layer>", layer by layer. Full attention: context_keys / context_values zero-padded to
-     * max_context. Squeezed: sink_kv and window_kv rows in position order, clustered_kv rows cluster by cluster
-     * (stable within a cluster), rows as [key | value], zero padding, flat per layer ([Hkv * max_clustered, 2D],
-     * head by head); centroids, value_centroids, counts and cluster_start padded with empty clusters.
+     * max_context. Squeezed: sink_kv and window_kv rows in position order as [key | value] rows; clustered_keys and
+     * clustered_values cluster by cluster (stable within a cluster), zero padding, flat per layer ([Hkv *
+     * max_clustered, D], head by head; a method that declares them [Hkv, max_clustered, D] gets a view:
+     * [GenerationLoop.methodInputs]); centroids, value_centroids, counts and cluster_start padded with empty clusters.
      */
     fun decoderContextInputs(pack: ContextPack, shapes: DecoderShapes, attention: String): LinkedHashMap<String, DecoderTensor> {
         val n = pack.numTokens
@@ -410,7 +411,8 @@ object PackLayout {
         for (l in 0 until L) {
             val sink = FloatArray(H * sinks * w2)
             val win = FloatArray(H * window * w2)
-            val clustered = FloatArray(H * ncMax * w2)
+            val clusteredKeys = FloatArray(H * ncMax * D)
+            val clusteredValues = FloatArray(H * ncMax * D)
             val cent = FloatArray(H * maxK * D)
             val vcent = FloatArray(H * maxK * D)
             val cnt = LongArray(H * maxK)
@@ -419,7 +421,11 @@ object PackLayout {
                 val g = l * H + h
                 for (p in 0 until sinks) row(l, h, p, sink, (h * sinks + p) * w2)
                 for (p in 0 until window) row(l, h, sinks + nc + p, win, (h * window + p) * w2)
-                for (j in 0 until nc) row(l, h, sinks + order[g * nc + j].toInt(), clustered, (h * ncMax + j) * w2)
+                for (j in 0 until nc) {
+                    val src = ((l * H + h) * n + sinks + order[g * nc + j].toInt()) * D
+                    System.arraycopy(keys, src, clusteredKeys, (h * ncMax + j) * D, D)
+                    System.arraycopy(values, src, clusteredValues, (h * ncMax + j) * D, D)
+                }
                 System.arraycopy(centroids, g * K * D, cent, h * maxK * D, K * D)
                 System.arraycopy(valueCentroids, g * K * D, vcent, h * maxK * D, K * D)
                 var total = 0L
@@ -431,7 +437,9 @@ object PackLayout {
             }
             out["sink_kv_$l"] = DecoderTensor.Float32(sink, intArrayOf(H, sinks, w2))
             out["window_kv_$l"] = DecoderTensor.Float32(win, intArrayOf(H, window, w2))
-            out["clustered_kv_$l"] = DecoderTensor.Float32(clustered, intArrayOf(H * ncMax, w2)) // flat, head by head
+            // flat, head by head: the lookup gathers rows of every head in one go
+            out["clustered_keys_$l"] = DecoderTensor.Float32(clusteredKeys, intArrayOf(H * ncMax, D))
+            out["clustered_values_$l"] = DecoderTensor.Float32(clusteredValues, intArrayOf(H * ncMax, D))
             out["centroids_$l"] = DecoderTensor.Float32(cent, intArrayOf(H, maxK, D))
             out["value_centroids_$l"] = DecoderTensor.Float32(vcent, intArrayOf(H, maxK, D))
             out["counts_$l"] = DecoderTensor.Int64(cnt, intArrayOf(H, maxK))

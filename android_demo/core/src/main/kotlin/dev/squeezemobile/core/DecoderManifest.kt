@@ -72,6 +72,13 @@ class DecoderManifest(
     }
 
     companion object {
+        /**
+         * The decoder manifest's schema this version reads (decoder_session.SCHEMA). 2: the clustered context rows are
+         * two inputs per layer, clustered_keys_l / clustered_values_l (1: one clustered_kv_l of [key | value] rows).
+         */
+        const val SCHEMA = "squeeze-mobile/decoder-manifest/2"
+
+        /** Any version's decoder manifest (telling an export directory's kind; [SCHEMA] is the one this reads). */
         const val SCHEMA_PREFIX = "squeeze-mobile/decoder-manifest/"
 
         fun parse(text: String): DecoderManifest = wrap { fromJson(JsonPath.of(Json.parse(text), "manifest")) }
@@ -89,8 +96,12 @@ class DecoderManifest(
             if (model.opt("kind")?.stringOrNull() != "decoder" || root.opt("artifacts")?.value !is List<*>) {
                 throw DecoderException("the manifest does not describe an exported decoder; export one with `squeeze export decoder`")
             }
-            val schema = root["schema"].string()
-            if (!schema.startsWith(SCHEMA_PREFIX)) throw DecoderException("manifest.schema: $schema is not a decoder manifest")
+            val schema = root.opt("schema")?.value
+            if (schema != SCHEMA) {
+                val found = if (schema is String) "'$schema'" else schema ?: "None" // as Python's repr
+                throw DecoderException("the manifest was written by another version of squeeze-mobile (schema $found, this " +
+                    "version reads '$SCHEMA'); re-export the decoder into a fresh directory")
+            }
             val config = model["config"]
             val artifacts = root["artifacts"].list()
                 // records of formats that were not produced have no file (and no decoder section)
@@ -109,7 +120,7 @@ class DecoderManifest(
                         a.opt("bytes")?.let { if (it.isNull) null else it.long() }, a.opt("runtime")?.stringOrNull(),
                         DecoderContract.parse(d), methods, a.opt("verification")?.opt("status")?.stringOrNull())
                 }
-            return DecoderManifest(schema, model.opt("name")?.stringOrNull(), model.opt("weights_sha256")?.stringOrNull(),
+            return DecoderManifest(SCHEMA, model.opt("name")?.stringOrNull(), model.opt("weights_sha256")?.stringOrNull(),
                 model.opt("tokenizer_sha256")?.stringOrNull(), config["num_layers"].int(), config["num_kv_heads"].int(),
                 config["head_dim"].int(), DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts)
         }

@@ -31,7 +31,9 @@ interface DecoderRuntime : AutoCloseable {
  * selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected as held
  * inputs, is not run by this app and is refused), the prompt's selection chunks (prefill_rows, prefill_tail) and its
  * exact tail (exact_tail: the last tokens of a question, run as one `prefill_exact` call over every fixed-context row;
- * absent or null in older manifests: 0, no such method; the split plan has none and is refused with one).
+ * absent or null in older manifests: 0, no such method; the split plan has none and is refused with one), and the
+ * static shape every method declares for each of its inputs (a method may take a context input in another shape
+ * than the pack's layout: prefill_exact takes the clustered tables per KV head; [GenerationLoop.methodInputs]).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
@@ -39,7 +41,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                       /** method -> the token counts its `tokens` input takes as is (a dynamic axis in the manifest). */
                       val tokenRanges: Map<String, IntRange> = emptyMap(),
                       /** prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method */
-                      val exactTail: Int = 0) {
+                      val exactTail: Int = 0,
+                      /** method -> input name -> the shape the method declares (inputs without a dynamic axis). */
+                      val inputShapes: Map<String, Map<String, IntArray>> = emptyMap()) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -86,7 +90,8 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 j.opt("prefill_rows")?.let { if (it.isNull) 0 else it.int() } ?: 0, // likewise
                 j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0,
                 tokenRanges(j),
-                j.opt("exact_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0) // null for full attention, absent before it
+                j.opt("exact_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0, // null for full attention, absent before it
+                inputShapes(j))
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -98,6 +103,15 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 val tokens = methods[name]["inputs"].list().firstOrNull { it["name"].string() == "tokens" }
                 tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { name to (it[0]..it[1]) }
             }.toMap()
+        }
+
+        /** methods.<m>.inputs[].shape of the inputs without a dynamic axis (absent methods: none). */
+        private fun inputShapes(j: JsonPath): Map<String, Map<String, IntArray>> {
+            val methods = j.opt("methods") ?: return emptyMap()
+            return methods.obj().keys.associateWith { name ->
+                methods[name]["inputs"].list().filter { it.opt("dynamic") == null }
+                    .associate { it["name"].string() to it["shape"].intArray() }
+            }
         }
     }
 }
@@ -166,6 +180,35 @@ class GenerationLoop(
         return Cache(FloatArray(size), FloatArray(size), pack.layers, pack.kvHeads, cap, pack.headDim)
     }
 
+    /** Per method: the context inputs as it declares them ([methodInputs]). */
+    private val methodContext = HashMap<String, Map<String, DecoderTensor>>()
+
+    /**
+     * The context inputs as [method] declares them in the manifest (GenerationLoop._shaped): an input the method
+     * declares in another shape of the same size is given as a view of the same data in that shape (prefill_exact
+     * reads the flat [Hkv * Nc, D] clustered tables per KV head: [Hkv, Nc, D]); a different size is refused (the
+     * export and this version's pack layout disagree). Made once per method: a runtime binding sees the same tensor
+     * objects at every step (NativeTensorCache).
+     */
+    fun methodInputs(method: String): Map<String, DecoderTensor> = methodContext.getOrPut(method) {
+        val declared = contract.inputShapes[method].orEmpty()
+        var shaped: LinkedHashMap<String, DecoderTensor>? = null
+        for ((name, t) in contextInputs) {
+            val shape = declared[name] ?: continue
+            if (shape.contentEquals(t.shape)) continue
+            if (shape.fold(1L) { a, d -> a * d } != t.elementCount.toLong()) {
+                throw DecoderException("the pack's $name has shape ${t.shape.contentToString()} but method $method takes " +
+                    "${shape.contentToString()}; re-export the decoder with this project's version")
+            }
+            val view = when (t) {
+                is DecoderTensor.Float32 -> DecoderTensor.Float32(t.data, shape)
+                is DecoderTensor.Int64 -> DecoderTensor.Int64(t.data, shape)
+            }
+            (shaped ?: LinkedHashMap(contextInputs).also { shaped = it })[name] = view
+        }
+        shaped ?: contextInputs
+    }
+
     /** Time spent in the split plan's CPU lookup since the last [greedy] started. */
     var lookupNanos = 0L
         private set
@@ -175,8 +218,9 @@ class GenerationLoop(
      * into [cache]. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact:
      * exact_tail, decode: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
      * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so
-     * prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_kv and counts,
-     * takes just those).
+     * prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
+     * clustered_values and counts, takes just those), each context input in the shape the method declares it
+     * ([methodInputs]: prefill_exact's clustered tables as [Hkv, Nc, D] views of the same rows).
      */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
@@ -200,7 +244,7 @@ class GenerationLoop(
                 feed["past_values_$l"] = DecoderTensor.Float32(cache.values.copyOfRange(l * per, (l + 1) * per), shape)
             }
         }
-        feed.putAll(contextInputs)
+        feed.putAll(methodInputs(method))
         val out = runtime.run(method, feed)
         if (cache != null) {
             writeCache(cache, out, "new_keys", cache.keys, cacheLen, tokens.size)
@@ -233,7 +277,8 @@ class GenerationLoop(
             val l = stage - 1
             val t0 = clockNanos()
             val kept = KeptRows.compute(output(out, "scores", method, stage - 1), ctx("counts_$l") as DecoderTensor.Int64,
-                ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_kv_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
+                ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_keys_$l") as DecoderTensor.Float32,
+                ctx("clustered_values_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
             lookupNanos += clockNanos() - t0
             val key = output(out, "key", method, stage - 1)
             val value = output(out, "value", method, stage - 1)

@@ -2,6 +2,7 @@ package dev.squeezemobile.core
 
 import org.junit.jupiter.api.Assertions.assertArrayEquals
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertSame
 import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
@@ -169,7 +170,9 @@ class GenerationTest {
         val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3)
         GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed")).prompt(IntArray(10) { it + 1 }, null)
         val declared = listOf("tokens", "n_tokens", "cache_len", "context_len") +
-            (0 until pack.layers).flatMap { l -> listOf("sink_kv_$l", "window_kv_$l", "clustered_kv_$l", "counts_$l") }
+            (0 until pack.layers).flatMap { l ->
+                listOf("sink_kv_$l", "window_kv_$l", "clustered_keys_$l", "clustered_values_$l", "counts_$l")
+            }
         assertEquals(listOf("prefill", "prefill_exact"), recorder.calls.map { it.substringBefore(':') })
         val feed = recorder.feeds[1]
         assertTrue(feed.keys.containsAll(declared), "prefill_exact feed: ${feed.keys}")
@@ -201,15 +204,54 @@ class GenerationTest {
     }
 
     @Test
+    fun eachMethodGetsTheContextInputsInTheShapesItDeclares() {
+        // prefill_exact declares the clustered tables per KV head, [Hkv, Nc, D] (exportable.ExportableDecoder, exact),
+        // prefill and decode the flat [Hkv * Nc, D] tables: the loop feeds views of the same rows (GenerationLoop._shaped)
+        val context = PackLayout.decoderContextInputs(pack, shapes, "squeezed")
+        val (h, nc, d) = Triple(pack.kvHeads, shapes.maxClustered, pack.headDim)
+        val perHead = (0 until pack.layers).flatMap { l -> listOf("clustered_keys_$l", "clustered_values_$l") }
+            .associateWith { intArrayOf(h, nc, d) }
+        val flat = perHead.mapValues { intArrayOf(h * nc, d) }
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3,
+            inputShapes = mapOf("prefill" to flat, "decode" to flat, "prefill_exact" to perHead))
+        val recorder = CallRecorder()
+        val loop = GenerationLoop(recorder, contract, pack, context)
+        loop.greedy(IntArray(10) { it + 1 }, 2)
+        assertEquals(listOf("prefill", "prefill_exact", "decode"), recorder.calls.map { it.substringBefore(':') })
+        for ((call, feed) in recorder.calls.zip(recorder.feeds)) {
+            val method = call.substringBefore(':')
+            for (name in perHead.keys) {
+                val t = feed.getValue(name) as DecoderTensor.Float32
+                assertSame((context.getValue(name) as DecoderTensor.Float32).data, t.data, "$method: $name is a view of the pack's rows")
+                assertArrayEquals(if (method == "prefill_exact") intArrayOf(h, nc, d) else intArrayOf(h * nc, d), t.shape, "$method: $name")
+            }
+            assertSame(context.getValue("sink_kv_0"), feed.getValue("sink_kv_0"), "$method: sink_kv_0 as the pack lays it out")
+        }
+        // made once per method: a runtime binding sees the same tensor objects at every step
+        assertSame(loop.methodInputs("prefill_exact"), loop.methodInputs("prefill_exact"))
+        assertSame(context, loop.methodInputs("decode"))
+        assertSame(context, loop.methodInputs("a method the manifest does not list"))
+        // another size: the export and this version's pack layout disagree
+        val bad = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3,
+            inputShapes = mapOf("prefill_exact" to mapOf("clustered_keys_0" to intArrayOf(h, nc, 2 * d))))
+        val e = assertThrows(DecoderException::class.java) {
+            GenerationLoop(CallRecorder(), bad, pack, context).prompt(IntArray(10) { it + 1 }, null)
+        }
+        assertEquals("the pack's clustered_keys_0 has shape [${h * nc}, $d] but method prefill_exact takes [$h, $nc, ${2 * d}]; " +
+            "re-export the decoder with this project's version", e.message)
+    }
+
+    @Test
     fun exactTailIsReadFromTheContract() {
         val text = Golden.text("qa_decoder_manifest.json")
-        // the first artifact (squeezed, exported before exact tails) with an "exact_tail" key
-        val exported = "\"prefill_tail\": 0,"
+        // the first artifact (squeezed, exported with exact_tail 0) with another "exact_tail"
+        val exported = "\"exact_tail\": 0,"
         assertTrue(text.contains(exported))
-        fun withExact(value: String) = text.replaceFirst(exported, "$exported \"exact_tail\": $value,")
+        fun withExact(value: String) = text.replaceFirst(exported, "\"exact_tail\": $value,")
         fun exactTail(manifest: String) = DecoderManifest.parse(manifest).artifacts[0].contract.exactTail
-        // absent (older manifests) and null (full attention): 0
+        // 0, null (full attention) and absent (older manifests): 0
         assertEquals(listOf(0, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactTail })
+        assertEquals(0, exactTail(text.replaceFirst(exported, "")))
         assertEquals(0, exactTail(withExact("null")))
         assertEquals(0, exactTail(withExact("0")))
         assertEquals(16, exactTail(withExact("16")))
@@ -247,7 +289,15 @@ class GenerationTest {
         assertEquals("io", squeezed.contract.state)
         assertEquals(0.3, squeezed.contract.kvBudget!!, 0.0)
         assertEquals(null, manifest.pick(attention = "full").contract.kvBudget)
+        assertEquals(DecoderManifest.SCHEMA, manifest.schema)
         assertEquals(setOf("prefill", "decode"), squeezed.methods.keys)
+        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D]
+        val declared = squeezed.contract.inputShapes.getValue("decode")
+        for (name in listOf("clustered_keys_0", "clustered_values_1")) {
+            assertArrayEquals(intArrayOf(manifest.numKvHeads * shapes.maxClustered, manifest.headDim), declared[name], name)
+        }
+        assertTrue("tokens" !in squeezed.contract.inputShapes.getValue("prefill"))
+        assertTrue(declared.keys.none { it.startsWith("clustered_kv") })
         assertEquals(listOf("logits", "new_keys", "new_values"), squeezed.methods.getValue("decode").outputs)
         assertEquals(shapes.maxPrompt, squeezed.methods.getValue("prefill").inputs[0].shape[0])
         // the .onnx graph's token axis is dynamic: a question is fed at its own length, not padded to max_prompt
@@ -267,6 +317,22 @@ class GenerationTest {
         assertTrue(assertThrows(DecoderException::class.java) { DecoderManifest.parse(video) }.message!!.contains("not describe an exported decoder"))
         val broken = String(Golden.bytes("qa_decoder_manifest.json"), Charsets.UTF_8).replace("\"max_keep\"", "\"max_kept\"")
         assertTrue(assertThrows(DecoderException::class.java) { DecoderManifest.parse(broken) }.message!!.contains("max_keep"))
+    }
+
+    @Test
+    fun aManifestOfAnotherSchemaIsRefusedInOneLine() {
+        // decoder_session.read_decoder_manifest: exactly this version's schema (1: one clustered_kv_l per layer)
+        val text = Golden.text("qa_decoder_manifest.json")
+        val current = "\"schema\": \"${DecoderManifest.SCHEMA}\""
+        assertTrue(text.contains(current))
+        fun refused(manifest: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(manifest) }.message
+        assertEquals("the manifest was written by another version of squeeze-mobile (schema 'squeeze-mobile/decoder-manifest/1', " +
+            "this version reads 'squeeze-mobile/decoder-manifest/2'); re-export the decoder into a fresh directory",
+            refused(text.replaceFirst(current, "\"schema\": \"squeeze-mobile/decoder-manifest/1\"")))
+        assertTrue(refused(text.replaceFirst(current, "\"schema\": \"squeeze-mobile/decoder-manifest/3\""))!!
+            .contains("(schema 'squeeze-mobile/decoder-manifest/3', this version reads"))
+        assertTrue(refused(text.replaceFirst("$current,", ""))!!.contains("(schema None, this version reads"))
+        assertTrue(refused(text.replaceFirst(current, "\"schema\": 2"))!!.contains("(schema 2, this version reads"))
     }
 
     @Test

@@ -152,7 +152,9 @@ class OrtJniDecoderTest {
             assertEquals((out.getValue("logits").data as FloatArray).size.toLong(), out.getValue("logits").shape.fold(1L) { a, b -> a * b })
 
             val missing = assertThrows(OrtException::class.java) { session.run(feed - "keep_keys") }
-            assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (22 inputs, 3 outputs)") &&
+            // per layer: past keys/values, sink, window, clustered keys/values, centroids, value centroids, counts, starts
+            assertEquals(5 + 10 * cache.layers, feed.size)
+            assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (${feed.size - 1} inputs, 3 outputs)") &&
                 missing.message!!.contains("ORT error code"), missing.message)
             val wrongType = assertThrows(OrtException::class.java) {
                 session.run(feed + ("tokens" to OrtTensor(IntArray(1), longArrayOf(1))))

@@ -11,8 +11,8 @@ import org.junit.jupiter.api.Test
  * The split lookup plan (the .tflite export's call sequence) against Python's GenerationLoop._split_step: a fake
  * runtime replays what the tiny model's stage graphs (run by PyTorch) returned, call by call, and checks every input
  * the Kotlin loop feeds (sha256: tokens, lengths, the pack's per-layer tensors under the stage names, the CPU
- * lookup's kept_kv/kept_bias, the cache written from earlier stages and steps). hidden/query, which the loop only
- * hands on, must be handed on unchanged (the same tensor the previous stage returned).
+ * lookup's kept_keys/kept_values/kept_bias, the cache written from earlier stages and steps). hidden/query, which the
+ * loop only hands on, must be handed on unchanged (the same tensor the previous stage returned).
  */
 class SplitGenerationTest {
     private val gen = Golden.json("qa_split_generation.json.gz")
