@@ -156,6 +156,20 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     return Program(methods, state=module.state_names()), module
 
 
+def exact_tail_for(exact_tail: int | None, attention: str, fmt: str, plan: str, selection: str, max_prompt: int,
+                   delegate: str = "xnnpack") -> int:
+    """The exact prompt tail an artifact is exported with: the caller's, or (None) the host's default where the
+    artifact can hold the method and was measured with it (squeezed .pte on XNNPACK, in-graph plan, per-step
+    selection), else 0."""
+    if exact_tail is not None:
+        return exact_tail if attention == "squeezed" else 0
+    from .settings import DEFAULT_EXACT_TAIL
+
+    runs = attention == "squeezed" and fmt == "pte" and delegate == "xnnpack" and plan == "in-graph" \
+        and selection == "step"
+    return min(DEFAULT_EXACT_TAIL, max_prompt) if runs else 0
+
+
 def check_exact_tail(exact_tail: int, attention: str, fmt: str, plan: str, selection: str) -> None:
     """An exact prompt tail is a third method of a squeezed .pte program (in-graph plan, per-step selection); ONNX
     holds one graph per file and the split plan's stages have no such method yet."""
@@ -314,7 +328,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
-                   pte_backend: str = "xnnpack", exact_tail: int = 0) -> DecoderExportResult:
+                   pte_backend: str = "xnnpack", exact_tail: int | None = None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -363,7 +377,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         if type(value) is not int or not 0 <= value <= max_prompt:
             raise SqueezeError(f"{flag} must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
                                f"got {value!r}")
-    if type(exact_tail) is not int or not 0 <= exact_tail <= max_prompt:
+    if exact_tail is not None and (type(exact_tail) is not int or not 0 <= exact_tail <= max_prompt):
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
                            f"got {exact_tail!r}")
     if exact_tail and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
@@ -433,7 +447,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 + ("_coreml" if delegate == "coreml" else "")
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
-            exact = exact_tail if att == "squeezed" else 0
+            exact = exact_tail_for(exact_tail, att, fmt, plan, selection, shapes.max_prompt, delegate)
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()

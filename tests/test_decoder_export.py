@@ -67,9 +67,10 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert v["psnr_db"] >= 60
         assert (out / a["file"]).stat().st_size == a["bytes"] > 0
         methods = a["decoder"]["methods"]
-        # the exact prompt tail is opt-in for exports (--exact-tail N): no third method by default
-        assert set(methods) == {"prefill", "decode"}
-        assert a["decoder"]["exact_tail"] == (0 if att == "squeezed" else None)
+        # the exact prompt tail: by default a third method of the squeezed .pte (the host's default), none elsewhere
+        exact = fmt == "pte" and att == "squeezed"
+        assert set(methods) == {"prefill", "decode"} | ({"prefill_exact"} if exact else set())
+        assert a["decoder"]["exact_tail"] == (min(32, SHAPES["max_prompt"]) if exact else 0 if att == "squeezed" else None)
         names = [i["name"] for i in methods["prefill"]["inputs"]]
         assert names[:4] == ["tokens", "n_tokens", "cache_len", "context_len"]
         assert ("past_keys_0" in names) == (fmt == "onnx")      # explicit cache I/O in ONNX, state in .pte
