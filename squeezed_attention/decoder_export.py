@@ -508,6 +508,10 @@ def existing_decoder_manifest(out_dir: Path, weights_sha256: str) -> dict | None
     except (OSError, ValueError) as exc:
         raise SqueezeError(f"{path} cannot be read ({exc.__class__.__name__}); export into a fresh directory or "
                            "remove the old export first (nothing was changed)") from None
+    if isinstance(old, dict) and str(old.get("schema")).startswith(SCHEMA_PREFIX) and old.get("schema") != SCHEMA:
+        raise SqueezeError(f"{out_dir} holds a decoder exported by another version of squeeze-mobile (schema "
+                           f"{old.get('schema')!r}, this version writes {SCHEMA!r}); export into a fresh directory "
+                           "(nothing was changed)")
     if not isinstance(old, dict) or old.get("schema") != SCHEMA or not isinstance(old.get("artifacts"), list):
         raise SqueezeError(f"{out_dir} holds another kind of export ({MANIFEST} is not a decoder manifest); export "
                            "into a fresh directory (nothing was changed)")

@@ -576,3 +576,14 @@ def test_each_method_gets_the_clustered_rows_in_its_declared_shape():
     assert loop._shaped("decode", {"clustered_keys_0": table})["clustered_keys_0"] is table
     with pytest.raises(SqueezeError, match=r"clustered_keys_0 has shape \(15, 4\) but method odd takes \[2, 5, 4\]"):
         loop._shaped("odd", {"clustered_keys_0": table})
+
+
+def test_export_into_a_directory_of_an_older_decoder_schema_is_refused(tiny, tmp_path):
+    """Adding artifacts to a schema-1 export would mix two contracts in one manifest: refused, nothing touched."""
+    _, gguf = tiny
+    old = json.dumps({"schema": "squeeze-mobile/decoder-manifest/1", "model": {"kind": "decoder"}, "artifacts": []})
+    (tmp_path / "manifest.json").write_text(old)
+    with pytest.raises(SqueezeError, match="exported by another version of squeeze-mobile .*fresh directory"):
+        export_decoder(tmp_path, formats="onnx", model_path=gguf, attention="full", verify=False, **SHAPES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+    assert (tmp_path / "manifest.json").read_text() == old
