@@ -305,7 +305,6 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
             ("between stage s-1 and s (layer l = s-1), on the CPU: kept_keys, kept_values, kept_bias = lookup(scores, counts_l, "
              "cluster_start_l, clustered_keys_l, clustered_values_l, keep_keys, shapes.max_keep) (squeezed_attention.lookup_numpy.kept_rows: "
              "rank clusters by score, stable; fill max_keep slots cluster by cluster up to min(keep_keys, keys); "
-             ""
              "bias 0/-inf per slot, then 0/-inf per cluster none of whose keys was kept); write key/value into the "
              "cache of layer l at cache_len"),
             ("<step>_s (1..L): the previous stage's hidden/query/key/value, past_keys/past_values = cache of layer l, "

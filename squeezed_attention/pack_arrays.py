@@ -179,7 +179,8 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     Squeezed: sinks and window rows in position order as [key | value] rows; the clustered keys and values
     CLUSTER BY CLUSTER (stable within a cluster), then zero padding, flat per layer (``clustered_keys_l``,
     ``clustered_values_l``: [Hkv * max_clustered, D], head by head; a method that declares them [Hkv,
-    max_clustered, D] gets a view: method_feed); centroids/counts/cluster starts padded with empty clusters.
+    max_clustered, D] gets a view of them: decoder_session.GenerationLoop._shaped); centroids/counts/cluster
+    starts padded with empty clusters.
     """
     a = pack.arrays
     n = pack.num_tokens

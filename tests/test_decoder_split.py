@@ -108,7 +108,9 @@ def test_cpu_lookup_is_the_in_graph_rule(seed, keep_keys, B):
     np.testing.assert_array_equal(kept, kept_3d)
     np.testing.assert_array_equal(bias, bias_3d)
     with pytest.raises(SqueezeError, match="must both be"):
-        kept_rows(scores, counts, start, flat(keys)[1:], flat(values)[1:], keep_keys, B)
+        kept_rows(scores, counts, start, flat(keys)[1:], flat(values)[1:], keep_keys, B)   # rows not per head
+    with pytest.raises(SqueezeError, match="must both be"):
+        kept_rows(scores, counts, start, flat(keys), flat(values)[:-H], keep_keys, B)      # tables disagree
     used = np.isfinite(bias[:, :B])
     np.testing.assert_array_equal(used, ref["slot_bias"].numpy() == 0)
     np.testing.assert_array_equal(kept[used], torch.cat(ref["kept"], -1).numpy()[used])  # graph: (keys, values)
