@@ -383,8 +383,10 @@ def lookup_share(fmt: str, path: Path, events: List[Dict], steps: int) -> Dict:
     if fmt == "onnx":
         import onnx
 
+        from export.backends.onnx_branches import walk_nodes
+
         model = onnx.load(str(path))
-        lookup_nodes = {n.name for n in model.graph.node
+        lookup_nodes = {n.name for n in walk_nodes(model.graph)
                         if any(p.key == "pkg.torch.onnx.stack_trace" and ONNX_LOOKUP_CALL in p.value
                                for p in n.metadata_props)}
         lookup = sum(e["us"] for e in events if e["node"] in lookup_nodes)

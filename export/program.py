@@ -72,11 +72,28 @@ class Program:
     def one_graph(self) -> Optional[Method]:
         """The method to export as the single graph of a one-graph format: the widest method, with its dynamic
         axes left symbolic (the others must be the same module at other sizes of those axes)."""
-        if len(self.methods) == 1:
-            return self.methods[0]
-        widest = max(self.methods, key=lambda m: sum(int(t.numel()) for t in m.inputs.values()))
-        same = all(m.module is widest.module for m in self.methods)
-        return widest if widest.dynamic and same else None
+        groups = self.graphs()
+        return groups[0][0] if groups is not None and len(groups) == 1 else None
+
+    def graphs(self) -> Optional[List[Tuple[Method, List[Method]]]]:
+        """The methods grouped by module, in method order: (the group's graph -- its widest method, dynamic axes
+        left symbolic --, the group's methods). A one-graph format exports one graph per group (ONNX: branches
+        of one file). None where a group's methods differ in more than a dynamic axis (none of them dynamic)."""
+        groups: List[List[Method]] = []
+        for m in self.methods:
+            for g in groups:
+                if g[0].module is m.module:
+                    g.append(m)
+                    break
+            else:
+                groups.append([m])
+        out = []
+        for g in groups:
+            widest = max(g, key=lambda m: sum(int(t.numel()) for t in m.inputs.values()))
+            if len(g) > 1 and not widest.dynamic:
+                return None
+            out.append((widest, g))
+        return out
 
 
 __all__ = ["Method", "Program"]

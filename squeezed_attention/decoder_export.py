@@ -165,20 +165,20 @@ def exact_tail_for(exact_tail: int | None, attention: str, fmt: str, plan: str, 
         return exact_tail if attention == "squeezed" else 0
     from .settings import DEFAULT_EXACT_TAIL
 
-    runs = attention == "squeezed" and fmt == "pte" and delegate == "xnnpack" and plan == "in-graph" \
-        and selection == "step"
+    runs = attention == "squeezed" and (fmt == "onnx" or fmt == "pte" and delegate == "xnnpack") \
+        and plan == "in-graph" and selection == "step"
     return min(DEFAULT_EXACT_TAIL, max_prompt) if runs else 0
 
 
 def check_exact_tail(exact_tail: int, attention: str, fmt: str, plan: str, selection: str) -> None:
-    """An exact prompt tail is a third method of a squeezed .pte program (in-graph plan, per-step selection); ONNX
-    holds one graph per file and the split plan's stages have no such method yet."""
+    """An exact prompt tail is a third method of a squeezed in-graph program with per-step selection: a method of
+    the .pte, a second graph (branch) of the .onnx file; the split plan's stages have no such method yet."""
     if type(exact_tail) is not int or exact_tail < 0:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens >= 0; got {exact_tail!r}")
     if not exact_tail or attention != "squeezed":
         return
-    if fmt != "pte" or plan != "in-graph" or selection != "step":
-        raise SqueezeError(f"--exact-tail {exact_tail} is exported for .pte with the in-graph plan and per-step decode "
+    if fmt not in ("pte", "onnx") or plan != "in-graph" or selection != "step":
+        raise SqueezeError(f"--exact-tail {exact_tail} is exported for .pte and .onnx with the in-graph plan and per-step decode "
                            f"selection only (here: {fmt}, plan {plan}, decode selection {selection}); pass --exact-tail 0")
 
 
@@ -196,7 +196,11 @@ class EagerRunner:
     def run(self, method, feed):
         module = self.module if self.modules is None else self.modules[method]
         names = module.input_names()
-        out = module(**module.arrange({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}))
+        values = {n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}
+        if getattr(module, "exact", False):   # the clustered tables per KV head (a runtime may declare them flat)
+            hkv, nc = module.config.num_kv_heads, module.shapes.max_clustered
+            values.update({n: v.reshape(hkv, nc, -1) for n, v in values.items() if n.startswith("clustered_")})
+        out = module(**module.arrange(values))
         out = out if isinstance(out, tuple) else (out,)
         return {n: o.numpy() for n, o in zip(module.output_names(), out)}
 
@@ -242,6 +246,10 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
                        "lists a dynamic axis; n_tokens = their count, cache_len = tokens before them; no keep_keys: every "
                        "fixed-context row of the pack layout, padding masked); the tokens before them (if any) first, "
                        "as follows: " + prompt_step)
+    if any(isinstance(i, dict) and "value" in i for m in methods.values() for i in m.get("inputs", ())):
+        prompt_step += ("; every method also feeds the inputs its entry fixes (\"value\": the .onnx file's graph "
+                        "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
+                        "fed to every method)")
     if plan == "split":
         return {**split_contract(shapes, kv_budget, methods, prompt_step), "prefill_rows": rows, "prefill_tail": tail}
     question = squeezed and selection == "question"

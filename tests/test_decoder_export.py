@@ -67,8 +67,8 @@ def test_every_artifact_is_verified_and_documented(exported):
         assert v["psnr_db"] >= 60
         assert (out / a["file"]).stat().st_size == a["bytes"] > 0
         methods = a["decoder"]["methods"]
-        # the exact prompt tail: by default a third method of the squeezed .pte (the host's default), none elsewhere
-        exact = fmt == "pte" and att == "squeezed"
+        # the exact prompt tail: by default a third method of the squeezed artifacts (the host's default)
+        exact = att == "squeezed"
         assert set(methods) == {"prefill", "decode"} | ({"prefill_exact"} if exact else set())
         assert a["decoder"]["exact_tail"] == (min(32, SHAPES["max_prompt"]) if exact else 0 if att == "squeezed" else None)
         names = [i["name"] for i in methods["prefill"]["inputs"]]
@@ -310,7 +310,7 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     # one squeezed row per prompt tail (the full artifact selects nothing: one row), labelled apart
     assert sorted((r["attention"], r["prefill_tail"] or 0) for r in again["rows"]) == [
         ("full", 0), ("squeezed", 0), ("squeezed", 4)]
-    assert "| onnx | squeezed (tail 4) (KV budget" in (report_dir / "report.md").read_text()
+    assert "| onnx | squeezed (tail 4) (exact 32) (KV budget" in (report_dir / "report.md").read_text()
     bad = subprocess.run(cmd + ["--formats", "onnx", "--prefill-tail", "-1"], capture_output=True, text=True,
                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 1 and "--prefill-tail takes token counts" in bad.stderr
@@ -348,7 +348,9 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
     assert q["bits"] == 8 and q["block_size"] == 32 and q["matmul_nbits"] == 2 * 4 + 1   # q|k|v, o, gate|up, down per layer + head
     # read back from the written tensors: within half a quantization step of the float weights (|w| < ~0.5 here)
     assert 0 < q["max_abs_weight_error"]["MatMulNBits/8"] < 0.5 / 127, q["max_abs_weight_error"]
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / art["file"])).graph.node}
+    from export.backends.onnx_branches import walk_nodes
+
+    ops = {n.op_type for n in walk_nodes(onnx.load(str(tmp_path / "q" / art["file"])).graph)}
     assert "MatMulNBits" in ops and "Gemm" not in ops
     v = art["verification"]
     assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] <= 0.05, v
@@ -374,10 +376,16 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     errors = q["max_abs_weight_error"]
     assert set(errors) == {"MatMulNBits/4", "MatMulNBits/8", "GatherBlockQuantized/8"}, errors
     assert max(errors.values()) < 1e-5, errors
+    from export.backends.onnx_branches import walk_nodes
+
     graph = onnx.load(str(tmp_path / "q" / art["file"])).graph
-    bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits")
-    assert bits == [4] * 8 + [8]   # 2 layers x (q|k|v, o, gate|up, down), the head
-    assert not [n for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3]   # no zero-point input
+    nbits = [n for n in walk_nodes(graph) if n.op_type == "MatMulNBits"]
+    bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in nbits)
+    # 2 layers x (q|k|v, o, gate|up, down), the head; in both graphs of the file (the exact prompt tail's too),
+    # which read one stored copy of each weight
+    assert sorted(bits) == sorted(([4] * 8 + [8]) * 2)
+    assert len({n.input[1] for n in nbits}) == 9
+    assert not [n for n in nbits if len(n.input) > 3]   # no zero-point input
     v = art["verification"]
     # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
     assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] < 1e-3, v
@@ -479,39 +487,59 @@ def test_question_level_selection_decodes_over_the_prefills_rows(tiny, tiny_pack
     assert len(got.token_ids) == 6
 
 
-def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path):
-    """--exact-tail N (.pte): a method prefill_exact runs the question's last N tokens over every fixed-context row
-    (no lookup) after a selecting prefill of the tokens before them; the artifact passes verification against the
-    PyTorch decoder with the same exact tail, answers like it at the artifact's tail and at 0 (no exact call), and
-    formats without the method are refused in one line before anything is written."""
+@pytest.mark.parametrize("fmt", ["pte", "onnx"])
+def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
+    """--exact-tail N: a method prefill_exact runs the question's last N tokens over every fixed-context row (no
+    lookup) after a selecting prefill of the tokens before them (.pte: a third method; .onnx: a second graph of the
+    same file, a branch of an If on the input ``branch`` that reads the same weights); the artifact passes
+    verification against the PyTorch decoder with the same exact tail, answers like it at the artifact's tail and
+    at 0 (no exact call), and plans without the method are refused in one line before anything is written."""
+    import onnx
+
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
 
     d, gguf = tiny
     (d / "doc.txt").write_text(TINY_TEXT)
-    with pytest.raises(SqueezeError, match="--exact-tail 4 is exported for .pte"):
-        export_decoder(tmp_path / "no", formats=("onnx",), model_path=gguf, exact_tail=4, **SHAPES)
+    with pytest.raises(SqueezeError, match="--exact-tail 4 is exported for .pte and .onnx with the in-graph plan"):
+        export_decoder(tmp_path / "no", formats=("tflite",), model_path=gguf, exact_tail=4, **SHAPES)
     assert not (tmp_path / "no").exists()
     out = tmp_path / "exact"
-    result = export_decoder(out, formats="pte", model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,
+    result = export_decoder(out, formats=fmt, model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,
                             verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
     assert result.ok, result.manifest["failures"]
     (art,) = result.manifest["artifacts"]
     contract = art["decoder"]
     assert contract["exact_tail"] == 4 and "prefill_exact" in contract["methods"]
     exact_inputs = {i["name"]: i["shape"] for i in contract["methods"]["prefill_exact"]["inputs"]}
-    assert "keep_keys" not in exact_inputs and "centroids_0" not in exact_inputs
-    # the clustered rows per KV head, [Hkv, Nc, D]: the same rows as the lookup's flat [Hkv * Nc, D] tables
     flat = {i["name"]: i["shape"] for i in contract["methods"]["decode"]["inputs"]}
-    for name in ("clustered_keys_0", "clustered_values_0"):
-        hkv, nc, dim = exact_inputs[name]
-        assert flat[name] == [hkv * nc, dim]
-    assert not [op for op in art["delegation"]["prefill_exact"]["portable_ops"] if "topk" in op], art["delegation"]
+    if fmt == "pte":
+        assert "keep_keys" not in exact_inputs and "centroids_0" not in exact_inputs
+        # the clustered rows per KV head, [Hkv, Nc, D]: the same rows as the lookup's flat [Hkv * Nc, D] tables
+        for name in ("clustered_keys_0", "clustered_values_0"):
+            hkv, nc, dim = exact_inputs[name]
+            assert flat[name] == [hkv * nc, dim]
+        assert not [op for op in art["delegation"]["prefill_exact"]["portable_ops"] if "topk" in op], art["delegation"]
+    else:
+        # one file: both graphs are fed the same inputs, in the same shapes, plus the branch each method fixes
+        fixed = {m: [i for i in contract["methods"][m]["inputs"] if i["name"] == "branch"]
+                 for m in ("prefill", "decode", "prefill_exact")}
+        assert {m: f[0]["value"] for m, f in fixed.items()} == {"prefill": [0], "decode": [0], "prefill_exact": [1]}
+        assert {n: s for n, s in exact_inputs.items() if n != "tokens"} == {n: s for n, s in flat.items() if n != "tokens"}
+        model = onnx.load(str(out / art["file"]))
+        assert [n.op_type for n in model.graph.node][-1] == "If"
+        # the weights are stored once: no initializer's bytes twice
+        blobs = [bytes(i.raw_data) for i in model.graph.initializer if len(i.raw_data) > 256]
+        assert len(blobs) == len(set(blobs))
+        single = export_decoder(tmp_path / "single", formats=fmt, model_path=gguf, attention="squeezed",
+                                kv_budget=0.3, exact_tail=0, verify=False, **SHAPES).manifest["artifacts"][0]
+        weights = sum(len(i.raw_data) for i in onnx.load(str(tmp_path / "single" / single["file"])).graph.initializer)
+        assert sum(len(b) for b in blobs) <= weights
     v = art["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] and v["psnr_db"] >= 60, v
     pack_path, pack, model, ck = tiny_pack
     for tail in (None, 0, 2):
-        session = DecoderSession(out, fmt="pte", attention="squeezed", exact_tail=tail)
+        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_tail=tail)
         session.attach(pack_path)
         calls = []
         run = session.runner.run
@@ -527,7 +555,7 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
         session.close()
         assert got.token_ids == ref.token_ids, tail
     with pytest.raises(SqueezeError, match="--exact-tail must be a whole number of tokens from 0 to 4"):
-        DecoderSession(out, fmt="pte", exact_tail=5)
+        DecoderSession(out, fmt=fmt, exact_tail=5)
 
 
 def test_weight_schemes_bench_finds_the_q4_1_grid_exact(tmp_path):

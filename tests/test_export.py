@@ -462,3 +462,60 @@ def test_program_methods_declare_their_dynamic_axes():
     other_decode = Method("decode", other, decode.inputs, ["y"])
     assert Program([prefill, other_decode]).one_graph() is None   # two modules: no single graph for both
     assert Program([decode]).one_graph() is decode
+    # grouped by module: one graph per group (a one-graph format's branches), the widest method of each
+    groups = Program([prefill, decode, other_decode]).graphs()
+    assert [(g.name, [m.name for m in ms]) for g, ms in groups] == [("prefill", ["prefill", "decode"]),
+                                                                   ("decode", ["decode"])]
+    assert Program([decode, Method("decode2", module, decode.inputs, ["y"])]).graphs() is None   # nothing dynamic
+
+
+def test_onnx_branches_select_a_graph_and_store_shared_weights_once(tmp_path):
+    """onnx_branches.merge_branches: two graphs reading one weight become If branches on the input ``branch``;
+    the weight is stored once, each branch answers as its own graph did (an input one graph declares in another
+    shape of the same size is reshaped inside its branch), and graphs with other outputs are refused in one line."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from export.backends.onnx_branches import merge_branches, walk_nodes
+    from squeeze_mobile.errors import SqueezeError
+
+    weight = torch.nn.Parameter(torch.randn(6, 4))
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = weight
+
+        def forward(self, x, table):                  # table: [6, 4]
+            return (x @ self.w.T + table.sum()).relu()
+
+    class PerHead(Flat):
+        def forward(self, x, table):                  # table: [2, 3, 4], the same rows
+            return (x @ self.w.T - table[1].sum()).relu()
+
+    def proto(module, table):
+        x = torch.randn(5, 4)
+        return torch.onnx.export(module, (x, table), dynamo=True, input_names=["x", "table"], output_names=["y"],
+                                 verbose=False).model_proto
+
+    flat, per_head = proto(Flat(), torch.zeros(6, 4)), proto(PerHead(), torch.zeros(2, 3, 4))
+    model, inputs = merge_branches([flat, per_head])
+    onnx.checker.check_model(model)
+    assert [i.name for i in inputs] == ["x", "table", "branch"]
+    big = [i for i in model.graph.initializer if len(i.dims) == 2]
+    assert len(big) == 1, [(i.name, list(i.dims)) for i in model.graph.initializer]
+    assert {n.op_type for n in model.graph.node} >= {"If"} and any(n.op_type == "Reshape" for n in walk_nodes(model.graph))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, table = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32), \
+        np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    for k, module, t in ((0, Flat(), table), (1, PerHead(), table.reshape(2, 3, 4))):
+        (got,) = session.run(None, {"x": x, "table": table, "branch": np.array([k], np.int64)})
+        want = module(torch.from_numpy(x), torch.from_numpy(t)).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    other = flat.__class__()
+    other.CopyFrom(flat)
+    other.graph.output[0].name = "z"
+    with pytest.raises(SqueezeError, match="return different outputs"):
+        merge_branches([flat, other])

@@ -74,8 +74,13 @@ class _FlushDenormals:
 class OnnxRunner(Runner):
     runtime = "onnxruntime (CPU)"
 
-    def __init__(self, path: Path, threads: Optional[int], profile: bool = False):
+    def __init__(self, path: Path, threads: Optional[int], profile: bool = False, methods: Optional[dict] = None):
         import onnxruntime as ort
+
+        # inputs a method fixes (the branch selector of a multi-graph file): fed by the runner, not the caller
+        self._fixed = {name: {i["name"]: np.asarray(i["value"], dtype=i.get("dtype", "int64"))
+                              for i in (m.get("inputs") or ()) if isinstance(i, dict) and "value" in i}
+                       for name, m in (methods or {}).items()}
 
         so = ort.SessionOptions()
         if threads:
@@ -108,9 +113,12 @@ class OnnxRunner(Runner):
         finally:
             shutil.rmtree(self._profile_dir, ignore_errors=True)
             self._profile_dir = None
+        from .onnx_branches import CONTROL_FLOW
+
         suffix = "_kernel_time"
+        # an If's time is its branch's nodes' time, which the profiler lists too: the nodes are the top level
         return [{"op": e.get("args", {}).get("op_name", ""), "node": e["name"][:-len(suffix)], "us": float(e["dur"]),
-                 "top_level": True}
+                 "top_level": e.get("args", {}).get("op_name", "") not in CONTROL_FLOW}
                 for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith(suffix)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -118,7 +126,11 @@ class OnnxRunner(Runner):
             return self.session.run(None, {self.input_name: x})[0]
 
     def run(self, method, feed):
-        # one graph serves every method (the methods differ in a dynamic axis); feed it what it declares
+        # one graph serves every method (the methods differ in a dynamic axis, or are branches of it); feed it
+        # what it declares, and the method's fixed inputs
+        fixed = self._fixed.get(method)
+        if fixed:
+            feed = {**feed, **fixed}
         names = [i.name for i in self.session.get_inputs()]
         missing = [n for n in names if n not in feed]
         if missing:
@@ -126,6 +138,33 @@ class OnnxRunner(Runner):
         with self._denormals:
             outs = self.session.run(None, {n: feed[n] for n in names})
         return dict(zip((o.name for o in self.session.get_outputs()), outs))
+
+
+def branch_signatures(groups) -> dict:
+    """The manifest's method table of a multi-graph file (onnx_branches.merge_branches): every method feeds the
+    merged graph's inputs (those its own graph lacks, e.g. the lookup's inputs for the exact tail, are fed but not
+    read), each in the first graph's shape, its own dynamic axes, and ``branch`` fixed to its graph's index."""
+    from .onnx_branches import branch_input_entry
+
+    first: dict = {}
+    for graph, members in groups:
+        for m in members:
+            for entry in m.signature(dynamic=True)["inputs"]:
+                first.setdefault(entry["name"], entry)
+    table = {}
+    for k, (graph, members) in enumerate(groups):
+        for m in members:
+            sig = m.signature(dynamic=True)
+            own = {e["name"]: e for e in sig["inputs"]}
+            inputs = []
+            for name, outer in first.items():
+                entry = dict(own.get(name, outer))
+                if "dynamic" not in entry:
+                    entry["shape"] = outer["shape"]
+                inputs.append(entry)
+            table[m.name] = {"graph": "main", "branch": k, "inputs": inputs + [branch_input_entry(k)],
+                             "outputs": sig["outputs"]}
+    return table
 
 
 WEIGHT_BITS = {"int8": 8, "int4": 4}
@@ -576,20 +615,45 @@ class OnnxBackend(Backend):
         return OnnxRunner(path, threads)
 
     def load_program(self, path, methods, threads=None, profile=False):
-        return OnnxRunner(path, threads, profile)
+        return OnnxRunner(path, threads, profile, methods)
 
     def export_program(self, program, dest: Path, opts: ExportOptions):
-        """One ONNX graph for all methods: the widest method with its dynamic axes symbolic (the decoder's
-        prefill and decode are the same graph at T = max_prompt and T = 1)."""
+        """One ONNX graph for all methods of one module: the widest method with its dynamic axes symbolic (the
+        decoder's prefill and decode are the same graph at T = max_prompt and T = 1). Methods of other modules
+        (the decoder's exact prompt tail) are further graphs in the same file, branches of an If on the input
+        ``branch`` that share the weights (onnx_branches)."""
         import onnx
-        import torch
 
         from squeeze_mobile.errors import SqueezeError
 
-        graph = program.one_graph()
-        if graph is None:
-            raise SqueezeError(f"onnx holds one graph per file; methods {', '.join(program.names)} differ in more than "
-                               "a dynamic axis")
+        groups = program.graphs()
+        if groups is None:
+            raise SqueezeError(f"onnx holds one graph per module; methods {', '.join(program.names)} of one module "
+                               "differ in more than a dynamic axis")
+        models, quantized = [], {}
+        for graph, _ in groups:
+            model, record = self._graph_model(graph, opts.weights)
+            models.append(model)
+            for key, value in (record or {}).items():
+                quantized.setdefault(key, value)
+        if len(models) == 1:
+            model = models[0]
+            methods = {m.name: {"graph": "main", **m.signature(dynamic=True)} for m in program.methods}
+        else:
+            from .onnx_branches import merge_branches
+
+            model, _ = merge_branches(models)
+            methods = branch_signatures(groups)
+        onnx.checker.check_model(model)
+        with open(dest, "wb") as fh:
+            fh.write(model.SerializeToString(deterministic=True))
+        return {"opset": OPSET, "nodes": len(model.graph.node),
+                **({"weight_quantization": quantized} if quantized else {}), "methods": methods}
+
+    def _graph_model(self, graph, weights: str):
+        """One method's graph as a ModelProto (its dynamic axes symbolic), weights quantized as asked."""
+        import torch
+
         with torch.no_grad():
             exported = torch.onnx.export(
                 graph.module, (), kwargs=graph.call_kwargs(graph.inputs), dynamo=True, opset_version=OPSET,
@@ -599,14 +663,9 @@ class OnnxBackend(Backend):
         model = exported.model_proto
         model.producer_version = torch.__version__.split("+")[0]
         quantized = None
-        if opts.weights != "fp32":
-            model, quantized = quantize_weights(model, opts.weights)
-        onnx.checker.check_model(model)
-        with open(dest, "wb") as fh:
-            fh.write(model.SerializeToString(deterministic=True))
-        return {"opset": OPSET, "nodes": len(model.graph.node),
-                **({"weight_quantization": quantized} if quantized else {}),
-                "methods": {m.name: {"graph": "main", **m.signature(dynamic=True)} for m in program.methods}}
+        if weights != "fp32":
+            model, quantized = quantize_weights(model, weights)
+        return model, quantized
 
     def tool_versions(self):
         return versions_of("torch", "onnx", "onnxscript", "onnxruntime")
