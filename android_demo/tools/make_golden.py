@@ -371,6 +371,9 @@ QA_SETTINGS = dict(hierarchical=True, level1_fraction=0.05)
 QA_SHAPES = dict(max_context=210, max_prompt=32, max_new=14, kv_budget=0.3)
 QA_PROMPT = "ab nan"
 QA_MAX_NEW = 12
+# the exact tail of the generation golden's extra squeezed run: shorter than the question, so a selecting prefill
+# runs before the prefill_exact call
+QA_SHORT_TAIL = 4
 
 
 def _le(a) -> bytes:
@@ -386,12 +389,19 @@ def _sha(a) -> str:
 
 
 class _RecordingRunner:
-    """Wraps a runner; keeps every call's method, input hashes and outputs (for the Kotlin fake runtime)."""
+    """Wraps a runner; keeps every call's method, input hashes and outputs (for the Kotlin fake runtime). ``methods``
+    (the manifest's method table): the inputs a method fixes ("value": the .onnx file's graph selector ``branch``)
+    are added to the feed as the artifact's runner adds them (OnnxRunner.run), so the recorded feed is what the
+    runtime receives, and what the app's loop feeds."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, methods: dict | None = None):
         self.runner, self.calls = runner, []
+        self.fixed = {name: {i["name"]: np.asarray(i["value"], dtype=i.get("dtype", "int64")).reshape(i["shape"])
+                             for i in (m.get("inputs") or ()) if isinstance(i, dict) and "value" in i}
+                      for name, m in (methods or {}).items()}
 
     def run(self, method, feed):
+        feed = {**feed, **self.fixed.get(method, {})}
         out = self.runner.run(method, feed)
         self.calls.append({"method": method,
                            "inputs": {k: {"dtype": str(np.asarray(v).dtype), "shape": list(np.shape(v)), "sha256": _sha(v)}
@@ -404,11 +414,13 @@ def qa_goldens() -> dict[str, bytes]:
     """The tiny model's pack file, the numpy lookup's indices on its real queries, the decoder context inputs
     and the generation loop's calls (logits recorded from the exported graph run in PyTorch)."""
     from squeezed_attention import testing
+    from export.backends.onnx_backend import branch_signatures
     from squeezed_attention.decoder_export import (
         EagerRunner,
         chat_section,
         decoder_program,
         decoder_shapes,
+        exact_tail_for,
     )
     from squeezed_attention.decoder_session import GenerationLoop
     from squeezed_attention.exportable import ExportableDecoder
@@ -499,15 +511,29 @@ def qa_goldens() -> dict[str, bytes]:
         blobs = []
         offset = 0
         for attention in ("squeezed", "full"):
-            # the contract of the .onnx export (its methods' signatures: the prefill's token axis is dynamic)
-            program, module = decoder_program(model, decoder_shapes(model.config, **QA_SHAPES), attention, "onnx")
+            # the contract of the .onnx export: its methods as the manifest lists them (the prefill's token axis is
+            # dynamic; squeezed: the exact prompt tail, prefill_exact, is the file's second graph, every method
+            # feeds the merged graph's inputs and fixes `branch`: export/backends/onnx_backend.export_program)
+            exact = exact_tail_for(None, attention, "onnx", "in-graph", "step", QA_SHAPES["max_prompt"])
+            program, _ = decoder_program(model, decoder_shapes(model.config, **QA_SHAPES), attention, "onnx",
+                                         exact_tail=exact)
+            groups = program.graphs()
+            methods = branch_signatures(groups) if len(groups) > 1 else \
+                {m.name: {"graph": "main", **m.signature(dynamic=True)} for m in program.methods}
             contract = {"shapes": shapes, "attention": attention, "state": "io",
                         "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None,
-                        "methods": {m.name: m.signature(dynamic=True) for m in program.methods}}
+                        "exact_tail": exact if attention == "squeezed" else None, "methods": methods}
             context = decoder_context_inputs(arrays, shapes, attention)
-            for kind, force, stops in (("greedy", None, []), ("forced", forced, stop_ids)):
-                recorder = _RecordingRunner(EagerRunner(module))
-                loop = GenerationLoop(recorder, contract, arrays, context)
+            modules = {m.name: m.module for m in program.methods}
+            # the squeezed artifact's exact tail (32) covers the whole question: a run with a shorter tail (the
+            # loop's exact_tail argument) also has a selecting prefill (branch 0) before its prefill_exact (branch 1)
+            kinds = [("greedy", None, [], None), ("forced", forced, stop_ids, None)]
+            if exact:
+                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL))
+            first = len(runs)
+            for kind, force, stops, tail in kinds:
+                recorder = _RecordingRunner(EagerRunner(modules), methods)
+                loop = GenerationLoop(recorder, contract, arrays, context, exact_tail=tail)
                 tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
                 calls = []
                 for c in recorder.calls:
@@ -520,10 +546,11 @@ def qa_goldens() -> dict[str, bytes]:
                     inputs = {k: v for k, v in c["inputs"].items() if k not in context}
                     calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
                 runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
-                             "tokens": tokens, "keep_keys": loop.keep_keys, "calls": calls,
-                             "text": ck.tokenizer.decode(tokens)})
+                             "exact_tail": loop.exact_tail, "tokens": tokens, "keep_keys": loop.keep_keys,
+                             "calls": calls, "text": ck.tokenizer.decode(tokens)})
             inputs = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": _sha(v)} for k, v in context.items()}
-            runs[-1]["context_inputs"] = runs[-2]["context_inputs"] = inputs
+            for run in runs[first:]:
+                run["context_inputs"] = inputs
         out["qa_outputs_f32le.bin.gz"] = _gz(b"".join(blobs))
         out["qa_generation.json.gz"] = _gz(json.dumps({
             "prompt": QA_PROMPT, "prompt_ids": prompt_ids, "max_new_tokens": QA_MAX_NEW, "shapes": shapes,
@@ -741,8 +768,10 @@ def decoder_manifest_golden() -> dict[str, bytes]:
 
 
 # The tiny decoder's .onnx for the end-to-end Kotlin test (OrtJniDecoderTest): the in-graph plan exported as
-# decoder_manifest_golden() does (squeezed only), not committed: written to android_demo/build/qa_decoder/ with the
-# reference Python's DecoderSession (onnxruntime, 1 intra-op thread) gives on the qa_pack golden (reference.json).
+# decoder_manifest_golden() does (squeezed only; the exporter's default exact prompt tail: prefill_exact is the
+# file's second graph, selected by the fixed input `branch`), not committed: written to android_demo/build/qa_decoder/
+# with the reference Python's DecoderSession (onnxruntime, 1 intra-op thread) gives on the qa_pack golden
+# (reference.json: tokens, logits, and the calls it made, "method branch=k"; also a run with a 4-token exact tail).
 DECODER_BUILD = ROOT / "android_demo" / "build" / "qa_decoder"
 DECODER_REFERENCE = "reference.json"
 
@@ -758,13 +787,36 @@ def decoder_onnx_current() -> bool:
     qa_pack golden as it is now."""
     from squeezed_attention.decoder_session import SCHEMA
 
+    from squeezed_attention.decoder_export import exact_tail_for
+
     try:
         ref = json.loads((DECODER_BUILD / DECODER_REFERENCE).read_text())
-        schema = json.loads((DECODER_BUILD / "manifest.json").read_text()).get("schema")
+        manifest = json.loads((DECODER_BUILD / "manifest.json").read_text())
+        artifact = next(a for a in manifest["artifacts"] if a.get("file") == ref["artifact"])
+        # an export of this version: its exact prompt tail as the exporter gives the .onnx now, and a reference
+        # that records the calls (older builds had neither)
+        exact = exact_tail_for(None, "squeezed", "onnx", "in-graph", "step", QA_SHAPES["max_prompt"])
         return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256() \
-            and schema == SCHEMA
-    except (OSError, ValueError, KeyError, AttributeError):
+            and manifest.get("schema") == SCHEMA and (artifact["decoder"].get("exact_tail") or 0) == exact \
+            and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, StopIteration):
         return False
+
+
+class _CallLog:
+    """Wraps an artifact's runner: every call's method and the fixed inputs it added (OnnxRunner._fixed: the
+    .onnx file's graph selector ``branch``), as "method" or "method branch=k"."""
+
+    def __init__(self, runner):
+        self.runner, self.calls = runner, []
+
+    def run(self, method, feed):
+        fixed = getattr(self.runner, "_fixed", {}).get(method) or {}
+        self.calls.append(" ".join([method] + [f"{k}={int(np.asarray(v).reshape(-1)[0])}" for k, v in sorted(fixed.items())]))
+        return self.runner.run(method, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.runner, name)
 
 
 def write_decoder_onnx() -> Path:
@@ -788,11 +840,21 @@ def write_decoder_onnx() -> Path:
     try:
         session = DecoderSession(out, fmt="onnx", attention="squeezed", threads=1)
         session.attach(GOLDEN / "qa_pack.safetensors")
+        log = session.loop.runner = _CallLog(session.loop.runner)
         ids = session.prompt_ids(QA_PROMPT)
         greedy, greedy_logits = session.loop.greedy(ids, QA_MAX_NEW)
+        greedy_calls, log.calls = log.calls, []
         forced = session.tokenizer.encode("nan sass abba<|im_end|>ab", add_special_tokens=False).ids
         stops = sorted(session.stop_ids)
         forced_tokens, forced_logits = session.loop.greedy(ids, QA_MAX_NEW, forced=forced, stop_ids=set(stops))
+        forced_calls, log.calls = log.calls, []
+        # a tail shorter than the question: a selecting prefill (branch 0) runs before the prefill_exact (branch 1)
+        full_tail, session.loop.exact_tail = session.loop.exact_tail, QA_SHORT_TAIL
+        short_tokens, short_logits = session.loop.greedy(ids, QA_MAX_NEW)
+        short_calls, log.calls = log.calls, []
+        session.loop.exact_tail = full_tail
+        if not greedy_calls or not greedy_calls[0].startswith("prefill_exact"):
+            raise SystemExit(f"the tiny decoder's question should run as one prefill_exact call; calls: {greedy_calls}")
         answer = session.generate(QA_PROMPT, max_new_tokens=QA_MAX_NEW, stop_at_eos=False)
         session.close()
         if answer.token_ids != greedy:
@@ -801,10 +863,13 @@ def write_decoder_onnx() -> Path:
                "prompt": QA_PROMPT,
                "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
                "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
-               "greedy": {"tokens": greedy, "text": answer.text,
+               "exact_tail": session.loop.exact_tail,
+               "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls,
                           "logits": [np.asarray(x, np.float32).tolist() for x in greedy_logits]},
-               "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens,
-                          "logits": [np.asarray(x, np.float32).tolist() for x in forced_logits]}}
+               "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens, "calls": forced_calls,
+                          "logits": [np.asarray(x, np.float32).tolist() for x in forced_logits]},
+               "short_tail": {"exact_tail": QA_SHORT_TAIL, "tokens": short_tokens, "calls": short_calls,
+                              "logits": [np.asarray(x, np.float32).tolist() for x in short_logits]}}
         (out / DECODER_REFERENCE).write_text(json.dumps(ref))
         old = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.old.partial-{os.getpid()}")
         if DECODER_BUILD.exists():

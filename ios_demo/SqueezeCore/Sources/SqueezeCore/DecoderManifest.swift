@@ -45,8 +45,10 @@ public struct DecoderShapes: Equatable {
 /// prefill selected as held inputs, is not run by this app and is refused), the prompt's selection chunks
 /// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
 /// call over every fixed-context row; absent or null in older manifests: 0, no such method; refused with the split plan),
-/// and the static shape every method declares for each of its inputs (a method may take a context input in another
-/// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs).
+/// the static shape every method declares for each of its inputs (a method may take a context input in another
+/// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
+/// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
+/// prefill/decode, 1 for prefill_exact, the file's second graph; the loop feeds exactly that tensor; fixedInputs).
 public struct DecoderContract: Equatable {
     public static let step = "step"
     public static let question = "question"
@@ -73,12 +75,15 @@ public struct DecoderContract: Equatable {
     public let exactTail: Int
     /// method -> input name -> the shape the method declares (inputs without a dynamic axis)
     public let inputShapes: [String: [String: [Int]]]
+    /// method -> input name -> the tensor the method fixes for it (its manifest entry's "value": the .onnx file's graph
+    /// selector `branch`), fed by every call of the method whatever the pack or cache holds
+    public let fixedInputs: [String: [String: DecoderTensor]]
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
                 lookupPlan: String = DecoderContract.inGraph,
                 decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
                 tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
-                inputShapes: [String: [String: [Int]]] = [:]) throws {
+                inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:]) throws {
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
@@ -114,6 +119,14 @@ public struct DecoderContract: Equatable {
         self.tokenRanges = tokenRanges
         self.exactTail = exactTail
         self.inputShapes = inputShapes
+        self.fixedInputs = fixedInputs
+    }
+
+    /// This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)).
+    public func withExactTail(_ exactTail: Int) throws -> DecoderContract {
+        try DecoderContract(attention: attention, state: state, kvBudget: kvBudget, shapes: shapes, lookupPlan: lookupPlan,
+                            decodeSelection: decodeSelection, prefillRows: prefillRows, prefillTail: prefillTail,
+                            tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs)
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -152,6 +165,45 @@ public struct DecoderContract: Equatable {
         return shapes
     }
 
+    /// methods.<m>.inputs[] with a "value" (absent methods or none: empty): the tensors the methods fix
+    static func fixedInputs(_ j: JSONPath) throws -> [String: [String: DecoderTensor]] {
+        guard let methods = try j.opt("methods") else { return [:] }
+        var fixed: [String: [String: DecoderTensor]] = [:]
+        for name in try methods.obj().keys {
+            var values: [String: DecoderTensor] = [:]
+            for input in try methods[name]["inputs"].list() where try input.has("value") {
+                values[try input["name"].string()] = try fixedValue(method: name, entry: input)
+            }
+            if !values.isEmpty { fixed[name] = values }
+        }
+        return fixed
+    }
+
+    /// An input entry's "value" (a number or nested arrays of numbers, row-major) as a tensor of the entry's shape and
+    /// dtype (int64 and int32 as .int64: runtimes narrow to the dtype they declare; float32).
+    public static func fixedValue(method: String, entry: JSONPath) throws -> DecoderTensor {
+        let name = try entry["name"].string()
+        let shape = try entry["shape"].intArray()
+        let dtype = try entry["dtype"].string()
+        var values: [JSONPath] = []
+        func flatten(_ v: JSONPath) throws {
+            if case .array = v.value { for item in try v.list() { try flatten(item) } } else { values.append(v) }
+        }
+        try flatten(try entry["value"])
+        let count = shape.reduce(1, *)
+        if values.count != count {
+            throw DecoderError("decoder.methods.\(method): input \(name) fixes \(values.count) values for shape \(shape); " +
+                               "re-export the decoder")
+        }
+        switch dtype {
+        case "int64", "int32": return .int64(try Int64Tensor(try values.map { try $0.long() }, shape: shape))
+        case "float32": return .float32(try Float32Tensor(try values.map { Float(try $0.double()) }, shape: shape))
+        default:
+            throw DecoderError("decoder.methods.\(method): input \(name) fixes a \(dtype) value, which the app does not feed " +
+                               "(int64, int32, float32)")
+        }
+    }
+
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
         do {
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
@@ -164,7 +216,7 @@ public struct DecoderContract: Equatable {
                                        prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
                                        tokenRanges: try tokenRanges(j),
                                        exactTail: try j.opt("exact_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       inputShapes: try inputShapes(j))
+                                       inputShapes: try inputShapes(j), fixedInputs: try fixedInputs(j))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

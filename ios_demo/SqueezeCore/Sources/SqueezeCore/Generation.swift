@@ -7,7 +7,9 @@
 // question's last exact_tail tokens as one `prefill_exact` call after the tokens before them (GenerationLoop.prompt).
 // The split lookup plan (stage graphs with a CPU lookup between them) is not run here: refused. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
-// cache_len; with state held in the runtime ("buffer", .pte) the runtime does. Port of Generation.kt (DocumentQa,
+// cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
+// ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, the file's second
+// graph) is fed exactly that value by every call of the method (DecoderContract.fixedInputs). Port of Generation.kt (DocumentQa,
 // the question/answer layer on top, is DocumentQa.swift).
 import Foundation
 
@@ -111,10 +113,12 @@ public final class GenerationLoop {
     /// One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values into
     /// cache. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact: exact_tail, decode:
     /// 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed (as Python's
-    /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so prefill_exact, which
-    /// declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values and counts, takes
-    /// just those), each context input in the shape the method declares it (methodInputs: prefill_exact's clustered
-    /// tables as [Hkv, Nc, D] views of the same rows).
+    /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so a .pte's
+    /// prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values
+    /// and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each context input in
+    /// the shape the method declares it (methodInputs: a .pte's prefill_exact takes the clustered tables as [Hkv, Nc, D]
+    /// views of the same rows), plus the inputs the method fixes with their values (DecoderContract.fixedInputs: the
+    /// .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact; Python: OnnxRunner.run adds them).
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
         let fixed: Int
         switch method {
@@ -138,6 +142,7 @@ public final class GenerationLoop {
             }
         }
         for (name, tensor) in try methodInputs(method) { feed[name] = tensor }
+        for (name, tensor) in contract.fixedInputs[method] ?? [:] { feed[name] = tensor }  // the method's value, never the pack's
         let out = try runtime.run(method: method, inputs: feed)
         if let cache = cache {
             try GenerationLoop.writeCache(cache, out, "new_keys", at: cacheLen, count: tokens.count)

@@ -20,15 +20,37 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(squeezed.contract.kvBudget, 0.3)
         XCTAssertNil(try manifest.pick(attention: "full").contract.kvBudget)
         XCTAssertEqual(manifest.schema, DecoderManifest.schema)
-        XCTAssertEqual(Set(squeezed.methods.keys), ["prefill", "decode"])
-        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D]
+        // the .onnx's exact prompt tail: prefill_exact, the file's second graph, selected by the input `branch`
+        XCTAssertEqual(Set(squeezed.methods.keys), ["prefill", "decode", "prefill_exact"])
+        XCTAssertEqual(squeezed.contract.exactTail, shapes.maxPrompt)
+        XCTAssertEqual(try manifest.pick(format: "onnx", attention: "full").methodNames, ["prefill", "decode"])
+        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D], for every
+        // method of the .onnx (one set of graph inputs; only a .pte's prefill_exact declares them per KV head)
         let declared = try XCTUnwrap(squeezed.contract.inputShapes["decode"])
-        for name in ["clustered_keys_0", "clustered_values_1"] {
-            XCTAssertEqual(declared[name], [manifest.numKvHeads * shapes.maxClustered, manifest.headDim], name)
+        for method in squeezed.methodNames {
+            for name in ["clustered_keys_0", "clustered_values_1"] {
+                XCTAssertEqual(squeezed.contract.inputShapes[method]?[name], [manifest.numKvHeads * shapes.maxClustered, manifest.headDim],
+                               "\(method) \(name)")
+            }
         }
         XCTAssertNil(squeezed.contract.inputShapes["prefill"]?["tokens"])
         XCTAssertFalse(declared.keys.contains { $0.hasPrefix("clustered_kv") })
-        XCTAssertEqual(squeezed.methodNames, ["prefill", "decode"])
+        XCTAssertEqual(squeezed.methodNames, ["prefill", "decode", "prefill_exact"])
+        // every method lists the merged graph's inputs (same names, same static shapes) and fixes `branch` ([1], int64)
+        let names = try XCTUnwrap(squeezed.methods["prefill"]).inputs.map(\.name)
+        XCTAssertEqual(names.last, "branch")
+        for (method, k) in [("prefill", Int64(0)), ("decode", 0), ("prefill_exact", 1)] {
+            let m = try XCTUnwrap(squeezed.methods[method])
+            XCTAssertEqual(m.inputs.map(\.name), names, method)
+            let branch = try XCTUnwrap(m.inputs.first { $0.name == "branch" })
+            XCTAssertEqual(branch.shape, [1])
+            XCTAssertEqual(branch.dtype, "int64")
+            XCTAssertEqual(squeezed.contract.fixedInputs[method].map { Array($0.keys) }, ["branch"], method)
+            XCTAssertEqual(squeezed.contract.fixedInputs[method]?["branch"], .int64(try Int64Tensor([k], shape: [1])), method)
+        }
+        XCTAssertEqual(Set(try XCTUnwrap(squeezed.contract.inputShapes["prefill"]).keys),
+                       Set(try XCTUnwrap(squeezed.contract.inputShapes["prefill_exact"]).keys))
+        XCTAssertTrue(try manifest.pick(format: "onnx", attention: "full").contract.fixedInputs.isEmpty)
         XCTAssertEqual(squeezed.methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
         XCTAssertEqual(squeezed.methods["prefill"]?.inputs[0].shape[0], shapes.maxPrompt)
         // the .onnx graph's token axis is dynamic: a question is fed at its own length, not padded to max_prompt

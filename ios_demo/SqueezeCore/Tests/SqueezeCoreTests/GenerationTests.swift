@@ -24,6 +24,8 @@ final class GenerationTests: XCTestCase {
     final class ReplayRuntime: DecoderRuntime {
         let name = "replay (PyTorch outputs)"
         var calls = 0
+        /// Per call: "method" or "method branch=k" (the graph selector fed, as reference.json writes it)
+        var log: [String] = []
         private let run: JSONPath
         private let outputs: [Float]
         private let artifact: DecoderArtifact
@@ -45,6 +47,7 @@ final class GenerationTests: XCTestCase {
             let call = recorded[calls]
             calls += 1
             XCTAssertEqual(method, try call["method"].string(), "call \(calls)")
+            log.append(GenerationTests.branchCall(method, inputs))
             // exactly the inputs the exported method declares (names, shapes, dtypes), as the manifest lists them
             let declared = try XCTUnwrap(artifact.methods[method]).inputs
             XCTAssertEqual(Set(inputs.keys), Set(declared.map(\.name)), "call \(calls): input names")
@@ -82,9 +85,18 @@ final class GenerationTests: XCTestCase {
         }
     }
 
-    /// The runtime contract of the real export's ONNX artifact for the run's attention.
+    /// The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
+    /// golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's).
     private func contract(_ run: JSONPath) throws -> DecoderContract {
-        try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
+        let c = try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
+        let exact = try run["exact_tail"].int()
+        return exact == c.exactTail ? c : try c.withExactTail(exact)
+    }
+
+    /// "method" or "method branch=k": the call and the graph selector it fed.
+    static func branchCall(_ method: String, _ inputs: [String: DecoderTensor]) -> String {
+        guard case .int64(let branch)? = inputs["branch"] else { return method }
+        return "\(method) branch=\(branch.data.map(String.init).joined(separator: ","))"
     }
 
     private func recordedRun(kind: String, attention: String) throws -> JSONPath {
@@ -288,13 +300,14 @@ final class GenerationTests: XCTestCase {
             guard let r = s.range(of: what) else { return s }
             return s.replacingCharacters(in: r, with: with)
         }
-        // the first artifact (squeezed, exported with exact_tail 0) with another "exact_tail"
-        let exported = "\"exact_tail\": 0,"
+        // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
+        XCTAssertEqual(shapes.maxPrompt, 32)
+        let exported = "\"exact_tail\": \(shapes.maxPrompt),"
         XCTAssertNotNil(text.range(of: exported))
         func withExact(_ value: String) -> String { replacingFirst(text, exported, "\"exact_tail\": \(value),") }
         func exactTail(_ manifest: String) throws -> Int { try DecoderManifest.parse(manifest).artifacts[0].contract.exactTail }
-        // 0, null (full attention) and absent (older manifests): 0
-        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactTail), [0, 0])
+        // null (full attention) and absent (older manifests): 0
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactTail), [32, 0])
         XCTAssertEqual(try exactTail(replacingFirst(text, exported, "")), 0)
         XCTAssertEqual(try exactTail(withExact("null")), 0)
         XCTAssertEqual(try exactTail(withExact("0")), 0)
@@ -306,12 +319,10 @@ final class GenerationTests: XCTestCase {
             let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(withExact(bad)) }
             XCTAssertTrue(m.contains("exact_tail: expected an integer"), m)
         }
-        // the prefill_exact method's token axis [1, E]: the tail at its own length
-        let method = "\"prefill_exact\": {\"inputs\": [{\"name\": \"tokens\", \"shape\": [16], \"dtype\": \"int64\", " +
-            "\"dynamic\": {\"0\": [1, 16]}}], \"outputs\": [\"logits\"]},"
-        let artifact = try DecoderManifest.parse(replacingFirst(withExact("16"), "\"methods\": {", "\"methods\": {\(method)")).artifacts[0]
+        // the prefill_exact method's token axis [1, E] (the .onnx's second graph): the tail at its own length
+        let artifact = try DecoderManifest.parse(text).artifacts[0]
         XCTAssertNotNil(artifact.methods["prefill_exact"])
-        XCTAssertEqual(artifact.contract.tokenRanges["prefill_exact"], 1...16)
+        XCTAssertEqual(artifact.contract.tokenRanges["prefill_exact"], 1...32)
         XCTAssertEqual(artifact.contract.tokenWidth(method: "prefill_exact", n: 5, fixed: artifact.contract.exactTail), 5)
         // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract,
         // which this app's loop does not run)
@@ -332,10 +343,68 @@ final class GenerationTests: XCTestCase {
         }.contains("lookup_plan"))
     }
 
+    func testEachMethodIsFedTheValuesItsManifestEntryFixes() throws {
+        // the .onnx's methods fix the graph selector `branch` (an input entry's "value"): prefill and decode [0],
+        // prefill_exact [1]; the loop feeds exactly that (OnnxRunner.run's _fixed), even over an input of that name
+        // among the context inputs
+        let squeezed = try manifest.pick(format: "onnx", attention: "squeezed").contract
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed") +
+            [(name: "branch", tensor: .int64(try Int64Tensor([7], shape: [1])))]
+        final class IoRuntime: DecoderRuntime {
+            let name = "io"
+            var calls: [String] = []
+            var feeds: [[String: DecoderTensor]] = []
+            let kv: (Int, Int, Int)
+            init(layers: Int, heads: Int, headDim: Int) { kv = (layers, heads, headDim) }
+            func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+                calls.append(GenerationTests.branchCall(method, inputs))
+                feeds.append(inputs)
+                guard case .int64(let n)? = inputs["n_tokens"] else { throw DecoderError("no n_tokens") }
+                let shape = [kv.0, kv.1, Int(n.data[0]), kv.2]
+                let zeros = [Float](repeating: 0, count: shape.reduce(1, *))
+                return ["logits": .float32(try Float32Tensor([0, 0, 0, 0], shape: [4])),
+                        "new_keys": .float32(try Float32Tensor(zeros, shape: shape)),
+                        "new_values": .float32(try Float32Tensor(zeros, shape: shape))]
+            }
+        }
+        let io = IoRuntime(layers: pack.layers, heads: pack.kvHeads, headDim: pack.headDim)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3), pack: pack, contextInputs: context)
+            .greedy(Array(1...10), maxNewTokens: 3)
+        XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"])
+        XCTAssertEqual(io.feeds[2]["branch"], squeezed.fixedInputs["decode"]?["branch"])
+        // without the exact tail, the whole question in one selecting prefill (branch 0)
+        io.calls = []
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0), pack: pack, contextInputs: context)
+            .greedy(Array(1...10), maxNewTokens: 2)
+        XCTAssertEqual(io.calls, ["prefill branch=0", "decode branch=0"])
+
+        // "value": a number or nested arrays, row-major, in the entry's dtype and shape
+        func fixed(_ entry: String) throws -> DecoderTensor {
+            try DecoderContract.fixedValue(method: "m", entry: JSONPath(try Json.parse(Array(entry.utf8)), path: "entry"))
+        }
+        XCTAssertEqual(try fixed("{\"name\": \"x\", \"shape\": [2, 2], \"dtype\": \"float32\", \"value\": [[1, 2.5], [3, -4]]}"),
+                       .float32(try Float32Tensor([1, 2.5, 3, -4], shape: [2, 2])))
+        XCTAssertEqual(try fixed("{\"name\": \"x\", \"shape\": [], \"dtype\": \"int32\", \"value\": 5}"),
+                       .int64(try Int64Tensor([5], shape: [])))
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try fixed("{\"name\": \"x\", \"shape\": [1], \"dtype\": \"int64\", \"value\": [0, 1]}") },
+                       "decoder.methods.m: input x fixes 2 values for shape [1]; re-export the decoder")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try fixed("{\"name\": \"x\", \"shape\": [1], \"dtype\": \"uint8\", \"value\": [0]}") },
+                       "decoder.methods.m: input x fixes a uint8 value, which the app does not feed (int64, int32, float32)")
+        // in a manifest: a value that is not an integer is refused in one line naming it
+        let text = try Golden.text("qa_decoder_manifest.json")
+        let one = try XCTUnwrap(text.range(of: "\"value\": \\[\\s*1\\s*]", options: .regularExpression))  // prefill_exact's branch
+        let m = thrownMessage(DecoderError.self) {
+            try DecoderManifest.parse(text.replacingCharacters(in: one, with: "\"value\": [1.5]"))
+        }
+        XCTAssertTrue(m.hasPrefix("the decoder manifest is not usable (") && m.contains(".value[0]: expected an integer") &&
+                      !m.contains("\n"), m)
+    }
+
     func testGreedyAndForcedRunsGiveThePythonTokens() throws {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()
-        XCTAssertEqual(runs.count, 4)
+        XCTAssertEqual(try runs.map { "\(try $0["attention"].string()) \(try $0["kind"].string())" },
+                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "full greedy", "full forced"])
         for run in runs {
             let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs)
             let c = try contract(run)
@@ -348,7 +417,18 @@ final class GenerationTests: XCTestCase {
             let what = "\(try run["attention"].string()) \(try run["kind"].string())"
             XCTAssertEqual(out.tokens, try run["tokens"].intArray(), what)
             XCTAssertEqual(runtime.calls, try run["calls"].list().count, what)
-            XCTAssertEqual(out.decodeSteps, runtime.calls - 1, what)
+            // the prompt's calls, then decode steps; the squeezed .onnx's branch as each method fixes it
+            let prompt: [String]
+            if c.attention == "full" {
+                prompt = ["prefill"]
+            } else if c.exactTail >= promptIds.count {
+                prompt = ["prefill_exact branch=1"]  // the whole question is the tail
+            } else {
+                prompt = ["prefill branch=0", "prefill_exact branch=1"]
+            }
+            let decode = c.attention == "full" ? "decode" : "decode branch=0"
+            XCTAssertEqual(runtime.log, prompt + Array(repeating: decode, count: runtime.calls - prompt.count), what)
+            XCTAssertEqual(out.decodeSteps, runtime.calls - prompt.count, what)
         }
         // the forced run met the end-of-turn token: it stopped there, without emitting it
         let forcedRun = try XCTUnwrap(try runs.first { try $0["kind"].string() == "forced" })

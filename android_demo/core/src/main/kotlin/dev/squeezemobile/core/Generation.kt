@@ -9,7 +9,9 @@ package dev.squeezemobile.core
  * A contract with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row)
  * runs the question's last exact_tail tokens as one `prefill_exact` call after the tokens before them ([GenerationLoop.prompt]).
  * With explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values
- * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does.
+ * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry
+ * fixes ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, whose graph is
+ * the file's second one) is fed exactly that value by every call of the method ([DecoderContract.fixedInputs]).
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
  * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them.
  */
@@ -33,7 +35,9 @@ interface DecoderRuntime : AutoCloseable {
  * exact tail (exact_tail: the last tokens of a question, run as one `prefill_exact` call over every fixed-context row;
  * absent or null in older manifests: 0, no such method; the split plan has none and is refused with one), and the
  * static shape every method declares for each of its inputs (a method may take a context input in another shape
- * than the pack's layout: prefill_exact takes the clustered tables per KV head; [GenerationLoop.methodInputs]).
+ * than the pack's layout: prefill_exact takes the clustered tables per KV head; [GenerationLoop.methodInputs]), and
+ * the inputs a method fixes (an input entry with a "value": the loop feeds exactly that tensor, of the entry's dtype
+ * and shape, whatever the pack or cache holds; [fixedInputs]).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
@@ -43,7 +47,12 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                       /** prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method */
                       val exactTail: Int = 0,
                       /** method -> input name -> the shape the method declares (inputs without a dynamic axis). */
-                      val inputShapes: Map<String, Map<String, IntArray>> = emptyMap()) {
+                      val inputShapes: Map<String, Map<String, IntArray>> = emptyMap(),
+                      /**
+                       * method -> input name -> the tensor the method fixes for it (its manifest entry's "value": the
+                       * .onnx file's graph selector `branch`); made once, the same objects at every call.
+                       */
+                      val fixedInputs: Map<String, Map<String, DecoderTensor>> = emptyMap()) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -69,6 +78,10 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
 
     val split: Boolean get() = lookupPlan == SPLIT
 
+    /** This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)). */
+    fun withExactTail(exact: Int) = DecoderContract(attention, state, kvBudget, shapes, lookupPlan, decodeSelection,
+        prefillRows, prefillTail, tokenRanges, exact, inputShapes, fixedInputs)
+
     /**
      * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
      * range's minimum) where the manifest gives the method's tokens a dynamic axis, else [static] (the rest padded).
@@ -91,7 +104,7 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0,
                 tokenRanges(j),
                 j.opt("exact_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0, // null for full attention, absent before it
-                inputShapes(j))
+                inputShapes(j), fixedInputs(j))
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -103,6 +116,40 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 val tokens = methods[name]["inputs"].list().firstOrNull { it["name"].string() == "tokens" }
                 tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { name to (it[0]..it[1]) }
             }.toMap()
+        }
+
+        /** methods.<m>.inputs[] with a "value" (absent methods or none: empty): the tensors the methods fix. */
+        private fun fixedInputs(j: JsonPath): Map<String, Map<String, DecoderTensor>> {
+            val methods = j.opt("methods") ?: return emptyMap()
+            return methods.obj().keys.associateWith { name ->
+                methods[name]["inputs"].list().filter { it.has("value") }.associate { it["name"].string() to fixedValue(name, it) }
+            }.filterValues { it.isNotEmpty() }
+        }
+
+        /**
+         * An input entry's "value" (a number or nested arrays of numbers, row-major) as a tensor of the entry's shape and
+         * dtype (int64 and int32 as [DecoderTensor.Int64]: runtimes narrow to the dtype they declare; float32).
+         */
+        fun fixedValue(method: String, entry: JsonPath): DecoderTensor {
+            val name = entry["name"].string()
+            val shape = entry["shape"].intArray()
+            val dtype = entry["dtype"].string()
+            val values = ArrayList<JsonPath>()
+            fun flatten(v: JsonPath) {
+                if (v.value is List<*>) v.list().forEach(::flatten) else values.add(v)
+            }
+            flatten(entry["value"])
+            val count = shape.fold(1) { a, d -> a * d }
+            if (values.size != count) {
+                throw DecoderException("decoder.methods.$method: input $name fixes ${values.size} values for shape " +
+                    "${shape.contentToString()}; re-export the decoder")
+            }
+            return when (dtype) {
+                "int64", "int32" -> DecoderTensor.Int64(LongArray(count) { values[it].long() }, shape)
+                "float32" -> DecoderTensor.Float32(FloatArray(count) { values[it].double().toFloat() }, shape)
+                else -> throw DecoderException("decoder.methods.$method: input $name fixes a $dtype value, which the app does " +
+                    "not feed (int64, int32, float32)")
+            }
         }
 
         /** methods.<m>.inputs[].shape of the inputs without a dynamic axis (absent methods: none). */
@@ -217,10 +264,12 @@ class GenerationLoop(
      * One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values
      * into [cache]. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact:
      * exact_tail, decode: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
-     * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so
-     * prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
-     * clustered_values and counts, takes just those), each context input in the shape the method declares it
-     * ([methodInputs]: prefill_exact's clustered tables as [Hkv, Nc, D] views of the same rows).
+     * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so a
+     * .pte's prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
+     * clustered_values and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each
+     * context input in the shape the method declares it ([methodInputs]: a .pte's prefill_exact takes the clustered
+     * tables as [Hkv, Nc, D] views of the same rows), plus the inputs the method fixes with their values
+     * ([DecoderContract.fixedInputs]: the .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact).
      */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
@@ -245,7 +294,7 @@ class GenerationLoop(
             }
         }
         feed.putAll(methodInputs(method))
-        val out = runtime.run(method, feed)
+        val out = run(method, feed)
         if (cache != null) {
             writeCache(cache, out, "new_keys", cache.keys, cacheLen, tokens.size)
             writeCache(cache, out, "new_values", cache.values, cacheLen, tokens.size)
@@ -270,7 +319,7 @@ class GenerationLoop(
         first["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < n) tokens[it].toLong() else 0L }, intArrayOf(width))
         first["next_centroids"] = ctx("centroids_0")
         first["next_counts"] = ctx("counts_0")
-        var out = runtime.run("${method}_0", first)
+        var out = run("${method}_0", first)
         val per = cache.heads * cache.capacity * cache.headDim
         val cacheShape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
         for (stage in 1..cache.layers) {
@@ -301,9 +350,18 @@ class GenerationLoop(
                 feed["next_centroids"] = ctx("centroids_$stage")
                 feed["next_counts"] = ctx("counts_$stage")
             }
-            out = runtime.run("${method}_$stage", feed)
+            out = run("${method}_$stage", feed)
         }
         return output(out, "logits", method, cache.layers).data
+    }
+
+    /**
+     * [runtime].run with the inputs [method] fixes (its manifest entries' "value") put over the feed: the method's
+     * value, never one from the pack or the cache (Python: OnnxRunner.run adds them for the .onnx's `branch`).
+     */
+    private fun run(method: String, feed: LinkedHashMap<String, DecoderTensor>): Map<String, DecoderTensor> {
+        contract.fixedInputs[method]?.let { feed.putAll(it) }
+        return runtime.run(method, feed)
     }
 
     private fun output(out: Map<String, DecoderTensor>, name: String, method: String, stage: Int): DecoderTensor.Float32 =

@@ -192,9 +192,10 @@ class OrtJniSession private constructor(private var handle: Long, val inputNames
 
 /**
  * [DecoderRuntime] over an exported decoder's .onnx through the JNI bridge (the JVM twin of app/'s OnnxRuntimeDecoder):
- * one graph serves every method (prefill and decode differ in a dynamic axis); each run feeds the inputs the graph
- * declares, by name, in the dtype the manifest's method declares (int64, or int32 narrowed), and returns the method's
- * outputs by name (float32 -> [DecoderTensor.Float32], int64/int32 -> [DecoderTensor.Int64]).
+ * one session serves every method (prefill and decode differ in a dynamic axis; a squeezed export's prefill_exact is
+ * the file's second graph, selected by the input `branch` the loop feeds as the method fixes it); each run feeds the
+ * inputs the graph declares, by name, in the dtype the manifest's method declares (int64, or int32 narrowed), and
+ * returns the method's outputs by name (float32 -> [DecoderTensor.Float32], int64/int32 -> [DecoderTensor.Int64]).
  */
 class OrtJniDecoder(val session: OrtJniSession, val artifact: DecoderArtifact) : DecoderRuntime {
     override val name: String = session.runtimeName

@@ -7,24 +7,30 @@ import java.nio.ByteOrder
 // tensors across steps, and the bytes of a tensor in the dtype a runtime declares.
 
 /**
- * The native tensors a runtime binding made from the loop's inputs, one per key (input name), made again only when
- * another [DecoderTensor] object comes under that key. The pack's context inputs are the same objects at every step
- * (megabytes per layer), so they are copied into the runtime once per attached pack instead of once per token; the
- * per-step inputs (tokens, lengths, the cache) are new objects and replace their entry (the old one is released).
+ * The native tensors a runtime binding made from the loop's inputs, one per key (input name) and shape, made again
+ * only when another [DecoderTensor] object comes under that key and shape. The pack's context inputs are the same
+ * objects at every step (megabytes per layer), so they are copied into the runtime once per attached pack instead of
+ * once per token; the per-step inputs (tokens, lengths, the cache) are new objects and replace their entry (the old
+ * one is released). The shape is part of the key because methods may declare one input in different shapes (a .pte's
+ * prefill_exact takes the clustered tables as [Hkv, Nc, D] views, decode the flat [Hkv * Nc, D] tables): each shape
+ * keeps its own entry, so switching methods does not make them again.
  */
 class NativeTensorCache<T>(private val release: (T) -> Unit = {}) : AutoCloseable {
     private class Entry<T>(val source: DecoderTensor, val native: T)
 
-    private val entries = HashMap<String, Entry<T>>()
+    private data class Key(val name: String, val shape: List<Int>)
+
+    private val entries = LinkedHashMap<Key, Entry<T>>()
 
     /** Native tensors held now. */
     val size: Int get() = entries.size
 
     fun get(key: String, tensor: DecoderTensor, make: (DecoderTensor) -> T): T {
-        val old = entries[key]
+        val k = Key(key, tensor.shape.toList())
+        val old = entries[k]
         if (old != null && old.source === tensor) return old.native
         val native = make(tensor)
-        entries[key] = Entry(tensor, native)
+        entries[k] = Entry(tensor, native)
         if (old != null) release(old.native)
         return native
     }

@@ -24,6 +24,8 @@ class GenerationTest {
     inner class ReplayRuntime(private val run: JsonPath, private val checkInputs: Boolean = true) : DecoderRuntime {
         override val name = "replay (PyTorch outputs)"
         var calls = 0
+        /** Per call: "method" or "method branch=k" (the graph selector fed, as reference.json writes it). */
+        val log = ArrayList<String>()
         private val artifact = manifest.pick("onnx", run["attention"].string())
 
         override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
@@ -31,6 +33,7 @@ class GenerationTest {
             assertTrue(calls < recorded.size, "call ${calls + 1} was not made by Python")
             val call = recorded[calls++]
             assertEquals(call["method"].string(), method, "call $calls")
+            log.add(branchCall(method, inputs))
             // exactly the inputs the exported method declares (names, shapes, dtypes), as the manifest lists them
             val declared = artifact.methods.getValue(method).inputs
             assertEquals(declared.map { it.name }.toSet(), inputs.keys, "call $calls: input names")
@@ -59,8 +62,23 @@ class GenerationTest {
         }
     }
 
-    /** The runtime contract of the real export's ONNX artifact for the run's attention. */
-    private fun contract(run: JsonPath) = manifest.pick("onnx", run["attention"].string()).contract
+    /**
+     * The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
+     * golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's).
+     */
+    private fun contract(run: JsonPath): DecoderContract {
+        val c = manifest.pick("onnx", run["attention"].string()).contract
+        val exact = run["exact_tail"].int()
+        return if (exact == c.exactTail) c else c.withExactTail(exact)
+    }
+
+    companion object {
+        /** "method" or "method branch=k": the call and the graph selector it fed (reference.json's "calls"). */
+        fun branchCall(method: String, inputs: Map<String, DecoderTensor>): String {
+            val branch = inputs["branch"] ?: return method
+            return "$method branch=${(branch as DecoderTensor.Int64).data.single()}"
+        }
+    }
 
     @Test
     fun promptChunksAreCutAsPythonCutsThem() {
@@ -244,13 +262,14 @@ class GenerationTest {
     @Test
     fun exactTailIsReadFromTheContract() {
         val text = Golden.text("qa_decoder_manifest.json")
-        // the first artifact (squeezed, exported with exact_tail 0) with another "exact_tail"
-        val exported = "\"exact_tail\": 0,"
+        // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
+        val exported = "\"exact_tail\": ${shapes.maxPrompt},"
+        assertEquals(32, shapes.maxPrompt)
         assertTrue(text.contains(exported))
         fun withExact(value: String) = text.replaceFirst(exported, "\"exact_tail\": $value,")
         fun exactTail(manifest: String) = DecoderManifest.parse(manifest).artifacts[0].contract.exactTail
-        // 0, null (full attention) and absent (older manifests): 0
-        assertEquals(listOf(0, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactTail })
+        // null (full attention) and absent (older manifests): 0
+        assertEquals(listOf(32, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactTail })
         assertEquals(0, exactTail(text.replaceFirst(exported, "")))
         assertEquals(0, exactTail(withExact("null")))
         assertEquals(0, exactTail(withExact("0")))
@@ -262,12 +281,10 @@ class GenerationTest {
             val e = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withExact(bad)) }
             assertTrue(e.message!!.contains("exact_tail: expected an integer"), e.message)
         }
-        // the prefill_exact method's token axis [1, E]: the tail at its own length
-        val method = "\"prefill_exact\": {\"inputs\": [{\"name\": \"tokens\", \"shape\": [16], \"dtype\": \"int64\", " +
-            "\"dynamic\": {\"0\": [1, 16]}}], \"outputs\": [\"logits\"]},"
-        val artifact = DecoderManifest.parse(withExact("16").replaceFirst("\"methods\": {", "\"methods\": {$method")).artifacts[0]
+        // the prefill_exact method's token axis [1, E] (the .onnx's second graph): the tail at its own length
+        val artifact = DecoderManifest.parse(text).artifacts[0]
         assertTrue("prefill_exact" in artifact.methods)
-        assertEquals(1..16, artifact.contract.tokenRanges["prefill_exact"])
+        assertEquals(1..32, artifact.contract.tokenRanges["prefill_exact"])
         assertEquals(5, artifact.contract.tokenWidth("prefill_exact", 5, artifact.contract.exactTail))
         // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract)
         val split = withExact("4").replaceFirst("\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"split\",")
@@ -276,6 +293,59 @@ class GenerationTest {
             "export the exact tail with the in-graph plan or pass --exact-tail 0", e.message)
         assertEquals("split", DecoderManifest.parse(split.replaceFirst("\"exact_tail\": 4,", "\"exact_tail\": 0,")).artifacts[0].contract.lookupPlan)
         assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes, "split", exactTail = 1) }
+    }
+
+    @Test
+    fun eachMethodIsFedTheValuesItsManifestEntryFixes() {
+        // the .onnx's methods fix the graph selector `branch` (an input entry's "value"): prefill and decode [0],
+        // prefill_exact [1]; the loop feeds exactly that (OnnxRunner.run's _fixed), even over an input of that name
+        // among the context inputs
+        val squeezed = manifest.pick("onnx", "squeezed").contract
+        val context = LinkedHashMap(PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        context["branch"] = DecoderTensor.Int64(longArrayOf(7), intArrayOf(1))
+        val feeds = ArrayList<Map<String, DecoderTensor>>()
+        val calls = ArrayList<String>()
+        val io = object : DecoderRuntime {
+            override val name = "io"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+                calls.add(branchCall(method, inputs))
+                feeds.add(inputs)
+                val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0].toInt()
+                val kv = intArrayOf(pack.layers, pack.kvHeads, n, pack.headDim)
+                return mapOf("logits" to DecoderTensor.Float32(FloatArray(4), intArrayOf(4)),
+                    "new_keys" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)), kv),
+                    "new_values" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)), kv))
+            }
+        }
+        GenerationLoop(io, squeezed.withExactTail(3), pack, context).greedy(IntArray(10) { it + 1 }, 3)
+        assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"), calls)
+        // the same tensor objects at every call of a method (a runtime binding copies them once: NativeTensorCache)
+        assertSame(squeezed.fixedInputs.getValue("decode").getValue("branch"), feeds[2]["branch"])
+        assertSame(feeds[2]["branch"], feeds[3]["branch"])
+        // without the exact tail, the whole question in one selecting prefill (branch 0)
+        calls.clear()
+        GenerationLoop(io, squeezed.withExactTail(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
+        assertEquals(listOf("prefill branch=0", "decode branch=0"), calls)
+
+        // "value": a number or nested arrays, row-major, in the entry's dtype and shape
+        fun fixed(entry: String) = DecoderContract.fixedValue("m", JsonPath.of(Json.parse(entry), "entry"))
+        val f = fixed("""{"name": "x", "shape": [2, 2], "dtype": "float32", "value": [[1, 2.5], [3, -4]]}""") as DecoderTensor.Float32
+        assertArrayEquals(floatArrayOf(1f, 2.5f, 3f, -4f), f.data)
+        assertArrayEquals(intArrayOf(2, 2), f.shape)
+        val scalar = fixed("""{"name": "x", "shape": [], "dtype": "int32", "value": 5}""") as DecoderTensor.Int64
+        assertArrayEquals(longArrayOf(5), scalar.data)
+        assertEquals(0, scalar.shape.size)
+        assertEquals("decoder.methods.m: input x fixes 2 values for shape [1]; re-export the decoder",
+            assertThrows(DecoderException::class.java) { fixed("""{"name": "x", "shape": [1], "dtype": "int64", "value": [0, 1]}""") }.message)
+        assertEquals("decoder.methods.m: input x fixes a uint8 value, which the app does not feed (int64, int32, float32)",
+            assertThrows(DecoderException::class.java) { fixed("""{"name": "x", "shape": [1], "dtype": "uint8", "value": [0]}""") }.message)
+        // in a manifest: a value that is not an integer is refused in one line naming it
+        val text = Golden.text("qa_decoder_manifest.json")
+        val one = Regex("\"value\": \\[\\s*1\\s*]")  // prefill_exact's branch (the manifest is indented)
+        assertTrue(one.containsMatchIn(text))
+        val e = assertThrows(DecoderException::class.java) { DecoderManifest.parse(text.replaceFirst(one, "\"value\": [1.5]")) }
+        assertTrue(e.message!!.startsWith("the decoder manifest is not usable (") && e.message!!.contains(".value[0]: expected an integer") &&
+            '\n' !in e.message!!, e.message)
     }
 
     @Test
@@ -290,12 +360,34 @@ class GenerationTest {
         assertEquals(0.3, squeezed.contract.kvBudget!!, 0.0)
         assertEquals(null, manifest.pick(attention = "full").contract.kvBudget)
         assertEquals(DecoderManifest.SCHEMA, manifest.schema)
-        assertEquals(setOf("prefill", "decode"), squeezed.methods.keys)
-        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D]
+        // the .onnx's exact prompt tail: prefill_exact, the file's second graph, selected by the input `branch`
+        assertEquals(setOf("prefill", "decode", "prefill_exact"), squeezed.methods.keys)
+        assertEquals(shapes.maxPrompt, squeezed.contract.exactTail)
+        assertEquals(setOf("prefill", "decode"), manifest.pick("onnx", "full").methods.keys)
+        // the declared shapes of the inputs without a dynamic axis: the clustered tables flat, [Hkv * Nc, D], for every
+        // method of the .onnx (one set of graph inputs; only a .pte's prefill_exact declares them per KV head)
         val declared = squeezed.contract.inputShapes.getValue("decode")
-        for (name in listOf("clustered_keys_0", "clustered_values_1")) {
-            assertArrayEquals(intArrayOf(manifest.numKvHeads * shapes.maxClustered, manifest.headDim), declared[name], name)
+        for (method in squeezed.methods.keys) for (name in listOf("clustered_keys_0", "clustered_values_1")) {
+            val shape = squeezed.contract.inputShapes.getValue(method)[name]
+            assertArrayEquals(intArrayOf(manifest.numKvHeads * shapes.maxClustered, manifest.headDim), shape, "$method $name")
         }
+        // every method lists the merged graph's inputs (same names, same static shapes) and fixes `branch` ([1], int64)
+        val names = squeezed.methods.getValue("prefill").inputs.map { it.name }
+        assertEquals("branch", names.last())
+        for (method in squeezed.methods.values) {
+            assertEquals(names, method.inputs.map { it.name }, method.name)
+            val branch = method.inputs.single { it.name == "branch" }
+            assertArrayEquals(intArrayOf(1), branch.shape)
+            assertEquals("int64", branch.dtype)
+            assertEquals(setOf("branch"), squeezed.contract.fixedInputs.getValue(method.name).keys, method.name)
+        }
+        for ((method, k) in listOf("prefill" to 0L, "decode" to 0L, "prefill_exact" to 1L)) {
+            val t = squeezed.contract.fixedInputs.getValue(method).getValue("branch") as DecoderTensor.Int64
+            assertArrayEquals(longArrayOf(k), t.data, method)
+            assertArrayEquals(intArrayOf(1), t.shape, method)
+        }
+        assertEquals(squeezed.contract.inputShapes.getValue("prefill").keys, squeezed.contract.inputShapes.getValue("prefill_exact").keys)
+        assertTrue(manifest.pick("onnx", "full").contract.fixedInputs.isEmpty())
         assertTrue("tokens" !in squeezed.contract.inputShapes.getValue("prefill"))
         assertTrue(declared.keys.none { it.startsWith("clustered_kv") })
         assertEquals(listOf("logits", "new_keys", "new_values"), squeezed.methods.getValue("decode").outputs)
@@ -348,8 +440,18 @@ class GenerationTest {
             val what = "${run["attention"].string()} ${run["kind"].string()}"
             assertArrayEquals(run["tokens"].intArray(), out.tokens, what)
             assertEquals(run["calls"].list().size, runtime.calls, what)
-            assertEquals(runtime.calls - 1, out.decodeSteps, what)
+            // the prompt's calls, then decode steps; the squeezed .onnx's branch as each method fixes it
+            val prompt = when {
+                c.attention == "full" -> listOf("prefill")
+                c.exactTail >= promptIds.size -> listOf("prefill_exact branch=1")  // the whole question is the tail
+                else -> listOf("prefill branch=0", "prefill_exact branch=1")
+            }
+            val decode = if (c.attention == "full") "decode" else "decode branch=0"
+            assertEquals(prompt + List(runtime.calls - prompt.size) { decode }, runtime.log, what)
+            assertEquals(runtime.calls - prompt.size, out.decodeSteps, what)
         }
+        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "full greedy", "full forced"),
+            gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
         // the forced run met the end-of-turn token: it stopped there, without emitting it
         val forcedRun = gen["runs"].list().first { it["kind"].string() == "forced" }
         val stop = gen["tokenizer"]["stop_token_ids"].intArray().toSet()

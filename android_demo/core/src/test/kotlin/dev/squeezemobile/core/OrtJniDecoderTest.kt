@@ -13,7 +13,9 @@ import java.io.File
  * qa_pack golden's model) run from Kotlin through ONNX Runtime's C library (JNI bridge, [OrtJniDecoder]) inside the
  * core's generation loop ([DocumentQa] / [GenerationLoop]) gives Python's DecoderSession tokens on the same artifact
  * and pack (reference.json, written beside the .onnx by make_golden.py --decoder-only; the pytest wrapper does so
- * when it is missing). run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
+ * when it is missing), with Python's calls: the export's exact prompt tail (32 tokens, the whole question) runs as
+ * prefill_exact, the file's second graph, selected by `branch` = 1, decode steps with `branch` = 0; and with a 4-token
+ * tail, a selecting prefill (branch 0) before it. run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
  * only a run without the property (outside run_tests.sh) skips.
  */
 class OrtJniDecoderTest {
@@ -59,6 +61,19 @@ class OrtJniDecoderTest {
         return Setup(manifest, artifact, ByteLevelBpeTokenizer.fromFile(File(d, manifest.tokenizer.file)), ref)
     }
 
+    /** Passes calls on, logging "method branch=k" as reference.json's "calls" do. */
+    private class CallLog(val runtime: DecoderRuntime) : DecoderRuntime {
+        override val name get() = runtime.name
+        val calls = ArrayList<String>()
+
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            calls.add(GenerationTest.branchCall(method, inputs))
+            return runtime.run(method, inputs)
+        }
+    }
+
+    private fun JsonPath.strings() = list().map { it.string() }
+
     private fun maxAbs(kotlin: List<FloatArray>, python: JsonPath): Double {
         val steps = python.list()
         assertEquals(steps.size, kotlin.size, "logit steps")
@@ -76,8 +91,10 @@ class OrtJniDecoderTest {
     fun greedyAnswerThroughOnnxRuntimeIsPythons() {
         val d = export()
         val s = setup(d)
-        OrtJniDecoder.open(d, s.artifact).use { rt ->
-            assertTrue(rt.name.startsWith("ONNX Runtime 1."), rt.name)
+        OrtJniDecoder.open(d, s.artifact).use { ort ->
+            assertTrue(ort.name.startsWith("ONNX Runtime 1."), ort.name)
+            assertEquals(s.ref["exact_tail"].int(), s.artifact.contract.exactTail)
+            val rt = CallLog(ort)
             val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
             assertEquals(s.ref["keep_keys"].int(), qa.loop.keepKeys)
             val prompt = s.ref["prompt"].string()
@@ -90,8 +107,12 @@ class OrtJniDecoderTest {
             assertArrayEquals(greedy["tokens"].intArray(), answer.tokenIds)
             assertEquals(greedy["text"].string(), answer.text)
             assertEquals(answer.text, streamed.toString())
+            rt.calls.clear()
             val out = qa.loop.greedy(ids, maxNew)
             assertArrayEquals(greedy["tokens"].intArray(), out.tokens)
+            // Python's calls: the whole question as prefill_exact (branch 1), then decode steps (branch 0)
+            assertEquals(greedy["calls"].strings(), rt.calls)
+            assertEquals("prefill_exact branch=1", rt.calls[0])
             val diff = maxAbs(out.logits, greedy["logits"])
             println("OrtJniDecoder (${rt.name}): ${out.tokens.size} tokens = Python's; max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
@@ -102,15 +123,38 @@ class OrtJniDecoderTest {
     fun forcedRunGivesPythonsLogitsAndStopsAtTheEndOfTurn() {
         val d = export()
         val s = setup(d)
-        OrtJniDecoder.open(d, s.artifact, intraOpThreads = 2).use { rt ->
+        OrtJniDecoder.open(d, s.artifact, intraOpThreads = 2).use { ort ->
+            val rt = CallLog(ort)
             val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
             val forced = s.ref["forced"]
             val out = qa.loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int(), forced = forced["forced"].intArray(),
                 stopIds = forced["stop_ids"].intArray().toSet())
             assertArrayEquals(forced["tokens"].intArray(), out.tokens)
+            assertEquals(forced["calls"].strings(), rt.calls)
             assertTrue(out.tokens.size < forced["forced"].intArray().size, "the forced run must stop at the end-of-turn token")
             val diff = maxAbs(out.logits, forced["logits"])
             println("OrtJniDecoder forced run (2 threads): max |logit - Python| = $diff")
+            assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
+        }
+    }
+
+    @Test
+    fun aShorterExactTailRunsBothGraphsOfTheFileAsPythonDoes() {
+        // the loop's exact tail shorter than the question (Python: GenerationLoop.exact_tail = 4): a selecting prefill
+        // (the file's first graph, branch 0) of the tokens before the tail, then prefill_exact (branch 1), then decode
+        val d = export()
+        val s = setup(d)
+        val short = s.ref["short_tail"]
+        val contract = s.artifact.contract.withExactTail(short["exact_tail"].int())
+        OrtJniDecoder.open(d, s.artifact).use { ort ->
+            val rt = CallLog(ort)
+            val loop = GenerationLoop(rt, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention))
+            val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
+            assertArrayEquals(short["tokens"].intArray(), out.tokens)
+            assertEquals(short["calls"].strings(), rt.calls)
+            assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "decode branch=0"), rt.calls.take(3))
+            val diff = maxAbs(out.logits, short["logits"])
+            println("OrtJniDecoder, ${short["exact_tail"].int()}-token exact tail: max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
         }
     }
@@ -127,6 +171,9 @@ class OrtJniDecoderTest {
         OrtJniSession.open(File(d, s.artifact.file)).use { session ->
             val declared = s.artifact.methods.getValue("decode").inputs
             assertEquals(declared.map { it.name }.toSet(), session.inputNames.toSet())
+            // every method declares the graph's inputs (the merged graph of the .onnx's two branches)
+            for (method in s.artifact.methods.values) assertEquals(session.inputNames.toSet(), method.inputs.map { it.name }.toSet(), method.name)
+            val fixed = contract.fixedInputs.getValue("decode")
             assertEquals(listOf("logits", "new_keys", "new_values"), session.outputNames)
             // a decode step's feed as the loop builds it (cache of zeros), by name
             val cache = loop.newCache()!!
@@ -134,7 +181,7 @@ class OrtJniDecoderTest {
             for (info in declared) {
                 val shape = LongArray(info.shape.size) { info.shape[it].toLong() }
                 val n = info.shape.fold(1) { a, b -> a * b }
-                feed[info.name] = loop.contextInputs[info.name]?.let {
+                feed[info.name] = (fixed[info.name] ?: loop.contextInputs[info.name])?.let {
                     when (it) {
                         is DecoderTensor.Float32 -> OrtTensor(it.data, shape)
                         is DecoderTensor.Int64 -> OrtTensor(it.data, shape)
@@ -152,8 +199,9 @@ class OrtJniDecoderTest {
             assertEquals((out.getValue("logits").data as FloatArray).size.toLong(), out.getValue("logits").shape.fold(1L) { a, b -> a * b })
 
             val missing = assertThrows(OrtException::class.java) { session.run(feed - "keep_keys") }
-            // per layer: past keys/values, sink, window, clustered keys/values, centroids, value centroids, counts, starts
-            assertEquals(5 + 10 * cache.layers, feed.size)
+            // tokens, n_tokens, cache_len, context_len, keep_keys, branch; per layer: past keys/values, sink, window,
+            // clustered keys/values, centroids, value centroids, counts, starts
+            assertEquals(6 + 10 * cache.layers, feed.size)
             assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (${feed.size - 1} inputs, 3 outputs)") &&
                 missing.message!!.contains("ORT error code"), missing.message)
             val wrongType = assertThrows(OrtException::class.java) {
@@ -171,6 +219,11 @@ class OrtJniDecoderTest {
             }
             // still usable after errors, same bits
             assertArrayEquals(out.getValue("logits").data as FloatArray, session.run(feed).getValue("logits").data as FloatArray)
+            // branch 1: the same feed through the other graph (prefill_exact: every fixed-context row, no lookup)
+            assertArrayEquals(longArrayOf(1), (contract.fixedInputs.getValue("prefill_exact").getValue("branch") as DecoderTensor.Int64).data)
+            val exact = session.run(feed + ("branch" to OrtTensor(longArrayOf(1), longArrayOf(1))), listOf("logits"))
+            assertTrue(!(exact.getValue("logits").data as FloatArray).contentEquals(out.getValue("logits").data as FloatArray),
+                "branch 1 runs the other graph")
             session.close()
             assertEquals("the ONNX Runtime session is closed", assertThrows(OrtException::class.java) { session.run(feed) }.message)
         }

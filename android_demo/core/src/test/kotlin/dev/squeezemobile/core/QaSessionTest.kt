@@ -197,6 +197,31 @@ class NativeTensorCacheTest {
         assertEquals(listOf("native0:4", "native1:4", "native2:1"), released)
         assertEquals(0, cache.size)
     }
+
+    @Test
+    fun oneInputInTwoShapesKeepsBothNativeTensors() {
+        // a .pte's prefill_exact takes the clustered tables as [Hkv, Nc, D] views, decode the flat [Hkv * Nc, D] tables
+        // (GenerationLoop.methodInputs): switching between the methods must not make either again
+        val released = ArrayList<String>()
+        var made = 0
+        val cache = NativeTensorCache<String> { released.add(it) }
+        val make = { t: DecoderTensor -> "native${made++}:${t.shape.joinToString("x")}" }
+        val flat = DecoderTensor.Float32(FloatArray(12), intArrayOf(6, 2))
+        val perHead = DecoderTensor.Float32(flat.data, intArrayOf(2, 3, 2))
+        repeat(3) {
+            assertEquals("native0:6x2", cache.get("clustered_keys_0", flat, make))        // decode
+            assertEquals("native1:2x3x2", cache.get("clustered_keys_0", perHead, make))   // prefill_exact
+        }
+        assertEquals(2, made)
+        assertEquals(2, cache.size)
+        assertEquals(emptyList<String>(), released)
+        // a new object in one shape replaces that shape's entry only
+        assertEquals("native2:6x2", cache.get("clustered_keys_0", DecoderTensor.Float32(FloatArray(12), intArrayOf(6, 2)), make))
+        assertEquals(listOf("native0:6x2"), released)
+        assertEquals("native1:2x3x2", cache.get("clustered_keys_0", perHead, make))
+        cache.close()
+        assertEquals(listOf("native0:6x2", "native2:6x2", "native1:2x3x2").sorted(), released.sorted())
+    }
 }
 
 class TensorBytesTest {
