@@ -528,6 +528,9 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
         assert {n: s for n, s in exact_inputs.items() if n != "tokens"} == {n: s for n, s in flat.items() if n != "tokens"}
         model = onnx.load(str(out / art["file"]))
         assert [n.op_type for n in model.graph.node][-1] == "If"
+        from export.backends.onnx_branches import walk_nodes
+
+        assert art["graphs"] == 2 and art["nodes"] == sum(1 for _ in walk_nodes(model.graph)) > 100
         # the weights are stored once: no initializer's bytes twice
         blobs = [bytes(i.raw_data) for i in model.graph.initializer if len(i.raw_data) > 256]
         assert len(blobs) == len(set(blobs))

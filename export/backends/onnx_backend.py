@@ -647,7 +647,10 @@ class OnnxBackend(Backend):
         onnx.checker.check_model(model)
         with open(dest, "wb") as fh:
             fh.write(model.SerializeToString(deterministic=True))
-        return {"opset": OPSET, "nodes": len(model.graph.node),
+        from .onnx_branches import walk_nodes
+
+        return {"opset": OPSET, "nodes": sum(1 for _ in walk_nodes(model.graph)),
+                **({"graphs": len(models)} if len(models) > 1 else {}),
                 **({"weight_quantization": quantized} if quantized else {}), "methods": methods}
 
     def _graph_model(self, graph, weights: str):
