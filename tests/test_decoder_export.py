@@ -373,6 +373,8 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     (art,) = result.manifest["artifacts"]
     q = art["weight_quantization"]
     assert q["matmul_nbits"] == 2 * 4 + 1 and q["gather_block_quantized"] == 1 and q["float_matrix_elements_left"] == 0
+    # the tied table (the head is the embedding) stored once: the gather reads the head's codes
+    assert q["tied_table_stored_once"] is True
     errors = q["max_abs_weight_error"]
     assert set(errors) == {"MatMulNBits/4", "MatMulNBits/8", "GatherBlockQuantized/8"}, errors
     assert max(errors.values()) < 1e-5, errors
@@ -385,6 +387,13 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     # which read one stored copy of each weight
     assert sorted(bits) == sorted(([4] * 8 + [8]) * 2)
     assert len({n.input[1] for n in nbits}) == 9
+    gathers = [n for n in walk_nodes(graph) if n.op_type == "GatherBlockQuantized"]
+    assert gathers and {n.input[0] for n in gathers} <= {n.input[1] for n in nbits}
+    # one 8-bit copy of the vocabulary table's codes in the file
+    vocab = [i for i in graph.initializer if i.data_type == onnx.TensorProto.UINT8 and i.dims
+             and int(np.prod(i.dims)) == int(np.prod([d for d in next(j for j in graph.initializer
+                                                                     if j.name == gathers[0].input[0]).dims]))]
+    assert len(vocab) == 1, [(i.name, list(i.dims)) for i in vocab]
     assert not [n for n in nbits if len(n.input) > 3]   # no zero-point input
     v = art["verification"]
     # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)

@@ -326,6 +326,76 @@ def _embedding_to_8bit(model, tables) -> int:
     return count
 
 
+def _share_tied_table(model) -> int:
+    """A tied embedding stored once: where a GatherBlockQuantized table holds the same 8-bit codes and scales as a
+    MatMulNBits weight (the output head of a model whose head is its embedding, both written by _blocks_8bit), the
+    gather reads the product's [V, H / block, block] codes (quantize_axis 2) and its scales through a Reshape, and
+    its rows are reshaped back to [..., H]: one copy of the vocabulary table in the file instead of two (28 MB of
+    SmolLM2's). Returns how many gathers were re-pointed."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    heads = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and len(node.input) == 3 and node.input[1] in inits:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("bits") == 8 and attrs.get("block_size") == WEIGHT_BLOCK and node.input[2] in inits:
+                heads.setdefault(inits[node.input[1]].raw_data, (node.input[1], node.input[2]))
+    count = 0
+    nodes = list(model.graph.node)
+    out = []
+    for node in nodes:
+        data = node.input[0] if node.op_type == "GatherBlockQuantized" else None
+        match = heads.get(inits[data].raw_data) if data in inits else None
+        if match is None or len(node.input) < 4 or node.input[2] not in inits or node.input[3] not in inits:
+            out.append(node)
+            continue
+        codes, scales = match
+        rows, width = (int(d) for d in inits[data].dims)
+        blocks = width // WEIGHT_BLOCK
+        if not np.array_equal(numpy_helper.to_array(inits[scales]).reshape(-1),
+                              numpy_helper.to_array(inits[node.input[2]]).reshape(-1)) or \
+                list(inits[codes].dims) != [rows, blocks, WEIGHT_BLOCK]:
+            out.append(node)
+            continue
+        base = node.name or node.output[0]
+        shape3 = helper.make_tensor(base + "/scale_shape", 7, [3], [rows, blocks, 1])
+        zp = numpy_helper.to_array(inits[node.input[3]]).reshape(rows, blocks, 1)
+        model.graph.initializer.append(numpy_helper.from_array(zp, node.input[3] + "_3d"))
+        row_shape = helper.make_tensor(base + "/row_shape", 7, [1], [width])
+        out += [
+            helper.make_node("Constant", [], [base + "/scale_shape"], value=shape3, name=base + "/scale_shape"),
+            helper.make_node("Reshape", [scales, base + "/scale_shape"], [base + "/scales"], name=base + "/scales"),
+            helper.make_node("GatherBlockQuantized", [codes, node.input[1], base + "/scales", node.input[3] + "_3d"],
+                             [base + "/blocks"], name=node.name, domain="com.microsoft", bits=8,
+                             block_size=WEIGHT_BLOCK, gather_axis=0, quantize_axis=2),
+            # [..., H / block, block] -> [..., H]: the gathered rows' last two axes joined
+            helper.make_node("Constant", [], [base + "/row_shape"], value=row_shape, name=base + "/row_shape"),
+            helper.make_node("Shape", [node.input[1]], [base + "/ids_shape"], name=base + "/ids_shape"),
+            helper.make_node("Concat", [base + "/ids_shape", base + "/row_shape"], [base + "/out_shape"], axis=0,
+                             name=base + "/out_shape"),
+            helper.make_node("Reshape", [base + "/blocks", base + "/out_shape"], list(node.output), name=base + "/rows"),
+        ]
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(out)
+    return count
+
+
+def _constant(model, inits: dict, name: str):
+    """An initializer's array, or (through Reshape nodes of initializers) the initializer it is a view of."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    for node in model.graph.node:
+        if node.op_type == "Reshape" and node.output[0] == name:
+            return _constant(model, inits, node.input[0])
+    raise KeyError(name)
+
+
 def dequantized_error(model, originals: dict) -> dict:
     """The largest |dequantized - original| over the weights each quantized operator stores (MatMulNBits,
     GatherBlockQuantized), read back from the written tensors: {op type/bits: max abs error}. ``originals``: the
@@ -337,6 +407,8 @@ def dequantized_error(model, originals: dict) -> dict:
     worst = {}
     for node in model.graph.node:
         out = node.output[0].removesuffix("_q4")                              # _layers_to_4bit's product
+        if node.op_type == "GatherBlockQuantized" and out not in originals:   # _share_tied_table's rows, reshaped
+            out = next((n.output[0] for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == out), out)
         if out not in originals or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -349,7 +421,7 @@ def dequantized_error(model, originals: dict) -> dict:
         if bits == 4:
             raw = np.stack([raw & 15, raw >> 4], -1)
         q = raw.reshape(rows, -1).astype(np.float32)
-        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(rows, -1)
+        scale = _constant(model, inits, node.input[2]).astype(np.float32).reshape(rows, -1)
         # no zero-point input: the op's default 2^(bits-1); the 8-bit tables store theirs one per block
         zp = (np.full(scale.shape, 2 ** (bits - 1), np.float32) if zp_name is None
               else numpy_helper.to_array(inits[zp_name]).astype(np.float32).reshape(rows, -1))
@@ -410,6 +482,7 @@ def quantize_weights(model, weights: str):
         quantizer.process()
         model = quantizer.model.model
     else:
+        shared = 0
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         _layers_to_4bit(model, set(layers), accuracy_level=4)
@@ -419,6 +492,7 @@ def quantize_weights(model, weights: str):
             if n.op_type == "Gather" and n.input[0] in tables:
                 originals[n.output[0]] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
         _embedding_to_8bit(model, tables)
+        shared = _share_tied_table(model)
     used = {i for n in model.graph.node for i in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]   # drop the float originals of quantized weights
     del model.graph.initializer[:]
@@ -437,13 +511,15 @@ def quantize_weights(model, weights: str):
         scheme = {"layers": "4-bit asymmetric blocks of 32 (min/max; llama.cpp Q4_1's grid) as symmetric MatMulNBits "
                             "+ per-block offsets, accuracy_level 4",
                   "head": "8-bit symmetric blocks of 32, accuracy_level 4 (llama.cpp Q8_0's layout)",
-                  "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized"}
+                  "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized" +
+                               (" over the head's codes and scales (a tied table, stored once)" if shared else "")}
     tool = ("onnxruntime.quantization.matmul_nbits_quantizer" if weights == "int8" else
             "squeeze-mobile's block writer for onnxruntime's MatMulNBits / GatherBlockQuantized")
     return model, {"tool": tool, "weights": weights,
                    "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
                    "accuracy_level": 4, "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
                    "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
+                   **({"tied_table_stored_once": bool(shared)} if weights == "int4" else {}),
                    "float_matrix_elements_left": float_weights,
                    "max_abs_weight_error": dequantized_error(model, originals)}
 
