@@ -352,6 +352,9 @@ def test_int8_weights_are_quantized_and_judged_against_fp32(tiny, tmp_path):
 
     ops = {n.op_type for n in walk_nodes(onnx.load(str(tmp_path / "q" / art["file"])).graph)}
     assert "MatMulNBits" in ops and "Gemm" not in ops
+    # the embedding quantized too: the tied table (the head is the embedding) read from the head's 8-bit codes
+    assert "GatherBlockQuantized" in ops and q["tied_table_stored_once"] is True
+    assert "head's 8-bit codes" in q["scheme"]["embedding"]
     v = art["verification"]
     assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] <= 0.05, v
     with pytest.raises(SqueezeError, match="--weights must be one of"):

@@ -326,62 +326,76 @@ def _embedding_to_8bit(model, tables) -> int:
     return count
 
 
-def _share_tied_table(model) -> int:
-    """A tied embedding stored once: where a GatherBlockQuantized table holds the same 8-bit codes and scales as a
-    MatMulNBits weight (the output head of a model whose head is its embedding, both written by _blocks_8bit), the
-    gather reads the product's [V, H / block, block] codes (quantize_axis 2) and its scales through a Reshape, and
-    its rows are reshaped back to [..., H]: one copy of the vocabulary table in the file instead of two (28 MB of
-    SmolLM2's). Returns how many gathers were re-pointed."""
+def _tied_tables(model, tables, products) -> dict:
+    """{Gather table name: output name of the matrix product whose constant [K, N] weight is exactly that table
+    transposed} -- a tied embedding (SmolLM2's head IS its embedding), found on the float weights."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    tied = {}
+    for table in sorted(tables):
+        t = inits[table]
+        for node in products:
+            w = inits[node.input[1]]
+            if list(w.dims) == list(t.dims)[::-1] and \
+                    np.array_equal(numpy_helper.to_array(w).T, numpy_helper.to_array(t)):
+                tied[table] = node.output[0]
+                break
+    return tied
+
+
+def _gather_tied_from_head(model, tied: dict) -> set:
+    """A tied table stored once: every Gather over a table in ``tied`` whose product became an 8-bit MatMulNBits
+    (blocks of WEIGHT_BLOCK, no zero-point input: codes centred on 128) reads that product's [V, H / block, block]
+    codes with GatherBlockQuantized (quantize_axis 2), the scales through a Reshape, and its rows are reshaped back
+    to [..., H]: the embedding takes the head's 8-bit values, one copy of the vocabulary table in the file.
+    Returns the tables rewritten."""
     import numpy as np
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     heads = {}
     for node in model.graph.node:
-        if node.op_type == "MatMulNBits" and len(node.input) == 3 and node.input[1] in inits:
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if attrs.get("bits") == 8 and attrs.get("block_size") == WEIGHT_BLOCK and node.input[2] in inits:
-                heads.setdefault(inits[node.input[1]].raw_data, (node.input[1], node.input[2]))
-    count = 0
-    nodes = list(model.graph.node)
-    out = []
-    for node in nodes:
-        data = node.input[0] if node.op_type == "GatherBlockQuantized" else None
-        match = heads.get(inits[data].raw_data) if data in inits else None
-        if match is None or len(node.input) < 4 or node.input[2] not in inits or node.input[3] not in inits:
+        if node.op_type != "MatMulNBits" or len(node.input) != 3 or node.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("bits") == 8 and attrs.get("block_size") == WEIGHT_BLOCK:
+            heads[node.output[0]] = node
+    done, out = set(), []
+    for node in list(model.graph.node):
+        head = heads.get(tied.get(node.input[0])) if node.op_type == "Gather" and node.input else None
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0) if head else None
+        if head is None or axis != 0:
             out.append(node)
             continue
-        codes, scales = match
-        rows, width = (int(d) for d in inits[data].dims)
-        blocks = width // WEIGHT_BLOCK
-        if not np.array_equal(numpy_helper.to_array(inits[scales]).reshape(-1),
-                              numpy_helper.to_array(inits[node.input[2]]).reshape(-1)) or \
-                list(inits[codes].dims) != [rows, blocks, WEIGHT_BLOCK]:
-            out.append(node)
-            continue
+        codes, scales = head.input[1], head.input[2]
+        rows, blocks, block = (int(d) for d in inits[codes].dims)
         base = node.name or node.output[0]
-        shape3 = helper.make_tensor(base + "/scale_shape", 7, [3], [rows, blocks, 1])
-        zp = numpy_helper.to_array(inits[node.input[3]]).reshape(rows, blocks, 1)
-        model.graph.initializer.append(numpy_helper.from_array(zp, node.input[3] + "_3d"))
-        row_shape = helper.make_tensor(base + "/row_shape", 7, [1], [width])
+        zp_name = codes + "_zero_points_3d"
+        if zp_name not in inits:
+            inits[zp_name] = numpy_helper.from_array(np.full((rows, blocks, 1), 128, np.uint8), zp_name)
+            model.graph.initializer.append(inits[zp_name])
         out += [
-            helper.make_node("Constant", [], [base + "/scale_shape"], value=shape3, name=base + "/scale_shape"),
+            helper.make_node("Constant", [], [base + "/scale_shape"], name=base + "/scale_shape",
+                             value=helper.make_tensor(base + "/scale_shape", 7, [3], [rows, blocks, 1])),
             helper.make_node("Reshape", [scales, base + "/scale_shape"], [base + "/scales"], name=base + "/scales"),
-            helper.make_node("GatherBlockQuantized", [codes, node.input[1], base + "/scales", node.input[3] + "_3d"],
+            helper.make_node("GatherBlockQuantized", [codes, node.input[1], base + "/scales", zp_name],
                              [base + "/blocks"], name=node.name, domain="com.microsoft", bits=8,
                              block_size=WEIGHT_BLOCK, gather_axis=0, quantize_axis=2),
             # [..., H / block, block] -> [..., H]: the gathered rows' last two axes joined
-            helper.make_node("Constant", [], [base + "/row_shape"], value=row_shape, name=base + "/row_shape"),
+            helper.make_node("Constant", [], [base + "/row_shape"], name=base + "/row_shape",
+                             value=helper.make_tensor(base + "/row_shape", 7, [1], [blocks * block])),
             helper.make_node("Shape", [node.input[1]], [base + "/ids_shape"], name=base + "/ids_shape"),
             helper.make_node("Concat", [base + "/ids_shape", base + "/row_shape"], [base + "/out_shape"], axis=0,
                              name=base + "/out_shape"),
             helper.make_node("Reshape", [base + "/blocks", base + "/out_shape"], list(node.output), name=base + "/rows"),
         ]
-        count += 1
-    if count:
+        done.add(node.input[0])
+    if done:
         del model.graph.node[:]
         model.graph.node.extend(out)
-    return count
+    return done
 
 
 def _constant(model, inits: dict, name: str):
@@ -443,13 +457,15 @@ def quantize_weights(model, weights: str):
     activations would round the variance).
 
     - int8 (onnxruntime's own quantizer): symmetric blocks of 32 along the input dimension, accuracy_level 4 (int8
-      products on CPUs with dot-product instructions); the embedding table stays float.
+      products on CPUs with dot-product instructions); the embedding table in 8 bits too (below).
     - int4: the decoder layers' linears in 4-bit ASYMMETRIC blocks of 32 (min/max: value = scale * q + min; run
       as symmetric MatMulNBits plus the blocks' offsets, _layers_to_4bit), the output head (a product over the
       vocabulary: its weight is the embedding table's shape) and the embedding table in 8-bit symmetric blocks of
       32 with scale max/127. That is the layout of llama.cpp's Q4_1 / Q8_0 files, so a model loaded from such a
       GGUF (the default SmolLM2) is stored exactly, with no second rounding; symmetric 4-bit blocks re-round those
       values and lose next-token agreement (bench/weight_schemes.py). Products run at accuracy_level 4.
+    - Either way a tied embedding (the head's weight is the table transposed, exactly) reads the head's 8-bit codes
+      and scales (_gather_tied_from_head): one copy of the vocabulary table in the file.
     Returns (model, record); the record has the largest |dequantized - float| weight error per operator, read back
     from the written tensors."""
     import collections
@@ -473,6 +489,10 @@ def quantize_weights(model, weights: str):
     originals = {n.output[0]: numpy_helper.to_array(inits[n.input[1]]).T.astype(np.float32) for n in products}
     heads = [n.name for n in products if weights == "int4" and inits[n.input[1]].dims[1] in vocab]
     layers = [n.name for n in products if n.name not in heads]
+    tied = _tied_tables(model, tables, products)
+    for n in model.graph.node:
+        if n.op_type == "Gather" and n.input[0] in tables:
+            originals[n.output[0]] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
     if weights == "int8":   # onnxruntime's own quantizer on exactly these products
         mnq = _quiet_nbits_quantizer()
         eight = mnq.DefaultWeightOnlyQuantConfig(block_size=WEIGHT_BLOCK, is_symmetric=True, accuracy_level=4, bits=8,
@@ -482,17 +502,13 @@ def quantize_weights(model, weights: str):
         quantizer.process()
         model = quantizer.model.model
     else:
-        shared = 0
-        if not any(o.domain == "com.microsoft" for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         _layers_to_4bit(model, set(layers), accuracy_level=4)
         _head_to_8bit(model, set(heads))
-        inits = {i.name: i for i in model.graph.initializer}
-        for n in model.graph.node:
-            if n.op_type == "Gather" and n.input[0] in tables:
-                originals[n.output[0]] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
-        _embedding_to_8bit(model, tables)
-        shared = _share_tied_table(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    # the embedding in 8 bits too: a tied table reads the head's codes (stored once), any other in Q8_0 blocks
+    shared = _gather_tied_from_head(model, tied)
+    _embedding_to_8bit(model, tables - shared)
     used = {i for n in model.graph.node for i in n.input}
     kept = [i for i in model.graph.initializer if i.name in used]   # drop the float originals of quantized weights
     del model.graph.initializer[:]
@@ -506,7 +522,8 @@ def quantize_weights(model, weights: str):
                         and not i.name.startswith("block_sum_"))
     if weights == "int8":
         scheme = {"layers": "8-bit symmetric blocks of 32, accuracy_level 4", "head": "as the layers",
-                  "embedding": "float"}
+                  "embedding": "the head's 8-bit codes and scales (a tied table, stored once), GatherBlockQuantized"
+                  if shared else "8-bit symmetric blocks of 32 (Q8_0's grid), GatherBlockQuantized"}
     else:
         scheme = {"layers": "4-bit asymmetric blocks of 32 (min/max; llama.cpp Q4_1's grid) as symmetric MatMulNBits "
                             "+ per-block offsets, accuracy_level 4",
@@ -519,7 +536,7 @@ def quantize_weights(model, weights: str):
                    "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
                    "accuracy_level": 4, "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
                    "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
-                   **({"tied_table_stored_once": bool(shared)} if weights == "int4" else {}),
+                   "tied_table_stored_once": bool(shared),
                    "float_matrix_elements_left": float_weights,
                    "max_abs_weight_error": dequantized_error(model, originals)}
 
