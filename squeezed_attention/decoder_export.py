@@ -159,8 +159,7 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
 def exact_tail_for(exact_tail: int | None, attention: str, fmt: str, plan: str, selection: str, max_prompt: int,
                    delegate: str = "xnnpack") -> int:
     """The exact prompt tail an artifact is exported with: the caller's, or (None) the host's default where the
-    artifact can hold the method and was measured with it (squeezed .pte on XNNPACK, in-graph plan, per-step
-    selection), else 0."""
+    artifact can hold the method (squeezed .pte on XNNPACK or .onnx, in-graph plan, per-step selection), else 0."""
     if exact_tail is not None:
         return exact_tail if attention == "squeezed" else 0
     from .settings import DEFAULT_EXACT_TAIL

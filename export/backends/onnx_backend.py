@@ -421,7 +421,7 @@ def dequantized_error(model, originals: dict) -> dict:
     worst = {}
     for node in model.graph.node:
         out = node.output[0].removesuffix("_q4")                              # _layers_to_4bit's product
-        if node.op_type == "GatherBlockQuantized" and out not in originals:   # _share_tied_table's rows, reshaped
+        if node.op_type == "GatherBlockQuantized" and out not in originals:   # _gather_tied_from_head's rows, reshaped
             out = next((n.output[0] for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == out), out)
         if out not in originals or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
@@ -735,7 +735,7 @@ class OnnxBackend(Backend):
         else:
             from .onnx_branches import merge_branches
 
-            model, _ = merge_branches(models)
+            model = merge_branches(models)
             methods = branch_signatures(groups)
         onnx.checker.check_model(model)
         with open(dest, "wb") as fh:

@@ -18,6 +18,7 @@ shape and reshaped inside that branch (no copy).
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Dict, List, Sequence
 
 SELECTOR = "branch"
@@ -67,7 +68,7 @@ def _rename_graph(graph, prefix: str, rename: Dict[str, str]):
 
 def merge_branches(models: Sequence, selector: str = SELECTOR):
     """One ModelProto whose output is ``models[k]``'s when the int64 input ``selector`` is k (see the module
-    docstring). Returns (model, inputs): ``inputs`` lists the merged graph's inputs as ValueInfoProtos."""
+    docstring)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -117,8 +118,6 @@ def merge_branches(models: Sequence, selector: str = SELECTOR):
             outer = inputs[vi.name]
             mine, theirs = _static_shape(vi), _static_shape(outer)
             if mine is not None and theirs is not None and mine != theirs:
-                import math
-
                 if math.prod(mine) != math.prod(theirs):
                     raise SqueezeError(f"input {vi.name} has {theirs} in one method's graph and {mine} in another's")
                 local = prefix + vi.name
@@ -163,7 +162,7 @@ def merge_branches(models: Sequence, selector: str = SELECTOR):
             functions.setdefault((f.domain, f.name, getattr(f, "overload", "")), f)
     model.functions.extend(functions.values())
     model.producer_name, model.producer_version = first.producer_name, first.producer_version
-    return model, list(outer_inputs)
+    return model
 
 
 def walk_nodes(graph):
