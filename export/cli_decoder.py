@@ -61,9 +61,9 @@ def add_decoder_arguments(p) -> None:
                         "at a time, each a decode step (default 0)")
     g.add_argument("--exact-tail", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: the question's last N tokens run as a method prefill_exact over every fixed-context "
-                        "row, no lookup (.pte and .onnx -- a second graph of the file -- with the in-graph plan and "
-                        "per-step selection; default: 32 there, as the host's `squeeze generate`, 0 for the other "
-                        "artifacts; --exact-tail 0 leaves it out). On the "
+                        "row, no lookup (.pte; .onnx: a second graph of the file; split plan: stages "
+                        "prefill_exact_<s>); default 32 for every squeezed artifact with per-step selection, as the "
+                        "host's `squeeze generate`; --exact-tail 0 leaves it out. On the "
                         "held-out split the tail answered 10 of the 13 pass-key cases full attention answers at KV "
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
                         "prefill loses, and a 20-token question prefills in 164 ms instead of 70 (llama.cpp with its "

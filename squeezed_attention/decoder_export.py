@@ -127,21 +127,23 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     Plan "split": methods ``prefill_<s>`` / ``decode_<s>`` for the stages s = 0..L (exportable.DecoderStage),
     static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop).
     ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection.
-    ``exact_tail`` > 0 (squeezed, in-graph plan, .pte): a third method ``prefill_exact`` (up to exact_tail tokens)
-    runs the prompt's last tokens over every fixed-context row."""
+    ``exact_tail`` > 0 (squeezed, per-step selection): a third method ``prefill_exact`` (up to exact_tail tokens)
+    runs the prompt's last tokens over every fixed-context row; in the split plan as stages ``prefill_exact_<s>``
+    with no lookup between them (DecoderStage(exact=True))."""
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
     if selection == "question" and plan == "split":
         raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
-    check_exact_tail(exact_tail, attention, fmt, plan, selection)
+    check_exact_tail(exact_tail, attention, selection)
     modules = decoder_modules(model, shapes, attention, state, selection, exact_tail)
     module = modules["prefill"]
     if plan == "split":
         methods = []
-        for name, width in (("prefill", shapes.max_prompt), ("decode", 1)):
+        widths = (("prefill", shapes.max_prompt), ("decode", 1)) + ((("prefill_exact", exact_tail),) if exact_tail else ())
+        for name, width in widths:
             for stage in range(model.config.num_layers + 1):
-                graph = DecoderStage(module, stage).eval()
+                graph = DecoderStage(module, stage, exact=name == "prefill_exact").eval()
                 methods.append(Method(f"{name}_{stage}", graph, graph.example_inputs(width), graph.output_names()))
         return Program(methods), module
     # the prefill's token axis is symbolic (1..max_prompt) where the format allows it: a question costs its own
@@ -156,43 +158,48 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     return Program(methods, state=module.state_names()), module
 
 
-def exact_tail_for(exact_tail: int | None, attention: str, fmt: str, plan: str, selection: str, max_prompt: int,
-                   delegate: str = "xnnpack") -> int:
-    """The exact prompt tail an artifact is exported with: the caller's, or (None) the host's default where the
-    artifact can hold the method (squeezed .pte on XNNPACK or .onnx, in-graph plan, per-step selection), else 0."""
+def exact_tail_for(exact_tail: int | None, attention: str, selection: str, max_prompt: int) -> int:
+    """The exact prompt tail an artifact is exported with: the caller's, or (None) the host's default for every
+    squeezed artifact with per-step selection (every format and lookup plan), else 0."""
     if exact_tail is not None:
         return exact_tail if attention == "squeezed" else 0
     from .settings import DEFAULT_EXACT_TAIL
 
-    runs = attention == "squeezed" and (fmt == "onnx" or fmt == "pte" and delegate == "xnnpack") \
-        and plan == "in-graph" and selection == "step"
-    return min(DEFAULT_EXACT_TAIL, max_prompt) if runs else 0
+    return min(DEFAULT_EXACT_TAIL, max_prompt) if attention == "squeezed" and selection == "step" else 0
 
 
-def check_exact_tail(exact_tail: int, attention: str, fmt: str, plan: str, selection: str) -> None:
-    """An exact prompt tail is a third method of a squeezed in-graph program with per-step selection: a method of
-    the .pte, a second graph (branch) of the .onnx file; the split plan's stages have no such method yet."""
+def check_exact_tail(exact_tail: int, attention: str, selection: str) -> None:
+    """An exact prompt tail is a third method of a squeezed program with per-step selection: a method of the .pte, a
+    second graph (branch) of the .onnx file, stages ``prefill_exact_<s>`` of the split plan (.tflite, Core ML)."""
     if type(exact_tail) is not int or exact_tail < 0:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens >= 0; got {exact_tail!r}")
     if not exact_tail or attention != "squeezed":
         return
-    if fmt not in ("pte", "onnx") or plan != "in-graph" or selection != "step":
-        raise SqueezeError(f"--exact-tail {exact_tail} is exported for .pte and .onnx with the in-graph plan and per-step decode "
-                           f"selection only (here: {fmt}, plan {plan}, decode selection {selection}); pass --exact-tail 0")
+    if selection != "step":
+        raise SqueezeError(f"--exact-tail {exact_tail} is exported with per-step decode selection only (here: decode "
+                           f"selection {selection}); pass --exact-tail 0")
 
 
 class EagerRunner:
     """The exported graph run by PyTorch itself (the reference for per-step logits); same run() contract.
-    ``modules``: one module for every method, or {method: module} (decoder_modules)."""
+    ``modules``: one module for every method, {method: module} (decoder_modules), or an export.program.Program
+    (e.g. the split plan's stage graphs: each method's module with its own inputs and outputs)."""
 
     runtime = "PyTorch eager (exported graph)"
 
     def __init__(self, modules):
+        from export.program import Program
+
+        self.program = modules if isinstance(modules, Program) else None
         self.modules = modules if isinstance(modules, dict) else None
-        self.module = modules if self.modules is None else None
+        self.module = modules if self.modules is None and self.program is None else None
 
     @torch.no_grad()
     def run(self, method, feed):
+        if self.program is not None:
+            m = self.program.method(method)
+            out = m.module(**m.call_kwargs({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in m.inputs}))
+            return {n: o.numpy() for n, o in zip(m.outputs, out if isinstance(out, tuple) else (out,))}
         module = self.module if self.modules is None else self.modules[method]
         names = module.input_names()
         values = {n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}
@@ -250,7 +257,8 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
                         "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
                         "fed to every method)")
     if plan == "split":
-        return {**split_contract(shapes, kv_budget, methods, prompt_step), "prefill_rows": rows, "prefill_tail": tail}
+        return {**split_contract(shapes, kv_budget, methods, prompt_step, exact), "prefill_rows": rows,
+                "prefill_tail": tail, "exact_tail": exact}
     question = squeezed and selection == "question"
     decode_steps = [
         "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
@@ -297,9 +305,10 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     }
 
 
-def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "") -> dict:
+def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "",
+                   exact_tail: int = 0) -> dict:
     """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
-    layers = (len(methods) // 2) - 1
+    layers = sum(1 for m in methods if m.startswith("decode_")) - 1
     return {
         "attention": "squeezed", "lookup_plan": "split", "state": "io", "kv_budget": kv_budget,
         "shapes": shapes.to_dict(), "methods": methods, "stages": layers + 1,
@@ -317,6 +326,12 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
             ("<step>_s (1..L): the previous stage's hidden/query/key/value, past_keys/past_values = cache of layer l, "
              "sink_kv_l, window_kv_l, kept_keys, kept_values, kept_bias, centroids_l, value_centroids_l, counts_l, and (s < L) "
              "next_centroids/next_counts of layer s; the last stage returns logits"),
+            *([f"prefill_exact (the prompt's exact tail, tokens padded to {exact_tail}): the graphs prefill_exact_0 .. "
+               f"prefill_exact_{layers} with NO lookup between them: prefill_exact_0 takes tokens and returns hidden, "
+               "query, key, value; prefill_exact_s (1..L) the previous stage's hidden/query/key/value, past_keys/"
+               "past_values = cache of layer l (after writing key/value at cache_len as above), sink_kv_l, window_kv_l, "
+               "clustered_keys_l / clustered_values_l as [Hkv, max_clustered, D] views of the pack's rows (every row; "
+               "padding masked from counts_l) and counts_l"] if exact_tail else []),
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
         "state_handling": "explicit: the app keeps a [layers, kv heads, max_prompt + max_new, head dim] cache pair; "
@@ -387,8 +402,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
                            f"got {exact_tail!r}")
     if exact_tail and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
-        for fmt in formats:
-            check_exact_tail(exact_tail, "squeezed", fmt, lookup_plan or default_plan(fmt, pte_backend), decode_selection)
+        check_exact_tail(exact_tail, "squeezed", decode_selection)
     if decode_selection == "question":
         other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
         if other:
@@ -453,7 +467,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 + ("_coreml" if delegate == "coreml" else "")
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
-            exact = exact_tail_for(exact_tail, att, fmt, plan, selection, shapes.max_prompt, delegate)
+            exact = exact_tail_for(exact_tail, att, selection, shapes.max_prompt)
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()

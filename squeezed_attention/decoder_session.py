@@ -142,8 +142,7 @@ class GenerationLoop:
     def step(self, method: str, tokens: list, cache_len: int, cache):
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
-        static = {"prefill": self.shapes["max_prompt"], "prefill_exact": self.contract.get("exact_tail") or 0}
-        width = token_width(self.contract.get("methods") or {}, method, len(tokens), static.get(method, 1))
+        width = token_width(self.contract.get("methods") or {}, method, len(tokens), self.static_width(method))
         feed = {"tokens": np.zeros(width, dtype=np.int64), "n_tokens": np.array([len(tokens)], dtype=np.int64),
                 "cache_len": np.array([cache_len], dtype=np.int64),
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
@@ -170,6 +169,10 @@ class GenerationLoop:
             cache[1][:, :, cache_len:cache_len + n] = out["new_values"][:, :, :n]
         return np.asarray(out["logits"]).reshape(-1)
 
+    def static_width(self, method: str) -> int:
+        """Token slots of a method's static shape: prefill max_prompt, prefill_exact exact_tail, decode 1."""
+        return {"prefill": self.shapes["max_prompt"], "prefill_exact": self.contract.get("exact_tail") or 0}.get(method, 1)
+
     def _shaped(self, method: str, feed: dict) -> dict:
         """The feed with every input a method declares in another shape of the same size given as a view in that
         shape (prefill_exact reads the flat clustered tables per KV head: [Hkv, Nc, D] views of the same rows)."""
@@ -188,35 +191,41 @@ class GenerationLoop:
 
     def _split_step(self, method: str, tokens: list, cache_len: int, cache):
         """The split plan: graphs ``<method>_0 .. <method>_L`` with the CPU lookup (lookup_numpy.kept_rows)
-        between them; each stage's new keys/values are written into the cache at cache_len."""
+        between them; each stage's new keys/values are written into the cache at cache_len. ``prefill_exact``'s
+        stages take every clustered row instead ([Hkv, max_clustered, D] views of the pack's tables): no lookup."""
         from .lookup_numpy import kept_rows
 
-        width = self.shapes["max_prompt"] if method == "prefill" else 1
+        exact = method == "prefill_exact"
+        width = self.static_width(method)
         n = len(tokens)
         padded = np.zeros(width, dtype=np.int64)
         padded[:n] = tokens
         base = {"n_tokens": np.array([n], dtype=np.int64), "cache_len": np.array([cache_len], dtype=np.int64),
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
         ctx, layers = self.context, cache[0].shape[0]
-        out = self.runner.run(f"{method}_0", {**base, "tokens": padded, "next_centroids": ctx["centroids_0"],
-                                              "next_counts": ctx["counts_0"]})
+        first = {"tokens": padded} if exact else {"tokens": padded, "next_centroids": ctx["centroids_0"],
+                                                   "next_counts": ctx["counts_0"]}
+        out = self.runner.run(f"{method}_0", {**base, **first})
         for stage in range(1, layers + 1):
             li = stage - 1
-            t0 = time.perf_counter()
-            kept_keys, kept_values, kept_bias = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
-                                           ctx[f"clustered_keys_{li}"], ctx[f"clustered_values_{li}"],
-                                           self.keep_keys, self.shapes["max_keep"])
-            self.lookup_seconds += time.perf_counter() - t0
             cache[0][li, :, cache_len:cache_len + n] = out["key"][:, :n]
             cache[1][li, :, cache_len:cache_len + n] = out["value"][:, :n]
             feed = {**base, "hidden": out["hidden"], "query": out["query"], "key": out["key"], "value": out["value"],
                     "past_keys": cache[0][li], "past_values": cache[1][li], "sink_kv": ctx[f"sink_kv_{li}"],
-                    "window_kv": ctx[f"window_kv_{li}"], "kept_keys": kept_keys, "kept_values": kept_values,
-                    "kept_bias": kept_bias,
-                    "centroids": ctx[f"centroids_{li}"], "value_centroids": ctx[f"value_centroids_{li}"],
-                    "counts": ctx[f"counts_{li}"]}
-            if stage < layers:
-                feed["next_centroids"], feed["next_counts"] = ctx[f"centroids_{stage}"], ctx[f"counts_{stage}"]
+                    "window_kv": ctx[f"window_kv_{li}"], "counts": ctx[f"counts_{li}"]}
+            if exact:
+                hkv = cache[0].shape[1]
+                feed["clustered_keys"] = ctx[f"clustered_keys_{li}"].reshape(hkv, -1, cache[0].shape[-1])
+                feed["clustered_values"] = ctx[f"clustered_values_{li}"].reshape(hkv, -1, cache[0].shape[-1])
+            else:
+                t0 = time.perf_counter()
+                feed["kept_keys"], feed["kept_values"], feed["kept_bias"] = kept_rows(
+                    out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"], ctx[f"clustered_keys_{li}"],
+                    ctx[f"clustered_values_{li}"], self.keep_keys, self.shapes["max_keep"])
+                self.lookup_seconds += time.perf_counter() - t0
+                feed["centroids"], feed["value_centroids"] = ctx[f"centroids_{li}"], ctx[f"value_centroids_{li}"]
+                if stage < layers:
+                    feed["next_centroids"], feed["next_counts"] = ctx[f"centroids_{stage}"], ctx[f"counts_{stage}"]
             out = self.runner.run(f"{method}_{stage}", feed)
         return np.asarray(out["logits"]).reshape(-1)
 

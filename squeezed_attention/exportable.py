@@ -277,6 +277,9 @@ class ExportableDecoder(nn.Module):
         angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)
         st = {"steps": steps, "cos": angles.cos(), "sin": angles.sin()}
+        # the queries' RoPE tables carry attention's 1/sqrt(D) (exact for a power-of-two D): every query-key product
+        # of the layer comes out scaled, with no multiply over the [Hkv, G*T, keys] scores
+        st["q_cos"], st["q_sin"] = st["cos"] * self.scale, st["sin"] * self.scale
         # Additive masks for the G*T query rows of a KV head (row = head-in-group * T + t).
         st["past_bias"] = torch.where(torch.arange(S)[None, :] < cache_len, zero, neg)         # [1, S]
         st["new_bias"] = torch.where(steps[None, :] <= steps[:, None], zero, neg).repeat(G, 1)  # [G*T, T] causal
@@ -306,7 +309,7 @@ class ExportableDecoder(nn.Module):
         q = q.reshape(T, H, D).transpose(0, 1)
         k = k.reshape(T, Hkv, D).transpose(0, 1)
         v = v.reshape(T, Hkv, D).transpose(0, 1)
-        q = q * st["cos"] + rotate_half(q) * st["sin"]
+        q = q * st["q_cos"] + rotate_half(q) * st["q_sin"]      # scaled by 1/sqrt(D) (step_tensors)
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
 
@@ -316,8 +319,9 @@ class ExportableDecoder(nn.Module):
 
         ``parts``: (keys, values, bias) triples; ``values=None`` marks a table of [key | value] rows (the pack's
         sink, window and clustered rows), scored with the query padded by zeros (no slice of the table) and read
-        whole (the value half is taken once, from the small output). ``bias`` (masks, summaries' log N) is added to
-        the scaled scores, broadcast to [Hkv, G*T, n]. One softmax runs over the concatenated SCORES of every part
+        whole (the value half is taken once, from the small output). ``qg`` comes scaled by 1/sqrt(D) (layer_qkv), so
+        the products are the scaled scores; ``bias`` (masks, summaries' log N) is added to each part's scores,
+        broadcast to [Hkv, G*T, n]. One softmax runs over the concatenated SCORES of every part
         and the dynamic part (past cache masked at cache_len + this step's keys): keys and values are never
         concatenated (a 7.8k context would be copied per layer and step), only the scores are."""
         cfg = self.config
@@ -330,17 +334,14 @@ class ExportableDecoder(nn.Module):
         scores = [p[3] if len(p) > 3 else torch.bmm(qg if p[1] is not None else q_wide, p[0].transpose(1, 2))
                   for p in parts]
         sizes = [sc.shape[-1] for sc in scores]
-        # the fixed parts' biases are per KV head and key ([Hkv, 1, n], or [1, 1, n] for one part): concatenated
-        # small, broadcast over the query rows by the add
-        if len(parts) == 1:
-            fixed = scores[0] * self.scale + parts[0][2]
-        else:
-            fixed = torch.cat(scores, dim=-1) * self.scale + torch.cat([p[2] for p in parts], dim=-1)
-        # the dynamic part: the past cache (masked at cache_len) and this step's own keys, scored apart (the cache
-        # is never concatenated with the new keys: that copied it per layer and step)
-        past = torch.bmm(qg, past_k.transpose(1, 2)) * self.scale + st["past_bias"]
-        new = torch.bmm(qg, k.transpose(1, 2)) * self.scale + st["new_bias"]
-        probs = torch.softmax(torch.cat([fixed, past, new], dim=-1), dim=-1)
+        # Each part's bias ([Hkv, 1, n] or [1, 1, n]) is added to its own scores, broadcast over the query rows, and ONE
+        # concatenation feeds the softmax: a large part (the exact tail's every clustered row) is copied once, not
+        # twice (a concatenation of the fixed parts, then one with the dynamic part). The dynamic part: the past cache
+        # (masked at cache_len) and this step's own keys, scored apart (the cache is never concatenated with the new
+        # keys: that copied it per layer and step)
+        past = torch.bmm(qg, past_k.transpose(1, 2)) + st["past_bias"]
+        new = torch.bmm(qg, k.transpose(1, 2)) + st["new_bias"]
+        probs = torch.softmax(torch.cat([sc + p[2] for sc, p in zip(scores, parts)] + [past, new], dim=-1), dim=-1)
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
         out, wide, start = None, None, 0
@@ -367,13 +368,14 @@ class ExportableDecoder(nn.Module):
 
     def cluster_scores(self, qg, centroids, counts, row_weights):
         """lookup.cluster_scores in float32: S_qk = exp(A_qk) / sum_l N_l exp(A_ql) = softmax_k(A_qk + log N_k) / N_k
-        (empty clusters: log N = -MASKED, weight 0), averaged over the valid query rows. Returns ([Hkv, K], log N, the
-        unscaled query-centroid products [Hkv, Q, K], which the summaries' scores reuse)."""
+        (empty clusters: log N = -MASKED, weight 0), averaged over the valid query rows. ``qg`` is scaled by 1/sqrt(D)
+        (layer_qkv), so its products with the centroids are A. Returns ([Hkv, K], log N, those products [Hkv, Q, K],
+        which the summaries' scores reuse)."""
         counts_f = counts.to(torch.float32)
         log_counts = self.log_counts(counts_f)
         inv_counts = self.one / counts_f.clamp(min=1)
         qk = torch.bmm(qg, centroids.transpose(1, 2))                              # [Hkv, Q, K], reused by summaries
-        per_row = torch.softmax(qk * self.scale + log_counts[:, None, :], dim=-1) * inv_counts[:, None, :]
+        per_row = torch.softmax(qk + log_counts[:, None, :], dim=-1) * inv_counts[:, None, :]   # qg is scaled
         return torch.bmm(row_weights.expand(qg.shape[0], 1, -1), per_row)[:, 0], log_counts, qk
 
     @staticmethod
@@ -493,7 +495,8 @@ class FusedLayer(nn.Module):
 
 
 STAGE_INPUTS = ("tokens", "hidden", "query", "key", "value", "past_keys", "past_values", "sink_kv", "window_kv",
-                "kept_keys", "kept_values", "kept_bias", "centroids", "value_centroids", "counts", "next_centroids", "next_counts")
+                "kept_keys", "kept_values", "kept_bias", "clustered_keys", "clustered_values", "centroids",
+                "value_centroids", "counts", "next_centroids", "next_counts")
 STAGE_OUTPUTS = ("hidden", "query", "key", "value", "scores")
 
 
@@ -512,15 +515,20 @@ class DecoderStage(nn.Module):
 
     One cut per layer is the fewest the math allows for per-step selection: layer s's queries depend on layer
     s-1's attention output. Inputs have the same names in every stage (the loop maps the pack's per-layer
-    tensors onto them); the dynamic cache is explicit I/O (``past_keys`` in, ``key``/``value`` out)."""
+    tensors onto them); the dynamic cache is explicit I/O (``past_keys`` in, ``key``/``value`` out).
 
-    def __init__(self, decoder: ExportableDecoder, stage: int):
+    ``exact=True``: a stage of ``prefill_exact`` (the prompt's exact tail): layer s-1 attends over EVERY fixed-context
+    row (``clustered_keys`` / ``clustered_values`` as [Hkv, max_clustered, D] views of the pack's tables, padding
+    masked from ``counts``; ExportableDecoder._exact_rows), so no lookup runs between the stages and they return no
+    scores; the same graphs otherwise (no top-k or gather either)."""
+
+    def __init__(self, decoder: ExportableDecoder, stage: int, exact: bool = False):
         super().__init__()
         if decoder.attention != "squeezed" or decoder.state != "io":
             raise SqueezeError("the split lookup plan is a squeezed decoder with explicit cache I/O")
         if not 0 <= stage <= decoder.config.num_layers:
             raise SqueezeError(f"stage {stage} is outside 0..{decoder.config.num_layers}")
-        self.decoder, self.stage = decoder, stage
+        self.decoder, self.stage, self.exact = decoder, stage, exact
 
     @property
     def last(self) -> bool:
@@ -530,14 +538,16 @@ class DecoderStage(nn.Module):
         names = ["n_tokens", "cache_len", "context_len"]
         if self.stage == 0:
             names.append("tokens")
+        elif self.exact:
+            names += [n for n in STAGE_INPUTS[1:9]] + ["clustered_keys", "clustered_values", "counts"]
         else:
-            names += [n for n in STAGE_INPUTS[1:] if not n.startswith("next_")]
-        if not self.last:
+            names += [n for n in STAGE_INPUTS[1:] if not n.startswith(("next_", "clustered_"))]
+        if not self.last and not self.exact:
             names += ["next_centroids", "next_counts"]
         return [n for n in ("n_tokens", "cache_len", "context_len") + STAGE_INPUTS if n in names]
 
     def output_names(self):
-        return ["logits"] if self.last else list(STAGE_OUTPUTS)
+        return ["logits"] if self.last else [n for n in STAGE_OUTPUTS if not (self.exact and n == "scores")]
 
     def example_inputs(self, tokens: int) -> dict:
         """Zero-filled inputs for a step of ``tokens`` tokens, in the forward's argument order."""
@@ -551,6 +561,7 @@ class DecoderStage(nn.Module):
                  "window_kv": (Hkv, s.window, 2 * D), "kept_keys": (Hkv, s.max_keep, D),
                  "kept_values": (Hkv, s.max_keep, D),
                  "kept_bias": (Hkv, s.max_keep + s.max_clusters), "centroids": (Hkv, s.max_clusters, D),
+                 "clustered_keys": (Hkv, s.max_clustered, D), "clustered_values": (Hkv, s.max_clustered, D),
                  "value_centroids": (Hkv, s.max_clusters, D), "next_centroids": (Hkv, s.max_clusters, D)}
         out = {}
         for n in self.input_names():
@@ -570,13 +581,17 @@ class DecoderStage(nn.Module):
 
     def forward(self, n_tokens, cache_len, context_len, tokens=None, hidden=None, query=None, key=None, value=None,
                 past_keys=None, past_values=None, sink_kv=None, window_kv=None, kept_keys=None, kept_values=None,
-                kept_bias=None,
+                kept_bias=None, clustered_keys=None, clustered_values=None,
                 centroids=None, value_centroids=None, counts=None, next_centroids=None, next_counts=None):
         d, s = self.decoder, self.stage
         T = tokens.shape[0] if s == 0 else hidden.shape[0]
         st = d.step_tensors(T, n_tokens, cache_len, context_len)
         if s == 0:
             x = d.embed_tokens(tokens)
+        elif self.exact:
+            parts = d._exact_rows({"counts": counts, "sink_kv": sink_kv, "window_kv": window_kv,
+                                   "clustered_keys": clustered_keys, "clustered_values": clustered_values})
+            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st)
         else:
             B = kept_keys.shape[1]
             # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
@@ -586,6 +601,8 @@ class DecoderStage(nn.Module):
         if self.last:
             return d.head(x, st)
         qg, k, v = d.layer_qkv(s, x, st)
+        if self.exact:
+            return x, qg, k, v
         scores, _, _ = d.cluster_scores(qg, next_centroids, next_counts, st["row_weights"])
         return x, qg, k, v, scores
 

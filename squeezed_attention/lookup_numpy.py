@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import SqueezeError
-from .lookup import LookupTables, SelectionSpec
+
+if TYPE_CHECKING:   # the torch side's types: this module runs without PyTorch (the split plan's CPU lookup)
+    from .lookup import LookupTables, SelectionSpec
 
 
 @dataclass

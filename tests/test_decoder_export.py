@@ -401,6 +401,56 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
     v = art["verification"]
     # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
     assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] < 1e-3, v
+    assert q["float16_storage"]["tensors"] == 0   # this model's side tables are below the size it converts
+
+
+def test_half_storage_keeps_every_value_and_onnxruntime_folds_it(tmp_path):
+    """half_storage: float32 initializers that are exactly float16 (a Q4_1 / Q8_0 GGUF's block scales and offsets)
+    stored in half the bytes behind a Cast at the top of the main graph, others untouched; on the tiny Q4_1 int4
+    .onnx (two graphs: branches of an If that read the tables from the outer scope) onnxruntime returns bit-identical
+    outputs for both branches, and its optimized graph keeps no such Cast (folded at session creation)."""
+    import onnx
+    import onnxruntime as ort
+
+    from export.backends.onnx_backend import half_storage
+
+    gguf = testing.write_tiny_llama_gguf(tmp_path / "q41.gguf", layers=2, quantized="Q4_1")
+    result = export_decoder(tmp_path / "q", formats="onnx", model_path=gguf, attention="squeezed", weights="int4",
+                            kv_budget=0.3, verify=False, exact_tail=4, **SHAPES)
+    (art,) = result.manifest["artifacts"]
+    src = tmp_path / "q" / art["file"]
+    model = onnx.load(str(src))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(8, 0.1, np.float32), "not_a_half"))
+    rec = half_storage(model, min_elements=1)
+    assert rec["tensors"] > 0 and rec["bytes_saved"] > 0
+    inits = {i.name: i for i in model.graph.initializer}
+    assert inits["not_a_half"].data_type == onnx.TensorProto.FLOAT        # 0.1 is no float16: left as it was
+    halves = [i for i in model.graph.initializer if i.name.endswith("__float16")]
+    assert len(halves) == rec["tensors"] and all(i.data_type == onnx.TensorProto.FLOAT16 for i in halves)
+    assert [n.op_type for n in model.graph.node[:rec["tensors"]]] == ["Cast"] * rec["tensors"]
+    onnx.checker.check_model(model)
+    dst = tmp_path / "half.onnx"
+    dst.write_bytes(model.SerializeToString())
+    assert rec["bytes_saved"] == sum(2 * int(np.prod(i.dims)) for i in halves)   # (here less than the Casts cost)
+    opt = ort.SessionOptions()
+    opt.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sessions = [ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]),
+                ort.InferenceSession(str(dst), opt, providers=["CPUExecutionProvider"])]
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert not [n for n in optimized.graph.node if n.name.endswith("__to_float")]
+    rng = np.random.default_rng(0)
+    for branch in (0, 1):
+        feed = {}
+        for i in sessions[0].get_inputs():
+            shape = [d if isinstance(d, int) else 3 for d in i.shape]
+            if i.name == "branch":
+                feed[i.name] = np.array([branch], np.int64)
+            elif "int64" in i.type:
+                feed[i.name] = np.ones(shape, np.int64)
+            else:
+                feed[i.name] = rng.standard_normal(shape).astype(np.float32)
+        a, b = (s.run(None, feed) for s in sessions)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)), branch
 
 
 def test_pte_int4_weights_run_in_xnnpack_and_answer_through_the_runtime(tiny, tiny_pack, tmp_path):
@@ -505,7 +555,8 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
     lookup) after a selecting prefill of the tokens before them (.pte: a third method; .onnx: a second graph of the
     same file, a branch of an If on the input ``branch`` that reads the same weights); the artifact passes
     verification against the PyTorch decoder with the same exact tail, answers like it at the artifact's tail and
-    at 0 (no exact call), and plans without the method are refused in one line before anything is written."""
+    at 0 (no exact call), and a question-level decode (which cannot hold it) is refused in one line before anything
+    is written."""
     import onnx
 
     from squeezed_attention.decoder_session import DecoderSession
@@ -513,8 +564,9 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
 
     d, gguf = tiny
     (d / "doc.txt").write_text(TINY_TEXT)
-    with pytest.raises(SqueezeError, match="--exact-tail 4 is exported for .pte and .onnx with the in-graph plan"):
-        export_decoder(tmp_path / "no", formats=("tflite",), model_path=gguf, exact_tail=4, **SHAPES)
+    with pytest.raises(SqueezeError, match="--exact-tail 4 is exported with per-step decode selection only"):
+        export_decoder(tmp_path / "no", formats=("pte",), model_path=gguf, exact_tail=4, decode_selection="question",
+                       **SHAPES)
     assert not (tmp_path / "no").exists()
     out = tmp_path / "exact"
     result = export_decoder(out, formats=fmt, model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,

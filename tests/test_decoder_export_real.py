@@ -52,3 +52,45 @@ def test_real_pack_answered_through_the_runtime(real_onnx, tmp_path):
     session.close()
     assert got.token_ids == ref.token_ids
     assert case.answer in got.text
+
+
+def test_real_split_plan_with_exact_tail_matches_the_in_graph_decoder():
+    """The split plan's stage graphs on the real model (run by PyTorch, the numpy lookup between them) with the exact
+    prompt tail: a question shorter than the tail (all of it through prefill_exact_<s>) and one longer (a selecting
+    prefill, then the tail) give the in-graph decoder's logits exactly and the host decoder's tokens, and answer."""
+    import numpy as np
+
+    from squeezed_attention.decoder_export import (EagerRunner, contract_section, decoder_modules, decoder_program,
+                                                   decoder_shapes)
+    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.exportable import pack_as_arrays
+    from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.pack_arrays import decoder_context_inputs
+
+    model, ck = testing.real_model(), testing.real_checkpoint()
+    pack = testing.small_pack(hierarchical=False)
+    case, _ = testing.passkey_case()
+    shapes = decoder_shapes(model.config, max_context=1024, max_prompt=64, max_new=16, kv_budget=0.125)
+    program, _ = decoder_program(model, shapes, "squeezed", "tflite", "split", exact_tail=32)
+
+    arrays = pack_as_arrays(pack)
+    context = decoder_context_inputs(arrays, shapes.to_dict(), "squeezed")
+    contract = contract_section(shapes, "squeezed", "tflite", 0.125, {m.name: m.signature() for m in program.methods},
+                                "split", exact_tail=32)
+    in_graph = EagerRunner(decoder_modules(model, shapes, "squeezed", "io", "step", 32))
+    gen = Generator(model, ck.tokenizer, pack)
+    long_question = "Read the text above carefully, including every number in it, then answer briefly. " + case.question
+    lengths = []
+    for question in (case.question, long_question):
+        ids = gen.prompt_ids(question)
+        lengths.append(len(ids))
+        split = GenerationLoop(EagerRunner(program), contract, arrays, context)
+        tokens, logits = split.greedy(ids, 12)
+        ref_tokens, ref_logits = GenerationLoop(in_graph, {**contract, "lookup_plan": "in-graph"}, arrays,
+                                                context).greedy(ids, 12)
+        assert tokens == ref_tokens and all(np.array_equal(a, b) for a, b in zip(logits, ref_logits))
+        host = gen.generate(question, AttentionChoice("top-k", keep_keys=split.keep_keys, backend="torch", exact_tail=32),
+                            max_new_tokens=12, stop_at_eos=False)
+        assert tokens == host.token_ids[:len(tokens)]
+        assert case.answer in ck.tokenizer.decode(tokens)
+    assert lengths[0] <= 32 < lengths[1]

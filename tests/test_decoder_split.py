@@ -131,18 +131,11 @@ def test_split_stages_give_the_in_graph_logits_bit_for_bit(tiny):
     program, _ = decoder_program(model, shapes, "squeezed", "tflite", "split")
     assert program.names == [f"{m}_{s}" for m in ("prefill", "decode") for s in range(3)]
 
-    class Stages:
-        @torch.no_grad()
-        def run(self, method, feed):
-            m = program.method(method)
-            out = m.module(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in m.inputs})
-            return {n: o.numpy() for n, o in zip(m.outputs, out if isinstance(out, tuple) else (out,))}
-
     arrays = pack_as_arrays(pack)
     context = decoder_context_inputs(arrays, shapes.to_dict(), "squeezed")
     contract = contract_section(shapes, "squeezed", "tflite", 0.3, {m.name: m.signature() for m in program.methods},
                                 "split")
-    split = GenerationLoop(Stages(), contract, arrays, context)
+    split = GenerationLoop(EagerRunner(program), contract, arrays, context)
     one = GenerationLoop(EagerRunner(ExportableDecoder(model, shapes, "squeezed", "io").eval()),
                          {**contract, "lookup_plan": "in-graph"}, arrays, context)
     ids = ck.tokenizer.encode("\n\nab nan<|im_end|>\n<|im_start|>assistant\n")
@@ -163,7 +156,14 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
         assert "_split_" in a["file"]
         c = a["decoder"]
         assert c["lookup_plan"] == "split" and c["state"] == "io" and c["stages"] == 3
-        assert set(c["methods"]) == {f"{m}_{s}" for m in ("prefill", "decode") for s in range(3)}
+        # the exact prompt tail (the host's default, 32 tokens) as stages of its own, no lookup between them
+        assert c["exact_tail"] == 32
+        assert set(c["methods"]) == {f"{m}_{s}" for m in ("prefill", "decode", "prefill_exact") for s in range(3)}
+        exact_in = {i["name"]: i for i in c["methods"]["prefill_exact_1"]["inputs"]}
+        assert exact_in["clustered_keys"]["shape"][0] == 2 and len(exact_in["clustered_keys"]["shape"]) == 3
+        assert not {"kept_keys", "kept_bias", "centroids", "next_centroids"} & set(exact_in)
+        assert c["methods"]["prefill_exact_0"]["outputs"] == ["hidden", "query", "key", "value"]
+        assert c["methods"]["prefill_exact_0"]["inputs"][3]["shape"] == [32]
         assert [i["name"] for i in c["methods"]["decode_1"]["inputs"]][:4] == ["n_tokens", "cache_len", "context_len",
                                                                               "hidden"]
         assert c["methods"]["decode_2"]["outputs"] == ["logits"]
@@ -179,22 +179,52 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
 
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
 def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
+    """Tokens == the host decoder's with the same exact prompt tail: the artifact's (32 tokens: the whole question
+    runs through prefill_exact_<s>), a 4-token tail after a selecting prefill, and none."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
 
     out, _ = exported
     d, _, model, ck, pack = tiny
-    session = DecoderSession(out, fmt=fmt, plan="split")
-    session.attach(d / "tiny.pack")
-    got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
-    ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", prefill_rows=session.loop.prefill_rows,
-                                  prefill_tail=session.loop.prefill_tail,
-                                  exact_tail=session.loop.exact_tail), max_new_tokens=10,
-        stop_at_eos=False)
-    session.close()
-    assert got.token_ids == ref.token_ids
-    assert got.lookup.startswith("split")
+    calls = []
+    for tail in (None, 4, 0):
+        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail)
+        session.attach(d / "tiny.pack")
+        run = session.runner.run
+        session.runner.run = lambda method, feed: calls.append(method) or run(method, feed)
+        got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+        ref = Generator(model, ck.tokenizer, pack).generate(
+            "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
+                                      prefill_rows=session.loop.prefill_rows, prefill_tail=session.loop.prefill_tail,
+                                      exact_tail=session.loop.exact_tail), max_new_tokens=10, stop_at_eos=False)
+        session.close()
+        assert got.token_ids == ref.token_ids, tail
+        assert got.lookup.startswith("split")
+        exact_calls = [c for c in calls if c.startswith("prefill_exact_")]
+        assert exact_calls == ([] if tail == 0 else ["prefill_exact_0", "prefill_exact_1", "prefill_exact_2"]), tail
+        assert ("prefill_0" in calls) == (tail != None), tail   # noqa: E711  (the whole question is exact at 32)
+        calls.clear()
+
+
+def test_split_generate_never_imports_torch(exported, tiny):
+    """`squeeze generate --format tflite` (the split plan: LiteRT + the numpy lookup + tokenizer, the exact tail's
+    stages included) answers without importing PyTorch, the command's own start-up included."""
+    import subprocess
+    import sys
+
+    out, _ = exported
+    d, *_ = tiny
+    code = (
+        "import sys, json\n"
+        "from export.cli import main\n"
+        f"rc = main(['generate', '--artifacts', {str(out)!r}, '--format', 'tflite', '--context-pack', "
+        f"{str(d / 'tiny.pack')!r}, '--prompt', 'ab nan', '--max-new-tokens', '4', '--json'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["lookup"].startswith("split")
 
 
 def test_plan_format_mismatches_are_refused(tiny, tmp_path):

@@ -514,7 +514,7 @@ def qa_goldens() -> dict[str, bytes]:
             # the contract of the .onnx export: its methods as the manifest lists them (the prefill's token axis is
             # dynamic; squeezed: the exact prompt tail, prefill_exact, is the file's second graph, every method
             # feeds the merged graph's inputs and fixes `branch`: export/backends/onnx_backend.export_program)
-            exact = exact_tail_for(None, attention, "onnx", "in-graph", "step", QA_SHAPES["max_prompt"])
+            exact = exact_tail_for(None, attention, "step", QA_SHAPES["max_prompt"])
             program, _ = decoder_program(model, decoder_shapes(model.config, **QA_SHAPES), attention, "onnx",
                                          exact_tail=exact)
             groups = program.graphs()
@@ -560,7 +560,8 @@ def qa_goldens() -> dict[str, bytes]:
             "context_sha256": pack.hashes["context_sha256"], "num_tokens": n,
             "runs": runs}).encode())
         # the split lookup plan's CPU lookup: random tables around its edges, then the real lookups of the tiny
-        # model's split stages (prefill and one decode step, both layers)
+        # model's split stages (the selecting prefill and one decode step, both layers; the exact tail's stages
+        # run no lookup)
         squeezed = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), "squeezed", state="io").eval()
         split_run: dict = {}
         real = _split_lookups(squeezed, arrays, shapes, decoder_context_inputs(arrays, shapes, "squeezed"), prompt_ids,
@@ -649,12 +650,14 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
     from squeezed_attention.lookup_numpy import kept_rows
 
     stages = [DecoderStage(module, s).eval() for s in range(module.config.num_layers + 1)]
+    exact_stages = [DecoderStage(module, s, exact=True).eval() for s in range(module.config.num_layers + 1)]
     calls, declared, fed = [], [], []
 
     class Stages:
         @torch.no_grad()
         def run(self, method, feed):
-            stage = stages[int(method.rsplit("_", 1)[1])]
+            step, at = method.rsplit("_", 1)
+            stage = (exact_stages if step == "prefill_exact" else stages)[int(at)]
             out = stage(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in stage.input_names()})
             out = {n: o.numpy() for n, o in zip(stage.output_names(), out if isinstance(out, tuple) else (out,))}
             calls.append((method, feed, out))
@@ -664,8 +667,9 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
                         for k, v in feed.items()})
             return out
 
+    # an exact tail shorter than the question: prefill_<s> (selecting) for the tokens before it, then prefill_exact_<s>
     contract = {"shapes": shapes, "attention": "squeezed", "state": "io", "kv_budget": QA_SHAPES["kv_budget"],
-                "lookup_plan": "split"}
+                "lookup_plan": "split", "exact_tail": SPLIT_EXACT_TAIL}
     loop = GenerationLoop(Stages(), contract, arrays, context)
     tokens, _ = loop.greedy(prompt_ids, 2)
     if record is not None:
@@ -673,7 +677,7 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
     cases = []
     for (_, _, before), (method, feed, _) in zip(calls, calls[1:]):
         step, stage = method.rsplit("_", 1)
-        if stage == "0":
+        if stage == "0" or step == "prefill_exact":
             continue
         layer = int(stage) - 1
         args = (before["scores"], context[f"counts_{layer}"], context[f"cluster_start_{layer}"],
@@ -687,13 +691,17 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
     return cases
 
 
+# the split run's exact prompt tail (tokens): shorter than the question, so both prefills run
+SPLIT_EXACT_TAIL = 4
+
 # stage outputs the app's loop only hands on to the next stage: the golden keeps their hashes, not their values
 SPLIT_FORWARDED = ("hidden", "query")
 
 
 def split_generation_goldens(run: dict, prompt_ids: list) -> dict[str, bytes]:
-    """qa_split_generation.json.gz: the split plan's call sequence of the tiny model (prefill + one decode step;
-    its stage graphs run by PyTorch, decoder_session's loop and CPU lookup between them): per call the method, the
+    """qa_split_generation.json.gz: the split plan's call sequence of the tiny model (prefill, the 4-token exact
+    tail's prefill_exact stages, one decode step; its stage graphs run by PyTorch, decoder_session's loop and CPU
+    lookup between them): per call the method, the
     stage graph's declared inputs, every fed input (dtype, shape, sha256) and the outputs; qa_split_outputs_f32le.bin.gz
     holds the outputs the app's loop reads (scores, key, value, logits); hidden and query, which it only hands on,
     are kept as hashes (the Kotlin replay checks it hands on exactly what it got)."""
@@ -795,7 +803,7 @@ def decoder_onnx_current() -> bool:
         artifact = next(a for a in manifest["artifacts"] if a.get("file") == ref["artifact"])
         # an export of this version: its exact prompt tail as the exporter gives the .onnx now, and a reference
         # that records the calls (older builds had neither)
-        exact = exact_tail_for(None, "squeezed", "onnx", "in-graph", "step", QA_SHAPES["max_prompt"])
+        exact = exact_tail_for(None, "squeezed", "step", QA_SHAPES["max_prompt"])
         return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256() \
             and manifest.get("schema") == SCHEMA and (artifact["decoder"].get("exact_tail") or 0) == exact \
             and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]

@@ -410,6 +410,39 @@ def _constant(model, inits: dict, name: str):
     raise KeyError(name)
 
 
+def half_storage(model, min_elements: int = 4096) -> dict:
+    """Float32 initializers of the main graph whose every value is exactly a float16 (the quantized weights' block
+    scales and offsets: a Q4_1 / Q8_0 GGUF stores them in float16) are stored as float16 and cast back by a Cast node
+    at the top of the graph, which onnxruntime folds into a float32 initializer when the session is created (same
+    values, same kernels and prepacking; the file carries half the bytes). Tensors that would change are left as
+    they are. Returns {"tensors": n, "bytes_saved": b}."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    kept, casts, saved = [], [], 0
+    for init in graph.initializer:
+        if init.data_type != 1 or int(np.prod(init.dims)) < min_elements:
+            kept.append(init)
+            continue
+        a = numpy_helper.to_array(init)
+        half = a.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), a, equal_nan=False) or not np.isfinite(half).all():
+            kept.append(init)
+            continue
+        stored = init.name + "__float16"
+        kept.append(numpy_helper.from_array(half, stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], name=init.name + "__to_float", to=1))
+        saved += a.nbytes - half.nbytes
+    if casts:
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        nodes = casts + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return {"tensors": len(casts), "bytes_saved": int(saved)}
+
+
 def dequantized_error(model, originals: dict) -> dict:
     """The largest |dequantized - original| over the weights each quantized operator stores (MatMulNBits,
     GatherBlockQuantized), read back from the written tensors: {op type/bits: max abs error}. ``originals``: the
@@ -737,6 +770,8 @@ class OnnxBackend(Backend):
 
             model = merge_branches(models)
             methods = branch_signatures(groups)
+        if quantized:   # block scales / offsets that are exactly float16 (a GGUF's are) stored in half the bytes
+            quantized["float16_storage"] = half_storage(model)
         onnx.checker.check_model(model)
         with open(dest, "wb") as fh:
             fh.write(model.SerializeToString(deterministic=True))

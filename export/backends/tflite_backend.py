@@ -48,6 +48,22 @@ class LiteRTProgramRunner(Runner):
         self.table = methods
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
         self._runners = {}
+        # every signature prepared now, as an app does at start-up: a signature runner allocates its tensors and
+        # sets up the delegate on first use, which a lazy start would charge to the first question's prefill
+        for method in self.interpreter.get_signature_list():
+            if method in self.table:
+                self._prepare(method)
+
+    def _prepare(self, method):
+        runner = self.interpreter.get_signature_runner(method)
+        details = runner.get_input_details()
+        # one call on zeros now, as an app warms up at start-up: the interpreter allocates a signature's tensors and
+        # XNNPACK packs its weights at the signature's first call, which would otherwise land in the first question
+        runner(**{n: np.zeros(d["shape"], d["dtype"]) for n, d in details.items()})
+        dtypes = {n: d["dtype"] for n, d in details.items()}
+        ours = {i.get("tensor", i["name"]): i["name"] for i in self.table[method]["inputs"]}
+        outputs = sorted(runner.get_output_details(), key=_output_index)
+        self._runners[method] = (runner, {t: (ours.get(t, t), d) for t, d in dtypes.items()}, outputs)
 
     def run(self, method, feed):
         from squeeze_mobile.errors import SqueezeError
@@ -55,11 +71,7 @@ class LiteRTProgramRunner(Runner):
         if method not in self.table:
             raise SqueezeError(f"this model has no signature {method!r}; it has {', '.join(self.table)}")
         if method not in self._runners:
-            runner = self.interpreter.get_signature_runner(method)
-            dtypes = {n: d["dtype"] for n, d in runner.get_input_details().items()}
-            ours = {i.get("tensor", i["name"]): i["name"] for i in self.table[method]["inputs"]}
-            outputs = sorted(runner.get_output_details(), key=_output_index)
-            self._runners[method] = (runner, {t: (ours.get(t, t), d) for t, d in dtypes.items()}, outputs)
+            self._prepare(method)
         runner, inputs, outputs = self._runners[method]
         missing = [name for name, _ in inputs.values() if name not in feed]
         if missing:

@@ -44,7 +44,7 @@ public struct DecoderShapes: Equatable {
 /// does not run), the decode selection ("step": every decode step selects; "question", whose decode takes the rows the
 /// prefill selected as held inputs, is not run by this app and is refused), the prompt's selection chunks
 /// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
-/// call over every fixed-context row; absent or null in older manifests: 0, no such method; refused with the split plan),
+/// call over every fixed-context row, stages prefill_exact_<s> in the split plan; absent or null in older manifests: 0),
 /// the static shape every method declares for each of its inputs (a method may take a context input in another
 /// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
 /// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
@@ -96,10 +96,6 @@ public struct DecoderContract: Equatable {
         }
         if lookupPlan == DecoderContract.split && (attention != "squeezed" || state != "io") {
             throw DecoderError("decoder.lookup_plan: the split plan is squeezed attention with state io, found \(attention) / \(state)")
-        }
-        if lookupPlan == DecoderContract.split && exactTail > 0 {
-            throw DecoderError("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail \(exactTail); " +
-                               "export the exact tail with the in-graph plan or pass --exact-tail 0")
         }
         if decodeSelection == DecoderContract.question {
             throw DecoderError("decoder.decode_selection: this app runs per-step selection only, found question; " +

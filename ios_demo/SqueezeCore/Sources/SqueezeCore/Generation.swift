@@ -5,7 +5,7 @@
 // `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. A contract
 // with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row) runs the
 // question's last exact_tail tokens as one `prefill_exact` call after the tokens before them (GenerationLoop.prompt).
-// The split lookup plan (stage graphs with a CPU lookup between them) is not run here: refused. With
+// The split lookup plan runs each step as stage graphs with the CPU lookup (KeptRows) between them. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
 // ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, the file's second
@@ -45,6 +45,8 @@ public struct GenerationOutput {
     public let prefillNanos: Int64
     public let decodeNanos: Int64
     public let decodeSteps: Int
+    /// Time in the split plan's CPU lookup (KeptRows between stage graphs); 0 for the in-graph plan.
+    public var lookupNanos: Int64 = 0
 
     public var decodeTokensPerSecond: Double { decodeNanos > 0 ? Double(decodeSteps) / (Double(decodeNanos) / 1e9) : 0 }
 }
@@ -61,6 +63,12 @@ public final class GenerationLoop {
     private let clockNanos: () -> Int64
     /// Per method: the context inputs as it declares them (methodInputs)
     private var methodContext: [String: NamedTensors] = [:]
+    /// The context inputs by name (the split plan maps the pack's per-layer tensors onto each stage's inputs)
+    private let contextByName: [String: DecoderTensor]
+    /// [Hkv, Nc, D] views of the flat clustered tables, made once per table (the exact tail's stages read them whole)
+    private var perHeadViews: [String: DecoderTensor] = [:]
+    /// Time spent in the split plan's CPU lookup since the last greedy started.
+    public private(set) var lookupNanos: Int64 = 0
 
     public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
@@ -70,10 +78,7 @@ public final class GenerationLoop {
         self.contextInputs = contextInputs
         self.clockNanos = clockNanos
         shapes = contract.shapes
-        if contract.split {
-            throw DecoderError("decoder.lookup_plan: this app runs the in-graph plan only, found split; " +
-                               "pick an artifact exported with --lookup-plan in-graph")
-        }
+        contextByName = Dictionary(contextInputs.map { ($0.name, $0.tensor) }, uniquingKeysWith: { first, _ in first })
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
             // Python's round(): half to even
@@ -120,6 +125,10 @@ public final class GenerationLoop {
     /// views of the same rows), plus the inputs the method fixes with their values (DecoderContract.fixedInputs: the
     /// .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact; Python: OnnxRunner.run adds them).
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
+        if contract.split {
+            guard let cache = cache else { throw DecoderError("the split plan needs the explicit cache") }
+            return try splitStep(method: method, tokens: tokens, cacheLen: cacheLen, cache: cache)
+        }
         let fixed: Int
         switch method {
         case "prefill": fixed = shapes.maxPrompt
@@ -177,6 +186,127 @@ public final class GenerationLoop {
         return out
     }
 
+    /// The split plan (Python: GenerationLoop._split_step; port of Generation.kt's splitStep): graphs
+    /// `<method>_0 .. <method>_L`; between stage s-1 and s the CPU lookup turns stage s-1's cluster scores into layer
+    /// l = s-1's kept rows (KeptRows), and stage s-1's key/value (layer l's rows of this step) go into the cache at
+    /// cacheLen before stage s reads that layer's cache. `prefill_exact`'s stages (the prompt's exact tail) run no
+    /// lookup: stage s takes layer l's clustered tables whole, as [Hkv, Nc, D] views, and returns no scores.
+    private func splitStep(method: String, tokens: [Int], cacheLen: Int, cache: Cache) throws -> [Float] {
+        let exact = method == GenerationLoop.prefillExact
+        let width: Int
+        switch method {
+        case "prefill": width = shapes.maxPrompt
+        case GenerationLoop.prefillExact: width = contract.exactTail
+        default: width = 1
+        }
+        let n = tokens.count
+        let base: [String: DecoderTensor] = ["n_tokens": try GenerationLoop.scalar(Int64(n)),
+                                             "cache_len": try GenerationLoop.scalar(Int64(cacheLen)),
+                                             "context_len": try GenerationLoop.scalar(Int64(pack.numTokens))]
+        func ctx(_ name: String) throws -> DecoderTensor {
+            guard let t = contextByName[name] else { throw DecoderError("the context inputs have no \(name) (split plan)") }
+            return t
+        }
+        var first = base
+        first["tokens"] = .int64(try Int64Tensor((0..<width).map { $0 < n ? Int64(tokens[$0]) : 0 }, shape: [width]))
+        if !exact {
+            first["next_centroids"] = try ctx("centroids_0")
+            first["next_counts"] = try ctx("counts_0")
+        }
+        var out = try runStage(method, 0, first)
+        let per = cache.heads * cache.capacity * cache.headDim
+        let cacheShape = [cache.heads, cache.capacity, cache.headDim]
+        for stage in 1...cache.layers {
+            let l = stage - 1
+            let key = try GenerationLoop.stageOutput(out, "key", method, l)
+            let value = try GenerationLoop.stageOutput(out, "value", method, l)
+            try GenerationLoop.writeLayer(cache, key, keys: true, layer: l, at: cacheLen, count: n)
+            try GenerationLoop.writeLayer(cache, value, keys: false, layer: l, at: cacheLen, count: n)
+            var feed = base
+            feed["hidden"] = .float32(try GenerationLoop.stageOutput(out, "hidden", method, l))
+            feed["query"] = .float32(try GenerationLoop.stageOutput(out, "query", method, l))
+            feed["key"] = .float32(key)
+            feed["value"] = .float32(value)
+            feed["past_keys"] = .float32(try Float32Tensor(Array(cache.keys[(l * per)..<((l + 1) * per)]), shape: cacheShape))
+            feed["past_values"] = .float32(try Float32Tensor(Array(cache.values[(l * per)..<((l + 1) * per)]), shape: cacheShape))
+            feed["sink_kv"] = try ctx("sink_kv_\(l)")
+            feed["window_kv"] = try ctx("window_kv_\(l)")
+            feed["counts"] = try ctx("counts_\(l)")
+            if exact {
+                feed["clustered_keys"] = try perHead("clustered_keys_\(l)", try ctx("clustered_keys_\(l)"), cache)
+                feed["clustered_values"] = try perHead("clustered_values_\(l)", try ctx("clustered_values_\(l)"), cache)
+            } else {
+                guard case .float32(let keys) = try ctx("clustered_keys_\(l)"), case .float32(let values) = try ctx("clustered_values_\(l)"),
+                      case .int64(let counts) = try ctx("counts_\(l)"), case .int64(let starts) = try ctx("cluster_start_\(l)"),
+                      let keep = keepKeys else {
+                    throw DecoderError("the split plan's layer \(l) context inputs have unexpected dtypes")
+                }
+                let t0 = clockNanos()
+                let kept = try KeptRows.compute(scores: try GenerationLoop.stageOutput(out, "scores", method, l), counts: counts,
+                                                clusterStart: starts, clusteredKeys: keys, clusteredValues: values,
+                                                keepKeys: keep, maxKeep: shapes.maxKeep)
+                lookupNanos += clockNanos() - t0
+                for (name, tensor) in try kept.inputs() { feed[name] = tensor }
+                feed["centroids"] = try ctx("centroids_\(l)")
+                feed["value_centroids"] = try ctx("value_centroids_\(l)")
+                if stage < cache.layers {
+                    feed["next_centroids"] = try ctx("centroids_\(stage)")
+                    feed["next_counts"] = try ctx("counts_\(stage)")
+                }
+            }
+            out = try runStage(method, stage, feed)
+        }
+        return try GenerationLoop.stageOutput(out, "logits", method, cache.layers).data
+    }
+
+    /// runtime.run for stage `<method>_<stage>`, with the inputs that method's manifest entry fixes put over the feed.
+    private func runStage(_ method: String, _ stage: Int, _ feed: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+        let name = "\(method)_\(stage)"
+        var feed = feed
+        for (input, tensor) in contract.fixedInputs[name] ?? [:] { feed[input] = tensor }
+        return try runtime.run(method: name, inputs: feed)
+    }
+
+    /// A flat [Hkv * Nc, D] clustered table as an [Hkv, Nc, D] view (made once per table).
+    private func perHead(_ name: String, _ t: DecoderTensor, _ cache: Cache) throws -> DecoderTensor {
+        if let made = perHeadViews[name] { return made }
+        guard case .float32(let table) = t, let d = table.shape.last, d == cache.headDim,
+              table.data.count % (cache.heads * d) == 0 else {
+            throw DecoderError("the clustered table \(name) has shape \(t.shape), expected [\(cache.heads) * Nc, \(cache.headDim)]")
+        }
+        let view = DecoderTensor.float32(try Float32Tensor(table.data, shape: [cache.heads, table.data.count / (cache.heads * d), d]))
+        perHeadViews[name] = view
+        return view
+    }
+
+    private static func stageOutput(_ out: [String: DecoderTensor], _ name: String, _ method: String, _ stage: Int) throws -> Float32Tensor {
+        guard case .float32(let t)? = out[name] else {
+            throw DecoderError("the runtime returned no float32 \"\(name)\" output for \(method)_\(stage)")
+        }
+        return t
+    }
+
+    /// A stage's key or value [H, T, D]: its first n rows per head into layer `layer` of the cache at position at.
+    private static func writeLayer(_ cache: Cache, _ t: Float32Tensor, keys: Bool, layer l: Int, at: Int, count n: Int) throws {
+        let s = t.shape
+        if s.count != 3 || s[0] != cache.heads || s[1] < n || s[2] != cache.headDim {
+            throw DecoderError("a stage's key/value has shape \(s), expected [\(cache.heads), >= \(n), \(cache.headDim)]")
+        }
+        if at < 0 || at + n > cache.capacity {
+            throw DecoderError("\(n) rows at \(at) do not fit the cache of \(cache.capacity) tokens")
+        }
+        for h in 0..<cache.heads {
+            let src = h * s[1] * s[2]
+            let to = ((l * cache.heads + h) * cache.capacity + at) * cache.headDim
+            let rows = t.data[src..<(src + n * cache.headDim)]
+            if keys {
+                cache.keys.replaceSubrange(to..<(to + n * cache.headDim), with: rows)
+            } else {
+                cache.values.replaceSubrange(to..<(to + n * cache.headDim), with: rows)
+            }
+        }
+    }
+
     /// This step's rows of output name ("new_keys" or "new_values", [L, H, >= n, D]) into the cache at position at.
     private static func writeCache(_ cache: Cache, _ out: [String: DecoderTensor], _ name: String, at: Int, count n: Int) throws {
         guard case .float32(let t)? = out[name] else { throw DecoderError("the runtime returned no float32 \"\(name)\" output") }
@@ -220,6 +350,7 @@ public final class GenerationLoop {
                        onToken: (([Int]) -> Void)? = nil) throws -> GenerationOutput {
         try checkLengths(promptTokens: ids.count, maxNewTokens: maxNewTokens)
         let cache = newCache()
+        lookupNanos = 0
         let t0 = clockNanos()
         var logits = try prompt(ids, cache: cache)
         let prefillNanos = clockNanos() - t0
@@ -243,8 +374,10 @@ public final class GenerationLoop {
             logits = try step(method: "decode", tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
             steps += 1
         }
-        return GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos, decodeNanos: clockNanos() - t1,
-                                decodeSteps: steps)
+        var output = GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos,
+                                      decodeNanos: clockNanos() - t1, decodeSteps: steps)
+        output.lookupNanos = lookupNanos
+        return output
     }
 
     /// The question's tokens with the contract's key selection (Python: squeezed_attention/decoder_session.py,

@@ -324,20 +324,12 @@ final class GenerationTests: XCTestCase {
         XCTAssertNotNil(artifact.methods["prefill_exact"])
         XCTAssertEqual(artifact.contract.tokenRanges["prefill_exact"], 1...32)
         XCTAssertEqual(artifact.contract.tokenWidth(method: "prefill_exact", n: 5, fixed: artifact.contract.exactTail), 5)
-        // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract,
-        // which this app's loop does not run)
+        // a split contract (its exact tail runs as stages prefill_exact_<s>; SplitGenerationTests replays them)
         let split = replacingFirst(withExact("4"), "\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"split\",")
-        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(split) },
-                       "decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail 4; " +
-                       "export the exact tail with the in-graph plan or pass --exact-tail 0")
-        let splitContract = try DecoderManifest.parse(replacingFirst(split, "\"exact_tail\": 4,", "\"exact_tail\": 0,")).artifacts[0].contract
+        let splitContract = try DecoderManifest.parse(split).artifacts[0].contract
         XCTAssertEqual(splitContract.lookupPlan, "split")
+        XCTAssertEqual(splitContract.exactTail, 4)
         XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.lookupPlan), ["in-graph", "in-graph"])
-        XCTAssertTrue(thrownMessage(DecoderError.self) {
-            try GenerationLoop(runtime: CallRecorder(), contract: splitContract, pack: pack, contextInputs: [])
-        }.contains("in-graph plan only"))
-        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes,
-                                                 lookupPlan: "split", exactTail: 1))
         XCTAssertTrue(thrownMessage(DecoderError.self) {
             try DecoderManifest.parse(replacingFirst(text, "\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"sideways\","))
         }.contains("lookup_plan"))

@@ -13,7 +13,8 @@ package dev.squeezemobile.core
  * fixes ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, whose graph is
  * the file's second one) is fed exactly that value by every call of the method ([DecoderContract.fixedInputs]).
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
- * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them.
+ * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them; its exact tail is the stages
+ * `prefill_exact_0 .. prefill_exact_L` with no lookup between them.
  */
 class DecoderException(message: String) : IllegalArgumentException(message)
 
@@ -33,7 +34,7 @@ interface DecoderRuntime : AutoCloseable {
  * selection ("step": every decode step selects; "question", whose decode takes the rows the prefill selected as held
  * inputs, is not run by this app and is refused), the prompt's selection chunks (prefill_rows, prefill_tail) and its
  * exact tail (exact_tail: the last tokens of a question, run as one `prefill_exact` call over every fixed-context row;
- * absent or null in older manifests: 0, no such method; the split plan has none and is refused with one), and the
+ * absent or null in older manifests: 0, no such method; in the split plan the stages prefill_exact_<s>), and the
  * static shape every method declares for each of its inputs (a method may take a context input in another shape
  * than the pack's layout: prefill_exact takes the clustered tables per KV head; [GenerationLoop.methodInputs]), and
  * the inputs a method fixes (an input entry with a "value": the loop feeds exactly that tensor, of the entry's dtype
@@ -64,10 +65,6 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         if (lookupPlan != IN_GRAPH && lookupPlan != SPLIT) throw DecoderException("decoder.lookup_plan: expected in-graph or split, found $lookupPlan")
         if (lookupPlan == SPLIT && (attention != "squeezed" || state != "io")) {
             throw DecoderException("decoder.lookup_plan: the split plan is squeezed attention with state io, found $attention / $state")
-        }
-        if (lookupPlan == SPLIT && exactTail > 0) {
-            throw DecoderException("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail $exactTail; " +
-                "export the exact tail with the in-graph plan or pass --exact-tail 0")
         }
         if (decodeSelection == QUESTION) {
             throw DecoderException("decoder.decode_selection: this app runs per-step selection only, found question; " +
@@ -308,27 +305,38 @@ class GenerationLoop(
      * The split plan (GenerationLoop._split_step): graphs `<method>_0 .. <method>_L`; between stage s-1 and s the CPU
      * lookup turns stage s-1's cluster scores into layer l = s-1's kept rows ([KeptRows]), and stage s-1's key/value
      * (layer l's rows of this step) go into the cache at cacheLen before stage s reads that layer's cache.
+     * `prefill_exact`'s stages (the prompt's exact tail) run no lookup: stage s takes layer l's clustered tables whole,
+     * as [Hkv, Nc, D] views of the pack's rows (padding masked in the graph from counts_l), and returns no scores.
      */
     private fun splitStep(method: String, tokens: IntArray, cacheLen: Int, cache: Cache): FloatArray {
-        val width = if (method == "prefill") shapes.maxPrompt else 1
+        val exact = method == PREFILL_EXACT
+        val width = when (method) {
+            "prefill" -> shapes.maxPrompt
+            PREFILL_EXACT -> contract.exactTail
+            else -> 1
+        }
         val n = tokens.size
         val base = linkedMapOf<String, DecoderTensor>(
             "n_tokens" to scalar(n.toLong()), "cache_len" to scalar(cacheLen.toLong()), "context_len" to scalar(pack.numTokens.toLong()))
         fun ctx(name: String) = contextInputs[name] ?: throw DecoderException("the context inputs have no $name (split plan)")
         val first = LinkedHashMap(base)
         first["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < n) tokens[it].toLong() else 0L }, intArrayOf(width))
-        first["next_centroids"] = ctx("centroids_0")
-        first["next_counts"] = ctx("counts_0")
+        if (!exact) {
+            first["next_centroids"] = ctx("centroids_0")
+            first["next_counts"] = ctx("counts_0")
+        }
         var out = run("${method}_0", first)
         val per = cache.heads * cache.capacity * cache.headDim
         val cacheShape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
         for (stage in 1..cache.layers) {
             val l = stage - 1
-            val t0 = clockNanos()
-            val kept = KeptRows.compute(output(out, "scores", method, stage - 1), ctx("counts_$l") as DecoderTensor.Int64,
-                ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_keys_$l") as DecoderTensor.Float32,
-                ctx("clustered_values_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
-            lookupNanos += clockNanos() - t0
+            val kept = if (exact) null else {
+                val t0 = clockNanos()
+                KeptRows.compute(output(out, "scores", method, stage - 1), ctx("counts_$l") as DecoderTensor.Int64,
+                    ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_keys_$l") as DecoderTensor.Float32,
+                    ctx("clustered_values_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
+                    .also { lookupNanos += clockNanos() - t0 }
+            }
             val key = output(out, "key", method, stage - 1)
             val value = output(out, "value", method, stage - 1)
             writeLayer(cache, key, cache.keys, l, cacheLen, n)
@@ -342,10 +350,16 @@ class GenerationLoop(
             feed["past_values"] = DecoderTensor.Float32(cache.values.copyOfRange(l * per, (l + 1) * per), cacheShape)
             feed["sink_kv"] = ctx("sink_kv_$l")
             feed["window_kv"] = ctx("window_kv_$l")
+            feed["counts"] = ctx("counts_$l")
+            if (kept == null) {
+                feed["clustered_keys"] = perHead(ctx("clustered_keys_$l") as DecoderTensor.Float32, cache)
+                feed["clustered_values"] = perHead(ctx("clustered_values_$l") as DecoderTensor.Float32, cache)
+                out = run("${method}_$stage", feed)
+                continue
+            }
             feed.putAll(kept.inputs())
             feed["centroids"] = ctx("centroids_$l")
             feed["value_centroids"] = ctx("value_centroids_$l")
-            feed["counts"] = ctx("counts_$l")
             if (stage < cache.layers) {
                 feed["next_centroids"] = ctx("centroids_$stage")
                 feed["next_counts"] = ctx("counts_$stage")
@@ -362,6 +376,17 @@ class GenerationLoop(
     private fun run(method: String, feed: LinkedHashMap<String, DecoderTensor>): Map<String, DecoderTensor> {
         contract.fixedInputs[method]?.let { feed.putAll(it) }
         return runtime.run(method, feed)
+    }
+
+    /** A flat [Hkv * Nc, D] clustered table as an [Hkv, Nc, D] view of the same rows (made once per table). */
+    private val perHeadViews = HashMap<DecoderTensor.Float32, DecoderTensor.Float32>()
+
+    private fun perHead(t: DecoderTensor.Float32, cache: Cache): DecoderTensor.Float32 = perHeadViews.getOrPut(t) {
+        val rows = t.shape.dropLast(1).fold(1) { a, d -> a * d }
+        if (t.shape.last() != cache.headDim || rows % cache.heads != 0) {
+            throw DecoderException("a clustered table has shape ${t.shape.contentToString()}, expected [${cache.heads} * Nc, ${cache.headDim}]")
+        }
+        DecoderTensor.Float32(t.data, intArrayOf(cache.heads, rows / cache.heads, cache.headDim))
     }
 
     private fun output(out: Map<String, DecoderTensor>, name: String, method: String, stage: Int): DecoderTensor.Float32 =

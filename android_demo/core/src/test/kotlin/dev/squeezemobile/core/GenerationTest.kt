@@ -286,13 +286,11 @@ class GenerationTest {
         assertTrue("prefill_exact" in artifact.methods)
         assertEquals(1..32, artifact.contract.tokenRanges["prefill_exact"])
         assertEquals(5, artifact.contract.tokenWidth("prefill_exact", 5, artifact.contract.exactTail))
-        // the split plan has no prefill_exact method: refused in one line (with exact_tail 0 it is a split contract)
+        // the split plan runs its exact tail as stages prefill_exact_<s> (SplitGenerationTest replays them)
         val split = withExact("4").replaceFirst("\"lookup_plan\": \"in-graph\",", "\"lookup_plan\": \"split\",")
-        val e = assertThrows(DecoderException::class.java) { DecoderManifest.parse(split) }
-        assertEquals("decoder.exact_tail: the split plan has no prefill_exact method, found exact_tail 4; " +
-            "export the exact tail with the in-graph plan or pass --exact-tail 0", e.message)
-        assertEquals("split", DecoderManifest.parse(split.replaceFirst("\"exact_tail\": 4,", "\"exact_tail\": 0,")).artifacts[0].contract.lookupPlan)
-        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes, "split", exactTail = 1) }
+        val splitContract = DecoderManifest.parse(split).artifacts[0].contract
+        assertEquals("split", splitContract.lookupPlan)
+        assertEquals(4, splitContract.exactTail)
     }
 
     @Test

@@ -71,9 +71,14 @@ class SplitGenerationTest {
         val out = loop.greedy(gen["prompt_ids"].intArray(), gen["max_new_tokens"].int())
         assertArrayEquals(gen["tokens"].intArray(), out.tokens)
         assertEquals(gen["calls"].list().size, runtime.calls)
-        assertEquals(2 * (pack.layers + 1), runtime.calls) // prefill_0..L, decode_0..L
+        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the last exact_tail tokens), decode_0..L
+        assertTrue(contract.exactTail in 1 until gen["prompt_ids"].intArray().size, "the golden's tail is shorter than its question")
+        assertEquals(3 * (pack.layers + 1), runtime.calls)
+        assertEquals((0..pack.layers).map { "prefill_exact_$it" },
+            gen["calls"].list().map { it["method"].string() }.filter { it.startsWith("prefill_exact_") })
         assertEquals(1, out.decodeSteps)
-        // one CPU lookup per layer and step, each read between two clock reads (1 ms apart on this clock)
+        // one CPU lookup per layer for the selecting prefill and the decode step (none between the exact stages),
+        // each read between two clock reads (1 ms apart on this clock)
         assertEquals(2L * pack.layers * 1_000_000L, out.lookupNanos)
         assertTrue(!out.cancelled)
     }
@@ -92,7 +97,7 @@ class SplitGenerationTest {
         assertEquals(first, answer.text)
         assertEquals(first, streamed.toString())
         assertTrue(answer.cancelled)
-        assertEquals(pack.layers + 1, runtime.calls)
+        assertEquals(2 * (pack.layers + 1), runtime.calls) // the question's two prefills, no decode step
         assertEquals(0, answer.decodeTokens)
         assertTrue(QaSession.stats(answer).endsWith("| stopped"), QaSession.stats(answer))
     }
