@@ -38,11 +38,13 @@ final class ExecuTorchModelRuntime: ModelRuntime {
 
 /// The decoder's methods ("prefill", "decode") with inputs in the order the manifest lists them (an ExecuTorch program
 /// takes its inputs by position) and outputs named by the manifest. State "buffer" (.pte): the KV cache lives in the
-/// program's mutable buffers, so the loop sends no past_keys/past_values.
+/// program's mutable buffers, so the loop sends no past_keys/past_values. The pack's tables (the same arrays every
+/// step) become ExecuTorch tensors once per pack (TensorCache), not a copy of tens of MB per step.
 final class ExecuTorchDecoderRuntime: DecoderRuntime {
     let name: String
     private let module: Module
     private let artifact: DecoderArtifact
+    private let tensors = TensorCache<ValueConvertible>()
 
     init(directory: DecoderModelDirectory, artifact: DecoderArtifact) throws {
         module = Module(filePath: try directory.artifactURL(artifact).path)
@@ -55,9 +57,11 @@ final class ExecuTorchDecoderRuntime: DecoderRuntime {
         guard let declared = artifact.methods[method] else { throw AppError("the .pte has no method \(method)") }
         let values: [ValueConvertible] = try declared.inputs.map { (info: TensorInfo) throws -> ValueConvertible in
             guard let t = inputs[info.name] else { throw AppError("\(method): input \(info.name) missing") }
-            switch t {
-            case .float32(let f): return Tensor<Float>(f.data, shape: f.shape)
-            case .int64(let l): return Tensor<Int64>(l.data, shape: l.shape)
+            return tensors.get(info.name, t) { t -> ValueConvertible in
+                switch t {
+                case .float32(let f): return Tensor<Float>(f.data, shape: f.shape)
+                case .int64(let l): return Tensor<Int64>(l.data, shape: l.shape)
+                }
             }
         }
         let outputs = try module.execute(method, values)

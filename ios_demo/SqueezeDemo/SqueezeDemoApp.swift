@@ -23,9 +23,12 @@ struct SqueezeDemoApp: App {
         return backends
     }
 
-    /// The decoder exports as .pte (ExecuTorch), .onnx and .tflite; no Core ML decoder artifact exists yet.
+    /// The decoder on Core ML (the split plan's .mlpackage, iOS 18) and, with the package linked, ExecuTorch (.pte).
     static var decoderBackends: [DecoderBackend] {
         var backends: [DecoderBackend] = []
+        #if canImport(CoreML)
+        if #available(iOS 18.0, *) { backends += DecoderBackend.coreML }
+        #endif
         #if canImport(ExecuTorch)
         backends += ExecuTorchBackends.decoder
         #endif

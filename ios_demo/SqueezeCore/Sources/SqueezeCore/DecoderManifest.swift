@@ -251,6 +251,16 @@ public struct DecoderMethod: Equatable {
     public let name: String
     public let inputs: [TensorInfo]
     public let outputs: [String]
+    /// The outputs' tensor names in the file, in the order of `outputs`: the same names, except where the format
+    /// renames them (a Core ML function writes `out_<name>`: an input and an output of one function cannot share one).
+    public let outputTensors: [String]
+
+    public init(name: String, inputs: [TensorInfo], outputs: [String], outputTensors: [String]? = nil) {
+        self.name = name
+        self.inputs = inputs
+        self.outputs = outputs
+        self.outputTensors = outputTensors ?? outputs
+    }
 }
 
 public struct DecoderArtifact {
@@ -343,7 +353,12 @@ public struct DecoderManifest {
                     name: name,
                     inputs: try m["inputs"].list().map { TensorInfo(name: try $0["name"].string(), shape: try $0["shape"].intArray(),
                                                                     dtype: try $0["dtype"].string(), layout: nil) },
-                    outputs: try m["outputs"].list().map { try $0.string() })
+                    outputs: try m["outputs"].list().map { try $0.string() },
+                    outputTensors: try m.opt("output_tensors").flatMap { $0.isNull ? nil : try $0.list().map { try $0.string() } })
+                if methods[name]!.outputTensors.count != methods[name]!.outputs.count {
+                    throw DecoderError("the decoder manifest's method \(name) lists \(methods[name]!.outputs.count) outputs and " +
+                                       "\(methods[name]!.outputTensors.count) output tensors; re-export the decoder")
+                }
             }
             return DecoderArtifact(
                 format: try a["format"].string(), file: try a["file"].string(), sha256: try a.opt("sha256")?.stringOrNull(),

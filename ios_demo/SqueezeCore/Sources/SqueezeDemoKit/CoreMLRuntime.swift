@@ -1,7 +1,9 @@
 // The video model on Core ML: a ModelRuntime over the export's .mlpackage (or legacy .mlmodel), compiled on the
-// device the first time and cached. Apple-only (behind canImport(CoreML)); on Linux this file compiles to nothing.
-// Core ML has no uint8 multi-array input, so a frames_uint8 export takes float32 0..255 (the graph's cast is a no-op):
-// the bytes are widened, not normalised. Not built or run here (no Apple SDK): see ios_demo/README.md.
+// device the first time and cached; and the decoder on Core ML: a DecoderRuntime over the split plan's multifunction
+// .mlpackage (`squeeze export decoder --formats coreml`). Apple-only (behind canImport(CoreML)); on Linux this file
+// compiles to nothing. Core ML has no uint8 multi-array input, so a frames_uint8 export takes float32 0..255 (the
+// graph's cast is a no-op): the bytes are widened, not normalised. Not built or run here (no Apple SDK): see
+// ios_demo/README.md.
 #if canImport(CoreML)
 import CoreML
 import Foundation
@@ -103,6 +105,99 @@ public final class CoreMLModelRuntime: ModelRuntime {
                     rest /= shape[axis]
                 }
                 return array[index].floatValue
+            }
+        }
+    }
+}
+
+/// The decoder's Core ML export: one .mlpackage whose functions are the split plan's stage graphs (prefill_<s>,
+/// decode_<s>, prefill_exact_<s>; the cache as explicit inputs and outputs, state "io"), each loaded once as the
+/// function of that name (MLModelConfiguration.functionName, iOS 18 / macOS 15) from one compiled model. The core's
+/// split loop calls them with the CPU lookup between stages. The pack's tables go in as MLMultiArrays made once per
+/// pack (TensorCache: the same arrays are passed to every step); integer inputs are int32 in the file (Core ML has no
+/// int64 inputs: the manifest records the file's dtypes); outputs are read by their tensor names (`out_<name>`).
+@available(iOS 18.0, macOS 15.0, *)
+public final class CoreMLDecoderRuntime: DecoderRuntime {
+    public let name: String
+    private let artifact: DecoderArtifact
+    private var functions: [String: MLModel] = [:]
+    private let arrays = TensorCache<MLMultiArray>()
+
+    public init(directory: DecoderModelDirectory, artifact: DecoderArtifact, computeUnits: MLComputeUnits = .all) throws {
+        guard artifact.format == "coreml" else {
+            throw AppError("\(artifact.file) is a \(artifact.format) artifact; the Core ML runtime loads the .mlpackage of --formats coreml")
+        }
+        let compiled = try CoreMLModelRuntime.compiled(try directory.artifactURL(artifact), sha256: artifact.sha256)
+        for method in artifact.methodNames { // every function now, as the app starts: none is compiled during a question
+            let config = MLModelConfiguration()
+            config.computeUnits = computeUnits
+            config.functionName = method
+            functions[method] = try MLModel(contentsOf: compiled, configuration: config)
+        }
+        self.artifact = artifact
+        name = "Core ML (\(CoreMLModelRuntime.describe(computeUnits)))"
+    }
+
+    public func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+        guard let declared = artifact.methods[method], let model = functions[method] else {
+            throw AppError("\(artifact.file) has no function \(method); it has \(artifact.methodNames.joined(separator: ", "))")
+        }
+        var features: [String: MLFeatureValue] = [:]
+        for info in declared.inputs {
+            guard let tensor = inputs[info.name] else { throw AppError("\(method): input \(info.name) missing") }
+            let array = try arrays.get(info.name, tensor) { try CoreMLDecoderRuntime.multiArray($0, dtype: info.dtype, name: info.name) }
+            features[info.name] = MLFeatureValue(multiArray: array)
+        }
+        let result = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: features))
+        var named: [String: DecoderTensor] = [:]
+        for (output, tensor) in zip(declared.outputs, declared.outputTensors) {
+            guard let array = result.featureValue(for: tensor)?.multiArrayValue else {
+                throw AppError("\(method) returned no \(tensor) array")
+            }
+            named[output] = .float32(try Float32Tensor(try CoreMLModelRuntime.floats(array), shape: array.shape.map(\.intValue)))
+        }
+        return named
+    }
+
+    /// A contiguous multi-array of the file's dtype holding `tensor` (int64 values narrowed to int32, checked).
+    static func multiArray(_ tensor: DecoderTensor, dtype: String, name: String) throws -> MLMultiArray {
+        let shape = tensor.shape.map { NSNumber(value: $0) }
+        switch (tensor, dtype) {
+        case (.float32(let t), "float32"):
+            let array = try MLMultiArray(shape: shape, dataType: .float32)
+            try requireContiguous(array, name: name)
+            let dst = array.dataPointer.bindMemory(to: Float.self, capacity: t.data.count)
+            t.data.withUnsafeBufferPointer { src in if let base = src.baseAddress { dst.update(from: base, count: src.count) } }
+            return array
+        case (.int64(let t), "int32"):
+            let array = try MLMultiArray(shape: shape, dataType: .int32)
+            try requireContiguous(array, name: name)
+            let dst = array.dataPointer.bindMemory(to: Int32.self, capacity: t.data.count)
+            for (i, v) in t.data.enumerated() {
+                guard let narrow = Int32(exactly: v) else { throw AppError("input \(name): \(v) does not fit the file's int32") }
+                dst[i] = narrow
+            }
+            return array
+        default:
+            throw AppError("input \(name) is \(dtype) in the .mlpackage; the loop gave a tensor of another type (re-export)")
+        }
+    }
+
+    private static func requireContiguous(_ array: MLMultiArray, name: String) throws {
+        let strides = array.strides.map(\.intValue)
+        guard strides == StridedLayout.contiguousStrides(array.shape.map(\.intValue)) else {
+            throw AppError("Core ML gave a strided array \(strides) for input \(name); this runtime fills contiguous arrays only")
+        }
+    }
+}
+
+extension DecoderBackend {
+    /// The Core ML decoder backends the Q&A screen offers (iOS 18: multifunction models).
+    @available(iOS 18.0, macOS 15.0, *)
+    public static var coreML: [DecoderBackend] {
+        [MLComputeUnits.all, .cpuAndNeuralEngine, .cpuOnly].map { units in
+            DecoderBackend(name: "Core ML (\(CoreMLModelRuntime.describe(units)))", format: "coreml") { dir, artifact in
+                try CoreMLDecoderRuntime(directory: dir, artifact: artifact, computeUnits: units)
             }
         }
     }

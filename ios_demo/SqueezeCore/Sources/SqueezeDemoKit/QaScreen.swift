@@ -48,8 +48,9 @@ public final class QaModel: ObservableObject {
             packs = loaded.packs() + modelRoots.flatMap { DecoderModelDirectory.packs(in: $0) }
             if options.isEmpty {
                 let formats = Set(loaded.manifest.artifacts.map(\.format)).sorted().joined(separator: ", ")
-                message = "this app runs \(backends.map(\.format).joined(separator: ", ")) decoder artifacts, the export has \(formats); " +
-                    "export with `squeeze export decoder --formats pte`"
+                let runnable = Array(Set(backends.map(\.format))).sorted().joined(separator: ", ")
+                message = "this app runs \(runnable) decoder artifacts, the export has \(formats); export with " +
+                    "`squeeze export decoder --formats coreml` (iOS 18) or `--formats pte` (with the ExecuTorch package)"
             } else if packs.isEmpty {
                 message = "no context pack (*.pack.safetensors) next to the export; build one with `squeeze context build` and copy it"
             }

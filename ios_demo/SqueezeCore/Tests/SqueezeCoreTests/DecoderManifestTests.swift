@@ -124,4 +124,23 @@ final class DecoderManifestTests: XCTestCase {
             try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, decodeSelection: "question")
         }.contains("--decode-selection step"))
     }
+
+    func testOutputTensorNamesAreReadWhereTheFormatRenamesOutputs() throws {
+        // a Core ML function writes out_<name> (an input and an output of one function cannot share a name): the
+        // manifest's output_tensors; other formats list none and keep the outputs' own names
+        let text = try Golden.text("qa_decoder_manifest.json")
+        let prefill = try XCTUnwrap(DecoderManifest.parse(text).artifacts[0].methods["prefill"])
+        XCTAssertEqual(prefill.outputTensors, prefill.outputs)
+        let outputs = "\"outputs\": ["
+        let r = try XCTUnwrap(text.range(of: outputs))
+        func renamed(_ tensors: String) -> String {
+            text.replacingCharacters(in: r, with: "\"output_tensors\": \(tensors), " + outputs)
+        }
+        let coreml = try DecoderManifest.parse(renamed("[\"out_logits\", \"out_new_keys\", \"out_new_values\"]"))
+        let method = try XCTUnwrap(coreml.artifacts[0].methods["prefill"])
+        XCTAssertEqual(method.outputs, ["logits", "new_keys", "new_values"])
+        XCTAssertEqual(method.outputTensors, ["out_logits", "out_new_keys", "out_new_values"])
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(renamed("[\"out_logits\"]")) },
+                       "the decoder manifest's method prefill lists 3 outputs and 1 output tensors; re-export the decoder")
+    }
 }
