@@ -289,6 +289,8 @@ def cmd_context_eval(args) -> int:
     config = read_model_config(args.model)
     if args.suite:
         return _suite_eval(args, config)
+    if args.artifacts:
+        raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
     check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
     out = check_output_dir(args.out)
@@ -318,6 +320,10 @@ def _suite_eval(args, config) -> int:
     budgets = (0.225, 0.125) if args.kv_budgets == (0.325, 0.225, 0.125) else args.kv_budgets
     check_evaluation(config.max_positions, lengths, (0.5,), budgets, ("passkey",), args.continuation_tokens, (0.5,),
                      head_dim=config.head_dim)
+    if args.artifacts:   # an unusable export directory is refused before anything is loaded or written
+        from .decoder_session import read_decoder_manifest
+
+        read_decoder_manifest(args.artifacts)
     out = Path(args.out)
     ensure_writable_dir(out)
     for name in ("suite.json", "suite.md"):
@@ -325,14 +331,49 @@ def _suite_eval(args, config) -> int:
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
-    result = run_suite(model, checkpoint, split=args.suite, lengths=lengths, cases_per_length=args.cases_per_length,
-                       kv_budgets=budgets, seed=args.seed, continuation_tokens=args.continuation_tokens, out_dir=out,
-                       prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
-                       exact_tail=args.exact_tail, decode_selection=args.decode_selection,
-                       log=lambda m: print(m, file=sys.stderr))
+    sessions = _suite_artifacts(args, checkpoint) if args.artifacts else []
+    try:
+        result = run_suite(model, checkpoint, split=args.suite, lengths=lengths,
+                           cases_per_length=args.cases_per_length, kv_budgets=budgets, seed=args.seed,
+                           continuation_tokens=args.continuation_tokens, out_dir=out, prefill_rows=args.prefill_rows,
+                           prefill_tail=args.prefill_tail, exact_tail=args.exact_tail,
+                           decode_selection=args.decode_selection, artifacts=sessions,
+                           log=lambda m: print(m, file=sys.stderr))
+    finally:
+        for _, session in sessions:
+            session.close()
     print(suite_markdown(result), end="")
     print(f"wrote {out / 'suite.json'} and {out / 'suite.md'}", file=sys.stderr)
     return 0
+
+
+def _suite_artifacts(args, checkpoint) -> list:
+    """(label, DecoderSession) for every artifact of the --artifacts export in --artifact-formats that runs here."""
+    from export.backends import get_backend
+
+    from .decoder_session import DecoderSession, read_decoder_manifest
+
+    directory = Path(args.artifacts)
+    manifest = read_decoder_manifest(directory)
+    if manifest["model"].get("weights_sha256") != checkpoint.weights_sha256:
+        raise SqueezeError(f"{directory} was exported from other weights than --model ({checkpoint.source}); the suite "
+                           "builds its packs with --model: pass the export's model")
+    sessions = []
+    try:
+        for a in manifest["artifacts"]:
+            if not (isinstance(a, dict) and a.get("file") and "decoder" in a) or a["format"] not in args.artifact_formats:
+                continue
+            if get_backend(a["format"]).cannot_run_here(a):
+                continue
+            sessions.append((a["file"], DecoderSession(directory, file=a["file"], threads=args.threads)))
+    except BaseException:
+        for _, session in sessions:
+            session.close()
+        raise
+    if not sessions:
+        raise SqueezeError(f"{directory} holds no {', '.join(args.artifact_formats)} decoder artifact that runs here; "
+                           "export one with `squeeze export decoder` or pass --artifact-formats")
+    return sessions
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -434,6 +475,15 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
+    e.add_argument("--artifacts", default=None, metavar="DIR",
+                   help="suite: also answer every case with the exported decoders in DIR (squeeze export decoder; "
+                   "each through its own runtime, from the case's pack saved as a file, as an app does), e.g. to "
+                   "compare weight precisions on pass keys; a case longer than an artifact's --max-context is "
+                   "counted as skipped. The export's model must be --model")
+    e.add_argument("--artifact-formats", type=_list_of(_choice_of(("pte", "onnx", "tflite", "coreml")), "format"),
+                   default=("pte", "onnx", "tflite"), metavar="F,F,...",
+                   help="suite with --artifacts: the formats to run (default pte,onnx,tflite; coreml runs in the "
+                   "project's MIL evaluator off macOS, which is slow)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
                    help="suite cases per context length, kinds in rotation (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",

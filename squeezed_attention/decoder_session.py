@@ -86,8 +86,11 @@ def read_decoder_manifest(directory) -> dict:
     return manifest
 
 
-def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None) -> dict:
+def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None,
+                  file: str | None = None) -> dict:
     usable = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a]
+    if file:
+        usable = [a for a in usable if a["file"] == file]
     if fmt:
         usable = [a for a in usable if a.get("format") == fmt]
     if attention:
@@ -98,7 +101,7 @@ def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, direct
     usable.sort(key=lambda a: a.get("pte_backend") == "coreml" and sys.platform != "darwin")
     if not usable:
         have = sorted({a.get("format") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file")})
-        what = " ".join(w for w in (fmt, attention, plan and f"{plan}-plan") if w)
+        what = " ".join(w for w in (fmt, attention, plan and f"{plan}-plan", file) if w)
         raise SqueezeError(f"{directory} holds no {what + ' ' if what else ''}decoder artifact (it has: {', '.join(have) or 'none'}); "
                            "pass --format with one of those or export it")
     return usable[0]
@@ -288,14 +291,14 @@ class DecoderSession:
 
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
-                 exact_tail: int | None = None):
+                 exact_tail: int | None = None, file: str | None = None):
         from tokenizers import Tokenizer
 
         from export.backends import get_backend
 
         self.directory = Path(directory)
         self.manifest = read_decoder_manifest(self.directory)
-        self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan)
+        self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan, file)
         self.contract = self.artifact["decoder"]
         tok_path = self.directory / self.manifest["tokenizer"]["file"]
         if not tok_path.is_file():

@@ -255,18 +255,23 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kv_budgets=(0.225, 0.125), seed: int = 0, continuation_tokens: int = 64, out_dir=None, log=print,
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
-              exact_tail: int = DEFAULT_EXACT_TAIL) -> dict:
+              exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=()) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length one
     continuation case (teacher-forced prose from the split) for top-1 agreement and KL. Results are saved
-    after every case when ``out_dir`` is given."""
+    after every case when ``out_dir`` is given.
+
+    ``artifacts``: (label, DecoderSession) pairs -- exported decoders, each answering every case through its own
+    runtime from the case's pack saved as a file (as an app would); a case an artifact refuses (e.g. a pack longer
+    than its --max-context) is recorded as skipped with the one-line reason."""
     import json
+    import tempfile
     import time
 
     from .atomic import write_text_atomic
     from .evaluate import attention_recall, continuation_metrics
     from .generation import AttentionChoice, Generator
-    from .pack import BuildSettings, build_context_pack
+    from .pack import BuildSettings, build_context_pack, save_context_pack
 
     tok = checkpoint.tokenizer
     cases = suite_cases(tok, split, lengths, cases_per_length, seed, kinds)
@@ -280,13 +285,18 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     docs = documents()
 
     def save():
-        if out_dir is None:
-            return
         result = {"split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
                   "decode_selection": decode_selection, "cases": rows, "recall": recalls, "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),
+                  "artifacts": [{"config": label, "file": session.artifact["file"],
+                                 "format": session.artifact["format"], "weights": session.artifact.get("weights"),
+                                 "attention": session.contract["attention"], "kv_budget": session.contract.get("kv_budget"),
+                                 "exact_tail": session.exact_tail, "runtime": session.backend.runtime}
+                                for label, session in artifacts],
                   "seconds": time.perf_counter() - started}
+        if out_dir is None:
+            return result
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "suite.json", json.dumps(result, indent=2) + "\n")
@@ -305,6 +315,21 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
             answers[name] = r.text
             rows.append({**case.describe(), "tokens": pack.num_tokens, "config": name, "correct": case.correct(r.text),
                          "answer_text": r.text, "kept_fraction": r.kept_fraction})
+        if artifacts:
+            with tempfile.TemporaryDirectory(prefix="squeeze-suite-") as tmp:
+                save_context_pack(pack, Path(tmp) / "case.pack")
+                for label, session in artifacts:
+                    try:
+                        session.attach(Path(tmp) / "case.pack")
+                        r = session.generate(prompt, max_new_tokens=48 if len(case.answers) == 1 else 64, raw=raw)
+                    except SqueezeError as exc:
+                        rows.append({**case.describe(), "tokens": pack.num_tokens, "config": label, "correct": None,
+                                     "skipped": str(exc)})
+                        continue
+                    answers[label] = r.text
+                    rows.append({**case.describe(), "tokens": pack.num_tokens, "config": label,
+                                 "correct": case.correct(r.text), "answer_text": r.text,
+                                 "kept_fraction": r.kept_fraction})
         rec = attention_recall(gen, gen.prompt_ids(prompt, raw), squeezed)
         for name, r in rec.items():
             recalls.append({"case_id": case.case_id, "config": name, "tokens": pack.num_tokens, **r})
@@ -334,8 +359,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
         log(f"[{time.perf_counter() - started:6.0f}s] continuation {pack.num_tokens} tokens: " + " ".join(
             f"{r['config']}: top-1 {r['top1_agreement']:.3f} KL {r['kl_mean']:.4f}" for r in continuation[-len(squeezed):]))
         save()
-    return save() or {"split": split, "cases": rows, "recall": recalls, "continuation": continuation,
-                      "summary": summarize_suite(rows, recalls, continuation, kv_budgets)}
+    return save()
 
 
 def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
@@ -343,10 +367,11 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
     full_ok = {r["case_id"] for r in rows if r["config"] == "full" and r["correct"]}
     out = []
     for name in dict.fromkeys(r["config"] for r in rows):
-        mine = [r for r in rows if r["config"] == name]
+        mine = [r for r in rows if r["config"] == name and r.get("correct") is not None]   # not skipped
         of_full = [r for r in mine if r["case_id"] in full_ok]
         entry = {"config": name, "cases": len(mine), "correct": sum(r["correct"] for r in mine),
                  "full_solved": len(of_full), "solved_of_full": sum(r["correct"] for r in of_full),
+                 "skipped": sum(r["config"] == name and r.get("correct") is None for r in rows),
                  "by_kind": {}, "by_depth": {}}
         for r in of_full:
             k = entry["by_kind"].setdefault(r["kind"], [0, 0])
@@ -381,7 +406,8 @@ def suite_markdown(result) -> str:
         depths = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_depth"].items()))
         top1 = "-" if e["top1_agreement"] is None else f"{100 * e['top1_agreement']:.1f}%"
         kl = "-" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
-        lines.append(f"| {e['config']} | {e['correct']}/{e['cases']} | {e['solved_of_full']}/{e['full_solved']} | "
+        skipped = f" ({e['skipped']} skipped)" if e.get("skipped") else ""
+        lines.append(f"| {e['config']} | {e['correct']}/{e['cases']}{skipped} | {e['solved_of_full']}/{e['full_solved']} | "
                      f"{pct(e['recall_clustered_median'])} | {pct(e.get('recall_ceiling_median'))} | "
                      f"{pct(e['recall_context_median'])} | {top1} | "
                      f"{kl} | "

@@ -94,3 +94,32 @@ def test_real_split_plan_with_exact_tail_matches_the_in_graph_decoder():
         assert tokens == host.token_ids[:len(tokens)]
         assert case.answer in ck.tokenizer.decode(tokens)
     assert lengths[0] <= 32 < lengths[1]
+
+
+def test_suite_cases_answered_by_the_exported_artifact(real_onnx, tmp_path):
+    """squeeze context eval --suite ... --artifacts DIR: every case also answered by the exported decoder through its
+    runtime, from the case's pack saved as a file; the same tokens as the host's squeezed decoder at the artifact's
+    KV budget and exact tail; a case longer than the artifact's --max-context is recorded as skipped."""
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.suite import run_suite, suite_markdown
+
+    out, _ = real_onnx
+    (art,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    session = DecoderSession(out, file=art["file"])
+    try:
+        result = run_suite(testing.real_model(), testing.real_checkpoint(), split="dev", lengths=(700, 1100),
+                           cases_per_length=1, kv_budgets=(0.225,), continuation_tokens=0,
+                           artifacts=[(art["file"], session)], log=lambda m: None)
+    finally:
+        session.close()
+    rows = {(r["length"], r["config"]): r for r in result["cases"]}
+    short, host = rows[(700, art["file"])], rows[(700, "top-k@0.225")]
+    assert short["correct"] is not None and short["answer_text"]
+    # the host stops as soon as the answer is complete; the artifact generates on: the host's text is its beginning
+    assert short["answer_text"].startswith(host["answer_text"]), (short["answer_text"], host["answer_text"])
+    assert short["correct"] == host["correct"]
+    long = rows[(1100, art["file"])]
+    assert long["correct"] is None and "1024" in long["skipped"], long
+    (entry,) = [e for e in result["summary"] if e["config"] == art["file"]]
+    assert entry["cases"] == 1 and entry["skipped"] == 1
+    assert "(1 skipped)" in suite_markdown(result)

@@ -54,6 +54,8 @@ def test_generate_streams_text_then_timings(built, capsys):
     (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--raw"], "framing"),
     (["context", "build", "--context", "{d}/empty.txt", "--out", "{d}/empty.pack"], "empty"),
     (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--model", "{d}/nope.gguf"], "not found"),
+    (["context", "eval", "--artifacts", "{d}"], "pass --suite"),
+    (["context", "eval", "--suite", "dev", "--artifacts", "{d}", "--out", "{d}/suite_out"], "has no manifest.json"),
 ])
 def test_user_errors_exit_1_with_one_line(built, capsys, argv, message):
     d, _ = built
@@ -61,7 +63,7 @@ def test_user_errors_exit_1_with_one_line(built, capsys, argv, message):
     rc = cli.main([a.format(d=d) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
-    assert not (d / "empty.pack").exists()
+    assert not (d / "empty.pack").exists() and not (d / "suite_out").exists()
     assert not [p for p in d.iterdir() if ".partial" in p.name]
 
 
