@@ -479,7 +479,7 @@ def add_subcommands(subparsers) -> None:
                    help="suite: also answer every case with the exported decoders in DIR (squeeze export decoder; "
                    "each through its own runtime, from the case's pack saved as a file, as an app does), e.g. to "
                    "compare weight precisions on pass keys; a case longer than an artifact's --max-context is "
-                   "counted as skipped. The export's model must be --model")
+                   "counted as skipped. The export's model must be --model (default: none, the host only)")
     e.add_argument("--artifact-formats", type=_list_of(_choice_of(("pte", "onnx", "tflite", "coreml")), "format"),
                    default=("pte", "onnx", "tflite"), metavar="F,F,...",
                    help="suite with --artifacts: the formats to run (default pte,onnx,tflite; coreml runs in the "
