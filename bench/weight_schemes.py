@@ -88,6 +88,51 @@ def _rewrite(model, layers, head=None, embedding=None):
     return m, worst
 
 
+def _dynamic_int8(x):
+    """XNNPACK's dynamic activation quantization: asymmetric int8 per token (row), range widened to hold 0."""
+    lo = torch.minimum(x.amin(-1, keepdim=True), torch.zeros(()))
+    hi = torch.maximum(x.amax(-1, keepdim=True), torch.zeros(()))
+    scale = torch.where(hi > lo, (hi - lo) / 255, torch.ones_like(hi))
+    zero = torch.round(-128 - lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, -128, 127) - zero) * scale
+
+
+class _Int8Head(torch.nn.Module):
+    """The output head as XNNPACK runs an int8 one: int8 per-channel weights x dynamically quantized activations;
+    ``smooth`` (per input channel) divides the activations and multiplies the weight's columns first (SmoothQuant)."""
+
+    def __init__(self, weight, smooth=None):
+        super().__init__()
+        self.smooth = torch.ones(weight.shape[1]) if smooth is None else smooth
+        self.weight = torch.nn.Parameter(_per_channel8(weight.detach() * self.smooth), requires_grad=False)
+
+    def forward(self, x):
+        return F.linear(_dynamic_int8(x / self.smooth), self.weight)
+
+
+def _head_probe(model, alpha=None):
+    """Layers and embedding as stored; the head int8 x dynamic int8 activations, with SmoothQuant scales
+    s = max|x|^alpha / max|w|^(1 - alpha) per input channel when ``alpha`` is given, max|x| calibrated on 600 tokens
+    of prose starting at the source after the evaluation documents' first sources (the next rotation of the corpus)."""
+    m = copy.deepcopy(model)
+    table = m.model.embed_tokens.weight.detach().clone()
+    smooth = None
+    if alpha is not None:
+        seen = []
+        hook = m.model.norm.register_forward_hook(lambda mod, inp, out: seen.append(out.detach().flatten(0, -2)))
+        checkpoint, docs = CHECKPOINT
+        (calibration,) = real_prose(checkpoint.tokenizer, 1, 600, first=docs)
+        all_logits(m, [calibration])
+        hook.remove()
+        x_max = torch.cat(seen).abs().amax(0).clamp(min=1e-5)
+        smooth = x_max ** alpha / table.abs().amax(0).clamp(min=1e-5) ** (1 - alpha)
+    m.lm_head = _Int8Head(table, smooth)
+    return m, float((m.lm_head.weight / m.lm_head.smooth - table).abs().max())
+
+
+CHECKPOINT = []   # (the loaded checkpoint, evaluation documents): for probes that calibrate on other prose
+
+
 def _pte(model, weights: str):
     from export.quantize import quantize_program_weights
 
@@ -117,16 +162,21 @@ SCHEMES = {
         lambda m: _rewrite(m, lambda w: w, head=_per_channel8, embedding=_asym4_min_max),
     "table probe: head 4-bit symmetric groups of 32 (-13 MB), embedding Q8_0 blocks, layers as stored":
         lambda m: _rewrite(m, lambda w: w, head=_sym4_groups, embedding=lambda w: _sym_blocks(w, 8)),
+    # the int8 head as XNNPACK runs it (its per-token int8 activations included), without and with SmoothQuant scales
+    "head probe: int8 per channel x dynamic int8 activations, the rest as stored":
+        lambda m: _head_probe(m),
+    "head probe: int8 per channel x dynamic int8 activations, SmoothQuant scales alpha 0.5, the rest as stored":
+        lambda m: _head_probe(m, 0.5),
 }
 
 
-def real_prose(tokenizer, docs: int, tokens: int):
+def real_prose(tokenizer, docs: int, tokens: int, first: int = 0):
     """Token ids of real prose (squeezed_attention.corpus: Python's and the OS's licence texts), ``docs`` documents
-    of ``tokens`` tokens, each starting at a different source."""
+    of ``tokens`` tokens, each starting at a different source (rotations first, first + 1, ...)."""
     from squeezed_attention.corpus import prose_of_tokens
 
     return [torch.tensor(tokenizer.encode("\n\n".join(prose_of_tokens(tokenizer, tokens, rotate=i)))[:tokens])
-            for i in range(docs)]
+            for i in range(first, first + docs)]
 
 
 def all_logits(model, docs):
@@ -148,6 +198,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     checkpoint = load_checkpoint(a.model)
+    CHECKPOINT[:] = [checkpoint, a.docs]
     model = LlamaForCausalLM.from_checkpoint(checkpoint).eval()
     docs = real_prose(checkpoint.tokenizer, a.docs, a.tokens)
     reference = all_logits(model, docs)
