@@ -112,16 +112,16 @@ class _Int8Head(torch.nn.Module):
 
 def _head_probe(model, alpha=None):
     """Layers and embedding as stored; the head int8 x dynamic int8 activations, with SmoothQuant scales
-    s = max|x|^alpha / max|w|^(1 - alpha) per input channel when ``alpha`` is given, max|x| calibrated on 600 tokens
-    of prose starting at the source after the evaluation documents' first sources (the next rotation of the corpus)."""
+    s = max|x|^alpha / max|w|^(1 - alpha) per input channel when ``alpha`` is given, max|x| calibrated on one document
+    of --tokens tokens starting at the source after the evaluation documents' first sources (the next rotation)."""
     m = copy.deepcopy(model)
     table = m.model.embed_tokens.weight.detach().clone()
     smooth = None
     if alpha is not None:
         seen = []
         hook = m.model.norm.register_forward_hook(lambda mod, inp, out: seen.append(out.detach().flatten(0, -2)))
-        checkpoint, docs = CHECKPOINT
-        (calibration,) = real_prose(checkpoint.tokenizer, 1, 600, first=docs)
+        checkpoint, docs, tokens = CHECKPOINT
+        (calibration,) = real_prose(checkpoint.tokenizer, 1, tokens, first=docs)
         all_logits(m, [calibration])
         hook.remove()
         x_max = torch.cat(seen).abs().amax(0).clamp(min=1e-5)
@@ -130,7 +130,7 @@ def _head_probe(model, alpha=None):
     return m, float((m.lm_head.weight / m.lm_head.smooth - table).abs().max())
 
 
-CHECKPOINT = []   # (the loaded checkpoint, evaluation documents): for probes that calibrate on other prose
+CHECKPOINT = []   # (the loaded checkpoint, documents, tokens each): for probes that calibrate on other prose
 
 
 def _pte(model, weights: str):
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     checkpoint = load_checkpoint(a.model)
-    CHECKPOINT[:] = [checkpoint, a.docs]
+    CHECKPOINT[:] = [checkpoint, a.docs, a.tokens]
     model = LlamaForCausalLM.from_checkpoint(checkpoint).eval()
     docs = real_prose(checkpoint.tokenizer, a.docs, a.tokens)
     reference = all_logits(model, docs)
