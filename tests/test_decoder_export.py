@@ -398,8 +398,12 @@ def test_onnx_int4_stores_a_q4_1_model_exactly(tmp_path):
                                                                      if j.name == gathers[0].input[0]).dims]))]
     assert len(vocab) == 1, [(i.name, list(i.dims)) for i in vocab]
     assert not [n for n in nbits if len(n.input) > 3]   # no zero-point input
+    # the 4-bit layers with float activations (accuracy_level 1), the 8-bit head with int8 ones (4: its fast path)
+    levels = {(next(a.i for a in n.attribute if a.name == "bits"), next(a.i for a in n.attribute
+                                                                          if a.name == "accuracy_level")) for n in nbits}
+    assert levels == {(4, 1), (8, 4)} and q["accuracy_level"] == {"layers": 1, "head": 4}, levels
     v = art["verification"]
-    # the weights are exact; int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
+    # the weights are exact; the head's int8 activations (accuracy_level 4) leave a near-zero KL (near-ties may flip)
     assert v["status"] == "pass" and v["top1_agreement"] >= 0.9 and v["mean_kl"] < 1e-3, v
     assert q["float16_storage"]["tensors"] == 0   # this model's side tables are below the size it converts
 

@@ -484,6 +484,13 @@ def dequantized_error(model, originals: dict) -> dict:
     return worst
 
 
+# MatMulNBits accuracy_level of the int4 layers: 1 = float activations (the blocks dequantized in the kernel), 4 = int8
+# activations. Measured on the real SmolLM2 int4 .onnx (3.8k context, 2 threads, interleaved medians): 20-token
+# question prefill 82 -> 88 ms, 118-token 185 -> 211 ms, decode 15.7 -> 16.6 ms/token; answers a held-out case level
+# 4 loses (quantize_weights' docstring).
+INT4_LAYER_ACCURACY_LEVEL = 1
+
+
 def quantize_weights(model, weights: str):
     """Weight-only quantization into onnxruntime's MatMulNBits for every matrix product with a constant weight
     (products with a thin constant stay float: RMSNorm's mean as a product with a [hidden, 1] vector, whose int8
@@ -496,7 +503,11 @@ def quantize_weights(model, weights: str):
       vocabulary: its weight is the embedding table's shape) and the embedding table in 8-bit symmetric blocks of
       32 with scale max/127. That is the layout of llama.cpp's Q4_1 / Q8_0 files, so a model loaded from such a
       GGUF (the default SmolLM2) is stored exactly, with no second rounding; symmetric 4-bit blocks re-round those
-      values and lose next-token agreement (bench/weight_schemes.py). Products run at accuracy_level 4.
+      values and lose next-token agreement (bench/weight_schemes.py). The 4-bit layers run at accuracy_level 1
+      (float activations: onnxruntime's 4-bit kernels dequantize the blocks; accuracy_level 4 rounds every
+      activation to int8 and lost pass keys the float products answer, e.g. a held-out UUID case and the 7.6k pass key,
+      for 6-14% less time at 3.8k context), the 8-bit head at accuracy_level 4 (its float path is several times slower:
+      decode 85 ms/token instead of 15 at 2k).
     - Either way a tied embedding (the head's weight is the table transposed, exactly) reads the head's 8-bit codes
       and scales (_gather_tied_from_head): one copy of the vocabulary table in the file.
     Returns (model, record); the record has the largest |dequantized - float| weight error per operator, read back
@@ -535,7 +546,7 @@ def quantize_weights(model, weights: str):
         quantizer.process()
         model = quantizer.model.model
     else:
-        _layers_to_4bit(model, set(layers), accuracy_level=4)
+        _layers_to_4bit(model, set(layers), accuracy_level=INT4_LAYER_ACCURACY_LEVEL)
         _head_to_8bit(model, set(heads))
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
@@ -559,7 +570,7 @@ def quantize_weights(model, weights: str):
                   if shared else "8-bit symmetric blocks of 32 (Q8_0's grid), GatherBlockQuantized"}
     else:
         scheme = {"layers": "4-bit asymmetric blocks of 32 (min/max; llama.cpp Q4_1's grid) as symmetric MatMulNBits "
-                            "+ per-block offsets, accuracy_level 4",
+                            f"+ per-block offsets, accuracy_level {INT4_LAYER_ACCURACY_LEVEL} (float activations)",
                   "head": "8-bit symmetric blocks of 32, accuracy_level 4 (llama.cpp Q8_0's layout)",
                   "embedding": "8-bit symmetric blocks of 32, GatherBlockQuantized" +
                                (" over the head's codes and scales (a tied table, stored once)" if shared else "")}
@@ -567,7 +578,8 @@ def quantize_weights(model, weights: str):
             "squeeze-mobile's block writer for onnxruntime's MatMulNBits / GatherBlockQuantized")
     return model, {"tool": tool, "weights": weights,
                    "bits": WEIGHT_BITS[weights], "block_size": WEIGHT_BLOCK, "symmetric": weights == "int8",
-                   "accuracy_level": 4, "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
+                   "accuracy_level": 4 if weights == "int8" else {"layers": INT4_LAYER_ACCURACY_LEVEL, "head": 4},
+                   "scheme": scheme, "matmul_nbits": ops["MatMulNBits"],
                    "gather_block_quantized": ops.get("GatherBlockQuantized", 0), "gemm_rewritten": rewritten,
                    "tied_table_stored_once": bool(shared),
                    "float_matrix_elements_left": float_weights,
