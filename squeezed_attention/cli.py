@@ -363,7 +363,9 @@ def _suite_artifacts(args, checkpoint) -> list:
         for a in manifest["artifacts"]:
             if not (isinstance(a, dict) and a.get("file") and "decoder" in a) or a["format"] not in args.artifact_formats:
                 continue
-            if get_backend(a["format"]).cannot_run_here(a):
+            reason = get_backend(a["format"]).cannot_run_here(a)
+            if reason:
+                print(f"skipping {a['file']}: {reason}", file=sys.stderr)
                 continue
             sessions.append((a["file"], DecoderSession(directory, file=a["file"], threads=args.threads)))
     except BaseException:
