@@ -33,15 +33,17 @@ from squeezed_attention.pack import BuildSettings, build_context_pack, load_cont
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
+CONFIG_KEYS = ("full", "native", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
                "hierarchical", "threshold")
 
 
 def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS):
     table = {
         "full": ("full", AttentionChoice("full")),
-        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens attend exactly)",
+        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens attend exactly, 4 followed keys per decode step)",
                    AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
+        "native-no-follow": ("top-k flat, native kernels, no followed keys (every decode step's keys selected)",
+                             AttentionChoice("top-k", kv_budget=kv_budget, backend="native", follow_keys=0)),
         "native-select-tail": ("top-k flat, native kernels, the last 16 prompt tokens select per token (no exact tail)",
                                AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=16,
                                                exact_tail=0)),
@@ -61,11 +63,14 @@ def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS)
 
 
 @torch.no_grad()
-def time_repeat(gen: Generator, contexts: dict, prompt_ids, decode_ids):
+def time_repeat(gen: Generator, configs, prompt_ids, decode_ids):
     """One repeat for every configuration, INTERLEAVED: each prefill, then decode step i of every
     configuration before step i+1 (teacher-forced, so all do the same work). Drift on a shared machine
-    then hits all configurations alike. Returns {name: (prefill seconds, [decode step seconds])}."""
+    then hits all configurations alike. Every repeat is a new question: a new context object per configuration
+    (its first call per layer is the prompt's prefill: exact tail, follow pointers; the pack's tables and row
+    layout are Generator's, built once). Returns {name: (prefill seconds, [decode step seconds])}."""
     offset = gen.pack.num_tokens
+    contexts = {name: gen.context(choice) for name, choice in configs}
     caches, out = {}, {}
     for name, context in contexts.items():
         caches[name] = gen.model.new_cache(len(prompt_ids) + len(decode_ids))
@@ -114,10 +119,9 @@ def run(args):
     prefill = {name: [] for name, _ in configs}
     decode = {name: [] for name, _ in configs}
     kept = {}
-    contexts = {name: gen.context(choice) for name, choice in configs}  # built once (KV reordering etc.)
-    time_repeat(gen, contexts, prompt_ids[:8], decode_ids[:2])  # warm-up: first-call allocations, kernel build
+    time_repeat(gen, configs, prompt_ids[:8], decode_ids[:2])  # warm-up: first-call allocations, kernel build
     for r in range(args.repeats):
-        for name, (p, steps) in time_repeat(gen, contexts, prompt_ids, decode_ids).items():
+        for name, (p, steps) in time_repeat(gen, configs, prompt_ids, decode_ids).items():
             prefill[name].append(p)
             decode[name] += steps
         print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(

@@ -192,7 +192,7 @@ def _choice_from_args(args):
                   prefill_rows=DEFAULT_PREFILL_ROWS if args.prefill_rows is None else args.prefill_rows,
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
-                  decode_selection=args.decode_selection)
+                  decode_selection=args.decode_selection, follow_keys=args.follow_keys)
     if args.full:
         return AttentionChoice("full")
     if args.keep_keys is not None:
@@ -213,6 +213,7 @@ def cmd_generate(args) -> int:
                                              ("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
                                              ("--lookup", args.lookup != "auto"),
                                              ("--decode-selection", args.decode_selection != "step"),
+                                             ("--follow-keys", args.follow_keys is not None),
                                              ("--model", args.model is not None),
                                              ("--context", args.context is not None)) if on]
         if unsupported:
@@ -291,6 +292,8 @@ def cmd_context_eval(args) -> int:
         return _suite_eval(args, config)
     if args.artifacts:
         raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
+    if args.follow_keys is not None:
+        raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
     check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
     out = check_output_dir(args.out)
@@ -337,7 +340,7 @@ def _suite_eval(args, config) -> int:
                            cases_per_length=args.cases_per_length, kv_budgets=budgets, seed=args.seed,
                            continuation_tokens=args.continuation_tokens, out_dir=out, prefill_rows=args.prefill_rows,
                            prefill_tail=args.prefill_tail, exact_tail=args.exact_tail,
-                           decode_selection=args.decode_selection, artifacts=sessions,
+                           decode_selection=args.decode_selection, follow_keys=args.follow_keys, artifacts=sessions,
                            log=lambda m: print(m, file=sys.stderr))
     finally:
         for _, session in sessions:
@@ -477,6 +480,10 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
+    e.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="suite: " + "of each decode step's kept keys per head, N follow the previous token: the positions right after the "
+                   "N clustered keys it weighed most (a copied value or sentence is read in order, one token after the "
+                   "other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 where the budget keeps fewer than 32 keys); 0 turns it off (as squeeze generate --follow-keys)")
     e.add_argument("--artifacts", default=None, metavar="DIR",
                    help="suite: also answer every case with the exported decoders in DIR (squeeze export decoder; "
                    "each through its own runtime, from the case's pack saved as a file, as an app does), e.g. to "
@@ -544,6 +551,10 @@ def add_subcommands(subparsers) -> None:
                    "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
                    "steps always select. With --artifacts: default = the artifact's manifest")
+    g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="of each decode step's kept keys per head, N follow the previous token: the positions right after the "
+                   "N clustered keys it weighed most (a copied value or sentence is read in order, one token after the "
+                   "other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 where the budget keeps fewer than 32 keys); 0 turns it off; RESULTS.md 3m)")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

@@ -7,6 +7,7 @@ return (out, lse) so the decoder merges them with the user/generated-token parti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -135,29 +136,35 @@ class SqueezedContext:
         self._last_selection = {}
         self._held = {}
         self._prompted = set()  # layers whose first call (the prompt's prefill) has run
+        # follow_keys: per layer, the context positions [Hs, F] the next decode step attends besides its selection
+        # (the keys right after the ones the previous row weighed most; -1: none), and the selection's budget
+        # without them
+        self._follow = {}
+        self._step_spec = dataclasses.replace(spec, budget_keys=spec.budget_keys - spec.follow_keys)
 
     def select(self, layer: int, queries):
         """(indices [Hs, B], valid [Hs, B] or None): context positions of the clustered keys to attend."""
         return self._select(layer, queries)[:2]
 
-    def _select(self, layer: int, queries, with_logits: bool = False):
+    def _select(self, layer: int, queries, with_logits: bool = False, spec: SelectionSpec | None = None):
         """select(), plus the native kernels' centroid logits of the query rows when asked (None otherwise), which
-        the native summaries then reuse instead of scoring the rows again."""
+        the native summaries then reuse instead of scoring the rows again. ``spec``: another budget (follow_keys)."""
+        spec = self.spec if spec is None else spec
         if self.fused:
             t = self.tables
-            q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
+            q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head)
             picked = native.context_select(q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer],
                                            t.order_by_cluster[layer], t.cluster_start[layer], t.first_position,
-                                           self.spec.budget_keys, return_logits=with_logits)
+                                           spec.budget_keys, return_logits=with_logits)
             idx, logits = picked if with_logits else (picked, None)
             self._count(idx.shape[1], t.num_clusters)
             return idx, None, logits
         if self.backend == "numpy":
-            idx, valid, scored = select_keys_numpy(self.numpy_tables, layer, queries.numpy(), self.spec)
+            idx, valid, scored = select_keys_numpy(self.numpy_tables, layer, queries.numpy(), spec)
             idx = torch.from_numpy(idx)
             valid = None if valid is None else torch.from_numpy(valid)
         else:
-            sel = select_keys(self.tables, layer, queries, self.spec)
+            sel = select_keys(self.tables, layer, queries, spec)
             idx, valid, scored = sel.indices, sel.valid, sel.centroids_scored
         self._count(idx.shape[1] if valid is None else float(valid.sum(-1).double().mean()), scored)
         return idx, valid, None
@@ -194,16 +201,17 @@ class SqueezedContext:
         weights = torch.exp(logits - lse[..., None]).nan_to_num_(0.0)                     # all kept: lse -inf, out 0
         return torch.bmm(weights, self.summary_values[layer]), lse
 
-    def _attend_fused(self, layer: int, queries):
+    def _attend_fused(self, layer: int, queries, spec: SelectionSpec | None = None):
+        spec = self.spec if spec is None else spec
         Hq, T, D = queries.shape
         t = self.tables
-        q = grouped_queries(queries, self.num_kv_heads, self.spec.per_query_head)
+        q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head)
         out, lse, positions = native.context_decode(
             q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
             t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
-            self.spec.budget_keys, self.scale, return_positions=True,
+            spec.budget_keys, self.scale, return_positions=True,
             summary_values=self.kernel_summary_values[layer])                             # summaries in the kernel
-        self._count(self.spec.budget_keys, t.num_clusters)
+        self._count(spec.budget_keys, t.num_clusters)
         self._last_selection[layer] = (positions, None)
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
@@ -242,6 +250,8 @@ class SqueezedContext:
         if layer not in self._prompted:
             self._prompted.add(layer)
             start = exact_start(T, self.spec.exact_tail)
+        elif self.spec.follow_keys and T == 1:
+            return self._attend_following(layer, queries)
         parts = []
         if start:
             parts.append(self._attend_selecting(layer, queries[:, :start]))
@@ -251,9 +261,92 @@ class SqueezedContext:
                 self._last_selection[layer] = self.select(layer, queries[:, -1:])
         if question:
             self._hold(layer, *self._last_selection[layer])
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+        out, lse = parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts], 1),
+                                                     torch.cat([p[1] for p in parts], 1))
+        if self.spec.follow_keys and not question:
+            # the prompt's last row points the first decode step: over every clustered key where it attends exactly
+            if start < T:
+                self._point(layer, queries[:, -1:], lse[:, -1:], None, None)
+            else:
+                self._point(layer, queries[:, -1:], lse[:, -1:], *self._last_selection[layer])
+        return out, lse
+
+    def _context_rows(self, table, layer: int, positions):
+        """float32 rows [Hs, n, D] of the pack's keys or values (``table`` [L, Hkv, N, D]) at context ``positions``
+        [Hs, n] of each selecting head's KV head: one gather from the flat layer, no copy of it."""
+        Hkv, N, D = table.shape[1:]
+        flat = (self.kv_of_head.unsqueeze(-1) * N + positions).reshape(-1)
+        return table[layer].reshape(Hkv * N, D).index_select(0, flat).reshape(*positions.shape, D).float()
+
+    def _point(self, layer: int, row, lse, positions, valid):
+        """Where the next decode step follows (SelectionSpec.follow_keys): of the clustered keys this query row
+        attended (``positions`` [Hs, N] with ``valid``, None: every clustered key; ``row`` [Hq, 1, D], its context log-sum-exp ``lse``
+        [Hq, 1]), the F with the largest softmax weight (summed over a selecting head's query heads), each
+        moved one position on; -1 where that leaves the clustered keys."""
+        q = grouped_queries(row, self.num_kv_heads, self.spec.per_query_head).float()       # [Hs, G, D]
+        Hs, G = q.shape[0], q.shape[1]
+        if positions is None:   # every clustered key, in position order (the exact tail's row)
+            first = self.first_position
+            k = self.keys[layer][:, first:first + self.num_clustered].index_select(0, self.kv_of_head).float()
+            positions = torch.arange(first, first + self.num_clustered).expand(Hs, -1)
+        else:
+            k = self._context_rows(self.keys, layer, positions)
+        self._point_scored(layer, torch.bmm(q, k.transpose(1, 2)).mul_(self.scale), lse.reshape(Hs, G), positions,
+                           valid)
+
+    def _point_scored(self, layer: int, scores, lse, positions, valid):
+        """_point from the rows' scaled scores [Hs, R, N] over ``positions`` and their context lse [Hs, R]."""
+        F = self.spec.follow_keys
+        weights = torch.exp(scores - lse.unsqueeze(-1)).sum(1)                               # [Hs, N]
+        if valid is not None:
+            weights = weights.masked_fill(~valid, -1.0)
+        order = torch.topk(weights, F, dim=-1).indices
+        nxt = positions.gather(1, order) + 1
+        inside = (nxt < self.first_position + self.num_clustered)
+        if valid is not None:
+            inside &= valid.gather(1, order)
+        self._follow[layer] = torch.where(inside, nxt, torch.full_like(nxt, -1))
+
+    def _attend_following(self, layer: int, queries):
+        """A decode step with follow_keys F: the selection keeps F keys fewer, and the step also attends the F
+        positions the previous row pointed to (_point) that the selection did not keep; the cluster summaries are
+        the selection's. Then this row points the next step."""
+        Hq, T, D = queries.shape
+        spec = self._step_spec
+        follow = self._follow.get(layer)
+        query_rows = T if spec.per_query_head else T * (Hq // self.num_kv_heads)
+        if self.fused and query_rows <= NATIVE_MAX_ROWS:
+            out, lse = self._attend_fused(layer, queries, spec)
+            idx, valid = self._last_selection[layer]
+        else:
+            idx, valid, logits = self._select(layer, queries, with_logits=True, spec=spec)
+            self._last_selection[layer] = (idx, valid)
+            keys, values, mask = self._selected_rows(layer, idx, valid)
+            q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head)
+            out, lse = attention_with_lse(q, keys, values, self.scale, mask)
+            out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid, logits=logits))
+            out, lse = out.reshape(Hq, T, D), lse.reshape(Hq, T)
+        Hs = idx.shape[0]
+        if follow is None:
+            follow = torch.full((Hs, spec.follow_keys), -1, dtype=idx.dtype)
+        # a followed position counts once: not if the selection kept it, nor twice in the list
+        all_valid = torch.ones_like(idx, dtype=torch.bool) if valid is None else valid
+        fresh = (follow >= 0) & ~((follow.unsqueeze(-1) == idx.unsqueeze(1)) & all_valid.unsqueeze(1)).any(-1)
+        fresh &= ~torch.triu(follow.unsqueeze(-1) == follow.unsqueeze(1), diagonal=1).any(1)
+        self.stats.kept_keys += float(fresh.sum(-1).double().mean())     # the step's _count had its selection
+        positions = torch.cat([idx, follow.clamp(min=0)], 1)                                  # [Hs, B - F + F]
+        attended = torch.cat([all_valid, fresh], 1)
+        q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head).float()        # [Hs, R, D]
+        scores = torch.bmm(q, self._context_rows(self.keys, layer, positions).transpose(1, 2)).mul_(self.scale)
+        B = idx.shape[1]
+        logits = scores[..., B:].masked_fill(~fresh.unsqueeze(1), float("-inf"))
+        flse = torch.logsumexp(logits, -1)
+        fout = torch.bmm(torch.exp(logits - flse.unsqueeze(-1)).nan_to_num_(0.0),
+                         self._context_rows(self.values, layer, positions[:, B:]))
+        R = q.shape[1]
+        out, lse = merge_partials(out.reshape(Hs, R, D), lse.reshape(Hs, R), fout, flse)
+        self._point_scored(layer, scores, lse, positions, attended)
+        return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def _attend_exact(self, layer: int, queries):
         """Every context key, in position order (DenseContext's attention): the prompt's exact tail."""

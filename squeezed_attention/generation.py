@@ -23,7 +23,7 @@ CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the o
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
-from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult  # noqa: F401  (re-exported)
+from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -53,6 +53,9 @@ class AttentionChoice:
                                      # RESULTS.md 3h); decode steps always select
     decode_selection: str = "step"   # "step": every decode step selects; "question": decode steps reuse the
                                      # selection the prompt's prefill made (see SelectionSpec.decode_selection)
+    follow_keys: int | None = None   # of each decode step's kept keys, how many follow the previous row's most
+                                     # weighed keys (SelectionSpec.follow_keys); top-k mode, per-step decode. None:
+                                     # settings.default_follow_keys there, else 0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -71,6 +74,10 @@ class AttentionChoice:
             raise SqueezeError(f"--prefill-tail (prefill_tail) must be a whole number of tokens >= 0; got {self.prefill_tail!r}")
         if type(self.exact_tail) is not int or self.exact_tail < 0:
             raise SqueezeError(f"--exact-tail (exact_tail) must be a whole number of tokens >= 0; got {self.exact_tail!r}")
+        if self.follow_keys is not None and (type(self.follow_keys) is not int or self.follow_keys < 0):
+            raise SqueezeError(f"--follow-keys (follow_keys) must be a whole number of keys >= 0; got {self.follow_keys!r}")
+        if self.follow_keys and (self.mode != "top-k" or self.decode_selection != "step"):
+            raise SqueezeError("--follow-keys needs top-k mode with per-step decode selection")
         if len(sizes) != 1:
             raise SqueezeError(f"{self.mode} mode needs exactly one of kv_budget, keep_keys, keep_fraction; "
                                f"got {', '.join(sizes) or 'none'}")
@@ -94,7 +101,8 @@ class AttentionChoice:
                 f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}"
                 f"{'' if self.prefill_tail == DEFAULT_PREFILL_TAIL else f', per-token prefill tail {self.prefill_tail}'}"
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
-                f"{', selection held for the question' if self.decode_selection == 'question' else ''}")
+                f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
+                f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
@@ -171,6 +179,11 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         keys = choice.keep_keys if choice.keep_keys is not None else round(fraction * pack.num_clustered)
         fraction = keys / pack.num_clustered
         spec = SelectionSpec(mode="budget", budget_keys=int(keys), per_query_head=choice.per_query_head)
+        if choice.follow_keys is not None and choice.follow_keys >= keys:
+            raise SqueezeError(f"--follow-keys {choice.follow_keys} leaves no keys to select: this KV budget keeps "
+                               f"{keys} keys per head")
+        if choice.decode_selection == "step":
+            spec.follow_keys = default_follow_keys(int(keys)) if choice.follow_keys is None else choice.follow_keys
     else:
         spec = SelectionSpec(mode="threshold", threshold=pack.threshold_for(fraction, choice.per_query_head),
                              per_query_head=choice.per_query_head)

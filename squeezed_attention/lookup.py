@@ -115,6 +115,9 @@ class SelectionSpec:
                                     # tokens before them select as above (settings.exact_start)
     decode_selection: str = "step"  # "step": every decode step selects its keys; "question": the prompt's
                                     # (last) selection per layer is held and every decode step attends over it
+    follow_keys: int = 0            # of budget_keys, the keys a decode step takes from the previous row instead of
+                                    # its selection: the next positions after the F clustered keys that row weighed
+                                    # most (a copy follows its source; RESULTS.md 3m)
 
 
 DECODE_SELECTIONS = ("step", "question")

@@ -255,7 +255,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kv_budgets=(0.225, 0.125), seed: int = 0, continuation_tokens: int = 64, out_dir=None, log=print,
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
-              exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=()) -> dict:
+              exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length one
     continuation case (teacher-forced prose from the split) for top-1 agreement and KL. Results are saved
@@ -278,7 +278,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     choices = {"full": AttentionChoice("full")}
     choices.update({f"top-k@{b:g}": AttentionChoice("top-k", kv_budget=b, prefill_rows=prefill_rows,
                                                           prefill_tail=prefill_tail, exact_tail=exact_tail,
-                                                          decode_selection=decode_selection) for b in kv_budgets})
+                                                          decode_selection=decode_selection,
+                                                          follow_keys=follow_keys) for b in kv_budgets})
     squeezed = {k: v for k, v in choices.items() if k != "full"}
     rows, recalls, continuation = [], [], []
     started = time.perf_counter()
@@ -287,7 +288,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     def save():
         result = {"split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
-                  "decode_selection": decode_selection, "cases": rows, "recall": recalls, "continuation": continuation,
+                  "decode_selection": decode_selection, "follow_keys": follow_keys, "cases": rows, "recall": recalls, "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),
                   "artifacts": [{"config": label, "file": session.artifact["file"],
                                  "format": session.artifact["format"], "weights": session.artifact.get("weights"),

@@ -546,3 +546,60 @@ def test_exact_prompt_tail_attends_every_key_and_decode_selects(backend):
     tokens = {b: gen.generate(prompt, AttentionChoice("top-k", keep_fraction=0.1, backend=b), max_new_tokens=6,
                               stop_at_eos=False).token_ids for b in ("torch", backend)}
     assert tokens["torch"] == tokens[backend]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy", "native"])
+def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
+    """follow_keys F: the prompt's last row (exact tail: every clustered key) points at the positions after the F
+    clustered keys it weighs most (softmax weight summed over a KV group's query heads, brute force here); the
+    next decode step selects F keys fewer and attends the pointed keys it did not select; its attention equals
+    one softmax over sinks + selection + followed keys + window + summaries; every lookup path gives the same
+    tokens."""
+    if backend == "native":
+        require_fused_kernel()
+    gen = small_generator(hierarchical=False)
+    q = user_queries(gen, "What is the pass key? Answer with the number only.")
+    layer, F = 17, 4
+    pack = gen.pack
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, follow_keys=F))
+    _, lse = ctx.attend(layer, q[layer])                                   # the prompt: exact tail
+    first, Nc, Hkv = ctx.first_position, ctx.num_clustered, ctx.num_kv_heads
+    G = q[layer].shape[0] // Hkv
+    keys = pack.keys[layer].double()                                       # [Hkv, N, D]
+    last = q[layer][:, -1].double().reshape(Hkv, G, -1)
+    scores = torch.einsum("hgd,hnd->hgn", last, keys) / math.sqrt(keys.shape[-1])
+    weights = torch.softmax(scores, -1)[..., first:first + Nc].sum(1)    # every context key in the softmax
+    want = weights.topk(F, -1).indices + first + 1
+    want = torch.where(want < first + Nc, want, -1)
+    assert torch.equal(ctx._follow[layer].sort(-1).values, want.sort(-1).values)
+    # the decode step: budget keys = selection (B - F) + the fresh followed keys
+    step_q = q[layer][:, -1:]
+    out, lse = ctx.attend(layer, step_q)
+    idx, valid = ctx._last_selection[layer]
+    B = ctx.spec.budget_keys
+    assert idx.shape[1] == B - F
+    fresh = [[p for p in want[h].tolist() if p >= 0 and p not in idx[h].tolist()] for h in range(Hkv)]
+    # reference: one softmax over sinks, selected, fresh followed keys, window and the selection's summaries
+    for h in range(Hkv):
+        positions = list(range(first)) + sorted(idx[h].tolist()) + fresh[h] + list(range(first + Nc, pack.num_tokens))
+        k = keys[h, positions]
+        v = pack.values[layer][h, positions].double()
+        bias = ctx._summary_bias(layer, idx, valid)[h].double()
+        cent = ctx.summary_keys[layer][h].double()
+        qh = step_q[h * G:(h + 1) * G, 0].double()
+        logits = torch.cat([qh @ k.T, qh @ cent.T], -1) / math.sqrt(k.shape[-1])
+        logits[:, k.shape[0]:] += bias
+        w = torch.softmax(logits, -1)
+        ref = w[:, :k.shape[0]] @ v + w[:, k.shape[0]:] @ ctx.summary_values[layer][h].double()
+        assert torch.allclose(out[h * G:(h + 1) * G, 0].double(), ref, atol=2e-5)
+        assert torch.allclose(lse[h * G:(h + 1) * G, 0].double(), torch.logsumexp(logits, -1), atol=2e-5)
+    prompt = "What is the pass key mentioned in the text above?"
+    tokens = {b: gen.generate(prompt, AttentionChoice("top-k", keep_fraction=0.1, backend=b, follow_keys=F),
+                              max_new_tokens=8, stop_at_eos=False).token_ids for b in ("torch", backend)}
+    assert tokens["torch"] == tokens[backend]
+    with pytest.raises(Exception, match="follow-keys"):
+        AttentionChoice("top-k", kv_budget=0.125, follow_keys=4, decode_selection="question")
+    with pytest.raises(Exception, match="follow-keys"):
+        AttentionChoice("threshold", kv_budget=0.125, follow_keys=4)
+    with pytest.raises(Exception, match="leaves no keys"):
+        gen.context(AttentionChoice("top-k", keep_keys=4, follow_keys=4))
