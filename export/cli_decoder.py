@@ -69,6 +69,12 @@ def add_decoder_arguments(p) -> None:
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
                         "prefill loses, and a 20-token question prefills in 164 ms instead of 70 (llama.cpp with its "
                         "prompt state restored: 286 ms)")
+    g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=0, metavar="N",
+                   help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys (the "
+                        "host's default rule, `squeeze generate --follow-keys`, 4 there: held-out pass keys at KV budget "
+                        "0.125 18/19 of full attention's answers instead of 15/19); every method then returns "
+                        "follow_out and decode takes it back as follow_rows_<layer>. In-graph plan only (.pte on "
+                        "XNNPACK, .onnx); the sample apps' loops do not feed it yet; default 0 (off)")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
@@ -99,7 +105,7 @@ def cmd_export_decoder(args) -> int:
                             lookup_plan=args.lookup_plan, weights=args.weights,
                             decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                             pte_backend=args.pte_backend, exact_tail=args.exact_tail,
-                            verify=args.verify, verify_text=args.verify_text,
+                            follow_keys=args.follow_keys, verify=args.verify, verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:

@@ -315,17 +315,25 @@ class SqueezedContext:
         spec = self._step_spec
         follow = self._follow.get(layer)
         query_rows = T if spec.per_query_head else T * (Hq // self.num_kv_heads)
-        if self.fused and query_rows <= NATIVE_MAX_ROWS:
-            out, lse = self._attend_fused(layer, queries, spec)
-            idx, valid = self._last_selection[layer]
-        else:
-            idx, valid, logits = self._select(layer, queries, with_logits=True, spec=spec)
-            self._last_selection[layer] = (idx, valid)
-            keys, values, mask = self._selected_rows(layer, idx, valid)
+        if self.fused and query_rows <= NATIVE_MAX_ROWS:   # one kernel call: selection, followed rows, pointers
+            t = self.tables
             q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head)
-            out, lse = attention_with_lse(q, keys, values, self.scale, mask)
-            out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid, logits=logits))
-            out, lse = out.reshape(Hq, T, D), lse.reshape(Hq, T)
+            if follow is None:
+                follow = torch.full((q.shape[0], spec.follow_keys), -1, dtype=torch.int64)
+            out, lse, idx, self._follow[layer], fresh = native.context_decode_follow(
+                q, t.centroid_codes_t[layer], t.centroid_scales[layer], t.counts[layer], t.order_by_cluster[layer],
+                t.cluster_start[layer], self.sink_kv[layer], self.clustered_kv[layer], self.window_kv[layer],
+                spec.budget_keys, self.scale, self.kernel_summary_values[layer], follow, self.slot_of_position[layer])
+            self._count(spec.budget_keys, t.num_clusters)
+            self.stats.kept_keys += float(fresh.double().mean())
+            self._last_selection[layer] = (idx, None)
+            return out.reshape(Hq, T, D), lse.reshape(Hq, T)
+        idx, valid, logits = self._select(layer, queries, with_logits=True, spec=spec)
+        self._last_selection[layer] = (idx, valid)
+        keys, values, mask = self._selected_rows(layer, idx, valid)
+        q = grouped_queries(queries, self.num_kv_heads, spec.per_query_head)
+        out, lse = attention_with_lse(q, keys, values, self.scale, mask)
+        out, lse = merge_partials(out, lse, *self._summaries(layer, q, idx, valid, logits=logits))
         Hs = idx.shape[0]
         if follow is None:
             follow = torch.full((Hs, spec.follow_keys), -1, dtype=idx.dtype)

@@ -101,17 +101,19 @@ def decoder_shapes(config, max_context: int, max_prompt: int, max_new: int, kv_b
 
 
 def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, selection: str = "step",
-                    exact_tail: int = 0) -> dict:
+                    exact_tail: int = 0, follow: int = 0) -> dict:
     """{method: module} of the in-graph plan: one module for prefill and decode, or, with question-level selection,
     the prefill (returns its selection) and a decode over the held selection; with an exact prompt tail
     (``exact_tail`` > 0, squeezed) also ``prefill_exact``, the tail's prefill over every fixed-context row. The
     modules share weights and KV-cache buffer names (the eager reference shares the buffers themselves)."""
-    module = ExportableDecoder(model, shapes, attention, state=state, selection=selection).eval()
+    follow = follow if attention == "squeezed" else 0
+    module = ExportableDecoder(model, shapes, attention, state=state, selection=selection, follow=follow).eval()
     modules = {"prefill": module, "decode": module}
     if selection == "question":
         modules["decode"] = ExportableDecoder(model, shapes, attention, state=state, selection=selection, held=True).eval()
     if exact_tail and attention == "squeezed":
-        modules["prefill_exact"] = ExportableDecoder(model, shapes, attention, state=state, exact=True).eval()
+        modules["prefill_exact"] = ExportableDecoder(model, shapes, attention, state=state, exact=True,
+                                                     follow=follow).eval()
     for other in modules.values():
         other.layers = module.layers   # the same fused weights (a module of its own would fuse a second copy)
         for name in module.state_names():
@@ -120,7 +122,7 @@ def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, se
 
 
 def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph",
-                    selection: str = "step", exact_tail: int = 0):
+                    selection: str = "step", exact_tail: int = 0, follow: int = 0):
     """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
     takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic).
 
@@ -136,7 +138,9 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     if selection == "question" and plan == "split":
         raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
     check_exact_tail(exact_tail, attention, selection)
-    modules = decoder_modules(model, shapes, attention, state, selection, exact_tail)
+    if follow and plan == "split":
+        raise SqueezeError("followed keys (--follow-keys) are built for the in-graph lookup plan so far")
+    modules = decoder_modules(model, shapes, attention, state, selection, exact_tail, follow)
     module = modules["prefill"]
     if plan == "split":
         methods = []
@@ -223,7 +227,7 @@ def chat_section(tokenizer) -> dict:
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
-                     prefill_tail: int = 0, exact_tail: int = 0) -> dict:
+                     prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0) -> dict:
     state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
            "decode"
@@ -260,8 +264,12 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         return {**split_contract(shapes, kv_budget, methods, prompt_step, exact), "prefill_rows": rows,
                 "prefill_tail": tail, "exact_tail": exact}
     question = squeezed and selection == "question"
+    follow = follow if squeezed else 0
     decode_steps = [
-        "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache",
+        "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache"
+        + (f"; keep_keys = the pack's keep_keys - {follow} (follow_keys); follow_rows_<layer> = the previous call's "
+           "follow_out[layer] (every method returns follow_out [layers, kv heads, follow_keys]: flat clustered rows, -1 "
+           "none); prefill takes follow_rows = -1" if follow else ""),
     ] if not question else [
         ("after prefill, once per question: held inputs from its selection_rows [layers, kv heads, max_keep] and "
          "selection_bias [layers, kv heads, max_keep + max_clusters] (squeezed_attention.pack_arrays.held_inputs): per "
@@ -276,6 +284,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "decode_selection": selection if attention == "squeezed" else None,
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "exact_tail": exact if squeezed else None,
+        "follow_keys": follow if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
@@ -300,7 +309,9 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
                                                      "them as [Hkv, max_clustered, D] (prefill_exact) takes a view "
                                                      "of the same rows",
                 "centroids": "int8 codes x fp16 scales, padded with empty clusters",
-                "counts / cluster_start": "keys per cluster and where each starts in a head's clustered rows"}),
+                "counts / cluster_start": "keys per cluster and where each starts in a head's clustered rows",
+                **({"next_rows": "per flat clustered row, the flat row of the next context position (-1: none, or "
+                                 "padding); squeezed_attention.pack_arrays.next_rows"} if follow else {})}),
         },
     }
 
@@ -349,7 +360,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
-                   pte_backend: str = "xnnpack", exact_tail: int | None = None) -> DecoderExportResult:
+                   pte_backend: str = "xnnpack", exact_tail: int | None = None,
+                   follow_keys: int = 0) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -403,6 +415,14 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                            f"got {exact_tail!r}")
     if exact_tail and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
         check_exact_tail(exact_tail, "squeezed", decode_selection)
+    if type(follow_keys) is not int or follow_keys < 0:
+        raise SqueezeError(f"--follow-keys must be a whole number of keys >= 0; got {follow_keys!r}")
+    if follow_keys and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
+        split = [f for f in formats if (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
+        if split or decode_selection != "step" or prefill_tail:
+            raise SqueezeError("--follow-keys is built for the in-graph lookup plan (.pte on XNNPACK, .onnx) with "
+                               "per-step decode selection and no per-token prefill tail so far"
+                               + (f"; drop {', '.join(split)}" if split else ""))
     if decode_selection == "question":
         other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
         if other:
@@ -468,7 +488,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
             exact = exact_tail_for(exact_tail, att, selection, shapes.max_prompt)
-            program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact)
+            follow = follow_keys if att == "squeezed" else 0
+            program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
@@ -492,7 +513,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection, prefill_rows, prefill_tail, exact), **extras}
+                                                   selection, prefill_rows, prefill_tail, exact, follow), **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")
@@ -595,16 +616,16 @@ class VerificationData:
 
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
                          decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0,
-                         exact_tail: int = 0) -> list:
+                         exact_tail: int = 0, follow_keys: int = 0) -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail)
+        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
                 AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
                                 prefill_rows=prefill_rows, prefill_tail=prefill_tail, exact_tail=exact_tail,
-                                follow_keys=0)   # the exported graphs do not follow keys (yet): RESULTS.md 3m
+                                follow_keys=follow_keys)   # the artifact's own (export --follow-keys, 0 by default)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -654,12 +675,14 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     except Exception as exc:  # noqa: BLE001 - a runtime that cannot load the artifact fails verification, named
         return {"status": "fail", "failures": [f"{backend.runtime} cannot load {path.name}: {str(exc).splitlines()[0][:200]}"]}
     eager = EagerRunner(decoder_modules(model, shapes, attention, contract["state"],
-                                        contract.get("decode_selection") or "step", contract.get("exact_tail") or 0))
+                                        contract.get("decode_selection") or "step", contract.get("exact_tail") or 0,
+                                        contract.get("follow_keys") or 0))
     loop_art = GenerationLoop(runner, contract, arrays, context)
     loop_ref = GenerationLoop(eager, {**contract, "lookup_plan": "in-graph"}, arrays, context)  # same math, one graph
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
-                                      loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail)
+                                      loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail,
+                                      loop_art.follow)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

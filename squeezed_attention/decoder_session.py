@@ -124,6 +124,14 @@ class GenerationLoop:
         self.held = None
         self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
         self._reshape = {}          # per method: context inputs it declares in another shape (views: _shaped)
+        # follow_keys F (in-graph plan): every call returns follow_out; decode feeds the last one back as follow_rows
+        # and selects F keys fewer (SelectionSpec.follow_keys)
+        self.follow = int(contract.get("follow_keys") or 0) if self.attention == "squeezed" else 0
+        self.pointer = None
+        if self.follow:
+            from .pack_arrays import next_rows
+
+            self.context = {**context_inputs, **next_rows(pack, self.shapes)}
         if self.attention == "squeezed":
             nc = int(pack.arrays["lookup.labels"].shape[-1])
             fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
@@ -151,7 +159,14 @@ class GenerationLoop:
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
         feed["tokens"][:len(tokens)] = tokens
         if self.attention == "squeezed":
-            feed["keep_keys"] = np.array([self.keep_keys], dtype=np.int64)
+            follows = self.follow and method == "decode"
+            feed["keep_keys"] = np.array([self.keep_keys - (self.follow if follows else 0)], dtype=np.int64)
+            if self.follow:  # decode: the previous call's pointer; prefill: none (every method's inputs take them)
+                L, hkv = len(self.pack.arrays["kv.keys"]), self.pack.arrays["kv.keys"].shape[1]
+                pointer = self.pointer if follows and self.pointer is not None else \
+                    np.full((L, hkv, self.follow), -1, dtype=np.int64)
+                for li in range(L):
+                    feed[f"follow_rows_{li}"] = pointer[li]
         if self.state == "io":
             for li in range(cache[0].shape[0]):  # one input per layer: views of the loop's [L, ...] cache
                 feed[f"past_keys_{li}"], feed[f"past_values_{li}"] = cache[0][li], cache[1][li]
@@ -162,6 +177,8 @@ class GenerationLoop:
         else:
             feed.update(self.context)
         out = self.runner.run(method, self._shaped(method, feed))
+        if self.follow:
+            self.pointer = np.asarray(out["follow_out"], dtype=np.int64)
         if self.question and method == "prefill":
             t0 = time.perf_counter()
             self.held = held_inputs(out["selection_rows"], out["selection_bias"], self.context, self.shapes)

@@ -29,6 +29,7 @@ computed in-graph from the positions, as the host model's table is: float32 oute
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -77,8 +78,11 @@ class DecoderShapes:
 class ExportableDecoder(nn.Module):
     """prefill/decode over a fixed context given as inputs (see the module docstring)."""
 
+    follow = 0   # followed keys per decode step (set in __init__; see there)
+
     def __init__(self, model: LlamaForCausalLM, shapes: DecoderShapes, attention: str = "squeezed",
-                 state: str = "io", selection: str = "step", held: bool = False, exact: bool = False):
+                 state: str = "io", selection: str = "step", held: bool = False, exact: bool = False,
+                 follow: int = 0):
         super().__init__()
         if attention not in ATTENTIONS:
             raise SqueezeError(f"unknown attention {attention!r}; use squeezed or full")
@@ -92,6 +96,9 @@ class ExportableDecoder(nn.Module):
             raise SqueezeError("a decode over a held selection needs selection='question'")
         if exact and (attention != "squeezed" or held or selection != "step"):
             raise SqueezeError("an exact prompt tail (--exact-tail) is a squeezed-attention prefill with per-step decode "
+                               "selection")
+        if follow and (attention != "squeezed" or held or selection != "step"):
+            raise SqueezeError("followed keys (--follow-keys) are a squeezed-attention setting with per-step decode "
                                "selection")
         cfg = model.config
         if shapes.max_context + shapes.cache_capacity > cfg.max_positions:
@@ -107,6 +114,11 @@ class ExportableDecoder(nn.Module):
         # exact=True: the prompt's exact tail (method prefill_exact): every fixed-context row of the squeezed layout
         # (sinks, every clustered row, window; padding rows masked), no lookup, no summaries
         self.exact = exact
+        # follow=F (SelectionSpec.follow_keys): decode steps also attend the F rows ``follow_rows`` (flat rows of the
+        # clustered table, -1: none; the previous call's ``follow_out``) the selection did not keep, and every method
+        # returns ``follow_out`` [L, Hkv, F]: the rows after the F clustered rows its last token weighed most
+        # (``next_rows``: the flat row of each row's next position, -1 past the clustered keys; from the pack)
+        self.follow = int(follow)
         # The graph's weights, not the host model (whose unused per-projection weights an exported program would
         # carry): the projections that read the same input are fused into one product (q|k|v, gate|up), 4 matrix
         # products per layer instead of 7 (a decode step is many small runtime calls; the weight grids are per
@@ -143,6 +155,11 @@ class ExportableDecoder(nn.Module):
         self.register_buffer("head_rows", torch.arange(num_kv_heads)[:, None] * max(s.max_clustered, 1), persistent=False)
         self.register_buffer("clustered_index_f", torch.arange(max(s.max_clustered, 1), dtype=torch.float32)[None, :],
                              persistent=False)
+        self.register_buffer("clustered_rows", self.head_rows + torch.arange(max(s.max_clustered, 1))[None, :],
+                             persistent=False)                                    # [Hkv, Nc] flat rows per head
+        f = max(int(self.follow), 1)
+        self.register_buffer("earlier", torch.triu(torch.ones(f, f, dtype=torch.bool), diagonal=1)[None],
+                             persistent=False)                                    # [1, F, F]: entry i before j
 
     def state_names(self):
         """The mutable buffers of state='buffer' (the dynamic KV cache), in program order."""
@@ -160,14 +177,16 @@ class ExportableDecoder(nn.Module):
             return names + ["held_keys", "held_values", "held_bias"]
         if self.attention == "full":
             return names + ["context_keys", "context_values"]
+        follow = ["next_rows"] if self.follow else []
         if self.exact:
-            return names + ["sink_kv", "window_kv", "clustered_keys", "clustered_values", "counts"]
+            return names + ["sink_kv", "window_kv", "clustered_keys", "clustered_values", "counts"] + follow
         return names + ["sink_kv", "window_kv", "clustered_keys", "clustered_values", "centroids", "value_centroids",
-                        "counts", "cluster_start"]
+                        "counts", "cluster_start"] + follow + (["follow_rows"] if self.follow else [])
 
     def context_input_names(self):
         L = self.config.num_layers
-        return [f"{n}_{li}" for li in range(L) for n in self.per_layer_names() if not n.startswith("past_")]
+        return [f"{n}_{li}" for li in range(L) for n in self.per_layer_names()
+                if not n.startswith("past_") and n != "follow_rows"]
 
     def head_names(self):
         """The inputs that are not per layer."""
@@ -190,6 +209,8 @@ class ExportableDecoder(nn.Module):
         names = ["logits"] + (["new_keys", "new_values"] if self.state == "io" else [])
         if self.selection == "question" and not self.held:
             names += ["selection_rows", "selection_bias"]
+        if self.follow:
+            names += ["follow_out"]
         return names
 
     def example_inputs(self, tokens: int):
@@ -211,11 +232,13 @@ class ExportableDecoder(nn.Module):
                  "clustered_values": (H, s.max_clustered, D) if self.exact else (H * s.max_clustered, D),
                  "centroids": (H, s.max_clusters, D),
                  "value_centroids": (H, s.max_clusters, D),
-                 "counts": (H, s.max_clusters), "cluster_start": (H, s.max_clusters)}
+                 "counts": (H, s.max_clusters), "cluster_start": (H, s.max_clusters),
+                 "next_rows": (H * s.max_clustered,), "follow_rows": (H, max(self.follow, 1))}
         for li in range(cfg.num_layers):
             for n in self.per_layer_names():
-                dtype = torch.int64 if n in ("counts", "cluster_start") else torch.float32
-                x[f"{n}_{li}"] = torch.zeros(shape[n], dtype=dtype)
+                dtype = torch.int64 if n in ("counts", "cluster_start", "next_rows", "follow_rows") else torch.float32
+                x[f"{n}_{li}"] = (torch.full(shape[n], -1, dtype=dtype) if n == "follow_rows"
+                                  else torch.zeros(shape[n], dtype=dtype))
         return x
 
     # ------------------------------------------------------------------------------------------- forward
@@ -235,6 +258,7 @@ class ExportableDecoder(nn.Module):
         x = self.embed_tokens(tokens)
         new_keys, new_values = [], []
         held = [] if self.selection == "question" and not self.held else None   # (rows, bias) per layer, returned
+        pointers = []                                                            # follow_out per layer
         for li in range(self.config.num_layers):
             mine = {n: layer_inputs.get(f"{n}_{li}") for n in self.per_layer_names()}
             qg, k, v = self.layer_qkv(li, x, st)
@@ -253,7 +277,14 @@ class ExportableDecoder(nn.Module):
                 parts = self._exact_rows(mine)
             else:
                 parts = self._squeezed_rows(qg, mine, keep_keys, st["row_weights"], held)
-            x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
+            if self.follow:
+                # the clustered parts' rows: every row (exact) or the kept ones then the followed ones
+                candidates = self.clustered_rows if self.exact else torch.cat([self._kept_rows, self._followed_rows], 1)
+                x, weights = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st,
+                                               weigh=(1,) if self.exact else (1, 2))
+                pointers.append(self._pointer(weights, candidates, mine["next_rows"]))
+            else:
+                x = self.layer_attend(li, x, qg, k, v, past_k, past_v, parts, st)
             if self.state == "buffer":  # a side branch: nothing above waits for the write
                 write_at = torch.clamp(cache_len + st["steps"], max=S - 1)
                 getattr(self, f"cache_keys_{li}").index_put_((write_at,), k.transpose(0, 1))
@@ -263,7 +294,19 @@ class ExportableDecoder(nn.Module):
             out += (torch.stack(new_keys), torch.stack(new_values))
         if held is not None:
             out += (torch.stack([r for r, _ in held]), torch.stack([b for _, b in held]))
+        if self.follow:
+            out += (torch.stack(pointers),)
         return out if len(out) > 1 else out[0]
+
+    def _pointer(self, weights, candidates, next_rows):
+        """follow_out of one layer (SqueezedContext._point): of the ``candidates`` rows [Hkv, n] the step's last token
+        attended in the clustered parts, with ``weights`` [Hkv, n] (its query heads' softmax weights over the fixed
+        context, summed), the rows after the F largest (``next_rows``); -1 where a weight is 0 (masked) or no row
+        follows."""
+        top, order = torch.topk(weights, self.follow, dim=-1)
+        rows = candidates.gather(1, order)
+        nxt = next_rows.index_select(0, rows.reshape(-1)).reshape(rows.shape)
+        return torch.where(top > 0, nxt, torch.full_like(nxt, -1))
 
     # The pieces of a step, shared by the one-graph forward above and the split plan's stages (DecoderStage).
     def step_tensors(self, T: int, n_tokens, cache_len, context_len) -> dict:
@@ -289,6 +332,7 @@ class ExportableDecoder(nn.Module):
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
             st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
         st["last"] = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]   # [1, 1, T]
+        st["last_rows"] = st["last"].repeat(1, 1, G)                                # the last token's G*T query rows
         return st
 
     def rms_norm(self, x, norm):
@@ -313,7 +357,7 @@ class ExportableDecoder(nn.Module):
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
 
-    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st):
+    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st, weigh=None):
         """Attention of layer li over the fixed-context ``parts`` and the dynamic part, then o_proj and the MLP: the
         residual stream after layer li.
 
@@ -342,6 +386,13 @@ class ExportableDecoder(nn.Module):
         past = torch.bmm(qg, past_k.transpose(1, 2)) + st["past_bias"]
         new = torch.bmm(qg, k.transpose(1, 2)) + st["new_bias"]
         probs = torch.softmax(torch.cat([sc + p[2] for sc, p in zip(scores, parts)] + [past, new], dim=-1), dim=-1)
+        weights = None
+        if weigh is not None:  # the last token's weights on the parts ``weigh``, relative to the fixed context's
+            ends = list(itertools.accumulate(sizes))
+            starts = [0] + ends[:-1]
+            context_mass = probs[..., :ends[-1]].sum(-1, keepdim=True)                  # [Hkv, G*T, 1]
+            chosen = torch.cat([probs[..., starts[i]:ends[i]] for i in weigh], dim=-1) / context_mass
+            weights = torch.bmm(st["last_rows"].expand(qg.shape[0], 1, -1), chosen)[:, 0]   # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
         out, wide, start = None, None, 0
@@ -360,7 +411,8 @@ class ExportableDecoder(nn.Module):
         gate_up = _project(layer.gate_up, self.rms_norm(x, layer.post_attention_layernorm))
         half = gate_up.shape[-1] // 2
         gate, up = gate_up[..., :half], gate_up[..., half:]
-        return x + _project(layer.down_proj, F.silu(gate) * up)
+        x = x + _project(layer.down_proj, F.silu(gate) * up)
+        return x if weigh is None else (x, weights)
 
     def head(self, x, st):
         x_last = torch.bmm(st["last"], x[None])[0]                                # the last valid token
@@ -457,8 +509,19 @@ class ExportableDecoder(nn.Module):
         summary_bias = log_counts - kept_cluster * MASKED
         if held is not None:
             held.append((rows, torch.cat([slot_bias, summary_bias], dim=-1)))
-        return self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
-                                  slot_bias, summary_bias, qk)
+        parts = self.context_parts(mine["sink_kv"], kept, mine["window_kv"], mine["centroids"], mine["value_centroids"],
+                                   slot_bias, summary_bias, qk)
+        if self.follow:  # the followed rows the selection did not keep, each once (SqueezedContext._attend_following)
+            wanted = mine["follow_rows"]                                                  # [Hkv, F], -1: none
+            used = slot_bias > -1.0                                                       # slots below n_keep
+            kept_already = ((wanted[:, :, None] == rows[:, None, :]) & used[:, None, :]).any(-1)
+            repeated = ((wanted[:, :, None] == wanted[:, None, :]) & self.earlier).any(1)
+            fresh = (wanted >= 0) & ~kept_already & ~repeated
+            followed = torch.clamp(wanted, min=0)
+            self._kept_rows, self._followed_rows = rows, followed
+            parts.insert(2, (F.embedding(followed, mine["clustered_keys"]), F.embedding(followed, mine["clustered_values"]),
+                             ((fresh.to(torch.float32) - 1) * MASKED)[:, None, :]))
+        return parts
 
 
 # Subtracted from a masked logit: exp() of it underflows to exactly 0 as for -inf, but it is reached with float

@@ -106,6 +106,17 @@ def context_decode(queries, centroid_codes_t, centroid_scales, counts, order, st
         clustered_kv, window_kv, int(budget), float(scale), bool(return_positions), summary_values)
 
 
+def context_decode_follow(queries, centroid_codes_t, centroid_scales, counts, order, start, sink_kv, clustered_kv,
+                          window_kv, budget: int, scale: float, summary_values, follow, slot_of):
+    """context_decode (with summaries and kept positions) for a step with followed keys: ``follow`` [Hs, F] int64
+    context positions (-1: none) attended besides the selection where it did not keep them, ``slot_of`` [Hkv, Nc]
+    the cluster-order slot of each clustered position. Returns (out, lse, kept positions [Hs, budget], the next
+    step's follow positions [Hs, F], followed rows added per head [Hs]); SqueezedContext._attend_following."""
+    return torch.ops.squeeze_mobile.context_decode_follow(
+        queries.contiguous(), centroid_codes_t, centroid_scales, counts, order, start, sink_kv, clustered_kv,
+        window_kv, int(budget), float(scale), summary_values, follow.contiguous(), slot_of)
+
+
 def context_summaries(queries, centroid_codes_t, centroid_scales, bias, summary_values, logits=None):
     """Summaries of the clusters one selection dropped, for any number of query rows [Hs, R, D] (prefill chunks):
     bias [Hs, K] float32 = log N for a dropped non-empty cluster, -inf otherwise; summary_values [Hkv, K, D];

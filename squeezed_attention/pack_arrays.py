@@ -229,6 +229,26 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     })
 
 
+def next_rows(pack: PackArrays, shapes: dict) -> dict:
+    """``next_rows_<layer>`` [Hkv * max_clustered] int64 for decoders with followed keys (contract follow_keys): for
+    every flat row of the clustered tables (decoder_context_inputs' layout, cluster by cluster per KV head), the flat
+    row of the next context position, -1 where that position is not clustered (the last clustered key) and for
+    padding rows."""
+    labels = pack.arrays["lookup.labels"].astype(np.int64)                        # [L, H, Nc]
+    L, H, nc = labels.shape
+    width = n_clustered_max(shapes)
+    order = np.argsort(labels, axis=-1, kind="stable")                            # slot -> clustered index
+    slot_of = np.empty_like(order)
+    np.put_along_axis(slot_of, order, np.arange(nc)[None, None, :].repeat(L, 0).repeat(H, 1), axis=-1)
+    after = order + 1                                                             # the next clustered index per slot
+    inside = after < nc
+    nxt = np.where(inside, np.take_along_axis(slot_of, np.minimum(after, nc - 1), axis=-1), -1)
+    nxt = np.where(inside, nxt + (np.arange(H) * width)[None, :, None], -1)
+    table = np.full((L, H, width), -1, dtype=np.int64)
+    table[:, :, :nc] = nxt
+    return per_layer({"next_rows": table.reshape(L, H * width)})
+
+
 def per_layer(arrays: dict) -> dict:
     """{name: [L, ...]} -> {name_<layer>: [...]} (contiguous views, layer by layer in the artifact's input order)."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}

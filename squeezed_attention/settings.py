@@ -17,8 +17,8 @@ MODES = ("full", "top-k", "threshold")
 # Held-out split at 2k, KV budget 0.125 (13 pass-key cases full attention answers): the previous default (the last
 # 16 tokens selecting per token) answered 7, an exact tail of 16 answered 9, 32 answered 10 (as many as a fully exact
 # prefill); decode steps always select. The exact rows do full attention's per-token work, which on the host costs
-# about what selecting for them saves (8k, 128-token prompt, 2 threads: 479 ms vs 488 ms for one selection, full
-# attention 1021 ms); the tail is bounded so a long prompt pays for 32 tokens only.
+# ~150 ms of an 8k host prefill (8k, 128-token prompt, 2 threads: 461 ms vs 311 ms for one selection, full attention
+# 601 ms; RESULTS.md 3m corrects 3h's timing); the tail is bounded so a long prompt pays for 32 tokens only.
 DEFAULT_PREFILL_ROWS = 0
 DEFAULT_PREFILL_TAIL = 0
 DEFAULT_EXACT_TAIL = 32

@@ -686,3 +686,48 @@ def test_export_into_a_directory_of_an_older_decoder_schema_is_refused(tiny, tmp
         export_decoder(tmp_path, formats="onnx", model_path=gguf, attention="full", verify=False, **SHAPES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
     assert (tmp_path / "manifest.json").read_text() == old
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
+    """--follow-keys F: every method returns follow_out (the rows after the F clustered rows its last token weighed
+    most), decode takes it back as follow_rows and selects F keys fewer; the artifact passes verification against
+    the PyTorch decoder with the same F (SqueezedContext's rule) and the torch-free loop answers like it; the split
+    plan refuses it in one line before anything is written."""
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    d, gguf = tiny
+    (d / "doc.txt").write_text(TINY_TEXT)
+    with pytest.raises(SqueezeError, match="--follow-keys is built for the in-graph lookup plan"):
+        export_decoder(tmp_path / "no", formats=("tflite",), model_path=gguf, follow_keys=2, **SHAPES)
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "follow"
+    result = export_decoder(out, formats=fmt, model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,
+                            follow_keys=2, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    (art,) = result.manifest["artifacts"]
+    contract = art["decoder"]
+    assert contract["follow_keys"] == 2
+    for method in ("prefill", "decode", "prefill_exact"):
+        outputs = contract["methods"][method]["outputs"]
+        assert any((o["name"] if isinstance(o, dict) else o) == "follow_out" for o in outputs), outputs
+    v = art["verification"]
+    assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
+    pack_path, pack, model, ck = tiny_pack
+    session = DecoderSession(out, fmt=fmt, attention="squeezed")
+    session.attach(pack_path)
+    keeps = []
+    run = session.runner.run
+    session.runner.run = lambda method, feed: (keeps.append((method, int(feed["keep_keys"][0]),
+                                                             feed["follow_rows_0"].copy())), run(method, feed))[1]
+    got = session.generate("ab nan", max_new_tokens=6, stop_at_eos=False)
+    keep = session.loop.keep_keys
+    session.close()
+    assert keeps[0][1] == keep and (keeps[0][2] == -1).all()            # prefill: the whole budget, no pointer
+    decodes = [k for k in keeps if k[0] == "decode"]
+    assert decodes and all(k[1] == keep - 2 for k in decodes) and (decodes[0][2] >= 0).any()
+    ref = Generator(model, ck.tokenizer, pack).generate(
+        "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2),
+        max_new_tokens=6, stop_at_eos=False)
+    assert got.token_ids == ref.token_ids

@@ -593,6 +593,12 @@ def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
         ref = w[:, :k.shape[0]] @ v + w[:, k.shape[0]:] @ ctx.summary_values[layer][h].double()
         assert torch.allclose(out[h * G:(h + 1) * G, 0].double(), ref, atol=2e-5)
         assert torch.allclose(lse[h * G:(h + 1) * G, 0].double(), torch.logsumexp(logits, -1), atol=2e-5)
+    # the step points the next one: the same positions as the torch path's (the native kernel does it in C++)
+    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", follow_keys=F))
+    ref.attend(layer, q[layer])
+    ref.attend(layer, step_q)
+    assert torch.equal(ctx._follow[layer].sort(-1).values, ref._follow[layer].sort(-1).values)
+    assert (ctx._follow[layer] >= 0).any()
     prompt = "What is the pass key mentioned in the text above?"
     tokens = {b: gen.generate(prompt, AttentionChoice("top-k", keep_fraction=0.1, backend=b, follow_keys=F),
                               max_new_tokens=8, stop_at_eos=False).token_ids for b in ("torch", backend)}

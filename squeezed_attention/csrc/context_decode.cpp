@@ -718,14 +718,27 @@ constexpr int64_t kScorePart = 256;  // about this many centroids per scoring wo
 // logits per (head, centroid range), S per (head, query row), cluster ranking + kept runs per head,
 // attention per (head, chunk of rows), the chunk merge per head. Decode has 3 KV heads and 2 cores here:
 // splitting every phase finer than a head keeps both busy.
+// Followed keys (SelectionSpec.follow_keys), optional: ``follow`` [Hs, F] context positions (-1: none) the step
+// attends besides its selection where the selection did not keep them (each once), ``slot_of`` [Hkv, Nc] the
+// cluster-order slot of each clustered position; ``next_follow`` [Hs, F] receives the positions after the F
+// clustered rows of the step with the largest softmax weight summed over the head's query rows (-1 past the
+// clustered keys), ``fresh`` [Hs] how many followed rows were added.
+struct Follow {
+  const int64_t* follow = nullptr;
+  int64_t F = 0;
+  const int64_t* slot_of = nullptr;
+  int64_t* next_follow = nullptr;
+  int64_t* fresh = nullptr;
+};
+
 template <typename T>
 void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
                  const at::Tensor& window_kv, int64_t budget, float scale, float* op, float* lp, int64_t* keptp,
-                 const float* vbar) {
+                 const float* vbar, const Follow& fol = Follow()) {
   const int64_t Hs = q.size(0), R = q.size(1), D = t.D, K = t.K, Kp = t.Kp, Nc = t.Nc, heads_per_kv = Hs / t.Hkv;
   const int64_t first = sink_kv.size(1), W = window_kv.size(1);
   // Equal-sized work items (a fixed count per head, not per thread: results do not depend on the thread count).
-  const int64_t L = first + budget + W, chunks = std::max<int64_t>(1, (L + kAttendChunk - 1) / kAttendChunk);
+  const int64_t L = first + budget + fol.F + W, chunks = std::max<int64_t>(1, (L + kAttendChunk - 1) / kAttendChunk);
   const int64_t chunk_rows = (L + chunks - 1) / chunks;
   const int64_t blocks = Kp / kKVec, parts = std::max<int64_t>(1, (Kp + kScorePart - 1) / kScorePart);
   auto part_begin = [&](int64_t part) { return (blocks * part / parts) * kKVec; };
@@ -740,6 +753,7 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
   for (int64_t i = 0; i < static_cast<int64_t>(log_counts.size()); ++i)
     log_counts[i] = t.counts[i] > 0 ? std::log(static_cast<double>(t.counts[i])) : -std::numeric_limits<double>::infinity();
   std::vector<std::vector<const T*>> rows(Hs);
+  std::vector<std::vector<int64_t>> clustered_pos(fol.F > 0 ? Hs : 0);  // positions of rows[h][first..first+n)
   std::vector<Partial> partials(Hs * chunks), summaries(vbar != nullptr ? Hs : 0);
   const float* qp = q.data_ptr<float>();
   auto phases = [&]() {
@@ -781,6 +795,26 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
       };
       add(sink_kv, first, 0, first);
       for (const auto& run : runs) add(clustered_kv, Nc, run.first, run.second);
+      if (fol.F > 0) {
+        auto& pos = clustered_pos[h];
+        pos.clear();
+        for (const auto& run : runs)
+          for (int64_t i = run.first; i < run.second; ++i) pos.push_back(t.order[kv * Nc + i]);
+        int64_t added = 0;
+        for (int64_t j = 0; j < fol.F; ++j) {
+          const int64_t p = fol.follow[h * fol.F + j];
+          if (p < first || p >= first + Nc) continue;
+          const int64_t slot = fol.slot_of[kv * Nc + (p - first)];
+          bool seen = false;
+          for (const auto& run : runs) seen |= slot >= run.first && slot < run.second;
+          for (int64_t i = 0; i < j && !seen; ++i) seen = fol.follow[h * fol.F + i] == p;
+          if (seen) continue;
+          add(clustered_kv, Nc, slot, slot + 1);
+          pos.push_back(p);
+          ++added;
+        }
+        fol.fresh[h] = added;
+      }
       add(window_kv, W, 0, W);
     }
 #pragma omp for schedule(static)
@@ -793,7 +827,7 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
         continue;
       }
       const int64_t h = item / chunks, begin = (item % chunks) * chunk_rows;
-      const int64_t n = std::min(chunk_rows, L - begin);
+      const int64_t n = std::min(chunk_rows, static_cast<int64_t>(rows[h].size()) - begin);
       partials[item].reset(R, D);
       if (n > 0) attend<T>(qp + h * R * D, R, D, rows[h].data() + begin, n, scale, block, partials[item]);
     }
@@ -808,6 +842,44 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
         lp[h * R + r] = total.m[r] + std::log(total.l[r]);
       }
     }
+    if (fol.F > 0) {
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < Hs; ++h) {  // where the next step follows: the most weighed clustered rows
+        thread_local std::vector<float> key, w;
+        thread_local std::vector<std::pair<float, int64_t>> best;
+        const auto& pos = clustered_pos[h];
+        const int64_t N = pos.size();
+        key.resize(D);
+        w.resize(N * R);
+        for (int64_t i = 0; i < N; ++i) {  // the rows' logits minus their lse, then one vectorised exp
+          const T* row = rows[h][first + i];
+          if constexpr (std::is_same_v<T, float>) std::copy(row, row + D, key.data());
+          else to_float(row, key.data(), D);
+          for (int64_t r = 0; r < R; ++r) {
+            const float* qr = qp + (h * R + r) * D;
+            v16f acc = {};
+            int64_t d = 0;
+            for (; d + 16 <= D; d += 16) acc += load16(qr + d) * load16(key.data() + d);
+            float dot = hsum(acc);
+            for (; d < D; ++d) dot += qr[d] * key[d];
+            w[i * R + r] = dot * scale - lp[h * R + r];
+          }
+        }
+        exp_inplace(w.data(), N * R);
+        best.clear();
+        for (int64_t i = 0; i < N; ++i) {
+          float sum = 0.f;
+          for (int64_t r = 0; r < R; ++r) sum += w[i * R + r];
+          best.emplace_back(-sum, i);
+        }
+        const int64_t n = std::min<int64_t>(fol.F, best.size());
+        std::partial_sort(best.begin(), best.begin() + n, best.end());
+        for (int64_t j = 0; j < fol.F; ++j) {
+          const int64_t next = j < n ? pos[best[j].second] + 1 : -1;
+          fol.next_follow[h * fol.F + j] = next >= first && next < first + Nc ? next : -1;
+        }
+      }
+    }
   };
   const int threads = at::get_num_threads();
   if (threads > 1 && !at::in_parallel_region()) {
@@ -816,6 +888,19 @@ void decode_step(const at::Tensor& q, const Tables& t, const at::Tensor& sink_kv
   } else {
     phases();  // the work-sharing loops run whole on this thread
   }
+}
+
+// The decode kernels' [key | value] row tables (float32 or float16, one dtype) against the cluster tables.
+at::ScalarType check_rows(const Tables& t, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
+                          const at::Tensor& window_kv, int64_t budget) {
+  const auto dtype = clustered_kv.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf, "context rows: float32 or float16");
+  for (auto* kv : {&sink_kv, &clustered_kv, &window_kv})
+    TORCH_CHECK(kv->dim() == 3 && kv->scalar_type() == dtype && kv->is_contiguous() && kv->size(0) == t.Hkv
+                && kv->size(2) == 2 * t.D, "context [key | value] rows: contiguous [Hkv, n, 2D], one dtype");
+  TORCH_CHECK(clustered_kv.size(1) == t.Nc, "clustered rows and cluster tables disagree");
+  TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
+  return dtype;
 }
 
 // Context rows hold [key | value] (2*D elements, float32 or float16): sink_kv [Hkv, first, 2D],
@@ -829,13 +914,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
     const at::Tensor& window_kv, int64_t budget, double scale, bool return_positions,
     const c10::optional<at::Tensor>& summary_values) {
   const Tables t = check_tables(q, codes_t, scales, counts, order, start);
-  const auto dtype = clustered_kv.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf, "context rows: float32 or float16");
-  for (auto* kv : {&sink_kv, &clustered_kv, &window_kv})
-    TORCH_CHECK(kv->dim() == 3 && kv->scalar_type() == dtype && kv->is_contiguous() && kv->size(0) == t.Hkv
-                && kv->size(2) == 2 * t.D, "context [key | value] rows: contiguous [Hkv, n, 2D], one dtype");
-  TORCH_CHECK(clustered_kv.size(1) == t.Nc, "clustered rows and cluster tables disagree");
-  TORCH_CHECK(budget >= 0 && budget <= t.Nc, "budget must be in [0, clustered keys]");
+  const auto dtype = check_rows(t, sink_kv, clustered_kv, window_kv, budget);
   const int64_t Hs = q.size(0), R = q.size(1), D = t.D;
   const float* vbar = nullptr;
   if (summary_values.has_value() && summary_values->defined()) {
@@ -857,6 +936,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> context_decode(
   return {out, lse, kept};
 }
 
+// context_decode with followed keys (decode_step's Follow): follow [Hs, F] int64 positions (-1: none), slot_of
+// [Hkv, Nc] int64; returns (out, lse, kept positions [Hs, budget], next follow [Hs, F], fresh [Hs]).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> context_decode_follow(
+    const at::Tensor& q, const at::Tensor& codes_t, const at::Tensor& scales, const at::Tensor& counts,
+    const at::Tensor& order, const at::Tensor& start, const at::Tensor& sink_kv, const at::Tensor& clustered_kv,
+    const at::Tensor& window_kv, int64_t budget, double scale, const at::Tensor& summary_values,
+    const at::Tensor& follow, const at::Tensor& slot_of) {
+  const Tables t = check_tables(q, codes_t, scales, counts, order, start);
+  const auto dtype = check_rows(t, sink_kv, clustered_kv, window_kv, budget);
+  const int64_t Hs = q.size(0), R = q.size(1), D = t.D;
+  TORCH_CHECK(summary_values.dim() == 3 && summary_values.scalar_type() == at::kFloat && summary_values.is_contiguous()
+              && summary_values.size(0) == t.Hkv && summary_values.size(1) == t.K && summary_values.size(2) == D,
+              "summary values: contiguous float32 [Hkv, K, D]");
+  TORCH_CHECK(follow.dim() == 2 && follow.size(0) == Hs && follow.scalar_type() == at::kLong && follow.is_contiguous(),
+              "follow: contiguous int64 [Hs, F]");
+  TORCH_CHECK(slot_of.dim() == 2 && slot_of.size(0) == t.Hkv && slot_of.size(1) == t.Nc
+              && slot_of.scalar_type() == at::kLong && slot_of.is_contiguous(), "slot_of: contiguous int64 [Hkv, Nc]");
+  auto out = at::empty({Hs, R, D}, q.options());
+  auto lse = at::empty({Hs, R}, q.options());
+  auto kept = at::empty({Hs, budget}, counts.options());
+  auto next = at::empty({Hs, follow.size(1)}, counts.options());
+  auto fresh = at::zeros({Hs}, counts.options());
+  Follow fol{follow.data_ptr<int64_t>(), follow.size(1), slot_of.data_ptr<int64_t>(), next.data_ptr<int64_t>(),
+             fresh.data_ptr<int64_t>()};
+  const float* vbar = summary_values.data_ptr<float>();
+  if (dtype == at::kFloat)
+    decode_step<float>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
+                       out.data_ptr<float>(), lse.data_ptr<float>(), kept.data_ptr<int64_t>(), vbar, fol);
+  else
+    decode_step<at::Half>(q, t, sink_kv, clustered_kv, window_kv, budget, static_cast<float>(scale),
+                          out.data_ptr<float>(), lse.data_ptr<float>(), kept.data_ptr<int64_t>(), vbar, fol);
+  return {out, lse, kept, next, fresh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(squeeze_mobile, m) {
@@ -865,6 +978,9 @@ TORCH_LIBRARY(squeeze_mobile, m) {
   m.def("context_decode(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, Tensor order, "
         "Tensor start, Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
         "bool return_positions=False, Tensor? summary_values=None) -> (Tensor, Tensor, Tensor)");
+  m.def("context_decode_follow(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, "
+        "Tensor order, Tensor start, Tensor sink_kv, Tensor clustered_kv, Tensor window_kv, int budget, float scale, "
+        "Tensor summary_values, Tensor follow, Tensor slot_of) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("context_select_logits(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor counts, "
         "Tensor order, Tensor start, int first, int budget) -> (Tensor, Tensor)");
   m.def("context_summaries(Tensor q, Tensor centroid_codes_t, Tensor centroid_scales, Tensor bias, "
@@ -874,6 +990,7 @@ TORCH_LIBRARY(squeeze_mobile, m) {
 TORCH_LIBRARY_IMPL(squeeze_mobile, CPU, m) {
   m.impl("context_select", &context_select);
   m.impl("context_decode", &context_decode);
+  m.impl("context_decode_follow", &context_decode_follow);
   m.impl("context_select_logits", &context_select_logits);
   m.impl("context_summaries", &context_summaries);
 }

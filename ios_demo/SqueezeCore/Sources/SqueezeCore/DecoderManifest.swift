@@ -202,6 +202,13 @@ public struct DecoderContract: Equatable {
 
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
         do {
+            // followed keys (export --follow-keys): decode takes the previous call's follow_out, which this loop
+            // does not feed yet (null / absent: none)
+            let follow = try j.opt("follow_keys").flatMap { $0.isNull ? nil : try $0.int() } ?? 0
+            if follow != 0 {
+                throw DecoderError("decoder.follow_keys: this app does not feed followed keys yet, found \(follow); " +
+                                   "export the decoder with --follow-keys 0")
+            }
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
                                        kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
                                        shapes: try DecoderShapes.parse(j["shapes"]),

@@ -119,6 +119,13 @@ final class DecoderManifestTests: XCTestCase {
                        "export the decoder with --decode-selection step")
         XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withSelection("\"sometimes\"")) },
                        "decoder.decode_selection: expected step or question, found sometimes")
+        // followed keys (export --follow-keys): decode would need the previous call's follow_out, which this loop
+        // does not feed; 0 (and null / absent) run
+        XCTAssertEqual(thrownMessage(DecoderError.self) {
+            try DecoderManifest.parse(replacingFirst(text, exported, exported + " \"follow_keys\": 4,"))
+        }, "decoder.follow_keys: this app does not feed followed keys yet, found 4; export the decoder with --follow-keys 0")
+        XCTAssertEqual(try DecoderManifest.parse(replacingFirst(text, exported, exported + " \"follow_keys\": 0,"))
+                           .artifacts[0].contract.decodeSelection, "step")
         let shapes = try DecoderManifest.parse(text).artifacts[0].contract.shapes
         XCTAssertTrue(thrownMessage(DecoderError.self) {
             try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, decodeSelection: "question")

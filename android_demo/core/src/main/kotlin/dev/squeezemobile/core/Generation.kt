@@ -93,6 +93,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         const val QUESTION = "question"
 
         fun parse(j: JsonPath) = try {
+            // followed keys (export --follow-keys): decode takes the previous call's follow_out, which this loop
+            // does not feed yet (null / absent: none)
+            val follow = j.opt("follow_keys")?.let { if (it.isNull) 0 else it.int() } ?: 0
+            if (follow != 0) {
+                throw DecoderException("decoder.follow_keys: this app does not feed followed keys yet, found $follow; " +
+                    "export the decoder with --follow-keys 0")
+            }
             DecoderContract(j["attention"].string(), j["state"].string(),
                 j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
                 j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH, // null for full attention, absent in older manifests

@@ -166,6 +166,15 @@ class SplitGenerationTest {
             "export the decoder with --decode-selection step", question.message)
         val other = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withSelection("\"sometimes\"")) }
         assertEquals("decoder.decode_selection: expected step or question, found sometimes", other.message)
+        // followed keys (export --follow-keys): decode would need the previous call's follow_out, which this loop
+        // does not feed; 0 (and null / absent) run
+        val followed = assertThrows(DecoderException::class.java) {
+            DecoderManifest.parse(text.replaceFirst(exported, "$exported \"follow_keys\": 4,"))
+        }
+        assertEquals("decoder.follow_keys: this app does not feed followed keys yet, found 4; " +
+            "export the decoder with --follow-keys 0", followed.message)
+        assertEquals("step", DecoderManifest.parse(text.replaceFirst(exported, "$exported \"follow_keys\": 0,"))
+            .artifacts[0].contract.decodeSelection)
         assertTrue(assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, contract.shapes, "split", "question") }
             .message!!.contains("--decode-selection step"))
     }
