@@ -280,9 +280,9 @@ class SqueezedContext:
 
     def _point(self, layer: int, row, lse, positions, valid):
         """Where the next decode step follows (SelectionSpec.follow_keys): of the clustered keys this query row
-        attended (``positions`` [Hs, N] with ``valid``, None: every clustered key; ``row`` [Hq, 1, D], its context log-sum-exp ``lse``
-        [Hq, 1]), the F with the largest softmax weight (summed over a selecting head's query heads), each
-        moved one position on; -1 where that leaves the clustered keys."""
+        attended (``positions`` [Hs, N] with ``valid``; None: every clustered key), given the row [Hq, 1, D] and its
+        context log-sum-exp ``lse`` [Hq, 1], the F with the largest softmax weight (summed over a selecting head's
+        query heads), each moved one position on; -1 where that leaves the clustered keys."""
         q = grouped_queries(row, self.num_kv_heads, self.spec.per_query_head).float()       # [Hs, G, D]
         Hs, G = q.shape[0], q.shape[1]
         if positions is None:   # every clustered key, in position order (the exact tail's row)

@@ -519,8 +519,9 @@ class ExportableDecoder(nn.Module):
             fresh = (wanted >= 0) & ~kept_already & ~repeated
             followed = torch.clamp(wanted, min=0)
             self._kept_rows, self._followed_rows = rows, followed
-            parts.insert(2, (F.embedding(followed, mine["clustered_keys"]), F.embedding(followed, mine["clustered_values"]),
-                             ((fresh.to(torch.float32) - 1) * MASKED)[:, None, :]))
+            parts.insert(2, (F.embedding(followed, mine["clustered_keys"]),
+                             F.embedding(followed, mine["clustered_values"]),
+                             ((fresh.to(torch.float32) - 1) * MASKED)[:, None, :]))     # after the kept rows
         return parts
 
 
