@@ -390,6 +390,12 @@ def _add_model(p):
                    help=f"PyTorch CPU threads, 1-{MAX_THREADS} (default: PyTorch's choice, usually the core count)")
 
 
+FOLLOW_KEYS_HELP = ("of each decode step's kept keys per head, N follow the previous token: the positions right after "
+                    "the N clustered keys it weighed most (a copied value or sentence is read in order, one token "
+                    "after the other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 "
+                    "where the budget keeps fewer than 32 keys); 0 turns it off")
+
+
 def add_subcommands(subparsers) -> None:
     """Register `context {build,eval}` and `generate` on the main `squeeze` parser."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -481,9 +487,7 @@ def add_subcommands(subparsers) -> None:
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
     e.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="suite: " + "of each decode step's kept keys per head, N follow the previous token: the positions right after the "
-                   "N clustered keys it weighed most (a copied value or sentence is read in order, one token after the "
-                   "other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 where the budget keeps fewer than 32 keys); 0 turns it off (as squeeze generate --follow-keys)")
+                   help="suite: " + FOLLOW_KEYS_HELP + " (as squeeze generate --follow-keys)")
     e.add_argument("--artifacts", default=None, metavar="DIR",
                    help="suite: also answer every case with the exported decoders in DIR (squeeze export decoder; "
                    "each through its own runtime, from the case's pack saved as a file, as an app does), e.g. to "
@@ -552,9 +556,7 @@ def add_subcommands(subparsers) -> None:
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
                    "steps always select. With --artifacts: default = the artifact's manifest")
     g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="of each decode step's kept keys per head, N follow the previous token: the positions right after the "
-                   "N clustered keys it weighed most (a copied value or sentence is read in order, one token after the "
-                   "other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 where the budget keeps fewer than 32 keys); 0 turns it off; RESULTS.md 3m)")
+                   help=FOLLOW_KEYS_HELP + "; RESULTS.md 3m")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

@@ -171,6 +171,12 @@ def value_centroids(values: np.ndarray, labels: np.ndarray, counts: np.ndarray, 
     return quantized_like_centroids(out)
 
 
+def cluster_order(labels: np.ndarray) -> np.ndarray:
+    """[..., Nc] clustered index of each slot of the decoders' clustered tables: cluster by cluster, position order
+    within a cluster (decoder_context_inputs and next_rows lay rows out by it)."""
+    return np.argsort(labels, axis=-1, kind="stable")
+
+
 def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:
     """The pack's tensors in the exported decoder's input layout (names as ExportableDecoder.context_input_names):
     one input per tensor and layer, ``<name>_<layer>`` (views of one [L, ...] array per tensor: no copies).
@@ -205,7 +211,7 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     labels = a["lookup.labels"].astype(np.int64)                                  # [L, H, Nc]
     nc = labels.shape[-1]
     kv = lambda a, b: np.concatenate([keys[:, :, a:b], values[:, :, a:b]], axis=-1).astype(np.float32)  # noqa: E731
-    order = np.argsort(labels, axis=-1, kind="stable")[..., None]                 # cluster by cluster
+    order = cluster_order(labels)[..., None]                                      # cluster by cluster
     L, H = keys.shape[:2]
     pad_c = ((0, 0), (0, 0), (0, n_clustered_max(shapes) - nc), (0, 0))
 
@@ -237,7 +243,7 @@ def next_rows(pack: PackArrays, shapes: dict) -> dict:
     labels = pack.arrays["lookup.labels"].astype(np.int64)                        # [L, H, Nc]
     L, H, nc = labels.shape
     width = n_clustered_max(shapes)
-    order = np.argsort(labels, axis=-1, kind="stable")                            # slot -> clustered index
+    order = cluster_order(labels)                                                 # slot -> clustered index
     slot_of = np.empty_like(order)
     np.put_along_axis(slot_of, order, np.arange(nc)[None, None, :].repeat(L, 0).repeat(H, 1), axis=-1)
     after = order + 1                                                             # the next clustered index per slot

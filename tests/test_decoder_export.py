@@ -731,3 +731,35 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
         "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2),
         max_new_tokens=6, stop_at_eos=False)
     assert got.token_ids == ref.token_ids
+
+
+def test_next_rows_map_each_clustered_row_to_the_next_positions_row(tiny_pack):
+    """pack_arrays.next_rows on a real pack: the row next_rows[r] of the clustered tables holds the key of the position
+    after row r's (checked against the pack's position-ordered keys), -1 for the last clustered position and for
+    padding rows, every clustered position reached exactly once."""
+    from squeezed_attention.pack_arrays import decoder_context_inputs, next_rows, read_pack_arrays
+
+    path, pack, _, _ = tiny_pack
+    arrays = read_pack_arrays(path)
+    shapes = decoder_shapes(pack.config, max_context=SHAPES["max_context"], max_prompt=SHAPES["max_prompt"],
+                            max_new=SHAPES["max_new"], kv_budget=0.3).to_dict()
+    ctx = decoder_context_inputs(arrays, shapes, "squeezed")
+    table = next_rows(arrays, shapes)
+    keys = arrays.arrays["kv.keys"].astype(np.float32)                              # [L, H, N, D] position order
+    sinks, nc = int(arrays.settings["sink_tokens"]), arrays.arrays["lookup.labels"].shape[-1]
+    width = SHAPES["max_context"] - shapes["sink_tokens"] - shapes["window"]
+    for li in (0, keys.shape[0] - 1):
+        flat, nxt = ctx[f"clustered_keys_{li}"], table[f"next_rows_{li}"]
+        for h in range(keys.shape[1]):
+            rows = nxt[h * width:(h + 1) * width]
+            assert (rows[nc:] == -1).all() and (rows[:nc] == -1).sum() == 1
+            # the row whose next is -1 holds the last clustered position's key; the others point at p + 1
+            last = np.nonzero(rows[:nc] == -1)[0][0]
+            assert np.array_equal(flat[h * width + last], keys[li, h, sinks + nc - 1])
+            targets = rows[:nc][rows[:nc] >= 0]
+            assert sorted(targets.tolist()) == sorted(set(targets.tolist())) and len(targets) == nc - 1
+            for r in range(nc):
+                if rows[r] < 0:
+                    continue
+                p = int(np.nonzero((keys[li, h, sinks:sinks + nc] == flat[h * width + r]).all(-1))[0][0]) + sinks
+                assert np.array_equal(flat[rows[r]], keys[li, h, p + 1])
