@@ -69,12 +69,14 @@ def add_decoder_arguments(p) -> None:
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
                         "prefill loses, and a 20-token question prefills in 164 ms instead of 70 (llama.cpp with its "
                         "prompt state restored: 286 ms)")
-    g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=0, metavar="N",
-                   help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys (the "
-                        "host's default rule, `squeeze generate --follow-keys`, 4 there: held-out pass keys at KV budget "
-                        "0.125 18/19 of full attention's answers instead of 15/19); every method then returns "
-                        "follow_out and decode takes it back as follow_rows_<layer>. In-graph plan only (.pte on "
-                        "XNNPACK, .onnx); the sample apps' loops do not feed it yet; default 0 (off)")
+    g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=None, metavar="N",
+                   help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys, "
+                        "the host's rule (`squeeze generate --follow-keys`): held-out pass keys at KV budget 0.125 "
+                        "18/19 of full attention's answers instead of 15/19. In-graph plan: every method returns "
+                        "follow_out and decode takes it back as follow_rows_<layer>; split plan: the stages return "
+                        "follow_weights and the CPU lookup ranks them. Used where a pack keeps at least 8 keys per "
+                        "followed key; default 4 for every squeezed artifact with per-step selection and no "
+                        "--prefill-tail, --follow-keys 0 leaves it out")
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")

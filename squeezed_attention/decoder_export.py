@@ -138,8 +138,6 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     if selection == "question" and plan == "split":
         raise SqueezeError("--decode-selection question is built for the squeezed in-graph plan")
     check_exact_tail(exact_tail, attention, selection)
-    if follow and plan == "split":
-        raise SqueezeError("followed keys (--follow-keys) are built for the in-graph lookup plan so far")
     modules = decoder_modules(model, shapes, attention, state, selection, exact_tail, follow)
     module = modules["prefill"]
     if plan == "split":
@@ -170,6 +168,20 @@ def exact_tail_for(exact_tail: int | None, attention: str, selection: str, max_p
     from .settings import DEFAULT_EXACT_TAIL
 
     return min(DEFAULT_EXACT_TAIL, max_prompt) if attention == "squeezed" and selection == "step" else 0
+
+
+def follow_keys_for(follow_keys: int | None, attention: str, selection: str, prefill_tail: int) -> int:
+    """The followed keys an artifact is exported with: the caller's, or (None) the host's default (settings.
+    DEFAULT_FOLLOW_KEYS) for every squeezed artifact with per-step selection and no per-token prompt tail (whose
+    1-token prompt calls are decode steps: they would follow where the host's prefill does not), else 0. The loops
+    use them where the pack's keep_keys reaches follow_min_keep (the host's default_follow_keys)."""
+    if attention != "squeezed":
+        return 0
+    if follow_keys is not None:
+        return follow_keys
+    from .settings import DEFAULT_FOLLOW_KEYS
+
+    return DEFAULT_FOLLOW_KEYS if selection == "step" and not prefill_tail else 0
 
 
 def check_exact_tail(exact_tail: int, attention: str, selection: str) -> None:
@@ -227,7 +239,10 @@ def chat_section(tokenizer) -> dict:
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
-                     prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0) -> dict:
+                     prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0, min_keep: int = 0) -> dict:
+    """The manifest's runtime contract of one decoder artifact. ``follow``: its followed keys, used where the pack
+    keeps at least ``min_keep`` keys (follow_min_keep: the export's default F is gated as the host's default is,
+    settings.default_follow_keys; an F given explicitly applies to every pack, as on the host)."""
     state = state_of(fmt, plan)
     how = ("mutable buffers inside the program (cache_keys_<layer>, cache_values_<layer>), shared by prefill and "
            "decode"
@@ -261,15 +276,16 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
                         "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
                         "fed to every method)")
     if plan == "split":
-        return {**split_contract(shapes, kv_budget, methods, prompt_step, exact), "prefill_rows": rows,
-                "prefill_tail": tail, "exact_tail": exact}
+        return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep),
+                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact}
     question = squeezed and selection == "question"
     follow = follow if squeezed else 0
     decode_steps = [
         "decode: tokens = [last token], n_tokens = 1, cache_len = tokens already in the cache"
         + (f"; keep_keys = the pack's keep_keys - {follow} (follow_keys); follow_rows_<layer> = the previous call's "
            "follow_out[layer] (every method returns follow_out [layers, kv heads, follow_keys]: flat clustered rows, -1 "
-           "none); prefill takes follow_rows = -1" if follow else ""),
+           "none); prefill takes follow_rows = -1. Where the pack's keep_keys is below follow_min_keep, no key is "
+           "followed: keep_keys as is and follow_rows = -1 on every call" if follow else ""),
     ] if not question else [
         ("after prefill, once per question: held inputs from its selection_rows [layers, kv heads, max_keep] and "
          "selection_bias [layers, kv heads, max_keep + max_clusters] (squeezed_attention.pack_arrays.held_inputs): per "
@@ -285,6 +301,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "exact_tail": exact if squeezed else None,
         "follow_keys": follow if squeezed else None,
+        "follow_min_keep": (min_keep if follow else 0) if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
         "call_sequence": [
             "attach a pack: read it, check weights_sha256 / tokenizer_sha256 against this manifest, lay it out as the "
@@ -316,12 +333,32 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     }
 
 
+def follow_min_keep(follow: int) -> int:
+    """The fewest kept keys per head at which a decoder with ``follow`` followed keys follows them (the host's
+    default_follow_keys: settings.FOLLOW_MIN_KEYS_PER_FOLLOWED per followed key)."""
+    from .settings import FOLLOW_MIN_KEYS_PER_FOLLOWED
+
+    return FOLLOW_MIN_KEYS_PER_FOLLOWED * follow
+
+
 def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "",
-                   exact_tail: int = 0) -> dict:
+                   exact_tail: int = 0, follow: int = 0, min_keep: int = 0) -> dict:
     """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
     layers = sum(1 for m in methods if m.startswith("decode_")) - 1
+    follow_steps = [
+        (f"followed keys (follow_keys = {follow}; used where the pack's keep_keys is at least follow_min_keep, else "
+         "as 0): every stage s >= 1 also returns follow_weights [Hkv, W] (W = max_keep; prefill_exact stages: "
+         "max_clustered), the last token's softmax weights on the kept slots (prefill_exact: on the clustered rows of "
+         "the pack layout, head h's row j = flat row h * max_clustered + j), summed over the KV head's query heads; "
+         "after stage s the CPU keeps pointer_l = follow_pointer(follow_weights, the slots' flat rows, next_rows_l, "
+         "follow_keys) (squeezed_attention.lookup_numpy.follow_pointer: the next_rows of the follow_keys largest "
+         "weights, ranked best first, stable on ties; -1 for a 0 weight or an unused slot). A decode step's lookup "
+         "keeps keep_keys - follow_keys and passes follow_rows = the previous call's pointer_l (kept_rows' "
+         "follow_rows: each row not kept, once, in the next unused slot with bias 0); prompt calls pass none")
+    ] if follow else []
     return {
         "attention": "squeezed", "lookup_plan": "split", "state": "io", "kv_budget": kv_budget,
+        "follow_keys": follow, "follow_min_keep": min_keep if follow else 0,
         "shapes": shapes.to_dict(), "methods": methods, "stages": layers + 1,
         "call_sequence": [
             "attach a pack as for the in-graph plan (same per-layer context inputs <name>_<layer>)",
@@ -343,6 +380,7 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
                "past_values = cache of layer l (after writing key/value at cache_len as above), sink_kv_l, window_kv_l, "
                "clustered_keys_l / clustered_values_l as [Hkv, max_clustered, D] views of the pack's rows (every row; "
                "padding masked from counts_l) and counts_l"] if exact_tail else []),
+            *follow_steps,
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
         "state_handling": "explicit: the app keeps a [layers, kv heads, max_prompt + max_new, head dim] cache pair; "
@@ -351,7 +389,10 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
         "reset": "a new question starts at cache_len = 0; cache entries at or past cache_len are masked",
         "per_layer_inputs": "pack tensors: one per layer named <name>_<layer> (0-based); stage inputs carry no suffix",
         "pack_inputs": {"keep_keys": "round(keep_fraction * clustered keys of the pack), at most shapes.max_keep; "
-                                     "the CPU lookup's argument (not a graph input)"},
+                                     "the CPU lookup's argument (not a graph input)",
+                        **({"next_rows": "per flat clustered row, the flat row of the next context position (-1: none, "
+                                         "or padding); squeezed_attention.pack_arrays.next_rows (the CPU's, not a "
+                                         "graph input)"} if follow else {})},
     }
 
 
@@ -361,7 +402,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
                    pte_backend: str = "xnnpack", exact_tail: int | None = None,
-                   follow_keys: int = 0) -> DecoderExportResult:
+                   follow_keys: int | None = None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -415,14 +456,12 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                            f"got {exact_tail!r}")
     if exact_tail and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
         check_exact_tail(exact_tail, "squeezed", decode_selection)
-    if type(follow_keys) is not int or follow_keys < 0:
+    if follow_keys is not None and (type(follow_keys) is not int or follow_keys < 0):
         raise SqueezeError(f"--follow-keys must be a whole number of keys >= 0; got {follow_keys!r}")
     if follow_keys and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
-        split = [f for f in formats if (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
-        if split or decode_selection != "step" or prefill_tail:
-            raise SqueezeError("--follow-keys is built for the in-graph lookup plan (.pte on XNNPACK, .onnx) with "
-                               "per-step decode selection and no per-token prefill tail so far"
-                               + (f"; drop {', '.join(split)}" if split else ""))
+        if decode_selection != "step" or prefill_tail:
+            raise SqueezeError(f"--follow-keys {follow_keys} is exported with per-step decode selection and no "
+                               "per-token prefill tail (--prefill-tail 0) only; pass --follow-keys 0")
     if decode_selection == "question":
         other = [f for f in formats if f not in QUESTION_FORMATS or (lookup_plan or default_plan(f, pte_backend)) != "in-graph"]
         if other:
@@ -488,7 +527,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             name = f"{stem}_{shapes.max_context // 1024}k_{weights}{backend.suffix}" if shapes.max_context % 1024 == 0 \
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
             exact = exact_tail_for(exact_tail, att, selection, shapes.max_prompt)
-            follow = follow_keys if att == "squeezed" else 0
+            follow = follow_keys_for(follow_keys, att, selection, prefill_tail)
+            min_keep = follow_min_keep(follow) if follow_keys is None else 0
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
@@ -513,7 +553,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection, prefill_rows, prefill_tail, exact, follow), **extras}
+                                                   selection, prefill_rows, prefill_tail, exact, follow, min_keep),
+                      **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
                          f"{verify_tokens} tokens")

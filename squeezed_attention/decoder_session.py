@@ -124,20 +124,26 @@ class GenerationLoop:
         self.held = None
         self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
         self._reshape = {}          # per method: context inputs it declares in another shape (views: _shaped)
-        # follow_keys F (in-graph plan): every call returns follow_out; decode feeds the last one back as follow_rows
-        # and selects F keys fewer (SelectionSpec.follow_keys)
-        self.follow = int(contract.get("follow_keys") or 0) if self.attention == "squeezed" else 0
-        self.pointer = None
-        if self.follow:
-            from .pack_arrays import next_rows
-
-            self.context = {**context_inputs, **next_rows(pack, self.shapes)}
         if self.attention == "squeezed":
             nc = int(pack.arrays["lookup.labels"].shape[-1])
             fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
                                                    int(pack.arrays["kv.keys"].shape[-1]))
             self.keep_keys = max(1, min(int(round(fraction * nc)), self.shapes["max_keep"]))
             self.kept_fraction = self.keep_keys / nc
+        # follow_keys F: every call returns the rows its last token points the next step to (in-graph: follow_out;
+        # split: the stages' follow_weights ranked on the CPU); decode feeds them back (follow_rows) and selects F
+        # keys fewer (SelectionSpec.follow_keys). The graph's F is the artifact's; it is used where the pack's
+        # keep_keys reaches follow_min_keep (settings.default_follow_keys), else the loop follows none (follow_rows
+        # -1, keep_keys as is: the F = 0 rule in the same graph).
+        self.graph_follow = int(contract.get("follow_keys") or 0) if self.attention == "squeezed" else 0
+        self.follow = self.graph_follow if self.graph_follow and self.keep_keys >= int(
+            contract.get("follow_min_keep") or 0) else 0
+        self.pointer = None
+        self.prompting = False      # the prompt's calls (a 1-token chunk runs as decode) never follow: the host's
+        if self.graph_follow:       # prompt is its first call per layer
+            from .pack_arrays import next_rows
+
+            self.context = {**self.context, **next_rows(pack, self.shapes)}
 
     def new_cache(self):
         if self.state != "io":
@@ -159,12 +165,12 @@ class GenerationLoop:
                 "context_len": np.array([self.pack.num_tokens], dtype=np.int64)}
         feed["tokens"][:len(tokens)] = tokens
         if self.attention == "squeezed":
-            follows = self.follow and method == "decode"
+            follows = self.follow and method == "decode" and not self.prompting
             feed["keep_keys"] = np.array([self.keep_keys - (self.follow if follows else 0)], dtype=np.int64)
-            if self.follow:  # decode: the previous call's pointer; prefill: none (every method's inputs take them)
+            if self.graph_follow:  # decode: the previous call's pointer; else none (every method's inputs take them)
                 L, hkv = len(self.pack.arrays["kv.keys"]), self.pack.arrays["kv.keys"].shape[1]
                 pointer = self.pointer if follows and self.pointer is not None else \
-                    np.full((L, hkv, self.follow), -1, dtype=np.int64)
+                    np.full((L, hkv, self.graph_follow), -1, dtype=np.int64)
                 for li in range(L):
                     feed[f"follow_rows_{li}"] = pointer[li]
         if self.state == "io":
@@ -212,10 +218,17 @@ class GenerationLoop:
     def _split_step(self, method: str, tokens: list, cache_len: int, cache):
         """The split plan: graphs ``<method>_0 .. <method>_L`` with the CPU lookup (lookup_numpy.kept_rows)
         between them; each stage's new keys/values are written into the cache at cache_len. ``prefill_exact``'s
-        stages take every clustered row instead ([Hkv, max_clustered, D] views of the pack's tables): no lookup."""
-        from .lookup_numpy import kept_rows
+        stages take every clustered row instead ([Hkv, max_clustered, D] views of the pack's tables): no lookup.
+        Followed keys: decode's lookup keeps F fewer and writes the previous call's pointer rows into free slots;
+        every stage after a layer returns follow_weights, ranked here into that layer's next pointer."""
+        from .lookup_numpy import follow_pointer, kept_rows
 
         exact = method == "prefill_exact"
+        F = self.follow
+        follows = F and method == "decode" and not self.prompting
+        keep = self.keep_keys - (F if follows else 0)
+        slot_rows = [None] * cache[0].shape[0]
+        pointer = np.full((cache[0].shape[0], cache[0].shape[1], F), -1, dtype=np.int64) if F else None
         width = self.static_width(method)
         n = len(tokens)
         padded = np.zeros(width, dtype=np.int64)
@@ -237,16 +250,30 @@ class GenerationLoop:
                 hkv = cache[0].shape[1]
                 feed["clustered_keys"] = ctx[f"clustered_keys_{li}"].reshape(hkv, -1, cache[0].shape[-1])
                 feed["clustered_values"] = ctx[f"clustered_values_{li}"].reshape(hkv, -1, cache[0].shape[-1])
+                if F:
+                    width = feed["clustered_keys"].shape[1]
+                    slot_rows[li] = np.arange(hkv * width, dtype=np.int64).reshape(hkv, width)
             else:
                 t0 = time.perf_counter()
-                feed["kept_keys"], feed["kept_values"], feed["kept_bias"] = kept_rows(
-                    out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"], ctx[f"clustered_keys_{li}"],
-                    ctx[f"clustered_values_{li}"], self.keep_keys, self.shapes["max_keep"])
+                looked = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
+                                   ctx[f"clustered_keys_{li}"], ctx[f"clustered_values_{li}"], keep,
+                                   self.shapes["max_keep"],
+                                   follow_rows=(self.pointer[li] if follows and self.pointer is not None else
+                                                pointer[li]) if F else None)
+                feed["kept_keys"], feed["kept_values"], feed["kept_bias"] = looked[:3]
+                if F:
+                    slot_rows[li] = looked[3]
                 self.lookup_seconds += time.perf_counter() - t0
                 feed["centroids"], feed["value_centroids"] = ctx[f"centroids_{li}"], ctx[f"value_centroids_{li}"]
                 if stage < layers:
                     feed["next_centroids"], feed["next_counts"] = ctx[f"centroids_{stage}"], ctx[f"counts_{stage}"]
             out = self.runner.run(f"{method}_{stage}", feed)
+            if F:
+                t0 = time.perf_counter()
+                pointer[li] = follow_pointer(out["follow_weights"], slot_rows[li], ctx[f"next_rows_{li}"], F)
+                self.lookup_seconds += time.perf_counter() - t0
+        if F:
+            self.pointer = pointer
         return np.asarray(out["logits"]).reshape(-1)
 
     def prompt(self, ids: list, cache):
@@ -255,13 +282,17 @@ class GenerationLoop:
         start = exact_start(len(ids), self.exact_tail)
         chunks = prefill_chunks(start, self.prefill_rows, self.prefill_tail)
         logits = None
-        for a, b in chunks:
-            # a 1-token chunk is a decode step (its one selection is that token's), except where decode needs
-            # the prefill's held selection (question-level)
-            method = "decode" if b - a == 1 and len(chunks) > 1 and not self.question else "prefill"
-            logits = self.step(method, ids[a:b], a, cache)
-        if start < len(ids):
-            logits = self.step("prefill_exact", ids[start:], start, cache)
+        self.prompting = True
+        try:
+            for a, b in chunks:
+                # a 1-token chunk is a decode step (its one selection is that token's), except where decode needs
+                # the prefill's held selection (question-level)
+                method = "decode" if b - a == 1 and len(chunks) > 1 and not self.question else "prefill"
+                logits = self.step(method, ids[a:b], a, cache)
+            if start < len(ids):
+                logits = self.step("prefill_exact", ids[start:], start, cache)
+        finally:
+            self.prompting = False
         return logits
 
     def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:

@@ -392,7 +392,8 @@ class ExportableDecoder(nn.Module):
             starts = [0] + ends[:-1]
             context_mass = probs[..., :ends[-1]].sum(-1, keepdim=True)                  # [Hkv, G*T, 1]
             chosen = torch.cat([probs[..., starts[i]:ends[i]] for i in weigh], dim=-1) / context_mass
-            weights = torch.bmm(st["last_rows"].expand(qg.shape[0], 1, -1), chosen)[:, 0]   # [Hkv, n]
+            # a broadcast product and a sum over the rows (a bmm would copy the expanded row mask per layer)
+            weights = (chosen * st["last_rows"].transpose(1, 2)).sum(1)                 # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
         out, wide, start = None, None, 0
@@ -584,7 +585,13 @@ class DecoderStage(nn.Module):
     ``exact=True``: a stage of ``prefill_exact`` (the prompt's exact tail): layer s-1 attends over EVERY fixed-context
     row (``clustered_keys`` / ``clustered_values`` as [Hkv, max_clustered, D] views of the pack's tables, padding
     masked from ``counts``; ExportableDecoder._exact_rows), so no lookup runs between the stages and they return no
-    scores; the same graphs otherwise (no top-k or gather either)."""
+    scores; the same graphs otherwise (no top-k or gather either).
+
+    A decoder with followed keys (``decoder.follow`` F): every stage after a layer also returns ``follow_weights``
+    [Hkv, max_keep] (exact stages: [Hkv, max_clustered]), its last token's softmax weights on the kept slots (every
+    clustered row), summed over the KV head's query heads, relative to the fixed context's mass; the CPU ranks them
+    into the next step's followed rows (lookup_numpy.follow_pointer) and writes those rows into free kept slots
+    (kept_rows' ``follow_rows``): the in-graph plan's rule with no graph change but one output."""
 
     def __init__(self, decoder: ExportableDecoder, stage: int, exact: bool = False):
         super().__init__()
@@ -610,8 +617,14 @@ class DecoderStage(nn.Module):
             names += ["next_centroids", "next_counts"]
         return [n for n in ("n_tokens", "cache_len", "context_len") + STAGE_INPUTS if n in names]
 
+    @property
+    def follows(self) -> bool:
+        """A stage after a layer of a decoder with followed keys: it also returns ``follow_weights``."""
+        return bool(self.decoder.follow) and self.stage > 0
+
     def output_names(self):
-        return ["logits"] if self.last else [n for n in STAGE_OUTPUTS if not (self.exact and n == "scores")]
+        names = ["logits"] if self.last else [n for n in STAGE_OUTPUTS if not (self.exact and n == "scores")]
+        return names + (["follow_weights"] if self.follows else [])
 
     def example_inputs(self, tokens: int) -> dict:
         """Zero-filled inputs for a step of ``tokens`` tokens, in the forward's argument order."""
@@ -650,25 +663,32 @@ class DecoderStage(nn.Module):
         d, s = self.decoder, self.stage
         T = tokens.shape[0] if s == 0 else hidden.shape[0]
         st = d.step_tensors(T, n_tokens, cache_len, context_len)
+        weights = ()
         if s == 0:
             x = d.embed_tokens(tokens)
-        elif self.exact:
-            parts = d._exact_rows({"counts": counts, "sink_kv": sink_kv, "window_kv": window_kv,
-                                   "clustered_keys": clustered_keys, "clustered_values": clustered_values})
-            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st)
         else:
-            B = kept_keys.shape[1]
-            # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
-            parts = d.context_parts(sink_kv, (kept_keys, kept_values), window_kv, centroids, value_centroids,
-                                    kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
-            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st)
+            if self.exact:
+                parts = d._exact_rows({"counts": counts, "sink_kv": sink_kv, "window_kv": window_kv,
+                                       "clustered_keys": clustered_keys, "clustered_values": clustered_values})
+            else:
+                B = kept_keys.shape[1]
+                # kept_bias: [slot mask | summary mask] (0 or -inf) from the CPU; log N is added here, as in-graph
+                parts = d.context_parts(sink_kv, (kept_keys, kept_values), window_kv, centroids, value_centroids,
+                                        kept_bias[:, :B], kept_bias[:, B:] + d.log_counts(counts))
+            # followed keys: the last token's weights on the clustered rows it attended (the kept slots, the followed
+            # rows among them; or every clustered row), which the CPU ranks (lookup_numpy.follow_pointer)
+            x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st,
+                               weigh=(1,) if self.follows else None)
+            if self.follows:
+                x, w = x
+                weights = (w,)
         if self.last:
-            return d.head(x, st)
+            return (d.head(x, st),) + weights if weights else d.head(x, st)
         qg, k, v = d.layer_qkv(s, x, st)
         if self.exact:
-            return x, qg, k, v
+            return (x, qg, k, v) + weights
         scores, _, _ = d.cluster_scores(qg, next_centroids, next_counts, st["row_weights"])
-        return x, qg, k, v, scores
+        return (x, qg, k, v, scores) + weights
 
 
 def pack_as_arrays(pack):

@@ -118,7 +118,8 @@ def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: Selection
     return indices, valid, scored
 
 
-def kept_rows(scores, counts, cluster_start, clustered_keys, clustered_values, keep_keys: int, max_keep: int):
+def kept_rows(scores, counts, cluster_start, clustered_keys, clustered_values, keep_keys: int, max_keep: int,
+              follow_rows=None):
     """The split plan's CPU lookup for one layer of an exported decoder: what its in-graph plan computes after
     the cluster scores (ExportableDecoder._squeezed_rows), in numpy, for every KV head at once.
 
@@ -127,10 +128,36 @@ def kept_rows(scores, counts, cluster_start, clustered_keys, clustered_values, k
     context inputs clustered_keys_l / clustered_values_l, pack_arrays.decoder_context_inputs; [Hkv, Nc, D] views
     of them are taken too).
     Clusters are ranked best first (stable on ties) and filled key by key into ``max_keep`` slots until
-    min(keep_keys, keys) are taken. Returns ``kept_keys``, ``kept_values`` [Hkv, max_keep, D] float32 (unused
-    slots: row 0, masked)
-    and ``kept_bias`` [Hkv, max_keep + K] float32: 0 / -inf per slot (used / unused), then 0 / -inf per cluster
-    (summarised: none of its keys kept, / not); the stage graph adds log N to the second part."""
+    min(keep_keys, keys) are taken. ``follow_rows`` [Hkv, F] (a decoder with followed keys: flat rows the previous
+    call pointed to, -1 none; follow_pointer): each row the selection did not keep, once, takes the next unused slot
+    (keep_keys must leave F slots: the loop passes keep_keys - F). Returns ``kept_keys``, ``kept_values`` [Hkv,
+    max_keep, D] float32 (unused slots: row 0, masked), ``kept_bias`` [Hkv, max_keep + K] float32: 0 / -inf per
+    slot (used / unused), then 0 / -inf per cluster (summarised: none of its keys kept by the selection, / not);
+    the stage graph adds log N to the second part. With ``follow_rows`` a fourth value: the slots' flat rows [Hkv,
+    max_keep] (-1 unused), what follow_pointer maps the stage's follow_weights through."""
+    Hkv = scores.shape[0]
+    if clustered_keys.shape != clustered_values.shape or (clustered_keys.ndim == 2 and clustered_keys.shape[0] % Hkv):
+        raise SqueezeError(f"clustered_keys {tuple(clustered_keys.shape)} / clustered_values "
+                           f"{tuple(clustered_values.shape)} must both be [Hkv * Nc, D] with rows for the scores' "
+                           f"{Hkv} KV heads")
+    nc = clustered_keys.shape[1] if clustered_keys.ndim == 3 else clustered_keys.shape[0] // Hkv
+    rows, summary = kept_slots(scores, counts, cluster_start, keep_keys, max_keep, nc)
+    if follow_rows is not None:
+        rows = with_followed(rows, follow_rows)
+    # one row copy per kept key out of the [Hkv * Nc, D] tables (np.take on axis 0; take_along_axis over the row
+    # axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
+    D = clustered_keys.shape[-1]
+    at = np.maximum(rows, 0).ravel()
+    kept = [np.take(t.reshape(-1, D), at, axis=0).astype(np.float32, copy=False).reshape(Hkv, max_keep, D)
+            for t in (clustered_keys, clustered_values)]
+    bias = np.concatenate([np.where(rows >= 0, 0.0, -np.inf), summary], axis=-1).astype(np.float32)
+    return (kept[0], kept[1], bias) + ((rows,) if follow_rows is not None else ())
+
+
+def kept_slots(scores, counts, cluster_start, keep_keys: int, max_keep: int, rows_per_head: int):
+    """kept_rows' selection without the gather: (the slots' flat rows of the clustered tables [Hkv, max_keep] int64,
+    head h's rows offset by h * ``rows_per_head``, -1 for an unused slot; the summary bias [Hkv, K] float32, 0 / -inf
+    per cluster: summarised / kept)."""
     counts = np.asarray(counts, dtype=np.int64)
     Hkv, K = scores.shape
     heads = np.arange(Hkv)[:, None]
@@ -145,21 +172,42 @@ def kept_rows(scores, counts, cluster_start, clustered_keys, clustered_values, k
     which -= 1 + heads * K
     slot_ok = slots < np.minimum(keep_keys, counts.sum(-1))[:, None]
     rows = np.asarray(cluster_start, dtype=np.int64)[heads, rank[heads, which]] + slots - out_start[heads, which]
-    # one row copy per kept key out of the [Hkv * Nc, D] tables (np.take on axis 0; take_along_axis over the row
-    # axis builds an index per element and was 10x slower); unused slots read row 0 and are masked
-    if clustered_keys.shape != clustered_values.shape or (clustered_keys.ndim == 2 and clustered_keys.shape[0] % Hkv):
-        raise SqueezeError(f"clustered_keys {tuple(clustered_keys.shape)} / clustered_values "
-                           f"{tuple(clustered_values.shape)} must both be [Hkv * Nc, D] with rows for the scores' {Hkv} "
-                           "KV heads")
-    nc = clustered_keys.shape[1] if clustered_keys.ndim == 3 else clustered_keys.shape[0] // Hkv
-    D = clustered_keys.shape[-1]
-    at = (np.where(slot_ok, rows, 0) + heads * nc).ravel()
-    kept = [np.take(t.reshape(Hkv * nc, D), at, axis=0).astype(np.float32, copy=False).reshape(Hkv, max_keep, D)
-            for t in (clustered_keys, clustered_values)]
     last_used = np.where(slot_ok, which, -1).max(-1, keepdims=True)               # [Hkv, 1]
     position = np.empty_like(rank)
     position[heads, rank] = np.arange(K)
-    bias = np.empty((Hkv, max_keep + K), np.float32)
-    bias[:, :max_keep] = np.where(slot_ok, 0.0, -np.inf)
-    bias[:, max_keep:] = np.where(position > last_used, 0.0, -np.inf)
-    return kept[0], kept[1], bias
+    return np.where(slot_ok, rows + heads * rows_per_head, -1), np.where(position > last_used, 0.0, -np.inf).astype(np.float32)
+
+
+def with_followed(slot_rows, follow_rows):
+    """The kept slots ``slot_rows`` [Hkv, B] (-1: unused; the used ones first) with the followed rows ``follow_rows``
+    [Hkv, F] (-1: none) the selection did not keep, each once and in order, written into the first unused slots (as
+    ExportableDecoder._squeezed_rows attends them after the kept rows). The selection must leave F unused slots."""
+    rows = np.array(slot_rows, dtype=np.int64)
+    follow = np.asarray(follow_rows, dtype=np.int64)
+    for h in range(len(rows)):
+        used = int((rows[h] >= 0).sum())
+        taken = set(rows[h, :used].tolist())
+        for r in follow[h].tolist():
+            if r >= 0 and r not in taken:
+                if used >= rows.shape[1]:
+                    raise SqueezeError(f"no slot left for a followed row: {rows.shape[1]} slots, the selection "
+                                       f"used {int((slot_rows[h] >= 0).sum())}; pass keep_keys - follow_keys")
+                rows[h, used] = r
+                taken.add(r)
+                used += 1
+    return rows
+
+
+def follow_pointer(weights, slot_rows, next_rows, follow: int):
+    """Where the next decode step follows (ExportableDecoder._pointer, SqueezedContext._point): of the clustered
+    rows a stage's last token attended, ``slot_rows`` [Hkv, n] (flat rows, -1 unused) with ``weights`` [Hkv, n]
+    (the stage's follow_weights: softmax weights summed over the KV head's query heads), the rows after the
+    ``follow`` largest (``next_rows``, pack_arrays.next_rows) ranked best first, stable on ties; -1 where the weight
+    is 0 (a masked slot) or no row follows. Returns [Hkv, follow] int64."""
+    weights = np.asarray(weights, dtype=np.float32)
+    rows = np.asarray(slot_rows, dtype=np.int64)
+    order = np.argsort(-weights, axis=-1, kind="stable")[:, :follow]
+    top = np.take_along_axis(weights, order, -1)
+    picked = np.take_along_axis(rows, order, -1)
+    ok = (top > 0) & (picked >= 0)
+    return np.where(ok, np.asarray(next_rows, dtype=np.int64)[np.maximum(picked, 0)], -1)

@@ -210,7 +210,7 @@ def test_golden_files_match_the_python_pipeline():
     for name in ("manifest.json", "labels.txt", "logits.json"):
         assert (golden / name).is_file(), name
     total = sum(p.stat().st_size for p in golden.iterdir())
-    assert total < 2_000_000, f"golden files take {total} bytes"
+    assert total < 2_100_000, f"golden files take {total} bytes"   # 2.0 MB with the followed keys' runs
 
 
 def test_qa_golden_files_match_the_python_pipeline():

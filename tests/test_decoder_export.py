@@ -89,7 +89,12 @@ def test_every_artifact_is_verified_and_documented(exported):
             by_op = a["delegation"]["decode"]["by_operator"]
             portable = lambda op: by_op.get(op, {}).get("portable", 0)  # noqa: E731
             assert portable("aten_index_put_default") == 2 * layers
-            assert portable("aten_where_self") <= 3 and portable("aten_expand_copy_default") <= 2
+            # (+ one per layer where the followed keys' pointer marks rows with no weight: -1)
+            follows = layers if a["decoder"].get("follow_keys") else 0
+            assert portable("aten_where_self") <= 3 + follows and portable("aten_expand_copy_default") <= 2
+        # followed keys: the host's default rule (4, where a pack keeps at least 32 keys) in every squeezed artifact
+        assert (a["decoder"]["follow_keys"], a["decoder"]["follow_min_keep"]) == ((4, 32) if att == "squeezed" else
+                                                                                  (None, None))
     assert manifest["tokenizer"]["file"] == "tokenizer.json" and (out / "tokenizer.json").is_file()
     assert manifest["tokenizer"]["chat"]["suffix"].startswith("<|im_end|>")
 
@@ -587,7 +592,10 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
         for name in ("clustered_keys_0", "clustered_values_0"):
             hkv, nc, dim = exact_inputs[name]
             assert flat[name] == [hkv * nc, dim]
-        assert not [op for op in art["delegation"]["prefill_exact"]["portable_ops"] if "topk" in op], art["delegation"]
+        # no lookup; the one top-k per layer is the followed keys' pointer (the default 4) over every clustered row
+        by_op = art["delegation"]["prefill_exact"]["by_operator"]
+        assert contract["follow_keys"] == 4
+        assert {op: n["portable"] for op, n in by_op.items() if "topk" in op} == {"aten_topk_default": 2}, by_op
     else:
         # one file: both graphs are fed the same inputs, in the same shapes, plus the branch each method fixes
         fixed = {m: [i for i in contract["methods"][m]["inputs"] if i["name"] == "branch"]
@@ -692,15 +700,16 @@ def test_export_into_a_directory_of_an_older_decoder_schema_is_refused(tiny, tmp
 def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
     """--follow-keys F: every method returns follow_out (the rows after the F clustered rows its last token weighed
     most), decode takes it back as follow_rows and selects F keys fewer; the artifact passes verification against
-    the PyTorch decoder with the same F (SqueezedContext's rule) and the torch-free loop answers like it; the split
-    plan refuses it in one line before anything is written."""
+    the PyTorch decoder with the same F (SqueezedContext's rule) and the torch-free loop answers like it; with
+    question-level selection it is refused in one line before anything is written."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
 
     d, gguf = tiny
     (d / "doc.txt").write_text(TINY_TEXT)
-    with pytest.raises(SqueezeError, match="--follow-keys is built for the in-graph lookup plan"):
-        export_decoder(tmp_path / "no", formats=("tflite",), model_path=gguf, follow_keys=2, **SHAPES)
+    with pytest.raises(SqueezeError, match="--follow-keys 2 is exported with per-step decode selection"):
+        export_decoder(tmp_path / "no", formats=(fmt,), model_path=gguf, follow_keys=2, decode_selection="question",
+                       **SHAPES)
     assert not (tmp_path / "no").exists()
     out = tmp_path / "follow"
     result = export_decoder(out, formats=fmt, model_path=gguf, attention="squeezed", kv_budget=0.3, exact_tail=4,
@@ -708,7 +717,7 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
     assert result.ok, result.manifest["failures"]
     (art,) = result.manifest["artifacts"]
     contract = art["decoder"]
-    assert contract["follow_keys"] == 2
+    assert contract["follow_keys"] == 2 and contract["follow_min_keep"] == 0   # given: every pack follows
     for method in ("prefill", "decode", "prefill_exact"):
         outputs = contract["methods"][method]["outputs"]
         assert any((o["name"] if isinstance(o, dict) else o) == "follow_out" for o in outputs), outputs

@@ -56,8 +56,9 @@ def tiny(tmp_path_factory):
 def exported(tiny):
     d, gguf, *_ = tiny
     out = d / "artifacts"
+    # followed keys given (2): they apply to every pack, this tiny one included (the default's 4 needs 32 kept keys)
     result = export_decoder(out, formats=("tflite", "pte"), model_path=gguf, attention="squeezed", lookup_plan="split",
-                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, **SHAPES)
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, follow_keys=2, **SHAPES)
     return out, result
 
 
@@ -163,10 +164,14 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
         assert exact_in["clustered_keys"]["shape"][0] == 2 and len(exact_in["clustered_keys"]["shape"]) == 3
         assert not {"kept_keys", "kept_bias", "centroids", "next_centroids"} & set(exact_in)
         assert c["methods"]["prefill_exact_0"]["outputs"] == ["hidden", "query", "key", "value"]
+        # followed keys: every stage after a layer returns its last token's weights on the rows it attended
+        assert c["follow_keys"] == 2 and c["follow_min_keep"] == 0
+        assert c["methods"]["prefill_exact_1"]["outputs"] == ["hidden", "query", "key", "value", "follow_weights"]
+        assert c["methods"]["decode_1"]["outputs"] == ["hidden", "query", "key", "value", "scores", "follow_weights"]
         assert c["methods"]["prefill_exact_0"]["inputs"][3]["shape"] == [32]
         assert [i["name"] for i in c["methods"]["decode_1"]["inputs"]][:4] == ["n_tokens", "cache_len", "context_len",
                                                                               "hidden"]
-        assert c["methods"]["decode_2"]["outputs"] == ["logits"]
+        assert c["methods"]["decode_2"]["outputs"] == ["logits", "follow_weights"]
         v = a["verification"]
         assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] == 3 and v["psnr_db"] >= 60, v
     # the LiteRT GPU delegate takes every stage graph: no TOPK_V2 / GATHER left in them (TensorFlow's analyzer)
@@ -179,8 +184,9 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
 
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
 def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
-    """Tokens == the host decoder's with the same exact prompt tail: the artifact's (32 tokens: the whole question
-    runs through prefill_exact_<s>), a 4-token tail after a selecting prefill, and none."""
+    """Tokens == the host decoder's with the same exact prompt tail and followed keys: the artifact's tail (32
+    tokens: the whole question runs through prefill_exact_<s>), a 4-token tail after a selecting prefill, and none;
+    decode steps keep F keys fewer and write the previous step's pointer rows into free slots."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
 
@@ -191,12 +197,18 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
         session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail)
         session.attach(d / "tiny.pack")
         run = session.runner.run
-        session.runner.run = lambda method, feed: calls.append(method) or run(method, feed)
+        used = []   # kept slots in use per decode step of layer 0 (selection: keep_keys - 2, then fresh followed rows)
+        session.runner.run = lambda method, feed: (calls.append(method), method == "decode_1" and used.append(
+            int(np.isfinite(feed["kept_bias"][:, :feed["kept_keys"].shape[1]]).sum(-1).max())), run(method, feed))[2]
         got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+        assert session.loop.follow == 2
+        keep = session.loop.keep_keys
+        assert used and max(used) <= keep and any(u > keep - 2 for u in used), (used, keep)
         ref = Generator(model, ck.tokenizer, pack).generate(
             "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
                                       prefill_rows=session.loop.prefill_rows, prefill_tail=session.loop.prefill_tail,
-                                      exact_tail=session.loop.exact_tail), max_new_tokens=10, stop_at_eos=False)
+                                      exact_tail=session.loop.exact_tail, follow_keys=2), max_new_tokens=10,
+            stop_at_eos=False)
         session.close()
         assert got.token_ids == ref.token_ids, tail
         assert got.lookup.startswith("split")

@@ -374,6 +374,10 @@ QA_MAX_NEW = 12
 # the exact tail of the generation golden's extra squeezed run: shorter than the question, so a selecting prefill
 # runs before the prefill_exact call
 QA_SHORT_TAIL = 4
+# followed keys of the squeezed goldens (in-graph runs, the split run, the tiny .onnx): given explicitly, so they apply
+# to the tiny pack (follow_min_keep 0; the export's default 4 waits for 32 kept keys, which this pack does not keep).
+# One in-graph run also gates them off (follow_min_keep above keep_keys): the loop then feeds -1 and keep_keys as is.
+QA_FOLLOW = 2
 
 
 def _le(a) -> bytes:
@@ -515,25 +519,33 @@ def qa_goldens() -> dict[str, bytes]:
             # dynamic; squeezed: the exact prompt tail, prefill_exact, is the file's second graph, every method
             # feeds the merged graph's inputs and fixes `branch`: export/backends/onnx_backend.export_program)
             exact = exact_tail_for(None, attention, "step", QA_SHAPES["max_prompt"])
+            follow = QA_FOLLOW if attention == "squeezed" else 0
             program, _ = decoder_program(model, decoder_shapes(model.config, **QA_SHAPES), attention, "onnx",
-                                         exact_tail=exact)
+                                         exact_tail=exact, follow=follow)
             groups = program.graphs()
             methods = branch_signatures(groups) if len(groups) > 1 else \
                 {m.name: {"graph": "main", **m.signature(dynamic=True)} for m in program.methods}
             contract = {"shapes": shapes, "attention": attention, "state": "io",
                         "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None,
-                        "exact_tail": exact if attention == "squeezed" else None, "methods": methods}
+                        "exact_tail": exact if attention == "squeezed" else None, "methods": methods,
+                        "follow_keys": follow if attention == "squeezed" else None,
+                        "follow_min_keep": 0 if attention == "squeezed" else None}
             context = decoder_context_inputs(arrays, shapes, attention)
             modules = {m.name: m.module for m in program.methods}
             # the squeezed artifact's exact tail (32) covers the whole question: a run with a shorter tail (the
             # loop's exact_tail argument) also has a selecting prefill (branch 0) before its prefill_exact (branch 1)
-            kinds = [("greedy", None, [], None), ("forced", forced, stop_ids, None)]
+            kinds = [("greedy", None, [], None, None), ("forced", forced, stop_ids, None, None)]
             if exact:
-                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL))
+                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL, None))
+            if follow:  # the followed keys gated off: this pack keeps fewer keys than follow_min_keep
+                kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6))
             first = len(runs)
-            for kind, force, stops, tail in kinds:
+            for kind, force, stops, tail, gate in kinds:
                 recorder = _RecordingRunner(EagerRunner(modules), methods)
-                loop = GenerationLoop(recorder, contract, arrays, context, exact_tail=tail)
+                loop = GenerationLoop(recorder, contract if gate is None else {**contract, "follow_min_keep": gate},
+                                      arrays, context, exact_tail=tail)
+                if follow:
+                    assert loop.follow == (0 if gate else follow), (kind, loop.follow)
                 tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
                 calls = []
                 for c in recorder.calls:
@@ -543,12 +555,15 @@ def qa_goldens() -> dict[str, bytes]:
                         outs[k] = {"shape": list(v.shape), "offset": offset, "count": int(v.size)}
                         offset += int(v.size)
                     # the context inputs are the same in every call: their hashes are kept once, below
-                    inputs = {k: v for k, v in c["inputs"].items() if k not in context}
+                    inputs = {k: v for k, v in c["inputs"].items() if k not in loop.context}
                     calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
                 runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
                              "exact_tail": loop.exact_tail, "tokens": tokens, "keep_keys": loop.keep_keys,
-                             "calls": calls, "text": ck.tokenizer.decode(tokens)})
-            inputs = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": _sha(v)} for k, v in context.items()}
+                             "follow_keys": follow, "follow_min_keep": gate or 0, "calls": calls,
+                             "text": ck.tokenizer.decode(tokens)})
+            # the pack's inputs (with followed keys: next_rows_<layer> too, pack_arrays.next_rows)
+            inputs = {k: {"dtype": str(v.dtype), "shape": list(v.shape), "sha256": _sha(v)}
+                      for k, v in loop.context.items()}
             for run in runs[first:]:
                 run["context_inputs"] = inputs
         out["qa_outputs_f32le.bin.gz"] = _gz(b"".join(blobs))
@@ -562,7 +577,8 @@ def qa_goldens() -> dict[str, bytes]:
         # the split lookup plan's CPU lookup: random tables around its edges, then the real lookups of the tiny
         # model's split stages (the selecting prefill and one decode step, both layers; the exact tail's stages
         # run no lookup)
-        squeezed = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), "squeezed", state="io").eval()
+        squeezed = ExportableDecoder(model, decoder_shapes(model.config, **QA_SHAPES), "squeezed", state="io",
+                                     follow=QA_FOLLOW).eval()
         split_run: dict = {}
         real = _split_lookups(squeezed, arrays, shapes, decoder_context_inputs(arrays, shapes, "squeezed"), prompt_ids,
                               record=split_run)
@@ -638,6 +654,47 @@ def _kept_rows_random_cases(rng) -> list:
     scores = (rng.integers(0, 5, (H, K)) / 4).astype(np.float32)
     table = _kept_rows_table(rng, H, nc, width)
     cases += [(f"permuted layout, keep {k}", scores, counts, start, *table, k, 24) for k in (11, 24)]
+    return cases + _followed_cases(rng, cases)
+
+
+def _followed_cases(rng, cases: list) -> list:
+    """kept_rows with ``follow_rows`` (a decode step of a decoder with followed keys: keep_keys - F selected, then the
+    previous call's pointer rows the selection did not keep, each once, in the next free slots): per table, rows the
+    selection keeps, a row twice, -1, rows of another cluster; F = 3 slots left free."""
+    picked = {}
+    for case in cases:
+        table = case[0].split(", keep")[0]
+        if table in ("ties-padding", "permuted layout", "empty head", "short-pack") and table not in picked:
+            picked[table] = case
+    out = []
+    for name, scores, counts, start, keys, values, keep, max_keep in picked.values():
+        H, nc = scores.shape[0], keys.shape[1]
+        keep = max(1, min(keep, max_keep - 3))
+        from squeezed_attention.lookup_numpy import kept_slots
+
+        rows, _ = kept_slots(scores, counts, start, keep, max_keep, nc)
+        follow = rng.integers(0, nc, (H, 3)) + np.arange(H)[:, None] * nc          # flat rows of each head
+        follow[0, 0] = -1
+        if (rows[0] >= 0).any():
+            follow[0, 1] = rows[0][rows[0] >= 0][-1]                                 # one the selection kept
+        follow[-1, 2] = follow[-1, 1]                                                # a row twice
+        out.append((f"{name}, keep {keep}, 3 followed", scores, counts, start, keys, values, keep, max_keep, follow))
+    return out
+
+
+def _pointer_cases(rng) -> list:
+    """follow_pointer cases: (name, weights [H, n], slot_rows [H, n], next_rows [H * width], follow). Weights with
+    ties (stable: the earlier slot first), zeros (masked slots: -1), unused slots (-1 rows), rows with no next row."""
+    cases = []
+    for name, H, n, width, follow in (("ties", 3, 12, 20, 3), ("few weights", 2, 8, 10, 4), ("one", 1, 5, 5, 1)):
+        weights = (rng.integers(0, 4, (H, n)) / 8).astype(np.float32)
+        rows = np.stack([rng.permutation(width)[:n] + h * width for h in range(H)])
+        rows[:, -2:] = -1
+        weights[:, -2:] = 0.0
+        if name == "few weights":
+            weights[0, 1:] = 0.0                                                     # fewer non-zero than follow
+        nxt = np.where(rng.random(H * width) < 0.8, rng.integers(0, H * width, H * width), -1)
+        cases.append((name, weights, rows, nxt, follow))
     return cases
 
 
@@ -669,30 +726,49 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
 
     # an exact tail shorter than the question: prefill_<s> (selecting) for the tokens before it, then prefill_exact_<s>
     contract = {"shapes": shapes, "attention": "squeezed", "state": "io", "kv_budget": QA_SHAPES["kv_budget"],
-                "lookup_plan": "split", "exact_tail": SPLIT_EXACT_TAIL}
+                "lookup_plan": "split", "exact_tail": SPLIT_EXACT_TAIL, "follow_keys": module.follow,
+                "follow_min_keep": 0}
     loop = GenerationLoop(Stages(), contract, arrays, context)
-    tokens, _ = loop.greedy(prompt_ids, 2)
+    pointers = []   # the pointer each decode step was fed (followed keys: the previous call's, per layer)
+    step = loop._split_step
+
+    def remember(method, tokens, cache_len, cache):
+        pointers.append(None if loop.pointer is None or method != "decode" or loop.prompting else loop.pointer.copy())
+        return step(method, tokens, cache_len, cache)
+
+    loop._split_step = remember
+    tokens, _ = loop.greedy(prompt_ids, SPLIT_MAX_NEW)
     if record is not None:
         record.update(calls=calls, declared=declared, fed=fed, tokens=tokens, keep_keys=loop.keep_keys, contract=contract)
     cases = []
+    steps = iter(pointers)
+    pointer = None
     for (_, _, before), (method, feed, _) in zip(calls, calls[1:]):
         step, stage = method.rsplit("_", 1)
+        if stage == "1":
+            pointer = next(steps)
         if stage == "0" or step == "prefill_exact":
             continue
         layer = int(stage) - 1
+        follows = module.follow and step == "decode" and pointer is not None
         args = (before["scores"], context[f"counts_{layer}"], context[f"cluster_start_{layer}"],
-                context[f"clustered_keys_{layer}"], context[f"clustered_values_{layer}"], loop.keep_keys,
-                shapes["max_keep"])
-        kept_keys, kept_values, bias = kept_rows(*args)
+                context[f"clustered_keys_{layer}"], context[f"clustered_values_{layer}"],
+                loop.keep_keys - (module.follow if follows else 0), shapes["max_keep"])
+        follow_rows = (pointer[layer] if follows else np.full((len(before["scores"]), module.follow), -1)) \
+            if module.follow else None
+        kept_keys, kept_values, bias = kept_rows(*args, follow_rows=follow_rows)[:3]
         assert (np.array_equal(kept_keys, feed["kept_keys"]) and np.array_equal(kept_values, feed["kept_values"])
                 and np.array_equal(bias, feed["kept_bias"]))  # what was fed
-        cases.append((f"tiny model, {step}, layer {layer}",) + args)
-    assert len(cases) == 2 * module.config.num_layers, [c[0] for c in cases]
+        cases.append((f"tiny model, {step}, layer {layer}",) + args + (follow_rows,))
+    decodes = SPLIT_MAX_NEW - 1
+    assert len(cases) == (1 + decodes) * module.config.num_layers, [c[0] for c in cases]
     return cases
 
 
 # the split run's exact prompt tail (tokens): shorter than the question, so both prefills run
 SPLIT_EXACT_TAIL = 4
+# its new tokens: two decode steps, the first following the prefill_exact stages' pointer, the second a decode's
+SPLIT_MAX_NEW = 3
 
 # stage outputs the app's loop only hands on to the next stage: the golden keeps their hashes, not their values
 SPLIT_FORWARDED = ("hidden", "query")
@@ -717,7 +793,7 @@ def split_generation_goldens(run: dict, prompt_ids: list) -> dict[str, bytes]:
                 offset += int(value.size)
             outs[name] = entry
         calls.append({"method": method, "declared": list(declared), "inputs": fed, "outputs": outs})
-    meta = {"prompt_ids": list(prompt_ids), "max_new_tokens": 2, "tokens": list(run["tokens"]),
+    meta = {"prompt_ids": list(prompt_ids), "max_new_tokens": SPLIT_MAX_NEW, "tokens": list(run["tokens"]),
             "keep_keys": run["keep_keys"], "contract": run["contract"], "forwarded": list(SPLIT_FORWARDED), "calls": calls}
     return {"qa_split_generation.json.gz": _gz(json.dumps(meta).encode()),
             "qa_split_outputs_f32le.bin.gz": _gz(b"".join(blobs))}
@@ -740,10 +816,15 @@ def kept_rows_goldens(real: list) -> dict[str, bytes]:
             offset += len(data) // 4
         return {"offset": at[data], "count": len(data) // 4}
 
+    from squeezed_attention.lookup_numpy import follow_pointer
+
     cases = []
-    random = _kept_rows_random_cases(np.random.default_rng(KEPT_ROWS_SEED))
-    for name, scores, counts, start, keys, values, keep, max_keep in random + real:
-        kept_keys, kept_values, bias = kept_rows(scores, counts, start, keys, values, keep, max_keep)
+    rng = np.random.default_rng(KEPT_ROWS_SEED)
+    random = _kept_rows_random_cases(rng)
+    for name, scores, counts, start, keys, values, keep, max_keep, *follow in random + real:
+        follow = follow[0] if follow else None
+        kept_keys, kept_values, bias, *slots = kept_rows(scores, counts, start, keys, values, keep, max_keep,
+                                                         follow_rows=follow)
         H, K = scores.shape
         # the tiny model's tables are the pack's context inputs, flat [Hkv * Nc, D]; the random ones [Hkv, Nc, D]
         nc = keys.shape[1] if keys.ndim == 3 else keys.shape[0] // H
@@ -751,8 +832,14 @@ def kept_rows_goldens(real: list) -> dict[str, bytes]:
                       "head_dim": keys.shape[-1], "keep_keys": int(keep), "max_keep": int(max_keep),
                       "counts": np.asarray(counts).ravel().tolist(), "cluster_start": np.asarray(start).ravel().tolist(),
                       "scores": put(scores), "clustered_keys": put(keys), "clustered_values": put(values),
-                      "kept_keys": put(kept_keys), "kept_values": put(kept_values), "kept_bias": put(bias)})
+                      "kept_keys": put(kept_keys), "kept_values": put(kept_values), "kept_bias": put(bias),
+                      **({"follow_rows": np.asarray(follow).ravel().tolist(), "slot_rows": slots[0].ravel().tolist()}
+                         if follow is not None else {})})
+    pointers = [{"name": name, "kv_heads": w.shape[0], "slots": w.shape[1], "follow": f, "weights": w.ravel().tolist(),
+                 "slot_rows": r.ravel().tolist(), "next_rows": nxt.tolist(),
+                 "pointer": follow_pointer(w, r, nxt, f).ravel().tolist()} for name, w, r, nxt, f in _pointer_cases(rng)]
     meta = {"function": "squeezed_attention.lookup_numpy.kept_rows", "real_cases": len(real), "cases": cases,
+            "pointer_function": "squeezed_attention.lookup_numpy.follow_pointer", "pointer_cases": pointers,
             "files": {"qa_kept_rows_f32le.bin.gz": "float32 little-endian blobs; each case's scores [Hkv, K], "
                       "clustered_keys / clustered_values [Hkv * Nc, D] (head by head, Nc = clustered_rows, D = head_dim), "
                       "kept_keys / kept_values [Hkv, max_keep, D], kept_bias [Hkv, max_keep + K] at offset (in floats)"}}
@@ -806,6 +893,7 @@ def decoder_onnx_current() -> bool:
         exact = exact_tail_for(None, "squeezed", "step", QA_SHAPES["max_prompt"])
         return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256() \
             and manifest.get("schema") == SCHEMA and (artifact["decoder"].get("exact_tail") or 0) == exact \
+            and artifact["decoder"].get("follow_keys") == QA_FOLLOW \
             and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]
     except (OSError, ValueError, KeyError, AttributeError, TypeError, StopIteration):
         return False
@@ -842,7 +930,7 @@ def write_decoder_onnx() -> Path:
         out = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.partial-{os.getpid()}")
         shutil.rmtree(out, ignore_errors=True)
         result = export_decoder(out, formats=("onnx",), model_path=gguf, attention="squeezed",
-                                kv_budget=QA_SHAPES["kv_budget"], verify=False, **shapes)
+                                kv_budget=QA_SHAPES["kv_budget"], verify=False, follow_keys=QA_FOLLOW, **shapes)
         if result.failures:
             raise SystemExit(f"decoder export failed: {result.failures}")
     try:
@@ -861,6 +949,8 @@ def write_decoder_onnx() -> Path:
         short_tokens, short_logits = session.loop.greedy(ids, QA_MAX_NEW)
         short_calls, log.calls = log.calls, []
         session.loop.exact_tail = full_tail
+        if session.loop.follow != QA_FOLLOW:
+            raise SystemExit(f"the tiny decoder should follow {QA_FOLLOW} keys; the loop follows {session.loop.follow}")
         if not greedy_calls or not greedy_calls[0].startswith("prefill_exact"):
             raise SystemExit(f"the tiny decoder's question should run as one prefill_exact call; calls: {greedy_calls}")
         answer = session.generate(QA_PROMPT, max_new_tokens=QA_MAX_NEW, stop_at_eos=False)
@@ -871,7 +961,7 @@ def write_decoder_onnx() -> Path:
                "prompt": QA_PROMPT,
                "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
                "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
-               "exact_tail": session.loop.exact_tail,
+               "exact_tail": session.loop.exact_tail, "follow_keys": session.loop.follow,
                "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls,
                           "logits": [np.asarray(x, np.float32).tolist() for x in greedy_logits]},
                "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens, "calls": forced_calls,

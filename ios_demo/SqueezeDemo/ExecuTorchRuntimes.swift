@@ -70,8 +70,14 @@ final class ExecuTorchDecoderRuntime: DecoderRuntime {
         }
         var named: [String: DecoderTensor] = [:]
         for (name, value) in zip(declared.outputs, outputs) {
-            guard let tensor: Tensor<Float> = value.tensor() else { throw AppError("\(method): output \(name) is not float32") }
-            named[name] = .float32(try Float32Tensor(tensor.scalars(), shape: tensor.shape))
+            // float32 (logits, new keys/values, stage outputs) or int64 (follow_out: the followed keys' rows)
+            if let tensor: Tensor<Float> = value.tensor() {
+                named[name] = .float32(try Float32Tensor(tensor.scalars(), shape: tensor.shape))
+            } else if let tensor: Tensor<Int64> = value.tensor() {
+                named[name] = .int64(try Int64Tensor(tensor.scalars(), shape: tensor.shape))
+            } else {
+                throw AppError("\(method): output \(name) is neither float32 nor int64")
+            }
         }
         return named
     }

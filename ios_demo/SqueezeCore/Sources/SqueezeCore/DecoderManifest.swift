@@ -48,7 +48,8 @@ public struct DecoderShapes: Equatable {
 /// the static shape every method declares for each of its inputs (a method may take a context input in another
 /// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
 /// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
-/// prefill/decode, 1 for prefill_exact, the file's second graph; the loop feeds exactly that tensor; fixedInputs).
+/// prefill/decode, 1 for prefill_exact, the file's second graph; the loop feeds exactly that tensor; fixedInputs), and
+/// the followed keys (follow_keys, follow_min_keep; absent or null in older manifests and for full attention: 0).
 public struct DecoderContract: Equatable {
     public static let step = "step"
     public static let question = "question"
@@ -78,16 +79,27 @@ public struct DecoderContract: Equatable {
     /// method -> input name -> the tensor the method fixes for it (its manifest entry's "value": the .onnx file's graph
     /// selector `branch`), fed by every call of the method whatever the pack or cache holds
     public let fixedInputs: [String: [String: DecoderTensor]]
+    /// Followed keys F of the graph (export --follow-keys; squeezed attention, both plans): every call points to the
+    /// clustered rows after the F its last token weighed most (in-graph: output follow_out; split: each stage's
+    /// follow_weights, ranked on the CPU), and a decode step attends them besides keep_keys - F selected ones
+    /// (in-graph: input follow_rows_<layer>). 0 = none.
+    public let followKeys: Int
+    /// The fewest kept keys (the pack's keep_keys) at which the loop follows the graph's F keys; below it the loop
+    /// follows none in the same graph (follow_rows -1, keep_keys as is): the host gates its default F the same way.
+    public let followMinKeep: Int
 
     public init(attention: String, state: String, kvBudget: Double?, shapes: DecoderShapes,
                 lookupPlan: String = DecoderContract.inGraph,
                 decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
                 tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
-                inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:]) throws {
+                inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:],
+                followKeys: Int = 0, followMinKeep: Int = 0) throws {
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
         if exactTail < 0 { throw DecoderError("decoder.exact_tail: expected a whole number of tokens >= 0, found \(exactTail)") }
+        if followKeys < 0 { throw DecoderError("decoder.follow_keys: expected an integer >= 0, found \(followKeys)") }
+        if followMinKeep < 0 { throw DecoderError("decoder.follow_min_keep: expected an integer >= 0, found \(followMinKeep)") }
         if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
         if state != "io" && state != "buffer" { throw DecoderError("decoder.state: expected io or buffer, found \(state)") }
         if attention == "squeezed" && kvBudget == nil { throw DecoderError("decoder.kv_budget: missing for squeezed attention") }
@@ -116,13 +128,26 @@ public struct DecoderContract: Equatable {
         self.exactTail = exactTail
         self.inputShapes = inputShapes
         self.fixedInputs = fixedInputs
+        self.followKeys = followKeys
+        self.followMinKeep = followMinKeep
     }
 
     /// This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)).
     public func withExactTail(_ exactTail: Int) throws -> DecoderContract {
+        try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep)
+    }
+
+    /// This contract with other followed keys (a graph exported with another F, or its F gated off for every pack by a
+    /// follow_min_keep above any keep_keys: the goldens' runs give Python's loop such contracts).
+    public func withFollowKeys(_ followKeys: Int, minKeep: Int) throws -> DecoderContract {
+        try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: minKeep)
+    }
+
+    private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int) throws -> DecoderContract {
         try DecoderContract(attention: attention, state: state, kvBudget: kvBudget, shapes: shapes, lookupPlan: lookupPlan,
                             decodeSelection: decodeSelection, prefillRows: prefillRows, prefillTail: prefillTail,
-                            tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs)
+                            tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs,
+                            followKeys: followKeys, followMinKeep: followMinKeep)
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -202,24 +227,18 @@ public struct DecoderContract: Equatable {
 
     public static func parse(_ j: JSONPath) throws -> DecoderContract {
         do {
-            // followed keys (export --follow-keys): decode takes the previous call's follow_out, which this loop
-            // does not feed yet (null / absent: none)
-            let follow = try j.opt("follow_keys").flatMap { $0.isNull ? nil : try $0.int() } ?? 0
-            if follow != 0 {
-                throw DecoderError("decoder.follow_keys: this app does not feed followed keys yet, found \(follow); " +
-                                   "export the decoder with --follow-keys 0")
-            }
+            // a count of tokens or keys: 0 where null or absent (as below)
+            func count(_ key: String) throws -> Int { try j.opt(key).flatMap { $0.isNull ? nil : try $0.int() } ?? 0 }
             return try DecoderContract(attention: try j["attention"].string(), state: try j["state"].string(),
                                        kvBudget: try j.opt("kv_budget").flatMap { $0.isNull ? nil : try $0.double() },
                                        shapes: try DecoderShapes.parse(j["shapes"]),
                                        // null for full attention, absent in older manifests (also below)
                                        lookupPlan: try j.opt("lookup_plan")?.stringOrNull() ?? DecoderContract.inGraph,
                                        decodeSelection: try j.opt("decode_selection")?.stringOrNull() ?? DecoderContract.step,
-                                       prefillRows: try j.opt("prefill_rows").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       prefillTail: try j.opt("prefill_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       tokenRanges: try tokenRanges(j),
-                                       exactTail: try j.opt("exact_tail").flatMap { $0.isNull ? nil : try $0.int() } ?? 0,
-                                       inputShapes: try inputShapes(j), fixedInputs: try fixedInputs(j))
+                                       prefillRows: try count("prefill_rows"), prefillTail: try count("prefill_tail"),
+                                       tokenRanges: try tokenRanges(j), exactTail: try count("exact_tail"),
+                                       inputShapes: try inputShapes(j), fixedInputs: try fixedInputs(j),
+                                       followKeys: try count("follow_keys"), followMinKeep: try count("follow_min_keep"))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

@@ -9,8 +9,12 @@
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
 // ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, the file's second
-// graph) is fed exactly that value by every call of the method (DecoderContract.fixedInputs). Port of Generation.kt (DocumentQa,
-// the question/answer layer on top, is DocumentQa.swift).
+// graph) is fed exactly that value by every call of the method (DecoderContract.fixedInputs). A squeezed decoder with
+// followed keys (contract follow_keys F) returns with every call where its last token points the next step (in-graph:
+// follow_out; split: the stages' follow_weights, ranked on the CPU); each decode step after the prompt selects F keys
+// fewer and attends those rows besides (follow_rows_<layer>; split: written into the lookup's free slots), unless the
+// pack keeps fewer keys than follow_min_keep (then the same graph runs without: follow_rows -1, keep_keys as is).
+// Port of Generation.kt (DocumentQa, the question/answer layer on top, is DocumentQa.swift).
 import Foundation
 
 /// The exported decoder in its runtime: named inputs in, named outputs out (logits, and new_keys/new_values).
@@ -60,6 +64,18 @@ public final class GenerationLoop {
     public let shapes: DecoderShapes
     /// Clustered keys the in-graph lookup keeps (squeezed attention; nil for full).
     public let keepKeys: Int?
+    /// Followed keys the graph takes and returns (the contract's follow_keys; 0 for full attention): with them the
+    /// context inputs carry next_rows_<layer> and every in-graph call is fed follow_rows_<layer>.
+    public let graphFollow: Int
+    /// Followed keys the loop uses: graphFollow where the pack's keepKeys reaches the contract's follow_min_keep, else
+    /// 0 (the graph's F gated off: follow_rows -1 on every call, keep_keys as is).
+    public let follow: Int
+    /// Where the next decode step follows: [L, Hkv, follow] flat rows of the clustered tables (-1 none), from the last
+    /// call; nil before a question's first call.
+    private var pointer: [Int64]?
+    /// True while the prompt's calls run: they never follow (a 1-token prompt chunk runs as decode; the host's prompt
+    /// is its first call per layer, with nothing to follow yet).
+    private var prompting = false
     private let clockNanos: () -> Int64
     /// Per method: the context inputs as it declares them (methodInputs)
     private var methodContext: [String: NamedTensors] = [:]
@@ -75,17 +91,30 @@ public final class GenerationLoop {
         self.runtime = runtime
         self.contract = contract
         self.pack = pack
-        self.contextInputs = contextInputs
         self.clockNanos = clockNanos
         shapes = contract.shapes
-        contextByName = Dictionary(contextInputs.map { ($0.name, $0.tensor) }, uniquingKeysWith: { first, _ in first })
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
             // Python's round(): half to even
-            keepKeys = max(1, min(Int((fraction * Double(pack.numClustered)).rounded(.toNearestOrEven)), contract.shapes.maxKeep))
+            let keep = max(1, min(Int((fraction * Double(pack.numClustered)).rounded(.toNearestOrEven)), contract.shapes.maxKeep))
+            keepKeys = keep
+            graphFollow = contract.followKeys
+            follow = graphFollow > 0 && keep >= contract.followMinKeep ? graphFollow : 0
         } else {
             keepKeys = nil
+            graphFollow = 0
+            follow = 0
         }
+        // followed keys: the pack's next_rows_<layer> join the context inputs (in-graph: fed to every method like the
+        // others; split: the CPU's, for followPointer), made here as Python's GenerationLoop makes them
+        if graphFollow > 0 {
+            let next = try PackLayout.nextRows(pack, shapes: shapes)
+            let names = Set(next.map(\.name))
+            self.contextInputs = contextInputs.filter { !names.contains($0.name) } + next
+        } else {
+            self.contextInputs = contextInputs
+        }
+        contextByName = Dictionary(self.contextInputs.map { ($0.name, $0.tensor) }, uniquingKeysWith: { first, _ in first })
     }
 
     public static func monotonicNanos() -> Int64 { Int64(bitPattern: DispatchTime.now().uptimeNanoseconds) }
@@ -141,7 +170,16 @@ public final class GenerationLoop {
         feed["n_tokens"] = try GenerationLoop.scalar(Int64(tokens.count))
         feed["cache_len"] = try GenerationLoop.scalar(Int64(cacheLen))
         feed["context_len"] = try GenerationLoop.scalar(Int64(pack.numTokens))
-        if let keep = keepKeys { feed["keep_keys"] = try GenerationLoop.scalar(Int64(keep)) }
+        if let keep = keepKeys {
+            let follows = followsIn(method)
+            feed["keep_keys"] = try GenerationLoop.scalar(Int64(keep - (follows ? follow : 0)))
+            if graphFollow > 0 {  // every method's inputs take them: decode the previous call's pointer, any other call none
+                for l in 0..<pack.layers {
+                    feed["follow_rows_\(l)"] = .int64(try Int64Tensor(followRows(layer: l, follows: follows),
+                                                                      shape: [pack.kvHeads, graphFollow]))
+                }
+            }
+        }
         if let cache = cache {
             let per = cache.heads * cache.capacity * cache.headDim
             let shape = [cache.heads, cache.capacity, cache.headDim]
@@ -153,6 +191,7 @@ public final class GenerationLoop {
         for (name, tensor) in try methodInputs(method) { feed[name] = tensor }
         for (name, tensor) in contract.fixedInputs[method] ?? [:] { feed[name] = tensor }  // the method's value, never the pack's
         let out = try runtime.run(method: method, inputs: feed)
+        if follow > 0 { pointer = try followOut(out, method) }
         if let cache = cache {
             try GenerationLoop.writeCache(cache, out, "new_keys", at: cacheLen, count: tokens.count)
             try GenerationLoop.writeCache(cache, out, "new_values", at: cacheLen, count: tokens.count)
@@ -186,13 +225,44 @@ public final class GenerationLoop {
         return out
     }
 
+    /// Whether a call of `method` follows keys: decode steps after the prompt, where the loop follows any.
+    private func followsIn(_ method: String) -> Bool { follow > 0 && method == "decode" && !prompting }
+
+    /// Layer l's followed rows for a call, [Hkv, graphFollow] flat: the previous call's pointer where the call follows,
+    /// else none (-1).
+    private func followRows(layer l: Int, follows: Bool) -> [Int64] {
+        let n = pack.kvHeads * graphFollow
+        guard follows, let pointer = pointer else { return [Int64](repeating: -1, count: n) }
+        return Array(pointer[(l * n)..<((l + 1) * n)])
+    }
+
+    /// The in-graph call's follow_out [L, Hkv, F] (int64; a runtime that hands every output back as float32, as Core ML
+    /// does here, gives the same whole numbers), flat.
+    private func followOut(_ out: [String: DecoderTensor], _ method: String) throws -> [Int64] {
+        let shape = [pack.layers, pack.kvHeads, follow]
+        switch out["follow_out"] {
+        case .int64(let t)? where t.shape == shape: return t.data
+        case .float32(let t)? where t.shape == shape && t.data.allSatisfy({ $0 == $0.rounded() && abs($0) < 16_777_216 }):
+            return t.data.map { Int64($0) }
+        case let other?:
+            throw DecoderError("\(method) returned follow_out of shape \(other.shape), expected whole numbers of shape \(shape)")
+        case nil:
+            throw DecoderError("the runtime returned no \"follow_out\" output for \(method) (the decoder follows \(follow) keys)")
+        }
+    }
+
     /// The split plan (Python: GenerationLoop._split_step; port of Generation.kt's splitStep): graphs
     /// `<method>_0 .. <method>_L`; between stage s-1 and s the CPU lookup turns stage s-1's cluster scores into layer
     /// l = s-1's kept rows (KeptRows), and stage s-1's key/value (layer l's rows of this step) go into the cache at
     /// cacheLen before stage s reads that layer's cache. `prefill_exact`'s stages (the prompt's exact tail) run no
-    /// lookup: stage s takes layer l's clustered tables whole, as [Hkv, Nc, D] views, and returns no scores.
+    /// lookup: stage s takes layer l's clustered tables whole, as [Hkv, Nc, D] views, and returns no scores. Followed
+    /// keys (follow F > 0): a decode step's lookup selects keepKeys - F and writes the previous call's pointer rows into
+    /// free slots (KeptRows.withFollowed); every stage s >= 1 returns follow_weights over its slots (prefill_exact: over
+    /// every clustered row, flat row h * Nc + j), ranked into layer l's next pointer (KeptRows.followPointer).
     private func splitStep(method: String, tokens: [Int], cacheLen: Int, cache: Cache) throws -> [Float] {
         let exact = method == GenerationLoop.prefillExact
+        let follows = followsIn(method)
+        var nextPointer = [Int64]()  // [L, Hkv, F], layer by layer
         let width: Int
         switch method {
         case "prefill": width = shapes.maxPrompt
@@ -232,9 +302,12 @@ public final class GenerationLoop {
             feed["sink_kv"] = try ctx("sink_kv_\(l)")
             feed["window_kv"] = try ctx("window_kv_\(l)")
             feed["counts"] = try ctx("counts_\(l)")
+            var slotRows: [Int64] = []  // the flat rows the stage attends in the clustered part (followed keys)
             if exact {
-                feed["clustered_keys"] = try perHead("clustered_keys_\(l)", try ctx("clustered_keys_\(l)"), cache)
+                let keys = try perHead("clustered_keys_\(l)", try ctx("clustered_keys_\(l)"), cache)
+                feed["clustered_keys"] = keys
                 feed["clustered_values"] = try perHead("clustered_values_\(l)", try ctx("clustered_values_\(l)"), cache)
+                if follow > 0 { slotRows = Array(0..<Int64(keys.elementCount / cache.headDim)) }
             } else {
                 guard case .float32(let keys) = try ctx("clustered_keys_\(l)"), case .float32(let values) = try ctx("clustered_values_\(l)"),
                       case .int64(let counts) = try ctx("counts_\(l)"), case .int64(let starts) = try ctx("cluster_start_\(l)"),
@@ -244,8 +317,10 @@ public final class GenerationLoop {
                 let t0 = clockNanos()
                 let kept = try KeptRows.compute(scores: try GenerationLoop.stageOutput(out, "scores", method, l), counts: counts,
                                                 clusterStart: starts, clusteredKeys: keys, clusteredValues: values,
-                                                keepKeys: keep, maxKeep: shapes.maxKeep)
+                                                keepKeys: keep - (follows ? follow : 0), maxKeep: shapes.maxKeep,
+                                                followRows: follow > 0 ? followRows(layer: l, follows: follows) : nil)
                 lookupNanos += clockNanos() - t0
+                slotRows = kept.slotRows
                 for (name, tensor) in try kept.inputs() { feed[name] = tensor }
                 feed["centroids"] = try ctx("centroids_\(l)")
                 feed["value_centroids"] = try ctx("value_centroids_\(l)")
@@ -255,7 +330,18 @@ public final class GenerationLoop {
                 }
             }
             out = try runStage(method, stage, feed)
+            if follow > 0 {
+                guard case .int64(let next) = try ctx("next_rows_\(l)") else {
+                    throw DecoderError("the split plan's next_rows_\(l) is not int64")
+                }
+                let weights = try GenerationLoop.stageOutput(out, "follow_weights", method, stage)
+                let t0 = clockNanos()
+                nextPointer += try KeptRows.followPointer(weights: weights.data, slotRows: slotRows, nextRows: next.data,
+                                                          kvHeads: cache.heads, follow: follow)
+                lookupNanos += clockNanos() - t0
+            }
         }
+        if follow > 0 { pointer = nextPointer }
         return try GenerationLoop.stageOutput(out, "logits", method, cache.layers).data
     }
 
@@ -386,8 +472,12 @@ public final class GenerationLoop {
     /// selection chunks (prefillChunks of start tokens with prefill_rows / prefill_tail; none for full attention) and run
     /// first, in order: one chunk is one prefill call (whatever its length), several chunks are per chunk a prefill call
     /// (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a token that selects on its own,
-    /// the tail). With exact_tail 0 (older manifests) that is the whole question.
+    /// the tail). With exact_tail 0 (older manifests) that is the whole question. A new question follows nothing
+    /// before its prompt's calls, and they follow none (the pointer they leave is the first decode step's).
     public func prompt(_ ids: [Int], cache: Cache?) throws -> [Float] {
+        pointer = nil
+        prompting = true
+        defer { prompting = false }
         let squeezed = contract.attention == "squeezed"
         let start = GenerationLoop.exactStart(tokens: ids.count, exactTail: contract.exactTail)
         let chunks = GenerationLoop.prefillChunks(tokens: start, rows: squeezed ? contract.prefillRows : 0,

@@ -101,6 +101,36 @@ public enum PackLayout {
         return out
     }
 
+    /// "next_rows_<layer>" [Hkv * max_clustered] int64 per layer (pack_arrays.next_rows), for decoders with followed
+    /// keys (contract followKeys > 0): for every flat row of the clustered tables (decoderContextInputs' layout, cluster
+    /// by cluster per KV head, head h's row j = flat row h * max_clustered + j), the flat row of the next context
+    /// position, -1 where that position is not clustered (the last clustered key) and for padding rows. What a
+    /// followed key points to: the key after one the last token weighed most (the in-graph plan's graphs take them as
+    /// inputs; the split plan's CPU maps the stages' follow_weights through them, KeptRows.followPointer).
+    public static func nextRows(_ pack: ContextPack, shapes: DecoderShapes) throws -> NamedTensors {
+        let l = pack.layers, h = pack.kvHeads, nc = pack.numClustered, width = shapes.maxClustered
+        if nc > width {
+            throw PackError("the context pack has \(nc) clustered keys per head but the decoder takes at most \(width); " +
+                "re-export with --max-context \(pack.numTokens) or more")
+        }
+        let order = clusterOrder(try pack["lookup.labels"].longs(), groups: l * h, nc: nc, offset: 0)  // slot -> index
+        var out: NamedTensors = []
+        for layer in 0..<l {
+            var table = [Int64](repeating: -1, count: h * width)
+            for head in 0..<h {
+                let g = (layer * h + head) * nc
+                var slotOf = [Int](repeating: 0, count: nc)  // clustered index -> its slot
+                for j in 0..<nc { slotOf[Int(order[g + j])] = j }
+                for j in 0..<nc {
+                    let after = Int(order[g + j]) + 1
+                    if after < nc { table[head * width + j] = Int64(head * width + slotOf[after]) }
+                }
+            }
+            out.append(("next_rows_\(layer)", .int64(try Int64Tensor(table, shape: [h * width]))))
+        }
+        return out
+    }
+
     /// Per group of nc labels: the positions 0..<nc sorted by label, stable (np.argsort kind="stable"), + offset.
     public static func clusterOrder(_ labels: [Int64], groups: Int, nc: Int, offset: Int) -> [Int64] {
         var out = [Int64](repeating: 0, count: groups * nc)

@@ -74,13 +74,43 @@ final class ContextPackTests: XCTestCase {
         for attention in ["squeezed", "full"] {
             let run = try XCTUnwrap(try gen["runs"].list().first { try $0["attention"].string() == attention })
             let expected = try run["context_inputs"]
-            let inputs = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: attention)
+            // the squeezed runs' decoder follows keys: the pack's next_rows_<layer> come after the other inputs
+            XCTAssertEqual(try run["follow_keys"].int(), attention == "squeezed" ? 2 : 0)
+            let inputs = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: attention) +
+                (attention == "squeezed" ? try PackLayout.nextRows(pack, shapes: shapes) : [])
             XCTAssertEqual(inputs.map(\.name), try expected.obj().keys, attention)
             for (name, t) in inputs {
                 let e = try expected[name]
                 XCTAssertEqual(ContextPackTests.dtypeOf(t), try e["dtype"].string(), name)
                 XCTAssertEqual(t.shape, try e["shape"].intArray(), name)
                 XCTAssertEqual(ContextPackTests.sha256(t), try e["sha256"].string(), "\(attention) input \(name)")
+            }
+        }
+    }
+
+    func testNextRowsLeadFromEachClusteredKeyToTheNextPosition() throws {
+        // per head, from the row of the first clustered position, next_rows visits every clustered row once, in position
+        // order through the cluster-by-cluster layout, and ends at -1; padding rows lead nowhere
+        let shapes = try DecoderShapes.parse(gen["shapes"])
+        let next = try PackLayout.nextRows(pack, shapes: shapes)
+        let h = pack.kvHeads, nc = pack.numClustered, width = shapes.maxClustered
+        XCTAssertEqual(next.map(\.name), (0..<pack.layers).map { "next_rows_\($0)" })
+        let labels = try pack["lookup.labels"].longs()
+        let order = PackLayout.clusterOrder(labels, groups: pack.layers * h, nc: nc, offset: 0)
+        for (l, (name, tensor)) in next.enumerated() {
+            guard case .int64(let t) = tensor else { return XCTFail("\(name) is not int64") }
+            XCTAssertEqual(t.shape, [h * width], name)
+            for head in 0..<h {
+                let g = (l * h + head) * nc
+                var row = Int64(head * width) + Int64(try XCTUnwrap(order[g..<(g + nc)].firstIndex(of: 0)) - g)
+                var positions: [Int64] = []
+                while row >= 0 && positions.count <= nc {
+                    XCTAssertTrue(row >= Int64(head * width) && row < Int64(head * width + nc), "\(name) head \(head): row \(row)")
+                    positions.append(order[g + Int(row) - head * width])
+                    row = t.data[Int(row)]
+                }
+                XCTAssertEqual(positions, (0..<Int64(nc)).map { $0 }, "\(name) head \(head)")
+                XCTAssertTrue(t.data[(head * width + nc)..<((head + 1) * width)].allSatisfy { $0 == -1 }, "\(name) head \(head): padding")
             }
         }
     }

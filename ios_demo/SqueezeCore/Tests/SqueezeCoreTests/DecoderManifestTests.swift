@@ -51,7 +51,16 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(Set(try XCTUnwrap(squeezed.contract.inputShapes["prefill"]).keys),
                        Set(try XCTUnwrap(squeezed.contract.inputShapes["prefill_exact"]).keys))
         XCTAssertTrue(try manifest.pick(format: "onnx", attention: "full").contract.fixedInputs.isEmpty)
-        XCTAssertEqual(squeezed.methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
+        // followed keys (the default export's: 4, followed where a pack keeps at least 32 keys): every method returns
+        // follow_out and takes follow_rows_<layer> [Hkv, 4] and the pack's next_rows_<layer> [Hkv * max_clustered]
+        XCTAssertEqual(manifest.artifacts.map(\.contract.followKeys), [4, 0])
+        XCTAssertEqual(manifest.artifacts.map(\.contract.followMinKeep), [32, 0])
+        for method in squeezed.methodNames {
+            XCTAssertEqual(squeezed.methods[method]?.outputs, ["logits", "new_keys", "new_values", "follow_out"], method)
+            XCTAssertEqual(squeezed.contract.inputShapes[method]?["follow_rows_1"], [manifest.numKvHeads, 4], method)
+            XCTAssertEqual(squeezed.contract.inputShapes[method]?["next_rows_0"], [manifest.numKvHeads * shapes.maxClustered], method)
+        }
+        XCTAssertEqual(try manifest.pick(format: "onnx", attention: "full").methods["decode"]?.outputs, ["logits", "new_keys", "new_values"])
         XCTAssertEqual(squeezed.methods["prefill"]?.inputs[0].shape[0], shapes.maxPrompt)
         // the .onnx graph's token axis is dynamic: a question is fed at its own length, not padded to max_prompt
         XCTAssertEqual(squeezed.contract.tokenRanges["prefill"], 1...shapes.maxPrompt)
@@ -119,17 +128,56 @@ final class DecoderManifestTests: XCTestCase {
                        "export the decoder with --decode-selection step")
         XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withSelection("\"sometimes\"")) },
                        "decoder.decode_selection: expected step or question, found sometimes")
-        // followed keys (export --follow-keys): decode would need the previous call's follow_out, which this loop
-        // does not feed; 0 (and null / absent) run
-        XCTAssertEqual(thrownMessage(DecoderError.self) {
-            try DecoderManifest.parse(replacingFirst(text, exported, exported + " \"follow_keys\": 4,"))
-        }, "decoder.follow_keys: this app does not feed followed keys yet, found 4; export the decoder with --follow-keys 0")
-        XCTAssertEqual(try DecoderManifest.parse(replacingFirst(text, exported, exported + " \"follow_keys\": 0,"))
-                           .artifacts[0].contract.decodeSelection, "step")
         let shapes = try DecoderManifest.parse(text).artifacts[0].contract.shapes
         XCTAssertTrue(thrownMessage(DecoderError.self) {
             try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, decodeSelection: "question")
         }.contains("--decode-selection step"))
+    }
+
+    func testFollowedKeysAreReadFromTheContract() throws {
+        let text = try Golden.text("qa_decoder_manifest.json")
+        // the first artifact (squeezed, the default export's 4 followed keys from 32 kept ones) with other values
+        let keys = "\"follow_keys\": 4,", minKeep = "\"follow_min_keep\": 32,"
+        XCTAssertNotNil(text.range(of: keys))
+        XCTAssertNotNil(text.range(of: minKeep))
+        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+            guard let r = s.range(of: what) else { return s }
+            return s.replacingCharacters(in: r, with: with)
+        }
+        func follow(_ manifest: String) throws -> [Int] {
+            let c = try DecoderManifest.parse(manifest).artifacts[0].contract
+            return [c.followKeys, c.followMinKeep]
+        }
+        XCTAssertEqual(try follow(text), [4, 32])
+        XCTAssertEqual(try follow(replacingFirst(text, keys, "\"follow_keys\": 2,")), [2, 32])
+        XCTAssertEqual(try follow(replacingFirst(text, minKeep, "\"follow_min_keep\": 0,")), [4, 0])
+        // null (full attention) and absent (older manifests): 0
+        XCTAssertEqual(try follow(replacingFirst(replacingFirst(text, keys, ""), minKeep, "")), [0, 0])
+        XCTAssertEqual(try follow(replacingFirst(replacingFirst(text, keys, "\"follow_keys\": null,"), minKeep,
+                                                 "\"follow_min_keep\": null,")), [0, 0])
+        XCTAssertEqual(try follow(replacingFirst(text, minKeep, "")), [4, 0])
+        // a negative count, in one line; a value that is not an integer, naming the key
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(replacingFirst(text, keys, "\"follow_keys\": -1,")) },
+                       "decoder.follow_keys: expected an integer >= 0, found -1")
+        XCTAssertEqual(thrownMessage(DecoderError.self) {
+            try DecoderManifest.parse(replacingFirst(text, minKeep, "\"follow_min_keep\": -3,"))
+        }, "decoder.follow_min_keep: expected an integer >= 0, found -3")
+        for bad in ["\"4\"", "2.5", "true"] {
+            for (key, exported) in [("follow_keys", keys), ("follow_min_keep", minKeep)] {
+                let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(replacingFirst(text, exported, "\"\(key)\": \(bad),")) }
+                XCTAssertTrue(m.contains("decoder.\(key): expected an integer") && !m.contains("\n"), m)
+            }
+        }
+        let shapes = try DecoderManifest.parse(text).artifacts[0].contract.shapes
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, followKeys: -2))
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, followMinKeep: -1))
+        // another F or gate for the same graph, everything else as exported (the goldens' runs)
+        let squeezed = try DecoderManifest.parse(text).artifacts[0].contract
+        let other = try squeezed.withFollowKeys(2, minKeep: 0)
+        XCTAssertEqual([other.followKeys, other.followMinKeep], [2, 0])
+        XCTAssertEqual(try other.withFollowKeys(4, minKeep: 32), squeezed)
+        XCTAssertEqual(try squeezed.withExactTail(3).followKeys, 4)
+        XCTAssertThrowsError(try squeezed.withFollowKeys(-1, minKeep: 0))
     }
 
     func testOutputTensorNamesAreReadWhereTheFormatRenamesOutputs() throws {
@@ -143,11 +191,11 @@ final class DecoderManifestTests: XCTestCase {
         func renamed(_ tensors: String) -> String {
             text.replacingCharacters(in: r, with: "\"output_tensors\": \(tensors), " + outputs)
         }
-        let coreml = try DecoderManifest.parse(renamed("[\"out_logits\", \"out_new_keys\", \"out_new_values\"]"))
+        let coreml = try DecoderManifest.parse(renamed("[\"out_logits\", \"out_new_keys\", \"out_new_values\", \"out_follow_out\"]"))
         let method = try XCTUnwrap(coreml.artifacts[0].methods["prefill"])
-        XCTAssertEqual(method.outputs, ["logits", "new_keys", "new_values"])
-        XCTAssertEqual(method.outputTensors, ["out_logits", "out_new_keys", "out_new_values"])
+        XCTAssertEqual(method.outputs, ["logits", "new_keys", "new_values", "follow_out"])
+        XCTAssertEqual(method.outputTensors, ["out_logits", "out_new_keys", "out_new_values", "out_follow_out"])
         XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(renamed("[\"out_logits\"]")) },
-                       "the decoder manifest's method prefill lists 3 outputs and 1 output tensors; re-export the decoder")
+                       "the decoder manifest's method prefill lists 4 outputs and 1 output tensors; re-export the decoder")
     }
 }

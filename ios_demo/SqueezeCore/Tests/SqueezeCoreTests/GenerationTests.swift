@@ -4,7 +4,8 @@ import XCTest
 /// The generation loop against Python's GenerationLoop (the goldens GenerationTest.kt reads): a fake runtime replays,
 /// call by call, the outputs the exported decoder graph (run by PyTorch, tiny real-format Llama, real pack) gave
 /// Python, and checks that every input the Swift loop feeds is byte-identical to Python's (sha256 of tokens, lengths,
-/// keep_keys and the cache written from earlier steps). Tokens, call count and stop handling must be exact.
+/// keep_keys, the followed rows fed back from the previous call's follow_out, and the cache written from earlier
+/// steps). Tokens, call count and stop handling must be exact.
 final class GenerationTests: XCTestCase {
     private var gen: JSONPath!
     private var outputs: [Float] = []
@@ -30,12 +31,19 @@ final class GenerationTests: XCTestCase {
         private let outputs: [Float]
         private let artifact: DecoderArtifact
         private let checkInputs: Bool
+        private let followKeys: Int
+        private let followOutAsFloat: Bool
 
-        init(_ run: JSONPath, manifest: DecoderManifest, outputs: [Float], checkInputs: Bool = true) throws {
+        /// followOutAsFloat: hand follow_out back as float32, as a runtime that converts every output does (Core ML);
+        /// else int64, as the graph returns it (the golden stores every output as float32).
+        init(_ run: JSONPath, manifest: DecoderManifest, outputs: [Float], checkInputs: Bool = true,
+             followOutAsFloat: Bool = false) throws {
             self.run = run
             self.outputs = outputs
             self.checkInputs = checkInputs
+            self.followOutAsFloat = followOutAsFloat
             artifact = try manifest.pick(format: "onnx", attention: run["attention"].string())
+            followKeys = try run["follow_keys"].int()
         }
 
         func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
@@ -55,6 +63,8 @@ final class GenerationTests: XCTestCase {
                 guard let t = inputs[d.name] else { continue }
                 if d.name == "tokens", let range = artifact.contract.tokenRanges[method] {  // a dynamic axis
                     XCTAssertTrue(t.shape.count == 1 && range.contains(t.shape[0]), "call \(calls): tokens \(t.shape) not in \(range)")
+                } else if d.name.hasPrefix("follow_rows_") {  // the manifest's graph follows 4 keys, the run's graph its own
+                    XCTAssertEqual(t.shape, [d.shape[0], followKeys], "call \(calls): \(d.name)")
                 } else {
                     XCTAssertEqual(t.shape, d.shape, "call \(calls): \(d.name)")
                 }
@@ -79,18 +89,26 @@ final class GenerationTests: XCTestCase {
             for name in recordedOut.keys {
                 let o = JSONPath(recordedOut[name]!, path: name)
                 let at = try o["offset"].int(), count = try o["count"].int()
-                out[name] = .float32(try Float32Tensor(Array(outputs[at..<(at + count)]), shape: try o["shape"].intArray()))
+                let values = Array(outputs[at..<(at + count)]), shape = try o["shape"].intArray()
+                if name == "follow_out" && !followOutAsFloat {
+                    out[name] = .int64(try Int64Tensor(values.map { Int64($0) }, shape: shape))
+                } else {
+                    out[name] = .float32(try Float32Tensor(values, shape: shape))
+                }
             }
             return out
         }
     }
 
     /// The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
-    /// golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's).
+    /// golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's) and followed keys (the
+    /// runs' graph follows 2 keys from any keep_keys; "greedy-follow-gated" gates them off: follow_min_keep 10^6).
     private func contract(_ run: JSONPath) throws -> DecoderContract {
         let c = try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
         let exact = try run["exact_tail"].int()
-        return exact == c.exactTail ? c : try c.withExactTail(exact)
+        let follow = try run["follow_keys"].int(), minKeep = try run["follow_min_keep"].int()
+        let tail = exact == c.exactTail ? c : try c.withExactTail(exact)
+        return follow == c.followKeys && minKeep == c.followMinKeep ? tail : try tail.withFollowKeys(follow, minKeep: minKeep)
     }
 
     /// "method" or "method branch=k": the call and the graph selector it fed.
@@ -396,13 +414,18 @@ final class GenerationTests: XCTestCase {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()
         XCTAssertEqual(try runs.map { "\(try $0["attention"].string()) \(try $0["kind"].string())" },
-                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "full greedy", "full forced"])
-        for run in runs {
-            let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs)
+                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-follow-gated",
+                        "full greedy", "full forced"])
+        for (i, run) in runs.enumerated() {
+            // the forced run's follow_out comes back as float32 (Core ML's outputs), the others' as int64 (the graph's)
+            let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs, followOutAsFloat: i == 1)
             let c = try contract(run)
             let loop = try GenerationLoop(runtime: runtime, contract: c, pack: pack,
                                           contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: c.attention))
             if try !run["keep_keys"].isNull { XCTAssertEqual(loop.keepKeys, try run["keep_keys"].int()) } else { XCTAssertNil(loop.keepKeys) }
+            // the squeezed graph takes 2 followed keys; the gated run's loop follows none of them
+            let gated = try run["kind"].string() == "greedy-follow-gated"
+            XCTAssertEqual([loop.graphFollow, loop.follow], c.attention == "full" ? [0, 0] : [2, gated ? 0 : 2])
             let forced = try run["forced"].isNull ? nil : try run["forced"].intArray()
             let out = try loop.greedy(promptIds, maxNewTokens: try gen["max_new_tokens"].int(), forced: forced,
                                       stopIds: Set(try run["stop_ids"].intArray()))
@@ -428,6 +451,100 @@ final class GenerationTests: XCTestCase {
         let forced = try forcedRun["forced"].intArray()
         let tokens = try forcedRun["tokens"].intArray()
         XCTAssertTrue(tokens.count < forced.count && stop.contains(forced[tokens.count]) && !tokens.contains(where: stop.contains))
+    }
+
+    /// Records per call "method keep=K rows=[follow_rows_0 + follow_rows_1 + ...]" and answers with follow_out
+    /// [L, Hkv, F] = 100 x the call's number + its index (none with returnsFollowOut false).
+    final class FollowRecorder: DecoderRuntime {
+        let name = "follow recorder"
+        var calls: [String] = []
+        var feeds: [[String: DecoderTensor]] = []
+        let layers: Int, heads: Int, follow: Int
+        var returnsFollowOut = true
+        init(layers: Int, heads: Int, follow: Int) { (self.layers, self.heads, self.follow) = (layers, heads, follow) }
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            guard case .int64(let keep)? = inputs["keep_keys"] else { throw DecoderError("no keep_keys") }
+            var rows: [Int64] = []
+            for l in 0..<layers {
+                guard case .int64(let t)? = inputs["follow_rows_\(l)"] else { throw DecoderError("no follow_rows_\(l)") }
+                XCTAssertEqual(t.shape, [heads, follow])
+                rows += t.data
+            }
+            feeds.append(inputs)
+            calls.append("\(method) keep=\(keep.data[0]) rows=\(rows)")
+            var out: [String: DecoderTensor] = ["logits": .float32(try Float32Tensor([0, 1, 0, 0], shape: [4]))]
+            let n = layers * heads * follow
+            if returnsFollowOut {
+                out["follow_out"] = .int64(try Int64Tensor((0..<n).map { Int64(100 * calls.count + $0) }, shape: [layers, heads, follow]))
+            }
+            return out
+        }
+    }
+
+    func testDecodeStepsAfterThePromptFollowThePreviousCallsRows() throws {
+        // squeezed_attention/decoder_session.py GenerationLoop.step: a decode step after the prompt selects keep_keys - F
+        // and is fed the previous call's follow_out; the prompt's calls (a 1-token tail chunk runs as decode) select
+        // keep_keys and are fed -1; each question starts over
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: 2,
+                                           exactTail: 3, followKeys: 2, followMinKeep: 25)
+        let recorder = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 2)
+        let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context)
+        XCTAssertEqual(loop.keepKeys, 25)  // follow_min_keep 25: followed
+        XCTAssertEqual([loop.graphFollow, loop.follow], [2, 2])
+        func out(_ call: Int) -> [Int64] { (0..<Int64(8)).map { Int64(100 * call) + $0 } }
+        let none = [Int64](repeating: -1, count: 8)
+        let prompt = ["prefill keep=25 rows=\(none)", "decode keep=25 rows=\(none)", "decode keep=25 rows=\(none)",
+                      "prefill_exact keep=25 rows=\(none)"]
+        _ = try loop.greedy(Array(1...10), maxNewTokens: 3)
+        XCTAssertEqual(recorder.calls, prompt + ["decode keep=23 rows=\(out(4))", "decode keep=23 rows=\(out(5))"])
+        // the pack's next_rows_<layer> go to every call, as the other context inputs
+        let next = try PackLayout.nextRows(pack, shapes: shapes)
+        for feed in recorder.feeds {
+            for (name, tensor) in next { XCTAssertEqual(feed[name], tensor, name) }
+        }
+        XCTAssertEqual(loop.contextInputs.map(\.name), context.map(\.name) + next.map(\.name))
+        // the next question: its prompt follows nothing, its first decode step the new prompt's last call
+        recorder.calls = []
+        _ = try loop.greedy(Array(1...10), maxNewTokens: 2)
+        XCTAssertEqual(recorder.calls, prompt + ["decode keep=23 rows=\(out(4))"])
+
+        // gated: the pack keeps fewer keys than follow_min_keep; the same graph is fed -1 and keep_keys on every call,
+        // and its follow_out is not read
+        let gated = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 2)
+        gated.returnsFollowOut = false
+        let gatedLoop = try GenerationLoop(runtime: gated, contract: try contract.withFollowKeys(2, minKeep: 26), pack: pack,
+                                           contextInputs: context)
+        XCTAssertEqual([gatedLoop.graphFollow, gatedLoop.follow], [2, 0])
+        _ = try gatedLoop.greedy(Array(1...10), maxNewTokens: 3)
+        XCTAssertEqual(gated.calls, prompt + ["decode keep=25 rows=\(none)", "decode keep=25 rows=\(none)"])
+        XCTAssertEqual(gated.feeds.last?["next_rows_1"], next[1].tensor)
+        // following, a call that returns no follow_out is named in one line
+        let m = thrownMessage(DecoderError.self) { try GenerationLoop(runtime: gated, contract: contract, pack: self.pack, contextInputs: context)
+            .greedy(Array(1...10), maxNewTokens: 2) }
+        XCTAssertEqual(m, "the runtime returned no \"follow_out\" output for prefill (the decoder follows 2 keys)")
+
+        // the real export's graph (4 followed keys from 32 kept): this pack keeps 25, so it follows none
+        let exported = try manifest.pick(format: "onnx", attention: "squeezed").contract
+        let real = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 4)
+        real.returnsFollowOut = false
+        final class Io: DecoderRuntime {  // the .onnx's state "io": new keys and values besides
+            let name = "io"
+            let inner: FollowRecorder, headDim: Int
+            init(_ inner: FollowRecorder, headDim: Int) { (self.inner, self.headDim) = (inner, headDim) }
+            func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+                guard case .int64(let n)? = inputs["n_tokens"] else { throw DecoderError("no n_tokens") }
+                let shape = [inner.layers, inner.heads, Int(n.data[0]), headDim]
+                let zeros = try Float32Tensor([Float](repeating: 0, count: shape.reduce(1, *)), shape: shape)
+                return try inner.run(method: method, inputs: inputs).merging(["new_keys": .float32(zeros), "new_values": .float32(zeros)]) { a, _ in a }
+            }
+        }
+        let realLoop = try GenerationLoop(runtime: Io(real, headDim: pack.headDim), contract: exported, pack: pack,
+                                          contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
+        XCTAssertEqual([realLoop.graphFollow, realLoop.follow], [4, 0])
+        _ = try realLoop.greedy(Array(1...10), maxNewTokens: 2)
+        let four = [Int64](repeating: -1, count: 16)
+        XCTAssertEqual(real.calls, ["prefill_exact keep=25 rows=\(four)", "decode keep=25 rows=\(four)"])
     }
 
     func testAStopTokenFromTheFirstLogitsEndsAfterPrefill() throws {

@@ -6,7 +6,8 @@ import XCTest
 /// returned, call by call, and checks every input the Swift loop feeds (sha256: tokens, lengths, the pack's per-layer
 /// tensors under the stage names, KeptRows' kept_keys/kept_values/kept_bias, the clustered tables the exact tail's
 /// stages read whole, the cache written from earlier stages and steps). hidden/query, which the loop only hands on,
-/// must be handed on unchanged (the same values the previous stage returned).
+/// must be handed on unchanged (the same values the previous stage returned). The golden's decoder follows 2 keys: each
+/// decode step's kept rows include the rows the previous step's follow_weights (ranked on the CPU) pointed to.
 final class SplitGenerationTests: XCTestCase {
     private var gen: JSONPath!
     private var outputs: [Float] = []
@@ -24,14 +25,21 @@ final class SplitGenerationTests: XCTestCase {
         let name = "replay (PyTorch stage outputs)"
         var calls = 0
         var methods: [String] = []
+        var feeds: [[String: DecoderTensor]] = []
         private let gen: JSONPath
         private let outputs: [Float]
         private let forwarded: Set<String>
         private var handedOut: [String: Float32Tensor] = [:]
+        private let checkInputs: Bool
+        private let dropped: Set<String>
 
-        init(_ gen: JSONPath, outputs: [Float]) throws {
+        /// checkInputs false: the inputs are not compared with Python's (a loop run another way); dropped: outputs
+        /// left out of every answer.
+        init(_ gen: JSONPath, outputs: [Float], checkInputs: Bool = true, dropped: Set<String> = []) throws {
             self.gen = gen
             self.outputs = outputs
+            self.checkInputs = checkInputs
+            self.dropped = dropped
             forwarded = Set(try gen["forwarded"].list().map { try $0.string() })
         }
 
@@ -44,12 +52,13 @@ final class SplitGenerationTests: XCTestCase {
             let call = recorded[calls]
             calls += 1
             methods.append(method)
+            feeds.append(inputs)
             XCTAssertEqual(method, try call["method"].string(), "call \(calls)")
             let declared = Set(try call["declared"].list().map { try $0.string() })
             XCTAssertTrue(declared.isSubset(of: Set(inputs.keys)), "call \(calls) (\(method)): needs \(declared), fed \(inputs.keys)")
             let expected = try call["inputs"].obj()
             XCTAssertEqual(Set(expected.keys), Set(inputs.keys), "call \(calls) (\(method)): input names")
-            for name in expected.keys {
+            for name in expected.keys where checkInputs {
                 guard let t = inputs[name] else { continue }
                 let e = JSONPath(expected[name]!, path: name)
                 XCTAssertEqual(t.shape, try e["shape"].intArray(), "call \(calls) (\(method)): \(name)")
@@ -62,7 +71,7 @@ final class SplitGenerationTests: XCTestCase {
             }
             var out: [String: DecoderTensor] = [:]
             let recordedOut = try call["outputs"].obj()
-            for name in recordedOut.keys {
+            for name in recordedOut.keys where !dropped.contains(name) {
                 let o = JSONPath(recordedOut[name]!, path: name)
                 let shape = try o["shape"].intArray()
                 let t: Float32Tensor
@@ -89,15 +98,52 @@ final class SplitGenerationTests: XCTestCase {
                                       contextInputs: try PackLayout.decoderContextInputs(pack, shapes: contract.shapes, attention: "squeezed"),
                                       clockNanos: { defer { now += 1_000_000 }; return now })
         XCTAssertEqual(loop.keepKeys, try gen["keep_keys"].int())
+        XCTAssertEqual([contract.followKeys, contract.followMinKeep], [2, 0])
+        XCTAssertEqual(loop.follow, 2)
         let out = try loop.greedy(promptIds, maxNewTokens: try gen["max_new_tokens"].int())
         XCTAssertEqual(out.tokens, try gen["tokens"].intArray())
         XCTAssertEqual(runtime.calls, try gen["calls"].list().count)
-        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the tail, no lookup), decode_0..L
+        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the tail, no lookup), decode_0..L twice
         let stages = (0...pack.layers).map { $0 }
-        XCTAssertEqual(runtime.methods, stages.map { "prefill_\($0)" } + stages.map { "prefill_exact_\($0)" } + stages.map { "decode_\($0)" })
-        XCTAssertEqual(out.decodeSteps, 1)
-        // one CPU lookup per layer for the selecting prefill and the decode step, each between two clock reads
-        XCTAssertEqual(out.lookupNanos, Int64(2 * pack.layers) * 1_000_000)
+        let decode = stages.map { "decode_\($0)" }
+        XCTAssertEqual(runtime.methods, stages.map { "prefill_\($0)" } + stages.map { "prefill_exact_\($0)" } + decode + decode)
+        XCTAssertEqual(out.decodeSteps, 2)
+        // one CPU lookup per layer for the selecting prefill and each decode step, and one pointer per layer of every
+        // step (the exact tail's too), each between two clock reads
+        XCTAssertEqual(out.lookupNanos, Int64((3 + 4) * pack.layers) * 1_000_000)
+        // the prefill selects keep_keys; a decode step keep_keys - 2, plus the followed rows the selection did not keep
+        let keep = try gen["keep_keys"].int()
+        XCTAssertEqual(try usedSlots(runtime, "prefill_1"), [keep, keep])
+        XCTAssertTrue(try usedSlots(runtime, "decode_2").allSatisfy { (keep - 2)...keep ~= $0 })
+        XCTAssertTrue(try usedSlots(runtime, "decode_1").contains { $0 > keep - 2 }, "a decode step attends followed rows")
+    }
+
+    /// Used slots per KV head (0 in kept_bias) of the first call of `method`.
+    private func usedSlots(_ runtime: ReplayStages, _ method: String) throws -> [Int] {
+        let at = try XCTUnwrap(runtime.methods.firstIndex(of: method))
+        guard case .float32(let bias)? = runtime.feeds[at]["kept_bias"] else { throw DecoderError("no kept_bias for \(method)") }
+        let maxKeep = contract.shapes.maxKeep, width = bias.shape[1]
+        return (0..<bias.shape[0]).map { h in bias.data[(h * width)..<(h * width + maxKeep)].filter { $0 == 0 }.count }
+    }
+
+    func testGatedFollowedKeysLeaveTheLookupAsWithout() throws {
+        // follow_min_keep above the pack's keep_keys: every decode step selects keep_keys, follows nothing, and the
+        // stages' follow_weights are not read
+        let gated = try contract.withFollowKeys(2, minKeep: 26)
+        let runtime = try ReplayStages(gen, outputs: outputs, checkInputs: false, dropped: ["follow_weights"])
+        let loop = try GenerationLoop(runtime: runtime, contract: gated, pack: pack,
+                                      contextInputs: try PackLayout.decoderContextInputs(pack, shapes: gated.shapes, attention: "squeezed"))
+        XCTAssertEqual(loop.follow, 0)
+        _ = try loop.greedy(try gen["prompt_ids"].intArray(), maxNewTokens: try gen["max_new_tokens"].int())
+        let keep = try gen["keep_keys"].int()
+        XCTAssertEqual(try usedSlots(runtime, "decode_1"), [keep, keep])
+        XCTAssertEqual(try usedSlots(runtime, "decode_2"), [keep, keep])
+        // following, a stage without follow_weights is named in one line
+        let following = try GenerationLoop(runtime: try ReplayStages(gen, outputs: outputs, checkInputs: false, dropped: ["follow_weights"]),
+                                           contract: contract, pack: pack,
+                                           contextInputs: try PackLayout.decoderContextInputs(pack, shapes: contract.shapes, attention: "squeezed"))
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try following.greedy(try self.gen["prompt_ids"].intArray(), maxNewTokens: 2) },
+                       "the runtime returned no float32 \"follow_weights\" output for prefill_1")
     }
 
     func testAStageThatReturnsNoScoresIsNamedInOneLine() throws {

@@ -448,6 +448,51 @@ object PackLayout {
         return out
     }
 
+    /**
+     * next_rows_<layer> for a decoder with followed keys (pack_arrays.next_rows): [Hkv * max_clustered] int64, for every
+     * flat row of the layer's clustered tables (the [decoderContextInputs] layout) the flat row of the next context
+     * position; -1 after the last clustered key and for padding rows. The graph input of the in-graph plan; the split
+     * plan's CPU reads it ([KeptRows.followPointer]).
+     */
+    fun nextRows(pack: ContextPack, shapes: DecoderShapes): LinkedHashMap<String, DecoderTensor> {
+        val L = pack.layers
+        val H = pack.kvHeads
+        val nc = pack.numClustered
+        val width = shapes.maxClustered
+        if (nc > width) {
+            throw PackException("the context pack has $nc clustered keys per head but the decoder takes at most $width; " +
+                "re-export with a larger --max-context")
+        }
+        val table = nextRowTable(pack["lookup.labels"].longs(), L * H, H, nc, width)
+        val out = LinkedHashMap<String, DecoderTensor>()
+        for (l in 0 until L) out["next_rows_$l"] = DecoderTensor.Int64(table.copyOfRange(l * H * width, (l + 1) * H * width), intArrayOf(H * width))
+        return out
+    }
+
+    /**
+     * [nextRows]' table for [groups] groups of [nc] cluster labels (layer by layer, [heads] per layer): per group
+     * [width] slots, slot j holding the clustered index order[j] of the cluster-by-cluster layout ([clusterOrder]);
+     * its value is the flat row (head h of the layer: h * width + slot) of the slot holding clustered index order[j]
+     * + 1, -1 where that is past the last one and for the padding slots j >= nc.
+     */
+    fun nextRowTable(labels: LongArray, groups: Int, heads: Int, nc: Int, width: Int): LongArray {
+        require(labels.size == groups * nc && nc <= width && groups % heads == 0) {
+            "${labels.size} labels are not $groups groups of $nc (at most $width), $heads per layer"
+        }
+        val order = clusterOrder(labels, groups, nc, 0)
+        val slotOf = IntArray(nc)
+        val out = LongArray(groups * width) { -1L }
+        for (g in 0 until groups) {
+            for (j in 0 until nc) slotOf[order[g * nc + j].toInt()] = j
+            val head = (g % heads) * width
+            for (j in 0 until nc) {
+                val after = order[g * nc + j].toInt() + 1
+                if (after < nc) out[g * width + j] = (head + slotOf[after]).toLong()
+            }
+        }
+        return out
+    }
+
     /** Per group of [nc] labels: the positions 0..nc-1 sorted by label, stable (np.argsort kind="stable"), + [offset]. */
     fun clusterOrder(labels: LongArray, groups: Int, nc: Int, offset: Int): LongArray {
         val out = LongArray(groups * nc)

@@ -38,7 +38,10 @@ interface DecoderRuntime : AutoCloseable {
  * static shape every method declares for each of its inputs (a method may take a context input in another shape
  * than the pack's layout: prefill_exact takes the clustered tables per KV head; [GenerationLoop.methodInputs]), and
  * the inputs a method fixes (an input entry with a "value": the loop feeds exactly that tensor, of the entry's dtype
- * and shape, whatever the pack or cache holds; [fixedInputs]).
+ * and shape, whatever the pack or cache holds; [fixedInputs]), and the followed keys (follow_keys F, export
+ * --follow-keys: every call returns the rows its last token points the next step to, and a decode step takes them
+ * back and selects F keys fewer; used where the pack's keep_keys reaches follow_min_keep, else the loop follows none
+ * over the same graph; null or absent in older manifests and for full attention: 0).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
@@ -53,12 +56,18 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                        * method -> input name -> the tensor the method fixes for it (its manifest entry's "value": the
                        * .onnx file's graph selector `branch`); made once, the same objects at every call.
                        */
-                      val fixedInputs: Map<String, Map<String, DecoderTensor>> = emptyMap()) {
+                      val fixedInputs: Map<String, Map<String, DecoderTensor>> = emptyMap(),
+                      /** F: the graph's followed keys per KV head (its follow_rows_<layer> inputs are [Hkv, F]); 0 = none */
+                      val followKeys: Int = 0,
+                      /** the fewest kept keys per head at which the loop follows [followKeys] (below: none, same graph) */
+                      val followMinKeep: Int = 0) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
         }
         if (exactTail < 0) throw DecoderException("decoder.exact_tail: expected a whole number of tokens >= 0, found $exactTail")
+        if (followKeys < 0) throw DecoderException("decoder.follow_keys: expected an integer >= 0, found $followKeys")
+        if (followMinKeep < 0) throw DecoderException("decoder.follow_min_keep: expected an integer >= 0, found $followMinKeep")
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
         if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
@@ -76,8 +85,19 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     val split: Boolean get() = lookupPlan == SPLIT
 
     /** This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)). */
-    fun withExactTail(exact: Int) = DecoderContract(attention, state, kvBudget, shapes, lookupPlan, decodeSelection,
-        prefillRows, prefillTail, tokenRanges, exact, inputShapes, fixedInputs)
+    fun withExactTail(exact: Int) = copy(exactTail = exact)
+
+    /**
+     * This contract with other followed keys and gate (Python: a loop given the contract dict with follow_keys /
+     * follow_min_keep edited). [follow] must be the graph's: its follow_rows_<layer> inputs are [Hkv, follow]; a
+     * replay of a graph exported with other followed keys than a manifest's, or a loop gated otherwise.
+     */
+    fun withFollowKeys(follow: Int, minKeep: Int) = copy(followKeys = follow, followMinKeep = minKeep)
+
+    private fun copy(exactTail: Int = this.exactTail, followKeys: Int = this.followKeys,
+                     followMinKeep: Int = this.followMinKeep) = DecoderContract(attention, state, kvBudget, shapes,
+        lookupPlan, decodeSelection, prefillRows, prefillTail, tokenRanges, exactTail, inputShapes, fixedInputs, followKeys,
+        followMinKeep)
 
     /**
      * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
@@ -93,25 +113,21 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         const val QUESTION = "question"
 
         fun parse(j: JsonPath) = try {
-            // followed keys (export --follow-keys): decode takes the previous call's follow_out, which this loop
-            // does not feed yet (null / absent: none)
-            val follow = j.opt("follow_keys")?.let { if (it.isNull) 0 else it.int() } ?: 0
-            if (follow != 0) {
-                throw DecoderException("decoder.follow_keys: this app does not feed followed keys yet, found $follow; " +
-                    "export the decoder with --follow-keys 0")
-            }
             DecoderContract(j["attention"].string(), j["state"].string(),
                 j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
                 j.opt("lookup_plan")?.stringOrNull() ?: IN_GRAPH, // null for full attention, absent in older manifests
                 j.opt("decode_selection")?.stringOrNull() ?: STEP, // likewise
-                j.opt("prefill_rows")?.let { if (it.isNull) 0 else it.int() } ?: 0, // likewise
-                j.opt("prefill_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0,
+                optInt(j, "prefill_rows"), optInt(j, "prefill_tail"), // likewise
                 tokenRanges(j),
-                j.opt("exact_tail")?.let { if (it.isNull) 0 else it.int() } ?: 0, // null for full attention, absent before it
-                inputShapes(j), fixedInputs(j))
+                optInt(j, "exact_tail"), // null for full attention, absent before it
+                inputShapes(j), fixedInputs(j),
+                optInt(j, "follow_keys"), optInt(j, "follow_min_keep")) // likewise (and the gate absent before it)
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
+
+        /** An integer field that is null (full attention) or absent (manifests written before it) where it means 0. */
+        private fun optInt(j: JsonPath, key: String): Int = j.opt(key)?.let { if (it.isNull) 0 else it.int() } ?: 0
 
         /** methods.<m>.inputs[tokens].dynamic["0"] = [min, max] (absent: static shapes, older manifests). */
         private fun tokenRanges(j: JsonPath): Map<String, IntRange> {
@@ -204,12 +220,22 @@ class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val p
     val decodeTokensPerSecond: Double get() = if (decodeNanos > 0) decodeSteps / (decodeNanos / 1e9) else 0.0
 }
 
-/** The call sequence of the runtime contract over a [DecoderRuntime] (GenerationLoop). One thread. */
+/**
+ * The call sequence of the runtime contract over a [DecoderRuntime] (GenerationLoop). One thread.
+ *
+ * Followed keys (contract follow_keys F > 0, squeezed attention): every call returns where its last token points the
+ * next step to (in-graph: the output follow_out [L, Hkv, F]; split: each stage's follow_weights, ranked on the CPU by
+ * [KeptRows.followPointer]), flat rows of the clustered tables; the next decode step selects keep_keys - F keys and
+ * attends those rows besides (in-graph: the inputs follow_rows_<layer>; split: [KeptRows.compute]'s followRows). The
+ * prompt's calls never follow (the host's prompt is its first call per layer), not even a 1-token chunk run as
+ * decode; they feed follow_rows = -1 and keep_keys as is. A pack that keeps fewer keys than follow_min_keep follows
+ * none over the same graph ([follow] 0: every call as the prompt's).
+ */
 class GenerationLoop(
     val runtime: DecoderRuntime,
     val contract: DecoderContract,
     val pack: ContextPack,
-    val contextInputs: Map<String, DecoderTensor>,
+    context: Map<String, DecoderTensor>,
     private val clockNanos: () -> Long = System::nanoTime,
 ) {
     val shapes = contract.shapes
@@ -220,6 +246,43 @@ class GenerationLoop(
         val fraction = KvBudget.keepFraction(contract.kvBudget!!, pack.centroidFraction, pack.headDim)
         maxOf(1, minOf(Math.rint(fraction * nc).toInt(), shapes.maxKeep)) // Python's round(): half to even
     }
+
+    /** The graph's followed keys per KV head (squeezed attention; else 0): its follow_rows_<layer> are [Hkv, this]. */
+    val graphFollow: Int = if (keepKeys == null) 0 else contract.followKeys
+
+    /**
+     * The keys this loop follows per KV head: the graph's where the pack keeps at least follow_min_keep keys, else 0
+     * (gated: the graph still takes follow_rows, all -1, and keep_keys as is, its F = 0 rule).
+     */
+    val follow: Int = if (graphFollow > 0 && keepKeys!! >= contract.followMinKeep) graphFollow else 0
+
+    /**
+     * The pack's context inputs (the caller's, [PackLayout.decoderContextInputs]) with, where the graph has followed
+     * keys, next_rows_<layer> ([PackLayout.nextRows]): a graph input in-graph, the CPU's pointer table in the split plan.
+     */
+    val contextInputs: Map<String, DecoderTensor> =
+        if (graphFollow == 0) context else LinkedHashMap(context).apply { putAll(PackLayout.nextRows(pack, shapes)) }
+
+    /**
+     * Per layer the flat rows [Hkv * follow] the last call pointed to (-1: none); null until a call of this question
+     * returned them. Only a decode step after the prompt feeds them ([follows]).
+     */
+    private var pointer: Array<LongArray>? = null
+
+    /** True while the prompt's calls run ([prompt]): they never follow. */
+    private var prompting = false
+
+    /** follow_rows of a call that follows nothing, [Hkv * graphFollow] of -1: one array for every such call. */
+    private val noneFollowed: LongArray by lazy { LongArray(pack.kvHeads * graphFollow) { -1L } }
+
+    /** Whether a call of [method] follows keys: decode steps after the prompt, where the loop follows any. */
+    private fun follows(method: String) = follow > 0 && method == "decode" && !prompting
+
+    /** keep_keys of a call: F fewer where it [follows], so that the followed rows fit the kept slots. */
+    private fun keepFor(follows: Boolean): Int = keepKeys!! - (if (follows) follow else 0)
+
+    /** Layer [l]'s followed rows [Hkv * graphFollow] for a call: the previous call's pointer where it [follows], else -1. */
+    private fun followRows(l: Int, follows: Boolean): LongArray = pointer?.takeIf { follows }?.get(l) ?: noneFollowed
 
     /** The explicit cache (state "io"): keys and values [L, H, max_prompt + max_new, D]; null when the runtime holds it. */
     class Cache(val keys: FloatArray, val values: FloatArray, val layers: Int, val heads: Int, val capacity: Int, val headDim: Int)
@@ -288,7 +351,14 @@ class GenerationLoop(
         feed["n_tokens"] = scalar(tokens.size.toLong())
         feed["cache_len"] = scalar(cacheLen.toLong())
         feed["context_len"] = scalar(pack.numTokens.toLong())
-        if (keepKeys != null) feed["keep_keys"] = scalar(keepKeys.toLong())
+        if (keepKeys != null) {
+            val follows = follows(method)
+            feed["keep_keys"] = scalar(keepFor(follows).toLong())
+            // every method of a graph with followed keys takes them (prefill and the gated loop: -1)
+            if (graphFollow > 0) for (l in 0 until pack.layers) {
+                feed["follow_rows_$l"] = DecoderTensor.Int64(followRows(l, follows), intArrayOf(pack.kvHeads, graphFollow))
+            }
+        }
         if (cache != null) {
             val per = cache.heads * cache.capacity * cache.headDim
             val shape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
@@ -299,6 +369,7 @@ class GenerationLoop(
         }
         feed.putAll(methodInputs(method))
         val out = run(method, feed)
+        if (follow > 0) pointer = followOut(out, method)
         if (cache != null) {
             writeCache(cache, out, "new_keys", cache.keys, cacheLen, tokens.size)
             writeCache(cache, out, "new_values", cache.values, cacheLen, tokens.size)
@@ -308,12 +379,26 @@ class GenerationLoop(
         return logits.data
     }
 
+    /** The in-graph output follow_out [L, Hkv, F] (int64: flat clustered rows, -1 none) as the next call's pointer. */
+    private fun followOut(out: Map<String, DecoderTensor>, method: String): Array<LongArray> {
+        val t = out["follow_out"] as? DecoderTensor.Int64
+            ?: throw DecoderException("the runtime returned no int64 \"follow_out\" output for $method")
+        val per = pack.kvHeads * follow
+        if (!t.shape.contentEquals(intArrayOf(pack.layers, pack.kvHeads, follow))) {
+            throw DecoderException("follow_out has shape ${t.shape.contentToString()}, expected [${pack.layers}, ${pack.kvHeads}, $follow]")
+        }
+        return Array(pack.layers) { l -> t.data.copyOfRange(l * per, (l + 1) * per) }
+    }
+
     /**
      * The split plan (GenerationLoop._split_step): graphs `<method>_0 .. <method>_L`; between stage s-1 and s the CPU
      * lookup turns stage s-1's cluster scores into layer l = s-1's kept rows ([KeptRows]), and stage s-1's key/value
      * (layer l's rows of this step) go into the cache at cacheLen before stage s reads that layer's cache.
      * `prefill_exact`'s stages (the prompt's exact tail) run no lookup: stage s takes layer l's clustered tables whole,
      * as [Hkv, Nc, D] views of the pack's rows (padding masked in the graph from counts_l), and returns no scores.
+     * Followed keys: a following decode step's lookup keeps F fewer and puts the previous call's pointer rows into free
+     * slots; every stage s >= 1 returns follow_weights [Hkv, W] on its slots (prefill_exact: on every clustered row),
+     * ranked on the CPU into layer l's next pointer (both counted as lookup time).
      */
     private fun splitStep(method: String, tokens: IntArray, cacheLen: Int, cache: Cache): FloatArray {
         val exact = method == PREFILL_EXACT
@@ -335,13 +420,17 @@ class GenerationLoop(
         var out = run("${method}_0", first)
         val per = cache.heads * cache.capacity * cache.headDim
         val cacheShape = intArrayOf(cache.heads, cache.capacity, cache.headDim)
+        val follows = follows(method)
+        val keep = keepFor(follows)
+        val pointed = if (follow > 0) arrayOfNulls<LongArray>(cache.layers) else null // this call's pointer, per layer
         for (stage in 1..cache.layers) {
             val l = stage - 1
             val kept = if (exact) null else {
                 val t0 = clockNanos()
                 KeptRows.compute(output(out, "scores", method, stage - 1), ctx("counts_$l") as DecoderTensor.Int64,
                     ctx("cluster_start_$l") as DecoderTensor.Int64, ctx("clustered_keys_$l") as DecoderTensor.Float32,
-                    ctx("clustered_values_$l") as DecoderTensor.Float32, keepKeys!!, shapes.maxKeep)
+                    ctx("clustered_values_$l") as DecoderTensor.Float32, keep, shapes.maxKeep,
+                    if (follow > 0) followRows(l, follows) else null)
                     .also { lookupNanos += clockNanos() - t0 }
             }
             val key = output(out, "key", method, stage - 1)
@@ -361,19 +450,41 @@ class GenerationLoop(
             if (kept == null) {
                 feed["clustered_keys"] = perHead(ctx("clustered_keys_$l") as DecoderTensor.Float32, cache)
                 feed["clustered_values"] = perHead(ctx("clustered_values_$l") as DecoderTensor.Float32, cache)
-                out = run("${method}_$stage", feed)
-                continue
-            }
-            feed.putAll(kept.inputs())
-            feed["centroids"] = ctx("centroids_$l")
-            feed["value_centroids"] = ctx("value_centroids_$l")
-            if (stage < cache.layers) {
-                feed["next_centroids"] = ctx("centroids_$stage")
-                feed["next_counts"] = ctx("counts_$stage")
+            } else {
+                feed.putAll(kept.inputs())
+                feed["centroids"] = ctx("centroids_$l")
+                feed["value_centroids"] = ctx("value_centroids_$l")
+                if (stage < cache.layers) {
+                    feed["next_centroids"] = ctx("centroids_$stage")
+                    feed["next_counts"] = ctx("counts_$stage")
+                }
             }
             out = run("${method}_$stage", feed)
+            if (pointed != null) {
+                val t0 = clockNanos()
+                // the slots' flat rows: the lookup's, or prefill_exact's every clustered row (head h's row j: h * Nc + j)
+                val rows = kept?.slotRows ?: (feed.getValue("clustered_keys") as DecoderTensor.Float32).shape
+                    .let { LongArray(it[0] * it[1]) { r -> r.toLong() } }
+                pointed[l] = stagePointer(out, method, stage, rows, ctx("next_rows_$l") as DecoderTensor.Int64, cache.heads)
+                lookupNanos += clockNanos() - t0
+            }
         }
+        if (pointed != null) pointer = pointed.requireNoNulls()
         return output(out, "logits", method, cache.layers).data
+    }
+
+    /**
+     * Layer l = [stage] - 1's next pointer from the split-plan stage's output follow_weights [Hkv, W]: the [follow]
+     * heaviest of the slots' flat [rows] (W per head), each mapped through [nextRows] (next_rows_l).
+     */
+    private fun stagePointer(out: Map<String, DecoderTensor>, method: String, stage: Int, rows: LongArray,
+                             nextRows: DecoderTensor.Int64, heads: Int): LongArray {
+        val weights = output(out, "follow_weights", method, stage)
+        if (!weights.shape.contentEquals(intArrayOf(heads, rows.size / heads))) {
+            throw DecoderException("follow_weights of ${method}_$stage has shape ${weights.shape.contentToString()}, " +
+                "expected [$heads, ${rows.size / heads}]")
+        }
+        return KeptRows.followPointer(weights.data, rows, nextRows.data, heads, follow)
     }
 
     /**
@@ -479,6 +590,7 @@ class GenerationLoop(
      * attention) and run first, in order: one chunk is one prefill call (whatever its length), several chunks are
      * per chunk a prefill call (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a
      * token that selects on its own, the tail). With exact_tail 0 (older manifests) that is the whole question.
+     * None of these calls follows keys (a decode step among them neither); the previous question's pointer is dropped.
      */
     fun prompt(ids: IntArray, cache: Cache?): FloatArray {
         val rows = if (contract.attention == "squeezed") contract.prefillRows else 0
@@ -486,12 +598,18 @@ class GenerationLoop(
         val start = exactStart(ids.size, contract.exactTail)
         val chunks = prefillChunks(start, rows, tail)
         var logits = FloatArray(0)
-        for ((a, b) in chunks) {
-            // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
-            val method = if (b - a == 1 && chunks.size > 1) "decode" else "prefill"
-            logits = step(method, ids.copyOfRange(a, b), a, cache)
+        pointer = null // a new question: nothing to follow from the previous one
+        prompting = true
+        try {
+            for ((a, b) in chunks) {
+                // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
+                val method = if (b - a == 1 && chunks.size > 1) "decode" else "prefill"
+                logits = step(method, ids.copyOfRange(a, b), a, cache)
+            }
+            if (start < ids.size) logits = step(PREFILL_EXACT, ids.copyOfRange(start, ids.size), start, cache)
+        } finally {
+            prompting = false
         }
-        if (start < ids.size) logits = step(PREFILL_EXACT, ids.copyOfRange(start, ids.size), start, cache)
         return logits
     }
 

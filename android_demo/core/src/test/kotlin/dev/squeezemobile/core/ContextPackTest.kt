@@ -10,7 +10,7 @@ import java.security.MessageDigest
 /**
  * A real context pack file (the tiny real-format Llama's, built and saved by the Python pipeline): format, content
  * hash, consistency and model checks, and its layout as the exported decoder's context inputs, which must be
- * byte-identical to decoder_context_inputs (sha256 of every input).
+ * byte-identical to decoder_context_inputs (+ next_rows for a decoder with followed keys; sha256 of every input).
  */
 class ContextPackTest {
     private val bytes = Golden.bytes("qa_pack.safetensors")
@@ -57,6 +57,9 @@ class ContextPackTest {
             val run = gen["runs"].list().first { it["attention"].string() == attention }
             val expected = run["context_inputs"].obj()
             val inputs = PackLayout.decoderContextInputs(pack, shapes, attention)
+            // the golden's squeezed graph follows keys: its loop adds next_rows_<layer> (GenerationLoop.contextInputs)
+            if (run["follow_keys"].int() > 0) inputs.putAll(PackLayout.nextRows(pack, shapes))
+            assertEquals(attention == "squeezed", inputs.keys.any { it.startsWith("next_rows_") }, attention)
             assertEquals(expected.keys.toList(), inputs.keys.toList(), attention)
             for ((name, t) in inputs) {
                 val e = run["context_inputs"][name]
@@ -65,6 +68,37 @@ class ContextPackTest {
                 assertEquals(e["sha256"].string(), sha256(t), "$attention input $name")
             }
         }
+    }
+
+    @Test
+    fun nextRowsPointFromEachClusteredRowToTheNextPosition() {
+        // one layer, two heads of 4 clustered positions, tables 6 rows wide. Head 0's labels [1, 0, 1, 0]: slots hold
+        // positions [1, 3, 0, 2] (cluster by cluster, stable); position 1 -> 2 (slot 3), 3 -> none, 0 -> 1 (slot 0),
+        // 2 -> 3 (slot 1). Head 1's labels [0, 0, 0, 0]: slots in position order, each the next slot; rows offset by 6
+        val table = PackLayout.nextRowTable(longArrayOf(1, 0, 1, 0, 0, 0, 0, 0), groups = 2, heads = 2, nc = 4, width = 6)
+        assertArrayEquals(longArrayOf(3, -1, 0, 1, -1, -1, 7, 8, 9, -1, -1, -1), table)
+        // two layers of one head: every layer's rows start at 0 (flat rows per layer's table)
+        // (layer 1's labels [2, 1, 0]: slots hold positions [2, 1, 0]; 2 -> none, 1 -> 2 (slot 0), 0 -> 1 (slot 1))
+        assertArrayEquals(longArrayOf(1, 2, -1, -1, 0, 1), PackLayout.nextRowTable(longArrayOf(0, 0, 0, 2, 1, 0), 2, 1, 3, 3))
+        // the real pack: one next_rows_<layer> per layer, [Hkv * max_clustered]; every clustered position but the last
+        // of a head is pointed to once, from within its head
+        val shapes = DecoderShapes.parse(gen["shapes"])
+        val rows = PackLayout.nextRows(pack, shapes)
+        assertEquals((0 until pack.layers).map { "next_rows_$it" }, rows.keys.toList())
+        val width = shapes.maxClustered
+        for ((name, t) in rows) {
+            val data = (t as DecoderTensor.Int64).data
+            assertArrayEquals(intArrayOf(pack.kvHeads * width), t.shape, name)
+            for (h in 0 until pack.kvHeads) {
+                val head = data.copyOfRange(h * width, (h + 1) * width)
+                assertTrue(head.drop(pack.numClustered).all { it == -1L }, "$name head $h: padding")
+                val pointed = head.take(pack.numClustered).filter { it >= 0 }
+                assertEquals(pack.numClustered - 1, pointed.size, "$name head $h")
+                assertEquals(pointed.size, pointed.toSet().size, "$name head $h: each row once")
+                assertTrue(pointed.all { it >= h * width && it < h * width + pack.numClustered }, "$name head $h")
+            }
+        }
+        assertThrows(PackException::class.java) { PackLayout.nextRows(pack, shapes.copy(maxContext = pack.numTokens - 1)) }
     }
 
     @Test

@@ -10,8 +10,9 @@ import org.junit.jupiter.api.Test
 /**
  * The generation loop against Python's GenerationLoop: a fake runtime replays, call by call, the outputs the
  * exported decoder graph (run by PyTorch, tiny real-format Llama, real pack) gave Python, and checks that every
- * input the Kotlin loop feeds is byte-identical to Python's (sha256 of tokens, lengths, keep_keys and the cache
- * written from earlier steps). Tokens, call count and stop handling must be exact.
+ * input the Kotlin loop feeds is byte-identical to Python's (sha256 of tokens, lengths, keep_keys, the followed rows
+ * fed back from the previous call's follow_out, and the cache written from earlier steps). Tokens, call count and
+ * stop handling must be exact.
  */
 class GenerationTest {
     private val gen = Golden.json("qa_generation.json.gz")
@@ -40,7 +41,9 @@ class GenerationTest {
             for (d in declared) {
                 val range = if (d.name == "tokens") artifact.contract.tokenRanges[method] else null  // a dynamic axis
                 val shape = inputs.getValue(d.name).shape
-                if (range == null) assertArrayEquals(d.shape, shape, "call $calls: ${d.name}")
+                // the golden's graph follows the run's follow_keys (2), the manifest's default export 4
+                val expected = if (d.name.startsWith("follow_rows_")) intArrayOf(d.shape[0], run["follow_keys"].int()) else d.shape
+                if (range == null) assertArrayEquals(expected, shape, "call $calls: ${d.name}")
                 else assertTrue(shape.size == 1 && shape[0] in range, "call $calls: ${d.name} ${shape.toList()} not in $range")
                 assertEquals(d.dtype, ContextPackTest.dtypeOf(inputs.getValue(d.name)), "call $calls: ${d.name}")
             }
@@ -57,19 +60,25 @@ class GenerationTest {
             return call["outputs"].obj().mapValues { (k, v) ->
                 val o = JsonPath(v, k)
                 val at = o["offset"].int()
-                DecoderTensor.Float32(outputs.copyOfRange(at, at + o["count"].int()), o["shape"].intArray())
+                val values = outputs.copyOfRange(at, at + o["count"].int())
+                // every output is float32 in the blob; follow_out (flat rows, -1 none) is the graph's int64
+                if (k == "follow_out") DecoderTensor.Int64(LongArray(values.size) { values[it].toLong() }, o["shape"].intArray())
+                else DecoderTensor.Float32(values, o["shape"].intArray())
             }
         }
     }
 
     /**
      * The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
-     * golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's).
+     * golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's) and followed keys (the
+     * golden's graph follows 2 from any pack, follow_min_keep 0, or none: "greedy-follow-gated"; the manifest's
+     * default export 4 from 32 kept keys).
      */
     private fun contract(run: JsonPath): DecoderContract {
         val c = manifest.pick("onnx", run["attention"].string()).contract
         val exact = run["exact_tail"].int()
-        return if (exact == c.exactTail) c else c.withExactTail(exact)
+        return (if (exact == c.exactTail) c else c.withExactTail(exact))
+            .withFollowKeys(run["follow_keys"].int(), run["follow_min_keep"].int())
     }
 
     companion object {
@@ -294,6 +303,118 @@ class GenerationTest {
     }
 
     @Test
+    fun followedKeysAreReadFromTheContract() {
+        val text = Golden.text("qa_decoder_manifest.json")
+        // the default export (squeezed): 4 followed keys, used from 32 kept keys per head; full attention: null
+        val exported = "\"follow_keys\": 4,"
+        val gate = "\"follow_min_keep\": 32,"
+        assertTrue(text.contains(exported) && text.contains(gate))
+        val parsed = DecoderManifest.parse(text).artifacts.map { it.contract }
+        assertEquals(listOf(4, 0), parsed.map { it.followKeys })
+        assertEquals(listOf(32, 0), parsed.map { it.followMinKeep })
+        fun contract(manifest: String) = DecoderManifest.parse(manifest).artifacts[0].contract
+        fun refused(manifest: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(manifest) }.message!!
+        // null and absent (exports before followed keys): 0, and 0 runs (no refusal any more)
+        for (value in listOf("null", "0")) {
+            assertEquals(0, contract(text.replaceFirst(exported, "\"follow_keys\": $value,")).followKeys, value)
+            assertEquals(0, contract(text.replaceFirst(gate, "\"follow_min_keep\": $value,")).followMinKeep, value)
+        }
+        assertEquals(listOf(0, 0), contract(text.replaceFirst(exported, "").replaceFirst(gate, "")).let { listOf(it.followKeys, it.followMinKeep) })
+        assertEquals(listOf(2, 7), contract(text.replaceFirst(exported, "\"follow_keys\": 2,").replaceFirst(gate, "\"follow_min_keep\": 7,"))
+            .let { listOf(it.followKeys, it.followMinKeep) })
+        // negative: one line naming the field
+        assertEquals("decoder.follow_keys: expected an integer >= 0, found -1", refused(text.replaceFirst(exported, "\"follow_keys\": -1,")))
+        assertEquals("decoder.follow_min_keep: expected an integer >= 0, found -3", refused(text.replaceFirst(gate, "\"follow_min_keep\": -3,")))
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes, followKeys = -2) }
+        // not an integer: one line too
+        for (bad in listOf("\"4\"", "2.5", "true")) {
+            for ((field, old) in listOf("follow_keys" to exported, "follow_min_keep" to gate)) {
+                val e = refused(text.replaceFirst(old, "\"$field\": $bad,"))
+                assertTrue(e.contains("$field: expected an integer") && '\n' !in e, e)
+            }
+        }
+    }
+
+    /**
+     * A squeezed in-graph runtime whose calls return follow_out [L, Hkv, F] of values no other call returns (call c,
+     * layer l, head h, entry i: c * 1000 + l * 100 + h * 10 + i), recording every feed.
+     */
+    private class FollowRecorder(val layers: Int, val heads: Int, val follow: Int) : DecoderRuntime {
+        override val name = "follow recorder"
+        val methods = ArrayList<String>()
+        val feeds = ArrayList<Map<String, DecoderTensor>>()
+        val returned = ArrayList<LongArray>()
+
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            methods.add(method)
+            feeds.add(inputs)
+            val c = feeds.size.toLong()
+            val out = LongArray(layers * heads * follow) { c * 1000 + (it / (heads * follow)) * 100 + (it / follow % heads) * 10 + it % follow }
+            returned.add(out)
+            return mapOf("logits" to DecoderTensor.Float32(FloatArray(8) { if (it == feeds.size % 8) 1f else 0f }, intArrayOf(8)),
+                "follow_out" to DecoderTensor.Int64(out, intArrayOf(layers, heads, follow)))
+        }
+    }
+
+    @Test
+    fun followedKeysAreFedBackOnDecodeStepsAfterThePromptOnly() {
+        // GenerationLoop.step: a decode step after the prompt keeps keep_keys - F and takes the previous call's
+        // follow_out as follow_rows_<layer>; the prompt's calls (a 1-token chunk run as decode too) take -1 and
+        // keep_keys as is; below follow_min_keep nothing is followed, over the same inputs
+        val (L, H, F) = Triple(pack.layers, pack.kvHeads, 2)
+        fun run(minKeep: Int): Pair<GenerationLoop, FollowRecorder> {
+            val recorder = FollowRecorder(L, H, F)
+            val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, prefillTail = 2, followKeys = F, followMinKeep = minKeep)
+            val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+            loop.greedy(IntArray(6) { it + 1 }, 4)
+            return loop to recorder
+        }
+        fun keep(feed: Map<String, DecoderTensor>) = (feed.getValue("keep_keys") as DecoderTensor.Int64).data.single()
+        fun rows(feed: Map<String, DecoderTensor>, l: Int) = (feed.getValue("follow_rows_$l") as DecoderTensor.Int64).also {
+            assertArrayEquals(intArrayOf(H, F), it.shape)
+        }.data
+        val nextRows = PackLayout.nextRows(pack, shapes)
+        val (loop, rec) = run(0)
+        val keepKeys = loop.keepKeys!!.toLong()
+        assertEquals(F, loop.follow)
+        // the prompt: prefill of 4 tokens, then its 2-token tail as decode steps; then 3 decode steps
+        assertEquals(listOf("prefill", "decode", "decode", "decode", "decode", "decode"), rec.methods)
+        for ((i, feed) in rec.feeds.withIndex()) {
+            val follows = i >= 3
+            assertEquals(if (follows) keepKeys - F else keepKeys, keep(feed), "call $i: keep_keys")
+            for (l in 0 until L) {
+                val expected = if (follows) rec.returned[i - 1].copyOfRange(l * H * F, (l + 1) * H * F) else LongArray(H * F) { -1 }
+                assertArrayEquals(expected, rows(feed, l), "call $i: follow_rows_$l")
+                assertSame(loop.contextInputs.getValue("next_rows_$l"), feed.getValue("next_rows_$l"), "call $i: next_rows_$l")
+                assertArrayEquals((nextRows.getValue("next_rows_$l") as DecoderTensor.Int64).data,
+                    (feed.getValue("next_rows_$l") as DecoderTensor.Int64).data, "call $i: next_rows_$l")
+            }
+        }
+        // follow_min_keep: at keep_keys it follows; above, the graph still takes follow_rows (-1) and keep_keys as is
+        assertEquals(F, run(keepKeys.toInt()).first.follow)
+        val (gated, gatedRec) = run(keepKeys.toInt() + 1)
+        assertEquals(0, gated.follow)
+        assertEquals(F, gated.graphFollow)
+        assertEquals(6, gatedRec.feeds.size)
+        for ((i, feed) in gatedRec.feeds.withIndex()) {
+            assertEquals(keepKeys, keep(feed), "gated call $i: keep_keys")
+            for (l in 0 until L) assertArrayEquals(LongArray(H * F) { -1 }, rows(feed, l), "gated call $i: follow_rows_$l")
+        }
+        // no followed keys: neither follow_rows nor next_rows, and no follow_out needed
+        val plain = CallRecorder()
+        val none = GenerationLoop(plain, DecoderContract("squeezed", "buffer", 0.3, shapes), pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        none.greedy(IntArray(6) { it + 1 }, 3)
+        assertEquals(listOf(0, 0), listOf(none.graphFollow, none.follow))
+        assertTrue(plain.feeds.all { feed -> feed.keys.none { it.startsWith("follow_rows_") || it.startsWith("next_rows_") } })
+        // a following loop whose runtime returns no follow_out: one line
+        val e = assertThrows(DecoderException::class.java) {
+            GenerationLoop(CallRecorder(), DecoderContract("squeezed", "buffer", 0.3, shapes, followKeys = F), pack,
+                PackLayout.decoderContextInputs(pack, shapes, "squeezed")).greedy(IntArray(6) { it + 1 }, 2)
+        }
+        assertEquals("the runtime returned no int64 \"follow_out\" output for prefill", e.message)
+    }
+
+    @Test
     fun eachMethodIsFedTheValuesItsManifestEntryFixes() {
         // the .onnx's methods fix the graph selector `branch` (an input entry's "value"): prefill and decode [0],
         // prefill_exact [1]; the loop feeds exactly that (OnnxRunner.run's _fixed), even over an input of that name
@@ -388,7 +509,17 @@ class GenerationTest {
         assertTrue(manifest.pick("onnx", "full").contract.fixedInputs.isEmpty())
         assertTrue("tokens" !in squeezed.contract.inputShapes.getValue("prefill"))
         assertTrue(declared.keys.none { it.startsWith("clustered_kv") })
-        assertEquals(listOf("logits", "new_keys", "new_values"), squeezed.methods.getValue("decode").outputs)
+        // followed keys (the export's default, 4 where a pack keeps at least 32 keys): every method returns follow_out and
+        // takes next_rows_<layer> [Hkv * max_clustered] and follow_rows_<layer> [Hkv, 4]
+        assertEquals(4, squeezed.contract.followKeys)
+        assertEquals(32, squeezed.contract.followMinKeep)
+        assertEquals(listOf(0, 0), listOf(manifest.pick("onnx", "full").contract.followKeys, manifest.pick("onnx", "full").contract.followMinKeep))
+        assertEquals(listOf("logits", "new_keys", "new_values", "follow_out"), squeezed.methods.getValue("decode").outputs)
+        for (method in squeezed.methods.keys) {
+            assertArrayEquals(intArrayOf(manifest.numKvHeads * shapes.maxClustered), squeezed.contract.inputShapes.getValue(method)["next_rows_1"])
+            assertArrayEquals(intArrayOf(manifest.numKvHeads, 4), squeezed.contract.inputShapes.getValue(method)["follow_rows_1"])
+        }
+        assertEquals(listOf("logits", "new_keys", "new_values"), manifest.pick("onnx", "full").methods.getValue("decode").outputs)
         assertEquals(shapes.maxPrompt, squeezed.methods.getValue("prefill").inputs[0].shape[0])
         // the .onnx graph's token axis is dynamic: a question is fed at its own length, not padded to max_prompt
         assertEquals(1..shapes.maxPrompt, squeezed.contract.tokenRanges["prefill"])
@@ -433,6 +564,9 @@ class GenerationTest {
             val c = contract(run)
             val loop = GenerationLoop(runtime, c, pack, PackLayout.decoderContextInputs(pack, shapes, c.attention))
             if (!run["keep_keys"].isNull) assertEquals(run["keep_keys"].int(), loop.keepKeys)
+            // the gated run: its graph takes followed rows (all -1), the loop follows none (its pack keeps too few keys)
+            assertEquals(run["follow_keys"].int(), loop.graphFollow)
+            assertEquals(if (run["kind"].string() == "greedy-follow-gated") 0 else loop.graphFollow, loop.follow)
             val forced = if (run["forced"].isNull) null else run["forced"].intArray()
             val out = loop.greedy(promptIds, gen["max_new_tokens"].int(), forced, run["stop_ids"].intArray().toSet())
             val what = "${run["attention"].string()} ${run["kind"].string()}"
@@ -448,8 +582,11 @@ class GenerationTest {
             assertEquals(prompt + List(runtime.calls - prompt.size) { decode }, runtime.log, what)
             assertEquals(runtime.calls - prompt.size, out.decodeSteps, what)
         }
-        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "full greedy", "full forced"),
-            gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
+        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-follow-gated",
+            "full greedy", "full forced"), gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
+        // the squeezed runs follow 2 keys (gated: none), full attention none
+        assertEquals(listOf(2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
+        assertEquals(listOf(0, 0, 0, 1_000_000, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
         // the forced run met the end-of-turn token: it stopped there, without emitting it
         val forcedRun = gen["runs"].list().first { it["kind"].string() == "forced" }
         val stop = gen["tokenizer"]["stop_token_ids"].intArray().toSet()

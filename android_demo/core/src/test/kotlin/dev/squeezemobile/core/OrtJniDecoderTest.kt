@@ -15,7 +15,8 @@ import java.io.File
  * and pack (reference.json, written beside the .onnx by make_golden.py --decoder-only; the pytest wrapper does so
  * when it is missing), with Python's calls: the export's exact prompt tail (32 tokens, the whole question) runs as
  * prefill_exact, the file's second graph, selected by `branch` = 1, decode steps with `branch` = 0; and with a 4-token
- * tail, a selecting prefill (branch 0) before it. run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
+ * tail, a selecting prefill (branch 0) before it. The export follows 2 keys (follow_min_keep 0): every decode step
+ * feeds the previous call's follow_out back as follow_rows_<layer>. run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
  * only a run without the property (outside run_tests.sh) skips.
  */
 class OrtJniDecoderTest {
@@ -97,6 +98,9 @@ class OrtJniDecoderTest {
             val rt = CallLog(ort)
             val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
             assertEquals(s.ref["keep_keys"].int(), qa.loop.keepKeys)
+            // followed keys as Python's loop follows them (the tiny pack keeps more than follow_min_keep 0)
+            assertEquals(listOf(2, 0), listOf(s.artifact.contract.followKeys, s.artifact.contract.followMinKeep))
+            assertEquals(s.ref["follow_keys"].int(), qa.loop.follow)
             val prompt = s.ref["prompt"].string()
             val ids = qa.promptIds(prompt)
             assertArrayEquals(s.ref["prompt_ids"].intArray(), ids)
@@ -174,7 +178,7 @@ class OrtJniDecoderTest {
             // every method declares the graph's inputs (the merged graph of the .onnx's two branches)
             for (method in s.artifact.methods.values) assertEquals(session.inputNames.toSet(), method.inputs.map { it.name }.toSet(), method.name)
             val fixed = contract.fixedInputs.getValue("decode")
-            assertEquals(listOf("logits", "new_keys", "new_values"), session.outputNames)
+            assertEquals(listOf("logits", "new_keys", "new_values", "follow_out"), session.outputNames)
             // a decode step's feed as the loop builds it (cache of zeros), by name
             val cache = loop.newCache()!!
             val feed = LinkedHashMap<String, OrtTensor>()
@@ -186,8 +190,9 @@ class OrtJniDecoderTest {
                         is DecoderTensor.Float32 -> OrtTensor(it.data, shape)
                         is DecoderTensor.Int64 -> OrtTensor(it.data, shape)
                     }
-                } ?: when (info.dtype) {
-                    "float32" -> OrtTensor(FloatArray(n), shape)
+                } ?: when {
+                    info.dtype == "float32" -> OrtTensor(FloatArray(n), shape)
+                    info.name.startsWith("follow_rows_") -> OrtTensor(LongArray(n) { -1L }, shape) // nothing followed
                     else -> OrtTensor(LongArray(n) { if (info.name == "context_len") pack.numTokens.toLong() else 1L }, shape)
                 }
             }
@@ -197,12 +202,20 @@ class OrtJniDecoderTest {
             assertEquals(listOf("new_values", "logits"), out.keys.toList())
             assertArrayEquals(longArrayOf(2, pack.kvHeads.toLong(), 1, pack.headDim.toLong()), out.getValue("new_values").shape)
             assertEquals((out.getValue("logits").data as FloatArray).size.toLong(), out.getValue("logits").shape.fold(1L) { a, b -> a * b })
+            // follow_out: int64 [L, Hkv, follow_keys], flat clustered rows of each head (-1: none)
+            val follow = session.run(feed, listOf("follow_out")).getValue("follow_out")
+            assertArrayEquals(longArrayOf(2, pack.kvHeads.toLong(), 2), follow.shape)
+            val width = contract.shapes.maxClustered
+            (follow.data as LongArray).forEachIndexed { i, r ->
+                val head = (i / 2) % pack.kvHeads
+                assertTrue(r == -1L || r in head * width until (head + 1) * width, "follow_out[$i] = $r")
+            }
 
             val missing = assertThrows(OrtException::class.java) { session.run(feed - "keep_keys") }
             // tokens, n_tokens, cache_len, context_len, keep_keys, branch; per layer: past keys/values, sink, window,
-            // clustered keys/values, centroids, value centroids, counts, starts
-            assertEquals(6 + 10 * cache.layers, feed.size)
-            assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (${feed.size - 1} inputs, 3 outputs)") &&
+            // clustered keys/values, centroids, value centroids, counts, starts, next rows, followed rows
+            assertEquals(6 + 12 * cache.layers, feed.size)
+            assertTrue(missing.message!!.startsWith("ONNX Runtime run failed (${feed.size - 1} inputs, 4 outputs)") &&
                 missing.message!!.contains("ORT error code"), missing.message)
             val wrongType = assertThrows(OrtException::class.java) {
                 session.run(feed + ("tokens" to OrtTensor(IntArray(1), longArrayOf(1))))

@@ -12,7 +12,8 @@ import org.junit.jupiter.api.Test
  * runtime replays what the tiny model's stage graphs (run by PyTorch) returned, call by call, and checks every input
  * the Kotlin loop feeds (sha256: tokens, lengths, the pack's per-layer tensors under the stage names, the CPU
  * lookup's kept_keys/kept_values/kept_bias, the cache written from earlier stages and steps). hidden/query, which the
- * loop only hands on, must be handed on unchanged (the same tensor the previous stage returned).
+ * loop only hands on, must be handed on unchanged (the same tensor the previous stage returned). The golden's decoder
+ * follows 2 keys: its decode steps' kept rows include the rows the previous call's follow_weights pointed to.
  */
 class SplitGenerationTest {
     private val gen = Golden.json("qa_split_generation.json.gz")
@@ -68,18 +69,22 @@ class SplitGenerationTest {
         var now = 0L
         val loop = loop(runtime) { now.also { now += 1_000_000L } }
         assertEquals(gen["keep_keys"].int(), loop.keepKeys)
+        assertEquals(listOf(2, 0), listOf(contract.followKeys, contract.followMinKeep))
+        assertEquals(2, loop.follow)
         val out = loop.greedy(gen["prompt_ids"].intArray(), gen["max_new_tokens"].int())
         assertArrayEquals(gen["tokens"].intArray(), out.tokens)
         assertEquals(gen["calls"].list().size, runtime.calls)
-        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the last exact_tail tokens), decode_0..L
+        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the last exact_tail tokens), then two
+        // decode steps decode_0..L: the first follows prefill_exact's pointer, the second the first's
         assertTrue(contract.exactTail in 1 until gen["prompt_ids"].intArray().size, "the golden's tail is shorter than its question")
-        assertEquals(3 * (pack.layers + 1), runtime.calls)
+        assertEquals(4 * (pack.layers + 1), runtime.calls)
         assertEquals((0..pack.layers).map { "prefill_exact_$it" },
             gen["calls"].list().map { it["method"].string() }.filter { it.startsWith("prefill_exact_") })
-        assertEquals(1, out.decodeSteps)
-        // one CPU lookup per layer for the selecting prefill and the decode step (none between the exact stages),
-        // each read between two clock reads (1 ms apart on this clock)
-        assertEquals(2L * pack.layers * 1_000_000L, out.lookupNanos)
+        assertEquals(2, out.decodeSteps)
+        // one CPU lookup per layer for the selecting prefill and each decode step (none between the exact stages),
+        // and one pointer per layer of every call (follow_weights ranked after each stage s >= 1), each read between
+        // two clock reads (1 ms apart on this clock)
+        assertEquals((3L + 4L) * pack.layers * 1_000_000L, out.lookupNanos)
         assertTrue(!out.cancelled)
     }
 
@@ -137,8 +142,8 @@ class SplitGenerationTest {
         val prefill = tflite.artifacts[0].methods.getValue("prefill")
         assertEquals("args_0", prefill.tensorName("tokens"))
         assertEquals("n_tokens", prefill.tensorName("n_tokens"))
-        assertEquals(mapOf("output_0" to "logits", "output_1" to "new_keys", "output_2" to "new_values"),
-            prefill.outputsByRuntimeName(listOf("output_2", "output_0", "output_1")))
+        assertEquals(mapOf("output_0" to "logits", "output_1" to "new_keys", "output_2" to "new_values", "output_3" to "follow_out"),
+            prefill.outputsByRuntimeName(listOf("output_2", "output_0", "output_3", "output_1")))
         // by number, not by text (output_10 after output_9)
         val many = prefill.copyWithOutputs(12).outputsByRuntimeName(List(12) { "output_$it" }.shuffled(java.util.Random(3)))
         assertEquals(List(12) { "output_$it" to "o$it" }.toMap(), many)
@@ -166,17 +171,107 @@ class SplitGenerationTest {
             "export the decoder with --decode-selection step", question.message)
         val other = assertThrows(DecoderException::class.java) { DecoderManifest.parse(withSelection("\"sometimes\"")) }
         assertEquals("decoder.decode_selection: expected step or question, found sometimes", other.message)
-        // followed keys (export --follow-keys): decode would need the previous call's follow_out, which this loop
-        // does not feed; 0 (and null / absent) run
-        val followed = assertThrows(DecoderException::class.java) {
-            DecoderManifest.parse(text.replaceFirst(exported, "$exported \"follow_keys\": 4,"))
-        }
-        assertEquals("decoder.follow_keys: this app does not feed followed keys yet, found 4; " +
-            "export the decoder with --follow-keys 0", followed.message)
-        assertEquals("step", DecoderManifest.parse(text.replaceFirst(exported, "$exported \"follow_keys\": 0,"))
-            .artifacts[0].contract.decodeSelection)
         assertTrue(assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, contract.shapes, "split", "question") }
             .message!!.contains("--decode-selection step"))
+    }
+
+    /**
+     * Split-plan stages of zeros (scores 0: every cluster ties) whose follow_weights are 0 except prefill_exact's,
+     * 0.6 / 0.3 on clustered rows [top] of every head; records every feed.
+     */
+    private inner class FollowStages(val top: IntArray) : DecoderRuntime {
+        override val name = "follow stages"
+        val calls = ArrayList<String>()
+        val feeds = ArrayList<Map<String, DecoderTensor>>()
+
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            calls.add(method)
+            feeds.add(inputs)
+            val stage = method.substringAfterLast('_').toInt()
+            val exact = method.startsWith("prefill_exact")
+            val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0].toInt()
+            val (h, d) = pack.kvHeads to pack.headDim
+            fun zeros(vararg shape: Int) = DecoderTensor.Float32(FloatArray(shape.fold(1) { a, b -> a * b }), shape)
+            val out = LinkedHashMap<String, DecoderTensor>()
+            if (stage < pack.layers) {
+                out["hidden"] = zeros(n, 4)
+                out["query"] = zeros(h, n, d)
+                out["key"] = zeros(h, n, d)
+                out["value"] = zeros(h, n, d)
+                if (!exact) out["scores"] = zeros(h, contract.shapes.maxClusters)
+            } else {
+                out["logits"] = zeros(8)
+            }
+            if (stage >= 1) {
+                val w = if (exact) contract.shapes.maxClustered else contract.shapes.maxKeep
+                val weights = zeros(h, w)
+                if (exact) for (head in 0 until h) {
+                    weights.data[head * w + top[0]] = 0.6f
+                    weights.data[head * w + top[1]] = 0.3f
+                }
+                out["follow_weights"] = weights
+            }
+            return out
+        }
+    }
+
+    @Test
+    fun theSplitPlanFollowsOnDecodeStepsAfterThePromptOnly() {
+        // GenerationLoop._split_step: a 10-token question with a 2-token prompt tail (decode calls of the prompt) and
+        // a 3-token exact tail, then two decode steps. The prompt's lookups keep keep_keys and follow nothing; the
+        // first decode step keeps keep_keys - 2 plus the rows after prefill_exact's two heaviest clustered rows (its
+        // slots are every clustered row, h * W + j); the second follows nothing (the first's weights are all 0)
+        val context = PackLayout.decoderContextInputs(pack, contract.shapes, "squeezed")
+        val w = contract.shapes.maxClustered
+        val layers = pack.layers
+        val next = PackLayout.nextRows(pack, contract.shapes).mapValues { (it.value as DecoderTensor.Int64).data }
+        val keepKeys = loop(ReplayStages()).keepKeys!!
+        // clustered rows whose next row the selection (scores all 0: the first clusters' rows) does not keep
+        val top = (0 until pack.numClustered).filter { j ->
+            (0 until layers).all { l -> (0 until pack.kvHeads).all { h -> next.getValue("next_rows_$l")[h * w + j] - h * w >= keepKeys } }
+        }.take(2).toIntArray()
+        assertEquals(2, top.size)
+        fun lookup(l: Int, keep: Int, follow: LongArray) = KeptRows.compute(
+            context.getValue("counts_$l").let { DecoderTensor.Float32(FloatArray(it.elementCount), it.shape) },
+            context.getValue("counts_$l") as DecoderTensor.Int64, context.getValue("cluster_start_$l") as DecoderTensor.Int64,
+            context.getValue("clustered_keys_$l") as DecoderTensor.Float32, context.getValue("clustered_values_$l") as DecoderTensor.Float32,
+            keep, contract.shapes.maxKeep, follow)
+        val none = LongArray(pack.kvHeads * 2) { -1 }
+        fun pointed(l: Int) = LongArray(pack.kvHeads * 2) { next.getValue("next_rows_$l")[(it / 2) * w + top[it % 2]] }
+        fun run(minKeep: Int): FollowStages {
+            val stages = FollowStages(top)
+            val c = DecoderContract("squeezed", "io", contract.kvBudget, contract.shapes, DecoderContract.SPLIT, prefillTail = 2,
+                exactTail = 3, followKeys = 2, followMinKeep = minKeep)
+            GenerationLoop(stages, c, pack, context).greedy(IntArray(10) { it + 1 }, 3)
+            val steps = stages.calls.filter { it.endsWith("_0") }.map { it.removeSuffix("_0") }
+            assertEquals(listOf("prefill", "decode", "decode", "prefill_exact", "decode", "decode"), steps)
+            return stages
+        }
+        // per lookup (stage s >= 1 of a selecting step, layer s - 1): the expected kept rows
+        fun check(stages: FollowStages, expected: List<(Int) -> KeptRows>) {
+            val lookups = stages.calls.indices.filter { i ->
+                !stages.calls[i].startsWith("prefill_exact") && !stages.calls[i].endsWith("_0")
+            }
+            assertEquals(expected.size * layers, lookups.size)
+            for ((k, i) in lookups.withIndex()) {
+                val l = k % layers
+                val want = expected[k / layers](l)
+                for (name in listOf("kept_bias", "kept_keys")) {
+                    assertArrayEquals((want.inputs().getValue(name) as DecoderTensor.Float32).data,
+                        (stages.feeds[i].getValue(name) as DecoderTensor.Float32).data, "${stages.calls[i]} (lookup $k): $name")
+                }
+            }
+        }
+        val prompt = { l: Int -> lookup(l, keepKeys, none) }
+        val following = { l: Int -> lookup(l, keepKeys - 2, pointed(l)) }
+        val unpointed = { l: Int -> lookup(l, keepKeys - 2, none) }
+        // the rule is visible: following the pointer attends other rows than following none, or not following
+        for (l in 0 until layers) {
+            assertTrue(!following(l).bias.contentEquals(unpointed(l).bias) && !unpointed(l).bias.contentEquals(prompt(l).bias))
+        }
+        check(run(0), listOf(prompt, prompt, prompt, following, unpointed))
+        // gated (the pack keeps fewer keys than follow_min_keep): every lookup as the prompt's
+        check(run(keepKeys + 1), List(5) { prompt })
     }
 
     private fun DecoderMethod.copyWithOutputs(n: Int) = DecoderMethod(name, inputs, List(n) { "o$it" }, tensorNames)

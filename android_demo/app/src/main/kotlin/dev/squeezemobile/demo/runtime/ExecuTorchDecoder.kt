@@ -5,6 +5,7 @@ import dev.squeezemobile.core.DecoderException
 import dev.squeezemobile.core.DecoderRuntime
 import dev.squeezemobile.core.DecoderTensor
 import dev.squeezemobile.core.NativeTensorCache
+import org.pytorch.executorch.DType
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
@@ -46,7 +47,13 @@ class ExecuTorchDecoder(file: File, private val artifact: DecoderArtifact) : Dec
         }
         return spec.outputs.zip(out).associate { (name, value) ->
             val t = value.toTensor()
-            name to DecoderTensor.Float32(t.dataAsFloatArray, t.shape().map { it.toInt() }.toIntArray())
+            val shape = t.shape().map { it.toInt() }.toIntArray()
+            // float32 (logits, new keys/values, stage outputs) or int64 (follow_out: the followed keys' rows)
+            name to when (t.dtype()) {
+                DType.FLOAT -> DecoderTensor.Float32(t.dataAsFloatArray, shape)
+                DType.INT64 -> DecoderTensor.Int64(t.dataAsLongArray, shape)
+                else -> throw DecoderException("method $method output $name is ${t.dtype()}, not float32 or int64; re-export")
+            }
         }
     }
 

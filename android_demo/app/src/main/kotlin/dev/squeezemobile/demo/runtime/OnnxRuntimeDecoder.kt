@@ -1,5 +1,6 @@
 package dev.squeezemobile.demo.runtime
 
+import ai.onnxruntime.OnnxJavaType
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import ai.onnxruntime.OrtSession
@@ -38,9 +39,13 @@ class OnnxRuntimeDecoder(file: File, private val artifact: DecoderArtifact, thre
             return spec.outputs.associateWith { name ->
                 val value = result.get(name).orElse(null) as? OnnxTensor
                     ?: throw DecoderException("ONNX Runtime returned no tensor $name for $method")
-                val buffer = value.floatBuffer
-                val data = FloatArray(buffer.remaining()).also { buffer.get(it) }
-                DecoderTensor.Float32(data, value.info.shape.map { it.toInt() }.toIntArray())
+                val shape = value.info.shape.map { it.toInt() }.toIntArray()
+                // float32 (logits, new keys/values) or int64 (follow_out: the followed keys' rows)
+                when (value.info.type) {
+                    OnnxJavaType.FLOAT -> value.floatBuffer.let { b -> DecoderTensor.Float32(FloatArray(b.remaining()).also { b.get(it) }, shape) }
+                    OnnxJavaType.INT64 -> value.longBuffer.let { b -> DecoderTensor.Int64(LongArray(b.remaining()).also { b.get(it) }, shape) }
+                    else -> throw DecoderException("ONNX Runtime returned $name for $method as ${value.info.type}, not float32 or int64")
+                }
             }
         }
     }
