@@ -129,6 +129,7 @@ class SqueezedContext:
         G = tables.group_size
         heads = Hkv * G if spec.per_query_head else Hkv
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
+        self._exact_keys = {}   # layer -> the exact tail's float keys until _point has read them
         self.row_offset = (self.kv_of_head * self.num_clustered).unsqueeze(-1)  # into clustered[layer] flattened
         self.stats = LookupStats()
         # decode_selection="question": per layer, the prompt's last selection (idx, valid) as made, then the rows and
@@ -287,7 +288,10 @@ class SqueezedContext:
         Hs, G = q.shape[0], q.shape[1]
         if positions is None:   # every clustered key, in position order (the exact tail's row)
             first = self.first_position
-            k = self.keys[layer][:, first:first + self.num_clustered].index_select(0, self.kv_of_head).float()
+            # the exact tail's float copy of the layer's keys (one widening of the fp16 table per layer, not two)
+            k = self._exact_keys.pop(layer, None)
+            k = (k if k is not None else self.keys[layer].float())[:, first:first + self.num_clustered]
+            k = k if self.num_kv_heads == len(self.kv_of_head) else k.index_select(0, self.kv_of_head)
             positions = torch.arange(first, first + self.num_clustered).expand(Hs, -1)
         else:
             k = self._context_rows(self.keys, layer, positions)
@@ -359,8 +363,11 @@ class SqueezedContext:
     def _attend_exact(self, layer: int, queries):
         """Every context key, in position order (DenseContext's attention): the prompt's exact tail."""
         Hq, T, D = queries.shape
-        out, lse = attention_with_lse(queries.reshape(self.num_kv_heads, -1, D), self.keys[layer].float(),
-                                      self.values[layer].float(), self.scale)
+        keys = self.keys[layer].float()
+        if self.spec.follow_keys and self.spec.decode_selection != "question":   # _point scores the last row on them
+            self._exact_keys[layer] = keys
+        out, lse = attention_with_lse(queries.reshape(self.num_kv_heads, -1, D), keys, self.values[layer].float(),
+                                      self.scale)
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def _attend_selecting(self, layer: int, queries):
