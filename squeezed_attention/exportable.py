@@ -390,10 +390,13 @@ class ExportableDecoder(nn.Module):
         if weigh is not None:  # the last token's weights on the parts ``weigh``, relative to the fixed context's
             ends = list(itertools.accumulate(sizes))
             starts = [0] + ends[:-1]
-            context_mass = probs[..., :ends[-1]].sum(-1, keepdim=True)                  # [Hkv, G*T, 1]
-            chosen = torch.cat([probs[..., starts[i]:ends[i]] for i in weigh], dim=-1) / context_mass
-            # a broadcast product and a sum over the rows (a bmm would copy the expanded row mask per layer)
-            weights = (chosen * st["last_rows"].transpose(1, 2)).sum(1)                 # [Hkv, n]
+            # one matrix-vector product per KV head: the last token's rows, each over its fixed-context mass,
+            # summed. No [Hkv, G*T, n] temporaries (an exact prompt tail's n is every clustered row; the runtime's
+            # memory plan held them layer by layer), no gather (the split plan's GPU delegates have none), no
+            # expanded operand (a copy per layer in XNNPACK)
+            coef = st["last_rows"].transpose(1, 2) / probs[..., :ends[-1]].sum(-1, keepdim=True)   # [Hkv, G*T, 1]
+            row = torch.bmm(coef.transpose(1, 2), probs)[:, 0]                                   # [Hkv, N]
+            weights = torch.cat([row[:, starts[i]:ends[i]] for i in weigh], dim=-1)            # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
         out, wide, start = None, None, 0
