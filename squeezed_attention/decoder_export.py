@@ -34,6 +34,7 @@ from .decoder_session import SCHEMA, SCHEMA_PREFIX
 from .errors import SqueezeError
 from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
+from .settings import follow_min_keep
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -333,14 +334,6 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     }
 
 
-def follow_min_keep(follow: int) -> int:
-    """The fewest kept keys per head at which a decoder with ``follow`` followed keys follows them (the host's
-    default_follow_keys: settings.FOLLOW_MIN_KEYS_PER_FOLLOWED per followed key)."""
-    from .settings import FOLLOW_MIN_KEYS_PER_FOLLOWED
-
-    return FOLLOW_MIN_KEYS_PER_FOLLOWED * follow
-
-
 def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "",
                    exact_tail: int = 0, follow: int = 0, min_keep: int = 0) -> dict:
     """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
@@ -528,7 +521,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 else f"{stem}_{shapes.max_context}_{weights}{backend.suffix}"
             exact = exact_tail_for(exact_tail, att, selection, shapes.max_prompt)
             follow = follow_keys_for(follow_keys, att, selection, prefill_tail)
-            min_keep = follow_min_keep(follow) if follow_keys is None else 0
+            min_keep = follow_min_keep(follow) if follow_keys is None else 0   # gated as the host's default
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
             say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()

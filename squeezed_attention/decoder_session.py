@@ -167,12 +167,9 @@ class GenerationLoop:
         if self.attention == "squeezed":
             follows = self.follow and method == "decode" and not self.prompting
             feed["keep_keys"] = np.array([self.keep_keys - (self.follow if follows else 0)], dtype=np.int64)
-            if self.graph_follow:  # decode: the previous call's pointer; else none (every method's inputs take them)
-                L, hkv = len(self.pack.arrays["kv.keys"]), self.pack.arrays["kv.keys"].shape[1]
-                pointer = self.pointer if follows and self.pointer is not None else \
-                    np.full((L, hkv, self.graph_follow), -1, dtype=np.int64)
-                for li in range(L):
-                    feed[f"follow_rows_{li}"] = pointer[li]
+            if self.graph_follow:  # every method's inputs take them
+                for li, rows in enumerate(self._fed_pointer(follows, self.graph_follow)):
+                    feed[f"follow_rows_{li}"] = rows
         if self.state == "io":
             for li in range(cache[0].shape[0]):  # one input per layer: views of the loop's [L, ...] cache
                 feed[f"past_keys_{li}"], feed[f"past_values_{li}"] = cache[0][li], cache[1][li]
@@ -194,6 +191,14 @@ class GenerationLoop:
             cache[0][:, :, cache_len:cache_len + n] = out["new_keys"][:, :, :n]
             cache[1][:, :, cache_len:cache_len + n] = out["new_values"][:, :, :n]
         return np.asarray(out["logits"]).reshape(-1)
+
+    def _fed_pointer(self, follows: bool, width: int):
+        """The followed rows a call feeds, [L, Hkv, width] flat clustered rows: the previous call's pointer on a
+        decode step that follows, else -1 (none)."""
+        if follows and self.pointer is not None:
+            return self.pointer
+        L, hkv = self.pack.arrays["kv.keys"].shape[:2]
+        return np.full((L, hkv, width), -1, dtype=np.int64)
 
     def static_width(self, method: str) -> int:
         """Token slots of a method's static shape: prefill max_prompt, prefill_exact exact_tail, decode 1."""
@@ -228,7 +233,8 @@ class GenerationLoop:
         follows = F and method == "decode" and not self.prompting
         keep = self.keep_keys - (F if follows else 0)
         slot_rows = [None] * cache[0].shape[0]
-        pointer = np.full((cache[0].shape[0], cache[0].shape[1], F), -1, dtype=np.int64) if F else None
+        fed = self._fed_pointer(follows, F) if F else None        # the followed rows this step attends
+        pointer = np.full_like(fed, -1) if F else None             # the rows the next step follows, layer by layer
         width = self.static_width(method)
         n = len(tokens)
         padded = np.zeros(width, dtype=np.int64)
@@ -258,8 +264,7 @@ class GenerationLoop:
                 looked = kept_rows(out["scores"], ctx[f"counts_{li}"], ctx[f"cluster_start_{li}"],
                                    ctx[f"clustered_keys_{li}"], ctx[f"clustered_values_{li}"], keep,
                                    self.shapes["max_keep"],
-                                   follow_rows=(self.pointer[li] if follows and self.pointer is not None else
-                                                pointer[li]) if F else None)
+                                   follow_rows=fed[li] if F else None)
                 feed["kept_keys"], feed["kept_values"], feed["kept_bias"] = looked[:3]
                 if F:
                     slot_rows[li] = looked[3]

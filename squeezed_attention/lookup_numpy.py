@@ -175,7 +175,8 @@ def kept_slots(scores, counts, cluster_start, keep_keys: int, max_keep: int, row
     last_used = np.where(slot_ok, which, -1).max(-1, keepdims=True)               # [Hkv, 1]
     position = np.empty_like(rank)
     position[heads, rank] = np.arange(K)
-    return np.where(slot_ok, rows + heads * rows_per_head, -1), np.where(position > last_used, 0.0, -np.inf).astype(np.float32)
+    summary = np.where(position > last_used, 0.0, -np.inf).astype(np.float32)
+    return np.where(slot_ok, rows + heads * rows_per_head, -1), summary
 
 
 def with_followed(slot_rows, follow_rows):

@@ -31,9 +31,15 @@ DEFAULT_FOLLOW_KEYS = 4
 FOLLOW_MIN_KEYS_PER_FOLLOWED = 8
 
 
+def follow_min_keep(follow_keys: int) -> int:
+    """The fewest kept keys per head at which the default rule follows ``follow_keys`` keys (exported decoders record
+    it as follow_min_keep)."""
+    return FOLLOW_MIN_KEYS_PER_FOLLOWED * follow_keys
+
+
 def default_follow_keys(budget_keys: int) -> int:
     """follow_keys when not given: DEFAULT_FOLLOW_KEYS, or 0 where the budget keeps too few keys to spare them."""
-    return DEFAULT_FOLLOW_KEYS if budget_keys >= FOLLOW_MIN_KEYS_PER_FOLLOWED * DEFAULT_FOLLOW_KEYS else 0
+    return DEFAULT_FOLLOW_KEYS if budget_keys >= follow_min_keep(DEFAULT_FOLLOW_KEYS) else 0
 
 
 def exact_start(tokens: int, exact_tail: int) -> int:

@@ -661,6 +661,8 @@ def _followed_cases(rng, cases: list) -> list:
     """kept_rows with ``follow_rows`` (a decode step of a decoder with followed keys: keep_keys - F selected, then the
     previous call's pointer rows the selection did not keep, each once, in the next free slots): per table, rows the
     selection keeps, a row twice, -1, rows of another cluster; F = 3 slots left free."""
+    from squeezed_attention.lookup_numpy import kept_slots
+
     picked = {}
     for case in cases:
         table = case[0].split(", keep")[0]
@@ -670,8 +672,6 @@ def _followed_cases(rng, cases: list) -> list:
     for name, scores, counts, start, keys, values, keep, max_keep in picked.values():
         H, nc = scores.shape[0], keys.shape[1]
         keep = max(1, min(keep, max_keep - 3))
-        from squeezed_attention.lookup_numpy import kept_slots
-
         rows, _ = kept_slots(scores, counts, start, keep, max_keep, nc)
         follow = rng.integers(0, nc, (H, 3)) + np.arange(H)[:, None] * nc          # flat rows of each head
         follow[0, 0] = -1

@@ -18,6 +18,14 @@ class KeptRowsTest {
     private val golden = Golden.json("qa_kept_rows.json.gz")
     private val blob = Golden.floatsLE("qa_kept_rows_f32le.bin.gz")
 
+    // The hand table of the by-hand cases: one head, clusters 0..3 with 2, 0, 3, 1 keys (rows laid out cluster by
+    // cluster), D = 1: key r, value -r; scores rank cluster 2 first, then 0 and 1 tied (index order), then 3.
+    private val keys = FloatArray(6) { it.toFloat() }
+    private val values = FloatArray(6) { -it.toFloat() }
+    private val counts = longArrayOf(2, 0, 3, 1)
+    private val start = longArrayOf(0, 2, 2, 5)
+    private val scores = floatArrayOf(0.5f, 0.5f, 0.9f, 0.1f)
+
     private fun floats(j: JsonPath): FloatArray = blob.copyOfRange(j["offset"].int(), j["offset"].int() + j["count"].int())
 
     private fun longs(j: JsonPath): LongArray = j.list().map { it.long() }.toLongArray()
@@ -90,13 +98,7 @@ class KeptRowsTest {
 
     @Test
     fun followedRowsTakeTheNextUnusedSlotsOnce() {
-        // one head, clusters 0..3 with 2, 0, 3, 1 keys (rows cluster by cluster), D = 1: key r, value -r; cluster 2
-        // ranks first, then 0: keep 3 selects rows 2, 3, 4 (cluster 2)
-        val keys = FloatArray(6) { it.toFloat() }
-        val values = FloatArray(6) { -it.toFloat() }
-        val counts = longArrayOf(2, 0, 3, 1)
-        val start = longArrayOf(0, 2, 2, 5)
-        val scores = floatArrayOf(0.5f, 0.5f, 0.9f, 0.1f)
+        // the hand table (cluster 2 ranks first, then 0): keep 3 selects rows 2, 3, 4 (cluster 2)
         fun lookup(keep: Int, maxKeep: Int, follow: LongArray?) = KeptRows.compute(scores, counts, start, keys, values, 1, 6, keep, maxKeep, follow)
         val inf = Float.NEGATIVE_INFINITY
         // followed: -1 (none), 3 (kept already), 5, 5 again, 0: rows 5 and 0 after the selection, once each
@@ -209,20 +211,15 @@ class KeptRowsTest {
 
     @Test
     fun aSmallCaseByHand() {
-        // one head, clusters 0..3 with 2, 0, 3, 1 keys (rows laid out cluster by cluster), D = 1: key r, value -r
-        val keys = FloatArray(6) { it.toFloat() }
-        val values = FloatArray(6) { -it.toFloat() }
-        val counts = longArrayOf(2, 0, 3, 1)
-        val start = longArrayOf(0, 2, 2, 5)
-        // ranking: cluster 2 (0.9), then 0 and 1 tied at 0.5 (index order), then 3
-        val r = KeptRows.compute(floatArrayOf(0.5f, 0.5f, 0.9f, 0.1f), counts, start, keys, values, 1, 6, keepKeys = 4, maxKeep = 5)
+        // the hand table; ranking: cluster 2 (0.9), then 0 and 1 tied at 0.5 (index order), then 3
+        val r = KeptRows.compute(scores, counts, start, keys, values, 1, 6, keepKeys = 4, maxKeep = 5)
         val inf = Float.NEGATIVE_INFINITY
         assertArrayEquals(floatArrayOf(2f, 3f, 4f, 0f, 0f), r.keys) // 3 of cluster 2, 1 of 0, row 0
         assertArrayEquals(floatArrayOf(-2f, -3f, -4f, -0f, -0f), r.values)
         // slots: 4 used, 1 unused; clusters: 2 and 0 kept (-inf), 1 (empty, ranked after 0) and 3 summarised (0)
         assertArrayEquals(floatArrayOf(0f, 0f, 0f, 0f, inf, inf, 0f, inf, 0f), r.bias)
         // keep nothing: every slot unused, every cluster a summary
-        val none = KeptRows.compute(floatArrayOf(0.5f, 0.5f, 0.9f, 0.1f), counts, start, keys, values, 1, 6, keepKeys = 0, maxKeep = 2)
+        val none = KeptRows.compute(scores, counts, start, keys, values, 1, 6, keepKeys = 0, maxKeep = 2)
         assertArrayEquals(floatArrayOf(inf, inf, 0f, 0f, 0f, 0f), none.bias)
     }
 
