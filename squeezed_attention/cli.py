@@ -341,6 +341,7 @@ def _suite_eval(args, config) -> int:
                            continuation_tokens=args.continuation_tokens, out_dir=out, prefill_rows=args.prefill_rows,
                            prefill_tail=args.prefill_tail, exact_tail=args.exact_tail,
                            decode_selection=args.decode_selection, follow_keys=args.follow_keys, artifacts=sessions,
+                           continuation_cases=args.continuation_cases,
                            log=lambda m: print(m, file=sys.stderr))
     finally:
         for _, session in sessions:
@@ -497,6 +498,9 @@ def add_subcommands(subparsers) -> None:
                    default=("pte", "onnx", "tflite"), metavar="F,F,...",
                    help="suite with --artifacts: the formats to run (default pte,onnx,tflite; coreml runs in the "
                    "project's MIL evaluator off macOS, which is slow)")
+    e.add_argument("--continuation-cases", type=_int_in(0, 1000), default=4, metavar="N",
+                   help="suite: teacher-forced prose continuations per context length, each from its own random "
+                   "place in the split's text (top-1 agreement and KL pooled over their tokens; 0 = none; default 4)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
                    help="suite cases per context length, kinds in rotation (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",

@@ -255,11 +255,13 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kv_budgets=(0.225, 0.125), seed: int = 0, continuation_tokens: int = 64, out_dir=None, log=print,
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
-              exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None) -> dict:
+              exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None,
+              continuation_cases: int = 4) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
-    question (greedy), and the attention-mass recall of each budget on the question tokens; per length one
-    continuation case (teacher-forced prose from the split) for top-1 agreement and KL. Results are saved
-    after every case when ``out_dir`` is given.
+    question (greedy), and the attention-mass recall of each budget on the question tokens; per length
+    ``continuation_cases`` continuations (teacher-forced prose from the split, each from its own random place)
+    for top-1 agreement and KL, pooled over their tokens. Results are saved after every case when ``out_dir`` is
+    given.
 
     ``artifacts``: (label, DecoderSession) pairs -- exported decoders, each answering every case through its own
     runtime from the case's pack saved as a file (as an app would); a case an artifact refuses (e.g. a pack longer
@@ -288,7 +290,9 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     def save():
         result = {"split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
-                  "decode_selection": decode_selection, "follow_keys": follow_keys, "cases": rows, "recall": recalls, "continuation": continuation,
+                  "decode_selection": decode_selection, "follow_keys": follow_keys,
+                  "continuation_cases": continuation_cases, "cases": rows, "recall": recalls,
+                  "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),
                   "artifacts": [{"config": label, "file": session.artifact["file"],
                                  "format": session.artifact["format"], "weights": session.artifact.get("weights"),
@@ -340,26 +344,30 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                                     f" (best {_median([x for row in r['ceiling'] for x in row]):.2f})"
                                     for n, r in rec.items()))
         save()
-    for li, length in enumerate(lengths):
-        if continuation_tokens <= 0:
-            break
-        import random as _random
+    import random as _random
 
-        rng = _random.Random(f"{split}:continuation:{length}:{seed}")
-        paras, _ = _prose(tok, docs, split_items(sorted(docs), split), length + continuation_tokens + 64, rng)
-        ids = tok.encode("\n\n".join(paras))
-        n_ctx = length - continuation_tokens
-        pack = build_context_pack(model, checkpoint, tok.decode(ids[:n_ctx], skip_special=False),
-                                  BuildSettings(framing="raw"))
-        cont = tok.encode(tok.decode(ids[n_ctx:n_ctx + continuation_tokens + 8]))[:continuation_tokens]
-        gen = Generator(model, tok, pack)
-        reference, _ = continuation_metrics(gen, AttentionChoice("full"), cont)
-        for name, choice in squeezed.items():
-            _, m = continuation_metrics(gen, choice, cont, reference)
-            continuation.append({"length": length, "tokens": pack.num_tokens, "config": name, **m})
-        log(f"[{time.perf_counter() - started:6.0f}s] continuation {pack.num_tokens} tokens: " + " ".join(
-            f"{r['config']}: top-1 {r['top1_agreement']:.3f} KL {r['kl_mean']:.4f}" for r in continuation[-len(squeezed):]))
-        save()
+    for length in lengths:
+        for ci in range(continuation_cases if continuation_tokens > 0 else 0):
+            # case 0 draws from the seed string of the suite's first versions (one case per length), so their
+            # continuations stay comparable
+            rng = _random.Random(f"{split}:continuation:{length}:{seed}" + (f":{ci}" if ci else ""))
+            paras, used = _prose(tok, docs, split_items(sorted(docs), split), length + continuation_tokens + 64, rng)
+            ids = tok.encode("\n\n".join(paras))
+            n_ctx = length - continuation_tokens
+            pack = build_context_pack(model, checkpoint, tok.decode(ids[:n_ctx], skip_special=False),
+                                      BuildSettings(framing="raw"))
+            cont = tok.encode(tok.decode(ids[n_ctx:n_ctx + continuation_tokens + 8]))[:continuation_tokens]
+            gen = Generator(model, tok, pack)
+            reference, _ = continuation_metrics(gen, AttentionChoice("full"), cont)
+            for name, choice in squeezed.items():
+                _, m = continuation_metrics(gen, choice, cont, reference)
+                continuation.append({"length": length, "case": ci, "source": used[0], "tokens": pack.num_tokens,
+                                     "config": name, **m})
+            log(f"[{time.perf_counter() - started:6.0f}s] continuation {ci + 1}/{continuation_cases}, "
+                f"{pack.num_tokens} tokens of {used[0]}: " + " ".join(
+                    f"{r['config']}: top-1 {r['top1_agreement']:.3f} KL {r['kl_mean']:.4f}"
+                    for r in continuation[-len(squeezed):]))
+            save()
     return save()
 
 
@@ -388,9 +396,12 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
         entry["recall_clustered_median"] = _median(rec)
         entry["recall_context_median"] = _median(ctx)
         entry["recall_ceiling_median"] = _median(ceil) if ceil else None
+        # pooled over the continuations' tokens (each case scores the same number, so this is also their mean)
         cont = [r for r in continuation if r["config"] == name]
-        entry["top1_agreement"] = sum(r["top1_agreement"] for r in cont) / len(cont) if cont else None
-        entry["kl_mean"] = sum(r["kl_mean"] for r in cont) / len(cont) if cont else None
+        scored = sum(r["scored_tokens"] for r in cont)
+        entry["continuation_tokens"] = scored
+        entry["top1_agreement"] = sum(r["top1_agreement"] * r["scored_tokens"] for r in cont) / scored if scored else None
+        entry["kl_mean"] = sum(r["kl_mean"] * r["scored_tokens"] for r in cont) / scored if scored else None
         out.append(entry)
     return out
 
@@ -405,7 +416,8 @@ def suite_markdown(result) -> str:
     for e in result["summary"]:
         kinds = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_kind"].items()))
         depths = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_depth"].items()))
-        top1 = "-" if e["top1_agreement"] is None else f"{100 * e['top1_agreement']:.1f}%"
+        top1 = "-" if e["top1_agreement"] is None else (f"{100 * e['top1_agreement']:.1f}% "
+                                                         f"({e.get('continuation_tokens', '?')} tokens)")
         kl = "-" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
         skipped = f" ({e['skipped']} skipped)" if e.get("skipped") else ""
         lines.append(f"| {e['config']} | {e['correct']}/{e['cases']}{skipped} | {e['solved_of_full']}/{e['full_solved']} | "

@@ -107,3 +107,20 @@ def test_shallow_pass_key_is_answered_at_the_default_budget():
     squeezed = gen.generate(case.question, AttentionChoice("top-k", kv_budget=DEFAULT_KV_BUDGET), max_new_tokens=12)
     assert case.answer in full.text
     assert case.answer in squeezed.text, squeezed.text
+
+
+def test_continuations_are_pooled_over_their_tokens():
+    """Top-1 agreement and KL of several continuation cases: pooled over the scored tokens, per configuration."""
+    cont = [{"config": "top-k@0.125", "scored_tokens": 63, "top1_agreement": 1.0, "kl_mean": 0.01},
+            {"config": "top-k@0.125", "scored_tokens": 21, "top1_agreement": 0.0, "kl_mean": 0.05},
+            {"config": "top-k@0.225", "scored_tokens": 63, "top1_agreement": 0.5, "kl_mean": 0.0}]
+    rows = [{"case_id": "c", "config": c, "correct": True, "kind": "number", "depths": [0.5]}
+            for c in ("full", "top-k@0.125", "top-k@0.225")]
+    summary = {e["config"]: e for e in suite.summarize_suite(rows, [], cont, (0.125, 0.225))}
+    assert summary["top-k@0.125"]["top1_agreement"] == pytest.approx(63 / 84)
+    assert summary["top-k@0.125"]["kl_mean"] == pytest.approx((63 * 0.01 + 21 * 0.05) / 84)
+    assert summary["top-k@0.125"]["continuation_tokens"] == 84
+    assert summary["top-k@0.225"]["top1_agreement"] == pytest.approx(0.5)
+    assert summary["full"]["top1_agreement"] is None
+    assert "75.0% (84 tokens)" in suite.suite_markdown({"split": "dev", "seed": 0, "lengths": [2048],
+                                                       "summary": list(summary.values())})
