@@ -378,8 +378,10 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                 interrupt=None):
     """Convert, write atomically, verify; returns manifest records (Core ML can give two artifacts).
 
-    int8 artifacts are verified on the temporary file, before it is renamed into place: one that misses the int8
-    thresholds is never written (the format fails with one line naming the metric)."""
+    Every artifact is verified on the temporary file, before it is renamed into place. An int8 artifact that misses
+    the int8 thresholds is never written (the format fails with one line naming the metric); another that fails
+    verification is written and recorded as failed where the directory held no artifact of that name, but never
+    replaces one that is there (a converter regression must not destroy a good artifact)."""
     records, errors = [], []
     base_opts = opts
     for target in backend.targets(stem, base_opts):
@@ -388,19 +390,28 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         dest = out_dir / fname
         say(backend.name, f"{'quantizing (int8) ' if opts.precision == 'int8' else ''}converting -> {fname}")
         t0 = time.perf_counter()
-        early = None
+        early, failed, replacing = None, None, dest.exists()
         try:
-            with quiet(quiet_tools), atomic_path(dest, replaceable=backend.replaceable) as tmp:
-                try:
-                    extras = convert(ready, example, tmp, opts) or {}
-                except SqueezeError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
-                    raise conversion_error(backend.name, exc) from None
+            with atomic_path(dest, replaceable=backend.replaceable) as tmp:
+                with quiet(quiet_tools):
+                    try:
+                        extras = convert(ready, example, tmp, opts) or {}
+                    except SqueezeError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
+                        raise conversion_error(backend.name, exc) from None
+                seconds = time.perf_counter() - t0
                 if interrupt is not None:
                     interrupt.check()  # inside the atomic write: an interrupted artifact is discarded
                 if opts.precision == "int8":
                     early = _verify_int8(backend, tmp, fname, vset, opts, extras, num_classes)
+                else:
+                    say(backend.name, f"verifying {fname}")
+                    early, failed = _verify_checked(backend, tmp, vset, opts, extras, num_classes)
+                    problem = failed or ("; ".join(early["failures"]) if early["status"] == "fail" else None)
+                    if replacing and problem:
+                        raise SqueezeError(f"{backend.name}: verification of the new {fname} failed ({problem}); the "
+                                           f"previous {fname} and its manifest record were kept")
         except SqueezeError as exc:
             if target.get("best_effort"):  # the old format is best effort: say so plainly, do not fail the run
                 records.append({"format": backend.name, "container": "mlmodel", "file": None,
@@ -415,7 +426,6 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
             say(backend.name, f"FAILED: {exc}")
             errors.append(str(exc))
             continue
-        seconds = time.perf_counter() - t0
         inputs, outputs = _io_record(backend.name, opts.spec, num_classes)
         record = {
             "format": backend.name,
@@ -433,26 +443,13 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         }
         if not backend.deterministic:
             record["nondeterminism"] = "the .mlpackage Manifest.json carries random item identifiers"
-        if early is not None:
-            numeric = early
-        else:
-            say(backend.name, f"verifying {fname}")
-            structural = None
-            try:
-                structural = backend.structural_check(dest, opts, num_classes) if backend.name == "coreml" else None
-                numeric = verify_artifact(backend, dest, vset, opts.spec, opts.precision, extras)
-            except SqueezeError as exc:
-                record["verification"] = {"status": "fail", "failures": [str(exc)]}
-                records.append(record)
-                error = SqueezeError(f"{backend.name}: verification of {fname} failed: {exc}")
-                error.records = records  # the artifact is on disk: the manifest must still describe it
-                raise error from None
-            if structural:
-                numeric["structural"] = structural
-            if backend.name == "coreml" and numeric.get("numeric"):
-                cross = backend.mil_cross_check(dest, vset, opts.spec, opts.precision)  # macOS: Apple's runtime vs MIL
-                if cross:
-                    numeric["mil_evaluation"] = cross
+        if failed is not None:
+            record["verification"] = {"status": "fail", "failures": [failed]}
+            records.append(record)
+            error = SqueezeError(f"{backend.name}: verification of {fname} failed: {failed}")
+            error.records = records  # the artifact is on disk: the manifest must still describe it
+            raise error from None
+        numeric = early
         record["verification"] = numeric
         records.append(record)
         if numeric["status"] == "fail":
@@ -474,6 +471,22 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         error.records = records  # the variants that did pass are on disk and described
         raise error
     return records
+
+
+def _verify_checked(backend, path: Path, vset, opts: ExportOptions, extras: Dict, num_classes):
+    """(verification record, None), or (None, the one-line reason) when the artifact could not be checked or run."""
+    try:
+        structural = backend.structural_check(path, opts, num_classes) if backend.name == "coreml" else None
+        numeric = verify_artifact(backend, path, vset, opts.spec, opts.precision, extras)
+    except SqueezeError as exc:
+        return None, str(exc)
+    if structural:
+        numeric["structural"] = structural
+    if backend.name == "coreml" and numeric.get("numeric"):
+        cross = backend.mil_cross_check(path, vset, opts.spec, opts.precision)  # macOS: Apple's runtime vs MIL
+        if cross:
+            numeric["mil_evaluation"] = cross
+    return numeric, None
 
 
 def _verify_int8(backend, path: Path, fname: str, vset, opts: ExportOptions, extras: Dict, num_classes) -> Dict:

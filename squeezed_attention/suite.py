@@ -347,11 +347,18 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     import random as _random
 
     for length in lengths:
+        starts = set()   # each case opens another document (the prose runs from a document's start) while any is left
+        names = split_items(sorted(docs), split)
         for ci in range(continuation_cases if continuation_tokens > 0 else 0):
             # case 0 draws from the seed string of the suite's first versions (one case per length), so their
             # continuations stay comparable
-            rng = _random.Random(f"{split}:continuation:{length}:{seed}" + (f":{ci}" if ci else ""))
-            paras, used = _prose(tok, docs, split_items(sorted(docs), split), length + continuation_tokens + 64, rng)
+            for retry in range(1000):
+                rng = _random.Random(f"{split}:continuation:{length}:{seed}" + (f":{ci}" if ci else "")
+                                     + (f":{retry}" if retry else ""))
+                paras, used = _prose(tok, docs, names, length + continuation_tokens + 64, rng)
+                if used[0] not in starts or len(starts) >= len(names):
+                    break
+            starts.add(used[0])
             ids = tok.encode("\n\n".join(paras))
             n_ctx = length - continuation_tokens
             pack = build_context_pack(model, checkpoint, tok.decode(ids[:n_ctx], skip_special=False),

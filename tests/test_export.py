@@ -217,6 +217,45 @@ def test_converter_failure_is_isolated(tmp_path, small_checkpoint, monkeypatch, 
     assert not list(tmp_path.glob("*.tflite")) and not _partials(tmp_path)
 
 
+def test_failing_reexport_keeps_the_previous_artifact(tmp_path, small_checkpoint, monkeypatch, capsys):
+    """A converter that regresses (here: a model whose logits are scaled) must not replace a verified artifact: the
+    new file is verified before it is renamed into place; into a fresh directory it is written and marked failed."""
+    import torch
+
+    from export.backends.onnx_backend import OnnxBackend
+
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 0
+    (good,) = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    good_sha = _sha(tmp_path / good["file"])
+    export = OnnxBackend.export
+
+    def regressed(self, module, example, dest, opts):
+        class Scaled(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = module
+
+            def forward(self, x):
+                return self.inner(x) * 3.0
+
+        return export(self, Scaled().eval(), example, dest, opts)
+
+    monkeypatch.setattr(OnnxBackend, "export", regressed)
+    capsys.readouterr()
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "onnx"]) == 1
+    err = capsys.readouterr().err
+    assert f"the previous {good['file']} and its manifest record were kept" in err, err
+    assert _sha(tmp_path / good["file"]) == good_sha and not _partials(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (kept,) = manifest["artifacts"]
+    assert kept["sha256"] == good_sha and kept["verification"]["status"] == "pass"
+    assert manifest["failures"][0]["format"] == "onnx"
+    fresh = tmp_path / "fresh"
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(fresh), "--formats", "onnx"]) == 1
+    (bad,) = json.loads((fresh / "manifest.json").read_text())["artifacts"]
+    assert bad["verification"]["status"] == "fail" and (fresh / bad["file"]).is_file()
+
+
 def test_ctrl_c_leaves_no_partial_files(tmp_path, small_checkpoint):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
