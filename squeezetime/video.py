@@ -6,14 +6,23 @@ then either the single-clip val pipeline (short side 256, centre crop) or the mu
 Videos shorter than T*interval frames loop (indices taken modulo the frame count), as mmaction does.
 
 Input policy: a video is used as far as it decodes. Refused (SqueezeError) are only files that cannot be
-opened, have no video stream, yield no frame, or make FFmpeg raise while demuxing or decoding (corrupt
-data). When the file claims more frames than decode cleanly -- an edit list that hides a B-frame, a
-truncated file, an index longer than the data -- sampling runs on the frames that do decode and one
-SqueezeWarning says so. The claim is the container's frame count and its packet count; containers without
-a count (Matroska/WebM) are held to their declared duration. Packets the demuxer itself flags as corrupt
-(the cut-off last packet of a truncated file) are not sent to the decoder: they count as frames that did
-not decode. Decoding uses slice threads only: FFmpeg's frame threads drop errors near the end of a stream,
-which would make the verdict depend on the machine's core count.
+opened, have no video stream (cover art -- a stream with the attached_pic disposition, as music files carry
+it -- is not video: the first video stream that is not cover art is used), yield no frame, or make FFmpeg
+raise while demuxing or decoding (corrupt data). When the file claims more frames than decode cleanly -- an
+edit list that hides a B-frame, a truncated file, an index longer than the data -- sampling runs on the
+frames that do decode and one SqueezeWarning says so. The claim is the container's frame count and its
+packet count; containers without a count (Matroska/WebM) are held to their declared duration. Packets the
+demuxer itself flags as corrupt (the cut-off last packet of a truncated file) are not sent to the decoder:
+they count as frames that did not decode. Decoding uses slice threads only: FFmpeg's frame threads drop
+errors near the end of a stream, which would make the verdict depend on the machine's core count.
+
+Frames are presented upright, as FFmpeg's CLI and the apps show them: a phone stores portrait video as
+landscape pixels plus a display matrix (a rotation in the container, reaching each decoded frame as side
+data). The first decoded frame's rotation (a multiple of 90 degrees) is applied to every frame right after
+RGB conversion, so sampling, resize and crop see the upright frames; ``VideoInfo.rotation`` records it
+(clockwise degrees, the apps' convention) and width/height are the upright frame's. A rotation that is not
+a multiple of 90 degrees is not applied (one SqueezeWarning says so). Flips in the display matrix are not
+applied.
 
 Only sampled frames are held in memory (O(T)). A demux pass counts packets (cheap, no decoding); one
 decode pass then keeps the frames that the official sampling picks for every frame count in a small
@@ -45,13 +54,18 @@ SHORTFALL_WINDOW = 2
 DURATION_COVERAGE = 0.9
 # Frames longer than this many times their short side are refused: resizing the short side would explode.
 MAX_ASPECT = 16
+# Streams with these dispositions are pictures attached to the file (cover art, thumbnails), not its video.
+NOT_VIDEO_DISPOSITIONS = ("attached_pic", "timed_thumbnails")
+# A display rotation within this many degrees of a multiple of 90 is taken as that multiple (FFmpeg's CLI
+# uses the same tolerance; PyAV truncates the angle to whole degrees).
+ROTATION_TOLERANCE = 1
 
 
 @dataclass
 class VideoInfo:
     path: str
     frames: int  # usable frames: those that decode cleanly (what sampling runs on)
-    width: int
+    width: int  # of the upright frames (after rotation), as sampling sees them
     height: int
     fps: float
     codec: str
@@ -59,6 +73,7 @@ class VideoInfo:
     packets: Optional[int] = None  # video packets with payload found by demuxing
     decoded_frames: Optional[int] = None  # frames FFmpeg decoded without error
     duration: Optional[float] = None  # seconds, as the container declares them
+    rotation: int = 0  # degrees the decoded frames were turned clockwise to stand upright (0, 90, 180, 270)
 
     @property
     def complete(self) -> bool:
@@ -108,10 +123,39 @@ def _open(path):
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise SqueezeError(f"video {path} cannot be opened: not a video or truncated ({_reason(exc)}); "
                            f"check that the file plays, or re-encode it") from None
-    if not container.streams.video:
+    stream = _video_stream(container)
+    if stream is None:
         container.close()
         raise SqueezeError(f"video {path} has no video stream; pass a file with video")
-    return container
+    return container, stream
+
+
+def _video_stream(container):
+    """The first video stream that is not cover art or a thumbnail track (None when there is none)."""
+    import av
+
+    skip = 0
+    for name in NOT_VIDEO_DISPOSITIONS:
+        skip |= int(getattr(av.stream.Disposition, name, 0))
+    for stream in container.streams.video:
+        if not int(stream.disposition) & skip:
+            return stream
+    return None
+
+
+def _upright_turns(path, degrees: int, warn: bool) -> int:
+    """Quarter turns (np.rot90's k: counter-clockwise) that stand a frame upright, from its display rotation.
+
+    ``degrees`` is PyAV's ``VideoFrame.rotation``: the counter-clockwise angle of the display matrix, in
+    [-180, 180] (a phone's portrait clip stored as landscape pixels says -90: turn 90 degrees clockwise).
+    """
+    quarter = int(round(degrees / 90.0))
+    if abs(degrees - 90 * quarter) > ROTATION_TOLERANCE:
+        if warn:
+            warnings.warn(SqueezeWarning(f"video {path}: its display matrix rotates frames by {degrees} degrees, "
+                                         f"not a multiple of 90; frames are used as stored"), stacklevel=4)
+        return 0
+    return quarter % 4
 
 
 def _reason(exc) -> str:
@@ -136,9 +180,8 @@ def _count_packets(path) -> _Container:
     """Demux (no decoding): video packets with payload, and what the container declares."""
     import av
 
-    container = _open(path)
+    container, stream = _open(path)
     try:
-        stream = container.streams.video[0]
         packets = 0
         try:
             for packet in container.demux(stream):
@@ -158,19 +201,21 @@ def _count_packets(path) -> _Container:
         container.close()
 
 
-def _decode(path, wanted) -> Tuple[Dict[int, np.ndarray], int, int, int]:
-    """One decode pass: RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
+def _decode(path, wanted, warn: bool = True) -> Tuple[Dict[int, np.ndarray], int, int, int, int]:
+    """One decode pass: upright RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
 
-    Returns (frames by index, decoded count, width, height). Frames are converted to the size of the first
-    decoded frame (a stream that changes resolution mid-way still stacks). FFmpeg raising -> SqueezeError.
+    Returns (frames by index, decoded count, width, height, rotation): width and height of the upright frames,
+    rotation in clockwise degrees. Frames are converted to the size of the first decoded frame (a stream that
+    changes resolution mid-way still stacks) and turned by the first decoded frame's display rotation (one
+    SqueezeWarning, unless ``warn`` is off, when that rotation is not a multiple of 90 degrees).
+    FFmpeg raising -> SqueezeError.
     """
     import av
 
     keep: Dict[int, np.ndarray] = {}
-    decoded, width, height = 0, 0, 0
-    container = _open(path)
+    decoded, width, height, turns = 0, 0, 0, 0
+    container, stream = _open(path)
     try:
-        stream = container.streams.video[0]
         stream.thread_type = "SLICE"  # not FRAME: see the module docstring
         try:
             for packet in container.demux(stream):
@@ -184,12 +229,14 @@ def _decode(path, wanted) -> Tuple[Dict[int, np.ndarray], int, int, int]:
                         if max(width, height) > MAX_ASPECT * min(width, height):
                             raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
                                                f"crop it to a usual aspect ratio")
+                        turns = _upright_turns(path, frame.rotation, warn)
                     if decoded in wanted:
                         try:
-                            keep[decoded] = frame.to_ndarray(width=width, height=height, format="rgb24")
+                            rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
                         except (av.error.FFmpegError, ValueError) as exc:
                             raise SqueezeError(f"video {path}: frame {decoded} ({frame.format.name}, {frame.width}x{frame.height}) "
                                                f"cannot be converted to RGB ({_reason(exc)}); re-encode it") from None
+                        keep[decoded] = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
                     decoded += 1
         except av.error.FFmpegError as exc:
             raise _corrupt(path, f"decoding failed at frame {decoded}", exc) from None
@@ -197,27 +244,29 @@ def _decode(path, wanted) -> Tuple[Dict[int, np.ndarray], int, int, int]:
         container.close()
     if decoded == 0:
         raise SqueezeError(f"video {path} contains no decodable video frames; check that the file plays, or use another file")
-    return keep, decoded, width, height
+    if turns % 2:
+        width, height = height, width
+    return keep, decoded, width, height, (-90 * turns) % 360
 
 
-def _info(path, c: _Container, decoded: int, width: int, height: int) -> VideoInfo:
-    return VideoInfo(str(path), decoded, width, height, c.fps, c.codec, c.declared, c.packets, decoded, c.duration)
+def _info(path, c: _Container, decoded: int, width: int, height: int, rotation: int) -> VideoInfo:
+    return VideoInfo(str(path), decoded, width, height, c.fps, c.codec, c.declared, c.packets, decoded, c.duration, rotation)
 
 
 def probe(path) -> VideoInfo:
-    """Describe the first video stream: declared frames, packets (demuxed) and frames that decode cleanly.
+    """Describe the video stream (the first one that is not cover art): declared frames, packets (demuxed) and frames that decode cleanly.
 
     Decodes the whole stream (without converting pixels) to count what decodes; raises SqueezeError for files
     that cannot be used (see the module docstring). Does not warn: ``info.complete`` says whether frames are
     missing; the functions that read frames for sampling warn when they use fewer frames than the file claims.
     """
     c = _count_packets(path)
-    _, decoded, width, height = _decode(path, ())
-    return _info(path, c, decoded, width, height)
+    _, decoded, width, height, rotation = _decode(path, (), False)
+    return _info(path, c, decoded, width, height, rotation)
 
 
 def decode_frames(path, indices: Sequence[int]) -> np.ndarray:
-    """Decode the frames at ``indices`` (any order, repeats allowed) as RGB uint8, shape len(indices) x H x W x 3.
+    """Decode the frames at ``indices`` (any order, repeats allowed) as upright RGB uint8, shape len(indices) x H x W x 3.
 
     Indices count the frames that decode (0 = the first one); an index beyond them is a SqueezeError.
     """
@@ -226,7 +275,7 @@ def decode_frames(path, indices: Sequence[int]) -> np.ndarray:
         raise SqueezeError("no frame indices given")
     if min(wanted) < 0:
         raise SqueezeError(f"negative frame index {min(wanted)} for {path}")
-    keep, decoded, _, _ = _decode(path, wanted)
+    keep, decoded = _decode(path, wanted)[:2]
     if max(wanted) >= decoded:
         raise SqueezeError(f"frame index {max(wanted)} out of range for {path} ({decoded} frames decode)")
     return np.stack([keep[int(i)] for i in indices])
@@ -243,15 +292,15 @@ def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1) 
     wanted = set()
     for n in candidates:
         wanted.update(sample_indices(n, clip_len, interval, num_clips).reshape(-1).tolist())
-    keep, decoded, width, height = _decode(path, wanted)
+    keep, decoded, width, height, rotation = _decode(path, wanted)
     inds = sample_indices(decoded, clip_len, interval, num_clips)
     if decoded not in candidates:  # rare: far fewer (or more) frames decode than packets exist
-        keep, again, width, height = _decode(path, set(inds.reshape(-1).tolist()))
+        keep, again, width, height, rotation = _decode(path, set(inds.reshape(-1).tolist()), False)
         if again != decoded:
             raise SqueezeError(f"video {path} decodes {decoded} frames on one pass and {again} on the next; re-encode it")
     frames = np.stack([keep[int(i)] for i in inds.reshape(-1)])
     del keep
-    info = _info(path, c, decoded, width, height)
+    info = _info(path, c, decoded, width, height, rotation)
     message = info.shortfall_message()
     if message:
         warnings.warn(SqueezeWarning(message), stacklevel=2)

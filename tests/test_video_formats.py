@@ -257,3 +257,229 @@ def test_extreme_aspect_ratio_is_refused(tmp_path, real_video):
     encode_clip(path, source_frames(real_video, 3, 8, 200), "mjpeg", "mov", "yuvj420p", {"qscale": "3"})
     with pytest.raises(SqueezeError, match=r"has 8x200 frames \(aspect ratio over 16:1\)"):
         video.read_clips_uint8(path, "k400")
+
+
+# ------------------------------------------------------------------------- display rotation and cover art
+# A phone stores a portrait clip as landscape pixels plus a display matrix in the track header; players (and
+# FFmpeg's CLI, and the apps) show it upright. Clips here: 16 frames of real footage, 64x48 upright, with a
+# red top-left corner, encoded losslessly (x264 qp 0 in 4:4:4, so a turned clip decodes to exactly the
+# turned pixels). The display matrix that a phone held in portrait writes (the tkhd matrix of an iPhone
+# portrait clip: turn 90 degrees clockwise to show):
+PHONE_PORTRAIT_MATRIX = (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+
+
+def marked_frames(real_video, count=16, width=64, height=48):
+    frames = source_frames(real_video, count, width, height)
+    for f in frames:
+        f[:8, :8] = (255, 0, 0)
+    return frames
+
+
+def write_lossless(path, frames_rgb, ccw_rotation=None) -> None:
+    """mp4, h264 qp 0 yuv444p; ``ccw_rotation``: the display matrix's angle as PyAV's VideoFrame.rotation reads it."""
+    height, width = frames_rgb[0].shape[:2]
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=CODEC_CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        if ccw_rotation is not None:
+            stream.set_display_rotation(ccw_rotation)
+        for i, rgb in enumerate(frames_rgb):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def rotated_dir(tmp_path_factory, real_video):
+    """upright.mp4, and for k quarter turns (counter-clockwise) of its pixels: stored_k.mp4 (no display
+    matrix) and phone_k.mp4 (the same pixels with a display matrix that turns them back upright)."""
+    d = tmp_path_factory.mktemp("rotated")
+    upright = marked_frames(real_video)
+    write_lossless(d / "upright.mp4", upright)
+    for k in (1, 2, 3):
+        stored = [np.rot90(f, k) for f in upright]
+        write_lossless(d / f"stored_{k}.mp4", stored)
+        write_lossless(d / f"phone_{k}.mp4", stored, ccw_rotation=-90 * k)
+    return d
+
+
+def test_fixture_carries_a_phone_display_matrix(rotated_dir):
+    """phone_1.mp4 holds the matrix a phone writes for portrait video, and PyAV reads it as -90 degrees."""
+    import struct
+
+    assert struct.pack(">9i", *PHONE_PORTRAIT_MATRIX) in (rotated_dir / "phone_1.mp4").read_bytes()
+    for k, degrees in ((1, -90), (2, 180), (3, 90)):
+        with av.open(str(rotated_dir / f"phone_{k}.mp4")) as c:
+            frame = next(c.decode(video=0))
+        assert abs(frame.rotation) == 180 if k == 2 else frame.rotation == degrees
+        assert (frame.width, frame.height) == ((48, 64) if k % 2 else (64, 48))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_display_rotation_turns_frames_upright(rotated_dir, k):
+    upright = video.decode_frames(rotated_dir / "upright.mp4", range(16))
+    path = rotated_dir / f"phone_{k}.mp4"
+    info = video.probe(path)
+    assert (info.width, info.height, info.rotation) == (64, 48, 90 * k)
+    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16} and info.complete
+    frames = video.decode_frames(path, range(16))
+    assert frames.shape == (16, 48, 64, 3) and frames.flags.c_contiguous
+    assert np.array_equal(frames, upright)  # lossless: exactly the upright clip's pixels
+    # the marked corner is top-left again (red up to the RGB <-> YUV rounding), and no other corner is red
+    red = lambda block: (block[..., 0] > 240).all() and (block[..., 1:] < 15).all()
+    assert red(frames[:, :8, :8])
+    assert not any(red(frames[:, y:y + 8, x:x + 8]) for y, x in ((0, 56), (40, 0), (40, 56)))
+    # the same pixels without the display matrix are used as stored
+    stored = video.probe(rotated_dir / f"stored_{k}.mp4")
+    assert (stored.width, stored.height, stored.rotation) == ((48, 64, 0) if k % 2 else (64, 48, 0))
+    # sampling, resize and crop run on the upright frames
+    result, warned = read_recording(path, frames=4, size=32)
+    assert warned == [] and result.info.rotation == 90 * k and (result.info.width, result.info.height) == (64, 48)
+    assert torch.equal(result.clips, video.read_clips_uint8(rotated_dir / "upright.mp4", "k400", frames=4, size=32))
+
+
+def test_rotation_off_a_right_angle_is_not_applied_with_one_warning(tmp_path, real_video):
+    path = tmp_path / "tilted.mp4"
+    frames = marked_frames(real_video)
+    write_lossless(path, frames, ccw_rotation=-45)
+    result, warned = read_recording(path, frames=4, size=32)
+    assert warned == [f"video {path}: its display matrix rotates frames by -45 degrees, not a multiple of 90; "
+                      "frames are used as stored"]
+    assert result.info.rotation == 0 and (result.info.width, result.info.height) == (64, 48)
+    with pytest.warns(SqueezeWarning, match="not a multiple of 90"):
+        first = video.decode_frames(path, [0])[0]
+    assert np.array_equal(first, reference_decode(path)[0])
+
+
+def test_unrotated_clip_reports_no_rotation(codec_dir):
+    info = video.probe(codec_dir / "h264_bframes.mp4")
+    assert info.rotation == 0 and (info.width, info.height) == (320, 136)
+
+
+def test_predict_same_on_upright_and_phone_rotated_clip(tmp_path, rotated_dir, small_model, capsys):
+    """`squeeze predict`: the phone's portrait clip (landscape pixels + display matrix) predicts exactly as the
+    clip stored upright; the landscape pixels shown as stored (what used to be read) predict differently."""
+    from export.cli import main
+
+    ckpt = tmp_path / "small.pth"
+    squeezetime.save_checkpoint(small_model, ckpt)
+
+    def predict(name):
+        assert main(["predict", str(rotated_dir / name), "--checkpoint", str(ckpt), "--top", "10", "--json"]) == 0
+        return [(t["index"], round(t["probability"], 6)) for t in json.loads(capsys.readouterr().out)["top"]]
+
+    upright = predict("upright.mp4")
+    assert predict("phone_1.mp4") == upright
+    assert predict("stored_1.mp4") != upright
+
+
+def _mp4_with_cover_first(src, dst) -> None:
+    """Move moov's udta box (iTunes metadata with the cover art) before its trak: the demuxer then makes the
+    cover art stream 0 and the real video stream 1. Box sizes and chunk offsets are unchanged."""
+    import struct
+
+    data = src.read_bytes()
+
+    def boxes(start, end):
+        i = start
+        while i < end:
+            size, kind = struct.unpack(">I4s", data[i:i + 8])
+            yield kind, i, size
+            i += size
+
+    moov = next((i, size) for kind, i, size in boxes(0, len(data)) if kind == b"moov")
+    kids = list(boxes(moov[0] + 8, moov[0] + moov[1]))
+    order = sorted(kids, key=lambda b: {b"mvhd": 0, b"udta": 1}.get(b[0], 2))
+    assert [b[0] for b in order] == [b"mvhd", b"udta", b"trak"]
+    body = b"".join(data[i:i + size] for _, i, size in order)
+    dst.write_bytes(data[:moov[0] + 8] + body + data[moov[0] + moov[1]:])
+
+
+def _cover_jpeg(width=64, height=48) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 200, np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _add_cover(out, width=64, height=48):
+    art = out.add_stream("mjpeg")
+    art.width, art.height, art.pix_fmt = width, height, "yuvj420p"
+    art.disposition = av.stream.Disposition.attached_pic
+    packet = av.Packet(_cover_jpeg(width, height))
+    packet.stream = art
+    packet.pts = packet.dts = 0
+    out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def cover_dir(tmp_path_factory, real_video):
+    """song.m4a: AAC audio plus album cover art (attached_pic), no video. video_cover_last.mp4: 16 frames of
+    real footage plus cover art; video_cover_first.mp4: the same file with the cover art as stream 0."""
+    d = tmp_path_factory.mktemp("cover")
+    with av.open(str(d / "song.m4a"), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=44100)
+        _add_cover(out)
+        for k in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, k * 1024
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    with av.open(str(d / "video_cover_last.mp4"), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=CODEC_CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        _add_cover(out)
+        for i, rgb in enumerate(source_frames(real_video, 16, 64, 48)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    _mp4_with_cover_first(d / "video_cover_last.mp4", d / "video_cover_first.mp4")
+    return d
+
+
+def test_cover_art_fixtures_are_what_music_files_carry(cover_dir):
+    with av.open(str(cover_dir / "song.m4a")) as c:
+        assert [(s.type, bool(s.disposition & av.stream.Disposition.attached_pic)) for s in c.streams] == [
+            ("audio", False), ("video", True)]
+    with av.open(str(cover_dir / "video_cover_first.mp4")) as c:
+        assert [(s.codec_context.name, bool(s.disposition & av.stream.Disposition.attached_pic))
+                for s in c.streams] == [("mjpeg", True), ("h264", False)]
+
+
+def test_audio_with_cover_art_is_refused_like_audio_only(cover_dir, capsys):
+    from export.cli import main
+
+    path = cover_dir / "song.m4a"
+    for read in (video.probe, lambda p: video.load_clip(p, "k400")):
+        with pytest.raises(SqueezeError) as info:
+            read(path)
+        assert str(info.value) == f"video {path} has no video stream; pass a file with video"
+    assert main(["predict", str(path)]) != 0
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: video {path} has no video stream; pass a file with video"]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["video_cover_first.mp4", "video_cover_last.mp4"])
+def test_cover_art_is_never_taken_for_the_video(cover_dir, name):
+    path = cover_dir / name
+    info = video.probe(path)
+    assert (info.codec, info.width, info.height) == ("h264", 64, 48)
+    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16} and info.complete
+    frames = video.decode_frames(path, range(16))
+    assert np.array_equal(frames, video.decode_frames(cover_dir / "video_cover_last.mp4", range(16)))
+    result, warned = read_recording(path, frames=4, size=32)
+    assert warned == [] and result.clips.shape == (1, 4, 32, 32, 3)
