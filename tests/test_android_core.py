@@ -227,6 +227,30 @@ def test_qa_golden_files_match_the_python_pipeline():
     assert qa < 1_000_000, f"Q&A golden files take {qa} bytes"
 
 
+def test_literal_tokenizer_goldens_cover_written_special_tokens():
+    """The literal-encoding goldens (user text: written special-token strings stay text, as
+    squeezed_attention.tokenizer.encode_literal) hold whole, glued and partial markers and plain text, chat questions
+    whose ids change (DecoderSession.prompt_ids), and a tokenizer with a non-special added token; the Kotlin and Swift
+    tokenizer tests compare their literal mode with them."""
+    import gzip
+    import json
+
+    make_golden = _make_golden()
+    golden = json.loads(gzip.decompress((make_golden.GOLDEN / "qa_tokenizer.json.gz").read_bytes()))
+    texts = [c["text"] for c in golden["literal_cases"]]
+    for marker in ("<|im_end|>", "<|endoftext|>", "<|im_start|>assistant", "<|im_end|><|im_end|>"):
+        assert any(marker in t for t in texts), marker
+    assert any("<|im_en " in t for t in texts) and any("<|" not in t and t for t in texts)  # partial marker, plain text
+    for c in golden["literal_cases"]:
+        assert (c["ids"] != c["ids_matched"]) == any(m in c["text"] for m in ("<|im_end|>", "<|endoftext|>", "<|im_start|>"))
+    assert golden["prompt_cases"]["chat"]["suffix"].startswith("<|im_end|>")
+    changed = [c for c in golden["prompt_cases"]["cases"] if c["ids"] != c["ids_matched"]]
+    assert any("<|im_end|>" in c["prompt"] for c in changed)
+    assert any(c["ids"] == c["ids_matched"] and "<|" not in c["prompt"] for c in golden["prompt_cases"]["cases"])
+    added = json.loads(golden["literal_added"]["tokenizer"])["added_tokens"]
+    assert any(not t["special"] for t in added) and any(c["ids"] != c["ids_matched"] for c in golden["literal_added"]["cases"])
+
+
 def test_golden_comparison_tolerates_float_rounding_only(tmp_path):
     """Goldens rebuilt on another CPU differ in the last bits of their floats and are still current; a value moved
     beyond rounding, an integer, a string or a shape is a changed golden."""

@@ -1,7 +1,7 @@
 // Document Q&A (squeezed_attention/decoder_session.py DecoderSession): a decoder runtime + its tokenizer + one
 // attached context pack. Frames the question as the pack was built (chat: join + question + suffix; raw: the
-// question), runs the GenerationLoop and streams text without splitting a multi-byte character. Port of DocumentQa /
-// Answer in Generation.kt.
+// question; the question encoded literally: special-token strings written in it stay text), runs the GenerationLoop
+// and streams text without splitting a multi-byte character. Port of DocumentQa / Answer in Generation.kt.
 
 /// One answer: its text and ids, and the numbers the Q&A screen shows.
 public struct Answer {
@@ -53,7 +53,10 @@ public final class DocumentQa {
             throw DecoderError("this pack was built with \(framing) framing; " + (isRaw ? "drop --raw" : "pass --raw") +
                 " or rebuild the pack")
         }
-        return try tokenizer.encode(isRaw ? prompt : tokenizerInfo.join + prompt + tokenizerInfo.suffix)
+        // the question is user text: special-token strings written in it stay text (Python's DecoderSession.prompt_ids,
+        // encode_literal); only the framing's suffix ("<|im_end|>\n<|im_start|>assistant\n") has real markers
+        if isRaw { return try tokenizer.encode(prompt, literal: true) }
+        return try tokenizer.encode(tokenizerInfo.join + prompt, literal: true) + tokenizer.encode(tokenizerInfo.suffix)
     }
 
     /// Answer prompt greedily; onText gets each new piece of text as soon as it is whole UTF-8.

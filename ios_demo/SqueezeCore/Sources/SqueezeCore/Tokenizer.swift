@@ -6,8 +6,9 @@
 // What it implements (and refuses anything else with a one-line TokenizerError): no normaliser, no post processor;
 // pre-tokenizer ByteLevel (GPT-2 split, no prefix space), optionally after Digits (one piece per digit, as SmolLM's);
 // a BPE model without dropout, unknown token, prefixes/suffixes or byte fallback; added tokens matched verbatim (no
-// lstrip/rstrip/single_word), leftmost-longest, before pre-tokenization. Text is handled as Unicode scalars (the
-// GPT-2 split regex is written out by hand: NSRegularExpression's \s is not Unicode White_Space).
+// lstrip/rstrip/single_word), leftmost-longest, before pre-tokenization; special ones not matched in literal mode
+// (`encode(text, literal: true)`: user text, where "<|im_end|>" stays characters). Text is handled as Unicode
+// scalars (the GPT-2 split regex is written out by hand: NSRegularExpression's \s is not Unicode White_Space).
 import Foundation
 
 public struct TokenizerError: SqueezeError {
@@ -77,8 +78,13 @@ public final class ByteLevelBpeTokenizer {
         return id >= 0 && id < idToTokenTable.count ? idToTokenTable[id] : nil
     }
 
-    /// Token ids of text, special tokens in the text included (add_special_tokens=False: no BOS/EOS added).
-    public func encode(_ text: String) throws -> [Int] {
+    /// Token ids of text (add_special_tokens=False: no BOS/EOS added). By default special-token strings in the text
+    /// become their tokens (the chat framing's own markers). literal: user text (a document, a question), whose
+    /// written "<|im_end|>" or "<|endoftext|>" stays text, as Python's `encode_literal` (tokenizers'
+    /// `encode_special_tokens=True`): a special token's match is passed over, its characters go through
+    /// pre-tokenization and BPE with the text around them; non-special added tokens are still matched (the real model
+    /// has none). Text without special-token strings gets the same ids either way.
+    public func encode(_ text: String, literal: Bool = false) throws -> [Int] {
         let s = Array(text.unicodeScalars)
         var out: [Int] = []
         var segmentStart = 0
@@ -86,6 +92,10 @@ public final class ByteLevelBpeTokenizer {
         while i < s.count {
             guard let match = addedAt(s, i) else {
                 i += 1
+                continue
+            }
+            if literal && match.special { // the Rust library's leftmost-longest scan goes on after the skipped match
+                i += match.scalars.count
                 continue
             }
             try encodeSegment(s[segmentStart..<i], &out)

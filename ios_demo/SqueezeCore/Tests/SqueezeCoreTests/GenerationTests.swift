@@ -586,6 +586,25 @@ final class GenerationTests: XCTestCase {
         XCTAssertTrue(thrownMessage(DecoderError.self) { try qa.promptIds("x", raw: true) }.contains("drop --raw"))
     }
 
+    func testDocumentQaEncodesTheQuestionLiterally() throws {
+        // Python's DecoderSession.prompt_ids on the real model's tokenizer (the tiny model's vocabulary has no "<" or
+        // "|"): special-token strings written in the question stay text, the framing's suffix keeps its markers
+        let cases = try Golden.json("qa_tokenizer.json.gz")["prompt_cases"]
+        XCTAssertEqual(manifest.tokenizer.join, try cases["chat"]["join"].string())
+        XCTAssertEqual(manifest.tokenizer.suffix, try cases["chat"]["suffix"].string())
+        let run = try recordedRun(kind: "greedy", attention: "full")
+        let qa = try DocumentQa(runtime: try ReplayRuntime(run, manifest: manifest, outputs: outputs), contract: try contract(run),
+                                tokenizer: try TokenizerTests.sharedTokenizer(), tokenizerInfo: manifest.tokenizer, pack: pack)
+        var differ = 0
+        for c in try cases["cases"].list() {
+            let prompt = try c["prompt"].string()
+            let ids = try qa.promptIds(prompt)
+            XCTAssertEqual(ids, try c["ids"].intArray(), "prompt ids of \(String(prompt.prefix(60)).debugDescription)")
+            if try ids != c["ids_matched"].intArray() { differ += 1 }
+        }
+        XCTAssertGreaterThanOrEqual(differ, 3, "only \(differ) questions are encoded differently from join + question + suffix")
+    }
+
     func testLengthsOutsideTheArtifactAreRefused() throws {
         let run = try gen["runs"].list()[0]
         let loop = try GenerationLoop(runtime: ReplayRuntime(run, manifest: manifest, outputs: outputs), contract: contract(run),

@@ -9,7 +9,10 @@ final class TokenizerTests: XCTestCase {
     /// Parsed once for the class (1.5 MB of JSON); the path comes from SQUEEZE_QA_TOKENIZER (run_tests.sh sets it).
     private static var shared: Result<ByteLevelBpeTokenizer, Error>?
 
-    private func realTokenizer() throws -> ByteLevelBpeTokenizer {
+    private func realTokenizer() throws -> ByteLevelBpeTokenizer { try TokenizerTests.sharedTokenizer() }
+
+    /// The real model's tokenizer, parsed once for the test run (GenerationTests' literal question reads it too).
+    static func sharedTokenizer() throws -> ByteLevelBpeTokenizer {
         if let r = TokenizerTests.shared { return try r.get() }
         let r = Result { () throws -> ByteLevelBpeTokenizer in
             guard let path = ProcessInfo.processInfo.environment["SQUEEZE_QA_TOKENIZER"], !path.isEmpty else {
@@ -65,6 +68,38 @@ final class TokenizerTests: XCTestCase {
         XCTAssertTrue(tok.specialIds.contains(0) && tok.specialIds.contains(2))
         XCTAssertEqual(try tok.encode("<|im_start|><|im_end|>"), [1, 2])
         XCTAssertEqual(tok.idToToken(2), "<|im_end|>")
+    }
+
+    func testLiteralModeKeepsWrittenSpecialTokensAsText() throws {
+        // Python's encode_literal (tokenizers' encode_special_tokens=True): "<|im_end|>" written in user text is text
+        let tok = try realTokenizer()
+        var differ = 0
+        for c in try Golden.json("qa_tokenizer.json.gz")["literal_cases"].list() {
+            let text = try c["text"].string()
+            let ids = try tok.encode(text, literal: true)
+            let name = String(text.prefix(60)).debugDescription
+            XCTAssertEqual(ids, try c["ids"].intArray(), "literal ids of \(name)")
+            XCTAssertEqual(try tok.encode(text), try c["ids_matched"].intArray(), "ids of \(name)")
+            XCTAssertFalse(ids.contains { tok.specialIds.contains($0) }, "a special token in the literal ids of \(name)")
+            XCTAssertEqual(tok.decode(ids), text, "the literal ids of \(name) decode to the text")
+            if try ids != c["ids_matched"].intArray() { differ += 1 }
+        }
+        XCTAssertGreaterThanOrEqual(differ, 6, "only \(differ) literal cases differ from the default encoding")
+        XCTAssertEqual(try tok.encode("<|im_start|>"), [1])
+        XCTAssertGreaterThan(try tok.encode("<|im_start|>", literal: true).count, 1)
+    }
+
+    func testLiteralModeStillMatchesNonSpecialAddedTokens() throws {
+        // the tiny tokenizer plus a non-special added token ("nan") and a special one around it ("xnanx"): the special
+        // token's characters stay one piece of text with their neighbours, the non-special one is matched
+        let added = try Golden.json("qa_tokenizer.json.gz")["literal_added"]
+        let tok = try ByteLevelBpeTokenizer.parse(Array(try added["tokenizer"].string().utf8), source: "literal_added")
+        XCTAssertTrue(tok.addedTokens.contains { !$0.special } && tok.addedTokens.contains { $0.special && $0.content == "xnanx" })
+        for c in try added["cases"].list() {
+            let text = try c["text"].string()
+            XCTAssertEqual(try tok.encode(text, literal: true), try c["ids"].intArray(), "literal ids of \(text.debugDescription)")
+            XCTAssertEqual(try tok.encode(text), try c["ids_matched"].intArray(), "ids of \(text.debugDescription)")
+        }
     }
 
     func testTinyModelTokenizerWithItsOwnMerges() throws {

@@ -665,8 +665,8 @@ class Answer(val text: String, val tokenIds: IntArray, val promptTokens: Int, va
 
 /**
  * A decoder runtime + its tokenizer + one attached pack (DecoderSession): frames the question as the pack was
- * built (chat: join + question + suffix; raw: the question), generates, and streams text without splitting a
- * multi-byte character.
+ * built (chat: join + question + suffix; raw: the question; the question encoded literally: special-token strings
+ * written in it stay text), generates, and streams text without splitting a multi-byte character.
  */
 class DocumentQa(
     val runtime: DecoderRuntime,
@@ -697,7 +697,10 @@ class DocumentQa(
             throw DecoderException("this pack was built with $framing framing; " + (if (isRaw) "drop --raw" else "pass --raw") +
                 " or rebuild the pack")
         }
-        return tokenizer.encode(if (isRaw) prompt else tokenizerInfo.join + prompt + tokenizerInfo.suffix)
+        // the question is user text: special-token strings written in it stay text (Python's DecoderSession.prompt_ids,
+        // encode_literal); only the framing's suffix ("<|im_end|>\n<|im_start|>assistant\n") has real markers
+        if (isRaw) return tokenizer.encode(prompt, literal = true)
+        return tokenizer.encode(tokenizerInfo.join + prompt, literal = true) + tokenizer.encode(tokenizerInfo.suffix)
     }
 
     fun generate(prompt: String, maxNewTokens: Int = 64, raw: Boolean? = null, stopAtEos: Boolean = true,

@@ -13,7 +13,8 @@ import java.util.regex.Pattern
  * What it implements (and refuses anything else with a one-line [TokenizerException]): no normaliser, no post
  * processor; pre-tokenizer ByteLevel (GPT-2 split, no prefix space), optionally after Digits (one piece per
  * digit, as SmolLM's); a BPE model without dropout, unknown token, prefixes/suffixes or byte fallback; added
- * tokens matched verbatim (no lstrip/rstrip/single_word), leftmost-longest, before pre-tokenization.
+ * tokens matched verbatim (no lstrip/rstrip/single_word), leftmost-longest, before pre-tokenization; special ones
+ * not matched in literal mode (`encode(text, literal = true)`: user text, where "<|im_end|>" stays characters).
  */
 class TokenizerException(message: String) : IllegalArgumentException(message)
 
@@ -45,8 +46,15 @@ class ByteLevelBpeTokenizer private constructor(
 
     fun idToToken(id: Int): String? = addedById[id]?.content ?: idToToken.getOrNull(id)
 
-    /** Token ids of [text], special tokens in the text included (add_special_tokens=False: no BOS/EOS added). */
-    fun encode(text: String): IntArray {
+    /**
+     * Token ids of [text] (add_special_tokens=False: no BOS/EOS added). By default special-token strings in the text
+     * become their tokens (the chat framing's own markers). [literal]: user text (a document, a question), whose
+     * written "<|im_end|>" or "<|endoftext|>" stays text, as Python's `encode_literal` (tokenizers'
+     * `encode_special_tokens=True`): a special token's match is passed over, its characters go through
+     * pre-tokenization and BPE with the text around them; non-special added tokens are still matched (the real
+     * model has none). Text without special-token strings gets the same ids either way.
+     */
+    fun encode(text: String, literal: Boolean = false): IntArray {
         val out = IntArrayList()
         var segmentStart = 0
         var i = 0
@@ -54,6 +62,10 @@ class ByteLevelBpeTokenizer private constructor(
             val match = addedAt(text, i)
             if (match == null) {
                 i++
+                continue
+            }
+            if (literal && match.special) { // the Rust library's leftmost-longest scan goes on after the skipped match
+                i += match.content.length
                 continue
             }
             encodeSegment(text.substring(segmentStart, i), out)

@@ -629,6 +629,25 @@ class GenerationTest {
     }
 
     @Test
+    fun documentQaEncodesTheQuestionLiterally() {
+        // Python's DecoderSession.prompt_ids on the real model's tokenizer (the tiny model's vocabulary has no "<" or
+        // "|"): special-token strings written in the question stay text, the framing's suffix keeps its markers
+        val cases = Golden.json("qa_tokenizer.json.gz")["prompt_cases"]
+        assertEquals(cases["chat"]["join"].string(), manifest.tokenizer.join)
+        assertEquals(cases["chat"]["suffix"].string(), manifest.tokenizer.suffix)
+        val run = gen["runs"].list().first { it["attention"].string() == "full" }
+        val qa = DocumentQa(ReplayRuntime(run), contract(run), TokenizerTest.shared, manifest.tokenizer, pack)
+        var differ = 0
+        for (case in cases["cases"].list()) {
+            val prompt = case["prompt"].string()
+            val ids = qa.promptIds(prompt)
+            assertArrayEquals(case["ids"].intArray(), ids, "prompt ids of ${prompt.take(60)}")
+            if (!ids.contentEquals(case["ids_matched"].intArray())) differ++
+        }
+        assertTrue(differ >= 3, "only $differ questions are encoded differently from join + question + suffix")
+    }
+
+    @Test
     fun lengthsOutsideTheArtifactAreRefused() {
         val run = gen["runs"].list()[0]
         val loop = GenerationLoop(ReplayRuntime(run), contract(run), pack, emptyMap())

@@ -54,6 +54,39 @@ class TokenizerTest {
     }
 
     @Test
+    fun literalModeKeepsWrittenSpecialTokensAsText() {
+        // Python's encode_literal (tokenizers' encode_special_tokens=True): "<|im_end|>" written in user text is text
+        val tok = realTokenizer
+        var differ = 0
+        for (case in golden["literal_cases"].list()) {
+            val text = case["text"].string()
+            val ids = tok.encode(text, literal = true)
+            assertArrayEquals(case["ids"].intArray(), ids, "literal ids of ${text.take(60)}")
+            assertArrayEquals(case["ids_matched"].intArray(), tok.encode(text), "ids of ${text.take(60)}")
+            assertTrue(ids.none { it in tok.specialIds }, "a special token in the literal ids of ${text.take(60)}")
+            assertEquals(text, tok.decode(ids), "the literal ids of ${text.take(60)} decode to the text")
+            if (!ids.contentEquals(case["ids_matched"].intArray())) differ++
+        }
+        assertTrue(differ >= 6, "only $differ literal cases differ from the default encoding")
+        assertArrayEquals(tok.encode("<|im_start|>"), intArrayOf(1))
+        assertTrue(tok.encode("<|im_start|>", literal = true).size > 1)
+    }
+
+    @Test
+    fun literalModeStillMatchesNonSpecialAddedTokens() {
+        // the tiny tokenizer plus a non-special added token ("nan") and a special one around it ("xnanx"): the special
+        // token's characters stay one piece of text with their neighbours, the non-special one is matched
+        val added = golden["literal_added"]
+        val tok = ByteLevelBpeTokenizer.parse(added["tokenizer"].string().toByteArray(), "literal_added")
+        assertTrue(tok.addedTokens.any { !it.special } && tok.addedTokens.any { it.special && it.content == "xnanx" })
+        for (case in added["cases"].list()) {
+            val text = case["text"].string()
+            assertArrayEquals(case["ids"].intArray(), tok.encode(text, literal = true), "literal ids of $text")
+            assertArrayEquals(case["ids_matched"].intArray(), tok.encode(text), "ids of $text")
+        }
+    }
+
+    @Test
     fun tinyModelTokenizerWithItsOwnMerges() {
         // the tiny test model's tokenizer.json (40 tokens, 5 merges): the one the generation goldens use
         val tok = ByteLevelBpeTokenizer.parse(Golden.bytes("qa_tokenizer_tiny.json"))
