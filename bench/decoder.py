@@ -151,7 +151,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = Path(art_dir).resolve()
     manifest = read_decoder_manifest(art_dir)
-    out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench", REPORT_FILES)
+    # absolute: the packs it builds there are read by worker processes that run from the repository root
+    out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES)
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
     if formats:
         have = sorted({a["format"] for a in artifacts})
@@ -181,6 +182,12 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         from squeezed_attention.evaluate import PASSKEY_QUESTION
 
         pack_rows = user_packs(packs, question or PASSKEY_QUESTION)
+        for pack in pack_rows:
+            for a in artifacts:
+                room = a["decoder"]["shapes"]["max_context"]
+                if pack["context_tokens"] > room:
+                    raise SqueezeError(f"the context pack {pack['path']} holds {pack['context_tokens']} tokens, more than "
+                                       f"{a['file']} was exported for (--max-context {room}); nothing was run")
     else:
         if any(c < 512 for c in contexts):
             raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")
@@ -286,6 +293,10 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                      "threads": list(threads)},
         "packs": pack_rows, "rows": out_rows, "lookup_share": lookup, "not_timed": not_timed,
     }
+    failed = [r for r in out_rows if r["status"] != "ok"]
+    if out_rows and len(failed) == len(out_rows) and (out_dir / REPORT_FILES[0]).exists():
+        raise SqueezeError(f"every benchmark row failed (first: {failed[0]['file']}: "
+                           f"{one_line(failed[0].get('detail'))}); the previous report in {out_dir} was kept")
     report["files"] = write_reports(report, out_dir, decoder_markdown, decoder_figure)
     return report
 

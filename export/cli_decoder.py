@@ -160,7 +160,7 @@ def cmd_generate_artifacts(args) -> int:
                              prefill_rows=getattr(args, "prefill_rows", None),
                              prefill_tail=getattr(args, "prefill_tail", None),
                              exact_tail=getattr(args, "exact_tail", None))
-    session.attach(args.context_pack)
+    session.attach(args.context_pack, context_text=getattr(args, "context_text", None))
     stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
     result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,
                               on_text=stream)

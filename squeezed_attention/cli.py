@@ -13,6 +13,7 @@ Sizes of the Squeezed Attention selection, each in one unit:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, thread
 
 from .errors import SqueezeError
 from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
+from .pack_arrays import centroid_cost
 
 # ------------------------------------------------------------------------------------ argparse value types
 def _int_in(lo: int, hi: int):
@@ -127,18 +129,9 @@ def _threads(args) -> None:
 
 
 def _read_text(path) -> str:
-    from .file_kinds import open_for_reading
+    from .file_kinds import read_utf8_text
 
-    path = Path(path)
-    with open_for_reading(path, "context file", "pass a UTF-8 text file with --context") as f:
-        try:
-            data = f.read()
-        except OSError as exc:
-            raise SqueezeError(f"cannot read {path} ({exc.strerror or exc}); pass a readable text file") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SqueezeError(f"{path} is not UTF-8 text; pass a plain-text context file") from None
+    return read_utf8_text(path)
 
 
 def _load_model(model_path, report):
@@ -214,11 +207,11 @@ def cmd_generate(args) -> int:
                                              ("--lookup", args.lookup != "auto"),
                                              ("--decode-selection", args.decode_selection != "step"),
                                              ("--follow-keys", args.follow_keys is not None),
-                                             ("--model", args.model is not None),
-                                             ("--context", args.context is not None)) if on]
+                                             ("--model", args.model is not None)) if on]
         if unsupported:
             raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
                                "are fixed at export (pick an artifact with --artifact-attention)")
+        args.context_text = _read_text(args.context) if args.context else None   # checked against the pack's hash
         return cmd_generate_artifacts(args)
     from .generation import Generator, check_choice, check_framing
     from .pack import load_context_pack
@@ -279,8 +272,23 @@ def cmd_generate(args) -> int:
 
             lookup += f" (fused kernel unavailable: {native.unavailable_reason()})"
         rows.append(("lookup", lookup))
+    elif choice.mode != "full":
+        rows.append(("context keys attended", "every key: no call selected (the prompt's exact tail attends every "
+                     "context key; decode steps select)"))
     _print_table(rows, title="squeeze generate", stderr=True)
     return 0
+
+
+@contextlib.contextmanager
+def _noting_partial(out, stem: str):
+    """An interrupted evaluation says where its results so far are (the CLI's interrupt line reads ``note``)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        from .evaluate import partial_note
+
+        exc.note = partial_note(out, stem)
+        raise
 
 
 def cmd_context_eval(args) -> int:
@@ -300,10 +308,12 @@ def cmd_context_eval(args) -> int:
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
-    results = run_evaluation(model, checkpoint, lengths=args.lengths, depths=args.depths, kv_budgets=args.kv_budgets,
-                             kinds=args.kinds, needle_depths=args.needle_depths,
-                             retrieval_variants=args.retrieval_variants, continuation_tokens=args.continuation_tokens,
-                             out_dir=out, log=lambda m: print(m, file=sys.stderr))
+    with _noting_partial(out, "context_eval"):
+        results = run_evaluation(model, checkpoint, lengths=args.lengths, depths=args.depths,
+                                 kv_budgets=args.kv_budgets, kinds=args.kinds, needle_depths=args.needle_depths,
+                                 retrieval_variants=args.retrieval_variants,
+                                 continuation_tokens=args.continuation_tokens, out_dir=out,
+                                 log=lambda m: print(m, file=sys.stderr))
     print(markdown_table(results), end="")
     print(f"wrote {out / 'context_eval.json'}, .md and .png", file=sys.stderr)
     return 0
@@ -336,13 +346,14 @@ def _suite_eval(args, config) -> int:
         checkpoint, model = _load_model(args.model, progress.report)
     sessions = _suite_artifacts(args, checkpoint) if args.artifacts else []
     try:
-        result = run_suite(model, checkpoint, split=args.suite, lengths=lengths,
-                           cases_per_length=args.cases_per_length, kv_budgets=budgets, seed=args.seed,
-                           continuation_tokens=args.continuation_tokens, out_dir=out, prefill_rows=args.prefill_rows,
-                           prefill_tail=args.prefill_tail, exact_tail=args.exact_tail,
-                           decode_selection=args.decode_selection, follow_keys=args.follow_keys, artifacts=sessions,
-                           continuation_cases=args.continuation_cases,
-                           log=lambda m: print(m, file=sys.stderr))
+        with _noting_partial(out, "suite"):
+            result = run_suite(model, checkpoint, split=args.suite, lengths=lengths,
+                               cases_per_length=args.cases_per_length, kv_budgets=budgets, seed=args.seed,
+                               continuation_tokens=args.continuation_tokens, out_dir=out,
+                               prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
+                               exact_tail=args.exact_tail, decode_selection=args.decode_selection,
+                               follow_keys=args.follow_keys, artifacts=sessions,
+                               continuation_cases=args.continuation_cases, log=lambda m: print(m, file=sys.stderr))
     finally:
         for _, session in sessions:
             session.close()
@@ -518,7 +529,8 @@ def add_subcommands(subparsers) -> None:
         "streaming tokens, then prints prefill and decode timings. By default the context and prompt form "
         f"one chat user turn and Squeezed Attention runs top-k selection at KV budget {DEFAULT_KV_BUDGET:g} (the "
         "paper's accounting: kept keys + centroid bytes, as a fraction of the KV cache; with the default 10% "
-        "int8 centroids that keeps 0.099 of the clustered context keys per head).\n\n"
+        f"int8 key and value centroids of a 64-dimensional head that keeps "
+        f"{DEFAULT_KV_BUDGET - centroid_cost(0.10, 64):.3f} of the clustered context keys per head).\n\n"
         "examples:\n  squeeze generate --context-pack manual.pack.safetensors --prompt 'What is the pass key?'\n"
         "  squeeze generate --context-pack manual.pack.safetensors --prompt '...' --kv-budget 0.225 --hierarchical\n"
         "  squeeze generate --context-pack manual.pack.safetensors --prompt '...' --threshold-keep 0.2")
@@ -529,8 +541,9 @@ def add_subcommands(subparsers) -> None:
                        help="full attention over the whole context, the reference (default: Squeezed Attention)")
     which.add_argument("--kv-budget", type=_fraction_in(0, 1, lo_open=True), metavar="FRACTION",
                        help="top-k selection sized by the paper's KV budget: kept keys + centroid bytes, as a "
-                       "fraction of the KV cache, above the centroids' share (0.026 with the default 10%% int8 "
-                       f"centroids) and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
+                       "fraction of the KV cache, above the centroids' share ("
+                       f"{centroid_cost(0.10, 64):.3f} with the default 10%% int8 centroids of a 64-dimensional head) "
+                       "and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
     which.add_argument("--keep-keys", type=_int_in(1, 1 << 24), metavar="N",
                        help="top-k selection keeping exactly N clustered keys per head, best clusters first (static "
                        "shapes), 1 to the pack's clustered keys (default: sized by --kv-budget)")

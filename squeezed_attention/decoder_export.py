@@ -17,6 +17,7 @@ the PyTorch decoder (squeezed_attention.generation, same attention mode and kept
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -389,6 +390,25 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
     }
 
 
+def _tidies_a_new_directory(export):
+    """An export that fails or is interrupted before it wrote an artifact into a directory it created removes that
+    directory again (its tokenizer.json and artifact-less manifest included): a failed run leaves nothing behind."""
+    @functools.wraps(export)
+    def run(out_dir, *args, **kwargs):
+        new = not Path(out_dir).exists()
+        try:
+            return export(out_dir, *args, **kwargs)
+        except BaseException:
+            d = Path(out_dir)
+            if new and d.is_dir() and {p.name for p in d.iterdir()} <= {TOKENIZER_FILE, "manifest.json"}:
+                for name in (TOKENIZER_FILE, "manifest.json"):
+                    (d / name).unlink(missing_ok=True)
+                d.rmdir()
+            raise
+    return run
+
+
+@_tidies_a_new_directory
 def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
@@ -466,11 +486,10 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         raise SqueezeError(f"--attention must be squeezed, full or both; got {attention!r}")
     text_file = None
     if verify_text is not None:
+        from .file_kinds import read_utf8_text
+
         text_file = Path(verify_text).resolve()
-        try:
-            verify_text = text_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SqueezeError(f"--verify-text {text_file} cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+        verify_text = read_utf8_text(text_file, "--verify-text file", "pass a UTF-8 text file with --verify-text")
     out_dir = ensure_writable_dir(out_dir)
     say("model", "loading the model")
     checkpoint = load_checkpoint(model_path)

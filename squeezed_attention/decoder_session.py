@@ -28,6 +28,7 @@ import numpy as np
 from .errors import SqueezeError
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
+from .tokenizer import encode_literal, finished_text
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
 # clustered_values_l (1: one clustered_kv_l of [key | value] rows)
@@ -68,8 +69,17 @@ def token_width(methods: dict, method: str, n: int, static: int) -> int:
     return max(n, int(lo_hi[0])) if lo_hi and n <= int(lo_hi[1]) else static
 
 
+def decoder_dir(path) -> Path:
+    """The export directory a user named: the directory, or its manifest.json (as `squeeze verify` takes it)."""
+    path = Path(path)
+    return path.parent if path.name == MANIFEST and path.is_file() else path
+
+
 def read_decoder_manifest(directory) -> dict:
-    path = Path(directory) / MANIFEST
+    directory = decoder_dir(directory)
+    path = directory / MANIFEST
+    if not directory.exists():
+        raise SqueezeError(f"{directory} does not exist; pass the folder `squeeze export decoder --out DIR` wrote")
     if not path.is_file():
         raise SqueezeError(f"{directory} has no {MANIFEST}; export a decoder with `squeeze export decoder --out DIR`")
     try:
@@ -339,6 +349,12 @@ class GenerationLoop:
         return tokens, all_logits
 
 
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception as a short one-line reason (runtimes put pages of context into their messages)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class DecoderSession:
     """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
 
@@ -349,31 +365,49 @@ class DecoderSession:
 
         from export.backends import get_backend
 
-        self.directory = Path(directory)
+        self.directory = decoder_dir(directory)
         self.manifest = read_decoder_manifest(self.directory)
         self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan, file)
         self.contract = self.artifact["decoder"]
         tok_path = self.directory / self.manifest["tokenizer"]["file"]
         if not tok_path.is_file():
             raise SqueezeError(f"the tokenizer {tok_path} is missing; re-export the decoder")
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tok_path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
+            raise SqueezeError(f"the tokenizer {tok_path} cannot be read ({_first_line(exc)}); re-export the decoder "
+                               f"or check it with `squeeze verify {self.directory}`") from None
         self.chat = self.manifest["tokenizer"]["chat"]
         self.stop_ids = set(self.manifest["tokenizer"]["stop_token_ids"])
         path = self.directory / self.artifact["file"]
         if not path.exists():
             raise SqueezeError(f"the artifact {path} is missing; re-export the decoder")
+        expected = self.artifact.get("bytes")
+        if path.is_file() and isinstance(expected, int) and path.stat().st_size != expected:
+            raise SqueezeError(f"the artifact {path} holds {path.stat().st_size} bytes, not the {expected} its manifest "
+                               f"records (damaged or replaced); re-export the decoder or run `squeeze verify "
+                               f"{self.directory}`")
         self.backend = get_backend(self.artifact["format"])
         reason = self.backend.cannot_run_here(self.artifact)
         if reason:
             raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
-        self.runner = self.backend.load_program(path, self.contract["methods"], threads)
+        try:
+            self.runner = self.backend.load_program(path, self.contract["methods"], threads)
+        except SqueezeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for unreadable files
+            raise SqueezeError(f"{self.backend.runtime} cannot load {path} ({_first_line(exc)}); re-export the decoder "
+                               f"or check it with `squeeze verify {self.directory}`") from None
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)
         self.loop = None
 
-    def attach(self, pack_path) -> None:
-        """Load a context pack for the next questions (checked against the artifact's model and shapes)."""
+    def attach(self, pack_path, context_text: str | None = None) -> None:
+        """Load a context pack for the next questions (checked against the artifact's model and shapes, and with
+        ``context_text`` against the text it was built from)."""
         pack = read_pack_arrays(pack_path)
+        if context_text is not None:
+            pack.check_context(context_text)
         model = self.manifest["model"]
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
@@ -386,8 +420,10 @@ class DecoderSession:
         if raw != (framing == "raw"):
             raise SqueezeError(f"this pack was built with {framing} framing; "
                                + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
-        text = prompt if raw else self.chat["join"] + prompt + self.chat["suffix"]
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        if raw:
+            return encode_literal(self.tokenizer, prompt)
+        return (encode_literal(self.tokenizer, self.chat["join"] + prompt)
+                + self.tokenizer.encode(self.chat["suffix"], add_special_tokens=False).ids)
 
     def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
                  stop_at_eos: bool = True) -> GenerationResult:
@@ -407,7 +443,8 @@ class DecoderSession:
         loop = self.loop
         label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}"
         return GenerationResult(
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True), token_ids=tokens, prompt_tokens=len(ids),
+            text=finished_text(self.tokenizer.decode(tokens, skip_special_tokens=True)), token_ids=tokens,
+            prompt_tokens=len(ids),
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
             runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),

@@ -218,7 +218,7 @@ def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8096), depths=(0.1, 0
                        "lengths": list(lengths[:li + 1]), "depths": list(depths), "model": checkpoint.source,
                        "seconds": time.perf_counter() - started, "centroid_fraction": centroid_fraction}
             partial["summary"] = summarize(partial)
-            save_results(partial, out_dir)
+            save_results(partial, out_dir, final=False)
         log(f"[{time.perf_counter() - started:6.0f}s] continuation {pack.num_tokens} tokens: "
             + " ".join(f"{row['config']}@{row['kv_budget']}: top1 {row['top1_agreement']:.3f} KL {row['kl_mean']:.4f}"
                        for row in continuation[-(len(configs) - 1):] if row["config"] == "top-k flat"))
@@ -277,12 +277,32 @@ def markdown_table(results) -> str:
     return "\n".join(lines + per_len) + "\n"
 
 
-def save_results(results, out_dir):
+def write_results(out_dir, stem: str, texts: dict, final: bool) -> None:
+    """An evaluation's files: while it runs, ``<stem>.partial.<ext>`` after every case (what an interrupted run
+    leaves, marked partial; a previous run's complete ``<stem>.<ext>`` files stay as they were); at the end the
+    complete files, and the partial ones are removed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "context_eval.json", json.dumps(results, indent=2))
-    write_text_atomic(out_dir / "context_eval.md", markdown_table(results))
-    plot_results(results, out_dir / "context_eval.png")
+    for ext, text in texts.items():
+        write_text_atomic(out_dir / f"{stem}{'' if final else '.partial'}{ext}", text)
+    if final:
+        for ext in texts:
+            (out_dir / f"{stem}.partial{ext}").unlink(missing_ok=True)
+
+
+def partial_note(out_dir, stem: str) -> str:
+    """What an interrupted evaluation says about its files (the CLI's interrupt line)."""
+    partial = Path(out_dir) / f"{stem}.partial.json"
+    return (f"the results so far are in {partial} (marked partial)" if partial.exists() else "nothing was written") \
+        + f"; complete results already in {out_dir} were kept"
+
+
+def save_results(results, out_dir, final: bool = True):
+    results = {"partial": not final, **results}
+    write_results(out_dir, "context_eval", {".json": json.dumps(results, indent=2), ".md": markdown_table(results)},
+                  final)
+    if final:
+        plot_results(results, Path(out_dir) / "context_eval.png")
 
 
 def plot_results(results, path):

@@ -33,6 +33,21 @@ def open_for_reading(path, what: str, hint: str):
         raise SqueezeError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from None
 
 
+def read_utf8_text(path, what: str = "context file", hint: str = "pass a UTF-8 text file with --context") -> str:
+    """The text of a user's UTF-8 file (a leading byte-order mark dropped: Windows editors write one, and it is not
+    part of the text), or a one-line SqueezeError naming the problem."""
+    path = Path(path)
+    with open_for_reading(path, what, hint) as f:
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise SqueezeError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SqueezeError(f"{path} is not UTF-8 text; {hint}") from None
+
+
 def kind_of(path) -> str:
     """A short noun phrase for what ``path`` holds ("a GGUF model file", "an MP4/MOV video", ...)."""
     return describe(path) or "a file of unrecognised binary data"

@@ -18,6 +18,7 @@ from .lookup import DECODE_SELECTIONS, SelectionSpec
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
+from .tokenizer import finished_text
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
@@ -234,9 +235,9 @@ class Generator:
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
         raw = check_framing(self.pack, raw)
         if raw:
-            return self.tokenizer.encode(prompt)
+            return self.tokenizer.encode_text(prompt)
         _, suffix = self.tokenizer.chat_frame()
-        return self.tokenizer.encode(CHAT_JOIN + prompt + suffix)
+        return self.tokenizer.encode_text(CHAT_JOIN + prompt) + self.tokenizer.encode(suffix)  # (encode_literal)
 
     def context(self, choice: AttentionChoice):
         if choice.mode == "full":
@@ -290,9 +291,11 @@ class Generator:
             report("decode", len(out), max_new_tokens)
         decode_seconds = time.perf_counter() - t1
         stats = getattr(context, "stats", None)
+        if stats is not None and not stats.calls:
+            stats = None   # no call selected (the prompt's exact tail attended every key, and no decode step ran)
         kept = None if stats is None else stats.mean_kept() / self.pack.num_clustered
         return GenerationResult(
-            text=self.tokenizer.decode(out), token_ids=out, prompt_tokens=len(ids), context_tokens=n_ctx,
+            text=finished_text(self.tokenizer.decode(out)), token_ids=out, prompt_tokens=len(ids), context_tokens=n_ctx,
             prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, decode_tokens=decode_steps,
             attention=choice.label(),
             kept_fraction=kept,

@@ -9,7 +9,6 @@ model or tokenizer is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -112,9 +111,7 @@ class ContextPack:
 
     def check_context(self, context_text: str) -> None:
         """Refuse a pack built from another context text."""
-        if self.hashes.get("context_sha256") != text_sha256(context_text):
-            raise SqueezeError(f"{self.path or 'this context pack'} was built from a different context text; "
-                               "rebuild it from this file")
+        check_context_hash(self.hashes.get("context_sha256"), context_text, self.path)
 
     def threshold_for(self, keep_fraction: float, per_query_head: bool) -> float:
         """Calibrated cluster-score threshold for a keep fraction (log-linear between grid points)."""
@@ -130,15 +127,14 @@ class ContextPack:
 def frame_context(tokenizer, text: str, framing: str) -> list[int]:
     """Token ids of the fixed context: raw text, or the chat prefix + text (the start of a user turn)."""
     if framing == "raw":
-        return tokenizer.encode(text)
+        return tokenizer.encode_text(text)
     if framing != "chat":
         raise SqueezeError(f"unknown framing '{framing}'; use 'chat' or 'raw'")
     prefix, _ = tokenizer.chat_frame()
-    return tokenizer.encode(prefix) + tokenizer.encode(text)
+    return tokenizer.encode(prefix) + tokenizer.encode_text(text)   # special-token strings in the text stay text
 
 
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+from .pack_arrays import check_context_hash, text_sha256  # noqa: E402,F401  (one definition, torch-free)
 
 
 def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | None = None, progress=None) -> ContextPack:

@@ -63,6 +63,10 @@ class PackArrays:
     def hashes(self) -> dict:
         return {k: self.metadata.get(k) for k in ("weights_sha256", "tokenizer_sha256", "context_sha256")}
 
+    def check_context(self, context_text: str) -> None:
+        """Refuse a pack built from another context text (``--context`` given beside the pack)."""
+        check_context_hash(self.metadata.get("context_sha256"), context_text, self.path)
+
     def check_model(self, weights_sha256: str | None, tokenizer_sha256: str | None) -> None:
         """Refuse a pack built for other weights or another tokenizer than the artifact's."""
         if weights_sha256 and self.metadata.get("weights_sha256") != weights_sha256:
@@ -325,5 +329,16 @@ def held_inputs(selection_rows, selection_bias, context: dict, shapes: dict) -> 
     return out
 
 
-__all__ = ["PACK_FORMAT", "PackArrays", "centroid_cost", "content_sha256", "keep_fraction_for_kv_budget", "decoder_context_inputs", "held_inputs", "dequantized_centroids",
+__all__ = ["PACK_FORMAT", "PackArrays", "check_context_hash", "text_sha256", "centroid_cost", "content_sha256", "keep_fraction_for_kv_budget", "decoder_context_inputs", "held_inputs", "dequantized_centroids",
            "read_pack_arrays"]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_context_hash(recorded: str | None, context_text: str, where=None) -> None:
+    """Refuse a pack whose recorded context hash is not the hash of ``context_text``."""
+    if recorded != text_sha256(context_text):
+        raise SqueezeError(f"{where or 'this context pack'} was built from a different context text; rebuild it from "
+                           "this file")

@@ -271,7 +271,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     import time
 
     from .atomic import write_text_atomic
-    from .evaluate import attention_recall, continuation_metrics
+    from .evaluate import attention_recall, continuation_metrics, write_results
     from .generation import AttentionChoice, Generator
     from .pack import BuildSettings, build_context_pack, save_context_pack
 
@@ -287,8 +287,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     started = time.perf_counter()
     docs = documents()
 
-    def save():
-        result = {"split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
+    def save(final: bool = False):
+        result = {"partial": not final, "split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
                   "decode_selection": decode_selection, "follow_keys": follow_keys,
                   "continuation_cases": continuation_cases, "cases": rows, "recall": recalls,
@@ -302,10 +302,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                   "seconds": time.perf_counter() - started}
         if out_dir is None:
             return result
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "suite.json", json.dumps(result, indent=2) + "\n")
-        write_text_atomic(out / "suite.md", suite_markdown(result))
+        write_results(out_dir, "suite", {".json": json.dumps(result, indent=2) + "\n", ".md": suite_markdown(result)},
+                      final)
         return result
 
     for case in cases:
@@ -375,7 +373,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                     f"{r['config']}: top-1 {r['top1_agreement']:.3f} KL {r['kl_mean']:.4f}"
                     for r in continuation[-len(squeezed):]))
             save()
-    return save()
+    return save(final=True)
 
 
 def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:

@@ -82,7 +82,12 @@ class ChatTokenizer:
 
     # ------------------------------------------------------------------------------------------------ use
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` with its special-token strings matched (the chat framing's own markers)."""
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of user text (a document, a question): written special-token strings stay text."""
+        return encode_literal(self.backend, text)
 
     def decode(self, ids, skip_special: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special)
@@ -121,3 +126,23 @@ class ChatTokenizer:
         h.update(b"\0")
         h.update((self.chat_template or "").encode())
         return h.hexdigest()
+
+
+def encode_literal(backend, text: str) -> list:
+    """Ids of ``text`` from a ``tokenizers.Tokenizer`` with no special token matched: a document or a question that
+    contains "<|im_end|>" or "<|endoftext|>" as characters must not close the user's turn or end the text. Text
+    without such strings gets the ids ``encode`` gives (added tokens are split out before pre-tokenization, so
+    encoding the user's text and the framing's markers apart changes nothing else)."""
+    previous = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        return backend.encode(text, add_special_tokens=False).ids
+    finally:
+        backend.encode_special_tokens = previous
+
+
+def finished_text(text: str) -> str:
+    """A generation's text without the replacement characters an unfinished multi-byte character leaves at its end
+    (the answer stopped between the bytes of one character; its token ids keep them). Streaming holds the same
+    characters back, so the streamed text and the returned text agree."""
+    return text.rstrip("\ufffd")

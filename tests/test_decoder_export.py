@@ -240,13 +240,68 @@ def test_pack_mismatches_are_one_line_errors(exported, tiny_pack, tmp_path):
         session.generate("ab " * 80)
 
 
+def test_damaged_artifact_or_tokenizer_is_a_one_line_error(exported, tmp_path):
+    """An artifact cut short, a folder where it belongs, or an unreadable tokenizer: one line naming the file and
+    `squeeze verify` (not the runtime's traceback)."""
+    from squeezed_attention.decoder_session import DecoderSession
+
+    out, _ = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    (art,) = [a for a in manifest["artifacts"] if a.get("format") == "onnx" and a["decoder"]["attention"] == "squeezed"]
+
+    def copy(name):
+        d = tmp_path / name
+        d.mkdir()
+        for f in out.iterdir():
+            if f.is_file():
+                (d / f.name).symlink_to(f)
+        return d
+
+    cut = copy("cut")
+    (cut / art["file"]).unlink()
+    (cut / art["file"]).write_bytes((out / art["file"]).read_bytes()[:1000])
+    with pytest.raises(SqueezeError, match=r"holds 1000 bytes, not the \d+ its manifest records.*squeeze verify"):
+        DecoderSession(cut, fmt="onnx", attention="squeezed")
+    folder = copy("folder")
+    (folder / art["file"]).unlink()
+    (folder / art["file"]).mkdir()
+    with pytest.raises(SqueezeError, match="cannot load .*squeeze verify") as err:
+        DecoderSession(folder, fmt="onnx", attention="squeezed")
+    assert "\n" not in str(err.value)
+    tok = copy("tok")
+    (tok / "tokenizer.json").unlink()
+    (tok / "tokenizer.json").write_text("{}")
+    with pytest.raises(SqueezeError, match="tokenizer .* cannot be read"):
+        DecoderSession(tok, fmt="onnx", attention="squeezed")
+
+
 def test_bad_export_options_fail_before_any_work(tiny, tmp_path):
     _, gguf = tiny
     with pytest.raises(SqueezeError, match="exports to pte, onnx, tflite, coreml; got mlmodel"):
         export_decoder(tmp_path / "x", formats=("mlmodel",), model_path=gguf)
     with pytest.raises(SqueezeError, match="exceed the model window of 256"):
         export_decoder(tmp_path / "y", formats=("onnx",), model_path=gguf, max_context=200, max_prompt=64, max_new=16)
-    assert not (tmp_path / "y" / "manifest.json").exists()
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()   # no folder left behind
+
+
+def test_interrupted_first_export_leaves_no_folder(tiny, tmp_path, monkeypatch):
+    """Ctrl-C during the first conversion into a new folder: the folder (its tokenizer.json) is removed; into a
+    folder that already existed, only what the run wrote is kept consistent (the folder stays)."""
+    from export.backends.onnx_backend import OnnxBackend
+
+    _, gguf = tiny
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxBackend, "export_program", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_decoder(tmp_path / "new", formats=("onnx",), model_path=gguf, verify=False, **SHAPES)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_decoder(tmp_path / "mine", formats=("onnx",), model_path=gguf, verify=False, **SHAPES)
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_cli_export_decoder_and_verify(tiny, tmp_path, capsys):
@@ -319,6 +374,19 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     bad = subprocess.run(cmd + ["--formats", "onnx", "--prefill-tail", "-1"], capture_output=True, text=True,
                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 1 and "--prefill-tail takes token counts" in bad.stderr
+
+
+def test_bench_with_a_relative_report_folder(exported, tmp_path, monkeypatch):
+    """--out relative to the user's directory: the packs the bench builds there are found by its worker processes
+    (which run from the repository root)."""
+    from export.cli import main
+
+    out, _ = exported
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(out), "--out", "rel", "--contexts", "2048", "--formats", "onnx", "--runs", "1",
+                 "--warmup", "0", "--rounds", "1", "--decode-tokens", "2", "--no-profile"]) == 0
+    report = json.loads((tmp_path / "rel" / "report.json").read_text())
+    assert report["rows"] and all(r["status"] == "ok" for r in report["rows"]), report["rows"]
 
 
 def test_second_export_merges_and_other_weights_are_refused(tiny, tmp_path):

@@ -56,6 +56,8 @@ def test_generate_streams_text_then_timings(built, capsys):
     (["generate", "--context-pack", "{d}/ctx.pack", "--prompt", "x", "--model", "{d}/nope.gguf"], "not found"),
     (["context", "eval", "--artifacts", "{d}"], "pass --suite"),
     (["context", "eval", "--suite", "dev", "--artifacts", "{d}", "--out", "{d}/suite_out"], "has no manifest.json"),
+    (["generate", "--artifacts", "{d}/no_such_export", "--context-pack", "{d}/ctx.pack", "--prompt", "x"],
+     "no_such_export does not exist"),
 ])
 def test_user_errors_exit_1_with_one_line(built, capsys, argv, message):
     d, _ = built

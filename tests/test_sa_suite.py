@@ -124,3 +124,19 @@ def test_continuations_are_pooled_over_their_tokens():
     assert summary["full"]["top1_agreement"] is None
     assert "75.0% (84 tokens)" in suite.suite_markdown({"split": "dev", "seed": 0, "lengths": [2048],
                                                        "summary": list(summary.values())})
+
+
+def test_results_in_progress_never_replace_complete_ones(tmp_path):
+    """An evaluation writes <stem>.partial.* while it runs (what an interrupted run leaves) and the complete files
+    only at its end; a previous run's complete files stay until then."""
+    from squeezed_attention.evaluate import partial_note, write_results
+
+    (tmp_path / "suite.json").write_text("complete")
+    assert "nothing was written" in partial_note(tmp_path, "suite")
+    write_results(tmp_path, "suite", {".json": "so far", ".md": "so far"}, final=False)
+    assert (tmp_path / "suite.json").read_text() == "complete"
+    assert (tmp_path / "suite.partial.json").read_text() == "so far"
+    assert "suite.partial.json (marked partial)" in partial_note(tmp_path, "suite")
+    write_results(tmp_path, "suite", {".json": "new", ".md": "new"}, final=True)
+    assert (tmp_path / "suite.json").read_text() == "new"
+    assert not list(tmp_path.glob("*.partial.*"))
