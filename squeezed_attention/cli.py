@@ -41,7 +41,11 @@ def _list_of(item, what: str):
             raise argparse.ArgumentTypeError(f"needs at least one {what}")
         if not all(parts):
             raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate {what}s with single commas")
-        return tuple(item(p) for p in parts)
+        values = tuple(item(p) for p in parts)
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{what} {parts[values.index(repeated[0])]} is given twice in {text!r}")
+        return values
 
     parse.__name__ = "list"
     return parse

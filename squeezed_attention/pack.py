@@ -154,7 +154,9 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
     if n - window - sinks < MIN_CLUSTERED_TOKENS:
         raise SqueezeError(f"the context is only {n} tokens; Squeezed Attention needs at least "
                            f"{window + sinks + MIN_CLUSTERED_TOKENS} (observation window {window} + sink tokens "
-                           f"{sinks} + {MIN_CLUSTERED_TOKENS})")
+                           f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
+                           + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"
+                              if n - sinks - MIN_CLUSTERED_TOKENS >= 1 else ""))
     report = progress or (lambda *a: None)
 
     # 1) Prefill; the observation window goes last so its post-RoPE queries can be recorded.

@@ -124,6 +124,8 @@ GENERATE = ["generate", "--context-pack", "{d}/raw.pack", "--prompt", "ab"]
     (EVAL + ["--lengths", "abc"], "expected an integer"),
     (EVAL + ["--lengths", ""], "needs at least one length"),
     (EVAL + ["--lengths", "2048,,4096"], "empty item"),
+    (EVAL + ["--lengths", "2048,4096,2048"], "length 2048 is given twice"),
+    (EVAL + ["--kv-budgets", "0.125,0.1250"], "KV budget 0.125 is given twice"),
     (EVAL + ["--depths", "2"], "[0, 1]"),
     (EVAL + ["--needle-depths", "-0.1"], "[0, 1]"),
     (EVAL + ["--kinds", "foo"], "passkey, needle"),
