@@ -136,6 +136,9 @@ def check_choice(pack: ContextPack, choice: AttentionChoice) -> None:
         return
     if choice.hierarchical and pack.l1_centroids is None:
         raise SqueezeError("this pack has no hierarchical level; rebuild it with `squeeze context build --hierarchical`")
+    if choice.backend == "native" and (choice.mode != "top-k" or choice.hierarchical):
+        raise SqueezeError("--lookup native runs flat top-k selection only (the fused kernels); with "
+                           f"{'--hierarchical' if choice.hierarchical else '--threshold-keep'} use --lookup auto or torch")
     fraction = keep_fraction_for(pack, choice)
     nc = pack.num_clustered
     cost = centroid_cost(pack.settings.centroid_fraction, pack.config.head_dim)

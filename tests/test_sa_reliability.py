@@ -354,6 +354,8 @@ def test_generate_table_names_the_kv_budget(tiny, capsys):
     (["--max-new-tokens", "250"], "raw.pack", "use --max-new-tokens of at most"),
     (["--hierarchical"], "raw.pack", "no hierarchical level"),
     (["--raw"], "chat.pack", "chat framing"),
+    (["--threshold-keep", "0.3", "--lookup", "native"], "raw.pack", "--lookup native runs flat top-k selection only"),
+    (["--hierarchical", "--lookup", "native"], "chat.pack", "with --hierarchical use --lookup auto or torch"),
 ])
 def test_sizes_the_pack_cannot_serve_are_refused_before_the_model_loads(tiny, capsys, extra, pack, message):
     rc, _, err = run(["generate", "--context-pack", tiny / pack, "--prompt", "ab", "--model", tiny / "missing.gguf",
