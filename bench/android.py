@@ -141,8 +141,9 @@ def pick_device(adb: str, serial: Optional[str]) -> str:
 
 def run_android_benchmark(art_dir, serial: Optional[str] = None, tflite_benchmark: Optional[str] = None,
                           pte_runner: Optional[str] = None, threads: Sequence[int] = (4,), runs: int = 20, warmup: int = 3,
-                          cpu_mask: Optional[str] = None, out_dir=None, progress: Optional[Progress] = None) -> Dict:
-    from export.pipeline import read_manifest
+                          cpu_mask: Optional[str] = None, out_dir=None, progress: Optional[Progress] = None,
+                          formats: Optional[Sequence[str]] = None) -> Dict:
+    from export.pipeline import artifact_problem, read_manifest
 
     from .report import write_reports
 
@@ -152,6 +153,13 @@ def run_android_benchmark(art_dir, serial: Optional[str] = None, tflite_benchmar
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and a["format"] in ("tflite", "pte")]
     if not artifacts:
         raise SqueezeError(f"{art_dir} has no .tflite or .pte artifacts to run on a phone")
+    if formats:
+        have = sorted({a["format"] for a in artifacts})
+        missing = [f for f in formats if f not in have]
+        if missing:
+            raise SqueezeError(f"{art_dir} holds no {', '.join(missing)} artifact to run on a phone (it has: "
+                               f"{', '.join(have)}); pass --formats with those")
+        artifacts = [a for a in artifacts if a["format"] in formats]
     needs = {"tflite": tflite_benchmark, "pte": pte_runner}
     flag = {"tflite": "--tflite-benchmark", "pte": "--pte-runner"}
     for fmt in sorted({a["format"] for a in artifacts}):
@@ -161,6 +169,10 @@ def run_android_benchmark(art_dir, serial: Optional[str] = None, tflite_benchmar
                                f"{'LiteRT benchmark_model' if fmt == 'tflite' else 'ExecuTorch executor_runner'})")
         if not Path(binary).is_file():
             raise SqueezeError(f"{flag[fmt]} {binary} does not exist")
+    for art in artifacts:  # like `squeeze verify`: what is pushed is what the manifest describes
+        problem = artifact_problem(art, art_dir)
+        if problem:
+            raise SqueezeError(f"{problem} (nothing was run)")
     adb = adb_path()
     serial = pick_device(adb, serial)
     base = adb_base(adb, serial)

@@ -19,19 +19,28 @@ def add_subcommands(sub) -> None:
         "back to back. Reports load time, p50/p90/p99/min latency, clips/s, peak RSS, size, achieved GOP/s and its "
         "share of this machine's peak for the artifact's precision (fp32 FMA peak for fp32/fp16, int8 dot-product "
         "peak for int8; a small native probe, compiled on first use with the system C compiler, measures both in "
-        "the same run), and the int8/fp32 latency ratio per runtime. Writes report.json, report.md and report.png "
-        "(default DIR/bench/).",
+        "the same run), and the int8/fp32 latency ratio per runtime. Every artifact is first checked against its "
+        "manifest record as `squeeze verify` does (present, same sha256); one that is not fails its rows without being "
+        "run. Writes report.json, report.md and report.png (default DIR/bench/, created only when they are written).",
     )
-    p.add_argument("dir", nargs="?", help="export directory (with manifest.json); not used with --gpu or --peers")
+    p.add_argument("dir", nargs="?", type=cli_types.path,
+                   help="export directory (with manifest.json); not used with --gpu or --peers")
     p.add_argument("--threads", default=None,
                    help="comma-separated CPU thread counts, each >= 1 (default 1,2; 2 for a decoder directory)")
     p.add_argument("--runs", type=cli_types.positive_int, default=None,
                    help="timed runs per measurement, >= 1 (default 20; 3 prefills per round for a decoder directory)")
     p.add_argument("--warmup", type=cli_types.nonnegative_int, default=None,
                    help="untimed warm-up runs, >= 0 (default 3; 1 per worker for a decoder directory)")
-    p.add_argument("--out", help="report directory (default DIR/bench; bench_out/gpu with --gpu, bench_out/peers with --peers)")
+    p.add_argument("--out", type=cli_types.path, help="report directory (default DIR/bench; bench_out/gpu with --gpu, bench_out/peers with --peers)")
     p.add_argument("--no-eager", dest="eager", action="store_false",
                    help="skip the PyTorch eager reference (default: include it)")
+    p.add_argument("--formats", default=None, metavar="F,F",
+                   help="benchmark only these formats' artifacts, e.g. onnx or onnx,pte (onnx, tflite, pte, coreml); "
+                   "the PyTorch eager reference rows stay unless --no-eager (default: every artifact in DIR)")
+    p.add_argument("--checkpoint", default=None, type=cli_types.path,
+                   help="the checkpoint a SqueezeTime export came from, when it is no longer at the path the manifest "
+                   "records (the PyTorch eager rows rebuild the model from it); its sha256 must match the manifest's "
+                   "(default: the recorded path)")
     d = p.add_argument_group("decoder directories (squeeze export decoder): prefill ms and decode tok/s, squeezed vs "
                              "full attention, per runtime, over real-prose packs built with the decoder's model")
     d.add_argument("--contexts", default="2048,4096,8192",
@@ -43,8 +52,6 @@ def add_subcommands(sub) -> None:
                    help="greedy decode steps timed per run, >= 1 (default 32)")
     d.add_argument("--rounds", type=cli_types.positive_int, default=2,
                    help="interleaved rounds over every (context, format, attention), >= 1 (default 2)")
-    d.add_argument("--formats", default=None, metavar="F,F",
-                   help="benchmark only these formats' artifacts, e.g. pte (default: every artifact in DIR)")
     d.add_argument("--llama-cpp", action="store_true",
                    help="also time the llama.cpp peer (same GGUF, the context's state saved and restored, same packs "
                    "and question; needs pip install -r requirements-llamacpp.txt) (default: off)")
@@ -87,6 +94,7 @@ def cmd_bench(args) -> int:
     from squeezed_attention.decoder_export import is_decoder_manifest
 
     decoder = bool(args.dir) and not (args.gpu or args.peers) and is_decoder_manifest(args.dir)
+    formats = _parse_formats(args.formats)
     threads = parse_threads(args.threads or ("2" if decoder else "1,2"))
     if args.runs is None:
         args.runs = 3 if decoder else 20
@@ -98,6 +106,9 @@ def cmd_bench(args) -> int:
         mode = "--gpu" if args.gpu else "--peers"
         raise SqueezeError(f"{mode} benchmarks the PyTorch models it builds itself and reads no export directory or "
                            f"phone; drop {'DIR' if args.dir else '--adb'}, or drop {mode} to benchmark DIR")
+    if (args.gpu or args.peers) and (formats or args.checkpoint):
+        mode, flag = ("--gpu" if args.gpu else "--peers"), ("--formats" if formats else "--checkpoint")
+        raise SqueezeError(f"{flag} applies to an export directory; {mode} benchmarks the models it builds itself")
     if args.gpu:
         import torch
 
@@ -121,11 +132,15 @@ def cmd_bench(args) -> int:
         return 0
     if not args.dir:
         raise SqueezeError("give the export directory to benchmark (squeeze bench DIR)")
-    # the report location is checked before anything runs: results are never lost to an unwritable --out
-    check_report_dir(args.out or Path(args.dir) / "bench")
+    # the report location is checked before anything runs: results are never lost to an unwritable --out; nothing is
+    # created until the reports are written (a failed or interrupted run leaves no empty folder behind)
+    check_report_dir(args.out or Path(args.dir) / ("bench_android" if args.adb is not None else "bench"), create=False)
     if decoder:
         if args.adb is not None:
             raise SqueezeError("--adb benchmarks SqueezeTime artifacts; decoder directories run on this machine")
+        if args.checkpoint:
+            raise SqueezeError("--checkpoint applies to SqueezeTime export directories; a decoder directory names its "
+                               "model in its manifest")
         from .decoder import decoder_markdown, run_decoder_benchmark
 
         try:
@@ -145,9 +160,7 @@ def cmd_bench(args) -> int:
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
-                                       llama_cpp=args.llama_cpp, prefill_tails=tails,
-                                       formats=[f.strip() for f in args.formats.split(",") if f.strip()]
-                                       if args.formats else None)
+                                       llama_cpp=args.llama_cpp, prefill_tails=tails, formats=formats)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
         return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
@@ -155,15 +168,18 @@ def cmd_bench(args) -> int:
     if args.adb is not None:
         from .android import run_android_benchmark
 
+        if args.checkpoint:
+            raise SqueezeError("--checkpoint rebuilds the PyTorch eager rows, which --adb does not run; drop it")
         report = run_android_benchmark(args.dir, serial=args.adb or None, tflite_benchmark=args.tflite_benchmark,
                                        pte_runner=args.pte_runner, threads=threads, runs=args.runs,
                                        warmup=args.warmup, cpu_mask=args.cpu_mask, out_dir=args.out,
-                                       progress=_progress(console))
+                                       progress=_progress(console), formats=formats)
     else:
         from .host import run_host_benchmark
 
         report = run_host_benchmark(args.dir, threads=threads, runs=args.runs, warmup=args.warmup, out_dir=args.out,
-                                    include_eager=args.eager, progress=_progress(console))
+                                    include_eager=args.eager, progress=_progress(console), formats=formats,
+                                    checkpoint=args.checkpoint)
     from .report import markdown
 
     # soft_wrap: a Markdown row stays one line however wide the table (a wrapped row is no longer a table row)
@@ -171,6 +187,15 @@ def cmd_bench(args) -> int:
     print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
     return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
                                lambda r: f"{r.get('name', r.get('format'))} at {r.get('threads')} thread(s)")
+
+
+def _parse_formats(text):
+    """--formats: known format names (executorch = pte), or None for every artifact; unknown names are refused."""
+    if text is None:
+        return None
+    from export.pipeline import parse_formats
+
+    return parse_formats(text)
 
 
 def _fail_on_error_rows(rows, error_of, name_of) -> int:

@@ -85,16 +85,35 @@ def row_name(art: Dict) -> str:
     return art["format"] if precision == "fp32" else f"{art['format']}-{precision}"
 
 
-def artifact_jobs(manifest: Dict, art_dir: Path, include_eager: bool) -> List[tuple]:
-    """(name, artifact, worker job) for PyTorch eager and every artifact of the manifest. A format's precisions run
-    back to back (fp32, fp16, int8), so the int8/fp32 ratio compares processes timed minutes apart at most."""
+def select_artifacts(manifest: Dict, art_dir: Path, formats: Optional[Sequence[str]] = None) -> List[Dict]:
+    """The manifest's artifact records to benchmark (only ``formats``' when given); one-line SqueezeError when the
+    manifest lists none, or holds none of a requested format."""
+    arts = [a for a in manifest["artifacts"] if a.get("file")]
+    if not arts:
+        raise SqueezeError(f"{Path(art_dir) / 'manifest.json'} lists no artifacts to benchmark; run `squeeze export` "
+                           "first")
+    if formats:
+        have = sorted({a["format"] for a in arts})
+        missing = [f for f in formats if f not in have]
+        if missing:
+            raise SqueezeError(f"{art_dir} holds no {', '.join(missing)} artifact (it has: {', '.join(have)}); pass "
+                               "--formats with those")
+        arts = [a for a in arts if a["format"] in formats]
+    return arts
+
+
+def artifact_jobs(manifest: Dict, art_dir: Path, include_eager: bool, artifacts: Optional[List[Dict]] = None,
+                  source: Optional[Dict] = None) -> List[tuple]:
+    """(name, artifact, worker job) for PyTorch eager and every artifact of the manifest (or ``artifacts``). A format's
+    precisions run back to back (fp32, fp16, int8), so the int8/fp32 ratio compares processes timed minutes apart at
+    most. ``source``: the model source of the eager rows (default: the manifest's)."""
     jobs = []
     if include_eager:
-        src = manifest["model"].get("source") or {"kind": "unspecified"}
+        src = source or manifest["model"].get("source") or {"kind": "unspecified"}
         jobs.append(("pytorch-eager", None, {"kind": "eager", "source": src, "config": manifest["model"]["config"]}))
         jobs.append(("pytorch-eager-rewritten", None, {"kind": "eager", "rewritten": True, "source": src,
                                                         "config": manifest["model"]["config"]}))
-    arts = [a for a in manifest["artifacts"] if a.get("file")]
+    arts = list(artifacts) if artifacts is not None else [a for a in manifest["artifacts"] if a.get("file")]
     first_seen = {}
     for i, art in enumerate(arts):
         first_seen.setdefault(art["format"], i)
@@ -162,13 +181,32 @@ def parse_threads(text) -> List[int]:
     return values
 
 
+def eager_source(manifest: Dict, checkpoint=None):
+    """(source, None) for the PyTorch eager rows, or (None, why they cannot run). ``checkpoint``: where the export's
+    checkpoint is now (--checkpoint); a wrong one is a one-line SqueezeError, not a failed row."""
+    from export.pipeline import check_source_file, resolve_source
+
+    source = manifest["model"].get("source") or {"kind": "unspecified"}
+    resolved = resolve_source(source, manifest["model"]["config"], checkpoint) if checkpoint is not None else None
+    try:
+        resolved = resolved or resolve_source(source, manifest["model"]["config"])
+        check_source_file(resolved)
+    except SqueezeError as exc:
+        return None, str(exc)
+    return resolved, None
+
+
 def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20, warmup: int = 3,
                        out_dir=None, include_eager: bool = True, progress: Optional[Progress] = None,
-                       probe_seconds: float = 0.1) -> Dict:
-    """Time every artifact of ``art_dir``'s manifest (every precision: fp32, fp16, int8 side by side) and PyTorch
-    eager at each thread count, each in its own process; ``probe_seconds``: one timed pass of the peak probe."""
+                       probe_seconds: float = 0.1, formats: Optional[Sequence[str]] = None,
+                       checkpoint=None) -> Dict:
+    """Time every artifact of ``art_dir``'s manifest (every precision: fp32, fp16, int8 side by side; only
+    ``formats``' when given) and PyTorch eager at each thread count, each in its own process; ``probe_seconds``: one
+    timed pass of the peak probe. Every artifact is checked against its manifest record first (present, same
+    sha256): one that is not fails its rows with one line. ``checkpoint``: where the export's checkpoint is now, if
+    it moved (for the eager rows; checked against the manifest)."""
     from export.backends import get_backend
-    from export.pipeline import read_manifest
+    from export.pipeline import artifact_problem, read_manifest
 
     from . import peak_probe
     from .report import check_report_dir
@@ -179,7 +217,11 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
     # absolute: every runtime row runs in a worker process with another working directory
     art_dir = Path(art_dir).resolve()
     manifest = read_manifest(art_dir)
-    out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench")  # before any measurement
+    arts = select_artifacts(manifest, art_dir, formats)
+    # before any measurement; created only when the reports are written (a failed run leaves no empty folder)
+    out_dir = check_report_dir(Path(out_dir) if out_dir else art_dir / "bench", create=False)
+    source, eager_problem = eager_source(manifest, checkpoint) if include_eager or checkpoint else (None, None)
+    problems = {a["file"]: artifact_problem(a, art_dir) for a in arts}  # like `squeeze verify`: missing, or changed
     spec = spec_from_manifest(manifest)
     flops = flops_per_clip(manifest)
     base = {"spec": spec, "runs": runs, "warmup": warmup}
@@ -202,12 +244,18 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
     # probed before and after the runtimes; the better rate per thread count is the machine's (a probe that
     # coincided with other load would understate it and flatter every percentage)
     probe_peaks("before the runtimes")
-    jobs = artifact_jobs(manifest, art_dir, include_eager)
+    jobs = artifact_jobs(manifest, art_dir, include_eager, arts, source)
     for t in threads:
         for name, art, job in jobs:
             row = {"name": name, "threads": t, "file": art["file"] if art else None,
-                   "format": art["format"] if art else "pytorch", "bytes": art["bytes"] if art else None,
+                   "format": art["format"] if art else "pytorch", "bytes": art.get("bytes") if art else None,
                    "precision": art.get("precision", "fp32") if art else "fp32"}
+            problem = problems.get(art["file"]) if art else eager_problem
+            if problem:
+                row.update({"status": "error", "detail": problem})
+                rows.append(row)
+                say(name, f"error: {problem}")
+                continue
             reason = get_backend(art["format"]).cannot_time_here(art) if art else None
             if reason:
                 row.update({"status": "not available on this OS", "detail": reason})

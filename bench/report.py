@@ -6,14 +6,25 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir
+from squeeze_mobile.atomic import atomic_path, check_creatable_dir, check_destination, ensure_writable_dir
+from squeeze_mobile.errors import SqueezeError
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 
 
-def check_report_dir(out_dir, names=REPORT_FILES) -> Path:
-    """Refuse, before a benchmark runs, a report location that cannot take the report files."""
+def check_report_dir(out_dir, names=REPORT_FILES, create: bool = True) -> Path:
+    """Refuse, before a benchmark runs, a report location that cannot take the report files.
+
+    ``create=False``: check only, create nothing (the folder is made when the reports are written), so a benchmark
+    that fails or is interrupted first leaves no empty report folder behind."""
     out_dir = Path(out_dir)
+    if not create:
+        check_creatable_dir(out_dir)
+        for name in names:
+            dest = out_dir / name
+            if dest.is_dir() and not dest.is_symlink():
+                raise SqueezeError(f"{dest} is a directory; give the path of a file to write (nothing was changed)")
+        return out_dir
     ensure_writable_dir(out_dir)
     for name in names:
         check_destination(out_dir / name, "file")
@@ -141,7 +152,8 @@ def figure(report: Dict):
                 ("fp32", "int8"): "(compute bound: dashed at the fp32 FMA peak, dotted at the int8 peak)"}
     key = tuple(k for k in ("fp32", "int8") if k in bounds)
     ax.set_title("SqueezeTime p50 latency by runtime" + (f"\n{subtitle[key]}" if key in subtitle else ""), fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # every row failed: nothing to label
+        ax.legend(fontsize=8)
     ax.margins(y=0.12)  # room for the bar labels under the frame
     fig.tight_layout()
     return fig

@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k action labels for a video file",
                        description="Decode VIDEO with the official test pipeline (16 frames, interval 4, short side "
                        "256, centre crop 224; or 10 clips x 3 crops with --views multi) and print the top-k labels.")
-    p.add_argument("video", help="path to a video file (anything FFmpeg decodes)")
-    p.add_argument("--checkpoint", help="SqueezeTime weights: official mmaction2 .pth, bare state dict or .safetensors "
+    p.add_argument("video", type=cli_types.path, help="path to a video file (anything FFmpeg decodes)")
+    p.add_argument("--checkpoint", type=cli_types.path,
+                   help="SqueezeTime weights: official mmaction2 .pth, bare state dict or .safetensors (the format is "
+                   "read from the file's bytes) "
                    "(default: none, a seeded random model whose predictions are meaningless, and the command says so)")
     p.add_argument("--skip-unsafe-metadata", action="store_true",
                    help="load only the tensors of a checkpoint whose pickle references other Python objects "

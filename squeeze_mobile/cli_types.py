@@ -1,4 +1,4 @@
-"""argparse ``type=`` callables for numbers with an accepted range.
+"""argparse ``type=`` callables for numbers with an accepted range, and for paths that must not be empty.
 
 Each returns the parsed value or raises ``argparse.ArgumentTypeError`` whose text names the accepted range, so
 argparse prints one line (``error: argument --top: ... must be an integer >= 1, got 0``) and exits 2 before any
@@ -91,9 +91,17 @@ def threads(text: str) -> int:
     return int_range(1, MAX_THREADS)(text)
 
 
+def path(text: str) -> str:
+    """A file or folder path that is not empty (an empty one would silently mean the current directory)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return text
+
+
 positive_int.__name__ = "integer"
 nonnegative_int.__name__ = "integer"
 fraction.__name__ = "number"
 threads.__name__ = "integer"
+path.__name__ = "path"
 
-__all__ = ["MAX_THREADS", "float_range", "fraction", "int_range", "nonnegative_int", "positive_int", "threads"]
+__all__ = ["MAX_THREADS", "float_range", "fraction", "int_range", "nonnegative_int", "path", "positive_int", "threads"]

@@ -72,7 +72,10 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
         raise SqueezeError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
     if size == 0:
         raise SqueezeError(f"checkpoint {path} is empty (0 bytes); download or save it again")
-    if path.suffix == ".safetensors":
+    fmt = checkpoint_format(path)
+    if fmt == "pack":
+        raise SqueezeError(f"checkpoint {path} is a Squeezed Attention context pack, not a SqueezeTime checkpoint")
+    if fmt == "safetensors":
         from safetensors.torch import load_file
 
         try:
@@ -83,7 +86,8 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
             raise SqueezeError(f"checkpoint {path} is not a readable safetensors file ({_first_line(exc)})"
                                f"{_what_it_is(path)}") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load picks its own loader from a path's extension
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
             raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data){_what_it_is(path)}") from None
@@ -100,6 +104,23 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything on malformed bytes; all mean "not readable"
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_first_line(exc)}){_what_it_is(path)}") from None
     return _unwrap(obj, path)
+
+
+def checkpoint_format(path) -> str:
+    """'safetensors', 'torch' (a zip or legacy pickle for torch.load), from the file's first bytes whatever its name
+    (``x.SAFETENSORS``, a safetensors file saved as ``.pth``, a pickle named ``.safetensors``); from the extension,
+    case-insensitively, only when the bytes are neither (so the error names the format the user meant); 'pack' for a
+    Squeezed Attention context pack (a safetensors file that is no checkpoint)."""
+    from squeeze_mobile.file_kinds import describe
+
+    kind = describe(path) or ""
+    if kind == "a Squeezed Attention context pack":
+        return "pack"
+    if kind == "a safetensors file":
+        return "safetensors"
+    if kind.startswith(("a zip archive", "a pickle")):
+        return "torch"
+    return "safetensors" if Path(path).suffix.lower() == ".safetensors" else "torch"
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:
@@ -164,7 +185,8 @@ def _load_with_inert_objects(path):
 
     inert_pickle = types.SimpleNamespace(Unpickler=InertUnpickler, load=None, __name__="inert_pickle")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=inert_pickle)
+        with open(path, "rb") as fh:  # a file object: torch.load picks its own loader from a path's extension
+            return torch.load(fh, map_location="cpu", weights_only=False, pickle_module=inert_pickle)
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
 
@@ -279,7 +301,10 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
     if mismatched:
         raise SqueezeError(f"checkpoint {path} has {len(mismatched)} shape mismatch(es): {_short_list(mismatched, 3)}")
     if hard_missing:
-        hint = " (pass allow_missing_head=True / --allow-missing-head to fine-tune a new head)" if all(
+        # the command line has no such option on purpose: a random head predicts nothing, and an export of it
+        # could not be re-verified (the head would differ on every load)
+        hint = (": a backbone-only file, without the classifier head that predict and export need (to fine-tune a "
+                "new head in Python: squeezetime.load_checkpoint(path, allow_missing_head=True))") if all(
             k.startswith("cls_head.") for k in hard_missing
         ) else ""
         raise SqueezeError(f"checkpoint {path} is missing {len(hard_missing)} key(s): {_short_list(hard_missing)}{hint}")
@@ -312,7 +337,7 @@ def _metadata_label_file(path, num_classes: int) -> Optional[str]:
     per class; otherwise None (the base config's labels)."""
     from .video import label_path
 
-    if Path(path).suffix != ".safetensors":
+    if checkpoint_format(path) != "safetensors":
         return None
     from safetensors import safe_open
 
@@ -360,7 +385,7 @@ def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
     state = model.state_dict()
     path = Path(path)
     with atomic_path(path) as tmp:
-        if layout == "safetensors" or path.suffix == ".safetensors":
+        if layout == "safetensors" or path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"config": model.config.name})

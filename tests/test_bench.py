@@ -250,6 +250,18 @@ def test_android_missing_pieces(tmp_path, monkeypatch):
         android.run_android_benchmark(art)
     with pytest.raises(SqueezeError, match="--tflite-benchmark /nope does not exist"):
         android.run_android_benchmark(art, tflite_benchmark="/nope")
+    # the artifacts are checked against the manifest before the phone is looked for (like `squeeze verify`)
+    with pytest.raises(SqueezeError, match=r"artifact missing: m.tflite is not in .* \(nothing was run\)"):
+        android.run_android_benchmark(art, tflite_benchmark=str(binary))
+    (art / "m.tflite").write_bytes(b"tfl3")
+    manifest["artifacts"][0]["sha256"] = "0" * 64
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SqueezeError, match="m.tflite differs from the file the manifest describes"):
+        android.run_android_benchmark(art, tflite_benchmark=str(binary))
+    del manifest["artifacts"][0]["sha256"]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SqueezeError, match="holds no pte artifact to run on a phone"):
+        android.run_android_benchmark(art, tflite_benchmark=str(binary), formats=["pte"])
     monkeypatch.delenv("ADB", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(SqueezeError, match="adb not found"):
@@ -334,3 +346,102 @@ def test_report_title_fits_the_figure():
             "onnxruntime (CPU)", "onnxruntime (CPU) int8"][:len(rows)]  # one bar per runtime and precision
         # the compute bounds: 1 GFLOP at 50 GFLOP/s (fp32) and, with an int8 row, at 200 GOP/s (int8)
         assert sorted(line.get_ydata()[0] for line in ax.get_lines()) == pytest.approx([5.0, 20.0][2 - len(rows):])
+
+
+@pytest.fixture(scope="module")
+def ckpt_export(tmp_path_factory):
+    """A small checkpoint (10 classes, width 0.25) exported to ONNX at 4 x 32 x 32: (checkpoint, export dir)."""
+    import torch
+
+    import squeezetime
+
+    torch.manual_seed(7)
+    ckpt = tmp_path_factory.mktemp("ckpt") / "small.pth"
+    squeezetime.save_checkpoint(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10).eval(), ckpt)
+    out = tmp_path_factory.mktemp("small_export")
+    assert main(["export", "squeezetime", "--checkpoint", str(ckpt), "--size", "32", "--formats", "onnx",
+                 "--out", str(out)]) == 0
+    return ckpt, out
+
+
+def _copy_export(src, dest, extra_tflite=False):
+    import shutil
+
+    shutil.copytree(src, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    if extra_tflite:  # a second format in the manifest, one that cannot run (it must not be run with --formats onnx)
+        (dest / "m.tflite").write_bytes(b"not a flatbuffer")
+        manifest["artifacts"].append({"format": "tflite", "file": "m.tflite", "bytes": 16, "precision": "fp32"})
+        (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest, manifest
+
+
+def test_bench_formats_selects_rows(ckpt_export, tmp_path, capsys):
+    """--formats benchmarks only those formats' artifacts (the eager reference follows --no-eager)."""
+    d, _ = _copy_export(ckpt_export[1], tmp_path / "art", extra_tflite=True)
+    assert main(["bench", str(d), "--formats", "onnx", "--no-eager", "--threads", "1", "--runs", "2", "--warmup",
+                 "0"]) == 0
+    capsys.readouterr()
+    rows = json.loads((d / "bench" / "report.json").read_text())["rows"]
+    assert [(r["format"], r["status"]) for r in rows] == [("onnx", "ok")]
+
+
+def test_bench_checks_artifacts_against_the_manifest(ckpt_export, tmp_path):
+    """Like `squeeze verify`: an artifact that differs from its manifest record (sha256) or is missing fails its rows
+    with one line, without being run (no runtime log); the others still run."""
+    from bench.host import run_host_benchmark
+
+    d, manifest = _copy_export(ckpt_export[1], tmp_path / "art", extra_tflite=True)
+    onnx = d / manifest["artifacts"][0]["file"]
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    (d / "m.tflite").unlink()
+    report = run_host_benchmark(d, threads=(1,), runs=2, warmup=0, out_dir=tmp_path / "rep", include_eager=False,
+                                probe_seconds=0.01)
+    rows = {r["format"]: r for r in report["rows"]}
+    assert rows["onnx"]["status"] == rows["tflite"]["status"] == "error"
+    assert rows["onnx"]["detail"] == (f"{onnx.name} differs from the file the manifest describes (sha256 differs from "
+                                      "the manifest); re-export it")
+    assert rows["tflite"]["detail"] == f"artifact missing: m.tflite is not in {d}"
+
+
+def test_bench_interrupted_leaves_no_report_folder(ckpt_export, tmp_path):
+    from bench.host import run_host_benchmark
+
+    d, _ = _copy_export(ckpt_export[1], tmp_path / "art")
+
+    def interrupt(stage, message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_host_benchmark(d, threads=(1,), runs=2, warmup=0, progress=interrupt)
+    assert not (d / "bench").exists()
+
+
+def test_bench_eager_rows_with_a_moved_checkpoint(ckpt_export, tmp_path):
+    """The eager rows rebuild the model from the recorded checkpoint: gone -> one-line row error that names
+    --checkpoint; --checkpoint PATH (the same sha256) -> they run; another file -> refused before anything runs."""
+    import shutil
+
+    from bench.host import run_host_benchmark
+
+    ckpt, out = ckpt_export
+    d, manifest = _copy_export(out, tmp_path / "art")
+    manifest["model"]["source"]["path"] = str(tmp_path / "gone.pth")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    kw = dict(threads=(1,), runs=2, warmup=0, out_dir=tmp_path / "rep", probe_seconds=0.01)
+    rows = {r["name"]: r for r in run_host_benchmark(d, **kw)["rows"]}
+    assert rows["pytorch-eager"]["status"] == "error" and "is gone" in rows["pytorch-eager"]["detail"]
+    assert "--checkpoint PATH" in rows["pytorch-eager"]["detail"] and rows["onnx"]["status"] == "ok"
+    moved = tmp_path / "moved.pth"
+    shutil.copyfile(ckpt, moved)
+    rows = {r["name"]: r for r in run_host_benchmark(d, checkpoint=moved, **kw)["rows"]}
+    assert {n: r["status"] for n, r in rows.items()} == {"pytorch-eager": "ok", "pytorch-eager-rewritten": "ok",
+                                                          "onnx": "ok"}
+    other = tmp_path / "other.pth"
+    other.write_bytes(ckpt.read_bytes() + b"\0")
+    with pytest.raises(SqueezeError, match="is not the checkpoint this export came from"):
+        run_host_benchmark(d, checkpoint=other, **kw)
+    # the CLI has the option
+    assert main(["bench", str(d), "--checkpoint", str(other)]) == 1

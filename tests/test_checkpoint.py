@@ -214,3 +214,57 @@ def test_wrong_files_say_what_they_are(tmp_path, real_video):
         squeezetime.load_checkpoint(tmp_path / "clip.safetensors")
     with pytest.raises(SqueezeError, match="is a directory"):
         squeezetime.load_checkpoint(tmp_path)
+
+
+def test_format_is_read_from_the_bytes_not_the_name(tmp_path, small_model):
+    """The file's bytes pick the loader, whatever its name says: an upper-case extension, a safetensors file saved as
+    .pth, a zip or legacy pickle checkpoint named .safetensors; the label-file metadata of safetensors too."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    x = _clip()
+    expected = _logits(small_model, x)
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in small_model.state_dict().items()}, str(st))
+    zipped, legacy = tmp_path / "w.pth", tmp_path / "legacy.pth"
+    torch.save({"state_dict": small_model.state_dict()}, zipped)
+    torch.save({"state_dict": small_model.state_dict()}, legacy, _use_new_zipfile_serialization=False)
+    for src, name in [(st, "UPPER.SAFETENSORS"), (st, "st_as.pth"), (st, "st_as.ckpt"), (zipped, "zip_as.safetensors"),
+                      (legacy, "pickle_as.safetensors"), (zipped, "zip.PTH")]:
+        shutil.copyfile(src, tmp_path / name)
+        assert torch.equal(_logits(squeezetime.load_checkpoint(tmp_path / name), x), expected), name
+    # the label file a safetensors checkpoint names in its metadata is found under any file name
+    torch.manual_seed(2)
+    nine = squeezetime.build_model("k400", frames=4, width=0.25, num_classes=9).eval()
+    save_file({k: v.contiguous() for k, v in nine.state_dict().items()}, str(tmp_path / "motion.pth"),
+              metadata={"label_file": "camera_motion"})
+    assert squeezetime.load_checkpoint(tmp_path / "motion.pth").config.labels == "camera_motion"
+    # unrecognised bytes: the error names the format the extension promised, whatever its case
+    (tmp_path / "junk.SafeTensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(SqueezeError, match="is not a readable safetensors file"):
+        squeezetime.load_checkpoint(tmp_path / "junk.SafeTensors")
+    # save_checkpoint: the extension's case does not change the layout written
+    squeezetime.save_checkpoint(small_model, tmp_path / "saved.SAFETENSORS")
+    from squeeze_mobile.file_kinds import describe
+
+    assert describe(tmp_path / "saved.SAFETENSORS") == "a safetensors file"
+
+
+def test_context_pack_is_not_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"kv.keys": torch.zeros(2)}, str(tmp_path / "ctx.pth"), metadata={"format": "squeeze-context-pack/2"})
+    with pytest.raises(SqueezeError, match="is a Squeezed Attention context pack, not a SqueezeTime checkpoint"):
+        squeezetime.load_checkpoint(tmp_path / "ctx.pth")
+
+
+def test_backbone_only_message_names_no_missing_cli_flag(tmp_path, small_model):
+    """The head-less error names what exists: the Python API's allow_missing_head, no --allow-missing-head flag."""
+    path = tmp_path / "backbone.pth"
+    squeezetime.save_checkpoint(small_model, path, layout="backbone")
+    with pytest.raises(SqueezeError) as info:
+        squeezetime.load_checkpoint(path)
+    message = str(info.value)
+    assert "backbone-only" in message and "allow_missing_head=True" in message
+    assert "--allow-missing-head" not in message

@@ -54,6 +54,27 @@ def test_out_of_range_numbers_name_the_accepted_range(tmp_path, capsys, real_vid
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("argv, what", [
+    (["export", "squeezetime", "--formats", "onnx", "--out", ""], "--out"),
+    (["export", "squeezetime", "--formats", "onnx", "--out", "  "], "--out"),
+    (["export", "squeezetime", "--formats", "onnx", "--out", "o", "--checkpoint", ""], "--checkpoint"),
+    (["verify", ""], "dir"),
+    (["verify", "x", "--checkpoint", ""], "--checkpoint"),
+    (["bench", ""], "dir"),
+    (["bench", "x", "--out", ""], "--out"),
+    (["predict", "{video}", "--checkpoint", ""], "--checkpoint"),
+    (["predict", ""], "video"),
+])
+def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch, real_video, argv, what):
+    """An empty path would mean the current directory (export into it, verify it) or no checkpoint at all (a random
+    model): refused like any bad option, one line, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert main([a.format(video=real_video) for a in argv]) == 2
+    line = _error_line(capsys)
+    assert f"argument {what}: is empty" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_threads_list_is_checked(tmp_path, capsys):
     for bad in ("-1", "0", "1,0"):
         assert main(["bench", str(tmp_path), "--threads", bad]) == 1
@@ -89,7 +110,24 @@ def test_bad_checkpoint_is_one_line(bad_checkpoints, capsys, real_video, name, m
     assert main(argv) == 1
     line = _error_line(capsys)
     assert message in line, line
-    assert not (bad_checkpoints / "out").exists() or not any((bad_checkpoints / "out").iterdir())
+    assert not (bad_checkpoints / "out").exists()  # --out is created only once the inputs are known to be good
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_backbone_only_checkpoint_names_no_missing_flag(tmp_path, capsys, real_video, command):
+    """The head-less error names only what exists (the Python API), and the CLI has no --allow-missing-head."""
+    import squeezetime
+
+    path = tmp_path / "backbone.pth"
+    squeezetime.save_checkpoint(squeezetime.build_model("hmdb51", frames=4, width=0.25), path, layout="backbone")
+    argv = (["predict", str(real_video)] if command == "predict" else
+            ["export", "squeezetime", "--formats", "onnx", "--out", str(tmp_path / "o")]) + ["--checkpoint", str(path)]
+    assert main(argv) == 1
+    line = _error_line(capsys)
+    assert "backbone-only" in line and "--allow-missing-head" not in line, line
+    assert main(argv + ["--allow-missing-head"]) == 2  # and no such flag
+    assert "unrecognized arguments: --allow-missing-head" in _error_line(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 def test_empty_checkpoint_in_a_real_process(tmp_path, real_video):
@@ -237,6 +275,45 @@ def test_export_refuses_to_mix_models_in_one_directory(tmp_path, capsys):
     assert "cannot be merged" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--formats", "tflite", "--precision", "fp16"], "tflite does not offer fp16 (formats with fp16: "),
+    (["--formats", "pte", "--pte-backend", "coreml", "--precision", "fp16"], "pte does not offer fp16"),
+    (["--precision", "fp32,fp16"], "tflite, pte do not offer fp16"),  # the default formats
+    (["--formats", "onnx,tflite", "--precision", "fp16", "--checkpoint", "{tmp}/nope.pth"], "tflite does not offer"),
+])
+def test_export_format_precision_clash_fails_first(tmp_path, capsys, extra, message):
+    """A format asked for in a precision it does not offer is refused before any work: no model, no --out, no
+    labels.txt and no artifact-less manifest."""
+    assert main(["export", "squeezetime", *SMALL, "--out", str(tmp_path / "o"),
+                 *[a.format(tmp=tmp_path) for a in extra]]) == 1
+    line = _error_line(capsys)
+    assert message in line and "nothing was written" in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_api_refuses_a_clash_before_writing(tmp_path):
+    from export.pipeline import export_squeezetime
+    from squeezetime.model import seeded_model
+
+    model = seeded_model("hmdb51", frames=4)
+    with pytest.raises(SqueezeError, match="tflite does not offer fp16"):
+        export_squeezetime(model, tmp_path / "o", formats="onnx,tflite", precision="fp16")
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_export_removes_the_folders_it_created(tmp_path, capsys, video_dir):
+    """--out (and missing parents) made for an export that then fails before writing anything are removed again;
+    a folder that was there before stays."""
+    argv = ["export", "squeezetime", *SMALL, "--formats", "onnx", "--verify-video", str(video_dir / "not_a_video.mp4")]
+    assert main(argv + ["--out", str(tmp_path / "a" / "b" / "c")]) == 1
+    assert "cannot be opened" in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert main(argv + ["--out", str(tmp_path / "mine" / "o")]) == 1
+    _error_line(capsys)
+    assert [p.name for p in tmp_path.rglob("*")] == ["mine"]
+
+
 def test_export_verify_video_missing_fails_first(tmp_path, capsys):
     assert main(["export", "squeezetime", *SMALL, "--formats", "onnx", "--out", str(tmp_path / "o"),
                  "--verify-video", str(tmp_path / "nope.mp4")]) == 1
@@ -259,6 +336,35 @@ def test_bench_out_file_is_refused_before_measuring(tmp_path, capsys):
     (tmp_path / "rep" / "report.json").mkdir(parents=True)
     assert main(["bench", str(d), "--out", str(tmp_path / "rep")]) == 1
     assert "report.json is a directory" in _error_line(capsys)
+
+
+def test_bench_creates_no_folder_for_a_failed_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "nonexist"]) == 1
+    assert "nonexist does not exist" in _error_line(capsys)
+    assert main(["bench", "nonexist", "--out", "rep/sub"]) == 1
+    _error_line(capsys)
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(_manifest(artifacts=[])))
+    assert main(["bench", "art"]) == 1
+    assert "lists no artifacts to benchmark" in _error_line(capsys)
+    assert main(["bench", "art", "--adb"]) == 1
+    _error_line(capsys)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["art", "art/manifest.json"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--formats", "bogus"], "unknown format(s) bogus; choose from"),
+    (["--formats", "onnx,tensorrt"], "unknown format(s) tensorrt"),
+    (["--formats", ","], "no formats given"),
+    (["--formats", "tflite"], "holds no tflite artifact (it has: onnx)"),
+    (["--formats", "tflite", "--adb"], "has no .tflite or .pte artifacts"),
+])
+def test_bench_formats_are_checked(tmp_path, capsys, argv, message):
+    d = _bench_dir(tmp_path)
+    assert main(["bench", str(d), *argv]) == 1
+    assert message in _error_line(capsys)
+    assert not (d / "bench").exists() and not (d / "bench_android").exists()
 
 
 def test_bench_gpu_needs_cuda_and_no_dir(tmp_path, capsys):

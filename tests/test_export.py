@@ -431,6 +431,107 @@ def test_verify_after_the_video_moved(all_formats, tmp_path, real_video, capsys)
     assert "pass" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def ten_class_export(tmp_path_factory):
+    """A 10-class checkpoint (k400 base config, 400 labels) exported to ONNX at 4 x 32 x 32."""
+    import torch
+
+    import squeezetime
+    from conftest import randomize_bn
+
+    torch.manual_seed(5)
+    model = randomize_bn(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10), seed=5)
+    ckpt = tmp_path_factory.mktemp("ckpt10") / "ten.pth"
+    squeezetime.save_checkpoint(model, ckpt)
+    out = tmp_path_factory.mktemp("export10")
+    assert main(["export", "squeezetime", "--checkpoint", str(ckpt), "--size", "32", "--formats", "onnx",
+                 "--out", str(out)]) == 0
+    return ckpt, out
+
+
+def test_labels_only_when_they_match_the_class_count(ten_class_export, capfd):
+    """A 10-class checkpoint on the k400 config: kinetics400's 400 names would label its classes wrongly. No
+    labels.txt, labels null in the manifest (apps and predict show class_N), and the export says so."""
+    from squeezetime.video import load_labels
+
+    ckpt, out = ten_class_export
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["config"]["num_classes"] == 10 and manifest["labels"] is None
+    assert not (out / "labels.txt").exists()
+    assert len(load_labels(manifest["model"]["config"]["labels"])) == 400
+    again = out.parent / (out.name + "_again")
+    assert main(["export", "squeezetime", "--checkpoint", str(ckpt), "--size", "32", "--formats", "onnx",
+                 "--out", str(again)]) == 0
+    err = capfd.readouterr().err
+    assert "no labels.txt written" in err and "10-class model" in err and "manifest labels: null" in err
+
+
+def test_verify_checks_the_label_file(ten_class_export, tmp_path, capsys):
+    import shutil
+
+    _, out = ten_class_export
+    d = tmp_path / "d"
+    shutil.copytree(out, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["labels"] = "labels.txt"
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(d)]) == 1
+    assert "labels.txt, the label file the manifest names, is missing" in capsys.readouterr().err
+    (d / "labels.txt").write_text("\n".join(f"c{i}" for i in range(400)) + "\n")
+    assert main(["verify", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert [l for l in err.splitlines() if l.startswith("error:")] == [
+        f"error: {d / 'labels.txt'} has 400 lines but the model has 10 classes (one label per line expected); "
+        "re-export, or set the manifest's labels to null"]
+    (d / "labels.txt").write_text("\n".join(f"c{i}" for i in range(10)) + "\n")
+    assert main(["verify", str(d)]) == 0
+
+
+def test_verify_with_a_moved_checkpoint(ten_class_export, tmp_path, capsys):
+    """--checkpoint points verify at a checkpoint that moved; it must be the one the manifest recorded."""
+    import shutil
+
+    ckpt, out = ten_class_export
+    d = tmp_path / "d"
+    shutil.copytree(out, d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["model"]["source"]["path"] = str(tmp_path / "gone.pth")
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(d)]) == 1
+    assert "is gone" in capsys.readouterr().err
+    moved = tmp_path / "moved.pth"
+    shutil.copyfile(ckpt, moved)
+    other = tmp_path / "other.pth"
+    with open(other, "wb") as fh:
+        fh.write(ckpt.read_bytes() + b"\0")
+    assert main(["verify", str(d), "--checkpoint", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert f"--checkpoint {other} is not the checkpoint this export came from" in err
+    assert main(["verify", str(d), "--checkpoint", str(tmp_path / "nope.pth")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["verify", str(d), "--checkpoint", str(moved)]) == 0
+    assert "pass" in capsys.readouterr().out
+
+
+def test_checkpoint_for_an_export_without_a_recorded_digest(ten_class_export, tmp_path):
+    """No checkpoint digest recorded (a Python-API export without a source): --checkpoint is accepted when the
+    architecture it describes is the manifest's, refused otherwise; a seeded export takes no --checkpoint."""
+    import squeezetime
+    from export.pipeline import resolve_source
+    from squeezetime import SqueezeError
+
+    ckpt, out = ten_class_export
+    config = json.loads((out / "manifest.json").read_text())["model"]["config"]
+    source = resolve_source({"kind": "unspecified"}, config, ckpt)
+    assert source["kind"] == "checkpoint" and source["sha256"] == _sha(ckpt)
+    wider = tmp_path / "wider.pth"
+    squeezetime.save_checkpoint(squeezetime.build_model("k400", frames=4, width=0.5, num_classes=10), wider)
+    with pytest.raises(SqueezeError, match=r"does not describe the model this export came from \(width 0.5 vs 0.25"):
+        resolve_source({"kind": "unspecified"}, config, wider)
+    with pytest.raises(SqueezeError, match="seeded random model, not a checkpoint; drop --checkpoint"):
+        resolve_source({"kind": "seeded", "seed": 0}, config, ckpt)
+
+
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
                     reason="flush-to-zero on the calling thread is set through glibc's x86-64 environment")
 def test_onnx_runner_flushes_denormals_only_during_a_run(tmp_path):
