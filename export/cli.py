@@ -179,7 +179,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        print(f"error: interrupted; no partial artifacts were left behind ({signal_name(exc)})", file=sys.stderr)
+        note = getattr(exc, "note", None)  # a command that keeps what it did say so (e.g. an evaluation's results)
+        print(f"error: interrupted; {note or 'no partial artifacts were left behind'} ({signal_name(exc)})",
+              file=sys.stderr)
         return exit_code(exc)
     except BrokenPipeError:  # e.g. `squeeze predict ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
