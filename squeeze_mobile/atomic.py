@@ -50,20 +50,8 @@ def check_destination(dest, kind: str = "file", replaceable: Optional[Replaceabl
 def ensure_writable_dir(folder) -> Path:
     """Create ``folder`` if needed and prove a file can be created in it; one-line error otherwise."""
     folder = Path(folder)
-    for parent in (folder, *folder.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                if parent == folder:
-                    raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
-                raise SqueezeError(f"{folder} is not writable: {parent} is a file, not a directory")
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(folder))
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise SqueezeError(f"{folder} is not writable ({exc.strerror or exc}); choose a writable location") from None
+    _refuse_a_file_on_the_way(folder, _nearest_existing(folder))
+    _probe_writable(folder, folder, create=True)
     return folder
 
 
@@ -74,6 +62,26 @@ def _nearest_existing(folder: Path) -> Path:
     return Path(".")
 
 
+def _refuse_a_file_on_the_way(folder: Path, existing: Path) -> None:
+    """One line when the nearest existing path of ``folder`` is a file (it cannot be or hold a directory)."""
+    if not existing.is_dir():
+        if existing == folder:
+            raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
+        raise SqueezeError(f"{folder} is not writable: {existing} is a file, not a directory")
+
+
+def _probe_writable(folder: Path, where: Path, create: bool) -> None:
+    """Prove a file can be created in ``where`` (made first with ``create``); one line naming ``folder`` if not."""
+    try:
+        if create:
+            where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(where))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SqueezeError(f"{folder} is not writable ({exc.strerror or exc}); choose a writable location") from None
+
+
 def check_creatable_dir(folder) -> Path:
     """Refuse, without creating anything, a folder that could not be created (or written into); one-line error.
 
@@ -81,16 +89,9 @@ def check_creatable_dir(folder) -> Path:
     command writes its first file (``ensure_writable_dir``), so a command that fails first leaves nothing behind."""
     folder = Path(folder)
     existing = _nearest_existing(folder)
-    if not existing.is_dir():
-        if existing == folder:
-            raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
-        raise SqueezeError(f"{folder} is not writable: {existing} is a file, not a directory")
-    try:  # a file in the folder, or (the folder missing) in the folder it would be created in
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(existing))
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise SqueezeError(f"{folder} is not writable ({exc.strerror or exc}); choose a writable location") from None
+    _refuse_a_file_on_the_way(folder, existing)
+    # a file in the folder, or (the folder missing) in the folder it would be created in
+    _probe_writable(folder, existing, create=False)
     return folder
 
 
