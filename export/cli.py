@@ -60,7 +60,8 @@ def cmd_predict(args) -> int:
     preds = result.top
     if args.json:
         print(json.dumps({"video": str(args.video), "config": model.config.name, "views": args.views,
-                          "video_frames": result.video.frame_counts(), "top": [p.__dict__ for p in preds]}, indent=2))
+                          "video_frames": result.video.frame_counts(),
+                          "video_rotation": result.video.rotation, "top": [p.__dict__ for p in preds]}, indent=2))
     else:
         width = max(len(p.label) for p in preds)
         for rank, p in enumerate(preds, 1):

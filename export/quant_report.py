@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from squeeze_mobile.atomic import atomic_path, ensure_writable_dir
+from squeeze_mobile.atomic import atomic_path, check_creatable_dir
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.metrics import sqnr_db
 
@@ -298,7 +298,7 @@ def quant_report(out_dir, report_dir=None, progress: Optional[Progress] = None, 
     say = progress or (lambda stage, msg: None)
     plan = plan_verification(out_dir, verify_video)
     report_dir = Path(report_dir) if report_dir is not None else plan.out_dir
-    ensure_writable_dir(report_dir)
+    check_creatable_dir(report_dir)   # made when the report is written: a refused run leaves no new folder
     int8 = [it for it in plan.artifacts if it["record"].get("precision") == "int8"]
     if not int8:
         raise SqueezeError(f"{plan.out_dir} holds no int8 artifacts; export with --precision int8 first")

@@ -109,6 +109,13 @@ def test_every_format_exports_and_verifies(all_formats, small_checkpoint, real_v
     assert not _partials(out)
 
 
+def test_quant_report_without_int8_leaves_no_folder(all_formats, tmp_path, capsys):
+    _, out, _ = all_formats
+    assert main(["quant-report", str(out), "--out", str(tmp_path / "qr" / "new")]) == 1
+    assert "holds no int8 artifacts" in capsys.readouterr().err
+    assert not (tmp_path / "qr").exists()
+
+
 def test_verify_directory_and_tampering(all_formats, capsys):
     _, out, manifest = all_formats
     assert main(["verify", str(out)]) == 0

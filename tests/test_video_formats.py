@@ -368,13 +368,18 @@ def test_predict_same_on_upright_and_phone_rotated_clip(tmp_path, rotated_dir, s
     ckpt = tmp_path / "small.pth"
     squeezetime.save_checkpoint(small_model, ckpt)
 
+    rotations = {}
+
     def predict(name):
         assert main(["predict", str(rotated_dir / name), "--checkpoint", str(ckpt), "--top", "10", "--json"]) == 0
-        return [(t["index"], round(t["probability"], 6)) for t in json.loads(capsys.readouterr().out)["top"]]
+        out = json.loads(capsys.readouterr().out)
+        rotations[name] = out["video_rotation"]
+        return [(t["index"], round(t["probability"], 6)) for t in out["top"]]
 
     upright = predict("upright.mp4")
     assert predict("phone_1.mp4") == upright
     assert predict("stored_1.mp4") != upright
+    assert rotations["upright.mp4"] == rotations["stored_1.mp4"] == 0 and rotations["phone_1.mp4"] in (90, 270)
 
 
 def _mp4_with_cover_first(src, dst) -> None:
