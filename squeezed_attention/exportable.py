@@ -394,13 +394,9 @@ class ExportableDecoder(nn.Module):
             # summed. No [Hkv, G*T, n] temporaries (an exact prompt tail's n is every clustered row; the runtime's
             # memory plan held them layer by layer), no gather (the split plan's GPU delegates have none), no
             # expanded operand (a copy per layer in XNNPACK)
-            # each row's fixed-context mass as a product with a 0/1 column, not a sum over a slice: ONNX Runtime
-            # materialised the [Hkv, G*T, n] slice (~230 MB more peak RSS for a 7.8k context)
-            # (a bmm: XNNPACK delegates it, a 2-D mm of the flattened rows ran as a portable kernel)
-            columns = torch.cat([torch.ones(1, ends[-1], 1, dtype=probs.dtype),
-                                 torch.zeros(1, probs.shape[-1] - ends[-1], 1, dtype=probs.dtype)], dim=1)
-            mass = torch.bmm(probs, columns.expand(probs.shape[0], -1, -1))                     # [Hkv, G*T, 1]
-            coef = st["last_rows"].transpose(1, 2) / mass
+            # (the mass as a product with a 0/1 column instead of a sum over this slice cost an expand_copy or a
+            # portable mm per layer in the .pte and did not lower ONNX Runtime's peak RSS measurably: RESULTS.md 3o)
+            coef = st["last_rows"].transpose(1, 2) / probs[..., :ends[-1]].sum(-1, keepdim=True)   # [Hkv, G*T, 1]
             row = torch.bmm(coef.transpose(1, 2), probs)[:, 0]                                   # [Hkv, N]
             weights = torch.cat([row[:, starts[i]:ends[i]] for i in weigh], dim=-1)            # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
