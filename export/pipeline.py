@@ -439,6 +439,7 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         role, fname, convert = target["role"], target["file"], target["convert"]
         opts = dataclasses.replace(base_opts, extra={**base_opts.extra, **target.get("options", {})})
         dest = out_dir / fname
+        check_free_space(out_dir, weight_bytes(ready, opts.precision), f"{backend.name}: {fname}")
         say(backend.name, f"{'quantizing (int8) ' if opts.precision == 'int8' else ''}converting -> {fname}")
         t0 = time.perf_counter()
         early, failed, replacing = None, None, dest.exists()
@@ -522,6 +523,25 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
         error.records = records  # the variants that did pass are on disk and described
         raise error
     return records
+
+
+BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def weight_bytes(module, precision: str) -> int:
+    """What an artifact of ``module`` at ``precision`` holds at least: its parameters and buffers."""
+    count = sum(t.numel() for t in (*module.parameters(), *module.buffers()))
+    return count * BYTES_PER_WEIGHT.get(precision, 4)
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """Refuse a conversion the folder's disk cannot hold before it starts (a converter that runs out of space may end
+    the process from C++ with no message a user sees): one line, nothing written."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise SqueezeError(f"{what} needs at least {need / 1e6:.1f} MB and {folder} has {free / 1e6:.1f} MB free; "
+                           "free some space or choose another --out (nothing was written)")
 
 
 def _verify_checked(backend, path: Path, vset, opts: ExportOptions, extras: Dict, num_classes):

@@ -263,6 +263,22 @@ def test_failing_reexport_keeps_the_previous_artifact(tmp_path, small_checkpoint
     assert bad["verification"]["status"] == "fail" and (fresh / bad["file"]).is_file()
 
 
+def test_a_disk_too_small_for_the_artifact_is_refused_before_converting(tmp_path, small_checkpoint, monkeypatch,
+                                                                         capsys):
+    """A converter that runs out of space can end the process from C++ (LiteRT's LLVM writer) with nothing a user
+    sees: the export checks the folder's free space against the weights' bytes first and says so in one line."""
+    import collections
+
+    from export import pipeline
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    assert _run(["--checkpoint", str(small_checkpoint), "--out", str(tmp_path), "--formats", "tflite"]) == 1
+    err = capsys.readouterr().err
+    assert "MB free; free some space or choose another --out (nothing was written)" in err, err
+    assert not list(tmp_path.glob("*.tflite")) and not _partials(tmp_path)
+
+
 def test_ctrl_c_leaves_no_partial_files(tmp_path, small_checkpoint):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
