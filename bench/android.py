@@ -145,6 +145,7 @@ def run_android_benchmark(art_dir, serial: Optional[str] = None, tflite_benchmar
                           formats: Optional[Sequence[str]] = None) -> Dict:
     from export.pipeline import artifact_problem, read_manifest
 
+    from .host import only_formats
     from .report import write_reports
 
     say = progress or (lambda a, b: None)
@@ -153,13 +154,7 @@ def run_android_benchmark(art_dir, serial: Optional[str] = None, tflite_benchmar
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and a["format"] in ("tflite", "pte")]
     if not artifacts:
         raise SqueezeError(f"{art_dir} has no .tflite or .pte artifacts to run on a phone")
-    if formats:
-        have = sorted({a["format"] for a in artifacts})
-        missing = [f for f in formats if f not in have]
-        if missing:
-            raise SqueezeError(f"{art_dir} holds no {', '.join(missing)} artifact to run on a phone (it has: "
-                               f"{', '.join(have)}); pass --formats with those")
-        artifacts = [a for a in artifacts if a["format"] in formats]
+    artifacts = only_formats(artifacts, formats, art_dir, " to run on a phone")
     needs = {"tflite": tflite_benchmark, "pte": pte_runner}
     flag = {"tflite": "--tflite-benchmark", "pte": "--pte-runner"}
     for fmt in sorted({a["format"] for a in artifacts}):

@@ -92,14 +92,19 @@ def select_artifacts(manifest: Dict, art_dir: Path, formats: Optional[Sequence[s
     if not arts:
         raise SqueezeError(f"{Path(art_dir) / 'manifest.json'} lists no artifacts to benchmark; run `squeeze export` "
                            "first")
-    if formats:
-        have = sorted({a["format"] for a in arts})
-        missing = [f for f in formats if f not in have]
-        if missing:
-            raise SqueezeError(f"{art_dir} holds no {', '.join(missing)} artifact (it has: {', '.join(have)}); pass "
-                               "--formats with those")
-        arts = [a for a in arts if a["format"] in formats]
-    return arts
+    return only_formats(arts, formats, art_dir)
+
+
+def only_formats(arts: List[Dict], formats: Optional[Sequence[str]], art_dir, where: str = "") -> List[Dict]:
+    """``arts`` of ``formats`` (all when not given); one-line SqueezeError naming a requested format it lacks."""
+    if not formats:
+        return arts
+    have = sorted({a["format"] for a in arts})
+    missing = [f for f in formats if f not in have]
+    if missing:
+        raise SqueezeError(f"{art_dir} holds no {', '.join(missing)} artifact{where} (it has: {', '.join(have)}); pass "
+                           "--formats with those")
+    return [a for a in arts if a["format"] in formats]
 
 
 def artifact_jobs(manifest: Dict, art_dir: Path, include_eager: bool, artifacts: Optional[List[Dict]] = None,
