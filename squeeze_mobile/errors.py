@@ -14,6 +14,13 @@ class SqueezeError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def reason_of(exc: BaseException, limit: int = 100) -> str:
+    """A library's exception as a short reason to quote inside a SqueezeError (runtimes and parsers put pages of
+    context into their messages): one line, at most ``limit`` characters, the type's name when it says nothing."""
+    text = " ".join(str(exc).split())
+    return (text if len(text) <= limit else text[:limit - 3] + "...") or type(exc).__name__
+
+
 class SqueezeWarning(UserWarning):
     """Something a user should know that does not stop the work (e.g. a video whose container declares more
     frames than decode). Raised with ``warnings.warn``; the CLI prints each as one ``warning:`` line."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqueezeError
+from .errors import SqueezeError, reason_of
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
 from .tokenizer import encode_literal, finished_text
@@ -349,12 +349,6 @@ class GenerationLoop:
         return tokens, all_logits
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception as a short one-line reason (runtimes put pages of context into their messages)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 class DecoderSession:
     """An exported decoder loaded in its runtime, plus the tokenizer and (after ``attach``) one context pack."""
 
@@ -375,7 +369,7 @@ class DecoderSession:
         try:
             self.tokenizer = Tokenizer.from_file(str(tok_path))
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
-            raise SqueezeError(f"the tokenizer {tok_path} cannot be read ({_first_line(exc)}); re-export the decoder "
+            raise SqueezeError(f"the tokenizer {tok_path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
                                f"or check it with `squeeze verify {self.directory}`") from None
         self.chat = self.manifest["tokenizer"]["chat"]
         self.stop_ids = set(self.manifest["tokenizer"]["stop_token_ids"])
@@ -396,7 +390,7 @@ class DecoderSession:
         except SqueezeError:
             raise
         except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for unreadable files
-            raise SqueezeError(f"{self.backend.runtime} cannot load {path} ({_first_line(exc)}); re-export the decoder "
+            raise SqueezeError(f"{self.backend.runtime} cannot load {path} ({reason_of(exc, 160)}); re-export the decoder "
                                f"or check it with `squeeze verify {self.directory}`") from None
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)

@@ -24,7 +24,7 @@ from squeeze_mobile.atomic import check_destination
 from .atomic import atomic_file
 from .centroid_codes import dequantize_centroids, quantize_centroids, roundtrip_centroids
 from .config import LlamaConfig
-from .errors import SqueezeError
+from .errors import SqueezeError, reason_of
 from .file_kinds import kind_of, open_for_reading
 from .kmeans import cluster_sums, kmeans
 from .pack_arrays import content_sha256
@@ -335,7 +335,7 @@ def read_context_pack(path) -> ContextPack:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+        reason = reason_of(exc)
         raise SqueezeError(f"{path} is a damaged or truncated context pack ({reason}); rebuild it "
                            "with `squeeze context build`") from None
     fmt = metadata.get("format")

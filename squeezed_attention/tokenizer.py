@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from .errors import SqueezeError
+from .errors import SqueezeError, reason_of
 
 # llama.cpp pre-tokenizer names that use the GPT-2 byte-level split plus single-digit splitting.
 _DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}
@@ -46,7 +46,7 @@ class ChatTokenizer:
             special = [i for i, t in enumerate(token_types) if t in (CONTROL_TOKEN_TYPE, USER_DEFINED_TOKEN_TYPE)]
             backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in special])
         except Exception as exc:  # the Rust tokenizers library raises plain Exception on inconsistent data
-            reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+            reason = reason_of(exc)
             raise SqueezeError(f"the tokenizer stored in {source} is invalid ({reason}); pass an intact model file") from None
         return cls(backend, chat_template, bos, eos, set(special))
 
