@@ -23,6 +23,7 @@ checkpoint on the k400 config gets none, and manifest labels null: apps and `squ
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import platform
 import shutil
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 
-from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir, removed_if_left_empty
+from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir, remove, removed_if_left_empty
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.signals import DeferredSignals
@@ -286,8 +287,25 @@ class _DeferredInterrupt(DeferredSignals):
 
 
 def _write_manifest(out_dir: Path, manifest: Dict) -> None:
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    try:
+        with atomic_path(out_dir / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    except OSError as exc:  # the previous manifest.json stays as it was (atomic write)
+        raise write_error(out_dir / MANIFEST, exc) from None
+
+
+# A write that failed for want of room: the disk or the user's quota is full, or a file-size limit (ulimit -f) hit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_error(path: Path, exc: OSError, what: str = "") -> SqueezeError:
+    """One line for an OS error while writing ``path`` (the temporary was already removed by the atomic write)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in NO_ROOM:
+        return SqueezeError(f"{what}no room to write {path} ({reason}); free some space or choose another --out "
+                            f"(the partial file was removed)")
+    return SqueezeError(f"{what}cannot write {path} ({reason}); check the folder or choose another --out "
+                        f"(the partial file was removed)")
 
 
 def export_squeezetime(
@@ -381,8 +399,11 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
     merge_manifest(old, manifest, out_dir, formats)
 
     if labels_src is not None:
-        with atomic_path(out_dir / LABELS) as tmp:
-            shutil.copyfile(labels_src, tmp)
+        try:
+            with atomic_path(out_dir / LABELS) as tmp:
+                shutil.copyfile(labels_src, tmp)
+        except OSError as exc:
+            raise write_error(out_dir / LABELS, exc) from None
     _write_manifest(out_dir, manifest)
     result = ExportResult(out_dir, manifest)
 
@@ -406,6 +427,7 @@ def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready
                 calib = quant["calibration"]
                 opts.extra.update({"calibration": calib.tensors_for(spec), "observer": quant.get("observer",
                                    DEFAULT_OBSERVER), "reference": vset, "calibration_record": calib.record()})
+            there = _names_in(out_dir)
             try:
                 if prec not in backend.precisions:
                     raise SqueezeError(f"{fmt} does not offer {prec} export here; supported: {', '.join(backend.precisions)}")
@@ -422,7 +444,22 @@ def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready
             for record in records:
                 _add_record(manifest, record)
                 result.records.append(record)
-            _write_manifest(out_dir, manifest)
+            try:
+                _write_manifest(out_dir, manifest)
+            except SqueezeError as exc:
+                # the artifacts just written would be on disk without a description: remove the new ones
+                new = [r["file"] for r in records if r.get("file") and r["file"] not in there]
+                for name in new:
+                    remove(out_dir / name)
+                raise SqueezeError(f"{exc}; {', '.join(new)} removed again, as the manifest could not describe "
+                                   f"{'them' if len(new) > 1 else 'it'}" if new else str(exc)) from None
+
+
+def _names_in(folder: Path) -> set:
+    try:
+        return {p.name for p in folder.iterdir()}
+    except OSError:
+        return set()
 
 
 def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportOptions, vset, num_classes, say, quiet_tools,
@@ -450,6 +487,10 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                         extras = convert(ready, example, tmp, opts) or {}
                     except SqueezeError:
                         raise
+                    except OSError as exc:
+                        if exc.errno not in NO_ROOM:
+                            raise conversion_error(backend.name, exc) from None
+                        raise write_error(dest, exc, f"{backend.name}: ") from None  # a full disk, not the model
                     except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
                         raise conversion_error(backend.name, exc) from None
                 seconds = time.perf_counter() - t0

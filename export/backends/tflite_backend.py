@@ -87,6 +87,16 @@ class LiteRTProgramRunner(Runner):
 WEIGHT_RECIPES = {"int8": "dynamic_wi8_afp32", "int4": "dynamic_wi4b32_afp32"}
 
 
+def write_flatbuffer(edge_model, dest: Path) -> None:
+    """Write a converted model from Python. LiteRT's own ``export`` writes through LLVM's C++ stream, which on a
+    full disk (or a file-size limit) ends the whole process via LLVM's fatal-error handler -- its one message lost
+    in the captured converter output and the temporary file left half-written; Python's write raises OSError, which
+    the pipeline turns into one line and a removed temporary."""
+    data = edge_model.model_content()
+    with open(dest, "wb") as fh:
+        fh.write(data)
+
+
 def quantize_weights(path: Path, weights: str) -> dict:
     """Weight quantization of a converted .tflite in place with the LiteRT quantizer (ai-edge-quantizer): int8 =
     per-channel int8 weights, int4 = blocks of 32; activations stay float (dynamic range: the CPU kernels
@@ -281,12 +291,7 @@ def quantize_pt2e(module, example, calibration, observer: str) -> tuple:
     # fold_quantize=False: litert-torch converts the explicit quantize ops (folded ones fail in its lowering)
     graph = qz.pt2e_quantize(module, example, quantizer, calibration, fold_quantize=False)
     edge = litert_torch.convert(graph, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="litert_pt2e_") as tmp:
-        path = Path(tmp) / "pt2e.tflite"
-        edge.export(str(path))
-        raw = path.read_bytes()
+    raw = edge.model_content()  # in memory: LiteRT's C++ file writer ends the process on a full disk
     settings = {"tool": "torchao PT2E + litert-torch PT2EQuantizer (symmetric, per-channel), litert-torch convert",
                 "activation_observer": observer}
     return float_io(raw), settings, graph
@@ -306,7 +311,7 @@ class LiteRTBackend(Backend):
         import litert_torch
 
         edge_model = litert_torch.convert(module, (example,))
-        edge_model.export(str(dest))
+        write_flatbuffer(edge_model, dest)
         if opts.precision == "int8":
             return self._export_int8(module, example, dest, opts)
         return {"gpu_delegate": gpu_compatibility(dest)}

@@ -1,0 +1,85 @@
+"""A disk that fills (or a file-size limit) during an export: one `error:` line, no partial file, no artifact left
+that the manifest does not describe."""
+
+import errno
+import json
+import resource
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from export.cli import main
+
+SMALL = ["--config", "hmdb51", "--frames", "4", "--size", "64"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    import torch
+
+    import squeezetime
+    from conftest import randomize_bn
+
+    torch.manual_seed(5)
+    model = randomize_bn(squeezetime.build_model("hmdb51", frames=4, width=0.25), seed=5)
+    path = tmp_path_factory.mktemp("ckpt_disk") / "small_hmdb51.pth"
+    squeezetime.save_checkpoint(model, path)
+    return path
+
+
+def _partials(folder: Path):
+    return [p.name for p in folder.rglob("*") if ".partial-" in p.name]
+
+
+def test_litert_write_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, small_checkpoint):
+    """LiteRT's C++ writer used to end the process through LLVM's fatal-error handler when a write failed (full
+    disk, quota, `ulimit -f`): exit status 1, no message (captured by the quiet wrapper), a partial .tflite left.
+    A file-size limit fails the write the same way a full disk does, without needing a small filesystem."""
+    out = tmp_path / "out"
+    limit = 1_000_000  # the .tflite of this model is ~3.2 MB; manifest.json and labels.txt are a few kB
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "export", "squeezetime", *SMALL, "--checkpoint", str(small_checkpoint),
+         "--out", str(out), "--formats", "tflite"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(errors) == 1 and "no room to write" in errors[0] and ".tflite" in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not _partials(out) and not list(out.glob("*.tflite"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"] == [] and manifest["failures"][0]["format"] == "tflite"
+
+
+def test_manifest_that_cannot_be_written_removes_the_new_artifact(tmp_path, small_checkpoint, monkeypatch, capsys):
+    """The artifact fits, the manifest rewritten after it does not: one line, and the new artifact is removed again
+    (it would be on disk with no description); the manifest on disk is the previous one."""
+    from export import pipeline
+
+    real_json = pipeline.json
+
+    def dumps(obj, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("artifacts"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_json.dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "json", types.SimpleNamespace(dumps=dumps, loads=real_json.loads,
+                                                                load=real_json.load, JSONDecodeError=real_json.JSONDecodeError))
+    out = tmp_path / "out"
+    code = main(["export", "squeezetime", *SMALL, "--checkpoint", str(small_checkpoint), "--out", str(out),
+                 "--formats", "onnx"])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no room to write" in errors[0] and "manifest.json" in errors[0], err
+    assert "removed again" in errors[0]
+    assert not list(out.glob("*.onnx")) and not _partials(out)
+    assert json.loads((out / "manifest.json").read_text())["artifacts"] == []
