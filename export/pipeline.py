@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import platform
 import shutil
 import time
@@ -298,10 +299,23 @@ def _write_manifest(out_dir: Path, manifest: Dict) -> None:
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def _no_room(exc: OSError) -> bool:
+    """True for a write that failed for want of room, also inside shutil.copytree's collected errors (coremltools
+    copies the .mlpackage it built into place with it)."""
+    if exc.errno in NO_ROOM:
+        return True
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        codes = [f"[Errno {code}]" for code in NO_ROOM]
+        return any(code in str(entry) for entry in exc.args[0] for code in codes)
+    return False
+
+
 def write_error(path: Path, exc: OSError, what: str = "") -> SqueezeError:
     """One line for an OS error while writing ``path`` (the temporary was already removed by the atomic write)."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno in NO_ROOM:
+    if _no_room(exc):
+        if isinstance(exc, shutil.Error):
+            reason = next((os.strerror(code) for code in NO_ROOM if f"[Errno {code}]" in str(exc)), reason)
         return SqueezeError(f"{what}no room to write {path} ({reason}); free some space or choose another --out "
                             f"(the partial file was removed)")
     return SqueezeError(f"{what}cannot write {path} ({reason}); check the folder or choose another --out "
@@ -488,7 +502,7 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
                     except SqueezeError:
                         raise
                     except OSError as exc:
-                        if exc.errno not in NO_ROOM:
+                        if not _no_room(exc):
                             raise conversion_error(backend.name, exc) from None
                         raise write_error(dest, exc, f"{backend.name}: ") from None  # a full disk, not the model
                     except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op

@@ -83,3 +83,17 @@ def test_manifest_that_cannot_be_written_removes_the_new_artifact(tmp_path, smal
     assert "removed again" in errors[0]
     assert not list(out.glob("*.onnx")) and not _partials(out)
     assert json.loads((out / "manifest.json").read_text())["artifacts"] == []
+
+
+def test_a_full_disk_inside_copytree_is_named_as_such(tmp_path):
+    """coremltools copies the .mlpackage it built with shutil.copytree, whose shutil.Error collects the ENOSPC:
+    that is a full disk, not 'coreml cannot convert this model'."""
+    import shutil
+
+    from export.pipeline import write_error
+
+    exc = shutil.Error([("/tmp/a/weight.bin", str(tmp_path / "b"), "[Errno 28] No space left on device: 'b'")])
+    message = str(write_error(tmp_path / "m.mlpackage", exc, "coreml: "))
+    assert message.startswith("coreml: no room to write") and "No space left on device" in message
+    other = shutil.Error([("/tmp/a", "/tmp/b", "[Errno 13] Permission denied")])
+    assert "cannot write" in str(write_error(tmp_path / "m.mlpackage", other))
