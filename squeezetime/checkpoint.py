@@ -36,6 +36,7 @@ class LoadReport:
     missing_optional: List[str] = field(default_factory=list)
     missing_head: bool = False
     renamed_prefixes: List[str] = field(default_factory=list)
+    float_counters: List[str] = field(default_factory=list)  # num_batches_tracked stored as floats (cast with the weights)
 
     def summary(self) -> str:
         parts = [f"loaded {self.tensors} tensors from {self.path}"]
@@ -43,6 +44,9 @@ class LoadReport:
             parts.append(f"stripped/mapped prefixes: {', '.join(self.renamed_prefixes)}")
         if self.missing_head:
             parts.append("classifier head missing: left randomly initialised (allow_missing_head)")
+        if self.float_counters:
+            parts.append(f"{len(self.float_counters)} BN num_batches_tracked counters stored as floats, read as whole "
+                         f"numbers (no effect on inference)")
         if self.missing_optional:
             parts.append(f"{len(self.missing_optional)} BN num_batches_tracked counters absent (no effect on inference)")
         return "; ".join(parts)
@@ -72,6 +76,11 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
         raise SqueezeError(f"checkpoint {path} cannot be read ({exc.strerror or exc})") from None
     if size == 0:
         raise SqueezeError(f"checkpoint {path} is empty (0 bytes); download or save it again")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SqueezeError(f"checkpoint {path} cannot be read ({exc.strerror or exc}); check the file's permissions") from None
     fmt = checkpoint_format(path)
     if fmt == "pack":
         raise SqueezeError(f"checkpoint {path} is a Squeezed Attention context pack, not a SqueezeTime checkpoint")
@@ -102,8 +111,30 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     except (MemoryError, RecursionError) as exc:
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__} while parsing)") from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything on malformed bytes; all mean "not readable"
-        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_first_line(exc)}){_what_it_is(path)}") from None
+        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_zip_problem(path) or _first_line(exc)})"
+                           f"{_what_it_is(path)}") from None
     return _unwrap(obj, path)
+
+
+def _zip_problem(path) -> Optional[str]:
+    """What is wrong with a zip that torch.load refused, in words (PyTorch's own message quotes its C++ internals)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile:
+        from squeeze_mobile.file_kinds import describe
+
+        if (describe(path) or "").startswith("a zip archive"):
+            return "an incomplete zip archive: the file is truncated, e.g. an interrupted download or save"
+        return None
+    except (OSError, ValueError, RuntimeError, NotImplementedError):
+        return None
+    if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+        return f"a zip archive that is not a PyTorch checkpoint: no data.pkl; it holds {shown or 'nothing'}"
+    return None
 
 
 def checkpoint_format(path) -> str:
@@ -312,6 +343,7 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
            if v.layout != torch.strided or v.device.type != "cpu"]
     if odd:  # meta tensors carry no data; sparse/quantized layouts are not what a SqueezeTime checkpoint holds
         raise SqueezeError(f"checkpoint {path} has tensors that are not dense CPU tensors: {_short_list(odd, 2)}")
+    state, float_counters = _float_counters_as_ints(state, expected)
     non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if non_finite:
         raise SqueezeError(f"checkpoint {path} has NaN or infinite values in {len(non_finite)} tensor(s) "
@@ -328,7 +360,22 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
         num_classes=model.config.num_classes,
         missing_optional=optional,
         missing_head=bool(head_missing),
+        float_counters=float_counters,
     )
+
+
+def _float_counters_as_ints(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]):
+    """BN's num_batches_tracked stored as a float: a whole-dict cast (``{k: v.half() for ...}``) casts that step
+    counter with the weights, and a real training count (~10^5) even overflows fp16 to inf. Inference never reads
+    it, so such a counter is taken as its rounded value (0 when not finite); every weight stays checked."""
+    fixed, names = dict(state), []
+    for k, v in state.items():
+        if k.endswith(_OPTIONAL_SUFFIX) and k in expected and v.is_floating_point() \
+                and not expected[k].is_floating_point() and v.numel() == 1:
+            value = float(v)
+            fixed[k] = torch.tensor(int(round(value)) if value == value and abs(value) < 2 ** 62 else 0, dtype=torch.int64)
+            names.append(k)
+    return fixed, names
 
 
 def _metadata_label_file(path, num_classes: int) -> Optional[str]:

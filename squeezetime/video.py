@@ -112,10 +112,17 @@ def _open(path):
     import av
 
     path = Path(path)
+    if path.is_dir():
+        raise SqueezeError(f"video {path} is a directory; give a video file")
     if not path.is_file():
         raise SqueezeError(f"video {path} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise SqueezeError(f"video {path} is empty (0 bytes)")
+    try:  # FFmpeg would report an unreadable file as "invalid data"; say what is wrong
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SqueezeError(f"video {path} cannot be read ({exc.strerror or exc}); check the file's permissions") from None
     try:
         # An absolute path, so FFmpeg never reads "12:30.mp4" as a protocol; local files only (a playlist
         # must not reach the network); undecodable metadata text must not refuse a playable video.
