@@ -183,7 +183,11 @@ def parse_threads(text) -> List[int]:
             raise SqueezeError(f"--threads takes comma-separated integers, got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise SqueezeError("--threads needs one or more positive integers, e.g. 1,2")
-    return values
+    from squeeze_mobile.cli_types import MAX_THREADS
+
+    if max(values) > MAX_THREADS:  # thousands of runtime threads on a few cores ran for many minutes
+        raise SqueezeError(f"--threads {max(values)} is too many; use positive integers up to {MAX_THREADS}, e.g. 1,2")
+    return list(dict.fromkeys(values))  # each count measured once
 
 
 def eager_source(manifest: Dict, checkpoint=None):

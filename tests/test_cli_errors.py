@@ -496,3 +496,13 @@ def test_export_summary_header_has_no_padding():
     print_summary(Console(file=buf, width=300), manifest)
     first = buf.getvalue().splitlines()[0]
     assert first == "squeeze export -> clip input [1, 3, 4, 64, 64]"
+
+
+def test_bench_threads_has_an_upper_bound_and_repeats_collapse(tmp_path, capsys):
+    """`--threads 5000` started 5000 runtime threads per worker on a 2-core machine and ran past 5 minutes."""
+    from bench.host import parse_threads
+    from squeeze_mobile.cli_types import MAX_THREADS
+
+    assert main(["bench", str(tmp_path), "--threads", f"1,{MAX_THREADS + 1}"]) == 1
+    assert f"up to {MAX_THREADS}" in _error_line(capsys)
+    assert parse_threads("2,1,2") == [2, 1]
