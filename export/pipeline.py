@@ -356,10 +356,33 @@ def export_squeezetime(
         raise SqueezeError(f"unknown activation observer {observer!r}; use one of {', '.join(OBSERVERS)}")
     out_dir = Path(out_dir)
     # a folder this export creates is removed again if the export fails before writing into it
-    with removed_if_left_empty(out_dir):
-        return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
-                                   coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                                   observer)
+    try:
+        with removed_if_left_empty(out_dir):
+            return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
+                                       coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
+                                       observer)
+    except (MemoryError, RuntimeError) as exc:
+        if not out_of_memory(exc):
+            raise
+        shape = spec.shape if spec is not None else "the model's default input"
+        raise SqueezeError(f"out of memory for an input of shape {list(shape) if spec is not None else shape} "
+                           f"({_alloc_reason(exc)}); use a smaller --batch or --size (the artifacts already "
+                           f"written stay described in the manifest)") from None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, or PyTorch's allocator refusing (a RuntimeError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text or "out of memory" in text.lower()
+
+
+def _alloc_reason(exc: BaseException) -> str:
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(exc))
+    return f"{int(m.group(1)) / 2**30:.1f} GiB in one allocation" if m else (type(exc).__name__)
 
 
 def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisions, verify_video, pte_backend,

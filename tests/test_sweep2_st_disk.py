@@ -97,3 +97,23 @@ def test_a_full_disk_inside_copytree_is_named_as_such(tmp_path):
     assert message.startswith("coreml: no room to write") and "No space left on device" in message
     other = shutil.Error([("/tmp/a", "/tmp/b", "[Errno 13] Permission denied")])
     assert "cannot write" in str(write_error(tmp_path / "m.mlpackage", other))
+
+
+def test_an_input_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """`--size 1024 --batch 256` (both in range) made PyTorch's allocator raise a RuntimeError (48 GiB for the
+    example input) that reached the user as a traceback. The allocator's refusal is simulated here: on a machine with
+    enough memory the real one would allocate it."""
+    from squeezetime.rewrite import InputSpec
+
+    def refuse(self, seed=0):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 51539607552 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(InputSpec, "example", refuse)
+    out = tmp_path / "out"
+    assert main(["export", "squeezetime", *SMALL[:4], "--size", "1024", "--batch", "256", "--out", str(out),
+                 "--formats", "onnx"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: out of memory for an input of shape [256, 3, 4, 1024, 1024] (48.0 GiB in one allocation); "
+                      "use a smaller --batch or --size (the artifacts already written stay described in the manifest)"]
+    assert not out.exists()
