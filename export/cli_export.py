@@ -219,12 +219,13 @@ def cmd_export(args) -> int:
 
     from squeeze_mobile.atomic import check_creatable_dir
 
-    from .pipeline import check_format_precisions, parse_formats
+    from .pipeline import check_format_precisions, check_text_path, parse_formats
 
     console = _console()
     # what can be refused without the model is refused before it is loaded: no wasted work, and nothing is created
     # (--out is made when the first file is written into it)
     check_format_precisions(parse_formats(args.formats), args.precision)
+    check_text_path(args.out, "--out")
     check_creatable_dir(Path(args.out))
     int8 = args.precision is not None and "int8" in args.precision.split(",")
     if args.calibration is not None and not int8:

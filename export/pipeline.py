@@ -85,7 +85,21 @@ def parse_formats(formats) -> List[str]:
 
 def check_writable(out_dir: Path) -> None:
     """The output directory exists (created if missing) and takes new files; one-line error otherwise."""
+    check_text_path(out_dir, "--out")
     ensure_writable_dir(out_dir)
+
+
+def check_text_path(folder, what: str) -> None:
+    """The runtimes' Python bindings (onnxruntime, LiteRT, ExecuTorch, coremltools) take file names as UTF-8 text: a
+    folder whose name holds bytes that are not UTF-8 (Python keeps them as lone surrogates) fails in every one of
+    them after the conversion, so it is refused before any work."""
+    text = str(Path(folder).absolute())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SqueezeError(f"{what} {shown} has a name that is not valid UTF-8, which onnxruntime, LiteRT, ExecuTorch "
+                           f"and coremltools cannot open files under; rename it or choose another folder") from None
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -683,6 +697,7 @@ def _json_kind(value) -> str:
 def manifest_path(target) -> Path:
     """The manifest.json of an export directory (``target`` may also be the manifest file itself)."""
     target = Path(target)
+    check_text_path(target, "export directory")
     if target.is_dir():
         path = target / MANIFEST
         if not path.is_file():

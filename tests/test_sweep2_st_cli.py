@@ -1,0 +1,34 @@
+"""Command-line cases from the second new-user sweep: output folders whose names are not UTF-8."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from export.cli import main
+
+SMALL = ["--config", "hmdb51", "--frames", "4", "--size", "64"]
+
+
+@pytest.fixture
+def latin1_dir(tmp_path):
+    """A folder named in Latin-1 bytes (an old archive copied onto a UTF-8 system)."""
+    raw = os.path.join(os.fsencode(tmp_path), b"vid\xe9os")
+    try:
+        os.mkdir(raw)
+    except (OSError, UnicodeError):
+        pytest.skip("this filesystem refuses names that are not UTF-8")
+    return Path(os.fsdecode(raw))
+
+
+def test_out_folder_whose_name_is_not_utf8_is_refused_before_work(latin1_dir, capsys):
+    """Every runtime binding (onnxruntime, LiteRT, ExecuTorch, coremltools) refused such a path after the conversion
+    with a pybind 'incompatible constructor arguments' message, and the artifacts were left recorded as failed."""
+    out = latin1_dir / "export"
+    assert main(["export", "squeezetime", *SMALL, "--out", str(out), "--formats", "onnx"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "vid\\xe9os/export has a name that is not valid UTF-8" in errors[0], errors
+    assert not out.exists()
+    for command in (["verify", str(latin1_dir)], ["bench", str(latin1_dir)]):
+        assert main(command) == 1
+        assert "not valid UTF-8" in capsys.readouterr().err
