@@ -228,6 +228,13 @@ def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
             if nest in obj and isinstance(obj[nest], Mapping):
                 obj = obj[nest]
                 break
+        else:
+            # one dict of tensors under another name and nothing else of the kind (e.g. {'ema_state_dict': ...},
+            # {'state_dict_ema': ...}, {'weights': ...}): that dict is the state dict
+            nested = [v for v in obj.values() if isinstance(v, Mapping) and v
+                      and all(isinstance(t, torch.Tensor) for t in v.values())]
+            if len(nested) == 1 and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+                obj = nested[0]
     if not isinstance(obj, Mapping):
         raise SqueezeError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     _check_keys(obj, path)
@@ -249,7 +256,8 @@ def canonical_keys(state: Mapping[str, torch.Tensor]):
     backbone dicts and mmaction files. Returns (new_state, list of rewrites applied).
     """
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    applied = set()
+    state, wrappers = _strip_wrapper_prefix(state)
+    applied = set(f"{w} (on every key)" for w in wrappers)
     for key, value in state.items():
         k = key
         while k.startswith("module."):
@@ -273,6 +281,37 @@ def canonical_keys(state: Mapping[str, torch.Tensor]):
             raise SqueezeError(f"checkpoint has two tensors that both map to {k}")
         out[k] = value
     return out, sorted(applied)
+
+
+WRAPPER_PREFIXES = ("model.", "_orig_mod.", "module.")
+
+
+def _known_key(key: str) -> bool:
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key.startswith(("backbone.", "cls_head.fc_cls.", "fc_cls.", *_BACKBONE_ROOTS)) or (
+        key.startswith("net.") and key[4:].startswith(_BACKBONE_ROOTS))
+
+
+def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]):
+    """A prefix on every key from a known wrapper around the model -- PyTorch Lightning's ``model.``, torch.compile's
+    ``_orig_mod.`` (also under ``module.``) -- is removed when what remains is a layout we know. Any other prefix
+    stays (the strict load names the keys: an unknown name may not be a SqueezeTime at all)."""
+    stripped, prefixes = dict(state), []
+    for _ in range(3):
+        if not stripped or any(_known_key(k) for k in stripped):
+            break
+        heads = {k.split(".", 1)[0] for k in stripped}
+        if len(heads) != 1 or any("." not in k for k in stripped):
+            break
+        prefix = heads.pop() + "."
+        if prefix not in WRAPPER_PREFIXES:
+            break
+        stripped = {k[len(prefix):]: v for k, v in stripped.items()}
+        prefixes.append(prefix)
+    if prefixes and stripped and all(_known_key(k) for k in stripped):
+        return OrderedDict(stripped), prefixes
+    return state, []
 
 
 def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeConfig:

@@ -95,3 +95,27 @@ def test_a_folder_given_as_the_video(tmp_path):
     (tmp_path / "clips.mp4").mkdir()
     with pytest.raises(SqueezeError, match=r"clips.mp4 is a directory; give a video file"):
         video.read_video_clips(tmp_path / "clips.mp4", "k400")
+
+
+@pytest.mark.parametrize("wrap, prefix_note", [
+    (lambda sd: {"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3,
+                 "pytorch-lightning_version": "2.1.0"}, "model. (on every key)"),          # PyTorch Lightning
+    (lambda sd: {"_orig_mod." + k: v for k, v in sd.items()}, "_orig_mod. (on every key)"),  # torch.compile
+    (lambda sd: {"module._orig_mod." + k: v for k, v in sd.items()}, "_orig_mod. (on every key)"),  # DDP + compile
+    (lambda sd: {"ema_state_dict": dict(sd), "meta": {"epoch": 3}}, None),                     # an EMA copy alone
+])
+def test_wrapped_state_dicts_load_every_tensor(tmp_path, small_state, wrap, prefix_note):
+    """Checkpoints saved through common wrappers were refused with '229 unexpected key(s): model.backbone...'."""
+    torch.save(wrap(small_state), tmp_path / "wrapped.pth")
+    model = load_checkpoint(tmp_path / "wrapped.pth")
+    assert model.load_report.tensors == len(small_state)
+    if prefix_note:
+        assert prefix_note in model.load_report.summary()
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in small_state.items())
+
+
+def test_two_candidate_state_dicts_are_not_guessed(tmp_path, small_state):
+    torch.save({"a": dict(small_state), "b": dict(small_state)}, tmp_path / "two.pth")
+    with pytest.raises(SqueezeError, match="non-tensor entries"):
+        load_checkpoint(tmp_path / "two.pth")
