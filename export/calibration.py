@@ -154,8 +154,8 @@ def build_calibration_set(config, spec: InputSpec, sources: Optional[Sequence] =
         frames = [_frames_of(s, decoded, t, interval) for s in starts]
         if sha == ver_sha:
             calib_frames_in_verification_video.update(f for fr in frames for f in fr)
-        raw = torch.from_numpy(video.decode_frames(path, [f for fr in frames for f in fr]))
-        resized = video.resize_short_side(raw, short)
+        # resized while decoding: up to 171 clips x T full-size frames of a 4K video would not fit in memory
+        resized = torch.from_numpy(video.decode_frames(path, [f for fr in frames for f in fr], resize_short=short))
         h, w = resized.shape[1:3]
         resized = resized.reshape(len(starts), t, h, w, 3)
         offsets = video.crop_offsets(h, w, spec.size, "three")
@@ -197,8 +197,7 @@ def rebuild_calibration_set(config, spec: InputSpec, record: Dict, verification=
         if not path.is_file():
             raise SqueezeError(f"calibration video {path} is not there any more; re-export, or restore it")
         frames = [int(f) for f in v["frames"]]
-        raw = torch.from_numpy(video.decode_frames(path, frames))
-        resized = video.resize_short_side(raw, int(v["resize_short_side"]))
+        resized = torch.from_numpy(video.decode_frames(path, frames, resize_short=int(v["resize_short_side"])))
         y, x = v["crop"]
         view = resized[:, y:y + spec.size, x:x + spec.size].contiguous()
         if hashlib.sha256(view.numpy().tobytes()).hexdigest() != v["sha256"]:

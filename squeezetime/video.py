@@ -208,8 +208,12 @@ def _count_packets(path) -> _Container:
         container.close()
 
 
-def _decode(path, wanted, warn: bool = True) -> Tuple[Dict[int, np.ndarray], int, int, int, int]:
+def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> Tuple[Dict[int, np.ndarray], int, int, int, int]:
     """One decode pass: upright RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
+
+    ``short``: each kept frame is resized at once (:func:`resize_short_side`, frame by frame, which gives the same
+    bytes as resizing them together), so a 4K video never holds more than one full-size frame: its 160 sampled
+    frames of the multi-view protocol took 23 GB as floats when resized together.
 
     Returns (frames by index, decoded count, width, height, rotation): width and height of the upright frames,
     rotation in clockwise degrees. Frames are converted to the size of the first decoded frame (a stream that
@@ -243,7 +247,10 @@ def _decode(path, wanted, warn: bool = True) -> Tuple[Dict[int, np.ndarray], int
                         except (av.error.FFmpegError, ValueError) as exc:
                             raise SqueezeError(f"video {path}: frame {decoded} ({frame.format.name}, {frame.width}x{frame.height}) "
                                                f"cannot be converted to RGB ({_reason(exc)}); re-encode it") from None
-                        keep[decoded] = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+                        rgb = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+                        if short:
+                            rgb = resize_short_side(torch.from_numpy(rgb)[None], short)[0].numpy()
+                        keep[decoded] = rgb
                     decoded += 1
         except av.error.FFmpegError as exc:
             raise _corrupt(path, f"decoding failed at frame {decoded}", exc) from None
@@ -272,37 +279,40 @@ def probe(path) -> VideoInfo:
     return _info(path, c, decoded, width, height, rotation)
 
 
-def decode_frames(path, indices: Sequence[int]) -> np.ndarray:
+def decode_frames(path, indices: Sequence[int], resize_short: Optional[int] = None) -> np.ndarray:
     """Decode the frames at ``indices`` (any order, repeats allowed) as upright RGB uint8, shape len(indices) x H x W x 3.
 
     Indices count the frames that decode (0 = the first one); an index beyond them is a SqueezeError.
+    ``resize_short``: frames come resized so their short side is that many pixels (:func:`resize_short_side`).
     """
     wanted = set(int(i) for i in indices)
     if not wanted:
         raise SqueezeError("no frame indices given")
     if min(wanted) < 0:
         raise SqueezeError(f"negative frame index {min(wanted)} for {path}")
-    keep, decoded = _decode(path, wanted)[:2]
+    keep, decoded = _decode(path, wanted, True, resize_short)[:2]
     if max(wanted) >= decoded:
         raise SqueezeError(f"frame index {max(wanted)} out of range for {path} ({decoded} frames decode)")
     return np.stack([keep[int(i)] for i in indices])
 
 
-def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1) -> Tuple[np.ndarray, np.ndarray, VideoInfo]:
+def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
+                        resize_short: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, VideoInfo]:
     """The frames official test-mode sampling picks on the frames that actually decode.
 
     Returns (frames: num_clips*clip_len x H x W x 3 uint8 RGB in sampling order, indices: num_clips x clip_len,
-    info). Emits one SqueezeWarning when fewer frames decode than the file claims.
+    info). Emits one SqueezeWarning when fewer frames decode than the file claims. ``resize_short``: frames come
+    resized so their short side is that many pixels (:func:`resize_short_side`); ``info`` keeps the video's size.
     """
     c = _count_packets(path)
     candidates = [n for n in range(c.packets, c.packets - SHORTFALL_WINDOW - 1, -1) if n > 0]
     wanted = set()
     for n in candidates:
         wanted.update(sample_indices(n, clip_len, interval, num_clips).reshape(-1).tolist())
-    keep, decoded, width, height, rotation = _decode(path, wanted)
+    keep, decoded, width, height, rotation = _decode(path, wanted, True, resize_short)
     inds = sample_indices(decoded, clip_len, interval, num_clips)
     if decoded not in candidates:  # rare: far fewer (or more) frames decode than packets exist
-        keep, again, width, height, rotation = _decode(path, set(inds.reshape(-1).tolist()), False)
+        keep, again, width, height, rotation = _decode(path, set(inds.reshape(-1).tolist()), False, resize_short)
         if again != decoded:
             raise SqueezeError(f"video {path} decodes {decoded} frames on one pass and {again} on the next; re-encode it")
     frames = np.stack([keep[int(i)] for i in inds.reshape(-1)])
@@ -413,8 +423,8 @@ def read_video_clips(
         short = resize or round(cfg.multiview_resize_short * size / cfg.input_size)
     else:
         raise SqueezeError(f"unknown views {views!r}; use single or multi")
-    sampled, _, info = read_sampled_frames(path, t, interval, clips)
-    decoded = resize_short_side(torch.from_numpy(sampled), short)
+    sampled, _, info = read_sampled_frames(path, t, interval, clips, resize_short=short)
+    decoded = torch.from_numpy(sampled)
     h, w = decoded.shape[1:3]
     decoded = decoded.reshape(clips, t, h, w, 3)
     out = [decoded[:, :, y:y + size, x:x + size] for (y, x) in crop_offsets(h, w, size, mode)]

@@ -119,3 +119,44 @@ def test_two_candidate_state_dicts_are_not_guessed(tmp_path, small_state):
     torch.save({"a": dict(small_state), "b": dict(small_state)}, tmp_path / "two.pth")
     with pytest.raises(SqueezeError, match="non-tensor entries"):
         load_checkpoint(tmp_path / "two.pth")
+
+
+def test_large_frames_are_resized_one_at_a_time_with_the_same_bytes(tmp_path, real_video, monkeypatch):
+    """`predict --views multi` on a 4000x3000 video resized its 160 sampled full-size frames in one float tensor
+    (23 GB; a RuntimeError from the allocator on a 23 GB machine). Frames are now resized as they are decoded: no
+    resize sees more than one full-size frame, and the views are byte-identical to resizing them together."""
+    import av
+    import numpy as np
+
+    from squeezetime import video
+
+    path = tmp_path / "big.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 4000, 3000, "yuv420p"
+        for i in range(3):
+            img = np.zeros((3000, 4000, 3), np.uint8)
+            img[..., 0] = np.arange(4000, dtype=np.uint16)[None, :] % 251
+            img[..., 1] = (np.arange(3000, dtype=np.uint16)[:, None] * (i + 1)) % 241
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+    real_resize = video.resize_short_side
+
+    def one_full_size_frame_at_a_time(frames, short):
+        # refuses before allocating: the old path would ask for 23 GB here
+        assert min(frames.shape[1:3]) <= short or frames.shape[0] == 1, f"{frames.shape[0]} full-size frames at once"
+        return real_resize(frames, short)
+
+    monkeypatch.setattr(video, "resize_short_side", one_full_size_frame_at_a_time)
+    clips = video.read_video_clips(path, "k400", views="multi").clips
+    assert clips.shape == (30, 16, 224, 224, 3)
+
+    monkeypatch.setattr(video, "resize_short_side", real_resize)
+    for p, clip_len, num_clips in ((real_video, 16, 2), (path, 4, 1)):
+        frames, _, _ = video.read_sampled_frames(p, clip_len, 4, num_clips)
+        together = real_resize(torch.from_numpy(frames), 286)
+        one_by_one, _, _ = video.read_sampled_frames(p, clip_len, 4, num_clips, resize_short=286)
+        assert torch.equal(together, torch.from_numpy(one_by_one))
