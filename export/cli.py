@@ -10,6 +10,7 @@ Errors a user can cause print one line (``error: ...``) and exit non-zero; ``--d
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -187,6 +188,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BrokenPipeError:  # e.g. `squeeze predict ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # a disk that fills (or a quota, ulimit -f, a folder made read-only) while a report or artifact is written:
+        # the atomic writes already removed their temporaries; say it in one line
+        if debug or exc.errno not in WRITE_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else " a file"
+        print(f"error: cannot write{where} ({exc.strerror or exc}); free some space or choose another --out "
+              f"(no partial file was left)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 if __name__ == "__main__":  # pragma: no cover

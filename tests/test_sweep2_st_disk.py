@@ -117,3 +117,24 @@ def test_an_input_too_large_for_memory_is_one_line(tmp_path, monkeypatch, capsys
     assert errors == ["error: out of memory for an input of shape [256, 3, 4, 1024, 1024] (48.0 GiB in one allocation); "
                       "use a smaller --batch or --size (the artifacts already written stay described in the manifest)"]
     assert not out.exists()
+
+
+def test_bench_report_that_does_not_fit_is_one_line(tmp_path, small_checkpoint):
+    """The bench report's PNG written past a full disk / file-size limit ended in PIL's traceback."""
+    art = tmp_path / "art"
+    assert main(["export", "squeezetime", *SMALL, "--checkpoint", str(small_checkpoint), "--out", str(art),
+                 "--formats", "onnx"]) == 0
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))  # report.md fits, report.png does not
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.cli", "bench", str(art), "--formats", "onnx", "--no-eager", "--threads", "1",
+         "--runs", "1", "--warmup", "0", "--out", str(tmp_path / "rep")],
+        cwd=REPO, capture_output=True, text=True, timeout=600, preexec_fn=limit_file_size,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors == ["error: cannot write a file (File too large); free some space or choose another --out "
+                      "(no partial file was left)"], proc.stderr[-2000:]
+    assert not _partials(tmp_path / "rep")
