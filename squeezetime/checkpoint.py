@@ -222,9 +222,40 @@ def _load_with_inert_objects(path):
         raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
 
 
+def _inert_module_state(obj, prefix: str = "", out=None):
+    """The state dict of an nn.Module pickled whole (``torch.save(model)``), read from its placeholder's recorded
+    attributes -- _parameters, persistent _buffers, _modules, as ``Module.state_dict`` walks them -- without importing
+    or running its class. None when ``obj`` is no such placeholder."""
+    state = getattr(obj, "state", None) if isinstance(obj, _InertObject) else None
+    if not isinstance(state, dict) or not isinstance(state.get("_parameters"), Mapping) \
+            or not isinstance(state.get("_modules"), Mapping):
+        return None
+    out = OrderedDict() if out is None else out
+    transient = state.get("_non_persistent_buffers_set")
+    if isinstance(transient, _InertObject):  # a pickled set becomes a placeholder holding its items
+        transient = transient.args[0] if transient.args and isinstance(transient.args[0], (list, tuple)) else ()
+    transient = set(transient) if isinstance(transient, (set, frozenset, list, tuple)) else set()
+    for name, tensor in state["_parameters"].items():
+        if tensor is not None:
+            out[prefix + name] = tensor.detach() if isinstance(tensor, torch.Tensor) else tensor
+    for name, tensor in (state.get("_buffers") or {}).items():
+        if tensor is not None and name not in transient:
+            out[prefix + name] = tensor
+    for name, child in state["_modules"].items():
+        if child is not None and _inert_module_state(child, f"{prefix}{name}.", out) is None:
+            return None
+    return out
+
+
 def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
+    module_state = _inert_module_state(obj)
+    if module_state is not None:  # torch.save(model): loaded with skip_unsafe_metadata, the class never imported
+        obj = module_state
     if isinstance(obj, Mapping):
         for nest in ("state_dict", "model", "module"):
+            if nest in obj and _inert_module_state(obj[nest]) is not None:  # {'model': <a whole module>, ...}
+                obj = _inert_module_state(obj[nest])
+                break
             if nest in obj and isinstance(obj[nest], Mapping):
                 obj = obj[nest]
                 break

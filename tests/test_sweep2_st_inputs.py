@@ -160,3 +160,20 @@ def test_large_frames_are_resized_one_at_a_time_with_the_same_bytes(tmp_path, re
         together = real_resize(torch.from_numpy(frames), 286)
         one_by_one, _, _ = video.read_sampled_frames(p, clip_len, 4, num_clips, resize_short=286)
         assert torch.equal(together, torch.from_numpy(one_by_one))
+
+
+@pytest.mark.parametrize("wrap", [lambda m: m, lambda m: {"model": m, "epoch": 3}, torch.nn.DataParallel])
+def test_a_whole_pickled_module_loads_with_skip_unsafe_metadata(tmp_path, wrap):
+    """`torch.save(model)`: refused by default (its pickle names the class), and --skip-unsafe-metadata, which the
+    message suggests, then ended in 'holds a SqueezeTime, not a state dict'. The placeholder's recorded
+    _parameters/_buffers/_modules are now read as the state dict; the class is never imported."""
+    from conftest import randomize_bn
+
+    torch.manual_seed(4)
+    model = randomize_bn(squeezetime.build_model("hmdb51", frames=4, width=0.25, depth=14), seed=4).eval()
+    torch.save(wrap(model), tmp_path / "whole.pth")
+    with pytest.raises(SqueezeError, match=r"arbitrary Python objects.*skip_unsafe_metadata"):
+        load_checkpoint(tmp_path / "whole.pth")
+    loaded = load_checkpoint(tmp_path / "whole.pth", skip_unsafe_metadata=True)
+    assert loaded.load_report.tensors == len(model.state_dict())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
