@@ -397,6 +397,9 @@ def load_state_into(model: SqueezeTime, state: Mapping[str, torch.Tensor], allow
     optional = [k for k in missing if k.endswith(_OPTIONAL_SUFFIX)]
     head_missing = [k for k in missing if k.startswith("cls_head.")]
     hard_missing = [k for k in missing if k not in optional and (k not in head_missing or not allow_missing_head)]
+    if any(k.startswith("roi_head.") for k in unexpected):
+        raise SqueezeError(f"checkpoint {path} is a spatio-temporal detection checkpoint (AVA: an roi_head instead of "
+                           f"cls_head); squeeze-mobile runs the action classifier: use a K400, K600 or HMDB51 checkpoint")
     if unexpected:
         raise SqueezeError(f"checkpoint {path} has {len(unexpected)} unexpected key(s): {_short_list(unexpected)}")
     if mismatched:

@@ -177,3 +177,14 @@ def test_a_whole_pickled_module_loads_with_skip_unsafe_metadata(tmp_path, wrap):
     loaded = load_checkpoint(tmp_path / "whole.pth", skip_unsafe_metadata=True)
     assert loaded.load_report.tensors == len(model.state_dict())
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_ava_detection_checkpoint_is_named(tmp_path, small_state):
+    """The official release also has SqueezeTime-AVA2.1.pth (a BBox head): it was refused as 'N unexpected key(s):
+    roi_head...' with nothing saying why."""
+    state = {k: v for k, v in small_state.items() if not k.startswith("cls_head.")}
+    state["roi_head.bbox_head.fc_cls.weight"] = torch.zeros(81, 2304)
+    state["roi_head.bbox_head.fc_cls.bias"] = torch.zeros(81)
+    torch.save({"state_dict": state}, tmp_path / "ava.pth")
+    with pytest.raises(SqueezeError, match=r"spatio-temporal detection checkpoint \(AVA"):
+        load_checkpoint(tmp_path / "ava.pth")
