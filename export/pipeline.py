@@ -1025,7 +1025,11 @@ def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:
     if not (path.exists() or path.is_symlink()):
         return f"artifact missing: {art['file']} is not in {out_dir}"
     digest = art.get("sha256")
-    if digest is not None and sha256_file(path) != digest:
+    try:
+        actual = sha256_file(path) if digest is not None else None
+    except SqueezeError as exc:  # unreadable: this artifact fails, the others are still checked
+        return str(exc)
+    if digest is not None and actual != digest:
         return (f"{art['file']} differs from the file the manifest describes (sha256 differs from the manifest); "
                 "re-export it")
     return None

@@ -82,12 +82,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             h.update(str(f.relative_to(path)).encode())
             h.update(sha256_file(f).encode())
         return h.hexdigest()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(chunk)
-            if not block:
-                break
-            h.update(block)
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(chunk)
+                if not block:
+                    break
+                h.update(block)
+    except OSError as exc:  # e.g. an artifact made unreadable: one line, not a traceback
+        raise SqueezeError(f"{path} cannot be read ({exc.strerror or exc}); check the file's permissions") from None
     return h.hexdigest()
 
 

@@ -32,3 +32,30 @@ def test_out_folder_whose_name_is_not_utf8_is_refused_before_work(latin1_dir, ca
     for command in (["verify", str(latin1_dir)], ["bench", str(latin1_dir)]):
         assert main(command) == 1
         assert "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_verify_with_an_unreadable_artifact_fails_that_artifact_in_one_line(tmp_path, capsys, monkeypatch):
+    """`squeeze verify DIR` on an artifact without read permission ended in a PermissionError traceback from the
+    sha256 check. (Root reads any file, so the refusal is simulated at open() in the sha256 check.)"""
+    import errno
+
+    from export import verify as verify_module
+
+    out = tmp_path / "art"
+    assert main(["export", "squeezetime", *SMALL, "--out", str(out), "--formats", "onnx"]) == 0
+    capsys.readouterr()
+    onnx = next(out.glob("*.onnx"))
+    real_open = open
+
+    def denied(path, *args, **kwargs):
+        if Path(path) == onnx:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(verify_module, "open", denied, raising=False)
+    assert main(["verify", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert "cannot be read (Permission denied); check the file's permissions" in captured.out
+    assert [l for l in captured.err.splitlines() if l.startswith("error:")] == [
+        f"error: verification failed for {onnx.name}"]
