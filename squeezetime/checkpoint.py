@@ -85,10 +85,13 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     if fmt == "pack":
         raise SqueezeError(f"checkpoint {path} is a Squeezed Attention context pack, not a SqueezeTime checkpoint")
     if fmt == "safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            return _check_keys(dict(load_file(str(path))), path)
+            if _utf8_name(path):
+                return _check_keys(dict(load_file(str(path))), path)
+            # safetensors' Rust reader takes only UTF-8 file names: read the bytes here instead
+            return _check_keys(dict(load(path.read_bytes())), path)
         except SqueezeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes means "not readable"
@@ -135,6 +138,14 @@ def _zip_problem(path) -> Optional[str]:
         shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
         return f"a zip archive that is not a PyTorch checkpoint: no data.pkl; it holds {shown or 'nothing'}"
     return None
+
+
+def _utf8_name(path) -> bool:
+    try:
+        str(Path(path).absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8, kept by Python as lone surrogates
+        return False
+    return True
 
 
 def checkpoint_format(path) -> str:
@@ -451,6 +462,21 @@ def _float_counters_as_ints(state: Mapping[str, torch.Tensor], expected: Mapping
     return fixed, names
 
 
+def _safetensors_metadata(path) -> Dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON), read in Python: the
+    Rust reader takes only UTF-8 file names."""
+    import json
+    import struct
+
+    with open(path, "rb") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        if size > 100_000_000:
+            return {}
+        header = json.loads(fh.read(size).decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def _metadata_label_file(path, num_classes: int) -> Optional[str]:
     """The label file a .safetensors checkpoint names in its metadata (``label_file``: a stem under
     squeezetime/labels/, as the project's own trained checkpoints write it), if that file exists and has one line
@@ -459,11 +485,8 @@ def _metadata_label_file(path, num_classes: int) -> Optional[str]:
 
     if checkpoint_format(path) != "safetensors":
         return None
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "pt") as f:
-            name = (f.metadata() or {}).get("label_file")
+        name = _safetensors_metadata(path).get("label_file")
     except Exception:  # noqa: BLE001 - read_state_dict already accepted the file; metadata is optional
         return None
     if not name or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not label_path(name).is_file():

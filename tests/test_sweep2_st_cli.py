@@ -59,3 +59,21 @@ def test_verify_with_an_unreadable_artifact_fails_that_artifact_in_one_line(tmp_
     assert "cannot be read (Permission denied); check the file's permissions" in captured.out
     assert [l for l in captured.err.splitlines() if l.startswith("error:")] == [
         f"error: verification failed for {onnx.name}"]
+
+
+def test_safetensors_checkpoint_in_a_latin1_folder_loads_with_its_labels(latin1_dir):
+    """safetensors' Rust reader refuses file names that are not UTF-8 ('Path ... is not valid UTF-8'), so a valid
+    checkpoint there was refused as 'not a readable safetensors file' and its label_file metadata was lost."""
+    import shutil
+
+    import torch
+
+    import squeezetime
+
+    shipped = Path(squeezetime.__file__).with_name("checkpoints") / "camera_motion_w050.safetensors"
+    copy = latin1_dir / shipped.name
+    shutil.copyfile(shipped, copy)
+    model = squeezetime.load_checkpoint(copy)
+    reference = squeezetime.load_checkpoint(shipped)
+    assert model.config.labels == reference.config.labels == "camera_motion"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.state_dict().items())
