@@ -680,6 +680,13 @@ class DocumentQa(
 
     companion object {
         /**
+         * An answer's text without the U+FFFD an unfinished multi-byte character leaves at its end (the answer stopped
+         * between the bytes of one character; its token ids keep them): Python's tokenizer.finished_text. The stream
+         * holds those characters back, so the streamed text and the answer's text agree.
+         */
+        fun finishedText(text: String): String = text.trimEnd('\uFFFD')
+
+        /**
          * DecoderSession + attach: the [artifact] of [manifest] the [runtime] loaded, with a pack checked against the
          * manifest's model (weights and tokenizer hashes) and laid out for the artifact's shapes.
          */
@@ -716,7 +723,7 @@ class DocumentQa(
         }
         val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream,
             cancelled = cancelled)
-        return Answer(tokenizer.decode(out.tokens), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
+        return Answer(finishedText(tokenizer.decode(out.tokens)), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
             out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled)
     }
 }

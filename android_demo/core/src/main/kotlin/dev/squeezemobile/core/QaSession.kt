@@ -17,8 +17,15 @@ class DecoderDirectory(val dir: File) {
 
     val name: String get() = dir.name
 
-    /** The artifact's file; refuses a missing or truncated one (its size is not the manifest's). */
+    /**
+     * The artifact's file; refuses a missing or truncated one (its size is not the manifest's) and a .pte delegated to
+     * Core ML, which ExecuTorch runs on Apple devices only.
+     */
     fun file(artifact: DecoderArtifact): File {
+        if (artifact.appleOnly) {
+            throw DecoderException("${artifact.file} is a .pte for ExecuTorch's Core ML delegate (export --pte-backend coreml), " +
+                "which runs on Apple devices only; export --formats pte with the default --pte-backend xnnpack for Android")
+        }
         val f = File(dir, artifact.file)
         if (!f.isFile) throw DecoderException("the artifact $f is missing; copy the whole export directory")
         if (artifact.bytes != null && f.length() != artifact.bytes) {
@@ -27,9 +34,12 @@ class DecoderDirectory(val dir: File) {
         return f
     }
 
-    /** The artifacts whose file is present and whose format one of [formats] runs, in manifest order. */
+    /**
+     * The artifacts whose file is present and whose format one of [formats] runs, in manifest order (not a .pte
+     * delegated to Core ML: Apple devices only).
+     */
     fun usableArtifacts(formats: Collection<String>): List<DecoderArtifact> =
-        manifest.artifacts.filter { it.format in formats && File(dir, it.file).isFile }
+        manifest.artifacts.filter { it.format in formats && !it.appleOnly && File(dir, it.file).isFile }
 
     fun tokenizer(): ByteLevelBpeTokenizer {
         val f = File(dir, manifest.tokenizer.file)
@@ -53,9 +63,15 @@ class DecoderDirectory(val dir: File) {
             false
         }
 
-        /** Context packs (`squeeze context build --out X.pack`) in [root], by name. */
+        /**
+         * Context packs in [root], by name: `squeeze context build --out NAME.pack.safetensors` (the CLI's own example)
+         * or NAME.pack.
+         */
         fun listPacks(root: File): List<File> =
-            root.listFiles { f -> f.isFile && f.name.endsWith(".pack") }?.sortedBy { it.name } ?: emptyList()
+            root.listFiles { f -> f.isFile && isPackName(f.name) }?.sortedBy { it.name } ?: emptyList()
+
+        /** A context pack's file name: NAME.pack or NAME.pack.safetensors (the same file, safetensors inside). */
+        fun isPackName(name: String): Boolean = name.endsWith(".pack") || name.endsWith(".pack.safetensors")
 
         /** One line naming an artifact on screen: format, attention, lookup plan, weights file. */
         fun label(artifact: DecoderArtifact): String {

@@ -240,12 +240,24 @@ class ByteLevelBpeTokenizer private constructor(
             throw TokenizerException("$source uses $what, which this tokenizer does not implement; " +
                 "export the decoder with the project's byte-level BPE tokenizer")
 
+        /**
+         * A post-processor only adds its special tokens (and trims offsets) when encoding WITH special tokens; the pipeline
+         * always encodes without them (add_special_tokens=False), where the ids are the same: the ByteLevel one and the
+         * TemplateProcessing one that Hugging Face byte-level BPE tokenizer.json files carry (an export of a model
+         * folder copies its tokenizer.json) change no id here. Others are refused.
+         */
+        private fun checkPostProcessor(source: String, v: JsonPath) {
+            when (val type = v["type"].string()) {
+                "ByteLevel", "TemplateProcessing" -> {}
+                "Sequence" -> v["processors"].list().forEach { checkPostProcessor(source, it) }
+                else -> unsupported(source, "a post_processor ($type)")
+            }
+        }
+
         private fun build(root: JsonPath): ByteLevelBpeTokenizer {
             val source = root.path
-            for (key in listOf("normalizer", "post_processor")) {
-                val v = root.opt(key)
-                if (v != null && !v.isNull) unsupported(source, "a $key (${v["type"].string()})")
-            }
+            root.opt("normalizer")?.let { v -> if (!v.isNull) unsupported(source, "a normalizer (${v["type"].string()})") }
+            root.opt("post_processor")?.let { v -> if (!v.isNull) checkPostProcessor(source, v) }
             var splitDigits = false
             var useRegex = true
             val pre = root["pre_tokenizer"]

@@ -647,6 +647,40 @@ class GenerationTest {
         assertTrue(differ >= 3, "only $differ questions are encoded differently from join + question + suffix")
     }
 
+    /** Answers with [script] token by token (one-hot logits over [vocab]), whatever it is fed. */
+    private class ScriptedRuntime(private val script: IntArray, private val vocab: Int) : DecoderRuntime {
+        override val name = "scripted"
+        var calls = 0
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            val next = script[calls++]
+            return mapOf("logits" to DecoderTensor.Float32(FloatArray(vocab) { if (it == next) 1f else 0f }, intArrayOf(vocab)))
+        }
+    }
+
+    @Test
+    fun anAnswerCutInsideACharacterEndsBeforeIt() {
+        // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
+        // answer cut after the second token decodes to "Yes \uFFFD"; Python's DecoderSession returns
+        // finished_text("Yes \uFFFD") == "Yes " (its token ids keep both tokens) and its stream holds the piece back
+        val tokenizer = TokenizerTest.shared
+        val script = tokenizer.encode("Yes \uD83D\uDE00")
+        assertArrayEquals(intArrayOf(10539, 40303, 218), script)
+        assertEquals("Yes \uFFFD", tokenizer.decode(script.copyOf(2)))
+        val contract = DecoderContract("full", "buffer", null, shapes)
+        val qa = DocumentQa(ScriptedRuntime(script, tokenizer.vocabSize), contract, tokenizer, manifest.tokenizer, pack)
+        val streamed = StringBuilder()
+        val cut = qa.generate("Hi", maxNewTokens = 2) { streamed.append(it) }
+        assertArrayEquals(script.copyOf(2), cut.tokenIds)
+        assertEquals("Yes ", cut.text)
+        assertEquals("Yes", streamed.toString())
+        // the whole character: nothing to drop
+        val whole = DocumentQa(ScriptedRuntime(script, tokenizer.vocabSize), contract, tokenizer, manifest.tokenizer, pack)
+            .generate("Hi", maxNewTokens = 3)
+        assertEquals("Yes \uD83D\uDE00", whole.text)
+        assertEquals("a", DocumentQa.finishedText("a\uFFFD\uFFFD"))
+        assertEquals("\uFFFDa", DocumentQa.finishedText("\uFFFDa"))
+    }
+
     @Test
     fun lengthsOutsideTheArtifactAreRefused() {
         val run = gen["runs"].list()[0]

@@ -2,6 +2,7 @@ package dev.squeezemobile.core
 
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.io.TempDir
@@ -162,8 +163,9 @@ class QaSessionTest {
         File(root, "d").apply { mkdirs() }.resolve("manifest.json").writeText(Golden.text("manifest.json")) // a video export
         assertEquals(listOf("a", "b"), DecoderDirectory.list(root).map { it.name })
         val packs = File(tmp, "packs").apply { mkdirs() }
-        for (n in listOf("z.pack", "a.pack", "notes.txt")) File(packs, n).writeText("x")
-        assertEquals(listOf("a.pack", "z.pack"), DecoderDirectory.listPacks(packs).map { it.name })
+        for (n in listOf("z.pack", "a.pack", "notes.txt", "m.pack.safetensors", "w.safetensors")) File(packs, n).writeText("x")
+        // `squeeze context build --out manual.pack.safetensors` (the CLI's example) is a pack too; the iOS app lists both
+        assertEquals(listOf("a.pack", "m.pack.safetensors", "z.pack"), DecoderDirectory.listPacks(packs).map { it.name })
         assertEquals(emptyList<File>(), DecoderDirectory.listPacks(File(tmp, "absent")))
         val dir = DecoderDirectory(File(root, "a"))
         assertEquals(listOf("squeezed", "full"), dir.usableArtifacts(setOf("onnx")).map { it.contract.attention })
@@ -171,6 +173,47 @@ class QaSessionTest {
         val squeezed = manifest.pick("onnx", "squeezed")
         assertEquals("onnx: squeezed (KV budget 0.3), in-graph lookup · ${squeezed.file}", DecoderDirectory.label(squeezed))
         assertEquals("onnx: full · ${full.file}", DecoderDirectory.label(full))
+    }
+
+    /** The golden manifest with its two ONNX artifacts recorded as .pte files of the given delegates (squeezed, full). */
+    private fun pteManifest(squeezed: String, fullDelegate: String): String {
+        val text = Golden.text("qa_decoder_manifest.json")
+        fun pte(file: String, delegate: String) = "\"format\": \"pte\",\n      \"pte_backend\": \"$delegate\",\n      \"file\": \"$file\","
+        val squeezedFile = manifest.pick("onnx", "squeezed").file
+        return text.replaceFirst("\"format\": \"onnx\",\n      \"file\": \"$squeezedFile\",", pte(squeezedFile, squeezed))
+            .replaceFirst("\"format\": \"onnx\",\n      \"file\": \"${full.file}\",", pte(full.file, fullDelegate))
+            .also { check(it.split("\"pte_backend\"").size == 3) }
+    }
+
+    @Test
+    fun aPteDelegatedToCoreMlIsNeitherListedNorLoaded() {
+        // `squeeze export decoder --formats pte --pte-backend coreml`: ExecuTorch runs it on Apple devices only (Python:
+        // cannot_run_here off Darwin, and pick_artifact tries the others first); an Android runtime failed on it with
+        // whatever ExecuTorch said
+        val m = DecoderManifest.parse(pteManifest(squeezed = "coreml", fullDelegate = "xnnpack"))
+        assertEquals(listOf("coreml", "xnnpack"), m.artifacts.map { it.pteBackend })
+        assertEquals(listOf(true, false), m.artifacts.map { it.appleOnly })
+        assertEquals(full.file, m.pick("pte").file)
+        assertEquals(m.artifacts[0].file, m.pick("pte", "squeezed").file)   // the only one asked for: still found
+        assertEquals(null, manifest.artifacts[0].pteBackend)
+        val dir = exportDir("pte", pteManifest(squeezed = "coreml", fullDelegate = "xnnpack"))
+        assertEquals(listOf(full.file), DecoderDirectory(dir).usableArtifacts(setOf("pte", "onnx")).map { it.file })
+        val events = Events()
+        QaSession(direct, ui, { _, _ -> Replay() }, events).ask(QaSelection(dir, m.artifacts[0].file, packFile()), "ab", 4)
+        assertEquals("error: ${m.artifacts[0].file} is a .pte for ExecuTorch's Core ML delegate (export --pte-backend coreml), " +
+            "which runs on Apple devices only; export --formats pte with the default --pte-backend xnnpack for Android", events.log.last())
+    }
+
+    @Test
+    fun aManifestNamingFilesOutsideItsDirectoryIsRefused() {
+        // the app opens File(dir, name): "../x" or an absolute path would reach any file the app can read
+        val text = Golden.text("qa_decoder_manifest.json")
+        fun refused(t: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(t) }.message!!
+        assertEquals("manifest.artifacts[1].file: \"../../databases/x.onnx\" is not a plain file name inside the export " +
+            "directory; re-export the decoder", refused(text.replace("\"file\": \"${full.file}\"", "\"file\": \"../../databases/x.onnx\"")))
+        assertTrue(refused(text.replace("\"file\": \"tokenizer.json\"", "\"file\": \"/sdcard/tokenizer.json\""))
+            .startsWith("manifest.tokenizer.file: \"/sdcard/tokenizer.json\" is not a plain file name"))
+        assertTrue(refused(text.replace("\"file\": \"tokenizer.json\"", "\"file\": \".tokenizer.json\"")).contains("not a plain file name"))
     }
 
     companion object {

@@ -109,6 +109,29 @@ class TokenizerTest {
         assertThrows(TokenizerException::class.java) { ByteLevelBpeTokenizer.fromFile(File("/nonexistent/tokenizer.json")) }
     }
 
+    @Test
+    fun postProcessorsOfHuggingFaceFilesChangeNoIdAndAreAccepted() {
+        // a model folder's tokenizer.json (SmolLM2's on the Hub) carries a ByteLevel post-processor, Llama-style ones a
+        // TemplateProcessing; with add_special_tokens=False, the only way the pipeline encodes, Python's tokenizers gives
+        // the same ids and text with and without them (checked with tokenizers on the real tokenizer.json); they were
+        // refused here, so an export of a model folder could not be used
+        val text = String(Golden.bytes("qa_tokenizer_tiny.json"), Charsets.UTF_8)
+        check(text.contains("\"post_processor\":null"))
+        fun with(pp: String) = ByteLevelBpeTokenizer.parse(text.replaceFirst("\"post_processor\":null", "\"post_processor\":$pp").toByteArray())
+        val byteLevel = "{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":false,\"use_regex\":true}"
+        val template = "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<|im_start|>\",\"type_id\":0}}," +
+            "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"pair\":[{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]," +
+            "\"special_tokens\":{\"<|im_start|>\":{\"id\":\"<|im_start|>\",\"ids\":[1],\"tokens\":[\"<|im_start|>\"]}}}"
+        val plain = ByteLevelBpeTokenizer.parse(text.toByteArray())
+        for (tok in listOf(with(byteLevel), with(template), with("{\"type\":\"Sequence\",\"processors\":[$byteLevel,$template]}"))) {
+            for (s in listOf("ok a b 12", " a<|im_end|>b 12", "<|im_start|>a")) assertArrayEquals(plain.encode(s), tok.encode(s), s)
+            // (the tiny vocabulary has no "<": literal mode only on plain text)
+            assertArrayEquals(plain.encode("ok a b 12", literal = true), tok.encode("ok a b 12", literal = true))
+        }
+        val e = assertThrows(TokenizerException::class.java) { with("{\"type\":\"BertProcessing\",\"sep\":[\"a\",5],\"cls\":[\"b\",6]}") }
+        assertTrue(e.message!!.contains("a post_processor (BertProcessing)"), e.message)
+    }
+
     companion object {
         /** Parsed once for the class (1.5 MB of JSON). */
         val shared: ByteLevelBpeTokenizer by lazy {
