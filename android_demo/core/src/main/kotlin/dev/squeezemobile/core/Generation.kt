@@ -134,7 +134,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
             val methods = j.opt("methods") ?: return emptyMap()
             return methods.obj().keys.mapNotNull { name ->
                 val tokens = methods[name]["inputs"].list().firstOrNull { it["name"].string() == "tokens" }
-                tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { name to (it[0]..it[1]) }
+                tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { b ->
+                    if (b.size != 2 || b[0] < 0 || b[0] > b[1]) {
+                        throw DecoderException("decoder.methods.$name: the tokens input's dynamic axis is ${b.contentToString()}, " +
+                            "expected [min, max] with 0 <= min <= max; re-export the decoder")
+                    }
+                    name to (b[0]..b[1])
+                }
             }.toMap()
         }
 

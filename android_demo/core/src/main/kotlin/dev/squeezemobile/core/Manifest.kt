@@ -131,10 +131,11 @@ class Manifest(
 
         /**
          * A file name inside the export directory, as `squeeze verify` requires of artifacts and labels
-         * (export/pipeline.py _safe_file_name): 1..255 characters, no path separator, no NUL, not hidden ("." first).
+         * (export/pipeline.py _safe_file_name): 1..255 characters (code points), no path separator, no NUL, not hidden
+         * ("." first).
          */
         fun isPlainFileName(name: String): Boolean =
-            name.isNotEmpty() && name.length <= 255 && '/' !in name && '\\' !in name && '\u0000' !in name && !name.startsWith(".")
+            name.isNotEmpty() && name.codePointCount(0, name.length) <= 255 && '/' !in name && '\\' !in name && '\u0000' !in name && !name.startsWith(".")
 
         private inline fun <T> wrap(block: () -> T): T = try {
             block()

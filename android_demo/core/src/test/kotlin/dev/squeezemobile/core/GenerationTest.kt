@@ -303,6 +303,23 @@ class GenerationTest {
     }
 
     @Test
+    fun aMalformedDynamicTokenAxisIsRefusedInOneLine() {
+        // methods.<m>.inputs[tokens].dynamic["0"] = [min, max]; one number (a hand-edited or damaged manifest) used to end
+        // in an ArrayIndexOutOfBoundsException, a reversed range in an empty one
+        val text = Golden.text("qa_decoder_manifest.json")
+        val axis = Regex("\"0\": \\[\\s*1,\\s*32\\s*\\]")
+        assertTrue(axis.containsMatchIn(text))
+        fun refused(bounds: String) = assertThrows(DecoderException::class.java) {
+            DecoderManifest.parse(axis.replaceFirst(text, "\"0\": $bounds"))
+        }.message!!
+        assertEquals("decoder.methods.prefill: the tokens input's dynamic axis is [32], expected [min, max] with 0 <= min <= max; " +
+            "re-export the decoder", refused("[32]"))
+        assertTrue(refused("[32, 1]").contains("is [32, 1], expected [min, max]"))
+        assertTrue(refused("[-1, 4]").contains("is [-1, 4], expected"))
+        assertEquals(2..7, DecoderManifest.parse(axis.replaceFirst(text, "\"0\": [2, 7]")).artifacts[0].contract.tokenRanges["prefill"])
+    }
+
+    @Test
     fun followedKeysAreReadFromTheContract() {
         val text = Golden.text("qa_decoder_manifest.json")
         // the default export (squeezed): 4 followed keys, used from 32 kept keys per head; full attention: null

@@ -106,8 +106,8 @@ class ManifestTest {
 
     @Test
     fun namesOfFilesOutsideTheExportDirectoryAreRefused() {
-        // export/pipeline.py _safe_file_name: no separator, no NUL, nothing hidden, at most 255 characters
-        for (bad in listOf("../labels.txt", "/etc/passwd", "..", ".", ".hidden", "a\\b", "")) {
+        // export/pipeline.py _safe_file_name: no separator, no NUL, nothing hidden, at most 255 characters (code points)
+        for (bad in listOf("../labels.txt", "/etc/passwd", "..", ".", ".hidden", "a\\b", "", ".\u0301x")) {
             assertTrue(!Manifest.isPlainFileName(bad), bad)
             val json = bad.replace("\\", "\\\\")
             assertTrue(refused(edited("\"labels\": \"labels.txt\"" to "\"labels\": \"$json\"")).startsWith("manifest.labels: "), bad)
@@ -115,6 +115,7 @@ class ManifestTest {
                 .contains("is not a plain file name inside the export directory"), bad)
         }
         assertTrue(!Manifest.isPlainFileName("a".repeat(256)) && Manifest.isPlainFileName("a".repeat(255)))
+        assertTrue(Manifest.isPlainFileName("\uD83D\uDE00".repeat(200)))   // 200 code points (Python's len), 400 chars
         assertTrue(Manifest.isPlainFileName("labels..txt"))
         assertNull(Manifest.parse(edited("\"labels\": \"labels.txt\"" to "\"labels\": null")).labelsFile)
     }

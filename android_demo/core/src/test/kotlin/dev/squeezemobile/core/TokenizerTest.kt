@@ -110,6 +110,29 @@ class TokenizerTest {
     }
 
     @Test
+    fun longRunsOfOneCharacterMergeInLinearithmicWork() {
+        // a question pasted with a long run of one character (a row of "=", a long number, a base64 blob): merging
+        // rescanned the whole word per merge, 25 s for 32,000 "a" (Python's tokenizers: 9 ms). Python's ids, and the
+        // pairs queued bounded by 3 per byte (the old rescans looked at ~n^2 / 2 pairs)
+        val tok = ByteLevelBpeTokenizer.fromFile(File(System.getProperty("squeeze.qa.tokenizer")))
+        fun repeat(id: Int, n: Int) = IntArray(n) { id }
+        val cases = listOf(
+            "a".repeat(32000) to repeat(46880, 8000),
+            "=".repeat(32000) to repeat(28909, 500),
+            "-".repeat(5001) to repeat(15069, 78) + intArrayOf(26238),
+            "ab".repeat(10000) + "!" to repeat(369, 10000) + intArrayOf(17),
+            "\u00e9".repeat(3001) to repeat(2756, 3001),
+            "\uD83D\uDE00".repeat(2001) to IntArray(3 * 2001) { intArrayOf(10813, 242, 218)[it % 3] },
+        )
+        for ((text, ids) in cases) {
+            val before = tok.queuedPairs
+            assertArrayEquals(ids, tok.encode(text), "ids of ${text.take(4)}... (${text.length} chars)")
+            val bytes = text.toByteArray(Charsets.UTF_8).size
+            assertTrue(tok.queuedPairs - before <= 3L * bytes, "${tok.queuedPairs - before} pairs queued for $bytes bytes")
+        }
+    }
+
+    @Test
     fun postProcessorsOfHuggingFaceFilesChangeNoIdAndAreAccepted() {
         // a model folder's tokenizer.json (SmolLM2's on the Hub) carries a ByteLevel post-processor, Llama-style ones a
         // TemplateProcessing; with add_special_tokens=False, the only way the pipeline encodes, Python's tokenizers gives
