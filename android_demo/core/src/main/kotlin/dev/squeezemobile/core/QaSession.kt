@@ -50,16 +50,22 @@ class DecoderDirectory(val dir: File) {
     companion object {
         const val MANIFEST = "manifest.json"
 
-        /** [root] itself or its subdirectories that hold a decoder manifest, by name. */
+        /**
+         * [root] itself or its subdirectories whose manifest.json says it is a decoder export (its schema), by name: also
+         * one this version cannot use (another schema version, a contract it refuses), so that opening it says why in
+         * one line instead of the export silently missing from the list (the iOS app's ModelLocations.scan does the same).
+         */
         fun list(root: File): List<File> {
             val dirs = listOf(root) + (root.listFiles { f -> f.isDirectory }?.sortedBy { it.name } ?: emptyList())
             return dirs.filter { isDecoderExport(File(it, MANIFEST)) }
         }
 
         private fun isDecoderExport(manifest: File): Boolean = manifest.isFile && try {
-            DecoderManifest.parse(manifest.readBytes())
-            true
-        } catch (e: IllegalArgumentException) {
+            val schema = JsonPath.of(Json.parse(manifest.readBytes())).opt("schema")?.value
+            schema is String && schema.startsWith(DecoderManifest.SCHEMA_PREFIX)
+        } catch (e: JsonException) {
+            false
+        } catch (e: java.io.IOException) {
             false
         }
 

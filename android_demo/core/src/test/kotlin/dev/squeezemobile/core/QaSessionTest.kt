@@ -162,6 +162,16 @@ class QaSessionTest {
         File(root, "c").mkdirs()                                                     // no manifest
         File(root, "d").apply { mkdirs() }.resolve("manifest.json").writeText(Golden.text("manifest.json")) // a video export
         assertEquals(listOf("a", "b"), DecoderDirectory.list(root).map { it.name })
+        // exports this version cannot use are listed too, and opening one says why in one line (they were left out of
+        // the list without a word: "nothing found"; the iOS app lists them by their schema as well)
+        val text = Golden.text("qa_decoder_manifest.json")
+        exportDir("decoders/old", text.replace(DecoderManifest.SCHEMA, "squeeze-mobile/decoder-manifest/1"))
+        exportDir("decoders/question", text.replaceFirst("\"decode_selection\": \"step\"", "\"decode_selection\": \"question\""))
+        File(root, "e").apply { mkdirs() }.resolve("manifest.json").writeText("{not json")
+        assertEquals(listOf("a", "b", "old", "question"), DecoderDirectory.list(root).map { it.name })
+        fun opened(name: String) = assertThrows(DecoderException::class.java) { DecoderDirectory(File(root, name)) }.message!!
+        assertTrue(opened("old").contains("written by another version of squeeze-mobile (schema 'squeeze-mobile/decoder-manifest/1'"))
+        assertTrue(opened("question").startsWith("decoder.decode_selection: this app runs per-step selection only"))
         val packs = File(tmp, "packs").apply { mkdirs() }
         for (n in listOf("z.pack", "a.pack", "notes.txt", "m.pack.safetensors", "w.safetensors")) File(packs, n).writeText("x")
         // `squeeze context build --out manual.pack.safetensors` (the CLI's example) is a pack too; the iOS app lists both
