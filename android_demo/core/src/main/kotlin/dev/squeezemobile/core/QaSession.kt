@@ -158,6 +158,11 @@ class QaSession(
             } catch (e: Exception) {
                 val message = describe(e)
                 last = { listener.onError(message) }
+            } catch (e: OutOfMemoryError) {
+                // the pack's context inputs and the cache are float32 copies in the Java heap: an 8k-token pack of a
+                // 30-layer model needs hundreds of MB; say so instead of "the question was not answered"
+                unload()
+                last = { listener.onError(OUT_OF_MEMORY) }
             } finally {
                 running.set(false) // before the last callback: the screen may ask again from it
                 post(last)
@@ -199,6 +204,18 @@ class QaSession(
         return qa!!
     }
 
+    /** Drops everything loaded (after running out of memory: the next question loads again). */
+    private fun unload() {
+        try {
+            closeRuntime()
+        } catch (e: Exception) {
+            // closing a runtime that ran out of memory may fail too; nothing is kept either way
+        }
+        directory = null
+        artifact = null
+        tokenizer = null
+    }
+
     private fun closeRuntime() {
         qa = null
         loadedPack = null
@@ -217,6 +234,10 @@ class QaSession(
     }
 
     companion object {
+        /** The one line for running out of memory while loading or answering. */
+        const val OUT_OF_MEMORY = "not enough memory for this decoder and context pack (its context inputs and KV cache " +
+            "are held as float32); export the decoder with a smaller --max-context and build a shorter pack, or close other apps"
+
         /** The numbers the screen shows under an answer. */
         fun stats(a: Answer): String {
             val lookup = if (a.lookupMs > 0) ", CPU lookup %.0f ms".format(java.util.Locale.ROOT, a.lookupMs) else ""

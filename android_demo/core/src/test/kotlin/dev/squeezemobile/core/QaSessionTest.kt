@@ -151,6 +151,16 @@ class QaSessionTest {
         events.log.clear()
         failing.ask(QaSelection(dir, full.file, pack), "ab", 4)
         assertEquals("error: IllegalStateException: no such delegate", events.log.last())
+        // running out of memory (an 8k pack's float32 context inputs) was reported as "the question was not answered"
+        var opens = 0
+        val hungry = QaSession(direct, ui, { _, _ -> opens++; if (opens == 1) throw OutOfMemoryError("Java heap space") else Replay() }, events)
+        events.log.clear()
+        val question = gen["prompt"].string()  // the replay's recorded question
+        hungry.ask(QaSelection(dir, full.file, pack), question, 12)
+        assertEquals("error: ${QaSession.OUT_OF_MEMORY}", events.log.last())
+        hungry.ask(QaSelection(dir, full.file, pack), question, 12)  // loads again, answers
+        assertEquals("answer", events.log.last())
+        assertEquals(2, opens)
         assertTrue(events.onUi)
     }
 
