@@ -85,7 +85,7 @@ class Manifest(
     fun labels(text: String): List<String> {
         val labels = parseLabels(text)
         if (labels.size != numClasses) {
-            throw ManifestException("$labelsFile has ${labels.size} lines but the model has $numClasses classes (one label " +
+            throw ManifestException("${labelsFile ?: "the label file"} has ${labels.size} lines but the model has $numClasses classes (one label " +
                 "per line expected); re-export, or set the manifest's labels to null")
         }
         return labels
