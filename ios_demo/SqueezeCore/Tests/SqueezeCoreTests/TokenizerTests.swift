@@ -138,6 +138,11 @@ final class TokenizerTests: XCTestCase {
             (String(repeating: "ab", count: 10000) + "!", repeating(369, 10000) + [17]),
             (String(repeating: "\u{e9}", count: 3001), repeating(2756, 3001)),
             (String(repeating: "\u{1F600}", count: 2001), (0..<(3 * 2001)).map { [10813, 242, 218][$0 % 3] }),
+            // runs the pre-tokenizer splits (whitespace before a word, newlines, digits one by one, punctuation)
+            (String(repeating: " ", count: 32000) + "a", repeating(40686, 499) + [12427, 1703, 22754, 253]),
+            (String(repeating: "\n", count: 32000), repeating(22342, 8000)),
+            (String(repeating: "1", count: 32000), repeating(33, 32000)),
+            (String(repeating: "<", count: 32000), repeating(33691, 16000)),
         ]
         for (text, ids) in cases {
             let before = tok.queuedPairs

@@ -113,7 +113,8 @@ class TokenizerTest {
     fun longRunsOfOneCharacterMergeInLinearithmicWork() {
         // a question pasted with a long run of one character (a row of "=", a long number, a base64 blob): merging
         // rescanned the whole word per merge, 25 s for 32,000 "a" (Python's tokenizers: 9 ms). Python's ids, and the
-        // pairs queued bounded by 3 per byte (the old rescans looked at ~n^2 / 2 pairs)
+        // pairs queued bounded by 3 per byte (the old rescans looked at ~n^2 / 2 pairs); also runs the pre-tokenizer
+        // splits into many pieces
         val tok = ByteLevelBpeTokenizer.fromFile(File(System.getProperty("squeeze.qa.tokenizer")))
         fun repeat(id: Int, n: Int) = IntArray(n) { id }
         val cases = listOf(
@@ -123,6 +124,11 @@ class TokenizerTest {
             "ab".repeat(10000) + "!" to repeat(369, 10000) + intArrayOf(17),
             "\u00e9".repeat(3001) to repeat(2756, 3001),
             "\uD83D\uDE00".repeat(2001) to IntArray(3 * 2001) { intArrayOf(10813, 242, 218)[it % 3] },
+            // runs the pre-tokenizer splits (whitespace before a word, newlines, digits one by one, punctuation)
+            " ".repeat(32000) + "a" to repeat(40686, 499) + intArrayOf(12427, 1703, 22754, 253),
+            "\n".repeat(32000) to repeat(22342, 8000),
+            "1".repeat(32000) to repeat(33, 32000),
+            "<".repeat(32000) to repeat(33691, 16000),
         )
         for ((text, ids) in cases) {
             val before = tok.queuedPairs
