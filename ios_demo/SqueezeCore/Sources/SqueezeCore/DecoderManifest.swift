@@ -165,7 +165,11 @@ public struct DecoderContract: Equatable {
         var ranges: [String: ClosedRange<Int>] = [:]
         for name in try methods.obj().keys {
             let tokens = try methods[name]["inputs"].list().first { (try? $0["name"].string()) == "tokens" }
-            if let bounds = try tokens?.opt("dynamic")?.opt("0")?.intArray(), bounds.count == 2, bounds[0] <= bounds[1] {
+            if let bounds = try tokens?.opt("dynamic")?.opt("0")?.intArray() {
+                guard bounds.count == 2, bounds[0] >= 0, bounds[0] <= bounds[1] else {
+                    throw DecoderError("decoder.methods.\(name): the tokens input's dynamic axis is \(bounds), expected [min, max] " +
+                                       "with 0 <= min <= max; re-export the decoder")
+                }
                 ranges[name] = bounds[0]...bounds[1]
             }
         }
@@ -301,6 +305,12 @@ public struct DecoderArtifact {
     public let methodNames: [String]
     /// "pass", "fail", "not run", ... as verification.status says; nil if absent
     public let verificationStatus: String?
+    /// A .pte's delegate ("xnnpack", "coreml": export --pte-backend); nil for other formats and older manifests
+    public var pteBackend: String? = nil
+
+    /// A .pte delegated to Core ML (export --pte-backend coreml): ExecuTorch runs it on Apple devices only (this app
+    /// runs it with the backend_coreml library linked; the Android app passes it over).
+    public var appleOnly: Bool { Artifact.isAppleOnly(container: format, pteBackend: pteBackend) }
 }
 
 public struct DecoderManifest {
@@ -320,12 +330,18 @@ public struct DecoderManifest {
     public let tokenizer: DecoderTokenizerInfo
     public let artifacts: [DecoderArtifact]
 
-    /// The first artifact of format ("onnx", "pte", ...) and attention ("squeezed", "full"), nil = any.
-    public func pick(format: String? = nil, attention: String? = nil) throws -> DecoderArtifact {
-        let usable = artifacts.filter { (format == nil || $0.format == format) && (attention == nil || $0.contract.attention == attention) }
+    /// The first artifact of format ("onnx", "pte", ...), attention ("squeezed", "full") and lookup plan ("in-graph",
+    /// "split"); nil = any. (A .pte delegated to Core ML runs here: manifest order, as Python's pick_artifact on Apple
+    /// platforms; the Android core tries it last.)
+    public func pick(format: String? = nil, attention: String? = nil, plan: String? = nil) throws -> DecoderArtifact {
+        let usable = artifacts.filter {
+            (format == nil || $0.format == format) && (attention == nil || $0.contract.attention == attention) &&
+                (plan == nil || $0.contract.lookupPlan == plan)
+        }
         guard let first = usable.first else {
             let formats = Array(Set(artifacts.map(\.format))).sorted().joined(separator: ", ")
-            throw DecoderError("the export holds no \(format ?? "") \(attention ?? "") decoder artifact (it has: " +
+            let what = [format, attention, plan.map { "\($0)-plan" }].compactMap { $0 }.joined(separator: " ")
+            throw DecoderError("the export holds no \(what.isEmpty ? "" : what + " ")decoder artifact (it has: " +
                 "\(formats.isEmpty ? "none" : formats)); pick one of those or export it")
         }
         return first
@@ -339,6 +355,16 @@ public struct DecoderManifest {
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }
+    }
+
+    /// A file the manifest names must lie in the export directory (Manifest.isPlainFileName): a path would make the app
+    /// open any file its name reaches.
+    private static func plainFileName(_ j: JSONPath) throws -> String {
+        let name = try j.string()
+        if !Manifest.isPlainFileName(name) {
+            throw DecoderError("\(j.path): \"\(name)\" is not a plain file name inside the export directory; re-export the decoder")
+        }
+        return name
     }
 
     private static func fromJson(_ root: JSONPath) throws -> DecoderManifest {
@@ -387,15 +413,18 @@ public struct DecoderManifest {
                 }
             }
             return DecoderArtifact(
-                format: try a["format"].string(), file: try a["file"].string(), sha256: try a.opt("sha256")?.stringOrNull(),
+                format: try a["format"].string(), file: try plainFileName(a["file"]), sha256: try a.opt("sha256")?.stringOrNull(),
                 bytes: try a.opt("bytes").flatMap { $0.isNull ? nil : try $0.long() }, runtime: try a.opt("runtime")?.stringOrNull(),
                 contract: try DecoderContract.parse(d), methods: methods, methodNames: names,
-                verificationStatus: try a.opt("verification").flatMap { $0.isNull ? nil : try $0.opt("status")?.stringOrNull() })
+                verificationStatus: try a.opt("verification").flatMap { $0.isNull ? nil : try $0.opt("status")?.stringOrNull() },
+                pteBackend: try a.opt("pte_backend")?.stringOrNull())
         }
+        let tokenizer = try DecoderTokenizerInfo.parse(root["tokenizer"])
+        _ = try plainFileName(root["tokenizer"]["file"])
         return DecoderManifest(
             schema: DecoderManifest.schema, modelName: try model.opt("name")?.stringOrNull(), weightsSha256: try model.opt("weights_sha256")?.stringOrNull(),
             tokenizerSha256: try model.opt("tokenizer_sha256")?.stringOrNull(), numLayers: try config["num_layers"].int(),
             numKvHeads: try config["num_kv_heads"].int(), headDim: try config["head_dim"].int(),
-            tokenizer: try DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts: artifacts)
+            tokenizer: tokenizer, artifacts: artifacts)
     }
 }

@@ -13,6 +13,10 @@ public struct Answer {
     public let decodeMs: Double
     public let decodeTokens: Int
     public let runtime: String
+    /// The split plan's CPU lookup (KeptRows between stage graphs; 0 in-graph), inside prefill and decode
+    public var lookupMs: Double = 0
+    /// Whether the caller stopped the answer early (generate's cancelled)
+    public var cancelled = false
 
     public var decodeTokensPerSecond: Double { decodeMs > 0 ? Double(decodeTokens) / (decodeMs / 1e3) : 0 }
 }
@@ -45,6 +49,15 @@ public final class DocumentQa {
                               tokenizerInfo: manifest.tokenizer, pack: pack, clockNanos: clockNanos)
     }
 
+    /// An answer's text without the U+FFFD an unfinished multi-byte character leaves at its end (the answer stopped
+    /// between the bytes of one character; its token ids keep them): Python's tokenizer.finished_text. The stream holds
+    /// those characters back, so the streamed text and the answer's text agree.
+    public static func finishedText(_ text: String) -> String {
+        var scalars = text.unicodeScalars
+        while scalars.last == "\u{FFFD}" { scalars.removeLast() }
+        return String(scalars)
+    }
+
     /// The question's token ids, framed as the pack was built (raw: nil = as the pack says).
     public func promptIds(_ prompt: String, raw: Bool? = nil) throws -> [Int] {
         let framing = loop.pack.framing
@@ -59,9 +72,10 @@ public final class DocumentQa {
         return try tokenizer.encode(tokenizerInfo.join + prompt, literal: true) + tokenizer.encode(tokenizerInfo.suffix)
     }
 
-    /// Answer prompt greedily; onText gets each new piece of text as soon as it is whole UTF-8.
+    /// Answer prompt greedily; onText gets each new piece of text as soon as it is whole UTF-8; when cancelled turns
+    /// true (checked after each token: the screen's Stop) the answer ends there.
     public func generate(_ prompt: String, maxNewTokens: Int = 64, raw: Bool? = nil, stopAtEos: Bool = true,
-                         onText: ((String) -> Void)? = nil) throws -> Answer {
+                         onText: ((String) -> Void)? = nil, cancelled: () -> Bool = { false }) throws -> Answer {
         let ids = try promptIds(prompt, raw: raw)
         var printed = 0 // Unicode scalars already streamed
         var stream: (([Int]) -> Void)? = nil
@@ -77,9 +91,10 @@ public final class DocumentQa {
             }
         }
         let out = try loop.greedy(ids, maxNewTokens: maxNewTokens, stopIds: stopAtEos ? tokenizerInfo.stopTokenIds : [],
-                                  onToken: stream)
-        return Answer(text: tokenizer.decode(out.tokens), tokenIds: out.tokens, promptTokens: ids.count,
+                                  onToken: stream, cancelled: cancelled)
+        return Answer(text: DocumentQa.finishedText(tokenizer.decode(out.tokens)), tokenIds: out.tokens, promptTokens: ids.count,
                       contextTokens: loop.pack.numTokens, prefillMs: Double(out.prefillNanos) / 1e6,
-                      decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name)
+                      decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name,
+                      lookupMs: Double(out.lookupNanos) / 1e6, cancelled: out.cancelled)
     }
 }

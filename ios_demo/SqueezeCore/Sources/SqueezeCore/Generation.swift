@@ -51,6 +51,8 @@ public struct GenerationOutput {
     public let decodeSteps: Int
     /// Time in the split plan's CPU lookup (KeptRows between stage graphs); 0 for the in-graph plan.
     public var lookupNanos: Int64 = 0
+    /// Whether the caller stopped the answer early (greedy's cancelled: the screen's Stop).
+    public var cancelled = false
 
     public var decodeTokensPerSecond: Double { decodeNanos > 0 ? Double(decodeSteps) / (Double(decodeNanos) / 1e9) : 0 }
 }
@@ -431,9 +433,10 @@ public final class GenerationLoop {
     }
 
     /// Prefill ids then decode greedily (or along forced tokens: teacher forcing, for checks). A stop token ends the
-    /// answer without being part of it. onToken sees the answer so far after every token.
+    /// answer without being part of it. onToken sees the answer so far after every token; when cancelled turns true
+    /// (checked after each token, e.g. the app's Stop) no further step runs.
     public func greedy(_ ids: [Int], maxNewTokens: Int, forced: [Int]? = nil, stopIds: Set<Int> = [],
-                       onToken: (([Int]) -> Void)? = nil) throws -> GenerationOutput {
+                       onToken: (([Int]) -> Void)? = nil, cancelled: () -> Bool = { false }) throws -> GenerationOutput {
         try checkLengths(promptTokens: ids.count, maxNewTokens: maxNewTokens)
         let cache = newCache()
         lookupNanos = 0
@@ -444,6 +447,7 @@ public final class GenerationLoop {
         var allLogits: [[Float]] = []
         let t1 = clockNanos()
         var steps = 0
+        var stopped = false
         for i in 0..<maxNewTokens {
             allLogits.append(logits)
             let token: Int
@@ -457,12 +461,17 @@ public final class GenerationLoop {
             tokens.append(token)
             onToken?(tokens)
             if tokens.count == maxNewTokens || (forced != nil && tokens.count == forced!.count) { break }
+            if cancelled() {
+                stopped = true
+                break
+            }
             logits = try step(method: "decode", tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
             steps += 1
         }
         var output = GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos,
                                       decodeNanos: clockNanos() - t1, decodeSteps: steps)
         output.lookupNanos = lookupNanos
+        output.cancelled = stopped
         return output
     }
 

@@ -56,6 +56,15 @@ public struct Artifact: Equatable {
     public let outputs: [TensorInfo]
     /// "pass", "fail", "not run (needs macOS)", ... as verification.status says; nil if absent
     public let verificationStatus: String?
+    /// A .pte's delegate ("xnnpack", "coreml": export --pte-backend); nil for other formats and older manifests
+    public var pteBackend: String? = nil
+
+    /// A .pte delegated to Core ML (export --pte-backend coreml): ExecuTorch runs it on Apple devices only (this app
+    /// runs it with the backend_coreml library linked; the Android app passes it over).
+    public var appleOnly: Bool { Artifact.isAppleOnly(container: container, pteBackend: pteBackend) }
+
+    /// Whether an artifact of `container` with .pte delegate `pteBackend` runs on Apple devices only.
+    public static func isAppleOnly(container: String, pteBackend: String?) -> Bool { container == "pte" && pteBackend == "coreml" }
 }
 
 public struct Manifest {
@@ -73,7 +82,8 @@ public struct Manifest {
     /// the artifacts that exist as files (records of artifacts not produced are left out)
     public let artifacts: [Artifact]
 
-    /// The artifact of a container ("onnx", "tflite", "pte", "mlpackage", "mlmodel"), or nil.
+    /// The artifact of a container ("onnx", "tflite", "pte", "mlpackage", "mlmodel"), or nil. A .pte of either delegate
+    /// (XNNPACK, Core ML: Artifact.appleOnly) runs here; the Android core passes the Core ML one over.
     public func artifact(_ container: String) -> Artifact? { artifacts.first { $0.container == container } }
 
     /// Bytes of one model input (N x T x H x W x 3 for frames_uint8; 4 bytes per element for float32).
@@ -89,22 +99,51 @@ public struct Manifest {
         }
     }
 
-    /// Label file text -> one label per line (the export writes one class name per line, index order).
+    /// Label file text -> one label per line (the export writes one class name per line, index order), split as Python's
+    /// str.splitlines splits it (every reader of the export does: `squeeze predict`, `squeeze verify`'s count): at \n,
+    /// \r\n, \r, U+000B, U+000C, U+001C..U+001E, U+0085, U+2028 and U+2029; no empty label after a final line break.
     public static func parseLabels(_ text: String) -> [String] {
         // on Unicode scalars: "\r\n" is one Character in Swift
         var lines: [String] = []
         var current = String.UnicodeScalarView()
-        func finish() {
-            if current.last == "\r" { current.removeLast() }
-            lines.append(String(current))
-            current = String.UnicodeScalarView()
-        }
+        var afterCR = false
+        var open = false // characters since the last line break
         for scalar in text.unicodeScalars {
-            if scalar == "\n" { finish() } else { current.append(scalar) }
+            if scalar == "\n" && afterCR { afterCR = false; continue } // the \n of \r\n
+            afterCR = scalar == "\r"
+            if lineBreaks.contains(scalar.value) {
+                lines.append(String(current))
+                current = String.UnicodeScalarView()
+                open = false
+            } else {
+                current.append(scalar)
+                open = true
+            }
         }
-        finish()
-        if let last = lines.last, last.isEmpty { lines.removeLast() }
+        if open { lines.append(String(current)) }
         return lines
+    }
+
+    /// The characters Python's str.splitlines breaks lines at.
+    private static let lineBreaks: Set<UInt32> = [0x0A, 0x0D, 0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029]
+
+    /// A file name inside the export directory, as `squeeze verify` requires of artifacts and labels (export/pipeline.py
+    /// _safe_file_name): 1..255 characters, no path separator, no NUL, not hidden ("." first).
+    public static func isPlainFileName(_ name: String) -> Bool {
+        let count = name.unicodeScalars.count // Python's len (code points)
+        return count > 0 && count <= 255 && !name.unicodeScalars.contains { $0 == "/" || $0 == "\\" || $0 == "\u{0}" }
+            && name.unicodeScalars.first != "."
+    }
+
+    /// The labels of labelsFile's `text` (parseLabels), refused in one line unless there is one per class: a label file
+    /// of another model would put wrong names on the predictions.
+    public func labels(_ text: String) throws -> [String] {
+        let labels = Manifest.parseLabels(text)
+        if labels.count != numClasses {
+            throw ManifestError("\(labelsFile ?? "the label file") has \(labels.count) lines but the model has \(numClasses) classes " +
+                                "(one label per line expected); re-export, or set the manifest's labels to null")
+        }
+        return labels
     }
 
     private static func fromJson(_ root: JSONPath) throws -> Manifest {
@@ -143,6 +182,10 @@ public struct Manifest {
         // records with "file": null say an artifact was not produced (e.g. the legacy Core ML model): nothing to load
         let artifacts = try root["artifacts"].list().filter { a in (try a.opt("file")).map { !$0.isNull } ?? false }
             .map { try artifact($0) }
+        let labelsFile = try root.opt("labels")?.stringOrNull()
+        if let name = labelsFile, !isPlainFileName(name) {
+            throw ManifestError("manifest.labels: \"\(name)\" is not a plain file name inside the export directory; re-export, or set it to null")
+        }
         return Manifest(
             schema: schema,
             modelName: try model["name"].string(),
@@ -150,7 +193,7 @@ public struct Manifest {
             numClasses: numClasses,
             input: input,
             preprocessing: preprocessing,
-            labelsFile: try root.opt("labels")?.stringOrNull(),
+            labelsFile: labelsFile,
             artifacts: artifacts
         )
     }
@@ -186,8 +229,8 @@ public struct Manifest {
 
     private static func artifact(_ a: JSONPath) throws -> Artifact {
         let file = try a["file"].string()
-        if file.isEmpty || file.contains("/") || file.contains("\\") || file == "." || file == ".." {
-            throw ManifestError("\(a.path).file: \"\(file)\" is not a plain file name")
+        if !isPlainFileName(file) {
+            throw ManifestError("\(a.path).file: \"\(file)\" is not a plain file name inside the export directory; re-export")
         }
         return Artifact(
             format: try a["format"].string(),
@@ -199,7 +242,8 @@ public struct Manifest {
             runtime: try a.opt("runtime")?.stringOrNull(),
             inputs: try a["inputs"].list().map { try tensor($0) },
             outputs: try a["outputs"].list().map { try tensor($0) },
-            verificationStatus: try a.opt("verification").flatMap { v in v.isNull ? nil : try v.opt("status")?.stringOrNull() }
+            verificationStatus: try a.opt("verification").flatMap { v in v.isNull ? nil : try v.opt("status")?.stringOrNull() },
+            pteBackend: try a.opt("pte_backend")?.stringOrNull()
         )
     }
 }

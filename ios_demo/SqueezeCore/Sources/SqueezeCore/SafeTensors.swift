@@ -98,6 +98,7 @@ public enum SafeTensors {
         var metadata: [String: String] = [:]
         var tensors: [String: StoredTensor] = [:]
         var order: [String] = []
+        var spans: [(Int64, Int64)] = []
         do {
             let obj = try header.obj()
             for name in obj.keys {
@@ -125,10 +126,19 @@ public enum SafeTensors {
                 if tensors[name] == nil { order.append(name) }
                 tensors[name] = StoredTensor(name: name, dtype: dtype, shape: shape,
                                              data: Array(bytes[(dataStart + Int(offsets[0]))..<(dataStart + Int(offsets[1]))]))
+                spans.append((offsets[0], offsets[1]))
             }
         } catch is JSONError {
             throw bad("malformed header")
         }
+        // the tensors' bytes follow one another and end the file, as the safetensors library requires (Python's pack
+        // reader refuses anything else: bytes appended to a pack, or tensors sharing or skipping bytes)
+        var end: Int64 = 0
+        for (start, stop) in spans.sorted(by: { $0.0 < $1.0 }) {
+            if start != end { throw bad("its tensors' bytes overlap or leave a gap at byte \(Int64(dataStart) + end)") }
+            end = stop
+        }
+        if Int64(dataStart) + end != Int64(bytes.count) { throw bad("\(Int64(bytes.count - dataStart) - end) bytes after its last tensor") }
         return File(metadata: metadata, tensors: tensors, order: order)
     }
 }

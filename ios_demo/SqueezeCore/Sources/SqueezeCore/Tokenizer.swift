@@ -181,8 +181,15 @@ public final class ByteLevelBpeTokenizer {
         out += ids
     }
 
+    /// Pairs queued by bpe since the tokenizer was made (a test's measure that merging stays O(n log n) in a word's
+    /// bytes: a word of n bytes queues at most 3n pairs).
+    private(set) var queuedPairs: Int64 = 0
+
     /// One word's bytes -> ids. Merges the adjacent pair with the lowest rank, the leftmost one among equal ranks,
-    /// until no pair merges: the order of the Hugging Face BPE model's priority queue (rank, then position).
+    /// until no pair merges: the order of the Hugging Face BPE model's priority queue (rank, then position), which this
+    /// runs the same way (tokenizers' Word::merge_all): the symbols a linked list over the byte positions, every pair a
+    /// queue entry (rank, left position), an entry skipped when its pair changed since it was queued. O(n log n): the
+    /// rescan of the whole word per merge it replaces took seconds for a run of thousands of one character.
     private func bpe(_ bytes: [UInt8]) throws -> [Int] {
         if ignoreMerges {
             var whole = String.UnicodeScalarView()
@@ -196,22 +203,77 @@ public final class ByteLevelBpeTokenizer {
             }
             return id
         }
-        while symbols.count > 1 {
-            var bestRank = UInt64.max, bestAt = -1, bestId = 0
-            for k in 0..<(symbols.count - 1) {
-                guard let m = merges[ByteLevelBpeTokenizer.pairKey(symbols[k], symbols[k + 1])] else { continue }
-                let rank = m >> 32
-                if rank < bestRank {
-                    bestRank = rank
-                    bestAt = k
-                    bestId = Int(m & 0xFFFF_FFFF)
-                }
-            }
-            if bestAt < 0 { break }
-            symbols[bestAt] = bestId
-            symbols.remove(at: bestAt + 1)
+        let n = symbols.count
+        if n < 2 { return symbols }
+        var next = (0..<n).map { $0 + 1 < n ? $0 + 1 : -1 }
+        var prev = (0..<n).map { $0 - 1 }
+        var alive = [Bool](repeating: true, count: n)
+        var queue = UInt64Heap(capacity: n)
+        // an entry: rank in the high 32 bits, the pair's left position in the low 32 (rank first, then position)
+        func push(_ left: Int) {
+            let right = next[left]
+            guard right >= 0, let m = merges[ByteLevelBpeTokenizer.pairKey(symbols[left], symbols[right])] else { return }
+            queue.add((m >> 32) << 32 | UInt64(left))
+            queuedPairs += 1
         }
-        return symbols
+        for k in 0..<(n - 1) { push(k) }
+        while let entry = queue.poll() {
+            let rank = entry >> 32
+            let left = Int(entry & 0xFFFF_FFFF)
+            let right = next[left]
+            guard alive[left], right >= 0,
+                  let m = merges[ByteLevelBpeTokenizer.pairKey(symbols[left], symbols[right])],
+                  m >> 32 == rank else { continue } // the pair changed since it was queued
+            symbols[left] = Int(m & 0xFFFF_FFFF)
+            alive[right] = false
+            next[left] = next[right]
+            if next[right] >= 0 { prev[next[right]] = left }
+            if prev[left] >= 0 { push(prev[left]) }
+            push(left)
+        }
+        var out: [Int] = []
+        var k = 0
+        while k >= 0 {
+            out.append(symbols[k])
+            k = next[k]
+        }
+        return out
+    }
+
+    /// A binary min-heap of UInt64 (the BPE queue).
+    private struct UInt64Heap {
+        private var items: [UInt64] = []
+
+        init(capacity: Int) { items.reserveCapacity(capacity) }
+
+        mutating func add(_ v: UInt64) {
+            items.append(v)
+            var i = items.count - 1
+            while i > 0 {
+                let parent = (i - 1) / 2
+                if items[parent] <= v { break }
+                items[i] = items[parent]
+                i = parent
+            }
+            items[i] = v
+        }
+
+        mutating func poll() -> UInt64? {
+            guard let last = items.popLast() else { return nil }
+            if items.isEmpty { return last }
+            let top = items[0]
+            var i = 0
+            while true {
+                var child = 2 * i + 1
+                if child >= items.count { break }
+                if child + 1 < items.count && items[child + 1] < items[child] { child += 1 }
+                if items[child] >= last { break }
+                items[i] = items[child]
+                i = child
+            }
+            items[i] = last
+            return top
+        }
     }
 
     // MARK: - the GPT-2 split, by hand
@@ -305,11 +367,23 @@ public final class ByteLevelBpeTokenizer {
         TokenizerError("\(source) uses \(what), which this tokenizer does not implement; export the decoder with the project's byte-level BPE tokenizer")
     }
 
+    /// A post-processor only adds its special tokens (and trims offsets) when encoding WITH special tokens; the pipeline
+    /// always encodes without them (add_special_tokens=False), where the ids are the same: the ByteLevel one and the
+    /// TemplateProcessing one that Hugging Face byte-level BPE tokenizer.json files carry (an export of a model folder
+    /// copies its tokenizer.json) change no id here. Others are refused.
+    private static func checkPostProcessor(_ source: String, _ v: JSONPath) throws {
+        let type = try v["type"].string()
+        switch type {
+        case "ByteLevel", "TemplateProcessing": return
+        case "Sequence": for p in try v["processors"].list() { try checkPostProcessor(source, p) }
+        default: throw unsupported(source, "a post_processor (\(type))")
+        }
+    }
+
     private static func build(_ root: JSONPath) throws -> ByteLevelBpeTokenizer {
         let source = root.path
-        for key in ["normalizer", "post_processor"] {
-            if let v = try root.opt(key), !v.isNull { throw unsupported(source, "a \(key) (\(try v["type"].string()))") }
-        }
+        if let v = try root.opt("normalizer"), !v.isNull { throw unsupported(source, "a normalizer (\(try v["type"].string()))") }
+        if let v = try root.opt("post_processor"), !v.isNull { try checkPostProcessor(source, v) }
         var splitDigits = false
         var useRegex = true
         let pre = try root["pre_tokenizer"]

@@ -27,10 +27,7 @@ public struct VideoModelDirectory {
             guard let text = FileManager.default.contents(atPath: url.appendingPathComponent(file).path) else {
                 throw AppError("the manifest names \(file), which is not in \(url.lastPathComponent); copy the whole export directory")
             }
-            labels = Manifest.parseLabels(String(decoding: text, as: UTF8.self))
-            if labels!.count != manifest.numClasses {
-                throw AppError("\(file) has \(labels!.count) labels, the model \(manifest.numClasses) classes; re-export")
-            }
+            labels = try manifest.labels(String(decoding: text, as: UTF8.self)) // one per class, else one line
         }
         return VideoModelDirectory(url: url, manifest: manifest, labels: labels)
     }
@@ -67,10 +64,19 @@ public struct DecoderModelDirectory {
         try ByteLevelBpeTokenizer.fromFile(url.appendingPathComponent(manifest.tokenizer.file).path)
     }
 
+    /// The artifact's file, which must exist; a file (not an .mlpackage folder) of another size than the manifest's
+    /// `bytes` is refused in one line (truncated or replaced: Python's DecoderSession and the Android core refuse it too)
+    /// before a runtime fails on it with its own message.
     public func artifactURL(_ artifact: DecoderArtifact) throws -> URL {
         let file = url.appendingPathComponent(artifact.file)
-        guard FileManager.default.fileExists(atPath: file.path) else {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: file.path, isDirectory: &isDir) else {
             throw AppError("\(artifact.file) is listed in manifest.json but missing; copy the whole export directory")
+        }
+        if !isDir.boolValue, let expected = artifact.bytes,
+           let size = (try? FileManager.default.attributesOfItem(atPath: file.path))?[.size] as? NSNumber,
+           size.int64Value != expected {
+            throw AppError("\(artifact.file) has \(size.int64Value) bytes, the manifest says \(expected); copy it again")
         }
         return file
     }

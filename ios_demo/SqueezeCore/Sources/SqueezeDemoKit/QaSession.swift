@@ -24,6 +24,8 @@ public final class QaSession {
     private let queue = DispatchQueue(label: "dev.squeezemobile.qa", qos: .userInitiated)
     private let clockNanos: () -> Int64
     private var qa: DocumentQa? // used on `queue` only
+    private let stopLock = NSLock()
+    private var stopRequested = false // under stopLock: set by stop(), read after each token
 
     public init(directory: DecoderModelDirectory, artifact: DecoderArtifact, runtime: DecoderRuntime,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
@@ -53,13 +55,30 @@ public final class QaSession {
     /// session's queue). Questions asked while one runs wait their turn.
     public func ask(_ question: String, maxNewTokens: Int = 64, onText: @escaping (String) -> Void,
                     completion: @escaping (Result<Answer, Error>) -> Void) {
+        setStop(false)
         queue.async {
             completion(Result {
                 guard let qa = self.qa else { throw AppError("attach a context pack first (build one with `squeeze context build`)") }
                 let room = qa.loop.shapes.maxPrompt + qa.loop.shapes.maxNew - (try qa.promptIds(question)).count
-                return try qa.generate(question, maxNewTokens: max(1, min(maxNewTokens, room)), onText: onText)
+                return try qa.generate(question, maxNewTokens: max(1, min(maxNewTokens, room)), onText: onText,
+                                       cancelled: { self.stopWanted() })
             })
         }
+    }
+
+    /// Stop the running answer after its current token (Answer.cancelled says so), as the Android app's Stop does.
+    public func stop() { setStop(true) }
+
+    private func setStop(_ value: Bool) {
+        stopLock.lock()
+        defer { stopLock.unlock() }
+        stopRequested = value
+    }
+
+    private func stopWanted() -> Bool {
+        stopLock.lock()
+        defer { stopLock.unlock() }
+        return stopRequested
     }
 
     /// Blocks until queued work is done (tests).

@@ -62,6 +62,10 @@ final class ContextPackTests: XCTestCase {
         refused(Array(bytes.prefix(bytes.count - 10)), "not a readable context pack")
         refused([0, 0, 0, 0], "not a readable context pack")
         refused(replacing(bytes, "squeeze-context-pack/2", "squeeze-context-pack/9"), "is not a squeeze-context-pack/2 file")
+        // bytes appended after the last tensor, and two tensors on the same bytes (one range left unused): the content
+        // hash still matches (it covers the tensors, not the file), Python's reader (the safetensors library) refuses both
+        refused(bytes + Array("garbage".utf8), "(7 bytes after its last tensor)")
+        refused(replacing(bytes, "[792,1584]", "[0,792]   "), "its tensors' bytes overlap or leave a gap")
         XCTAssertTrue(thrownMessage(PackError.self) { try self.pack.checkModel(weightsSha256: String(repeating: "0", count: 64), tokenizerSha256: nil) }
             .contains("other model weights"))
         XCTAssertTrue(thrownMessage(PackError.self) { try self.pack.checkModel(weightsSha256: nil, tokenizerSha256: String(repeating: "0", count: 64)) }

@@ -86,6 +86,62 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertTrue(thrownMessage(DecoderError.self) { try DecoderManifest.parse("{\"model\": ") }.contains("not usable"))
     }
 
+    /// The golden manifest with its two ONNX artifacts recorded as .pte files of the given delegates (squeezed, full).
+    private func pteManifest(squeezed: String, full: String) throws -> String {
+        var text = try Golden.text("qa_decoder_manifest.json")
+        let manifest = try DecoderManifest.parse(text)
+        for (artifact, delegate) in zip(manifest.artifacts, [squeezed, full]) {
+            let old = "\"format\": \"onnx\",\n      \"file\": \"\(artifact.file)\","
+            guard let r = text.range(of: old) else { fatalError("test edit not applicable") }
+            text.replaceSubrange(r, with: "\"format\": \"pte\",\n      \"pte_backend\": \"\(delegate)\",\n      \"file\": \"\(artifact.file)\",")
+        }
+        return text
+    }
+
+    func testAPteDelegatedToCoreMlIsReadAndPickedInManifestOrder() throws {
+        // `squeeze export decoder --formats pte --pte-backend coreml`: ExecuTorch runs it on Apple devices only; here it
+        // runs (with backend_coreml linked), so pick keeps the manifest's order (Python's pick_artifact on Darwin); the
+        // Android core tries it last and refuses to load it
+        let m = try DecoderManifest.parse(try pteManifest(squeezed: "coreml", full: "xnnpack"))
+        XCTAssertEqual(m.artifacts.map(\.pteBackend), ["coreml", "xnnpack"])
+        XCTAssertEqual(m.artifacts.map(\.appleOnly), [true, false])
+        XCTAssertEqual(try m.pick(format: "pte").file, m.artifacts[0].file)
+        XCTAssertEqual(try m.pick(format: "pte", attention: "full").file, m.artifacts[1].file)
+        XCTAssertNil(try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json")).artifacts[0].pteBackend)
+        // the lookup plan is a pick criterion, as in the Android core
+        XCTAssertEqual(try m.pick(plan: "in-graph").file, m.artifacts[0].file)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try m.pick(format: "pte", attention: "squeezed", plan: "split") },
+                       "the export holds no pte squeezed split-plan decoder artifact (it has: pte); pick one of those or export it")
+    }
+
+    func testAManifestNamingFilesOutsideItsDirectoryIsRefused() throws {
+        // the app opens the directory's URL + name: "../x" or an absolute path would reach any file the app can read
+        let text = try Golden.text("qa_decoder_manifest.json")
+        let full = try DecoderManifest.parse(text).artifacts[1].file
+        func refused(_ t: String) -> String { thrownMessage(DecoderError.self) { try DecoderManifest.parse(t) } }
+        XCTAssertEqual(refused(text.replacingOccurrences(of: "\"file\": \"\(full)\"", with: "\"file\": \"../../databases/x.onnx\"")),
+                       "manifest.artifacts[1].file: \"../../databases/x.onnx\" is not a plain file name inside the export " +
+                       "directory; re-export the decoder")
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "\"file\": \"tokenizer.json\"", with: "\"file\": \"/sdcard/tokenizer.json\""))
+            .hasPrefix("manifest.tokenizer.file: \"/sdcard/tokenizer.json\" is not a plain file name"))
+        XCTAssertTrue(refused(text.replacingOccurrences(of: "\"file\": \"tokenizer.json\"", with: "\"file\": \".tokenizer.json\""))
+            .contains("not a plain file name"))
+    }
+
+    func testAMalformedDynamicTokenAxisIsRefusedInOneLine() throws {
+        // methods.<m>.inputs[tokens].dynamic["0"] = [min, max]; one number (a hand-edited or damaged manifest) or a
+        // reversed range was passed over silently (the Kotlin core crashed on it)
+        let text = try Golden.text("qa_decoder_manifest.json")
+        guard let axis = text.range(of: #""0": \[\s*1,\s*32\s*\]"#, options: .regularExpression) else { return XCTFail("no axis") }
+        func edited(_ bounds: String) -> String { text.replacingCharacters(in: axis, with: "\"0\": \(bounds)") }
+        func refused(_ bounds: String) -> String { thrownMessage(DecoderError.self) { try DecoderManifest.parse(edited(bounds)) } }
+        XCTAssertEqual(refused("[32]"), "decoder.methods.prefill: the tokens input's dynamic axis is [32], expected [min, max] with " +
+                       "0 <= min <= max; re-export the decoder")
+        XCTAssertTrue(refused("[32, 1]").contains("is [32, 1], expected [min, max]"))
+        XCTAssertTrue(refused("[-1, 4]").contains("is [-1, 4], expected"))
+        XCTAssertEqual(try DecoderManifest.parse(edited("[2, 7]")).artifacts[0].contract.tokenRanges["prefill"], 2...7)
+    }
+
     func testAManifestOfAnotherSchemaIsRefusedInOneLine() throws {
         // decoder_session.read_decoder_manifest: exactly this version's schema (1: one clustered_kv_l per layer)
         let text = try Golden.text("qa_decoder_manifest.json")

@@ -67,6 +67,10 @@ final class DemoKitUtilitiesTests: XCTestCase {
 
         // the video export without its label file: one line saying what to copy
         XCTAssertTrue(thrownMessage(AppError.self) { try VideoModelDirectory.load(video) }.contains("labels.txt"))
+        // a label file of another line count than the classes: refused by the core in one line
+        try Data((try Golden.text("labels.txt") + "extra\n").utf8).write(to: video.appendingPathComponent("labels.txt"))
+        XCTAssertTrue(thrownMessage(ManifestError.self) { try VideoModelDirectory.load(video) }
+            .hasPrefix("labels.txt has 52 lines but the model has 51 classes"))
         try Data(try Golden.bytes("labels.txt")).write(to: video.appendingPathComponent("labels.txt"))
         let dir = try VideoModelDirectory.load(video)
         XCTAssertEqual(dir.labels?.count, dir.manifest.numClasses)

@@ -605,6 +605,46 @@ final class GenerationTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(differ, 3, "only \(differ) questions are encoded differently from join + question + suffix")
     }
 
+    /// Answers with `script` token by token (one-hot logits over `vocab`), whatever it is fed.
+    final class ScriptedRuntime: DecoderRuntime {
+        let name = "scripted"
+        let script: [Int]
+        let vocab: Int
+        var calls = 0
+        init(_ script: [Int], vocab: Int) { self.script = script; self.vocab = vocab }
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            var logits = [Float](repeating: 0, count: vocab)
+            logits[script[calls]] = 1
+            calls += 1
+            return ["logits": .float32(try Float32Tensor(logits, shape: [vocab]))]
+        }
+    }
+
+    func testAnAnswerCutInsideACharacterEndsBeforeIt() throws {
+        // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
+        // answer cut after the second token decodes to "Yes \u{FFFD}"; Python's DecoderSession returns
+        // finished_text("Yes \u{FFFD}") == "Yes " (its token ids keep both tokens) and its stream holds the piece back
+        let tokenizer = try TokenizerTests.sharedTokenizer()
+        let script = try tokenizer.encode("Yes \u{1F600}")
+        XCTAssertEqual(script, [10539, 40303, 218])
+        XCTAssertEqual(tokenizer.decode(Array(script.prefix(2))), "Yes \u{FFFD}")
+        let contract = try DecoderContract(attention: "full", state: "buffer", kvBudget: nil, shapes: shapes)
+        let qa = try DocumentQa(runtime: ScriptedRuntime(script, vocab: tokenizer.vocabSize), contract: contract,
+                                tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer, pack: pack)
+        var streamed = ""
+        let cut = try qa.generate("Hi", maxNewTokens: 2) { streamed += $0 }
+        XCTAssertEqual(cut.tokenIds, Array(script.prefix(2)))
+        XCTAssertEqual(cut.text, "Yes ")
+        XCTAssertEqual(streamed, "Yes")
+        // the whole character: nothing to drop
+        let whole = try DocumentQa(runtime: ScriptedRuntime(script, vocab: tokenizer.vocabSize), contract: contract,
+                                   tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer, pack: pack)
+            .generate("Hi", maxNewTokens: 3)
+        XCTAssertEqual(whole.text, "Yes \u{1F600}")
+        XCTAssertEqual(DocumentQa.finishedText("a\u{FFFD}\u{FFFD}"), "a")
+        XCTAssertEqual(DocumentQa.finishedText("\u{FFFD}a"), "\u{FFFD}a")
+    }
+
     func testLengthsOutsideTheArtifactAreRefused() throws {
         let run = try gen["runs"].list()[0]
         let loop = try GenerationLoop(runtime: ReplayRuntime(run, manifest: manifest, outputs: outputs), contract: contract(run),

@@ -80,6 +80,57 @@ final class ManifestTests: XCTestCase {
         XCTAssertTrue(refused("[]").contains("expected an object"))
     }
 
+    func testLabelsAreSplitAsPythonSplitsThemAndCountedAgainstTheClasses() throws {
+        // str.splitlines, as squeeze predict and squeeze verify read the file: "\r" alone (an old Mac editor), form feed,
+        // NEL, U+2028 also end a line; no empty label after a final line break, an empty line inside is one
+        XCTAssertEqual(Manifest.parseLabels("a\rb\rc\r"), ["a", "b", "c"])
+        XCTAssertEqual(Manifest.parseLabels("a\r\n\r\nb"), ["a", "", "b"])
+        XCTAssertEqual(Manifest.parseLabels("a\u{0B}b\u{0C}c\u{85}d\u{2028}e\u{2029}f\n"), ["a", "b", "c", "d", "e", "f"])
+        XCTAssertEqual(Manifest.parseLabels("a\u{1C}b\u{1E}"), ["a", "b"])
+        XCTAssertEqual(Manifest.parseLabels("a\n\n"), ["a", ""])
+        XCTAssertEqual(Manifest.parseLabels(""), [])
+        XCTAssertEqual(Manifest.parseLabels("x y\nz\tw"), ["x y", "z\tw"])
+        XCTAssertEqual(Manifest.parseLabels("a\r\r\nb"), ["a", "", "b"])
+        // the golden label file with \r line ends: still 51 labels
+        let golden = try Golden.text("labels.txt")
+        let labels = try manifest.labels(golden.replacingOccurrences(of: "\n", with: "\r"))
+        XCTAssertEqual(labels.count, manifest.numClasses)
+        XCTAssertEqual(try manifest.labels(golden), labels)
+        // a label file of another model would put wrong names on the predictions: refused in one line
+        XCTAssertEqual(thrownMessage(ManifestError.self) { try self.manifest.labels(golden + "extra\n") },
+                       "labels.txt has 52 lines but the model has 51 classes (one label per line expected); re-export, or " +
+                       "set the manifest's labels to null")
+    }
+
+    func testNamesOfFilesOutsideTheExportDirectoryAreRefused() throws {
+        // export/pipeline.py _safe_file_name: no separator, no NUL, nothing hidden, at most 255 characters (code points)
+        for bad in ["../labels.txt", "/etc/passwd", "..", ".", ".hidden", "a\\b", "", ".\u{301}x"] {
+            XCTAssertFalse(Manifest.isPlainFileName(bad), bad)
+            let json = bad.replacingOccurrences(of: "\\", with: "\\\\")
+            XCTAssertTrue(refused(edited(("\"labels\": \"labels.txt\"", "\"labels\": \"\(json)\""))).hasPrefix("manifest.labels: "), bad)
+            XCTAssertTrue(refused(edited(("\"file\": \"squeezetime_hmdb51_4x64_frames_uint8_fp32.onnx\"", "\"file\": \"\(json)\"")))
+                .contains("is not a plain file name inside the export directory"), bad)
+        }
+        XCTAssertFalse(Manifest.isPlainFileName(String(repeating: "a", count: 256)))
+        XCTAssertTrue(Manifest.isPlainFileName(String(repeating: "a", count: 255)))
+        XCTAssertTrue(Manifest.isPlainFileName(String(repeating: "\u{1F600}", count: 200)))
+        XCTAssertTrue(Manifest.isPlainFileName("labels..txt"))
+        XCTAssertNil(try Manifest.parse(edited(("\"labels\": \"labels.txt\"", "\"labels\": null"))).labelsFile)
+    }
+
+    func testAPteDelegatedToCoreMlIsReadAndRunsHere() throws {
+        // `squeeze export squeezetime --formats pte --pte-backend coreml` records pte_backend "coreml": ExecuTorch runs it on
+        // Apple devices only (the Android core passes it over; this app runs either delegate)
+        func pte(_ file: String, _ delegate: String) -> String {
+            "{\"format\": \"executorch\", \"container\": \"pte\", \"file\": \"\(file)\", \"precision\": \"fp32\", " +
+                "\"pte_backend\": \"\(delegate)\", \"inputs\": [], \"outputs\": []}"
+        }
+        let both = try Manifest.parse(edited(("\"artifacts\": [", "\"artifacts\": [\(pte("c.pte", "coreml")), \(pte("x.pte", "xnnpack")), ")))
+        XCTAssertEqual(both.artifacts.map(\.pteBackend), ["coreml", "xnnpack", nil])
+        XCTAssertEqual(both.artifacts.map(\.appleOnly), [true, false, false])
+        XCTAssertEqual(both.artifact("pte")?.file, "c.pte")
+    }
+
     func testRecordsOfArtifactsNotProducedAreSkipped() throws {
         let notProduced = #"{"format": "coreml", "container": "mlmodel", "file": null, "status": "not produced", "reason": "x"}"#
         let m = try Manifest.parse(edited(("\"artifacts\": [", "\"artifacts\": [\(notProduced), ")))

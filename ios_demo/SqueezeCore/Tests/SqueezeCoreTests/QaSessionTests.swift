@@ -66,6 +66,15 @@ final class QaSessionTests: XCTestCase {
         XCTAssertEqual(answer.runtime, "replay (PyTorch outputs)")
         XCTAssertEqual(runtime.calls, try run["calls"].list().count)
 
+        // the artifact's file: missing, or truncated (another size than the manifest's bytes), refused in one line
+        XCTAssertTrue(thrownMessage(AppError.self) { try directory.artifactURL(artifact) }.contains("but missing"))
+        let file = dirURL.appendingPathComponent(artifact.file)
+        try Data(repeating: 0, count: 7).write(to: file)
+        XCTAssertEqual(thrownMessage(AppError.self) { try directory.artifactURL(artifact) },
+                       "\(artifact.file) has 7 bytes, the manifest says \(try XCTUnwrap(artifact.bytes)); copy it again")
+        try Data(repeating: 0, count: Int(try XCTUnwrap(artifact.bytes))).write(to: file)
+        XCTAssertEqual(try directory.artifactURL(artifact), file)
+
         // a damaged pack is refused with the core's one-line message
         var foreign = try Golden.bytes("qa_pack.safetensors")
         foreign[foreign.count - 3] &+= 1

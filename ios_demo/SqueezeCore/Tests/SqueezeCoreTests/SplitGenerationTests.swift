@@ -126,6 +126,34 @@ final class SplitGenerationTests: XCTestCase {
         return (0..<bias.shape[0]).map { h in bias.data[(h * width)..<(h * width + maxKeep)].filter { $0 == 0 }.count }
     }
 
+    func testDocumentQaRunsTheSplitPlanReportsTheLookupAndStopsWhenCancelled() throws {
+        // as DocumentQa.generate(cancelled = ...) and Answer.lookupMs in the Kotlin core (the Android Q&A screen's Stop and
+        // its "CPU lookup ms"); the Swift answer had neither
+        let tokenizer = try ByteLevelBpeTokenizer.parse(try Golden.bytes("qa_tokenizer_tiny.json"))
+        let manifest = try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json"))
+        let runtime = try ReplayStages(gen, outputs: outputs)
+        var now: Int64 = 0
+        let qa = try DocumentQa(runtime: runtime, contract: contract, tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer,
+                                pack: pack, clockNanos: { defer { now += 1_000_000 }; return now })
+        XCTAssertEqual(try qa.promptIds("ab nan"), try gen["prompt_ids"].intArray())
+        let first = tokenizer.decode(Array(try gen["tokens"].intArray().prefix(1)))
+        var streamed = ""
+        // cancelled after the first token: no decode step runs
+        let answer = try qa.generate("ab nan", maxNewTokens: 2, onText: { streamed += $0 }, cancelled: { true })
+        XCTAssertEqual(answer.text, first)
+        XCTAssertEqual(streamed, first)
+        XCTAssertTrue(answer.cancelled)
+        XCTAssertEqual(runtime.calls, 2 * (pack.layers + 1)) // the question's two prefills, no decode step
+        XCTAssertEqual(answer.decodeTokens, 0)
+        // one CPU lookup per layer (the selecting prefill) and one pointer per layer of both prompt calls, 1 ms each
+        XCTAssertEqual(answer.lookupMs, Double((1 + 2) * pack.layers), accuracy: 1e-9)
+        let whole = try DocumentQa(runtime: try ReplayStages(gen, outputs: outputs), contract: contract, tokenizer: tokenizer,
+                                   tokenizerInfo: manifest.tokenizer, pack: pack)
+            .generate("ab nan", maxNewTokens: try gen["max_new_tokens"].int())
+        XCTAssertFalse(whole.cancelled)
+        XCTAssertEqual(whole.tokenIds, try gen["tokens"].intArray())
+    }
+
     func testGatedFollowedKeysLeaveTheLookupAsWithout() throws {
         // follow_min_keep above the pack's keep_keys: every decode step selects keep_keys, follows nothing, and the
         // stages' follow_weights are not read

@@ -86,6 +86,7 @@ object SafeTensors {
         val dataStart = 8 + headerLen.toInt()
         val metadata = LinkedHashMap<String, String>()
         val tensors = LinkedHashMap<String, StoredTensor>()
+        val spans = ArrayList<Pair<Long, Long>>()
         try {
             for ((name, value) in header.obj()) {
                 val entry = JsonPath(value, name)
@@ -102,10 +103,19 @@ object SafeTensors {
                     dataStart + offsets[1] > bytes.size) bad("tensor $name lies outside the file")
                 tensors[name] = StoredTensor(name, dtype, shape,
                     bytes.copyOfRange(dataStart + offsets[0].toInt(), dataStart + offsets[1].toInt()))
+                spans.add(offsets[0] to offsets[1])
             }
         } catch (e: JsonException) {
             bad("malformed header")
         }
+        // the tensors' bytes follow one another and end the file, as the safetensors library requires (Python's pack
+        // reader refuses anything else: bytes appended to a pack, or tensors sharing or skipping bytes)
+        var end = 0L
+        for ((start, stop) in spans.sortedBy { it.first }) {
+            if (start != end) bad("its tensors' bytes overlap or leave a gap at byte ${dataStart + end}")
+            end = stop
+        }
+        if (dataStart + end != bytes.size.toLong()) bad("${bytes.size - dataStart - end} bytes after its last tensor")
         return File(metadata, tensors)
     }
 }

@@ -40,7 +40,12 @@ class DecoderArtifact(
     val methods: Map<String, DecoderMethod>,
     /** "pass", "fail", "not run", ... as verification.status says; null if absent */
     val verificationStatus: String?,
-)
+    /** A .pte's delegate ("xnnpack", "coreml": export --pte-backend); null for other formats and older manifests */
+    val pteBackend: String? = null,
+) {
+    /** A .pte delegated to Core ML (export --pte-backend coreml): ExecuTorch runs it on Apple devices only. */
+    val appleOnly: Boolean get() = Artifact.isAppleOnly(format, pteBackend)
+}
 
 class DecoderManifest(
     val schema: String,
@@ -61,7 +66,7 @@ class DecoderManifest(
         val usable = artifacts.filter {
             (format == null || it.format == format) && (attention == null || it.contract.attention == attention) &&
                 (plan == null || it.contract.lookupPlan == plan)
-        }
+        }.sortedBy { it.appleOnly } // artifacts Android runs first (Python's pick_artifact off Apple platforms); stable
         if (usable.isEmpty()) {
             val have = artifacts.map { it.format }.distinct().sorted().joinToString(", ").ifEmpty { "none" }
             val what = listOfNotNull(format, attention, plan?.let { "$it-plan" }).joinToString(" ")
@@ -91,6 +96,18 @@ class DecoderManifest(
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
 
+        /**
+         * A file the manifest names must lie in the export directory (Manifest.isPlainFileName): a path would make the
+         * app open any file its name reaches.
+         */
+        private fun plainFileName(j: JsonPath): String {
+            val name = j.string()
+            if (!Manifest.isPlainFileName(name)) {
+                throw DecoderException("${j.path}: \"$name\" is not a plain file name inside the export directory; re-export the decoder")
+            }
+            return name
+        }
+
         private fun fromJson(root: JsonPath): DecoderManifest {
             val model = root["model"]
             if (model.opt("kind")?.stringOrNull() != "decoder" || root.opt("artifacts")?.value !is List<*>) {
@@ -107,6 +124,7 @@ class DecoderManifest(
                 // records of formats that were not produced have no file (and no decoder section)
                 .filter { it.value is Map<*, *> && it.opt("file")?.stringOrNull() != null && it.has("decoder") }
                 .map { a ->
+                    plainFileName(a["file"])
                     val d = a["decoder"]
                     val methods = d["methods"].obj().keys.associateWith { name ->
                         val m = d["methods"][name]
@@ -118,11 +136,14 @@ class DecoderManifest(
                     }
                     DecoderArtifact(a["format"].string(), a["file"].string(), a.opt("sha256")?.stringOrNull(),
                         a.opt("bytes")?.let { if (it.isNull) null else it.long() }, a.opt("runtime")?.stringOrNull(),
-                        DecoderContract.parse(d), methods, a.opt("verification")?.opt("status")?.stringOrNull())
+                        DecoderContract.parse(d), methods, a.opt("verification")?.opt("status")?.stringOrNull(),
+                        a.opt("pte_backend")?.stringOrNull())
                 }
+            val tokenizer = DecoderTokenizerInfo.parse(root["tokenizer"])
+            plainFileName(root["tokenizer"]["file"])
             return DecoderManifest(SCHEMA, model.opt("name")?.stringOrNull(), model.opt("weights_sha256")?.stringOrNull(),
                 model.opt("tokenizer_sha256")?.stringOrNull(), config["num_layers"].int(), config["num_kv_heads"].int(),
-                config["head_dim"].int(), DecoderTokenizerInfo.parse(root["tokenizer"]), artifacts)
+                config["head_dim"].int(), tokenizer, artifacts)
         }
     }
 }

@@ -134,7 +134,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
             val methods = j.opt("methods") ?: return emptyMap()
             return methods.obj().keys.mapNotNull { name ->
                 val tokens = methods[name]["inputs"].list().firstOrNull { it["name"].string() == "tokens" }
-                tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { name to (it[0]..it[1]) }
+                tokens?.opt("dynamic")?.opt("0")?.intArray()?.let { b ->
+                    if (b.size != 2 || b[0] < 0 || b[0] > b[1]) {
+                        throw DecoderException("decoder.methods.$name: the tokens input's dynamic axis is ${b.contentToString()}, " +
+                            "expected [min, max] with 0 <= min <= max; re-export the decoder")
+                    }
+                    name to (b[0]..b[1])
+                }
             }.toMap()
         }
 
@@ -680,6 +686,13 @@ class DocumentQa(
 
     companion object {
         /**
+         * An answer's text without the U+FFFD an unfinished multi-byte character leaves at its end (the answer stopped
+         * between the bytes of one character; its token ids keep them): Python's tokenizer.finished_text. The stream
+         * holds those characters back, so the streamed text and the answer's text agree.
+         */
+        fun finishedText(text: String): String = text.trimEnd('\uFFFD')
+
+        /**
          * DecoderSession + attach: the [artifact] of [manifest] the [runtime] loaded, with a pack checked against the
          * manifest's model (weights and tokenizer hashes) and laid out for the artifact's shapes.
          */
@@ -716,7 +729,7 @@ class DocumentQa(
         }
         val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream,
             cancelled = cancelled)
-        return Answer(tokenizer.decode(out.tokens), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
+        return Answer(finishedText(tokenizer.decode(out.tokens)), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
             out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled)
     }
 }

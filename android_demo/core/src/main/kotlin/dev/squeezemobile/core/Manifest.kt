@@ -48,7 +48,17 @@ data class Artifact(
     val outputs: List<TensorInfo>,
     /** "pass", "fail", "not run (needs macOS)", ... as verification.status says; null if absent */
     val verificationStatus: String?,
-)
+    /** A .pte's delegate ("xnnpack", "coreml": export --pte-backend); null for other formats and older manifests */
+    val pteBackend: String? = null,
+) {
+    /** A .pte delegated to Core ML (export --pte-backend coreml): ExecuTorch runs it on Apple devices only. */
+    val appleOnly: Boolean get() = isAppleOnly(container, pteBackend)
+
+    companion object {
+        /** Whether an artifact of [container] with .pte delegate [pteBackend] runs on Apple devices only. */
+        fun isAppleOnly(container: String, pteBackend: String?): Boolean = container == "pte" && pteBackend == "coreml"
+    }
+}
 
 class Manifest(
     val schema: String,
@@ -62,8 +72,24 @@ class Manifest(
     /** the artifacts that exist as files (records of artifacts not produced are left out) */
     val artifacts: List<Artifact>,
 ) {
-    /** The artifact of a container ("onnx", "tflite", "pte", "mlpackage", "mlmodel"), or null. */
-    fun artifact(container: String): Artifact? = artifacts.firstOrNull { it.container == container }
+    /**
+     * The artifact of a container ("onnx", "tflite", "pte", "mlpackage", "mlmodel") that runs on Android, or null: a .pte
+     * delegated to Core ML ([Artifact.appleOnly]) is passed over (Python: cannot_run_here off Apple platforms).
+     */
+    fun artifact(container: String): Artifact? = artifacts.firstOrNull { it.container == container && !it.appleOnly }
+
+    /**
+     * The labels of [labelsFile]'s [text] ([parseLabels]), refused in one line unless there is one per class: a
+     * label file of another model would put wrong names on the predictions.
+     */
+    fun labels(text: String): List<String> {
+        val labels = parseLabels(text)
+        if (labels.size != numClasses) {
+            throw ManifestException("${labelsFile ?: "the label file"} has ${labels.size} lines but the model has $numClasses classes (one label " +
+                "per line expected); re-export, or set the manifest's labels to null")
+        }
+        return labels
+    }
 
     /** Bytes of one model input (N x T x H x W x 3 for frames_uint8; 4 bytes per element for float32). */
     val inputBytes: Long get() = input.shape.fold(1L) { a, d -> a * d } * (if (input.dtype == "uint8") 1 else 4)
@@ -76,10 +102,40 @@ class Manifest(
 
         fun parse(bytes: ByteArray): Manifest = wrap { fromJson(JsonPath.of(Json.parse(bytes), "manifest")) }
 
-        /** Label file text -> one label per line (the export writes one class name per line, index order). */
-        fun parseLabels(text: String): List<String> = text.split('\n').map { it.removeSuffix("\r") }.let {
-            if (it.isNotEmpty() && it.last().isEmpty()) it.dropLast(1) else it
+        /**
+         * Label file text -> one label per line (the export writes one class name per line, index order), split as
+         * Python's str.splitlines splits it (every reader of the export does: `squeeze predict`, `squeeze verify`'s
+         * count): at \n, \r\n, \r, \u000B, \u000C, \u001C..\u001E, \u0085, \u2028 and \u2029; no empty label
+         * after a final line break.
+         */
+        fun parseLabels(text: String): List<String> {
+            val lines = ArrayList<String>()
+            var start = 0
+            var i = 0
+            while (i < text.length) {
+                val c = text[i]
+                if (c in LINE_BREAKS) {
+                    lines.add(text.substring(start, i))
+                    i += if (c == '\r' && i + 1 < text.length && text[i + 1] == '\n') 2 else 1
+                    start = i
+                } else {
+                    i++
+                }
+            }
+            if (start < text.length) lines.add(text.substring(start))
+            return lines
         }
+
+        /** The characters Python's str.splitlines breaks lines at. */
+        private const val LINE_BREAKS = "\n\r\u000B\u000C\u001C\u001D\u001E\u0085\u2028\u2029"
+
+        /**
+         * A file name inside the export directory, as `squeeze verify` requires of artifacts and labels
+         * (export/pipeline.py _safe_file_name): 1..255 characters (code points), no path separator, no NUL, not hidden
+         * ("." first).
+         */
+        fun isPlainFileName(name: String): Boolean =
+            name.isNotEmpty() && name.codePointCount(0, name.length) <= 255 && '/' !in name && '\\' !in name && '\u0000' !in name && !name.startsWith(".")
 
         private inline fun <T> wrap(block: () -> T): T = try {
             block()
@@ -121,6 +177,11 @@ class Manifest(
                 ?: throw ManifestException("manifest.model.config: missing key \"num_classes\"")
             // records with "file": null say an artifact was not produced (e.g. the legacy Core ML model): nothing to load
             val artifacts = root["artifacts"].list().filter { a -> a.opt("file")?.isNull == false }.map { artifact(it) }
+            val labelsFile = root.opt("labels")?.stringOrNull()
+            if (labelsFile != null && !isPlainFileName(labelsFile)) {
+                throw ManifestException("manifest.labels: \"$labelsFile\" is not a plain file name inside the export directory; " +
+                    "re-export, or set it to null")
+            }
             return Manifest(
                 schema = schema,
                 modelName = model["name"].string(),
@@ -128,7 +189,7 @@ class Manifest(
                 numClasses = numClasses,
                 input = input,
                 preprocessing = preprocessing,
-                labelsFile = root.opt("labels")?.stringOrNull(),
+                labelsFile = labelsFile,
                 artifacts = artifacts,
             )
         }
@@ -160,8 +221,8 @@ class Manifest(
 
         private fun artifact(a: JsonPath): Artifact {
             val file = a["file"].string()
-            if (file.isEmpty() || file.contains('/') || file.contains('\\') || file == "." || file == "..") {
-                throw ManifestException("${a.path}.file: \"$file\" is not a plain file name")
+            if (!isPlainFileName(file)) {
+                throw ManifestException("${a.path}.file: \"$file\" is not a plain file name inside the export directory; re-export")
             }
             return Artifact(
                 format = a["format"].string(),
@@ -174,6 +235,7 @@ class Manifest(
                 inputs = a["inputs"].list().map { tensor(it) },
                 outputs = a["outputs"].list().map { tensor(it) },
                 verificationStatus = a.opt("verification")?.let { v -> if (v.isNull) null else v.opt("status")?.stringOrNull() },
+                pteBackend = a.opt("pte_backend")?.stringOrNull(),
             )
         }
     }

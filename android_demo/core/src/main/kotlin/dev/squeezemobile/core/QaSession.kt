@@ -17,8 +17,15 @@ class DecoderDirectory(val dir: File) {
 
     val name: String get() = dir.name
 
-    /** The artifact's file; refuses a missing or truncated one (its size is not the manifest's). */
+    /**
+     * The artifact's file; refuses a missing or truncated one (its size is not the manifest's) and a .pte delegated to
+     * Core ML, which ExecuTorch runs on Apple devices only.
+     */
     fun file(artifact: DecoderArtifact): File {
+        if (artifact.appleOnly) {
+            throw DecoderException("${artifact.file} is a .pte for ExecuTorch's Core ML delegate (export --pte-backend coreml), " +
+                "which runs on Apple devices only; export --formats pte with the default --pte-backend xnnpack for Android")
+        }
         val f = File(dir, artifact.file)
         if (!f.isFile) throw DecoderException("the artifact $f is missing; copy the whole export directory")
         if (artifact.bytes != null && f.length() != artifact.bytes) {
@@ -27,9 +34,12 @@ class DecoderDirectory(val dir: File) {
         return f
     }
 
-    /** The artifacts whose file is present and whose format one of [formats] runs, in manifest order. */
+    /**
+     * The artifacts whose file is present and whose format one of [formats] runs, in manifest order (not a .pte
+     * delegated to Core ML: Apple devices only).
+     */
     fun usableArtifacts(formats: Collection<String>): List<DecoderArtifact> =
-        manifest.artifacts.filter { it.format in formats && File(dir, it.file).isFile }
+        manifest.artifacts.filter { it.format in formats && !it.appleOnly && File(dir, it.file).isFile }
 
     fun tokenizer(): ByteLevelBpeTokenizer {
         val f = File(dir, manifest.tokenizer.file)
@@ -40,22 +50,34 @@ class DecoderDirectory(val dir: File) {
     companion object {
         const val MANIFEST = "manifest.json"
 
-        /** [root] itself or its subdirectories that hold a decoder manifest, by name. */
+        /**
+         * [root] itself or its subdirectories whose manifest.json says it is a decoder export (its schema), by name: also
+         * one this version cannot use (another schema version, a contract it refuses), so that opening it says why in
+         * one line instead of the export silently missing from the list (the iOS app's ModelLocations.scan does the same).
+         */
         fun list(root: File): List<File> {
             val dirs = listOf(root) + (root.listFiles { f -> f.isDirectory }?.sortedBy { it.name } ?: emptyList())
             return dirs.filter { isDecoderExport(File(it, MANIFEST)) }
         }
 
         private fun isDecoderExport(manifest: File): Boolean = manifest.isFile && try {
-            DecoderManifest.parse(manifest.readBytes())
-            true
-        } catch (e: IllegalArgumentException) {
+            val schema = JsonPath.of(Json.parse(manifest.readBytes())).opt("schema")?.value
+            schema is String && schema.startsWith(DecoderManifest.SCHEMA_PREFIX)
+        } catch (e: JsonException) {
+            false
+        } catch (e: java.io.IOException) {
             false
         }
 
-        /** Context packs (`squeeze context build --out X.pack`) in [root], by name. */
+        /**
+         * Context packs in [root], by name: `squeeze context build --out NAME.pack.safetensors` (the CLI's own example)
+         * or NAME.pack.
+         */
         fun listPacks(root: File): List<File> =
-            root.listFiles { f -> f.isFile && f.name.endsWith(".pack") }?.sortedBy { it.name } ?: emptyList()
+            root.listFiles { f -> f.isFile && isPackName(f.name) }?.sortedBy { it.name } ?: emptyList()
+
+        /** A context pack's file name: NAME.pack or NAME.pack.safetensors (the same file, safetensors inside). */
+        fun isPackName(name: String): Boolean = name.endsWith(".pack") || name.endsWith(".pack.safetensors")
 
         /** One line naming an artifact on screen: format, attention, lookup plan, weights file. */
         fun label(artifact: DecoderArtifact): String {
@@ -136,6 +158,11 @@ class QaSession(
             } catch (e: Exception) {
                 val message = describe(e)
                 last = { listener.onError(message) }
+            } catch (e: OutOfMemoryError) {
+                // the pack's context inputs and the cache are float32 copies in the Java heap: an 8k-token pack of a
+                // 30-layer model needs hundreds of MB; say so instead of "the question was not answered"
+                unload()
+                last = { listener.onError(OUT_OF_MEMORY) }
             } finally {
                 running.set(false) // before the last callback: the screen may ask again from it
                 post(last)
@@ -177,6 +204,18 @@ class QaSession(
         return qa!!
     }
 
+    /** Drops everything loaded (after running out of memory: the next question loads again). */
+    private fun unload() {
+        try {
+            closeRuntime()
+        } catch (e: Exception) {
+            // closing a runtime that ran out of memory may fail too; nothing is kept either way
+        }
+        directory = null
+        artifact = null
+        tokenizer = null
+    }
+
     private fun closeRuntime() {
         qa = null
         loadedPack = null
@@ -195,6 +234,10 @@ class QaSession(
     }
 
     companion object {
+        /** The one line for running out of memory while loading or answering. */
+        const val OUT_OF_MEMORY = "not enough memory for this decoder and context pack (its context inputs and KV cache " +
+            "are held as float32); export the decoder with a smaller --max-context and build a shorter pack, or close other apps"
+
         /** The numbers the screen shows under an answer. */
         fun stats(a: Answer): String {
             val lookup = if (a.lookupMs > 0) ", CPU lookup %.0f ms".format(java.util.Locale.ROOT, a.lookupMs) else ""

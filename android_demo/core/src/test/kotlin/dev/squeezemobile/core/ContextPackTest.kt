@@ -43,6 +43,11 @@ class ContextPackTest {
         refused(ByteArray(4), "not a readable context pack")
         val text = String(bytes, Charsets.ISO_8859_1)
         refused(text.replace("squeeze-context-pack/2", "squeeze-context-pack/9").toByteArray(Charsets.ISO_8859_1), "is not a squeeze-context-pack/2 file")
+        // bytes appended after the last tensor, and two tensors on the same bytes (one range left unused): the content
+        // hash still matches (it covers the tensors, not the file), Python's reader (the safetensors library) refuses both
+        refused(bytes + "garbage".toByteArray(), "(7 bytes after its last tensor)")
+        check(text.contains("[792,1584]"))
+        refused(text.replace("[792,1584]", "[0,792]   ").toByteArray(Charsets.ISO_8859_1), "its tensors' bytes overlap or leave a gap")
         val e = assertThrows(PackException::class.java) { pack.checkModel("0".repeat(64), null) }
         assertTrue(e.message!!.contains("other model weights"))
         val t = assertThrows(PackException::class.java) { pack.checkModel(null, "0".repeat(64)) }

@@ -303,6 +303,23 @@ class GenerationTest {
     }
 
     @Test
+    fun aMalformedDynamicTokenAxisIsRefusedInOneLine() {
+        // methods.<m>.inputs[tokens].dynamic["0"] = [min, max]; one number (a hand-edited or damaged manifest) used to end
+        // in an ArrayIndexOutOfBoundsException, a reversed range in an empty one
+        val text = Golden.text("qa_decoder_manifest.json")
+        val axis = Regex("\"0\": \\[\\s*1,\\s*32\\s*\\]")
+        assertTrue(axis.containsMatchIn(text))
+        fun refused(bounds: String) = assertThrows(DecoderException::class.java) {
+            DecoderManifest.parse(axis.replaceFirst(text, "\"0\": $bounds"))
+        }.message!!
+        assertEquals("decoder.methods.prefill: the tokens input's dynamic axis is [32], expected [min, max] with 0 <= min <= max; " +
+            "re-export the decoder", refused("[32]"))
+        assertTrue(refused("[32, 1]").contains("is [32, 1], expected [min, max]"))
+        assertTrue(refused("[-1, 4]").contains("is [-1, 4], expected"))
+        assertEquals(2..7, DecoderManifest.parse(axis.replaceFirst(text, "\"0\": [2, 7]")).artifacts[0].contract.tokenRanges["prefill"])
+    }
+
+    @Test
     fun followedKeysAreReadFromTheContract() {
         val text = Golden.text("qa_decoder_manifest.json")
         // the default export (squeezed): 4 followed keys, used from 32 kept keys per head; full attention: null
@@ -645,6 +662,40 @@ class GenerationTest {
             if (!ids.contentEquals(case["ids_matched"].intArray())) differ++
         }
         assertTrue(differ >= 3, "only $differ questions are encoded differently from join + question + suffix")
+    }
+
+    /** Answers with [script] token by token (one-hot logits over [vocab]), whatever it is fed. */
+    private class ScriptedRuntime(private val script: IntArray, private val vocab: Int) : DecoderRuntime {
+        override val name = "scripted"
+        var calls = 0
+        override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+            val next = script[calls++]
+            return mapOf("logits" to DecoderTensor.Float32(FloatArray(vocab) { if (it == next) 1f else 0f }, intArrayOf(vocab)))
+        }
+    }
+
+    @Test
+    fun anAnswerCutInsideACharacterEndsBeforeIt() {
+        // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
+        // answer cut after the second token decodes to "Yes \uFFFD"; Python's DecoderSession returns
+        // finished_text("Yes \uFFFD") == "Yes " (its token ids keep both tokens) and its stream holds the piece back
+        val tokenizer = TokenizerTest.shared
+        val script = tokenizer.encode("Yes \uD83D\uDE00")
+        assertArrayEquals(intArrayOf(10539, 40303, 218), script)
+        assertEquals("Yes \uFFFD", tokenizer.decode(script.copyOf(2)))
+        val contract = DecoderContract("full", "buffer", null, shapes)
+        val qa = DocumentQa(ScriptedRuntime(script, tokenizer.vocabSize), contract, tokenizer, manifest.tokenizer, pack)
+        val streamed = StringBuilder()
+        val cut = qa.generate("Hi", maxNewTokens = 2) { streamed.append(it) }
+        assertArrayEquals(script.copyOf(2), cut.tokenIds)
+        assertEquals("Yes ", cut.text)
+        assertEquals("Yes", streamed.toString())
+        // the whole character: nothing to drop
+        val whole = DocumentQa(ScriptedRuntime(script, tokenizer.vocabSize), contract, tokenizer, manifest.tokenizer, pack)
+            .generate("Hi", maxNewTokens = 3)
+        assertEquals("Yes \uD83D\uDE00", whole.text)
+        assertEquals("a", DocumentQa.finishedText("a\uFFFD\uFFFD"))
+        assertEquals("\uFFFDa", DocumentQa.finishedText("\uFFFDa"))
     }
 
     @Test

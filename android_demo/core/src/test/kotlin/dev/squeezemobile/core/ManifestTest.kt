@@ -83,6 +83,63 @@ class ManifestTest {
     }
 
     @Test
+    fun labelsAreSplitAsPythonSplitsThemAndCountedAgainstTheClasses() {
+        // str.splitlines, as squeeze predict and squeeze verify read the file: "\r" alone (an old Mac editor), form
+        // feed, NEL, U+2028 also end a line; no empty label after a final line break, an empty line inside is one
+        assertEquals(listOf("a", "b", "c"), Manifest.parseLabels("a\rb\rc\r"))
+        assertEquals(listOf("a", "", "b"), Manifest.parseLabels("a\r\n\r\nb"))
+        assertEquals(listOf("a", "b", "c", "d", "e", "f"), Manifest.parseLabels("a\u000Bb\u000Cc\u0085d\u2028e\u2029f\n"))
+        assertEquals(listOf("a", "b"), Manifest.parseLabels("a\u001Cb\u001E"))
+        assertEquals(listOf("a", ""), Manifest.parseLabels("a\n\n"))
+        assertEquals(emptyList<String>(), Manifest.parseLabels(""))
+        assertEquals(listOf("x y", "z\tw"), Manifest.parseLabels("x y\nz\tw"))
+        // the golden label file with \r line ends: still 51 labels
+        val golden = Golden.text("labels.txt")
+        val labels = manifest.labels(golden.replace("\n", "\r"))
+        assertEquals(manifest.numClasses, labels.size)
+        assertEquals(manifest.labels(golden), labels)
+        // a label file of another model would put wrong names on the predictions: refused in one line
+        val e = assertThrows(ManifestException::class.java) { manifest.labels(golden + "extra\n") }
+        assertEquals("labels.txt has 52 lines but the model has 51 classes (one label per line expected); re-export, or " +
+            "set the manifest's labels to null", e.message)
+    }
+
+    @Test
+    fun namesOfFilesOutsideTheExportDirectoryAreRefused() {
+        // export/pipeline.py _safe_file_name: no separator, no NUL, nothing hidden, at most 255 characters (code points)
+        for (bad in listOf("../labels.txt", "/etc/passwd", "..", ".", ".hidden", "a\\b", "", ".\u0301x")) {
+            assertTrue(!Manifest.isPlainFileName(bad), bad)
+            val json = bad.replace("\\", "\\\\")
+            assertTrue(refused(edited("\"labels\": \"labels.txt\"" to "\"labels\": \"$json\"")).startsWith("manifest.labels: "), bad)
+            assertTrue(refused(edited("\"file\": \"squeezetime_hmdb51_4x64_frames_uint8_fp32.onnx\"" to "\"file\": \"$json\""))
+                .contains("is not a plain file name inside the export directory"), bad)
+        }
+        assertTrue(!Manifest.isPlainFileName("a".repeat(256)) && Manifest.isPlainFileName("a".repeat(255)))
+        assertTrue(Manifest.isPlainFileName("\uD83D\uDE00".repeat(200)))   // 200 code points (Python's len), 400 chars
+        assertTrue(Manifest.isPlainFileName("labels..txt"))
+        assertNull(Manifest.parse(edited("\"labels\": \"labels.txt\"" to "\"labels\": null")).labelsFile)
+    }
+
+    @Test
+    fun aPteDelegatedToCoreMlIsNotPickedOnAndroid() {
+        // `squeeze export squeezetime --formats pte --pte-backend coreml` records pte_backend "coreml": ExecuTorch runs it
+        // on Apple devices only (Python: cannot_run_here off Darwin), so the ExecuTorch backend must not load it
+        val pte = { file: String, delegate: String ->
+            "{\"format\": \"executorch\", \"container\": \"pte\", \"file\": \"$file\", \"precision\": \"fp32\", " +
+                "\"pte_backend\": \"$delegate\", \"inputs\": [], \"outputs\": []}"
+        }
+        val coremlOnly = Manifest.parse(edited("\"artifacts\": [" to "\"artifacts\": [${pte("c.pte", "coreml")}, "))
+        assertEquals(listOf("pte", "onnx"), coremlOnly.artifacts.map { it.container })
+        assertTrue(coremlOnly.artifacts[0].appleOnly)
+        assertEquals("coreml", coremlOnly.artifacts[0].pteBackend)
+        assertNull(coremlOnly.artifact("pte"))
+        val both = Manifest.parse(edited("\"artifacts\": [" to "\"artifacts\": [${pte("c.pte", "coreml")}, ${pte("x.pte", "xnnpack")}, "))
+        assertEquals("x.pte", both.artifact("pte")!!.file)
+        assertTrue(!both.artifact("pte")!!.appleOnly)
+        assertNull(manifest.artifact("onnx")!!.pteBackend)
+    }
+
+    @Test
     fun recordsOfArtifactsNotProducedAreSkipped() {
         val notProduced = """{"format": "coreml", "container": "mlmodel", "file": null, "status": "not produced", "reason": "x"}"""
         val m = Manifest.parse(edited("\"artifacts\": [" to "\"artifacts\": [$notProduced, "))

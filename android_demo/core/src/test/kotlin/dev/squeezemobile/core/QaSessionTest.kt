@@ -2,6 +2,7 @@ package dev.squeezemobile.core
 
 import org.junit.jupiter.api.Assertions.assertEquals
 import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertThrows
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.io.TempDir
@@ -150,6 +151,16 @@ class QaSessionTest {
         events.log.clear()
         failing.ask(QaSelection(dir, full.file, pack), "ab", 4)
         assertEquals("error: IllegalStateException: no such delegate", events.log.last())
+        // running out of memory (an 8k pack's float32 context inputs) was reported as "the question was not answered"
+        var opens = 0
+        val hungry = QaSession(direct, ui, { _, _ -> opens++; if (opens == 1) throw OutOfMemoryError("Java heap space") else Replay() }, events)
+        events.log.clear()
+        val question = gen["prompt"].string()  // the replay's recorded question
+        hungry.ask(QaSelection(dir, full.file, pack), question, 12)
+        assertEquals("error: ${QaSession.OUT_OF_MEMORY}", events.log.last())
+        hungry.ask(QaSelection(dir, full.file, pack), question, 12)  // loads again, answers
+        assertEquals("answer", events.log.last())
+        assertEquals(2, opens)
         assertTrue(events.onUi)
     }
 
@@ -161,9 +172,20 @@ class QaSessionTest {
         File(root, "c").mkdirs()                                                     // no manifest
         File(root, "d").apply { mkdirs() }.resolve("manifest.json").writeText(Golden.text("manifest.json")) // a video export
         assertEquals(listOf("a", "b"), DecoderDirectory.list(root).map { it.name })
+        // exports this version cannot use are listed too, and opening one says why in one line (they were left out of
+        // the list without a word: "nothing found"; the iOS app lists them by their schema as well)
+        val text = Golden.text("qa_decoder_manifest.json")
+        exportDir("decoders/old", text.replace(DecoderManifest.SCHEMA, "squeeze-mobile/decoder-manifest/1"))
+        exportDir("decoders/question", text.replaceFirst("\"decode_selection\": \"step\"", "\"decode_selection\": \"question\""))
+        File(root, "e").apply { mkdirs() }.resolve("manifest.json").writeText("{not json")
+        assertEquals(listOf("a", "b", "old", "question"), DecoderDirectory.list(root).map { it.name })
+        fun opened(name: String) = assertThrows(DecoderException::class.java) { DecoderDirectory(File(root, name)) }.message!!
+        assertTrue(opened("old").contains("written by another version of squeeze-mobile (schema 'squeeze-mobile/decoder-manifest/1'"))
+        assertTrue(opened("question").startsWith("decoder.decode_selection: this app runs per-step selection only"))
         val packs = File(tmp, "packs").apply { mkdirs() }
-        for (n in listOf("z.pack", "a.pack", "notes.txt")) File(packs, n).writeText("x")
-        assertEquals(listOf("a.pack", "z.pack"), DecoderDirectory.listPacks(packs).map { it.name })
+        for (n in listOf("z.pack", "a.pack", "notes.txt", "m.pack.safetensors", "w.safetensors")) File(packs, n).writeText("x")
+        // `squeeze context build --out manual.pack.safetensors` (the CLI's example) is a pack too; the iOS app lists both
+        assertEquals(listOf("a.pack", "m.pack.safetensors", "z.pack"), DecoderDirectory.listPacks(packs).map { it.name })
         assertEquals(emptyList<File>(), DecoderDirectory.listPacks(File(tmp, "absent")))
         val dir = DecoderDirectory(File(root, "a"))
         assertEquals(listOf("squeezed", "full"), dir.usableArtifacts(setOf("onnx")).map { it.contract.attention })
@@ -171,6 +193,47 @@ class QaSessionTest {
         val squeezed = manifest.pick("onnx", "squeezed")
         assertEquals("onnx: squeezed (KV budget 0.3), in-graph lookup · ${squeezed.file}", DecoderDirectory.label(squeezed))
         assertEquals("onnx: full · ${full.file}", DecoderDirectory.label(full))
+    }
+
+    /** The golden manifest with its two ONNX artifacts recorded as .pte files of the given delegates (squeezed, full). */
+    private fun pteManifest(squeezed: String, fullDelegate: String): String {
+        val text = Golden.text("qa_decoder_manifest.json")
+        fun pte(file: String, delegate: String) = "\"format\": \"pte\",\n      \"pte_backend\": \"$delegate\",\n      \"file\": \"$file\","
+        val squeezedFile = manifest.pick("onnx", "squeezed").file
+        return text.replaceFirst("\"format\": \"onnx\",\n      \"file\": \"$squeezedFile\",", pte(squeezedFile, squeezed))
+            .replaceFirst("\"format\": \"onnx\",\n      \"file\": \"${full.file}\",", pte(full.file, fullDelegate))
+            .also { check(it.split("\"pte_backend\"").size == 3) }
+    }
+
+    @Test
+    fun aPteDelegatedToCoreMlIsNeitherListedNorLoaded() {
+        // `squeeze export decoder --formats pte --pte-backend coreml`: ExecuTorch runs it on Apple devices only (Python:
+        // cannot_run_here off Darwin, and pick_artifact tries the others first); an Android runtime failed on it with
+        // whatever ExecuTorch said
+        val m = DecoderManifest.parse(pteManifest(squeezed = "coreml", fullDelegate = "xnnpack"))
+        assertEquals(listOf("coreml", "xnnpack"), m.artifacts.map { it.pteBackend })
+        assertEquals(listOf(true, false), m.artifacts.map { it.appleOnly })
+        assertEquals(full.file, m.pick("pte").file)
+        assertEquals(m.artifacts[0].file, m.pick("pte", "squeezed").file)   // the only one asked for: still found
+        assertEquals(null, manifest.artifacts[0].pteBackend)
+        val dir = exportDir("pte", pteManifest(squeezed = "coreml", fullDelegate = "xnnpack"))
+        assertEquals(listOf(full.file), DecoderDirectory(dir).usableArtifacts(setOf("pte", "onnx")).map { it.file })
+        val events = Events()
+        QaSession(direct, ui, { _, _ -> Replay() }, events).ask(QaSelection(dir, m.artifacts[0].file, packFile()), "ab", 4)
+        assertEquals("error: ${m.artifacts[0].file} is a .pte for ExecuTorch's Core ML delegate (export --pte-backend coreml), " +
+            "which runs on Apple devices only; export --formats pte with the default --pte-backend xnnpack for Android", events.log.last())
+    }
+
+    @Test
+    fun aManifestNamingFilesOutsideItsDirectoryIsRefused() {
+        // the app opens File(dir, name): "../x" or an absolute path would reach any file the app can read
+        val text = Golden.text("qa_decoder_manifest.json")
+        fun refused(t: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(t) }.message!!
+        assertEquals("manifest.artifacts[1].file: \"../../databases/x.onnx\" is not a plain file name inside the export " +
+            "directory; re-export the decoder", refused(text.replace("\"file\": \"${full.file}\"", "\"file\": \"../../databases/x.onnx\"")))
+        assertTrue(refused(text.replace("\"file\": \"tokenizer.json\"", "\"file\": \"/sdcard/tokenizer.json\""))
+            .startsWith("manifest.tokenizer.file: \"/sdcard/tokenizer.json\" is not a plain file name"))
+        assertTrue(refused(text.replace("\"file\": \"tokenizer.json\"", "\"file\": \".tokenizer.json\"")).contains("not a plain file name"))
     }
 
     companion object {

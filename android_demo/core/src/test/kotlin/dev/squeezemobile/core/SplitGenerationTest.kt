@@ -93,7 +93,8 @@ class SplitGenerationTest {
         val tokenizer = ByteLevelBpeTokenizer.parse(Golden.bytes("qa_tokenizer_tiny.json"))
         val manifest = DecoderManifest.parse(Golden.bytes("qa_decoder_manifest.json"))
         val runtime = ReplayStages()
-        val qa = DocumentQa(runtime, contract, tokenizer, manifest.tokenizer, pack)
+        var now = 0L
+        val qa = DocumentQa(runtime, contract, tokenizer, manifest.tokenizer, pack) { now.also { now += 1_000_000L } }
         val first = tokenizer.decode(gen["tokens"].intArray().copyOf(1))
         val streamed = StringBuilder()
         // cancelled after the first token: no decode step runs
@@ -104,6 +105,8 @@ class SplitGenerationTest {
         assertTrue(answer.cancelled)
         assertEquals(2 * (pack.layers + 1), runtime.calls) // the question's two prefills, no decode step
         assertEquals(0, answer.decodeTokens)
+        // one CPU lookup per layer (the selecting prefill) and one pointer per layer of both prompt calls, 1 ms each
+        assertEquals(((1 + 2) * pack.layers).toDouble(), answer.lookupMs, 1e-9)
         assertTrue(QaSession.stats(answer).endsWith("| stopped"), QaSession.stats(answer))
     }
 

@@ -109,6 +109,58 @@ class TokenizerTest {
         assertThrows(TokenizerException::class.java) { ByteLevelBpeTokenizer.fromFile(File("/nonexistent/tokenizer.json")) }
     }
 
+    @Test
+    fun longRunsOfOneCharacterMergeInLinearithmicWork() {
+        // a question pasted with a long run of one character (a row of "=", a long number, a base64 blob): merging
+        // rescanned the whole word per merge, 25 s for 32,000 "a" (Python's tokenizers: 9 ms). Python's ids, and the
+        // pairs queued bounded by 3 per byte (the old rescans looked at ~n^2 / 2 pairs); also runs the pre-tokenizer
+        // splits into many pieces
+        val tok = ByteLevelBpeTokenizer.fromFile(File(System.getProperty("squeeze.qa.tokenizer")))
+        fun repeat(id: Int, n: Int) = IntArray(n) { id }
+        val cases = listOf(
+            "a".repeat(32000) to repeat(46880, 8000),
+            "=".repeat(32000) to repeat(28909, 500),
+            "-".repeat(5001) to repeat(15069, 78) + intArrayOf(26238),
+            "ab".repeat(10000) + "!" to repeat(369, 10000) + intArrayOf(17),
+            "\u00e9".repeat(3001) to repeat(2756, 3001),
+            "\uD83D\uDE00".repeat(2001) to IntArray(3 * 2001) { intArrayOf(10813, 242, 218)[it % 3] },
+            // runs the pre-tokenizer splits (whitespace before a word, newlines, digits one by one, punctuation)
+            " ".repeat(32000) + "a" to repeat(40686, 499) + intArrayOf(12427, 1703, 22754, 253),
+            "\n".repeat(32000) to repeat(22342, 8000),
+            "1".repeat(32000) to repeat(33, 32000),
+            "<".repeat(32000) to repeat(33691, 16000),
+        )
+        for ((text, ids) in cases) {
+            val before = tok.queuedPairs
+            assertArrayEquals(ids, tok.encode(text), "ids of ${text.take(4)}... (${text.length} chars)")
+            val bytes = text.toByteArray(Charsets.UTF_8).size
+            assertTrue(tok.queuedPairs - before <= 3L * bytes, "${tok.queuedPairs - before} pairs queued for $bytes bytes")
+        }
+    }
+
+    @Test
+    fun postProcessorsOfHuggingFaceFilesChangeNoIdAndAreAccepted() {
+        // a model folder's tokenizer.json (SmolLM2's on the Hub) carries a ByteLevel post-processor, Llama-style ones a
+        // TemplateProcessing; with add_special_tokens=False, the only way the pipeline encodes, Python's tokenizers gives
+        // the same ids and text with and without them (checked with tokenizers on the real tokenizer.json); they were
+        // refused here, so an export of a model folder could not be used
+        val text = String(Golden.bytes("qa_tokenizer_tiny.json"), Charsets.UTF_8)
+        check(text.contains("\"post_processor\":null"))
+        fun with(pp: String) = ByteLevelBpeTokenizer.parse(text.replaceFirst("\"post_processor\":null", "\"post_processor\":$pp").toByteArray())
+        val byteLevel = "{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":false,\"use_regex\":true}"
+        val template = "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<|im_start|>\",\"type_id\":0}}," +
+            "{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"pair\":[{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}]," +
+            "\"special_tokens\":{\"<|im_start|>\":{\"id\":\"<|im_start|>\",\"ids\":[1],\"tokens\":[\"<|im_start|>\"]}}}"
+        val plain = ByteLevelBpeTokenizer.parse(text.toByteArray())
+        for (tok in listOf(with(byteLevel), with(template), with("{\"type\":\"Sequence\",\"processors\":[$byteLevel,$template]}"))) {
+            for (s in listOf("ok a b 12", " a<|im_end|>b 12", "<|im_start|>a")) assertArrayEquals(plain.encode(s), tok.encode(s), s)
+            // (the tiny vocabulary has no "<": literal mode only on plain text)
+            assertArrayEquals(plain.encode("ok a b 12", literal = true), tok.encode("ok a b 12", literal = true))
+        }
+        val e = assertThrows(TokenizerException::class.java) { with("{\"type\":\"BertProcessing\",\"sep\":[\"a\",5],\"cls\":[\"b\",6]}") }
+        assertTrue(e.message!!.contains("a post_processor (BertProcessing)"), e.message)
+    }
+
     companion object {
         /** Parsed once for the class (1.5 MB of JSON). */
         val shared: ByteLevelBpeTokenizer by lazy {

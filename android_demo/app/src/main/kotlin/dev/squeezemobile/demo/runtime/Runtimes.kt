@@ -17,7 +17,7 @@ enum class Backend(val label: String, val container: String) {
 class ModelDirectory(private val context: Context, private val assetDir: String = "models") {
     val manifest: Manifest = context.assets.open("$assetDir/manifest.json").use { Manifest.parse(it.readBytes()) }
     val labels: List<String>? = manifest.labelsFile?.let { name ->
-        context.assets.open("$assetDir/$name").use { Manifest.parseLabels(String(it.readBytes(), Charsets.UTF_8)) }
+        context.assets.open("$assetDir/$name").use { manifest.labels(String(it.readBytes(), Charsets.UTF_8)) }
     }
 
     /** Backends whose artifact this export has. */
