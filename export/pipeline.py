@@ -504,6 +504,8 @@ def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready
                     remove(out_dir / name)
                 raise SqueezeError(f"{exc}; {', '.join(new)} removed again, as the manifest could not describe "
                                    f"{'them' if len(new) > 1 else 'it'}" if new else str(exc)) from None
+    # a signal held during the last step still ends the command as interrupted (exit 130 / 143), its artifact kept
+    interrupt.check()
 
 
 def _names_in(folder: Path) -> set:

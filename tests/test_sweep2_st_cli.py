@@ -1,5 +1,6 @@
 """Command-line cases from the second new-user sweep: output folders whose names are not UTF-8."""
 
+import signal
 import os
 from pathlib import Path
 
@@ -77,3 +78,18 @@ def test_safetensors_checkpoint_in_a_latin1_folder_loads_with_its_labels(latin1_
     reference = squeezetime.load_checkpoint(shipped)
     assert model.config.labels == reference.config.labels == "camera_motion"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_held_during_the_last_step_still_ends_the_export_as_interrupted(signum, tmp_path):
+    """Ctrl-C (or SIGTERM) during the last format's conversion or verification is held until the step ends (the
+    artifact is kept); the export then stops as interrupted (exit 130 / 143 in the CLI) instead of exiting 0 as if
+    nothing had been asked."""
+    from export import pipeline
+    from squeeze_mobile.signals import Terminated
+
+    held = pipeline._DeferredInterrupt()
+    held.requested = signum   # what its handler records
+    with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt):
+        pipeline._export_formats([], [None], None, None, False, None, None, tmp_path, "squeezetime", None, 0,
+                                 lambda *a: None, True, {"failures": []}, None, held)
