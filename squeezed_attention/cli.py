@@ -191,6 +191,17 @@ def _choice_from_args(args):
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys)
     if args.full:
+        ignored = [flag for flag, on in (("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
+                                         ("--lookup", args.lookup != "auto"),
+                                         ("--decode-selection", args.decode_selection != "step"),
+                                         ("--follow-keys", args.follow_keys is not None),
+                                         ("--prefill-rows", args.prefill_rows is not None),
+                                         ("--prefill-tail", args.prefill_tail is not None),
+                                         ("--exact-tail", args.exact_tail is not None)) if on]
+        if ignored:
+            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if len(ignored) == 1 else 'shape'} Squeezed Attention's "
+                               "key selection and does nothing with --full (every key is attended); drop "
+                               f"{'it' if len(ignored) == 1 else 'them'} or drop --full")
         return AttentionChoice("full")
     if args.keep_keys is not None:
         return AttentionChoice("top-k", keep_keys=args.keep_keys, **common)
@@ -201,6 +212,9 @@ def _choice_from_args(args):
 
 
 def cmd_generate(args) -> int:
+    from .tokenizer import check_user_text
+
+    check_user_text(args.prompt, "--prompt")   # before a model or runtime loads
     if args.artifacts:
         from export.cli_decoder import cmd_generate_artifacts
 
@@ -427,7 +441,8 @@ def add_subcommands(subparsers) -> None:
         description="Prefill the fixed context, K-means its keys per (layer, KV head), calibrate keep "
         "thresholds on the last tokens' queries, and save everything as one safetensors pack.\n\n"
         "example:\n  squeeze context build --context manual.txt --out manual.pack.safetensors --hierarchical")
-    b.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the fixed context (required)")
+    b.add_argument("--context", required=True, metavar="FILE",
+                   help="text file with the fixed context, UTF-8 (or UTF-16/32 with a byte-order mark) (required)")
     b.add_argument("--out", required=True, metavar="PACK",
                    help="where to write the pack, a file path (required; an existing pack there is replaced, "
                    "a directory is refused)")
@@ -547,7 +562,7 @@ def add_subcommands(subparsers) -> None:
                        help="top-k selection sized by the paper's KV budget: kept keys + centroid bytes, as a "
                        "fraction of the KV cache, above the centroids' share ("
                        f"{centroid_cost(0.10, 64):.3f} with the default 10%% int8 centroids of a 64-dimensional head) "
-                       "and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
+                       f"and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
     which.add_argument("--keep-keys", type=_int_in(1, 1 << 24), metavar="N",
                        help="top-k selection keeping exactly N clustered keys per head, best clusters first (static "
                        "shapes), 1 to the pack's clustered keys (default: sized by --kv-budget)")

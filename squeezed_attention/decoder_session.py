@@ -28,7 +28,7 @@ import numpy as np
 from .errors import SqueezeError, reason_of
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
-from .tokenizer import encode_literal, finished_text
+from .tokenizer import check_user_text, encode_literal, finished_text
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
 # clustered_values_l (1: one clustered_kv_l of [key | value] rows)
@@ -409,6 +409,7 @@ class DecoderSession:
                                    self.exact_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
+        check_user_text(prompt)
         framing = self.loop.pack.settings.get("framing", "chat")
         raw = framing == "raw" if raw is None else raw
         if raw != (framing == "raw"):

@@ -81,3 +81,97 @@ def test_pack_built_from_utf16_matches_the_same_text_in_utf8(tiny, tmp_path, cap
     a, b = load_context_pack(tmp_path / "p.pack"), load_context_pack(tiny / "raw.pack")
     assert a.token_ids.tolist() == b.token_ids.tolist()
     assert a.hashes["context_sha256"] == b.hashes["context_sha256"]
+
+
+# --------------------------------------------------------------------------------- prompts that are not text
+def test_non_utf8_prompt_bytes_are_one_line_errors_before_the_model_loads(tiny):
+    """A Latin-1 terminal's "café" reaches Python as a lone surrogate, which the tokenizer refused with a TypeError
+    traceback (after the model had loaded)."""
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "generate", "--context-pack", str(tiny / "raw.pack"),
+                           "--model", str(tiny / "missing.gguf"), b"--prompt", b"ab caf\xe9"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--prompt is not valid UTF-8 text" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    from squeezed_attention.decoder_export import export_decoder
+
+    out = tiny / "art"
+    result = export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed", kv_budget=0.3,
+                            verify=False, max_context=160, max_prompt=64, max_new=16)
+    assert result.ok or not result.failures, result.failures
+    return out
+
+
+def test_exported_decoder_refuses_a_prompt_that_is_not_text(tiny, exported):
+    from squeezed_attention.decoder_session import DecoderSession
+
+    session = DecoderSession(exported, fmt="onnx")
+    try:
+        session.attach(tiny / "chat.pack")
+        assert session.generate("ab", max_new_tokens=2).token_ids   # the session answers text
+        for bad, message in (("ab caf\udce9", "not valid UTF-8 text"), (b"ab", "must be text"), (None, "must be text")):
+            with pytest.raises(SqueezeError, match=message):
+                session.generate(bad, max_new_tokens=2)
+    finally:
+        session.close()
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "generate", "--artifacts", str(exported),
+                           "--context-pack", str(tiny / "chat.pack"), b"--prompt", b"ab caf\xe9"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--prompt is not valid UTF-8 text" in proc.stderr
+
+
+def test_host_generator_refuses_a_prompt_that_is_not_text(tiny):
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    gen = Generator.from_pack(tiny / "raw.pack", model_path=tiny / "tiny.gguf")
+    for bad in ("ab caf\udce9", 42):
+        with pytest.raises(SqueezeError, match="the prompt (is not valid UTF-8 text|must be text)"):
+            gen.generate(bad, AttentionChoice("full"), max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------------------- option combinations
+@pytest.mark.parametrize("extra", [["--hierarchical"], ["--lookup", "numpy"], ["--follow-keys", "2"],
+                                   ["--decode-selection", "question"], ["--exact-tail", "4"],
+                                   ["--per-query-head", "--prefill-rows", "2"]])
+def test_full_attention_with_selection_options_is_refused(tiny, capsys, extra):
+    """--full silently dropped every option of the key selection: a user comparing settings got the same numbers."""
+    rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--full",
+                      "--model", tiny / "missing.gguf", *extra], capsys)
+    assert_one_error(rc, err, extra[0], "does nothing with --full")
+
+
+def test_the_lowest_kv_budget_a_message_names_is_accepted(tiny, capsys):
+    """The message printed the bound rounded to nearest (0.066 here), which itself kept no key."""
+    rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--kv-budget", "0.03",
+                      "--model", tiny / "missing.gguf"], capsys)
+    assert_one_error(rc, err, "keeps no key")
+    lowest = re.search(r"use a KV budget in \[([0-9.]+), 1\]", err).group(1)
+    rc, out, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--kv-budget", lowest,
+                        "--model", tiny / "tiny.gguf", "--max-new-tokens", "2", "--json"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["kept_fraction"] > 0
+
+
+def test_a_prompt_that_fills_the_window_names_the_room_left(tiny, capsys):
+    """The message told a user whose prompt alone overflows the window to pass --max-new-tokens of at most 1."""
+    rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab " * 150,
+                      "--model", tiny / "tiny.gguf", "--max-new-tokens", "4"], capsys)
+    from squeezed_attention.pack import load_context_pack
+
+    room = 256 - load_context_pack(tiny / "raw.pack").num_tokens   # the tiny model's window
+    assert_one_error(rc, err, "no room is left for an answer", f"shorten the prompt to under {room} tokens")
+    assert "--max-new-tokens of at most 1" not in err
+
+
+def test_generate_help_shows_the_default_kv_budget(capsys):
+    try:
+        cli.main(["generate", "--help"])
+    except SystemExit:
+        pass
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default 0.125, when no other size is given)" in out and "{DEFAULT" not in out
