@@ -60,6 +60,14 @@ def artifact_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def artifact_weight_bytes(module, weights: str) -> int:
+    """The least an artifact of ``module`` takes on disk: its parameters and buffers at the ``weights`` precision
+    (int4: half a byte each), the export pipeline's measure."""
+    from export.pipeline import weight_bytes
+
+    return weight_bytes(module, "int8") // 2 if weights == "int4" else weight_bytes(module, weights)
+
+
 def state_of(fmt: str, plan: str) -> str:
     return "buffer" if fmt == "pte" and plan == "in-graph" else "io"
 
@@ -423,6 +431,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
     recorded so ``squeeze verify`` can rebuild the same pack)."""
     from export.backends import ExportOptions, conversion_error, get_backend
+    from export.pipeline import check_free_space
     from export.quiet import quiet
 
     from .model import LlamaForCausalLM
@@ -542,9 +551,11 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             follow = follow_keys_for(follow_keys, att, selection, prefill_tail)
             min_keep = follow_min_keep(follow) if follow_keys is None else 0   # gated as the host's default
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
-            say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
+                # a converter that fills the disk can end the process from C++ with no message: refuse it first
+                check_free_space(out_dir, artifact_weight_bytes(module, weights), f"{fmt} ({att}): {name}")
+                say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
                 with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
                     try:
                         with quiet():  # converters print warnings and C++ logs by the hundred

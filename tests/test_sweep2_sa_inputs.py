@@ -175,3 +175,21 @@ def test_generate_help_shows_the_default_kv_budget(capsys):
         pass
     out = " ".join(capsys.readouterr().out.split())
     assert "(default 0.125, when no other size is given)" in out and "{DEFAULT" not in out
+
+
+# ------------------------------------------------------------------------------------------- export disk space
+def test_decoder_export_refuses_a_disk_without_room_for_the_weights(tiny, tmp_path, monkeypatch):
+    """A converter that fills the disk can end the process from C++; the export now refuses the format first."""
+    from collections import namedtuple
+
+    import export.pipeline as pipeline
+    from squeezed_attention.decoder_export import export_decoder
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 1000, 1000))
+    out = tmp_path / "d"
+    result = export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed",
+                            kv_budget=0.3, verify=False, max_context=160, max_prompt=64, max_new=16)
+    assert not result.ok and len(result.failures) == 1
+    assert "needs at least" in result.failures[0]["error"] and "MB free" in result.failures[0]["error"]
+    assert not list(out.glob("*.onnx")) and not [p for p in out.iterdir() if ".partial-" in p.name]
