@@ -193,3 +193,21 @@ def test_decoder_export_refuses_a_disk_without_room_for_the_weights(tiny, tmp_pa
     assert not result.ok and len(result.failures) == 1
     assert "needs at least" in result.failures[0]["error"] and "MB free" in result.failures[0]["error"]
     assert not list(out.glob("*.onnx")) and not [p for p in out.iterdir() if ".partial-" in p.name]
+
+
+# ------------------------------------------------------------------------------------- bench over a user's pack
+def test_bench_refuses_a_pack_of_another_model_or_layout_before_running(tiny, exported, tmp_path, capsys):
+    """`squeeze bench DIR --context-pack PACK` timed a pack of another model (rc 0, a report of garbage answers) that
+    `squeeze generate --artifacts` refuses, and ran a pack of another observation window until each row failed."""
+    write_tiny_llama_gguf(tmp_path / "other.gguf", seed=5)
+    rc = cli.main(["context", "build", "--context", str(tiny / "ctx.txt"), "--out", str(tmp_path / "other.pack"),
+                   "--model", str(tmp_path / "other.gguf")])
+    assert rc == 0
+    capsys.readouterr()
+    for pack, message in (("other.pack", "was built for other model weights"),
+                          ("raw.pack", "keeps 4 sink and 8 window tokens")):
+        where = tmp_path / pack if pack == "other.pack" else tiny / pack
+        rc, _, err = run(["bench", exported, "--context-pack", where, "--out", tmp_path / "b", "--decode-tokens", "2",
+                          "--rounds", "1", "--no-profile"], capsys)
+        assert_one_error(rc, err, message)
+        assert not (tmp_path / "b" / "report.json").exists()
