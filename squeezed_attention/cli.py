@@ -154,8 +154,12 @@ def cmd_context_build(args) -> int:
     from .weights import read_model_config
 
     # everything that can be refused without the model is refused before it is loaded: no wasted work
+    if args.level1 is not None and not args.hierarchical:
+        raise SqueezeError("--level1 sizes the hierarchical level and does nothing without --hierarchical; add "
+                           "--hierarchical or drop --level1")
     settings = BuildSettings(centroid_fraction=args.centroids, hierarchical=args.hierarchical,
-                             level1_fraction=args.level1, observation_window=args.observation_window,
+                             level1_fraction=(min(BuildSettings.level1_fraction, args.centroids) if args.level1 is None
+                                              else args.level1), observation_window=args.observation_window,
                              seed=args.seed, framing="raw" if args.raw else "chat")
     out = check_pack_destination(args.out, protect=[args.context])
     text = _read_text(args.context)
@@ -452,9 +456,10 @@ def add_subcommands(subparsers) -> None:
                    "centroids taking the bytes of the paper's 0.05 fp16)")
     b.add_argument("--hierarchical", action="store_true",
                    help="also cluster the centroids (level 1, see --level1) for sub-linear lookup (default: off)")
-    b.add_argument("--level1", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True), default=0.01,
+    b.add_argument("--level1", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True), default=None,
                    metavar="FRACTION",
-                   help="level-1 clusters per clustered key with --hierarchical, in (0, --centroids] (default 0.01)")
+                   help="level-1 clusters per clustered key with --hierarchical, in (0, --centroids] (default 0.01, or "
+                   "--centroids if smaller)")
     lo, hi = ranges["observation_window"][1:]
     b.add_argument("--observation-window", type=_int_in(lo, hi), default=100, metavar="N",
                    help=f"last N context tokens, {lo}-{hi}: always attended, and their queries calibrate the "
