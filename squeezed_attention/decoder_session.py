@@ -46,7 +46,18 @@ def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_ta
     for flag, value in (("--prefill-rows", rows), ("--prefill-tail", tail)):
         if type(value) is not int or value < 0:
             raise SqueezeError(f"{flag} must be a whole number of tokens >= 0; got {value!r}")
+    for flag, value in (("--prefill-rows", prefill_rows), ("--prefill-tail", prefill_tail)):
+        _refuse_for_full(contract, flag, value)
     return (rows, tail) if contract.get("attention") == "squeezed" else (0, 0)
+
+
+def _refuse_for_full(contract: dict, flag: str, value) -> None:
+    """A prompt-selection option given for a full-attention artifact (it selects nothing) is a one-line error, not
+    silently ignored, as the host's `squeeze generate --full` refuses it."""
+    if contract.get("attention") == "full" and value:
+        raise SqueezeError(f"{flag} shapes Squeezed Attention's key selection and does nothing with a full-attention "
+                           "artifact (every key is attended); drop it or pick the squeezed artifact "
+                           "(--artifact-attention squeezed)")
 
 
 def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
@@ -55,6 +66,7 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
     have = contract.get("exact_tail") or 0
     if exact_tail is None:
         return have
+    _refuse_for_full(contract, "--exact-tail", exact_tail)
     if type(exact_tail) is not int or not 0 <= exact_tail <= have:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to {have} for this artifact (its "
                            f"prefill_exact method's width; re-export with --exact-tail N for more); got {exact_tail!r}")

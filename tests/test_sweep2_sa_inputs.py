@@ -100,7 +100,8 @@ def exported(tiny):
     from squeezed_attention.decoder_export import export_decoder
 
     out = tiny / "art"
-    result = export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed", kv_budget=0.3,
+    result = export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention=["squeezed", "full"],
+                            kv_budget=0.3,
                             verify=False, max_context=160, max_prompt=64, max_new=16)
     assert result.ok or not result.failures, result.failures
     return out
@@ -109,7 +110,7 @@ def exported(tiny):
 def test_exported_decoder_refuses_a_prompt_that_is_not_text(tiny, exported):
     from squeezed_attention.decoder_session import DecoderSession
 
-    session = DecoderSession(exported, fmt="onnx")
+    session = DecoderSession(exported, fmt="onnx", attention="squeezed")
     try:
         session.attach(tiny / "chat.pack")
         assert session.generate("ab", max_new_tokens=2).token_ids   # the session answers text
@@ -132,6 +133,18 @@ def test_host_generator_refuses_a_prompt_that_is_not_text(tiny):
     for bad in ("ab caf\udce9", 42):
         with pytest.raises(SqueezeError, match="the prompt (is not valid UTF-8 text|must be text)"):
             gen.generate(bad, AttentionChoice("full"), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("extra", [["--exact-tail", "4"], ["--prefill-rows", "2"], ["--prefill-tail", "3"]])
+def test_selection_options_for_a_full_attention_artifact_are_refused(tiny, exported, capsys, extra):
+    """--prefill-rows/--prefill-tail were silently ignored with a full-attention artifact, and --exact-tail was told
+    to re-export with a wider tail (a full-attention artifact has none)."""
+    rc, _, err = run(["generate", "--artifacts", exported, "--artifact-attention", "full", "--context-pack",
+                      tiny / "chat.pack", "--prompt", "ab", "--max-new-tokens", "2", *extra], capsys)
+    assert_one_error(rc, err, extra[0], "full-attention artifact", "--artifact-attention squeezed")
+    rc, out, err = run(["generate", "--artifacts", exported, "--artifact-attention", "full", "--context-pack",
+                        tiny / "chat.pack", "--prompt", "ab", "--max-new-tokens", "2", "--json", extra[0], "0"], capsys)
+    assert rc == 0 and json.loads(out)["attention"] == "full", err
 
 
 # ----------------------------------------------------------------------------------------- option combinations
