@@ -860,17 +860,20 @@ def verify_decoder_directory(directory, progress=None) -> dict:
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     say("verify", "rebuilding the verification pack")
     text = None
-    if info.get("text_file"):
-        try:
-            text = Path(info["text_file"]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise SqueezeError(f"the verification text {info['text_file']} is gone or unreadable") from None
+    if info.get("text_file"):   # read as the export read it (byte-order mark, encodings): the same text, same hash
+        from .file_kinds import read_utf8_text
+
+        text = read_utf8_text(info["text_file"], "verification text (--verify-text)",
+                              "restore it or re-export with --verify-text FILE")
     packs = info.get("packs") if isinstance(info.get("packs"), list) else [info]  # (one-pack manifests: the dict)
     data = []
     for entry in packs:
         d = VerificationData.build(model, checkpoint, int(entry["requested_tokens"]), int(entry["tokens_per_prompt"]),
                                    text)
         if d.pack.hashes.get("context_sha256") != entry.get("context_sha256"):
+            if info.get("text_file"):
+                raise SqueezeError(f"the verification text {info['text_file']} changed since the export (its hash "
+                                   "differs); restore it or re-export with --verify-text FILE to verify here")
             raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
                                "prose shipped with this machine changed); re-export to verify here")
         data.append(d)

@@ -243,3 +243,22 @@ def test_bench_refuses_a_pack_of_another_model_or_layout_before_running(tiny, ex
                           "--rounds", "1", "--no-profile"], capsys)
         assert_one_error(rc, err, message)
         assert not (tmp_path / "b" / "report.json").exists()
+
+
+# -------------------------------------------------------------------------------------- squeeze verify DIR
+def test_verify_rereads_a_verify_text_with_a_byte_order_mark_as_the_export_did(tiny, tmp_path, capsys):
+    """The export read --verify-text without its byte-order mark, `squeeze verify` read it with one: the rebuilt
+    pack's hash differed and verify blamed 'the prose shipped with this machine'."""
+    from squeezed_attention.decoder_export import export_decoder
+
+    (tmp_path / "doc.txt").write_text(TINY_TEXT, encoding="utf-8-sig")
+    out = tmp_path / "art"
+    result = export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed", kv_budget=0.3,
+                            verify_text=tmp_path / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64,
+                            max_new=16)
+    assert result.ok, result.failures
+    rc, out_text, err = run(["verify", out], capsys)
+    assert rc == 0, err
+    (tmp_path / "doc.txt").write_text(TINY_TEXT + " ab", encoding="utf-8")
+    rc, _, err = run(["verify", out], capsys)
+    assert rc == 1 and "doc.txt changed since the export" in err and "prose shipped" not in err, err
