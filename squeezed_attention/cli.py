@@ -246,6 +246,10 @@ def cmd_generate(args) -> int:
     check_choice(pack, choice)
     check_framing(pack, True if args.raw else None)
     room = pack.config.max_positions - pack.num_tokens - 1  # at least one prompt token
+    if room < 1:
+        raise SqueezeError(f"the pack's {pack.num_tokens} context tokens fill the model window of "
+                           f"{pack.config.max_positions}: no room for a prompt and an answer; rebuild it from a shorter "
+                           "context")
     if args.max_new_tokens > room:
         raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} context "
                            f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "

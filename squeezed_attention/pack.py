@@ -124,6 +124,11 @@ class ContextPack:
 
 
 # ------------------------------------------------------------------------------------------------ build
+# the fewest positions a pack leaves free in the model window: the chat framing's closing tokens, a short question
+# and an answer (a context filling the window up to one token built a pack no `squeeze generate` could use)
+MIN_ANSWER_ROOM = 16
+
+
 def frame_context(tokenizer, text: str, framing: str) -> list[int]:
     """Token ids of the fixed context: raw text, or the chat prefix + text (the start of a user turn)."""
     if framing == "raw":
@@ -146,9 +151,10 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
-    if n >= config.max_positions:
+    if n > config.max_positions - MIN_ANSWER_ROOM:   # a pack no question could follow (framing, prompt, answer)
         room = min(256, config.max_positions // 4)
-        raise SqueezeError(f"the context is {n} tokens but the model window is {config.max_positions}; "
+        raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
+                           f"{'it does not fit' if n >= config.max_positions else 'no room is left for a question'}; "
                            f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
     window, sinks = settings.observation_window, settings.sink_tokens
     if n - window - sinks < MIN_CLUSTERED_TOKENS:

@@ -147,6 +147,16 @@ def test_selection_options_for_a_full_attention_artifact_are_refused(tiny, expor
     assert rc == 0 and json.loads(out)["attention"] == "full", err
 
 
+def test_a_context_that_fills_the_window_is_refused_at_build(tiny, tmp_path, capsys):
+    """A context up to one token short of the model window built a pack that no question fits (generate then asked
+    for --max-new-tokens of at most 0)."""
+    (tmp_path / "ctx.txt").write_text(" ".join(["ab abss an"] * 35))   # 245 of the tiny model's 256 positions
+    rc, _, err = run(["context", "build", "--context", tmp_path / "ctx.txt", "--out", tmp_path / "x.pack", "--raw",
+                      "--observation-window", "8", "--model", tiny / "tiny.gguf"], capsys)
+    assert_one_error(rc, err, "no room is left for a question", "shorten it to at most 192 tokens")
+    assert not (tmp_path / "x.pack").exists()
+
+
 # ----------------------------------------------------------------------------------------- option combinations
 @pytest.mark.parametrize("extra", [["--hierarchical"], ["--lookup", "numpy"], ["--follow-keys", "2"],
                                    ["--decode-selection", "question"], ["--exact-tail", "4"],
