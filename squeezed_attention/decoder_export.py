@@ -531,6 +531,10 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 f"building a {n}-token verification pack from real prose")
             verification.append(VerificationData.build(model, checkpoint, n or shapes.max_context, verify_tokens,
                                                        verify_text))
+            if verification[-1].pack.num_tokens > shapes.max_context:   # refused before minutes of converting
+                raise SqueezeError(f"--verify-text {text_file} is {verification[-1].pack.num_tokens} tokens (framing "
+                                   f"included) but the artifacts take at most --max-context {shapes.max_context}; pass "
+                                   "a shorter text or a larger --max-context (nothing was exported)")
         manifest["verification_inputs"] = {"packs": [v.describe() for v in verification]}
         if text_file is not None:
             manifest["verification_inputs"]["text_file"] = str(text_file)

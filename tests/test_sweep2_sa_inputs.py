@@ -272,3 +272,15 @@ def test_verify_rereads_a_verify_text_with_a_byte_order_mark_as_the_export_did(t
     (tmp_path / "doc.txt").write_text(TINY_TEXT + " ab", encoding="utf-8")
     rc, _, err = run(["verify", out], capsys)
     assert rc == 1 and "doc.txt changed since the export" in err and "prose shipped" not in err, err
+
+
+def test_verify_text_longer_than_max_context_is_refused_before_converting(tiny, tmp_path):
+    """A --verify-text longer than --max-context converted every format (minutes on the real model), then failed
+    each artifact's verification and left them written."""
+    from squeezed_attention.decoder_export import export_decoder
+
+    (tmp_path / "long.txt").write_text(TINY_TEXT + " ab an ss" * 12)
+    with pytest.raises(SqueezeError, match=r"--verify-text .* tokens .* at most --max-context 160"):
+        export_decoder(tmp_path / "art", formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed",
+                       verify_text=tmp_path / "long.txt", max_context=160, max_prompt=64, max_new=16)
+    assert not (tmp_path / "art").exists()
