@@ -255,6 +255,11 @@ def cmd_generate(args) -> int:
                            f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "
                            f"use --max-new-tokens of at most {room}")
     read_model_config(args.model)
+    from .weights import gguf_weights_sha256
+
+    weights = gguf_weights_sha256(args.model)
+    if weights is not None:
+        pack.check_weights(weights)   # a pack of another model, before the slow load
     _threads(args)
     streamed = []
 

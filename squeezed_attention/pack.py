@@ -103,11 +103,16 @@ class ContextPack:
     def check_model(self, checkpoint) -> None:
         """Refuse a pack built for other model weights or another tokenizer."""
         where = self.path or "this context pack"
-        if self.hashes.get("weights_sha256") != checkpoint.weights_sha256:
-            raise SqueezeError(f"{where} was built for other model weights (sha256 {self.hashes.get('weights_sha256', '?')[:12]}, "
-                               f"this model {checkpoint.weights_sha256[:12]}); rebuild it with this --model")
+        self.check_weights(checkpoint.weights_sha256)
         if self.hashes.get("tokenizer_sha256") != checkpoint.tokenizer.fingerprint():
             raise SqueezeError(f"{where} was built with a different tokenizer; rebuild it with this --model")
+
+    def check_weights(self, weights_sha256: str) -> None:
+        """Refuse a pack built for other model weights (``weights_sha256``: the model's, e.g. gguf_weights_sha256)."""
+        if self.hashes.get("weights_sha256") != weights_sha256:
+            raise SqueezeError(f"{self.path or 'this context pack'} was built for other model weights (sha256 "
+                               f"{self.hashes.get('weights_sha256', '?')[:12]}, this model {weights_sha256[:12]}); "
+                               "rebuild it with this --model")
 
     def check_context(self, context_text: str) -> None:
         """Refuse a pack built from another context text."""

@@ -157,6 +157,20 @@ def test_a_context_that_fills_the_window_is_refused_at_build(tiny, tmp_path, cap
     assert not (tmp_path / "x.pack").exists()
 
 
+def test_a_pack_of_another_model_is_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
+    """generate loaded the whole model (a minute for SmolLM2 on 2 cores) before comparing the pack's weights hash."""
+    write_tiny_llama_gguf(tmp_path / "other.gguf", seed=5)
+    import squeezed_attention.model as model_module
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(model_module.LlamaForCausalLM, "from_checkpoint", classmethod(no_load))
+    rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab",
+                      "--model", tmp_path / "other.gguf"], capsys)
+    assert_one_error(rc, err, "was built for other model weights", "rebuild it with this --model")
+
+
 # ----------------------------------------------------------------------------------------- option combinations
 @pytest.mark.parametrize("extra", [["--hierarchical"], ["--lookup", "numpy"], ["--follow-keys", "2"],
                                    ["--decode-selection", "question"], ["--exact-tail", "4"],
