@@ -270,6 +270,9 @@ def _content_sha256(tensors: dict, metadata: dict) -> str:
 def check_pack_destination(path, protect=()) -> Path:
     """Refuse, before any work, a pack destination that cannot be written or holds something that is not a
     context pack (a directory, the context text itself, any other file: only an older pack is replaced)."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):   # Path() drops the slash: a FILE named like the folder
+        raise SqueezeError(f"--out {path} names a folder; give the pack's file path, e.g. {path}doc.pack "
+                           "(nothing was written)")
     path = check_destination(path, "file")
     if path.is_file():
         same = [p for p in protect if Path(p).exists() and path.samefile(p)]

@@ -171,6 +171,14 @@ def test_a_pack_of_another_model_is_refused_before_the_model_loads(tiny, tmp_pat
     assert_one_error(rc, err, "was built for other model weights", "rebuild it with this --model")
 
 
+def test_build_out_with_a_trailing_slash_is_refused(tiny, tmp_path, capsys):
+    """`--out packs/` wrote the pack as a FILE named packs (the slash dropped), where the user meant a folder."""
+    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", f"{tmp_path / 'packs'}/",
+                      "--model", tiny / "missing.gguf"], capsys)
+    assert_one_error(rc, err, "names a folder", "packs/doc.pack")
+    assert not (tmp_path / "packs").exists()
+
+
 # ----------------------------------------------------------------------------------------- option combinations
 @pytest.mark.parametrize("extra", [["--hierarchical"], ["--lookup", "numpy"], ["--follow-keys", "2"],
                                    ["--decode-selection", "question"], ["--exact-tail", "4"],
