@@ -306,3 +306,23 @@ def test_verify_text_longer_than_max_context_is_refused_before_converting(tiny, 
         export_decoder(tmp_path / "art", formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed",
                        verify_text=tmp_path / "long.txt", max_context=160, max_prompt=64, max_new=16)
     assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("answer", ["two lines\nof answer\n", ""])
+def test_artifact_answer_is_printed_without_an_extra_blank_line(tiny, exported, capsys, monkeypatch, answer):
+    """`generate --artifacts` always printed a newline after the answer: a blank line after an answer that ends its
+    line, and a lone blank line for an empty answer (the host path prints neither)."""
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.settings import GenerationResult
+
+    def answered(self, prompt, max_new_tokens=64, raw=None, on_text=None, stop_at_eos=True):
+        if answer and on_text:
+            on_text(answer)
+        return GenerationResult(text=answer, token_ids=[], prompt_tokens=2, context_tokens=141, prefill_seconds=0.01,
+                                decode_seconds=0.01, decode_tokens=0, attention="full", runtime="onnxruntime")
+
+    monkeypatch.setattr(DecoderSession, "generate", answered)
+    rc, out, err = run(["generate", "--artifacts", exported, "--context-pack", tiny / "chat.pack", "--prompt", "ab"],
+                       capsys)
+    assert rc == 0, err
+    assert out == answer
