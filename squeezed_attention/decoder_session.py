@@ -19,6 +19,7 @@ does. A new question starts again at cache_len = 0 (entries past it are masked, 
 from __future__ import annotations
 
 import json
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -336,6 +337,9 @@ class GenerationLoop:
 
     def greedy(self, ids: list, max_new_tokens: int, forced: list | None = None, stop_ids=(), on_token=None):
         """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
+        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
+            raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
         self.lookup_seconds = 0.0

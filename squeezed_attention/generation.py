@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the o
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
-from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
+from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys, plain_numbers  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class AttentionChoice:
                                      # settings.default_follow_keys there, else 0
 
     def __post_init__(self):
+        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys"),
+                      ("kv_budget", "keep_fraction"))
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
@@ -266,6 +269,8 @@ class Generator:
         """Greedy decoding. ``on_text(str)`` receives the text as it is produced (streaming);
         ``stop_when(text)`` returning True ends generation early (evaluations stop once the answer is out);
         ``progress(stage, done, total)`` hears about the prompt's prefill (per layer) and each decoded token."""
+        if isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool):
+            max_new_tokens = int(max_new_tokens)   # np.int64 from a sweep is a whole number too
         if type(max_new_tokens) is not int or max_new_tokens < 1:
             raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
         report = progress or (lambda *a: None)

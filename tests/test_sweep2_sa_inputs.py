@@ -326,3 +326,37 @@ def test_artifact_answer_is_printed_without_an_extra_blank_line(tiny, exported, 
                        capsys)
     assert rc == 0, err
     assert out == answer
+
+
+# ------------------------------------------------------------------------------------- Python API: numpy numbers
+def test_numpy_numbers_from_a_sweep_are_accepted_by_the_python_api(tiny, exported, tmp_path):
+    """AttentionChoice(kv_budget=np.float64(0.3)) was refused as 'must be a fraction in (0, 1]; got 0.3', and
+    np.int64 counts as 'not a whole number' (np.linspace / np.arange sweeps); BuildSettings the same;
+    DecoderSession.generate(max_new_tokens=2.5) ended in a TypeError."""
+    import numpy as np
+
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.pack import BuildSettings
+
+    gen = Generator.from_pack(tiny / "raw.pack", model_path=tiny / "tiny.gguf")
+    for budget in np.linspace(0.2, 0.4, 2):
+        swept = gen.generate("ab", AttentionChoice("top-k", kv_budget=budget, exact_tail=np.int64(0)),
+                             max_new_tokens=np.int64(3))
+        assert swept.token_ids == gen.generate("ab", AttentionChoice("top-k", kv_budget=float(budget), exact_tail=0),
+                                               max_new_tokens=3).token_ids
+    choice = AttentionChoice("top-k", keep_keys=np.int64(5))
+    assert type(choice.keep_keys) is int and json.dumps(choice.__dict__)
+    settings = BuildSettings(centroid_fraction=np.float32(0.2), observation_window=np.int64(8), framing="raw")
+    assert type(settings.observation_window) is int and json.dumps(settings.to_dict())
+    for bad in (np.float64("nan"), np.bool_(True)):
+        with pytest.raises(SqueezeError):
+            AttentionChoice("top-k", kv_budget=bad)
+    session = DecoderSession(exported, fmt="onnx", attention="squeezed")
+    try:
+        session.attach(tiny / "chat.pack")
+        assert len(session.generate("ab", max_new_tokens=np.int64(2), stop_at_eos=False).token_ids) == 2
+        with pytest.raises(SqueezeError, match="--max-new-tokens must be a whole number"):
+            session.generate("ab", max_new_tokens=2.5)
+    finally:
+        session.close()
