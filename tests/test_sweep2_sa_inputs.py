@@ -360,3 +360,35 @@ def test_numpy_numbers_from_a_sweep_are_accepted_by_the_python_api(tiny, exporte
             session.generate("ab", max_new_tokens=2.5)
     finally:
         session.close()
+
+
+def test_followed_keys_that_leave_nothing_to_select_are_refused_as_on_the_host(tiny, tmp_path, capsys):
+    """`export decoder --follow-keys 1000` died in torch.export with a multi-line converter error; an artifact whose
+    followed keys reach a pack's kept keys answered with no key selected, where the host refuses the same setting."""
+    from squeezed_attention.decoder_export import export_decoder
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.generation import AttentionChoice, make_context
+    from squeezed_attention.pack import load_context_pack
+
+    with pytest.raises(SqueezeError, match="--follow-keys 1000 leaves no keys to select.*at most 3"):
+        export_decoder(tmp_path / "no", formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed",
+                       follow_keys=1000, verify=False, max_context=160, max_prompt=64, max_new=16)
+    assert not (tmp_path / "no").exists()
+    out = tmp_path / "follow5"
+    assert export_decoder(out, formats=("onnx",), model_path=tiny / "tiny.gguf", attention="squeezed", kv_budget=0.3,
+                          follow_keys=5, verify=False, max_context=160, max_prompt=64, max_new=16).ok is not None
+    (tmp_path / "short.txt").write_text(" ".join(["ab abss an"] * 17))   # 21 clustered keys: 5 kept at KV budget 0.3
+    rc = cli.main(["context", "build", "--context", str(tmp_path / "short.txt"), "--out", str(tmp_path / "short.pack"),
+                   "--model", str(tiny / "tiny.gguf")])
+    assert rc == 0
+    pack = load_context_pack(tmp_path / "short.pack")
+    with pytest.raises(SqueezeError, match="--follow-keys 5 leaves no keys to select"):   # the host's refusal
+        make_context(pack, AttentionChoice("top-k", kv_budget=0.3, follow_keys=5))
+    session = DecoderSession(out, fmt="onnx")
+    try:
+        with pytest.raises(SqueezeError, match="follows 5 keys per decode step but the pack keeps only 5"):
+            session.attach(tmp_path / "short.pack")
+        session.attach(tiny / "chat.pack")   # a pack that keeps more keys answers
+        assert session.generate("ab", max_new_tokens=2, stop_at_eos=False).token_ids
+    finally:
+        session.close()
