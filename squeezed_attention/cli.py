@@ -195,7 +195,8 @@ def _choice_from_args(args):
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys)
     if args.full:
-        ignored = [flag for flag, on in (("--hierarchical", args.hierarchical), ("--per-query-head", args.per_query_head),
+        ignored = [flag for flag, on in (("--hierarchical", args.hierarchical),
+                                         ("--per-query-head", args.per_query_head),
                                          ("--lookup", args.lookup != "auto"),
                                          ("--decode-selection", args.decode_selection != "step"),
                                          ("--follow-keys", args.follow_keys is not None),
@@ -203,8 +204,8 @@ def _choice_from_args(args):
                                          ("--prefill-tail", args.prefill_tail is not None),
                                          ("--exact-tail", args.exact_tail is not None)) if on]
         if ignored:
-            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if len(ignored) == 1 else 'shape'} Squeezed Attention's "
-                               "key selection and does nothing with --full (every key is attended); drop "
+            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if len(ignored) == 1 else 'shape'} Squeezed "
+                               "Attention's key selection and does nothing with --full (every key is attended); drop "
                                f"{'it' if len(ignored) == 1 else 'them'} or drop --full")
         return AttentionChoice("full")
     if args.keep_keys is not None:
@@ -248,8 +249,8 @@ def cmd_generate(args) -> int:
     room = pack.config.max_positions - pack.num_tokens - 1  # at least one prompt token
     if room < 1:
         raise SqueezeError(f"the pack's {pack.num_tokens} context tokens fill the model window of "
-                           f"{pack.config.max_positions}: no room for a prompt and an answer; rebuild it from a shorter "
-                           "context")
+                           f"{pack.config.max_positions}: no room for a prompt and an answer; rebuild it from a "
+                           "shorter context")
     if args.max_new_tokens > room:
         raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} context "
                            f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "

@@ -506,8 +506,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     shapes = decoder_shapes(model.config, max_context, max_prompt, max_new, kv_budget)
     if follow_keys and "squeezed" in attentions and follow_keys >= shapes.max_keep:   # as the host refuses it
         raise SqueezeError(f"--follow-keys {follow_keys} leaves no keys to select: at --kv-budget {kv_budget:g} and "
-                           f"--max-context {shapes.max_context} the artifact keeps {shapes.max_keep} keys per head; use "
-                           f"--follow-keys of at most {shapes.max_keep - 1} or a larger --kv-budget")
+                           f"--max-context {shapes.max_context} the artifact keeps {shapes.max_keep} keys per head; "
+                           f"use --follow-keys of at most {shapes.max_keep - 1} or a larger --kv-budget")
     tokenizer = checkpoint.tokenizer
     old = existing_decoder_manifest(out_dir, checkpoint.weights_sha256)  # before anything is written
     manifest = {

@@ -163,8 +163,8 @@ class GenerationLoop:
             contract.get("follow_min_keep") or 0) else 0
         if self.follow and self.follow >= self.keep_keys:   # the host's rule (generation.make_context refuses it)
             raise SqueezeError(f"this artifact follows {self.follow} keys per decode step but the pack keeps only "
-                               f"{self.keep_keys} keys per head at its KV budget, so none would be selected; use a pack "
-                               "of a longer context or an artifact exported with fewer --follow-keys")
+                               f"{self.keep_keys} keys per head at its KV budget, so none would be selected; use a "
+                               "pack of a longer context or an artifact exported with fewer --follow-keys")
         self.pointer = None
         self.prompting = False      # the prompt's calls (a 1-token chunk runs as decode) never follow: the host's
         if self.graph_follow:       # prompt is its first call per layer

@@ -224,8 +224,8 @@ def test_generate_help_shows_the_default_kv_budget(capsys):
 
 def test_level1_without_hierarchical_is_refused(tiny, tmp_path, capsys):
     """--level1 was silently ignored without --hierarchical (a flat pack, where the user asked for a level size)."""
-    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "x.pack", "--level1", "0.05",
-                      "--model", tiny / "missing.gguf"], capsys)
+    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "x.pack",
+                      "--level1", "0.05", "--model", tiny / "missing.gguf"], capsys)
     assert_one_error(rc, err, "--level1", "without --hierarchical")
     assert not (tmp_path / "x.pack").exists()
 
@@ -233,7 +233,8 @@ def test_level1_without_hierarchical_is_refused(tiny, tmp_path, capsys):
 def test_hierarchical_pack_with_fewer_centroids_than_the_default_level1(tiny, tmp_path, capsys):
     """--hierarchical --centroids 0.005 was refused because the DEFAULT --level1 (0.01) exceeded it."""
     rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "h.pack", "--hierarchical",
-                      "--centroids", "0.005", "--model", tiny / "tiny.gguf", "--raw", "--observation-window", "8"], capsys)
+                      "--centroids", "0.005", "--model", tiny / "tiny.gguf", "--raw", "--observation-window", "8"],
+                     capsys)
     assert rc == 0, err
     from squeezed_attention.pack import load_context_pack
 
