@@ -204,9 +204,10 @@ def _choice_from_args(args):
                                          ("--prefill-tail", args.prefill_tail is not None),
                                          ("--exact-tail", args.exact_tail is not None)) if on]
         if ignored:
-            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if len(ignored) == 1 else 'shape'} Squeezed "
-                               "Attention's key selection and does nothing with --full (every key is attended); drop "
-                               f"{'it' if len(ignored) == 1 else 'them'} or drop --full")
+            one = len(ignored) == 1
+            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if one else 'shape'} Squeezed Attention's key "
+                               f"selection and {'does' if one else 'do'} nothing with --full (every key is attended); "
+                               f"drop {'it' if one else 'them'} or drop --full")
         return AttentionChoice("full")
     if args.keep_keys is not None:
         return AttentionChoice("top-k", keep_keys=args.keep_keys, **common)
