@@ -187,7 +187,7 @@ def test_full_attention_with_selection_options_is_refused(tiny, capsys, extra):
     """--full silently dropped every option of the key selection: a user comparing settings got the same numbers."""
     rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--full",
                       "--model", tiny / "missing.gguf", *extra], capsys)
-    assert_one_error(rc, err, extra[0], "does nothing with --full")
+    assert_one_error(rc, err, extra[0], "nothing with --full")
 
 
 def test_the_lowest_kv_budget_a_message_names_is_accepted(tiny, capsys):
