@@ -54,7 +54,7 @@ def read_utf8_text(path, what: str = "context file", hint: str = "pass a UTF-8 t
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError:
-        label = "UTF-8" if encoding.startswith("utf-8") else f"{encoding.upper()} text (as its byte-order mark says)"
+        label = "UTF-8 text" if encoding.startswith("utf-8") else f"{encoding.upper()} text (as its byte-order mark says)"
         raise SqueezeError(f"{path} is not {label}; {hint}") from None
     if "\0" in text:
         raise SqueezeError(f"{path} contains NUL characters, so it is not plain text (binary data, or UTF-16/32 "
