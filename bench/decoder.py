@@ -123,12 +123,23 @@ def bench_packs(manifest: Dict, contexts: Sequence[int], pack_dir: Path, say: Pr
     return sorted(out, key=lambda p: p["requested"])
 
 
-def user_packs(paths: Sequence[str], question: str) -> List[Dict]:
-    from squeezed_attention.pack_arrays import read_pack_arrays
+def user_packs(paths: Sequence[str], question: str, manifest: Optional[Dict] = None,
+               artifacts: Sequence[Dict] = ()) -> List[Dict]:
+    """The user's packs as bench rows, each refused up front (nothing run) where it does not fit the export: built
+    for another model or tokenizer (``manifest``), or not a pack one of ``artifacts`` takes."""
+    from squeezed_attention.pack_arrays import check_pack_fits, read_pack_arrays
 
     out = []
     for p in paths:
         pack = read_pack_arrays(p)
+        if manifest is not None:
+            model = manifest.get("model") or {}
+            pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
+        for a in artifacts:
+            try:
+                check_pack_fits(pack, a["decoder"]["shapes"], a["decoder"]["attention"])
+            except SqueezeError as exc:
+                raise SqueezeError(f"{p} does not fit {a['file']}: {exc}; nothing was run") from None
         out.append({"path": str(Path(p).resolve()), "requested": pack.num_tokens, "context_tokens": pack.num_tokens,
                     "question": question, "answer": None})
     return sorted(out, key=lambda p: p["context_tokens"])
@@ -181,13 +192,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     if packs:
         from squeezed_attention.evaluate import PASSKEY_QUESTION
 
-        pack_rows = user_packs(packs, question or PASSKEY_QUESTION)
-        for pack in pack_rows:
-            for a in artifacts:
-                room = a["decoder"]["shapes"]["max_context"]
-                if pack["context_tokens"] > room:
-                    raise SqueezeError(f"the context pack {pack['path']} holds {pack['context_tokens']} tokens, more than "
-                                       f"{a['file']} was exported for (--max-context {room}); nothing was run")
+        pack_rows = user_packs(packs, question or PASSKEY_QUESTION, manifest, artifacts)
     else:
         if any(c < 512 for c in contexts):
             raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")

@@ -160,15 +160,24 @@ def cmd_generate_artifacts(args) -> int:
                              prefill_rows=getattr(args, "prefill_rows", None),
                              prefill_tail=getattr(args, "prefill_tail", None),
                              exact_tail=getattr(args, "exact_tail", None))
-    session.attach(args.context_pack, context_text=getattr(args, "context_text", None))
-    stream = None if args.json else (lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,
-                              on_text=stream)
-    session.close()
+    streamed = []
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        streamed.append(piece)
+
+    try:
+        session.attach(args.context_pack, context_text=getattr(args, "context_text", None))
+        result = session.generate(args.prompt, max_new_tokens=args.max_new_tokens, raw=True if args.raw else None,
+                                  on_text=None if args.json else stream)
+    finally:
+        session.close()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    print()
+    if streamed and not "".join(streamed).endswith("\n"):
+        print()  # end the streamed answer's line (as the host's `squeeze generate`; nothing for an empty answer)
     rows = [("artifact", session.artifact["file"]), ("runtime", result.runtime), ("attention", result.attention),
             ("context / prompt tokens", f"{result.context_tokens} / {result.prompt_tokens}"),
             ("prefill", f"{1000 * result.prefill_seconds:.0f} ms"),

@@ -154,8 +154,12 @@ def cmd_context_build(args) -> int:
     from .weights import read_model_config
 
     # everything that can be refused without the model is refused before it is loaded: no wasted work
+    if args.level1 is not None and not args.hierarchical:
+        raise SqueezeError("--level1 sizes the hierarchical level and does nothing without --hierarchical; add "
+                           "--hierarchical or drop --level1")
     settings = BuildSettings(centroid_fraction=args.centroids, hierarchical=args.hierarchical,
-                             level1_fraction=args.level1, observation_window=args.observation_window,
+                             level1_fraction=(min(BuildSettings.level1_fraction, args.centroids) if args.level1 is None
+                                              else args.level1), observation_window=args.observation_window,
                              seed=args.seed, framing="raw" if args.raw else "chat")
     out = check_pack_destination(args.out, protect=[args.context])
     text = _read_text(args.context)
@@ -191,6 +195,19 @@ def _choice_from_args(args):
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys)
     if args.full:
+        ignored = [flag for flag, on in (("--hierarchical", args.hierarchical),
+                                         ("--per-query-head", args.per_query_head),
+                                         ("--lookup", args.lookup != "auto"),
+                                         ("--decode-selection", args.decode_selection != "step"),
+                                         ("--follow-keys", args.follow_keys is not None),
+                                         ("--prefill-rows", args.prefill_rows is not None),
+                                         ("--prefill-tail", args.prefill_tail is not None),
+                                         ("--exact-tail", args.exact_tail is not None)) if on]
+        if ignored:
+            one = len(ignored) == 1
+            raise SqueezeError(f"{', '.join(ignored)} {'shapes' if one else 'shape'} Squeezed Attention's key "
+                               f"selection and {'does' if one else 'do'} nothing with --full (every key is attended); "
+                               f"drop {'it' if one else 'them'} or drop --full")
         return AttentionChoice("full")
     if args.keep_keys is not None:
         return AttentionChoice("top-k", keep_keys=args.keep_keys, **common)
@@ -201,6 +218,9 @@ def _choice_from_args(args):
 
 
 def cmd_generate(args) -> int:
+    from .tokenizer import check_user_text
+
+    check_user_text(args.prompt, "--prompt")   # before a model or runtime loads
     if args.artifacts:
         from export.cli_decoder import cmd_generate_artifacts
 
@@ -228,11 +248,20 @@ def cmd_generate(args) -> int:
     check_choice(pack, choice)
     check_framing(pack, True if args.raw else None)
     room = pack.config.max_positions - pack.num_tokens - 1  # at least one prompt token
+    if room < 1:
+        raise SqueezeError(f"the pack's {pack.num_tokens} context tokens fill the model window of "
+                           f"{pack.config.max_positions}: no room for a prompt and an answer; rebuild it from a "
+                           "shorter context")
     if args.max_new_tokens > room:
         raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} context "
                            f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "
                            f"use --max-new-tokens of at most {room}")
     read_model_config(args.model)
+    from .weights import gguf_weights_sha256
+
+    weights = gguf_weights_sha256(args.model)
+    if weights is not None:
+        pack.check_weights(weights)   # a pack of another model, before the slow load
     _threads(args)
     streamed = []
 
@@ -427,7 +456,8 @@ def add_subcommands(subparsers) -> None:
         description="Prefill the fixed context, K-means its keys per (layer, KV head), calibrate keep "
         "thresholds on the last tokens' queries, and save everything as one safetensors pack.\n\n"
         "example:\n  squeeze context build --context manual.txt --out manual.pack.safetensors --hierarchical")
-    b.add_argument("--context", required=True, metavar="FILE", help="UTF-8 text file with the fixed context (required)")
+    b.add_argument("--context", required=True, metavar="FILE",
+                   help="text file with the fixed context, UTF-8 (or UTF-16/32 with a byte-order mark) (required)")
     b.add_argument("--out", required=True, metavar="PACK",
                    help="where to write the pack, a file path (required; an existing pack there is replaced, "
                    "a directory is refused)")
@@ -437,9 +467,10 @@ def add_subcommands(subparsers) -> None:
                    "centroids taking the bytes of the paper's 0.05 fp16)")
     b.add_argument("--hierarchical", action="store_true",
                    help="also cluster the centroids (level 1, see --level1) for sub-linear lookup (default: off)")
-    b.add_argument("--level1", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True), default=0.01,
+    b.add_argument("--level1", type=_fraction_in(0, BuildSettings.MAX_CENTROID_FRACTION, lo_open=True), default=None,
                    metavar="FRACTION",
-                   help="level-1 clusters per clustered key with --hierarchical, in (0, --centroids] (default 0.01)")
+                   help="level-1 clusters per clustered key with --hierarchical, in (0, --centroids] (default 0.01, or "
+                   "--centroids if smaller)")
     lo, hi = ranges["observation_window"][1:]
     b.add_argument("--observation-window", type=_int_in(lo, hi), default=100, metavar="N",
                    help=f"last N context tokens, {lo}-{hi}: always attended, and their queries calibrate the "
@@ -547,7 +578,7 @@ def add_subcommands(subparsers) -> None:
                        help="top-k selection sized by the paper's KV budget: kept keys + centroid bytes, as a "
                        "fraction of the KV cache, above the centroids' share ("
                        f"{centroid_cost(0.10, 64):.3f} with the default 10%% int8 centroids of a 64-dimensional head) "
-                       "and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
+                       f"and at most 1 (default {DEFAULT_KV_BUDGET:g}, when no other size is given)")
     which.add_argument("--keep-keys", type=_int_in(1, 1 << 24), metavar="N",
                        help="top-k selection keeping exactly N clustered keys per head, best clusters first (static "
                        "shapes), 1 to the pack's clustered keys (default: sized by --kv-budget)")

@@ -60,6 +60,14 @@ def artifact_bytes(path: Path) -> int:
     return path.stat().st_size
 
 
+def artifact_weight_bytes(module, weights: str) -> int:
+    """The least an artifact of ``module`` takes on disk: its parameters and buffers at the ``weights`` precision
+    (int4: half a byte each), the export pipeline's measure."""
+    from export.pipeline import weight_bytes
+
+    return weight_bytes(module, "int8") // 2 if weights == "int4" else weight_bytes(module, weights)
+
+
 def state_of(fmt: str, plan: str) -> str:
     return "buffer" if fmt == "pte" and plan == "in-graph" else "io"
 
@@ -423,6 +431,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
     recorded so ``squeeze verify`` can rebuild the same pack)."""
     from export.backends import ExportOptions, conversion_error, get_backend
+    from export.pipeline import check_free_space
     from export.quiet import quiet
 
     from .model import LlamaForCausalLM
@@ -495,6 +504,10 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     checkpoint = load_checkpoint(model_path)
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     shapes = decoder_shapes(model.config, max_context, max_prompt, max_new, kv_budget)
+    if follow_keys and "squeezed" in attentions and follow_keys >= shapes.max_keep:   # as the host refuses it
+        raise SqueezeError(f"--follow-keys {follow_keys} leaves no keys to select: at --kv-budget {kv_budget:g} and "
+                           f"--max-context {shapes.max_context} the artifact keeps {shapes.max_keep} keys per head; "
+                           f"use --follow-keys of at most {shapes.max_keep - 1} or a larger --kv-budget")
     tokenizer = checkpoint.tokenizer
     old = existing_decoder_manifest(out_dir, checkpoint.weights_sha256)  # before anything is written
     manifest = {
@@ -522,6 +535,10 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                 f"building a {n}-token verification pack from real prose")
             verification.append(VerificationData.build(model, checkpoint, n or shapes.max_context, verify_tokens,
                                                        verify_text))
+            if verification[-1].pack.num_tokens > shapes.max_context:   # refused before minutes of converting
+                raise SqueezeError(f"--verify-text {text_file} is {verification[-1].pack.num_tokens} tokens (framing "
+                                   f"included) but the artifacts take at most --max-context {shapes.max_context}; pass "
+                                   "a shorter text or a larger --max-context (nothing was exported)")
         manifest["verification_inputs"] = {"packs": [v.describe() for v in verification]}
         if text_file is not None:
             manifest["verification_inputs"]["text_file"] = str(text_file)
@@ -542,9 +559,11 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             follow = follow_keys_for(follow_keys, att, selection, prefill_tail)
             min_keep = follow_min_keep(follow) if follow_keys is None else 0   # gated as the host's default
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
-            say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
             t0 = time.perf_counter()
             try:
+                # a converter that fills the disk can end the process from C++ with no message: refuse it first
+                check_free_space(out_dir, artifact_weight_bytes(module, weights), f"{fmt} ({att}): {name}")
+                say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
                 with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
                     try:
                         with quiet():  # converters print warnings and C++ logs by the hundred
@@ -849,17 +868,20 @@ def verify_decoder_directory(directory, progress=None) -> dict:
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     say("verify", "rebuilding the verification pack")
     text = None
-    if info.get("text_file"):
-        try:
-            text = Path(info["text_file"]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise SqueezeError(f"the verification text {info['text_file']} is gone or unreadable") from None
+    if info.get("text_file"):   # read as the export read it (byte-order mark, encodings): the same text, same hash
+        from .file_kinds import read_utf8_text
+
+        text = read_utf8_text(info["text_file"], "verification text (--verify-text)",
+                              "restore it or re-export with --verify-text FILE")
     packs = info.get("packs") if isinstance(info.get("packs"), list) else [info]  # (one-pack manifests: the dict)
     data = []
     for entry in packs:
         d = VerificationData.build(model, checkpoint, int(entry["requested_tokens"]), int(entry["tokens_per_prompt"]),
                                    text)
         if d.pack.hashes.get("context_sha256") != entry.get("context_sha256"):
+            if info.get("text_file"):
+                raise SqueezeError(f"the verification text {info['text_file']} changed since the export (its hash "
+                                   "differs); restore it or re-export with --verify-text FILE to verify here")
             raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
                                "prose shipped with this machine changed); re-export to verify here")
         data.append(d)

@@ -19,6 +19,7 @@ does. A new question starts again at cache_len = 0 (entries past it are masked, 
 from __future__ import annotations
 
 import json
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 from .errors import SqueezeError, reason_of
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
-from .tokenizer import encode_literal, finished_text
+from .tokenizer import check_user_text, encode_literal, finished_text
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
 # clustered_values_l (1: one clustered_kv_l of [key | value] rows)
@@ -46,7 +47,18 @@ def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_ta
     for flag, value in (("--prefill-rows", rows), ("--prefill-tail", tail)):
         if type(value) is not int or value < 0:
             raise SqueezeError(f"{flag} must be a whole number of tokens >= 0; got {value!r}")
+    for flag, value in (("--prefill-rows", prefill_rows), ("--prefill-tail", prefill_tail)):
+        _refuse_for_full(contract, flag, value)
     return (rows, tail) if contract.get("attention") == "squeezed" else (0, 0)
+
+
+def _refuse_for_full(contract: dict, flag: str, value) -> None:
+    """A prompt-selection option given for a full-attention artifact (it selects nothing) is a one-line error, not
+    silently ignored, as the host's `squeeze generate --full` refuses it."""
+    if contract.get("attention") == "full" and value:
+        raise SqueezeError(f"{flag} shapes Squeezed Attention's key selection and does nothing with a full-attention "
+                           "artifact (every key is attended); drop it or pick the squeezed artifact "
+                           "(--artifact-attention squeezed)")
 
 
 def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
@@ -55,6 +67,7 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
     have = contract.get("exact_tail") or 0
     if exact_tail is None:
         return have
+    _refuse_for_full(contract, "--exact-tail", exact_tail)
     if type(exact_tail) is not int or not 0 <= exact_tail <= have:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to {have} for this artifact (its "
                            f"prefill_exact method's width; re-export with --exact-tail N for more); got {exact_tail!r}")
@@ -148,6 +161,10 @@ class GenerationLoop:
         self.graph_follow = int(contract.get("follow_keys") or 0) if self.attention == "squeezed" else 0
         self.follow = self.graph_follow if self.graph_follow and self.keep_keys >= int(
             contract.get("follow_min_keep") or 0) else 0
+        if self.follow and self.follow >= self.keep_keys:   # the host's rule (generation.make_context refuses it)
+            raise SqueezeError(f"this artifact follows {self.follow} keys per decode step but the pack keeps only "
+                               f"{self.keep_keys} keys per head at its KV budget, so none would be selected; use a "
+                               "pack of a longer context or an artifact exported with fewer --follow-keys")
         self.pointer = None
         self.prompting = False      # the prompt's calls (a 1-token chunk runs as decode) never follow: the host's
         if self.graph_follow:       # prompt is its first call per layer
@@ -324,6 +341,9 @@ class GenerationLoop:
 
     def greedy(self, ids: list, max_new_tokens: int, forced: list | None = None, stop_ids=(), on_token=None):
         """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
+        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
+            raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
         self.lookup_seconds = 0.0
@@ -409,6 +429,7 @@ class DecoderSession:
                                    self.exact_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
+        check_user_text(prompt)
         framing = self.loop.pack.settings.get("framing", "chat")
         raw = framing == "raw" if raw is None else raw
         if raw != (framing == "raw"):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -18,13 +19,14 @@ from .lookup import DECODE_SELECTIONS, SelectionSpec
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
-from .tokenizer import finished_text
+from .tokenizer import check_user_text, finished_text
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
 from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
+from .settings import plain_numbers
 
 
 @dataclass
@@ -59,6 +61,8 @@ class AttentionChoice:
                                      # settings.default_follow_keys there, else 0
 
     def __post_init__(self):
+        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys"),
+                      ("kv_budget", "keep_fraction"))
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
@@ -150,7 +154,7 @@ def check_choice(pack: ContextPack, choice: AttentionChoice) -> None:
         if keys < 1:
             what = f"--kv-budget {choice.kv_budget:g}" if choice.kv_budget is not None else f"keep fraction {fraction:g}"
             raise SqueezeError(f"{what} keeps no key of this pack's {nc} clustered keys (its centroids alone take "
-                               f"{cost:.3f} of the KV cache); use a KV budget in [{cost + 0.5 / nc:.3f}, 1]")
+                               f"{cost:.3f} of the KV cache); use a KV budget in [{_above(cost + 0.5 / nc)}, 1]")
     else:
         lo, hi = THRESHOLD_KEEP_RANGE
         if not lo <= fraction <= hi:
@@ -159,7 +163,19 @@ def check_choice(pack: ContextPack, choice: AttentionChoice) -> None:
                                    "of threshold mode; use --full to keep everything")
             raise SqueezeError(f"KV budget {choice.kv_budget:g} leaves a keep fraction of {fraction:.3f} after the "
                                f"centroids ({cost:.3f}), outside threshold mode's calibrated range [{lo:.2f}, {hi:.2f}]; "
-                               f"use a KV budget in [{lo + cost:.3f}, {min(1.0, hi + cost):.3f}]")
+                               f"use a KV budget in [{_above(lo + cost, strict=False)}, {_below(min(1.0, hi + cost))}]")
+
+
+def _above(bound: float, strict: bool = True) -> str:
+    """``bound`` rounded UP to the 3 decimals a message prints (strictly above it with ``strict``), so the number a
+    user copies from the message is accepted."""
+    scaled = bound * 1000
+    return f"{(math.floor(scaled) + 1 if strict else math.ceil(scaled - 1e-9)) / 1000:.3f}"
+
+
+def _below(bound: float) -> str:
+    """``bound`` rounded DOWN to 3 decimals (the largest printed value inside it)."""
+    return f"{math.floor(bound * 1000 + 1e-9) / 1000:.3f}"
 
 
 def check_framing(pack: ContextPack, raw: bool | None) -> bool:
@@ -236,6 +252,7 @@ class Generator:
         return self._rows
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
+        check_user_text(prompt)
         raw = check_framing(self.pack, raw)
         if raw:
             return self.tokenizer.encode_text(prompt)
@@ -253,6 +270,8 @@ class Generator:
         """Greedy decoding. ``on_text(str)`` receives the text as it is produced (streaming);
         ``stop_when(text)`` returning True ends generation early (evaluations stop once the answer is out);
         ``progress(stage, done, total)`` hears about the prompt's prefill (per layer) and each decoded token."""
+        if isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool):
+            max_new_tokens = int(max_new_tokens)   # np.int64 from a sweep is a whole number too
         if type(max_new_tokens) is not int or max_new_tokens < 1:
             raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
         report = progress or (lambda *a: None)
@@ -261,6 +280,10 @@ class Generator:
             raise SqueezeError("the prompt is empty; pass --prompt TEXT")
         n_ctx = self.pack.num_tokens
         window = self.model.config.max_positions
+        if n_ctx + len(ids) >= window:
+            raise SqueezeError(f"the prompt is {len(ids)} tokens (framing included) after the pack's {n_ctx} context "
+                               f"tokens: no room is left for an answer in the model window of {window}; shorten the "
+                               f"prompt to under {window - n_ctx} tokens or use a pack of a shorter context")
         if n_ctx + len(ids) + max_new_tokens > window:
             raise SqueezeError(f"context {n_ctx} + prompt {len(ids)} + {max_new_tokens} new tokens exceed the model "
                                f"window of {window}; use a shorter prompt or --max-new-tokens of at most "

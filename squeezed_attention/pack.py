@@ -103,11 +103,16 @@ class ContextPack:
     def check_model(self, checkpoint) -> None:
         """Refuse a pack built for other model weights or another tokenizer."""
         where = self.path or "this context pack"
-        if self.hashes.get("weights_sha256") != checkpoint.weights_sha256:
-            raise SqueezeError(f"{where} was built for other model weights (sha256 {self.hashes.get('weights_sha256', '?')[:12]}, "
-                               f"this model {checkpoint.weights_sha256[:12]}); rebuild it with this --model")
+        self.check_weights(checkpoint.weights_sha256)
         if self.hashes.get("tokenizer_sha256") != checkpoint.tokenizer.fingerprint():
             raise SqueezeError(f"{where} was built with a different tokenizer; rebuild it with this --model")
+
+    def check_weights(self, weights_sha256: str) -> None:
+        """Refuse a pack built for other model weights (``weights_sha256``: the model's, e.g. gguf_weights_sha256)."""
+        if self.hashes.get("weights_sha256") != weights_sha256:
+            raise SqueezeError(f"{self.path or 'this context pack'} was built for other model weights (sha256 "
+                               f"{self.hashes.get('weights_sha256', '?')[:12]}, this model {weights_sha256[:12]}); "
+                               "rebuild it with this --model")
 
     def check_context(self, context_text: str) -> None:
         """Refuse a pack built from another context text."""
@@ -124,6 +129,11 @@ class ContextPack:
 
 
 # ------------------------------------------------------------------------------------------------ build
+# the fewest positions a pack leaves free in the model window: the chat framing's closing tokens, a short question
+# and an answer (a context filling the window up to one token built a pack no `squeeze generate` could use)
+MIN_ANSWER_ROOM = 16
+
+
 def frame_context(tokenizer, text: str, framing: str) -> list[int]:
     """Token ids of the fixed context: raw text, or the chat prefix + text (the start of a user turn)."""
     if framing == "raw":
@@ -146,9 +156,10 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
-    if n >= config.max_positions:
+    if n > config.max_positions - MIN_ANSWER_ROOM:   # a pack no question could follow (framing, prompt, answer)
         room = min(256, config.max_positions // 4)
-        raise SqueezeError(f"the context is {n} tokens but the model window is {config.max_positions}; "
+        raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
+                           f"{'it does not fit' if n >= config.max_positions else 'no room is left for a question'}; "
                            f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
     window, sinks = settings.observation_window, settings.sink_tokens
     if n - window - sinks < MIN_CLUSTERED_TOKENS:
@@ -259,6 +270,9 @@ def _content_sha256(tensors: dict, metadata: dict) -> str:
 def check_pack_destination(path, protect=()) -> Path:
     """Refuse, before any work, a pack destination that cannot be written or holds something that is not a
     context pack (a directory, the context text itself, any other file: only an older pack is replaced)."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):   # Path() drops the slash: a FILE named like the folder
+        raise SqueezeError(f"--out {path} names a folder; give the pack's file path, e.g. {path}doc.pack "
+                           "(nothing was written)")
     path = check_destination(path, "file")
     if path.is_file():
         same = [p for p in protect if Path(p).exists() and path.samefile(p)]

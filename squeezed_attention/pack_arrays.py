@@ -181,6 +181,26 @@ def cluster_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(labels, axis=-1, kind="stable")
 
 
+def check_pack_fits(pack: PackArrays, shapes: dict, attention: str) -> None:
+    """Refuse, in one line, a pack the artifact with these ``shapes`` cannot take (too long, other sink/window
+    counts, more clusters per head), without laying it out (decoder_context_inputs does that after this check)."""
+    n = pack.num_tokens
+    if n > shapes["max_context"]:
+        raise SqueezeError(f"the context pack has {n} tokens but the exported decoder takes at most "
+                           f"{shapes['max_context']}; re-export with --max-context {n} or more")
+    if attention == "full":
+        return
+    settings = pack.settings
+    sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
+    if (sinks, window) != (shapes["sink_tokens"], shapes["window"]):
+        raise SqueezeError(f"the context pack keeps {sinks} sink and {window} window tokens but the decoder was "
+                           f"exported for {shapes['sink_tokens']} and {shapes['window']}; rebuild the pack with those")
+    K = int(pack.arrays["lookup.counts"].shape[-1])
+    if K > shapes["max_clusters"]:
+        raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "
+                           f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
+
+
 def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:
     """The pack's tensors in the exported decoder's input layout (names as ExportableDecoder.context_input_names):
     one input per tensor and layer, ``<name>_<layer>`` (views of one [L, ...] array per tensor: no copies).
@@ -192,26 +212,17 @@ def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> di
     max_clustered, D] gets a view of them: decoder_session.GenerationLoop._shaped); centroids/counts/cluster
     starts padded with empty clusters.
     """
+    check_pack_fits(pack, shapes, attention)
     a = pack.arrays
     n = pack.num_tokens
-    if n > shapes["max_context"]:
-        raise SqueezeError(f"the context pack has {n} tokens but the exported decoder takes at most "
-                           f"{shapes['max_context']}; re-export with --max-context {n} or more")
     keys, values = a["kv.keys"], a["kv.values"]                                   # [L, H, N, D] fp16
     if attention == "full":
         pad = ((0, 0), (0, 0), (0, shapes["max_context"] - n), (0, 0))
         return per_layer({"context_keys": np.pad(keys.astype(np.float32), pad),
                           "context_values": np.pad(values.astype(np.float32), pad)})
-    settings = pack.settings
-    sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
-    if (sinks, window) != (shapes["sink_tokens"], shapes["window"]):
-        raise SqueezeError(f"the context pack keeps {sinks} sink and {window} window tokens but the decoder was "
-                           f"exported for {shapes['sink_tokens']} and {shapes['window']}; rebuild the pack with those")
+    sinks = int(pack.settings["sink_tokens"])
     counts = a["lookup.counts"].astype(np.int64)                                  # [L, H, K]
     K = counts.shape[-1]
-    if K > shapes["max_clusters"]:
-        raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "
-                           f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
     labels = a["lookup.labels"].astype(np.int64)                                  # [L, H, Nc]
     nc = labels.shape[-1]
     kv = lambda a, b: np.concatenate([keys[:, :, a:b], values[:, :, a:b]], axis=-1).astype(np.float32)  # noqa: E731

@@ -4,6 +4,7 @@ and the torch-free answer path read them)."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from .errors import SqueezeError
@@ -86,6 +87,8 @@ class BuildSettings:
     MAX_CENTROID_FRACTION = 0.5
 
     def __post_init__(self):
+        plain_numbers(self, self.INT_RANGES, ("centroid_fraction", "level1_fraction"))
+
         def name(field, flag):
             return f"{flag} ({field})" if flag else field
 
@@ -107,6 +110,20 @@ class BuildSettings:
 
     def to_dict(self):
         return dict(self.__dict__)
+
+
+def plain_numbers(obj, int_fields=(), float_fields=()) -> None:
+    """Turn numpy scalars (np.int64, np.float32 from np.arange / np.linspace sweeps) in these dataclass fields into
+    Python int / float, so the checks below accept them as the numbers they are and JSON takes them. bool, str and
+    the like are left for the checks to refuse."""
+    for name in (*int_fields, *float_fields):
+        value = getattr(obj, name)
+        if type(value) in (bool, int, float) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        if isinstance(value, numbers.Integral):
+            setattr(obj, name, int(value))
+        elif name in float_fields:
+            setattr(obj, name, float(value))
 
 
 def _is_number(value) -> bool:

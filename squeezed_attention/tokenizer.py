@@ -128,6 +128,19 @@ class ChatTokenizer:
         return h.hexdigest()
 
 
+def check_user_text(text, what: str = "the prompt") -> str:
+    """``text`` if it is a str the tokenizer can encode, else a one-line SqueezeError. Python hands a command line's
+    bytes that are not UTF-8 (a Latin-1 terminal's "café") over as lone surrogates, which no tokenizer takes."""
+    if not isinstance(text, str):
+        raise SqueezeError(f"{what} must be text (str); got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SqueezeError(f"{what} is not valid UTF-8 text (character {exc.start + 1} is a stray byte or surrogate); "
+                           "set your terminal to UTF-8 or pass the text in UTF-8") from None
+    return text
+
+
 def encode_literal(backend, text: str) -> list:
     """Ids of ``text`` from a ``tokenizers.Tokenizer`` with no special token matched: a document or a question that
     contains "<|im_end|>" or "<|endoftext|>" as characters must not close the user's turn or end the text. Text

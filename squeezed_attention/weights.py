@@ -68,6 +68,16 @@ def read_model_config(path=None) -> LlamaConfig:
     return read_gguf_header(path).config
 
 
+def gguf_weights_sha256(path=None) -> str | None:
+    """The weights hash a .gguf model (None: the default) records in packs, without loading it: lets `squeeze generate`
+    refuse a pack of another model before the slow load. None for a Hugging Face folder (hashed as it loads)."""
+    path = Path(path) if path is not None else default_gguf_path()
+    if path.is_dir():
+        return None
+    _require_gguf(path)
+    return file_sha256([path])
+
+
 def _require_gguf(path: Path) -> None:
     """Refuse, with what the file actually is, anything that is not a readable GGUF file."""
     hint = "pass a .gguf file or a Hugging Face safetensors folder as --model"
