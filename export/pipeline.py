@@ -38,6 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir, remove, removed_if_left_empty
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
+from squeeze_mobile.file_kinds import is_plain_file_name
 from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
@@ -743,10 +744,7 @@ def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-def _safe_file_name(name) -> bool:
-    """An artifact name inside the export directory: no path separators, no '..', nothing hidden."""
-    return (isinstance(name, str) and 0 < len(name) <= 255 and "/" not in name and "\\" not in name
-            and "\x00" not in name and not name.startswith("."))
+_safe_file_name = is_plain_file_name   # an artifact name inside the export directory
 
 
 def validate_manifest(manifest, path) -> Dict:

@@ -86,3 +86,11 @@ def describe(path) -> Optional[str]:
 
 
 __all__ = ["describe"]
+
+
+def is_plain_file_name(name) -> bool:
+    """A file name a manifest may give for something inside its own directory: no path separators or '..', nothing
+    hidden, no NUL, at most 255 characters. Readers check it before joining it to the directory, so a manifest cannot
+    point outside the export."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and "/" not in name and "\\" not in name
+            and "\x00" not in name and not name.startswith("."))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from squeeze_mobile.file_kinds import is_plain_file_name
+
 from .errors import SqueezeError, reason_of
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
@@ -79,6 +81,11 @@ def token_width(methods: dict, method: str, n: int, static: int) -> int:
     method's ``tokens`` input a dynamic axis (raised to its minimum), else the static width (the rest padded)."""
     entry = next((i for i in (methods.get(method) or {}).get("inputs", ()) if i["name"] == "tokens"), None)
     lo_hi = (entry or {}).get("dynamic", {}).get("0")
+    if lo_hi is not None and not (isinstance(lo_hi, list) and len(lo_hi) == 2
+                                  and all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi)
+                                  and 1 <= lo_hi[0] <= lo_hi[1]):
+        raise SqueezeError(f"the manifest's {method} method gives its tokens input a malformed dynamic axis "
+                           f"({str(lo_hi)[:60]}; expected [min, max]); re-export the decoder")
     return max(n, int(lo_hi[0])) if lo_hi and n <= int(lo_hi[1]) else static
 
 
@@ -106,6 +113,15 @@ def read_decoder_manifest(directory) -> dict:
     if manifest.get("schema") != SCHEMA:
         raise SqueezeError(f"{path} was written by another version of squeeze-mobile (schema {manifest.get('schema')!r}, "
                            f"this version reads {SCHEMA!r}); re-export the decoder into a fresh directory")
+    # every file the manifest names is opened inside its directory: a name with a path in it is refused
+    names = [a.get("file") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") is not None]
+    tokenizer = manifest.get("tokenizer")
+    if isinstance(tokenizer, dict) and tokenizer.get("file") is not None:
+        names.append(tokenizer["file"])
+    bad = next((n for n in names if not is_plain_file_name(n)), None)
+    if bad is not None:
+        raise SqueezeError(f"{path} names a file outside its folder ({str(bad)[:80]!r}); only plain file names are "
+                           "read; re-export the decoder")
     return manifest
 
 

@@ -393,3 +393,38 @@ def test_followed_keys_that_leave_nothing_to_select_are_refused_as_on_the_host(t
         assert session.generate("ab", max_new_tokens=2, stop_at_eos=False).token_ids
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("where,name", [("artifact", "../decoder.onnx"), ("artifact", "/tmp/decoder.onnx"),
+                                        ("tokenizer", "../../tokenizer.json"), ("tokenizer", ".hidden.json")])
+def test_a_decoder_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path, where, name):
+    """The torch-free loop opens the files a decoder manifest names inside its folder; a name with a path (or a
+    hidden one) is refused in one line before anything is opened, as the video manifest's reader refuses it."""
+    from squeezed_attention.decoder_session import SCHEMA, read_decoder_manifest
+
+    manifest = {"schema": SCHEMA, "model": {"kind": "decoder"}, "tokenizer": {"file": "tokenizer.json"},
+                "artifacts": [{"file": "decoder_squeezed_160_fp32.onnx", "format": "onnx", "decoder": {}}]}
+    read_decoder_manifest(_write_json(tmp_path / "ok", manifest))            # plain names: accepted
+    if where == "artifact":
+        manifest["artifacts"][0]["file"] = name
+    else:
+        manifest["tokenizer"]["file"] = name
+    with pytest.raises(SqueezeError, match="names a file outside its folder"):
+        read_decoder_manifest(_write_json(tmp_path / "bad", manifest))
+
+
+def _write_json(folder, value):
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps(value))
+    return folder
+
+
+@pytest.mark.parametrize("dynamic", [[5], [9, 2], ["1", "8"], 4, [0, 8]])
+def test_a_malformed_dynamic_token_axis_is_one_line(dynamic):
+    from squeezed_attention.decoder_session import token_width
+
+    methods = {"prefill": {"inputs": [{"name": "tokens", "dynamic": {"0": dynamic}}]}}
+    with pytest.raises(SqueezeError, match="prefill method gives its tokens input a malformed dynamic axis"):
+        token_width(methods, "prefill", 3, 16)
+    methods["prefill"]["inputs"][0]["dynamic"]["0"] = [1, 8]
+    assert token_width(methods, "prefill", 3, 16) == 3 and token_width(methods, "prefill", 9, 16) == 16
