@@ -31,7 +31,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 from .errors import SqueezeError, reason_of
 from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
-from .tokenizer import check_user_text, encode_literal, finished_text
+from .tokenizer import TextStream, check_user_text, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
 # clustered_values_l (1: one clustered_kv_l of [key | value] rows)
@@ -461,20 +461,13 @@ class DecoderSession:
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         ids = self.prompt_ids(prompt, raw)
-        printed = [""]
-
-        def stream(tokens):
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                on_text(text[len(printed[0]):])
-                printed[0] = text
-
+        streamed = TextStream(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), on_text)
         tokens, _ = self.loop.greedy(ids, max_new_tokens, stop_ids=self.stop_ids if stop_at_eos else (),
-                                     on_token=stream if on_text else None)
+                                     on_token=streamed.update if on_text else None)
         loop = self.loop
         label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}"
         return GenerationResult(
-            text=finished_text(self.tokenizer.decode(tokens, skip_special_tokens=True)), token_ids=tokens,
+            text=streamed.finish(tokens), token_ids=tokens,
             prompt_tokens=len(ids),
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,

@@ -19,7 +19,7 @@ from .lookup import DECODE_SELECTIONS, SelectionSpec
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
-from .tokenizer import check_user_text, finished_text
+from .tokenizer import TextStream, check_user_text
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
@@ -297,7 +297,7 @@ class Generator:
                                  on_layer=lambda i: report("prefill", i, layers))
         prefill_seconds = time.perf_counter() - t0
         out: list[int] = []
-        printed = ""
+        streamed = TextStream(self.tokenizer.decode, on_text)
         t1 = time.perf_counter()
         decode_steps = 0
         for _ in range(max_new_tokens):
@@ -305,11 +305,7 @@ class Generator:
             if stop_at_eos and token in self.stop_ids:
                 break
             out.append(token)
-            if on_text is not None:
-                text = self.tokenizer.decode(out)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    on_text(text[len(printed):])
-                    printed = text
+            streamed.update(out)
             if len(out) == max_new_tokens or (stop_when is not None and stop_when(self.tokenizer.decode(out))):
                 break
             logits = self.model.step(torch.tensor([token]), cache, position_offset=n_ctx, context=context)
@@ -321,7 +317,7 @@ class Generator:
             stats = None   # no call selected (the prompt's exact tail attended every key, and no decode step ran)
         kept = None if stats is None else stats.mean_kept() / self.pack.num_clustered
         return GenerationResult(
-            text=finished_text(self.tokenizer.decode(out)), token_ids=out, prompt_tokens=len(ids), context_tokens=n_ctx,
+            text=streamed.finish(out), token_ids=out, prompt_tokens=len(ids), context_tokens=n_ctx,
             prefill_seconds=prefill_seconds, decode_seconds=decode_seconds, decode_tokens=decode_steps,
             attention=choice.label(),
             kept_fraction=kept,

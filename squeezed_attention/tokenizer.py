@@ -159,3 +159,28 @@ def finished_text(text: str) -> str:
     (the answer stopped between the bytes of one character; its token ids keep them). Streaming holds the same
     characters back, so the streamed text and the returned text agree."""
     return text.rstrip("\ufffd")
+
+
+class TextStream:
+    """Streams a generation's text to ``on_text`` in whole characters: after each token, the new text unless it ends
+    inside a multi-byte character (held back until the character is complete); :meth:`finish` then sends what the
+    returned text has beyond what was streamed (text held back with a character the answer never finished), so the
+    streamed pieces always add up to the returned text."""
+
+    def __init__(self, decode, on_text=None):
+        self.decode, self.on_text, self.printed = decode, on_text, ""
+
+    def update(self, tokens) -> None:
+        if self.on_text is None:
+            return
+        text = self.decode(tokens)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            self.on_text(text[len(self.printed):])
+            self.printed = text
+
+    def finish(self, tokens) -> str:
+        text = finished_text(self.decode(tokens))
+        if self.on_text is not None and len(text) > len(self.printed) and text.startswith(self.printed):
+            self.on_text(text[len(self.printed):])
+            self.printed = text
+        return text

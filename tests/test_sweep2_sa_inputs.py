@@ -428,3 +428,23 @@ def test_a_malformed_dynamic_token_axis_is_one_line(dynamic):
         token_width(methods, "prefill", 3, 16)
     methods["prefill"]["inputs"][0]["dynamic"]["0"] = [1, 8]
     assert token_width(methods, "prefill", 3, 16) == 3 and token_width(methods, "prefill", 9, 16) == 16
+
+
+@pytest.mark.parametrize("answer", ["Yes 😀😀", "ok 日本語", "a 🎉!"])
+def test_streamed_pieces_add_up_to_the_returned_text_at_every_cut(answer):
+    """An answer cut by --max-new-tokens at any token (also one holding a space and the first bytes of an emoji): the
+    pieces streamed add up to the returned text, which drops only the unfinished character (the stream held the
+    space back with it and never sent it)."""
+    from squeezed_attention.tokenizer import TextStream
+
+    from squeezed_attention import testing
+
+    tok = testing.real_checkpoint().tokenizer
+    ids = tok.encode(answer)
+    for cut in range(1, len(ids) + 1):
+        pieces = []
+        stream = TextStream(tok.decode, pieces.append)
+        for i in range(1, cut + 1):
+            stream.update(ids[:i])
+        text = stream.finish(ids[:cut])
+        assert "".join(pieces) == text == tok.decode(ids[:cut]).rstrip("\ufffd")
