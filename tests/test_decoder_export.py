@@ -808,6 +808,62 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
         "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2),
         max_new_tokens=6, stop_at_eos=False)
     assert got.token_ids == ref.token_ids
+    if fmt == "onnx":
+        _assert_each_layer_frees_its_probabilities(out, pack_path)
+
+
+def _assert_each_layer_frees_its_probabilities(directory, pack_path):
+    """In ONNX Runtime's execution order of the exact prompt tail (profiled, on its optimized graph), every consumer
+    of a layer's softmax probabilities runs before the next layer's softmax: the followed-key weights read from them
+    are computed in their layer, so the probabilities are freed layer by layer (ONNX Runtime orders nodes by a
+    depth-first walk from the outputs, which put every layer's weights after the last layer: +450-600 MB peak RSS on
+    the real 7.8k artifact)."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from squeezed_attention.decoder_session import DecoderSession
+
+    optimized = directory / "optimized.onnx.tmp"
+    original = ort.InferenceSession
+
+    class Profiled(original):
+        def __init__(self, path, options=None, **kw):
+            options.optimized_model_filepath = str(optimized)
+            options.enable_profiling = True
+            options.profile_file_prefix = str(directory / "profile")
+            super().__init__(path, options, **kw)
+
+    ort.InferenceSession = Profiled
+    try:
+        session = DecoderSession(directory, fmt="onnx", attention="squeezed")
+    finally:
+        ort.InferenceSession = original
+    session.attach(pack_path)
+    session.generate("ab nan", max_new_tokens=1)
+    events = json.loads(Path(session.runner.session.end_profiling()).read_text())
+    session.close()
+    order = [e["name"][:-len("_kernel_time")] for e in events
+             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    graph = onnx.load(str(optimized), load_external_data=False).graph
+    (branch_node,) = [n for n in graph.node if n.op_type == "If"]
+    checked = 0
+    for branch in (a.g for a in branch_node.attribute):   # the selecting prefill and the exact tail
+        nodes = {n.name: n for n in branch.node}
+        ran = []
+        for name in (n for n in order if n in nodes):
+            if name in ran:                                  # the branch's first call only
+                break
+            ran.append(name)
+        where = {n: i for i, n in enumerate(ran)}
+        softmaxes = [n for n in ran if nodes[n].op_type == "Softmax"]
+        for this, following in zip(softmaxes, softmaxes[1:]):
+            probabilities = nodes[this].output[0]
+            consumers = [n for n in ran if probabilities in nodes[n].input]
+            assert consumers and max(where[c] for c in consumers) < where[following], (this, consumers)
+            checked += 1
+    assert checked >= 2, "both branches ran, each over every layer"
 
 
 def test_next_rows_map_each_clustered_row_to_the_next_positions_row(tiny_pack):
