@@ -81,21 +81,61 @@ public final class ContextPack {
 
     /// int8 codes x fp16 scales -> float32 [L, H, K, D] (dequantized_centroids: exact).
     public func centroids(prefix: String = "lookup.") throws -> [Float] {
-        let codes = try self["\(prefix)centroid_codes"].longs()
-        let scales = try self["\(prefix)centroid_scales"].floats()
+        try dequantized(prefix: prefix, from: 0, count: try self["\(prefix)centroid_codes"].elementCount)
+    }
+
+    /// centroids() of one layer, [H, K, D]: what the pack layout needs per layer, without the whole table.
+    public func layerCentroids(_ layer: Int, prefix: String = "lookup.") throws -> [Float] {
+        let codes = try self["\(prefix)centroid_codes"]
+        let perLayer = codes.elementCount / codes.shape[0]
+        return try dequantized(prefix: prefix, from: layer * perLayer, count: perLayer)
+    }
+
+    /// Elements from..<from + count of the dequantized table (whole vectors: from and count multiples of D).
+    private func dequantized(prefix: String, from: Int, count: Int) throws -> [Float] {
+        let codes = try self["\(prefix)centroid_codes"]
         let d = headDim
-        return (0..<codes.count).map { Float(codes[$0]) * scales[$0 / d] }
+        let scales = try self["\(prefix)centroid_scales"].floats(from: from / d, count: count / d)
+        // int8 codes as they are (no Int64 per element of the table); another integer dtype through longs
+        if codes.dtype == "I8" {
+            let c = try codes.int8s(from: from, count: count)
+            return (0..<count).map { Float(c[$0]) * scales[$0 / d] }
+        }
+        let wide = try codes.longs(from: from, count: count)
+        return (0..<count).map { Float(wide[$0]) * scales[$0 / d] }
     }
 
     public static func read(path: String) throws -> ContextPack {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
-              let data = FileManager.default.contents(atPath: path) else {
+              let bytes = readFile(path) else {
             throw PackError("context pack not found: \(path); build one with `squeeze context build`")
         }
-        return try read([UInt8](data), source: path)
+        return try read(bytes, source: path)
     }
 
+    /// The file's bytes read straight into one array (not through Data and a copy of it: a pack is ~190 MB at 8k
+    /// tokens); nil when it cannot be opened.
+    static func readFile(_ path: String) -> [UInt8]? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+              let total = (attributes[.size] as? NSNumber)?.intValue ?? (attributes[.size] as? Int),
+              let stream = InputStream(fileAtPath: path) else { return nil }
+        if total <= 0 { return [] }
+        stream.open()
+        defer { stream.close() }
+        if stream.streamStatus == .error { return nil }
+        return [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+            var got = 0
+            while got < total {
+                let r = stream.read(buffer.baseAddress! + got, maxLength: total - got)
+                if r <= 0 { break }
+                got += r
+            }
+            count = got // a file that shrank meanwhile: what was read (refused as truncated)
+        }
+    }
+
+    /// The pack in `bytes`: its tensors are slices of that array (shared storage, no copy).
     public static func read(_ bytes: [UInt8], source: String) throws -> ContextPack {
         let st = try SafeTensors.read(bytes, source: source)
         if st.metadata["format"] != format {
@@ -137,7 +177,7 @@ public final class ContextPack {
             default: shape = "(" + t.shape.map(String.init).joined(separator: ", ") + ")"
             }
             md.update("\(name)|torch.\(try t.numpyDtype())|\(shape)|")
-            md.update(t.data)
+            t.data.withUnsafeBufferPointer { md.update($0) }
         }
         return md.hexDigest()
     }

@@ -2,12 +2,26 @@
 // (dtype, shape and data offsets per tensor, string metadata under "__metadata__"), then the tensors' bytes.
 // Port of StoredTensor / SafeTensors in ContextPack.kt; every problem is a one-line PackError.
 
-/// One tensor of a safetensors file: its dtype as safetensors names it ("F16", "I32", ...) and raw LE bytes.
+/// One tensor of a safetensors file: its dtype as safetensors names it ("F16", "I32", ...) and raw LE bytes. `data` is
+/// a slice of the file's bytes (a pack's tensors share the file's storage: reading a pack copies none of them).
+/// Conversions come whole (`floats()`, `longs()`) or for a range of elements (`halves(into:)`, `floats(from:count:)`,
+/// `longs(from:count:)`): the pack layout converts one layer's rows at a time.
 public struct StoredTensor {
     public let name: String
     public let dtype: String
     public let shape: [Int]
-    public let data: [UInt8]
+    public let data: ArraySlice<UInt8>
+
+    public init(name: String, dtype: String, shape: [Int], data: ArraySlice<UInt8>) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+    }
+
+    public init(name: String, dtype: String, shape: [Int], data: [UInt8]) {
+        self.init(name: name, dtype: dtype, shape: shape, data: data[...])
+    }
 
     public var elementCount: Int { shape.reduce(1, *) }
 
@@ -34,15 +48,48 @@ public struct StoredTensor {
         return v
     }
 
+    private func checkRange(_ from: Int, _ count: Int) throws {
+        if from < 0 || count < 0 || from + count > elementCount {
+            throw PackError("elements \(from)..<\(from + count) outside tensor \(name) of \(elementCount)")
+        }
+    }
+
     /// Every element as a float (exact for F16 and F32; F64 rounds).
-    public func floats() throws -> [Float] {
-        let n = elementCount
+    public func floats() throws -> [Float] { try floats(from: 0, count: elementCount) }
+
+    /// `count` elements from element `from` as floats (exact for F16 and F32; F64 rounds).
+    public func floats(from: Int, count n: Int) throws -> [Float] {
+        try checkRange(from, n)
         return try data.withUnsafeBufferPointer { p in
             switch dtype {
-            case "F16": return (0..<n).map { Half.toFloat(UInt16(StoredTensor.le(p, 2 * $0, 2))) }
-            case "F32": return (0..<n).map { Float(bitPattern: UInt32(StoredTensor.le(p, 4 * $0, 4))) }
-            case "F64": return (0..<n).map { Float(Double(bitPattern: StoredTensor.le(p, 8 * $0, 8))) }
+            case "F16": return (from..<(from + n)).map { Half.toFloat(UInt16(StoredTensor.le(p, 2 * $0, 2))) }
+            case "F32": return (from..<(from + n)).map { Float(bitPattern: UInt32(StoredTensor.le(p, 4 * $0, 4))) }
+            case "F64": return (from..<(from + n)).map { Float(Double(bitPattern: StoredTensor.le(p, 8 * $0, 8))) }
             default: throw PackError("tensor \(name) is \(dtype), expected a float tensor")
+            }
+        }
+    }
+
+    /// F16 element `index` as a float (exact).
+    public func half(_ index: Int) throws -> Float {
+        if dtype != "F16" { throw PackError("tensor \(name) is \(dtype), expected F16") }
+        try checkRange(index, 1)
+        return data.withUnsafeBufferPointer { p in Half.toFloat(UInt16(p[2 * index]) | UInt16(p[2 * index + 1]) << 8) }
+    }
+
+    /// `count` F16 elements from element `from` converted to float (exact) into `dst` from `at`: no array of the
+    /// tensor's size is made, whatever its size.
+    public func halves(from: Int, count n: Int, into dst: inout [Float], at: Int) throws {
+        if dtype != "F16" { throw PackError("tensor \(name) is \(dtype), expected F16") }
+        try checkRange(from, n)
+        if at < 0 || at + n > dst.count { throw PackError("\(n) elements of tensor \(name) into \(dst.count) floats at \(at)") }
+        data.withUnsafeBufferPointer { p in
+            dst.withUnsafeMutableBufferPointer { q in
+                var src = 2 * from
+                for i in at..<(at + n) {
+                    q[i] = Half.toFloat(UInt16(p[src]) | UInt16(p[src + 1]) << 8)
+                    src += 2
+                }
             }
         }
     }
@@ -55,20 +102,31 @@ public struct StoredTensor {
     }
 
     /// Every element as an Int64 (integer dtypes).
-    public func longs() throws -> [Int64] {
-        let n = elementCount
+    public func longs() throws -> [Int64] { try longs(from: 0, count: elementCount) }
+
+    /// `count` elements from element `from` as Int64 (integer dtypes).
+    public func longs(from: Int, count n: Int) throws -> [Int64] {
+        try checkRange(from, n)
+        let r = from..<(from + n)
         return try data.withUnsafeBufferPointer { p in
             switch dtype {
-            case "I8": return (0..<n).map { Int64(Int8(bitPattern: p[$0])) }
-            case "U8": return (0..<n).map { Int64(p[$0]) }
-            case "I16": return (0..<n).map { Int64(Int16(bitPattern: UInt16(StoredTensor.le(p, 2 * $0, 2)))) }
-            case "U16": return (0..<n).map { Int64(StoredTensor.le(p, 2 * $0, 2)) }
-            case "I32": return (0..<n).map { Int64(Int32(bitPattern: UInt32(StoredTensor.le(p, 4 * $0, 4)))) }
-            case "U32": return (0..<n).map { Int64(StoredTensor.le(p, 4 * $0, 4)) }
-            case "I64": return (0..<n).map { Int64(bitPattern: StoredTensor.le(p, 8 * $0, 8)) }
+            case "I8": return r.map { Int64(Int8(bitPattern: p[$0])) }
+            case "U8": return r.map { Int64(p[$0]) }
+            case "I16": return r.map { Int64(Int16(bitPattern: UInt16(StoredTensor.le(p, 2 * $0, 2)))) }
+            case "U16": return r.map { Int64(StoredTensor.le(p, 2 * $0, 2)) }
+            case "I32": return r.map { Int64(Int32(bitPattern: UInt32(StoredTensor.le(p, 4 * $0, 4)))) }
+            case "U32": return r.map { Int64(StoredTensor.le(p, 4 * $0, 4)) }
+            case "I64": return r.map { Int64(bitPattern: StoredTensor.le(p, 8 * $0, 8)) }
             default: throw PackError("tensor \(name) is \(dtype), expected an integer tensor")
             }
         }
+    }
+
+    /// `count` I8 elements from element `from` (the centroid codes, read without widening the whole table).
+    public func int8s(from: Int, count n: Int) throws -> [Int8] {
+        if dtype != "I8" { throw PackError("tensor \(name) is \(dtype), expected I8") }
+        try checkRange(from, n)
+        return data.withUnsafeBufferPointer { p in (from..<(from + n)).map { Int8(bitPattern: p[$0]) } }
     }
 }
 
@@ -124,8 +182,9 @@ public enum SafeTensors {
                     throw bad("tensor \(name) lies outside the file")
                 }
                 if tensors[name] == nil { order.append(name) }
+                // a slice of the file's bytes (shared storage, no copy)
                 tensors[name] = StoredTensor(name: name, dtype: dtype, shape: shape,
-                                             data: Array(bytes[(dataStart + Int(offsets[0]))..<(dataStart + Int(offsets[1]))]))
+                                             data: bytes[(dataStart + Int(offsets[0]))..<(dataStart + Int(offsets[1]))])
                 spans.append((offsets[0], offsets[1]))
             }
         } catch is JSONError {

@@ -12,47 +12,106 @@ import java.security.MessageDigest
  */
 class PackException(message: String) : IllegalArgumentException(message)
 
-/** One tensor of a safetensors file: its dtype as safetensors names it ("F16", "I32", ...) and raw LE bytes. */
-class StoredTensor(val name: String, val dtype: String, val shape: IntArray, val data: ByteArray) {
+/**
+ * One tensor of a safetensors file: its dtype as safetensors names it ("F16", "I32", ...) and its raw LE bytes, which
+ * are [byteCount] bytes of [buffer] from [offset] (the file's bytes: a pack's tensors are views of the file read once,
+ * not copies of it). Conversions come whole ([floats], [longs]) or for a range of elements ([halvesInto],
+ * [floats] and [longs] with a range): the pack layout converts one layer's rows at a time.
+ */
+class StoredTensor(val name: String, val dtype: String, val shape: IntArray, val buffer: ByteArray, val offset: Int, val byteCount: Int) {
+    init {
+        require(offset >= 0 && byteCount >= 0 && offset.toLong() + byteCount <= buffer.size) { "tensor $name lies outside its buffer" }
+    }
+
+    /** A tensor owning [data] whole. */
+    constructor(name: String, dtype: String, shape: IntArray, data: ByteArray) : this(name, dtype, shape, data, 0, data.size)
+
     val elementCount: Int get() = shape.fold(1) { a, d -> a * d }
+
+    /** A copy of the tensor's bytes. */
+    val data: ByteArray get() = buffer.copyOfRange(offset, offset + byteCount)
 
     /** numpy's name for the dtype (what the content hash spells as torch.<name>). */
     val numpyDtype: String get() = NUMPY_NAMES[dtype] ?: throw PackException("tensor $name has unsupported dtype $dtype")
 
-    private fun buffer() = ByteBuffer.wrap(data).order(ByteOrder.LITTLE_ENDIAN)
+    private fun buffer(from: Int, count: Int, width: Int): ByteBuffer {
+        require(from >= 0 && count >= 0 && from.toLong() + count <= elementCount) {
+            "elements $from..${from.toLong() + count} outside tensor $name of $elementCount"
+        }
+        return ByteBuffer.wrap(buffer, offset + from * width, count * width).order(ByteOrder.LITTLE_ENDIAN)
+    }
+
+    private fun width() = ELEMENT_BYTES[dtype] ?: throw PackException("tensor $name has unsupported dtype $dtype")
 
     /** Every element as a float (exact for F16 and F32; F64 rounds). */
-    fun floats(): FloatArray {
-        val b = buffer()
+    fun floats(): FloatArray = floats(0, elementCount)
+
+    /** [count] elements from element [from] as floats (exact for F16 and F32; F64 rounds). */
+    fun floats(from: Int, count: Int): FloatArray {
+        val b = buffer(from, count, width())
         return when (dtype) {
-            "F16" -> FloatArray(elementCount) { Half.toFloat(b.getShort()) }
-            "F32" -> FloatArray(elementCount) { b.getFloat() }
-            "F64" -> FloatArray(elementCount) { b.getDouble().toFloat() }
+            "F16" -> FloatArray(count) { Half.toFloat(b.getShort()) }
+            "F32" -> FloatArray(count) { b.getFloat() }
+            "F64" -> FloatArray(count) { b.getDouble().toFloat() }
             else -> throw PackException("tensor $name is $dtype, expected a float tensor")
+        }
+    }
+
+    /** F16 element [index] as a float (exact). */
+    fun half(index: Int): Float {
+        if (dtype != "F16") throw PackException("tensor $name is $dtype, expected F16")
+        require(index in 0 until elementCount) { "element $index outside tensor $name of $elementCount" }
+        val at = offset + 2 * index
+        return Half.toFloat(((buffer[at].toInt() and 0xFF) or (buffer[at + 1].toInt() shl 8)).toShort())
+    }
+
+    /**
+     * [count] F16 elements from element [from] converted to float (exact) into [dst] from [at]: no array of the
+     * tensor's size is made, whatever its size.
+     */
+    fun halvesInto(from: Int, count: Int, dst: FloatArray, at: Int) {
+        if (dtype != "F16") throw PackException("tensor $name is $dtype, expected F16")
+        require(from >= 0 && count >= 0 && from.toLong() + count <= elementCount && at >= 0 && at.toLong() + count <= dst.size) {
+            "elements $from..${from.toLong() + count} of tensor $name ($elementCount) into ${dst.size} floats at $at"
+        }
+        var src = offset + 2 * from
+        for (i in at until at + count) {
+            dst[i] = Half.toFloat(((buffer[src].toInt() and 0xFF) or (buffer[src + 1].toInt() shl 8)).toShort())
+            src += 2
         }
     }
 
     fun doubles(): DoubleArray {
         if (dtype == "F64") {
-            val b = buffer()
+            val b = buffer(0, elementCount, 8)
             return DoubleArray(elementCount) { b.getDouble() }
         }
         return floats().let { f -> DoubleArray(f.size) { f[it].toDouble() } }
     }
 
     /** Every element as a Long (integer dtypes). */
-    fun longs(): LongArray {
-        val b = buffer()
+    fun longs(): LongArray = longs(0, elementCount)
+
+    /** [count] elements from element [from] as Longs (integer dtypes). */
+    fun longs(from: Int, count: Int): LongArray {
+        val b = buffer(from, count, width())
         return when (dtype) {
-            "I8" -> LongArray(elementCount) { b.get().toLong() }
-            "U8" -> LongArray(elementCount) { (b.get().toInt() and 0xFF).toLong() }
-            "I16" -> LongArray(elementCount) { b.getShort().toLong() }
-            "U16" -> LongArray(elementCount) { (b.getShort().toInt() and 0xFFFF).toLong() }
-            "I32" -> LongArray(elementCount) { b.getInt().toLong() }
-            "U32" -> LongArray(elementCount) { b.getInt().toLong() and 0xFFFFFFFFL }
-            "I64" -> LongArray(elementCount) { b.getLong() }
+            "I8" -> LongArray(count) { b.get().toLong() }
+            "U8" -> LongArray(count) { (b.get().toInt() and 0xFF).toLong() }
+            "I16" -> LongArray(count) { b.getShort().toLong() }
+            "U16" -> LongArray(count) { (b.getShort().toInt() and 0xFFFF).toLong() }
+            "I32" -> LongArray(count) { b.getInt().toLong() }
+            "U32" -> LongArray(count) { b.getInt().toLong() and 0xFFFFFFFFL }
+            "I64" -> LongArray(count) { b.getLong() }
             else -> throw PackException("tensor $name is $dtype, expected an integer tensor")
         }
+    }
+
+    /** I8 element [index] (the centroid codes, read without widening the whole table). */
+    fun int8(index: Int): Int {
+        if (dtype != "I8") throw PackException("tensor $name is $dtype, expected I8")
+        require(index in 0 until elementCount) { "element $index outside tensor $name of $elementCount" }
+        return buffer[offset + index].toInt()
     }
 
     companion object {
@@ -101,8 +160,9 @@ object SafeTensors {
                 val count = shape.fold(1L) { a, d -> if (d < 0) bad("negative shape") else a * d }
                 if (offsets.size != 2 || offsets[0] < 0 || offsets[1] - offsets[0] != count * size ||
                     dataStart + offsets[1] > bytes.size) bad("tensor $name lies outside the file")
-                tensors[name] = StoredTensor(name, dtype, shape,
-                    bytes.copyOfRange(dataStart + offsets[0].toInt(), dataStart + offsets[1].toInt()))
+                // a view of the file's bytes: reading a pack copies none of them
+                tensors[name] = StoredTensor(name, dtype, shape, bytes, dataStart + offsets[0].toInt(),
+                    (offsets[1] - offsets[0]).toInt())
                 spans.add(offsets[0] to offsets[1])
             }
         } catch (e: JsonException) {
@@ -197,11 +257,24 @@ class ContextPack private constructor(val source: String, val metadata: Map<Stri
     }
 
     /** int8 codes x fp16 scales -> float32 [L, H, K, D] (dequantized_centroids: exact). */
-    fun centroids(prefix: String = "lookup."): FloatArray {
-        val codes = get("${prefix}centroid_codes").longs()
-        val scales = get("${prefix}centroid_scales").floats()
+    fun centroids(prefix: String = "lookup."): FloatArray = dequantized(prefix, 0, get("${prefix}centroid_codes").elementCount)
+
+    /** [centroids] of one layer, [H, K, D]: what the pack layout needs per layer, without the whole table. */
+    fun layerCentroids(layer: Int, prefix: String = "lookup."): FloatArray {
+        val codes = get("${prefix}centroid_codes")
+        val perLayer = codes.elementCount / codes.shape[0]
+        return dequantized(prefix, layer * perLayer, perLayer)
+    }
+
+    /** Elements [from, from + count) of the dequantized table (whole vectors: [from] and [count] multiples of D). */
+    private fun dequantized(prefix: String, from: Int, count: Int): FloatArray {
+        val codes = get("${prefix}centroid_codes")
         val d = headDim
-        return FloatArray(codes.size) { codes[it].toFloat() * scales[it / d] }
+        val scales = get("${prefix}centroid_scales").floats(from / d, count / d)
+        // int8 codes read one by one (no Long per element of the table); another integer dtype through longs
+        if (codes.dtype == "I8") return FloatArray(count) { codes.int8(from + it).toFloat() * scales[it / d] }
+        val wide = codes.longs(from, count)
+        return FloatArray(count) { wide[it].toFloat() * scales[it / d] }
     }
 
     companion object {
@@ -212,6 +285,7 @@ class ContextPack private constructor(val source: String, val metadata: Map<Stri
             return read(file.readBytes(), file.path)
         }
 
+        /** The pack in [bytes]: its tensors are views of that array (no copy), which must not change afterwards. */
         fun read(bytes: ByteArray, source: String): ContextPack {
             val st = SafeTensors.read(bytes, source)
             if (st.metadata["format"] != FORMAT) {
@@ -257,7 +331,7 @@ class ContextPack private constructor(val source: String, val metadata: Map<Stri
                     else -> t.shape.joinToString(", ", "(", ")")
                 }
                 md.update("$name|torch.${t.numpyDtype}|$shape|".toByteArray(Charsets.UTF_8))
-                md.update(t.data)
+                md.update(t.buffer, t.offset, t.byteCount)
             }
             return md.digest().joinToString("") { "%02x".format(it) }
         }
@@ -368,29 +442,36 @@ object PackLayout {
      * clustered_values cluster by cluster (stable within a cluster), zero padding, flat per layer ([Hkv *
      * max_clustered, D], head by head; a method that declares them [Hkv, max_clustered, D] gets a view:
      * [GenerationLoop.methodInputs]); centroids, value_centroids, counts and cluster_start padded with empty clusters.
+     *
+     * Built layer by layer ([layerContextInputs]): the pack's fp16 rows are converted straight into the inputs' float32
+     * buffers, so besides the inputs themselves only one layer's lookup tables exist at a time (never the pack's whole
+     * key/value tables in float32).
      */
     fun decoderContextInputs(pack: ContextPack, shapes: DecoderShapes, attention: String): LinkedHashMap<String, DecoderTensor> {
+        checkFits(pack, shapes, attention)
+        val out = LinkedHashMap<String, DecoderTensor>()
+        for (l in 0 until pack.layers) out.putAll(layerInputs(pack, shapes, attention, l))
+        return out
+    }
+
+    /**
+     * One layer's [decoderContextInputs] ("<name>_<layer>", in their order): all this allocates is that layer's inputs
+     * and that layer's lookup tables (labels, cluster order, counts, centroids, the value centroids' float64 means).
+     */
+    fun layerContextInputs(pack: ContextPack, shapes: DecoderShapes, attention: String, layer: Int): LinkedHashMap<String, DecoderTensor> {
+        checkFits(pack, shapes, attention)
+        require(layer in 0 until pack.layers) { "layer $layer of a pack of ${pack.layers}" }
+        return layerInputs(pack, shapes, attention, layer)
+    }
+
+    /** The refusals of decoder_context_inputs: a pack longer than the artifact's context, other sinks/window, too many clusters. */
+    private fun checkFits(pack: ContextPack, shapes: DecoderShapes, attention: String) {
         val n = pack.numTokens
         if (n > shapes.maxContext) {
             throw PackException("the context pack has $n tokens but the exported decoder takes at most ${shapes.maxContext}; " +
                 "re-export with --max-context $n or more")
         }
-        val keys = pack["kv.keys"].floats()
-        val values = pack["kv.values"].floats()
-        val L = pack.layers
-        val H = pack.kvHeads
-        val D = pack.headDim
-        val out = LinkedHashMap<String, DecoderTensor>()
-        if (attention == "full") {
-            for (l in 0 until L) {
-                for ((name, src) in listOf("context_keys" to keys, "context_values" to values)) {
-                    val t = FloatArray(H * shapes.maxContext * D)
-                    for (h in 0 until H) System.arraycopy(src, ((l * H + h) * n) * D, t, h * shapes.maxContext * D, n * D)
-                    out["${name}_$l"] = DecoderTensor.Float32(t, intArrayOf(H, shapes.maxContext, D))
-                }
-            }
-            return out
-        }
+        if (attention == "full") return
         if (attention != "squeezed") throw PackException("unknown attention \"$attention\" (expected squeezed or full)")
         val sinks = pack.sinkTokens
         val window = pack.observationWindow
@@ -398,63 +479,80 @@ object PackLayout {
             throw PackException("the context pack keeps $sinks sink and $window window tokens but the decoder was " +
                 "exported for ${shapes.sinkTokens} and ${shapes.window}; rebuild the pack with those")
         }
-        val counts = pack["lookup.counts"].longs()
         val K = pack.numClusters
         if (K > shapes.maxClusters) {
             throw PackException("the context pack has $K clusters per head but the decoder takes at most " +
                 "${shapes.maxClusters}; rebuild it with a smaller --centroids or re-export")
         }
-        val labels = pack["lookup.labels"].longs()
+    }
+
+    private fun layerInputs(pack: ContextPack, shapes: DecoderShapes, attention: String, l: Int): LinkedHashMap<String, DecoderTensor> {
+        val n = pack.numTokens
+        val keys = pack["kv.keys"]
+        val values = pack["kv.values"]
+        val H = pack.kvHeads
+        val D = pack.headDim
+        val out = LinkedHashMap<String, DecoderTensor>()
+        if (attention == "full") {
+            for ((name, src) in listOf("context_keys" to keys, "context_values" to values)) {
+                val t = FloatArray(H * shapes.maxContext * D)
+                for (h in 0 until H) src.halvesInto(((l * H + h) * n) * D, n * D, t, h * shapes.maxContext * D)
+                out["${name}_$l"] = DecoderTensor.Float32(t, intArrayOf(H, shapes.maxContext, D))
+            }
+            return out
+        }
+        val sinks = pack.sinkTokens
+        val window = pack.observationWindow
+        val K = pack.numClusters
         val nc = pack.numClustered
-        val order = clusterOrder(labels, L * H, nc, 0)
-        val centroids = pack.centroids()
-        val valueCentroids = valueCentroids(values, labels, counts, order, L, H, n, nc, K, D, sinks)
+        val counts = pack["lookup.counts"].longs(l * H * K, H * K)       // this layer's [H, K]
+        val labels = pack["lookup.labels"].longs(l * H * nc, H * nc)     // this layer's [H, Nc]
+        val order = clusterOrder(labels, H, nc, 0)
+        val centroids = pack.layerCentroids(l)
+        val valueCentroids = layerValueCentroids(values, l, counts, order, H, n, nc, K, D, sinks)
         val maxK = shapes.maxClusters
         val ncMax = shapes.maxClustered
         val w2 = 2 * D
-        // one [key | value] row of head (l, h) at position p, written at dst[at]
-        fun row(l: Int, h: Int, p: Int, dst: FloatArray, at: Int) {
+        // one [key | value] row of head h at position p, written at dst[at]
+        fun row(h: Int, p: Int, dst: FloatArray, at: Int) {
             val src = ((l * H + h) * n + p) * D
-            System.arraycopy(keys, src, dst, at, D)
-            System.arraycopy(values, src, dst, at + D, D)
+            keys.halvesInto(src, D, dst, at)
+            values.halvesInto(src, D, dst, at + D)
         }
-        for (l in 0 until L) {
-            val sink = FloatArray(H * sinks * w2)
-            val win = FloatArray(H * window * w2)
-            val clusteredKeys = FloatArray(H * ncMax * D)
-            val clusteredValues = FloatArray(H * ncMax * D)
-            val cent = FloatArray(H * maxK * D)
-            val vcent = FloatArray(H * maxK * D)
-            val cnt = LongArray(H * maxK)
-            val start = LongArray(H * maxK)
-            for (h in 0 until H) {
-                val g = l * H + h
-                for (p in 0 until sinks) row(l, h, p, sink, (h * sinks + p) * w2)
-                for (p in 0 until window) row(l, h, sinks + nc + p, win, (h * window + p) * w2)
-                for (j in 0 until nc) {
-                    val src = ((l * H + h) * n + sinks + order[g * nc + j].toInt()) * D
-                    System.arraycopy(keys, src, clusteredKeys, (h * ncMax + j) * D, D)
-                    System.arraycopy(values, src, clusteredValues, (h * ncMax + j) * D, D)
-                }
-                System.arraycopy(centroids, g * K * D, cent, h * maxK * D, K * D)
-                System.arraycopy(valueCentroids, g * K * D, vcent, h * maxK * D, K * D)
-                var total = 0L
-                for (c in 0 until K) {
-                    cnt[h * maxK + c] = counts[g * K + c]
-                    start[h * maxK + c] = total
-                    total += counts[g * K + c]
-                }
+        val sink = FloatArray(H * sinks * w2)
+        val win = FloatArray(H * window * w2)
+        val clusteredKeys = FloatArray(H * ncMax * D)
+        val clusteredValues = FloatArray(H * ncMax * D)
+        val cent = FloatArray(H * maxK * D)
+        val vcent = FloatArray(H * maxK * D)
+        val cnt = LongArray(H * maxK)
+        val start = LongArray(H * maxK)
+        for (h in 0 until H) {
+            for (p in 0 until sinks) row(h, p, sink, (h * sinks + p) * w2)
+            for (p in 0 until window) row(h, sinks + nc + p, win, (h * window + p) * w2)
+            for (j in 0 until nc) {
+                val src = ((l * H + h) * n + sinks + order[h * nc + j].toInt()) * D
+                keys.halvesInto(src, D, clusteredKeys, (h * ncMax + j) * D)
+                values.halvesInto(src, D, clusteredValues, (h * ncMax + j) * D)
             }
-            out["sink_kv_$l"] = DecoderTensor.Float32(sink, intArrayOf(H, sinks, w2))
-            out["window_kv_$l"] = DecoderTensor.Float32(win, intArrayOf(H, window, w2))
-            // flat, head by head: the lookup gathers rows of every head in one go
-            out["clustered_keys_$l"] = DecoderTensor.Float32(clusteredKeys, intArrayOf(H * ncMax, D))
-            out["clustered_values_$l"] = DecoderTensor.Float32(clusteredValues, intArrayOf(H * ncMax, D))
-            out["centroids_$l"] = DecoderTensor.Float32(cent, intArrayOf(H, maxK, D))
-            out["value_centroids_$l"] = DecoderTensor.Float32(vcent, intArrayOf(H, maxK, D))
-            out["counts_$l"] = DecoderTensor.Int64(cnt, intArrayOf(H, maxK))
-            out["cluster_start_$l"] = DecoderTensor.Int64(start, intArrayOf(H, maxK))
+            System.arraycopy(centroids, h * K * D, cent, h * maxK * D, K * D)
+            System.arraycopy(valueCentroids, h * K * D, vcent, h * maxK * D, K * D)
+            var total = 0L
+            for (c in 0 until K) {
+                cnt[h * maxK + c] = counts[h * K + c]
+                start[h * maxK + c] = total
+                total += counts[h * K + c]
+            }
         }
+        out["sink_kv_$l"] = DecoderTensor.Float32(sink, intArrayOf(H, sinks, w2))
+        out["window_kv_$l"] = DecoderTensor.Float32(win, intArrayOf(H, window, w2))
+        // flat, head by head: the lookup gathers rows of every head in one go
+        out["clustered_keys_$l"] = DecoderTensor.Float32(clusteredKeys, intArrayOf(H * ncMax, D))
+        out["clustered_values_$l"] = DecoderTensor.Float32(clusteredValues, intArrayOf(H * ncMax, D))
+        out["centroids_$l"] = DecoderTensor.Float32(cent, intArrayOf(H, maxK, D))
+        out["value_centroids_$l"] = DecoderTensor.Float32(vcent, intArrayOf(H, maxK, D))
+        out["counts_$l"] = DecoderTensor.Int64(cnt, intArrayOf(H, maxK))
+        out["cluster_start_$l"] = DecoderTensor.Int64(start, intArrayOf(H, maxK))
         return out
     }
 
@@ -462,7 +560,7 @@ object PackLayout {
      * next_rows_<layer> for a decoder with followed keys (pack_arrays.next_rows): [Hkv * max_clustered] int64, for every
      * flat row of the layer's clustered tables (the [decoderContextInputs] layout) the flat row of the next context
      * position; -1 after the last clustered key and for padding rows. The graph input of the in-graph plan; the split
-     * plan's CPU reads it ([KeptRows.followPointer]).
+     * plan's CPU reads it ([KeptRows.followPointer]). Built layer by layer from that layer's labels.
      */
     fun nextRows(pack: ContextPack, shapes: DecoderShapes): LinkedHashMap<String, DecoderTensor> {
         val L = pack.layers
@@ -473,9 +571,11 @@ object PackLayout {
             throw PackException("the context pack has $nc clustered keys per head but the decoder takes at most $width; " +
                 "re-export with a larger --max-context")
         }
-        val table = nextRowTable(pack["lookup.labels"].longs(), L * H, H, nc, width)
+        val labels = pack["lookup.labels"]
         val out = LinkedHashMap<String, DecoderTensor>()
-        for (l in 0 until L) out["next_rows_$l"] = DecoderTensor.Int64(table.copyOfRange(l * H * width, (l + 1) * H * width), intArrayOf(H * width))
+        for (l in 0 until L) {
+            out["next_rows_$l"] = DecoderTensor.Int64(nextRowTable(labels.longs(l * H * nc, H * nc), H, H, nc, width), intArrayOf(H * width))
+        }
         return out
     }
 
@@ -503,34 +603,54 @@ object PackLayout {
         return out
     }
 
-    /** Per group of [nc] labels: the positions 0..nc-1 sorted by label, stable (np.argsort kind="stable"), + [offset]. */
+    /**
+     * Per group of [nc] labels: the positions 0..nc-1 sorted by label, stable (np.argsort kind="stable"), + [offset].
+     * A counting sort where a group's labels span a small range (cluster labels: 0..K-1), which is stable and makes
+     * no boxed copy of the positions; a stable comparison sort otherwise.
+     */
     fun clusterOrder(labels: LongArray, groups: Int, nc: Int, offset: Int): LongArray {
         val out = LongArray(groups * nc)
         for (g in 0 until groups) {
-            val idx = (0 until nc).sortedBy { labels[g * nc + it] } // sortedBy is stable
-            for (j in 0 until nc) out[g * nc + j] = (idx[j] + offset).toLong()
+            var lo = Long.MAX_VALUE
+            var hi = Long.MIN_VALUE
+            for (j in 0 until nc) {
+                lo = minOf(lo, labels[g * nc + j])
+                hi = maxOf(hi, labels[g * nc + j])
+            }
+            val span = hi - lo // negative for nc = 0, or on overflow
+            if (span >= 0 && span <= 4L * nc + 1024) {
+                val first = IntArray(span.toInt() + 2) // counts of label lo + c at c + 1, then first[c] = labels below lo + c
+                for (j in 0 until nc) first[(labels[g * nc + j] - lo).toInt() + 1]++
+                for (c in 1 until first.size) first[c] += first[c - 1]
+                for (j in 0 until nc) out[g * nc + first[(labels[g * nc + j] - lo).toInt()]++] = (j + offset).toLong()
+            } else if (nc > 0) {
+                val idx = (0 until nc).sortedBy { labels[g * nc + it] } // sortedBy is stable
+                for (j in 0 until nc) out[g * nc + j] = (idx[j] + offset).toLong()
+            }
         }
         return out
     }
 
     /**
-     * Mean fp16 value of every cluster in float64 (empty clusters 0), int8-coded with one fp16 scale per vector
-     * like the key centroids (value_centroids + quantized_like_centroids): [L, H, K, D] float32.
+     * Mean fp16 value of every cluster of one layer in float64 (empty clusters 0), int8-coded with one fp16 scale per
+     * vector like the key centroids (value_centroids + quantized_like_centroids): [H, K] x D float32. [values] is the
+     * pack's kv.values [L, H, N, D] fp16 (read in place), [counts] and [order] the layer's [H, K] and [H, Nc].
      */
-    fun valueCentroids(
-        values: FloatArray, labels: LongArray, counts: LongArray, order: LongArray,
-        L: Int, H: Int, n: Int, nc: Int, K: Int, D: Int, sinks: Int,
+    fun layerValueCentroids(
+        values: StoredTensor, layer: Int, counts: LongArray, order: LongArray,
+        H: Int, n: Int, nc: Int, K: Int, D: Int, sinks: Int,
     ): FloatArray {
-        val mean = DoubleArray(L * H * K * D)
-        for (g in 0 until L * H) {
+        val mean = DoubleArray(H * K * D)
+        for (h in 0 until H) {
+            val g = layer * H + h
             var j = 0
             for (c in 0 until K) {
-                val cnt = counts[g * K + c].toInt()
-                val base = (g * K + c) * D
+                val cnt = counts[h * K + c].toInt()
+                val base = (h * K + c) * D
                 for (r in 0 until cnt) {
-                    val p = sinks + order[g * nc + j + r].toInt()
+                    val p = sinks + order[h * nc + j + r].toInt()
                     val src = (g * n + p) * D
-                    for (d in 0 until D) mean[base + d] += values[src + d].toDouble()
+                    for (d in 0 until D) mean[base + d] += values.half(src + d).toDouble()
                 }
                 j += cnt
                 val div = maxOf(cnt, 1).toDouble()
