@@ -92,7 +92,15 @@ public final class DocumentQa {
         }
         let out = try loop.greedy(ids, maxNewTokens: maxNewTokens, stopIds: stopAtEos ? tokenizerInfo.stopTokenIds : [],
                                   onToken: stream, cancelled: cancelled)
-        return Answer(text: DocumentQa.finishedText(tokenizer.decode(out.tokens)), tokenIds: out.tokens, promptTokens: ids.count,
+        let text = DocumentQa.finishedText(tokenizer.decode(out.tokens))
+        // text held back with a character the answer never finished (a space in the same token): the streamed pieces
+        // add up to the answer's text (Python's TextStream.finish)
+        if let onText = onText, text.unicodeScalars.count > printed {
+            var rest = String.UnicodeScalarView()
+            rest.append(contentsOf: text.unicodeScalars.dropFirst(printed))
+            onText(String(rest))
+        }
+        return Answer(text: text, tokenIds: out.tokens, promptTokens: ids.count,
                       contextTokens: loop.pack.numTokens, prefillMs: Double(out.prefillNanos) / 1e6,
                       decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name,
                       lookupMs: Double(out.lookupNanos) / 1e6, cancelled: out.cancelled)

@@ -623,7 +623,8 @@ final class GenerationTests: XCTestCase {
     func testAnAnswerCutInsideACharacterEndsBeforeIt() throws {
         // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
         // answer cut after the second token decodes to "Yes \u{FFFD}"; Python's DecoderSession returns
-        // finished_text("Yes \u{FFFD}") == "Yes " (its token ids keep both tokens) and its stream holds the piece back
+        // finished_text("Yes \u{FFFD}") == "Yes " (its token ids keep both tokens); its stream holds the piece back and
+        // sends the finished part at the end, so the streamed pieces add up to the answer's text
         let tokenizer = try TokenizerTests.sharedTokenizer()
         let script = try tokenizer.encode("Yes \u{1F600}")
         XCTAssertEqual(script, [10539, 40303, 218])
@@ -635,7 +636,7 @@ final class GenerationTests: XCTestCase {
         let cut = try qa.generate("Hi", maxNewTokens: 2) { streamed += $0 }
         XCTAssertEqual(cut.tokenIds, Array(script.prefix(2)))
         XCTAssertEqual(cut.text, "Yes ")
-        XCTAssertEqual(streamed, "Yes")
+        XCTAssertEqual(streamed, "Yes ")
         // the whole character: nothing to drop
         let whole = try DocumentQa(runtime: ScriptedRuntime(script, vocab: tokenizer.vocabSize), contract: contract,
                                    tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer, pack: pack)

@@ -729,7 +729,11 @@ class DocumentQa(
         }
         val out = loop.greedy(ids, maxNewTokens, stopIds = if (stopAtEos) tokenizerInfo.stopTokenIds else emptySet(), onToken = stream,
             cancelled = cancelled)
-        return Answer(finishedText(tokenizer.decode(out.tokens)), out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
+        val text = finishedText(tokenizer.decode(out.tokens))
+        // text held back with a character the answer never finished (a space in the same token): the streamed pieces
+        // add up to the answer's text (Python's TextStream.finish)
+        if (onText != null && text.length > printed.length && text.startsWith(printed)) onText(text.substring(printed.length))
+        return Answer(text, out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
             out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled)
     }
 }

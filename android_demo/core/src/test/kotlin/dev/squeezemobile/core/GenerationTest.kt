@@ -678,7 +678,8 @@ class GenerationTest {
     fun anAnswerCutInsideACharacterEndsBeforeIt() {
         // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
         // answer cut after the second token decodes to "Yes \uFFFD"; Python's DecoderSession returns
-        // finished_text("Yes \uFFFD") == "Yes " (its token ids keep both tokens) and its stream holds the piece back
+        // finished_text("Yes \uFFFD") == "Yes " (its token ids keep both tokens); its stream holds the piece back and
+        // sends the finished part at the end, so the streamed pieces add up to the answer's text
         val tokenizer = TokenizerTest.shared
         val script = tokenizer.encode("Yes \uD83D\uDE00")
         assertArrayEquals(intArrayOf(10539, 40303, 218), script)
@@ -689,7 +690,7 @@ class GenerationTest {
         val cut = qa.generate("Hi", maxNewTokens = 2) { streamed.append(it) }
         assertArrayEquals(script.copyOf(2), cut.tokenIds)
         assertEquals("Yes ", cut.text)
-        assertEquals("Yes", streamed.toString())
+        assertEquals("Yes ", streamed.toString())
         // the whole character: nothing to drop
         val whole = DocumentQa(ScriptedRuntime(script, tokenizer.vocabSize), contract, tokenizer, manifest.tokenizer, pack)
             .generate("Hi", maxNewTokens = 3)
