@@ -27,6 +27,34 @@ def _safetensors_metadata(head: bytes, path: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) else {}
 
 
+def _varint(data: bytes, at: int):
+    """A protobuf varint at ``at``: (the index after it, its value), or (None, None) when it does not end in ``data``."""
+    value, shift = 0, 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return at, value
+        shift += 7
+    return None, None
+
+
+def _mindspore_checkpoint(head: bytes) -> bool:
+    """MindSpore's .ckpt: a protobuf ``Checkpoint`` whose first field is a ``value`` entry (field 1) holding a
+    parameter's ``tag`` (field 1: its name, printable ASCII) followed by its ``tensor`` (field 2)."""
+    if head[:1] != b"\x0a":
+        return False
+    at, _ = _varint(head, 1)
+    if at is None or head[at:at + 1] != b"\x0a":
+        return False
+    at, n = _varint(head, at + 1)
+    if at is None or not 1 <= n <= 256 or at + n >= len(head):
+        return False
+    name = head[at:at + n]
+    return all(33 <= b < 127 for b in name) and head[at + n:at + n + 1] == b"\x12"
+
+
 def describe(path) -> Optional[str]:
     """A short noun phrase for the kind of ``path`` ("a directory", "an MP4/MOV video", ...), or None."""
     path = Path(path)
@@ -40,7 +68,7 @@ def describe(path) -> Optional[str]:
         if not path.exists():
             return None
         with open(path, "rb") as fh:
-            head = fh.read(64)
+            head = fh.read(512)
     except OSError:
         return None
     if not head:
@@ -71,6 +99,8 @@ def describe(path) -> Optional[str]:
         return "a pickle file (e.g. a legacy PyTorch checkpoint)"
     if head[:2] == b"\x1f\x8b":
         return "a gzip file"
+    if _mindspore_checkpoint(head):
+        return "a MindSpore checkpoint (.ckpt)"
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"["):
         return "a JSON file"
@@ -85,12 +115,12 @@ def describe(path) -> Optional[str]:
         return None
 
 
-__all__ = ["describe"]
-
-
 def is_plain_file_name(name) -> bool:
     """A file name a manifest may give for something inside its own directory: no path separators or '..', nothing
     hidden, no NUL, at most 255 characters. Readers check it before joining it to the directory, so a manifest cannot
     point outside the export."""
     return (isinstance(name, str) and 0 < len(name) <= 255 and "/" not in name and "\\" not in name
             and "\x00" not in name and not name.startswith("."))
+
+
+__all__ = ["describe", "is_plain_file_name"]

@@ -180,6 +180,9 @@ def _what_it_is(path) -> str:
     kind = describe(path)
     if kind is None or kind.startswith(("a zip archive", "a pickle", "a safetensors")):
         return ""
+    if kind.startswith("a MindSpore checkpoint"):  # the official release's MindSpore port: another framework's names
+        return (f"; it is {kind}, which PyTorch cannot read: pass the official PyTorch release "
+                "(SqueezeTime_K400_71.64.pth and its siblings) or a state dict converted to .pth / .safetensors")
     return f"; it is {kind}, not a checkpoint"
 
 

@@ -188,3 +188,32 @@ def test_an_ava_detection_checkpoint_is_named(tmp_path, small_state):
     torch.save({"state_dict": state}, tmp_path / "ava.pth")
     with pytest.raises(SqueezeError, match=r"spatio-temporal detection checkpoint \(AVA"):
         load_checkpoint(tmp_path / "ava.pth")
+
+
+def _protobuf_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    n, size = len(payload), b""
+    while True:
+        size += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            break
+    return bytes([number << 3 | 2]) + size + payload
+
+
+def test_a_mindspore_checkpoint_is_named_with_what_to_pass_instead(tmp_path):
+    """The official release also ships a MindSpore K400 .ckpt (a protobuf Checkpoint: entries of a parameter's tag and
+    its tensor); it was reported as 'bad pickle data'. It is named, with the PyTorch release to pass instead."""
+    from squeeze_mobile.file_kinds import describe
+
+    tensor = b"\x08\x40" + _protobuf_field(2, b"Float32") + _protobuf_field(3, bytes(256))   # dims, type, content
+    entries = b"".join(_protobuf_field(1, _protobuf_field(1, name.encode()) + _protobuf_field(2, tensor))
+                       for name in ("backbone.conv1.weight", "backbone.bn1.gamma"))
+    (tmp_path / "SqueezeTime_K400.ckpt").write_bytes(entries)
+    assert describe(tmp_path / "SqueezeTime_K400.ckpt") == "a MindSpore checkpoint (.ckpt)"
+    with pytest.raises(SqueezeError, match=r"it is a MindSpore checkpoint \(\.ckpt\), which PyTorch cannot read: pass "
+                                           r"the official PyTorch release"):
+        load_checkpoint(tmp_path / "SqueezeTime_K400.ckpt")
+    # text that starts with newlines is still text
+    (tmp_path / "notes.txt").write_bytes(b"\n\n\nbackbone.x\x12 rest")
+    assert describe(tmp_path / "notes.txt") != "a MindSpore checkpoint (.ckpt)"
