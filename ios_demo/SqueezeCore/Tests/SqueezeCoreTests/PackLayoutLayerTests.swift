@@ -2,11 +2,12 @@ import XCTest
 @testable import SqueezeCore
 
 /// PackLayout converts the pack's fp16 key/value rows layer by layer straight into the decoder inputs' float32 buffers
-/// (PackLayoutLayerTest.kt's cases). Its output must be byte-identical to the whole-table layout it replaced
-/// (WholeTableLayout below, kept verbatim as the reference: both tables converted to float32 first) on the real
-/// 2-layer pack, and one layer's inputs must come from that layer's rows only (the pack's other layers replaced by
-/// other values leave them unchanged). Swift on Linux has no allocation counter: the allocation bound is the Kotlin
-/// test's (JVM per-thread allocated bytes); here it holds by the same structure (layerContextInputs).
+/// (PackLayoutLayerTest.kt's cases). The whole layout is byte-identical to Python's
+/// (ContextPackTests.testDecoderContextInputsAreByteIdenticalToPython, the reference); here each layer's own call gives
+/// exactly that layer's part of it on the real 2-layer pack, and one layer's inputs come from that layer's rows only
+/// (the pack's other layers replaced by other values leave them unchanged). Swift on Linux has no allocation counter:
+/// the allocation bound is the Kotlin test's (JVM per-thread allocated bytes); here it holds by the same structure
+/// (layerContextInputs).
 final class PackLayoutLayerTests: XCTestCase {
     private var bytes: [UInt8] = []
     private var pack: ContextPack!
@@ -26,18 +27,18 @@ final class PackLayoutLayerTests: XCTestCase {
         }
     }
 
-    func testLayerByLayerLayoutIsByteIdenticalToTheWholeTableLayout() throws {
+    func testEachLayersCallGivesThatLayersPartOfTheLayout() throws {
         XCTAssertGreaterThan(pack.layers, 1)
         for attention in ["squeezed", "full"] {
-            let whole = try WholeTableLayout.decoderContextInputs(pack, shapes: shapes, attention: attention)
-            assertSame(whole, try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: attention), attention)
+            // Python's bytes (ContextPackTests)
+            let whole = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: attention)
+            XCTAssertEqual(whole.count, pack.layers * (attention == "full" ? 2 : 8), attention)
             for l in 0..<pack.layers {
                 let layer = try PackLayout.layerContextInputs(pack, shapes: shapes, attention: attention, layer: l)
                 XCTAssertTrue(layer.allSatisfy { $0.name.hasSuffix("_\(l)") }, "\(attention) layer \(l)")
                 assertSame(whole.filter { $0.name.hasSuffix("_\(l)") }, layer, "\(attention) layer \(l)")
             }
         }
-        assertSame(try WholeTableLayout.nextRows(pack, shapes: shapes), try PackLayout.nextRows(pack, shapes: shapes), "next_rows")
         // the dequantized centroids, whole and per layer, as the Int64-widening conversion computed them
         for prefix in ["lookup.", "lookup.level1_"] {
             let codes = try pack["\(prefix)centroid_codes"].longs()
@@ -123,135 +124,5 @@ final class PackLayoutLayerTests: XCTestCase {
         assertSame(try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"),
                    try PackLayout.decoderContextInputs(read, shapes: shapes, attention: "squeezed"), "read from a file")
         XCTAssertNil(ContextPack.readFile(url.path + ".missing"))
-    }
-}
-
-/// The layout before it went layer by layer (PackLayout.swift at 1600629), verbatim but for names: the reference.
-enum WholeTableLayout {
-    static func decoderContextInputs(_ pack: ContextPack, shapes: DecoderShapes, attention: String) throws -> NamedTensors {
-        let n = pack.numTokens
-        let keys = try pack["kv.keys"].floats()
-        let values = try pack["kv.values"].floats()
-        let l = pack.layers, h = pack.kvHeads, d = pack.headDim
-        var out: NamedTensors = []
-        if attention == "full" {
-            for layer in 0..<l {
-                for (name, src) in [("context_keys", keys), ("context_values", values)] {
-                    var t = [Float](repeating: 0, count: h * shapes.maxContext * d)
-                    for head in 0..<h {
-                        let from = ((layer * h + head) * n) * d, to = head * shapes.maxContext * d
-                        t.replaceSubrange(to..<(to + n * d), with: src[from..<(from + n * d)])
-                    }
-                    out.append(("\(name)_\(layer)", .float32(try Float32Tensor(t, shape: [h, shapes.maxContext, d]))))
-                }
-            }
-            return out
-        }
-        let sinks = pack.sinkTokens, window = pack.observationWindow
-        let counts = try pack["lookup.counts"].longs()
-        let k = pack.numClusters
-        let labels = try pack["lookup.labels"].longs()
-        let nc = pack.numClustered
-        let order = clusterOrder(labels, groups: l * h, nc: nc)
-        let codes = try pack["lookup.centroid_codes"].longs()
-        let scales = try pack["lookup.centroid_scales"].floats()
-        let centroids = (0..<codes.count).map { Float(codes[$0]) * scales[$0 / d] }
-        let valueCentroids = valueCentroids(values: values, counts: counts, order: order, layers: l, heads: h,
-                                            tokens: n, clustered: nc, clusters: k, headDim: d, sinks: sinks)
-        let maxK = shapes.maxClusters, ncMax = shapes.maxClustered, w2 = 2 * d
-        func row(_ layer: Int, _ head: Int, _ p: Int, _ dst: inout [Float], _ at: Int) {
-            let src = ((layer * h + head) * n + p) * d
-            dst.replaceSubrange(at..<(at + d), with: keys[src..<(src + d)])
-            dst.replaceSubrange((at + d)..<(at + w2), with: values[src..<(src + d)])
-        }
-        for layer in 0..<l {
-            var sink = [Float](repeating: 0, count: h * sinks * w2)
-            var win = [Float](repeating: 0, count: h * window * w2)
-            var clusteredKeys = [Float](repeating: 0, count: h * ncMax * d)
-            var clusteredValues = clusteredKeys
-            var cent = [Float](repeating: 0, count: h * maxK * d)
-            var vcent = [Float](repeating: 0, count: h * maxK * d)
-            var cnt = [Int64](repeating: 0, count: h * maxK)
-            var start = [Int64](repeating: 0, count: h * maxK)
-            for head in 0..<h {
-                let g = layer * h + head
-                for p in 0..<sinks { row(layer, head, p, &sink, (head * sinks + p) * w2) }
-                for p in 0..<window { row(layer, head, sinks + nc + p, &win, (head * window + p) * w2) }
-                for j in 0..<nc {
-                    let src = ((layer * h + head) * n + sinks + Int(order[g * nc + j])) * d, at = (head * ncMax + j) * d
-                    clusteredKeys.replaceSubrange(at..<(at + d), with: keys[src..<(src + d)])
-                    clusteredValues.replaceSubrange(at..<(at + d), with: values[src..<(src + d)])
-                }
-                cent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: centroids[(g * k * d)..<((g + 1) * k * d)])
-                vcent.replaceSubrange((head * maxK * d)..<(head * maxK * d + k * d), with: valueCentroids[(g * k * d)..<((g + 1) * k * d)])
-                var total: Int64 = 0
-                for c in 0..<k {
-                    cnt[head * maxK + c] = counts[g * k + c]
-                    start[head * maxK + c] = total
-                    total += counts[g * k + c]
-                }
-            }
-            out.append(("sink_kv_\(layer)", .float32(try Float32Tensor(sink, shape: [h, sinks, w2]))))
-            out.append(("window_kv_\(layer)", .float32(try Float32Tensor(win, shape: [h, window, w2]))))
-            out.append(("clustered_keys_\(layer)", .float32(try Float32Tensor(clusteredKeys, shape: [h * ncMax, d]))))
-            out.append(("clustered_values_\(layer)", .float32(try Float32Tensor(clusteredValues, shape: [h * ncMax, d]))))
-            out.append(("centroids_\(layer)", .float32(try Float32Tensor(cent, shape: [h, maxK, d]))))
-            out.append(("value_centroids_\(layer)", .float32(try Float32Tensor(vcent, shape: [h, maxK, d]))))
-            out.append(("counts_\(layer)", .int64(try Int64Tensor(cnt, shape: [h, maxK]))))
-            out.append(("cluster_start_\(layer)", .int64(try Int64Tensor(start, shape: [h, maxK]))))
-        }
-        return out
-    }
-
-    static func nextRows(_ pack: ContextPack, shapes: DecoderShapes) throws -> NamedTensors {
-        let l = pack.layers, h = pack.kvHeads, nc = pack.numClustered, width = shapes.maxClustered
-        let order = clusterOrder(try pack["lookup.labels"].longs(), groups: l * h, nc: nc)
-        var out: NamedTensors = []
-        for layer in 0..<l {
-            var table = [Int64](repeating: -1, count: h * width)
-            for head in 0..<h {
-                let g = (layer * h + head) * nc
-                var slotOf = [Int](repeating: 0, count: nc)
-                for j in 0..<nc { slotOf[Int(order[g + j])] = j }
-                for j in 0..<nc {
-                    let after = Int(order[g + j]) + 1
-                    if after < nc { table[head * width + j] = Int64(head * width + slotOf[after]) }
-                }
-            }
-            out.append(("next_rows_\(layer)", .int64(try Int64Tensor(table, shape: [h * width]))))
-        }
-        return out
-    }
-
-    static func clusterOrder(_ labels: [Int64], groups: Int, nc: Int) -> [Int64] {
-        var out = [Int64](repeating: 0, count: groups * nc)
-        for g in 0..<groups {
-            let idx = (0..<nc).sorted { a, b in
-                let la = labels[g * nc + a], lb = labels[g * nc + b]
-                return la != lb ? la < lb : a < b
-            }
-            for j in 0..<nc { out[g * nc + j] = Int64(idx[j]) }
-        }
-        return out
-    }
-
-    static func valueCentroids(values: [Float], counts: [Int64], order: [Int64], layers: Int, heads: Int, tokens n: Int,
-                               clustered nc: Int, clusters k: Int, headDim d: Int, sinks: Int) -> [Float] {
-        var mean = [Double](repeating: 0, count: layers * heads * k * d)
-        for g in 0..<(layers * heads) {
-            var j = 0
-            for c in 0..<k {
-                let cnt = Int(counts[g * k + c])
-                let base = (g * k + c) * d
-                for r in 0..<cnt {
-                    let src = (g * n + sinks + Int(order[g * nc + j + r])) * d
-                    for i in 0..<d { mean[base + i] += Double(values[src + i]) }
-                }
-                j += cnt
-                let div = Double(max(cnt, 1))
-                for i in 0..<d { mean[base + i] /= div }
-            }
-        }
-        return PackLayout.quantizedLikeCentroids(mean, headDim: d)
     }
 }

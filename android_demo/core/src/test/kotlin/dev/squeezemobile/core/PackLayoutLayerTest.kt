@@ -8,10 +8,10 @@ import java.lang.management.ManagementFactory
 
 /**
  * PackLayout converts the pack's fp16 key/value rows layer by layer straight into the decoder inputs' float32 buffers.
- * Its output must be byte-identical to the whole-table layout it replaced ([WholeTableLayout], kept here verbatim as
- * the reference: both tables converted to float32 first), on the real 2-layer pack; one layer's call allocates its
- * inputs and that layer's lookup tables, never a float32 copy of a key/value table (checked with the JVM's
- * per-thread allocation counter, which counts bytes, not time).
+ * The whole layout is byte-identical to Python's (ContextPackTest.decoderContextInputsAreByteIdenticalToPython, the
+ * reference); here each layer's own call gives exactly that layer's part of it, on the real 2-layer pack, and one
+ * layer's call allocates its inputs and that layer's lookup tables, never a float32 copy of a key/value table (checked
+ * with the JVM's per-thread allocation counter, which counts bytes, not time).
  */
 class PackLayoutLayerTest {
     private val pack = ContextPack.read(Golden.bytes("qa_pack.safetensors"), "qa_pack.safetensors")
@@ -30,18 +30,17 @@ class PackLayoutLayerTest {
     }
 
     @Test
-    fun layerByLayerLayoutIsByteIdenticalToTheWholeTableLayout() {
+    fun eachLayersCallGivesThatLayersPartOfTheLayout() {
         assertTrue(pack.layers > 1)
         for (attention in listOf("squeezed", "full")) {
-            val whole = WholeTableLayout.decoderContextInputs(pack, shapes, attention)
-            assertSame(whole, PackLayout.decoderContextInputs(pack, shapes, attention), attention)
+            val whole = PackLayout.decoderContextInputs(pack, shapes, attention)   // Python's bytes (ContextPackTest)
+            assertEquals(pack.layers * (if (attention == "full") 2 else 8), whole.size, attention)
             for (l in 0 until pack.layers) {
                 val layer = PackLayout.layerContextInputs(pack, shapes, attention, l)
                 assertTrue(layer.keys.all { it.endsWith("_$l") }, "$attention layer $l")
                 assertSame(whole.filterKeys { it.endsWith("_$l") }, layer, "$attention layer $l")
             }
         }
-        assertSame(WholeTableLayout.nextRows(pack, shapes), PackLayout.nextRows(pack, shapes), "next_rows")
         // the dequantized centroids, whole and per layer, as the long-widening conversion computed them
         for (prefix in listOf("lookup.", "lookup.level1_")) {
             val codes = pack["${prefix}centroid_codes"].longs()
@@ -143,123 +142,5 @@ class PackLayoutLayerTest {
                 assertTrue(scratch <= tables, "$attention layer $l: $scratch bytes besides its inputs ($outputs), at most $tables")
             }
         }
-    }
-}
-
-/** The layout before it went layer by layer (ContextPack.kt at 1600629), verbatim but for names: the reference. */
-object WholeTableLayout {
-    fun decoderContextInputs(pack: ContextPack, shapes: DecoderShapes, attention: String): LinkedHashMap<String, DecoderTensor> {
-        val n = pack.numTokens
-        val keys = pack["kv.keys"].floats()
-        val values = pack["kv.values"].floats()
-        val L = pack.layers
-        val H = pack.kvHeads
-        val D = pack.headDim
-        val out = LinkedHashMap<String, DecoderTensor>()
-        if (attention == "full") {
-            for (l in 0 until L) {
-                for ((name, src) in listOf("context_keys" to keys, "context_values" to values)) {
-                    val t = FloatArray(H * shapes.maxContext * D)
-                    for (h in 0 until H) System.arraycopy(src, ((l * H + h) * n) * D, t, h * shapes.maxContext * D, n * D)
-                    out["${name}_$l"] = DecoderTensor.Float32(t, intArrayOf(H, shapes.maxContext, D))
-                }
-            }
-            return out
-        }
-        val sinks = pack.sinkTokens
-        val window = pack.observationWindow
-        val counts = pack["lookup.counts"].longs()
-        val K = pack.numClusters
-        val labels = pack["lookup.labels"].longs()
-        val nc = pack.numClustered
-        val order = clusterOrder(labels, L * H, nc)
-        val centroids = pack["lookup.centroid_codes"].longs().let { codes ->
-            val scales = pack["lookup.centroid_scales"].floats()
-            FloatArray(codes.size) { codes[it].toFloat() * scales[it / D] }
-        }
-        val valueCentroids = valueCentroids(values, counts, order, L, H, n, nc, K, D, sinks)
-        val maxK = shapes.maxClusters
-        val ncMax = shapes.maxClustered
-        val w2 = 2 * D
-        fun row(l: Int, h: Int, p: Int, dst: FloatArray, at: Int) {
-            val src = ((l * H + h) * n + p) * D
-            System.arraycopy(keys, src, dst, at, D)
-            System.arraycopy(values, src, dst, at + D, D)
-        }
-        for (l in 0 until L) {
-            val sink = FloatArray(H * sinks * w2)
-            val win = FloatArray(H * window * w2)
-            val clusteredKeys = FloatArray(H * ncMax * D)
-            val clusteredValues = FloatArray(H * ncMax * D)
-            val cent = FloatArray(H * maxK * D)
-            val vcent = FloatArray(H * maxK * D)
-            val cnt = LongArray(H * maxK)
-            val start = LongArray(H * maxK)
-            for (h in 0 until H) {
-                val g = l * H + h
-                for (p in 0 until sinks) row(l, h, p, sink, (h * sinks + p) * w2)
-                for (p in 0 until window) row(l, h, sinks + nc + p, win, (h * window + p) * w2)
-                for (j in 0 until nc) {
-                    val src = ((l * H + h) * n + sinks + order[g * nc + j].toInt()) * D
-                    System.arraycopy(keys, src, clusteredKeys, (h * ncMax + j) * D, D)
-                    System.arraycopy(values, src, clusteredValues, (h * ncMax + j) * D, D)
-                }
-                System.arraycopy(centroids, g * K * D, cent, h * maxK * D, K * D)
-                System.arraycopy(valueCentroids, g * K * D, vcent, h * maxK * D, K * D)
-                var total = 0L
-                for (c in 0 until K) {
-                    cnt[h * maxK + c] = counts[g * K + c]
-                    start[h * maxK + c] = total
-                    total += counts[g * K + c]
-                }
-            }
-            out["sink_kv_$l"] = DecoderTensor.Float32(sink, intArrayOf(H, sinks, w2))
-            out["window_kv_$l"] = DecoderTensor.Float32(win, intArrayOf(H, window, w2))
-            out["clustered_keys_$l"] = DecoderTensor.Float32(clusteredKeys, intArrayOf(H * ncMax, D))
-            out["clustered_values_$l"] = DecoderTensor.Float32(clusteredValues, intArrayOf(H * ncMax, D))
-            out["centroids_$l"] = DecoderTensor.Float32(cent, intArrayOf(H, maxK, D))
-            out["value_centroids_$l"] = DecoderTensor.Float32(vcent, intArrayOf(H, maxK, D))
-            out["counts_$l"] = DecoderTensor.Int64(cnt, intArrayOf(H, maxK))
-            out["cluster_start_$l"] = DecoderTensor.Int64(start, intArrayOf(H, maxK))
-        }
-        return out
-    }
-
-    fun nextRows(pack: ContextPack, shapes: DecoderShapes): LinkedHashMap<String, DecoderTensor> {
-        val L = pack.layers
-        val H = pack.kvHeads
-        val width = shapes.maxClustered
-        val table = PackLayout.nextRowTable(pack["lookup.labels"].longs(), L * H, H, pack.numClustered, width)
-        val out = LinkedHashMap<String, DecoderTensor>()
-        for (l in 0 until L) out["next_rows_$l"] = DecoderTensor.Int64(table.copyOfRange(l * H * width, (l + 1) * H * width), intArrayOf(H * width))
-        return out
-    }
-
-    private fun clusterOrder(labels: LongArray, groups: Int, nc: Int): LongArray {
-        val out = LongArray(groups * nc)
-        for (g in 0 until groups) {
-            val idx = (0 until nc).sortedBy { labels[g * nc + it] }
-            for (j in 0 until nc) out[g * nc + j] = idx[j].toLong()
-        }
-        return out
-    }
-
-    private fun valueCentroids(values: FloatArray, counts: LongArray, order: LongArray, L: Int, H: Int, n: Int, nc: Int, K: Int, D: Int, sinks: Int): FloatArray {
-        val mean = DoubleArray(L * H * K * D)
-        for (g in 0 until L * H) {
-            var j = 0
-            for (c in 0 until K) {
-                val cnt = counts[g * K + c].toInt()
-                val base = (g * K + c) * D
-                for (r in 0 until cnt) {
-                    val src = (g * n + sinks + order[g * nc + j + r].toInt()) * D
-                    for (d in 0 until D) mean[base + d] += values[src + d].toDouble()
-                }
-                j += cnt
-                val div = maxOf(cnt, 1).toDouble()
-                for (d in 0 until D) mean[base + d] /= div
-            }
-        }
-        return PackLayout.quantizedLikeCentroids(mean, D)
     }
 }
