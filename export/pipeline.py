@@ -744,7 +744,6 @@ def _positive_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
-_safe_file_name = is_plain_file_name   # an artifact name inside the export directory
 
 
 def validate_manifest(manifest, path) -> Dict:
@@ -780,7 +779,7 @@ def validate_manifest(manifest, path) -> Dict:
             _bad(path, f"artifact #{i + 1} is {_json_kind(a)}, not an object")
         if not isinstance(a.get("format"), str):
             _bad(path, f"artifact #{i + 1} has no 'format' string")
-        if a.get("file") is not None and not _safe_file_name(a["file"]):
+        if a.get("file") is not None and not is_plain_file_name(a["file"]):
             _bad(path, f"artifact #{i + 1} 'file' must be a plain file name inside the export directory")
         for key in ("bytes",):
             if key in a and a[key] is not None and not (isinstance(a[key], int) and not isinstance(a[key], bool) and a[key] >= 0):
@@ -1000,7 +999,7 @@ def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
     name = manifest.get("labels")
     if name is None:
         return
-    if not _safe_file_name(name):
+    if not is_plain_file_name(name):
         _bad(path, "'labels' must be null or a plain file name inside the export directory")
     labels = Path(out_dir) / name
     if not labels.is_file():
