@@ -23,6 +23,8 @@ public final class QaModel: ObservableObject {
     @Published public private(set) var answer = ""
     @Published public private(set) var stats: String?
     @Published public private(set) var busy = false
+    /// an answer is being generated (the Stop button's state; busy also covers loading a runtime or a pack)
+    @Published public private(set) var answering = false
     @Published public private(set) var message: String?
     public var maxNewTokens = 64
 
@@ -109,6 +111,7 @@ public final class QaModel: ObservableObject {
         let q = question.trimmingCharacters(in: .whitespacesAndNewlines)
         guard !q.isEmpty else { return }
         busy = true
+        answering = true
         answer = ""
         stats = nil
         session.ask(q, maxNewTokens: maxNewTokens, onText: { piece in
@@ -116,16 +119,24 @@ public final class QaModel: ObservableObject {
         }, completion: { result in
             DispatchQueue.main.async { [weak self] in
                 self?.busy = false
+                self?.answering = false
                 switch result {
                 case .success(let a):
                     self?.answer = a.text
                     self?.stats = String(format: "prefill %.0f ms · decode %.1f tok/s · %d tokens · prompt %d / context %d tokens · %@",
                                          a.prefillMs, a.decodeTokensPerSecond, a.tokenIds.count, a.promptTokens, a.contextTokens, a.runtime)
+                        + (a.cancelled ? " · stopped" : "")
                 case .failure(let error):
                     self?.message = "\(error)"
                 }
             }
         })
+    }
+
+    /// Ends the running answer after its current token (the answer so far is kept; its stats say "stopped").
+    public func stop() {
+        guard answering else { return }
+        session?.stop()
     }
 }
 
@@ -161,6 +172,8 @@ public struct QaScreen: View {
                     .onSubmit { model.ask() }
                 Button("Ask") { model.ask() }
                     .disabled(model.busy || model.attached == nil)
+                Button("Stop") { model.stop() }
+                    .disabled(!model.answering)
             }
             if model.busy { ProgressView() }
             ScrollView {
