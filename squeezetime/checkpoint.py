@@ -37,9 +37,10 @@ class LoadReport:
     missing_head: bool = False
     renamed_prefixes: List[str] = field(default_factory=list)
     float_counters: List[str] = field(default_factory=list)  # num_batches_tracked stored as floats (cast with the weights)
+    notes: List[str] = field(default_factory=list)  # what reading the file's format did (e.g. a MindSpore .ckpt's names)
 
     def summary(self) -> str:
-        parts = [f"loaded {self.tensors} tensors from {self.path}"]
+        parts = [f"loaded {self.tensors} tensors from {self.path}", *self.notes]
         if self.renamed_prefixes:
             parts.append(f"stripped/mapped prefixes: {', '.join(self.renamed_prefixes)}")
         if self.missing_head:
@@ -59,12 +60,18 @@ def _short_list(keys, limit=4) -> str:
 
 
 def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch.Tensor]:
-    """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code) or .safetensors file.
+    """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code), .safetensors or MindSpore .ckpt file
+    (its names mapped to PyTorch's, its optimizer state left out: squeezetime.mindspore_ckpt).
 
     Files whose pickle references arbitrary Python objects (e.g. mmengine training state next to the
     weights) are refused unless ``skip_unsafe_metadata``: then those objects become inert placeholders
     (nothing is imported or called) and only the tensors are used.
     """
+    return _read(path, skip_unsafe_metadata)[0]
+
+
+def _read(path, skip_unsafe_metadata: bool = False):
+    """read_state_dict's tensors and the notes for the load report."""
     path = Path(path)
     if path.is_dir():
         raise SqueezeError(f"checkpoint {path} is a directory; give the checkpoint file (.pth or .safetensors)")
@@ -84,14 +91,18 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     fmt = checkpoint_format(path)
     if fmt == "pack":
         raise SqueezeError(f"checkpoint {path} is a Squeezed Attention context pack, not a SqueezeTime checkpoint")
+    if fmt == "mindspore":
+        from .mindspore_ckpt import read_mindspore_checkpoint
+
+        return read_mindspore_checkpoint(path)
     if fmt == "safetensors":
         from safetensors.torch import load, load_file
 
         try:
             if _utf8_name(path):
-                return _check_keys(dict(load_file(str(path))), path)
+                return _check_keys(dict(load_file(str(path))), path), []
             # safetensors' Rust reader takes only UTF-8 file names: read the bytes here instead
-            return _check_keys(dict(load(path.read_bytes())), path)
+            return _check_keys(dict(load(path.read_bytes())), path), []
         except SqueezeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes means "not readable"
@@ -116,7 +127,7 @@ def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything on malformed bytes; all mean "not readable"
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_zip_problem(path) or _first_line(exc)})"
                            f"{_what_it_is(path)}") from None
-    return _unwrap(obj, path)
+    return _unwrap(obj, path), []
 
 
 def _zip_problem(path) -> Optional[str]:
@@ -149,7 +160,8 @@ def _utf8_name(path) -> bool:
 
 
 def checkpoint_format(path) -> str:
-    """'safetensors', 'torch' (a zip or legacy pickle for torch.load), from the file's first bytes whatever its name
+    """'safetensors', 'torch' (a zip or legacy pickle for torch.load), 'mindspore' (a MindSpore .ckpt: a protobuf
+    Checkpoint), from the file's first bytes whatever its name
     (``x.SAFETENSORS``, a safetensors file saved as ``.pth``, a pickle named ``.safetensors``); from the extension,
     case-insensitively, only when the bytes are neither (so the error names the format the user meant); 'pack' for a
     Squeezed Attention context pack (a safetensors file that is no checkpoint)."""
@@ -160,6 +172,8 @@ def checkpoint_format(path) -> str:
         return "pack"
     if kind == "a safetensors file":
         return "safetensors"
+    if kind.startswith("a MindSpore checkpoint"):
+        return "mindspore"
     if kind.startswith(("a zip archive", "a pickle")):
         return "torch"
     return "safetensors" if Path(path).suffix.lower() == ".safetensors" else "torch"
@@ -180,9 +194,6 @@ def _what_it_is(path) -> str:
     kind = describe(path)
     if kind is None or kind.startswith(("a zip archive", "a pickle", "a safetensors")):
         return ""
-    if kind.startswith("a MindSpore checkpoint"):  # the official release's MindSpore port: another framework's names
-        return (f"; it is {kind}, which PyTorch cannot read: pass the official PyTorch release "
-                "(SqueezeTime_K400_71.64.pth and its siblings) or a state dict converted to .pth / .safetensors")
     return f"; it is {kind}, not a checkpoint"
 
 
@@ -505,7 +516,7 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
     classes in the head. Frames, width, pos_dim and depth are read from the tensor shapes. The returned
     model carries ``load_report`` (a :class:`LoadReport`).
     """
-    raw = read_state_dict(path, skip_unsafe_metadata=skip_unsafe_metadata)
+    raw, notes = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
     labels = _metadata_label_file(path, cfg.num_classes)
@@ -517,6 +528,7 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
         raise SqueezeError(f"checkpoint {path} describes a SqueezeTime that cannot be built ({_first_line(exc)})") from None
     report = load_state_into(model, state, allow_missing_head=allow_missing_head, path=path)
     report.renamed_prefixes = renamed
+    report.notes = notes
     model.load_report = report
     return model.eval()
 
