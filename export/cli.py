@@ -17,6 +17,7 @@ import sys
 from typing import List, Optional
 
 from squeeze_mobile import cli_types
+from squeeze_mobile.atomic import NO_ROOM
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.signals import EXIT_SIGINT, exit_code, signal_name, sigterm_raises
 
@@ -199,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_ERROR
 
 
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+WRITE_ERRNOS = NO_ROOM + (errno.EROFS,)  # no room, or a folder that became read-only
 
 
 if __name__ == "__main__":  # pragma: no cover

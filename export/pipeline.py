@@ -23,7 +23,6 @@ checkpoint on the k400 config gets none, and manifest labels null: apps and `squ
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 
-from squeeze_mobile.atomic import atomic_path, check_destination, ensure_writable_dir, remove, removed_if_left_empty
+from squeeze_mobile.atomic import NO_ROOM, atomic_path, check_destination, ensure_writable_dir, remove, removed_if_left_empty
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.file_kinds import is_plain_file_name
@@ -308,10 +307,6 @@ def _write_manifest(out_dir: Path, manifest: Dict) -> None:
             tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     except OSError as exc:  # the previous manifest.json stays as it was (atomic write)
         raise write_error(out_dir / MANIFEST, exc) from None
-
-
-# A write that failed for want of room: the disk or the user's quota is full, or a file-size limit (ulimit -f) hit.
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _no_room(exc: OSError) -> bool:

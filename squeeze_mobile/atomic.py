@@ -12,12 +12,16 @@ Rules every writer in the project follows through this module:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
+
+# A write that failed for want of room: the disk or the user's quota is full, or a file-size limit (ulimit -f) hit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 from .errors import SqueezeError
 
