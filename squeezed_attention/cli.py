@@ -24,6 +24,14 @@ from .errors import SqueezeError
 from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 from .pack_arrays import centroid_cost
 
+# `squeeze context eval` defaults: the classic pass-key/needle evaluation, and the generated suite (--suite), whose
+# cases need 192 tokens of the window for the question and answer. An explicit --lengths / --kv-budgets is used as
+# given in either mode.
+EVAL_LENGTHS = (2048, 4096, 8096)
+EVAL_KV_BUDGETS = (0.325, 0.225, 0.125)
+SUITE_LENGTHS = (2048, 4096, 8000)
+SUITE_KV_BUDGETS = (0.225, 0.125)
+
 # ------------------------------------------------------------------------------------ argparse value types
 def _int_in(lo: int, hi: int):
     return int_range(lo, hi)
@@ -335,6 +343,10 @@ def cmd_context_eval(args) -> int:
         raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
     if args.follow_keys is not None:
         raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
+    if args.lengths is None:
+        args.lengths = EVAL_LENGTHS
+    if args.kv_budgets is None:
+        args.kv_budgets = EVAL_KV_BUDGETS
     check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
     out = check_output_dir(args.out)
@@ -358,12 +370,12 @@ def _suite_eval(args, config) -> int:
     from .evaluate import check_evaluation
     from .suite import run_suite, suite_markdown
 
-    lengths = (2048, 4096, 8000) if args.lengths == (2048, 4096, 8096) else args.lengths
+    lengths = SUITE_LENGTHS if args.lengths is None else args.lengths
     too_long = [n for n in lengths if not 512 <= n <= config.max_positions - 192]
     if too_long:
         raise SqueezeError(f"--lengths must be in [512, {config.max_positions - 192}] for the suite (room for the "
                            f"question and answer); got {too_long[0]}")
-    budgets = (0.225, 0.125) if args.kv_budgets == (0.325, 0.225, 0.125) else args.kv_budgets
+    budgets = SUITE_KV_BUDGETS if args.kv_budgets is None else args.kv_budgets
     check_evaluation(config.max_positions, lengths, (0.5,), budgets, ("passkey",), args.continuation_tokens, (0.5,),
                      head_dim=config.head_dim)
     if args.artifacts:   # an unusable export directory is refused before anything is loaded or written
@@ -492,10 +504,10 @@ def add_subcommands(subparsers) -> None:
         "kept keys + centroid bytes, as a fraction of the KV cache.\n\n"
         "example:\n  squeeze context eval --lengths 2048,4096,8096 --out eval_out")
     depth = _fraction_in(0, 1)
-    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=(2048, 4096, 8096),
+    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=None,
                    metavar="N,N,...",
-                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96] "
-                   "(default 2048,4096,8096)")
+                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96]; with "
+                   "--suite in [512, the model window minus 192] (default 2048,4096,8096; with --suite 2048,4096,8000)")
     e.add_argument("--depths", type=_list_of(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
                    help="pass key depths in [0, 1], 0 = start, 1 = end (default 0.1,0.5,0.9)")
     e.add_argument("--needle-depths", type=_list_of(depth, "depth"), default=(0.5,), metavar="D,D,...",
@@ -503,9 +515,10 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--retrieval-variants", action="store_true",
                    help="also run threshold mode and per-query-head selection on retrieval (slower; default: off)")
     e.add_argument("--kv-budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
-                   default=(0.325, 0.225, 0.125), metavar="B,B,...",
+                   default=None, metavar="B,B,...",
                    help="KV budgets in the paper's accounting (kept keys + centroid bytes, as a fraction of the KV "
-                   "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125)")
+                   "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125; "
+                   "with --suite 0.225,0.125)")
     e.add_argument("--budgets", dest="kv_budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    help=argparse.SUPPRESS)  # the old name, same unit
     e.add_argument("--kinds", type=_list_of(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),
