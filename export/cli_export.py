@@ -178,7 +178,8 @@ def add_subcommands(sub) -> None:
     r.add_argument("dir", type=cli_types.path, help="export directory holding manifest.json and int8 artifacts")
     r.add_argument("--out", default=None, type=cli_types.path, help="folder for the report files (default: DIR)")
     r.add_argument("--verify-video", default=None, type=cli_types.path,
-                   help="the verification video, when it is no longer at the recorded path (its sha256 must match)")
+                   help="the verification video, when it is no longer at the recorded path (its sha256 must match) "
+                   "(default: the recorded path)")
     r.set_defaults(func=cmd_quant_report)
 
 

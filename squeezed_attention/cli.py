@@ -449,7 +449,7 @@ def _add_model(p):
 
 FOLLOW_KEYS_HELP = ("of each decode step's kept keys per head, N follow the previous token: the positions right after "
                     "the N clustered keys it weighed most (a copied value or sentence is read in order, one token "
-                    "after the other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 "
+                    "after the other); the step's own selection keeps N fewer (the same KV budget); N >= 0; default 4 (0 "
                     "where the budget keeps fewer than 32 keys); 0 turns it off")
 
 
@@ -536,12 +536,12 @@ def add_subcommands(subparsers) -> None:
                    "(default: off, the classic pass-key/needle evaluation)")
     e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_ROWS, metavar="N",
                    help="suite: the squeezed configurations select once per N prompt tokens before the tail in the "
-                   f"prompt's prefill (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
+                   f"prompt's prefill, >= 0 (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
     e.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_TAIL, metavar="N",
-                   help="suite: the last N prompt tokens before the exact tail select per token (as squeeze generate "
+                   help="suite: the last N prompt tokens before the exact tail select per token, >= 0 (as squeeze generate "
                    f"--prefill-tail; default {DEFAULT_PREFILL_TAIL})")
     e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
-                   help="suite: the prompt's last N tokens attend every context key (as squeeze generate --exact-tail; "
+                   help="suite: the prompt's last N tokens attend every context key, >= 0 (as squeeze generate --exact-tail; "
                    f"default {DEFAULT_EXACT_TAIL})")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
@@ -559,11 +559,11 @@ def add_subcommands(subparsers) -> None:
                    "project's MIL evaluator off macOS, which is slow)")
     e.add_argument("--continuation-cases", type=_int_in(0, 1000), default=4, metavar="N",
                    help="suite: teacher-forced prose continuations per context length, each from its own random "
-                   "place in the split's text (top-1 agreement and KL pooled over their tokens; 0 = none; default 4)")
+                   "place in the split's text (top-1 agreement and KL pooled over their tokens), 0-1000 (0 = none; default 4)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
-                   help="suite cases per context length, kinds in rotation (default 12)")
+                   help="suite cases per context length, kinds in rotation, 1-10000 (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",
-                   help="suite seed: other seeds draw other cases (default 0)")
+                   help="suite seed, 0-2147483647: other seeds draw other cases (default 0)")
     e.add_argument("--out", default="context_eval", metavar="DIR",
                    help="output folder for context_eval.json/.md/.png, or suite.json/.md (default context_eval)")
     _add_model(e)
@@ -607,15 +607,15 @@ def add_subcommands(subparsers) -> None:
                    help="one key selection per query head instead of one per KV group (grouped-query attention; "
                    "default: per KV group)")
     g.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the question's prefill selects its kept keys once per N prompt tokens before the tail (chunks "
+                   help="the question's prefill selects its kept keys once per N >= 0 prompt tokens before the tail (chunks "
                    f"cut from the end; 1 = every token selects, as decode steps do; default {DEFAULT_PREFILL_ROWS}: one "
                    "selection for them all). With --artifacts: default = the artifact's manifest")
     g.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the last N prompt tokens before the exact tail select their kept keys one token at a time, as "
+                   help="the last N >= 0 prompt tokens before the exact tail select their kept keys one token at a time, as "
                    f"decode steps do (default {DEFAULT_PREFILL_TAIL}). With --artifacts: default = the artifact's "
                    "manifest; a tail token costs one decode step there")
     g.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the question's last N tokens attend EVERY fixed-context key in the prefill, no lookup (the "
+                   help="the question's last N >= 0 tokens attend EVERY fixed-context key in the prefill, no lookup (the "
                    f"question's own words; default {DEFAULT_EXACT_TAIL}: on the held-out split at 2k it answered 10 of "
                    "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
