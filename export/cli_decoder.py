@@ -67,8 +67,8 @@ def add_decoder_arguments(p) -> None:
                         "host's `squeeze generate`; --exact-tail 0 leaves it out. On the "
                         "held-out split the tail answered 10 of the 13 pass-key cases full attention answers at KV "
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
-                        "prefill loses, and a 20-token question prefills in 164 ms instead of 70 (llama.cpp with its "
-                        "prompt state restored: 286 ms)")
+                        "prefill loses, and a 20-token question prefills in 132 ms (llama.cpp with its prompt state "
+                        "restored: 285 ms; README, 'Against the peer, latest')")
     g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys, "
                         "the host's rule (`squeeze generate --follow-keys`): held-out pass keys at KV budget 0.125 "
