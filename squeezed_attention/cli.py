@@ -630,7 +630,8 @@ def add_subcommands(subparsers) -> None:
                    help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
                         "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "
                         "ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = native where it "
-                        "builds, else torch")
+                        "builds, else torch. The kernels serve flat top-k selection only: with threshold mode or "
+                        "--hierarchical 'auto' runs torch and 'native' is refused (the output's lookup row names what ran)")
     g.add_argument("--max-new-tokens", type=_int_in(1, 1 << 20), default=64, metavar="N",
                    help="tokens to generate, at least 1 (default 64; context + prompt + N must fit the model window)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "
