@@ -72,6 +72,10 @@ def _throughput(model, frames, size, dtype, compiled, runs, warmup, say, name) -
 
 def run_gpu_benchmark(out_dir="bench_out/gpu", runs: int = 20, warmup: int = 5, include_peers: bool = True,
                       compile_modes=(False, True), progress: Optional[Progress] = None) -> Dict:
+    """Clips/s of SqueezeTime (and with ``include_peers`` its peers) on the CUDA GPU, fp32 and bf16, channels-last,
+    eager and torch.compile (``compile_modes``), at the largest batch that fits; writes gpu_report.json and
+    gpu_report.md into ``out_dir`` and returns the report. Without CUDA it writes and returns a report with
+    status "skipped" (the `squeeze bench --gpu` command refuses instead)."""
     import torch
 
     from .report import check_report_dir

@@ -9,6 +9,8 @@ import numpy as np
 
 
 def summarize(latencies_s: List[float], batch: int = 1) -> Dict[str, float]:
+    """p50/p90/p99 (numpy's linear percentiles), min and max in ms of per-call latencies given in seconds, and
+    clips/s at the median for ``batch`` clips per call."""
     if not latencies_s:
         raise ValueError("no latencies to summarize")
     ms = np.asarray(latencies_s, dtype=np.float64) * 1e3

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k action labels for a video file",
                        description="Decode VIDEO with the official test pipeline (16 frames, interval 4, short side "
-                       "256, centre crop 224; or 10 clips x 3 crops with --views multi) and print the top-k labels.")
+                       "256, centre crop 224; with --views multi 10 clips x 3 crops at short side 224, HMDB51: 2 clips "
+                       "x 3 crops at 286) and print the top-k labels.")
     p.add_argument("video", type=cli_types.path, help="path to a video file (anything FFmpeg decodes)")
     p.add_argument("--checkpoint", type=cli_types.path,
                    help="SqueezeTime weights: official mmaction2 .pth, bare state dict or .safetensors (the format is "

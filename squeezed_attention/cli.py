@@ -24,6 +24,14 @@ from .errors import SqueezeError
 from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 from .pack_arrays import centroid_cost
 
+# `squeeze context eval` defaults: the classic pass-key/needle evaluation, and the generated suite (--suite), whose
+# cases need 192 tokens of the window for the question and answer. An explicit --lengths / --kv-budgets is used as
+# given in either mode.
+EVAL_LENGTHS = (2048, 4096, 8096)
+EVAL_KV_BUDGETS = (0.325, 0.225, 0.125)
+SUITE_LENGTHS = (2048, 4096, 8000)
+SUITE_KV_BUDGETS = (0.225, 0.125)
+
 # ------------------------------------------------------------------------------------ argparse value types
 def _int_in(lo: int, hi: int):
     return int_range(lo, hi)
@@ -335,6 +343,10 @@ def cmd_context_eval(args) -> int:
         raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
     if args.follow_keys is not None:
         raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
+    if args.lengths is None:
+        args.lengths = EVAL_LENGTHS
+    if args.kv_budgets is None:
+        args.kv_budgets = EVAL_KV_BUDGETS
     check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
     out = check_output_dir(args.out)
@@ -358,12 +370,12 @@ def _suite_eval(args, config) -> int:
     from .evaluate import check_evaluation
     from .suite import run_suite, suite_markdown
 
-    lengths = (2048, 4096, 8000) if args.lengths == (2048, 4096, 8096) else args.lengths
+    lengths = SUITE_LENGTHS if args.lengths is None else args.lengths
     too_long = [n for n in lengths if not 512 <= n <= config.max_positions - 192]
     if too_long:
         raise SqueezeError(f"--lengths must be in [512, {config.max_positions - 192}] for the suite (room for the "
                            f"question and answer); got {too_long[0]}")
-    budgets = (0.225, 0.125) if args.kv_budgets == (0.325, 0.225, 0.125) else args.kv_budgets
+    budgets = SUITE_KV_BUDGETS if args.kv_budgets is None else args.kv_budgets
     check_evaluation(config.max_positions, lengths, (0.5,), budgets, ("passkey",), args.continuation_tokens, (0.5,),
                      head_dim=config.head_dim)
     if args.artifacts:   # an unusable export directory is refused before anything is loaded or written
@@ -437,7 +449,7 @@ def _add_model(p):
 
 FOLLOW_KEYS_HELP = ("of each decode step's kept keys per head, N follow the previous token: the positions right after "
                     "the N clustered keys it weighed most (a copied value or sentence is read in order, one token "
-                    "after the other); the step's own selection keeps N fewer (the same KV budget); default 4 (0 "
+                    "after the other); the step's own selection keeps N fewer (the same KV budget); N >= 0; default 4 (0 "
                     "where the budget keeps fewer than 32 keys); 0 turns it off")
 
 
@@ -492,10 +504,10 @@ def add_subcommands(subparsers) -> None:
         "kept keys + centroid bytes, as a fraction of the KV cache.\n\n"
         "example:\n  squeeze context eval --lengths 2048,4096,8096 --out eval_out")
     depth = _fraction_in(0, 1)
-    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=(2048, 4096, 8096),
+    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=None,
                    metavar="N,N,...",
-                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96] "
-                   "(default 2048,4096,8096)")
+                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96]; with "
+                   "--suite in [512, the model window minus 192] (default 2048,4096,8096; with --suite 2048,4096,8000)")
     e.add_argument("--depths", type=_list_of(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
                    help="pass key depths in [0, 1], 0 = start, 1 = end (default 0.1,0.5,0.9)")
     e.add_argument("--needle-depths", type=_list_of(depth, "depth"), default=(0.5,), metavar="D,D,...",
@@ -503,9 +515,10 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--retrieval-variants", action="store_true",
                    help="also run threshold mode and per-query-head selection on retrieval (slower; default: off)")
     e.add_argument("--kv-budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
-                   default=(0.325, 0.225, 0.125), metavar="B,B,...",
+                   default=None, metavar="B,B,...",
                    help="KV budgets in the paper's accounting (kept keys + centroid bytes, as a fraction of the KV "
-                   "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125)")
+                   "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125; "
+                   "with --suite 0.225,0.125)")
     e.add_argument("--budgets", dest="kv_budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    help=argparse.SUPPRESS)  # the old name, same unit
     e.add_argument("--kinds", type=_list_of(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),
@@ -523,12 +536,12 @@ def add_subcommands(subparsers) -> None:
                    "(default: off, the classic pass-key/needle evaluation)")
     e.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_ROWS, metavar="N",
                    help="suite: the squeezed configurations select once per N prompt tokens before the tail in the "
-                   f"prompt's prefill (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
+                   f"prompt's prefill, >= 0 (as squeeze generate --prefill-rows; default {DEFAULT_PREFILL_ROWS})")
     e.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=DEFAULT_PREFILL_TAIL, metavar="N",
-                   help="suite: the last N prompt tokens before the exact tail select per token (as squeeze generate "
+                   help="suite: the last N prompt tokens before the exact tail select per token, >= 0 (as squeeze generate "
                    f"--prefill-tail; default {DEFAULT_PREFILL_TAIL})")
     e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
-                   help="suite: the prompt's last N tokens attend every context key (as squeeze generate --exact-tail; "
+                   help="suite: the prompt's last N tokens attend every context key, >= 0 (as squeeze generate --exact-tail; "
                    f"default {DEFAULT_EXACT_TAIL})")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
@@ -546,11 +559,11 @@ def add_subcommands(subparsers) -> None:
                    "project's MIL evaluator off macOS, which is slow)")
     e.add_argument("--continuation-cases", type=_int_in(0, 1000), default=4, metavar="N",
                    help="suite: teacher-forced prose continuations per context length, each from its own random "
-                   "place in the split's text (top-1 agreement and KL pooled over their tokens; 0 = none; default 4)")
+                   "place in the split's text (top-1 agreement and KL pooled over their tokens), 0-1000 (0 = none; default 4)")
     e.add_argument("--cases-per-length", type=_int_in(1, 10000), default=12, metavar="N",
-                   help="suite cases per context length, kinds in rotation (default 12)")
+                   help="suite cases per context length, kinds in rotation, 1-10000 (default 12)")
     e.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, metavar="S",
-                   help="suite seed: other seeds draw other cases (default 0)")
+                   help="suite seed, 0-2147483647: other seeds draw other cases (default 0)")
     e.add_argument("--out", default="context_eval", metavar="DIR",
                    help="output folder for context_eval.json/.md/.png, or suite.json/.md (default context_eval)")
     _add_model(e)
@@ -594,15 +607,15 @@ def add_subcommands(subparsers) -> None:
                    help="one key selection per query head instead of one per KV group (grouped-query attention; "
                    "default: per KV group)")
     g.add_argument("--prefill-rows", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the question's prefill selects its kept keys once per N prompt tokens before the tail (chunks "
+                   help="the question's prefill selects its kept keys once per N >= 0 prompt tokens before the tail (chunks "
                    f"cut from the end; 1 = every token selects, as decode steps do; default {DEFAULT_PREFILL_ROWS}: one "
                    "selection for them all). With --artifacts: default = the artifact's manifest")
     g.add_argument("--prefill-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the last N prompt tokens before the exact tail select their kept keys one token at a time, as "
+                   help="the last N >= 0 prompt tokens before the exact tail select their kept keys one token at a time, as "
                    f"decode steps do (default {DEFAULT_PREFILL_TAIL}). With --artifacts: default = the artifact's "
                    "manifest; a tail token costs one decode step there")
     g.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the question's last N tokens attend EVERY fixed-context key in the prefill, no lookup (the "
+                   help="the question's last N >= 0 tokens attend EVERY fixed-context key in the prefill, no lookup (the "
                    f"question's own words; default {DEFAULT_EXACT_TAIL}: on the held-out split at 2k it answered 10 of "
                    "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
@@ -617,7 +630,8 @@ def add_subcommands(subparsers) -> None:
                    help="centroid lookup: 'native' = fused C++ kernels (selection for the prompt, selection + "
                         "attention for each generated token; compiled on first use), 'torch' = in-graph PyTorch "
                         "ops, 'numpy' = the CPU fallback handing back indices; 'auto' (default) = native where it "
-                        "builds, else torch")
+                        "builds, else torch. The kernels serve flat top-k selection only: with threshold mode or "
+                        "--hierarchical 'auto' runs torch and 'native' is refused (the output's lookup row names what ran)")
     g.add_argument("--max-new-tokens", type=_int_in(1, 1 << 20), default=64, metavar="N",
                    help="tokens to generate, at least 1 (default 64; context + prompt + N must fit the model window)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "

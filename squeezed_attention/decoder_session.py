@@ -96,6 +96,9 @@ def decoder_dir(path) -> Path:
 
 
 def read_decoder_manifest(directory) -> dict:
+    """The manifest.json of a `squeeze export decoder` folder (``directory`` or the manifest itself), checked: it
+    exists, is JSON, describes a decoder export of this version's schema (another schema is refused: re-export)
+    and names only plain file names inside its folder. Raises SqueezeError with one line otherwise."""
     directory = decoder_dir(directory)
     path = directory / MANIFEST
     if not directory.exists():
@@ -127,6 +130,10 @@ def read_decoder_manifest(directory) -> dict:
 
 def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None,
                   file: str | None = None) -> dict:
+    """The manifest record of the decoder artifact to run: the first in the manifest's order that matches the
+    given format, attention ('squeezed' / 'full'), lookup plan and file name (None = any), artifacts this machine's
+    runtime runs first (a .pte for the Core ML delegate only on Apple platforms). Raises SqueezeError naming the
+    formats the folder has when none matches."""
     usable = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a]
     if file:
         usable = [a for a in usable if a["file"] == file]

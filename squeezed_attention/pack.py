@@ -287,6 +287,11 @@ def check_pack_destination(path, protect=()) -> Path:
 
 
 def save_context_pack(pack: ContextPack, path) -> Path:
+    """Write ``pack`` as one safetensors file at ``path`` (what `squeeze context build --out` writes): the fp16 KV
+    cache, the int8 centroids with their fp16 scales, labels, counts, calibration thresholds, the build settings and
+    the hashes of the model, tokenizer and context, plus a content hash over all of it. The file is written under a
+    temporary name and renamed when complete; a directory or any file other than an older pack at ``path`` is refused
+    (SqueezeError, nothing written). Returns the path written."""
     from safetensors.torch import save_file
 
     path = check_pack_destination(path)

@@ -31,6 +31,10 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "CONFIGS",
     "LoadReport",
@@ -38,6 +42,7 @@ __all__ = [
     "SqueezeTime",
     "SqueezeTimeConfig",
     "build_model",
+    "classify_video",
     "get_config",
     "load_checkpoint",
     "predict_video",

@@ -75,3 +75,29 @@ def test_help_reads_like_documentation(capsys):
     for flag in ("--context-pack", "--full", "--kv-budget", "--keep-keys", "--threshold-keep", "--max-new-tokens",
                  "--raw", "--json", "--hierarchical"):
         assert flag in text
+
+
+@pytest.mark.parametrize("argv, lengths, budgets", [
+    ([], (2048, 4096, 8000), (0.225, 0.125)),                                   # the suite's own defaults
+    # the classic evaluation's default values, given explicitly, are run as given (they were swapped for the
+    # suite's defaults because they equalled the classic defaults)
+    (["--kv-budgets", "0.325,0.225,0.125", "--lengths", "2048,4096"], (2048, 4096), (0.325, 0.225, 0.125)),
+])
+def test_suite_runs_the_lengths_and_kv_budgets_given(monkeypatch, tmp_path, argv, lengths, budgets):
+    import squeezed_attention.cli as sa_cli
+    import squeezed_attention.suite as suite
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_suite(model, checkpoint, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(sa_cli, "_load_model", lambda model, report: (None, None))
+    monkeypatch.setattr(suite, "run_suite", fake_run_suite)
+    with pytest.raises(Stop):
+        cli.main(["context", "eval", "--suite", "dev", "--out", str(tmp_path / "suite"), *argv])
+    assert tuple(seen["lengths"]) == lengths and tuple(seen["kv_budgets"]) == budgets

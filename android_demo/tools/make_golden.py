@@ -1158,7 +1158,8 @@ def same_golden(path: Path, data: bytes) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="rebuild the video goldens and compare (no export, no writes)")
+    ap.add_argument("--check", action="store_true", help="rebuild the video and Q&A goldens and compare with the golden directory (no export; writes "
+                    "no golden, only the real model's tokenizer.json under build/qa/ when it is missing or stale)")
     ap.add_argument("--out", type=Path, default=GOLDEN, help=f"golden directory (default {GOLDEN.relative_to(ROOT)})")
     ap.add_argument("--model-only", action="store_true",
                     help=f"only write the reduced export's .onnx to {ORT_BUILD.relative_to(ROOT)} (no goldens)")
