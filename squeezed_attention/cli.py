@@ -296,6 +296,8 @@ def cmd_generate(args) -> int:
     if args.json:
         out = result.to_dict()
         out["selection"] = {k: v for k, v in choice.__dict__.items()}
+        if result.follow_keys is not None:   # as run: the default resolved for this pack's budget (None asked for it)
+            out["selection"]["follow_keys"] = result.follow_keys
         print(json.dumps(out, indent=2))
         return 0
     if streamed and not "".join(streamed).endswith("\n"):

@@ -480,7 +480,8 @@ class DecoderSession:
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
             runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),
             kv_budget=self.contract.get("kv_budget"), lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
-                                                                 if loop.attention == "squeezed" else None))
+                                                                 if loop.attention == "squeezed" else None),
+            follow_keys=int(loop.follow) if loop.attention == "squeezed" else None)
 
     def close(self) -> None:
         self.runner.close()

@@ -323,4 +323,5 @@ class Generator:
             kept_fraction=kept,
             kv_budget=None if kept is None else paper_kv_budget(kept, self.pack.settings.centroid_fraction,
                                                                 self.pack.config.head_dim),
-            centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None))
+            centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None),
+            follow_keys=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "follow_keys", 0) or 0))

@@ -148,6 +148,8 @@ class GenerationResult:
     centroids_scored: float | None = None
     lookup: str | None = None                # lookup backend that ran ("native", "torch", "numpy"), None = full
     runtime: str | None = None               # the runtime of an exported artifact (None: PyTorch)
+    follow_keys: int | None = None           # keys each decode step followed (SelectionSpec.follow_keys) as run,
+                                             # the default resolved; None: full attention
     extra: dict = field(default_factory=dict)
 
     @property

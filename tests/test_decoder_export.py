@@ -166,6 +166,8 @@ def test_torch_free_generate_from_the_onnx_artifact(exported, tiny_pack):
     result = json.loads(proc.stdout)
     assert result["context_tokens"] > 100 and 1 <= len(result["token_ids"]) <= 6
     assert set(result) >= {"text", "token_ids", "prefill_seconds", "decode_tokens_per_second", "attention"}
+    # the keys each decode step followed, as on the host (the artifact's F where the pack keeps enough keys)
+    assert isinstance(result["follow_keys"], int) and result["follow_keys"] >= 0
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pte"])

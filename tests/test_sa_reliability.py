@@ -340,6 +340,23 @@ def test_generate_sizes_are_named_by_their_units(tiny, capsys):
         "top-k, KV budget 0.5, hierarchical"
 
 
+def test_generate_json_reports_the_followed_keys_that_ran(tiny, capsys):
+    """selection.follow_keys was the request echoed (null for "the default") while the default ran: it is the number
+    each decode step followed, as the top-level follow_keys."""
+    from squeezed_attention.settings import default_follow_keys
+
+    pack = load_context_pack(tiny / "raw.pack")
+    for extra in ([], ["--keep-keys", str(pack.num_clustered - 1)]):
+        out = _generate_json(tiny, capsys, *extra)
+        keys = round(out["kept_fraction"] * pack.num_clustered)
+        assert out["follow_keys"] == default_follow_keys(keys) == out["selection"]["follow_keys"]
+    assert default_follow_keys(pack.num_clustered - 1) > 0   # the second case ran the default's followed keys
+    out = _generate_json(tiny, capsys, "--keep-keys", "6", "--follow-keys", "2")
+    assert out["follow_keys"] == 2 == out["selection"]["follow_keys"]
+    out = _generate_json(tiny, capsys, "--full")
+    assert out["follow_keys"] is None
+
+
 def test_generate_table_names_the_kv_budget(tiny, capsys):
     rc, out, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--model",
                         tiny / "tiny.gguf", "--max-new-tokens", "2", "--keep-keys", "4"], capsys)
