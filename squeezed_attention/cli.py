@@ -21,7 +21,7 @@ from pathlib import Path
 from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
 
 from .errors import SqueezeError
-from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
+from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 from .pack_arrays import centroid_cost
 
 # `squeeze context eval` defaults: the classic pass-key/needle evaluation, and the generated suite (--suite), whose
@@ -201,7 +201,8 @@ def _choice_from_args(args):
                   prefill_rows=DEFAULT_PREFILL_ROWS if args.prefill_rows is None else args.prefill_rows,
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
-                  decode_selection=args.decode_selection, follow_keys=args.follow_keys)
+                  decode_selection=args.decode_selection, follow_keys=args.follow_keys,
+                  exact_decode=DEFAULT_EXACT_DECODE if args.exact_decode is None else args.exact_decode)
     if args.full:
         ignored = [flag for flag, on in (("--hierarchical", args.hierarchical),
                                          ("--per-query-head", args.per_query_head),
@@ -210,7 +211,8 @@ def _choice_from_args(args):
                                          ("--follow-keys", args.follow_keys is not None),
                                          ("--prefill-rows", args.prefill_rows is not None),
                                          ("--prefill-tail", args.prefill_tail is not None),
-                                         ("--exact-tail", args.exact_tail is not None)) if on]
+                                         ("--exact-tail", args.exact_tail is not None),
+                                         ("--exact-decode", args.exact_decode is not None)) if on]
         if ignored:
             one = len(ignored) == 1
             raise SqueezeError(f"{', '.join(ignored)} {'shapes' if one else 'shape'} Squeezed Attention's key "
@@ -239,6 +241,7 @@ def cmd_generate(args) -> int:
                                              ("--lookup", args.lookup != "auto"),
                                              ("--decode-selection", args.decode_selection != "step"),
                                              ("--follow-keys", args.follow_keys is not None),
+                                             ("--exact-decode", args.exact_decode is not None),
                                              ("--model", args.model is not None)) if on]
         if unsupported:
             raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
@@ -345,6 +348,8 @@ def cmd_context_eval(args) -> int:
         raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
     if args.follow_keys is not None:
         raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
+    if args.exact_decode:
+        raise SqueezeError("--exact-decode applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
     if args.lengths is None:
         args.lengths = EVAL_LENGTHS
     if args.kv_budgets is None:
@@ -383,6 +388,10 @@ def _suite_eval(args, config) -> int:
     if args.artifacts:   # an unusable export directory is refused before anything is loaded or written
         from .decoder_session import read_decoder_manifest
 
+        if args.exact_decode:
+            raise SqueezeError("--exact-decode runs on the PyTorch path only (the exported decoders do not have it "
+                               "yet); drop --artifacts or --exact-decode")
+
         read_decoder_manifest(args.artifacts)
     out = Path(args.out)
     ensure_writable_dir(out)
@@ -399,7 +408,7 @@ def _suite_eval(args, config) -> int:
                                continuation_tokens=args.continuation_tokens, out_dir=out,
                                prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                                exact_tail=args.exact_tail, decode_selection=args.decode_selection,
-                               follow_keys=args.follow_keys, artifacts=sessions,
+                               follow_keys=args.follow_keys, exact_decode=args.exact_decode, artifacts=sessions,
                                continuation_cases=args.continuation_cases, log=lambda m: print(m, file=sys.stderr))
     finally:
         for _, session in sessions:
@@ -545,6 +554,9 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
                    help="suite: the prompt's last N tokens attend every context key, >= 0 (as squeeze generate --exact-tail; "
                    f"default {DEFAULT_EXACT_TAIL})")
+    e.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_DECODE, metavar="N",
+                   help="suite: the answer's first N decode steps attend every context key, >= 0 (as squeeze generate "
+                   f"--exact-decode; default {DEFAULT_EXACT_DECODE}; host only)")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
@@ -624,6 +636,11 @@ def add_subcommands(subparsers) -> None:
                    "steps always select. With --artifacts: default = the artifact's manifest")
     g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help=FOLLOW_KEYS_HELP + "; RESULTS.md 3m")
+    g.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="the answer's first N >= 0 generated tokens attend EVERY fixed-context key, as the exact tail "
+                   "does (the answer's opening, where it restates the question and starts copying a value from the "
+                   f"document; RESULTS.md 3r); costs full attention's decode work for those tokens (default "
+                   f"{DEFAULT_EXACT_DECODE}; the PyTorch path only for now: refused with --artifacts)")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

@@ -137,6 +137,7 @@ class SqueezedContext:
         self._last_selection = {}
         self._held = {}
         self._prompted = set()  # layers whose first call (the prompt's prefill) has run
+        self._decode_steps = {}  # layer -> decode calls so far (spec.exact_decode: the first ones attend exactly)
         # follow_keys: per layer, the context positions [Hs, F] the next decode step attends besides its selection
         # (the keys right after the ones the previous row weighed most; -1: none), and the selection's budget
         # without them
@@ -240,7 +241,8 @@ class SqueezedContext:
         the prompt's prefill (one context object per question: Generator.generate): its last ``spec.exact_tail``
         rows attend every context key (no lookup), the rows before them select, once or per chunk of
         ``spec.prefill_rows`` tokens (cut from the end), the last ``spec.prefill_tail`` of them per token. Later calls
-        (decode steps) select. With ``spec.decode_selection == "question"`` the prompt's last selection (its last
+        (decode steps) select, the first ``spec.exact_decode`` of them attending every key. With
+        ``spec.decode_selection == "question"`` the prompt's last selection (its last
         token's, where that token attends exactly) is held: every later call attends over the same rows and
         summaries."""
         question = self.spec.decode_selection == "question"
@@ -251,8 +253,13 @@ class SqueezedContext:
         if layer not in self._prompted:
             self._prompted.add(layer)
             start = exact_start(T, self.spec.exact_tail)
-        elif self.spec.follow_keys and T == 1:
-            return self._attend_following(layer, queries)
+        else:
+            done = self._decode_steps.get(layer, 0)
+            self._decode_steps[layer] = done + T
+            if done + T <= self.spec.exact_decode and not question:
+                start = 0   # the answer's opening (spec.exact_decode): every row attends every context key
+            elif self.spec.follow_keys and T == 1:
+                return self._attend_following(layer, queries)
         parts = []
         if start:
             parts.append(self._attend_selecting(layer, queries[:, :start]))

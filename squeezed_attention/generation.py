@@ -25,7 +25,7 @@ CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the o
 LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
-from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
+from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
 from .settings import plain_numbers
 
 
@@ -59,9 +59,11 @@ class AttentionChoice:
     follow_keys: int | None = None   # of each decode step's kept keys, how many follow the previous row's most
                                      # weighed keys (SelectionSpec.follow_keys); top-k mode, per-step decode. None:
                                      # settings.default_follow_keys there, else 0
+    exact_decode: int = DEFAULT_EXACT_DECODE  # the answer's first N decode steps attend every context key, as the
+                                     # exact tail does (SelectionSpec.exact_decode; per-step decode; RESULTS.md 3r)
 
     def __post_init__(self):
-        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys"),
+        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
                       ("kv_budget", "keep_fraction"))
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
@@ -81,6 +83,10 @@ class AttentionChoice:
             raise SqueezeError(f"--exact-tail (exact_tail) must be a whole number of tokens >= 0; got {self.exact_tail!r}")
         if self.follow_keys is not None and (type(self.follow_keys) is not int or self.follow_keys < 0):
             raise SqueezeError(f"--follow-keys (follow_keys) must be a whole number of keys >= 0; got {self.follow_keys!r}")
+        if type(self.exact_decode) is not int or self.exact_decode < 0:
+            raise SqueezeError(f"--exact-decode (exact_decode) must be a whole number of tokens >= 0; got {self.exact_decode!r}")
+        if self.exact_decode and self.decode_selection != "step":
+            raise SqueezeError("--exact-decode needs per-step decode selection (--decode-selection step)")
         if self.follow_keys and (self.mode != "top-k" or self.decode_selection != "step"):
             raise SqueezeError("--follow-keys needs top-k mode with per-step decode selection")
         if len(sizes) != 1:
@@ -107,7 +113,8 @@ class AttentionChoice:
                 f"{'' if self.prefill_tail == DEFAULT_PREFILL_TAIL else f', per-token prefill tail {self.prefill_tail}'}"
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
-                f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}")
+                f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}"
+                f"{f', exact first {self.exact_decode} answer tokens' if self.exact_decode else ''}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
@@ -216,6 +223,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
     spec.prefill_rows = choice.prefill_rows
     spec.prefill_tail = choice.prefill_tail
     spec.exact_tail = choice.exact_tail
+    spec.exact_decode = choice.exact_decode
     spec.decode_selection = choice.decode_selection
     tables = tables if tables is not None else pack.lookup_tables()
     return SqueezedContext(pack.keys, pack.values, tables, spec, choice.backend, rows)

@@ -118,6 +118,8 @@ class SelectionSpec:
     follow_keys: int = 0            # of budget_keys, the keys a decode step takes from the previous row instead of
                                     # its selection: the next positions after the F clustered keys that row weighed
                                     # most (a copy follows its source; RESULTS.md 3m)
+    exact_decode: int = 0           # the answer's first decode steps that attend every context key, as the
+                                    # prompt's exact tail does (its opening, where a copied value starts; RESULTS 3r)
 
 
 DECODE_SELECTIONS = ("step", "question")

@@ -23,6 +23,9 @@ MODES = ("full", "top-k", "threshold")
 DEFAULT_PREFILL_ROWS = 0
 DEFAULT_PREFILL_TAIL = 0
 DEFAULT_EXACT_TAIL = 32
+# the answer's first decode steps that attend every context key (opt-in for now: the exported decoders and the apps
+# do not have it yet; RESULTS.md 3r)
+DEFAULT_EXACT_DECODE = 0
 # Decode steps (RESULTS.md 3m): of each step's kept keys per selecting head, DEFAULT_FOLLOW_KEYS are the positions
 # right after the clustered keys the previous row weighed most (an answer copied from the context is read in order;
 # a cluster rule alone loses the next token of a copy). Held-out split, KV budget 0.125, 2k: 14 of the 15 cases full

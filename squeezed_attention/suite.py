@@ -256,7 +256,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
               exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None,
-              continuation_cases: int = 4) -> dict:
+              continuation_cases: int = 4, exact_decode: int = 0) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length
     ``continuation_cases`` continuations (teacher-forced prose from the split, each from its own random place)
@@ -281,7 +281,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     choices.update({f"top-k@{b:g}": AttentionChoice("top-k", kv_budget=b, prefill_rows=prefill_rows,
                                                           prefill_tail=prefill_tail, exact_tail=exact_tail,
                                                           decode_selection=decode_selection,
-                                                          follow_keys=follow_keys) for b in kv_budgets})
+                                                          follow_keys=follow_keys, exact_decode=exact_decode)
+                    for b in kv_budgets})
     squeezed = {k: v for k, v in choices.items() if k != "full"}
     rows, recalls, continuation = [], [], []
     started = time.perf_counter()
@@ -290,7 +291,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     def save(final: bool = False):
         result = {"partial": not final, "split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
-                  "decode_selection": decode_selection, "follow_keys": follow_keys,
+                  "decode_selection": decode_selection, "follow_keys": follow_keys, "exact_decode": exact_decode,
                   "continuation_cases": continuation_cases, "cases": rows, "recall": recalls,
                   "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),

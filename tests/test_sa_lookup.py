@@ -609,3 +609,35 @@ def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
         AttentionChoice("threshold", kv_budget=0.125, follow_keys=4)
     with pytest.raises(Exception, match="leaves no keys"):
         gen.context(AttentionChoice("top-k", keep_keys=4, follow_keys=4))
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_the_answers_first_decode_steps_attend_exactly(backend):
+    """exact_decode N: the first N decode steps attend every context key as the prompt's exact tail does (full
+    attention's partial, bit for bit, and the pointer for the next step from every clustered key); step N+1 selects
+    again. With the whole prompt in the exact tail, the first N+1 tokens are full attention's."""
+    if backend == "native":
+        require_fused_kernel()
+    gen = small_generator(hierarchical=False)
+    q = user_queries(gen, "What is the pass key? Answer with the number only.")
+    layer, N = 17, 2
+    dense = DenseContext(gen.pack.keys, gen.pack.values)
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_decode=N))
+    ctx.attend(layer, q[layer])                                            # the prompt (exact tail)
+    calls = ctx.stats.calls
+    for step in range(N):                                                  # the opening: exact, no lookup
+        row = q[layer][:, step:step + 1]
+        got, want = ctx.attend(layer, row), dense.attend(layer, row)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and ctx.stats.calls == calls
+    ctx.attend(layer, q[layer][:, N:N + 1])                                # then it selects again
+    assert ctx.stats.calls == calls + 1
+    prompt = "What is the pass key mentioned in the text above?"
+    full = gen.generate(prompt, AttentionChoice("full"), max_new_tokens=8, stop_at_eos=False).token_ids
+    for n in (3, 8):
+        got = gen.generate(prompt, AttentionChoice("top-k", keep_fraction=0.05, backend=backend, exact_tail=64,
+                                                   exact_decode=n), max_new_tokens=8, stop_at_eos=False).token_ids
+        assert got[:n + 1] == full[:n + 1]
+    with pytest.raises(Exception, match="exact-decode"):
+        AttentionChoice("top-k", kv_budget=0.125, exact_decode=4, decode_selection="question")
+    with pytest.raises(Exception, match="exact-decode"):
+        AttentionChoice("top-k", kv_budget=0.125, exact_decode=-1)

@@ -481,3 +481,22 @@ def test_every_option_help_states_its_default(path):
         for flag in ("--kv-budget", "--keep-keys", "--threshold-keep", "[0.01, 0.99]", "0.125"):
             assert flag in text
         assert "--budget " not in text and "--keep " not in text  # the old names work but are not advertised
+
+
+def test_exact_decode_on_the_command_line(tiny, capsys):
+    """--exact-decode N: generate runs it (named in the attention label); it is refused where it cannot run: with
+    --full, with --artifacts (host only for now), in the classic evaluation and with held question selections."""
+    out = _generate_json(tiny, capsys, "--exact-decode", "2")
+    assert out["attention"] == "top-k, KV budget 0.125, exact first 2 answer tokens"
+    for extra, message in ((["--full", "--exact-decode", "2"], "--exact-decode shapes Squeezed Attention's key selection"),
+                           (["--exact-decode", "2", "--decode-selection", "question"], "needs per-step decode selection"),
+                           (["--exact-decode", "-1"], "--exact-decode")):
+        rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--model",
+                          tiny / "tiny.gguf", "--max-new-tokens", "2", *extra], capsys)
+        assert rc != 0 and message in err, err
+    rc, _, err = run(["generate", "--artifacts", tiny, "--context-pack", tiny / "raw.pack", "--prompt", "ab",
+                      "--exact-decode", "2"], capsys)
+    assert rc == 1 and "--exact-decode do not apply with --artifacts" in err, err
+    rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-decode", "2", "--out",
+                      tiny / "eval_out"], capsys)
+    assert rc == 1 and "--exact-decode applies to the suite" in err, err
