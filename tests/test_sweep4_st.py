@@ -1,0 +1,160 @@
+"""Inputs a demanding user brings that the rest of the suite does not (fourth SqueezeTime sweep): files damaged in
+the middle (not cut short), and the other videos, checkpoints and command-line combinations below. Every file is
+made here, at test time, with PyAV or byte edits."""
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import squeezetime
+from squeeze_mobile.errors import SqueezeWarning
+from squeezetime import SqueezeError, video
+
+from conftest import CODEC_CLIP_FRAMES, CODEC_CLIPS, randomize_bn
+
+
+def squeeze_warnings(record):
+    return [str(w.message) for w in record if issubclass(w.category, SqueezeWarning)]
+
+
+def read_recording(path, **kwargs):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = video.read_video_clips(path, "k400", **kwargs)
+    return result, squeeze_warnings(record)
+
+
+def decode_all(path):
+    """Every frame of the first video stream as RGB, decoded by PyAV directly (no project code)."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def damaged_copy(src, dst, start: float, length: int):
+    """``src`` with ``length`` bytes zeroed from ``start`` (a fraction of the file): damage, not a cut."""
+    data = bytearray(Path(src).read_bytes())
+    at = int(len(data) * start)
+    data[at: at + length] = bytes(length)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = randomize_bn(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10)).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "small.pth"
+    squeezetime.save_checkpoint(model, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ damaged mid-stream
+@pytest.fixture(scope="module")
+def damaged_bikes(tmp_path_factory, real_video):
+    """bikes.mp4 with 2000 bytes zeroed in the middle of its coded frames (the index at the end intact)."""
+    return damaged_copy(real_video, tmp_path_factory.mktemp("damaged") / "damaged_bikes.mp4", 0.5, 2000)
+
+
+def test_a_file_damaged_mid_stream_uses_the_frames_that_decode_cleanly(damaged_bikes, real_video):
+    """It was refused as a whole ('is corrupt: decoding failed at frame 120'). Now: the 2 packets FFmpeg rejects are
+    skipped, the 15 frames decoded from damaged data (concealed, or predicted from the damage before the next clean
+    keyframe) are left out, one warning gives the counts, and sampling runs on the 233 clean frames."""
+    path = damaged_bikes
+    result, warned = read_recording(path, frames=4, size=64)
+    counts = result.info.frame_counts()
+    assert counts == {"declared": 250, "packets": 250, "decoded": 233, "damaged_packets": 2, "damaged_frames": 15}
+    assert not result.info.complete and result.info.frames == 233
+    assert warned == [f"video {path} is damaged: 2 video packets of 250 do not decode and 15 frames decoded from "
+                      "damaged data are left out; sampling uses the 233 frames that decode cleanly; re-encode it or "
+                      "use another file"]
+    with pytest.warns(SqueezeWarning):
+        frames, inds, _ = video.read_sampled_frames(path, 16, 4)
+    assert inds[0, 0] == int((233 - 64 + 1) / 2)
+    # every frame used is bit for bit a frame of the intact file, in order: nothing concealed (whose pixels depend on
+    # the decoder's memory reuse) reaches the model
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
+    where = [intact.get(f.tobytes()) for f in frames]
+    assert None not in where and where == sorted(where)
+    # probe agrees and does not warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert video.probe(path).frame_counts() == counts
+
+
+def test_damaged_and_truncated_files_are_treated_alike(video_dir, tmp_path):
+    """The faststart copy damaged in the middle, then cut at 60%: the damage is counted as in the whole file, the cut
+    as in a truncated file, one warning for both."""
+    damaged = damaged_copy(video_dir / "faststart.mp4", tmp_path / "damaged.mp4", 0.3, 2000)
+    cut = tmp_path / "damaged_then_cut.mp4"
+    cut.write_bytes(damaged.read_bytes()[: int(damaged.stat().st_size * 0.6)])
+    whole, _ = read_recording(damaged, frames=4, size=64)
+    result, warned = read_recording(cut, frames=4, size=64)
+    w, c = whole.info.frame_counts(), result.info.frame_counts()
+    assert w["damaged_packets"] > 0 and (c["damaged_packets"], c["damaged_frames"]) == (w["damaged_packets"], w["damaged_frames"])
+    assert c["declared"] == 250 and c["packets"] == 143
+    # the cut-off last packet (flagged by the demuxer) and the damage are what is missing
+    assert c["decoded"] == 143 - 1 - c["damaged_packets"] - c["damaged_frames"]
+    assert len(warned) == 1 and warned[0].startswith(f"video {cut} is damaged: {c['damaged_packets']} video packet")
+    assert "(the container declares 250 frames)" in warned[0]
+
+
+@pytest.mark.parametrize("name", sorted(CODEC_CLIPS))
+def test_zeroed_bytes_in_the_middle_of_any_container(codec_dir, tmp_path, name, real_video):
+    """600 zero bytes at 30% of each codec/container: the clean frames are used with one warning (or, where nothing
+    was lost, none); never an exception. Each frame used is a frame of the intact file."""
+    path = damaged_copy(codec_dir / name, tmp_path / f"zeroed_{name}", 0.3, 600)
+    result, warned = read_recording(path, frames=4, size=64)
+    counts = result.info.frame_counts()
+    assert 1 <= counts["decoded"] <= CODEC_CLIP_FRAMES and result.clips.shape == (1, 4, 64, 64, 3)
+    assert len(warned) == (0 if result.info.complete else 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames, _, _ = video.read_sampled_frames(path, 4, 2)
+    if name.startswith(("h264", "hevc", "mpeg4")):  # codecs whose decoders detect damage in this test's files
+        intact = {f.tobytes() for f in decode_all(codec_dir / name)}
+        assert all(f.tobytes() in intact for f in frames)
+
+
+def test_a_file_whose_every_packet_is_damaged_is_refused_in_one_line(tmp_path, codec_dir):
+    """MJPEG packets wiped: no frame decodes; the refusal says the packets were damaged."""
+    src = codec_dir / "mjpeg.mov"
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as container:
+        spans = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    for pos, size in spans:
+        data[pos: pos + size] = bytes(size)
+    path = tmp_path / "all_damaged.mov"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SqueezeError) as info:
+        video.read_clips_uint8(path, "k400", frames=4, size=64)
+    text = str(info.value)
+    assert "contains no decodable video frames (24 damaged packets rejected, 0 frames decoded from damaged data)" in text
+    assert "\n" not in text
+
+
+def test_predict_on_a_damaged_file_warns_once_and_records_the_damage(damaged_bikes, small_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "predict", str(damaged_bikes), "--checkpoint",
+                           str(small_checkpoint), "--top", "2", "--json", "--threads", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["video_frames"] == {"declared": 250, "packets": 250, "decoded": 233, "damaged_packets": 2,
+                                   "damaged_frames": 15}
+    warned = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "is damaged: 2 video packets of 250 do not decode" in warned[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_scattered_bit_flips_are_used_with_one_warning(video_dir):
+    """corrupt.mp4: 300 bytes flipped over 40% of bikes.mp4 (was refused: 'decoding failed at frame 87')."""
+    path = video_dir / "corrupt.mp4"
+    result, warned = read_recording(path, frames=4, size=64)
+    assert result.info.frame_counts() == {"declared": 250, "packets": 250, "decoded": 124, "damaged_packets": 3,
+                                          "damaged_frames": 123}
+    assert len(warned) == 1 and "sampling uses the 124 frames that decode cleanly" in warned[0]
