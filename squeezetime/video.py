@@ -41,6 +41,7 @@ decoded count falls outside that window does a second decode pass fetch the fram
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,6 +350,18 @@ def decode_frames(path, indices: Sequence[int], resize_short: Optional[int] = No
     return np.stack([keep[int(i)] for i in indices])
 
 
+def _whole(name: str, value) -> Optional[int]:
+    """A sampling or size argument of the Python API as an int >= 1 (numpy integers too), or None (the default).
+
+    0 used to mean "the default" (``frames or cfg.frames``: frames=0 gave 16 frames) and negative numbers ended in
+    numpy or PyTorch tracebacks; both are refused, and so are bools and fractions."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise SqueezeError(f"{name} must be a whole number >= 1 (or None for the default); got {value!r}")
+    return int(value)
+
+
 def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
                         resize_short: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, VideoInfo]:
     """The frames official test-mode sampling picks on the frames that actually decode.
@@ -357,6 +370,10 @@ def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
     info). Emits one SqueezeWarning when fewer frames decode than the file claims. ``resize_short``: frames come
     resized so their short side is that many pixels (:func:`resize_short_side`); ``info`` keeps the video's size.
     """
+    clip_len, interval, num_clips = _whole("clip_len", clip_len), _whole("interval", interval), _whole("num_clips", num_clips)
+    resize_short = _whole("resize_short", resize_short)
+    if clip_len is None or interval is None or num_clips is None:
+        raise SqueezeError("clip_len, interval and num_clips must be whole numbers >= 1, not None")
     c = _count_packets(path)
     candidates = [n for n in range(c.packets, c.packets - SHORTFALL_WINDOW - 1, -1) if n > 0]
     wanted = set()
@@ -467,15 +484,18 @@ def read_video_clips(
     ``views='multi'``: config.multiview_clips clips x ThreeCrop after short side 224 (286 for HMDB51).
     """
     cfg = config if isinstance(config, SqueezeTimeConfig) else get_config(config)
-    t = frames or cfg.frames
-    size = size or cfg.input_size
-    interval = interval or cfg.frame_interval
+    frames, size, interval, num_clips, resize = (
+        _whole("frames", frames), _whole("size", size), _whole("interval", interval), _whole("num_clips", num_clips),
+        _whole("resize", resize))
+    t = frames if frames is not None else cfg.frames
+    size = size if size is not None else cfg.input_size
+    interval = interval if interval is not None else cfg.frame_interval
     if views == "single":
-        clips, mode = num_clips or 1, "center"
-        short = resize or round(cfg.resize_short * size / cfg.input_size)
+        clips, mode = num_clips if num_clips is not None else 1, "center"
+        short = resize if resize is not None else round(cfg.resize_short * size / cfg.input_size)
     elif views == "multi":
-        clips, mode = num_clips or cfg.multiview_clips, "three"
-        short = resize or round(cfg.multiview_resize_short * size / cfg.input_size)
+        clips, mode = num_clips if num_clips is not None else cfg.multiview_clips, "three"
+        short = resize if resize is not None else round(cfg.multiview_resize_short * size / cfg.input_size)
     else:
         raise SqueezeError(f"unknown views {views!r}; use single or multi")
     sampled, _, info = read_sampled_frames(path, t, interval, clips, resize_short=short)

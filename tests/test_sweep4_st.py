@@ -158,3 +158,25 @@ def test_scattered_bit_flips_are_used_with_one_warning(video_dir):
     assert result.info.frame_counts() == {"declared": 250, "packets": 250, "decoded": 124, "damaged_packets": 3,
                                           "damaged_frames": 123}
     assert len(warned) == 1 and "sampling uses the 124 frames that decode cleanly" in warned[0]
+
+
+# ------------------------------------------------------------------------------------ Python API arguments
+@pytest.mark.parametrize("kwargs", [{"frames": 0}, {"size": 0}, {"interval": 0}, {"num_clips": 0}, {"resize": 0},
+                                    {"frames": -1}, {"size": -5}, {"interval": -2}, {"num_clips": -1},
+                                    {"frames": 2.5}, {"size": True}])
+def test_load_clip_refuses_sampling_arguments_that_are_not_whole_numbers_from_1(codec_dir, kwargs):
+    """frames=0 gave 16 frames (`frames or cfg.frames`), interval=-2 sampled backwards, negatives ended in numpy or
+    PyTorch tracebacks, size=True gave a 1x1 crop."""
+    (name, value), = kwargs.items()
+    with pytest.raises(SqueezeError) as info:
+        video.load_clip(codec_dir / "h264_bframes.mp4", "k400", **kwargs)
+    assert str(info.value) == f"{name} must be a whole number >= 1 (or None for the default); got {value!r}"
+    with pytest.raises(SqueezeError, match="clip_len must be a whole number >= 1"):
+        video.read_sampled_frames(codec_dir / "h264_bframes.mp4", 0, 4)
+
+
+def test_load_clip_takes_numpy_integers_and_none(codec_dir):
+    path = codec_dir / "h264_bframes.mp4"
+    a = video.read_clips_uint8(path, "k400", frames=np.int64(4), size=np.int32(64), interval=np.int64(2), num_clips=None)
+    b = video.read_clips_uint8(path, "k400", frames=4, size=64, interval=2)
+    assert a.shape == (1, 4, 64, 64, 3) and torch.equal(a, b)
