@@ -9,7 +9,7 @@ import torch
 
 from .config import SqueezeTimeConfig
 from .model import SqueezeTime
-from .video import VideoInfo, load_labels, normalize, read_video_clips
+from .video import VideoInfo, load_labels, normalize, read_video_clips, whole_number
 
 
 @dataclass
@@ -44,6 +44,7 @@ def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single"
     ``average_clips='prob'`` does.
     """
     cfg: SqueezeTimeConfig = model.config
+    top = whole_number("top", top) or 5  # checked before decoding: top=-1 or 2.5 ended in a PyTorch traceback after it
     read = read_video_clips(path, cfg, views=views)
     clips = normalize(read.clips, cfg.mean, cfg.std)
     probs = torch.softmax(model.eval()(clips), dim=1).mean(dim=0)

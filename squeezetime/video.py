@@ -21,8 +21,8 @@ before the next clean keyframe, which may predict from the damage -- are left ou
 (``VideoInfo.damaged_frames``): what concealment fills in depends on the decoder's memory reuse (the same file
 gave other pixels in 125 of 247 frames when the caller held packets a little longer), so those frames would make
 the input, and every sha256 recorded from it, differ between runs. A demuxer error ends the stream there, as a
-truncation would. The one SqueezeWarning then gives those counts. Decoding uses slice threads only: FFmpeg's frame threads drop errors
-near the end of a stream, which would make the verdict depend on the machine's core count.
+truncation would. The one SqueezeWarning then gives those counts. Decoding uses slice threads only: FFmpeg's frame
+threads drop errors near the end of a stream, which would make the verdict depend on the machine's core count.
 
 Frames are presented upright, as FFmpeg's CLI and the apps show them: a phone stores portrait video as
 landscape pixels plus a display matrix (a rotation in the container, reaching each decoded frame as side
@@ -88,7 +88,8 @@ class VideoInfo:
 
     @property
     def complete(self) -> bool:
-        """True when every declared frame and every packet decoded cleanly (or, without a count, the declared duration)."""
+        """True when every declared frame and every packet decoded cleanly (or, without a count, the declared
+        duration)."""
         return not self._shortfall() and not self.damaged_packets and not self.damaged_frames
 
     def frame_counts(self) -> Dict[str, Optional[int]]:
@@ -309,8 +310,8 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
     finally:
         container.close()
     if decoded == 0:
-        why = (f" ({_count(damaged, 'damaged packet')} rejected, {_count(damaged_frames, 'frame')} decoded from damaged "
-               f"data)") if damaged or damaged_frames else ""
+        why = (f" ({_count(damaged, 'damaged packet')} rejected, {_count(damaged_frames, 'frame')} decoded from "
+               f"damaged data)") if damaged or damaged_frames else ""
         raise SqueezeError(f"video {path} contains no decodable video frames{why}; check that the file plays, or use another file")
     if turns % 2:
         width, height = height, width
@@ -318,8 +319,8 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
 
 
 def _info(path, c: _Container, d: _Decoded) -> VideoInfo:
-    return VideoInfo(str(path), d.decoded, d.width, d.height, c.fps, c.codec, c.declared, c.packets, d.decoded, c.duration,
-                     d.rotation, d.damaged, d.damaged_frames)
+    return VideoInfo(str(path), d.decoded, d.width, d.height, c.fps, c.codec, c.declared, c.packets, d.decoded,
+                     c.duration, d.rotation, d.damaged, d.damaged_frames)
 
 
 def probe(path) -> VideoInfo:
@@ -350,7 +351,7 @@ def decode_frames(path, indices: Sequence[int], resize_short: Optional[int] = No
     return np.stack([keep[int(i)] for i in indices])
 
 
-def _whole(name: str, value) -> Optional[int]:
+def whole_number(name: str, value) -> Optional[int]:
     """A sampling or size argument of the Python API as an int >= 1 (numpy integers too), or None (the default).
 
     0 used to mean "the default" (``frames or cfg.frames``: frames=0 gave 16 frames) and negative numbers ended in
@@ -370,8 +371,9 @@ def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
     info). Emits one SqueezeWarning when fewer frames decode than the file claims. ``resize_short``: frames come
     resized so their short side is that many pixels (:func:`resize_short_side`); ``info`` keeps the video's size.
     """
-    clip_len, interval, num_clips = _whole("clip_len", clip_len), _whole("interval", interval), _whole("num_clips", num_clips)
-    resize_short = _whole("resize_short", resize_short)
+    clip_len, interval = whole_number("clip_len", clip_len), whole_number("interval", interval)
+    num_clips = whole_number("num_clips", num_clips)
+    resize_short = whole_number("resize_short", resize_short)
     if clip_len is None or interval is None or num_clips is None:
         raise SqueezeError("clip_len, interval and num_clips must be whole numbers >= 1, not None")
     c = _count_packets(path)
@@ -484,9 +486,8 @@ def read_video_clips(
     ``views='multi'``: config.multiview_clips clips x ThreeCrop after short side 224 (286 for HMDB51).
     """
     cfg = config if isinstance(config, SqueezeTimeConfig) else get_config(config)
-    frames, size, interval, num_clips, resize = (
-        _whole("frames", frames), _whole("size", size), _whole("interval", interval), _whole("num_clips", num_clips),
-        _whole("resize", resize))
+    frames, size, interval = whole_number("frames", frames), whole_number("size", size), whole_number("interval", interval)
+    num_clips, resize = whole_number("num_clips", num_clips), whole_number("resize", resize)
     t = frames if frames is not None else cfg.frames
     size = size if size is not None else cfg.input_size
     interval = interval if interval is not None else cfg.frame_interval

@@ -180,3 +180,12 @@ def test_load_clip_takes_numpy_integers_and_none(codec_dir):
     a = video.read_clips_uint8(path, "k400", frames=np.int64(4), size=np.int32(64), interval=np.int64(2), num_clips=None)
     b = video.read_clips_uint8(path, "k400", frames=4, size=64, interval=2)
     assert a.shape == (1, 4, 64, 64, 3) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("top", [0, -1, 2.5, True])
+def test_classify_video_refuses_a_top_that_is_not_a_whole_number_from_1(codec_dir, small_model, top):
+    """top=-1 and top=2.5 ended in PyTorch tracebacks (after decoding), top=0 returned nothing."""
+    from squeezetime.predict import classify_video
+
+    with pytest.raises(SqueezeError, match=f"top must be a whole number >= 1 .*got {top!r}"):
+        classify_video(small_model, codec_dir / "h264_bframes.mp4", top=top)
