@@ -162,6 +162,10 @@ def _open(path):
     if stream is None:
         container.close()
         raise SqueezeError(f"video {path} has no video stream; pass a file with video")
+    if stream.codec_context is None:  # FFmpeg found no decoder: an unknown codec, or a damaged stream header
+        container.close()
+        raise SqueezeError(f"video {path}: its video stream's codec cannot be decoded by this FFmpeg (an unknown "
+                           f"codec, or a damaged header); re-encode it or use another file")
     return container, stream
 
 
@@ -278,10 +282,13 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
                 continue
             try:
                 frames = packet.decode()
-            except av.error.FFmpegError:  # invalid data: skipped, as FFmpeg's CLI skips it
+            except av.error.InvalidDataError:  # damaged data: skipped, as FFmpeg's CLI skips it
                 damaged += 1
                 tainted = True
                 continue
+            except av.error.FFmpegError as exc:  # not the data: the decoder itself cannot go on
+                raise SqueezeError(f"video {path} cannot be decoded after {decoded} frames ({_reason(exc)}); "
+                                   f"re-encode it or use another file") from None
             for frame in frames:
                 if frame.is_corrupt or (tainted and not frame.key_frame):  # concealed, or may predict from damage
                     tainted = True

@@ -139,6 +139,17 @@ def test_a_file_whose_every_packet_is_damaged_is_refused_in_one_line(tmp_path, c
     assert "\n" not in text
 
 
+def test_a_stream_without_a_decoder_is_named_as_such_not_as_damage(codec_dir, tmp_path):
+    """The sample entry's codec renamed ('avc1' -> 'zzzz', as a damaged header or an unknown codec shows it): FFmpeg
+    has no decoder. It is not counted as 25 damaged packets (as the damage handling first did)."""
+    path = tmp_path / "unknown_codec.mp4"
+    path.write_bytes((codec_dir / "h264_bframes.mp4").read_bytes().replace(b"avc1", b"zzzz"))
+    with pytest.raises(SqueezeError) as info:
+        video.probe(path)
+    assert str(info.value) == (f"video {path}: its video stream's codec cannot be decoded by this FFmpeg (an unknown "
+                               "codec, or a damaged header); re-encode it or use another file")
+
+
 def test_predict_on_a_damaged_file_warns_once_and_records_the_damage(damaged_bikes, small_checkpoint):
     proc = subprocess.run([sys.executable, "-m", "export.cli", "predict", str(damaged_bikes), "--checkpoint",
                            str(small_checkpoint), "--top", "2", "--json", "--threads", "1"], capture_output=True, text=True)
