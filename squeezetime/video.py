@@ -30,7 +30,9 @@ data). The first decoded frame's rotation (a multiple of 90 degrees) is applied 
 RGB conversion, so sampling, resize and crop see the upright frames; ``VideoInfo.rotation`` records it
 (clockwise degrees, the apps' convention) and width/height are the upright frame's. A rotation that is not
 a multiple of 90 degrees is not applied (one SqueezeWarning says so). Flips in the display matrix are not
-applied.
+applied. The official pipeline (mmaction2's DecordInit) does not turn frames: decord ignores the display matrix
+(dmlc/decord#24). Kinetics clips carry none, so the two agree there; a phone clip would reach the official model
+lying on its side, which is not what it was trained on nor what the apps' cameras give.
 
 Only sampled frames are held in memory (O(T)). A demux pass counts packets (cheap, no decoding); one
 decode pass then keeps the frames that the official sampling picks for every frame count in a small
