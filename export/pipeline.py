@@ -42,7 +42,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
-from squeezetime.video import label_path
+from squeezetime.video import label_path, read_label_file
 
 from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend
 from .quiet import quiet
@@ -229,6 +229,14 @@ def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: 
     manifest["artifacts"] = kept
     manifest["failures"] = [f for f in old.get("failures", []) if isinstance(f, dict) and f.get("format") not in formats]
     manifest["tools"] = dict(sorted({**(old.get("tools") or {}), **manifest["tools"]}.items()))
+    # the same model: a label file given to an earlier export (--labels) stays when this one brings none
+    previous = out_dir / LABELS
+    if manifest.get("labels") is None and old.get("labels") == LABELS and previous.is_file():
+        try:
+            if count_lines(previous) == manifest["model"]["config"]["num_classes"]:
+                manifest["labels"] = LABELS
+        except (OSError, UnicodeDecodeError):
+            pass
 
 
 def _add_record(manifest: Dict, record: Dict) -> None:
@@ -352,6 +360,7 @@ def export_squeezetime(
     calibration=None,
     calibration_views: int = DEFAULT_CALIBRATION_VIEWS,
     observer: str = DEFAULT_OBSERVER,
+    labels=None,
 ) -> ExportResult:
     """Export ``model`` to ``formats`` under ``out_dir`` with verification and a manifest.
 
@@ -363,7 +372,11 @@ def export_squeezetime(
     activation-range observer (minmax or histogram). An int8 artifact that misses the int8 thresholds on the
     held-out views is not written: the format fails with one line.
     ``source`` describes where the weights came from (recorded so ``squeeze verify`` can rebuild it).
+    ``labels``: a label file for the model's head (one line per class, checked before any work), copied as
+    labels.txt; default: the config's label file when it has one line per class, else none (manifest labels null).
     """
+    if labels is not None:
+        read_label_file(labels, model.config.num_classes)
     formats = parse_formats(formats)
     precisions = parse_precisions(precision)
     check_format_precisions(formats, precision)
@@ -375,7 +388,7 @@ def export_squeezetime(
         with removed_if_left_empty(out_dir):
             return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
                                        coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                                       observer)
+                                       observer, labels)
     except (MemoryError, RuntimeError) as exc:
         if not out_of_memory(exc):
             raise
@@ -402,7 +415,7 @@ def _alloc_reason(exc: BaseException) -> str:
 
 def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisions, verify_video, pte_backend,
                         coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                        observer) -> ExportResult:
+                        observer, labels=None) -> ExportResult:
     say = progress or (lambda fmt, msg: None)
     spec = spec or InputSpec(frames=model.config.frames, size=model.config.input_size)
     check_writable(out_dir)
@@ -431,10 +444,7 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         say("calibrate", f"{len(calib)} calibration views from {calib.source}; none shares a frame with the "
                          f"{sum(vset.real)} verification views")
 
-    labels_src = matching_labels(cfg)
-    if labels_src is None:
-        say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
-                      f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N)")
+    labels_src = Path(labels) if labels is not None else matching_labels(cfg)
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -449,6 +459,10 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         "failures": [],
     }
     merge_manifest(old, manifest, out_dir, formats)
+    if manifest["labels"] is None:
+        say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
+                      f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "
+                      f"FILE names them)")
 
     if labels_src is not None:
         try:

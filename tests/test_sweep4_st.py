@@ -200,3 +200,52 @@ def test_classify_video_refuses_a_top_that_is_not_a_whole_number_from_1(codec_di
 
     with pytest.raises(SqueezeError, match=f"top must be a whole number >= 1 .*got {top!r}"):
         classify_video(small_model, codec_dir / "h264_bframes.mp4", top=top)
+
+
+# ------------------------------------------------------------------------------------ --labels for a custom head
+def test_predict_labels_names_a_custom_head(tmp_path, codec_dir, small_checkpoint, capsys):
+    """A 10-class checkpoint had no way to be given its class names: predict showed class_N and nothing took a file."""
+    from export.cli import main
+
+    names = [f"gesture {i}" for i in range(10)]
+    (tmp_path / "ten.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    (tmp_path / "two.txt").write_text("a\nb\n", encoding="utf-8")
+    video_path = str(codec_dir / "h264_bframes.mp4")
+    assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--top", "10", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["top"]
+    assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--top", "10", "--json",
+                 "--labels", str(tmp_path / "ten.txt")]) == 0
+    named = json.loads(capsys.readouterr().out)["top"]
+    assert [p["label"] for p in plain] == [f"class_{p['index']}" for p in plain]
+    assert [p["label"] for p in named] == [names[p["index"]] for p in plain]  # same ranking, the file's names
+    assert [p["probability"] for p in named] == [p["probability"] for p in plain]
+    # a file for another head, or none at all: one line, nothing predicted
+    for bad, message in ((tmp_path / "two.txt", "has 2 lines but the model has 10 classes"),
+                         (tmp_path / "missing.txt", "does not exist")):
+        assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--labels", str(bad)]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == "" and [l for l in captured.err.splitlines() if l.startswith("error:")] == [
+            f"error: label file {bad} {message}" + (" (one label per line, in the classifier's order)"
+                                                    if "lines" in message else "")]
+
+
+def test_export_labels_are_copied_checked_and_kept_by_a_later_export(tmp_path, small_checkpoint, capsys):
+    from export.cli import main
+
+    names = [f"gesture {i}" for i in range(10)]
+    (tmp_path / "ten.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    (tmp_path / "two.txt").write_text("a\nb\n", encoding="utf-8")
+    base = ["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx"]
+    refused = tmp_path / "refused"
+    assert main([*base, "--out", str(refused), "--labels", str(tmp_path / "two.txt")]) == 1
+    assert "error: label file" in capsys.readouterr().err and not refused.exists()  # nothing made
+    out = tmp_path / "art"
+    assert main([*base, "--out", str(out), "--labels", str(tmp_path / "ten.txt")]) == 0
+    assert (out / "labels.txt").read_text(encoding="utf-8").splitlines() == names
+    assert json.loads((out / "manifest.json").read_text())["labels"] == "labels.txt"
+    # exporting again without --labels (same model) keeps them described
+    capsys.readouterr()
+    assert main([*base, "--out", str(out)]) == 0
+    assert "no labels.txt written" not in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["labels"] == "labels.txt"
+    assert main(["verify", str(out)]) == 0
