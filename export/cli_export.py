@@ -108,6 +108,7 @@ def add_subcommands(sub) -> None:
                    help="output directory (required; created if missing). Exporting again into a directory made "
                    "for the same model and input adds or replaces formats in its manifest.json; a directory made "
                    "for another model or input is refused")
+    shared = list(p._actions)  # model, --formats, --out (and --help): both models take them
     p.add_argument("--checkpoint", type=cli_types.path, help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors; "
                    "the format is read from the file's bytes) "
                    "(default: none, a seeded random model is exported, and the command says so)")
@@ -154,9 +155,13 @@ def add_subcommands(sub) -> None:
                    help=f"CPU threads for PyTorch during export, 1..{cli_types.MAX_THREADS} (default: PyTorch's choice)")
     from .cli_decoder import DECODER_EPILOG, add_decoder_arguments
 
+    before_decoder = list(p._actions)
     add_decoder_arguments(p)
     p.epilog = (p.epilog or "") + DECODER_EPILOG
-    p.set_defaults(func=cmd_export)
+    both = {"pte_backend", "threads", "debug"}  # --pte-backend and --threads serve both models
+    p.set_defaults(func=cmd_export, model_options={
+        "squeezetime": [a for a in before_decoder if a not in shared and a.dest not in both],
+        "decoder": [a for a in p._actions if a not in before_decoder and a.dest not in both]})
 
     v = sub.add_parser("verify", help="re-run the verification recorded in an export directory's manifest.json",
                        description="Check every artifact's sha256 against manifest.json, rebuild the PyTorch model and "
@@ -203,8 +208,21 @@ def _progress(console):
     return say
 
 
+def check_model_options(args) -> None:
+    """Options of the other model are refused, not ignored: `export squeezetime --weights int8` exported fp32
+    without a word (its precision option is --precision), and `export decoder --checkpoint X` ignored X."""
+    other = "decoder" if args.model == "squeezetime" else "squeezetime"
+    given = [a.option_strings[0] for a in getattr(args, "model_options", {}).get(other, [])
+             if a.option_strings and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        hint = " (SqueezeTime's precision option is --precision)" if "--weights" in given and other == "decoder" else ""
+        raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to `squeeze export {other}`, "
+                           f"not {args.model}{hint}; see `squeeze export --help`")
+
+
 def cmd_export(args) -> int:
     args.formats_given = args.formats is not None
+    check_model_options(args)
     if args.model == "decoder":
         from .cli_decoder import cmd_export_decoder
 

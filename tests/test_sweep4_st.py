@@ -249,3 +249,31 @@ def test_export_labels_are_copied_checked_and_kept_by_a_later_export(tmp_path, s
     assert "no labels.txt written" not in capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["labels"] == "labels.txt"
     assert main(["verify", str(out)]) == 0
+
+
+# ------------------------------------------------------------------------------------ export options of the other model
+@pytest.mark.parametrize("model,options,named", [
+    ("squeezetime", ["--weights", "int8"], "--weights applies to `squeeze export decoder`, not squeezetime (SqueezeTime's "
+                                           "precision option is --precision)"),
+    ("squeezetime", ["--max-context", "999", "--attention", "full"], "--max-context, --attention apply to `squeeze "
+                                                                     "export decoder`, not squeezetime"),
+    ("decoder", ["--checkpoint", "x.pth", "--size", "64"], "--checkpoint, --size apply to `squeeze export squeezetime`, "
+                                                           "not decoder"),
+    ("decoder", ["--labels", "names.txt"], "--labels applies to `squeeze export squeezetime`, not decoder"),
+])
+def test_export_refuses_the_other_models_options(tmp_path, capsys, model, options, named):
+    """`squeeze export squeezetime --weights int8` exported fp32 without a word; the decoder ignored --checkpoint."""
+    from export.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", model, "--formats", "onnx", "--out", str(out), *options]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {named}; see `squeeze export --help`"] and not out.exists()
+
+
+def test_export_options_both_models_take_are_not_refused(tmp_path, small_checkpoint, capsys):
+    from export.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
+                 "--threads", "1", "--pte-backend", "xnnpack", "--out", str(out)]) == 0
