@@ -74,7 +74,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--peers", action="store_true",
                    help="SqueezeTime vs X3D-XS, R(2+1)D-18, TSM-R18 (and more) exported through the same pipeline "
                    "and run in the same runtimes: the paper-style table (default: off; out: bench_out/peers)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, decoder_options=list(d._group_actions))
 
 
 def _console(stderr=True):
@@ -102,6 +102,12 @@ def cmd_bench(args) -> int:
         args.warmup = 1 if decoder else 3
     if args.gpu and args.peers:
         raise SqueezeError("--gpu and --peers are separate benchmarks; run them one at a time")
+    given = [] if decoder else cli_types.given_options(args, getattr(args, "decoder_options", []))
+    if given:  # they were ignored: `bench DIR --contexts 2048` on a SqueezeTime export ran its usual table
+        what = ("--gpu does not take" if args.gpu else "--peers does not take" if args.peers
+                else f"{args.dir or 'no DIR given'}: no decoder export there to take")
+        raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoder directories "
+                           f"(squeeze export decoder); {what} {'them' if len(given) > 1 else 'it'}")
     if (args.gpu or args.peers) and (args.dir or args.adb is not None):
         mode = "--gpu" if args.gpu else "--peers"
         raise SqueezeError(f"{mode} benchmarks the PyTorch models it builds itself and reads no export directory or "

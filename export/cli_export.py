@@ -212,8 +212,7 @@ def check_model_options(args) -> None:
     """Options of the other model are refused, not ignored: `export squeezetime --weights int8` exported fp32
     without a word (its precision option is --precision), and `export decoder --checkpoint X` ignored X."""
     other = "decoder" if args.model == "squeezetime" else "squeezetime"
-    given = [a.option_strings[0] for a in getattr(args, "model_options", {}).get(other, [])
-             if a.option_strings and getattr(args, a.dest, a.default) != a.default]
+    given = cli_types.given_options(args, getattr(args, "model_options", {}).get(other, []))
     if given:
         hint = " (SqueezeTime's precision option is --precision)" if "--weights" in given and other == "decoder" else ""
         raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to `squeeze export {other}`, "

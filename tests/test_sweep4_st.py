@@ -277,3 +277,23 @@ def test_export_options_both_models_take_are_not_refused(tmp_path, small_checkpo
     out = tmp_path / "out"
     assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
                  "--threads", "1", "--pte-backend", "xnnpack", "--out", str(out)]) == 0
+
+
+def test_bench_refuses_decoder_options_for_a_squeezetime_export(tmp_path, small_checkpoint, capsys):
+    """`squeeze bench DIR --contexts 2048 --decode-tokens 4` on a SqueezeTime export ran its usual table, ignoring both."""
+    from export.cli import main
+
+    out = tmp_path / "art"
+    assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    for options, named in ((["--contexts", "2048", "--decode-tokens", "4"], "--contexts, --decode-tokens apply"),
+                           (["--no-profile"], "--no-profile applies")):
+        assert main(["bench", str(out), *options, "--threads", "1", "--runs", "1"]) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: {named} to decoder directories (squeeze export decoder); {out}: no decoder export "
+                          f"there to take {'it' if named.endswith('applies') else 'them'}"]
+        assert not (out / "bench").exists()
+    assert main(["bench", "--peers", "--llama-cpp"]) == 1
+    assert "--llama-cpp applies to decoder directories (squeeze export decoder); --peers does not take it" in \
+        capsys.readouterr().err
