@@ -297,3 +297,14 @@ def test_bench_refuses_decoder_options_for_a_squeezetime_export(tmp_path, small_
     assert main(["bench", "--peers", "--llama-cpp"]) == 1
     assert "--llama-cpp applies to decoder directories (squeeze export decoder); --peers does not take it" in \
         capsys.readouterr().err
+
+
+def test_bench_refuses_phone_options_without_adb(tmp_path, capsys):
+    """`squeeze bench DIR --cpu-mask f0` timed this machine unpinned, ignoring the phone's options. Refused before the
+    directory is read."""
+    from export.cli import main
+
+    assert main(["bench", str(tmp_path), "--cpu-mask", "f0", "--pte-runner", "runner"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --pte-runner, --cpu-mask apply to phone benchmarks; add --adb [SERIAL] to run on a "
+                      "phone, or drop them"]
