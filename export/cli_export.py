@@ -241,6 +241,7 @@ def cmd_export(args) -> int:
     from squeeze_mobile.atomic import check_creatable_dir
 
     from .pipeline import check_format_precisions, check_text_path, parse_formats
+    from .quantize import DEFAULT_OBSERVER, DEFAULT_VIEWS
 
     console = _console()
     # what can be refused without the model is refused before it is loaded: no wasted work, and nothing is created
@@ -249,8 +250,15 @@ def cmd_export(args) -> int:
     check_text_path(args.out, "--out")
     check_creatable_dir(Path(args.out))
     int8 = args.precision is not None and "int8" in args.precision.split(",")
-    if args.calibration is not None and not int8:
-        raise SqueezeError("--calibration applies to int8 only; add --precision int8 (or e.g. fp32,int8)")
+    int8_given = [flag for flag, given in (("--calibration", args.calibration is not None),
+                                           ("--calibration-views", args.calibration_views != DEFAULT_VIEWS),
+                                           ("--observer", args.observer != DEFAULT_OBSERVER)) if given]
+    if int8_given and not int8:  # --observer histogram / --calibration-views were ignored without int8
+        raise SqueezeError(f"{', '.join(int8_given)} {'apply' if len(int8_given) > 1 else 'applies'} to int8 only; "
+                           "add --precision int8 (or e.g. fp32,int8)")
+    if args.pte_backend != "xnnpack" and "pte" not in parse_formats(args.formats):
+        raise SqueezeError(f"--pte-backend {args.pte_backend} applies to the .pte format, which --formats leaves out; "
+                           "add pte to --formats or drop --pte-backend")
     if int8:
         from .calibration import expand_sources
 

@@ -308,3 +308,21 @@ def test_bench_refuses_phone_options_without_adb(tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == ["error: --pte-runner, --cpu-mask apply to phone benchmarks; add --adb [SERIAL] to run on a "
                       "phone, or drop them"]
+
+
+@pytest.mark.parametrize("options,named", [
+    (["--observer", "histogram"], "--observer applies to int8 only; add --precision int8 (or e.g. fp32,int8)"),
+    (["--calibration-views", "5", "--observer", "histogram"],
+     "--calibration-views, --observer apply to int8 only; add --precision int8 (or e.g. fp32,int8)"),
+    (["--pte-backend", "coreml"], "--pte-backend coreml applies to the .pte format, which --formats leaves out; add pte "
+                                  "to --formats or drop --pte-backend"),
+])
+def test_export_refuses_options_its_formats_and_precisions_do_not_use(tmp_path, capsys, options, named):
+    """`--formats onnx --observer histogram` (no int8) and `--formats onnx --pte-backend coreml` exported as if the
+    option had not been given."""
+    from export.cli import main
+
+    out = tmp_path / "out"
+    assert main(["export", "squeezetime", "--formats", "onnx", "--out", str(out), *options]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {named}"] and not out.exists()
