@@ -326,3 +326,29 @@ def test_export_refuses_options_its_formats_and_precisions_do_not_use(tmp_path, 
     assert main(["export", "squeezetime", "--formats", "onnx", "--out", str(out), *options]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {named}"] and not out.exists()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("wrap", [
+    lambda sd: {"model": {"state_dict": sd}},                                         # a named key inside a named key
+    lambda sd: {"checkpoint": {"model": {"state_dict": sd}}, "epoch": 3, "meta": {"seed": 0}},  # under another name
+    lambda sd: {"checkpoint": {"module": {"module." + k: v for k, v in sd.items()}}},  # DDP inside a wrapper
+])
+def test_state_dicts_nested_in_wrappers_load_every_tensor(tmp_path, small_model, wrap):
+    """Only one level was unwrapped: {'model': {'state_dict': ...}} was refused as 'non-tensor entries in its state
+    dict: state_dict', {'checkpoint': {...}} as '...: checkpoint'."""
+    state = small_model.state_dict()
+    torch.save(wrap(dict(state)), tmp_path / "nested.pth")
+    model = squeezetime.load_checkpoint(tmp_path / "nested.pth")
+    assert model.load_report.tensors == len(state)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_nesting_still_does_not_guess_between_two_state_dicts_or_descend_into_metadata(tmp_path, small_model):
+    state = dict(small_model.state_dict())
+    for obj, named in (({"a": {"state_dict": state}, "b": {"state_dict": state}}, "a, b"),
+                       ({"meta": {"epoch": 1}}, "meta")):
+        torch.save(obj, tmp_path / "x.pth")
+        with pytest.raises(SqueezeError, match=f"has non-tensor entries in its state dict: {named}$"):
+            squeezetime.load_checkpoint(tmp_path / "x.pth")
