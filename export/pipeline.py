@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -235,6 +236,8 @@ def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: 
         try:
             if count_lines(previous) == manifest["model"]["config"]["num_classes"]:
                 manifest["labels"] = LABELS
+                if old.get("labels_sha256"):
+                    manifest["labels_sha256"] = old["labels_sha256"]
         except (OSError, UnicodeDecodeError):
             pass
 
@@ -464,7 +467,8 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
                       f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "
                       f"FILE names them)")
 
-    if labels_src is not None:
+    if labels_src is not None:  # its sha256 recorded: squeeze verify then notices labels edited or reordered
+        manifest["labels_sha256"] = sha256_file(labels_src)
         try:
             with atomic_path(out_dir / LABELS) as tmp:
                 shutil.copyfile(labels_src, tmp)
@@ -1029,6 +1033,13 @@ def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
     if lines != classes:
         raise SqueezeError(f"{labels} has {lines} lines but the model has {classes} classes (one label per line "
                            "expected); re-export, or set the manifest's labels to null")
+    digest = manifest.get("labels_sha256")  # absent in manifests written before it was recorded: count only
+    if digest is not None:
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            _bad(path, "'labels_sha256' must be a sha256 hex digest")
+        if sha256_file(labels) != digest:
+            raise SqueezeError(f"{labels} differs from the label file the export wrote (sha256 differs from the "
+                               "manifest): its labels were edited or reordered; copy it back or re-export")
 
 
 def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:

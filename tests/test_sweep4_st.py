@@ -352,3 +352,24 @@ def test_nesting_still_does_not_guess_between_two_state_dicts_or_descend_into_me
         torch.save(obj, tmp_path / "x.pth")
         with pytest.raises(SqueezeError, match=f"has non-tensor entries in its state dict: {named}$"):
             squeezetime.load_checkpoint(tmp_path / "x.pth")
+
+
+def test_verify_notices_a_label_file_edited_or_reordered(tmp_path, small_checkpoint, capsys):
+    """With one line per class still there, `squeeze verify` passed a labels.txt whose lines were swapped: every
+    prediction named the wrong class. The export records the file's sha256 now."""
+    from export.cli import main
+
+    (tmp_path / "ten.txt").write_text("".join(f"gesture {i}\n" for i in range(10)), encoding="utf-8")
+    out = tmp_path / "art"
+    assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
+                 "--labels", str(tmp_path / "ten.txt"), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels_sha256"] == __import__("hashlib").sha256((tmp_path / "ten.txt").read_bytes()).hexdigest()
+    assert main(["verify", str(out)]) == 0
+    lines = (out / "labels.txt").read_text(encoding="utf-8").splitlines()
+    (out / "labels.txt").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out / 'labels.txt'} differs from the label file the export wrote (sha256 differs from "
+                      "the manifest): its labels were edited or reordered; copy it back or re-export"]
