@@ -205,7 +205,8 @@ def _reason(exc) -> str:
 
 
 def _demuxed(container, stream):
-    """The stream's packets; a demuxer error (damaged container data) ends them there, as a truncation would."""
+    """The stream's packets; a demuxer error (damaged container data) ends them there, as a truncation would: then
+    one None stands for the flush packet a clean end brings (frames the decoder still holds come out)."""
     import av
 
     packets = container.demux(stream)
@@ -215,6 +216,7 @@ def _demuxed(container, stream):
         except StopIteration:
             return
         except av.error.FFmpegError:
+            yield None
             return
         yield packet
 
@@ -234,7 +236,7 @@ def _count_packets(path) -> _Container:
     try:
         packets = 0
         for packet in _demuxed(container, stream):
-            if packet.size:
+            if packet is not None and packet.size:
                 packets += 1
         declared = int(stream.frames or 0)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
@@ -280,10 +282,10 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
     try:
         stream.thread_type = "SLICE"  # not FRAME: see the module docstring
         for packet in _demuxed(container, stream):
-            if packet.is_corrupt and packet.size:  # a cut-off packet: known not to decode, do not try
+            if packet is not None and packet.is_corrupt and packet.size:  # cut off: known not to decode, do not try
                 continue
             try:
-                frames = packet.decode()
+                frames = packet.decode() if packet is not None else stream.decode(None)
             except av.error.InvalidDataError:  # damaged data: skipped, as FFmpeg's CLI skips it
                 damaged += 1
                 tainted = True
