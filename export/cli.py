@@ -66,6 +66,13 @@ def cmd_predict(args) -> int:
         from squeezetime.video import read_label_file
 
         labels = read_label_file(args.labels, model.config.num_classes)
+    else:
+        from .pipeline import matching_labels
+
+        if matching_labels(model.config) is None:  # as the export says it: class_N was printed without a word
+            cfg = model.config
+            _note(f"the {cfg.labels} label file does not have one line per class of this {cfg.num_classes}-class "
+                  f"model: classes are shown as class_N (--labels FILE names them)")
     result = classify_video(model, args.video, top=args.top, views=args.views, labels=labels)
     preds = result.top
     if args.json:

@@ -212,11 +212,17 @@ def test_predict_labels_names_a_custom_head(tmp_path, codec_dir, small_checkpoin
     (tmp_path / "two.txt").write_text("a\nb\n", encoding="utf-8")
     video_path = str(codec_dir / "h264_bframes.mp4")
     assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--top", "10", "--json"]) == 0
-    plain = json.loads(capsys.readouterr().out)["top"]
+    captured = capsys.readouterr()
+    plain, plain_err = json.loads(captured.out)["top"], captured.err
     assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--top", "10", "--json",
                  "--labels", str(tmp_path / "ten.txt")]) == 0
-    named = json.loads(capsys.readouterr().out)["top"]
+    captured = capsys.readouterr()
+    named = json.loads(captured.out)["top"]
+    assert "class_N" not in captured.err
     assert [p["label"] for p in plain] == [f"class_{p['index']}" for p in plain]
+    # said once, as the export says it (predict printed class_N without a word)
+    assert ("note: the kinetics400 label file does not have one line per class of this 10-class model: classes are "
+            "shown as class_N (--labels FILE names them)") in plain_err
     assert [p["label"] for p in named] == [names[p["index"]] for p in plain]  # same ranking, the file's names
     assert [p["probability"] for p in named] == [p["probability"] for p in plain]
     # a file for another head, or none at all: one line, nothing predicted
