@@ -769,6 +769,11 @@ def validate_manifest(manifest, path) -> Dict:
     if not isinstance(manifest, dict):
         _bad(path, f"the top level is {_json_kind(manifest)}, not an object")
     if manifest.get("schema") != SCHEMA:
+        from squeezed_attention.decoder_session import SCHEMA_PREFIX as DECODER_SCHEMA_PREFIX
+
+        if str(manifest.get("schema")).startswith(DECODER_SCHEMA_PREFIX):  # `squeeze export` wrote it, for the decoder
+            raise SqueezeError(f"{path} describes a decoder export (`squeeze export decoder`), not a SqueezeTime "
+                               "export")
         raise SqueezeError(f"{path} has schema {str(manifest.get('schema'))[:60]!r}, expected {SCHEMA!r}; "
                            "it was not written by `squeeze export`")
     model = manifest.get("model")

@@ -407,3 +407,19 @@ def test_a_demuxer_error_ends_the_stream_like_a_cut(codec_dir, monkeypatch):
     # the 10 packets before the error all decode: the frames the decoder still held are flushed out
     assert (counts["declared"], counts["packets"], counts["decoded"]) == (24, 10, 10)
     assert len(warned) == 1 and "the container declares 24 frames but only" in warned[0]
+
+
+def test_exporting_squeezetime_into_a_decoder_export_names_it(tmp_path, small_checkpoint, capsys):
+    """It was refused as a manifest 'not written by `squeeze export`' -- `squeeze export decoder` wrote it."""
+    from export.cli import main
+    from squeezed_attention.decoder_session import SCHEMA
+
+    out = tmp_path / "decoder_out"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"schema": SCHEMA, "artifacts": []}))
+    assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
+                 "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "manifest.json describes a decoder export (`squeeze export decoder`), not a " \
+        "SqueezeTime export" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
