@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -467,11 +468,15 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
                       f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "
                       f"FILE names them)")
 
-    if labels_src is not None:  # its sha256 recorded: squeeze verify then notices labels edited or reordered
-        manifest["labels_sha256"] = sha256_file(labels_src)
+    if labels_src is not None:
+        # written as UTF-8 lines without a byte-order mark, whatever the given file used (the apps read labels.txt
+        # line by line: a Windows editor's mark would start the first label, CRLF end every label with \r); its
+        # sha256 recorded, so squeeze verify notices labels edited or reordered
+        text = "".join(f"{label}\n" for label in read_label_file(labels_src, cfg.num_classes)).encode("utf-8")
+        manifest["labels_sha256"] = hashlib.sha256(text).hexdigest()
         try:
             with atomic_path(out_dir / LABELS) as tmp:
-                shutil.copyfile(labels_src, tmp)
+                Path(tmp).write_bytes(text)
         except OSError as exc:
             raise write_error(out_dir / LABELS, exc) from None
     _write_manifest(out_dir, manifest)

@@ -554,22 +554,13 @@ def label_path(name: str) -> Path:
 
 
 def read_label_file(path, num_classes: Optional[int] = None) -> List[str]:
-    """Class names from a user's label file: UTF-8 text, one label per line in head order (``str.splitlines``, as
-    every reader of an export's labels.txt splits it). With ``num_classes``, the file must name exactly that many:
-    a label file for another head would put wrong names on every prediction."""
-    path = Path(path)
-    if path.is_dir():
-        raise SqueezeError(f"label file {path} is a directory; give a text file with one label per line")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SqueezeError(f"label file {path} does not exist") from None
-    except OSError as exc:
-        raise SqueezeError(f"label file {path} cannot be read ({exc.strerror or exc})") from None
-    try:
-        labels = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise SqueezeError(f"label file {path} is not UTF-8 text; give a text file with one label per line") from None
+    """Class names from a user's label file: UTF-8 text (or UTF-8/16/32 with a byte-order mark, which Windows editors
+    write: the mark is not part of the first label), one label per line in head order (``str.splitlines``, as every
+    reader of an export's labels.txt splits it). With ``num_classes``, the file must name exactly that many: a label
+    file for another head would put wrong names on every prediction."""
+    from squeeze_mobile.file_kinds import read_utf8_text
+
+    labels = read_utf8_text(path, "label file", "give a UTF-8 text file with one label per line").splitlines()
     if num_classes is not None and len(labels) != num_classes:
         raise SqueezeError(f"label file {path} has {len(labels)} lines but the model has {num_classes} classes "
                            f"(one label per line, in the classifier's order)")

@@ -226,13 +226,34 @@ def test_predict_labels_names_a_custom_head(tmp_path, codec_dir, small_checkpoin
     assert [p["label"] for p in named] == [names[p["index"]] for p in plain]  # same ranking, the file's names
     assert [p["probability"] for p in named] == [p["probability"] for p in plain]
     # a file for another head, or none at all: one line, nothing predicted
-    for bad, message in ((tmp_path / "two.txt", "has 2 lines but the model has 10 classes"),
-                         (tmp_path / "missing.txt", "does not exist")):
+    two, missing = tmp_path / "two.txt", tmp_path / "missing.txt"
+    for bad, message in ((two, f"label file {two} has 2 lines but the model has 10 classes (one label per line, in "
+                               "the classifier's order)"),
+                         (missing, f"label file not found: {missing}; give a UTF-8 text file with one label per line")):
         assert main(["predict", video_path, "--checkpoint", str(small_checkpoint), "--labels", str(bad)]) == 1
         captured = capsys.readouterr()
         assert captured.out == "" and [l for l in captured.err.splitlines() if l.startswith("error:")] == [
-            f"error: label file {bad} {message}" + (" (one label per line, in the classifier's order)"
-                                                    if "lines" in message else "")]
+            f"error: {message}"]
+
+
+def test_label_files_from_windows_editors_are_read_as_their_lines(tmp_path, small_checkpoint, capsys):
+    """A UTF-8 byte-order mark and CRLF line ends (Notepad), or UTF-16 with its mark: the labels are the lines' text.
+    The export writes labels.txt as plain UTF-8 lines, so the apps (which read it line by line) see the same names:
+    a copied file started its first label with the mark."""
+    from export.cli import main
+    from squeezetime.video import read_label_file
+
+    names = [f"gesture {i}" for i in range(9)] + ["café ☕"]
+    crlf = "\r\n".join(names) + "\r\n"
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + crlf.encode("utf-8"))
+    (tmp_path / "utf16.txt").write_bytes(crlf.encode("utf-16"))
+    for name in ("bom.txt", "utf16.txt"):
+        assert read_label_file(tmp_path / name, 10) == names
+    out = tmp_path / "art"
+    assert main(["export", "squeezetime", "--checkpoint", str(small_checkpoint), "--size", "64", "--formats", "onnx",
+                 "--labels", str(tmp_path / "bom.txt"), "--out", str(out)]) == 0
+    assert (out / "labels.txt").read_bytes() == "".join(f"{n}\n" for n in names).encode("utf-8")
+    assert main(["verify", str(out)]) == 0
 
 
 def test_export_labels_are_copied_checked_and_kept_by_a_later_export(tmp_path, small_checkpoint, capsys):
