@@ -63,18 +63,18 @@ def add_subcommands(sub) -> None:
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
                    help="benchmark on an Android phone over adb, optionally the device serial (default: this machine)")
-    p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone (android_arm64) "
-                   "(default: none; needed for .tflite artifacts with --adb)")
-    p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone, built with XNNPACK "
-                   "(default: none; needed for .pte artifacts with --adb)")
-    p.add_argument("--cpu-mask", default=None,
-                   help="taskset mask for big-core pinning on the phone, e.g. f0 (default: no pinning)")
+    phone = [p.add_argument("--tflite-benchmark", help="path to LiteRT's benchmark_model binary for the phone "
+                            "(android_arm64) (default: none; needed for .tflite artifacts with --adb)")]
+    phone.append(p.add_argument("--pte-runner", help="path to ExecuTorch's executor_runner binary for the phone, built "
+                                "with XNNPACK (default: none; needed for .pte artifacts with --adb)"))
+    phone.append(p.add_argument("--cpu-mask", default=None,
+                                help="taskset mask for big-core pinning on the phone, e.g. f0 (default: no pinning)"))
     p.add_argument("--gpu", action="store_true",
                    help="clips/s of SqueezeTime and peers on a CUDA GPU (default: off; needs CUDA)")
     p.add_argument("--peers", action="store_true",
                    help="SqueezeTime vs X3D-XS, R(2+1)D-18, TSM-R18 (and more) exported through the same pipeline "
                    "and run in the same runtimes: the paper-style table (default: off; out: bench_out/peers)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, decoder_options=list(d._group_actions), phone_options=phone)
 
 
 def _console(stderr=True):
@@ -102,6 +102,16 @@ def cmd_bench(args) -> int:
         args.warmup = 1 if decoder else 3
     if args.gpu and args.peers:
         raise SqueezeError("--gpu and --peers are separate benchmarks; run them one at a time")
+    given = [] if decoder else cli_types.given_options(args, getattr(args, "decoder_options", []))
+    phone = [] if args.adb is not None else cli_types.given_options(args, getattr(args, "phone_options", []))
+    if phone:  # ignored too: `bench DIR --cpu-mask f0` timed this machine unpinned
+        raise SqueezeError(f"{', '.join(phone)} {'apply' if len(phone) > 1 else 'applies'} to phone benchmarks; "
+                           f"add --adb [SERIAL] to run on a phone, or drop {'them' if len(phone) > 1 else 'it'}")
+    if given:  # they were ignored: `bench DIR --contexts 2048` on a SqueezeTime export ran its usual table
+        what = ("--gpu does not take" if args.gpu else "--peers does not take" if args.peers
+                else f"{args.dir or 'no DIR given'}: no decoder export there to take")
+        raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoder directories "
+                           f"(squeeze export decoder); {what} {'them' if len(given) > 1 else 'it'}")
     if (args.gpu or args.peers) and (args.dir or args.adb is not None):
         mode = "--gpu" if args.gpu else "--peers"
         raise SqueezeError(f"{mode} benchmarks the PyTorch models it builds itself and reads no export directory or "

@@ -57,8 +57,24 @@ def cmd_predict(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    labels = None
+    if args.labels is not None:  # a missing or unreadable file is refused before the model loads
+        from squeezetime.video import read_label_file
+
+        read_label_file(args.labels)
     model, _ = _model_from_args(args)
-    result = classify_video(model, args.video, top=args.top, views=args.views)
+    if args.labels is not None:
+        from squeezetime.video import read_label_file
+
+        labels = read_label_file(args.labels, model.config.num_classes)
+    else:
+        from .pipeline import matching_labels
+
+        if matching_labels(model.config) is None:  # as the export says it: class_N was printed without a word
+            cfg = model.config
+            _note(f"the {cfg.labels} label file does not have one line per class of this {cfg.num_classes}-class "
+                  f"model: classes are shown as class_N (--labels FILE names them)")
+    result = classify_video(model, args.video, top=args.top, views=args.views, labels=labels)
     preds = result.top
     if args.json:
         print(json.dumps({"video": str(args.video), "config": model.config.name, "views": args.views,
@@ -98,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=sorted(CONFIGS), default=None,
                    help="named config (default: picked from the checkpoint's number of classes, else k400)")
     p.add_argument("--top", type=cli_types.positive_int, default=5, help="how many labels to print, >= 1 (default 5)")
+    p.add_argument("--labels", type=cli_types.path, default=None, metavar="FILE",
+                   help="class names for the checkpoint's head: UTF-8 text, one label per line in the classifier's "
+                   "order, exactly one line per class (default: the config's label file when it has one line per "
+                   "class, else class_N)")
     p.add_argument("--views", choices=["single", "multi"], default="single",
                    help="single centre clip (default) or the multi-clip x three-crop protocol")
     p.add_argument("--threads", type=cli_types.threads, default=None,

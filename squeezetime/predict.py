@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
 from .config import SqueezeTimeConfig
+from .errors import SqueezeError
 from .model import SqueezeTime
-from .video import VideoInfo, load_labels, normalize, read_video_clips
+from .video import VideoInfo, load_labels, normalize, read_video_clips, whole_number
 
 
 @dataclass
@@ -37,20 +38,31 @@ class VideoPrediction:
 
 
 @torch.no_grad()
-def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single") -> VideoPrediction:
+def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single",
+                   labels: Optional[Sequence[str]] = None) -> VideoPrediction:
     """Decode ``path`` with the official test pipeline; the top-``top`` classes and the video's VideoInfo.
 
     With several views (``views='multi'``) softmax scores are averaged, as mmaction's
-    ``average_clips='prob'`` does.
+    ``average_clips='prob'`` does. ``labels``: class names in head order, one per class (e.g. from
+    :func:`squeezetime.video.read_label_file`); default: the config's label file when it has one line per class,
+    else ``class_N``.
     """
     cfg: SqueezeTimeConfig = model.config
+    top = whole_number("top", top) or 5  # checked before decoding: top=-1 or 2.5 ended in a PyTorch traceback after it
+    if labels is not None:
+        if isinstance(labels, (str, bytes)) or len(labels) != cfg.num_classes:
+            count = "a string" if isinstance(labels, (str, bytes)) else f"{len(labels)} labels"
+            raise SqueezeError(f"labels must name each of the model's {cfg.num_classes} classes in order; got {count}")
+        labels = [str(label) for label in labels]
     read = read_video_clips(path, cfg, views=views)
     clips = normalize(read.clips, cfg.mean, cfg.std)
     probs = torch.softmax(model.eval()(clips), dim=1).mean(dim=0)
-    labels = load_labels(cfg.labels)
+    if labels is None:
+        labels = load_labels(cfg.labels)
     return VideoPrediction(top_k(probs, labels if len(labels) == cfg.num_classes else None, top), read.info)
 
 
-def predict_video(model: SqueezeTime, path, top: int = 5, views: str = "single") -> List[Prediction]:
+def predict_video(model: SqueezeTime, path, top: int = 5, views: str = "single",
+                  labels: Optional[Sequence[str]] = None) -> List[Prediction]:
     """Decode ``path`` with the official test pipeline and return the top-``top`` classes."""
-    return classify_video(model, path, top, views).top
+    return classify_video(model, path, top, views, labels).top

@@ -5,16 +5,24 @@ then either the single-clip val pipeline (short side 256, centre crop) or the mu
 (N clips x ThreeCrop after short side 224; 10 clips for Kinetics, 2 x ThreeCrop at 286 for HMDB51).
 Videos shorter than T*interval frames loop (indices taken modulo the frame count), as mmaction does.
 
-Input policy: a video is used as far as it decodes. Refused (SqueezeError) are only files that cannot be
-opened, have no video stream (cover art -- a stream with the attached_pic disposition, as music files carry
-it -- is not video: the first video stream that is not cover art is used), yield no frame, or make FFmpeg
-raise while demuxing or decoding (corrupt data). When the file claims more frames than decode cleanly -- an
-edit list that hides a B-frame, a truncated file, an index longer than the data -- sampling runs on the
-frames that do decode and one SqueezeWarning says so. The claim is the container's frame count and its
-packet count; containers without a count (Matroska/WebM) are held to their declared duration. Packets the
-demuxer itself flags as corrupt (the cut-off last packet of a truncated file) are not sent to the decoder:
-they count as frames that did not decode. Decoding uses slice threads only: FFmpeg's frame threads drop
-errors near the end of a stream, which would make the verdict depend on the machine's core count.
+Input policy: a video is used as far as it decodes, as FFmpeg's CLI does. Refused (SqueezeError) are only
+files that cannot be opened, have no video stream (cover art -- a stream with the attached_pic disposition,
+as music files carry it -- is not video: the first video stream that is not cover art is used), or yield no
+frame. When the file claims more frames than decode cleanly -- an edit list that hides a B-frame, a
+truncated file, an index longer than the data -- sampling runs on the frames that do decode and one
+SqueezeWarning says so. The claim is the container's frame count and its packet count; containers without a
+count (Matroska/WebM) are held to their declared duration. Packets the demuxer itself flags as corrupt (the
+cut-off last packet of a truncated file) are not sent to the decoder: they count as frames that did not
+decode. Damaged data in the middle of a file is treated the same way (a file damaged anywhere behaves as one
+cut short, and only frames decoded from intact data are used): a packet the decoder rejects is skipped and
+counted (``VideoInfo.damaged_packets``, as FFmpeg's CLI skips it), and the frames the decoder outputs from
+damaged data -- flagged corrupt (its error concealment filled them in), or following a damaged packet or frame
+before the next clean keyframe, which may predict from the damage -- are left out and counted
+(``VideoInfo.damaged_frames``): what concealment fills in depends on the decoder's memory reuse (the same file
+gave other pixels in 125 of 247 frames when the caller held packets a little longer), so those frames would make
+the input, and every sha256 recorded from it, differ between runs. A demuxer error ends the stream there, as a
+truncation would. The one SqueezeWarning then gives those counts. Decoding uses slice threads only: FFmpeg's frame
+threads drop errors near the end of a stream, which would make the verdict depend on the machine's core count.
 
 Frames are presented upright, as FFmpeg's CLI and the apps show them: a phone stores portrait video as
 landscape pixels plus a display matrix (a rotation in the container, reaching each decoded frame as side
@@ -22,7 +30,9 @@ data). The first decoded frame's rotation (a multiple of 90 degrees) is applied 
 RGB conversion, so sampling, resize and crop see the upright frames; ``VideoInfo.rotation`` records it
 (clockwise degrees, the apps' convention) and width/height are the upright frame's. A rotation that is not
 a multiple of 90 degrees is not applied (one SqueezeWarning says so). Flips in the display matrix are not
-applied.
+applied. The official pipeline (mmaction2's DecordInit) does not turn frames: decord ignores the display matrix
+(dmlc/decord#24). Kinetics clips carry none, so the two agree there; a phone clip would reach the official model
+lying on its side, which is not what it was trained on nor what the apps' cameras give.
 
 Only sampled frames are held in memory (O(T)). A demux pass counts packets (cheap, no decoding); one
 decode pass then keeps the frames that the official sampling picks for every frame count in a small
@@ -33,10 +43,11 @@ decoded count falls outside that window does a second decode pass fetch the fram
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -74,15 +85,19 @@ class VideoInfo:
     decoded_frames: Optional[int] = None  # frames FFmpeg decoded without error
     duration: Optional[float] = None  # seconds, as the container declares them
     rotation: int = 0  # degrees the decoded frames were turned clockwise to stand upright (0, 90, 180, 270)
+    damaged_packets: int = 0  # packets the decoder rejected as invalid data (skipped, as FFmpeg's CLI skips them)
+    damaged_frames: int = 0  # frames output from damaged data (concealed, or before the next clean keyframe); left out
 
     @property
     def complete(self) -> bool:
-        """True when every declared frame and every packet decoded (or, without a count, the declared duration)."""
-        return not self._shortfall()
+        """True when every declared frame and every packet decoded cleanly (or, without a count, the declared
+        duration)."""
+        return not self._shortfall() and not self.damaged_packets and not self.damaged_frames
 
     def frame_counts(self) -> Dict[str, Optional[int]]:
-        """Declared / packet / decoded counts, as written to --json output and manifests."""
-        return {"declared": self.declared_frames, "packets": self.packets, "decoded": self.decoded_frames}
+        """Declared / packet / decoded counts and the damage met, as written to --json output and manifests."""
+        return {"declared": self.declared_frames, "packets": self.packets, "decoded": self.decoded_frames,
+                "damaged_packets": self.damaged_packets, "damaged_frames": self.damaged_frames}
 
     def _shortfall(self) -> Optional[str]:
         """What the file claims that did not decode, or None."""
@@ -99,13 +114,28 @@ class VideoInfo:
         return None
 
     def shortfall_message(self) -> Optional[str]:
-        """The one-line warning for an incomplete video (None when complete)."""
+        """The one-line warning for an incomplete or damaged video (None when complete)."""
         claim = self._shortfall()
+        n = self.decoded_frames
+        if self.damaged_packets or self.damaged_frames:
+            damage = []
+            if self.damaged_packets:
+                damage.append(f"{_count(self.damaged_packets, 'video packet')} of {self.packets} "
+                              f"{'does' if self.damaged_packets == 1 else 'do'} not decode")
+            if self.damaged_frames:
+                damage.append(f"{_count(self.damaged_frames, 'frame')} decoded from damaged data "
+                              f"{'is' if self.damaged_frames == 1 else 'are'} left out")
+            also = f" ({claim})" if claim and (self.declared_frames or 0) > (self.packets or 0) else ""
+            return (f"video {self.path} is damaged: {' and '.join(damage)}{also}; sampling uses the {n} frames that "
+                    f"decode cleanly; re-encode it or use another file")
         if claim is None:
             return None
-        n = self.decoded_frames
         return (f"video {self.path}: {claim} but only {n} decode cleanly; sampling uses the decoded frames "
                 f"(the file may be truncated, or its index lists frames it does not show)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _open(path):
@@ -134,6 +164,10 @@ def _open(path):
     if stream is None:
         container.close()
         raise SqueezeError(f"video {path} has no video stream; pass a file with video")
+    if stream.codec_context is None:  # FFmpeg found no decoder: an unknown codec, or a damaged stream header
+        container.close()
+        raise SqueezeError(f"video {path}: its video stream's codec cannot be decoded by this FFmpeg (an unknown "
+                           f"codec, or a damaged header); re-encode it or use another file")
     return container, stream
 
 
@@ -170,8 +204,21 @@ def _reason(exc) -> str:
     return " ".join(str(text).split())[:120]
 
 
-def _corrupt(path, what: str, exc) -> SqueezeError:
-    return SqueezeError(f"video {path} is corrupt: {what} ({_reason(exc)}); re-encode it or use another file")
+def _demuxed(container, stream):
+    """The stream's packets; a demuxer error (damaged container data) ends them there, as a truncation would: then
+    one None stands for the flush packet a clean end brings (frames the decoder still holds come out)."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            yield None
+            return
+        yield packet
 
 
 @dataclass
@@ -185,17 +232,12 @@ class _Container:
 
 def _count_packets(path) -> _Container:
     """Demux (no decoding): video packets with payload, and what the container declares."""
-    import av
-
     container, stream = _open(path)
     try:
         packets = 0
-        try:
-            for packet in container.demux(stream):
-                if packet.size:
-                    packets += 1
-        except av.error.FFmpegError as exc:
-            raise _corrupt(path, f"demuxing failed after {packets} packets", exc) from None
+        for packet in _demuxed(container, stream):
+            if packet is not None and packet.size:
+                packets += 1
         declared = int(stream.frames or 0)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         if stream.duration and stream.time_base:
@@ -208,63 +250,88 @@ def _count_packets(path) -> _Container:
         container.close()
 
 
-def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> Tuple[Dict[int, np.ndarray], int, int, int, int]:
+class _Decoded(NamedTuple):
+    frames: Dict[int, np.ndarray]  # the wanted frames by index, upright RGB (resized when asked)
+    decoded: int  # frames decoded cleanly (what sampling runs on)
+    width: int  # of the upright frames
+    height: int
+    rotation: int  # clockwise degrees applied
+    damaged: int  # packets the decoder rejected
+    damaged_frames: int  # frames output from damaged data, left out
+
+
+def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _Decoded:
     """One decode pass: upright RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
 
     ``short``: each kept frame is resized at once (:func:`resize_short_side`, frame by frame, which gives the same
     bytes as resizing them together), so a 4K video never holds more than one full-size frame: its 160 sampled
     frames of the multi-view protocol took 23 GB as floats when resized together.
 
-    Returns (frames by index, decoded count, width, height, rotation): width and height of the upright frames,
-    rotation in clockwise degrees. Frames are converted to the size of the first decoded frame (a stream that
-    changes resolution mid-way still stacks) and turned by the first decoded frame's display rotation (one
-    SqueezeWarning, unless ``warn`` is off, when that rotation is not a multiple of 90 degrees).
-    FFmpeg raising -> SqueezeError.
+    Width and height are those of the upright frames, rotation in clockwise degrees. Frames are converted to the
+    size of the first decoded frame (a stream that changes resolution mid-way still stacks) and turned by the first
+    decoded frame's display rotation (one SqueezeWarning, unless ``warn`` is off, when that rotation is not a
+    multiple of 90 degrees). A packet the decoder rejects is skipped and counted, and so are the frames it outputs
+    from damaged data (left out): see the module docstring. No frame at all -> SqueezeError.
     """
     import av
 
     keep: Dict[int, np.ndarray] = {}
-    decoded, width, height, turns = 0, 0, 0, 0
+    decoded, width, height, turns, damaged, damaged_frames = 0, 0, 0, 0, 0, 0
+    tainted = False  # a damaged packet or frame came since the last clean keyframe
     container, stream = _open(path)
     try:
         stream.thread_type = "SLICE"  # not FRAME: see the module docstring
-        try:
-            for packet in container.demux(stream):
-                if packet.is_corrupt and packet.size:  # a cut-off packet: known not to decode, do not try
+        for packet in _demuxed(container, stream):
+            if packet is not None and packet.is_corrupt and packet.size:  # cut off: known not to decode, do not try
+                continue
+            try:
+                frames = packet.decode() if packet is not None else stream.decode(None)
+            except av.error.InvalidDataError:  # damaged data: skipped, as FFmpeg's CLI skips it
+                damaged += 1
+                tainted = True
+                continue
+            except av.error.FFmpegError as exc:  # not the data: the decoder itself cannot go on
+                raise SqueezeError(f"video {path} cannot be decoded after {decoded} frames ({_reason(exc)}); "
+                                   f"re-encode it or use another file") from None
+            for frame in frames:
+                if frame.is_corrupt or (tainted and not frame.key_frame):  # concealed, or may predict from damage
+                    tainted = True
+                    damaged_frames += 1
                     continue
-                for frame in packet.decode():
-                    if decoded == 0:
-                        width, height = frame.width, frame.height
-                        if width <= 0 or height <= 0:
-                            raise SqueezeError(f"video {path} has frames of {width}x{height} pixels; re-encode it")
-                        if max(width, height) > MAX_ASPECT * min(width, height):
-                            raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
-                                               f"crop it to a usual aspect ratio")
-                        turns = _upright_turns(path, frame.rotation, warn)
-                    if decoded in wanted:
-                        try:
-                            rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
-                        except (av.error.FFmpegError, ValueError) as exc:
-                            raise SqueezeError(f"video {path}: frame {decoded} ({frame.format.name}, {frame.width}x{frame.height}) "
-                                               f"cannot be converted to RGB ({_reason(exc)}); re-encode it") from None
-                        rgb = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-                        if short:
-                            rgb = resize_short_side(torch.from_numpy(rgb)[None], short)[0].numpy()
-                        keep[decoded] = rgb
-                    decoded += 1
-        except av.error.FFmpegError as exc:
-            raise _corrupt(path, f"decoding failed at frame {decoded}", exc) from None
+                tainted = False
+                if decoded == 0:
+                    width, height = frame.width, frame.height
+                    if width <= 0 or height <= 0:
+                        raise SqueezeError(f"video {path} has frames of {width}x{height} pixels; re-encode it")
+                    if max(width, height) > MAX_ASPECT * min(width, height):
+                        raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
+                                           f"crop it to a usual aspect ratio")
+                    turns = _upright_turns(path, frame.rotation, warn)
+                if decoded in wanted:
+                    try:
+                        rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+                    except (av.error.FFmpegError, ValueError) as exc:
+                        raise SqueezeError(f"video {path}: frame {decoded} ({frame.format.name}, {frame.width}x{frame.height}) "
+                                           f"cannot be converted to RGB ({_reason(exc)}); re-encode it") from None
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+                    if short:
+                        rgb = resize_short_side(torch.from_numpy(rgb)[None], short)[0].numpy()
+                    keep[decoded] = rgb
+                decoded += 1
     finally:
         container.close()
     if decoded == 0:
-        raise SqueezeError(f"video {path} contains no decodable video frames; check that the file plays, or use another file")
+        why = (f" ({_count(damaged, 'damaged packet')} rejected, {_count(damaged_frames, 'frame')} decoded from "
+               f"damaged data)") if damaged or damaged_frames else ""
+        raise SqueezeError(f"video {path} contains no decodable video frames{why}; check that the file plays, or use another file")
     if turns % 2:
         width, height = height, width
-    return keep, decoded, width, height, (-90 * turns) % 360
+    return _Decoded(keep, decoded, width, height, (-90 * turns) % 360, damaged, damaged_frames)
 
 
-def _info(path, c: _Container, decoded: int, width: int, height: int, rotation: int) -> VideoInfo:
-    return VideoInfo(str(path), decoded, width, height, c.fps, c.codec, c.declared, c.packets, decoded, c.duration, rotation)
+def _info(path, c: _Container, d: _Decoded) -> VideoInfo:
+    return VideoInfo(str(path), d.decoded, d.width, d.height, c.fps, c.codec, c.declared, c.packets, d.decoded,
+                     c.duration, d.rotation, d.damaged, d.damaged_frames)
 
 
 def probe(path) -> VideoInfo:
@@ -275,8 +342,7 @@ def probe(path) -> VideoInfo:
     missing; the functions that read frames for sampling warn when they use fewer frames than the file claims.
     """
     c = _count_packets(path)
-    _, decoded, width, height, rotation = _decode(path, (), False)
-    return _info(path, c, decoded, width, height, rotation)
+    return _info(path, c, _decode(path, (), False))
 
 
 def decode_frames(path, indices: Sequence[int], resize_short: Optional[int] = None) -> np.ndarray:
@@ -296,6 +362,18 @@ def decode_frames(path, indices: Sequence[int], resize_short: Optional[int] = No
     return np.stack([keep[int(i)] for i in indices])
 
 
+def whole_number(name: str, value) -> Optional[int]:
+    """A sampling or size argument of the Python API as an int >= 1 (numpy integers too), or None (the default).
+
+    0 used to mean "the default" (``frames or cfg.frames``: frames=0 gave 16 frames) and negative numbers ended in
+    numpy or PyTorch tracebacks; both are refused, and so are bools and fractions."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise SqueezeError(f"{name} must be a whole number >= 1 (or None for the default); got {value!r}")
+    return int(value)
+
+
 def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
                         resize_short: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray, VideoInfo]:
     """The frames official test-mode sampling picks on the frames that actually decode.
@@ -304,20 +382,27 @@ def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
     info). Emits one SqueezeWarning when fewer frames decode than the file claims. ``resize_short``: frames come
     resized so their short side is that many pixels (:func:`resize_short_side`); ``info`` keeps the video's size.
     """
+    clip_len, interval = whole_number("clip_len", clip_len), whole_number("interval", interval)
+    num_clips = whole_number("num_clips", num_clips)
+    resize_short = whole_number("resize_short", resize_short)
+    if clip_len is None or interval is None or num_clips is None:
+        raise SqueezeError("clip_len, interval and num_clips must be whole numbers >= 1, not None")
     c = _count_packets(path)
     candidates = [n for n in range(c.packets, c.packets - SHORTFALL_WINDOW - 1, -1) if n > 0]
     wanted = set()
     for n in candidates:
         wanted.update(sample_indices(n, clip_len, interval, num_clips).reshape(-1).tolist())
-    keep, decoded, width, height, rotation = _decode(path, wanted, True, resize_short)
+    first = _decode(path, wanted, True, resize_short)
+    decoded = first.decoded
     inds = sample_indices(decoded, clip_len, interval, num_clips)
     if decoded not in candidates:  # rare: far fewer (or more) frames decode than packets exist
-        keep, again, width, height, rotation = _decode(path, set(inds.reshape(-1).tolist()), False, resize_short)
-        if again != decoded:
-            raise SqueezeError(f"video {path} decodes {decoded} frames on one pass and {again} on the next; re-encode it")
-    frames = np.stack([keep[int(i)] for i in inds.reshape(-1)])
-    del keep
-    info = _info(path, c, decoded, width, height, rotation)
+        again = _decode(path, set(inds.reshape(-1).tolist()), False, resize_short)
+        if again.decoded != decoded:
+            raise SqueezeError(f"video {path} decodes {decoded} frames on one pass and {again.decoded} on the next; re-encode it")
+        first = again
+    frames = np.stack([first.frames[int(i)] for i in inds.reshape(-1)])
+    info = _info(path, c, first)
+    del first
     message = info.shortfall_message()
     if message:
         warnings.warn(SqueezeWarning(message), stacklevel=2)
@@ -412,15 +497,17 @@ def read_video_clips(
     ``views='multi'``: config.multiview_clips clips x ThreeCrop after short side 224 (286 for HMDB51).
     """
     cfg = config if isinstance(config, SqueezeTimeConfig) else get_config(config)
-    t = frames or cfg.frames
-    size = size or cfg.input_size
-    interval = interval or cfg.frame_interval
+    frames, size, interval = whole_number("frames", frames), whole_number("size", size), whole_number("interval", interval)
+    num_clips, resize = whole_number("num_clips", num_clips), whole_number("resize", resize)
+    t = frames if frames is not None else cfg.frames
+    size = size if size is not None else cfg.input_size
+    interval = interval if interval is not None else cfg.frame_interval
     if views == "single":
-        clips, mode = num_clips or 1, "center"
-        short = resize or round(cfg.resize_short * size / cfg.input_size)
+        clips, mode = num_clips if num_clips is not None else 1, "center"
+        short = resize if resize is not None else round(cfg.resize_short * size / cfg.input_size)
     elif views == "multi":
-        clips, mode = num_clips or cfg.multiview_clips, "three"
-        short = resize or round(cfg.multiview_resize_short * size / cfg.input_size)
+        clips, mode = num_clips if num_clips is not None else cfg.multiview_clips, "three"
+        short = resize if resize is not None else round(cfg.multiview_resize_short * size / cfg.input_size)
     else:
         raise SqueezeError(f"unknown views {views!r}; use single or multi")
     sampled, _, info = read_sampled_frames(path, t, interval, clips, resize_short=short)
@@ -466,6 +553,20 @@ def label_path(name: str) -> Path:
     return Path(__file__).with_name("labels") / f"{name}.txt"
 
 
+def read_label_file(path, num_classes: Optional[int] = None) -> List[str]:
+    """Class names from a user's label file: UTF-8 text (or UTF-8/16/32 with a byte-order mark, which Windows editors
+    write: the mark is not part of the first label), one label per line in head order (``str.splitlines``, as every
+    reader of an export's labels.txt splits it). With ``num_classes``, the file must name exactly that many: a label
+    file for another head would put wrong names on every prediction."""
+    from squeeze_mobile.file_kinds import read_utf8_text
+
+    labels = read_utf8_text(path, "label file", "give a UTF-8 text file with one label per line").splitlines()
+    if num_classes is not None and len(labels) != num_classes:
+        raise SqueezeError(f"label file {path} has {len(labels)} lines but the model has {num_classes} classes "
+                           f"(one label per line, in the classifier's order)")
+    return labels
+
+
 __all__ = [
     "VideoClips",
     "VideoInfo",
@@ -481,4 +582,5 @@ __all__ = [
     "load_clip",
     "sample_video_path",
     "load_labels",
+    "read_label_file",
 ]

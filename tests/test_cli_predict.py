@@ -32,7 +32,7 @@ def test_predict_json_with_checkpoint(tmp_path, real_video, capsys):
 
 def test_predict_errors_are_one_line(tmp_path, video_dir):
     for args in (
-        ["predict", str(video_dir / "corrupt.mp4")],  # truncated_faststart.mp4 now predicts with a warning
+        ["predict", str(video_dir / "empty.mp4")],  # truncated and damaged files now predict with a warning
         ["predict", str(video_dir / "not_a_video.mp4")],
         ["predict", str(video_dir / "short30.mp4"), "--checkpoint", str(tmp_path / "missing.pth")],
     ):

@@ -60,7 +60,7 @@ def test_codecs_and_containers_decode_completely(codec_dir, real_video, name):
     codec, width, height, declared = EXPECTED[name]
     info = video.probe(path)
     assert (info.codec, info.width, info.height) == (codec, width, height)
-    assert info.frame_counts() == {"declared": declared, "packets": 24, "decoded": 24}
+    assert info.frame_counts() == {"declared": declared, "packets": 24, "decoded": 24, "damaged_packets": 0, "damaged_frames": 0}
     assert info.frames == 24 and info.complete and info.fps == pytest.approx(CODEC_CLIP_FPS)
     # sampling on 24 frames, T=4 x interval 4: one clip at offset int((24 - 16 + 1) / 2) = 4
     result, warned = read_recording(path, frames=4, size=64)
@@ -99,7 +99,7 @@ def test_edit_list_hiding_a_frame_is_used_with_one_warning(codec_dir, monkeypatc
     """box.mp4's shape: 24 frames declared, 24 packets, 23 decode (the edit list hides one)."""
     path = codec_dir / "h264_editlist.mp4"
     info = video.probe(path)
-    assert info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 23}
+    assert info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 23, "damaged_packets": 0, "damaged_frames": 0}
     assert info.frames == 23 and not info.complete
     # the 23 frames are the full stream's frames 1..23: same bitstream, the first one hidden
     full, hidden = reference_decode(codec_dir / "h264_bframes.mp4"), reference_decode(path)
@@ -113,7 +113,7 @@ def test_edit_list_hiding_a_frame_is_used_with_one_warning(codec_dir, monkeypatc
     assert len(passes) == 1
     assert warned == [f"video {path}: the container declares 24 frames but only 23 decode cleanly; sampling uses "
                       "the decoded frames (the file may be truncated, or its index lists frames it does not show)"]
-    assert result.info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 23}
+    assert result.info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 23, "damaged_packets": 0, "damaged_frames": 0}
     with pytest.warns(SqueezeWarning):
         frames, inds, _ = video.read_sampled_frames(path, 3, 3)
     assert inds.tolist() == [[7, 10, 13]]
@@ -132,7 +132,7 @@ def test_truncated_file_uses_what_decodes(video_dir, monkeypatch):
     real_decode = video._decode
     monkeypatch.setattr(video, "_decode", lambda *a: passes.append(1) or real_decode(*a))
     result, warned = read_recording(path)
-    assert result.info.frame_counts() == {"declared": 250, "packets": 143, "decoded": 142}
+    assert result.info.frame_counts() == {"declared": 250, "packets": 143, "decoded": 142, "damaged_packets": 0, "damaged_frames": 0}
     assert len(warned) == 1 and "declares 250 frames but only 142 decode cleanly" in warned[0]
     assert result.clips.shape == (1, 16, 224, 224, 3)
     assert len(passes) == 1  # 142 is one below the 143 packets: within the window
@@ -182,7 +182,7 @@ def test_predict_json_records_frame_counts_and_warns_once(tmp_path, video_dir):
                            "--top", "2", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["video_frames"] == {"declared": 250, "packets": 143, "decoded": 142}
+    assert out["video_frames"] == {"declared": 250, "packets": 143, "decoded": 142, "damaged_packets": 0, "damaged_frames": 0}
     assert len(out["top"]) == 2
     warned = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert warned == [f"warning: video {path}: the container declares 250 frames but only 142 decode cleanly; "
@@ -199,7 +199,7 @@ def test_verification_set_records_counts_and_absolute_path(codec_dir, small_mode
         vset = build_verification_set(small_model, InputSpec(frames=4, size=64), "h264_editlist.mp4")
     assert len(squeeze_warnings(record)) == 1
     assert vset.video == str(codec_dir / "h264_editlist.mp4") and Path(vset.video).is_absolute()
-    assert vset.video_frames == {"declared": 24, "packets": 24, "decoded": 23}
+    assert vset.video_frames == {"declared": 24, "packets": 24, "decoded": 23, "damaged_packets": 0, "damaged_frames": 0}
     assert vset.frames_uint8.shape == (8, 4, 64, 64, 3)  # 2 clips x 3 crops + 2 random clips
 
 
@@ -222,7 +222,7 @@ def test_real_opencv_box_mp4(tmp_path):
         path = tmp_path / "box.mp4"
         path.write_bytes(gzip.decompress(src.read_bytes()))
     result, warned = read_recording(path)
-    assert result.info.frame_counts() == {"declared": 456, "packets": 456, "decoded": 455}
+    assert result.info.frame_counts() == {"declared": 456, "packets": 456, "decoded": 455, "damaged_packets": 0, "damaged_frames": 0}
     assert (result.info.codec, result.info.width, result.info.height) == ("h264", 640, 480)
     assert len(warned) == 1 and "declares 456 frames but only 455 decode cleanly" in warned[0]
     assert result.clips.shape == (1, 16, 224, 224, 3)
@@ -232,7 +232,7 @@ def test_real_opencv_tree_avi():
     """Cinepak in AVI: the index declares 444 frames, 68 are in the file and decode."""
     path = _opencv_doc_file("examples/data/tree.avi")
     result, warned = read_recording(path)
-    assert result.info.frame_counts() == {"declared": 444, "packets": 68, "decoded": 68}
+    assert result.info.frame_counts() == {"declared": 444, "packets": 68, "decoded": 68, "damaged_packets": 0, "damaged_frames": 0}
     assert (result.info.codec, result.info.width, result.info.height) == ("cinepak", 320, 240)
     assert len(warned) == 1 and "declares 444 frames but only 68 decode cleanly" in warned[0]
     # 68 frames, 16 x 4: the clip starts at int((68 - 64 + 1) / 2) = 2
@@ -248,7 +248,7 @@ def test_relative_name_with_a_colon(codec_dir, tmp_path, monkeypatch):
     (tmp_path / "12:30.mp4").write_bytes((codec_dir / "h264_bframes.mp4").read_bytes())
     monkeypatch.chdir(tmp_path)
     info = video.probe("12:30.mp4")
-    assert info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 24} and info.path == "12:30.mp4"
+    assert info.frame_counts() == {"declared": 24, "packets": 24, "decoded": 24, "damaged_packets": 0, "damaged_frames": 0} and info.path == "12:30.mp4"
 
 
 def test_extreme_aspect_ratio_is_refused(tmp_path, real_video):
@@ -325,7 +325,7 @@ def test_display_rotation_turns_frames_upright(rotated_dir, k):
     path = rotated_dir / f"phone_{k}.mp4"
     info = video.probe(path)
     assert (info.width, info.height, info.rotation) == (64, 48, 90 * k)
-    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16} and info.complete
+    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16, "damaged_packets": 0, "damaged_frames": 0} and info.complete
     frames = video.decode_frames(path, range(16))
     assert frames.shape == (16, 48, 64, 3) and frames.flags.c_contiguous
     assert np.array_equal(frames, upright)  # lossless: exactly the upright clip's pixels
@@ -483,7 +483,7 @@ def test_cover_art_is_never_taken_for_the_video(cover_dir, name):
     path = cover_dir / name
     info = video.probe(path)
     assert (info.codec, info.width, info.height) == ("h264", 64, 48)
-    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16} and info.complete
+    assert info.frame_counts() == {"declared": 16, "packets": 16, "decoded": 16, "damaged_packets": 0, "damaged_frames": 0} and info.complete
     frames = video.decode_frames(path, range(16))
     assert np.array_equal(frames, video.decode_frames(cover_dir / "video_cover_last.mp4", range(16)))
     result, warned = read_recording(path, frames=4, size=32)
