@@ -155,13 +155,14 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
                           prefill_tails: Optional[Sequence[int]] = None) -> Dict:
-    from squeezed_attention.decoder_session import read_decoder_manifest
+    from squeezed_attention.decoder_session import load_decoder_tokenizer, read_decoder_manifest
 
     say = progress or (lambda a, b: None)
     if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = Path(art_dir).resolve()
     manifest = read_decoder_manifest(art_dir)
+    load_decoder_tokenizer(art_dir, manifest)   # every worker encodes with it: missing or unreadable is one line here
     # absolute: the packs it builds there are read by worker processes that run from the repository root
     out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES)
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
@@ -458,12 +459,11 @@ def measure_decoder(job: Dict) -> Dict:
     import time
 
     import numpy as np
-    from tokenizers import Tokenizer
 
     from bench.worker import _peak_mb, _rss_mb
     from export.backends import get_backend
     from export.quiet import quiet
-    from squeezed_attention.decoder_session import GenerationLoop, read_decoder_manifest
+    from squeezed_attention.decoder_session import GenerationLoop, load_decoder_tokenizer, read_decoder_manifest
     from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
 
     directory = Path(job["dir"])
@@ -488,7 +488,7 @@ def measure_decoder(job: Dict) -> Dict:
     pack = read_pack_arrays(job["pack"])
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
     loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"))
-    tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer"]["file"]))
+    tokenizer = load_decoder_tokenizer(directory, manifest)
     chat = manifest["tokenizer"]["chat"]
     text = job["question"] if pack.settings.get("framing") == "raw" else chat["join"] + job["question"] + chat["suffix"]
     ids = tokenizer.encode(text, add_special_tokens=False).ids

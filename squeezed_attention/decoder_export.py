@@ -517,7 +517,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                   "weights_sha256": checkpoint.weights_sha256, "tokenizer_sha256": tokenizer.fingerprint(),
                   "config": json.loads(model.config.to_json())},
         "tokenizer": {"file": TOKENIZER_FILE, "chat": chat_section(tokenizer),
-                      "stop_token_ids": sorted(i for i in (tokenizer.eos_token_id, 0) if i is not None)},
+                      "stop_token_ids": tokenizer.stop_token_ids()},
         "precision": "fp32",
         "tools": {"python": platform.python_version(),
                   **{k: v for f in formats for k, v in get_backend(f).tool_versions().items()}},
@@ -885,15 +885,40 @@ def verify_decoder_directory(directory, progress=None) -> dict:
             raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
                                "prose shipped with this machine changed); re-export to verify here")
         data.append(d)
+    shared = tokenizer_failures(directory, manifest, checkpoint.tokenizer)   # every artifact's answers go through it
     results = {}
     for record in manifest["artifacts"]:
         path = directory / record["file"]
         if not path.exists():
-            results[record["file"]] = {"status": "fail", "failures": ["artifact missing"]}
+            results[record["file"]] = {"status": "fail", "failures": shared + ["artifact missing"]}
             continue
         if sha256_file(path) != record["sha256"]:
-            results[record["file"]] = {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+            results[record["file"]] = {"status": "fail", "failures": shared + ["sha256 differs from the manifest"]}
             continue
         say(record["format"], f"verifying {record['file']}")
-        results[record["file"]] = verify_decoder_artifact(path, record, model, data)
+        result = verify_decoder_artifact(path, record, model, data)
+        if shared:
+            result = {**result, "status": "fail", "failures": shared + list(result.get("failures") or [])}
+        results[record["file"]] = result
     return results
+
+
+def tokenizer_failures(directory, manifest: dict, tokenizer) -> list:
+    """What is wrong with the tokenizer an export wrote beside its artifacts (an app and `squeeze generate --artifacts`
+    encode with it, not with the model file's): missing, unreadable, not the model's tokenizer, or a manifest whose
+    chat framing or stop tokens are not the model's. Empty when it is intact."""
+    from .decoder_session import load_decoder_tokenizer
+
+    try:
+        stored = load_decoder_tokenizer(directory, manifest)
+    except SqueezeError as exc:
+        return [str(exc).split(";")[0]]
+    failures = []
+    if stored.to_str() != tokenizer.backend.to_str():
+        failures.append(f"{manifest['tokenizer']['file']} is not the model's tokenizer (changed since the export)")
+    section = manifest["tokenizer"]
+    if section["chat"] != chat_section(tokenizer):
+        failures.append("the manifest's chat framing is not the model's (edited since the export)")
+    if section["stop_token_ids"] != tokenizer.stop_token_ids():
+        failures.append("the manifest's stop_token_ids are not the model's (edited since the export)")
+    return failures

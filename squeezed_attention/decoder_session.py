@@ -125,6 +125,26 @@ def read_decoder_manifest(directory) -> dict:
     return manifest
 
 
+def load_decoder_tokenizer(directory, manifest: dict):
+    """The ``tokenizers.Tokenizer`` an export wrote beside its artifacts (every loop over them encodes with it), or a
+    one-line SqueezeError saying that it is missing or unreadable."""
+    from tokenizers import Tokenizer
+
+    directory = decoder_dir(directory)
+    section = manifest.get("tokenizer")
+    if not isinstance(section, dict) or not isinstance(section.get("file"), str) \
+            or not isinstance(section.get("chat"), dict) or not isinstance(section.get("stop_token_ids"), list):
+        raise SqueezeError(f"{directory / MANIFEST} has no valid tokenizer section; re-export the decoder")
+    path = directory / section["file"]
+    if not path.is_file():
+        raise SqueezeError(f"the tokenizer {path} is missing; re-export the decoder")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
+        raise SqueezeError(f"the tokenizer {path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
+                           f"or check it with `squeeze verify {directory}`") from None
+
+
 def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None,
                   file: str | None = None) -> dict:
     usable = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a]
@@ -391,22 +411,13 @@ class DecoderSession:
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
                  exact_tail: int | None = None, file: str | None = None):
-        from tokenizers import Tokenizer
-
         from export.backends import get_backend
 
         self.directory = decoder_dir(directory)
         self.manifest = read_decoder_manifest(self.directory)
         self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan, file)
         self.contract = self.artifact["decoder"]
-        tok_path = self.directory / self.manifest["tokenizer"]["file"]
-        if not tok_path.is_file():
-            raise SqueezeError(f"the tokenizer {tok_path} is missing; re-export the decoder")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
-            raise SqueezeError(f"the tokenizer {tok_path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
-                               f"or check it with `squeeze verify {self.directory}`") from None
+        self.tokenizer = load_decoder_tokenizer(self.directory, self.manifest)
         self.chat = self.manifest["tokenizer"]["chat"]
         self.stop_ids = set(self.manifest["tokenizer"]["stop_token_ids"])
         path = self.directory / self.artifact["file"]
@@ -479,4 +490,4 @@ class DecoderSession:
         self.runner.close()
 
 
-__all__ = ["DecoderSession", "GenerationLoop", "read_decoder_manifest"]
+__all__ = ["DecoderSession", "GenerationLoop", "load_decoder_tokenizer", "read_decoder_manifest"]

@@ -229,7 +229,7 @@ class Generator:
         self.model, self.tokenizer, self.pack = model, tokenizer, pack
         self._tables = None
         self._rows = None
-        self.stop_ids = {i for i in (tokenizer.eos_token_id, 0) if i is not None}
+        self.stop_ids = set(tokenizer.stop_token_ids())
 
     @classmethod
     def from_pack(cls, pack_path, model_path=None, context_text: str | None = None) -> "Generator":
