@@ -137,7 +137,7 @@ def user_packs(paths: Sequence[str], question: str, manifest: Optional[Dict] = N
             pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         for a in artifacts:
             try:
-                check_pack_fits(pack, a["decoder"]["shapes"], a["decoder"]["attention"])
+                check_pack_fits(pack, a["decoder"]["shapes"], a["decoder"]["attention"], a["decoder"].get("kv_budget"))
             except SqueezeError as exc:
                 raise SqueezeError(f"{p} does not fit {a['file']}: {exc}; nothing was run") from None
         out.append({"path": str(Path(p).resolve()), "requested": pack.num_tokens, "context_tokens": pack.num_tokens,

@@ -29,7 +29,7 @@ import numpy as np
 from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
-from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
+from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
 from .settings import GenerationResult, exact_start, prefill_chunks
 from .tokenizer import TextStream, check_user_text, encode_literal
 
@@ -184,11 +184,8 @@ class GenerationLoop:
         self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
         self._reshape = {}          # per method: context inputs it declares in another shape (views: _shaped)
         if self.attention == "squeezed":
-            nc = int(pack.arrays["lookup.labels"].shape[-1])
-            fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
-                                                   int(pack.arrays["kv.keys"].shape[-1]))
-            self.keep_keys = max(1, min(int(round(fraction * nc)), self.shapes["max_keep"]))
-            self.kept_fraction = self.keep_keys / nc
+            self.keep_keys = artifact_keep_keys(pack, self.shapes, contract["kv_budget"])
+            self.kept_fraction = self.keep_keys / int(pack.arrays["lookup.labels"].shape[-1])
         # follow_keys F: every call returns the rows its last token points the next step to (in-graph: follow_out;
         # split: the stages' follow_weights ranked on the CPU); decode feeds them back (follow_rows) and selects F
         # keys fewer (SelectionSpec.follow_keys). The graph's F is the artifact's; it is used where the pack's

@@ -181,9 +181,10 @@ def cluster_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(labels, axis=-1, kind="stable")
 
 
-def check_pack_fits(pack: PackArrays, shapes: dict, attention: str) -> None:
+def check_pack_fits(pack: PackArrays, shapes: dict, attention: str, kv_budget: float | None = None) -> None:
     """Refuse, in one line, a pack the artifact with these ``shapes`` cannot take (too long, other sink/window
-    counts, more clusters per head), without laying it out (decoder_context_inputs does that after this check)."""
+    counts, more clusters per head, with ``kv_budget`` more kept keys than it gathers), without laying it out
+    (decoder_context_inputs does that after this check)."""
     n = pack.num_tokens
     if n > shapes["max_context"]:
         raise SqueezeError(f"the context pack has {n} tokens but the exported decoder takes at most "
@@ -199,6 +200,24 @@ def check_pack_fits(pack: PackArrays, shapes: dict, attention: str) -> None:
     if K > shapes["max_clusters"]:
         raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "
                            f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
+    if kv_budget is not None:
+        artifact_keep_keys(pack, shapes, kv_budget)
+
+
+def artifact_keep_keys(pack: PackArrays, shapes: dict, kv_budget: float) -> int:
+    """The clustered keys per head a squeezed artifact keeps from ``pack`` at its KV budget (the host's count for the
+    pack: the budget less the pack's own centroid bytes), or a one-line SqueezeError where that is more than the
+    artifact gathers (``max_keep``, sized at export for the default centroids): a pack built with fewer centroids
+    leaves more keys to keep, and capping them silently attended fewer keys than the KV budget, and than the host."""
+    nc = int(pack.arrays["lookup.labels"].shape[-1])
+    centroids = float(pack.settings["centroid_fraction"])
+    fraction = keep_fraction_for_kv_budget(kv_budget, centroids, int(pack.arrays["kv.keys"].shape[-1]))
+    keep = max(1, min(int(round(fraction * nc)), nc))
+    if keep > shapes["max_keep"]:
+        raise SqueezeError(f"at the decoder's KV budget {kv_budget:g} this pack (built with --centroids {centroids:g}) "
+                           f"keeps {keep} keys per head but the decoder gathers at most {shapes['max_keep']}; rebuild "
+                           "the pack with the default --centroids or re-export with a larger --max-context")
+    return keep
 
 
 def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:

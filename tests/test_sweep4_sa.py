@@ -100,3 +100,47 @@ def test_bench_refuses_a_folder_without_its_tokenizer_before_running(tiny, verif
                         "--decode-tokens", 2, "--rounds", 1, "--runs", 1], capsys)
     assert_one_error(rc, err, "tokenizer.json is missing")
     assert not (tiny / "bench_out").exists()
+
+
+# ------------------------------------------------------------------ packs built with other centroids on an artifact
+def test_a_pack_that_keeps_more_keys_than_the_artifact_gathers_is_refused(tiny, verified, capsys):
+    """A pack built with fewer centroids leaves more of the KV budget to kept keys than the artifact gathers (its
+    max_keep is sized for the default centroids): the loop capped them silently, attending fewer keys than the host
+    for the same pack and budget (14 vs 15 here) while reporting the full KV budget."""
+    from squeeze_mobile.errors import SqueezeError
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.pack_arrays import read_pack_arrays
+
+    pack = tiny / "fewer_centroids.pack"
+    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", pack, "--model", tiny / "tiny.gguf",
+                      "--centroids", "0.05"], capsys)
+    assert rc == 0, err
+    arrays = read_pack_arrays(pack)
+    contract = next(a for a in json.loads((verified / "manifest.json").read_text())["artifacts"]
+                    if a["decoder"]["attention"] == "squeezed")["decoder"]
+    # the host keeps round(keep fraction * clustered keys) of this pack; the artifact gathers fewer
+    from squeezed_attention.pack_arrays import keep_fraction_for_kv_budget
+
+    nc = arrays.arrays["lookup.labels"].shape[-1]
+    host_keep = round(keep_fraction_for_kv_budget(contract["kv_budget"], 0.05, arrays.arrays["kv.keys"].shape[-1]) * nc)
+    assert host_keep > contract["shapes"]["max_keep"]
+
+    rc, out, err = run(["generate", "--artifacts", verified, "--artifact-attention", "squeezed", "--context-pack", pack,
+                        "--prompt", "ab", "--max-new-tokens", 2], capsys)
+    assert_one_error(rc, err, f"keeps {host_keep} keys per head", f"at most {contract['shapes']['max_keep']}")
+    assert out == ""
+    session = DecoderSession(verified, attention="squeezed")
+    try:
+        with pytest.raises(SqueezeError, match="rebuild the pack with the default --centroids"):
+            session.attach(pack)
+        session.attach(tiny / "chat.pack")          # a pack of the default centroids still answers
+        assert session.generate("ab", max_new_tokens=2).token_ids
+    finally:
+        session.close()
+    rc, out, err = run(["bench", verified, "--context-pack", pack, "--out", tiny / "bench_fewer", "--threads", 1,
+                        "--decode-tokens", 2, "--rounds", 1, "--runs", 1], capsys)
+    assert_one_error(rc, err, "does not fit decoder_squeezed", f"keeps {host_keep} keys per head")
+    # the full-attention artifact keeps every key: the same pack answers there
+    rc, out, err = run(["generate", "--artifacts", verified, "--artifact-attention", "full", "--context-pack", pack,
+                        "--prompt", "ab", "--max-new-tokens", 2, "--json"], capsys)
+    assert rc == 0 and json.loads(out)["context_tokens"] == arrays.num_tokens, err
