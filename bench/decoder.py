@@ -164,7 +164,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     manifest = read_decoder_manifest(art_dir)
     load_decoder_tokenizer(art_dir, manifest)   # every worker encodes with it: missing or unreadable is one line here
     # absolute: the packs it builds there are read by worker processes that run from the repository root
-    out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES)
+    # checked, not created: a run refused or interrupted before its report (or its packs) leaves no empty folder
+    out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES, create=False)
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
     if formats:
         have = sorted({a["format"] for a in artifacts})

@@ -144,3 +144,22 @@ def test_a_pack_that_keeps_more_keys_than_the_artifact_gathers_is_refused(tiny, 
     rc, out, err = run(["generate", "--artifacts", verified, "--artifact-attention", "full", "--context-pack", pack,
                         "--prompt", "ab", "--max-new-tokens", 2, "--json"], capsys)
     assert rc == 0 and json.loads(out)["context_tokens"] == arrays.num_tokens, err
+
+
+def test_a_refused_decoder_bench_leaves_no_report_folder(tiny, verified, tmp_path, capsys):
+    """The decoder bench created its --out folder before checking the packs, so a refused run (a pack longer than the
+    artifact's --max-context, here) left an empty folder behind; the folder is made when something is written."""
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(TINY_TEXT + " ab" * 8)
+    pack = tmp_path / "long.pack"
+    rc, _, err = run(["context", "build", "--context", long_text, "--out", pack, "--model", tiny / "tiny.gguf"], capsys)
+    assert rc == 0, err
+    out = tmp_path / "deeper" / "bench_out"
+    rc, _, err = run(["bench", verified, "--context-pack", pack, "--out", out, "--threads", 1, "--decode-tokens", 2,
+                      "--rounds", 1, "--runs", 1], capsys)
+    assert_one_error(rc, err, "does not fit", "takes at most 160")
+    assert not out.exists() and not out.parent.exists()
+    rc, _, err = run(["bench", verified, "--context-pack", tiny / "chat.pack", "--out", out, "--threads", 1,
+                      "--decode-tokens", 2, "--rounds", 1, "--runs", 1, "--no-profile"], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "report.png"]
