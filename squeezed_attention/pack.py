@@ -147,12 +147,36 @@ def frame_context(tokenizer, text: str, framing: str) -> list[int]:
 from .pack_arrays import check_context_hash, text_sha256  # noqa: E402,F401  (one definition, torch-free)
 
 
-def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | None = None, progress=None) -> ContextPack:
-    """Prefill ``text`` once, cluster its keys and calibrate thresholds. ``progress(stage, done, total)``."""
-    settings = settings or BuildSettings()
+def context_text_of(text) -> str:
+    """The fixed context's text: ``text`` itself (a str the tokenizer can encode), or the text of the file a path
+    names; anything else is a one-line SqueezeError (a Path was taken for text: AttributeError; bytes or a string
+    with a lone surrogate: the tokenizer's TypeError)."""
+    from .tokenizer import check_user_text
+
+    if isinstance(text, os.PathLike):
+        from .file_kinds import read_utf8_text
+
+        return read_utf8_text(text)
+    if not isinstance(text, str):
+        raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
+                           f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
+                                                       if isinstance(text, (bytes, bytearray)) else ""))
+    return check_user_text(text, "the context")
+
+
+def build_context_pack(model, checkpoint, text, settings: BuildSettings | None = None, progress=None) -> ContextPack:
+    """Prefill ``text`` once, cluster its keys and calibrate thresholds. ``progress(stage, done, total)``.
+
+    ``text``: the context as a str, or a path (pathlib.Path, os.PathLike) of a text file, read as `squeeze context
+    build --context FILE` reads it (UTF-8, or UTF-16/32 with a byte-order mark)."""
+    text = context_text_of(text)
+    settings = BuildSettings() if settings is None else settings
+    if not isinstance(settings, BuildSettings):
+        raise SqueezeError(f"settings must be a BuildSettings, e.g. BuildSettings(observation_window=50); got "
+                           f"{type(settings).__name__}")
     config = model.config
     started = time.perf_counter()
-    if not text or not text.strip():
+    if not text.strip():
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)

@@ -163,3 +163,31 @@ def test_a_refused_decoder_bench_leaves_no_report_folder(tiny, verified, tmp_pat
                       "--decode-tokens", 2, "--rounds", 1, "--runs", 1, "--no-profile"], capsys)
     assert rc == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "report.png"]
+
+
+# ------------------------------------------------------------------ the Python API: what build_context_pack takes
+def test_build_context_pack_takes_a_path_and_refuses_what_is_not_text(tiny):
+    """build_context_pack(model, ck, Path("doc.txt")) ended in AttributeError ('PosixPath' has no 'strip'); bytes and
+    a str with a lone surrogate in the tokenizer's TypeError; settings given as a dict in AttributeError."""
+    from squeeze_mobile.errors import SqueezeError
+    from squeezed_attention import BuildSettings, LlamaForCausalLM, build_context_pack, load_checkpoint
+
+    ck = load_checkpoint(tiny / "tiny.gguf")
+    model = LlamaForCausalLM.from_checkpoint(ck)
+    settings = BuildSettings(observation_window=8, framing="raw")
+    from_text = build_context_pack(model, ck, TINY_TEXT, settings)
+    utf16 = tiny / "ctx_utf16.txt"
+    utf16.write_bytes(TINY_TEXT.encode("utf-16"))   # read as `context build --context` reads it: the mark dropped
+    for path in (tiny / "ctx.txt", utf16):
+        from_path = build_context_pack(model, ck, path, settings)
+        assert from_path.num_tokens == from_text.num_tokens
+        assert from_path.hashes["context_sha256"] == from_text.hashes["context_sha256"]
+        assert (from_path.keys == from_text.keys).all()
+    for bad, message in ((TINY_TEXT.encode(), "got bytes \\(decode it first"), (None, "got NoneType"),
+                         (TINY_TEXT + "\udce9", "not valid UTF-8 text"), (["ab"], "got list")):
+        with pytest.raises(SqueezeError, match=message):
+            build_context_pack(model, ck, bad, settings)
+    with pytest.raises(SqueezeError, match="settings must be a BuildSettings.*got dict"):
+        build_context_pack(model, ck, TINY_TEXT, {"observation_window": 8})
+    with pytest.raises(SqueezeError, match="not found|does not exist|no such"):
+        build_context_pack(model, ck, tiny / "missing.txt", settings)
