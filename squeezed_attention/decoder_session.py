@@ -30,7 +30,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
 from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
-from .settings import GenerationResult, exact_start, prefill_chunks
+from .settings import GenerationResult, exact_start, prefill_chunks, prompt_is_raw
 from .tokenizer import TextStream, check_user_text, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
@@ -410,6 +410,11 @@ class DecoderSession:
                  exact_tail: int | None = None, file: str | None = None):
         from export.backends import get_backend
 
+        if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
+                                    or not 1 <= threads <= 256):
+            raise SqueezeError(f"threads must be a whole number from 1 to 256 (or None: the runtime's choice); "
+                               f"got {threads!r}")
+        threads = None if threads is None else int(threads)
         self.directory = decoder_dir(directory)
         self.manifest = read_decoder_manifest(self.directory)
         self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan, file)
@@ -454,12 +459,7 @@ class DecoderSession:
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         check_user_text(prompt)
-        framing = self.loop.pack.settings.get("framing", "chat")
-        raw = framing == "raw" if raw is None else raw
-        if raw != (framing == "raw"):
-            raise SqueezeError(f"this pack was built with {framing} framing; "
-                               + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
-        if raw:
+        if prompt_is_raw(self.loop.pack.settings.get("framing", "chat"), raw):
             return encode_literal(self.tokenizer, prompt)
         return (encode_literal(self.tokenizer, self.chat["join"] + prompt)
                 + self.tokenizer.encode(self.chat["suffix"], add_special_tokens=False).ids)

@@ -26,7 +26,7 @@ LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key f
 
 
 from .settings import DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
-from .settings import plain_numbers
+from .settings import plain_numbers, prompt_is_raw, yes_no
 
 
 @dataclass
@@ -63,6 +63,8 @@ class AttentionChoice:
     def __post_init__(self):
         plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys"),
                       ("kv_budget", "keep_fraction"))
+        for name in ("per_query_head", "hierarchical"):   # per_query_head="no" selected per query head
+            setattr(self, name, yes_no(getattr(self, name), name))
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
@@ -180,12 +182,7 @@ def _below(bound: float) -> str:
 
 def check_framing(pack: ContextPack, raw: bool | None) -> bool:
     """Whether prompts continue ``pack`` as plain text; refuses a framing the pack was not built with."""
-    framing = pack.settings.framing
-    raw = framing == "raw" if raw is None else raw
-    if raw != (framing == "raw"):
-        raise SqueezeError(f"this pack was built with {framing} framing; "
-                           + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
-    return raw
+    return prompt_is_raw(pack.settings.framing, raw)
 
 
 def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
@@ -274,6 +271,9 @@ class Generator:
             max_new_tokens = int(max_new_tokens)   # np.int64 from a sweep is a whole number too
         if type(max_new_tokens) is not int or max_new_tokens < 1:
             raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+        if not isinstance(choice, AttentionChoice):
+            raise SqueezeError(f"choice must be an AttentionChoice, e.g. AttentionChoice('top-k', kv_budget=0.125) or "
+                               f"AttentionChoice('full'); got {type(choice).__name__}")
         report = progress or (lambda *a: None)
         ids = self.prompt_ids(prompt, raw)
         if not ids:

@@ -191,3 +191,41 @@ def test_build_context_pack_takes_a_path_and_refuses_what_is_not_text(tiny):
         build_context_pack(model, ck, TINY_TEXT, {"observation_window": 8})
     with pytest.raises(SqueezeError, match="not found|does not exist|no such"):
         build_context_pack(model, ck, tiny / "missing.txt", settings)
+
+
+def test_python_api_flags_and_choices_are_checked_not_taken_for_truthy(tiny, verified):
+    """AttentionChoice(per_query_head="no") selected per query head (any non-empty string was True);
+    Generator.generate(prompt, "full") / None ended in AttributeError; raw="yes" was taken for raw=True (and "no"
+    too); DecoderSession(threads="2") was reported as 'onnxruntime cannot load <artifact> ... re-export the decoder',
+    threads=0 / -1 were passed to the runtime."""
+    import numpy as np
+
+    from squeeze_mobile.errors import SqueezeError
+    from squeezed_attention import AttentionChoice, Generator
+    from squeezed_attention.decoder_session import DecoderSession
+
+    for name in ("per_query_head", "hierarchical"):
+        for bad in ("no", "False", 1, None):
+            with pytest.raises(SqueezeError, match=f"{name} must be True or False"):
+                AttentionChoice("top-k", kv_budget=0.4, **{name: bad})
+        assert getattr(AttentionChoice("top-k", kv_budget=0.4, **{name: np.bool_(True)}), name) is True
+    gen = Generator.from_pack(tiny / "chat.pack", model_path=tiny / "tiny.gguf")
+    for bad in ("full", None, {"mode": "full"}):
+        with pytest.raises(SqueezeError, match="choice must be an AttentionChoice"):
+            gen.generate("ab", bad, max_new_tokens=2)
+    for bad in ("yes", "no", 1):
+        with pytest.raises(SqueezeError, match="raw must be True or False"):
+            gen.generate("ab", AttentionChoice("full"), max_new_tokens=2, raw=bad)
+    assert gen.generate("ab", AttentionChoice("full"), max_new_tokens=2, raw=np.bool_(False)).token_ids
+    for bad in ("2", 0, -1, 2.0, True):
+        with pytest.raises(SqueezeError, match="threads must be a whole number from 1 to 256"):
+            DecoderSession(verified, attention="squeezed", threads=bad)
+    session = DecoderSession(verified, attention="squeezed", threads=np.int64(1))
+    try:
+        session.attach(tiny / "chat.pack")
+        for bad in ("yes", "no"):
+            with pytest.raises(SqueezeError, match="raw must be True or False"):
+                session.generate("ab", max_new_tokens=2, raw=bad)
+        assert session.generate("ab", max_new_tokens=2, raw=False).token_ids
+    finally:
+        session.close()
