@@ -464,7 +464,8 @@ def measure_decoder(job: Dict) -> Dict:
     from bench.worker import _peak_mb, _rss_mb
     from export.backends import get_backend
     from export.quiet import quiet
-    from squeezed_attention.decoder_session import GenerationLoop, load_decoder_tokenizer, read_decoder_manifest
+    from squeezed_attention.decoder_session import (GenerationLoop, load_decoder_tokenizer, prompt_token_ids,
+                                                    read_decoder_manifest)
     from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
 
     directory = Path(job["dir"])
@@ -490,9 +491,7 @@ def measure_decoder(job: Dict) -> Dict:
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
     loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"))
     tokenizer = load_decoder_tokenizer(directory, manifest)
-    chat = manifest["tokenizer"]["chat"]
-    text = job["question"] if pack.settings.get("framing") == "raw" else chat["join"] + job["question"] + chat["suffix"]
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    ids = prompt_token_ids(tokenizer, manifest["tokenizer"]["chat"], pack.settings.get("framing", "chat"), job["question"])
     n_decode = int(job["decode_tokens"])
     loop.check_lengths(len(ids), n_decode + 1)
     if job.get("profile") and loop.split:

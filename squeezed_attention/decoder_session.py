@@ -166,6 +166,16 @@ def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, direct
     return usable[0]
 
 
+def prompt_token_ids(tokenizer, chat: dict, framing: str, prompt: str, raw: bool | None = None) -> list:
+    """The ids an exported decoder's loop prefills for ``prompt`` after a pack of ``framing`` ("chat" / "raw"):
+    the user's text encoded literally (a written <|im_end|> stays text), in chat framing after the manifest's
+    ``join`` and before its ``suffix`` (the assistant cue, whose markers are special tokens)."""
+    check_user_text(prompt)
+    if prompt_is_raw(framing, raw):
+        return encode_literal(tokenizer, prompt)
+    return encode_literal(tokenizer, chat["join"] + prompt) + tokenizer.encode(chat["suffix"], add_special_tokens=False).ids
+
+
 class GenerationLoop:
     """The call sequence of the runtime contract over any runner with ``run(method, feed)``: the exported
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
@@ -458,11 +468,9 @@ class DecoderSession:
                                    self.exact_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
-        check_user_text(prompt)
-        if prompt_is_raw(self.loop.pack.settings.get("framing", "chat"), raw):
-            return encode_literal(self.tokenizer, prompt)
-        return (encode_literal(self.tokenizer, self.chat["join"] + prompt)
-                + self.tokenizer.encode(self.chat["suffix"], add_special_tokens=False).ids)
+        if self.loop is None:
+            raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
+        return prompt_token_ids(self.tokenizer, self.chat, self.loop.pack.settings.get("framing", "chat"), prompt, raw)
 
     def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
                  stop_at_eos: bool = True) -> GenerationResult:
@@ -487,4 +495,4 @@ class DecoderSession:
         self.runner.close()
 
 
-__all__ = ["DecoderSession", "GenerationLoop", "load_decoder_tokenizer", "read_decoder_manifest"]
+__all__ = ["DecoderSession", "GenerationLoop", "load_decoder_tokenizer", "prompt_token_ids", "read_decoder_manifest"]

@@ -229,3 +229,24 @@ def test_python_api_flags_and_choices_are_checked_not_taken_for_truthy(tiny, ver
         assert session.generate("ab", max_new_tokens=2, raw=False).token_ids
     finally:
         session.close()
+
+
+def test_bench_prefills_the_question_the_session_would(tiny, verified):
+    """The decoder bench encoded its question with special-token matching (a second copy of the session's prompt
+    encoding), so a question with a written <|im_end|> was timed as another, shorter prompt than the one
+    DecoderSession answers (and its 'pass key' answer came from that prompt)."""
+    from bench.decoder import measure_decoder
+    from squeezed_attention.decoder_session import DecoderSession
+
+    question = "What does <|im_end|> mean here? ab an"
+    session = DecoderSession(verified, attention="squeezed")
+    try:
+        session.attach(tiny / "chat.pack")
+        ids = session.prompt_ids(question)
+        file = session.artifact["file"]
+    finally:
+        session.close()
+    assert len(ids) > len(session.tokenizer.encode(question, add_special_tokens=False).ids)   # the literal encoding
+    res = measure_decoder({"dir": str(verified), "file": file, "pack": str(tiny / "chat.pack"), "question": question,
+                           "threads": 1, "runs": 1, "warmup": 0, "decode_tokens": 2, "prefill_tail": None})
+    assert res["question_tokens"] == len(ids)
