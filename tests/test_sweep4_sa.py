@@ -250,3 +250,21 @@ def test_bench_prefills_the_question_the_session_would(tiny, verified):
     res = measure_decoder({"dir": str(verified), "file": file, "pack": str(tiny / "chat.pack"), "question": question,
                            "threads": 1, "runs": 1, "warmup": 0, "decode_tokens": 2, "prefill_tail": None})
     assert res["question_tokens"] == len(ids)
+
+
+def test_output_the_console_cannot_encode_is_escaped_not_a_traceback(tiny, tmp_path):
+    """On a console whose encoding cannot hold the text (PYTHONIOENCODING=ascii, a Latin-1 terminal), an answer in
+    Arabic / CJK ended `squeeze generate` mid-stream in a UnicodeEncodeError traceback, and `context build --out
+    pâck_中.pack` wrote the pack, then failed (exit 1) printing its summary."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "p\u00e2ck_\u4e2d.pack"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "context", "build", "--context", str(tiny / "ctx.txt"),
+                           "--out", str(out), "--model", str(tiny / "tiny.gguf")], capture_output=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "p\\xe2ck_\\u4e2d.pack" in stdout and out.is_file()
