@@ -219,6 +219,31 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
 
 
 
+def prompt_ids_for(tokenizer, pack: ContextPack, prompt: str, raw: bool | None = None) -> list[int]:
+    """The ids a prompt adds after ``pack``'s context: the user's text literally (a written <|im_end|> stays text),
+    in chat framing after CHAT_JOIN and before the template's assistant cue."""
+    check_user_text(prompt)
+    if check_framing(pack, raw):
+        return tokenizer.encode_text(prompt)
+    _, suffix = tokenizer.chat_frame()
+    return tokenizer.encode_text(CHAT_JOIN + prompt) + tokenizer.encode(suffix)  # (encode_literal)
+
+
+def check_room(n_ctx: int, n_prompt: int, max_new_tokens: int, window: int) -> None:
+    """Refuse a prompt (its ids, framing included) and answer length that do not fit the model window after the
+    context, naming numbers that fit."""
+    if not n_prompt:
+        raise SqueezeError("the prompt is empty; pass --prompt TEXT")
+    if n_ctx + n_prompt >= window:
+        raise SqueezeError(f"the prompt is {n_prompt} tokens (framing included) after the pack's {n_ctx} context "
+                           f"tokens: no room is left for an answer in the model window of {window}; shorten the "
+                           f"prompt to under {window - n_ctx} tokens or use a pack of a shorter context")
+    if n_ctx + n_prompt + max_new_tokens > window:
+        raise SqueezeError(f"context {n_ctx} + prompt {n_prompt} + {max_new_tokens} new tokens exceed the model "
+                           f"window of {window}; use a shorter prompt or --max-new-tokens of at most "
+                           f"{window - n_ctx - n_prompt}")
+
+
 class Generator:
     """A model plus one context pack; each ``generate`` call starts from the pack's fixed context."""
 
@@ -249,12 +274,7 @@ class Generator:
         return self._rows
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
-        check_user_text(prompt)
-        raw = check_framing(self.pack, raw)
-        if raw:
-            return self.tokenizer.encode_text(prompt)
-        _, suffix = self.tokenizer.chat_frame()
-        return self.tokenizer.encode_text(CHAT_JOIN + prompt) + self.tokenizer.encode(suffix)  # (encode_literal)
+        return prompt_ids_for(self.tokenizer, self.pack, prompt, raw)
 
     def context(self, choice: AttentionChoice):
         if choice.mode == "full":
@@ -276,18 +296,8 @@ class Generator:
                                f"AttentionChoice('full'); got {type(choice).__name__}")
         report = progress or (lambda *a: None)
         ids = self.prompt_ids(prompt, raw)
-        if not ids:
-            raise SqueezeError("the prompt is empty; pass --prompt TEXT")
         n_ctx = self.pack.num_tokens
-        window = self.model.config.max_positions
-        if n_ctx + len(ids) >= window:
-            raise SqueezeError(f"the prompt is {len(ids)} tokens (framing included) after the pack's {n_ctx} context "
-                               f"tokens: no room is left for an answer in the model window of {window}; shorten the "
-                               f"prompt to under {window - n_ctx} tokens or use a pack of a shorter context")
-        if n_ctx + len(ids) + max_new_tokens > window:
-            raise SqueezeError(f"context {n_ctx} + prompt {len(ids)} + {max_new_tokens} new tokens exceed the model "
-                               f"window of {window}; use a shorter prompt or --max-new-tokens of at most "
-                               f"{max(1, window - n_ctx - len(ids))}")
+        check_room(n_ctx, len(ids), max_new_tokens, self.model.config.max_positions)
         context = self.context(choice)
         cache = self.model.new_cache(len(ids) + max_new_tokens)
         layers = self.model.config.num_layers

@@ -268,3 +268,41 @@ def test_output_the_console_cannot_encode_is_escaped_not_a_traceback(tiny, tmp_p
     stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert "p\\xe2ck_\\u4e2d.pack" in stdout and out.is_file()
+
+
+def test_a_max_new_tokens_that_does_not_fit_is_refused_with_a_number_that_fits(tiny, tmp_path, capsys, monkeypatch):
+    """With a pack that nearly fills the window, `squeeze generate` said 'use --max-new-tokens of at most 16' (the
+    room before the prompt's own tokens) and, given 16, refused again after loading the model ('at most 3'). The
+    prompt is counted before the model loads, so the first number given works."""
+    import re
+
+    from squeezed_attention import model as model_module
+
+    text = tmp_path / "long.txt"
+    text.write_text(TINY_TEXT + " ab" * 40)
+    pack = tmp_path / "long.pack"
+    rc, _, err = run(["context", "build", "--context", text, "--out", pack, "--model", tiny / "tiny.gguf"], capsys)
+    assert rc == 0, err
+    loads = []
+    real = model_module.LlamaForCausalLM.from_checkpoint.__func__
+    monkeypatch.setattr(model_module.LlamaForCausalLM, "from_checkpoint",
+                        classmethod(lambda cls, ck: loads.append(1) or real(cls, ck)))
+    base = ["generate", "--context-pack", pack, "--model", tiny / "tiny.gguf", "--prompt", "ab", "--json"]
+    rc, out, err = run(base + ["--max-new-tokens", 64], capsys)
+    assert_one_error(rc, err, "--max-new-tokens of at most")
+    assert not loads                                   # refused before the model loaded
+    fits = int(re.search(r"at most (\d+)", err).group(1))
+    rc, out, err = run(base + ["--max-new-tokens", fits, "--exact-tail", 0], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["context_tokens"] + json.loads(out)["prompt_tokens"] + fits == 256   # the window, exactly
+    rc, out, err = run(base + ["--max-new-tokens", fits + 1], capsys)
+    assert_one_error(rc, err, f"at most {fits}")
+    # an empty raw prompt is refused before the model loads too
+    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "raw.pack", "--model",
+                      tiny / "tiny.gguf", "--raw", "--observation-window", "8"], capsys)
+    assert rc == 0, err
+    loads.clear()
+    rc, out, err = run(["generate", "--context-pack", tmp_path / "raw.pack", "--model", tiny / "tiny.gguf",
+                        "--prompt", ""], capsys)
+    assert_one_error(rc, err, "the prompt is empty")
+    assert not loads
