@@ -209,6 +209,7 @@ class GenerationLoop:
                                f"{self.keep_keys} keys per head at its KV budget, so none would be selected; use a "
                                "pack of a longer context or an artifact exported with fewer --follow-keys")
         self.pointer = None
+        self.selected = False       # whether a call of the last question selected (its kept_fraction means something)
         self.prompting = False      # the prompt's calls (a 1-token chunk runs as decode) never follow: the host's
         if self.graph_follow:       # prompt is its first call per layer
             from .pack_arrays import next_rows
@@ -227,6 +228,8 @@ class GenerationLoop:
         return self.contract.get("lookup_plan") == "split"
 
     def step(self, method: str, tokens: list, cache_len: int, cache):
+        if self.attention == "squeezed" and method != "prefill_exact":
+            self.selected = True   # this call selects kept keys (prefill_exact attends every row)
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
         width = token_width(self.contract.get("methods") or {}, method, len(tokens), self.static_width(method))
@@ -390,6 +393,7 @@ class GenerationLoop:
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
         self.lookup_seconds = 0.0
+        self.selected = False
         t0 = time.perf_counter()
         logits = self.prompt(list(ids), cache)
         self.prefill_seconds = time.perf_counter() - t0
@@ -487,8 +491,10 @@ class DecoderSession:
             prompt_tokens=len(ids),
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
-            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),
-            kv_budget=self.contract.get("kv_budget"), lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
+            # no call selected (the prompt's exact tail attends every context key, no decode step ran): no kept
+            # fraction or KV budget to report, as on the host
+            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None) if loop.selected else None,
+            kv_budget=self.contract.get("kv_budget") if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
                                                                  if loop.attention == "squeezed" else None))
 
     def close(self) -> None:

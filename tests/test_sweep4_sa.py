@@ -306,3 +306,27 @@ def test_a_max_new_tokens_that_does_not_fit_is_refused_with_a_number_that_fits(t
                         "--prompt", ""], capsys)
     assert_one_error(rc, err, "the prompt is empty")
     assert not loads
+
+
+def test_an_answer_no_call_selected_for_reports_no_kept_fraction_through_an_artifact(tiny, verified):
+    """A question inside the exact tail answered in one token selects nothing (every context key attended): the host
+    reports kept_fraction / kv_budget None, the artifact loop reported the artifact's nominal keep fraction and KV
+    budget as if keys had been dropped."""
+    from squeezed_attention import AttentionChoice, Generator
+    from squeezed_attention.decoder_session import DecoderSession
+
+    gen = Generator.from_pack(tiny / "chat.pack", model_path=tiny / "tiny.gguf")
+    host = gen.generate("ab", AttentionChoice("top-k", kv_budget=0.3), max_new_tokens=1, stop_at_eos=False)
+    assert (host.kept_fraction, host.kv_budget) == (None, None)
+    session = DecoderSession(verified, attention="squeezed")
+    try:
+        session.attach(tiny / "chat.pack")
+        one = session.generate("ab", max_new_tokens=1, stop_at_eos=False)
+        assert one.token_ids == host.token_ids and (one.kept_fraction, one.kv_budget) == (None, None)
+        two = session.generate("ab", max_new_tokens=2, stop_at_eos=False)   # one decode step selects
+        keep = session.loop.keep_keys
+        assert two.kept_fraction == keep / 55 and two.kv_budget == 0.3   # 55 clustered keys in ctx.txt's pack
+        again = session.generate("ab", max_new_tokens=1, stop_at_eos=False)  # a new question starts unselected
+        assert again.kept_fraction is None
+    finally:
+        session.close()
