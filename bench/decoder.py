@@ -129,8 +129,11 @@ def user_packs(paths: Sequence[str], question: str, manifest: Optional[Dict] = N
     for another model or tokenizer (``manifest``), or not a pack one of ``artifacts`` takes."""
     from squeezed_attention.pack_arrays import check_pack_fits, read_pack_arrays
 
-    out = []
+    out, seen = [], set()
     for p in paths:
+        if Path(p).resolve() in seen:   # one pack named twice (or by two paths) is measured once, as --threads counts
+            continue
+        seen.add(Path(p).resolve())
         pack = read_pack_arrays(p)
         if manifest is not None:
             model = manifest.get("model") or {}

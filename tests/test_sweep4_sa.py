@@ -330,3 +330,18 @@ def test_an_answer_no_call_selected_for_reports_no_kept_fraction_through_an_arti
         assert again.kept_fraction is None
     finally:
         session.close()
+
+
+def test_a_pack_named_twice_is_benchmarked_once(tiny, verified, tmp_path, capsys, monkeypatch):
+    """bench --context-pack P --context-pack P (or P by a relative path) measured P twice per round and merged both
+    into one row, so a row held twice the samples the report's '1 rounds x 1 runs' says (thread counts given twice
+    are measured once)."""
+    monkeypatch.chdir(tiny)
+    out = tmp_path / "bench"
+    rc, _, err = run(["bench", verified, "--context-pack", tiny / "chat.pack", "--context-pack", "chat.pack",
+                      "--formats", "onnx", "--out", out, "--threads", 1, "--decode-tokens", 2, "--rounds", 1, "--runs", 1,
+                      "--no-profile"], capsys)
+    assert rc == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["rows"]) == 2 and len(report["packs"]) == 1
+    assert all(r["samples"] == {"prefill": 1, "decode_steps": 2} for r in report["rows"]), report["rows"]
