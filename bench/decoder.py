@@ -161,6 +161,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     from squeezed_attention.decoder_session import load_decoder_tokenizer, read_decoder_manifest
 
     say = progress or (lambda a, b: None)
+    if prefill_tails:
+        prefill_tails = list(dict.fromkeys(prefill_tails))   # a tail given twice is one row, measured once
     if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = Path(art_dir).resolve()

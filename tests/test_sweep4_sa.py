@@ -345,3 +345,11 @@ def test_a_pack_named_twice_is_benchmarked_once(tiny, verified, tmp_path, capsys
     report = json.loads((out / "report.json").read_text())
     assert len(report["rows"]) == 2 and len(report["packs"]) == 1
     assert all(r["samples"] == {"prefill": 1, "decode_steps": 2} for r in report["rows"]), report["rows"]
+
+    rc, _, err = run(["bench", verified, "--context-pack", tiny / "chat.pack", "--prefill-tail", "2,2", "--formats",
+                      "onnx", "--out", out, "--threads", 1, "--decode-tokens", 2, "--rounds", 1, "--runs", 1,
+                      "--no-profile"], capsys)
+    assert rc == 0, err
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert sorted((r["attention"], r["prefill_tail"] or 0) for r in rows) == [("full", 0), ("squeezed", 2)]
+    assert all(r["samples"] == {"prefill": 1, "decode_steps": 2} for r in rows), rows
