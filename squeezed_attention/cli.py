@@ -165,7 +165,12 @@ def cmd_context_build(args) -> int:
     text = _read_text(args.context)
     if not text.strip():
         raise SqueezeError(f"the context file {args.context} is empty; pass a text file with the fixed context")
-    read_model_config(args.model)
+    from .pack import check_context_length, frame_context
+    from .weights import load_tokenizer
+
+    # the context's tokens from the model file's tokenizer: one too long or too short is refused before the load
+    check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)),
+                         read_model_config(args.model), settings)
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)

@@ -147,6 +147,23 @@ def frame_context(tokenizer, text: str, framing: str) -> list[int]:
 from .pack_arrays import check_context_hash, text_sha256  # noqa: E402,F401  (one definition, torch-free)
 
 
+def check_context_length(n: int, config: LlamaConfig, settings: BuildSettings) -> None:
+    """Refuse a context of ``n`` tokens (framing included) that leaves no room for a question in the model window,
+    or too few tokens to cluster after the sinks and the observation window (one-line SqueezeError)."""
+    if n > config.max_positions - MIN_ANSWER_ROOM:   # a pack no question could follow (framing, prompt, answer)
+        room = min(256, config.max_positions // 4)
+        raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
+                           f"{'it does not fit' if n >= config.max_positions else 'no room is left for a question'}; "
+                           f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
+    window, sinks = settings.observation_window, settings.sink_tokens
+    if n - window - sinks < MIN_CLUSTERED_TOKENS:
+        raise SqueezeError(f"the context is only {n} tokens; Squeezed Attention needs at least "
+                           f"{window + sinks + MIN_CLUSTERED_TOKENS} (observation window {window} + sink tokens "
+                           f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
+                           + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"
+                              if n - sinks - MIN_CLUSTERED_TOKENS >= 1 else ""))
+
+
 def context_text_of(text) -> str:
     """The fixed context's text: ``text`` itself (a str the tokenizer can encode), or the text of the file a path
     names; anything else is a one-line SqueezeError (a Path was taken for text: AttributeError; bytes or a string
@@ -180,18 +197,8 @@ def build_context_pack(model, checkpoint, text, settings: BuildSettings | None =
         raise SqueezeError("the context is empty; pass a text file with the fixed context")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
-    if n > config.max_positions - MIN_ANSWER_ROOM:   # a pack no question could follow (framing, prompt, answer)
-        room = min(256, config.max_positions // 4)
-        raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
-                           f"{'it does not fit' if n >= config.max_positions else 'no room is left for a question'}; "
-                           f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
+    check_context_length(n, config, settings)
     window, sinks = settings.observation_window, settings.sink_tokens
-    if n - window - sinks < MIN_CLUSTERED_TOKENS:
-        raise SqueezeError(f"the context is only {n} tokens; Squeezed Attention needs at least "
-                           f"{window + sinks + MIN_CLUSTERED_TOKENS} (observation window {window} + sink tokens "
-                           f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
-                           + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"
-                              if n - sinks - MIN_CLUSTERED_TOKENS >= 1 else ""))
     report = progress or (lambda *a: None)
 
     # 1) Prefill; the observation window goes last so its post-RoPE queries can be recorded.

@@ -353,3 +353,25 @@ def test_a_pack_named_twice_is_benchmarked_once(tiny, verified, tmp_path, capsys
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert sorted((r["attention"], r["prefill_tail"] or 0) for r in rows) == [("full", 0), ("squeezed", 2)]
     assert all(r["samples"] == {"prefill": 1, "decode_steps": 2} for r in rows), rows
+
+
+def test_a_context_too_long_or_too_short_is_refused_before_the_model_loads(tiny, tmp_path, capsys, monkeypatch):
+    """context build loaded the model (a minute on a busy 2-core machine for SmolLM2) before counting the context's
+    tokens, so a 33k-token README or a one-line file was refused only after the load; the model file's tokenizer
+    counts them first."""
+    from squeezed_attention import model as model_module
+
+    loads = []
+    real = model_module.LlamaForCausalLM.from_checkpoint.__func__
+    monkeypatch.setattr(model_module.LlamaForCausalLM, "from_checkpoint",
+                        classmethod(lambda cls, ck: loads.append(1) or real(cls, ck)))
+    for name, text, message in (("long.txt", TINY_TEXT + " ab" * 60, "it does not fit"),
+                                ("short.txt", "ab an", "the context is only")):
+        (tmp_path / name).write_text(text)
+        rc, _, err = run(["context", "build", "--context", tmp_path / name, "--out", tmp_path / "x.pack",
+                          "--model", tiny / "tiny.gguf"], capsys)
+        assert_one_error(rc, err, message)
+        assert not loads and not (tmp_path / "x.pack").exists()
+    rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "x.pack",
+                      "--model", tiny / "tiny.gguf"], capsys)
+    assert rc == 0 and loads == [1], err
