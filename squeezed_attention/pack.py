@@ -144,7 +144,7 @@ def frame_context(tokenizer, text: str, framing: str) -> list[int]:
     return tokenizer.encode(prefix) + tokenizer.encode_text(text)   # special-token strings in the text stay text
 
 
-from .pack_arrays import check_context_hash, text_sha256  # noqa: E402,F401  (one definition, torch-free)
+from .pack_arrays import check_context_hash, context_text_of, text_sha256  # noqa: E402,F401  (one definition, torch-free)
 
 
 def check_context_length(n: int, config: LlamaConfig, settings: BuildSettings) -> None:
@@ -162,23 +162,6 @@ def check_context_length(n: int, config: LlamaConfig, settings: BuildSettings) -
                            f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
                            + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"
                               if n - sinks - MIN_CLUSTERED_TOKENS >= 1 else ""))
-
-
-def context_text_of(text) -> str:
-    """The fixed context's text: ``text`` itself (a str the tokenizer can encode), or the text of the file a path
-    names; anything else is a one-line SqueezeError (a Path was taken for text: AttributeError; bytes or a string
-    with a lone surrogate: the tokenizer's TypeError)."""
-    from .tokenizer import check_user_text
-
-    if isinstance(text, os.PathLike):
-        from .file_kinds import read_utf8_text
-
-        return read_utf8_text(text)
-    if not isinstance(text, str):
-        raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
-                           f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
-                                                       if isinstance(text, (bytes, bytearray)) else ""))
-    return check_user_text(text, "the context")
 
 
 def build_context_pack(model, checkpoint, text, settings: BuildSettings | None = None, progress=None) -> ContextPack:

@@ -367,8 +367,29 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def check_context_hash(recorded: str | None, context_text: str, where=None) -> None:
-    """Refuse a pack whose recorded context hash is not the hash of ``context_text``."""
-    if recorded != text_sha256(context_text):
+def context_text_of(text) -> str:
+    """The fixed context's text: ``text`` itself (a str the tokenizer can encode), or the text of the file a path
+    names (read as `--context FILE` is read); anything else is a one-line SqueezeError (a Path was taken for text:
+    AttributeError; bytes or a string with a lone surrogate: the tokenizer's TypeError). For build_context_pack and
+    for the context_text a pack is checked against (load_context_pack, Generator.from_pack, DecoderSession.attach)."""
+    import os
+
+    from .tokenizer import check_user_text
+
+    if isinstance(text, os.PathLike):
+        from .file_kinds import read_utf8_text
+
+        return read_utf8_text(text)
+    if not isinstance(text, str):
+        raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
+                           f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
+                                                       if isinstance(text, (bytes, bytearray)) else ""))
+    return check_user_text(text, "the context")
+
+
+def check_context_hash(recorded: str | None, context_text, where=None) -> None:
+    """Refuse a pack whose recorded context hash is not the hash of ``context_text`` (the text, or the path of the
+    text file it was built from: context_text_of)."""
+    if recorded != text_sha256(context_text_of(context_text)):
         raise SqueezeError(f"{where or 'this context pack'} was built from a different context text; rebuild it from "
                            "this file")

@@ -375,3 +375,28 @@ def test_a_context_too_long_or_too_short_is_refused_before_the_model_loads(tiny,
     rc, _, err = run(["context", "build", "--context", tiny / "ctx.txt", "--out", tmp_path / "x.pack",
                       "--model", tiny / "tiny.gguf"], capsys)
     assert rc == 0 and loads == [1], err
+
+
+def test_the_context_a_pack_is_checked_against_can_be_a_path(tiny, verified):
+    """load_context_pack / Generator.from_pack / DecoderSession.attach(context_text=Path("doc.txt")) ended in
+    AttributeError ('PosixPath' has no attribute 'encode'), bytes the same: the text a pack is checked against is
+    taken as build_context_pack takes it."""
+    from squeeze_mobile.errors import SqueezeError
+    from squeezed_attention import Generator, load_context_pack
+    from squeezed_attention.decoder_session import DecoderSession
+
+    other = tiny / "other.txt"
+    other.write_text(TINY_TEXT + " an")
+    assert load_context_pack(tiny / "chat.pack", context_text=tiny / "ctx.txt").num_tokens == 159
+    assert Generator.from_pack(tiny / "chat.pack", tiny / "tiny.gguf", context_text=tiny / "ctx.txt").pack
+    session = DecoderSession(verified, attention="squeezed")
+    try:
+        session.attach(tiny / "chat.pack", context_text=tiny / "ctx.txt")
+        for bad, message in ((other, "built from a different context text"), (TINY_TEXT.encode(), "got bytes"),
+                             (tiny / "missing.txt", "not found")):
+            with pytest.raises(SqueezeError, match=message):
+                session.attach(tiny / "chat.pack", context_text=bad)
+            with pytest.raises(SqueezeError, match=message):
+                load_context_pack(tiny / "chat.pack", context_text=bad)
+    finally:
+        session.close()
