@@ -158,14 +158,14 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
                           prefill_tails: Optional[Sequence[int]] = None) -> Dict:
-    from squeezed_attention.decoder_session import load_decoder_tokenizer, read_decoder_manifest
+    from squeezed_attention.decoder_session import decoder_dir, load_decoder_tokenizer, read_decoder_manifest
 
     say = progress or (lambda a, b: None)
     if prefill_tails:
         prefill_tails = list(dict.fromkeys(prefill_tails))   # a tail given twice is one row, measured once
     if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
-    art_dir = Path(art_dir).resolve()
+    art_dir = decoder_dir(art_dir).resolve()   # the folder, or its manifest.json
     manifest = read_decoder_manifest(art_dir)
     load_decoder_tokenizer(art_dir, manifest)   # every worker encodes with it: missing or unreadable is one line here
     # absolute: the packs it builds there are read by worker processes that run from the repository root

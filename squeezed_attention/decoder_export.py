@@ -840,8 +840,12 @@ __all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_sha
 
 
 def is_decoder_manifest(directory) -> bool:
+    """Whether ``directory`` (an export folder, or its manifest.json as `squeeze verify` / `bench` take it) holds a
+    decoder export."""
+    from .decoder_session import decoder_dir
+
     try:
-        return str(json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
+        return str(json.loads((decoder_dir(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
             SCHEMA_PREFIX)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
@@ -852,12 +856,12 @@ def verify_decoder_directory(directory, progress=None) -> dict:
     from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}."""
     from export.verify import sha256_file
 
-    from .decoder_session import read_decoder_manifest
+    from .decoder_session import decoder_dir, read_decoder_manifest
     from .model import LlamaForCausalLM
     from .weights import load_checkpoint
 
     say = progress or (lambda stage, msg: None)
-    directory = Path(directory)
+    directory = decoder_dir(directory)   # the folder, or its manifest.json
     manifest = read_decoder_manifest(directory)
     info = manifest.get("verification_inputs")
     if not info:

@@ -400,3 +400,17 @@ def test_the_context_a_pack_is_checked_against_can_be_a_path(tiny, verified):
                 load_context_pack(tiny / "chat.pack", context_text=bad)
     finally:
         session.close()
+
+
+def test_verify_and_bench_take_a_decoder_folders_manifest_json(tiny, verified, tmp_path, capsys):
+    """`squeeze verify DIR/manifest.json` (how a SqueezeTime folder, and generate --artifacts, take it) on a decoder
+    folder said "has schema 'squeeze-mobile/decoder-manifest/2', expected 'squeeze-mobile/manifest/1'; it was not
+    written by `squeeze export`"; bench the same."""
+    rc, out, err = run(["verify", verified / "manifest.json"], capsys)
+    assert rc == 0 and out.count(": pass") == 2, out + err
+    rc, _, err = run(["bench", verified / "manifest.json", "--context-pack", tiny / "chat.pack", "--formats", "onnx",
+                      "--out", tmp_path / "b", "--threads", 1, "--decode-tokens", 2, "--rounds", 1, "--runs", 1,
+                      "--no-profile"], capsys)
+    assert rc == 0, err
+    rows = json.loads((tmp_path / "b" / "report.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows
