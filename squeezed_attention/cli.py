@@ -169,8 +169,8 @@ def cmd_context_build(args) -> int:
     from .weights import load_tokenizer
 
     # the context's tokens from the model file's tokenizer: one too long or too short is refused before the load
-    check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)),
-                         read_model_config(args.model), settings)
+    config = read_model_config(args.model)   # (first: its refusals name what the model file lacks)
+    check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)), config, settings)
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
