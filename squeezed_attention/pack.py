@@ -25,7 +25,7 @@ from .atomic import atomic_file
 from .centroid_codes import dequantize_centroids, quantize_centroids, roundtrip_centroids
 from .config import LlamaConfig
 from .errors import SqueezeError, reason_of
-from .file_kinds import kind_of, open_for_reading
+from .file_kinds import kind_of
 from .kmeans import cluster_sums, kmeans
 from .pack_arrays import content_sha256
 from .lookup import LookupTables, SelectionSpec, score_layer
@@ -331,7 +331,7 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-PACK_HINT = "build one with `squeeze context build`"
+from .pack_arrays import PACK_HINT, check_pack_file  # noqa: E402  (one front door for both readers)
 _HASH_KEYS = ("weights_sha256", "tokenizer_sha256", "context_sha256")
 
 
@@ -351,13 +351,7 @@ def read_context_pack(path) -> ContextPack:
     """Read and check a pack file on its own (format, content hash, every tensor's dtype/shape/range)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    with open_for_reading(path, "context pack", PACK_HINT):
-        pass
-    kind = kind_of(path)
-    if kind not in ("a safetensors file", "a Squeezed Attention context pack"):
-        extra = " (pass models as --model)" if kind == "a GGUF model file" else ""
-        raise SqueezeError(f"{path} is {kind}{extra}, not a context pack; {PACK_HINT}")
+    path = check_pack_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}

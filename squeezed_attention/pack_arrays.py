@@ -77,13 +77,30 @@ class PackArrays:
                                "rebuild the pack with the artifact's model")
 
 
+PACK_HINT = "build one with `squeeze context build`"
+
+
+def check_pack_file(path) -> Path:
+    """Refuse, in one line that says what it is, a path that is not a readable pack file: missing, a directory,
+    unreadable, or another kind of file (a GGUF model, an .onnx, a text file). Both pack readers start here (the
+    torch-free one said 'not found' for a directory and 'not a readable context pack (SafetensorError)' for a model)."""
+    from .file_kinds import kind_of, open_for_reading
+
+    path = Path(path)
+    with open_for_reading(path, "context pack", PACK_HINT):
+        pass
+    kind = kind_of(path)
+    if kind not in ("a safetensors file", "a Squeezed Attention context pack"):
+        extra = " (pass models as --model)" if kind == "a GGUF model file" else ""
+        raise SqueezeError(f"{path} is {kind}{extra}, not a context pack; {PACK_HINT}")
+    return path
+
+
 def read_pack_arrays(path) -> PackArrays:
     """Read and verify a pack with safetensors' numpy API (no PyTorch)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise SqueezeError(f"context pack not found: {path}; build one with `squeeze context build`")
+    path = check_pack_file(path)
     try:
         with safe_open(str(path), "np") as f:
             metadata = dict(f.metadata() or {})

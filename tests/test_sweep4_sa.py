@@ -2,6 +2,7 @@
 real CLI and the Python API it wraps, on a tiny real-format GGUF, its packs and a verified .onnx export of it."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -414,3 +415,21 @@ def test_verify_and_bench_take_a_decoder_folders_manifest_json(tiny, verified, t
     assert rc == 0, err
     rows = json.loads((tmp_path / "b" / "report.json").read_text())["rows"]
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows
+
+
+def test_the_torch_free_pack_reader_says_what_a_wrong_file_is(tiny, verified, capsys):
+    """generate --artifacts --context-pack DIR said 'context pack not found: DIR' (it exists: a folder), and a model or
+    a text file given as the pack 'is not a readable context pack (SafetensorError)'; the host's reader named them.
+    Both readers now share one front door (check_pack_file)."""
+    from squeeze_mobile.errors import SqueezeError
+    from squeezed_attention.pack import read_context_pack
+    from squeezed_attention.pack_arrays import read_pack_arrays
+
+    cases = ((tiny, "is a directory, not a context pack"), (tiny / "tiny.gguf", "is a GGUF model file (pass models"),
+             (tiny / "ctx.txt", "is a text file, not a context pack"), (tiny / "missing.pack", "not found"))
+    for path, message in cases:
+        for reader in (read_pack_arrays, read_context_pack):
+            with pytest.raises(SqueezeError, match=re.escape(message)):
+                reader(path)
+        rc, out, err = run(["generate", "--artifacts", verified, "--context-pack", path, "--prompt", "ab"], capsys)
+        assert_one_error(rc, err, message)
