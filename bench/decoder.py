@@ -129,15 +129,18 @@ def user_packs(paths: Sequence[str], question: str, manifest: Optional[Dict] = N
     for another model or tokenizer (``manifest``), or not a pack one of ``artifacts`` takes."""
     from squeezed_attention.pack_arrays import check_pack_fits, read_pack_arrays
 
-    out = []
+    out, seen = [], set()
     for p in paths:
+        if Path(p).resolve() in seen:   # one pack named twice (or by two paths) is measured once, as --threads counts
+            continue
+        seen.add(Path(p).resolve())
         pack = read_pack_arrays(p)
         if manifest is not None:
             model = manifest.get("model") or {}
             pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         for a in artifacts:
             try:
-                check_pack_fits(pack, a["decoder"]["shapes"], a["decoder"]["attention"])
+                check_pack_fits(pack, a["decoder"]["shapes"], a["decoder"]["attention"], a["decoder"].get("kv_budget"))
             except SqueezeError as exc:
                 raise SqueezeError(f"{p} does not fit {a['file']}: {exc}; nothing was run") from None
         out.append({"path": str(Path(p).resolve()), "requested": pack.num_tokens, "context_tokens": pack.num_tokens,
@@ -155,15 +158,19 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
                           prefill_tails: Optional[Sequence[int]] = None) -> Dict:
-    from squeezed_attention.decoder_session import read_decoder_manifest
+    from squeezed_attention.decoder_session import decoder_dir, load_decoder_tokenizer, read_decoder_manifest
 
     say = progress or (lambda a, b: None)
+    if prefill_tails:
+        prefill_tails = list(dict.fromkeys(prefill_tails))   # a tail given twice is one row, measured once
     if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
-    art_dir = Path(art_dir).resolve()
+    art_dir = decoder_dir(art_dir).resolve()   # the folder, or its manifest.json
     manifest = read_decoder_manifest(art_dir)
+    load_decoder_tokenizer(art_dir, manifest)   # every worker encodes with it: missing or unreadable is one line here
     # absolute: the packs it builds there are read by worker processes that run from the repository root
-    out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES)
+    # checked, not created: a run refused or interrupted before its report (or its packs) leaves no empty folder
+    out_dir = check_report_dir((Path(out_dir) if out_dir else art_dir / "bench").resolve(), REPORT_FILES, create=False)
     artifacts = [a for a in manifest["artifacts"] if a.get("file") and "decoder" in a]
     if formats:
         have = sorted({a["format"] for a in artifacts})
@@ -458,12 +465,12 @@ def measure_decoder(job: Dict) -> Dict:
     import time
 
     import numpy as np
-    from tokenizers import Tokenizer
 
     from bench.worker import _peak_mb, _rss_mb
     from export.backends import get_backend
     from export.quiet import quiet
-    from squeezed_attention.decoder_session import GenerationLoop, read_decoder_manifest
+    from squeezed_attention.decoder_session import (GenerationLoop, load_decoder_tokenizer, prompt_token_ids,
+                                                    read_decoder_manifest)
     from squeezed_attention.pack_arrays import decoder_context_inputs, read_pack_arrays
 
     directory = Path(job["dir"])
@@ -488,10 +495,8 @@ def measure_decoder(job: Dict) -> Dict:
     pack = read_pack_arrays(job["pack"])
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
     loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"))
-    tokenizer = Tokenizer.from_file(str(directory / manifest["tokenizer"]["file"]))
-    chat = manifest["tokenizer"]["chat"]
-    text = job["question"] if pack.settings.get("framing") == "raw" else chat["join"] + job["question"] + chat["suffix"]
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    tokenizer = load_decoder_tokenizer(directory, manifest)
+    ids = prompt_token_ids(tokenizer, manifest["tokenizer"]["chat"], pack.settings.get("framing", "chat"), job["question"])
     n_decode = int(job["decode_tokens"])
     loop.check_lengths(len(ids), n_decode + 1)
     if job.get("profile") and loop.split:

@@ -180,6 +180,19 @@ def _print_squeeze_warnings() -> None:
     warnings.simplefilter("default", SqueezeWarning)  # each distinct message once
 
 
+def _printable_output() -> None:
+    """Text the output's encoding cannot hold (an answer in Arabic or CJK on a console set to ASCII or Latin-1,
+    PYTHONIOENCODING=ascii) is printed as backslash escapes, as Python prints it to stderr, instead of ending the
+    command in a UnicodeEncodeError traceback mid-answer."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):   # a closed or detached stream: nothing will be printed there anyway
+                pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -187,6 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:  # --help (0) or a bad option (2, one `error:` line already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     _print_squeeze_warnings()
+    _printable_output()
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_ERROR

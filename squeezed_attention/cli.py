@@ -173,7 +173,12 @@ def cmd_context_build(args) -> int:
     text = _read_text(args.context)
     if not text.strip():
         raise SqueezeError(f"the context file {args.context} is empty; pass a text file with the fixed context")
-    read_model_config(args.model)
+    from .pack import check_context_length, frame_context
+    from .weights import load_tokenizer
+
+    # the context's tokens from the model file's tokenizer: one too long or too short is refused before the load
+    config = read_model_config(args.model)   # (first: its refusals name what the model file lacks)
+    check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)), config, settings)
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
@@ -263,16 +268,28 @@ def cmd_generate(args) -> int:
         raise SqueezeError(f"the pack's {pack.num_tokens} context tokens fill the model window of "
                            f"{pack.config.max_positions}: no room for a prompt and an answer; rebuild it from a "
                            "shorter context")
-    if args.max_new_tokens > room:
-        raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} context "
-                           f"tokens leave {room} of the model window of {pack.config.max_positions} after the prompt; "
-                           f"use --max-new-tokens of at most {room}")
+    from .generation import check_room, prompt_ids_for
+    from .weights import gguf_weights_sha256, load_tokenizer
+
+    if args.max_new_tokens > room:   # cannot fit whatever the prompt: say so even where the model cannot be read
+        try:
+            tokenizer = load_tokenizer(args.model)
+        except SqueezeError:
+            raise SqueezeError(f"--max-new-tokens {args.max_new_tokens} does not fit: the pack's {pack.num_tokens} "
+                               f"context tokens leave {room + 1} of the model window of {pack.config.max_positions} "
+                               f"for the prompt and the answer; use --max-new-tokens of at most {room} less the "
+                               "prompt's tokens") from None
+        check_room(pack.num_tokens, len(prompt_ids_for(tokenizer, pack, args.prompt, True if args.raw else None)),
+                   args.max_new_tokens, pack.config.max_positions)
     read_model_config(args.model)
-    from .weights import gguf_weights_sha256
 
     weights = gguf_weights_sha256(args.model)
     if weights is not None:
         pack.check_weights(weights)   # a pack of another model, before the slow load
+    # the prompt's own tokens (framing included), so a length that does not fit is refused with numbers that fit
+    check_room(pack.num_tokens, len(prompt_ids_for(load_tokenizer(args.model), pack, args.prompt,
+                                                   True if args.raw else None)),
+               args.max_new_tokens, pack.config.max_positions)
     _threads(args)
     streamed = []
 

@@ -517,7 +517,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                   "weights_sha256": checkpoint.weights_sha256, "tokenizer_sha256": tokenizer.fingerprint(),
                   "config": json.loads(model.config.to_json())},
         "tokenizer": {"file": TOKENIZER_FILE, "chat": chat_section(tokenizer),
-                      "stop_token_ids": sorted(i for i in (tokenizer.eos_token_id, 0) if i is not None)},
+                      "stop_token_ids": tokenizer.stop_token_ids()},
         "precision": "fp32",
         "tools": {"python": platform.python_version(),
                   **{k: v for f in formats for k, v in get_backend(f).tool_versions().items()}},
@@ -840,8 +840,12 @@ __all__ = ["DecoderExportResult", "EagerRunner", "decoder_program", "decoder_sha
 
 
 def is_decoder_manifest(directory) -> bool:
+    """Whether ``directory`` (an export folder, or its manifest.json as `squeeze verify` / `bench` take it) holds a
+    decoder export."""
+    from .decoder_session import decoder_dir
+
     try:
-        return str(json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
+        return str(json.loads((decoder_dir(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
             SCHEMA_PREFIX)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
@@ -852,12 +856,12 @@ def verify_decoder_directory(directory, progress=None) -> dict:
     from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}."""
     from export.verify import sha256_file
 
-    from .decoder_session import read_decoder_manifest
+    from .decoder_session import decoder_dir, read_decoder_manifest
     from .model import LlamaForCausalLM
     from .weights import load_checkpoint
 
     say = progress or (lambda stage, msg: None)
-    directory = Path(directory)
+    directory = decoder_dir(directory)   # the folder, or its manifest.json
     manifest = read_decoder_manifest(directory)
     info = manifest.get("verification_inputs")
     if not info:
@@ -885,15 +889,40 @@ def verify_decoder_directory(directory, progress=None) -> dict:
             raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
                                "prose shipped with this machine changed); re-export to verify here")
         data.append(d)
+    shared = tokenizer_failures(directory, manifest, checkpoint.tokenizer)   # every artifact's answers go through it
     results = {}
     for record in manifest["artifacts"]:
         path = directory / record["file"]
         if not path.exists():
-            results[record["file"]] = {"status": "fail", "failures": ["artifact missing"]}
+            results[record["file"]] = {"status": "fail", "failures": shared + ["artifact missing"]}
             continue
         if sha256_file(path) != record["sha256"]:
-            results[record["file"]] = {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+            results[record["file"]] = {"status": "fail", "failures": shared + ["sha256 differs from the manifest"]}
             continue
         say(record["format"], f"verifying {record['file']}")
-        results[record["file"]] = verify_decoder_artifact(path, record, model, data)
+        result = verify_decoder_artifact(path, record, model, data)
+        if shared:
+            result = {**result, "status": "fail", "failures": shared + list(result.get("failures") or [])}
+        results[record["file"]] = result
     return results
+
+
+def tokenizer_failures(directory, manifest: dict, tokenizer) -> list:
+    """What is wrong with the tokenizer an export wrote beside its artifacts (an app and `squeeze generate --artifacts`
+    encode with it, not with the model file's): missing, unreadable, not the model's tokenizer, or a manifest whose
+    chat framing or stop tokens are not the model's. Empty when it is intact."""
+    from .decoder_session import load_decoder_tokenizer
+
+    try:
+        stored = load_decoder_tokenizer(directory, manifest)
+    except SqueezeError as exc:
+        return [str(exc).split(";")[0]]
+    failures = []
+    if stored.to_str() != tokenizer.backend.to_str():
+        failures.append(f"{manifest['tokenizer']['file']} is not the model's tokenizer (changed since the export)")
+    section = manifest["tokenizer"]
+    if section["chat"] != chat_section(tokenizer):
+        failures.append("the manifest's chat framing is not the model's (edited since the export)")
+    if section["stop_token_ids"] != tokenizer.stop_token_ids():
+        failures.append("the manifest's stop_token_ids are not the model's (edited since the export)")
+    return failures

@@ -29,8 +29,8 @@ import numpy as np
 from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
-from .pack_arrays import decoder_context_inputs, held_inputs, keep_fraction_for_kv_budget, read_pack_arrays
-from .settings import GenerationResult, exact_start, prefill_chunks
+from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
+from .settings import GenerationResult, exact_start, prefill_chunks, prompt_is_raw
 from .tokenizer import TextStream, check_user_text, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
@@ -128,6 +128,26 @@ def read_decoder_manifest(directory) -> dict:
     return manifest
 
 
+def load_decoder_tokenizer(directory, manifest: dict):
+    """The ``tokenizers.Tokenizer`` an export wrote beside its artifacts (every loop over them encodes with it), or a
+    one-line SqueezeError saying that it is missing or unreadable."""
+    from tokenizers import Tokenizer
+
+    directory = decoder_dir(directory)
+    section = manifest.get("tokenizer")
+    if not isinstance(section, dict) or not isinstance(section.get("file"), str) \
+            or not isinstance(section.get("chat"), dict) or not isinstance(section.get("stop_token_ids"), list):
+        raise SqueezeError(f"{directory / MANIFEST} has no valid tokenizer section; re-export the decoder")
+    path = directory / section["file"]
+    if not path.is_file():
+        raise SqueezeError(f"the tokenizer {path} is missing; re-export the decoder")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
+        raise SqueezeError(f"the tokenizer {path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
+                           f"or check it with `squeeze verify {directory}`") from None
+
+
 def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None,
                   file: str | None = None) -> dict:
     """The manifest record of the decoder artifact to run: the first in the manifest's order that matches the
@@ -153,6 +173,16 @@ def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, direct
     return usable[0]
 
 
+def prompt_token_ids(tokenizer, chat: dict, framing: str, prompt: str, raw: bool | None = None) -> list:
+    """The ids an exported decoder's loop prefills for ``prompt`` after a pack of ``framing`` ("chat" / "raw"):
+    the user's text encoded literally (a written <|im_end|> stays text), in chat framing after the manifest's
+    ``join`` and before its ``suffix`` (the assistant cue, whose markers are special tokens)."""
+    check_user_text(prompt)
+    if prompt_is_raw(framing, raw):
+        return encode_literal(tokenizer, prompt)
+    return encode_literal(tokenizer, chat["join"] + prompt) + tokenizer.encode(chat["suffix"], add_special_tokens=False).ids
+
+
 class GenerationLoop:
     """The call sequence of the runtime contract over any runner with ``run(method, feed)``: the exported
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
@@ -171,11 +201,8 @@ class GenerationLoop:
         self.hold_seconds = 0.0     # building the held inputs once per question (question-level selection)
         self._reshape = {}          # per method: context inputs it declares in another shape (views: _shaped)
         if self.attention == "squeezed":
-            nc = int(pack.arrays["lookup.labels"].shape[-1])
-            fraction = keep_fraction_for_kv_budget(contract["kv_budget"], float(pack.settings["centroid_fraction"]),
-                                                   int(pack.arrays["kv.keys"].shape[-1]))
-            self.keep_keys = max(1, min(int(round(fraction * nc)), self.shapes["max_keep"]))
-            self.kept_fraction = self.keep_keys / nc
+            self.keep_keys = artifact_keep_keys(pack, self.shapes, contract["kv_budget"])
+            self.kept_fraction = self.keep_keys / int(pack.arrays["lookup.labels"].shape[-1])
         # follow_keys F: every call returns the rows its last token points the next step to (in-graph: follow_out;
         # split: the stages' follow_weights ranked on the CPU); decode feeds them back (follow_rows) and selects F
         # keys fewer (SelectionSpec.follow_keys). The graph's F is the artifact's; it is used where the pack's
@@ -189,6 +216,7 @@ class GenerationLoop:
                                f"{self.keep_keys} keys per head at its KV budget, so none would be selected; use a "
                                "pack of a longer context or an artifact exported with fewer --follow-keys")
         self.pointer = None
+        self.selected = False       # whether a call of the last question selected (its kept_fraction means something)
         self.prompting = False      # the prompt's calls (a 1-token chunk runs as decode) never follow: the host's
         if self.graph_follow:       # prompt is its first call per layer
             from .pack_arrays import next_rows
@@ -207,6 +235,8 @@ class GenerationLoop:
         return self.contract.get("lookup_plan") == "split"
 
     def step(self, method: str, tokens: list, cache_len: int, cache):
+        if self.attention == "squeezed" and method != "prefill_exact":
+            self.selected = True   # this call selects kept keys (prefill_exact attends every row)
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
         width = token_width(self.contract.get("methods") or {}, method, len(tokens), self.static_width(method))
@@ -370,6 +400,7 @@ class GenerationLoop:
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()
         self.lookup_seconds = 0.0
+        self.selected = False
         t0 = time.perf_counter()
         logits = self.prompt(list(ids), cache)
         self.prefill_seconds = time.perf_counter() - t0
@@ -398,22 +429,18 @@ class DecoderSession:
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
                  exact_tail: int | None = None, file: str | None = None):
-        from tokenizers import Tokenizer
-
         from export.backends import get_backend
 
+        if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
+                                    or not 1 <= threads <= 256):
+            raise SqueezeError(f"threads must be a whole number from 1 to 256 (or None: the runtime's choice); "
+                               f"got {threads!r}")
+        threads = None if threads is None else int(threads)
         self.directory = decoder_dir(directory)
         self.manifest = read_decoder_manifest(self.directory)
         self.artifact = pick_artifact(self.manifest, fmt, attention, self.directory, plan, file)
         self.contract = self.artifact["decoder"]
-        tok_path = self.directory / self.manifest["tokenizer"]["file"]
-        if not tok_path.is_file():
-            raise SqueezeError(f"the tokenizer {tok_path} is missing; re-export the decoder")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
-            raise SqueezeError(f"the tokenizer {tok_path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
-                               f"or check it with `squeeze verify {self.directory}`") from None
+        self.tokenizer = load_decoder_tokenizer(self.directory, self.manifest)
         self.chat = self.manifest["tokenizer"]["chat"]
         self.stop_ids = set(self.manifest["tokenizer"]["stop_token_ids"])
         path = self.directory / self.artifact["file"]
@@ -452,16 +479,9 @@ class DecoderSession:
                                    self.exact_tail)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
-        check_user_text(prompt)
-        framing = self.loop.pack.settings.get("framing", "chat")
-        raw = framing == "raw" if raw is None else raw
-        if raw != (framing == "raw"):
-            raise SqueezeError(f"this pack was built with {framing} framing; "
-                               + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
-        if raw:
-            return encode_literal(self.tokenizer, prompt)
-        return (encode_literal(self.tokenizer, self.chat["join"] + prompt)
-                + self.tokenizer.encode(self.chat["suffix"], add_special_tokens=False).ids)
+        if self.loop is None:
+            raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
+        return prompt_token_ids(self.tokenizer, self.chat, self.loop.pack.settings.get("framing", "chat"), prompt, raw)
 
     def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
                  stop_at_eos: bool = True) -> GenerationResult:
@@ -478,8 +498,10 @@ class DecoderSession:
             prompt_tokens=len(ids),
             context_tokens=loop.pack.num_tokens, prefill_seconds=loop.prefill_seconds,
             decode_seconds=loop.decode_seconds, decode_tokens=loop.decode_steps, attention=label,
-            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None),
-            kv_budget=self.contract.get("kv_budget"), lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
+            # no call selected (the prompt's exact tail attends every context key, no decode step ran): no kept
+            # fraction or KV budget to report, as on the host
+            runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None) if loop.selected else None,
+            kv_budget=self.contract.get("kv_budget") if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
                                                                  if loop.attention == "squeezed" else None),
             follow_keys=int(loop.follow) if loop.attention == "squeezed" else None)
 
@@ -487,4 +509,4 @@ class DecoderSession:
         self.runner.close()
 
 
-__all__ = ["DecoderSession", "GenerationLoop", "read_decoder_manifest"]
+__all__ = ["DecoderSession", "GenerationLoop", "load_decoder_tokenizer", "prompt_token_ids", "read_decoder_manifest"]

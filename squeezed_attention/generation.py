@@ -26,7 +26,7 @@ LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key f
 
 
 from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
-from .settings import plain_numbers
+from .settings import plain_numbers, prompt_is_raw, yes_no
 
 
 @dataclass
@@ -65,6 +65,8 @@ class AttentionChoice:
     def __post_init__(self):
         plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
                       ("kv_budget", "keep_fraction"))
+        for name in ("per_query_head", "hierarchical"):   # per_query_head="no" selected per query head
+            setattr(self, name, yes_no(getattr(self, name), name))
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
@@ -187,12 +189,7 @@ def _below(bound: float) -> str:
 
 def check_framing(pack: ContextPack, raw: bool | None) -> bool:
     """Whether prompts continue ``pack`` as plain text; refuses a framing the pack was not built with."""
-    framing = pack.settings.framing
-    raw = framing == "raw" if raw is None else raw
-    if raw != (framing == "raw"):
-        raise SqueezeError(f"this pack was built with {framing} framing; "
-                           + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
-    return raw
+    return prompt_is_raw(pack.settings.framing, raw)
 
 
 def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
@@ -230,6 +227,31 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
 
 
 
+def prompt_ids_for(tokenizer, pack: ContextPack, prompt: str, raw: bool | None = None) -> list[int]:
+    """The ids a prompt adds after ``pack``'s context: the user's text literally (a written <|im_end|> stays text),
+    in chat framing after CHAT_JOIN and before the template's assistant cue."""
+    check_user_text(prompt)
+    if check_framing(pack, raw):
+        return tokenizer.encode_text(prompt)
+    _, suffix = tokenizer.chat_frame()
+    return tokenizer.encode_text(CHAT_JOIN + prompt) + tokenizer.encode(suffix)  # (encode_literal)
+
+
+def check_room(n_ctx: int, n_prompt: int, max_new_tokens: int, window: int) -> None:
+    """Refuse a prompt (its ids, framing included) and answer length that do not fit the model window after the
+    context, naming numbers that fit."""
+    if not n_prompt:
+        raise SqueezeError("the prompt is empty; pass --prompt TEXT")
+    if n_ctx + n_prompt >= window:
+        raise SqueezeError(f"the prompt is {n_prompt} tokens (framing included) after the pack's {n_ctx} context "
+                           f"tokens: no room is left for an answer in the model window of {window}; shorten the "
+                           f"prompt to under {window - n_ctx} tokens or use a pack of a shorter context")
+    if n_ctx + n_prompt + max_new_tokens > window:
+        raise SqueezeError(f"context {n_ctx} + prompt {n_prompt} + {max_new_tokens} new tokens exceed the model "
+                           f"window of {window}; use a shorter prompt or --max-new-tokens of at most "
+                           f"{window - n_ctx - n_prompt}")
+
+
 class Generator:
     """A model plus one context pack; each ``generate`` call starts from the pack's fixed context."""
 
@@ -237,7 +259,7 @@ class Generator:
         self.model, self.tokenizer, self.pack = model, tokenizer, pack
         self._tables = None
         self._rows = None
-        self.stop_ids = {i for i in (tokenizer.eos_token_id, 0) if i is not None}
+        self.stop_ids = set(tokenizer.stop_token_ids())
 
     @classmethod
     def from_pack(cls, pack_path, model_path=None, context_text: str | None = None) -> "Generator":
@@ -260,12 +282,7 @@ class Generator:
         return self._rows
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list[int]:
-        check_user_text(prompt)
-        raw = check_framing(self.pack, raw)
-        if raw:
-            return self.tokenizer.encode_text(prompt)
-        _, suffix = self.tokenizer.chat_frame()
-        return self.tokenizer.encode_text(CHAT_JOIN + prompt) + self.tokenizer.encode(suffix)  # (encode_literal)
+        return prompt_ids_for(self.tokenizer, self.pack, prompt, raw)
 
     def context(self, choice: AttentionChoice):
         if choice.mode == "full":
@@ -282,20 +299,13 @@ class Generator:
             max_new_tokens = int(max_new_tokens)   # np.int64 from a sweep is a whole number too
         if type(max_new_tokens) is not int or max_new_tokens < 1:
             raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+        if not isinstance(choice, AttentionChoice):
+            raise SqueezeError(f"choice must be an AttentionChoice, e.g. AttentionChoice('top-k', kv_budget=0.125) or "
+                               f"AttentionChoice('full'); got {type(choice).__name__}")
         report = progress or (lambda *a: None)
         ids = self.prompt_ids(prompt, raw)
-        if not ids:
-            raise SqueezeError("the prompt is empty; pass --prompt TEXT")
         n_ctx = self.pack.num_tokens
-        window = self.model.config.max_positions
-        if n_ctx + len(ids) >= window:
-            raise SqueezeError(f"the prompt is {len(ids)} tokens (framing included) after the pack's {n_ctx} context "
-                               f"tokens: no room is left for an answer in the model window of {window}; shorten the "
-                               f"prompt to under {window - n_ctx} tokens or use a pack of a shorter context")
-        if n_ctx + len(ids) + max_new_tokens > window:
-            raise SqueezeError(f"context {n_ctx} + prompt {len(ids)} + {max_new_tokens} new tokens exceed the model "
-                               f"window of {window}; use a shorter prompt or --max-new-tokens of at most "
-                               f"{max(1, window - n_ctx - len(ids))}")
+        check_room(n_ctx, len(ids), max_new_tokens, self.model.config.max_positions)
         context = self.context(choice)
         cache = self.model.new_cache(len(ids) + max_new_tokens)
         layers = self.model.config.num_layers

@@ -25,7 +25,7 @@ from .atomic import atomic_file
 from .centroid_codes import dequantize_centroids, quantize_centroids, roundtrip_centroids
 from .config import LlamaConfig
 from .errors import SqueezeError, reason_of
-from .file_kinds import kind_of, open_for_reading
+from .file_kinds import kind_of
 from .kmeans import cluster_sums, kmeans
 from .pack_arrays import content_sha256
 from .lookup import LookupTables, SelectionSpec, score_layer
@@ -144,18 +144,12 @@ def frame_context(tokenizer, text: str, framing: str) -> list[int]:
     return tokenizer.encode(prefix) + tokenizer.encode_text(text)   # special-token strings in the text stay text
 
 
-from .pack_arrays import check_context_hash, text_sha256  # noqa: E402,F401  (one definition, torch-free)
+from .pack_arrays import check_context_hash, context_text_of, text_sha256  # noqa: E402,F401  (one definition, torch-free)
 
 
-def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | None = None, progress=None) -> ContextPack:
-    """Prefill ``text`` once, cluster its keys and calibrate thresholds. ``progress(stage, done, total)``."""
-    settings = settings or BuildSettings()
-    config = model.config
-    started = time.perf_counter()
-    if not text or not text.strip():
-        raise SqueezeError("the context is empty; pass a text file with the fixed context")
-    ids = frame_context(checkpoint.tokenizer, text, settings.framing)
-    n = len(ids)
+def check_context_length(n: int, config: LlamaConfig, settings: BuildSettings) -> None:
+    """Refuse a context of ``n`` tokens (framing included) that leaves no room for a question in the model window,
+    or too few tokens to cluster after the sinks and the observation window (one-line SqueezeError)."""
     if n > config.max_positions - MIN_ANSWER_ROOM:   # a pack no question could follow (framing, prompt, answer)
         room = min(256, config.max_positions // 4)
         raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
@@ -168,6 +162,26 @@ def build_context_pack(model, checkpoint, text: str, settings: BuildSettings | N
                            f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
                            + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"
                               if n - sinks - MIN_CLUSTERED_TOKENS >= 1 else ""))
+
+
+def build_context_pack(model, checkpoint, text, settings: BuildSettings | None = None, progress=None) -> ContextPack:
+    """Prefill ``text`` once, cluster its keys and calibrate thresholds. ``progress(stage, done, total)``.
+
+    ``text``: the context as a str, or a path (pathlib.Path, os.PathLike) of a text file, read as `squeeze context
+    build --context FILE` reads it (UTF-8, or UTF-16/32 with a byte-order mark)."""
+    text = context_text_of(text)
+    settings = BuildSettings() if settings is None else settings
+    if not isinstance(settings, BuildSettings):
+        raise SqueezeError(f"settings must be a BuildSettings, e.g. BuildSettings(observation_window=50); got "
+                           f"{type(settings).__name__}")
+    config = model.config
+    started = time.perf_counter()
+    if not text.strip():
+        raise SqueezeError("the context is empty; pass a text file with the fixed context")
+    ids = frame_context(checkpoint.tokenizer, text, settings.framing)
+    n = len(ids)
+    check_context_length(n, config, settings)
+    window, sinks = settings.observation_window, settings.sink_tokens
     report = progress or (lambda *a: None)
 
     # 1) Prefill; the observation window goes last so its post-RoPE queries can be recorded.
@@ -322,7 +336,7 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-PACK_HINT = "build one with `squeeze context build`"
+from .pack_arrays import PACK_HINT, check_pack_file  # noqa: E402  (one front door for both readers)
 _HASH_KEYS = ("weights_sha256", "tokenizer_sha256", "context_sha256")
 
 
@@ -342,13 +356,7 @@ def read_context_pack(path) -> ContextPack:
     """Read and check a pack file on its own (format, content hash, every tensor's dtype/shape/range)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    with open_for_reading(path, "context pack", PACK_HINT):
-        pass
-    kind = kind_of(path)
-    if kind not in ("a safetensors file", "a Squeezed Attention context pack"):
-        extra = " (pass models as --model)" if kind == "a GGUF model file" else ""
-        raise SqueezeError(f"{path} is {kind}{extra}, not a context pack; {PACK_HINT}")
+    path = check_pack_file(path)
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}

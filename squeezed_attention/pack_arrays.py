@@ -77,13 +77,30 @@ class PackArrays:
                                "rebuild the pack with the artifact's model")
 
 
+PACK_HINT = "build one with `squeeze context build`"
+
+
+def check_pack_file(path) -> Path:
+    """Refuse, in one line that says what it is, a path that is not a readable pack file: missing, a directory,
+    unreadable, or another kind of file (a GGUF model, an .onnx, a text file). Both pack readers start here (the
+    torch-free one said 'not found' for a directory and 'not a readable context pack (SafetensorError)' for a model)."""
+    from .file_kinds import kind_of, open_for_reading
+
+    path = Path(path)
+    with open_for_reading(path, "context pack", PACK_HINT):
+        pass
+    kind = kind_of(path)
+    if kind not in ("a safetensors file", "a Squeezed Attention context pack"):
+        extra = " (pass models as --model)" if kind == "a GGUF model file" else ""
+        raise SqueezeError(f"{path} is {kind}{extra}, not a context pack; {PACK_HINT}")
+    return path
+
+
 def read_pack_arrays(path) -> PackArrays:
     """Read and verify a pack with safetensors' numpy API (no PyTorch)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise SqueezeError(f"context pack not found: {path}; build one with `squeeze context build`")
+    path = check_pack_file(path)
     try:
         with safe_open(str(path), "np") as f:
             metadata = dict(f.metadata() or {})
@@ -181,9 +198,10 @@ def cluster_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(labels, axis=-1, kind="stable")
 
 
-def check_pack_fits(pack: PackArrays, shapes: dict, attention: str) -> None:
+def check_pack_fits(pack: PackArrays, shapes: dict, attention: str, kv_budget: float | None = None) -> None:
     """Refuse, in one line, a pack the artifact with these ``shapes`` cannot take (too long, other sink/window
-    counts, more clusters per head), without laying it out (decoder_context_inputs does that after this check)."""
+    counts, more clusters per head, with ``kv_budget`` more kept keys than it gathers), without laying it out
+    (decoder_context_inputs does that after this check)."""
     n = pack.num_tokens
     if n > shapes["max_context"]:
         raise SqueezeError(f"the context pack has {n} tokens but the exported decoder takes at most "
@@ -199,6 +217,24 @@ def check_pack_fits(pack: PackArrays, shapes: dict, attention: str) -> None:
     if K > shapes["max_clusters"]:
         raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "
                            f"{shapes['max_clusters']}; rebuild it with a smaller --centroids or re-export")
+    if kv_budget is not None:
+        artifact_keep_keys(pack, shapes, kv_budget)
+
+
+def artifact_keep_keys(pack: PackArrays, shapes: dict, kv_budget: float) -> int:
+    """The clustered keys per head a squeezed artifact keeps from ``pack`` at its KV budget (the host's count for the
+    pack: the budget less the pack's own centroid bytes), or a one-line SqueezeError where that is more than the
+    artifact gathers (``max_keep``, sized at export for the default centroids): a pack built with fewer centroids
+    leaves more keys to keep, and capping them silently attended fewer keys than the KV budget, and than the host."""
+    nc = int(pack.arrays["lookup.labels"].shape[-1])
+    centroids = float(pack.settings["centroid_fraction"])
+    fraction = keep_fraction_for_kv_budget(kv_budget, centroids, int(pack.arrays["kv.keys"].shape[-1]))
+    keep = max(1, min(int(round(fraction * nc)), nc))
+    if keep > shapes["max_keep"]:
+        raise SqueezeError(f"at the decoder's KV budget {kv_budget:g} this pack (built with --centroids {centroids:g}) "
+                           f"keeps {keep} keys per head but the decoder gathers at most {shapes['max_keep']}; rebuild "
+                           "the pack with the default --centroids or re-export with a larger --max-context")
+    return keep
 
 
 def decoder_context_inputs(pack: PackArrays, shapes: dict, attention: str) -> dict:
@@ -348,8 +384,29 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def check_context_hash(recorded: str | None, context_text: str, where=None) -> None:
-    """Refuse a pack whose recorded context hash is not the hash of ``context_text``."""
-    if recorded != text_sha256(context_text):
+def context_text_of(text) -> str:
+    """The fixed context's text: ``text`` itself (a str the tokenizer can encode), or the text of the file a path
+    names (read as `--context FILE` is read); anything else is a one-line SqueezeError (a Path was taken for text:
+    AttributeError; bytes or a string with a lone surrogate: the tokenizer's TypeError). For build_context_pack and
+    for the context_text a pack is checked against (load_context_pack, Generator.from_pack, DecoderSession.attach)."""
+    import os
+
+    from .tokenizer import check_user_text
+
+    if isinstance(text, os.PathLike):
+        from .file_kinds import read_utf8_text
+
+        return read_utf8_text(text)
+    if not isinstance(text, str):
+        raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
+                           f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
+                                                       if isinstance(text, (bytes, bytearray)) else ""))
+    return check_user_text(text, "the context")
+
+
+def check_context_hash(recorded: str | None, context_text, where=None) -> None:
+    """Refuse a pack whose recorded context hash is not the hash of ``context_text`` (the text, or the path of the
+    text file it was built from: context_text_of)."""
+    if recorded != text_sha256(context_text_of(context_text)):
         raise SqueezeError(f"{where or 'this context pack'} was built from a different context text; rebuild it from "
                            "this file")

@@ -163,3 +163,23 @@ class GenerationResult:
         out = {k: v for k, v in self.__dict__.items() if k != "extra"}
         out["decode_tokens_per_second"] = self.decode_tokens_per_second
         return out
+
+
+def yes_no(value, name: str, alternative: str = "") -> bool:
+    """``value`` as a bool (numpy's bool too), or a one-line SqueezeError: a string such as "no" is not taken for
+    True."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise SqueezeError(f"{name} must be True or False{alternative}; got {value!r}")
+
+
+def prompt_is_raw(framing: str, raw) -> bool:
+    """Whether prompts continue a pack of this ``framing`` ("chat" / "raw") as plain text: ``raw`` None follows the
+    pack, True / False must match it (one-line SqueezeError otherwise; e.g. ``raw="yes"`` is not taken as True)."""
+    raw = framing == "raw" if raw is None else yes_no(raw, "raw", " (or None: follow the pack)")
+    if raw != (framing == "raw"):
+        raise SqueezeError(f"this pack was built with {framing} framing; "
+                           + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
+    return raw

@@ -92,6 +92,11 @@ class ChatTokenizer:
     def decode(self, ids, skip_special: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special)
 
+    def stop_token_ids(self) -> list:
+        """The ids that end an answer: the model's end-of-sequence token and id 0 (<|endoftext|> in GPT-2-style
+        vocabularies such as SmolLM2's), sorted (the decoder manifest records them for the apps)."""
+        return sorted(i for i in (self.eos_token_id, 0) if i is not None)
+
     def render_chat(self, messages, add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise SqueezeError("this model has no chat template; use --raw for plain continuation")

@@ -68,6 +68,16 @@ def read_model_config(path=None) -> LlamaConfig:
     return read_gguf_header(path).config
 
 
+def load_tokenizer(path=None) -> ChatTokenizer:
+    """The model's tokenizer and chat template without its weights (GGUF header or tokenizer.json): lets commands
+    count a prompt's tokens, and refuse one that does not fit, before the slow load."""
+    path = Path(path) if path is not None else default_gguf_path()
+    if path.is_dir():
+        return ChatTokenizer.from_hf_directory(path)
+    _require_gguf(path)
+    return ChatTokenizer.from_gguf_fields(**read_gguf_header(path).tokenizer_fields, source=str(path))
+
+
 def gguf_weights_sha256(path=None) -> str | None:
     """The weights hash a .gguf model (None: the default) records in packs, without loading it: lets `squeeze generate`
     refuse a pack of another model before the slow load. None for a Hugging Face folder (hashed as it loads)."""

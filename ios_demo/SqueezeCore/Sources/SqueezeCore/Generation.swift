@@ -97,8 +97,15 @@ public final class GenerationLoop {
         shapes = contract.shapes
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
-            // Python's round(): half to even
-            let keep = max(1, min(Int((fraction * Double(pack.numClustered)).rounded(.toNearestOrEven)), contract.shapes.maxKeep))
+            // Python's round(): half to even. Python's pack_arrays.artifact_keep_keys: a pack whose budget keeps more
+            // than the artifact gathers (built with fewer centroids than the export's) is refused, never capped
+            let keep = max(1, min(Int((fraction * Double(pack.numClustered)).rounded(.toNearestOrEven)), pack.numClustered))
+            if keep > contract.shapes.maxKeep {
+                throw DecoderError("at the decoder's KV budget \(budget) this pack (built with --centroids " +
+                    "\(pack.centroidFraction)) keeps \(keep) keys per head but the decoder gathers at most " +
+                    "\(contract.shapes.maxKeep); rebuild the pack with the default --centroids or re-export with a " +
+                    "larger --max-context")
+            }
             keepKeys = keep
             graphFollow = contract.followKeys
             follow = graphFollow > 0 && keep >= contract.followMinKeep ? graphFollow : 0

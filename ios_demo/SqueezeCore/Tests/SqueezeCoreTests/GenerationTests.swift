@@ -150,6 +150,23 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    func testAPackThatKeepsMoreKeysThanTheArtifactGathersIsRefused() throws {
+        // Python's pack_arrays.artifact_keep_keys (GenerationTest.kt the same): the keep count is the pack's own (its
+        // budget less its centroid bytes); an artifact that gathers fewer refuses the pack, never caps it
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes)
+        let keep = try XCTUnwrap(try GenerationLoop(runtime: Recorder(), contract: contract, pack: pack,
+                                                    contextInputs: context).keepKeys)
+        XCTAssertTrue(keep >= 2 && keep <= shapes.maxKeep, "\(keep)")
+        var fewer: DecoderShapes = shapes
+        fewer.maxKeep = keep - 1
+        let small = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: fewer)
+        let message = thrownMessage(DecoderError.self) {
+            try GenerationLoop(runtime: Recorder(), contract: small, pack: pack, contextInputs: context)
+        }
+        XCTAssertTrue(message.contains("keeps \(keep) keys per head but the decoder gathers at most \(keep - 1)"), message)
+    }
+
     func testAPromptTailRunsAsDecodeStepsAfterOnePrefill() throws {
         // the manifest's prefill_tail: the head of the question is one prefill call, each tail token a decode step
         let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")

@@ -246,11 +246,21 @@ class GenerationLoop(
 ) {
     val shapes = contract.shapes
 
-    /** Clustered keys the in-graph lookup keeps (squeezed attention; null for full). */
+    /**
+     * Clustered keys the in-graph lookup keeps (squeezed attention; null for full): Python's
+     * pack_arrays.artifact_keep_keys. A pack whose budget keeps more than the artifact gathers (built with fewer
+     * centroids than the export's) is refused: capping it attended fewer keys than the KV budget says.
+     */
     val keepKeys: Int? = if (contract.attention != "squeezed") null else {
         val nc = pack.numClustered
         val fraction = KvBudget.keepFraction(contract.kvBudget!!, pack.centroidFraction, pack.headDim)
-        maxOf(1, minOf(Math.rint(fraction * nc).toInt(), shapes.maxKeep)) // Python's round(): half to even
+        val keep = maxOf(1, minOf(Math.rint(fraction * nc).toInt(), nc)) // Python's round(): half to even
+        if (keep > shapes.maxKeep) {
+            throw DecoderException("at the decoder's KV budget ${contract.kvBudget} this pack (built with --centroids " +
+                "${pack.centroidFraction}) keeps $keep keys per head but the decoder gathers at most ${shapes.maxKeep}; " +
+                "rebuild the pack with the default --centroids or re-export with a larger --max-context")
+        }
+        keep
     }
 
     /** The graph's followed keys per KV head (squeezed attention; else 0): its follow_rows_<layer> are [Hkv, this]. */

@@ -374,6 +374,19 @@ class GenerationTest {
     }
 
     @Test
+    fun aPackThatKeepsMoreKeysThanTheArtifactGathersIsRefused() {
+        // Python's pack_arrays.artifact_keep_keys: the keep count is the pack's own (its budget less its centroid
+        // bytes); an artifact that gathers fewer (max_keep sized for more centroids) refuses the pack, never caps it
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes)
+        val context = PackLayout.decoderContextInputs(pack, shapes, "squeezed")
+        val keep = GenerationLoop(CallRecorder(), contract, pack, context).keepKeys!!
+        assertTrue(keep in 2..shapes.maxKeep)
+        val fewer = DecoderContract("squeezed", "buffer", 0.3, shapes.copy(maxKeep = keep - 1))
+        val e = assertThrows(DecoderException::class.java) { GenerationLoop(CallRecorder(), fewer, pack, context) }
+        assertTrue("keeps $keep keys per head but the decoder gathers at most ${keep - 1}" in e.message!!, e.message)
+    }
+
+    @Test
     fun followedKeysAreFedBackOnDecodeStepsAfterThePromptOnly() {
         // GenerationLoop.step: a decode step after the prompt keeps keep_keys - F and takes the previous call's
         // follow_out as follow_rows_<layer>; the prompt's calls (a 1-token chunk run as decode too) take -1 and
