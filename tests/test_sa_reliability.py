@@ -290,7 +290,9 @@ def test_unreadable_pack_says_permission_denied_not_missing(tiny, monkeypatch):
     def denied(path, mode="r"):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(file_kinds, "open", denied, raising=False)
+    from squeeze_mobile import file_kinds as shared_file_kinds   # where open_for_reading lives (re-exported here)
+
+    monkeypatch.setattr(shared_file_kinds, "open", denied, raising=False)
     with pytest.raises(SqueezeError, match="permission denied; ask its owner"):
         load_context_pack(tiny / "raw.pack")
 
