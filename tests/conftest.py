@@ -172,3 +172,44 @@ def codec_dir(tmp_path_factory, real_video) -> Path:
         encode_clip(d / name, source_frames(real_video, CODEC_CLIP_FRAMES, width, height), encoder, container, pix_fmt, options)
     remux_shifted(d / "h264_bframes.mp4", d / "h264_editlist.mp4")
     return d
+
+
+# ------------------------------------------------------------------------------ shared helpers of the sweep tests
+TINY_TEXT = " ".join(["ab abss an"] * 22)  # 154 tokens of the tiny Llama's vocabulary (write_tiny_llama_gguf)
+
+
+def run_cli(argv, capsys):
+    """``squeeze ARGV`` in process: (exit status, stdout, stderr)."""
+    from export import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(rc, err, *fragments):
+    """Exit status 1 and exactly one 'error: ...' line on stderr holding every fragment, no traceback."""
+    lines = err.strip().splitlines()
+    assert rc == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def squeeze_warnings(record):
+    """The messages of the project's warnings among ``warnings.catch_warnings(record=True)``'s records."""
+    from squeeze_mobile.errors import SqueezeWarning
+
+    return [str(w.message) for w in record if issubclass(w.category, SqueezeWarning)]
+
+
+def read_recording(path, **kwargs):
+    """video.read_video_clips(path, 'k400', **kwargs) and the project's warnings it gave."""
+    import warnings
+
+    from squeezetime import video
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = video.read_video_clips(path, "k400", **kwargs)
+    return result, squeeze_warnings(record)

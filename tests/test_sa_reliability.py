@@ -25,14 +25,9 @@ from squeezed_attention.testing import write_tiny_llama_gguf
 from squeezed_attention.weights import default_gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TEXT = " ".join(["ab abss an"] * 22)  # 154 tokens of the tiny vocabulary
+from conftest import TINY_TEXT, run_cli as run  # noqa: E402
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def run(argv, capsys):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def assert_one_error(rc, err, expected_rc, *fragments):

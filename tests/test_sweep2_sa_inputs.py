@@ -16,21 +16,8 @@ from squeezed_attention.file_kinds import read_utf8_text
 from squeezed_attention.testing import write_tiny_llama_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TEXT = " ".join(["ab abss an"] * 22)  # 154 tokens of the tiny vocabulary
 
-
-def run(argv, capsys):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_error(rc, err, *fragments):
-    lines = err.strip().splitlines()
-    assert rc == 1, err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from conftest import TINY_TEXT, assert_one_error_line as assert_one_error, run_cli as run
 
 
 @pytest.fixture(scope="module")

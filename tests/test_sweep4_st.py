@@ -17,18 +17,9 @@ import squeezetime
 from squeeze_mobile.errors import SqueezeWarning
 from squeezetime import SqueezeError, video
 
-from conftest import CODEC_CLIP_FRAMES, CODEC_CLIPS, randomize_bn
+from conftest import read_recording, squeeze_warnings, CODEC_CLIP_FRAMES, CODEC_CLIPS, randomize_bn
 
 
-def squeeze_warnings(record):
-    return [str(w.message) for w in record if issubclass(w.category, SqueezeWarning)]
-
-
-def read_recording(path, **kwargs):
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = video.read_video_clips(path, "k400", **kwargs)
-    return result, squeeze_warnings(record)
 
 
 def decode_all(path):

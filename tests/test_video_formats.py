@@ -20,7 +20,7 @@ from squeeze_mobile.errors import SqueezeWarning
 from squeezetime import SqueezeError, video
 from squeezetime.rewrite import InputSpec
 
-from conftest import CODEC_CLIP_FPS, CODEC_CLIP_FRAMES, CODEC_CLIPS, encode_clip, randomize_bn, source_frames
+from conftest import read_recording, squeeze_warnings, CODEC_CLIP_FPS, CODEC_CLIP_FRAMES, CODEC_CLIPS, encode_clip, randomize_bn, source_frames
 
 # name -> (codec FFmpeg reports, width, height, frame count the container declares: None for Matroska/WebM)
 EXPECTED = {
@@ -39,15 +39,6 @@ def reference_decode(path):
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
-def squeeze_warnings(record):
-    return [str(w.message) for w in record if issubclass(w.category, SqueezeWarning)]
-
-
-def read_recording(path, **kwargs):
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = video.read_video_clips(path, "k400", **kwargs)
-    return result, squeeze_warnings(record)
 
 
 def mean_abs(a, b) -> float:
