@@ -650,7 +650,7 @@ def add_subcommands(subparsers) -> None:
                    f"question's own words; default {DEFAULT_EXACT_TAIL}: on the held-out split at 2k it answered 10 of "
                    "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
-                   "steps always select. With --artifacts: default = the artifact's manifest")
+                   "steps select (the answer's first ones attend exactly with --exact-decode). With --artifacts: default = the artifact's manifest")
     g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help=FOLLOW_KEYS_HELP + "; RESULTS.md 3m")
     g.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",

@@ -53,7 +53,7 @@ class AttentionChoice:
     prefill_tail: int = DEFAULT_PREFILL_TAIL  # the prompt's last tokens that select one token at a time
                                      # (settings.prefill_chunks; RESULTS.md 3e), before the exact tail
     exact_tail: int = DEFAULT_EXACT_TAIL  # the prompt's last tokens that attend every context key (no lookup;
-                                     # RESULTS.md 3h); decode steps always select
+                                     # RESULTS.md 3h); decode steps select (but see exact_decode)
     decode_selection: str = "step"   # "step": every decode step selects; "question": decode steps reuse the
                                      # selection the prompt's prefill made (see SelectionSpec.decode_selection)
     follow_keys: int | None = None   # of each decode step's kept keys, how many follow the previous row's most

@@ -17,7 +17,8 @@ MODES = ("full", "top-k", "threshold")
 # (prefill_rows = 0) or one per chunk of prefill_rows tokens, the last prefill_tail of them one token at a time.
 # Held-out split at 2k, KV budget 0.125 (13 pass-key cases full attention answers): the previous default (the last
 # 16 tokens selecting per token) answered 7, an exact tail of 16 answered 9, 32 answered 10 (as many as a fully exact
-# prefill); decode steps always select. The exact rows do full attention's per-token work, which on the host costs
+# prefill); decode steps select (--exact-decode makes the answer's first ones exact). The exact rows do full
+# attention's per-token work, which on the host costs
 # ~150 ms of an 8k host prefill (8k, 128-token prompt, 2 threads: 461 ms vs 311 ms for one selection, full attention
 # 601 ms; RESULTS.md 3m corrects 3h's timing); the tail is bounded so a long prompt pays for 32 tokens only.
 DEFAULT_PREFILL_ROWS = 0
