@@ -615,7 +615,7 @@ def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
 def test_the_answers_first_decode_steps_attend_exactly(backend):
     """exact_decode N: the first N decode steps attend every context key as the prompt's exact tail does (full
     attention's partial, bit for bit, and the pointer for the next step from every clustered key); step N+1 selects
-    again. With the whole prompt in the exact tail, the first N+1 tokens are full attention's."""
+    again: teacher-forced, the first N+1 next-token distributions are full attention's bit for bit."""
     if backend == "native":
         require_fused_kernel()
     gen = small_generator(hierarchical=False)
@@ -631,12 +631,17 @@ def test_the_answers_first_decode_steps_attend_exactly(backend):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and ctx.stats.calls == calls
     ctx.attend(layer, q[layer][:, N:N + 1])                                # then it selects again
     assert ctx.stats.calls == calls + 1
-    prompt = "What is the pass key mentioned in the text above?"
-    full = gen.generate(prompt, AttentionChoice("full"), max_new_tokens=8, stop_at_eos=False).token_ids
-    for n in (3, 8):
-        got = gen.generate(prompt, AttentionChoice("top-k", keep_fraction=0.05, backend=backend, exact_tail=64,
-                                                   exact_decode=n), max_new_tokens=8, stop_at_eos=False).token_ids
-        assert got[:n + 1] == full[:n + 1]
+    # one token per step, teacher-forced: the first call (the prompt) attends exactly, then the first n decode steps
+    # do, so the first n + 1 next-token distributions are full attention's bit for bit, and the step after is not
+    from squeezed_attention.evaluate import continuation_metrics
+
+    ids = gen.tokenizer.encode(" What is the pass key mentioned in the text above? The pass key is")
+    full, _ = continuation_metrics(gen, AttentionChoice("full"), ids)
+    for n in (3, 6):
+        got, _ = continuation_metrics(gen, AttentionChoice("top-k", keep_fraction=0.05, backend=backend,
+                                                           exact_decode=n), ids)
+        assert torch.equal(got[:n + 1], full[:n + 1])
+        assert not torch.equal(got[n + 1], full[n + 1])
     with pytest.raises(Exception, match="exact-decode"):
         AttentionChoice("top-k", kv_budget=0.125, exact_decode=4, decode_selection="question")
     with pytest.raises(Exception, match="exact-decode"):
