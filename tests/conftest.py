@@ -88,6 +88,16 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return randomize_bn_statistics(model, seed)
 
 
+def write_small_checkpoint(path, config: str = "hmdb51", seed: int = 0, **overrides):
+    """A reduced SqueezeTime (T=4, width 0.25) with random BN statistics, saved in the mmaction layout at ``path``."""
+    import squeezetime
+
+    torch.manual_seed(seed)
+    model = randomize_bn(squeezetime.build_model(config, frames=4, width=0.25, **overrides), seed=seed).eval()
+    squeezetime.save_checkpoint(model, path)
+    return path
+
+
 @pytest.fixture
 def small_model():
     """A reduced SqueezeTime (T=4, width 0.25, 10 classes) with random BN statistics."""

@@ -33,16 +33,9 @@ def _partials(d: Path):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    import torch
+    from conftest import write_small_checkpoint
 
-    import squeezetime
-    from conftest import randomize_bn
-
-    torch.manual_seed(11)
-    model = randomize_bn(squeezetime.build_model("hmdb51", frames=4, width=0.25), seed=11)
-    path = tmp_path_factory.mktemp("ckpt") / "small_hmdb51.pth"
-    squeezetime.save_checkpoint(model, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "small_hmdb51.pth", seed=11)
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    import torch
+    from conftest import write_small_checkpoint
 
-    import squeezetime
-    from conftest import randomize_bn
-
-    torch.manual_seed(5)
-    model = randomize_bn(squeezetime.build_model("hmdb51", frames=4, width=0.25), seed=5)
-    path = tmp_path_factory.mktemp("ckpt_disk") / "small_hmdb51.pth"
-    squeezetime.save_checkpoint(model, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt_disk") / "small_hmdb51.pth", seed=5)
 
 
 def _partials(folder: Path):

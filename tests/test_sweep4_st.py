@@ -17,7 +17,7 @@ import squeezetime
 from squeeze_mobile.errors import SqueezeWarning
 from squeezetime import SqueezeError, video
 
-from conftest import read_recording, squeeze_warnings, CODEC_CLIP_FRAMES, CODEC_CLIPS, randomize_bn
+from conftest import CODEC_CLIP_FRAMES, CODEC_CLIPS, read_recording, squeeze_warnings, write_small_checkpoint
 
 
 
@@ -39,11 +39,7 @@ def damaged_copy(src, dst, start: float, length: int):
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = randomize_bn(squeezetime.build_model("k400", frames=4, width=0.25, num_classes=10)).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "small.pth"
-    squeezetime.save_checkpoint(model, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.pth", "k400", num_classes=10)
 
 
 # ------------------------------------------------------------------------------------ damaged mid-stream
