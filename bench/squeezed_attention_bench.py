@@ -28,23 +28,27 @@ from squeezed_attention import native
 from squeezed_attention.corpus import prose_of_tokens
 from squeezed_attention.generation import AttentionChoice, Generator, keep_for_budget
 from squeezed_attention.model import LlamaForCausalLM
-from squeezed_attention.settings import DEFAULT_EXACT_TAIL
+from squeezed_attention.settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL
 from squeezed_attention.pack import BuildSettings, build_context_pack, load_context_pack, save_context_pack
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
+CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-select-decode", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
                "hierarchical", "threshold")
 
 
 def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS, exact_decode: int = 16):
     table = {
         "full": ("full", AttentionChoice("full")),
-        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens attend exactly, 4 followed keys per decode step)",
+        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens and the answer's "
+                   f"first {DEFAULT_EXACT_DECODE} attend exactly, 4 followed keys per selecting decode step)",
                    AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
         "native-exact-decode": (f"top-k flat, native kernels, the default with the answer's first {exact_decode} tokens "
                                 f"attending exactly (--exact-decode {exact_decode})",
                                 AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_decode=exact_decode)),
+        "native-select-decode": ("top-k flat, native kernels, the default with every decode step selecting "
+                                 "(--exact-decode 0)",
+                                 AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_decode=0)),
         "native-no-follow": ("top-k flat, native kernels, no followed keys (every decode step's keys selected)",
                              AttentionChoice("top-k", kv_budget=kv_budget, backend="native", follow_keys=0)),
         "native-select-tail": ("top-k flat, native kernels, the last 16 prompt tokens select per token (no exact tail)",

@@ -69,6 +69,12 @@ def add_decoder_arguments(p) -> None:
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
                         "prefill loses, and a 20-token question prefills in 132 ms (llama.cpp with its prompt state "
                         "restored: 285 ms; README, 'Against the peer, latest')")
+    g.add_argument("--exact-decode", type=int_range(0, 1 << 16), default=None, metavar="N",
+                   help="decoder: the answer's first N tokens (0..--max-new) attend every fixed-context row, as the "
+                        "exact tail does (in-graph plans: 1-token prefill_exact calls; split plan: one-token stages "
+                        "decode_exact_<s>), recorded in the manifest (`squeeze generate --artifacts --exact-decode` "
+                        "overrides it per run); default: the host's default for every squeezed artifact with an "
+                        "exact tail; needs --exact-tail >= 1 (RESULTS.md 3r)")
     g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys, "
                         "the host's rule (`squeeze generate --follow-keys`): held-out pass keys at KV budget 0.125 "
@@ -107,7 +113,8 @@ def cmd_export_decoder(args) -> int:
                             lookup_plan=args.lookup_plan, weights=args.weights,
                             decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                             pte_backend=args.pte_backend, exact_tail=args.exact_tail,
-                            follow_keys=args.follow_keys, verify=args.verify, verify_text=args.verify_text,
+                            follow_keys=args.follow_keys, exact_decode=args.exact_decode, verify=args.verify,
+                            verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:
@@ -159,7 +166,8 @@ def cmd_generate_artifacts(args) -> int:
                              attention=getattr(args, "artifact_attention", None), plan=getattr(args, "artifact_plan", None),
                              prefill_rows=getattr(args, "prefill_rows", None),
                              prefill_tail=getattr(args, "prefill_tail", None),
-                             exact_tail=getattr(args, "exact_tail", None))
+                             exact_tail=getattr(args, "exact_tail", None),
+                             exact_decode=getattr(args, "exact_decode", None))
     streamed = []
 
     def stream(piece: str) -> None:

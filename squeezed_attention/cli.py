@@ -207,7 +207,7 @@ def _choice_from_args(args):
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys,
-                  exact_decode=DEFAULT_EXACT_DECODE if args.exact_decode is None else args.exact_decode)
+                  exact_decode=args.exact_decode)   # None: the default for the decode selection
     if args.full:
         ignored = [flag for flag, on in (("--hierarchical", args.hierarchical),
                                          ("--per-query-head", args.per_query_head),
@@ -246,7 +246,6 @@ def cmd_generate(args) -> int:
                                              ("--lookup", args.lookup != "auto"),
                                              ("--decode-selection", args.decode_selection != "step"),
                                              ("--follow-keys", args.follow_keys is not None),
-                                             ("--exact-decode", args.exact_decode is not None),
                                              ("--model", args.model is not None)) if on]
         if unsupported:
             raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
@@ -365,7 +364,7 @@ def cmd_context_eval(args) -> int:
         raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
     if args.follow_keys is not None:
         raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
-    if args.exact_decode:
+    if args.exact_decode is not None:
         raise SqueezeError("--exact-decode applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
     if args.lengths is None:
         args.lengths = EVAL_LENGTHS
@@ -404,10 +403,6 @@ def _suite_eval(args, config) -> int:
                      head_dim=config.head_dim)
     if args.artifacts:   # an unusable export directory is refused before anything is loaded or written
         from .decoder_session import read_decoder_manifest
-
-        if args.exact_decode:
-            raise SqueezeError("--exact-decode runs on the PyTorch path only (the exported decoders do not have it "
-                               "yet); drop --artifacts or --exact-decode")
 
         read_decoder_manifest(args.artifacts)
     out = Path(args.out)
@@ -571,9 +566,10 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
                    help="suite: the prompt's last N tokens attend every context key, >= 0 (as squeeze generate --exact-tail; "
                    f"default {DEFAULT_EXACT_TAIL})")
-    e.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_DECODE, metavar="N",
+    e.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help="suite: the answer's first N decode steps attend every context key, >= 0 (as squeeze generate "
-                   f"--exact-decode; default {DEFAULT_EXACT_DECODE}; host only)")
+                   f"--exact-decode; default {DEFAULT_EXACT_DECODE} with per-step decode selection, else 0; "
+                   "--artifacts: each artifact's manifest)")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
@@ -657,7 +653,8 @@ def add_subcommands(subparsers) -> None:
                    help="the answer's first N >= 0 generated tokens attend EVERY fixed-context key, as the exact tail "
                    "does (the answer's opening, where it restates the question and starts copying a value from the "
                    f"document; RESULTS.md 3r); costs full attention's decode work for those tokens (default "
-                   f"{DEFAULT_EXACT_DECODE}; the PyTorch path only for now: refused with --artifacts)")
+                   f"{DEFAULT_EXACT_DECODE}; 0 = every decode step selects). With --artifacts: default = the artifact's "
+                   "manifest")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

@@ -31,7 +31,7 @@ import torch
 
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 
-from .decoder_session import SCHEMA, SCHEMA_PREFIX
+from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX
 from .errors import SqueezeError
 from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
@@ -132,7 +132,7 @@ def decoder_modules(model, shapes: DecoderShapes, attention: str, state: str, se
 
 
 def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan: str = "in-graph",
-                    selection: str = "step", exact_tail: int = 0, follow: int = 0):
+                    selection: str = "step", exact_tail: int = 0, follow: int = 0, exact_decode: int = 0):
     """The export.program.Program for one format: ExecuTorch keeps the cache in shared mutable buffers, ONNX
     takes it as inputs and returns each step's new keys/values (one graph, token axis dynamic).
 
@@ -141,7 +141,10 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection.
     ``exact_tail`` > 0 (squeezed, per-step selection): a third method ``prefill_exact`` (up to exact_tail tokens)
     runs the prompt's last tokens over every fixed-context row; in the split plan as stages ``prefill_exact_<s>``
-    with no lookup between them (DecoderStage(exact=True))."""
+    with no lookup between them (DecoderStage(exact=True)). ``exact_decode`` > 0 (the answer's first decode steps
+    attend exactly): in-graph, those steps are ``prefill_exact`` calls of one token (its token axis is dynamic); the
+    split plan's static stages get a one-token copy, ``decode_exact_<s>``, so such a step does not pay for
+    exact_tail rows."""
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
@@ -152,10 +155,11 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     module = modules["prefill"]
     if plan == "split":
         methods = []
-        widths = (("prefill", shapes.max_prompt), ("decode", 1)) + ((("prefill_exact", exact_tail),) if exact_tail else ())
+        widths = (("prefill", shapes.max_prompt), ("decode", 1)) + ((("prefill_exact", exact_tail),) if exact_tail else ()) \
+            + ((("decode_exact", 1),) if exact_tail and exact_decode else ())
         for name, width in widths:
             for stage in range(model.config.num_layers + 1):
-                graph = DecoderStage(module, stage, exact=name == "prefill_exact").eval()
+                graph = DecoderStage(module, stage, exact=name in EXACT_METHODS).eval()
                 methods.append(Method(f"{name}_{stage}", graph, graph.example_inputs(width), graph.output_names()))
         return Program(methods), module
     # the prefill's token axis is symbolic (1..max_prompt) where the format allows it: a question costs its own
@@ -178,6 +182,19 @@ def exact_tail_for(exact_tail: int | None, attention: str, selection: str, max_p
     from .settings import DEFAULT_EXACT_TAIL
 
     return min(DEFAULT_EXACT_TAIL, max_prompt) if attention == "squeezed" and selection == "step" else 0
+
+
+def exact_decode_for(exact_decode: int | None, attention: str, selection: str, exact_tail: int, max_new: int) -> int:
+    """The answer's opening decode steps an artifact runs exactly by default (its contract's exact_decode): the
+    caller's, or (None) the host's default (settings.DEFAULT_EXACT_DECODE) for every squeezed artifact with per-step
+    selection and an exact method (exact_tail > 0), at most max_new, else 0."""
+    if attention != "squeezed" or selection != "step":
+        return 0
+    if exact_decode is not None:
+        return exact_decode
+    from .settings import DEFAULT_EXACT_DECODE
+
+    return min(DEFAULT_EXACT_DECODE, max_new) if exact_tail else 0
 
 
 def follow_keys_for(follow_keys: int | None, attention: str, selection: str, prefill_tail: int) -> int:
@@ -249,7 +266,8 @@ def chat_section(tokenizer) -> dict:
 
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
-                     prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0, min_keep: int = 0) -> dict:
+                     prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0, min_keep: int = 0,
+                     exact_decode: int = 0) -> dict:
     """The manifest's runtime contract of one decoder artifact. ``follow``: its followed keys, used where the pack
     keeps at least ``min_keep`` keys (follow_min_keep: the export's default F is gated as the host's default is,
     settings.default_follow_keys; an F given explicitly applies to every pack, as on the host)."""
@@ -285,9 +303,21 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         prompt_step += ("; every method also feeds the inputs its entry fixes (\"value\": the .onnx file's graph "
                         "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
                         "fed to every method)")
+    opening = exact_decode if exact else 0
+    exact_method = "decode_exact" if plan == "split" and "decode_exact_0" in methods else "prefill_exact"
+    opening_steps = [
+        f"the answer's opening (exact_decode = {opening}; an app may choose another N >= 0): the decode steps of the "
+        f"answer's first {opening} tokens (a token's step is the one that feeds it) call {exact_method} instead of decode, "
+        "with that one token (n_tokens = 1, cache_len as for decode; padded to the method's width where it has no "
+        "dynamic axis): every fixed-context row attends, no keep_keys, no followed rows fed; its pointer (follow_out / "
+        "the stages' follow_weights) points the next step as prefill_exact's does. Later steps call decode"
+        + (f" ({exact_method}_0 .. {exact_method}_<L>: prefill_exact's stages one token wide)"
+           if exact_method == "decode_exact" else "")
+    ] if exact else []
     if plan == "split":
-        return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep),
-                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact}
+        return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep,
+                                 opening_steps),
+                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact, "exact_decode": opening}
     question = squeezed and selection == "question"
     follow = follow if squeezed else 0
     decode_steps = [
@@ -310,6 +340,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "decode_selection": selection if attention == "squeezed" else None,
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "exact_tail": exact if squeezed else None,
+        "exact_decode": opening if squeezed else None,
         "follow_keys": follow if squeezed else None,
         "follow_min_keep": (min_keep if follow else 0) if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
@@ -318,6 +349,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
             "context inputs (squeezed_attention.pack_arrays.decoder_context_inputs; the sample apps port it)",
             prompt_step,
             *decode_steps,
+            *opening_steps,
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
         "state_handling": how,
@@ -344,9 +376,9 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
 
 
 def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, prompt_step: str = "",
-                   exact_tail: int = 0, follow: int = 0, min_keep: int = 0) -> dict:
+                   exact_tail: int = 0, follow: int = 0, min_keep: int = 0, opening_steps=()) -> dict:
     """The runtime contract of the split plan (see exportable.DecoderStage and lookup_numpy.kept_rows)."""
-    layers = sum(1 for m in methods if m.startswith("decode_")) - 1
+    layers = sum(1 for m in methods if m.startswith("decode_") and m[len("decode_"):].isdigit()) - 1
     follow_steps = [
         (f"followed keys (follow_keys = {follow}; used where the pack's keep_keys is at least follow_min_keep, else "
          "as 0): every stage s >= 1 also returns follow_weights [Hkv, W] (W = max_keep; prefill_exact stages: "
@@ -382,6 +414,7 @@ def split_contract(shapes: DecoderShapes, kv_budget: float, methods: dict, promp
                "past_values = cache of layer l (after writing key/value at cache_len as above), sink_kv_l, window_kv_l, "
                "clustered_keys_l / clustered_values_l as [Hkv, max_clustered, D] views of the pack's rows (every row; "
                "padding masked from counts_l) and counts_l"] if exact_tail else []),
+            *opening_steps,
             *follow_steps,
             "logits -> argmax (greedy); stop at tokenizer.stop_token_ids",
         ],
@@ -423,7 +456,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
                    pte_backend: str = "xnnpack", exact_tail: int | None = None,
-                   follow_keys: int | None = None) -> DecoderExportResult:
+                   follow_keys: int | None = None, exact_decode: int | None = None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -478,6 +511,17 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                            f"got {exact_tail!r}")
     if exact_tail and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
         check_exact_tail(exact_tail, "squeezed", decode_selection)
+    if exact_decode is not None and (type(exact_decode) is not int or not 0 <= exact_decode <= max_new):
+        raise SqueezeError(f"--exact-decode must be a whole number of tokens from 0 to --max-new ({max_new}); "
+                           f"got {exact_decode!r}")
+    if exact_decode and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
+        if decode_selection != "step":
+            raise SqueezeError(f"--exact-decode {exact_decode} is exported with per-step decode selection only (here: "
+                               f"decode selection {decode_selection}); pass --exact-decode 0")
+        if exact_tail == 0:
+            raise SqueezeError(f"--exact-decode {exact_decode} runs the answer's first tokens through the exact method "
+                               "(prefill_exact), which --exact-tail 0 leaves out; pass --exact-tail >= 1 or "
+                               "--exact-decode 0")
     if follow_keys is not None and (type(follow_keys) is not int or follow_keys < 0):
         raise SqueezeError(f"--follow-keys must be a whole number of keys >= 0; got {follow_keys!r}")
     if follow_keys and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
@@ -558,7 +602,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             exact = exact_tail_for(exact_tail, att, selection, shapes.max_prompt)
             follow = follow_keys_for(follow_keys, att, selection, prefill_tail)
             min_keep = follow_min_keep(follow) if follow_keys is None else 0   # gated as the host's default
-            program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow)
+            opening = exact_decode_for(exact_decode, att, selection, exact, shapes.max_new)
+            program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow, opening)
             t0 = time.perf_counter()
             try:
                 # a converter that fills the disk can end the process from C++ with no message: refuse it first
@@ -584,7 +629,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection, prefill_rows, prefill_tail, exact, follow, min_keep),
+                                                   selection, prefill_rows, prefill_tail, exact, follow, min_keep,
+                                                   opening),
                       **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
@@ -688,16 +734,17 @@ class VerificationData:
 
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
                          decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0,
-                         exact_tail: int = 0, follow_keys: int = 0) -> list:
+                         exact_tail: int = 0, follow_keys: int = 0, exact_decode: int = 0) -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys)
+        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys, exact_decode)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
                 AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
                                 prefill_rows=prefill_rows, prefill_tail=prefill_tail, exact_tail=exact_tail,
-                                follow_keys=follow_keys)   # the artifact's own (export --follow-keys, 0 by default)
+                                follow_keys=follow_keys,   # the artifact's own (export --follow-keys, 0 by default)
+                                exact_decode=exact_decode)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -754,7 +801,7 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
                                       loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail,
-                                      loop_art.follow)
+                                      loop_art.follow, loop_art.exact_decode)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

@@ -39,6 +39,9 @@ SCHEMA = "squeeze-mobile/decoder-manifest/2"
 SCHEMA_PREFIX = "squeeze-mobile/decoder-manifest/"
 
 MANIFEST = "manifest.json"
+# the methods that attend every fixed-context row (no lookup): the prompt's exact tail, and the split plan's
+# one-token copy of it for the answer's opening steps (in-graph plans run those as 1-token prefill_exact calls)
+EXACT_METHODS = ("prefill_exact", "decode_exact")
 
 
 def prompt_selection(contract: dict, prefill_rows: int | None = None, prefill_tail: int | None = None) -> tuple:
@@ -74,6 +77,24 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to {have} for this artifact (its "
                            f"prefill_exact method's width; re-export with --exact-tail N for more); got {exact_tail!r}")
     return exact_tail
+
+
+def exact_decode_of(contract: dict, exact_decode: int | None = None) -> int:
+    """The answer's first decode steps that run through the exact method (every fixed-context row): the caller's
+    choice, else the contract's (exports before the field: 0). Needs the artifact's exact method (exact_tail > 0)."""
+    if exact_decode is None:
+        return int(contract.get("exact_decode") or 0)
+    _refuse_for_full(contract, "--exact-decode", exact_decode)
+    if type(exact_decode) is not int or exact_decode < 0:
+        raise SqueezeError(f"--exact-decode must be a whole number of tokens >= 0; got {exact_decode!r}")
+    if exact_decode and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
+        raise SqueezeError(f"--exact-decode {exact_decode} runs the answer's first tokens through the artifact's exact "
+                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
+                           "--exact-tail N or pass --exact-decode 0")
+    if exact_decode and contract.get("decode_selection") == "question":
+        raise SqueezeError("--exact-decode needs an artifact with per-step decode selection (this one holds the "
+                           "prefill's selection for the whole answer)")
+    return exact_decode if contract.get("attention") == "squeezed" else 0
 
 
 def token_width(methods: dict, method: str, n: int, static: int) -> int:
@@ -188,11 +209,16 @@ class GenerationLoop:
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
 
     def __init__(self, runner, contract: dict, pack, context_inputs: dict, prefill_rows: int | None = None,
-                 prefill_tail: int | None = None, exact_tail: int | None = None):
+                 prefill_tail: int | None = None, exact_tail: int | None = None, exact_decode: int | None = None):
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.prefill_rows, self.prefill_tail = prompt_selection(contract, prefill_rows, prefill_tail)
         self.exact_tail = exact_tail_of(contract, exact_tail)
+        # the answer's first exact_decode decode steps attend every fixed-context row: a 1-token prefill_exact call
+        # (in-graph: its token axis is dynamic), or the split plan's one-token stages decode_exact_<s> where exported
+        self.exact_decode = exact_decode_of(contract, exact_decode)
+        self.exact_method = "decode_exact" if self.split and "decode_exact_0" in (contract.get("methods") or {}) \
+            else "prefill_exact"
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
@@ -235,8 +261,8 @@ class GenerationLoop:
         return self.contract.get("lookup_plan") == "split"
 
     def step(self, method: str, tokens: list, cache_len: int, cache):
-        if self.attention == "squeezed" and method != "prefill_exact":
-            self.selected = True   # this call selects kept keys (prefill_exact attends every row)
+        if self.attention == "squeezed" and method not in EXACT_METHODS:
+            self.selected = True   # this call selects kept keys (prefill_exact / decode_exact attend every row)
         if self.split:
             return self._split_step(method, tokens, cache_len, cache)
         width = token_width(self.contract.get("methods") or {}, method, len(tokens), self.static_width(method))
@@ -281,7 +307,8 @@ class GenerationLoop:
         return np.full((L, hkv, width), -1, dtype=np.int64)
 
     def static_width(self, method: str) -> int:
-        """Token slots of a method's static shape: prefill max_prompt, prefill_exact exact_tail, decode 1."""
+        """Token slots of a method's static shape: prefill max_prompt, prefill_exact exact_tail, decode (and
+        decode_exact) 1."""
         return {"prefill": self.shapes["max_prompt"], "prefill_exact": self.contract.get("exact_tail") or 0}.get(method, 1)
 
     def _shaped(self, method: str, feed: dict) -> dict:
@@ -308,7 +335,7 @@ class GenerationLoop:
         every stage after a layer returns follow_weights, ranked here into that layer's next pointer."""
         from .lookup_numpy import follow_pointer, kept_rows
 
-        exact = method == "prefill_exact"
+        exact = method in EXACT_METHODS
         F = self.follow
         follows = F and method == "decode" and not self.prompting
         keep = self.keep_keys - (F if follows else 0)
@@ -417,7 +444,9 @@ class GenerationLoop:
                 on_token(tokens)
             if len(tokens) == max_new_tokens or (forced is not None and len(tokens) == len(forced)):
                 break
-            logits = self.step("decode", [token], len(ids) + len(tokens) - 1, cache)
+            # the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
+            method = self.exact_method if self.decode_steps < self.exact_decode else "decode"
+            logits = self.step(method, [token], len(ids) + len(tokens) - 1, cache)
             self.decode_steps += 1
         self.decode_seconds = time.perf_counter() - t1
         return tokens, all_logits
@@ -428,7 +457,7 @@ class DecoderSession:
 
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
-                 exact_tail: int | None = None, file: str | None = None):
+                 exact_tail: int | None = None, file: str | None = None, exact_decode: int | None = None):
         from export.backends import get_backend
 
         if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
@@ -464,6 +493,7 @@ class DecoderSession:
                                f"or check it with `squeeze verify {self.directory}`") from None
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)
+        self.exact_decode = exact_decode_of(self.contract, exact_decode)
         self.loop = None
 
     def attach(self, pack_path, context_text: str | None = None) -> None:
@@ -476,7 +506,7 @@ class DecoderSession:
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
         self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail,
-                                   self.exact_tail)
+                                   self.exact_tail, self.exact_decode)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         if self.loop is None:
@@ -492,7 +522,8 @@ class DecoderSession:
         tokens, _ = self.loop.greedy(ids, max_new_tokens, stop_ids=self.stop_ids if stop_at_eos else (),
                                      on_token=streamed.update if on_text else None)
         loop = self.loop
-        label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}"
+        label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}" + (
+            f", exact first {loop.exact_decode} answer tokens" if loop.exact_decode else "")
         return GenerationResult(
             text=streamed.finish(tokens), token_ids=tokens,
             prompt_tokens=len(ids),

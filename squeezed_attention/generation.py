@@ -59,8 +59,9 @@ class AttentionChoice:
     follow_keys: int | None = None   # of each decode step's kept keys, how many follow the previous row's most
                                      # weighed keys (SelectionSpec.follow_keys); top-k mode, per-step decode. None:
                                      # settings.default_follow_keys there, else 0
-    exact_decode: int = DEFAULT_EXACT_DECODE  # the answer's first N decode steps attend every context key, as the
-                                     # exact tail does (SelectionSpec.exact_decode; per-step decode; RESULTS.md 3r)
+    exact_decode: int | None = None  # the answer's first N decode steps attend every context key, as the exact
+                                     # tail does (SelectionSpec.exact_decode; RESULTS.md 3r). None: per-step decode
+                                     # selection DEFAULT_EXACT_DECODE, question-level 0 (it holds one selection)
 
     def __post_init__(self):
         plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
@@ -70,6 +71,8 @@ class AttentionChoice:
         if self.mode not in MODES:
             raise SqueezeError(f"unknown attention mode {self.mode!r}; use one of {', '.join(MODES)}")
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
+        if self.exact_decode is None:
+            self.exact_decode = DEFAULT_EXACT_DECODE if self.mode != "full" and self.decode_selection == "step" else 0
         if self.mode == "full":
             if sizes:
                 raise SqueezeError(f"full attention keeps every key; drop {sizes[0]}")
@@ -116,7 +119,7 @@ class AttentionChoice:
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
                 f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}"
-                f"{f', exact first {self.exact_decode} answer tokens' if self.exact_decode else ''}")
+                f"{'' if self.exact_decode == DEFAULT_EXACT_DECODE or self.decode_selection != 'step' else f', exact first {self.exact_decode} answer tokens'}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)

@@ -256,7 +256,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
               exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None,
-              continuation_cases: int = 4, exact_decode: int = 0) -> dict:
+              continuation_cases: int = 4, exact_decode: int | None = None) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length
     ``continuation_cases`` continuations (teacher-forced prose from the split, each from its own random place)
@@ -284,6 +284,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                                                           follow_keys=follow_keys, exact_decode=exact_decode)
                     for b in kv_budgets})
     squeezed = {k: v for k, v in choices.items() if k != "full"}
+    exact_decode = next(iter(squeezed.values())).exact_decode if squeezed else exact_decode   # None: resolved
     rows, recalls, continuation = [], [], []
     started = time.perf_counter()
     docs = documents()
@@ -298,7 +299,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                   "artifacts": [{"config": label, "file": session.artifact["file"],
                                  "format": session.artifact["format"], "weights": session.artifact.get("weights"),
                                  "attention": session.contract["attention"], "kv_budget": session.contract.get("kv_budget"),
-                                 "exact_tail": session.exact_tail, "runtime": session.backend.runtime}
+                                 "exact_tail": session.exact_tail, "exact_decode": session.exact_decode,
+                                 "runtime": session.backend.runtime}
                                 for label, session in artifacts],
                   "seconds": time.perf_counter() - started}
         if out_dir is None:

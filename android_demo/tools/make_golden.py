@@ -476,6 +476,10 @@ QA_SHORT_TAIL = 4
 # to the tiny pack (follow_min_keep 0; the export's default 4 waits for 32 kept keys, which this pack does not keep).
 # One in-graph run also gates them off (follow_min_keep above keep_keys): the loop then feeds -1 and keep_keys as is.
 QA_FOLLOW = 2
+# the answer's opening steps that run through the exact method (contract exact_decode) in the squeezed goldens and the
+# tiny .onnx: fewer than QA_MAX_NEW, so selecting decode steps follow them (the first one following the pointer of
+# an exact step). One in-graph run sets it to 0 (the loop's exact_decode argument): every decode step selects.
+QA_EXACT_DECODE = 3
 
 
 def _le(a) -> bytes:
@@ -626,22 +630,24 @@ def qa_goldens() -> dict[str, bytes]:
             contract = {"shapes": shapes, "attention": attention, "state": "io",
                         "kv_budget": QA_SHAPES["kv_budget"] if attention == "squeezed" else None,
                         "exact_tail": exact if attention == "squeezed" else None, "methods": methods,
+                        "exact_decode": QA_EXACT_DECODE if attention == "squeezed" else None,
                         "follow_keys": follow if attention == "squeezed" else None,
                         "follow_min_keep": 0 if attention == "squeezed" else None}
             context = decoder_context_inputs(arrays, shapes, attention)
             modules = {m.name: m.module for m in program.methods}
             # the squeezed artifact's exact tail (32) covers the whole question: a run with a shorter tail (the
             # loop's exact_tail argument) also has a selecting prefill (branch 0) before its prefill_exact (branch 1)
-            kinds = [("greedy", None, [], None, None), ("forced", forced, stop_ids, None, None)]
+            kinds = [("greedy", None, [], None, None, None), ("forced", forced, stop_ids, None, None, None)]
             if exact:
-                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL, None))
+                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL, None, None))
+                kinds.append(("greedy-select-decode", None, [], None, None, 0))   # every decode step selects
             if follow:  # the followed keys gated off: this pack keeps fewer keys than follow_min_keep
-                kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6))
+                kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6, None))
             first = len(runs)
-            for kind, force, stops, tail, gate in kinds:
+            for kind, force, stops, tail, gate, opening in kinds:
                 recorder = _RecordingRunner(EagerRunner(modules), methods)
                 loop = GenerationLoop(recorder, contract if gate is None else {**contract, "follow_min_keep": gate},
-                                      arrays, context, exact_tail=tail)
+                                      arrays, context, exact_tail=tail, exact_decode=opening)
                 if follow:
                     assert loop.follow == (0 if gate else follow), (kind, loop.follow)
                 tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
@@ -656,7 +662,8 @@ def qa_goldens() -> dict[str, bytes]:
                     inputs = {k: v for k, v in c["inputs"].items() if k not in loop.context}
                     calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
                 runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
-                             "exact_tail": loop.exact_tail, "tokens": tokens, "keep_keys": loop.keep_keys,
+                             "exact_tail": loop.exact_tail, "exact_decode": loop.exact_decode, "tokens": tokens,
+                             "keep_keys": loop.keep_keys,
                              "follow_keys": follow, "follow_min_keep": gate or 0, "calls": calls,
                              "text": ck.tokenizer.decode(tokens)})
             # the pack's inputs (with followed keys: next_rows_<layer> too, pack_arrays.next_rows)
@@ -800,7 +807,7 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
     """The tiny model's split plan (its stages run by PyTorch, decoder_session's loop between them): the CPU
     lookup's inputs and outputs of the prefill and the first decode step, both layers. ``record`` (a dict) gets
     the run itself: every call (method, the graph's declared inputs, the feed, the outputs), the tokens, keep_keys."""
-    from squeezed_attention.decoder_session import GenerationLoop
+    from squeezed_attention.decoder_session import EXACT_METHODS, GenerationLoop
     from squeezed_attention.exportable import DecoderStage
     from squeezed_attention.lookup_numpy import kept_rows
 
@@ -812,7 +819,7 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
         @torch.no_grad()
         def run(self, method, feed):
             step, at = method.rsplit("_", 1)
-            stage = (exact_stages if step == "prefill_exact" else stages)[int(at)]
+            stage = (exact_stages if step in EXACT_METHODS else stages)[int(at)]
             out = stage(**{n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in stage.input_names()})
             out = {n: o.numpy() for n, o in zip(stage.output_names(), out if isinstance(out, tuple) else (out,))}
             calls.append((method, feed, out))
@@ -822,10 +829,15 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
                         for k, v in feed.items()})
             return out
 
-    # an exact tail shorter than the question: prefill_<s> (selecting) for the tokens before it, then prefill_exact_<s>
+    # an exact tail shorter than the question: prefill_<s> (selecting) for the tokens before it, then prefill_exact_<s>;
+    # the answer's first SPLIT_EXACT_DECODE steps run the one-token exact stages decode_exact_<s> (the methods list
+    # them: the loop takes them where the artifact has them), the next ones decode_<s>
+    layers = module.config.num_layers
     contract = {"shapes": shapes, "attention": "squeezed", "state": "io", "kv_budget": QA_SHAPES["kv_budget"],
-                "lookup_plan": "split", "exact_tail": SPLIT_EXACT_TAIL, "follow_keys": module.follow,
-                "follow_min_keep": 0}
+                "lookup_plan": "split", "exact_tail": SPLIT_EXACT_TAIL, "exact_decode": SPLIT_EXACT_DECODE,
+                "follow_keys": module.follow, "follow_min_keep": 0,
+                "methods": {f"{m}_{s}": {"inputs": [], "outputs": []} for m in ("prefill", "decode", "prefill_exact",
+                                                                               "decode_exact") for s in range(layers + 1)}}
     loop = GenerationLoop(Stages(), contract, arrays, context)
     pointers = []   # the pointer each decode step was fed (followed keys: the previous call's, per layer)
     step = loop._split_step
@@ -845,7 +857,7 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
         step, stage = method.rsplit("_", 1)
         if stage == "1":
             pointer = next(steps)
-        if stage == "0" or step == "prefill_exact":
+        if stage == "0" or step in EXACT_METHODS:
             continue
         layer = int(stage) - 1
         follows = module.follow and step == "decode" and pointer is not None
@@ -858,15 +870,18 @@ def _split_lookups(module, arrays, shapes: dict, context: dict, prompt_ids: list
         assert (np.array_equal(kept_keys, feed["kept_keys"]) and np.array_equal(kept_values, feed["kept_values"])
                 and np.array_equal(bias, feed["kept_bias"]))  # what was fed
         cases.append((f"tiny model, {step}, layer {layer}",) + args + (follow_rows,))
-    decodes = SPLIT_MAX_NEW - 1
+    decodes = SPLIT_MAX_NEW - 1 - SPLIT_EXACT_DECODE   # the selecting decode steps
+    assert [c[0] for c in calls].count("decode_exact_0") == SPLIT_EXACT_DECODE
     assert len(cases) == (1 + decodes) * module.config.num_layers, [c[0] for c in cases]
     return cases
 
 
 # the split run's exact prompt tail (tokens): shorter than the question, so both prefills run
 SPLIT_EXACT_TAIL = 4
-# its new tokens: two decode steps, the first following the prefill_exact stages' pointer, the second a decode's
-SPLIT_MAX_NEW = 3
+# its new tokens: three decode steps, the first the one-token exact stages (decode_exact_<s>, SPLIT_EXACT_DECODE), the
+# second selecting and following that step's pointer, the third a decode's
+SPLIT_MAX_NEW = 4
+SPLIT_EXACT_DECODE = 1
 
 # stage outputs the app's loop only hands on to the next stage: the golden keeps their hashes, not their values
 SPLIT_FORWARDED = ("hidden", "query")
@@ -992,6 +1007,7 @@ def decoder_onnx_current() -> bool:
         return (DECODER_BUILD / ref["artifact"]).is_file() and ref.get("pack_sha256") == _pack_sha256() \
             and manifest.get("schema") == SCHEMA and (artifact["decoder"].get("exact_tail") or 0) == exact \
             and artifact["decoder"].get("follow_keys") == QA_FOLLOW \
+            and artifact["decoder"].get("exact_decode") == QA_EXACT_DECODE == ref.get("exact_decode") \
             and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]
     except (OSError, ValueError, KeyError, AttributeError, TypeError, StopIteration):
         return False
@@ -1028,7 +1044,8 @@ def write_decoder_onnx() -> Path:
         out = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.partial-{os.getpid()}")
         shutil.rmtree(out, ignore_errors=True)
         result = export_decoder(out, formats=("onnx",), model_path=gguf, attention="squeezed",
-                                kv_budget=QA_SHAPES["kv_budget"], verify=False, follow_keys=QA_FOLLOW, **shapes)
+                                kv_budget=QA_SHAPES["kv_budget"], verify=False, follow_keys=QA_FOLLOW,
+                                exact_decode=QA_EXACT_DECODE, **shapes)
         if result.failures:
             raise SystemExit(f"decoder export failed: {result.failures}")
     try:
@@ -1059,7 +1076,8 @@ def write_decoder_onnx() -> Path:
                "prompt": QA_PROMPT,
                "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
                "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
-               "exact_tail": session.loop.exact_tail, "follow_keys": session.loop.follow,
+               "exact_tail": session.loop.exact_tail, "exact_decode": session.loop.exact_decode,
+               "follow_keys": session.loop.follow,
                "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls,
                           "logits": [np.asarray(x, np.float32).tolist() for x in greedy_logits]},
                "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens, "calls": forced_calls,
