@@ -12,9 +12,14 @@ package dev.squeezemobile.core
  * at cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry
  * fixes ("value": the .onnx file's graph selector `branch`, 0 for prefill/decode, 1 for prefill_exact, whose graph is
  * the file's second one) is fed exactly that value by every call of the method ([DecoderContract.fixedInputs]).
+ * The answer's opening (contract exact_decode N, [DecoderContract.withExactDecode]): the decode steps of the answer's
+ * first N tokens (decode call i, 0-based, feeds answer token i + 1) attend every fixed-context row too, as the
+ * prompt's exact tail does: a 1-token `prefill_exact` call (in-graph: its token axis is dynamic; else padded to
+ * its width), or in the split plan the one-token stages `decode_exact_0 .. decode_exact_L` where the manifest lists
+ * them. Later decode steps select again.
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
  * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them; its exact tail is the stages
- * `prefill_exact_0 .. prefill_exact_L` with no lookup between them.
+ * `prefill_exact_0 .. prefill_exact_L` with no lookup between them (and its exact decode steps `decode_exact_<s>`).
  */
 class DecoderException(message: String) : IllegalArgumentException(message)
 
@@ -41,7 +46,9 @@ interface DecoderRuntime : AutoCloseable {
  * and shape, whatever the pack or cache holds; [fixedInputs]), and the followed keys (follow_keys F, export
  * --follow-keys: every call returns the rows its last token points the next step to, and a decode step takes them
  * back and selects F keys fewer; used where the pack's keep_keys reaches follow_min_keep, else the loop follows none
- * over the same graph; null or absent in older manifests and for full attention: 0).
+ * over the same graph; null or absent in older manifests and for full attention: 0), and the answer's opening
+ * (exact_decode N: the decode steps of the answer's first N tokens run the exact method, [exactMethod], instead of
+ * decode; null or absent in older manifests and for full attention: 0).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
@@ -60,7 +67,20 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                       /** F: the graph's followed keys per KV head (its follow_rows_<layer> inputs are [Hkv, F]); 0 = none */
                       val followKeys: Int = 0,
                       /** the fewest kept keys per head at which the loop follows [followKeys] (below: none, same graph) */
-                      val followMinKeep: Int = 0) {
+                      val followMinKeep: Int = 0,
+                      /**
+                       * N: the answer's first N decode steps run [exactMethod] (every fixed-context row) instead of
+                       * decode; 0 = every decode step selects. A caller may choose another N: [withExactDecode].
+                       */
+                      val exactDecode: Int = 0,
+                      /**
+                       * The static token width of the `prefill_exact` method (the manifest's exact_tail): [exactTail]
+                       * is the prompt tokens a loop runs through it, which a caller may shorten ([withExactTail]);
+                       * this stays the method's (Python: static_width reads the contract's exact_tail). 0 = no such method.
+                       */
+                      val exactWidth: Int = exactTail,
+                      /** the methods the manifest lists (in the split plan: stage names, e.g. decode_exact_0) */
+                      val methods: Set<String> = inputShapes.keys) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -68,6 +88,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         if (exactTail < 0) throw DecoderException("decoder.exact_tail: expected a whole number of tokens >= 0, found $exactTail")
         if (followKeys < 0) throw DecoderException("decoder.follow_keys: expected an integer >= 0, found $followKeys")
         if (followMinKeep < 0) throw DecoderException("decoder.follow_min_keep: expected an integer >= 0, found $followMinKeep")
+        if (exactDecode < 0) throw DecoderException("decoder.exact_decode: expected a whole number of tokens >= 0, found $exactDecode")
+        if (exactDecode > 0 && attention == "squeezed" && exactWidth == 0) {
+            throw DecoderException("decoder.exact_decode: $exactDecode exact decode steps need the artifact's exact method, which it " +
+                "lacks (exact_tail 0); re-export the decoder")
+        }
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
         if (attention == "squeezed" && kvBudget == null) throw DecoderException("decoder.kv_budget: missing for squeezed attention")
@@ -84,8 +109,37 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
 
     val split: Boolean get() = lookupPlan == SPLIT
 
-    /** This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)). */
+    /**
+     * This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)); the
+     * prefill_exact method keeps its width ([exactWidth]).
+     */
     fun withExactTail(exact: Int) = copy(exactTail = exact)
+
+    /**
+     * The method the answer's opening steps call (Python: GenerationLoop.exact_method): the split plan's one-token
+     * stages `decode_exact_<s>` where the manifest lists them, else `prefill_exact` with one token (in-graph: its
+     * token axis is dynamic; a split plan without them: padded to [exactWidth]).
+     */
+    val exactMethod: String get() = if (split && "${DECODE_EXACT}_0" in methods) DECODE_EXACT else GenerationLoop.PREFILL_EXACT
+
+    /**
+     * This contract with another answer's opening: the first [steps] decode steps run [exactMethod] (Python's
+     * GenerationLoop(exact_decode=...), exact_decode_of, with its checks and messages): a whole number >= 0; more
+     * than 0 is refused for full attention (it selects nothing) and for a squeezed artifact without an exact method
+     * (exported with exact_tail 0).
+     */
+    fun withExactDecode(steps: Int): DecoderContract {
+        if (attention == "full" && steps != 0) {
+            throw DecoderException("--exact-decode shapes Squeezed Attention's key selection and does nothing with a " +
+                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+        }
+        if (steps < 0) throw DecoderException("--exact-decode must be a whole number of tokens >= 0; got $steps")
+        if (steps > 0 && exactWidth == 0) {
+            throw DecoderException("--exact-decode $steps runs the answer's first tokens through the artifact's exact method, " +
+                "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-decode 0")
+        }
+        return copy(exactDecode = steps)
+    }
 
     /**
      * This contract with other followed keys and gate (Python: a loop given the contract dict with follow_keys /
@@ -95,9 +149,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     fun withFollowKeys(follow: Int, minKeep: Int) = copy(followKeys = follow, followMinKeep = minKeep)
 
     private fun copy(exactTail: Int = this.exactTail, followKeys: Int = this.followKeys,
-                     followMinKeep: Int = this.followMinKeep) = DecoderContract(attention, state, kvBudget, shapes,
-        lookupPlan, decodeSelection, prefillRows, prefillTail, tokenRanges, exactTail, inputShapes, fixedInputs, followKeys,
-        followMinKeep)
+                     followMinKeep: Int = this.followMinKeep, exactDecode: Int = this.exactDecode) = DecoderContract(attention,
+        state, kvBudget, shapes, lookupPlan, decodeSelection, prefillRows, prefillTail, tokenRanges, exactTail, inputShapes,
+        fixedInputs, followKeys, followMinKeep, exactDecode, exactWidth, methods)
 
     /**
      * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
@@ -112,6 +166,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         const val STEP = "step"
         const val QUESTION = "question"
 
+        /** The split plan's one-token exact stages (decode_exact_<s>) for the answer's opening steps. */
+        const val DECODE_EXACT = "decode_exact"
+
         fun parse(j: JsonPath) = try {
             DecoderContract(j["attention"].string(), j["state"].string(),
                 j.opt("kv_budget")?.let { if (it.isNull) null else it.double() }, DecoderShapes.parse(j["shapes"]),
@@ -121,7 +178,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 tokenRanges(j),
                 optInt(j, "exact_tail"), // null for full attention, absent before it
                 inputShapes(j), fixedInputs(j),
-                optInt(j, "follow_keys"), optInt(j, "follow_min_keep")) // likewise (and the gate absent before it)
+                optInt(j, "follow_keys"), optInt(j, "follow_min_keep"), // likewise (and the gate absent before it)
+                optInt(j, "exact_decode"), // null for full attention, absent before it: 0
+                methods = j.opt("methods")?.obj()?.keys ?: emptySet())
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -236,6 +295,11 @@ class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val p
  * prompt's calls never follow (the host's prompt is its first call per layer), not even a 1-token chunk run as
  * decode; they feed follow_rows = -1 and keep_keys as is. A pack that keeps fewer keys than follow_min_keep follows
  * none over the same graph ([follow] 0: every call as the prompt's).
+ *
+ * The answer's opening ([exactDecode] N): decode calls 0 .. N-1 after the prompt (call i feeds answer token i + 1)
+ * call [exactMethod] instead of decode, fed as a 1-token prefill_exact call (n_tokens 1, cache_len = the decode
+ * position; keep_keys as is, follow_rows -1: it follows nothing); its pointer (follow_out, or the split stages'
+ * follow_weights over every clustered row) is the one the next decode step follows.
  */
 class GenerationLoop(
     val runtime: DecoderRuntime,
@@ -273,6 +337,15 @@ class GenerationLoop(
     val follow: Int = if (graphFollow > 0 && keepKeys!! >= contract.followMinKeep) graphFollow else 0
 
     /**
+     * The answer's first decode steps that run [exactMethod] (every fixed-context row) instead of decode: the
+     * contract's exact_decode for squeezed attention ([DecoderContract.withExactDecode] to choose another), 0 for full.
+     */
+    val exactDecode: Int = if (keepKeys == null) 0 else contract.exactDecode
+
+    /** prefill_exact (one token), or the split plan's decode_exact stages where the manifest lists them. */
+    val exactMethod: String = contract.exactMethod
+
+    /**
      * The pack's context inputs (the caller's, [PackLayout.decoderContextInputs]) with, where the graph has followed
      * keys, next_rows_<layer> ([PackLayout.nextRows]): a graph input in-graph, the CPU's pointer table in the split plan.
      */
@@ -291,7 +364,10 @@ class GenerationLoop(
     /** follow_rows of a call that follows nothing, [Hkv * graphFollow] of -1: one array for every such call. */
     private val noneFollowed: LongArray by lazy { LongArray(pack.kvHeads * graphFollow) { -1L } }
 
-    /** Whether a call of [method] follows keys: decode steps after the prompt, where the loop follows any. */
+    /**
+     * Whether a call of [method] follows keys: decode steps after the prompt, where the loop follows any (an exact
+     * decode step, prefill_exact or decode_exact, attends every row and follows nothing).
+     */
     private fun follows(method: String) = follow > 0 && method == "decode" && !prompting
 
     /** keep_keys of a call: F fewer where it [follows], so that the followed rows fit the kept slots. */
@@ -339,14 +415,25 @@ class GenerationLoop(
         shaped ?: contextInputs
     }
 
+    /**
+     * Token slots of [method]'s static shape (Python: GenerationLoop.static_width): prefill max_prompt, prefill_exact
+     * the manifest's exact_tail ([DecoderContract.exactWidth], not a caller's shorter tail), decode and decode_exact 1.
+     */
+    fun staticWidth(method: String): Int = when (method) {
+        "prefill" -> shapes.maxPrompt
+        PREFILL_EXACT -> contract.exactWidth
+        else -> 1
+    }
+
     /** Time spent in the split plan's CPU lookup since the last [greedy] started. */
     var lookupNanos = 0L
         private set
 
     /**
-     * One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values
-     * into [cache]. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact:
-     * exact_tail, decode: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
+     * One prefill, prefill_exact or decode call (split plan: decode_exact too); returns the logits (flattened) and
+     * writes this step's keys/values into [cache]. The tokens are padded to the method's static width (prefill:
+     * max_prompt, prefill_exact: the manifest's exact_tail, [DecoderContract.exactWidth], also for an exact decode
+     * step's one token; decode, decode_exact: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
      * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so a
      * .pte's prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
      * clustered_values and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each
@@ -356,12 +443,7 @@ class GenerationLoop(
      */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
-        val static = when (method) {
-            "prefill" -> shapes.maxPrompt
-            PREFILL_EXACT -> contract.exactTail
-            else -> 1
-        }
-        val width = contract.tokenWidth(method, tokens.size, static)
+        val width = contract.tokenWidth(method, tokens.size, staticWidth(method))
         val feed = LinkedHashMap<String, DecoderTensor>()
         feed["tokens"] = DecoderTensor.Int64(LongArray(width) { if (it < tokens.size) tokens[it].toLong() else 0L }, intArrayOf(width))
         feed["n_tokens"] = scalar(tokens.size.toLong())
@@ -410,19 +492,15 @@ class GenerationLoop(
      * The split plan (GenerationLoop._split_step): graphs `<method>_0 .. <method>_L`; between stage s-1 and s the CPU
      * lookup turns stage s-1's cluster scores into layer l = s-1's kept rows ([KeptRows]), and stage s-1's key/value
      * (layer l's rows of this step) go into the cache at cacheLen before stage s reads that layer's cache.
-     * `prefill_exact`'s stages (the prompt's exact tail) run no lookup: stage s takes layer l's clustered tables whole,
+     * `prefill_exact`'s stages (the prompt's exact tail) and `decode_exact`'s (an exact decode step, one token) run no lookup: stage s takes layer l's clustered tables whole,
      * as [Hkv, Nc, D] views of the pack's rows (padding masked in the graph from counts_l), and returns no scores.
      * Followed keys: a following decode step's lookup keeps F fewer and puts the previous call's pointer rows into free
-     * slots; every stage s >= 1 returns follow_weights [Hkv, W] on its slots (prefill_exact: on every clustered row),
+     * slots; every stage s >= 1 returns follow_weights [Hkv, W] on its slots (the exact stages: on every clustered row),
      * ranked on the CPU into layer l's next pointer (both counted as lookup time).
      */
     private fun splitStep(method: String, tokens: IntArray, cacheLen: Int, cache: Cache): FloatArray {
-        val exact = method == PREFILL_EXACT
-        val width = when (method) {
-            "prefill" -> shapes.maxPrompt
-            PREFILL_EXACT -> contract.exactTail
-            else -> 1
-        }
+        val exact = method in EXACT_METHODS
+        val width = staticWidth(method)
         val n = tokens.size
         val base = linkedMapOf<String, DecoderTensor>(
             "n_tokens" to scalar(n.toLong()), "cache_len" to scalar(cacheLen.toLong()), "context_len" to scalar(pack.numTokens.toLong()))
@@ -566,7 +644,8 @@ class GenerationLoop(
     /**
      * Prefill [ids] then decode greedily (or along [forced] tokens: teacher forcing, for checks). A stop token ends
      * the answer without being part of it. [onToken] sees the answer so far after every token; when [cancelled]
-     * turns true (checked after each token, e.g. the app's Stop button) no further step runs.
+     * turns true (checked after each token, e.g. the app's Stop button) no further step runs. The first
+     * [exactDecode] decode steps call [exactMethod] (the answer's opening), the others decode.
      */
     fun greedy(ids: IntArray, maxNewTokens: Int, forced: IntArray? = null, stopIds: Set<Int> = emptySet(),
                onToken: ((IntArray) -> Unit)? = null, cancelled: () -> Boolean = { false }): GenerationOutput {
@@ -592,7 +671,9 @@ class GenerationLoop(
                 stopped = true
                 break
             }
-            logits = step("decode", intArrayOf(token), ids.size + tokens.size - 1, cache)
+            // the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
+            val method = if (steps < exactDecode) exactMethod else "decode"
+            logits = step(method, intArrayOf(token), ids.size + tokens.size - 1, cache)
             steps++
         }
         return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps, lookupNanos, stopped)
@@ -632,6 +713,12 @@ class GenerationLoop(
     companion object {
         /** The method that runs the prompt's exact tail (over every fixed-context row, no lookup). */
         const val PREFILL_EXACT = "prefill_exact"
+
+        /**
+         * The methods that attend every fixed-context row (no lookup, no followed rows): the prompt's exact tail, and
+         * the split plan's one-token copy of it for the answer's opening (Python: decoder_session.EXACT_METHODS).
+         */
+        val EXACT_METHODS = setOf(PREFILL_EXACT, DecoderContract.DECODE_EXACT)
 
         /**
          * Where the prompt's exactly attending tail starts (Python: squeezed_attention.settings.exact_start): the tokens

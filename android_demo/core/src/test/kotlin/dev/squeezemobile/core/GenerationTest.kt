@@ -72,13 +72,15 @@ class GenerationTest {
      * The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
      * golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's) and followed keys (the
      * golden's graph follows 2 from any pack, follow_min_keep 0, or none: "greedy-follow-gated"; the manifest's
-     * default export 4 from 32 kept keys).
+     * default export 4 from 32 kept keys), and the run's answer's opening (exact_decode: 3 for the golden's squeezed
+     * runs, 0 for "greedy-select-decode" and full attention; the manifest's default export 14).
      */
     private fun contract(run: JsonPath): DecoderContract {
         val c = manifest.pick("onnx", run["attention"].string()).contract
         val exact = run["exact_tail"].int()
         return (if (exact == c.exactTail) c else c.withExactTail(exact))
             .withFollowKeys(run["follow_keys"].int(), run["follow_min_keep"].int())
+            .withExactDecode(run["exact_decode"].int())
     }
 
     companion object {
@@ -270,7 +272,11 @@ class GenerationTest {
 
     @Test
     fun exactTailIsReadFromTheContract() {
-        val text = Golden.text("qa_decoder_manifest.json")
+        // the answer's opening off (exact_decode 0): with exact_tail 0 (no exact method) exact steps are refused
+        // (exactDecodeIsReadFromTheContract)
+        val opening = "\"exact_decode\": ${shapes.maxNew},"
+        val text = Golden.text("qa_decoder_manifest.json").also { assertTrue(it.contains(opening)) }
+            .replaceFirst(opening, "\"exact_decode\": 0,")
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         val exported = "\"exact_tail\": ${shapes.maxPrompt},"
         assertEquals(32, shapes.maxPrompt)
@@ -466,14 +472,22 @@ class GenerationTest {
                     "new_values" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)), kv))
             }
         }
-        GenerationLoop(io, squeezed.withExactTail(3), pack, context).greedy(IntArray(10) { it + 1 }, 3)
+        GenerationLoop(io, squeezed.withExactTail(3).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 3)
         assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"), calls)
         // the same tensor objects at every call of a method (a runtime binding copies them once: NativeTensorCache)
         assertSame(squeezed.fixedInputs.getValue("decode").getValue("branch"), feeds[2]["branch"])
         assertSame(feeds[2]["branch"], feeds[3]["branch"])
-        // without the exact tail, the whole question in one selecting prefill (branch 0)
+        // the manifest's answer's opening (exact_decode 14): the decode steps are 1-token prefill_exact calls (branch 1)
+        calls.clear()
+        GenerationLoop(io, squeezed.withExactTail(3), pack, context).greedy(IntArray(10) { it + 1 }, 3)
+        assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "prefill_exact branch=1", "prefill_exact branch=1"), calls)
+        // without the exact tail, the whole question in one selecting prefill (branch 0); the opening still runs
+        // through prefill_exact, which the artifact keeps (Python: the loop's exact_tail 0, the contract's method)
         calls.clear()
         GenerationLoop(io, squeezed.withExactTail(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
+        assertEquals(listOf("prefill branch=0", "prefill_exact branch=1"), calls)
+        calls.clear()
+        GenerationLoop(io, squeezed.withExactTail(0).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
         assertEquals(listOf("prefill branch=0", "decode branch=0"), calls)
 
         // "value": a number or nested arrays, row-major, in the entry's dtype and shape
@@ -602,21 +616,42 @@ class GenerationTest {
             val what = "${run["attention"].string()} ${run["kind"].string()}"
             assertArrayEquals(run["tokens"].intArray(), out.tokens, what)
             assertEquals(run["calls"].list().size, runtime.calls, what)
-            // the prompt's calls, then decode steps; the squeezed .onnx's branch as each method fixes it
+            // the prompt's calls, then decode steps: the answer's first exact_decode ones 1-token prefill_exact calls
+            // (every fixed-context row), the others decode; the squeezed .onnx's branch as each method fixes it
             val prompt = when {
                 c.attention == "full" -> listOf("prefill")
                 c.exactTail >= promptIds.size -> listOf("prefill_exact branch=1")  // the whole question is the tail
                 else -> listOf("prefill branch=0", "prefill_exact branch=1")
             }
+            assertEquals(run["exact_decode"].int(), loop.exactDecode, what)
+            val steps = runtime.calls - prompt.size
+            val opening = minOf(loop.exactDecode, steps)
             val decode = if (c.attention == "full") "decode" else "decode branch=0"
-            assertEquals(prompt + List(runtime.calls - prompt.size) { decode }, runtime.log, what)
-            assertEquals(runtime.calls - prompt.size, out.decodeSteps, what)
+            assertEquals(prompt + List(opening) { "prefill_exact branch=1" } + List(steps - opening) { decode }, runtime.log, what)
+            assertEquals(steps, out.decodeSteps, what)
+            // an exact decode step feeds one token at the decode position, as Python's 1-token prefill_exact call
+            for ((i, call) in run["calls"].list().withIndex().drop(prompt.size)) {
+                assertEquals(if (i - prompt.size < opening) "prefill_exact" else "decode", call["method"].string(), "$what call $i")
+            }
         }
-        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-follow-gated",
-            "full greedy", "full forced"), gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
+        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
+            "squeezed greedy-follow-gated", "full greedy", "full forced"),
+            gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
         // the squeezed runs follow 2 keys (gated: none), full attention none
-        assertEquals(listOf(2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
-        assertEquals(listOf(0, 0, 0, 1_000_000, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
+        assertEquals(listOf(2, 2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
+        assertEquals(listOf(0, 0, 0, 0, 1_000_000, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
+        // the squeezed runs open the answer with 3 exact steps ("greedy-select-decode": none, every step selects)
+        assertEquals(listOf(3, 3, 3, 0, 3, 0, 0), gen["runs"].list().map { it["exact_decode"].int() })
+        // the rule changes the answer's logits: the select-decode run's second logits (its first decode step, which
+        // selects) differ from the greedy run's (a 1-token prefill_exact over every row), on the same first token
+        val runs = gen["runs"].list().associateBy { "${it["attention"].string()} ${it["kind"].string()}" }
+        val exactRun = runs.getValue("squeezed greedy")
+        val selectRun = runs.getValue("squeezed greedy-select-decode")
+        assertEquals(exactRun["tokens"].intArray()[0], selectRun["tokens"].intArray()[0])
+        fun logits(run: JsonPath, call: Int) = run["calls"].list()[call]["outputs"]["logits"].let {
+            outputs.copyOfRange(it["offset"].int(), it["offset"].int() + it["count"].int())
+        }
+        assertTrue(!logits(exactRun, 1).contentEquals(logits(selectRun, 1)))
         // the forced run met the end-of-turn token: it stopped there, without emitting it
         val forcedRun = gen["runs"].list().first { it["kind"].string() == "forced" }
         val stop = gen["tokenizer"]["stop_token_ids"].intArray().toSet()
@@ -710,6 +745,124 @@ class GenerationTest {
         assertEquals("Yes \uD83D\uDE00", whole.text)
         assertEquals("a", DocumentQa.finishedText("a\uFFFD\uFFFD"))
         assertEquals("\uFFFDa", DocumentQa.finishedText("\uFFFDa"))
+    }
+
+    @Test
+    fun exactDecodeIsReadFromTheContract() {
+        val text = Golden.text("qa_decoder_manifest.json")
+        // the default export (squeezed, exact_tail 32): the answer's first max_new (14) steps exact; full attention null
+        val exported = "\"exact_decode\": ${shapes.maxNew},"
+        assertTrue(text.contains(exported))
+        fun withOpening(value: String) = text.replaceFirst(exported, "\"exact_decode\": $value,")
+        fun refused(manifest: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(manifest) }.message!!
+        val parsed = DecoderManifest.parse(text).artifacts
+        assertEquals(listOf(14, 0), parsed.map { it.contract.exactDecode })
+        assertEquals(listOf("prefill_exact", "prefill_exact"), parsed.map { it.contract.exactMethod })  // in-graph
+        // null and absent (exports before the field): 0, every decode step selects
+        assertEquals(0, DecoderManifest.parse(withOpening("null")).artifacts[0].contract.exactDecode)
+        assertEquals(0, DecoderManifest.parse(text.replaceFirst(exported, "")).artifacts[0].contract.exactDecode)
+        assertEquals(5, DecoderManifest.parse(withOpening("5")).artifacts[0].contract.exactDecode)
+        // negative or not an integer: one line naming the field
+        assertEquals("decoder.exact_decode: expected a whole number of tokens >= 0, found -1", refused(withOpening("-1")))
+        for (bad in listOf("\"4\"", "2.5", "true")) {
+            val e = refused(withOpening(bad))
+            assertTrue(e.contains("exact_decode: expected an integer") && '\n' !in e, e)
+        }
+        // exact steps without the exact method (exact_tail 0): refused at reading, not at the first decode step
+        val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
+        assertEquals("decoder.exact_decode: 14 exact decode steps need the artifact's exact method, which it lacks (exact_tail 0); " +
+            "re-export the decoder", refused(noMethod))
+        assertEquals(0, DecoderManifest.parse(noMethod.replaceFirst(exported, "\"exact_decode\": 0,")).artifacts[0].contract.exactDecode)
+    }
+
+    @Test
+    fun anExactDecodeOverrideIsCheckedAsPythonChecksIt() {
+        // decoder_session.exact_decode_of: a whole number >= 0; > 0 refused for full attention and for a squeezed
+        // artifact without the exact method; the messages are Python's
+        val squeezed = manifest.pick("onnx", "squeezed").contract
+        val full = manifest.pick("onnx", "full").contract
+        assertEquals(listOf(0, 3, 40), listOf(0, 3, 40).map { squeezed.withExactDecode(it).exactDecode })
+        assertEquals(14, squeezed.exactDecode)  // a copy: the manifest's contract keeps its own
+        assertEquals("--exact-decode must be a whole number of tokens >= 0; got -1",
+            assertThrows(DecoderException::class.java) { squeezed.withExactDecode(-1) }.message)
+        assertEquals("--exact-decode shapes Squeezed Attention's key selection and does nothing with a full-attention artifact " +
+            "(every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)",
+            assertThrows(DecoderException::class.java) { full.withExactDecode(2) }.message)
+        assertEquals(0, full.withExactDecode(0).exactDecode)
+        val noMethod = DecoderContract("squeezed", "io", 0.3, shapes)
+        assertEquals("--exact-decode 2 runs the answer's first tokens through the artifact's exact method, which this artifact " +
+            "lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-decode 0",
+            assertThrows(DecoderException::class.java) { noMethod.withExactDecode(2) }.message)
+        assertEquals(0, noMethod.withExactDecode(0).exactDecode)
+        // a caller's shorter exact tail (even 0) keeps the artifact's method and its width: the opening can still run
+        val noTail = squeezed.withExactTail(0)
+        assertEquals(listOf(0, shapes.maxPrompt), listOf(noTail.exactTail, noTail.exactWidth))
+        assertEquals(2, noTail.withExactDecode(2).exactDecode)
+        assertEquals(listOf(0, shapes.maxPrompt, 2), noTail.withExactDecode(2).let { listOf(it.exactTail, it.exactWidth, it.exactDecode) })
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes, exactTail = 3, exactDecode = -1) }
+        // a full-attention loop runs no exact step whatever its contract says
+        assertEquals(0, GenerationLoop(CallRecorder(), full, pack, PackLayout.decoderContextInputs(pack, shapes, "full")).exactDecode)
+    }
+
+    /** The calls of a greedy answer (ids 1..[n], [maxNew] tokens) under a squeezed "buffer" contract. */
+    private fun greedyCalls(n: Int, maxNew: Int, exact: Int, opening: Int, ranges: Map<String, IntRange> = emptyMap(),
+                            tail: Int? = null): List<String> {
+        val recorder = CallRecorder()
+        var contract = DecoderContract("squeezed", "buffer", 0.3, shapes, tokenRanges = ranges, exactTail = exact, exactDecode = opening)
+        if (tail != null) contract = contract.withExactTail(tail)
+        val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        assertEquals(opening, loop.exactDecode)
+        assertEquals("prefill_exact", loop.exactMethod)
+        val out = loop.greedy(IntArray(n) { it + 1 }, maxNew)
+        assertEquals(maxNew - 1, out.decodeSteps)
+        return recorder.calls
+    }
+
+    @Test
+    fun theAnswersOpeningRunsOneTokenPrefillExactCallsThenDecode() {
+        // GenerationLoop.greedy: decode step i (feeding answer token i + 1) calls prefill_exact with that one token at
+        // the decode position while i < exact_decode, then decode. CallRecorder's logits make call c's token c % 8.
+        val p = shapes.maxPrompt
+        // static prefill_exact (width exact_tail 3): the one token padded to 3
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7@0/$p", "prefill_exact:8,9,10@7/3", "prefill_exact:2@10/3", "prefill_exact:3@11/3",
+            "decode:4@12/1", "decode:5@13/1"), greedyCalls(10, 5, exact = 3, opening = 2))
+        // a dynamic token axis (the .onnx's [1, E]): the one token as it is
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7@0/$p", "prefill_exact:8,9,10@7/3", "prefill_exact:2@10/1", "prefill_exact:3@11/1",
+            "decode:4@12/1", "decode:5@13/1"), greedyCalls(10, 5, exact = 3, opening = 2, ranges = mapOf("prefill_exact" to 1..3)))
+        // exact_decode 0: every decode step selects (as before the rule)
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7@0/$p", "prefill_exact:8,9,10@7/3", "decode:2@10/1", "decode:3@11/1",
+            "decode:4@12/1", "decode:5@13/1"), greedyCalls(10, 5, exact = 3, opening = 0))
+        // more exact steps than the answer has: every decode step exact
+        assertEquals(listOf("prefill_exact:1,2,3@0/3", "prefill_exact:1@3/3", "prefill_exact:2@4/3"),
+            greedyCalls(3, 3, exact = 3, opening = 16))
+        // a caller's exact tail of 0: the prompt selects, the opening still runs prefill_exact at the method's width (3)
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7,8,9,10@0/$p", "prefill_exact:1@10/3", "decode:2@11/1"),
+            greedyCalls(10, 3, exact = 3, opening = 1, tail = 0))
+        // a stop token or one new token: no decode step at all
+        assertEquals(listOf("prefill:1,2,3,4,5,6,7@0/$p", "prefill_exact:8,9,10@7/3"), greedyCalls(10, 1, exact = 3, opening = 2))
+    }
+
+    @Test
+    fun anExactDecodeStepFollowsNothingAndTheNextDecodeFollowsItsPointer() {
+        // decoder_session.GenerationLoop.step: an exact decode step (1-token prefill_exact) feeds keep_keys as is and
+        // follow_rows -1; its follow_out is the pointer the next decode step takes (keep_keys - F)
+        val (L, H, F) = Triple(pack.layers, pack.kvHeads, 2)
+        val recorder = FollowRecorder(L, H, F)
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3, followKeys = F, exactDecode = 2)
+        val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        loop.greedy(IntArray(6) { it + 1 }, 5)
+        assertEquals(listOf("prefill", "prefill_exact", "prefill_exact", "prefill_exact", "decode", "decode"), recorder.methods)
+        val keepKeys = loop.keepKeys!!.toLong()
+        for ((i, feed) in recorder.feeds.withIndex()) {
+            val follows = i >= 4  // the selecting decode steps after the two exact ones
+            assertEquals(if (follows) keepKeys - F else keepKeys, (feed.getValue("keep_keys") as DecoderTensor.Int64).data.single(), "call $i")
+            if (i in 2..3) assertEquals(1L, (feed.getValue("n_tokens") as DecoderTensor.Int64).data.single(), "call $i: one token")
+            for (l in 0 until L) {
+                // call 4 follows the second exact step's pointer (call 3), call 5 the first decode's
+                val expected = if (follows) recorder.returned[i - 1].copyOfRange(l * H * F, (l + 1) * H * F) else LongArray(H * F) { -1 }
+                assertArrayEquals(expected, (feed.getValue("follow_rows_$l") as DecoderTensor.Int64).data, "call $i: follow_rows_$l")
+            }
+        }
     }
 
     @Test

@@ -14,7 +14,8 @@ import java.io.File
  * core's generation loop ([DocumentQa] / [GenerationLoop]) gives Python's DecoderSession tokens on the same artifact
  * and pack (reference.json, written beside the .onnx by make_golden.py --decoder-only; the pytest wrapper does so
  * when it is missing), with Python's calls: the export's exact prompt tail (32 tokens, the whole question) runs as
- * prefill_exact, the file's second graph, selected by `branch` = 1, decode steps with `branch` = 0; and with a 4-token
+ * prefill_exact, the file's second graph, selected by `branch` = 1, the answer's first 3 decode steps (the export's
+ * exact_decode) as 1-token prefill_exact calls (branch 1), the later ones decode with `branch` = 0; and with a 4-token
  * tail, a selecting prefill (branch 0) before it. The export follows 2 keys (follow_min_keep 0): every decode step
  * feeds the previous call's follow_out back as follow_rows_<layer>. run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
  * only a run without the property (outside run_tests.sh) skips.
@@ -95,6 +96,9 @@ class OrtJniDecoderTest {
         OrtJniDecoder.open(d, s.artifact).use { ort ->
             assertTrue(ort.name.startsWith("ONNX Runtime 1."), ort.name)
             assertEquals(s.ref["exact_tail"].int(), s.artifact.contract.exactTail)
+            // the answer's opening as the export wrote it (make_golden.QA_EXACT_DECODE) and Python's session ran it
+            assertEquals(3, s.ref["exact_decode"].int())
+            assertEquals(s.ref["exact_decode"].int(), s.artifact.contract.exactDecode)
             val rt = CallLog(ort)
             val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
             assertEquals(s.ref["keep_keys"].int(), qa.loop.keepKeys)
@@ -114,9 +118,10 @@ class OrtJniDecoderTest {
             rt.calls.clear()
             val out = qa.loop.greedy(ids, maxNew)
             assertArrayEquals(greedy["tokens"].intArray(), out.tokens)
-            // Python's calls: the whole question as prefill_exact (branch 1), then decode steps (branch 0)
+            // Python's calls: the whole question as prefill_exact (branch 1), the answer's first 3 decode steps 1-token
+            // prefill_exact calls (branch 1), then decode steps (branch 0)
             assertEquals(greedy["calls"].strings(), rt.calls)
-            assertEquals("prefill_exact branch=1", rt.calls[0])
+            assertEquals(List(4) { "prefill_exact branch=1" } + List(maxNew - 4) { "decode branch=0" }, rt.calls)
             val diff = maxAbs(out.logits, greedy["logits"])
             println("OrtJniDecoder (${rt.name}): ${out.tokens.size} tokens = Python's; max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
@@ -145,7 +150,8 @@ class OrtJniDecoderTest {
     @Test
     fun aShorterExactTailRunsBothGraphsOfTheFileAsPythonDoes() {
         // the loop's exact tail shorter than the question (Python: GenerationLoop.exact_tail = 4): a selecting prefill
-        // (the file's first graph, branch 0) of the tokens before the tail, then prefill_exact (branch 1), then decode
+        // (the file's first graph, branch 0) of the tokens before the tail, then prefill_exact (branch 1), then the
+        // answer's opening (3 exact decode steps, prefill_exact with one token), then decode
         val d = export()
         val s = setup(d)
         val short = s.ref["short_tail"]
@@ -156,7 +162,7 @@ class OrtJniDecoderTest {
             val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
             assertArrayEquals(short["tokens"].intArray(), out.tokens)
             assertEquals(short["calls"].strings(), rt.calls)
-            assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "decode branch=0"), rt.calls.take(3))
+            assertEquals(listOf("prefill branch=0") + List(4) { "prefill_exact branch=1" } + listOf("decode branch=0"), rt.calls.take(6))
             val diff = maxAbs(out.logits, short["logits"])
             println("OrtJniDecoder, ${short["exact_tail"].int()}-token exact tail: max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")

@@ -13,7 +13,9 @@ import org.junit.jupiter.api.Test
  * the Kotlin loop feeds (sha256: tokens, lengths, the pack's per-layer tensors under the stage names, the CPU
  * lookup's kept_keys/kept_values/kept_bias, the cache written from earlier stages and steps). hidden/query, which the
  * loop only hands on, must be handed on unchanged (the same tensor the previous stage returned). The golden's decoder
- * follows 2 keys: its decode steps' kept rows include the rows the previous call's follow_weights pointed to.
+ * follows 2 keys: its decode steps' kept rows include the rows the previous call's follow_weights pointed to. Its
+ * contract opens the answer with one exact decode step (exact_decode 1) through the one-token stages
+ * decode_exact_<s>, which its methods list.
  */
 class SplitGenerationTest {
     private val gen = Golden.json("qa_split_generation.json.gz")
@@ -74,17 +76,20 @@ class SplitGenerationTest {
         val out = loop.greedy(gen["prompt_ids"].intArray(), gen["max_new_tokens"].int())
         assertArrayEquals(gen["tokens"].intArray(), out.tokens)
         assertEquals(gen["calls"].list().size, runtime.calls)
-        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the last exact_tail tokens), then two
-        // decode steps decode_0..L: the first follows prefill_exact's pointer, the second the first's
+        // prefill_0..L (the tokens before the exact tail), prefill_exact_0..L (the last exact_tail tokens), then the
+        // answer's opening: one exact decode step decode_exact_0..L (one token, no lookup), then two decode steps
+        // decode_0..L: the first follows decode_exact's pointer, the second the first's
         assertTrue(contract.exactTail in 1 until gen["prompt_ids"].intArray().size, "the golden's tail is shorter than its question")
-        assertEquals(4 * (pack.layers + 1), runtime.calls)
-        assertEquals((0..pack.layers).map { "prefill_exact_$it" },
-            gen["calls"].list().map { it["method"].string() }.filter { it.startsWith("prefill_exact_") })
-        assertEquals(2, out.decodeSteps)
+        assertEquals(listOf(1, 1), listOf(contract.exactDecode, loop.exactDecode))
+        assertEquals("decode_exact", loop.exactMethod)
+        assertEquals(listOf("prefill", "prefill_exact", "decode_exact", "decode", "decode").flatMap { m -> (0..pack.layers).map { "${m}_$it" } },
+            gen["calls"].list().map { it["method"].string() })
+        assertEquals(5 * (pack.layers + 1), runtime.calls)
+        assertEquals(3, out.decodeSteps)
         // one CPU lookup per layer for the selecting prefill and each decode step (none between the exact stages),
         // and one pointer per layer of every call (follow_weights ranked after each stage s >= 1), each read between
         // two clock reads (1 ms apart on this clock)
-        assertEquals((3L + 4L) * pack.layers * 1_000_000L, out.lookupNanos)
+        assertEquals((3L + 5L) * pack.layers * 1_000_000L, out.lookupNanos)
         assertTrue(!out.cancelled)
     }
 
@@ -179,10 +184,11 @@ class SplitGenerationTest {
     }
 
     /**
-     * Split-plan stages of zeros (scores 0: every cluster ties) whose follow_weights are 0 except prefill_exact's,
-     * 0.6 / 0.3 on clustered rows [top] of every head; records every feed.
+     * Split-plan stages of zeros (scores 0: every cluster ties) whose follow_weights are 0 except the exact stages':
+     * prefill_exact's 0.6 / 0.3 on clustered rows [top] of every head, an exact decode step's (decode_exact, or
+     * prefill_exact with one token) on rows [decodeTop]; records every feed.
      */
-    private inner class FollowStages(val top: IntArray) : DecoderRuntime {
+    private inner class FollowStages(val top: IntArray, val decodeTop: IntArray = top) : DecoderRuntime {
         override val name = "follow stages"
         val calls = ArrayList<String>()
         val feeds = ArrayList<Map<String, DecoderTensor>>()
@@ -191,8 +197,10 @@ class SplitGenerationTest {
             calls.add(method)
             feeds.add(inputs)
             val stage = method.substringAfterLast('_').toInt()
-            val exact = method.startsWith("prefill_exact")
+            val exact = method.startsWith("prefill_exact") || method.startsWith("decode_exact")
             val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0].toInt()
+            // the prompt's exact tail is several tokens in these tests; an exact decode step one
+            val rows = if (n == 1) decodeTop else top
             val (h, d) = pack.kvHeads to pack.headDim
             fun zeros(vararg shape: Int) = DecoderTensor.Float32(FloatArray(shape.fold(1) { a, b -> a * b }), shape)
             val out = LinkedHashMap<String, DecoderTensor>()
@@ -209,8 +217,8 @@ class SplitGenerationTest {
                 val w = if (exact) contract.shapes.maxClustered else contract.shapes.maxKeep
                 val weights = zeros(h, w)
                 if (exact) for (head in 0 until h) {
-                    weights.data[head * w + top[0]] = 0.6f
-                    weights.data[head * w + top[1]] = 0.3f
+                    weights.data[head * w + rows[0]] = 0.6f
+                    weights.data[head * w + rows[1]] = 0.3f
                 }
                 out["follow_weights"] = weights
             }
@@ -218,42 +226,39 @@ class SplitGenerationTest {
         }
     }
 
-    @Test
-    fun theSplitPlanFollowsOnDecodeStepsAfterThePromptOnly() {
-        // GenerationLoop._split_step: a 10-token question with a 2-token prompt tail (decode calls of the prompt) and
-        // a 3-token exact tail, then two decode steps. The prompt's lookups keep keep_keys and follow nothing; the
-        // first decode step keeps keep_keys - 2 plus the rows after prefill_exact's two heaviest clustered rows (its
-        // slots are every clustered row, h * W + j); the second follows nothing (the first's weights are all 0)
+    /** What the follow tests below share: the pack's layout, the lookup a step should make, rows a pointer may name. */
+    private inner class Follow {
         val context = PackLayout.decoderContextInputs(pack, contract.shapes, "squeezed")
         val w = contract.shapes.maxClustered
         val layers = pack.layers
         val next = PackLayout.nextRows(pack, contract.shapes).mapValues { (it.value as DecoderTensor.Int64).data }
         val keepKeys = loop(ReplayStages()).keepKeys!!
         // clustered rows whose next row the selection (scores all 0: the first clusters' rows) does not keep
-        val top = (0 until pack.numClustered).filter { j ->
+        val candidates = (0 until pack.numClustered).filter { j ->
             (0 until layers).all { l -> (0 until pack.kvHeads).all { h -> next.getValue("next_rows_$l")[h * w + j] - h * w >= keepKeys } }
-        }.take(2).toIntArray()
-        assertEquals(2, top.size)
+        }
+        val none = LongArray(pack.kvHeads * 2) { -1 }
+
         fun lookup(l: Int, keep: Int, follow: LongArray) = KeptRows.compute(
             context.getValue("counts_$l").let { DecoderTensor.Float32(FloatArray(it.elementCount), it.shape) },
             context.getValue("counts_$l") as DecoderTensor.Int64, context.getValue("cluster_start_$l") as DecoderTensor.Int64,
             context.getValue("clustered_keys_$l") as DecoderTensor.Float32, context.getValue("clustered_values_$l") as DecoderTensor.Float32,
             keep, contract.shapes.maxKeep, follow)
-        val none = LongArray(pack.kvHeads * 2) { -1 }
-        fun pointed(l: Int) = LongArray(pack.kvHeads * 2) { next.getValue("next_rows_$l")[(it / 2) * w + top[it % 2]] }
-        fun run(minKeep: Int): FollowStages {
-            val stages = FollowStages(top)
-            val c = DecoderContract("squeezed", "io", contract.kvBudget, contract.shapes, DecoderContract.SPLIT, prefillTail = 2,
-                exactTail = 3, followKeys = 2, followMinKeep = minKeep)
-            GenerationLoop(stages, c, pack, context).greedy(IntArray(10) { it + 1 }, 3)
-            val steps = stages.calls.filter { it.endsWith("_0") }.map { it.removeSuffix("_0") }
-            assertEquals(listOf("prefill", "decode", "decode", "prefill_exact", "decode", "decode"), steps)
-            return stages
-        }
-        // per lookup (stage s >= 1 of a selecting step, layer s - 1): the expected kept rows
+
+        /** Layer l's pointer after an exact call whose weights were heaviest on clustered rows [rows] (every head). */
+        fun pointed(l: Int, rows: IntArray) = LongArray(pack.kvHeads * 2) { next.getValue("next_rows_$l")[(it / 2) * w + rows[it % 2]] }
+
+        val prompt = { l: Int -> lookup(l, keepKeys, none) }
+        fun following(rows: IntArray) = { l: Int -> lookup(l, keepKeys - 2, pointed(l, rows)) }
+        val unpointed = { l: Int -> lookup(l, keepKeys - 2, none) }
+
+        /** The step of each call (its stage 0): "prefill", "decode_exact", ... */
+        fun steps(stages: FollowStages) = stages.calls.filter { it.endsWith("_0") }.map { it.removeSuffix("_0") }
+
+        /** Per lookup (stage s >= 1 of a selecting step, layer s - 1): the expected kept rows. */
         fun check(stages: FollowStages, expected: List<(Int) -> KeptRows>) {
             val lookups = stages.calls.indices.filter { i ->
-                !stages.calls[i].startsWith("prefill_exact") && !stages.calls[i].endsWith("_0")
+                !stages.calls[i].startsWith("prefill_exact") && !stages.calls[i].startsWith("decode_exact") && !stages.calls[i].endsWith("_0")
             }
             assertEquals(expected.size * layers, lookups.size)
             for ((k, i) in lookups.withIndex()) {
@@ -265,16 +270,95 @@ class SplitGenerationTest {
                 }
             }
         }
-        val prompt = { l: Int -> lookup(l, keepKeys, none) }
-        val following = { l: Int -> lookup(l, keepKeys - 2, pointed(l)) }
-        val unpointed = { l: Int -> lookup(l, keepKeys - 2, none) }
-        // the rule is visible: following the pointer attends other rows than following none, or not following
-        for (l in 0 until layers) {
-            assertTrue(!following(l).bias.contentEquals(unpointed(l).bias) && !unpointed(l).bias.contentEquals(prompt(l).bias))
+    }
+
+    @Test
+    fun theSplitPlanFollowsOnDecodeStepsAfterThePromptOnly() {
+        // GenerationLoop._split_step: a 10-token question with a 2-token prompt tail (decode calls of the prompt) and
+        // a 3-token exact tail, then two decode steps. The prompt's lookups keep keep_keys and follow nothing; the
+        // first decode step keeps keep_keys - 2 plus the rows after prefill_exact's two heaviest clustered rows (its
+        // slots are every clustered row, h * W + j); the second follows nothing (the first's weights are all 0)
+        val f = Follow()
+        val top = f.candidates.take(2).toIntArray()
+        assertEquals(2, top.size)
+        fun run(minKeep: Int): FollowStages {
+            val stages = FollowStages(top)
+            val c = DecoderContract("squeezed", "io", contract.kvBudget, contract.shapes, DecoderContract.SPLIT, prefillTail = 2,
+                exactTail = 3, followKeys = 2, followMinKeep = minKeep)
+            GenerationLoop(stages, c, pack, f.context).greedy(IntArray(10) { it + 1 }, 3)
+            assertEquals(listOf("prefill", "decode", "decode", "prefill_exact", "decode", "decode"), f.steps(stages))
+            return stages
         }
-        check(run(0), listOf(prompt, prompt, prompt, following, unpointed))
+        val following = f.following(top)
+        // the rule is visible: following the pointer attends other rows than following none, or not following
+        for (l in 0 until f.layers) {
+            assertTrue(!following(l).bias.contentEquals(f.unpointed(l).bias) && !f.unpointed(l).bias.contentEquals(f.prompt(l).bias))
+        }
+        f.check(run(0), listOf(f.prompt, f.prompt, f.prompt, following, f.unpointed))
         // gated (the pack keeps fewer keys than follow_min_keep): every lookup as the prompt's
-        check(run(keepKeys + 1), List(5) { prompt })
+        f.check(run(f.keepKeys + 1), List(5) { f.prompt })
+    }
+
+    @Test
+    fun theSplitPlansOpeningRunsTheExactStagesAndTheNextDecodeFollowsThem() {
+        // GenerationLoop.greedy / _split_step with exact_decode 1: a 10-token question (3-token exact tail), then the
+        // answer's first decode step through the exact method (no lookup, every clustered row, one token at
+        // cache_len 10), then two selecting decode steps. The exact step's weights point to rows [decodeTop], other
+        // rows than prefill_exact's [top]: the first selecting step follows the exact decode step's pointer.
+        val f = Follow()
+        assertTrue(f.candidates.size >= 4, "${f.candidates}")
+        val top = f.candidates.take(2).toIntArray()
+        val decodeTop = f.candidates.drop(2).take(2).toIntArray()
+        val stageNames = { steps: List<String> -> steps.flatMap { m -> (0..f.layers).map { "${m}_$it" } }.toSet() }
+        fun run(opening: Int, methods: Set<String>): FollowStages {
+            val stages = FollowStages(top, decodeTop)
+            val c = DecoderContract("squeezed", "io", contract.kvBudget, contract.shapes, DecoderContract.SPLIT, exactTail = 3,
+                followKeys = 2, followMinKeep = 0, exactDecode = opening, methods = methods)
+            val loop = GenerationLoop(stages, c, pack, f.context)
+            assertEquals(opening, loop.exactDecode)
+            assertEquals(3, loop.greedy(IntArray(10) { it + 1 }, 4).decodeSteps)
+            return stages
+        }
+        val following = f.following(decodeTop)
+        fun keys(k: KeptRows) = (k.inputs().getValue("kept_keys") as DecoderTensor.Float32).data
+        for (l in 0 until f.layers) assertTrue(!keys(following(l)).contentEquals(keys(f.following(top)(l))), "layer $l: distinct pointers")
+
+        // the manifest lists decode_exact_<s>: the one-token stages
+        val withStages = stageNames(listOf("prefill", "decode", "prefill_exact", "decode_exact"))
+        val staged = run(1, withStages)
+        assertEquals(listOf("prefill", "prefill_exact", "decode_exact", "decode", "decode"), f.steps(staged))
+        for ((i, method) in staged.calls.withIndex()) {
+            if (!method.startsWith("decode_exact")) continue
+            val feed = staged.feeds[i]
+            assertEquals(1L, (feed.getValue("n_tokens") as DecoderTensor.Int64).data.single(), method)
+            assertEquals(10L, (feed.getValue("cache_len") as DecoderTensor.Int64).data.single(), method)
+            if (method.endsWith("_0")) {
+                assertArrayEquals(intArrayOf(1), feed.getValue("tokens").shape, method)  // static width 1
+                assertTrue("next_centroids" !in feed, method)
+            } else {
+                // no lookup: every clustered row as [Hkv, Nc, D] views, no kept rows
+                assertArrayEquals(intArrayOf(pack.kvHeads, f.w, pack.headDim), feed.getValue("clustered_keys").shape, method)
+                assertTrue(feed.keys.none { it.startsWith("kept_") }, method)
+            }
+        }
+        f.check(staged, listOf(f.prompt, following, f.unpointed))
+
+        // no decode_exact stages listed (a split export without them): prefill_exact's stages with the one token
+        // padded to the method's width (exact_tail 3)
+        val padded = run(1, stageNames(listOf("prefill", "decode", "prefill_exact")))
+        assertEquals(listOf("prefill", "prefill_exact", "prefill_exact", "decode", "decode"), f.steps(padded))
+        val exactStep = padded.calls.withIndex().filter { it.value == "prefill_exact_0" }.map { padded.feeds[it.index] }[1]
+        val tokens = exactStep.getValue("tokens") as DecoderTensor.Int64
+        assertArrayEquals(intArrayOf(3), tokens.shape)
+        assertEquals(listOf(0L, 0L), tokens.data.drop(1))
+        assertEquals(1L, (exactStep.getValue("n_tokens") as DecoderTensor.Int64).data.single())
+        assertEquals(10L, (exactStep.getValue("cache_len") as DecoderTensor.Int64).data.single())
+        f.check(padded, listOf(f.prompt, following, f.unpointed))
+
+        // exact_decode 0: every decode step selects, the first following prefill_exact's pointer
+        val selecting = run(0, withStages)
+        assertEquals(listOf("prefill", "prefill_exact", "decode", "decode", "decode"), f.steps(selecting))
+        f.check(selecting, listOf(f.prompt, f.following(top), f.unpointed, f.unpointed))
     }
 
     private fun DecoderMethod.copyWithOutputs(n: Int) = DecoderMethod(name, inputs, List(n) { "o$it" }, tensorNames)

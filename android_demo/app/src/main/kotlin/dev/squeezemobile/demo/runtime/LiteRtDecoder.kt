@@ -14,8 +14,11 @@ import java.nio.ByteOrder
 
 /**
  * The split plan's multi-signature .tflite in LiteRT (com.google.ai.edge.litert, Interpreter API, XNNPACK on the
- * CPU): one signature per stage graph (prefill_0 .. prefill_L, decode_0 .. decode_L, and the exact tail's
- * prefill_exact_0 .. prefill_exact_L), run by name. The CPU lookup
+ * CPU): one signature per stage graph (prefill_0 .. prefill_L, decode_0 .. decode_L, the exact tail's
+ * prefill_exact_0 .. prefill_exact_L, and where exported the answer's exact opening steps decode_exact_0 ..
+ * decode_exact_L, one token wide; without them those steps run prefill_exact_<s> with the token padded), run by name.
+ * Input buffers are kept per name, dtype and shape (NativeTensorCache), so a stage's widths do not evict each other.
+ * The CPU lookup
  * between stages and the cache are the core's GenerationLoop; this class only moves tensors. Inputs go by the
  * signature's own names (the manifest's `tensor`), int64 inputs in the dtype the file declares (the converter
  * narrows them to int32); outputs output_0, output_1, ... are the manifest's outputs in order.

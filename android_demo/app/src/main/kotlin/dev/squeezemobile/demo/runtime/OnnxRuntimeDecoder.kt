@@ -16,7 +16,8 @@ import java.io.File
  * The exported decoder's .onnx in ONNX Runtime (onnxruntime-android), CPU execution provider: one session serves
  * every method ("prefill" and "decode" differ in the dynamic token axis; a squeezed export's "prefill_exact" is the
  * file's second graph, picked by the graph input `branch`, which the core's loop feeds with the value each method's
- * manifest entry fixes); inputs and outputs by name. The cache is explicit I/O: the core's GenerationLoop keeps it and
+ * manifest entry fixes; the answer's exact opening steps are 1-token "prefill_exact" calls, the same graph at
+ * width 1); inputs and outputs by name. The cache is explicit I/O: the core's GenerationLoop keeps it and
  * writes new_keys/new_values. Native tensors are reused per input name and shape (NativeTensorCache).
  */
 class OnnxRuntimeDecoder(file: File, private val artifact: DecoderArtifact, threads: Int) : DecoderRuntime {
