@@ -45,6 +45,9 @@ public struct DecoderShapes: Equatable {
 /// prefill selected as held inputs, is not run by this app and is refused), the prompt's selection chunks
 /// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
 /// call over every fixed-context row, stages prefill_exact_<s> in the split plan; absent or null in older manifests: 0),
+/// the answer's opening (exact_decode: the decode steps of the answer's first N tokens run the exact method instead of
+/// decode, one token each: in-graph a 1-token prefill_exact call, split the one-token stages decode_exact_<s> where
+/// exported, else prefill_exact_<s> padded; absent or null in older manifests and for full attention: 0),
 /// the static shape every method declares for each of its inputs (a method may take a context input in another
 /// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
 /// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
@@ -72,8 +75,20 @@ public struct DecoderContract: Equatable {
     public let prefillTail: Int
     /// method -> the token counts its `tokens` input takes as they are (a dynamic axis in the manifest)
     public let tokenRanges: [String: ClosedRange<Int>]
-    /// Prompt tokens of the `prefill_exact` method (its static token width); 0 = no such method (absent or null: 0)
+    /// Prompt tokens the loop runs through `prefill_exact` (the question's exact tail): the manifest's exact_tail, or a
+    /// caller's shorter one (withExactTail); 0 = none (absent or null: 0)
     public let exactTail: Int
+    /// The `prefill_exact` method's static token width, the manifest's exact_tail (withExactTail keeps it): 0 = the
+    /// artifact has no exact method. A call of fewer tokens is padded to it unless the method's tokens are dynamic.
+    public let exactWidth: Int
+    /// The answer's opening: the decode steps of the answer's first exactDecode tokens (the step that feeds a token is
+    /// its step) call the exact method instead of decode, with that one token (no keep_keys reduction, no followed
+    /// rows fed; its pointer is the next step's). The manifest's exact_decode (absent or null: 0), or a caller's
+    /// (withExactDecode, as Python's GenerationLoop(exact_decode=...)). Needs the exact method (exactWidth > 0).
+    public let exactDecode: Int
+    /// The names of the artifact's methods (the manifest's decoder.methods keys; the split plan's stage graphs
+    /// `<method>_<s>`): the split plan runs the answer's opening as decode_exact_<s> where decode_exact_0 is one.
+    public let methodNames: Set<String>
     /// method -> input name -> the shape the method declares (inputs without a dynamic axis)
     public let inputShapes: [String: [String: [Int]]]
     /// method -> input name -> the tensor the method fixes for it (its manifest entry's "value": the .onnx file's graph
@@ -93,11 +108,21 @@ public struct DecoderContract: Equatable {
                 decodeSelection: String = DecoderContract.step, prefillRows: Int = 0, prefillTail: Int = 0,
                 tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
                 inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:],
-                followKeys: Int = 0, followMinKeep: Int = 0) throws {
+                followKeys: Int = 0, followMinKeep: Int = 0, exactDecode: Int = 0, exactWidth: Int? = nil,
+                methodNames: Set<String> = []) throws {
+        let exactWidth = exactWidth ?? exactTail
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
         }
         if exactTail < 0 { throw DecoderError("decoder.exact_tail: expected a whole number of tokens >= 0, found \(exactTail)") }
+        if exactWidth < 0 || exactTail > exactWidth {
+            throw DecoderError("decoder.exact_tail: the loop's exact tail \(exactTail) exceeds the prefill_exact method's width \(exactWidth)")
+        }
+        if exactDecode < 0 { throw DecoderError("decoder.exact_decode: expected a whole number of tokens >= 0, found \(exactDecode)") }
+        if exactDecode > 0 && exactWidth == 0 {
+            throw DecoderError("decoder.exact_decode: \(exactDecode) exact decode steps need the exact method, which this artifact " +
+                               "lacks (exact_tail 0); re-export the decoder")
+        }
         if followKeys < 0 { throw DecoderError("decoder.follow_keys: expected an integer >= 0, found \(followKeys)") }
         if followMinKeep < 0 { throw DecoderError("decoder.follow_min_keep: expected an integer >= 0, found \(followMinKeep)") }
         if attention != "squeezed" && attention != "full" { throw DecoderError("decoder.attention: expected squeezed or full, found \(attention)") }
@@ -126,28 +151,64 @@ public struct DecoderContract: Equatable {
         self.prefillTail = prefillTail
         self.tokenRanges = tokenRanges
         self.exactTail = exactTail
+        self.exactWidth = exactWidth
+        self.exactDecode = exactDecode
+        self.methodNames = methodNames.union(inputShapes.keys).union(tokenRanges.keys).union(fixedInputs.keys)
         self.inputShapes = inputShapes
         self.fixedInputs = fixedInputs
         self.followKeys = followKeys
         self.followMinKeep = followMinKeep
     }
 
-    /// This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)).
+    /// This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)): from 0
+    /// to the prefill_exact method's width (exactWidth, which stays the method's static width).
     public func withExactTail(_ exactTail: Int) throws -> DecoderContract {
-        try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep)
+        if attention == "full" && exactTail != 0 {
+            throw DecoderContract.refusedForFull("--exact-tail")
+        }
+        if exactTail < 0 || exactTail > exactWidth {
+            throw DecoderError("--exact-tail must be a whole number of tokens from 0 to \(exactWidth) for this artifact (its " +
+                               "prefill_exact method's width; re-export with --exact-tail N for more); got \(exactTail)")
+        }
+        return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode)
+    }
+
+    /// This contract with another answer's opening (a caller's N, as Python's GenerationLoop(exact_decode=...) and
+    /// decoder_session.exact_decode_of): N >= 0 decode steps run the exact method. Refused in one line: N != 0 for a
+    /// full-attention artifact (it selects nothing), N < 0, N > 0 for an artifact without the exact method (exported
+    /// with --exact-tail 0). The manifest's own exact_decode needs no call.
+    public func withExactDecode(_ exactDecode: Int) throws -> DecoderContract {
+        if attention == "full" && exactDecode != 0 {
+            throw DecoderContract.refusedForFull("--exact-decode")
+        }
+        if exactDecode < 0 { throw DecoderError("--exact-decode must be a whole number of tokens >= 0; got \(exactDecode)") }
+        if exactDecode > 0 && exactWidth == 0 {
+            throw DecoderError("--exact-decode \(exactDecode) runs the answer's first tokens through the artifact's exact method, " +
+                               "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
+                               "--exact-decode 0")
+        }
+        return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode)
+    }
+
+    /// A prompt-selection option given for a full-attention artifact (it selects nothing) is a one-line error, not silently
+    /// ignored (Python: decoder_session._refuse_for_full).
+    static func refusedForFull(_ flag: String) -> DecoderError {
+        DecoderError("\(flag) shapes Squeezed Attention's key selection and does nothing with a full-attention artifact (every " +
+                     "key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
     }
 
     /// This contract with other followed keys (a graph exported with another F, or its F gated off for every pack by a
     /// follow_min_keep above any keep_keys: the goldens' runs give Python's loop such contracts).
     public func withFollowKeys(_ followKeys: Int, minKeep: Int) throws -> DecoderContract {
-        try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: minKeep)
+        try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: minKeep, exactDecode: exactDecode)
     }
 
-    private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int) throws -> DecoderContract {
+    private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int, exactDecode: Int) throws -> DecoderContract {
         try DecoderContract(attention: attention, state: state, kvBudget: kvBudget, shapes: shapes, lookupPlan: lookupPlan,
                             decodeSelection: decodeSelection, prefillRows: prefillRows, prefillTail: prefillTail,
                             tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs,
-                            followKeys: followKeys, followMinKeep: followMinKeep)
+                            followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode, exactWidth: exactWidth,
+                            methodNames: methodNames)
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -242,7 +303,9 @@ public struct DecoderContract: Equatable {
                                        prefillRows: try count("prefill_rows"), prefillTail: try count("prefill_tail"),
                                        tokenRanges: try tokenRanges(j), exactTail: try count("exact_tail"),
                                        inputShapes: try inputShapes(j), fixedInputs: try fixedInputs(j),
-                                       followKeys: try count("follow_keys"), followMinKeep: try count("follow_min_keep"))
+                                       followKeys: try count("follow_keys"), followMinKeep: try count("follow_min_keep"),
+                                       exactDecode: try count("exact_decode"),
+                                       methodNames: Set(try j.opt("methods")?.obj().keys ?? []))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

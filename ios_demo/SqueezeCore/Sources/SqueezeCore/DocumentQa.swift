@@ -15,6 +15,8 @@ public struct Answer {
     public let runtime: String
     /// The split plan's CPU lookup (KeptRows between stage graphs; 0 in-graph), inside prefill and decode
     public var lookupMs: Double = 0
+    /// Of the decode steps, the answer's opening: those that attended every fixed-context row (exact_decode)
+    public var exactDecodeTokens = 0
     /// Whether the caller stopped the answer early (generate's cancelled)
     public var cancelled = false
 
@@ -28,9 +30,12 @@ public final class DocumentQa {
     public let tokenizerInfo: DecoderTokenizerInfo
     public let loop: GenerationLoop
 
+    /// exactDecode: the answer's opening, the decode steps of its first N tokens that attend every fixed-context row (nil:
+    /// the manifest's exact_decode; DecoderContract.withExactDecode checks it, as Python's DecoderSession(exact_decode=)).
     public init(runtime: DecoderRuntime, contract: DecoderContract, tokenizer: ByteLevelBpeTokenizer,
-                tokenizerInfo: DecoderTokenizerInfo, pack: ContextPack,
+                tokenizerInfo: DecoderTokenizerInfo, pack: ContextPack, exactDecode: Int? = nil,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
+        let contract = try exactDecode.map { try contract.withExactDecode($0) } ?? contract
         self.runtime = runtime
         self.contract = contract
         self.tokenizer = tokenizer
@@ -40,13 +45,13 @@ public final class DocumentQa {
     }
 
     /// DecoderSession + attach: the artifact of manifest the runtime loaded, with a pack checked against the manifest's
-    /// model (weights and tokenizer hashes) and laid out for the artifact's shapes.
+    /// model (weights and tokenizer hashes) and laid out for the artifact's shapes; exactDecode as in init.
     public static func attach(manifest: DecoderManifest, artifact: DecoderArtifact, runtime: DecoderRuntime,
-                              tokenizer: ByteLevelBpeTokenizer, pack: ContextPack,
+                              tokenizer: ByteLevelBpeTokenizer, pack: ContextPack, exactDecode: Int? = nil,
                               clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws -> DocumentQa {
         try pack.checkModel(weightsSha256: manifest.weightsSha256, tokenizerSha256: manifest.tokenizerSha256)
         return try DocumentQa(runtime: runtime, contract: artifact.contract, tokenizer: tokenizer,
-                              tokenizerInfo: manifest.tokenizer, pack: pack, clockNanos: clockNanos)
+                              tokenizerInfo: manifest.tokenizer, pack: pack, exactDecode: exactDecode, clockNanos: clockNanos)
     }
 
     /// An answer's text without the U+FFFD an unfinished multi-byte character leaves at its end (the answer stopped
@@ -103,6 +108,6 @@ public final class DocumentQa {
         return Answer(text: text, tokenIds: out.tokens, promptTokens: ids.count,
                       contextTokens: loop.pack.numTokens, prefillMs: Double(out.prefillNanos) / 1e6,
                       decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name,
-                      lookupMs: Double(out.lookupNanos) / 1e6, cancelled: out.cancelled)
+                      lookupMs: Double(out.lookupNanos) / 1e6, exactDecodeTokens: out.exactSteps, cancelled: out.cancelled)
     }
 }

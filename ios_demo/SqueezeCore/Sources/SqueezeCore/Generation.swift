@@ -5,6 +5,10 @@
 // `decode` one token at a time (cache_len = tokens so far); greedy argmax; stop at the manifest's stop tokens. A contract
 // with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row) runs the
 // question's last exact_tail tokens as one `prefill_exact` call after the tokens before them (GenerationLoop.prompt).
+// The answer's opening (contract exact_decode N, or a caller's: DecoderContract.withExactDecode): the decode steps of
+// the answer's first N tokens attend every fixed-context row, as the prompt's exact tail does: in-graph a 1-token
+// `prefill_exact` call (its token axis is dynamic), split the one-token stages `decode_exact_<s>` where the artifact
+// has them, else `prefill_exact_<s>` padded to its width; later steps call `decode` (GenerationLoop.exactMethod).
 // The split lookup plan runs each step as stage graphs with the CPU lookup (KeptRows) between them. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
@@ -49,6 +53,8 @@ public struct GenerationOutput {
     public let prefillNanos: Int64
     public let decodeNanos: Int64
     public let decodeSteps: Int
+    /// Of those, the answer's opening: steps that ran the exact method (min(decodeSteps, the loop's exactDecode)).
+    public var exactSteps = 0
     /// Time in the split plan's CPU lookup (KeptRows between stage graphs); 0 for the in-graph plan.
     public var lookupNanos: Int64 = 0
     /// Whether the caller stopped the answer early (greedy's cancelled: the screen's Stop).
@@ -87,6 +93,13 @@ public final class GenerationLoop {
     private var perHeadViews: [String: DecoderTensor] = [:]
     /// Time spent in the split plan's CPU lookup since the last greedy started.
     public private(set) var lookupNanos: Int64 = 0
+    /// The answer's opening: decode steps (counted from the answer's first) that call exactMethod instead of decode
+    /// (the contract's exactDecode: the manifest's exact_decode, or a caller's via withExactDecode; 0 for full attention).
+    public let exactDecode: Int
+    /// The method of the answer's opening steps (Python: GenerationLoop.exact_method): the split plan's one-token stages
+    /// `decode_exact_<s>` where the artifact has decode_exact_0, else `prefill_exact` (in-graph: called with one token,
+    /// its token axis is dynamic; split without decode_exact: padded to the method's width, exactWidth).
+    public let exactMethod: String
 
     public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
@@ -95,6 +108,9 @@ public final class GenerationLoop {
         self.pack = pack
         self.clockNanos = clockNanos
         shapes = contract.shapes
+        exactDecode = contract.attention == "squeezed" ? contract.exactDecode : 0
+        exactMethod = contract.split && contract.methodNames.contains("\(GenerationLoop.decodeExact)_0")
+            ? GenerationLoop.decodeExact : GenerationLoop.prefillExact
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
             // Python's round(): half to even. Python's pack_arrays.artifact_keep_keys: a pack whose budget keeps more
@@ -153,9 +169,11 @@ public final class GenerationLoop {
         return Cache(layers: pack.layers, heads: pack.kvHeads, capacity: shapes.maxPrompt + shapes.maxNew, headDim: pack.headDim)
     }
 
-    /// One prefill, prefill_exact or decode call; returns the logits (flattened) and writes this step's keys/values into
-    /// cache. The tokens are padded to the method's static width (prefill: max_prompt, prefill_exact: exact_tail, decode:
-    /// 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed (as Python's
+    /// One prefill, prefill_exact, decode (or, split, decode_exact) call; returns the logits (flattened) and writes this
+    /// step's keys/values into cache. The tokens are padded to the method's static width (prefill: max_prompt,
+    /// prefill_exact: the manifest's exact_tail, exactWidth; decode, decode_exact: 1) unless the manifest gives its tokens
+    /// a dynamic axis. An exact call (prefill_exact, decode_exact) is fed no keep_keys reduction and follows nothing;
+    /// its pointer (follow_out) is the next call's, as any call's. Every method gets the same feed (as Python's
     /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so a .pte's
     /// prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values
     /// and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each context input in
@@ -170,7 +188,7 @@ public final class GenerationLoop {
         let fixed: Int
         switch method {
         case "prefill": fixed = shapes.maxPrompt
-        case GenerationLoop.prefillExact: fixed = contract.exactTail
+        case GenerationLoop.prefillExact: fixed = contract.exactWidth
         default: fixed = 1
         }
         let width = contract.tokenWidth(method: method, n: tokens.count, fixed: fixed)
@@ -268,15 +286,16 @@ public final class GenerationLoop {
     /// keys (follow F > 0): a decode step's lookup selects keepKeys - F and writes the previous call's pointer rows into
     /// free slots (KeptRows.withFollowed); every stage s >= 1 returns follow_weights over its slots (prefill_exact: over
     /// every clustered row, flat row h * Nc + j), ranked into layer l's next pointer (KeptRows.followPointer).
+    /// `decode_exact`'s stages (the answer's opening) are prefill_exact's one token wide: fed and ranked as those.
     private func splitStep(method: String, tokens: [Int], cacheLen: Int, cache: Cache) throws -> [Float] {
-        let exact = method == GenerationLoop.prefillExact
+        let exact = GenerationLoop.exactMethods.contains(method)
         let follows = followsIn(method)
         var nextPointer = [Int64]()  // [L, Hkv, F], layer by layer
         let width: Int
         switch method {
         case "prefill": width = shapes.maxPrompt
-        case GenerationLoop.prefillExact: width = contract.exactTail
-        default: width = 1
+        case GenerationLoop.prefillExact: width = contract.exactWidth
+        default: width = 1  // decode, decode_exact
         }
         let n = tokens.count
         let base: [String: DecoderTensor] = ["n_tokens": try GenerationLoop.scalar(Int64(n)),
@@ -439,9 +458,10 @@ public final class GenerationLoop {
         }
     }
 
-    /// Prefill ids then decode greedily (or along forced tokens: teacher forcing, for checks). A stop token ends the
-    /// answer without being part of it. onToken sees the answer so far after every token; when cancelled turns true
-    /// (checked after each token, e.g. the app's Stop) no further step runs.
+    /// Prefill ids then decode greedily (or along forced tokens: teacher forcing, for checks). The decode steps of the
+    /// answer's first exactDecode tokens call exactMethod (one token, cache_len as for decode), later ones decode. A stop
+    /// token ends the answer without being part of it. onToken sees the answer so far after every token; when cancelled
+    /// turns true (checked after each token, e.g. the app's Stop) no further step runs.
     public func greedy(_ ids: [Int], maxNewTokens: Int, forced: [Int]? = nil, stopIds: Set<Int> = [],
                        onToken: (([Int]) -> Void)? = nil, cancelled: () -> Bool = { false }) throws -> GenerationOutput {
         try checkLengths(promptTokens: ids.count, maxNewTokens: maxNewTokens)
@@ -472,12 +492,15 @@ public final class GenerationLoop {
                 stopped = true
                 break
             }
-            logits = try step(method: "decode", tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
+            // the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
+            let method = steps < exactDecode ? exactMethod : "decode"
+            logits = try step(method: method, tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
             steps += 1
         }
         var output = GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos,
                                       decodeNanos: clockNanos() - t1, decodeSteps: steps)
         output.lookupNanos = lookupNanos
+        output.exactSteps = min(steps, exactDecode)
         output.cancelled = stopped
         return output
     }
@@ -512,6 +535,10 @@ public final class GenerationLoop {
 
     /// The method that runs the prompt's exact tail (over every fixed-context row, no lookup).
     public static let prefillExact = "prefill_exact"
+    /// The split plan's one-token copy of prefill_exact's stages (`decode_exact_<s>`) for the answer's opening steps.
+    public static let decodeExact = "decode_exact"
+    /// The methods that attend every fixed-context row (no lookup, no followed rows fed; Python: EXACT_METHODS).
+    public static let exactMethods: Set<String> = [prefillExact, decodeExact]
 
     /// Where the prompt's exactly attending tail starts (Python: squeezed_attention.settings.exact_start): the tokens
     /// before it select their keys.

@@ -111,9 +111,12 @@ public final class CoreMLModelRuntime: ModelRuntime {
 }
 
 /// The decoder's Core ML export: one .mlpackage whose functions are the split plan's stage graphs (prefill_<s>,
-/// decode_<s>, prefill_exact_<s>; the cache as explicit inputs and outputs, state "io"), each loaded once as the
-/// function of that name (MLModelConfiguration.functionName, iOS 18 / macOS 15) from one compiled model. The core's
-/// split loop calls them with the CPU lookup between stages. The pack's tables go in as MLMultiArrays made once per
+/// decode_<s>, prefill_exact_<s>, and decode_exact_<s> where exported: the answer's opening steps, prefill_exact's
+/// stages one token wide; the cache as explicit inputs and outputs, state "io"), each loaded once as the function of
+/// that name (MLModelConfiguration.functionName, iOS 18 / macOS 15) from one compiled model, every name the manifest
+/// lists. The core's split loop calls them with the CPU lookup between stages. An artifact without decode_exact stages
+/// gets its opening steps as prefill_exact_<s> calls padded to that function's static width, so every call of one
+/// function has its one shape (the cached arrays are keyed by input name and shape). The pack's tables go in as MLMultiArrays made once per
 /// pack (TensorCache: the same arrays are passed to every step); integer inputs are int32 in the file (Core ML has no
 /// int64 inputs: the manifest records the file's dtypes); outputs are read by their tensor names (`out_<name>`).
 @available(iOS 18.0, macOS 15.0, *)

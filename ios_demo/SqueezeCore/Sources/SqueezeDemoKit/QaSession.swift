@@ -20,6 +20,8 @@ public final class QaSession {
     public let directory: DecoderModelDirectory
     public let artifact: DecoderArtifact
     public let runtime: DecoderRuntime
+    /// The answer's opening the session asks for (nil: the manifest's exact_decode), checked when the session is made
+    public let exactDecode: Int?
     private let tokenizer: ByteLevelBpeTokenizer
     private let queue = DispatchQueue(label: "dev.squeezemobile.qa", qos: .userInitiated)
     private let clockNanos: () -> Int64
@@ -27,8 +29,12 @@ public final class QaSession {
     private let stopLock = NSLock()
     private var stopRequested = false // under stopLock: set by stop(), read after each token
 
-    public init(directory: DecoderModelDirectory, artifact: DecoderArtifact, runtime: DecoderRuntime,
+    /// exactDecode: the decode steps of each answer's first N tokens that attend every fixed-context row (nil: the
+    /// manifest's exact_decode); a value the artifact cannot run is refused here in one line (withExactDecode).
+    public init(directory: DecoderModelDirectory, artifact: DecoderArtifact, runtime: DecoderRuntime, exactDecode: Int? = nil,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
+        if let n = exactDecode { _ = try artifact.contract.withExactDecode(n) }
+        self.exactDecode = exactDecode
         self.directory = directory
         self.artifact = artifact
         self.runtime = runtime
@@ -43,7 +49,8 @@ public final class QaSession {
             completion(Result {
                 let pack = try ContextPack.read(path: url.path)
                 let qa = try DocumentQa.attach(manifest: self.directory.manifest, artifact: self.artifact, runtime: self.runtime,
-                                               tokenizer: self.tokenizer, pack: pack, clockNanos: self.clockNanos)
+                                               tokenizer: self.tokenizer, pack: pack, exactDecode: self.exactDecode,
+                                               clockNanos: self.clockNanos)
                 self.qa = qa
                 return AttachedPack(name: url.lastPathComponent, contextTokens: pack.numTokens, attention: self.artifact.contract.attention,
                                     keepKeys: qa.loop.keepKeys, clusteredKeys: pack.numClustered)

@@ -236,6 +236,73 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertThrowsError(try squeezed.withFollowKeys(-1, minKeep: 0))
     }
 
+    func testTheAnswersOpeningIsReadAndItsOverrideCheckedAsPythonChecksIt() throws {
+        // decoder.exact_decode: the decode steps of the answer's first N tokens run the exact method (the real export's
+        // squeezed artifact: min(16, max_new) = 14; full attention: null; older manifests: absent)
+        let text = try Golden.text("qa_decoder_manifest.json")
+        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+            guard let r = s.range(of: what) else { return s }
+            return s.replacingCharacters(in: r, with: with)
+        }
+        let exported = "\"exact_decode\": 14,"
+        XCTAssertNotNil(text.range(of: exported))
+        func withOpening(_ value: String) -> String { replacingFirst(text, exported, "\"exact_decode\": \(value),") }
+        func opening(_ manifest: String) throws -> Int { try DecoderManifest.parse(manifest).artifacts[0].contract.exactDecode }
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactDecode), [14, 0])
+        XCTAssertEqual(try opening(replacingFirst(text, exported, "")), 0)
+        XCTAssertEqual(try opening(withOpening("null")), 0)
+        XCTAssertEqual(try opening(withOpening("2")), 2)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withOpening("-1")) },
+                       "decoder.exact_decode: expected a whole number of tokens >= 0, found -1")
+        for bad in ["\"4\"", "2.5", "true"] {
+            let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(withOpening(bad)) }
+            XCTAssertTrue(m.contains("decoder.exact_decode: expected an integer") && !m.contains("\n"), m)
+        }
+        // an opening without the exact method to run it (exact_tail 0) is a broken export
+        let noExact = replacingFirst(text, "\"exact_tail\": 32,", "\"exact_tail\": 0,")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(noExact) },
+                       "decoder.exact_decode: 14 exact decode steps need the exact method, which this artifact lacks " +
+                       "(exact_tail 0); re-export the decoder")
+        XCTAssertEqual(try opening(replacingFirst(noExact, exported, "\"exact_decode\": 0,")), 0)
+
+        // a caller's N (Python: decoder_session.exact_decode_of, GenerationLoop(exact_decode=...)): everything else kept
+        let manifest = try DecoderManifest.parse(text)
+        let squeezed = manifest.artifacts[0].contract, full = manifest.artifacts[1].contract
+        XCTAssertEqual(try squeezed.withExactDecode(3).exactDecode, 3)
+        XCTAssertEqual(try squeezed.withExactDecode(0).exactDecode, 0)
+        XCTAssertEqual(try squeezed.withExactDecode(3).withExactDecode(14), squeezed)
+        XCTAssertEqual(try squeezed.withExactDecode(3).withFollowKeys(2, minKeep: 0).exactDecode, 3)
+        XCTAssertEqual(try squeezed.withExactTail(4).exactDecode, 14)
+        XCTAssertEqual(try full.withExactDecode(0), full)
+        // the shorter exact tail a caller runs keeps the method's width (its static shape) and the opening's method
+        let short = try squeezed.withExactTail(0).withExactDecode(2)
+        XCTAssertEqual([short.exactTail, short.exactWidth, short.exactDecode], [0, 32, 2])
+        // one-line refusals, Python's words
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try squeezed.withExactDecode(-1) },
+                       "--exact-decode must be a whole number of tokens >= 0; got -1")
+        for n in [2, -1] {
+            XCTAssertEqual(thrownMessage(DecoderError.self) { try full.withExactDecode(n) },
+                           "--exact-decode shapes Squeezed Attention's key selection and does nothing with a full-attention " +
+                           "artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+        }
+        let withoutExact = try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: squeezed.shapes)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try withoutExact.withExactDecode(3) },
+                       "--exact-decode 3 runs the answer's first tokens through the artifact's exact method, which this " +
+                       "artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-decode 0")
+        XCTAssertEqual(try withoutExact.withExactDecode(0).exactDecode, 0)
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: squeezed.shapes,
+                                                 exactTail: 2, exactDecode: -1))
+        // the exact tail a caller runs: 0 up to the method's width (Python: exact_tail_of)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try squeezed.withExactTail(33) },
+                       "--exact-tail must be a whole number of tokens from 0 to 32 for this artifact (its prefill_exact " +
+                       "method's width; re-export with --exact-tail N for more); got 33")
+        XCTAssertThrowsError(try squeezed.withExactTail(-1))
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try full.withExactTail(2) }.hasPrefix("--exact-tail shapes Squeezed Attention's"))
+        // the method names the split plan looks for decode_exact_0 in: the manifest's methods
+        XCTAssertEqual(squeezed.methodNames, ["prefill", "decode", "prefill_exact"])
+        XCTAssertEqual(full.methodNames, ["prefill", "decode"])
+    }
+
     func testOutputTensorNamesAreReadWhereTheFormatRenamesOutputs() throws {
         // a Core ML function writes out_<name> (an input and an output of one function cannot share a name): the
         // manifest's output_tensors; other formats list none and keep the outputs' own names

@@ -101,13 +101,15 @@ final class GenerationTests: XCTestCase {
     }
 
     /// The runtime contract of the real export's ONNX artifact for the run's attention, with the run's exact tail (the
-    /// golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's) and followed keys (the
-    /// runs' graph follows 2 keys from any keep_keys; "greedy-follow-gated" gates them off: follow_min_keep 10^6).
+    /// golden's "greedy-short-tail" run gave Python's loop a shorter one than the artifact's), answer's opening (the
+    /// squeezed runs' exact_decode 3, "greedy-select-decode" 0; the artifact's is 14) and followed keys (the runs' graph
+    /// follows 2 keys from any keep_keys; "greedy-follow-gated" gates them off: follow_min_keep 10^6).
     private func contract(_ run: JSONPath) throws -> DecoderContract {
         let c = try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
-        let exact = try run["exact_tail"].int()
+        let exact = try run["exact_tail"].int(), opening = try run["exact_decode"].int()
         let follow = try run["follow_keys"].int(), minKeep = try run["follow_min_keep"].int()
-        let tail = exact == c.exactTail ? c : try c.withExactTail(exact)
+        let shorter = exact == c.exactTail ? c : try c.withExactTail(exact)
+        let tail = opening == c.exactDecode ? shorter : try shorter.withExactDecode(opening)
         return follow == c.followKeys && minKeep == c.followMinKeep ? tail : try tail.withFollowKeys(follow, minKeep: minKeep)
     }
 
@@ -243,6 +245,77 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(try promptCalls(7, exact: 1, ranges: ["prefill_exact": 2...4]), ["prefill:1,2,3,4,5,6@0/\(p)", "prefill_exact:7@6/2"])
     }
 
+    /// The calls GenerationLoop.greedy makes for a question of ids 1...10 under a squeezed "buffer" contract.
+    private func greedyCalls(_ contract: DecoderContract, maxNewTokens: Int) throws -> [String] {
+        let recorder = CallRecorder()
+        let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack,
+                                      contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
+        let out = try loop.greedy(Array(1...10), maxNewTokens: maxNewTokens)
+        XCTAssertEqual(out.exactSteps, min(out.decodeSteps, contract.exactDecode))
+        return recorder.calls
+    }
+
+    func testTheAnswersOpeningRunsOneTokenPrefillExactCallsThenDecode() throws {
+        // Python's GenerationLoop.greedy: decode step i (the one that feeds answer token i + 1) calls the exact method
+        // while i < exact_decode, with that one token at the decode position; in-graph the exact method is prefill_exact
+        // (the recorder's logits pick token k after call k: the answer is 2, 3, 4, ...)
+        let p = shapes.maxPrompt
+        func squeezed(exactDecode: Int, ranges: [String: ClosedRange<Int>] = [:]) throws -> DecoderContract {
+            try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, tokenRanges: ranges,
+                                exactTail: 3, exactDecode: exactDecode)
+        }
+        let prompt = ["prefill:1,2,3,4,5,6,7@0/\(p)", "prefill_exact:8,9,10@7/3"]
+        // prefill_exact's token axis dynamic (the .onnx, the .pte): the opening's calls are one token wide
+        let dynamic = ["prefill": 1...p, "prefill_exact": 1...3]
+        XCTAssertEqual(try greedyCalls(try squeezed(exactDecode: 2, ranges: dynamic), maxNewTokens: 5),
+                       ["prefill:1,2,3,4,5,6,7@0/7", "prefill_exact:8,9,10@7/3", "prefill_exact:2@10/1", "prefill_exact:3@11/1",
+                        "decode:4@12/1", "decode:5@13/1"])
+        // a static token axis: padded to the method's width, the manifest's exact_tail
+        XCTAssertEqual(try greedyCalls(try squeezed(exactDecode: 2), maxNewTokens: 4),
+                       prompt + ["prefill_exact:2@10/3", "prefill_exact:3@11/3", "decode:4@12/1"])
+        // ... also where the caller runs a shorter exact tail (its width stays the artifact's)
+        XCTAssertEqual(try greedyCalls(try squeezed(exactDecode: 1).withExactTail(0), maxNewTokens: 3),
+                       ["prefill:1,2,3,4,5,6,7,8,9,10@0/\(p)", "prefill_exact:1@10/3", "decode:2@11/1"])
+        // an opening longer than the answer: every decode step exact; none (0, older manifests): every step decodes
+        XCTAssertEqual(try greedyCalls(try squeezed(exactDecode: 9), maxNewTokens: 3),
+                       prompt + ["prefill_exact:2@10/3", "prefill_exact:3@11/3"])
+        XCTAssertEqual(try greedyCalls(try squeezed(exactDecode: 0), maxNewTokens: 3), prompt + ["decode:2@10/1", "decode:3@11/1"])
+        // a new question opens again
+        let recorder = CallRecorder()
+        let loop = try GenerationLoop(runtime: recorder, contract: try squeezed(exactDecode: 1), pack: pack,
+                                      contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
+        XCTAssertEqual(loop.exactDecode, 1)
+        XCTAssertEqual(loop.exactMethod, "prefill_exact")
+        _ = try loop.greedy(Array(1...10), maxNewTokens: 3)
+        _ = try loop.greedy(Array(1...10), maxNewTokens: 3)
+        let methods = recorder.calls.map { String($0.prefix { $0 != ":" }) }
+        XCTAssertEqual(methods, Array(repeating: ["prefill", "prefill_exact", "prefill_exact", "decode"], count: 2).flatMap { $0 })
+    }
+
+    func testTheAnswersOpeningFollowsNothingAndPointsTheNextDecodeStep() throws {
+        // an exact decode step is fed as prefill_exact with one token: keep_keys as is (it selects nothing), follow_rows -1;
+        // its follow_out is the pointer the next step follows (Python: GenerationLoop.step, follows only for decode)
+        let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: 2,
+                                           exactTail: 3, followKeys: 2, followMinKeep: 25, exactDecode: 2)
+        let recorder = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 2)
+        let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context)
+        XCTAssertEqual(loop.follow, 2)
+        func out(_ call: Int) -> [Int64] { (0..<Int64(8)).map { Int64(100 * call) + $0 } }
+        let none = [Int64](repeating: -1, count: 8)
+        let prompt = ["prefill keep=25 rows=\(none)", "decode keep=25 rows=\(none)", "decode keep=25 rows=\(none)",
+                      "prefill_exact keep=25 rows=\(none)"]
+        let result = try loop.greedy(Array(1...10), maxNewTokens: 5)
+        XCTAssertEqual(recorder.calls, prompt + ["prefill_exact keep=25 rows=\(none)", "prefill_exact keep=25 rows=\(none)",
+                                                 "decode keep=23 rows=\(out(6))", "decode keep=23 rows=\(out(7))"])
+        XCTAssertEqual([result.decodeSteps, result.exactSteps], [4, 2])
+        // each exact step: one token at the decode position
+        for (i, feed) in recorder.feeds[4...5].enumerated() {
+            XCTAssertEqual(feed["n_tokens"], .int64(try Int64Tensor([1], shape: [1])))
+            XCTAssertEqual(feed["cache_len"], .int64(try Int64Tensor([Int64(10 + i)], shape: [1])))
+        }
+    }
+
     func testPrefillExactGetsEveryInputItsMethodDeclaresAndWritesTheCacheAtItsStart() throws {
         // the exported prefill_exact's inputs (exportable.ExportableDecoder, exact=True): no keep_keys; per layer the
         // fixed context's rows only (runtimes pass on the declared inputs of a method, so the rest of the feed is unused)
@@ -330,11 +403,15 @@ final class GenerationTests: XCTestCase {
     }
 
     func testExactTailIsReadFromTheContract() throws {
-        let text = try Golden.text("qa_decoder_manifest.json")
         func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
             guard let r = s.range(of: what) else { return s }
             return s.replacingCharacters(in: r, with: with)
         }
+        // without the answer's opening (exact_decode 14 needs the exact method: an artifact without one exports 0; its
+        // own checks are DecoderManifestTests.testTheAnswersOpeningIsReadAndItsOverrideCheckedAsPythonChecksIt)
+        let exportedText = try Golden.text("qa_decoder_manifest.json")
+        XCTAssertNotNil(exportedText.range(of: "\"exact_decode\": 14,"))
+        let text = replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,")
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         XCTAssertEqual(shapes.maxPrompt, 32)
         let exported = "\"exact_tail\": \(shapes.maxPrompt),"
@@ -395,13 +472,23 @@ final class GenerationTests: XCTestCase {
             }
         }
         let io = IoRuntime(layers: pack.layers, heads: pack.kvHeads, headDim: pack.headDim)
-        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3), pack: pack, contextInputs: context)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactDecode(0), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 3)
         XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"])
         XCTAssertEqual(io.feeds[2]["branch"], squeezed.fixedInputs["decode"]?["branch"])
-        // without the exact tail, the whole question in one selecting prefill (branch 0)
+        // the answer's opening (exact_decode 1): its first decode step is prefill_exact's graph (branch 1), one token
+        io.calls = []
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactDecode(1), pack: pack, contextInputs: context)
+            .greedy(Array(1...10), maxNewTokens: 3)
+        XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1", "prefill_exact branch=1", "decode branch=0"])
+        // without the exact tail, the whole question in one selecting prefill (branch 0); the artifact's answer opening
+        // (exact_decode 14) still runs its decode steps exactly, as Python's loop with --exact-tail 0 does
         io.calls = []
         _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0), pack: pack, contextInputs: context)
+            .greedy(Array(1...10), maxNewTokens: 2)
+        XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1"])
+        io.calls = []
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0).withExactDecode(0), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 2)
         XCTAssertEqual(io.calls, ["prefill branch=0", "decode branch=0"])
 
@@ -431,8 +518,8 @@ final class GenerationTests: XCTestCase {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()
         XCTAssertEqual(try runs.map { "\(try $0["attention"].string()) \(try $0["kind"].string())" },
-                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-follow-gated",
-                        "full greedy", "full forced"])
+                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
+                        "squeezed greedy-follow-gated", "full greedy", "full forced"])
         for (i, run) in runs.enumerated() {
             // the forced run's follow_out comes back as float32 (Core ML's outputs), the others' as int64 (the graph's)
             let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs, followOutAsFloat: i == 1)
@@ -458,9 +545,19 @@ final class GenerationTests: XCTestCase {
             } else {
                 prompt = ["prefill branch=0", "prefill_exact branch=1"]
             }
+            // the answer's opening: the decode steps of its first exact_decode tokens are 1-token prefill_exact calls
+            let opening = try run["exact_decode"].int()
+            XCTAssertEqual(opening, c.attention == "full" ? 0 : try run["kind"].string() == "greedy-select-decode" ? 0 : 3, what)
+            XCTAssertEqual(loop.exactDecode, opening, what)
+            XCTAssertEqual(loop.exactMethod, "prefill_exact", what)
+            let steps = runtime.calls - prompt.count
+            let exact = min(opening, steps)
+            XCTAssertTrue(steps > opening, "\(what): the run decodes past its opening")
             let decode = c.attention == "full" ? "decode" : "decode branch=0"
-            XCTAssertEqual(runtime.log, prompt + Array(repeating: decode, count: runtime.calls - prompt.count), what)
-            XCTAssertEqual(out.decodeSteps, runtime.calls - prompt.count, what)
+            XCTAssertEqual(runtime.log, prompt + Array(repeating: "prefill_exact branch=1", count: exact) +
+                           Array(repeating: decode, count: steps - exact), what)
+            XCTAssertEqual(out.decodeSteps, steps, what)
+            XCTAssertEqual(out.exactSteps, exact, what)
         }
         // the forced run met the end-of-turn token: it stopped there, without emitting it
         let forcedRun = try XCTUnwrap(try runs.first { try $0["kind"].string() == "forced" })
@@ -561,7 +658,9 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual([realLoop.graphFollow, realLoop.follow], [4, 0])
         _ = try realLoop.greedy(Array(1...10), maxNewTokens: 2)
         let four = [Int64](repeating: -1, count: 16)
-        XCTAssertEqual(real.calls, ["prefill_exact keep=25 rows=\(four)", "decode keep=25 rows=\(four)"])
+        // the question is its exact tail; the answer's opening (the artifact's exact_decode 14) a 1-token prefill_exact
+        XCTAssertEqual(realLoop.exactDecode, 14)
+        XCTAssertEqual(real.calls, ["prefill_exact keep=25 rows=\(four)", "prefill_exact keep=25 rows=\(four)"])
     }
 
     func testAStopTokenFromTheFirstLogitsEndsAfterPrefill() throws {

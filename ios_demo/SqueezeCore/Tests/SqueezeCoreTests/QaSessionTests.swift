@@ -86,4 +86,48 @@ final class QaSessionTests: XCTestCase {
         guard case .failure(let error)? = refused else { return XCTFail("a damaged pack was attached") }
         XCTAssertTrue("\(error)".contains("modified after it was built"), "\(error)")
     }
+
+    func testTheSessionRunsTheAnswersOpeningItIsGiven() throws {
+        // QaSession(exactDecode:) as Python's DecoderSession(exact_decode=...): the squeezed goldens' runs (their graph
+        // follows 2 keys from any pack: the manifest says so here) with the answer's opening 3 ("greedy") and 0
+        // ("greedy-select-decode"); the artifact's own is 14. A value the artifact cannot run is refused at once.
+        let dirURL = root.appendingPathComponent("decoder")
+        var text = try Golden.text("qa_decoder_manifest.json")
+        for (exported, run) in [("\"follow_keys\": 4,", "\"follow_keys\": 2,"), ("\"follow_min_keep\": 32,", "\"follow_min_keep\": 0,")] {
+            let r = try XCTUnwrap(text.range(of: exported))
+            text.replaceSubrange(r, with: run)
+        }
+        try Data(text.utf8).write(to: dirURL.appendingPathComponent("manifest.json"))
+        let directory = try DecoderModelDirectory.load(dirURL)
+        let artifact = try directory.manifest.pick(format: "onnx", attention: "squeezed")
+        XCTAssertEqual(artifact.contract.exactDecode, 14)
+        for (kind, opening) in [("greedy", 3), ("greedy-select-decode", 0)] {
+            let run = try XCTUnwrap(try gen["runs"].list().first { try $0["kind"].string() == kind && $0["attention"].string() == "squeezed" })
+            XCTAssertEqual(try run["exact_decode"].int(), opening)
+            let runtime = try GenerationTests.ReplayRuntime(run, manifest: manifest, outputs: try Golden.floatsLE("qa_outputs_f32le.bin.gz"))
+            let session = try QaSession(directory: directory, artifact: artifact, runtime: runtime, exactDecode: opening)
+            var attached: Result<AttachedPack, Error>?
+            session.attach(pack: directory.packs()[1]) { attached = $0 }
+            session.waitUntilIdle()
+            XCTAssertEqual(try XCTUnwrap(attached).get().keepKeys, try run["keep_keys"].int())
+            var answered: Result<Answer, Error>?
+            session.ask(try gen["prompt"].string(), maxNewTokens: 12, onText: { _ in }, completion: { answered = $0 })
+            session.waitUntilIdle()
+            let answer = try XCTUnwrap(answered).get()
+            XCTAssertEqual(answer.tokenIds, try run["tokens"].intArray(), kind)
+            XCTAssertEqual(answer.text, try run["text"].string(), kind)
+            XCTAssertEqual(runtime.calls, try run["calls"].list().count, kind)
+            XCTAssertEqual(answer.exactDecodeTokens, opening, kind)
+            XCTAssertEqual(runtime.log.filter { $0.hasPrefix("prefill_exact") }.count, 1 + opening, kind)
+        }
+        // refused in one line when the session is made
+        let full = try directory.manifest.pick(format: "onnx", attention: "full")
+        let runtime = GenerationTests.Recorder()
+        XCTAssertTrue(thrownMessage(DecoderError.self) {
+            try QaSession(directory: directory, artifact: full, runtime: runtime, exactDecode: 2)
+        }.hasPrefix("--exact-decode shapes Squeezed Attention's key selection and does nothing with a full-attention artifact"))
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try QaSession(directory: directory, artifact: artifact, runtime: runtime, exactDecode: -2) },
+                       "--exact-decode must be a whole number of tokens >= 0; got -2")
+        XCTAssertNoThrow(try QaSession(directory: directory, artifact: full, runtime: runtime, exactDecode: 0))
+    }
 }
