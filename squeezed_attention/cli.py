@@ -334,9 +334,10 @@ def cmd_generate(args) -> int:
 
             lookup += f" (fused kernel unavailable: {native.unavailable_reason()})"
         rows.append(("lookup", lookup))
-    elif choice.mode != "full":
-        rows.append(("context keys attended", "every key: no call selected (the prompt's exact tail attends every "
-                     "context key; decode steps select)"))
+    elif choice.mode != "full":   # e.g. a short answer with the defaults: the exact tail and opening steps only
+        rows.append(("context keys attended", f"every key: no call selected (the prompt's last {choice.exact_tail} "
+                     f"tokens and the answer's first {choice.exact_decode} attend every context key; later steps "
+                     "select)"))
     _print_table(rows, title="squeeze generate", stderr=True)
     return 0
 

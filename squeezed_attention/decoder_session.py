@@ -30,7 +30,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
 from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
-from .settings import GenerationResult, exact_start, prefill_chunks, prompt_is_raw
+from .settings import GenerationResult, exact_decode_label, exact_start, prefill_chunks, prompt_is_raw
 from .tokenizer import TextStream, check_user_text, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
@@ -523,7 +523,7 @@ class DecoderSession:
                                      on_token=streamed.update if on_text else None)
         loop = self.loop
         label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}" + (
-            f", exact first {loop.exact_decode} answer tokens" if loop.exact_decode else "")
+            exact_decode_label(loop.exact_decode))
         return GenerationResult(
             text=streamed.finish(tokens), token_ids=tokens,
             prompt_tokens=len(ids),

@@ -26,7 +26,7 @@ LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key f
 
 
 from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
-from .settings import plain_numbers, prompt_is_raw, yes_no
+from .settings import exact_decode_label, plain_numbers, prompt_is_raw, yes_no
 
 
 @dataclass
@@ -119,7 +119,7 @@ class AttentionChoice:
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
                 f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}"
-                f"{'' if self.exact_decode == DEFAULT_EXACT_DECODE or self.decode_selection != 'step' else f', exact first {self.exact_decode} answer tokens'}")
+                f"{exact_decode_label(self.exact_decode) if self.decode_selection == 'step' else ''}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)

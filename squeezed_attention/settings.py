@@ -40,6 +40,13 @@ DEFAULT_FOLLOW_KEYS = 4
 FOLLOW_MIN_KEYS_PER_FOLLOWED = 8
 
 
+def exact_decode_label(n: int) -> str:
+    """The attention label's note on the answer's exact opening steps: nothing for the default."""
+    if n == DEFAULT_EXACT_DECODE:
+        return ""
+    return f", exact first {n} answer tokens" if n else ", every answer token selects"
+
+
 def follow_min_keep(follow_keys: int) -> int:
     """The fewest kept keys per head at which the default rule follows ``follow_keys`` keys (exported decoders record
     it as follow_min_keep)."""

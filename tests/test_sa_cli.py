@@ -26,8 +26,18 @@ def test_build_then_generate_json_finds_the_pass_key(built, capsys):
                    "--max-new-tokens", "12", "--json", "--context", str(d / "ctx.txt")])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and case.answer in out["text"]
-    # the default: top-k at KV budget 0.125 = 0.073 of the clustered keys + 0.052 of key and value centroids
-    assert out["attention"] == "top-k, KV budget 0.125" and abs(out["kept_fraction"] - 0.0734) < 0.002
+    # the default: the whole (short) answer is the exact opening (its first 16 tokens attend every key): no step
+    # selected, so no kept fraction ran
+    assert out["attention"] == "top-k, KV budget 0.125" and out["selection"]["exact_decode"] == 16
+    assert out["kept_fraction"] is None and out["decode_tokens"] < 16
+    rc = cli.main(["generate", "--context-pack", str(d / "ctx.pack"), "--prompt", case.question,
+                   "--max-new-tokens", "12", "--json", "--context", str(d / "ctx.txt"), "--exact-decode", "0"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and case.answer in out["text"]
+    # every answer step selecting: top-k at KV budget 0.125 = 0.073 of the clustered keys + 0.052 of key and value
+    # centroids
+    assert out["attention"] == "top-k, KV budget 0.125, every answer token selects"
+    assert abs(out["kept_fraction"] - 0.0734) < 0.002
     assert abs(out["kv_budget"] - 0.125) < 0.002 and out["selection"]["kv_budget"] == 0.125
     from squeezed_attention import native
 
@@ -39,7 +49,8 @@ def test_build_then_generate_json_finds_the_pass_key(built, capsys):
 def test_generate_streams_text_then_timings(built, capsys):
     d, case = built
     rc = cli.main(["generate", "--context-pack", str(d / "ctx.pack"), "--prompt", case.question,
-                   "--max-new-tokens", "12", "--hierarchical", "--lookup", "numpy", "--kv-budget", "0.225"])
+                   "--max-new-tokens", "12", "--hierarchical", "--lookup", "numpy", "--kv-budget", "0.225",
+                   "--exact-decode", "4"])   # decode steps after the 4th select (the table names the lookup)
     # (KV budget 0.225: at 0.125 this hierarchical lookup writes 52425 since the exact prompt tail became the
     # default, a decode step's selection losing a digit; RESULTS.md 3h)
     captured = capsys.readouterr()

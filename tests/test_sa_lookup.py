@@ -352,7 +352,8 @@ def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
         assert (logits - tail).abs().max().item() < 1e-2, backend
     assert torch.equal(run(0, "torch", T)[0], per_token)
     # per chunk: the context partial of rows [a, b) is the chunk's own selection over those rows only
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4, prefill_tail=0, exact_tail=0))
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4, prefill_tail=0, exact_tail=0,
+                                      exact_decode=0))   # the later calls select as the prompt's chunks do
     q = user_queries(gen, prompt)[12]
     out, lse = ctx.attend(12, q)
     ctx.spec.prefill_rows = 0
@@ -487,7 +488,8 @@ def test_question_level_selection_holds_the_prompts_selection(backend):
     layer = 12
     held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, decode_selection="question",
                                        prefill_tail=0, exact_tail=0))
-    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_tail=0, exact_tail=0))
+    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_tail=0, exact_tail=0,
+                                       exact_decode=0))
     held.attend(layer, q[layer])
     calls = held.stats.calls
     one = q[layer][:, -1:] * 1.7 + 0.3          # a decode-step query unlike the prompt's
@@ -514,7 +516,8 @@ def test_question_level_selection_holds_the_prompts_selection(backend):
 def test_exact_prompt_tail_attends_every_key_and_decode_selects(backend):
     """exact_tail (the default): the prompt's last tokens attend every context key in the first call per layer, the
     rows before them select; a tail as long as the prompt is full attention's prefill bit for bit; later calls
-    (decode steps) select; question-level selection holds the prompt's last token's selection. Every lookup path
+    (decode steps) select (exact_decode 0; the answer's opening: test_the_answers_first_decode_steps_attend_exactly);
+    question-level selection holds the prompt's last token's selection. Every lookup path
     gives the same tokens."""
     from squeezed_attention.context_attention import DenseContext
     from squeezed_attention.settings import DEFAULT_EXACT_TAIL
@@ -526,7 +529,7 @@ def test_exact_prompt_tail_attends_every_key_and_decode_selects(backend):
     layer, T = 12, q[12].shape[1]
     assert AttentionChoice("top-k", kv_budget=0.125).exact_tail == DEFAULT_EXACT_TAIL > 0
     dense = DenseContext(gen.pack.keys, gen.pack.values).attend(layer, q[layer])
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=T))
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=T, exact_decode=0))
     out = ctx.attend(layer, q[layer])
     assert torch.equal(out[0], dense[0]) and torch.equal(out[1], dense[1]) and ctx.stats.calls == 0
     ctx.attend(layer, q[layer][:, -1:])                                   # a decode step: selects
@@ -561,7 +564,7 @@ def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
     q = user_queries(gen, "What is the pass key? Answer with the number only.")
     layer, F = 17, 4
     pack = gen.pack
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, follow_keys=F))
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, follow_keys=F, exact_decode=0))
     _, lse = ctx.attend(layer, q[layer])                                   # the prompt: exact tail
     first, Nc, Hkv = ctx.first_position, ctx.num_clustered, ctx.num_kv_heads
     G = q[layer].shape[0] // Hkv
@@ -594,7 +597,7 @@ def test_followed_keys_are_the_next_positions_of_the_most_weighed_keys(backend):
         assert torch.allclose(out[h * G:(h + 1) * G, 0].double(), ref, atol=2e-5)
         assert torch.allclose(lse[h * G:(h + 1) * G, 0].double(), torch.logsumexp(logits, -1), atol=2e-5)
     # the step points the next one: the same positions as the torch path's (the native kernel does it in C++)
-    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", follow_keys=F))
+    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", follow_keys=F, exact_decode=0))
     ref.attend(layer, q[layer])
     ref.attend(layer, step_q)
     assert torch.equal(ctx._follow[layer].sort(-1).values, ref._follow[layer].sort(-1).values)

@@ -322,14 +322,19 @@ def test_generate_sizes_are_named_by_their_units(tiny, capsys):
 
     pack = load_context_pack(tiny / "raw.pack")
     nc, cost = pack.num_clustered, centroid_cost(0.10, pack.config.head_dim)
+    # the defaults on a 3-token answer: every call attends exactly (the prompt's tail, the answer's opening), so no
+    # kept fraction or KV budget ran; --exact-decode 0 makes the answer's steps select
     default = _generate_json(tiny, capsys)
     assert default["attention"] == "top-k, KV budget 0.125"
     assert default["selection"]["kv_budget"] == 0.125 and default["selection"]["mode"] == "top-k"
+    assert default["selection"]["exact_decode"] == 16 and default["kept_fraction"] is None is default["kv_budget"]
+    selecting = _generate_json(tiny, capsys, "--exact-decode", "0")
+    assert selecting["attention"] == "top-k, KV budget 0.125, every answer token selects"
     # keep = KV budget - centroid bytes, rounded to whole keys; the reported KV budget adds the centroids back
-    assert default["kept_fraction"] == round((0.125 - cost) * nc) / nc
-    assert default["kv_budget"] == pytest.approx(default["kept_fraction"] + cost)
-    keys = _generate_json(tiny, capsys, "--keep-keys", "5")
-    assert keys["attention"] == "top-k, 5 keys per head" and keys["kept_fraction"] == 5 / nc
+    assert selecting["kept_fraction"] == round((0.125 - cost) * nc) / nc
+    assert selecting["kv_budget"] == pytest.approx(selecting["kept_fraction"] + cost)
+    keys = _generate_json(tiny, capsys, "--keep-keys", "5", "--exact-decode", "0")
+    assert keys["attention"] == "top-k, 5 keys per head, every answer token selects" and keys["kept_fraction"] == 5 / nc
     assert _generate_json(tiny, capsys, "--budget", "5")["attention"] == "top-k, 5 keys per head"  # old name
     thr = _generate_json(tiny, capsys, "--threshold-keep", "0.3")
     assert thr["attention"] == "threshold, keep fraction 0.3" and thr["selection"]["keep_fraction"] == 0.3
@@ -344,7 +349,7 @@ def test_generate_json_reports_the_followed_keys_that_ran(tiny, capsys):
 
     pack = load_context_pack(tiny / "raw.pack")
     for extra in ([], ["--keep-keys", str(pack.num_clustered - 1)]):
-        out = _generate_json(tiny, capsys, *extra)
+        out = _generate_json(tiny, capsys, "--exact-decode", "0", *extra)   # steps that select (and follow)
         keys = round(out["kept_fraction"] * pack.num_clustered)
         assert out["follow_keys"] == default_follow_keys(keys) == out["selection"]["follow_keys"]
     assert default_follow_keys(pack.num_clustered - 1) > 0   # the second case ran the default's followed keys
@@ -356,10 +361,15 @@ def test_generate_json_reports_the_followed_keys_that_ran(tiny, capsys):
 
 def test_generate_table_names_the_kv_budget(tiny, capsys):
     rc, out, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--model",
-                        tiny / "tiny.gguf", "--max-new-tokens", "2", "--keep-keys", "4"], capsys)
+                        tiny / "tiny.gguf", "--max-new-tokens", "2", "--keep-keys", "4", "--exact-decode", "0"], capsys)
     assert rc == 0
     assert "top-k, 4 keys per head" in err and "of clustered keys (+ sinks, window): KV budget 0.0" in err
     assert "budget budget" not in err and not err.startswith("\n") and not out.startswith("\n")
+    # the defaults on a 2-token answer: no call selected, and the table says why
+    rc, out, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--model",
+                        tiny / "tiny.gguf", "--max-new-tokens", "2", "--keep-keys", "4"], capsys)
+    assert rc == 0 and "KV budget 0.0" not in err
+    assert "no call selected" in " ".join(err.split()) and "the answer's first 16" in " ".join(err.split()), err
 
 
 @pytest.mark.parametrize("extra, pack, message", [
@@ -482,7 +492,8 @@ def test_every_option_help_states_its_default(path):
 
 def test_exact_decode_on_the_command_line(tiny, capsys):
     """--exact-decode N: generate runs it (named in the attention label); it is refused where it cannot run: with
-    --full, with --artifacts (host only for now), in the classic evaluation and with held question selections."""
+    --full, in the classic evaluation and with held question selections; with --artifacts it goes to the exported
+    decoder's loop (test_decoder_export.py), so the folder is what is checked."""
     out = _generate_json(tiny, capsys, "--exact-decode", "2")
     assert out["attention"] == "top-k, KV budget 0.125, exact first 2 answer tokens"
     for extra, message in ((["--full", "--exact-decode", "2"], "--exact-decode shapes Squeezed Attention's key selection"),
@@ -493,7 +504,7 @@ def test_exact_decode_on_the_command_line(tiny, capsys):
         assert rc != 0 and message in err, err
     rc, _, err = run(["generate", "--artifacts", tiny, "--context-pack", tiny / "raw.pack", "--prompt", "ab",
                       "--exact-decode", "2"], capsys)
-    assert rc == 1 and "--exact-decode do not apply with --artifacts" in err, err
+    assert rc == 1 and "has no manifest.json" in err, err
     rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-decode", "2", "--out",
                       tiny / "eval_out"], capsys)
     assert rc == 1 and "--exact-decode applies to the suite" in err, err
