@@ -33,6 +33,8 @@ from .report import _fmt, check_report_dir, one_line, write_reports
 Progress = Callable[[str, str], None]
 DEFAULT_CONTEXTS = (2048, 4096, 8192)
 REPORT_FILES = ("report.json", "report.md", "report.png")
+# the answer length the "answer ms/token" column prices: the exact opening steps, then selecting steps
+ANSWER_TOKENS = 64
 # ExecuTorch portable kernels that only the in-graph lookup uses (its centroid products and softmax run inside
 # XNNPACK islands together with the attention and cannot be told apart in ETDump without an ETRecord)
 # (embedding: the kept rows' gather since 2026-12-04, and the token lookup of an fp32 program, one small call a
@@ -224,7 +226,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "exact_tail": art["decoder"].get("exact_tail"),
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
-                "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "load_s": [], "peak_rss_mb": [],
+                "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "opening_step_s": [], "load_s": [],
+                "peak_rss_mb": [],
                 "load_average": [], "status": "ok"})
             if row["status"] != "ok":
                 continue
@@ -242,6 +245,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row["prompt_prefill_s"] += res["prompt_prefill_s"]
             row["question_tokens"], row["prompt_tokens"] = res["question_tokens"], res["prompt_tokens"]
             row["decode_step_s"] += res["decode_step_s"]
+            row["opening_step_s"] += res.get("opening_step_s") or []
+            row["exact_decode"] = res.get("exact_decode") or 0
             row["load_s"].append(res["load_s"])
             row["peak_rss_mb"].append(res["peak_rss_mb"])
             row["answer_text"] = res["text"]
@@ -250,8 +255,16 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     for row in rows.values():
         if row["status"] == "ok":
             prefill, step = _median(row["prefill_s"]), _median(row["decode_step_s"])
+            opening = row.get("exact_decode") or 0
+            exact = _median(row["opening_step_s"]) if opening and row["opening_step_s"] else None
+            # an ANSWER_TOKENS-token answer: its first exact_decode steps at the exact step's cost, the rest selecting
+            k = min(opening, ANSWER_TOKENS)
+            answer = ((k * exact + (ANSWER_TOKENS - k) * step) / ANSWER_TOKENS) if exact is not None else \
+                None if opening else step   # an opening the cache had no room to time: no answer price
             row.update({"prefill_ms": prefill * 1e3, "prompt_prefill_ms": _median(row["prompt_prefill_s"]) * 1e3,
                         "decode_ms_per_token": step * 1e3,
+                        "opening_ms_per_token": None if exact is None else exact * 1e3,
+                        "answer_ms_per_token": None if answer is None else answer * 1e3,
                         "decode_tokens_per_s": 1.0 / step, "load_s": _median(row["load_s"]),
                         "peak_rss_mb": max(row["peak_rss_mb"]),
                         "samples": {"prefill": len(row["prefill_s"]), "decode_steps": len(row["decode_step_s"])}})
@@ -264,6 +277,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row["prefill_speedup_vs_full"] = full["prefill_ms"] / row["prefill_ms"]
             row["prompt_prefill_speedup_vs_full"] = full["prompt_prefill_ms"] / row["prompt_prefill_ms"]
             row["decode_speedup_vs_full"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
+            if row["answer_ms_per_token"]:
+                row["answer_speedup_vs_full"] = full["answer_ms_per_token"] / row["answer_ms_per_token"]
     if llama_cpp:  # the peer (bench.llama_cpp_peer): same GGUF, same packs and question, after the artifacts
         from .llama_cpp_peer import peer_rows
 
@@ -326,18 +341,21 @@ def decoder_markdown(report: Dict) -> str:
              "process. Question prefill: the pass-key question (its token count in brackets), run as the manifest "
              "says (padded to max_prompt where the prefill graph has static shapes); max-prompt prefill: a prompt of "
              "exactly max_prompt tokens (prose + the question), the longest the artifact takes. "
-             "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run."
+             "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run. Decode: the "
+             "selecting steps; the answer's opening (its first exact_decode steps attend every context row, "
+             f"manifest exact_decode) is timed on its own, and 'answer' is the mean cost per token of a {ANSWER_TOKENS}-"
+             "token answer with that opening."
              + (f" 1-minute load average after each measurement: {min(loads):.2f}-{max(loads):.2f}" if loads else "")
              + (" (**the machine was busy: other processes shared the cores, absolute times and ratios are "
                 "unreliable; re-run on an idle machine**)." if busy else "."), "",
              "| format | attention | context | threads | question prefill ms | max-prompt prefill ms | decode ms/token | "
-             "decode tok/s | prefill speed-up (question / max-prompt) | decode speed-up | peak RSS MB | load s | "
-             "pass key |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "decode tok/s | opening ms/token (steps) | answer ms/token | prefill speed-up (question / max-prompt) | "
+             "decode speed-up | answer speed-up | peak RSS MB | load s | pass key |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(report["rows"], key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
         if r["status"] != "ok":
             lines.append(f"| {r['format']} | {r['attention']} | {r['context_tokens']} | {r['threads']} | "
-                         f"error: {one_line(r.get('detail'))[:120]} ||||||||||")
+                         f"error: {one_line(r.get('detail'))[:120]} |||||||||||||")
             continue
         att = mode_label(r) + (f" (KV budget {r['kv_budget']:g})" if r["attention"] == "squeezed" else "")
         answered = {True: "yes", False: "no", None: "-"}[r.get("answered")]
@@ -348,8 +366,12 @@ def decoder_markdown(report: Dict) -> str:
                    if r.get("prefill_speedup_vs_full") else "-")
         lines.append(f"| {r['format']} | {att} | {r['context_tokens']} | {r['threads']} | {r['prefill_ms']:.0f}{question} | "
                      f"{_fmt(r.get('prompt_prefill_ms'), '{:.0f}')}{prompt} | "
-                     f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | {speedup} | "
-                     f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | "
+                     + (f"{r['opening_ms_per_token']:.1f} ({r['exact_decode']}) | " if r.get("opening_ms_per_token")
+                        is not None else "- | ")
+                     + f"{_fmt(r.get('answer_ms_per_token'), '{:.1f}')} | {speedup} | "
+                     f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} | "
+                     f"{_fmt(r.get('answer_speedup_vs_full'), '{:.2f}x')} | {r['peak_rss_mb']:.0f} | "
                      f"{r['load_s']:.1f} | {answered} |")
     if report["lookup_share"]:
         lines += ["", "## Share of decode time in the lookup (runtime profiler)", "",
@@ -498,7 +520,11 @@ def measure_decoder(job: Dict) -> Dict:
     tokenizer = load_decoder_tokenizer(directory, manifest)
     ids = prompt_token_ids(tokenizer, manifest["tokenizer"]["chat"], pack.settings.get("framing", "chat"), job["question"])
     n_decode = int(job["decode_tokens"])
+    # the answer's opening (contract exact_decode): its exact steps are timed on their own (as many as the cache
+    # holds besides the n_decode selecting steps that follow; profiled passes time the selecting steps only)
     loop.check_lengths(len(ids), n_decode + 1)
+    room = contract["shapes"]["max_prompt"] + contract["shapes"]["max_new"] - len(ids) - n_decode - 1
+    opening = min(loop.exact_decode, room) if loop.attention == "squeezed" and not job.get("profile") else 0
     if job.get("profile") and loop.split:
         return {"lookup": split_lookup_share(loop, ids, n_decode)}
     if job.get("profile"):
@@ -515,7 +541,7 @@ def measure_decoder(job: Dict) -> Dict:
             return tokenizer.encode(text, add_special_tokens=False).ids
 
     long_ids = padded_prompt_ids(_Ids(), ids, contract["shapes"]["max_prompt"])
-    prefill, prompt_prefill, steps, tokens = [], [], [], []
+    prefill, prompt_prefill, steps, opening_steps, tokens = [], [], [], [], []
     for r in range(int(job["warmup"]) + int(job["runs"])):
         cache = loop.new_cache()
         t = time.perf_counter()
@@ -525,18 +551,20 @@ def measure_decoder(job: Dict) -> Dict:
         t = time.perf_counter()
         logits = loop.prompt(ids, cache)
         p = time.perf_counter() - t
-        tokens, times = [int(np.argmax(logits))], []
-        for i in range(n_decode):
+        tokens, times, exact_times = [int(np.argmax(logits))], [], []
+        for i in range(opening + n_decode):
             t = time.perf_counter()
-            logits = loop.step("decode", [tokens[-1]], len(ids) + i, cache)
-            times.append(time.perf_counter() - t)
+            logits = loop.step(loop.exact_method if i < opening else "decode", [tokens[-1]], len(ids) + i, cache)
+            (exact_times if i < opening else times).append(time.perf_counter() - t)
             tokens.append(int(np.argmax(logits)))
         if r >= int(job["warmup"]):
             prefill.append(p)
             prompt_prefill.append(pp)
             steps += times
+            opening_steps += exact_times
     runner.close()
     return {"runtime": backend.runtime, "load_s": load_s, "prefill_s": prefill, "decode_step_s": steps,
+            "opening_step_s": opening_steps, "exact_decode": loop.exact_decode if loop.attention == "squeezed" else 0,
             "prompt_prefill_s": prompt_prefill, "question_tokens": len(ids), "prompt_tokens": len(long_ids),
             "rss_before_mb": rss_before, "peak_rss_mb": _peak_mb(),
             "text": tokenizer.decode(tokens, skip_special_tokens=True)}

@@ -40,10 +40,11 @@ def test_coreml_decoder_is_one_multifunction_program_verified_against_pytorch(ex
     v = a["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] == 3 and v["psnr_db"] >= 60, v
     methods = a["decoder"]["methods"]
-    # the exact prompt tail (the host's default) as functions of their own: prefill_exact_<s>
-    assert a["decoder"]["exact_tail"] == 32
-    assert set(methods) == {f"{m}_{s}" for m in ("prefill", "decode", "prefill_exact") for s in (0, 1)}
-    assert a["functions"] == 6
+    # the exact prompt tail (the host's default) as functions of their own: prefill_exact_<s>; the answer's opening
+    # (the host's default 16 exact decode steps, capped at --max-new) as their one-token copies, decode_exact_<s>
+    assert a["decoder"]["exact_tail"] == 32 and a["decoder"]["exact_decode"] == min(16, SHAPES["max_new"])
+    assert set(methods) == {f"{m}_{s}" for m in ("prefill", "decode", "prefill_exact", "decode_exact") for s in (0, 1)}
+    assert a["functions"] == 8
     # integer inputs are int32 in the file; outputs are stored as out_<name> (a stage's input and output share names)
     inputs = {i["name"]: i for i in methods["decode_1"]["inputs"]}
     assert inputs["cache_len"]["dtype"] == "int32" and inputs["hidden"]["dtype"] == "float32"

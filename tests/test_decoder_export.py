@@ -182,7 +182,8 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
 
     out, _ = exported
     pack_path, pack, model, ck = tiny_pack
-    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0)
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0,
+                             exact_decode=0)   # every decode step selects (the answer's opening: its own test)
     assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
     calls, widths = [], []
@@ -200,7 +201,8 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     assert calls[len(chunks):] == ["decode"] * 9                    # 10 tokens: 9 decode steps
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
-                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0),
+                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0,
+                                  exact_decode=0),
         max_new_tokens=10, stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids
@@ -688,7 +690,8 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"] and v["psnr_db"] >= 60, v
     pack_path, pack, model, ck = tiny_pack
     for tail in (None, 0, 2):
-        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_tail=tail)
+        # (decode steps that select: the answer's opening is its own test)
+        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_tail=tail, exact_decode=0)
         session.attach(pack_path)
         calls = []
         run = session.runner.run
@@ -699,7 +702,8 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
         assert calls[:2] == ([("prefill", n - want), ("prefill_exact", want)] if want else [("prefill", n)]
                              + [("decode", 1)])
         ref = Generator(model, ck.tokenizer, pack).generate(
-            "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=want),
+            "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=want,
+                                      exact_decode=0),
             max_new_tokens=6, stop_at_eos=False)
         session.close()
         assert got.token_ids == ref.token_ids, tail
@@ -794,7 +798,7 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
     v = art["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
     pack_path, pack, model, ck = tiny_pack
-    session = DecoderSession(out, fmt=fmt, attention="squeezed")
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=0)   # every decode step follows
     session.attach(pack_path)
     keeps = []
     run = session.runner.run
@@ -807,7 +811,7 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
     decodes = [k for k in keeps if k[0] == "decode"]
     assert decodes and all(k[1] == keep - 2 for k in decodes) and (decodes[0][2] >= 0).any()
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2),
+        "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2, exact_decode=0),
         max_new_tokens=6, stop_at_eos=False)
     assert got.token_ids == ref.token_ids
     if fmt == "onnx":
@@ -898,3 +902,70 @@ def test_next_rows_map_each_clustered_row_to_the_next_positions_row(tiny_pack):
                     continue
                 p = int(np.nonzero((keys[li, h, sinks:sinks + nc] == flat[h * width + r]).all(-1))[0][0]) + sinks
                 assert np.array_equal(flat[rows[r]], keys[li, h, p + 1])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
+    """--exact-decode N (contract exact_decode): the loop's first N decode steps are 1-token prefill_exact calls
+    (every fixed-context row, no followed rows fed), then decode steps select, the first following the last exact
+    step's pointer; the artifact passes verification against the host with the same N and answers like it with N
+    and with the override 0; with a question the exact tail covers, the artifact's next-token logits equal the
+    full-attention artifact's for the prefill and the N exact steps, and differ at the first selecting step."""
+    from squeezed_attention.decoder_session import DecoderSession, exact_decode_of
+    from squeezed_attention.generation import AttentionChoice, Generator
+
+    d, gguf = tiny
+    (d / "doc.txt").write_text(TINY_TEXT)
+    with pytest.raises(SqueezeError, match="--exact-tail 0 leaves out"):
+        export_decoder(tmp_path / "no", formats=(fmt,), model_path=gguf, exact_tail=0, exact_decode=2, **SHAPES)
+    assert not (tmp_path / "no").exists()
+    out, N = tmp_path / "opening", 3
+    result = export_decoder(out, formats=fmt, model_path=gguf, attention=["squeezed", "full"], kv_budget=0.3,
+                            exact_tail=32, exact_decode=N, follow_keys=2, verify_text=d / "doc.txt", verify_tokens=8,
+                            **SHAPES)
+    assert result.ok, result.manifest["failures"]
+    squeezed, full = (next(a for a in result.manifest["artifacts"] if a["decoder"]["attention"] == att)
+                      for att in ("squeezed", "full"))
+    assert squeezed["decoder"]["exact_decode"] == N and full["decoder"]["exact_decode"] is None
+    assert any("answer's opening (exact_decode = 3" in s for s in squeezed["decoder"]["call_sequence"])
+    v = squeezed["verification"]
+    assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
+    pack_path, pack, model, ck = tiny_pack
+    prompt, new = "ab nan", 8
+    for opening in (None, 0):
+        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=opening)
+        session.attach(pack_path)
+        calls = []
+        run = session.runner.run
+        session.runner.run = lambda method, feed: (calls.append((method, len(feed["tokens"]), feed["follow_rows_0"].copy())),
+                                                   run(method, feed))[1]
+        got = session.generate(prompt, max_new_tokens=new, stop_at_eos=False)
+        n = len(session.prompt_ids(prompt))
+        want = N if opening is None else opening
+        assert session.loop.exact_decode == want
+        assert [c[:2] for c in calls] == [("prefill_exact", n)] + [("prefill_exact", 1)] * want \
+            + [("decode", 1)] * (new - 1 - want)
+        assert all((c[2] == -1).all() for c in calls[:want + 1])            # exact calls follow nothing
+        assert (calls[want + 1][2] >= 0).any()                              # the next step follows their pointer
+        ref = Generator(model, ck.tokenizer, pack).generate(
+            prompt, AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=32,
+                                    follow_keys=2, exact_decode=want), max_new_tokens=new, stop_at_eos=False)
+        assert got.token_ids == ref.token_ids, opening
+        assert got.attention.endswith("every answer token selects") == (opening == 0)
+        session.close()
+    # teacher-forced along one answer: the exact calls' logits are full attention's (another graph: float rounding)
+    logits = {}
+    for att in ("squeezed", "full"):
+        session = DecoderSession(out, fmt=fmt, attention=att)
+        session.attach(pack_path)
+        _, logits[att] = session.loop.greedy(session.prompt_ids(prompt), new, forced=ref.token_ids)
+        session.close()
+    diff = [float(np.abs(a - b).max()) for a, b in zip(logits["squeezed"], logits["full"])]
+    assert max(diff[:N + 1]) < 1e-3 < diff[N + 1], diff
+    # refused in one line: an opening on full attention, or on an artifact without the exact method
+    with pytest.raises(SqueezeError, match="--exact-decode shapes Squeezed Attention's key selection"):
+        DecoderSession(out, fmt=fmt, attention="full", exact_decode=2)
+    with pytest.raises(SqueezeError, match="exported with --exact-tail 0"):
+        exact_decode_of({"attention": "squeezed", "exact_tail": 0}, 2)
+    with pytest.raises(SqueezeError, match="--exact-decode must be a whole number"):
+        DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=-1)

@@ -56,9 +56,11 @@ def tiny(tmp_path_factory):
 def exported(tiny):
     d, gguf, *_ = tiny
     out = d / "artifacts"
-    # followed keys given (2): they apply to every pack, this tiny one included (the default's 4 needs 32 kept keys)
+    # followed keys given (2): they apply to every pack, this tiny one included (the default's 4 needs 32 kept keys);
+    # the answer's opening given (3; the default 16 would cover every answer these tests decode)
     result = export_decoder(out, formats=("tflite", "pte"), model_path=gguf, attention="squeezed", lookup_plan="split",
-                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, follow_keys=2, **SHAPES)
+                            kv_budget=0.3, verify_text=d / "doc.txt", verify_tokens=8, follow_keys=2, exact_decode=3,
+                            **SHAPES)
     return out, result
 
 
@@ -159,7 +161,15 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
         assert c["lookup_plan"] == "split" and c["state"] == "io" and c["stages"] == 3
         # the exact prompt tail (the host's default, 32 tokens) as stages of its own, no lookup between them
         assert c["exact_tail"] == 32
-        assert set(c["methods"]) == {f"{m}_{s}" for m in ("prefill", "decode", "prefill_exact") for s in range(3)}
+        # and the answer's opening (exact_decode 3) as one-token copies of those stages, decode_exact_<s>
+        assert c["exact_decode"] == 3
+        assert set(c["methods"]) == {f"{m}_{s}" for m in ("prefill", "decode", "prefill_exact", "decode_exact")
+                                     for s in range(3)}
+        for s in range(3):
+            exact, opening = c["methods"][f"prefill_exact_{s}"], c["methods"][f"decode_exact_{s}"]
+            assert exact["outputs"] == opening["outputs"]
+            assert [i["name"] for i in exact["inputs"]] == [i["name"] for i in opening["inputs"]]
+        assert c["methods"]["decode_exact_0"]["inputs"][3]["shape"] == [1]
         exact_in = {i["name"]: i for i in c["methods"]["prefill_exact_1"]["inputs"]}
         assert exact_in["clustered_keys"]["shape"][0] == 2 and len(exact_in["clustered_keys"]["shape"]) == 3
         assert not {"kept_keys", "kept_bias", "centroids", "next_centroids"} & set(exact_in)
@@ -186,15 +196,17 @@ def test_split_artifacts_verified_and_gpu_compatible(exported):
 def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
     """Tokens == the host decoder's with the same exact prompt tail and followed keys: the artifact's tail (32
     tokens: the whole question runs through prefill_exact_<s>), a 4-token tail after a selecting prefill, and none;
-    decode steps keep F keys fewer and write the previous step's pointer rows into free slots."""
+    the answer's first 3 steps run the one-token exact stages decode_exact_<s>, then decode steps keep F keys fewer
+    and write the previous step's pointer rows into free slots (the first one an exact step's); with the opening
+    overridden to 0 every decode step selects."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import AttentionChoice, Generator
 
     out, _ = exported
     d, _, model, ck, pack = tiny
     calls = []
-    for tail in (None, 4, 0):
-        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail)
+    for tail, opening in ((None, None), (4, None), (0, None), (None, 0)):
+        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail, exact_decode=opening)
         session.attach(d / "tiny.pack")
         run = session.runner.run
         used = []   # kept slots in use per decode step of layer 0 (selection: keep_keys - 2, then fresh followed rows)
@@ -207,14 +219,19 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
         ref = Generator(model, ck.tokenizer, pack).generate(
             "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
                                       prefill_rows=session.loop.prefill_rows, prefill_tail=session.loop.prefill_tail,
-                                      exact_tail=session.loop.exact_tail, follow_keys=2), max_new_tokens=10,
+                                      exact_tail=session.loop.exact_tail, follow_keys=2,
+                                      exact_decode=session.loop.exact_decode), max_new_tokens=10,
             stop_at_eos=False)
+        assert session.loop.exact_decode == (3 if opening is None else 0)
         session.close()
         assert got.token_ids == ref.token_ids, tail
         assert got.lookup.startswith("split")
         exact_calls = [c for c in calls if c.startswith("prefill_exact_")]
         assert exact_calls == ([] if tail == 0 else ["prefill_exact_0", "prefill_exact_1", "prefill_exact_2"]), tail
         assert ("prefill_0" in calls) == (tail != None), tail   # noqa: E711  (the whole question is exact at 32)
+        stages = ["decode_exact_0", "decode_exact_1", "decode_exact_2"]
+        assert [c for c in calls if c.startswith("decode_exact_")] == stages * session.loop.exact_decode
+        assert calls.count("decode_0") == 9 - session.loop.exact_decode
         calls.clear()
 
 
