@@ -147,7 +147,10 @@ def check_output_dir(out_dir) -> Path:
 
 @torch.no_grad()
 def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_ids, reference=None):
-    """Teacher-forced next-token log-probs [T-1, V] over ``continuation_ids`` (one step per token)."""
+    """Teacher-forced next-token log-probs [T-1, V] over ``continuation_ids`` (one step per token). With a
+    reference, also the metrics of the steps that select (``selecting_*``: after the ones that attend exactly under
+    ``choice``'s rule -- the first call per layer within the exact tail, then the answer's opening of exact_decode
+    steps), which the opening would otherwise dilute."""
     context = gen.context(choice)
     cache = gen.model.new_cache(len(continuation_ids))
     logps = []
@@ -160,7 +163,14 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     from squeeze_mobile.metrics import next_token_agreement
 
     m = next_token_agreement(reference.numpy(), logps.numpy())
-    return logps, {k: m[k] for k in ("kl_mean", "kl_max", "top1_agreement", "scored_tokens")}
+    out = {k: m[k] for k in ("kl_mean", "kl_max", "top1_agreement", "scored_tokens")}
+    if choice.mode != "full":
+        exact = (1 if choice.exact_tail else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
+        kl, top1 = m["kl"][exact:], m["top1"][exact:]
+        out.update({"selecting_from_step": exact, "selecting_tokens": int(top1.size),
+                    "selecting_top1_agreement": float(top1.mean()) if top1.size else None,
+                    "selecting_kl_mean": float(kl.mean()) if kl.size else None})
+    return logps, out
 
 
 def run_evaluation(model, checkpoint, lengths=(2048, 4096, 8096), depths=(0.1, 0.5, 0.9),

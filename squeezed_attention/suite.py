@@ -410,6 +410,14 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
         entry["continuation_tokens"] = scored
         entry["top1_agreement"] = sum(r["top1_agreement"] * r["scored_tokens"] for r in cont) / scored if scored else None
         entry["kl_mean"] = sum(r["kl_mean"] * r["scored_tokens"] for r in cont) / scored if scored else None
+        # the same over the steps that select (after the exact tail's and the answer opening's exact steps)
+        sel = [r for r in cont if r.get("selecting_tokens")]
+        n_sel = sum(r["selecting_tokens"] for r in sel)
+        entry["selecting_tokens"] = n_sel
+        entry["selecting_top1_agreement"] = (sum(r["selecting_top1_agreement"] * r["selecting_tokens"] for r in sel)
+                                             / n_sel if n_sel else None)
+        entry["selecting_kl_mean"] = (sum(r["selecting_kl_mean"] * r["selecting_tokens"] for r in sel) / n_sel
+                                      if n_sel else None)
         out.append(entry)
     return out
 
@@ -418,8 +426,9 @@ def suite_markdown(result) -> str:
     lines = [f"# Evaluation suite: split {result['split']} (seed {result['seed']}, lengths "
              f"{', '.join(map(str, result['lengths']))})", "",
              "| attention | answered | answered of full's | recall (clustered, median) | best possible (same key count) "
-             "| recall (context, median) | top-1 agreement | mean KL | of full's by kind | of full's by depth |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| recall (context, median) | top-1 agreement | mean KL | top-1 / KL of the selecting steps "
+             "| of full's by kind | of full's by depth |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for e in result["summary"]:
         kinds = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_kind"].items()))
@@ -427,11 +436,14 @@ def suite_markdown(result) -> str:
         top1 = "-" if e["top1_agreement"] is None else (f"{100 * e['top1_agreement']:.1f}% "
                                                          f"({e.get('continuation_tokens', '?')} tokens)")
         kl = "-" if e["kl_mean"] is None else f"{e['kl_mean']:.4f}"
+        selecting = "-" if e.get("selecting_top1_agreement") is None else (
+            f"{100 * e['selecting_top1_agreement']:.1f}% / {e['selecting_kl_mean']:.4f} "
+            f"({e['selecting_tokens']} tokens)")
         skipped = f" ({e['skipped']} skipped)" if e.get("skipped") else ""
         lines.append(f"| {e['config']} | {e['correct']}/{e['cases']}{skipped} | {e['solved_of_full']}/{e['full_solved']} | "
                      f"{pct(e['recall_clustered_median'])} | {pct(e.get('recall_ceiling_median'))} | "
                      f"{pct(e['recall_context_median'])} | {top1} | "
-                     f"{kl} | "
+                     f"{kl} | {selecting} | "
                      f"{kinds or '-'} | {depths or '-'} |")
     return "\n".join(lines) + "\n"
 

@@ -126,6 +126,28 @@ def test_continuations_are_pooled_over_their_tokens():
                                                        "summary": list(summary.values())})
 
 
+def test_continuations_also_score_the_selecting_steps_alone():
+    """A continuation's first steps attend exactly under the default rule (the first call per layer is within the
+    exact tail, then the answer's opening of exact_decode steps): they equal full attention's bit for bit, and the
+    selecting_* metrics score the steps after them only, so the opening cannot dilute what selection costs."""
+    from squeezed_attention.evaluate import continuation_metrics
+    from squeeze_mobile.metrics import next_token_agreement
+
+    gen = testing.small_generator(hierarchical=False)
+    cont = gen.tokenizer.encode(" The licence grants every user the right to copy the work, to change it and to pass it on.")
+    reference, _ = continuation_metrics(gen, AttentionChoice("full"), cont)
+    choice = AttentionChoice("top-k", keep_keys=8, backend="torch", exact_decode=3)
+    logps, m = continuation_metrics(gen, choice, cont, reference)
+    assert m["selecting_from_step"] == 4 and m["selecting_tokens"] == len(cont) - 1 - 4
+    assert torch.equal(logps[:4], reference[:4]) and not torch.equal(logps[4], reference[4])
+    tail = next_token_agreement(reference[4:].numpy(), logps[4:].numpy())
+    assert m["selecting_top1_agreement"] == pytest.approx(tail["top1_agreement"])
+    assert m["selecting_kl_mean"] == pytest.approx(tail["kl_mean"]) and m["kl_mean"] < m["selecting_kl_mean"]
+    _, none = continuation_metrics(gen, AttentionChoice("top-k", keep_keys=8, backend="torch", exact_decode=0,
+                                                        exact_tail=0), cont, reference)
+    assert none["selecting_from_step"] == 0 and none["selecting_kl_mean"] == pytest.approx(none["kl_mean"])
+
+
 def test_results_in_progress_never_replace_complete_ones(tmp_path):
     """An evaluation writes <stem>.partial.* while it runs (what an interrupted run leaves) and the complete files
     only at its end; a previous run's complete files stay until then."""
