@@ -534,7 +534,8 @@ class DecoderSession:
             runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None) if loop.selected else None,
             kv_budget=self.contract.get("kv_budget") if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
                                                                  if loop.attention == "squeezed" else None),
-            follow_keys=int(loop.follow) if loop.attention == "squeezed" else None)
+            follow_keys=int(loop.follow) if loop.attention == "squeezed" else None,
+            exact_decode=int(loop.exact_decode) if loop.attention == "squeezed" else None)
 
     def close(self) -> None:
         self.runner.close()

@@ -345,4 +345,5 @@ class Generator:
             kv_budget=None if kept is None else paper_kv_budget(kept, self.pack.settings.centroid_fraction,
                                                                 self.pack.config.head_dim),
             centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None),
-            follow_keys=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "follow_keys", 0) or 0))
+            follow_keys=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "follow_keys", 0) or 0),
+            exact_decode=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "exact_decode", 0) or 0))

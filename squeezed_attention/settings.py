@@ -165,6 +165,8 @@ class GenerationResult:
     runtime: str | None = None               # the runtime of an exported artifact (None: PyTorch)
     follow_keys: int | None = None           # keys each decode step followed (SelectionSpec.follow_keys) as run,
                                              # the default resolved; None: full attention
+    exact_decode: int | None = None          # the answer's first decode steps that attend every context key (the
+                                             # answer's opening) as run, the default resolved; None: full attention
     extra: dict = field(default_factory=dict)
 
     @property

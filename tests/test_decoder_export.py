@@ -168,6 +168,8 @@ def test_torch_free_generate_from_the_onnx_artifact(exported, tiny_pack):
     assert set(result) >= {"text", "token_ids", "prefill_seconds", "decode_tokens_per_second", "attention"}
     # the keys each decode step followed, as on the host (the artifact's F where the pack keeps enough keys)
     assert isinstance(result["follow_keys"], int) and result["follow_keys"] >= 0
+    # the answer's opening as run: the artifact's (the host's default 16, capped at its --max-new)
+    assert result["exact_decode"] == min(16, SHAPES["max_new"])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pte"])

@@ -29,7 +29,7 @@ def test_build_then_generate_json_finds_the_pass_key(built, capsys):
     # the default: the whole (short) answer is the exact opening (its first 16 tokens attend every key): no step
     # selected, so no kept fraction ran
     assert out["attention"] == "top-k, KV budget 0.125" and out["selection"]["exact_decode"] == 16
-    assert out["kept_fraction"] is None and out["decode_tokens"] < 16
+    assert out["kept_fraction"] is None and out["decode_tokens"] < 16 and out["exact_decode"] == 16
     rc = cli.main(["generate", "--context-pack", str(d / "ctx.pack"), "--prompt", case.question,
                    "--max-new-tokens", "12", "--json", "--context", str(d / "ctx.txt"), "--exact-decode", "0"])
     out = json.loads(capsys.readouterr().out)

@@ -356,7 +356,7 @@ def test_generate_json_reports_the_followed_keys_that_ran(tiny, capsys):
     out = _generate_json(tiny, capsys, "--keep-keys", "6", "--follow-keys", "2")
     assert out["follow_keys"] == 2 == out["selection"]["follow_keys"]
     out = _generate_json(tiny, capsys, "--full")
-    assert out["follow_keys"] is None
+    assert out["follow_keys"] is None and out["exact_decode"] is None
 
 
 def test_generate_table_names_the_kv_budget(tiny, capsys):

@@ -184,9 +184,9 @@ def test_the_lowest_kv_budget_a_message_names_is_accepted(tiny, capsys):
     assert_one_error(rc, err, "keeps no key")
     lowest = re.search(r"use a KV budget in \[([0-9.]+), 1\]", err).group(1)
     rc, out, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--kv-budget", lowest,
-                        "--model", tiny / "tiny.gguf", "--max-new-tokens", "2", "--json"], capsys)
+                        "--model", tiny / "tiny.gguf", "--max-new-tokens", "2", "--json", "--exact-decode", "0"], capsys)
     assert rc == 0, err
-    assert json.loads(out)["kept_fraction"] > 0
+    assert json.loads(out)["kept_fraction"] > 0   # (the answer's step selects: no exact opening)
 
 
 def test_a_prompt_that_fills_the_window_names_the_room_left(tiny, capsys):

@@ -305,7 +305,15 @@ def test_an_answer_no_call_selected_for_reports_no_kept_fraction_through_an_arti
     gen = Generator.from_pack(tiny / "chat.pack", model_path=tiny / "tiny.gguf")
     host = gen.generate("ab", AttentionChoice("top-k", kv_budget=0.3), max_new_tokens=1, stop_at_eos=False)
     assert (host.kept_fraction, host.kv_budget) == (None, None)
-    session = DecoderSession(verified, attention="squeezed")
+    opening = DecoderSession(verified, attention="squeezed")   # the default: the answer's first steps attend exactly
+    try:
+        opening.attach(tiny / "chat.pack")
+        assert opening.loop.exact_decode > 0
+        two = opening.generate("ab", max_new_tokens=2, stop_at_eos=False)
+        assert (two.kept_fraction, two.kv_budget, two.exact_decode) == (None, None, opening.loop.exact_decode)
+    finally:
+        opening.close()
+    session = DecoderSession(verified, attention="squeezed", exact_decode=0)
     try:
         session.attach(tiny / "chat.pack")
         one = session.generate("ab", max_new_tokens=1, stop_at_eos=False)
