@@ -31,7 +31,7 @@ import torch
 
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
 
-from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX
+from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX, exact_method_of
 from .errors import SqueezeError
 from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
@@ -304,7 +304,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
                         "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
                         "fed to every method)")
     opening = exact_decode if exact else 0
-    exact_method = "decode_exact" if plan == "split" and "decode_exact_0" in methods else "prefill_exact"
+    exact_method = exact_method_of(plan, methods)
     opening_steps = [
         f"the answer's opening (exact_decode = {opening}; an app may choose another N >= 0): the decode steps of the "
         f"answer's first {opening} tokens (a token's step is the one that feeds it) call {exact_method} instead of decode, "

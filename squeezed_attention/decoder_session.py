@@ -79,6 +79,12 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
     return exact_tail
 
 
+def exact_method_of(plan: str | None, methods) -> str:
+    """The method the answer's opening steps call: the split plan's one-token stages ``decode_exact_<s>`` where the
+    artifact has them, else ``prefill_exact`` with one token (in-graph: its token axis is dynamic; padded elsewhere)."""
+    return "decode_exact" if plan == "split" and "decode_exact_0" in (methods or {}) else "prefill_exact"
+
+
 def exact_decode_of(contract: dict, exact_decode: int | None = None) -> int:
     """The answer's first decode steps that run through the exact method (every fixed-context row): the caller's
     choice, else the contract's (exports before the field: 0). Needs the artifact's exact method (exact_tail > 0)."""
@@ -217,8 +223,7 @@ class GenerationLoop:
         # the answer's first exact_decode decode steps attend every fixed-context row: a 1-token prefill_exact call
         # (in-graph: its token axis is dynamic), or the split plan's one-token stages decode_exact_<s> where exported
         self.exact_decode = exact_decode_of(contract, exact_decode)
-        self.exact_method = "decode_exact" if self.split and "decode_exact_0" in (contract.get("methods") or {}) \
-            else "prefill_exact"
+        self.exact_method = exact_method_of(contract.get("lookup_plan"), contract.get("methods"))
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
