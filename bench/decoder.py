@@ -12,7 +12,10 @@ question, what the llama.cpp peer also times), then ``decode_tokens`` greedy ste
 load drift on a shared machine hits squeezed and full alike; medians over all samples. Ratios compare the
 squeezed and the full artifact of the same format at the same context and thread count, measured in the same
 run. A profiling pass per squeezed artifact reports the share of decode time spent in the lookup, from the
-runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump).
+runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump). Each decode step is also set against its
+memory floor (bench/memory_floor.py): the bytes the artifact's static shapes make a step read, at the read bandwidth
+the native probe measures on this machine before the runs; the ratio of full attention's bytes to the squeezed
+step's is the most the decode speed-up can reach here.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from squeeze_mobile.atomic import atomic_path
 from squeeze_mobile.errors import SqueezeError
 
 from .host import machine_info, run_worker
+from .memory_floor import annotate, measure_read_bandwidth
 from .report import _fmt, check_report_dir, one_line, write_reports
 
 Progress = Callable[[str, str], None]
@@ -207,6 +211,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")
         pack_rows = bench_packs(manifest, contexts, out_dir / "packs", say)
     rows: Dict[tuple, Dict] = {}
+    say("memory", "measuring this machine's read bandwidth (each decode step's memory floor)")
+    memory = measure_read_bandwidth(threads)
 
     def tails_of(art):  # None: the manifest's prompt selection; full attention selects nothing
         return list(prefill_tails) if prefill_tails and art["decoder"]["attention"] == "squeezed" else [None]
@@ -269,6 +275,10 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                         "peak_rss_mb": max(row["peak_rss_mb"]),
                         "samples": {"prefill": len(row["prefill_s"]), "decode_steps": len(row["decode_step_s"])}})
         out_rows.append(row)
+    contracts = {a["file"]: a["decoder"] for a in artifacts}
+    for row in out_rows:
+        if row["status"] == "ok":
+            annotate(row, manifest["model"]["config"], contracts[row["file"]], memory)
     for row in out_rows:  # squeezed over full: same format, context and threads, same run
         full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
                      and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
@@ -279,6 +289,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row["decode_speedup_vs_full"] = full["decode_ms_per_token"] / row["decode_ms_per_token"]
             if row["answer_ms_per_token"]:
                 row["answer_speedup_vs_full"] = full["answer_ms_per_token"] / row["answer_ms_per_token"]
+            # the most the decode step can gain on this machine: full attention's bytes per step over these
+            row["decode_speedup_ceiling"] = full["decode_read_mb"] / row["decode_read_mb"]
     if llama_cpp:  # the peer (bench.llama_cpp_peer): same GGUF, same packs and question, after the artifacts
         from .llama_cpp_peer import peer_rows
 
@@ -319,6 +331,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         "settings": {"runs": runs, "warmup": warmup, "rounds": rounds, "decode_tokens": decode_tokens,
                      "threads": list(threads)},
         "packs": pack_rows, "rows": out_rows, "lookup_share": lookup, "not_timed": not_timed,
+        "memory": memory,
     }
     failed = [r for r in out_rows if r["status"] != "ok"]
     if out_rows and len(failed) == len(out_rows) and (out_dir / REPORT_FILES[0]).exists():
@@ -391,9 +404,38 @@ def decoder_markdown(report: Dict) -> str:
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {e['format']} | {e['context_tokens']} | {e['graph_calls_per_step']:.0f} | {e['graph_ms']:.1f} "
                       f"| {e['lookup_ms']:.1f} | {e['glue_ms']:.1f} | {e['total_ms']:.1f} |" for e in split]
+    lines += memory_floor_markdown(report)
     for n in report.get("not_timed") or []:
         lines += ["", f"Not timed: {n['file']} ({n['format']}): {n['reason']}."]
     return "\n".join(lines) + "\n"
+
+
+def memory_floor_markdown(report: Dict) -> List[str]:
+    """The decode steps against their memory floor (bench/memory_floor.py)."""
+    memory = report.get("memory") or {}
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r.get("decode_read_mb")]
+    if not rows:
+        return []
+    lines = ["", "## Decode against the memory floor", ""]
+    if memory.get("status") != "ok":
+        return lines + [f"No floor: the read bandwidth was not measured ({one_line(memory.get('note'))})."]
+    rates = ", ".join(f"{g:.1f} GB/s on {t} thread(s)" for t, g in sorted(memory["gbps"].items(), key=lambda kv: int(kv[0])))
+    lines += [f"Read bandwidth measured by {memory['probe']}: {rates}. A step's floor is the bytes it must read once "
+              "(weights at the artifact's precision, the fixed-context keys and values it attends, the question's "
+              "cache; bench/memory_floor.py) at that rate: no kernel can beat it. The ceiling is full attention's bytes "
+              "per step over the squeezed step's: the most the decode speed-up can reach on this machine.", "",
+              "| format | attention | weights | context | threads | MB read per step (weights + context + cache) | "
+              "floor ms | measured ms | of bandwidth | speed-up ceiling | measured speed-up |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
+        parts = r["decode_read_breakdown_mb"]
+        lines.append(f"| {r['format']} | {r['attention']} | {r.get('weights') or 'fp32'} | {r['context_tokens']} | "
+                     f"{r['threads']} | {r['decode_read_mb']:.0f} ({parts['weights']:.0f} + {parts['context']:.0f} + "
+                     f"{parts['cache']:.0f}) | {_fmt(r.get('decode_floor_ms'), '{:.1f}')} | "
+                     f"{r['decode_ms_per_token']:.1f} | {_fmt(r.get('decode_bandwidth_share'), '{:.0%}')} | "
+                     f"{_fmt(r.get('decode_speedup_ceiling'), '{:.2f}x')} | "
+                     f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} |")
+    return lines
 
 
 def decoder_figure(report: Dict):

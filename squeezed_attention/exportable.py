@@ -148,6 +148,7 @@ class ExportableDecoder(nn.Module):
         s = self.shapes
         slots = torch.arange(max(s.max_keep, 1))
         self.register_buffer("one", torch.ones(1), persistent=False)
+        self.register_buffer("group_eye", torch.eye(self.config.group_size), persistent=False)
         self.register_buffer("slot_index", slots[None, :], persistent=False)
         self.register_buffer("slot_index_f", slots.to(torch.float32)[None, :], persistent=False)
         self.register_buffer("ones_rank", torch.ones(num_kv_heads, max(min(s.max_clusters, s.max_keep), 1),
@@ -334,7 +335,9 @@ class ExportableDecoder(nn.Module):
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
             st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
         st["last"] = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]   # [1, 1, T]
-        st["last_rows"] = st["last"].repeat(1, 1, G)                                # the last token's G*T query rows
+        # the last token's query row of each head in the group, as [Hkv, G, G*T] 0/1 rows (row g: query row g*T + last)
+        st["last_select"] = (self.group_eye[:, :, None] * st["last"][0]).flatten(1)[None].expand(
+            self.config.num_kv_heads, G, G * T)
         return st
 
     def rms_norm(self, x, norm):
@@ -398,8 +401,12 @@ class ExportableDecoder(nn.Module):
             # expanded operand (a copy per layer in XNNPACK)
             # (the mass as a product with a 0/1 column instead of a sum over this slice cost an expand_copy or a
             # portable mm per layer in the .pte and did not lower ONNX Runtime's peak RSS measurably: RESULTS.md 3o)
-            coef = st["last_rows"].transpose(1, 2) / probs[..., :ends[-1]].sum(-1, keepdim=True)   # [Hkv, G*T, 1]
-            row = torch.bmm(coef.transpose(1, 2), probs)[:, 0]                                   # [Hkv, N]
+            # The last token's G query rows are taken first (a 0/1 product; a one-token step has no other rows), so
+            # the fixed-context mass is summed over G rows, not G*T: over a 32-token exact tail the [Hkv, G*T, n] sum
+            # was a portable kernel costing a quarter of the .pte prompt's time (RESULTS.md 3t)
+            last = probs if isinstance(T, int) and T == 1 else torch.bmm(st["last_select"], probs)   # [Hkv, G, N]
+            coef = self.one / last[..., :ends[-1]].sum(-1, keepdim=True)                          # [Hkv, G, 1]
+            row = torch.bmm(coef.transpose(1, 2), last)[:, 0]                                   # [Hkv, N]
             weights = torch.cat([row[:, starts[i]:ends[i]] for i in weigh], dim=-1)            # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]

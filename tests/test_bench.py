@@ -445,3 +445,38 @@ def test_bench_eager_rows_with_a_moved_checkpoint(ckpt_export, tmp_path):
         run_host_benchmark(d, checkpoint=other, **kw)
     # the CLI has the option
     assert main(["bench", str(d), "--checkpoint", str(other)]) == 1
+
+
+def test_decode_memory_floor_counts_the_bytes_a_step_reads():
+    """bench/memory_floor.py on the real SmolLM2-135M shapes of an exported 7.8k decoder (worked out by hand):
+    weights 134,479,872 parameters in the linears and the head; a key + value row of all 30 layers x 3 KV heads x 64
+    dims in float32 is 46,080 bytes; full attention reads 7808 context rows, a selecting squeezed step 4 sinks + 100
+    window + 566 kept + 4 followed + 770 cluster summaries, an exact step every row."""
+    from bench import memory_floor
+
+    config = {"hidden_size": 576, "intermediate_size": 1536, "head_dim": 64, "num_heads": 9, "num_kv_heads": 3,
+              "num_layers": 30, "vocab_size": 49152}
+    shapes = {"max_context": 7808, "max_prompt": 128, "max_new": 256, "sink_tokens": 4, "window": 100,
+              "max_clusters": 770, "max_keep": 566}
+    full = memory_floor.step_bytes(config, {"attention": "full", "shapes": shapes}, "fp32")
+    squeezed = {"attention": "squeezed", "shapes": shapes, "follow_keys": 4}
+    sel = memory_floor.step_bytes(config, squeezed, "fp32")
+    exact = memory_floor.step_bytes(config, squeezed, "fp32", "exact")
+    assert full["weights"] == sel["weights"] == 134_479_872 * 4
+    assert full["context"] == 7808 * 46_080 and exact["context"] == 7808 * 46_080
+    assert sel["context"] == (4 + 100 + 566 + 4 + 770) * 46_080
+    assert full["cache"] == sel["cache"] == 384 * 46_080
+    assert full["total"] == full["weights"] + full["context"] + full["cache"]
+    assert memory_floor.step_bytes(config, squeezed, "int4")["weights"] == 134_479_872 / 2
+    # fp32 at 7.8k: full attention's step reads 1.47x the squeezed step's bytes, so no kernel makes the squeezed
+    # decode more than 1.47x faster on any machine; int4 weights leave the context a larger share (2.94x)
+    assert full["total"] / sel["total"] == pytest.approx(1.4714, abs=1e-3)
+    full4 = memory_floor.step_bytes(config, {"attention": "full", "shapes": shapes}, "int4")
+    assert full4["total"] / memory_floor.step_bytes(config, squeezed, "int4")["total"] == pytest.approx(2.94, abs=0.01)
+    assert memory_floor.floor_ms(47e9, 47.0) == pytest.approx(1000.0)
+    assert memory_floor.bandwidth_for({"status": "ok", "gbps": {"2": 40.0}}, 2) == 40.0
+    assert memory_floor.bandwidth_for({"status": "unavailable", "note": "no cc"}, 2) is None
+    row = {"threads": 2, "weights": "fp32", "decode_ms_per_token": 30.0}
+    memory_floor.annotate(row, config, squeezed, {"status": "ok", "gbps": {"2": 40.0}})
+    assert row["decode_floor_ms"] == pytest.approx(sel["total"] / 40e9 * 1e3)
+    assert row["decode_bandwidth_share"] == pytest.approx(row["decode_floor_ms"] / 30.0)

@@ -360,6 +360,23 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
         if att == "squeezed":
             full = rows[(fmt, "full")]
             assert r["decode_speedup_vs_full"] == pytest.approx(full["decode_ms_per_token"] / r["decode_ms_per_token"])
+    # each decode step against its memory floor: the bytes the artifact's shapes make it read, at the read bandwidth
+    # the probe measured for the run's thread count
+    from bench import memory_floor
+
+    memory = report["memory"]
+    assert memory["status"] == "ok" and set(memory["gbps"]) == {str(t) for t in report["settings"]["threads"]}
+    manifest = json.loads((out / "manifest.json").read_text())
+    contracts = {a["file"]: a["decoder"] for a in manifest["artifacts"] if "decoder" in a}
+    for (fmt, att), r in rows.items():
+        need = memory_floor.step_bytes(manifest["model"]["config"], contracts[r["file"]], r["weights"])
+        assert r["decode_read_mb"] == pytest.approx(need["total"] / 1e6)
+        gbps = memory["gbps"][str(r["threads"])]
+        assert gbps > 0 and r["decode_floor_ms"] == pytest.approx(need["total"] / (gbps * 1e9) * 1e3)
+        assert r["decode_bandwidth_share"] == pytest.approx(r["decode_floor_ms"] / r["decode_ms_per_token"])
+        if att == "squeezed":
+            assert r["decode_speedup_ceiling"] == pytest.approx(rows[(fmt, "full")]["decode_read_mb"] / r["decode_read_mb"])
+    assert "## Decode against the memory floor" in (report_dir / "report.md").read_text()
     shares = {e["format"]: e for e in report["lookup_share"]}
     assert set(shares) == {"onnx", "pte"}
     for e in shares.values():
@@ -908,8 +925,8 @@ def test_next_rows_map_each_clustered_row_to_the_next_positions_row(tiny_pack):
 
 @pytest.mark.parametrize("fmt", ["onnx", "pte"])
 def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
-    """--exact-decode N (contract exact_decode): the loop's first N decode steps are 1-token prefill_exact calls
-    (every fixed-context row, no followed rows fed), then decode steps select, the first following the last exact
+    """--exact-decode N (contract exact_decode): the loop's first N decode steps are 1-token exact calls (the .pte's
+    static decode_exact, the .onnx's prefill_exact branch; every fixed-context row, no followed rows fed), then decode steps select, the first following the last exact
     step's pointer; the artifact passes verification against the host with the same N and answers like it with N
     and with the override 0; with a question the exact tail covers, the artifact's next-token logits equal the
     full-attention artifact's for the prefill and the N exact steps, and differ at the first selecting step."""
@@ -930,6 +947,13 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
                       for att in ("squeezed", "full"))
     assert squeezed["decoder"]["exact_decode"] == N and full["decoder"]["exact_decode"] is None
     assert any("answer's opening (exact_decode = 3" in s for s in squeezed["decoder"]["call_sequence"])
+    methods = squeezed["decoder"]["methods"]
+    if fmt == "pte":  # one token, static: no dynamic axis on its tokens
+        assert [i["shape"] for i in methods["decode_exact"]["inputs"] if i["name"] == "tokens"] == [[1]]
+        assert not any("dynamic" in i for i in methods["decode_exact"]["inputs"])
+        assert any("call decode_exact instead of decode" in s for s in squeezed["decoder"]["call_sequence"])
+    else:
+        assert "decode_exact" not in methods
     v = squeezed["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
     pack_path, pack, model, ck = tiny_pack
@@ -945,7 +969,9 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
         n = len(session.prompt_ids(prompt))
         want = N if opening is None else opening
         assert session.loop.exact_decode == want
-        assert [c[:2] for c in calls] == [("prefill_exact", n)] + [("prefill_exact", 1)] * want \
+        # the .pte's opening steps run its one-token static method decode_exact; the .onnx's its exact branch
+        opening_method = "decode_exact" if fmt == "pte" else "prefill_exact"
+        assert [c[:2] for c in calls] == [("prefill_exact", n)] + [(opening_method, 1)] * want \
             + [("decode", 1)] * (new - 1 - want)
         assert all((c[2] == -1).all() for c in calls[:want + 1])            # exact calls follow nothing
         assert (calls[want + 1][2] >= 0).any()                              # the next step follows their pointer

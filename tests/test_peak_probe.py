@@ -29,6 +29,13 @@ def _check_run(out, threads):
             assert all(math.isfinite(g) and g > 0 for g in r["per_thread_gops"])
             # the run's rate is the threads' total over the wall time: at most the sum of the per-thread rates
             assert r["gops"] <= sum(r["per_thread_gops"]) * 1.0001
+    # the read bandwidth: each thread streams its own buffer, far larger than a last-level cache
+    bw = out["read_bw"]
+    assert bw["ops_per_iteration"] >= 64 * 2 ** 20 and bw["iterations"] >= 1
+    assert [r["threads"] for r in bw["results"]] == list(threads)
+    for r in bw["results"]:
+        assert 0.1 < r["gops"] < 5000 and len(r["per_thread_gops"]) == r["threads"]   # GB/s
+        assert r["gops"] <= sum(r["per_thread_gops"]) * 1.0001
 
 
 @needs_cc

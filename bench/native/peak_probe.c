@@ -15,6 +15,10 @@
  *         > NEON sdot (16) > plain C;
  *   int8_amx (extra, Linux x86 with AMX-INT8): tdpbusd on 16x64 tiles, recorded but not the bench's reference.
  * One op = one multiply or one add (an FMA or a MAC is 2 ops), the unit of the bench's GOP/s.
+ *
+ * read_bw (GB/s): the memory read bandwidth, each thread streaming over its own buffer of READ_BW_BYTES (far larger
+ * than a last-level cache) with wide loads. A decode step that reads its weights and KV cache once is bound by it:
+ * the bench divides the bytes a step must read by this rate to get the step's memory floor.
  */
 #define _GNU_SOURCE
 #include <stdatomic.h>
@@ -231,6 +235,39 @@ static double amx_kernel(long iters) {
 }
 #endif
 
+/* ------------------------------------------------------------------------------------ memory read bandwidth */
+#define READ_BW_BYTES (128L << 20)      /* per thread; the whole buffer is capped at READ_BW_TOTAL */
+#define READ_BW_TOTAL (2048L << 20)
+typedef uint64_t v4u64 __attribute__((vector_size(32)));  /* GCC/Clang vectors: AVX2/AVX-512 or NEON loads */
+
+static v4u64 *bw_buf;        /* bw_slots regions of bw_words vectors, written once before timing (pages present) */
+static long bw_words, bw_slots;
+static atomic_int bw_next;   /* each thread of a run takes the next region */
+
+static int bw_setup(int max_threads) {
+    long per = READ_BW_BYTES;
+    if (per * max_threads > READ_BW_TOTAL) per = READ_BW_TOTAL / max_threads;
+    bw_words = per / (long)sizeof(v4u64);
+    bw_slots = max_threads;
+    bw_buf = aligned_alloc(64, (size_t)(bw_words * bw_slots) * sizeof(v4u64));
+    if (!bw_buf) return 0;
+    for (long i = 0; i < bw_words * bw_slots; i++) bw_buf[i] = (v4u64){(uint64_t)i, 1, 2, 3};
+    return 1;
+}
+
+/* `passes` reads of this thread's region; four independent xor chains so loads, not the xor latency, bound it */
+static double bw_kernel(long passes) {
+    const v4u64 *p = bw_buf + (long)(atomic_fetch_add(&bw_next, 1) % bw_slots) * bw_words;
+    v4u64 a = {0}, b = {0}, c = {0}, d = {0};
+    for (long r = 0; r < passes; r++) {
+        for (long i = 0; i + 4 <= bw_words; i += 4) {
+            a ^= p[i]; b ^= p[i + 1]; c ^= p[i + 2]; d ^= p[i + 3];
+        }
+    }
+    v4u64 x = a ^ b ^ c ^ d;
+    return (double)(x[0] ^ x[1] ^ x[2] ^ x[3]);
+}
+
 /* -------------------------------------------------------------------------------------------- measurement */
 typedef double (*kernel_fn)(long);
 
@@ -291,15 +328,17 @@ static long calibrate(kernel_fn kernel, double seconds) {
     }
 }
 
-static void measure(const char *name, const char *isa, int chains, kernel_fn kernel, double ops_per_iter,
-                    const int *threads, int n_threads, double seconds, int reps, int last) {
-    long iters = calibrate(kernel, seconds);
+/* `iters` iterations of `kernel` on each thread count, best of `reps` runs; prints the kind's JSON entry. The read
+ * bandwidth's regions are handed out afresh for every run (bw_next; no effect on the arithmetic kernels). */
+static void report_rates(const char *name, const char *isa, int chains, kernel_fn kernel, double ops_per_iter,
+                         long iters, const int *threads, int n_threads, int reps, int last) {
     printf("  \"%s\": {\"isa\": \"%s\", \"chains\": %d, \"ops_per_iteration\": %.0f, \"iterations\": %ld, \"results\": [",
            name, isa, chains, ops_per_iter, iters);
     for (int k = 0; k < n_threads; k++) {
         int t = threads[k];
         double best = -1, best_each[MAX_THREADS], each[MAX_THREADS];
         for (int r = 0; r < reps; r++) {
+            atomic_store(&bw_next, 0);
             double wall = run_threads(kernel, iters, t, each);
             if (wall < 0) break;
             double rate = (double)t * (double)iters * ops_per_iter / wall / 1e9;
@@ -315,6 +354,30 @@ static void measure(const char *name, const char *isa, int chains, kernel_fn ker
         printf("]}");
     }
     printf("]}%s\n", last ? "" : ",");
+}
+
+static void measure(const char *name, const char *isa, int chains, kernel_fn kernel, double ops_per_iter,
+                    const int *threads, int n_threads, double seconds, int reps, int last) {
+    report_rates(name, isa, chains, kernel, ops_per_iter, calibrate(kernel, seconds), threads, n_threads, reps, last);
+}
+
+/* read_bw: GB/s of `threads` threads each reading its own region, best of `reps` (as the arithmetic peaks); the
+ * pass count makes one thread's timed run last about `seconds`. "gops" is then GB/s (one op = one byte read). */
+static void measure_read_bw(const int *threads, int n_threads, double seconds, int reps, int last) {
+    int most = 1;
+    for (int k = 0; k < n_threads; k++) if (threads[k] > most) most = threads[k];
+    if (!bw_setup(most)) {
+        printf("  \"read_bw\": null%s\n", last ? "" : ",");
+        return;
+    }
+    double each[MAX_THREADS], bytes = (double)(bw_words - bw_words % 4) * sizeof(v4u64);
+    atomic_store(&bw_next, 0);
+    double one = run_threads(bw_kernel, 1, 1, each);  /* also a warm-up pass */
+    long passes = one > 0 ? (long)(seconds / one) + 1 : 1;
+    char isa[64];
+    snprintf(isa, sizeof isa, "%d-byte vector loads", (int)sizeof(v4u64));
+    report_rates("read_bw", isa, 4, bw_kernel, bytes, passes, threads, n_threads, reps, last);
+    free(bw_buf);
 }
 
 int main(int argc, char **argv) {
@@ -343,6 +406,7 @@ int main(int argc, char **argv) {
     if (seconds <= 0 || reps < 1) { fprintf(stderr, "peak_probe: --seconds > 0 and --reps >= 1\n"); return 2; }
     printf("{\n  \"schema\": \"squeeze-mobile/peak-probe/1\",\n");
     measure("fp32", FP32_ISA, CHAINS, fp32_kernel, FP32_OPS_PER_ITER, threads, n_threads, seconds, reps, 0);
+    measure_read_bw(threads, n_threads, seconds, reps, 0);
 #if HAVE_AMX
     measure("int8", INT8_ISA, INT8_CHAINS, int8_kernel, INT8_OPS_PER_ITER, threads, n_threads, seconds, reps, 0);
     if (amx_request()) {
