@@ -46,9 +46,8 @@ public struct DecoderShapes: Equatable {
 /// (prefill_rows, prefill_tail) and its exact tail (exact_tail: the question's last tokens, run as one `prefill_exact`
 /// call over every fixed-context row, stages prefill_exact_<s> in the split plan; absent or null in older manifests: 0),
 /// the answer's opening (exact_decode: the decode steps of the answer's first N tokens run the exact method instead of
-/// decode, one token each: exactMethod, in-graph decode_exact where the artifact has it (a .pte) else a 1-token
-/// prefill_exact call, split the one-token stages decode_exact_<s> where exported, else prefill_exact_<s> padded; absent
-/// or null in older manifests and for full attention: 0),
+/// decode, one token each: in-graph a 1-token prefill_exact call, split the one-token stages decode_exact_<s> where
+/// exported, else prefill_exact_<s> padded; absent or null in older manifests and for full attention: 0),
 /// the static shape every method declares for each of its inputs (a method may take a context input in another
 /// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
 /// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
@@ -88,8 +87,7 @@ public struct DecoderContract: Equatable {
     /// (withExactDecode, as Python's GenerationLoop(exact_decode=...)). Needs the exact method (exactWidth > 0).
     public let exactDecode: Int
     /// The names of the artifact's methods (the manifest's decoder.methods keys; the split plan's stage graphs
-    /// `<method>_<s>`): the answer's opening runs decode_exact where it is one (in-graph), or in the split plan its
-    /// stages decode_exact_<s> where decode_exact_0 is one (exactMethod).
+    /// `<method>_<s>`): the split plan runs the answer's opening as decode_exact_<s> where decode_exact_0 is one.
     public let methodNames: Set<String>
     /// method -> input name -> the shape the method declares (inputs without a dynamic axis)
     public let inputShapes: [String: [String: [Int]]]
@@ -160,17 +158,6 @@ public struct DecoderContract: Equatable {
         self.fixedInputs = fixedInputs
         self.followKeys = followKeys
         self.followMinKeep = followMinKeep
-    }
-
-    /// The method the answer's opening steps call (Python: decoder_session.exact_method_of): `decode_exact` where the
-    /// artifact has it (the split plan: its one-token stages `decode_exact_<s>`, where methodNames has decode_exact_0;
-    /// in-graph: a method `decode_exact`, the .pte's exact method traced at one static token), else `prefill_exact` with
-    /// one token (in-graph, the .onnx: its token axis is dynamic; a split plan without the stages: padded to
-    /// exactWidth).
-    public var exactMethod: String {
-        let has = split
-            ? methodNames.contains("\(GenerationLoop.decodeExact)_0") : methodNames.contains(GenerationLoop.decodeExact)
-        return has ? GenerationLoop.decodeExact : GenerationLoop.prefillExact
     }
 
     /// This contract with another exact tail (a caller's shorter one, as Python's GenerationLoop(exact_tail=...)): from 0

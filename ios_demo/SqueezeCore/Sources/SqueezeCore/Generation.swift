@@ -6,11 +6,9 @@
 // with an exact prompt tail (exact_tail > 0: a third method `prefill_exact` over every fixed-context row) runs the
 // question's last exact_tail tokens as one `prefill_exact` call after the tokens before them (GenerationLoop.prompt).
 // The answer's opening (contract exact_decode N, or a caller's: DecoderContract.withExactDecode): the decode steps of
-// the answer's first N tokens attend every fixed-context row, as the prompt's exact tail does: in-graph `decode_exact`
-// with the one token where the artifact has it (a .pte: prefill_exact traced at one static token), else a 1-token
-// `prefill_exact` call (the .onnx: its token axis is dynamic); split the one-token stages `decode_exact_<s>` where the
-// artifact has them, else `prefill_exact_<s>` padded to its width; later steps call `decode`
-// (DecoderContract.exactMethod).
+// the answer's first N tokens attend every fixed-context row, as the prompt's exact tail does: in-graph a 1-token
+// `prefill_exact` call (its token axis is dynamic), split the one-token stages `decode_exact_<s>` where the artifact
+// has them, else `prefill_exact_<s>` padded to its width; later steps call `decode` (GenerationLoop.exactMethod).
 // The split lookup plan runs each step as stage graphs with the CPU lookup (KeptRows) between them. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
@@ -98,10 +96,9 @@ public final class GenerationLoop {
     /// The answer's opening: decode steps (counted from the answer's first) that call exactMethod instead of decode
     /// (the contract's exactDecode: the manifest's exact_decode, or a caller's via withExactDecode; 0 for full attention).
     public let exactDecode: Int
-    /// The method of the answer's opening steps (Python: GenerationLoop.exact_method; DecoderContract.exactMethod):
-    /// `decode_exact` where the artifact has it (in-graph the method, a .pte's; split its stages decode_exact_<s>), else
-    /// `prefill_exact` (in-graph: called with one token, the .onnx's token axis is dynamic; split without decode_exact:
-    /// padded to the method's width, exactWidth).
+    /// The method of the answer's opening steps (Python: GenerationLoop.exact_method): the split plan's one-token stages
+    /// `decode_exact_<s>` where the artifact has decode_exact_0, else `prefill_exact` (in-graph: called with one token,
+    /// its token axis is dynamic; split without decode_exact: padded to the method's width, exactWidth).
     public let exactMethod: String
 
     public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
@@ -112,7 +109,8 @@ public final class GenerationLoop {
         self.clockNanos = clockNanos
         shapes = contract.shapes
         exactDecode = contract.attention == "squeezed" ? contract.exactDecode : 0
-        exactMethod = contract.exactMethod
+        exactMethod = contract.split && contract.methodNames.contains("\(GenerationLoop.decodeExact)_0")
+            ? GenerationLoop.decodeExact : GenerationLoop.prefillExact
         if contract.attention == "squeezed", let budget = contract.kvBudget {
             let fraction = try KvBudget.keepFraction(kvBudget: budget, centroidFraction: pack.centroidFraction, headDim: pack.headDim)
             // Python's round(): half to even. Python's pack_arrays.artifact_keep_keys: a pack whose budget keeps more
@@ -171,18 +169,17 @@ public final class GenerationLoop {
         return Cache(layers: pack.layers, heads: pack.kvHeads, capacity: shapes.maxPrompt + shapes.maxNew, headDim: pack.headDim)
     }
 
-    /// One prefill, prefill_exact, decode or decode_exact call; returns the logits (flattened) and writes this step's
-    /// keys/values into cache. The tokens are padded to the method's static width (prefill: max_prompt,
+    /// One prefill, prefill_exact, decode (or, split, decode_exact) call; returns the logits (flattened) and writes this
+    /// step's keys/values into cache. The tokens are padded to the method's static width (prefill: max_prompt,
     /// prefill_exact: the manifest's exact_tail, exactWidth; decode, decode_exact: 1) unless the manifest gives its tokens
     /// a dynamic axis. An exact call (prefill_exact, decode_exact) is fed no keep_keys reduction and follows nothing;
     /// its pointer (follow_out) is the next call's, as any call's. Every method gets the same feed (as Python's
     /// GenerationLoop.step): a runtime passes on the inputs the method declares in the manifest (so a .pte's
-    /// prefill_exact and decode_exact, which declare no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
-    /// clustered_values and counts, take just those; every method of a .onnx declares all of its graph's inputs), each
-    /// context input in the shape the method declares it (methodInputs: a .pte's prefill_exact and decode_exact take the
-    /// clustered tables as [Hkv, Nc, D] views of the same rows), plus the inputs the method fixes with their values
-    /// (DecoderContract.fixedInputs: the .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact; Python:
-    /// OnnxRunner.run adds them).
+    /// prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values
+    /// and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each context input in
+    /// the shape the method declares it (methodInputs: a .pte's prefill_exact takes the clustered tables as [Hkv, Nc, D]
+    /// views of the same rows), plus the inputs the method fixes with their values (DecoderContract.fixedInputs: the
+    /// .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact; Python: OnnxRunner.run adds them).
     public func step(method: String, tokens: [Int], cacheLen: Int, cache: Cache?) throws -> [Float] {
         if contract.split {
             guard let cache = cache else { throw DecoderError("the split plan needs the explicit cache") }
@@ -538,8 +535,7 @@ public final class GenerationLoop {
 
     /// The method that runs the prompt's exact tail (over every fixed-context row, no lookup).
     public static let prefillExact = "prefill_exact"
-    /// The one-token copy of prefill_exact for the answer's opening steps: in-graph a .pte's method `decode_exact`, in
-    /// the split plan the stages `decode_exact_<s>`.
+    /// The split plan's one-token copy of prefill_exact's stages (`decode_exact_<s>`) for the answer's opening steps.
     public static let decodeExact = "decode_exact"
     /// The methods that attend every fixed-context row (no lookup, no followed rows fed; Python: EXACT_METHODS).
     public static let exactMethods: Set<String> = [prefillExact, decodeExact]

@@ -245,9 +245,9 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(try promptCalls(7, exact: 1, ranges: ["prefill_exact": 2...4]), ["prefill:1,2,3,4,5,6@0/\(p)", "prefill_exact:7@6/2"])
     }
 
-    /// The calls GenerationLoop.greedy makes for a question of ids 1...10 under a squeezed "buffer" contract (run by
-    /// `recorder`, which keeps the feeds).
-    private func greedyCalls(_ contract: DecoderContract, maxNewTokens: Int, recorder: CallRecorder = CallRecorder()) throws -> [String] {
+    /// The calls GenerationLoop.greedy makes for a question of ids 1...10 under a squeezed "buffer" contract.
+    private func greedyCalls(_ contract: DecoderContract, maxNewTokens: Int) throws -> [String] {
+        let recorder = CallRecorder()
         let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack,
                                       contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
         let out = try loop.greedy(Array(1...10), maxNewTokens: maxNewTokens)
@@ -292,66 +292,27 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(methods, Array(repeating: ["prefill", "prefill_exact", "prefill_exact", "decode"], count: 2).flatMap { $0 })
     }
 
-    func testAnInGraphArtifactWithDecodeExactRunsTheOpeningThroughItOneTokenWide() throws {
-        // decoder_session.exact_method_of: in-graph, a .pte also has decode_exact (its exact method traced at one static
-        // token, prefill_exact's inputs): the opening's steps call it with their one token, no padding, then decode; the
-        // same artifact without it (as the .onnx) runs them as 1-token prefill_exact calls (static here: padded to 3)
-        let (perHead, flat) = clusteredTableShapes()
-        let pte = ["prefill": flat, "decode": flat, "prefill_exact": perHead, "decode_exact": perHead]
-        func opening(_ inputShapes: [String: [String: [Int]]], _ recorder: CallRecorder = CallRecorder()) throws -> [String] {
-            let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3,
-                                               inputShapes: inputShapes, exactDecode: 2)
-            return try greedyCalls(contract, maxNewTokens: 5, recorder: recorder)
-        }
-        let prompt = ["prefill:1,2,3,4,5,6,7@0/\(shapes.maxPrompt)", "prefill_exact:8,9,10@7/3"]
-        let selecting = ["decode:4@12/1", "decode:5@13/1"]
-        let recorder = CallRecorder()
-        XCTAssertEqual(try opening(pte, recorder), prompt + ["decode_exact:2@10/1", "decode_exact:3@11/1"] + selecting)
-        XCTAssertEqual(try opening(pte.filter { $0.key != "decode_exact" }),
-                       prompt + ["prefill_exact:2@10/3", "prefill_exact:3@11/3"] + selecting)
-        // decode_exact reads the clustered tables as prefill_exact does: [Hkv, Nc, D] views of the pack's rows
-        for feed in recorder.feeds[2...3] {
-            for (name, shape) in perHead {
-                XCTAssertEqual(feed[name]?.shape, shape, "decode_exact: \(name)")
-                XCTAssertEqual(feed[name], recorder.feeds[1][name], "decode_exact: \(name)")
-            }
-        }
-        // the rule per plan: in-graph the method decode_exact, split its stages decode_exact_<s> (SplitGenerationTests)
-        func exactMethod(_ plan: String, _ methods: Set<String>) throws -> String {
-            try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: shapes, lookupPlan: plan, exactTail: 3,
-                                methodNames: methods).exactMethod
-        }
-        XCTAssertEqual(try exactMethod(DecoderContract.inGraph, ["prefill", "prefill_exact", "decode_exact"]), "decode_exact")
-        XCTAssertEqual(try exactMethod(DecoderContract.inGraph, ["prefill", "prefill_exact", "decode_exact_0"]), "prefill_exact")
-        XCTAssertEqual(try exactMethod(DecoderContract.split, ["prefill_exact_0", "decode_exact_0"]), "decode_exact")
-        XCTAssertEqual(try exactMethod(DecoderContract.split, ["prefill_exact_0", "decode_exact"]), "prefill_exact")
-    }
-
     func testTheAnswersOpeningFollowsNothingAndPointsTheNextDecodeStep() throws {
-        // an exact decode step (prefill_exact with one token, or a .pte's decode_exact) is fed keep_keys as is (it selects
-        // nothing), follow_rows -1; its follow_out is the pointer the next step follows (Python: GenerationLoop.step,
-        // follows only for decode)
+        // an exact decode step is fed as prefill_exact with one token: keep_keys as is (it selects nothing), follow_rows -1;
+        // its follow_out is the pointer the next step follows (Python: GenerationLoop.step, follows only for decode)
         let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
+        let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: 2,
+                                           exactTail: 3, followKeys: 2, followMinKeep: 25, exactDecode: 2)
+        let recorder = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 2)
+        let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context)
+        XCTAssertEqual(loop.follow, 2)
         func out(_ call: Int) -> [Int64] { (0..<Int64(8)).map { Int64(100 * call) + $0 } }
         let none = [Int64](repeating: -1, count: 8)
         let prompt = ["prefill keep=25 rows=\(none)", "decode keep=25 rows=\(none)", "decode keep=25 rows=\(none)",
                       "prefill_exact keep=25 rows=\(none)"]
-        for opening in ["prefill_exact", "decode_exact"] {
-            let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillTail: 2,
-                                               exactTail: 3, followKeys: 2, followMinKeep: 25, exactDecode: 2,
-                                               methodNames: ["prefill", "decode", "prefill_exact", opening])
-            let recorder = FollowRecorder(layers: pack.layers, heads: pack.kvHeads, follow: 2)
-            let loop = try GenerationLoop(runtime: recorder, contract: contract, pack: pack, contextInputs: context)
-            XCTAssertEqual(loop.follow, 2)
-            let result = try loop.greedy(Array(1...10), maxNewTokens: 5)
-            XCTAssertEqual(recorder.calls, prompt + ["\(opening) keep=25 rows=\(none)", "\(opening) keep=25 rows=\(none)",
-                                                     "decode keep=23 rows=\(out(6))", "decode keep=23 rows=\(out(7))"])
-            XCTAssertEqual([result.decodeSteps, result.exactSteps], [4, 2], opening)
-            // each exact step: one token at the decode position
-            for (i, feed) in recorder.feeds[4...5].enumerated() {
-                XCTAssertEqual(feed["n_tokens"], .int64(try Int64Tensor([1], shape: [1])), opening)
-                XCTAssertEqual(feed["cache_len"], .int64(try Int64Tensor([Int64(10 + i)], shape: [1])), opening)
-            }
+        let result = try loop.greedy(Array(1...10), maxNewTokens: 5)
+        XCTAssertEqual(recorder.calls, prompt + ["prefill_exact keep=25 rows=\(none)", "prefill_exact keep=25 rows=\(none)",
+                                                 "decode keep=23 rows=\(out(6))", "decode keep=23 rows=\(out(7))"])
+        XCTAssertEqual([result.decodeSteps, result.exactSteps], [4, 2])
+        // each exact step: one token at the decode position
+        for (i, feed) in recorder.feeds[4...5].enumerated() {
+            XCTAssertEqual(feed["n_tokens"], .int64(try Int64Tensor([1], shape: [1])))
+            XCTAssertEqual(feed["cache_len"], .int64(try Int64Tensor([Int64(10 + i)], shape: [1])))
         }
     }
 
@@ -404,22 +365,14 @@ final class GenerationTests: XCTestCase {
         }
     }
 
-    /// The clustered tables' shapes as the exported methods declare them: per KV head, [Hkv, Nc, D], for the exact
-    /// methods (exportable.ExportableDecoder, exact), and flat, [Hkv * Nc, D], for prefill and decode.
-    private func clusteredTableShapes() -> (perHead: [String: [Int]], flat: [String: [Int]]) {
-        let h = pack.kvHeads, nc = shapes.maxClustered, d = pack.headDim
-        let names = (0..<pack.layers).flatMap { l in ["clustered_keys_\(l)", "clustered_values_\(l)"] }
-        let perHead = Dictionary(uniqueKeysWithValues: names.map { ($0, [h, nc, d]) })
-        return (perHead, perHead.mapValues { _ in [h * nc, d] })
-    }
-
     func testEachMethodGetsTheContextInputsInTheShapesItDeclares() throws {
         // prefill_exact declares the clustered tables per KV head, [Hkv, Nc, D] (exportable.ExportableDecoder, exact),
         // prefill and decode the flat [Hkv * Nc, D] tables: the loop feeds views of the same rows (GenerationLoop._shaped)
         let context = try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed")
         let h = pack.kvHeads, nc = shapes.maxClustered, d = pack.headDim
-        let (perHead, flat) = clusteredTableShapes()
-        let names = Array(perHead.keys)
+        let names = (0..<pack.layers).flatMap { l in ["clustered_keys_\(l)", "clustered_values_\(l)"] }
+        let perHead = Dictionary(uniqueKeysWithValues: names.map { ($0, [h, nc, d]) })
+        let flat = perHead.mapValues { _ in [h * nc, d] }
         let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3,
                                            inputShapes: ["prefill": flat, "decode": flat, "prefill_exact": perHead])
         let recorder = CallRecorder()

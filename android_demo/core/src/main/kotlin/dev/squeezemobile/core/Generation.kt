@@ -14,10 +14,9 @@ package dev.squeezemobile.core
  * the file's second one) is fed exactly that value by every call of the method ([DecoderContract.fixedInputs]).
  * The answer's opening (contract exact_decode N, [DecoderContract.withExactDecode]): the decode steps of the answer's
  * first N tokens (decode call i, 0-based, feeds answer token i + 1) attend every fixed-context row too, as the
- * prompt's exact tail does: one token through `decode_exact` where the artifact has it (in-graph, a .pte's method:
- * prefill_exact traced at one static token; in the split plan the one-token stages `decode_exact_0 .. decode_exact_L`
- * where the manifest lists them), else a 1-token `prefill_exact` call (the .onnx: its token axis is dynamic; else
- * padded to its width). Later decode steps select again.
+ * prompt's exact tail does: a 1-token `prefill_exact` call (in-graph: its token axis is dynamic; else padded to
+ * its width), or in the split plan the one-token stages `decode_exact_0 .. decode_exact_L` where the manifest lists
+ * them. Later decode steps select again.
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
  * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them; its exact tail is the stages
  * `prefill_exact_0 .. prefill_exact_L` with no lookup between them (and its exact decode steps `decode_exact_<s>`).
@@ -80,7 +79,7 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                        * this stays the method's (Python: static_width reads the contract's exact_tail). 0 = no such method.
                        */
                       val exactWidth: Int = exactTail,
-                      /** the methods the manifest lists (a .pte's decode_exact; in the split plan stage names, e.g. decode_exact_0) */
+                      /** the methods the manifest lists (in the split plan: stage names, e.g. decode_exact_0) */
                       val methods: Set<String> = inputShapes.keys) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
@@ -117,16 +116,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     fun withExactTail(exact: Int) = copy(exactTail = exact)
 
     /**
-     * The method the answer's opening steps call (Python: decoder_session.exact_method_of): `decode_exact` where the
-     * artifact has it (the split plan: its one-token stages `decode_exact_<s>`, where the manifest lists
-     * decode_exact_0; in-graph: a method `decode_exact`, the .pte's exact method traced at one static token), else
-     * `prefill_exact` with one token (in-graph, the .onnx: its token axis is dynamic; a split plan without the stages:
-     * padded to [exactWidth]).
+     * The method the answer's opening steps call (Python: GenerationLoop.exact_method): the split plan's one-token
+     * stages `decode_exact_<s>` where the manifest lists them, else `prefill_exact` with one token (in-graph: its
+     * token axis is dynamic; a split plan without them: padded to [exactWidth]).
      */
-    val exactMethod: String get() {
-        val has = if (split) "${DECODE_EXACT}_0" in methods else DECODE_EXACT in methods
-        return if (has) DECODE_EXACT else GenerationLoop.PREFILL_EXACT
-    }
+    val exactMethod: String get() = if (split && "${DECODE_EXACT}_0" in methods) DECODE_EXACT else GenerationLoop.PREFILL_EXACT
 
     /**
      * This contract with another answer's opening: the first [steps] decode steps run [exactMethod] (Python's
@@ -172,10 +166,7 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         const val STEP = "step"
         const val QUESTION = "question"
 
-        /**
-         * The one-token exact method of the answer's opening steps: in-graph a .pte's `decode_exact`, in the split plan
-         * the stages decode_exact_<s>.
-         */
+        /** The split plan's one-token exact stages (decode_exact_<s>) for the answer's opening steps. */
         const val DECODE_EXACT = "decode_exact"
 
         fun parse(j: JsonPath) = try {
@@ -306,9 +297,8 @@ class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val p
  * none over the same graph ([follow] 0: every call as the prompt's).
  *
  * The answer's opening ([exactDecode] N): decode calls 0 .. N-1 after the prompt (call i feeds answer token i + 1)
- * call [exactMethod] instead of decode (decode_exact, or prefill_exact where the artifact lacks it) with that one
- * token (n_tokens 1, cache_len = the decode position; keep_keys as is, follow_rows -1: it follows nothing; token
- * width: decode_exact's 1, prefill_exact's its own); its pointer (follow_out, or the split stages'
+ * call [exactMethod] instead of decode, fed as a 1-token prefill_exact call (n_tokens 1, cache_len = the decode
+ * position; keep_keys as is, follow_rows -1: it follows nothing); its pointer (follow_out, or the split stages'
  * follow_weights over every clustered row) is the one the next decode step follows.
  */
 class GenerationLoop(
@@ -352,10 +342,7 @@ class GenerationLoop(
      */
     val exactDecode: Int = if (keepKeys == null) 0 else contract.exactDecode
 
-    /**
-     * decode_exact where the artifact has it (in-graph: the method; split: its stages decode_exact_<s>), else
-     * prefill_exact with one token ([DecoderContract.exactMethod]).
-     */
+    /** prefill_exact (one token), or the split plan's decode_exact stages where the manifest lists them. */
     val exactMethod: String = contract.exactMethod
 
     /**
@@ -402,16 +389,12 @@ class GenerationLoop(
     /** Per method: the context inputs as it declares them ([methodInputs]). */
     private val methodContext = HashMap<String, Map<String, DecoderTensor>>()
 
-    /** The views [methodInputs] made, per input name and shape: methods declaring the same shape share one. */
-    private val shapedViews = HashMap<Pair<String, List<Int>>, DecoderTensor>()
-
     /**
      * The context inputs as [method] declares them in the manifest (GenerationLoop._shaped): an input the method
      * declares in another shape of the same size is given as a view of the same data in that shape (prefill_exact
      * reads the flat [Hkv * Nc, D] clustered tables per KV head: [Hkv, Nc, D]); a different size is refused (the
-     * export and this version's pack layout disagree). Made once per method, and a view once per input name and shape
-     * (prefill_exact and decode_exact share theirs): a runtime binding sees the same tensor objects at every step and
-     * across those methods (NativeTensorCache).
+     * export and this version's pack layout disagree). Made once per method: a runtime binding sees the same tensor
+     * objects at every step (NativeTensorCache).
      */
     fun methodInputs(method: String): Map<String, DecoderTensor> = methodContext.getOrPut(method) {
         val declared = contract.inputShapes[method].orEmpty()
@@ -423,11 +406,9 @@ class GenerationLoop(
                 throw DecoderException("the pack's $name has shape ${t.shape.contentToString()} but method $method takes " +
                     "${shape.contentToString()}; re-export the decoder with this project's version")
             }
-            val view = shapedViews.getOrPut(name to shape.toList()) {
-                when (t) {
-                    is DecoderTensor.Float32 -> DecoderTensor.Float32(t.data, shape)
-                    is DecoderTensor.Int64 -> DecoderTensor.Int64(t.data, shape)
-                }
+            val view = when (t) {
+                is DecoderTensor.Float32 -> DecoderTensor.Float32(t.data, shape)
+                is DecoderTensor.Int64 -> DecoderTensor.Int64(t.data, shape)
             }
             (shaped ?: LinkedHashMap(contextInputs).also { shaped = it })[name] = view
         }
@@ -449,17 +430,16 @@ class GenerationLoop(
         private set
 
     /**
-     * One prefill, prefill_exact, decode or decode_exact call; returns the logits (flattened) and writes this step's
-     * keys/values into [cache]. The tokens are padded to the method's static width (prefill: max_prompt,
-     * prefill_exact: the manifest's exact_tail, [DecoderContract.exactWidth], also for an exact decode step's one token
-     * where the artifact has no decode_exact; decode, decode_exact: 1) unless the manifest gives its tokens a dynamic
-     * axis. Every method gets the same feed (as Python's GenerationLoop.step): the runtimes pass on
-     * the inputs the method declares in the manifest (so a .pte's prefill_exact and decode_exact, which declare no
-     * keep_keys and per layer only sink_kv, window_kv, clustered_keys, clustered_values and counts, take just those;
-     * every method of a .onnx declares all of its graph's inputs), each context input in the shape the method declares
-     * it ([methodInputs]: a .pte's prefill_exact and decode_exact take the clustered tables as [Hkv, Nc, D] views of
-     * the same rows), plus the inputs the method fixes with their values ([DecoderContract.fixedInputs]: the .onnx's
-     * `branch`, [0] for prefill/decode, [1] for prefill_exact).
+     * One prefill, prefill_exact or decode call (split plan: decode_exact too); returns the logits (flattened) and
+     * writes this step's keys/values into [cache]. The tokens are padded to the method's static width (prefill:
+     * max_prompt, prefill_exact: the manifest's exact_tail, [DecoderContract.exactWidth], also for an exact decode
+     * step's one token; decode, decode_exact: 1) unless the manifest gives its tokens a dynamic axis. Every method gets the same feed
+     * (as Python's GenerationLoop.step): the runtimes pass on the inputs the method declares in the manifest (so a
+     * .pte's prefill_exact, which declares no keep_keys and per layer only sink_kv, window_kv, clustered_keys,
+     * clustered_values and counts, takes just those; every method of a .onnx declares all of its graph's inputs), each
+     * context input in the shape the method declares it ([methodInputs]: a .pte's prefill_exact takes the clustered
+     * tables as [Hkv, Nc, D] views of the same rows), plus the inputs the method fixes with their values
+     * ([DecoderContract.fixedInputs]: the .onnx's `branch`, [0] for prefill/decode, [1] for prefill_exact).
      */
     fun step(method: String, tokens: IntArray, cacheLen: Int, cache: Cache?): FloatArray {
         if (contract.split) return splitStep(method, tokens, cacheLen, cache ?: throw DecoderException("the split plan needs the explicit cache"))
@@ -736,8 +716,7 @@ class GenerationLoop(
 
         /**
          * The methods that attend every fixed-context row (no lookup, no followed rows): the prompt's exact tail, and
-         * its one-token copy for the answer's opening (a .pte's decode_exact, the split plan's decode_exact_<s>;
-         * Python: decoder_session.EXACT_METHODS).
+         * the split plan's one-token copy of it for the answer's opening (Python: decoder_session.EXACT_METHODS).
          */
         val EXACT_METHODS = setOf(PREFILL_EXACT, DecoderContract.DECODE_EXACT)
 

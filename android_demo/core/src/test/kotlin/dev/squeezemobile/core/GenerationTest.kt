@@ -232,24 +232,15 @@ class GenerationTest {
         }
     }
 
-    /**
-     * The clustered tables' shapes as the exported methods declare them: per KV head, [Hkv, Nc, D], for the exact
-     * methods (exportable.ExportableDecoder, exact), and flat, [Hkv * Nc, D], for prefill and decode.
-     */
-    private fun clusteredTableShapes(): Pair<Map<String, IntArray>, Map<String, IntArray>> {
-        val (h, nc, d) = Triple(pack.kvHeads, shapes.maxClustered, pack.headDim)
-        val perHead = (0 until pack.layers).flatMap { l -> listOf("clustered_keys_$l", "clustered_values_$l") }
-            .associateWith { intArrayOf(h, nc, d) }
-        return perHead to perHead.mapValues { intArrayOf(h * nc, d) }
-    }
-
     @Test
     fun eachMethodGetsTheContextInputsInTheShapesItDeclares() {
         // prefill_exact declares the clustered tables per KV head, [Hkv, Nc, D] (exportable.ExportableDecoder, exact),
         // prefill and decode the flat [Hkv * Nc, D] tables: the loop feeds views of the same rows (GenerationLoop._shaped)
         val context = PackLayout.decoderContextInputs(pack, shapes, "squeezed")
         val (h, nc, d) = Triple(pack.kvHeads, shapes.maxClustered, pack.headDim)
-        val (perHead, flat) = clusteredTableShapes()
+        val perHead = (0 until pack.layers).flatMap { l -> listOf("clustered_keys_$l", "clustered_values_$l") }
+            .associateWith { intArrayOf(h, nc, d) }
+        val flat = perHead.mapValues { intArrayOf(h * nc, d) }
         val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3,
             inputShapes = mapOf("prefill" to flat, "decode" to flat, "prefill_exact" to perHead))
         val recorder = CallRecorder()
@@ -813,20 +804,15 @@ class GenerationTest {
         assertEquals(0, GenerationLoop(CallRecorder(), full, pack, PackLayout.decoderContextInputs(pack, shapes, "full")).exactDecode)
     }
 
-    /**
-     * The calls of a greedy answer (ids 1..[n], [maxNew] tokens) under a squeezed in-graph "buffer" contract whose
-     * methods declare [inputShapes] (their names are the artifact's methods), run by [recorder]; the loop's opening
-     * steps must call [exactMethod].
-     */
+    /** The calls of a greedy answer (ids 1..[n], [maxNew] tokens) under a squeezed "buffer" contract. */
     private fun greedyCalls(n: Int, maxNew: Int, exact: Int, opening: Int, ranges: Map<String, IntRange> = emptyMap(),
-                            tail: Int? = null, inputShapes: Map<String, Map<String, IntArray>> = emptyMap(),
-                            exactMethod: String = "prefill_exact", recorder: CallRecorder = CallRecorder()): List<String> {
-        var contract = DecoderContract("squeezed", "buffer", 0.3, shapes, tokenRanges = ranges, exactTail = exact,
-            inputShapes = inputShapes, exactDecode = opening)
+                            tail: Int? = null): List<String> {
+        val recorder = CallRecorder()
+        var contract = DecoderContract("squeezed", "buffer", 0.3, shapes, tokenRanges = ranges, exactTail = exact, exactDecode = opening)
         if (tail != null) contract = contract.withExactTail(tail)
         val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
         assertEquals(opening, loop.exactDecode)
-        assertEquals(exactMethod, loop.exactMethod)
+        assertEquals("prefill_exact", loop.exactMethod)
         val out = loop.greedy(IntArray(n) { it + 1 }, maxNew)
         assertEquals(maxNew - 1, out.decodeSteps)
         return recorder.calls
@@ -857,55 +843,24 @@ class GenerationTest {
     }
 
     @Test
-    fun anInGraphArtifactWithDecodeExactRunsTheOpeningThroughItOneTokenWide() {
-        // decoder_session.exact_method_of: in-graph, a .pte also has decode_exact (its exact method traced at one static
-        // token, prefill_exact's inputs): the opening's steps call it with their one token, no padding, then decode;
-        // the same artifact without it (as the .onnx) runs them as 1-token prefill_exact calls (static here: padded to 3)
-        val (perHead, flat) = clusteredTableShapes()
-        val pte = mapOf("prefill" to flat, "decode" to flat, "prefill_exact" to perHead, "decode_exact" to perHead)
-        val prompt = listOf("prefill:1,2,3,4,5,6,7@0/${shapes.maxPrompt}", "prefill_exact:8,9,10@7/3")
-        val selecting = listOf("decode:4@12/1", "decode:5@13/1")
-        val recorder = CallRecorder()
-        assertEquals(prompt + listOf("decode_exact:2@10/1", "decode_exact:3@11/1") + selecting,
-            greedyCalls(10, 5, exact = 3, opening = 2, inputShapes = pte, exactMethod = "decode_exact", recorder = recorder))
-        assertEquals(prompt + listOf("prefill_exact:2@10/3", "prefill_exact:3@11/3") + selecting,
-            greedyCalls(10, 5, exact = 3, opening = 2, inputShapes = pte - "decode_exact"))
-        // decode_exact reads the clustered tables as prefill_exact does: the same [Hkv, Nc, D] views of the pack's rows
-        for (feed in recorder.feeds.subList(2, 4)) for (name in perHead.keys) {
-            assertSame(recorder.feeds[1].getValue(name), feed.getValue(name), "decode_exact: $name")
-            assertArrayEquals(perHead.getValue(name), feed.getValue(name).shape, "decode_exact: $name")
-        }
-        // the rule per plan: in-graph the method decode_exact, split its stages decode_exact_<s> (SplitGenerationTest)
-        fun exactMethod(plan: String, vararg methods: String) =
-            DecoderContract("squeezed", "io", 0.3, shapes, lookupPlan = plan, exactTail = 3, methods = methods.toSet()).exactMethod
-        assertEquals("decode_exact", exactMethod(DecoderContract.IN_GRAPH, "prefill", "prefill_exact", "decode_exact"))
-        assertEquals("prefill_exact", exactMethod(DecoderContract.IN_GRAPH, "prefill", "prefill_exact", "decode_exact_0"))
-        assertEquals("decode_exact", exactMethod(DecoderContract.SPLIT, "prefill_exact_0", "decode_exact_0"))
-        assertEquals("prefill_exact", exactMethod(DecoderContract.SPLIT, "prefill_exact_0", "decode_exact"))
-    }
-
-    @Test
     fun anExactDecodeStepFollowsNothingAndTheNextDecodeFollowsItsPointer() {
-        // decoder_session.GenerationLoop.step: an exact decode step (1-token prefill_exact, or a .pte's decode_exact)
-        // feeds keep_keys as is and follow_rows -1; its follow_out is the pointer the next decode step takes (keep_keys - F)
+        // decoder_session.GenerationLoop.step: an exact decode step (1-token prefill_exact) feeds keep_keys as is and
+        // follow_rows -1; its follow_out is the pointer the next decode step takes (keep_keys - F)
         val (L, H, F) = Triple(pack.layers, pack.kvHeads, 2)
-        for (opening in listOf("prefill_exact", "decode_exact")) {
-            val recorder = FollowRecorder(L, H, F)
-            val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3, followKeys = F, exactDecode = 2,
-                methods = setOf("prefill", "decode", "prefill_exact", opening))
-            val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
-            loop.greedy(IntArray(6) { it + 1 }, 5)
-            assertEquals(listOf("prefill", "prefill_exact", opening, opening, "decode", "decode"), recorder.methods)
-            val keepKeys = loop.keepKeys!!.toLong()
-            for ((i, feed) in recorder.feeds.withIndex()) {
-                val follows = i >= 4  // the selecting decode steps after the two exact ones
-                assertEquals(if (follows) keepKeys - F else keepKeys, (feed.getValue("keep_keys") as DecoderTensor.Int64).data.single(), "$opening call $i")
-                if (i in 2..3) assertEquals(1L, (feed.getValue("n_tokens") as DecoderTensor.Int64).data.single(), "$opening call $i: one token")
-                for (l in 0 until L) {
-                    // call 4 follows the second exact step's pointer (call 3), call 5 the first decode's
-                    val expected = if (follows) recorder.returned[i - 1].copyOfRange(l * H * F, (l + 1) * H * F) else LongArray(H * F) { -1 }
-                    assertArrayEquals(expected, (feed.getValue("follow_rows_$l") as DecoderTensor.Int64).data, "$opening call $i: follow_rows_$l")
-                }
+        val recorder = FollowRecorder(L, H, F)
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3, followKeys = F, exactDecode = 2)
+        val loop = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        loop.greedy(IntArray(6) { it + 1 }, 5)
+        assertEquals(listOf("prefill", "prefill_exact", "prefill_exact", "prefill_exact", "decode", "decode"), recorder.methods)
+        val keepKeys = loop.keepKeys!!.toLong()
+        for ((i, feed) in recorder.feeds.withIndex()) {
+            val follows = i >= 4  // the selecting decode steps after the two exact ones
+            assertEquals(if (follows) keepKeys - F else keepKeys, (feed.getValue("keep_keys") as DecoderTensor.Int64).data.single(), "call $i")
+            if (i in 2..3) assertEquals(1L, (feed.getValue("n_tokens") as DecoderTensor.Int64).data.single(), "call $i: one token")
+            for (l in 0 until L) {
+                // call 4 follows the second exact step's pointer (call 3), call 5 the first decode's
+                val expected = if (follows) recorder.returned[i - 1].copyOfRange(l * H * F, (l + 1) * H * F) else LongArray(H * F) { -1 }
+                assertArrayEquals(expected, (feed.getValue("follow_rows_$l") as DecoderTensor.Int64).data, "call $i: follow_rows_$l")
             }
         }
     }

@@ -13,13 +13,11 @@ import java.io.File
 
 /**
  * The exported decoder's .pte in ExecuTorch (org.pytorch:executorch-android, XNNPACK delegate): each method
- * ("prefill", "decode", "prefill_exact", and "decode_exact" where exported: the answer's exact opening steps at one
- * static token (a .pte without it runs them as 1-token prefill_exact calls), or the split plan's stage graphs,
- * decode_exact_<s> included where exported) run with Module.execute by name, inputs in the order the manifest lists
- * them, outputs in its order. In-graph .pte exports keep the KV cache in mutable buffers inside the program (state
- * "buffer"): the core's loop then feeds no cache. Native tensors are reused per input name and shape
- * (NativeTensorCache): the exact methods' [Hkv, Nc, D] views of the clustered tables (one view shared by
- * prefill_exact and decode_exact) and decode's flat ones keep one each.
+ * ("prefill", "decode", "prefill_exact" (also the answer's exact opening steps, one token), or the split plan's stage
+ * graphs, decode_exact_<s> included where exported) run with Module.execute by name, inputs in the order the
+ * manifest lists them, outputs in its order. In-graph .pte exports keep the KV cache in mutable buffers inside the
+ * program (state "buffer"): the core's loop then feeds no cache. Native tensors are reused per input name and shape
+ * (NativeTensorCache): prefill_exact's [Hkv, Nc, D] views of the clustered tables and decode's flat ones keep one each.
  */
 class ExecuTorchDecoder(file: File, private val artifact: DecoderArtifact) : DecoderRuntime {
     override val name = "ExecuTorch (XNNPACK)"
