@@ -42,7 +42,9 @@ def add_subcommands(sub) -> None:
                    "records (the PyTorch eager rows rebuild the model from it); its sha256 must match the manifest's "
                    "(default: the recorded path)")
     d = p.add_argument_group("decoder directories (squeeze export decoder): prefill ms and decode tok/s, squeezed vs "
-                             "full attention, per runtime, over real-prose packs built with the decoder's model")
+                             "full attention, per runtime, over real-prose packs built with the decoder's model; each "
+                             "decode step against its memory floor (the bytes it reads at this machine's measured read "
+                             "bandwidth)")
     d.add_argument("--contexts", default="2048,4096,8192",
                    help="context lengths in tokens, comma-separated, each >= 512 and capped at the artifact's "
                    "--max-context (default 2048,4096,8192)")

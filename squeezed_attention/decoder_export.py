@@ -142,9 +142,9 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     ``exact_tail`` > 0 (squeezed, per-step selection): a third method ``prefill_exact`` (up to exact_tail tokens)
     runs the prompt's last tokens over every fixed-context row; in the split plan as stages ``prefill_exact_<s>``
     with no lookup between them (DecoderStage(exact=True)). ``exact_decode`` > 0 (the answer's first decode steps
-    attend exactly): in-graph, the .pte gets ``decode_exact``, the exact module traced at one static token (the
-    .onnx's steps are ``prefill_exact`` calls of one token: its token axis is dynamic); the split plan's static stages
-    get a one-token copy, ``decode_exact_<s>``, so such a step does not pay for exact_tail rows."""
+    attend exactly): in-graph, those steps are ``prefill_exact`` calls of one token (its token axis is dynamic); the
+    split plan's static stages get a one-token copy, ``decode_exact_<s>``, so such a step does not pay for
+    exact_tail rows."""
     from export.program import Method, Program
 
     state = state_of(fmt, plan)
@@ -166,16 +166,10 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     # length, not max_prompt's (the manifest records it per method; static formats pad). One graph for both methods
     # where the format holds one graph per file (ONNX); two modules (question-level selection) differ in more.
     one_graph = fmt != "pte" and modules["prefill"] is modules["decode"]
-    widths = {"prefill": shapes.max_prompt, "decode": 1, "prefill_exact": exact_tail, "decode_exact": 1}
-    if fmt == "pte" and exact_tail and exact_decode and "prefill_exact" in modules:
-        # the answer's opening steps as a method of their own, one token, static: XNNPACK then takes the slices of
-        # the step's softmax weights that the dynamic prefill_exact leaves to portable kernels, and the step skips
-        # the prompt tail's picking of its last token's rows (RESULTS.md 3t). ONNX keeps one graph: its exact
-        # branch serves the opening with one token.
-        modules["decode_exact"] = modules["prefill_exact"]
+    widths = {"prefill": shapes.max_prompt, "decode": 1, "prefill_exact": exact_tail}
     methods = [Method(name, modules[name], modules[name].example_inputs(widths[name]), modules[name].output_names(),
                       {"tokens": {0: ("T" if name == "prefill" else "E", 1, widths[name])}}
-                      if name not in ("decode", "decode_exact") or one_graph else {}, modules[name].arrange)
+                      if name != "decode" or one_graph else {}, modules[name].arrange)
                for name in modules]
     return Program(methods, state=module.state_names()), module
 
@@ -249,8 +243,6 @@ class EagerRunner:
             m = self.program.method(method)
             out = m.module(**m.call_kwargs({n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in m.inputs}))
             return {n: o.numpy() for n, o in zip(m.outputs, out if isinstance(out, tuple) else (out,))}
-        if self.modules is not None and method == "decode_exact" and method not in self.modules:
-            method = "prefill_exact"   # the .pte's one-token static copy of the exact method (decoder_program)
         module = self.module if self.modules is None else self.modules[method]
         names = module.input_names()
         values = {n: torch.from_numpy(np.ascontiguousarray(feed[n])) for n in names}
@@ -320,8 +312,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "dynamic axis): every fixed-context row attends, no keep_keys, no followed rows fed; its pointer (follow_out / "
         "the stages' follow_weights) points the next step as prefill_exact's does. Later steps call decode"
         + (f" ({exact_method}_0 .. {exact_method}_<L>: prefill_exact's stages one token wide)"
-           if exact_method == "decode_exact" and plan == "split" else
-           " (decode_exact: prefill_exact's graph at one static token)" if exact_method == "decode_exact" else "")
+           if exact_method == "decode_exact" else "")
     ] if exact else []
     if plan == "split":
         return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep,

@@ -80,12 +80,9 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
 
 
 def exact_method_of(plan: str | None, methods) -> str:
-    """The method the answer's opening steps call: ``decode_exact`` where the artifact has it (the split plan's
-    one-token stages ``decode_exact_<s>``; in-graph, a .pte's one-token static method), else ``prefill_exact`` with
-    one token (in-graph: its token axis is dynamic; padded elsewhere)."""
-    methods = methods or {}
-    has = "decode_exact_0" in methods if plan == "split" else "decode_exact" in methods
-    return "decode_exact" if has else "prefill_exact"
+    """The method the answer's opening steps call: the split plan's one-token stages ``decode_exact_<s>`` where the
+    artifact has them, else ``prefill_exact`` with one token (in-graph: its token axis is dynamic; padded elsewhere)."""
+    return "decode_exact" if plan == "split" and "decode_exact_0" in (methods or {}) else "prefill_exact"
 
 
 def exact_decode_of(contract: dict, exact_decode: int | None = None) -> int:

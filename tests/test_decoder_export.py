@@ -925,8 +925,8 @@ def test_next_rows_map_each_clustered_row_to_the_next_positions_row(tiny_pack):
 
 @pytest.mark.parametrize("fmt", ["onnx", "pte"])
 def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny, tiny_pack, tmp_path, fmt):
-    """--exact-decode N (contract exact_decode): the loop's first N decode steps are 1-token exact calls (the .pte's
-    static decode_exact, the .onnx's prefill_exact branch; every fixed-context row, no followed rows fed), then decode steps select, the first following the last exact
+    """--exact-decode N (contract exact_decode): the loop's first N decode steps are 1-token prefill_exact calls
+    (every fixed-context row, no followed rows fed), then decode steps select, the first following the last exact
     step's pointer; the artifact passes verification against the host with the same N and answers like it with N
     and with the override 0; with a question the exact tail covers, the artifact's next-token logits equal the
     full-attention artifact's for the prefill and the N exact steps, and differ at the first selecting step."""
@@ -947,13 +947,6 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
                       for att in ("squeezed", "full"))
     assert squeezed["decoder"]["exact_decode"] == N and full["decoder"]["exact_decode"] is None
     assert any("answer's opening (exact_decode = 3" in s for s in squeezed["decoder"]["call_sequence"])
-    methods = squeezed["decoder"]["methods"]
-    if fmt == "pte":  # one token, static: no dynamic axis on its tokens
-        assert [i["shape"] for i in methods["decode_exact"]["inputs"] if i["name"] == "tokens"] == [[1]]
-        assert not any("dynamic" in i for i in methods["decode_exact"]["inputs"])
-        assert any("call decode_exact instead of decode" in s for s in squeezed["decoder"]["call_sequence"])
-    else:
-        assert "decode_exact" not in methods
     v = squeezed["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
     pack_path, pack, model, ck = tiny_pack
@@ -969,9 +962,7 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
         n = len(session.prompt_ids(prompt))
         want = N if opening is None else opening
         assert session.loop.exact_decode == want
-        # the .pte's opening steps run its one-token static method decode_exact; the .onnx's its exact branch
-        opening_method = "decode_exact" if fmt == "pte" else "prefill_exact"
-        assert [c[:2] for c in calls] == [("prefill_exact", n)] + [(opening_method, 1)] * want \
+        assert [c[:2] for c in calls] == [("prefill_exact", n)] + [("prefill_exact", 1)] * want \
             + [("decode", 1)] * (new - 1 - want)
         assert all((c[2] == -1).all() for c in calls[:want + 1])            # exact calls follow nothing
         assert (calls[want + 1][2] >= 0).any()                              # the next step follows their pointer
