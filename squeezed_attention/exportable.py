@@ -403,7 +403,7 @@ class ExportableDecoder(nn.Module):
             # portable mm per layer in the .pte and did not lower ONNX Runtime's peak RSS measurably: RESULTS.md 3o)
             # The last token's G query rows are taken first (a 0/1 product; a one-token step has no other rows), so
             # the fixed-context mass is summed over G rows, not G*T: over a 32-token exact tail the [Hkv, G*T, n] sum
-            # was a portable kernel costing a quarter of the .pte prompt's time (RESULTS.md 3t)
+            # was a portable kernel costing 11-18% of the .pte prompt's time (RESULTS.md 3t)
             last = probs if isinstance(T, int) and T == 1 else torch.bmm(st["last_select"], probs)   # [Hkv, G, N]
             coef = self.one / last[..., :ends[-1]].sum(-1, keepdim=True)                          # [Hkv, G, 1]
             row = torch.bmm(coef.transpose(1, 2), last)[:, 0]                                   # [Hkv, N]
