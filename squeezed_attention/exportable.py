@@ -129,6 +129,8 @@ class ExportableDecoder(nn.Module):
         # RMSNorm's mean over the hidden size as a product with this constant (a delegate takes it as a linear)
         self.register_buffer("mean_weight", torch.full((1, cfg.hidden_size), 1.0 / cfg.hidden_size), persistent=False)
         self.register_lookup_constants(cfg.num_kv_heads)
+        # picks the last token's query row per head of a KV group (step_tensors' last_select)
+        self.register_buffer("group_eye", torch.eye(cfg.group_size), persistent=False)
         inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         if state == "buffer":
@@ -148,7 +150,6 @@ class ExportableDecoder(nn.Module):
         s = self.shapes
         slots = torch.arange(max(s.max_keep, 1))
         self.register_buffer("one", torch.ones(1), persistent=False)
-        self.register_buffer("group_eye", torch.eye(self.config.group_size), persistent=False)
         self.register_buffer("slot_index", slots[None, :], persistent=False)
         self.register_buffer("slot_index_f", slots.to(torch.float32)[None, :], persistent=False)
         self.register_buffer("ones_rank", torch.ones(num_kv_heads, max(min(s.max_clusters, s.max_keep), 1),
