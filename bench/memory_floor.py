@@ -20,7 +20,7 @@ again), so the floor is a lower bound on the step's time, not an estimate of it.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 FLOAT_BYTES = 4
@@ -87,6 +87,18 @@ def measure_read_bandwidth(threads, seconds: float = 0.1, reps: int = 5) -> Dict
             "buffer_mb_per_thread": round(out["read_bw"]["ops_per_iteration"] / 2 ** 20)}
 
 
+def best_bandwidth(runs: List[Dict]) -> Dict:
+    """One memory section from probe runs before and after the benchmark: per thread count the best rate (a run that
+    coincided with other load understates the machine, and an understated bandwidth would overstate the floor), with
+    every run's rates kept (``runs_gbps``); unavailable only when no run measured anything."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        return runs[0] if runs else {"status": "unavailable", "note": "the read bandwidth was not measured"}
+    threads = list(ok[0]["gbps"])
+    return {**ok[0], "gbps": {t: max(r["gbps"][t] for r in ok if t in r["gbps"]) for t in threads},
+            "runs_gbps": {t: [r["gbps"].get(t) for r in ok] for t in threads}}
+
+
 def annotate(row: Dict, config: Dict, contract: Dict, memory: Dict) -> None:
     """Add the decode step's floor to a benchmark row: bytes read per step, the floor in ms at the measured bandwidth,
     and the share of that bandwidth the measured step reached (the opening's exact steps too, where timed)."""
@@ -102,5 +114,5 @@ def annotate(row: Dict, config: Dict, contract: Dict, memory: Dict) -> None:
         row["opening_floor_ms"] = floor_ms(exact["total"], gbps)
 
 
-__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "context_rows", "floor_ms", "measure_read_bandwidth",
+__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "best_bandwidth", "context_rows", "floor_ms", "measure_read_bandwidth",
            "step_bytes", "weight_bytes"]

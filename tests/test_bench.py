@@ -476,6 +476,12 @@ def test_decode_memory_floor_counts_the_bytes_a_step_reads():
     assert memory_floor.floor_ms(47e9, 47.0) == pytest.approx(1000.0)
     assert memory_floor.bandwidth_for({"status": "ok", "gbps": {"2": 40.0}}, 2) == 40.0
     assert memory_floor.bandwidth_for({"status": "unavailable", "note": "no cc"}, 2) is None
+    # probe runs before and after a benchmark: the best rate per thread count, every run kept; a failed run is skipped
+    best = memory_floor.best_bandwidth([{"status": "ok", "probe": "p", "gbps": {"1": 30.0, "2": 50.0}},
+                                        {"status": "unavailable", "note": "no cc"},
+                                        {"status": "ok", "probe": "p", "gbps": {"1": 35.0, "2": 45.0}}])
+    assert best["gbps"] == {"1": 35.0, "2": 50.0} and best["runs_gbps"] == {"1": [30.0, 35.0], "2": [50.0, 45.0]}
+    assert memory_floor.best_bandwidth([{"status": "unavailable", "note": "no cc"}])["status"] == "unavailable"
     row = {"threads": 2, "weights": "fp32", "decode_ms_per_token": 30.0}
     memory_floor.annotate(row, config, squeezed, {"status": "ok", "gbps": {"2": 40.0}})
     assert row["decode_floor_ms"] == pytest.approx(sel["total"] / 40e9 * 1e3)

@@ -366,6 +366,8 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
 
     memory = report["memory"]
     assert memory["status"] == "ok" and set(memory["gbps"]) == {str(t) for t in report["settings"]["threads"]}
+    # measured before and after the runs; the floor uses the better
+    assert all(len(v) == 2 and memory["gbps"][t] == max(v) for t, v in memory["runs_gbps"].items())
     manifest = json.loads((out / "manifest.json").read_text())
     contracts = {a["file"]: a["decoder"] for a in manifest["artifacts"] if "decoder" in a}
     for (fmt, att), r in rows.items():
