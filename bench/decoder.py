@@ -13,9 +13,9 @@ load drift on a shared machine hits squeezed and full alike; medians over all sa
 squeezed and the full artifact of the same format at the same context and thread count, measured in the same
 run. A profiling pass per squeezed artifact reports the share of decode time spent in the lookup, from the
 runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump). Each decode step is also set against its
-memory floor (bench/memory_floor.py): the bytes the artifact's static shapes make a step read, at the read bandwidth
-the native probe measures on this machine before and after the runs (the best of both); the ratio of full attention's bytes to the squeezed
-step's is the most the decode speed-up can reach here.
+memory floor (bench/memory_floor.py): the bytes the artifact's static shapes make a step read, at the read
+bandwidth the native probe measures on this machine before and after the runs (the best of both, machine.peaks);
+the ratio of full attention's bytes to the squeezed step's is the most the decode speed-up can reach here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from squeeze_mobile.atomic import atomic_path
 from squeeze_mobile.errors import SqueezeError
 
 from .host import machine_info, run_worker
-from .memory_floor import annotate, best_bandwidth, measure_read_bandwidth
+from .memory_floor import annotate
 from .report import _fmt, check_report_dir, one_line, write_reports
 
 Progress = Callable[[str, str], None]
@@ -211,8 +211,11 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             raise SqueezeError("--contexts takes context lengths of at least 512 tokens, e.g. 2048,4096,8192")
         pack_rows = bench_packs(manifest, contexts, out_dir / "packs", say)
     rows: Dict[tuple, Dict] = {}
-    say("memory", "measuring this machine's read bandwidth (each decode step's memory floor)")
-    memory_runs = [measure_read_bandwidth(threads)]   # and again after the runs: the best of both is the machine's
+    from .peak_probe import Probes
+
+    # the machine's read bandwidth (each decode step's memory floor), before and after the runs: the better is its
+    probes = Probes(threads, say=say)
+    probes.probe("before the runs", "read bandwidth and arithmetic peaks")
 
     def tails_of(art):  # None: the manifest's prompt selection; full attention selects nothing
         return list(prefill_tails) if prefill_tails and art["decoder"]["attention"] == "squeezed" else [None]
@@ -275,12 +278,12 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                         "peak_rss_mb": max(row["peak_rss_mb"]),
                         "samples": {"prefill": len(row["prefill_s"]), "decode_steps": len(row["decode_step_s"])}})
         out_rows.append(row)
-    memory_runs.append(measure_read_bandwidth(threads))
-    memory = best_bandwidth(memory_runs)
+    probes.probe("after the runs", "read bandwidth and arithmetic peaks")
+    peaks = probes.peaks()
     contracts = {a["file"]: a["decoder"] for a in artifacts}
     for row in out_rows:
         if row["status"] == "ok":
-            annotate(row, manifest["model"]["config"], contracts[row["file"]], memory)
+            annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
     for row in out_rows:  # squeezed over full: same format, context and threads, same run
         full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
                      and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
@@ -328,12 +331,11 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     report = {
         "schema": "squeeze-mobile/bench-decoder/1",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "artifacts_dir": str(art_dir), "machine": machine_info(),
+        "artifacts_dir": str(art_dir), "machine": {**machine_info(), "peaks": peaks},
         "model": manifest["model"]["name"], "precision": manifest.get("precision"),
         "settings": {"runs": runs, "warmup": warmup, "rounds": rounds, "decode_tokens": decode_tokens,
                      "threads": list(threads)},
         "packs": pack_rows, "rows": out_rows, "lookup_share": lookup, "not_timed": not_timed,
-        "memory": memory,
     }
     failed = [r for r in out_rows if r["status"] != "ok"]
     if out_rows and len(failed) == len(out_rows) and (out_dir / REPORT_FILES[0]).exists():
@@ -414,17 +416,17 @@ def decoder_markdown(report: Dict) -> str:
 
 def memory_floor_markdown(report: Dict) -> List[str]:
     """The decode steps against their memory floor (bench/memory_floor.py)."""
-    memory = report.get("memory") or {}
+    peaks = (report.get("machine") or {}).get("peaks") or {}
     rows = [r for r in report["rows"] if r["status"] == "ok" and r.get("decode_read_mb")]
     if not rows:
         return []
     lines = ["", "## Decode against the memory floor", ""]
-    if memory.get("status") != "ok":
-        return lines + [f"No floor: the read bandwidth was not measured ({one_line(memory.get('note'))})."]
-    rates = ", ".join(f"{g:.1f} GB/s on {t} thread(s)" + (
-        f" (runs: {', '.join(f'{x:.1f}' for x in memory['runs_gbps'][t] if x)})" if memory.get("runs_gbps") else "")
-        for t, g in sorted(memory["gbps"].items(), key=lambda kv: int(kv[0])))
-    lines += [f"Read bandwidth measured by {memory['probe']} before and after the runs, the best of both: {rates}. "
+    bw = peaks.get("read_bw") if peaks.get("status") == "ok" else None
+    if not bw:
+        return lines + [f"No floor: the read bandwidth was not measured ({one_line(peaks.get('note'))})."]
+    rates = ", ".join(f"{g:.1f} GB/s on {t} thread(s) (runs: {', '.join(f'{x:.1f}' for x in bw['runs_gops'][t] if x)})"
+                      for t, g in sorted(bw["gops"].items(), key=lambda kv: int(kv[0])))
+    lines += [f"Read bandwidth measured by bench/native/peak_probe.c before and after the runs, the best of both: {rates}. "
               "A step's floor is the bytes it must read once "
               "(weights at the artifact's precision, the fixed-context keys and values it attends, the question's "
               "cache; bench/memory_floor.py) at that rate: no kernel can beat it. The ceiling is full attention's bytes "

@@ -236,23 +236,9 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
     base = {"spec": spec, "runs": runs, "warmup": warmup}
     rows: List[Dict] = []
     probe_threads = sorted({1, *threads})  # 1 thread: the per-core peak, reported even when not benchmarked
-    probes: List[Dict] = []
-    probe_note: Optional[str] = None
-
-    def probe_peaks(when: str) -> None:
-        nonlocal probe_note
-        if probe_note:
-            return
-        say("peaks", f"fp32 FMA and int8 dot-product peaks at {', '.join(map(str, probe_threads))} thread(s) ({when})")
-        try:
-            probes.append(peak_probe.run(probe_threads, seconds=probe_seconds, reps=5))
-        except peak_probe.ProbeUnavailable as exc:
-            probe_note = str(exc)
-            say("peaks", f"not measured: {probe_note}")
-
-    # probed before and after the runtimes; the better rate per thread count is the machine's (a probe that
-    # coincided with other load would understate it and flatter every percentage)
-    probe_peaks("before the runtimes")
+    # probed before and after the runtimes; the better rate per thread count is the machine's
+    probes = peak_probe.Probes(probe_threads, probe_seconds, say)
+    probes.probe("before the runtimes")
     jobs = artifact_jobs(manifest, art_dir, include_eager, arts, source)
     for t in threads:
         for name, art, job in jobs:
@@ -284,8 +270,8 @@ def run_host_benchmark(art_dir, threads: Sequence[int] = (1, 2), runs: int = 20,
                         "achieved_gflops": gflops})
             rows.append(row)
             say(name, f"p50 {stats['p50_ms']:.1f} ms, {gflops:.0f} GFLOP/s")
-    probe_peaks("after the runtimes")
-    peaks = peak_probe.machine_peaks(probe_threads, probes) if probes else peak_probe.unavailable(probe_note)
+    probes.probe("after the runtimes")
+    peaks = probes.peaks()
     add_peak_shares(rows, peaks)
     for row in rows:  # speed-up over the original PyTorch model, same run, same threads
         eager = next((r for r in rows if r["name"] == "pytorch-eager" and r["threads"] == row["threads"] and r["status"] == "ok"), None)

@@ -20,7 +20,7 @@ again), so the floor is a lower bound on the step's time, not an estimate of it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 FLOAT_BYTES = 4
@@ -64,45 +64,18 @@ def floor_ms(total_bytes: float, gbps: Optional[float]) -> Optional[float]:
     return total_bytes / (gbps * 1e9) * 1e3 if gbps else None
 
 
-def bandwidth_for(memory: Dict, threads: int) -> Optional[float]:
-    """The measured read bandwidth (GB/s) at ``threads`` threads from the report's memory section, or None."""
-    if not memory or memory.get("status") != "ok":
+def bandwidth_for(peaks: Dict, threads: int) -> Optional[float]:
+    """The measured read bandwidth (GB/s) at ``threads`` threads from the machine peaks (peak_probe.machine_peaks:
+    the best of the probes around the runs), or None where it was not measured."""
+    if not peaks or peaks.get("status") != "ok":
         return None
-    return (memory.get("gbps") or {}).get(str(threads))
+    return ((peaks.get("read_bw") or {}).get("gops") or {}).get(str(threads))
 
 
-def measure_read_bandwidth(threads, seconds: float = 0.1, reps: int = 5) -> Dict:
-    """This machine's read bandwidth per thread count ({status, gbps: {threads: GB/s}, probe}); ``status:
-    unavailable`` with a one-line note when the probe cannot build or run here (the bench then shows no floor)."""
-    from . import peak_probe
-
-    try:
-        out = peak_probe.run(threads, seconds=seconds, reps=reps)
-    except peak_probe.ProbeUnavailable as exc:
-        return peak_probe.unavailable(str(exc))
-    rates = peak_probe.rates(out, "read_bw")
-    if not rates:
-        return peak_probe.unavailable("the peak probe measured no read bandwidth")
-    return {"status": "ok", "probe": "bench/native/peak_probe.c (read_bw)", "unit": "GB/s", "gbps": rates,
-            "buffer_mb_per_thread": round(out["read_bw"]["ops_per_iteration"] / 2 ** 20)}
-
-
-def best_bandwidth(runs: List[Dict]) -> Dict:
-    """One memory section from probe runs before and after the benchmark: per thread count the best rate (a run that
-    coincided with other load understates the machine, and an understated bandwidth would overstate the floor), with
-    every run's rates kept (``runs_gbps``); unavailable only when no run measured anything."""
-    ok = [r for r in runs if r.get("status") == "ok"]
-    if not ok:
-        return runs[0] if runs else {"status": "unavailable", "note": "the read bandwidth was not measured"}
-    threads = list(ok[0]["gbps"])
-    return {**ok[0], "gbps": {t: max(r["gbps"][t] for r in ok if t in r["gbps"]) for t in threads},
-            "runs_gbps": {t: [r["gbps"].get(t) for r in ok] for t in threads}}
-
-
-def annotate(row: Dict, config: Dict, contract: Dict, memory: Dict) -> None:
+def annotate(row: Dict, config: Dict, contract: Dict, peaks: Dict) -> None:
     """Add the decode step's floor to a benchmark row: bytes read per step, the floor in ms at the measured bandwidth,
     and the share of that bandwidth the measured step reached (the opening's exact steps too, where timed)."""
-    gbps = bandwidth_for(memory, row["threads"])
+    gbps = bandwidth_for(peaks, row["threads"])
     sel = step_bytes(config, contract, row.get("weights", "fp32"))
     row["decode_read_mb"] = sel["total"] / 1e6
     row["decode_read_breakdown_mb"] = {k: v / 1e6 for k, v in sel.items() if k != "total"}
@@ -114,5 +87,4 @@ def annotate(row: Dict, config: Dict, contract: Dict, memory: Dict) -> None:
         row["opening_floor_ms"] = floor_ms(exact["total"], gbps)
 
 
-__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "best_bandwidth", "context_rows", "floor_ms", "measure_read_bandwidth",
-           "step_bytes", "weight_bytes"]
+__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "context_rows", "floor_ms", "step_bytes", "weight_bytes"]

@@ -37,7 +37,8 @@ COMPILERS = ("cc", "gcc", "clang")
 FLAG_SETS = (["-O2", "-march=native"], ["-O2", "-mcpu=native"], ["-O2"])
 COMPILE_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 300
-KINDS = {"fp32": "fp32 FMA", "int8": "int8 dot product", "int8_amx": "int8 AMX tiles"}
+KINDS = {"fp32": "fp32 FMA", "int8": "int8 dot product", "int8_amx": "int8 AMX tiles",
+         "read_bw": "memory read bandwidth (GB/s)"}
 
 
 class ProbeUnavailable(SqueezeError):
@@ -149,7 +150,7 @@ def run(threads: Sequence[int] = (1,), seconds: float = 0.1, reps: int = 5, bina
         raise ProbeUnavailable("the peak probe printed no JSON") from None
     if out.get("schema") != SCHEMA:
         raise ProbeUnavailable(f"the peak probe printed schema {out.get('schema')!r}, expected {SCHEMA}")
-    for kind in ("fp32", "int8", "int8_amx"):
+    for kind in KINDS:
         for res in (out.get(kind) or {}).get("results", []):
             if not (math.isfinite(res["gops"]) and res["gops"] > 0):
                 raise ProbeUnavailable(f"the peak probe measured no {KINDS[kind]} rate at {res['threads']} thread(s)")
@@ -170,7 +171,7 @@ def machine_peaks(threads: Sequence[int], probes: Sequence[Dict]) -> Dict:
     peaks: Dict = {"status": "ok", "probe": "bench/native/peak_probe.c", "compiler": first["build"]["compiler"],
                    "flags": first["build"]["flags"], "threads": [int(t) for t in threads],
                    "unit": "GOP/s (multiply and add each count 1: an FMA or a MAC is 2)"}
-    for kind in ("fp32", "int8", "int8_amx"):
+    for kind in KINDS:
         if not first.get(kind):
             continue
         per_run = [rates(p, kind) for p in probes]
@@ -180,6 +181,30 @@ def machine_peaks(threads: Sequence[int], probes: Sequence[Dict]) -> Dict:
     if first.get("int8_amx_note"):
         peaks["int8_amx_note"] = first["int8_amx_note"]
     return peaks
+
+
+class Probes:
+    """Probe runs around a benchmark's runtimes: :meth:`probe` before and after them, :meth:`peaks` the machine's
+    (the better rate per thread count: a probe that coincided with other load would understate the machine and
+    flatter every percentage). After one failure (no compiler, ...) no more runs are tried; the peaks say why."""
+
+    def __init__(self, threads: Sequence[int], seconds: float = 0.1, say=None):
+        self.threads, self.seconds, self.say = list(threads), seconds, say or (lambda a, b: None)
+        self.runs: List[Dict] = []
+        self.note: Optional[str] = None
+
+    def probe(self, when: str, what: str = "fp32 FMA and int8 dot-product peaks") -> None:
+        if self.note:
+            return
+        self.say("peaks", f"{what} at {', '.join(map(str, self.threads))} thread(s) ({when})")
+        try:
+            self.runs.append(run(self.threads, seconds=self.seconds, reps=5))
+        except ProbeUnavailable as exc:
+            self.note = str(exc)
+            self.say("peaks", f"not measured: {self.note}")
+
+    def peaks(self) -> Dict:
+        return machine_peaks(self.threads, self.runs) if self.runs else unavailable(self.note or "not measured")
 
 
 def measure_machine_peaks(threads: Sequence[int], seconds: float = 0.1, reps: int = 5) -> Dict:

@@ -61,6 +61,9 @@ def peaks_lines(peaks: Dict) -> List[str]:
                      f"AMX can pass 100% of the int8 dot-product peak): {_rates(peaks['int8_amx']['gops'])}")
     elif peaks.get("int8_amx_note"):
         lines.append(f"- int8 AMX tiles: not measured ({one_line(peaks['int8_amx_note'])})")
+    if peaks.get("read_bw"):
+        lines.append(f"- memory read bandwidth ({peaks['read_bw']['isa']}, a buffer per thread far larger than the "
+                     f"last-level cache), GB/s: {_rates(peaks['read_bw']['gops'])}")
     return lines
 
 

@@ -474,15 +474,11 @@ def test_decode_memory_floor_counts_the_bytes_a_step_reads():
     full4 = memory_floor.step_bytes(config, {"attention": "full", "shapes": shapes}, "int4")
     assert full4["total"] / memory_floor.step_bytes(config, squeezed, "int4")["total"] == pytest.approx(2.94, abs=0.01)
     assert memory_floor.floor_ms(47e9, 47.0) == pytest.approx(1000.0)
-    assert memory_floor.bandwidth_for({"status": "ok", "gbps": {"2": 40.0}}, 2) == 40.0
+    peaks = {"status": "ok", "read_bw": {"gops": {"2": 40.0}}}   # peak_probe.machine_peaks' shape
+    assert memory_floor.bandwidth_for(peaks, 2) == 40.0 and memory_floor.bandwidth_for(peaks, 1) is None
     assert memory_floor.bandwidth_for({"status": "unavailable", "note": "no cc"}, 2) is None
-    # probe runs before and after a benchmark: the best rate per thread count, every run kept; a failed run is skipped
-    best = memory_floor.best_bandwidth([{"status": "ok", "probe": "p", "gbps": {"1": 30.0, "2": 50.0}},
-                                        {"status": "unavailable", "note": "no cc"},
-                                        {"status": "ok", "probe": "p", "gbps": {"1": 35.0, "2": 45.0}}])
-    assert best["gbps"] == {"1": 35.0, "2": 50.0} and best["runs_gbps"] == {"1": [30.0, 35.0], "2": [50.0, 45.0]}
-    assert memory_floor.best_bandwidth([{"status": "unavailable", "note": "no cc"}])["status"] == "unavailable"
-    row = {"threads": 2, "weights": "fp32", "decode_ms_per_token": 30.0}
-    memory_floor.annotate(row, config, squeezed, {"status": "ok", "gbps": {"2": 40.0}})
+    row = {"threads": 2, "weights": "fp32", "decode_ms_per_token": 30.0, "opening_ms_per_token": 35.0}
+    memory_floor.annotate(row, config, squeezed, peaks)
     assert row["decode_floor_ms"] == pytest.approx(sel["total"] / 40e9 * 1e3)
     assert row["decode_bandwidth_share"] == pytest.approx(row["decode_floor_ms"] / 30.0)
+    assert row["opening_floor_ms"] == pytest.approx(exact["total"] / 40e9 * 1e3)    # the opening's exact steps

@@ -364,16 +364,16 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     # the probe measured for the run's thread count
     from bench import memory_floor
 
-    memory = report["memory"]
-    assert memory["status"] == "ok" and set(memory["gbps"]) == {str(t) for t in report["settings"]["threads"]}
+    bw = report["machine"]["peaks"]["read_bw"]
+    assert set(bw["gops"]) == {str(t) for t in report["settings"]["threads"]}
     # measured before and after the runs; the floor uses the better
-    assert all(len(v) == 2 and memory["gbps"][t] == max(v) for t, v in memory["runs_gbps"].items())
+    assert all(len(v) == 2 and bw["gops"][t] == max(v) for t, v in bw["runs_gops"].items())
     manifest = json.loads((out / "manifest.json").read_text())
     contracts = {a["file"]: a["decoder"] for a in manifest["artifacts"] if "decoder" in a}
     for (fmt, att), r in rows.items():
         need = memory_floor.step_bytes(manifest["model"]["config"], contracts[r["file"]], r["weights"])
         assert r["decode_read_mb"] == pytest.approx(need["total"] / 1e6)
-        gbps = memory["gbps"][str(r["threads"])]
+        gbps = bw["gops"][str(r["threads"])]
         assert gbps > 0 and r["decode_floor_ms"] == pytest.approx(need["total"] / (gbps * 1e9) * 1e3)
         assert r["decode_bandwidth_share"] == pytest.approx(r["decode_floor_ms"] / r["decode_ms_per_token"])
         if att == "squeezed":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import peak_probe
+from bench import peak_probe, report
 
 CPU_FLAGS = set(peak_probe.cpu_signature().split())
 X86 = platform.machine() in ("x86_64", "AMD64")
@@ -88,8 +88,12 @@ def test_machine_peaks_keeps_the_best_of_several_probes():
     a = {"build": {"compiler": "cc 1", "flags": ["-O2"]},
          "fp32": {"isa": "x", "chains": 12, "results": [{"threads": 1, "gops": 100.0}, {"threads": 2, "gops": 150.0}]},
          "int8": {"isa": "y", "chains": 12, "results": [{"threads": 1, "gops": 400.0}, {"threads": 2, "gops": 790.0}]}}
-    b = {**a, "fp32": {**a["fp32"], "results": [{"threads": 1, "gops": 90.0}, {"threads": 2, "gops": 198.0}]}}
+    a["read_bw"] = {"isa": "z", "chains": 4, "results": [{"threads": 1, "gops": 40.0}, {"threads": 2, "gops": 70.0}]}
+    b = {**a, "fp32": {**a["fp32"], "results": [{"threads": 1, "gops": 90.0}, {"threads": 2, "gops": 198.0}]},
+         "read_bw": {**a["read_bw"], "results": [{"threads": 1, "gops": 45.0}, {"threads": 2, "gops": 60.0}]}}
     peaks = peak_probe.machine_peaks((1, 2), [a, b])
+    assert peaks["read_bw"]["gops"] == {"1": 45.0, "2": 70.0}   # the read bandwidth too (GB/s): best per thread count
+    assert "- memory read bandwidth (z, " in "\n".join(report.peaks_lines(peaks))
     assert peaks["status"] == "ok" and peaks["threads"] == [1, 2]
     assert peaks["fp32"]["gops"] == {"1": 100.0, "2": 198.0} and peaks["int8"]["gops"] == {"1": 400.0, "2": 790.0}
     assert peaks["fp32"]["runs_gops"] == {"1": [100.0, 90.0], "2": [150.0, 198.0]}
