@@ -15,7 +15,9 @@ run. A profiling pass per squeezed artifact reports the share of decode time spe
 runtime's own profiler (onnxruntime's profiler / ExecuTorch's ETDump). Each decode step is also set against its
 memory floor (bench/memory_floor.py): the bytes the artifact's static shapes make a step read, at the read
 bandwidth the native probe measures on this machine before and after the runs (the best of both, machine.peaks);
-the ratio of full attention's bytes to the squeezed step's is the most the decode speed-up can reach here.
+the ratio of full attention's bytes to the squeezed step's is the most the decode speed-up can reach here. The
+max-prompt prefill is set against its arithmetic floor the same way (bench/arithmetic_floor.py: its multiply-adds at
+the measured fp32 / int8 peaks), which bounds the prefill speed-up.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 from squeeze_mobile.atomic import atomic_path
 from squeeze_mobile.errors import SqueezeError
 
+from . import arithmetic_floor, memory_floor
 from .host import machine_info, run_worker
-from .memory_floor import annotate
 from .report import _fmt, check_report_dir, one_line, write_reports
 
 Progress = Callable[[str, str], None]
@@ -283,7 +285,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     contracts = {a["file"]: a["decoder"] for a in artifacts}
     for row in out_rows:
         if row["status"] == "ok":
-            annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
+            memory_floor.annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
+            arithmetic_floor.annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
     for row in out_rows:  # squeezed over full: same format, context and threads, same run
         full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
                      and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
@@ -296,6 +299,10 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 row["answer_speedup_vs_full"] = full["answer_ms_per_token"] / row["answer_ms_per_token"]
             # the most the decode step can gain on this machine: full attention's bytes per step over these
             row["decode_speedup_ceiling"] = full["decode_read_mb"] / row["decode_read_mb"]
+            if row.get("prompt_floor_ms") and full.get("prompt_floor_ms") and \
+                    row.get("prompt_tokens") == full.get("prompt_tokens"):
+                # the most the max-prompt prefill can gain: full attention's arithmetic floor over this one's
+                row["prompt_speedup_ceiling"] = full["prompt_floor_ms"] / row["prompt_floor_ms"]
     if llama_cpp:  # the peer (bench.llama_cpp_peer): same GGUF, same packs and question, after the artifacts
         from .llama_cpp_peer import peer_rows
 
@@ -409,6 +416,7 @@ def decoder_markdown(report: Dict) -> str:
             lines += [f"| {e['format']} | {e['context_tokens']} | {e['graph_calls_per_step']:.0f} | {e['graph_ms']:.1f} "
                       f"| {e['lookup_ms']:.1f} | {e['glue_ms']:.1f} | {e['total_ms']:.1f} |" for e in split]
     lines += memory_floor_markdown(report)
+    lines += arithmetic_floor_markdown(report)
     for n in report.get("not_timed") or []:
         lines += ["", f"Not timed: {n['file']} ({n['format']}): {n['reason']}."]
     return "\n".join(lines) + "\n"
@@ -442,6 +450,35 @@ def memory_floor_markdown(report: Dict) -> List[str]:
                      f"{r['decode_ms_per_token']:.1f} | {_fmt(r.get('decode_bandwidth_share'), '{:.0%}')} | "
                      f"{_fmt(r.get('decode_speedup_ceiling'), '{:.2f}x')} | "
                      f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} |")
+    return lines
+
+
+def arithmetic_floor_markdown(report: Dict) -> List[str]:
+    """The max-prompt prefills against their arithmetic floor (bench/arithmetic_floor.py)."""
+    peaks = (report.get("machine") or {}).get("peaks") or {}
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r.get("prompt_gmacs")]
+    if not rows:
+        return []
+    lines = ["", "## Max-prompt prefill against the arithmetic floor", ""]
+    if not any(r.get("prompt_floor_ms") for r in rows):
+        return lines + [f"No floor: the arithmetic peaks were not measured ({one_line(peaks.get('note'))})."]
+    lines += ["A prompt's floor is its multiply-adds at the artifact's static shapes (every token through every "
+              "linear; each query head over every key and value row its parts hold, masked rows included; the exact "
+              "tail's tokens over every context row; bench/arithmetic_floor.py) at the measured fp32 FMA peak (weights "
+              "at int8/int4: the int8 dot-product peak). The ceiling is full attention's floor over the squeezed "
+              "graph's: the most the max-prompt prefill speed-up can reach on this machine.", "",
+              "| format | attention | weights | context | threads | tokens (exact tail) | GMAC (weights + attention) | "
+              "floor ms | measured ms | of peak | speed-up ceiling | measured speed-up |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
+        parts = r["prompt_gmacs_breakdown"]
+        tail = min(r.get("exact_tail") or 0, r["prompt_tokens"]) if r["attention"] == "squeezed" else r["prompt_tokens"]
+        lines.append(f"| {r['format']} | {r['attention']} | {r.get('weights') or 'fp32'} | {r['context_tokens']} | "
+                     f"{r['threads']} | {r['prompt_tokens']} ({tail}) | {r['prompt_gmacs']:.1f} "
+                     f"({parts['weights']:.1f} + {parts['attention']:.1f}) | {_fmt(r.get('prompt_floor_ms'), '{:.0f}')} | "
+                     f"{_fmt(r.get('prompt_prefill_ms'), '{:.0f}')} | {_fmt(r.get('prompt_peak_share'), '{:.0%}')} | "
+                     f"{_fmt(r.get('prompt_speedup_ceiling'), '{:.2f}x')} | "
+                     f"{_fmt(r.get('prompt_prefill_speedup_vs_full'), '{:.2f}x')} |")
     return lines
 
 

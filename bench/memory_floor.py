@@ -26,12 +26,16 @@ WEIGHT_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 FLOAT_BYTES = 4
 
 
-def weight_bytes(config: Dict, weights: str) -> float:
-    """Bytes of the weight matrices a decode step reads (every layer's linears and the output head)."""
+def weights_per_layer(config: Dict) -> int:
+    """Weights of one layer's linears: q, k, v, o and the MLP's gate, up and down."""
     hidden, inter, d = config["hidden_size"], config["intermediate_size"], config["head_dim"]
     h, hkv = config["num_heads"], config["num_kv_heads"]
-    per_layer = hidden * (h * d + 2 * hkv * d) + h * d * hidden + 3 * hidden * inter
-    params = config["num_layers"] * per_layer + config["vocab_size"] * hidden
+    return hidden * (h * d + 2 * hkv * d) + h * d * hidden + 3 * hidden * inter
+
+
+def weight_bytes(config: Dict, weights: str) -> float:
+    """Bytes of the weight matrices a decode step reads (every layer's linears and the output head)."""
+    params = config["num_layers"] * weights_per_layer(config) + config["vocab_size"] * config["hidden_size"]
     return params * WEIGHT_BYTES.get(weights, 4.0)
 
 
@@ -87,4 +91,5 @@ def annotate(row: Dict, config: Dict, contract: Dict, peaks: Dict) -> None:
         row["opening_floor_ms"] = floor_ms(exact["total"], gbps)
 
 
-__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "context_rows", "floor_ms", "step_bytes", "weight_bytes"]
+__all__ = ["WEIGHT_BYTES", "annotate", "bandwidth_for", "context_rows", "floor_ms", "step_bytes", "weight_bytes",
+           "weights_per_layer"]

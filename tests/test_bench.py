@@ -482,3 +482,41 @@ def test_decode_memory_floor_counts_the_bytes_a_step_reads():
     assert row["decode_floor_ms"] == pytest.approx(sel["total"] / 40e9 * 1e3)
     assert row["decode_bandwidth_share"] == pytest.approx(row["decode_floor_ms"] / 30.0)
     assert row["opening_floor_ms"] == pytest.approx(exact["total"] / 40e9 * 1e3)    # the opening's exact steps
+
+
+def test_prompt_arithmetic_floor_counts_the_multiply_adds_of_a_prompt():
+    """bench/arithmetic_floor.py on the same real 7.8k shapes, a 128-token prompt (worked out by hand): the linears
+    3,538,944 weights per layer x 30 layers per token plus the 28,311,552-weight head once; a key + value row costs 2 x
+    64 multiply-adds per query head, 30 x 9 x 128 = 34,560 over the model. Full attention: every token over 7808 context
+    rows + 384 cache rows + the call's 128; squeezed: 96 selecting tokens over 1444 rows + 384 + 96, the 32-token exact
+    tail over 7808 + 384 + 32. So the 128-token prefill cannot gain more than 1.73x over full attention (2.26x without
+    the exact tail), and a question inside the exact tail gains nothing."""
+    from bench import arithmetic_floor
+
+    config = {"hidden_size": 576, "intermediate_size": 1536, "head_dim": 64, "num_heads": 9, "num_kv_heads": 3,
+              "num_layers": 30, "vocab_size": 49152}
+    shapes = {"max_context": 7808, "max_prompt": 128, "max_new": 256, "sink_tokens": 4, "window": 100,
+              "max_clusters": 770, "max_keep": 566}
+    full_c = {"attention": "full", "shapes": shapes}
+    squeezed_c = {"attention": "squeezed", "shapes": shapes, "follow_keys": 4, "exact_tail": 32}
+    full = arithmetic_floor.prompt_macs(config, full_c, 128)
+    sq = arithmetic_floor.prompt_macs(config, squeezed_c, 128)
+    assert full["weights"] == sq["weights"] == 128 * 3_538_944 * 30 + 28_311_552
+    assert full["attention"] == 128 * (7808 + 384 + 128) * 34_560
+    assert sq["attention"] == (96 * (1444 + 384 + 96) + 32 * (7808 + 384 + 32)) * 34_560
+    assert full["total"] / sq["total"] == pytest.approx(1.7330, abs=1e-3)
+    no_tail = arithmetic_floor.prompt_macs(config, {**squeezed_c, "exact_tail": 0}, 128)
+    assert full["total"] / no_tail["total"] == pytest.approx(2.2641, abs=1e-3)
+    q20 = arithmetic_floor.prompt_macs(config, squeezed_c, 20)
+    assert q20["total"] == arithmetic_floor.prompt_macs(config, full_c, 20)["total"]
+    # the floor: weights at the int8 peak when quantized, attention at the fp32 peak (GOP/s, an FMA is 2 ops)
+    peaks = {"status": "ok", "fp32": {"gops": {"2": 200.0}}, "int8": {"gops": {"2": 800.0}}}
+    assert arithmetic_floor.floor_ms(full, "fp32", peaks, 2) == pytest.approx(2 * full["total"] / 200e9 * 1e3)
+    assert arithmetic_floor.floor_ms(full, "int4", peaks, 2) == pytest.approx(
+        (2 * full["weights"] / 800e9 + 2 * full["attention"] / 200e9) * 1e3)
+    assert arithmetic_floor.floor_ms(full, "fp32", peaks, 1) is None
+    assert arithmetic_floor.floor_ms(full, "fp32", {"status": "unavailable"}, 2) is None
+    row = {"threads": 2, "weights": "fp32", "prompt_tokens": 128, "prompt_prefill_ms": 700.0}
+    arithmetic_floor.annotate(row, config, full_c, peaks)
+    assert row["prompt_gmacs"] == pytest.approx(full["total"] / 1e9)
+    assert row["prompt_peak_share"] == pytest.approx(row["prompt_floor_ms"] / 700.0)

@@ -379,6 +379,18 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
         if att == "squeezed":
             assert r["decode_speedup_ceiling"] == pytest.approx(rows[(fmt, "full")]["decode_read_mb"] / r["decode_read_mb"])
     assert "## Decode against the memory floor" in (report_dir / "report.md").read_text()
+    # the max-prompt prefill against its arithmetic floor: its multiply-adds at the probe's fp32 peak
+    from bench import arithmetic_floor
+
+    fp32 = report["machine"]["peaks"]["fp32"]["gops"]
+    for (fmt, att), r in rows.items():
+        macs = arithmetic_floor.prompt_macs(manifest["model"]["config"], contracts[r["file"]], r["prompt_tokens"])
+        assert r["prompt_gmacs"] == pytest.approx(macs["total"] / 1e9)
+        assert r["prompt_floor_ms"] == pytest.approx(2 * macs["total"] / (fp32[str(r["threads"])] * 1e9) * 1e3)
+        assert r["prompt_peak_share"] == pytest.approx(r["prompt_floor_ms"] / r["prompt_prefill_ms"])
+        if att == "squeezed":
+            assert r["prompt_speedup_ceiling"] == pytest.approx(rows[(fmt, "full")]["prompt_floor_ms"] / r["prompt_floor_ms"])
+    assert "## Max-prompt prefill against the arithmetic floor" in (report_dir / "report.md").read_text()
     shares = {e["format"]: e for e in report["lookup_share"]}
     assert set(shares) == {"onnx", "pte"}
     for e in shares.values():
