@@ -258,6 +258,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             row["decode_step_s"] += res["decode_step_s"]
             row["opening_step_s"] += res.get("opening_step_s") or []
             row["exact_decode"] = res.get("exact_decode") or 0
+            row["exact_below"] = res.get("exact_below") or 0.0
+            row["rerun_steps"] = row.get("rerun_steps", 0) + (res.get("rerun_steps") or 0)
             row["load_s"].append(res["load_s"])
             row["peak_rss_mb"].append(res["peak_rss_mb"])
             row["answer_text"] = res["text"]
@@ -267,11 +269,15 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if row["status"] == "ok":
             prefill, step = _median(row["prefill_s"]), _median(row["decode_step_s"])
             opening = row.get("exact_decode") or 0
-            exact = _median(row["opening_step_s"]) if opening and row["opening_step_s"] else None
-            # an ANSWER_TOKENS-token answer: its first exact_decode steps at the exact step's cost, the rest selecting
+            exact = _median(row["opening_step_s"]) if row["opening_step_s"] else None
+            # the selecting steps an unsure top token ran again exactly (contract exact_below), on this question
+            rate = row.get("rerun_steps", 0) / len(row["decode_step_s"]) if row["decode_step_s"] else 0.0
+            # an ANSWER_TOKENS-token answer: its first exact_decode steps at the exact step's cost, the rest selecting,
+            # each plus an exact step at the rate they ran again here
             k = min(opening, ANSWER_TOKENS)
-            answer = ((k * exact + (ANSWER_TOKENS - k) * step) / ANSWER_TOKENS) if exact is not None else \
-                None if opening else step   # an opening the cache had no room to time: no answer price
+            answer = ((k * exact + (ANSWER_TOKENS - k) * (step + rate * exact)) / ANSWER_TOKENS) if exact is not None \
+                else None if opening else step   # an opening the cache had no room to time: no answer price
+            row["rerun_rate"] = rate if row["attention"] == "squeezed" else None
             row.update({"prefill_ms": prefill * 1e3, "prompt_prefill_ms": _median(row["prompt_prefill_s"]) * 1e3,
                         "decode_ms_per_token": step * 1e3,
                         "opening_ms_per_token": None if exact is None else exact * 1e3,
@@ -368,7 +374,9 @@ def decoder_markdown(report: Dict) -> str:
              "Speed-up: full-attention ms / squeezed ms, same format, context and threads, same run. Decode: the "
              "selecting steps; the answer's opening (its first exact_decode steps attend every context row, "
              f"manifest exact_decode) is timed on its own, and 'answer' is the mean cost per token of a {ANSWER_TOKENS}-"
-             "token answer with that opening."
+             "token answer with that opening, each later step plus an exact step at the rate the steps ran again here "
+             "(manifest exact_below: a selecting step whose top token is less likely runs again exactly; the rate in "
+             "brackets depends on the text decoded)."
              + (f" 1-minute load average after each measurement: {min(loads):.2f}-{max(loads):.2f}" if loads else "")
              + (" (**the machine was busy: other processes shared the cores, absolute times and ratios are "
                 "unreliable; re-run on an idle machine**)." if busy else "."), "",
@@ -393,7 +401,8 @@ def decoder_markdown(report: Dict) -> str:
                      f"{r['decode_ms_per_token']:.1f} | {r['decode_tokens_per_s']:.1f} | "
                      + (f"{r['opening_ms_per_token']:.1f} ({r['exact_decode']}) | " if r.get("opening_ms_per_token")
                         is not None else "- | ")
-                     + f"{_fmt(r.get('answer_ms_per_token'), '{:.1f}')} | {speedup} | "
+                     + f"{_fmt(r.get('answer_ms_per_token'), '{:.1f}')}"
+                     + (f" ({r['rerun_rate']:.0%} again)" if r.get("exact_below") else "") + f" | {speedup} | "
                      f"{_fmt(r.get('decode_speedup_vs_full'), '{:.2f}x')} | "
                      f"{_fmt(r.get('answer_speedup_vs_full'), '{:.2f}x')} | {r['peak_rss_mb']:.0f} | "
                      f"{r['load_s']:.1f} | {answered} |")
@@ -627,7 +636,7 @@ def measure_decoder(job: Dict) -> Dict:
             return tokenizer.encode(text, add_special_tokens=False).ids
 
     long_ids = padded_prompt_ids(_Ids(), ids, contract["shapes"]["max_prompt"])
-    prefill, prompt_prefill, steps, opening_steps, tokens = [], [], [], [], []
+    prefill, prompt_prefill, steps, opening_steps, tokens, reruns = [], [], [], [], [], 0
     for r in range(int(job["warmup"]) + int(job["runs"])):
         cache = loop.new_cache()
         t = time.perf_counter()
@@ -637,20 +646,27 @@ def measure_decoder(job: Dict) -> Dict:
         t = time.perf_counter()
         logits = loop.prompt(ids, cache)
         p = time.perf_counter() - t
-        tokens, times, exact_times = [int(np.argmax(logits))], [], []
+        tokens, times, exact_times, again = [int(np.argmax(logits))], [], [], 0
         for i in range(opening + n_decode):
             t = time.perf_counter()
             logits = loop.step(loop.exact_method if i < opening else "decode", [tokens[-1]], len(ids) + i, cache)
             (exact_times if i < opening else times).append(time.perf_counter() - t)
+            if i >= opening and loop.unsure(logits):   # contract exact_below: the step runs again exactly
+                t = time.perf_counter()
+                logits = loop.step(loop.exact_method, [tokens[-1]], len(ids) + i, cache)
+                exact_times.append(time.perf_counter() - t)
+                again += 1
             tokens.append(int(np.argmax(logits)))
         if r >= int(job["warmup"]):
             prefill.append(p)
             prompt_prefill.append(pp)
             steps += times
             opening_steps += exact_times
+            reruns += again
     runner.close()
     return {"runtime": backend.runtime, "load_s": load_s, "prefill_s": prefill, "decode_step_s": steps,
             "opening_step_s": opening_steps, "exact_decode": loop.exact_decode if loop.attention == "squeezed" else 0,
+            "exact_below": loop.exact_below, "rerun_steps": reruns,
             "prompt_prefill_s": prompt_prefill, "question_tokens": len(ids), "prompt_tokens": len(long_ids),
             "rss_before_mb": rss_before, "peak_rss_mb": _peak_mb(),
             "text": tokenizer.decode(tokens, skip_special_tokens=True)}

@@ -16,7 +16,7 @@ DECODER_EPILOG = """decoder examples:
 
 
 def add_decoder_arguments(p) -> None:
-    from squeeze_mobile.cli_types import fraction, int_range
+    from squeeze_mobile.cli_types import float_range, fraction, int_range
 
     g = p.add_argument_group("decoder (squeeze export decoder)")
     g.add_argument("--model", dest="decoder_model", default=None, metavar="PATH",
@@ -75,6 +75,11 @@ def add_decoder_arguments(p) -> None:
                         "decode_exact_<s>), recorded in the manifest (`squeeze generate --artifacts --exact-decode` "
                         "overrides it per run); default: the host's default for every squeezed artifact with an "
                         "exact tail; needs --exact-tail >= 1 (RESULTS.md 3r)")
+    g.add_argument("--exact-below", type=float_range(0.0, 1.0, hi_inclusive=False), default=None, metavar="P",
+                   help="decoder: a selecting decode step whose top token's probability is below P (0 <= P < 1) is "
+                        "called again through the exact method, recorded in the manifest (`squeeze generate "
+                        "--artifacts --exact-below` overrides it per run); default: the host's default for every "
+                        "squeezed artifact with an exact tail; needs --exact-tail >= 1 (RESULTS.md 3u)")
     g.add_argument("--follow-keys", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: of each decode step's kept keys, N follow the previous call's most weighed keys, "
                         "the host's rule (`squeeze generate --follow-keys`): held-out pass keys at KV budget 0.125 "
@@ -113,7 +118,8 @@ def cmd_export_decoder(args) -> int:
                             lookup_plan=args.lookup_plan, weights=args.weights,
                             decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                             pte_backend=args.pte_backend, exact_tail=args.exact_tail,
-                            follow_keys=args.follow_keys, exact_decode=args.exact_decode, verify=args.verify,
+                            follow_keys=args.follow_keys, exact_decode=args.exact_decode,
+                            exact_below=args.exact_below, verify=args.verify,
                             verify_text=args.verify_text,
                             verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
@@ -167,7 +173,8 @@ def cmd_generate_artifacts(args) -> int:
                              prefill_rows=getattr(args, "prefill_rows", None),
                              prefill_tail=getattr(args, "prefill_tail", None),
                              exact_tail=getattr(args, "exact_tail", None),
-                             exact_decode=getattr(args, "exact_decode", None))
+                             exact_decode=getattr(args, "exact_decode", None),
+                             exact_below=getattr(args, "exact_below", None))
     streamed = []
 
     def stream(piece: str) -> None:
@@ -189,7 +196,8 @@ def cmd_generate_artifacts(args) -> int:
     rows = [("artifact", session.artifact["file"]), ("runtime", result.runtime), ("attention", result.attention),
             ("context / prompt tokens", f"{result.context_tokens} / {result.prompt_tokens}"),
             ("prefill", f"{1000 * result.prefill_seconds:.0f} ms"),
-            ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps)")]
+            ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps"
+                       + (f", {result.rerun_steps} unsure ones run again exactly" if result.rerun_steps else "") + ")")]
     for key, value in rows:
         print(f"{key:>24}: {value}", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path
 from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
 
 from .errors import SqueezeError
-from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
+from .settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 from .pack_arrays import centroid_cost
 
 # `squeeze context eval` defaults: the classic pass-key/needle evaluation, and the generated suite (--suite), whose
@@ -207,7 +207,8 @@ def _choice_from_args(args):
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys,
-                  exact_decode=args.exact_decode)   # None: the default for the decode selection
+                  exact_decode=args.exact_decode,   # None: the default for the decode selection
+                  exact_below=args.exact_below)
     if args.full:
         ignored = [flag for flag, on in (("--hierarchical", args.hierarchical),
                                          ("--per-query-head", args.per_query_head),
@@ -217,7 +218,8 @@ def _choice_from_args(args):
                                          ("--prefill-rows", args.prefill_rows is not None),
                                          ("--prefill-tail", args.prefill_tail is not None),
                                          ("--exact-tail", args.exact_tail is not None),
-                                         ("--exact-decode", args.exact_decode is not None)) if on]
+                                         ("--exact-decode", args.exact_decode is not None),
+                                         ("--exact-below", args.exact_below is not None)) if on]
         if ignored:
             one = len(ignored) == 1
             raise SqueezeError(f"{', '.join(ignored)} {'shapes' if one else 'shape'} Squeezed Attention's key "
@@ -323,7 +325,8 @@ def cmd_generate(args) -> int:
         print()  # end the streamed answer's line
     rows = [("attention", result.attention), ("context / prompt tokens", f"{result.context_tokens} / {result.prompt_tokens}"),
             ("prefill", f"{1000 * result.prefill_seconds:.0f} ms"),
-            ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps)")]
+            ("decode", f"{result.decode_tokens_per_second:.1f} tokens/s ({result.decode_tokens} steps"
+                       + (f", {result.rerun_steps} unsure ones run again exactly" if result.rerun_steps else "") + ")")]
     if result.kept_fraction is not None:
         rows.append(("context keys attended", f"{100 * result.kept_fraction:.1f}% of clustered keys (+ sinks, window): "
                      f"KV budget {result.kv_budget:.3f}"))
@@ -367,6 +370,8 @@ def cmd_context_eval(args) -> int:
         raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
     if args.exact_decode is not None:
         raise SqueezeError("--exact-decode applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
+    if args.exact_below is not None:
+        raise SqueezeError("--exact-below applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
     if args.lengths is None:
         args.lengths = EVAL_LENGTHS
     if args.kv_budgets is None:
@@ -421,7 +426,8 @@ def _suite_eval(args, config) -> int:
                                continuation_tokens=args.continuation_tokens, out_dir=out,
                                prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                                exact_tail=args.exact_tail, decode_selection=args.decode_selection,
-                               follow_keys=args.follow_keys, exact_decode=args.exact_decode, artifacts=sessions,
+                               follow_keys=args.follow_keys, exact_decode=args.exact_decode,
+                               exact_below=args.exact_below, artifacts=sessions,
                                continuation_cases=args.continuation_cases, log=lambda m: print(m, file=sys.stderr))
     finally:
         for _, session in sessions:
@@ -571,6 +577,10 @@ def add_subcommands(subparsers) -> None:
                    help="suite: the answer's first N decode steps attend every context key, >= 0 (as squeeze generate "
                    f"--exact-decode; default {DEFAULT_EXACT_DECODE} with per-step decode selection, else 0; "
                    "--artifacts: each artifact's manifest)")
+    e.add_argument("--exact-below", type=float_range(0.0, 1.0, hi_inclusive=False), default=None, metavar="P",
+                   help="suite: a selecting decode step whose top token is less likely than P runs again attending "
+                   f"every context key (as squeeze generate --exact-below; default {DEFAULT_EXACT_BELOW} with per-step "
+                   "decode selection, else 0; --artifacts: each artifact's manifest)")
     e.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="suite: the squeezed configurations select in every decode step ('step', default) or reuse the "
                    "selection of the question's prefill for the whole answer ('question', as squeeze generate)")
@@ -656,6 +666,12 @@ def add_subcommands(subparsers) -> None:
                    f"document; RESULTS.md 3r); costs full attention's decode work for those tokens (default "
                    f"{DEFAULT_EXACT_DECODE}; 0 = every decode step selects). With --artifacts: default = the artifact's "
                    "manifest")
+    g.add_argument("--exact-below", type=float_range(0.0, 1.0, hi_inclusive=False), default=None, metavar="P",
+                   help="a selecting decode step whose most likely token has a probability below P (0 <= P < 1) runs "
+                   "again attending EVERY fixed-context key, and that exact step picks the token: where the kept keys "
+                   "leave the model unsure, the key that decides the token was often dropped (RESULTS.md 3u); costs "
+                   f"one exact step per unsure token (default {DEFAULT_EXACT_BELOW}; 0 = never). With --artifacts: "
+                   "default = the artifact's manifest")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "

@@ -138,6 +138,7 @@ class SqueezedContext:
         self._held = {}
         self._prompted = set()  # layers whose first call (the prompt's prefill) has run
         self._decode_steps = {}  # layer -> decode calls so far (spec.exact_decode: the first ones attend exactly)
+        self._redo = set()       # layers whose next call re-runs the last decode step exactly (redo_exact)
         # follow_keys: per layer, the context positions [Hs, F] the next decode step attends besides its selection
         # (the keys right after the ones the previous row weighed most; -1: none), and the selection's budget
         # without them
@@ -255,8 +256,11 @@ class SqueezedContext:
             start = exact_start(T, self.spec.exact_tail)
         else:
             done = self._decode_steps.get(layer, 0)
-            self._decode_steps[layer] = done + T
-            if done + T <= self.spec.exact_decode and not question:
+            redo = layer in self._redo   # the same step again (redo_exact): not counted twice, attending exactly
+            self._redo.discard(layer)
+            if not redo:
+                self._decode_steps[layer] = done + T
+            if redo or (done + T <= self.spec.exact_decode and not question):
                 start = 0   # the answer's opening (spec.exact_decode): every row attends every context key
             elif self.spec.follow_keys and T == 1:
                 return self._attend_following(layer, queries)
@@ -278,6 +282,13 @@ class SqueezedContext:
             else:
                 self._point(layer, queries[:, -1:], lse[:, -1:], *self._last_selection[layer])
         return out, lse
+
+    def redo_exact(self):
+        """Run the decode step just made once more, every layer attending every context key (as the answer's opening
+        does), without counting it as another step: the generation loop's check of an unsure selecting step
+        (AttentionChoice.exact_below), after it rewound the cache by that step. The exact step's last row then points
+        the next step (follow_keys) in place of the selecting one's."""
+        self._redo = set(range(self.keys.shape[0]))
 
     def _context_rows(self, table, layer: int, positions):
         """float32 rows [Hs, n, D] of the pack's keys or values (``table`` [L, Hkv, N, D]) at context ``positions``

@@ -35,7 +35,7 @@ from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX, exact_method_
 from .errors import SqueezeError
 from .exportable import ATTENTIONS, SELECTIONS, DecoderShapes, DecoderStage, ExportableDecoder, pack_as_arrays
 from .pack_arrays import decoder_context_inputs, keep_fraction_for_kv_budget
-from .settings import follow_min_keep
+from .settings import check_exact_below, follow_min_keep
 
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -197,6 +197,19 @@ def exact_decode_for(exact_decode: int | None, attention: str, selection: str, e
     return min(DEFAULT_EXACT_DECODE, max_new) if exact_tail else 0
 
 
+def exact_below_for(exact_below: float | None, attention: str, selection: str, exact_tail: int) -> float:
+    """The top-token probability below which an artifact's selecting decode steps run again exactly (its contract's
+    exact_below): the caller's, or (None) the host's default (settings.DEFAULT_EXACT_BELOW) for every squeezed
+    artifact with per-step selection and an exact method (exact_tail > 0), else 0."""
+    if attention != "squeezed" or selection != "step" or not exact_tail:
+        return 0.0
+    if exact_below is not None:
+        return float(exact_below)
+    from .settings import DEFAULT_EXACT_BELOW
+
+    return DEFAULT_EXACT_BELOW
+
+
 def follow_keys_for(follow_keys: int | None, attention: str, selection: str, prefill_tail: int) -> int:
     """The followed keys an artifact is exported with: the caller's, or (None) the host's default (settings.
     DEFAULT_FOLLOW_KEYS) for every squeezed artifact with per-step selection and no per-token prompt tail (whose
@@ -267,7 +280,7 @@ def chat_section(tokenizer) -> dict:
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
                      prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0, min_keep: int = 0,
-                     exact_decode: int = 0) -> dict:
+                     exact_decode: int = 0, exact_below: float = 0.0) -> dict:
     """The manifest's runtime contract of one decoder artifact. ``follow``: its followed keys, used where the pack
     keeps at least ``min_keep`` keys (follow_min_keep: the export's default F is gated as the host's default is,
     settings.default_follow_keys; an F given explicitly applies to every pack, as on the host)."""
@@ -314,10 +327,18 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         + (f" ({exact_method}_0 .. {exact_method}_<L>: prefill_exact's stages one token wide)"
            if exact_method == "decode_exact" else "")
     ] if exact else []
+    below = exact_below if exact and selection == "step" else 0.0
+    if below:
+        opening_steps.append(
+            f"unsure steps (exact_below = {below:g}; an app may choose another p in [0, 1), 0: never): after a decode "
+            f"call (not the opening's), if the softmax probability of its logits' top token is below exact_below, call "
+            f"{exact_method} once more with the same token and cache_len, as an opening step (its cache rows "
+            "overwrite the decode call's); its logits pick the token and its pointer points the next step")
     if plan == "split":
         return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep,
                                  opening_steps),
-                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact, "exact_decode": opening}
+                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact, "exact_decode": opening,
+                "exact_below": below}
     question = squeezed and selection == "question"
     follow = follow if squeezed else 0
     decode_steps = [
@@ -341,6 +362,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "exact_tail": exact if squeezed else None,
         "exact_decode": opening if squeezed else None,
+        "exact_below": below if squeezed else None,
         "follow_keys": follow if squeezed else None,
         "follow_min_keep": (min_keep if follow else 0) if squeezed else None,
         "shapes": shapes.to_dict(), "methods": methods,
@@ -456,7 +478,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
                    pte_backend: str = "xnnpack", exact_tail: int | None = None,
-                   follow_keys: int | None = None, exact_decode: int | None = None) -> DecoderExportResult:
+                   follow_keys: int | None = None, exact_decode: int | None = None,
+                   exact_below: float | None = None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -522,6 +545,16 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             raise SqueezeError(f"--exact-decode {exact_decode} runs the answer's first tokens through the exact method "
                                "(prefill_exact), which --exact-tail 0 leaves out; pass --exact-tail >= 1 or "
                                "--exact-decode 0")
+    if exact_below is not None:
+        exact_below = check_exact_below(exact_below)
+        if exact_below and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
+            if decode_selection != "step":
+                raise SqueezeError(f"--exact-below {exact_below:g} is exported with per-step decode selection only "
+                                   f"(here: decode selection {decode_selection}); pass --exact-below 0")
+            if exact_tail == 0:
+                raise SqueezeError(f"--exact-below {exact_below:g} runs unsure decode steps again through the exact "
+                                   "method (prefill_exact), which --exact-tail 0 leaves out; pass --exact-tail >= 1 or "
+                                   "--exact-below 0")
     if follow_keys is not None and (type(follow_keys) is not int or follow_keys < 0):
         raise SqueezeError(f"--follow-keys must be a whole number of keys >= 0; got {follow_keys!r}")
     if follow_keys and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
@@ -630,7 +663,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
                       "export_seconds": round(time.perf_counter() - t0, 2),
                       "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
                                                    selection, prefill_rows, prefill_tail, exact, follow, min_keep,
-                                                   opening),
+                                                   opening, exact_below_for(exact_below, att, selection, exact)),
                       **extras}
             if verification:
                 say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
@@ -734,17 +767,19 @@ class VerificationData:
 
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
                          decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0,
-                         exact_tail: int = 0, follow_keys: int = 0, exact_decode: int = 0) -> list:
+                         exact_tail: int = 0, follow_keys: int = 0, exact_decode: int = 0,
+                         exact_below: float = 0.0) -> list:
         from .generation import AttentionChoice, Generator
 
-        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys, exact_decode)
+        key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys, exact_decode,
+               exact_below)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
                 AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
                                 prefill_rows=prefill_rows, prefill_tail=prefill_tail, exact_tail=exact_tail,
                                 follow_keys=follow_keys,   # the artifact's own (export --follow-keys, 0 by default)
-                                exact_decode=exact_decode)
+                                exact_decode=exact_decode, exact_below=exact_below)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -801,7 +836,7 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
                                       loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail,
-                                      loop_art.follow, loop_art.exact_decode)
+                                      loop_art.follow, loop_art.exact_decode, loop_art.exact_below)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)
@@ -817,7 +852,9 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
         room = shapes.max_prompt + shapes.max_new - len(ids)   # greedy tokens are a prefix: compare what fits
         ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
         art_tokens, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=None)
-        _, eager_logits = loop_ref.greedy(ids, len(art_tokens), forced=art_tokens)
+        # the same calls: the artifact's unsure steps (exact_below) re-run in the graph too, not decided again on
+        # logits a rounding apart
+        _, eager_logits = loop_ref.greedy(ids, len(art_tokens), forced=art_tokens, rerun_at=loop_art.rerun_at)
         same = art_tokens == ref_tokens
         identical += same
         first_diff = next((i for i, (a, b) in enumerate(zip(art_tokens, ref_tokens)) if a != b), None)
@@ -856,7 +893,7 @@ def _verify_quantized(loop_art, loop_ref, framing, data, reference, shapes, weig
         room = shapes.max_prompt + shapes.max_new - len(ids)
         ref_tokens = ref_tokens[:max(1, min(len(ref_tokens), room))]
         _, art_logits = loop_art.greedy(ids, len(ref_tokens), forced=ref_tokens)
-        _, ref_logits = loop_ref.greedy(ids, len(ref_tokens), forced=ref_tokens)
+        _, ref_logits = loop_ref.greedy(ids, len(ref_tokens), forced=ref_tokens, rerun_at=loop_art.rerun_at)
         m = next_token_agreement(log_softmax(np.stack(ref_logits)), log_softmax(np.stack(art_logits)))
         kl, same = m["kl"], m["top1"]
         agree += int(same.sum())

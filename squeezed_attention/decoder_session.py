@@ -30,7 +30,8 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
 from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
-from .settings import GenerationResult, exact_decode_label, exact_start, prefill_chunks, prompt_is_raw
+from .settings import (GenerationResult, check_exact_below, exact_below_label, exact_decode_label, exact_start,
+                       prefill_chunks, prompt_is_raw, top_probability)
 from .tokenizer import TextStream, check_user_text, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
@@ -101,6 +102,23 @@ def exact_decode_of(contract: dict, exact_decode: int | None = None) -> int:
         raise SqueezeError("--exact-decode needs an artifact with per-step decode selection (this one holds the "
                            "prefill's selection for the whole answer)")
     return exact_decode if contract.get("attention") == "squeezed" else 0
+
+
+def exact_below_of(contract: dict, exact_below: float | None = None) -> float:
+    """The top-token probability below which a selecting decode step runs again through the exact method: the
+    caller's choice, else the contract's (exports before the field: 0, never). Needs the artifact's exact method."""
+    if exact_below is None:
+        return float(contract.get("exact_below") or 0.0) if contract.get("attention") == "squeezed" else 0.0
+    _refuse_for_full(contract, "--exact-below", exact_below)
+    exact_below = check_exact_below(exact_below)
+    if exact_below and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
+        raise SqueezeError(f"--exact-below {exact_below:g} runs unsure decode steps again through the artifact's exact "
+                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
+                           "--exact-tail N or pass --exact-below 0")
+    if exact_below and contract.get("decode_selection") == "question":
+        raise SqueezeError("--exact-below needs an artifact with per-step decode selection (this one holds the "
+                           "prefill's selection for the whole answer)")
+    return exact_below if contract.get("attention") == "squeezed" else 0.0
 
 
 def token_width(methods: dict, method: str, n: int, static: int) -> int:
@@ -215,7 +233,8 @@ class GenerationLoop:
     artifact in its runtime, or (for reference logits) the same graph in PyTorch."""
 
     def __init__(self, runner, contract: dict, pack, context_inputs: dict, prefill_rows: int | None = None,
-                 prefill_tail: int | None = None, exact_tail: int | None = None, exact_decode: int | None = None):
+                 prefill_tail: int | None = None, exact_tail: int | None = None, exact_decode: int | None = None,
+                 exact_below: float | None = None):
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.prefill_rows, self.prefill_tail = prompt_selection(contract, prefill_rows, prefill_tail)
@@ -224,6 +243,10 @@ class GenerationLoop:
         # (in-graph: its token axis is dynamic), or the split plan's one-token stages decode_exact_<s> where exported
         self.exact_decode = exact_decode_of(contract, exact_decode)
         self.exact_method = exact_method_of(contract.get("lookup_plan"), contract.get("methods"))
+        # a selecting decode step whose top token is less likely than exact_below runs again through the exact method
+        # (the same cache slot: its rows are overwritten); the exact step's logits and pointer are kept
+        self.exact_below = exact_below_of(contract, exact_below)
+        self.rerun_at = []          # the decode steps (0-based) of the last answer that ran again
         self.keep_keys = None
         self.lookup_seconds = 0.0   # the split plan's CPU lookup (0 in-graph: the runtime's profiler has it)
         # decode_selection "question": the prefill returns its selection; decode steps take the rows it selects
@@ -424,8 +447,16 @@ class GenerationLoop:
             raise SqueezeError(f"--max-new-tokens must be between 1 and {room} for this prompt (the exported decoder's "
                                f"cache holds {s['max_prompt'] + s['max_new']} tokens)")
 
-    def greedy(self, ids: list, max_new_tokens: int, forced: list | None = None, stop_ids=(), on_token=None):
-        """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step)."""
+    def unsure(self, logits) -> bool:
+        """Whether a selecting decode step's ``logits`` leave its top token less likely than exact_below: the step
+        then runs again through the exact method (greedy; the bench times both calls)."""
+        return bool(self.attention == "squeezed" and self.exact_below and top_probability(logits) < self.exact_below)
+
+    def greedy(self, ids: list, max_new_tokens: int, forced: list | None = None, stop_ids=(), on_token=None,
+               rerun_at=None):
+        """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step).
+        ``rerun_at``: the decode steps to run again exactly, in place of the exact_below rule (verification replays
+        another loop's decisions, so both compare the same calls)."""
         if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
             raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
         max_new_tokens = int(max_new_tokens)
@@ -439,6 +470,7 @@ class GenerationLoop:
         tokens, all_logits = [], []
         t1 = time.perf_counter()
         self.decode_steps = 0
+        self.rerun_at = []
         for i in range(max_new_tokens):
             all_logits.append(logits)
             token = int(np.argmax(logits)) if forced is None else int(forced[i])
@@ -452,6 +484,9 @@ class GenerationLoop:
             # the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
             method = self.exact_method if self.decode_steps < self.exact_decode else "decode"
             logits = self.step(method, [token], len(ids) + len(tokens) - 1, cache)
+            if method == "decode" and (self.decode_steps in rerun_at if rerun_at is not None else self.unsure(logits)):
+                logits = self.step(self.exact_method, [token], len(ids) + len(tokens) - 1, cache)
+                self.rerun_at.append(self.decode_steps)
             self.decode_steps += 1
         self.decode_seconds = time.perf_counter() - t1
         return tokens, all_logits
@@ -462,7 +497,8 @@ class DecoderSession:
 
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
-                 exact_tail: int | None = None, file: str | None = None, exact_decode: int | None = None):
+                 exact_tail: int | None = None, file: str | None = None, exact_decode: int | None = None,
+                 exact_below: float | None = None):
         from export.backends import get_backend
 
         if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
@@ -499,6 +535,7 @@ class DecoderSession:
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)
         self.exact_decode = exact_decode_of(self.contract, exact_decode)
+        self.exact_below = exact_below_of(self.contract, exact_below)
         self.loop = None
 
     def attach(self, pack_path, context_text: str | None = None) -> None:
@@ -511,7 +548,7 @@ class DecoderSession:
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
         self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail,
-                                   self.exact_tail, self.exact_decode)
+                                   self.exact_tail, self.exact_decode, self.exact_below)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         if self.loop is None:
@@ -528,7 +565,7 @@ class DecoderSession:
                                      on_token=streamed.update if on_text else None)
         loop = self.loop
         label = "full" if loop.attention == "full" else f"squeezed top-k, KV budget {self.contract['kv_budget']:g}" + (
-            exact_decode_label(loop.exact_decode))
+            exact_decode_label(loop.exact_decode) + exact_below_label(loop.exact_below))
         return GenerationResult(
             text=streamed.finish(tokens), token_ids=tokens,
             prompt_tokens=len(ids),
@@ -540,7 +577,9 @@ class DecoderSession:
             kv_budget=self.contract.get("kv_budget") if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
                                                                  if loop.attention == "squeezed" else None),
             follow_keys=int(loop.follow) if loop.attention == "squeezed" else None,
-            exact_decode=int(loop.exact_decode) if loop.attention == "squeezed" else None)
+            exact_decode=int(loop.exact_decode) if loop.attention == "squeezed" else None,
+            exact_below=loop.exact_below if loop.attention == "squeezed" else None,
+            rerun_steps=len(loop.rerun_at) if loop.attention == "squeezed" else None)
 
     def close(self) -> None:
         self.runner.close()

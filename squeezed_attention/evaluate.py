@@ -151,11 +151,19 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     reference, also the metrics of the steps that select (``selecting_*``: after the ones that attend exactly under
     ``choice``'s rule -- the first call per layer within the exact tail, then the answer's opening of exact_decode
     steps), which the opening would otherwise dilute."""
+    from .generation import decode_step
+
     context = gen.context(choice)
     cache = gen.model.new_cache(len(continuation_ids))
     logps = []
-    for token in continuation_ids[:-1]:
-        logits = gen.model.step(torch.tensor([token]), cache, position_offset=gen.pack.num_tokens, context=context)
+    opening = (1 if choice.exact_tail else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
+    rerun = 0
+    for i, token in enumerate(continuation_ids[:-1]):
+        # the first call is the prompt's (its exact tail); then the answer's opening, then selecting steps that an
+        # unsure top token runs again exactly (choice.exact_below), as Generator.generate does
+        logits, again = decode_step(gen.model, token, cache, gen.pack.num_tokens, context, choice,
+                                    selecting=i >= opening)
+        rerun += again
         logps.append(torch.log_softmax(logits.double(), -1))
     logps = torch.stack(logps)
     if reference is None:
@@ -167,7 +175,7 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     if choice.mode != "full":
         exact = (1 if choice.exact_tail else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
         kl, top1 = m["kl"][exact:], m["top1"][exact:]
-        out.update({"selecting_from_step": exact, "selecting_tokens": int(top1.size),
+        out.update({"selecting_from_step": exact, "selecting_tokens": int(top1.size), "rerun_steps": rerun,
                     "selecting_top1_agreement": float(top1.mean()) if top1.size else None,
                     "selecting_kl_mean": float(kl.mean()) if kl.size else None})
     return logps, out

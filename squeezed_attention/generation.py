@@ -26,7 +26,8 @@ LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key f
 
 
 from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
-from .settings import exact_decode_label, plain_numbers, prompt_is_raw, yes_no
+from .settings import (DEFAULT_EXACT_BELOW, check_exact_below, exact_below_label, exact_decode_label, plain_numbers,
+                       prompt_is_raw, top_probability, yes_no)
 
 
 @dataclass
@@ -62,6 +63,9 @@ class AttentionChoice:
     exact_decode: int | None = None  # the answer's first N decode steps attend every context key, as the exact
                                      # tail does (SelectionSpec.exact_decode; RESULTS.md 3r). None: per-step decode
                                      # selection DEFAULT_EXACT_DECODE, question-level 0 (it holds one selection)
+    exact_below: float | None = None  # a selecting decode step whose top token's probability is below this runs
+                                     # again attending every context key (settings.DEFAULT_EXACT_BELOW; 0: never).
+                                     # None: the default for per-step decode selection, else 0
 
     def __post_init__(self):
         plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
@@ -73,6 +77,9 @@ class AttentionChoice:
         sizes = [n for n in ("kv_budget", "keep_keys", "keep_fraction") if getattr(self, n) is not None]
         if self.exact_decode is None:
             self.exact_decode = DEFAULT_EXACT_DECODE if self.mode != "full" and self.decode_selection == "step" else 0
+        if self.exact_below is None:
+            self.exact_below = DEFAULT_EXACT_BELOW if self.mode != "full" and self.decode_selection == "step" else 0.0
+        self.exact_below = check_exact_below(self.exact_below)
         if self.mode == "full":
             if sizes:
                 raise SqueezeError(f"full attention keeps every key; drop {sizes[0]}")
@@ -92,6 +99,8 @@ class AttentionChoice:
             raise SqueezeError(f"--exact-decode (exact_decode) must be a whole number of tokens >= 0; got {self.exact_decode!r}")
         if self.exact_decode and self.decode_selection != "step":
             raise SqueezeError("--exact-decode needs per-step decode selection (--decode-selection step)")
+        if self.exact_below and self.decode_selection != "step":
+            raise SqueezeError("--exact-below needs per-step decode selection (--decode-selection step)")
         if self.follow_keys and (self.mode != "top-k" or self.decode_selection != "step"):
             raise SqueezeError("--follow-keys needs top-k mode with per-step decode selection")
         if len(sizes) != 1:
@@ -119,7 +128,8 @@ class AttentionChoice:
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
                 f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}"
-                f"{exact_decode_label(self.exact_decode) if self.decode_selection == 'step' else ''}")
+                f"{exact_decode_label(self.exact_decode) if self.decode_selection == 'step' else ''}"
+                f"{exact_below_label(self.exact_below) if self.decode_selection == 'step' else ''}")
 
 
 from .pack_arrays import KV_BYTES_PER_DIM, centroid_cost  # noqa: E402,F401  (one definition, re-exported)
@@ -193,6 +203,20 @@ def _below(bound: float) -> str:
 def check_framing(pack: ContextPack, raw: bool | None) -> bool:
     """Whether prompts continue ``pack`` as plain text; refuses a framing the pack was not built with."""
     return prompt_is_raw(pack.settings.framing, raw)
+
+
+def decode_step(model, token: int, cache, offset: int, context, choice: AttentionChoice, selecting: bool):
+    """One decode step of ``token``: (logits, whether it ran twice). A selecting step (``selecting``: past the
+    answer's exact opening) whose top token is less likely than ``choice.exact_below`` is run again attending every
+    context key, over the same cache slot (rewound), and its logits replace the selecting step's."""
+    logits = model.step(torch.tensor([token]), cache, position_offset=offset, context=context)
+    if not (selecting and choice.exact_below and isinstance(context, SqueezedContext)):
+        return logits, False
+    if top_probability(logits.detach().numpy()) >= choice.exact_below:
+        return logits, False
+    cache.length -= 1
+    context.redo_exact()
+    return model.step(torch.tensor([token]), cache, position_offset=offset, context=context), True
 
 
 def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
@@ -320,7 +344,7 @@ class Generator:
         out: list[int] = []
         streamed = TextStream(self.tokenizer.decode, on_text)
         t1 = time.perf_counter()
-        decode_steps = 0
+        decode_steps = rerun = 0
         for _ in range(max_new_tokens):
             token = int(torch.argmax(logits))
             if stop_at_eos and token in self.stop_ids:
@@ -329,8 +353,10 @@ class Generator:
             streamed.update(out)
             if len(out) == max_new_tokens or (stop_when is not None and stop_when(self.tokenizer.decode(out))):
                 break
-            logits = self.model.step(torch.tensor([token]), cache, position_offset=n_ctx, context=context)
+            logits, again = decode_step(self.model, token, cache, n_ctx, context, choice,
+                                        selecting=decode_steps >= choice.exact_decode)
             decode_steps += 1
+            rerun += again
             report("decode", len(out), max_new_tokens)
         decode_seconds = time.perf_counter() - t1
         stats = getattr(context, "stats", None)
@@ -346,4 +372,6 @@ class Generator:
                                                                 self.pack.config.head_dim),
             centroids_scored=None if stats is None else stats.mean_scored(), lookup=getattr(context, "backend", None),
             follow_keys=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "follow_keys", 0) or 0),
-            exact_decode=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "exact_decode", 0) or 0))
+            exact_decode=None if choice.mode == "full" else int(getattr(getattr(context, "spec", None), "exact_decode", 0) or 0),
+            exact_below=None if choice.mode == "full" else choice.exact_below,
+            rerun_steps=None if choice.mode == "full" else rerun)

@@ -256,7 +256,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               kinds=KINDS, prefill_rows: int = DEFAULT_PREFILL_ROWS,
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
               exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None,
-              continuation_cases: int = 4, exact_decode: int | None = None) -> dict:
+              continuation_cases: int = 4, exact_decode: int | None = None,
+              exact_below: float | None = None) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length
     ``continuation_cases`` continuations (teacher-forced prose from the split, each from its own random place)
@@ -281,10 +282,12 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     choices.update({f"top-k@{b:g}": AttentionChoice("top-k", kv_budget=b, prefill_rows=prefill_rows,
                                                           prefill_tail=prefill_tail, exact_tail=exact_tail,
                                                           decode_selection=decode_selection,
-                                                          follow_keys=follow_keys, exact_decode=exact_decode)
+                                                          follow_keys=follow_keys, exact_decode=exact_decode,
+                                                          exact_below=exact_below)
                     for b in kv_budgets})
     squeezed = {k: v for k, v in choices.items() if k != "full"}
     exact_decode = next(iter(squeezed.values())).exact_decode if squeezed else exact_decode   # None: resolved
+    exact_below = next(iter(squeezed.values())).exact_below if squeezed else exact_below
     rows, recalls, continuation = [], [], []
     started = time.perf_counter()
     docs = documents()
@@ -293,6 +296,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
         result = {"partial": not final, "split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
                   "decode_selection": decode_selection, "follow_keys": follow_keys, "exact_decode": exact_decode,
+                  "exact_below": exact_below,
                   "continuation_cases": continuation_cases, "cases": rows, "recall": recalls,
                   "continuation": continuation,
                   "summary": summarize_suite(rows, recalls, continuation, kv_budgets),
@@ -300,6 +304,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                                  "format": session.artifact["format"], "weights": session.artifact.get("weights"),
                                  "attention": session.contract["attention"], "kv_budget": session.contract.get("kv_budget"),
                                  "exact_tail": session.exact_tail, "exact_decode": session.exact_decode,
+                                 "exact_below": session.exact_below,
                                  "runtime": session.backend.runtime}
                                 for label, session in artifacts],
                   "seconds": time.perf_counter() - started}
@@ -320,7 +325,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                              stop_when=lambda text, c=case: c.correct(text))
             answers[name] = r.text
             rows.append({**case.describe(), "tokens": pack.num_tokens, "config": name, "correct": case.correct(r.text),
-                         "answer_text": r.text, "kept_fraction": r.kept_fraction})
+                         "answer_text": r.text, "kept_fraction": r.kept_fraction, "decode_steps": r.decode_tokens,
+                         "rerun_steps": r.rerun_steps})
         if artifacts:
             with tempfile.TemporaryDirectory(prefix="squeeze-suite-") as tmp:
                 save_context_pack(pack, Path(tmp) / "case.pack")
@@ -335,7 +341,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                     answers[label] = r.text
                     rows.append({**case.describe(), "tokens": pack.num_tokens, "config": label,
                                  "correct": case.correct(r.text), "answer_text": r.text,
-                                 "kept_fraction": r.kept_fraction})
+                                 "kept_fraction": r.kept_fraction, "decode_steps": r.decode_tokens,
+                                 "rerun_steps": r.rerun_steps})
         rec = attention_recall(gen, gen.prompt_ids(prompt, raw), squeezed)
         for name, r in rec.items():
             recalls.append({"case_id": case.case_id, "config": name, "tokens": pack.num_tokens, **r})
@@ -418,6 +425,13 @@ def summarize_suite(rows, recalls, continuation, kv_budgets) -> list:
                                              / n_sel if n_sel else None)
         entry["selecting_kl_mean"] = (sum(r["selecting_kl_mean"] * r["selecting_tokens"] for r in sel) / n_sel
                                       if n_sel else None)
+        # decode steps an unsure top token ran again exactly (exact_below): of the answers' decode steps, and of the
+        # continuations' selecting steps (the cost of the rule, on answers and on prose)
+        ran = [r for r in mine if r.get("rerun_steps") is not None]
+        steps = sum(r.get("decode_steps") or 0 for r in ran)
+        entry["answer_rerun_share"] = sum(r["rerun_steps"] for r in ran) / steps if ran and steps else None
+        entry["continuation_rerun_share"] = (sum(r.get("rerun_steps") or 0 for r in sel) / n_sel
+                                             if n_sel and any("rerun_steps" in r for r in sel) else None)
         out.append(entry)
     return out
 
@@ -427,8 +441,8 @@ def suite_markdown(result) -> str:
              f"{', '.join(map(str, result['lengths']))})", "",
              "| attention | answered | answered of full's | recall (clustered, median) | best possible (same key count) "
              "| recall (context, median) | top-1 agreement | mean KL | top-1 / KL of the selecting steps "
-             "| of full's by kind | of full's by depth |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| steps run again (answers / continuations) | of full's by kind | of full's by depth |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for e in result["summary"]:
         kinds = ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(e["by_kind"].items()))
@@ -440,10 +454,12 @@ def suite_markdown(result) -> str:
             f"{100 * e['selecting_top1_agreement']:.1f}% / {e['selecting_kl_mean']:.4f} "
             f"({e['selecting_tokens']} tokens)")
         skipped = f" ({e['skipped']} skipped)" if e.get("skipped") else ""
+        again = "-" if e.get("answer_rerun_share") is None and e.get("continuation_rerun_share") is None else (
+            f"{pct(e.get('answer_rerun_share'))} / {pct(e.get('continuation_rerun_share'))}")
         lines.append(f"| {e['config']} | {e['correct']}/{e['cases']}{skipped} | {e['solved_of_full']}/{e['full_solved']} | "
                      f"{pct(e['recall_clustered_median'])} | {pct(e.get('recall_ceiling_median'))} | "
                      f"{pct(e['recall_context_median'])} | {top1} | "
-                     f"{kl} | {selecting} | "
+                     f"{kl} | {selecting} | {again} | "
                      f"{kinds or '-'} | {depths or '-'} |")
     return "\n".join(lines) + "\n"
 

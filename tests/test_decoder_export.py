@@ -184,8 +184,9 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
 
     out, _ = exported
     pack_path, pack, model, ck = tiny_pack
+    # every decode step selects and none runs again (the answer's opening and the unsure steps: their own tests)
     session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0,
-                             exact_decode=0)   # every decode step selects (the answer's opening: its own test)
+                             exact_decode=0, exact_below=0)
     assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
     calls, widths = [], []
@@ -204,7 +205,7 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
                                   prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0,
-                                  exact_decode=0),
+                                  exact_decode=0, exact_below=0),
         max_new_tokens=10, stop_at_eos=False)
     session.close()
     assert got.token_ids == ref.token_ids
@@ -954,8 +955,8 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
     assert not (tmp_path / "no").exists()
     out, N = tmp_path / "opening", 3
     result = export_decoder(out, formats=fmt, model_path=gguf, attention=["squeezed", "full"], kv_budget=0.3,
-                            exact_tail=32, exact_decode=N, follow_keys=2, verify_text=d / "doc.txt", verify_tokens=8,
-                            **SHAPES)
+                            exact_tail=32, exact_decode=N, exact_below=0, follow_keys=2, verify_text=d / "doc.txt",
+                            verify_tokens=8, **SHAPES)
     assert result.ok, result.manifest["failures"]
     squeezed, full = (next(a for a in result.manifest["artifacts"] if a["decoder"]["attention"] == att)
                       for att in ("squeezed", "full"))
@@ -982,9 +983,11 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
         assert (calls[want + 1][2] >= 0).any()                              # the next step follows their pointer
         ref = Generator(model, ck.tokenizer, pack).generate(
             prompt, AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=32,
-                                    follow_keys=2, exact_decode=want), max_new_tokens=new, stop_at_eos=False)
+                                    follow_keys=2, exact_decode=want, exact_below=0), max_new_tokens=new,
+            stop_at_eos=False)
         assert got.token_ids == ref.token_ids, opening
-        assert got.attention.endswith("every answer token selects") == (opening == 0)
+        assert ("every answer token selects" in got.attention) == (opening == 0)
+        assert got.attention.endswith("unsure steps not re-run")    # this export's exact_below 0
         session.close()
     # teacher-forced along one answer: the exact calls' logits are full attention's (another graph: float rounding)
     logits = {}
@@ -1002,3 +1005,79 @@ def test_the_answers_opening_runs_the_exact_method_and_answers_like_pytorch(tiny
         exact_decode_of({"attention": "squeezed", "exact_tail": 0}, 2)
     with pytest.raises(SqueezeError, match="--exact-decode must be a whole number"):
         DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=-1)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pte"])
+def test_unsure_selecting_steps_run_again_through_the_exact_method(exported, tiny_pack, fmt):
+    """Contract exact_below p (export default settings.DEFAULT_EXACT_BELOW): after a selecting decode call whose top
+    token is less likely than p, the loop calls the exact method with the same token and cache_len, and that call's
+    logits pick the token; every other decode call stands. Per call, for p = 0, a p between the answer's own top
+    probabilities, and the default; tokens and re-run counts equal the PyTorch decoder's with the same p. Refusals
+    are one line."""
+    from squeezed_attention.decoder_session import DecoderSession, exact_below_of
+    from squeezed_attention.generation import AttentionChoice, Generator
+    from squeezed_attention.settings import DEFAULT_EXACT_BELOW, top_probability
+
+    out, result = exported
+    squeezed, full = (next(a for a in result.manifest["artifacts"] if a["format"] == fmt
+                           and a["decoder"]["attention"] == att) for att in ("squeezed", "full"))
+    assert squeezed["decoder"]["exact_below"] == DEFAULT_EXACT_BELOW and full["decoder"]["exact_below"] is None
+    assert any(s.startswith(f"unsure steps (exact_below = {DEFAULT_EXACT_BELOW:g}") for s in squeezed["decoder"]["call_sequence"])
+    pack_path, pack, model, ck = tiny_pack
+    prompt, new, opening = "ab nan", 12, 2
+
+    def answer(p):
+        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=opening, exact_below=p)
+        session.attach(pack_path)
+        calls = []
+        run = session.runner.run
+
+        def record(method, feed):
+            res = run(method, feed)
+            calls.append((method, len(feed["tokens"]), int(feed["cache_len"][0]), top_probability(res["logits"])))
+            return res
+        session.runner.run = record
+        got = session.generate(prompt, max_new_tokens=new, stop_at_eos=False)
+        assert session.loop.exact_below == p
+        session.close()
+        return got, calls, session.loop
+
+    got0, calls0, loop = answer(0.0)
+    decode_probs = sorted(c[3] for c in calls0 if c[0] == "decode")
+    assert len(decode_probs) == new - 1 - opening and got0.rerun_steps == 0
+    mid = len(decode_probs) // 2
+    between = (decode_probs[mid - 1] + decode_probs[mid]) / 2
+    assert decode_probs[mid - 1] < between < decode_probs[mid]
+    for p in (0.0, between, DEFAULT_EXACT_BELOW):
+        got, calls, loop = answer(p)
+        answer_calls = calls[1:]                  # after the question's one prefill_exact call
+        i, reruns = 0, 0
+        for step in range(new - 1):
+            method, width, at, prob = answer_calls[i]
+            if step < opening:
+                assert (method, width) == ("prefill_exact", 1)
+                i += 1
+                continue
+            assert method == "decode"
+            if prob < p:                          # unsure: the same step again, exactly, at the same cache_len
+                assert answer_calls[i + 1][:3] == ("prefill_exact", 1, at)
+                i, reruns = i + 2, reruns + 1
+            else:
+                i += 1
+        assert i == len(answer_calls) and got.rerun_steps == reruns == len(loop.rerun_at)
+        assert (reruns == 0) == (p == 0.0) and (p != between or 0 < reruns < new - 1 - opening)
+        ref = Generator(model, ck.tokenizer, pack).generate(
+            prompt, AttentionChoice("top-k", keep_keys=loop.keep_keys, backend="torch", exact_tail=loop.exact_tail,
+                                    follow_keys=loop.follow, exact_decode=opening, exact_below=p),
+            max_new_tokens=new, stop_at_eos=False)
+        assert got.token_ids == ref.token_ids and got.rerun_steps == ref.rerun_steps, p
+        assert got.to_dict()["exact_below"] == p
+    # refused in one line: on full attention, out of range, or without the exact method
+    with pytest.raises(SqueezeError, match="--exact-below shapes Squeezed Attention's key selection"):
+        DecoderSession(out, fmt=fmt, attention="full", exact_below=0.3)
+    for bad in (1.0, -0.5, "0.2"):
+        with pytest.raises(SqueezeError, match="--exact-below must be a probability"):
+            DecoderSession(out, fmt=fmt, attention="squeezed", exact_below=bad)
+    with pytest.raises(SqueezeError, match="exported with --exact-tail 0"):
+        exact_below_of({"attention": "squeezed", "exact_tail": 0}, 0.3)
+    assert exact_below_of({"attention": "squeezed", "exact_tail": 4}) == 0.0      # manifests before the field

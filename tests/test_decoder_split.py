@@ -205,8 +205,9 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
     out, _ = exported
     d, _, model, ck, pack = tiny
     calls = []
+    # (the unsure steps' re-run off here, exact_below 0: below, every selecting step runs again)
     for tail, opening in ((None, None), (4, None), (0, None), (None, 0)):
-        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail, exact_decode=opening)
+        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail, exact_decode=opening, exact_below=0)
         session.attach(d / "tiny.pack")
         run = session.runner.run
         used = []   # kept slots in use per decode step of layer 0 (selection: keep_keys - 2, then fresh followed rows)
@@ -220,7 +221,7 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
             "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
                                       prefill_rows=session.loop.prefill_rows, prefill_tail=session.loop.prefill_tail,
                                       exact_tail=session.loop.exact_tail, follow_keys=2,
-                                      exact_decode=session.loop.exact_decode), max_new_tokens=10,
+                                      exact_decode=session.loop.exact_decode, exact_below=0), max_new_tokens=10,
             stop_at_eos=False)
         assert session.loop.exact_decode == (3 if opening is None else 0)
         session.close()
@@ -233,6 +234,24 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
         assert [c for c in calls if c.startswith("decode_exact_")] == stages * session.loop.exact_decode
         assert calls.count("decode_0") == 9 - session.loop.exact_decode
         calls.clear()
+    # every selecting step unsure (the tiny model's top tokens are far below 0.99): each decode step's stages, then the
+    # one-token exact stages again, and the host's tokens with the same rule
+    session = DecoderSession(out, fmt=fmt, plan="split", exact_below=0.99)
+    session.attach(d / "tiny.pack")
+    run = session.runner.run
+    session.runner.run = lambda method, feed: (calls.append(method), run(method, feed))[1]
+    got = session.generate("ab nan", max_new_tokens=10, stop_at_eos=False)
+    opening = session.loop.exact_decode
+    assert got.rerun_steps == len(session.loop.rerun_at) == 9 - opening > 0
+    assert calls.count("decode_0") == 9 - opening and calls.count("decode_exact_0") == 9
+    firsts = [c for c in calls if c in ("decode_0", "decode_exact_0")]
+    assert firsts == ["decode_exact_0"] * opening + ["decode_0", "decode_exact_0"] * (9 - opening)
+    ref = Generator(model, ck.tokenizer, pack).generate(
+        "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
+                                  exact_tail=session.loop.exact_tail, follow_keys=2, exact_decode=opening,
+                                  exact_below=0.99), max_new_tokens=10, stop_at_eos=False)
+    session.close()
+    assert got.token_ids == ref.token_ids and ref.rerun_steps == got.rerun_steps
 
 
 def test_split_generate_never_imports_torch(exported, tiny):

@@ -642,10 +642,51 @@ def test_the_answers_first_decode_steps_attend_exactly(backend):
     full, _ = continuation_metrics(gen, AttentionChoice("full"), ids)
     for n in (3, 6):
         got, _ = continuation_metrics(gen, AttentionChoice("top-k", keep_fraction=0.05, backend=backend,
-                                                           exact_decode=n), ids)
+                                                           exact_decode=n, exact_below=0), ids)
         assert torch.equal(got[:n + 1], full[:n + 1])
         assert not torch.equal(got[n + 1], full[n + 1])
     with pytest.raises(Exception, match="exact-decode"):
         AttentionChoice("top-k", kv_budget=0.125, exact_decode=4, decode_selection="question")
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_an_unsure_selecting_step_runs_again_exactly(backend):
+    """exact_below p: a selecting decode step whose top token is less likely than p runs again over the same cache
+    slot attending every context key. Teacher-forced after an exact opening of n steps, the first selecting step
+    (top probability q) re-run (p just above q) gives full attention's distribution bit for bit (the cache rewound:
+    a re-run written one slot further would not), and with p just below q it stays the selecting step's; the
+    metrics count the re-runs; generate reports them."""
+    from squeezed_attention.evaluate import continuation_metrics
+    from squeezed_attention.settings import DEFAULT_EXACT_BELOW, top_probability
+
+    if backend == "native":
+        require_fused_kernel()
+    gen = small_generator(hierarchical=False)
+    ids = gen.tokenizer.encode(" What is the pass key mentioned in the text above? The pass key is")
+    full, _ = continuation_metrics(gen, AttentionChoice("full"), ids)
+    n = 3
+    choice = lambda p: AttentionChoice("top-k", keep_fraction=0.05, backend=backend, exact_decode=n,  # noqa: E731
+                                       exact_below=p)
+    plain, m0 = continuation_metrics(gen, choice(0), ids, full)
+    assert m0["rerun_steps"] == 0 and not torch.equal(plain[n + 1], full[n + 1])
+    q = top_probability(plain[n + 1].numpy())   # log-probabilities are logits too
+    above, m1 = continuation_metrics(gen, choice(min(q + 1e-6, 0.999999)), ids, full)
+    assert torch.equal(above[:n + 2], full[:n + 2]) and m1["rerun_steps"] >= 1
+    below, m2 = continuation_metrics(gen, choice(q - 1e-6), ids, full)
+    assert torch.equal(below[n + 1], plain[n + 1])
+    # each later step re-ran where its own selecting distribution was less sure than p: a higher p re-runs more
+    assert m2["rerun_steps"] <= m1["rerun_steps"] <= continuation_metrics(gen, choice(0.999999), ids, full)[1]["rerun_steps"]
+    # the default and the label; full attention re-runs nothing
+    assert AttentionChoice("top-k", kv_budget=0.125).exact_below == DEFAULT_EXACT_BELOW
+    assert AttentionChoice("full").exact_below == 0
+    assert "re-run exactly" in choice(0.5).label() and "not re-run" in choice(0).label()
+    r = gen.generate("What is the pass key?", choice(0.999999), max_new_tokens=8, stop_at_eos=False)
+    assert r.exact_below == 0.999999 and 1 <= r.rerun_steps <= r.decode_tokens - n
+    assert gen.generate("What is the pass key?", AttentionChoice("full"), max_new_tokens=2).rerun_steps is None
+    for bad in (1.0, -0.1, "0.2", True):
+        with pytest.raises(Exception, match="exact-below"):
+            AttentionChoice("top-k", kv_budget=0.125, exact_below=bad)
+    with pytest.raises(Exception, match="exact-below"):
+        AttentionChoice("top-k", kv_budget=0.125, exact_below=0.3, decode_selection="question")
     with pytest.raises(Exception, match="exact-decode"):
         AttentionChoice("top-k", kv_budget=0.125, exact_decode=-1)

@@ -508,3 +508,24 @@ def test_exact_decode_on_the_command_line(tiny, capsys):
     rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-decode", "2", "--out",
                       tiny / "eval_out"], capsys)
     assert rc == 1 and "--exact-decode applies to the suite" in err, err
+
+
+def test_exact_below_on_the_command_line(tiny, capsys):
+    """--exact-below P: generate runs it (named in the attention label, the re-runs counted in --json); a value outside
+    [0, 1) is refused by the parser; refused with --full, with held question selections and in the classic
+    evaluation; with --artifacts it goes to the exported decoder's loop (test_decoder_export.py)."""
+    out = _generate_json(tiny, capsys, "--exact-below", "0.99", "--exact-decode", "0")
+    assert out["attention"].endswith("unsure steps (top token below 0.99) re-run exactly")
+    assert out["exact_below"] == 0.99 and 1 <= out["rerun_steps"] <= out["decode_tokens"]
+    off = _generate_json(tiny, capsys, "--exact-below", "0")
+    assert off["rerun_steps"] == 0 and off["attention"].endswith("unsure steps not re-run")
+    for extra, message in ((["--full", "--exact-below", "0.3"], "--exact-below shapes Squeezed Attention's key selection"),
+                           (["--exact-below", "0.3", "--decode-selection", "question"], "needs per-step decode selection"),
+                           (["--exact-below", "1"], "--exact-below"), (["--exact-below", "-0.1"], "--exact-below"),
+                           (["--exact-below", "half"], "--exact-below")):
+        rc, _, err = run(["generate", "--context-pack", tiny / "raw.pack", "--prompt", "ab", "--model",
+                          tiny / "tiny.gguf", "--max-new-tokens", "2", *extra], capsys)
+        assert rc != 0 and message in err, err
+    rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-below", "0.3", "--out",
+                      tiny / "eval_out"], capsys)
+    assert rc == 1 and "--exact-below applies to the suite" in err, err

@@ -480,6 +480,25 @@ QA_FOLLOW = 2
 # tiny .onnx: fewer than QA_MAX_NEW, so selecting decode steps follow them (the first one following the pointer of
 # an exact step). One in-graph run sets it to 0 (the loop's exact_decode argument): every decode step selects.
 QA_EXACT_DECODE = 3
+# the unsure steps' re-run (contract exact_below) of the generation golden's "greedy-unsure" run and of the tiny
+# .onnx: the tiny random model's selecting steps put 0.133-0.140 on their top token, so this re-runs some of them and
+# not others; every decision is checked to be at least EXACT_BELOW_MARGIN away from it (a golden rebuilt on another
+# CPU rounds the logits in their last bits, which must not flip a decision)
+QA_EXACT_BELOW = 0.137
+EXACT_BELOW_MARGIN = 1e-4
+
+
+def _check_unsure_decisions(logits: list, methods: list, what: str) -> int:
+    """The decode calls' top-token probabilities (``logits`` and ``methods`` per call of an answer) all at least
+    EXACT_BELOW_MARGIN from QA_EXACT_BELOW; returns how many were below it (re-run)."""
+    from squeezed_attention.settings import top_probability
+
+    probs = [top_probability(x) for x, m in zip(logits, methods) if m == "decode"]
+    close = [p for p in probs if abs(p - QA_EXACT_BELOW) < EXACT_BELOW_MARGIN]
+    if close:
+        raise SystemExit(f"{what}: decode steps put {close} on their top token, too close to QA_EXACT_BELOW "
+                         f"{QA_EXACT_BELOW} for a golden; pick another")
+    return sum(p < QA_EXACT_BELOW for p in probs)
 
 
 def _le(a) -> bytes:
@@ -643,14 +662,22 @@ def qa_goldens() -> dict[str, bytes]:
                 kinds.append(("greedy-select-decode", None, [], None, None, 0))   # every decode step selects
             if follow:  # the followed keys gated off: this pack keeps fewer keys than follow_min_keep
                 kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6, None))
+            if exact:   # unsure selecting steps run again through prefill_exact (contract exact_below)
+                kinds.append(("greedy-unsure", None, [], None, None, None))
             first = len(runs)
             for kind, force, stops, tail, gate, opening in kinds:
                 recorder = _RecordingRunner(EagerRunner(modules), methods)
-                loop = GenerationLoop(recorder, contract if gate is None else {**contract, "follow_min_keep": gate},
-                                      arrays, context, exact_tail=tail, exact_decode=opening)
+                edited = {**contract, "follow_min_keep": gate} if gate is not None else \
+                    {**contract, "exact_below": QA_EXACT_BELOW} if kind == "greedy-unsure" else contract
+                loop = GenerationLoop(recorder, edited, arrays, context, exact_tail=tail, exact_decode=opening)
                 if follow:
                     assert loop.follow == (0 if gate else follow), (kind, loop.follow)
                 tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
+                if kind == "greedy-unsure":
+                    below = _check_unsure_decisions([c["outputs"]["logits"] for c in recorder.calls],
+                                                    [c["method"] for c in recorder.calls], "greedy-unsure")
+                    assert 0 < len(loop.rerun_at) == below < loop.decode_steps - loop.exact_decode, \
+                        (loop.rerun_at, below, loop.decode_steps)
                 calls = []
                 for c in recorder.calls:
                     outs = {}
@@ -662,7 +689,8 @@ def qa_goldens() -> dict[str, bytes]:
                     inputs = {k: v for k, v in c["inputs"].items() if k not in loop.context}
                     calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
                 runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
-                             "exact_tail": loop.exact_tail, "exact_decode": loop.exact_decode, "tokens": tokens,
+                             "exact_tail": loop.exact_tail, "exact_decode": loop.exact_decode,
+                             "exact_below": loop.exact_below, "rerun_at": loop.rerun_at, "tokens": tokens,
                              "keep_keys": loop.keep_keys,
                              "follow_keys": follow, "follow_min_keep": gate or 0, "calls": calls,
                              "text": ck.tokenizer.decode(tokens)})
@@ -1008,6 +1036,7 @@ def decoder_onnx_current() -> bool:
             and manifest.get("schema") == SCHEMA and (artifact["decoder"].get("exact_tail") or 0) == exact \
             and artifact["decoder"].get("follow_keys") == QA_FOLLOW \
             and artifact["decoder"].get("exact_decode") == QA_EXACT_DECODE == ref.get("exact_decode") \
+            and artifact["decoder"].get("exact_below") == QA_EXACT_BELOW == ref.get("exact_below") \
             and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]
     except (OSError, ValueError, KeyError, AttributeError, TypeError, StopIteration):
         return False
@@ -1018,12 +1047,19 @@ class _CallLog:
     .onnx file's graph selector ``branch``), as "method" or "method branch=k"."""
 
     def __init__(self, runner):
-        self.runner, self.calls = runner, []
+        self.runner, self.calls, self.logits = runner, [], []
 
     def run(self, method, feed):
         fixed = getattr(self.runner, "_fixed", {}).get(method) or {}
         self.calls.append(" ".join([method] + [f"{k}={int(np.asarray(v).reshape(-1)[0])}" for k, v in sorted(fixed.items())]))
-        return self.runner.run(method, feed)
+        out = self.runner.run(method, feed)
+        self.logits.append((method, np.asarray(out["logits"])))
+        return out
+
+    def check_unsure(self, what: str) -> None:
+        """Every decode call of the answers so far decided at least EXACT_BELOW_MARGIN from QA_EXACT_BELOW."""
+        _check_unsure_decisions([x for _, x in self.logits], [m for m, _ in self.logits], what)
+        self.logits = []
 
     def __getattr__(self, name):
         return getattr(self.runner, name)
@@ -1045,7 +1081,7 @@ def write_decoder_onnx() -> Path:
         shutil.rmtree(out, ignore_errors=True)
         result = export_decoder(out, formats=("onnx",), model_path=gguf, attention="squeezed",
                                 kv_budget=QA_SHAPES["kv_budget"], verify=False, follow_keys=QA_FOLLOW,
-                                exact_decode=QA_EXACT_DECODE, **shapes)
+                                exact_decode=QA_EXACT_DECODE, exact_below=QA_EXACT_BELOW, **shapes)
         if result.failures:
             raise SystemExit(f"decoder export failed: {result.failures}")
     try:
@@ -1055,14 +1091,22 @@ def write_decoder_onnx() -> Path:
         ids = session.prompt_ids(QA_PROMPT)
         greedy, greedy_logits = session.loop.greedy(ids, QA_MAX_NEW)
         greedy_calls, log.calls = log.calls, []
+        greedy_rerun = list(session.loop.rerun_at)
+        log.check_unsure("the tiny .onnx's greedy answer")
+        if not 0 < len(greedy_rerun) < QA_MAX_NEW - 1 - QA_EXACT_DECODE:
+            raise SystemExit(f"the tiny .onnx's greedy answer should re-run some selecting steps, not all: {greedy_rerun}")
         forced = session.tokenizer.encode("nan sass abba<|im_end|>ab", add_special_tokens=False).ids
         stops = sorted(session.stop_ids)
         forced_tokens, forced_logits = session.loop.greedy(ids, QA_MAX_NEW, forced=forced, stop_ids=set(stops))
         forced_calls, log.calls = log.calls, []
+        forced_rerun = list(session.loop.rerun_at)
+        log.check_unsure("the tiny .onnx's forced answer")
         # a tail shorter than the question: a selecting prefill (branch 0) runs before the prefill_exact (branch 1)
         full_tail, session.loop.exact_tail = session.loop.exact_tail, QA_SHORT_TAIL
         short_tokens, short_logits = session.loop.greedy(ids, QA_MAX_NEW)
         short_calls, log.calls = log.calls, []
+        short_rerun = list(session.loop.rerun_at)
+        log.check_unsure("the tiny .onnx's short-tail answer")
         session.loop.exact_tail = full_tail
         if session.loop.follow != QA_FOLLOW:
             raise SystemExit(f"the tiny decoder should follow {QA_FOLLOW} keys; the loop follows {session.loop.follow}")
@@ -1077,12 +1121,15 @@ def write_decoder_onnx() -> Path:
                "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
                "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
                "exact_tail": session.loop.exact_tail, "exact_decode": session.loop.exact_decode,
+               "exact_below": session.loop.exact_below,
                "follow_keys": session.loop.follow,
-               "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls,
+               "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls, "rerun_at": greedy_rerun,
                           "logits": [np.asarray(x, np.float32).tolist() for x in greedy_logits]},
                "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens, "calls": forced_calls,
+                          "rerun_at": forced_rerun,
                           "logits": [np.asarray(x, np.float32).tolist() for x in forced_logits]},
                "short_tail": {"exact_tail": QA_SHORT_TAIL, "tokens": short_tokens, "calls": short_calls,
+                              "rerun_at": short_rerun,
                               "logits": [np.asarray(x, np.float32).tolist() for x in short_logits]}}
         (out / DECODER_REFERENCE).write_text(json.dumps(ref))
         old = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.old.partial-{os.getpid()}")

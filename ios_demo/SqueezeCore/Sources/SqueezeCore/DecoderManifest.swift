@@ -52,7 +52,9 @@ public struct DecoderShapes: Equatable {
 /// shape than the pack's layout: prefill_exact takes the clustered tables per KV head; GenerationLoop.methodInputs),
 /// and the inputs a method fixes (an input entry with a "value": the .onnx file's graph selector `branch`, 0 for
 /// prefill/decode, 1 for prefill_exact, the file's second graph; the loop feeds exactly that tensor; fixedInputs), and
-/// the followed keys (follow_keys, follow_min_keep; absent or null in older manifests and for full attention: 0).
+/// the followed keys (follow_keys, follow_min_keep; absent or null in older manifests and for full attention: 0), and
+/// the unsure steps' re-run (exact_below p: a selecting decode step whose top token's softmax probability is below p
+/// runs again through the exact method; absent or null in older manifests and for full attention: 0, never).
 public struct DecoderContract: Equatable {
     public static let step = "step"
     public static let question = "question"
@@ -86,6 +88,10 @@ public struct DecoderContract: Equatable {
     /// rows fed; its pointer is the next step's). The manifest's exact_decode (absent or null: 0), or a caller's
     /// (withExactDecode, as Python's GenerationLoop(exact_decode=...)). Needs the exact method (exactWidth > 0).
     public let exactDecode: Int
+    /// Unsure steps: a selecting decode step whose logits give their top token a softmax probability below exactBelow
+    /// calls the exact method once more with the same token and cache_len, and that call picks the token. The
+    /// manifest's exact_below (absent or null: 0, never), or a caller's (withExactBelow). Needs the exact method.
+    public let exactBelow: Double
     /// The names of the artifact's methods (the manifest's decoder.methods keys; the split plan's stage graphs
     /// `<method>_<s>`): the split plan runs the answer's opening as decode_exact_<s> where decode_exact_0 is one.
     public let methodNames: Set<String>
@@ -109,7 +115,7 @@ public struct DecoderContract: Equatable {
                 tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
                 inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:],
                 followKeys: Int = 0, followMinKeep: Int = 0, exactDecode: Int = 0, exactWidth: Int? = nil,
-                methodNames: Set<String> = []) throws {
+                methodNames: Set<String> = [], exactBelow: Double = 0) throws {
         let exactWidth = exactWidth ?? exactTail
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
@@ -121,6 +127,13 @@ public struct DecoderContract: Equatable {
         if exactDecode < 0 { throw DecoderError("decoder.exact_decode: expected a whole number of tokens >= 0, found \(exactDecode)") }
         if exactDecode > 0 && exactWidth == 0 {
             throw DecoderError("decoder.exact_decode: \(exactDecode) exact decode steps need the exact method, which this artifact " +
+                               "lacks (exact_tail 0); re-export the decoder")
+        }
+        if !(exactBelow >= 0 && exactBelow < 1) {
+            throw DecoderError("decoder.exact_below: expected a probability from 0 to below 1, found \(exactBelow)")
+        }
+        if exactBelow > 0 && exactWidth == 0 {
+            throw DecoderError("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it " +
                                "lacks (exact_tail 0); re-export the decoder")
         }
         if followKeys < 0 { throw DecoderError("decoder.follow_keys: expected an integer >= 0, found \(followKeys)") }
@@ -153,6 +166,7 @@ public struct DecoderContract: Equatable {
         self.exactTail = exactTail
         self.exactWidth = exactWidth
         self.exactDecode = exactDecode
+        self.exactBelow = exactBelow
         self.methodNames = methodNames.union(inputShapes.keys).union(tokenRanges.keys).union(fixedInputs.keys)
         self.inputShapes = inputShapes
         self.fixedInputs = fixedInputs
@@ -190,6 +204,24 @@ public struct DecoderContract: Equatable {
         return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode)
     }
 
+    /// This contract with another re-run rule for unsure steps (a caller's p, as Python's GenerationLoop(exact_below=...)
+    /// and decoder_session.exact_below_of): a selecting decode step whose top token is less likely than p runs again
+    /// through the exact method. Refused in one line: p != 0 for a full-attention artifact, p outside [0, 1), p > 0 for
+    /// an artifact without the exact method. The manifest's own exact_below needs no call.
+    public func withExactBelow(_ p: Double) throws -> DecoderContract {
+        if attention == "full" && p != 0 {
+            throw DecoderContract.refusedForFull("--exact-below")
+        }
+        if !(p >= 0 && p < 1) { throw DecoderError("--exact-below must be a probability from 0 (off) to below 1; got \(p)") }
+        if p > 0 && exactWidth == 0 {
+            throw DecoderError("--exact-below \(p) runs unsure decode steps again through the artifact's exact method, which " +
+                               "this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
+                               "--exact-below 0")
+        }
+        return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode,
+                        exactBelow: p)
+    }
+
     /// A prompt-selection option given for a full-attention artifact (it selects nothing) is a one-line error, not silently
     /// ignored (Python: decoder_session._refuse_for_full).
     static func refusedForFull(_ flag: String) -> DecoderError {
@@ -203,12 +235,13 @@ public struct DecoderContract: Equatable {
         try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: minKeep, exactDecode: exactDecode)
     }
 
-    private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int, exactDecode: Int) throws -> DecoderContract {
+    private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int, exactDecode: Int,
+                      exactBelow: Double? = nil) throws -> DecoderContract {
         try DecoderContract(attention: attention, state: state, kvBudget: kvBudget, shapes: shapes, lookupPlan: lookupPlan,
                             decodeSelection: decodeSelection, prefillRows: prefillRows, prefillTail: prefillTail,
                             tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs,
                             followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode, exactWidth: exactWidth,
-                            methodNames: methodNames)
+                            methodNames: methodNames, exactBelow: exactBelow ?? self.exactBelow)
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -305,7 +338,9 @@ public struct DecoderContract: Equatable {
                                        inputShapes: try inputShapes(j), fixedInputs: try fixedInputs(j),
                                        followKeys: try count("follow_keys"), followMinKeep: try count("follow_min_keep"),
                                        exactDecode: try count("exact_decode"),
-                                       methodNames: Set(try j.opt("methods")?.obj().keys ?? []))
+                                       methodNames: Set(try j.opt("methods")?.obj().keys ?? []),
+                                       // likewise: 0, never
+                                       exactBelow: try j.opt("exact_below").flatMap { $0.isNull ? nil : try $0.double() } ?? 0)
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

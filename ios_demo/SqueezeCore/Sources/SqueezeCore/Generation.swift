@@ -8,7 +8,9 @@
 // The answer's opening (contract exact_decode N, or a caller's: DecoderContract.withExactDecode): the decode steps of
 // the answer's first N tokens attend every fixed-context row, as the prompt's exact tail does: in-graph a 1-token
 // `prefill_exact` call (its token axis is dynamic), split the one-token stages `decode_exact_<s>` where the artifact
-// has them, else `prefill_exact_<s>` padded to its width; later steps call `decode` (GenerationLoop.exactMethod).
+// has them, else `prefill_exact_<s>` padded to its width; later steps call `decode` (GenerationLoop.exactMethod), and
+// one whose logits leave its top token less likely than the contract's exact_below (DecoderContract.withExactBelow)
+// calls that exact method once more with the same token and cache_len, as an opening step, whose logits are kept.
 // The split lookup plan runs each step as stage graphs with the CPU lookup (KeptRows) between them. With
 // explicit cache I/O (state "io", ONNX) the loop keeps the cache and writes each step's new_keys/new_values at
 // cache_len; with state held in the runtime ("buffer", .pte) the runtime does. An input a method's manifest entry fixes
@@ -59,6 +61,8 @@ public struct GenerationOutput {
     public var lookupNanos: Int64 = 0
     /// Whether the caller stopped the answer early (greedy's cancelled: the screen's Stop).
     public var cancelled = false
+    /// The decode steps (0-based) that ran again through the exact method (contract exact_below).
+    public var rerunAt: [Int] = []
 
     public var decodeTokensPerSecond: Double { decodeNanos > 0 ? Double(decodeSteps) / (Double(decodeNanos) / 1e9) : 0 }
 }
@@ -100,6 +104,9 @@ public final class GenerationLoop {
     /// `decode_exact_<s>` where the artifact has decode_exact_0, else `prefill_exact` (in-graph: called with one token,
     /// its token axis is dynamic; split without decode_exact: padded to the method's width, exactWidth).
     public let exactMethod: String
+    /// The top-token probability below which a selecting decode step runs again through exactMethod (the contract's
+    /// exactBelow: the manifest's exact_below, or a caller's via withExactBelow; 0, never, for full attention).
+    public let exactBelow: Double
 
     public init(runtime: DecoderRuntime, contract: DecoderContract, pack: ContextPack, contextInputs: NamedTensors,
                 clockNanos: @escaping () -> Int64 = GenerationLoop.monotonicNanos) throws {
@@ -109,6 +116,7 @@ public final class GenerationLoop {
         self.clockNanos = clockNanos
         shapes = contract.shapes
         exactDecode = contract.attention == "squeezed" ? contract.exactDecode : 0
+        exactBelow = contract.attention == "squeezed" ? contract.exactBelow : 0
         exactMethod = contract.split && contract.methodNames.contains("\(GenerationLoop.decodeExact)_0")
             ? GenerationLoop.decodeExact : GenerationLoop.prefillExact
         if contract.attention == "squeezed", let budget = contract.kvBudget {
@@ -475,6 +483,7 @@ public final class GenerationLoop {
         let t1 = clockNanos()
         var steps = 0
         var stopped = false
+        var rerun: [Int] = []
         for i in 0..<maxNewTokens {
             allLogits.append(logits)
             let token: Int
@@ -495,6 +504,10 @@ public final class GenerationLoop {
             // the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
             let method = steps < exactDecode ? exactMethod : "decode"
             logits = try step(method: method, tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
+            if method == "decode" && unsure(logits) {   // exact_below: the same step again, every fixed-context row
+                logits = try step(method: exactMethod, tokens: [token], cacheLen: ids.count + tokens.count - 1, cache: cache)
+                rerun.append(steps)
+            }
             steps += 1
         }
         var output = GenerationOutput(tokens: tokens, logits: allLogits, prefillNanos: prefillNanos,
@@ -502,6 +515,7 @@ public final class GenerationLoop {
         output.lookupNanos = lookupNanos
         output.exactSteps = min(steps, exactDecode)
         output.cancelled = stopped
+        output.rerunAt = rerun
         return output
     }
 
@@ -562,6 +576,19 @@ public final class GenerationLoop {
     }
 
     private static func scalar(_ v: Int64) throws -> DecoderTensor { .int64(try Int64Tensor([v], shape: [1])) }
+
+    /// Whether a selecting step's logits leave its top token less likely than exactBelow (then it runs again).
+    public func unsure(_ logits: [Float]) -> Bool { exactBelow > 0 && GenerationLoop.topProbability(logits) < exactBelow }
+
+    /// The softmax probability of the most likely entry, in double precision (Python: settings.top_probability):
+    /// 1 / sum(exp(x_i - max)).
+    public static func topProbability(_ x: [Float]) -> Double {
+        var top = -Double.infinity
+        for v in x where Double(v) > top { top = Double(v) }
+        var sum = 0.0
+        for v in x { sum += exp(Double(v) - top) }
+        return 1 / sum
+    }
 
     /// numpy's argmax: the first largest value; a NaN wins (the first NaN).
     public static func argmax(_ x: [Float]) -> Int {

@@ -236,6 +236,55 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertThrowsError(try squeezed.withFollowKeys(-1, minKeep: 0))
     }
 
+    func testTheUnsureStepsRuleIsReadAndItsOverrideCheckedAsPythonChecksIt() throws {
+        // decoder.exact_below: a selecting decode step less sure than p runs again through the exact method (the real
+        // export's squeezed artifact: settings.DEFAULT_EXACT_BELOW 0.2; full attention: null; older manifests: absent)
+        let text = try Golden.text("qa_decoder_manifest.json")
+        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+            guard let r = s.range(of: what) else { return s }
+            return s.replacingCharacters(in: r, with: with)
+        }
+        let exported = "\"exact_below\": 0.2,"
+        XCTAssertNotNil(text.range(of: exported))
+        func withBelow(_ value: String) -> String { replacingFirst(text, exported, "\"exact_below\": \(value),") }
+        func below(_ manifest: String) throws -> Double { try DecoderManifest.parse(manifest).artifacts[0].contract.exactBelow }
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactBelow), [0.2, 0])
+        XCTAssertEqual(try below(replacingFirst(text, exported, "")), 0)
+        XCTAssertEqual(try below(withBelow("null")), 0)
+        XCTAssertEqual(try below(withBelow("0.5")), 0.5)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withBelow("-0.1")) },
+                       "decoder.exact_below: expected a probability from 0 to below 1, found -0.1")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(withBelow("1")) },
+                       "decoder.exact_below: expected a probability from 0 to below 1, found 1.0")
+        let m = thrownMessage(DecoderError.self) { try DecoderManifest.parse(withBelow("\"0.2\"")) }
+        XCTAssertTrue(m.contains("exact_below") && !m.contains("\n"), m)
+        // re-runs without the exact method (exact_tail 0) are a broken export
+        let noExact = replacingFirst(replacingFirst(text, "\"exact_tail\": 32,", "\"exact_tail\": 0,"),
+                                     "\"exact_decode\": 14,", "\"exact_decode\": 0,")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(noExact) },
+                       "decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it " +
+                       "lacks (exact_tail 0); re-export the decoder")
+        // a caller's p (Python: decoder_session.exact_below_of): everything else kept, Python's words when refused
+        let manifest = try DecoderManifest.parse(text)
+        let squeezed = manifest.artifacts[0].contract, full = manifest.artifacts[1].contract
+        XCTAssertEqual(try squeezed.withExactBelow(0.35).exactBelow, 0.35)
+        XCTAssertEqual(try squeezed.withExactBelow(0.35).withExactBelow(0.2), squeezed)
+        XCTAssertEqual(try squeezed.withExactBelow(0.35).withExactDecode(3).exactBelow, 0.35)
+        XCTAssertEqual(try full.withExactBelow(0), full)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try squeezed.withExactBelow(1) },
+                       "--exact-below must be a probability from 0 (off) to below 1; got 1.0")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try full.withExactBelow(0.3) },
+                       "--exact-below shapes Squeezed Attention's key selection and does nothing with a full-attention " +
+                       "artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+        let withoutExact = try DecoderContract(attention: "squeezed", state: "io", kvBudget: 0.3, shapes: squeezed.shapes)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { try withoutExact.withExactBelow(0.3) },
+                       "--exact-below 0.3 runs unsure decode steps again through the artifact's exact method, which this " +
+                       "artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-below 0")
+        // the probability the rule reads: the softmax of the logits' top entry, in double precision
+        XCTAssertEqual(GenerationLoop.topProbability([1, 1, -Float.infinity]), 0.5, accuracy: 1e-15)
+        XCTAssertEqual(GenerationLoop.topProbability([0, 2, 0]), 1 / (1 + 2 * exp(-2.0)), accuracy: 1e-15)
+    }
+
     func testTheAnswersOpeningIsReadAndItsOverrideCheckedAsPythonChecksIt() throws {
         // decoder.exact_decode: the decode steps of the answer's first N tokens run the exact method (the real export's
         // squeezed artifact: min(16, max_new) = 14; full attention: null; older manifests: absent)
@@ -263,7 +312,8 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(noExact) },
                        "decoder.exact_decode: 14 exact decode steps need the exact method, which this artifact lacks " +
                        "(exact_tail 0); re-export the decoder")
-        XCTAssertEqual(try opening(replacingFirst(noExact, exported, "\"exact_decode\": 0,")), 0)
+        XCTAssertEqual(try opening(replacingFirst(replacingFirst(noExact, exported, "\"exact_decode\": 0,"),
+                                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,")), 0)
 
         // a caller's N (Python: decoder_session.exact_decode_of, GenerationLoop(exact_decode=...)): everything else kept
         let manifest = try DecoderManifest.parse(text)

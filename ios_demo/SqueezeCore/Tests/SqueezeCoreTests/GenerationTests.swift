@@ -110,7 +110,9 @@ final class GenerationTests: XCTestCase {
         let follow = try run["follow_keys"].int(), minKeep = try run["follow_min_keep"].int()
         let shorter = exact == c.exactTail ? c : try c.withExactTail(exact)
         let tail = opening == c.exactDecode ? shorter : try shorter.withExactDecode(opening)
-        return follow == c.followKeys && minKeep == c.followMinKeep ? tail : try tail.withFollowKeys(follow, minKeep: minKeep)
+        let below = try run["exact_below"].double()   // "greedy-unsure" re-runs unsure steps; the others none
+        let unsure = below == tail.exactBelow ? tail : try tail.withExactBelow(below)
+        return follow == c.followKeys && minKeep == c.followMinKeep ? unsure : try unsure.withFollowKeys(follow, minKeep: minKeep)
     }
 
     /// "method" or "method branch=k": the call and the graph selector it fed.
@@ -411,7 +413,9 @@ final class GenerationTests: XCTestCase {
         // own checks are DecoderManifestTests.testTheAnswersOpeningIsReadAndItsOverrideCheckedAsPythonChecksIt)
         let exportedText = try Golden.text("qa_decoder_manifest.json")
         XCTAssertNotNil(exportedText.range(of: "\"exact_decode\": 14,"))
-        let text = replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,")
+        XCTAssertNotNil(exportedText.range(of: "\"exact_below\": 0.2,"))
+        let text = replacingFirst(replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
+                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,")
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         XCTAssertEqual(shapes.maxPrompt, 32)
         let exported = "\"exact_tail\": \(shapes.maxPrompt),"
@@ -519,7 +523,7 @@ final class GenerationTests: XCTestCase {
         let runs = try gen["runs"].list()
         XCTAssertEqual(try runs.map { "\(try $0["attention"].string()) \(try $0["kind"].string())" },
                        ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
-                        "squeezed greedy-follow-gated", "full greedy", "full forced"])
+                        "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy", "full forced"])
         for (i, run) in runs.enumerated() {
             // the forced run's follow_out comes back as float32 (Core ML's outputs), the others' as int64 (the graph's)
             let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs, followOutAsFloat: i == 1)
@@ -550,13 +554,21 @@ final class GenerationTests: XCTestCase {
             XCTAssertEqual(opening, c.attention == "full" ? 0 : try run["kind"].string() == "greedy-select-decode" ? 0 : 3, what)
             XCTAssertEqual(loop.exactDecode, opening, what)
             XCTAssertEqual(loop.exactMethod, "prefill_exact", what)
-            let steps = runtime.calls - prompt.count
+            // unsure selecting steps (exact_below): Python's re-runs, each a decode call then a 1-token prefill_exact call;
+            // only "greedy-unsure" has them, on some of its selecting steps
+            let rerun = try run["rerun_at"].intArray()
+            XCTAssertEqual(out.rerunAt, rerun, what)
+            XCTAssertEqual(loop.exactBelow, try run["exact_below"].double(), what)
+            XCTAssertEqual(!rerun.isEmpty, try run["kind"].string() == "greedy-unsure", what)
+            let steps = out.decodeSteps
             let exact = min(opening, steps)
             XCTAssertTrue(steps > opening, "\(what): the run decodes past its opening")
+            XCTAssertTrue(rerun.count < steps - exact, "\(what): some selecting steps are sure")
             let decode = c.attention == "full" ? "decode" : "decode branch=0"
-            XCTAssertEqual(runtime.log, prompt + Array(repeating: "prefill_exact branch=1", count: exact) +
-                           Array(repeating: decode, count: steps - exact), what)
-            XCTAssertEqual(out.decodeSteps, steps, what)
+            let answer = (0..<steps).flatMap { i -> [String] in
+                i < exact ? ["prefill_exact branch=1"] : rerun.contains(i) ? [decode, "prefill_exact branch=1"] : [decode] }
+            XCTAssertEqual(runtime.log, prompt + answer, what)
+            XCTAssertEqual(runtime.calls, prompt.count + steps + rerun.count, what)
             XCTAssertEqual(out.exactSteps, exact, what)
         }
         // the forced run met the end-of-turn token: it stopped there, without emitting it

@@ -16,7 +16,8 @@ package dev.squeezemobile.core
  * first N tokens (decode call i, 0-based, feeds answer token i + 1) attend every fixed-context row too, as the
  * prompt's exact tail does: a 1-token `prefill_exact` call (in-graph: its token axis is dynamic; else padded to
  * its width), or in the split plan the one-token stages `decode_exact_0 .. decode_exact_L` where the manifest lists
- * them. Later decode steps select again.
+ * them. Later decode steps select again, and one whose logits leave its top token less likely than the contract's
+ * exact_below ([DecoderContract.withExactBelow]) is called again through that exact method, as an opening step.
  * The split lookup plan (lookup_plan "split", the .tflite export) runs each step as the stage graphs
  * `<step>_0 .. <step>_L` with the CPU lookup ([KeptRows]) between them; its exact tail is the stages
  * `prefill_exact_0 .. prefill_exact_L` with no lookup between them (and its exact decode steps `decode_exact_<s>`).
@@ -48,7 +49,9 @@ interface DecoderRuntime : AutoCloseable {
  * back and selects F keys fewer; used where the pack's keep_keys reaches follow_min_keep, else the loop follows none
  * over the same graph; null or absent in older manifests and for full attention: 0), and the answer's opening
  * (exact_decode N: the decode steps of the answer's first N tokens run the exact method, [exactMethod], instead of
- * decode; null or absent in older manifests and for full attention: 0).
+ * decode; null or absent in older manifests and for full attention: 0), and the unsure steps' re-run (exact_below p:
+ * a selecting decode step whose top token's softmax probability is below p runs again through [exactMethod]; null
+ * or absent in older manifests and for full attention: 0, never).
  */
 class DecoderContract(val attention: String, val state: String, val kvBudget: Double?, val shapes: DecoderShapes,
                       val lookupPlan: String = IN_GRAPH, val decodeSelection: String = STEP,
@@ -80,7 +83,12 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                        */
                       val exactWidth: Int = exactTail,
                       /** the methods the manifest lists (in the split plan: stage names, e.g. decode_exact_0) */
-                      val methods: Set<String> = inputShapes.keys) {
+                      val methods: Set<String> = inputShapes.keys,
+                      /**
+                       * p: a selecting decode step whose top token's softmax probability is below p is called again
+                       * through [exactMethod]; 0 = never. A caller may choose another p: [withExactBelow].
+                       */
+                      val exactBelow: Double = 0.0) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -92,6 +100,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         if (exactDecode > 0 && attention == "squeezed" && exactWidth == 0) {
             throw DecoderException("decoder.exact_decode: $exactDecode exact decode steps need the artifact's exact method, which it " +
                 "lacks (exact_tail 0); re-export the decoder")
+        }
+        if (!(exactBelow >= 0.0 && exactBelow < 1.0)) {
+            throw DecoderException("decoder.exact_below: expected a probability from 0 to below 1, found $exactBelow")
+        }
+        if (exactBelow > 0.0 && attention == "squeezed" && exactWidth == 0) {
+            throw DecoderException("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, " +
+                "which it lacks (exact_tail 0); re-export the decoder")
         }
         if (attention != "squeezed" && attention != "full") throw DecoderException("decoder.attention: expected squeezed or full, found $attention")
         if (state != "io" && state != "buffer") throw DecoderException("decoder.state: expected io or buffer, found $state")
@@ -142,6 +157,25 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     }
 
     /**
+     * This contract with another re-run rule for unsure steps: a selecting decode step whose top token's probability
+     * is below [p] runs again through [exactMethod] (Python's GenerationLoop(exact_below=...), exact_below_of, with its
+     * checks and messages): a probability in [0, 1); more than 0 is refused for full attention (it selects nothing)
+     * and for a squeezed artifact without an exact method (exported with exact_tail 0).
+     */
+    fun withExactBelow(p: Double): DecoderContract {
+        if (attention == "full" && p != 0.0) {
+            throw DecoderException("--exact-below shapes Squeezed Attention's key selection and does nothing with a " +
+                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+        }
+        if (!(p >= 0.0 && p < 1.0)) throw DecoderException("--exact-below must be a probability from 0 (off) to below 1; got $p")
+        if (p > 0.0 && exactWidth == 0) {
+            throw DecoderException("--exact-below $p runs unsure decode steps again through the artifact's exact method, " +
+                "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-below 0")
+        }
+        return copy(exactBelow = p)
+    }
+
+    /**
      * This contract with other followed keys and gate (Python: a loop given the contract dict with follow_keys /
      * follow_min_keep edited). [follow] must be the graph's: its follow_rows_<layer> inputs are [Hkv, follow]; a
      * replay of a graph exported with other followed keys than a manifest's, or a loop gated otherwise.
@@ -149,9 +183,10 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     fun withFollowKeys(follow: Int, minKeep: Int) = copy(followKeys = follow, followMinKeep = minKeep)
 
     private fun copy(exactTail: Int = this.exactTail, followKeys: Int = this.followKeys,
-                     followMinKeep: Int = this.followMinKeep, exactDecode: Int = this.exactDecode) = DecoderContract(attention,
+                     followMinKeep: Int = this.followMinKeep, exactDecode: Int = this.exactDecode,
+                     exactBelow: Double = this.exactBelow) = DecoderContract(attention,
         state, kvBudget, shapes, lookupPlan, decodeSelection, prefillRows, prefillTail, tokenRanges, exactTail, inputShapes,
-        fixedInputs, followKeys, followMinKeep, exactDecode, exactWidth, methods)
+        fixedInputs, followKeys, followMinKeep, exactDecode, exactWidth, methods, exactBelow)
 
     /**
      * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
@@ -180,7 +215,8 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 inputShapes(j), fixedInputs(j),
                 optInt(j, "follow_keys"), optInt(j, "follow_min_keep"), // likewise (and the gate absent before it)
                 optInt(j, "exact_decode"), // null for full attention, absent before it: 0
-                methods = j.opt("methods")?.obj()?.keys ?: emptySet())
+                methods = j.opt("methods")?.obj()?.keys ?: emptySet(),
+                exactBelow = j.opt("exact_below")?.let { if (it.isNull) 0.0 else it.double() } ?: 0.0) // likewise
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -281,7 +317,9 @@ object KvBudget {
  * lookup included; [lookupNanos] is its share), and whether the caller stopped it early.
  */
 class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val prefillNanos: Long, val decodeNanos: Long,
-                       val decodeSteps: Int, val lookupNanos: Long = 0L, val cancelled: Boolean = false) {
+                       val decodeSteps: Int, val lookupNanos: Long = 0L, val cancelled: Boolean = false,
+                       /** the decode steps (0-based) that ran again through the exact method (contract exact_below) */
+                       val rerunAt: IntArray = IntArray(0)) {
     val decodeTokensPerSecond: Double get() = if (decodeNanos > 0) decodeSteps / (decodeNanos / 1e9) else 0.0
 }
 
@@ -300,6 +338,10 @@ class GenerationOutput(val tokens: IntArray, val logits: List<FloatArray>, val p
  * call [exactMethod] instead of decode, fed as a 1-token prefill_exact call (n_tokens 1, cache_len = the decode
  * position; keep_keys as is, follow_rows -1: it follows nothing); its pointer (follow_out, or the split stages'
  * follow_weights over every clustered row) is the one the next decode step follows.
+ *
+ * Unsure steps ([exactBelow] p > 0): a decode call whose logits' top token has a softmax probability below p is
+ * called once more as an opening step (the same token and cache_len; with state io its new rows overwrite the decode
+ * call's), and that call's logits pick the token and its pointer points the next step.
  */
 class GenerationLoop(
     val runtime: DecoderRuntime,
@@ -341,6 +383,15 @@ class GenerationLoop(
      * contract's exact_decode for squeezed attention ([DecoderContract.withExactDecode] to choose another), 0 for full.
      */
     val exactDecode: Int = if (keepKeys == null) 0 else contract.exactDecode
+
+    /**
+     * The top-token probability below which a selecting decode step runs again through [exactMethod]: the contract's
+     * exact_below for squeezed attention ([DecoderContract.withExactBelow] to choose another), 0 (never) for full.
+     */
+    val exactBelow: Double = if (keepKeys == null) 0.0 else contract.exactBelow
+
+    /** Whether a selecting step's [logits] leave its top token less likely than [exactBelow] (then it runs again). */
+    fun unsure(logits: FloatArray): Boolean = exactBelow > 0.0 && topProbability(logits) < exactBelow
 
     /** prefill_exact (one token), or the split plan's decode_exact stages where the manifest lists them. */
     val exactMethod: String = contract.exactMethod
@@ -660,6 +711,7 @@ class GenerationLoop(
         val t1 = clockNanos()
         var steps = 0
         var stopped = false
+        val rerun = IntArrayList()
         for (i in 0 until maxNewTokens) {
             allLogits.add(logits)
             val token = if (forced == null) argmax(logits) else forced[i]
@@ -674,9 +726,14 @@ class GenerationLoop(
             // the answer's opening (exact_decode): its first steps attend every fixed-context row, then steps select
             val method = if (steps < exactDecode) exactMethod else "decode"
             logits = step(method, intArrayOf(token), ids.size + tokens.size - 1, cache)
+            if (method == "decode" && unsure(logits)) {  // exact_below: the same step again, every fixed-context row
+                logits = step(exactMethod, intArrayOf(token), ids.size + tokens.size - 1, cache)
+                rerun.add(steps)
+            }
             steps++
         }
-        return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps, lookupNanos, stopped)
+        return GenerationOutput(tokens.toArray(), allLogits, prefillNanos, clockNanos() - t1, steps, lookupNanos, stopped,
+            rerun.toArray())
     }
 
     /**
@@ -748,6 +805,18 @@ class GenerationLoop(
         private fun scalar(v: Long) = DecoderTensor.Int64(longArrayOf(v), intArrayOf(1))
 
         /** numpy's argmax: the first largest value; a NaN wins (the first NaN). */
+        /**
+         * The softmax probability of the most likely entry of [x], in double precision (Python:
+         * squeezed_attention.settings.top_probability): 1 / sum(exp(x_i - max)).
+         */
+        fun topProbability(x: FloatArray): Double {
+            var max = Double.NEGATIVE_INFINITY
+            for (v in x) if (v > max) max = v.toDouble()
+            var sum = 0.0
+            for (v in x) sum += Math.exp(v - max)
+            return 1.0 / sum
+        }
+
         fun argmax(x: FloatArray): Int {
             var best = 0
             for (i in x.indices) {

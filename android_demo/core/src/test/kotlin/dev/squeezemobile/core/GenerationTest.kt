@@ -81,6 +81,7 @@ class GenerationTest {
         return (if (exact == c.exactTail) c else c.withExactTail(exact))
             .withFollowKeys(run["follow_keys"].int(), run["follow_min_keep"].int())
             .withExactDecode(run["exact_decode"].int())
+            .withExactBelow(run["exact_below"].double())
     }
 
     companion object {
@@ -275,8 +276,9 @@ class GenerationTest {
         // the answer's opening off (exact_decode 0): with exact_tail 0 (no exact method) exact steps are refused
         // (exactDecodeIsReadFromTheContract)
         val opening = "\"exact_decode\": ${shapes.maxNew},"
-        val text = Golden.text("qa_decoder_manifest.json").also { assertTrue(it.contains(opening)) }
-            .replaceFirst(opening, "\"exact_decode\": 0,")
+        val unsure = "\"exact_below\": 0.2,"
+        val text = Golden.text("qa_decoder_manifest.json").also { assertTrue(it.contains(opening) && it.contains(unsure)) }
+            .replaceFirst(opening, "\"exact_decode\": 0,").replaceFirst(unsure, "\"exact_below\": 0,")
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         val exported = "\"exact_tail\": ${shapes.maxPrompt},"
         assertEquals(32, shapes.maxPrompt)
@@ -624,24 +626,35 @@ class GenerationTest {
                 else -> listOf("prefill branch=0", "prefill_exact branch=1")
             }
             assertEquals(run["exact_decode"].int(), loop.exactDecode, what)
-            val steps = runtime.calls - prompt.size
+            assertEquals(run["exact_below"].double(), loop.exactBelow, what)
+            // the unsure steps (exact_below): Python's re-runs, each a decode call then a 1-token prefill_exact call
+            val rerun = run["rerun_at"].intArray()
+            assertArrayEquals(rerun, out.rerunAt, what)
+            val steps = out.decodeSteps
             val opening = minOf(loop.exactDecode, steps)
             val decode = if (c.attention == "full") "decode" else "decode branch=0"
-            assertEquals(prompt + List(opening) { "prefill_exact branch=1" } + List(steps - opening) { decode }, runtime.log, what)
-            assertEquals(steps, out.decodeSteps, what)
+            val exact = "prefill_exact branch=1"
+            val answer = (0 until steps).flatMap { i -> if (i < opening) listOf(exact) else if (i in rerun) listOf(decode, exact) else listOf(decode) }
+            assertEquals(prompt + answer, runtime.log, what)
+            assertEquals(prompt.size + steps + rerun.size, runtime.calls, what)
             // an exact decode step feeds one token at the decode position, as Python's 1-token prefill_exact call
             for ((i, call) in run["calls"].list().withIndex().drop(prompt.size)) {
-                assertEquals(if (i - prompt.size < opening) "prefill_exact" else "decode", call["method"].string(), "$what call $i")
+                assertEquals(answer[i - prompt.size].substringBefore(" "), call["method"].string(), "$what call $i")
             }
         }
         assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
-            "squeezed greedy-follow-gated", "full greedy", "full forced"),
+            "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy", "full forced"),
             gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
         // the squeezed runs follow 2 keys (gated: none), full attention none
-        assertEquals(listOf(2, 2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
-        assertEquals(listOf(0, 0, 0, 0, 1_000_000, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
+        assertEquals(listOf(2, 2, 2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
+        assertEquals(listOf(0, 0, 0, 0, 1_000_000, 0, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
         // the squeezed runs open the answer with 3 exact steps ("greedy-select-decode": none, every step selects)
-        assertEquals(listOf(3, 3, 3, 0, 3, 0, 0), gen["runs"].list().map { it["exact_decode"].int() })
+        assertEquals(listOf(3, 3, 3, 0, 3, 3, 0, 0), gen["runs"].list().map { it["exact_decode"].int() })
+        // only "greedy-unsure" re-runs unsure steps, and only some of its selecting steps
+        assertEquals(listOf(0.0, 0.0, 0.0, 0.0, 0.0, 0.137, 0.0, 0.0), gen["runs"].list().map { it["exact_below"].double() })
+        val unsure = gen["runs"].list().single { it["kind"].string() == "greedy-unsure" }
+        assertTrue(unsure["rerun_at"].intArray().let { it.isNotEmpty() && it.size < gen["max_new_tokens"].int() - 1 - 3 && it.all { s -> s >= 3 } })
+        for (r in gen["runs"].list().filter { it["kind"].string() != "greedy-unsure" }) assertEquals(0, r["rerun_at"].intArray().size)
         // the rule changes the answer's logits: the select-decode run's second logits (its first decode step, which
         // selects) differ from the greedy run's (a 1-token prefill_exact over every row), on the same first token
         val runs = gen["runs"].list().associateBy { "${it["attention"].string()} ${it["kind"].string()}" }
@@ -772,7 +785,50 @@ class GenerationTest {
         val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
         assertEquals("decoder.exact_decode: 14 exact decode steps need the artifact's exact method, which it lacks (exact_tail 0); " +
             "re-export the decoder", refused(noMethod))
-        assertEquals(0, DecoderManifest.parse(noMethod.replaceFirst(exported, "\"exact_decode\": 0,")).artifacts[0].contract.exactDecode)
+        val noUnsure = noMethod.replaceFirst("\"exact_below\": 0.2,", "\"exact_below\": 0,")
+        assertEquals(0, DecoderManifest.parse(noUnsure.replaceFirst(exported, "\"exact_decode\": 0,")).artifacts[0].contract.exactDecode)
+    }
+
+    @Test
+    fun exactBelowIsReadFromTheContract() {
+        val text = Golden.text("qa_decoder_manifest.json")
+        // the default export (squeezed, exact_tail 32): unsure steps below 0.2 run again exactly; full attention null
+        val exported = "\"exact_below\": 0.2,"
+        assertTrue(text.contains(exported))
+        fun withBelow(value: String) = text.replaceFirst(exported, "\"exact_below\": $value,")
+        fun refused(manifest: String) = assertThrows(DecoderException::class.java) { DecoderManifest.parse(manifest) }.message!!
+        assertEquals(listOf(0.2, 0.0), DecoderManifest.parse(text).artifacts.map { it.contract.exactBelow })
+        // null and absent (exports before the field): 0, never
+        assertEquals(0.0, DecoderManifest.parse(withBelow("null")).artifacts[0].contract.exactBelow)
+        assertEquals(0.0, DecoderManifest.parse(text.replaceFirst(exported, "")).artifacts[0].contract.exactBelow)
+        assertEquals(0.5, DecoderManifest.parse(withBelow("0.5")).artifacts[0].contract.exactBelow)
+        assertEquals(0.0, DecoderManifest.parse(withBelow("0")).artifacts[0].contract.exactBelow)
+        // outside [0, 1): one line naming the field
+        assertEquals("decoder.exact_below: expected a probability from 0 to below 1, found -0.1", refused(withBelow("-0.1")))
+        assertEquals("decoder.exact_below: expected a probability from 0 to below 1, found 1.0", refused(withBelow("1")))
+        assertTrue(refused(withBelow("\"0.2\"")).let { it.contains("exact_below") && '\n' !in it })
+        // re-runs without the exact method (exact_tail 0): refused at reading
+        val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
+            .replaceFirst("\"exact_decode\": ${shapes.maxNew},", "\"exact_decode\": 0,")
+        assertEquals("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it lacks " +
+            "(exact_tail 0); re-export the decoder", refused(noMethod))
+        // an override, checked as decoder_session.exact_below_of checks it (its messages)
+        val squeezed = manifest.pick("onnx", "squeezed").contract
+        val full = manifest.pick("onnx", "full").contract
+        assertEquals(listOf(0.0, 0.35), listOf(0.0, 0.35).map { squeezed.withExactBelow(it).exactBelow })
+        assertEquals("--exact-below must be a probability from 0 (off) to below 1; got 1.0",
+            assertThrows(DecoderException::class.java) { squeezed.withExactBelow(1.0) }.message)
+        assertEquals("--exact-below shapes Squeezed Attention's key selection and does nothing with a full-attention artifact " +
+            "(every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)",
+            assertThrows(DecoderException::class.java) { full.withExactBelow(0.3) }.message)
+        assertEquals("--exact-below 0.3 runs unsure decode steps again through the artifact's exact method, which this " +
+            "artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-below 0",
+            assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "io", 0.3, shapes).withExactBelow(0.3) }.message)
+        // a full-attention loop re-runs nothing whatever its contract says
+        assertEquals(0.0, GenerationLoop(CallRecorder(), full, pack, PackLayout.decoderContextInputs(pack, shapes, "full")).exactBelow)
+        // the probability the rule reads: softmax of the logits' top entry, in double precision
+        assertEquals(0.5, GenerationLoop.topProbability(floatArrayOf(1f, 1f, Float.NEGATIVE_INFINITY)), 1e-15)
+        assertEquals(1.0 / (1.0 + 2.0 * Math.exp(-2.0)), GenerationLoop.topProbability(floatArrayOf(0f, 2f, 0f)), 1e-15)
     }
 
     @Test

@@ -16,7 +16,8 @@ import java.io.File
  * when it is missing), with Python's calls: the export's exact prompt tail (32 tokens, the whole question) runs as
  * prefill_exact, the file's second graph, selected by `branch` = 1, the answer's first 3 decode steps (the export's
  * exact_decode) as 1-token prefill_exact calls (branch 1), the later ones decode with `branch` = 0; and with a 4-token
- * tail, a selecting prefill (branch 0) before it. The export follows 2 keys (follow_min_keep 0): every decode step
+ * tail, a selecting prefill (branch 0) before it; a selecting step whose top token is less likely than the export's
+ * exact_below (0.137) runs again as a 1-token prefill_exact call, where Python's did. The export follows 2 keys (follow_min_keep 0): every decode step
  * feeds the previous call's follow_out back as follow_rows_<layer>. run_tests.sh passes -Dsqueeze.ort.decoder=DIR: with the property set, missing files FAIL;
  * only a run without the property (outside run_tests.sh) skips.
  */
@@ -99,6 +100,9 @@ class OrtJniDecoderTest {
             // the answer's opening as the export wrote it (make_golden.QA_EXACT_DECODE) and Python's session ran it
             assertEquals(3, s.ref["exact_decode"].int())
             assertEquals(s.ref["exact_decode"].int(), s.artifact.contract.exactDecode)
+            // the unsure steps' re-run as the export wrote it (make_golden.QA_EXACT_BELOW)
+            assertEquals(0.137, s.ref["exact_below"].double())
+            assertEquals(s.ref["exact_below"].double(), s.artifact.contract.exactBelow)
             val rt = CallLog(ort)
             val qa = DocumentQa.attach(s.manifest, s.artifact, rt, s.tokenizer, pack)
             assertEquals(s.ref["keep_keys"].int(), qa.loop.keepKeys)
@@ -119,9 +123,14 @@ class OrtJniDecoderTest {
             val out = qa.loop.greedy(ids, maxNew)
             assertArrayEquals(greedy["tokens"].intArray(), out.tokens)
             // Python's calls: the whole question as prefill_exact (branch 1), the answer's first 3 decode steps 1-token
-            // prefill_exact calls (branch 1), then decode steps (branch 0)
+            // prefill_exact calls (branch 1), then decode steps (branch 0), each unsure one (Python's rerun_at) followed
+            // by a 1-token prefill_exact call
+            val rerun = greedy["rerun_at"].intArray()
+            assertArrayEquals(rerun, out.rerunAt)
+            assertTrue(rerun.isNotEmpty() && rerun.size < maxNew - 4, rerun.contentToString())
             assertEquals(greedy["calls"].strings(), rt.calls)
-            assertEquals(List(4) { "prefill_exact branch=1" } + List(maxNew - 4) { "decode branch=0" }, rt.calls)
+            assertEquals(List(4) { "prefill_exact branch=1" } + (3 until maxNew - 1).flatMap {
+                if (it in rerun) listOf("decode branch=0", "prefill_exact branch=1") else listOf("decode branch=0") }, rt.calls)
             val diff = maxAbs(out.logits, greedy["logits"])
             println("OrtJniDecoder (${rt.name}): ${out.tokens.size} tokens = Python's; max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
@@ -140,6 +149,7 @@ class OrtJniDecoderTest {
                 stopIds = forced["stop_ids"].intArray().toSet())
             assertArrayEquals(forced["tokens"].intArray(), out.tokens)
             assertEquals(forced["calls"].strings(), rt.calls)
+            assertArrayEquals(forced["rerun_at"].intArray(), out.rerunAt)
             assertTrue(out.tokens.size < forced["forced"].intArray().size, "the forced run must stop at the end-of-turn token")
             val diff = maxAbs(out.logits, forced["logits"])
             println("OrtJniDecoder forced run (2 threads): max |logit - Python| = $diff")
@@ -162,6 +172,7 @@ class OrtJniDecoderTest {
             val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
             assertArrayEquals(short["tokens"].intArray(), out.tokens)
             assertEquals(short["calls"].strings(), rt.calls)
+            assertArrayEquals(short["rerun_at"].intArray(), out.rerunAt)
             assertEquals(listOf("prefill branch=0") + List(4) { "prefill_exact branch=1" } + listOf("decode branch=0"), rt.calls.take(6))
             val diff = maxAbs(out.logits, short["logits"])
             println("OrtJniDecoder, ${short["exact_tail"].int()}-token exact tail: max |logit - Python| = $diff")
