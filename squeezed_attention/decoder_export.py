@@ -537,24 +537,16 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
     if exact_decode is not None and (type(exact_decode) is not int or not 0 <= exact_decode <= max_new):
         raise SqueezeError(f"--exact-decode must be a whole number of tokens from 0 to --max-new ({max_new}); "
                            f"got {exact_decode!r}")
-    if exact_decode and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
-        if decode_selection != "step":
-            raise SqueezeError(f"--exact-decode {exact_decode} is exported with per-step decode selection only (here: "
-                               f"decode selection {decode_selection}); pass --exact-decode 0")
-        if exact_tail == 0:
-            raise SqueezeError(f"--exact-decode {exact_decode} runs the answer's first tokens through the exact method "
-                               "(prefill_exact), which --exact-tail 0 leaves out; pass --exact-tail >= 1 or "
-                               "--exact-decode 0")
-    if exact_below is not None:
-        exact_below = check_exact_below(exact_below)
-        if exact_below and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):
-            if decode_selection != "step":
-                raise SqueezeError(f"--exact-below {exact_below:g} is exported with per-step decode selection only "
-                                   f"(here: decode selection {decode_selection}); pass --exact-below 0")
-            if exact_tail == 0:
-                raise SqueezeError(f"--exact-below {exact_below:g} runs unsure decode steps again through the exact "
-                                   "method (prefill_exact), which --exact-tail 0 leaves out; pass --exact-tail >= 1 or "
-                                   "--exact-below 0")
+    exact_below = None if exact_below is None else check_exact_below(exact_below)
+    squeezed = "squeezed" in ([attention] if isinstance(attention, str) else list(attention))
+    for option, value, does in (("--exact-decode", exact_decode, "runs the answer's first tokens"),
+                                ("--exact-below", exact_below, "runs unsure decode steps again")):
+        if value and squeezed and decode_selection != "step":
+            raise SqueezeError(f"{option} {value:g} is exported with per-step decode selection only (here: decode "
+                               f"selection {decode_selection}); pass {option} 0")
+        if value and squeezed and exact_tail == 0:
+            raise SqueezeError(f"{option} {value:g} {does} through the exact method (prefill_exact), which --exact-tail 0 "
+                               f"leaves out; pass --exact-tail >= 1 or {option} 0")
     if follow_keys is not None and (type(follow_keys) is not int or follow_keys < 0):
         raise SqueezeError(f"--follow-keys must be a whole number of keys >= 0; got {follow_keys!r}")
     if follow_keys and "squeezed" in ([attention] if isinstance(attention, str) else list(attention)):

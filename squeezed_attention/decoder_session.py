@@ -94,14 +94,22 @@ def exact_decode_of(contract: dict, exact_decode: int | None = None) -> int:
     _refuse_for_full(contract, "--exact-decode", exact_decode)
     if type(exact_decode) is not int or exact_decode < 0:
         raise SqueezeError(f"--exact-decode must be a whole number of tokens >= 0; got {exact_decode!r}")
-    if exact_decode and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
-        raise SqueezeError(f"--exact-decode {exact_decode} runs the answer's first tokens through the artifact's exact "
-                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
-                           "--exact-tail N or pass --exact-decode 0")
-    if exact_decode and contract.get("decode_selection") == "question":
-        raise SqueezeError("--exact-decode needs an artifact with per-step decode selection (this one holds the "
-                           "prefill's selection for the whole answer)")
+    if exact_decode:
+        _needs_exact_method(contract, f"--exact-decode {exact_decode}", "runs the answer's first tokens")
     return exact_decode if contract.get("attention") == "squeezed" else 0
+
+
+def _needs_exact_method(contract: dict, option: str, does: str) -> None:
+    """An option that sends decode steps through the artifact's exact method (``option``: the flag and its value;
+    ``does``: what it runs there) refused in one line where the artifact has no exact method or holds the prefill's
+    selection for the whole answer."""
+    if contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
+        flag = option.split()[0]
+        raise SqueezeError(f"{option} {does} through the artifact's exact method, which this artifact lacks (exported "
+                           f"with --exact-tail 0); re-export it with --exact-tail N or pass {flag} 0")
+    if contract.get("decode_selection") == "question":
+        raise SqueezeError(f"{option.split()[0]} needs an artifact with per-step decode selection (this one holds the "
+                           "prefill's selection for the whole answer)")
 
 
 def exact_below_of(contract: dict, exact_below: float | None = None) -> float:
@@ -111,13 +119,8 @@ def exact_below_of(contract: dict, exact_below: float | None = None) -> float:
         return float(contract.get("exact_below") or 0.0) if contract.get("attention") == "squeezed" else 0.0
     _refuse_for_full(contract, "--exact-below", exact_below)
     exact_below = check_exact_below(exact_below)
-    if exact_below and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
-        raise SqueezeError(f"--exact-below {exact_below:g} runs unsure decode steps again through the artifact's exact "
-                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
-                           "--exact-tail N or pass --exact-below 0")
-    if exact_below and contract.get("decode_selection") == "question":
-        raise SqueezeError("--exact-below needs an artifact with per-step decode selection (this one holds the "
-                           "prefill's selection for the whole answer)")
+    if exact_below:
+        _needs_exact_method(contract, f"--exact-below {exact_below:g}", "runs unsure decode steps again")
     return exact_below if contract.get("attention") == "squeezed" else 0.0
 
 
