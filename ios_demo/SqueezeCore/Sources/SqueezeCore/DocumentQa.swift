@@ -19,6 +19,8 @@ public struct Answer {
     public var exactDecodeTokens = 0
     /// Whether the caller stopped the answer early (generate's cancelled)
     public var cancelled = false
+    /// Decode steps that ran again through the exact method (contract exact_below)
+    public var rerunTokens = 0
 
     public var decodeTokensPerSecond: Double { decodeMs > 0 ? Double(decodeTokens) / (decodeMs / 1e3) : 0 }
 }
@@ -108,6 +110,7 @@ public final class DocumentQa {
         return Answer(text: text, tokenIds: out.tokens, promptTokens: ids.count,
                       contextTokens: loop.pack.numTokens, prefillMs: Double(out.prefillNanos) / 1e6,
                       decodeMs: Double(out.decodeNanos) / 1e6, decodeTokens: out.decodeSteps, runtime: runtime.name,
-                      lookupMs: Double(out.lookupNanos) / 1e6, exactDecodeTokens: out.exactSteps, cancelled: out.cancelled)
+                      lookupMs: Double(out.lookupNanos) / 1e6, exactDecodeTokens: out.exactSteps, cancelled: out.cancelled,
+                      rerunTokens: out.rerunAt.count)
     }
 }

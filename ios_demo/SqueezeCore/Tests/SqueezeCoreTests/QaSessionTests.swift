@@ -120,6 +120,7 @@ final class QaSessionTests: XCTestCase {
             XCTAssertEqual(answer.text, try run["text"].string(), kind)
             XCTAssertEqual(runtime.calls, try run["calls"].list().count, kind)
             XCTAssertEqual(answer.exactDecodeTokens, opening, kind)
+            XCTAssertEqual(answer.rerunTokens, 0, kind)   // exact_below 0 here, as the recorded runs
             XCTAssertEqual(runtime.log.filter { $0.hasPrefix("prefill_exact") }.count, 1 + opening, kind)
         }
         // refused in one line when the session is made

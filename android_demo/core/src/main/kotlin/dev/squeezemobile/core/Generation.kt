@@ -831,7 +831,9 @@ class GenerationLoop(
 /** One answer: its text and ids, and the numbers the Q&A screen shows (lookupMs: the split plan's CPU lookup). */
 class Answer(val text: String, val tokenIds: IntArray, val promptTokens: Int, val contextTokens: Int,
              val prefillMs: Double, val decodeMs: Double, val decodeTokens: Int, val runtime: String,
-             val lookupMs: Double = 0.0, val cancelled: Boolean = false) {
+             val lookupMs: Double = 0.0, val cancelled: Boolean = false,
+             /** decode steps that ran again through the exact method (contract exact_below) */
+             val rerunTokens: Int = 0) {
     val decodeTokensPerSecond: Double get() = if (decodeMs > 0) decodeTokens / (decodeMs / 1e3) else 0.0
 }
 
@@ -900,6 +902,6 @@ class DocumentQa(
         // add up to the answer's text (Python's TextStream.finish)
         if (onText != null && text.length > printed.length && text.startsWith(printed)) onText(text.substring(printed.length))
         return Answer(text, out.tokens, ids.size, loop.pack.numTokens, out.prefillNanos / 1e6,
-            out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled)
+            out.decodeNanos / 1e6, out.decodeSteps, runtime.name, out.lookupNanos / 1e6, out.cancelled, out.rerunAt.size)
     }
 }

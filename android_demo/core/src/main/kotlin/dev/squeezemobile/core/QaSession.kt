@@ -240,7 +240,8 @@ class QaSession(
 
         /** The numbers the screen shows under an answer. */
         fun stats(a: Answer): String {
-            val lookup = if (a.lookupMs > 0) ", CPU lookup %.0f ms".format(java.util.Locale.ROOT, a.lookupMs) else ""
+            val lookup = (if (a.rerunTokens > 0) ", ${a.rerunTokens} unsure re-run exactly" else "") +
+                (if (a.lookupMs > 0) ", CPU lookup %.0f ms".format(java.util.Locale.ROOT, a.lookupMs) else "")
             return "%s | prefill %.0f ms (%d prompt + %d context tokens) | decode %.1f tok/s (%d tokens)%s%s".format(
                 java.util.Locale.ROOT, a.runtime, a.prefillMs, a.promptTokens, a.contextTokens, a.decodeTokensPerSecond,
                 a.tokenIds.size, lookup, if (a.cancelled) " | stopped" else "")

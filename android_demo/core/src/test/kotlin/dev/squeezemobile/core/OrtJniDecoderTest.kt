@@ -117,6 +117,8 @@ class OrtJniDecoderTest {
             val streamed = StringBuilder()
             val answer = qa.generate(prompt, maxNewTokens = maxNew, stopAtEos = false) { streamed.append(it) }
             assertArrayEquals(greedy["tokens"].intArray(), answer.tokenIds)
+            assertEquals(greedy["rerun_at"].intArray().size, answer.rerunTokens)
+            assertTrue(QaSession.stats(answer).contains("${answer.rerunTokens} unsure re-run exactly"), QaSession.stats(answer))
             assertEquals(greedy["text"].string(), answer.text)
             assertEquals(answer.text, streamed.toString())
             rt.calls.clear()
