@@ -8,7 +8,7 @@ from squeezed_attention.suite import suite_cases, documents, split_items, _prose
 from squeezed_attention.pack import BuildSettings, build_context_pack
 from squeezed_attention.generation import AttentionChoice, Generator
 from squeezed_attention.evaluate import continuation_metrics
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[4]) if len(sys.argv) > 4 else 1)
 length, seed, ncases = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 ck = load_checkpoint(None); model = LlamaForCausalLM.from_checkpoint(ck); tok = ck.tokenizer
 GATES = (0.0, 0.2, 0.5)
