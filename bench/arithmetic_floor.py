@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from .memory_floor import context_rows, weights_per_layer
+from .peak_probe import peak_at
 
 INTEGER_WEIGHTS = ("int8", "int4")
 
@@ -43,17 +44,10 @@ def prompt_macs(config: Dict, contract: Dict, tokens: int) -> Dict[str, float]:
     return {"weights": float(weights), "attention": float(rows * per_row), "total": float(weights + rows * per_row)}
 
 
-def peak_gops(peaks: Dict, kind: str, threads: int) -> Optional[float]:
-    """The measured peak of ``kind`` (fp32, int8) at ``threads`` threads, GOP/s (an FMA is 2 ops), or None."""
-    if not peaks or peaks.get("status") != "ok":
-        return None
-    return ((peaks.get(kind) or {}).get("gops") or {}).get(str(threads))
-
-
 def floor_ms(macs: Dict[str, float], weights: str, peaks: Dict, threads: int) -> Optional[float]:
     """The prompt's floor in ms: its weight products at the peak their precision runs at, its attention at fp32."""
-    fp32 = peak_gops(peaks, "fp32", threads)
-    wide = peak_gops(peaks, "int8", threads) if weights in INTEGER_WEIGHTS else fp32
+    fp32 = peak_at(peaks, "fp32", threads)          # GOP/s: an FMA is 2 ops
+    wide = peak_at(peaks, "int8", threads) if weights in INTEGER_WEIGHTS else fp32
     if not fp32 or not wide:
         return None
     return (2 * macs["weights"] / (wide * 1e9) + 2 * macs["attention"] / (fp32 * 1e9)) * 1e3
@@ -73,4 +67,4 @@ def annotate(row: Dict, config: Dict, contract: Dict, peaks: Dict) -> None:
         row["prompt_peak_share"] = row["prompt_floor_ms"] / row["prompt_prefill_ms"]
 
 
-__all__ = ["annotate", "floor_ms", "peak_gops", "prompt_macs"]
+__all__ = ["annotate", "floor_ms", "prompt_macs"]

@@ -136,13 +136,13 @@ def artifact_jobs(manifest: Dict, art_dir: Path, include_eager: bool, artifacts:
 
 def add_peak_shares(rows: List[Dict], peaks: Dict) -> None:
     """Each ok row's achieved rate as a share of the peak that matches its precision at its thread count."""
-    from .peak_probe import KINDS, reference_kind
+    from .peak_probe import KINDS, peak_at, reference_kind
 
     for row in rows:
         if row.get("status") != "ok":
             continue
         kind = reference_kind(row.get("precision"))
-        peak = ((peaks.get(kind) or {}).get("gops") or {}).get(str(row["threads"]))
+        peak = peak_at(peaks, kind, row["threads"])
         row["peak_reference"] = KINDS[kind]
         if peak:
             row["peak_gops"] = peak

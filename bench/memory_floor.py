@@ -71,9 +71,9 @@ def floor_ms(total_bytes: float, gbps: Optional[float]) -> Optional[float]:
 def bandwidth_for(peaks: Dict, threads: int) -> Optional[float]:
     """The measured read bandwidth (GB/s) at ``threads`` threads from the machine peaks (peak_probe.machine_peaks:
     the best of the probes around the runs), or None where it was not measured."""
-    if not peaks or peaks.get("status") != "ok":
-        return None
-    return ((peaks.get("read_bw") or {}).get("gops") or {}).get(str(threads))
+    from .peak_probe import peak_at
+
+    return peak_at(peaks, "read_bw", threads)
 
 
 def annotate(row: Dict, config: Dict, contract: Dict, peaks: Dict) -> None:

@@ -163,6 +163,14 @@ def rates(out: Dict, kind: str) -> Dict[str, float]:
     return {str(r["threads"]): r["gops"] for r in (out.get(kind) or {}).get("results", [])}
 
 
+def peak_at(peaks: Dict, kind: str, threads: int) -> Optional[float]:
+    """The machine's measured rate of ``kind`` (a KINDS key) at ``threads`` threads from machine_peaks' section, or
+    None where it was not measured (no compiler, another thread count)."""
+    if not peaks or peaks.get("status") != "ok":
+        return None
+    return ((peaks.get(kind) or {}).get("gops") or {}).get(str(threads))
+
+
 def machine_peaks(threads: Sequence[int], probes: Sequence[Dict]) -> Dict:
     """The machine section's peaks from one or more probe runs (e.g. before and after the runtimes): per kind and
     thread count the best rate (a run that coincided with other load understates the machine), plus every run's
