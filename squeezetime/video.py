@@ -16,13 +16,15 @@ cut-off last packet of a truncated file) are not sent to the decoder: they count
 decode. Damaged data in the middle of a file is treated the same way (a file damaged anywhere behaves as one
 cut short, and only frames decoded from intact data are used): a packet the decoder rejects is skipped and
 counted (``VideoInfo.damaged_packets``, as FFmpeg's CLI skips it), and the frames the decoder outputs from
-damaged data -- flagged corrupt (its error concealment filled them in), or following a damaged packet or frame
-before the next clean keyframe, which may predict from the damage -- are left out and counted
+damaged data -- flagged corrupt (its error concealment filled them in), or decoded after a damaged packet or frame
+and before the next keyframe, in decode order, so they may predict from the damage -- are left out and counted
 (``VideoInfo.damaged_frames``): what concealment fills in depends on the decoder's memory reuse (the same file
 gave other pixels in 125 of 247 frames when the caller held packets a little longer), so those frames would make
 the input, and every sha256 recorded from it, differ between runs. A demuxer error ends the stream there, as a
-truncation would. The one SqueezeWarning then gives those counts. Decoding uses slice threads only: FFmpeg's frame
-threads drop errors near the end of a stream, which would make the verdict depend on the machine's core count.
+truncation would. The one SqueezeWarning then gives those counts. Decoding runs on one thread: FFmpeg's frame threads
+drop errors near the end of a stream, and with slice threads its H.264 decoder turns error resilience off, so a damaged
+keyframe it concealed came out unflagged and every frame predicted from it was used (on a machine with more than one
+core); either would make the verdict depend on the machine's core count.
 
 Frames are presented upright, as FFmpeg's CLI and the apps show them: a phone stores portrait video as
 landscape pixels plus a display matrix (a rotation in the container, reaching each decoded frame as side
@@ -42,6 +44,7 @@ decoded count falls outside that window does a second decode pass fetch the fram
 
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import numbers
 import warnings
@@ -260,7 +263,45 @@ class _Decoded(NamedTuple):
     damaged_frames: int  # frames output from damaged data, left out
 
 
-def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _Decoded:
+class _Damage:
+    """Where a stream is damaged, in decode order: which frames may have been decoded from damaged data.
+
+    Packets are numbered in the order they are sent to the decoder, and every frame carries its packet's number
+    (FFmpeg's copy_opaque), so a frame is judged by where it was decoded, not where it is shown: B-frames come out
+    after the damage that follows them in the stream, and a keyframe sent before a damaged packet comes out after
+    it. A frame is clean when no damage lies between the last keyframe sent at or before it and itself (its own
+    packet included): the frames of a group of pictures from its first damaged packet or concealed frame on may
+    predict from the damage. Damage is a packet the decoder rejected or a frame it flagged as concealed; the
+    concealed frame becomes known only when it comes out, possibly after frames decoded later were judged, so the
+    caller re-judges every frame at the end (``clean`` with everything known) and decodes again if a verdict moved.
+    """
+
+    def __init__(self, known: Optional["_Damage"] = None):
+        self.keys: List[int] = sorted(known.keys) if known else []
+        self.events: List[int] = sorted(known.events) if known else []
+
+    @staticmethod
+    def _add(values: List[int], value: int) -> None:
+        at = bisect.bisect_left(values, value)
+        if at == len(values) or values[at] != value:
+            values.insert(at, value)
+
+    def key(self, index: int) -> None:
+        self._add(self.keys, index)
+
+    def damage(self, index: int) -> None:
+        self._add(self.events, index)
+
+    def clean(self, index: int) -> bool:
+        at = bisect.bisect_right(self.events, index)
+        if at == 0:
+            return True
+        last_damage = self.events[at - 1]
+        k = bisect.bisect_right(self.keys, index)
+        return k > 0 and self.keys[k - 1] > last_damage
+
+
+def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known: Optional[_Damage] = None) -> _Decoded:
     """One decode pass: upright RGB copies of the frames whose index is in ``wanted``, and the number that decoded.
 
     ``short``: each kept frame is resized at once (:func:`resize_short_side`, frame by frame, which gives the same
@@ -271,34 +312,46 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
     size of the first decoded frame (a stream that changes resolution mid-way still stacks) and turned by the first
     decoded frame's display rotation (one SqueezeWarning, unless ``warn`` is off, when that rotation is not a
     multiple of 90 degrees). A packet the decoder rejects is skipped and counted, and so are the frames it outputs
-    from damaged data (left out): see the module docstring. No frame at all -> SqueezeError.
+    from damaged data (left out): see the module docstring and :class:`_Damage`. ``known``: the damage a previous
+    pass found (a concealed frame that came out late moved a verdict), so every frame is judged right at once. No
+    frame at all -> SqueezeError.
     """
     import av
 
     keep: Dict[int, np.ndarray] = {}
-    decoded, width, height, turns, damaged, damaged_frames = 0, 0, 0, 0, 0, 0
-    tainted = False  # a damaged packet or frame came since the last clean keyframe
+    decoded, width, height, turns, damaged = 0, 0, 0, 0, 0
+    ledger = _Damage(known)
+    judged: List[Tuple[int, bool]] = []  # (packet number, clean) of every frame that came out, in output order
+    sent = -1  # number of the last packet sent
     container, stream = _open(path)
     try:
-        stream.thread_type = "SLICE"  # not FRAME: see the module docstring
+        stream.thread_type, stream.thread_count = "NONE", 1  # one thread: see the module docstring
+        stream.codec_context.flags |= av.codec.context.Flags.copy_opaque  # each frame carries its packet's number
         for packet in _demuxed(container, stream):
+            if packet is not None:
+                sent += 1
+                packet.opaque = sent
+                if packet.is_keyframe:
+                    ledger.key(sent)
             if packet is not None and packet.is_corrupt and packet.size:  # cut off: known not to decode, do not try
                 continue
             try:
                 frames = packet.decode() if packet is not None else stream.decode(None)
             except av.error.InvalidDataError:  # damaged data: skipped, as FFmpeg's CLI skips it
                 damaged += 1
-                tainted = True
+                ledger.damage(sent)
                 continue
             except av.error.FFmpegError as exc:  # not the data: the decoder itself cannot go on
                 raise SqueezeError(f"video {path} cannot be decoded after {decoded} frames ({_reason(exc)}); "
                                    f"re-encode it or use another file") from None
             for frame in frames:
-                if frame.is_corrupt or (tainted and not frame.key_frame):  # concealed, or may predict from damage
-                    tainted = True
-                    damaged_frames += 1
+                number = frame.opaque if isinstance(frame.opaque, int) else sent
+                if frame.is_corrupt:  # concealed
+                    ledger.damage(number)
+                clean = ledger.clean(number)
+                judged.append((number, clean))
+                if not clean:
                     continue
-                tainted = False
                 if decoded == 0:
                     width, height = frame.width, frame.height
                     if width <= 0 or height <= 0:
@@ -320,6 +373,9 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None) -> _De
                 decoded += 1
     finally:
         container.close()
+    if known is None and any(clean != ledger.clean(number) for number, clean in judged):
+        return _decode(path, wanted, warn, short, ledger)  # a concealed frame came out after frames decoded from it
+    damaged_frames = len(judged) - decoded
     if decoded == 0:
         why = (f" ({_count(damaged, 'damaged packet')} rejected, {_count(damaged_frames, 'frame')} decoded from "
                f"damaged data)") if damaged or damaged_frames else ""

@@ -51,19 +51,20 @@ def damaged_bikes(tmp_path_factory, real_video):
 
 def test_a_file_damaged_mid_stream_uses_the_frames_that_decode_cleanly(damaged_bikes, real_video):
     """It was refused as a whole ('is corrupt: decoding failed at frame 120'). Now: the 2 packets FFmpeg rejects are
-    skipped, the 15 frames decoded from damaged data (concealed, or predicted from the damage before the next clean
-    keyframe) are left out, one warning gives the counts, and sampling runs on the 233 clean frames."""
+    skipped, the 14 frames decoded from damaged data (concealed, or decoded after the damage and before the next
+    keyframe) are left out, one warning gives the counts, and sampling runs on the 234 clean frames (the keyframe
+    decoded before the damage and shown after it among them)."""
     path = damaged_bikes
     result, warned = read_recording(path, frames=4, size=64)
     counts = result.info.frame_counts()
-    assert counts == {"declared": 250, "packets": 250, "decoded": 233, "damaged_packets": 2, "damaged_frames": 15}
-    assert not result.info.complete and result.info.frames == 233
-    assert warned == [f"video {path} is damaged: 2 video packets of 250 do not decode and 15 frames decoded from "
-                      "damaged data are left out; sampling uses the 233 frames that decode cleanly; re-encode it or "
+    assert counts == {"declared": 250, "packets": 250, "decoded": 234, "damaged_packets": 2, "damaged_frames": 14}
+    assert not result.info.complete and result.info.frames == 234
+    assert warned == [f"video {path} is damaged: 2 video packets of 250 do not decode and 14 frames decoded from "
+                      "damaged data are left out; sampling uses the 234 frames that decode cleanly; re-encode it or "
                       "use another file"]
     with pytest.warns(SqueezeWarning):
         frames, inds, _ = video.read_sampled_frames(path, 16, 4)
-    assert inds[0, 0] == int((233 - 64 + 1) / 2)
+    assert inds[0, 0] == int((234 - 64 + 1) / 2)
     # every frame used is bit for bit a frame of the intact file, in order: nothing concealed (whose pixels depend on
     # the decoder's memory reuse) reaches the model
     intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
@@ -109,6 +110,69 @@ def test_zeroed_bytes_in_the_middle_of_any_container(codec_dir, tmp_path, name, 
         assert all(f.tobytes() in intact for f in frames)
 
 
+def packet_spans(src):
+    """The video packets of ``src`` as (pos, size, is_keyframe), in decode order."""
+    with av.open(str(src)) as container:
+        return [(p.pos, p.size, p.is_keyframe) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def zero_inside_packets(src, dst, damage):
+    """``src`` with bytes zeroed inside its video packets: ``damage`` maps a packet's decode-order number to
+    (start as a fraction of the packet, byte count or None for the rest of it)."""
+    spans = packet_spans(src)
+    data = bytearray(Path(src).read_bytes())
+    for number, (start, length) in damage.items():
+        pos, size, _ = spans[number]
+        at = pos + int(size * start)
+        length = pos + size - at if length is None else length
+        data[at: at + length] = bytes(length)
+    Path(dst).write_bytes(bytes(data))
+
+
+def frames_used(path):
+    """What the reader finds in a damaged file: its counts and, for every frame it uses, that frame's index in
+    the intact file (None for a frame the intact file does not have)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = video.probe(path)
+        frames = video.decode_frames(path, range(info.frames))
+    return info.frame_counts(), frames
+
+
+@pytest.mark.parametrize("start", [0.3, 0.7])
+def test_a_concealed_keyframe_is_left_out_with_its_group(codec_dir, tmp_path, start):
+    """32 bytes zeroed inside the second keyframe's slice data: FFmpeg's H.264 decoder conceals the damage without
+    rejecting the packet. With slice threads (on any machine with two or more cores) it turned its error
+    resilience off, flagged nothing, and the 12 frames of that group -- the keyframe's concealed pixels and the
+    frames predicted from them -- were used without a warning. Now the keyframe is flagged and its group left out."""
+    src = codec_dir / "h264_bframes.mp4"
+    spans = packet_spans(src)
+    second_key = [i for i, (_, _, key) in enumerate(spans) if key][1]
+    zero_inside_packets(src, tmp_path / "concealed.mp4", {second_key: (start, 32)})
+    counts, frames = frames_used(tmp_path / "concealed.mp4")
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(src))}
+    assert [intact.get(f.tobytes()) for f in frames] == list(range(second_key))
+    assert counts["decoded"] == second_key and counts["damaged_frames"] + counts["damaged_packets"] > 0
+    with pytest.warns(SqueezeWarning, match="damaged"):
+        video.read_sampled_frames(tmp_path / "concealed.mp4", 4, 2)
+
+
+def test_damage_is_judged_where_a_frame_was_decoded_not_where_it_is_shown(codec_dir, tmp_path):
+    """The packet after the second keyframe (in decode order) wiped: the decoder rejects it, then outputs the
+    keyframe, which was decoded before the damage and is clean. The frames after it in the group predict from the
+    lost packet: they used to be used (the keyframe coming out reset the reader's 'damaged' state) and 10 of the 24
+    frames were not frames of the file. Now they are left out: the first group and the keyframe are used."""
+    src = codec_dir / "h264_bframes.mp4"
+    spans = packet_spans(src)
+    second_key = [i for i, (_, _, key) in enumerate(spans) if key][1]
+    zero_inside_packets(src, tmp_path / "lost.mp4", {second_key + 1: (0.0, None)})
+    counts, frames = frames_used(tmp_path / "lost.mp4")
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(src))}
+    assert [intact.get(f.tobytes()) for f in frames] == list(range(second_key + 1))
+    assert counts["damaged_packets"] == 1
+    assert counts["decoded"] + counts["damaged_packets"] + counts["damaged_frames"] == len(spans)
+
+
 def test_a_file_whose_every_packet_is_damaged_is_refused_in_one_line(tmp_path, codec_dir):
     """MJPEG packets wiped: no frame decodes; the refusal says the packets were damaged."""
     src = codec_dir / "mjpeg.mov"
@@ -142,20 +206,26 @@ def test_predict_on_a_damaged_file_warns_once_and_records_the_damage(damaged_bik
                            str(small_checkpoint), "--top", "2", "--json", "--threads", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["video_frames"] == {"declared": 250, "packets": 250, "decoded": 233, "damaged_packets": 2,
-                                   "damaged_frames": 15}
+    assert out["video_frames"] == {"declared": 250, "packets": 250, "decoded": 234, "damaged_packets": 2,
+                                   "damaged_frames": 14}
     warned = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1 and "is damaged: 2 video packets of 250 do not decode" in warned[0]
     assert "Traceback" not in proc.stderr
 
 
-def test_scattered_bit_flips_are_used_with_one_warning(video_dir):
-    """corrupt.mp4: 300 bytes flipped over 40% of bikes.mp4 (was refused: 'decoding failed at frame 87')."""
+def test_scattered_bit_flips_are_used_with_one_warning(video_dir, real_video):
+    """corrupt.mp4: 300 bytes flipped over 40% of bikes.mp4 (was refused: 'decoding failed at frame 87'). Every frame
+    used is a frame of the intact file, in order (3 of the 124 used before were not: frames after a concealed one
+    in decode order but shown before it)."""
     path = video_dir / "corrupt.mp4"
     result, warned = read_recording(path, frames=4, size=64)
-    assert result.info.frame_counts() == {"declared": 250, "packets": 250, "decoded": 124, "damaged_packets": 3,
-                                          "damaged_frames": 123}
-    assert len(warned) == 1 and "sampling uses the 124 frames that decode cleanly" in warned[0]
+    assert result.info.frame_counts() == {"declared": 250, "packets": 250, "decoded": 121, "damaged_packets": 3,
+                                          "damaged_frames": 126}
+    assert len(warned) == 1 and "sampling uses the 121 frames that decode cleanly" in warned[0]
+    counts, frames = frames_used(path)
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
+    where = [intact.get(f.tobytes()) for f in frames]
+    assert None not in where and where == sorted(where)
 
 
 # ------------------------------------------------------------------------------------ Python API arguments
