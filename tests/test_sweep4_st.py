@@ -228,6 +228,26 @@ def test_scattered_bit_flips_are_used_with_one_warning(video_dir, real_video):
     assert None not in where and where == sorted(where)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_frame_found_concealed_after_frames_decoded_from_it_leaves_them_out(tmp_path, real_video, seed):
+    """20 bytes flipped over bikes.mp4: a reference frame the decoder concealed comes out (shown) after B-frames
+    decoded from it, which were judged clean when they came out. The reader notices and decodes again knowing
+    the damage, so every frame used is a frame of the intact file, in order, and probe counts the same."""
+    data = bytearray(Path(real_video).read_bytes())
+    g = torch.Generator().manual_seed(seed)
+    for pos in torch.randint(int(len(data) * 0.05), int(len(data) * 0.9), (20,), generator=g).tolist():
+        data[pos] ^= 0x5A
+    path = tmp_path / "flipped.mp4"
+    path.write_bytes(bytes(data))
+    counts, frames = frames_used(path)
+    assert counts["damaged_frames"] > 0
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
+    where = [intact.get(f.tobytes()) for f in frames]
+    assert None not in where and where == sorted(where)
+    result, warned = read_recording(path, frames=4, size=64)
+    assert result.info.frame_counts() == counts and len(warned) == 1
+
+
 # ------------------------------------------------------------------------------------ Python API arguments
 @pytest.mark.parametrize("kwargs", [{"frames": 0}, {"size": 0}, {"interval": 0}, {"num_clips": 0}, {"resize": 0},
                                     {"frames": -1}, {"size": -5}, {"interval": -2}, {"num_clips": -1},
