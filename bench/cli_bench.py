@@ -61,6 +61,11 @@ def add_subcommands(sub) -> None:
                    help="squeezed artifacts: the question's last N tokens select their keys one at a time (decode "
                    "steps; squeeze generate --prefill-tail); several values give one row each, in the same "
                    "interleaved run (default: the manifest's prefill_tail)")
+    d.add_argument("--exact-tail", default=None, metavar="N[,N]",
+                   help="squeezed artifacts: the question's last N tokens attend every fixed-context key (the "
+                   "artifact's prefill_exact; squeeze generate --exact-tail), at most the width it was exported with; "
+                   "several values give one row each, in the same interleaved run, with every --prefill-tail "
+                   "(default: the manifest's exact_tail)")
     d.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
@@ -161,18 +166,13 @@ def cmd_bench(args) -> int:
             contexts = []
         if not contexts:
             raise SqueezeError(f"--contexts takes comma-separated token counts, e.g. 2048,4096,8192; got {args.contexts!r}")
-        tails = None
-        if args.prefill_tail is not None:
-            try:
-                tails = [int(t) for t in str(args.prefill_tail).split(",") if t.strip()]
-            except ValueError:
-                tails = []
-            if not tails or min(tails) < 0:
-                raise SqueezeError(f"--prefill-tail takes token counts >= 0, e.g. 0,16; got {args.prefill_tail!r}")
+        tails = _token_counts("--prefill-tail", args.prefill_tail, "0,16")
+        exact_tails = _token_counts("--exact-tail", args.exact_tail, "0,32")
         report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
-                                       llama_cpp=args.llama_cpp, prefill_tails=tails, formats=formats)
+                                       llama_cpp=args.llama_cpp, prefill_tails=tails, exact_tails=exact_tails,
+                                       formats=formats)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
         return _fail_on_error_rows(report["rows"], lambda r: r.get("detail") if r.get("status") == "error" else None,
@@ -219,3 +219,16 @@ def _fail_on_error_rows(rows, error_of, name_of) -> int:
     print(f"error: {len(failed)} of {len(rows)} benchmark row(s) failed (first: {name_of(failed[0])}: {first}); "
           "see the table", file=sys.stderr)
     return 1
+
+
+def _token_counts(flag: str, text, example: str):
+    """A comma-separated list of token counts >= 0 (``--prefill-tail 0,16``), or None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 0:
+        raise SqueezeError(f"{flag} takes token counts >= 0, e.g. {example}; got {text!r}")
+    return counts

@@ -165,12 +165,14 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
-                          prefill_tails: Optional[Sequence[int]] = None) -> Dict:
+                          prefill_tails: Optional[Sequence[int]] = None,
+                          exact_tails: Optional[Sequence[int]] = None) -> Dict:
     from squeezed_attention.decoder_session import decoder_dir, load_decoder_tokenizer, read_decoder_manifest
 
     say = progress or (lambda a, b: None)
-    if prefill_tails:
-        prefill_tails = list(dict.fromkeys(prefill_tails))   # a tail given twice is one row, measured once
+    # a tail given twice is one row, measured once
+    prefill_tails = list(dict.fromkeys(prefill_tails)) if prefill_tails else [None]
+    exact_tails = list(dict.fromkeys(exact_tails)) if exact_tails else [None]
     if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = decoder_dir(art_dir).resolve()   # the folder, or its manifest.json
@@ -201,6 +203,11 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     for a in artifacts:
         if not (art_dir / a["file"]).exists():
             raise SqueezeError(f"the artifact {art_dir / a['file']} is missing; re-export the decoder")
+        have = a["decoder"].get("exact_tail") or 0
+        wider = [e for e in exact_tails if e is not None and e > have] if a["decoder"]["attention"] == "squeezed" else []
+        if wider:
+            raise SqueezeError(f"--exact-tail {wider[0]} is more than {a['file']} takes (its prefill_exact method's "
+                               f"width: {have}); pass at most {have}, or re-export with --exact-tail {wider[0]}")
         room = a["decoder"]["shapes"]["max_new"]
         if decode_tokens > room:
             raise SqueezeError(f"--decode-tokens must be at most {room} (the exported decoder's --max-new)")
@@ -219,8 +226,10 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     probes = Probes(threads, say=say)
     probes.probe("before the runs", "read bandwidth and arithmetic peaks")
 
-    def tails_of(art):  # None: the manifest's prompt selection; full attention selects nothing
-        return list(prefill_tails) if prefill_tails and art["decoder"]["attention"] == "squeezed" else [None]
+    def tails_of(art):  # (prefill tail, exact tail); None: the manifest's; full attention selects nothing
+        if art["decoder"]["attention"] != "squeezed":
+            return [(None, None)]
+        return [(p, e) for p in prefill_tails for e in exact_tails]
 
     order = [(p, a, t, tail) for t in threads for p in pack_rows for a in sorted(artifacts, key=lambda a: (
         a["format"], a["decoder"]["attention"] != "squeezed")) for tail in tails_of(a)]
@@ -233,8 +242,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "attention": art["decoder"]["attention"], "kv_budget": art["decoder"].get("kv_budget"),
                 "lookup_plan": art["decoder"].get("lookup_plan"),
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
-                "prefill_tail": art["decoder"].get("prefill_tail") if tail is None else tail,
-                "exact_tail": art["decoder"].get("exact_tail"),
+                "prefill_tail": art["decoder"].get("prefill_tail") if tail[0] is None else tail[0],
+                "exact_tail": art["decoder"].get("exact_tail") if tail[1] is None else tail[1],
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
                 "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "opening_step_s": [], "load_s": [],
@@ -246,7 +255,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 f"{t} thread(s), round {r + 1}/{rounds}")
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
-                              "decode_tokens": decode_tokens, "prefill_tail": tail})
+                              "decode_tokens": decode_tokens, "prefill_tail": tail[0], "exact_tail": tail[1]})
             row["load_average"].append(round(os.getloadavg()[0], 2))  # the 1-minute load the run just lived through
             if not res.get("ok"):
                 row.update({"status": "error", "detail": res.get("error")})
@@ -292,7 +301,9 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     for row in out_rows:
         if row["status"] == "ok":
             memory_floor.annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
-            arithmetic_floor.annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
+            # the prompt as this row ran it: its exact tail may be shorter than the artifact's (--exact-tail)
+            arithmetic_floor.annotate(row, manifest["model"]["config"],
+                                      {**contracts[row["file"]], "exact_tail": row.get("exact_tail")}, peaks)
     for row in out_rows:  # squeezed over full: same format, context and threads, same run
         full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
                      and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
@@ -611,7 +622,8 @@ def measure_decoder(job: Dict) -> Dict:
     load_s = time.perf_counter() - t0
     pack = read_pack_arrays(job["pack"])
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
-    loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"))
+    loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"),
+                          exact_tail=job.get("exact_tail"))
     tokenizer = load_decoder_tokenizer(directory, manifest)
     ids = prompt_token_ids(tokenizer, manifest["tokenizer"]["chat"], pack.settings.get("framing", "chat"), job["question"])
     n_decode = int(job["decode_tokens"])

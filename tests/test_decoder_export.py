@@ -400,18 +400,35 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     pack = Path(report["packs"][0]["path"])
     assert pack.is_file() and pack.parent == report_dir / "packs"
     mtime = pack.stat().st_mtime_ns
-    proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx", "--prefill-tail", "0,4"], capture_output=True,
+    width = contracts[rows[("onnx", "squeezed")]["file"]]["exact_tail"]
+    proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx", "--prefill-tail", "0,4", "--exact-tail",
+                                 f"0,{width}"], capture_output=True,
                           text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and pack.stat().st_mtime_ns == mtime, proc.stderr[-2000:]
     again = json.loads((report_dir / "report.json").read_text())
     assert {r["format"] for r in again["rows"]} == {"onnx"} and again["lookup_share"] == []
-    # one squeezed row per prompt tail (the full artifact selects nothing: one row), labelled apart
-    assert sorted((r["attention"], r["prefill_tail"] or 0) for r in again["rows"]) == [
-        ("full", 0), ("squeezed", 0), ("squeezed", 4)]
-    assert "| onnx | squeezed (tail 4) (exact 32) (KV budget" in (report_dir / "report.md").read_text()
+    # one squeezed row per prompt tail and exact tail (the full artifact selects nothing: one row), labelled apart
+    assert sorted((r["attention"], r["prefill_tail"] or 0, r["exact_tail"] or 0) for r in again["rows"]) == [
+        ("full", 0, 0), ("squeezed", 0, 0), ("squeezed", 0, width), ("squeezed", 4, 0), ("squeezed", 4, width)]
+    text = (report_dir / "report.md").read_text()
+    assert f"| onnx | squeezed (tail 4) (exact {width}) (KV budget" in text and "| onnx | squeezed (tail 4) (KV budget" in text
+    # each row's arithmetic floor counts the prompt as that row ran it (with or without its exact tail)
+    full = next(r for r in again["rows"] if r["attention"] == "full")
+    for r in again["rows"]:
+        if r["attention"] == "squeezed":
+            macs = arithmetic_floor.prompt_macs(manifest["model"]["config"], {**contracts[r["file"]],
+                                                "exact_tail": r["exact_tail"]}, r["prompt_tokens"])
+            assert r["prompt_gmacs"] == pytest.approx(macs["total"] / 1e9)
+            assert r["prompt_speedup_ceiling"] == pytest.approx(full["prompt_floor_ms"] / r["prompt_floor_ms"])
+    by_exact = {r["exact_tail"]: r["prompt_gmacs"] for r in again["rows"] if r["attention"] == "squeezed"}
+    assert by_exact[0] != by_exact[width]
     bad = subprocess.run(cmd + ["--formats", "onnx", "--prefill-tail", "-1"], capture_output=True, text=True,
                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert bad.returncode == 1 and "--prefill-tail takes token counts" in bad.stderr
+    wide = subprocess.run(cmd + ["--formats", "onnx", "--no-profile", "--exact-tail", str(width + 1)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert wide.returncode == 1 and f"--exact-tail {width + 1} is more than" in wide.stderr
+    assert "Traceback" not in wide.stderr and len(wide.stderr.strip().splitlines()) == 1
 
 
 def test_bench_with_a_relative_report_folder(exported, tmp_path, monkeypatch):
