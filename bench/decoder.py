@@ -251,7 +251,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "load_average": [], "status": "ok"})
             if row["status"] != "ok":
                 continue
-            say(art["format"], f"{mode_label(art['decoder'])} at {context_label(pack['context_tokens'])} context, "
+            say(art["format"], f"{mode_label(row)} at {context_label(pack['context_tokens'])} context, "
                 f"{t} thread(s), round {r + 1}/{rounds}")
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
