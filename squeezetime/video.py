@@ -271,7 +271,9 @@ class _Damage:
     after the damage that follows them in the stream, and a keyframe sent before a damaged packet comes out after
     it. A frame is clean when no damage lies between the last keyframe sent at or before it and itself (its own
     packet included): the frames of a group of pictures from its first damaged packet or concealed frame on may
-    predict from the damage. Damage is a packet the decoder rejected or a frame it flagged as concealed; the
+    predict from the damage. Damage is a packet the decoder rejected (and the packet whose bytes end where a
+    rejected one's begin: damage that reached a packet's header often began in the tail of the one before, which
+    decodes without complaint) or a frame it flagged as concealed; the
     concealed frame becomes known only when it comes out, possibly after frames decoded later were judged, so the
     caller re-judges every frame at the end (``clean`` with everything known) and decodes again if a verdict moved.
     """
@@ -323,16 +325,21 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
     ledger = _Damage(known)
     judged: List[Tuple[int, bool]] = []  # (packet number, clean) of every frame that came out, in output order
     sent = -1  # number of the last packet sent
+    ending_at: Dict[int, int] = {}  # file offset where a packet's bytes end -> its number
     container, stream = _open(path)
     try:
         stream.thread_type, stream.thread_count = "NONE", 1  # one thread: see the module docstring
         stream.codec_context.flags |= av.codec.context.Flags.copy_opaque  # each frame carries its packet's number
         for packet in _demuxed(container, stream):
+            start = -1
             if packet is not None:
                 sent += 1
                 packet.opaque = sent
                 if packet.is_keyframe:
                     ledger.key(sent)
+                start = packet.pos if packet.pos is not None else -1
+                if start >= 0 and packet.size:
+                    ending_at[start + packet.size] = sent
             if packet is not None and packet.is_corrupt and packet.size:  # cut off: known not to decode, do not try
                 continue
             try:
@@ -340,6 +347,10 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
             except av.error.InvalidDataError:  # damaged data: skipped, as FFmpeg's CLI skips it
                 damaged += 1
                 ledger.damage(sent)
+                # damage that reaches a packet's start (its header) often began in the end of the packet stored
+                # right before it, which the decoder reads without noticing: that one counts as damaged too
+                if start in ending_at:
+                    ledger.damage(ending_at[start])
                 continue
             except av.error.FFmpegError as exc:  # not the data: the decoder itself cannot go on
                 raise SqueezeError(f"video {path} cannot be decoded after {decoded} frames ({_reason(exc)}); "

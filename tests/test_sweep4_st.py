@@ -158,14 +158,15 @@ def test_a_concealed_keyframe_is_left_out_with_its_group(codec_dir, tmp_path, st
 
 
 def test_damage_is_judged_where_a_frame_was_decoded_not_where_it_is_shown(codec_dir, tmp_path):
-    """The packet after the second keyframe (in decode order) wiped: the decoder rejects it, then outputs the
+    """The second packet after the second keyframe (in decode order) wiped: the decoder rejects it, then outputs the
     keyframe, which was decoded before the damage and is clean. The frames after it in the group predict from the
-    lost packet: they used to be used (the keyframe coming out reset the reader's 'damaged' state) and 10 of the 24
-    frames were not frames of the file. Now they are left out: the first group and the keyframe are used."""
+    lost packet (or from the one stored right before it, whose tail the damage may have reached): they used to be
+    used (the keyframe coming out reset the reader's 'damaged' state), frames that are not frames of the file. Now
+    they are left out: the first group and the keyframe are used."""
     src = codec_dir / "h264_bframes.mp4"
     spans = packet_spans(src)
     second_key = [i for i, (_, _, key) in enumerate(spans) if key][1]
-    zero_inside_packets(src, tmp_path / "lost.mp4", {second_key + 1: (0.0, None)})
+    zero_inside_packets(src, tmp_path / "lost.mp4", {second_key + 2: (0.0, None)})
     counts, frames = frames_used(tmp_path / "lost.mp4")
     intact = {f.tobytes(): i for i, f in enumerate(decode_all(src))}
     assert [intact.get(f.tobytes()) for f in frames] == list(range(second_key + 1))
@@ -226,6 +227,21 @@ def test_scattered_bit_flips_are_used_with_one_warning(video_dir, real_video):
     intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
     where = [intact.get(f.tobytes()) for f in frames]
     assert None not in where and where == sorted(where)
+
+
+def test_damage_across_a_packet_boundary_leaves_out_the_packet_before(tmp_path, real_video):
+    """50 zero bytes at 65% of bikes.mp4 cover the last 2 bytes of one P-frame and the header of the next packet:
+    the decoder rejects the second and decodes the first without a complaint, though its pixels are wrong (the frame
+    is not one of the intact file's; it was used). The packet stored right before a rejected one counts as damaged
+    too, so no frame decoded from it is used."""
+    path = damaged_copy(real_video, tmp_path / "across.mp4", 0.65, 50)
+    at = int(Path(real_video).stat().st_size * 0.65)
+    touched = [i for i, (pos, size, _) in enumerate(packet_spans(real_video)) if pos < at + 50 and at < pos + size]
+    assert len(touched) == 2   # the damage spans a packet boundary
+    counts, frames = frames_used(path)
+    intact = {f.tobytes(): i for i, f in enumerate(decode_all(real_video))}
+    where = [intact.get(f.tobytes()) for f in frames]
+    assert None not in where and where == sorted(where) and counts["damaged_packets"] == 1
 
 
 @pytest.mark.parametrize("seed", [0, 1])
