@@ -15,7 +15,8 @@ count (Matroska/WebM) are held to their declared duration. Packets the demuxer i
 cut-off last packet of a truncated file) are not sent to the decoder: they count as frames that did not
 decode. Damaged data in the middle of a file is treated the same way (a file damaged anywhere behaves as one
 cut short, and only frames decoded from intact data are used): a packet the decoder rejects is skipped and
-counted (``VideoInfo.damaged_packets``, as FFmpeg's CLI skips it), and the frames the decoder outputs from
+counted (``VideoInfo.damaged_packets``, as FFmpeg's CLI skips it; the packet stored right before it counts as damaged
+too, since damage that reached a header often began in the tail before it), and the frames the decoder outputs from
 damaged data -- flagged corrupt (its error concealment filled them in), or decoded after a damaged packet or frame
 and before the next keyframe, in decode order, so they may predict from the damage -- are left out and counted
 (``VideoInfo.damaged_frames``): what concealment fills in depends on the decoder's memory reuse (the same file
