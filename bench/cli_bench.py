@@ -9,6 +9,9 @@ from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
 
 
+TOKEN_COUNTS = cli_types.comma_list(cli_types.nonnegative_int, "token count")
+
+
 def add_subcommands(sub) -> None:
     p = sub.add_parser(
         "bench",
@@ -45,7 +48,8 @@ def add_subcommands(sub) -> None:
                              "full attention, per runtime, over real-prose packs built with the decoder's model; each "
                              "decode step against its memory floor (the bytes it reads at this machine's measured read "
                              "bandwidth)")
-    d.add_argument("--contexts", default="2048,4096,8192",
+    d.add_argument("--contexts", type=cli_types.comma_list(cli_types.int_range(512, 1 << 20), "context length"),
+                   default=(2048, 4096, 8192), metavar="N,N",
                    help="context lengths in tokens, comma-separated, each >= 512 and capped at the artifact's "
                    "--max-context (default 2048,4096,8192)")
     d.add_argument("--context-pack", action="append", default=None, metavar="PACK",
@@ -57,11 +61,11 @@ def add_subcommands(sub) -> None:
     d.add_argument("--llama-cpp", action="store_true",
                    help="also time the llama.cpp peer (same GGUF, the context's state saved and restored, same packs "
                    "and question; needs pip install -r requirements-llamacpp.txt) (default: off)")
-    d.add_argument("--prefill-tail", default=None, metavar="N[,N]",
+    d.add_argument("--prefill-tail", type=TOKEN_COUNTS, default=None, metavar="N[,N]",
                    help="squeezed artifacts: the question's last N tokens select their keys one at a time (decode "
                    "steps; squeeze generate --prefill-tail); several values give one row each, in the same "
                    "interleaved run (default: the manifest's prefill_tail)")
-    d.add_argument("--exact-tail", default=None, metavar="N[,N]",
+    d.add_argument("--exact-tail", type=TOKEN_COUNTS, default=None, metavar="N[,N]",
                    help="squeezed artifacts: the question's last N tokens attend every fixed-context key (the "
                    "artifact's prefill_exact; squeeze generate --exact-tail), at most the width it was exported with; "
                    "several values give one row each, in the same interleaved run, with every --prefill-tail "
@@ -160,18 +164,12 @@ def cmd_bench(args) -> int:
                                "model in its manifest")
         from .decoder import decoder_markdown, run_decoder_benchmark
 
-        try:
-            contexts = [int(t) for t in str(args.contexts).split(",") if t.strip()]
-        except ValueError:
-            contexts = []
-        if not contexts:
-            raise SqueezeError(f"--contexts takes comma-separated token counts, e.g. 2048,4096,8192; got {args.contexts!r}")
-        tails = _token_counts("--prefill-tail", args.prefill_tail, "0,16")
-        exact_tails = _token_counts("--exact-tail", args.exact_tail, "0,32")
-        report = run_decoder_benchmark(args.dir, contexts=contexts, threads=threads, runs=args.runs, warmup=args.warmup,
+        report = run_decoder_benchmark(args.dir, contexts=list(args.contexts), threads=threads, runs=args.runs, warmup=args.warmup,
                                        rounds=args.rounds, decode_tokens=args.decode_tokens, packs=args.context_pack,
                                        profile=args.profile, out_dir=args.out, progress=_progress(console),
-                                       llama_cpp=args.llama_cpp, prefill_tails=tails, exact_tails=exact_tails,
+                                       llama_cpp=args.llama_cpp,
+                                       prefill_tails=None if args.prefill_tail is None else list(args.prefill_tail),
+                                       exact_tails=None if args.exact_tail is None else list(args.exact_tail),
                                        formats=formats)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)
@@ -219,16 +217,3 @@ def _fail_on_error_rows(rows, error_of, name_of) -> int:
     print(f"error: {len(failed)} of {len(rows)} benchmark row(s) failed (first: {name_of(failed[0])}: {first}); "
           "see the table", file=sys.stderr)
     return 1
-
-
-def _token_counts(flag: str, text, example: str):
-    """A comma-separated list of token counts >= 0 (``--prefill-tail 0,16``), or None when the flag was not given."""
-    if text is None:
-        return None
-    try:
-        counts = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 0:
-        raise SqueezeError(f"{flag} takes token counts >= 0, e.g. {example}; got {text!r}")
-    return counts

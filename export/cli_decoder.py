@@ -16,7 +16,7 @@ DECODER_EPILOG = """decoder examples:
 
 
 def add_decoder_arguments(p) -> None:
-    from squeeze_mobile.cli_types import float_range, fraction, int_range
+    from squeeze_mobile.cli_types import comma_list, float_range, fraction, int_range
 
     g = p.add_argument_group("decoder (squeeze export decoder)")
     g.add_argument("--model", dest="decoder_model", default=None, metavar="PATH",
@@ -91,7 +91,8 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
-    g.add_argument("--verify-context", default="2048,8192", metavar="N,N",
+    g.add_argument("--verify-context", type=comma_list(int_range(120, 1 << 20), "context length"), default=(2048, 8192),
+                   metavar="N,N",
                    help="decoder: context lengths of the real-prose verification packs, comma-separated, each capped "
                         "at --max-context (default 2048,8192)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
@@ -121,7 +122,7 @@ def cmd_export_decoder(args) -> int:
                             follow_keys=args.follow_keys, exact_decode=args.exact_decode,
                             exact_below=args.exact_below, verify=args.verify,
                             verify_text=args.verify_text,
-                            verify_context_tokens=_lengths(args.verify_context), progress=_progress(_console()))
+                            verify_context_tokens=list(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
     for failure in result.failures:
         print(f"error: {failure['format']} ({failure['attention']}): {failure['error']}", file=sys.stderr)
@@ -129,19 +130,6 @@ def cmd_export_decoder(args) -> int:
     if bad:
         print(f"error: verification failed for {', '.join(bad)}", file=sys.stderr)
     return 0 if result.ok or (not args.verify and not result.failures) else 1
-
-
-def _lengths(text: str) -> list:
-    from squeeze_mobile.errors import SqueezeError
-
-    try:
-        values = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 120 or v > 1 << 20 for v in values):
-        raise SqueezeError(f"--verify-context takes comma-separated token counts in [120, 1048576], e.g. 2048,8192; "
-                           f"got {text!r}")
-    return values
 
 
 def print_decoder_summary(manifest, seconds: float) -> None:

@@ -104,6 +104,26 @@ fraction.__name__ = "number"
 threads.__name__ = "integer"
 path.__name__ = "path"
 
+def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+    """Comma-separated values (``2048,4096``), each parsed by ``item`` (e.g. ``int_range(0)``): at least one, no empty
+    item, none given twice (a repeated value would silently measure or evaluate the same thing twice)."""
+
+    def parse(text: str) -> tuple:
+        parts = [p.strip() for p in str(text).split(",")]
+        if not any(parts):
+            raise argparse.ArgumentTypeError(f"needs at least one {what}")
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate {what}s with single commas")
+        values = [item(p) for p in parts]
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise argparse.ArgumentTypeError(f"{what} {parts[values.index(repeated[0])]} is given twice in {text!r}")
+        return tuple(values)
+
+    parse.__name__ = "list"
+    return parse
+
+
 def given_options(args, actions) -> list:
     """The option strings among ``actions`` (argparse actions, e.g. an argument group's) that the command line set to
     something other than their default: a subcommand that serves two kinds of input refuses the other kind's options
@@ -112,5 +132,5 @@ def given_options(args, actions) -> list:
             if a.option_strings and getattr(args, a.dest, a.default) != a.default]
 
 
-__all__ = ["MAX_THREADS", "float_range", "fraction", "given_options", "int_range", "nonnegative_int", "path",
+__all__ = ["MAX_THREADS", "comma_list", "float_range", "fraction", "given_options", "int_range", "nonnegative_int", "path",
            "positive_int", "threads"]

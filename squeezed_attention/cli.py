@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from squeeze_mobile.cli_types import MAX_THREADS, float_range, int_range, threads
+from squeeze_mobile.cli_types import MAX_THREADS, comma_list, float_range, int_range, threads
 
 from .errors import SqueezeError
 from .settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
@@ -39,24 +39,6 @@ def _int_in(lo: int, hi: int):
 
 def _fraction_in(lo: float, hi: float, lo_open: bool = False):
     return float_range(lo, hi, lo_inclusive=not lo_open)
-
-
-def _list_of(item, what: str):
-    """Comma-separated values, each parsed by ``item``; at least one."""
-    def parse(text: str) -> tuple:
-        parts = [p.strip() for p in text.split(",")]
-        if not any(parts):
-            raise argparse.ArgumentTypeError(f"needs at least one {what}")
-        if not all(parts):
-            raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate {what}s with single commas")
-        values = tuple(item(p) for p in parts)
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if repeated:
-            raise argparse.ArgumentTypeError(f"{what} {parts[values.index(repeated[0])]} is given twice in {text!r}")
-        return values
-
-    parse.__name__ = "list"
-    return parse
 
 
 def _choice_of(choices):
@@ -534,24 +516,24 @@ def add_subcommands(subparsers) -> None:
         "kept keys + centroid bytes, as a fraction of the KV cache.\n\n"
         "example:\n  squeeze context eval --lengths 2048,4096,8096 --out eval_out")
     depth = _fraction_in(0, 1)
-    e.add_argument("--lengths", type=_list_of(_int_in(1, 1 << 20), "length"), default=None,
+    e.add_argument("--lengths", type=comma_list(_int_in(1, 1 << 20), "length"), default=None,
                    metavar="N,N,...",
                    help="context lengths in tokens, comma-separated, each in [256, the model window minus 96]; with "
                    "--suite in [512, the model window minus 192] (default 2048,4096,8096; with --suite 2048,4096,8000)")
-    e.add_argument("--depths", type=_list_of(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
+    e.add_argument("--depths", type=comma_list(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
                    help="pass key depths in [0, 1], 0 = start, 1 = end (default 0.1,0.5,0.9)")
-    e.add_argument("--needle-depths", type=_list_of(depth, "depth"), default=(0.5,), metavar="D,D,...",
+    e.add_argument("--needle-depths", type=comma_list(depth, "depth"), default=(0.5,), metavar="D,D,...",
                    help="needle (a hidden fact in words) depths in [0, 1] (default 0.5)")
     e.add_argument("--retrieval-variants", action="store_true",
                    help="also run threshold mode and per-query-head selection on retrieval (slower; default: off)")
-    e.add_argument("--kv-budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
+    e.add_argument("--kv-budgets", type=comma_list(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    default=None, metavar="B,B,...",
                    help="KV budgets in the paper's accounting (kept keys + centroid bytes, as a fraction of the KV "
                    "cache), comma-separated, each in [0.062, 1] with the default centroids (default 0.325,0.225,0.125; "
                    "with --suite 0.225,0.125)")
-    e.add_argument("--budgets", dest="kv_budgets", type=_list_of(_fraction_in(0, 1, lo_open=True), "KV budget"),
+    e.add_argument("--budgets", dest="kv_budgets", type=comma_list(_fraction_in(0, 1, lo_open=True), "KV budget"),
                    help=argparse.SUPPRESS)  # the old name, same unit
-    e.add_argument("--kinds", type=_list_of(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),
+    e.add_argument("--kinds", type=comma_list(_choice_of(("passkey", "needle")), "kind"), default=("passkey", "needle"),
                    metavar="K,K,...", help="retrieval tasks, comma-separated: passkey, needle (default passkey,needle)")
     e.add_argument("--continuation-tokens", type=_int_in(2, 1 << 20), default=64, metavar="N",
                    help="teacher-forced tokens per continuation, at least 2 and at most the shortest length minus "
@@ -591,7 +573,7 @@ def add_subcommands(subparsers) -> None:
                    "each through its own runtime, from the case's pack saved as a file, as an app does), e.g. to "
                    "compare weight precisions on pass keys; a case longer than an artifact's --max-context is "
                    "counted as skipped. The export's model must be --model (default: none, the host only)")
-    e.add_argument("--artifact-formats", type=_list_of(_choice_of(("pte", "onnx", "tflite", "coreml")), "format"),
+    e.add_argument("--artifact-formats", type=comma_list(_choice_of(("pte", "onnx", "tflite", "coreml")), "format"),
                    default=("pte", "onnx", "tflite"), metavar="F,F,...",
                    help="suite with --artifacts: the formats to run (default pte,onnx,tflite; coreml runs in the "
                    "project's MIL evaluator off macOS, which is slow)")
