@@ -81,10 +81,16 @@ def cmd_predict(args) -> int:
                           "video_frames": result.video.frame_counts(),
                           "video_rotation": result.video.rotation, "top": [p.__dict__ for p in preds]}, indent=2))
     else:
-        width = max(len(p.label) for p in preds)
-        for rank, p in enumerate(preds, 1):
-            print(f"{rank:>2}. {p.label:<{width}}  {p.probability:7.2%}  (class {p.index})")
+        shown = [_printable(p.label) for p in preds]   # a label file's escape codes are shown, not obeyed
+        width = max(len(label) for label in shown)
+        for rank, (p, label) in enumerate(zip(preds, shown), 1):
+            print(f"{rank:>2}. {label:<{width}}  {p.probability:7.2%}  (class {p.index})")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (ESC of a terminal escape sequence, ...) written as escapes."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -229,10 +235,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         # the atomic writes already removed their temporaries; say it in one line
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
+        if not exc.filename and not _stdout_writable():  # `squeeze generate ... > /dev/full`: not an --out file
+            print(f"error: cannot write to standard output ({exc.strerror or exc})", file=sys.stderr)
+            return EXIT_ERROR
         where = f" {exc.filename}" if exc.filename else " a file"
         print(f"error: cannot write{where} ({exc.strerror or exc}); free some space or choose another --out "
               f"(no partial file was left)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _stdout_writable() -> bool:
+    """False when standard output takes no more bytes (probed with one newline: the command has failed anyway, and a
+    failed print leaves no error state to ask); then it is pointed at /dev/null, so exit adds no second error."""
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"\n")
+        return True
+    except (OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        except OSError:
+            pass
+        return False
 
 
 WRITE_ERRNOS = NO_ROOM + (errno.EROFS,)  # no room, or a folder that became read-only

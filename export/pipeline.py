@@ -40,6 +40,7 @@ from squeeze_mobile.atomic import NO_ROOM, atomic_path, check_destination, ensur
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.file_kinds import is_plain_file_name
+from squeeze_mobile.metrics import json_finite
 from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
@@ -316,7 +317,8 @@ class _DeferredInterrupt(DeferredSignals):
 def _write_manifest(out_dir: Path, manifest: Dict) -> None:
     try:
         with atomic_path(out_dir / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(json_finite(manifest), indent=2, sort_keys=False, allow_nan=False) + "\n",
+                           encoding="utf-8")
     except OSError as exc:  # the previous manifest.json stays as it was (atomic write)
         raise write_error(out_dir / MANIFEST, exc) from None
 
@@ -1042,9 +1044,16 @@ def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
     if digest is not None:
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             _bad(path, "'labels_sha256' must be a sha256 hex digest")
-        if sha256_file(labels) != digest:
+        if sha256_file(labels) != digest and _lf_sha256(labels) != digest:  # CRLF: a git autocrlf checkout, same labels
             raise SqueezeError(f"{labels} differs from the label file the export wrote (sha256 differs from the "
                                "manifest): its labels were edited or reordered; copy it back or re-export")
+
+
+def _lf_sha256(path: Path) -> str:
+    """sha256 of the file with Windows line endings read as Unix ones."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
 
 
 def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:

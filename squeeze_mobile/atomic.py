@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -39,6 +40,14 @@ def check_destination(dest, kind: str = "file", replaceable: Optional[Replaceabl
     ``kind`` is what will be written there ('file' or 'dir'). Creates missing parent folders. Returns the path.
     """
     dest = Path(dest)
+    if kind == "file" and dest.is_symlink() and dest.exists() and not dest.is_dir():
+        dest = dest.resolve()  # write what the link points to, as cp does; the link stays a link
+    if dest.exists() and not dest.is_dir() and not dest.is_file():  # replacing it would turn it into a plain file
+        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(dest.stat().st_mode) else
+                "a device" if stat.S_ISCHR(dest.stat().st_mode) or stat.S_ISBLK(dest.stat().st_mode) else
+                "a socket" if stat.S_ISSOCK(dest.stat().st_mode) else "not a regular file")
+        raise SqueezeError(f"{dest} is {what}, not a file this command can write; choose another path "
+                           "(nothing was changed)")
     if dest.is_dir() and not dest.is_symlink():
         if kind == "file":
             raise SqueezeError(f"{dest} is a directory; give the path of a file to write (nothing was changed)")
@@ -69,6 +78,9 @@ def _nearest_existing(folder: Path) -> Path:
 def _refuse_a_file_on_the_way(folder: Path, existing: Path) -> None:
     """One line when the nearest existing path of ``folder`` is a file (it cannot be or hold a directory)."""
     if not existing.is_dir():
+        if existing.is_symlink() and not existing.exists():
+            raise SqueezeError(f"{folder} is not writable: {existing} is a symbolic link to {os.readlink(existing)}, "
+                               "which does not exist; create that folder or give another path")
         if existing == folder:
             raise SqueezeError(f"{folder} is a file, not a directory; give a directory to write into")
         raise SqueezeError(f"{folder} is not writable: {existing} is a file, not a directory")

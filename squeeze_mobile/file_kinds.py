@@ -76,6 +76,8 @@ def describe(path) -> Optional[str]:
         return None
     if not head:
         return "an empty file (0 bytes)"
+    if not head.strip(b"\x00"):
+        return "a file of zero bytes only (e.g. space reserved by an interrupted download or copy)"
     meta = _safetensors_metadata(head, path)
     if meta is not None:
         fmt = str(meta.get("format", ""))
@@ -102,6 +104,8 @@ def describe(path) -> Optional[str]:
         return "a pickle file (e.g. a legacy PyTorch checkpoint)"
     if head[:2] == b"\x1f\x8b":
         return "a gzip file"
+    if head[257:262] == b"ustar":
+        return "a tar archive (extract the file inside it)"
     if _mindspore_checkpoint(head):
         return "a MindSpore checkpoint (.ckpt)"
     stripped = head.lstrip()
@@ -111,6 +115,8 @@ def describe(path) -> Optional[str]:
         return "a PNG image"
     if head[:3] == b"\xff\xd8\xff":
         return "a JPEG image"
+    if b"\x00" in head:  # NUL decodes as UTF-8 but no text file holds it
+        return None
     try:
         head.decode("utf-8")
         return "a text file"

@@ -41,3 +41,15 @@ def softmax_kl(reference_logits, logits) -> float:
 
 
 __all__ = ["log_softmax", "next_token_agreement", "softmax_kl", "sqnr_db"]
+
+
+def json_finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no NaN (Python writes a bare ``NaN`` that
+    strict readers, the apps' among them, refuse), and a metric of non-finite outputs has no value."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_finite(v) for v in obj]
+    return obj

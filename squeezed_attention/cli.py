@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from squeeze_mobile.cli_types import MAX_THREADS, comma_list, float_range, int_range, threads
+from squeeze_mobile.cli_types import MAX_THREADS, comma_list, float_range, given_options, int_range, threads
 
 from .errors import SqueezeError
 from .settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
@@ -346,20 +346,25 @@ def cmd_context_eval(args) -> int:
     config = read_model_config(args.model)
     if args.suite:
         return _suite_eval(args, config)
-    if args.artifacts:
-        raise SqueezeError("--artifacts answers the generated suite's cases; pass --suite dev or --suite heldout")
-    if args.follow_keys is not None:
-        raise SqueezeError("--follow-keys applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
-    if args.exact_decode is not None:
-        raise SqueezeError("--exact-decode applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
-    if args.exact_below is not None:
-        raise SqueezeError("--exact-below applies to the suite's squeezed configurations; pass --suite dev or --suite heldout")
+    given = given_options(args, getattr(args, "suite_options", []))
+    if given:  # they were ignored: a classic run with --exact-tail 5 measured the default tail
+        raise SqueezeError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the suite only; pass "
+                           f"--suite dev or --suite heldout, or drop {'them' if len(given) > 1 else 'it'}")
     if args.lengths is None:
         args.lengths = EVAL_LENGTHS
     if args.kv_budgets is None:
         args.kv_budgets = EVAL_KV_BUDGETS
     check_evaluation(config.max_positions, args.lengths, args.depths, args.kv_budgets, args.kinds,
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
+    opening = 1 + DEFAULT_EXACT_DECODE   # the prompt's exact tail, then the answer's exact opening
+    if args.continuation_tokens <= opening:
+        import warnings
+
+        from squeeze_mobile.errors import SqueezeWarning
+
+        warnings.warn(f"--continuation-tokens {args.continuation_tokens}: the first {opening} continuation tokens attend "
+                      "every key in each squeezed configuration (the exact tail and the answer's opening), so no "
+                      f"selecting step is compared; give more than {opening} to measure selection", SqueezeWarning)
     out = check_output_dir(args.out)
     _threads(args)
     with _StageProgress() as progress:
@@ -587,7 +592,8 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--out", default="context_eval", metavar="DIR",
                    help="output folder for context_eval.json/.md/.png, or suite.json/.md (default context_eval)")
     _add_model(e)
-    e.set_defaults(func=cmd_context_eval)
+    # the options for the generated suite only (their help says "suite"): refused without --suite, not ignored
+    e.set_defaults(func=cmd_context_eval, suite_options=[a for a in e._actions if (a.help or "").startswith("suite")])
 
     lo_keep, hi_keep = THRESHOLD_KEEP_RANGE
     g = subparsers.add_parser(
@@ -646,14 +652,14 @@ def add_subcommands(subparsers) -> None:
                    help="the answer's first N >= 0 generated tokens attend EVERY fixed-context key, as the exact tail "
                    "does (the answer's opening, where it restates the question and starts copying a value from the "
                    f"document; RESULTS.md 3r); costs full attention's decode work for those tokens (default "
-                   f"{DEFAULT_EXACT_DECODE}; 0 = every decode step selects). With --artifacts: default = the artifact's "
-                   "manifest")
+                   f"{DEFAULT_EXACT_DECODE} with --decode-selection step, 0 with question, whose steps hold the "
+                   "prompt's keys; 0 = every decode step selects). With --artifacts: default = the artifact's manifest")
     g.add_argument("--exact-below", type=float_range(0.0, 1.0, hi_inclusive=False), default=None, metavar="P",
                    help="a selecting decode step whose most likely token has a probability below P (0 <= P < 1) runs "
                    "again attending EVERY fixed-context key, and that exact step picks the token: where the kept keys "
                    "leave the model unsure, the key that decides the token was often dropped (RESULTS.md 3u); costs "
-                   f"one exact step per unsure token (default {DEFAULT_EXACT_BELOW}; 0 = never). With --artifacts: "
-                   "default = the artifact's manifest")
+                   f"one exact step per unsure token (default {DEFAULT_EXACT_BELOW} with --decode-selection step, 0 with "
+                   "question; 0 = never). With --artifacts: default = the artifact's manifest")
     g.add_argument("--decode-selection", choices=["step", "question"], default="step",
                    help="'step' (default): every generated token selects its kept keys; 'question': the selection the "
                    "prompt's prefill made is held for the whole answer (decode steps run no lookup; what exported "
@@ -667,7 +673,8 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--max-new-tokens", type=_int_in(1, 1 << 20), default=64, metavar="N",
                    help="tokens to generate, at least 1 (default 64; context + prompt + N must fit the model window)")
     g.add_argument("--raw", action="store_true", help="plain continuation without the chat template "
-                   "(the pack must be built with --raw; default: chat)")
+                   "(the pack must be built with --raw; default: the pack's framing, which a pack built with --raw "
+                   "makes raw)")
     g.add_argument("--context", metavar="FILE", help="refuse the pack unless it was built from FILE (default: no check)")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text (default: stream)")
     art = g.add_argument_group("exported decoder (answer through the runtime only, as an app does; no PyTorch for .onnx)")

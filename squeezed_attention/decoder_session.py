@@ -528,8 +528,11 @@ class DecoderSession:
         reason = self.backend.cannot_run_here(self.artifact)
         if reason:
             raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
+        from export.quiet import quiet
+
         try:
-            self.runner = self.backend.load_program(path, self.contract["methods"], threads)
+            with quiet():  # the runtimes' import and load chatter (ExecuTorch: cpuinfo, torchao, pytree notes)
+                self.runner = self.backend.load_program(path, self.contract["methods"], threads)
         except SqueezeError:
             raise
         except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for unreadable files

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from squeeze_mobile.atomic import check_destination, ensure_writable_dir
+from squeeze_mobile.atomic import check_creatable_dir, check_destination
 
 from .atomic import atomic_file, write_text_atomic
 from .corpus import prose_of_tokens
@@ -139,9 +139,10 @@ def check_output_dir(out_dir) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SqueezeError(f"--out {out_dir} is a file; give a folder for {', '.join(OUTPUT_FILES)}")
-    ensure_writable_dir(out_dir)
-    for name in OUTPUT_FILES:
-        check_destination(out_dir / name, "file")
+    check_creatable_dir(out_dir)  # made when the first results are written: a run stopped before leaves no folder
+    if out_dir.is_dir():
+        for name in OUTPUT_FILES:
+            check_destination(out_dir / name, "file")
     return out_dir
 
 

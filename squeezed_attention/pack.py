@@ -154,10 +154,11 @@ def check_context_length(n: int, config: LlamaConfig, settings: BuildSettings) -
         room = min(256, config.max_positions // 4)
         raise SqueezeError(f"the context is {n} tokens and the model window {config.max_positions}: "
                            f"{'it does not fit' if n >= config.max_positions else 'no room is left for a question'}; "
-                           f"shorten it to at most {config.max_positions - room} tokens to leave room for the prompt")
+                           f"a pack takes at most {config.max_positions - MIN_ANSWER_ROOM} tokens, and "
+                           f"{config.max_positions - room} leaves {room} for the prompt and its answer; shorten it")
     window, sinks = settings.observation_window, settings.sink_tokens
     if n - window - sinks < MIN_CLUSTERED_TOKENS:
-        raise SqueezeError(f"the context is only {n} tokens; Squeezed Attention needs at least "
+        raise SqueezeError(f"the context is only {n} token{'' if n == 1 else 's'}; Squeezed Attention needs at least "
                            f"{window + sinks + MIN_CLUSTERED_TOKENS} (observation window {window} + sink tokens "
                            f"{sinks} + {MIN_CLUSTERED_TOKENS}); use a longer text"
                            + (f" or a smaller --observation-window (at most {n - sinks - MIN_CLUSTERED_TOKENS})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,24 +110,26 @@ def _read(path, skip_unsafe_metadata: bool = False):
             raise SqueezeError(f"checkpoint {path} is not a readable safetensors file ({_first_line(exc)})"
                                f"{_what_it_is(path)}") from None
     try:
-        with open(path, "rb") as fh:  # a file object: torch.load picks its own loader from a path's extension
+        with open(path, "rb") as fh, warnings.catch_warnings():  # a file object: torch.load picks its own loader
+            # from a path's extension; its note that protocols above 2 may hold opcodes it lacks is handled below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc) and _pickle_protocol(path) >= 4:
+            # torch.save(..., pickle_protocol=4 or 5): opcodes (FRAME, ...) torch's weights-only reader does not
+            # implement; the pure-Python unpickler reads them, admitting the same tensor globals only
+            return _unwrap(_load_with_inert_objects(path, inert=skip_unsafe_metadata), path), []
         if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
             raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data){_what_it_is(path)}") from None
         if not skip_unsafe_metadata:
-            found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
-            raise SqueezeError(
-                f"checkpoint {path} needs unpickling of arbitrary Python objects ({', '.join(found[:4]) or 'unknown'}), "
-                "which squeeze-mobile refuses; pass skip_unsafe_metadata=True (--skip-unsafe-metadata) to load only "
-                "its tensors with those objects replaced by inert placeholders, or re-save it as safetensors"
-            ) from None
+            raise _objects_refused(path, exc) from None
         obj = _load_with_inert_objects(path)
     except (MemoryError, RecursionError) as exc:
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__} while parsing)") from None
     except Exception as exc:  # noqa: BLE001 - torch.load raises anything on malformed bytes; all mean "not readable"
-        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file ({_zip_problem(path) or _first_line(exc)})"
-                           f"{_what_it_is(path)}") from None
+        what = _what_it_is(path)  # when the file is recognisably something else, PyTorch's guess adds nothing
+        reason = _zip_problem(path) or ("" if what else _first_line(exc))
+        raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file{f' ({reason})' if reason else ''}{what}") from None
     return _unwrap(obj, path), []
 
 
@@ -221,7 +224,34 @@ _TENSOR_GLOBALS = {
 }
 
 
-def _load_with_inert_objects(path):
+def _objects_refused(path, exc) -> SqueezeError:
+    found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    return SqueezeError(
+        f"checkpoint {path} needs unpickling of arbitrary Python objects ({', '.join(found[:4]) or 'unknown'}), "
+        "which squeeze-mobile refuses; pass skip_unsafe_metadata=True (--skip-unsafe-metadata) to load only "
+        "its tensors with those objects replaced by inert placeholders, or re-save it as safetensors")
+
+
+def _pickle_protocol(path) -> int:
+    """The protocol of the checkpoint's pickle (data.pkl of a zip, or a legacy file's first pickle), 0 if unknown."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                head = zf.open(name).read(2) if name else b""
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(2)
+    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile):
+        return 0
+    return head[1] if len(head) == 2 and head[0] == 0x80 else 0
+
+
+def _load_with_inert_objects(path, inert: bool = True):
+    """torch.load with the pure-Python unpickler, tensors' own globals only; any other object becomes an inert
+    placeholder, or with ``inert=False`` is refused as torch's weights-only reader refuses it."""
     import types
 
     stubs = {}
@@ -234,15 +264,23 @@ def _load_with_inert_objects(path):
                 return super().find_class(module, name)
             if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
                 return getattr(torch, name)
+            if not inert:
+                raise pickle.UnpicklingError(f"GLOBAL {module}.{name} is not a tensor's")
             key = f"{module}.{name}"
             if key not in stubs:
                 stubs[key] = type(name, (_InertObject,), {"__module__": "inert." + module})
             return stubs[key]
 
-    inert_pickle = types.SimpleNamespace(Unpickler=InertUnpickler, load=None, __name__="inert_pickle")
+    # load: the legacy (pre-zip) format reads its magic number, protocol and system info as pickles of their own
+    inert_pickle = types.SimpleNamespace(Unpickler=InertUnpickler, load=lambda f, **kw: InertUnpickler(f, **kw).load(),
+                                         __name__="inert_pickle")
     try:
         with open(path, "rb") as fh:  # a file object: torch.load picks its own loader from a path's extension
             return torch.load(fh, map_location="cpu", weights_only=False, pickle_module=inert_pickle)
+    except pickle.UnpicklingError as exc:
+        if not inert and "GLOBAL" in str(exc):
+            raise _objects_refused(path, exc) from None
+        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
         raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
 

@@ -37,6 +37,17 @@ class VideoPrediction:
     video: VideoInfo
 
 
+def finite_outputs(logits: torch.Tensor, where: str) -> torch.Tensor:
+    """``logits`` unchanged, or a one-line error when any is NaN or infinite: finite weights can still compute them
+    (a negative BatchNorm variance, values near float32's limit), and NaN scores would be printed as a prediction,
+    written into JSON that no strict reader parses, or exported and verified against themselves."""
+    if not bool(torch.isfinite(logits).all()):
+        raise SqueezeError(f"the model's outputs on {where} are not finite (NaN or infinite): its weights cannot be "
+                           "used as they are (e.g. a negative BatchNorm running_var, or values that overflow float32); "
+                           "check or re-save the checkpoint")
+    return logits
+
+
 @torch.no_grad()
 def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single",
                    labels: Optional[Sequence[str]] = None) -> VideoPrediction:
@@ -56,7 +67,7 @@ def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single"
         labels = [str(label) for label in labels]
     read = read_video_clips(path, cfg, views=views)
     clips = normalize(read.clips, cfg.mean, cfg.std)
-    probs = torch.softmax(model.eval()(clips), dim=1).mean(dim=0)
+    probs = torch.softmax(finite_outputs(model.eval()(clips), str(path)), dim=1).mean(dim=0)
     if labels is None:
         labels = load_labels(cfg.labels)
     return VideoPrediction(top_k(probs, labels if len(labels) == cfg.num_classes else None, top), read.info)

@@ -91,6 +91,7 @@ class VideoInfo:
     rotation: int = 0  # degrees the decoded frames were turned clockwise to stand upright (0, 90, 180, 270)
     damaged_packets: int = 0  # packets the decoder rejected as invalid data (skipped, as FFmpeg's CLI skips them)
     damaged_frames: int = 0  # frames output from damaged data (concealed, or before the next clean keyframe); left out
+    span: Optional[float] = None  # seconds from the first packet's start to the last one's end (None: no timestamps)
 
     @property
     def complete(self) -> bool:
@@ -112,6 +113,8 @@ class VideoInfo:
         if packets > decoded:
             return f"the container holds {packets} video packets"
         if not self.declared_frames and self.duration and self.fps:
+            if self.span is not None and self.span >= DURATION_COVERAGE * self.duration:
+                return None  # the packets reach the declared end: variable frame rate, not missing frames
             expected = self.duration * self.fps
             if decoded < DURATION_COVERAGE * expected - 1:
                 return f"the container declares {self.duration:.2f} s (about {round(expected)} frames at {self.fps:.3g} fps)"
@@ -232,16 +235,21 @@ class _Container:
     fps: float
     codec: str
     duration: Optional[float]
+    span: Optional[float] = None
 
 
 def _count_packets(path) -> _Container:
     """Demux (no decoding): video packets with payload, and what the container declares."""
     container, stream = _open(path)
     try:
-        packets = 0
+        packets, first, end = 0, None, None
         for packet in _demuxed(container, stream):
             if packet is not None and packet.size:
                 packets += 1
+                if packet.pts is not None:  # the time the packets cover (a variable frame rate's frames are
+                    first = packet.pts if first is None else min(first, packet.pts)  # fewer than duration x fps)
+                    stop = packet.pts + (packet.duration or 0)
+                    end = stop if end is None else max(end, stop)
         declared = int(stream.frames or 0)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         if stream.duration and stream.time_base:
@@ -249,7 +257,8 @@ def _count_packets(path) -> _Container:
         else:
             duration = container.duration / 1e6 if container.duration and container.duration > 0 else None
         codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
-        return _Container(packets, declared if declared > 0 else None, rate, codec, duration)
+        span = float((end - first) * stream.time_base) if end is not None and stream.time_base else None
+        return _Container(packets, declared if declared > 0 else None, rate, codec, duration, span)
     finally:
         container.close()
 
@@ -399,7 +408,7 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
 
 def _info(path, c: _Container, d: _Decoded) -> VideoInfo:
     return VideoInfo(str(path), d.decoded, d.width, d.height, c.fps, c.codec, c.declared, c.packets, d.decoded,
-                     c.duration, d.rotation, d.damaged, d.damaged_frames)
+                     c.duration, d.rotation, d.damaged, d.damaged_frames, c.span)
 
 
 def probe(path) -> VideoInfo:

@@ -529,3 +529,40 @@ def test_exact_below_on_the_command_line(tiny, capsys):
     rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-below", "0.3", "--out",
                       tiny / "eval_out"], capsys)
     assert rc == 1 and "--exact-below applies to the suite" in err, err
+
+
+def test_suite_only_options_are_refused_by_the_classic_evaluation(tiny, capsys, tmp_path):
+    """`context eval --exact-tail 5 --seed 7` (no --suite) ran the classic evaluation with the default tail and seed:
+    the options were ignored. Every option whose help says "suite" is refused now, by name; nothing is written."""
+    out = tmp_path / "eval_out"
+    rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--exact-tail", "5", "--seed", "7",
+                      "--cases-per-length", "3", "--out", out], capsys)
+    assert_one_error(rc, err, 1, "--exact-tail, --cases-per-length, --seed apply to the suite only",
+                     "pass --suite dev or --suite heldout")
+    rc, _, err = run(["context", "eval", "--model", tiny / "tiny.gguf", "--decode-selection", "question", "--out", out],
+                     capsys)
+    assert_one_error(rc, err, 1, "--decode-selection applies to the suite only")
+    assert not out.exists()
+
+
+def test_an_evaluation_folder_is_made_only_when_results_are_written(tmp_path):
+    """An evaluation stopped before its first result said 'nothing was written' and left an empty folder."""
+    from squeezed_attention.evaluate import check_output_dir
+
+    assert check_output_dir(tmp_path / "new" / "eval") == tmp_path / "new" / "eval"
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SqueezeError, match="is a file"):
+        check_output_dir(tmp_path / "file")
+
+
+def test_standard_output_that_takes_nothing_is_named_as_such(tiny):
+    """`squeeze generate ... > /dev/full` said 'cannot write a file ...; choose another --out' (generate has none)."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "export.cli", "generate", "--context-pack", str(tiny / "raw.pack"),
+                               "--prompt", "ab", "--model", str(tiny / "tiny.gguf"), "--max-new-tokens", "2", "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["error: cannot write to standard output (No space left on device)"]

@@ -140,7 +140,7 @@ def test_a_context_that_fills_the_window_is_refused_at_build(tiny, tmp_path, cap
     (tmp_path / "ctx.txt").write_text(" ".join(["ab abss an"] * 35))   # 245 of the tiny model's 256 positions
     rc, _, err = run(["context", "build", "--context", tmp_path / "ctx.txt", "--out", tmp_path / "x.pack", "--raw",
                       "--observation-window", "8", "--model", tiny / "tiny.gguf"], capsys)
-    assert_one_error(rc, err, "no room is left for a question", "shorten it to at most 192 tokens")
+    assert_one_error(rc, err, "no room is left for a question", "a pack takes at most 240 tokens, and 192 leaves 64")
     assert not (tmp_path / "x.pack").exists()
 
 

@@ -486,6 +486,10 @@ def test_verify_notices_a_label_file_edited_or_reordered(tmp_path, small_checkpo
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["labels_sha256"] == __import__("hashlib").sha256((tmp_path / "ten.txt").read_bytes()).hexdigest()
     assert main(["verify", str(out)]) == 0
+    written = (out / "labels.txt").read_bytes()
+    (out / "labels.txt").write_bytes(written.replace(b"\n", b"\r\n"))   # a git autocrlf checkout: the same labels
+    assert main(["verify", str(out)]) == 0
+    (out / "labels.txt").write_bytes(written)
     lines = (out / "labels.txt").read_text(encoding="utf-8").splitlines()
     (out / "labels.txt").write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
     capsys.readouterr()
@@ -537,3 +541,154 @@ def test_exporting_squeezetime_into_a_decoder_export_names_it(tmp_path, small_ch
     assert len(errors) == 1 and "manifest.json describes a decoder export (`squeeze export decoder`), not a " \
         "SqueezeTime export" in errors[0]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def _variable_rate_mkv(path, frames=48):
+    """A complete Matroska file at a variable frame rate, as screen recorders and MediaRecorder write: 30 fps, then
+    the last third of the frames at 10 fps (its nominal rate stays 30)."""
+    import fractions
+
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=30)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    stream.time_base = fractions.Fraction(1, 1000)
+    fast = 2 * frames // 3
+    times = [round(i * 1000 / 30) for i in range(fast)] + [round(fast * 1000 / 30) + 100 * i for i in range(frames - fast)]
+    rng = np.random.default_rng(0)
+    for t in times:
+        frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), format="rgb24")
+        frame.pts, frame.time_base = t, stream.time_base
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+def test_a_variable_frame_rate_file_is_complete_and_a_truncated_one_is_not(tmp_path):
+    """A variable-rate MKV shows fewer frames than its duration x nominal rate: every packet decoding, it is complete
+    (it was warned about as truncated); cut short, the packets stop before the declared duration and it warns."""
+    whole = tmp_path / "vfr.mkv"
+    _variable_rate_mkv(whole)
+    info = video.probe(whole)
+    assert info.declared_frames is None and info.decoded_frames == info.packets == 48
+    assert info.duration * info.fps > 1.5 * 48 and info.complete   # 2.2 s x 30 fps claims ~66 frames
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        video.read_video_clips(whole, "k400", frames=8, size=32)
+    assert squeeze_warnings(record) == []
+    cut = tmp_path / "cut.mkv"
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    short = video.probe(cut)
+    assert not short.complete and short.span < 0.9 * short.duration
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        video.read_video_clips(cut, "k400", frames=8, size=32)
+    warned = squeeze_warnings(record)
+    assert len(warned) == 1 and "the container declares" in warned[0] and "may be truncated" in warned[0]
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_checkpoints_saved_with_newer_pickle_protocols_load_and_stay_safe(small_checkpoint, tmp_path, protocol):
+    """torch.save(..., pickle_protocol=4|5): torch's weights-only reader lacks their FRAME opcode ("bad pickle data"
+    was the error); they load with the same tensor-only rule, and an object besides the weights is still refused."""
+    import argparse
+
+    from squeezetime.checkpoint import read_state_dict
+
+    state = torch.load(small_checkpoint, weights_only=True)
+    plain = tmp_path / "plain.pth"
+    torch.save(state, plain, pickle_protocol=protocol)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # torch's "Detected pickle protocol" note is not shown to the user
+        loaded = read_state_dict(plain)
+    flat = read_state_dict(small_checkpoint)
+    assert loaded.keys() == flat.keys() and all(torch.equal(loaded[k], flat[k]) for k in flat)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(state, legacy, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    assert read_state_dict(legacy).keys() == flat.keys()
+    for path, zipped in ((tmp_path / "meta.pth", True), (tmp_path / "meta_legacy.pth", False)):
+        torch.save({**state, "args": argparse.Namespace(lr=0.1)}, path, pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=zipped)
+        with pytest.raises(SqueezeError, match=r"arbitrary Python objects \(argparse.Namespace\)"):
+            read_state_dict(path)
+        assert read_state_dict(path, skip_unsafe_metadata=True).keys() == flat.keys()
+
+
+def test_zero_filled_and_tar_files_are_named_not_called_text(tmp_path, real_video):
+    import tarfile
+
+    from squeezetime.checkpoint import read_state_dict
+
+    zeros = tmp_path / "zeros.pth"
+    zeros.write_bytes(bytes(5000))
+    with pytest.raises(SqueezeError) as e:
+        read_state_dict(zeros)
+    assert str(e.value) == (f"checkpoint {zeros} is not a readable PyTorch file; it is a file of zero bytes only "
+                            "(e.g. space reserved by an interrupted download or copy), not a checkpoint")
+    tarred = tmp_path / "ckpt.pth.tar"
+    with tarfile.open(tarred, "w") as tar:
+        tar.add(real_video, arcname="x.pth")
+    with pytest.raises(SqueezeError, match=r"it is a tar archive \(extract the file inside it\), not a checkpoint$"):
+        read_state_dict(tarred)
+    nul_text = tmp_path / "nul.pth"
+    nul_text.write_bytes(b"hello\x00world" * 10)
+    with pytest.raises(SqueezeError) as e:
+        read_state_dict(nul_text)
+    assert "text file" not in str(e.value)
+
+
+def test_weights_whose_outputs_are_not_finite_are_refused_before_any_output(small_checkpoint, tmp_path, real_video):
+    """Finite weights can compute NaN (a negative BatchNorm variance): predict printed NaN into --json (exit 0) and
+    export wrote an artifact and a manifest holding NaN. Both now stop in one line and write nothing."""
+    state = torch.load(small_checkpoint, weights_only=True)
+    key = next(k for k in state["state_dict"] if k.endswith("bn1.running_var"))
+    state["state_dict"][key] = -torch.ones_like(state["state_dict"][key])
+    bad = tmp_path / "negative_var.pth"
+    torch.save(state, bad)
+    cli = [sys.executable, "-m", "export.cli"]
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(cli + ["predict", str(real_video), "--checkpoint", str(bad), "--json", "--threads", "1"],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip().splitlines()[-1].startswith("error: the model's outputs on ")
+    assert "are not finite (NaN or infinite)" in run.stderr
+    out = tmp_path / "export"
+    run = subprocess.run(cli + ["export", "squeezetime", "--formats", "onnx", "--checkpoint", str(bad), "--frames", "4",
+                                "--size", "32", "--out", str(out), "--threads", "1"],
+                         capture_output=True, text=True, cwd=root, timeout=600)
+    assert run.returncode == 1 and "are not finite" in run.stderr.strip().splitlines()[-1]
+    assert not out.exists()
+
+
+def test_metrics_that_are_not_finite_are_written_as_null():
+    from squeeze_mobile.metrics import json_finite
+
+    record = {"psnr_db": float("nan"), "rows": [1.0, float("inf"), {"x": -float("inf")}], "ok": 2}
+    assert json.loads(json.dumps(json_finite(record), allow_nan=False)) == {"psnr_db": None, "rows": [1.0, None, {"x": None}],
+                                                                             "ok": 2}
+
+
+def test_destinations_that_are_not_plain_files_are_refused_and_links_written_through(tmp_path):
+    """A FIFO or device given as --out was replaced by a plain file (a pack where /dev/full was, as root); a dangling
+    link was called "a file"; a link to a file was replaced by a file instead of writing what it points to."""
+    import os
+
+    from squeeze_mobile.atomic import check_destination, ensure_writable_dir, write_text_atomic
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SqueezeError, match=r"fifo is a named pipe \(FIFO\), not a file this command can write"):
+        check_destination(fifo)
+    assert fifo.is_fifo()
+    target = tmp_path / "target.txt"
+    target.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    write_text_atomic(check_destination(link), "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SqueezeError, match=r"dangling is a symbolic link to .*nowhere, which does not exist"):
+        ensure_writable_dir(dangling / "sub")
