@@ -438,10 +438,15 @@ def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeC
     overrides = {}
     head = state.get(HEAD_PREFIX + "weight")
     num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    by_classes = {c.num_classes: name for name, c in CONFIGS.items()}
     if config is None:
-        by_classes = {c.num_classes: name for name, c in CONFIGS.items()}
         config = by_classes.get(num_classes, "k400")
     base = get_config(config)
+    other = by_classes.get(num_classes)
+    if num_classes is not None and other is not None and num_classes != base.num_classes:
+        # another preset's head (a K400 checkpoint with config k600): its files and labels would be named wrongly
+        raise SqueezeError(f"the checkpoint's head has {num_classes} classes, {other}'s, but config {base.name} has "
+                           f"{base.num_classes}; use --config {other} (or leave --config out: it is read from the head)")
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     stem = state.get(BACKBONE_PREFIX + "conv1.weight")

@@ -692,3 +692,14 @@ def test_destinations_that_are_not_plain_files_are_refused_and_links_written_thr
     dangling.symlink_to(tmp_path / "nowhere")
     with pytest.raises(SqueezeError, match=r"dangling is a symbolic link to .*nowhere, which does not exist"):
         ensure_writable_dir(dangling / "sub")
+
+
+def test_a_config_naming_another_presets_class_count_is_refused(tmp_path):
+    """--config k600 with a 400-class checkpoint exported "squeezetime_k600_*" files of a 400-class model; a head of
+    a count no preset has (a fine-tune) still takes any --config."""
+    path = write_small_checkpoint(tmp_path / "k400.pth", "k400")
+    with pytest.raises(SqueezeError, match=r"head has 400 classes, k400's, but config k600 has 600; use --config k400"):
+        squeezetime.load_checkpoint(path, config="k600")
+    assert squeezetime.load_checkpoint(path).config.name == "k400"
+    custom = write_small_checkpoint(tmp_path / "ten.pth", "k400", num_classes=10)
+    assert squeezetime.load_checkpoint(custom, config="k600").config.num_classes == 10
