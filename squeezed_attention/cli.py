@@ -161,6 +161,15 @@ def cmd_context_build(args) -> int:
     # the context's tokens from the model file's tokenizer: one too long or too short is refused before the load
     config = read_model_config(args.model)   # (first: its refusals name what the model file lacks)
     check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)), config, settings)
+    cost = centroid_cost(args.centroids, config.head_dim)
+    if cost >= DEFAULT_KV_BUDGET:   # said now, not at the first `generate` after a long build
+        import warnings
+
+        from squeeze_mobile.errors import SqueezeWarning
+
+        warnings.warn(f"--centroids {args.centroids:g}: the centroids alone take {cost:.3f} of the KV cache, more than "
+                      f"the default --kv-budget {DEFAULT_KV_BUDGET:g}; generate with this pack needs --kv-budget above "
+                      f"{cost:.3f} (or --keep-keys N)", SqueezeWarning)
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
@@ -523,7 +532,9 @@ def add_subcommands(subparsers) -> None:
     depth = _fraction_in(0, 1)
     e.add_argument("--lengths", type=comma_list(_int_in(1, 1 << 20), "length"), default=None,
                    metavar="N,N,...",
-                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96]; with "
+                   help="context lengths in tokens, comma-separated, each in [256, the model window minus 96]: "
+                   "each case's prose is whole paragraphs up to that many tokens (a short length may come out a "
+                   "paragraph shorter; the results record each case's own token count); with "
                    "--suite in [512, the model window minus 192] (default 2048,4096,8096; with --suite 2048,4096,8000)")
     e.add_argument("--depths", type=comma_list(depth, "depth"), default=(0.1, 0.5, 0.9), metavar="D,D,...",
                    help="pass key depths in [0, 1], 0 = start, 1 = end (default 0.1,0.5,0.9)")

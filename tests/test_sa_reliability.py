@@ -566,3 +566,13 @@ def test_standard_output_that_takes_nothing_is_named_as_such(tiny):
                               stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == ["error: cannot write to standard output (No space left on device)"]
+
+
+def test_centroids_that_take_the_whole_default_budget_are_said_at_build(tiny, capsys, tmp_path):
+    """--centroids 0.5 built a pack that every default `generate` then refused ("keeps no key"); the build says so."""
+    (tmp_path / "ctx.txt").write_text(TINY_TEXT)
+    rc, _, err = run(["context", "build", "--context", tmp_path / "ctx.txt", "--out", tmp_path / "x.pack", "--raw",
+                      "--centroids", "0.5", "--observation-window", "8", "--model", tiny / "tiny.gguf"], capsys)
+    assert rc == 0 and (tmp_path / "x.pack").is_file(), err
+    warned = [line for line in err.splitlines() if "--centroids 0.5" in line]
+    assert len(warned) == 1 and "more than the default --kv-budget 0.125" in warned[0], err
