@@ -9,7 +9,7 @@ from squeeze_mobile import cli_types
 from squeeze_mobile.errors import SqueezeError
 
 
-TOKEN_COUNTS = cli_types.comma_list(cli_types.nonnegative_int, "token count")
+TOKEN_COUNTS = cli_types.comma_list(cli_types.nonnegative_int, "token count", repeats="once")  # as --threads 1,1
 
 
 def add_subcommands(sub) -> None:
@@ -48,7 +48,8 @@ def add_subcommands(sub) -> None:
                              "full attention, per runtime, over real-prose packs built with the decoder's model; each "
                              "decode step against its memory floor (the bytes it reads at this machine's measured read "
                              "bandwidth)")
-    d.add_argument("--contexts", type=cli_types.comma_list(cli_types.int_range(512, 1 << 20), "context length"),
+    d.add_argument("--contexts", type=cli_types.comma_list(cli_types.int_range(512, 1 << 20), "context length",
+                                                                 repeats="once"),
                    default=(2048, 4096, 8192), metavar="N,N",
                    help="context lengths in tokens, comma-separated, each >= 512 and capped at the artifact's "
                    "--max-context (default 2048,4096,8192)")

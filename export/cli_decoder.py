@@ -91,7 +91,8 @@ def add_decoder_arguments(p) -> None:
     g.add_argument("--verify-text", metavar="FILE", default=None,
                    help="decoder: verify on a pack built from this UTF-8 text (e.g. your document; default: a pass "
                         "key hidden in licence prose that ships with the OS)")
-    g.add_argument("--verify-context", type=comma_list(int_range(120, 1 << 20), "context length"), default=(2048, 8192),
+    g.add_argument("--verify-context", type=comma_list(int_range(120, 1 << 20), "context length", repeats="once"),
+                   default=(2048, 8192),
                    metavar="N,N",
                    help="decoder: context lengths of the real-prose verification packs, comma-separated, each capped "
                         "at --max-context (default 2048,8192)")

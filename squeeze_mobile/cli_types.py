@@ -104,9 +104,10 @@ fraction.__name__ = "number"
 threads.__name__ = "integer"
 path.__name__ = "path"
 
-def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tuple]:
+def comma_list(item: Callable[[str], object], what: str, repeats: str = "refuse") -> Callable[[str], tuple]:
     """Comma-separated values (``2048,4096``), each parsed by ``item`` (e.g. ``int_range(0)``): at least one, no empty
-    item, none given twice (a repeated value would silently measure or evaluate the same thing twice)."""
+    item. A value given twice is refused (``repeats='refuse'``: it would silently evaluate the same thing twice) or
+    taken once (``'once'``: a benchmark measures each setting once, as its thread counts)."""
 
     def parse(text: str) -> tuple:
         parts = [p.strip() for p in str(text).split(",")]
@@ -115,6 +116,8 @@ def comma_list(item: Callable[[str], object], what: str) -> Callable[[str], tupl
         if not all(parts):
             raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate {what}s with single commas")
         values = [item(p) for p in parts]
+        if repeats == "once":
+            return tuple(dict.fromkeys(values))
         repeated = [v for i, v in enumerate(values) if v in values[:i]]
         if repeated:
             raise argparse.ArgumentTypeError(f"{what} {parts[values.index(repeated[0])]} is given twice in {text!r}")

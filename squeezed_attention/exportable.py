@@ -363,7 +363,7 @@ class ExportableDecoder(nn.Module):
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
 
-    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st, weigh=None):
+    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st, weigh=None, exact=None):
         """Attention of layer li over the fixed-context ``parts`` and the dynamic part, then o_proj and the MLP: the
         residual stream after layer li.
 
@@ -373,7 +373,9 @@ class ExportableDecoder(nn.Module):
         the products are the scaled scores; ``bias`` (masks, summaries' log N) is added to each part's scores,
         broadcast to [Hkv, G*T, n]. One softmax runs over the concatenated SCORES of every part
         and the dynamic part (past cache masked at cache_len + this step's keys): keys and values are never
-        concatenated (a 7.8k context would be copied per layer and step), only the scores are."""
+        concatenated (a 7.8k context would be copied per layer and step), only the scores are; a prompt's output
+        is one product over the parts' values (below). ``exact``: the call is the exact method's (default: this
+        decoder's), whose output keeps per-part products as one-token calls do."""
         cfg = self.config
         T = x.shape[0]
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -411,7 +413,7 @@ class ExportableDecoder(nn.Module):
             weights = torch.cat([row[:, starts[i]:ends[i]] for i in weigh], dim=-1)            # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
-        if self.exact or (isinstance(T, int) and T == 1):
+        if (self.exact if exact is None else exact) or (isinstance(T, int) and T == 1):
             # one token: each part's slice of its [Hkv, G, n] weights is small; the values stay where they are. The
             # exact method too: it runs the answer's one-token opening steps as well as the prompt's exact tail, and
             # per opening step a copy of every clustered value (below) cost more than the tail's slices save (same
@@ -714,7 +716,7 @@ class DecoderStage(nn.Module):
             # followed keys: the last token's weights on the clustered rows it attended (the kept slots, the followed
             # rows among them; or every clustered row), which the CPU ranks (lookup_numpy.follow_pointer)
             x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st,
-                               weigh=(1,) if self.follows else None)
+                               weigh=(1,) if self.follows else None, exact=self.exact)
             if self.follows:
                 x, w = x
                 weights = (w,)

@@ -277,12 +277,11 @@ def _load_with_inert_objects(path, inert: bool = True):
     try:
         with open(path, "rb") as fh:  # a file object: torch.load picks its own loader from a path's extension
             return torch.load(fh, map_location="cpu", weights_only=False, pickle_module=inert_pickle)
-    except pickle.UnpicklingError as exc:
-        if not inert and "GLOBAL" in str(exc):
-            raise _objects_refused(path, exc) from None
-        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is unusable
-        raise SqueezeError(f"checkpoint {path} could not be read even with placeholders ({_first_line(exc, 120)})") from None
+        if not inert and isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            raise _objects_refused(path, exc) from None
+        how = "even with placeholders" if inert else "as a tensors-only pickle"
+        raise SqueezeError(f"checkpoint {path} could not be read {how} ({_first_line(exc, 120)})") from None
 
 
 def _inert_module_state(obj, prefix: str = "", out=None):
