@@ -8,7 +8,7 @@ from typing import Dict, List
 
 from squeeze_mobile.atomic import atomic_path, check_creatable_dir, check_destination, ensure_writable_dir
 from squeeze_mobile.errors import SqueezeError
-from squeeze_mobile.metrics import json_finite
+from squeeze_mobile.metrics import json_text
 
 REPORT_FILES = ("report.json", "report.md", "report.png")
 
@@ -177,6 +177,5 @@ def write_reports(report: Dict, out_dir: Path, to_markdown=None, to_figure=None)
         fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
     with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(json_finite({**report, "files": files}), indent=2, allow_nan=False) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(json_text({**report, "files": files}), encoding="utf-8")
     return files

@@ -40,7 +40,7 @@ from squeeze_mobile.atomic import NO_ROOM, atomic_path, check_destination, ensur
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.file_kinds import is_plain_file_name
-from squeeze_mobile.metrics import json_finite
+from squeeze_mobile.metrics import json_text
 from squeeze_mobile.signals import DeferredSignals
 from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
@@ -317,8 +317,7 @@ class _DeferredInterrupt(DeferredSignals):
 def _write_manifest(out_dir: Path, manifest: Dict) -> None:
     try:
         with atomic_path(out_dir / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(json_finite(manifest), indent=2, sort_keys=False, allow_nan=False) + "\n",
-                           encoding="utf-8")
+            tmp.write_text(json_text(manifest), encoding="utf-8")
     except OSError as exc:  # the previous manifest.json stays as it was (atomic write)
         raise write_error(out_dir / MANIFEST, exc) from None
 

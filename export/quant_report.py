@@ -33,7 +33,7 @@ import numpy as np
 
 from squeeze_mobile.atomic import atomic_path, check_creatable_dir
 from squeeze_mobile.errors import SqueezeError
-from squeeze_mobile.metrics import json_finite, sqnr_db
+from squeeze_mobile.metrics import json_text, sqnr_db
 
 REPORT = "quant_report"
 WORST_SHOWN = 20
@@ -393,7 +393,7 @@ def _fmt(v, spec="{:.1f}", row=None) -> str:
 def write_report(report: Dict, folder: Path) -> None:
     folder = Path(folder)
     with atomic_path(folder / f"{REPORT}.json") as tmp:
-        tmp.write_text(json.dumps(json_finite(report), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(report, indent=1), encoding="utf-8")
     with atomic_path(folder / f"{REPORT}.md") as tmp:
         tmp.write_text(markdown(report), encoding="utf-8")
     with atomic_path(folder / f"{REPORT}.png") as tmp:

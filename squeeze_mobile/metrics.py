@@ -43,6 +43,14 @@ def softmax_kl(reference_logits, logits) -> float:
 __all__ = ["log_softmax", "next_token_agreement", "softmax_kl", "sqnr_db"]
 
 
+def json_text(obj, indent: int = 2) -> str:
+    """``obj`` as the JSON text the project's manifests and reports are written in: non-finite floats as null (never a
+    bare NaN), one trailing newline."""
+    import json
+
+    return json.dumps(json_finite(obj), indent=indent, allow_nan=False) + "\n"
+
+
 def json_finite(obj):
     """``obj`` with every NaN or infinite float replaced by None: JSON has no NaN (Python writes a bare ``NaN`` that
     strict readers, the apps' among them, refuse), and a metric of non-finite outputs has no value."""

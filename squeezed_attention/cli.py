@@ -41,6 +41,15 @@ def _fraction_in(lo: float, hi: float, lo_open: bool = False):
     return float_range(lo, hi, lo_inclusive=not lo_open)
 
 
+def _warn(message: str) -> None:
+    """One `warning:` line (the CLI prints the project's warnings so) for a setting that runs but measures little."""
+    import warnings
+
+    from squeeze_mobile.errors import SqueezeWarning
+
+    warnings.warn(SqueezeWarning(message), stacklevel=2)
+
+
 def _choice_of(choices):
     def parse(text: str) -> str:
         if text not in choices:
@@ -163,13 +172,9 @@ def cmd_context_build(args) -> int:
     check_context_length(len(frame_context(load_tokenizer(args.model), text, settings.framing)), config, settings)
     cost = centroid_cost(args.centroids, config.head_dim)
     if cost >= DEFAULT_KV_BUDGET:   # said now, not at the first `generate` after a long build
-        import warnings
-
-        from squeeze_mobile.errors import SqueezeWarning
-
-        warnings.warn(f"--centroids {args.centroids:g}: the centroids alone take {cost:.3f} of the KV cache, more than "
+        _warn(f"--centroids {args.centroids:g}: the centroids alone take {cost:.3f} of the KV cache, more than "
                       f"the default --kv-budget {DEFAULT_KV_BUDGET:g}; generate with this pack needs --kv-budget above "
-                      f"{cost:.3f} (or --keep-keys N)", SqueezeWarning)
+                      f"{cost:.3f} (or --keep-keys N)")
     _threads(args)
     with _StageProgress() as progress:
         checkpoint, model = _load_model(args.model, progress.report)
@@ -367,13 +372,9 @@ def cmd_context_eval(args) -> int:
                      args.continuation_tokens, args.needle_depths, head_dim=config.head_dim)
     opening = 1 + DEFAULT_EXACT_DECODE   # the prompt's exact tail, then the answer's exact opening
     if args.continuation_tokens <= opening:
-        import warnings
-
-        from squeeze_mobile.errors import SqueezeWarning
-
-        warnings.warn(f"--continuation-tokens {args.continuation_tokens}: the first {opening} continuation tokens attend "
+        _warn(f"--continuation-tokens {args.continuation_tokens}: the first {opening} continuation tokens attend "
                       "every key in each squeezed configuration (the exact tail and the answer's opening), so no "
-                      f"selecting step is compared; give more than {opening} to measure selection", SqueezeWarning)
+                      f"selecting step is compared; give more than {opening} to measure selection")
     out = check_output_dir(args.out)
     _threads(args)
     with _StageProgress() as progress:

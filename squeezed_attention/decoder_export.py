@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
-from squeeze_mobile.metrics import json_finite
+from squeeze_mobile.metrics import json_text
 
 from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX, exact_method_of
 from .errors import SqueezeError
@@ -676,8 +676,8 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             else:
                 record["verification"] = {"status": "not run"}
             manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("file") != name] + [record]
-            write_text_atomic(out_dir / MANIFEST, json.dumps(json_finite(manifest), indent=2, allow_nan=False) + "\n")
-    write_text_atomic(out_dir / MANIFEST, json.dumps(json_finite(manifest), indent=2, allow_nan=False) + "\n")
+            write_text_atomic(out_dir / MANIFEST, json_text(manifest))
+    write_text_atomic(out_dir / MANIFEST, json_text(manifest))
     return result
 
 

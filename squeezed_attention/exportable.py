@@ -431,8 +431,9 @@ class ExportableDecoder(nn.Module):
         else:
             # a prompt of T tokens: ONE product over every part's values, concatenated ([Hkv, n, D], a fraction of
             # the [Hkv, G*T, n] weights). Slicing the weights per part copied G*T rows of each part instead, and with
-            # a dynamic token axis ExecuTorch runs those slices as portable single-thread kernels (same run, real fp32
-            # .pte at 7.8k, 128-token prompt: full attention 858 -> 742 ms, squeezed 612 -> 542 ms)
+            # a dynamic token axis ExecuTorch runs those slices as portable single-thread kernels (same runs, real fp32
+            # .pte at 7.8k, 128-token prompt: full attention 858 -> 742 and 816 -> 732 ms; the squeezed prompt, whose
+            # selecting parts are small and whose exact tail keeps the slices, 512 -> 511 ms; RESULTS.md 3x)
             values = torch.cat([keys[..., D:] if values is None else values for keys, values in parts], dim=1)
             out = torch.bmm(probs, values)
         # [Hkv, G*T, D] -> [T, H*D] (unflatten/flatten: a reshape of the token axis would guard on its size)
