@@ -4,7 +4,9 @@ Stages per format: rewrite (once) -> convert (to a temporary path, renamed on su
 (numerically on this machine's runtime; a Core ML .mlpackage off macOS by evaluating its saved MIL program;
 structurally where nothing can run it here, the legacy .mlmodel off macOS) ->
 record in the manifest (rewritten atomically after every format, so an interrupted run leaves a
-manifest that describes exactly the complete artifacts on disk).
+manifest that describes exactly the complete artifacts on disk). Nothing but artifacts is written before the first
+format ends: a run stopped before that leaves its folder as it was, and a run that lands no artifact beside an earlier
+export's records its failures but keeps that export's labels.txt.
 
 Every output path is checked before any work: a directory of the user's where an artifact, manifest.json
 or labels.txt would go is refused (only a .mlpackage that squeeze-mobile wrote may be replaced). Exporting
@@ -197,8 +199,9 @@ def _describe_identity(ident: Dict) -> str:
 def existing_manifest(out_dir: Path, new_manifest: Dict) -> Optional[Dict]:
     """The manifest already in ``out_dir`` when a new export may merge into it; None when there is none.
 
-    Refuses (SqueezeError) a manifest for another model/input, or one that cannot be read: its artifacts are
-    on disk and would otherwise end up undescribed.
+    Refuses (SqueezeError) a manifest for another model/input that describes artifacts, or one that cannot be read:
+    its artifacts are on disk and would otherwise end up undescribed. A manifest of another model/input that lists no
+    artifact (every format of that export failed) is replaced: None.
     """
     path = out_dir / MANIFEST
     if not path.exists():
@@ -209,6 +212,10 @@ def existing_manifest(out_dir: Path, new_manifest: Dict) -> Optional[Dict]:
         raise SqueezeError(f"{out_dir} already holds a {MANIFEST} that cannot be merged with ({exc}); export into a "
                            f"fresh directory, or remove the old export first (nothing was changed)") from None
     mine, theirs = _identity(new_manifest), _identity(old)
+    if mine != theirs and not old.get("artifacts"):
+        # it describes no artifact (an export whose every format failed): nothing on disk would be left undescribed,
+        # and its failures were another model's or input's; this export starts the folder afresh
+        return None
     if mine != theirs:
         raise SqueezeError(f"{out_dir} holds an export of another model or input ({_describe_identity(theirs)}; this "
                            f"export: {_describe_identity(mine)}); export into a fresh directory, or remove the old "
@@ -464,30 +471,70 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
                       f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "
                       f"FILE names them)")
 
+    labels_text = None
     if labels_src is not None:
         # written as UTF-8 lines without a byte-order mark, whatever the given file used (the apps read labels.txt
         # line by line: a Windows editor's mark would start the first label, CRLF end every label with \r); its
         # sha256 recorded, so squeeze verify notices labels edited or reordered
-        text = "".join(f"{label}\n" for label in read_label_file(labels_src, cfg.num_classes)).encode("utf-8")
-        manifest["labels_sha256"] = hashlib.sha256(text).hexdigest()
-        try:
-            with atomic_path(out_dir / LABELS) as tmp:
-                Path(tmp).write_bytes(text)
-        except OSError as exc:
-            raise write_error(out_dir / LABELS, exc) from None
-    _write_manifest(out_dir, manifest)
+        labels_text = "".join(f"{label}\n" for label in read_label_file(labels_src, cfg.num_classes)).encode("utf-8")
+        manifest["labels_sha256"] = hashlib.sha256(labels_text).hexdigest()
     result = ExportResult(out_dir, manifest)
+    record = _DirectoryRecord(out_dir, labels_text, old)
 
     quant = {"calibration": calib, "observer": observer}
     with _DeferredInterrupt() as interrupt:
         _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
-                        cfg.num_classes, say, quiet_tools, manifest, result, interrupt, quant)
+                        cfg.num_classes, say, quiet_tools, manifest, result, interrupt, quant, record)
     return result
 
 
+class _DirectoryRecord:
+    """What an export writes besides its artifacts (labels.txt, manifest.json), written only once a format has run to
+    its end, so a run stopped before that (Ctrl-C, a signal) changes nothing: a folder it created is removed again
+    (empty), an earlier export in the folder stays byte for byte. A run that lands no artifact where an earlier one
+    did records its failures in the manifest but keeps the earlier labels (its own --labels would describe artifacts
+    it did not write)."""
+
+    def __init__(self, out_dir: Path, labels_text: Optional[bytes], old: Optional[Dict]):
+        self.out_dir, self.labels_text = out_dir, labels_text
+        self.old = old if old and old.get("artifacts") else None   # an earlier export with artifacts to keep
+        self.landed = False
+
+    def write(self, manifest: Dict, landed: bool) -> None:
+        self.landed = self.landed or landed
+        if self.old is not None and not self.landed:
+            kept = {"labels": self.old.get("labels"),
+                    **({"labels_sha256": self.old["labels_sha256"]} if self.old.get("labels_sha256") else {})}
+            manifest = {**{k: v for k, v in manifest.items() if k not in ("labels", "labels_sha256")}, **kept}
+        elif self.labels_text is not None:
+            path = self.out_dir / LABELS
+            previous = path.read_bytes() if path.is_file() else None
+            self._write_labels(self.labels_text)
+            try:
+                _write_manifest(self.out_dir, manifest)
+            except SqueezeError:
+                # the manifest on disk is still the previous one: so must its label file be
+                if previous is None:
+                    remove(path)
+                else:
+                    self._write_labels(previous)
+                raise
+            self.labels_text = None   # written once
+            return
+        _write_manifest(self.out_dir, manifest)
+
+    def _write_labels(self, text: bytes) -> None:
+        try:
+            with atomic_path(self.out_dir / LABELS) as tmp:
+                Path(tmp).write_bytes(text)
+        except OSError as exc:
+            raise write_error(self.out_dir / LABELS, exc) from None
+
+
 def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready, example, out_dir, stem, vset,
-                    num_classes, say, quiet_tools, manifest, result, interrupt, quant=None):
+                    num_classes, say, quiet_tools, manifest, result, interrupt, quant=None, record=None):
     quant = quant or {}
+    record = record or _DirectoryRecord(out_dir, None, None)
     for fmt in formats:
         backend = get_backend(fmt)
         for precision in precisions:
@@ -512,11 +559,11 @@ def _export_formats(formats, precisions, spec, pte_backend, coreml_legacy, ready
                 result.failures.append(failure)
                 say(fmt, f"FAILED: {exc}")
                 records = getattr(exc, "records", [])  # artifacts of this format that did complete
-            for record in records:
-                _add_record(manifest, record)
-                result.records.append(record)
+            for artifact in records:
+                _add_record(manifest, artifact)
+                result.records.append(artifact)
             try:
-                _write_manifest(out_dir, manifest)
+                record.write(manifest, landed=bool(records))
             except SqueezeError as exc:
                 # the artifacts just written would be on disk without a description: remove the new ones
                 new = [r["file"] for r in records if r.get("file") and r["file"] not in there]

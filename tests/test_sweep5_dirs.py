@@ -1,0 +1,102 @@
+"""An export that lands no artifact changes nothing in its folder (black-box sweep of artifact folders, stop 46)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from export.cli import main
+
+SMALL = ["--config", "hmdb51", "--frames", "4", "--size", "64"]
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    from conftest import write_small_checkpoint
+
+    return write_small_checkpoint(tmp_path_factory.mktemp("ckpt_dirs") / "small_hmdb51.pth", seed=3)
+
+
+def _export(ckpt, out, *extra):
+    return main(["export", "squeezetime", *SMALL, "--checkpoint", str(ckpt), "--out", str(out), "--formats", "onnx",
+                 *extra])
+
+
+def _digests(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _interrupted(monkeypatch):
+    from export.backends.onnx_backend import OnnxBackend
+
+    def stopped(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OnnxBackend, "export", stopped)
+
+
+def _broken(monkeypatch):
+    from export.backends.onnx_backend import OnnxBackend
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(OnnxBackend, "export", broken)
+
+
+def test_an_interrupted_first_export_leaves_no_folder_and_a_failed_one_does_not_lock_it(tmp_path, small_checkpoint,
+                                                                                       monkeypatch, capsys):
+    """Ctrl-C during the first export into a new folder used to leave labels.txt and a manifest listing nothing, which
+    then refused the same export with other options as 'an export of another model or input'."""
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _interrupted(m)
+        assert _export(small_checkpoint, out, "--labels", str(_labels(tmp_path))) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists()
+    with monkeypatch.context() as m:   # every format fails: the failure is recorded, no artifact
+        _broken(m)
+        assert _export(small_checkpoint, out) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["artifacts"] == [] and manifest["failures"][0]["format"] == "onnx"
+    capsys.readouterr()
+    # the same folder takes the export with other options: nothing in it was an artifact to keep
+    assert _export(small_checkpoint, out, "--input", "frames_uint8") == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["format"] == "frames_uint8" and manifest["failures"] == []
+    assert [a["file"] for a in manifest["artifacts"]] == ["squeezetime_hmdb51_4x64_frames_uint8_fp32.onnx"]
+
+
+def _labels(tmp_path) -> Path:
+    path = tmp_path / "custom51.txt"
+    path.write_text("".join(f"custom_{i}\n" for i in range(51)))
+    return path
+
+
+def test_a_reexport_that_lands_nothing_keeps_the_earlier_labels_and_manifest(tmp_path, small_checkpoint, monkeypatch,
+                                                                            capsys):
+    """A failed or interrupted re-export with --labels replaced labels.txt (and the manifest's labels_sha256) of a
+    folder whose artifacts it did not write."""
+    out = tmp_path / "good"
+    assert _export(small_checkpoint, out) == 0
+    before = _digests(out)
+    assert "labels.txt" in before
+    with monkeypatch.context() as m:
+        _interrupted(m)
+        assert _export(small_checkpoint, out, "--labels", str(_labels(tmp_path))) == 130
+    assert _digests(out) == before   # byte for byte: not even the manifest's timestamp moved
+    with monkeypatch.context() as m:
+        _broken(m)
+        assert _export(small_checkpoint, out, "--labels", str(_labels(tmp_path))) == 1
+    capsys.readouterr()
+    after = _digests(out)
+    assert after["labels.txt"] == before["labels.txt"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labels_sha256"] == before["labels.txt"] and len(manifest["artifacts"]) == 1
+    assert manifest["failures"][0]["format"] == "onnx"
+    assert main(["verify", str(out)]) == 0, capsys.readouterr().err
+    # a re-export that lands its artifact brings its labels
+    assert _export(small_checkpoint, out, "--labels", str(_labels(tmp_path))) == 0
+    assert (out / "labels.txt").read_text().splitlines()[0] == "custom_0"
+    assert json.loads((out / "manifest.json").read_text())["failures"] == []
