@@ -40,14 +40,9 @@ def check_destination(dest, kind: str = "file", replaceable: Optional[Replaceabl
     ``kind`` is what will be written there ('file' or 'dir'). Creates missing parent folders. Returns the path.
     """
     dest = Path(dest)
-    if kind == "file" and dest.is_symlink() and dest.exists() and not dest.is_dir():
-        dest = dest.resolve()  # write what the link points to, as cp does; the link stays a link
-    if dest.exists() and not dest.is_dir() and not dest.is_file():  # replacing it would turn it into a plain file
-        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(dest.stat().st_mode) else
-                "a device" if stat.S_ISCHR(dest.stat().st_mode) or stat.S_ISBLK(dest.stat().st_mode) else
-                "a socket" if stat.S_ISSOCK(dest.stat().st_mode) else "not a regular file")
-        raise SqueezeError(f"{dest} is {what}, not a file this command can write; choose another path "
-                           "(nothing was changed)")
+    if kind == "file":
+        dest = _through_link(dest)
+    _refuse_special(dest)
     if dest.is_dir() and not dest.is_symlink():
         if kind == "file":
             raise SqueezeError(f"{dest} is a directory; give the path of a file to write (nothing was changed)")
@@ -58,6 +53,23 @@ def check_destination(dest, kind: str = "file", replaceable: Optional[Replaceabl
         raise SqueezeError(f"{dest} exists and is not a directory; remove it or choose another path")
     ensure_writable_dir(dest.parent)
     return dest
+
+
+def _through_link(dest: Path) -> Path:
+    """A symbolic link to a file: the file it points to (written there, as cp does; the link stays a link)."""
+    return dest.resolve() if dest.is_symlink() and dest.exists() and not dest.is_dir() else dest
+
+
+def _refuse_special(dest: Path) -> None:
+    """A FIFO, device or socket at ``dest`` is refused: replacing it would turn it into a plain file (as root, a
+    checkpoint 'saved' to /dev/null would replace the device)."""
+    if dest.exists() and not dest.is_dir() and not dest.is_file():
+        mode = dest.stat().st_mode
+        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise SqueezeError(f"{dest} is {what}, not a file this command can write; choose another path "
+                           "(nothing was changed)")
 
 
 def ensure_writable_dir(folder) -> Path:
@@ -177,9 +189,13 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
     """Yield a temporary path next to ``dest`` (same filesystem); rename it onto ``dest`` on success.
 
     Works for files and for directory artifacts: whatever the body creates at the temporary path (a file or a
-    folder) is moved into place. An existing directory at ``dest`` is replaced only if ``replaceable(dest)``.
+    folder) is moved into place. An existing directory at ``dest`` is replaced only if ``replaceable(dest)``; a
+    FIFO, device or socket is refused; a symbolic link to a file is written through (the link stays).
     """
     dest = Path(dest)
+    if not (dest.is_symlink() and dest.is_dir()):
+        dest = _through_link(dest)
+    _refuse_special(dest)
     ensure_writable_dir(dest.parent)
     if dest.is_dir() and not dest.is_symlink() and not (replaceable and replaceable(dest)):
         # refused before the body runs: nothing of the user's is touched, no work is wasted

@@ -269,6 +269,9 @@ def check_room(n_ctx: int, n_prompt: int, max_new_tokens: int, window: int) -> N
     context, naming numbers that fit."""
     if not n_prompt:
         raise SqueezeError("the prompt is empty; pass --prompt TEXT")
+    if n_ctx + 1 >= window:
+        raise SqueezeError(f"the pack's {n_ctx} context tokens leave no room for a prompt and an answer in the model "
+                           f"window of {window}; use a pack of a shorter context (or the model it was built for)")
     if n_ctx + n_prompt >= window:
         raise SqueezeError(f"the prompt is {n_prompt} tokens (framing included) after the pack's {n_ctx} context "
                            f"tokens: no room is left for an answer in the model window of {window}; shorten the "
@@ -279,10 +282,37 @@ def check_room(n_ctx: int, n_prompt: int, max_new_tokens: int, window: int) -> N
                            f"{window - n_ctx - n_prompt}")
 
 
+# the config fields a pack's keys and values depend on: another value means another decoder
+PACK_ARCHITECTURE = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "rope_theta")
+
+
+def check_pack_fits(pack: ContextPack, model: LlamaForCausalLM, tokenizer) -> None:
+    """Refuse, in one line, a pack made for another decoder than ``model`` (its architecture; its weights where the
+    model knows them, LlamaForCausalLM.from_checkpoint records them) or another tokenizer: its keys and values would
+    be read as this model's and answer garbage, or fail deep inside attention."""
+    if not isinstance(pack, ContextPack):
+        raise SqueezeError(f"pack must be a ContextPack (load_context_pack / build_context_pack); got "
+                           f"{type(pack).__name__}")
+    where = pack.path or "this context pack"
+    differ = [f"{name} {getattr(pack.config, name)} vs {getattr(model.config, name)}" for name in PACK_ARCHITECTURE
+              if getattr(pack.config, name) != getattr(model.config, name)]
+    if differ:
+        raise SqueezeError(f"{where} was built for another decoder ({'; '.join(differ[:3])}: the pack's vs this "
+                           "model's); build the pack with this model")
+    weights = getattr(model, "weights_sha256", None)
+    if weights and pack.hashes.get("weights_sha256") and weights != pack.hashes["weights_sha256"]:
+        pack.check_weights(weights)
+    fingerprint = getattr(tokenizer, "fingerprint", None)
+    if fingerprint is not None and pack.hashes.get("tokenizer_sha256") not in (None, fingerprint()):
+        raise SqueezeError(f"{where} was built with a different tokenizer; build the pack with this model's tokenizer")
+
+
 class Generator:
     """A model plus one context pack; each ``generate`` call starts from the pack's fixed context."""
 
     def __init__(self, model: LlamaForCausalLM, tokenizer, pack: ContextPack):
+        check_pack_fits(pack, model, tokenizer)
         self.model, self.tokenizer, self.pack = model, tokenizer, pack
         self._tables = None
         self._rows = None

@@ -198,6 +198,7 @@ class LlamaForCausalLM(nn.Module):
         if missing or unexpected:
             raise SqueezeError(f"checkpoint {checkpoint.source} does not match a Llama decoder "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]}); use a Llama-family model")
+        model.weights_sha256 = getattr(checkpoint, "weights_sha256", None)   # Generator checks a pack against it
         return model.eval().decode_friendly_layout()
 
     def decode_friendly_layout(self) -> "LlamaForCausalLM":
@@ -233,7 +234,12 @@ class LlamaForCausalLM(nn.Module):
         query_sink: a list that receives every layer's post-RoPE queries [H, T, D] (for calibration).
         on_layer: called with the number of layers done after each layer (progress of a long prefill).
         """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1 or input_ids.dtype.is_floating_point:
+            raise SqueezeError(f"input_ids must be a 1-D tensor of token ids; got "
+                               f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
         T = int(input_ids.shape[0])
+        if T == 0:   # a zero-row query would reach the flash-attention kernel, which dies with SIGFPE on it
+            raise SqueezeError("step needs at least one token; got an empty input_ids")
         slot = cache.length
         if slot + T > cache.capacity:
             raise SqueezeError(f"{slot + T} tokens do not fit the KV cache ({cache.capacity}); use fewer tokens "

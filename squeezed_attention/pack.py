@@ -9,6 +9,8 @@ model or tokenizer is refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import os
@@ -175,6 +177,7 @@ def build_context_pack(model, checkpoint, text, settings: BuildSettings | None =
     if not isinstance(settings, BuildSettings):
         raise SqueezeError(f"settings must be a BuildSettings, e.g. BuildSettings(observation_window=50); got "
                            f"{type(settings).__name__}")
+    settings = dataclasses.replace(settings)   # checked again: a field set after construction was never checked
     config = model.config
     started = time.perf_counter()
     if not text.strip():

@@ -1,0 +1,69 @@
+"""Python API edge cases from a black-box sweep of the public API (stop 46): each failed before its fix."""
+
+import os
+import stat
+
+import pytest
+import torch
+
+from squeeze_mobile.errors import SqueezeError
+
+
+def _tiny(tmp_path, name, **kw):
+    from squeezed_attention import LlamaForCausalLM, load_checkpoint
+    from squeezed_attention.testing import write_tiny_llama_gguf
+
+    ck = load_checkpoint(write_tiny_llama_gguf(tmp_path / f"{name}.gguf", **kw))
+    return ck, LlamaForCausalLM.from_checkpoint(ck)
+
+
+TEXT = " ".join(["abc an ss ab", "bat cab dig", "fan ham ink", "jab kin lab"] * 4)   # ~130 byte-level tokens
+
+
+def test_a_pack_for_another_decoder_or_other_weights_is_refused_by_the_generator(tmp_path):
+    """Generator(model, tokenizer, pack) read a 1-layer pack with a 2-layer model (garbage answers, or a raw torch
+    error for another head size); a pack of other weights of the same shape was taken too."""
+    from squeezed_attention import BuildSettings, Generator, build_context_pack
+
+    ck1, m1 = _tiny(tmp_path, "one", layers=1, seed=0)
+    ck2, m2 = _tiny(tmp_path, "two", layers=2, seed=0)
+    ck3, m3 = _tiny(tmp_path, "other", layers=1, seed=5)
+    pack = build_context_pack(m1, ck1, TEXT, BuildSettings(framing="raw", observation_window=8))
+    Generator(m1, ck1.tokenizer, pack)   # its own model: fine
+    with pytest.raises(SqueezeError, match=r"built for another decoder \(num_layers 1 vs 2"):
+        Generator(m2, ck2.tokenizer, pack)
+    with pytest.raises(SqueezeError, match="built for other model weights"):
+        Generator(m3, ck3.tokenizer, pack)
+
+
+def test_a_zero_token_step_and_a_settings_field_changed_after_construction_are_errors_not_crashes(tmp_path):
+    """Both reached the flash-attention kernel with zero query rows, which kills the interpreter with SIGFPE."""
+    from squeezed_attention import BuildSettings, build_context_pack
+
+    ck, model = _tiny(tmp_path, "one", layers=1)
+    with pytest.raises(SqueezeError, match="at least one token"):
+        model.step(torch.tensor([], dtype=torch.long), model.new_cache(4))
+    settings = BuildSettings(framing="raw")
+    settings.observation_window = 0
+    with pytest.raises(SqueezeError, match=r"observation_window\) must be an integer in \[1"):
+        build_context_pack(model, ck, TEXT, settings)
+
+
+def test_atomic_writes_refuse_special_files_and_write_through_links(tmp_path):
+    """save_checkpoint (like every atomic write) replaced a FIFO, and would replace a device node as root, with a plain
+    file, and turned a symbolic link into a local file."""
+    import squeezetime
+
+    model = squeezetime.seeded_model("hmdb51", seed=0)
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(SqueezeError, match="named pipe"):
+        squeezetime.save_checkpoint(model, fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    target = tmp_path / "real.pth"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.pth"
+    link.symlink_to(target)
+    squeezetime.save_checkpoint(model, link)
+    assert link.is_symlink() and target.stat().st_size > 1000
+    assert squeezetime.load_checkpoint(link).config.num_classes == 51
