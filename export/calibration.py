@@ -14,6 +14,8 @@ Default calibration set: the real video the project already ships for verificati
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,8 @@ def default_videos() -> List[Path]:
 
 def expand_sources(paths: Optional[Sequence]) -> List[Path]:
     """Files and folders (their video files, sorted, not recursive) -> video files; one-line errors."""
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]   # one file or folder, not its characters
     if not paths:
         return default_videos()
     out: List[Path] = []

@@ -112,11 +112,16 @@ class VideoInfo:
             return f"the container declares {declared} frames"
         if packets > decoded:
             return f"the container holds {packets} video packets"
+        return self._duration_shortfall()
+
+    def _duration_shortfall(self) -> Optional[str]:
+        """A container without a frame count (Matroska/WebM) whose decoded frames fall short of its declared duration
+        (and whose packets do not reach it either: a variable frame rate shows fewer frames), or None."""
         if not self.declared_frames and self.duration and self.fps:
             if self.span is not None and self.span >= DURATION_COVERAGE * self.duration:
                 return None  # the packets reach the declared end: variable frame rate, not missing frames
             expected = self.duration * self.fps
-            if decoded < DURATION_COVERAGE * expected - 1:
+            if (self.decoded_frames or 0) < DURATION_COVERAGE * expected - 1:
                 return f"the container declares {self.duration:.2f} s (about {round(expected)} frames at {self.fps:.3g} fps)"
         return None
 
@@ -132,7 +137,11 @@ class VideoInfo:
             if self.damaged_frames:
                 damage.append(f"{_count(self.damaged_frames, 'frame')} decoded from damaged data "
                               f"{'is' if self.damaged_frames == 1 else 'are'} left out")
-            also = f" ({claim})" if claim and (self.declared_frames or 0) > (self.packets or 0) else ""
+            # what the container claims beyond the packets counted here: a frame count above them, or (Matroska/WebM,
+            # no frame count) a duration the packets do not reach, where a damaged cluster took frames with it
+            if (self.declared_frames or 0) <= (self.packets or 0):
+                claim = self._duration_shortfall()
+            also = f" ({claim})" if claim else ""
             return (f"video {self.path} is damaged: {' and '.join(damage)}{also}; sampling uses the {n} frames that "
                     f"decode cleanly; re-encode it or use another file")
         if claim is None:
@@ -255,7 +264,9 @@ def _count_packets(path) -> _Container:
         if stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         else:
-            duration = container.duration / 1e6 if container.duration and container.duration > 0 else None
+            # a Matroska/WebM duration counts from time 0; a file cut from a longer recording starts later
+            start = container.start_time if container.start_time and container.start_time > 0 else 0
+            duration = (container.duration - start) / 1e6 if container.duration and container.duration > start else None
         codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
         span = float((end - first) * stream.time_base) if end is not None and stream.time_base else None
         return _Container(packets, declared if declared > 0 else None, rate, codec, duration, span)

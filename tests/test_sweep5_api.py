@@ -67,3 +67,51 @@ def test_atomic_writes_refuse_special_files_and_write_through_links(tmp_path):
     squeezetime.save_checkpoint(model, link)
     assert link.is_symlink() and target.stat().st_size > 1000
     assert squeezetime.load_checkpoint(link).config.num_classes == 51
+
+
+def _mkv(path, frames=80, first_pts=0, gop=10):
+    import fractions
+
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"g": str(gop)})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            arr = np.zeros((48, 64, 3), np.uint8)
+            arr[..., 0], arr[:, :32, 1] = (i * 6) % 256, 200
+            f = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            f.pts, f.time_base = first_pts + i, fractions.Fraction(1, 25)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_matroska_timing_a_late_start_is_complete_and_a_damaged_middle_counts_the_lost_duration(tmp_path):
+    """A complete MKV whose timestamps start at 20 s (cut from a longer recording) was warned about as truncated (its
+    duration counted from 0); a damaged one whose demuxer dropped most packets said only '1 packet does not decode'."""
+    from squeezetime import video
+
+    late = video.probe(_mkv(tmp_path / "late.mkv", frames=40, first_pts=500))
+    assert late.complete and late.shortfall_message() is None
+    data = bytearray(_mkv(tmp_path / "whole.mkv").read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40):
+        data[i] ^= 0x5A
+    (tmp_path / "damaged.mkv").write_bytes(bytes(data))
+    info = video.probe(tmp_path / "damaged.mkv")
+    if not (info.damaged_packets or info.damaged_frames) or info.decoded_frames > 60:
+        pytest.skip(f"this FFmpeg build read the damaged file differently ({info})")
+    message = info.shortfall_message()
+    assert "is damaged" in message and "the container declares 3.20 s (about 80 frames" in message, message
+
+
+def test_one_calibration_path_is_one_path_not_its_characters(tmp_path):
+    """calibration='clip.mp4' was iterated character by character ('/' listed as a folder; '..' calibrated on '.')."""
+    from export.calibration import expand_sources
+
+    clip = _mkv(tmp_path / "clip.mkv", frames=20)
+    assert expand_sources(str(clip)) == [clip] and expand_sources(clip) == [clip]
+    assert expand_sources(str(tmp_path)) == [clip]
