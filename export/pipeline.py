@@ -384,6 +384,7 @@ def export_squeezetime(
     """
     if labels is not None:
         read_label_file(labels, model.config.num_classes)
+    source = checked_source(source, model)
     formats = parse_formats(formats)
     precisions = parse_precisions(precision)
     check_format_precisions(formats, precision)
@@ -914,6 +915,46 @@ def check_source(source, path="manifest") -> Dict:
     else:
         raise SqueezeError(f"{path} records model source {str(kind)[:40]!r}; re-verification needs a checkpoint or "
                            "seeded source: pass --checkpoint PATH to the checkpoint it was exported from")
+    return source
+
+
+def checked_source(source, model: SqueezeTime) -> Dict:
+    """``export_squeezetime``'s ``source``, checked before any work: it must rebuild ``model``'s very weights, as
+    ``squeeze verify`` will rebuild them from the manifest (an export whose manifest names another model would fail its
+    own verification). None: {'kind': 'unspecified'} (verify then needs --checkpoint). A checkpoint source without a
+    sha256 gets the file's; its path is recorded absolute."""
+    if source is None:
+        return {"kind": "unspecified"}
+    usage = ("source must be None, {'kind': 'checkpoint', 'path': PATH} (the file the model was loaded from) or "
+             "{'kind': 'seeded', 'seed': N} (squeezetime.seeded_model's seed)")
+    if not isinstance(source, dict) or source.get("kind") not in ("checkpoint", "seeded"):
+        raise SqueezeError(f"{usage}; got {str(source)[:80]}")
+    source = dict(source)
+    if source["kind"] == "checkpoint":
+        path = source.get("path")
+        if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+            raise SqueezeError(f"source path {str(path)[:200]!r} is not a checkpoint file; {usage}")
+        source["path"] = str(Path(path).resolve())
+        digest = sha256_file(Path(path))
+        if source.setdefault("sha256", digest) != digest:
+            raise SqueezeError(f"source sha256 {str(source['sha256'])[:12]} is not the sha256 of {path} ({digest[:12]})")
+        if type(source.setdefault("skip_unsafe_metadata", False)) is not bool:
+            raise SqueezeError(f"source skip_unsafe_metadata must be true or false; got {source['skip_unsafe_metadata']!r}")
+    else:
+        seed = source.setdefault("seed", 0)
+        if type(seed) is not int or not 0 <= seed < 2**63:
+            raise SqueezeError(f"source seed must be a whole number >= 0; got {seed!r}")
+    import torch
+
+    config = json.loads(json.dumps(model.config.to_dict()))   # as the manifest records it
+    rebuilt = model_from_source(source, config).state_dict()
+    mine = model.state_dict()
+    differ = [k for k in mine if k not in rebuilt or rebuilt[k].shape != mine[k].shape
+              or not torch.equal(rebuilt[k].to(mine[k].dtype), mine[k])]
+    if differ or set(rebuilt) - set(mine):
+        what = f"checkpoint {source['path']}" if source["kind"] == "checkpoint" else f"seeded model (seed {source['seed']})"
+        raise SqueezeError(f"source {what} does not rebuild this model ({(differ or sorted(set(rebuilt) - set(mine)))[0]} "
+                           "differs); pass the source the weights came from, or leave source out (nothing was written)")
     return source
 
 

@@ -151,7 +151,7 @@ def test_zero_calibration_is_refused_without_writing(tiny_model, tmp_path):
                            [{"path": "zeros", "sha256": "0" * 64}], "zeros")
     out = tmp_path / "zeros"
     result = export_squeezetime(tiny_model, out, formats="onnx", spec=InputSpec(frames=16, size=64), precision="int8",
-                                calibration=zeros, source={"kind": "seeded", "seed": 0})
+                                calibration=zeros)
     assert not result.ok and len(result.failures) == 1
     message = result.failures[0]["error"]
     assert "\n" not in message and message.startswith("onnx: int8 quantization of")

@@ -115,3 +115,27 @@ def test_one_calibration_path_is_one_path_not_its_characters(tmp_path):
     clip = _mkv(tmp_path / "clip.mkv", frames=20)
     assert expand_sources(str(clip)) == [clip] and expand_sources(clip) == [clip]
     assert expand_sources(str(tmp_path)) == [clip]
+
+
+def test_an_export_source_that_does_not_rebuild_the_model_is_refused_before_any_work(tmp_path):
+    """export_squeezetime(source=...) was recorded unchecked: a wrong seed exported 'ok' and failed its own verify; a
+    checkpoint source without a sha256, or a malformed one, wrote a manifest the reader refuses."""
+    import squeezetime
+    from export.pipeline import export_squeezetime, verify_directory
+    from squeezetime.rewrite import InputSpec
+
+    model = squeezetime.seeded_model("hmdb51", seed=7, frames=4, depth=14, width=0.25)
+    spec = InputSpec(frames=4, size=64)
+    for bad, message in (({"kind": "seeded", "seed": 0}, r"seeded model \(seed 0\) does not rebuild this model"),
+                         ({"kind": "seeded", "seed": -1}, "seed must be a whole number"),
+                         ("seeded", "source must be None"), ({"kind": "bogus"}, "source must be None"),
+                         ({"kind": "checkpoint", "path": str(tmp_path / "none.pth")}, "is not a checkpoint file")):
+        with pytest.raises(SqueezeError, match=message):
+            export_squeezetime(model, tmp_path / "out", formats="onnx", spec=spec, source=bad)
+        assert not (tmp_path / "out").exists()
+    path = tmp_path / "weights.pth"
+    squeezetime.save_checkpoint(model, path)
+    result = export_squeezetime(model, tmp_path / "out", formats="onnx", spec=spec,
+                                source={"kind": "checkpoint", "path": str(path)})   # sha256 filled in
+    assert result.ok and result.manifest["model"]["source"]["sha256"]
+    assert all(v["status"] == "pass" for v in verify_directory(tmp_path / "out").values())
