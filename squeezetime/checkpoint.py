@@ -60,6 +60,13 @@ def _short_list(keys, limit=4) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+# What save_checkpoint records besides the tensors: the preprocessing a model was built for (the architecture is read
+# back from the tensors' shapes), so a model built for 112-px crops every 2nd frame comes back wanting them
+SAVED_PREPROCESSING = ("input_size", "frame_interval", "resize_short", "multiview_resize_short", "multiview_clips",
+                       "mean", "std", "labels", "spatial_strides")
+SAVED_CONFIG_KEY = "squeezetime_preprocessing"
+
+
 def read_state_dict(path, skip_unsafe_metadata: bool = False) -> Dict[str, torch.Tensor]:
     """Read a flat name -> tensor mapping from a .pth/.pt/.ckpt (no pickled code), .safetensors or MindSpore .ckpt file
     (its names mapped to PyTorch's, its optimizer state left out: squeezetime.mindspore_ckpt).
@@ -95,15 +102,15 @@ def _read(path, skip_unsafe_metadata: bool = False):
     if fmt == "mindspore":
         from .mindspore_ckpt import read_mindspore_checkpoint
 
-        return read_mindspore_checkpoint(path)
+        return (*read_mindspore_checkpoint(path), None)
     if fmt == "safetensors":
         from safetensors.torch import load, load_file
 
         try:
             if _utf8_name(path):
-                return _check_keys(dict(load_file(str(path))), path), []
+                return _check_keys(dict(load_file(str(path))), path), [], _saved_safetensors(path)
             # safetensors' Rust reader takes only UTF-8 file names: read the bytes here instead
-            return _check_keys(dict(load(path.read_bytes())), path), []
+            return _check_keys(dict(load(path.read_bytes())), path), [], _saved_safetensors(path)
         except SqueezeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes means "not readable"
@@ -118,7 +125,8 @@ def _read(path, skip_unsafe_metadata: bool = False):
         if "Unsupported operand" in str(exc) and _pickle_protocol(path) >= 4:
             # torch.save(..., pickle_protocol=4 or 5): opcodes (FRAME, ...) torch's weights-only reader does not
             # implement; the pure-Python unpickler reads them, admitting the same tensor globals only
-            return _unwrap(_load_with_inert_objects(path, inert=skip_unsafe_metadata), path), []
+            obj = _load_with_inert_objects(path, inert=skip_unsafe_metadata)
+            return _unwrap(obj, path), [], _saved_pickle(obj)
         if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
             raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data){_what_it_is(path)}") from None
         if not skip_unsafe_metadata:
@@ -130,7 +138,46 @@ def _read(path, skip_unsafe_metadata: bool = False):
         what = _what_it_is(path)  # when the file is recognisably something else, PyTorch's guess adds nothing
         reason = _zip_problem(path) or ("" if what else _first_line(exc))
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file{f' ({reason})' if reason else ''}{what}") from None
-    return _unwrap(obj, path), []
+    return _unwrap(obj, path), [], _saved_pickle(obj)
+
+
+def _saved_pickle(obj) -> Optional[str]:
+    """The preprocessing save_checkpoint recorded in an mmaction-layout file's meta (a JSON string), or None."""
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    value = meta.get(SAVED_CONFIG_KEY) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _saved_safetensors(path) -> Optional[str]:
+    try:
+        return _safetensors_metadata(path).get(SAVED_CONFIG_KEY)
+    except Exception:  # noqa: BLE001 - the tensors were read; metadata is optional
+        return None
+
+
+def _apply_saved(cfg: SqueezeTimeConfig, saved: Optional[str], notes: list) -> SqueezeTimeConfig:
+    """``cfg`` (read from the tensors) with the preprocessing save_checkpoint recorded; metadata that is not valid
+    JSON or names impossible values is left out, with a note in the load report."""
+    import json
+
+    if not saved:
+        return cfg
+    try:
+        fields = json.loads(saved)
+        fields = {k: v for k, v in fields.items() if k in SAVED_PREPROCESSING} if isinstance(fields, dict) else None
+        if fields is None:
+            raise ValueError("not an object")
+        if "labels" in fields:
+            from .video import label_path
+
+            if not (isinstance(fields["labels"], str) and re.fullmatch(r"[A-Za-z0-9_-]+", fields["labels"])
+                    and label_path(fields["labels"]).is_file()
+                    and len(label_path(fields["labels"]).read_text(encoding="utf-8").splitlines()) == cfg.num_classes):
+                fields.pop("labels")   # a label file this installation lacks, or one of another class count
+        return get_config(cfg, **fields)
+    except (ValueError, TypeError, SqueezeError, RecursionError) as exc:
+        notes.append(f"the saved preprocessing was left out ({_first_line(exc)})")
+        return cfg
 
 
 def _zip_problem(path) -> Optional[str]:
@@ -583,12 +630,14 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
     classes in the head. Frames, width, pos_dim and depth are read from the tensor shapes. The returned
     model carries ``load_report`` (a :class:`LoadReport`).
     """
-    raw, notes = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
+    raw, notes, saved = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
+    notes = list(notes)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
     labels = _metadata_label_file(path, cfg.num_classes)
     if labels:
         cfg = get_config(cfg, labels=labels)
+    cfg = _apply_saved(cfg, saved, notes)
     try:
         model = SqueezeTime(cfg)
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # shapes describing no buildable network
@@ -607,15 +656,29 @@ def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
     """
     from squeeze_mobile.atomic import atomic_path
 
+    import json
+
+    if layout not in ("mmaction", "backbone", "safetensors"):
+        raise SqueezeError(f"unknown checkpoint layout {layout!r}; use mmaction, backbone or safetensors")
+    if not isinstance(model, SqueezeTime):
+        raise SqueezeError(f"save_checkpoint takes a SqueezeTime model; got {type(model).__name__}")
     state = model.state_dict()
     path = Path(path)
+    safetensors = layout == "safetensors" or path.suffix.lower() == ".safetensors"
+    if safetensors and layout == "backbone":
+        raise SqueezeError(f"layout 'backbone' is a .pth state dict; {path} names a .safetensors file (which holds "
+                           "the whole model): use another file name or layout='safetensors'")
+    config = model.config.to_dict()
+    saved = json.dumps({k: config[k] for k in SAVED_PREPROCESSING})
     with atomic_path(path) as tmp:
-        if layout == "safetensors" or path.suffix.lower() == ".safetensors":
+        if safetensors:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"config": model.config.name})
+            meta = {"config": model.config.name, SAVED_CONFIG_KEY: saved}
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
         elif layout == "mmaction":
-            torch.save({"meta": {"config": model.config.name}, "state_dict": OrderedDict(state)}, str(tmp))
+            torch.save({"meta": {"config": model.config.name, SAVED_CONFIG_KEY: saved}, "state_dict": OrderedDict(state)},
+                       str(tmp))
         elif layout == "backbone":
             bare = OrderedDict((k[len(BACKBONE_PREFIX):], v) for k, v in state.items() if k.startswith(BACKBONE_PREFIX))
             torch.save(bare, str(tmp))

@@ -1,6 +1,7 @@
 """Python API edge cases from a black-box sweep of the public API (stop 46): each failed before its fix."""
 
 import os
+from pathlib import Path
 import stat
 
 import pytest
@@ -139,3 +140,24 @@ def test_an_export_source_that_does_not_rebuild_the_model_is_refused_before_any_
                                 source={"kind": "checkpoint", "path": str(path)})   # sha256 filled in
     assert result.ok and result.manifest["model"]["source"]["sha256"]
     assert all(v["status"] == "pass" for v in verify_directory(tmp_path / "out").values())
+
+
+@pytest.mark.parametrize("name", ["model.pth", "model.safetensors"])
+def test_a_saved_checkpoint_loads_back_with_its_preprocessing_and_labels(tmp_path, name):
+    """save_checkpoint kept only the tensors and the preset's name: a model built for 112-px crops every 2nd frame came
+    back wanting 224-px crops every 4th, and the camera-motion checkpoint re-saved lost its label names."""
+    import squeezetime
+    from squeezetime.checkpoint import SAVED_PREPROCESSING
+
+    model = squeezetime.seeded_model("hmdb51", seed=1, frames=8, depth=14, width=0.25, input_size=112,
+                                     pos_dim=(28, 14, 7, 4), frame_interval=2, resize_short=128)
+    squeezetime.save_checkpoint(model, tmp_path / name)
+    back = squeezetime.load_checkpoint(tmp_path / name)
+    assert {k: getattr(back.config, k) for k in SAVED_PREPROCESSING} == \
+        {k: getattr(model.config, k) for k in SAVED_PREPROCESSING}
+    shipped = Path(squeezetime.__file__).parent / "checkpoints" / "camera_motion_w050.safetensors"
+    original = squeezetime.load_checkpoint(shipped)
+    squeezetime.save_checkpoint(original, tmp_path / name)
+    assert squeezetime.load_checkpoint(tmp_path / name).config.labels == original.config.labels != "kinetics400"
+    with pytest.raises(SqueezeError, match="unknown checkpoint layout"):
+        squeezetime.save_checkpoint(model, tmp_path / "x.safetensors", layout="onnx")
