@@ -199,7 +199,16 @@ def _printable_output() -> None:
                 pass
 
 
+def _closed_streams_to_devnull() -> None:
+    """A standard stream the caller closed (`squeeze ... >&-`: Python then has None there) writes to /dev/null, as
+    `>/dev/null` would, instead of ending the command in an AttributeError traceback when the first line is printed."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _closed_streams_to_devnull()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -233,6 +242,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         # a disk that fills (or a quota, ulimit -f, a folder made read-only) while a report or artifact is written:
         # the atomic writes already removed their temporaries; say it in one line
+        if not debug and exc.errno in PATH_ERRNOS:   # a path no file can have, whichever option named it
+            print(f"error: {exc.filename or 'a path'}: {PATH_ERRNOS[exc.errno]}", file=sys.stderr)
+            return EXIT_ERROR
         if debug or exc.errno not in WRITE_ERRNOS:
             raise
         if not exc.filename and not _stdout_writable():  # `squeeze generate ... > /dev/full`: not an --out file
@@ -260,6 +272,9 @@ def _stdout_writable() -> bool:
 
 
 WRITE_ERRNOS = NO_ROOM + (errno.EROFS,)  # no room, or a folder that became read-only
+PATH_ERRNOS = {errno.ENAMETOOLONG: "the name is too long (a file or folder name takes at most 255 bytes); use a "
+                                   "shorter one",
+               errno.ELOOP: "too many levels of symbolic links (a link that points back at itself?); fix the link"}
 
 
 if __name__ == "__main__":  # pragma: no cover

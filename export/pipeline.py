@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 
-from squeeze_mobile.atomic import NO_ROOM, atomic_path, check_destination, ensure_writable_dir, remove, removed_if_left_empty
+from squeeze_mobile.atomic import (NO_ROOM, atomic_path, check_destination, ensure_writable_dir, folder_lock, remove,
+                                   removed_if_left_empty)
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.file_kinds import describe
 from squeeze_mobile.file_kinds import is_plain_file_name
@@ -394,9 +395,11 @@ def export_squeezetime(
     # a folder this export creates is removed again if the export fails before writing into it
     try:
         with removed_if_left_empty(out_dir):
-            return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video, pte_backend,
-                                       coreml_legacy, source, progress, quiet_tools, calibration, calibration_views,
-                                       observer, labels)
+            check_writable(out_dir)
+            with folder_lock(out_dir):
+                return _export_squeezetime(model, out_dir, formats, spec, precision, precisions, verify_video,
+                                           pte_backend, coreml_legacy, source, progress, quiet_tools, calibration,
+                                           calibration_views, observer, labels)
     except (MemoryError, RuntimeError) as exc:
         if not out_of_memory(exc):
             raise

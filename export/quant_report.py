@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from squeeze_mobile.atomic import atomic_path, check_creatable_dir
+from squeeze_mobile.atomic import atomic_path, check_creatable_dir, check_destination
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.metrics import json_text, sqnr_db
 
@@ -299,6 +299,10 @@ def quant_report(out_dir, report_dir=None, progress: Optional[Progress] = None, 
     plan = plan_verification(out_dir, verify_video)
     report_dir = Path(report_dir) if report_dir is not None else plan.out_dir
     check_creatable_dir(report_dir)   # made when the report is written: a refused run leaves no new folder
+    for suffix in ("json", "md", "png"):   # a folder (or FIFO, device) where a report file goes: refused before work
+        destination = report_dir / f"{REPORT}.{suffix}"
+        if destination.exists() or destination.is_symlink():
+            check_destination(destination, "file")
     int8 = [it for it in plan.artifacts if it["record"].get("precision") == "int8"]
     if not int8:
         raise SqueezeError(f"{plan.out_dir} holds no int8 artifacts; export with --precision int8 first")

@@ -145,6 +145,28 @@ def removed_if_left_empty(folder):
         raise
 
 
+@contextlib.contextmanager
+def folder_lock(folder, what: str = "--out"):
+    """Hold ``folder`` for one writer (an advisory lock on the folder itself, released when the block ends or the
+    process dies): a second export into the same folder at the same time would rewrite the manifest from its own
+    reading of it and drop the first one's records. A second writer is refused in one line at once."""
+    import fcntl
+
+    folder = Path(folder)
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SqueezeError(f"another squeeze command is writing into {folder} right now; wait for it to end, or "
+                               f"choose another {what} (nothing was changed)") from None
+        except OSError:   # a filesystem without locks (some network mounts): go on unlocked
+            pass
+        yield folder
+    finally:
+        os.close(fd)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

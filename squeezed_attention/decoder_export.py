@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, write_text_atomic
+from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, folder_lock, removed_if_left_empty, write_text_atomic
+from squeeze_mobile.signals import DeferredSignals
 from squeeze_mobile.metrics import json_text
 
 from .decoder_session import EXACT_METHODS, SCHEMA, SCHEMA_PREFIX, exact_method_of
@@ -473,7 +474,18 @@ def _tidies_a_new_directory(export):
 
 
 @_tidies_a_new_directory
-def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
+def export_decoder(out_dir, *args, **kwargs) -> "DecoderExportResult":
+    """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``
+    (the arguments of :func:`_export_decoder`; one writer per folder at a time, a folder this call creates and
+    leaves empty is removed again)."""
+    out_dir = Path(out_dir)
+    with removed_if_left_empty(out_dir):
+        ensure_writable_dir(out_dir)
+        with folder_lock(out_dir):
+            return _export_decoder(out_dir, *args, **kwargs)
+
+
+def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int = 7808, max_prompt: int = 128,
                    max_new: int = 256, kv_budget: float = 0.125, attention="squeezed", lookup_plan=None,
                    weights: str = "fp32", verify: bool = True, decode_selection: str = "step",
                    verify_context_tokens=(2048, 8192), verify_tokens: int = 32, verify_text=None,
@@ -613,7 +625,7 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
         if text_file is not None:
             manifest["verification_inputs"]["text_file"] = str(text_file)
     merge_decoder_manifest(old, out_dir, manifest)
-    write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.backend.to_str())
+    tokenizer_written = False   # written with the first artifact's manifest record (this model's tokenizer)
     result = DecoderExportResult(out_dir, manifest)
     for att in attentions:
         for fmt in formats:
@@ -631,54 +643,78 @@ def export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int =
             opening = exact_decode_for(exact_decode, att, selection, exact, shapes.max_new)
             program, module = decoder_program(model, shapes, att, fmt, plan, selection, exact, follow, opening)
             t0 = time.perf_counter()
+            # converted and verified at a temporary path: a run stopped before its manifest record is written leaves
+            # the folder as it was (an earlier artifact of the same name, and its record, stay); only the rename and
+            # the manifest write hold a signal until both are done
+            held = DeferredSignals("writing the manifest; stopping after it (send it again to stop at once)")
             try:
-                # a converter that fills the disk can end the process from C++ with no message: refuse it first
-                check_free_space(out_dir, artifact_weight_bytes(module, weights), f"{fmt} ({att}): {name}")
-                say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
-                with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
-                    try:
-                        with quiet():  # converters print warnings and C++ logs by the hundred
-                            extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights,
-                                                                                        pte_backend=delegate))
-                    except SqueezeError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
-                        raise conversion_error(backend.name, exc) from None
-            except SqueezeError as exc:
-                manifest["failures"].append({"format": fmt, "attention": att, "error": str(exc)})
-                result.failures.append(manifest["failures"][-1])
-                say(fmt, f"FAILED: {exc}")
-                continue
-            from export.verify import sha256_file
-
-            record = {"format": fmt, "file": name, "weights": weights, "bytes": artifact_bytes(out_dir / name),
-                      "sha256": sha256_file(out_dir / name), "runtime": backend.runtime,
-                      "export_seconds": round(time.perf_counter() - t0, 2),
-                      "decoder": contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan,
-                                                   selection, prefill_rows, prefill_tail, exact, follow, min_keep,
-                                                   opening, exact_below_for(exact_below, att, selection, exact)),
-                      **extras}
-            if verification:
-                say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
-                         f"{verify_tokens} tokens")
                 try:
-                    record["verification"] = verify_decoder_artifact(out_dir / name, record, model, verification)
-                except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
-                    record["verification"] = {"status": "fail", "failures": [str(exc)]}
-                v = record["verification"]
-                say(fmt, f"not run: {v['reason']}" if v["status"] == "not run" else
-                    f"FAILED: {v['failures'][0]}" if "prompts" not in v else
-                    f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
-                    f"logits PSNR {v['psnr_db']:.1f} dB" if "psnr_db" in v else
-                    f"{v['status']}: next-token top-1 agreement {100 * v['top1_agreement']:.1f}%, mean KL "
-                    f"{v['mean_kl']:.4f} vs fp32 (teacher-forced); greedy identical on {v['prompts_identical']}/"
-                    f"{v['prompts']} prompts")
-            else:
-                record["verification"] = {"status": "not run"}
-            manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("file") != name] + [record]
-            write_text_atomic(out_dir / MANIFEST, json_text(manifest))
+                    # a converter that fills the disk can end the process from C++ with no message: refuse it first
+                    check_free_space(out_dir, artifact_weight_bytes(module, weights), f"{fmt} ({att}): {name}")
+                    say(fmt, f"converting {att} attention{' (split lookup plan)' if plan == 'split' else ''} -> {name}")
+                    with atomic_path(out_dir / name, replaceable=backend.replaceable) as tmp:
+                        try:
+                            with quiet():  # converters print warnings and C++ logs by the hundred
+                                extras = backend.export_program(program, tmp, ExportOptions(spec=None, weights=weights,
+                                                                                            pte_backend=delegate))
+                        except SqueezeError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
+                            raise conversion_error(backend.name, exc) from None
+                        record = _artifact_record(
+                            tmp, fmt, name, weights, backend, t0,
+                            contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan, selection,
+                                             prefill_rows, prefill_tail, exact, follow, min_keep, opening,
+                                             exact_below_for(exact_below, att, selection, exact)), extras)
+                        _verify_record(tmp, name, fmt, record, model, verification, verify_tokens, say)
+                        held.__enter__()
+                except SqueezeError as exc:
+                    manifest["failures"].append({"format": fmt, "attention": att, "error": str(exc)})
+                    result.failures.append(manifest["failures"][-1])
+                    say(fmt, f"FAILED: {exc}")
+                    continue
+                if not tokenizer_written:
+                    write_text_atomic(out_dir / TOKENIZER_FILE, tokenizer.backend.to_str())
+                    tokenizer_written = True
+                manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("file") != name] + [record]
+                write_text_atomic(out_dir / MANIFEST, json_text(manifest))
+            finally:
+                held.__exit__(None, None, None)
+            held.check()
     write_text_atomic(out_dir / MANIFEST, json_text(manifest))
     return result
+
+
+def _artifact_record(path: Path, fmt: str, name: str, weights: str, backend, t0: float, contract: dict,
+                     extras: dict) -> dict:
+    """The manifest record of the artifact converted at ``path`` (its temporary name) that lands as ``name``."""
+    from export.verify import sha256_file
+
+    return {"format": fmt, "file": name, "weights": weights, "bytes": artifact_bytes(path),
+            "sha256": sha256_file(path), "runtime": backend.runtime,
+            "export_seconds": round(time.perf_counter() - t0, 2), "decoder": contract, **extras}
+
+
+def _verify_record(path: Path, name: str, fmt: str, record: dict, model, verification, verify_tokens: int,
+                   say) -> None:
+    """Verify the artifact at ``path`` (before it takes its name) into ``record['verification']``."""
+    if not verification:
+        record["verification"] = {"status": "not run"}
+        return
+    say(fmt, f"verifying {name} on {len(verification)} pack(s) x {len(verification[0].prompts)} prompts x "
+             f"{verify_tokens} tokens")
+    try:
+        record["verification"] = verify_decoder_artifact(path, record, model, verification)
+    except SqueezeError as exc:  # e.g. a verification prompt longer than --max-prompt
+        record["verification"] = {"status": "fail", "failures": [str(exc)]}
+    v = record["verification"]
+    say(fmt, f"not run: {v['reason']}" if v["status"] == "not run" else
+        f"FAILED: {v['failures'][0]}" if "prompts" not in v else
+        f"{v['status']}: tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "
+        f"logits PSNR {v['psnr_db']:.1f} dB" if "psnr_db" in v else
+        f"{v['status']}: next-token top-1 agreement {100 * v['top1_agreement']:.1f}%, mean KL "
+        f"{v['mean_kl']:.4f} vs fp32 (teacher-forced); greedy identical on {v['prompts_identical']}/"
+        f"{v['prompts']} prompts")
 
 
 def existing_decoder_manifest(out_dir: Path, weights_sha256: str) -> dict | None:
@@ -1003,3 +1039,6 @@ def tokenizer_failures(directory, manifest: dict, tokenizer) -> list:
     if section["stop_token_ids"] != tokenizer.stop_token_ids():
         failures.append("the manifest's stop_token_ids are not the model's (edited since the export)")
     return failures
+
+
+functools.update_wrapper(export_decoder, _export_decoder)   # help() and inspect.signature show the real arguments

@@ -100,3 +100,70 @@ def test_a_reexport_that_lands_nothing_keeps_the_earlier_labels_and_manifest(tmp
     assert _export(small_checkpoint, out, "--labels", str(_labels(tmp_path))) == 0
     assert (out / "labels.txt").read_text().splitlines()[0] == "custom_0"
     assert json.loads((out / "manifest.json").read_text())["failures"] == []
+
+
+def test_a_decoder_export_stopped_while_verifying_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    """The decoder's artifact took its name before it was verified: Ctrl-C / SIGTERM during the minutes of verification
+    left an unverified file with no manifest in a new folder, and replaced an earlier verified artifact of the same
+    name whose record (sha256) the manifest still held."""
+    from squeezed_attention import decoder_export, testing
+
+    gguf = testing.write_tiny_llama_gguf(tmp_path / "tiny.gguf", layers=1, quantized=False)
+    (tmp_path / "doc.txt").write_text(" ".join(["ab an ss abba nan sass"] * 8))
+    kw = dict(formats=("onnx",), model_path=gguf, attention=["squeezed"], verify_text=tmp_path / "doc.txt",
+              verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "art"
+    with monkeypatch.context() as m:
+        m.setattr(decoder_export, "verify_decoder_artifact", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            decoder_export.export_decoder(out, kv_budget=0.3, **kw)
+    assert not out.exists() or not any(out.iterdir())
+    assert decoder_export.export_decoder(out, kv_budget=0.3, **kw).ok
+    before = _digests(out)
+    with monkeypatch.context() as m:
+        m.setattr(decoder_export, "verify_decoder_artifact", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            decoder_export.export_decoder(out, kv_budget=0.5, **kw)   # the same file name, other contents
+    assert _digests(out) == before
+
+
+def test_a_second_writer_into_the_same_folder_is_refused_at_once(tmp_path, small_checkpoint, capsys):
+    """Two exports into one --out at the same time each rewrote the manifest from their own reading: one artifact was
+    left with no record, and both said 'pass'."""
+    from squeeze_mobile.atomic import folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out):   # another export holds it
+        assert _export(small_checkpoint, out) == 1
+    err = capsys.readouterr().err
+    assert "another squeeze command is writing into" in err and err.count("error:") == 1
+    assert list(out.iterdir()) == []
+    assert _export(small_checkpoint, out) == 0   # released
+
+
+def test_a_closed_standard_output_and_an_impossible_file_name_are_one_line_each(tmp_path, small_checkpoint):
+    """`squeeze bench DIR >&-` ended in an AttributeError traceback (Python has None for a closed stream); a path
+    component over 255 bytes gave a raw OSError traceback from almost every path option."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    assert _export(small_checkpoint, out) == 0
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "bench", str(out), "--out", str(tmp_path / "b")],
+                          cwd=repo, capture_output=False, stderr=subprocess.PIPE, text=True, timeout=600,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "b" / "report.json").is_file()
+    for argv in (["verify", "a" * 300], ["export", "squeezetime", *SMALL, "--out", str(tmp_path / ("b" * 300))]):
+        proc = subprocess.run([sys.executable, "-m", "export.cli", *argv], cwd=repo, capture_output=True, text=True,
+                              timeout=600)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "name is too long" in errors[0]
