@@ -61,12 +61,12 @@ def cmd_predict(args) -> int:
     if args.labels is not None:  # a missing or unreadable file is refused before the model loads
         from squeezetime.video import read_label_file
 
-        read_label_file(args.labels)
+        labels = read_label_file(args.labels)   # read once: a pipe (`--labels <(cmd)`) cannot be read twice
     model, _ = _model_from_args(args)
     if args.labels is not None:
-        from squeezetime.video import read_label_file
+        from squeezetime.video import check_label_count
 
-        labels = read_label_file(args.labels, model.config.num_classes)
+        labels = check_label_count(labels, model.config.num_classes, args.labels)
     else:
         from .pipeline import matching_labels
 

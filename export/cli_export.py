@@ -271,7 +271,7 @@ def cmd_export(args) -> int:
     if args.labels is not None:  # a missing or unreadable file before the model loads; its line count after
         from squeezetime.video import read_label_file
 
-        read_label_file(args.labels)
+        args.label_list = read_label_file(args.labels)   # read once: a pipe (`--labels <(cmd)`) cannot be read twice
     if args.threads:
         torch.set_num_threads(args.threads)
     model, seeded = _model_from_args(args, frames=args.frames)
@@ -286,7 +286,8 @@ def cmd_export(args) -> int:
         model, args.out, formats=args.formats, spec=spec, precision=args.precision,
         verify_video=args.verify_video, pte_backend=args.pte_backend, coreml_legacy=args.coreml_legacy,
         source=source, progress=_progress(console), calibration=args.calibration,
-        calibration_views=args.calibration_views, observer=args.observer, labels=args.labels,
+        calibration_views=args.calibration_views, observer=args.observer,
+        labels=getattr(args, "label_list", None), labels_name=args.labels,
     )
     print_summary(_console(stderr=False), result.manifest)
     for failure in result.failures:

@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from squeeze_mobile.atomic import (NO_ROOM, atomic_path, check_destination, ensure_writable_dir, folder_lock, remove,
                                    removed_if_left_empty)
 from squeeze_mobile.errors import SqueezeError
-from squeeze_mobile.file_kinds import describe
+from squeeze_mobile.file_kinds import describe, special_kind
 from squeeze_mobile.file_kinds import is_plain_file_name
 from squeeze_mobile.metrics import json_text
 from squeeze_mobile.signals import DeferredSignals
@@ -369,6 +369,7 @@ def export_squeezetime(
     calibration_views: int = DEFAULT_CALIBRATION_VIEWS,
     observer: str = DEFAULT_OBSERVER,
     labels=None,
+    labels_name=None,
 ) -> ExportResult:
     """Export ``model`` to ``formats`` under ``out_dir`` with verification and a manifest.
 
@@ -380,11 +381,17 @@ def export_squeezetime(
     activation-range observer (minmax or histogram). An int8 artifact that misses the int8 thresholds on the
     held-out views is not written: the format fails with one line.
     ``source`` describes where the weights came from (recorded so ``squeeze verify`` can rebuild it).
-    ``labels``: a label file for the model's head (one line per class, checked before any work), copied as
-    labels.txt; default: the config's label file when it has one line per class, else none (manifest labels null).
+    ``labels``: a label file for the model's head (one line per class, checked before any work), or the list of its
+    labels (``labels_name`` names it in messages), written as labels.txt; default: the config's label file when it
+    has one line per class, else none (manifest labels null).
     """
     if labels is not None:
-        read_label_file(labels, model.config.num_classes)
+        from squeezetime.video import check_label_count
+
+        labels = (check_label_count(list(labels), model.config.num_classes, labels_name or "the label list")
+                  if isinstance(labels, (list, tuple)) else read_label_file(labels, model.config.num_classes))
+        if not all(isinstance(label, str) and "\n" not in label and "\r" not in label for label in labels):
+            raise SqueezeError("labels must be strings of one line each")
     source = checked_source(source, model)
     formats = parse_formats(formats)
     precisions = parse_precisions(precision)
@@ -455,14 +462,14 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         say("calibrate", f"{len(calib)} calibration views from {calib.source}; none shares a frame with the "
                          f"{sum(vset.real)} verification views")
 
-    labels_src = Path(labels) if labels is not None else matching_labels(cfg)
+    labels_src = matching_labels(cfg) if labels is None else None   # the config's own label file, if it fits
     manifest = {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_record,
         "input": input_record,
         "preprocessing": preprocessing_record(model, spec),
-        "labels": LABELS if labels_src is not None else None,
+        "labels": LABELS if labels is not None or labels_src is not None else None,
         "verification_inputs": {"video": vset.video, "video_sha256": vset.video_sha256,
                                 "video_frames": vset.video_frames, "inputs": vset.names},
         "tools": tool_versions(formats),
@@ -476,11 +483,12 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
                       f"FILE names them)")
 
     labels_text = None
-    if labels_src is not None:
+    if labels is not None or labels_src is not None:
         # written as UTF-8 lines without a byte-order mark, whatever the given file used (the apps read labels.txt
         # line by line: a Windows editor's mark would start the first label, CRLF end every label with \r); its
         # sha256 recorded, so squeeze verify notices labels edited or reordered
-        labels_text = "".join(f"{label}\n" for label in read_label_file(labels_src, cfg.num_classes)).encode("utf-8")
+        names = labels if labels is not None else read_label_file(labels_src, cfg.num_classes)
+        labels_text = "".join(f"{label}\n" for label in names).encode("utf-8")
         manifest["labels_sha256"] = hashlib.sha256(labels_text).hexdigest()
     result = ExportResult(out_dir, manifest)
     record = _DirectoryRecord(out_dir, labels_text, old)
@@ -774,8 +782,9 @@ def manifest_path(target) -> Path:
     if target.is_dir():
         path = target / MANIFEST
         if not path.is_file():
-            if path.is_dir():
-                raise SqueezeError(f"{path} is a directory, not the manifest an export writes; re-run `squeeze export`")
+            what = "a directory" if path.is_dir() else special_kind(path)
+            if what:
+                raise SqueezeError(f"{path} is {what}, not the manifest an export writes; re-run `squeeze export`")
             raise SqueezeError(f"{target} has no {MANIFEST}; run `squeeze export` first")
         return path
     if not target.exists():
@@ -1117,6 +1126,9 @@ def check_labels(manifest: Dict, out_dir: Path, path="manifest") -> None:
     if not is_plain_file_name(name):
         _bad(path, "'labels' must be null or a plain file name inside the export directory")
     labels = Path(out_dir) / name
+    if special_kind(labels):
+        raise SqueezeError(f"{labels}, the label file the manifest names, is {special_kind(labels)}; copy the file "
+                           "back or re-export")
     if not labels.is_file():
         raise SqueezeError(f"{labels}, the label file the manifest names, is missing; copy it back or re-export")
     from squeezetime.config import get_config

@@ -83,6 +83,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             h.update(str(f.relative_to(path)).encode())
             h.update(sha256_file(f).encode())
         return h.hexdigest()
+    from squeeze_mobile.file_kinds import special_kind
+
+    special = special_kind(path)
+    if special is not None:   # a FIFO would block until a writer comes, a device could read forever
+        raise SqueezeError(f"{path} is {special}, not a file squeeze-mobile wrote or reads; replace it with the file")
     try:
         with open(path, "rb") as fh:
             while True:

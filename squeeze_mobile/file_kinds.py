@@ -6,6 +6,7 @@ Only cheap, certain signatures; ``describe`` returns None when it does not recog
 from __future__ import annotations
 
 import codecs
+import stat
 import json
 import struct
 from pathlib import Path
@@ -70,6 +71,9 @@ def describe(path) -> Optional[str]:
             return "a directory"
         if not path.exists():
             return None
+        special = special_kind(path)
+        if special is not None:   # opening a FIFO would wait for a writer; a device can read forever
+            return special
         with open(path, "rb") as fh:
             head = fh.read(512)
     except OSError:
@@ -132,11 +136,35 @@ def is_plain_file_name(name) -> bool:
             and "\x00" not in name and not name.startswith("."))
 
 
-def open_for_reading(path, what: str, hint: str):
+def special_kind(path) -> Optional[str]:
+    """What a path that exists but is neither a regular file nor a directory is ("a named pipe (FIFO)", "a device",
+    "a socket"), else None."""
+    try:
+        mode = Path(path).stat().st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+# The most a text input (a context document, a label file) is read: far above any context a model window takes,
+# far below what would exhaust memory on a phone-sized laptop
+MAX_TEXT_BYTES = 256 << 20
+
+
+def open_for_reading(path, what: str, hint: str, stream_ok: bool = False):
     """Open ``path`` for binary reading or raise a one-line SqueezeError that says which problem it is
-    (missing, a directory, permission denied, other OS error). ``what`` names the expected file, ``hint`` what
-    to do instead."""
+    (missing, a directory, a device or socket, permission denied, other OS error). ``what`` names the expected file,
+    ``hint`` what to do instead. ``stream_ok``: a named pipe is read too (a text read once: `--context <(cmd)`)."""
     path = Path(path)
+    special = special_kind(path)
+    if special is not None and not (stream_ok and special == "a named pipe (FIFO)"):
+        # a device reads forever (/dev/zero) or never (a terminal); a FIFO cannot be read twice, as a format's reader
+        # does (its header, then the data), and blocks until a writer comes
+        raise SqueezeError(f"{path} is {special}, not a {what} file; {hint}")
     try:
         return open(path, "rb")
     except FileNotFoundError:
@@ -161,11 +189,13 @@ def read_utf8_text(path, what: str = "context file", hint: str = "pass a UTF-8 t
     write one, and it is not part of the text), or a one-line SqueezeError naming the problem. A file with NUL
     characters is refused: it is binary data, or UTF-16/32 without a mark, which also decodes as UTF-8."""
     path = Path(path)
-    with open_for_reading(path, what, hint) as f:
+    with open_for_reading(path, what, hint, stream_ok=True) as f:
         try:
-            data = f.read()
+            data = f.read(MAX_TEXT_BYTES + 1)
         except OSError as exc:
             raise SqueezeError(f"cannot read {path} ({exc.strerror or exc}); {hint}") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise SqueezeError(f"{path} holds more than {MAX_TEXT_BYTES >> 20} MiB, too much for a text input; {hint}")
     encoding = next((name for bom, name in _UNICODE_BOMS if data.startswith(bom)), "utf-8")
     try:
         text = data.decode(encoding)

@@ -957,9 +957,11 @@ def is_decoder_manifest(directory) -> bool:
     decoder export."""
     from .decoder_session import decoder_dir
 
+    path = decoder_dir(directory) / MANIFEST
+    if not path.is_file():   # missing, or a FIFO / device, which reading would block on: not a decoder's
+        return False
     try:
-        return str(json.loads((decoder_dir(directory) / MANIFEST).read_text(encoding="utf-8")).get("schema")).startswith(
-            SCHEMA_PREFIX)
+        return str(json.loads(path.read_text(encoding="utf-8")).get("schema")).startswith(SCHEMA_PREFIX)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 

@@ -649,7 +649,15 @@ def read_label_file(path, num_classes: Optional[int] = None) -> List[str]:
     from squeeze_mobile.file_kinds import read_utf8_text
 
     labels = read_utf8_text(path, "label file", "give a UTF-8 text file with one label per line").splitlines()
-    if num_classes is not None and len(labels) != num_classes:
+    if num_classes is not None:
+        check_label_count(labels, num_classes, path)
+    return labels
+
+
+def check_label_count(labels: List[str], num_classes: int, path="the label list") -> List[str]:
+    """``labels`` when they name exactly ``num_classes`` classes, else a one-line SqueezeError (a label file read once
+    and checked later: a pipe, `--labels <(cmd)`, cannot be read twice)."""
+    if len(labels) != num_classes:
         raise SqueezeError(f"label file {path} has {len(labels)} lines but the model has {num_classes} classes "
                            f"(one label per line, in the classifier's order)")
     return labels

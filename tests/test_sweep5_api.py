@@ -161,3 +161,34 @@ def test_a_saved_checkpoint_loads_back_with_its_preprocessing_and_labels(tmp_pat
     assert squeezetime.load_checkpoint(tmp_path / name).config.labels == original.config.labels != "kinetics400"
     with pytest.raises(SqueezeError, match="unknown checkpoint layout"):
         squeezetime.save_checkpoint(model, tmp_path / "x.safetensors", layout="onnx")
+
+
+def test_fifos_and_devices_are_refused_or_read_once_never_waited_on(tmp_path):
+    """Pack, model and manifest readers blocked forever on a FIFO (verify and bench too); a context 'file' of
+    /dev/zero was read until memory ran out. A text read once (`--context <(cmd)`) still comes through a pipe."""
+    import threading
+
+    from export.pipeline import read_manifest
+    from squeeze_mobile.file_kinds import read_utf8_text
+    from squeezed_attention import load_checkpoint, read_context_pack
+
+    fifo = tmp_path / "x.fifo"
+    os.mkfifo(fifo)
+    for call, what in ((read_context_pack, "context pack"), (load_checkpoint, "model")):
+        with pytest.raises(SqueezeError, match=f"is a named pipe \\(FIFO\\), not a {what} file"):
+            call(fifo)
+    with pytest.raises(SqueezeError, match="is a device"):
+        read_utf8_text("/dev/zero")
+    (tmp_path / "export").mkdir()
+    os.mkfifo(tmp_path / "export" / "manifest.json")
+    with pytest.raises(SqueezeError, match="named pipe"):
+        read_manifest(tmp_path / "export")
+
+    def writer():
+        with open(fifo, "w", encoding="utf-8") as fh:
+            fh.write("the pass key is 4242\n")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert read_utf8_text(fifo) == "the pass key is 4242\n"
+    thread.join(5)

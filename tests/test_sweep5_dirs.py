@@ -167,3 +167,23 @@ def test_a_closed_standard_output_and_an_impossible_file_name_are_one_line_each(
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert "name is too long" in errors[0]
+
+
+def test_labels_from_a_pipe_are_read_once(tmp_path, small_checkpoint, capsys):
+    """--labels was read two or three times, so `--labels <(cmd)` (a pipe) was refused as 'has 0 lines'."""
+    import os
+    import threading
+
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+
+    def writer():
+        with open(fifo, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"piped_{i}\n" for i in range(51)))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    out = tmp_path / "out"
+    assert _export(small_checkpoint, out, "--labels", str(fifo)) == 0, capsys.readouterr().err
+    thread.join(5)
+    assert (out / "labels.txt").read_text().splitlines()[50] == "piped_50"
