@@ -20,6 +20,7 @@ to the keys of the best clusters only.
 _EXPORTS = {
     "config": ["LlamaConfig"],
     "context_attention": ["DenseContext", "SqueezedContext"],
+    "errors": ["SqueezeError"],
     "generation": ["DEFAULT_KV_BUDGET", "AttentionChoice", "GenerationResult", "Generator", "check_choice",
                    "keep_for_budget", "make_context", "paper_kv_budget"],
     "lookup": ["LookupTables", "SelectionSpec", "select_keys"],
@@ -48,7 +49,8 @@ def __dir__():
 
 __all__ = [
     "DEFAULT_KV_BUDGET", "AttentionChoice", "BuildSettings", "Checkpoint", "ContextPack", "DenseContext", "GenerationResult", "Generator",
-    "KVCache", "LlamaConfig", "LlamaForCausalLM", "LookupTables", "NumpyTables", "SelectionSpec", "SqueezedContext",
+    "KVCache", "LlamaConfig", "LlamaForCausalLM", "LookupTables", "NumpyTables", "SelectionSpec", "SqueezeError",
+    "SqueezedContext",
     "build_context_pack", "check_choice", "default_gguf_path", "keep_for_budget", "load_checkpoint",
     "load_context_pack", "make_context", "paper_kv_budget", "read_context_pack", "read_gguf_header",
     "read_model_config", "save_context_pack", "select_keys", "select_keys_numpy",

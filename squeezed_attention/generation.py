@@ -295,6 +295,8 @@ def check_pack_fits(pack: ContextPack, model: LlamaForCausalLM, tokenizer) -> No
         raise SqueezeError(f"pack must be a ContextPack (load_context_pack / build_context_pack); got "
                            f"{type(pack).__name__}")
     where = pack.path or "this context pack"
+    if not (torch.isfinite(pack.keys).all() and torch.isfinite(pack.values).all()):
+        raise SqueezeError(f"{where} holds non-finite keys or values (NaN or infinity); rebuild it")
     differ = [f"{name} {getattr(pack.config, name)} vs {getattr(model.config, name)}" for name in PACK_ARCHITECTURE
               if getattr(pack.config, name) != getattr(model.config, name)]
     if differ:

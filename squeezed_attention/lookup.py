@@ -19,11 +19,14 @@ decode steps in float64 too, and prefill blocks in float32 for speed: see contex
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from .centroid_codes import exact_codes
+from .errors import SqueezeError
+from .lookup_numpy import check_selection_call
 
 
 @dataclass
@@ -121,6 +124,22 @@ class SelectionSpec:
     exact_decode: int = 0           # the answer's first decode steps that attend every context key, as the
                                     # prompt's exact tail does (its opening, where a copied value starts; RESULTS 3r)
 
+    def __post_init__(self):
+        # a bad field used to keep every key (an unknown mode) or fail as an IndexError deep in the lookup
+        if self.mode not in ("budget", "threshold"):
+            raise SqueezeError(f"SelectionSpec mode must be 'budget' or 'threshold'; got {self.mode!r}")
+        for name in ("budget_keys", "level1_keep", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys",
+                     "exact_decode"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise SqueezeError(f"SelectionSpec {name} must be a whole number >= 0; got {value!r}")
+            setattr(self, name, int(value))
+        if not isinstance(self.threshold, numbers.Real) or not math.isfinite(self.threshold):
+            raise SqueezeError(f"SelectionSpec threshold must be a finite number; got {self.threshold!r}")
+        if self.decode_selection not in ("step", "question"):
+            raise SqueezeError(f"SelectionSpec decode_selection must be 'step' or 'question'; got "
+                               f"{self.decode_selection!r}")
+
 
 DECODE_SELECTIONS = ("step", "question")
 
@@ -209,6 +228,7 @@ def ranked_fill(scores, counts, order_by_cluster, cluster_start, length: int):
 
 def select_keys(tables: LookupTables, layer: int, queries, spec: SelectionSpec) -> Selection:
     """Pick the fixed-context keys to attend for one layer. queries: post-RoPE [Hq, T, D]."""
+    check_selection_call(tables.counts, tables.order_by_cluster, layer, spec)
     scores, scored = score_layer(tables, layer, queries, spec)
     G = tables.group_size
     counts = _expand_heads(tables.counts[layer], spec.per_query_head, G)

@@ -7,6 +7,7 @@ lookup in its graph (e.g. an exported decoder that takes indices as input) selec
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,8 +101,19 @@ def ranked_fill(scores, counts, order, start, length):
     return out
 
 
+def check_selection_call(counts, order_by_cluster, layer, spec: SelectionSpec) -> None:
+    """One line, not an IndexError from inside the lookup, for a layer the tables do not have or a budget above the
+    clustered keys (both lookups, torch and numpy, share it)."""
+    layers, clustered = int(counts.shape[0]), int(order_by_cluster.shape[-1])
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < layers:
+        raise SqueezeError(f"layer must be a whole number in [0, {layers - 1}]; got {layer!r}")
+    if spec.mode == "budget" and spec.budget_keys > clustered:
+        raise SqueezeError(f"budget_keys {spec.budget_keys} is more than the {clustered} clustered keys of this pack")
+
+
 def select_keys(t: NumpyTables, layer: int, queries: np.ndarray, spec: SelectionSpec):
     """Returns (indices [Hs, B] int64, valid [Hs, B] bool or None, centroids scored)."""
+    check_selection_call(t.counts, t.order_by_cluster, layer, spec)
     scores, scored = score_layer(t, layer, queries, spec)
     g = t.group_size
     counts = _expand(t.counts[layer], spec.per_query_head, g)

@@ -325,7 +325,13 @@ def save_context_pack(pack: ContextPack, path) -> Path:
     metadata = {"format": PACK_FORMAT, "model_config": pack.config.to_json(),
                 "build_settings": json.dumps(pack.settings.to_dict(), sort_keys=True),
                 "build_seconds": f"{pack.build_seconds:.3f}", **pack.hashes}
-    metadata["content_sha256"] = _content_sha256(tensors, metadata)
+    try:   # the reader's checks, before writing: a file every reader would refuse is not written
+        metadata["content_sha256"] = _content_sha256(tensors, metadata)
+        _pack_from_stored(path, tensors, metadata)
+    except (TypeError, ValueError, RuntimeError) as exc:   # e.g. a bfloat16 tensor: no dtype of the format
+        raise SqueezeError(f"this context pack is inconsistent ({reason_of(exc)}); nothing was written to {path}") from None
+    except _Inconsistent as exc:
+        raise SqueezeError(f"this context pack is inconsistent ({exc}); nothing was written to {path}") from None
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
         os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a pack is shared data, like any file we write

@@ -192,3 +192,40 @@ def test_fifos_and_devices_are_refused_or_read_once_never_waited_on(tmp_path):
     thread.start()
     assert read_utf8_text(fifo) == "the pass key is 4242\n"
     thread.join(5)
+
+
+def test_the_pack_writer_refuses_what_the_reader_refuses_and_specs_are_checked(tmp_path):
+    """save_context_pack wrote packs every reader refuses (NaN keys, wrong dtypes), and a Generator answered '' from a
+    NaN pack; a SelectionSpec with an unknown mode kept every key, out-of-range budgets failed as IndexErrors."""
+    import dataclasses
+
+    import squeezed_attention
+    from squeezed_attention import BuildSettings, Generator, SelectionSpec, build_context_pack, save_context_pack
+    from squeezed_attention.lookup import select_keys
+    from squeezed_attention.lookup_numpy import NumpyTables, select_keys as select_numpy
+
+    assert squeezed_attention.SqueezeError is SqueezeError
+    ck, model = _tiny(tmp_path, "one", layers=1)
+    pack = build_context_pack(model, ck, TEXT, BuildSettings(framing="raw", observation_window=8))
+    keys = pack.keys.clone()
+    keys[0, 0, 20, 0] = float("nan")
+    bad = dataclasses.replace(pack, keys=keys)
+    with pytest.raises(SqueezeError, match="non-finite values"):
+        save_context_pack(bad, tmp_path / "nan.pack")
+    with pytest.raises(SqueezeError, match="not understood|dtype"):
+        save_context_pack(dataclasses.replace(pack, values=pack.values.bfloat16()), tmp_path / "bf16.pack")
+    assert list(tmp_path.glob("*.pack")) == []
+    with pytest.raises(SqueezeError, match="non-finite"):
+        Generator(model, ck.tokenizer, bad)
+    with pytest.raises(SqueezeError, match="mode must be"):
+        SelectionSpec(mode="bogus", budget_keys=4)
+    with pytest.raises(SqueezeError, match="budget_keys must be a whole number"):
+        SelectionSpec(budget_keys=-5)
+    tables = pack.lookup_tables()
+    q = torch.zeros(model.config.num_heads, 1, model.config.head_dim)
+    too_many = SelectionSpec(budget_keys=pack.num_clustered + 1)
+    for select, t in ((select_keys, tables), (select_numpy, NumpyTables.from_torch(tables))):
+        with pytest.raises(SqueezeError, match="more than the"):
+            select(t, 0, q if select is select_keys else q.numpy(), too_many)
+        with pytest.raises(SqueezeError, match="layer must be"):
+            select(t, 5, q if select is select_keys else q.numpy(), SelectionSpec(budget_keys=2))
