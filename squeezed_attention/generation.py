@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import numbers
 import time
@@ -28,6 +30,18 @@ LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key f
 from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
 from .settings import (DEFAULT_EXACT_BELOW, check_exact_below, exact_below_label, exact_decode_label, plain_numbers,
                        prompt_is_raw, top_probability, yes_no)
+
+
+class _Default:
+    """Marks a value AttentionChoice resolved from a left-out field (it behaves as the plain number)."""
+
+
+class _DefaultInt(_Default, int):
+    pass
+
+
+class _DefaultFloat(_Default, float):
+    pass
 
 
 @dataclass
@@ -68,6 +82,23 @@ class AttentionChoice:
                                      # None: the default for per-step decode selection, else 0
 
     def __post_init__(self):
+        # exact_decode / exact_below left out take their default for the mode and decode selection; the resolved value
+        # is stored marked as a default, so dataclasses.replace(choice, mode=..., decode_selection=...) resolves it
+        # again for the new choice instead of carrying the old one's (which refused valid choices or dropped the
+        # answer's exact opening)
+        defaulted = [name for name in ("exact_decode", "exact_below")
+                     if getattr(self, name) is None or isinstance(getattr(self, name), _Default)]
+        for name in defaulted:
+            setattr(self, name, None)
+        try:
+            self._check()
+        finally:
+            for name in defaulted:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, _DefaultInt(value) if name == "exact_decode" else _DefaultFloat(value))
+
+    def _check(self):
         plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
                       ("kv_budget", "keep_fraction"))
         for name in ("per_query_head", "hierarchical"):   # per_query_head="no" selected per query head
@@ -222,6 +253,9 @@ def decode_step(model, token: int, cache, offset: int, context, choice: Attentio
 def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: ContextRows | None = None):
     """The context-attention object for ``choice`` (tables / rows: cached pack.lookup_tables() and
     ContextRows, so repeated calls do not rebuild them)."""
+    if not isinstance(choice, AttentionChoice):
+        raise SqueezeError(f"choice must be an AttentionChoice; got {type(choice).__name__}")
+    choice = dataclasses.replace(choice)   # checked again: a field set after construction (kv_budget = nan) was not
     if choice.mode == "full":
         return DenseContext(pack.keys, pack.values)
     check_choice(pack, choice)

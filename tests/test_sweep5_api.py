@@ -229,3 +229,25 @@ def test_the_pack_writer_refuses_what_the_reader_refuses_and_specs_are_checked(t
             select(t, 0, q if select is select_keys else q.numpy(), too_many)
         with pytest.raises(SqueezeError, match="layer must be"):
             select(t, 5, q if select is select_keys else q.numpy(), SelectionSpec(budget_keys=2))
+
+
+def test_attention_choices_derived_with_replace_resolve_their_own_defaults():
+    """AttentionChoice stored the defaults it resolved: dataclasses.replace(choice, decode_selection='question') was
+    refused for an --exact-decode the caller never set, and replace(full, mode='top-k') had no exact opening; a field
+    set after construction (kv_budget = nan) kept every key."""
+    import dataclasses
+
+    from squeezed_attention import AttentionChoice, make_context
+    from squeezed_attention.settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE
+
+    step = AttentionChoice("top-k", kv_budget=0.2)
+    held = dataclasses.replace(step, decode_selection="question")
+    assert held.exact_decode == 0 and held.exact_below == 0
+    topk = dataclasses.replace(AttentionChoice("full"), mode="top-k", kv_budget=0.2)
+    assert topk.exact_decode == DEFAULT_EXACT_DECODE and topk.exact_below == DEFAULT_EXACT_BELOW
+    assert dataclasses.replace(step, exact_decode=3).exact_decode == 3   # a value given is kept
+    with pytest.raises(SqueezeError, match="needs per-step decode selection"):
+        AttentionChoice("top-k", kv_budget=0.2, exact_decode=3, decode_selection="question")
+    step.kv_budget = float("nan")
+    with pytest.raises(SqueezeError, match="kv_budget must be a fraction"):
+        make_context(None, step)
