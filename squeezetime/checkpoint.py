@@ -8,6 +8,7 @@ shape-mismatched keys are an error that names them. Files are read without execu
 from __future__ import annotations
 
 import pickle
+import os
 import re
 import warnings
 from collections import OrderedDict
@@ -628,13 +629,21 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
 
     ``config`` names the base config (k400/k600/hmdb51); by default it is picked from the number of
     classes in the head. Frames, width, pos_dim and depth are read from the tensor shapes. The returned
-    model carries ``load_report`` (a :class:`LoadReport`).
+    model carries ``load_report`` (a :class:`LoadReport`). ``path`` may also be a state dict already in memory (any
+    layout the files use), read by the same rules.
     """
-    raw, notes, saved = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
+    in_memory = isinstance(path, Mapping)
+    if in_memory:
+        raw, notes, saved = _check_keys(_unwrap(dict(path), "the state dict"), "the state dict"), [], None
+        path = "the state dict"
+    elif not isinstance(path, (str, os.PathLike)):
+        raise SqueezeError(f"load_checkpoint takes a checkpoint path or a state dict; got {type(path).__name__}")
+    else:
+        raw, notes, saved = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
     notes = list(notes)
     state, renamed = canonical_keys(raw)
     cfg = infer_config(state, config)
-    labels = _metadata_label_file(path, cfg.num_classes)
+    labels = None if in_memory else _metadata_label_file(path, cfg.num_classes)
     if labels:
         cfg = get_config(cfg, labels=labels)
     cfg = _apply_saved(cfg, saved, notes)

@@ -39,6 +39,13 @@ class InputSpec:
     batch: int = 1
 
     def __post_init__(self):
+        import numbers
+
+        for name in ("frames", "size", "batch"):   # 4.0 or "64" failed later inside torch with a raw TypeError
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SqueezeError(f"InputSpec {name} must be a whole number; got {value!r}")
+            object.__setattr__(self, name, int(value))
         if self.input_format not in INPUT_FORMATS:
             raise SqueezeError(f"unknown input format {self.input_format!r}; use one of {', '.join(INPUT_FORMATS)}")
         if self.size < 32:

@@ -251,3 +251,20 @@ def test_attention_choices_derived_with_replace_resolve_their_own_defaults():
     step.kv_budget = float("nan")
     with pytest.raises(SqueezeError, match="kv_budget must be a fraction"):
         make_context(None, step)
+
+
+def test_a_state_dict_in_memory_loads_and_export_specs_take_whole_numbers():
+    """load_checkpoint(state_dict) and load_checkpoint(bytes) ended in pathlib's TypeError; InputSpec(frames=4.0) and
+    size='64' failed later inside torch."""
+    import squeezetime
+    from squeezetime.rewrite import InputSpec
+
+    model = squeezetime.seeded_model("hmdb51", seed=1, depth=14, width=0.25, frames=4)
+    back = squeezetime.load_checkpoint({"state_dict": model.state_dict(), "meta": {"config": "hmdb51"}})
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(SqueezeError, match="takes a checkpoint path or a state dict; got bytes"):
+        squeezetime.load_checkpoint(b"abc")
+    for bad in (dict(frames=4.0), dict(size="64"), dict(batch=True)):
+        with pytest.raises(SqueezeError, match="must be a whole number"):
+            InputSpec(**bad)
+    assert InputSpec(frames=__import__("numpy").int64(4), size=64).frames == 4
