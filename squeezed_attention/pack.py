@@ -127,7 +127,12 @@ class ContextPack:
             raise SqueezeError(f"--threshold-keep {keep_fraction:g} is outside the calibrated range "
                                f"[{grid[0]:.2f}, {grid[-1]:.2f}]; use --full to keep everything")
         table = (self.thresholds_head if per_query_head else self.thresholds_group).numpy()
-        return float(np.exp(np.interp(keep_fraction, grid, np.log(np.maximum(table, 1e-300)))))
+        value = float(np.exp(np.interp(keep_fraction, grid, np.log(np.maximum(table, 1e-300)))))
+        # between its two grid points: exp(log(t)) can come back one unit in the last place above t, and a cluster
+        # scored exactly at a calibrated threshold (every cluster of a one-cluster pack) was then dropped
+        i = int(np.clip(np.searchsorted(grid, keep_fraction), 1, len(grid) - 1))
+        lo, hi = sorted((float(table[i - 1]), float(table[i])))
+        return min(max(value, lo), hi)
 
 
 # ------------------------------------------------------------------------------------------------ build

@@ -101,6 +101,36 @@ def get_config(config="k400", **overrides) -> SqueezeTimeConfig:
         raise SqueezeError(f"frames={cfg.frames} is not supported; use one of {SUPPORTED_FRAMES}")
     if len(cfg.pos_dim) != 4 or len(cfg.spatial_strides) != 4:
         raise SqueezeError("pos_dim and spatial_strides need exactly four values (one per stage)")
+    _check_numbers(cfg)
     if cfg.num_classes < 1 or cfg.width <= 0 or cfg.input_size < 32:
         raise SqueezeError("num_classes must be >= 1, width > 0 and input_size >= 32")
     return cfg
+
+
+_WHOLE = ("depth", "frames", "input_size", "num_classes", "frame_interval", "resize_short", "multiview_resize_short",
+          "multiview_clips")
+
+
+def _check_numbers(cfg: SqueezeTimeConfig) -> None:
+    """Whole numbers where the network or the sampler counts, finite positive scales: NaN width, 2.5 classes or a zero
+    std (a clip of infinities) failed later, or not at all."""
+    import math
+    import numbers
+
+    for name in _WHOLE:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise SqueezeError(f"{name} must be a whole number >= 1; got {value!r}")
+    for name in ("pos_dim", "spatial_strides"):
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in getattr(cfg, name)):
+            raise SqueezeError(f"{name} must be four whole numbers >= 1; got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.width, numbers.Real) or not math.isfinite(cfg.width):
+        raise SqueezeError(f"width must be a finite number > 0; got {cfg.width!r}")
+    for name in ("mean", "std"):
+        values = getattr(cfg, name)
+        if len(values) != 3 or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values) \
+                or (name == "std" and not all(v > 0 for v in values)):
+            raise SqueezeError(f"{name} must be three finite numbers{' > 0' if name == 'std' else ''} (RGB); "
+                               f"got {values!r}")
+    if not 0 <= cfg.dropout < 1:
+        raise SqueezeError(f"dropout must be in [0, 1); got {cfg.dropout!r}")

@@ -268,3 +268,28 @@ def test_a_state_dict_in_memory_loads_and_export_specs_take_whole_numbers():
         with pytest.raises(SqueezeError, match="must be a whole number"):
             InputSpec(**bad)
     assert InputSpec(frames=__import__("numpy").int64(4), size=64).frames == 4
+
+
+def test_a_calibrated_threshold_comes_back_exactly_between_equal_grid_points(tmp_path):
+    """threshold_for interpolated in log space and came back 1 ulp above a flat stretch of the calibration, so a cluster
+    scored exactly there (every cluster of a one-cluster pack) was dropped at every keep fraction."""
+    import dataclasses
+
+    from squeezed_attention import BuildSettings, build_context_pack
+
+    ck, model = _tiny(tmp_path, "one", layers=1)
+    pack = build_context_pack(model, ck, TEXT, BuildSettings(framing="raw", observation_window=8))
+    flat = torch.full_like(pack.thresholds_group, 0.007633587786259542)
+    pack = dataclasses.replace(pack, thresholds_group=flat, thresholds_head=flat)
+    for keep in (0.01, 0.37, 0.5, 0.99):
+        assert pack.threshold_for(keep, False) == 0.007633587786259542
+
+
+@pytest.mark.parametrize("bad, message", [(dict(width=float("nan")), "width must be a finite number"),
+                                          (dict(num_classes=2.5), "num_classes must be a whole number"),
+                                          (dict(std=(0.0, 1.0, 1.0)), "std must be three finite numbers > 0")])
+def test_configs_refuse_numbers_no_network_or_clip_can_use(bad, message):
+    from squeezetime.config import get_config
+
+    with pytest.raises(SqueezeError, match=message):
+        get_config("k400", **bad)
