@@ -224,7 +224,8 @@ def existing_manifest(out_dir: Path, new_manifest: Dict) -> Optional[Dict]:
     return old
 
 
-def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: Sequence[str]) -> None:
+def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: Sequence[str],
+                   replaced: Sequence[str] = ()) -> None:
     """Start ``manifest`` from ``old``'s records that describe artifacts still on disk (same verification video
     required); the formats of this run drop their old failures, and new records replace old ones per file."""
     if old is None:
@@ -236,7 +237,7 @@ def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: 
     if old_video != new_video and any(a.get("file") for a in kept):
         raise SqueezeError(f"{out_dir} holds artifacts verified on another video (sha256 {str(old_video)[:12]}); "
                            "export with the same --verify-video, or into a fresh directory (nothing was changed)")
-    manifest["artifacts"] = kept
+    manifest["artifacts"] = [a if a.get("file") in replaced else _checked_earlier(a, out_dir) for a in kept]
     manifest["failures"] = [f for f in old.get("failures", []) if isinstance(f, dict) and f.get("format") not in formats]
     manifest["tools"] = dict(sorted({**(old.get("tools") or {}), **manifest["tools"]}.items()))
     # the same model: a label file given to an earlier export (--labels) stays when this one brings none
@@ -249,6 +250,29 @@ def merge_manifest(old: Optional[Dict], manifest: Dict, out_dir: Path, formats: 
                     manifest["labels_sha256"] = old["labels_sha256"]
         except (OSError, UnicodeDecodeError):
             pass
+
+
+def _checked_earlier(record: Dict, out_dir: Path) -> Dict:
+    """An earlier export's record kept beside this run's (not one of the files this run writes): when its file no
+    longer has the recorded sha256 (truncated, edited, replaced), it is marked failed, with a warning, instead of being
+    listed as it was verified."""
+    import warnings
+
+    from squeeze_mobile.errors import SqueezeWarning
+
+    name = record.get("file")
+    if not name or not record.get("sha256"):
+        return record
+    try:
+        changed = sha256_file(out_dir / name) != record["sha256"]
+    except (OSError, SqueezeError):
+        changed = True
+    if not changed:
+        return record
+    warnings.warn(SqueezeWarning(f"{out_dir / name}, exported earlier into this folder, changed since it was verified "
+                                 "(sha256 differs); it is marked failed in the manifest: re-export that format"))
+    reason = "the file changed after it was exported and verified (sha256 differs); re-export it"
+    return {**record, "verification": {**(record.get("verification") or {}), "status": "fail", "failures": [reason]}}
 
 
 def _add_record(manifest: Dict, record: Dict) -> None:
@@ -440,7 +464,8 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
     cfg = model.config
     stem = f"squeezetime_{cfg.name}_{spec.frames}x{spec.size}_{spec.input_format}"
     # every output path and the existing manifest are checked before any work is done
-    check_outputs(out_dir, planned_outputs(formats, stem, spec, precision, pte_backend, coreml_legacy))
+    planned = planned_outputs(formats, stem, spec, precision, pte_backend, coreml_legacy)
+    check_outputs(out_dir, planned)
     model_record = {"name": "squeezetime", "config": cfg.to_dict(), "source": source or {"kind": "unspecified"}}
     input_record = {"format": spec.input_format, "shape": list(spec.shape), "batch": spec.batch,
                     "dtype": str(spec.dtype).replace("torch.", ""), "layout": spec.layout}
@@ -476,7 +501,7 @@ def _export_squeezetime(model, out_dir: Path, formats, spec, precision, precisio
         "artifacts": [],
         "failures": [],
     }
-    merge_manifest(old, manifest, out_dir, formats)
+    merge_manifest(old, manifest, out_dir, formats, replaced=[item["file"] for item in planned])
     if manifest["labels"] is None:
         say("labels", f"no {LABELS} written: the {cfg.labels} label file does not have one line per class of this "
                       f"{cfg.num_classes}-class model; manifest labels: null (predictions show class_N; --labels "

@@ -187,3 +187,19 @@ def test_labels_from_a_pipe_are_read_once(tmp_path, small_checkpoint, capsys):
     assert _export(small_checkpoint, out, "--labels", str(fifo)) == 0, capsys.readouterr().err
     thread.join(5)
     assert (out / "labels.txt").read_text().splitlines()[50] == "piped_50"
+
+
+def test_a_merge_export_marks_an_earlier_artifact_that_changed_on_disk(tmp_path, small_checkpoint, capsys):
+    """An fp32 .onnx truncated after its export was listed as '115 MB ... pass' by a later fp16 export into the folder."""
+    out = tmp_path / "out"
+    assert _export(small_checkpoint, out) == 0
+    (first,) = json.loads((out / "manifest.json").read_text())["artifacts"]
+    with open(out / first["file"], "r+b") as fh:
+        fh.truncate(1000)
+    capsys.readouterr()
+    assert _export(small_checkpoint, out, "--precision", "fp16") == 0
+    err = capsys.readouterr().err
+    assert "changed since it was verified" in err and err.count("warning:") == 1, err
+    records = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    assert records[first["file"]]["verification"]["status"] == "fail"
+    assert [a["verification"]["status"] for n, a in records.items() if n != first["file"]] == ["pass"]
