@@ -827,7 +827,7 @@ def read_manifest(out_dir) -> Dict:
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise SqueezeError(f"{path} is {path.stat().st_size / 2**20:.0f} MB, far too large for an export manifest")
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")   # a Windows editor's byte-order mark is not JSON
         manifest = json.loads(text)
     except OSError as exc:
         raise SqueezeError(f"{path} cannot be read ({exc.strerror or exc})") from None

@@ -17,6 +17,7 @@ the PyTorch decoder (squeezed_attention.generation, same attention mode and kept
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from squeeze_mobile.atomic import atomic_path, ensure_writable_dir, folder_lock, removed_if_left_empty, write_text_atomic
+from squeeze_mobile.atomic import NO_ROOM, atomic_path, ensure_writable_dir, folder_lock, removed_if_left_empty, write_text_atomic
 from squeeze_mobile.signals import DeferredSignals
 from squeeze_mobile.metrics import json_text
 
@@ -500,7 +501,7 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
     from ``verify_text`` when given (a path to a UTF-8 text file, e.g. the document the app will ship; it is
     recorded so ``squeeze verify`` can rebuild the same pack)."""
     from export.backends import ExportOptions, conversion_error, get_backend
-    from export.pipeline import check_free_space
+    from export.pipeline import check_free_space, write_error
     from export.quiet import quiet
 
     from .model import LlamaForCausalLM
@@ -659,6 +660,10 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
                                                                                             pte_backend=delegate))
                         except SqueezeError:
                             raise
+                        except OSError as exc:
+                            if exc.errno not in NO_ROOM + (errno.EROFS,):
+                                raise conversion_error(backend.name, exc) from None
+                            raise write_error(out_dir / name, exc, f"{fmt} ({att}): ") from None   # a full disk
                         except Exception as exc:  # noqa: BLE001 - converters raise anything; name backend + op
                             raise conversion_error(backend.name, exc) from None
                         record = _artifact_record(
@@ -753,9 +758,14 @@ def merge_decoder_manifest(old: dict | None, out_dir: Path, manifest: dict) -> N
     old_inputs, new_inputs = old.get("verification_inputs"), manifest.get("verification_inputs")
     verified = [a for a in kept if (a.get("verification") or {}).get("status") not in (None, "not run")]
     if verified and new_inputs is not None and old_inputs != new_inputs:
-        raise SqueezeError(f"{out_dir} holds artifacts verified on other inputs (context sha256 "
-                           f"{str((old_inputs or {}).get('context_sha256'))[:12]}); export with the same verification "
-                           "settings, --no-verify, or into a fresh directory (nothing was changed)")
+        def packs(inputs) -> str:
+            sizes = [p.get("context_tokens") for p in (inputs or {}).get("packs", []) if isinstance(p, dict)]
+            return f"{', '.join(map(str, sizes)) or 'no'}-token pack{'s' if len(sizes) != 1 else ''}"
+
+        raise SqueezeError(f"{out_dir} holds artifacts verified on other inputs ({packs(old_inputs)}; this export: "
+                           f"{packs(new_inputs)}); export with the same verification settings (--max-context, "
+                           "--verify-context, --verify-text), --no-verify, or into a fresh directory (nothing was "
+                           "changed)")
     if new_inputs is None and old_inputs is not None:
         manifest["verification_inputs"] = old_inputs
     manifest["artifacts"] = kept
@@ -961,7 +971,7 @@ def is_decoder_manifest(directory) -> bool:
     if not path.is_file():   # missing, or a FIFO / device, which reading would block on: not a decoder's
         return False
     try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("schema")).startswith(SCHEMA_PREFIX)
+        return str(json.loads(path.read_text(encoding="utf-8-sig")).get("schema")).startswith(SCHEMA_PREFIX)
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
 

@@ -154,7 +154,7 @@ def read_decoder_manifest(directory) -> dict:
     if not path.is_file():
         raise SqueezeError(f"{directory} has no {MANIFEST}; export a decoder with `squeeze export decoder --out DIR`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8-sig"))   # a byte-order mark is not JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SqueezeError(f"{path} is not valid JSON ({exc}); re-export the decoder") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict) \

@@ -203,3 +203,14 @@ def test_a_merge_export_marks_an_earlier_artifact_that_changed_on_disk(tmp_path,
     records = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
     assert records[first["file"]]["verification"]["status"] == "fail"
     assert [a["verification"]["status"] for n, a in records.items() if n != first["file"]] == ["pass"]
+
+
+def test_a_manifest_saved_with_a_byte_order_mark_still_verifies(tmp_path, small_checkpoint, capsys):
+    """A manifest.json re-saved by a Windows editor (UTF-8 with a BOM) was refused as 'not valid JSON (Unexpected UTF-8
+    BOM ...)'."""
+    out = tmp_path / "out"
+    assert _export(small_checkpoint, out) == 0
+    path = out / "manifest.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0, capsys.readouterr().err
