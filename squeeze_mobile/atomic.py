@@ -16,7 +16,6 @@ import errno
 import os
 import re
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -63,11 +62,10 @@ def _through_link(dest: Path) -> Path:
 def _refuse_special(dest: Path) -> None:
     """A FIFO, device or socket at ``dest`` is refused: replacing it would turn it into a plain file (as root, a
     checkpoint 'saved' to /dev/null would replace the device)."""
-    if dest.exists() and not dest.is_dir() and not dest.is_file():
-        mode = dest.stat().st_mode
-        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else
-                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
-                "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    from .file_kinds import special_kind
+
+    what = special_kind(dest)
+    if what is not None:
         raise SqueezeError(f"{dest} is {what}, not a file this command can write; choose another path "
                            "(nothing was changed)")
 
