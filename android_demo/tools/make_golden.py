@@ -185,15 +185,13 @@ def _video_goldens() -> dict[str, bytes]:
 
 def _reduced_export(d: Path) -> dict:
     """Runs the reduced export (ONNX, frames_uint8, seeded weights) into directory ``d``; returns its manifest."""
-    import squeezetime
     from export.pipeline import export_squeezetime
-    from squeezetime.model import randomize_bn_statistics
+    from squeezetime.model import seeded_model
     from squeezetime.rewrite import InputSpec
     from squeezetime.video import sample_video_path
 
-    torch.manual_seed(SEED)
-    model = squeezetime.build_model(CONFIG, frames=FRAMES, width=WIDTH).eval()
-    randomize_bn_statistics(model, SEED)  # non-trivial BN statistics, as the tests' models have
+    # the weights `squeeze verify` rebuilds from the manifest's source (seeded, with non-trivial BN statistics)
+    model = seeded_model(CONFIG, seed=SEED, frames=FRAMES, width=WIDTH)
     spec = InputSpec(frames=FRAMES, size=SIZE, input_format="frames_uint8")
     result = export_squeezetime(model, d, formats="onnx", spec=spec, verify_video=sample_video_path("bikes.mp4"),
                                 source={"kind": "seeded", "seed": SEED})
