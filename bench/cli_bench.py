@@ -13,6 +13,8 @@ TOKEN_COUNTS = cli_types.comma_list(cli_types.nonnegative_int, "token count", re
 
 
 def add_subcommands(sub) -> None:
+    from export.backends import format_list_text
+
     p = sub.add_parser(
         "bench",
         help="latency/throughput of exported artifacts on this machine, an Android phone (adb) or a CUDA GPU",
@@ -28,7 +30,7 @@ def add_subcommands(sub) -> None:
     )
     p.add_argument("dir", nargs="?", type=cli_types.path,
                    help="export directory (with manifest.json); not used with --gpu or --peers")
-    p.add_argument("--threads", default=None,
+    p.add_argument("--threads", default=None, type=cli_types.comma_list(cli_types.threads, "thread count", repeats="once"),
                    help="comma-separated CPU thread counts, each >= 1 (default 1,2; 2 for a decoder directory)")
     p.add_argument("--runs", type=cli_types.positive_int, default=None,
                    help="timed runs per measurement, >= 1 (default 20; 3 prefills per round for a decoder directory)")
@@ -37,7 +39,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", type=cli_types.path, help="report directory (default DIR/bench; bench_out/gpu with --gpu, bench_out/peers with --peers)")
     p.add_argument("--no-eager", dest="eager", action="store_false",
                    help="skip the PyTorch eager reference (default: include it)")
-    p.add_argument("--formats", default=None, metavar="F,F",
+    p.add_argument("--formats", default=None, metavar="F,F", type=cli_types.checked(format_list_text, "list"),
                    help="benchmark only these formats' artifacts, e.g. onnx or onnx,pte (onnx, tflite, pte, coreml); "
                    "the PyTorch eager reference rows stay unless --no-eager (default: every artifact in DIR)")
     p.add_argument("--checkpoint", default=None, type=cli_types.path,

@@ -82,6 +82,7 @@ export fails. `squeeze quant-report DIR` writes the per-layer error report."""
 
 
 def add_subcommands(sub) -> None:
+    from .backends import format_list_text
     from squeezetime.config import CONFIGS, SUPPORTED_FRAMES
     from squeezetime.config import INPUT_FORMATS
 
@@ -101,7 +102,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("model", choices=["squeezetime", "decoder"],
                    help="squeezetime: the video model; decoder: the Squeezed Attention LLM decoder (prefill/decode "
                         "methods over a context pack given at run time, see the decoder options below)")
-    p.add_argument("--formats", default=None,
+    p.add_argument("--formats", default=None, type=cli_types.checked(format_list_text, "list"),
                    help=f"comma-separated formats (default {','.join(DEFAULT_FORMATS)} for squeezetime, pte,onnx for "
                         "the decoder)")
     p.add_argument("--out", required=True, type=cli_types.path,

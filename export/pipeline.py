@@ -49,7 +49,7 @@ from squeezetime.model import SqueezeTime
 from squeezetime.rewrite import INPUT_FORMATS, InputSpec, export_ready
 from squeezetime.video import label_path, read_label_file
 
-from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend
+from .backends import REGISTRY, ExportOptions, TensorInfo, conversion_error, get_backend, parse_formats  # noqa: F401
 from .quiet import quiet
 from .calibration import DEFAULT_VIEWS as DEFAULT_CALIBRATION_VIEWS
 from .calibration import CalibrationSet, build_calibration_set, check_separation
@@ -75,18 +75,6 @@ class ExportResult:
     @property
     def ok(self) -> bool:
         return not self.failures and all(a.get("verification", {}).get("status") != "fail" for a in self.records)
-
-
-def parse_formats(formats) -> List[str]:
-    if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    formats = list(dict.fromkeys(["pte" if f == "executorch" else f for f in formats]))
-    if not formats:
-        raise SqueezeError("no formats given; use e.g. --formats onnx,tflite,pte,coreml")
-    unknown = [f for f in formats if f not in REGISTRY]
-    if unknown:
-        raise SqueezeError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_FORMATS)}")
-    return formats
 
 
 def check_writable(out_dir: Path) -> None:

@@ -127,6 +127,22 @@ def comma_list(item: Callable[[str], object], what: str, repeats: str = "refuse"
     return parse
 
 
+def checked(check: Callable[[str], object], name: str) -> Callable[[str], object]:
+    """An argparse ``type=`` from a project check that raises SqueezeError (e.g. the format names, whose list lives with
+    the backends): its one-line message becomes argparse's, so a bad value exits 2 before any work, as a bad number
+    does."""
+    from .errors import SqueezeError
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except SqueezeError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
+
+
 def given_options(args, actions) -> list:
     """The option strings among ``actions`` (argparse actions, e.g. an argument group's) that the command line set to
     something other than their default: a subcommand that serves two kinds of input refuses the other kind's options

@@ -160,8 +160,8 @@ def test_int8_pairs_match_runtime_threads_and_file():
 def test_bench_cli_errors(tmp_path, capsys):
     assert main(["bench", str(tmp_path)]) == 1
     assert "has no manifest.json" in capsys.readouterr().err
-    assert main(["bench", str(tmp_path), "--threads", "two"]) == 1
-    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path), "--threads", "two"]) == 2   # a usage error, as for --runs
+    assert "argument --threads: expected an integer, got 'two'" in capsys.readouterr().err
 
 
 def test_parse_benchmark_model_fixture():

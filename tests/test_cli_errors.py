@@ -44,6 +44,10 @@ def _no_partials(folder: Path):
     (["export", "squeezetime", "--out", "{tmp}/o", "--size", "16"], "--size", "too small; use an integer in [32, 1024]"),
     (["export", "squeezetime", "--out", "{tmp}/o", "--size", "4096"], "--size", "too large"),
     (["bench", "{tmp}", "--runs", "0"], "--runs", ">= 1"),
+    (["bench", "{tmp}", "--threads", "0"], "--threads", "in [1, "),
+    (["bench", "{tmp}", "--threads", "1,,2"], "--threads", "empty item"),
+    (["export", "squeezetime", "--out", "{tmp}/o", "--formats", "onnx,tensorrt"], "--formats", "unknown format(s) tensorrt"),
+    (["export", "decoder", "--out", "{tmp}/o", "--formats", "gguf"], "--formats", "unknown format(s) gguf"),
     (["bench", "{tmp}", "--warmup", "-1"], "--warmup", ">= 0"),
     (["bench", "{tmp}", "--runs", "many"], "--runs", "expected an integer"),
 ])
@@ -76,9 +80,9 @@ def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch, real_video, argv
 
 
 def test_bench_threads_list_is_checked(tmp_path, capsys):
-    for bad in ("-1", "0", "1,0"):
-        assert main(["bench", str(tmp_path), "--threads", bad]) == 1
-        assert "positive integers" in _error_line(capsys)
+    for bad in ("-1", "0", "1,0"):   # usage errors (exit 2), as `export --threads 0`
+        assert main(["bench", str(tmp_path), "--threads", bad]) == 2
+        assert "argument --threads: must be an integer in [1, " in _error_line(capsys)
 
 
 # ------------------------------------------------------------------------------------------ bad checkpoints
@@ -353,16 +357,16 @@ def test_bench_creates_no_folder_for_a_failed_run(tmp_path, capsys, monkeypatch)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["art", "art/manifest.json"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--formats", "bogus"], "unknown format(s) bogus; choose from"),
-    (["--formats", "onnx,tensorrt"], "unknown format(s) tensorrt"),
-    (["--formats", ","], "no formats given"),
-    (["--formats", "tflite"], "holds no tflite artifact (it has: onnx)"),
-    (["--formats", "tflite", "--adb"], "has no .tflite or .pte artifacts"),
+@pytest.mark.parametrize("argv, message, code", [
+    (["--formats", "bogus"], "argument --formats: unknown format(s) bogus; choose from", 2),   # usage errors, as --runs 0
+    (["--formats", "onnx,tensorrt"], "unknown format(s) tensorrt", 2),
+    (["--formats", ","], "no formats given", 2),
+    (["--formats", "tflite"], "holds no tflite artifact (it has: onnx)", 1),
+    (["--formats", "tflite", "--adb"], "has no .tflite or .pte artifacts", 1),
 ])
-def test_bench_formats_are_checked(tmp_path, capsys, argv, message):
+def test_bench_formats_are_checked(tmp_path, capsys, argv, message, code):
     d = _bench_dir(tmp_path)
-    assert main(["bench", str(d), *argv]) == 1
+    assert main(["bench", str(d), *argv]) == code
     assert message in _error_line(capsys)
     assert not (d / "bench").exists() and not (d / "bench_android").exists()
 
@@ -503,6 +507,6 @@ def test_bench_threads_has_an_upper_bound_and_repeats_collapse(tmp_path, capsys)
     from bench.host import parse_threads
     from squeeze_mobile.cli_types import MAX_THREADS
 
-    assert main(["bench", str(tmp_path), "--threads", f"1,{MAX_THREADS + 1}"]) == 1
-    assert f"up to {MAX_THREADS}" in _error_line(capsys)
+    assert main(["bench", str(tmp_path), "--threads", f"1,{MAX_THREADS + 1}"]) == 2
+    assert f"in [1, {MAX_THREADS}]" in _error_line(capsys)
     assert parse_threads("2,1,2") == [2, 1]

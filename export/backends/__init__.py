@@ -19,3 +19,24 @@ def get_backend(name: str) -> Backend:
     if name not in REGISTRY:
         raise SqueezeError(f"unknown format {name!r}; choose from {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def parse_formats(formats) -> list:
+    """Format names from ``"onnx,pte"`` or a list (``executorch`` = ``pte``), each once, in the order given; an empty or
+    unknown name is a one-line SqueezeError."""
+    from squeeze_mobile.errors import SqueezeError
+
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = list(dict.fromkeys(["pte" if f == "executorch" else f for f in formats]))
+    if not formats:
+        raise SqueezeError("no formats given; use e.g. --formats onnx,tflite,pte,coreml")
+    unknown = [f for f in formats if f not in REGISTRY]
+    if unknown:
+        raise SqueezeError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_FORMATS)}")
+    return formats
+
+
+def format_list_text(text: str) -> str:
+    """``--formats``: the names checked by :func:`parse_formats`, given back as one comma-separated string."""
+    return ",".join(parse_formats(text))
