@@ -397,6 +397,9 @@ def export_squeezetime(
     labels (``labels_name`` names it in messages), written as labels.txt; default: the config's label file when it
     has one line per class, else none (manifest labels null).
     """
+    from squeezetime.model import as_cpu_float32
+
+    model = as_cpu_float32(model)   # a .half() / .double() / GPU model is exported from its float32 CPU copy
     if labels is not None:
         from squeezetime.video import check_label_count
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SqueezeTimeConfig, get_config
+from .errors import SqueezeError
 
 GLO_CHANNELS = 16  # width of the IOI (inter-temporal object interaction) branch
 POS_EMBED_BEFORE = 3  # pos_embed is added to the input of glo_conv[3], the 7x7 conv
@@ -196,6 +197,29 @@ def build_model(config="k400", **overrides) -> SqueezeTime:
     Example: ``build_model("k400", frames=8, width=0.5, num_classes=10)``.
     """
     return SqueezeTime(get_config(config, **overrides))
+
+
+def weight_placement(model: nn.Module) -> dict:
+    """``{'dtype': ..., 'device': ...}`` of ``model``'s floating-point weights and buffers, the same for all of them
+    (a model cast with ``.half()``, ``.bfloat16()`` or ``.double()``, or moved to a GPU, is used as it is: inputs are
+    cast to match); a model mixing dtypes or devices is a one-line SqueezeError."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point()]
+    kinds = sorted({(str(t.dtype).replace("torch.", ""), str(t.device)) for t in tensors})
+    if len(kinds) > 1:
+        raise SqueezeError("the model's weights are of several dtypes or devices ("
+                           + ", ".join(f"{d} on {dev}" for d, dev in kinds) + "); cast the whole model first, e.g. model.float()")
+    return {"dtype": tensors[0].dtype, "device": tensors[0].device} if tensors else {}
+
+
+def as_cpu_float32(model: nn.Module) -> nn.Module:
+    """``model`` itself when its weights are float32 on the CPU, else a float32 CPU copy (the exporters trace float32
+    graphs on the CPU; the user's model is left as it is)."""
+    place = weight_placement(model)
+    if not place or (place["dtype"] == torch.float32 and place["device"].type == "cpu"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
 
 def seeded_model(config="k400", seed: int = 0, **overrides) -> SqueezeTime:

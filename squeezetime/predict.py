@@ -9,7 +9,7 @@ import torch
 
 from .config import SqueezeTimeConfig
 from .errors import SqueezeError
-from .model import SqueezeTime
+from .model import SqueezeTime, weight_placement
 from .video import VideoInfo, load_labels, normalize, read_video_clips, whole_number
 
 
@@ -65,9 +65,11 @@ def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single"
             count = "a string" if isinstance(labels, (str, bytes)) else f"{len(labels)} labels"
             raise SqueezeError(f"labels must name each of the model's {cfg.num_classes} classes in order; got {count}")
         labels = [str(label) for label in labels]
+    place = weight_placement(model)  # checked before decoding: the clip is cast to the model's dtype and device
     read = read_video_clips(path, cfg, views=views)
-    clips = normalize(read.clips, cfg.mean, cfg.std)
-    probs = torch.softmax(finite_outputs(model.eval()(clips), str(path)), dim=1).mean(dim=0)
+    clips = normalize(read.clips, cfg.mean, cfg.std).to(**place)
+    logits = finite_outputs(model.eval()(clips).float(), str(path))
+    probs = torch.softmax(logits, dim=1).mean(dim=0).cpu()
     if labels is None:
         labels = load_labels(cfg.labels)
     return VideoPrediction(top_k(probs, labels if len(labels) == cfg.num_classes else None, top), read.info)
