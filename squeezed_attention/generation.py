@@ -17,14 +17,13 @@ import torch
 
 from .context_attention import ContextRows, DenseContext, SqueezedContext
 from .errors import SqueezeError
-from .lookup import DECODE_SELECTIONS, SelectionSpec
+from .lookup import DECODE_SELECTIONS, LEVEL1_KEEP_FACTOR, SelectionSpec, level1_keep_for  # noqa: F401
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
 from .tokenizer import TextStream, check_user_text
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
-LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
 
 
 from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
@@ -270,14 +269,11 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
         if choice.decode_selection == "step":
             spec.follow_keys = default_follow_keys(int(keys)) if choice.follow_keys is None else choice.follow_keys
     else:
-        spec = SelectionSpec(mode="threshold", threshold=pack.threshold_for(fraction, choice.per_query_head),
-                             per_query_head=choice.per_query_head)
+        spec = SelectionSpec(mode="threshold", per_query_head=choice.per_query_head,
+                             threshold=pack.threshold_for(fraction, choice.per_query_head, choice.hierarchical))
     if choice.hierarchical:
-        k1 = int(pack.l1_centroids.shape[2])
-        # Level-1 centroids average ~5 children, which dilutes the score of a small distinctive cluster
-        # (a pass key): keeping 2x the wanted fraction at level 1 lost pass keys at keep 0.1, 4x did not.
         spec.hierarchical = True
-        spec.level1_keep = max(1, min(k1, math.ceil(k1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / k1))))
+        spec.level1_keep = level1_keep_for(int(pack.l1_centroids.shape[2]), fraction)
     spec.prefill_rows = choice.prefill_rows
     spec.prefill_tail = choice.prefill_tail
     spec.exact_tail = choice.exact_tail

@@ -185,6 +185,33 @@ def cluster_scores(queries, centroids, counts):
     return scores, log_denominator
 
 
+LEVEL1_KEEP_FACTOR = 4.0  # hierarchical lookup keeps this multiple of the key fraction at level 1
+
+
+def level1_keep_for(num_level1: int, fraction: float) -> int:
+    """Level-1 clusters a hierarchical lookup keeps when it wants ``fraction`` of the clustered keys. Level-1
+    centroids average ~5 children, which dilutes the score of a small distinctive cluster (a pass key): keeping 2x
+    the wanted fraction at level 1 lost pass keys at keep 0.1, 4x did not."""
+    return max(1, min(num_level1, math.ceil(num_level1 * min(1.0, LEVEL1_KEEP_FACTOR * fraction + 1.0 / num_level1))))
+
+
+def parent_ranks(tables: LookupTables, layer: int, queries, spec: SelectionSpec):
+    """[Hs, K] the rank (0 = best) of each cluster's level-1 parent by its level-1 score for ``queries``: a
+    hierarchical lookup keeping ``m`` parents scores exactly the clusters whose parent ranks below ``m``."""
+    num_kv = tables.centroids.shape[1]
+    q = grouped_queries(queries.double(), num_kv, spec.per_query_head) / math.sqrt(queries.shape[-1])
+    G = tables.group_size
+    l1_scores, _ = cluster_scores(q, _expand_heads(tables.l1_centroids[layer], spec.per_query_head, G),
+                                  _expand_heads(tables.l1_counts[layer], spec.per_query_head, G))
+    order = torch.sort(l1_scores, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order).contiguous())
+    children = _expand_heads(tables.children[layer], spec.per_query_head, G)   # [Hs, K1, Cmax], padding K
+    K = tables.num_clusters
+    out = torch.full((children.shape[0], K + 1), children.shape[1], dtype=torch.int64)
+    out.scatter_(1, children.flatten(1), rank.unsqueeze(-1).expand_as(children).flatten(1))
+    return out[:, :K]
+
+
 def score_layer(tables: LookupTables, layer: int, queries, spec: SelectionSpec):
     """Cluster scores [Hs, K] for one layer (flat or hierarchical) and the number of centroids scored."""
     num_kv = tables.centroids.shape[1]

@@ -30,7 +30,7 @@ from .errors import SqueezeError, reason_of
 from .file_kinds import kind_of
 from .kmeans import cluster_sums, kmeans
 from .pack_arrays import content_sha256
-from .lookup import LookupTables, SelectionSpec, score_layer
+from .lookup import LookupTables, SelectionSpec, level1_keep_for, parent_ranks, score_layer
 
 from .settings import (KEEP_FRACTION_GRID, MIN_CLUSTERED_TOKENS, PACK_FORMAT, THRESHOLD_KEEP_RANGE,  # noqa: F401
                        BuildSettings, _is_number)
@@ -52,6 +52,8 @@ class ContextPack:
     l1_centroids: torch.Tensor | None = None   # [L, Hkv, K1, D] float32, int8-quantized like `centroids`
     l1_counts: torch.Tensor | None = None      # [L, Hkv, K1] int32
     child_offsets: torch.Tensor | None = None  # [L, Hkv, K1+1] int32 (level-2 ids are grouped by parent)
+    l1_thresholds_group: torch.Tensor | None = None  # [F] float64: the thresholds of a hierarchical lookup, whose
+    l1_thresholds_head: torch.Tensor | None = None   # scores are normalised over level-1 centroids (not flat ones)
     hashes: dict = field(default_factory=dict)  # weights_sha256, tokenizer_sha256, context_sha256
     build_seconds: float = 0.0
     path: str | None = None
@@ -120,13 +122,22 @@ class ContextPack:
         """Refuse a pack built from another context text."""
         check_context_hash(self.hashes.get("context_sha256"), context_text, self.path)
 
-    def threshold_for(self, keep_fraction: float, per_query_head: bool) -> float:
-        """Calibrated cluster-score threshold for a keep fraction (log-linear between grid points)."""
+    def threshold_for(self, keep_fraction: float, per_query_head: bool, hierarchical: bool = False) -> float:
+        """Calibrated cluster-score threshold for a keep fraction (log-linear between grid points), for the flat
+        lookup or (``hierarchical``) the two-level one, whose scores are on another scale."""
         grid = self.keep_fractions.numpy()
         if not grid[0] <= keep_fraction <= grid[-1]:
             raise SqueezeError(f"--threshold-keep {keep_fraction:g} is outside the calibrated range "
                                f"[{grid[0]:.2f}, {grid[-1]:.2f}]; use --full to keep everything")
-        table = (self.thresholds_head if per_query_head else self.thresholds_group).numpy()
+        if hierarchical:
+            table = self.l1_thresholds_head if per_query_head else self.l1_thresholds_group
+            if table is None:
+                raise SqueezeError("this pack has no thresholds calibrated for the hierarchical lookup (built before "
+                                   "they were, or without --hierarchical); rebuild it with `squeeze context build "
+                                   "--hierarchical`, or use top-k selection (--kv-budget)")
+            table = table.numpy()
+        else:
+            table = (self.thresholds_head if per_query_head else self.thresholds_group).numpy()
         value = float(np.exp(np.interp(keep_fraction, grid, np.log(np.maximum(table, 1e-300)))))
         # between its two grid points: exp(log(t)) can come back one unit in the last place above t, and a cluster
         # scored exactly at a calibrated threshold (every cluster of a one-cluster pack) was then dropped
@@ -259,29 +270,51 @@ def build_context_pack(model, checkpoint, text, settings: BuildSettings | None =
     queries = torch.stack(obs_queries)  # [L, Hq, W, D]
     pack.thresholds_group = calibrate_thresholds(tables, queries, per_query_head=False)
     pack.thresholds_head = calibrate_thresholds(tables, queries, per_query_head=True)
+    if settings.hierarchical:
+        pack.l1_thresholds_group = calibrate_thresholds(tables, queries, per_query_head=False, hierarchical=True)
+        pack.l1_thresholds_head = calibrate_thresholds(tables, queries, per_query_head=True, hierarchical=True)
     report("calibrate", 1, 1)
     pack.build_seconds = time.perf_counter() - started
     return pack
 
 
-def calibrate_thresholds(tables: LookupTables, queries, per_query_head: bool):
+def calibrate_thresholds(tables: LookupTables, queries, per_query_head: bool, hierarchical: bool = False):
     """One global threshold per keep fraction: the quantile of key scores over all layers, heads and keys.
 
-    A key's score is its cluster's mean normalized score S over the observation-window queries.
+    A key's score is its cluster's mean normalized score S over the observation-window queries. ``hierarchical``:
+    the two-level lookup's scores (normalised over level-1 centroids) where, at each keep fraction, only the children
+    of the level-1 clusters that lookup keeps are scored; the others count as dropped keys.
     """
-    spec = SelectionSpec(per_query_head=per_query_head)
-    key_scores = []
+    key_scores, key_ranks = [], []
+    num_level1 = int(tables.l1_centroids.shape[2]) if hierarchical else 0
     for layer in range(queries.shape[0]):
-        scores, _ = score_layer(tables, layer, queries[layer], spec)  # [Hs, K]
+        spec = SelectionSpec(per_query_head=per_query_head, hierarchical=hierarchical, level1_keep=num_level1)
+        scores, _ = score_layer(tables, layer, queries[layer], spec)  # [Hs, K]; hierarchical: every child scored
         # Every key gets its cluster's score; counting clusters by size is the same and cheaper.
         counts = tables.counts[layer]
         if per_query_head:
             counts = counts.repeat_interleave(tables.group_size, 0)
         key_scores.append(torch.repeat_interleave(scores.flatten(), counts.flatten()))
-    all_scores = torch.sort(torch.cat(key_scores), descending=True).values
-    total = all_scores.numel()
+        if hierarchical:
+            key_ranks.append(torch.repeat_interleave(parent_ranks(tables, layer, queries[layer], spec).flatten(),
+                                                     counts.flatten()))
+    scores = torch.cat(key_scores)
+    total = scores.numel()
     picks = [min(total - 1, max(0, math.ceil(f * total) - 1)) for f in KEEP_FRACTION_GRID]
-    return all_scores[picks].clone()
+    if not hierarchical:
+        return torch.sort(scores, descending=True).values[picks].clone()
+    ranks = torch.cat(key_ranks)
+    out = torch.empty(len(KEEP_FRACTION_GRID), dtype=torch.float64)
+    by_keep: dict = {}
+    for i, f in enumerate(KEEP_FRACTION_GRID):
+        by_keep.setdefault(level1_keep_for(num_level1, f), []).append(i)
+    for keep, rows in by_keep.items():
+        scored = scores[ranks < keep]
+        ordered = torch.sort(scored, descending=True).values
+        for i in rows:   # fewer keys scored than the fraction asks: the threshold keeps every scored one
+            out[i] = ordered[min(picks[i], ordered.numel() - 1)]
+    # A larger fraction scores a superset of clusters; never a higher threshold, so it never keeps fewer keys
+    return torch.cummin(out, 0).values
 
 
 # ------------------------------------------------------------------------------------------- save / load
@@ -326,6 +359,9 @@ def save_context_pack(pack: ContextPack, path) -> Path:
         "calibration.thresholds_group": pack.thresholds_group,
         "calibration.thresholds_head": pack.thresholds_head,
     }
+    if pack.l1_thresholds_group is not None or pack.l1_thresholds_head is not None:
+        tensors["calibration.level1_thresholds_group"] = pack.l1_thresholds_group
+        tensors["calibration.level1_thresholds_head"] = pack.l1_thresholds_head
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     metadata = {"format": PACK_FORMAT, "model_config": pack.config.to_json(),
                 "build_settings": json.dumps(pack.settings.to_dict(), sort_keys=True),
@@ -481,10 +517,18 @@ def _pack_from_stored(path, tensors: dict, metadata: dict) -> ContextPack:
         need(bool(torch.isfinite(scales1).all()), "non-finite values")
         need(bool((l1_counts >= 0).all()), "negative level-1 counts")
         l1 = dequantize_centroids(codes1, scales1)
-    need(len(tensors) == 10 + (4 if l1 is not None else 0), "unexpected extra tensors")
+    l1_thresholds = [tensor(f"calibration.level1_thresholds_{w}", (torch.float64,), (len(KEEP_FRACTION_GRID),),
+                            optional=True) for w in ("group", "head")]
+    need(all(t is None for t in l1_thresholds) or (l1 is not None and all(t is not None for t in l1_thresholds)),
+         "level-1 thresholds without a complete hierarchical level")
+    for t in l1_thresholds:
+        need(t is None or bool(torch.isfinite(t).all()), "non-finite values")
+    extra = (4 if l1 is not None else 0) + (2 if l1_thresholds[0] is not None else 0)
+    need(len(tensors) == 10 + extra, "unexpected extra tensors")
     return ContextPack(
         config=config, settings=settings, token_ids=ids.long(), keys=keys, values=values,
         centroids=dequantize_centroids(codes, scales), counts=counts, labels=labels,
         keep_fractions=grid, thresholds_group=thresholds[0], thresholds_head=thresholds[1],
         l1_centroids=l1, l1_counts=l1_counts, child_offsets=offsets,
+        l1_thresholds_group=l1_thresholds[0], l1_thresholds_head=l1_thresholds[1],
         hashes={key: metadata[key] for key in _HASH_KEYS}, build_seconds=build_seconds, path=str(path))

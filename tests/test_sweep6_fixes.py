@@ -47,3 +47,52 @@ def test_export_of_a_half_model_exports_its_float32_copy(small_seeded, tmp_path)
     assert next(model.parameters()).dtype == torch.float16   # the user's model is left as it was
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert [a["verification"]["status"] for a in manifest["artifacts"]] == ["pass"]
+
+
+def _kept_fractions(gen, fractions, hierarchical, per_query_head):
+    from squeezed_attention.generation import AttentionChoice, make_context
+
+    ids = torch.tensor(gen.prompt_ids("What is the pass key? Answer with the number only."))
+    out = []
+    for f in fractions:
+        ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=f, prefill_tail=0, exact_tail=0,
+                                                     hierarchical=hierarchical, per_query_head=per_query_head), gen.tables)
+        gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
+        out.append(ctx.stats.mean_kept() / gen.pack.num_clustered)
+    return out
+
+
+@pytest.mark.parametrize("per_query_head", [False, True])
+def test_hierarchical_threshold_mode_keeps_about_the_asked_fraction(per_query_head):
+    """Threshold mode with the hierarchical lookup used the flat lookup's thresholds, whose scores are normalised over
+    every centroid, not over the level-1 ones: it kept 0.26 of the keys at --threshold-keep 0.1 and 0.42 at 0.2. Its
+    own thresholds are now calibrated at build; it keeps what the flat lookup keeps, within a small factor, and more
+    at a larger fraction."""
+    from squeezed_attention.testing import small_generator
+
+    gen = small_generator(hierarchical=True)
+    assert gen.pack.l1_thresholds_group is not None and gen.pack.l1_thresholds_head is not None
+    for table in (gen.pack.l1_thresholds_group, gen.pack.l1_thresholds_head):
+        assert bool((table[1:] <= table[:-1]).all())   # non-increasing with the keep fraction
+    fractions = [0.1, 0.2, 0.33]
+    kept = _kept_fractions(gen, fractions, True, per_query_head)
+    assert all(0.5 * f < k < 1.4 * f for f, k in zip(fractions, kept)), kept
+    assert kept == sorted(kept), kept
+
+
+def test_a_pack_without_hierarchical_thresholds_refuses_threshold_with_hierarchical(tmp_path):
+    import dataclasses
+
+    from squeezed_attention.generation import AttentionChoice, make_context
+    from squeezed_attention.pack import read_context_pack, save_context_pack
+    from squeezed_attention.testing import small_pack
+
+    pack = dataclasses.replace(small_pack(hierarchical=True), l1_thresholds_group=None, l1_thresholds_head=None)
+    path = save_context_pack(pack, tmp_path / "old.pack")   # as packs built before the calibration were
+    again = read_context_pack(path)
+    assert again.l1_thresholds_group is None and again.l1_centroids is not None
+    with pytest.raises(SqueezeError, match="no thresholds calibrated for the hierarchical lookup"):
+        make_context(again, AttentionChoice("threshold", keep_fraction=0.2, hierarchical=True))
+    make_context(again, AttentionChoice("threshold", keep_fraction=0.2))   # the flat lookup still works
+    stored = save_context_pack(small_pack(hierarchical=True), tmp_path / "new.pack")
+    assert torch.equal(read_context_pack(stored).l1_thresholds_head, small_pack(hierarchical=True).l1_thresholds_head)
