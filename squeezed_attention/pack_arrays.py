@@ -396,12 +396,15 @@ def context_text_of(text) -> str:
     if isinstance(text, os.PathLike):
         from .file_kinds import read_utf8_text
 
-        return read_utf8_text(text)
-    if not isinstance(text, str):
+        text = read_utf8_text(text)
+    elif not isinstance(text, str):
         raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
                            f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
                                                        if isinstance(text, (bytes, bytearray)) else ""))
-    return check_user_text(text, "the context")
+    # Line ends as Python's text mode reads them: a file saved with Windows (CRLF) or old Mac (CR) line ends gives
+    # the same context, and the same pack hash, whether it is passed as a path, read with open(f).read() or read
+    # with newline=''; before, a pack built one way was refused as "built from a different context text" the other
+    return check_user_text(text.replace("\r\n", "\n").replace("\r", "\n"), "the context")
 
 
 def check_context_hash(recorded: str | None, context_text, where=None) -> None:

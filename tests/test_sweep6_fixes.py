@@ -96,3 +96,18 @@ def test_a_pack_without_hierarchical_thresholds_refuses_threshold_with_hierarchi
     make_context(again, AttentionChoice("threshold", keep_fraction=0.2))   # the flat lookup still works
     stored = save_context_pack(small_pack(hierarchical=True), tmp_path / "new.pack")
     assert torch.equal(read_context_pack(stored).l1_thresholds_head, small_pack(hierarchical=True).l1_thresholds_head)
+
+
+def test_a_crlf_context_gives_one_pack_whichever_way_it_is_read(tmp_path):
+    """A pack built from a CRLF file as a Path kept the CRs; checked against open(f).read() (which drops them) it was
+    refused as 'built from a different context text', and the other way round."""
+    from squeezed_attention.pack_arrays import check_context_hash, context_text_of, text_sha256
+
+    lf = "First line of the manual.\nSecond line.\n\nThird paragraph.\n"
+    (tmp_path / "crlf.txt").write_bytes(lf.replace("\n", "\r\n").encode())
+    (tmp_path / "cr.txt").write_bytes(lf.replace("\n", "\r").encode())
+    forms = [tmp_path / "crlf.txt", open(tmp_path / "crlf.txt").read(), open(tmp_path / "crlf.txt", newline="").read(),
+             tmp_path / "cr.txt", lf]
+    assert {context_text_of(f) for f in forms} == {lf}
+    for f in forms:
+        check_context_hash(text_sha256(lf), f)
