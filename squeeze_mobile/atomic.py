@@ -5,17 +5,21 @@ Rules every writer in the project follows through this module:
 - nothing the project did not write is ever deleted: a directory at a file's destination is refused, and a
   directory artifact (e.g. a .mlpackage) replaces an existing directory only when the caller's ``replaceable``
   check recognises it as one of ours;
-- temporaries carry the writer's pid (``.NAME.partial-PID-XXXX.SUFFIX``), so a later write into the same folder
-  removes the leftovers of a process that was killed outright (SIGKILL, power loss) and only those.
+- temporaries carry the writer's pid and a tag of its host, boot and PID namespace
+  (``.NAME.partial-hTAG-PID-XXXX.SUFFIX``), so a later write into the same folder removes the leftovers of a process
+  that was killed outright (SIGKILL, power loss) and only those: never a live writer's on another machine.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import hashlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,9 +30,29 @@ NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 from .errors import SqueezeError
 
 PARTIAL_MARK = ".partial-"
-# ".NAME.partial-PID-XXXXXXXX[.SUFFIX]": XXXXXXXX is tempfile's 8-character random part. Only names of exactly
-# this shape are ever swept, so a user's file that merely contains ".partial-" is left alone.
-_PARTIAL_RE = re.compile(r"^\.[^/]*\.partial-(\d+)-[a-z0-9_]{8}(\.[^/]*)?$")
+# ".NAME.partial-hTTTTTTT-PID-XXXXXXXX[.SUFFIX]": TTTTTTT names the machine, boot and PID namespace of the writer
+# (_writer_tag), XXXXXXXX is tempfile's 8-character random part. Only names of exactly this shape are ever swept, so
+# a user's file that merely contains ".partial-" is left alone; names without the tag are those of older versions.
+_PARTIAL_RE = re.compile(r"^\.[^/]*\.partial-(?:(h[0-9a-f]{7})-)?(\d+)-[a-z0-9_]{8}(\.[^/]*)?$")
+
+
+@functools.lru_cache(maxsize=1)
+def _writer_tag() -> str:
+    """'h' + 7 hex digits for this host name, boot and PID namespace: a pid names a process only within them, so a
+    leftover is judged dead only by a process that shares them (a folder on a network mount or a volume shared by
+    containers holds temporaries of writers whose pids mean nothing here)."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("")
+    return "h" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:7]
+
+
+def _partial_prefix(dest: Path) -> str:
+    return f".{dest.stem}{PARTIAL_MARK}{_writer_tag()}-{os.getpid()}-"
 
 Replaceable = Callable[[Path], bool]
 
@@ -188,7 +212,8 @@ def sweep_partials(folder) -> int:
         return 0
     for entry in entries:
         m = _PARTIAL_RE.match(entry.name)
-        if m and not _pid_alive(int(m.group(1))):
+        # a tagged name of another host, boot or PID namespace: its pid cannot be checked from here, so it stays
+        if m and m.group(1) in (None, _writer_tag()) and not _pid_alive(int(m.group(2))):
             try:
                 _remove_strict(entry)
             except OSError:  # another user's leftover, or gone meanwhile: not ours to fight over
@@ -223,7 +248,7 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
                            "remove it yourself or choose another path")
     sweep_partials(dest.parent)
     # keep the real suffix last: some writers (coremltools) insist on it
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}{PARTIAL_MARK}{os.getpid()}-", suffix=dest.suffix,
+    fd, tmp_name = tempfile.mkstemp(prefix=_partial_prefix(dest), suffix=dest.suffix,
                                     dir=str(dest.parent))
     os.close(fd)
     tmp = Path(tmp_name)
@@ -253,7 +278,7 @@ def atomic_path(dest, replaceable: Optional[Replaceable] = None):
 
 def _free_partial_name(dest: Path) -> Path:
     """An unused name of our partial shape next to ``dest`` (nothing is created there)."""
-    fd, name = tempfile.mkstemp(prefix=f".{dest.stem}{PARTIAL_MARK}{os.getpid()}-", suffix=dest.suffix, dir=str(dest.parent))
+    fd, name = tempfile.mkstemp(prefix=_partial_prefix(dest), suffix=dest.suffix, dir=str(dest.parent))
     os.close(fd)
     os.unlink(name)
     return Path(name)

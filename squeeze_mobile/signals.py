@@ -39,6 +39,9 @@ def sigterm_raises():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:   # ignored by whoever started us (trap '' TERM): stays so
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
@@ -61,15 +64,18 @@ class DeferredSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # a signal the process was started ignoring (a job run with `cmd &` from a script, nohup-like
+                # wrappers, trap '' INT) stays ignored: it was not meant to stop this command
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.requested = signum
         name = "interrupt" if signum == signal.SIGINT else "SIGTERM"
         print(f"note: {name} received; {self.message}", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        for sig in self._previous:   # a second one acts at once (only those this object handles)
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else _raise_terminated)
 
     def check(self) -> None:
         if self.requested == signal.SIGTERM:

@@ -111,3 +111,52 @@ def test_a_crlf_context_gives_one_pack_whichever_way_it_is_read(tmp_path):
     assert {context_text_of(f) for f in forms} == {lf}
     for f in forms:
         check_context_hash(text_sha256(lf), f)
+
+
+def test_the_sweep_leaves_temporaries_of_writers_on_other_hosts(tmp_path):
+    """A leftover's pid was checked on this machine whoever wrote it: a folder on a network mount (or a volume shared
+    by containers) lost a live writer's temporary when its pid meant no process here. Temporaries now carry a tag of
+    the writer's host, boot and PID namespace, and only this one's dead writers are swept."""
+    import subprocess
+    import sys
+
+    from squeeze_mobile.atomic import _writer_tag, atomic_path, sweep_partials
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = tmp_path / f".model.partial-{_writer_tag()}-{dead.pid}-abcd1234.onnx"
+    other_host = tmp_path / f".model.partial-h0000000-{dead.pid}-abcd1234.onnx"
+    older_version = tmp_path / f".model.partial-{dead.pid}-abcd1234.onnx"   # names written before the tag
+    for p in (mine, other_host, older_version):
+        p.write_bytes(b"x")
+    assert sweep_partials(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other_host.name]
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        assert tmp.name.startswith(f".a.partial-{_writer_tag()}-")
+        tmp.write_text("a")
+
+
+@pytest.mark.parametrize("which", ["INT", "TERM"])
+def test_an_ignored_signal_stays_ignored(tmp_path, which):
+    """A command started with SIGINT ignored (`cmd &` in a script) or SIGTERM ignored (trap '' TERM) was stopped by it:
+    the CLI's handlers replaced the ignore. Held signals (DeferredSignals) and sigterm_raises now leave it ignored."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = f"""
+import os, signal, time
+from squeeze_mobile.signals import DeferredSignals, sigterm_raises
+with sigterm_raises():
+    with DeferredSignals() as held:
+        os.kill(os.getpid(), signal.SIG{which})
+        time.sleep(0.2)
+        held.check()
+print("still running", held.pending)
+"""
+    ignore = getattr(signal, f"SIG{which}")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: signal.signal(ignore, signal.SIG_IGN),
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 0 and "still running False" in proc.stdout, proc.stderr
