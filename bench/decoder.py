@@ -123,6 +123,10 @@ def bench_packs(manifest: Dict, contexts: Sequence[int], pack_dir: Path, say: Pr
             case, text = _pack_text(checkpoint.tokenizer, n, seed=n)
             say("packs", f"building a {context_label(n)}-token pack from real prose")
             pack = build_context_pack(model, checkpoint, text, BuildSettings())
+            if path.is_file() and not path.is_symlink():
+                # this cache's own file that did not read back above (truncated by a full disk, a killed copy, or
+                # another model's): replaced, where save_context_pack refuses to overwrite a file that is no pack
+                path.unlink()
             save_context_pack(pack, path)
             info = {"context_tokens": pack.num_tokens, "question": case.question, "answer": case.answer}
             with atomic_path(meta) as tmp:

@@ -160,3 +160,26 @@ print("still running", held.pending)
                           preexec_fn=lambda: signal.signal(ignore, signal.SIG_IGN),
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert proc.returncode == 0 and "still running False" in proc.stdout, proc.stderr
+
+
+def test_a_truncated_pack_in_the_bench_cache_is_rebuilt(tmp_path):
+    """`squeeze bench DIR` caches its prose packs in DIR/bench/packs; one cut short (a full disk, a killed copy) made
+    every later bench fail: the rebuild refused to overwrite a file that is not a context pack."""
+    from bench.decoder import bench_packs
+    from squeezed_attention.pack_arrays import read_pack_arrays
+    from squeezed_attention.testing import write_tiny_llama_gguf
+    from squeezed_attention.weights import load_checkpoint
+
+    gguf = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    ck = load_checkpoint(gguf)
+    manifest = {"model": {"source": str(gguf), "weights_sha256": ck.weights_sha256,
+                          "tokenizer_sha256": ck.tokenizer.fingerprint()},
+                "artifacts": [{"file": "d.onnx", "decoder": {"shapes": {"max_context": 200}}}]}
+    packs = tmp_path / "bench" / "packs"
+    (first,) = bench_packs(manifest, [200], packs, lambda *a: None)
+    whole = packs / "prose_200.pack"
+    data = whole.read_bytes()
+    whole.write_bytes(data[: len(data) // 3])
+    (again,) = bench_packs(manifest, [200], packs, lambda *a: None)
+    assert again["path"] == first["path"] and whole.stat().st_size == len(data)
+    read_pack_arrays(whole).check_model(ck.weights_sha256, ck.tokenizer.fingerprint())
