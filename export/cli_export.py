@@ -176,6 +176,12 @@ def add_subcommands(sub) -> None:
     v.add_argument("--checkpoint", default=None, type=cli_types.path,
                    help="the checkpoint the export came from, when it is no longer at the path the manifest records; "
                    "its sha256 must match the manifest's (default: the recorded path)")
+    v.add_argument("--model", default=None, type=cli_types.path,
+                   help="decoder exports: the model (GGUF or folder) the export came from, when it is no longer at the "
+                   "path the manifest records; its weights must hash as recorded (default: the recorded path)")
+    v.add_argument("--verify-text", default=None, type=cli_types.path, metavar="FILE",
+                   help="decoder exports verified on a --verify-text file: where that file is now; it must hash as "
+                   "recorded (default: the recorded path)")
     v.set_defaults(func=cmd_verify)
 
     r = sub.add_parser("quant-report", help="per-layer int8 quantization error of an export's int8 artifacts",
@@ -370,6 +376,13 @@ def cmd_verify(args) -> int:
         decoder = is_decoder_manifest(args.dir)
     except RecursionError:  # a pathologically nested manifest.json: read_manifest below names the problem
         decoder = False
+    given = [flag for flag, value in (("--verify-video", args.verify_video), ("--checkpoint", args.checkpoint),
+                                      ("--model", args.model), ("--verify-text", args.verify_text)) if value is not None]
+    foreign = [f for f in given if f in (("--verify-video", "--checkpoint") if decoder else ("--model", "--verify-text"))]
+    if foreign:   # silently ignored, they would leave the user wondering why the run did not use them
+        raise SqueezeError(f"{' and '.join(foreign)} {'do' if len(foreign) > 1 else 'does'} not apply to "
+                           f"{'a decoder' if decoder else 'a SqueezeTime'} export; "
+                           + ("use --model and --verify-text" if decoder else "use --checkpoint and --verify-video"))
     if decoder:
         return _verify_decoder(args, console)
     results = verify_directory(args.dir, progress=_progress(console), verify_video=args.verify_video,
@@ -436,7 +449,8 @@ def cmd_quant_report(args) -> int:
 def _verify_decoder(args, console) -> int:
     from squeezed_attention.decoder_export import verify_decoder_directory
 
-    results = verify_decoder_directory(args.dir, progress=_progress(console))
+    results = verify_decoder_directory(args.dir, progress=_progress(console), model=args.model,
+                                       verify_text=args.verify_text)
     bad = []
     for name, v in results.items():
         line = (f"{name}: {v['status']}" + (f", tokens identical on {v['prompts_identical']}/{v['prompts']} prompts, "

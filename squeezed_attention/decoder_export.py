@@ -976,9 +976,11 @@ def is_decoder_manifest(directory) -> bool:
         return False
 
 
-def verify_decoder_directory(directory, progress=None) -> dict:
+def verify_decoder_directory(directory, progress=None, model=None, verify_text=None) -> dict:
     """Re-run an exported decoder's verification from its manifest: sha256 of every artifact, the model it came
-    from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}."""
+    from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}.
+    ``model`` / ``verify_text``: where the model file or the --verify-text file is now, when it is no longer at the
+    path the manifest records (the folder was copied to another machine); each must hash as recorded."""
     from export.verify import sha256_file
 
     from .decoder_session import decoder_dir, read_decoder_manifest
@@ -991,26 +993,32 @@ def verify_decoder_directory(directory, progress=None) -> dict:
     info = manifest.get("verification_inputs")
     if not info:
         raise SqueezeError(f"{directory} was exported with --no-verify; there is no verification to re-run")
-    checkpoint = load_checkpoint(manifest["model"]["source"])
+    if verify_text is not None and not info.get("text_file"):
+        raise SqueezeError(f"{directory} was verified on the prose shipped with squeeze-mobile, not on a --verify-text "
+                           "file; drop --verify-text")
+    source = manifest["model"]["source"] if model is None else str(model)
+    checkpoint = load_checkpoint(source)
     if checkpoint.weights_sha256 != manifest["model"]["weights_sha256"]:
-        raise SqueezeError(f"the model {manifest['model']['source']} changed since the export (weights sha256 differs)")
+        raise SqueezeError(f"the model {source} is not the one exported (weights sha256 differs)" if model is not None
+                           else f"the model {source} changed since the export (weights sha256 differs)")
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     say("verify", "rebuilding the verification pack")
     text = None
-    if info.get("text_file"):   # read as the export read it (byte-order mark, encodings): the same text, same hash
+    text_file = info.get("text_file") if verify_text is None else str(verify_text)
+    if text_file:   # read as the export read it (byte-order mark, encodings): the same text, same hash
         from .file_kinds import read_utf8_text
 
-        text = read_utf8_text(info["text_file"], "verification text (--verify-text)",
-                              "restore it or re-export with --verify-text FILE")
+        text = read_utf8_text(text_file, "verification text (--verify-text)",
+                              "pass where it is now with `squeeze verify DIR --verify-text FILE`, or re-export")
     packs = info.get("packs") if isinstance(info.get("packs"), list) else [info]  # (one-pack manifests: the dict)
     data = []
     for entry in packs:
         d = VerificationData.build(model, checkpoint, int(entry["requested_tokens"]), int(entry["tokens_per_prompt"]),
                                    text)
         if d.pack.hashes.get("context_sha256") != entry.get("context_sha256"):
-            if info.get("text_file"):
-                raise SqueezeError(f"the verification text {info['text_file']} changed since the export (its hash "
-                                   "differs); restore it or re-export with --verify-text FILE to verify here")
+            if text_file:
+                raise SqueezeError(f"the verification text {text_file} is not the export's (its hash differs); pass "
+                                   "the file the export was verified on with --verify-text, or re-export")
             raise SqueezeError("the verification context rebuilt from the manifest differs from the export's (the "
                                "prose shipped with this machine changed); re-export to verify here")
         data.append(d)

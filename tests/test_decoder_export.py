@@ -329,8 +329,22 @@ def test_cli_export_decoder_and_verify(tiny, tmp_path, capsys):
     rc = main(["verify", str(out)])
     captured = capsys.readouterr()
     assert rc == 0 and f"{art['file']}: pass" in captured.out, captured.err[-2000:]
-    (out / art["file"]).write_bytes((out / art["file"]).read_bytes()[:-10] + b"0123456789")
+    # the text and the model moved (the folder was copied elsewhere): say where they are now, each checked by hash
+    moved_model = tmp_path / "elsewhere.gguf"
+    moved_model.write_bytes(Path(gguf).read_bytes())
+    (tmp_path / "doc.txt").rename(tmp_path / "moved.txt")
     assert main(["verify", str(out)]) == 1
+    assert "pass where it is now with `squeeze verify DIR --verify-text FILE`" in capsys.readouterr().err
+    rc = main(["verify", str(out), "--verify-text", str(tmp_path / "moved.txt"), "--model", str(moved_model)])
+    captured = capsys.readouterr()
+    assert rc == 0 and f"{art['file']}: pass" in captured.out, captured.err[-2000:]
+    (tmp_path / "other.txt").write_text(TINY_TEXT + " ab")
+    assert main(["verify", str(out), "--verify-text", str(tmp_path / "other.txt")]) == 1
+    assert "is not the export's (its hash differs)" in capsys.readouterr().err
+    assert main(["verify", str(out), "--verify-text", str(tmp_path / "moved.txt"), "--checkpoint", str(gguf)]) == 1
+    assert "--checkpoint does not apply to a decoder export; use --model and --verify-text" in capsys.readouterr().err
+    (out / art["file"]).write_bytes((out / art["file"]).read_bytes()[:-10] + b"0123456789")
+    assert main(["verify", str(out), "--verify-text", str(tmp_path / "moved.txt")]) == 1
     assert "sha256 differs" in capsys.readouterr().out
 
 

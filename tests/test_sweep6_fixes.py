@@ -184,3 +184,12 @@ def test_a_truncated_pack_in_the_bench_cache_is_rebuilt(tmp_path):
         (again,) = bench_packs(manifest, [200], packs, lambda *a: None)
         assert again["path"] == first["path"] and whole.stat().st_size == len(data)
         read_pack_arrays(whole).check_model(ck.weights_sha256, ck.tokenizer.fingerprint())
+
+
+def test_verify_refuses_the_other_models_options(tmp_path, capsys):
+    from export.cli import main
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "squeeze-mobile/manifest/1", "artifacts": []}))
+    assert main(["verify", str(tmp_path), "--model", "m.gguf", "--verify-text", "doc.txt"]) == 1
+    err = capsys.readouterr().err
+    assert "--model and --verify-text do not apply to a SqueezeTime export; use --checkpoint and --verify-video" in err
