@@ -127,6 +127,7 @@ def _read(path, skip_unsafe_metadata: bool = False):
             # torch.save(..., pickle_protocol=4 or 5): opcodes (FRAME, ...) torch's weights-only reader does not
             # implement; the pure-Python unpickler reads them, admitting the same tensor globals only
             obj = _load_with_inert_objects(path, inert=skip_unsafe_metadata)
+            _check_zip_crc(path)
             return _unwrap(obj, path), [], _saved_pickle(obj)
         if "GLOBAL" not in str(exc):  # not a forbidden object: the bytes are simply not a pickle
             raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file (bad pickle data){_what_it_is(path)}") from None
@@ -139,7 +140,26 @@ def _read(path, skip_unsafe_metadata: bool = False):
         what = _what_it_is(path)  # when the file is recognisably something else, PyTorch's guess adds nothing
         reason = _zip_problem(path) or ("" if what else _first_line(exc))
         raise SqueezeError(f"checkpoint {path} is not a readable PyTorch file{f' ({reason})' if reason else ''}{what}") from None
+    _check_zip_crc(path)
     return _unwrap(obj, path), [], _saved_pickle(obj)
+
+
+def _check_zip_crc(path) -> None:
+    """A torch.save zip records a CRC-32 per member that torch.load never checks: a file damaged inside (a bad sector,
+    a download that wrote zeros) loaded with silently corrupted weights. Every member is checked against its CRC."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return   # the legacy pickle format records no checksum
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError, EOFError) as exc:
+        raise SqueezeError(f"checkpoint {path} is a damaged zip archive ({_first_line(exc)}); download or save it "
+                           "again") from None
+    if bad is not None:
+        raise SqueezeError(f"checkpoint {path} is damaged: its member {bad!r} does not match the checksum recorded "
+                           "when it was saved (the file changed on disk or in transfer); download or save it again")
 
 
 def _saved_pickle(obj) -> Optional[str]:
@@ -480,6 +500,25 @@ def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]):
     return state, []
 
 
+def _width_of(state: Mapping[str, torch.Tensor], stem_channels: int) -> float:
+    """The width multiplier whose stage widths (int(64 w), int(128 w), int(256 w), int(512 w)) are the checkpoint's.
+    The stem alone does not fix it: width 0.3 has stages 19/38/76/153, and 19/64 gives 152 for the last one (a model
+    saved at such a width did not load back). The widest stage present gives the finest estimate; the stem's is the
+    fallback (shapes the stages do not match are then named by the strict load)."""
+    planes = []
+    for i, base in enumerate((64, 128, 256, 512), start=1):
+        w = state.get(f"{BACKBONE_PREFIX}layer{i}.0.conv1.weight")
+        planes.append(int(w.shape[0]) if w is not None and w.ndim == 4 else None)
+    for base, p in reversed(list(zip((64, 128, 256, 512), planes))):
+        if not p:
+            continue
+        width = p / base
+        if int(64 * width) == stem_channels and all(q is None or int(b * width) == q
+                                                     for b, q in zip((64, 128, 256, 512), planes)):
+            return width
+    return stem_channels / 64.0
+
+
 def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeConfig:
     """Derive num_classes, frames, width and pos_dim from the tensors; start from ``config`` (or by class count)."""
     overrides = {}
@@ -500,7 +539,7 @@ def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeC
     if stem is not None and stem.ndim == 4:
         if stem.shape[1] % 3 == 0:
             overrides["frames"] = int(stem.shape[1]) // 3
-        overrides["width"] = stem.shape[0] / 64.0
+        overrides["width"] = _width_of(state, int(stem.shape[0]))
     pos = []
     for i in range(1, 5):
         pe = state.get(f"{BACKBONE_PREFIX}layer{i}.0.conv2.spatial_conv.pos_embed")
