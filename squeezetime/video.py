@@ -33,7 +33,7 @@ data). The first decoded frame's rotation (a multiple of 90 degrees) is applied 
 RGB conversion, so sampling, resize and crop see the upright frames; ``VideoInfo.rotation`` records it
 (clockwise degrees, the apps' convention) and width/height are the upright frame's. A rotation that is not
 a multiple of 90 degrees is not applied (one SqueezeWarning says so). Flips in the display matrix are not
-applied. The official pipeline (mmaction2's DecordInit) does not turn frames: decord ignores the display matrix
+applied (one SqueezeWarning); the rotation of a flipped matrix is. The official pipeline (mmaction2's DecordInit) does not turn frames: decord ignores the display matrix
 (dmlc/decord#24). Kinetics clips carry none, so the two agree there; a phone clip would reach the official model
 lying on its side, which is not what it was trained on nor what the apps' cameras give.
 
@@ -198,6 +198,36 @@ def _video_stream(container):
         if not int(stream.disposition) & skip:
             return stream
     return None
+
+
+def _display_rotation(path, frame, warn: bool) -> float:
+    """The counter-clockwise rotation of ``frame``'s display matrix without its mirror, if it has one. PyAV's
+    ``frame.rotation`` reads a mirror-only matrix (front cameras, editors: diag(-1, 1)) as a 180-degree turn, which
+    stood such frames upside down. A matrix with a negative determinant is the rotation FFmpeg's
+    av_display_matrix_flip mirrored (its first column negated): the rotation is applied, the mirror is not (frames
+    keep their stored handedness, as for every flip), with one SqueezeWarning."""
+    import math
+    import struct
+
+    for side in getattr(frame, "side_data", None) or ():
+        if not str(getattr(side.type, "name", side.type)).endswith("DISPLAYMATRIX"):
+            continue
+        data = bytes(side)
+        if len(data) < 36:
+            break
+        m = struct.unpack("=9i", data[:36])
+        if m[0] * m[4] - m[1] * m[3] >= 0:
+            break   # a rotation (and scale): PyAV's reading is right
+        a, b, c, d = -m[0], m[1], -m[3], m[4]   # the mirror taken out
+        sx, sy = math.hypot(a, c), math.hypot(b, d)
+        if not (sx and sy):
+            break
+        if warn:
+            warnings.warn(SqueezeWarning(f"video {path}: its display matrix mirrors the frames; the mirror is not "
+                                         "applied (frames keep their stored handedness), its rotation is"), stacklevel=5)
+        degrees = -math.degrees(math.atan2(b / sy, a / sx))
+        return 0.0 if abs(degrees) < 1e-9 else degrees
+    return frame.rotation
 
 
 def _upright_turns(path, degrees: int, warn: bool) -> int:
@@ -391,7 +421,7 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
                     if max(width, height) > MAX_ASPECT * min(width, height):
                         raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
                                            f"crop it to a usual aspect ratio")
-                    turns = _upright_turns(path, frame.rotation, warn)
+                    turns = _upright_turns(path, _display_rotation(path, frame, warn), warn)
                 if decoded in wanted:
                     try:
                         rgb = frame.to_ndarray(width=width, height=height, format="rgb24")

@@ -44,3 +44,59 @@ def test_a_model_of_any_width_loads_back(tmp_path, width):
     again = squeezetime.load_checkpoint(tmp_path / "m.pth")
     assert again.config.stage_widths == model.config.stage_widths
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def _video_with_matrix(path, matrix):
+    """A small H.264 MP4 (red block at the stored frames' top left) whose track header carries ``matrix``."""
+    import struct
+
+    import av
+    import numpy as np
+
+    frames = np.zeros((6, 64, 96, 3), np.uint8)
+    frames[:, :20, :30] = (255, 0, 0)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd") - 4
+    data[at + 48:at + 84] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _red_corner(frame):
+    corners = {"top-left": frame[:10, :10], "top-right": frame[:10, -10:], "bottom-left": frame[-10:, :10],
+               "bottom-right": frame[-10:, -10:]}
+    return [name for name, block in corners.items() if block[..., 0].mean() > 200]
+
+
+U, W = 0x10000, 0x40000000
+
+
+@pytest.mark.parametrize("name, matrix, rotation, corner, mirrored", [
+    ("hflip", (-U, 0, 0, 0, U, 0, 0, 0, W), 0, "top-left", True),            # was turned 180: upside down
+    ("vflip", (U, 0, 0, 0, -U, 0, 0, 0, W), 180, "bottom-right", True),      # was used upside down
+    ("rot180", (-U, 0, 0, 0, -U, 0, 0, 0, W), 180, "bottom-right", False),
+    ("rot90", (0, -U, 0, U, 0, 0, 0, 0, W), 270, "bottom-left", False),
+    ("rot90_mirrored", (0, -U, 0, -U, 0, 0, 0, 0, W), 270, "bottom-left", True),   # the same turn, no mirror
+])
+def test_a_mirroring_display_matrix_is_not_taken_for_a_turn(tmp_path, name, matrix, rotation, corner, mirrored):
+    """A display matrix that mirrors (front cameras, editors) was read by PyAV as a 180-degree turn: frames came out
+    upside down. The mirror is now taken out of the matrix (not applied, one warning) and its rotation applied."""
+    import warnings
+
+    from squeezetime import video
+
+    path = _video_with_matrix(tmp_path / f"{name}.mp4", matrix)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = video.decode_frames(path, [0])[0]
+        info = video.probe(path)
+    assert info.rotation == rotation and _red_corner(frame) == [corner]
+    assert any("mirrors the frames" in str(w.message) for w in caught) == mirrored
