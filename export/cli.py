@@ -79,7 +79,8 @@ def cmd_predict(args) -> int:
     if args.json:
         print(json.dumps({"video": str(args.video), "config": model.config.name, "views": args.views,
                           "video_frames": result.video.frame_counts(),
-                          "video_rotation": result.video.rotation, "top": [p.__dict__ for p in preds]}, indent=2))
+                          "video_rotation": result.video.rotation, "video_pixel_aspect": result.video.pixel_aspect,
+                          "top": [p.__dict__ for p in preds]}, indent=2))
     else:
         shown = [_printable(p.label) for p in preds]   # a label file's escape codes are shown, not obeyed
         width = max(len(label) for label in shown)

@@ -92,6 +92,8 @@ class VideoInfo:
     damaged_packets: int = 0  # packets the decoder rejected as invalid data (skipped, as FFmpeg's CLI skips them)
     damaged_frames: int = 0  # frames output from damaged data (concealed, or before the next clean keyframe); left out
     span: Optional[float] = None  # seconds from the first packet's start to the last one's end (None: no timestamps)
+    pixel_aspect: Optional[str] = None  # the sample aspect ratio ("2:1") where pixels are not square; frames are
+    # used as stored (as the official pipeline decodes them), not stretched to the shape a player shows
 
     @property
     def complete(self) -> bool:
@@ -198,6 +200,29 @@ def _video_stream(container):
         if not int(stream.disposition) & skip:
             return stream
     return None
+
+
+def _pixel_aspect(path, stream, frame, warn: bool) -> Optional[str]:
+    """"N:D" when ``frame``'s sample aspect ratio says its pixels are not square (an anamorphic DVD or camcorder
+    encode: a player stretches the frames to the display shape), else None; one SqueezeWarning, since the frames
+    are used as stored, as the official pipeline (decord) decodes them and the model was trained on."""
+    sar = None
+    for source in (frame, getattr(stream, "codec_context", None), stream):   # the frame's, the decoder's, the stream's
+        sar = getattr(source, "sample_aspect_ratio", None)
+        if sar:
+            break
+    try:
+        num, den = int(sar.numerator), int(sar.denominator)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if num <= 0 or den <= 0 or num == den:
+        return None
+    if warn:
+        shown = f"{round(frame.width * num / den)}x{frame.height}"
+        warnings.warn(SqueezeWarning(f"video {path}: its pixels are not square (sample aspect ratio {num}:{den}, shown "
+                                     f"at {shown}); frames are used as stored ({frame.width}x{frame.height}), as the "
+                                     "official pipeline decodes them"), stacklevel=5)
+    return f"{num}:{den}"
 
 
 def _display_rotation(path, frame, warn: bool) -> float:
@@ -312,6 +337,7 @@ class _Decoded(NamedTuple):
     rotation: int  # clockwise degrees applied
     damaged: int  # packets the decoder rejected
     damaged_frames: int  # frames output from damaged data, left out
+    pixel_aspect: Optional[str] = None  # "N:D" where pixels are not square
 
 
 class _Damage:
@@ -372,7 +398,7 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
     import av
 
     keep: Dict[int, np.ndarray] = {}
-    decoded, width, height, turns, damaged = 0, 0, 0, 0, 0
+    decoded, width, height, turns, damaged, pixel_aspect = 0, 0, 0, 0, 0, None
     ledger = _Damage(known)
     judged: List[Tuple[int, bool]] = []  # (packet number, clean) of every frame that came out, in output order
     sent = -1  # number of the last packet sent
@@ -422,6 +448,7 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
                         raise SqueezeError(f"video {path} has {width}x{height} frames (aspect ratio over {MAX_ASPECT}:1); "
                                            f"crop it to a usual aspect ratio")
                     turns = _upright_turns(path, _display_rotation(path, frame, warn), warn)
+                    pixel_aspect = _pixel_aspect(path, stream, frame, warn)
                 if decoded in wanted:
                     try:
                         rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
@@ -444,12 +471,12 @@ def _decode(path, wanted, warn: bool = True, short: Optional[int] = None, known:
         raise SqueezeError(f"video {path} contains no decodable video frames{why}; check that the file plays, or use another file")
     if turns % 2:
         width, height = height, width
-    return _Decoded(keep, decoded, width, height, (-90 * turns) % 360, damaged, damaged_frames)
+    return _Decoded(keep, decoded, width, height, (-90 * turns) % 360, damaged, damaged_frames, pixel_aspect)
 
 
 def _info(path, c: _Container, d: _Decoded) -> VideoInfo:
     return VideoInfo(str(path), d.decoded, d.width, d.height, c.fps, c.codec, c.declared, c.packets, d.decoded,
-                     c.duration, d.rotation, d.damaged, d.damaged_frames, c.span)
+                     c.duration, d.rotation, d.damaged, d.damaged_frames, c.span, d.pixel_aspect)
 
 
 def probe(path) -> VideoInfo:

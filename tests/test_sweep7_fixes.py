@@ -3,6 +3,7 @@
 import json
 import zipfile
 from collections import OrderedDict
+from fractions import Fraction
 
 import pytest
 import torch
@@ -100,3 +101,27 @@ def test_a_mirroring_display_matrix_is_not_taken_for_a_turn(tmp_path, name, matr
         info = video.probe(path)
     assert info.rotation == rotation and _red_corner(frame) == [corner]
     assert any("mirrors the frames" in str(w.message) for w in caught) == mirrored
+
+
+def test_non_square_pixels_are_named(tmp_path, capsys):
+    """A video whose pixels are not square (SAR 2:1, a player shows 320x120) was used as its stored 160x120 frames
+    without a word; it still is (as the official pipeline decodes it), with one warning and `video_pixel_aspect`."""
+    import av
+    import numpy as np
+
+    from export.cli import main
+
+    path = tmp_path / "sar2.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
+        s.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in range(8):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((120, 160, 3), 30 * i, np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    assert main(["predict", str(path), "--config", "hmdb51", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["video_pixel_aspect"] == "2:1"
+    assert "its pixels are not square (sample aspect ratio 2:1, shown at 320x120)" in captured.err
