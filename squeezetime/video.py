@@ -717,6 +717,17 @@ def check_label_count(labels: List[str], num_classes: int, path="the label list"
     if len(labels) != num_classes:
         raise SqueezeError(f"label file {path} has {len(labels)} lines but the model has {num_classes} classes "
                            f"(one label per line, in the classifier's order)")
+    blank = [i for i, label in enumerate(labels, 1) if not str(label).strip()]
+    if blank:   # a class printed (and exported in labels.txt) with no name; usually a stray blank line shifting the rest
+        raise SqueezeError(f"label file {path} has {'an empty label' if len(blank) == 1 else f'{len(blank)} empty labels'} "
+                           f"(line {', '.join(map(str, blank[:5]))}); give every class a name, one per line in the "
+                           "classifier's order")
+    from collections import Counter
+
+    repeated = [label for label, n in Counter(labels).items() if n > 1]
+    if repeated:
+        warnings.warn(SqueezeWarning(f"label file {path} names {repeated[0]!r} for more than one class; predictions of "
+                                     "those classes cannot be told apart by name"), stacklevel=3)
     return labels
 
 

@@ -125,3 +125,14 @@ def test_non_square_pixels_are_named(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["video_pixel_aspect"] == "2:1"
     assert "its pixels are not square (sample aspect ratio 2:1, shown at 320x120)" in captured.err
+
+
+def test_a_label_file_with_a_blank_line_is_refused(tmp_path):
+    """'walk\\n\\n' for a 2-class head was accepted and the second class printed with no name."""
+    from squeezetime.video import check_label_count, read_label_file
+
+    (tmp_path / "labels.txt").write_text("walk\n\n")
+    with pytest.raises(SqueezeError, match=r"has an empty label \(line 2\)"):
+        read_label_file(tmp_path / "labels.txt", 2)
+    with pytest.warns(UserWarning, match="names 'run' for more than one class"):
+        check_label_count(["run", "walk", "run"], 3)
