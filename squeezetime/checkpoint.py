@@ -28,6 +28,8 @@ HEAD_PREFIX = "cls_head.fc_cls."
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
 _BACKBONE_ROOTS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 MAX_WIDTH, MAX_CLASSES, MAX_POS_DIM = 4.0, 100_000, 1024
+# bounds of the preprocessing a checkpoint may record (squeeze export's --size range; short sides up to 4K video)
+MIN_CROP, MAX_CROP, MAX_SHORT_SIDE, MAX_FRAME_INTERVAL = 32, 1024, 4096, 1024
 
 
 @dataclass
@@ -195,7 +197,16 @@ def _apply_saved(cfg: SqueezeTimeConfig, saved: Optional[str], notes: list) -> S
                     and label_path(fields["labels"]).is_file()
                     and len(label_path(fields["labels"]).read_text(encoding="utf-8").splitlines()) == cfg.num_classes):
                 fields.pop("labels")   # a label file this installation lacks, or one of another class count
-        return get_config(cfg, **fields)
+        saved = get_config(cfg, **fields)
+        # sizes no clip can have: a crop of 1000000 px then failed on every video as "frames smaller than the crop"
+        if not MIN_CROP <= saved.input_size <= MAX_CROP:
+            raise ValueError(f"input_size {saved.input_size} is outside [{MIN_CROP}, {MAX_CROP}]")
+        for name in ("resize_short", "multiview_resize_short"):
+            if not saved.input_size <= getattr(saved, name) <= MAX_SHORT_SIDE:
+                raise ValueError(f"{name} {getattr(saved, name)} is outside [input_size, {MAX_SHORT_SIDE}]")
+        if saved.frame_interval > MAX_FRAME_INTERVAL or saved.multiview_clips > MAX_FRAME_INTERVAL:
+            raise ValueError("frame_interval or multiview_clips is implausibly large")
+        return saved
     except (ValueError, TypeError, SqueezeError, RecursionError) as exc:
         notes.append(f"the saved preprocessing was left out ({_first_line(exc)})")
         return cfg

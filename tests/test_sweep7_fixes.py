@@ -136,3 +136,18 @@ def test_a_label_file_with_a_blank_line_is_refused(tmp_path):
         read_label_file(tmp_path / "labels.txt", 2)
     with pytest.warns(UserWarning, match="names 'run' for more than one class"):
         check_label_count(["run", "walk", "run"], 3)
+
+
+def test_impossible_saved_preprocessing_is_left_out(tmp_path):
+    """A checkpoint recording a 1000000-px crop was accepted; every video then failed as 'smaller than the crop'."""
+    import squeezetime
+    from squeezetime.checkpoint import SAVED_CONFIG_KEY
+
+    model = _small()
+    for fields in ({"input_size": 1_000_000}, {"input_size": 64, "resize_short": 10**7}, {"frame_interval": 10**6}):
+        path = tmp_path / "m.pth"
+        torch.save({"state_dict": OrderedDict(model.state_dict()), "meta": {SAVED_CONFIG_KEY: json.dumps(fields)}}, path)
+        loaded = squeezetime.load_checkpoint(path)
+        assert loaded.config.input_size == model.config.input_size
+        notes = loaded.load_report.notes
+        assert any("saved preprocessing was left out" in n for n in notes), notes
