@@ -158,8 +158,14 @@ def _count(n: int, noun: str) -> str:
 
 def _open(path):
     import av
+    import re
 
+    given = str(path)
+    if not given.strip():
+        raise SqueezeError("the video path is empty; give a video file")
     path = Path(path)
+    if not path.exists() and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", given):
+        raise SqueezeError(f"video {given} is a URL; squeeze-mobile reads local video files: download it first")
     if path.is_dir():
         raise SqueezeError(f"video {path} is a directory; give a video file")
     if not path.is_file():
@@ -551,6 +557,9 @@ def read_sampled_frames(path, clip_len: int, interval: int, num_clips: int = 1,
     message = info.shortfall_message()
     if message:
         warnings.warn(SqueezeWarning(message), stacklevel=2)
+    elif info.frames == 1 and clip_len > 1:   # a still image (FFmpeg reads a JPEG or PNG as a one-frame video)
+        warnings.warn(SqueezeWarning(f"video {path} holds a single frame (a still image?): every one of the clip's "
+                                     f"{clip_len} frames is that frame, so the model sees no motion"), stacklevel=2)
     return frames, inds, info
 
 

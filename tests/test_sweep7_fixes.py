@@ -151,3 +151,19 @@ def test_impossible_saved_preprocessing_is_left_out(tmp_path):
         assert loaded.config.input_size == model.config.input_size
         notes = loaded.load_report.notes
         assert any("saved preprocessing was left out" in n for n in notes), notes
+
+
+def test_urls_empty_paths_and_still_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import squeezetime
+    from export.cli import main
+
+    assert main(["predict", "http://127.0.0.1:9/x.mp4", "--config", "hmdb51"]) == 1
+    assert "is a URL; squeeze-mobile reads local video files" in capsys.readouterr().err
+    with pytest.raises(SqueezeError, match="the video path is empty"):
+        squeezetime.predict_video(_small(), "")
+    Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "still.jpg")
+    assert main(["predict", str(tmp_path / "still.jpg"), "--config", "hmdb51"]) == 0
+    assert "holds a single frame (a still image?)" in capsys.readouterr().err
