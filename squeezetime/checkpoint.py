@@ -534,7 +534,16 @@ def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeC
     """Derive num_classes, frames, width and pos_dim from the tensors; start from ``config`` (or by class count)."""
     overrides = {}
     head = state.get(HEAD_PREFIX + "weight")
-    num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    bias = state.get(HEAD_PREFIX + "bias")
+    if head is not None and (head.ndim != 2 or head.shape[0] < 1
+                             or (bias is not None and tuple(bias.shape) != (head.shape[0],))):
+        # a transposed, 3-D or empty head was compared against some preset's and named as a bias mismatch or a
+        # num_classes error that did not say where the number came from
+        raise SqueezeError(f"the checkpoint's classifier head ({HEAD_PREFIX}weight {list(head.shape)}"
+                           + (f", bias {list(bias.shape)}" if bias is not None else "")
+                           + ") is not a [classes, features] matrix with one bias per class; is it a SqueezeTime "
+                           "classifier checkpoint?")
+    num_classes = int(head.shape[0]) if head is not None else None
     by_classes = {c.num_classes: name for name, c in CONFIGS.items()}
     if config is None:
         config = by_classes.get(num_classes, "k400")

@@ -167,3 +167,16 @@ def test_urls_empty_paths_and_still_images(tmp_path, capsys):
     Image.fromarray(np.full((96, 128, 3), 90, np.uint8)).save(tmp_path / "still.jpg")
     assert main(["predict", str(tmp_path / "still.jpg"), "--config", "hmdb51"]) == 0
     assert "holds a single frame (a still image?)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weight, bias", [((512, 51), (51,)), ((1, 51, 512), (51,)), ((0, 512), (0,))])
+def test_a_malformed_head_is_named_as_such(tmp_path, weight, bias):
+    """A transposed head was reported as 'bias (51,) vs model (512,)', a 3-D one compared with a 400-class model, an
+    empty one as 'num_classes must be a whole number >= 1' without saying where the number came from."""
+    import squeezetime
+
+    state = OrderedDict(_small().state_dict())
+    state["cls_head.fc_cls.weight"], state["cls_head.fc_cls.bias"] = torch.zeros(weight), torch.zeros(bias)
+    torch.save({"state_dict": state}, tmp_path / "m.pth")
+    with pytest.raises(SqueezeError, match=r"classifier head .* is not a \[classes, features\] matrix"):
+        squeezetime.load_checkpoint(tmp_path / "m.pth")
