@@ -57,8 +57,8 @@ def add_subcommands(sub) -> None:
                    "--max-context (default 2048,4096,8192)")
     d.add_argument("--context-pack", action="append", default=None, metavar="PACK",
                    help="benchmark over this context pack instead of building packs (repeatable; default: build)")
-    d.add_argument("--decode-tokens", type=cli_types.positive_int, default=32,
-                   help="greedy decode steps timed per run, >= 1 (default 32)")
+    d.add_argument("--decode-tokens", type=cli_types.positive_int, default=None,
+                   help="greedy decode steps timed per run, >= 1 (default 32, or the export's --max-new when smaller)")
     d.add_argument("--rounds", type=cli_types.positive_int, default=2,
                    help="interleaved rounds over every (context, format, attention), >= 1 (default 2)")
     d.add_argument("--llama-cpp", action="store_true",

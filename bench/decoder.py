@@ -164,8 +164,11 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
+DEFAULT_DECODE_TOKENS = 32
+
+
 def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, threads: Sequence[int] = (2,),
-                          runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: int = 32,
+                          runs: int = 3, warmup: int = 1, rounds: int = 2, decode_tokens: Optional[int] = None,
                           packs: Optional[Sequence[str]] = None, question: Optional[str] = None,
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
@@ -178,7 +181,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     # a tail given twice is one row, measured once
     prefill_tails = list(dict.fromkeys(prefill_tails)) if prefill_tails else [None]
     exact_tails = list(dict.fromkeys(exact_tails)) if exact_tails else [None]
-    if runs < 1 or warmup < 0 or rounds < 1 or decode_tokens < 1:
+    if runs < 1 or warmup < 0 or rounds < 1 or (decode_tokens is not None and decode_tokens < 1):
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = decoder_dir(art_dir).resolve()   # the folder, or its manifest.json
     manifest = read_decoder_manifest(art_dir)
@@ -211,9 +214,11 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if a["decoder"]["attention"] == "squeezed":   # the loop's own check of --exact-tail, before anything runs
             for e in exact_tails:
                 exact_tail_of(a["decoder"], e)
-        room = a["decoder"]["shapes"]["max_new"]
-        if decode_tokens > room:
-            raise SqueezeError(f"--decode-tokens must be at most {room} (the exported decoder's --max-new)")
+    rooms = [a["decoder"]["shapes"]["max_new"] for a in artifacts]
+    if decode_tokens is None:   # 32, or what a small export's --max-new leaves
+        decode_tokens = min([DEFAULT_DECODE_TOKENS] + rooms)
+    elif decode_tokens > min(rooms):
+        raise SqueezeError(f"--decode-tokens must be at most {min(rooms)} (the exported decoder's --max-new)")
     if packs:
         from squeezed_attention.evaluate import PASSKEY_QUESTION
 

@@ -163,7 +163,8 @@ def cmd_context_build(args) -> int:
     out = check_pack_destination(args.out, protect=[args.context])
     text = _read_text(args.context)
     if not text.strip():
-        raise SqueezeError(f"the context file {args.context} is empty; pass a text file with the fixed context")
+        raise SqueezeError(f"the context file {args.context} " + ("is empty" if not text else "holds only whitespace")
+                           + "; pass a text file with the fixed context")
     from .pack import check_context_length, frame_context
     from .weights import load_tokenizer
 
@@ -246,8 +247,14 @@ def cmd_generate(args) -> int:
                                              ("--follow-keys", args.follow_keys is not None),
                                              ("--model", args.model is not None)) if on]
         if unsupported:
-            raise SqueezeError(f"{', '.join(unsupported)} do not apply with --artifacts: the attention mode and KV budget "
-                               "are fixed at export (pick an artifact with --artifact-attention)")
+            verb = "does" if len(unsupported) == 1 else "do"
+            why = []
+            if unsupported != ["--model"]:
+                why.append("the attention mode and KV budget are fixed at export (pick an artifact with "
+                           "--artifact-attention)")
+            if "--model" in unsupported:
+                why.append("the model is the one exported into the artifacts (its weights are in them)")
+            raise SqueezeError(f"{', '.join(unsupported)} {verb} not apply with --artifacts: {'; '.join(why)}")
         args.context_text = _read_text(args.context) if args.context else None   # checked against the pack's hash
         return cmd_generate_artifacts(args)
     from .generation import Generator, check_choice, check_framing

@@ -613,6 +613,12 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
             raise SqueezeError(f"verification context lengths must be whole numbers >= 120; got {verify_context_tokens!r}")
         # (the chat prefix the pack adds must fit too: 64 tokens of room below the artifact's max context)
         lengths = [None] if text_file is not None else sorted({min(n, shapes.max_context - 64) for n in lengths})
+        if text_file is not None:   # before the pack build, whose refusal names the model window, not --max-context
+            n_text = len(tokenizer.encode_text(verify_text))
+            if n_text > shapes.max_context:
+                raise SqueezeError(f"--verify-text {text_file} is {n_text} tokens but the artifacts take at most "
+                                   f"--max-context {shapes.max_context}; pass a shorter text or a larger --max-context "
+                                   "(nothing was exported)")
         for n in lengths:
             say("verify", f"building the verification pack from {text_file}" if text_file else
                 f"building a {n}-token verification pack from real prose")

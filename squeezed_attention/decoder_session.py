@@ -547,6 +547,7 @@ class DecoderSession:
     def attach(self, pack_path, context_text: str | None = None) -> None:
         """Load a context pack for the next questions (checked against the artifact's model and shapes, and with
         ``context_text`` against the text it was built from)."""
+        self._check_open()
         pack = read_pack_arrays(pack_path)
         if context_text is not None:
             pack.check_context(context_text)
@@ -557,12 +558,14 @@ class DecoderSession:
                                    self.exact_tail, self.exact_decode, self.exact_below)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
+        self._check_open()
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         return prompt_token_ids(self.tokenizer, self.chat, self.loop.pack.settings.get("framing", "chat"), prompt, raw)
 
     def generate(self, prompt: str, max_new_tokens: int = 64, raw: bool | None = None, on_text=None,
                  stop_at_eos: bool = True) -> GenerationResult:
+        self._check_open()
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         ids = self.prompt_ids(prompt, raw)
@@ -588,7 +591,23 @@ class DecoderSession:
             rerun_steps=len(loop.rerun_at) if loop.attention == "squeezed" else None)
 
     def close(self) -> None:
-        self.runner.close()
+        """Release the runtime's session; the object answers nothing after it (a SqueezeError says so)."""
+        if self.runner is not None:
+            self.runner.close()
+        self.runner = None
+        self.loop = None
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def _check_open(self) -> None:
+        if getattr(self, "closed", False):
+            raise SqueezeError("this DecoderSession is closed; open a new one (DecoderSession(DIR))")
 
 
 __all__ = ["DecoderSession", "GenerationLoop", "load_decoder_tokenizer", "prompt_token_ids", "read_decoder_manifest"]

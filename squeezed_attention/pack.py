@@ -197,7 +197,8 @@ def build_context_pack(model, checkpoint, text, settings: BuildSettings | None =
     config = model.config
     started = time.perf_counter()
     if not text.strip():
-        raise SqueezeError("the context is empty; pass a text file with the fixed context")
+        raise SqueezeError("the context " + ("is empty" if not text else "holds only whitespace")
+                           + "; pass a text file with the fixed context")
     ids = frame_context(checkpoint.tokenizer, text, settings.framing)
     n = len(ids)
     check_context_length(n, config, settings)

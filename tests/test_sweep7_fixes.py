@@ -180,3 +180,63 @@ def test_a_malformed_head_is_named_as_such(tmp_path, weight, bias):
     torch.save({"state_dict": state}, tmp_path / "m.pth")
     with pytest.raises(SqueezeError, match=r"classifier head .* is not a \[classes, features\] matrix"):
         squeezetime.load_checkpoint(tmp_path / "m.pth")
+
+
+TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)   # the tiny model's vocabulary
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from squeezed_attention import testing
+    from squeezed_attention.decoder_export import export_decoder
+
+    d = tmp_path_factory.mktemp("tiny7")
+    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    (d / "doc.txt").write_text(TINY_TEXT)
+    export_decoder(d / "art", formats=("onnx",), model_path=gguf, attention=["squeezed"], kv_budget=0.3,
+                   verify_text=d / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
+    return d, gguf
+
+
+def test_sweep8_decoder_messages_and_session(tiny_export, capsys):
+    """--verify-text over --max-context named the model window and numbers of another export; a closed DecoderSession
+    kept answering; '--model do not apply ... the attention mode and KV budget are fixed at export'; the bench's default
+    32 decode steps refused an export of --max-new 16."""
+    from export.cli import main
+    from squeezed_attention.decoder_session import DecoderSession
+    from squeezed_attention.model import LlamaForCausalLM
+    from squeezed_attention.pack import BuildSettings, build_context_pack, save_context_pack
+    from squeezed_attention.weights import load_checkpoint
+
+    d, gguf = tiny_export
+    (d / "long.txt").write_text(" ".join([TINY_TEXT] * 6))
+    assert main(["export", "decoder", "--model", str(gguf), "--max-context", "160", "--max-prompt", "64", "--max-new",
+                 "16", "--verify-text", str(d / "long.txt"), "--formats", "onnx", "--out", str(d / "long")]) == 1
+    err = capsys.readouterr().err
+    assert "--verify-text" in err and "at most --max-context 160" in err and not (d / "long").exists()
+
+    ck = load_checkpoint(gguf)
+    save_context_pack(build_context_pack(LlamaForCausalLM.from_checkpoint(ck), ck, TINY_TEXT, BuildSettings()),
+                      d / "doc.pack")
+    with DecoderSession(d / "art") as session:
+        session.attach(d / "doc.pack")
+        assert session.generate("ab an", max_new_tokens=2).token_ids
+    with pytest.raises(SqueezeError, match="this DecoderSession is closed"):
+        session.generate("ab an", max_new_tokens=2)
+
+    assert main(["generate", "--artifacts", str(d / "art"), "--context-pack", str(d / "doc.pack"), "--prompt", "ab",
+                 "--model", str(gguf)]) == 1
+    assert "--model does not apply with --artifacts: the model is the one exported" in capsys.readouterr().err
+
+    from bench.decoder import run_decoder_benchmark
+
+    report = run_decoder_benchmark(d / "art", contexts=[512], runs=1, warmup=0, rounds=1, out_dir=d / "bench",
+                                   packs=[str(d / "doc.pack")], profile=False)
+    assert report["settings"]["decode_tokens"] == 16
+
+
+def test_nul_characters_are_refused_by_the_api_as_by_the_cli():
+    from squeezed_attention.pack_arrays import context_text_of
+
+    with pytest.raises(SqueezeError, match="contains NUL characters"):
+        context_text_of("ab\x00an " * 10)
