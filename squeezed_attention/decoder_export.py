@@ -1022,6 +1022,10 @@ def verify_decoder_directory(directory, progress=None, model=None, verify_text=N
         d = VerificationData.build(model, checkpoint, int(entry["requested_tokens"]), int(entry["tokens_per_prompt"]),
                                    text)
         if d.pack.hashes.get("context_sha256") != entry.get("context_sha256"):
+            if text_file and verify_text is None:
+                raise SqueezeError(f"the verification text {text_file} changed since the export (its hash differs); "
+                                   "restore it, pass the text the export was verified on with --verify-text, or "
+                                   "re-export")
             if text_file:
                 raise SqueezeError(f"the verification text {text_file} is not the export's (its hash differs); pass "
                                    "the file the export was verified on with --verify-text, or re-export")
