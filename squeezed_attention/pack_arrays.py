@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SqueezeError
+from .errors import SqueezeError, reason_of
 
 from .settings import PACK_FORMAT
 
@@ -108,7 +108,8 @@ def read_pack_arrays(path) -> PackArrays:
     except PermissionError:
         raise SqueezeError(f"{path} cannot be read (permission denied)") from None
     except Exception as exc:  # noqa: BLE001 - anything the safetensors reader raises means "not a pack"
-        raise SqueezeError(f"{path} is not a readable context pack ({type(exc).__name__}); "
+        # the same words as the PyTorch reader's (read_context_pack): one message for one file, whichever path reads it
+        raise SqueezeError(f"{path} is a damaged or truncated context pack ({reason_of(exc)}); "
                            "rebuild it with `squeeze context build`") from None
     if metadata.get("format") != PACK_FORMAT:
         raise SqueezeError(f"{path} is not a {PACK_FORMAT} file; rebuild it with `squeeze context build`")

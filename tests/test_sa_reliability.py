@@ -189,7 +189,7 @@ def test_build_settings_refuse_bad_values_in_the_python_api():
 # --------------------------------------------------------------- findings 3, 12: --context, model files
 @pytest.mark.parametrize("kind, message", [
     ("missing", "context file not found"), ("directory", "is a directory"), ("latin1", "not UTF-8"),
-    ("empty", "is empty"),
+    ("empty", "holds only whitespace"),   # "  \\n"
 ])
 def test_unusable_context_file_is_refused_before_the_model_loads(scratch, capsys, kind, message):
     path = {"missing": scratch / "nope.txt", "directory": scratch, "latin1": scratch / "l1.txt",
