@@ -214,6 +214,13 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if a["decoder"]["attention"] == "squeezed":   # the loop's own check of --exact-tail, before anything runs
             for e in exact_tails:
                 exact_tail_of(a["decoder"], e)
+    if llama_cpp:   # asked for by name: its absence is an error before any work, not a progress line in a run that exits 0
+        from .llama_cpp_peer import llama_cpp_missing
+
+        missing = llama_cpp_missing()
+        if missing:
+            raise SqueezeError("--llama-cpp: " + missing.replace("llama.cpp peer skipped: ", "")
+                               + " (or drop --llama-cpp; nothing was run)")
     rooms = [a["decoder"]["shapes"]["max_new"] for a in artifacts]
     if decode_tokens is None:   # 32, or what a small export's --max-new leaves
         decode_tokens = min([DEFAULT_DECODE_TOKENS] + rooms)

@@ -240,3 +240,30 @@ def test_nul_characters_are_refused_by_the_api_as_by_the_cli():
 
     with pytest.raises(SqueezeError, match="contains NUL characters"):
         context_text_of("ab\x00an " * 10)
+
+
+def test_bench_llama_cpp_without_the_package_is_refused_up_front(tiny_export, capsys):
+    """`squeeze bench DIR --llama-cpp` without llama-cpp-python exited 0 with no llama.cpp row (one progress line)."""
+    from bench.llama_cpp_peer import llama_cpp_missing
+    from export.cli import main
+
+    if llama_cpp_missing() is None:
+        pytest.skip("llama-cpp-python is installed here")
+    d, _ = tiny_export
+    assert main(["bench", str(d / "art"), "--llama-cpp", "--contexts", "512", "--out", str(d / "b2")]) == 1
+    assert "--llama-cpp: llama-cpp-python is not installed" in capsys.readouterr().err
+    assert not (d / "b2").exists()
+
+
+def test_int8_pte_takes_camera_frames(tmp_path):
+    """--input frames_uint8 --precision int8 --formats pte failed after minutes of work in every case: the uint8
+    input's dtype copy (_to_dim_order_copy) outside the delegate was taken for a computing op."""
+    from export.pipeline import export_squeezetime
+    from squeezetime.rewrite import InputSpec
+
+    result = export_squeezetime(_small(), tmp_path / "o", formats="pte", precision="int8",
+                                spec=InputSpec(frames=4, size=64, input_format="frames_uint8"))
+    assert result.ok, result.failures
+    (art,) = json.loads((tmp_path / "o" / "manifest.json").read_text())["artifacts"]
+    assert art["precision"] == "int8" and art["verification"]["status"] == "pass"
+    assert any("to_dim_order_copy" in op for op in art["quantization"]["outside_delegate"])

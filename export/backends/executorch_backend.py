@@ -121,7 +121,7 @@ class ExecuTorchProgramRunner(Runner):
         return {name: o.numpy() for name, o in zip(spec["outputs"], outs)}
 
 
-DATA_MOVEMENT = ("_to_copy", "view_copy", "permute_copy", "clone", "expand_copy", "squeeze_copy", "unsqueeze_copy")
+DATA_MOVEMENT = ("_to_copy", "_to_dim_order_copy", "view_copy", "permute_copy", "clone", "expand_copy", "squeeze_copy", "unsqueeze_copy")
 
 
 def _delegation_summary(info) -> dict:
