@@ -668,6 +668,10 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
             errors.append(str(exc))
             continue
         inputs, outputs = _io_record(backend.name, opts.spec, num_classes)
+        own = backend.file_io_names(dest)   # e.g. a .tflite's signature names (args_0 / output_0), what an app calls
+        if own and len(own["inputs"]) == len(inputs) and len(own["outputs"]) == len(outputs):
+            for entry, tensor in zip(inputs + outputs, own["inputs"] + own["outputs"]):
+                entry["tensor"] = tensor
         record = {
             "format": backend.name,
             "container": dest.suffix.lstrip("."),
@@ -680,6 +684,7 @@ def _export_one(backend, ready, example, out_dir: Path, stem: str, opts: ExportO
             "outputs": outputs,
             "export_seconds": round(seconds, 2),
             "deterministic": backend.deterministic,
+            **({"signature": own["signature"]} if own and own.get("signature") else {}),
             **extras,
         }
         if not backend.deterministic:

@@ -267,3 +267,20 @@ def test_int8_pte_takes_camera_frames(tmp_path):
     (art,) = json.loads((tmp_path / "o" / "manifest.json").read_text())["artifacts"]
     assert art["precision"] == "int8" and art["verification"]["status"] == "pass"
     assert any("to_dim_order_copy" in op for op in art["quantization"]["outside_delegate"])
+
+
+def test_the_tflite_record_names_the_signature_an_app_calls(tmp_path):
+    """The manifest named the .tflite input/output 'input'/'logits'; the file's signature has args_0/output_0, so an
+    app calling the signature runner with the manifest's name got 'Invalid Input name (input) for SignatureDef'."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.pipeline import export_squeezetime
+    from squeezetime.rewrite import InputSpec
+
+    assert export_squeezetime(_small(), tmp_path / "o", formats="tflite", spec=InputSpec(frames=4, size=64)).ok
+    (art,) = json.loads((tmp_path / "o" / "manifest.json").read_text())["artifacts"]
+    runner = Interpreter(model_path=str(tmp_path / "o" / art["file"])).get_signature_runner(art["signature"])
+    (inp,), (out,) = art["inputs"], art["outputs"]
+    result = runner(**{inp["tensor"]: np.zeros(inp["shape"], np.float32)})
+    assert result[out["tensor"]].shape == tuple(out["shape"])

@@ -136,6 +136,12 @@ class Backend(ABC):
     def tool_versions(self) -> Dict[str, str]:
         return {}
 
+    def file_io_names(self, path: Path) -> Optional[Dict[str, Any]]:
+        """Where a one-method artifact's own names for its input and output differ from the manifest's logical ones
+        (``input`` / ``logits``): {"signature": NAME or None, "inputs": [...], "outputs": [...]}, in order; None when
+        the file uses the logical names (or has none: a .pte's method takes positional tensors)."""
+        return None
+
 
 def conversion_error(backend: str, exc: BaseException, log: str = "") -> SqueezeError:
     """One line that names the backend and, when we can find it, the operator that failed."""

@@ -228,6 +228,17 @@ def float_io(model_bytes: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def signature_io_names(path) -> Optional[dict]:
+    """The .tflite file's one signature and its input / output names, as a signature runner is called with them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
+    if len(signatures) != 1:
+        return None
+    (name, io), = signatures.items()
+    return {"signature": name, "inputs": list(io.get("inputs", [])), "outputs": list(io.get("outputs", []))}
+
+
 def _io_types(path_or_bytes) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -306,6 +317,9 @@ class LiteRTBackend(Backend):
 
     def artifact_name(self, stem, opts):
         return f"{stem}_{opts.precision}.tflite"
+
+    def file_io_names(self, path: Path):
+        return signature_io_names(path)
 
     def export(self, module, example, dest: Path, opts: ExportOptions):
         import litert_torch
