@@ -49,7 +49,10 @@ def precision_list(text: str) -> str:
 
     from .pipeline import PRECISIONS
 
-    items = [p.strip() for p in str(text).split(",") if p.strip()]
+    parts = [p.strip() for p in str(text).split(",")]
+    if any(parts) and not all(parts):   # 'fp32,,int8' dropped the empty item without a word
+        raise argparse.ArgumentTypeError(f"empty item in {text!r}; separate precisions with single commas")
+    items = [p for p in parts if p]
     bad = [p for p in items if p not in PRECISIONS]
     if not items or bad:
         raise argparse.ArgumentTypeError(f"invalid choice: {(bad[0] if bad else text)!r} (choose from "
@@ -264,6 +267,9 @@ def cmd_export(args) -> int:
     if int8_given and not int8:  # --observer histogram / --calibration-views were ignored without int8
         raise SqueezeError(f"{', '.join(int8_given)} {'apply' if len(int8_given) > 1 else 'applies'} to int8 only; "
                            "add --precision int8 (or e.g. fp32,int8)")
+    if not args.coreml_legacy and "coreml" not in parse_formats(args.formats):   # was accepted and ignored
+        raise SqueezeError("--no-mlmodel applies to the coreml format, which --formats leaves out; add coreml to "
+                           "--formats or drop --no-mlmodel")
     if args.pte_backend != "xnnpack" and "pte" not in parse_formats(args.formats):
         raise SqueezeError(f"--pte-backend {args.pte_backend} applies to the .pte format, which --formats leaves out; "
                            "add pte to --formats or drop --pte-backend")

@@ -104,7 +104,10 @@ def parse_precisions(precision) -> List[Optional[str]]:
     if precision is None:
         return [None]
     if isinstance(precision, str):
-        precision = [p.strip() for p in precision.split(",") if p.strip()]
+        parts = [p.strip() for p in precision.split(",")]
+        if any(parts) and not all(parts):   # 'fp32,,int8' dropped the empty item without a word
+            raise SqueezeError(f"empty item in --precision {precision!r}; separate precisions with single commas")
+        precision = [p for p in parts if p]
     out = list(dict.fromkeys(precision))
     if not out:
         raise SqueezeError("no precision given; use e.g. --precision fp32 or --precision fp32,int8")

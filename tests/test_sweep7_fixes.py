@@ -284,3 +284,13 @@ def test_the_tflite_record_names_the_signature_an_app_calls(tmp_path):
     (inp,), (out,) = art["inputs"], art["outputs"]
     result = runner(**{inp["tensor"]: np.zeros(inp["shape"], np.float32)})
     assert result[out["tensor"]].shape == tuple(out["shape"])
+
+
+def test_options_that_would_be_ignored_are_refused(tmp_path, capsys):
+    from export.cli import main
+
+    assert main(["export", "squeezetime", "--formats", "onnx", "--no-mlmodel", "--out", str(tmp_path / "o")]) == 1
+    assert "--no-mlmodel applies to the coreml format" in capsys.readouterr().err
+    assert main(["export", "squeezetime", "--formats", "onnx", "--precision", "fp32,,int8", "--out", str(tmp_path / "o")]) == 2
+    assert "empty item in 'fp32,,int8'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
