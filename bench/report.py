@@ -146,11 +146,13 @@ def figure(report: Dict):
                 continue
             peak = ((peaks.get(kind) or {}).get("gops") or {}).get(str(t))
             if peak and "gflop_per_clip" in report.get("model", {}):
-                ax.axhline(report["model"]["gflop_per_clip"] / peak * 1e3, linestyle=style, linewidth=0.8, color=color)
+                per_call = report["model"].get("gflop_per_call", report["model"]["gflop_per_clip"])   # latency is per call
+                ax.axhline(per_call / peak * 1e3, linestyle=style, linewidth=0.8, color=color)
                 bounds.append(kind)
     ax.set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("p50 latency per clip (ms)")
+    batch = int(((report.get("model") or {}).get("input") or {}).get("batch") or 1)
+    ax.set_ylabel("p50 latency per call (ms)" + (f", {batch} clips per call" if batch > 1 else ""))
     # two short lines: one long line is cut off at the figure's edge when there are few runtimes
     subtitle = {("fp32",): "(dashed: compute bound at the fp32 FMA peak)",
                 ("fp32", "int8"): "(compute bound: dashed at the fp32 FMA peak, dotted at the int8 peak)"}
