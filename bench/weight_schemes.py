@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=384, help="tokens per document (default 384)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="run only the schemes whose name contains this text (e.g. 'pte')")
-    ap.add_argument("--out", default="bench/results/weight_schemes")
+    ap.add_argument("--out", default="squeezed_attention/results/weight_schemes",
+                    help="report folder (default squeezed_attention/results/weight_schemes, where the README's numbers are)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     checkpoint = load_checkpoint(a.model)
