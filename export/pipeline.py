@@ -317,9 +317,11 @@ def tool_versions(formats: Sequence[str]) -> Dict[str, str]:
 
 def _io_record(backend_name: str, spec: InputSpec, num_classes: int):
     dtype = "uint8" if spec.input_format == "frames_uint8" else "float32"
+    layout = spec.layout
     if backend_name == "coreml" and dtype == "uint8":
         dtype = "float32"  # Core ML has no uint8 multi-array input: values 0..255 in float32
-    inputs = [TensorInfo("input", list(spec.shape), dtype, spec.layout).to_dict()]
+        layout = layout.replace("uint8 RGB 0..255", "RGB 0..255 as float32 (Core ML has no uint8 input)")
+    inputs = [TensorInfo("input", list(spec.shape), dtype, layout).to_dict()]
     outputs = [TensorInfo("logits", [spec.batch, num_classes], "float32", "N x classes logits; softmax for probabilities").to_dict()]
     return inputs, outputs
 
