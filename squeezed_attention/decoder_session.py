@@ -558,7 +558,6 @@ class DecoderSession:
                                    self.exact_tail, self.exact_decode, self.exact_below)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
-        self._check_open()
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         return prompt_token_ids(self.tokenizer, self.chat, self.loop.pack.settings.get("framing", "chat"), prompt, raw)
@@ -592,11 +591,9 @@ class DecoderSession:
 
     def close(self) -> None:
         """Release the runtime's session; the object answers nothing after it (a SqueezeError says so)."""
-        if self.runner is not None:
+        if not getattr(self, "closed", False):
             self.runner.close()
-        self.runner = None
-        self.loop = None
-        self.closed = True
+        self.closed = True   # (the loop's record of the last answer stays readable)
 
     def __enter__(self):
         return self
