@@ -116,7 +116,7 @@ def test_pack_from_another_model_or_context_is_refused(saved_pack):
 
 def test_user_errors_are_one_line_and_write_nothing(tmp_path):
     model, ck = real_model(), real_checkpoint()
-    with pytest.raises(SqueezeError, match="empty"):
+    with pytest.raises(SqueezeError, match="empty|holds only whitespace"):
         build_context_pack(model, ck, "   \n ")
     with pytest.raises(SqueezeError, match="only"):
         build_context_pack(model, ck, "A very short context.")
