@@ -402,12 +402,12 @@ def context_text_of(text) -> str:
         raise SqueezeError(f"the context must be text (str) or the path of a text file (pathlib.Path); got "
                            f"{type(text).__name__}" + (" (decode it first, e.g. data.decode('utf-8'))"
                                                        if isinstance(text, (bytes, bytearray)) else ""))
-    # Line ends as Python's text mode reads them: a file saved with Windows (CRLF) or old Mac (CR) line ends gives
-    # the same context, and the same pack hash, whether it is passed as a path, read with open(f).read() or read
-    # with newline=''; before, a pack built one way was refused as "built from a different context text" the other
     if "\0" in text:   # as `squeeze context build` refuses such a file: binary data, or UTF-16/32 read as UTF-8
         raise SqueezeError("the context contains NUL characters, so it is not plain text (binary data, or UTF-16/32 "
                            "decoded as UTF-8); pass the text itself")
+    # Line ends as Python's text mode reads them: a file saved with Windows (CRLF) or old Mac (CR) line ends gives
+    # the same context, and the same pack hash, whether it is passed as a path, read with open(f).read() or read
+    # with newline=''; before, a pack built one way was refused as "built from a different context text" the other
     return check_user_text(text.replace("\r\n", "\n").replace("\r", "\n"), "the context")
 
 
