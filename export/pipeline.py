@@ -168,7 +168,7 @@ def _check_output(dest: Path, kind: str, replaceable) -> None:
     if dest.is_dir() and not dest.is_symlink() and not (kind == "dir" and replaceable and replaceable(dest)):
         raise SqueezeError(f"{dest} is a directory that squeeze-mobile did not write, where the export would write "
                            f"{'an artifact' if dest.name not in (MANIFEST, LABELS) else dest.name}; it was left alone: "
-                           "remove or rename it, or choose another --out (nothing was changed)")
+                           "remove or rename it, or choose another --out (out_dir) (nothing was changed)")
     check_destination(dest, kind, replaceable)
 
 
@@ -402,16 +402,20 @@ def export_squeezetime(
     labels (``labels_name`` names it in messages), written as labels.txt; default: the config's label file when it
     has one line per class, else none (manifest labels null).
     """
+    from squeeze_mobile.errors import user_path
     from squeezetime.model import as_cpu_float32
 
+    if not isinstance(model, SqueezeTime):
+        raise SqueezeError(f"export_squeezetime takes a SqueezeTime model; got {type(model).__name__}")
+    if spec is not None and not isinstance(spec, InputSpec):
+        raise SqueezeError(f"spec must be a squeezetime.rewrite.InputSpec (e.g. InputSpec(frames=8, size=160)); got "
+                           f"{type(spec).__name__}")
+    out_dir = user_path(out_dir, "the output folder (out_dir)")
     model = as_cpu_float32(model)   # a .half() / .double() / GPU model is exported from its float32 CPU copy
     if labels is not None:
-        from squeezetime.video import check_label_count
+        from squeezetime.video import resolve_labels
 
-        labels = (check_label_count(list(labels), model.config.num_classes, labels_name or "the label list")
-                  if isinstance(labels, (list, tuple)) else read_label_file(labels, model.config.num_classes))
-        if not all(isinstance(label, str) and "\n" not in label and "\r" not in label for label in labels):
-            raise SqueezeError("labels must be strings of one line each")
+        labels = resolve_labels(labels, model.config.num_classes, labels_name)
     source = checked_source(source, model)
     formats = parse_formats(formats)
     precisions = parse_precisions(precision)
@@ -1192,6 +1196,10 @@ def artifact_problem(art: Dict, out_dir: Path) -> Optional[str]:
     path = Path(out_dir) / art["file"]
     if not (path.exists() or path.is_symlink()):
         return f"artifact missing: {art['file']} is not in {out_dir}"
+    package = str(art["file"]).endswith(".mlpackage")   # the one artifact that is a folder
+    if path.is_dir() != package:
+        return (f"{art['file']} is {'a file' if package else 'a folder'}, not the {'package folder' if package else 'file'} "
+                "the export wrote; re-export it")
     digest = art.get("sha256")
     try:
         actual = sha256_file(path) if digest is not None else None

@@ -28,7 +28,7 @@ import torch
 from squeezetime import video
 from squeeze_mobile.errors import SqueezeError
 from squeeze_mobile.metrics import softmax_kl, sqnr_db
-from squeezetime.model import SqueezeTime
+from squeezetime.model import SqueezeTime, evaluating
 from squeezetime.predict import finite_outputs
 from squeezetime.rewrite import InputSpec
 
@@ -111,7 +111,8 @@ def build_verification_set(model: SqueezeTime, spec: InputSpec, video_path=None,
     u8 = torch.cat([real, rand])
     clips = video.normalize(u8, cfg.mean, cfg.std)
     names = [f"{path.name}#clip{i // 3}-crop{i % 3}" for i in range(len(real))] + [f"random#{i}" for i in range(RANDOM_CLIPS)]
-    reference = torch.cat([model.eval()(clips[i:i + 1]) for i in range(len(names))])
+    with evaluating(model):   # the caller's model keeps its train/eval mode
+        reference = torch.cat([model(clips[i:i + 1]) for i in range(len(names))])
     reference = finite_outputs(reference, f"the verification clips of {path.name}").numpy()  # before any export
     # the frames each real view uses (what read_video_clips sampled), so calibration can keep away from them
     inds = video.sample_indices(read.info.decoded_frames, spec.frames, cfg.frame_interval, REAL_CLIPS)

@@ -27,3 +27,23 @@ class SqueezeWarning(UserWarning):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def user_path(value, what: str):
+    """``value`` (a str, bytes or os.PathLike naming a file or folder) as a ``pathlib.Path``; a one-line SqueezeError
+    for what names no path (None, an open file, a number, an empty string: an unset variable would otherwise mean
+    the current directory). ``what`` names the argument in the message, e.g. "the output folder"."""
+    import os
+    from pathlib import Path
+
+    if isinstance(value, (bytes, bytearray)):
+        value = os.fsdecode(bytes(value))
+    elif isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        value = os.fsdecode(value) if isinstance(value, bytes) else value
+    elif not isinstance(value, str):
+        kind = "an open file" if hasattr(value, "read") or hasattr(value, "write") else type(value).__name__
+        raise SqueezeError(f"{what} must be a path (str or pathlib.Path); got {kind}")
+    if not value.strip():
+        raise SqueezeError(f"{what} is empty; give a path")
+    return Path(value)

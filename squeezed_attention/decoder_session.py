@@ -32,7 +32,7 @@ from .errors import SqueezeError, reason_of
 from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
 from .settings import (GenerationResult, check_exact_below, exact_below_label, exact_decode_label, exact_start,
                        prefill_chunks, prompt_is_raw, top_probability)
-from .tokenizer import TextStream, check_user_text, encode_literal
+from .tokenizer import TextStream, check_question, encode_literal
 
 # The decoder manifest's schema. 2: the clustered context rows are two inputs per layer, clustered_keys_l /
 # clustered_values_l (1: one clustered_kv_l of [key | value] rows)
@@ -139,7 +139,9 @@ def token_width(methods: dict, method: str, n: int, static: int) -> int:
 
 def decoder_dir(path) -> Path:
     """The export directory a user named: the directory, or its manifest.json (as `squeeze verify` takes it)."""
-    path = Path(path)
+    from squeeze_mobile.errors import user_path
+
+    path = user_path(path, "the decoder export folder")
     return path.parent if path.name == MANIFEST and path.is_file() else path
 
 
@@ -151,6 +153,9 @@ def read_decoder_manifest(directory) -> dict:
     path = directory / MANIFEST
     if not directory.exists():
         raise SqueezeError(f"{directory} does not exist; pass the folder `squeeze export decoder --out DIR` wrote")
+    if directory.exists() and not directory.is_dir():
+        raise SqueezeError(f"{directory} is a file, not a decoder export folder; pass the folder `squeeze export "
+                           "decoder --out DIR` wrote (or its manifest.json)")
     if not path.is_file():
         raise SqueezeError(f"{directory} has no {MANIFEST}; export a decoder with `squeeze export decoder --out DIR`")
     try:
@@ -225,8 +230,9 @@ def prompt_token_ids(tokenizer, chat: dict, framing: str, prompt: str, raw: bool
     """The ids an exported decoder's loop prefills for ``prompt`` after a pack of ``framing`` ("chat" / "raw"):
     the user's text encoded literally (a written <|im_end|> stays text), in chat framing after the manifest's
     ``join`` and before its ``suffix`` (the assistant cue, whose markers are special tokens)."""
-    check_user_text(prompt)
-    if prompt_is_raw(framing, raw):
+    raw = prompt_is_raw(framing, raw)
+    check_question(prompt, raw)
+    if raw:
         return encode_literal(tokenizer, prompt)
     return encode_literal(tokenizer, chat["join"] + prompt) + tokenizer.encode(chat["suffix"], add_special_tokens=False).ids
 
@@ -447,7 +453,7 @@ class GenerationLoop:
                                f"{s['max_prompt']}; shorten it or re-export with --max-prompt {prompt_tokens}")
         room = s["max_prompt"] + s["max_new"] - prompt_tokens
         if not 1 <= max_new_tokens <= room:
-            raise SqueezeError(f"--max-new-tokens must be between 1 and {room} for this prompt (the exported decoder's "
+            raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be between 1 and {room} for this prompt (the exported decoder's "
                                f"cache holds {s['max_prompt'] + s['max_new']} tokens)")
 
     def unsure(self, logits) -> bool:
@@ -461,7 +467,7 @@ class GenerationLoop:
         ``rerun_at``: the decode steps to run again exactly, in place of the exact_below rule (verification replays
         another loop's decisions, so both compare the same calls)."""
         if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
-            raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+            raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got {max_new_tokens!r}")
         max_new_tokens = int(max_new_tokens)
         self.check_lengths(len(ids), max_new_tokens)
         cache = self.new_cache()

@@ -21,7 +21,7 @@ from .lookup import DECODE_SELECTIONS, LEVEL1_KEEP_FACTOR, SelectionSpec, level1
 from .model import LlamaForCausalLM
 from .pack import THRESHOLD_KEEP_RANGE, ContextPack, load_context_pack
 from .weights import load_checkpoint
-from .tokenizer import TextStream, check_user_text
+from .tokenizer import TextStream, check_question
 
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 
@@ -287,8 +287,9 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
 def prompt_ids_for(tokenizer, pack: ContextPack, prompt: str, raw: bool | None = None) -> list[int]:
     """The ids a prompt adds after ``pack``'s context: the user's text literally (a written <|im_end|> stays text),
     in chat framing after CHAT_JOIN and before the template's assistant cue."""
-    check_user_text(prompt)
-    if check_framing(pack, raw):
+    raw = check_framing(pack, raw)
+    check_question(prompt, raw)
+    if raw:
         return tokenizer.encode_text(prompt)
     _, suffix = tokenizer.chat_frame()
     return tokenizer.encode_text(CHAT_JOIN + prompt) + tokenizer.encode(suffix)  # (encode_literal)
@@ -387,7 +388,7 @@ class Generator:
         if isinstance(max_new_tokens, numbers.Integral) and not isinstance(max_new_tokens, bool):
             max_new_tokens = int(max_new_tokens)   # np.int64 from a sweep is a whole number too
         if type(max_new_tokens) is not int or max_new_tokens < 1:
-            raise SqueezeError(f"--max-new-tokens must be a whole number >= 1; got {max_new_tokens!r}")
+            raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got {max_new_tokens!r}")
         if not isinstance(choice, AttentionChoice):
             raise SqueezeError(f"choice must be an AttentionChoice, e.g. AttentionChoice('top-k', kv_budget=0.125) or "
                                f"AttentionChoice('full'); got {type(choice).__name__}")

@@ -327,6 +327,9 @@ def _content_sha256(tensors: dict, metadata: dict) -> str:
 def check_pack_destination(path, protect=()) -> Path:
     """Refuse, before any work, a pack destination that cannot be written or holds something that is not a
     context pack (a directory, the context text itself, any other file: only an older pack is replaced)."""
+    from squeeze_mobile.errors import user_path
+
+    user_path(path, "the pack path")   # None, an open file, "": one line (Path("") is the current directory)
     if isinstance(path, str) and path.endswith(("/", os.sep)):   # Path() drops the slash: a FILE named like the folder
         raise SqueezeError(f"--out {path} names a folder; give the pack's file path, e.g. {path}doc.pack "
                            "(nothing was written)")
@@ -351,6 +354,9 @@ def save_context_pack(pack: ContextPack, path) -> Path:
     (SqueezeError, nothing written). Returns the path written."""
     from safetensors.torch import save_file
 
+    if not isinstance(pack, ContextPack):
+        raise SqueezeError(f"save_context_pack takes a ContextPack (from build_context_pack or load_context_pack); got "
+                           f"{type(pack).__name__}")
     path = check_pack_destination(path)
     tensors = {
         "context.token_ids": pack.token_ids.int(),

@@ -407,7 +407,9 @@ def context_text_of(text) -> str:
                            "decoded as UTF-8); pass the text itself")
     # Line ends as Python's text mode reads them: a file saved with Windows (CRLF) or old Mac (CR) line ends gives
     # the same context, and the same pack hash, whether it is passed as a path, read with open(f).read() or read
-    # with newline=''; before, a pack built one way was refused as "built from a different context text" the other
+    # with newline=''; before, a pack built one way was refused as "built from a different context text" the other.
+    # A leading byte-order mark likewise: the file reader drops it, open(f).read() keeps it as U+FEFF.
+    text = text[1:] if text.startswith("\ufeff") else text
     return check_user_text(text.replace("\r\n", "\n").replace("\r", "\n"), "the context")
 
 

@@ -227,5 +227,5 @@ def prompt_is_raw(framing: str, raw) -> bool:
     raw = framing == "raw" if raw is None else yes_no(raw, "raw", " (or None: follow the pack)")
     if raw != (framing == "raw"):
         raise SqueezeError(f"this pack was built with {framing} framing; "
-                           + ("drop --raw" if raw else "pass --raw") + " or rebuild the pack")
+                           + ("drop --raw (raw=False)" if raw else "pass --raw (raw=True)") + " or rebuild the pack")
     return raw

@@ -146,6 +146,16 @@ def check_user_text(text, what: str = "the prompt") -> str:
     return text
 
 
+def check_question(text, raw: bool, what: str = "the prompt") -> str:
+    """check_user_text, and in chat framing a question that is not blank: an empty user turn asks nothing, and the
+    model then answered some question of its own. (Raw framing continues the context: whitespace is text there.)"""
+    check_user_text(text, what)
+    if not raw and not text.strip():
+        raise SqueezeError(f"{what} is empty{' (only whitespace)' if text else ''}: the user's turn needs a question; "
+                           "pass --prompt TEXT")
+    return text
+
+
 def encode_literal(backend, text: str) -> list:
     """Ids of ``text`` from a ``tokenizers.Tokenizer`` with no special token matched: a document or a question that
     contains "<|im_end|>" or "<|endoftext|>" as characters must not close the user's turn or end the text. Text

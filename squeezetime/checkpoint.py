@@ -171,6 +171,17 @@ def _saved_pickle(obj) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _saved_preset(saved: Optional[str]) -> Optional[str]:
+    """The config preset save_checkpoint recorded beside the preprocessing (None for other files)."""
+    import json
+
+    try:
+        value = json.loads(saved).get("preset") if saved else None
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _saved_safetensors(path) -> Optional[str]:
     try:
         return _safetensors_metadata(path).get(SAVED_CONFIG_KEY)
@@ -530,8 +541,9 @@ def _width_of(state: Mapping[str, torch.Tensor], stem_channels: int) -> float:
     return stem_channels / 64.0
 
 
-def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeConfig:
-    """Derive num_classes, frames, width and pos_dim from the tensors; start from ``config`` (or by class count)."""
+def infer_config(state: Mapping[str, torch.Tensor], config=None, preset: Optional[str] = None) -> SqueezeTimeConfig:
+    """Derive num_classes, frames, width and pos_dim from the tensors; start from ``config`` (or by class count, or
+    the ``preset`` the file recorded when the count is no preset's)."""
     overrides = {}
     head = state.get(HEAD_PREFIX + "weight")
     bias = state.get(HEAD_PREFIX + "bias")
@@ -545,8 +557,8 @@ def infer_config(state: Mapping[str, torch.Tensor], config=None) -> SqueezeTimeC
                            "classifier checkpoint?")
     num_classes = int(head.shape[0]) if head is not None else None
     by_classes = {c.num_classes: name for name, c in CONFIGS.items()}
-    if config is None:
-        config = by_classes.get(num_classes, "k400")
+    if config is None:   # the preset save_checkpoint recorded (a 10-class model built from hmdb51 stays hmdb51)
+        config = by_classes.get(num_classes) or (preset if preset in CONFIGS else "k400")
     base = get_config(config)
     other = by_classes.get(num_classes)
     if num_classes is not None and other is not None and num_classes != base.num_classes:
@@ -693,15 +705,15 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
     """
     in_memory = isinstance(path, Mapping)
     if in_memory:
-        raw, notes, saved = _check_keys(_unwrap(dict(path), "the state dict"), "the state dict"), [], None
-        path = "the state dict"
+        raw, notes, saved = _check_keys(_unwrap(dict(path), "(a state dict in memory)"), "(a state dict in memory)"), [], None
+        path = "(a state dict in memory)"
     elif not isinstance(path, (str, os.PathLike)):
         raise SqueezeError(f"load_checkpoint takes a checkpoint path or a state dict; got {type(path).__name__}")
     else:
         raw, notes, saved = _read(path, skip_unsafe_metadata=skip_unsafe_metadata)
     notes = list(notes)
     state, renamed = canonical_keys(raw)
-    cfg = infer_config(state, config)
+    cfg = infer_config(state, config, _saved_preset(saved))
     labels = None if in_memory else _metadata_label_file(path, cfg.num_classes)
     if labels:
         cfg = get_config(cfg, labels=labels)
@@ -718,7 +730,9 @@ def load_checkpoint(path, config=None, allow_missing_head: bool = False, skip_un
 
 
 def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
-    """Write ``model`` in one of the layouts we read: mmaction (default), bare backbone, or safetensors.
+    """Write ``model`` in one of the layouts we read: mmaction (default), bare backbone, or safetensors. The mmaction
+    and safetensors files record the preprocessing the model was built for; a bare backbone holds only the backbone's
+    tensors (no head, no preprocessing: a warning says so).
 
     Written atomically (temporary file, then rename) so a failure never leaves a partial file.
     """
@@ -730,14 +744,16 @@ def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
         raise SqueezeError(f"unknown checkpoint layout {layout!r}; use mmaction, backbone or safetensors")
     if not isinstance(model, SqueezeTime):
         raise SqueezeError(f"save_checkpoint takes a SqueezeTime model; got {type(model).__name__}")
+    from squeeze_mobile.errors import user_path
+
     state = model.state_dict()
-    path = Path(path)
+    path = user_path(path, "the checkpoint path")
     safetensors = layout == "safetensors" or path.suffix.lower() == ".safetensors"
     if safetensors and layout == "backbone":
         raise SqueezeError(f"layout 'backbone' is a .pth state dict; {path} names a .safetensors file (which holds "
                            "the whole model): use another file name or layout='safetensors'")
     config = model.config.to_dict()
-    saved = json.dumps({k: config[k] for k in SAVED_PREPROCESSING})
+    saved = json.dumps({**{k: config[k] for k in SAVED_PREPROCESSING}, "preset": model.config.name})
     with atomic_path(path) as tmp:
         if safetensors:
             from safetensors.torch import save_file
@@ -748,6 +764,14 @@ def save_checkpoint(model: SqueezeTime, path, layout: str = "mmaction") -> None:
             torch.save({"meta": {"config": model.config.name, SAVED_CONFIG_KEY: saved}, "state_dict": OrderedDict(state)},
                        str(tmp))
         elif layout == "backbone":
+            import warnings
+
+            from squeeze_mobile.errors import SqueezeWarning
+
+            warnings.warn(SqueezeWarning(
+                f"layout 'backbone' writes the backbone's tensors only: {path.name} keeps no classifier head and no "
+                "preprocessing (crop, frame interval, mean/std), so loading it gives the preset's; use layout "
+                "'mmaction' or 'safetensors' to keep them"), stacklevel=2)
             bare = OrderedDict((k[len(BACKBONE_PREFIX):], v) for k, v in state.items() if k.startswith(BACKBONE_PREFIX))
             torch.save(bare, str(tmp))
         else:

@@ -11,6 +11,8 @@ bottleneck: a temporal-importance branch (``param_conv``) produces per-channel w
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -209,6 +211,19 @@ def weight_placement(model: nn.Module) -> dict:
         raise SqueezeError("the model's weights are of several dtypes or devices ("
                            + ", ".join(f"{d} on {dev}" for d, dev in kinds) + "); cast the whole model first, e.g. model.float()")
     return {"dtype": tensors[0].dtype, "device": tensors[0].device} if tensors else {}
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """``model`` in eval mode inside the block, every submodule's own mode given back after it: predicting or
+    exporting mid-training must not leave the owner's model with dropout off and BatchNorm statistics frozen."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def as_cpu_float32(model: nn.Module) -> nn.Module:

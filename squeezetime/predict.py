@@ -9,8 +9,10 @@ import torch
 
 from .config import SqueezeTimeConfig
 from .errors import SqueezeError
-from .model import SqueezeTime, weight_placement
-from .video import VideoInfo, load_labels, normalize, read_video_clips, whole_number
+from .model import SqueezeTime, evaluating, weight_placement
+from squeeze_mobile.errors import user_path
+
+from .video import VideoInfo, load_labels, normalize, read_video_clips, resolve_labels, whole_number
 
 
 @dataclass
@@ -55,20 +57,19 @@ def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single"
 
     With several views (``views='multi'``) softmax scores are averaged, as mmaction's
     ``average_clips='prob'`` does. ``labels``: class names in head order, one per class (e.g. from
-    :func:`squeezetime.video.read_label_file`); default: the config's label file when it has one line per class,
+    :func:`squeezetime.video.read_label_file`) or a label file's path; default: the config's label file when it has one line per class,
     else ``class_N``.
     """
+    if not isinstance(model, SqueezeTime):
+        raise SqueezeError(f"classify_video takes a SqueezeTime model; got {type(model).__name__}")
     cfg: SqueezeTimeConfig = model.config
     top = whole_number("top", top) or 5  # checked before decoding: top=-1 or 2.5 ended in a PyTorch traceback after it
-    if labels is not None:
-        if isinstance(labels, (str, bytes)) or len(labels) != cfg.num_classes:
-            count = "a string" if isinstance(labels, (str, bytes)) else f"{len(labels)} labels"
-            raise SqueezeError(f"labels must name each of the model's {cfg.num_classes} classes in order; got {count}")
-        labels = [str(label) for label in labels]
+    labels = resolve_labels(labels, cfg.num_classes)
     place = weight_placement(model)  # checked before decoding: the clip is cast to the model's dtype and device
-    read = read_video_clips(path, cfg, views=views)
+    read = read_video_clips(user_path(path, "the video path"), cfg, views=views)
     clips = normalize(read.clips, cfg.mean, cfg.std).to(**place)
-    logits = finite_outputs(model.eval()(clips).float(), str(path))
+    with evaluating(model):
+        logits = finite_outputs(model(clips).float(), str(path))
     probs = torch.softmax(logits, dim=1).mean(dim=0).cpu()
     if labels is None:
         labels = load_labels(cfg.labels)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SqueezeError
-from .model import Bottleneck, SqueezeTime
+from .model import Bottleneck, SqueezeTime, evaluating
 
 from .config import INPUT_FORMATS  # noqa: E402  (defined beside the configs: importable without torch)
 
@@ -244,8 +244,8 @@ def export_ready(model: SqueezeTime, spec: InputSpec = None, **spec_kwargs) -> E
     if spec is None:
         spec_kwargs.setdefault("frames", model.config.frames)
         spec = InputSpec(**spec_kwargs)
-    with torch.no_grad():
-        return ExportReadySqueezeTime(model.eval(), spec).eval()
+    with torch.no_grad(), evaluating(model):   # the caller's model keeps its train/eval mode
+        return ExportReadySqueezeTime(model, spec).eval()
 
 
 def graph_report(module: nn.Module, example: torch.Tensor) -> Dict[str, int]:

@@ -720,24 +720,47 @@ def read_label_file(path, num_classes: Optional[int] = None) -> List[str]:
     return labels
 
 
-def check_label_count(labels: List[str], num_classes: int, path="the label list") -> List[str]:
+def check_label_count(labels: List[str], num_classes: int, path=None) -> List[str]:
     """``labels`` when they name exactly ``num_classes`` classes, else a one-line SqueezeError (a label file read once
-    and checked later: a pipe, `--labels <(cmd)`, cannot be read twice)."""
+    and checked later: a pipe, `--labels <(cmd)`, cannot be read twice). ``path``: the label file they came from
+    (None: a list handed in)."""
+    where = f"label file {path}" if path is not None else "the label list"
     if len(labels) != num_classes:
-        raise SqueezeError(f"label file {path} has {len(labels)} lines but the model has {num_classes} classes "
-                           f"(one label per line, in the classifier's order)")
+        count = f"{len(labels)} lines" if path is not None else f"{len(labels)} labels"
+        per = "line" if path is not None else "class"
+        raise SqueezeError(f"{where} has {count} but the model has {num_classes} classes "
+                           f"(one label per {per}, in the classifier's order)")
     blank = [i for i, label in enumerate(labels, 1) if not str(label).strip()]
     if blank:   # a class printed (and exported in labels.txt) with no name; usually a stray blank line shifting the rest
-        raise SqueezeError(f"label file {path} has {'an empty label' if len(blank) == 1 else f'{len(blank)} empty labels'} "
-                           f"(line {', '.join(map(str, blank[:5]))}); give every class a name, one per line in the "
+        noun = "line" if path is not None else "entry"
+        raise SqueezeError(f"{where} has {'an empty label' if len(blank) == 1 else f'{len(blank)} empty labels'} "
+                           f"({noun} {', '.join(map(str, blank[:5]))}); give every class a name, in the "
                            "classifier's order")
     from collections import Counter
 
     repeated = [label for label, n in Counter(labels).items() if n > 1]
     if repeated:
-        warnings.warn(SqueezeWarning(f"label file {path} names {repeated[0]!r} for more than one class; predictions of "
+        warnings.warn(SqueezeWarning(f"{where} names {repeated[0]!r} for more than one class; predictions of "
                                      "those classes cannot be told apart by name"), stacklevel=3)
     return labels
+
+
+def resolve_labels(labels, num_classes: int, name=None) -> Optional[List[str]]:
+    """The class names ``labels`` gives, checked against ``num_classes``: None; a label file (str or Path, one label
+    per line); or any iterable of one-line strings (``name`` names it in messages). Anything else is one line."""
+    import os
+
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes, os.PathLike)):
+        return read_label_file(labels, num_classes)
+    try:
+        labels = list(labels)
+    except TypeError:
+        raise SqueezeError(f"labels must be a label file or a list of class names; got {type(labels).__name__}") from None
+    if not all(isinstance(label, str) and "\n" not in label and "\r" not in label for label in labels):
+        raise SqueezeError("labels must be strings of one line each")
+    return check_label_count(labels, num_classes, name)
 
 
 __all__ = [
@@ -756,4 +779,5 @@ __all__ = [
     "sample_video_path",
     "load_labels",
     "read_label_file",
+    "resolve_labels",
 ]

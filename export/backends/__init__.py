@@ -26,8 +26,14 @@ def parse_formats(formats) -> list:
     unknown name is a one-line SqueezeError."""
     from squeeze_mobile.errors import SqueezeError
 
+    if formats is None:   # the Python API's "default"
+        formats = list(DEFAULT_FORMATS)
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
+    try:
+        formats = [f if isinstance(f, str) else repr(f) for f in formats]
+    except TypeError:
+        raise SqueezeError(f"formats must be names such as 'onnx,pte' or a list of them; got {type(formats).__name__}") from None
     formats = list(dict.fromkeys(["pte" if f == "executorch" else f for f in formats]))
     if not formats:
         raise SqueezeError("no formats given; use e.g. --formats onnx,tflite,pte,coreml")
