@@ -26,7 +26,7 @@ def add_subcommands(sub) -> None:
         "peak for int8; a small native probe, compiled on first use with the system C compiler, measures both in "
         "the same run), and the int8/fp32 latency ratio per runtime. Every artifact is first checked against its "
         "manifest record as `squeeze verify` does (present, same sha256); one that is not fails its rows without being "
-        "run. Writes report.json, report.md and report.png (default DIR/bench/, created only when they are written).",
+        "run (in a decoder directory it stops the bench before any run). Writes report.json, report.md and report.png (default DIR/bench/, created only when they are written).",
     )
     p.add_argument("dir", nargs="?", type=cli_types.path,
                    help="export directory (with manifest.json); not used with --gpu or --peers")

@@ -208,9 +208,13 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     if not artifacts:
         raise SqueezeError(f"{art_dir} holds no decoder artifact that can be timed here"
                            + (f" ({not_timed[0]['reason']})" if not_timed else "; export one with `squeeze export decoder`"))
-    for a in artifacts:
-        if not (art_dir / a["file"]).exists():
-            raise SqueezeError(f"the artifact {art_dir / a['file']} is missing; re-export the decoder")
+    from export.pipeline import artifact_problem
+
+    for a in artifacts:   # as `squeeze verify` checks them (present, the sha256 the manifest records) before any run
+        problem = artifact_problem(a, art_dir)
+        if problem:
+            raise SqueezeError(f"{problem.split(';')[0]}; re-export the decoder or check the folder with `squeeze "
+                               f"verify {art_dir}` (nothing was run)")
         if a["decoder"]["attention"] == "squeezed":   # the loop's own check of --exact-tail, before anything runs
             for e in exact_tails:
                 exact_tail_of(a["decoder"], e)

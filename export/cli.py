@@ -234,8 +234,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug:
             raise
         note = getattr(exc, "note", None)  # a command that keeps what it did say so (e.g. an evaluation's results)
-        print(f"error: interrupted; {note or 'no partial artifacts were left behind'} ({signal_name(exc)})",
-              file=sys.stderr)
+        if note is None:   # commands that write no files have no partial files to speak of
+            reads_only = getattr(args, "command", None) in ("predict", "generate", "verify")
+            note = "nothing was written" if reads_only else "no partial artifacts were left behind"
+        print(f"error: interrupted; {note} ({signal_name(exc)})", file=sys.stderr)
         return exit_code(exc)
     except BrokenPipeError:  # e.g. `squeeze predict ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -178,7 +178,16 @@ def cmd_generate_artifacts(args) -> int:
     finally:
         session.close()
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = result.to_dict()
+        loop = session.loop
+        if loop.attention == "squeezed":   # the selection as the artifact ran it (its contract with this run's overrides)
+            out["selection"] = {"kv_budget": session.contract.get("kv_budget"), "keep_keys": int(loop.keep_keys),
+                                "lookup_plan": "split" if loop.split else "in-graph",
+                                "decode_selection": "question" if loop.question else "step",
+                                "prefill_rows": loop.prefill_rows, "prefill_tail": loop.prefill_tail,
+                                "exact_tail": loop.exact_tail, "exact_decode": int(loop.exact_decode),
+                                "exact_below": loop.exact_below, "follow_keys": int(loop.follow)}
+        print(json.dumps(out, indent=2))
         return 0
     if streamed and not "".join(streamed).endswith("\n"):
         print()  # end the streamed answer's line (as the host's `squeeze generate`; nothing for an empty answer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import math
 import platform
@@ -600,7 +601,8 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
                   "weights_sha256": checkpoint.weights_sha256, "tokenizer_sha256": tokenizer.fingerprint(),
                   "config": json.loads(model.config.to_json())},
         "tokenizer": {"file": TOKENIZER_FILE, "chat": chat_section(tokenizer),
-                      "stop_token_ids": tokenizer.stop_token_ids()},
+                      "stop_token_ids": tokenizer.stop_token_ids(),
+                      "sha256": hashlib.sha256(tokenizer.backend.to_str().encode("utf-8")).hexdigest()},
         "precision": "fp32",
         "tools": {"python": platform.python_version(),
                   **{k: v for f in formats for k, v in get_backend(f).tool_versions().items()}},

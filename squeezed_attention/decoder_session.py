@@ -178,7 +178,46 @@ def read_decoder_manifest(directory) -> dict:
     if bad is not None:
         raise SqueezeError(f"{path} names a file outside its folder ({str(bad)[:80]!r}); only plain file names are "
                            "read; re-export the decoder")
+    for art in manifest["artifacts"]:
+        problem = contract_problem(art)
+        if problem:
+            raise SqueezeError(f"{path} is damaged: {problem}; re-export the decoder")
     return manifest
+
+
+SHAPE_FIELDS = ("max_context", "max_prompt", "max_new", "sink_tokens", "window", "max_clusters", "max_keep")
+
+
+def contract_problem(art) -> str | None:
+    """What a decoder artifact's manifest record lacks for a loop to run it (the fields every loop reads without a
+    default: format, file, decoder.attention / state / shapes / methods), or None. A hand-edited or cut manifest
+    was a KeyError traceback in generate, bench and verify."""
+    if not isinstance(art, dict):
+        return f"an artifact record is a {type(art).__name__}, not an object"
+    if "decoder" not in art:
+        return None   # a record of no decoder artifact: nothing runs it
+    name = art.get("file")
+    if not isinstance(name, str) or not isinstance(art.get("format"), str):
+        return f"the artifact record {str(name)[:60]!r} has no valid file or format"
+    d = art["decoder"]
+    if not isinstance(d, dict):
+        return f"the record of {name} has no valid decoder section"
+    if d.get("attention") not in ("squeezed", "full") or not isinstance(d.get("state"), str):
+        return f"the record of {name} has no valid decoder.attention or decoder.state"
+    if d["attention"] == "squeezed" and (type(d.get("kv_budget")) not in (int, float) or not 0 < d["kv_budget"] <= 1):
+        return f"the record of {name} has no valid decoder.kv_budget"
+    shapes = d.get("shapes")
+    if not isinstance(shapes, dict):
+        return f"the record of {name} has no decoder.shapes"
+    bad = [k for k in SHAPE_FIELDS if k in shapes and (type(shapes[k]) is not int or shapes[k] < 0)]
+    missing = [k for k in SHAPE_FIELDS[:3] if k not in shapes]
+    if bad or missing:
+        return f"the record of {name} has no valid decoder.shapes.{(missing + bad)[0]}"
+    methods = d.get("methods")
+    if not isinstance(methods, dict) or not methods or not all(
+            isinstance(m, dict) and isinstance(m.get("inputs"), list) for m in methods.values()):
+        return f"the record of {name} has no valid decoder.methods"
+    return None
 
 
 def load_decoder_tokenizer(directory, manifest: dict):
@@ -194,6 +233,17 @@ def load_decoder_tokenizer(directory, manifest: dict):
     path = directory / section["file"]
     if not path.is_file():
         raise SqueezeError(f"the tokenizer {path} is missing; re-export the decoder")
+    digest = section.get("sha256")   # recorded since 2026-12-06: an edited vocabulary decodes other digits silently
+    if isinstance(digest, str):
+        import hashlib
+
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise SqueezeError(f"the tokenizer {path} cannot be read ({exc.strerror or exc})") from None
+        if actual != digest:
+            raise SqueezeError(f"the tokenizer {path} is not the one the export wrote (its sha256 differs from the "
+                               "manifest's); restore it or re-export the decoder")
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
@@ -219,10 +269,14 @@ def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, direct
     # artifacts this machine's runtime runs first (a .pte for the Core ML delegate runs on Apple platforms only)
     usable.sort(key=lambda a: a.get("pte_backend") == "coreml" and sys.platform != "darwin")
     if not usable:
-        have = sorted({a.get("format") for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file")})
+        have = sorted({" ".join((a.get("format"), a["decoder"].get("attention") or "?",
+                                 a["decoder"].get("lookup_plan", "in-graph") + "-plan"))
+                       for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") and "decoder" in a
+                       and isinstance(a.get("format"), str) and isinstance(a["decoder"], dict)})
         what = " ".join(w for w in (fmt, attention, plan and f"{plan}-plan", file) if w)
-        raise SqueezeError(f"{directory} holds no {what + ' ' if what else ''}decoder artifact (it has: {', '.join(have) or 'none'}); "
-                           "pass --format with one of those or export it")
+        raise SqueezeError(f"{directory} holds no {what + ' ' if what else ''}decoder artifact (it has: "
+                           f"{', '.join(have) or 'none'}); pick one of those with --format, --artifact-attention and "
+                           "--lookup-plan, or export it")
     return usable[0]
 
 
@@ -298,6 +352,17 @@ class GenerationLoop:
         return self.contract.get("lookup_plan") == "split"
 
     def step(self, method: str, tokens: list, cache_len: int, cache):
+        """One call of ``method`` over ``tokens`` at ``cache_len``: the logits of its last token (the cache written).
+        Logits that are not finite are one line: a damaged artifact computes NaN, and argmax(NaN) is token 0, which
+        is a stop token (an empty answer, exit 0)."""
+        logits = self._step(method, tokens, cache_len, cache)
+        if not np.isfinite(logits).all():
+            raise SqueezeError(f"the artifact computed logits that are not finite (NaN or infinite) in its {method} "
+                               "call: the file is probably damaged or changed since the export; check the folder with "
+                               "`squeeze verify`")
+        return logits
+
+    def _step(self, method: str, tokens: list, cache_len: int, cache):
         if self.attention == "squeezed" and method not in EXACT_METHODS:
             self.selected = True   # this call selects kept keys (prefill_exact / decode_exact attend every row)
         if self.split:
@@ -588,12 +653,23 @@ class DecoderSession:
             # no call selected (the prompt's exact tail attends every context key, no decode step ran): no kept
             # fraction or KV budget to report, as on the host
             runtime=self.backend.runtime, kept_fraction=getattr(loop, "kept_fraction", None) if loop.selected else None,
-            kv_budget=self.contract.get("kv_budget") if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
+            kv_budget=self._kv_budget_kept() if loop.selected else None, lookup=(("split: numpy between the graphs" if loop.split else "in-graph")
                                                                  if loop.attention == "squeezed" else None),
             follow_keys=int(loop.follow) if loop.attention == "squeezed" else None,
             exact_decode=int(loop.exact_decode) if loop.attention == "squeezed" else None,
             exact_below=loop.exact_below if loop.attention == "squeezed" else None,
             rerun_steps=len(loop.rerun_at) if loop.attention == "squeezed" else None)
+
+    def _kv_budget_kept(self) -> float:
+        """The KV budget the artifact's selecting calls kept on this pack, as the host counts it: its kept-key count
+        per head (the budget less the pack's centroid bytes, rounded to whole keys) over the clustered keys, plus the
+        centroids' bytes. Every selecting call keeps that many, so it is what ran, not the manifest's nominal value."""
+        from .pack_arrays import centroid_cost
+
+        if getattr(self.loop, "kept_fraction", None) is None:
+            return self.contract.get("kv_budget")
+        settings, keys = self.loop.pack.settings, self.loop.pack.arrays["kv.keys"]
+        return float(self.loop.kept_fraction + centroid_cost(float(settings["centroid_fraction"]), int(keys.shape[-1])))
 
     def close(self) -> None:
         """Release the runtime's session; the object answers nothing after it (a SqueezeError says so)."""

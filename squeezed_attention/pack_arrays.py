@@ -212,8 +212,15 @@ def check_pack_fits(pack: PackArrays, shapes: dict, attention: str, kv_budget: f
     settings = pack.settings
     sinks, window = int(settings["sink_tokens"]), int(settings["observation_window"])
     if (sinks, window) != (shapes["sink_tokens"], shapes["window"]):
+        from .settings import MIN_CLUSTERED_TOKENS
+
+        need = shapes["sink_tokens"] + shapes["window"] + MIN_CLUSTERED_TOKENS
+        fix = (f"rebuild the pack with --observation-window {shapes['window']}" if n >= need else
+               f"this {n}-token context is too short for that layout (it needs {need} tokens); a context this short "
+               "costs little to attend in full: use a full-attention artifact (--artifact-attention full; `squeeze "
+               "export decoder --attention both` writes one)")
         raise SqueezeError(f"the context pack keeps {sinks} sink and {window} window tokens but the decoder was "
-                           f"exported for {shapes['sink_tokens']} and {shapes['window']}; rebuild the pack with those")
+                           f"exported for {shapes['sink_tokens']} and {shapes['window']}; {fix}")
     K = int(pack.arrays["lookup.counts"].shape[-1])
     if K > shapes["max_clusters"]:
         raise SqueezeError(f"the context pack has {K} clusters per head but the decoder takes at most "

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from squeeze_mobile.errors import SqueezeError
+from squeeze_mobile.errors import SqueezeError, reason_of
 
 from .base import Backend, ExportOptions, Runner, register, versions_of
 
@@ -136,7 +136,15 @@ class OnnxRunner(Runner):
         if missing:
             raise SqueezeError(f"method {method!r} needs inputs {', '.join(missing)}")
         with self._denormals:
-            outs = self.session.run(None, {n: feed[n] for n in names})
+            try:
+                outs = self.session.run(None, {n: feed[n] for n in names})
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own types (InvalidArgument, Fail, ...)
+                if type(exc).__module__.startswith("onnxruntime") and type(exc).__name__ == "InvalidArgument":
+                    # e.g. a graph of another export behind this manifest: inputs of other shapes
+                    raise SqueezeError(f"onnxruntime refused the {method} call ({reason_of(exc, 160)}): the .onnx does "
+                                       "not take the inputs its manifest describes; re-export it or check the folder "
+                                       "with `squeeze verify`") from None
+                raise
         return dict(zip((o.name for o in self.session.get_outputs()), outs))
 
 
