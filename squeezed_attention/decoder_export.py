@@ -1004,11 +1004,22 @@ def verify_decoder_directory(directory, progress=None, model=None, verify_text=N
     if verify_text is not None and not info.get("text_file"):
         raise SqueezeError(f"{directory} was verified on the prose shipped with squeeze-mobile, not on a --verify-text "
                            "file; drop --verify-text")
+    # the cheap checks first: a missing or changed artifact fails without the verification pack's rebuild (minutes)
+    quick = {}
+    for record in manifest["artifacts"]:
+        path = directory / record["file"]
+        if not path.exists():
+            quick[record["file"]] = "artifact missing"
+        elif sha256_file(path) != record.get("sha256"):
+            quick[record["file"]] = "sha256 differs from the manifest"
     source = manifest["model"]["source"] if model is None else str(model)
     checkpoint = load_checkpoint(source)
     if checkpoint.weights_sha256 != manifest["model"]["weights_sha256"]:
         raise SqueezeError(f"the model {source} is not the one exported (weights sha256 differs)" if model is not None
                            else f"the model {source} changed since the export (weights sha256 differs)")
+    if len(quick) == len(manifest["artifacts"]):
+        shared = tokenizer_failures(directory, manifest, checkpoint.tokenizer)
+        return {name: {"status": "fail", "failures": shared + [why]} for name, why in quick.items()}
     model = LlamaForCausalLM.from_checkpoint(checkpoint)
     say("verify", "rebuilding the verification pack")
     text = None
@@ -1038,11 +1049,8 @@ def verify_decoder_directory(directory, progress=None, model=None, verify_text=N
     results = {}
     for record in manifest["artifacts"]:
         path = directory / record["file"]
-        if not path.exists():
-            results[record["file"]] = {"status": "fail", "failures": shared + ["artifact missing"]}
-            continue
-        if sha256_file(path) != record["sha256"]:
-            results[record["file"]] = {"status": "fail", "failures": shared + ["sha256 differs from the manifest"]}
+        if record["file"] in quick:
+            results[record["file"]] = {"status": "fail", "failures": shared + [quick[record["file"]]]}
             continue
         say(record["format"], f"verifying {record['file']}")
         result = verify_decoder_artifact(path, record, model, data)

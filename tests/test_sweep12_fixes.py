@@ -23,8 +23,9 @@ def tiny(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("tiny12")
     gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    (d / "doc.txt").write_text(TINY_TEXT)
     export_decoder(d / "art", formats=("onnx",), model_path=gguf, attention=["squeezed"], kv_budget=0.3,
-                   verify=False, max_context=160, max_prompt=64, max_new=16)
+                   verify_text=d / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
     ck = load_checkpoint(gguf)
     model = LlamaForCausalLM.from_checkpoint(ck)
     save_context_pack(build_context_pack(model, ck, TINY_TEXT, BuildSettings()), d / "doc.pack")
@@ -87,6 +88,13 @@ def test_bench_checks_each_artifacts_sha256_first(tiny, tmp_path):
         run_decoder_benchmark(art, contexts=[512], runs=1, warmup=0, rounds=1, out_dir=tmp_path / "bench",
                               packs=[str(tiny / "doc.pack")], profile=False)
     assert not (tmp_path / "bench").exists()
+    # verify fails it before rebuilding the verification pack (minutes on the real model)
+    from squeezed_attention.decoder_export import verify_decoder_directory
+
+    stages = []
+    results = verify_decoder_directory(art, progress=lambda stage, msg: stages.append(msg))
+    assert results[onnx.name] == {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+    assert not any("rebuilding" in m for m in stages), stages
 
 
 def test_a_cut_manifest_and_a_graph_of_other_shapes_are_one_line(tiny, tmp_path):
