@@ -102,6 +102,8 @@ def describe(path) -> Optional[str]:
         return "a TFLite model"
     if head[4:6] == b"ET" and head[6:8].isdigit():
         return "an ExecuTorch program (.pte)"
+    if _onnx_model(head):
+        return "an ONNX model"
     if head[:4] == b"PK\x03\x04":
         return "a zip archive (e.g. a PyTorch checkpoint)"
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
@@ -126,6 +128,18 @@ def describe(path) -> Optional[str]:
         return "a text file"
     except UnicodeDecodeError:
         return None
+
+
+def _onnx_model(head: bytes) -> bool:
+    """An ONNX ModelProto as exporters write it: field 1 (ir_version, a small varint) first, then field 2
+    (producer_name) or another of the model's opening fields, with a printable producer name when there is one."""
+    if len(head) < 4 or head[0] != 0x08 or not 3 <= head[1] <= 20 or head[2] not in (0x12, 0x1a, 0x22, 0x2a, 0x3a,
+                                                                                       0x42):
+        return False
+    if head[2] == 0x12:   # producer_name: length, then text
+        n = head[3]
+        return 0 < n < 64 and head[4:4 + n].isascii() and head[4:4 + n].decode("ascii").isprintable()
+    return True
 
 
 def is_plain_file_name(name) -> bool:

@@ -154,3 +154,12 @@ def _head_dim(tiny) -> int:
     from squeezed_attention.pack_arrays import read_pack_arrays
 
     return int(read_pack_arrays(tiny / "doc.pack").arrays["kv.keys"].shape[-1])
+
+
+def test_an_onnx_model_given_as_a_pack_is_named(tiny, capsys):
+    from export.cli import main
+
+    onnx = next((tiny / "art").glob("*.onnx"))
+    assert main(["generate", "--artifacts", str(tiny / "art"), "--context-pack", str(onnx), "--prompt", "ab"]) == 1
+    err = capsys.readouterr().err
+    assert "an ONNX model" in err and "unrecognised" not in err, err
