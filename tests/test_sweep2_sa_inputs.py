@@ -390,7 +390,9 @@ def test_a_decoder_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path
     from squeezed_attention.decoder_session import SCHEMA, read_decoder_manifest
 
     manifest = {"schema": SCHEMA, "model": {"kind": "decoder"}, "tokenizer": {"file": "tokenizer.json"},
-                "artifacts": [{"file": "decoder_squeezed_160_fp32.onnx", "format": "onnx", "decoder": {}}]}
+                "artifacts": [{"file": "decoder_squeezed_160_fp32.onnx", "format": "onnx", "decoder": {
+                    "attention": "full", "state": "io", "shapes": {"max_context": 160, "max_prompt": 8, "max_new": 8},
+                    "methods": {"prefill": {"inputs": []}, "decode": {"inputs": []}}}}]}
     read_decoder_manifest(_write_json(tmp_path / "ok", manifest))            # plain names: accepted
     if where == "artifact":
         manifest["artifacts"][0]["file"] = name
