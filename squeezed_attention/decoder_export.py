@@ -1066,13 +1066,18 @@ def tokenizer_failures(directory, manifest: dict, tokenizer) -> list:
     chat framing or stop tokens are not the model's. Empty when it is intact."""
     from .decoder_session import load_decoder_tokenizer
 
-    try:
-        stored = load_decoder_tokenizer(directory, manifest)
+    try:   # its content is compared with the model's below (the more telling failure), then its bytes
+        stored = load_decoder_tokenizer(directory, manifest, check_sha256=False)
     except SqueezeError as exc:
         return [str(exc).split(";")[0]]
     failures = []
     if stored.to_str() != tokenizer.backend.to_str():
         failures.append(f"{manifest['tokenizer']['file']} is not the model's tokenizer (changed since the export)")
+    else:
+        try:
+            load_decoder_tokenizer(directory, manifest)
+        except SqueezeError as exc:   # the model's tokenizer, rewritten: the apps' and generate's hash check refuse it
+            failures.append(str(exc).split(";")[0])
     section = manifest["tokenizer"]
     if section["chat"] != chat_section(tokenizer):
         failures.append("the manifest's chat framing is not the model's (edited since the export)")

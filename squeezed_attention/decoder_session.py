@@ -220,9 +220,9 @@ def contract_problem(art) -> str | None:
     return None
 
 
-def load_decoder_tokenizer(directory, manifest: dict):
+def load_decoder_tokenizer(directory, manifest: dict, check_sha256: bool = True):
     """The ``tokenizers.Tokenizer`` an export wrote beside its artifacts (every loop over them encodes with it), or a
-    one-line SqueezeError saying that it is missing or unreadable."""
+    one-line SqueezeError saying that it is missing, unreadable or (``check_sha256``) not the file the export wrote."""
     from tokenizers import Tokenizer
 
     directory = decoder_dir(directory)
@@ -233,22 +233,19 @@ def load_decoder_tokenizer(directory, manifest: dict):
     path = directory / section["file"]
     if not path.is_file():
         raise SqueezeError(f"the tokenizer {path} is missing; re-export the decoder")
-    digest = section.get("sha256")   # recorded since 2026-12-06: an edited vocabulary decodes other digits silently
-    if isinstance(digest, str):
-        import hashlib
-
-        try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise SqueezeError(f"the tokenizer {path} cannot be read ({exc.strerror or exc})") from None
-        if actual != digest:
-            raise SqueezeError(f"the tokenizer {path} is not the one the export wrote (its sha256 differs from the "
-                               "manifest's); restore it or re-export the decoder")
     try:
-        return Tokenizer.from_file(str(path))
+        tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # noqa: BLE001 - the tokenizers library raises its own exception types
         raise SqueezeError(f"the tokenizer {path} cannot be read ({reason_of(exc, 160)}); re-export the decoder "
                            f"or check it with `squeeze verify {directory}`") from None
+    digest = section.get("sha256")   # recorded since 2026-12-06: an edited vocabulary decodes other digits silently
+    if check_sha256 and isinstance(digest, str):
+        import hashlib
+
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise SqueezeError(f"the tokenizer {path} is not the one the export wrote (its sha256 differs from the "
+                               "manifest's); restore it or re-export the decoder")
+    return tokenizer
 
 
 def pick_artifact(manifest: dict, fmt: str | None, attention: str | None, directory, plan: str | None = None,

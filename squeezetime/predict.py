@@ -66,7 +66,8 @@ def classify_video(model: SqueezeTime, path, top: int = 5, views: str = "single"
     top = whole_number("top", top) or 5  # checked before decoding: top=-1 or 2.5 ended in a PyTorch traceback after it
     labels = resolve_labels(labels, cfg.num_classes)
     place = weight_placement(model)  # checked before decoding: the clip is cast to the model's dtype and device
-    read = read_video_clips(user_path(path, "the video path"), cfg, views=views)
+    # a str as given (read_video_clips names a URL or an empty path as such); other kinds checked and made a Path
+    read = read_video_clips(path if isinstance(path, str) else user_path(path, "the video path"), cfg, views=views)
     clips = normalize(read.clips, cfg.mean, cfg.std).to(**place)
     with evaluating(model):
         logits = finite_outputs(model(clips).float(), str(path))
