@@ -234,7 +234,17 @@ public final class GenerationLoop {
         guard case .float32(let logits)? = out["logits"] else {
             throw DecoderError("the runtime returned no float32 \"logits\" output for \(method)")
         }
-        return logits.data
+        return try GenerationLoop.finite(logits.data, method)
+    }
+
+    /// `logits` when every one is finite, else one line (GenerationLoop.step's check): a damaged artifact computes NaN,
+    /// and argmax over NaN picks token 0, a stop token -- an empty answer that looks like a normal one.
+    static func finite(_ logits: [Float], _ method: String) throws -> [Float] {
+        if logits.contains(where: { !$0.isFinite }) {
+            throw DecoderError("the artifact computed logits that are not finite (NaN or infinite) in its \(method) "
+                + "call: the file is probably damaged or changed since the export")
+        }
+        return logits
     }
 
     /// The context inputs as `method` declares them in the manifest (GenerationLoop._shaped): an input the method declares
@@ -378,7 +388,7 @@ public final class GenerationLoop {
             }
         }
         if follow > 0 { pointer = nextPointer }
-        return try GenerationLoop.stageOutput(out, "logits", method, cache.layers).data
+        return try GenerationLoop.finite(GenerationLoop.stageOutput(out, "logits", method, cache.layers).data, method)
     }
 
     /// runtime.run for stage `<method>_<stage>`, with the inputs that method's manifest entry fixes put over the feed.

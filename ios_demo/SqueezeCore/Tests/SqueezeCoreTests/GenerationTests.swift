@@ -748,6 +748,28 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    final class NaNRuntime: DecoderRuntime {
+        let name = "nan"
+        let vocab: Int
+        init(vocab: Int) { self.vocab = vocab }
+        func run(method: String, inputs: [String: DecoderTensor]) throws -> [String: DecoderTensor] {
+            return ["logits": .float32(try Float32Tensor([Float](repeating: .nan, count: vocab), shape: [vocab]))]
+        }
+    }
+
+    func testLogitsThatAreNotFiniteAreOneLine() throws {
+        // a damaged artifact computes NaN; argmax over NaN is token 0, a stop token: an empty answer that looked normal
+        let tokenizer = try TokenizerTests.sharedTokenizer()
+        let contract = try DecoderContract(attention: "full", state: "buffer", kvBudget: nil, shapes: shapes)
+        let qa = try DocumentQa(runtime: NaNRuntime(vocab: tokenizer.vocabSize), contract: contract,
+                                tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer, pack: pack)
+        XCTAssertThrowsError(try qa.generate("Hi", maxNewTokens: 2)) { error in
+            let message = (error as? DecoderError)?.message ?? ""
+            XCTAssertTrue(message.hasPrefix("the artifact computed logits that are not finite") && !message.contains("\n"),
+                          message)
+        }
+    }
+
     func testAnAnswerCutInsideACharacterEndsBeforeIt() throws {
         // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
         // answer cut after the second token decodes to "Yes \u{FFFD}"; Python's DecoderSession returns

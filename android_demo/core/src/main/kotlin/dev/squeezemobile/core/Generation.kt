@@ -525,7 +525,17 @@ class GenerationLoop(
         }
         val logits = out["logits"] as? DecoderTensor.Float32
             ?: throw DecoderException("the runtime returned no float32 \"logits\" output for $method")
-        return logits.data
+        return finite(logits.data, method)
+    }
+
+    /**
+     * [logits] when every one is finite, else one line (GenerationLoop.step's check): a damaged artifact computes NaN,
+     * and argmax over NaN picks token 0, a stop token -- an empty answer that looks like a normal one.
+     */
+    private fun finite(logits: FloatArray, method: String): FloatArray {
+        if (logits.any { !it.isFinite() }) throw DecoderException("the artifact computed logits that are not finite " +
+            "(NaN or infinite) in its $method call: the file is probably damaged or changed since the export")
+        return logits
     }
 
     /** The in-graph output follow_out [L, Hkv, F] (int64: flat clustered rows, -1 none) as the next call's pointer. */
@@ -615,7 +625,7 @@ class GenerationLoop(
             }
         }
         if (pointed != null) pointer = pointed.requireNoNulls()
-        return output(out, "logits", method, cache.layers).data
+        return finite(output(out, "logits", method, cache.layers).data, method)
     }
 
     /**

@@ -736,6 +736,24 @@ class GenerationTest {
     }
 
     @Test
+    fun logitsThatAreNotFiniteAreOneLine() {
+        // a damaged artifact computes NaN; argmax over NaN is token 0, a stop token: an empty answer that looked normal
+        val tokenizer = TokenizerTest.shared
+        val vocab = tokenizer.vocabSize
+        val nan = object : DecoderRuntime {
+            override val name = "nan"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> =
+                mapOf("logits" to DecoderTensor.Float32(FloatArray(vocab) { Float.NaN }, intArrayOf(vocab)))
+        }
+        val contract = DecoderContract("full", "buffer", null, shapes)
+        val e = assertThrows(DecoderException::class.java) {
+            DocumentQa(nan, contract, tokenizer, manifest.tokenizer, pack).generate("Hi", maxNewTokens = 2)
+        }
+        assertTrue(e.message!!.startsWith("the artifact computed logits that are not finite") && '\n' !in e.message!!,
+            e.message)
+    }
+
+    @Test
     fun anAnswerCutInsideACharacterEndsBeforeIt() {
         // the real tokenizer: "Yes 😀" is [10539 "Yes", 40303 " " + the emoji's first two bytes, 218 its last two]. An
         // answer cut after the second token decodes to "Yes \uFFFD"; Python's DecoderSession returns
