@@ -989,8 +989,6 @@ def verify_decoder_directory(directory, progress=None, model=None, verify_text=N
     from (weights hash), the verification pack rebuilt from the recorded prose case; returns {file: result}.
     ``model`` / ``verify_text``: where the model file or the --verify-text file is now, when it is no longer at the
     path the manifest records (the folder was copied to another machine); each must hash as recorded."""
-    from export.verify import sha256_file
-
     from .decoder_session import decoder_dir, read_decoder_manifest
     from .model import LlamaForCausalLM
     from .weights import load_checkpoint
@@ -1004,14 +1002,15 @@ def verify_decoder_directory(directory, progress=None, model=None, verify_text=N
     if verify_text is not None and not info.get("text_file"):
         raise SqueezeError(f"{directory} was verified on the prose shipped with squeeze-mobile, not on a --verify-text "
                            "file; drop --verify-text")
-    # the cheap checks first: a missing or changed artifact fails without the verification pack's rebuild (minutes)
+    # the cheap checks first, as `squeeze verify` and the bench check every export (export.pipeline.artifact_problem:
+    # present, a file, the recorded sha256): a missing or changed artifact fails without the pack's rebuild (minutes)
+    from export.pipeline import artifact_problem
+
     quick = {}
     for record in manifest["artifacts"]:
-        path = directory / record["file"]
-        if not path.exists():
-            quick[record["file"]] = "artifact missing"
-        elif sha256_file(path) != record.get("sha256"):
-            quick[record["file"]] = "sha256 differs from the manifest"
+        problem = artifact_problem(record, directory)
+        if problem:
+            quick[record["file"]] = problem.split(";")[0]
     source = manifest["model"]["source"] if model is None else str(model)
     checkpoint = load_checkpoint(source)
     if checkpoint.weights_sha256 != manifest["model"]["weights_sha256"]:

@@ -7,11 +7,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from squeeze_mobile.errors import user_path
+
 from .config import SqueezeTimeConfig
 from .errors import SqueezeError
 from .model import SqueezeTime, evaluating, weight_placement
-from squeeze_mobile.errors import user_path
-
 from .video import VideoInfo, load_labels, normalize, read_video_clips, resolve_labels, whole_number
 
 

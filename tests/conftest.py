@@ -223,3 +223,22 @@ def read_recording(path, **kwargs):
         warnings.simplefilter("always")
         result = video.read_video_clips(path, "k400", **kwargs)
     return result, squeeze_warnings(record)
+
+
+TINY_DECODER_TEXT = " ".join(["ab an ss abba nan sass"] * 8)   # the tiny test LLM's vocabulary
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_decoder(tmp_path_factory):
+    """(folder, tiny GGUF): a squeezed .onnx decoder export of the 2-layer tiny GGUF (KV budget 0.3, 160-token
+    context), verified on TINY_DECODER_TEXT (folder/doc.txt); the export is in folder/art. Tests copy it before
+    changing it."""
+    from squeezed_attention import testing
+    from squeezed_attention.decoder_export import export_decoder
+
+    d = tmp_path_factory.mktemp("tiny_onnx_decoder")
+    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    (d / "doc.txt").write_text(TINY_DECODER_TEXT)
+    export_decoder(d / "art", formats=("onnx",), model_path=gguf, attention=["squeezed"], kv_budget=0.3,
+                   verify_text=d / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
+    return d, gguf

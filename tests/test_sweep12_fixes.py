@@ -10,22 +10,19 @@ import pytest
 
 from squeeze_mobile.errors import SqueezeError
 
-TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)   # the tiny model's vocabulary
+from conftest import TINY_DECODER_TEXT as TINY_TEXT  # noqa: E402  (the tiny model's vocabulary)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from squeezed_attention import testing
-    from squeezed_attention.decoder_export import export_decoder
+def tiny(tiny_onnx_decoder, tmp_path_factory):
+    """The shared tiny export (copied: tests here damage files) and packs of this module's own."""
     from squeezed_attention.model import LlamaForCausalLM
     from squeezed_attention.pack import BuildSettings, build_context_pack, save_context_pack
     from squeezed_attention.weights import load_checkpoint
 
+    src, gguf = tiny_onnx_decoder
     d = tmp_path_factory.mktemp("tiny12")
-    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
-    (d / "doc.txt").write_text(TINY_TEXT)
-    export_decoder(d / "art", formats=("onnx",), model_path=gguf, attention=["squeezed"], kv_budget=0.3,
-                   verify_text=d / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
+    shutil.copytree(src / "art", d / "art")
     ck = load_checkpoint(gguf)
     model = LlamaForCausalLM.from_checkpoint(ck)
     save_context_pack(build_context_pack(model, ck, TINY_TEXT, BuildSettings()), d / "doc.pack")
@@ -93,7 +90,8 @@ def test_bench_checks_each_artifacts_sha256_first(tiny, tmp_path):
 
     stages = []
     results = verify_decoder_directory(art, progress=lambda stage, msg: stages.append(msg))
-    assert results[onnx.name] == {"status": "fail", "failures": ["sha256 differs from the manifest"]}
+    assert results[onnx.name] == {"status": "fail", "failures": [
+        f"{onnx.name} differs from the file the manifest describes (sha256 differs from the manifest)"]}
     assert not any("rebuilding" in m for m in stages), stages
 
 

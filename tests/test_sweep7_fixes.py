@@ -182,19 +182,18 @@ def test_a_malformed_head_is_named_as_such(tmp_path, weight, bias):
         squeezetime.load_checkpoint(tmp_path / "m.pth")
 
 
-TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)   # the tiny model's vocabulary
+from conftest import TINY_DECODER_TEXT as TINY_TEXT  # noqa: E402  (the tiny model's vocabulary)
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    from squeezed_attention import testing
-    from squeezed_attention.decoder_export import export_decoder
+def tiny_export(tiny_onnx_decoder, tmp_path_factory):
+    """The shared tiny export, in a folder of this module's own (its tests write packs and outputs beside it)."""
+    import shutil
 
+    src, gguf = tiny_onnx_decoder
     d = tmp_path_factory.mktemp("tiny7")
-    gguf = testing.write_tiny_llama_gguf(d / "tiny.gguf", layers=2, quantized=False)
+    shutil.copytree(src / "art", d / "art")
     (d / "doc.txt").write_text(TINY_TEXT)
-    export_decoder(d / "art", formats=("onnx",), model_path=gguf, attention=["squeezed"], kv_budget=0.3,
-                   verify_text=d / "doc.txt", verify_tokens=4, max_context=160, max_prompt=64, max_new=16)
     return d, gguf
 
 
