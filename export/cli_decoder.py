@@ -163,7 +163,7 @@ def cmd_generate_artifacts(args) -> int:
                              prefill_tail=getattr(args, "prefill_tail", None),
                              exact_tail=getattr(args, "exact_tail", None),
                              exact_decode=getattr(args, "exact_decode", None),
-                             exact_below=getattr(args, "exact_below", None))
+                             exact_below=getattr(args, "exact_below", None), load=False)
     streamed = []
 
     def stream(piece: str) -> None:

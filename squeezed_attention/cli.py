@@ -257,6 +257,14 @@ def cmd_generate(args) -> int:
             raise SqueezeError(f"{', '.join(unsupported)} {verb} not apply with --artifacts: {'; '.join(why)}")
         args.context_text = _read_text(args.context) if args.context else None   # checked against the pack's hash
         return cmd_generate_artifacts(args)
+    artifact_only = [flag for flag, value in (("--format", getattr(args, "format", None)),
+                                              ("--artifact-attention", getattr(args, "artifact_attention", None)),
+                                              ("--lookup-plan", getattr(args, "artifact_plan", None))) if value is not None]
+    if artifact_only:   # silently ignored, a user asking for the full-attention artifact got squeezed attention here
+        one = len(artifact_only) == 1
+        raise SqueezeError(f"{', '.join(artifact_only)} {'picks' if one else 'pick'} an exported decoder's artifact and "
+                           f"{'applies' if one else 'apply'} only with --artifacts DIR; on the host use --full for full "
+                           "attention")
     from .generation import Generator, check_choice, check_framing
     from .pack import load_context_pack
     from .weights import read_model_config

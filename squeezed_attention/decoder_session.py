@@ -227,9 +227,14 @@ def load_decoder_tokenizer(directory, manifest: dict, check_sha256: bool = True)
 
     directory = decoder_dir(directory)
     section = manifest.get("tokenizer")
-    if not isinstance(section, dict) or not isinstance(section.get("file"), str) \
-            or not isinstance(section.get("chat"), dict) or not isinstance(section.get("stop_token_ids"), list):
-        raise SqueezeError(f"{directory / MANIFEST} has no valid tokenizer section; re-export the decoder")
+    chat = section.get("chat") if isinstance(section, dict) else None
+    stops = section.get("stop_token_ids") if isinstance(section, dict) else None
+    if not isinstance(section, dict) or not isinstance(section.get("file"), str) or not isinstance(chat, dict) \
+            or not all(isinstance(chat.get(k), str) for k in ("prefix", "join", "suffix")) \
+            or not isinstance(stops, list) or not all(type(t) is int and t >= 0 for t in stops):
+        # (a stop id written as a string never matched a token: the answer ran past its end; the app cores refuse it)
+        raise SqueezeError(f"{directory / MANIFEST} has no valid tokenizer section (file, chat prefix / join / suffix "
+                           "strings, whole-number stop_token_ids); re-export the decoder")
     path = directory / section["file"]
     if not path.is_file():
         raise SqueezeError(f"the tokenizer {path} is missing; re-export the decoder")
@@ -569,7 +574,10 @@ class DecoderSession:
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
                  exact_tail: int | None = None, file: str | None = None, exact_decode: int | None = None,
-                 exact_below: float | None = None):
+                 exact_below: float | None = None, load: bool = True):
+        """``load=False`` checks everything that needs no runtime (manifest, artifact, tokenizer, options) and loads
+        the runtime at the first ``generate``, after the pack and the prompt are checked: a wrong pack or a prompt
+        too long is refused without the runtime's load (10-20 s for a real model); the load is never timed."""
         from export.backends import get_backend
 
         if threads is not None and (not isinstance(threads, numbers.Integral) or isinstance(threads, bool)
@@ -596,21 +604,34 @@ class DecoderSession:
         reason = self.backend.cannot_run_here(self.artifact)
         if reason:
             raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
-        from export.quiet import quiet
-
-        try:
-            with quiet():  # the runtimes' import and load chatter (ExecuTorch: cpuinfo, torchao, pytree notes)
-                self.runner = self.backend.load_program(path, self.contract["methods"], threads)
-        except SqueezeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for unreadable files
-            raise SqueezeError(f"{self.backend.runtime} cannot load {path} ({reason_of(exc, 160)}); re-export the decoder "
-                               f"or check it with `squeeze verify {self.directory}`") from None
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)
         self.exact_decode = exact_decode_of(self.contract, exact_decode)
         self.exact_below = exact_below_of(self.contract, exact_below)
         self.loop = None
+        self.runner, self._threads = None, threads
+        if load:
+            self.load()
+
+    def load(self) -> None:
+        """Load the artifact into its runtime (done by the constructor unless ``load=False``; then by the first
+        ``generate``)."""
+        self._check_open()
+        if self.runner is not None:
+            return
+        from export.quiet import quiet
+
+        path = self.directory / self.artifact["file"]
+        try:
+            with quiet():  # the runtimes' import and load chatter (ExecuTorch: cpuinfo, torchao, pytree notes)
+                self.runner = self.backend.load_program(path, self.contract["methods"], self._threads)
+        except SqueezeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - runtimes raise their own types for unreadable files
+            raise SqueezeError(f"{self.backend.runtime} cannot load {path} ({reason_of(exc, 160)}); re-export the decoder "
+                               f"or check it with `squeeze verify {self.directory}`") from None
+        if self.loop is not None:
+            self.loop.runner = self.runner
 
     def attach(self, pack_path, context_text: str | None = None) -> None:
         """Load a context pack for the next questions (checked against the artifact's model and shapes, and with
@@ -636,6 +657,12 @@ class DecoderSession:
         if self.loop is None:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         ids = self.prompt_ids(prompt, raw)
+        if self.runner is None:   # deferred load: the prompt's length and the answer's room are checked first
+            if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
+                raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got "
+                                   f"{max_new_tokens!r}")
+            self.loop.check_lengths(len(ids), int(max_new_tokens))
+            self.load()
         streamed = TextStream(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), on_text)
         tokens, _ = self.loop.greedy(ids, max_new_tokens, stop_ids=self.stop_ids if stop_at_eos else (),
                                      on_token=streamed.update if on_text else None)
@@ -670,7 +697,7 @@ class DecoderSession:
 
     def close(self) -> None:
         """Release the runtime's session; the object answers nothing after it (a SqueezeError says so)."""
-        if not getattr(self, "closed", False):
+        if not getattr(self, "closed", False) and getattr(self, "runner", None) is not None:
             self.runner.close()
         self.closed = True   # (the loop's record of the last answer stays readable)
 

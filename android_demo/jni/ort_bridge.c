@@ -230,8 +230,6 @@ static int put_output(JNIEnv *jni, Bridge *b, const char *name, OrtValue *value,
     return 0;
 }
 
-#define MAX_TENSORS 256
-
 /* One Run with named inputs and outputs; returns Object[2 * outputs]: the values of each output, then their shapes. */
 static jobjectArray run_named(JNIEnv *jni, jlong handle, jobjectArray jin, jobjectArray jdata, jobjectArray jshapes,
                               jobjectArray jout, int single) {
@@ -239,15 +237,26 @@ static jobjectArray run_named(JNIEnv *jni, jlong handle, jobjectArray jin, jobje
     if (b == NULL) return NULL;
     const OrtApi *api = b->api;
     jsize n_in = (*jni)->GetArrayLength(jni, jin), n_out = (*jni)->GetArrayLength(jni, jout);
-    if (n_in > MAX_TENSORS || n_out > MAX_TENSORS) { throw_msg(jni, "more than 256 inputs or outputs", NULL); return NULL; }
     if ((*jni)->GetArrayLength(jni, jdata) != n_in || (*jni)->GetArrayLength(jni, jshapes) != n_in) {
         throw_msg(jni, "input names, arrays and shapes differ in number", NULL);
         return NULL;
     }
     if ((*jni)->EnsureLocalCapacity(jni, n_in + n_out + 16) != 0) return NULL; /* the names' local references */
-    jstring in_str[MAX_TENSORS] = {0}, out_str[MAX_TENSORS] = {0};
-    const char *in_names[MAX_TENSORS] = {0}, *out_names[MAX_TENSORS] = {0};
-    OrtValue *inputs[MAX_TENSORS] = {0}, *outputs[MAX_TENSORS] = {0};
+    /* sized per call: a real decoder export has hundreds of inputs (the 30-layer SmolLM2's squeezed graph: 366) */
+    size_t n_all = (size_t)n_in + (size_t)n_out;
+    jstring *strs = calloc(n_all ? n_all : 1, sizeof *strs);
+    const char **names = calloc(n_all ? n_all : 1, sizeof *names);
+    OrtValue **values = calloc(n_all ? n_all : 1, sizeof *values);
+    if (strs == NULL || names == NULL || values == NULL) {
+        free(strs);
+        free((void *)names);
+        free(values);
+        throw_msg(jni, "out of memory for the run's tensor lists", NULL);
+        return NULL;
+    }
+    jstring *in_str = strs, *out_str = strs + n_in;
+    const char **in_names = names, **out_names = names + n_in;
+    OrtValue **inputs = values, **outputs = values + n_in;
     jobjectArray result = NULL;
     int bad = 0;
     for (jsize i = 0; !bad && i < n_out; i++) {
@@ -289,6 +298,9 @@ done:
         if (in_names[i]) (*jni)->ReleaseStringUTFChars(jni, in_str[i], in_names[i]);
         if (in_str[i]) (*jni)->DeleteLocalRef(jni, in_str[i]);
     }
+    free(strs);
+    free((void *)names);
+    free(values);
     return result;
 }
 

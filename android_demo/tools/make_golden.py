@@ -296,6 +296,9 @@ TOKENIZER_TEXTS = [
     "<|im_start|>user\nWhat does section 4 require?<|im_end|>\n<|im_start|>assistant\n",
     "special tokens glued:<|im_end|><|im_end|>x<|endoftext|> and a broken one <|im_sta rt|> <|im_start",
     "code: def f(x):\n    return x**2  # comment\n\tif a != b && c >= d: print(f\"{a!r}\")",
+    # bytes the real vocabulary has no token for (controls U+0004/6/13/14/16/1D, the lead bytes F1/F2 of planes 4-11):
+    # tokenizers drops them (no unk token); the cores refused the whole text
+    "control\x1dbytes a\x1db x\x04\x06\x13\x14\x16y, in\x1dword, planes 5 and 10: \U00050000\U000A1234 end",
     "",
     " ",
     "a",
@@ -715,7 +718,32 @@ def qa_goldens() -> dict[str, bytes]:
                               record=split_run)
         out.update(kept_rows_goldens(real))
         out.update(split_generation_goldens(split_run, prompt_ids))
+    out["qa_ort_many_tensors.onnx"] = many_tensors_onnx()
     return out
+
+
+# A real decoder export has hundreds of graph inputs (the 30-layer SmolLM2's squeezed graph: 366; the tiny model's: 30),
+# and the JNI bridge once held at most 256 per run (OrtJniDecoderTest.aSessionTakesHundredsOfInputsAndOutputs).
+MANY_TENSORS = 400
+
+
+def many_tensors_onnx() -> bytes:
+    """A graph of MANY_TENSORS float inputs x0.. ([1] each) and as many outputs: y_i = x_i + i, and total = their sum."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n = MANY_TENSORS
+    ins = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, [1]) for i in range(n)]
+    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1]) for i in range(n)]
+    outs.append(helper.make_tensor_value_info("total", TensorProto.FLOAT, [1]))
+    nodes = [helper.make_node("Add", [f"x{i}", f"c{i}"], [f"y{i}"]) for i in range(n)]
+    nodes.append(helper.make_node("Sum", [f"x{i}" for i in range(n)], ["total"]))
+    consts = [helper.make_tensor(f"c{i}", TensorProto.FLOAT, [1], [float(i)]) for i in range(n)]
+    graph = helper.make_graph(nodes, "many_tensors", ins, outs, initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="make_golden")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 # kept_rows golden: random [Hkv, K] score tables with ties (scores drawn from a few values; padding clusters score
@@ -1246,6 +1274,8 @@ def main(argv=None) -> int:
     files.update(tokenizer_goldens(write_tokenizer_json()))
     files.update(qa_goldens())
     if args.only:
+        if "qa_decoder_manifest.json" in args.only:   # a real export's manifest (~40 s): only when asked for
+            files.update(decoder_manifest_golden())
         unknown = sorted(set(args.only) - files.keys())
         if unknown:
             raise SystemExit(f"--only: {', '.join(unknown)} not among the video and Q&A goldens ({', '.join(sorted(files))})")

@@ -354,20 +354,24 @@ public struct DecoderTokenizerInfo: Equatable {
     public let join: String
     public let suffix: String
     public let stopTokenIds: Set<Int>
+    /// The file's sha256 (manifests since 2026-12-06; older ones have none and are not checked).
+    public let sha256: String?
 
-    public init(file: String, prefix: String, join: String, suffix: String, stopTokenIds: Set<Int>) {
+    public init(file: String, prefix: String, join: String, suffix: String, stopTokenIds: Set<Int>, sha256: String? = nil) {
         self.file = file
         self.prefix = prefix
         self.join = join
         self.suffix = suffix
         self.stopTokenIds = stopTokenIds
+        self.sha256 = sha256
     }
 
     public static func parse(_ j: JSONPath) throws -> DecoderTokenizerInfo {
         do {
             let chat = try j["chat"]
             return DecoderTokenizerInfo(file: try j["file"].string(), prefix: try chat["prefix"].string(), join: try chat["join"].string(),
-                                        suffix: try chat["suffix"].string(), stopTokenIds: Set(try j["stop_token_ids"].intArray()))
+                                        suffix: try chat["suffix"].string(), stopTokenIds: Set(try j["stop_token_ids"].intArray()),
+                                        sha256: try j.opt("sha256")?.stringOrNull())
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest's tokenizer section is not usable (\(e.message)); re-export the decoder")
         }

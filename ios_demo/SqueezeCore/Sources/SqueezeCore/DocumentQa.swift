@@ -65,6 +65,24 @@ public final class DocumentQa {
         return String(scalars)
     }
 
+    /// Python's tokenizer.check_question: in chat framing a question that is not blank (an empty user turn asks nothing,
+    /// and the model answered some question of its own; raw framing continues the context, whitespace is text there).
+    /// Blank is Python's str.isspace, scalar for scalar. (A Swift String holds no stray surrogate, which Python refuses.)
+    public static func checkQuestion(_ text: String, raw: Bool) throws {
+        if !raw && text.unicodeScalars.allSatisfy({ isPythonSpace($0.value) }) {
+            throw DecoderError("the prompt is empty\(text.isEmpty ? "" : " (only whitespace)"): the user's turn needs a "
+                               + "question; ask one")
+        }
+    }
+
+    /// str.isspace of Python 3.11: the ASCII controls it counts, U+0085, and Unicode's Zs, Zl and Zp.
+    static func isPythonSpace(_ v: UInt32) -> Bool {
+        switch v {
+        case 0x09...0x0D, 0x1C...0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000: return true
+        default: return false
+        }
+    }
+
     /// The question's token ids, framed as the pack was built (raw: nil = as the pack says).
     public func promptIds(_ prompt: String, raw: Bool? = nil) throws -> [Int] {
         let framing = loop.pack.framing
@@ -73,6 +91,7 @@ public final class DocumentQa {
             throw DecoderError("this pack was built with \(framing) framing; " + (isRaw ? "drop --raw" : "pass --raw") +
                 " or rebuild the pack")
         }
+        try DocumentQa.checkQuestion(prompt, raw: isRaw)
         // the question is user text: special-token strings written in it stay text (Python's DecoderSession.prompt_ids,
         // encode_literal); only the framing's suffix ("<|im_end|>\n<|im_start|>assistant\n") has real markers
         if isRaw { return try tokenizer.encode(prompt, literal: true) }

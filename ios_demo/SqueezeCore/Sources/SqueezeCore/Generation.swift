@@ -133,6 +133,12 @@ public final class GenerationLoop {
             keepKeys = keep
             graphFollow = contract.followKeys
             follow = graphFollow > 0 && keep >= contract.followMinKeep ? graphFollow : 0
+            // Python's GenerationLoop (the host's rule): following every kept key would select none
+            if follow > 0 && follow >= keep {
+                throw DecoderError("this artifact follows \(follow) keys per decode step but the pack keeps only \(keep) keys "
+                    + "per head at its KV budget, so none would be selected; use a pack of a longer context or an artifact "
+                    + "exported with fewer --follow-keys")
+            }
         } else {
             keepKeys = nil
             graphFollow = 0

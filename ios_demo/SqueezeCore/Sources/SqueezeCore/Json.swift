@@ -62,12 +62,18 @@ public indirect enum JSONValue: Equatable {
 public enum Json {
     public static let defaultMaxDepth = 256
 
+    /// Parse text (a leading byte-order mark is refused, as Python's json.loads of str refuses it).
     public static func parse(_ text: String, maxDepth: Int = defaultMaxDepth) throws -> JSONValue {
-        try parse(Array(text.utf8), maxDepth: maxDepth)
+        try parseUTF8(Array(text.utf8), maxDepth: maxDepth)
     }
 
-    /// Parse UTF-8 bytes (a leading byte-order mark is refused, as Python's json.loads of bytes does not skip it).
+    /// Parse UTF-8 bytes. A leading byte-order mark is skipped, as Python's json.loads of bytes and the Python manifest
+    /// readers skip it (a Windows editor writes one).
     public static func parse(_ bytes: [UInt8], maxDepth: Int = defaultMaxDepth) throws -> JSONValue {
+        try parseUTF8(bytes.starts(with: [0xEF, 0xBB, 0xBF]) ? Array(bytes.dropFirst(3)) : bytes, maxDepth: maxDepth)
+    }
+
+    private static func parseUTF8(_ bytes: [UInt8], maxDepth: Int) throws -> JSONValue {
         if !isValidUTF8(bytes) { throw JSONError("JSON text is not valid UTF-8") }
         return try bytes.withUnsafeBufferPointer { buf in
             var p = Parser(s: buf, maxDepth: maxDepth)

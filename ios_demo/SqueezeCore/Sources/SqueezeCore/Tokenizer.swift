@@ -196,12 +196,12 @@ public final class ByteLevelBpeTokenizer {
             for b in bytes { whole.append(ByteLevelBpeTokenizer.byteToScalar[Int(b)]) }
             if let id = vocab[String(whole)] { return [id] }
         }
-        var symbols = try bytes.map { b -> Int in
+        // a byte the vocabulary has no token for is dropped, as tokenizers' BPE does without an unk token (the real
+        // SmolLM2 vocabulary has none for six control characters and the lead bytes of planes 4-11): its neighbours
+        // become adjacent and may merge
+        var symbols = bytes.compactMap { b -> Int? in
             let id = byteSymbol[Int(b)]
-            if id < 0 {
-                throw TokenizerError("the tokenizer has no token for byte \(b); it is not a complete byte-level vocabulary")
-            }
-            return id
+            return id < 0 ? nil : id
         }
         let n = symbols.count
         if n < 2 { return symbols }
@@ -346,13 +346,22 @@ public final class ByteLevelBpeTokenizer {
 
     static func pairKey(_ a: Int, _ b: Int) -> UInt64 { UInt64(UInt32(truncatingIfNeeded: a)) << 32 | UInt64(UInt32(truncatingIfNeeded: b)) }
 
-    public static func fromFile(_ path: String) throws -> ByteLevelBpeTokenizer {
+    /// The tokenizer in `path`; with `sha256` (the decoder manifest's `tokenizer.sha256`) it must be the file the export
+    /// wrote: an edited vocabulary (two digits' ids swapped, say) parses fine and answers other digits. Parsed first, so a
+    /// damaged file says it cannot be read (decoder_session.load_decoder_tokenizer's order; Kotlin: the same).
+    public static func fromFile(_ path: String, sha256: String? = nil) throws -> ByteLevelBpeTokenizer {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
               let data = FileManager.default.contents(atPath: path) else {
             throw TokenizerError("the tokenizer \(path) is missing; re-export the decoder")
         }
-        return try parse([UInt8](data), source: (path as NSString).lastPathComponent)
+        let bytes = [UInt8](data)
+        let tokenizer = try parse(bytes, source: (path as NSString).lastPathComponent)
+        if let expected = sha256, SHA256.hexDigest(bytes) != expected {
+            throw TokenizerError("the tokenizer \(path) is not the one the export wrote (its sha256 differs from the manifest's); "
+                                 + "restore it or re-export the decoder")
+        }
+        return tokenizer
     }
 
     public static func parse(_ bytes: [UInt8], source: String = "tokenizer.json") throws -> ByteLevelBpeTokenizer {

@@ -61,7 +61,7 @@ public struct DecoderModelDirectory {
     }
 
     public func tokenizer() throws -> ByteLevelBpeTokenizer {
-        try ByteLevelBpeTokenizer.fromFile(url.appendingPathComponent(manifest.tokenizer.file).path)
+        try ByteLevelBpeTokenizer.fromFile(url.appendingPathComponent(manifest.tokenizer.file).path, sha256: manifest.tokenizer.sha256)
     }
 
     /// The artifact's file, which must exist; a file (not an .mlpackage folder) of another size than the manifest's

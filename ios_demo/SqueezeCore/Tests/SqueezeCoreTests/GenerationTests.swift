@@ -169,6 +169,16 @@ final class GenerationTests: XCTestCase {
             try GenerationLoop(runtime: Recorder(), contract: small, pack: pack, contextInputs: context)
         }
         XCTAssertTrue(message.contains("keeps \(keep) keys per head but the decoder gathers at most \(keep - 1)"), message)
+        // a graph that follows as many keys as the pack keeps would select none (Python's GenerationLoop refuses it)
+        let all = thrownMessage(DecoderError.self) {
+            try GenerationLoop(runtime: Recorder(), contract: try contract.withFollowKeys(keep, minKeep: 0), pack: pack,
+                               contextInputs: context)
+        }
+        XCTAssertTrue(all.hasPrefix("this artifact follows \(keep) keys per decode step but the pack keeps only \(keep) keys"), all)
+        XCTAssertEqual(try GenerationLoop(runtime: Recorder(), contract: try contract.withFollowKeys(keep - 1, minKeep: 0),
+                                          pack: pack, contextInputs: context).follow, keep - 1)
+        XCTAssertEqual(try GenerationLoop(runtime: Recorder(), contract: try contract.withFollowKeys(keep, minKeep: keep + 1),
+                                          pack: pack, contextInputs: context).follow, 0)  // gated: none
     }
 
     func testAPromptTailRunsAsDecodeStepsAfterOnePrefill() throws {
@@ -768,6 +778,22 @@ final class GenerationTests: XCTestCase {
             XCTAssertTrue(message.hasPrefix("the artifact computed logits that are not finite") && !message.contains("\n"),
                           message)
         }
+    }
+
+    func testBlankQuestionsAreRefusedAsPythonRefusesThem() throws {
+        // an empty chat turn was answered (its framed ids are never empty: the model answered a question of its own);
+        // Python's tokenizer.check_question refuses it. Blank is Python's str.isspace.
+        let tokenizer = try TokenizerTests.sharedTokenizer()
+        let contract = try DecoderContract(attention: "full", state: "buffer", kvBudget: nil, shapes: shapes)
+        let qa = try DocumentQa(runtime: NaNRuntime(vocab: tokenizer.vocabSize), contract: contract,
+                                tokenizer: tokenizer, tokenizerInfo: manifest.tokenizer, pack: pack)
+        func refused(_ prompt: String) -> String { thrownMessage(DecoderError.self) { try qa.generate(prompt, maxNewTokens: 2) } }
+        XCTAssertEqual(refused(""), "the prompt is empty: the user's turn needs a question; ask one")
+        for blank in [" ", "\n\t ", "\u{a0}\u{3000}\u{2028}", "\u{1c}\u{1f}\u{85}"] {
+            XCTAssertEqual(refused(blank), "the prompt is empty (only whitespace): the user's turn needs a question; ask one")
+        }
+        // not blank for Python either: a zero-width space, a control character
+        for text in ["\u{200b}", "\u{1}"] { XCTAssertFalse(try qa.promptIds(text).isEmpty, text) }
     }
 
     func testAnAnswerCutInsideACharacterEndsBeforeIt() throws {

@@ -49,6 +49,9 @@ final class JsonTests: XCTestCase {
             XCTAssertTrue(message.hasPrefix("invalid JSON at offset "), "\(text): \(message)")
         }
         XCTAssertThrowsError(try Json.parse([0x7B, 0xC3, 0x28, 0x7D])) // not UTF-8
+        // a byte-order mark: skipped in bytes (Python's json.loads of bytes, the manifest readers), refused in text (above)
+        XCTAssertEqual(try Json.parse([0xEF, 0xBB, 0xBF] + Array("{}".utf8)), .object(JSONObject()))
+        XCTAssertThrowsError(try Json.parse([0xEF, 0xBB, 0xBF] as [UInt8]))
     }
 
     func testDeepNestingIsRefusedNotAStackOverflow() throws {

@@ -22,7 +22,7 @@ final class TokenizerTests: XCTestCase {
                 throw GoldenMissing(message: "\(path) is missing; run .venv/bin/python android_demo/tools/make_golden.py --tokenizer-only")
             }
             let bytes = [UInt8](data)
-            if try Golden.json("qa_tokenizer.json.gz")["tokenizer_sha256"].string() != sha256Hex(bytes) {
+            if try Golden.json("qa_tokenizer.json.gz")["tokenizer_sha256"].string() != SHA256.hexDigest(bytes) {
                 throw GoldenMissing(message: "\(path) is not the tokenizer the goldens were made with; run android_demo/tools/make_golden.py")
             }
             return try ByteLevelBpeTokenizer.parse(bytes, source: "tokenizer.json")
@@ -124,6 +124,28 @@ final class TokenizerTests: XCTestCase {
         XCTAssertThrowsError(try ByteLevelBpeTokenizer.fromFile("/nonexistent/tokenizer.json"))
     }
 
+    func testATokenizerOtherThanTheExportsIsRefused() throws {
+        // the decoder manifest records tokenizer.json's sha256: an edited vocabulary (two digits' ids swapped) parsed fine
+        // and answered other digits (Python: load_decoder_tokenizer; Kotlin: the same check)
+        let manifest = try DecoderManifest.parse(try Golden.bytes("qa_decoder_manifest.json"))
+        let sha = try XCTUnwrap(manifest.tokenizer.sha256)
+        let text = try Golden.text("qa_tokenizer_tiny.json")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tokenizer-sha-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let good = dir.appendingPathComponent("tokenizer.json"), edited = dir.appendingPathComponent("edited.json")
+        try Data(text.utf8).write(to: good)
+        let other = text.replacingOccurrences(of: "\"ab\":", with: "\"ab\" :")  // the same vocabulary, other bytes
+        XCTAssertNotEqual(other, text)
+        try Data(other.utf8).write(to: edited)
+        let tok = try ByteLevelBpeTokenizer.fromFile(good.path, sha256: sha)
+        let message = thrownMessage(TokenizerError.self) { _ = try ByteLevelBpeTokenizer.fromFile(edited.path, sha256: sha) }
+        XCTAssertTrue(message.hasSuffix("is not the one the export wrote (its sha256 differs from the manifest's); restore it or "
+                                        + "re-export the decoder") && !message.contains("\n"), message)
+        // a manifest without the hash (older exports) is not checked
+        XCTAssertEqual(try ByteLevelBpeTokenizer.fromFile(edited.path).encode("ab an"), try tok.encode("ab an"))
+    }
+
     func testLongRunsOfOneCharacterMergeInLinearithmicWork() throws {
         // a question pasted with a long run of one character (a row of "=", a long number, a base64 blob): merging
         // rescanned the whole word per merge (the Kotlin port: 25 s for 32,000 "a"; Python's tokenizers: 9 ms). Python's
@@ -195,55 +217,4 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(split("x\u{85}\u{A0}y"), ["x", "\u{85}", "\u{A0}", "y"]) // NBSP is no " " prefix
         XCTAssertEqual(split("'re'RE"), ["'re", "'", "RE"])
     }
-}
-
-/// SHA-256 (FIPS 180-4) without CryptoKit (not on Linux).
-func sha256Hex(_ message: [UInt8]) -> String {
-    let k: [UInt32] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
-        0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc,
-        0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-        0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08,
-        0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-        0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-    ]
-    var h: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
-    var data = message
-    let bitLength = UInt64(message.count) * 8
-    data.append(0x80)
-    while data.count % 64 != 56 { data.append(0) }
-    for i in (0..<8).reversed() { data.append(UInt8(truncatingIfNeeded: bitLength >> (UInt64(i) * 8))) }
-    func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
-    var w = [UInt32](repeating: 0, count: 64)
-    for chunk in stride(from: 0, to: data.count, by: 64) {
-        for t in 0..<16 {
-            var v = UInt32(data[chunk + 4 * t]) << 24
-            v |= UInt32(data[chunk + 4 * t + 1]) << 16
-            v |= UInt32(data[chunk + 4 * t + 2]) << 8
-            v |= UInt32(data[chunk + 4 * t + 3])
-            w[t] = v
-        }
-        for t in 16..<64 {
-            let s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3)
-            let s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10)
-            w[t] = w[t - 16] &+ s0 &+ w[t - 7] &+ s1
-        }
-        var a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7]
-        for t in 0..<64 {
-            let s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
-            let ch = (e & f) ^ (~e & g)
-            let t1 = hh &+ s1 &+ ch &+ k[t] &+ w[t]
-            let s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
-            let maj = (a & b) ^ (a & c) ^ (b & c)
-            let t2 = s0 &+ maj
-            hh = g; g = f; f = e; e = d &+ t1; d = c; c = b; b = a; a = t1 &+ t2
-        }
-        h[0] = h[0] &+ a; h[1] = h[1] &+ b; h[2] = h[2] &+ c; h[3] = h[3] &+ d
-        h[4] = h[4] &+ e; h[5] = h[5] &+ f; h[6] = h[6] &+ g; h[7] = h[7] &+ hh
-    }
-    return h.map { v in
-        let s = String(v, radix: 16)
-        return String(repeating: "0", count: 8 - s.count) + s
-    }.joined()
 }

@@ -285,12 +285,14 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
 }
 
 /** The manifest's "tokenizer" section: the tokenizer file, the chat framing and the stop tokens. */
-class DecoderTokenizerInfo(val file: String, val prefix: String, val join: String, val suffix: String, val stopTokenIds: Set<Int>) {
+class DecoderTokenizerInfo(val file: String, val prefix: String, val join: String, val suffix: String, val stopTokenIds: Set<Int>,
+                           /** the file's sha256 (manifests since 2026-12-06; older ones have none and are not checked) */
+                           val sha256: String? = null) {
     companion object {
         fun parse(j: JsonPath): DecoderTokenizerInfo = try {
             val chat = j["chat"]
             DecoderTokenizerInfo(j["file"].string(), chat["prefix"].string(), chat["join"].string(), chat["suffix"].string(),
-                j["stop_token_ids"].intArray().toSet())
+                j["stop_token_ids"].intArray().toSet(), j.opt("sha256")?.stringOrNull())
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest's tokenizer section is not usable (${e.message}); re-export the decoder")
         }
@@ -376,7 +378,15 @@ class GenerationLoop(
      * The keys this loop follows per KV head: the graph's where the pack keeps at least follow_min_keep keys, else 0
      * (gated: the graph still takes follow_rows, all -1, and keep_keys as is, its F = 0 rule).
      */
-    val follow: Int = if (graphFollow > 0 && keepKeys!! >= contract.followMinKeep) graphFollow else 0
+    val follow: Int = (if (graphFollow > 0 && keepKeys!! >= contract.followMinKeep) graphFollow else 0).also { f ->
+        // Python's GenerationLoop (the host's rule): following every kept key would select none; ONNX Runtime then
+        // refused the first decode step's follow_rows with its own message
+        if (f > 0 && f >= keepKeys!!) {
+            throw DecoderException("this artifact follows $f keys per decode step but the pack keeps only $keepKeys keys " +
+                "per head at its KV budget, so none would be selected; use a pack of a longer context or an artifact " +
+                "exported with fewer --follow-keys")
+        }
+    }
 
     /**
      * The answer's first decode steps that run [exactMethod] (every fixed-context row) instead of decode: the
@@ -852,6 +862,37 @@ class Answer(val text: String, val tokenIds: IntArray, val promptTokens: Int, va
  * built (chat: join + question + suffix; raw: the question; the question encoded literally: special-token strings
  * written in it stay text), generates, and streams text without splitting a multi-byte character.
  */
+/**
+ * Python's tokenizer.check_question: text with no stray UTF-16 surrogate (half an emoji cut from a text field was
+ * encoded as "?", a question nobody asked; Python refuses it), and in chat framing not blank (an empty user turn asks
+ * nothing, and the model answered some question of its own; raw framing continues the context, whitespace is text).
+ * Blank is Python's str.isspace, character for character.
+ */
+fun checkQuestion(text: String, raw: Boolean) {
+    var i = 0
+    var character = 0
+    while (i < text.length) {
+        val c = text[i]
+        val pair = Character.isHighSurrogate(c) && i + 1 < text.length && Character.isLowSurrogate(text[i + 1])
+        if (!pair && Character.isSurrogate(c)) {
+            throw DecoderException("the prompt is not valid UTF-8 text (character ${character + 1} is a stray byte or " +
+                "surrogate); pass the text in UTF-8")
+        }
+        i += if (pair) 2 else 1
+        character++
+    }
+    if (!raw && text.all { isPythonSpace(it) }) {
+        throw DecoderException("the prompt is empty${if (text.isEmpty()) "" else " (only whitespace)"}: the user's turn " +
+            "needs a question; ask one")
+    }
+}
+
+/** str.isspace of Python 3.11 (all in the BMP): the ASCII controls it counts, U+0085, and Unicode's Zs, Zl and Zp. */
+private fun isPythonSpace(c: Char): Boolean = when (c.code) {
+    in 0x09..0x0D, in 0x1C..0x20, 0x85, 0xA0, 0x1680, in 0x2000..0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000 -> true
+    else -> false
+}
+
 class DocumentQa(
     val runtime: DecoderRuntime,
     val contract: DecoderContract,
@@ -888,6 +929,7 @@ class DocumentQa(
             throw DecoderException("this pack was built with $framing framing; " + (if (isRaw) "drop --raw" else "pass --raw") +
                 " or rebuild the pack")
         }
+        checkQuestion(prompt, isRaw)
         // the question is user text: special-token strings written in it stay text (Python's DecoderSession.prompt_ids,
         // encode_literal); only the framing's suffix ("<|im_end|>\n<|im_start|>assistant\n") has real markers
         if (isRaw) return tokenizer.encode(prompt, literal = true)

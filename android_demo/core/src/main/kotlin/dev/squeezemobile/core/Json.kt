@@ -24,13 +24,17 @@ object Json {
         return value
     }
 
-    /** Parse UTF-8 bytes (a leading byte-order mark is refused, as RFC 8259 allows and Python's json does). */
+    /**
+     * Parse UTF-8 bytes. A leading byte-order mark is skipped, as Python's json.loads of bytes and the Python manifest
+     * readers skip it (a Windows editor writes one); in a String ([parse] of text) it is refused, as json.loads of str does.
+     */
     fun parse(bytes: ByteArray, maxDepth: Int = DEFAULT_MAX_DEPTH): Any? {
         val decoder = Charsets.UTF_8.newDecoder()
             .onMalformedInput(java.nio.charset.CodingErrorAction.REPORT)
             .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPORT)
+        val bom = bytes.size >= 3 && bytes[0] == 0xEF.toByte() && bytes[1] == 0xBB.toByte() && bytes[2] == 0xBF.toByte()
         val text = try {
-            decoder.decode(java.nio.ByteBuffer.wrap(bytes)).toString()
+            decoder.decode(java.nio.ByteBuffer.wrap(bytes, if (bom) 3 else 0, bytes.size - if (bom) 3 else 0)).toString()
         } catch (e: java.nio.charset.CharacterCodingException) {
             throw JsonException("JSON text is not valid UTF-8")
         }

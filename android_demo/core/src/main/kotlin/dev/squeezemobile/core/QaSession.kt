@@ -44,7 +44,7 @@ class DecoderDirectory(val dir: File) {
     fun tokenizer(): ByteLevelBpeTokenizer {
         val f = File(dir, manifest.tokenizer.file)
         if (!f.isFile) throw DecoderException("the tokenizer $f is missing; re-export the decoder or copy the whole directory")
-        return ByteLevelBpeTokenizer.fromFile(f)
+        return ByteLevelBpeTokenizer.fromFile(f, manifest.tokenizer.sha256)
     }
 
     companion object {

@@ -179,15 +179,16 @@ class ByteLevelBpeTokenizer private constructor(
             for (b in bytes) whole.append(BYTE_TO_CHAR[b.toInt() and 0xFF])
             vocab[whole.toString()]?.let { return intArrayOf(it) }
         }
-        val n = bytes.size
-        val symbols = IntArray(n)
-        for (k in bytes.indices) {
-            val id = byteSymbol[bytes[k].toInt() and 0xFF]
-            if (id < 0) throw TokenizerException("the tokenizer has no token for byte ${bytes[k].toInt() and 0xFF}; " +
-                "it is not a complete byte-level vocabulary")
-            symbols[k] = id
+        // a byte the vocabulary has no token for is dropped, as tokenizers' BPE does without an unk token (the real
+        // SmolLM2 vocabulary has none for six control characters and the lead bytes of planes 4-11): its neighbours
+        // become adjacent and may merge
+        var n = 0
+        val symbols = IntArray(bytes.size)
+        for (b in bytes) {
+            val id = byteSymbol[b.toInt() and 0xFF]
+            if (id >= 0) symbols[n++] = id
         }
-        if (n < 2) return symbols
+        if (n < 2) return symbols.copyOf(n)
         val next = IntArray(n) { if (it + 1 < n) it + 1 else -1 }
         val prev = IntArray(n) { it - 1 }
         val alive = BooleanArray(n) { true }
@@ -288,9 +289,23 @@ class ByteLevelBpeTokenizer private constructor(
             else -> false
         }
 
-        fun fromFile(path: java.io.File): ByteLevelBpeTokenizer {
+        /**
+         * The tokenizer in [path]; with [sha256] (the decoder manifest's `tokenizer.sha256`) it must be the file the export
+         * wrote: an edited vocabulary (two digits' ids swapped, say) parses fine and answers other digits. Parsed first,
+         * so a damaged file says it cannot be read (decoder_session.load_decoder_tokenizer's order).
+         */
+        fun fromFile(path: java.io.File, sha256: String? = null): ByteLevelBpeTokenizer {
             if (!path.isFile) throw TokenizerException("the tokenizer $path is missing; re-export the decoder")
-            return parse(path.readBytes(), path.name)
+            val bytes = path.readBytes()
+            val tokenizer = parse(bytes, path.name)
+            if (sha256 != null) {
+                val digest = java.security.MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+                if (digest != sha256) {
+                    throw TokenizerException("the tokenizer $path is not the one the export wrote (its sha256 differs from " +
+                        "the manifest's); restore it or re-export the decoder")
+                }
+            }
+            return tokenizer
         }
 
         fun parse(bytes: ByteArray, source: String = "tokenizer.json"): ByteLevelBpeTokenizer = try {

@@ -392,6 +392,12 @@ class GenerationTest {
         val fewer = DecoderContract("squeezed", "buffer", 0.3, shapes.copy(maxKeep = keep - 1))
         val e = assertThrows(DecoderException::class.java) { GenerationLoop(CallRecorder(), fewer, pack, context) }
         assertTrue("keeps $keep keys per head but the decoder gathers at most ${keep - 1}" in e.message!!, e.message)
+        // a graph that follows as many keys as the pack keeps would select none (Python's GenerationLoop refuses it;
+        // ONNX Runtime refused the first decode step's follow_rows in its own words)
+        val all = assertThrows(DecoderException::class.java) { GenerationLoop(CallRecorder(), contract.withFollowKeys(keep, 0), pack, context) }
+        assertTrue(all.message!!.startsWith("this artifact follows $keep keys per decode step but the pack keeps only $keep keys"), all.message)
+        assertEquals(keep - 1, GenerationLoop(CallRecorder(), contract.withFollowKeys(keep - 1, 0), pack, context).follow)
+        assertEquals(0, GenerationLoop(CallRecorder(), contract.withFollowKeys(keep, keep + 1), pack, context).follow) // gated: none
     }
 
     @Test
@@ -751,6 +757,29 @@ class GenerationTest {
         }
         assertTrue(e.message!!.startsWith("the artifact computed logits that are not finite") && '\n' !in e.message!!,
             e.message)
+    }
+
+    @Test
+    fun blankQuestionsAndStraySurrogatesAreRefusedAsPythonRefusesThem() {
+        // an empty chat turn was answered (its framed ids are never empty: the model answered a question of its own);
+        // half an emoji became "?" (Python's tokenizer.check_question refuses both). Blank is Python's str.isspace.
+        val tokenizer = TokenizerTest.shared
+        val nothing = object : DecoderRuntime {
+            override val name = "unused"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> =
+                throw AssertionError("no call may run")
+        }
+        val qa = DocumentQa(nothing, DecoderContract("full", "buffer", null, shapes), tokenizer, manifest.tokenizer, pack)
+        fun refused(prompt: String) = assertThrows(DecoderException::class.java) { qa.generate(prompt, maxNewTokens = 2) }.message!!
+        assertEquals("the prompt is empty: the user's turn needs a question; ask one", refused(""))
+        for (blank in listOf(" ", "\n\t ", "\u00a0\u3000\u2028", "\u001c\u001f\u0085")) {
+            assertEquals("the prompt is empty (only whitespace): the user's turn needs a question; ask one", refused(blank))
+        }
+        assertEquals("the prompt is not valid UTF-8 text (character 2 is a stray byte or surrogate); pass the text in UTF-8",
+            refused("a\uD800b"))
+        assertTrue(refused("\uD83D\uDE00\uDC00").contains("character 2 is a stray"))
+        // not blank for Python either: a zero-width space, a control character; a whole emoji is text
+        for (text in listOf("\u200b", "\u0001", "\uD83D\uDE00")) assertTrue(qa.promptIds(text).isNotEmpty(), text)
     }
 
     @Test

@@ -55,6 +55,10 @@ class JsonTest {
             assertTrue(e.message!!.startsWith("invalid JSON at offset "), e.message)
         }
         assertThrows(JsonException::class.java) { Json.parse(byteArrayOf(0x7B, 0xC3.toByte(), 0x28, 0x7D)) } // not UTF-8
+        // a byte-order mark: skipped in bytes (Python's json.loads of bytes, the manifest readers), refused in text
+        assertThrows(JsonException::class.java) { Json.parse("\uFEFF{}") }
+        assertEquals(emptyMap<String, Any?>(), Json.parse(byteArrayOf(0xEF.toByte(), 0xBB.toByte(), 0xBF.toByte()) + "{}".toByteArray()))
+        assertThrows(JsonException::class.java) { Json.parse(byteArrayOf(0xEF.toByte(), 0xBB.toByte(), 0xBF.toByte())) }
     }
 
     @Test

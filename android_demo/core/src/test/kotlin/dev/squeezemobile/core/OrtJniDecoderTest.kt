@@ -183,6 +183,26 @@ class OrtJniDecoderTest {
     }
 
     @Test
+    fun aSessionTakesHundredsOfInputsAndOutputs() {
+        // the real 30-layer SmolLM2's squeezed export declares 366 inputs; the bridge held at most 256 per run and refused
+        // every real decoder ("more than 256 inputs or outputs"). The golden graph: 400 inputs x_i, y_i = x_i + i, and total
+        export()   // the bridge, loaded
+        val model = File.createTempFile("many-tensors", ".onnx").apply { deleteOnExit(); writeBytes(Golden.bytes("qa_ort_many_tensors.onnx")) }
+        OrtJniSession.open(model).use { session ->
+            val n = session.inputNames.size
+            assertEquals(400, n)
+            assertEquals(n + 1, session.outputNames.size)
+            val feed = LinkedHashMap<String, OrtTensor>()
+            for (i in 0 until n) feed["x$i"] = OrtTensor(floatArrayOf(0.5f * i), longArrayOf(1))
+            val out = session.run(feed)
+            assertEquals(n + 1, out.size)
+            for (i in 0 until n) assertEquals(1.5f * i, (out.getValue("y$i").data as FloatArray)[0], "y$i")
+            assertEquals(0.5f * n * (n - 1) / 2, (out.getValue("total").data as FloatArray)[0])
+        }
+        model.delete()
+    }
+
+    @Test
     fun namedInputsAndOutputsAndTheirErrors() {
         val d = export()
         val s = setup(d)

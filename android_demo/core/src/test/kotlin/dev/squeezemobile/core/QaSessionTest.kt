@@ -225,6 +225,26 @@ class QaSessionTest {
     }
 
     @Test
+    fun aTokenizerOtherThanTheExportsIsRefused() {
+        // the manifest records tokenizer.json's sha256: an edited vocabulary (two digits' ids swapped) parsed fine and
+        // answered other digits (Python: load_decoder_tokenizer); a manifest without one (older exports) is not checked
+        assertEquals(64, manifest.tokenizer.sha256?.length)
+        val dir = exportDir("edited")
+        val good = DecoderDirectory(dir).tokenizer()
+        val text = Golden.text("qa_tokenizer_tiny.json")
+        val edited = text.replaceFirst("\"ab\":", "\"ab\" :")   // the same vocabulary, other bytes: still not the export's
+        check(edited != text)
+        File(dir, "tokenizer.json").writeText(edited)
+        val e = assertThrows(TokenizerException::class.java) { DecoderDirectory(dir).tokenizer() }
+        assertTrue(e.message!!.endsWith("is not the one the export wrote (its sha256 differs from the manifest's); restore it " +
+            "or re-export the decoder") && !e.message!!.contains("\n"), e.message)
+        val old = exportDir("old", Golden.text("qa_decoder_manifest.json").replace(Regex(",\\s*\"sha256\": \"${manifest.tokenizer.sha256}\""), ""))
+        assertEquals(null, DecoderDirectory(old).manifest.tokenizer.sha256)
+        File(old, "tokenizer.json").writeText(edited)
+        assertEquals(good.encode("ab an").toList(), DecoderDirectory(old).tokenizer().encode("ab an").toList())
+    }
+
+    @Test
     fun aManifestNamingFilesOutsideItsDirectoryIsRefused() {
         // the app opens File(dir, name): "../x" or an absolute path would reach any file the app can read
         val text = Golden.text("qa_decoder_manifest.json")
