@@ -511,6 +511,14 @@ class GenerationLoop:
             self.prompting = False
         return logits
 
+    def check_request(self, prompt_tokens: int, max_new_tokens) -> int:
+        """``max_new_tokens`` as an int, once it is a whole number and the prompt and answer fit the exported cache
+        (greedy checks it; DecoderSession also before a deferred runtime load)."""
+        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
+            raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got {max_new_tokens!r}")
+        self.check_lengths(prompt_tokens, int(max_new_tokens))
+        return int(max_new_tokens)
+
     def check_lengths(self, prompt_tokens: int, max_new_tokens: int) -> None:
         s = self.shapes
         if not prompt_tokens:
@@ -533,10 +541,7 @@ class GenerationLoop:
         """Prefill ``ids`` then decode greedily (or along ``forced`` tokens). Returns (tokens, logits per step).
         ``rerun_at``: the decode steps to run again exactly, in place of the exact_below rule (verification replays
         another loop's decisions, so both compare the same calls)."""
-        if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
-            raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got {max_new_tokens!r}")
-        max_new_tokens = int(max_new_tokens)
-        self.check_lengths(len(ids), max_new_tokens)
+        max_new_tokens = self.check_request(len(ids), max_new_tokens)
         cache = self.new_cache()
         self.lookup_seconds = 0.0
         self.selected = False
@@ -658,10 +663,7 @@ class DecoderSession:
             raise SqueezeError("no context pack attached; call attach(PACK) (CLI: --context-pack PACK)")
         ids = self.prompt_ids(prompt, raw)
         if self.runner is None:   # deferred load: the prompt's length and the answer's room are checked first
-            if not isinstance(max_new_tokens, numbers.Integral) or isinstance(max_new_tokens, bool):
-                raise SqueezeError(f"--max-new-tokens (max_new_tokens) must be a whole number >= 1; got "
-                                   f"{max_new_tokens!r}")
-            self.loop.check_lengths(len(ids), int(max_new_tokens))
+            self.loop.check_request(len(ids), max_new_tokens)
             self.load()
         streamed = TextStream(lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True), on_text)
         tokens, _ = self.loop.greedy(ids, max_new_tokens, stop_ids=self.stop_ids if stop_at_eos else (),
