@@ -37,8 +37,11 @@ def prompt_macs(config: Dict, contract: Dict, tokens: int) -> Dict[str, float]:
     if contract["attention"] == "full":
         rows = tokens * (context_rows(contract) + cache + tokens)
     else:
-        exact = min(tokens, int(contract.get("exact_tail") or 0))
-        selecting = tokens - exact   # one call; a call's own tokens are its new rows
+        from squeezed_attention.settings import exact_span
+
+        head, start = exact_span(tokens, int(contract.get("exact_head") or 0), int(contract.get("exact_tail") or 0))
+        selecting = start - head     # one call; a call's own tokens are its new rows
+        exact = tokens - selecting   # the exact head and tail (settings.exact_span)
         rows = (selecting * (context_rows(contract, "decode") + cache + selecting)
                 + exact * (context_rows(contract, "exact") + cache + exact))
     return {"weights": float(weights), "attention": float(rows * per_row), "total": float(weights + rows * per_row)}

@@ -73,6 +73,10 @@ def add_subcommands(sub) -> None:
                    "artifact's prefill_exact; squeeze generate --exact-tail), at most the width it was exported with; "
                    "several values give one row each, in the same interleaved run, with every --prefill-tail "
                    "(default: the manifest's exact_tail)")
+    d.add_argument("--exact-head", type=TOKEN_COUNTS, default=None, metavar="N[,N]",
+                   help="squeezed artifacts: the question's first N tokens attend every fixed-context key too (squeeze "
+                   "generate --exact-head); several values give one row each, in the same interleaved run, with every "
+                   "--exact-tail (default: the manifest's exact_head)")
     d.add_argument("--no-profile", dest="profile", action="store_false",
                    help="skip the profiled pass that measures the lookup's share of decode time (default: run it)")
     p.add_argument("--adb", nargs="?", const="", default=None, metavar="SERIAL",
@@ -173,6 +177,7 @@ def cmd_bench(args) -> int:
                                        llama_cpp=args.llama_cpp,
                                        prefill_tails=None if args.prefill_tail is None else list(args.prefill_tail),
                                        exact_tails=None if args.exact_tail is None else list(args.exact_tail),
+                                       exact_heads=None if args.exact_head is None else list(args.exact_head),
                                        formats=formats)
         _console(False).print(decoder_markdown(report).rstrip("\n"), markup=False, soft_wrap=True)
         print(f"reports: {', '.join(report['files'].values())}", file=sys.stderr)

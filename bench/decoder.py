@@ -57,7 +57,8 @@ def mode_label(d: Dict) -> str:
     return d["attention"] + (" (split)" if d.get("lookup_plan") == "split" else "") + \
         (" (question)" if d.get("decode_selection") == "question" else "") + \
         (f" (tail {d['prefill_tail']})" if d["attention"] == "squeezed" and d.get("prefill_tail") else "") + \
-        (f" (exact {d['exact_tail']})" if d["attention"] == "squeezed" and d.get("exact_tail") else "")
+        (f" (exact {d['exact_tail']})" if d["attention"] == "squeezed" and d.get("exact_tail") else "") + \
+        (f" (head {d['exact_head']})" if d["attention"] == "squeezed" and d.get("exact_head") else "")
 
 
 def context_label(tokens: int) -> str:
@@ -173,14 +174,16 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                           profile: bool = True, formats: Optional[Sequence[str]] = None, out_dir=None,
                           progress: Optional[Progress] = None, llama_cpp: bool = False,
                           prefill_tails: Optional[Sequence[int]] = None,
-                          exact_tails: Optional[Sequence[int]] = None) -> Dict:
-    from squeezed_attention.decoder_session import (decoder_dir, exact_tail_of, load_decoder_tokenizer,
+                          exact_tails: Optional[Sequence[int]] = None,
+                          exact_heads: Optional[Sequence[int]] = None) -> Dict:
+    from squeezed_attention.decoder_session import (decoder_dir, exact_head_of, exact_tail_of, load_decoder_tokenizer,
                                                     read_decoder_manifest)
 
     say = progress or (lambda a, b: None)
     # a tail given twice is one row, measured once
     prefill_tails = list(dict.fromkeys(prefill_tails)) if prefill_tails else [None]
     exact_tails = list(dict.fromkeys(exact_tails)) if exact_tails else [None]
+    exact_heads = list(dict.fromkeys(exact_heads)) if exact_heads else [None]
     if runs < 1 or warmup < 0 or rounds < 1 or (decode_tokens is not None and decode_tokens < 1):
         raise SqueezeError("--runs, --rounds and --decode-tokens must be >= 1 and --warmup >= 0")
     art_dir = decoder_dir(art_dir).resolve()   # the folder, or its manifest.json
@@ -218,6 +221,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
         if a["decoder"]["attention"] == "squeezed":   # the loop's own check of --exact-tail, before anything runs
             for e in exact_tails:
                 exact_tail_of(a["decoder"], e)
+            for h in exact_heads:
+                exact_head_of(a["decoder"], h)
     if llama_cpp:   # asked for by name: its absence is an error before any work, not a progress line in a run that exits 0
         from .llama_cpp_peer import llama_cpp_missing
 
@@ -245,10 +250,10 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
     probes = Probes(threads, say=say)
     probes.probe("before the runs", "read bandwidth and arithmetic peaks")
 
-    def tails_of(art):  # (prefill tail, exact tail); None: the manifest's; full attention selects nothing
+    def tails_of(art):  # (prefill tail, exact tail, exact head); None: the manifest's; full attention selects nothing
         if art["decoder"]["attention"] != "squeezed":
-            return [(None, None)]
-        return [(p, e) for p in prefill_tails for e in exact_tails]
+            return [(None, None, None)]
+        return [(p, e, h) for p in prefill_tails for e in exact_tails for h in exact_heads]
 
     order = [(p, a, t, tail) for t in threads for p in pack_rows for a in sorted(artifacts, key=lambda a: (
         a["format"], a["decoder"]["attention"] != "squeezed")) for tail in tails_of(a)]
@@ -263,6 +268,7 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 "decode_selection": art["decoder"].get("decode_selection"), "threads": t,
                 "prefill_tail": art["decoder"].get("prefill_tail") if tail[0] is None else tail[0],
                 "exact_tail": art["decoder"].get("exact_tail") if tail[1] is None else tail[1],
+                "exact_head": art["decoder"].get("exact_head") if tail[2] is None else tail[2],
                 "context_tokens": pack["context_tokens"], "pack": pack["path"],
                 "max_prompt": art["decoder"]["shapes"]["max_prompt"], "bytes": art.get("bytes"),
                 "prefill_s": [], "prompt_prefill_s": [], "decode_step_s": [], "opening_step_s": [], "load_s": [],
@@ -274,7 +280,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
                 f"{t} thread(s), round {r + 1}/{rounds}")
             res = run_worker({"kind": "decoder", "dir": str(art_dir), "file": art["file"], "pack": pack["path"],
                               "question": pack["question"], "threads": t, "runs": runs, "warmup": warmup,
-                              "decode_tokens": decode_tokens, "prefill_tail": tail[0], "exact_tail": tail[1]})
+                              "decode_tokens": decode_tokens, "prefill_tail": tail[0], "exact_tail": tail[1],
+                              "exact_head": tail[2]})
             row["load_average"].append(round(os.getloadavg()[0], 2))  # the 1-minute load the run just lived through
             if not res.get("ok"):
                 row.update({"status": "error", "detail": res.get("error")})
@@ -322,7 +329,8 @@ def run_decoder_benchmark(art_dir, contexts: Sequence[int] = DEFAULT_CONTEXTS, t
             memory_floor.annotate(row, manifest["model"]["config"], contracts[row["file"]], peaks)
             # the prompt as this row ran it: its exact tail may be shorter than the artifact's (--exact-tail)
             arithmetic_floor.annotate(row, manifest["model"]["config"],
-                                      {**contracts[row["file"]], "exact_tail": row.get("exact_tail")}, peaks)
+                                      {**contracts[row["file"]], "exact_tail": row.get("exact_tail"),
+                                       "exact_head": row.get("exact_head")}, peaks)
     for row in out_rows:  # squeezed over full: same format, context and threads, same run
         full = next((r for r in out_rows if r["attention"] == "full" and r["format"] == row["format"]
                      and r["context_tokens"] == row["context_tokens"] and r["threads"] == row["threads"]
@@ -494,6 +502,8 @@ def memory_floor_markdown(report: Dict) -> List[str]:
 
 def arithmetic_floor_markdown(report: Dict) -> List[str]:
     """The max-prompt prefills against their arithmetic floor (bench/arithmetic_floor.py)."""
+    from squeezed_attention.settings import exact_span
+
     peaks = (report.get("machine") or {}).get("peaks") or {}
     rows = [r for r in report["rows"] if r["status"] == "ok" and r.get("prompt_gmacs")]
     if not rows:
@@ -506,12 +516,13 @@ def arithmetic_floor_markdown(report: Dict) -> List[str]:
               "tail's tokens over every context row; bench/arithmetic_floor.py) at the measured fp32 FMA peak (weights "
               "at int8/int4: the int8 dot-product peak). The ceiling is full attention's floor over the squeezed "
               "graph's: the most the max-prompt prefill speed-up can reach on this machine.", "",
-              "| format | attention | weights | context | threads | tokens (exact tail) | GMAC (weights + attention) | "
+              "| format | attention | weights | context | threads | tokens (exact head + tail) | GMAC (weights + attention) | "
               "floor ms | measured ms | of peak | speed-up ceiling | measured speed-up |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["threads"], r["context_tokens"], r["format"], r["attention"])):
         parts = r["prompt_gmacs_breakdown"]
-        tail = min(r.get("exact_tail") or 0, r["prompt_tokens"]) if r["attention"] == "squeezed" else r["prompt_tokens"]
+        span = exact_span(r["prompt_tokens"], r.get("exact_head") or 0, r.get("exact_tail") or 0)
+        tail = r["prompt_tokens"] - (span[1] - span[0]) if r["attention"] == "squeezed" else r["prompt_tokens"]
         lines.append(f"| {r['format']} | {r['attention']} | {r.get('weights') or 'fp32'} | {r['context_tokens']} | "
                      f"{r['threads']} | {r['prompt_tokens']} ({tail}) | {r['prompt_gmacs']:.1f} "
                      f"({parts['weights']:.1f} + {parts['attention']:.1f}) | {_fmt(r.get('prompt_floor_ms'), '{:.0f}')} | "
@@ -642,7 +653,7 @@ def measure_decoder(job: Dict) -> Dict:
     pack = read_pack_arrays(job["pack"])
     context = decoder_context_inputs(pack, contract["shapes"], contract["attention"])
     loop = GenerationLoop(runner, contract, pack, context, prefill_tail=job.get("prefill_tail"),
-                          exact_tail=job.get("exact_tail"))
+                          exact_tail=job.get("exact_tail"), exact_head=job.get("exact_head"))
     tokenizer = load_decoder_tokenizer(directory, manifest)
     ids = prompt_token_ids(tokenizer, manifest["tokenizer"]["chat"], pack.settings.get("framing", "chat"), job["question"])
     n_decode = int(job["decode_tokens"])

@@ -28,19 +28,20 @@ from squeezed_attention import native
 from squeezed_attention.corpus import prose_of_tokens
 from squeezed_attention.generation import AttentionChoice, Generator, keep_for_budget
 from squeezed_attention.model import LlamaForCausalLM
-from squeezed_attention.settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL
+from squeezed_attention.settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL
 from squeezed_attention.pack import BuildSettings, build_context_pack, load_context_pack, save_context_pack
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-select-decode", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
+CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-select-decode", "native-no-head", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
                "hierarchical", "threshold")
 
 
 def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS, exact_decode: int = 16):
     table = {
         "full": ("full", AttentionChoice("full")),
-        "native": (f"top-k flat, native kernels (default: the prompt's last {DEFAULT_EXACT_TAIL} tokens and the answer's "
+        "native": (f"top-k flat, native kernels (default: the prompt's first {DEFAULT_EXACT_HEAD} and last "
+                   f"{DEFAULT_EXACT_TAIL} tokens and the answer's "
                    f"first {DEFAULT_EXACT_DECODE} attend exactly, 4 followed keys per selecting decode step)",
                    AttentionChoice("top-k", kv_budget=kv_budget, backend="native")),
         "native-exact-decode": (f"top-k flat, native kernels, the default with the answer's first {exact_decode} tokens "
@@ -49,17 +50,20 @@ def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS,
         "native-select-decode": ("top-k flat, native kernels, the default with every decode step selecting "
                                  "(--exact-decode 0)",
                                  AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_decode=0)),
+        "native-no-head": (f"top-k flat, native kernels, the default without the exact prompt head (--exact-head 0: only "
+                           f"the last {DEFAULT_EXACT_TAIL} prompt tokens attend exactly)",
+                           AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_head=0)),
         "native-no-follow": ("top-k flat, native kernels, no followed keys (every decode step's keys selected)",
                              AttentionChoice("top-k", kv_budget=kv_budget, backend="native", follow_keys=0)),
-        "native-select-tail": ("top-k flat, native kernels, the last 16 prompt tokens select per token (no exact tail)",
+        "native-select-tail": ("top-k flat, native kernels, the last 16 prompt tokens select per token (no exact head or tail)",
                                AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=16,
-                                               exact_tail=0)),
-        "native-one-selection": ("top-k flat, native kernels, one prefill selection per prompt (no tail)",
+                                               exact_tail=0, exact_head=0)),
+        "native-one-selection": ("top-k flat, native kernels, one prefill selection per prompt (no exact head or tail)",
                                  AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_tail=0,
-                                                 exact_tail=0)),
+                                                 exact_tail=0, exact_head=0)),
         "native-per-token": ("top-k flat, native kernels, per-token prefill selection",
                              AttentionChoice("top-k", kv_budget=kv_budget, backend="native", prefill_rows=1,
-                                             exact_tail=0)),
+                                             exact_tail=0, exact_head=0)),
         "torch": ("top-k flat, torch lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="torch")),
         "numpy": ("top-k flat, numpy lookup", AttentionChoice("top-k", kv_budget=kv_budget, backend="numpy")),
         "hierarchical": ("top-k hierarchical (torch)",

@@ -69,6 +69,12 @@ def add_decoder_arguments(p) -> None:
                         "budget 0.125, against 7; on the int4 .pte at 7.8k it answers the pass key the one-selection "
                         "prefill loses, and a 20-token question prefills in 132 ms (llama.cpp with its prompt state "
                         "restored: 285 ms; README, 'Against the peer, latest')")
+    g.add_argument("--exact-head", type=int_range(0, 1 << 16), default=None, metavar="N",
+                   help="decoder: the question's first N tokens (0..--max-prompt) run through prefill_exact as well, "
+                        "before the rest (a question written before a long instruction keeps its words exact), recorded "
+                        "in the manifest (`squeeze generate --artifacts --exact-head` overrides it per run); default: "
+                        "the host's default (16) for every squeezed artifact with an exact tail; needs --exact-tail >= 1 "
+                        "(RESULTS.md 3za)")
     g.add_argument("--exact-decode", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: the answer's first N tokens (0..--max-new) attend every fixed-context row, as the "
                         "exact tail does (in-graph plans: 1-token prefill_exact calls; split plan: one-token stages "
@@ -121,7 +127,7 @@ def cmd_export_decoder(args) -> int:
                             decode_selection=args.decode_selection, prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
                             pte_backend=args.pte_backend, exact_tail=args.exact_tail,
                             follow_keys=args.follow_keys, exact_decode=args.exact_decode,
-                            exact_below=args.exact_below, verify=args.verify,
+                            exact_below=args.exact_below, exact_head=args.exact_head, verify=args.verify,
                             verify_text=args.verify_text,
                             verify_context_tokens=list(args.verify_context), progress=_progress(_console()))
     print_decoder_summary(result.manifest, time.perf_counter() - t0)
@@ -163,7 +169,8 @@ def cmd_generate_artifacts(args) -> int:
                              prefill_tail=getattr(args, "prefill_tail", None),
                              exact_tail=getattr(args, "exact_tail", None),
                              exact_decode=getattr(args, "exact_decode", None),
-                             exact_below=getattr(args, "exact_below", None), load=False)
+                             exact_below=getattr(args, "exact_below", None),
+                             exact_head=getattr(args, "exact_head", None), load=False)
     streamed = []
 
     def stream(piece: str) -> None:
@@ -185,7 +192,8 @@ def cmd_generate_artifacts(args) -> int:
                                 "lookup_plan": "split" if loop.split else "in-graph",
                                 "decode_selection": "question" if loop.question else "step",
                                 "prefill_rows": loop.prefill_rows, "prefill_tail": loop.prefill_tail,
-                                "exact_tail": loop.exact_tail, "exact_decode": int(loop.exact_decode),
+                                "exact_tail": loop.exact_tail, "exact_head": loop.exact_head,
+                                "exact_decode": int(loop.exact_decode),
                                 "exact_below": loop.exact_below, "follow_keys": int(loop.follow)}
         print(json.dumps(out, indent=2))
         return 0

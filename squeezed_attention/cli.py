@@ -21,7 +21,7 @@ from pathlib import Path
 from squeeze_mobile.cli_types import MAX_THREADS, comma_list, float_range, given_options, int_range, threads
 
 from .errors import SqueezeError
-from .settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
+from .settings import DEFAULT_EXACT_BELOW, DEFAULT_EXACT_DECODE, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, THRESHOLD_KEEP_RANGE, BuildSettings
 from .pack_arrays import centroid_cost
 
 # `squeeze context eval` defaults: the classic pass-key/needle evaluation, and the generated suite (--suite), whose
@@ -203,6 +203,7 @@ def _choice_from_args(args):
                   prefill_rows=DEFAULT_PREFILL_ROWS if args.prefill_rows is None else args.prefill_rows,
                   prefill_tail=DEFAULT_PREFILL_TAIL if args.prefill_tail is None else args.prefill_tail,
                   exact_tail=DEFAULT_EXACT_TAIL if args.exact_tail is None else args.exact_tail,
+                  exact_head=DEFAULT_EXACT_HEAD if args.exact_head is None else args.exact_head,
                   decode_selection=args.decode_selection, follow_keys=args.follow_keys,
                   exact_decode=args.exact_decode,   # None: the default for the decode selection
                   exact_below=args.exact_below)
@@ -215,6 +216,7 @@ def _choice_from_args(args):
                                          ("--prefill-rows", args.prefill_rows is not None),
                                          ("--prefill-tail", args.prefill_tail is not None),
                                          ("--exact-tail", args.exact_tail is not None),
+                                         ("--exact-head", args.exact_head is not None),
                                          ("--exact-decode", args.exact_decode is not None),
                                          ("--exact-below", args.exact_below is not None)) if on]
         if ignored:
@@ -349,8 +351,8 @@ def cmd_generate(args) -> int:
             lookup += f" (fused kernel unavailable: {native.unavailable_reason()})"
         rows.append(("lookup", lookup))
     elif choice.mode != "full":   # e.g. a short answer with the defaults: the exact tail and opening steps only
-        rows.append(("context keys attended", f"every key: no call selected (the prompt's last {choice.exact_tail} "
-                     f"tokens and the answer's first {choice.exact_decode} attend every context key; later steps "
+        rows.append(("context keys attended", f"every key: no call selected (the prompt's first {choice.exact_head} and "
+                     f"last {choice.exact_tail} tokens and the answer's first {choice.exact_decode} attend every context key; later steps "
                      "select)"))
     _print_table(rows, title="squeeze generate", stderr=True)
     return 0
@@ -437,7 +439,8 @@ def _suite_eval(args, config) -> int:
                                cases_per_length=args.cases_per_length, kv_budgets=budgets, seed=args.seed,
                                continuation_tokens=args.continuation_tokens, out_dir=out,
                                prefill_rows=args.prefill_rows, prefill_tail=args.prefill_tail,
-                               exact_tail=args.exact_tail, decode_selection=args.decode_selection,
+                               exact_tail=args.exact_tail, exact_head=args.exact_head,
+                               decode_selection=args.decode_selection,
                                follow_keys=args.follow_keys, exact_decode=args.exact_decode,
                                exact_below=args.exact_below, artifacts=sessions,
                                continuation_cases=args.continuation_cases, log=lambda m: print(m, file=sys.stderr))
@@ -587,6 +590,9 @@ def add_subcommands(subparsers) -> None:
     e.add_argument("--exact-tail", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_TAIL, metavar="N",
                    help="suite: the prompt's last N tokens attend every context key, >= 0 (as squeeze generate --exact-tail; "
                    f"default {DEFAULT_EXACT_TAIL})")
+    e.add_argument("--exact-head", type=_int_in(0, 1 << 20), default=DEFAULT_EXACT_HEAD, metavar="N",
+                   help="suite: the prompt's first N tokens attend every context key too, >= 0 (as squeeze generate "
+                   f"--exact-head; default {DEFAULT_EXACT_HEAD})")
     e.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help="suite: the answer's first N decode steps attend every context key, >= 0 (as squeeze generate "
                    f"--exact-decode; default {DEFAULT_EXACT_DECODE} with per-step decode selection, else 0; "
@@ -673,6 +679,12 @@ def add_subcommands(subparsers) -> None:
                    "the 13 pass-key cases full attention answers at KV budget 0.125, against 7 when they select; "
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
                    "steps select (the answer's first ones attend exactly with --exact-decode). With --artifacts: default = the artifact's manifest")
+    g.add_argument("--exact-head", type=_int_in(0, 1 << 20), default=None, metavar="N",
+                   help="the prompt's first N >= 0 tokens attend EVERY fixed-context key as well, no lookup: a question "
+                   "written before a long instruction (\"What is the vault code? Please answer in one sentence, ...\") "
+                   "keeps its words exact, which the tail alone does not reach (RESULTS.md 3za; default "
+                   f"{DEFAULT_EXACT_HEAD}; 0 = only the tail). The tokens between head and tail select. With "
+                   "--artifacts: default = the artifact's manifest, at most its exact method's width per call")
     g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help=FOLLOW_KEYS_HELP + "; RESULTS.md 3m")
     g.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",

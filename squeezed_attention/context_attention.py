@@ -19,7 +19,7 @@ from .lookup import LookupTables, SelectionSpec, grouped_queries, select_keys
 from .lookup_numpy import NumpyTables
 from .lookup_numpy import select_keys as select_keys_numpy
 from .model import attention_with_lse, merge_partials
-from .settings import exact_start, prefill_chunks
+from .settings import exact_span, prefill_chunks
 
 
 class DenseContext:
@@ -239,8 +239,8 @@ class SqueezedContext:
 
     def attend(self, layer: int, queries):
         """Context partial (out [Hq, T, D], lse [Hq, T]) of the query rows [Hq, T, D]. The first call per layer is
-        the prompt's prefill (one context object per question: Generator.generate): its last ``spec.exact_tail``
-        rows attend every context key (no lookup), the rows before them select, once or per chunk of
+        the prompt's prefill (one context object per question: Generator.generate): its first ``spec.exact_head`` and
+        last ``spec.exact_tail`` rows attend every context key (no lookup), the rows between them select, once or per chunk of
         ``spec.prefill_rows`` tokens (cut from the end), the last ``spec.prefill_tail`` of them per token. Later calls
         (decode steps) select, the first ``spec.exact_decode`` of them attending every key. With
         ``spec.decode_selection == "question"`` the prompt's last selection (its last
@@ -250,10 +250,10 @@ class SqueezedContext:
         if question and layer in self._held:
             return self._attend_held(layer, queries)
         T = queries.shape[1]
-        start = T
+        head, start = 0, T
         if layer not in self._prompted:
             self._prompted.add(layer)
-            start = exact_start(T, self.spec.exact_tail)
+            head, start = exact_span(T, self.spec.exact_head, self.spec.exact_tail)
         else:
             done = self._decode_steps.get(layer, 0)
             redo = layer in self._redo   # the same step again (redo_exact): not counted twice, attending exactly
@@ -265,19 +265,22 @@ class SqueezedContext:
             elif self.spec.follow_keys and T == 1:
                 return self._attend_following(layer, queries)
         parts = []
-        if start:
-            parts.append(self._attend_selecting(layer, queries[:, :start]))
+        if head:      # the prompt's exact head (spec.exact_head), where a question written first lies
+            parts.append(self._attend_exact(layer, queries[:, :head]))
+        if start > head:
+            parts.append(self._attend_selecting(layer, queries[:, head:start]))
         if start < T:
             parts.append(self._attend_exact(layer, queries[:, start:]))
-            if question:
-                self._last_selection[layer] = self.select(layer, queries[:, -1:])
+        last_exact = start < T or head == T   # the call's last row attended every key
+        if last_exact and question:
+            self._last_selection[layer] = self.select(layer, queries[:, -1:])
         if question:
             self._hold(layer, *self._last_selection[layer])
         out, lse = parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts], 1),
                                                      torch.cat([p[1] for p in parts], 1))
         if self.spec.follow_keys and not question:
             # the prompt's last row points the first decode step: over every clustered key where it attends exactly
-            if start < T:
+            if last_exact:
                 self._point(layer, queries[:, -1:], lse[:, -1:], None, None)
             else:
                 self._point(layer, queries[:, -1:], lse[:, -1:], *self._last_selection[layer])

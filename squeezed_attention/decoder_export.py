@@ -188,6 +188,19 @@ def exact_tail_for(exact_tail: int | None, attention: str, selection: str, max_p
     return min(DEFAULT_EXACT_TAIL, max_prompt) if attention == "squeezed" and selection == "step" else 0
 
 
+def exact_head_for(exact_head: int | None, attention: str, selection: str, exact_tail: int) -> int:
+    """The prompt's first tokens an artifact's loop runs through its exact method by default (its contract's
+    exact_head): the caller's, or (None) the host's default (settings.DEFAULT_EXACT_HEAD) for every squeezed artifact
+    with per-step selection and an exact method (exact_tail > 0), else 0."""
+    if attention != "squeezed" or selection != "step" or not exact_tail:
+        return 0
+    if exact_head is not None:
+        return exact_head
+    from .settings import DEFAULT_EXACT_HEAD
+
+    return DEFAULT_EXACT_HEAD
+
+
 def exact_decode_for(exact_decode: int | None, attention: str, selection: str, exact_tail: int, max_new: int) -> int:
     """The answer's opening decode steps an artifact runs exactly by default (its contract's exact_decode): the
     caller's, or (None) the host's default (settings.DEFAULT_EXACT_DECODE) for every squeezed artifact with per-step
@@ -284,7 +297,7 @@ def chat_section(tokenizer) -> dict:
 def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget: float, methods: dict,
                      plan: str = "in-graph", selection: str = "step", prefill_rows: int = 0,
                      prefill_tail: int = 0, exact_tail: int = 0, follow: int = 0, min_keep: int = 0,
-                     exact_decode: int = 0, exact_below: float = 0.0) -> dict:
+                     exact_decode: int = 0, exact_below: float = 0.0, exact_head: int = 0) -> dict:
     """The manifest's runtime contract of one decoder artifact. ``follow``: its followed keys, used where the pack
     keeps at least ``min_keep`` keys (follow_min_keep: the export's default F is gated as the host's default is,
     settings.default_follow_keys; an F given explicitly applies to every pack, as on the host)."""
@@ -310,12 +323,20 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "decode at cache_len = its index" + (" (question-level: prefill, so the last call returns the selection to "
                                              "hold)" if selection == "question" else ""))
     exact = exact_tail if squeezed else 0
+    head = exact_head if exact else 0
     if exact:
         prompt_step = (f"prompt (exact_tail = {exact}): the question's last {exact} tokens (all of a shorter question) "
                        "run LAST as one prefill_exact call (tokens = those ids, padded to exact_tail unless the method "
                        "lists a dynamic axis; n_tokens = their count, cache_len = tokens before them; no keep_keys: every "
                        "fixed-context row of the pack layout, padding masked); the tokens before them (if any) first, "
                        "as follows: " + prompt_step)
+    if head:
+        prompt_step = (f"prompt head (exact_head = {head}; an app may choose another N >= 0): the question's first "
+                       f"min({head}, its length) tokens run FIRST through prefill_exact at cache_len 0, in calls of at "
+                       "most exact_tail tokens (as the tail's call; squeezed_attention.settings.exact_span); the tail is "
+                       "then the last exact_tail tokens after the head, and the tokens between head and tail are the "
+                       "ones that select, in the chunks below counted from the head's end; where head and tail leave no token to "
+                       "select, the whole question runs as the head does. " + prompt_step)
     if any(isinstance(i, dict) and "value" in i for m in methods.values() for i in m.get("inputs", ())):
         prompt_step += ("; every method also feeds the inputs its entry fixes (\"value\": the .onnx file's graph "
                         "selector `branch`, 0 for prefill/decode, 1 for prefill_exact; the graph's other inputs are "
@@ -341,8 +362,8 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     if plan == "split":
         return {**split_contract(shapes, kv_budget, methods, prompt_step, exact, follow if squeezed else 0, min_keep,
                                  opening_steps),
-                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact, "exact_decode": opening,
-                "exact_below": below}
+                "prefill_rows": rows, "prefill_tail": tail, "exact_tail": exact, "exact_head": head,
+                "exact_decode": opening, "exact_below": below}
     question = squeezed and selection == "question"
     follow = follow if squeezed else 0
     decode_steps = [
@@ -365,6 +386,7 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
         "decode_selection": selection if attention == "squeezed" else None,
         "prefill_rows": rows if squeezed else None, "prefill_tail": tail if squeezed else None,
         "exact_tail": exact if squeezed else None,
+        "exact_head": head if squeezed else None,
         "exact_decode": opening if squeezed else None,
         "exact_below": below if squeezed else None,
         "follow_keys": follow if squeezed else None,
@@ -494,7 +516,7 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
                    progress=None, prefill_rows: int = 0, prefill_tail: int = 0,
                    pte_backend: str = "xnnpack", exact_tail: int | None = None,
                    follow_keys: int | None = None, exact_decode: int | None = None,
-                   exact_below: float | None = None) -> DecoderExportResult:
+                   exact_below: float | None = None, exact_head: int | None = None) -> DecoderExportResult:
     """Export the decoder (``attention``: 'squeezed', 'full', or both as a list) to ``formats`` under ``out_dir``.
 
     Verification builds a pack from real prose with a pass key hidden in it per length in
@@ -552,10 +574,14 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
     if exact_decode is not None and (type(exact_decode) is not int or not 0 <= exact_decode <= max_new):
         raise SqueezeError(f"--exact-decode must be a whole number of tokens from 0 to --max-new ({max_new}); "
                            f"got {exact_decode!r}")
+    if exact_head is not None and (type(exact_head) is not int or not 0 <= exact_head <= max_prompt):
+        raise SqueezeError(f"--exact-head must be a whole number of tokens from 0 to --max-prompt ({max_prompt}); "
+                           f"got {exact_head!r}")
     exact_below = None if exact_below is None else check_exact_below(exact_below)
     squeezed = "squeezed" in ([attention] if isinstance(attention, str) else list(attention))
     for option, value, does in (("--exact-decode", exact_decode, "runs the answer's first tokens"),
-                                ("--exact-below", exact_below, "runs unsure decode steps again")):
+                                ("--exact-below", exact_below, "runs unsure decode steps again"),
+                                ("--exact-head", exact_head, "runs the prompt's first tokens")):
         if value and squeezed and decode_selection != "step":
             raise SqueezeError(f"{option} {value:g} is exported with per-step decode selection only (here: decode "
                                f"selection {decode_selection}); pass {option} 0")
@@ -678,7 +704,8 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
                             tmp, fmt, name, weights, backend, t0,
                             contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan, selection,
                                              prefill_rows, prefill_tail, exact, follow, min_keep, opening,
-                                             exact_below_for(exact_below, att, selection, exact)), extras)
+                                             exact_below_for(exact_below, att, selection, exact),
+                                             exact_head_for(exact_head, att, selection, exact)), extras)
                         _verify_record(tmp, name, fmt, record, model, verification, verify_tokens, say)
                         held.__enter__()
                 except SqueezeError as exc:
@@ -815,18 +842,18 @@ class VerificationData:
     def reference_tokens(self, model, tokenizer, attention: str, keep_keys: int | None,
                          decode_selection: str = "step", prefill_rows: int = 0, prefill_tail: int = 0,
                          exact_tail: int = 0, follow_keys: int = 0, exact_decode: int = 0,
-                         exact_below: float = 0.0) -> list:
+                         exact_below: float = 0.0, exact_head: int = 0) -> list:
         from .generation import AttentionChoice, Generator
 
         key = (attention, keep_keys, decode_selection, prefill_rows, prefill_tail, exact_tail, follow_keys, exact_decode,
-               exact_below)
+               exact_below, exact_head)
         if key not in self.reference:
             gen = Generator(model, tokenizer, self.pack)
             choice = AttentionChoice("full") if attention == "full" else \
                 AttentionChoice("top-k", keep_keys=keep_keys, backend="torch", decode_selection=decode_selection,
                                 prefill_rows=prefill_rows, prefill_tail=prefill_tail, exact_tail=exact_tail,
                                 follow_keys=follow_keys,   # the artifact's own (export --follow-keys, 0 by default)
-                                exact_decode=exact_decode, exact_below=exact_below)
+                                exact_decode=exact_decode, exact_below=exact_below, exact_head=exact_head)
             self.reference[key] = [gen.generate(p, choice, max_new_tokens=self.tokens, stop_at_eos=False).token_ids
                                    for p in self.prompts]
         return self.reference[key]
@@ -883,7 +910,8 @@ def _verify_on_pack(path: Path, record: dict, model, data: VerificationData) -> 
     keep_keys = loop_art.keep_keys
     reference = data.reference_tokens(model, tokenizer, attention, keep_keys, contract.get("decode_selection") or "step",
                                       loop_art.prefill_rows, loop_art.prefill_tail, loop_art.exact_tail,
-                                      loop_art.follow, loop_art.exact_decode, loop_art.exact_below)
+                                      loop_art.follow, loop_art.exact_decode, loop_art.exact_below,
+                                      loop_art.exact_head)
     from .generation import Generator
 
     framing = Generator(model, tokenizer, data.pack)

@@ -30,7 +30,7 @@ from squeeze_mobile.file_kinds import is_plain_file_name
 
 from .errors import SqueezeError, reason_of
 from .pack_arrays import artifact_keep_keys, decoder_context_inputs, held_inputs, read_pack_arrays
-from .settings import (GenerationResult, check_exact_below, exact_below_label, exact_decode_label, exact_start,
+from .settings import (GenerationResult, check_exact_below, exact_below_label, exact_decode_label, exact_span,
                        prefill_chunks, prompt_is_raw, top_probability)
 from .tokenizer import TextStream, check_question, encode_literal
 
@@ -78,6 +78,31 @@ def exact_tail_of(contract: dict, exact_tail: int | None = None) -> int:
         raise SqueezeError(f"--exact-tail must be a whole number of tokens from 0 to {have} for this artifact (its "
                            f"prefill_exact method's width; re-export with --exact-tail N for more); got {exact_tail!r}")
     return exact_tail
+
+
+def exact_head_of(contract: dict, exact_head: int | None = None) -> int:
+    """The prompt's first tokens that run through ``prefill_exact`` before the rest (settings.exact_span): the caller's
+    choice, else the contract's (exports before the field: 0). Needs the artifact's exact method (exact_tail > 0);
+    any length (the loop calls the method in pieces of its width)."""
+    if exact_head is None:
+        if contract.get("attention") != "squeezed":
+            return 0
+        have = contract.get("exact_head") or 0
+        if type(have) is not int or have < 0:
+            raise SqueezeError(f"the manifest's decoder.exact_head is {have!r}, not a whole number of tokens >= 0; "
+                               "re-export the decoder")
+        if have and not contract.get("exact_tail"):
+            raise SqueezeError(f"the manifest's decoder.exact_head ({have}) needs the artifact's exact method, which it "
+                               "lacks (exact_tail 0); re-export the decoder")
+        return have
+    _refuse_for_full(contract, "--exact-head", exact_head)
+    if type(exact_head) is not int or exact_head < 0:
+        raise SqueezeError(f"--exact-head must be a whole number of tokens >= 0; got {exact_head!r}")
+    if exact_head and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
+        raise SqueezeError(f"--exact-head {exact_head} runs the prompt's first tokens through the artifact's exact "
+                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
+                           "--exact-tail N or pass --exact-head 0")
+    return exact_head if contract.get("attention") == "squeezed" else 0
 
 
 def exact_method_of(plan: str | None, methods) -> str:
@@ -299,11 +324,12 @@ class GenerationLoop:
 
     def __init__(self, runner, contract: dict, pack, context_inputs: dict, prefill_rows: int | None = None,
                  prefill_tail: int | None = None, exact_tail: int | None = None, exact_decode: int | None = None,
-                 exact_below: float | None = None):
+                 exact_below: float | None = None, exact_head: int | None = None):
         self.runner, self.contract, self.pack, self.context = runner, contract, pack, context_inputs
         self.shapes, self.attention, self.state = contract["shapes"], contract["attention"], contract["state"]
         self.prefill_rows, self.prefill_tail = prompt_selection(contract, prefill_rows, prefill_tail)
         self.exact_tail = exact_tail_of(contract, exact_tail)
+        self.exact_head = exact_head_of(contract, exact_head)
         # the answer's first exact_decode decode steps attend every fixed-context row: a 1-token prefill_exact call
         # (in-graph: its token axis is dynamic), or the split plan's one-token stages decode_exact_<s> where exported
         self.exact_decode = exact_decode_of(contract, exact_decode)
@@ -494,12 +520,18 @@ class GenerationLoop:
 
     def prompt(self, ids: list, cache):
         """Run the question's tokens (cache_len 0) with the contract's prompt selection; the last token's logits. The
-        last ``exact_tail`` tokens are one ``prefill_exact`` call (every fixed-context row), after the others."""
-        start = exact_start(len(ids), self.exact_tail)
-        chunks = prefill_chunks(start, self.prefill_rows, self.prefill_tail)
+        first ``exact_head`` tokens are ``prefill_exact`` calls (every fixed-context row; pieces of the method's width)
+        before the others, the last ``exact_tail`` one ``prefill_exact`` call after them (settings.exact_span)."""
+        head, start = exact_span(len(ids), self.exact_head, self.exact_tail)
+        if start == head:   # no row selects: the whole prompt is one exact run (as few calls as the width allows)
+            head = start = len(ids)
+        chunks = [(head + a, head + b) for a, b in prefill_chunks(start - head, self.prefill_rows, self.prefill_tail)]
+        width = int(self.contract.get("exact_tail") or 0)   # prefill_exact's token slots (exact_head_of: > 0)
         logits = None
         self.prompting = True
         try:
+            for a in range(0, head, width or 1):
+                logits = self.step("prefill_exact", ids[a:min(head, a + width)], a, cache)
             for a, b in chunks:
                 # a 1-token chunk is a decode step (its one selection is that token's), except where decode needs
                 # the prefill's held selection (question-level)
@@ -579,7 +611,7 @@ class DecoderSession:
     def __init__(self, directory, fmt: str | None = None, threads: int | None = None, attention: str | None = None,
                  plan: str | None = None, prefill_rows: int | None = None, prefill_tail: int | None = None,
                  exact_tail: int | None = None, file: str | None = None, exact_decode: int | None = None,
-                 exact_below: float | None = None, load: bool = True):
+                 exact_below: float | None = None, load: bool = True, exact_head: int | None = None):
         """``load=False`` checks everything that needs no runtime (manifest, artifact, tokenizer, options) and loads
         the runtime at the first ``generate``, after the pack and the prompt are checked: a wrong pack or a prompt
         too long is refused without the runtime's load (10-20 s for a real model); the load is never timed."""
@@ -611,6 +643,7 @@ class DecoderSession:
             raise SqueezeError(f"{self.artifact['file']} cannot run here: {reason}; pick another artifact with --format")
         self.prefill_rows, self.prefill_tail = prompt_selection(self.contract, prefill_rows, prefill_tail)  # checked now
         self.exact_tail = exact_tail_of(self.contract, exact_tail)
+        self.exact_head = exact_head_of(self.contract, exact_head)
         self.exact_decode = exact_decode_of(self.contract, exact_decode)
         self.exact_below = exact_below_of(self.contract, exact_below)
         self.loop = None
@@ -649,7 +682,7 @@ class DecoderSession:
         pack.check_model(model.get("weights_sha256"), model.get("tokenizer_sha256"))
         context = decoder_context_inputs(pack, self.contract["shapes"], self.contract["attention"])
         self.loop = GenerationLoop(self.runner, self.contract, pack, context, self.prefill_rows, self.prefill_tail,
-                                   self.exact_tail, self.exact_decode, self.exact_below)
+                                   self.exact_tail, self.exact_decode, self.exact_below, self.exact_head)
 
     def prompt_ids(self, prompt: str, raw: bool | None = None) -> list:
         if self.loop is None:

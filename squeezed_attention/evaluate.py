@@ -150,14 +150,14 @@ def check_output_dir(out_dir) -> Path:
 def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_ids, reference=None):
     """Teacher-forced next-token log-probs [T-1, V] over ``continuation_ids`` (one step per token). With a
     reference, also the metrics of the steps that select (``selecting_*``: after the ones that attend exactly under
-    ``choice``'s rule -- the first call per layer within the exact tail, then the answer's opening of exact_decode
+    ``choice``'s rule -- the first call per layer within the exact head or tail, then the answer's opening of exact_decode
     steps), which the opening would otherwise dilute."""
     from .generation import decode_step
 
     context = gen.context(choice)
     cache = gen.model.new_cache(len(continuation_ids))
     logps = []
-    opening = (1 if choice.exact_tail else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
+    opening = (1 if choice.exact_tail or choice.exact_head else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
     rerun = 0
     for i, token in enumerate(continuation_ids[:-1]):
         # the first call is the prompt's (its exact tail); then the answer's opening, then selecting steps that an
@@ -174,7 +174,7 @@ def continuation_metrics(gen: Generator, choice: AttentionChoice, continuation_i
     m = next_token_agreement(reference.numpy(), logps.numpy())
     out = {k: m[k] for k in ("kl_mean", "kl_max", "top1_agreement", "scored_tokens")}
     if choice.mode != "full":
-        exact = (1 if choice.exact_tail else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
+        exact = (1 if choice.exact_tail or choice.exact_head else 0) + (choice.exact_decode if choice.decode_selection == "step" else 0)
         kl, top1 = m["kl"][exact:], m["top1"][exact:]
         out.update({"selecting_from_step": exact, "selecting_tokens": int(top1.size), "rerun_steps": rerun,
                     "selecting_top1_agreement": float(top1.mean()) if top1.size else None,
@@ -374,7 +374,7 @@ def attention_recall(gen: Generator, prompt_ids, choices: dict) -> dict:
     clustered keys would carry (the keys with the largest mean share over the rows, per selecting head): what
     any selection rule could reach at this budget, so a low ``clustered`` with a low ``ceiling`` means diffuse
     attention, not a bad rule. This measures the SELECTION RULE: every question token is measured as selecting,
-    including the prompt's exact tail (``exact_tail``), which in generation attends every key (recall 1 by
+    including the prompt's exact head and tail (``exact_head``, ``exact_tail``), which in generation attends every key (recall 1 by
     construction there); decode steps select as measured here. Returns {name: {"context": [L][Hkv], "clustered": [L][Hkv], "ceiling": [L][Hkv]}}.
     """
     from .context_attention import DenseContext

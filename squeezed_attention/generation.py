@@ -26,7 +26,7 @@ from .tokenizer import TextStream, check_question
 CHAT_JOIN = "\n\n"  # between the fixed context and the user prompt inside the one user turn
 
 
-from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
+from .settings import DEFAULT_EXACT_DECODE, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL, DEFAULT_KV_BUDGET, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL, MODES, GenerationResult, default_follow_keys  # noqa: F401  (re-exported)
 from .settings import (DEFAULT_EXACT_BELOW, check_exact_below, exact_below_label, exact_decode_label, plain_numbers,
                        prompt_is_raw, top_probability, yes_no)
 
@@ -79,6 +79,8 @@ class AttentionChoice:
     exact_below: float | None = None  # a selecting decode step whose top token's probability is below this runs
                                      # again attending every context key (settings.DEFAULT_EXACT_BELOW; 0: never).
                                      # None: the default for per-step decode selection, else 0
+    exact_head: int = DEFAULT_EXACT_HEAD  # the prompt's first tokens that attend every context key as well (a
+                                     # question written before a long instruction; RESULTS.md 3za)
 
     def __post_init__(self):
         # exact_decode / exact_below left out take their default for the mode and decode selection; the resolved value
@@ -98,7 +100,8 @@ class AttentionChoice:
                     setattr(self, name, _DefaultInt(value) if name == "exact_decode" else _DefaultFloat(value))
 
     def _check(self):
-        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys", "exact_decode"),
+        plain_numbers(self, ("keep_keys", "prefill_rows", "prefill_tail", "exact_tail", "exact_head", "follow_keys",
+                             "exact_decode"),
                       ("kv_budget", "keep_fraction"))
         for name in ("per_query_head", "hierarchical"):   # per_query_head="no" selected per query head
             setattr(self, name, yes_no(getattr(self, name), name))
@@ -123,6 +126,8 @@ class AttentionChoice:
             raise SqueezeError(f"--prefill-tail (prefill_tail) must be a whole number of tokens >= 0; got {self.prefill_tail!r}")
         if type(self.exact_tail) is not int or self.exact_tail < 0:
             raise SqueezeError(f"--exact-tail (exact_tail) must be a whole number of tokens >= 0; got {self.exact_tail!r}")
+        if type(self.exact_head) is not int or self.exact_head < 0:
+            raise SqueezeError(f"--exact-head (exact_head) must be a whole number of tokens >= 0; got {self.exact_head!r}")
         if self.follow_keys is not None and (type(self.follow_keys) is not int or self.follow_keys < 0):
             raise SqueezeError(f"--follow-keys (follow_keys) must be a whole number of keys >= 0; got {self.follow_keys!r}")
         if type(self.exact_decode) is not int or self.exact_decode < 0:
@@ -156,6 +161,7 @@ class AttentionChoice:
                 f"{f', prefill selection per {self.prefill_rows} tokens' if self.prefill_rows else ''}"
                 f"{'' if self.prefill_tail == DEFAULT_PREFILL_TAIL else f', per-token prefill tail {self.prefill_tail}'}"
                 f"{'' if self.exact_tail == DEFAULT_EXACT_TAIL else f', exact prompt tail {self.exact_tail}'}"
+                f"{'' if self.exact_head == DEFAULT_EXACT_HEAD else f', exact prompt head {self.exact_head}'}"
                 f"{', selection held for the question' if self.decode_selection == 'question' else ''}"
                 f"{'' if self.follow_keys is None else f', {self.follow_keys} followed keys per step'}"
                 f"{exact_decode_label(self.exact_decode) if self.decode_selection == 'step' else ''}"
@@ -277,6 +283,7 @@ def make_context(pack: ContextPack, choice: AttentionChoice, tables=None, rows: 
     spec.prefill_rows = choice.prefill_rows
     spec.prefill_tail = choice.prefill_tail
     spec.exact_tail = choice.exact_tail
+    spec.exact_head = choice.exact_head
     spec.exact_decode = choice.exact_decode
     spec.decode_selection = choice.decode_selection
     tables = tables if tables is not None else pack.lookup_tables()

@@ -116,6 +116,8 @@ class SelectionSpec:
                                     # prefill_rows chunks the tokens before them (settings.prefill_chunks)
     exact_tail: int = 0             # the prompt's last tokens that attend every context key (no lookup); the
                                     # tokens before them select as above (settings.exact_start)
+    exact_head: int = 0             # the prompt's first tokens that attend every context key too; the selecting
+                                    # rows lie between head and tail (settings.exact_span)
     decode_selection: str = "step"  # "step": every decode step selects its keys; "question": the prompt's
                                     # (last) selection per layer is held and every decode step attends over it
     follow_keys: int = 0            # of budget_keys, the keys a decode step takes from the previous row instead of
@@ -128,8 +130,8 @@ class SelectionSpec:
         # a bad field used to keep every key (an unknown mode) or fail as an IndexError deep in the lookup
         if self.mode not in ("budget", "threshold"):
             raise SqueezeError(f"SelectionSpec mode must be 'budget' or 'threshold'; got {self.mode!r}")
-        for name in ("budget_keys", "level1_keep", "prefill_rows", "prefill_tail", "exact_tail", "follow_keys",
-                     "exact_decode"):
+        for name in ("budget_keys", "level1_keep", "prefill_rows", "prefill_tail", "exact_tail", "exact_head",
+                     "follow_keys", "exact_decode"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise SqueezeError(f"SelectionSpec {name} must be a whole number >= 0; got {value!r}")

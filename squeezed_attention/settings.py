@@ -24,6 +24,13 @@ MODES = ("full", "top-k", "threshold")
 DEFAULT_PREFILL_ROWS = 0
 DEFAULT_PREFILL_TAIL = 0
 DEFAULT_EXACT_TAIL = 32
+# The prompt's first DEFAULT_EXACT_HEAD tokens attend every context key as well (RESULTS.md 3za): a
+# question followed by a long instruction ("What is the vault code? Please answer in one complete sentence, ...")
+# has its own words before the exact tail, and they are what the answer needs (3z: 4 of 8 such questions lost at both
+# budgets, every other wording answered). In chat framing the prompt starts right after the document, so its first
+# tokens are the user's question when the user writes it first, and the tail covers it when the user writes it last.
+# Prompts of up to head + tail tokens (48) attend exactly throughout; a longer prompt pays for 48 tokens.
+DEFAULT_EXACT_HEAD = 16
 # The answer's first decode steps attend every context key too (RESULTS.md 3r): every held-out miss of the default
 # lost the value at its first answer token, 1-10 tokens into the answer (it restates the question first). 16 was
 # chosen from the divergence positions on seeds 2-3, then run once on seeds 4-5: 19/19 of full attention's answers
@@ -90,6 +97,13 @@ def default_follow_keys(budget_keys: int) -> int:
 def exact_start(tokens: int, exact_tail: int) -> int:
     """Where the prompt's exactly attending tail starts (tokens before it select their keys)."""
     return max(0, tokens - exact_tail)
+
+
+def exact_span(tokens: int, exact_head: int, exact_tail: int) -> tuple:
+    """(head_end, tail_start) of a prompt of ``tokens`` tokens: its rows [0, head_end) and [tail_start, tokens) attend
+    every context key, the rows between them select (none when the head and tail cover the prompt)."""
+    head_end = min(tokens, max(0, exact_head))
+    return head_end, max(head_end, exact_start(tokens, exact_tail))
 
 
 def prefill_chunks(tokens: int, rows: int, tail: int = 0) -> list:

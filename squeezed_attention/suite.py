@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .corpus import _paragraphs as corpus_paragraphs
 from .errors import SqueezeError
-from .settings import DEFAULT_EXACT_TAIL, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL
+from .settings import DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL, DEFAULT_PREFILL_ROWS, DEFAULT_PREFILL_TAIL
 
 SPLITS = ("dev", "heldout")
 KINDS = ("number", "word", "uuid", "multikey", "multivalue", "multiquestion")
@@ -257,7 +257,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
               prefill_tail: int = DEFAULT_PREFILL_TAIL, decode_selection: str = "step",
               exact_tail: int = DEFAULT_EXACT_TAIL, artifacts=(), follow_keys: int | None = None,
               continuation_cases: int = 4, exact_decode: int | None = None,
-              exact_below: float | None = None) -> dict:
+              exact_below: float | None = None, exact_head: int = DEFAULT_EXACT_HEAD) -> dict:
     """Every case: a pack of its text (its framing), full attention and top-k at each KV budget answer its
     question (greedy), and the attention-mass recall of each budget on the question tokens; per length
     ``continuation_cases`` continuations (teacher-forced prose from the split, each from its own random place)
@@ -281,7 +281,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     choices = {"full": AttentionChoice("full")}
     choices.update({f"top-k@{b:g}": AttentionChoice("top-k", kv_budget=b, prefill_rows=prefill_rows,
                                                           prefill_tail=prefill_tail, exact_tail=exact_tail,
-                                                          decode_selection=decode_selection,
+                                                          exact_head=exact_head, decode_selection=decode_selection,
                                                           follow_keys=follow_keys, exact_decode=exact_decode,
                                                           exact_below=exact_below)
                     for b in kv_budgets})
@@ -295,7 +295,7 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
     def save(final: bool = False):
         result = {"partial": not final, "split": split, "seed": seed, "lengths": list(lengths), "kv_budgets": list(kv_budgets),
                   "prefill_rows": prefill_rows, "prefill_tail": prefill_tail, "exact_tail": exact_tail,
-                  "decode_selection": decode_selection, "follow_keys": follow_keys, "exact_decode": exact_decode,
+                  "exact_head": exact_head, "decode_selection": decode_selection, "follow_keys": follow_keys, "exact_decode": exact_decode,
                   "exact_below": exact_below,
                   "continuation_cases": continuation_cases, "cases": rows, "recall": recalls,
                   "continuation": continuation,
@@ -303,7 +303,8 @@ def run_suite(model, checkpoint, split: str = "dev", lengths=(2048, 4096, 8000),
                   "artifacts": [{"config": label, "file": session.artifact["file"],
                                  "format": session.artifact["format"], "weights": session.artifact.get("weights"),
                                  "attention": session.contract["attention"], "kv_budget": session.contract.get("kv_budget"),
-                                 "exact_tail": session.exact_tail, "exact_decode": session.exact_decode,
+                                 "exact_tail": session.exact_tail,
+                                 "exact_head": session.exact_head, "exact_decode": session.exact_decode,
                                  "exact_below": session.exact_below,
                                  "runtime": session.backend.runtime}
                                 for label, session in artifacts],

@@ -185,7 +185,7 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     out, _ = exported
     pack_path, pack, model, ck = tiny_pack
     # every decode step selects and none runs again (the answer's opening and the unsure steps: their own tests)
-    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0,
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", prefill_rows=rows, prefill_tail=tail, exact_tail=0, exact_head=0,
                              exact_decode=0, exact_below=0)
     assert (session.prefill_rows, session.prefill_tail) == (rows or 0, tail or 0)
     session.attach(pack_path)
@@ -204,7 +204,7 @@ def test_artifact_answers_like_pytorch_on_a_saved_pack(exported, tiny_pack, fmt,
     assert calls[len(chunks):] == ["decode"] * 9                    # 10 tokens: 9 decode steps
     ref = Generator(model, ck.tokenizer, pack).generate(
         "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
-                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0,
+                                  prefill_rows=session.prefill_rows, prefill_tail=session.prefill_tail, exact_tail=0, exact_head=0,
                                   exact_decode=0, exact_below=0),
         max_new_tokens=10, stop_at_eos=False)
     session.close()
@@ -425,7 +425,10 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     assert sorted((r["attention"], r["prefill_tail"] or 0, r["exact_tail"] or 0) for r in again["rows"]) == [
         ("full", 0, 0), ("squeezed", 0, 0), ("squeezed", 0, width), ("squeezed", 4, 0), ("squeezed", 4, width)]
     text = (report_dir / "report.md").read_text()
-    assert f"| onnx | squeezed (tail 4) (exact {width}) (KV budget" in text and "| onnx | squeezed (tail 4) (KV budget" in text
+    head = contracts[rows[("onnx", "squeezed")]["file"]]["exact_head"]
+    assert head == 16 and all(r["exact_head"] == head for r in again["rows"] if r["attention"] == "squeezed")
+    assert f"| onnx | squeezed (tail 4) (exact {width}) (head {head}) (KV budget" in text
+    assert f"| onnx | squeezed (tail 4) (head {head}) (KV budget" in text
     # each row's arithmetic floor counts the prompt as that row ran it (with or without its exact tail)
     full = next(r for r in again["rows"] if r["attention"] == "full")
     for r in again["rows"]:
@@ -759,7 +762,7 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
     pack_path, pack, model, ck = tiny_pack
     for tail in (None, 0, 2):
         # (decode steps that select: the answer's opening is its own test)
-        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_tail=tail, exact_decode=0)
+        session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_tail=tail, exact_decode=0, exact_head=0)
         session.attach(pack_path)
         calls = []
         run = session.runner.run
@@ -771,7 +774,7 @@ def test_exact_prompt_tail_is_a_third_method_and_answers_like_pytorch(tiny, tiny
                              + [("decode", 1)])
         ref = Generator(model, ck.tokenizer, pack).generate(
             "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch", exact_tail=want,
-                                      exact_decode=0),
+                                      exact_head=0, exact_decode=0),
             max_new_tokens=6, stop_at_eos=False)
         session.close()
         assert got.token_ids == ref.token_ids, tail
@@ -866,7 +869,7 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
     v = art["verification"]
     assert v["status"] == "pass" and v["prompts_identical"] == v["prompts"], v
     pack_path, pack, model, ck = tiny_pack
-    session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=0)   # every decode step follows
+    session = DecoderSession(out, fmt=fmt, attention="squeezed", exact_decode=0, exact_head=0)   # every decode step follows
     session.attach(pack_path)
     keeps = []
     run = session.runner.run
@@ -879,7 +882,8 @@ def test_followed_keys_in_the_exported_graph_answer_like_pytorch(tiny, tiny_pack
     decodes = [k for k in keeps if k[0] == "decode"]
     assert decodes and all(k[1] == keep - 2 for k in decodes) and (decodes[0][2] >= 0).any()
     ref = Generator(model, ck.tokenizer, pack).generate(
-        "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, follow_keys=2, exact_decode=0),
+        "ab nan", AttentionChoice("top-k", keep_keys=keep, backend="torch", exact_tail=4, exact_head=0, follow_keys=2,
+                                  exact_decode=0),
         max_new_tokens=6, stop_at_eos=False)
     assert got.token_ids == ref.token_ids
     if fmt == "onnx":
@@ -911,7 +915,8 @@ def _assert_each_layer_frees_its_probabilities(directory, pack_path):
 
     ort.InferenceSession = Profiled
     try:
-        session = DecoderSession(directory, fmt="onnx", attention="squeezed")
+        # (no exact head: the question's tokens before its exact tail select, so both branches run)
+        session = DecoderSession(directory, fmt="onnx", attention="squeezed", exact_head=0)
     finally:
         ort.InferenceSession = original
     session.attach(pack_path)

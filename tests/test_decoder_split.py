@@ -207,7 +207,9 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
     calls = []
     # (the unsure steps' re-run off here, exact_below 0: below, every selecting step runs again)
     for tail, opening in ((None, None), (4, None), (0, None), (None, 0)):
-        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail, exact_decode=opening, exact_below=0)
+        # (no exact head: the tail's own variants, the question's tokens before it selecting)
+        session = DecoderSession(out, fmt=fmt, plan="split", exact_tail=tail, exact_decode=opening, exact_below=0,
+                                 exact_head=0)
         session.attach(d / "tiny.pack")
         run = session.runner.run
         used = []   # kept slots in use per decode step of layer 0 (selection: keep_keys - 2, then fresh followed rows)
@@ -220,7 +222,7 @@ def test_split_artifact_answers_like_pytorch(exported, tiny, fmt):
         ref = Generator(model, ck.tokenizer, pack).generate(
             "ab nan", AttentionChoice("top-k", keep_keys=session.loop.keep_keys, backend="torch",
                                       prefill_rows=session.loop.prefill_rows, prefill_tail=session.loop.prefill_tail,
-                                      exact_tail=session.loop.exact_tail, follow_keys=2,
+                                      exact_tail=session.loop.exact_tail, exact_head=0, follow_keys=2,
                                       exact_decode=session.loop.exact_decode, exact_below=0), max_new_tokens=10,
             stop_at_eos=False)
         assert session.loop.exact_decode == (3 if opening is None else 0)

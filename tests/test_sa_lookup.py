@@ -323,7 +323,7 @@ def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
 
     def run(rows, backend, tail=0):
         choice = AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_rows=rows, prefill_tail=tail,
-                                 exact_tail=0)
+                                 exact_tail=0, exact_head=0)
         logits = gen.model.step(ids, gen.model.new_cache(T), position_offset=gen.pack.num_tokens,
                                 context=gen.context(choice), logits="all")
         return logits, gen.generate(prompt, choice, max_new_tokens=6, stop_at_eos=False).token_ids
@@ -352,7 +352,7 @@ def test_prefill_selection_per_chunk_is_one_rule_in_every_lookup():
         assert (logits - tail).abs().max().item() < 1e-2, backend
     assert torch.equal(run(0, "torch", T)[0], per_token)
     # per chunk: the context partial of rows [a, b) is the chunk's own selection over those rows only
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4, prefill_tail=0, exact_tail=0,
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_rows=4, prefill_tail=0, exact_tail=0, exact_head=0,
                                       exact_decode=0))   # the later calls select as the prompt's chunks do
     q = user_queries(gen, prompt)[12]
     out, lse = ctx.attend(12, q)
@@ -419,7 +419,7 @@ def test_gqa_per_query_head_selection_differs_within_a_group():
 
 def test_threshold_mode_keeps_about_the_calibrated_fraction():
     gen = small_generator()
-    ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=0.2, prefill_tail=0, exact_tail=0), gen.tables)
+    ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=0.2, prefill_tail=0, exact_tail=0, exact_head=0), gen.tables)
     ids = torch.tensor(gen.prompt_ids("What is the pass key?"))
     gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
     kept = ctx.stats.mean_kept() / gen.pack.num_clustered
@@ -487,8 +487,8 @@ def test_question_level_selection_holds_the_prompts_selection(backend):
     q = user_queries(gen, "What is the pass key? Answer with the number only.")
     layer = 12
     held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, decode_selection="question",
-                                       prefill_tail=0, exact_tail=0))
-    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_tail=0, exact_tail=0,
+                                       prefill_tail=0, exact_tail=0, exact_head=0))
+    step = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, prefill_tail=0, exact_tail=0, exact_head=0,
                                        exact_decode=0))
     held.attend(layer, q[layer])
     calls = held.stats.calls
@@ -496,7 +496,7 @@ def test_question_level_selection_holds_the_prompts_selection(backend):
     out, lse = held.attend(layer, one)
     assert held.stats.calls == calls             # no new selection
     # the reference: the prompt's selection made explicitly, applied to the new query
-    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_tail=0, exact_tail=0))
+    ref = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", prefill_tail=0, exact_tail=0, exact_head=0))
     idx, valid = ref.select(layer, q[layer])
     keys, values, mask = ref._selected_rows(layer, idx, valid)
     from squeezed_attention.context_attention import attention_with_lse, grouped_queries, merge_partials
@@ -529,20 +529,20 @@ def test_exact_prompt_tail_attends_every_key_and_decode_selects(backend):
     layer, T = 12, q[12].shape[1]
     assert AttentionChoice("top-k", kv_budget=0.125).exact_tail == DEFAULT_EXACT_TAIL > 0
     dense = DenseContext(gen.pack.keys, gen.pack.values).attend(layer, q[layer])
-    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=T, exact_decode=0))
+    ctx = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=T, exact_head=0, exact_decode=0))
     out = ctx.attend(layer, q[layer])
     assert torch.equal(out[0], dense[0]) and torch.equal(out[1], dense[1]) and ctx.stats.calls == 0
     ctx.attend(layer, q[layer][:, -1:])                                   # a decode step: selects
     assert ctx.stats.calls == 1
-    part = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=3))
-    sel = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=0))
+    part = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=3, exact_head=0))
+    sel = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=0, exact_head=0))
     got = part.attend(layer, q[layer])
     head = sel.attend(layer, q[layer][:, :T - 3])
     assert torch.equal(got[0][:, :T - 3], head[0]) and torch.equal(got[0][:, T - 3:], dense[0][:, T - 3:])
-    held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=3,
+    held = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend=backend, exact_tail=3, exact_head=0,
                                        decode_selection="question"))
     held.attend(layer, q[layer])
-    last = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", exact_tail=0))
+    last = gen.context(AttentionChoice("top-k", keep_fraction=0.1, backend="torch", exact_tail=0, exact_head=0))
     want = last.select(layer, q[layer][:, -1:])[0]
     assert torch.equal(held._last_selection[layer][0].sort(-1).values, want.sort(-1).values)
     prompt = "What is the pass key mentioned in the text above?"

@@ -77,7 +77,7 @@ def _brute_recall(gen, ids, choice, layer):
 def test_recall_matches_a_brute_force_reference():
     gen = testing.small_generator(hierarchical=False)
     ids = gen.prompt_ids("What is the pass key?")
-    choice = AttentionChoice("top-k", keep_keys=40, backend="torch", prefill_tail=0, exact_tail=0)  # one selection (the reference's)
+    choice = AttentionChoice("top-k", keep_keys=40, backend="torch", prefill_tail=0, exact_tail=0, exact_head=0)  # one selection (the reference's)
     rec = attention_recall(gen, ids, {"k": choice, "all": AttentionChoice("top-k", keep_keys=gen.pack.num_clustered,
                                                                           backend="torch")})
     layer = 7
@@ -91,7 +91,7 @@ def test_recall_matches_a_brute_force_reference():
     assert all(x == pytest.approx(1.0) for row in rec["all"]["clustered"] for x in row)
     assert all(x == pytest.approx(1.0, abs=1e-5) for row in rec["all"]["context"] for x in row)
     # more kept keys never carry less weight (the ranked fill keeps a prefix of one ranking)
-    small = attention_recall(gen, ids, {"k": AttentionChoice("top-k", keep_keys=10, backend="torch", prefill_tail=0, exact_tail=0)})
+    small = attention_recall(gen, ids, {"k": AttentionChoice("top-k", keep_keys=10, backend="torch", prefill_tail=0, exact_tail=0, exact_head=0)})
     assert all(a <= b + 1e-6 for ra, rb in zip(small["k"]["clustered"], rec["k"]["clustered"]) for a, b in zip(ra, rb))
 
 
@@ -144,7 +144,7 @@ def test_continuations_also_score_the_selecting_steps_alone():
     assert m["selecting_top1_agreement"] == pytest.approx(tail["top1_agreement"])
     assert m["selecting_kl_mean"] == pytest.approx(tail["kl_mean"]) and m["kl_mean"] < m["selecting_kl_mean"]
     _, none = continuation_metrics(gen, AttentionChoice("top-k", keep_keys=8, backend="torch", exact_decode=0,
-                                                        exact_tail=0), cont, reference)
+                                                        exact_tail=0, exact_head=0), cont, reference)
     assert none["selecting_from_step"] == 0 and none["selecting_kl_mean"] == pytest.approx(none["kl_mean"])
 
 

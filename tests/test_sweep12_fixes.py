@@ -139,7 +139,7 @@ def test_artifact_json_names_the_selection_it_ran(tiny, capsys):
     from export.cli import main
 
     assert main(["generate", "--artifacts", str(tiny / "art"), "--context-pack", str(tiny / "doc.pack"), "--prompt",
-                 "ab an", "--json", "--max-new-tokens", "4", "--exact-tail", "0", "--exact-decode", "0"]) == 0
+                 "ab an", "--json", "--max-new-tokens", "4", "--exact-tail", "0", "--exact-head", "0", "--exact-decode", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     selection = out["selection"]
     assert selection["kv_budget"] == 0.3 and selection["exact_tail"] == 0 and selection["keep_keys"] >= 1

@@ -331,7 +331,7 @@ def test_numpy_numbers_from_a_sweep_are_accepted_by_the_python_api(tiny, exporte
     for budget in np.linspace(0.2, 0.4, 2):
         swept = gen.generate("ab", AttentionChoice("top-k", kv_budget=budget, exact_tail=np.int64(0)),
                              max_new_tokens=np.int64(3))
-        assert swept.token_ids == gen.generate("ab", AttentionChoice("top-k", kv_budget=float(budget), exact_tail=0),
+        assert swept.token_ids == gen.generate("ab", AttentionChoice("top-k", kv_budget=float(budget), exact_tail=0, exact_head=0),
                                                max_new_tokens=3).token_ids
     choice = AttentionChoice("top-k", keep_keys=np.int64(5))
     assert type(choice.keep_keys) is int and json.dumps(choice.__dict__)

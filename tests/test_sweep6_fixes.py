@@ -55,7 +55,7 @@ def _kept_fractions(gen, fractions, hierarchical, per_query_head):
     ids = torch.tensor(gen.prompt_ids("What is the pass key? Answer with the number only."))
     out = []
     for f in fractions:
-        ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=f, prefill_tail=0, exact_tail=0,
+        ctx = make_context(gen.pack, AttentionChoice("threshold", keep_fraction=f, prefill_tail=0, exact_tail=0, exact_head=0,
                                                      hierarchical=hierarchical, per_query_head=per_query_head), gen.tables)
         gen.model.step(ids, gen.model.new_cache(len(ids)), position_offset=gen.pack.num_tokens, context=ctx)
         out.append(ctx.stats.mean_kept() / gen.pack.num_clustered)

@@ -473,6 +473,9 @@ QA_MAX_NEW = 12
 # the exact tail of the generation golden's extra squeezed run: shorter than the question, so a selecting prefill
 # runs before the prefill_exact call
 QA_SHORT_TAIL = 4
+# the exact head of the generation golden's head run (with QA_SHORT_TAIL): the question's first QA_HEAD tokens run
+# through prefill_exact first, then a selecting prefill, then the tail's prefill_exact (settings.exact_span)
+QA_HEAD = 2
 # followed keys of the squeezed goldens (in-graph runs, the split run, the tiny .onnx): given explicitly, so they apply
 # to the tiny pack (follow_min_keep 0; the export's default 4 waits for 32 kept keys, which this pack does not keep).
 # One in-graph run also gates them off (follow_min_keep above keep_keys): the loop then feeds -1 and keep_keys as is.
@@ -657,20 +660,27 @@ def qa_goldens() -> dict[str, bytes]:
             modules = {m.name: m.module for m in program.methods}
             # the squeezed artifact's exact tail (32) covers the whole question: a run with a shorter tail (the
             # loop's exact_tail argument) also has a selecting prefill (branch 0) before its prefill_exact (branch 1)
-            kinds = [("greedy", None, [], None, None, None), ("forced", forced, stop_ids, None, None, None)]
+            # (kind, forced, stop ids, exact tail, follow gate, exact decode, exact head): None = the contract's
+            kinds = [("greedy", None, [], None, None, None, None), ("forced", forced, stop_ids, None, None, None, None)]
             if exact:
-                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL, None, None))
-                kinds.append(("greedy-select-decode", None, [], None, None, 0))   # every decode step selects
+                kinds.append(("greedy-short-tail", None, [], QA_SHORT_TAIL, None, None, None))
+                # the question's first tokens exact, a selecting prefill, then the exact tail
+                kinds.append(("greedy-head-tail", None, [], QA_SHORT_TAIL, None, None, QA_HEAD))
+                kinds.append(("greedy-select-decode", None, [], None, None, 0, None))   # every decode step selects
             if follow:  # the followed keys gated off: this pack keeps fewer keys than follow_min_keep
-                kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6, None))
+                kinds.append(("greedy-follow-gated", None, [], None, 10 ** 6, None, None))
             if exact:   # unsure selecting steps run again through prefill_exact (contract exact_below)
-                kinds.append(("greedy-unsure", None, [], None, None, None))
+                kinds.append(("greedy-unsure", None, [], None, None, None, None))
             first = len(runs)
-            for kind, force, stops, tail, gate, opening in kinds:
+            for kind, force, stops, tail, gate, opening, head in kinds:
                 recorder = _RecordingRunner(EagerRunner(modules), methods)
                 edited = {**contract, "follow_min_keep": gate} if gate is not None else \
                     {**contract, "exact_below": QA_EXACT_BELOW} if kind == "greedy-unsure" else contract
-                loop = GenerationLoop(recorder, edited, arrays, context, exact_tail=tail, exact_decode=opening)
+                loop = GenerationLoop(recorder, edited, arrays, context, exact_tail=tail, exact_decode=opening,
+                                      exact_head=head)
+                if kind == "greedy-head-tail":
+                    lo, hi = QA_HEAD, len(prompt_ids) - QA_SHORT_TAIL
+                    assert 0 < lo < hi, (lo, hi)   # a selecting prefill between the head and the tail
                 if follow:
                     assert loop.follow == (0 if gate else follow), (kind, loop.follow)
                 tokens, _ = loop.greedy(prompt_ids, QA_MAX_NEW, forced=force, stop_ids=set(stops))
@@ -690,7 +700,8 @@ def qa_goldens() -> dict[str, bytes]:
                     inputs = {k: v for k, v in c["inputs"].items() if k not in loop.context}
                     calls.append({"method": c["method"], "inputs": inputs, "outputs": outs})
                 runs.append({"attention": attention, "kind": kind, "forced": force, "stop_ids": stops,
-                             "exact_tail": loop.exact_tail, "exact_decode": loop.exact_decode,
+                             "exact_tail": loop.exact_tail, "exact_head": loop.exact_head,
+                             "exact_decode": loop.exact_decode,
                              "exact_below": loop.exact_below, "rerun_at": loop.rerun_at, "tokens": tokens,
                              "keep_keys": loop.keep_keys,
                              "follow_keys": follow, "follow_min_keep": gate or 0, "calls": calls,
@@ -1063,7 +1074,8 @@ def decoder_onnx_current() -> bool:
             and artifact["decoder"].get("follow_keys") == QA_FOLLOW \
             and artifact["decoder"].get("exact_decode") == QA_EXACT_DECODE == ref.get("exact_decode") \
             and artifact["decoder"].get("exact_below") == QA_EXACT_BELOW == ref.get("exact_below") \
-            and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"]
+            and "calls" in ref["greedy"] and "calls" in ref["forced"] and "calls" in ref["short_tail"] \
+            and "head_tail" in ref and artifact["decoder"].get("exact_head") == ref.get("exact_head")
     except (OSError, ValueError, KeyError, AttributeError, TypeError, StopIteration):
         return False
 
@@ -1128,12 +1140,22 @@ def write_decoder_onnx() -> Path:
         forced_rerun = list(session.loop.rerun_at)
         log.check_unsure("the tiny .onnx's forced answer")
         # a tail shorter than the question: a selecting prefill (branch 0) runs before the prefill_exact (branch 1)
+        # (the export's exact head, 16, would cover this question: off here)
         full_tail, session.loop.exact_tail = session.loop.exact_tail, QA_SHORT_TAIL
+        full_head, session.loop.exact_head = session.loop.exact_head, 0
         short_tokens, short_logits = session.loop.greedy(ids, QA_MAX_NEW)
         short_calls, log.calls = log.calls, []
         short_rerun = list(session.loop.rerun_at)
         log.check_unsure("the tiny .onnx's short-tail answer")
-        session.loop.exact_tail = full_tail
+        # the question's first QA_HEAD tokens through prefill_exact (branch 1), a selecting prefill, then the tail
+        session.loop.exact_head = QA_HEAD
+        head_tokens, head_logits = session.loop.greedy(ids, QA_MAX_NEW)
+        head_calls, log.calls = log.calls, []
+        head_rerun = list(session.loop.rerun_at)
+        log.check_unsure("the tiny .onnx's head-and-tail answer")
+        if [c.split()[0] for c in head_calls[:3]] != ["prefill_exact", "prefill", "prefill_exact"]:
+            raise SystemExit(f"the head-and-tail run should call prefill_exact, prefill, prefill_exact; calls: {head_calls}")
+        session.loop.exact_tail, session.loop.exact_head = full_tail, full_head
         if session.loop.follow != QA_FOLLOW:
             raise SystemExit(f"the tiny decoder should follow {QA_FOLLOW} keys; the loop follows {session.loop.follow}")
         if not greedy_calls or not greedy_calls[0].startswith("prefill_exact"):
@@ -1146,7 +1168,8 @@ def write_decoder_onnx() -> Path:
                "prompt": QA_PROMPT,
                "prompt_ids": ids, "max_new_tokens": QA_MAX_NEW, "keep_keys": session.loop.keep_keys,
                "runtime": f"onnxruntime {__import__('onnxruntime').__version__} (CPU, 1 intra-op thread)",
-               "exact_tail": session.loop.exact_tail, "exact_decode": session.loop.exact_decode,
+               "exact_tail": session.loop.exact_tail, "exact_head": session.loop.exact_head,
+               "exact_decode": session.loop.exact_decode,
                "exact_below": session.loop.exact_below,
                "follow_keys": session.loop.follow,
                "greedy": {"tokens": greedy, "text": answer.text, "calls": greedy_calls, "rerun_at": greedy_rerun,
@@ -1154,9 +1177,12 @@ def write_decoder_onnx() -> Path:
                "forced": {"forced": forced, "stop_ids": stops, "tokens": forced_tokens, "calls": forced_calls,
                           "rerun_at": forced_rerun,
                           "logits": [np.asarray(x, np.float32).tolist() for x in forced_logits]},
-               "short_tail": {"exact_tail": QA_SHORT_TAIL, "tokens": short_tokens, "calls": short_calls,
-                              "rerun_at": short_rerun,
-                              "logits": [np.asarray(x, np.float32).tolist() for x in short_logits]}}
+               "short_tail": {"exact_tail": QA_SHORT_TAIL, "exact_head": 0, "tokens": short_tokens,
+                              "calls": short_calls, "rerun_at": short_rerun,
+                              "logits": [np.asarray(x, np.float32).tolist() for x in short_logits]},
+               "head_tail": {"exact_tail": QA_SHORT_TAIL, "exact_head": QA_HEAD, "tokens": head_tokens,
+                             "calls": head_calls, "rerun_at": head_rerun,
+                             "logits": [np.asarray(x, np.float32).tolist() for x in head_logits]}}
         (out / DECODER_REFERENCE).write_text(json.dumps(ref))
         old = DECODER_BUILD.with_name(f"{DECODER_BUILD.name}.old.partial-{os.getpid()}")
         if DECODER_BUILD.exists():

@@ -92,6 +92,10 @@ public struct DecoderContract: Equatable {
     /// calls the exact method once more with the same token and cache_len, and that call picks the token. The
     /// manifest's exact_below (absent or null: 0, never), or a caller's (withExactBelow). Needs the exact method.
     public let exactBelow: Double
+    /// The question's first exactHead tokens run `prefill_exact` too, before the rest (a question written before a long
+    /// instruction keeps its words exact): the manifest's exact_head (absent or null: 0), or a caller's (withExactHead).
+    /// Needs the exact method (exactWidth > 0); the loop calls it in pieces of exactWidth tokens.
+    public let exactHead: Int
     /// The names of the artifact's methods (the manifest's decoder.methods keys; the split plan's stage graphs
     /// `<method>_<s>`): the split plan runs the answer's opening as decode_exact_<s> where decode_exact_0 is one.
     public let methodNames: Set<String>
@@ -115,7 +119,7 @@ public struct DecoderContract: Equatable {
                 tokenRanges: [String: ClosedRange<Int>] = [:], exactTail: Int = 0,
                 inputShapes: [String: [String: [Int]]] = [:], fixedInputs: [String: [String: DecoderTensor]] = [:],
                 followKeys: Int = 0, followMinKeep: Int = 0, exactDecode: Int = 0, exactWidth: Int? = nil,
-                methodNames: Set<String> = [], exactBelow: Double = 0) throws {
+                methodNames: Set<String> = [], exactBelow: Double = 0, exactHead: Int = 0) throws {
         let exactWidth = exactWidth ?? exactTail
         if prefillRows < 0 || prefillTail < 0 {
             throw DecoderError("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found \(prefillRows) / \(prefillTail)")
@@ -134,6 +138,11 @@ public struct DecoderContract: Equatable {
         }
         if exactBelow > 0 && exactWidth == 0 {
             throw DecoderError("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it " +
+                               "lacks (exact_tail 0); re-export the decoder")
+        }
+        if exactHead < 0 { throw DecoderError("decoder.exact_head: expected a whole number of tokens >= 0, found \(exactHead)") }
+        if exactHead > 0 && attention == "squeezed" && exactWidth == 0 {
+            throw DecoderError("decoder.exact_head: \(exactHead) exact prompt tokens need the exact method, which this artifact " +
                                "lacks (exact_tail 0); re-export the decoder")
         }
         if followKeys < 0 { throw DecoderError("decoder.follow_keys: expected an integer >= 0, found \(followKeys)") }
@@ -167,6 +176,7 @@ public struct DecoderContract: Equatable {
         self.exactWidth = exactWidth
         self.exactDecode = exactDecode
         self.exactBelow = exactBelow
+        self.exactHead = exactHead
         self.methodNames = methodNames.union(inputShapes.keys).union(tokenRanges.keys).union(fixedInputs.keys)
         self.inputShapes = inputShapes
         self.fixedInputs = fixedInputs
@@ -204,6 +214,24 @@ public struct DecoderContract: Equatable {
         return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode)
     }
 
+    /// This contract with another exact head (a caller's H, as Python's GenerationLoop(exact_head=...) and
+    /// decoder_session.exact_head_of): the question's first H >= 0 tokens run the exact method before the rest. Refused
+    /// in one line: H != 0 for a full-attention artifact (it selects nothing), H < 0, H > 0 for an artifact without the
+    /// exact method (exported with --exact-tail 0). The manifest's own exact_head needs no call.
+    public func withExactHead(_ exactHead: Int) throws -> DecoderContract {
+        if attention == "full" && exactHead != 0 {
+            throw DecoderContract.refusedForFull("--exact-head")
+        }
+        if exactHead < 0 { throw DecoderError("--exact-head must be a whole number of tokens >= 0; got \(exactHead)") }
+        if exactHead > 0 && exactWidth == 0 {
+            throw DecoderError("--exact-head \(exactHead) runs the prompt's first tokens through the artifact's exact method, " +
+                               "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
+                               "--exact-head 0")
+        }
+        return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode,
+                        exactHead: exactHead)
+    }
+
     /// This contract with another re-run rule for unsure steps (a caller's p, as Python's GenerationLoop(exact_below=...)
     /// and decoder_session.exact_below_of): a selecting decode step whose top token is less likely than p runs again
     /// through the exact method. Refused in one line: p != 0 for a full-attention artifact, p outside [0, 1), p > 0 for
@@ -236,12 +264,13 @@ public struct DecoderContract: Equatable {
     }
 
     private func copy(exactTail: Int, followKeys: Int, followMinKeep: Int, exactDecode: Int,
-                      exactBelow: Double? = nil) throws -> DecoderContract {
+                      exactBelow: Double? = nil, exactHead: Int? = nil) throws -> DecoderContract {
         try DecoderContract(attention: attention, state: state, kvBudget: kvBudget, shapes: shapes, lookupPlan: lookupPlan,
                             decodeSelection: decodeSelection, prefillRows: prefillRows, prefillTail: prefillTail,
                             tokenRanges: tokenRanges, exactTail: exactTail, inputShapes: inputShapes, fixedInputs: fixedInputs,
                             followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode, exactWidth: exactWidth,
-                            methodNames: methodNames, exactBelow: exactBelow ?? self.exactBelow)
+                            methodNames: methodNames, exactBelow: exactBelow ?? self.exactBelow,
+                            exactHead: exactHead ?? self.exactHead)
     }
 
     public var split: Bool { lookupPlan == DecoderContract.split }
@@ -340,7 +369,8 @@ public struct DecoderContract: Equatable {
                                        exactDecode: try count("exact_decode"),
                                        methodNames: Set(try j.opt("methods")?.obj().keys ?? []),
                                        // likewise: 0, never
-                                       exactBelow: try j.opt("exact_below").flatMap { $0.isNull ? nil : try $0.double() } ?? 0)
+                                       exactBelow: try j.opt("exact_below").flatMap { $0.isNull ? nil : try $0.double() } ?? 0,
+                                       exactHead: try count("exact_head"))
         } catch let e as JSONError {
             throw DecoderError("the decoder manifest is not usable (\(e.message)); re-export the decoder")
         }

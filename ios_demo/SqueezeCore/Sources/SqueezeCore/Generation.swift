@@ -536,10 +536,12 @@ public final class GenerationLoop {
     }
 
     /// The question's tokens with the contract's key selection (Python: squeezed_attention/decoder_session.py,
-    /// GenerationLoop.prompt); the last call's logits. The last exact_tail tokens (all of a shorter question) run LAST as
-    /// one `prefill_exact` call (cache_len = tokens before them, start = exactStart). The tokens before them are cut into
-    /// selection chunks (prefillChunks of start tokens with prefill_rows / prefill_tail; none for full attention) and run
-    /// first, in order: one chunk is one prefill call (whatever its length), several chunks are per chunk a prefill call
+    /// GenerationLoop.prompt); the last call's logits. The first exact_head tokens run FIRST as `prefill_exact` calls of at
+    /// most the method's width each (cache_len 0, then the tokens before each); the last exact_tail tokens after them (all
+    /// of a shorter question) run LAST as one `prefill_exact` call (cache_len = tokens before them; head end and tail start
+    /// = exactSpan). Where no token selects (head and tail cover the question) the whole question runs as the head does.
+    /// The tokens between are cut into selection chunks (prefillChunks of their count with prefill_rows / prefill_tail,
+    /// offset by the head; none for full attention) and run in between, in order: one chunk is one prefill call (whatever its length), several chunks are per chunk a prefill call
     /// (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a token that selects on its own,
     /// the tail). With exact_tail 0 (older manifests) that is the whole question. A new question follows nothing
     /// before its prompt's calls, and they follow none (the pointer they leave is the first decode step's).
@@ -548,10 +550,18 @@ public final class GenerationLoop {
         prompting = true
         defer { prompting = false }
         let squeezed = contract.attention == "squeezed"
-        let start = GenerationLoop.exactStart(tokens: ids.count, exactTail: contract.exactTail)
-        let chunks = GenerationLoop.prefillChunks(tokens: start, rows: squeezed ? contract.prefillRows : 0,
-                                                  tail: squeezed ? contract.prefillTail : 0)
+        var (head, start) = GenerationLoop.exactSpan(tokens: ids.count, exactHead: squeezed ? contract.exactHead : 0,
+                                                     exactTail: contract.exactTail)
+        if head == start { (head, start) = (ids.count, ids.count) }   // no row selects: one exact run
+        let chunks = GenerationLoop.prefillChunks(tokens: start - head, rows: squeezed ? contract.prefillRows : 0,
+                                                  tail: squeezed ? contract.prefillTail : 0).map { (head + $0.0, head + $0.1) }
         var logits: [Float] = []
+        var a = 0
+        while a < head {   // the exact head in pieces of the method's width (the contract refuses a head without it)
+            let b = min(head, a + contract.exactWidth)
+            logits = try step(method: GenerationLoop.prefillExact, tokens: Array(ids[a..<b]), cacheLen: a, cache: cache)
+            a = b
+        }
         for (a, b) in chunks {
             // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
             let method = b - a == 1 && chunks.count > 1 ? "decode" : "prefill"
@@ -573,6 +583,13 @@ public final class GenerationLoop {
     /// Where the prompt's exactly attending tail starts (Python: squeezed_attention.settings.exact_start): the tokens
     /// before it select their keys.
     public static func exactStart(tokens: Int, exactTail: Int) -> Int { max(0, tokens - exactTail) }
+
+    /// (head end, tail start) of a prompt (Python: squeezed_attention.settings.exact_span): rows before the head's end and
+    /// from the tail's start attend every fixed-context row, the rows between select.
+    public static func exactSpan(tokens: Int, exactHead: Int, exactTail: Int) -> (Int, Int) {
+        let headEnd = min(tokens, max(0, exactHead))
+        return (headEnd, max(headEnd, exactStart(tokens: tokens, exactTail: exactTail)))
+    }
 
     /// (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last `tail`
     /// tokens one chunk each, the tokens before them in chunks of `rows` cut from the end (0 = one chunk).

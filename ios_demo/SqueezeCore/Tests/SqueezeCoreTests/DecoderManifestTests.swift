@@ -167,10 +167,6 @@ final class DecoderManifestTests: XCTestCase {
         // the first artifact (squeezed, exported with "decode_selection": "step") with another JSON value
         let exported = "\"decode_selection\": \"step\","
         XCTAssertNotNil(text.range(of: exported))
-        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
-            guard let r = s.range(of: what) else { return s }
-            return s.replacingCharacters(in: r, with: with)
-        }
         func withSelection(_ value: String) -> String { replacingFirst(text, exported, "\"decode_selection\": \(value),") }
         // as exported ("step"; null for full attention), and absent (an export written before decode selections)
         XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.decodeSelection), ["step", "step"])
@@ -196,10 +192,6 @@ final class DecoderManifestTests: XCTestCase {
         let keys = "\"follow_keys\": 4,", minKeep = "\"follow_min_keep\": 32,"
         XCTAssertNotNil(text.range(of: keys))
         XCTAssertNotNil(text.range(of: minKeep))
-        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
-            guard let r = s.range(of: what) else { return s }
-            return s.replacingCharacters(in: r, with: with)
-        }
         func follow(_ manifest: String) throws -> [Int] {
             let c = try DecoderManifest.parse(manifest).artifacts[0].contract
             return [c.followKeys, c.followMinKeep]
@@ -240,10 +232,6 @@ final class DecoderManifestTests: XCTestCase {
         // decoder.exact_below: a selecting decode step less sure than p runs again through the exact method (the real
         // export's squeezed artifact: settings.DEFAULT_EXACT_BELOW 0.2; full attention: null; older manifests: absent)
         let text = try Golden.text("qa_decoder_manifest.json")
-        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
-            guard let r = s.range(of: what) else { return s }
-            return s.replacingCharacters(in: r, with: with)
-        }
         let exported = "\"exact_below\": 0.2,"
         XCTAssertNotNil(text.range(of: exported))
         func withBelow(_ value: String) -> String { replacingFirst(text, exported, "\"exact_below\": \(value),") }
@@ -289,10 +277,6 @@ final class DecoderManifestTests: XCTestCase {
         // decoder.exact_decode: the decode steps of the answer's first N tokens run the exact method (the real export's
         // squeezed artifact: min(16, max_new) = 14; full attention: null; older manifests: absent)
         let text = try Golden.text("qa_decoder_manifest.json")
-        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
-            guard let r = s.range(of: what) else { return s }
-            return s.replacingCharacters(in: r, with: with)
-        }
         let exported = "\"exact_decode\": 14,"
         XCTAssertNotNil(text.range(of: exported))
         func withOpening(_ value: String) -> String { replacingFirst(text, exported, "\"exact_decode\": \(value),") }
@@ -312,8 +296,9 @@ final class DecoderManifestTests: XCTestCase {
         XCTAssertEqual(thrownMessage(DecoderError.self) { try DecoderManifest.parse(noExact) },
                        "decoder.exact_decode: 14 exact decode steps need the exact method, which this artifact lacks " +
                        "(exact_tail 0); re-export the decoder")
-        XCTAssertEqual(try opening(replacingFirst(replacingFirst(noExact, exported, "\"exact_decode\": 0,"),
-                                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,")), 0)
+        XCTAssertEqual(try opening(replacingFirst(replacingFirst(replacingFirst(noExact, exported, "\"exact_decode\": 0,"),
+                                                                 "\"exact_below\": 0.2,", "\"exact_below\": 0,"),
+                                                  "\"exact_head\": 16,", "\"exact_head\": 0,")), 0)
 
         // a caller's N (Python: decoder_session.exact_decode_of, GenerationLoop(exact_decode=...)): everything else kept
         let manifest = try DecoderManifest.parse(text)
@@ -351,6 +336,29 @@ final class DecoderManifestTests: XCTestCase {
         // the method names the split plan looks for decode_exact_0 in: the manifest's methods
         XCTAssertEqual(squeezed.methodNames, ["prefill", "decode", "prefill_exact"])
         XCTAssertEqual(full.methodNames, ["prefill", "decode"])
+    }
+
+    func testTheExactHeadIsReadAndRefusedWithoutTheExactMethod() throws {
+        // the export writes the host's default head (16) for its squeezed artifact, null for full attention
+        let text = try Golden.text("qa_decoder_manifest.json")
+        let exported = "\"exact_head\": 16,"
+        XCTAssertNotNil(text.range(of: exported))
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactHead), [16, 0])
+        func head(_ value: String) throws -> Int {
+            try DecoderManifest.parse(replacingFirst(text, exported, value)).artifacts[0].contract.exactHead
+        }
+        XCTAssertEqual(try head(""), 0)                              // manifests before the field: no head
+        XCTAssertEqual(try head("\"exact_head\": null,"), 0)
+        XCTAssertEqual(try head("\"exact_head\": 3,"), 3)
+        XCTAssertEqual(thrownMessage(DecoderError.self) { _ = try head("\"exact_head\": -1,") },
+                       "decoder.exact_head: expected a whole number of tokens >= 0, found -1")
+        // a head without the exact method (exact_tail 0, opening and re-runs off) is a broken export
+        let noExact = replacingFirst(replacingFirst(replacingFirst(text, "\"exact_tail\": 32,", "\"exact_tail\": 0,"),
+                                                    "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
+                                     "\"exact_below\": 0.2,", "\"exact_below\": 0,")
+        XCTAssertEqual(thrownMessage(DecoderError.self) { _ = try DecoderManifest.parse(noExact) },
+                       "decoder.exact_head: 16 exact prompt tokens need the exact method, which this artifact lacks " +
+                       "(exact_tail 0); re-export the decoder")
     }
 
     func testOutputTensorNamesAreReadWhereTheFormatRenamesOutputs() throws {

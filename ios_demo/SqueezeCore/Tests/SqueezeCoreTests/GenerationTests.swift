@@ -108,7 +108,7 @@ final class GenerationTests: XCTestCase {
         let c = try manifest.pick(format: "onnx", attention: run["attention"].string()).contract
         let exact = try run["exact_tail"].int(), opening = try run["exact_decode"].int()
         let follow = try run["follow_keys"].int(), minKeep = try run["follow_min_keep"].int()
-        let shorter = exact == c.exactTail ? c : try c.withExactTail(exact)
+        let shorter = try (exact == c.exactTail ? c : try c.withExactTail(exact)).withExactHead(try run["exact_head"].int())
         let tail = opening == c.exactDecode ? shorter : try shorter.withExactDecode(opening)
         let below = try run["exact_below"].double()   // "greedy-unsure" re-runs unsure steps; the others none
         let unsure = below == tail.exactBelow ? tail : try tail.withExactBelow(below)
@@ -219,10 +219,10 @@ final class GenerationTests: XCTestCase {
 
     /// The calls GenerationLoop.prompt makes for a question of ids 1...n under a squeezed "buffer" contract.
     private func promptCalls(_ n: Int, rows: Int = 0, tail: Int = 0, exact: Int = 0,
-                             ranges: [String: ClosedRange<Int>] = [:]) throws -> [String] {
+                             ranges: [String: ClosedRange<Int>] = [:], head: Int = 0) throws -> [String] {
         let recorder = CallRecorder()
         let contract = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, prefillRows: rows,
-                                           prefillTail: tail, tokenRanges: ranges, exactTail: exact)
+                                           prefillTail: tail, tokenRanges: ranges, exactTail: exact, exactHead: head)
         let logits = try GenerationLoop(runtime: recorder, contract: contract, pack: pack,
                                         contextInputs: try PackLayout.decoderContextInputs(pack, shapes: shapes, attention: "squeezed"))
             .prompt(Array(1...n), cache: nil)
@@ -255,6 +255,33 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(try promptCalls(10, exact: 8, ranges: dynamic), ["prefill:1,2@0/2", "prefill_exact:3,4,5,6,7,8,9,10@2/8"])
         XCTAssertEqual(try promptCalls(5, exact: 8, ranges: dynamic), ["prefill_exact:1,2,3,4,5@0/5"])
         XCTAssertEqual(try promptCalls(7, exact: 1, ranges: ["prefill_exact": 2...4]), ["prefill:1,2,3,4,5,6@0/\(p)", "prefill_exact:7@6/2"])
+    }
+
+    func testAnExactHeadRunsFirstInPiecesOfTheMethodsWidth() throws {
+        // (head end, tail start): the values test_session50_exact_head.py asserts for settings.exact_span
+        let spans = [(100, 16, 32), (40, 16, 32), (10, 16, 32), (100, 0, 32), (100, 16, 0)].map {
+            GenerationLoop.exactSpan(tokens: $0.0, exactHead: $0.1, exactTail: $0.2) }
+        XCTAssertEqual(spans.map { [$0.0, $0.1] }, [[16, 68], [16, 16], [10, 10], [0, 68], [16, 100]])
+        let p = shapes.maxPrompt
+        // the head in calls of at most the method's width (exact_tail 3), a selecting prefill, then the tail
+        XCTAssertEqual(try promptCalls(12, exact: 3, head: 5),
+                       ["prefill_exact:1,2,3@0/3", "prefill_exact:4,5@3/3", "prefill:6,7,8,9@5/\(p)", "prefill_exact:10,11,12@9/3"])
+        XCTAssertEqual(try promptCalls(10, rows: 4, tail: 2, exact: 3, head: 2),
+                       ["prefill_exact:1,2@0/3", "prefill:3,4,5@2/\(p)", "decode:6@5/1", "decode:7@6/1", "prefill_exact:8,9,10@7/3"])
+        // head and tail leave no row to select: one exact run over the question, in pieces of the width
+        XCTAssertEqual(try promptCalls(7, exact: 3, head: 5), ["prefill_exact:1,2,3@0/3", "prefill_exact:4,5,6@3/3", "prefill_exact:7@6/3"])
+        XCTAssertEqual(try promptCalls(5, exact: 8, ranges: ["prefill": 1...p, "prefill_exact": 1...8], head: 2),
+                       ["prefill_exact:1,2,3,4,5@0/5"])
+        // refused in one line where the contract cannot run it
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactHead: 2))
+        XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 2,
+                                                 exactHead: -1))
+        let squeezed = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 3)
+        XCTAssertEqual(try squeezed.withExactHead(4).exactHead, 4)
+        let full = try DecoderContract(attention: "full", state: "buffer", kvBudget: nil, shapes: shapes)
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try full.withExactHead(2) }.hasPrefix("--exact-head shapes Squeezed Attention's"))
+        let noMethod = try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes)
+        XCTAssertTrue(thrownMessage(DecoderError.self) { try noMethod.withExactHead(3) }.contains("(exported with --exact-tail 0)"))
     }
 
     /// The calls GenerationLoop.greedy makes for a question of ids 1...10 under a squeezed "buffer" contract.
@@ -415,17 +442,14 @@ final class GenerationTests: XCTestCase {
     }
 
     func testExactTailIsReadFromTheContract() throws {
-        func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
-            guard let r = s.range(of: what) else { return s }
-            return s.replacingCharacters(in: r, with: with)
-        }
         // without the answer's opening (exact_decode 14 needs the exact method: an artifact without one exports 0; its
         // own checks are DecoderManifestTests.testTheAnswersOpeningIsReadAndItsOverrideCheckedAsPythonChecksIt)
         let exportedText = try Golden.text("qa_decoder_manifest.json")
         XCTAssertNotNil(exportedText.range(of: "\"exact_decode\": 14,"))
         XCTAssertNotNil(exportedText.range(of: "\"exact_below\": 0.2,"))
-        let text = replacingFirst(replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
-                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,")
+        let text = replacingFirst(replacingFirst(replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
+                                                 "\"exact_below\": 0.2,", "\"exact_below\": 0,"),
+                                  "\"exact_head\": 16,", "\"exact_head\": 0,")   // the head needs the method too
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         XCTAssertEqual(shapes.maxPrompt, 32)
         let exported = "\"exact_tail\": \(shapes.maxPrompt),"
@@ -486,23 +510,23 @@ final class GenerationTests: XCTestCase {
             }
         }
         let io = IoRuntime(layers: pack.layers, heads: pack.kvHeads, headDim: pack.headDim)
-        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactDecode(0), pack: pack, contextInputs: context)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactHead(0).withExactDecode(0), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 3)
         XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"])
         XCTAssertEqual(io.feeds[2]["branch"], squeezed.fixedInputs["decode"]?["branch"])
         // the answer's opening (exact_decode 1): its first decode step is prefill_exact's graph (branch 1), one token
         io.calls = []
-        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactDecode(1), pack: pack, contextInputs: context)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(3).withExactHead(0).withExactDecode(1), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 3)
         XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1", "prefill_exact branch=1", "decode branch=0"])
         // without the exact tail, the whole question in one selecting prefill (branch 0); the artifact's answer opening
         // (exact_decode 14) still runs its decode steps exactly, as Python's loop with --exact-tail 0 does
         io.calls = []
-        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0), pack: pack, contextInputs: context)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0).withExactHead(0), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 2)
         XCTAssertEqual(io.calls, ["prefill branch=0", "prefill_exact branch=1"])
         io.calls = []
-        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0).withExactDecode(0), pack: pack, contextInputs: context)
+        _ = try GenerationLoop(runtime: io, contract: try squeezed.withExactTail(0).withExactHead(0).withExactDecode(0), pack: pack, contextInputs: context)
             .greedy(Array(1...10), maxNewTokens: 2)
         XCTAssertEqual(io.calls, ["prefill branch=0", "decode branch=0"])
 
@@ -532,8 +556,11 @@ final class GenerationTests: XCTestCase {
         let promptIds = try gen["prompt_ids"].intArray()
         let runs = try gen["runs"].list()
         XCTAssertEqual(try runs.map { "\(try $0["attention"].string()) \(try $0["kind"].string())" },
-                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
-                        "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy", "full forced"])
+                       ["squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-head-tail",
+                        "squeezed greedy-select-decode", "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy",
+                        "full forced"])
+        // only "greedy-head-tail" runs the question's first 2 tokens exactly before a selecting prefill and the tail
+        XCTAssertEqual(try runs.map { try $0["exact_head"].int() }, [0, 0, 0, 2, 0, 0, 0, 0, 0])
         for (i, run) in runs.enumerated() {
             // the forced run's follow_out comes back as float32 (Core ML's outputs), the others' as int64 (the graph's)
             let runtime = try ReplayRuntime(run, manifest: manifest, outputs: outputs, followOutAsFloat: i == 1)
@@ -556,12 +583,15 @@ final class GenerationTests: XCTestCase {
                 prompt = ["prefill"]
             } else if c.exactTail >= promptIds.count {
                 prompt = ["prefill_exact branch=1"]  // the whole question is the tail
+            } else if c.exactHead > 0 {
+                prompt = ["prefill_exact branch=1", "prefill branch=0", "prefill_exact branch=1"]   // head, selecting, tail
             } else {
                 prompt = ["prefill branch=0", "prefill_exact branch=1"]
             }
             // the answer's opening: the decode steps of its first exact_decode tokens are 1-token prefill_exact calls
             let opening = try run["exact_decode"].int()
             XCTAssertEqual(opening, c.attention == "full" ? 0 : try run["kind"].string() == "greedy-select-decode" ? 0 : 3, what)
+            XCTAssertEqual(c.exactHead, try run["exact_head"].int(), what)
             XCTAssertEqual(loop.exactDecode, opening, what)
             XCTAssertEqual(loop.exactMethod, "prefill_exact", what)
             // unsure selecting steps (exact_below): Python's re-runs, each a decode call then a 1-token prefill_exact call;

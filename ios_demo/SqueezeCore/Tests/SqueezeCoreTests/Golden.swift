@@ -87,3 +87,10 @@ func thrownMessage<E: SqueezeError>(_ errorType: E.Type, file: StaticString = #f
     }
     return ""
 }
+
+/// `s` with the first occurrence of `what` replaced by `with` (unchanged where there is none): the tests' edits of a
+/// golden manifest's text.
+func replacingFirst(_ s: String, _ what: String, _ with: String) -> String {
+    guard let r = s.range(of: what) else { return s }
+    return s.replacingCharacters(in: r, with: with)
+}

@@ -88,7 +88,13 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                        * p: a selecting decode step whose top token's softmax probability is below p is called again
                        * through [exactMethod]; 0 = never. A caller may choose another p: [withExactBelow].
                        */
-                      val exactBelow: Double = 0.0) {
+                      val exactBelow: Double = 0.0,
+                      /**
+                       * H: the question's first H tokens run [GenerationLoop.PREFILL_EXACT] too, before the rest
+                       * (a question written before a long instruction); 0 = only the tail. A caller may choose another
+                       * H: [withExactHead].
+                       */
+                      val exactHead: Int = 0) {
     init {
         if (prefillRows < 0 || prefillTail < 0) {
             throw DecoderException("decoder.prefill_rows / prefill_tail: expected whole numbers >= 0, found $prefillRows / $prefillTail")
@@ -97,6 +103,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
         if (followKeys < 0) throw DecoderException("decoder.follow_keys: expected an integer >= 0, found $followKeys")
         if (followMinKeep < 0) throw DecoderException("decoder.follow_min_keep: expected an integer >= 0, found $followMinKeep")
         if (exactDecode < 0) throw DecoderException("decoder.exact_decode: expected a whole number of tokens >= 0, found $exactDecode")
+        if (exactHead < 0) throw DecoderException("decoder.exact_head: expected a whole number of tokens >= 0, found $exactHead")
+        if (exactHead > 0 && attention == "squeezed" && exactWidth == 0) {
+            throw DecoderException("decoder.exact_head: $exactHead exact prompt tokens need the artifact's exact method, which it " +
+                "lacks (exact_tail 0); re-export the decoder")
+        }
         if (exactDecode > 0 && attention == "squeezed" && exactWidth == 0) {
             throw DecoderException("decoder.exact_decode: $exactDecode exact decode steps need the artifact's exact method, which it " +
                 "lacks (exact_tail 0); re-export the decoder")
@@ -157,6 +168,25 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     }
 
     /**
+     * This contract with another exact head: the question's first [tokens] tokens run `prefill_exact` before the rest
+     * (Python's GenerationLoop(exact_head=...), exact_head_of, with its checks and messages): a whole number >= 0; more
+     * than 0 is refused for full attention (it selects nothing) and for a squeezed artifact without an exact method
+     * (exported with exact_tail 0).
+     */
+    fun withExactHead(tokens: Int): DecoderContract {
+        if (attention == "full" && tokens != 0) {
+            throw DecoderException("--exact-head shapes Squeezed Attention's key selection and does nothing with a " +
+                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+        }
+        if (tokens < 0) throw DecoderException("--exact-head must be a whole number of tokens >= 0; got $tokens")
+        if (tokens > 0 && exactWidth == 0) {
+            throw DecoderException("--exact-head $tokens runs the prompt's first tokens through the artifact's exact " +
+                "method, which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-head 0")
+        }
+        return copy(exactHead = tokens)
+    }
+
+    /**
      * This contract with another re-run rule for unsure steps: a selecting decode step whose top token's probability
      * is below [p] runs again through [exactMethod] (Python's GenerationLoop(exact_below=...), exact_below_of, with its
      * checks and messages): a probability in [0, 1); more than 0 is refused for full attention (it selects nothing)
@@ -184,9 +214,9 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
 
     private fun copy(exactTail: Int = this.exactTail, followKeys: Int = this.followKeys,
                      followMinKeep: Int = this.followMinKeep, exactDecode: Int = this.exactDecode,
-                     exactBelow: Double = this.exactBelow) = DecoderContract(attention,
+                     exactBelow: Double = this.exactBelow, exactHead: Int = this.exactHead) = DecoderContract(attention,
         state, kvBudget, shapes, lookupPlan, decodeSelection, prefillRows, prefillTail, tokenRanges, exactTail, inputShapes,
-        fixedInputs, followKeys, followMinKeep, exactDecode, exactWidth, methods, exactBelow)
+        fixedInputs, followKeys, followMinKeep, exactDecode, exactWidth, methods, exactBelow, exactHead)
 
     /**
      * Token slots a call of [method] with [n] real tokens feeds (decoder_session.token_width): n (raised to the
@@ -216,7 +246,8 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
                 optInt(j, "follow_keys"), optInt(j, "follow_min_keep"), // likewise (and the gate absent before it)
                 optInt(j, "exact_decode"), // null for full attention, absent before it: 0
                 methods = j.opt("methods")?.obj()?.keys ?: emptySet(),
-                exactBelow = j.opt("exact_below")?.let { if (it.isNull) 0.0 else it.double() } ?: 0.0) // likewise
+                exactBelow = j.opt("exact_below")?.let { if (it.isNull) 0.0 else it.double() } ?: 0.0, // likewise
+                exactHead = optInt(j, "exact_head")) // likewise
         } catch (e: JsonException) {
             throw DecoderException("the decoder manifest is not usable (${e.message}); re-export the decoder")
         }
@@ -758,10 +789,12 @@ class GenerationLoop(
 
     /**
      * The question's tokens with the contract's key selection (Python: squeezed_attention/decoder_session.py,
-     * GenerationLoop.prompt); the last call's logits. The last exact_tail tokens (all of a shorter question) run LAST
-     * as one `prefill_exact` call (cache_len = tokens before them, start = [exactStart]). The tokens before them are
-     * cut into selection chunks ([prefillChunks] of start tokens with prefill_rows / prefill_tail; none for full
-     * attention) and run first, in order: one chunk is one prefill call (whatever its length), several chunks are
+     * GenerationLoop.prompt); the last call's logits. The first exact_head tokens run FIRST as `prefill_exact` calls
+     * of at most the method's width each (cache_len 0, then the tokens before each); the last exact_tail tokens after
+     * them (all of a shorter question) run LAST as one `prefill_exact` call (cache_len = tokens before them; head end
+     * and tail start = [exactSpan]). Where no token selects (head and tail cover the question) the whole question runs
+     * as the head does. The tokens between are cut into selection chunks ([prefillChunks] of their count
+     * with prefill_rows / prefill_tail, offset by the head; none for full attention) and run in between, in order: one chunk is one prefill call (whatever its length), several chunks are
      * per chunk a prefill call (several tokens, cache_len = tokens before it) or a decode step (a 1-token chunk: a
      * token that selects on its own, the tail). With exact_tail 0 (older manifests) that is the whole question.
      * None of these calls follows keys (a decode step among them neither); the previous question's pointer is dropped.
@@ -769,12 +802,20 @@ class GenerationLoop(
     fun prompt(ids: IntArray, cache: Cache?): FloatArray {
         val rows = if (contract.attention == "squeezed") contract.prefillRows else 0
         val tail = if (contract.attention == "squeezed") contract.prefillTail else 0
-        val start = exactStart(ids.size, contract.exactTail)
-        val chunks = prefillChunks(start, rows, tail)
+        val span = exactSpan(ids.size, if (contract.attention == "squeezed") contract.exactHead else 0, contract.exactTail)
+        // no row selects: the whole prompt is one exact run (as few calls as the method's width allows)
+        val (head, start) = if (span.first == span.second) Pair(ids.size, ids.size) else span
+        val chunks = prefillChunks(start - head, rows, tail).map { (a, b) -> Pair(head + a, head + b) }
         var logits = FloatArray(0)
         pointer = null // a new question: nothing to follow from the previous one
         prompting = true
         try {
+            var a = 0
+            while (a < head) {   // the exact head in pieces of the method's width (the contract refuses a head without it)
+                val b = minOf(head, a + contract.exactWidth)
+                logits = step(PREFILL_EXACT, ids.copyOfRange(a, b), a, cache)
+                a = b
+            }
             for ((a, b) in chunks) {
                 // question-level selection (whose decode needs the prefill's held selection) is refused by the contract
                 val method = if (b - a == 1 && chunks.size > 1) "decode" else "prefill"
@@ -802,6 +843,15 @@ class GenerationLoop(
          * before it select their keys.
          */
         fun exactStart(tokens: Int, exactTail: Int): Int = maxOf(0, tokens - exactTail)
+
+        /**
+         * (head end, tail start) of a prompt (Python: squeezed_attention.settings.exact_span): rows before the head's
+         * end and from the tail's start attend every fixed-context row, the rows between select.
+         */
+        fun exactSpan(tokens: Int, exactHead: Int, exactTail: Int): Pair<Int, Int> {
+            val headEnd = minOf(tokens, maxOf(0, exactHead))
+            return Pair(headEnd, maxOf(headEnd, exactStart(tokens, exactTail)))
+        }
 
         /**
          * (start, end) selection chunks of a prompt (Python: squeezed_attention.settings.prefill_chunks): the last

@@ -79,6 +79,7 @@ class GenerationTest {
         val c = manifest.pick("onnx", run["attention"].string()).contract
         val exact = run["exact_tail"].int()
         return (if (exact == c.exactTail) c else c.withExactTail(exact))
+            .withExactHead(run["exact_head"].int())   // the golden's loops: 0, and 2 in "greedy-head-tail"
             .withFollowKeys(run["follow_keys"].int(), run["follow_min_keep"].int())
             .withExactDecode(run["exact_decode"].int())
             .withExactBelow(run["exact_below"].double())
@@ -279,6 +280,7 @@ class GenerationTest {
         val unsure = "\"exact_below\": 0.2,"
         val text = Golden.text("qa_decoder_manifest.json").also { assertTrue(it.contains(opening) && it.contains(unsure)) }
             .replaceFirst(opening, "\"exact_decode\": 0,").replaceFirst(unsure, "\"exact_below\": 0,")
+            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")   // the head needs the method too
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         val exported = "\"exact_tail\": ${shapes.maxPrompt},"
         assertEquals(32, shapes.maxPrompt)
@@ -308,6 +310,63 @@ class GenerationTest {
         val splitContract = DecoderManifest.parse(split).artifacts[0].contract
         assertEquals("split", splitContract.lookupPlan)
         assertEquals(4, splitContract.exactTail)
+    }
+
+    @Test
+    fun exactHeadIsReadFromTheContractAndSpansThePromptAsPythonDoes() {
+        // (head end, tail start): the values test_session50_exact_head.py asserts for settings.exact_span
+        fun span(n: Int, h: Int, t: Int) = GenerationLoop.exactSpan(n, h, t).toList()
+        assertEquals(listOf(16, 68), span(100, 16, 32))
+        assertEquals(listOf(16, 16), span(40, 16, 32))
+        assertEquals(listOf(10, 10), span(10, 16, 32))
+        assertEquals(listOf(0, 68), span(100, 0, 32))
+        assertEquals(listOf(16, 100), span(100, 16, 0))
+        // the export writes the host's default head (16) for its squeezed artifact, null for full attention
+        val text = Golden.text("qa_decoder_manifest.json")
+        val exported = "\"exact_head\": 16,"
+        assertTrue(text.contains(exported))
+        assertEquals(listOf(16, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactHead })
+        fun head(value: String?) = DecoderManifest.parse(text.replaceFirst(exported, if (value == null) "" else "\"exact_head\": $value,"))
+            .artifacts[0].contract.exactHead
+        assertEquals(0, head(null))      // manifests before the field: no head
+        assertEquals(0, head("null"))
+        assertEquals(3, head("3"))
+        val negative = assertThrows(DecoderException::class.java) { head("-1") }
+        assertEquals("decoder.exact_head: expected a whole number of tokens >= 0, found -1", negative.message)
+        val squeezed = DecoderManifest.parse(text).artifacts[0].contract
+        val full = DecoderManifest.parse(text).artifacts[1].contract
+        assertEquals(5, squeezed.withExactHead(5).exactHead)
+        assertEquals(0, full.withExactHead(0).exactHead)
+        assertTrue(assertThrows(DecoderException::class.java) { full.withExactHead(2) }.message!!
+            .startsWith("--exact-head shapes Squeezed Attention's key selection"))
+        assertThrows(DecoderException::class.java) { squeezed.withExactHead(-1) }
+        val noMethod = DecoderContract("squeezed", "buffer", 0.3, shapes)
+        assertTrue(assertThrows(DecoderException::class.java) { noMethod.withExactHead(4) }.message!!
+            .contains("which this artifact lacks (exported with --exact-tail 0)"))
+        assertThrows(DecoderException::class.java) { DecoderContract("squeezed", "buffer", 0.3, shapes, exactHead = 2) }
+    }
+
+    @Test
+    fun anExactHeadLongerThanTheMethodRunsInPiecesAndMergesWithTheTail() {
+        // the head in calls of at most the method's width (3 here), then one selecting prefill, then the tail; a head
+        // and tail that leave no row to select make one exact run over the whole question
+        val calls = ArrayList<String>()
+        val io = object : DecoderRuntime {
+            override val name = "recorder"
+            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
+                val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0]
+                val at = (inputs.getValue("cache_len") as DecoderTensor.Int64).data[0]
+                calls.add("$method $n@$at")
+                return mapOf("logits" to DecoderTensor.Float32(FloatArray(8) { if (it == 7) 1f else 0f }, intArrayOf(8)))
+            }
+        }
+        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3)
+        val loop = GenerationLoop(io, contract.withExactHead(5), pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
+        loop.prompt(IntArray(12) { 1 }, null)
+        assertEquals(listOf("prefill_exact 3@0", "prefill_exact 2@3", "prefill 4@5", "prefill_exact 3@9"), calls)
+        calls.clear()
+        loop.prompt(IntArray(7) { 1 }, null)
+        assertEquals(listOf("prefill_exact 3@0", "prefill_exact 3@3", "prefill_exact 1@6"), calls)
     }
 
     @Test
@@ -480,22 +539,22 @@ class GenerationTest {
                     "new_values" to DecoderTensor.Float32(FloatArray(kv.reduce(Int::times)), kv))
             }
         }
-        GenerationLoop(io, squeezed.withExactTail(3).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 3)
+        GenerationLoop(io, squeezed.withExactTail(3).withExactHead(0).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 3)
         assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "decode branch=0", "decode branch=0"), calls)
         // the same tensor objects at every call of a method (a runtime binding copies them once: NativeTensorCache)
         assertSame(squeezed.fixedInputs.getValue("decode").getValue("branch"), feeds[2]["branch"])
         assertSame(feeds[2]["branch"], feeds[3]["branch"])
         // the manifest's answer's opening (exact_decode 14): the decode steps are 1-token prefill_exact calls (branch 1)
         calls.clear()
-        GenerationLoop(io, squeezed.withExactTail(3), pack, context).greedy(IntArray(10) { it + 1 }, 3)
+        GenerationLoop(io, squeezed.withExactTail(3).withExactHead(0), pack, context).greedy(IntArray(10) { it + 1 }, 3)
         assertEquals(listOf("prefill branch=0", "prefill_exact branch=1", "prefill_exact branch=1", "prefill_exact branch=1"), calls)
         // without the exact tail, the whole question in one selecting prefill (branch 0); the opening still runs
         // through prefill_exact, which the artifact keeps (Python: the loop's exact_tail 0, the contract's method)
         calls.clear()
-        GenerationLoop(io, squeezed.withExactTail(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
+        GenerationLoop(io, squeezed.withExactTail(0).withExactHead(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
         assertEquals(listOf("prefill branch=0", "prefill_exact branch=1"), calls)
         calls.clear()
-        GenerationLoop(io, squeezed.withExactTail(0).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
+        GenerationLoop(io, squeezed.withExactTail(0).withExactHead(0).withExactDecode(0), pack, context).greedy(IntArray(10) { it + 1 }, 2)
         assertEquals(listOf("prefill branch=0", "decode branch=0"), calls)
 
         // "value": a number or nested arrays, row-major, in the entry's dtype and shape
@@ -629,8 +688,10 @@ class GenerationTest {
             val prompt = when {
                 c.attention == "full" -> listOf("prefill")
                 c.exactTail >= promptIds.size -> listOf("prefill_exact branch=1")  // the whole question is the tail
+                c.exactHead > 0 -> listOf("prefill_exact branch=1", "prefill branch=0", "prefill_exact branch=1")
                 else -> listOf("prefill branch=0", "prefill_exact branch=1")
             }
+            assertEquals(run["exact_head"].int(), loop.contract.exactHead, what)
             assertEquals(run["exact_decode"].int(), loop.exactDecode, what)
             assertEquals(run["exact_below"].double(), loop.exactBelow, what)
             // the unsure steps (exact_below): Python's re-runs, each a decode call then a 1-token prefill_exact call
@@ -648,16 +709,18 @@ class GenerationTest {
                 assertEquals(answer[i - prompt.size].substringBefore(" "), call["method"].string(), "$what call $i")
             }
         }
-        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-select-decode",
-            "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy", "full forced"),
+        assertEquals(listOf("squeezed greedy", "squeezed forced", "squeezed greedy-short-tail", "squeezed greedy-head-tail",
+            "squeezed greedy-select-decode", "squeezed greedy-follow-gated", "squeezed greedy-unsure", "full greedy", "full forced"),
             gen["runs"].list().map { "${it["attention"].string()} ${it["kind"].string()}" })
         // the squeezed runs follow 2 keys (gated: none), full attention none
-        assertEquals(listOf(2, 2, 2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
-        assertEquals(listOf(0, 0, 0, 0, 1_000_000, 0, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
+        assertEquals(listOf(2, 2, 2, 2, 2, 2, 2, 0, 0), gen["runs"].list().map { it["follow_keys"].int() })
+        assertEquals(listOf(0, 0, 0, 0, 0, 1_000_000, 0, 0, 0), gen["runs"].list().map { it["follow_min_keep"].int() })
         // the squeezed runs open the answer with 3 exact steps ("greedy-select-decode": none, every step selects)
-        assertEquals(listOf(3, 3, 3, 0, 3, 3, 0, 0), gen["runs"].list().map { it["exact_decode"].int() })
+        assertEquals(listOf(3, 3, 3, 3, 0, 3, 3, 0, 0), gen["runs"].list().map { it["exact_decode"].int() })
+        // only "greedy-head-tail" runs the question's first 2 tokens exactly before a selecting prefill and the tail
+        assertEquals(listOf(0, 0, 0, 2, 0, 0, 0, 0, 0), gen["runs"].list().map { it["exact_head"].int() })
         // only "greedy-unsure" re-runs unsure steps, and only some of its selecting steps
-        assertEquals(listOf(0.0, 0.0, 0.0, 0.0, 0.0, 0.137, 0.0, 0.0), gen["runs"].list().map { it["exact_below"].double() })
+        assertEquals(listOf(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.137, 0.0, 0.0), gen["runs"].list().map { it["exact_below"].double() })
         val unsure = gen["runs"].list().single { it["kind"].string() == "greedy-unsure" }
         assertTrue(unsure["rerun_at"].intArray().let { it.isNotEmpty() && it.size < gen["max_new_tokens"].int() - 1 - 3 && it.all { s -> s >= 3 } })
         for (r in gen["runs"].list().filter { it["kind"].string() != "greedy-unsure" }) assertEquals(0, r["rerun_at"].intArray().size)
@@ -829,7 +892,9 @@ class GenerationTest {
             assertTrue(e.contains("exact_decode: expected an integer") && '\n' !in e, e)
         }
         // exact steps without the exact method (exact_tail 0): refused at reading, not at the first decode step
+        // (the head off too: it needs the method as well, exactHeadIsReadFromTheContractAndSpansThePromptAsPythonDoes)
         val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
+            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")
         assertEquals("decoder.exact_decode: 14 exact decode steps need the artifact's exact method, which it lacks (exact_tail 0); " +
             "re-export the decoder", refused(noMethod))
         val noUnsure = noMethod.replaceFirst("\"exact_below\": 0.2,", "\"exact_below\": 0,")
@@ -857,6 +922,7 @@ class GenerationTest {
         // re-runs without the exact method (exact_tail 0): refused at reading
         val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
             .replaceFirst("\"exact_decode\": ${shapes.maxNew},", "\"exact_decode\": 0,")
+            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")
         assertEquals("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it lacks " +
             "(exact_tail 0); re-export the decoder", refused(noMethod))
         // an override, checked as decoder_session.exact_below_of checks it (its messages)

@@ -160,6 +160,26 @@ class OrtJniDecoderTest {
     }
 
     @Test
+    fun anExactHeadRunsBeforeTheSelectingPrefillAsPythonDoes() {
+        // the question's first 2 tokens through prefill_exact (branch 1) at cache_len 0, the tokens up to the 4-token
+        // tail in one selecting prefill (branch 0), then the tail's prefill_exact (Python: GenerationLoop.exact_head = 2)
+        val d = export()
+        val s = setup(d)
+        val run = s.ref["head_tail"]
+        val contract = s.artifact.contract.withExactTail(run["exact_tail"].int()).withExactHead(run["exact_head"].int())
+        OrtJniDecoder.open(d, s.artifact).use { ort ->
+            val rt = CallLog(ort)
+            val loop = GenerationLoop(rt, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention))
+            val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
+            assertArrayEquals(run["tokens"].intArray(), out.tokens)
+            assertEquals(run["calls"].strings(), rt.calls)
+            assertEquals(listOf("prefill_exact branch=1", "prefill branch=0", "prefill_exact branch=1"), rt.calls.take(3))
+            val diff = maxAbs(out.logits, run["logits"])
+            assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
+        }
+    }
+
+    @Test
     fun aShorterExactTailRunsBothGraphsOfTheFileAsPythonDoes() {
         // the loop's exact tail shorter than the question (Python: GenerationLoop.exact_tail = 4): a selecting prefill
         // (the file's first graph, branch 0) of the tokens before the tail, then prefill_exact (branch 1), then the
@@ -167,7 +187,8 @@ class OrtJniDecoderTest {
         val d = export()
         val s = setup(d)
         val short = s.ref["short_tail"]
-        val contract = s.artifact.contract.withExactTail(short["exact_tail"].int())
+        // (the export's exact head, 16, covers this question: the Python run set it to 0)
+        val contract = s.artifact.contract.withExactTail(short["exact_tail"].int()).withExactHead(short["exact_head"].int())
         OrtJniDecoder.open(d, s.artifact).use { ort ->
             val rt = CallLog(ort)
             val loop = GenerationLoop(rt, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention))
