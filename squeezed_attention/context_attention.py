@@ -265,12 +265,21 @@ class SqueezedContext:
             elif self.spec.follow_keys and T == 1:
                 return self._attend_following(layer, queries)
         parts = []
-        if head:      # the prompt's exact head (spec.exact_head), where a question written first lies
-            parts.append(self._attend_exact(layer, queries[:, :head]))
-        if start > head:
-            parts.append(self._attend_selecting(layer, queries[:, head:start]))
-        if start < T:
-            parts.append(self._attend_exact(layer, queries[:, start:]))
+        if head and start < T:
+            # the exact head (spec.exact_head, where a question written first lies) and tail in ONE pass over the
+            # context keys (each row's context partial is its own; one read and widening of the keys per layer)
+            both = self._attend_exact(layer, torch.cat([queries[:, :head], queries[:, start:]], 1))
+            parts.append((both[0][:, :head], both[1][:, :head]))
+            if start > head:
+                parts.append(self._attend_selecting(layer, queries[:, head:start]))
+            parts.append((both[0][:, head:], both[1][:, head:]))
+        else:
+            if head:
+                parts.append(self._attend_exact(layer, queries[:, :head]))
+            if start > head:
+                parts.append(self._attend_selecting(layer, queries[:, head:start]))
+            if start < T:
+                parts.append(self._attend_exact(layer, queries[:, start:]))
         last_exact = start < T or head == T   # the call's last row attended every key
         if last_exact and question:
             self._last_selection[layer] = self.select(layer, queries[:, -1:])
