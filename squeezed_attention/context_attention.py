@@ -130,6 +130,12 @@ class SqueezedContext:
         heads = Hkv * G if spec.per_query_head else Hkv
         self.kv_of_head = torch.arange(heads) // (G if spec.per_query_head else 1)
         self._exact_keys = {}   # layer -> the exact tail's float keys until _point has read them
+        # layer -> (keys, values) widened to float32, held from the prompt's exact rows through the answer's exact
+        # opening (spec.exact_decode): widening the fp16 tables cost each exact call more than its attention (at 8k,
+        # 30 layers: ~230 ms against ~60 ms on one thread), so an exact step ran slower than full attention's, which
+        # widens once (DenseContext). Dropped per layer when its opening ends (the bytes full attention holds: twice
+        # the pack's fp16 keys and values, for those steps only); later exact re-runs (exact_below) widen per call.
+        self._wide = {}
         self.row_offset = (self.kv_of_head * self.num_clustered).unsqueeze(-1)  # into clustered[layer] flattened
         self.stats = LookupStats()
         # decode_selection="question": per layer, the prompt's last selection (idx, valid) as made, then the rows and
@@ -287,9 +293,16 @@ class SqueezedContext:
             self._hold(layer, *self._last_selection[layer])
         out, lse = parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts], 1),
                                                      torch.cat([p[1] for p in parts], 1))
+        if layer in self._wide and self._decode_steps.get(layer, 0) >= self.spec.exact_decode:
+            del self._wide[layer]   # the answer's exact opening is over for this layer
         if self.spec.follow_keys and not question:
-            # the prompt's last row points the first decode step: over every clustered key where it attends exactly
-            if last_exact:
+            # the prompt's last row points the first decode step: over every clustered key where it attends exactly.
+            # Only a call followed by a selecting step points: within the answer's exact opening the next call attends
+            # every key again, so the pointer (another pass over every clustered key) would be overwritten unread
+            if last_exact and self._decode_steps.get(layer, 0) < self.spec.exact_decode:
+                self._exact_keys.pop(layer, None)
+                self._follow.pop(layer, None)
+            elif last_exact:
                 self._point(layer, queries[:, -1:], lse[:, -1:], None, None)
             else:
                 self._point(layer, queries[:, -1:], lse[:, -1:], *self._last_selection[layer])
@@ -393,11 +406,15 @@ class SqueezedContext:
     def _attend_exact(self, layer: int, queries):
         """Every context key, in position order (DenseContext's attention): the prompt's exact tail."""
         Hq, T, D = queries.shape
-        keys = self.keys[layer].float()
+        wide = self._wide.get(layer)
+        if wide is None:
+            wide = (self.keys[layer].float(), self.values[layer].float())
+            if self._decode_steps.get(layer, 0) < self.spec.exact_decode:   # more exact calls of the opening to come
+                self._wide[layer] = wide
+        keys, values = wide
         if self.spec.follow_keys and self.spec.decode_selection != "question":   # _point scores the last row on them
             self._exact_keys[layer] = keys
-        out, lse = attention_with_lse(queries.reshape(self.num_kv_heads, -1, D), keys, self.values[layer].float(),
-                                      self.scale)
+        out, lse = attention_with_lse(queries.reshape(self.num_kv_heads, -1, D), keys, values, self.scale)
         return out.reshape(Hq, T, D), lse.reshape(Hq, T)
 
     def _attend_selecting(self, layer: int, queries):

@@ -115,7 +115,9 @@ class QaActivity : ComponentActivity(), QaListener {
         val dir = decoders.getOrNull(decoderSpinner.selectedItemPosition)
         val artifact = artifacts.getOrNull(artifactSpinner.selectedItemPosition)
         val pack = packs.getOrNull(packSpinner.selectedItemPosition)
-        val text = question.text.toString().trim()
+        // as typed: the core refuses a blank question (Python's rule) and asks exactly what `squeeze generate
+        // --prompt` would (a trimmed copy was another prompt, with other token ids, than the CLI's)
+        val text = question.text.toString()
         when {
             dir == null || artifact == null || pack == null -> status.setText(R.string.qa_pick_all)
             text.isEmpty() -> status.setText(R.string.qa_empty_question)
