@@ -1,5 +1,9 @@
 """Sweep 15: questions wrapped in instructions the project never used, full vs squeezed defaults (exact head 16 +
-tail 32) vs squeezed with exact_head 0 (the previous default). Host Python API, one model load."""
+tail 32) vs squeezed with exact_head 0 (the previous default). Host Python API, one model load.
+
+    python run.py THREADS            # 46-54-token prompts -> results.jsonl
+    python run.py THREADS long       # 73-81-token prompts -> results_long.jsonl
+"""
 import json, sys, time, torch
 from squeezed_attention import load_checkpoint, LlamaForCausalLM, load_context_pack, Generator, AttentionChoice
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
@@ -22,9 +26,16 @@ WRAPS = {
  "brief": "{q} Answer briefly. Do not explain your reasoning, do not restate the question, and if the information is missing from the text just reply that it was not found.",
  "sandwich": "I have been reading through this document for a while and I still cannot find one detail. {q} Reply with just the value, and keep your answer short please.",
 }
+LONG_WRAPS = {
+ "long_after": "{q} Please read the whole document carefully before you answer. Give the answer in one short sentence that states the value exactly as the document writes it, with no explanation, no list, no quotation marks and no extra remarks, and if the document does not mention it at all, simply reply that you do not know.",
+ "middle": "I am preparing a short summary of this document for my team and I have gone through most of it already, but there is one detail I keep missing. {q} Please reply with the value only, in one short sentence, and if it is not in the document, say that you do not know.",
+}
+LONG = len(sys.argv) > 2 and sys.argv[2] == "long"
+if LONG:
+    WRAPS = LONG_WRAPS
 ck = load_checkpoint()
 model = LlamaForCausalLM.from_checkpoint(ck)
-out = open("/tmp/s50/sweep15/results.jsonl", "a")
+out = open("/tmp/s50/sweep15/results_long.jsonl" if LONG else "/tmp/s50/sweep15/results.jsonl", "a")
 packs = {}
 for doc, q, ans in FACTS:
     if doc not in packs:

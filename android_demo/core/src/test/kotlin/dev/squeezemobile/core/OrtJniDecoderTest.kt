@@ -159,13 +159,14 @@ class OrtJniDecoderTest {
         }
     }
 
-    @Test
-    fun anExactHeadRunsBeforeTheSelectingPrefillAsPythonDoes() {
-        // the question's first 2 tokens through prefill_exact (branch 1) at cache_len 0, the tokens up to the 4-token
-        // tail in one selecting prefill (branch 0), then the tail's prefill_exact (Python: GenerationLoop.exact_head = 2)
+    /**
+     * Replays the reference's run [key] (a Python loop given another exact tail and head than the export's) through the
+     * JNI bridge: Python's tokens, calls, re-runs and logits; returns the calls.
+     */
+    private fun replayShapedRun(key: String): List<String> {
         val d = export()
         val s = setup(d)
-        val run = s.ref["head_tail"]
+        val run = s.ref[key]
         val contract = s.artifact.contract.withExactTail(run["exact_tail"].int()).withExactHead(run["exact_head"].int())
         OrtJniDecoder.open(d, s.artifact).use { ort ->
             val rt = CallLog(ort)
@@ -173,34 +174,31 @@ class OrtJniDecoderTest {
             val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
             assertArrayEquals(run["tokens"].intArray(), out.tokens)
             assertEquals(run["calls"].strings(), rt.calls)
-            assertEquals(listOf("prefill_exact branch=1", "prefill branch=0", "prefill_exact branch=1"), rt.calls.take(3))
+            assertArrayEquals(run["rerun_at"].intArray(), out.rerunAt)
             val diff = maxAbs(out.logits, run["logits"])
+            println("OrtJniDecoder, $key (exact tail ${run["exact_tail"].int()}, head ${run["exact_head"].int()}): " +
+                "max |logit - Python| = $diff")
             assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
+            return rt.calls
         }
     }
 
     @Test
+    fun anExactHeadRunsBeforeTheSelectingPrefillAsPythonDoes() {
+        // the question's first 2 tokens through prefill_exact (branch 1) at cache_len 0, the tokens up to the 4-token
+        // tail in one selecting prefill (branch 0), then the tail's prefill_exact (Python: GenerationLoop.exact_head = 2)
+        assertEquals(listOf("prefill_exact branch=1", "prefill branch=0", "prefill_exact branch=1"),
+            replayShapedRun("head_tail").take(3))
+    }
+
+    @Test
     fun aShorterExactTailRunsBothGraphsOfTheFileAsPythonDoes() {
-        // the loop's exact tail shorter than the question (Python: GenerationLoop.exact_tail = 4): a selecting prefill
-        // (the file's first graph, branch 0) of the tokens before the tail, then prefill_exact (branch 1), then the
-        // answer's opening (3 exact decode steps, prefill_exact with one token), then decode
-        val d = export()
-        val s = setup(d)
-        val short = s.ref["short_tail"]
-        // (the export's exact head, 16, covers this question: the Python run set it to 0)
-        val contract = s.artifact.contract.withExactTail(short["exact_tail"].int()).withExactHead(short["exact_head"].int())
-        OrtJniDecoder.open(d, s.artifact).use { ort ->
-            val rt = CallLog(ort)
-            val loop = GenerationLoop(rt, contract, pack, PackLayout.decoderContextInputs(pack, contract.shapes, contract.attention))
-            val out = loop.greedy(s.ref["prompt_ids"].intArray(), s.ref["max_new_tokens"].int())
-            assertArrayEquals(short["tokens"].intArray(), out.tokens)
-            assertEquals(short["calls"].strings(), rt.calls)
-            assertArrayEquals(short["rerun_at"].intArray(), out.rerunAt)
-            assertEquals(listOf("prefill branch=0") + List(4) { "prefill_exact branch=1" } + listOf("decode branch=0"), rt.calls.take(6))
-            val diff = maxAbs(out.logits, short["logits"])
-            println("OrtJniDecoder, ${short["exact_tail"].int()}-token exact tail: max |logit - Python| = $diff")
-            assertTrue(diff <= LOGIT_TOL, "max abs logit difference $diff > $LOGIT_TOL")
-        }
+        // the loop's exact tail shorter than the question (Python: GenerationLoop.exact_tail = 4, and no head: the
+        // export's 16 would cover this question): a selecting prefill (the file's first graph, branch 0) of the tokens
+        // before the tail, then prefill_exact (branch 1), then the answer's opening (3 exact decode steps,
+        // prefill_exact with one token), then decode
+        assertEquals(listOf("prefill branch=0") + List(4) { "prefill_exact branch=1" } + listOf("decode branch=0"),
+            replayShapedRun("short_tail").take(6))
     }
 
     @Test
