@@ -98,10 +98,8 @@ def exact_head_of(contract: dict, exact_head: int | None = None) -> int:
     _refuse_for_full(contract, "--exact-head", exact_head)
     if type(exact_head) is not int or exact_head < 0:
         raise SqueezeError(f"--exact-head must be a whole number of tokens >= 0; got {exact_head!r}")
-    if exact_head and contract.get("attention") == "squeezed" and not contract.get("exact_tail"):
-        raise SqueezeError(f"--exact-head {exact_head} runs the prompt's first tokens through the artifact's exact "
-                           "method, which this artifact lacks (exported with --exact-tail 0); re-export it with "
-                           "--exact-tail N or pass --exact-head 0")
+    if exact_head:
+        _needs_exact_method(contract, f"--exact-head {exact_head}", "runs the prompt's first tokens")
     return exact_head if contract.get("attention") == "squeezed" else 0
 
 

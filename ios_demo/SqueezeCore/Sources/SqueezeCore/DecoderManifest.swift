@@ -207,9 +207,7 @@ public struct DecoderContract: Equatable {
         }
         if exactDecode < 0 { throw DecoderError("--exact-decode must be a whole number of tokens >= 0; got \(exactDecode)") }
         if exactDecode > 0 && exactWidth == 0 {
-            throw DecoderError("--exact-decode \(exactDecode) runs the answer's first tokens through the artifact's exact method, " +
-                               "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
-                               "--exact-decode 0")
+            throw DecoderContract.needsExactMethod("--exact-decode", "\(exactDecode)", "runs the answer's first tokens")
         }
         return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode)
     }
@@ -224,9 +222,7 @@ public struct DecoderContract: Equatable {
         }
         if exactHead < 0 { throw DecoderError("--exact-head must be a whole number of tokens >= 0; got \(exactHead)") }
         if exactHead > 0 && exactWidth == 0 {
-            throw DecoderError("--exact-head \(exactHead) runs the prompt's first tokens through the artifact's exact method, " +
-                               "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
-                               "--exact-head 0")
+            throw DecoderContract.needsExactMethod("--exact-head", "\(exactHead)", "runs the prompt's first tokens")
         }
         return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode,
                         exactHead: exactHead)
@@ -242,12 +238,17 @@ public struct DecoderContract: Equatable {
         }
         if !(p >= 0 && p < 1) { throw DecoderError("--exact-below must be a probability from 0 (off) to below 1; got \(p)") }
         if p > 0 && exactWidth == 0 {
-            throw DecoderError("--exact-below \(p) runs unsure decode steps again through the artifact's exact method, which " +
-                               "this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass " +
-                               "--exact-below 0")
+            throw DecoderContract.needsExactMethod("--exact-below", "\(p)", "runs unsure decode steps again")
         }
         return try copy(exactTail: exactTail, followKeys: followKeys, followMinKeep: followMinKeep, exactDecode: exactDecode,
                         exactBelow: p)
+    }
+
+    /// An option that `does` something through the exact method this artifact lacks, refused in one line (Python:
+    /// decoder_session._needs_exact_method).
+    static func needsExactMethod(_ flag: String, _ value: String, _ does: String) -> DecoderError {
+        DecoderError("\(flag) \(value) \(does) through the artifact's exact method, which this artifact lacks (exported with " +
+                     "--exact-tail 0); re-export it with --exact-tail N or pass \(flag) 0")
     }
 
     /// A prompt-selection option given for a full-attention artifact (it selects nothing) is a one-line error, not silently

@@ -156,13 +156,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
      */
     fun withExactDecode(steps: Int): DecoderContract {
         if (attention == "full" && steps != 0) {
-            throw DecoderException("--exact-decode shapes Squeezed Attention's key selection and does nothing with a " +
-                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+            throw refusedForFull("--exact-decode")
         }
         if (steps < 0) throw DecoderException("--exact-decode must be a whole number of tokens >= 0; got $steps")
         if (steps > 0 && exactWidth == 0) {
-            throw DecoderException("--exact-decode $steps runs the answer's first tokens through the artifact's exact method, " +
-                "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-decode 0")
+            throw needsExactMethod("--exact-decode", "$steps", "runs the answer's first tokens")
         }
         return copy(exactDecode = steps)
     }
@@ -175,13 +173,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
      */
     fun withExactHead(tokens: Int): DecoderContract {
         if (attention == "full" && tokens != 0) {
-            throw DecoderException("--exact-head shapes Squeezed Attention's key selection and does nothing with a " +
-                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+            throw refusedForFull("--exact-head")
         }
         if (tokens < 0) throw DecoderException("--exact-head must be a whole number of tokens >= 0; got $tokens")
         if (tokens > 0 && exactWidth == 0) {
-            throw DecoderException("--exact-head $tokens runs the prompt's first tokens through the artifact's exact " +
-                "method, which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-head 0")
+            throw needsExactMethod("--exact-head", "$tokens", "runs the prompt's first tokens")
         }
         return copy(exactHead = tokens)
     }
@@ -194,13 +190,11 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
      */
     fun withExactBelow(p: Double): DecoderContract {
         if (attention == "full" && p != 0.0) {
-            throw DecoderException("--exact-below shapes Squeezed Attention's key selection and does nothing with a " +
-                "full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+            throw refusedForFull("--exact-below")
         }
         if (!(p >= 0.0 && p < 1.0)) throw DecoderException("--exact-below must be a probability from 0 (off) to below 1; got $p")
         if (p > 0.0 && exactWidth == 0) {
-            throw DecoderException("--exact-below $p runs unsure decode steps again through the artifact's exact method, " +
-                "which this artifact lacks (exported with --exact-tail 0); re-export it with --exact-tail N or pass --exact-below 0")
+            throw needsExactMethod("--exact-below", "$p", "runs unsure decode steps again")
         }
         return copy(exactBelow = p)
     }
@@ -210,6 +204,15 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
      * follow_min_keep edited). [follow] must be the graph's: its follow_rows_<layer> inputs are [Hkv, follow]; a
      * replay of a graph exported with other followed keys than a manifest's, or a loop gated otherwise.
      */
+    /** A caller's option for a full-attention artifact, which selects nothing (Python: decoder_session._refuse_for_full). */
+    private fun refusedForFull(flag: String) = DecoderException("$flag shapes Squeezed Attention's key selection and does " +
+        "nothing with a full-attention artifact (every key is attended); drop it or pick the squeezed artifact (--artifact-attention squeezed)")
+
+    /** An option that [does] something through the exact method this artifact lacks (Python: _needs_exact_method). */
+    private fun needsExactMethod(flag: String, value: String, does: String) = DecoderException("$flag $value $does through " +
+        "the artifact's exact method, which this artifact lacks (exported with --exact-tail 0); re-export it with " +
+        "--exact-tail N or pass $flag 0")
+
     fun withFollowKeys(follow: Int, minKeep: Int) = copy(followKeys = follow, followMinKeep = minKeep)
 
     private fun copy(exactTail: Int = this.exactTail, followKeys: Int = this.followKeys,

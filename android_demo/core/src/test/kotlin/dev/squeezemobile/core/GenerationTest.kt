@@ -153,10 +153,10 @@ class GenerationTest {
 
     /** The calls GenerationLoop.prompt makes for a question of ids 1..[n] under a squeezed "buffer" contract. */
     private fun promptCalls(n: Int, rows: Int = 0, tail: Int = 0, exact: Int = 0,
-                            ranges: Map<String, IntRange> = emptyMap()): List<String> {
+                            ranges: Map<String, IntRange> = emptyMap(), head: Int = 0): List<String> {
         val recorder = CallRecorder()
         val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, prefillRows = rows, prefillTail = tail,
-            tokenRanges = ranges, exactTail = exact)
+            tokenRanges = ranges, exactTail = exact, exactHead = head)
         val logits = GenerationLoop(recorder, contract, pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
             .prompt(IntArray(n) { it + 1 }, null)
         assertEquals(recorder.calls.size % 8, GenerationLoop.argmax(logits), "the last call's logits")
@@ -348,25 +348,18 @@ class GenerationTest {
 
     @Test
     fun anExactHeadLongerThanTheMethodRunsInPiecesAndMergesWithTheTail() {
-        // the head in calls of at most the method's width (3 here), then one selecting prefill, then the tail; a head
-        // and tail that leave no row to select make one exact run over the whole question
-        val calls = ArrayList<String>()
-        val io = object : DecoderRuntime {
-            override val name = "recorder"
-            override fun run(method: String, inputs: Map<String, DecoderTensor>): Map<String, DecoderTensor> {
-                val n = (inputs.getValue("n_tokens") as DecoderTensor.Int64).data[0]
-                val at = (inputs.getValue("cache_len") as DecoderTensor.Int64).data[0]
-                calls.add("$method $n@$at")
-                return mapOf("logits" to DecoderTensor.Float32(FloatArray(8) { if (it == 7) 1f else 0f }, intArrayOf(8)))
-            }
-        }
-        val contract = DecoderContract("squeezed", "buffer", 0.3, shapes, exactTail = 3)
-        val loop = GenerationLoop(io, contract.withExactHead(5), pack, PackLayout.decoderContextInputs(pack, shapes, "squeezed"))
-        loop.prompt(IntArray(12) { 1 }, null)
-        assertEquals(listOf("prefill_exact 3@0", "prefill_exact 2@3", "prefill 4@5", "prefill_exact 3@9"), calls)
-        calls.clear()
-        loop.prompt(IntArray(7) { 1 }, null)
-        assertEquals(listOf("prefill_exact 3@0", "prefill_exact 3@3", "prefill_exact 1@6"), calls)
+        // the head in calls of at most the method's width (exact_tail 3), then one selecting prefill, then the tail; a
+        // head and tail that leave no row to select make one exact run over the whole question (the sequences the
+        // Swift core's test asserts)
+        val p = shapes.maxPrompt
+        assertEquals(listOf("prefill_exact:1,2,3@0/3", "prefill_exact:4,5@3/3", "prefill:6,7,8,9@5/$p", "prefill_exact:10,11,12@9/3"),
+            promptCalls(12, exact = 3, head = 5))
+        assertEquals(listOf("prefill_exact:1,2@0/3", "prefill:3,4,5@2/$p", "decode:6@5/1", "decode:7@6/1", "prefill_exact:8,9,10@7/3"),
+            promptCalls(10, rows = 4, tail = 2, exact = 3, head = 2))
+        assertEquals(listOf("prefill_exact:1,2,3@0/3", "prefill_exact:4,5,6@3/3", "prefill_exact:7@6/3"),
+            promptCalls(7, exact = 3, head = 5))
+        assertEquals(listOf("prefill_exact:1,2,3,4,5@0/5"),
+            promptCalls(5, exact = 8, ranges = mapOf("prefill" to 1..p, "prefill_exact" to 1..8), head = 2))
     }
 
     @Test
