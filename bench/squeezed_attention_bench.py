@@ -33,7 +33,7 @@ from squeezed_attention.pack import BuildSettings, build_context_pack, load_cont
 from squeezed_attention.weights import load_checkpoint
 
 
-CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-select-decode", "native-no-head", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
+CONFIG_KEYS = ("full", "native", "native-exact-decode", "native-select-decode", "native-head16", "native-no-head", "native-no-follow", "native-select-tail", "native-one-selection", "native-per-token", "torch", "numpy",
                "hierarchical", "threshold")
 
 
@@ -50,6 +50,10 @@ def configurations(kv_budget: float, centroid_fraction: float, keys=CONFIG_KEYS,
         "native-select-decode": ("top-k flat, native kernels, the default with every decode step selecting "
                                  "(--exact-decode 0)",
                                  AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_decode=0)),
+        "native-head16": (f"top-k flat, native kernels, the default with a 16-token exact prompt head (--exact-head 16: "
+                          f"the prompt's first 16 and last {DEFAULT_EXACT_TAIL} tokens attend exactly, the rows between "
+                          "select once)",
+                          AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_head=16)),
         "native-no-head": (f"top-k flat, native kernels, the default without the exact prompt head (--exact-head 0: only "
                            f"the last {DEFAULT_EXACT_TAIL} prompt tokens attend exactly)",
                            AttentionChoice("top-k", kv_budget=kv_budget, backend="native", exact_head=0)),

@@ -70,11 +70,12 @@ def add_decoder_arguments(p) -> None:
                         "prefill loses, and a 20-token question prefills in 132 ms (llama.cpp with its prompt state "
                         "restored: 285 ms; README, 'Against the peer, latest')")
     g.add_argument("--exact-head", type=int_range(0, 1 << 16), default=None, metavar="N",
-                   help="decoder: the question's first N tokens (0..--max-prompt) run through prefill_exact as well, "
-                        "before the rest (a question written before a long instruction keeps its words exact), recorded "
-                        "in the manifest (`squeeze generate --artifacts --exact-head` overrides it per run); default: "
-                        "the host's default (16) for every squeezed artifact with an exact tail; needs --exact-tail >= 1 "
-                        "(RESULTS.md 3za)")
+                   help="decoder: the question's first N tokens run through prefill_exact as well, before the rest "
+                        "(the question's words stay exact wherever the prompt puts them), recorded in the manifest "
+                        "(`squeeze generate --artifacts --exact-head` overrides it per run); default: the host's default "
+                        "(128: every prompt of up to --max-prompt tokens attends exactly) for every squeezed artifact "
+                        "with an exact tail; 16 = the faster prefill of prompts over 48 tokens; needs --exact-tail >= 1 "
+                        "(RESULTS.md 3za, 3zb)")
     g.add_argument("--exact-decode", type=int_range(0, 1 << 16), default=None, metavar="N",
                    help="decoder: the answer's first N tokens (0..--max-new) attend every fixed-context row, as the "
                         "exact tail does (in-graph plans: 1-token prefill_exact calls; split plan: one-token stages "

@@ -680,11 +680,12 @@ def add_subcommands(subparsers) -> None:
                    "costs full attention's per-token work for those tokens; 0 = every prompt token selects). Decode "
                    "steps select (the answer's first ones attend exactly with --exact-decode). With --artifacts: default = the artifact's manifest")
     g.add_argument("--exact-head", type=_int_in(0, 1 << 20), default=None, metavar="N",
-                   help="the prompt's first N >= 0 tokens attend EVERY fixed-context key as well, no lookup: a question "
-                   "written before a long instruction (\"What is the vault code? Please answer in one sentence, ...\") "
-                   "keeps its words exact, which the tail alone does not reach (RESULTS.md 3za; default "
-                   f"{DEFAULT_EXACT_HEAD}; 0 = only the tail). The tokens between head and tail select. With "
-                   "--artifacts: default = the artifact's manifest, at most its exact method's width per call")
+                   help="the prompt's first N >= 0 tokens attend EVERY fixed-context key as well, no lookup, so the "
+                   "question's words stay exact wherever the prompt puts them (before a long instruction, after a "
+                   f"preamble; RESULTS.md 3za, 3zb). Default {DEFAULT_EXACT_HEAD}: with the tail, every prompt of up to "
+                   f"{DEFAULT_EXACT_HEAD + DEFAULT_EXACT_TAIL} tokens attends exactly and the lookup serves the answer; "
+                   "16 = a faster prefill for prompts over 48 tokens, whose middle rows then select; 0 = only the tail. "
+                   "With --artifacts: default = the artifact's manifest, at most its exact method's width per call")
     g.add_argument("--follow-keys", type=_int_in(0, 1 << 20), default=None, metavar="N",
                    help=FOLLOW_KEYS_HELP + "; RESULTS.md 3m")
     g.add_argument("--exact-decode", type=_int_in(0, 1 << 20), default=None, metavar="N",

@@ -188,17 +188,19 @@ def exact_tail_for(exact_tail: int | None, attention: str, selection: str, max_p
     return min(DEFAULT_EXACT_TAIL, max_prompt) if attention == "squeezed" and selection == "step" else 0
 
 
-def exact_head_for(exact_head: int | None, attention: str, selection: str, exact_tail: int) -> int:
+def exact_head_for(exact_head: int | None, attention: str, selection: str, exact_tail: int,
+                   max_prompt: int | None = None) -> int:
     """The prompt's first tokens an artifact's loop runs through its exact method by default (its contract's
-    exact_head): the caller's, or (None) the host's default (settings.DEFAULT_EXACT_HEAD) for every squeezed artifact
-    with per-step selection and an exact method (exact_tail > 0), else 0."""
+    exact_head): the caller's, or (None) the host's default (settings.DEFAULT_EXACT_HEAD), at most the artifact's
+    ``max_prompt`` (every prompt it takes), for every squeezed artifact with per-step selection and an exact method
+    (exact_tail > 0), else 0."""
     if attention != "squeezed" or selection != "step" or not exact_tail:
         return 0
     if exact_head is not None:
         return exact_head
     from .settings import DEFAULT_EXACT_HEAD
 
-    return DEFAULT_EXACT_HEAD
+    return DEFAULT_EXACT_HEAD if max_prompt is None else min(DEFAULT_EXACT_HEAD, max_prompt)
 
 
 def exact_decode_for(exact_decode: int | None, attention: str, selection: str, exact_tail: int, max_new: int) -> int:
@@ -705,7 +707,7 @@ def _export_decoder(out_dir, formats=FORMATS, model_path=None, max_context: int 
                             contract_section(shapes, att, fmt, kv_budget, extras.pop("methods"), plan, selection,
                                              prefill_rows, prefill_tail, exact, follow, min_keep, opening,
                                              exact_below_for(exact_below, att, selection, exact),
-                                             exact_head_for(exact_head, att, selection, exact)), extras)
+                                             exact_head_for(exact_head, att, selection, exact, shapes.max_prompt)), extras)
                         _verify_record(tmp, name, fmt, record, model, verification, verify_tokens, say)
                         held.__enter__()
                 except SqueezeError as exc:

@@ -24,13 +24,16 @@ MODES = ("full", "top-k", "threshold")
 DEFAULT_PREFILL_ROWS = 0
 DEFAULT_PREFILL_TAIL = 0
 DEFAULT_EXACT_TAIL = 32
-# The prompt's first DEFAULT_EXACT_HEAD tokens attend every context key as well (RESULTS.md 3za): a
-# question followed by a long instruction ("What is the vault code? Please answer in one complete sentence, ...")
-# has its own words before the exact tail, and they are what the answer needs (3z: 4 of 8 such questions lost at both
-# budgets, every other wording answered). In chat framing the prompt starts right after the document, so its first
-# tokens are the user's question when the user writes it first, and the tail covers it when the user writes it last.
-# Prompts of up to head + tail tokens (48) attend exactly throughout; a longer prompt pays for 48 tokens.
-DEFAULT_EXACT_HEAD = 16
+# The prompt's first DEFAULT_EXACT_HEAD tokens attend every context key as well (RESULTS.md 3za, 3zb). A question
+# written before a long instruction has its words before the exact tail (3z: 4 of 8 lost at both budgets with the
+# tail alone); a question between a preamble and an instruction has them in the middle (3zb: with a 16-token head,
+# 5 of the 9 such dev cases full attention answered; a selection keeping half the keys answered no more, an exact
+# prompt all 9). The question's own keys and values, written in the prefill, are what every answer token reads, so
+# the prompt attends exactly: DEFAULT_EXACT_HEAD is the exported decoders' default --max-prompt, and with the tail
+# every prompt of up to 160 tokens attends every context key (the rows of a longer host prompt between head and tail
+# select once). The lookup then serves the answer's decode steps; `--exact-head 16` restores the faster prefill of
+# 2026-12-07 (prompts of up to 48 tokens exact) for users who measure that their prompts allow it.
+DEFAULT_EXACT_HEAD = 128
 # The answer's first decode steps attend every context key too (RESULTS.md 3r): every held-out miss of the default
 # lost the value at its first answer token, 1-10 tokens into the answer (it restates the question first). 16 was
 # chosen from the divergence positions on seeds 2-3, then run once on seeds 4-5: 19/19 of full attention's answers

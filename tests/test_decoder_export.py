@@ -17,6 +17,7 @@ from squeeze_mobile.errors import SqueezeError
 from squeezed_attention import testing
 from squeezed_attention.decoder_export import EagerRunner, decoder_shapes, export_decoder
 from squeezed_attention.exportable import DecoderShapes, ExportableDecoder
+from squeezed_attention.settings import DEFAULT_EXACT_HEAD
 
 SHAPES = dict(max_context=160, max_prompt=64, max_new=16)
 TINY_TEXT = " ".join(["ab an ss abba nan sass"] * 8)  # the tiny model's 40-token vocabulary
@@ -415,8 +416,9 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     assert pack.is_file() and pack.parent == report_dir / "packs"
     mtime = pack.stat().st_mtime_ns
     width = contracts[rows[("onnx", "squeezed")]["file"]]["exact_tail"]
+    # a 16-token head (the export's default head, 64, makes its whole max prompt exact): rows with a selecting prefill
     proc = subprocess.run(cmd + ["--no-profile", "--formats", "onnx", "--prefill-tail", "0,4", "--exact-tail",
-                                 f"0,{width}"], capture_output=True,
+                                 f"0,{width}", "--exact-head", "16"], capture_output=True,
                           text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and pack.stat().st_mtime_ns == mtime, proc.stderr[-2000:]
     again = json.loads((report_dir / "report.json").read_text())
@@ -425,8 +427,9 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     assert sorted((r["attention"], r["prefill_tail"] or 0, r["exact_tail"] or 0) for r in again["rows"]) == [
         ("full", 0, 0), ("squeezed", 0, 0), ("squeezed", 0, width), ("squeezed", 4, 0), ("squeezed", 4, width)]
     text = (report_dir / "report.md").read_text()
-    head = contracts[rows[("onnx", "squeezed")]["file"]]["exact_head"]
-    assert head == 16 and all(r["exact_head"] == head for r in again["rows"] if r["attention"] == "squeezed")
+    assert contracts[rows[("onnx", "squeezed")]["file"]]["exact_head"] == min(DEFAULT_EXACT_HEAD, SHAPES["max_prompt"])
+    head = 16
+    assert all(r["exact_head"] == head for r in again["rows"] if r["attention"] == "squeezed")
     assert f"| onnx | squeezed (tail 4) (exact {width}) (head {head}) (KV budget" in text
     assert f"| onnx | squeezed (tail 4) (head {head}) (KV budget" in text
     # each row's arithmetic floor counts the prompt as that row ran it (with or without its exact tail)
@@ -434,7 +437,8 @@ def test_bench_reports_squeezed_vs_full_per_runtime(exported, tmp_path):
     for r in again["rows"]:
         if r["attention"] == "squeezed":
             macs = arithmetic_floor.prompt_macs(manifest["model"]["config"], {**contracts[r["file"]],
-                                                "exact_tail": r["exact_tail"]}, r["prompt_tokens"])
+                                                "exact_tail": r["exact_tail"], "exact_head": r["exact_head"]},
+                                                r["prompt_tokens"])
             assert r["prompt_gmacs"] == pytest.approx(macs["total"] / 1e9)
             assert r["prompt_speedup_ceiling"] == pytest.approx(full["prompt_floor_ms"] / r["prompt_floor_ms"])
     by_exact = {r["exact_tail"]: r["prompt_gmacs"] for r in again["rows"] if r["attention"] == "squeezed"}

@@ -1,10 +1,12 @@
-"""The prompt's exact head (settings.DEFAULT_EXACT_HEAD; RESULTS.md 3za): the question's first tokens attend every
-context key as its last ones do, so a question written before a long instruction keeps its words exact. One rule on
+"""The prompt's exact head (settings.DEFAULT_EXACT_HEAD; RESULTS.md 3za, 3zb): the question's first tokens attend every
+context key as its last ones do, so a question written before a long instruction or after a preamble keeps its words
+exact (by default every prompt of up to 160 tokens). One rule on
 the host (every lookup path), in the exported decoders' loop (prefill_exact calls before the selecting prefill) and in
 the app cores (their tests replay Python's calls)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -29,7 +31,7 @@ def test_exact_span_puts_the_selecting_rows_between_head_and_tail():
     assert exact_span(10, 16, 32) == (10, 10)
     assert exact_span(100, 0, 32) == (0, 68)
     assert exact_span(100, 16, 0) == (16, 100)
-    assert (DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL) == (16, 32)
+    assert (DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL) == (128, 32)   # RESULTS.md 3zb: every prompt up to 160 exact
     choice = AttentionChoice("top-k", kv_budget=0.125)
     assert choice.exact_head == DEFAULT_EXACT_HEAD and "head" not in choice.label()
     assert ", exact prompt head 4" in AttentionChoice("top-k", kv_budget=0.125, exact_head=4).label()
@@ -80,7 +82,7 @@ def test_head_rows_attend_every_key_and_the_rows_between_select_once(backend):
 
 
 def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_onnx_decoder, tmp_path):
-    """The tiny .onnx export (exact tail 32, head 16 by default): a 60-token question runs prefill_exact over its first
+    """The tiny .onnx export (exact tail 32, head 16 in its contract): a 60-token question runs prefill_exact over its first
     16 tokens at cache_len 0, one selecting prefill, then the tail; its tokens are the host's with the same rule. A
     head longer than the method's width runs in pieces; head and tail that leave nothing to select are one exact run."""
     from squeezed_attention.decoder_session import DecoderSession
@@ -92,7 +94,7 @@ def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_on
     src, gguf = tiny_onnx_decoder
     manifest = json.loads((src / "art" / "manifest.json").read_text())
     (art,) = manifest["artifacts"]
-    assert art["decoder"]["exact_head"] == DEFAULT_EXACT_HEAD and art["decoder"]["exact_tail"] == 32
+    assert art["decoder"]["exact_head"] == 16 and art["decoder"]["exact_tail"] == 32   # the fixture's head
     assert any("exact_head = 16" in step for step in art["decoder"]["call_sequence"])
     ck = load_checkpoint(gguf)
     model = LlamaForCausalLM.from_checkpoint(ck)
@@ -108,7 +110,7 @@ def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_on
                                                                  int(feed["cache_len"][0]))), run(method, feed))[1]
         got = session.generate(prompt, max_new_tokens=5, stop_at_eos=False)
         n = len(session.prompt_ids(prompt))
-        H = DEFAULT_EXACT_HEAD if head is None else head
+        H = 16 if head is None else head
         if head is None:
             assert n > H + 32           # a selecting prefill between head and tail
         h, start = exact_span(n, H, 32)
@@ -134,6 +136,8 @@ def test_export_records_the_head_and_refuses_one_it_cannot_run(tiny_onnx_decoder
 
     _, gguf = tiny_onnx_decoder
     assert exact_head_for(None, "squeezed", "step", 32) == DEFAULT_EXACT_HEAD
+    assert exact_head_for(None, "squeezed", "step", 32, max_prompt=64) == 64    # the whole of any prompt it takes
+    assert exact_head_for(None, "squeezed", "step", 32, max_prompt=512) == DEFAULT_EXACT_HEAD
     assert exact_head_for(None, "squeezed", "step", 0) == 0          # no exact method: no head
     assert exact_head_for(8, "full", "step", 32) == 0
     assert exact_head_for(None, "squeezed", "question", 32) == 0
@@ -150,19 +154,39 @@ def test_export_records_the_head_and_refuses_one_it_cannot_run(tiny_onnx_decoder
     assert rc != 0 and "--exact-head" in capsys.readouterr().err
 
 
-def test_a_question_written_before_a_long_instruction_is_answered_at_the_default_budget():
-    """The real model and a real 2k-token diary (own prose, RESULTS.md 3z): the vault code 2% into the text, asked with
-    a 37-token instruction after the question. The question's words lie before the 32-token exact tail; with only the
-    tail (the previous default) the answer repeated "The vault code is:" without the number."""
+@functools.lru_cache(maxsize=1)
+def diary_generator():
+    """The real model over a real 2k-token diary (own prose, RESULTS.md 3z), built once for the tests below."""
     from squeezed_attention.generation import Generator
     from squeezed_attention.pack import BuildSettings, build_context_pack
 
     text = (ROOT / "squeezed_attention" / "results" / "session_2026_12_06f" / "diary.txt").read_text()
     ck = real_checkpoint()
-    pack = build_context_pack(real_model(), ck, text, BuildSettings())
-    gen = Generator(real_model(), ck.tokenizer, pack)
+    return Generator(real_model(), ck.tokenizer, build_context_pack(real_model(), ck, text, BuildSettings()))
+
+
+def test_a_question_between_a_preamble_and_an_instruction_is_answered_at_the_default_budget():
+    """RESULTS.md 3zb: a 76-token prompt whose question sits between a 30-token preamble and a 23-token instruction.
+    With a 16-token head (3za's default) its words selected their keys, and the answer named another password
+    ("Eleanor..."); the default makes every prompt of up to 160 tokens exact, and answers as full attention does."""
+    gen = diary_generator()
+    prompt = ("I am writing up notes on this diary for a friend who asked me about it this morning, and there is one "
+              "thing I could not find on my first read. What is the password for the reading room? Please reply with "
+              "the value only, in one short sentence, and if it is not there, say that you do not know.")
+    n = len(gen.prompt_ids(prompt))
+    assert 16 + DEFAULT_EXACT_TAIL < n <= DEFAULT_EXACT_HEAD and exact_span(n, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL) == (n, n)
+    got = gen.generate(prompt, AttentionChoice("top-k", kv_budget=0.125), max_new_tokens=20)
+    assert "heliotrope" in got.text, got.text
+
+
+def test_a_question_written_before_a_long_instruction_is_answered_at_the_default_budget():
+    """The real model and a real 2k-token diary (own prose, RESULTS.md 3z): the vault code 2% into the text, asked with
+    a 37-token instruction after the question. The question's words lie before the 32-token exact tail; with only the
+    tail (the default before 3za) the answer repeated "The vault code is:" without the number. A 16-token head (3za's
+    default, still the head of a host prompt longer than 160 tokens) answers it."""
+    gen = diary_generator()
     prompt = "What is the vault code?" + INSTRUCTION
     n = len(gen.prompt_ids(prompt))
-    assert n > DEFAULT_EXACT_TAIL + 8 and exact_span(n, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL)[0] < n
-    got = gen.generate(prompt, AttentionChoice("top-k", kv_budget=0.125), max_new_tokens=16)
+    assert n > DEFAULT_EXACT_TAIL + 8 and exact_span(n, 16, DEFAULT_EXACT_TAIL)[0] < n
+    got = gen.generate(prompt, AttentionChoice("top-k", kv_budget=0.125, exact_head=16), max_new_tokens=16)
     assert "5521904" in got.text, got.text

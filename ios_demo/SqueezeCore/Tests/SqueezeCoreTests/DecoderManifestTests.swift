@@ -298,7 +298,7 @@ final class DecoderManifestTests: XCTestCase {
                        "(exact_tail 0); re-export the decoder")
         XCTAssertEqual(try opening(replacingFirst(replacingFirst(replacingFirst(noExact, exported, "\"exact_decode\": 0,"),
                                                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,"),
-                                                  "\"exact_head\": 16,", "\"exact_head\": 0,")), 0)
+                                                  "\"exact_head\": 32,", "\"exact_head\": 0,")), 0)
 
         // a caller's N (Python: decoder_session.exact_decode_of, GenerationLoop(exact_decode=...)): everything else kept
         let manifest = try DecoderManifest.parse(text)
@@ -339,11 +339,12 @@ final class DecoderManifestTests: XCTestCase {
     }
 
     func testTheExactHeadIsReadAndRefusedWithoutTheExactMethod() throws {
-        // the export writes the host's default head (16) for its squeezed artifact, null for full attention
+        // the export writes the host's default head (128), at most its max prompt (32: the whole prompt), for its
+        // squeezed artifact, null for full attention
         let text = try Golden.text("qa_decoder_manifest.json")
-        let exported = "\"exact_head\": 16,"
+        let exported = "\"exact_head\": 32,"
         XCTAssertNotNil(text.range(of: exported))
-        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactHead), [16, 0])
+        XCTAssertEqual(try DecoderManifest.parse(text).artifacts.map(\.contract.exactHead), [32, 0])
         func head(_ value: String) throws -> Int {
             try DecoderManifest.parse(replacingFirst(text, exported, value)).artifacts[0].contract.exactHead
         }
@@ -357,7 +358,7 @@ final class DecoderManifestTests: XCTestCase {
                                                     "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
                                      "\"exact_below\": 0.2,", "\"exact_below\": 0,")
         XCTAssertEqual(thrownMessage(DecoderError.self) { _ = try DecoderManifest.parse(noExact) },
-                       "decoder.exact_head: 16 exact prompt tokens need the exact method, which this artifact lacks " +
+                       "decoder.exact_head: 32 exact prompt tokens need the exact method, which this artifact lacks " +
                        "(exact_tail 0); re-export the decoder")
     }
 

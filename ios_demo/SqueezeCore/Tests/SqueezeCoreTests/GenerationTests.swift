@@ -449,7 +449,7 @@ final class GenerationTests: XCTestCase {
         XCTAssertNotNil(exportedText.range(of: "\"exact_below\": 0.2,"))
         let text = replacingFirst(replacingFirst(replacingFirst(exportedText, "\"exact_decode\": 14,", "\"exact_decode\": 0,"),
                                                  "\"exact_below\": 0.2,", "\"exact_below\": 0,"),
-                                  "\"exact_head\": 16,", "\"exact_head\": 0,")   // the head needs the method too
+                                  "\"exact_head\": 32,", "\"exact_head\": 0,")   // the head needs the method too
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         XCTAssertEqual(shapes.maxPrompt, 32)
         let exported = "\"exact_tail\": \(shapes.maxPrompt),"

@@ -280,7 +280,7 @@ class GenerationTest {
         val unsure = "\"exact_below\": 0.2,"
         val text = Golden.text("qa_decoder_manifest.json").also { assertTrue(it.contains(opening) && it.contains(unsure)) }
             .replaceFirst(opening, "\"exact_decode\": 0,").replaceFirst(unsure, "\"exact_below\": 0,")
-            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")   // the head needs the method too
+            .replaceFirst("\"exact_head\": 32,", "\"exact_head\": 0,")   // the head needs the method too
         // the first artifact (squeezed, exported with the .onnx's default exact tail, min(32, max_prompt)) with another
         val exported = "\"exact_tail\": ${shapes.maxPrompt},"
         assertEquals(32, shapes.maxPrompt)
@@ -321,11 +321,12 @@ class GenerationTest {
         assertEquals(listOf(10, 10), span(10, 16, 32))
         assertEquals(listOf(0, 68), span(100, 0, 32))
         assertEquals(listOf(16, 100), span(100, 16, 0))
-        // the export writes the host's default head (16) for its squeezed artifact, null for full attention
+        // the export writes the host's default head (128), at most its max prompt (32: the whole prompt), for its
+        // squeezed artifact, null for full attention
         val text = Golden.text("qa_decoder_manifest.json")
-        val exported = "\"exact_head\": 16,"
+        val exported = "\"exact_head\": 32,"
         assertTrue(text.contains(exported))
-        assertEquals(listOf(16, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactHead })
+        assertEquals(listOf(32, 0), DecoderManifest.parse(text).artifacts.map { it.contract.exactHead })
         fun head(value: String?) = DecoderManifest.parse(text.replaceFirst(exported, if (value == null) "" else "\"exact_head\": $value,"))
             .artifacts[0].contract.exactHead
         assertEquals(0, head(null))      // manifests before the field: no head
@@ -887,7 +888,7 @@ class GenerationTest {
         // exact steps without the exact method (exact_tail 0): refused at reading, not at the first decode step
         // (the head off too: it needs the method as well, exactHeadIsReadFromTheContractAndSpansThePromptAsPythonDoes)
         val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
-            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")
+            .replaceFirst("\"exact_head\": 32,", "\"exact_head\": 0,")
         assertEquals("decoder.exact_decode: 14 exact decode steps need the artifact's exact method, which it lacks (exact_tail 0); " +
             "re-export the decoder", refused(noMethod))
         val noUnsure = noMethod.replaceFirst("\"exact_below\": 0.2,", "\"exact_below\": 0,")
@@ -915,7 +916,7 @@ class GenerationTest {
         // re-runs without the exact method (exact_tail 0): refused at reading
         val noMethod = text.replaceFirst("\"exact_tail\": ${shapes.maxPrompt},", "\"exact_tail\": 0,")
             .replaceFirst("\"exact_decode\": ${shapes.maxNew},", "\"exact_decode\": 0,")
-            .replaceFirst("\"exact_head\": 16,", "\"exact_head\": 0,")
+            .replaceFirst("\"exact_head\": 32,", "\"exact_head\": 0,")
         assertEquals("decoder.exact_below: re-running unsure decode steps needs the artifact's exact method, which it lacks " +
             "(exact_tail 0); re-export the decoder", refused(noMethod))
         // an override, checked as decoder_session.exact_below_of checks it (its messages)
