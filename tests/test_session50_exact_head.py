@@ -177,6 +177,9 @@ def test_a_question_between_a_preamble_and_an_instruction_is_answered_at_the_def
     assert 16 + DEFAULT_EXACT_TAIL < n <= DEFAULT_EXACT_HEAD and exact_span(n, DEFAULT_EXACT_HEAD, DEFAULT_EXACT_TAIL) == (n, n)
     got = gen.generate(prompt, AttentionChoice("top-k", kv_budget=0.125), max_new_tokens=20)
     assert "heliotrope" in got.text, got.text
+    # an exact prompt and the exact opening (16 steps) are full attention's computation: the same tokens
+    full = gen.generate(prompt, AttentionChoice("full"), max_new_tokens=17)
+    assert got.token_ids[:17] == full.token_ids, (got.text, full.text)
 
 
 def test_a_question_written_before_a_long_instruction_is_answered_at_the_default_budget():
