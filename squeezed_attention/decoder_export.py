@@ -143,8 +143,9 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     Plan "split": methods ``prefill_<s>`` / ``decode_<s>`` for the stages s = 0..L (exportable.DecoderStage),
     static shapes, cache as explicit I/O; the CPU lookup runs between them (decoder_session.GenerationLoop).
     ``selection='question'`` (in-graph plan): decode is its own graph over the prefill's held selection.
-    ``exact_tail`` > 0 (squeezed, per-step selection): a third method ``prefill_exact`` (up to exact_tail tokens)
-    runs the prompt's last tokens over every fixed-context row; in the split plan as stages ``prefill_exact_<s>``
+    ``exact_tail`` > 0 (squeezed, per-step selection): a third method ``prefill_exact`` (in-graph: up to max_prompt
+    tokens, so an exact head and tail are one call; traced at exact_tail) runs the prompt's exact tokens over every
+    fixed-context row; in the split plan as stages ``prefill_exact_<s>``
     with no lookup between them (DecoderStage(exact=True)). ``exact_decode`` > 0 (the answer's first decode steps
     attend exactly): in-graph, those steps are ``prefill_exact`` calls of one token (its token axis is dynamic); the
     split plan's static stages get a one-token copy, ``decode_exact_<s>``, so such a step does not pay for
@@ -158,6 +159,8 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     modules = decoder_modules(model, shapes, attention, state, selection, exact_tail, follow)
     module = modules["prefill"]
     if plan == "split":
+        for other in modules.values():
+            other.gather_last = False   # the stages' GPU delegates take no gather (ExportableDecoder.gather_last)
         methods = []
         widths = (("prefill", shapes.max_prompt), ("decode", 1)) + ((("prefill_exact", exact_tail),) if exact_tail else ()) \
             + ((("decode_exact", 1),) if exact_tail and exact_decode else ())
@@ -170,9 +173,12 @@ def decoder_program(model, shapes: DecoderShapes, attention: str, fmt: str, plan
     # length, not max_prompt's (the manifest records it per method; static formats pad). One graph for both methods
     # where the format holds one graph per file (ONNX); two modules (question-level selection) differ in more.
     one_graph = fmt != "pte" and modules["prefill"] is modules["decode"]
+    # prefill_exact takes up to max_prompt tokens (traced at exact_tail): a prompt that attends exactly as a whole
+    # (exact_head + exact_tail cover it) is one call, as full attention's prefill is, not pieces of exact_tail
     widths = {"prefill": shapes.max_prompt, "decode": 1, "prefill_exact": exact_tail}
+    most = {"prefill": shapes.max_prompt, "decode": 1, "prefill_exact": shapes.max_prompt}
     methods = [Method(name, modules[name], modules[name].example_inputs(widths[name]), modules[name].output_names(),
-                      {"tokens": {0: ("T" if name == "prefill" else "E", 1, widths[name])}}
+                      {"tokens": {0: ("T" if name == "prefill" else "E", 1, most[name])}}
                       if name != "decode" or one_graph else {}, modules[name].arrange)
                for name in modules]
     return Program(methods, state=module.state_names()), module
@@ -335,7 +341,9 @@ def contract_section(shapes: DecoderShapes, attention: str, fmt: str, kv_budget:
     if head:
         prompt_step = (f"prompt head (exact_head = {head}; an app may choose another N >= 0): the question's first "
                        f"min({head}, its length) tokens run FIRST through prefill_exact at cache_len 0, in calls of at "
-                       "most exact_tail tokens (as the tail's call; squeezed_attention.settings.exact_span); the tail is "
+                       "most the method's width (the max of its tokens' dynamic axis where the method lists one: "
+                       "max_prompt in-graph, so one call; else exact_tail, padded as the tail's call; "
+                       "squeezed_attention.settings.exact_span); the tail is "
                        "then the last exact_tail tokens after the head, and the tokens between head and tail are the "
                        "ones that select, in the chunks below counted from the head's end; where head and tail leave no token to "
                        "select, the whole question runs as the head does. " + prompt_step)

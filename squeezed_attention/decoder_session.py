@@ -147,9 +147,8 @@ def exact_below_of(contract: dict, exact_below: float | None = None) -> float:
     return exact_below if contract.get("attention") == "squeezed" else 0.0
 
 
-def token_width(methods: dict, method: str, n: int, static: int) -> int:
-    """How many token slots a call of ``method`` with ``n`` real tokens feeds: n where the manifest gives the
-    method's ``tokens`` input a dynamic axis (raised to its minimum), else the static width (the rest padded)."""
+def token_range(methods: dict, method: str):
+    """(min, max) tokens of a method whose ``tokens`` input the manifest gives a dynamic axis, else None."""
     entry = next((i for i in (methods.get(method) or {}).get("inputs", ()) if i["name"] == "tokens"), None)
     lo_hi = (entry or {}).get("dynamic", {}).get("0")
     if lo_hi is not None and not (isinstance(lo_hi, list) and len(lo_hi) == 2
@@ -157,7 +156,21 @@ def token_width(methods: dict, method: str, n: int, static: int) -> int:
                                   and 1 <= lo_hi[0] <= lo_hi[1]):
         raise SqueezeError(f"the manifest's {method} method gives its tokens input a malformed dynamic axis "
                            f"({str(lo_hi)[:60]}; expected [min, max]); re-export the decoder")
-    return max(n, int(lo_hi[0])) if lo_hi and n <= int(lo_hi[1]) else static
+    return (int(lo_hi[0]), int(lo_hi[1])) if lo_hi else None
+
+
+def token_width(methods: dict, method: str, n: int, static: int) -> int:
+    """How many token slots a call of ``method`` with ``n`` real tokens feeds: n where the manifest gives the
+    method's ``tokens`` input a dynamic axis (raised to its minimum), else the static width (the rest padded)."""
+    lo_hi = token_range(methods, method)
+    return max(n, lo_hi[0]) if lo_hi and n <= lo_hi[1] else static
+
+
+def piece_width(methods: dict, method: str, static: int) -> int:
+    """The most tokens one call of ``method`` takes: its dynamic axis's max where the manifest gives one (in-graph
+    prefill_exact: max_prompt), else its static width (the split plan's stages: exact_tail)."""
+    lo_hi = token_range(methods, method)
+    return lo_hi[1] if lo_hi else static
 
 
 def decoder_dir(path) -> Path:
@@ -524,7 +537,8 @@ class GenerationLoop:
         if start == head:   # no row selects: the whole prompt is one exact run (as few calls as the width allows)
             head = start = len(ids)
         chunks = [(head + a, head + b) for a, b in prefill_chunks(start - head, self.prefill_rows, self.prefill_tail)]
-        width = int(self.contract.get("exact_tail") or 0)   # prefill_exact's token slots (exact_head_of: > 0)
+        # the most tokens one prefill_exact call takes (exact_head_of: the method exists where head > 0)
+        width = piece_width(self.contract.get("methods") or {}, "prefill_exact", self.static_width("prefill_exact"))
         logits = None
         self.prompting = True
         try:

@@ -119,6 +119,11 @@ class ExportableDecoder(nn.Module):
         # returns ``follow_out`` [L, Hkv, F]: the rows after the F clustered rows its last token weighed most
         # (``next_rows``: the flat row of each row's next position, -1 past the clustered keys; from the pack)
         self.follow = int(follow)
+        # The last token's rows of a multi-token call's attention weights (the followed keys' pointer) are taken with
+        # an index (in-graph plans: it reads 3 rows per head; a 0/1 product read every row of the [Hkv, G*T, n]
+        # weights: 120 of a 128-token exact prompt's 1160 ms in the .onnx, RESULTS.md 3zc); the split plan's stages
+        # keep the product (decoder_program sets False: their GPU delegates take no gather)
+        self.gather_last = True
         # The graph's weights, not the host model (whose unused per-projection weights an exported program would
         # carry): the projections that read the same input are fused into one product (q|k|v, gate|up), 4 matrix
         # products per layer instead of 7 (a decode step is many small runtime calls; the weight grids are per
@@ -336,6 +341,7 @@ class ExportableDecoder(nn.Module):
             row_valid = (steps < n_tokens).to(torch.float32).repeat(G)                        # [G*T]
             st["row_weights"] = (row_valid / row_valid.sum())[None, None, :]                  # mean over valid rows
         st["last"] = (steps == torch.clamp(n_tokens - 1, min=0)).to(torch.float32)[None, None, :]   # [1, 1, T]
+        st["last_index"] = torch.clamp(n_tokens - 1, min=0).reshape(1)                                # [1]
         # the last token's query row of each head in the group, as [Hkv, G, G*T] 0/1 rows (row g: query row g*T + last)
         st["last_select"] = (self.group_eye[:, :, None] * st["last"][0]).flatten(1)[None].expand(
             self.config.num_kv_heads, G, G * T)
@@ -363,7 +369,7 @@ class ExportableDecoder(nn.Module):
         k = k * st["cos"] + rotate_half(k) * st["sin"]
         return q.reshape(Hkv, G * T, D), k, v
 
-    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st, weigh=None, exact=None):
+    def layer_attend(self, li: int, x, qg, k, v, past_k, past_v, parts, st, weigh=None):
         """Attention of layer li over the fixed-context ``parts`` and the dynamic part, then o_proj and the MLP: the
         residual stream after layer li.
 
@@ -374,8 +380,7 @@ class ExportableDecoder(nn.Module):
         broadcast to [Hkv, G*T, n]. One softmax runs over the concatenated SCORES of every part
         and the dynamic part (past cache masked at cache_len + this step's keys): keys and values are never
         concatenated (a 7.8k context would be copied per layer and step), only the scores are; a prompt's output
-        is one product over the parts' values (below). ``exact``: the call is the exact method's (default: this
-        decoder's), whose output keeps per-part products as one-token calls do."""
+        is one product over the parts' values (below), a one-token call's per-part products."""
         cfg = self.config
         T = x.shape[0]
         H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -407,17 +412,19 @@ class ExportableDecoder(nn.Module):
             # The last token's G query rows are taken first (a 0/1 product; a one-token step has no other rows), so
             # the fixed-context mass is summed over G rows, not G*T: over a 32-token exact tail the [Hkv, G*T, n] sum
             # was a portable kernel costing 11-18% of the .pte prompt's time (RESULTS.md 3t)
-            last = probs if isinstance(T, int) and T == 1 else torch.bmm(st["last_select"], probs)   # [Hkv, G, N]
+            if isinstance(T, int) and T == 1:
+                last = probs                                                                    # [Hkv, G, N]
+            elif self.gather_last:
+                last = probs.unflatten(1, (-1, T)).index_select(2, st["last_index"]).squeeze(2)
+            else:
+                last = torch.bmm(st["last_select"], probs)
             coef = self.one / last[..., :ends[-1]].sum(-1, keepdim=True)                          # [Hkv, G, 1]
             row = torch.bmm(coef.transpose(1, 2), last)[:, 0]                                   # [Hkv, N]
             weights = torch.cat([row[:, starts[i]:ends[i]] for i in weigh], dim=-1)            # [Hkv, n]
         parts = [p[:2] for p in parts] + [(past_k, past_v), (k, v)]
         sizes += [past_k.shape[1], k.shape[1]]
-        if (self.exact if exact is None else exact) or (isinstance(T, int) and T == 1):
-            # one token: each part's slice of its [Hkv, G, n] weights is small; the values stay where they are. The
-            # exact method too: it runs the answer's one-token opening steps as well as the prompt's exact tail, and
-            # per opening step a copy of every clustered value (below) cost more than the tail's slices save (same
-            # run, real fp32 .pte at 7.8k: opening step 70.8 vs 66.8 ms)
+        if isinstance(T, int) and T == 1:
+            # one token: each part's slice of its [Hkv, G, n] weights is small; the values stay where they are
             out, wide, start = None, None, 0
             for (keys, values), n in zip(parts, sizes):
                 p = probs[..., start:start + n]
@@ -432,8 +439,10 @@ class ExportableDecoder(nn.Module):
             # a prompt of T tokens: ONE product over every part's values, concatenated ([Hkv, n, D], a fraction of
             # the [Hkv, G*T, n] weights). Slicing the weights per part copied G*T rows of each part instead, and with
             # a dynamic token axis ExecuTorch runs those slices as portable single-thread kernels (same runs, real fp32
-            # .pte at 7.8k, 128-token prompt: full attention 858 -> 742 and 816 -> 732 ms; the squeezed prompt, whose
-            # selecting parts are small and whose exact tail keeps the slices, 512 -> 511 ms; RESULTS.md 3x)
+            # .pte at 7.8k, 128-token prompt: full attention 858 -> 742 and 816 -> 732 ms; RESULTS.md 3x). The exact
+            # method too (its prompt reads every clustered row: the .onnx's slices took 123 of a 128-token exact
+            # prompt's 1160 ms); a one-token call of it (the answer's opening, in-graph) then copies every value once
+            # (.onnx: 92.8 vs 91.9 ms a step, RESULTS.md 3zc)
             values = torch.cat([keys[..., D:] if values is None else values for keys, values in parts], dim=1)
             out = torch.bmm(probs, values)
         # [Hkv, G*T, D] -> [T, H*D] (unflatten/flatten: a reshape of the token axis would guard on its size)
@@ -717,7 +726,7 @@ class DecoderStage(nn.Module):
             # followed keys: the last token's weights on the clustered rows it attended (the kept slots, the followed
             # rows among them; or every clustered row), which the CPU ranks (lookup_numpy.follow_pointer)
             x = d.layer_attend(s - 1, hidden, query, key, value, past_keys, past_values, parts, st,
-                               weigh=(1,) if self.follows else None, exact=self.exact)
+                               weigh=(1,) if self.follows else None)
             if self.follows:
                 x, w = x
                 weights = (w,)

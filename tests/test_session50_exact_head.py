@@ -84,7 +84,8 @@ def test_head_rows_attend_every_key_and_the_rows_between_select_once(backend):
 def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_onnx_decoder, tmp_path):
     """The tiny .onnx export (exact tail 32, head 16 in its contract): a 60-token question runs prefill_exact over its first
     16 tokens at cache_len 0, one selecting prefill, then the tail; its tokens are the host's with the same rule. A
-    head longer than the method's width runs in pieces; head and tail that leave nothing to select are one exact run."""
+    head longer than the tail is still one call (the method takes up to max_prompt tokens); head and tail that leave
+    nothing to select are one exact run."""
     from squeezed_attention.decoder_session import DecoderSession
     from squeezed_attention.generation import Generator
     from squeezed_attention.model import LlamaForCausalLM
@@ -96,6 +97,8 @@ def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_on
     (art,) = manifest["artifacts"]
     assert art["decoder"]["exact_head"] == 16 and art["decoder"]["exact_tail"] == 32   # the fixture's head
     assert any("exact_head = 16" in step for step in art["decoder"]["call_sequence"])
+    tokens = next(i for i in art["decoder"]["methods"]["prefill_exact"]["inputs"] if i["name"] == "tokens")
+    assert tokens["dynamic"] == {"0": [1, 64]}   # traced at the tail's 32, takes up to max_prompt
     ck = load_checkpoint(gguf)
     model = LlamaForCausalLM.from_checkpoint(ck)
     pack = build_context_pack(model, ck, TINY_DECODER_TEXT, BuildSettings())
@@ -114,11 +117,14 @@ def test_the_exported_loop_runs_head_selection_and_tail_as_the_host_does(tiny_on
         if head is None:
             assert n > H + 32           # a selecting prefill between head and tail
         h, start = exact_span(n, H, 32)
+        W = 64   # prefill_exact's dynamic axis reaches max_prompt: an exact run of up to 64 tokens is one call
         if h == start:
-            expected = [("prefill_exact", min(32, n - a), a) for a in range(0, n, 32)]
+            expected = [("prefill_exact", min(W, n - a), a) for a in range(0, n, W)]
         else:
-            expected = ([("prefill_exact", min(32, h - a), a) for a in range(0, h, 32)]
+            expected = ([("prefill_exact", min(W, h - a), a) for a in range(0, h, W)]
                         + [("prefill", start - h, h), ("prefill_exact", n - start, start)])
+        if head == 40:   # head and tail cover the 61 tokens: one call, wider than the tail's 32 (it was two)
+            assert expected == [("prefill_exact", n, 0)] and 32 < n <= W
         assert calls[:len(expected)] == expected, (head, calls)
         assert [c[0] for c in calls[len(expected):]] == ["decode"] * 4
         ref = Generator(model, ck.tokenizer, pack).generate(

@@ -283,6 +283,12 @@ public struct DecoderContract: Equatable {
         return max(n, range.lowerBound)
     }
 
+    /// The most tokens one call of `method` takes (decoder_session.piece_width): its dynamic axis's max where the
+    /// manifest gives one (in-graph prefill_exact: max_prompt, so an exact prompt is one call), else `fixed`.
+    public func pieceWidth(method: String, fixed: Int) -> Int {
+        tokenRanges[method]?.upperBound ?? fixed
+    }
+
     /// methods.<m>.inputs[tokens].dynamic["0"] = [min, max] (absent: static shapes, older manifests)
     static func tokenRanges(_ j: JSONPath) throws -> [String: ClosedRange<Int>] {
         guard let methods = try j.opt("methods") else { return [:] }

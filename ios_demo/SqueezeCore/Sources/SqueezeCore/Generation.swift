@@ -558,7 +558,7 @@ public final class GenerationLoop {
         var logits: [Float] = []
         var a = 0
         while a < head {   // the exact head in pieces of the method's width (the contract refuses a head without it)
-            let b = min(head, a + contract.exactWidth)
+            let b = min(head, a + contract.pieceWidth(method: GenerationLoop.prefillExact, fixed: contract.exactWidth))
             logits = try step(method: GenerationLoop.prefillExact, tokens: Array(ids[a..<b]), cacheLen: a, cache: cache)
             a = b
         }

@@ -272,6 +272,12 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(try promptCalls(7, exact: 3, head: 5), ["prefill_exact:1,2,3@0/3", "prefill_exact:4,5,6@3/3", "prefill_exact:7@6/3"])
         XCTAssertEqual(try promptCalls(5, exact: 8, ranges: ["prefill": 1...p, "prefill_exact": 1...8], head: 2),
                        ["prefill_exact:1,2,3,4,5@0/5"])
+        // an in-graph export's prefill_exact takes up to max_prompt tokens (its dynamic axis): a head wider than the
+        // tail is one call, and head and tail that cover the question one call over all of it
+        let wide: [String: ClosedRange<Int>] = ["prefill": 1...p, "prefill_exact": 1...p]
+        XCTAssertEqual(try promptCalls(12, exact: 3, ranges: wide, head: 5),
+                       ["prefill_exact:1,2,3,4,5@0/5", "prefill:6,7,8,9@5/4", "prefill_exact:10,11,12@9/3"])
+        XCTAssertEqual(try promptCalls(7, exact: 3, ranges: wide, head: 5), ["prefill_exact:1,2,3,4,5,6,7@0/7"])
         // refused in one line where the contract cannot run it
         XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactHead: 2))
         XCTAssertThrowsError(try DecoderContract(attention: "squeezed", state: "buffer", kvBudget: 0.3, shapes: shapes, exactTail: 2,

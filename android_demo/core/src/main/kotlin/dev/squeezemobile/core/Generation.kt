@@ -228,6 +228,12 @@ class DecoderContract(val attention: String, val state: String, val kvBudget: Do
     fun tokenWidth(method: String, n: Int, static: Int): Int =
         tokenRanges[method]?.let { if (n <= it.last) maxOf(n, it.first) else null } ?: static
 
+    /**
+     * The most tokens one call of [method] takes (decoder_session.piece_width): its dynamic axis's max where the
+     * manifest gives one (in-graph prefill_exact: max_prompt, so an exact prompt is one call), else [static].
+     */
+    fun pieceWidth(method: String, static: Int): Int = tokenRanges[method]?.last ?: static
+
     companion object {
         const val IN_GRAPH = "in-graph"
         const val SPLIT = "split"
@@ -815,7 +821,7 @@ class GenerationLoop(
         try {
             var a = 0
             while (a < head) {   // the exact head in pieces of the method's width (the contract refuses a head without it)
-                val b = minOf(head, a + contract.exactWidth)
+                val b = minOf(head, a + contract.pieceWidth(PREFILL_EXACT, contract.exactWidth))
                 logits = step(PREFILL_EXACT, ids.copyOfRange(a, b), a, cache)
                 a = b
             }

@@ -361,6 +361,12 @@ class GenerationTest {
             promptCalls(7, exact = 3, head = 5))
         assertEquals(listOf("prefill_exact:1,2,3,4,5@0/5"),
             promptCalls(5, exact = 8, ranges = mapOf("prefill" to 1..p, "prefill_exact" to 1..8), head = 2))
+        // an in-graph export's prefill_exact takes up to max_prompt tokens (its dynamic axis): a head wider than the
+        // tail is one call, and head and tail that cover the question one call over all of it
+        val wide = mapOf("prefill" to 1..p, "prefill_exact" to 1..p)
+        assertEquals(listOf("prefill_exact:1,2,3,4,5@0/5", "prefill:6,7,8,9@5/4", "prefill_exact:10,11,12@9/3"),
+            promptCalls(12, exact = 3, ranges = wide, head = 5))
+        assertEquals(listOf("prefill_exact:1,2,3,4,5,6,7@0/7"), promptCalls(7, exact = 3, ranges = wide, head = 5))
     }
 
     @Test
