@@ -409,7 +409,8 @@ class ExportableDecoder(nn.Module):
             # expanded operand (a copy per layer in XNNPACK)
             # (the mass as a product with a 0/1 column instead of a sum over this slice cost an expand_copy or a
             # portable mm per layer in the .pte and did not lower ONNX Runtime's peak RSS measurably: RESULTS.md 3o)
-            # The last token's G query rows are taken first (a 0/1 product; a one-token step has no other rows), so
+            # The last token's G query rows are taken first (by index in-graph, a 0/1 product in the split plan's
+            # stages; a one-token step has no other rows), so
             # the fixed-context mass is summed over G rows, not G*T: over a 32-token exact tail the [Hkv, G*T, n] sum
             # was a portable kernel costing 11-18% of the .pte prompt's time (RESULTS.md 3t)
             if isinstance(T, int) and T == 1:
